@@ -1,0 +1,18 @@
+//! The Custos vocabulary shared by every other crate: validated names,
+//! dataset-name patterns, the key lifecycle (the one table of allowed state
+//! changes), the key naming standard, and the records the repository keeps.
+//! No I/O.
+#![forbid(unsafe_code)]
+
+mod lifecycle;
+mod names;
+mod naming;
+mod records;
+
+pub use lifecycle::{KeyAction, KeyState, KeyUse, LifecycleError};
+pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
+pub use naming::{LabelParts, NamingError, NamingStandard};
+pub use records::{
+    ChunkId, ChunkRef, DatasetId, DatasetRecord, GenerationRecord, KeyRecord, Medium, PolicyRecord,
+    PolicyTarget, Purpose, VolumeRecord, WrappedMaterial,
+};

@@ -1,0 +1,229 @@
+//! The records the repository keeps. Wrapped key material is kept in a field
+//! that never prints and never serializes.
+
+use std::fmt;
+
+use custos_crypto::{Kcv, Mkvp};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::{DatasetName, KeyLabel, KeyState, Pattern, VolumeName};
+
+/// What a key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Purpose {
+    /// Seals primary datasets.
+    #[serde(rename = "PRIM")]
+    Prim,
+    /// Seals logical backup copies.
+    #[serde(rename = "BACK")]
+    Back,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prim => "PRIM",
+            Self::Back => "BACK",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PRIM" => Some(Self::Prim),
+            "BACK" => Some(Self::Back),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The medium a volume stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Medium {
+    Disk,
+    Tape,
+}
+
+impl Medium {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disk => "disk",
+            Self::Tape => "tape",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "disk" => Some(Self::Disk),
+            "tape" => Some(Self::Tape),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Medium {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn ser_display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A data key as the keystore holds it: wrapped under a master key, named
+/// by label, with its check value and lifecycle.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyRecord {
+    pub label: KeyLabel,
+    pub state: KeyState,
+    pub purpose: Purpose,
+    pub app: String,
+    /// Key material wrapped under the master key named by `mkvp`; `None`
+    /// once destroyed.
+    #[serde(skip)]
+    pub wrapped: Option<WrappedMaterial>,
+    #[serde(serialize_with = "ser_display")]
+    pub mkvp: Mkvp,
+    #[serde(serialize_with = "ser_display")]
+    pub kcv: Kcv,
+    pub created_at: Timestamp,
+    pub activated_at: Option<Timestamp>,
+    pub deactivated_at: Option<Timestamp>,
+    pub destroyed_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub use_count: u64,
+}
+
+/// Wrapped key bytes. Opaque without the master key, yet kept out of every
+/// `Debug`, log line and JSON all the same.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedMaterial(pub Vec<u8>);
+
+impl fmt::Debug for WrappedMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WrappedMaterial({} bytes)", self.0.len())
+    }
+}
+
+/// A place that stores chunks and manifests.
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeRecord {
+    pub name: VolumeName,
+    /// A local directory (absolute path).
+    pub location: String,
+    pub site: String,
+    pub medium: Medium,
+    pub created_at: Timestamp,
+}
+
+/// Where a policy takes a dataset's key from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyTarget {
+    /// An existing key, by label.
+    Key(KeyLabel),
+    /// A fresh key per new dataset, named by the naming standard for this
+    /// application (the dataset's first qualifier when `None`).
+    Template { app: Option<String> },
+}
+
+/// Dataset-name pattern → volume and key (the paper's SMS ACS routines).
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub pattern: Pattern,
+    pub volume: VolumeName,
+    pub target: PolicyTarget,
+    pub created_at: Timestamp,
+}
+
+macro_rules! id16 {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 16]);
+
+        impl $name {
+            pub fn random() -> Self {
+                Self(custos_crypto::random_array().expect("system RNG"))
+            }
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+            pub fn from_hex(s: &str) -> Option<Self> {
+                let v = hex::decode(s).ok()?;
+                Some(Self(v.try_into().ok()?))
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.to_hex())
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+id16!(
+    /// The identity of a dataset, stable across generations and renames;
+    /// chunks are bound to it.
+    DatasetId
+);
+id16!(
+    /// The name of one sealed chunk object on a volume.
+    ChunkId
+);
+
+/// One chunk of a generation, as its manifest lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    /// Plaintext length.
+    pub len: u32,
+    /// Keyed fingerprint of the plaintext (see `custos_crypto::Fingerprinter`).
+    pub fingerprint: [u8; 32],
+}
+
+/// One committed generation of a dataset.
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerationRecord {
+    pub generation: u64,
+    pub volume: VolumeName,
+    pub key_label: KeyLabel,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u64,
+    /// SHA-256 of the sealed manifest object, as committed.
+    #[serde(serialize_with = "ser_hex")]
+    pub manifest_hash: [u8; 32],
+    pub created_at: Timestamp,
+}
+
+fn ser_hex<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(v))
+}
+
+/// A dataset and its current generation.
+#[derive(Clone, Debug, Serialize)]
+pub struct DatasetRecord {
+    pub id: DatasetId,
+    pub name: DatasetName,
+    pub created_at: Timestamp,
+    pub current: GenerationRecord,
+}
