@@ -1,0 +1,166 @@
+//! The HSM seam.
+//!
+//! An [`Hsm`] holds master keys in three registers (NEW, CURRENT, OLD), each
+//! named by its MKVP, and wraps and unwraps data keys inside itself: a master
+//! key never crosses this trait. A data key leaves it only unwrapped for use
+//! (as the access method needs it to seal and open chunks), as a zeroizing
+//! [`DataKey`]. Implementations: [`SoftHsm`] (registers sealed in a file under
+//! a passphrase, the embedded default) and, later, PKCS#11.
+#![forbid(unsafe_code)]
+
+mod soft;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use custos_crypto::{DataKey, Kcv, Mkvp};
+use jiff::Timestamp;
+use thiserror::Error;
+
+pub use soft::SoftHsm;
+
+/// The three master key registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Register {
+    New,
+    Current,
+    Old,
+}
+
+impl fmt::Display for Register {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::New => "NEW",
+            Self::Current => "CURRENT",
+            Self::Old => "OLD",
+        })
+    }
+}
+
+/// What can be known about a loaded register without its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisterInfo {
+    pub register: Register,
+    pub mkvp: Mkvp,
+    /// When the key entered this register.
+    pub since: Timestamp,
+}
+
+/// A data key wrapped under a master key (AES-256 KWP), with the MKVP of
+/// that master key and the KCV of the data key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub mkvp: Mkvp,
+    pub kcv: Kcv,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("mkvp", &self.mkvp)
+            .field("kcv", &self.kcv)
+            .field("bytes", &format_args!("{} bytes", self.bytes.len()))
+            .finish()
+    }
+}
+
+/// Why an HSM operation failed. Every message names the HSM and says what to do.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum HsmError {
+    #[error("wrong passphrase for the software HSM at {path} (or its file was altered): try again, or restore the file from a backup")]
+    WrongPassphrase { path: PathBuf },
+    #[error("the software HSM file {path} is damaged ({why}): restore it from a backup")]
+    Corrupt { path: PathBuf, why: &'static str },
+    #[error("the software HSM file {path} already exists: choose another vault directory or remove the old vault")]
+    AlreadyExists { path: PathBuf },
+    #[error("cannot reach the software HSM file {path}: {source}; check that the vault directory is right (--vault or CUSTOS_VAULT)")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the HSM has no CURRENT master key: load and activate one first")]
+    NoCurrentMasterKey,
+    #[error("no master key register holds MKVP {mkvp} (registers hold: {held}): the key was wrapped under a master key this HSM no longer has; recover it from a keystore backup or escrow")]
+    UnknownMkvp { mkvp: Mkvp, held: String },
+    #[error("the wrapped key does not unwrap under the master key with MKVP {mkvp}: the keystore record was altered")]
+    Unwrap { mkvp: Mkvp },
+    #[error("cryptographic failure in the HSM: {0}")]
+    Crypto(#[from] custos_crypto::CryptoError),
+}
+
+/// The HSM seam. Implementations keep master keys inside; callers see MKVPs.
+pub trait Hsm: Send + Sync {
+    /// A short description for messages, such as "software HSM at /v/hsm.sealed".
+    fn describe(&self) -> String;
+
+    /// The loaded registers.
+    fn registers(&self) -> Result<Vec<RegisterInfo>, HsmError>;
+
+    /// Generate a new data key inside the HSM and return it wrapped under the
+    /// CURRENT master key.
+    fn generate_key(&self) -> Result<WrappedKey, HsmError>;
+
+    /// Wrap a clear data key under the CURRENT master key (key import).
+    fn wrap_key(&self, key: &DataKey) -> Result<WrappedKey, HsmError>;
+
+    /// Unwrap a data key wrapped under the master key named by `mkvp`
+    /// (CURRENT or OLD).
+    fn unwrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<DataKey, HsmError>;
+
+    /// Re-wrap a data key from the register named by `mkvp` to CURRENT,
+    /// without the clear key leaving the HSM.
+    fn rewrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<WrappedKey, HsmError>;
+}
+
+/// Conformance checks every [`Hsm`] implementation must pass. Each backend's
+/// test suite calls [`conformance::run`] on a fresh instance.
+pub mod conformance {
+    use super::*;
+
+    /// Panics with a description of the first rule the HSM breaks.
+    pub fn run(hsm: &dyn Hsm) {
+        let regs = hsm.registers().expect("registers");
+        let current = regs
+            .iter()
+            .find(|r| r.register == Register::Current)
+            .expect("a fresh HSM has a CURRENT master key");
+
+        // Generated keys are wrapped under CURRENT and unwrap to a key whose
+        // KCV matches.
+        let w = hsm.generate_key().expect("generate");
+        assert_eq!(w.mkvp, current.mkvp, "generated keys are wrapped under CURRENT");
+        let k = hsm.unwrap_key(&w.mkvp, &w.bytes).expect("unwrap");
+        assert_eq!(Kcv::of(&k), w.kcv, "KCV names the unwrapped key");
+        let w2 = hsm.generate_key().expect("generate");
+        assert_ne!(w2.kcv, w.kcv, "two generated keys differ");
+
+        // Import: wrap a known key and get it back.
+        let clear = DataKey::from_bytes([0x5A; 32]);
+        let wi = hsm.wrap_key(&clear).expect("wrap");
+        assert_eq!(wi.kcv, Kcv::of(&clear));
+        assert_eq!(hsm.unwrap_key(&wi.mkvp, &wi.bytes).expect("unwrap"), clear);
+        assert!(!wi.bytes.windows(32).any(|win| win == clear.expose_secret()), "wrapped bytes hide the key");
+
+        // Rewrap under CURRENT keeps the key.
+        let rw = hsm.rewrap_key(&w.mkvp, &w.bytes).expect("rewrap");
+        assert_eq!(rw.kcv, w.kcv);
+        assert_eq!(Kcv::of(&hsm.unwrap_key(&rw.mkvp, &rw.bytes).unwrap()), w.kcv);
+
+        // Tampered wrapped bytes and unknown MKVPs are refused, by name.
+        let mut bad = w.bytes.clone();
+        bad[3] ^= 0x80;
+        assert!(matches!(hsm.unwrap_key(&w.mkvp, &bad), Err(HsmError::Unwrap { .. })));
+        let unknown = Mkvp([0xEE; 8]);
+        match hsm.unwrap_key(&unknown, &w.bytes) {
+            Err(e @ HsmError::UnknownMkvp { .. }) => assert!(e.to_string().contains("EEEEEEEEEEEEEEEE")),
+            other => panic!("unknown MKVP must be refused by name, got {other:?}"),
+        }
+
+        // Nothing the HSM prints shows key material.
+        let shown = format!("{w:?} {regs:?} {}", hsm.describe());
+        assert!(!shown.contains(&custos_crypto_hex(&w.bytes)), "Debug must not print wrapped bytes");
+    }
+
+    fn custos_crypto_hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+}

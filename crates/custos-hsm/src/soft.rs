@@ -1,0 +1,253 @@
+//! The software HSM: master key registers sealed in one file under a
+//! passphrase (Argon2id → AES-256-GCM). Layout in docs/format.md, "Software
+//! HSM file".
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use custos_crypto::{
+    open_with_passphrase_key, random_array, seal_with_passphrase_key, unwrap_key, wrap_key, DataKey,
+    Kcv, Kdf, KdfParams, MasterKey, Mkvp, Nonce, Passphrase, TAG_LEN,
+};
+use jiff::Timestamp;
+use zeroize::Zeroizing;
+
+use crate::{Hsm, HsmError, Register, RegisterInfo, WrappedKey};
+
+const MAGIC: &[u8; 8] = b"CUSTOSHS";
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 8 + 1 + 12 + 16 + 12;
+const REG_LEN: usize = 1 + 32 + 8;
+const BODY_LEN: usize = 3 * REG_LEN;
+
+struct Slot {
+    key: MasterKey,
+    mkvp: Mkvp,
+    since: Timestamp,
+}
+
+#[derive(Default)]
+struct Registers {
+    new: Option<Slot>,
+    current: Option<Slot>,
+    old: Option<Slot>,
+}
+
+/// The embedded software HSM.
+pub struct SoftHsm {
+    path: PathBuf,
+    kdf: Kdf,
+    regs: RwLock<Registers>,
+}
+
+impl SoftHsm {
+    /// Create the HSM file with a freshly generated CURRENT master key.
+    pub fn create(path: &Path, passphrase: &Passphrase, params: KdfParams) -> Result<Self, HsmError> {
+        if path.exists() {
+            return Err(HsmError::AlreadyExists { path: path.into() });
+        }
+        let kdf = Kdf { params, salt: random_array()? };
+        params.validate()?;
+        let key = MasterKey::generate()?;
+        let regs = Registers {
+            current: Some(Slot { mkvp: Mkvp::of(&key), key, since: Timestamp::now() }),
+            ..Default::default()
+        };
+        let hsm = Self { path: path.into(), kdf, regs: RwLock::new(regs) };
+        hsm.save(passphrase)?;
+        Ok(hsm)
+    }
+
+    /// Open an existing HSM file.
+    pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, HsmError> {
+        let io = |source| HsmError::Io { path: path.into(), source };
+        let corrupt = |why| HsmError::Corrupt { path: path.into(), why };
+        let mut bytes = Zeroizing::new(fs::read(path).map_err(io)?);
+        if bytes.len() != HEADER_LEN + BODY_LEN + TAG_LEN || &bytes[..8] != MAGIC {
+            return Err(corrupt("not a Custos software HSM file"));
+        }
+        if bytes[8] != VERSION {
+            return Err(corrupt("unsupported version; upgrade Custos"));
+        }
+        let u32_at = |o: usize| u32::from_be_bytes(bytes[o..o + 4].try_into().unwrap());
+        let params = KdfParams { memory_kib: u32_at(9), iterations: u32_at(13), parallelism: u32_at(17) };
+        params.validate().map_err(|_| corrupt("key derivation parameters out of range"))?;
+        let salt: [u8; 16] = bytes[21..37].try_into().unwrap();
+        let nonce = Nonce(bytes[37..49].try_into().unwrap());
+        let kdf = Kdf { params, salt };
+        let pk = kdf.derive(passphrase)?;
+        let (header, body) = bytes.split_at_mut(HEADER_LEN);
+        let plain = open_with_passphrase_key(&pk, nonce, header, body)
+            .map_err(|_| HsmError::WrongPassphrase { path: path.into() })?;
+        let mut regs = Registers::default();
+        for (i, slot) in [&mut regs.new, &mut regs.current, &mut regs.old].into_iter().enumerate() {
+            let r = &plain[i * REG_LEN..(i + 1) * REG_LEN];
+            if r[0] == 1 {
+                let key = MasterKey::from_slice(&r[1..33])?;
+                let secs = i64::from_be_bytes(r[33..41].try_into().unwrap());
+                let since = Timestamp::from_second(secs).map_err(|_| corrupt("bad timestamp"))?;
+                *slot = Some(Slot { mkvp: Mkvp::of(&key), key, since });
+            }
+        }
+        Ok(Self { path: path.into(), kdf, regs: RwLock::new(regs) })
+    }
+
+    /// Write the registers back, atomically (temp file, fsync, rename, fsync dir).
+    fn save(&self, passphrase: &Passphrase) -> Result<(), HsmError> {
+        let io = |source| HsmError::Io { path: self.path.clone(), source };
+        let pk = self.kdf.derive(passphrase)?;
+        let nonce = Nonce::random()?;
+        let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + BODY_LEN + TAG_LEN));
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        for v in [self.kdf.params.memory_kib, self.kdf.params.iterations, self.kdf.params.parallelism] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&self.kdf.salt);
+        out.extend_from_slice(&nonce.0);
+        let regs = self.regs.read().expect("registers lock");
+        for slot in [&regs.new, &regs.current, &regs.old] {
+            match slot {
+                Some(s) => {
+                    out.push(1);
+                    out.extend_from_slice(s.key.expose_secret());
+                    out.extend_from_slice(&s.since.as_second().to_be_bytes());
+                }
+                None => out.extend_from_slice(&[0u8; REG_LEN]),
+            }
+        }
+        out.extend_from_slice(&[0u8; TAG_LEN]);
+        let (header, body) = out.split_at_mut(HEADER_LEN);
+        seal_with_passphrase_key(&pk, nonce, header, body)?;
+        let tmp = self.path.with_extension("tmp");
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io)?;
+        let written = f.write_all(&out).and_then(|_| f.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    fn with_key<T>(&self, mkvp: &Mkvp, f: impl FnOnce(&MasterKey) -> Result<T, HsmError>) -> Result<T, HsmError> {
+        let regs = self.regs.read().expect("registers lock");
+        let slot = [&regs.current, &regs.old, &regs.new]
+            .into_iter()
+            .flatten()
+            .find(|s| s.mkvp == *mkvp)
+            .ok_or_else(|| HsmError::UnknownMkvp { mkvp: *mkvp, held: held(&regs) })?;
+        f(&slot.key)
+    }
+
+    fn with_current<T>(&self, f: impl FnOnce(&MasterKey, Mkvp) -> Result<T, HsmError>) -> Result<T, HsmError> {
+        let regs = self.regs.read().expect("registers lock");
+        let cur = regs.current.as_ref().ok_or(HsmError::NoCurrentMasterKey)?;
+        f(&cur.key, cur.mkvp)
+    }
+}
+
+fn held(regs: &Registers) -> String {
+    let list: Vec<String> = [("NEW", &regs.new), ("CURRENT", &regs.current), ("OLD", &regs.old)]
+        .into_iter()
+        .filter_map(|(n, s)| s.as_ref().map(|s| format!("{n}={}", s.mkvp)))
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+impl Hsm for SoftHsm {
+    fn describe(&self) -> String {
+        format!("software HSM at {}", self.path.display())
+    }
+
+    fn registers(&self) -> Result<Vec<RegisterInfo>, HsmError> {
+        let regs = self.regs.read().expect("registers lock");
+        Ok([(Register::New, &regs.new), (Register::Current, &regs.current), (Register::Old, &regs.old)]
+            .into_iter()
+            .filter_map(|(register, s)| s.as_ref().map(|s| RegisterInfo { register, mkvp: s.mkvp, since: s.since }))
+            .collect())
+    }
+
+    fn generate_key(&self) -> Result<WrappedKey, HsmError> {
+        let key = DataKey::generate()?;
+        self.wrap_key(&key)
+    }
+
+    fn wrap_key(&self, key: &DataKey) -> Result<WrappedKey, HsmError> {
+        self.with_current(|mk, mkvp| Ok(WrappedKey { mkvp, kcv: Kcv::of(key), bytes: wrap_key(mk, key)? }))
+    }
+
+    fn unwrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<DataKey, HsmError> {
+        self.with_key(mkvp, |mk| unwrap_key(mk, wrapped).map_err(|_| HsmError::Unwrap { mkvp: *mkvp }))
+    }
+
+    fn rewrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<WrappedKey, HsmError> {
+        let key = self.unwrap_key(mkvp, wrapped)?;
+        self.wrap_key(&key)
+    }
+}
+
+impl std::fmt::Debug for SoftHsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftHsm").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(s: &str) -> Passphrase {
+        Passphrase::from(s.to_string())
+    }
+
+    #[test]
+    fn conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = SoftHsm::create(&dir.path().join("hsm"), &pass("pw"), KdfParams::MINIMUM).unwrap();
+        crate::conformance::run(&hsm);
+    }
+
+    #[test]
+    fn reopen_keeps_registers_and_wrong_passphrase_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hsm");
+        let hsm = SoftHsm::create(&p, &pass("right"), KdfParams::MINIMUM).unwrap();
+        let w = hsm.generate_key().unwrap();
+        drop(hsm);
+        let again = SoftHsm::open(&p, &pass("right")).unwrap();
+        assert_eq!(Kcv::of(&again.unwrap_key(&w.mkvp, &w.bytes).unwrap()), w.kcv);
+        let before = fs::read(&p).unwrap();
+        let e = SoftHsm::open(&p, &pass("wrong")).unwrap_err();
+        assert!(matches!(e, HsmError::WrongPassphrase { .. }), "{e}");
+        assert!(e.to_string().contains("wrong passphrase"));
+        assert_eq!(fs::read(&p).unwrap(), before, "a failed open changes nothing");
+        assert!(matches!(SoftHsm::create(&p, &pass("x"), KdfParams::MINIMUM), Err(HsmError::AlreadyExists { .. })));
+    }
+
+    #[test]
+    fn fail_altered_or_truncated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hsm");
+        SoftHsm::create(&p, &pass("pw"), KdfParams::MINIMUM).unwrap();
+        let good = fs::read(&p).unwrap();
+        for i in [0, 9, 25, 40, HEADER_LEN + 5, good.len() - 1] {
+            let mut b = good.clone();
+            b[i] ^= 0x01;
+            fs::write(&p, &b).unwrap();
+            assert!(SoftHsm::open(&p, &pass("pw")).is_err(), "byte {i}");
+        }
+        fs::write(&p, &good[..good.len() - 1]).unwrap();
+        assert!(matches!(SoftHsm::open(&p, &pass("pw")), Err(HsmError::Corrupt { .. })));
+        assert!(matches!(SoftHsm::open(&dir.path().join("nope"), &pass("pw")), Err(HsmError::Io { .. })));
+    }
+}
