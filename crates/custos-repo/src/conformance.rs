@@ -1,0 +1,154 @@
+//! The contract every [`Repository`] backend must meet. Each backend's tests
+//! call [`run`] on a fresh, empty repository.
+
+use custos_crypto::{Kcv, Mkvp};
+use custos_model::{
+    ChunkId, DatasetId, DatasetName, GenerationRecord, KeyLabel, KeyRecord, KeyState, Medium, Pattern,
+    PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
+};
+use jiff::Timestamp;
+
+use crate::{GenerationCommit, RepoError, Repository};
+
+fn key(label: &str) -> KeyRecord {
+    KeyRecord {
+        label: KeyLabel::new(label).unwrap(),
+        state: KeyState::PreActive,
+        purpose: Purpose::Prim,
+        app: "APP".into(),
+        wrapped: Some(WrappedMaterial(vec![7; 40])),
+        mkvp: Mkvp([1; 8]),
+        kcv: Kcv([2; 5]),
+        created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+        activated_at: None,
+        deactivated_at: None,
+        destroyed_at: None,
+        expires_at: Some(Timestamp::from_second(1_800_000_000).unwrap()),
+        last_used_at: None,
+        use_count: 0,
+    }
+}
+
+fn generation(n: u64, label: &str, vol: &str) -> GenerationRecord {
+    GenerationRecord {
+        generation: n,
+        volume: VolumeName::new(vol).unwrap(),
+        key_label: KeyLabel::new(label).unwrap(),
+        size: 100 * n,
+        chunk_size: 1 << 20,
+        chunk_count: 2,
+        manifest_hash: [n as u8; 32],
+        created_at: Timestamp::from_microsecond(1_700_000_000_123_456 + n as i64).unwrap(),
+    }
+}
+
+/// Panics with a description of the first broken rule.
+pub fn run(repo: &dyn Repository) {
+    // Settings.
+    assert_eq!(repo.setting("key.naming").unwrap(), None);
+    repo.set_setting("key.naming", "A.{purpose}.{app}.{NNN}").unwrap();
+    repo.set_setting("key.naming", "B.{purpose}.{app}.{NNN}").unwrap();
+    assert_eq!(repo.setting("key.naming").unwrap().as_deref(), Some("B.{purpose}.{app}.{NNN}"));
+
+    // Keys: insert, read back every field, duplicates refused, update.
+    let k = key("DSET.PRIM.APP.key001");
+    repo.insert_key(&k).unwrap();
+    assert!(matches!(repo.insert_key(&k), Err(RepoError::Exists { kind: "key", .. })));
+    let got = repo.key(&k.label).unwrap().expect("stored key");
+    assert_eq!(got.wrapped, k.wrapped);
+    assert_eq!((got.mkvp, got.kcv, got.state, got.purpose), (k.mkvp, k.kcv, k.state, k.purpose));
+    assert_eq!((got.created_at, got.expires_at), (k.created_at, k.expires_at));
+    let mut upd = got.clone();
+    upd.state = KeyState::Destroyed;
+    upd.wrapped = None;
+    upd.destroyed_at = Some(Timestamp::from_second(1_750_000_000).unwrap());
+    repo.update_key(&upd).unwrap();
+    let got = repo.key(&k.label).unwrap().unwrap();
+    assert_eq!((got.state, got.wrapped.is_none(), got.destroyed_at), (KeyState::Destroyed, true, upd.destroyed_at));
+    assert!(matches!(repo.update_key(&key("NO.SUCH.KEY")), Err(RepoError::NotFound { .. })));
+    repo.insert_key(&key("DSET.PRIM.APP.key002")).unwrap();
+    repo.record_key_use(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap();
+    repo.record_key_use(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap();
+    let used = repo.key(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap().unwrap();
+    assert_eq!(used.use_count, 2);
+    assert!(used.last_used_at.is_some());
+    let labels: Vec<String> = repo.keys().unwrap().iter().map(|k| k.label.to_string()).collect();
+    assert_eq!(labels, ["DSET.PRIM.APP.key001", "DSET.PRIM.APP.key002"]);
+    assert!(repo.key(&KeyLabel::new("NOPE").unwrap()).unwrap().is_none());
+
+    // Volumes and policies.
+    for name in ["v1", "v2"] {
+        repo.insert_volume(&VolumeRecord {
+            name: VolumeName::new(name).unwrap(),
+            location: format!("/tmp/{name}"),
+            site: "A".into(),
+            medium: Medium::Tape,
+            created_at: Timestamp::now(),
+        })
+        .unwrap();
+    }
+    let v1 = VolumeName::new("v1").unwrap();
+    assert_eq!(repo.volume(&v1).unwrap().unwrap().medium, Medium::Tape);
+    assert_eq!(repo.volumes().unwrap().len(), 2);
+    assert!(matches!(
+        repo.insert_volume(&repo.volume(&v1).unwrap().unwrap()),
+        Err(RepoError::Exists { kind: "volume", .. })
+    ));
+    let pol = PolicyRecord {
+        name: "payroll".into(),
+        pattern: Pattern::new("PAYROLL.**").unwrap(),
+        volume: v1.clone(),
+        target: PolicyTarget::Template { app: Some("PAY".into()) },
+        created_at: Timestamp::now(),
+    };
+    repo.insert_policy(&pol).unwrap();
+    repo.insert_policy(&PolicyRecord {
+        name: "fixed".into(),
+        target: PolicyTarget::Key(KeyLabel::new("DSET.PRIM.APP.key002").unwrap()),
+        ..pol.clone()
+    })
+    .unwrap();
+    assert!(matches!(repo.insert_policy(&pol), Err(RepoError::Exists { kind: "policy", .. })));
+    let ps = repo.policies().unwrap();
+    assert_eq!(ps.len(), 2);
+    assert_eq!(ps[1].target, PolicyTarget::Template { app: Some("PAY".into()) });
+    assert!(repo.remove_policy("fixed").unwrap());
+    assert!(!repo.remove_policy("fixed").unwrap());
+
+    // Datasets: commit, advance, conflicts, garbage, removal.
+    let name = DatasetName::new("PAYROLL.MASTER").unwrap();
+    let id = DatasetId([9; 16]);
+    let (a, b, c) = (ChunkId([1; 16]), ChunkId([2; 16]), ChunkId([3; 16]));
+    let label = "DSET.PRIM.APP.key002";
+    let g1 = GenerationCommit {
+        dataset_id: id,
+        name: name.clone(),
+        previous: 0,
+        generation: generation(1, label, "v1"),
+        chunks: vec![a, b],
+    };
+    assert_eq!(repo.commit_generation(&g1).unwrap(), Default::default());
+    let d = repo.dataset(&name).unwrap().expect("committed dataset");
+    assert_eq!((d.id, d.current.generation, d.current.size), (id, 1, 100));
+    assert_eq!(d.current.created_at, g1.generation.created_at, "timestamps keep microseconds");
+    assert_eq!(repo.generation_chunks(&id, 1).unwrap(), vec![a, b]);
+    // A second writer that also started from nothing loses.
+    assert!(matches!(repo.commit_generation(&g1), Err(RepoError::Conflict { .. })));
+    let g2 = GenerationCommit { previous: 1, generation: generation(2, label, "v1"), chunks: vec![a, c], ..g1.clone() };
+    let garbage = repo.commit_generation(&g2).unwrap();
+    assert_eq!(garbage.chunks, vec![(v1.clone(), b)], "only the chunk no generation keeps is garbage");
+    assert_eq!(garbage.manifests, vec![(v1.clone(), id, 1)]);
+    assert!(matches!(repo.commit_generation(&g2), Err(RepoError::Conflict { expected: 1, found: 2, .. })));
+    assert_eq!(repo.dataset(&name).unwrap().unwrap().current.generation, 2);
+    assert_eq!(repo.datasets_using_key(&KeyLabel::new(label).unwrap()).unwrap(), vec![name.clone()]);
+    assert!(repo.datasets_using_key(&KeyLabel::new("DSET.PRIM.APP.key001").unwrap()).unwrap().is_empty());
+    assert_eq!(repo.datasets().unwrap().len(), 1);
+    let garbage = repo.remove_dataset(&name).unwrap();
+    let mut chunks: Vec<ChunkId> = garbage.chunks.iter().map(|(_, c)| *c).collect();
+    chunks.sort();
+    assert_eq!(chunks, vec![a, c]);
+    assert_eq!(garbage.manifests, vec![(v1, id, 2)]);
+    assert!(repo.dataset(&name).unwrap().is_none());
+    assert!(matches!(repo.remove_dataset(&name), Err(RepoError::NotFound { .. })));
+    assert!(repo.generation_chunks(&id, 2).unwrap().is_empty());
+}

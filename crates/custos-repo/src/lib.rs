@@ -1,0 +1,95 @@
+//! The repository seam: everything Custos knows about keys, volumes,
+//! policies and datasets, behind one [`Repository`] trait. Every method is
+//! atomic on its own (one transaction), so the engine never needs to hold a
+//! transaction open across I/O, and a PostgreSQL backend can implement the
+//! same trait without the engine changing.
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+use custos_model::{
+    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, PolicyRecord,
+    VolumeName, VolumeRecord,
+};
+use thiserror::Error;
+
+pub use sqlite::SqliteRepository;
+
+pub type Result<T> = std::result::Result<T, RepoError>;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    #[error("the repository database failed while trying to {action}: {source}")]
+    Database { action: &'static str, source: rusqlite::Error },
+    #[error("the repository at {path} uses schema version {found}, newer than this Custos supports ({supported}): upgrade Custos")]
+    SchemaTooNew { path: String, found: i64, supported: i64 },
+    #[error("a {kind} named {name} already exists: choose another name")]
+    Exists { kind: &'static str, name: String },
+    #[error("no {kind} named {name}")]
+    NotFound { kind: &'static str, name: String },
+    #[error("dataset {name} was changed by another command while this one ran (expected generation {expected}, found {found}): run the command again")]
+    Conflict { name: String, expected: u64, found: u64 },
+    #[error("the repository holds a value it cannot read ({what}): the database was altered or damaged")]
+    Corrupt { what: String },
+}
+
+/// A new generation to commit. `previous` is the generation the writer
+/// started from (0 for a new dataset): if another writer committed since,
+/// the commit fails with [`RepoError::Conflict`].
+#[derive(Debug, Clone)]
+pub struct GenerationCommit {
+    pub dataset_id: DatasetId,
+    pub name: DatasetName,
+    pub previous: u64,
+    pub generation: GenerationRecord,
+    pub chunks: Vec<ChunkId>,
+}
+
+/// Objects a commit or removal left unreferenced, for the engine to delete
+/// from their volumes after the repository change is durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Garbage {
+    pub chunks: Vec<(VolumeName, ChunkId)>,
+    pub manifests: Vec<(VolumeName, DatasetId, u64)>,
+}
+
+/// The repository seam. See [`conformance::run`] for the contract.
+pub trait Repository: Send + Sync {
+    /// A setting (`key.naming`, `chunk.size`, …), if set.
+    fn setting(&self, key: &str) -> Result<Option<String>>;
+    fn set_setting(&self, key: &str, value: &str) -> Result<()>;
+
+    fn insert_key(&self, rec: &KeyRecord) -> Result<()>;
+    fn key(&self, label: &KeyLabel) -> Result<Option<KeyRecord>>;
+    /// All keys, by label.
+    fn keys(&self) -> Result<Vec<KeyRecord>>;
+    /// Replace a key record (state, timestamps, wrapped material) whole.
+    fn update_key(&self, rec: &KeyRecord) -> Result<()>;
+    /// Count one use of a key now.
+    fn record_key_use(&self, label: &KeyLabel) -> Result<()>;
+
+    fn insert_volume(&self, rec: &VolumeRecord) -> Result<()>;
+    fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>>;
+    fn volumes(&self) -> Result<Vec<VolumeRecord>>;
+
+    fn insert_policy(&self, rec: &PolicyRecord) -> Result<()>;
+    fn policies(&self) -> Result<Vec<PolicyRecord>>;
+    /// Remove a policy; false when there was none by that name.
+    fn remove_policy(&self, name: &str) -> Result<bool>;
+
+    fn dataset(&self, name: &DatasetName) -> Result<Option<DatasetRecord>>;
+    /// All datasets, by name.
+    fn datasets(&self) -> Result<Vec<DatasetRecord>>;
+    /// Names of datasets with some generation sealed under `label`.
+    fn datasets_using_key(&self, label: &KeyLabel) -> Result<Vec<DatasetName>>;
+    /// The chunk IDs of one generation, in order.
+    fn generation_chunks(&self, id: &DatasetId, generation: u64) -> Result<Vec<ChunkId>>;
+    /// Make a generation current, in one transaction, and drop the
+    /// generations it replaces. Returns what those left unreferenced.
+    fn commit_generation(&self, commit: &GenerationCommit) -> Result<Garbage>;
+    /// Remove a dataset and all its generations, in one transaction.
+    fn remove_dataset(&self, name: &DatasetName) -> Result<Garbage>;
+}
+
+pub mod conformance;

@@ -1,0 +1,590 @@
+//! SQLite implementation of [`Repository`]: one database file, WAL mode,
+//! `synchronous=FULL` so a commit that returned is durable, foreign keys on.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use custos_crypto::{Kcv, Mkvp};
+use custos_model::{
+    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState, Medium,
+    Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
+};
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use crate::{Garbage, GenerationCommit, RepoError, Repository, Result};
+
+/// Schema migrations, in order; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the foundation schema.
+    r#"
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE keys (
+        label TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        app TEXT NOT NULL,
+        wrapped BLOB,
+        mkvp TEXT NOT NULL,
+        kcv TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        activated_at INTEGER,
+        deactivated_at INTEGER,
+        destroyed_at INTEGER,
+        expires_at INTEGER,
+        last_used_at INTEGER,
+        use_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE volumes (
+        name TEXT PRIMARY KEY,
+        location TEXT NOT NULL,
+        site TEXT NOT NULL,
+        medium TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE policies (
+        name TEXT PRIMARY KEY,
+        pattern TEXT NOT NULL,
+        volume TEXT NOT NULL REFERENCES volumes(name),
+        key_label TEXT,
+        template INTEGER NOT NULL,
+        template_app TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE datasets (
+        id BLOB PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        current_generation INTEGER NOT NULL
+    );
+    CREATE TABLE generations (
+        dataset_id BLOB NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        generation INTEGER NOT NULL,
+        volume TEXT NOT NULL REFERENCES volumes(name),
+        key_label TEXT NOT NULL REFERENCES keys(label),
+        size INTEGER NOT NULL,
+        chunk_size INTEGER NOT NULL,
+        chunk_count INTEGER NOT NULL,
+        manifest_hash BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, generation)
+    );
+    CREATE INDEX generations_key ON generations(key_label);
+    CREATE TABLE generation_chunks (
+        dataset_id BLOB NOT NULL,
+        generation INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        chunk_id BLOB NOT NULL,
+        PRIMARY KEY (dataset_id, generation, idx),
+        FOREIGN KEY (dataset_id, generation) REFERENCES generations(dataset_id, generation) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE INDEX generation_chunks_chunk ON generation_chunks(chunk_id);
+    "#,
+];
+
+/// The embedded repository.
+pub struct SqliteRepository {
+    conn: Mutex<Connection>,
+}
+
+fn db(action: &'static str) -> impl Fn(rusqlite::Error) -> RepoError {
+    move |source| RepoError::Database { action, source }
+}
+
+fn ts(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+fn from_ts(v: i64) -> rusqlite::Result<Timestamp> {
+    Timestamp::from_microsecond(v)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e)))
+}
+
+fn opt_ts(v: Option<i64>) -> rusqlite::Result<Option<Timestamp>> {
+    v.map(from_ts).transpose()
+}
+
+fn corrupt(what: impl Into<String>) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        Box::new(std::io::Error::other(what.into())),
+    )
+}
+
+fn id16(v: Vec<u8>) -> rusqlite::Result<[u8; 16]> {
+    v.try_into().map_err(|_| corrupt("16-byte id"))
+}
+
+impl SqliteRepository {
+    /// Open (creating if needed) the database at `path` and bring its schema
+    /// up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(db("open the database"))?;
+        Self::setup(conn, &path.display().to_string())
+    }
+
+    /// A private in-memory repository, for tests.
+    pub fn in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(db("open the database"))?;
+        Self::setup(conn, ":memory:")
+    }
+
+    fn setup(mut conn: Connection, path: &str) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db("set the busy timeout"))?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .map_err(db("configure the database"))?;
+        let version: i64 =
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db("read the schema version"))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(RepoError::SchemaTooNew { path: path.into(), found: version, supported });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(db("start a migration"))?;
+            tx.execute_batch(sql).map_err(db("migrate the schema"))?;
+            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(db("record the schema version"))?;
+            tx.commit().map_err(db("commit a migration"))?;
+        }
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The schema version this build writes.
+    pub fn schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+}
+
+const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count";
+
+fn key_from_row(r: &Row) -> rusqlite::Result<KeyRecord> {
+    let label: String = r.get(0)?;
+    let state: String = r.get(1)?;
+    let purpose: String = r.get(2)?;
+    let mkvp: String = r.get(5)?;
+    let kcv: String = r.get(6)?;
+    Ok(KeyRecord {
+        label: KeyLabel::new(label).map_err(|e| corrupt(e.to_string()))?,
+        state: KeyState::parse(&state).ok_or_else(|| corrupt(format!("key state {state}")))?,
+        purpose: Purpose::parse(&purpose).ok_or_else(|| corrupt(format!("key purpose {purpose}")))?,
+        app: r.get(3)?,
+        wrapped: r.get::<_, Option<Vec<u8>>>(4)?.map(WrappedMaterial),
+        mkvp: Mkvp::from_hex(&mkvp).map_err(|_| corrupt("MKVP"))?,
+        kcv: Kcv::from_hex(&kcv).map_err(|_| corrupt("KCV"))?,
+        created_at: from_ts(r.get(7)?)?,
+        activated_at: opt_ts(r.get(8)?)?,
+        deactivated_at: opt_ts(r.get(9)?)?,
+        destroyed_at: opt_ts(r.get(10)?)?,
+        expires_at: opt_ts(r.get(11)?)?,
+        last_used_at: opt_ts(r.get(12)?)?,
+        use_count: r.get::<_, i64>(13)? as u64,
+    })
+}
+
+fn volume_from_row(r: &Row) -> rusqlite::Result<VolumeRecord> {
+    let name: String = r.get(0)?;
+    let medium: String = r.get(3)?;
+    Ok(VolumeRecord {
+        name: VolumeName::new(name).map_err(|e| corrupt(e.to_string()))?,
+        location: r.get(1)?,
+        site: r.get(2)?,
+        medium: Medium::parse(&medium).ok_or_else(|| corrupt(format!("medium {medium}")))?,
+        created_at: from_ts(r.get(4)?)?,
+    })
+}
+
+fn policy_from_row(r: &Row) -> rusqlite::Result<PolicyRecord> {
+    let pattern: String = r.get(1)?;
+    let volume: String = r.get(2)?;
+    let key_label: Option<String> = r.get(3)?;
+    let template: bool = r.get(4)?;
+    let target = if template {
+        PolicyTarget::Template { app: r.get(5)? }
+    } else {
+        let l = key_label.ok_or_else(|| corrupt("policy without key"))?;
+        PolicyTarget::Key(KeyLabel::new(l).map_err(|e| corrupt(e.to_string()))?)
+    };
+    Ok(PolicyRecord {
+        name: r.get(0)?,
+        pattern: Pattern::new(pattern).map_err(|e| corrupt(e.to_string()))?,
+        volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+        target,
+        created_at: from_ts(r.get(6)?)?,
+    })
+}
+
+const DATASET_SELECT: &str = "SELECT d.id, d.name, d.created_at, g.generation, g.volume, g.key_label, g.size, g.chunk_size, g.chunk_count, g.manifest_hash, g.created_at FROM datasets d JOIN generations g ON g.dataset_id = d.id AND g.generation = d.current_generation";
+
+fn dataset_from_row(r: &Row) -> rusqlite::Result<DatasetRecord> {
+    let name: String = r.get(1)?;
+    let volume: String = r.get(4)?;
+    let key: String = r.get(5)?;
+    let hash: Vec<u8> = r.get(9)?;
+    Ok(DatasetRecord {
+        id: DatasetId(id16(r.get(0)?)?),
+        name: DatasetName::new(name).map_err(|e| corrupt(e.to_string()))?,
+        created_at: from_ts(r.get(2)?)?,
+        current: GenerationRecord {
+            generation: r.get::<_, i64>(3)? as u64,
+            volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+            key_label: KeyLabel::new(key).map_err(|e| corrupt(e.to_string()))?,
+            size: r.get::<_, i64>(6)? as u64,
+            chunk_size: r.get::<_, i64>(7)? as u32,
+            chunk_count: r.get::<_, i64>(8)? as u64,
+            manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
+            created_at: from_ts(r.get(10)?)?,
+        },
+    })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+/// Collect what dropping the given generations leaves unreferenced, then drop them.
+fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) -> Result<Garbage> {
+    let mut garbage = Garbage::default();
+    for (g, vol) in gens {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT DISTINCT c.chunk_id FROM generation_chunks c WHERE c.dataset_id = ?1 AND c.generation = ?2
+                 AND NOT EXISTS (SELECT 1 FROM generation_chunks o JOIN generations og
+                     ON og.dataset_id = o.dataset_id AND og.generation = o.generation
+                     WHERE o.chunk_id = c.chunk_id AND og.volume = ?3 AND NOT (o.dataset_id = ?1 AND o.generation = ?2))",
+            )
+            .map_err(db("find unreferenced chunks"))?;
+        let chunks = stmt
+            .query_map(params![&id.0[..], *g as i64, vol], |r| Ok(ChunkId(id16(r.get(0)?)?)))
+            .map_err(db("find unreferenced chunks"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db("find unreferenced chunks"))?;
+        let vname = VolumeName::new(vol.clone()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
+        garbage.chunks.extend(chunks.into_iter().map(|c| (vname.clone(), c)));
+        garbage.manifests.push((vname, *id, *g));
+        tx.execute("DELETE FROM generations WHERE dataset_id = ?1 AND generation = ?2", params![&id.0[..], *g as i64])
+            .map_err(db("drop a generation"))?;
+    }
+    Ok(garbage)
+}
+
+impl Repository for SqliteRepository {
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.conn()
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(db("read a setting"))
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map_err(db("write a setting"))?;
+        Ok(())
+    }
+
+    fn insert_key(&self, k: &KeyRecord) -> Result<()> {
+        let r = self.conn().execute(
+            &format!("INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+            params![
+                k.label.as_str(),
+                k.state.as_str(),
+                k.purpose.as_str(),
+                k.app,
+                k.wrapped.as_ref().map(|w| &w.0),
+                k.mkvp.to_hex(),
+                k.kcv.to_hex(),
+                ts(k.created_at),
+                k.activated_at.map(ts),
+                k.deactivated_at.map(ts),
+                k.destroyed_at.map(ts),
+                k.expires_at.map(ts),
+                k.last_used_at.map(ts),
+                k.use_count as i64
+            ],
+        );
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "key", name: k.label.to_string() }),
+            r => r.map(|_| ()).map_err(db("store a key")),
+        }
+    }
+
+    fn key(&self, label: &KeyLabel) -> Result<Option<KeyRecord>> {
+        self.conn()
+            .query_row(&format!("SELECT {KEY_COLS} FROM keys WHERE label = ?1"), [label.as_str()], key_from_row)
+            .optional()
+            .map_err(db("read a key"))
+    }
+
+    fn keys(&self) -> Result<Vec<KeyRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {KEY_COLS} FROM keys ORDER BY label")).map_err(db("list keys"))?;
+        let rows = stmt.query_map([], key_from_row).map_err(db("list keys"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db("list keys"))
+    }
+
+    fn update_key(&self, k: &KeyRecord) -> Result<()> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE keys SET state = ?2, wrapped = ?3, mkvp = ?4, activated_at = ?5, deactivated_at = ?6,
+                 destroyed_at = ?7, expires_at = ?8, last_used_at = ?9, use_count = ?10 WHERE label = ?1",
+                params![
+                    k.label.as_str(),
+                    k.state.as_str(),
+                    k.wrapped.as_ref().map(|w| &w.0),
+                    k.mkvp.to_hex(),
+                    k.activated_at.map(ts),
+                    k.deactivated_at.map(ts),
+                    k.destroyed_at.map(ts),
+                    k.expires_at.map(ts),
+                    k.last_used_at.map(ts),
+                    k.use_count as i64
+                ],
+            )
+            .map_err(db("update a key"))?;
+        if n == 0 {
+            return Err(RepoError::NotFound { kind: "key", name: k.label.to_string() });
+        }
+        Ok(())
+    }
+
+    fn record_key_use(&self, label: &KeyLabel) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE keys SET use_count = use_count + 1, last_used_at = ?2 WHERE label = ?1",
+                params![label.as_str(), ts(Timestamp::now())],
+            )
+            .map_err(db("count a key use"))?;
+        Ok(())
+    }
+
+    fn insert_volume(&self, v: &VolumeRecord) -> Result<()> {
+        let r = self.conn().execute(
+            "INSERT INTO volumes (name, location, site, medium, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![v.name.as_str(), v.location, v.site, v.medium.as_str(), ts(v.created_at)],
+        );
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "volume", name: v.name.to_string() }),
+            r => r.map(|_| ()).map_err(db("store a volume")),
+        }
+    }
+
+    fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>> {
+        self.conn()
+            .query_row(
+                "SELECT name, location, site, medium, created_at FROM volumes WHERE name = ?1",
+                [name.as_str()],
+                volume_from_row,
+            )
+            .optional()
+            .map_err(db("read a volume"))
+    }
+
+    fn volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, location, site, medium, created_at FROM volumes ORDER BY name")
+            .map_err(db("list volumes"))?;
+        let rows = stmt.query_map([], volume_from_row).map_err(db("list volumes"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db("list volumes"))
+    }
+
+    fn insert_policy(&self, p: &PolicyRecord) -> Result<()> {
+        let (key, template, app) = match &p.target {
+            PolicyTarget::Key(l) => (Some(l.as_str()), false, None),
+            PolicyTarget::Template { app } => (None, true, app.as_deref()),
+        };
+        let r = self.conn().execute(
+            "INSERT INTO policies (name, pattern, volume, key_label, template, template_app, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![p.name, p.pattern.as_str(), p.volume.as_str(), key, template, app, ts(p.created_at)],
+        );
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "policy", name: p.name.clone() }),
+            r => r.map(|_| ()).map_err(db("store a policy")),
+        }
+    }
+
+    fn policies(&self) -> Result<Vec<PolicyRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, pattern, volume, key_label, template, template_app, created_at FROM policies ORDER BY name")
+            .map_err(db("list policies"))?;
+        let rows = stmt.query_map([], policy_from_row).map_err(db("list policies"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db("list policies"))
+    }
+
+    fn remove_policy(&self, name: &str) -> Result<bool> {
+        let n = self.conn().execute("DELETE FROM policies WHERE name = ?1", [name]).map_err(db("remove a policy"))?;
+        Ok(n > 0)
+    }
+
+    fn dataset(&self, name: &DatasetName) -> Result<Option<DatasetRecord>> {
+        self.conn()
+            .query_row(&format!("{DATASET_SELECT} WHERE d.name = ?1"), [name.as_str()], dataset_from_row)
+            .optional()
+            .map_err(db("read a dataset"))
+    }
+
+    fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{DATASET_SELECT} ORDER BY d.name")).map_err(db("list datasets"))?;
+        let rows = stmt.query_map([], dataset_from_row).map_err(db("list datasets"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db("list datasets"))
+    }
+
+    fn datasets_using_key(&self, label: &KeyLabel) -> Result<Vec<DatasetName>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT DISTINCT d.name FROM datasets d JOIN generations g ON g.dataset_id = d.id WHERE g.key_label = ?1 ORDER BY d.name")
+            .map_err(db("find datasets using a key"))?;
+        let rows = stmt
+            .query_map([label.as_str()], |r| {
+                let n: String = r.get(0)?;
+                DatasetName::new(n).map_err(|e| corrupt(e.to_string()))
+            })
+            .map_err(db("find datasets using a key"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db("find datasets using a key"))
+    }
+
+    fn generation_chunks(&self, id: &DatasetId, generation: u64) -> Result<Vec<ChunkId>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2 ORDER BY idx")
+            .map_err(db("list chunks"))?;
+        let rows = stmt
+            .query_map(params![&id.0[..], generation as i64], |r| Ok(ChunkId(id16(r.get(0)?)?)))
+            .map_err(db("list chunks"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db("list chunks"))
+    }
+
+    fn commit_generation(&self, c: &GenerationCommit) -> Result<Garbage> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start a commit"))?;
+        let id = &c.dataset_id.0[..];
+        let found: Option<(Vec<u8>, i64)> = tx
+            .query_row("SELECT id, current_generation FROM datasets WHERE name = ?1", [c.name.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(db("read a dataset"))?;
+        let g = &c.generation;
+        match found {
+            None if c.previous == 0 => {
+                tx.execute(
+                    "INSERT INTO datasets (id, name, created_at, current_generation) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, c.name.as_str(), ts(g.created_at), g.generation as i64],
+                )
+                .map_err(db("create a dataset"))?;
+            }
+            Some((fid, cur)) if fid == id && cur as u64 == c.previous => {}
+            other => {
+                return Err(RepoError::Conflict {
+                    name: c.name.to_string(),
+                    expected: c.previous,
+                    found: other.map(|(_, g)| g as u64).unwrap_or(0),
+                })
+            }
+        }
+        tx.execute(
+            "INSERT INTO generations (dataset_id, generation, volume, key_label, size, chunk_size, chunk_count, manifest_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                id,
+                g.generation as i64,
+                g.volume.as_str(),
+                g.key_label.as_str(),
+                g.size as i64,
+                g.chunk_size as i64,
+                g.chunk_count as i64,
+                &g.manifest_hash[..],
+                ts(g.created_at)
+            ],
+        )
+        .map_err(db("record a generation"))?;
+        {
+            let mut ins = tx
+                .prepare_cached("INSERT INTO generation_chunks (dataset_id, generation, idx, chunk_id) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(db("record chunks"))?;
+            for (i, chunk) in c.chunks.iter().enumerate() {
+                ins.execute(params![id, g.generation as i64, i as i64, &chunk.0[..]]).map_err(db("record chunks"))?;
+            }
+        }
+        tx.execute("UPDATE datasets SET current_generation = ?2 WHERE id = ?1", params![id, g.generation as i64])
+            .map_err(db("advance a dataset"))?;
+        let older: Vec<(u64, String)> = {
+            let mut stmt = tx
+                .prepare("SELECT generation, volume FROM generations WHERE dataset_id = ?1 AND generation <> ?2")
+                .map_err(db("list generations"))?;
+            let rows = stmt
+                .query_map(params![id, g.generation as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+                .map_err(db("list generations"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db("list generations"))?
+        };
+        let garbage = drop_generations(&tx, &c.dataset_id, &older)?;
+        tx.commit().map_err(db("commit a generation"))?;
+        Ok(garbage)
+    }
+
+    fn remove_dataset(&self, name: &DatasetName) -> Result<Garbage> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start a removal"))?;
+        let id: Option<Vec<u8>> = tx
+            .query_row("SELECT id FROM datasets WHERE name = ?1", [name.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(db("read a dataset"))?;
+        let id = DatasetId(
+            id16(id.ok_or_else(|| RepoError::NotFound { kind: "dataset", name: name.to_string() })?)
+                .map_err(db("read a dataset"))?,
+        );
+        let gens: Vec<(u64, String)> = {
+            let mut stmt = tx
+                .prepare("SELECT generation, volume FROM generations WHERE dataset_id = ?1")
+                .map_err(db("list generations"))?;
+            let rows = stmt
+                .query_map([&id.0[..]], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+                .map_err(db("list generations"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db("list generations"))?
+        };
+        let garbage = drop_generations(&tx, &id, &gens)?;
+        tx.execute("DELETE FROM datasets WHERE id = ?1", [&id.0[..]]).map_err(db("remove a dataset"))?;
+        tx.commit().map_err(db("commit a removal"))?;
+        Ok(garbage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance_in_memory() {
+        crate::conformance::run(&SqliteRepository::in_memory().unwrap());
+    }
+
+    #[test]
+    fn conformance_on_disk_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("custos.db");
+        crate::conformance::run(&SqliteRepository::open(&p).unwrap());
+        let again = SqliteRepository::open(&p).unwrap();
+        assert!(!again.keys().unwrap().is_empty(), "data survives reopening");
+    }
+
+    #[test]
+    fn fail_schema_newer_than_supported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("custos.db");
+        drop(SqliteRepository::open(&p).unwrap());
+        Connection::open(&p).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        let e = SqliteRepository::open(&p).err().expect("must refuse a newer schema");
+        assert!(matches!(e, RepoError::SchemaTooNew { found: 99, .. }), "{e}");
+        assert!(e.to_string().contains("upgrade Custos"));
+    }
+}
