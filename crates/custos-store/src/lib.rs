@@ -1,0 +1,91 @@
+//! Volumes and what is written on them.
+//!
+//! * [`Volume`]: the storage seam — immutable chunk objects and manifests,
+//!   named by ID. It moves sealed bytes and knows nothing of keys, so a raw
+//!   copy can run through it with no key access at all.
+//! * [`LocalVolume`]: a directory.
+//! * [`format`]: the byte layouts of chunk and manifest objects (versioned;
+//!   see docs/format.md).
+#![forbid(unsafe_code)]
+
+pub mod format;
+mod local;
+
+use std::path::PathBuf;
+
+use custos_model::{ChunkId, DatasetId};
+use thiserror::Error;
+
+pub use local::LocalVolume;
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Why a volume operation failed; each message names the volume and path.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{what} is missing from {volume} ({path})")]
+    Missing { volume: String, what: String, path: PathBuf },
+    #[error("{volume} is not reachable at {path}: {source}; check that it is mounted, or re-add it with `custos volume add`")]
+    Unreachable { volume: String, path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a Custos volume (no CUSTOS-VOLUME label): check the path, or create the volume with `custos volume add`")]
+    NotAVolume { path: PathBuf },
+    #[error("{volume} is full while writing {path}: free space on it or direct the data to another volume; nothing was committed")]
+    Full { volume: String, path: PathBuf },
+    #[error("I/O error on {volume} at {path}: {source}")]
+    Io { volume: String, path: PathBuf, source: std::io::Error },
+}
+
+/// The storage seam. Writes of chunks are made durable by [`Volume::sync`];
+/// manifests are durable and atomic when [`Volume::put_manifest`] returns.
+pub trait Volume: Send + Sync {
+    /// "volume NAME" plus where it is, for messages.
+    fn describe(&self) -> String;
+    /// Store a new sealed chunk. IDs are never reused: storing an existing ID fails.
+    fn put_chunk(&self, id: &ChunkId, sealed: &[u8]) -> Result<()>;
+    /// Read a sealed chunk into `buf` (cleared first).
+    fn read_chunk(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<()>;
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool>;
+    /// Delete a chunk; deleting a missing chunk is not an error.
+    fn delete_chunk(&self, id: &ChunkId) -> Result<()>;
+    /// Make every chunk stored so far durable.
+    fn sync(&self) -> Result<()>;
+    /// Store a manifest durably and atomically (replacing none: generations
+    /// are never rewritten).
+    fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()>;
+    fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>>;
+    /// Delete a manifest; deleting a missing one is not an error.
+    fn delete_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<()>;
+}
+
+/// Conformance checks every [`Volume`] implementation must pass.
+pub mod conformance {
+    use super::*;
+
+    pub fn run(v: &dyn Volume) {
+        let id = ChunkId([0xAA; 16]);
+        assert!(!v.has_chunk(&id).unwrap());
+        v.put_chunk(&id, b"sealed bytes").unwrap();
+        assert!(v.has_chunk(&id).unwrap());
+        assert!(v.put_chunk(&id, b"other").is_err(), "chunk IDs are write-once");
+        v.sync().unwrap();
+        let mut buf = vec![1, 2, 3];
+        v.read_chunk(&id, &mut buf).unwrap();
+        assert_eq!(buf, b"sealed bytes");
+        v.delete_chunk(&id).unwrap();
+        v.delete_chunk(&id).unwrap();
+        match v.read_chunk(&id, &mut buf) {
+            Err(StoreError::Missing { what, .. }) => assert!(what.contains(&id.to_hex())),
+            other => panic!("a missing chunk must be reported by name, got {other:?}"),
+        }
+        let ds = DatasetId([0xBB; 16]);
+        v.put_manifest(&ds, 1, b"m1").unwrap();
+        v.put_manifest(&ds, 2, b"m2").unwrap();
+        assert_eq!(v.read_manifest(&ds, 1).unwrap(), b"m1");
+        assert_eq!(v.read_manifest(&ds, 2).unwrap(), b"m2");
+        v.delete_manifest(&ds, 1).unwrap();
+        assert!(matches!(v.read_manifest(&ds, 1), Err(StoreError::Missing { .. })));
+        v.delete_manifest(&ds, 1).unwrap();
+        assert!(v.describe().contains("volume"));
+    }
+}

@@ -1,0 +1,223 @@
+//! A volume in a local directory. Layout (docs/format.md, "Volume layout"):
+//!
+//! ```text
+//! CUSTOS-VOLUME                       label: format version and volume id
+//! chunks/<2 hex>/<32 hex>             sealed chunk objects, fanned out by first byte
+//! manifests/<32 hex dataset id>/<16 hex generation>
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+use custos_model::{ChunkId, DatasetId};
+
+use crate::{Result, StoreError, Volume};
+
+const LABEL: &str = "CUSTOS-VOLUME";
+const LABEL_V1: &str = "custos-volume 1\n";
+
+pub struct LocalVolume {
+    name: String,
+    root: PathBuf,
+}
+
+impl LocalVolume {
+    /// Create (or adopt, if it is already one) a volume directory.
+    pub fn create(name: &str, root: &Path) -> Result<Self> {
+        let v = Self { name: format!("volume {name}"), root: root.into() };
+        let label = root.join(LABEL);
+        if label.exists() {
+            return Self::open(name, root);
+        }
+        fs::create_dir_all(root).map_err(|e| v.err(root, e))?;
+        for i in 0..=255u8 {
+            let d = root.join("chunks").join(format!("{i:02x}"));
+            fs::create_dir_all(&d).map_err(|e| v.err(&d, e))?;
+        }
+        fs::create_dir_all(root.join("manifests")).map_err(|e| v.err(root, e))?;
+        v.write_durable(&label, LABEL_V1.as_bytes())?;
+        Ok(v)
+    }
+
+    /// Open an existing volume directory; fails when it is gone or unlabelled.
+    pub fn open(name: &str, root: &Path) -> Result<Self> {
+        let v = Self { name: format!("volume {name}"), root: root.into() };
+        let meta = fs::metadata(root).map_err(|source| StoreError::Unreachable {
+            volume: v.name.clone(),
+            path: root.into(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(StoreError::NotAVolume { path: root.into() });
+        }
+        match fs::read_to_string(root.join(LABEL)) {
+            Ok(s) if s == LABEL_V1 => Ok(v),
+            Ok(_) | Err(_) => Err(StoreError::NotAVolume { path: root.into() }),
+        }
+    }
+
+    fn err(&self, path: &Path, e: std::io::Error) -> StoreError {
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                StoreError::Full { volume: self.name.clone(), path: path.into() }
+            }
+            ErrorKind::NotFound if !self.root.exists() => {
+                StoreError::Unreachable { volume: self.name.clone(), path: self.root.clone(), source: e }
+            }
+            _ => StoreError::Io { volume: self.name.clone(), path: path.into(), source: e },
+        }
+    }
+
+    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let h = id.to_hex();
+        self.root.join("chunks").join(&h[..2]).join(h)
+    }
+
+    fn manifest_path(&self, ds: &DatasetId, generation: u64) -> PathBuf {
+        self.root.join("manifests").join(ds.to_hex()).join(format!("{generation:016x}"))
+    }
+
+    /// Write a whole file atomically and durably: temp file, fsync, rename, fsync dir.
+    fn write_durable(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let dir = path.parent().expect("volume paths have a parent");
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("object")
+        ));
+        let res = (|| {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        })();
+        res.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            self.err(path, e)
+        })
+    }
+
+    fn read_file(&self, path: &Path, what: impl FnOnce() -> String, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        let mut f = File::open(path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound if self.root.join(LABEL).exists() => {
+                StoreError::Missing { volume: self.name.clone(), what: what(), path: path.into() }
+            }
+            _ => self.err(path, e),
+        })?;
+        if let Ok(m) = f.metadata() {
+            buf.reserve(m.len() as usize);
+        }
+        f.read_to_end(buf).map_err(|e| self.err(path, e))?;
+        Ok(())
+    }
+}
+
+impl Volume for LocalVolume {
+    fn describe(&self) -> String {
+        format!("{} ({})", self.name, self.root.display())
+    }
+
+    fn put_chunk(&self, id: &ChunkId, sealed: &[u8]) -> Result<()> {
+        let path = self.chunk_path(id);
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| self.err(&path, e))?;
+        if let Err(e) = f.write_all(sealed) {
+            drop(f);
+            let _ = fs::remove_file(&path);
+            return Err(self.err(&path, e));
+        }
+        Ok(())
+    }
+
+    fn read_chunk(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<()> {
+        self.read_file(&self.chunk_path(id), || format!("chunk {id}"), buf)
+    }
+
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let p = self.chunk_path(id);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound && self.root.exists() => Ok(false),
+            Err(e) => Err(self.err(&p, e)),
+        }
+    }
+
+    fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
+        let p = self.chunk_path(id);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(&p, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        let dir = File::open(&self.root).map_err(|e| self.err(&self.root, e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| self.err(&self.root, e.into()))
+    }
+
+    fn put_manifest(&self, ds: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+        let path = self.manifest_path(ds, generation);
+        let dir = path.parent().expect("manifest dir");
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| self.err(dir, e))?;
+            File::open(dir.parent().expect("manifests dir"))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.err(dir, e))?;
+        }
+        self.write_durable(&path, sealed)
+    }
+
+    fn read_manifest(&self, ds: &DatasetId, generation: u64) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_file(
+            &self.manifest_path(ds, generation),
+            || format!("the manifest of generation {generation} of dataset id {ds}"),
+            &mut buf,
+        )?;
+        Ok(buf)
+    }
+
+    fn delete_manifest(&self, ds: &DatasetId, generation: u64) -> Result<()> {
+        let p = self.manifest_path(ds, generation);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(&p, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = LocalVolume::create("t", &dir.path().join("vol")).unwrap();
+        crate::conformance::run(&v);
+    }
+
+    #[test]
+    fn fail_open_missing_or_unlabelled() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(LocalVolume::open("t", &dir.path().join("gone")), Err(StoreError::Unreachable { .. })));
+        assert!(matches!(LocalVolume::open("t", dir.path()), Err(StoreError::NotAVolume { .. })));
+        LocalVolume::create("t", &dir.path().join("v")).unwrap();
+        LocalVolume::open("t", &dir.path().join("v")).unwrap();
+        // Adopting an existing volume keeps it.
+        LocalVolume::create("t", &dir.path().join("v")).unwrap();
+    }
+
+    #[test]
+    fn fail_volume_removed_under_us() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("v");
+        let v = LocalVolume::create("t", &root).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        let e = v.read_chunk(&ChunkId([1; 16]), &mut Vec::new()).unwrap_err();
+        assert!(matches!(e, StoreError::Unreachable { .. }), "{e}");
+        assert!(e.to_string().contains("not reachable"));
+        assert!(matches!(v.put_chunk(&ChunkId([1; 16]), b"x"), Err(StoreError::Unreachable { .. })));
+    }
+}
