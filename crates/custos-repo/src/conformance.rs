@@ -126,15 +126,27 @@ pub fn run(repo: &dyn Repository) {
         previous: 0,
         generation: generation(1, label, "v1"),
         chunks: vec![a, b],
+        new_key: Some(key("DSET.PRIM.APP.key003")),
     };
     assert_eq!(repo.commit_generation(&g1).unwrap(), Default::default());
     let d = repo.dataset(&name).unwrap().expect("committed dataset");
     assert_eq!((d.id, d.current.generation, d.current.size), (id, 1, 100));
     assert_eq!(d.current.created_at, g1.generation.created_at, "timestamps keep microseconds");
     assert_eq!(repo.generation_chunks(&id, 1).unwrap(), vec![a, b]);
+    assert!(repo.key(&KeyLabel::new("DSET.PRIM.APP.key003").unwrap()).unwrap().is_some(), "new key stored with the commit");
     // A second writer that also started from nothing loses.
     assert!(matches!(repo.commit_generation(&g1), Err(RepoError::Conflict { .. })));
-    let g2 = GenerationCommit { previous: 1, generation: generation(2, label, "v1"), chunks: vec![a, c], ..g1.clone() };
+    // A failed commit stores none of its parts, its new key included.
+    let conflicting = GenerationCommit { new_key: Some(key("DSET.PRIM.APP.key004")), ..g1.clone() };
+    assert!(repo.commit_generation(&conflicting).is_err());
+    assert!(repo.key(&KeyLabel::new("DSET.PRIM.APP.key004").unwrap()).unwrap().is_none());
+    let g2 = GenerationCommit {
+        previous: 1,
+        generation: generation(2, label, "v1"),
+        chunks: vec![a, c],
+        new_key: None,
+        ..g1.clone()
+    };
     let garbage = repo.commit_generation(&g2).unwrap();
     assert_eq!(garbage.chunks, vec![(v1.clone(), b)], "only the chunk no generation keeps is garbage");
     assert_eq!(garbage.manifests, vec![(v1.clone(), id, 1)]);

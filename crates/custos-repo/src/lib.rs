@@ -44,6 +44,9 @@ pub struct GenerationCommit {
     pub previous: u64,
     pub generation: GenerationRecord,
     pub chunks: Vec<ChunkId>,
+    /// A key created for this dataset (by a policy template), stored in the
+    /// same transaction so a failed write leaves no stray key behind.
+    pub new_key: Option<KeyRecord>,
 }
 
 /// Objects a commit or removal left unreferenced, for the engine to delete

@@ -132,7 +132,7 @@ impl SqliteRepository {
 
     fn setup(mut conn: Connection, path: &str) -> Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db("set the busy timeout"))?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;")
             .map_err(db("configure the database"))?;
         let version: i64 =
             conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db("read the schema version"))?;
@@ -271,6 +271,32 @@ fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) ->
     Ok(garbage)
 }
 
+fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
+    let r = conn.execute(
+        &format!("INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+        params![
+            k.label.as_str(),
+            k.state.as_str(),
+            k.purpose.as_str(),
+            k.app,
+            k.wrapped.as_ref().map(|w| &w.0),
+            k.mkvp.to_hex(),
+            k.kcv.to_hex(),
+            ts(k.created_at),
+            k.activated_at.map(ts),
+            k.deactivated_at.map(ts),
+            k.destroyed_at.map(ts),
+            k.expires_at.map(ts),
+            k.last_used_at.map(ts),
+            k.use_count as i64
+        ],
+    );
+    match r {
+        Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "key", name: k.label.to_string() }),
+        r => r.map(|_| ()).map_err(db("store a key")),
+    }
+}
+
 impl Repository for SqliteRepository {
     fn setting(&self, key: &str) -> Result<Option<String>> {
         self.conn()
@@ -290,29 +316,7 @@ impl Repository for SqliteRepository {
     }
 
     fn insert_key(&self, k: &KeyRecord) -> Result<()> {
-        let r = self.conn().execute(
-            &format!("INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
-            params![
-                k.label.as_str(),
-                k.state.as_str(),
-                k.purpose.as_str(),
-                k.app,
-                k.wrapped.as_ref().map(|w| &w.0),
-                k.mkvp.to_hex(),
-                k.kcv.to_hex(),
-                ts(k.created_at),
-                k.activated_at.map(ts),
-                k.deactivated_at.map(ts),
-                k.destroyed_at.map(ts),
-                k.expires_at.map(ts),
-                k.last_used_at.map(ts),
-                k.use_count as i64
-            ],
-        );
-        match r {
-            Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "key", name: k.label.to_string() }),
-            r => r.map(|_| ()).map_err(db("store a key")),
-        }
+        insert_key(&self.conn(), k)
     }
 
     fn key(&self, label: &KeyLabel) -> Result<Option<KeyRecord>> {
@@ -351,6 +355,12 @@ impl Repository for SqliteRepository {
             .map_err(db("update a key"))?;
         if n == 0 {
             return Err(RepoError::NotFound { kind: "key", name: k.label.to_string() });
+        }
+        if k.wrapped.is_none() {
+            // Erased material must not linger in the write-ahead log either.
+            self.conn()
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(db("checkpoint after erasing key material"))?;
         }
         Ok(())
     }
@@ -491,6 +501,9 @@ impl Repository for SqliteRepository {
                     found: other.map(|(_, g)| g as u64).unwrap_or(0),
                 })
             }
+        }
+        if let Some(k) = &c.new_key {
+            insert_key(&tx, k)?;
         }
         tx.execute(
             "INSERT INTO generations (dataset_id, generation, volume, key_label, size, chunk_size, chunk_count, manifest_hash, created_at)

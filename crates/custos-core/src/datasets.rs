@@ -1,0 +1,415 @@
+//! Datasets: the access method. Plaintext in, plaintext out; keys and
+//! ciphertext stay inside.
+//!
+//! A write seals the input into chunks on the dataset's volume, makes them
+//! durable, writes the sealed manifest durably, and only then commits the
+//! generation in one repository transaction. A failure or a crash before the
+//! commit leaves the previous generation current and untouched; the chunks
+//! written so far are deleted (or, after a crash, are unreferenced).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use custos_crypto::DataKey;
+use custos_model::{
+    ChunkRef, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
+    PolicyTarget, Purpose, VolumeName, VolumeRecord,
+};
+use custos_repo::{Garbage, GenerationCommit};
+use custos_store::format::{object_hash, Manifest};
+use custos_store::Volume;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::keys::NewKey;
+use crate::pipeline::{open_stream, seal_stream, OpenError, OpenJob, SealError, SealJob};
+use crate::{Error, Open, Result, Vault, VaultState};
+
+/// Overrides for a write; by default the dataset's policy decides.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub key: Option<KeyLabel>,
+    pub volume: Option<VolumeName>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PutReport {
+    pub dataset: DatasetName,
+    pub generation: u64,
+    pub size: u64,
+    pub chunks: u64,
+    /// Chunks sealed and stored by this write (the rest were unchanged and shared).
+    pub new_chunks: u64,
+    pub key_label: KeyLabel,
+    pub volume: VolumeName,
+    /// The key was created for this dataset by its policy's template.
+    pub created_key: bool,
+}
+
+/// What a read did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GetReport {
+    pub dataset: DatasetName,
+    pub generation: u64,
+    pub bytes: u64,
+}
+
+/// A dataset with its key and volume, for `ds info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetInfo {
+    #[serde(flatten)]
+    pub record: DatasetRecord,
+    pub key_state: KeyState,
+    pub volume: VolumeRecord,
+}
+
+impl<S: VaultState> Vault<S> {
+    pub fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        Ok(self.repo.datasets()?)
+    }
+
+    pub fn dataset(&self, name: &DatasetName) -> Result<DatasetRecord> {
+        self.repo.dataset(name)?.ok_or_else(|| Error::DatasetNotFound { name: name.clone() })
+    }
+
+    pub fn dataset_info(&self, name: &DatasetName) -> Result<DatasetInfo> {
+        let record = self.dataset(name)?;
+        let key_state = self.key_record(&record.current.key_label)?.state;
+        let volume = self.volume_record(&record.current.volume)?;
+        Ok(DatasetInfo { record, key_state, volume })
+    }
+
+    /// Remove a dataset and everything only it referenced. Needs no key.
+    pub fn remove_dataset(&self, name: &DatasetName) -> Result<usize> {
+        self.dataset(name)?;
+        let garbage = self.repo.remove_dataset(name)?;
+        Ok(self.collect_garbage(&garbage))
+    }
+
+    /// Delete objects the repository no longer references. Best effort:
+    /// what cannot be deleted now is only wasted space. Returns how many
+    /// objects were deleted.
+    pub(crate) fn collect_garbage(&self, g: &Garbage) -> usize {
+        let mut deleted = 0;
+        for (vol, id) in &g.chunks {
+            if let Ok(v) = self.open_volume(vol) {
+                deleted += v.delete_chunk(id).is_ok() as usize;
+            }
+        }
+        for (vol, ds, generation) in &g.manifests {
+            if let Ok(v) = self.open_volume(vol) {
+                deleted += v.delete_manifest(ds, *generation).is_ok() as usize;
+            }
+        }
+        deleted
+    }
+}
+
+/// Where a write goes and under which key; `new_key` is a template-made key
+/// to be stored in the same transaction as the generation.
+struct Target {
+    volume: VolumeName,
+    key: KeyRecord,
+    new_key: Option<KeyRecord>,
+}
+
+impl Vault<Open> {
+    fn resolve_target(&self, name: &DatasetName, existing: Option<&DatasetRecord>, opts: &PutOptions) -> Result<Target> {
+        let policy = if existing.is_none() && (opts.key.is_none() || opts.volume.is_none()) {
+            Some(self.policy_for(name)?.ok_or_else(|| Error::NoPolicy { dataset: name.clone() })?)
+        } else {
+            None
+        };
+        let volume = match (&opts.volume, existing, &policy) {
+            (Some(v), _, _) => v.clone(),
+            (None, Some(d), _) => d.current.volume.clone(),
+            (None, None, Some(p)) => p.volume.clone(),
+            (None, None, None) => unreachable!("a policy is required when nothing else names the volume"),
+        };
+        self.volume_record(&volume)?;
+        let label = match (&opts.key, existing, &policy) {
+            (Some(k), _, _) => Some(k.clone()),
+            (None, Some(d), _) => Some(d.current.key_label.clone()),
+            (None, None, Some(p)) => match &p.target {
+                PolicyTarget::Key(k) => Some(k.clone()),
+                PolicyTarget::Template { .. } => None,
+            },
+            (None, None, None) => unreachable!("a policy is required when nothing else names the key"),
+        };
+        match label {
+            Some(label) => {
+                let key = self.key_record(&label)?;
+                if key.purpose != Purpose::Prim {
+                    return Err(Error::KeyPurpose {
+                        label,
+                        state: key.state,
+                        why: "it is a backup (BACK) key; datasets are sealed under primary (PRIM) keys",
+                    });
+                }
+                Ok(Target { volume, key, new_key: None })
+            }
+            None => {
+                let app = match policy.as_ref().map(|p| &p.target) {
+                    Some(PolicyTarget::Template { app: Some(a) }) => a.clone(),
+                    _ => name.hlq().to_string(),
+                };
+                let rec = self.new_key_record(&NewKey {
+                    label: None,
+                    app: Some(app),
+                    purpose: Purpose::Prim,
+                    expires_at: None,
+                    activate: true,
+                })?;
+                Ok(Target { volume, key: rec.clone(), new_key: Some(rec) })
+            }
+        }
+    }
+
+    /// Write a new generation of a dataset from `input`.
+    pub fn put(&self, name: &DatasetName, input: &mut (dyn Read + Send), opts: &PutOptions) -> Result<PutReport> {
+        let existing = self.repo.dataset(name)?;
+        let target = self.resolve_target(name, existing.as_ref(), opts)?;
+        let key = self.unwrap_for(&target.key, KeyUse::Encrypt, name)?;
+        let volume = self.open_volume(&target.volume)?;
+        let chunk_size = self.chunk_size()?;
+        let (dataset_id, previous) = match &existing {
+            Some(d) => (d.id, d.current.generation),
+            None => (DatasetId::random(), 0),
+        };
+        // Unchanged chunks can be shared with the previous generation when
+        // it is on the same volume, under the same key, with the same chunking.
+        let reusable: Vec<ChunkRef> = match &existing {
+            Some(d)
+                if d.current.volume == target.volume
+                    && d.current.key_label == target.key.label
+                    && d.current.chunk_size == chunk_size =>
+            {
+                self.load_manifest(d, &key, volume.as_ref()).map(|m| m.chunks).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        let job = SealJob {
+            key: &key,
+            dataset: dataset_id,
+            volume: volume.as_ref(),
+            chunk_size: chunk_size as usize,
+            previous: &reusable,
+            threads: self.threads,
+        };
+        let outcome = seal_stream(&job, input);
+        let cleanup = |extra_manifest: Option<u64>| {
+            for id in &outcome.written {
+                let _ = volume.delete_chunk(id);
+            }
+            if let Some(g) = extra_manifest {
+                let _ = volume.delete_manifest(&dataset_id, g);
+            }
+        };
+        let chunks = match outcome.result {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup(None);
+                return Err(match e {
+                    SealError::Input(source) => Error::Input { dataset: name.clone(), source },
+                    SealError::Store(e) => e.into(),
+                    SealError::Format(e) => Error::Invalid { what: "chunk", why: e.to_string() },
+                });
+            }
+        };
+        let generation = previous + 1;
+        let size: u64 = chunks.iter().map(|c| c.len as u64).sum();
+        let committed = (|| -> Result<Garbage> {
+            volume.sync()?;
+            let manifest = Manifest {
+                dataset_id,
+                generation,
+                created_at: Timestamp::now(),
+                chunk_size,
+                size,
+                name: name.to_string(),
+                key_label: target.key.label.to_string(),
+                key_kcv: target.key.kcv,
+                chunks: chunks.clone(),
+            };
+            let sealed = manifest.seal(&key).map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })?;
+            volume.put_manifest(&dataset_id, generation, &sealed)?;
+            let commit = GenerationCommit {
+                dataset_id,
+                name: name.clone(),
+                previous,
+                generation: GenerationRecord {
+                    generation,
+                    volume: target.volume.clone(),
+                    key_label: target.key.label.clone(),
+                    size,
+                    chunk_size,
+                    chunk_count: chunks.len() as u64,
+                    manifest_hash: object_hash(&sealed),
+                    created_at: manifest.created_at,
+                },
+                chunks: chunks.iter().map(|c| c.id).collect(),
+                new_key: target.new_key.clone(),
+            };
+            Ok(self.repo.commit_generation(&commit)?)
+        })();
+        let garbage = match committed {
+            Ok(g) => g,
+            Err(e) => {
+                cleanup(Some(generation));
+                return Err(e);
+            }
+        };
+        self.repo.record_key_use(&target.key.label)?;
+        self.collect_garbage(&garbage);
+        Ok(PutReport {
+            dataset: name.clone(),
+            generation,
+            size,
+            chunks: chunks.len() as u64,
+            new_chunks: outcome.written.len() as u64,
+            key_label: target.key.label,
+            volume: target.volume,
+            created_key: target.new_key.is_some(),
+        })
+    }
+
+    /// Read a dataset (or the byte range `start..end` of it) into `out`.
+    pub fn get(&self, name: &DatasetName, out: &mut dyn Write, range: Option<(u64, u64)>) -> Result<GetReport> {
+        let d = self.dataset(name)?;
+        let rec = self.key_record(&d.current.key_label)?;
+        let key = self.unwrap_for(&rec, KeyUse::Decrypt, name)?;
+        let volume = self.open_volume(&d.current.volume)?;
+        let manifest = self.load_manifest(&d, &key, volume.as_ref())?;
+        let size = manifest.size;
+        let (start, end) = range.unwrap_or((0, size));
+        if start > end || end > size {
+            return Err(Error::Range { dataset: name.clone(), start, end, size });
+        }
+        let job = OpenJob {
+            key: &key,
+            dataset: d.id,
+            volume: volume.as_ref(),
+            chunks: &manifest.chunks,
+            chunk_size: manifest.chunk_size as u64,
+            threads: self.threads,
+        };
+        open_stream(&job, start, end, out).map_err(|e| match e {
+            OpenError::Chunk { index, id, problem } => Error::Chunk {
+                dataset: name.clone(),
+                generation: d.current.generation,
+                index,
+                id,
+                volume: volume.describe(),
+                problem,
+            },
+            OpenError::Store(e) => e.into(),
+            OpenError::Output(source) => Error::Output { dataset: name.clone(), source },
+        })?;
+        out.flush().map_err(|source| Error::Output { dataset: name.clone(), source })?;
+        self.repo.record_key_use(&rec.label)?;
+        Ok(GetReport { dataset: name.clone(), generation: d.current.generation, bytes: end - start })
+    }
+
+    /// Read every chunk of a dataset and check it, writing nothing.
+    pub fn verify(&self, name: &DatasetName) -> Result<GetReport> {
+        self.get(name, &mut std::io::sink(), None)
+    }
+
+    /// Read, check against the catalog and open the current manifest.
+    fn load_manifest(&self, d: &DatasetRecord, key: &DataKey, volume: &dyn Volume) -> Result<Manifest> {
+        let g = &d.current;
+        let fail = |why: String| Error::Manifest {
+            dataset: d.name.clone(),
+            generation: g.generation,
+            volume: volume.describe(),
+            why,
+        };
+        let sealed = volume.read_manifest(&d.id, g.generation).map_err(|e| match e {
+            custos_store::StoreError::Missing { .. } => fail("is missing".into()),
+            e => e.into(),
+        })?;
+        if object_hash(&sealed) != g.manifest_hash {
+            return Err(fail(
+                "does not match the one the catalog committed: it was replaced (for example by an older generation's manifest) or altered".into(),
+            ));
+        }
+        let m = Manifest::open(key, &d.id, g.generation, &sealed).map_err(|e| fail(e.to_string()))?;
+        if m.size != g.size || m.chunks.len() as u64 != g.chunk_count || m.name != d.name.as_str() {
+            return Err(fail("disagrees with the catalog on size, chunk count or name".into()));
+        }
+        Ok(m)
+    }
+
+    /// Import a directory tree: every regular file below `dir` becomes the
+    /// dataset `PREFIX.<path qualifiers>`. All names are checked (valid and
+    /// distinct, and not existing datasets unless `replace`) before anything
+    /// is written.
+    pub fn import(
+        &self,
+        dir: &Path,
+        prefix: &DatasetName,
+        replace: bool,
+        mut progress: impl FnMut(&PutReport),
+    ) -> Result<Vec<PutReport>> {
+        let mut files = Vec::new();
+        walk(dir, &mut files).map_err(|source| Error::VaultIo { path: dir.into(), source })?;
+        files.sort();
+        let mut planned: Vec<(DatasetName, PathBuf)> = Vec::with_capacity(files.len());
+        let mut seen = std::collections::HashMap::new();
+        for f in files {
+            let rel = f.strip_prefix(dir).expect("walked below dir");
+            let name = import_name(prefix, rel)?;
+            if let Some(other) = seen.insert(name.clone(), f.clone()) {
+                return Err(Error::Invalid {
+                    what: "import",
+                    why: format!("{} and {} would both become dataset {name}; rename one", other.display(), f.display()),
+                });
+            }
+            if !replace && self.repo.dataset(&name)?.is_some() {
+                return Err(Error::Invalid {
+                    what: "import",
+                    why: format!("dataset {name} (from {}) already exists; pass --replace to write new generations", f.display()),
+                });
+            }
+            planned.push((name, f));
+        }
+        let mut reports = Vec::with_capacity(planned.len());
+        for (name, path) in planned {
+            let mut file = std::fs::File::open(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
+            let r = self.put(&name, &mut file, &PutOptions::default())?;
+            progress(&r);
+            reports.push(r);
+        }
+        Ok(reports)
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            walk(&entry.path(), out)?;
+        } else if ft.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// `a/b/c.txt` under prefix `P` → `P.a.b.c_txt`: characters a qualifier
+/// cannot hold become `_`.
+fn import_name(prefix: &DatasetName, rel: &Path) -> Result<DatasetName> {
+    let mut name = prefix.to_string();
+    for comp in rel.components() {
+        let s = comp.as_os_str().to_string_lossy();
+        let q: String = s
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "_-$#@".contains(c) { c } else { '_' })
+            .collect();
+        name.push('.');
+        name.push_str(&q);
+    }
+    DatasetName::new(name).map_err(|e| Error::Invalid { what: "import", why: format!("{}: {e}", rel.display()) })
+}

@@ -1,0 +1,94 @@
+//! Engine errors.
+//!
+//! Policy: every variant names the object that failed (dataset, generation,
+//! chunk, key, volume, policy) and its message ends with what to do next.
+//! Nothing secret is ever part of an error. Variants are matched by callers
+//! (the CLI picks exit codes from them); messages are for people.
+
+use std::path::PathBuf;
+
+use custos_model::{ChunkId, DatasetName, KeyLabel, KeyState, LifecycleError};
+use custos_store::format::FormatError;
+use thiserror::Error;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What was wrong with one chunk.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ChunkProblem {
+    #[error("is missing")]
+    Missing,
+    #[error("{0}")]
+    Format(FormatError),
+}
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("no vault at {path}: create one with `custos init`, or point --vault / CUSTOS_VAULT at an existing one")]
+    NoVault { path: PathBuf },
+    #[error("{path} already exists and is not empty: choose a new directory for the vault")]
+    VaultExists { path: PathBuf },
+    #[error("cannot use the vault directory {path}: {source}")]
+    VaultIo { path: PathBuf, source: std::io::Error },
+
+    #[error("no dataset named {name}: see `custos ds ls`")]
+    DatasetNotFound { name: DatasetName },
+    #[error("no key labelled {label}: see `custos key ls`")]
+    KeyNotFound { label: KeyLabel },
+    #[error("no volume named {name}: see `custos volume ls`, or add it with `custos volume add`")]
+    VolumeNotFound { name: String },
+    #[error("no policy named {name}: see `custos policy ls`")]
+    PolicyNotFound { name: String },
+    #[error("no policy matches dataset {dataset}: add one with `custos policy add`, or pass --key and --volume")]
+    NoPolicy { dataset: DatasetName },
+
+    #[error("dataset {dataset} is sealed under key {label}, which was destroyed{}: its data is cryptographically erased and cannot be read back from this copy; restore it from a copy sealed under another key, if one exists", at.map(|t| format!(" at {t}")).unwrap_or_default())]
+    KeyDestroyed { dataset: DatasetName, label: KeyLabel, at: Option<jiff::Timestamp> },
+    #[error("key {label} cannot be used{}: {source}", dataset.as_ref().map(|d| format!(" for dataset {d}")).unwrap_or_default())]
+    KeyUnusable { label: KeyLabel, dataset: Option<DatasetName>, source: LifecycleError },
+    #[error("key {label} expired at {at}: it no longer encrypts new data; create a new key with `custos key create` and write under it")]
+    KeyExpired { label: KeyLabel, at: jiff::Timestamp },
+    #[error("key {label}: {source}")]
+    Lifecycle { label: KeyLabel, source: LifecycleError },
+    #[error("destroying key {label} would make {} unreadable: {}; re-run with --crypto-erase to erase them on purpose", if datasets.len() == 1 { "this dataset".to_string() } else { format!("these {} datasets", datasets.len()) }, datasets.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
+    KeyInUse { label: KeyLabel, datasets: Vec<DatasetName> },
+    #[error("key {label} unwrapped to material whose check value {got} differs from the recorded {want}: the keystore record was altered or swapped; restore the keystore from a backup")]
+    KeyMismatch { label: KeyLabel, got: String, want: String },
+    #[error("key {label} is {state}: {why}")]
+    KeyPurpose { label: KeyLabel, state: KeyState, why: &'static str },
+    #[error("key {label} has no material to use: the keystore record is damaged; restore the keystore from a backup")]
+    KeyNoMaterial { label: KeyLabel },
+    #[error(transparent)]
+    Naming(#[from] custos_model::NamingError),
+    #[error(transparent)]
+    Name(#[from] custos_model::NameError),
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+
+    #[error("chunk {index} (id {id}) of dataset {dataset} generation {generation} on {volume} {problem}: restore the dataset from a backup copy, or remove it with `custos ds rm` if it is not needed")]
+    Chunk {
+        dataset: DatasetName,
+        generation: u64,
+        index: u64,
+        id: ChunkId,
+        volume: String,
+        problem: ChunkProblem,
+    },
+    #[error("the manifest of dataset {dataset} generation {generation} on {volume} {why}: restore the dataset from a backup copy")]
+    Manifest { dataset: DatasetName, generation: u64, volume: String, why: String },
+    #[error("range {start}..{end} is outside dataset {dataset} ({size} bytes): give START..END with START <= END <= {size}")]
+    Range { dataset: DatasetName, start: u64, end: u64, size: u64 },
+    #[error("reading the input for dataset {dataset} failed: {source}; nothing was stored")]
+    Input { dataset: DatasetName, source: std::io::Error },
+    #[error("writing dataset {dataset} to the output failed: {source}")]
+    Output { dataset: DatasetName, source: std::io::Error },
+
+    #[error(transparent)]
+    Hsm(#[from] custos_hsm::HsmError),
+    #[error(transparent)]
+    Repo(#[from] custos_repo::RepoError),
+    #[error(transparent)]
+    Store(#[from] custos_store::StoreError),
+}

@@ -1,0 +1,167 @@
+//! Keys: creation under the naming standard, lifecycle actions (through the
+//! one table in `custos_model::KeyState::apply`), and unwrapping for use.
+
+use custos_crypto::{DataKey, Kcv};
+use custos_model::{
+    DatasetName, KeyAction, KeyLabel, KeyRecord, KeyState, KeyUse, Purpose, WrappedMaterial,
+};
+use jiff::Timestamp;
+
+use crate::{Error, Open, Result, Vault, VaultState};
+
+/// A key to create. Either `label` (checked against the naming standard) or
+/// `app` (the next label in the application's sequence) must be given.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub label: Option<KeyLabel>,
+    pub app: Option<String>,
+    pub purpose: Purpose,
+    pub expires_at: Option<Timestamp>,
+    /// Activate at once instead of leaving the key pre-active.
+    pub activate: bool,
+}
+
+impl<S: VaultState> Vault<S> {
+    pub fn keys(&self) -> Result<Vec<KeyRecord>> {
+        Ok(self.repo.keys()?)
+    }
+
+    pub fn key(&self, label: &KeyLabel) -> Result<KeyRecord> {
+        self.key_record(label)
+    }
+
+    /// Datasets with data sealed under a key.
+    pub fn datasets_using_key(&self, label: &KeyLabel) -> Result<Vec<DatasetName>> {
+        Ok(self.repo.datasets_using_key(label)?)
+    }
+
+    /// Apply a lifecycle action. Destroying a key that datasets still need
+    /// is refused unless `crypto_erase` says so on purpose; destruction
+    /// erases the wrapped material from the keystore.
+    pub fn key_action(&self, label: &KeyLabel, action: KeyAction, crypto_erase: bool) -> Result<KeyRecord> {
+        let mut rec = self.key_record(label)?;
+        let next = rec.state.apply(action).map_err(|source| Error::Lifecycle { label: label.clone(), source })?;
+        let now = Timestamp::now();
+        if action == KeyAction::Destroy {
+            let users = self.repo.datasets_using_key(label)?;
+            if !users.is_empty() && !crypto_erase {
+                return Err(Error::KeyInUse { label: label.clone(), datasets: users });
+            }
+            rec.wrapped = None;
+            rec.destroyed_at = Some(now);
+        }
+        match next {
+            KeyState::Active => rec.activated_at = Some(now),
+            KeyState::Inactive if rec.state == KeyState::Active => rec.deactivated_at = Some(now),
+            _ => {}
+        }
+        rec.state = next;
+        self.repo.update_key(&rec)?;
+        Ok(rec)
+    }
+
+    /// The next label for an application and purpose under the naming standard.
+    pub fn next_label(&self, app: &str, purpose: Purpose) -> Result<KeyLabel> {
+        let ns = self.naming()?;
+        let max = self
+            .repo
+            .keys()?
+            .iter()
+            .filter_map(|k| ns.parse(k.label.as_str()).ok())
+            .filter(|p| p.app == app && p.purpose == purpose)
+            .map(|p| p.seq)
+            .max()
+            .unwrap_or(0);
+        let label = ns.label(purpose, app, max + 1);
+        ns.parse(&label)?;
+        Ok(KeyLabel::new(label)?)
+    }
+}
+
+impl Vault<Open> {
+    /// Generate a key in the HSM and record it, wrapped, in the keystore.
+    pub fn create_key(&self, k: &NewKey) -> Result<KeyRecord> {
+        let rec = self.new_key_record(k)?;
+        self.repo.insert_key(&rec)?;
+        Ok(rec)
+    }
+
+    /// Build (but do not store) a new key record: the HSM generates and
+    /// wraps the material.
+    pub(crate) fn new_key_record(&self, k: &NewKey) -> Result<KeyRecord> {
+        let ns = self.naming()?;
+        let (label, app) = match (&k.label, &k.app) {
+            (Some(label), app) => {
+                let parts = ns.parse(label.as_str())?;
+                if parts.purpose != k.purpose {
+                    return Err(Error::Invalid {
+                        what: "key label",
+                        why: format!("{label} names purpose {} but {} was asked for", parts.purpose, k.purpose),
+                    });
+                }
+                if let Some(a) = app.as_ref().filter(|a| **a != parts.app) {
+                    return Err(Error::Invalid {
+                        what: "key label",
+                        why: format!("{label} names application {} but --app says {a}", parts.app),
+                    });
+                }
+                (label.clone(), parts.app)
+            }
+            (None, Some(app)) => (self.next_label(app, k.purpose)?, app.clone()),
+            (None, None) => {
+                return Err(Error::Invalid {
+                    what: "key",
+                    why: "give a label or --app to name the key by the naming standard".into(),
+                })
+            }
+        };
+        if self.repo.key(&label)?.is_some() {
+            return Err(custos_repo::RepoError::Exists { kind: "key", name: label.to_string() }.into());
+        }
+        let now = Timestamp::now();
+        if let Some(exp) = k.expires_at.filter(|e| *e <= now) {
+            return Err(Error::Invalid { what: "expiry", why: format!("{exp} is in the past") });
+        }
+        let wrapped = self.state.hsm.generate_key()?;
+        Ok(KeyRecord {
+            label,
+            state: if k.activate { KeyState::Active } else { KeyState::PreActive },
+            purpose: k.purpose,
+            app,
+            wrapped: Some(WrappedMaterial(wrapped.bytes)),
+            mkvp: wrapped.mkvp,
+            kcv: wrapped.kcv,
+            created_at: now,
+            activated_at: k.activate.then_some(now),
+            deactivated_at: None,
+            destroyed_at: None,
+            expires_at: k.expires_at,
+            last_used_at: None,
+            use_count: 0,
+        })
+    }
+
+    /// Check that a key may be used as asked, and unwrap it in the HSM.
+    pub(crate) fn unwrap_for(&self, rec: &KeyRecord, usage: KeyUse, dataset: &DatasetName) -> Result<DataKey> {
+        if rec.state == KeyState::Destroyed {
+            return Err(Error::KeyDestroyed { dataset: dataset.clone(), label: rec.label.clone(), at: rec.destroyed_at });
+        }
+        rec.state.permits(usage).map_err(|source| Error::KeyUnusable {
+            label: rec.label.clone(),
+            dataset: Some(dataset.clone()),
+            source,
+        })?;
+        if usage == KeyUse::Encrypt {
+            if let Some(at) = rec.expires_at.filter(|e| *e <= Timestamp::now()) {
+                return Err(Error::KeyExpired { label: rec.label.clone(), at });
+            }
+        }
+        let wrapped = rec.wrapped.as_ref().ok_or_else(|| Error::KeyNoMaterial { label: rec.label.clone() })?;
+        let key = self.state.hsm.unwrap_key(&rec.mkvp, &wrapped.0)?;
+        let got = Kcv::of(&key);
+        if got != rec.kcv {
+            return Err(Error::KeyMismatch { label: rec.label.clone(), got: got.to_hex(), want: rec.kcv.to_hex() });
+        }
+        Ok(key)
+    }
+}

@@ -1,0 +1,26 @@
+//! The Custos engine.
+//!
+//! A [`Vault`] is a directory holding the repository (SQLite), the software
+//! HSM file and the default volume. It starts [`Sealed`]: catalog and
+//! keystore metadata can be read and administered, but no method that uses a
+//! key exists until [`Vault::unseal`] opens the HSM and yields `Vault<Open>`.
+//!
+//! Datasets are written and read only through [`Vault::put`] and
+//! [`Vault::get`] (the access method): callers hand plaintext in and get
+//! plaintext out; keys and ciphertext never reach them.
+#![forbid(unsafe_code)]
+
+mod datasets;
+mod error;
+mod keys;
+mod pipeline;
+mod vault;
+
+pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
+pub use error::{ChunkProblem, Error, Result};
+pub use keys::NewKey;
+pub use pipeline::default_threads;
+pub use vault::{InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE};
+
+pub use custos_crypto::{KdfParams, Passphrase};
+pub use custos_model as model;

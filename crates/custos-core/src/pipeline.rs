@@ -1,0 +1,277 @@
+//! The two hot loops, both streaming with a fixed pool of chunk buffers so
+//! memory does not grow with data size:
+//!
+//! * [`seal_stream`]: one reader fills buffers in order; worker threads
+//!   fingerprint, seal in place and store each chunk (or reuse the previous
+//!   generation's chunk at the same position when its fingerprint matches).
+//! * [`open_stream`]: a dispatcher hands chunk positions to workers, which
+//!   read and open them in place; the caller's thread writes them out in
+//!   order from a small reorder window.
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crossbeam_channel::{bounded, unbounded};
+use custos_crypto::{DataKey, Fingerprinter};
+use custos_model::{ChunkId, ChunkRef, DatasetId};
+use custos_store::format::{open_chunk, seal_chunk, FormatError, CHUNK_OVERHEAD, HEADER_LEN};
+use custos_store::{StoreError, Volume};
+
+use crate::ChunkProblem;
+
+/// Worker threads by default: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn buffers_for(threads: usize) -> usize {
+    threads * 2 + 2
+}
+
+pub(crate) struct SealJob<'a> {
+    pub key: &'a DataKey,
+    pub dataset: DatasetId,
+    pub volume: &'a dyn Volume,
+    pub chunk_size: usize,
+    /// The previous generation's chunks, if they are on the same volume under the same key.
+    pub previous: &'a [ChunkRef],
+    pub threads: usize,
+}
+
+pub(crate) enum SealError {
+    Input(std::io::Error),
+    Store(StoreError),
+    Format(FormatError),
+}
+
+pub(crate) struct SealOutcome {
+    pub result: Result<Vec<ChunkRef>, SealError>,
+    /// Chunks this run stored (to delete again if the run fails).
+    pub written: Vec<ChunkId>,
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Read `input` to its end, sealing and storing it chunk by chunk.
+pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut (dyn Read + Send)) -> SealOutcome {
+    let fp = Fingerprinter::new(job.key);
+    let nbuf = buffers_for(job.threads);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(nbuf);
+    for _ in 0..nbuf {
+        free_tx.send(vec![0u8; job.chunk_size + CHUNK_OVERHEAD]).expect("pool has room");
+    }
+    let (work_tx, work_rx) = bounded::<(u64, Vec<u8>, usize)>(job.threads);
+    let (done_tx, done_rx) = unbounded::<(u64, ChunkRef, bool)>();
+    let abort = AtomicBool::new(false);
+    let first_error: Mutex<Option<SealError>> = Mutex::new(None);
+    let fail = |e: SealError| {
+        abort.store(true, Ordering::SeqCst);
+        first_error.lock().expect("error slot").get_or_insert(e);
+    };
+
+    std::thread::scope(|s| {
+        for _ in 0..job.threads {
+            let (work_rx, free_tx, done_tx) = (work_rx.clone(), free_tx.clone(), done_tx.clone());
+            let (fp, fail, abort) = (&fp, &fail, &abort);
+            s.spawn(move || {
+                for (index, mut buf, n) in work_rx {
+                    if !abort.load(Ordering::Relaxed) {
+                        let plain = &buf[HEADER_LEN..HEADER_LEN + n];
+                        let fingerprint = fp.fingerprint(plain);
+                        let reuse = job
+                            .previous
+                            .get(index as usize)
+                            .filter(|p| p.len as usize == n && p.fingerprint == fingerprint);
+                        let res = match reuse {
+                            Some(p) => Ok((*p, false)),
+                            None => {
+                                let id = ChunkId::random();
+                                let sealed = &mut buf[..n + CHUNK_OVERHEAD];
+                                seal_chunk(job.key, &job.dataset, &id, index, sealed)
+                                    .map_err(SealError::Format)
+                                    .and_then(|_| job.volume.put_chunk(&id, sealed).map_err(SealError::Store))
+                                    .map(|_| (ChunkRef { id, len: n as u32, fingerprint }, true))
+                            }
+                        };
+                        match res {
+                            Ok((c, new)) => done_tx.send((index, c, new)).expect("collector alive"),
+                            Err(e) => fail(e),
+                        }
+                    }
+                    let _ = free_tx.send(buf);
+                }
+            });
+        }
+        drop(done_tx);
+        let mut index = 0u64;
+        while !abort.load(Ordering::Relaxed) {
+            let mut buf = free_rx.recv().expect("workers return buffers");
+            match read_full(input, &mut buf[HEADER_LEN..HEADER_LEN + job.chunk_size]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    work_tx.send((index, buf, n)).expect("workers alive");
+                    index += 1;
+                    if n < job.chunk_size {
+                        break;
+                    }
+                }
+                Err(e) => fail(SealError::Input(e)),
+            }
+        }
+        drop(work_tx);
+    });
+
+    let mut chunks: Vec<Option<ChunkRef>> = Vec::new();
+    let mut written = Vec::new();
+    for (index, c, new) in done_rx {
+        if new {
+            written.push(c.id);
+        }
+        let i = index as usize;
+        if chunks.len() <= i {
+            chunks.resize(i + 1, None);
+        }
+        chunks[i] = Some(c);
+    }
+    let result = match first_error.into_inner().expect("error slot") {
+        Some(e) => Err(e),
+        None => Ok(chunks.into_iter().map(|c| c.expect("every dispatched chunk reported")).collect()),
+    };
+    SealOutcome { result, written }
+}
+
+pub(crate) struct OpenJob<'a> {
+    pub key: &'a DataKey,
+    pub dataset: DatasetId,
+    pub volume: &'a dyn Volume,
+    pub chunks: &'a [ChunkRef],
+    pub chunk_size: u64,
+    pub threads: usize,
+}
+
+pub(crate) enum OpenError {
+    Chunk { index: u64, id: ChunkId, problem: ChunkProblem },
+    Store(StoreError),
+    Output(std::io::Error),
+}
+
+/// Write bytes `start..end` of the dataset to `out`, opening only the
+/// chunks that cover them.
+pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn Write) -> Result<(), OpenError> {
+    if start >= end {
+        return Ok(());
+    }
+    let cs = job.chunk_size;
+    let (first, last) = (start / cs, (end - 1) / cs);
+    let nbuf = buffers_for(job.threads);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(nbuf);
+    for _ in 0..nbuf {
+        free_tx.send(Vec::with_capacity(cs as usize + CHUNK_OVERHEAD)).expect("pool has room");
+    }
+    let (job_tx, job_rx) = bounded::<(u64, Vec<u8>)>(nbuf);
+    let (res_tx, res_rx) = unbounded::<(u64, Result<Vec<u8>, OpenError>)>();
+    let abort = AtomicBool::new(false);
+
+    std::thread::scope(|s| {
+        let abort = &abort;
+        s.spawn(move || {
+            for index in first..=last {
+                if abort.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(buf) = free_rx.recv() else { break };
+                if job_tx.send((index, buf)).is_err() {
+                    break;
+                }
+            }
+        });
+        for _ in 0..job.threads {
+            let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
+            s.spawn(move || {
+                for (index, mut buf) in job_rx {
+                    let c = &job.chunks[index as usize];
+                    let r = if abort.load(Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        read_and_open(job, index, c, &mut buf)
+                    };
+                    let _ = res_tx.send((index, r.map(|_| buf)));
+                }
+            });
+        }
+        drop(res_tx);
+        drop(job_rx);
+
+        let mut next = first;
+        let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut error = None;
+        for (index, r) in &res_rx {
+            match r {
+                Ok(buf) if error.is_none() => {
+                    pending.insert(index, buf);
+                }
+                Ok(buf) => {
+                    let _ = free_tx.send(buf);
+                }
+                Err(e) => {
+                    abort.store(true, Ordering::SeqCst);
+                    // Report the error at the lowest position, so the
+                    // message is the same whatever the thread timing.
+                    match &error {
+                        Some((i, _)) if *i <= index => {}
+                        _ => error = Some((index, e)),
+                    }
+                }
+            }
+            while let Some(buf) = pending.remove(&next) {
+                if error.is_none() {
+                    let lo = next * cs;
+                    let len = job.chunks[next as usize].len as u64;
+                    let a = start.max(lo) - lo;
+                    let b = end.min(lo + len) - lo;
+                    let plain = &buf[HEADER_LEN + a as usize..HEADER_LEN + b as usize];
+                    if let Err(e) = out.write_all(plain) {
+                        abort.store(true, Ordering::SeqCst);
+                        error = Some((next, OpenError::Output(e)));
+                    }
+                }
+                let _ = free_tx.send(buf);
+                next += 1;
+            }
+            if error.is_some() {
+                // Return what is pending so the dispatcher is never stuck.
+                for (_, b) in std::mem::take(&mut pending) {
+                    let _ = free_tx.send(b);
+                }
+            }
+        }
+        drop(free_tx);
+        match error {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    })
+}
+
+fn read_and_open(job: &OpenJob<'_>, index: u64, c: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), OpenError> {
+    job.volume.read_chunk(&c.id, buf).map_err(|e| match e {
+        StoreError::Missing { .. } => OpenError::Chunk { index, id: c.id, problem: ChunkProblem::Missing },
+        e => OpenError::Store(e),
+    })?;
+    open_chunk(job.key, &job.dataset, &c.id, index, c.len, buf)
+        .map(|_| ())
+        .map_err(|e| OpenError::Chunk { index, id: c.id, problem: ChunkProblem::Format(e) })
+}

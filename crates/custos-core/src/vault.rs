@@ -1,0 +1,297 @@
+//! The vault: where the repository, the HSM and the volumes are found, and
+//! the administration that needs no key (volumes, policies, settings).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use custos_crypto::{KdfParams, Passphrase};
+use custos_hsm::{Hsm, SoftHsm};
+use custos_model::{
+    DatasetName, KeyLabel, Medium, NamingStandard, Pattern, PolicyRecord, PolicyTarget, VolumeName, VolumeRecord,
+};
+use custos_repo::{Repository, SqliteRepository};
+use custos_store::{LocalVolume, Volume};
+use jiff::Timestamp;
+
+use crate::{Error, Result};
+
+/// Default chunk size: 1 MiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+
+const DB_FILE: &str = "custos.db";
+const HSM_FILE: &str = "hsm.sealed";
+const SETTING_NAMING: &str = "key.naming";
+const SETTING_CHUNK: &str = "chunk.size";
+
+/// A vault whose HSM is closed: no key can be used.
+pub struct Sealed;
+
+/// A vault whose HSM is open.
+pub struct Open {
+    pub(crate) hsm: Box<dyn Hsm>,
+}
+
+/// The two vault states.
+pub trait VaultState {}
+impl VaultState for Sealed {}
+impl VaultState for Open {}
+
+/// A Custos vault in state `S`.
+pub struct Vault<S: VaultState> {
+    pub(crate) dir: PathBuf,
+    pub(crate) repo: Arc<dyn Repository>,
+    pub(crate) state: S,
+    pub(crate) threads: usize,
+}
+
+/// How `custos init` sets a vault up.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    /// Site name of the default volume.
+    pub site: String,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self { kdf: KdfParams::DEFAULT, site: "primary".into() }
+    }
+}
+
+/// A volume to add.
+#[derive(Debug, Clone)]
+pub struct NewVolume {
+    pub name: VolumeName,
+    pub path: PathBuf,
+    pub site: String,
+    pub medium: Medium,
+}
+
+/// A policy to add.
+#[derive(Debug, Clone)]
+pub struct NewPolicy {
+    pub name: String,
+    pub pattern: Pattern,
+    pub volume: VolumeName,
+    pub target: PolicyTarget,
+}
+
+impl Vault<Sealed> {
+    /// Create a vault: repository, software HSM with a generated master key,
+    /// a default volume and a default policy (`**` → default volume, one new
+    /// key per dataset named for its first qualifier).
+    pub fn init(dir: &Path, passphrase: &Passphrase, opts: &InitOptions) -> Result<Vault<Open>> {
+        let io = |source| Error::VaultIo { path: dir.into(), source };
+        if dir.exists() && std::fs::read_dir(dir).map_err(io)?.next().is_some() {
+            return Err(Error::VaultExists { path: dir.into() });
+        }
+        if passphrase.is_empty() {
+            return Err(Error::Invalid { what: "passphrase", why: "it is empty; choose a long one".into() });
+        }
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let dir = dir.canonicalize().map_err(io)?;
+        let hsm = SoftHsm::create(&dir.join(HSM_FILE), passphrase, opts.kdf)?;
+        let repo = SqliteRepository::open(&dir.join(DB_FILE))?;
+        repo.set_setting(SETTING_NAMING, NamingStandard::DEFAULT)?;
+        repo.set_setting(SETTING_CHUNK, &DEFAULT_CHUNK_SIZE.to_string())?;
+        let vault = Vault { dir: dir.clone(), repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() };
+        let default = VolumeName::new("default")?;
+        vault.add_volume(&NewVolume {
+            name: default.clone(),
+            path: dir.join("volumes").join("default"),
+            site: opts.site.clone(),
+            medium: Medium::Disk,
+        })?;
+        vault.add_policy(&NewPolicy {
+            name: "default".into(),
+            pattern: Pattern::new("**")?,
+            volume: default,
+            target: PolicyTarget::Template { app: None },
+        })?;
+        Ok(vault.with_hsm(Box::new(hsm)))
+    }
+
+    /// Open an existing vault, sealed.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.join(DB_FILE).is_file() || !dir.join(HSM_FILE).is_file() {
+            return Err(Error::NoVault { path: dir.into() });
+        }
+        let dir = dir.canonicalize().map_err(|source| Error::VaultIo { path: dir.into(), source })?;
+        let repo = SqliteRepository::open(&dir.join(DB_FILE))?;
+        Ok(Vault { dir, repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() })
+    }
+
+    /// Open the software HSM with its passphrase.
+    pub fn unseal(self, passphrase: &Passphrase) -> Result<Vault<Open>> {
+        let hsm = SoftHsm::open(&self.dir.join(HSM_FILE), passphrase)?;
+        Ok(self.with_hsm(Box::new(hsm)))
+    }
+
+    /// Open with any HSM implementation (PKCS#11, or a test double).
+    pub fn with_hsm(self, hsm: Box<dyn Hsm>) -> Vault<Open> {
+        Vault { dir: self.dir, repo: self.repo, state: Open { hsm }, threads: self.threads }
+    }
+}
+
+impl Vault<Open> {
+    /// Close the HSM again.
+    pub fn seal(self) -> Vault<Sealed> {
+        Vault { dir: self.dir, repo: self.repo, state: Sealed, threads: self.threads }
+    }
+
+    pub fn hsm(&self) -> &dyn Hsm {
+        self.state.hsm.as_ref()
+    }
+}
+
+impl<S: VaultState> Vault<S> {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Worker threads for sealing and opening chunks (default: all cores).
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.max(1);
+    }
+
+    pub fn repository(&self) -> &dyn Repository {
+        self.repo.as_ref()
+    }
+
+    // ---- settings -------------------------------------------------------
+
+    pub fn naming(&self) -> Result<NamingStandard> {
+        match self.repo.setting(SETTING_NAMING)? {
+            Some(t) => Ok(NamingStandard::new(&t)?),
+            None => Ok(NamingStandard::default()),
+        }
+    }
+
+    pub fn set_naming(&self, template: &str) -> Result<NamingStandard> {
+        let ns = NamingStandard::new(template)?;
+        self.repo.set_setting(SETTING_NAMING, template)?;
+        Ok(ns)
+    }
+
+    pub fn chunk_size(&self) -> Result<u32> {
+        match self.repo.setting(SETTING_CHUNK)? {
+            Some(s) => s.parse().map_err(|_| Error::Invalid { what: "chunk.size setting", why: s }),
+            None => Ok(DEFAULT_CHUNK_SIZE),
+        }
+    }
+
+    pub fn set_chunk_size(&self, bytes: u32) -> Result<()> {
+        if !(64 << 10..=custos_store::format::MAX_CHUNK_SIZE).contains(&bytes) {
+            return Err(Error::Invalid {
+                what: "chunk size",
+                why: format!("{bytes} is outside 64 KiB..64 MiB"),
+            });
+        }
+        self.repo.set_setting(SETTING_CHUNK, &bytes.to_string())?;
+        Ok(())
+    }
+
+    /// All settings with their current values.
+    pub fn settings(&self) -> Result<Vec<(&'static str, String)>> {
+        Ok(vec![
+            (SETTING_NAMING, self.naming()?.template().to_string()),
+            (SETTING_CHUNK, self.chunk_size()?.to_string()),
+        ])
+    }
+
+    // ---- volumes --------------------------------------------------------
+
+    pub fn add_volume(&self, v: &NewVolume) -> Result<VolumeRecord> {
+        if self.repo.volume(&v.name)?.is_some() {
+            return Err(custos_repo::RepoError::Exists { kind: "volume", name: v.name.to_string() }.into());
+        }
+        if v.site.trim().is_empty() {
+            return Err(Error::Invalid { what: "site", why: "it is empty".into() });
+        }
+        LocalVolume::create(v.name.as_str(), &v.path)?;
+        let location = v.path.canonicalize().map_err(|source| Error::VaultIo { path: v.path.clone(), source })?;
+        let rec = VolumeRecord {
+            name: v.name.clone(),
+            location: location.display().to_string(),
+            site: v.site.clone(),
+            medium: v.medium,
+            created_at: Timestamp::now(),
+        };
+        self.repo.insert_volume(&rec)?;
+        Ok(rec)
+    }
+
+    pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
+        Ok(self.repo.volumes()?)
+    }
+
+    pub fn volume_record(&self, name: &VolumeName) -> Result<VolumeRecord> {
+        self.repo.volume(name)?.ok_or_else(|| Error::VolumeNotFound { name: name.to_string() })
+    }
+
+    pub(crate) fn open_volume(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
+        let rec = self.volume_record(name)?;
+        Ok(Arc::new(LocalVolume::open(rec.name.as_str(), Path::new(&rec.location))?))
+    }
+
+    // ---- policies -------------------------------------------------------
+
+    pub fn add_policy(&self, p: &NewPolicy) -> Result<PolicyRecord> {
+        if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(Error::Invalid {
+                what: "policy name",
+                why: format!("{:?}: use letters, digits and - _ .", p.name),
+            });
+        }
+        self.volume_record(&p.volume)?;
+        match &p.target {
+            PolicyTarget::Key(label) => {
+                self.key_record(label)?;
+            }
+            PolicyTarget::Template { app: Some(app) } => {
+                // The template must be able to name a key for this application.
+                let ns = self.naming()?;
+                ns.parse(&ns.label(custos_model::Purpose::Prim, app, 1))?;
+            }
+            PolicyTarget::Template { app: None } => {}
+        }
+        let rec = PolicyRecord {
+            name: p.name.clone(),
+            pattern: p.pattern.clone(),
+            volume: p.volume.clone(),
+            target: p.target.clone(),
+            created_at: Timestamp::now(),
+        };
+        self.repo.insert_policy(&rec)?;
+        Ok(rec)
+    }
+
+    pub fn policies(&self) -> Result<Vec<PolicyRecord>> {
+        Ok(self.repo.policies()?)
+    }
+
+    pub fn remove_policy(&self, name: &str) -> Result<()> {
+        if !self.repo.remove_policy(name)? {
+            return Err(Error::PolicyNotFound { name: name.into() });
+        }
+        Ok(())
+    }
+
+    /// The policy that governs a dataset name: the most specific matching
+    /// pattern; among equals, the first by name.
+    pub fn policy_for(&self, dataset: &DatasetName) -> Result<Option<PolicyRecord>> {
+        let mut best: Option<PolicyRecord> = None;
+        for p in self.repo.policies()? {
+            if p.pattern.matches(dataset.as_str())
+                && best.as_ref().is_none_or(|b| p.pattern.specificity() > b.pattern.specificity())
+            {
+                best = Some(p);
+            }
+        }
+        Ok(best)
+    }
+
+    pub(crate) fn key_record(&self, label: &KeyLabel) -> Result<custos_model::KeyRecord> {
+        self.repo.key(label)?.ok_or_else(|| Error::KeyNotFound { label: label.clone() })
+    }
+}

@@ -1,0 +1,87 @@
+#![allow(dead_code)]
+use std::path::PathBuf;
+
+use custos_core::{model::DatasetName, InitOptions, KdfParams, Open, Passphrase, PutOptions, Vault};
+
+pub const CS: usize = 64 * 1024;
+
+pub struct T {
+    pub _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub vault: Vault<Open>,
+}
+
+pub fn pass() -> Passphrase {
+    Passphrase::from("correct horse battery staple".to_string())
+}
+
+/// A fresh vault with the cheapest KDF and 64 KiB chunks.
+pub fn vault() -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault");
+    let vault = Vault::init(&path, &pass(), &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into() }).unwrap();
+    vault.set_chunk_size(CS as u32).unwrap();
+    T { _dir: dir, path, vault }
+}
+
+pub fn ds(s: &str) -> DatasetName {
+    DatasetName::new(s).unwrap()
+}
+
+/// Deterministic, incompressible test data.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+impl T {
+    pub fn put(&self, name: &str, bytes: &[u8]) -> custos_core::PutReport {
+        self.vault.put(&ds(name), &mut &bytes[..], &PutOptions::default()).unwrap()
+    }
+
+    pub fn get(&self, name: &str) -> custos_core::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.vault.get(&ds(name), &mut out, None).map(|_| out)
+    }
+
+    /// Paths of the chunk files of a dataset's current generation, in order.
+    pub fn chunk_paths(&self, name: &str) -> Vec<PathBuf> {
+        let d = self.vault.dataset(&ds(name)).unwrap();
+        let vol = self.vault.volume_record(&d.current.volume).unwrap();
+        self.vault
+            .repository()
+            .generation_chunks(&d.id, d.current.generation)
+            .unwrap()
+            .iter()
+            .map(|id| {
+                let h = id.to_hex();
+                PathBuf::from(&vol.location).join("chunks").join(&h[..2]).join(h)
+            })
+            .collect()
+    }
+
+    pub fn manifest_path(&self, name: &str) -> PathBuf {
+        let d = self.vault.dataset(&ds(name)).unwrap();
+        let vol = self.vault.volume_record(&d.current.volume).unwrap();
+        PathBuf::from(&vol.location)
+            .join("manifests")
+            .join(d.id.to_hex())
+            .join(format!("{:016x}", d.current.generation))
+    }
+
+    /// Every file under the default volume's chunk directory.
+    pub fn chunk_file_count(&self) -> usize {
+        let root = self.path.join("volumes/default/chunks");
+        std::fs::read_dir(root)
+            .unwrap()
+            .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum()
+    }
+}
