@@ -115,7 +115,12 @@ struct Target {
 }
 
 impl Vault<Open> {
-    fn resolve_target(&self, name: &DatasetName, existing: Option<&DatasetRecord>, opts: &PutOptions) -> Result<Target> {
+    fn resolve_target(
+        &self,
+        name: &DatasetName,
+        existing: Option<&DatasetRecord>,
+        opts: &PutOptions,
+    ) -> Result<Target> {
         let policy = if existing.is_none() && (opts.key.is_none() || opts.volume.is_none()) {
             Some(self.policy_for(name)?.ok_or_else(|| Error::NoPolicy { dataset: name.clone() })?)
         } else {
@@ -167,7 +172,7 @@ impl Vault<Open> {
     }
 
     /// Write a new generation of a dataset from `input`.
-    pub fn put(&self, name: &DatasetName, input: &mut (dyn Read + Send), opts: &PutOptions) -> Result<PutReport> {
+    pub fn put(&self, name: &DatasetName, input: &mut dyn Read, opts: &PutOptions) -> Result<PutReport> {
         let existing = self.repo.dataset(name)?;
         let target = self.resolve_target(name, existing.as_ref(), opts)?;
         let key = self.unwrap_for(&target.key, KeyUse::Encrypt, name)?;
@@ -363,20 +368,28 @@ impl Vault<Open> {
             if let Some(other) = seen.insert(name.clone(), f.clone()) {
                 return Err(Error::Invalid {
                     what: "import",
-                    why: format!("{} and {} would both become dataset {name}; rename one", other.display(), f.display()),
+                    why: format!(
+                        "{} and {} would both become dataset {name}; rename one",
+                        other.display(),
+                        f.display()
+                    ),
                 });
             }
             if !replace && self.repo.dataset(&name)?.is_some() {
                 return Err(Error::Invalid {
                     what: "import",
-                    why: format!("dataset {name} (from {}) already exists; pass --replace to write new generations", f.display()),
+                    why: format!(
+                        "dataset {name} (from {}) already exists; pass --replace to write new generations",
+                        f.display()
+                    ),
                 });
             }
             planned.push((name, f));
         }
         let mut reports = Vec::with_capacity(planned.len());
         for (name, path) in planned {
-            let mut file = std::fs::File::open(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
+            let mut file =
+                std::fs::File::open(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
             let r = self.put(&name, &mut file, &PutOptions::default())?;
             progress(&r);
             reports.push(r);
@@ -404,10 +417,8 @@ fn import_name(prefix: &DatasetName, rel: &Path) -> Result<DatasetName> {
     let mut name = prefix.to_string();
     for comp in rel.components() {
         let s = comp.as_os_str().to_string_lossy();
-        let q: String = s
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "_-$#@".contains(c) { c } else { '_' })
-            .collect();
+        let q: String =
+            s.chars().map(|c| if c.is_ascii_alphanumeric() || "_-$#@".contains(c) { c } else { '_' }).collect();
         name.push('.');
         name.push_str(&q);
     }

@@ -17,8 +17,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ChunkProblem {
-    #[error("is missing")]
+    #[error("it is missing")]
     Missing,
+    #[error("it is {size} bytes, larger than any chunk of this dataset can be")]
+    Oversized { size: u64 },
     #[error("{0}")]
     Format(FormatError),
 }
@@ -67,18 +69,13 @@ pub enum Error {
     #[error("invalid {what}: {why}")]
     Invalid { what: &'static str, why: String },
 
-    #[error("chunk {index} (id {id}) of dataset {dataset} generation {generation} on {volume} {problem}: restore the dataset from a backup copy, or remove it with `custos ds rm` if it is not needed")]
-    Chunk {
-        dataset: DatasetName,
-        generation: u64,
-        index: u64,
-        id: ChunkId,
-        volume: String,
-        problem: ChunkProblem,
-    },
-    #[error("the manifest of dataset {dataset} generation {generation} on {volume} {why}: restore the dataset from a backup copy")]
+    #[error("chunk {index} (id {id}) of dataset {dataset} generation {generation} on {volume}: {problem}. Restore the dataset from a backup copy, or remove it with `custos ds rm` if it is no longer needed")]
+    Chunk { dataset: DatasetName, generation: u64, index: u64, id: ChunkId, volume: String, problem: ChunkProblem },
+    #[error("the manifest of dataset {dataset} generation {generation} on {volume} {why}. Restore the dataset from a backup copy")]
     Manifest { dataset: DatasetName, generation: u64, volume: String, why: String },
-    #[error("range {start}..{end} is outside dataset {dataset} ({size} bytes): give START..END with START <= END <= {size}")]
+    #[error(
+        "range {start}..{end} is outside dataset {dataset} ({size} bytes): give START..END with START <= END <= {size}"
+    )]
     Range { dataset: DatasetName, start: u64, end: u64, size: u64 },
     #[error("reading the input for dataset {dataset} failed: {source}; nothing was stored")]
     Input { dataset: DatasetName, source: std::io::Error },

@@ -2,9 +2,7 @@
 //! one table in `custos_model::KeyState::apply`), and unwrapping for use.
 
 use custos_crypto::{DataKey, Kcv};
-use custos_model::{
-    DatasetName, KeyAction, KeyLabel, KeyRecord, KeyState, KeyUse, Purpose, WrappedMaterial,
-};
+use custos_model::{DatasetName, KeyAction, KeyLabel, KeyRecord, KeyState, KeyUse, Purpose, WrappedMaterial};
 use jiff::Timestamp;
 
 use crate::{Error, Open, Result, Vault, VaultState};
@@ -144,7 +142,11 @@ impl Vault<Open> {
     /// Check that a key may be used as asked, and unwrap it in the HSM.
     pub(crate) fn unwrap_for(&self, rec: &KeyRecord, usage: KeyUse, dataset: &DatasetName) -> Result<DataKey> {
         if rec.state == KeyState::Destroyed {
-            return Err(Error::KeyDestroyed { dataset: dataset.clone(), label: rec.label.clone(), at: rec.destroyed_at });
+            return Err(Error::KeyDestroyed {
+                dataset: dataset.clone(),
+                label: rec.label.clone(),
+                at: rec.destroyed_at,
+            });
         }
         rec.state.permits(usage).map_err(|source| Error::KeyUnusable {
             label: rec.label.clone(),

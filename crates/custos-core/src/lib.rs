@@ -23,4 +23,6 @@ pub use pipeline::default_threads;
 pub use vault::{InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE};
 
 pub use custos_crypto::{KdfParams, Passphrase};
+pub use custos_hsm::HsmError;
 pub use custos_model as model;
+pub use custos_store::DirectWriter;

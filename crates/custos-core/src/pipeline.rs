@@ -17,7 +17,7 @@ use crossbeam_channel::{bounded, unbounded};
 use custos_crypto::{DataKey, Fingerprinter};
 use custos_model::{ChunkId, ChunkRef, DatasetId};
 use custos_store::format::{open_chunk, seal_chunk, FormatError, CHUNK_OVERHEAD, HEADER_LEN};
-use custos_store::{StoreError, Volume};
+use custos_store::{ChunkBuf, StoreError, Volume};
 
 use crate::ChunkProblem;
 
@@ -66,14 +66,14 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Read `input` to its end, sealing and storing it chunk by chunk.
-pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut (dyn Read + Send)) -> SealOutcome {
+pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcome {
     let fp = Fingerprinter::new(job.key);
     let nbuf = buffers_for(job.threads);
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(nbuf);
+    let (free_tx, free_rx) = bounded::<ChunkBuf>(nbuf);
     for _ in 0..nbuf {
-        free_tx.send(vec![0u8; job.chunk_size + CHUNK_OVERHEAD]).expect("pool has room");
+        free_tx.send(ChunkBuf::new(job.chunk_size + CHUNK_OVERHEAD)).expect("pool has room");
     }
-    let (work_tx, work_rx) = bounded::<(u64, Vec<u8>, usize)>(job.threads);
+    let (work_tx, work_rx) = bounded::<(u64, ChunkBuf, usize)>(job.threads);
     let (done_tx, done_rx) = unbounded::<(u64, ChunkRef, bool)>();
     let abort = AtomicBool::new(false);
     let first_error: Mutex<Option<SealError>> = Mutex::new(None);
@@ -89,7 +89,7 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut (dyn Read + Send)) -> S
             s.spawn(move || {
                 for (index, mut buf, n) in work_rx {
                     if !abort.load(Ordering::Relaxed) {
-                        let plain = &buf[HEADER_LEN..HEADER_LEN + n];
+                        let plain = &buf.slice(HEADER_LEN + n)[HEADER_LEN..];
                         let fingerprint = fp.fingerprint(plain);
                         let reuse = job
                             .previous
@@ -99,7 +99,7 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut (dyn Read + Send)) -> S
                             Some(p) => Ok((*p, false)),
                             None => {
                                 let id = ChunkId::random();
-                                let sealed = &mut buf[..n + CHUNK_OVERHEAD];
+                                let sealed = buf.slice_mut(n + CHUNK_OVERHEAD);
                                 seal_chunk(job.key, &job.dataset, &id, index, sealed)
                                     .map_err(SealError::Format)
                                     .and_then(|_| job.volume.put_chunk(&id, sealed).map_err(SealError::Store))
@@ -119,7 +119,7 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut (dyn Read + Send)) -> S
         let mut index = 0u64;
         while !abort.load(Ordering::Relaxed) {
             let mut buf = free_rx.recv().expect("workers return buffers");
-            match read_full(input, &mut buf[HEADER_LEN..HEADER_LEN + job.chunk_size]) {
+            match read_full(input, &mut buf.slice_mut(HEADER_LEN + job.chunk_size)[HEADER_LEN..]) {
                 Ok(0) => break,
                 Ok(n) => {
                     work_tx.send((index, buf, n)).expect("workers alive");
@@ -177,12 +177,12 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
     let cs = job.chunk_size;
     let (first, last) = (start / cs, (end - 1) / cs);
     let nbuf = buffers_for(job.threads);
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(nbuf);
+    let (free_tx, free_rx) = bounded::<ChunkBuf>(nbuf);
     for _ in 0..nbuf {
-        free_tx.send(Vec::with_capacity(cs as usize + CHUNK_OVERHEAD)).expect("pool has room");
+        free_tx.send(ChunkBuf::new(cs as usize + CHUNK_OVERHEAD)).expect("pool has room");
     }
-    let (job_tx, job_rx) = bounded::<(u64, Vec<u8>)>(nbuf);
-    let (res_tx, res_rx) = unbounded::<(u64, Result<Vec<u8>, OpenError>)>();
+    let (job_tx, job_rx) = bounded::<(u64, ChunkBuf)>(nbuf);
+    let (res_tx, res_rx) = unbounded::<(u64, Result<ChunkBuf, OpenError>)>();
     let abort = AtomicBool::new(false);
 
     std::thread::scope(|s| {
@@ -203,11 +203,7 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
             s.spawn(move || {
                 for (index, mut buf) in job_rx {
                     let c = &job.chunks[index as usize];
-                    let r = if abort.load(Ordering::Relaxed) {
-                        Ok(())
-                    } else {
-                        read_and_open(job, index, c, &mut buf)
-                    };
+                    let r = if abort.load(Ordering::Relaxed) { Ok(()) } else { read_and_open(job, index, c, &mut buf) };
                     let _ = res_tx.send((index, r.map(|_| buf)));
                 }
             });
@@ -216,7 +212,7 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
         drop(job_rx);
 
         let mut next = first;
-        let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, ChunkBuf> = BTreeMap::new();
         let mut error = None;
         for (index, r) in &res_rx {
             match r {
@@ -242,7 +238,7 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
                     let len = job.chunks[next as usize].len as u64;
                     let a = start.max(lo) - lo;
                     let b = end.min(lo + len) - lo;
-                    let plain = &buf[HEADER_LEN + a as usize..HEADER_LEN + b as usize];
+                    let plain = &buf.slice(HEADER_LEN + b as usize)[HEADER_LEN + a as usize..];
                     if let Err(e) = out.write_all(plain) {
                         abort.store(true, Ordering::SeqCst);
                         error = Some((next, OpenError::Output(e)));
@@ -266,12 +262,15 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
     })
 }
 
-fn read_and_open(job: &OpenJob<'_>, index: u64, c: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), OpenError> {
-    job.volume.read_chunk(&c.id, buf).map_err(|e| match e {
-        StoreError::Missing { .. } => OpenError::Chunk { index, id: c.id, problem: ChunkProblem::Missing },
+fn read_and_open(job: &OpenJob<'_>, index: u64, c: &ChunkRef, buf: &mut ChunkBuf) -> Result<(), OpenError> {
+    let chunk_problem = |problem| OpenError::Chunk { index, id: c.id, problem };
+    let max = job.chunk_size as usize + CHUNK_OVERHEAD;
+    let n = job.volume.read_chunk(&c.id, buf, max).map_err(|e| match e {
+        StoreError::Missing { .. } => chunk_problem(ChunkProblem::Missing),
+        StoreError::TooLarge { size, .. } => chunk_problem(ChunkProblem::Oversized { size }),
         e => OpenError::Store(e),
     })?;
-    open_chunk(job.key, &job.dataset, &c.id, index, c.len, buf)
+    open_chunk(job.key, &job.dataset, &c.id, index, c.len, buf.slice_mut(n))
         .map(|_| ())
-        .map_err(|e| OpenError::Chunk { index, id: c.id, problem: ChunkProblem::Format(e) })
+        .map_err(|e| chunk_problem(ChunkProblem::Format(e)))
 }

@@ -182,10 +182,7 @@ impl<S: VaultState> Vault<S> {
 
     pub fn set_chunk_size(&self, bytes: u32) -> Result<()> {
         if !(64 << 10..=custos_store::format::MAX_CHUNK_SIZE).contains(&bytes) {
-            return Err(Error::Invalid {
-                what: "chunk size",
-                why: format!("{bytes} is outside 64 KiB..64 MiB"),
-            });
+            return Err(Error::Invalid { what: "chunk size", why: format!("{bytes} is outside 64 KiB..64 MiB") });
         }
         self.repo.set_setting(SETTING_CHUNK, &bytes.to_string())?;
         Ok(())

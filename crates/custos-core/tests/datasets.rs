@@ -24,7 +24,8 @@ fn ranges_across_chunk_borders() {
     t.put("RANGE.DATA", &bytes);
     let n = bytes.len() as u64;
     let c = CS as u64;
-    for (a, b) in [(0, 0), (0, 1), (c - 1, c + 1), (c, 2 * c), (c - 10, 3 * c + 10), (5, n), (n - 1, n), (n, n), (0, n)] {
+    for (a, b) in [(0, 0), (0, 1), (c - 1, c + 1), (c, 2 * c), (c - 10, 3 * c + 10), (5, n), (n - 1, n), (n, n), (0, n)]
+    {
         let mut out = Vec::new();
         let r = t.vault.get(&ds("RANGE.DATA"), &mut out, Some((a, b))).unwrap();
         assert_eq!(r.bytes, b - a);
@@ -189,10 +190,7 @@ fn fail_input_error_mid_write_changes_nothing() {
     let bytes = data(3 * CS, 9);
     t.put("SAFE.DATA", &bytes);
     let files = t.chunk_file_count();
-    let e = t
-        .vault
-        .put(&ds("SAFE.DATA"), &mut FailingReader { left: 7 * CS + 3 }, &PutOptions::default())
-        .unwrap_err();
+    let e = t.vault.put(&ds("SAFE.DATA"), &mut FailingReader { left: 7 * CS + 3 }, &PutOptions::default()).unwrap_err();
     assert!(matches!(e, Error::Input { .. }), "{e}");
     assert!(e.to_string().contains("nothing was stored"));
     assert_eq!(t.vault.dataset(&ds("SAFE.DATA")).unwrap().current.generation, 1);

@@ -10,7 +10,13 @@ fn label(s: &str) -> KeyLabel {
 
 fn new_key(t: &T, app: &str) -> KeyLabel {
     t.vault
-        .create_key(&NewKey { label: None, app: Some(app.into()), purpose: Purpose::Prim, expires_at: None, activate: false })
+        .create_key(&NewKey {
+            label: None,
+            app: Some(app.into()),
+            purpose: Purpose::Prim,
+            expires_at: None,
+            activate: false,
+        })
         .unwrap()
         .label
 }
@@ -112,13 +118,25 @@ fn expired_keys_stop_encrypting_but_still_decrypt() {
     let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
     let e = t
         .vault
-        .create_key(&NewKey { label: None, app: Some("EXP".into()), purpose: Purpose::Prim, expires_at: Some(past), activate: true })
+        .create_key(&NewKey {
+            label: None,
+            app: Some("EXP".into()),
+            purpose: Purpose::Prim,
+            expires_at: Some(past),
+            activate: true,
+        })
         .unwrap_err();
     assert!(e.to_string().contains("in the past"), "{e}");
     let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_millis(1500);
     let k = t
         .vault
-        .create_key(&NewKey { label: None, app: Some("EXP".into()), purpose: Purpose::Prim, expires_at: Some(soon), activate: true })
+        .create_key(&NewKey {
+            label: None,
+            app: Some("EXP".into()),
+            purpose: Purpose::Prim,
+            expires_at: Some(soon),
+            activate: true,
+        })
         .unwrap()
         .label;
     put_with(&t, "EXP.DATA", &k, b"before").unwrap();

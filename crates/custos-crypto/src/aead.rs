@@ -26,12 +26,7 @@ fn less_safe_key(key: &[u8]) -> LessSafeKey {
 
 /// Seal `buf[..len - TAG_LEN]` in place with AES-256-GCM and write the tag into
 /// the last [`TAG_LEN`] bytes of `buf`.
-pub fn seal_in_place(
-    key: &DataKey,
-    nonce: Nonce,
-    aad: &[u8],
-    buf: &mut [u8],
-) -> Result<(), CryptoError> {
+pub fn seal_in_place(key: &DataKey, nonce: Nonce, aad: &[u8], buf: &mut [u8]) -> Result<(), CryptoError> {
     seal_with_raw_key(key.expose_secret(), nonce, aad, buf)
 }
 
@@ -55,16 +50,8 @@ pub fn open_with_passphrase_key<'a>(
     open_with_raw_key(key.expose_secret(), nonce, aad, buf)
 }
 
-fn seal_with_raw_key(
-    key: &[u8],
-    nonce: Nonce,
-    aad: &[u8],
-    buf: &mut [u8],
-) -> Result<(), CryptoError> {
-    let split = buf
-        .len()
-        .checked_sub(TAG_LEN)
-        .ok_or(CryptoError::Length("buffer shorter than the tag"))?;
+fn seal_with_raw_key(key: &[u8], nonce: Nonce, aad: &[u8], buf: &mut [u8]) -> Result<(), CryptoError> {
+    let split = buf.len().checked_sub(TAG_LEN).ok_or(CryptoError::Length("buffer shorter than the tag"))?;
     let (data, tag_out) = buf.split_at_mut(split);
     let tag = less_safe_key(key)
         .seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key(nonce.0), Aad::from(aad), data)
@@ -84,12 +71,7 @@ pub fn open_in_place<'a>(
     open_with_raw_key(key.expose_secret(), nonce, aad, buf)
 }
 
-fn open_with_raw_key<'a>(
-    key: &[u8],
-    nonce: Nonce,
-    aad: &[u8],
-    buf: &'a mut [u8],
-) -> Result<&'a mut [u8], CryptoError> {
+fn open_with_raw_key<'a>(key: &[u8], nonce: Nonce, aad: &[u8], buf: &'a mut [u8]) -> Result<&'a mut [u8], CryptoError> {
     if buf.len() < TAG_LEN {
         return Err(CryptoError::Authentication);
     }
@@ -179,10 +161,7 @@ mod tests {
         for bit in 0..sealed.len() * 8 {
             let mut b = sealed.clone();
             b[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(
-                open_in_place(&key, nonce, b"aad", &mut b).unwrap_err(),
-                CryptoError::Authentication
-            );
+            assert_eq!(open_in_place(&key, nonce, b"aad", &mut b).unwrap_err(), CryptoError::Authentication);
         }
         let mut b = sealed.clone();
         assert!(open_in_place(&key, nonce, b"aae", &mut b).is_err());

@@ -25,10 +25,7 @@ impl KdfParams {
 
     pub fn validate(&self) -> Result<(), CryptoError> {
         if self.memory_kib < Self::MINIMUM.memory_kib || self.memory_kib > 4 * 1024 * 1024 {
-            return Err(CryptoError::KdfParams(format!(
-                "memory {} KiB is outside 8 MiB..4 GiB",
-                self.memory_kib
-            )));
+            return Err(CryptoError::KdfParams(format!("memory {} KiB is outside 8 MiB..4 GiB", self.memory_kib)));
         }
         if self.iterations == 0 || self.iterations > 64 || self.parallelism == 0 || self.parallelism > 16 {
             return Err(CryptoError::KdfParams("iterations must be 1..64 and parallelism 1..16".into()));
@@ -47,8 +44,9 @@ pub struct Kdf {
 impl Kdf {
     pub fn derive(&self, passphrase: &Passphrase) -> Result<PassphraseKey, CryptoError> {
         self.params.validate()?;
-        let params = Params::new(self.params.memory_kib, self.params.iterations, self.params.parallelism, Some(KEY_LEN))
-            .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
+        let params =
+            Params::new(self.params.memory_kib, self.params.iterations, self.params.parallelism, Some(KEY_LEN))
+                .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let mut out = zeroize::Zeroizing::new([0u8; KEY_LEN]);
         argon
@@ -76,10 +74,7 @@ mod tests {
         let argon = Argon2::new_with_secret(&[3u8; 8], Algorithm::Argon2id, Version::V0x13, params).unwrap();
         let mut out = [0u8; 32];
         argon.hash_password_into(&[1u8; 32], &[2u8; 16], &mut out).unwrap();
-        assert_eq!(
-            hex::encode(out),
-            "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659"
-        );
+        assert_eq!(hex::encode(out), "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659");
     }
 
     #[test]

@@ -18,7 +18,9 @@ mod kdf;
 mod secret;
 mod wrap;
 
-pub use aead::{open_in_place, open_with_passphrase_key, seal_in_place, seal_with_passphrase_key, Nonce, NONCE_LEN, TAG_LEN};
+pub use aead::{
+    open_in_place, open_with_passphrase_key, seal_in_place, seal_with_passphrase_key, Nonce, NONCE_LEN, TAG_LEN,
+};
 pub use check::{Kcv, Mkvp, KCV_LEN, MKVP_LEN};
 pub use error::CryptoError;
 pub use kdf::{Kdf, KdfParams};

@@ -12,10 +12,7 @@ pub const WRAPPED_KEY_LEN: usize = KEY_LEN + 8;
 pub fn wrap_key(kek: &MasterKey, key: &DataKey) -> Result<Vec<u8>, CryptoError> {
     let kek = AesKek::new(&AES_256, kek.expose_secret()).map_err(|_| CryptoError::Length("KEK"))?;
     let mut out = vec![0u8; WRAPPED_KEY_LEN + 8];
-    let n = kek
-        .wrap_with_padding(key.expose_secret(), &mut out)
-        .map_err(|_| CryptoError::Length("wrap output"))?
-        .len();
+    let n = kek.wrap_with_padding(key.expose_secret(), &mut out).map_err(|_| CryptoError::Length("wrap output"))?.len();
     out.truncate(n);
     Ok(out)
 }
@@ -28,9 +25,7 @@ pub fn unwrap_key(kek: &MasterKey, wrapped: &[u8]) -> Result<DataKey, CryptoErro
     }
     let kek = AesKek::new(&AES_256, kek.expose_secret()).map_err(|_| CryptoError::Length("KEK"))?;
     let mut out = zeroize::Zeroizing::new([0u8; WRAPPED_KEY_LEN]);
-    let plain = kek
-        .unwrap_with_padding(wrapped, &mut out[..])
-        .map_err(|_| CryptoError::Unwrap)?;
+    let plain = kek.unwrap_with_padding(wrapped, &mut out[..]).map_err(|_| CryptoError::Unwrap)?;
     DataKey::from_slice(plain).map_err(|_| CryptoError::Unwrap)
 }
 
@@ -63,9 +58,8 @@ mod tests {
             let mk = MasterKey::from_bytes([i.wrapping_mul(7); 32]);
             let dk = DataKey::generate().unwrap();
             let ours = wrap_key(&mk, &dk).unwrap();
-            let oracle = Kek::<Aes256>::new(mk.expose_secret()[..].into())
-                .wrap_with_padding_vec(dk.expose_secret())
-                .unwrap();
+            let oracle =
+                Kek::<Aes256>::new(mk.expose_secret()[..].into()).wrap_with_padding_vec(dk.expose_secret()).unwrap();
             assert_eq!(ours, oracle);
             assert_eq!(ours.len(), WRAPPED_KEY_LEN);
             assert_eq!(unwrap_key(&mk, &ours).unwrap(), dk);

@@ -119,10 +119,8 @@ pub mod conformance {
     /// Panics with a description of the first rule the HSM breaks.
     pub fn run(hsm: &dyn Hsm) {
         let regs = hsm.registers().expect("registers");
-        let current = regs
-            .iter()
-            .find(|r| r.register == Register::Current)
-            .expect("a fresh HSM has a CURRENT master key");
+        let current =
+            regs.iter().find(|r| r.register == Register::Current).expect("a fresh HSM has a CURRENT master key");
 
         // Generated keys are wrapped under CURRENT and unwrap to a key whose
         // KCV matches.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use custos_crypto::{
-    open_with_passphrase_key, random_array, seal_with_passphrase_key, unwrap_key, wrap_key, DataKey,
-    Kcv, Kdf, KdfParams, MasterKey, Mkvp, Nonce, Passphrase, TAG_LEN,
+    open_with_passphrase_key, random_array, seal_with_passphrase_key, unwrap_key, wrap_key, DataKey, Kcv, Kdf,
+    KdfParams, MasterKey, Mkvp, Nonce, Passphrase, TAG_LEN,
 };
 use jiff::Timestamp;
 use zeroize::Zeroizing;

@@ -44,8 +44,7 @@ pub enum KeyUse {
 }
 
 impl KeyState {
-    pub const ALL: [KeyState; 5] =
-        [Self::PreActive, Self::Active, Self::Inactive, Self::Archived, Self::Destroyed];
+    pub const ALL: [KeyState; 5] = [Self::PreActive, Self::Active, Self::Inactive, Self::Archived, Self::Destroyed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -89,11 +88,7 @@ impl KeyState {
 
     /// Whether a key in this state may be used for `usage`.
     pub fn permits(self, usage: KeyUse) -> Result<(), LifecycleError> {
-        let ok = match (self, usage) {
-            (Self::Active, _) => true,
-            (Self::Inactive, KeyUse::Decrypt) => true,
-            _ => false,
-        };
+        let ok = matches!((self, usage), (Self::Active, _) | (Self::Inactive, KeyUse::Decrypt));
         if ok {
             Ok(())
         } else {
@@ -109,8 +104,7 @@ impl fmt::Display for KeyState {
 }
 
 impl KeyAction {
-    pub const ALL: [KeyAction; 5] =
-        [Self::Activate, Self::Deactivate, Self::Archive, Self::Restore, Self::Destroy];
+    pub const ALL: [KeyAction; 5] = [Self::Activate, Self::Deactivate, Self::Archive, Self::Restore, Self::Destroy];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Activate => "activate",
@@ -162,9 +156,7 @@ fn transition_hint(from: KeyState, action: KeyAction) -> &'static str {
 fn use_hint(state: KeyState, usage: KeyUse) -> &'static str {
     match (state, usage) {
         (KeyState::PreActive, _) => "activate it first with `custos key activate`",
-        (KeyState::Inactive, KeyUse::Encrypt) => {
-            "it only decrypts; activate it again or write under another key"
-        }
+        (KeyState::Inactive, KeyUse::Encrypt) => "it only decrypts; activate it again or write under another key",
         (KeyState::Archived, _) => "restore it first with `custos key restore`",
         (KeyState::Destroyed, _) => "its material was erased, so data sealed only under it is cryptographically erased",
         _ => "not allowed",

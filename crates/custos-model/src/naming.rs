@@ -85,10 +85,10 @@ impl NamingStandard {
             if open > 0 {
                 out.push(Part::Lit(&rest[..open]));
             }
-            let close = rest[open..].find('}').ok_or(NamingError::Template {
-                template: t.into(),
-                why: "a `{` has no matching `}`",
-            })? + open;
+            let close = rest[open..]
+                .find('}')
+                .ok_or(NamingError::Template { template: t.into(), why: "a `{` has no matching `}`" })?
+                + open;
             let name = &rest[open + 1..close];
             out.push(match name {
                 "purpose" => Part::Purpose,
@@ -147,7 +147,8 @@ impl NamingStandard {
                 }
                 Part::Purpose => {
                     let n = take(rest).ok_or_else(|| err("missing purpose".into()))?;
-                    purpose = Some(Purpose::parse(&rest[..n]).ok_or_else(|| err("the purpose must be PRIM or BACK".into()))?);
+                    purpose =
+                        Some(Purpose::parse(&rest[..n]).ok_or_else(|| err("the purpose must be PRIM or BACK".into()))?);
                     rest = &rest[n..];
                 }
                 Part::App => {
@@ -198,7 +199,14 @@ mod tests {
         assert_eq!(ns.label(Purpose::Back, "HR", 1234), "DSET.BACK.HR.key1234");
         let p = ns.parse("DSET.BACK.PAYROLL.key042").unwrap();
         assert_eq!(p, LabelParts { purpose: Purpose::Back, app: "PAYROLL".into(), seq: 42 });
-        for bad in ["DSET.PRIM.PAYROLL.key07", "DSET.XXXX.PAYROLL.key001", "DSET.PRIM.A.B.key001", "KEY.PRIM.A.key001", "DSET.PRIM.A.key001x", "DSET.PRIM..key001"] {
+        for bad in [
+            "DSET.PRIM.PAYROLL.key07",
+            "DSET.XXXX.PAYROLL.key001",
+            "DSET.PRIM.A.B.key001",
+            "KEY.PRIM.A.key001",
+            "DSET.PRIM.A.key001x",
+            "DSET.PRIM..key001",
+        ] {
             let e = ns.parse(bad).unwrap_err();
             assert!(e.to_string().contains("naming standard"), "{bad}: {e}");
         }
@@ -209,7 +217,14 @@ mod tests {
         let ns = NamingStandard::new("{app}.{purpose}.K{NNNN}").unwrap();
         assert_eq!(ns.label(Purpose::Prim, "HR", 3), "HR.PRIM.K0003");
         assert_eq!(ns.parse("HR.PRIM.K0003").unwrap().seq, 3);
-        for bad in ["{app}.{purpose}", "{app}{purpose}.{NNN}", "{app}.{purpose}.{NNN}.{NNN}", "{app}.{x}.{NNN}", "{app}.{purpose}.{NNN", "{app}/{purpose}/{NNN}"] {
+        for bad in [
+            "{app}.{purpose}",
+            "{app}{purpose}.{NNN}",
+            "{app}.{purpose}.{NNN}.{NNN}",
+            "{app}.{x}.{NNN}",
+            "{app}.{purpose}.{NNN",
+            "{app}/{purpose}/{NNN}",
+        ] {
             assert!(NamingStandard::new(bad).is_err(), "{bad}");
         }
     }

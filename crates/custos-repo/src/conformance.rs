@@ -3,8 +3,8 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, GenerationRecord, KeyLabel, KeyRecord, KeyState, Medium, Pattern,
-    PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
+    ChunkId, DatasetId, DatasetName, GenerationRecord, KeyLabel, KeyRecord, KeyState, Medium, Pattern, PolicyRecord,
+    PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 
@@ -133,7 +133,10 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!((d.id, d.current.generation, d.current.size), (id, 1, 100));
     assert_eq!(d.current.created_at, g1.generation.created_at, "timestamps keep microseconds");
     assert_eq!(repo.generation_chunks(&id, 1).unwrap(), vec![a, b]);
-    assert!(repo.key(&KeyLabel::new("DSET.PRIM.APP.key003").unwrap()).unwrap().is_some(), "new key stored with the commit");
+    assert!(
+        repo.key(&KeyLabel::new("DSET.PRIM.APP.key003").unwrap()).unwrap().is_some(),
+        "new key stored with the commit"
+    );
     // A second writer that also started from nothing loses.
     assert!(matches!(repo.commit_generation(&g1), Err(RepoError::Conflict { .. })));
     // A failed commit stores none of its parts, its new key included.

@@ -8,8 +8,8 @@
 mod sqlite;
 
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, PolicyRecord,
-    VolumeName, VolumeRecord,
+    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, PolicyRecord, VolumeName,
+    VolumeRecord,
 };
 use thiserror::Error;
 

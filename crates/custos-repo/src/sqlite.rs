@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState, Medium,
-    Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
+    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState, Medium, Pattern,
+    PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -132,8 +132,10 @@ impl SqliteRepository {
 
     fn setup(mut conn: Connection, path: &str) -> Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db("set the busy timeout"))?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;")
-            .map_err(db("configure the database"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;",
+        )
+        .map_err(db("configure the database"))?;
         let version: i64 =
             conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db("read the schema version"))?;
         let supported = MIGRATIONS.len() as i64;
@@ -466,7 +468,9 @@ impl Repository for SqliteRepository {
     fn generation_chunks(&self, id: &DatasetId, generation: u64) -> Result<Vec<ChunkId>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached("SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2 ORDER BY idx")
+            .prepare_cached(
+                "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2 ORDER BY idx",
+            )
             .map_err(db("list chunks"))?;
         let rows = stmt
             .query_map(params![&id.0[..], generation as i64], |r| Ok(ChunkId(id16(r.get(0)?)?)))
@@ -523,7 +527,9 @@ impl Repository for SqliteRepository {
         .map_err(db("record a generation"))?;
         {
             let mut ins = tx
-                .prepare_cached("INSERT INTO generation_chunks (dataset_id, generation, idx, chunk_id) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached(
+                    "INSERT INTO generation_chunks (dataset_id, generation, idx, chunk_id) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(db("record chunks"))?;
             for (i, chunk) in c.chunks.iter().enumerate() {
                 ins.execute(params![id, g.generation as i64, i as i64, &chunk.0[..]]).map_err(db("record chunks"))?;

@@ -151,7 +151,7 @@ impl Manifest {
         let mut b = Vec::with_capacity(80 + self.name.len() + self.key_label.len() + self.chunks.len() * ENTRY_LEN);
         b.extend_from_slice(&self.dataset_id.0);
         b.extend_from_slice(&self.generation.to_be_bytes());
-        b.extend_from_slice(&(self.created_at.as_microsecond() as i64).to_be_bytes());
+        b.extend_from_slice(&self.created_at.as_microsecond().to_be_bytes());
         b.extend_from_slice(&self.chunk_size.to_be_bytes());
         b.extend_from_slice(&self.size.to_be_bytes());
         b.extend_from_slice(&(self.chunks.len() as u64).to_be_bytes());
@@ -294,8 +294,16 @@ mod tests {
         assert_eq!(open_chunk(&key, &ds, &id, 5, 5, &mut s.clone()).unwrap(), b"hello");
         let auth = Err(FormatError::Authentication);
         assert_eq!(open_chunk(&key, &ds, &id, 6, 5, &mut s.clone()).map(|p| p.to_vec()), auth, "other position");
-        assert_eq!(open_chunk(&key, &DatasetId([9; 16]), &id, 5, 5, &mut s.clone()).map(|p| p.to_vec()), auth, "other dataset");
-        assert_eq!(open_chunk(&key, &ds, &ChunkId([3; 16]), 5, 5, &mut s.clone()).map(|p| p.to_vec()), auth, "other id");
+        assert_eq!(
+            open_chunk(&key, &DatasetId([9; 16]), &id, 5, 5, &mut s.clone()).map(|p| p.to_vec()),
+            auth,
+            "other dataset"
+        );
+        assert_eq!(
+            open_chunk(&key, &ds, &ChunkId([3; 16]), 5, 5, &mut s.clone()).map(|p| p.to_vec()),
+            auth,
+            "other id"
+        );
         assert_eq!(
             open_chunk(&DataKey::generate().unwrap(), &ds, &id, 5, 5, &mut s.clone()).map(|p| p.to_vec()),
             auth,
@@ -311,7 +319,10 @@ mod tests {
         let mut m = s.clone();
         m[0] = b'X';
         assert_eq!(open_chunk(&key, &ds, &id, 5, 5, &mut m).map(|p| p.to_vec()), Err(FormatError::Magic("chunk")));
-        assert_eq!(open_chunk(&key, &ds, &id, 5, 5, &mut s[..20].to_vec()).map(|p| p.to_vec()), Err(FormatError::Short));
+        assert_eq!(
+            open_chunk(&key, &ds, &id, 5, 5, &mut s[..20].to_vec()).map(|p| p.to_vec()),
+            Err(FormatError::Short)
+        );
     }
 
     fn manifest(n: usize, chunk: u32, last: u32) -> Manifest {
@@ -341,7 +352,11 @@ mod tests {
         for m in [manifest(0, 1024, 0), manifest(1, 1024, 1), manifest(5, 1024, 1024), manifest(3, 1024, 7)] {
             let s = m.seal(&key).unwrap();
             assert_eq!(Manifest::open(&key, &m.dataset_id, 3, &s).unwrap(), m);
-            assert_eq!(Manifest::open(&key, &m.dataset_id, 2, &s), Err(FormatError::Authentication), "replayed as another generation");
+            assert_eq!(
+                Manifest::open(&key, &m.dataset_id, 2, &s),
+                Err(FormatError::Authentication),
+                "replayed as another generation"
+            );
             assert_eq!(Manifest::open(&key, &DatasetId([8; 16]), 3, &s), Err(FormatError::Authentication));
             for i in [0, 12, 30, s.len() - 1] {
                 let mut t = s.clone();

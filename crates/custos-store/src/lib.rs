@@ -8,6 +8,8 @@
 //!   see docs/format.md).
 #![forbid(unsafe_code)]
 
+mod buf;
+mod direct;
 pub mod format;
 mod local;
 
@@ -16,6 +18,8 @@ use std::path::PathBuf;
 use custos_model::{ChunkId, DatasetId};
 use thiserror::Error;
 
+pub use buf::{ChunkBuf, ALIGN};
+pub use direct::DirectWriter;
 pub use local::LocalVolume;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -32,6 +36,8 @@ pub enum StoreError {
     NotAVolume { path: PathBuf },
     #[error("{volume} is full while writing {path}: free space on it or direct the data to another volume; nothing was committed")]
     Full { volume: String, path: PathBuf },
+    #[error("{what} on {volume} ({path}) is {size} bytes, larger than any chunk ({max} at most)")]
+    TooLarge { volume: String, what: String, path: PathBuf, size: u64, max: usize },
     #[error("I/O error on {volume} at {path}: {source}")]
     Io { volume: String, path: PathBuf, source: std::io::Error },
 }
@@ -41,10 +47,14 @@ pub enum StoreError {
 pub trait Volume: Send + Sync {
     /// "volume NAME" plus where it is, for messages.
     fn describe(&self) -> String;
-    /// Store a new sealed chunk. IDs are never reused: storing an existing ID fails.
+    /// Store a new sealed chunk. IDs are never reused: storing an existing ID
+    /// fails. A page-aligned `sealed` (from a [`ChunkBuf`]) may be written
+    /// with direct I/O.
     fn put_chunk(&self, id: &ChunkId, sealed: &[u8]) -> Result<()>;
-    /// Read a sealed chunk into `buf` (cleared first).
-    fn read_chunk(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<()>;
+    /// Read a sealed chunk into the start of `buf`, growing it as needed up
+    /// to `max_len` bytes; returns its length. A chunk object longer than
+    /// `max_len` is refused with [`StoreError::TooLarge`] before it is read.
+    fn read_chunk(&self, id: &ChunkId, buf: &mut ChunkBuf, max_len: usize) -> Result<usize>;
     fn has_chunk(&self, id: &ChunkId) -> Result<bool>;
     /// Delete a chunk; deleting a missing chunk is not an error.
     fn delete_chunk(&self, id: &ChunkId) -> Result<()>;
@@ -69,12 +79,31 @@ pub mod conformance {
         assert!(v.has_chunk(&id).unwrap());
         assert!(v.put_chunk(&id, b"other").is_err(), "chunk IDs are write-once");
         v.sync().unwrap();
-        let mut buf = vec![1, 2, 3];
-        v.read_chunk(&id, &mut buf).unwrap();
-        assert_eq!(buf, b"sealed bytes");
+        let mut buf = ChunkBuf::new(4);
+        let n = v.read_chunk(&id, &mut buf, 1 << 20).unwrap();
+        assert_eq!(buf.slice(n), b"sealed bytes");
+        // Aligned buffers of every awkward length, as the pipeline hands them over.
+        for (i, len) in [1usize, 4095, 4096, 4097, 3 * 4096, 100_000, (1 << 20) + 40].into_iter().enumerate() {
+            let mut src = ChunkBuf::new(len);
+            for (j, b) in src.slice_mut(len).iter_mut().enumerate() {
+                *b = (j * 31 + i) as u8;
+            }
+            let cid = ChunkId([i as u8; 16]);
+            v.put_chunk(&cid, src.slice(len)).unwrap();
+            v.sync().unwrap();
+            let mut dst = ChunkBuf::new(16);
+            let n = v.read_chunk(&cid, &mut dst, (1 << 20) + 40).unwrap();
+            assert_eq!(n, len);
+            assert_eq!(dst.slice(n), src.slice(len), "length {len}");
+            v.delete_chunk(&cid).unwrap();
+        }
+        // Objects larger than the caller allows are refused, not read.
+        v.put_chunk(&ChunkId([0xCC; 16]), &[0u8; 10_000]).unwrap();
+        assert!(matches!(v.read_chunk(&ChunkId([0xCC; 16]), &mut buf, 9_999), Err(StoreError::TooLarge { .. })));
+        v.delete_chunk(&ChunkId([0xCC; 16])).unwrap();
         v.delete_chunk(&id).unwrap();
         v.delete_chunk(&id).unwrap();
-        match v.read_chunk(&id, &mut buf) {
+        match v.read_chunk(&id, &mut buf, 1 << 20) {
             Err(StoreError::Missing { what, .. }) => assert!(what.contains(&id.to_hex())),
             other => panic!("a missing chunk must be reported by name, got {other:?}"),
         }

@@ -79,9 +79,6 @@ impl T {
     /// Every file under the default volume's chunk directory.
     pub fn chunk_file_count(&self) -> usize {
         let root = self.path.join("volumes/default/chunks");
-        std::fs::read_dir(root)
-            .unwrap()
-            .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
-            .sum()
+        std::fs::read_dir(root).unwrap().map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count()).sum()
     }
 }

@@ -1,0 +1,218 @@
+//! Command-line arguments, as clap parses them. Validation into engine
+//! types happens in `main.rs`, in one place per command.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "custos",
+    version,
+    about = "Keeps encrypted datasets and their backups recoverable.",
+    long_about = "Custos stores datasets sealed with AES-256-GCM, each under its own key; keeps the keys in a keystore wrapped under an HSM master key; and shows what every copy survives.\n\nExit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 integrity failure (tampered or damaged data), 5 key state forbids it, 6 wrong passphrase, 7 volume unreachable or full."
+)]
+pub struct Cli {
+    /// The vault directory.
+    #[arg(long, global = true, env = "CUSTOS_VAULT", default_value = "./custos-vault")]
+    pub vault: PathBuf,
+    /// Read the HSM passphrase from this file (first line). Otherwise
+    /// CUSTOS_PASSPHRASE, otherwise a prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Worker threads for sealing and opening chunks (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a vault: repository, software HSM with a new master key, default volume and policy.
+    Init(InitArgs),
+    /// Run the guided demonstration in a throwaway vault.
+    Demo {
+        /// Keep the demo vault in this directory instead of a temporary one.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
+    /// Data keys: create, list, show, and move through their lifecycle.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Volumes: places that store chunks and manifests.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Policies: dataset-name patterns → volume and key.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Datasets: write, read, list, inspect, verify, remove, import.
+    #[command(subcommand)]
+    Ds(DsCmd),
+    /// Vault settings (key.naming, chunk.size).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Site of the default volume.
+    #[arg(long, default_value = "primary")]
+    pub site: String,
+    /// Argon2id memory for the HSM passphrase, in MiB (8..4096).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes for the HSM passphrase.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub kdf_iterations: u32,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PurposeArg {
+    #[value(name = "PRIM", alias = "prim")]
+    Prim,
+    #[value(name = "BACK", alias = "back")]
+    Back,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum MediumArg {
+    Disk,
+    Tape,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Generate a key in the HSM. Give a LABEL that follows the naming
+    /// standard, or --app to take the application's next label.
+    Create {
+        label: Option<String>,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long, value_enum, default_value = "PRIM")]
+        purpose: PurposeArg,
+        /// Expiry: a date (2027-01-31), a timestamp (2027-01-31T12:00:00Z) or days from now (90d).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Activate at once (otherwise the key starts pre-active).
+        #[arg(long)]
+        activate: bool,
+    },
+    /// List keys, optionally those whose label matches a pattern.
+    Ls { pattern: Option<String> },
+    /// Show one key (never its material).
+    Show { label: String },
+    /// pre-active or inactive → active.
+    Activate { label: String },
+    /// active → inactive (decrypt only).
+    Deactivate { label: String },
+    /// inactive → archived (unusable until restored).
+    Archive { label: String },
+    /// archived → inactive.
+    Restore { label: String },
+    /// Erase the key's material for good. Refused while datasets need it,
+    /// unless --crypto-erase says to make them unreadable on purpose.
+    Destroy {
+        label: String,
+        #[arg(long)]
+        crypto_erase: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Add a volume in a directory (created if missing).
+    Add {
+        name: String,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        site: String,
+        #[arg(long, value_enum, default_value = "disk")]
+        medium: MediumArg,
+    },
+    /// List volumes.
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Map a dataset-name pattern to a volume and a key (or a key template).
+    Add {
+        name: String,
+        /// Dataset-name pattern: `*` within a qualifier, `%` one character, `**` any qualifiers.
+        #[arg(long)]
+        pattern: String,
+        #[arg(long)]
+        volume: String,
+        /// Seal matching datasets under this existing key.
+        #[arg(long, conflicts_with = "template")]
+        key: Option<String>,
+        /// Create a new key per dataset by the naming standard.
+        #[arg(long)]
+        template: bool,
+        /// Application for template keys (default: the dataset's first qualifier).
+        #[arg(long, requires = "template")]
+        app: Option<String>,
+    },
+    /// List policies.
+    Ls,
+    /// Remove a policy.
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DsCmd {
+    /// Write a new generation of a dataset from FILE (or standard input).
+    Put {
+        name: String,
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Seal under this key instead of the policy's.
+        #[arg(long)]
+        key: Option<String>,
+        /// Store on this volume instead of the policy's.
+        #[arg(long)]
+        volume: Option<String>,
+    },
+    /// Read a dataset to standard output or a file.
+    Get {
+        name: String,
+        /// Write here (atomically: a temporary file renamed into place).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Only bytes START..END (END exclusive; either may be left out).
+        #[arg(long, value_name = "START..END")]
+        range: Option<String>,
+    },
+    /// List datasets, optionally those matching a pattern.
+    Ls { pattern: Option<String> },
+    /// Show a dataset, its key and volume.
+    Info { name: String },
+    /// Remove a dataset and the chunks only it used.
+    Rm { name: String },
+    /// Read every chunk of a dataset and check it, writing nothing.
+    Verify { name: String },
+    /// Import a directory tree: each file becomes PREFIX.<path qualifiers>.
+    Import {
+        dir: PathBuf,
+        #[arg(long)]
+        prefix: String,
+        /// Write new generations of datasets that already exist.
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// List settings.
+    Ls,
+    /// Show one setting.
+    Get { key: String },
+    /// Change a setting: key.naming TEMPLATE, or chunk.size BYTES.
+    Set { key: String, value: String },
+}

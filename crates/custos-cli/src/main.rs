@@ -1,0 +1,579 @@
+//! The `custos` binary: parses arguments into engine types, calls the
+//! engine, prints. No logic of its own beyond that.
+#![forbid(unsafe_code)]
+
+mod args;
+mod demo;
+mod output;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use custos_core::model::{DatasetName, KeyAction, KeyLabel, Medium, Pattern, PolicyTarget, Purpose, VolumeName};
+use custos_core::{
+    DirectWriter, Error, InitOptions, KdfParams, NewKey, NewPolicy, NewVolume, Open, Passphrase, PutOptions, Sealed,
+    Vault,
+};
+
+use args::{Cli, Command, ConfigCmd, DsCmd, KeyCmd, MediumArg, PolicyCmd, PurposeArg, VolumeCmd};
+use output::{bytes, json, when, Table};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("custos: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// Exit codes by error kind (documented in `custos --help`).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let Some(e) = e.downcast_ref::<Error>() else { return 1 };
+    match e {
+        Error::NoVault { .. }
+        | Error::DatasetNotFound { .. }
+        | Error::KeyNotFound { .. }
+        | Error::VolumeNotFound { .. }
+        | Error::PolicyNotFound { .. }
+        | Error::NoPolicy { .. } => 3,
+        Error::Chunk { .. } | Error::Manifest { .. } | Error::KeyMismatch { .. } | Error::KeyNoMaterial { .. } => 4,
+        Error::KeyDestroyed { .. }
+        | Error::KeyUnusable { .. }
+        | Error::KeyExpired { .. }
+        | Error::Lifecycle { .. }
+        | Error::KeyInUse { .. }
+        | Error::KeyPurpose { .. } => 5,
+        Error::Hsm(custos_core::HsmError::WrongPassphrase { .. }) => 6,
+        Error::Store(_) => 7,
+        _ => 1,
+    }
+}
+
+fn passphrase(cli: &Cli, confirm: bool) -> anyhow::Result<Passphrase> {
+    if let Some(f) = &cli.passphrase_file {
+        let s =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read the passphrase file {}", f.display()))?;
+        let line = s.lines().next().unwrap_or("").to_string();
+        return Ok(Passphrase::from(line));
+    }
+    if let Ok(p) = std::env::var("CUSTOS_PASSPHRASE") {
+        return Ok(Passphrase::from(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("the HSM passphrase is needed: set CUSTOS_PASSPHRASE, pass --passphrase-file, or run in a terminal to be asked");
+    }
+    let p = rpassword::prompt_password("HSM passphrase: ").context("cannot read the passphrase")?;
+    if confirm {
+        let again = rpassword::prompt_password("Again: ").context("cannot read the passphrase")?;
+        if again != p {
+            bail!("the two passphrases differ; nothing was created");
+        }
+    }
+    Ok(Passphrase::from(p))
+}
+
+fn sealed(cli: &Cli) -> anyhow::Result<Vault<Sealed>> {
+    let mut v = Vault::open(&cli.vault)?;
+    if let Some(n) = cli.threads {
+        v.set_threads(n);
+    }
+    Ok(v)
+}
+
+fn open(cli: &Cli) -> anyhow::Result<Vault<Open>> {
+    let v = sealed(cli)?;
+    Ok(v.unseal(&passphrase(cli, false)?)?)
+}
+
+fn label(s: &str) -> anyhow::Result<KeyLabel> {
+    Ok(KeyLabel::new(s)?)
+}
+
+fn dataset(s: &str) -> anyhow::Result<DatasetName> {
+    Ok(DatasetName::new(s)?)
+}
+
+fn volume_name(s: &str) -> anyhow::Result<VolumeName> {
+    Ok(VolumeName::new(s)?)
+}
+
+fn pattern(s: Option<&str>) -> anyhow::Result<Option<Pattern>> {
+    s.map(Pattern::new).transpose().map_err(Into::into)
+}
+
+fn parse_expiry(s: &str) -> anyhow::Result<jiff::Timestamp> {
+    if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
+        return Ok(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * days));
+    }
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        return Ok(d.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp());
+    }
+    bail!("invalid expiry {s:?}: give a date (2027-01-31), a timestamp (2027-01-31T12:00:00Z) or days from now (90d)")
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    let (a, b) =
+        s.split_once("..").ok_or_else(|| anyhow!("invalid range {s:?}: write START..END, START.. or ..END"))?;
+    let num = |x: &str| -> anyhow::Result<Option<u64>> {
+        if x.is_empty() {
+            Ok(None)
+        } else {
+            x.parse().map(Some).map_err(|_| anyhow!("invalid range {s:?}: {x:?} is not a byte offset"))
+        }
+    };
+    Ok((num(a)?, num(b)?))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Init(a) => {
+            let kdf = KdfParams {
+                memory_kib: a.kdf_memory_mib.saturating_mul(1024),
+                iterations: a.kdf_iterations,
+                parallelism: 1,
+            };
+            let p = passphrase(&cli, true)?;
+            let v = Vault::init(&cli.vault, &p, &InitOptions { kdf, site: a.site.clone() })?;
+            let regs = v.hsm().registers()?;
+            if cli.json {
+                json(&serde_json::json!({
+                    "vault": v.dir(),
+                    "master_key_mkvp": regs.iter().map(|r| r.mkvp.to_hex()).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                println!("Created vault {}", v.dir().display());
+                for r in regs {
+                    println!("  master key {} MKVP {}", r.register, r.mkvp);
+                }
+                println!("  volume default at {}", v.dir().join("volumes/default").display());
+                println!("  policy default: ** → volume default, one new key per dataset");
+            }
+            Ok(())
+        }
+        Command::Demo { keep } => demo::run(keep.as_deref()),
+        Command::Key(k) => key_cmd(&cli, k),
+        Command::Volume(v) => volume_cmd(&cli, v),
+        Command::Policy(p) => policy_cmd(&cli, p),
+        Command::Ds(d) => ds_cmd(&cli, d),
+        Command::Config(c) => config_cmd(&cli, c),
+    }
+}
+
+fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
+    let action = |label_s: &str, a: KeyAction, erase: bool| -> anyhow::Result<()> {
+        let v = sealed(cli)?;
+        let rec = v.key_action(&label(label_s)?, a, erase)?;
+        if cli.json {
+            json(&rec)
+        } else {
+            println!("key {} is now {}", rec.label, rec.state);
+            Ok(())
+        }
+    };
+    match k {
+        KeyCmd::Create { label: l, app, purpose, expires, activate } => {
+            let v = open(cli)?;
+            let rec = v.create_key(&NewKey {
+                label: l.as_deref().map(label).transpose()?,
+                app: app.clone(),
+                purpose: match purpose {
+                    PurposeArg::Prim => Purpose::Prim,
+                    PurposeArg::Back => Purpose::Back,
+                },
+                expires_at: expires.as_deref().map(parse_expiry).transpose()?,
+                activate: *activate,
+            })?;
+            if cli.json {
+                json(&rec)
+            } else {
+                println!("created key {} ({}, KCV {}, wrapped under MKVP {})", rec.label, rec.state, rec.kcv, rec.mkvp);
+                Ok(())
+            }
+        }
+        KeyCmd::Ls { pattern: p } => {
+            let v = sealed(cli)?;
+            let p = pattern(p.as_deref())?;
+            let keys: Vec<_> =
+                v.keys()?.into_iter().filter(|k| p.as_ref().is_none_or(|p| p.matches(k.label.as_str()))).collect();
+            if cli.json {
+                return json(&keys);
+            }
+            let mut t = Table::new(&["LABEL", "STATE", "PURPOSE", "APP", "KCV", "MKVP", "CREATED", "EXPIRES", "USES"]);
+            for k in keys {
+                t.row(vec![
+                    k.label.to_string(),
+                    k.state.to_string(),
+                    k.purpose.to_string(),
+                    k.app,
+                    k.kcv.to_string(),
+                    k.mkvp.to_string(),
+                    when(Some(k.created_at)),
+                    when(k.expires_at),
+                    k.use_count.to_string(),
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        KeyCmd::Show { label: l } => {
+            let v = sealed(cli)?;
+            let k = v.key(&label(l)?)?;
+            let users = v.datasets_using_key(&k.label)?;
+            if cli.json {
+                let mut j = serde_json::to_value(&k)?;
+                j["datasets"] = serde_json::to_value(&users)?;
+                return json(&j);
+            }
+            println!("label        {}", k.label);
+            println!("state        {}", k.state);
+            println!("purpose      {}", k.purpose);
+            println!("application  {}", k.app);
+            println!("KCV          {}", k.kcv);
+            println!("wrapped by   master key MKVP {}", k.mkvp);
+            println!("material     {}", if k.wrapped.is_some() { "present (wrapped)" } else { "erased" });
+            println!("created      {}", when(Some(k.created_at)));
+            println!("activated    {}", when(k.activated_at));
+            println!("deactivated  {}", when(k.deactivated_at));
+            println!("destroyed    {}", when(k.destroyed_at));
+            println!("expires      {}", when(k.expires_at));
+            println!("last used    {}", when(k.last_used_at));
+            println!("use count    {}", k.use_count);
+            println!(
+                "datasets     {}",
+                if users.is_empty() {
+                    "-".into()
+                } else {
+                    users.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                }
+            );
+            Ok(())
+        }
+        KeyCmd::Activate { label } => action(label, KeyAction::Activate, false),
+        KeyCmd::Deactivate { label } => action(label, KeyAction::Deactivate, false),
+        KeyCmd::Archive { label } => action(label, KeyAction::Archive, false),
+        KeyCmd::Restore { label } => action(label, KeyAction::Restore, false),
+        KeyCmd::Destroy { label, crypto_erase } => action(label, KeyAction::Destroy, *crypto_erase),
+    }
+}
+
+fn volume_cmd(cli: &Cli, c: &VolumeCmd) -> anyhow::Result<()> {
+    let v = sealed(cli)?;
+    match c {
+        VolumeCmd::Add { name, path, site, medium } => {
+            let rec = v.add_volume(&NewVolume {
+                name: volume_name(name)?,
+                path: path.clone(),
+                site: site.clone(),
+                medium: match medium {
+                    MediumArg::Disk => Medium::Disk,
+                    MediumArg::Tape => Medium::Tape,
+                },
+            })?;
+            if cli.json {
+                json(&rec)
+            } else {
+                println!("added volume {} at {} (site {}, {})", rec.name, rec.location, rec.site, rec.medium);
+                Ok(())
+            }
+        }
+        VolumeCmd::Ls => {
+            let vols = v.volumes()?;
+            if cli.json {
+                return json(&vols);
+            }
+            let mut t = Table::new(&["NAME", "SITE", "MEDIUM", "LOCATION"]);
+            for r in vols {
+                t.row(vec![r.name.to_string(), r.site, r.medium.to_string(), r.location]);
+            }
+            t.print();
+            Ok(())
+        }
+    }
+}
+
+fn policy_cmd(cli: &Cli, c: &PolicyCmd) -> anyhow::Result<()> {
+    let v = sealed(cli)?;
+    match c {
+        PolicyCmd::Add { name, pattern: p, volume, key, template, app } => {
+            let target = match (key, template) {
+                (Some(k), false) => PolicyTarget::Key(label(k)?),
+                (None, true) => PolicyTarget::Template { app: app.clone() },
+                _ => bail!("give either --key LABEL or --template"),
+            };
+            let rec = v.add_policy(&NewPolicy {
+                name: name.clone(),
+                pattern: Pattern::new(p.as_str())?,
+                volume: volume_name(volume)?,
+                target,
+            })?;
+            if cli.json {
+                json(&rec)
+            } else {
+                println!(
+                    "added policy {}: {} → volume {}, {}",
+                    rec.name,
+                    rec.pattern,
+                    rec.volume,
+                    target_text(&rec.target)
+                );
+                Ok(())
+            }
+        }
+        PolicyCmd::Ls => {
+            let ps = v.policies()?;
+            if cli.json {
+                return json(&ps);
+            }
+            let mut t = Table::new(&["NAME", "PATTERN", "VOLUME", "KEY"]);
+            for p in ps {
+                t.row(vec![p.name.clone(), p.pattern.to_string(), p.volume.to_string(), target_text(&p.target)]);
+            }
+            t.print();
+            Ok(())
+        }
+        PolicyCmd::Rm { name } => {
+            v.remove_policy(name)?;
+            if !cli.json {
+                println!("removed policy {name}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn target_text(t: &PolicyTarget) -> String {
+    match t {
+        PolicyTarget::Key(k) => format!("key {k}"),
+        PolicyTarget::Template { app: Some(a) } => format!("new key per dataset for application {a}"),
+        PolicyTarget::Template { app: None } => "new key per dataset, application = first qualifier".into(),
+    }
+}
+
+/// Write to `path` through a temporary file in the same directory, renamed
+/// into place only when everything was written. Like `cp`, it does not
+/// fsync the output; ext4 and XFS order the data before a replacing rename.
+fn write_atomically(path: &Path, f: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".custos-get-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let (file, tmp_path) = tmp.into_parts();
+    let mut w = DirectWriter::new(file);
+    f(&mut w)?;
+    w.finish().with_context(|| format!("cannot write {}", path.display()))?;
+    tmp_path.persist(path).with_context(|| format!("cannot move the output into place at {}", path.display()))?;
+    Ok(())
+}
+
+fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
+    match c {
+        DsCmd::Put { name, file, key, volume } => {
+            let v = open(cli)?;
+            let opts = PutOptions {
+                key: key.as_deref().map(label).transpose()?,
+                volume: volume.as_deref().map(volume_name).transpose()?,
+            };
+            let name = dataset(name)?;
+            let r = if file.as_os_str() == "-" {
+                let mut stdin = std::io::stdin().lock();
+                v.put(&name, &mut stdin, &opts)?
+            } else {
+                let mut f = std::fs::File::open(file)
+                    .with_context(|| format!("cannot open {} to store as dataset {name}", file.display()))?;
+                v.put(&name, &mut f, &opts)?
+            };
+            if cli.json {
+                json(&r)
+            } else {
+                println!(
+                    "stored {} generation {}: {} in {} chunks ({} new) under key {}{} on volume {}",
+                    r.dataset,
+                    r.generation,
+                    bytes(r.size),
+                    r.chunks,
+                    r.new_chunks,
+                    r.key_label,
+                    if r.created_key { " (created)" } else { "" },
+                    r.volume
+                );
+                Ok(())
+            }
+        }
+        DsCmd::Get { name, output, range } => {
+            let v = open(cli)?;
+            let name = dataset(name)?;
+            let range = match range {
+                None => None,
+                Some(r) => {
+                    let (a, b) = parse_range(r)?;
+                    let size = v.dataset(&name)?.current.size;
+                    Some((a.unwrap_or(0), b.unwrap_or(size)))
+                }
+            };
+            match output {
+                Some(path) => {
+                    let mut report = None;
+                    write_atomically(path, |w| {
+                        report = Some(v.get(&name, w, range)?);
+                        Ok(())
+                    })?;
+                    let r = report.expect("written");
+                    if cli.json {
+                        json(&r)?;
+                    } else {
+                        eprintln!(
+                            "wrote {} of {} generation {} to {}",
+                            bytes(r.bytes),
+                            r.dataset,
+                            r.generation,
+                            path.display()
+                        );
+                    }
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+                    v.get(&name, &mut w, range)?;
+                    w.flush()?;
+                }
+            }
+            Ok(())
+        }
+        DsCmd::Ls { pattern: p } => {
+            let v = sealed(cli)?;
+            let p = pattern(p.as_deref())?;
+            let ds: Vec<_> =
+                v.datasets()?.into_iter().filter(|d| p.as_ref().is_none_or(|p| p.matches(d.name.as_str()))).collect();
+            if cli.json {
+                return json(&ds);
+            }
+            let mut t = Table::new(&["NAME", "SIZE", "GEN", "KEY", "VOLUME", "UPDATED"]);
+            for d in ds {
+                t.row(vec![
+                    d.name.to_string(),
+                    bytes(d.current.size),
+                    d.current.generation.to_string(),
+                    d.current.key_label.to_string(),
+                    d.current.volume.to_string(),
+                    when(Some(d.current.created_at)),
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        DsCmd::Info { name } => {
+            let v = sealed(cli)?;
+            let i = v.dataset_info(&dataset(name)?)?;
+            if cli.json {
+                return json(&i);
+            }
+            let (d, g) = (&i.record, &i.record.current);
+            println!("name         {}", d.name);
+            println!("id           {}", d.id);
+            println!("size         {} ({} bytes)", bytes(g.size), g.size);
+            println!("generation   {} (written {})", g.generation, when(Some(g.created_at)));
+            println!("chunks       {} of {}", g.chunk_count, bytes(g.chunk_size as u64));
+            println!("key          {} ({})", g.key_label, i.key_state);
+            println!(
+                "volume       {} (site {}, {}, {})",
+                i.volume.name, i.volume.site, i.volume.medium, i.volume.location
+            );
+            println!("manifest     sha256 {}", hex::encode(g.manifest_hash));
+            println!("created      {}", when(Some(d.created_at)));
+            Ok(())
+        }
+        DsCmd::Rm { name } => {
+            let v = sealed(cli)?;
+            let name = dataset(name)?;
+            let n = v.remove_dataset(&name)?;
+            if !cli.json {
+                println!("removed dataset {name} ({n} objects deleted)");
+            }
+            Ok(())
+        }
+        DsCmd::Verify { name } => {
+            let v = open(cli)?;
+            let r = v.verify(&dataset(name)?)?;
+            if cli.json {
+                json(&r)
+            } else {
+                println!(
+                    "dataset {} generation {}: every chunk opened and checked ({})",
+                    r.dataset,
+                    r.generation,
+                    bytes(r.bytes)
+                );
+                Ok(())
+            }
+        }
+        DsCmd::Import { dir, prefix, replace } => {
+            let v = open(cli)?;
+            let quiet = cli.json;
+            let reports = v.import(dir, &dataset(prefix)?, *replace, |r| {
+                if !quiet {
+                    println!("stored {} ({}) under key {}", r.dataset, bytes(r.size), r.key_label);
+                }
+            })?;
+            if cli.json {
+                json(&reports)
+            } else {
+                let total: u64 = reports.iter().map(|r| r.size).sum();
+                println!("imported {} files, {}", reports.len(), bytes(total));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn config_cmd(cli: &Cli, c: &ConfigCmd) -> anyhow::Result<()> {
+    let v = sealed(cli)?;
+    let show = |pairs: Vec<(&'static str, String)>| -> anyhow::Result<()> {
+        if cli.json {
+            let m: serde_json::Map<String, serde_json::Value> =
+                pairs.into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v))).collect();
+            return json(&m);
+        }
+        for (k, v) in pairs {
+            println!("{k} = {v}");
+        }
+        Ok(())
+    };
+    match c {
+        ConfigCmd::Ls => show(v.settings()?),
+        ConfigCmd::Get { key } => {
+            let all = v.settings()?;
+            let (k, val) = all
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .ok_or_else(|| anyhow!("no setting {key:?}: the settings are key.naming and chunk.size"))?;
+            show(vec![(k, val)])
+        }
+        ConfigCmd::Set { key, value } => {
+            match key.as_str() {
+                "key.naming" => {
+                    v.set_naming(value)?;
+                }
+                "chunk.size" => {
+                    let n: u32 =
+                        value.parse().map_err(|_| anyhow!("chunk.size takes a number of bytes, not {value:?}"))?;
+                    v.set_chunk_size(n)?;
+                }
+                _ => bail!("no setting {key:?}: the settings are key.naming and chunk.size"),
+            }
+            show(v.settings()?.into_iter().filter(|(k, _)| k == key).collect())
+        }
+    }
+}

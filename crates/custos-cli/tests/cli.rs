@@ -1,0 +1,378 @@
+//! End-to-end tests of the real `custos` binary: every command, every
+//! error's message and exit code, and that a failed command changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+const PASS: &str = "a-long-test-passphrase-4711";
+
+struct Env {
+    dir: tempfile::TempDir,
+    vault: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault");
+        let e = Self { dir, vault };
+        e.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1", "--site", "A"]);
+        e.ok(&["config", "set", "chunk.size", "65536"]);
+        e
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::cargo_bin("custos").unwrap();
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUSTOS_VAULT", &self.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Run a command that must fail with `code`; returns stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let before = self.state();
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.starts_with("custos: "), "{err}");
+        assert_eq!(self.state(), before, "a failed {args:?} changed the vault");
+        assert!(!err.contains(PASS) && !String::from_utf8_lossy(&o.stdout).contains(PASS));
+        err
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Everything the catalog and keystore say, for before/after comparisons.
+    fn state(&self) -> String {
+        ["key", "ds", "volume", "policy"].iter().map(|c| self.ok(&[c, "ls", "--json"])).collect::<Vec<_>>().join("\n")
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().unwrap()
+    }
+
+    /// The chunk files of a dataset's current generation, in order. Chunk
+    /// ids come from the repository, the test's only back door.
+    fn chunk_paths(&self, ds: &str) -> Vec<PathBuf> {
+        let info = self.json(&["ds", "info", ds]);
+        let loc = PathBuf::from(info["volume"]["location"].as_str().unwrap());
+        let id = custos_core::model::DatasetId::from_hex(info["id"].as_str().unwrap()).unwrap();
+        let gen = info["current"]["generation"].as_u64().unwrap();
+        let v = custos_core::Vault::open(&self.vault).unwrap();
+        v.repository()
+            .generation_chunks(&id, gen)
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let h = c.to_hex();
+                loc.join("chunks").join(&h[..2]).join(h)
+            })
+            .collect()
+    }
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed as u64).to_le_bytes()[2] ^ seed).collect()
+}
+
+#[test]
+fn full_tour_with_json() {
+    let e = Env::new();
+    let vols = e.json(&["volume", "ls"]);
+    assert_eq!(vols[0]["name"], "default");
+    assert_eq!(vols[0]["site"], "A");
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B", "--medium", "tape"]);
+    assert_eq!(e.json(&["volume", "ls"])[1]["medium"], "tape");
+    e.ok(&["policy", "add", "pay", "--pattern", "PAYROLL.**", "--volume", "offsite", "--template", "--app", "PAY"]);
+    let pols = e.json(&["policy", "ls"]);
+    assert_eq!(pols.as_array().unwrap().len(), 2);
+
+    let bytes = data(200_000, 1);
+    let f = e.file("in.bin", &bytes);
+    let r = e.json(&["ds", "put", "PAYROLL.MASTER", Env::s(&f)]);
+    assert_eq!(r["key_label"], "DSET.PRIM.PAY.key001");
+    assert_eq!(r["volume"], "offsite");
+    assert_eq!(r["chunks"], 4);
+    // Standard input works too.
+    e.cmd(&["ds", "put", "HR.STAFF"]).write_stdin(b"alpha\nbeta\n".to_vec()).assert().success();
+
+    let out = e.dir.path().join("out.bin");
+    e.ok(&["ds", "get", "PAYROLL.MASTER", "-o", Env::s(&out)]);
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    let o = e.run(&["ds", "get", "PAYROLL.MASTER", "--range", "65530..65546"]);
+    assert_eq!(o.stdout, &bytes[65530..65546]);
+    let o = e.run(&["ds", "get", "PAYROLL.MASTER", "--range", "199990.."]);
+    assert_eq!(o.stdout, &bytes[199_990..]);
+    assert_eq!(e.run(&["ds", "get", "HR.STAFF"]).stdout, b"alpha\nbeta\n");
+
+    let ls = e.json(&["ds", "ls", "PAYROLL.**"]);
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    assert_eq!(ls[0]["current"]["size"], 200_000);
+    let info = e.json(&["ds", "info", "PAYROLL.MASTER"]);
+    assert_eq!(info["key_state"], "active");
+    assert_eq!(info["volume"]["site"], "B");
+    assert!(e.ok(&["ds", "verify", "PAYROLL.MASTER"]).contains("every chunk opened"));
+
+    let keys = e.json(&["key", "ls"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    let show = e.json(&["key", "show", "DSET.PRIM.PAY.key001"]);
+    assert_eq!(show["datasets"][0], "PAYROLL.MASTER");
+    assert!(show.get("wrapped").is_none(), "key material never reaches JSON");
+    assert_eq!(show["kcv"].as_str().unwrap().len(), 10);
+    let human = e.ok(&["key", "show", "DSET.PRIM.PAY.key001"]);
+    assert!(human.contains("present (wrapped)"));
+
+    e.ok(&["key", "create", "--app", "APP", "--expires", "90d"]);
+    e.ok(&["key", "create", "DSET.BACK.APP.key005", "--purpose", "BACK", "--activate"]);
+    assert_eq!(e.json(&["key", "show", "DSET.PRIM.APP.key001"])["state"], "pre-active");
+    assert_eq!(e.json(&["key", "ls", "DSET.BACK.**"])[0]["state"], "active");
+
+    e.ok(&["config", "set", "key.naming", "K.{app}.{purpose}.{NNNN}"]);
+    assert_eq!(e.json(&["config", "get", "key.naming"])["key.naming"], "K.{app}.{purpose}.{NNNN}");
+    e.ok(&["key", "create", "--app", "APP"]);
+    assert_eq!(e.json(&["key", "ls", "K.**"])[0]["label"], "K.APP.PRIM.0001");
+
+    let src = e.dir.path().join("tree");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/one.txt"), b"1").unwrap();
+    std::fs::write(src.join("two"), b"22").unwrap();
+    let imp = e.json(&["ds", "import", Env::s(&src), "--prefix", "TREE"]);
+    assert_eq!(imp.as_array().unwrap().len(), 2);
+    assert_eq!(e.run(&["ds", "get", "TREE.d.one_txt"]).stdout, b"1");
+
+    e.ok(&["ds", "rm", "TREE.two"]);
+    e.fails(&["ds", "info", "TREE.two"], 3);
+    e.ok(&["policy", "rm", "pay"]);
+}
+
+#[test]
+fn fail_wrong_or_missing_passphrase() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "A.B", Env::s(&e.file("x", b"x"))]);
+    let o = e.cmd(&["ds", "get", "A.B"]).env("CUSTOS_PASSPHRASE", "wrong").output().unwrap();
+    assert_eq!(o.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wrong passphrase for the software HSM"));
+    let o = e.cmd(&["ds", "get", "A.B"]).env_remove("CUSTOS_PASSPHRASE").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("set CUSTOS_PASSPHRASE, pass --passphrase-file"));
+    let pf = e.file("pass.txt", format!("{PASS}\n").as_bytes());
+    let o = e
+        .cmd(&["ds", "get", "A.B", "--passphrase-file", Env::s(&pf)])
+        .env_remove("CUSTOS_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(o.stdout, b"x");
+    // Listing needs no passphrase at all.
+    e.cmd(&["ds", "ls"]).env_remove("CUSTOS_PASSPHRASE").assert().success();
+}
+
+#[test]
+fn fail_unknown_objects() {
+    let e = Env::new();
+    let f = e.file("x", b"x");
+    assert!(e.fails(&["ds", "get", "NO.SUCH"], 3).contains("no dataset named NO.SUCH"));
+    assert!(e.fails(&["key", "show", "DSET.PRIM.X.key001"], 3).contains("no key labelled DSET.PRIM.X.key001"));
+    assert!(e.fails(&["ds", "put", "A.B", Env::s(&f), "--volume", "nowhere"], 3).contains("no volume named nowhere"));
+    assert!(e
+        .fails(&["ds", "put", "A.B", Env::s(&f), "--key", "DSET.PRIM.A.key009"], 3)
+        .contains("DSET.PRIM.A.key009"));
+    assert!(e.fails(&["policy", "rm", "nopolicy"], 3).contains("no policy named nopolicy"));
+    assert!(e
+        .fails(&["policy", "add", "p", "--pattern", "A.**", "--volume", "nowhere", "--template"], 3)
+        .contains("nowhere"));
+    let o = e.cmd(&["ds", "ls"]).env("CUSTOS_VAULT", e.dir.path().join("none")).output().unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("custos init"));
+    assert!(e.fails(&["ds", "put", "bad..name", Env::s(&f)], 1).contains("invalid dataset name"));
+    assert!(e.fails(&["ds", "get", "A.B", "--range", "x..y"], 1).contains("invalid range"));
+    assert!(e.fails(&["config", "set", "chunk.size", "12"], 1).contains("64 KiB"));
+}
+
+#[test]
+fn fail_key_state_and_destroyed_key() {
+    let e = Env::new();
+    let f = e.file("x", &data(150_000, 3));
+    e.ok(&["key", "create", "--app", "APP"]);
+    let err = e.fails(&["ds", "put", "APP.DATA", Env::s(&f), "--key", "DSET.PRIM.APP.key001"], 5);
+    assert!(err.contains("pre-active") && err.contains("activate it first"), "{err}");
+    e.ok(&["key", "activate", "DSET.PRIM.APP.key001"]);
+    e.ok(&["ds", "put", "APP.DATA", Env::s(&f), "--key", "DSET.PRIM.APP.key001"]);
+    let err = e.fails(&["key", "destroy", "DSET.PRIM.APP.key001"], 5);
+    assert!(err.contains("deactivate it first"), "{err}");
+    e.ok(&["key", "deactivate", "DSET.PRIM.APP.key001"]);
+    let err = e.fails(&["key", "destroy", "DSET.PRIM.APP.key001"], 5);
+    assert!(err.contains("APP.DATA") && err.contains("--crypto-erase"), "{err}");
+    e.ok(&["key", "archive", "DSET.PRIM.APP.key001"]);
+    let err = e.fails(&["ds", "get", "APP.DATA"], 5);
+    assert!(err.contains("archived") && err.contains("restore it first"), "{err}");
+    e.ok(&["key", "restore", "DSET.PRIM.APP.key001"]);
+    e.ok(&["key", "destroy", "DSET.PRIM.APP.key001", "--crypto-erase"]);
+    let err = e.fails(&["ds", "get", "APP.DATA"], 5);
+    assert!(err.contains("cryptographically erased") && err.contains("APP.DATA"), "{err}");
+    assert!(e.ok(&["key", "show", "DSET.PRIM.APP.key001"]).contains("erased"));
+    e.fails(&["key", "activate", "DSET.PRIM.APP.key001"], 5);
+}
+
+#[test]
+fn fail_tampered_chunks_are_named() {
+    let e = Env::new();
+    let f = e.file("x", &data(300_000, 5));
+    e.ok(&["ds", "put", "TAMPER.A", Env::s(&f)]);
+    e.ok(&["ds", "put", "TAMPER.B", Env::s(&f)]);
+    let a = e.chunk_paths("TAMPER.A");
+    let b = e.chunk_paths("TAMPER.B");
+    let orig = std::fs::read(&a[2]).unwrap();
+
+    let mut flipped = orig.clone();
+    flipped[500] ^= 0x10;
+    std::fs::write(&a[2], &flipped).unwrap();
+    let err = e.fails(&["ds", "get", "TAMPER.A"], 4);
+    assert!(err.contains("chunk 2") && err.contains("TAMPER.A") && err.contains("failed authentication"), "{err}");
+    assert!(err.contains("Restore the dataset from a backup copy"), "{err}");
+
+    std::fs::copy(&b[2], &a[2]).unwrap();
+    let err = e.fails(&["ds", "verify", "TAMPER.A"], 4);
+    assert!(err.contains("chunk 2"), "foreign chunk: {err}");
+
+    std::fs::remove_file(&a[2]).unwrap();
+    let err = e.fails(&["ds", "get", "TAMPER.A"], 4);
+    assert!(err.contains("chunk 2") && err.contains("is missing"), "{err}");
+
+    std::fs::write(&a[2], &orig).unwrap();
+    let (c1, c3) = (std::fs::read(&a[1]).unwrap(), std::fs::read(&a[3]).unwrap());
+    std::fs::write(&a[1], &c3).unwrap();
+    std::fs::write(&a[3], &c1).unwrap();
+    let err = e.fails(&["ds", "get", "TAMPER.A"], 4);
+    assert!(err.contains("chunk 1"), "swapped: {err}");
+    std::fs::write(&a[1], &c1).unwrap();
+    std::fs::write(&a[3], &c3).unwrap();
+    e.ok(&["ds", "verify", "TAMPER.A"]);
+}
+
+#[test]
+fn fail_get_to_existing_file_leaves_it_alone() {
+    let e = Env::new();
+    let f = e.file("x", &data(200_000, 6));
+    e.ok(&["ds", "put", "OUT.A", Env::s(&f)]);
+    let p = e.chunk_paths("OUT.A");
+    std::fs::remove_file(&p[3]).unwrap();
+    let target = e.file("precious.txt", b"keep me");
+    e.fails(&["ds", "get", "OUT.A", "-o", Env::s(&target)], 4);
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    let leftovers: Vec<_> = std::fs::read_dir(e.dir.path())
+        .unwrap()
+        .filter(|d| d.as_ref().unwrap().file_name().to_string_lossy().starts_with(".custos-get-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary output was cleaned up");
+}
+
+#[test]
+fn fail_unreachable_volume() {
+    let e = Env::new();
+    let v2 = e.dir.path().join("v2");
+    e.ok(&["volume", "add", "v2", "--path", Env::s(&v2), "--site", "B"]);
+    e.ok(&["ds", "put", "VOL.A", Env::s(&e.file("x", b"abc")), "--volume", "v2"]);
+    std::fs::rename(&v2, e.dir.path().join("v2-moved")).unwrap();
+    let err = e.fails(&["ds", "get", "VOL.A"], 7);
+    assert!(err.contains("volume v2") && err.contains("not reachable"), "{err}");
+    let err = e.fails(&["ds", "put", "VOL.B", Env::s(&e.file("y", b"abc")), "--volume", "v2"], 7);
+    assert!(err.contains("volume v2"), "{err}");
+}
+
+/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn fail_full_disk_leaves_nothing_behind() {
+    let e = Env::new();
+    let mnt = e.dir.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount(8) is needed for the full-disk test");
+    if !st.success() && std::env::var_os("CUSTOS_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipping: cannot mount a tmpfs (not root) and CUSTOS_SKIP_ROOT_TESTS is set");
+        return;
+    }
+    assert!(st.success(), "mounting a 1 MiB tmpfs needs root; set CUSTOS_SKIP_ROOT_TESTS=1 to skip");
+    let _guard = Tmpfs(mnt.clone());
+    let vol = mnt.join("vol");
+    e.ok(&["volume", "add", "small", "--path", Env::s(&vol), "--site", "A"]);
+    e.ok(&["ds", "put", "FULL.OLD", Env::s(&e.file("a", &data(100_000, 1))), "--volume", "small"]);
+    let count = || walkdir_count(&vol.join("chunks"));
+    let before = count();
+    let err = e.fails(&["ds", "put", "FULL.NEW", Env::s(&e.file("b", &data(3_000_000, 2))), "--volume", "small"], 7);
+    assert!(err.contains("volume small is full") && err.contains("nothing was committed"), "{err}");
+    assert_eq!(count(), before, "the chunks of the failed write were removed");
+    let err = e.fails(&["ds", "put", "FULL.OLD", Env::s(&e.file("c", &data(3_000_000, 3)))], 7);
+    assert!(err.contains("is full"), "{err}");
+    assert_eq!(e.run(&["ds", "get", "FULL.OLD"]).stdout, data(100_000, 1), "the old generation is intact");
+}
+
+fn walkdir_count(d: &Path) -> usize {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walkdir_count(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let o = Command::cargo_bin("custos").unwrap().env_clear().arg("demo").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = String::from_utf8(o.stdout).unwrap();
+    assert!(s.contains("identical"));
+    assert!(s.contains("0 contain the text"));
+    assert!(s.contains("failed authentication"));
+    assert!(s.contains("cryptographically erased"));
+}
+
+#[test]
+fn init_refuses_an_existing_vault() {
+    let e = Env::new();
+    let o = e.run(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+}
