@@ -60,7 +60,7 @@ mod tests {
         for n in [1, 4095, 4096, 1 << 20, (1 << 20) + 40] {
             let mut b = ChunkBuf::new(n);
             assert!(b.capacity() >= n && b.capacity().is_multiple_of(ALIGN));
-            assert_eq!((b.slice_mut(n).as_ptr() as usize).is_multiple_of(ALIGN), true);
+            assert!((b.slice_mut(n).as_ptr() as usize).is_multiple_of(ALIGN));
             b.slice_mut(n)[n - 1] = 7;
             assert_eq!(b.slice(n)[n - 1], 7);
         }
