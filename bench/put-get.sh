@@ -39,8 +39,9 @@ time_cmd() {
   t1=$(date +%s.%N)
   echo "$(echo "$t1 - $t0" | bc -l) $(cat "$out.rss")"
 }
-rate() { echo "scale=2; $1 / $2 / 1000000000" | bc -l; }
-mib() { echo "scale=1; $1 / 1024" | bc -l; }
+rate() { printf '%.2f' "$(echo "$1 / $2 / 1000000000" | bc -l)"; }
+mib() { printf '%.1f' "$(echo "$1 / 1024" | bc -l)"; }
+secs() { [ "$1" = n/a ] && echo n/a || printf '%.2f' "$1"; }
 bytes=1073741824
 
 # median3 LABEL PREP CMD: run PREP untimed then CMD timed, three times ({} in
@@ -86,13 +87,13 @@ Measured $(date -u +%Y-%m-%d) on this machine ($cores cores, $cpu, $(free -g | a
 |---|---|---|---|
 | AES-256-GCM seal, aws-lc-rs, 1 core (limit) | | $g1 GB/s | |
 | AES-256-GCM seal, aws-lc-rs, $cores cores (limit) | | $gall GB/s | |
-| \`cp\` of the file | ${cp_s} s | $(rate $bytes "$cp_s") GB/s | $(mib "$cp_rss") MiB |
-| \`custos ds put\` (file → volume, fsynced, committed) | ${put_s} s | $(rate $bytes "$put_s") GB/s | $(mib "$put_rss") MiB |
-| \`custos ds get -o\` (volume → file, every chunk authenticated) | ${get_s} s | $(rate $bytes "$get_s") GB/s | $(mib "$get_rss") MiB |
-| \`custos ds get -o\`, chunk files not cached (after drop_caches) | ${cold_s} s | $( [ "$cold_s" = n/a ] && echo n/a || rate $bytes "$cold_s") GB/s | |
-| \`custos ds put -\` of a 4 GiB stream | ${put4_s} s | $(rate $((4 * bytes)) "$put4_s") GB/s | $(mib "$put4_rss") MiB |
-| \`custos ds get\` of 4 GiB to stdout | ${get4_s} s | $(rate $((4 * bytes)) "$get4_s") GB/s | $(mib "$get4_rss") MiB |
-| fixed cost: \`ds put\` of an empty dataset (start, unseal, commit) | ${empty_s} s | | |
+| \`cp\` of the file | $(secs "$cp_s") s | $(rate $bytes "$cp_s") GB/s | $(mib "$cp_rss") MiB |
+| \`custos ds put\` (file → volume, fsynced, committed) | $(secs "$put_s") s | $(rate $bytes "$put_s") GB/s | $(mib "$put_rss") MiB |
+| \`custos ds get -o\` (volume → file, every chunk authenticated) | $(secs "$get_s") s | $(rate $bytes "$get_s") GB/s | $(mib "$get_rss") MiB |
+| \`custos ds get -o\`, chunk files not cached (after drop_caches) | $(secs "$cold_s") s | $( [ "$cold_s" = n/a ] && echo n/a || rate $bytes "$cold_s") GB/s | |
+| \`custos ds put -\` of a 4 GiB stream | $(secs "$put4_s") s | $(rate $((4 * bytes)) "$put4_s") GB/s | $(mib "$put4_rss") MiB |
+| \`custos ds get\` of 4 GiB to stdout | $(secs "$get4_s") s | $(rate $((4 * bytes)) "$get4_s") GB/s | $(mib "$get4_rss") MiB |
+| fixed cost: \`ds put\` of an empty dataset (start, unseal, commit) | $(secs "$empty_s") s | | |
 
 Times are wall-clock for the whole command, process start and HSM unseal
 included. "Warm" means the source of each operation is in the page cache: the
