@@ -376,3 +376,49 @@ fn init_refuses_an_existing_vault() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
 }
+
+/// Kill a real `ds put` at many points: the dataset must always read back as
+/// exactly the old or the new contents, never anything in between.
+#[test]
+fn killed_writer_never_leaves_a_half_generation() {
+    let e = Env::new();
+    let old = data(2_000_000, 1);
+    let new = data(24_000_000, 2);
+    let old_f = e.file("old", &old);
+    let new_f = e.file("new", &new);
+    // How long a whole write takes here: the kills spread over twice that,
+    // so about half land mid-write and half after the commit.
+    let t0 = std::time::Instant::now();
+    e.ok(&["ds", "put", "CRASH.X", Env::s(&new_f)]);
+    let full = t0.elapsed().as_millis() as u64;
+    e.ok(&["ds", "put", "CRASH.X", Env::s(&old_f)]);
+    let mut saw = [0usize; 2];
+    let kills = 20u64;
+    for i in 0..kills {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("custos"))
+            .env_clear()
+            .env("CUSTOS_VAULT", &e.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .args(["--threads", "2", "ds", "put", "CRASH.X", Env::s(&new_f)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2 * full * i / kills));
+        let _ = child.kill();
+        let _ = child.wait();
+        let got = e.run(&["ds", "get", "CRASH.X"]);
+        assert!(got.status.success(), "after kill {i}: {}", String::from_utf8_lossy(&got.stderr));
+        if got.stdout == old {
+            saw[0] += 1;
+        } else if got.stdout == new {
+            saw[1] += 1;
+            e.ok(&["ds", "put", "CRASH.X", Env::s(&old_f)]);
+        } else {
+            panic!("after kill {i}: the dataset is neither the old nor the new contents");
+        }
+        e.ok(&["ds", "verify", "CRASH.X"]);
+    }
+    eprintln!("write takes ~{full} ms; kills that left the old generation: {}, the new: {}", saw[0], saw[1]);
+    assert!(saw[0] > 0 && saw[1] > 0, "the kills must land both before and after the commit: {saw:?}");
+}

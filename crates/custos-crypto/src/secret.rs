@@ -130,6 +130,13 @@ impl Fingerprinter {
     }
 }
 
+impl Drop for Fingerprinter {
+    fn drop(&mut self) {
+        // The hasher holds the derived fingerprint key.
+        self.0.zeroize();
+    }
+}
+
 impl fmt::Debug for Fingerprinter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Fingerprinter([redacted])")

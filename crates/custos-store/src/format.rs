@@ -383,6 +383,13 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn open_chunk_never_panics(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), index in 0u64..4) {
+            let key = DataKey::from_bytes([3; 32]);
+            let r = open_chunk(&key, &DatasetId([1; 16]), &ChunkId([2; 16]), index, 10, &mut bytes);
+            proptest::prop_assert!(r.is_err());
+        }
+
+        #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let _ = Manifest::decode(&bytes);
         }
