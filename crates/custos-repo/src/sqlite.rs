@@ -155,6 +155,20 @@ impl SqliteRepository {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Run a query and collect every row.
+    fn query_all<T, P: rusqlite::Params>(
+        &self,
+        action: &'static str,
+        sql: &str,
+        params: P,
+        row: impl FnMut(&Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql).map_err(db(action))?;
+        let rows = stmt.query_map(params, row).map_err(db(action))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db(action))
+    }
+
     /// The schema version this build writes.
     pub fn schema_version() -> i64 {
         MIGRATIONS.len() as i64
@@ -329,10 +343,7 @@ impl Repository for SqliteRepository {
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("SELECT {KEY_COLS} FROM keys ORDER BY label")).map_err(db("list keys"))?;
-        let rows = stmt.query_map([], key_from_row).map_err(db("list keys"))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db("list keys"))
+        self.query_all("list keys", &format!("SELECT {KEY_COLS} FROM keys ORDER BY label"), [], key_from_row)
     }
 
     fn update_key(&self, k: &KeyRecord) -> Result<()> {
@@ -400,12 +411,12 @@ impl Repository for SqliteRepository {
     }
 
     fn volumes(&self) -> Result<Vec<VolumeRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT name, location, site, medium, created_at FROM volumes ORDER BY name")
-            .map_err(db("list volumes"))?;
-        let rows = stmt.query_map([], volume_from_row).map_err(db("list volumes"))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db("list volumes"))
+        self.query_all(
+            "list volumes",
+            "SELECT name, location, site, medium, created_at FROM volumes ORDER BY name",
+            [],
+            volume_from_row,
+        )
     }
 
     fn insert_policy(&self, p: &PolicyRecord) -> Result<()> {
@@ -445,37 +456,25 @@ impl Repository for SqliteRepository {
     }
 
     fn datasets(&self) -> Result<Vec<DatasetRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("{DATASET_SELECT} ORDER BY d.name")).map_err(db("list datasets"))?;
-        let rows = stmt.query_map([], dataset_from_row).map_err(db("list datasets"))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db("list datasets"))
+        self.query_all("list datasets", &format!("{DATASET_SELECT} ORDER BY d.name"), [], dataset_from_row)
     }
 
     fn datasets_using_key(&self, label: &KeyLabel) -> Result<Vec<DatasetName>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT DISTINCT d.name FROM datasets d JOIN generations g ON g.dataset_id = d.id WHERE g.key_label = ?1 ORDER BY d.name")
-            .map_err(db("find datasets using a key"))?;
-        let rows = stmt
-            .query_map([label.as_str()], |r| {
-                let n: String = r.get(0)?;
-                DatasetName::new(n).map_err(|e| corrupt(e.to_string()))
-            })
-            .map_err(db("find datasets using a key"))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db("find datasets using a key"))
+        self.query_all(
+            "find datasets using a key",
+            "SELECT DISTINCT d.name FROM datasets d JOIN generations g ON g.dataset_id = d.id WHERE g.key_label = ?1 ORDER BY d.name",
+            [label.as_str()],
+            |r| DatasetName::new(r.get::<_, String>(0)?).map_err(|e| corrupt(e.to_string())),
+        )
     }
 
     fn generation_chunks(&self, id: &DatasetId, generation: u64) -> Result<Vec<ChunkId>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2 ORDER BY idx",
-            )
-            .map_err(db("list chunks"))?;
-        let rows = stmt
-            .query_map(params![&id.0[..], generation as i64], |r| Ok(ChunkId(id16(r.get(0)?)?)))
-            .map_err(db("list chunks"))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db("list chunks"))
+        self.query_all(
+            "list chunks",
+            "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2 ORDER BY idx",
+            params![&id.0[..], generation as i64],
+            |r| Ok(ChunkId(id16(r.get(0)?)?)),
+        )
     }
 
     fn commit_generation(&self, c: &GenerationCommit) -> Result<Garbage> {
