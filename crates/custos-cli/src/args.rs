@@ -55,6 +55,46 @@ pub enum Command {
     /// Vault settings (key.naming, chunk.size).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Master keys: status, load NEW, activate, re-encipher the keystore.
+    #[command(subcommand)]
+    Mk(MkCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MkCmd {
+    /// The registers, their MKVPs, when each was set, and the keys under each.
+    Status,
+    /// Write a random key part for one custodian, with its check value, to a new file.
+    MakePart {
+        #[arg(long)]
+        custodian: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Load the NEW register: generated in the HSM, or combined from the
+    /// parts of at least two custodians.
+    LoadNew {
+        /// Generate the new master key inside the HSM.
+        #[arg(long, conflicts_with = "part")]
+        generate: bool,
+        /// A custodian's part file (from `mk make-part`); give one per custodian.
+        #[arg(long, value_name = "FILE")]
+        part: Vec<PathBuf>,
+        /// Refuse unless the combined key has this MKVP.
+        #[arg(long, value_name = "MKVP")]
+        expect_mkvp: Option<String>,
+    },
+    /// Empty the NEW register.
+    ClearNew,
+    /// NEW → CURRENT → OLD (the previous OLD is discarded). Refused while
+    /// keys are still wrapped under that OLD key.
+    Activate,
+    /// Re-wrap every key under OLD to CURRENT. Safe to interrupt and re-run.
+    Reencipher {
+        /// Keys per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +140,9 @@ pub enum KeyCmd {
         /// Activate at once (otherwise the key starts pre-active).
         #[arg(long)]
         activate: bool,
+        /// Create this many keys for --app in one transaction (all or none).
+        #[arg(long, requires = "app", conflicts_with = "label")]
+        count: Option<u32>,
     },
     /// List keys, optionally those whose label matches a pattern.
     Ls { pattern: Option<String> },

@@ -4,6 +4,7 @@
 
 mod args;
 mod demo;
+mod mk;
 mod output;
 
 use std::io::{IsTerminal, Write};
@@ -51,6 +52,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         | Error::KeyPurpose { .. } => 5,
         Error::Hsm(custos_core::HsmError::WrongPassphrase { .. }) => 6,
         Error::Store(_) => 7,
+        Error::WouldOrphanKeys { .. } => 5,
+        Error::ReencipherFailed { .. } => 4,
         _ => 1,
     }
 }
@@ -86,7 +89,7 @@ fn sealed(cli: &Cli) -> anyhow::Result<Vault<Sealed>> {
     Ok(v)
 }
 
-fn open(cli: &Cli) -> anyhow::Result<Vault<Open>> {
+pub(crate) fn open(cli: &Cli) -> anyhow::Result<Vault<Open>> {
     let v = sealed(cli)?;
     Ok(v.unseal(&passphrase(cli, false)?)?)
 }
@@ -165,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(p) => policy_cmd(&cli, p),
         Command::Ds(d) => ds_cmd(&cli, d),
         Command::Config(c) => config_cmd(&cli, c),
+        Command::Mk(m) => mk::run(&cli, m),
     }
 }
 
@@ -180,9 +184,9 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
         }
     };
     match k {
-        KeyCmd::Create { label: l, app, purpose, expires, activate } => {
+        KeyCmd::Create { label: l, app, purpose, expires, activate, count } => {
             let v = open(cli)?;
-            let rec = v.create_key(&NewKey {
+            let new = NewKey {
                 label: l.as_deref().map(label).transpose()?,
                 app: app.clone(),
                 purpose: match purpose {
@@ -191,7 +195,19 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
                 },
                 expires_at: expires.as_deref().map(parse_expiry).transpose()?,
                 activate: *activate,
-            })?;
+            };
+            if let Some(n) = count {
+                let recs = v.create_keys(&new, *n)?;
+                if cli.json {
+                    return json(&recs);
+                }
+                match (recs.first(), recs.last()) {
+                    (Some(a), Some(b)) => println!("created {} keys, {} … {}", recs.len(), a.label, b.label),
+                    _ => println!("created no keys"),
+                }
+                return Ok(());
+            }
+            let rec = v.create_key(&new)?;
             if cli.json {
                 json(&rec)
             } else {

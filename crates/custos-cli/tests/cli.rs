@@ -422,3 +422,120 @@ fn killed_writer_never_leaves_a_half_generation() {
     eprintln!("write takes ~{full} ms; kills that left the old generation: {}, the new: {}", saw[0], saw[1]);
     assert!(saw[0] > 0 && saw[1] > 0, "the kills must land both before and after the commit: {saw:?}");
 }
+
+#[test]
+fn master_key_change_from_custodian_parts() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "MK.DATA", Env::s(&e.file("d", &data(150_000, 4)))]);
+    let alice = e.dir.path().join("alice.part");
+    let bob = e.dir.path().join("bob.part");
+    e.ok(&["mk", "make-part", "--custodian", "alice", "-o", Env::s(&alice)]);
+    e.ok(&["mk", "make-part", "--custodian", "bob", "-o", Env::s(&bob)]);
+    assert!(e.run(&["mk", "make-part", "--custodian", "bob", "-o", Env::s(&bob)]).status.code() == Some(1));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&alice).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let err = e.fails(&["mk", "load-new", "--part", Env::s(&alice)], 1);
+    assert!(err.contains("at least two distinct custodians"), "{err}");
+    let err = e.fails(
+        &["mk", "load-new", "--part", Env::s(&alice), "--part", Env::s(&bob), "--expect-mkvp", "0000000000000000"],
+        1,
+    );
+    assert!(err.contains("not the expected 0000000000000000"), "{err}");
+    // A part typed in wrong is caught by its check value.
+    let mut text = std::fs::read_to_string(&bob).unwrap();
+    let i = text.find("part: ").unwrap() + 6;
+    let digit = if &text[i..i + 1] == "0" { "1" } else { "0" };
+    text.replace_range(i..i + 1, digit);
+    let typo = e.file("typo.part", text.as_bytes());
+    let err = e.fails(&["mk", "load-new", "--part", Env::s(&alice), "--part", Env::s(&typo)], 1);
+    assert!(err.contains("custodian bob does not match its check value"), "{err}");
+
+    let loaded = e.json(&["mk", "load-new", "--part", Env::s(&alice), "--part", Env::s(&bob)]);
+    let new = loaded["new_mkvp"].as_str().unwrap().to_string();
+    let st = e.json(&["mk", "status"]);
+    assert_eq!(st["registers"][0]["register"], "NEW");
+    assert_eq!(st["registers"][0]["mkvp"], new.as_str());
+    let st = e.json(&["mk", "activate"]);
+    let cur = st["registers"].as_array().unwrap().iter().find(|r| r["register"] == "CURRENT").unwrap().clone();
+    assert_eq!(cur["mkvp"], new.as_str());
+    e.ok(&["mk", "load-new", "--generate"]);
+    let err = e.fails(&["mk", "activate"], 5);
+    assert!(err.contains("still wraps 1 keys") && err.contains("mk reencipher"), "{err}");
+    assert_eq!(e.json(&["mk", "reencipher"])["moved"], 1);
+    e.ok(&["mk", "activate"]);
+    assert_eq!(e.run(&["ds", "get", "MK.DATA"]).stdout, data(150_000, 4));
+    let err = e.fails(&["mk", "load-new"], 1);
+    assert!(err.contains("--generate or --part"), "{err}");
+}
+
+/// Kill `mk reencipher` at many points: afterwards every key still unwraps
+/// (under OLD or CURRENT), and a final run moves the rest.
+#[test]
+fn killed_reencipher_loses_no_key() {
+    let e = Env::new();
+    e.ok(&["key", "create", "--app", "MANY", "--count", "4000", "--activate"]);
+    e.ok(&["ds", "put", "MANY.DATA", Env::s(&e.file("d", b"still here")), "--key", "DSET.PRIM.MANY.key001"]);
+    e.ok(&["mk", "load-new", "--generate"]);
+    e.ok(&["mk", "activate"]);
+    // Measure a whole run on a copy of the vault, so the real one stays all under OLD.
+    let copy = e.dir.path().join("copy");
+    copy_dir(&e.vault, &copy);
+    let t0 = std::time::Instant::now();
+    let o = e.cmd(&["mk", "reencipher", "--batch", "50"]).env("CUSTOS_VAULT", &copy).output().unwrap();
+    assert!(o.status.success());
+    let full = t0.elapsed().as_millis() as u64;
+    let kills = 12u64;
+    let mut partial = 0;
+    for i in 0..kills {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("custos"))
+            .env_clear()
+            .env("CUSTOS_VAULT", &e.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .args(["mk", "reencipher", "--batch", "50"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(full * i / kills));
+        let _ = child.kill();
+        let _ = child.wait();
+        let v = custos_core::Vault::open(&e.vault)
+            .unwrap()
+            .unseal(&custos_core::Passphrase::from(PASS.to_string()))
+            .unwrap();
+        let st = v.mk_status().unwrap();
+        let old = st.registers.iter().find(|r| r.register == "OLD").unwrap().keys;
+        if old > 0 && old < 4000 {
+            partial += 1;
+        }
+        for k in v.keys().unwrap() {
+            let w = k.wrapped.as_ref().unwrap();
+            let dk = v
+                .hsm()
+                .unwrap_key(&k.mkvp, &w.0)
+                .unwrap_or_else(|err| panic!("after kill {i}, key {}: {err}", k.label));
+            assert_eq!(custos_crypto::Kcv::of(&dk), k.kcv);
+        }
+    }
+    assert!(partial > 0, "some kill must land in the middle of a run");
+    e.ok(&["mk", "reencipher", "--batch", "50"]);
+    let st = e.json(&["mk", "status"]);
+    let regs = st["registers"].as_array().unwrap();
+    let keys = |r: &str| regs.iter().find(|x| x["register"] == r).unwrap()["keys"].as_u64().unwrap();
+    assert_eq!((keys("CURRENT"), keys("OLD")), (4000, 0));
+    assert_eq!(e.run(&["ds", "get", "MANY.DATA"]).stdout, b"still here");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}

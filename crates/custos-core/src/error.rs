@@ -62,6 +62,10 @@ pub enum Error {
     KeyPurpose { label: KeyLabel, state: KeyState, why: &'static str },
     #[error("key {label} has no material to use: the keystore record is damaged; restore the keystore from a backup")]
     KeyNoMaterial { label: KeyLabel },
+    #[error("activating would discard the OLD master key (MKVP {mkvp}), which still wraps {count} keys: run `custos mk reencipher` first")]
+    WouldOrphanKeys { mkvp: String, count: u64 },
+    #[error("re-encipherment moved {moved} keys but could not move {}: {}; their records are damaged (they keep their old wrapping); recover them from a keystore backup", failed.len(), failed.join(", "))]
+    ReencipherFailed { moved: u64, failed: Vec<String> },
     #[error(transparent)]
     Naming(#[from] custos_model::NamingError),
     #[error(transparent)]

@@ -84,6 +84,29 @@ impl Vault<Open> {
         Ok(rec)
     }
 
+    /// Create `count` keys for an application in one transaction: all or
+    /// none. Labels continue the application's sequence.
+    pub fn create_keys(&self, template: &NewKey, count: u32) -> Result<Vec<KeyRecord>> {
+        let app = template.app.clone().ok_or_else(|| Error::Invalid {
+            what: "bulk key creation",
+            why: "give --app; labels are taken from the naming standard".into(),
+        })?;
+        let ns = self.naming()?;
+        let first = self.next_label(&app, template.purpose)?;
+        let start = ns.parse(first.as_str())?.seq;
+        let mut recs = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let label = KeyLabel::new(ns.label(template.purpose, &app, start + i))?;
+            recs.push(self.new_key_record(&NewKey {
+                label: Some(label),
+                app: Some(app.clone()),
+                ..template.clone()
+            })?);
+        }
+        self.repo.insert_keys(&recs)?;
+        Ok(recs)
+    }
+
     /// Build (but do not store) a new key record: the HSM generates and
     /// wraps the material.
     pub(crate) fn new_key_record(&self, k: &NewKey) -> Result<KeyRecord> {

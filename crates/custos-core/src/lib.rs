@@ -13,16 +13,18 @@
 mod datasets;
 mod error;
 mod keys;
+mod masterkey;
 mod pipeline;
 mod vault;
 
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use keys::NewKey;
+pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use pipeline::default_threads;
 pub use vault::{InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE};
 
 pub use custos_crypto::{KdfParams, Passphrase};
-pub use custos_hsm::HsmError;
+pub use custos_hsm::{HsmError, KeyPart, NewMasterKey};
 pub use custos_model as model;
 pub use custos_store::DirectWriter;

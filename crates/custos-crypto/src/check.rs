@@ -76,6 +76,14 @@ impl Kcv {
     }
 }
 
+impl Kcv {
+    /// KCV of a master key or master key part, computed as for data keys.
+    pub fn of_master(key: &MasterKey) -> Self {
+        let t = cmac16(key.expose_secret(), &[0u8; 16]);
+        Self(t[..KCV_LEN].try_into().expect("5 bytes"))
+    }
+}
+
 impl Mkvp {
     pub fn of(key: &MasterKey) -> Self {
         Self::from_cmac(&cmac16(key.expose_secret(), &MKVP_BLOCK))

@@ -13,7 +13,7 @@ mod soft;
 use std::fmt;
 use std::path::PathBuf;
 
-use custos_crypto::{DataKey, Kcv, Mkvp};
+use custos_crypto::{DataKey, Kcv, MasterKey, Mkvp};
 use jiff::Timestamp;
 use thiserror::Error;
 
@@ -83,8 +83,41 @@ pub enum HsmError {
     UnknownMkvp { mkvp: Mkvp, held: String },
     #[error("the wrapped key does not unwrap under the master key with MKVP {mkvp}: the keystore record was altered")]
     Unwrap { mkvp: Mkvp },
+    #[error("the NEW master key register is already loaded (MKVP {mkvp}): activate it with `custos mk activate`, or clear it with `custos mk clear-new`")]
+    NewLoaded { mkvp: Mkvp },
+    #[error("the NEW master key register is empty: load a key with `custos mk load-new` first")]
+    NoNewMasterKey,
+    #[error("key part of custodian {custodian} does not match its check value (got {got}, recorded {want}): re-enter the part")]
+    PartMismatch { custodian: String, got: Kcv, want: Kcv },
+    #[error("a master key needs parts from at least two distinct custodians ({0})")]
+    TooFewCustodians(String),
+    #[error("the combined master key has MKVP {got}, not the expected {want}: a part is wrong; nothing was loaded")]
+    MkvpMismatch { got: Mkvp, want: Mkvp },
     #[error("cryptographic failure in the HSM: {0}")]
     Crypto(#[from] custos_crypto::CryptoError),
+}
+
+/// One custodian's part of a master key. Parts are combined by XOR inside
+/// the HSM; each is checked against the KCV its custodian recorded.
+pub struct KeyPart {
+    pub custodian: String,
+    pub part: MasterKey,
+    pub kcv: Kcv,
+}
+
+impl fmt::Debug for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPart").field("custodian", &self.custodian).field("kcv", &self.kcv).finish_non_exhaustive()
+    }
+}
+
+/// Where a NEW master key comes from.
+#[derive(Debug)]
+pub enum NewMasterKey {
+    /// Generated inside the HSM.
+    Generate,
+    /// Combined from the parts of at least two distinct custodians.
+    Parts(Vec<KeyPart>),
 }
 
 /// The HSM seam. Implementations keep master keys inside; callers see MKVPs.
@@ -109,6 +142,45 @@ pub trait Hsm: Send + Sync {
     /// Re-wrap a data key from the register named by `mkvp` to CURRENT,
     /// without the clear key leaving the HSM.
     fn rewrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<WrappedKey, HsmError>;
+
+    /// Load the NEW register. Refused while NEW is loaded. With parts: each
+    /// part must match its KCV, at least two distinct custodians must
+    /// contribute, and, when `expect` is given, the combined key must have
+    /// that MKVP. Returns the new key's MKVP.
+    fn load_new(&self, new: NewMasterKey, expect: Option<Mkvp>) -> Result<Mkvp, HsmError>;
+
+    /// Empty the NEW register.
+    fn clear_new(&self) -> Result<(), HsmError>;
+
+    /// NEW → CURRENT → OLD; the previous OLD is discarded. The caller checks
+    /// first that nothing is still wrapped under the OLD key.
+    fn activate(&self) -> Result<(), HsmError>;
+}
+
+/// Combine key parts: verify each against its KCV, require two distinct
+/// custodians, XOR. For HSM implementations that combine in software.
+pub fn combine_parts(parts: &[KeyPart]) -> Result<MasterKey, HsmError> {
+    let mut custodians: Vec<&str> = parts.iter().map(|p| p.custodian.as_str()).collect();
+    custodians.sort();
+    custodians.dedup();
+    if custodians.len() < 2 {
+        return Err(HsmError::TooFewCustodians(if custodians.is_empty() {
+            "none given".into()
+        } else {
+            format!("only {}", custodians.join(", "))
+        }));
+    }
+    let mut acc = zeroize::Zeroizing::new([0u8; 32]);
+    for p in parts {
+        let got = Kcv::of_master(&p.part);
+        if got != p.kcv {
+            return Err(HsmError::PartMismatch { custodian: p.custodian.clone(), got, want: p.kcv });
+        }
+        for (a, b) in acc.iter_mut().zip(p.part.expose_secret()) {
+            *a ^= b;
+        }
+    }
+    Ok(MasterKey::from_bytes(*acc))
 }
 
 /// Conformance checks every [`Hsm`] implementation must pass. Each backend's
@@ -152,6 +224,54 @@ pub mod conformance {
             Err(e @ HsmError::UnknownMkvp { .. }) => assert!(e.to_string().contains("EEEEEEEEEEEEEEEE")),
             other => panic!("unknown MKVP must be refused by name, got {other:?}"),
         }
+
+        // Master key change: NEW from parts, activation moves the registers,
+        // keys wrapped under the old CURRENT keep unwrapping (now OLD).
+        let p1 = MasterKey::from_bytes([0x11; 32]);
+        let p2 = MasterKey::from_bytes([0x22; 32]);
+        let part = |c: &str, k: &MasterKey| KeyPart {
+            custodian: c.into(),
+            part: MasterKey::from_bytes(*k.expose_secret()),
+            kcv: Kcv::of_master(k),
+        };
+        let combined = Mkvp::of(&MasterKey::from_bytes([0x33; 32]));
+        assert!(matches!(
+            hsm.load_new(NewMasterKey::Parts(vec![part("alice", &p1), part("alice", &p2)]), None),
+            Err(HsmError::TooFewCustodians(_))
+        ));
+        let mut bad = part("bob", &p2);
+        bad.kcv = Kcv([0; 5]);
+        assert!(matches!(
+            hsm.load_new(NewMasterKey::Parts(vec![part("alice", &p1), bad]), None),
+            Err(HsmError::PartMismatch { .. })
+        ));
+        assert!(matches!(
+            hsm.load_new(NewMasterKey::Parts(vec![part("alice", &p1), part("bob", &p2)]), Some(Mkvp([0; 8]))),
+            Err(HsmError::MkvpMismatch { .. })
+        ));
+        assert!(matches!(hsm.activate(), Err(HsmError::NoNewMasterKey)), "nothing loaded by the refusals");
+        let got =
+            hsm.load_new(NewMasterKey::Parts(vec![part("alice", &p1), part("bob", &p2)]), Some(combined)).unwrap();
+        assert_eq!(got, combined, "parts combine by XOR");
+        assert!(matches!(hsm.load_new(NewMasterKey::Generate, None), Err(HsmError::NewLoaded { .. })));
+        hsm.activate().expect("activate");
+        let regs = hsm.registers().unwrap();
+        let mkvp_of = |r: Register| regs.iter().find(|x| x.register == r).map(|x| x.mkvp);
+        assert_eq!(mkvp_of(Register::Current), Some(combined));
+        assert_eq!(mkvp_of(Register::Old), Some(current.mkvp));
+        assert_eq!(mkvp_of(Register::New), None);
+        assert_eq!(Kcv::of(&hsm.unwrap_key(&w.mkvp, &w.bytes).unwrap()), w.kcv, "OLD still unwraps");
+        let moved = hsm.rewrap_key(&w.mkvp, &w.bytes).unwrap();
+        assert_eq!(moved.mkvp, combined);
+        // A second change discards the first master key.
+        let gen = hsm.load_new(NewMasterKey::Generate, None).unwrap();
+        hsm.activate().unwrap();
+        assert!(matches!(hsm.unwrap_key(&w.mkvp, &w.bytes), Err(HsmError::UnknownMkvp { .. })));
+        assert_eq!(Kcv::of(&hsm.unwrap_key(&moved.mkvp, &moved.bytes).unwrap()), w.kcv);
+        assert_eq!(hsm.generate_key().unwrap().mkvp, gen);
+        hsm.load_new(NewMasterKey::Generate, None).unwrap();
+        hsm.clear_new().unwrap();
+        assert!(matches!(hsm.activate(), Err(HsmError::NoNewMasterKey)));
 
         // Nothing the HSM prints shows key material.
         let shown = format!("{w:?} {regs:?} {}", hsm.describe());

@@ -9,12 +9,12 @@ use std::sync::RwLock;
 
 use custos_crypto::{
     open_with_passphrase_key, random_array, seal_with_passphrase_key, unwrap_key, wrap_key, DataKey, Kcv, Kdf,
-    KdfParams, MasterKey, Mkvp, Nonce, Passphrase, TAG_LEN,
+    KdfParams, MasterKey, Mkvp, Nonce, Passphrase, PassphraseKey, TAG_LEN,
 };
 use jiff::Timestamp;
 use zeroize::Zeroizing;
 
-use crate::{Hsm, HsmError, Register, RegisterInfo, WrappedKey};
+use crate::{combine_parts, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey};
 
 const MAGIC: &[u8; 8] = b"CUSTOSHS";
 const VERSION: u8 = 1;
@@ -39,6 +39,8 @@ struct Registers {
 pub struct SoftHsm {
     path: PathBuf,
     kdf: Kdf,
+    /// Derived once when opened, to re-seal the file after register changes.
+    seal_key: PassphraseKey,
     regs: RwLock<Registers>,
 }
 
@@ -55,8 +57,9 @@ impl SoftHsm {
             current: Some(Slot { mkvp: Mkvp::of(&key), key, since: Timestamp::now() }),
             ..Default::default()
         };
-        let hsm = Self { path: path.into(), kdf, regs: RwLock::new(regs) };
-        hsm.save(passphrase)?;
+        let seal_key = kdf.derive(passphrase)?;
+        let hsm = Self { path: path.into(), kdf, seal_key, regs: RwLock::new(regs) };
+        hsm.save(&hsm.regs.read().expect("registers lock"))?;
         Ok(hsm)
     }
 
@@ -91,13 +94,13 @@ impl SoftHsm {
                 *slot = Some(Slot { mkvp: Mkvp::of(&key), key, since });
             }
         }
-        Ok(Self { path: path.into(), kdf, regs: RwLock::new(regs) })
+        Ok(Self { path: path.into(), kdf, seal_key: pk, regs: RwLock::new(regs) })
     }
 
     /// Write the registers back, atomically (temp file, fsync, rename, fsync dir).
-    fn save(&self, passphrase: &Passphrase) -> Result<(), HsmError> {
+    fn save(&self, regs: &Registers) -> Result<(), HsmError> {
         let io = |source| HsmError::Io { path: self.path.clone(), source };
-        let pk = self.kdf.derive(passphrase)?;
+        let pk = &self.seal_key;
         let nonce = Nonce::random()?;
         let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + BODY_LEN + TAG_LEN));
         out.extend_from_slice(MAGIC);
@@ -107,7 +110,6 @@ impl SoftHsm {
         }
         out.extend_from_slice(&self.kdf.salt);
         out.extend_from_slice(&nonce.0);
-        let regs = self.regs.read().expect("registers lock");
         for slot in [&regs.new, &regs.current, &regs.old] {
             match slot {
                 Some(s) => {
@@ -120,8 +122,10 @@ impl SoftHsm {
         }
         out.extend_from_slice(&[0u8; TAG_LEN]);
         let (header, body) = out.split_at_mut(HEADER_LEN);
-        seal_with_passphrase_key(&pk, nonce, header, body)?;
+        seal_with_passphrase_key(pk, nonce, header, body)?;
         let tmp = self.path.with_extension("tmp");
+        // A temp file left by a crash is stale: the real file was not replaced.
+        let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io)?;
         let written = f.write_all(&out).and_then(|_| f.sync_all());
         if let Err(e) = written {
@@ -194,6 +198,59 @@ impl Hsm for SoftHsm {
         let key = self.unwrap_key(mkvp, wrapped)?;
         self.wrap_key(&key)
     }
+
+    fn load_new(&self, new: NewMasterKey, expect: Option<Mkvp>) -> Result<Mkvp, HsmError> {
+        let mut regs = self.regs.write().expect("registers lock");
+        if let Some(n) = &regs.new {
+            return Err(HsmError::NewLoaded { mkvp: n.mkvp });
+        }
+        let key = match new {
+            NewMasterKey::Generate => MasterKey::generate()?,
+            NewMasterKey::Parts(parts) => combine_parts(&parts)?,
+        };
+        let mkvp = Mkvp::of(&key);
+        if let Some(want) = expect.filter(|w| *w != mkvp) {
+            return Err(HsmError::MkvpMismatch { got: mkvp, want });
+        }
+        regs.new = Some(Slot { key, mkvp, since: Timestamp::now() });
+        if let Err(e) = self.save(&regs) {
+            regs.new = None;
+            return Err(e);
+        }
+        Ok(mkvp)
+    }
+
+    fn clear_new(&self) -> Result<(), HsmError> {
+        let mut regs = self.regs.write().expect("registers lock");
+        let old = regs.new.take();
+        if let Err(e) = self.save(&regs) {
+            regs.new = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn activate(&self) -> Result<(), HsmError> {
+        let mut regs = self.regs.write().expect("registers lock");
+        let Some(mut new) = regs.new.take() else {
+            return Err(HsmError::NoNewMasterKey);
+        };
+        let now = Timestamp::now();
+        new.since = now;
+        let mut current = regs.current.take();
+        if let Some(c) = current.as_mut() {
+            c.since = now;
+        }
+        let discarded = std::mem::replace(&mut regs.old, current);
+        regs.current = Some(new);
+        if let Err(e) = self.save(&regs) {
+            // Put everything back as it was.
+            regs.new = regs.current.take();
+            regs.current = std::mem::replace(&mut regs.old, discarded);
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for SoftHsm {
@@ -226,6 +283,14 @@ mod tests {
         drop(hsm);
         let again = SoftHsm::open(&p, &pass("right")).unwrap();
         assert_eq!(Kcv::of(&again.unwrap_key(&w.mkvp, &w.bytes).unwrap()), w.kcv);
+        // Register changes persist.
+        let new = again.load_new(NewMasterKey::Generate, None).unwrap();
+        again.activate().unwrap();
+        drop(again);
+        let again = SoftHsm::open(&p, &pass("right")).unwrap();
+        let regs = again.registers().unwrap();
+        assert_eq!(regs.iter().find(|r| r.register == Register::Current).unwrap().mkvp, new);
+        assert_eq!(regs.iter().find(|r| r.register == Register::Old).unwrap().mkvp, w.mkvp);
         let before = fs::read(&p).unwrap();
         let e = SoftHsm::open(&p, &pass("wrong")).unwrap_err();
         assert!(matches!(e, HsmError::WrongPassphrase { .. }), "{e}");

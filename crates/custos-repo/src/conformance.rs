@@ -8,7 +8,7 @@ use custos_model::{
 };
 use jiff::Timestamp;
 
-use crate::{GenerationCommit, RepoError, Repository};
+use crate::{GenerationCommit, RepoError, Repository, Rewrap};
 
 fn key(label: &str) -> KeyRecord {
     KeyRecord {
@@ -75,6 +75,30 @@ pub fn run(repo: &dyn Repository) {
     let labels: Vec<String> = repo.keys().unwrap().iter().map(|k| k.label.to_string()).collect();
     assert_eq!(labels, ["DSET.PRIM.APP.key001", "DSET.PRIM.APP.key002"]);
     assert!(repo.key(&KeyLabel::new("NOPE").unwrap()).unwrap().is_none());
+
+    // Bulk insert is all or none; re-encipherment is compare-and-set.
+    let bulk: Vec<KeyRecord> = (10..20).map(|i| key(&format!("DSET.PRIM.BULK.key{i:03}"))).collect();
+    repo.insert_keys(&bulk).unwrap();
+    let mut dup = vec![key("DSET.PRIM.BULK.key999"), key("DSET.PRIM.BULK.key010")];
+    assert!(repo.insert_keys(&dup).is_err());
+    assert!(repo.key(&KeyLabel::new("DSET.PRIM.BULK.key999").unwrap()).unwrap().is_none(), "all or none");
+    dup.clear();
+    let (m1, m2) = (Mkvp([1; 8]), Mkvp([2; 8]));
+    // key001 was destroyed above: it has no material and does not count.
+    assert_eq!(repo.key_counts_by_mkvp().unwrap(), vec![(m1, 11)]);
+    let first = repo.keys_wrapped_under(&m1, None, 4).unwrap();
+    let next = repo.keys_wrapped_under(&m1, Some(&first[3].label), 2).unwrap();
+    assert!(next[0].label > first[3].label, "the cursor starts after the given label");
+    assert_eq!(first.len(), 4);
+    assert_eq!(first[0].label.as_str(), "DSET.PRIM.APP.key002");
+    let batch: Vec<Rewrap> =
+        first.iter().map(|k| Rewrap { label: k.label.clone(), from: m1, to: m2, wrapped: vec![9; 40] }).collect();
+    assert_eq!(repo.rewrap_keys(&batch).unwrap(), 4);
+    assert_eq!(repo.rewrap_keys(&batch).unwrap(), 0, "a repeated batch changes nothing");
+    assert_eq!(repo.key_counts_by_mkvp().unwrap(), vec![(m1, 7), (m2, 4)]);
+    let moved = repo.key(&first[0].label).unwrap().unwrap();
+    assert_eq!((moved.mkvp, moved.wrapped.unwrap().0), (m2, vec![9; 40]));
+    assert_eq!(repo.keys_wrapped_under(&m1, None, 100).unwrap().len(), 7);
 
     // Volumes and policies.
     for name in ["v1", "v2"] {

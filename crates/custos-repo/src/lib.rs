@@ -7,6 +7,7 @@
 
 mod sqlite;
 
+use custos_crypto::Mkvp;
 use custos_model::{
     ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, PolicyRecord, VolumeName,
     VolumeRecord,
@@ -57,6 +58,21 @@ pub struct Garbage {
     pub manifests: Vec<(VolumeName, DatasetId, u64)>,
 }
 
+/// One key record moved from one master key to another by re-encipherment.
+#[derive(Clone)]
+pub struct Rewrap {
+    pub label: KeyLabel,
+    pub from: Mkvp,
+    pub to: Mkvp,
+    pub wrapped: Vec<u8>,
+}
+
+impl std::fmt::Debug for Rewrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewrap").field("label", &self.label).field("from", &self.from).field("to", &self.to).finish()
+    }
+}
+
 /// The repository seam. See [`conformance::run`] for the contract.
 pub trait Repository: Send + Sync {
     /// A setting (`key.naming`, `chunk.size`, …), if set.
@@ -71,6 +87,17 @@ pub trait Repository: Send + Sync {
     fn update_key(&self, rec: &KeyRecord) -> Result<()>;
     /// Count one use of a key now.
     fn record_key_use(&self, label: &KeyLabel) -> Result<()>;
+    /// Insert many keys in one transaction: all or none.
+    fn insert_keys(&self, recs: &[KeyRecord]) -> Result<()>;
+    /// How many keys with material are wrapped under each master key.
+    fn key_counts_by_mkvp(&self) -> Result<Vec<(Mkvp, u64)>>;
+    /// Up to `limit` keys with material wrapped under `mkvp`, by label,
+    /// starting after `after` when given.
+    fn keys_wrapped_under(&self, mkvp: &Mkvp, after: Option<&KeyLabel>, limit: usize) -> Result<Vec<KeyRecord>>;
+    /// Replace wrapped material in one transaction, each only if the record
+    /// is still under `from` (so a concurrent or repeated run cannot undo
+    /// another). Returns how many records changed.
+    fn rewrap_keys(&self, batch: &[Rewrap]) -> Result<usize>;
 
     fn insert_volume(&self, rec: &VolumeRecord) -> Result<()>;
     fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>>;

@@ -12,7 +12,7 @@ use custos_model::{
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use crate::{Garbage, GenerationCommit, RepoError, Repository, Result};
+use crate::{Garbage, GenerationCommit, RepoError, Repository, Result, Rewrap};
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -79,6 +79,10 @@ const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (dataset_id, generation) REFERENCES generations(dataset_id, generation) ON DELETE CASCADE
     ) WITHOUT ROWID;
     CREATE INDEX generation_chunks_chunk ON generation_chunks(chunk_id);
+    "#,
+    // 2: master key change looks keys up by the master key that wraps them.
+    r#"
+    CREATE INDEX keys_mkvp ON keys(mkvp) WHERE wrapped IS NOT NULL;
     "#,
 ];
 
@@ -386,6 +390,58 @@ impl Repository for SqliteRepository {
             )
             .map_err(db("count a key use"))?;
         Ok(())
+    }
+
+    fn insert_keys(&self, recs: &[KeyRecord]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start a bulk key insert"))?;
+        for k in recs {
+            insert_key(&tx, k)?;
+        }
+        tx.commit().map_err(db("commit a bulk key insert"))
+    }
+
+    fn key_counts_by_mkvp(&self) -> Result<Vec<(Mkvp, u64)>> {
+        self.query_all(
+            "count keys by master key",
+            "SELECT mkvp, COUNT(*) FROM keys WHERE wrapped IS NOT NULL GROUP BY mkvp ORDER BY mkvp",
+            [],
+            |r| {
+                let m: String = r.get(0)?;
+                Ok((Mkvp::from_hex(&m).map_err(|_| corrupt("MKVP"))?, r.get::<_, i64>(1)? as u64))
+            },
+        )
+    }
+
+    fn keys_wrapped_under(&self, mkvp: &Mkvp, after: Option<&KeyLabel>, limit: usize) -> Result<Vec<KeyRecord>> {
+        self.query_all(
+            "list keys under a master key",
+            &format!(
+                "SELECT {KEY_COLS} FROM keys WHERE mkvp = ?1 AND wrapped IS NOT NULL AND label > ?2 ORDER BY label LIMIT ?3"
+            ),
+            params![mkvp.to_hex(), after.map(|l| l.as_str()).unwrap_or(""), limit as i64],
+            key_from_row,
+        )
+    }
+
+    fn rewrap_keys(&self, batch: &[Rewrap]) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start a re-encipherment batch"))?;
+        let mut n = 0;
+        {
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE keys SET wrapped = ?2, mkvp = ?3 WHERE label = ?1 AND mkvp = ?4 AND wrapped IS NOT NULL",
+                )
+                .map_err(db("re-encipher a key"))?;
+            for r in batch {
+                n += upd
+                    .execute(params![r.label.as_str(), &r.wrapped, r.to.to_hex(), r.from.to_hex()])
+                    .map_err(db("re-encipher a key"))?;
+            }
+        }
+        tx.commit().map_err(db("commit a re-encipherment batch"))?;
+        Ok(n)
     }
 
     fn insert_volume(&self, v: &VolumeRecord) -> Result<()> {

@@ -1,0 +1,149 @@
+//! `custos mk`: master key status and change.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use custos_core::{KeyPart, NewMasterKey};
+use custos_crypto::{Kcv, MasterKey, Mkvp};
+
+use crate::args::{Cli, MkCmd};
+use crate::output::{json, when, Table};
+
+const PART_HEADER: &str = "custos key part v1";
+
+/// A part file: four lines, `custos key part v1`, `custodian: NAME`,
+/// `part: <64 hex>`, `kcv: <10 hex>` (docs/format.md).
+fn read_part(path: &Path) -> anyhow::Result<KeyPart> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read key part file {}", path.display()))?,
+    );
+    let bad = |why: &str| anyhow::anyhow!("{} is not a valid key part file: {why}", path.display());
+    let mut lines = text.lines();
+    if lines.next() != Some(PART_HEADER) {
+        return Err(bad("the first line must be `custos key part v1`"));
+    }
+    let mut field = |name: &str| -> anyhow::Result<String> {
+        lines
+            .next()
+            .and_then(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| bad(&format!("expected a line `{name} …`")))
+    };
+    let custodian = field("custodian:")?;
+    let hex_part = zeroize::Zeroizing::new(field("part:")?);
+    let kcv = field("kcv:")?;
+    if custodian.is_empty() {
+        return Err(bad("the custodian is empty"));
+    }
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(hex_part.as_bytes(), &mut bytes[..]).map_err(|_| bad("the part must be 64 hex digits"))?;
+    Ok(KeyPart {
+        custodian,
+        part: MasterKey::from_bytes(*bytes),
+        kcv: Kcv::from_hex(&kcv).map_err(|_| bad("the kcv must be 10 hex digits"))?,
+    })
+}
+
+pub fn run(cli: &Cli, cmd: &MkCmd) -> anyhow::Result<()> {
+    match cmd {
+        MkCmd::MakePart { custodian, output } => {
+            if custodian.trim().is_empty() {
+                bail!("give the custodian's name with --custodian");
+            }
+            let part = MasterKey::generate()?;
+            let kcv = Kcv::of_master(&part);
+            let text = zeroize::Zeroizing::new(format!(
+                "{PART_HEADER}\ncustodian: {custodian}\npart: {}\nkcv: {kcv}\n",
+                hex::encode(part.expose_secret())
+            ));
+            let mut f = {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(output)
+                    .with_context(|| format!("cannot create {} (it must not exist yet)", output.display()))?
+            };
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            println!("wrote a key part for {custodian} to {} (KCV {kcv}); keep it secret", output.display());
+            Ok(())
+        }
+        MkCmd::Status => {
+            let v = crate::open(cli)?;
+            let st = v.mk_status()?;
+            if cli.json {
+                return json(&st);
+            }
+            let mut t = Table::new(&["REGISTER", "MKVP", "SINCE", "KEYS"]);
+            for r in &st.registers {
+                t.row(vec![r.register.clone(), r.mkvp.clone(), when(Some(r.since)), r.keys.to_string()]);
+            }
+            t.print();
+            for (m, n) in &st.orphaned {
+                println!("warning: {n} keys are wrapped under master key {m}, which no register holds: recover them from a keystore backup or escrow");
+            }
+            Ok(())
+        }
+        MkCmd::LoadNew { generate, part, expect_mkvp } => {
+            let expect = expect_mkvp
+                .as_deref()
+                .map(|m| Mkvp::from_hex(m).map_err(|_| anyhow::anyhow!("--expect-mkvp takes 16 hex digits")))
+                .transpose()?;
+            let new = match (generate, part.is_empty()) {
+                (true, true) => NewMasterKey::Generate,
+                (false, false) => {
+                    NewMasterKey::Parts(part.iter().map(|p| read_part(p)).collect::<anyhow::Result<_>>()?)
+                }
+                _ => bail!("give either --generate or --part FILE for each custodian"),
+            };
+            let v = crate::open(cli)?;
+            let mkvp = v.mk_load_new(new, expect)?;
+            if cli.json {
+                json(&serde_json::json!({ "new_mkvp": mkvp.to_hex() }))
+            } else {
+                println!("loaded the NEW master key register: MKVP {mkvp}");
+                println!("next: `custos mk activate`, then `custos mk reencipher`");
+                Ok(())
+            }
+        }
+        MkCmd::ClearNew => {
+            crate::open(cli)?.mk_clear_new()?;
+            println!("cleared the NEW master key register");
+            Ok(())
+        }
+        MkCmd::Activate => {
+            let st = crate::open(cli)?.mk_activate()?;
+            if cli.json {
+                return json(&st);
+            }
+            println!("activated: NEW is now CURRENT, the previous CURRENT is OLD");
+            for r in &st.registers {
+                println!("  {:<8} {}  {} keys", r.register, r.mkvp, r.keys);
+            }
+            if st.registers.iter().any(|r| r.register == "OLD" && r.keys > 0) {
+                println!("next: `custos mk reencipher` moves the keys still under OLD to CURRENT");
+            }
+            Ok(())
+        }
+        MkCmd::Reencipher { batch } => {
+            let v = crate::open(cli)?;
+            let quiet = cli.json;
+            let r = v.mk_reencipher(*batch, |n| {
+                if !quiet && n > 0 && n % 10_000 < *batch as u64 {
+                    eprintln!("  {n} keys re-enciphered");
+                }
+            })?;
+            if cli.json {
+                return json(&r);
+            }
+            match &r.from {
+                Some(f) => println!("re-enciphered {} keys from master key {f} to {}", r.moved, r.to),
+                None => println!("no OLD master key: nothing to re-encipher"),
+            }
+            Ok(())
+        }
+    }
+}

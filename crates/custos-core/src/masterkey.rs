@@ -1,0 +1,130 @@
+//! Master key change, as ICSF does it: load NEW (from custodians' parts or
+//! generated in the HSM), activate (NEW → CURRENT → OLD, the previous OLD
+//! discarded), and re-encipher the keystore from OLD to CURRENT.
+//!
+//! Safety rules, enforced here:
+//! * activation is refused while any key is still wrapped under the OLD
+//!   master key it would discard;
+//! * re-encipherment moves keys in compare-and-set batches, so it can be
+//!   killed anywhere and run again: every key is at all times wrapped under
+//!   OLD or CURRENT, both of which the HSM holds.
+
+use custos_crypto::Mkvp;
+use custos_hsm::{NewMasterKey, Register};
+use custos_model::KeyLabel;
+use custos_repo::Rewrap;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::{Error, Open, Result, Vault};
+
+/// One register as `mk status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisterStatus {
+    pub register: String,
+    pub mkvp: String,
+    pub since: Timestamp,
+    /// Keys with material wrapped under this master key.
+    pub keys: u64,
+}
+
+/// Registers, and keys wrapped under master keys no register holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct MkStatus {
+    pub registers: Vec<RegisterStatus>,
+    /// (MKVP, key count) for keys whose master key is in no register: they
+    /// cannot be used until recovered from a keystore backup or escrow.
+    pub orphaned: Vec<(String, u64)>,
+}
+
+/// What a re-encipherment run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReencipherReport {
+    pub from: Option<String>,
+    pub to: String,
+    pub moved: u64,
+    /// Keys that could not be moved (damaged records), by label.
+    pub failed: Vec<String>,
+}
+
+impl Vault<Open> {
+    pub fn mk_status(&self) -> Result<MkStatus> {
+        let counts = self.repo.key_counts_by_mkvp()?;
+        let regs = self.state.hsm.registers()?;
+        let count = |m: &Mkvp| counts.iter().find(|(c, _)| c == m).map(|(_, n)| *n).unwrap_or(0);
+        let registers = regs
+            .iter()
+            .map(|r| RegisterStatus {
+                register: r.register.to_string(),
+                mkvp: r.mkvp.to_hex(),
+                since: r.since,
+                keys: count(&r.mkvp),
+            })
+            .collect();
+        let orphaned =
+            counts.iter().filter(|(m, _)| !regs.iter().any(|r| r.mkvp == *m)).map(|(m, n)| (m.to_hex(), *n)).collect();
+        Ok(MkStatus { registers, orphaned })
+    }
+
+    pub fn mk_load_new(&self, new: NewMasterKey, expect: Option<Mkvp>) -> Result<Mkvp> {
+        Ok(self.state.hsm.load_new(new, expect)?)
+    }
+
+    pub fn mk_clear_new(&self) -> Result<()> {
+        Ok(self.state.hsm.clear_new()?)
+    }
+
+    fn register(&self, which: Register) -> Result<Option<Mkvp>> {
+        Ok(self.state.hsm.registers()?.into_iter().find(|r| r.register == which).map(|r| r.mkvp))
+    }
+
+    /// NEW → CURRENT → OLD. Refused while keys are still wrapped under the
+    /// OLD master key that activation would discard.
+    pub fn mk_activate(&self) -> Result<MkStatus> {
+        if self.register(Register::New)?.is_none() {
+            return Err(custos_hsm::HsmError::NoNewMasterKey.into());
+        }
+        if let Some(old) = self.register(Register::Old)? {
+            let n = self.repo.key_counts_by_mkvp()?.into_iter().find(|(m, _)| *m == old).map(|(_, n)| n).unwrap_or(0);
+            if n > 0 {
+                return Err(Error::WouldOrphanKeys { mkvp: old.to_hex(), count: n });
+            }
+        }
+        self.state.hsm.activate()?;
+        self.mk_status()
+    }
+
+    /// Re-wrap every key under OLD to CURRENT, `batch` keys per transaction.
+    /// `progress` is called with the running count after each batch.
+    pub fn mk_reencipher(&self, batch: usize, mut progress: impl FnMut(u64)) -> Result<ReencipherReport> {
+        let to = self.register(Register::Current)?.ok_or(custos_hsm::HsmError::NoCurrentMasterKey)?;
+        let Some(from) = self.register(Register::Old)? else {
+            return Ok(ReencipherReport { from: None, to: to.to_hex(), moved: 0, failed: Vec::new() });
+        };
+        let batch = batch.max(1);
+        let mut moved = 0u64;
+        let mut failed = Vec::new();
+        let mut after: Option<KeyLabel> = None;
+        loop {
+            let keys = self.repo.keys_wrapped_under(&from, after.as_ref(), batch)?;
+            let Some(last) = keys.last() else { break };
+            after = Some(last.label.clone());
+            let mut updates = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let wrapped = k.wrapped.as_ref().expect("listed keys have material");
+                match self.state.hsm.rewrap_key(&from, &wrapped.0) {
+                    Ok(w) if w.kcv == k.kcv => {
+                        updates.push(Rewrap { label: k.label.clone(), from, to: w.mkvp, wrapped: w.bytes })
+                    }
+                    _ => failed.push(k.label.to_string()),
+                }
+            }
+            moved += self.repo.rewrap_keys(&updates)? as u64;
+            progress(moved);
+        }
+        if !failed.is_empty() {
+            return Err(Error::ReencipherFailed { moved, failed });
+        }
+        Ok(ReencipherReport { from: Some(from.to_hex()), to: to.to_hex(), moved, failed })
+    }
+}
