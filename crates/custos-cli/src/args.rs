@@ -58,6 +58,20 @@ pub enum Command {
     /// Master keys: status, load NEW, activate, re-encipher the keystore.
     #[command(subcommand)]
     Mk(MkCmd),
+    /// Keystore backups.
+    #[command(subcommand)]
+    Keystore(KeystoreCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeystoreCmd {
+    /// Copy every key (wrapped, with the MKVP of its master key) to a volume.
+    Backup {
+        #[arg(long)]
+        to: String,
+    },
+    /// List keystore backups and the master keys each depends on.
+    Backups,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +170,14 @@ pub enum KeyCmd {
     Archive { label: String },
     /// archived → inactive.
     Restore { label: String },
+    /// Restore keys (a label or pattern) from a keystore backup into the
+    /// live keystore, re-wrapped under the CURRENT master key.
+    Recover {
+        pattern: String,
+        /// The backup id (see `custos keystore backups`).
+        #[arg(long)]
+        from: String,
+    },
     /// Erase the key's material for good. Refused while datasets need it,
     /// unless --crypto-erase says to make them unreadable on purpose.
     Destroy {

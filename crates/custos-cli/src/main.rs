@@ -19,7 +19,7 @@ use custos_core::{
     Vault,
 };
 
-use args::{Cli, Command, ConfigCmd, DsCmd, KeyCmd, MediumArg, PolicyCmd, PurposeArg, VolumeCmd};
+use args::{Cli, Command, ConfigCmd, DsCmd, KeyCmd, KeystoreCmd, MediumArg, PolicyCmd, PurposeArg, VolumeCmd};
 use output::{bytes, json, when, Table};
 
 fn main() -> ExitCode {
@@ -52,7 +52,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         | Error::KeyPurpose { .. } => 5,
         Error::Hsm(custos_core::HsmError::WrongPassphrase { .. }) => 6,
         Error::Store(_) => 7,
-        Error::WouldOrphanKeys { .. } => 5,
+        Error::WouldOrphanKeys { .. } | Error::MasterKeyUnavailable { .. } => 5,
         Error::ReencipherFailed { .. } => 4,
         _ => 1,
     }
@@ -169,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ds(d) => ds_cmd(&cli, d),
         Command::Config(c) => config_cmd(&cli, c),
         Command::Mk(m) => mk::run(&cli, m),
+        Command::Keystore(k) => keystore_cmd(&cli, k),
     }
 }
 
@@ -271,6 +272,24 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
                     users.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
                 }
             );
+            Ok(())
+        }
+        KeyCmd::Recover { pattern: p, from } => {
+            let v = open(cli)?;
+            let out = v.recover_keys(&Pattern::new(p.as_str())?, from)?;
+            if cli.json {
+                return json(&out);
+            }
+            for r in out {
+                match r {
+                    custos_core::Recovered::Restored { label, state } => {
+                        println!("recovered key {label} ({state}) under the CURRENT master key")
+                    }
+                    custos_core::Recovered::AlreadyPresent { label } => {
+                        println!("key {label} is already in the keystore; left alone")
+                    }
+                }
+            }
             Ok(())
         }
         KeyCmd::Activate { label } => action(label, KeyAction::Activate, false),
@@ -550,6 +569,44 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 println!("imported {} files, {}", reports.len(), bytes(total));
                 Ok(())
             }
+        }
+    }
+}
+
+fn keystore_cmd(cli: &Cli, c: &KeystoreCmd) -> anyhow::Result<()> {
+    let v = sealed(cli)?;
+    match c {
+        KeystoreCmd::Backup { to } => {
+            let b = v.keystore_backup(&volume_name(to)?)?;
+            if cli.json {
+                return json(&b);
+            }
+            println!(
+                "keystore backup {} on volume {}: {} keys, under master keys {}",
+                b.id,
+                b.volume,
+                b.key_count,
+                b.mkvps.join(", ")
+            );
+            Ok(())
+        }
+        KeystoreCmd::Backups => {
+            let bs = v.keystore_backups()?;
+            if cli.json {
+                return json(&bs);
+            }
+            let mut t = Table::new(&["ID", "VOLUME", "CREATED", "KEYS", "MASTER KEYS (MKVP)"]);
+            for b in bs {
+                t.row(vec![
+                    b.id,
+                    b.volume.to_string(),
+                    when(Some(b.created_at)),
+                    b.key_count.to_string(),
+                    b.mkvps.join(", "),
+                ]);
+            }
+            t.print();
+            Ok(())
         }
     }
 }

@@ -539,3 +539,31 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn keystore_backup_and_recover() {
+    let e = Env::new();
+    let bytes = data(100_000, 9);
+    e.ok(&["ds", "put", "KSB.DATA", Env::s(&e.file("d", &bytes))]);
+    let b = e.json(&["keystore", "backup", "--to", "default"]);
+    let id = b["id"].as_str().unwrap().to_string();
+    assert_eq!(b["key_count"], 1);
+    assert_eq!(e.json(&["keystore", "backups"])[0]["id"], id.as_str());
+    e.ok(&["key", "deactivate", "DSET.PRIM.KSB.key001"]);
+    e.ok(&["key", "destroy", "DSET.PRIM.KSB.key001", "--crypto-erase"]);
+    e.fails(&["ds", "get", "KSB.DATA"], 5);
+    let err = e.fails(&["key", "recover", "DSET.PRIM.KSB.key001", "--from", "nope"], 1);
+    assert!(err.contains("keystore backups"), "{err}");
+    let out = e.ok(&["key", "recover", "DSET.PRIM.KSB.key001", "--from", &id]);
+    assert!(out.contains("recovered key DSET.PRIM.KSB.key001 (active)"), "the state the backup recorded: {out}");
+    assert_eq!(e.run(&["ds", "get", "KSB.DATA"]).stdout, bytes);
+    // After two master key changes the backup no longer helps, and says why.
+    e.ok(&["key", "deactivate", "DSET.PRIM.KSB.key001"]);
+    e.ok(&["key", "destroy", "DSET.PRIM.KSB.key001", "--crypto-erase"]);
+    for _ in 0..2 {
+        e.ok(&["mk", "load-new", "--generate"]);
+        e.ok(&["mk", "activate"]);
+    }
+    let err = e.fails(&["key", "recover", "DSET.PRIM.KSB.key001", "--from", &id], 5);
+    assert!(err.contains("which no register holds") && err.contains(b["mkvps"][0].as_str().unwrap()), "{err}");
+}

@@ -66,6 +66,8 @@ pub enum Error {
     WouldOrphanKeys { mkvp: String, count: u64 },
     #[error("re-encipherment moved {moved} keys but could not move {}: {}; their records are damaged (they keep their old wrapping); recover them from a keystore backup", failed.len(), failed.join(", "))]
     ReencipherFailed { moved: u64, failed: Vec<String> },
+    #[error("key {label} in keystore backup {backup} is wrapped under master key MKVP {mkvp}, which no register holds (registers hold: {held}): this backup cannot restore it. Recover the key from escrow, or load that master key if it was archived")]
+    MasterKeyUnavailable { label: String, backup: String, mkvp: String, held: String },
     #[error(transparent)]
     Naming(#[from] custos_model::NamingError),
     #[error(transparent)]

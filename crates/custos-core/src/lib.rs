@@ -13,6 +13,7 @@
 mod datasets;
 mod error;
 mod keys;
+mod keystore;
 mod masterkey;
 mod pipeline;
 mod vault;
@@ -20,6 +21,7 @@ mod vault;
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use keys::NewKey;
+pub use keystore::Recovered;
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use pipeline::default_threads;
 pub use vault::{InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE};

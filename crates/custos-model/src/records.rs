@@ -227,3 +227,17 @@ pub struct DatasetRecord {
     pub created_at: Timestamp,
     pub current: GenerationRecord,
 }
+
+/// A keystore backup as the catalog records it.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeystoreBackupRecord {
+    pub id: String,
+    pub volume: VolumeName,
+    pub created_at: Timestamp,
+    pub key_count: u64,
+    /// MKVPs of the master keys the backed-up keys are wrapped under.
+    pub mkvps: Vec<String>,
+    /// SHA-256 of the backup object.
+    #[serde(serialize_with = "ser_hex")]
+    pub sha256: [u8; 32],
+}

@@ -3,8 +3,8 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, GenerationRecord, KeyLabel, KeyRecord, KeyState, Medium, Pattern, PolicyRecord,
-    PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
+    ChunkId, DatasetId, DatasetName, GenerationRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium,
+    Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 
@@ -113,6 +113,23 @@ pub fn run(repo: &dyn Repository) {
     }
     let v1 = VolumeName::new("v1").unwrap();
     assert_eq!(repo.volume(&v1).unwrap().unwrap().medium, Medium::Tape);
+    for (id, at) in [("b2", 20), ("b1", 10)] {
+        repo.insert_keystore_backup(&KeystoreBackupRecord {
+            id: id.into(),
+            volume: v1.clone(),
+            created_at: Timestamp::from_second(1_700_000_000 + at).unwrap(),
+            key_count: 3,
+            mkvps: vec!["AA".into(), "BB".into()],
+            sha256: [7; 32],
+        })
+        .unwrap();
+    }
+    let kb = repo.keystore_backups().unwrap();
+    assert_eq!(kb.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["b1", "b2"], "oldest first");
+    assert_eq!(
+        (kb[0].mkvps.clone(), kb[0].sha256, kb[0].key_count),
+        (vec!["AA".to_string(), "BB".to_string()], [7; 32], 3)
+    );
     assert_eq!(repo.volumes().unwrap().len(), 2);
     assert!(matches!(
         repo.insert_volume(&repo.volume(&v1).unwrap().unwrap()),

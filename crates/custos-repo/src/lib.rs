@@ -9,8 +9,8 @@ mod sqlite;
 
 use custos_crypto::Mkvp;
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, PolicyRecord, VolumeName,
-    VolumeRecord,
+    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeystoreBackupRecord,
+    PolicyRecord, VolumeName, VolumeRecord,
 };
 use thiserror::Error;
 
@@ -98,6 +98,10 @@ pub trait Repository: Send + Sync {
     /// is still under `from` (so a concurrent or repeated run cannot undo
     /// another). Returns how many records changed.
     fn rewrap_keys(&self, batch: &[Rewrap]) -> Result<usize>;
+
+    fn insert_keystore_backup(&self, rec: &KeystoreBackupRecord) -> Result<()>;
+    /// All keystore backups, oldest first.
+    fn keystore_backups(&self) -> Result<Vec<KeystoreBackupRecord>>;
 
     fn insert_volume(&self, rec: &VolumeRecord) -> Result<()>;
     fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>>;

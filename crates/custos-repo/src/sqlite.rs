@@ -6,8 +6,9 @@ use std::sync::Mutex;
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState, Medium, Pattern,
-    PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
+    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState,
+    KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord,
+    WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -83,6 +84,17 @@ const MIGRATIONS: &[&str] = &[
     // 2: master key change looks keys up by the master key that wraps them.
     r#"
     CREATE INDEX keys_mkvp ON keys(mkvp) WHERE wrapped IS NOT NULL;
+    "#,
+    // 3: keystore backups.
+    r#"
+    CREATE TABLE keystore_backups (
+        id TEXT PRIMARY KEY,
+        volume TEXT NOT NULL REFERENCES volumes(name),
+        created_at INTEGER NOT NULL,
+        key_count INTEGER NOT NULL,
+        mkvps TEXT NOT NULL,
+        sha256 BLOB NOT NULL
+    );
     "#,
 ];
 
@@ -442,6 +454,37 @@ impl Repository for SqliteRepository {
         }
         tx.commit().map_err(db("commit a re-encipherment batch"))?;
         Ok(n)
+    }
+
+    fn insert_keystore_backup(&self, b: &KeystoreBackupRecord) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO keystore_backups (id, volume, created_at, key_count, mkvps, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![b.id, b.volume.as_str(), ts(b.created_at), b.key_count as i64, b.mkvps.join(","), &b.sha256[..]],
+            )
+            .map_err(db("record a keystore backup"))?;
+        Ok(())
+    }
+
+    fn keystore_backups(&self) -> Result<Vec<KeystoreBackupRecord>> {
+        self.query_all(
+            "list keystore backups",
+            "SELECT id, volume, created_at, key_count, mkvps, sha256 FROM keystore_backups ORDER BY created_at, id",
+            [],
+            |r| {
+                let volume: String = r.get(1)?;
+                let mkvps: String = r.get(4)?;
+                let sha: Vec<u8> = r.get(5)?;
+                Ok(KeystoreBackupRecord {
+                    id: r.get(0)?,
+                    volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+                    created_at: from_ts(r.get(2)?)?,
+                    key_count: r.get::<_, i64>(3)? as u64,
+                    mkvps: mkvps.split(',').filter(|m| !m.is_empty()).map(String::from).collect(),
+                    sha256: sha.try_into().map_err(|_| corrupt("backup hash"))?,
+                })
+            },
+        )
     }
 
     fn insert_volume(&self, v: &VolumeRecord) -> Result<()> {

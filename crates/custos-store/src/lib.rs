@@ -66,6 +66,9 @@ pub trait Volume: Send + Sync {
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>>;
     /// Delete a manifest; deleting a missing one is not an error.
     fn delete_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<()>;
+    /// Store a keystore backup durably and atomically under its id.
+    fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()>;
+    fn read_keystore_backup(&self, id: &str) -> Result<Vec<u8>>;
 }
 
 /// Conformance checks every [`Volume`] implementation must pass.
@@ -115,6 +118,9 @@ pub mod conformance {
         v.delete_manifest(&ds, 1).unwrap();
         assert!(matches!(v.read_manifest(&ds, 1), Err(StoreError::Missing { .. })));
         v.delete_manifest(&ds, 1).unwrap();
+        v.put_keystore_backup("20261124T120000Z-ab12", b"backup").unwrap();
+        assert_eq!(v.read_keystore_backup("20261124T120000Z-ab12").unwrap(), b"backup");
+        assert!(matches!(v.read_keystore_backup("nope"), Err(StoreError::Missing { .. })));
         assert!(v.describe().contains("volume"));
     }
 }

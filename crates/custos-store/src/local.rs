@@ -267,6 +267,22 @@ impl Volume for LocalVolume {
         Ok(buf)
     }
 
+    fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        let dir = self.root.join("keystore");
+        fs::create_dir_all(&dir).map_err(|e| self.err(&dir, e))?;
+        self.write_durable(&dir.join(format!("{id}.ksb")), bytes)
+    }
+
+    fn read_keystore_backup(&self, id: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_file(
+            &self.root.join("keystore").join(format!("{id}.ksb")),
+            || format!("keystore backup {id}"),
+            &mut buf,
+        )?;
+        Ok(buf)
+    }
+
     fn delete_manifest(&self, ds: &DatasetId, generation: u64) -> Result<()> {
         let p = self.manifest_path(ds, generation);
         match fs::remove_file(&p) {

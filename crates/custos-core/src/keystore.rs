@@ -1,0 +1,202 @@
+//! Keystore backups and key recovery from them.
+//!
+//! A backup copies every key that still has material, wrapped as it is, and
+//! records the MKVPs of the master keys it depends on. Recovery re-wraps a
+//! key to the CURRENT master key and writes it back into the live keystore.
+//! When the master key a backup needs is in no register, recovery says
+//! which MKVP it needs: the paper's Example 1.
+
+use custos_crypto::{Kcv, Mkvp};
+use custos_model::{
+    KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Pattern, Purpose, VolumeName, WrappedMaterial,
+};
+use custos_store::format::object_hash;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Open, Result, Vault, VaultState};
+
+const FORMAT: &str = "custos-keystore-backup";
+
+/// First line of a backup object.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    id: String,
+    created_at: Timestamp,
+    keys: u64,
+}
+
+/// One key in a backup object (JSON Lines after the header).
+#[derive(Serialize, Deserialize)]
+struct BackedUpKey {
+    label: String,
+    state: KeyState,
+    purpose: Purpose,
+    app: String,
+    mkvp: String,
+    kcv: String,
+    wrapped: String,
+    created_at: Timestamp,
+    activated_at: Option<Timestamp>,
+    expires_at: Option<Timestamp>,
+}
+
+/// What recovery did with one key.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum Recovered {
+    /// Restored into the live keystore under the CURRENT master key.
+    Restored { label: String, state: KeyState },
+    /// The live keystore already holds this key's material; left alone.
+    AlreadyPresent { label: String },
+}
+
+impl<S: VaultState> Vault<S> {
+    pub fn keystore_backups(&self) -> Result<Vec<KeystoreBackupRecord>> {
+        Ok(self.repo.keystore_backups()?)
+    }
+
+    /// Copy every key with material to a backup object on `volume`.
+    pub fn keystore_backup(&self, volume: &VolumeName) -> Result<KeystoreBackupRecord> {
+        let vol = self.open_volume(volume)?;
+        let now = Timestamp::now();
+        let suffix: [u8; 4] =
+            custos_crypto::random_array().map_err(|e| Error::Invalid { what: "random", why: e.to_string() })?;
+        let id = format!("{}-{}", now.strftime("%Y%m%dT%H%M%S%.6fZ"), hex::encode(suffix));
+        let keys: Vec<KeyRecord> = self.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()).collect();
+        let mut mkvps: Vec<String> = keys.iter().map(|k| k.mkvp.to_hex()).collect();
+        mkvps.sort();
+        mkvps.dedup();
+        let mut out = Vec::with_capacity(keys.len() * 300);
+        let header =
+            Header { format: FORMAT.into(), version: 1, id: id.clone(), created_at: now, keys: keys.len() as u64 };
+        json_line(&mut out, &header);
+        for k in &keys {
+            let b = BackedUpKey {
+                label: k.label.to_string(),
+                state: k.state,
+                purpose: k.purpose,
+                app: k.app.clone(),
+                mkvp: k.mkvp.to_hex(),
+                kcv: k.kcv.to_hex(),
+                wrapped: hex::encode(&k.wrapped.as_ref().expect("filtered").0),
+                created_at: k.created_at,
+                activated_at: k.activated_at,
+                expires_at: k.expires_at,
+            };
+            json_line(&mut out, &b);
+        }
+        vol.put_keystore_backup(&id, &out)?;
+        let rec = KeystoreBackupRecord {
+            id,
+            volume: volume.clone(),
+            created_at: now,
+            key_count: keys.len() as u64,
+            mkvps,
+            sha256: object_hash(&out),
+        };
+        self.repo.insert_keystore_backup(&rec)?;
+        Ok(rec)
+    }
+}
+
+fn json_line<T: Serialize>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(&mut *out, v).expect("backup records serialize");
+    out.push(b'\n');
+}
+
+impl Vault<Open> {
+    /// Restore the keys matching `pattern` from keystore backup `id`.
+    /// Keys the live keystore still holds are left alone. A key whose
+    /// master key no register holds fails the whole call, naming the MKVP
+    /// it needs; nothing is written in that case.
+    pub fn recover_keys(&self, pattern: &Pattern, id: &str) -> Result<Vec<Recovered>> {
+        let backup = self.repo.keystore_backups()?.into_iter().find(|b| b.id == id).ok_or_else(|| Error::Invalid {
+            what: "keystore backup",
+            why: format!("no backup {id}: see `custos keystore backups`"),
+        })?;
+        let bytes = self.open_volume(&backup.volume)?.read_keystore_backup(id)?;
+        let damaged = |why: String| Error::Invalid {
+            what: "keystore backup",
+            why: format!("{id} on volume {} {why}; use another backup", backup.volume),
+        };
+        if object_hash(&bytes) != backup.sha256 {
+            return Err(damaged("does not match the hash recorded when it was written: it was altered".into()));
+        }
+        let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let header: Header = lines
+            .next()
+            .and_then(|l| serde_json::from_slice(l).ok())
+            .ok_or_else(|| damaged("has no valid header".into()))?;
+        if header.format != FORMAT || header.version != 1 {
+            return Err(damaged(format!(
+                "is format {} version {}, which this Custos cannot read",
+                header.format, header.version
+            )));
+        }
+        let held: Vec<Mkvp> = self.state.hsm.registers()?.iter().map(|r| r.mkvp).collect();
+        let mut plan = Vec::new();
+        for l in lines {
+            let b: BackedUpKey = serde_json::from_slice(l).map_err(|e| damaged(format!("has a bad key line ({e})")))?;
+            if !pattern.matches(&b.label) {
+                continue;
+            }
+            let mkvp = Mkvp::from_hex(&b.mkvp).map_err(|_| damaged("has a bad MKVP".into()))?;
+            if !held.contains(&mkvp) {
+                return Err(Error::MasterKeyUnavailable {
+                    label: b.label,
+                    backup: id.into(),
+                    mkvp: b.mkvp,
+                    held: held.iter().map(|m| m.to_hex()).collect::<Vec<_>>().join(", "),
+                });
+            }
+            plan.push((b, mkvp));
+        }
+        if plan.is_empty() {
+            return Err(Error::Invalid {
+                what: "key recovery",
+                why: format!("no key in backup {id} matches {pattern}"),
+            });
+        }
+        let mut out = Vec::new();
+        for (b, mkvp) in plan {
+            let label = KeyLabel::new(b.label.clone())?;
+            let live = self.repo.key(&label)?;
+            if live.as_ref().is_some_and(|k| k.wrapped.is_some()) {
+                out.push(Recovered::AlreadyPresent { label: b.label });
+                continue;
+            }
+            let wrapped = hex::decode(&b.wrapped).map_err(|_| damaged("has bad wrapped material".into()))?;
+            let w = self.state.hsm.rewrap_key(&mkvp, &wrapped)?;
+            let want = Kcv::from_hex(&b.kcv).map_err(|_| damaged("has a bad KCV".into()))?;
+            if w.kcv != want {
+                return Err(Error::KeyMismatch { label, got: w.kcv.to_hex(), want: want.to_hex() });
+            }
+            let rec = KeyRecord {
+                label: label.clone(),
+                state: b.state,
+                purpose: b.purpose,
+                app: b.app,
+                wrapped: Some(WrappedMaterial(w.bytes)),
+                mkvp: w.mkvp,
+                kcv: w.kcv,
+                created_at: b.created_at,
+                activated_at: b.activated_at,
+                deactivated_at: live.as_ref().and_then(|k| k.deactivated_at),
+                destroyed_at: None,
+                expires_at: b.expires_at,
+                last_used_at: live.as_ref().and_then(|k| k.last_used_at),
+                use_count: live.as_ref().map(|k| k.use_count).unwrap_or(0),
+            };
+            if live.is_some() {
+                self.repo.update_key(&rec)?;
+            } else {
+                self.repo.insert_key(&rec)?;
+            }
+            out.push(Recovered::Restored { label: b.label, state: b.state });
+        }
+        Ok(out)
+    }
+}
