@@ -46,8 +46,8 @@ pub enum Error {
     #[error("no policy matches dataset {dataset}: add one with `custos policy add`, or pass --key and --volume")]
     NoPolicy { dataset: DatasetName },
 
-    #[error("dataset {dataset} is sealed under key {label}, which was destroyed{}: its data is cryptographically erased and cannot be read back from this copy; restore it from a copy sealed under another key, if one exists", at.map(|t| format!(" at {t}")).unwrap_or_default())]
-    KeyDestroyed { dataset: DatasetName, label: KeyLabel, at: Option<jiff::Timestamp> },
+    #[error("dataset {dataset} is sealed under key {label}, which was destroyed{}: {}", at.map(|t| format!(" at {t}")).unwrap_or_default(), if *escrowed { format!("the key has an escrow copy; k of its custodians can bring it back with `custos key recover {label} --escrow --share FILE …`") } else { "its data is cryptographically erased and cannot be read back from this copy; restore it from a copy sealed under another key, if one exists".to_string() })]
+    KeyDestroyed { dataset: DatasetName, label: KeyLabel, at: Option<jiff::Timestamp>, escrowed: bool },
     #[error("key {label} cannot be used{}: {source}", dataset.as_ref().map(|d| format!(" for dataset {d}")).unwrap_or_default())]
     KeyUnusable { label: KeyLabel, dataset: Option<DatasetName>, source: LifecycleError },
     #[error("key {label} expired at {at}: it no longer encrypts new data; create a new key with `custos key create` and write under it")]
@@ -66,8 +66,8 @@ pub enum Error {
     WouldOrphanKeys { mkvp: String, count: u64 },
     #[error("re-encipherment moved {moved} keys but could not move {}: {}; their records are damaged (they keep their old wrapping); recover them from a keystore backup", failed.len(), failed.join(", "))]
     ReencipherFailed { moved: u64, failed: Vec<String> },
-    #[error("key {label} in keystore backup {backup} is wrapped under master key MKVP {mkvp}, which no register holds (registers hold: {held}): this backup cannot restore it. Recover the key from escrow, or load that master key if it was archived")]
-    MasterKeyUnavailable { label: String, backup: String, mkvp: String, held: String },
+    #[error("key {label} in keystore backup {backup} is wrapped under master key MKVP {mkvp}, which no register holds (registers hold: {held}): this backup cannot restore it; {hint}")]
+    MasterKeyUnavailable { label: String, backup: String, mkvp: String, held: String, hint: String },
     #[error(transparent)]
     Naming(#[from] custos_model::NamingError),
     #[error(transparent)]

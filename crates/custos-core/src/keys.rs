@@ -144,7 +144,7 @@ impl Vault<Open> {
             return Err(Error::Invalid { what: "expiry", why: format!("{exp} is in the past") });
         }
         let wrapped = self.state.hsm.generate_key()?;
-        Ok(KeyRecord {
+        let mut rec = KeyRecord {
             label,
             state: if k.activate { KeyState::Active } else { KeyState::PreActive },
             purpose: k.purpose,
@@ -159,7 +159,12 @@ impl Vault<Open> {
             expires_at: k.expires_at,
             last_used_at: None,
             use_count: 0,
-        })
+            escrow: None,
+        };
+        if let Some(kbk) = self.current_kbk()? {
+            rec.escrow = Some(self.escrow_copy(&kbk, &rec)?);
+        }
+        Ok(rec)
     }
 
     /// Check that a key may be used as asked, and unwrap it in the HSM.
@@ -169,6 +174,7 @@ impl Vault<Open> {
                 dataset: dataset.clone(),
                 label: rec.label.clone(),
                 at: rec.destroyed_at,
+                escrowed: rec.escrow.is_some(),
             });
         }
         rec.state.permits(usage).map_err(|source| Error::KeyUnusable {

@@ -145,11 +145,20 @@ impl Vault<Open> {
             }
             let mkvp = Mkvp::from_hex(&b.mkvp).map_err(|_| damaged("has a bad MKVP".into()))?;
             if !held.contains(&mkvp) {
+                let live = self.repo.key(&KeyLabel::new(b.label.clone())?)?;
+                let hint = match live.and_then(|k| k.escrow) {
+                    Some(e) => format!(
+                        "it has an escrow copy under {}: recover it with `custos key recover {} --escrow --share FILE …`",
+                        e.kbk, b.label
+                    ),
+                    None => "it has no escrow copy, so unless that master key was archived the key is lost".into(),
+                };
                 return Err(Error::MasterKeyUnavailable {
                     label: b.label,
                     backup: id.into(),
                     mkvp: b.mkvp,
                     held: held.iter().map(|m| m.to_hex()).collect::<Vec<_>>().join(", "),
+                    hint,
                 });
             }
             plan.push((b, mkvp));
@@ -189,6 +198,7 @@ impl Vault<Open> {
                 expires_at: b.expires_at,
                 last_used_at: live.as_ref().and_then(|k| k.last_used_at),
                 use_count: live.as_ref().map(|k| k.use_count).unwrap_or(0),
+                escrow: live.as_ref().and_then(|k| k.escrow.clone()),
             };
             if live.is_some() {
                 self.repo.update_key(&rec)?;

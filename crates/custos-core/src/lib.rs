@@ -12,6 +12,7 @@
 
 mod datasets;
 mod error;
+mod escrow;
 mod keys;
 mod keystore;
 mod masterkey;
@@ -20,6 +21,7 @@ mod vault;
 
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
+pub use escrow::{EscrowStatus, ShareFile};
 pub use keys::NewKey;
 pub use keystore::Recovered;
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};

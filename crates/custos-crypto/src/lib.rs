@@ -14,8 +14,10 @@
 mod aead;
 mod check;
 mod error;
+mod escrow;
 mod kdf;
 mod secret;
+pub mod shamir;
 mod wrap;
 
 pub use aead::{
@@ -23,6 +25,7 @@ pub use aead::{
 };
 pub use check::{Kcv, Mkvp, KCV_LEN, MKVP_LEN};
 pub use error::CryptoError;
+pub use escrow::{escrow_open, escrow_seal, kbk_generate, kbk_public, ESCROW_BLOB_LEN};
 pub use kdf::{Kdf, KdfParams};
 pub use secret::{random_array, DataKey, Fingerprinter, MasterKey, Passphrase, PassphraseKey, KEY_LEN};
 pub use wrap::{unwrap_key, wrap_key, WRAPPED_KEY_LEN};

@@ -99,6 +99,36 @@ pub struct KeyRecord {
     pub expires_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
     pub use_count: u64,
+    /// A copy of the key sealed to a key-backup key, if escrow was set up
+    /// when the key was created. Independent of master keys.
+    #[serde(skip)]
+    pub escrow: Option<EscrowCopy>,
+}
+
+/// A data key sealed to a key-backup key (see `custos_crypto::escrow_seal`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EscrowCopy {
+    /// Id of the key-backup key.
+    pub kbk: String,
+    pub blob: Vec<u8>,
+}
+
+impl fmt::Debug for EscrowCopy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EscrowCopy(kbk {}, {} bytes)", self.kbk, self.blob.len())
+    }
+}
+
+/// A key-backup key: its public half; the private half exists only as
+/// custodians' shares.
+#[derive(Clone, Debug, Serialize)]
+pub struct KbkRecord {
+    pub id: String,
+    #[serde(serialize_with = "ser_hex")]
+    pub public: [u8; 32],
+    pub threshold: u8,
+    pub custodians: Vec<String>,
+    pub created_at: Timestamp,
 }
 
 /// Wrapped key bytes. Opaque without the master key, yet kept out of every

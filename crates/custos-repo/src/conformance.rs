@@ -3,8 +3,9 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, GenerationRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium,
-    Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord, WrappedMaterial,
+    ChunkId, DatasetId, DatasetName, EscrowCopy, GenerationRecord, KbkRecord, KeyLabel, KeyRecord, KeyState,
+    KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord,
+    WrappedMaterial,
 };
 use jiff::Timestamp;
 
@@ -26,6 +27,7 @@ fn key(label: &str) -> KeyRecord {
         expires_at: Some(Timestamp::from_second(1_800_000_000).unwrap()),
         last_used_at: None,
         use_count: 0,
+        escrow: None,
     }
 }
 
@@ -50,14 +52,28 @@ pub fn run(repo: &dyn Repository) {
     repo.set_setting("key.naming", "B.{purpose}.{app}.{NNN}").unwrap();
     assert_eq!(repo.setting("key.naming").unwrap().as_deref(), Some("B.{purpose}.{app}.{NNN}"));
 
+    // Key-backup keys, and escrow copies that travel with key records.
+    repo.insert_kbk(&KbkRecord {
+        id: "kbk1".into(),
+        public: [5; 32],
+        threshold: 2,
+        custodians: vec!["alice".into(), "bob".into(), "carol".into()],
+        created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+    })
+    .unwrap();
+    let kb = repo.kbks().unwrap();
+    assert_eq!((kb.len(), kb[0].public, kb[0].threshold, kb[0].custodians.len()), (1, [5; 32], 2, 3));
+
     // Keys: insert, read back every field, duplicates refused, update.
-    let k = key("DSET.PRIM.APP.key001");
+    let mut k = key("DSET.PRIM.APP.key001");
+    k.escrow = Some(EscrowCopy { kbk: "kbk1".into(), blob: vec![8; 92] });
     repo.insert_key(&k).unwrap();
     assert!(matches!(repo.insert_key(&k), Err(RepoError::Exists { kind: "key", .. })));
     let got = repo.key(&k.label).unwrap().expect("stored key");
     assert_eq!(got.wrapped, k.wrapped);
     assert_eq!((got.mkvp, got.kcv, got.state, got.purpose), (k.mkvp, k.kcv, k.state, k.purpose));
     assert_eq!((got.created_at, got.expires_at), (k.created_at, k.expires_at));
+    assert_eq!(got.escrow, k.escrow);
     let mut upd = got.clone();
     upd.state = KeyState::Destroyed;
     upd.wrapped = None;
@@ -65,6 +81,7 @@ pub fn run(repo: &dyn Repository) {
     repo.update_key(&upd).unwrap();
     let got = repo.key(&k.label).unwrap().unwrap();
     assert_eq!((got.state, got.wrapped.is_none(), got.destroyed_at), (KeyState::Destroyed, true, upd.destroyed_at));
+    assert_eq!(got.escrow, k.escrow, "destroying the keystore copy keeps the escrow copy");
     assert!(matches!(repo.update_key(&key("NO.SUCH.KEY")), Err(RepoError::NotFound { .. })));
     repo.insert_key(&key("DSET.PRIM.APP.key002")).unwrap();
     repo.record_key_use(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap();

@@ -9,8 +9,8 @@ mod sqlite;
 
 use custos_crypto::Mkvp;
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeystoreBackupRecord,
-    PolicyRecord, VolumeName, VolumeRecord,
+    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KbkRecord, KeyLabel, KeyRecord,
+    KeystoreBackupRecord, PolicyRecord, VolumeName, VolumeRecord,
 };
 use thiserror::Error;
 
@@ -98,6 +98,10 @@ pub trait Repository: Send + Sync {
     /// is still under `from` (so a concurrent or repeated run cannot undo
     /// another). Returns how many records changed.
     fn rewrap_keys(&self, batch: &[Rewrap]) -> Result<usize>;
+
+    fn insert_kbk(&self, rec: &KbkRecord) -> Result<()>;
+    /// All key-backup keys, oldest first (the last is the one in use).
+    fn kbks(&self) -> Result<Vec<KbkRecord>>;
 
     fn insert_keystore_backup(&self, rec: &KeystoreBackupRecord) -> Result<()>;
     /// All keystore backups, oldest first.

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState,
-    KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord,
+    ChunkId, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord, KeyLabel, KeyRecord,
+    KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord,
     WrappedMaterial,
 };
 use jiff::Timestamp;
@@ -95,6 +95,18 @@ const MIGRATIONS: &[&str] = &[
         mkvps TEXT NOT NULL,
         sha256 BLOB NOT NULL
     );
+    "#,
+    // 4: escrow of data keys to key-backup keys.
+    r#"
+    CREATE TABLE kbks (
+        id TEXT PRIMARY KEY,
+        public BLOB NOT NULL,
+        threshold INTEGER NOT NULL,
+        custodians TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    ALTER TABLE keys ADD COLUMN escrow_kbk TEXT REFERENCES kbks(id);
+    ALTER TABLE keys ADD COLUMN escrow BLOB;
     "#,
 ];
 
@@ -191,7 +203,7 @@ impl SqliteRepository {
     }
 }
 
-const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count";
+const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow";
 
 fn key_from_row(r: &Row) -> rusqlite::Result<KeyRecord> {
     let label: String = r.get(0)?;
@@ -214,6 +226,10 @@ fn key_from_row(r: &Row) -> rusqlite::Result<KeyRecord> {
         expires_at: opt_ts(r.get(11)?)?,
         last_used_at: opt_ts(r.get(12)?)?,
         use_count: r.get::<_, i64>(13)? as u64,
+        escrow: match (r.get::<_, Option<String>>(14)?, r.get::<_, Option<Vec<u8>>>(15)?) {
+            (Some(kbk), Some(blob)) => Some(EscrowCopy { kbk, blob }),
+            _ => None,
+        },
     })
 }
 
@@ -305,7 +321,9 @@ fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) ->
 
 fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
     let r = conn.execute(
-        &format!("INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+        &format!(
+            "INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        ),
         params![
             k.label.as_str(),
             k.state.as_str(),
@@ -320,7 +338,9 @@ fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
             k.destroyed_at.map(ts),
             k.expires_at.map(ts),
             k.last_used_at.map(ts),
-            k.use_count as i64
+            k.use_count as i64,
+            k.escrow.as_ref().map(|e| &e.kbk),
+            k.escrow.as_ref().map(|e| &e.blob)
         ],
     );
     match r {
@@ -367,7 +387,8 @@ impl Repository for SqliteRepository {
             .conn()
             .execute(
                 "UPDATE keys SET state = ?2, wrapped = ?3, mkvp = ?4, activated_at = ?5, deactivated_at = ?6,
-                 destroyed_at = ?7, expires_at = ?8, last_used_at = ?9, use_count = ?10 WHERE label = ?1",
+                 destroyed_at = ?7, expires_at = ?8, last_used_at = ?9, use_count = ?10, escrow_kbk = ?11, escrow = ?12
+                 WHERE label = ?1",
                 params![
                     k.label.as_str(),
                     k.state.as_str(),
@@ -378,14 +399,16 @@ impl Repository for SqliteRepository {
                     k.destroyed_at.map(ts),
                     k.expires_at.map(ts),
                     k.last_used_at.map(ts),
-                    k.use_count as i64
+                    k.use_count as i64,
+                    k.escrow.as_ref().map(|e| &e.kbk),
+                    k.escrow.as_ref().map(|e| &e.blob)
                 ],
             )
             .map_err(db("update a key"))?;
         if n == 0 {
             return Err(RepoError::NotFound { kind: "key", name: k.label.to_string() });
         }
-        if k.wrapped.is_none() {
+        if k.wrapped.is_none() || k.escrow.is_none() {
             // Erased material must not linger in the write-ahead log either.
             self.conn()
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -482,6 +505,35 @@ impl Repository for SqliteRepository {
                     key_count: r.get::<_, i64>(3)? as u64,
                     mkvps: mkvps.split(',').filter(|m| !m.is_empty()).map(String::from).collect(),
                     sha256: sha.try_into().map_err(|_| corrupt("backup hash"))?,
+                })
+            },
+        )
+    }
+
+    fn insert_kbk(&self, k: &KbkRecord) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO kbks (id, public, threshold, custodians, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![k.id, &k.public[..], k.threshold as i64, k.custodians.join(","), ts(k.created_at)],
+            )
+            .map_err(db("record a key-backup key"))?;
+        Ok(())
+    }
+
+    fn kbks(&self) -> Result<Vec<KbkRecord>> {
+        self.query_all(
+            "list key-backup keys",
+            "SELECT id, public, threshold, custodians, created_at FROM kbks ORDER BY created_at, id",
+            [],
+            |r| {
+                let public: Vec<u8> = r.get(1)?;
+                let custodians: String = r.get(3)?;
+                Ok(KbkRecord {
+                    id: r.get(0)?,
+                    public: public.try_into().map_err(|_| corrupt("KBK public key"))?,
+                    threshold: r.get::<_, i64>(2)? as u8,
+                    custodians: custodians.split(',').map(String::from).collect(),
+                    created_at: from_ts(r.get(4)?)?,
                 })
             },
         )
