@@ -17,7 +17,7 @@ const YEARS: u32 = 4;
 /// "daily for 60 days, monthly for 12 months, yearly for 7 years".
 fn retained(day: u32, today: u32) -> bool {
     let age = today - day;
-    age < 60 || (day % 30 == 0 && age < 360) || (day % DAYS_PER_YEAR == 0 && age < 7 * DAYS_PER_YEAR)
+    age < 60 || (day.is_multiple_of(30) && age < 360) || (day.is_multiple_of(DAYS_PER_YEAR) && age < 7 * DAYS_PER_YEAR)
 }
 
 #[test]
@@ -36,7 +36,7 @@ fn example_1_key_lost_years_ago_comes_back_through_escrow_only() {
     let mut kept = Vec::new();
     let mut master_keys = vec![t.vault.mk_status().unwrap().registers[0].mkvp.clone()];
     for day in 0..=today {
-        if day > 0 && day % DAYS_PER_YEAR == 0 {
+        if day > 0 && day.is_multiple_of(DAYS_PER_YEAR) {
             // The yearly master key change, done by the book.
             t.vault.mk_load_new(NewMasterKey::Generate, None).unwrap();
             t.vault.mk_activate().unwrap();
