@@ -61,6 +61,29 @@ pub enum Command {
     /// Keystore backups.
     #[command(subcommand)]
     Keystore(KeystoreCmd),
+    /// Escrow: a key-backup key split among custodians; every key is sealed to it.
+    #[command(subcommand)]
+    Escrow(EscrowCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EscrowCmd {
+    /// Create a key-backup key split THRESHOLD-of-n among the custodians,
+    /// write one share file per custodian into --out-dir, and escrow every
+    /// existing key. The key-backup key itself is never stored.
+    Init {
+        /// A custodian's name; give one per custodian (at least two).
+        #[arg(long = "custodian", required = true)]
+        custodians: Vec<String>,
+        #[arg(long)]
+        threshold: u8,
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Key-backup keys, and which keys have no escrow copy.
+    Status,
+    /// Erase a key's escrow copy (after `key destroy --crypto-erase`, to erase it everywhere).
+    Purge { label: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,10 +196,17 @@ pub enum KeyCmd {
     /// Restore keys (a label or pattern) from a keystore backup into the
     /// live keystore, re-wrapped under the CURRENT master key.
     Recover {
+        /// A label, or with --from a pattern.
         pattern: String,
         /// The backup id (see `custos keystore backups`).
-        #[arg(long)]
-        from: String,
+        #[arg(long, required_unless_present = "escrow", conflicts_with = "escrow")]
+        from: Option<String>,
+        /// Recover from the key's escrow copy with custodians' shares.
+        #[arg(long, requires = "share")]
+        escrow: bool,
+        /// A custodian's share file; give as many as the threshold needs.
+        #[arg(long, value_name = "FILE")]
+        share: Vec<PathBuf>,
     },
     /// Erase the key's material for good. Refused while datasets need it,
     /// unless --crypto-erase says to make them unreadable on purpose.

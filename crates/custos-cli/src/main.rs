@@ -19,7 +19,9 @@ use custos_core::{
     Vault,
 };
 
-use args::{Cli, Command, ConfigCmd, DsCmd, KeyCmd, KeystoreCmd, MediumArg, PolicyCmd, PurposeArg, VolumeCmd};
+use args::{
+    Cli, Command, ConfigCmd, DsCmd, EscrowCmd, KeyCmd, KeystoreCmd, MediumArg, PolicyCmd, PurposeArg, VolumeCmd,
+};
 use output::{bytes, json, when, Table};
 
 fn main() -> ExitCode {
@@ -170,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(c) => config_cmd(&cli, c),
         Command::Mk(m) => mk::run(&cli, m),
         Command::Keystore(k) => keystore_cmd(&cli, k),
+        Command::Escrow(e) => escrow_cmd(&cli, e),
     }
 }
 
@@ -181,6 +184,13 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
             json(&rec)
         } else {
             println!("key {} is now {}", rec.label, rec.state);
+            if a == KeyAction::Destroy && rec.escrow.is_some() {
+                println!(
+                    "an escrow copy remains under key-backup key {}; `custos escrow purge {}` erases it too",
+                    rec.escrow.as_ref().map(|e| e.kbk.as_str()).unwrap_or("?"),
+                    rec.label
+                );
+            }
             Ok(())
         }
     };
@@ -274,9 +284,24 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        KeyCmd::Recover { pattern: p, from } => {
+        KeyCmd::Recover { pattern: p, from, escrow: _, share } => {
             let v = open(cli)?;
-            let out = v.recover_keys(&Pattern::new(p.as_str())?, from)?;
+            let out = match from {
+                Some(from) => v.recover_keys(&Pattern::new(p.as_str())?, from)?,
+                None => {
+                    let shares = share
+                        .iter()
+                        .map(|f| {
+                            let text = zeroize::Zeroizing::new(
+                                std::fs::read_to_string(f)
+                                    .with_context(|| format!("cannot read share file {}", f.display()))?,
+                            );
+                            Ok(custos_core::ShareFile::decode(&text, &f.display().to_string())?)
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    vec![v.recover_from_escrow(&label(p)?, &shares)?]
+                }
+            };
             if cli.json {
                 return json(&out);
             }
@@ -569,6 +594,71 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 println!("imported {} files, {}", reports.len(), bytes(total));
                 Ok(())
             }
+        }
+    }
+}
+
+fn escrow_cmd(cli: &Cli, c: &EscrowCmd) -> anyhow::Result<()> {
+    match c {
+        EscrowCmd::Init { custodians, threshold, out_dir } => {
+            std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+            // Refuse before anything is generated if a share file would be overwritten.
+            for c in custodians {
+                let p = out_dir.join(format!("{c}.share"));
+                if p.exists() {
+                    bail!("{} exists already; choose another --out-dir", p.display());
+                }
+            }
+            let v = open(cli)?;
+            let (kbk, files) = v.escrow_init(custodians, *threshold)?;
+            for f in &files {
+                use std::os::unix::fs::OpenOptionsExt;
+                let p = out_dir.join(format!("{}.share", f.custodian));
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .with_context(|| format!("cannot create share file {}", p.display()))?;
+                out.write_all(f.encode().as_bytes())?;
+                out.sync_all()?;
+            }
+            if cli.json {
+                return json(&kbk);
+            }
+            println!(
+                "created key-backup key {}: any {} of {} custodians can recover escrowed keys",
+                kbk.id,
+                kbk.threshold,
+                kbk.custodians.len()
+            );
+            println!("share files written to {}; give each custodian theirs and delete it here", out_dir.display());
+            Ok(())
+        }
+        EscrowCmd::Status => {
+            let st = sealed(cli)?.escrow_status()?;
+            if cli.json {
+                return json(&st);
+            }
+            for k in &st.kbks {
+                println!(
+                    "{}  {} of {}  created {}",
+                    k.id,
+                    k.threshold,
+                    k.custodians.join(", "),
+                    when(Some(k.created_at))
+                );
+            }
+            println!("{} keys escrowed, {} keys without an escrow copy", st.keys_escrowed, st.keys_not_escrowed.len());
+            for l in &st.keys_not_escrowed {
+                println!("  not escrowed: {l}");
+            }
+            Ok(())
+        }
+        EscrowCmd::Purge { label: l } => {
+            sealed(cli)?.escrow_purge(&label(l)?)?;
+            println!("erased the escrow copy of {l}");
+            Ok(())
         }
     }
 }

@@ -567,3 +567,58 @@ fn keystore_backup_and_recover() {
     let err = e.fails(&["key", "recover", "DSET.PRIM.KSB.key001", "--from", &id], 5);
     assert!(err.contains("which no register holds") && err.contains(b["mkvps"][0].as_str().unwrap()), "{err}");
 }
+
+#[test]
+fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
+    let e = Env::new();
+    let shares = e.dir.path().join("shares");
+    let kbk = e.json(&[
+        "escrow",
+        "init",
+        "--custodian",
+        "alice",
+        "--custodian",
+        "bob",
+        "--custodian",
+        "carol",
+        "--threshold",
+        "2",
+        "--out-dir",
+        Env::s(&shares),
+    ]);
+    assert_eq!(kbk["threshold"], 2);
+    use std::os::unix::fs::PermissionsExt;
+    for c in ["alice", "bob", "carol"] {
+        let p = shares.join(format!("{c}.share"));
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let bytes = data(120_000, 11);
+    e.ok(&["ds", "put", "ESC.DATA", Env::s(&e.file("d", &bytes))]);
+    let st = e.json(&["escrow", "status"]);
+    assert_eq!((st["keys_escrowed"].as_u64(), st["keys_not_escrowed"].as_array().unwrap().len()), (Some(1), 0));
+    e.ok(&["key", "deactivate", "DSET.PRIM.ESC.key001"]);
+    let out = e.ok(&["key", "destroy", "DSET.PRIM.ESC.key001", "--crypto-erase"]);
+    assert!(out.contains("an escrow copy remains"), "{out}");
+    let err = e.fails(&["ds", "get", "ESC.DATA"], 5);
+    assert!(err.contains("--escrow"), "{err}");
+    let s = |c: &str| shares.join(format!("{c}.share")).to_str().unwrap().to_string();
+    let (alice, carol) = (s("alice"), s("carol"));
+    let err = e.fails(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice], 1);
+    assert!(err.contains("needs 2 distinct shares"), "{err}");
+    // A mistyped share is caught by its check value.
+    let mut text = std::fs::read_to_string(&carol).unwrap();
+    let i = text.find("share: ").unwrap() + 7;
+    let d = if &text[i..i + 1] == "a" { "b" } else { "a" };
+    text.replace_range(i..i + 1, d);
+    let typo = e.file("typo.share", text.as_bytes());
+    let err = e
+        .fails(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice, "--share", Env::s(&typo)], 1);
+    assert!(err.contains("mistyped or altered"), "{err}");
+    let out = e.ok(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice, "--share", &carol]);
+    assert!(out.contains("recovered key DSET.PRIM.ESC.key001 (inactive)"), "{out}");
+    assert_eq!(e.run(&["ds", "get", "ESC.DATA"]).stdout, bytes);
+    // Purged, the escrow copy can no longer help.
+    e.ok(&["escrow", "purge", "DSET.PRIM.ESC.key001"]);
+    let err = e.fails(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice, "--share", &carol], 1);
+    assert!(err.contains("no escrow copy"), "{err}");
+}
