@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod aead;
-mod check;
+pub mod check;
 mod error;
 mod escrow;
 mod kdf;

@@ -6,8 +6,9 @@
 //! (as the access method needs it to seal and open chunks), as a zeroizing
 //! [`DataKey`]. Implementations: [`SoftHsm`] (registers sealed in a file under
 //! a passphrase, the embedded default) and, later, PKCS#11.
-#![forbid(unsafe_code)]
+#![forbid(unsafe_code)] // cryptoki holds the FFI; this crate needs none of its own
 
+mod pkcs11;
 mod soft;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use custos_crypto::{DataKey, Kcv, MasterKey, Mkvp};
 use jiff::Timestamp;
 use thiserror::Error;
 
+pub use pkcs11::{Pkcs11Config, Pkcs11Hsm};
 pub use soft::SoftHsm;
 
 /// The three master key registers.
@@ -93,6 +95,10 @@ pub enum HsmError {
     TooFewCustodians(String),
     #[error("the combined master key has MKVP {got}, not the expected {want}: a part is wrong; nothing was loaded")]
     MkvpMismatch { got: Mkvp, want: Mkvp },
+    #[error("PKCS#11: {0}")]
+    Pkcs11Config(String),
+    #[error("the PKCS#11 token failed to {op}: {detail}")]
+    Pkcs11 { op: &'static str, detail: String },
     #[error("cryptographic failure in the HSM: {0}")]
     Crypto(#[from] custos_crypto::CryptoError),
 }

@@ -1,0 +1,443 @@
+//! An HSM behind PKCS#11 (tested against SoftHSM2).
+//!
+//! * Master keys are token AES-256 keys: sensitive, not extractable, label
+//!   `custos-mk`, `CKA_ID` = their MKVP. They never leave the token.
+//! * Which master key sits in which register is one token data object
+//!   (label `custos-registers`), so activation is a single object update.
+//! * Data keys are generated, wrapped and unwrapped inside the token
+//!   (`CKM_AES_KEY_WRAP_PAD`, RFC 5649, byte-compatible with the software
+//!   HSM); MKVPs and KCVs are `CKM_AES_CMAC` on the token.
+//! * The only data key leaving the token in clear is the one `unwrap_key`
+//!   returns for use (ADR 0004).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use custos_crypto::check::MKVP_BLOCK;
+use custos_crypto::{DataKey, Kcv, Mkvp, KCV_LEN};
+use jiff::Timestamp;
+
+use crate::{combine_parts, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey};
+
+const MK_LABEL: &[u8] = b"custos-mk";
+const REGS_LABEL: &[u8] = b"custos-registers";
+
+/// Where the token is and how to log in.
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module (for SoftHSM2: /usr/lib/softhsm/libsofthsm2.so).
+    pub module: PathBuf,
+    /// Label of the token to use.
+    pub token: String,
+    /// The user PIN.
+    pub pin: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Pkcs11Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Config").field("module", &self.module).field("token", &self.token).finish_non_exhaustive()
+    }
+}
+
+pub struct Pkcs11Hsm {
+    token: String,
+    // Dropped before the context: declared first.
+    session: Mutex<Session>,
+    _ctx: Pkcs11,
+}
+
+#[derive(Clone, Copy)]
+struct Reg {
+    mkvp: Mkvp,
+    since: Timestamp,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Regs {
+    /// Bumped on every change; the highest wins if an update was interrupted.
+    seq: u64,
+    new: Option<Reg>,
+    current: Option<Reg>,
+    old: Option<Reg>,
+}
+
+fn p11(op: &'static str) -> impl Fn(cryptoki::error::Error) -> HsmError {
+    move |e| HsmError::Pkcs11 { op, detail: e.to_string() }
+}
+
+impl Regs {
+    fn encode(&self) -> Vec<u8> {
+        let mut s = format!("custos-registers v1 {}\n", self.seq);
+        for (name, r) in [("NEW", self.new), ("CURRENT", self.current), ("OLD", self.old)] {
+            if let Some(r) = r {
+                s.push_str(&format!("{name} {} {}\n", r.mkvp.to_hex(), r.since.as_second()));
+            }
+        }
+        s.into_bytes()
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(b).ok()?;
+        let mut lines = s.lines();
+        let seq = lines.next()?.strip_prefix("custos-registers v1 ")?.parse().ok()?;
+        let mut regs = Regs { seq, ..Regs::default() };
+        for l in lines {
+            let mut f = l.split(' ');
+            let (name, mkvp, since) = (f.next()?, f.next()?, f.next()?);
+            let r = Reg { mkvp: Mkvp::from_hex(mkvp).ok()?, since: Timestamp::from_second(since.parse().ok()?).ok()? };
+            match name {
+                "NEW" => regs.new = Some(r),
+                "CURRENT" => regs.current = Some(r),
+                "OLD" => regs.old = Some(r),
+                _ => return None,
+            }
+        }
+        Some(regs)
+    }
+
+    fn held(&self) -> String {
+        let l: Vec<String> = [("NEW", self.new), ("CURRENT", self.current), ("OLD", self.old)]
+            .into_iter()
+            .filter_map(|(n, r)| r.map(|r| format!("{n}={}", r.mkvp)))
+            .collect();
+        if l.is_empty() {
+            "none".into()
+        } else {
+            l.join(", ")
+        }
+    }
+}
+
+fn master_key_template(extra: &[Attribute]) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Sign(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Label(MK_LABEL.to_vec()),
+    ];
+    t.extend_from_slice(extra);
+    t
+}
+
+/// A session key that can be wrapped, and CMAC'ed for its KCV.
+fn data_key_template(extra: &[Attribute]) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+    ];
+    t.extend_from_slice(extra);
+    t
+}
+
+impl Pkcs11Hsm {
+    /// Load the module, find the token by label, log in, and (on a token
+    /// Custos has not used yet) generate the first CURRENT master key.
+    pub fn open(cfg: &Pkcs11Config) -> Result<Self, HsmError> {
+        let ctx = Pkcs11::new(&cfg.module).map_err(|e| {
+            HsmError::Pkcs11Config(format!(
+                "cannot load the PKCS#11 module {}: {e}; check the module path",
+                cfg.module.display()
+            ))
+        })?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).map_err(p11("initialize the module"))?;
+        let mut labels = Vec::new();
+        let mut slot = None;
+        for s in ctx.get_slots_with_token().map_err(p11("list slots"))? {
+            let info = ctx.get_token_info(s).map_err(p11("read token info"))?;
+            let l = info.label().trim().to_string();
+            if l == cfg.token {
+                slot = Some(s);
+            }
+            labels.push(l);
+        }
+        let slot = slot.ok_or_else(|| {
+            HsmError::Pkcs11Config(format!(
+                "no token labelled {:?} (tokens: {}); check the token label",
+                cfg.token,
+                if labels.is_empty() { "none".into() } else { labels.join(", ") }
+            ))
+        })?;
+        let session = ctx.open_rw_session(slot).map_err(p11("open a session"))?;
+        session.login(UserType::User, Some(&AuthPin::from(cfg.pin.to_string()))).map_err(|e| match e {
+            cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::PinIncorrect, _) => {
+                HsmError::Pkcs11Config(format!("wrong PIN for token {:?}: check the PIN source", cfg.token))
+            }
+            e => HsmError::Pkcs11 { op: "log in", detail: e.to_string() },
+        })?;
+        let hsm = Self { token: cfg.token.clone(), session: Mutex::new(session), _ctx: ctx };
+        {
+            let s = hsm.session();
+            if hsm.read_regs(&s)?.is_none() {
+                let h = s
+                    .generate_key(&Mechanism::AesKeyGen, &master_key_template(&[Attribute::ValueLen(32.into())]))
+                    .map_err(p11("generate a master key"))?;
+                let mkvp = hsm.name_master_key(&s, h)?;
+                hsm.write_regs(
+                    &s,
+                    &Regs { current: Some(Reg { mkvp, since: Timestamp::now() }), ..Default::default() },
+                )?;
+            }
+        }
+        Ok(hsm)
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compute a new master key's MKVP on the token and store it as its CKA_ID.
+    fn name_master_key(&self, s: &Session, h: ObjectHandle) -> Result<Mkvp, HsmError> {
+        let tag = s.sign(&Mechanism::AesCMac, h, &MKVP_BLOCK).map_err(p11("compute an MKVP"))?;
+        let tag: [u8; 16] =
+            tag.try_into().map_err(|_| HsmError::Pkcs11 { op: "compute an MKVP", detail: "short CMAC".into() })?;
+        let mkvp = Mkvp::from_cmac(&tag);
+        s.update_attributes(h, &[Attribute::Id(mkvp.0.to_vec())]).map_err(p11("name a master key"))?;
+        Ok(mkvp)
+    }
+
+    /// Every register object on the token with what it says (normally one;
+    /// two if an update was interrupted between create and destroy).
+    fn regs_objects(&self, s: &Session) -> Result<Vec<(ObjectHandle, Regs)>, HsmError> {
+        let found = s
+            .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(REGS_LABEL.to_vec())])
+            .map_err(p11("find the register object"))?;
+        let mut out = Vec::with_capacity(found.len());
+        for h in found {
+            let attrs = s.get_attributes(h, &[AttributeType::Value]).map_err(p11("read the registers"))?;
+            let value = attrs.into_iter().find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            });
+            let regs = value.as_deref().and_then(Regs::decode).ok_or_else(|| HsmError::Pkcs11 {
+                op: "read the registers",
+                detail: format!("a register object on token {:?} is damaged", self.token),
+            })?;
+            out.push((h, regs));
+        }
+        Ok(out)
+    }
+
+    fn read_regs(&self, s: &Session) -> Result<Option<Regs>, HsmError> {
+        Ok(self.regs_objects(s)?.into_iter().map(|(_, r)| r).max_by_key(|r| r.seq))
+    }
+
+    fn regs(&self, s: &Session) -> Result<Regs, HsmError> {
+        self.read_regs(s)?.ok_or(HsmError::NoCurrentMasterKey)
+    }
+
+    /// Data objects' values cannot be changed on every token, so an update
+    /// writes a new object with the next sequence number, then removes the
+    /// older ones. Interrupted in between, the newer one wins on read.
+    fn write_regs(&self, s: &Session, regs: &Regs) -> Result<(), HsmError> {
+        let old = self.regs_objects(s)?;
+        let next = Regs { seq: old.iter().map(|(_, r)| r.seq).max().unwrap_or(0) + 1, ..*regs };
+        s.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(REGS_LABEL.to_vec()),
+            Attribute::Application(b"custos".to_vec()),
+            Attribute::Value(next.encode()),
+        ])
+        .map_err(p11("write the registers"))?;
+        for (h, _) in old {
+            let _ = s.destroy_object(h);
+        }
+        Ok(())
+    }
+
+    fn master_key(&self, s: &Session, mkvp: &Mkvp) -> Result<ObjectHandle, HsmError> {
+        let found = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(MK_LABEL.to_vec()),
+                Attribute::Id(mkvp.0.to_vec()),
+            ])
+            .map_err(p11("find a master key"))?;
+        found.first().copied().ok_or_else(|| HsmError::Pkcs11 {
+            op: "find a master key",
+            detail: format!("the register names MKVP {mkvp} but token {:?} has no such key", self.token),
+        })
+    }
+
+    /// Which register holds `mkvp` (CURRENT, OLD or NEW), if any.
+    fn held(&self, s: &Session, mkvp: &Mkvp) -> Result<Regs, HsmError> {
+        let regs = self.regs(s)?;
+        if [regs.current, regs.old, regs.new].iter().flatten().any(|r| r.mkvp == *mkvp) {
+            Ok(regs)
+        } else {
+            Err(HsmError::UnknownMkvp { mkvp: *mkvp, held: regs.held() })
+        }
+    }
+
+    fn kcv_of(s: &Session, h: ObjectHandle) -> Result<Kcv, HsmError> {
+        let tag = s.sign(&Mechanism::AesCMac, h, &[0u8; 16]).map_err(p11("compute a KCV"))?;
+        Kcv::from_slice(&tag[..KCV_LEN]).map_err(HsmError::Crypto)
+    }
+
+    /// Wrap a session key under CURRENT, compute its KCV, destroy it.
+    fn wrap_session_key(&self, s: &Session, h: ObjectHandle) -> Result<WrappedKey, HsmError> {
+        let result = (|| {
+            let cur = self.regs(s)?.current.ok_or(HsmError::NoCurrentMasterKey)?;
+            let mk = self.master_key(s, &cur.mkvp)?;
+            let bytes = s.wrap_key(&Mechanism::AesKeyWrapPad, mk, h).map_err(p11("wrap a key"))?;
+            Ok(WrappedKey { mkvp: cur.mkvp, kcv: Self::kcv_of(s, h)?, bytes })
+        })();
+        let _ = s.destroy_object(h);
+        result
+    }
+
+    fn unwrap_session_key(
+        &self,
+        s: &Session,
+        mkvp: &Mkvp,
+        wrapped: &[u8],
+        sensitive: bool,
+    ) -> Result<ObjectHandle, HsmError> {
+        self.held(s, mkvp)?;
+        let mk = self.master_key(s, mkvp)?;
+        s.unwrap_key(&Mechanism::AesKeyWrapPad, mk, wrapped, &data_key_template(&[Attribute::Sensitive(sensitive)]))
+            .map_err(|_| HsmError::Unwrap { mkvp: *mkvp })
+    }
+
+    fn destroy_master_key(&self, s: &Session, mkvp: &Mkvp) {
+        if let Ok(h) = self.master_key(s, mkvp) {
+            let _ = s.destroy_object(h);
+        }
+    }
+}
+
+impl Hsm for Pkcs11Hsm {
+    fn describe(&self) -> String {
+        format!("PKCS#11 token {:?}", self.token)
+    }
+
+    fn registers(&self) -> Result<Vec<RegisterInfo>, HsmError> {
+        let r = self.regs(&self.session())?;
+        Ok([(Register::New, r.new), (Register::Current, r.current), (Register::Old, r.old)]
+            .into_iter()
+            .filter_map(|(register, x)| x.map(|x| RegisterInfo { register, mkvp: x.mkvp, since: x.since }))
+            .collect())
+    }
+
+    fn generate_key(&self) -> Result<WrappedKey, HsmError> {
+        let s = self.session();
+        let h = s
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &data_key_template(&[Attribute::Sensitive(true), Attribute::ValueLen(32.into())]),
+            )
+            .map_err(p11("generate a data key"))?;
+        self.wrap_session_key(&s, h)
+    }
+
+    fn wrap_key(&self, key: &DataKey) -> Result<WrappedKey, HsmError> {
+        let s = self.session();
+        let h = s
+            .create_object(&data_key_template(&[
+                Attribute::Sensitive(true),
+                Attribute::Value(key.expose_secret().to_vec()),
+            ]))
+            .map_err(p11("import a data key"))?;
+        self.wrap_session_key(&s, h)
+    }
+
+    fn unwrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<DataKey, HsmError> {
+        let s = self.session();
+        let h = self.unwrap_session_key(&s, mkvp, wrapped, false)?;
+        let value = s.get_attributes(h, &[AttributeType::Value]);
+        let _ = s.destroy_object(h);
+        let mut value = value.map_err(p11("read an unwrapped key"))?;
+        let key = value.iter().find_map(|a| match a {
+            Attribute::Value(v) => Some(DataKey::from_slice(v)),
+            _ => None,
+        });
+        for a in value.iter_mut() {
+            if let Attribute::Value(v) = a {
+                zeroize::Zeroize::zeroize(v);
+            }
+        }
+        key.ok_or(HsmError::Unwrap { mkvp: *mkvp })?.map_err(|_| HsmError::Unwrap { mkvp: *mkvp })
+    }
+
+    fn rewrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<WrappedKey, HsmError> {
+        let s = self.session();
+        let h = self.unwrap_session_key(&s, mkvp, wrapped, true)?;
+        self.wrap_session_key(&s, h)
+    }
+
+    fn load_new(&self, new: NewMasterKey, expect: Option<Mkvp>) -> Result<Mkvp, HsmError> {
+        let s = self.session();
+        let mut regs = self.regs(&s)?;
+        if let Some(n) = regs.new {
+            return Err(HsmError::NewLoaded { mkvp: n.mkvp });
+        }
+        let h = match new {
+            NewMasterKey::Generate => s
+                .generate_key(&Mechanism::AesKeyGen, &master_key_template(&[Attribute::ValueLen(32.into())]))
+                .map_err(p11("generate a master key"))?,
+            NewMasterKey::Parts(parts) => {
+                let key = combine_parts(&parts)?;
+                s.create_object(&master_key_template(&[Attribute::Value(key.expose_secret().to_vec())]))
+                    .map_err(p11("import a master key"))?
+            }
+        };
+        let mkvp = match self.name_master_key(&s, h) {
+            Ok(m) if expect.is_none_or(|w| w == m) => m,
+            Ok(m) => {
+                let _ = s.destroy_object(h);
+                return Err(HsmError::MkvpMismatch { got: m, want: expect.expect("checked") });
+            }
+            Err(e) => {
+                let _ = s.destroy_object(h);
+                return Err(e);
+            }
+        };
+        regs.new = Some(Reg { mkvp, since: Timestamp::now() });
+        self.write_regs(&s, &regs)?;
+        Ok(mkvp)
+    }
+
+    fn clear_new(&self) -> Result<(), HsmError> {
+        let s = self.session();
+        let mut regs = self.regs(&s)?;
+        if let Some(n) = regs.new.take() {
+            self.write_regs(&s, &regs)?;
+            self.destroy_master_key(&s, &n.mkvp);
+        }
+        Ok(())
+    }
+
+    fn activate(&self) -> Result<(), HsmError> {
+        let s = self.session();
+        let regs = self.regs(&s)?;
+        let mut new = regs.new.ok_or(HsmError::NoNewMasterKey)?;
+        let now = Timestamp::now();
+        new.since = now;
+        let old = regs.current.map(|mut c| {
+            c.since = now;
+            c
+        });
+        self.write_regs(&s, &Regs { seq: regs.seq, new: None, current: Some(new), old })?;
+        // The register object no longer names it: now the key can go.
+        if let Some(discarded) = regs.old {
+            self.destroy_master_key(&s, &discarded.mkvp);
+        }
+        Ok(())
+    }
+}

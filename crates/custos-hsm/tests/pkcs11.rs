@@ -1,0 +1,94 @@
+//! The HSM conformance suite against a real PKCS#11 token (SoftHSM2).
+//! `.ci/run` installs SoftHSM2; each run makes its own token directory.
+//! SoftHSM2 is a process-wide library and dropping a context finalizes it,
+//! so every check runs in this one test, one context at a time.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use custos_crypto::{unwrap_key, DataKey, Kcv, MasterKey};
+use custos_hsm::{conformance, Hsm, HsmError, Pkcs11Config, Pkcs11Hsm, Register};
+
+fn module() -> PathBuf {
+    std::env::var_os("CUSTOS_PKCS11_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
+}
+
+fn config(token: &str, pin: &str) -> Pkcs11Config {
+    Pkcs11Config { module: module(), token: token.into(), pin: zeroize::Zeroizing::new(pin.into()) }
+}
+
+#[test]
+fn softhsm2_passes_the_hsm_conformance_suite() {
+    assert!(module().exists(), "SoftHSM2 is needed ({}): apt-get install softhsm2, or run .ci/run", module().display());
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+    )
+    .unwrap();
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    for label in ["custos-a", "custos-b"] {
+        let st = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", label, "--pin", "1234", "--so-pin", "5678"])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("softhsm2-util runs");
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    }
+
+    // The same suite the software HSM passes.
+    let (current, wrapped) = {
+        let hsm = Pkcs11Hsm::open(&config("custos-a", "1234")).unwrap();
+        assert!(hsm.describe().contains("custos-a"));
+        conformance::run(&hsm);
+        let cur = hsm.registers().unwrap().into_iter().find(|r| r.register == Register::Current).unwrap();
+        let w = hsm.wrap_key(&DataKey::from_bytes([0x42; 32])).unwrap();
+        (cur, w)
+    };
+
+    // Registers and keys persist on the token.
+    {
+        let hsm = Pkcs11Hsm::open(&config("custos-a", "1234")).unwrap();
+        let again = hsm.registers().unwrap().into_iter().find(|r| r.register == Register::Current).unwrap();
+        assert_eq!(again.mkvp, current.mkvp);
+        assert_eq!(hsm.unwrap_key(&wrapped.mkvp, &wrapped.bytes).unwrap(), DataKey::from_bytes([0x42; 32]));
+    }
+
+    // The token's KWP is RFC 5649, byte for byte: a master key loaded from
+    // known parts wraps exactly as the software implementation does.
+    {
+        let hsm = Pkcs11Hsm::open(&config("custos-b", "1234")).unwrap();
+        let (p1, p2) = (MasterKey::from_bytes([0x0F; 32]), MasterKey::from_bytes([0xF0; 32]));
+        let part = |c: &str, k: &MasterKey| custos_hsm::KeyPart {
+            custodian: c.into(),
+            part: MasterKey::from_bytes(*k.expose_secret()),
+            kcv: Kcv::of_master(k),
+        };
+        hsm.load_new(custos_hsm::NewMasterKey::Parts(vec![part("a", &p1), part("b", &p2)]), None).unwrap();
+        hsm.activate().unwrap();
+        let dk = DataKey::from_bytes([0x77; 32]);
+        let w = hsm.wrap_key(&dk).unwrap();
+        assert_eq!(w.kcv, Kcv::of(&dk), "the token's CMAC KCV equals the software one");
+        assert_eq!(unwrap_key(&MasterKey::from_bytes([0xFF; 32]), &w.bytes).unwrap(), dk);
+    }
+
+    // Errors name what to fix.
+    match Pkcs11Hsm::open(&config("custos-a", "9999")) {
+        Err(e @ HsmError::Pkcs11Config(_)) => assert!(e.to_string().contains("wrong PIN"), "{e}"),
+        other => panic!("a wrong PIN must be refused clearly, got {:?}", other.err()),
+    }
+    match Pkcs11Hsm::open(&config("no-such-token", "1234")) {
+        Err(e) => assert!(e.to_string().contains("custos-a") && e.to_string().contains("no token labelled"), "{e}"),
+        Ok(_) => panic!("an unknown token must be refused"),
+    }
+    let bad = Pkcs11Config { module: PathBuf::from("/nonexistent/libp11.so"), ..config("custos-a", "1234") };
+    match Pkcs11Hsm::open(&bad) {
+        Err(e) => assert!(e.to_string().contains("module path"), "{e}"),
+        Ok(_) => panic!("a missing module must be refused"),
+    }
+}
