@@ -23,6 +23,10 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Read a PKCS#11 token's user PIN from this file (first line).
+    /// Otherwise CUSTOS_PKCS11_PIN, otherwise a prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
     /// Worker threads for sealing and opening chunks (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
@@ -145,6 +149,23 @@ pub struct InitArgs {
     /// Argon2id passes for the HSM passphrase.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub kdf_iterations: u32,
+    /// The HSM that holds the master keys.
+    #[arg(long, value_enum, default_value = "soft")]
+    pub hsm: HsmArg,
+    /// PKCS#11 module (with --hsm pkcs11).
+    #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so", value_name = "PATH")]
+    pub pkcs11_module: PathBuf,
+    /// Label of the PKCS#11 token (with --hsm pkcs11).
+    #[arg(long, value_name = "LABEL", required_if_eq("hsm", "pkcs11"))]
+    pub pkcs11_token: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum HsmArg {
+    /// The software HSM in the vault, sealed under a passphrase.
+    Soft,
+    /// A PKCS#11 token (SoftHSM2 in tests, a real HSM in production).
+    Pkcs11,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

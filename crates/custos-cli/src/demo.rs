@@ -56,7 +56,11 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     println!("A throwaway vault in {}", vault_dir.display());
 
     step(1, "Create a vault: a SQLite repository, a software HSM holding a new master key, a default volume.");
-    let vault = Vault::init(&vault_dir, &pass, &InitOptions { kdf: KdfParams::DEFAULT, site: "primary".into() })?;
+    let vault = Vault::init(
+        &vault_dir,
+        &pass,
+        &InitOptions { kdf: KdfParams::DEFAULT, site: "primary".into(), ..Default::default() },
+    )?;
     for r in vault.hsm().registers()? {
         println!(
             "   master key register {}: MKVP {} (a check value that names the key without revealing it)",

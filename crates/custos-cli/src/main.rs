@@ -15,8 +15,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use custos_core::model::{DatasetName, KeyAction, KeyLabel, Medium, Pattern, PolicyTarget, Purpose, VolumeName};
 use custos_core::{
-    DirectWriter, Error, InitOptions, KdfParams, NewKey, NewPolicy, NewVolume, Open, Passphrase, PutOptions, Sealed,
-    Vault,
+    DirectWriter, Error, HsmChoice, HsmKind, InitOptions, KdfParams, NewKey, NewPolicy, NewVolume, Open, Passphrase,
+    PutOptions, Sealed, Vault,
 };
 
 use args::{
@@ -53,6 +53,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         | Error::KeyInUse { .. }
         | Error::KeyPurpose { .. } => 5,
         Error::Hsm(custos_core::HsmError::WrongPassphrase { .. }) => 6,
+        Error::Hsm(custos_core::HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => 6,
         Error::Store(_) => 7,
         Error::WouldOrphanKeys { .. } | Error::MasterKeyUnavailable { .. } => 5,
         Error::ReencipherFailed { .. } => 4,
@@ -93,7 +94,28 @@ fn sealed(cli: &Cli) -> anyhow::Result<Vault<Sealed>> {
 
 pub(crate) fn open(cli: &Cli) -> anyhow::Result<Vault<Open>> {
     let v = sealed(cli)?;
-    Ok(v.unseal(&passphrase(cli, false)?)?)
+    match v.hsm_kind()? {
+        HsmKind::Soft => Ok(v.unseal(&passphrase(cli, false)?)?),
+        HsmKind::Pkcs11 { token, .. } => Ok(v.unseal_pkcs11(pin(cli, &token)?)?),
+    }
+}
+
+fn pin(cli: &Cli, token: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if let Some(f) = &cli.pin_file {
+        let s = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("cannot read the PIN file {}", f.display()))?,
+        );
+        return Ok(zeroize::Zeroizing::new(s.lines().next().unwrap_or("").to_string()));
+    }
+    if let Ok(p) = std::env::var("CUSTOS_PKCS11_PIN") {
+        return Ok(zeroize::Zeroizing::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("the PIN of PKCS#11 token {token:?} is needed: set CUSTOS_PKCS11_PIN, pass --pin-file, or run in a terminal to be asked");
+    }
+    Ok(zeroize::Zeroizing::new(
+        rpassword::prompt_password(format!("PIN for token {token}: ")).context("cannot read the PIN")?,
+    ))
 }
 
 fn label(s: &str) -> anyhow::Result<KeyLabel> {
@@ -146,8 +168,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 iterations: a.kdf_iterations,
                 parallelism: 1,
             };
-            let p = passphrase(&cli, true)?;
-            let v = Vault::init(&cli.vault, &p, &InitOptions { kdf, site: a.site.clone() })?;
+            let (p, hsm) = match a.hsm {
+                args::HsmArg::Soft => (passphrase(&cli, true)?, HsmChoice::Soft),
+                args::HsmArg::Pkcs11 => {
+                    let token = a.pkcs11_token.clone().expect("clap requires --pkcs11-token with --hsm pkcs11");
+                    let pin = pin(&cli, &token)?;
+                    let cfg = custos_core::Pkcs11Config { module: a.pkcs11_module.clone(), token, pin };
+                    (Passphrase::new(Vec::new()), HsmChoice::Pkcs11(cfg))
+                }
+            };
+            let v = Vault::init(&cli.vault, &p, &InitOptions { kdf, site: a.site.clone(), hsm })?;
             let regs = v.hsm().registers()?;
             if cli.json {
                 json(&serde_json::json!({

@@ -11,15 +11,44 @@ const PASS: &str = "a-long-test-passphrase-4711";
 struct Env {
     dir: tempfile::TempDir,
     vault: PathBuf,
+    /// Extra environment for every command (the PKCS#11 token's settings).
+    env: Vec<(String, String)>,
 }
 
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
-        let e = Self { dir, vault };
+        let e = Self { dir, vault, env: Vec::new() };
         e.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1", "--site", "A"]);
         e.ok(&["config", "set", "chunk.size", "65536"]);
+        e
+    }
+
+    /// A vault whose master keys live on a fresh SoftHSM2 token.
+    fn new_pkcs11() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+        )
+        .unwrap();
+        let o = std::process::Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", "custos-cli", "--pin", "2468", "--so-pin", "1357"])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("softhsm2-util is needed (apt-get install softhsm2, or run .ci/run)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let env = vec![
+            ("SOFTHSM2_CONF".to_string(), conf.display().to_string()),
+            ("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string()),
+        ];
+        let e = Self { dir, vault, env };
+        e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--site", "A"]);
         e
     }
 
@@ -29,6 +58,7 @@ impl Env {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CUSTOS_VAULT", &self.vault)
             .env("CUSTOS_PASSPHRASE", PASS)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(args);
         c
     }
@@ -621,4 +651,25 @@ fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
     e.ok(&["escrow", "purge", "DSET.PRIM.ESC.key001"]);
     let err = e.fails(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice, "--share", &carol], 1);
     assert!(err.contains("no escrow copy"), "{err}");
+}
+
+#[test]
+fn vault_on_a_pkcs11_token() {
+    let e = Env::new_pkcs11();
+    assert!(!e.vault.join("hsm.sealed").exists(), "no software HSM file for a token vault");
+    let bytes = data(200_000, 21);
+    e.ok(&["ds", "put", "TOKEN.DATA", Env::s(&e.file("d", &bytes))]);
+    assert_eq!(e.run(&["ds", "get", "TOKEN.DATA"]).stdout, bytes);
+    assert_eq!(e.json(&["key", "ls"])[0]["label"], "DSET.PRIM.TOKEN.key001");
+    e.ok(&["mk", "load-new", "--generate"]);
+    e.ok(&["mk", "activate"]);
+    assert_eq!(e.json(&["mk", "reencipher"])["moved"], 1);
+    e.ok(&["mk", "load-new", "--generate"]);
+    e.ok(&["mk", "activate"]);
+    assert_eq!(e.run(&["ds", "get", "TOKEN.DATA"]).stdout, bytes, "readable after two master key changes");
+    let o = e.cmd(&["ds", "get", "TOKEN.DATA"]).env("CUSTOS_PKCS11_PIN", "0000").output().unwrap();
+    assert_eq!(o.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wrong PIN"));
+    let o = e.cmd(&["ds", "get", "TOKEN.DATA"]).env_remove("CUSTOS_PKCS11_PIN").output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("CUSTOS_PKCS11_PIN"));
 }

@@ -26,9 +26,11 @@ pub use keys::NewKey;
 pub use keystore::Recovered;
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use pipeline::default_threads;
-pub use vault::{InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE};
+pub use vault::{
+    HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,
+};
 
 pub use custos_crypto::{KdfParams, Passphrase};
-pub use custos_hsm::{HsmError, KeyPart, NewMasterKey};
+pub use custos_hsm::{HsmError, KeyPart, NewMasterKey, Pkcs11Config};
 pub use custos_model as model;
 pub use custos_store::DirectWriter;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use custos_crypto::{KdfParams, Passphrase};
-use custos_hsm::{Hsm, SoftHsm};
+use custos_hsm::{Hsm, Pkcs11Config, Pkcs11Hsm, SoftHsm};
 use custos_model::{
     DatasetName, KeyLabel, Medium, NamingStandard, Pattern, PolicyRecord, PolicyTarget, VolumeName, VolumeRecord,
 };
@@ -21,6 +21,9 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 const DB_FILE: &str = "custos.db";
 const HSM_FILE: &str = "hsm.sealed";
 const SETTING_NAMING: &str = "key.naming";
+const SETTING_HSM: &str = "hsm.kind";
+const SETTING_P11_MODULE: &str = "hsm.pkcs11.module";
+const SETTING_P11_TOKEN: &str = "hsm.pkcs11.token";
 const SETTING_CHUNK: &str = "chunk.size";
 
 /// A vault whose HSM is closed: no key can be used.
@@ -44,17 +47,34 @@ pub struct Vault<S: VaultState> {
     pub(crate) threads: usize,
 }
 
+/// Which HSM a vault uses.
+#[derive(Debug)]
+pub enum HsmChoice {
+    /// The software HSM, sealed in `hsm.sealed` under the passphrase.
+    Soft,
+    /// A PKCS#11 token; the PIN is asked for on every use, never stored.
+    Pkcs11(Pkcs11Config),
+}
+
+/// The HSM a vault was created with, as recorded in its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HsmKind {
+    Soft,
+    Pkcs11 { module: PathBuf, token: String },
+}
+
 /// How `custos init` sets a vault up.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct InitOptions {
     pub kdf: KdfParams,
     /// Site name of the default volume.
     pub site: String,
+    pub hsm: HsmChoice,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        Self { kdf: KdfParams::DEFAULT, site: "primary".into() }
+        Self { kdf: KdfParams::DEFAULT, site: "primary".into(), hsm: HsmChoice::Soft }
     }
 }
 
@@ -85,13 +105,30 @@ impl Vault<Sealed> {
         if dir.exists() && std::fs::read_dir(dir).map_err(io)?.next().is_some() {
             return Err(Error::VaultExists { path: dir.into() });
         }
-        if passphrase.is_empty() {
+        if matches!(opts.hsm, HsmChoice::Soft) && passphrase.is_empty() {
             return Err(Error::Invalid { what: "passphrase", why: "it is empty; choose a long one".into() });
         }
+        // Reach the HSM before anything is written, so a wrong module, token
+        // or PIN leaves no half-made vault behind.
+        let token = match &opts.hsm {
+            HsmChoice::Pkcs11(cfg) => Some(Pkcs11Hsm::open(cfg)?),
+            HsmChoice::Soft => None,
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
         let dir = dir.canonicalize().map_err(io)?;
-        let hsm = SoftHsm::create(&dir.join(HSM_FILE), passphrase, opts.kdf)?;
+        let hsm: Box<dyn Hsm> = match token {
+            Some(t) => Box::new(t),
+            None => Box::new(SoftHsm::create(&dir.join(HSM_FILE), passphrase, opts.kdf)?),
+        };
         let repo = SqliteRepository::open(&dir.join(DB_FILE))?;
+        match &opts.hsm {
+            HsmChoice::Soft => repo.set_setting(SETTING_HSM, "soft")?,
+            HsmChoice::Pkcs11(cfg) => {
+                repo.set_setting(SETTING_HSM, "pkcs11")?;
+                repo.set_setting(SETTING_P11_MODULE, &cfg.module.display().to_string())?;
+                repo.set_setting(SETTING_P11_TOKEN, &cfg.token)?;
+            }
+        }
         repo.set_setting(SETTING_NAMING, NamingStandard::DEFAULT)?;
         repo.set_setting(SETTING_CHUNK, &DEFAULT_CHUNK_SIZE.to_string())?;
         let vault = Vault { dir: dir.clone(), repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() };
@@ -108,12 +145,12 @@ impl Vault<Sealed> {
             volume: default,
             target: PolicyTarget::Template { app: None },
         })?;
-        Ok(vault.with_hsm(Box::new(hsm)))
+        Ok(vault.with_hsm(hsm))
     }
 
     /// Open an existing vault, sealed.
     pub fn open(dir: &Path) -> Result<Self> {
-        if !dir.join(DB_FILE).is_file() || !dir.join(HSM_FILE).is_file() {
+        if !dir.join(DB_FILE).is_file() {
             return Err(Error::NoVault { path: dir.into() });
         }
         let dir = dir.canonicalize().map_err(|source| Error::VaultIo { path: dir.into(), source })?;
@@ -121,9 +158,38 @@ impl Vault<Sealed> {
         Ok(Vault { dir, repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() })
     }
 
+    /// The HSM this vault was created with.
+    pub fn hsm_kind(&self) -> Result<HsmKind> {
+        match self.repo.setting(SETTING_HSM)?.as_deref() {
+            None | Some("soft") => Ok(HsmKind::Soft),
+            Some("pkcs11") => Ok(HsmKind::Pkcs11 {
+                module: PathBuf::from(self.repo.setting(SETTING_P11_MODULE)?.unwrap_or_default()),
+                token: self.repo.setting(SETTING_P11_TOKEN)?.unwrap_or_default(),
+            }),
+            Some(other) => {
+                Err(Error::Invalid { what: "hsm.kind setting", why: format!("{other:?} is not soft or pkcs11") })
+            }
+        }
+    }
+
     /// Open the software HSM with its passphrase.
     pub fn unseal(self, passphrase: &Passphrase) -> Result<Vault<Open>> {
+        if self.hsm_kind()? != HsmKind::Soft {
+            return Err(Error::Invalid { what: "unseal", why: "this vault uses a PKCS#11 token: give its PIN".into() });
+        }
         let hsm = SoftHsm::open(&self.dir.join(HSM_FILE), passphrase)?;
+        Ok(self.with_hsm(Box::new(hsm)))
+    }
+
+    /// Open the vault's PKCS#11 token with its user PIN.
+    pub fn unseal_pkcs11(self, pin: zeroize::Zeroizing<String>) -> Result<Vault<Open>> {
+        let HsmKind::Pkcs11 { module, token } = self.hsm_kind()? else {
+            return Err(Error::Invalid {
+                what: "unseal",
+                why: "this vault uses the software HSM: give its passphrase".into(),
+            });
+        };
+        let hsm = Pkcs11Hsm::open(&Pkcs11Config { module, token, pin })?;
         Ok(self.with_hsm(Box::new(hsm)))
     }
 

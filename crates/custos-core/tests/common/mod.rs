@@ -19,7 +19,9 @@ pub fn pass() -> Passphrase {
 pub fn vault() -> T {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vault");
-    let vault = Vault::init(&path, &pass(), &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into() }).unwrap();
+    let vault =
+        Vault::init(&path, &pass(), &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() })
+            .unwrap();
     vault.set_chunk_size(CS as u32).unwrap();
     T { _dir: dir, path, vault }
 }
