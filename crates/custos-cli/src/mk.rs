@@ -4,59 +4,25 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use custos_core::{KeyPart, NewMasterKey};
-use custos_crypto::{Kcv, MasterKey, Mkvp};
+use custos_core::{KeyPart, KeyPartFile, NewMasterKey};
+use custos_crypto::Mkvp;
 
 use crate::args::{Cli, MkCmd};
 use crate::output::{json, when, Table};
 
-const PART_HEADER: &str = "custos key part v1";
-
-/// A part file: four lines, `custos key part v1`, `custodian: NAME`,
-/// `part: <64 hex>`, `kcv: <10 hex>` (docs/format.md).
 fn read_part(path: &Path) -> anyhow::Result<KeyPart> {
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path).with_context(|| format!("cannot read key part file {}", path.display()))?,
     );
-    let bad = |why: &str| anyhow::anyhow!("{} is not a valid key part file: {why}", path.display());
-    let mut lines = text.lines();
-    if lines.next() != Some(PART_HEADER) {
-        return Err(bad("the first line must be `custos key part v1`"));
-    }
-    let mut field = |name: &str| -> anyhow::Result<String> {
-        lines
-            .next()
-            .and_then(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .ok_or_else(|| bad(&format!("expected a line `{name} …`")))
-    };
-    let custodian = field("custodian:")?;
-    let hex_part = zeroize::Zeroizing::new(field("part:")?);
-    let kcv = field("kcv:")?;
-    if custodian.is_empty() {
-        return Err(bad("the custodian is empty"));
-    }
-    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(hex_part.as_bytes(), &mut bytes[..]).map_err(|_| bad("the part must be 64 hex digits"))?;
-    Ok(KeyPart {
-        custodian,
-        part: MasterKey::from_bytes(*bytes),
-        kcv: Kcv::from_hex(&kcv).map_err(|_| bad("the kcv must be 10 hex digits"))?,
-    })
+    Ok(KeyPartFile::decode(&text, &path.display().to_string())?.0)
 }
 
 pub fn run(cli: &Cli, cmd: &MkCmd) -> anyhow::Result<()> {
     match cmd {
         MkCmd::MakePart { custodian, output } => {
-            if custodian.trim().is_empty() {
-                bail!("give the custodian's name with --custodian");
-            }
-            let part = MasterKey::generate()?;
-            let kcv = Kcv::of_master(&part);
-            let text = zeroize::Zeroizing::new(format!(
-                "{PART_HEADER}\ncustodian: {custodian}\npart: {}\nkcv: {kcv}\n",
-                hex::encode(part.expose_secret())
-            ));
+            let part = KeyPartFile::generate(custodian)?;
+            let kcv = part.0.kcv;
+            let text = part.encode();
             let mut f = {
                 use std::os::unix::fs::OpenOptionsExt;
                 std::fs::OpenOptions::new()

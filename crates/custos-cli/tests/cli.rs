@@ -13,13 +13,14 @@ struct Env {
     vault: PathBuf,
     /// Extra environment for every command (the PKCS#11 token's settings).
     env: Vec<(String, String)>,
+    _tokens: Option<custos_testing::SoftHsmTokens>,
 }
 
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
-        let e = Self { dir, vault, env: Vec::new() };
+        let e = Self { dir, vault, env: Vec::new(), _tokens: None };
         e.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1", "--site", "A"]);
         e.ok(&["config", "set", "chunk.size", "65536"]);
         e
@@ -29,25 +30,12 @@ impl Env {
     fn new_pkcs11() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
-        )
-        .unwrap();
-        let o = std::process::Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", "custos-cli", "--pin", "2468", "--so-pin", "1357"])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .expect("softhsm2-util is needed (apt-get install softhsm2, or run .ci/run)");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let tokens = custos_testing::SoftHsmTokens::new(&["custos-cli"], "2468", "1357");
         let env = vec![
-            ("SOFTHSM2_CONF".to_string(), conf.display().to_string()),
+            ("SOFTHSM2_CONF".to_string(), tokens.conf().display().to_string()),
             ("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string()),
         ];
-        let e = Self { dir, vault, env };
+        let e = Self { dir, vault, env, _tokens: Some(tokens) };
         e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--site", "A"]);
         e
     }

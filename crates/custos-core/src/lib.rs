@@ -17,15 +17,17 @@ mod keys;
 mod keystore;
 mod masterkey;
 mod pipeline;
+mod secretfile;
 mod vault;
 
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
-pub use escrow::{EscrowStatus, ShareFile};
+pub use escrow::EscrowStatus;
 pub use keys::NewKey;
 pub use keystore::Recovered;
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use pipeline::default_threads;
+pub use secretfile::{KeyPartFile, ShareFile};
 pub use vault::{
     HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,
 };

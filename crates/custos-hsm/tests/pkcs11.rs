@@ -4,42 +4,22 @@
 //! so every check runs in this one test, one context at a time.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use custos_crypto::{unwrap_key, DataKey, Kcv, MasterKey};
 use custos_hsm::{conformance, Hsm, HsmError, Pkcs11Config, Pkcs11Hsm, Register};
 
-fn module() -> PathBuf {
-    std::env::var_os("CUSTOS_PKCS11_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
-}
-
 fn config(token: &str, pin: &str) -> Pkcs11Config {
-    Pkcs11Config { module: module(), token: token.into(), pin: zeroize::Zeroizing::new(pin.into()) }
+    Pkcs11Config {
+        module: custos_testing::pkcs11_module(),
+        token: token.into(),
+        pin: zeroize::Zeroizing::new(pin.into()),
+    }
 }
 
 #[test]
 fn softhsm2_passes_the_hsm_conformance_suite() {
-    assert!(module().exists(), "SoftHSM2 is needed ({}): apt-get install softhsm2, or run .ci/run", module().display());
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
-    )
-    .unwrap();
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    for label in ["custos-a", "custos-b"] {
-        let st = Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", label, "--pin", "1234", "--so-pin", "5678"])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .expect("softhsm2-util runs");
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    }
+    let tokens = custos_testing::SoftHsmTokens::new(&["custos-a", "custos-b"], "1234", "5678");
+    std::env::set_var("SOFTHSM2_CONF", tokens.conf());
 
     // The same suite the software HSM passes.
     let (current, wrapped) = {
