@@ -21,7 +21,7 @@ pub type Result<T> = std::result::Result<T, RepoError>;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RepoError {
-    #[error("the repository database failed while trying to {action}: {source}")]
+    #[error("the repository database failed while trying to {action}: {source}; check that the vault directory is writable and its disk not full, then run the command again")]
     Database { action: &'static str, source: rusqlite::Error },
     #[error("the repository at {path} uses schema version {found}, newer than this Custos supports ({supported}): upgrade Custos")]
     SchemaTooNew { path: String, found: i64, supported: i64 },

@@ -38,7 +38,7 @@ pub enum StoreError {
     Full { volume: String, path: PathBuf },
     #[error("{what} on {volume} ({path}) is {size} bytes, larger than any chunk ({max} at most)")]
     TooLarge { volume: String, what: String, path: PathBuf, size: u64, max: usize },
-    #[error("I/O error on {volume} at {path}: {source}")]
+    #[error("I/O error on {volume} at {path}: {source}; check the volume's disk and permissions, then run the command again")]
     Io { volume: String, path: PathBuf, source: std::io::Error },
 }
 
