@@ -322,26 +322,16 @@ impl Vault<Open> {
     }
 
     /// Read, check against the catalog and open the current manifest.
-    fn load_manifest(&self, d: &DatasetRecord, key: &DataKey, volume: &dyn Volume) -> Result<Manifest> {
+    pub(crate) fn load_manifest(&self, d: &DatasetRecord, key: &DataKey, volume: &dyn Volume) -> Result<Manifest> {
         let g = &d.current;
-        let fail = |why: String| Error::Manifest {
-            dataset: d.name.clone(),
-            generation: g.generation,
-            volume: volume.describe(),
-            why,
-        };
-        let sealed = volume.read_manifest(&d.id, g.generation).map_err(|e| match e {
-            custos_store::StoreError::Missing { .. } => fail("is missing".into()),
-            e => e.into(),
-        })?;
-        if object_hash(&sealed) != g.manifest_hash {
-            return Err(fail(
-                "does not match the one the catalog committed: it was replaced (for example by an older generation's manifest) or altered".into(),
-            ));
-        }
-        let m = Manifest::open(key, &d.id, g.generation, &sealed).map_err(|e| fail(e.to_string()))?;
+        let m = open_manifest(volume, &d.name, &d.id, g.generation, &g.manifest_hash, key)?;
         if m.size != g.size || m.chunks.len() as u64 != g.chunk_count || m.name != d.name.as_str() {
-            return Err(fail("disagrees with the catalog on size, chunk count or name".into()));
+            return Err(Error::Manifest {
+                dataset: d.name.clone(),
+                generation: g.generation,
+                volume: volume.describe(),
+                why: "disagrees with the catalog on size, chunk count or name".into(),
+            });
         }
         Ok(m)
     }
@@ -396,6 +386,30 @@ impl Vault<Open> {
         }
         Ok(reports)
     }
+}
+
+/// Read manifest `generation` of `id` from a volume, check it is the object
+/// the catalog committed (`hash`), and open it with `key`. `name` is for
+/// messages.
+pub(crate) fn open_manifest(
+    volume: &dyn Volume,
+    name: &DatasetName,
+    id: &DatasetId,
+    generation: u64,
+    hash: &[u8; 32],
+    key: &DataKey,
+) -> Result<Manifest> {
+    let fail = |why: String| Error::Manifest { dataset: name.clone(), generation, volume: volume.describe(), why };
+    let sealed = volume.read_manifest(id, generation).map_err(|e| match e {
+        custos_store::StoreError::Missing { .. } => fail("is missing".into()),
+        e => e.into(),
+    })?;
+    if object_hash(&sealed) != *hash {
+        return Err(fail(
+            "does not match the one the catalog committed: it was replaced (for example by an older generation's manifest) or altered".into(),
+        ));
+    }
+    Manifest::open(key, id, generation, &sealed).map_err(|e| fail(e.to_string()))
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -68,6 +68,8 @@ pub enum Error {
     ReencipherFailed { moved: u64, failed: Vec<String> },
     #[error("key {label} in keystore backup {backup} is wrapped under master key MKVP {mkvp}, which no register holds (registers hold: {held}): this backup cannot restore it; {hint}")]
     MasterKeyUnavailable { label: String, backup: String, mkvp: String, held: String, hint: String },
+    #[error("backup {backup} is a raw copy of {dataset}, sealed under the primary's key {label}, which was destroyed: a raw copy cannot outlive its key, so its data is erased too; restore from a logical copy (see `custos backup ls`)")]
+    RawCopyKeyGone { backup: u64, dataset: DatasetName, label: KeyLabel },
     #[error(transparent)]
     Naming(#[from] custos_model::NamingError),
     #[error(transparent)]

@@ -10,6 +10,7 @@
 //! plaintext out; keys and ciphertext never reach them.
 #![forbid(unsafe_code)]
 
+mod backup;
 mod datasets;
 mod error;
 mod escrow;
@@ -20,6 +21,7 @@ mod pipeline;
 mod secretfile;
 mod vault;
 
+pub use backup::RestoreReport;
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::EscrowStatus;

@@ -13,6 +13,6 @@ pub use lifecycle::{KeyAction, KeyState, KeyUse, LifecycleError};
 pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
 pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
-    ChunkId, ChunkRef, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord, KeyRecord,
-    KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, Purpose, VolumeRecord, WrappedMaterial,
+    BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord,
+    KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, Purpose, VolumeRecord, WrappedMaterial,
 };

@@ -271,3 +271,58 @@ pub struct KeystoreBackupRecord {
     #[serde(serialize_with = "ser_hex")]
     pub sha256: [u8; 32],
 }
+
+/// How a backup copy was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMethod {
+    /// Sealed bytes copied as they are: needs no key, shares the primary's key.
+    Raw,
+    /// Opened with the primary's key and re-sealed under a separate backup key.
+    Logical,
+}
+
+impl CopyMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Logical => "logical",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "raw" => Some(Self::Raw),
+            "logical" => Some(Self::Logical),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CopyMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One backup copy of one dataset generation, complete when recorded.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupRecord {
+    pub id: u64,
+    pub dataset: DatasetName,
+    pub dataset_id: DatasetId,
+    pub source_generation: u64,
+    pub method: CopyMethod,
+    pub volume: VolumeName,
+    pub key_label: KeyLabel,
+    /// The id the copy's chunks and manifest are bound to: the dataset's own
+    /// for a raw copy, a series of its own for logical copies.
+    pub copy_id: DatasetId,
+    /// The manifest generation under `copy_id`.
+    pub generation: u64,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u64,
+    #[serde(serialize_with = "ser_hex")]
+    pub manifest_hash: [u8; 32],
+    pub created_at: Timestamp,
+}

@@ -3,9 +3,9 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, EscrowCopy, GenerationRecord, KbkRecord, KeyLabel, KeyRecord, KeyState,
-    KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord,
-    WrappedMaterial,
+    BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, EscrowCopy, GenerationRecord, KbkRecord, KeyLabel,
+    KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName,
+    VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 
@@ -224,4 +224,52 @@ pub fn run(repo: &dyn Repository) {
     assert!(repo.dataset(&name).unwrap().is_none());
     assert!(matches!(repo.remove_dataset(&name), Err(RepoError::NotFound { .. })));
     assert!(repo.generation_chunks(&id, 2).unwrap().is_empty());
+
+    // Backups outlive their dataset; ids grow; chunk lists come back in order.
+    let b = BackupRecord {
+        id: 0,
+        dataset: name.clone(),
+        dataset_id: id,
+        source_generation: 2,
+        method: CopyMethod::Logical,
+        volume: VolumeName::new("v2").unwrap(),
+        key_label: KeyLabel::new(label).unwrap(),
+        copy_id: DatasetId([4; 16]),
+        generation: 1,
+        size: 200,
+        chunk_size: 1 << 20,
+        chunk_count: 2,
+        manifest_hash: [3; 32],
+        created_at: Timestamp::from_microsecond(1_700_000_000_000_007).unwrap(),
+    };
+    let b1 = repo.insert_backup(&b, &[c, a], Some(&key("DSET.BACK.APP.key001"))).unwrap();
+    assert!(repo.key(&KeyLabel::new("DSET.BACK.APP.key001").unwrap()).unwrap().is_some(), "stored with the backup");
+    let b2 = repo.insert_backup(&BackupRecord { method: CopyMethod::Raw, ..b.clone() }, &[a], None).unwrap();
+    assert!(b2 > b1);
+    let all = repo.backups().unwrap();
+    assert_eq!(
+        all.iter().map(|x| (x.id, x.method)).collect::<Vec<_>>(),
+        [(b1, CopyMethod::Logical), (b2, CopyMethod::Raw)]
+    );
+    assert_eq!((all[0].copy_id, all[0].created_at, all[0].manifest_hash), (b.copy_id, b.created_at, b.manifest_hash));
+    assert_eq!(repo.backup_chunks(b1).unwrap(), vec![c, a]);
+
+    // A chunk a backup on the same volume still references is not garbage.
+    let shared = ChunkId([6; 16]);
+    let ds2 = DatasetName::new("SHARED.DATA").unwrap();
+    let id2 = DatasetId([8; 16]);
+    let v2 = VolumeName::new("v2").unwrap();
+    let first = GenerationCommit {
+        dataset_id: id2,
+        name: ds2.clone(),
+        previous: 0,
+        generation: generation(1, label, "v2"),
+        chunks: vec![shared],
+        new_key: None,
+    };
+    repo.commit_generation(&first).unwrap();
+    repo.insert_backup(&BackupRecord { method: CopyMethod::Raw, volume: v2.clone(), ..b.clone() }, &[shared], None)
+        .unwrap();
+    let garbage = repo.remove_dataset(&ds2).unwrap();
+    assert!(garbage.chunks.is_empty(), "the raw copy on v2 still needs the chunk: {garbage:?}");
 }

@@ -9,7 +9,7 @@ mod sqlite;
 
 use custos_crypto::Mkvp;
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KbkRecord, KeyLabel, KeyRecord,
+    BackupRecord, ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KbkRecord, KeyLabel, KeyRecord,
     KeystoreBackupRecord, PolicyRecord, VolumeName, VolumeRecord,
 };
 use thiserror::Error;
@@ -98,6 +98,15 @@ pub trait Repository: Send + Sync {
     /// is still under `from` (so a concurrent or repeated run cannot undo
     /// another). Returns how many records changed.
     fn rewrap_keys(&self, batch: &[Rewrap]) -> Result<usize>;
+
+    /// Record a complete backup copy and its chunk list (and the backup key
+    /// created for it, if any) in one transaction; returns its id (assigned
+    /// in increasing order).
+    fn insert_backup(&self, rec: &BackupRecord, chunks: &[ChunkId], new_key: Option<&KeyRecord>) -> Result<u64>;
+    /// All backups, oldest first.
+    fn backups(&self) -> Result<Vec<BackupRecord>>;
+    /// The chunk IDs of one backup, in order.
+    fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>>;
 
     fn insert_kbk(&self, rec: &KbkRecord) -> Result<()>;
     /// All key-backup keys, oldest first (the last is the one in use).

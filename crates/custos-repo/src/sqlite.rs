@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    ChunkId, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord, KeyLabel, KeyRecord,
-    KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName, VolumeRecord,
-    WrappedMaterial,
+    BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord,
+    KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose,
+    VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -107,6 +107,33 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE keys ADD COLUMN escrow_kbk TEXT REFERENCES kbks(id);
     ALTER TABLE keys ADD COLUMN escrow BLOB;
+    "#,
+    // 5: the backup catalog.
+    r#"
+    CREATE TABLE backups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        dataset TEXT NOT NULL,
+        dataset_id BLOB NOT NULL,
+        source_generation INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        volume TEXT NOT NULL REFERENCES volumes(name),
+        key_label TEXT NOT NULL REFERENCES keys(label),
+        copy_id BLOB NOT NULL,
+        generation INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        chunk_size INTEGER NOT NULL,
+        chunk_count INTEGER NOT NULL,
+        manifest_hash BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX backups_dataset ON backups(dataset);
+    CREATE TABLE backup_chunks (
+        backup_id INTEGER NOT NULL REFERENCES backups(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        chunk_id BLOB NOT NULL,
+        PRIMARY KEY (backup_id, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX backup_chunks_chunk ON backup_chunks(chunk_id);
     "#,
 ];
 
@@ -302,7 +329,9 @@ fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) ->
                 "SELECT DISTINCT c.chunk_id FROM generation_chunks c WHERE c.dataset_id = ?1 AND c.generation = ?2
                  AND NOT EXISTS (SELECT 1 FROM generation_chunks o JOIN generations og
                      ON og.dataset_id = o.dataset_id AND og.generation = o.generation
-                     WHERE o.chunk_id = c.chunk_id AND og.volume = ?3 AND NOT (o.dataset_id = ?1 AND o.generation = ?2))",
+                     WHERE o.chunk_id = c.chunk_id AND og.volume = ?3 AND NOT (o.dataset_id = ?1 AND o.generation = ?2))
+                 AND NOT EXISTS (SELECT 1 FROM backup_chunks bc JOIN backups b ON b.id = bc.backup_id
+                     WHERE bc.chunk_id = c.chunk_id AND b.volume = ?3)",
             )
             .map_err(db("find unreferenced chunks"))?;
         let chunks = stmt
@@ -507,6 +536,87 @@ impl Repository for SqliteRepository {
                     sha256: sha.try_into().map_err(|_| corrupt("backup hash"))?,
                 })
             },
+        )
+    }
+
+    fn insert_backup(&self, b: &BackupRecord, chunks: &[ChunkId], new_key: Option<&KeyRecord>) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start recording a backup"))?;
+        if let Some(k) = new_key {
+            insert_key(&tx, k)?;
+        }
+        tx.execute(
+            "INSERT INTO backups (dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation,
+                 size, chunk_size, chunk_count, manifest_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                b.dataset.as_str(),
+                &b.dataset_id.0[..],
+                b.source_generation as i64,
+                b.method.as_str(),
+                b.volume.as_str(),
+                b.key_label.as_str(),
+                &b.copy_id.0[..],
+                b.generation as i64,
+                b.size as i64,
+                b.chunk_size as i64,
+                b.chunk_count as i64,
+                &b.manifest_hash[..],
+                ts(b.created_at)
+            ],
+        )
+        .map_err(db("record a backup"))?;
+        let id = tx.last_insert_rowid();
+        {
+            let mut ins = tx
+                .prepare_cached("INSERT INTO backup_chunks (backup_id, idx, chunk_id) VALUES (?1, ?2, ?3)")
+                .map_err(db("record backup chunks"))?;
+            for (i, c) in chunks.iter().enumerate() {
+                ins.execute(params![id, i as i64, &c.0[..]]).map_err(db("record backup chunks"))?;
+            }
+        }
+        tx.commit().map_err(db("commit a backup"))?;
+        Ok(id as u64)
+    }
+
+    fn backups(&self) -> Result<Vec<BackupRecord>> {
+        self.query_all(
+            "list backups",
+            "SELECT id, dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation, size,
+                 chunk_size, chunk_count, manifest_hash, created_at FROM backups ORDER BY id",
+            [],
+            |r| {
+                let name: String = r.get(1)?;
+                let method: String = r.get(4)?;
+                let volume: String = r.get(5)?;
+                let key: String = r.get(6)?;
+                let hash: Vec<u8> = r.get(12)?;
+                Ok(BackupRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    dataset: DatasetName::new(name).map_err(|e| corrupt(e.to_string()))?,
+                    dataset_id: DatasetId(id16(r.get(2)?)?),
+                    source_generation: r.get::<_, i64>(3)? as u64,
+                    method: CopyMethod::parse(&method).ok_or_else(|| corrupt(format!("copy method {method}")))?,
+                    volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+                    key_label: KeyLabel::new(key).map_err(|e| corrupt(e.to_string()))?,
+                    copy_id: DatasetId(id16(r.get(7)?)?),
+                    generation: r.get::<_, i64>(8)? as u64,
+                    size: r.get::<_, i64>(9)? as u64,
+                    chunk_size: r.get::<_, i64>(10)? as u32,
+                    chunk_count: r.get::<_, i64>(11)? as u64,
+                    manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
+                    created_at: from_ts(r.get(13)?)?,
+                })
+            },
+        )
+    }
+
+    fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
+        self.query_all(
+            "list backup chunks",
+            "SELECT chunk_id FROM backup_chunks WHERE backup_id = ?1 ORDER BY idx",
+            [id as i64],
+            |r| Ok(ChunkId(id16(r.get(0)?)?)),
         )
     }
 

@@ -1,0 +1,470 @@
+//! Backups: the two named copy paths, and restore.
+//!
+//! * **raw** ([`Vault::backup_raw`]): sealed chunks and the manifest move
+//!   byte for byte through the volume layer. It exists on a sealed vault, so
+//!   it cannot use a key: a storage administrator without key access can run
+//!   it. The copy shares the primary's key and its fate.
+//! * **logical** ([`Vault::backup_logical`]): plaintext streams from the
+//!   primary (opened with its key) into the sealing pipeline under a
+//!   separate backup (BACK) key. It survives the loss of the primary's key.
+//!
+//! Both are incremental: a raw copy skips chunks the target already holds; a
+//! logical copy reuses the previous copy's chunks whose fingerprints match.
+//! A backup is recorded only after its chunks and manifest are durable, so
+//! an interrupted backup is never listed.
+
+use std::io::{Read, Write};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use custos_model::{
+    BackupRecord, ChunkRef, CopyMethod, DatasetId, DatasetName, DatasetRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
+    Pattern, Purpose, VolumeName,
+};
+use custos_store::format::{object_hash, Manifest, CHUNK_OVERHEAD};
+use custos_store::ChunkBuf;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::datasets::open_manifest;
+use crate::keys::NewKey;
+use crate::pipeline::{open_stream, seal_stream, OpenError, OpenJob, SealError, SealJob};
+use crate::{Error, Open, PutOptions, Result, Vault, VaultState};
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub backup: u64,
+    pub method: CopyMethod,
+    pub dataset: DatasetName,
+    pub generation: u64,
+    pub size: u64,
+    pub key_label: KeyLabel,
+    /// A new key was created because the dataset's own can no longer encrypt.
+    pub new_key: bool,
+}
+
+impl<S: VaultState> Vault<S> {
+    /// Backups of datasets matching `pattern` (all when `None`), oldest first.
+    pub fn backups(&self, pattern: Option<&Pattern>) -> Result<Vec<BackupRecord>> {
+        Ok(self.repo.backups()?.into_iter().filter(|b| pattern.is_none_or(|p| p.matches(b.dataset.as_str()))).collect())
+    }
+
+    pub fn backup_record(&self, id: u64) -> Result<BackupRecord> {
+        self.repo
+            .backups()?
+            .into_iter()
+            .find(|b| b.id == id)
+            .ok_or_else(|| Error::Invalid { what: "backup", why: format!("no backup {id}: see `custos backup ls`") })
+    }
+
+    /// Raw copy of a dataset's current generation to `to`. Uses no key.
+    /// Returns `None` when that generation already has a raw copy there.
+    pub fn backup_raw(&self, name: &DatasetName, to: &VolumeName) -> Result<Option<BackupRecord>> {
+        let d = self.dataset(name)?;
+        let g = &d.current;
+        if *to == g.volume {
+            return Err(Error::Invalid {
+                what: "raw backup",
+                why: format!(
+                    "{name} is on volume {to} already; a raw copy there would be the same files: choose another volume"
+                ),
+            });
+        }
+        let already = self.repo.backups()?.into_iter().any(|b| {
+            b.dataset_id == d.id
+                && b.source_generation == g.generation
+                && b.method == CopyMethod::Raw
+                && b.volume == *to
+        });
+        if already {
+            return Ok(None);
+        }
+        let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
+        let chunks = self.repo.generation_chunks(&d.id, g.generation)?;
+        let mut written = Vec::new();
+        let result = (|| -> Result<BackupRecord> {
+            let max = g.chunk_size as usize + CHUNK_OVERHEAD;
+            let mut buf = ChunkBuf::new(max);
+            for id in &chunks {
+                if dst.has_chunk(id)? {
+                    continue;
+                }
+                let n = src.read_chunk(id, &mut buf, max)?;
+                dst.put_chunk(id, buf.slice(n))?;
+                written.push(*id);
+            }
+            dst.sync()?;
+            let manifest = src.read_manifest(&d.id, g.generation)?;
+            if object_hash(&manifest) != g.manifest_hash {
+                return Err(Error::Manifest {
+                    dataset: name.clone(),
+                    generation: g.generation,
+                    volume: src.describe(),
+                    why: "does not match the one the catalog committed, so it was not copied".into(),
+                });
+            }
+            dst.put_manifest(&d.id, g.generation, &manifest)?;
+            let mut rec = BackupRecord {
+                id: 0,
+                dataset: name.clone(),
+                dataset_id: d.id,
+                source_generation: g.generation,
+                method: CopyMethod::Raw,
+                volume: to.clone(),
+                key_label: g.key_label.clone(),
+                copy_id: d.id,
+                generation: g.generation,
+                size: g.size,
+                chunk_size: g.chunk_size,
+                chunk_count: g.chunk_count,
+                manifest_hash: g.manifest_hash,
+                created_at: Timestamp::now(),
+            };
+            rec.id = self.repo.insert_backup(&rec, &chunks, None)?;
+            Ok(rec)
+        })();
+        if result.is_err() {
+            for id in &written {
+                let _ = dst.delete_chunk(id);
+            }
+        }
+        result.map(Some)
+    }
+}
+
+/// Plaintext handed from a reading pipeline to a sealing one. The reader
+/// sees end-of-data only when the writer finished successfully; a writer
+/// that failed or vanished makes the reader fail, so a short source can
+/// never be committed as a complete copy.
+enum Msg {
+    Data(Vec<u8>),
+    End,
+    Failed,
+}
+
+struct ChannelWriter {
+    tx: Sender<Msg>,
+    buf: Vec<u8>,
+}
+
+const PIPE_PIECE: usize = 1 << 20;
+
+impl Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= PIPE_PIECE {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_PIECE));
+            self.tx.send(Msg::Data(piece)).map_err(|_| std::io::Error::other("the sealing side stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+struct ChannelReader {
+    rx: Receiver<Msg>,
+    cur: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Msg::Data(v)) => (self.cur, self.pos) = (v, 0),
+                Ok(Msg::End) => self.ended = true,
+                Ok(Msg::Failed) | Err(_) => return Err(std::io::Error::other("the source of the copy failed")),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn channel() -> (ChannelWriter, ChannelReader) {
+    let (tx, rx) = bounded(4);
+    (
+        ChannelWriter { tx, buf: Vec::with_capacity(PIPE_PIECE) },
+        ChannelReader { rx, cur: Vec::new(), pos: 0, ended: false },
+    )
+}
+
+impl Vault<Open> {
+    /// Stream the plaintext of a sealed object set into `consume`, on two
+    /// threads. The producer's error wins over the consumer's, since it is
+    /// the cause.
+    fn stream_copy<T>(
+        &self,
+        name: &DatasetName,
+        generation: u64,
+        open: &OpenJob<'_>,
+        size: u64,
+        consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+    ) -> Result<T> {
+        let (mut w, mut r) = channel();
+        std::thread::scope(|s| {
+            let producer = s.spawn(move || {
+                let res = open_stream(open, 0, size, &mut w).and_then(|_| w.flush().map_err(OpenError::Output));
+                let _ = w.tx.send(if res.is_ok() { Msg::End } else { Msg::Failed });
+                res
+            });
+            let consumed = consume(&mut r);
+            drop(r);
+            match producer.join().expect("copy producer does not panic") {
+                Err(OpenError::Chunk { index, id, problem }) => Err(Error::Chunk {
+                    dataset: name.clone(),
+                    generation,
+                    index,
+                    id,
+                    volume: open.volume.describe(),
+                    problem,
+                }),
+                Err(OpenError::Store(e)) => Err(e.into()),
+                Err(OpenError::Output(_)) | Ok(()) => consumed,
+            }
+        })
+    }
+
+    /// The BACK key for a logical copy: the one named, else the one the
+    /// previous copy used if it still encrypts, else a new one by the naming
+    /// standard (returned to be stored with the backup).
+    fn backup_key(
+        &self,
+        d: &DatasetRecord,
+        named: Option<&KeyLabel>,
+        previous: Option<&BackupRecord>,
+    ) -> Result<(KeyRecord, Option<KeyRecord>)> {
+        let primary = self.key_record(&d.current.key_label)?;
+        if let Some(label) = named {
+            if *label == primary.label {
+                return Err(Error::Invalid {
+                    what: "logical backup",
+                    why: format!(
+                        "{label} is the primary's own key; a copy under it would be lost with it: name a BACK key"
+                    ),
+                });
+            }
+            let k = self.key_record(label)?;
+            if k.purpose != Purpose::Back {
+                return Err(Error::KeyPurpose {
+                    label: label.clone(),
+                    state: k.state,
+                    why: "logical copies are sealed under backup (BACK) keys",
+                });
+            }
+            return Ok((k, None));
+        }
+        if let Some(p) = previous {
+            let k = self.key_record(&p.key_label)?;
+            if k.state.permits(KeyUse::Encrypt).is_ok() && k.expires_at.is_none_or(|e| e > Timestamp::now()) {
+                return Ok((k, None));
+            }
+        }
+        let rec = self.new_key_record(&NewKey {
+            label: None,
+            app: Some(primary.app.clone()),
+            purpose: Purpose::Back,
+            expires_at: None,
+            activate: true,
+        })?;
+        Ok((rec.clone(), Some(rec)))
+    }
+
+    /// Logical copy of a dataset's current generation to `to`, re-sealed
+    /// under a BACK key. Returns `None` when that generation already has a
+    /// logical copy there.
+    pub fn backup_logical(
+        &self,
+        name: &DatasetName,
+        to: &VolumeName,
+        key: Option<&KeyLabel>,
+    ) -> Result<Option<BackupRecord>> {
+        let d = self.dataset(name)?;
+        let g = &d.current;
+        let series: Vec<BackupRecord> = self
+            .repo
+            .backups()?
+            .into_iter()
+            .filter(|b| b.dataset_id == d.id && b.method == CopyMethod::Logical && b.volume == *to)
+            .collect();
+        let previous = series.last();
+        // Arguments are checked before anything is skipped as done already.
+        let (back, new_key) = self.backup_key(&d, key, previous)?;
+        if series.iter().any(|b| b.source_generation == g.generation) {
+            return Ok(None);
+        }
+        let back_key = self.unwrap_for(&back, KeyUse::Encrypt, name)?;
+        let primary = self.key_record(&g.key_label)?;
+        let primary_key = self.unwrap_for(&primary, KeyUse::Decrypt, name)?;
+        let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
+        let source = self.load_manifest(&d, &primary_key, src.as_ref())?;
+        let chunk_size = self.chunk_size()?;
+        // Continue the previous copy's series when its chunks can be reused.
+        let (copy_id, generation, reusable) = match previous {
+            Some(p) if p.key_label == back.label && p.chunk_size == chunk_size => {
+                let m = open_manifest(dst.as_ref(), name, &p.copy_id, p.generation, &p.manifest_hash, &back_key)
+                    .map(|m| m.chunks)
+                    .unwrap_or_default();
+                (p.copy_id, p.generation + 1, m)
+            }
+            Some(p) => (p.copy_id, p.generation + 1, Vec::new()),
+            None => (DatasetId::random(), 1, Vec::new()),
+        };
+        let open = OpenJob {
+            key: &primary_key,
+            dataset: d.id,
+            volume: src.as_ref(),
+            chunks: &source.chunks,
+            chunk_size: source.chunk_size as u64,
+            threads: self.threads,
+        };
+        let seal = SealJob {
+            key: &back_key,
+            dataset: copy_id,
+            volume: dst.as_ref(),
+            chunk_size: chunk_size as usize,
+            previous: &reusable,
+            threads: self.threads,
+        };
+        let mut written = Vec::new();
+        let result = self.stream_copy(name, g.generation, &open, source.size, |input| {
+            let outcome = seal_stream(&seal, input);
+            written = outcome.written;
+            let chunks: Vec<ChunkRef> = outcome.result.map_err(|e| match e {
+                SealError::Input(source) => Error::Input { dataset: name.clone(), source },
+                SealError::Store(e) => e.into(),
+                SealError::Format(e) => Error::Invalid { what: "chunk", why: e.to_string() },
+            })?;
+            dst.sync()?;
+            let manifest = Manifest {
+                dataset_id: copy_id,
+                generation,
+                created_at: Timestamp::now(),
+                chunk_size,
+                size: source.size,
+                name: name.to_string(),
+                key_label: back.label.to_string(),
+                key_kcv: back.kcv,
+                chunks: chunks.clone(),
+            };
+            let sealed =
+                manifest.seal(&back_key).map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })?;
+            dst.put_manifest(&copy_id, generation, &sealed)?;
+            let mut rec = BackupRecord {
+                id: 0,
+                dataset: name.clone(),
+                dataset_id: d.id,
+                source_generation: g.generation,
+                method: CopyMethod::Logical,
+                volume: to.clone(),
+                key_label: back.label.clone(),
+                copy_id,
+                generation,
+                size: source.size,
+                chunk_size,
+                chunk_count: chunks.len() as u64,
+                manifest_hash: object_hash(&sealed),
+                created_at: manifest.created_at,
+            };
+            let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
+            rec.id = self.repo.insert_backup(&rec, &ids, new_key.as_ref())?;
+            Ok(rec)
+        });
+        if result.is_err() {
+            for id in &written {
+                let _ = dst.delete_chunk(id);
+            }
+            let _ = dst.delete_manifest(&copy_id, generation);
+        }
+        if result.is_ok() {
+            self.repo.record_key_use(&primary.label)?;
+            self.repo.record_key_use(&back.label)?;
+        }
+        result.map(Some)
+    }
+
+    /// Write the contents of a backup back as a new generation of its
+    /// dataset (or of `as_name`), sealed under that dataset's key, or under
+    /// a new key when that one can no longer encrypt; then verify it.
+    pub fn restore(&self, backup: &BackupRecord, as_name: Option<&DatasetName>) -> Result<RestoreReport> {
+        let target = as_name.unwrap_or(&backup.dataset).clone();
+        let copy_key = self.key_record(&backup.key_label)?;
+        let key = match self.unwrap_for(&copy_key, KeyUse::Decrypt, &backup.dataset) {
+            Err(Error::KeyDestroyed { .. }) if backup.method == CopyMethod::Raw => {
+                return Err(Error::RawCopyKeyGone {
+                    backup: backup.id,
+                    dataset: backup.dataset.clone(),
+                    label: copy_key.label,
+                })
+            }
+            other => other?,
+        };
+        let vol = self.open_volume(&backup.volume)?;
+        let m = open_manifest(
+            vol.as_ref(),
+            &backup.dataset,
+            &backup.copy_id,
+            backup.generation,
+            &backup.manifest_hash,
+            &key,
+        )?;
+        // Seal under the target's own key if it still encrypts, else a new one.
+        let existing = self.repo.dataset(&target)?;
+        let mut new_key = false;
+        let opts = match &existing {
+            Some(d) => {
+                let k = self.key_record(&d.current.key_label)?;
+                let usable =
+                    k.state.permits(KeyUse::Encrypt).is_ok() && k.expires_at.is_none_or(|e| e > Timestamp::now());
+                if usable {
+                    PutOptions::default()
+                } else {
+                    let app = if k.state == KeyState::Destroyed { k.app.clone() } else { target.hlq().to_string() };
+                    let rec = self.create_key(&NewKey {
+                        label: None,
+                        app: Some(app),
+                        purpose: Purpose::Prim,
+                        expires_at: None,
+                        activate: true,
+                    })?;
+                    new_key = true;
+                    PutOptions { key: Some(rec.label), volume: None }
+                }
+            }
+            None => PutOptions::default(),
+        };
+        let open = OpenJob {
+            key: &key,
+            dataset: backup.copy_id,
+            volume: vol.as_ref(),
+            chunks: &m.chunks,
+            chunk_size: m.chunk_size as u64,
+            threads: self.threads,
+        };
+        let put = self.stream_copy(&backup.dataset, backup.source_generation, &open, m.size, |input| {
+            self.put(&target, input, &opts)
+        })?;
+        self.verify(&target)?;
+        self.repo.record_key_use(&copy_key.label)?;
+        Ok(RestoreReport {
+            backup: backup.id,
+            method: backup.method,
+            dataset: target,
+            generation: put.generation,
+            size: put.size,
+            key_label: put.key_label,
+            new_key,
+        })
+    }
+}

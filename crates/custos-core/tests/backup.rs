@@ -1,0 +1,111 @@
+mod common;
+
+use common::*;
+use custos_core::model::{CopyMethod, KeyAction, Medium, VolumeName};
+use custos_core::{Error, NewVolume, Vault};
+
+fn offsite(t: &T) -> VolumeName {
+    let name = VolumeName::new("offsite").unwrap();
+    t.vault
+        .add_volume(&NewVolume {
+            name: name.clone(),
+            path: t.path.join("offsite"),
+            site: "B".into(),
+            medium: Medium::Tape,
+        })
+        .unwrap();
+    name
+}
+
+fn files(t: &T, vol: &str) -> usize {
+    let root = t.path.join(vol).join("chunks");
+    std::fs::read_dir(root).unwrap().map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count()).sum()
+}
+
+#[test]
+fn raw_copy_needs_no_key_and_restores() {
+    let t = vault();
+    let off = offsite(&t);
+    let bytes = data(5 * CS + 3, 1);
+    t.put("RAW.DATA", &bytes);
+    // A caller with no passphrase at all: the sealed vault.
+    let sealed = Vault::open(&t.path).unwrap();
+    let b = sealed.backup_raw(&ds("RAW.DATA"), &off).unwrap().expect("a new copy");
+    assert_eq!((b.method, b.chunk_count, b.size), (CopyMethod::Raw, 6, bytes.len() as u64));
+    assert!(sealed.backup_raw(&ds("RAW.DATA"), &off).unwrap().is_none(), "the same generation is not copied twice");
+    let e = sealed.backup_raw(&ds("RAW.DATA"), &VolumeName::new("default").unwrap()).unwrap_err();
+    assert!(e.to_string().contains("same files"), "{e}");
+    // Accidental deletion of the dataset; the raw copy brings it back.
+    t.vault.remove_dataset(&ds("RAW.DATA")).unwrap();
+    let r = t.vault.restore(&b, None).unwrap();
+    assert_eq!(r.dataset.as_str(), "RAW.DATA");
+    assert_eq!(t.get("RAW.DATA").unwrap(), bytes);
+}
+
+#[test]
+fn after_the_primary_key_is_destroyed_logical_restores_and_raw_does_not() {
+    let t = vault();
+    let off = offsite(&t);
+    let bytes = data(3 * CS + 11, 2);
+    let primary = t.put("PAY.MASTER", &bytes).key_label;
+    let raw = t.vault.backup_raw(&ds("PAY.MASTER"), &off).unwrap().unwrap();
+    let logical = t.vault.backup_logical(&ds("PAY.MASTER"), &off, None).unwrap().unwrap();
+    assert_eq!(logical.key_label.as_str(), "DSET.BACK.PAY.key001", "a BACK key by the naming standard");
+    assert_ne!(logical.copy_id, raw.copy_id);
+    let e = t.vault.backup_logical(&ds("PAY.MASTER"), &off, Some(&primary)).unwrap_err();
+    assert!(e.to_string().contains("primary's own key"), "{e}");
+
+    t.vault.key_action(&primary, KeyAction::Deactivate, false).unwrap();
+    t.vault.key_action(&primary, KeyAction::Destroy, true).unwrap();
+    assert!(matches!(t.get("PAY.MASTER"), Err(Error::KeyDestroyed { .. })));
+
+    let e = t.vault.restore(&raw, None).unwrap_err();
+    assert!(matches!(e, Error::RawCopyKeyGone { .. }), "{e}");
+    assert!(e.to_string().contains("cannot outlive its key") && e.to_string().contains("logical copy"), "{e}");
+
+    let r = t.vault.restore(&logical, None).unwrap();
+    assert!(r.new_key, "the dataset's own key is gone, so a new one seals it");
+    assert_eq!(r.key_label.as_str(), "DSET.PRIM.PAY.key002");
+    assert_eq!(t.get("PAY.MASTER").unwrap(), bytes);
+}
+
+#[test]
+fn copies_are_incremental() {
+    let t = vault();
+    let off = offsite(&t);
+    let mut bytes = data(8 * CS, 3);
+    t.put("INC.DATA", &bytes);
+    t.vault.backup_raw(&ds("INC.DATA"), &off).unwrap().unwrap();
+    let l1 = t.vault.backup_logical(&ds("INC.DATA"), &off, None).unwrap().unwrap();
+    assert_eq!(files(&t, "offsite"), 16);
+    bytes[5 * CS + 1] ^= 1;
+    t.put("INC.DATA", &bytes);
+    t.vault.backup_raw(&ds("INC.DATA"), &off).unwrap().unwrap();
+    assert_eq!(files(&t, "offsite"), 17, "raw: only the changed chunk moved");
+    let l2 = t.vault.backup_logical(&ds("INC.DATA"), &off, None).unwrap().unwrap();
+    assert_eq!(files(&t, "offsite"), 18, "logical: only the changed chunk was re-sealed");
+    assert_eq!((l2.copy_id, l2.generation, l2.key_label.clone()), (l1.copy_id, 2, l1.key_label.clone()));
+    // Every generation is a complete point in time.
+    t.vault.restore(&l1, Some(&ds("INC.OLD"))).unwrap();
+    let mut old = bytes.clone();
+    old[5 * CS + 1] ^= 1;
+    assert_eq!(t.get("INC.OLD").unwrap(), old);
+    t.vault.restore(&l2, Some(&ds("INC.NEW"))).unwrap();
+    assert_eq!(t.get("INC.NEW").unwrap(), bytes);
+}
+
+#[test]
+fn fail_damaged_source_records_no_backup_and_leaves_nothing() {
+    let t = vault();
+    let off = offsite(&t);
+    t.put("BAD.SRC", &data(4 * CS, 4));
+    let p = t.chunk_paths("BAD.SRC");
+    let mut b = std::fs::read(&p[2]).unwrap();
+    b[77] ^= 1;
+    std::fs::write(&p[2], b).unwrap();
+    let e = t.vault.backup_logical(&ds("BAD.SRC"), &off, None).unwrap_err();
+    assert!(matches!(e, Error::Chunk { index: 2, generation: 1, .. }), "{e}");
+    assert!(t.vault.backups(None).unwrap().is_empty());
+    assert_eq!(files(&t, "offsite"), 0, "chunks of the failed copy were removed");
+    assert!(t.vault.keys().unwrap().iter().all(|k| !k.label.as_str().starts_with("DSET.BACK")), "no stray BACK key");
+}
