@@ -68,6 +68,44 @@ pub enum Command {
     /// Escrow: a key-backup key split among custodians; every key is sealed to it.
     #[command(subcommand)]
     Escrow(EscrowCmd),
+    /// Backup copies: raw (no key, shares the primary's) or logical (under a separate BACK key).
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Write a backup back as a new generation of its dataset (or of --as NAME).
+    Restore {
+        dataset: String,
+        /// The backup to restore (default: the newest of the dataset, preferring logical copies).
+        #[arg(long)]
+        backup: Option<u64>,
+        /// Restore under this name instead.
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum MethodArg {
+    Logical,
+    Raw,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Copy the current generation of every dataset matching PATTERN (default: all).
+    Run {
+        pattern: Option<String>,
+        #[arg(long, value_enum, default_value = "logical")]
+        method: MethodArg,
+        #[arg(long)]
+        to: String,
+        /// The BACK key for logical copies (default: by the naming standard).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// List backups, optionally of datasets matching a pattern.
+    Ls { pattern: Option<String> },
+    /// Show one backup.
+    Show { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]

@@ -13,14 +13,17 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use custos_core::model::{DatasetName, KeyAction, KeyLabel, Medium, Pattern, PolicyTarget, Purpose, VolumeName};
+use custos_core::model::{
+    CopyMethod, DatasetName, KeyAction, KeyLabel, Medium, Pattern, PolicyTarget, Purpose, VolumeName,
+};
 use custos_core::{
     DirectWriter, Error, HsmChoice, HsmKind, InitOptions, KdfParams, NewKey, NewPolicy, NewVolume, Open, Passphrase,
     PutOptions, Sealed, Vault,
 };
 
 use args::{
-    Cli, Command, ConfigCmd, DsCmd, EscrowCmd, KeyCmd, KeystoreCmd, MediumArg, PolicyCmd, PurposeArg, VolumeCmd,
+    BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, KeyCmd, KeystoreCmd, MediumArg, MethodArg, PolicyCmd,
+    PurposeArg, VolumeCmd,
 };
 use output::{bytes, json, when, Table};
 
@@ -55,7 +58,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Error::Hsm(custos_core::HsmError::WrongPassphrase { .. }) => 6,
         Error::Hsm(custos_core::HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => 6,
         Error::Store(_) => 7,
-        Error::WouldOrphanKeys { .. } | Error::MasterKeyUnavailable { .. } => 5,
+        Error::WouldOrphanKeys { .. } | Error::MasterKeyUnavailable { .. } | Error::RawCopyKeyGone { .. } => 5,
         Error::ReencipherFailed { .. } => 4,
         _ => 1,
     }
@@ -203,6 +206,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mk(m) => mk::run(&cli, m),
         Command::Keystore(k) => keystore_cmd(&cli, k),
         Command::Escrow(e) => escrow_cmd(&cli, e),
+        Command::Backup(b) => backup_cmd(&cli, b),
+        Command::Restore { dataset: d, backup, as_name } => {
+            let v = open(&cli)?;
+            let name = dataset(d)?;
+            let b = match backup {
+                Some(id) => v.backup_record(*id)?,
+                None => {
+                    let all = v.backups(Some(&Pattern::new(name.as_str())?))?;
+                    let newest = |m: CopyMethod| all.iter().rev().find(|b| b.method == m).cloned();
+                    newest(CopyMethod::Logical).or_else(|| newest(CopyMethod::Raw)).ok_or_else(|| {
+                        anyhow!("no backup of {name}: see `custos backup ls`, or make one with `custos backup run`")
+                    })?
+                }
+            };
+            let r = v.restore(&b, as_name.as_deref().map(dataset).transpose()?.as_ref())?;
+            if cli.json {
+                return json(&r);
+            }
+            println!(
+                "restored backup {} ({} copy) as {} generation {}: {} under key {}{}; verified",
+                r.backup,
+                r.method,
+                r.dataset,
+                r.generation,
+                bytes(r.size),
+                r.key_label,
+                if r.new_key { " (new: the dataset's own key can no longer encrypt)" } else { "" }
+            );
+            Ok(())
+        }
     }
 }
 
@@ -625,6 +658,107 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 Ok(())
             }
         }
+    }
+}
+
+fn backup_cmd(cli: &Cli, c: &BackupCmd) -> anyhow::Result<()> {
+    match c {
+        BackupCmd::Run { pattern: p, method, to, key } => {
+            let to = volume_name(to)?;
+            let p = pattern(p.as_deref())?;
+            // A raw copy needs no key: it runs on the sealed vault, without the passphrase.
+            let names: Vec<DatasetName> = sealed(cli)?
+                .datasets()?
+                .into_iter()
+                .map(|d| d.name)
+                .filter(|n| p.as_ref().is_none_or(|p| p.matches(n.as_str())))
+                .collect();
+            let mut made = Vec::new();
+            match method {
+                MethodArg::Raw => {
+                    let v = sealed(cli)?;
+                    for n in &names {
+                        made.push((n.clone(), v.backup_raw(n, &to)?));
+                    }
+                }
+                MethodArg::Logical => {
+                    let v = open(cli)?;
+                    let key = key.as_deref().map(label).transpose()?;
+                    for n in &names {
+                        made.push((n.clone(), v.backup_logical(n, &to, key.as_ref())?));
+                    }
+                }
+            }
+            if cli.json {
+                return json(&made.iter().filter_map(|(_, b)| b.clone()).collect::<Vec<_>>());
+            }
+            for (n, b) in made {
+                match b {
+                    Some(b) => println!(
+                        "backup {}: {} copy of {} generation {} ({}) on volume {} under key {}",
+                        b.id,
+                        b.method,
+                        n,
+                        b.source_generation,
+                        bytes(b.size),
+                        b.volume,
+                        b.key_label
+                    ),
+                    None => println!("{n}: its current generation already has a {} copy on {to}", method_text(*method)),
+                }
+            }
+            Ok(())
+        }
+        BackupCmd::Ls { pattern: p } => {
+            let bs = sealed(cli)?.backups(pattern(p.as_deref())?.as_ref())?;
+            if cli.json {
+                return json(&bs);
+            }
+            let mut t = Table::new(&["ID", "DATASET", "GEN", "METHOD", "VOLUME", "KEY", "SIZE", "CREATED"]);
+            for b in bs {
+                t.row(vec![
+                    b.id.to_string(),
+                    b.dataset.to_string(),
+                    b.source_generation.to_string(),
+                    b.method.to_string(),
+                    b.volume.to_string(),
+                    b.key_label.to_string(),
+                    bytes(b.size),
+                    when(Some(b.created_at)),
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        BackupCmd::Show { id } => {
+            let v = sealed(cli)?;
+            let b = v.backup_record(*id)?;
+            if cli.json {
+                return json(&b);
+            }
+            let vol = v.volume_record(&b.volume)?;
+            println!("backup       {}", b.id);
+            println!("dataset      {} generation {}", b.dataset, b.source_generation);
+            println!(
+                "method       {}",
+                match b.method {
+                    CopyMethod::Raw => "raw (sealed bytes copied as they are; shares the primary's key)",
+                    CopyMethod::Logical => "logical (re-sealed under a separate backup key)",
+                }
+            );
+            println!("volume       {} (site {}, {})", vol.name, vol.site, vol.medium);
+            println!("key          {}", b.key_label);
+            println!("size         {} in {} chunks", bytes(b.size), b.chunk_count);
+            println!("created      {}", when(Some(b.created_at)));
+            Ok(())
+        }
+    }
+}
+
+fn method_text(m: MethodArg) -> &'static str {
+    match m {
+        MethodArg::Raw => "raw",
+        MethodArg::Logical => "logical",
     }
 }
 

@@ -661,3 +661,40 @@ fn vault_on_a_pkcs11_token() {
     let o = e.cmd(&["ds", "get", "TOKEN.DATA"]).env_remove("CUSTOS_PKCS11_PIN").output().unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("CUSTOS_PKCS11_PIN"));
 }
+
+#[test]
+fn backups_raw_without_a_passphrase_and_logical_that_outlives_the_key() {
+    let e = Env::new();
+    let off = e.dir.path().join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B", "--medium", "tape"]);
+    let bytes = data(300_000, 31);
+    e.ok(&["ds", "put", "BK.DATA", Env::s(&e.file("d", &bytes))]);
+    // No passphrase: a raw copy works, a logical one cannot.
+    let raw = e
+        .cmd(&["backup", "run", "BK.**", "--method", "raw", "--to", "offsite", "--json"])
+        .env_remove("CUSTOS_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    let raw: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let raw_id = raw[0]["id"].as_u64().unwrap().to_string();
+    let o = e.cmd(&["backup", "run", "--to", "offsite"]).env_remove("CUSTOS_PASSPHRASE").output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("passphrase"));
+    let logical = e.json(&["backup", "run", "--to", "offsite"]);
+    assert_eq!(logical[0]["key_label"], "DSET.BACK.BK.key001");
+    assert!(e.ok(&["backup", "run", "--to", "offsite"]).contains("already has a logical copy"));
+    let ls = e.json(&["backup", "ls"]);
+    assert_eq!(ls.as_array().unwrap().len(), 2);
+    assert!(e.ok(&["backup", "show", &raw_id]).contains("shares the primary's key"));
+
+    e.ok(&["key", "deactivate", "DSET.PRIM.BK.key001"]);
+    e.ok(&["key", "destroy", "DSET.PRIM.BK.key001", "--crypto-erase"]);
+    let err = e.fails(&["restore", "BK.DATA", "--backup", &raw_id], 5);
+    assert!(err.contains("raw copy") && err.contains("cannot outlive its key"), "{err}");
+    let out = e.ok(&["restore", "BK.DATA"]);
+    assert!(out.contains("logical copy") && out.contains("verified"), "{out}");
+    assert_eq!(e.run(&["ds", "get", "BK.DATA"]).stdout, bytes);
+    e.ok(&["restore", "BK.DATA", "--as", "BK.COPY"]);
+    assert_eq!(e.run(&["ds", "get", "BK.COPY"]).stdout, bytes);
+    assert!(e.fails(&["restore", "NONE.SUCH"], 1).contains("no backup of NONE.SUCH"));
+}
