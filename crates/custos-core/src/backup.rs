@@ -9,7 +9,8 @@
 //!   separate backup (BACK) key. It survives the loss of the primary's key.
 //!
 //! Both are incremental: a raw copy skips chunks the target already holds; a
-//! logical copy reuses the previous copy's chunks whose fingerprints match.
+//! logical copy reuses, without reading them, the previous copy's chunks
+//! wherever the source chunk is the very object that copy was made from.
 //! A backup is recorded only after its chunks and manifest are durable, so
 //! an interrupted backup is never listed.
 
@@ -21,13 +22,12 @@ use custos_model::{
     Pattern, Purpose, VolumeName,
 };
 use custos_store::format::{object_hash, Manifest, CHUNK_OVERHEAD};
-use custos_store::ChunkBuf;
 use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::datasets::open_manifest;
 use crate::keys::NewKey;
-use crate::pipeline::{open_stream, seal_stream, OpenError, OpenJob, SealError, SealJob};
+use crate::pipeline::{copy_raw, open_stream, transcode, OpenError, OpenJob, SealError, TranscodeError, TranscodeJob};
 use crate::{Error, Open, PutOptions, Result, Vault, VaultState};
 
 /// What a restore did.
@@ -81,18 +81,10 @@ impl<S: VaultState> Vault<S> {
         }
         let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
         let chunks = self.repo.generation_chunks(&d.id, g.generation)?;
-        let mut written = Vec::new();
+        let max = g.chunk_size as usize + CHUNK_OVERHEAD;
+        let (copied, written) = copy_raw(&chunks, src.as_ref(), dst.as_ref(), max, self.threads);
         let result = (|| -> Result<BackupRecord> {
-            let max = g.chunk_size as usize + CHUNK_OVERHEAD;
-            let mut buf = ChunkBuf::new(max);
-            for id in &chunks {
-                if dst.has_chunk(id)? {
-                    continue;
-                }
-                let n = src.read_chunk(id, &mut buf, max)?;
-                dst.put_chunk(id, buf.slice(n))?;
-                written.push(*id);
-            }
+            copied?;
             dst.sync()?;
             let manifest = src.read_manifest(&d.id, g.generation)?;
             if object_hash(&manifest) != g.manifest_hash {
@@ -120,7 +112,7 @@ impl<S: VaultState> Vault<S> {
                 manifest_hash: g.manifest_hash,
                 created_at: Timestamp::now(),
             };
-            rec.id = self.repo.insert_backup(&rec, &chunks, None)?;
+            rec.id = self.repo.insert_backup(&rec, &chunks, &[], None)?;
             Ok(rec)
         })();
         if result.is_err() {
@@ -309,49 +301,63 @@ impl Vault<Open> {
         let primary_key = self.unwrap_for(&primary, KeyUse::Decrypt, name)?;
         let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
         let source = self.load_manifest(&d, &primary_key, src.as_ref())?;
-        let chunk_size = self.chunk_size()?;
-        // Continue the previous copy's series when its chunks can be reused.
-        let (copy_id, generation, reusable) = match previous {
-            Some(p) if p.key_label == back.label && p.chunk_size == chunk_size => {
-                let m = open_manifest(dst.as_ref(), name, &p.copy_id, p.generation, &p.manifest_hash, &back_key)
-                    .map(|m| m.chunks)
-                    .unwrap_or_default();
-                (p.copy_id, p.generation + 1, m)
+        // Continue the previous copy's series. Its chunks are reused, unread,
+        // wherever the source chunk is the very object that copy was made from
+        // (source chunks are immutable and bound to their position).
+        let (copy_id, generation) = match previous {
+            Some(p) => (p.copy_id, p.generation + 1),
+            None => (DatasetId::random(), 1),
+        };
+        let mut reuse: Vec<Option<ChunkRef>> = vec![None; source.chunks.len()];
+        if let Some(p) = previous.filter(|p| p.key_label == back.label && p.chunk_size == source.chunk_size) {
+            if let Ok(m) = open_manifest(dst.as_ref(), name, &p.copy_id, p.generation, &p.manifest_hash, &back_key) {
+                let made_from = self.repo.backup_sources(p.id)?;
+                for (i, c) in source.chunks.iter().enumerate() {
+                    if let (Some(Some(was)), Some(copy)) = (made_from.get(i), m.chunks.get(i)) {
+                        if *was == c.id && copy.len == c.len {
+                            reuse[i] = Some(*copy);
+                        }
+                    }
+                }
             }
-            Some(p) => (p.copy_id, p.generation + 1, Vec::new()),
-            None => (DatasetId::random(), 1, Vec::new()),
+        }
+        let job = TranscodeJob {
+            from: OpenJob {
+                key: &primary_key,
+                dataset: d.id,
+                volume: src.as_ref(),
+                chunks: &source.chunks,
+                chunk_size: source.chunk_size as u64,
+                threads: self.threads,
+            },
+            to_key: &back_key,
+            to_id: copy_id,
+            to_volume: dst.as_ref(),
+            reuse: &reuse,
         };
-        let open = OpenJob {
-            key: &primary_key,
-            dataset: d.id,
-            volume: src.as_ref(),
-            chunks: &source.chunks,
-            chunk_size: source.chunk_size as u64,
-            threads: self.threads,
-        };
-        let seal = SealJob {
-            key: &back_key,
-            dataset: copy_id,
-            volume: dst.as_ref(),
-            chunk_size: chunk_size as usize,
-            previous: &reusable,
-            threads: self.threads,
-        };
-        let mut written = Vec::new();
-        let result = self.stream_copy(name, g.generation, &open, source.size, |input| {
-            let outcome = seal_stream(&seal, input);
-            written = outcome.written;
-            let chunks: Vec<ChunkRef> = outcome.result.map_err(|e| match e {
-                SealError::Input(source) => Error::Input { dataset: name.clone(), source },
-                SealError::Store(e) => e.into(),
-                SealError::Format(e) => Error::Invalid { what: "chunk", why: e.to_string() },
+        let outcome = transcode(&job);
+        let result = (|| -> Result<BackupRecord> {
+            let chunks = outcome.result.map_err(|e| match e {
+                TranscodeError::Source(OpenError::Chunk { index, id, problem }) => Error::Chunk {
+                    dataset: name.clone(),
+                    generation: g.generation,
+                    index,
+                    id,
+                    volume: src.describe(),
+                    problem,
+                },
+                TranscodeError::Source(OpenError::Store(e)) | TranscodeError::Target(SealError::Store(e)) => e.into(),
+                TranscodeError::Source(OpenError::Output(e)) | TranscodeError::Target(SealError::Input(e)) => {
+                    Error::Invalid { what: "logical copy", why: e.to_string() }
+                }
+                TranscodeError::Target(SealError::Format(e)) => Error::Invalid { what: "chunk", why: e.to_string() },
             })?;
             dst.sync()?;
             let manifest = Manifest {
                 dataset_id: copy_id,
                 generation,
                 created_at: Timestamp::now(),
-                chunk_size,
+                chunk_size: source.chunk_size,
                 size: source.size,
                 name: name.to_string(),
                 key_label: back.label.to_string(),
@@ -372,24 +378,27 @@ impl Vault<Open> {
                 copy_id,
                 generation,
                 size: source.size,
-                chunk_size,
+                chunk_size: source.chunk_size,
                 chunk_count: chunks.len() as u64,
                 manifest_hash: object_hash(&sealed),
                 created_at: manifest.created_at,
             };
             let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
-            rec.id = self.repo.insert_backup(&rec, &ids, new_key.as_ref())?;
+            let sources: Vec<_> = source.chunks.iter().map(|c| c.id).collect();
+            rec.id = self.repo.insert_backup(&rec, &ids, &sources, new_key.as_ref())?;
             Ok(rec)
-        });
-        if result.is_err() {
-            for id in &written {
-                let _ = dst.delete_chunk(id);
+        })();
+        match &result {
+            Ok(_) => {
+                self.repo.record_key_use(&primary.label)?;
+                self.repo.record_key_use(&back.label)?;
             }
-            let _ = dst.delete_manifest(&copy_id, generation);
-        }
-        if result.is_ok() {
-            self.repo.record_key_use(&primary.label)?;
-            self.repo.record_key_use(&back.label)?;
+            Err(_) => {
+                for id in &outcome.written {
+                    let _ = dst.delete_chunk(id);
+                }
+                let _ = dst.delete_manifest(&copy_id, generation);
+            }
         }
         result.map(Some)
     }

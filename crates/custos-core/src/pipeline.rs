@@ -277,3 +277,158 @@ fn read_and_open(job: &OpenJob<'_>, index: u64, c: &ChunkRef, buf: &mut ChunkBuf
         .map(|_| ())
         .map_err(|e| chunk_problem(ChunkProblem::Format(e)))
 }
+
+/// Re-seal a generation chunk by chunk from one key and binding to another
+/// (a logical copy): each worker reads a source chunk, opens it in place,
+/// and seals the same buffer again (the plaintext sits at the same offset in
+/// both). Positions with a `reuse` entry are taken as they are, unread.
+pub(crate) struct TranscodeJob<'a> {
+    pub from: OpenJob<'a>,
+    pub to_key: &'a DataKey,
+    pub to_id: DatasetId,
+    pub to_volume: &'a dyn Volume,
+    pub reuse: &'a [Option<ChunkRef>],
+}
+
+pub(crate) enum TranscodeError {
+    Source(OpenError),
+    Target(SealError),
+}
+
+pub(crate) struct TranscodeOutcome {
+    pub result: Result<Vec<ChunkRef>, TranscodeError>,
+    /// Chunks this run stored (to delete again if the run fails).
+    pub written: Vec<ChunkId>,
+}
+
+pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
+    let fp = Fingerprinter::new(job.to_key);
+    let n = job.from.chunks.len();
+    let threads = job.from.threads;
+    let (idx_tx, idx_rx) = bounded::<usize>(threads * 2);
+    let (done_tx, done_rx) = unbounded::<(usize, ChunkRef, bool)>();
+    let abort = AtomicBool::new(false);
+    let first_error: Mutex<Option<(usize, TranscodeError)>> = Mutex::new(None);
+    let fail = |i: usize, e: TranscodeError| {
+        abort.store(true, Ordering::SeqCst);
+        let mut slot = first_error.lock().expect("error slot");
+        // Keep the lowest position, so the message does not depend on timing.
+        if slot.as_ref().is_none_or(|(j, _)| i < *j) {
+            *slot = Some((i, e));
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (idx_rx, done_tx) = (idx_rx.clone(), done_tx.clone());
+            let (fp, fail, abort) = (&fp, &fail, &abort);
+            s.spawn(move || {
+                let mut buf = ChunkBuf::new(job.from.chunk_size as usize + CHUNK_OVERHEAD);
+                for i in idx_rx {
+                    if abort.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if let Some(r) = job.reuse.get(i).copied().flatten() {
+                        done_tx.send((i, r, false)).expect("collector alive");
+                        continue;
+                    }
+                    let c = &job.from.chunks[i];
+                    if let Err(e) = read_and_open(&job.from, i as u64, c, &mut buf) {
+                        fail(i, TranscodeError::Source(e));
+                        continue;
+                    }
+                    let len = c.len as usize;
+                    let fingerprint = fp.fingerprint(&buf.slice(HEADER_LEN + len)[HEADER_LEN..]);
+                    let id = ChunkId::random();
+                    let sealed = buf.slice_mut(len + CHUNK_OVERHEAD);
+                    let res = seal_chunk(job.to_key, &job.to_id, &id, i as u64, sealed)
+                        .map_err(SealError::Format)
+                        .and_then(|_| job.to_volume.put_chunk(&id, sealed).map_err(SealError::Store));
+                    match res {
+                        Ok(()) => {
+                            done_tx.send((i, ChunkRef { id, len: c.len, fingerprint }, true)).expect("collector alive")
+                        }
+                        Err(e) => fail(i, TranscodeError::Target(e)),
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        for i in 0..n {
+            if abort.load(Ordering::Relaxed) || idx_tx.send(i).is_err() {
+                break;
+            }
+        }
+        drop(idx_tx);
+    });
+    let mut chunks: Vec<Option<ChunkRef>> = vec![None; n];
+    let mut written = Vec::new();
+    for (i, c, new) in done_rx {
+        if new {
+            written.push(c.id);
+        }
+        chunks[i] = Some(c);
+    }
+    let result = match first_error.into_inner().expect("error slot") {
+        Some((_, e)) => Err(e),
+        None => Ok(chunks.into_iter().map(|c| c.expect("every position reported")).collect()),
+    };
+    TranscodeOutcome { result, written }
+}
+
+/// Copy sealed chunk objects as they are from one volume to another, on
+/// worker threads, skipping those the target already holds (a raw copy).
+/// Returns the chunks this run stored; on error, those stored so far.
+pub(crate) fn copy_raw(
+    ids: &[ChunkId],
+    from: &dyn Volume,
+    to: &dyn Volume,
+    max_len: usize,
+    threads: usize,
+) -> (Result<(), StoreError>, Vec<ChunkId>) {
+    let (idx_tx, idx_rx) = bounded::<usize>(threads * 2);
+    let (done_tx, done_rx) = unbounded::<ChunkId>();
+    let abort = AtomicBool::new(false);
+    let first_error: Mutex<Option<StoreError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (idx_rx, done_tx) = (idx_rx.clone(), done_tx.clone());
+            let (abort, first_error) = (&abort, &first_error);
+            s.spawn(move || {
+                let mut buf = ChunkBuf::new(max_len);
+                for i in idx_rx {
+                    if abort.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let id = &ids[i];
+                    let r = to.has_chunk(id).and_then(|have| {
+                        if have {
+                            return Ok(false);
+                        }
+                        let n = from.read_chunk(id, &mut buf, max_len)?;
+                        to.put_chunk(id, buf.slice(n)).map(|_| true)
+                    });
+                    match r {
+                        Ok(true) => done_tx.send(*id).expect("collector alive"),
+                        Ok(false) => {}
+                        Err(e) => {
+                            abort.store(true, Ordering::SeqCst);
+                            first_error.lock().expect("error slot").get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        for i in 0..ids.len() {
+            if abort.load(Ordering::Relaxed) || idx_tx.send(i).is_err() {
+                break;
+            }
+        }
+        drop(idx_tx);
+    });
+    let written = done_rx.into_iter().collect();
+    match first_error.into_inner().expect("error slot") {
+        Some(e) => (Err(e), written),
+        None => (Ok(()), written),
+    }
+}

@@ -109,3 +109,27 @@ fn fail_damaged_source_records_no_backup_and_leaves_nothing() {
     assert_eq!(files(&t, "offsite"), 0, "chunks of the failed copy were removed");
     assert!(t.vault.keys().unwrap().iter().all(|k| !k.label.as_str().starts_with("DSET.BACK")), "no stray BACK key");
 }
+
+#[test]
+fn incremental_logical_copy_does_not_read_unchanged_chunks() {
+    let t = vault();
+    let off = offsite(&t);
+    let mut bytes = data(6 * CS, 5);
+    t.put("SKIP.DATA", &bytes);
+    t.vault.backup_logical(&ds("SKIP.DATA"), &off, None).unwrap().unwrap();
+    // Damage a chunk the next copy should not need to read...
+    let p = t.chunk_paths("SKIP.DATA");
+    let mut b = std::fs::read(&p[1]).unwrap();
+    b[99] ^= 1;
+    std::fs::write(&p[1], b).unwrap();
+    // ...and change another one through the access method.
+    bytes[4 * CS + 7] ^= 1;
+    t.put("SKIP.DATA", &bytes);
+    let before = files(&t, "offsite");
+    let l2 = t.vault.backup_logical(&ds("SKIP.DATA"), &off, None).unwrap().unwrap();
+    assert_eq!(files(&t, "offsite"), before + 1, "only the changed chunk was re-sealed");
+    assert!(t.get("SKIP.DATA").is_err(), "the primary really is damaged");
+    // The copy kept its own intact chunk 1, so it restores whole.
+    t.vault.restore(&l2, Some(&ds("SKIP.BACK"))).unwrap();
+    assert_eq!(t.get("SKIP.BACK").unwrap(), bytes);
+}

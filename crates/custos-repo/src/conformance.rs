@@ -242,9 +242,11 @@ pub fn run(repo: &dyn Repository) {
         manifest_hash: [3; 32],
         created_at: Timestamp::from_microsecond(1_700_000_000_000_007).unwrap(),
     };
-    let b1 = repo.insert_backup(&b, &[c, a], Some(&key("DSET.BACK.APP.key001"))).unwrap();
+    let b1 = repo
+        .insert_backup(&b, &[c, a], &[ChunkId([0x51; 16]), ChunkId([0x52; 16])], Some(&key("DSET.BACK.APP.key001")))
+        .unwrap();
     assert!(repo.key(&KeyLabel::new("DSET.BACK.APP.key001").unwrap()).unwrap().is_some(), "stored with the backup");
-    let b2 = repo.insert_backup(&BackupRecord { method: CopyMethod::Raw, ..b.clone() }, &[a], None).unwrap();
+    let b2 = repo.insert_backup(&BackupRecord { method: CopyMethod::Raw, ..b.clone() }, &[a], &[], None).unwrap();
     assert!(b2 > b1);
     let all = repo.backups().unwrap();
     assert_eq!(
@@ -253,6 +255,8 @@ pub fn run(repo: &dyn Repository) {
     );
     assert_eq!((all[0].copy_id, all[0].created_at, all[0].manifest_hash), (b.copy_id, b.created_at, b.manifest_hash));
     assert_eq!(repo.backup_chunks(b1).unwrap(), vec![c, a]);
+    assert_eq!(repo.backup_sources(b1).unwrap(), vec![Some(ChunkId([0x51; 16])), Some(ChunkId([0x52; 16]))]);
+    assert_eq!(repo.backup_sources(b2).unwrap(), vec![None]);
 
     // A chunk a backup on the same volume still references is not garbage.
     let shared = ChunkId([6; 16]);
@@ -268,8 +272,13 @@ pub fn run(repo: &dyn Repository) {
         new_key: None,
     };
     repo.commit_generation(&first).unwrap();
-    repo.insert_backup(&BackupRecord { method: CopyMethod::Raw, volume: v2.clone(), ..b.clone() }, &[shared], None)
-        .unwrap();
+    repo.insert_backup(
+        &BackupRecord { method: CopyMethod::Raw, volume: v2.clone(), ..b.clone() },
+        &[shared],
+        &[],
+        None,
+    )
+    .unwrap();
     let garbage = repo.remove_dataset(&ds2).unwrap();
     assert!(garbage.chunks.is_empty(), "the raw copy on v2 still needs the chunk: {garbage:?}");
 }

@@ -102,11 +102,21 @@ pub trait Repository: Send + Sync {
     /// Record a complete backup copy and its chunk list (and the backup key
     /// created for it, if any) in one transaction; returns its id (assigned
     /// in increasing order).
-    fn insert_backup(&self, rec: &BackupRecord, chunks: &[ChunkId], new_key: Option<&KeyRecord>) -> Result<u64>;
+    /// For a logical copy, `sources` lists the source chunk each copy chunk
+    /// was made from (empty for raw copies, whose chunks are the sources).
+    fn insert_backup(
+        &self,
+        rec: &BackupRecord,
+        chunks: &[ChunkId],
+        sources: &[ChunkId],
+        new_key: Option<&KeyRecord>,
+    ) -> Result<u64>;
     /// All backups, oldest first.
     fn backups(&self) -> Result<Vec<BackupRecord>>;
     /// The chunk IDs of one backup, in order.
     fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>>;
+    /// The source chunk each chunk of a logical copy was made from, in order.
+    fn backup_sources(&self, id: u64) -> Result<Vec<Option<ChunkId>>>;
 
     fn insert_kbk(&self, rec: &KbkRecord) -> Result<()>;
     /// All key-backup keys, oldest first (the last is the one in use).

@@ -135,6 +135,11 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX backup_chunks_chunk ON backup_chunks(chunk_id);
     "#,
+    // 6: which source chunk each logical copy chunk was made from, so the
+    // next copy can skip unchanged chunks without reading them.
+    r#"
+    ALTER TABLE backup_chunks ADD COLUMN source_id BLOB;
+    "#,
 ];
 
 /// The embedded repository.
@@ -539,7 +544,13 @@ impl Repository for SqliteRepository {
         )
     }
 
-    fn insert_backup(&self, b: &BackupRecord, chunks: &[ChunkId], new_key: Option<&KeyRecord>) -> Result<u64> {
+    fn insert_backup(
+        &self,
+        b: &BackupRecord,
+        chunks: &[ChunkId],
+        sources: &[ChunkId],
+        new_key: Option<&KeyRecord>,
+    ) -> Result<u64> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("start recording a backup"))?;
         if let Some(k) = new_key {
@@ -569,10 +580,13 @@ impl Repository for SqliteRepository {
         let id = tx.last_insert_rowid();
         {
             let mut ins = tx
-                .prepare_cached("INSERT INTO backup_chunks (backup_id, idx, chunk_id) VALUES (?1, ?2, ?3)")
+                .prepare_cached(
+                    "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(db("record backup chunks"))?;
             for (i, c) in chunks.iter().enumerate() {
-                ins.execute(params![id, i as i64, &c.0[..]]).map_err(db("record backup chunks"))?;
+                let src = sources.get(i).map(|s| s.0.to_vec());
+                ins.execute(params![id, i as i64, &c.0[..], src]).map_err(db("record backup chunks"))?;
             }
         }
         tx.commit().map_err(db("commit a backup"))?;
@@ -617,6 +631,15 @@ impl Repository for SqliteRepository {
             "SELECT chunk_id FROM backup_chunks WHERE backup_id = ?1 ORDER BY idx",
             [id as i64],
             |r| Ok(ChunkId(id16(r.get(0)?)?)),
+        )
+    }
+
+    fn backup_sources(&self, id: u64) -> Result<Vec<Option<ChunkId>>> {
+        self.query_all(
+            "list backup sources",
+            "SELECT source_id FROM backup_chunks WHERE backup_id = ?1 ORDER BY idx",
+            [id as i64],
+            |r| r.get::<_, Option<Vec<u8>>>(0)?.map(|v| Ok(ChunkId(id16(v)?))).transpose(),
         )
     }
 
