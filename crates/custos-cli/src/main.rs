@@ -730,6 +730,37 @@ fn backup_cmd(cli: &Cli, c: &BackupCmd) -> anyhow::Result<()> {
             t.print();
             Ok(())
         }
+        BackupCmd::Verify { pattern: p, read_data } => {
+            let v = open(cli)?;
+            let bs = v.backups(pattern(p.as_deref())?.as_ref())?;
+            let mut bad = 0;
+            let mut report = Vec::new();
+            for b in &bs {
+                let r = v.verify_backup(b, *read_data);
+                if !cli.json {
+                    match &r {
+                        Ok(()) => println!("backup {} ({} of {}): ok", b.id, b.method, b.dataset),
+                        Err(e) => println!("backup {} ({} of {}): DAMAGED: {e}", b.id, b.method, b.dataset),
+                    }
+                }
+                bad += r.is_err() as usize;
+                report
+                    .push(serde_json::json!({ "id": b.id, "ok": r.is_ok(), "error": r.err().map(|e| e.to_string()) }));
+            }
+            if cli.json {
+                json(&report)?;
+            }
+            if bad > 0 {
+                bail!(
+                    "{bad} of {} backups failed verification; restore from another copy, then make a new backup",
+                    bs.len()
+                );
+            }
+            if !cli.json {
+                println!("{} backups verified{}", bs.len(), if *read_data { ", every chunk read" } else { "" });
+            }
+            Ok(())
+        }
         BackupCmd::Show { id } => {
             let v = sealed(cli)?;
             let b = v.backup_record(*id)?;

@@ -403,6 +403,51 @@ impl Vault<Open> {
         result.map(Some)
     }
 
+    /// Check a backup: its manifest is the one recorded and opens under its
+    /// key; with `read_data`, every chunk opens and matches the manifest.
+    pub fn verify_backup(&self, b: &BackupRecord, read_data: bool) -> Result<()> {
+        let k = self.key_record(&b.key_label)?;
+        let key = match self.unwrap_for(&k, KeyUse::Decrypt, &b.dataset) {
+            Err(Error::KeyDestroyed { .. }) if b.method == CopyMethod::Raw => {
+                return Err(Error::RawCopyKeyGone { backup: b.id, dataset: b.dataset.clone(), label: k.label })
+            }
+            other => other?,
+        };
+        let vol = self.open_volume(&b.volume)?;
+        let m = open_manifest(vol.as_ref(), &b.dataset, &b.copy_id, b.generation, &b.manifest_hash, &key)?;
+        if m.size != b.size || m.chunks.len() as u64 != b.chunk_count {
+            return Err(Error::Manifest {
+                dataset: b.dataset.clone(),
+                generation: b.source_generation,
+                volume: vol.describe(),
+                why: format!("of backup {} disagrees with the catalog on size or chunk count", b.id),
+            });
+        }
+        if read_data {
+            let job = OpenJob {
+                key: &key,
+                dataset: b.copy_id,
+                volume: vol.as_ref(),
+                chunks: &m.chunks,
+                chunk_size: m.chunk_size as u64,
+                threads: self.threads,
+            };
+            open_stream(&job, 0, m.size, &mut std::io::sink()).map_err(|e| match e {
+                OpenError::Chunk { index, id, problem } => Error::Chunk {
+                    dataset: b.dataset.clone(),
+                    generation: b.source_generation,
+                    index,
+                    id,
+                    volume: format!("{} (backup {})", vol.describe(), b.id),
+                    problem,
+                },
+                OpenError::Store(e) => e.into(),
+                OpenError::Output(e) => Error::Invalid { what: "verify", why: e.to_string() },
+            })?;
+        }
+        Ok(())
+    }
+
     /// Write the contents of a backup back as a new generation of its
     /// dataset (or of `as_name`), sealed under that dataset's key, or under
     /// a new key when that one can no longer encrypt; then verify it.

@@ -133,3 +133,22 @@ fn incremental_logical_copy_does_not_read_unchanged_chunks() {
     t.vault.restore(&l2, Some(&ds("SKIP.BACK"))).unwrap();
     assert_eq!(t.get("SKIP.BACK").unwrap(), bytes);
 }
+
+#[test]
+fn verify_names_damage_in_a_copy() {
+    let t = vault();
+    let off = offsite(&t);
+    t.put("VER.DATA", &data(4 * CS, 6));
+    let b = t.vault.backup_logical(&ds("VER.DATA"), &off, None).unwrap().unwrap();
+    t.vault.verify_backup(&b, true).unwrap();
+    let ids = t.vault.repository().backup_chunks(b.id).unwrap();
+    let h = ids[3].to_hex();
+    let p = t.path.join("offsite/chunks").join(&h[..2]).join(&h);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[50] ^= 1;
+    std::fs::write(&p, bytes).unwrap();
+    t.vault.verify_backup(&b, false).expect("the manifest alone is intact");
+    let e = t.vault.verify_backup(&b, true).unwrap_err();
+    assert!(matches!(e, Error::Chunk { index: 3, .. }), "{e}");
+    assert!(e.to_string().contains(&format!("backup {}", b.id)) && e.to_string().contains("VER.DATA"), "{e}");
+}
