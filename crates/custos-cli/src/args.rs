@@ -106,6 +106,23 @@ pub enum BackupCmd {
     Ls { pattern: Option<String> },
     /// Show one backup.
     Show { id: u64 },
+    /// Apply a retention policy to each series (dataset, method, volume) and
+    /// delete the backups it does not keep, with the chunks only they used.
+    /// The newest backup of a series is always kept. Needs no passphrase.
+    Prune {
+        pattern: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_yearly: u32,
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check backups: each manifest is the one recorded and opens; with
     /// --read-data every chunk opens too. Exits non-zero if any is damaged.
     Verify {

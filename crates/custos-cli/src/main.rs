@@ -730,6 +730,38 @@ fn backup_cmd(cli: &Cli, c: &BackupCmd) -> anyhow::Result<()> {
             t.print();
             Ok(())
         }
+        BackupCmd::Prune { pattern: p, keep_last, keep_daily, keep_monthly, keep_yearly, dry_run } => {
+            let r = custos_core::Retention {
+                last: *keep_last,
+                daily: *keep_daily,
+                monthly: *keep_monthly,
+                yearly: *keep_yearly,
+            };
+            let decisions = sealed(cli)?.prune_backups(pattern(p.as_deref())?.as_ref(), &r, *dry_run)?;
+            if cli.json {
+                return json(&decisions);
+            }
+            let gone = decisions.iter().filter(|d| !d.keep).count();
+            for d in decisions.iter().filter(|d| !d.keep) {
+                let b = &d.backup;
+                println!(
+                    "{} backup {} ({} of {} generation {}, {})",
+                    if *dry_run { "would delete" } else { "deleted" },
+                    b.id,
+                    b.method,
+                    b.dataset,
+                    b.source_generation,
+                    when(Some(b.created_at))
+                );
+            }
+            println!(
+                "{} of {} backups kept{}",
+                decisions.len() - gone,
+                decisions.len(),
+                if *dry_run { " (dry run)" } else { "" }
+            );
+            Ok(())
+        }
         BackupCmd::Verify { pattern: p, read_data } => {
             let v = open(cli)?;
             let bs = v.backups(pattern(p.as_deref())?.as_ref())?;

@@ -697,6 +697,19 @@ fn backups_raw_without_a_passphrase_and_logical_that_outlives_the_key() {
     e.ok(&["restore", "BK.DATA", "--as", "BK.COPY"]);
     assert_eq!(e.run(&["ds", "get", "BK.COPY"]).stdout, bytes);
     assert!(e.fails(&["restore", "NONE.SUCH"], 1).contains("no backup of NONE.SUCH"));
+    // Retention: no rule is refused; keep-last 1 keeps the newest of each series.
+    assert!(e.fails(&["backup", "prune"], 1).contains("--keep-last"));
+    let dry = e.ok(&["backup", "prune", "--keep-last", "1", "--dry-run"]);
+    assert!(dry.contains("2 of 2 backups kept (dry run)"), "{dry}");
+    // The raw copy went with the primary's key, and verify says so.
+    let o = e.run(&["backup", "verify", "--read-data"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        out.contains(&format!("backup {raw_id} (raw of BK.DATA): DAMAGED")) && out.contains("cannot outlive its key"),
+        "{out}"
+    );
+    assert!(out.contains("(logical of BK.DATA): ok"), "{out}");
 }
 
 /// Kill `backup run` (logical, then raw) at spread-out points: no backup is

@@ -43,7 +43,53 @@ pub struct RestoreReport {
     pub new_key: bool,
 }
 
+/// What `prune` decided for one backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneDecision {
+    #[serde(flatten)]
+    pub backup: BackupRecord,
+    pub keep: bool,
+}
+
 impl<S: VaultState> Vault<S> {
+    /// Apply `retention` to every series (dataset, method, volume) of backups
+    /// of datasets matching `pattern`, and, unless `dry_run`, remove the
+    /// backups it does not keep and the chunks only they used. Needs no key.
+    pub fn prune_backups(
+        &self,
+        pattern: Option<&Pattern>,
+        retention: &crate::Retention,
+        dry_run: bool,
+    ) -> Result<Vec<PruneDecision>> {
+        if retention.is_empty() {
+            return Err(Error::Invalid {
+                what: "retention",
+                why: "give at least one of --keep-last, --keep-daily, --keep-monthly, --keep-yearly".into(),
+            });
+        }
+        let all = self.backups(pattern)?;
+        let mut series: std::collections::BTreeMap<(String, &str, String), Vec<&BackupRecord>> = Default::default();
+        for b in &all {
+            series.entry((b.dataset_id.to_hex(), b.method.as_str(), b.volume.to_string())).or_default().push(b);
+        }
+        let mut out = Vec::new();
+        for members in series.values() {
+            let items: Vec<(u64, Timestamp)> = members.iter().map(|b| (b.id, b.created_at)).collect();
+            let keep = retention.keep(&items);
+            for b in members {
+                out.push(PruneDecision { backup: (*b).clone(), keep: keep.contains(&b.id) });
+            }
+        }
+        out.sort_by_key(|d| d.backup.id);
+        if !dry_run {
+            for d in out.iter().filter(|d| !d.keep) {
+                let garbage = self.repo.remove_backup(d.backup.id)?;
+                self.collect_garbage(&garbage);
+            }
+        }
+        Ok(out)
+    }
+
     /// Backups of datasets matching `pattern` (all when `None`), oldest first.
     pub fn backups(&self, pattern: Option<&Pattern>) -> Result<Vec<BackupRecord>> {
         Ok(self.repo.backups()?.into_iter().filter(|b| pattern.is_none_or(|p| p.matches(b.dataset.as_str()))).collect())

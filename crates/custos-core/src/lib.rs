@@ -18,10 +18,11 @@ mod keys;
 mod keystore;
 mod masterkey;
 mod pipeline;
+mod retention;
 mod secretfile;
 mod vault;
 
-pub use backup::RestoreReport;
+pub use backup::{PruneDecision, RestoreReport};
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::EscrowStatus;
@@ -29,6 +30,7 @@ pub use keys::NewKey;
 pub use keystore::Recovered;
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use pipeline::default_threads;
+pub use retention::Retention;
 pub use secretfile::{KeyPartFile, ShareFile};
 pub use vault::{
     HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,

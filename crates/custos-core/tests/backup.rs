@@ -152,3 +152,38 @@ fn verify_names_damage_in_a_copy() {
     assert!(matches!(e, Error::Chunk { index: 3, .. }), "{e}");
     assert!(e.to_string().contains(&format!("backup {}", b.id)) && e.to_string().contains("VER.DATA"), "{e}");
 }
+
+#[test]
+fn prune_keeps_what_it_says_and_every_kept_backup_restores() {
+    use custos_core::Retention;
+    let t = vault();
+    let off = offsite(&t);
+    let mut versions = Vec::new();
+    let mut bytes = data(6 * CS, 7);
+    for g in 0..4 {
+        bytes[g * CS + 3] ^= 0x5A; // one chunk changes per generation
+        t.put("PRUNE.DATA", &bytes);
+        t.vault.backup_logical(&ds("PRUNE.DATA"), &off, None).unwrap().unwrap();
+        t.vault.backup_raw(&ds("PRUNE.DATA"), &off).unwrap().unwrap();
+        versions.push(bytes.clone());
+    }
+    assert_eq!(t.vault.backups(None).unwrap().len(), 8);
+    let files_before = files(&t, "offsite");
+    let keep2 = Retention { last: 2, ..Default::default() };
+    let dry = t.vault.prune_backups(None, &keep2, true).unwrap();
+    assert_eq!(dry.iter().filter(|d| !d.keep).count(), 4);
+    assert_eq!(t.vault.backups(None).unwrap().len(), 8, "a dry run removes nothing");
+    assert!(t.vault.prune_backups(None, &Retention::default(), false).is_err(), "no rule, no prune");
+
+    t.vault.prune_backups(None, &keep2, false).unwrap();
+    let kept = t.vault.backups(None).unwrap();
+    assert_eq!(kept.len(), 4);
+    assert!(kept.iter().all(|b| b.source_generation >= 3), "the two newest generations of each series");
+    assert!(files(&t, "offsite") < files_before, "chunks only pruned backups used are gone");
+    for b in &kept {
+        let as_name = ds(&format!("PRUNE.R{}", b.id));
+        t.vault.restore(b, Some(&as_name)).unwrap();
+        assert_eq!(t.get(as_name.as_str()).unwrap(), versions[b.source_generation as usize - 1], "backup {}", b.id);
+        t.vault.verify_backup(b, true).unwrap();
+    }
+}

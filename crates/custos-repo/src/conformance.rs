@@ -257,6 +257,12 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.backup_chunks(b1).unwrap(), vec![c, a]);
     assert_eq!(repo.backup_sources(b1).unwrap(), vec![Some(ChunkId([0x51; 16])), Some(ChunkId([0x52; 16]))]);
     assert_eq!(repo.backup_sources(b2).unwrap(), vec![None]);
+    // Removing b1 frees c (only b1 lists it) but not a (b2 does).
+    let g = repo.remove_backup(b1).unwrap();
+    assert_eq!(g.chunks, vec![(VolumeName::new("v2").unwrap(), c)]);
+    assert!(g.manifests.is_empty(), "b2 records the same manifest object, so it stays");
+    assert!(matches!(repo.remove_backup(b1), Err(RepoError::NotFound { .. })));
+    assert!(repo.backup_chunks(b1).unwrap().is_empty());
 
     // A chunk a backup on the same volume still references is not garbage.
     let shared = ChunkId([6; 16]);

@@ -115,6 +115,9 @@ pub trait Repository: Send + Sync {
     fn backups(&self) -> Result<Vec<BackupRecord>>;
     /// The chunk IDs of one backup, in order.
     fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>>;
+    /// Remove a backup record in one transaction. Returns the chunks no other
+    /// backup or generation on its volume still lists, and its manifest.
+    fn remove_backup(&self, id: u64) -> Result<Garbage>;
     /// The source chunk each chunk of a logical copy was made from, in order.
     fn backup_sources(&self, id: u64) -> Result<Vec<Option<ChunkId>>>;
 

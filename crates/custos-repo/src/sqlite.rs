@@ -634,6 +634,50 @@ impl Repository for SqliteRepository {
         )
     }
 
+    fn remove_backup(&self, id: u64) -> Result<Garbage> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start removing a backup"))?;
+        let found: Option<(String, Vec<u8>, i64, String)> = tx
+            .query_row("SELECT volume, copy_id, generation, method FROM backups WHERE id = ?1", [id as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(db("read a backup"))?;
+        let (vol, copy_id, generation, _method) =
+            found.ok_or_else(|| RepoError::NotFound { kind: "backup", name: id.to_string() })?;
+        let vname = VolumeName::new(vol.clone()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
+        let copy_id = DatasetId(id16(copy_id).map_err(db("read a backup"))?);
+        let chunks: Vec<ChunkId> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT DISTINCT c.chunk_id FROM backup_chunks c WHERE c.backup_id = ?1
+                     AND NOT EXISTS (SELECT 1 FROM backup_chunks o JOIN backups ob ON ob.id = o.backup_id
+                         WHERE o.chunk_id = c.chunk_id AND ob.volume = ?2 AND ob.id <> ?1)
+                     AND NOT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
+                         ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
+                         WHERE g.chunk_id = c.chunk_id AND gg.volume = ?2)",
+                )
+                .map_err(db("find unreferenced chunks"))?;
+            let rows = stmt
+                .query_map(params![id as i64, vol], |r| Ok(ChunkId(id16(r.get(0)?)?)))
+                .map_err(db("find unreferenced chunks"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db("find unreferenced chunks"))?
+        };
+        // The manifest object goes too, unless another backup records the
+        // same one (raw copies of one generation share their manifest name).
+        let shared: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM backups WHERE volume = ?1 AND copy_id = ?2 AND generation = ?3 AND id <> ?4",
+                params![vol, &copy_id.0[..], generation, id as i64],
+                |r| r.get(0),
+            )
+            .map_err(db("read a backup"))?;
+        tx.execute("DELETE FROM backups WHERE id = ?1", [id as i64]).map_err(db("remove a backup"))?;
+        tx.commit().map_err(db("commit a backup removal"))?;
+        let manifests = if shared == 0 { vec![(vname.clone(), copy_id, generation as u64)] } else { Vec::new() };
+        Ok(Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests })
+    }
+
     fn backup_sources(&self, id: u64) -> Result<Vec<Option<ChunkId>>> {
         self.query_all(
             "list backup sources",
