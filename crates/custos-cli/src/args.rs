@@ -71,7 +71,8 @@ pub enum Command {
     /// Backup copies: raw (no key, shares the primary's) or logical (under a separate BACK key).
     #[command(subcommand)]
     Backup(BackupCmd),
-    /// Write a backup back as a new generation of its dataset (or of --as NAME).
+    /// Write a backup back as a new generation of its dataset (or of --as
+    /// NAME). A pattern restores every matching dataset that has a backup.
     Restore {
         dataset: String,
         /// The backup to restore (default: the newest of the dataset, preferring logical copies).

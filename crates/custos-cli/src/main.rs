@@ -209,31 +209,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(b) => backup_cmd(&cli, b),
         Command::Restore { dataset: d, backup, as_name } => {
             let v = open(&cli)?;
-            let name = dataset(d)?;
-            let b = match backup {
-                Some(id) => v.backup_record(*id)?,
-                None => {
-                    let all = v.backups(Some(&Pattern::new(name.as_str())?))?;
-                    let newest = |m: CopyMethod| all.iter().rev().find(|b| b.method == m).cloned();
-                    newest(CopyMethod::Logical).or_else(|| newest(CopyMethod::Raw)).ok_or_else(|| {
-                        anyhow!("no backup of {name}: see `custos backup ls`, or make one with `custos backup run`")
-                    })?
-                }
-            };
-            let r = v.restore(&b, as_name.as_deref().map(dataset).transpose()?.as_ref())?;
-            if cli.json {
-                return json(&r);
+            let pat = Pattern::new(d.as_str())?;
+            let wildcard = d.contains(['*', '%']);
+            if wildcard && (backup.is_some() || as_name.is_some()) {
+                bail!("--backup and --as restore one dataset: give a dataset name, not a pattern");
             }
-            println!(
-                "restored backup {} ({} copy) as {} generation {}: {} under key {}{}; verified",
-                r.backup,
-                r.method,
-                r.dataset,
-                r.generation,
-                bytes(r.size),
-                r.key_label,
-                if r.new_key { " (new: the dataset's own key can no longer encrypt)" } else { "" }
-            );
+            let all = v.backups(Some(&pat))?;
+            let mut names: Vec<DatasetName> = all.iter().map(|b| b.dataset.clone()).collect();
+            names.sort();
+            names.dedup();
+            if !wildcard {
+                names = vec![dataset(d)?];
+            }
+            let mut reports = Vec::new();
+            for name in &names {
+                let b = match backup {
+                    Some(id) => v.backup_record(*id)?,
+                    None => {
+                        let newest =
+                            |m: CopyMethod| all.iter().rev().find(|b| b.dataset == *name && b.method == m).cloned();
+                        newest(CopyMethod::Logical).or_else(|| newest(CopyMethod::Raw)).ok_or_else(|| {
+                            anyhow!("no backup of {name}: see `custos backup ls`, or make one with `custos backup run`")
+                        })?
+                    }
+                };
+                let r = v.restore(&b, as_name.as_deref().map(dataset).transpose()?.as_ref())?;
+                if !cli.json {
+                    println!(
+                        "restored backup {} ({} copy) as {} generation {}: {} under key {}{}; verified",
+                        r.backup,
+                        r.method,
+                        r.dataset,
+                        r.generation,
+                        bytes(r.size),
+                        r.key_label,
+                        if r.new_key { " (new: the dataset's own key can no longer encrypt)" } else { "" }
+                    );
+                }
+                reports.push(r);
+            }
+            if names.is_empty() {
+                bail!("no backup of any dataset matching {d}: see `custos backup ls`");
+            }
+            if cli.json {
+                return json(&reports);
+            }
             Ok(())
         }
     }
