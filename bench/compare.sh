@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Custos against cp, restic and borg on the same data, in one run.
+#
+# Data: ~2 GiB in 200 files of varied sizes, about half random and half
+# compressible text. For each tool: the full backup, an incremental backup
+# after 5% of the files (10 of 200) change, and a restore of everything.
+# Custos also makes a raw copy. Custos's full backup is timed as the import
+# (its own store) plus the logical copy, as the issue asks. Every time is
+# wall-clock for the whole command, page cache warm. Results replace the
+# section between the compare markers in docs/PERFORMANCE.md.
+#
+# Usage: bench/compare.sh [WORKDIR]      (needs ~14 GiB free)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+work=${1:-/tmp/custos-compare}
+need=()
+command -v restic >/dev/null 2>&1 || need+=(restic)
+command -v borg >/dev/null 2>&1 || need+=(borgbackup)
+command -v bc >/dev/null 2>&1 || need+=(bc)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
+cargo build --release --locked -p custos-cli
+custos="$root/target/release/custos"
+
+rm -rf "$work" && mkdir -p "$work/data"
+# 200 files: sizes from 1 MiB to ~19 MiB (about 2 GiB); even files random, odd files text.
+python3 - "$work/data" <<'PY'
+import os, random, sys
+root = sys.argv[1]
+rng = random.Random(2026)
+line = b"employee_id,name,department,salary,notes about this row that compress well\n"
+for i in range(200):
+    size = (1 + (i * 37) % 19) << 20
+    d = os.path.join(root, f"dir{i % 10}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"file{i:03}.dat"), "wb") as f:
+        if i % 2 == 0:
+            f.write(os.urandom(size))
+        else:
+            f.write((line * (size // len(line) + 1))[:size])
+PY
+total=$(du -sb "$work/data" | cut -f1)
+sync; cat "$work"/data/*/* > /dev/null
+
+t() { local t0 t1; t0=$(date +%s.%N); "$@" > /dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+change5pct() {  # rewrite 1 MiB inside 10 of the 200 files
+  for i in 3 23 43 63 83 103 123 143 163 183; do
+    f="$work/data/dir$((i % 10))/file$(printf %03d $i).dat"
+    dd if=/dev/urandom of="$f" bs=1M count=1 seek=0 conv=notrunc status=none
+  done
+  cat "$work"/data/*/* > /dev/null
+}
+
+# cp -r, the floor.
+cp_s=$(t cp -r "$work/data" "$work/cp-copy"); rm -rf "$work/cp-copy"
+
+# Custos.
+export CUSTOS_VAULT="$work/vault" CUSTOS_PASSPHRASE="bench-not-secret"
+"$custos" init --kdf-memory-mib 8 --kdf-iterations 1 > /dev/null
+"$custos" volume add offsite --path "$work/offsite" --site B > /dev/null
+"$custos" volume add rawcopy --path "$work/rawcopy" --site B > /dev/null
+c_import=$(t "$custos" ds import "$work/data" --prefix BENCH)
+cat "$work"/vault/volumes/default/chunks/*/* > /dev/null
+c_logical=$(t "$custos" backup run --to offsite)
+c_raw=$(t "$custos" backup run --method raw --to rawcopy)
+change5pct
+"$custos" ds import "$work/data" --prefix BENCH --replace > /dev/null
+c_incr=$(t "$custos" backup run --to offsite)
+c_restore=$(t "$custos" restore 'BENCH.**')
+
+# restic (no compression in 0.14).
+export RESTIC_PASSWORD="bench-not-secret" RESTIC_REPOSITORY="$work/restic"
+restic init > /dev/null
+cp -r "$work/data" "$work/data-r"   # each peer gets its own copy of the ~2 GiB tree, then its own 10-file change
+r_full=$(t restic backup "$work/data-r")
+change_r() { for i in 3 23 43 63 83 103 123 143 163 183; do dd if=/dev/urandom of="$work/data-r/dir$((i % 10))/file$(printf %03d $i).dat" bs=1M count=1 conv=notrunc status=none; done; }
+change_r
+r_incr=$(t restic backup "$work/data-r")
+r_restore=$(t restic restore latest --target "$work/restic-out")
+rm -rf "$work/restic-out" "$work/restic" "$work/data-r"
+
+# borg (default lz4 compression).
+export BORG_PASSPHRASE="bench-not-secret" BORG_REPO="$work/borg"
+borg init -e repokey > /dev/null 2>&1
+rm -rf "$work/data-b" && cp -r "$work/data" "$work/data-b"
+b_full=$(t borg create "::a" "$work/data-b")
+for i in 3 23 43 63 83 103 123 143 163 183; do dd if=/dev/urandom of="$work/data-b/dir$((i % 10))/file$(printf %03d $i).dat" bs=1M count=1 conv=notrunc status=none; done
+b_incr=$(t borg create "::b" "$work/data-b")
+mkdir -p "$work/borg-out"
+b_restore=$(cd "$work/borg-out" && t borg extract "::b")
+
+gbps() { printf '%.2f' "$(echo "$total / $1 / 1000000000" | bc -l)"; }
+s() { printf '%.2f' "$1"; }
+c_full=$(echo "$c_import + $c_logical" | bc -l)
+cat > "$work/section.md" <<MD
+<!-- compare:begin -->
+Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/compare.sh\`: $(printf '%.2f' "$(echo "$total / 1073741824" | bc -l)") GiB in 200 files (half random, half compressible text), page cache warm, one run. Versions: $(restic version | cut -d' ' -f1-2), $(borg --version), Custos $(git -C "$root" rev-parse --short HEAD).
+
+| | full backup | incremental (10 of 200 files changed) | restore everything |
+|---|---|---|---|
+| \`cp -r\` | $(s "$cp_s") s ($(gbps "$cp_s") GB/s) | | |
+| Custos: import + logical copy (separate BACK key) | $(s "$c_full") s ($(gbps "$c_full") GB/s; import $(s "$c_import") s + copy $(s "$c_logical") s) | $(s "$c_incr") s | $(s "$c_restore") s ($(gbps "$c_restore") GB/s) |
+| Custos: raw copy (no key, shares the primary's) | $(s "$c_raw") s ($(gbps "$c_raw") GB/s) | | |
+| restic | $(s "$r_full") s ($(gbps "$r_full") GB/s) | $(s "$r_incr") s | $(s "$r_restore") s ($(gbps "$r_restore") GB/s) |
+| borg (lz4) | $(s "$b_full") s ($(gbps "$b_full") GB/s) | $(s "$b_incr") s | $(s "$b_restore") s ($(gbps "$b_restore") GB/s) |
+
+Custos's incremental copies only the chunks whose source changed (the 10
+changed files had already been written back with \`ds import --replace\`, not
+timed). Its restore writes every dataset back as a new generation and
+verifies it; restic and borg write plain files.
+<!-- compare:end -->
+MD
+cat "$work/section.md"
+python3 - "$root/docs/PERFORMANCE.md" "$work/section.md" <<'PY'
+import re, sys
+doc, sec = sys.argv[1], open(sys.argv[2]).read().strip()
+text = open(doc).read()
+if "<!-- compare:begin -->" not in text:
+    text += "\n## Custos against cp, restic and borg — `bench/compare.sh`\n\n<!-- compare:begin -->\n<!-- compare:end -->\n"
+open(doc, "w").write(re.sub(r"<!-- compare:begin -->.*?<!-- compare:end -->", lambda m: sec, text, flags=re.S))
+PY
+rm -rf "$work"
