@@ -540,6 +540,14 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
             };
             if cli.json {
                 json(&r)
+            } else if r.unchanged {
+                println!(
+                    "{} is unchanged: generation {} already holds these {}",
+                    r.dataset,
+                    r.generation,
+                    bytes(r.size)
+                );
+                Ok(())
             } else {
                 println!(
                     "stored {} generation {}: {} in {} chunks ({} new) under key {}{} on volume {}",

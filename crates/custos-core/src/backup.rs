@@ -398,7 +398,9 @@ impl Vault<Open> {
                 }
                 TranscodeError::Target(SealError::Format(e)) => Error::Invalid { what: "chunk", why: e.to_string() },
             })?;
-            dst.sync()?;
+            if !outcome.written.is_empty() {
+                dst.sync()?;
+            }
             let manifest = Manifest {
                 dataset_id: copy_id,
                 generation,

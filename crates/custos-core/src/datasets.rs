@@ -45,6 +45,9 @@ pub struct PutReport {
     pub volume: VolumeName,
     /// The key was created for this dataset by its policy's template.
     pub created_key: bool,
+    /// The input equalled the current generation chunk for chunk, so nothing
+    /// was committed and `generation` is the existing one.
+    pub unchanged: bool,
 }
 
 /// What a read did.
@@ -222,10 +225,26 @@ impl Vault<Open> {
                 });
             }
         };
-        let generation = previous + 1;
         let size: u64 = chunks.iter().map(|c| c.len as u64).sum();
+        if outcome.written.is_empty() && !reusable.is_empty() && chunks == reusable {
+            // Same content, key and volume: a new generation would add nothing.
+            return Ok(PutReport {
+                dataset: name.clone(),
+                generation: previous,
+                size,
+                chunks: chunks.len() as u64,
+                new_chunks: 0,
+                key_label: target.key.label,
+                volume: target.volume,
+                created_key: false,
+                unchanged: true,
+            });
+        }
+        let generation = previous + 1;
         let committed = (|| -> Result<Garbage> {
-            volume.sync()?;
+            if !outcome.written.is_empty() {
+                volume.sync()?;
+            }
             let manifest = Manifest {
                 dataset_id,
                 generation,
@@ -276,6 +295,7 @@ impl Vault<Open> {
             key_label: target.key.label,
             volume: target.volume,
             created_key: target.new_key.is_some(),
+            unchanged: false,
         })
     }
 

@@ -299,3 +299,34 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&out[..], &bytes[a..b]);
     }
 }
+
+#[test]
+fn writing_the_same_content_again_commits_nothing() {
+    let t = vault();
+    let bytes = data(3 * CS + 1, 8);
+    let r1 = t.put("SAME.DATA", &bytes);
+    let files = t.chunk_file_count();
+    let r2 = t.put("SAME.DATA", &bytes);
+    assert!(r2.unchanged && !r1.unchanged);
+    assert_eq!((r2.generation, r2.new_chunks), (1, 0));
+    assert_eq!(t.chunk_file_count(), files);
+    let mut changed = bytes.clone();
+    changed[CS] ^= 1;
+    let r3 = t.put("SAME.DATA", &changed);
+    assert_eq!((r3.generation, r3.new_chunks, r3.unchanged), (2, 1, false));
+    // Same content under another key is a real change of generation.
+    let k = t
+        .vault
+        .create_key(&custos_core::NewKey {
+            label: None,
+            app: Some("SAME".into()),
+            purpose: custos_core::model::Purpose::Prim,
+            expires_at: None,
+            activate: true,
+        })
+        .unwrap();
+    let r4 =
+        t.vault.put(&ds("SAME.DATA"), &mut &changed[..], &PutOptions { key: Some(k.label), volume: None }).unwrap();
+    assert_eq!((r4.generation, r4.unchanged), (3, false));
+    assert_eq!(t.get("SAME.DATA").unwrap(), changed);
+}
