@@ -76,8 +76,14 @@ pub enum Command {
     Restore {
         dataset: String,
         /// The backup to restore (default: the newest of the dataset, preferring logical copies).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["generation", "at"])]
         backup: Option<u64>,
+        /// The newest copy of this generation of the dataset.
+        #[arg(long, conflicts_with = "at")]
+        generation: Option<u64>,
+        /// The newest copy made at or before this time (2026-11-24T12:00:00Z or 2026-11-24).
+        #[arg(long)]
+        at: Option<String>,
         /// Restore under this name instead.
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,

@@ -137,6 +137,18 @@ fn pattern(s: Option<&str>) -> anyhow::Result<Option<Pattern>> {
     s.map(Pattern::new).transpose().map_err(Into::into)
 }
 
+/// A point in time: a timestamp (2026-11-24T12:00:00Z) or a date (the end of that day, UTC).
+fn parse_time(s: &str) -> anyhow::Result<jiff::Timestamp> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        let next = d.tomorrow()?.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp();
+        return Ok(next - jiff::SignedDuration::from_micros(1));
+    }
+    bail!("invalid time {s:?}: give a timestamp (2026-11-24T12:00:00Z) or a date (2026-11-24)")
+}
+
 fn parse_expiry(s: &str) -> anyhow::Result<jiff::Timestamp> {
     if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
         return Ok(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * days));
@@ -207,7 +219,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keystore(k) => keystore_cmd(&cli, k),
         Command::Escrow(e) => escrow_cmd(&cli, e),
         Command::Backup(b) => backup_cmd(&cli, b),
-        Command::Restore { dataset: d, backup, as_name } => {
+        Command::Restore { dataset: d, backup, generation, at, as_name } => {
+            let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
             let pat = Pattern::new(d.as_str())?;
             let wildcard = d.contains(['*', '%']);
@@ -226,10 +239,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let b = match backup {
                     Some(id) => v.backup_record(*id)?,
                     None => {
-                        let newest =
-                            |m: CopyMethod| all.iter().rev().find(|b| b.dataset == *name && b.method == m).cloned();
+                        let fits = |b: &&custos_core::model::BackupRecord| {
+                            b.dataset == *name
+                                && generation.is_none_or(|g| b.source_generation == g)
+                                && at.is_none_or(|t| b.created_at <= t)
+                        };
+                        let newest = |m: CopyMethod| all.iter().rev().filter(fits).find(|b| b.method == m).cloned();
                         newest(CopyMethod::Logical).or_else(|| newest(CopyMethod::Raw)).ok_or_else(|| {
-                            anyhow!("no backup of {name}: see `custos backup ls`, or make one with `custos backup run`")
+                            anyhow!(
+                                "no backup of {name}{}{}: see `custos backup ls`",
+                                generation.map(|g| format!(" generation {g}")).unwrap_or_default(),
+                                at.map(|t| format!(" made at or before {t}")).unwrap_or_default()
+                            )
                         })?
                     }
                 };

@@ -696,6 +696,13 @@ fn backups_raw_without_a_passphrase_and_logical_that_outlives_the_key() {
     assert_eq!(e.run(&["ds", "get", "BK.DATA"]).stdout, bytes);
     e.ok(&["restore", "BK.DATA", "--as", "BK.COPY"]);
     assert_eq!(e.run(&["ds", "get", "BK.COPY"]).stdout, bytes);
+    // Choosing a copy by generation and by time.
+    e.ok(&["restore", "BK.DATA", "--generation", "1", "--as", "BK.GEN1"]);
+    assert_eq!(e.run(&["ds", "get", "BK.GEN1"]).stdout, bytes);
+    assert!(e.fails(&["restore", "BK.DATA", "--generation", "9"], 1).contains("generation 9"));
+    assert!(e.fails(&["restore", "BK.DATA", "--at", "2000-01-01"], 1).contains("made at or before"));
+    e.ok(&["restore", "BK.DATA", "--at", "2999-01-01", "--as", "BK.LATER"]);
+    assert!(e.fails(&["restore", "BK.DATA", "--at", "yesterday"], 1).contains("invalid time"));
     assert!(e.fails(&["restore", "NONE.SUCH"], 1).contains("no backup of NONE.SUCH"));
     // Retention: no rule is refused; keep-last 1 keeps the newest of each series.
     assert!(e.fails(&["backup", "prune"], 1).contains("--keep-last"));
