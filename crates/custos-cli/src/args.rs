@@ -68,6 +68,9 @@ pub enum Command {
     /// Escrow: a key-backup key split among custodians; every key is sealed to it.
     #[command(subcommand)]
     Escrow(EscrowCmd),
+    /// Snapshots: a dataset's current generation pinned, at metadata cost only.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Backup copies: raw (no key, shares the primary's) or logical (under a separate BACK key).
     #[command(subcommand)]
     Backup(BackupCmd),
@@ -85,6 +88,22 @@ pub enum Command {
         #[arg(long)]
         at: Option<String>,
         /// Restore under this name instead.
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Pin the current generation of a dataset. Needs no passphrase.
+    Create { dataset: String },
+    /// List snapshots, optionally of datasets matching a pattern.
+    Ls { pattern: Option<String> },
+    /// Remove a snapshot (and the chunks only it kept).
+    Rm { id: u64 },
+    /// Write a snapshot back as the dataset's newest generation (or as --as NAME).
+    Restore {
+        id: u64,
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
     },

@@ -23,7 +23,7 @@ use custos_core::{
 
 use args::{
     BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, KeyCmd, KeystoreCmd, MediumArg, MethodArg, PolicyCmd,
-    PurposeArg, VolumeCmd,
+    PurposeArg, SnapshotCmd, VolumeCmd,
 };
 use output::{bytes, json, when, Table};
 
@@ -219,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keystore(k) => keystore_cmd(&cli, k),
         Command::Escrow(e) => escrow_cmd(&cli, e),
         Command::Backup(b) => backup_cmd(&cli, b),
+        Command::Snapshot(c) => snapshot_cmd(&cli, c),
         Command::Restore { dataset: d, backup, generation, at, as_name } => {
             let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
@@ -706,6 +707,62 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 println!("imported {} files, {}", reports.len(), bytes(total));
                 Ok(())
             }
+        }
+    }
+}
+
+fn snapshot_cmd(cli: &Cli, c: &SnapshotCmd) -> anyhow::Result<()> {
+    match c {
+        SnapshotCmd::Create { dataset: d } => {
+            let sn = sealed(cli)?.snapshot_create(&dataset(d)?)?;
+            if cli.json {
+                return json(&sn);
+            }
+            println!("snapshot {}: {} generation {} ({})", sn.id, sn.dataset, sn.generation, bytes(sn.size));
+            Ok(())
+        }
+        SnapshotCmd::Ls { pattern: p } => {
+            let sns = sealed(cli)?.snapshots(pattern(p.as_deref())?.as_ref())?;
+            if cli.json {
+                return json(&sns);
+            }
+            let mut t = Table::new(&["ID", "DATASET", "GEN", "VOLUME", "KEY", "SIZE", "CREATED"]);
+            for s in sns {
+                t.row(vec![
+                    s.id.to_string(),
+                    s.dataset.to_string(),
+                    s.generation.to_string(),
+                    s.volume.to_string(),
+                    s.key_label.to_string(),
+                    bytes(s.size),
+                    when(Some(s.created_at)),
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        SnapshotCmd::Rm { id } => {
+            sealed(cli)?.snapshot_rm(*id)?;
+            if !cli.json {
+                println!("removed snapshot {id}");
+            }
+            Ok(())
+        }
+        SnapshotCmd::Restore { id, as_name } => {
+            let v = open(cli)?;
+            let sn = v.snapshot_record(*id)?;
+            let r = v.snapshot_restore(&sn, as_name.as_deref().map(dataset).transpose()?.as_ref())?;
+            if cli.json {
+                return json(&r);
+            }
+            println!(
+                "restored snapshot {} as {} generation {} ({}); verified",
+                sn.id,
+                r.dataset,
+                r.generation,
+                bytes(r.size)
+            );
+            Ok(())
         }
     }
 }

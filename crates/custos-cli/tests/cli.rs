@@ -762,3 +762,21 @@ fn killed_backup_never_lists_an_incomplete_copy() {
     }
     e.ok(&["backup", "verify", "--read-data"]);
 }
+
+#[test]
+fn snapshots_through_the_cli() {
+    let e = Env::new();
+    let v1 = data(200_000, 41);
+    e.ok(&["ds", "put", "SN.DATA", Env::s(&e.file("v1", &v1))]);
+    let sn = e.cmd(&["snapshot", "create", "SN.DATA", "--json"]).env_remove("CUSTOS_PASSPHRASE").output().unwrap();
+    assert!(sn.status.success(), "a snapshot needs no passphrase: {}", String::from_utf8_lossy(&sn.stderr));
+    let sn: serde_json::Value = serde_json::from_slice(&sn.stdout).unwrap();
+    let id = sn["id"].as_u64().unwrap().to_string();
+    e.ok(&["ds", "put", "SN.DATA", Env::s(&e.file("v2", &data(200_000, 42)))]);
+    assert_eq!(e.json(&["snapshot", "ls"])[0]["generation"], 1);
+    assert!(e.ok(&["snapshot", "restore", &id, "--as", "SN.OLD"]).contains("verified"));
+    assert_eq!(e.run(&["ds", "get", "SN.OLD"]).stdout, v1);
+    e.ok(&["snapshot", "rm", &id]);
+    assert!(e.fails(&["snapshot", "rm", &id], 1).contains("no snapshot"));
+    assert!(e.fails(&["snapshot", "create", "NO.SUCH"], 3).contains("no dataset named NO.SUCH"));
+}

@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use custos_model::{
     BackupRecord, ChunkRef, CopyMethod, DatasetId, DatasetName, DatasetRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
-    Pattern, Purpose, VolumeName,
+    Pattern, Purpose, SnapshotRecord, VolumeName,
 };
 use custos_store::format::{object_hash, Manifest, CHUNK_OVERHEAD};
 use jiff::Timestamp;
@@ -52,6 +52,39 @@ pub struct PruneDecision {
 }
 
 impl<S: VaultState> Vault<S> {
+    /// Pin the dataset's current generation. Costs metadata only (chunks are
+    /// immutable and shared) and needs no key. The snapshot is exactly one
+    /// committed generation, whatever writers are doing.
+    pub fn snapshot_create(&self, name: &DatasetName) -> Result<SnapshotRecord> {
+        self.dataset(name)?;
+        Ok(self.repo.create_snapshot(name)?)
+    }
+
+    /// Snapshots of datasets matching `pattern`, oldest first.
+    pub fn snapshots(&self, pattern: Option<&Pattern>) -> Result<Vec<SnapshotRecord>> {
+        Ok(self
+            .repo
+            .snapshots()?
+            .into_iter()
+            .filter(|s| pattern.is_none_or(|p| p.matches(s.dataset.as_str())))
+            .collect())
+    }
+
+    pub fn snapshot_record(&self, id: u64) -> Result<SnapshotRecord> {
+        self.repo.snapshots()?.into_iter().find(|s| s.id == id).ok_or_else(|| Error::Invalid {
+            what: "snapshot",
+            why: format!("no snapshot {id}: see `custos snapshot ls`"),
+        })
+    }
+
+    /// Remove a snapshot and whatever only it kept.
+    pub fn snapshot_rm(&self, id: u64) -> Result<()> {
+        self.snapshot_record(id)?;
+        let garbage = self.repo.remove_snapshot(id)?;
+        self.collect_garbage(&garbage);
+        Ok(())
+    }
+
     /// Apply `retention` to every series (dataset, method, volume) of backups
     /// of datasets matching `pattern`, and, unless `dry_run`, remove the
     /// backups it does not keep and the chunks only they used. Needs no key.
@@ -500,7 +533,6 @@ impl Vault<Open> {
     /// dataset (or of `as_name`), sealed under that dataset's key, or under
     /// a new key when that one can no longer encrypt; then verify it.
     pub fn restore(&self, backup: &BackupRecord, as_name: Option<&DatasetName>) -> Result<RestoreReport> {
-        let target = as_name.unwrap_or(&backup.dataset).clone();
         let copy_key = self.key_record(&backup.key_label)?;
         let key = match self.unwrap_for(&copy_key, KeyUse::Decrypt, &backup.dataset) {
             Err(Error::KeyDestroyed { .. }) if backup.method == CopyMethod::Raw => {
@@ -512,19 +544,69 @@ impl Vault<Open> {
             }
             other => other?,
         };
-        let vol = self.open_volume(&backup.volume)?;
-        let m = open_manifest(
-            vol.as_ref(),
+        let (put, new_key) = self.write_back(
             &backup.dataset,
+            backup.source_generation,
+            &backup.volume,
             &backup.copy_id,
             backup.generation,
             &backup.manifest_hash,
             &key,
+            as_name,
         )?;
+        self.repo.record_key_use(&copy_key.label)?;
+        Ok(RestoreReport {
+            backup: backup.id,
+            method: backup.method,
+            dataset: put.dataset,
+            generation: put.generation,
+            size: put.size,
+            key_label: put.key_label,
+            new_key,
+        })
+    }
+
+    /// Write a snapshot's generation back as the dataset's newest generation
+    /// (or as `as_name`), then verify it.
+    pub fn snapshot_restore(&self, snap: &SnapshotRecord, as_name: Option<&DatasetName>) -> Result<crate::PutReport> {
+        let k = self.key_record(&snap.key_label)?;
+        let key = self.unwrap_for(&k, KeyUse::Decrypt, &snap.dataset)?;
+        let (put, _) = self.write_back(
+            &snap.dataset,
+            snap.generation,
+            &snap.volume,
+            &snap.dataset_id,
+            snap.generation,
+            &snap.manifest_hash,
+            &key,
+            as_name,
+        )?;
+        self.repo.record_key_use(&k.label)?;
+        Ok(put)
+    }
+
+    /// Stream a sealed object set (bound to `bound_id`/`generation`, on
+    /// `volume`, opened with `key`) into `put` of `as_name` or `dataset`,
+    /// and verify the result. Returns the put and whether a new key had to
+    /// be made because the target's own can no longer encrypt.
+    #[allow(clippy::too_many_arguments)]
+    fn write_back(
+        &self,
+        dataset: &DatasetName,
+        source_generation: u64,
+        volume: &VolumeName,
+        bound_id: &DatasetId,
+        generation: u64,
+        manifest_hash: &[u8; 32],
+        key: &custos_crypto::DataKey,
+        as_name: Option<&DatasetName>,
+    ) -> Result<(crate::PutReport, bool)> {
+        let target = as_name.unwrap_or(dataset).clone();
+        let vol = self.open_volume(volume)?;
+        let m = open_manifest(vol.as_ref(), dataset, bound_id, generation, manifest_hash, key)?;
         // Seal under the target's own key if it still encrypts, else a new one.
-        let existing = self.repo.dataset(&target)?;
         let mut new_key = false;
-        let opts = match &existing {
+        let opts = match self.repo.dataset(&target)? {
             Some(d) => {
                 let k = self.key_record(&d.current.key_label)?;
                 let usable =
@@ -547,26 +629,16 @@ impl Vault<Open> {
             None => PutOptions::default(),
         };
         let open = OpenJob {
-            key: &key,
-            dataset: backup.copy_id,
+            key,
+            dataset: *bound_id,
             volume: vol.as_ref(),
             chunks: &m.chunks,
             chunk_size: m.chunk_size as u64,
             threads: self.threads,
         };
-        let put = self.stream_copy(&backup.dataset, backup.source_generation, &open, m.size, |input| {
-            self.put(&target, input, &opts)
-        })?;
+        let put =
+            self.stream_copy(dataset, source_generation, &open, m.size, |input| self.put(&target, input, &opts))?;
         self.verify(&target)?;
-        self.repo.record_key_use(&copy_key.label)?;
-        Ok(RestoreReport {
-            backup: backup.id,
-            method: backup.method,
-            dataset: target,
-            generation: put.generation,
-            size: put.size,
-            key_label: put.key_label,
-            new_key,
-        })
+        Ok((put, new_key))
     }
 }

@@ -14,5 +14,6 @@ pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
 pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
     BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord,
-    KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, Purpose, VolumeRecord, WrappedMaterial,
+    KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, Purpose, SnapshotRecord, VolumeRecord,
+    WrappedMaterial,
 };

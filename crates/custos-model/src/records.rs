@@ -326,3 +326,19 @@ pub struct BackupRecord {
     pub manifest_hash: [u8; 32],
     pub created_at: Timestamp,
 }
+
+/// A snapshot: one generation of a dataset pinned, at no data cost.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotRecord {
+    pub id: u64,
+    pub dataset: DatasetName,
+    pub dataset_id: DatasetId,
+    pub generation: u64,
+    pub volume: VolumeName,
+    pub key_label: KeyLabel,
+    pub size: u64,
+    pub chunk_count: u64,
+    #[serde(serialize_with = "ser_hex")]
+    pub manifest_hash: [u8; 32],
+    pub created_at: Timestamp,
+}

@@ -287,4 +287,31 @@ pub fn run(repo: &dyn Repository) {
     .unwrap();
     let garbage = repo.remove_dataset(&ds2).unwrap();
     assert!(garbage.chunks.is_empty(), "the raw copy on v2 still needs the chunk: {garbage:?}");
+
+    // Snapshots pin a generation: its chunks and manifest outlive the
+    // generation until the snapshot goes.
+    let sname = DatasetName::new("SNAP.DATA").unwrap();
+    let sid = DatasetId([0x5A; 16]);
+    let (p, q, r) = (ChunkId([0x61; 16]), ChunkId([0x62; 16]), ChunkId([0x63; 16]));
+    let g1 = GenerationCommit {
+        dataset_id: sid,
+        name: sname.clone(),
+        previous: 0,
+        generation: generation(1, label, "v1"),
+        chunks: vec![p, q],
+        new_key: None,
+    };
+    repo.commit_generation(&g1).unwrap();
+    let snap = repo.create_snapshot(&sname).unwrap();
+    assert_eq!((snap.generation, snap.volume.as_str()), (1, "v1"));
+    assert_eq!(repo.snapshot_chunks(snap.id).unwrap(), vec![p, q]);
+    assert!(matches!(repo.create_snapshot(&DatasetName::new("NO.SUCH").unwrap()), Err(RepoError::NotFound { .. })));
+    let g2 = GenerationCommit { previous: 1, generation: generation(2, label, "v1"), chunks: vec![p, r], ..g1.clone() };
+    let garbage = repo.commit_generation(&g2).unwrap();
+    assert!(garbage.chunks.is_empty() && garbage.manifests.is_empty(), "the snapshot pins generation 1: {garbage:?}");
+    assert_eq!(repo.snapshots().unwrap().len(), 1);
+    let garbage = repo.remove_snapshot(snap.id).unwrap();
+    assert_eq!(garbage.chunks, vec![(VolumeName::new("v1").unwrap(), q)], "p is still in generation 2");
+    assert_eq!(garbage.manifests, vec![(VolumeName::new("v1").unwrap(), sid, 1)]);
+    assert!(repo.snapshots().unwrap().is_empty());
 }

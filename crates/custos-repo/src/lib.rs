@@ -10,7 +10,7 @@ mod sqlite;
 use custos_crypto::Mkvp;
 use custos_model::{
     BackupRecord, ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KbkRecord, KeyLabel, KeyRecord,
-    KeystoreBackupRecord, PolicyRecord, VolumeName, VolumeRecord,
+    KeystoreBackupRecord, PolicyRecord, SnapshotRecord, VolumeName, VolumeRecord,
 };
 use thiserror::Error;
 
@@ -120,6 +120,16 @@ pub trait Repository: Send + Sync {
     fn remove_backup(&self, id: u64) -> Result<Garbage>;
     /// The source chunk each chunk of a logical copy was made from, in order.
     fn backup_sources(&self, id: u64) -> Result<Vec<Option<ChunkId>>>;
+
+    /// Pin the current generation of a dataset, in one transaction: the
+    /// snapshot is exactly one committed generation, whatever writers do.
+    fn create_snapshot(&self, name: &DatasetName) -> Result<SnapshotRecord>;
+    /// All snapshots, oldest first.
+    fn snapshots(&self) -> Result<Vec<SnapshotRecord>>;
+    /// The chunk IDs of one snapshot, in order.
+    fn snapshot_chunks(&self, id: u64) -> Result<Vec<ChunkId>>;
+    /// Remove a snapshot; returns what nothing else on its volume needs.
+    fn remove_snapshot(&self, id: u64) -> Result<Garbage>;
 
     fn insert_kbk(&self, rec: &KbkRecord) -> Result<()>;
     /// All key-backup keys, oldest first (the last is the one in use).

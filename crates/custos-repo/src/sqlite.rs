@@ -8,7 +8,7 @@ use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
     BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord,
     KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose,
-    VolumeName, VolumeRecord, WrappedMaterial,
+    SnapshotRecord, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -139,6 +139,28 @@ const MIGRATIONS: &[&str] = &[
     // next copy can skip unchanged chunks without reading them.
     r#"
     ALTER TABLE backup_chunks ADD COLUMN source_id BLOB;
+    "#,
+    // 7: snapshots (pinned generations).
+    r#"
+    CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        dataset TEXT NOT NULL,
+        dataset_id BLOB NOT NULL,
+        generation INTEGER NOT NULL,
+        volume TEXT NOT NULL REFERENCES volumes(name),
+        key_label TEXT NOT NULL REFERENCES keys(label),
+        size INTEGER NOT NULL,
+        chunk_count INTEGER NOT NULL,
+        manifest_hash BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE snapshot_chunks (
+        snapshot_id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        chunk_id BLOB NOT NULL,
+        PRIMARY KEY (snapshot_id, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX snapshot_chunks_chunk ON snapshot_chunks(chunk_id);
     "#,
 ];
 
@@ -336,7 +358,9 @@ fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) ->
                      ON og.dataset_id = o.dataset_id AND og.generation = o.generation
                      WHERE o.chunk_id = c.chunk_id AND og.volume = ?3 AND NOT (o.dataset_id = ?1 AND o.generation = ?2))
                  AND NOT EXISTS (SELECT 1 FROM backup_chunks bc JOIN backups b ON b.id = bc.backup_id
-                     WHERE bc.chunk_id = c.chunk_id AND b.volume = ?3)",
+                     WHERE bc.chunk_id = c.chunk_id AND b.volume = ?3)
+                 AND NOT EXISTS (SELECT 1 FROM snapshot_chunks sc JOIN snapshots s ON s.id = sc.snapshot_id
+                     WHERE sc.chunk_id = c.chunk_id AND s.volume = ?3)",
             )
             .map_err(db("find unreferenced chunks"))?;
         let chunks = stmt
@@ -346,7 +370,16 @@ fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) ->
             .map_err(db("find unreferenced chunks"))?;
         let vname = VolumeName::new(vol.clone()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
         garbage.chunks.extend(chunks.into_iter().map(|c| (vname.clone(), c)));
-        garbage.manifests.push((vname, *id, *g));
+        let pinned: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM snapshots WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3",
+                params![&id.0[..], *g as i64, vol],
+                |r| r.get(0),
+            )
+            .map_err(db("look for snapshots"))?;
+        if pinned == 0 {
+            garbage.manifests.push((vname, *id, *g));
+        }
         tx.execute("DELETE FROM generations WHERE dataset_id = ?1 AND generation = ?2", params![&id.0[..], *g as i64])
             .map_err(db("drop a generation"))?;
     }
@@ -655,7 +688,9 @@ impl Repository for SqliteRepository {
                          WHERE o.chunk_id = c.chunk_id AND ob.volume = ?2 AND ob.id <> ?1)
                      AND NOT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
                          ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
-                         WHERE g.chunk_id = c.chunk_id AND gg.volume = ?2)",
+                         WHERE g.chunk_id = c.chunk_id AND gg.volume = ?2)
+                     AND NOT EXISTS (SELECT 1 FROM snapshot_chunks sc JOIN snapshots s ON s.id = sc.snapshot_id
+                         WHERE sc.chunk_id = c.chunk_id AND s.volume = ?2)",
                 )
                 .map_err(db("find unreferenced chunks"))?;
             let rows = stmt
@@ -685,6 +720,137 @@ impl Repository for SqliteRepository {
             [id as i64],
             |r| r.get::<_, Option<Vec<u8>>>(0)?.map(|v| Ok(ChunkId(id16(v)?))).transpose(),
         )
+    }
+
+    fn create_snapshot(&self, name: &DatasetName) -> Result<SnapshotRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start a snapshot"))?;
+        let d = tx
+            .query_row(&format!("{DATASET_SELECT} WHERE d.name = ?1"), [name.as_str()], dataset_from_row)
+            .optional()
+            .map_err(db("read a dataset"))?
+            .ok_or_else(|| RepoError::NotFound { kind: "dataset", name: name.to_string() })?;
+        let g = &d.current;
+        let now = Timestamp::now();
+        tx.execute(
+            "INSERT INTO snapshots (dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                name.as_str(),
+                &d.id.0[..],
+                g.generation as i64,
+                g.volume.as_str(),
+                g.key_label.as_str(),
+                g.size as i64,
+                g.chunk_count as i64,
+                &g.manifest_hash[..],
+                ts(now)
+            ],
+        )
+        .map_err(db("record a snapshot"))?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO snapshot_chunks (snapshot_id, idx, chunk_id)
+             SELECT ?1, idx, chunk_id FROM generation_chunks WHERE dataset_id = ?2 AND generation = ?3",
+            params![id, &d.id.0[..], g.generation as i64],
+        )
+        .map_err(db("record snapshot chunks"))?;
+        tx.commit().map_err(db("commit a snapshot"))?;
+        Ok(SnapshotRecord {
+            id: id as u64,
+            dataset: name.clone(),
+            dataset_id: d.id,
+            generation: g.generation,
+            volume: g.volume.clone(),
+            key_label: g.key_label.clone(),
+            size: g.size,
+            chunk_count: g.chunk_count,
+            manifest_hash: g.manifest_hash,
+            created_at: now,
+        })
+    }
+
+    fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        self.query_all(
+            "list snapshots",
+            "SELECT id, dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash, created_at
+             FROM snapshots ORDER BY id",
+            [],
+            |r| {
+                let name: String = r.get(1)?;
+                let volume: String = r.get(4)?;
+                let key: String = r.get(5)?;
+                let hash: Vec<u8> = r.get(8)?;
+                Ok(SnapshotRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    dataset: DatasetName::new(name).map_err(|e| corrupt(e.to_string()))?,
+                    dataset_id: DatasetId(id16(r.get(2)?)?),
+                    generation: r.get::<_, i64>(3)? as u64,
+                    volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+                    key_label: KeyLabel::new(key).map_err(|e| corrupt(e.to_string()))?,
+                    size: r.get::<_, i64>(6)? as u64,
+                    chunk_count: r.get::<_, i64>(7)? as u64,
+                    manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
+                    created_at: from_ts(r.get(9)?)?,
+                })
+            },
+        )
+    }
+
+    fn snapshot_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
+        self.query_all(
+            "list snapshot chunks",
+            "SELECT chunk_id FROM snapshot_chunks WHERE snapshot_id = ?1 ORDER BY idx",
+            [id as i64],
+            |r| Ok(ChunkId(id16(r.get(0)?)?)),
+        )
+    }
+
+    fn remove_snapshot(&self, id: u64) -> Result<Garbage> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start removing a snapshot"))?;
+        let found: Option<(String, Vec<u8>, i64)> = tx
+            .query_row("SELECT volume, dataset_id, generation FROM snapshots WHERE id = ?1", [id as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(db("read a snapshot"))?;
+        let (vol, ds, generation) =
+            found.ok_or_else(|| RepoError::NotFound { kind: "snapshot", name: id.to_string() })?;
+        let ds = DatasetId(id16(ds).map_err(db("read a snapshot"))?);
+        let vname = VolumeName::new(vol.clone()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
+        let chunks: Vec<ChunkId> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT DISTINCT c.chunk_id FROM snapshot_chunks c WHERE c.snapshot_id = ?1
+                     AND NOT EXISTS (SELECT 1 FROM snapshot_chunks o JOIN snapshots os ON os.id = o.snapshot_id
+                         WHERE o.chunk_id = c.chunk_id AND os.volume = ?2 AND os.id <> ?1)
+                     AND NOT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
+                         ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
+                         WHERE g.chunk_id = c.chunk_id AND gg.volume = ?2)
+                     AND NOT EXISTS (SELECT 1 FROM backup_chunks bc JOIN backups b ON b.id = bc.backup_id
+                         WHERE bc.chunk_id = c.chunk_id AND b.volume = ?2)",
+                )
+                .map_err(db("find unreferenced chunks"))?;
+            let rows = stmt
+                .query_map(params![id as i64, vol], |r| Ok(ChunkId(id16(r.get(0)?)?)))
+                .map_err(db("find unreferenced chunks"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db("find unreferenced chunks"))?
+        };
+        // The manifest stays while the generation is live or another snapshot pins it.
+        let still: i64 = tx
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM generations WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3)
+                      + (SELECT COUNT(*) FROM snapshots WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3 AND id <> ?4)
+                      + (SELECT COUNT(*) FROM backups WHERE copy_id = ?1 AND generation = ?2 AND volume = ?3)",
+                params![&ds.0[..], generation, vol, id as i64],
+                |r| r.get(0),
+            )
+            .map_err(db("read a snapshot"))?;
+        tx.execute("DELETE FROM snapshots WHERE id = ?1", [id as i64]).map_err(db("remove a snapshot"))?;
+        tx.commit().map_err(db("commit a snapshot removal"))?;
+        let manifests = if still == 0 { vec![(vname.clone(), ds, generation as u64)] } else { Vec::new() };
+        Ok(Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests })
     }
 
     fn insert_kbk(&self, k: &KbkRecord) -> Result<()> {
