@@ -347,41 +347,80 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-/// Collect what dropping the given generations leaves unreferenced, then drop them.
+/// Of `candidates` (chunks an owner that was just deleted listed), those no
+/// generation, backup or snapshot on `vol` lists any more. This is the one
+/// definition of "still referenced on a volume"; every removal uses it after
+/// deleting its own rows.
+fn unreferenced(tx: &Transaction, mut candidates: Vec<ChunkId>, vol: &str) -> Result<Vec<ChunkId>> {
+    candidates.sort();
+    candidates.dedup();
+    let mut used = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
+                    ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
+                    WHERE g.chunk_id = ?1 AND gg.volume = ?2)
+                 OR EXISTS (SELECT 1 FROM backup_chunks b JOIN backups bb ON bb.id = b.backup_id
+                    WHERE b.chunk_id = ?1 AND bb.volume = ?2)
+                 OR EXISTS (SELECT 1 FROM snapshot_chunks s JOIN snapshots ss ON ss.id = s.snapshot_id
+                    WHERE s.chunk_id = ?1 AND ss.volume = ?2)",
+        )
+        .map_err(db("find unreferenced chunks"))?;
+    let mut out = Vec::new();
+    for c in candidates {
+        let still: bool =
+            used.query_row(params![&c.0[..], vol], |r| r.get(0)).map_err(db("find unreferenced chunks"))?;
+        if !still {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a generation, backup or snapshot on `vol` still names the
+/// manifest object of (`id`, `generation`).
+fn manifest_referenced(tx: &Transaction, id: &DatasetId, generation: u64, vol: &str) -> Result<bool> {
+    tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM generations WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3)
+             OR EXISTS (SELECT 1 FROM snapshots WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3)
+             OR EXISTS (SELECT 1 FROM backups WHERE copy_id = ?1 AND generation = ?2 AND volume = ?3)",
+        params![&id.0[..], generation as i64, vol],
+        |r| r.get(0),
+    )
+    .map_err(db("look for references to a manifest"))
+}
+
+fn chunk_list(tx: &Transaction, sql: &str, p: impl rusqlite::Params) -> Result<Vec<ChunkId>> {
+    let mut stmt = tx.prepare_cached(sql).map_err(db("list chunks"))?;
+    let rows = stmt.query_map(p, |r| Ok(ChunkId(id16(r.get(0)?)?))).map_err(db("list chunks"))?;
+    rows.collect::<rusqlite::Result<_>>().map_err(db("list chunks"))
+}
+
+/// What removing an owner (already deleted in `tx`) leaves unreferenced on `vol`.
+fn garbage_after(tx: &Transaction, candidates: Vec<ChunkId>, vol: &str, manifest: (DatasetId, u64)) -> Result<Garbage> {
+    let vname = VolumeName::new(vol.to_string()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
+    let chunks = unreferenced(tx, candidates, vol)?;
+    let manifests = if manifest_referenced(tx, &manifest.0, manifest.1, vol)? {
+        Vec::new()
+    } else {
+        vec![(vname.clone(), manifest.0, manifest.1)]
+    };
+    Ok(Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests })
+}
+
+/// Drop the given generations and return what they leave unreferenced.
 fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) -> Result<Garbage> {
     let mut garbage = Garbage::default();
     for (g, vol) in gens {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT DISTINCT c.chunk_id FROM generation_chunks c WHERE c.dataset_id = ?1 AND c.generation = ?2
-                 AND NOT EXISTS (SELECT 1 FROM generation_chunks o JOIN generations og
-                     ON og.dataset_id = o.dataset_id AND og.generation = o.generation
-                     WHERE o.chunk_id = c.chunk_id AND og.volume = ?3 AND NOT (o.dataset_id = ?1 AND o.generation = ?2))
-                 AND NOT EXISTS (SELECT 1 FROM backup_chunks bc JOIN backups b ON b.id = bc.backup_id
-                     WHERE bc.chunk_id = c.chunk_id AND b.volume = ?3)
-                 AND NOT EXISTS (SELECT 1 FROM snapshot_chunks sc JOIN snapshots s ON s.id = sc.snapshot_id
-                     WHERE sc.chunk_id = c.chunk_id AND s.volume = ?3)",
-            )
-            .map_err(db("find unreferenced chunks"))?;
-        let chunks = stmt
-            .query_map(params![&id.0[..], *g as i64, vol], |r| Ok(ChunkId(id16(r.get(0)?)?)))
-            .map_err(db("find unreferenced chunks"))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(db("find unreferenced chunks"))?;
-        let vname = VolumeName::new(vol.clone()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
-        garbage.chunks.extend(chunks.into_iter().map(|c| (vname.clone(), c)));
-        let pinned: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM snapshots WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3",
-                params![&id.0[..], *g as i64, vol],
-                |r| r.get(0),
-            )
-            .map_err(db("look for snapshots"))?;
-        if pinned == 0 {
-            garbage.manifests.push((vname, *id, *g));
-        }
+        let candidates = chunk_list(
+            tx,
+            "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2",
+            params![&id.0[..], *g as i64],
+        )?;
         tx.execute("DELETE FROM generations WHERE dataset_id = ?1 AND generation = ?2", params![&id.0[..], *g as i64])
             .map_err(db("drop a generation"))?;
+        let more = garbage_after(tx, candidates, vol, (*id, *g))?;
+        garbage.chunks.extend(more.chunks);
+        garbage.manifests.extend(more.manifests);
     }
     Ok(garbage)
 }
@@ -670,47 +709,20 @@ impl Repository for SqliteRepository {
     fn remove_backup(&self, id: u64) -> Result<Garbage> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("start removing a backup"))?;
-        let found: Option<(String, Vec<u8>, i64, String)> = tx
-            .query_row("SELECT volume, copy_id, generation, method FROM backups WHERE id = ?1", [id as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        let found: Option<(String, Vec<u8>, i64)> = tx
+            .query_row("SELECT volume, copy_id, generation FROM backups WHERE id = ?1", [id as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()
             .map_err(db("read a backup"))?;
-        let (vol, copy_id, generation, _method) =
+        let (vol, copy_id, generation) =
             found.ok_or_else(|| RepoError::NotFound { kind: "backup", name: id.to_string() })?;
-        let vname = VolumeName::new(vol.clone()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
         let copy_id = DatasetId(id16(copy_id).map_err(db("read a backup"))?);
-        let chunks: Vec<ChunkId> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT DISTINCT c.chunk_id FROM backup_chunks c WHERE c.backup_id = ?1
-                     AND NOT EXISTS (SELECT 1 FROM backup_chunks o JOIN backups ob ON ob.id = o.backup_id
-                         WHERE o.chunk_id = c.chunk_id AND ob.volume = ?2 AND ob.id <> ?1)
-                     AND NOT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
-                         ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
-                         WHERE g.chunk_id = c.chunk_id AND gg.volume = ?2)
-                     AND NOT EXISTS (SELECT 1 FROM snapshot_chunks sc JOIN snapshots s ON s.id = sc.snapshot_id
-                         WHERE sc.chunk_id = c.chunk_id AND s.volume = ?2)",
-                )
-                .map_err(db("find unreferenced chunks"))?;
-            let rows = stmt
-                .query_map(params![id as i64, vol], |r| Ok(ChunkId(id16(r.get(0)?)?)))
-                .map_err(db("find unreferenced chunks"))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(db("find unreferenced chunks"))?
-        };
-        // The manifest object goes too, unless another backup records the
-        // same one (raw copies of one generation share their manifest name).
-        let shared: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM backups WHERE volume = ?1 AND copy_id = ?2 AND generation = ?3 AND id <> ?4",
-                params![vol, &copy_id.0[..], generation, id as i64],
-                |r| r.get(0),
-            )
-            .map_err(db("read a backup"))?;
+        let candidates = chunk_list(&tx, "SELECT chunk_id FROM backup_chunks WHERE backup_id = ?1", [id as i64])?;
         tx.execute("DELETE FROM backups WHERE id = ?1", [id as i64]).map_err(db("remove a backup"))?;
+        let garbage = garbage_after(&tx, candidates, &vol, (copy_id, generation as u64))?;
         tx.commit().map_err(db("commit a backup removal"))?;
-        let manifests = if shared == 0 { vec![(vname.clone(), copy_id, generation as u64)] } else { Vec::new() };
-        Ok(Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests })
+        Ok(garbage)
     }
 
     fn backup_sources(&self, id: u64) -> Result<Vec<Option<ChunkId>>> {
@@ -818,39 +830,11 @@ impl Repository for SqliteRepository {
         let (vol, ds, generation) =
             found.ok_or_else(|| RepoError::NotFound { kind: "snapshot", name: id.to_string() })?;
         let ds = DatasetId(id16(ds).map_err(db("read a snapshot"))?);
-        let vname = VolumeName::new(vol.clone()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
-        let chunks: Vec<ChunkId> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT DISTINCT c.chunk_id FROM snapshot_chunks c WHERE c.snapshot_id = ?1
-                     AND NOT EXISTS (SELECT 1 FROM snapshot_chunks o JOIN snapshots os ON os.id = o.snapshot_id
-                         WHERE o.chunk_id = c.chunk_id AND os.volume = ?2 AND os.id <> ?1)
-                     AND NOT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
-                         ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
-                         WHERE g.chunk_id = c.chunk_id AND gg.volume = ?2)
-                     AND NOT EXISTS (SELECT 1 FROM backup_chunks bc JOIN backups b ON b.id = bc.backup_id
-                         WHERE bc.chunk_id = c.chunk_id AND b.volume = ?2)",
-                )
-                .map_err(db("find unreferenced chunks"))?;
-            let rows = stmt
-                .query_map(params![id as i64, vol], |r| Ok(ChunkId(id16(r.get(0)?)?)))
-                .map_err(db("find unreferenced chunks"))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(db("find unreferenced chunks"))?
-        };
-        // The manifest stays while the generation is live or another snapshot pins it.
-        let still: i64 = tx
-            .query_row(
-                "SELECT (SELECT COUNT(*) FROM generations WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3)
-                      + (SELECT COUNT(*) FROM snapshots WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3 AND id <> ?4)
-                      + (SELECT COUNT(*) FROM backups WHERE copy_id = ?1 AND generation = ?2 AND volume = ?3)",
-                params![&ds.0[..], generation, vol, id as i64],
-                |r| r.get(0),
-            )
-            .map_err(db("read a snapshot"))?;
+        let candidates = chunk_list(&tx, "SELECT chunk_id FROM snapshot_chunks WHERE snapshot_id = ?1", [id as i64])?;
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [id as i64]).map_err(db("remove a snapshot"))?;
+        let garbage = garbage_after(&tx, candidates, &vol, (ds, generation as u64))?;
         tx.commit().map_err(db("commit a snapshot removal"))?;
-        let manifests = if still == 0 { vec![(vname.clone(), ds, generation as u64)] } else { Vec::new() };
-        Ok(Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests })
+        Ok(garbage)
     }
 
     fn insert_kbk(&self, k: &KbkRecord) -> Result<()> {
