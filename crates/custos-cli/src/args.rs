@@ -68,6 +68,9 @@ pub enum Command {
     /// Escrow: a key-backup key split among custodians; every key is sealed to it.
     #[command(subcommand)]
     Escrow(EscrowCmd),
+    /// Mirrors: a volume replicated synchronously to another (PPRC).
+    #[command(subcommand)]
+    Mirror(MirrorCmd),
     /// Snapshots: a dataset's current generation pinned, at metadata cost only.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -91,6 +94,19 @@ pub enum Command {
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MirrorCmd {
+    /// Mirror PRIMARY to SECONDARY: copy what PRIMARY holds, then every
+    /// write goes to both. Deletions replicate too. Needs no passphrase.
+    Add { primary: String, secondary: String },
+    /// List mirrors.
+    Ls,
+    /// Check each secondary against what the catalog records on its primary.
+    Status,
+    /// Stop mirroring a volume (the secondary keeps what it has).
+    Rm { primary: String },
 }
 
 #[derive(Subcommand, Debug)]

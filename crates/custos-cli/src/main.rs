@@ -22,8 +22,8 @@ use custos_core::{
 };
 
 use args::{
-    BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, KeyCmd, KeystoreCmd, MediumArg, MethodArg, PolicyCmd,
-    PurposeArg, SnapshotCmd, VolumeCmd,
+    BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, KeyCmd, KeystoreCmd, MediumArg, MethodArg, MirrorCmd,
+    PolicyCmd, PurposeArg, SnapshotCmd, VolumeCmd,
 };
 use output::{bytes, json, when, Table};
 
@@ -220,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Escrow(e) => escrow_cmd(&cli, e),
         Command::Backup(b) => backup_cmd(&cli, b),
         Command::Snapshot(c) => snapshot_cmd(&cli, c),
+        Command::Mirror(c) => mirror_cmd(&cli, c),
         Command::Restore { dataset: d, backup, generation, at, as_name } => {
             let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
@@ -707,6 +708,54 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 println!("imported {} files, {}", reports.len(), bytes(total));
                 Ok(())
             }
+        }
+    }
+}
+
+fn mirror_cmd(cli: &Cli, c: &MirrorCmd) -> anyhow::Result<()> {
+    let v = sealed(cli)?;
+    let show = |ms: Vec<custos_core::MirrorStatus>| -> anyhow::Result<()> {
+        if cli.json {
+            return json(&ms);
+        }
+        let mut t = Table::new(&["PRIMARY", "SECONDARY", "SINCE", "OBJECTS", "STATE"]);
+        for m in ms {
+            let state = match m.missing {
+                None => "-".to_string(),
+                Some(0) => "in sync".to_string(),
+                Some(n) => format!("{n} missing on the secondary"),
+            };
+            t.row(vec![
+                m.primary.to_string(),
+                m.secondary.to_string(),
+                when(Some(m.since)),
+                m.objects.to_string(),
+                state,
+            ]);
+        }
+        t.print();
+        Ok(())
+    };
+    match c {
+        MirrorCmd::Add { primary, secondary } => {
+            show(vec![v.mirror_add(&volume_name(primary)?, &volume_name(secondary)?)?])
+        }
+        MirrorCmd::Ls => show(v.mirrors(false)?),
+        MirrorCmd::Status => {
+            let ms = v.mirrors(true)?;
+            let out = ms.iter().filter(|m| m.missing.unwrap_or(0) > 0).count();
+            show(ms)?;
+            if out > 0 {
+                bail!("{out} mirrors are out of sync: remove and add them again to resynchronise");
+            }
+            Ok(())
+        }
+        MirrorCmd::Rm { primary } => {
+            v.mirror_rm(&volume_name(primary)?)?;
+            if !cli.json {
+                println!("volume {primary} is no longer mirrored");
+            }
+            Ok(())
         }
     }
 }

@@ -780,3 +780,22 @@ fn snapshots_through_the_cli() {
     assert!(e.fails(&["snapshot", "rm", &id], 1).contains("no snapshot"));
     assert!(e.fails(&["snapshot", "create", "NO.SUCH"], 3).contains("no dataset named NO.SUCH"));
 }
+
+#[test]
+fn mirror_through_the_cli() {
+    let e = Env::new();
+    let sec = e.dir.path().join("pprc");
+    e.ok(&["volume", "add", "pprc", "--path", Env::s(&sec), "--site", "B"]);
+    let bytes = data(150_000, 51);
+    e.ok(&["ds", "put", "MC.DATA", Env::s(&e.file("d", &bytes))]);
+    let o = e.cmd(&["mirror", "add", "default", "pprc"]).env_remove("CUSTOS_PASSPHRASE").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(e.ok(&["mirror", "status"]).contains("in sync"));
+    e.ok(&["ds", "put", "MC.MORE", Env::s(&e.file("m", &bytes))]);
+    std::fs::remove_dir_all(e.vault.join("volumes/default")).unwrap();
+    assert_eq!(e.run(&["ds", "get", "MC.MORE"]).stdout, bytes);
+    assert_eq!(e.run(&["ds", "get", "MC.DATA"]).stdout, bytes);
+    assert!(e.fails(&["mirror", "add", "pprc", "pprc"], 1).contains("cannot mirror itself"));
+    e.ok(&["mirror", "rm", "default"]);
+    assert!(e.fails(&["mirror", "rm", "default"], 1).contains("not mirrored"));
+}

@@ -292,7 +292,23 @@ impl<S: VaultState> Vault<S> {
         self.repo.volume(name)?.ok_or_else(|| Error::VolumeNotFound { name: name.to_string() })
     }
 
+    /// Open a volume; a mirrored one comes wrapped, so that writes go to
+    /// both sides and reads fail over to the secondary.
     pub(crate) fn open_volume(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
+        let rec = self.volume_record(name)?;
+        match self.repo.mirrors()?.into_iter().find(|(p, _, _)| p == name) {
+            None => Ok(Arc::new(LocalVolume::open(rec.name.as_str(), Path::new(&rec.location))?)),
+            Some((_, secondary, _)) => {
+                let srec = self.volume_record(&secondary)?;
+                let sec = LocalVolume::open(srec.name.as_str(), Path::new(&srec.location))?;
+                let prim = LocalVolume::attach(rec.name.as_str(), Path::new(&rec.location));
+                Ok(Arc::new(custos_store::MirroredVolume::new(Box::new(prim), Box::new(sec))))
+            }
+        }
+    }
+
+    /// Open a volume's own directory, ignoring any mirror.
+    pub(crate) fn open_plain_volume(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
         let rec = self.volume_record(name)?;
         Ok(Arc::new(LocalVolume::open(rec.name.as_str(), Path::new(&rec.location))?))
     }

@@ -314,4 +314,19 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(garbage.chunks, vec![(VolumeName::new("v1").unwrap(), q)], "p is still in generation 2");
     assert_eq!(garbage.manifests, vec![(VolumeName::new("v1").unwrap(), sid, 1)]);
     assert!(repo.snapshots().unwrap().is_empty());
+
+    // Mirrors, and what the catalog says a volume holds.
+    let (v1, v2) = (VolumeName::new("v1").unwrap(), VolumeName::new("v2").unwrap());
+    repo.insert_mirror(&v1, &v2).unwrap();
+    assert!(matches!(repo.insert_mirror(&v1, &v2), Err(RepoError::Exists { .. })));
+    assert_eq!(
+        repo.mirrors().unwrap().iter().map(|(p, s, _)| (p.clone(), s.clone())).collect::<Vec<_>>(),
+        [(v1.clone(), v2.clone())]
+    );
+    let objs = repo.volume_objects(&v1).unwrap();
+    assert_eq!(objs.chunks, vec![p, r], "generation 2 of SNAP.DATA lives on v1");
+    assert_eq!(objs.manifests, vec![(sid, 2)]);
+    assert_eq!(objs.keystore_backups.len(), 2);
+    assert!(repo.remove_mirror(&v1).unwrap());
+    assert!(!repo.remove_mirror(&v1).unwrap());
 }

@@ -73,6 +73,14 @@ impl std::fmt::Debug for Rewrap {
     }
 }
 
+/// What the catalog says is stored on one volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeObjects {
+    pub chunks: Vec<ChunkId>,
+    pub manifests: Vec<(DatasetId, u64)>,
+    pub keystore_backups: Vec<String>,
+}
+
 /// The repository seam. See [`conformance::run`] for the contract.
 pub trait Repository: Send + Sync {
     /// A setting (`key.naming`, `chunk.size`, …), if set.
@@ -130,6 +138,16 @@ pub trait Repository: Send + Sync {
     fn snapshot_chunks(&self, id: u64) -> Result<Vec<ChunkId>>;
     /// Remove a snapshot; returns what nothing else on its volume needs.
     fn remove_snapshot(&self, id: u64) -> Result<Garbage>;
+
+    /// Record that `primary` is mirrored to `secondary`.
+    fn insert_mirror(&self, primary: &VolumeName, secondary: &VolumeName) -> Result<()>;
+    /// (primary, secondary, since) for every mirror.
+    fn mirrors(&self) -> Result<Vec<(VolumeName, VolumeName, jiff::Timestamp)>>;
+    /// Remove the mirror of `primary`; false when there was none.
+    fn remove_mirror(&self, primary: &VolumeName) -> Result<bool>;
+    /// Every chunk and manifest object the catalog records on a volume
+    /// (generations, backups, snapshots), and its keystore backups.
+    fn volume_objects(&self, vol: &VolumeName) -> Result<VolumeObjects>;
 
     fn insert_kbk(&self, rec: &KbkRecord) -> Result<()>;
     /// All key-backup keys, oldest first (the last is the one in use).

@@ -13,7 +13,7 @@ use custos_model::{
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use crate::{Garbage, GenerationCommit, RepoError, Repository, Result, Rewrap};
+use crate::{Garbage, GenerationCommit, RepoError, Repository, Result, Rewrap, VolumeObjects};
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -161,6 +161,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (snapshot_id, idx)
     ) WITHOUT ROWID;
     CREATE INDEX snapshot_chunks_chunk ON snapshot_chunks(chunk_id);
+    "#,
+    // 8: synchronous mirrors of volumes.
+    r#"
+    CREATE TABLE mirrors (
+        primary_volume TEXT PRIMARY KEY REFERENCES volumes(name),
+        secondary_volume TEXT NOT NULL UNIQUE REFERENCES volumes(name),
+        created_at INTEGER NOT NULL
+    );
     "#,
 ];
 
@@ -835,6 +843,70 @@ impl Repository for SqliteRepository {
         let garbage = garbage_after(&tx, candidates, &vol, (ds, generation as u64))?;
         tx.commit().map_err(db("commit a snapshot removal"))?;
         Ok(garbage)
+    }
+
+    fn insert_mirror(&self, primary: &VolumeName, secondary: &VolumeName) -> Result<()> {
+        let r = self.conn().execute(
+            "INSERT INTO mirrors (primary_volume, secondary_volume, created_at) VALUES (?1, ?2, ?3)",
+            params![primary.as_str(), secondary.as_str(), ts(Timestamp::now())],
+        );
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "mirror", name: primary.to_string() }),
+            r => r.map(|_| ()).map_err(db("record a mirror")),
+        }
+    }
+
+    fn mirrors(&self) -> Result<Vec<(VolumeName, VolumeName, Timestamp)>> {
+        self.query_all(
+            "list mirrors",
+            "SELECT primary_volume, secondary_volume, created_at FROM mirrors ORDER BY primary_volume",
+            [],
+            |r| {
+                let (p, s): (String, String) = (r.get(0)?, r.get(1)?);
+                Ok((
+                    VolumeName::new(p).map_err(|e| corrupt(e.to_string()))?,
+                    VolumeName::new(s).map_err(|e| corrupt(e.to_string()))?,
+                    from_ts(r.get(2)?)?,
+                ))
+            },
+        )
+    }
+
+    fn remove_mirror(&self, primary: &VolumeName) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM mirrors WHERE primary_volume = ?1", [primary.as_str()])
+            .map_err(db("remove a mirror"))?;
+        Ok(n > 0)
+    }
+
+    fn volume_objects(&self, vol: &VolumeName) -> Result<VolumeObjects> {
+        let v = vol.as_str();
+        let mut chunks: Vec<ChunkId> = self.query_all(
+            "list a volume's chunks",
+            "SELECT c.chunk_id FROM generation_chunks c JOIN generations g
+                 ON g.dataset_id = c.dataset_id AND g.generation = c.generation WHERE g.volume = ?1
+             UNION SELECT bc.chunk_id FROM backup_chunks bc JOIN backups b ON b.id = bc.backup_id WHERE b.volume = ?1
+             UNION SELECT sc.chunk_id FROM snapshot_chunks sc JOIN snapshots s ON s.id = sc.snapshot_id WHERE s.volume = ?1",
+            [v],
+            |r| Ok(ChunkId(id16(r.get(0)?)?)),
+        )?;
+        chunks.sort();
+        let manifests = self.query_all(
+            "list a volume's manifests",
+            "SELECT dataset_id, generation FROM generations WHERE volume = ?1
+             UNION SELECT copy_id, generation FROM backups WHERE volume = ?1
+             UNION SELECT dataset_id, generation FROM snapshots WHERE volume = ?1",
+            [v],
+            |r| Ok((DatasetId(id16(r.get(0)?)?), r.get::<_, i64>(1)? as u64)),
+        )?;
+        let keystore_backups = self.query_all(
+            "list a volume's keystore backups",
+            "SELECT id FROM keystore_backups WHERE volume = ?1",
+            [v],
+            |r| r.get(0),
+        )?;
+        Ok(VolumeObjects { chunks, manifests, keystore_backups })
     }
 
     fn insert_kbk(&self, k: &KbkRecord) -> Result<()> {

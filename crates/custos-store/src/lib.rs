@@ -12,6 +12,7 @@ mod buf;
 mod direct;
 pub mod format;
 mod local;
+mod mirror;
 
 use std::path::PathBuf;
 
@@ -21,6 +22,7 @@ use thiserror::Error;
 pub use buf::{ChunkBuf, ALIGN};
 pub use direct::DirectWriter;
 pub use local::LocalVolume;
+pub use mirror::MirroredVolume;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

@@ -50,6 +50,13 @@ impl LocalVolume {
         Ok(v)
     }
 
+    /// Attach to a volume directory without checking it is there: every
+    /// operation then reports it unreachable. For the primary of a mirror,
+    /// whose reads must fail over when it is gone.
+    pub fn attach(name: &str, root: &Path) -> Self {
+        Self::new(name, root)
+    }
+
     /// Open an existing volume directory; fails when it is gone or unlabelled.
     pub fn open(name: &str, root: &Path) -> Result<Self> {
         let v = Self::new(name, root);

@@ -1,0 +1,110 @@
+//! A synchronous mirror (PPRC): every write and delete goes to both volumes
+//! and is acknowledged only when both succeeded; reads come from the primary
+//! and fail over to the secondary when the primary cannot be reached. Like
+//! the real thing, it replicates mistakes too: a deletion deletes on both.
+
+use custos_model::{ChunkId, DatasetId};
+
+use crate::{ChunkBuf, Result, StoreError, Volume};
+
+pub struct MirroredVolume {
+    primary: Box<dyn Volume>,
+    secondary: Box<dyn Volume>,
+}
+
+impl MirroredVolume {
+    pub fn new(primary: Box<dyn Volume>, secondary: Box<dyn Volume>) -> Self {
+        Self { primary, secondary }
+    }
+
+    /// Read from the primary; when it is gone, from the secondary.
+    fn read<T>(&self, mut f: impl FnMut(&dyn Volume) -> Result<T>) -> Result<T> {
+        match f(self.primary.as_ref()) {
+            Err(StoreError::Unreachable { .. } | StoreError::NotAVolume { .. }) => f(self.secondary.as_ref()),
+            other => other,
+        }
+    }
+}
+
+impl Volume for MirroredVolume {
+    fn describe(&self) -> String {
+        format!("{} mirrored to {}", self.primary.describe(), self.secondary.describe())
+    }
+
+    fn put_chunk(&self, id: &ChunkId, sealed: &[u8]) -> Result<()> {
+        self.primary.put_chunk(id, sealed)?;
+        if let Err(e) = self.secondary.put_chunk(id, sealed) {
+            let _ = self.primary.delete_chunk(id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn read_chunk(&self, id: &ChunkId, buf: &mut ChunkBuf, max_len: usize) -> Result<usize> {
+        self.read(|v| v.read_chunk(id, buf, max_len))
+    }
+
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.primary.has_chunk(id)? && self.secondary.has_chunk(id)?)
+    }
+
+    fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
+        self.primary.delete_chunk(id)?;
+        self.secondary.delete_chunk(id)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.primary.sync()?;
+        self.secondary.sync()
+    }
+
+    fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+        self.primary.put_manifest(dataset, generation, sealed)?;
+        self.secondary.put_manifest(dataset, generation, sealed)
+    }
+
+    fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>> {
+        self.read(|v| v.read_manifest(dataset, generation))
+    }
+
+    fn delete_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<()> {
+        self.primary.delete_manifest(dataset, generation)?;
+        self.secondary.delete_manifest(dataset, generation)
+    }
+
+    fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        self.primary.put_keystore_backup(id, bytes)?;
+        self.secondary.put_keystore_backup(id, bytes)
+    }
+
+    fn read_keystore_backup(&self, id: &str) -> Result<Vec<u8>> {
+        self.read(|v| v.read_keystore_backup(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LocalVolume;
+
+    #[test]
+    fn conformance_and_failover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let m = MirroredVolume::new(
+            Box::new(LocalVolume::create("a", &a).unwrap()),
+            Box::new(LocalVolume::create("b", &b).unwrap()),
+        );
+        crate::conformance::run(&m);
+        let id = ChunkId([7; 16]);
+        m.put_chunk(&id, b"both").unwrap();
+        m.sync().unwrap();
+        let secondary = LocalVolume::open("b", &b).unwrap();
+        assert!(secondary.has_chunk(&id).unwrap(), "acknowledged means on the secondary too");
+        std::fs::remove_dir_all(&a).unwrap();
+        let mut buf = ChunkBuf::new(16);
+        let n = m.read_chunk(&id, &mut buf, 1 << 20).unwrap();
+        assert_eq!(buf.slice(n), b"both", "reads fail over to the secondary");
+        assert!(m.put_chunk(&ChunkId([8; 16]), b"x").is_err(), "no write is acknowledged on one side only");
+    }
+}
