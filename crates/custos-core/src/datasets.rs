@@ -94,14 +94,18 @@ impl<S: VaultState> Vault<S> {
     /// what cannot be deleted now is only wasted space. Returns how many
     /// objects were deleted.
     pub(crate) fn collect_garbage(&self, g: &Garbage) -> usize {
+        // Each volume is opened once, not once per object.
+        let mut opened: std::collections::HashMap<VolumeName, Option<std::sync::Arc<dyn Volume>>> = Default::default();
+        let mut volume =
+            |name: &VolumeName| opened.entry(name.clone()).or_insert_with(|| self.open_volume(name).ok()).clone();
         let mut deleted = 0;
         for (vol, id) in &g.chunks {
-            if let Ok(v) = self.open_volume(vol) {
+            if let Some(v) = volume(vol) {
                 deleted += v.delete_chunk(id).is_ok() as usize;
             }
         }
         for (vol, ds, generation) in &g.manifests {
-            if let Ok(v) = self.open_volume(vol) {
+            if let Some(v) = volume(vol) {
                 deleted += v.delete_manifest(ds, *generation).is_ok() as usize;
             }
         }
