@@ -51,6 +51,24 @@ impl Env {
         c
     }
 
+    /// Start `custos ARGS` on this vault, SIGKILL it after `after`, and say
+    /// whether the kill interrupted it (false when it had already finished).
+    fn run_killed(&self, args: &[&str], after: std::time::Duration) -> bool {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("custos"))
+            .env_clear()
+            .env("CUSTOS_VAULT", &self.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        let _ = child.kill();
+        !child.wait().unwrap().success()
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
@@ -413,18 +431,10 @@ fn killed_writer_never_leaves_a_half_generation() {
     let mut saw = [0usize; 2];
     let kills = 20u64;
     for i in 0..kills {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("custos"))
-            .env_clear()
-            .env("CUSTOS_VAULT", &e.vault)
-            .env("CUSTOS_PASSPHRASE", PASS)
-            .args(["--threads", "2", "ds", "put", "CRASH.X", Env::s(&new_f)])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2 * full * i / kills));
-        let _ = child.kill();
-        let _ = child.wait();
+        e.run_killed(
+            &["--threads", "2", "ds", "put", "CRASH.X", Env::s(&new_f)],
+            std::time::Duration::from_millis(2 * full * i / kills),
+        );
         let got = e.run(&["ds", "get", "CRASH.X"]);
         assert!(got.status.success(), "after kill {i}: {}", String::from_utf8_lossy(&got.stderr));
         if got.stdout == old {
@@ -506,18 +516,7 @@ fn killed_reencipher_loses_no_key() {
     let kills = 12u64;
     let mut partial = 0;
     for i in 0..kills {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("custos"))
-            .env_clear()
-            .env("CUSTOS_VAULT", &e.vault)
-            .env("CUSTOS_PASSPHRASE", PASS)
-            .args(["mk", "reencipher", "--batch", "50"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(full * i / kills));
-        let _ = child.kill();
-        let _ = child.wait();
+        e.run_killed(&["mk", "reencipher", "--batch", "50"], std::time::Duration::from_millis(full * i / kills));
         let v = custos_core::Vault::open(&e.vault)
             .unwrap()
             .unseal(&custos_core::Passphrase::from(PASS.to_string()))
@@ -739,18 +738,10 @@ fn killed_backup_never_lists_an_incomplete_copy() {
         let kills = 8u64;
         let mut interrupted = 0;
         for i in 0..kills {
-            let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("custos"))
-                .env_clear()
-                .env("CUSTOS_VAULT", &e.vault)
-                .env("CUSTOS_PASSPHRASE", PASS)
-                .args(["--threads", "2", "backup", "run", "--method", method, "--to", "offsite"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(full * i / kills));
-            let _ = child.kill();
-            if !child.wait().unwrap().success() {
+            if e.run_killed(
+                &["--threads", "2", "backup", "run", "--method", method, "--to", "offsite"],
+                std::time::Duration::from_millis(full * i / kills),
+            ) {
                 interrupted += 1;
             }
             e.ok(&["backup", "verify", "--read-data"]);
