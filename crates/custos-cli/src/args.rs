@@ -344,15 +344,22 @@ pub enum KeyCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCmd {
-    /// Add a volume in a directory (created if missing).
+    /// Add a volume: a directory (created if missing), or for the tape
+    /// tier an S3 bucket and prefix (`--url s3://bucket/prefix`; endpoint
+    /// and region from `config set s3.*` or AWS_ENDPOINT_URL / AWS_REGION,
+    /// credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Tape
+    /// volumes live on object storage and are written once.
     Add {
         name: String,
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        path: Option<PathBuf>,
+        /// `s3://bucket/prefix` (implies --medium tape).
         #[arg(long)]
-        path: PathBuf,
+        url: Option<String>,
         #[arg(long)]
         site: String,
-        #[arg(long, value_enum, default_value = "disk")]
-        medium: MediumArg,
+        #[arg(long, value_enum)]
+        medium: Option<MediumArg>,
     },
     /// List volumes.
     Ls,
@@ -433,6 +440,6 @@ pub enum ConfigCmd {
     Ls,
     /// Show one setting.
     Get { key: String },
-    /// Change a setting: key.naming TEMPLATE, or chunk.size BYTES.
+    /// Change a setting: key.naming TEMPLATE, chunk.size BYTES, s3.endpoint URL or s3.region NAME.
     Set { key: String, value: String },
 }

@@ -69,7 +69,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     }
     vault.add_volume(&NewVolume {
         name: VolumeName::new("offsite")?,
-        path: root.join("offsite-tape"),
+        location: root.join("offsite-tape").display().to_string(),
         site: "B".into(),
         medium: Medium::Tape,
     })?;

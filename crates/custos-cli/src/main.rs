@@ -434,16 +434,22 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
 fn volume_cmd(cli: &Cli, c: &VolumeCmd) -> anyhow::Result<()> {
     let v = sealed(cli)?;
     match c {
-        VolumeCmd::Add { name, path, site, medium } => {
-            let rec = v.add_volume(&NewVolume {
-                name: volume_name(name)?,
-                path: path.clone(),
-                site: site.clone(),
-                medium: match medium {
-                    MediumArg::Disk => Medium::Disk,
-                    MediumArg::Tape => Medium::Tape,
-                },
-            })?;
+        VolumeCmd::Add { name, path, url, site, medium } => {
+            let medium = match (medium, url) {
+                (Some(MediumArg::Disk), Some(_)) => {
+                    bail!("--url places a volume on object storage, which is the tape tier: drop --medium disk or use --path")
+                }
+                (Some(MediumArg::Tape), _) | (None, Some(_)) => Medium::Tape,
+                (Some(MediumArg::Disk) | None, None) => Medium::Disk,
+            };
+            let location = match (path, url) {
+                (Some(p), None) => {
+                    std::path::absolute(p).map_err(|e| anyhow!("{}: {e}", p.display()))?.display().to_string()
+                }
+                (None, Some(u)) => u.clone(),
+                _ => bail!("give either --path DIR or --url s3://bucket/prefix"),
+            };
+            let rec = v.add_volume(&NewVolume { name: volume_name(name)?, location, site: site.clone(), medium })?;
             if cli.json {
                 json(&rec)
             } else {
@@ -1116,7 +1122,8 @@ fn config_cmd(cli: &Cli, c: &ConfigCmd) -> anyhow::Result<()> {
                         value.parse().map_err(|_| anyhow!("chunk.size takes a number of bytes, not {value:?}"))?;
                     v.set_chunk_size(n)?;
                 }
-                _ => bail!("no setting {key:?}: the settings are key.naming and chunk.size"),
+                "s3.endpoint" | "s3.region" => v.set_s3_setting(key, value)?,
+                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, s3.endpoint and s3.region"),
             }
             show(v.settings()?.into_iter().filter(|(k, _)| k == key).collect())
         }

@@ -790,3 +790,75 @@ fn mirror_through_the_cli() {
     e.ok(&["mirror", "rm", "default"]);
     assert!(e.fails(&["mirror", "rm", "default"], 1).contains("not mirrored"));
 }
+
+/// The tape tier on a real S3-protocol server: raw and logical copies go to
+/// `s3://`, verify reads them back, a tampered object is named, the logical
+/// copy restores after the primary key is gone, and nothing is overwritten.
+#[test]
+fn tape_volume_on_s3() {
+    let s3 = custos_testing::S3Server::start("custos-tapes");
+    let mut e = Env::new();
+    e.env.extend(s3.env().into_iter().filter(|(k, _)| *k != "AWS_ENDPOINT_URL").map(|(k, v)| (k.to_string(), v)));
+    e.ok(&["config", "set", "s3.endpoint", &s3.endpoint()]);
+    assert!(e.fails(&["config", "set", "s3.endpoint", "ftp://x"], 1).contains("not an http"));
+    // Object storage is the tape tier: a disk there is refused.
+    let err = e.fails(&["volume", "add", "bad", "--url", "s3://custos-tapes/x", "--site", "C", "--medium", "disk"], 1);
+    assert!(err.contains("tape tier"), "{err}");
+    e.ok(&["volume", "add", "vault-tape", "--url", "s3://custos-tapes/site-c", "--site", "C"]);
+    let vols = e.json(&["volume", "ls"]);
+    assert_eq!(vols[1]["location"], "s3://custos-tapes/site-c");
+    assert_eq!(vols[1]["medium"], "tape");
+
+    let bytes = data(400_000, 77);
+    e.ok(&["ds", "put", "TAPE.DATA", Env::s(&e.file("d", &bytes))]);
+    let raw = e.json(&["backup", "run", "TAPE.**", "--method", "raw", "--to", "vault-tape"]);
+    let raw_id = raw[0]["id"].as_u64().unwrap().to_string();
+    let logical = e.json(&["backup", "run", "TAPE.**", "--to", "vault-tape"]);
+    let logical_id = logical[0]["id"].as_u64().unwrap().to_string();
+    // 7 chunks of 64 KiB each for two copies, plus their manifests.
+    assert_eq!(s3.count_objects("site-c/chunks/"), 14);
+    assert_eq!(s3.count_objects("site-c/manifests/"), 2);
+    assert!(e.ok(&["backup", "verify", "--read-data"]).contains("ok"));
+
+    // An incremental after one chunk changes writes one new chunk per copy, never over an old one.
+    let mut changed = bytes.clone();
+    changed[10] ^= 1;
+    e.ok(&["ds", "put", "TAPE.DATA", Env::s(&e.file("d2", &changed))]);
+    e.ok(&["backup", "run", "TAPE.**", "--to", "vault-tape"]);
+    assert_eq!(s3.count_objects("site-c/chunks/"), 15);
+
+    // The primary key is destroyed: the logical tape copy restores, the raw one cannot.
+    e.ok(&["key", "deactivate", "DSET.PRIM.TAPE.key001"]);
+    e.ok(&["key", "destroy", "DSET.PRIM.TAPE.key001", "--crypto-erase"]);
+    assert!(e.fails(&["restore", "TAPE.DATA", "--backup", &raw_id], 5).contains("cannot outlive its key"));
+    e.ok(&["restore", "TAPE.DATA", "--backup", &logical_id, "--as", "TAPE.BACK"]);
+    assert_eq!(e.run(&["ds", "get", "TAPE.BACK"]).stdout, bytes);
+    e.ok(&["restore", "TAPE.DATA"]);
+    assert_eq!(e.run(&["ds", "get", "TAPE.DATA"]).stdout, changed);
+
+    // Tampering on the server is caught and named by backup and chunk.
+    let keys = s3.keys("site-c/chunks/");
+    assert_eq!(keys.len(), 15);
+    for key in &keys {
+        s3.put_raw(key, b"not a sealed chunk");
+    }
+    let o = e.run(&["backup", "verify", "--read-data"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let line = out.lines().find(|l| l.starts_with(&format!("backup {logical_id} "))).unwrap_or_default();
+    assert!(line.contains("DAMAGED") && keys.iter().any(|k| line.contains(k.rsplit('/').next().unwrap())), "{out}");
+
+    // A server that is gone is reported with the volume's name.
+    drop(s3);
+    let o = e.run(&["backup", "verify"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.lines().filter(|l| l.contains("DAMAGED") && l.contains("volume vault-tape is not reachable")).count() == 2,
+        "{out}"
+    );
+    // Adding a volume where no server answers fails and adds nothing.
+    let err = e.fails(&["volume", "add", "t2", "--url", "s3://custos-tapes/other", "--site", "C"], 7);
+    assert!(err.contains("t2"), "{err}");
+    assert_eq!(e.json(&["volume", "ls"]).as_array().unwrap().len(), 2);
+}

@@ -9,6 +9,7 @@ use custos_hsm::{Hsm, Pkcs11Config, Pkcs11Hsm, SoftHsm};
 use custos_model::{
     DatasetName, KeyLabel, Medium, NamingStandard, Pattern, PolicyRecord, PolicyTarget, VolumeName, VolumeRecord,
 };
+use custos_object::{Location, ObjectVolume, S3Options};
 use custos_repo::{Repository, SqliteRepository};
 use custos_store::{LocalVolume, Volume};
 use jiff::Timestamp;
@@ -25,6 +26,8 @@ const SETTING_HSM: &str = "hsm.kind";
 const SETTING_P11_MODULE: &str = "hsm.pkcs11.module";
 const SETTING_P11_TOKEN: &str = "hsm.pkcs11.token";
 const SETTING_CHUNK: &str = "chunk.size";
+const SETTING_S3_ENDPOINT: &str = "s3.endpoint";
+const SETTING_S3_REGION: &str = "s3.region";
 
 /// A vault whose HSM is closed: no key can be used.
 pub struct Sealed;
@@ -82,7 +85,8 @@ impl Default for InitOptions {
 #[derive(Debug, Clone)]
 pub struct NewVolume {
     pub name: VolumeName,
-    pub path: PathBuf,
+    /// A directory, or for a tape volume also `s3://bucket/prefix`.
+    pub location: String,
     pub site: String,
     pub medium: Medium,
 }
@@ -135,7 +139,7 @@ impl Vault<Sealed> {
         let default = VolumeName::new("default")?;
         vault.add_volume(&NewVolume {
             name: default.clone(),
-            path: dir.join("volumes").join("default"),
+            location: dir.join("volumes").join("default").display().to_string(),
             site: opts.site.clone(),
             medium: Medium::Disk,
         })?;
@@ -259,6 +263,8 @@ impl<S: VaultState> Vault<S> {
         Ok(vec![
             (SETTING_NAMING, self.naming()?.template().to_string()),
             (SETTING_CHUNK, self.chunk_size()?.to_string()),
+            (SETTING_S3_ENDPOINT, self.repo.setting(SETTING_S3_ENDPOINT)?.unwrap_or_default()),
+            (SETTING_S3_REGION, self.repo.setting(SETTING_S3_REGION)?.unwrap_or_default()),
         ])
     }
 
@@ -271,11 +277,38 @@ impl<S: VaultState> Vault<S> {
         if v.site.trim().is_empty() {
             return Err(Error::Invalid { what: "site", why: "it is empty".into() });
         }
-        LocalVolume::create(v.name.as_str(), &v.path)?;
-        let location = v.path.canonicalize().map_err(|source| Error::VaultIo { path: v.path.clone(), source })?;
+        let location = match v.medium {
+            Medium::Disk => {
+                if v.location.contains("://") {
+                    return Err(Error::Invalid {
+                        what: "volume location",
+                        why: format!("{}: object storage holds tape volumes only; add --medium tape", v.location),
+                    });
+                }
+                let path = Path::new(&v.location);
+                LocalVolume::create(v.name.as_str(), path)?;
+                path.canonicalize()
+                    .map_err(|source| Error::VaultIo { path: path.into(), source })?
+                    .display()
+                    .to_string()
+            }
+            Medium::Tape => {
+                let loc =
+                    Location::parse(&v.location).map_err(|why| Error::Invalid { what: "volume location", why })?;
+                let loc = match loc {
+                    Location::Dir(p) => {
+                        std::fs::create_dir_all(&p).map_err(|source| Error::VaultIo { path: p.clone(), source })?;
+                        Location::Dir(p.canonicalize().map_err(|source| Error::VaultIo { path: p.clone(), source })?)
+                    }
+                    s3 => s3,
+                };
+                ObjectVolume::create(v.name.as_str(), &loc, &self.s3_options()?)?;
+                loc.to_string()
+            }
+        };
         let rec = VolumeRecord {
             name: v.name.clone(),
-            location: location.display().to_string(),
+            location,
             site: v.site.clone(),
             medium: v.medium,
             created_at: Timestamp::now(),
@@ -297,20 +330,61 @@ impl<S: VaultState> Vault<S> {
     pub(crate) fn open_volume(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
         let rec = self.volume_record(name)?;
         match self.repo.mirrors()?.into_iter().find(|(p, _, _)| p == name) {
-            None => Ok(Arc::new(LocalVolume::open(rec.name.as_str(), Path::new(&rec.location))?)),
+            None => Ok(self.open_record(&rec)?.into()),
             Some((_, secondary, _)) => {
-                let srec = self.volume_record(&secondary)?;
-                let sec = LocalVolume::open(srec.name.as_str(), Path::new(&srec.location))?;
-                let prim = LocalVolume::attach(rec.name.as_str(), Path::new(&rec.location));
-                Ok(Arc::new(custos_store::MirroredVolume::new(Box::new(prim), Box::new(sec))))
+                let sec = self.open_record(&self.volume_record(&secondary)?)?;
+                let prim: Box<dyn Volume> = match rec.medium {
+                    Medium::Disk => Box::new(LocalVolume::attach(rec.name.as_str(), Path::new(&rec.location))),
+                    Medium::Tape => Box::new(self.open_tape(&rec)?),
+                };
+                Ok(Arc::new(custos_store::MirroredVolume::new(prim, sec)))
             }
         }
     }
 
-    /// Open a volume's own directory, ignoring any mirror.
+    /// Open a volume's own storage, ignoring any mirror.
     pub(crate) fn open_plain_volume(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
-        let rec = self.volume_record(name)?;
-        Ok(Arc::new(LocalVolume::open(rec.name.as_str(), Path::new(&rec.location))?))
+        Ok(self.open_record(&self.volume_record(name)?)?.into())
+    }
+
+    fn open_record(&self, rec: &VolumeRecord) -> Result<Box<dyn Volume>> {
+        Ok(match rec.medium {
+            Medium::Disk => Box::new(LocalVolume::open(rec.name.as_str(), Path::new(&rec.location))?),
+            Medium::Tape => Box::new(self.open_tape(rec)?),
+        })
+    }
+
+    fn open_tape(&self, rec: &VolumeRecord) -> Result<ObjectVolume> {
+        let loc = Location::parse(&rec.location).map_err(|why| Error::Invalid { what: "volume location", why })?;
+        Ok(ObjectVolume::open(rec.name.as_str(), &loc, &self.s3_options()?)?)
+    }
+
+    /// The S3 endpoint and region set with `config set` (the environment's
+    /// otherwise). Credentials are never stored: they come from the
+    /// environment.
+    pub fn s3_options(&self) -> Result<S3Options> {
+        Ok(S3Options {
+            endpoint: self.repo.setting(SETTING_S3_ENDPOINT)?.filter(|s| !s.is_empty()),
+            region: self.repo.setting(SETTING_S3_REGION)?.filter(|s| !s.is_empty()),
+        })
+    }
+
+    pub fn set_s3_setting(&self, key: &str, value: &str) -> Result<()> {
+        let key = match key {
+            "s3.endpoint" => {
+                if !(value.is_empty() || value.starts_with("http://") || value.starts_with("https://")) {
+                    return Err(Error::Invalid {
+                        what: "s3.endpoint",
+                        why: format!("{value:?} is not an http:// or https:// URL"),
+                    });
+                }
+                SETTING_S3_ENDPOINT
+            }
+            "s3.region" => SETTING_S3_REGION,
+            _ => return Err(Error::Invalid { what: "setting", why: format!("{key:?} is not an S3 setting") }),
+        };
+        self.repo.set_setting(key, value)?;
+        Ok(())
     }
 
     // ---- policies -------------------------------------------------------

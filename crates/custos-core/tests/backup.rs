@@ -9,7 +9,7 @@ fn offsite(t: &T) -> VolumeName {
     t.vault
         .add_volume(&NewVolume {
             name: name.clone(),
-            path: t.path.join("offsite"),
+            location: t.path.join("offsite").display().to_string(),
             site: "B".into(),
             medium: Medium::Tape,
         })

@@ -15,7 +15,12 @@ fn a_mirror_holds_every_acknowledged_write_after_the_primary_is_gone() {
     let sec = VolumeName::new("pprc").unwrap();
     let sec_dir = t.path.join("pprc");
     t.vault
-        .add_volume(&NewVolume { name: sec.clone(), path: sec_dir.clone(), site: "B".into(), medium: Medium::Disk })
+        .add_volume(&NewVolume {
+            name: sec.clone(),
+            location: sec_dir.display().to_string(),
+            site: "B".into(),
+            medium: Medium::Disk,
+        })
         .unwrap();
     let before = data(3 * CS + 5, 1);
     t.put("MIR.BEFORE", &before);

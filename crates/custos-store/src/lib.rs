@@ -32,7 +32,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub enum StoreError {
     #[error("{what} is missing from {volume} ({path})")]
     Missing { volume: String, what: String, path: PathBuf },
-    #[error("{volume} is not reachable at {path}: {source}; check that it is mounted, or re-add it with `custos volume add`")]
+    #[error("{volume} is not reachable at {path}: {source}; check that it is mounted (or its object store is up and the credentials are set), or re-add it with `custos volume add`")]
     Unreachable { volume: String, path: PathBuf, source: std::io::Error },
     #[error("{path} is not a Custos volume (no CUSTOS-VOLUME label): check the path, or create the volume with `custos volume add`")]
     NotAVolume { path: PathBuf },
