@@ -74,6 +74,10 @@ pub enum Command {
     /// Snapshots: a dataset's current generation pinned, at metadata cost only.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Storage management (DFSMShsm): rules, and `hsm run` to apply them
+    /// (backups when data changed, migration of unused datasets to tape).
+    #[command(subcommand)]
+    Hsm(HsmCmd),
     /// Backup copies: raw (no key, shares the primary's) or logical (under a separate BACK key).
     #[command(subcommand)]
     Backup(BackupCmd),
@@ -94,6 +98,66 @@ pub enum Command {
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HsmCmd {
+    /// Apply every rule once; idempotent, for cron. Backs up each dataset
+    /// whose current generation has no copy yet, prunes by the rule's
+    /// retention, and migrates datasets unused for the rule's days to tape.
+    /// Logical copies need the passphrase; --without-keys skips them.
+    Run {
+        /// Show what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run without the passphrase: raw copies, pruning and migration only.
+        #[arg(long)]
+        without_keys: bool,
+    },
+    /// Rules: which datasets are backed up where, kept how long, migrated when.
+    #[command(subcommand)]
+    Rule(HsmRuleCmd),
+    /// Migrate one dataset to a tape volume now (no key needed).
+    Migrate {
+        dataset: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Recall a migrated dataset to its volume now (a read recalls it too).
+    Recall { dataset: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HsmRuleCmd {
+    /// Add a rule for the datasets matching --pattern (the most specific rule wins).
+    Add {
+        name: String,
+        #[arg(long)]
+        pattern: String,
+        /// Back up each change to this volume.
+        #[arg(long)]
+        backup_to: Option<String>,
+        #[arg(long, value_enum, default_value = "logical")]
+        method: MethodArg,
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_yearly: u32,
+        /// Migrate datasets unused for this many days (0: at every run)...
+        #[arg(long)]
+        migrate_after_days: Option<u32>,
+        /// ...to this tape volume.
+        #[arg(long)]
+        migrate_to: Option<String>,
+    },
+    /// List rules.
+    Ls,
+    /// Remove a rule.
+    Rm { name: String },
 }
 
 #[derive(Subcommand, Debug)]

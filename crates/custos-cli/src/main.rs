@@ -22,8 +22,8 @@ use custos_core::{
 };
 
 use args::{
-    BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, KeyCmd, KeystoreCmd, MediumArg, MethodArg, MirrorCmd,
-    PolicyCmd, PurposeArg, SnapshotCmd, VolumeCmd,
+    BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, HsmCmd, HsmRuleCmd, KeyCmd, KeystoreCmd, MediumArg,
+    MethodArg, MirrorCmd, PolicyCmd, PurposeArg, SnapshotCmd, VolumeCmd,
 };
 use output::{bytes, json, when, Table};
 
@@ -221,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(b) => backup_cmd(&cli, b),
         Command::Snapshot(c) => snapshot_cmd(&cli, c),
         Command::Mirror(c) => mirror_cmd(&cli, c),
+        Command::Hsm(c) => hsm_cmd(&cli, c),
         Command::Restore { dataset: d, backup, generation, at, as_name } => {
             let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
@@ -647,7 +648,10 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                     bytes(d.current.size),
                     d.current.generation.to_string(),
                     d.current.key_label.to_string(),
-                    d.current.volume.to_string(),
+                    match &d.migrated_from {
+                        Some(_) => format!("{} (migrated)", d.current.volume),
+                        None => d.current.volume.to_string(),
+                    },
                     when(Some(d.current.created_at)),
                 ]);
             }
@@ -671,6 +675,10 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 "volume       {} (site {}, {}, {})",
                 i.volume.name, i.volume.site, i.volume.medium, i.volume.location
             );
+            if let Some(home) = &d.migrated_from {
+                println!("migrated     from volume {home}; the next read recalls it there");
+            }
+            println!("last used    {}", when(Some(d.last_access)));
             println!("manifest     sha256 {}", hex::encode(g.manifest_hash));
             println!("created      {}", when(Some(d.created_at)));
             Ok(())
@@ -715,6 +723,107 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 Ok(())
             }
         }
+    }
+}
+
+fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
+    let moved = |m: custos_core::MoveReport| -> anyhow::Result<()> {
+        if cli.json {
+            return json(&m);
+        }
+        println!("{}: generation {} ({} chunks) moved from {} to {}", m.dataset, m.generation, m.chunks, m.from, m.to);
+        Ok(())
+    };
+    match c {
+        HsmCmd::Run { dry_run, without_keys } => {
+            let v = sealed(cli)?;
+            let needs_key = v.hsm_rules()?.iter().any(|r| r.backup_to.is_some() && r.method == CopyMethod::Logical);
+            let now = jiff::Timestamp::now();
+            let actions = if needs_key && !without_keys && !dry_run {
+                open(cli)?.hsm_run(now, false)?
+            } else {
+                v.hsm_run(now, *dry_run)?
+            };
+            if cli.json {
+                return json(&actions);
+            }
+            if actions.is_empty() {
+                println!("nothing to do: every dataset is backed up as its rule says, and none is due for migration");
+            }
+            for a in &actions {
+                println!("{} [{}] {}: {}", a.dataset, a.rule, a.action, a.detail);
+            }
+            Ok(())
+        }
+        HsmCmd::Rule(HsmRuleCmd::Add {
+            name,
+            pattern,
+            backup_to,
+            method,
+            keep_last,
+            keep_daily,
+            keep_monthly,
+            keep_yearly,
+            migrate_after_days,
+            migrate_to,
+        }) => {
+            let rule = sealed(cli)?.hsm_rule_add(&custos_core::NewHsmRule {
+                name: name.clone(),
+                pattern: Pattern::new(pattern)?,
+                method: match method {
+                    MethodArg::Logical => CopyMethod::Logical,
+                    MethodArg::Raw => CopyMethod::Raw,
+                },
+                backup_to: backup_to.as_deref().map(volume_name).transpose()?,
+                retention: custos_core::Retention {
+                    last: *keep_last,
+                    daily: *keep_daily,
+                    monthly: *keep_monthly,
+                    yearly: *keep_yearly,
+                },
+                migrate_after_days: *migrate_after_days,
+                migrate_to: migrate_to.as_deref().map(volume_name).transpose()?,
+            })?;
+            if cli.json {
+                return json(&rule);
+            }
+            println!("added hsm rule {} for {}", rule.name, rule.pattern);
+            Ok(())
+        }
+        HsmCmd::Rule(HsmRuleCmd::Ls) => {
+            let rules = sealed(cli)?.hsm_rules()?;
+            if cli.json {
+                return json(&rules);
+            }
+            let mut t = Table::new(&["NAME", "PATTERN", "BACKUP", "KEEP (last/daily/monthly/yearly)", "MIGRATE"]);
+            for r in rules {
+                t.row(vec![
+                    r.name,
+                    r.pattern.to_string(),
+                    r.backup_to.map(|v| format!("{} to {v}", r.method.as_str())).unwrap_or_else(|| "-".into()),
+                    format!("{}/{}/{}/{}", r.keep_last, r.keep_daily, r.keep_monthly, r.keep_yearly),
+                    match (r.migrate_after_days, r.migrate_to) {
+                        (Some(d), Some(v)) => format!("to {v} after {d} days unused"),
+                        _ => "-".into(),
+                    },
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        HsmCmd::Rule(HsmRuleCmd::Rm { name }) => {
+            sealed(cli)?.hsm_rule_rm(name)?;
+            println!("removed hsm rule {name}");
+            Ok(())
+        }
+        HsmCmd::Migrate { dataset: d, to } => moved(sealed(cli)?.migrate(&dataset(d)?, &volume_name(to)?)?),
+        HsmCmd::Recall { dataset: d } => match sealed(cli)?.recall(&dataset(d)?)? {
+            Some(m) => moved(m),
+            None => {
+                println!("{d} is not migrated");
+                Ok(())
+            }
+        },
     }
 }
 

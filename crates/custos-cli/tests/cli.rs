@@ -862,3 +862,106 @@ fn tape_volume_on_s3() {
     assert!(err.contains("t2"), "{err}");
     assert_eq!(e.json(&["volume", "ls"]).as_array().unwrap().len(), 2);
 }
+
+/// `hsm run`: backs up what changed, prunes, migrates unused datasets to
+/// tape; a second run does nothing; a read recalls a migrated dataset.
+#[test]
+fn hsm_run_backs_up_migrates_and_recalls() {
+    let e = Env::new();
+    let (off, tape) = (e.dir.path().join("off"), e.dir.path().join("tape"));
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    e.ok(&["volume", "add", "ml2", "--path", Env::s(&tape), "--site", "C", "--medium", "tape"]);
+    let err = e.fails(
+        &["hsm", "rule", "add", "x", "--pattern", "**", "--migrate-to", "offsite", "--migrate-after-days", "1"],
+        1,
+    );
+    assert!(err.contains("tape volumes"), "{err}");
+    assert!(e.fails(&["hsm", "rule", "add", "x", "--pattern", "**"], 1).contains("does nothing"));
+    e.ok(&[
+        "hsm",
+        "rule",
+        "add",
+        "cold",
+        "--pattern",
+        "COLD.**",
+        "--backup-to",
+        "offsite",
+        "--keep-last",
+        "2",
+        "--migrate-after-days",
+        "0",
+        "--migrate-to",
+        "ml2",
+    ]);
+    e.ok(&[
+        "hsm",
+        "rule",
+        "add",
+        "hot",
+        "--pattern",
+        "HOT.**",
+        "--backup-to",
+        "offsite",
+        "--method",
+        "raw",
+        "--migrate-after-days",
+        "30",
+        "--migrate-to",
+        "ml2",
+    ]);
+    assert_eq!(e.json(&["hsm", "rule", "ls"]).as_array().unwrap().len(), 2);
+    let cold = data(300_000, 5);
+    e.ok(&["ds", "put", "COLD.ARCHIVE", Env::s(&e.file("c", &cold))]);
+    e.ok(&["ds", "put", "HOT.LEDGER", Env::s(&e.file("h", &data(100_000, 6)))]);
+    e.ok(&["ds", "put", "OTHER.DATA", Env::s(&e.file("o", &data(10, 7)))]);
+    let default_chunks = |e: &Env| walkdir_count(&e.vault.join("volumes/default/chunks"));
+    let before = default_chunks(&e);
+
+    // Dry run: says what it would do, changes nothing.
+    let dry = e.ok(&["hsm", "run", "--dry-run"]);
+    assert!(dry.contains("COLD.ARCHIVE [cold] backup: would make a logical copy"), "{dry}");
+    assert!(dry.contains("COLD.ARCHIVE [cold] migrate: would migrate"), "{dry}");
+    assert!(dry.contains("HOT.LEDGER [hot] backup: would make a raw copy"), "{dry}");
+    assert!(!dry.contains("OTHER.DATA") && !dry.contains("HOT.LEDGER [hot] migrate"), "{dry}");
+    assert_eq!(e.json(&["backup", "ls"]).as_array().unwrap().len(), 0);
+
+    // Without keys: the raw copy and the migration happen, the logical copy waits.
+    let o = e.cmd(&["hsm", "run", "--without-keys"]).env_remove("CUSTOS_PASSPHRASE").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("COLD.ARCHIVE [cold] skip: a logical copy") && out.contains("needs the passphrase"), "{out}");
+    assert!(out.contains("HOT.LEDGER [hot] backup: made a raw copy"), "{out}");
+    assert!(out.contains("COLD.ARCHIVE [cold] migrate"), "{out}");
+    // COLD.ARCHIVE's 5 chunks left the disk volume for the tape.
+    assert_eq!(default_chunks(&e), before - 5);
+    let info = e.ok(&["ds", "info", "COLD.ARCHIVE"]);
+    assert!(info.contains("ml2 (site C, tape") && info.contains("migrated     from volume default"), "{info}");
+    // Verifying reads the tape copy and neither recalls it nor counts as a use.
+    e.ok(&["ds", "verify", "COLD.ARCHIVE"]);
+    assert!(e.ok(&["ds", "info", "COLD.ARCHIVE"]).contains("migrated     from volume default"));
+
+    // With the passphrase the logical copy is made from tape; then a run finds nothing to do.
+    let out = e.ok(&["hsm", "run"]);
+    assert!(out.contains("COLD.ARCHIVE [cold] backup: made a logical copy"), "{out}");
+    assert!(e.ok(&["hsm", "run"]).contains("nothing to do"));
+    assert_eq!(e.json(&["backup", "ls"]).as_array().unwrap().len(), 2);
+
+    // A read recalls the dataset to its volume, transparently.
+    assert_eq!(e.run(&["ds", "get", "COLD.ARCHIVE"]).stdout, cold);
+    let info = e.ok(&["ds", "info", "COLD.ARCHIVE"]);
+    assert!(info.contains("volume       default") && !info.contains("migrated "), "{info}");
+    assert_eq!(default_chunks(&e), before);
+    assert_eq!(walkdir_count(&tape.join("chunks")), 0, "the recall scratches the tape copy");
+
+    // Each change is backed up once; keep-last 2 prunes the third oldest.
+    for i in 0..3u8 {
+        e.ok(&["ds", "put", "COLD.ARCHIVE", Env::s(&e.file("c2", &data(300_000, 50 + i)))]);
+        let out = e.ok(&["hsm", "run"]);
+        assert!(out.contains("backup: made a logical copy"), "{out}");
+    }
+    let copies = e.json(&["backup", "ls", "COLD.**"]);
+    assert_eq!(copies.as_array().unwrap().len(), 2, "{copies}");
+    assert!(e.ok(&["backup", "verify", "COLD.**", "--read-data"]).contains("ok"));
+    e.ok(&["hsm", "rule", "rm", "cold"]);
+    assert!(e.fails(&["hsm", "rule", "rm", "cold"], 1).contains("no rule"));
+}

@@ -115,12 +115,34 @@ impl<S: VaultState> Vault<S> {
         }
         out.sort_by_key(|d| d.backup.id);
         if !dry_run {
-            for d in out.iter().filter(|d| !d.keep) {
-                let garbage = self.repo.remove_backup(d.backup.id)?;
-                self.collect_garbage(&garbage);
-            }
+            self.remove_backups(out.iter().filter(|d| !d.keep).map(|d| d.backup.id))?;
         }
         Ok(out)
+    }
+
+    /// Apply `retention` to one series (one dataset, method and volume);
+    /// returns how many backups it drops (or would, dry).
+    pub(crate) fn prune_series(
+        &self,
+        series: Vec<BackupRecord>,
+        retention: &crate::Retention,
+        dry_run: bool,
+    ) -> Result<usize> {
+        let items: Vec<(u64, Timestamp)> = series.iter().map(|b| (b.id, b.created_at)).collect();
+        let keep = retention.keep(&items);
+        let drop: Vec<u64> = series.iter().map(|b| b.id).filter(|id| !keep.contains(id)).collect();
+        if !dry_run {
+            self.remove_backups(drop.iter().copied())?;
+        }
+        Ok(drop.len())
+    }
+
+    fn remove_backups(&self, ids: impl Iterator<Item = u64>) -> Result<()> {
+        for id in ids {
+            let garbage = self.repo.remove_backup(id)?;
+            self.collect_garbage(&garbage);
+        }
+        Ok(())
     }
 
     /// Backups of datasets matching `pattern` (all when `None`), oldest first.
@@ -159,22 +181,7 @@ impl<S: VaultState> Vault<S> {
             return Ok(None);
         }
         let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
-        let chunks = self.repo.generation_chunks(&d.id, g.generation)?;
-        let max = g.chunk_size as usize + CHUNK_OVERHEAD;
-        let (copied, written) = copy_raw(&chunks, src.as_ref(), dst.as_ref(), max, self.threads);
-        let result = (|| -> Result<BackupRecord> {
-            copied?;
-            dst.sync()?;
-            let manifest = src.read_manifest(&d.id, g.generation)?;
-            if object_hash(&manifest) != g.manifest_hash {
-                return Err(Error::Manifest {
-                    dataset: name.clone(),
-                    generation: g.generation,
-                    volume: src.describe(),
-                    why: "does not match the one the catalog committed, so it was not copied".into(),
-                });
-            }
-            dst.put_manifest(&d.id, g.generation, &manifest)?;
+        self.copy_generation_raw(&d, src.as_ref(), dst.as_ref(), |chunks| {
             let mut rec = BackupRecord {
                 id: 0,
                 dataset: name.clone(),
@@ -191,15 +198,48 @@ impl<S: VaultState> Vault<S> {
                 manifest_hash: g.manifest_hash,
                 created_at: Timestamp::now(),
             };
-            rec.id = self.repo.insert_backup(&rec, &chunks, &[], None)?;
+            rec.id = self.repo.insert_backup(&rec, chunks, &[], None)?;
             Ok(rec)
+        })
+        .map(Some)
+    }
+
+    /// Copy the sealed objects of a dataset's current generation from `src`
+    /// to `dst` byte for byte (no key), make them durable, then run
+    /// `record` with the chunk list to commit the copy in the catalog. When
+    /// anything fails, the chunks written are deleted again.
+    pub(crate) fn copy_generation_raw<T>(
+        &self,
+        d: &DatasetRecord,
+        src: &dyn custos_store::Volume,
+        dst: &dyn custos_store::Volume,
+        record: impl FnOnce(&[custos_model::ChunkId]) -> Result<T>,
+    ) -> Result<T> {
+        let g = &d.current;
+        let chunks = self.repo.generation_chunks(&d.id, g.generation)?;
+        let max = g.chunk_size as usize + CHUNK_OVERHEAD;
+        let (copied, written) = copy_raw(&chunks, src, dst, max, self.threads);
+        let result = (|| -> Result<T> {
+            copied?;
+            dst.sync()?;
+            let manifest = src.read_manifest(&d.id, g.generation)?;
+            if object_hash(&manifest) != g.manifest_hash {
+                return Err(Error::Manifest {
+                    dataset: d.name.clone(),
+                    generation: g.generation,
+                    volume: src.describe(),
+                    why: "does not match the one the catalog committed, so it was not copied".into(),
+                });
+            }
+            dst.put_manifest(&d.id, g.generation, &manifest)?;
+            record(&chunks)
         })();
         if result.is_err() {
             for id in &written {
                 let _ = dst.delete_chunk(id);
             }
         }
-        result.map(Some)
+        result
     }
 }
 

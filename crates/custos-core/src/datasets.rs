@@ -304,7 +304,16 @@ impl Vault<Open> {
     }
 
     /// Read a dataset (or the byte range `start..end` of it) into `out`.
+    /// A dataset migrated to tape is recalled first, and the read counts as
+    /// a use for migration.
     pub fn get(&self, name: &DatasetName, out: &mut dyn Write, range: Option<(u64, u64)>) -> Result<GetReport> {
+        self.recall(name)?;
+        let report = self.read(name, out, range)?;
+        self.repo.touch_dataset(&self.dataset(name)?.id)?;
+        Ok(report)
+    }
+
+    fn read(&self, name: &DatasetName, out: &mut dyn Write, range: Option<(u64, u64)>) -> Result<GetReport> {
         let d = self.dataset(name)?;
         let rec = self.key_record(&d.current.key_label)?;
         let key = self.unwrap_for(&rec, KeyUse::Decrypt, name)?;
@@ -340,9 +349,10 @@ impl Vault<Open> {
         Ok(GetReport { dataset: name.clone(), generation: d.current.generation, bytes: end - start })
     }
 
-    /// Read every chunk of a dataset and check it, writing nothing.
+    /// Read every chunk of a dataset and check it, writing nothing. Where
+    /// the dataset is (tape included) and its last use stay as they were.
     pub fn verify(&self, name: &DatasetName) -> Result<GetReport> {
-        self.get(name, &mut std::io::sink(), None)
+        self.read(name, &mut std::io::sink(), None)
     }
 
     /// Read, check against the catalog and open the current manifest.

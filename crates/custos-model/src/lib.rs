@@ -13,7 +13,7 @@ pub use lifecycle::{KeyAction, KeyState, KeyUse, LifecycleError};
 pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
 pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
-    BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord,
-    KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, Purpose, SnapshotRecord, VolumeRecord,
-    WrappedMaterial,
+    BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule,
+    KbkRecord, KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, Purpose, SnapshotRecord,
+    VolumeRecord, WrappedMaterial,
 };

@@ -256,6 +256,11 @@ pub struct DatasetRecord {
     pub name: DatasetName,
     pub created_at: Timestamp,
     pub current: GenerationRecord,
+    /// The last read or write (the current generation's time if never read).
+    pub last_access: Timestamp,
+    /// Set while `hsm run` has migrated the dataset to a tape volume: the
+    /// volume it is recalled to on its next read.
+    pub migrated_from: Option<VolumeName>,
 }
 
 /// A keystore backup as the catalog records it.
@@ -340,5 +345,25 @@ pub struct SnapshotRecord {
     pub chunk_count: u64,
     #[serde(serialize_with = "ser_hex")]
     pub manifest_hash: [u8; 32],
+    pub created_at: Timestamp,
+}
+
+/// A storage-management rule for `custos hsm run` (DFSMShsm's management
+/// class): for datasets matching `pattern`, a backup to `backup_to` by
+/// `method` whenever the dataset changed, pruned by the retention counts, and
+/// migration to the tape volume `migrate_to` after `migrate_after_days`
+/// days without access.
+#[derive(Clone, Debug, Serialize)]
+pub struct HsmRule {
+    pub name: String,
+    pub pattern: Pattern,
+    pub method: CopyMethod,
+    pub backup_to: Option<VolumeName>,
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+    pub migrate_after_days: Option<u32>,
+    pub migrate_to: Option<VolumeName>,
     pub created_at: Timestamp,
 }

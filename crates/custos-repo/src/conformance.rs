@@ -3,9 +3,9 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, EscrowCopy, GenerationRecord, KbkRecord, KeyLabel,
-    KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose, VolumeName,
-    VolumeRecord, WrappedMaterial,
+    BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, EscrowCopy, GenerationRecord, HsmRule, KbkRecord,
+    KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose,
+    VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 
@@ -329,4 +329,51 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(objs.keystore_backups.len(), 2);
     assert!(repo.remove_mirror(&v1).unwrap());
     assert!(!repo.remove_mirror(&v1).unwrap());
+
+    // Migration moves a generation between volumes in one step: the old
+    // volume's chunks are garbage, and the dataset carries its home.
+    let d = repo.dataset(&sname).unwrap().unwrap();
+    assert_eq!((d.migrated_from.as_ref(), d.last_access), (None, d.current.created_at), "never read: last written");
+    repo.touch_dataset(&sid).unwrap();
+    assert!(repo.dataset(&sname).unwrap().unwrap().last_access > d.current.created_at);
+    let garbage = repo.move_generation(&sid, 2, &v1, &v2, Some(&v1)).unwrap();
+    let mut moved: Vec<ChunkId> = garbage
+        .chunks
+        .iter()
+        .map(|(v, c)| {
+            assert_eq!(v, &v1);
+            *c
+        })
+        .collect();
+    moved.sort();
+    assert_eq!(moved, vec![p, r]);
+    assert_eq!(garbage.manifests, vec![(v1.clone(), sid, 2)]);
+    let d = repo.dataset(&sname).unwrap().unwrap();
+    assert_eq!((d.current.volume.clone(), d.migrated_from.clone()), (v2.clone(), Some(v1.clone())));
+    assert!(repo.move_generation(&sid, 2, &v1, &v2, None).is_err(), "it is no longer on v1");
+    repo.move_generation(&sid, 2, &v2, &v1, None).unwrap();
+    assert_eq!(repo.dataset(&sname).unwrap().unwrap().migrated_from, None);
+
+    // Storage-management rules.
+    let rule = HsmRule {
+        name: "cold".into(),
+        pattern: Pattern::new("SNAP.**").unwrap(),
+        method: CopyMethod::Raw,
+        backup_to: Some(v2.clone()),
+        keep_last: 3,
+        keep_daily: 0,
+        keep_monthly: 12,
+        keep_yearly: 0,
+        migrate_after_days: Some(30),
+        migrate_to: Some(v2.clone()),
+        created_at: Timestamp::now(),
+    };
+    repo.insert_hsm_rule(&rule).unwrap();
+    assert!(matches!(repo.insert_hsm_rule(&rule), Err(RepoError::Exists { .. })));
+    let rules = repo.hsm_rules().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!((rules[0].keep_last, rules[0].keep_monthly, rules[0].migrate_after_days), (3, 12, Some(30)));
+    assert_eq!((rules[0].method, rules[0].backup_to.clone()), (CopyMethod::Raw, Some(v2.clone())));
+    assert!(repo.remove_hsm_rule("cold").unwrap());
+    assert!(!repo.remove_hsm_rule("cold").unwrap());
 }

@@ -9,8 +9,8 @@ mod sqlite;
 
 use custos_crypto::Mkvp;
 use custos_model::{
-    BackupRecord, ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KbkRecord, KeyLabel, KeyRecord,
-    KeystoreBackupRecord, PolicyRecord, SnapshotRecord, VolumeName, VolumeRecord,
+    BackupRecord, ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, HsmRule, KbkRecord, KeyLabel,
+    KeyRecord, KeystoreBackupRecord, PolicyRecord, SnapshotRecord, VolumeName, VolumeRecord,
 };
 use thiserror::Error;
 
@@ -178,6 +178,26 @@ pub trait Repository: Send + Sync {
     fn commit_generation(&self, commit: &GenerationCommit) -> Result<Garbage>;
     /// Remove a dataset and all its generations, in one transaction.
     fn remove_dataset(&self, name: &DatasetName) -> Result<Garbage>;
+    /// Record a read or write of a dataset now.
+    fn touch_dataset(&self, id: &DatasetId) -> Result<()>;
+    /// Move generation `generation` of a dataset from volume `from` (where it
+    /// must be) to `to`, whose objects the caller has already written, and
+    /// set the dataset's `migrated_from` mark; one transaction. Returns what
+    /// the move left unreferenced on `from`.
+    fn move_generation(
+        &self,
+        id: &DatasetId,
+        generation: u64,
+        from: &VolumeName,
+        to: &VolumeName,
+        migrated_from: Option<&VolumeName>,
+    ) -> Result<Garbage>;
+
+    fn insert_hsm_rule(&self, rule: &HsmRule) -> Result<()>;
+    /// All `hsm run` rules, by name.
+    fn hsm_rules(&self) -> Result<Vec<HsmRule>>;
+    /// Remove a rule; false when there was none by that name.
+    fn remove_hsm_rule(&self, name: &str) -> Result<bool>;
 }
 
 pub mod conformance;

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, KbkRecord,
-    KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose,
-    SnapshotRecord, VolumeName, VolumeRecord, WrappedMaterial,
+    BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule,
+    KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget,
+    Purpose, SnapshotRecord, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -170,6 +170,24 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // 9: storage management (`hsm run`): rules, last access, migration marks.
+    r#"
+    CREATE TABLE hsm_rules (
+        name TEXT PRIMARY KEY,
+        pattern TEXT NOT NULL,
+        method TEXT NOT NULL,
+        backup_to TEXT REFERENCES volumes(name),
+        keep_last INTEGER NOT NULL,
+        keep_daily INTEGER NOT NULL,
+        keep_monthly INTEGER NOT NULL,
+        keep_yearly INTEGER NOT NULL,
+        migrate_after_days INTEGER,
+        migrate_to TEXT REFERENCES volumes(name),
+        created_at INTEGER NOT NULL
+    );
+    ALTER TABLE datasets ADD COLUMN last_access INTEGER;
+    ALTER TABLE datasets ADD COLUMN migrated_from TEXT REFERENCES volumes(name);
+    "#,
 ];
 
 /// The embedded repository.
@@ -327,13 +345,22 @@ fn policy_from_row(r: &Row) -> rusqlite::Result<PolicyRecord> {
     })
 }
 
-const DATASET_SELECT: &str = "SELECT d.id, d.name, d.created_at, g.generation, g.volume, g.key_label, g.size, g.chunk_size, g.chunk_count, g.manifest_hash, g.created_at FROM datasets d JOIN generations g ON g.dataset_id = d.id AND g.generation = d.current_generation";
+const DATASET_SELECT: &str = "SELECT d.id, d.name, d.created_at, g.generation, g.volume, g.key_label, g.size, g.chunk_size, g.chunk_count, g.manifest_hash, g.created_at, d.last_access, d.migrated_from FROM datasets d JOIN generations g ON g.dataset_id = d.id AND g.generation = d.current_generation";
 
 fn dataset_from_row(r: &Row) -> rusqlite::Result<DatasetRecord> {
     let name: String = r.get(1)?;
     let volume: String = r.get(4)?;
     let key: String = r.get(5)?;
     let hash: Vec<u8> = r.get(9)?;
+    let generation_at = from_ts(r.get(10)?)?;
+    let last_access = match r.get::<_, Option<i64>>(11)? {
+        Some(t) => from_ts(t)?.max(generation_at),
+        None => generation_at,
+    };
+    let migrated_from = match r.get::<_, Option<String>>(12)? {
+        Some(v) => Some(VolumeName::new(v).map_err(|e| corrupt(e.to_string()))?),
+        None => None,
+    };
     Ok(DatasetRecord {
         id: DatasetId(id16(r.get(0)?)?),
         name: DatasetName::new(name).map_err(|e| corrupt(e.to_string()))?,
@@ -346,8 +373,10 @@ fn dataset_from_row(r: &Row) -> rusqlite::Result<DatasetRecord> {
             chunk_size: r.get::<_, i64>(7)? as u32,
             chunk_count: r.get::<_, i64>(8)? as u64,
             manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
-            created_at: from_ts(r.get(10)?)?,
+            created_at: generation_at,
         },
+        last_access,
+        migrated_from,
     })
 }
 
@@ -993,6 +1022,109 @@ impl Repository for SqliteRepository {
         rows.collect::<rusqlite::Result<_>>().map_err(db("list policies"))
     }
 
+    fn touch_dataset(&self, id: &DatasetId) -> Result<()> {
+        self.conn()
+            .execute("UPDATE datasets SET last_access = ?2 WHERE id = ?1", params![&id.0[..], ts(Timestamp::now())])
+            .map_err(db("record a dataset's access"))?;
+        Ok(())
+    }
+
+    fn move_generation(
+        &self,
+        id: &DatasetId,
+        generation: u64,
+        from: &VolumeName,
+        to: &VolumeName,
+        migrated_from: Option<&VolumeName>,
+    ) -> Result<Garbage> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start a move"))?;
+        let n = tx
+            .execute(
+                "UPDATE generations SET volume = ?4 WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3",
+                params![&id.0[..], generation as i64, from.as_str(), to.as_str()],
+            )
+            .map_err(db("move a generation"))?;
+        if n != 1 {
+            return Err(RepoError::NotFound {
+                kind: "generation to move",
+                name: format!("{generation} of dataset id {} on volume {from}", id.to_hex()),
+            });
+        }
+        tx.execute(
+            "UPDATE datasets SET migrated_from = ?2 WHERE id = ?1",
+            params![&id.0[..], migrated_from.map(|v| v.as_str())],
+        )
+        .map_err(db("mark a migration"))?;
+        let candidates = chunk_list(
+            &tx,
+            "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2",
+            params![&id.0[..], generation as i64],
+        )?;
+        let garbage = garbage_after(&tx, candidates, from.as_str(), (*id, generation))?;
+        tx.commit().map_err(db("commit a move"))?;
+        Ok(garbage)
+    }
+
+    fn insert_hsm_rule(&self, r: &HsmRule) -> Result<()> {
+        let res = self.conn().execute(
+            "INSERT INTO hsm_rules (name, pattern, method, backup_to, keep_last, keep_daily, keep_monthly, keep_yearly, migrate_after_days, migrate_to, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                r.name,
+                r.pattern.as_str(),
+                r.method.as_str(),
+                r.backup_to.as_ref().map(|v| v.as_str()),
+                r.keep_last,
+                r.keep_daily,
+                r.keep_monthly,
+                r.keep_yearly,
+                r.migrate_after_days,
+                r.migrate_to.as_ref().map(|v| v.as_str()),
+                ts(r.created_at)
+            ],
+        );
+        match res {
+            Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "hsm rule", name: r.name.clone() }),
+            r => r.map(|_| ()).map_err(db("store an hsm rule")),
+        }
+    }
+
+    fn hsm_rules(&self) -> Result<Vec<HsmRule>> {
+        let vol = |s: Option<String>| -> rusqlite::Result<Option<VolumeName>> {
+            s.map(|v| VolumeName::new(v).map_err(|e| corrupt(e.to_string()))).transpose()
+        };
+        self.query_all(
+            "list hsm rules",
+            "SELECT name, pattern, method, backup_to, keep_last, keep_daily, keep_monthly, keep_yearly, migrate_after_days, migrate_to, created_at
+             FROM hsm_rules ORDER BY name",
+            [],
+            |r| {
+                let pattern: String = r.get(1)?;
+                let method: String = r.get(2)?;
+                Ok(HsmRule {
+                    name: r.get(0)?,
+                    pattern: Pattern::new(pattern).map_err(|e| corrupt(e.to_string()))?,
+                    method: CopyMethod::parse(&method).ok_or_else(|| corrupt(format!("copy method {method}")))?,
+                    backup_to: vol(r.get(3)?)?,
+                    keep_last: r.get(4)?,
+                    keep_daily: r.get(5)?,
+                    keep_monthly: r.get(6)?,
+                    keep_yearly: r.get(7)?,
+                    migrate_after_days: r.get(8)?,
+                    migrate_to: vol(r.get(9)?)?,
+                    created_at: from_ts(r.get(10)?)?,
+                })
+            },
+        )
+    }
+
+    fn remove_hsm_rule(&self, name: &str) -> Result<bool> {
+        let n =
+            self.conn().execute("DELETE FROM hsm_rules WHERE name = ?1", [name]).map_err(db("remove an hsm rule"))?;
+        Ok(n > 0)
+    }
+
     fn remove_policy(&self, name: &str) -> Result<bool> {
         let n = self.conn().execute("DELETE FROM policies WHERE name = ?1", [name]).map_err(db("remove a policy"))?;
         Ok(n > 0)
@@ -1084,8 +1216,13 @@ impl Repository for SqliteRepository {
                 ins.execute(params![id, g.generation as i64, i as i64, &chunk.0[..]]).map_err(db("record chunks"))?;
             }
         }
-        tx.execute("UPDATE datasets SET current_generation = ?2 WHERE id = ?1", params![id, g.generation as i64])
-            .map_err(db("advance a dataset"))?;
+        // A new generation is written where the policy says, so a migrated
+        // dataset is home again.
+        tx.execute(
+            "UPDATE datasets SET current_generation = ?2, migrated_from = NULL, last_access = ?3 WHERE id = ?1",
+            params![id, g.generation as i64, ts(g.created_at)],
+        )
+        .map_err(db("advance a dataset"))?;
         let older: Vec<(u64, String)> = {
             let mut stmt = tx
                 .prepare("SELECT generation, volume FROM generations WHERE dataset_id = ?1 AND generation <> ?2")
