@@ -6,6 +6,7 @@ mod args;
 mod demo;
 mod mk;
 mod output;
+mod progress;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -257,7 +258,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         })?
                     }
                 };
+                let bar = progress::start(&cli, &format!("restore {}", b.dataset), Some(b.size * 2));
                 let r = v.restore(&b, as_name.as_deref().map(dataset).transpose()?.as_ref())?;
+                drop(bar);
                 if !cli.json {
                     println!(
                         "restored backup {} ({} copy) as {} generation {}: {} under key {}{}; verified",
@@ -562,10 +565,12 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
             let name = dataset(name)?;
             let r = if file.as_os_str() == "-" {
                 let mut stdin = std::io::stdin().lock();
+                let _bar = progress::start(cli, "put", None);
                 v.put(&name, &mut stdin, &opts)?
             } else {
                 let mut f = std::fs::File::open(file)
                     .with_context(|| format!("cannot open {} to store as dataset {name}", file.display()))?;
+                let _bar = progress::start(cli, "put", f.metadata().ok().map(|m| m.len()));
                 v.put(&name, &mut f, &opts)?
             };
             if cli.json {
@@ -607,6 +612,8 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
             match output {
                 Some(path) => {
                     let mut report = None;
+                    let size = v.dataset(&name)?.current.size;
+                    let _bar = progress::start(cli, "get", Some(range.map_or(size, |(a, b)| b.saturating_sub(a))));
                     write_atomically(path, |w| {
                         report = Some(v.get(&name, w, range)?);
                         Ok(())
@@ -694,7 +701,10 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
         }
         DsCmd::Verify { name } => {
             let v = open(cli)?;
-            let r = v.verify(&dataset(name)?)?;
+            let name = dataset(name)?;
+            let bar = progress::start(cli, "verify", Some(v.dataset(&name)?.current.size));
+            let r = v.verify(&name)?;
+            drop(bar);
             if cli.json {
                 json(&r)
             } else {
@@ -710,11 +720,13 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
         DsCmd::Import { dir, prefix, replace } => {
             let v = open(cli)?;
             let quiet = cli.json;
+            let bar = progress::start(cli, "import", Some(dir_size(dir)));
             let reports = v.import(dir, &dataset(prefix)?, *replace, |r| {
                 if !quiet {
-                    println!("stored {} ({}) under key {}", r.dataset, bytes(r.size), r.key_label);
+                    progress::say(&bar, format!("stored {} ({}) under key {}", r.dataset, bytes(r.size), r.key_label));
                 }
             })?;
+            drop(bar);
             if cli.json {
                 json(&reports)
             } else {
@@ -739,11 +751,13 @@ fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
             let v = sealed(cli)?;
             let needs_key = v.hsm_rules()?.iter().any(|r| r.backup_to.is_some() && r.method == CopyMethod::Logical);
             let now = jiff::Timestamp::now();
+            let bar = progress::start(cli, "hsm run", None);
             let actions = if needs_key && !without_keys && !dry_run {
                 open(cli)?.hsm_run(now, false)?
             } else {
                 v.hsm_run(now, *dry_run)?
             };
+            drop(bar);
             if cli.json {
                 return json(&actions);
             }
@@ -853,7 +867,10 @@ fn mirror_cmd(cli: &Cli, c: &MirrorCmd) -> anyhow::Result<()> {
     };
     match c {
         MirrorCmd::Add { primary, secondary } => {
-            show(vec![v.mirror_add(&volume_name(primary)?, &volume_name(secondary)?)?])
+            let bar = progress::start(cli, "mirror sync", None);
+            let m = v.mirror_add(&volume_name(primary)?, &volume_name(secondary)?)?;
+            drop(bar);
+            show(vec![m])
         }
         MirrorCmd::Ls => show(v.mirrors(false)?),
         MirrorCmd::Status => {
@@ -937,12 +954,13 @@ fn backup_cmd(cli: &Cli, c: &BackupCmd) -> anyhow::Result<()> {
             let to = volume_name(to)?;
             let p = pattern(p.as_deref())?;
             // A raw copy needs no key: it runs on the sealed vault, without the passphrase.
-            let names: Vec<DatasetName> = sealed(cli)?
+            let chosen: Vec<_> = sealed(cli)?
                 .datasets()?
                 .into_iter()
-                .map(|d| d.name)
-                .filter(|n| p.as_ref().is_none_or(|p| p.matches(n.as_str())))
+                .filter(|d| p.as_ref().is_none_or(|p| p.matches(d.name.as_str())))
                 .collect();
+            let bar = progress::start(cli, "backup", Some(chosen.iter().map(|d| d.current.size).sum()));
+            let names: Vec<DatasetName> = chosen.into_iter().map(|d| d.name).collect();
             let mut made = Vec::new();
             match method {
                 MethodArg::Raw => {
@@ -959,6 +977,7 @@ fn backup_cmd(cli: &Cli, c: &BackupCmd) -> anyhow::Result<()> {
                     }
                 }
             }
+            drop(bar);
             if cli.json {
                 return json(&made.iter().filter_map(|(_, b)| b.clone()).collect::<Vec<_>>());
             }
@@ -1037,12 +1056,17 @@ fn backup_cmd(cli: &Cli, c: &BackupCmd) -> anyhow::Result<()> {
             let bs = v.backups(pattern(p.as_deref())?.as_ref())?;
             let mut bad = 0;
             let mut report = Vec::new();
+            let bar =
+                read_data.then(|| progress::start(cli, "verify", Some(bs.iter().map(|b| b.size).sum()))).flatten();
             for b in &bs {
                 let r = v.verify_backup(b, *read_data);
                 if !cli.json {
                     match &r {
-                        Ok(()) => println!("backup {} ({} of {}): ok", b.id, b.method, b.dataset),
-                        Err(e) => println!("backup {} ({} of {}): DAMAGED: {e}", b.id, b.method, b.dataset),
+                        Ok(()) => progress::say(&bar, format!("backup {} ({} of {}): ok", b.id, b.method, b.dataset)),
+                        Err(e) => progress::say(
+                            &bar,
+                            format!("backup {} ({} of {}): DAMAGED: {e}", b.id, b.method, b.dataset),
+                        ),
                     }
                 }
                 bad += r.is_err() as usize;
@@ -1237,4 +1261,17 @@ fn config_cmd(cli: &Cli, c: &ConfigCmd) -> anyhow::Result<()> {
             show(v.settings()?.into_iter().filter(|(k, _)| k == key).collect())
         }
     }
+}
+
+/// Total size of the regular files under `dir` (for a progress bar; 0 when unreadable).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }

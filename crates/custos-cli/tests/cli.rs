@@ -965,3 +965,27 @@ fn hsm_run_backs_up_migrates_and_recalls() {
     e.ok(&["hsm", "rule", "rm", "cold"]);
     assert!(e.fails(&["hsm", "rule", "rm", "cold"], 1).contains("no rule"));
 }
+
+/// Progress goes to a terminal only: under a pseudo-terminal (`script`)
+/// `ds put` draws a bar; with output piped, standard error stays empty.
+#[test]
+fn progress_bars_only_on_a_terminal() {
+    let e = Env::new();
+    let big = e.file("big", &data(48 << 20, 9));
+    let o = e.run(&["ds", "put", "BIG.DATA", Env::s(&big)]);
+    assert!(o.status.success());
+    assert!(o.stderr.is_empty(), "piped: {}", String::from_utf8_lossy(&o.stderr));
+    let bin = assert_cmd::cargo::cargo_bin("custos");
+    let cmd = format!("{} ds put BIG.COPY {}", bin.display(), Env::s(&big));
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("CUSTOS_VAULT", &e.vault)
+        .env("CUSTOS_PASSPHRASE", PASS)
+        .env("TERM", "xterm")
+        .output()
+        .expect("script(1) from util-linux runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("put [") && out.contains("MiB"), "no progress bar drawn: {out:?}");
+    assert!(out.contains("stored BIG.COPY generation 1"), "{out}");
+}

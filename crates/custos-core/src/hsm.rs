@@ -177,12 +177,7 @@ impl<S: VaultState> Vault<S> {
 
     /// One pass over every dataset. `logical` makes a logical copy (only an
     /// open vault can); without it, logical rules are reported as skipped.
-    fn hsm_pass(
-        &self,
-        now: Timestamp,
-        dry_run: bool,
-        logical: Option<&LogicalCopier<'_>>,
-    ) -> Result<Vec<HsmAction>> {
+    fn hsm_pass(&self, now: Timestamp, dry_run: bool, logical: Option<&LogicalCopier<'_>>) -> Result<Vec<HsmAction>> {
         let rules = self.hsm_rules()?;
         let mut out = Vec::new();
         for d in self.datasets()? {

@@ -20,6 +20,7 @@ mod keystore;
 mod masterkey;
 mod mirror;
 mod pipeline;
+pub mod progress;
 mod retention;
 mod secretfile;
 mod vault;

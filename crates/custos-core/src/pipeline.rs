@@ -110,7 +110,10 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
                             }
                         };
                         match res {
-                            Ok((c, new)) => done_tx.send((index, c, new)).expect("collector alive"),
+                            Ok((c, new)) => {
+                                crate::progress::add(n as u64);
+                                done_tx.send((index, c, new)).expect("collector alive")
+                            }
                             Err(e) => fail(e),
                         }
                     }
@@ -246,6 +249,7 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
                         abort.store(true, Ordering::SeqCst);
                         error = Some((next, OpenError::Output(e)));
                     }
+                    crate::progress::add(plain.len() as u64);
                 }
                 let _ = free_tx.send(buf);
                 next += 1;
@@ -328,6 +332,7 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
                         continue;
                     }
                     if let Some(r) = job.reuse.get(i).copied().flatten() {
+                        crate::progress::add(r.len as u64);
                         done_tx.send((i, r, false)).expect("collector alive");
                         continue;
                     }
@@ -345,6 +350,7 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
                         .and_then(|_| job.to_volume.put_chunk(&id, sealed).map_err(SealError::Store));
                     match res {
                         Ok(()) => {
+                            crate::progress::add(c.len as u64);
                             done_tx.send((i, ChunkRef { id, len: c.len, fingerprint }, true)).expect("collector alive")
                         }
                         Err(e) => fail(i, TranscodeError::Target(e)),
@@ -405,7 +411,9 @@ pub(crate) fn copy_raw(
                             return Ok(false);
                         }
                         let n = from.read_chunk(id, &mut buf, max_len)?;
-                        to.put_chunk(id, buf.slice(n)).map(|_| true)
+                        to.put_chunk(id, buf.slice(n))?;
+                        crate::progress::add(n.saturating_sub(CHUNK_OVERHEAD) as u64);
+                        Ok(true)
                     });
                     match r {
                         Ok(true) => done_tx.send(*id).expect("collector alive"),
