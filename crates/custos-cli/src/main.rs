@@ -961,22 +961,13 @@ fn backup_cmd(cli: &Cli, c: &BackupCmd) -> anyhow::Result<()> {
                 .collect();
             let bar = progress::start(cli, "backup", Some(chosen.iter().map(|d| d.current.size).sum()));
             let names: Vec<DatasetName> = chosen.into_iter().map(|d| d.name).collect();
-            let mut made = Vec::new();
-            match method {
-                MethodArg::Raw => {
-                    let v = sealed(cli)?;
-                    for n in &names {
-                        made.push((n.clone(), v.backup_raw(n, &to)?));
-                    }
-                }
+            let made = match method {
+                MethodArg::Raw => sealed(cli)?.backup_raw_many(&names, &to)?,
                 MethodArg::Logical => {
-                    let v = open(cli)?;
                     let key = key.as_deref().map(label).transpose()?;
-                    for n in &names {
-                        made.push((n.clone(), v.backup_logical(n, &to, key.as_ref())?));
-                    }
+                    open(cli)?.backup_logical_many(&names, &to, key.as_ref())?
                 }
-            }
+            };
             drop(bar);
             if cli.json {
                 return json(&made.iter().filter_map(|(_, b)| b.clone()).collect::<Vec<_>>());

@@ -204,6 +204,65 @@ impl<S: VaultState> Vault<S> {
         .map(Some)
     }
 
+    /// Raw copies of many datasets to `to`, a few at a time (see
+    /// [`Vault::backup_logical_many`]); stops at the first failure.
+    pub fn backup_raw_many(
+        &self,
+        names: &[DatasetName],
+        to: &VolumeName,
+    ) -> Result<Vec<(DatasetName, Option<BackupRecord>)>> {
+        self.volume_record(to)?;
+        let jobs: Vec<(usize, &DatasetName)> = names.iter().enumerate().collect();
+        let results = self.in_parallel(jobs, |name| self.backup_raw(name, to));
+        let mut out = Vec::with_capacity(names.len());
+        let mut first_error = None;
+        for (i, r) in results {
+            match r {
+                Ok(b) => out.push((names[i].clone(), b)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Run `work` on each job, a few jobs at a time, so that the device and
+    /// catalog waits of one overlap the work of another; stops taking new
+    /// jobs after the first failure. Results come back in job order, for the
+    /// jobs that ran. `F` returns a `Result` or a pair ending in one.
+    pub(crate) fn in_parallel<J: Send, R: Send + Failable>(
+        &self,
+        jobs: Vec<(usize, J)>,
+        work: impl Fn(&J) -> R + Sync,
+    ) -> Vec<(usize, R)> {
+        let workers = (self.threads / 2).clamp(1, 4).min(jobs.len().max(1));
+        let queue = std::sync::Mutex::new(jobs.into_iter());
+        let abort = std::sync::atomic::AtomicBool::new(false);
+        let results: std::sync::Mutex<Vec<(usize, R)>> = Default::default();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    if abort.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let Some((i, job)) = queue.lock().expect("job queue").next() else { break };
+                    let r = work(&job);
+                    if r.failed() {
+                        abort.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    results.lock().expect("results").push((i, r));
+                });
+            }
+        });
+        let mut results = results.into_inner().expect("results");
+        results.sort_by_key(|(i, _)| *i);
+        results
+    }
+
     /// Copy the sealed objects of a dataset's current generation from `src`
     /// to `dst` byte for byte (no key), make them durable, then run
     /// `record` with the chunk list to commit the copy in the catalog. When
@@ -240,6 +299,58 @@ impl<S: VaultState> Vault<S> {
             }
         }
         result
+    }
+}
+
+/// A result that may be a failure, for [`Vault::in_parallel`].
+pub(crate) trait Failable {
+    fn failed(&self) -> bool;
+}
+
+impl<T> Failable for Result<T> {
+    fn failed(&self) -> bool {
+        self.is_err()
+    }
+}
+
+impl<A, T> Failable for (A, Result<T>) {
+    fn failed(&self) -> bool {
+        self.1.is_err()
+    }
+}
+
+/// A logical copy decided on (dataset, previous copy of its series, BACK
+/// key, and that key's record when it is new) but not made yet.
+struct LogicalPlan {
+    d: DatasetRecord,
+    previous: Option<BackupRecord>,
+    back: KeyRecord,
+    new_key: Option<KeyRecord>,
+}
+
+/// Names new keys by the naming standard for a run that creates many before
+/// any is stored: the keystore is read once, then numbers count on.
+#[derive(Default)]
+struct LabelAllocator {
+    next: std::collections::HashMap<(String, Purpose), u32>,
+}
+
+impl LabelAllocator {
+    fn next<S: VaultState>(&mut self, v: &Vault<S>, app: &str, purpose: Purpose) -> Result<KeyLabel> {
+        let ns = v.naming()?;
+        let seq = match self.next.get_mut(&(app.to_string(), purpose)) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                let first = v.next_label(app, purpose)?;
+                let n = ns.parse(first.as_str())?.seq;
+                self.next.insert((app.to_string(), purpose), n);
+                n
+            }
+        };
+        Ok(KeyLabel::new(ns.label(purpose, app, seq))?)
     }
 }
 
@@ -355,6 +466,7 @@ impl Vault<Open> {
         d: &DatasetRecord,
         named: Option<&KeyLabel>,
         previous: Option<&BackupRecord>,
+        labels: &mut LabelAllocator,
     ) -> Result<(KeyRecord, Option<KeyRecord>)> {
         let primary = self.key_record(&d.current.key_label)?;
         if let Some(label) = named {
@@ -383,7 +495,7 @@ impl Vault<Open> {
             }
         }
         let rec = self.new_key_record(&NewKey {
-            label: None,
+            label: Some(labels.next(self, &primary.app, Purpose::Back)?),
             app: Some(primary.app.clone()),
             purpose: Purpose::Back,
             expires_at: None,
@@ -401,25 +513,74 @@ impl Vault<Open> {
         to: &VolumeName,
         key: Option<&KeyLabel>,
     ) -> Result<Option<BackupRecord>> {
-        let d = self.dataset(name)?;
-        let g = &d.current;
-        let series: Vec<BackupRecord> = self
-            .repo
-            .backups()?
-            .into_iter()
-            .filter(|b| b.dataset_id == d.id && b.method == CopyMethod::Logical && b.volume == *to)
-            .collect();
-        let previous = series.last();
-        // Arguments are checked before anything is skipped as done already.
-        let (back, new_key) = self.backup_key(&d, key, previous)?;
-        if series.iter().any(|b| b.source_generation == g.generation) {
-            return Ok(None);
+        let mut made = self.backup_logical_many(std::slice::from_ref(name), to, key)?;
+        Ok(made.pop().and_then(|(_, b)| b))
+    }
+
+    /// Logical copies of many datasets to `to`. Keys are chosen (and new
+    /// BACK keys named) first, in order; then the copies run a few datasets
+    /// at a time, each committed on its own as soon as it is durable, so the
+    /// waits of one (device flushes, catalog commits) overlap the work of
+    /// another. Stops at the first failure, which it returns once the copies
+    /// under way have finished; copies committed before it stay.
+    pub fn backup_logical_many(
+        &self,
+        names: &[DatasetName],
+        to: &VolumeName,
+        key: Option<&KeyLabel>,
+    ) -> Result<Vec<(DatasetName, Option<BackupRecord>)>> {
+        self.volume_record(to)?;
+        let all = self.repo.backups()?;
+        let mut labels = LabelAllocator::default();
+        let mut out: Vec<(DatasetName, Option<BackupRecord>)> = Vec::with_capacity(names.len());
+        let mut plans = Vec::new();
+        for name in names {
+            let d = self.dataset(name)?;
+            let series: Vec<&BackupRecord> = all
+                .iter()
+                .filter(|b| b.dataset_id == d.id && b.method == CopyMethod::Logical && b.volume == *to)
+                .collect();
+            let previous = series.last().map(|b| (*b).clone());
+            // Arguments are checked before anything is skipped as done already.
+            let (back, new_key) = self.backup_key(&d, key, previous.as_ref(), &mut labels)?;
+            if series.iter().any(|b| b.source_generation == d.current.generation) {
+                out.push((name.clone(), None));
+                continue;
+            }
+            plans.push((out.len(), LogicalPlan { d, previous, back, new_key }));
+            out.push((name.clone(), None));
         }
-        let back_key = self.unwrap_for(&back, KeyUse::Encrypt, name)?;
+        let results = self.in_parallel(plans, |plan| (plan.d.current.key_label.clone(), self.copy_logical(plan, to)));
+        // Key uses are counted once for the whole run, in one transaction.
+        let mut used = Vec::new();
+        let mut first_error = None;
+        for (i, (primary, r)) in results {
+            match r {
+                Ok(b) => {
+                    used.extend([primary, b.key_label.clone()]);
+                    out[i].1 = Some(b);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.repo.record_key_uses(&used)?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Make one planned logical copy and commit it.
+    fn copy_logical(&self, plan: &LogicalPlan, to: &VolumeName) -> Result<BackupRecord> {
+        let LogicalPlan { d, previous, back, new_key } = plan;
+        let (name, g, previous) = (&d.name, &d.current, previous.as_ref());
+        let back_key = self.unwrap_for(back, KeyUse::Encrypt, name)?;
         let primary = self.key_record(&g.key_label)?;
         let primary_key = self.unwrap_for(&primary, KeyUse::Decrypt, name)?;
         let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
-        let source = self.load_manifest(&d, &primary_key, src.as_ref())?;
+        let source = self.load_manifest(d, &primary_key, src.as_ref())?;
         // Continue the previous copy's series. Its chunks are reused, unread,
         // wherever the source chunk is the very object that copy was made from
         // (source chunks are immutable and bound to their position).
@@ -509,19 +670,13 @@ impl Vault<Open> {
             rec.id = self.repo.insert_backup(&rec, &ids, &sources, new_key.as_ref())?;
             Ok(rec)
         })();
-        match &result {
-            Ok(_) => {
-                self.repo.record_key_use(&primary.label)?;
-                self.repo.record_key_use(&back.label)?;
+        if result.is_err() {
+            for id in &outcome.written {
+                let _ = dst.delete_chunk(id);
             }
-            Err(_) => {
-                for id in &outcome.written {
-                    let _ = dst.delete_chunk(id);
-                }
-                let _ = dst.delete_manifest(&copy_id, generation);
-            }
+            let _ = dst.delete_manifest(&copy_id, generation);
         }
-        result.map(Some)
+        result
     }
 
     /// Check a backup: its manifest is the one recorded and opens under its

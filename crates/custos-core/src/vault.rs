@@ -38,7 +38,7 @@ pub struct Open {
 }
 
 /// The two vault states.
-pub trait VaultState {}
+pub trait VaultState: Send + Sync {}
 impl VaultState for Sealed {}
 impl VaultState for Open {}
 

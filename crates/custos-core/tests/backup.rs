@@ -187,3 +187,34 @@ fn prune_keeps_what_it_says_and_every_kept_backup_restores() {
         t.vault.verify_backup(b, true).unwrap();
     }
 }
+
+/// Many datasets of one application at once: each gets its own new BACK
+/// key, named in order; every copy restores; a second run copies nothing;
+/// raw copies of many run the same way.
+#[test]
+fn many_datasets_at_once_get_distinct_back_keys() {
+    let t = vault();
+    let off = offsite(&t);
+    let names: Vec<_> = (0..7).map(|i| ds(&format!("MANY.DS{i}"))).collect();
+    let contents: Vec<Vec<u8>> = (0..7).map(|i| data(i * CS + 5, 40 + i as u64)).collect();
+    for (n, c) in names.iter().zip(&contents) {
+        t.put(n.as_str(), c);
+    }
+    let made = t.vault.backup_logical_many(&names, &off, None).unwrap();
+    let mut labels: Vec<String> = made.iter().map(|(_, b)| b.as_ref().unwrap().key_label.to_string()).collect();
+    assert_eq!(labels[0], "DSET.BACK.MANY.key001");
+    assert_eq!(labels[6], "DSET.BACK.MANY.key007");
+    labels.sort();
+    labels.dedup();
+    assert_eq!(labels.len(), 7, "one BACK key per dataset");
+    for ((n, b), want) in made.iter().zip(&contents) {
+        assert_eq!(b.as_ref().unwrap().dataset, *n, "results come back in the order asked");
+        t.vault.verify_backup(b.as_ref().unwrap(), true).unwrap();
+        t.vault.restore(b.as_ref().unwrap(), Some(&ds(&format!("{n}.BACK")))).unwrap();
+        assert_eq!(t.get(&format!("{n}.BACK")).unwrap(), *want);
+    }
+    assert!(t.vault.backup_logical_many(&names, &off, None).unwrap().iter().all(|(_, b)| b.is_none()));
+    let raw = Vault::open(&t.path).unwrap().backup_raw_many(&names, &off).unwrap();
+    assert!(raw.iter().all(|(_, b)| b.as_ref().is_some_and(|b| b.method == CopyMethod::Raw)));
+    assert_eq!(raw.len(), 7);
+}

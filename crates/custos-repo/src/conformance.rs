@@ -86,8 +86,11 @@ pub fn run(repo: &dyn Repository) {
     repo.insert_key(&key("DSET.PRIM.APP.key002")).unwrap();
     repo.record_key_use(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap();
     repo.record_key_use(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap();
-    let used = repo.key(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap().unwrap();
-    assert_eq!(used.use_count, 2);
+    let k2 = KeyLabel::new("DSET.PRIM.APP.key002").unwrap();
+    repo.record_key_uses(&[k2.clone(), k2.clone()]).unwrap();
+    repo.record_key_uses(&[]).unwrap();
+    let used = repo.key(&k2).unwrap().unwrap();
+    assert_eq!(used.use_count, 4, "two single uses and a batch of two");
     assert!(used.last_used_at.is_some());
     let labels: Vec<String> = repo.keys().unwrap().iter().map(|k| k.label.to_string()).collect();
     assert_eq!(labels, ["DSET.PRIM.APP.key001", "DSET.PRIM.APP.key002"]);

@@ -95,6 +95,8 @@ pub trait Repository: Send + Sync {
     fn update_key(&self, rec: &KeyRecord) -> Result<()>;
     /// Count one use of a key now.
     fn record_key_use(&self, label: &KeyLabel) -> Result<()>;
+    /// Count one use of each label (a label may repeat), in one transaction.
+    fn record_key_uses(&self, labels: &[KeyLabel]) -> Result<()>;
     /// Insert many keys in one transaction: all or none.
     fn insert_keys(&self, recs: &[KeyRecord]) -> Result<()>;
     /// How many keys with material are wrapped under each master key.

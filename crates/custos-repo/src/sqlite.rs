@@ -570,6 +570,24 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    fn record_key_uses(&self, labels: &[KeyLabel]) -> Result<()> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("start counting key uses"))?;
+        {
+            let mut up = tx
+                .prepare_cached("UPDATE keys SET use_count = use_count + 1, last_used_at = ?2 WHERE label = ?1")
+                .map_err(db("count a key use"))?;
+            let now = ts(Timestamp::now());
+            for l in labels {
+                up.execute(params![l.as_str(), now]).map_err(db("count a key use"))?;
+            }
+        }
+        tx.commit().map_err(db("count key uses"))
+    }
+
     fn insert_keys(&self, recs: &[KeyRecord]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("start a bulk key insert"))?;
