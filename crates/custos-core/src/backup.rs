@@ -239,7 +239,7 @@ impl<S: VaultState> Vault<S> {
         jobs: Vec<(usize, J)>,
         work: impl Fn(&J) -> R + Sync,
     ) -> Vec<(usize, R)> {
-        let workers = (self.threads / 2).clamp(1, 4).min(jobs.len().max(1));
+        let workers = self.threads.clamp(1, 4).min(jobs.len().max(1));
         let queue = std::sync::Mutex::new(jobs.into_iter());
         let abort = std::sync::atomic::AtomicBool::new(false);
         let results: std::sync::Mutex<Vec<(usize, R)>> = Default::default();
