@@ -74,6 +74,10 @@ pub enum Command {
     /// Snapshots: a dataset's current generation pinned, at metadata cost only.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Risk: which threats each dataset survives (the paper's Table 2 for
+    /// this vault), and drills that prove it on a scratch clone.
+    #[command(subcommand)]
+    Risk(RiskCmd),
     /// Storage management (DFSMShsm): rules, and `hsm run` to apply them
     /// (backups when data changed, migration of unused datasets to tape).
     #[command(subcommand)]
@@ -97,6 +101,55 @@ pub enum Command {
         /// Restore under this name instead.
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Markdown,
+    Html,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RiskCmd {
+    /// Per dataset and per application: each threat's verdict (survives,
+    /// lost, survives if a key is recovered), the copy that saves it or the
+    /// reason nothing does; then the recoverability audit and findings.
+    Report {
+        pattern: Option<String>,
+        /// Every pair of threats striking together, too.
+        #[arg(long)]
+        dual: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Write the report to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Clone the vault into a scratch directory, apply each threat for real,
+    /// recover with the normal operations, and compare with the model.
+    /// Exits 1 when the model and reality disagree (an analyzer defect).
+    Drill {
+        pattern: Option<String>,
+        /// One threat (file-corruption, malicious-corruption,
+        /// accidental-deletion, disk-failure, site-loss, data-key-loss,
+        /// master-key-loss, keystore-loss).
+        #[arg(long, conflicts_with = "all")]
+        threat: Option<String>,
+        /// Every threat.
+        #[arg(long)]
+        all: bool,
+        /// Every pair of threats as well.
+        #[arg(long)]
+        dual: bool,
+        /// Custodians' share files, for cells that rely on escrow.
+        #[arg(long)]
+        share: Vec<PathBuf>,
+        /// Where the clones go (default: a temporary directory).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
     },
 }
 

@@ -24,7 +24,7 @@ use custos_core::{
 
 use args::{
     BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, HsmCmd, HsmRuleCmd, KeyCmd, KeystoreCmd, MediumArg,
-    MethodArg, MirrorCmd, PolicyCmd, PurposeArg, SnapshotCmd, VolumeCmd,
+    MethodArg, MirrorCmd, PolicyCmd, PurposeArg, ReportFormat, RiskCmd, SnapshotCmd, VolumeCmd,
 };
 use output::{bytes, json, when, Table};
 
@@ -223,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(c) => snapshot_cmd(&cli, c),
         Command::Mirror(c) => mirror_cmd(&cli, c),
         Command::Hsm(c) => hsm_cmd(&cli, c),
+        Command::Risk(c) => risk_cmd(&cli, c),
         Command::Restore { dataset: d, backup, generation, at, as_name } => {
             let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
@@ -734,6 +735,124 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 println!("imported {} files, {}", reports.len(), bytes(total));
                 Ok(())
             }
+        }
+    }
+}
+
+fn read_shares(files: &[PathBuf]) -> anyhow::Result<Vec<custos_core::ShareFile>> {
+    files
+        .iter()
+        .map(|f| {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(f).with_context(|| format!("cannot read share file {}", f.display()))?,
+            );
+            Ok(custos_core::ShareFile::decode(&text, &f.display().to_string())?)
+        })
+        .collect()
+}
+
+fn risk_cmd(cli: &Cli, c: &RiskCmd) -> anyhow::Result<()> {
+    match c {
+        RiskCmd::Report { pattern: p, dual, format, output } => {
+            let p = pattern(p.as_deref())?;
+            let v = sealed(cli)?;
+            // A sealed vault knows the master keys the HSM held when last
+            // unsealed; the first report on a vault opens it once.
+            let held = match v.held_mkvps_seen()? {
+                Some(h) => h,
+                None => open(cli)?.held_mkvps()?,
+            };
+            let g = custos_risk::build::graph(&v, p.as_ref(), held)?;
+            let r = custos_risk::report::report(&g, *dual, jiff::Timestamp::now());
+            let text = match (format, cli.json) {
+                (ReportFormat::Json, _) | (_, true) => serde_json::to_string_pretty(&r)? + "\n",
+                (ReportFormat::Table, false) => custos_risk::report::render_table(&r, *dual),
+                (ReportFormat::Markdown, false) => custos_risk::report::render_markdown(&r, *dual),
+                (ReportFormat::Html, false) => custos_risk::report::render_html(&r, *dual),
+            };
+            match output {
+                Some(path) => {
+                    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("wrote the risk report to {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        RiskCmd::Drill { pattern: p, threat, all, dual, share, scratch } => {
+            use custos_risk::Threat;
+            let singles: Vec<Threat> = match (threat, all) {
+                (Some(t), _) => vec![Threat::parse(t).ok_or_else(|| {
+                    anyhow!(
+                        "no threat {t:?}: choose one of {}",
+                        Threat::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                    )
+                })?],
+                (None, true) => Threat::ALL.to_vec(),
+                (None, false) => bail!("say which threat to drill: --threat NAME, or --all"),
+            };
+            let mut sets: Vec<Vec<Threat>> = singles.iter().map(|t| vec![*t]).collect();
+            if *dual {
+                sets.extend(
+                    Threat::pairs()
+                        .into_iter()
+                        .filter(|(a, b)| singles.contains(a) || singles.contains(b))
+                        .map(|(a, b)| vec![a, b]),
+                );
+            }
+            let tmp;
+            let scratch = match scratch {
+                Some(d) => d.clone(),
+                None => {
+                    tmp = tempfile::Builder::new()
+                        .prefix("custos-drill")
+                        .tempdir()
+                        .context("cannot create a scratch directory")?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            let pass = passphrase(cli, false)?;
+            let v = sealed(cli)?.unseal(&pass)?;
+            let opts = custos_risk::drill::DrillOptions {
+                pattern: pattern(p.as_deref())?,
+                sets,
+                scratch,
+                passphrase: pass,
+                shares: read_shares(share)?,
+            };
+            let bar = progress::start(cli, "drill", None);
+            let cells = custos_risk::drill::drill(&v, &opts)?;
+            drop(bar);
+            let bad = cells.iter().filter(|c| !c.agrees).count();
+            if cli.json {
+                json(&cells)?;
+            } else {
+                let mut t = Table::new(&["DATASET", "THREATS", "MODELED", "PROVEN", "HOW"]);
+                for c in &cells {
+                    t.row(vec![
+                        c.dataset.clone(),
+                        c.threats.iter().map(|t| t.name()).collect::<Vec<_>>().join(" + "),
+                        c.modeled.cell(),
+                        format!(
+                            "{}{}",
+                            if c.proven { "survives" } else { "lost" },
+                            if c.agrees { "" } else { "  <- DISAGREES" }
+                        ),
+                        c.how.clone(),
+                    ]);
+                }
+                t.print();
+                println!(
+                    "\n{} cells drilled: {} agree with the model, {} disagree",
+                    cells.len(),
+                    cells.len() - bad,
+                    bad
+                );
+            }
+            if bad > 0 {
+                bail!("{bad} drilled cells disagree with the model: the analyzer is wrong about them (see the rows marked DISAGREES)");
+            }
+            Ok(())
         }
     }
 }

@@ -173,7 +173,8 @@ impl Vault<Open> {
         for (b, mkvp) in plan {
             let label = KeyLabel::new(b.label.clone())?;
             let live = self.repo.key(&label)?;
-            if live.as_ref().is_some_and(|k| k.wrapped.is_some()) {
+            // A live key counts as present only if the HSM can unwrap it.
+            if live.as_ref().is_some_and(|k| k.wrapped.is_some() && held.contains(&k.mkvp)) {
                 out.push(Recovered::AlreadyPresent { label: b.label });
                 continue;
             }

@@ -12,6 +12,7 @@
 
 mod backup;
 mod datasets;
+mod drill;
 mod error;
 mod escrow;
 mod hsm;
@@ -23,6 +24,7 @@ mod pipeline;
 pub mod progress;
 mod retention;
 mod secretfile;
+mod state;
 mod vault;
 
 pub use backup::{PruneDecision, RestoreReport};

@@ -19,8 +19,8 @@ use crate::{Error, Result};
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 
-const DB_FILE: &str = "custos.db";
-const HSM_FILE: &str = "hsm.sealed";
+pub(crate) const DB_FILE: &str = "custos.db";
+pub(crate) const HSM_FILE: &str = "hsm.sealed";
 const SETTING_NAMING: &str = "key.naming";
 const SETTING_HSM: &str = "hsm.kind";
 const SETTING_P11_MODULE: &str = "hsm.pkcs11.module";
@@ -162,20 +162,6 @@ impl Vault<Sealed> {
         Ok(Vault { dir, repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() })
     }
 
-    /// The HSM this vault was created with.
-    pub fn hsm_kind(&self) -> Result<HsmKind> {
-        match self.repo.setting(SETTING_HSM)?.as_deref() {
-            None | Some("soft") => Ok(HsmKind::Soft),
-            Some("pkcs11") => Ok(HsmKind::Pkcs11 {
-                module: PathBuf::from(self.repo.setting(SETTING_P11_MODULE)?.unwrap_or_default()),
-                token: self.repo.setting(SETTING_P11_TOKEN)?.unwrap_or_default(),
-            }),
-            Some(other) => {
-                Err(Error::Invalid { what: "hsm.kind setting", why: format!("{other:?} is not soft or pkcs11") })
-            }
-        }
-    }
-
     /// Open the software HSM with its passphrase.
     pub fn unseal(self, passphrase: &Passphrase) -> Result<Vault<Open>> {
         if self.hsm_kind()? != HsmKind::Soft {
@@ -215,6 +201,20 @@ impl Vault<Open> {
 }
 
 impl<S: VaultState> Vault<S> {
+    /// The HSM this vault was created with.
+    pub fn hsm_kind(&self) -> Result<HsmKind> {
+        match self.repo.setting(SETTING_HSM)?.as_deref() {
+            None | Some("soft") => Ok(HsmKind::Soft),
+            Some("pkcs11") => Ok(HsmKind::Pkcs11 {
+                module: PathBuf::from(self.repo.setting(SETTING_P11_MODULE)?.unwrap_or_default()),
+                token: self.repo.setting(SETTING_P11_TOKEN)?.unwrap_or_default(),
+            }),
+            Some(other) => {
+                Err(Error::Invalid { what: "hsm.kind setting", why: format!("{other:?} is not soft or pkcs11") })
+            }
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

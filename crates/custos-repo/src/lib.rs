@@ -160,6 +160,11 @@ pub trait Repository: Send + Sync {
     fn keystore_backups(&self) -> Result<Vec<KeystoreBackupRecord>>;
 
     fn insert_volume(&self, rec: &VolumeRecord) -> Result<()>;
+    /// Point a volume at another location (a clone's copy of it).
+    fn relocate_volume(&self, name: &VolumeName, location: &str) -> Result<()>;
+    /// Write a consistent copy of the whole repository to `path` (which
+    /// must not exist), while it stays in use.
+    fn copy_to(&self, path: &std::path::Path) -> Result<()>;
     fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>>;
     fn volumes(&self) -> Result<Vec<VolumeRecord>>;
 

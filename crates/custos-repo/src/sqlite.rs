@@ -892,6 +892,23 @@ impl Repository for SqliteRepository {
         Ok(garbage)
     }
 
+    fn relocate_volume(&self, name: &VolumeName, location: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("UPDATE volumes SET location = ?2 WHERE name = ?1", params![name.as_str(), location])
+            .map_err(db("relocate a volume"))?;
+        if n == 0 {
+            return Err(RepoError::NotFound { kind: "volume", name: name.to_string() });
+        }
+        Ok(())
+    }
+
+    fn copy_to(&self, path: &Path) -> Result<()> {
+        let target = path.to_str().ok_or_else(|| RepoError::Corrupt { what: format!("path {}", path.display()) })?;
+        self.conn().execute("VACUUM INTO ?1", [target]).map_err(db("copy the repository"))?;
+        Ok(())
+    }
+
     fn insert_mirror(&self, primary: &VolumeName, secondary: &VolumeName) -> Result<()> {
         let r = self.conn().execute(
             "INSERT INTO mirrors (primary_volume, secondary_volume, created_at) VALUES (?1, ?2, ?3)",

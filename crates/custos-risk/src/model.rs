@@ -322,7 +322,7 @@ fn key_path(g: &Graph, dmg: &Damage<'_>, label: &str) -> Result<KeyPath, String>
         .iter()
         .filter(|b| b.created_at >= k.created_at && k.destroyed_at.is_none_or(|t| t > b.created_at))
         .collect();
-    ksbs.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    ksbs.sort_by_key(|b| std::cmp::Reverse(b.created_at));
     let mut retired = false;
     for b in &ksbs {
         if !readable(g, dmg, &b.volume) {
@@ -366,7 +366,13 @@ pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
     let primary_data = !dmg.content_bad && !dmg.chunks_bad && !dmg.deleted;
     // Candidates in order of preference.
     let mut candidates: Vec<(CopyKind, String, &str, &str, bool)> = Vec::new();
-    candidates.push((CopyKind::Primary, d.volume.clone(), &d.volume, &d.key, primary_data && !dmg.volume_lost(&d.volume)));
+    candidates.push((
+        CopyKind::Primary,
+        d.volume.clone(),
+        &d.volume,
+        &d.key,
+        primary_data && !dmg.volume_lost(&d.volume),
+    ));
     if let Some(m) = g.volumes.get(&d.volume).and_then(|v| v.mirror.as_deref()) {
         candidates.push((CopyKind::Mirror, m.to_string(), m, &d.key, primary_data && !dmg.volume_lost(m)));
     }
@@ -417,7 +423,16 @@ pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
     } else if reasons.is_empty() {
         why.push(format!("{} reaches every copy", names.join(" + ")));
     } else {
-        why.push(format!("every copy that {} leaves intact needs a key that is gone: {}", names.join(" + "), reasons.join("; ")));
+        why.push(format!(
+            "every copy that {} leaves intact needs a key that is gone: {}",
+            names.join(" + "),
+            reasons.join("; ")
+        ));
     }
     Verdict::Lost { why: why.join("; ") }
+}
+
+/// How key `label` can be had today, with no threat applied.
+pub fn evaluate_key_today(g: &Graph, label: &str) -> Result<KeyPath, String> {
+    key_path(g, &Damage::default(), label)
 }

@@ -1,0 +1,98 @@
+//! The graph, read from a vault.
+
+use std::collections::HashMap;
+
+use custos_core::model::{CopyMethod, KeyState, Medium, Pattern};
+use custos_core::{Vault, VaultState};
+
+use crate::model::{CopyKind, CopyNode, DatasetNode, Graph, KeyNode, KeystoreBackupNode, VolumeNode};
+use crate::Result;
+
+/// Build the graph of the datasets matching `pattern` (all when `None`).
+/// `held` are the MKVPs the HSM holds (from an open vault, or as last seen).
+pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<String>) -> Result<Graph> {
+    let mut g = Graph { held_mkvps: held, ..Default::default() };
+    let mirrors: HashMap<String, String> =
+        v.mirror_pairs()?.into_iter().map(|(p, s)| (p.to_string(), s.to_string())).collect();
+    for vol in v.volumes()? {
+        g.volumes.insert(
+            vol.name.to_string(),
+            VolumeNode {
+                site: vol.site.clone(),
+                tape: vol.medium == Medium::Tape,
+                mirror: mirrors.get(vol.name.as_str()).cloned(),
+            },
+        );
+    }
+    let keys = v.keys()?;
+    let apps: HashMap<String, String> = keys.iter().map(|k| (k.label.to_string(), k.app.clone())).collect();
+    for k in keys {
+        g.keys.insert(
+            k.label.to_string(),
+            KeyNode {
+                present: k.wrapped.is_some() && k.state != KeyState::Destroyed,
+                escrowed: k.escrow.is_some(),
+                mkvp: k.mkvp.to_hex(),
+                created_at: k.created_at,
+                destroyed_at: k.destroyed_at,
+                state: k.state.to_string(),
+            },
+        );
+    }
+    g.escrow_ready = !v.escrow_status()?.kbks.is_empty();
+    g.keystore_backups = v
+        .keystore_backups()?
+        .into_iter()
+        .map(|b| KeystoreBackupNode {
+            id: b.id,
+            volume: b.volume.to_string(),
+            created_at: b.created_at,
+            mkvps: b.mkvps,
+        })
+        .collect();
+    let mut copies: HashMap<[u8; 16], Vec<CopyNode>> = HashMap::new();
+    for b in v.backups(pattern)? {
+        copies.entry(b.dataset_id.0).or_default().push(CopyNode {
+            kind: match b.method {
+                CopyMethod::Raw => CopyKind::Raw,
+                CopyMethod::Logical => CopyKind::Logical,
+            },
+            id: format!("backup {}", b.id),
+            volume: b.volume.to_string(),
+            key: b.key_label.to_string(),
+            created_at: b.created_at,
+            shares_current: false,
+        });
+    }
+    for s in v.snapshots(pattern)? {
+        let shares = v.snapshot_shares_current(&s)?;
+        copies.entry(s.dataset_id.0).or_default().push(CopyNode {
+            kind: CopyKind::Snapshot,
+            id: format!("snapshot {}", s.id),
+            volume: s.volume.to_string(),
+            key: s.key_label.to_string(),
+            created_at: s.created_at,
+            shares_current: shares,
+        });
+    }
+    for d in v.datasets()? {
+        if pattern.is_some_and(|p| !p.matches(d.name.as_str())) {
+            continue;
+        }
+        let mut c = copies.remove(&d.id.0).unwrap_or_default();
+        c.sort_by_key(|x| std::cmp::Reverse(x.created_at));
+        g.datasets.push(DatasetNode {
+            app: apps
+                .get(d.current.key_label.as_str())
+                .cloned()
+                .unwrap_or_else(|| d.name.as_str().split('.').next().unwrap_or_default().to_string()),
+            name: d.name.to_string(),
+            volume: d.current.volume.to_string(),
+            key: d.current.key_label.to_string(),
+            generation: d.current.generation,
+            last_access: d.last_access,
+            copies: c,
+        });
+    }
+    Ok(g)
+}

@@ -1,0 +1,466 @@
+//! The risk report: the threat × verdict matrix per dataset and rolled up per
+//! application (the paper's Table 2 for this vault), every pair of threats
+//! with `dual`, and the recoverability audit.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::model::{evaluate, CopyKind, Graph, KeyPath, Threat, Verdict};
+
+/// One dataset's row.
+#[derive(Clone, Debug, Serialize)]
+pub struct DatasetRisk {
+    pub dataset: String,
+    pub app: String,
+    /// One verdict per threat, in [`Threat::ALL`] order.
+    pub single: Vec<(Threat, Verdict)>,
+    /// With `dual`: one verdict per pair of threats.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dual: Vec<((Threat, Threat), Verdict)>,
+}
+
+/// An application's row: the worst verdict among its datasets, per threat.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppRisk {
+    pub app: String,
+    pub datasets: usize,
+    /// Per threat: how many datasets survive, and the verdict of the worst one.
+    pub single: Vec<(Threat, usize, Verdict)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dual: Vec<((Threat, Threat), usize, Verdict)>,
+}
+
+/// Something the paper warns about, found in this vault.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// A stable code: shared-key, retired-master-key, same-site, same-volume,
+    /// rarely-used, inactive-key-needed, undecryptable, no-copy.
+    pub code: &'static str,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Whether a backup or snapshot can be decrypted today, and how.
+#[derive(Clone, Debug, Serialize)]
+pub struct CopyAudit {
+    pub dataset: String,
+    pub copy: String,
+    pub kind: CopyKind,
+    pub key: String,
+    pub created_at: Timestamp,
+    /// `None` when it cannot be decrypted.
+    pub path: Option<KeyPath>,
+    pub why: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub generated_at: Timestamp,
+    pub threats: Vec<Threat>,
+    pub datasets: Vec<DatasetRisk>,
+    pub apps: Vec<AppRisk>,
+    pub copies: Vec<CopyAudit>,
+    pub findings: Vec<Finding>,
+    /// Every copy Custos makes is sealed; this counts plaintext copies (none
+    /// can exist), so the confidentiality row is stated, not assumed.
+    pub unencrypted_copies: usize,
+}
+
+fn rank(v: &Verdict) -> u8 {
+    match v {
+        Verdict::Lost { .. } => 0,
+        Verdict::SurvivesIf { .. } => 1,
+        Verdict::Survives { .. } => 2,
+        Verdict::Unaffected => 3,
+    }
+}
+
+/// Compute the report. `dual` adds every pair of threats.
+pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
+    let pairs = if dual { Threat::pairs() } else { Vec::new() };
+    let datasets: Vec<DatasetRisk> = g
+        .datasets
+        .iter()
+        .map(|d| DatasetRisk {
+            dataset: d.name.clone(),
+            app: d.app.clone(),
+            single: Threat::ALL.iter().map(|t| (*t, evaluate(g, d, &[*t]))).collect(),
+            dual: pairs.iter().map(|(a, b)| ((*a, *b), evaluate(g, d, &[*a, *b]))).collect(),
+        })
+        .collect();
+    let mut by_app: BTreeMap<&str, Vec<&DatasetRisk>> = BTreeMap::new();
+    for d in &datasets {
+        by_app.entry(d.app.as_str()).or_default().push(d);
+    }
+    let apps = by_app
+        .into_iter()
+        .map(|(app, ds)| {
+            let single = (0..Threat::ALL.len())
+                .map(|i| {
+                    let ok = ds.iter().filter(|d| d.single[i].1.survives()).count();
+                    let worst = ds.iter().map(|d| &d.single[i].1).min_by_key(|v| rank(v)).expect("an app has datasets");
+                    (Threat::ALL[i], ok, worst.clone())
+                })
+                .collect();
+            let dual = (0..pairs.len())
+                .map(|i| {
+                    let ok = ds.iter().filter(|d| d.dual[i].1.survives()).count();
+                    let worst = ds.iter().map(|d| &d.dual[i].1).min_by_key(|v| rank(v)).expect("an app has datasets");
+                    (pairs[i], ok, worst.clone())
+                })
+                .collect();
+            AppRisk { app: app.to_string(), datasets: ds.len(), single, dual }
+        })
+        .collect();
+    let (copies, findings) = audit(g, now);
+    Report { generated_at: now, threats: Threat::ALL.to_vec(), datasets, apps, copies, findings, unencrypted_copies: 0 }
+}
+
+/// The recoverability audit: every backup and snapshot, and the findings.
+fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
+    let mut copies = Vec::new();
+    let mut findings = Vec::new();
+    let none = crate::model::evaluate_key_today;
+    let oldest_ksb = g.keystore_backups.iter().map(|b| b.created_at).min();
+    for d in &g.datasets {
+        for c in &d.copies {
+            let (path, why) = match none(g, &c.key) {
+                Ok(p) => (Some(p), None),
+                Err(w) => (None, Some(w)),
+            };
+            if let Some(w) = &why {
+                findings.push(Finding {
+                    code: "undecryptable",
+                    subject: format!("{} {}", d.name, c.id),
+                    detail: format!("the {} cannot be decrypted today: {w}", c.kind.as_str()),
+                });
+            }
+            if matches!(path, Some(KeyPath::KeystoreBackup { .. }) | None) {
+                let retired = g.keystore_backups.iter().any(|b| {
+                    b.created_at >= g.keys.get(&c.key).map(|k| k.created_at).unwrap_or(now)
+                        && !b.mkvps.iter().all(|m| g.held_mkvps.contains(m))
+                });
+                if path.is_none() && retired {
+                    findings.push(Finding {
+                        code: "retired-master-key",
+                        subject: format!("{} {}", d.name, c.id),
+                        detail: format!(
+                            "key {} survives only in keystore backups wrapped under master keys the HSM no longer holds (the paper's Example 1)",
+                            c.key
+                        ),
+                    });
+                }
+            }
+            copies.push(CopyAudit {
+                dataset: d.name.clone(),
+                copy: c.id.clone(),
+                kind: c.kind,
+                key: c.key.clone(),
+                created_at: c.created_at,
+                path,
+                why,
+            });
+        }
+        let mirror = g.volumes.get(&d.volume).and_then(|v| v.mirror.clone());
+        if d.copies.is_empty() && mirror.is_none() {
+            findings.push(Finding {
+                code: "no-copy",
+                subject: d.name.clone(),
+                detail: "no backup, snapshot or mirror: any threat to it is a loss".into(),
+            });
+            continue;
+        }
+        if !d.copies.is_empty() && d.copies.iter().all(|c| c.key == d.key) {
+            findings.push(Finding {
+                code: "shared-key",
+                subject: d.name.clone(),
+                detail: format!(
+                    "every copy is sealed under the primary's key {}: losing it loses them all (the paper's Example 2); add a logical copy",
+                    d.key
+                ),
+            });
+        }
+        let site = g.volumes.get(&d.volume).map(|v| v.site.clone()).unwrap_or_default();
+        let elsewhere = |vol: &str| g.volumes.get(vol).is_some_and(|v| v.site != site);
+        if !d.copies.iter().any(|c| elsewhere(&c.volume)) && !mirror.as_deref().is_some_and(elsewhere) {
+            findings.push(Finding {
+                code: "same-site",
+                subject: d.name.clone(),
+                detail: format!("every copy is at site {site}, as the dataset is: a site loss loses them all"),
+            });
+        }
+        if !d.copies.is_empty() && d.copies.iter().all(|c| c.volume == d.volume) && mirror.is_none() {
+            findings.push(Finding {
+                code: "same-volume",
+                subject: d.name.clone(),
+                detail: format!("every copy is on the dataset's own volume {}", d.volume),
+            });
+        }
+        if let Some(oldest) = oldest_ksb {
+            if d.last_access < oldest {
+                findings.push(Finding {
+                    code: "rarely-used",
+                    subject: d.name.clone(),
+                    detail: format!(
+                        "last used {}, before the oldest keystore backup ({}): a lost key would be noticed only after every backup that holds it is gone",
+                        d.last_access.strftime("%Y-%m-%d"),
+                        oldest.strftime("%Y-%m-%d")
+                    ),
+                });
+            }
+        }
+    }
+    // Keys that are not active but still needed by a retained copy.
+    let mut needed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for d in &g.datasets {
+        needed.entry(d.key.as_str()).or_default().push(d.name.clone());
+        for c in &d.copies {
+            needed.entry(c.key.as_str()).or_default().push(format!("{} {}", d.name, c.id));
+        }
+    }
+    for (label, users) in needed {
+        if let Some(k) = g.keys.get(label) {
+            if k.present && k.state != "active" {
+                findings.push(Finding {
+                    code: "inactive-key-needed",
+                    subject: label.to_string(),
+                    detail: format!(
+                        "key is {} but still needed by {} (e.g. {}): destroying it would lose them",
+                        k.state,
+                        users.len(),
+                        users[0]
+                    ),
+                });
+            }
+        }
+    }
+    (copies, findings)
+}
+
+// ---- rendering --------------------------------------------------------------
+
+/// A plain-text table for a terminal.
+pub fn render_table(r: &Report, dual: bool) -> String {
+    let mut out = String::new();
+    let cols: Vec<&str> = r.threats.iter().map(|t| t.name()).collect();
+    let _ = writeln!(out, "Risk by application (worst dataset; yes = survives, NO = lost)\n");
+    let mut rows =
+        vec![std::iter::once("APPLICATION".to_string()).chain(cols.iter().map(|c| c.to_string())).collect::<Vec<_>>()];
+    for a in &r.apps {
+        rows.push(
+            std::iter::once(format!("{} ({})", a.app, a.datasets))
+                .chain(a.single.iter().map(|(_, ok, v)| app_cell(*ok, a.datasets, v)))
+                .collect(),
+        );
+    }
+    out += &grid(&rows);
+    let _ = writeln!(out, "\nPer dataset\n");
+    let mut rows =
+        vec![std::iter::once("DATASET".to_string()).chain(cols.iter().map(|c| c.to_string())).collect::<Vec<_>>()];
+    for d in &r.datasets {
+        rows.push(std::iter::once(d.dataset.clone()).chain(d.single.iter().map(|(_, v)| v.cell())).collect());
+    }
+    out += &grid(&rows);
+    let _ = writeln!(out, "\nWhy\n");
+    for d in &r.datasets {
+        for (t, v) in &d.single {
+            if !matches!(v, Verdict::Unaffected) {
+                let _ = writeln!(out, "  {} / {}: {}", d.dataset, t.name(), v.explain());
+            }
+        }
+    }
+    if dual {
+        let _ = writeln!(out, "\nDual events by application (datasets surviving / all)\n");
+        for a in &r.apps {
+            let _ = writeln!(out, "{} ({} datasets)", a.app, a.datasets);
+            for ((x, y), ok, v) in &a.dual {
+                let _ = writeln!(out, "  {:<22} + {:<22} {}", x.name(), y.name(), app_cell(*ok, a.datasets, v));
+            }
+        }
+    }
+    out += &render_audit(r);
+    out
+}
+
+fn app_cell(ok: usize, n: usize, worst: &Verdict) -> String {
+    match worst {
+        Verdict::Lost { .. } if ok == 0 => "NO".into(),
+        Verdict::Lost { .. } => format!("NO ({ok}/{n})"),
+        v => v.cell(),
+    }
+}
+
+fn grid(rows: &[Vec<String>]) -> String {
+    let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| rows.iter().map(|r| r.get(i).map(|c| c.chars().count()).unwrap_or(0)).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+fn render_audit(r: &Report) -> String {
+    let mut out = String::new();
+    let ok = r.copies.iter().filter(|c| c.path.is_some()).count();
+    let _ = writeln!(
+        out,
+        "\nRecoverability audit: {} of {} backups and snapshots can be decrypted today; {} unencrypted copies",
+        ok,
+        r.copies.len(),
+        r.unencrypted_copies
+    );
+    for c in r.copies.iter().filter(|c| !matches!(c.path, Some(KeyPath::Live))) {
+        let how = match &c.path {
+            Some(KeyPath::KeystoreBackup { id }) => format!("only through keystore backup {id}"),
+            Some(KeyPath::Escrow) => "only through escrow".into(),
+            Some(KeyPath::Live) => unreachable!(),
+            None => format!("NOT decryptable: {}", c.why.clone().unwrap_or_default()),
+        };
+        let _ = writeln!(out, "  {} {} ({}, key {}): {how}", c.dataset, c.copy, c.kind.as_str(), c.key);
+    }
+    if r.findings.is_empty() {
+        let _ = writeln!(out, "\nFindings: none");
+    } else {
+        let _ = writeln!(out, "\nFindings ({})", r.findings.len());
+        for f in &r.findings {
+            let _ = writeln!(out, "  [{}] {}: {}", f.code, f.subject, f.detail);
+        }
+    }
+    out
+}
+
+/// Markdown: the application table (the paper's Table 2 shape: threats as
+/// rows, applications as columns), then the details.
+pub fn render_markdown(r: &Report, dual: bool) -> String {
+    let mut out = String::from("# Custos risk report\n\n");
+    let _ = writeln!(out, "Generated {}.\n", r.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"));
+    let _ = writeln!(out, "## By application (worst dataset)\n");
+    let _ = write!(out, "| Threat |");
+    for a in &r.apps {
+        let _ = write!(out, " {} |", md(&a.app));
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in &r.apps {
+        out += "---|";
+    }
+    out += "\n";
+    for (i, t) in r.threats.iter().enumerate() {
+        let _ = write!(out, "| {} |", t.title());
+        for a in &r.apps {
+            let (_, ok, v) = &a.single[i];
+            let _ = write!(out, " {} |", md(&app_cell(*ok, a.datasets, v)));
+        }
+        out += "\n";
+    }
+    let _ = writeln!(out, "\n## Per dataset\n");
+    for d in &r.datasets {
+        let _ = writeln!(out, "### {}\n", md(&d.dataset));
+        for (t, v) in &d.single {
+            let _ = writeln!(out, "- **{}**: {}", t.title(), md(&v.explain()));
+        }
+        if dual {
+            for ((a, b), v) in &d.dual {
+                let _ = writeln!(out, "- {} + {}: {}", a.title(), b.title(), md(&v.explain()));
+            }
+        }
+        out += "\n";
+    }
+    let _ = writeln!(out, "## Recoverability audit\n\n```text{}```", render_audit(r));
+    out
+}
+
+fn md(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A self-contained HTML page.
+pub fn render_html(r: &Report, dual: bool) -> String {
+    let mut out = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Custos risk report</title><style>\
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}\
+td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left;vertical-align:top;font-size:90%}\
+th{background:#eee}.yes{background:#d8f0d8}.if{background:#fff3c4}.no{background:#f6c9c9;font-weight:bold}\
+.un{background:#eef6ee}code{font-size:95%}</style></head><body><h1>Custos risk report</h1>",
+    );
+    let _ = write!(out, "<p>Generated {}. Rows are threats, columns applications (the worst of their datasets), as in the paper's Table 2. Hover a cell for the reason.</p>", r.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"));
+    let class = |v: &Verdict| match v {
+        Verdict::Unaffected => "un",
+        Verdict::Survives { .. } => "yes",
+        Verdict::SurvivesIf { .. } => "if",
+        Verdict::Lost { .. } => "no",
+    };
+    out += "<table><tr><th>Threat</th>";
+    for a in &r.apps {
+        let _ = write!(out, "<th>{} ({})</th>", html(&a.app), a.datasets);
+    }
+    out += "</tr>";
+    for (i, t) in r.threats.iter().enumerate() {
+        let _ = write!(out, "<tr><th>{}</th>", html(t.title()));
+        for a in &r.apps {
+            let (_, ok, v) = &a.single[i];
+            let _ = write!(
+                out,
+                "<td class=\"{}\" title=\"{}\">{}</td>",
+                class(v),
+                html(&v.explain()),
+                html(&app_cell(*ok, a.datasets, v))
+            );
+        }
+        out += "</tr>";
+    }
+    out += "</table>";
+    if dual {
+        for a in &r.apps {
+            let _ = write!(out, "<h3>Dual events: {}</h3><table><tr><th></th>", html(&a.app));
+            for t in &r.threats {
+                let _ = write!(out, "<th>{}</th>", html(t.name()));
+            }
+            out += "</tr>";
+            for x in &r.threats {
+                let _ = write!(out, "<tr><th>{}</th>", html(x.name()));
+                for y in &r.threats {
+                    match a.dual.iter().find(|((p, q), _, _)| (p == x && q == y) || (p == y && q == x)) {
+                        Some((_, ok, v)) => {
+                            let _ = write!(
+                                out,
+                                "<td class=\"{}\" title=\"{}\">{}</td>",
+                                class(v),
+                                html(&v.explain()),
+                                html(&app_cell(*ok, a.datasets, v))
+                            );
+                        }
+                        None => out += "<td></td>",
+                    }
+                }
+                out += "</tr>";
+            }
+            out += "</table>";
+        }
+    }
+    out += "<h2>Per dataset</h2><table><tr><th>Dataset</th>";
+    for t in &r.threats {
+        let _ = write!(out, "<th>{}</th>", html(t.name()));
+    }
+    out += "</tr>";
+    for d in &r.datasets {
+        let _ = write!(out, "<tr><th>{}</th>", html(&d.dataset));
+        for (_, v) in &d.single {
+            let _ = write!(out, "<td class=\"{}\" title=\"{}\">{}</td>", class(v), html(&v.explain()), html(&v.cell()));
+        }
+        out += "</tr>";
+    }
+    out += "</table>";
+    let _ = writeln!(out, "<h2>Recoverability audit</h2><pre>{}</pre></body></html>", html(&render_audit(r)));
+    out
+}
