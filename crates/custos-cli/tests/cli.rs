@@ -396,13 +396,26 @@ fn walkdir_count(d: &Path) -> usize {
 
 #[test]
 fn demo_runs_end_to_end() {
-    let o = Command::cargo_bin("custos").unwrap().env_clear().arg("demo").output().unwrap();
+    let keep = tempfile::tempdir().unwrap();
+    let o =
+        Command::cargo_bin("custos").unwrap().env_clear().args(["demo", "--keep"]).arg(keep.path()).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = String::from_utf8(o.stdout).unwrap();
-    assert!(s.contains("identical"));
-    assert!(s.contains("0 contain the text"));
-    assert!(s.contains("failed authentication"));
-    assert!(s.contains("cryptographically erased"));
+    // The computed Table 2: block copies and the mirror do not survive key loss.
+    let key_row = s.lines().find(|l| l.trim_start().starts_with("Key loss")).expect("a key-loss row");
+    assert_eq!(key_row.matches("NO").count(), 3, "{key_row}");
+    assert!(s.contains("0 contain the text"), "{s}");
+    assert!(s.contains("all 40 agree with the model"), "{s}");
+    // Example 2: the raw copy is refused, the logical copy restores, the key comes back from a keystore backup.
+    assert!(s.contains("restoring HR's raw copy: key DSET.PRIM.HR.key001 has no material"), "{s}");
+    assert!(s.contains("PAY.MASTER restored from its logical copy"), "{s}");
+    assert!(s.contains("recovered from keystore backup"), "{s}");
+    // Example 1: the old keystore backup is under a retired master key; escrow brings the key back.
+    assert!(s.contains("[retired-master-key] ARC.Y2019"), "{s}");
+    assert!(s.contains("which no register holds"), "{s}");
+    assert!(s.contains("ARC.Y2019 reads back identical"), "{s}");
+    let html = std::fs::read_to_string(keep.path().join("risk-report.html")).unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.contains("Data centre loss") && html.ends_with("</html>\n"));
 }
 
 #[test]
@@ -988,4 +1001,56 @@ fn progress_bars_only_on_a_terminal() {
     assert!(o.status.success(), "{out}");
     assert!(out.contains("put [") && out.contains("MiB"), "no progress bar drawn: {out:?}");
     assert!(out.contains("stored BIG.COPY generation 1"), "{out}");
+}
+
+/// `risk report` in each format, and `risk drill` failing when reality
+/// disagrees with the model.
+#[test]
+fn risk_report_and_drill_through_the_cli() {
+    let e = Env::new();
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    e.ok(&["ds", "put", "APP.ONE", Env::s(&e.file("a", &data(150_000, 3)))]);
+    e.ok(&["ds", "put", "RAW.ONE", Env::s(&e.file("b", &data(150_000, 4)))]);
+    e.ok(&["backup", "run", "APP.**", "--to", "offsite"]);
+    e.ok(&["backup", "run", "RAW.**", "--method", "raw", "--to", "offsite"]);
+    let t = e.ok(&["risk", "report"]);
+    let key_row = t.lines().find(|l| l.starts_with("Key loss")).expect("key-loss row");
+    assert!(key_row.contains("yes: backup 1") && key_row.contains("NO"), "{t}");
+    assert!(t.contains("[shared-key] RAW.ONE"), "{t}");
+    let j = e.json(&["risk", "report", "--format", "json", "--dual"]);
+    assert_eq!(j["datasets"][0]["dual"].as_array().unwrap().len(), 28);
+    let md = e.ok(&["risk", "report", "--format", "markdown"]);
+    assert!(md.starts_with("# Custos risk report") && md.contains("| Key loss |"), "{md}");
+    let html = e.dir.path().join("r.html");
+    e.cmd(&["risk", "report", "--format", "html", "-o", Env::s(&html)]).assert().success();
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<table>"));
+    // Drill one threat: the model holds.
+    let out = e.ok(&["risk", "drill", "--threat", "data-key-loss"]);
+    assert!(out.contains("2 cells drilled: 2 agree"), "{out}");
+    assert!(e.fails(&["risk", "drill", "--threat", "meteor"], 1).contains("no threat"));
+    assert!(e.fails(&["risk", "drill"], 1).contains("--all"));
+    // Rot the logical copy behind the catalog's back: the drill now fails.
+    for f in walk_files(&off.join("chunks")) {
+        let mut b = std::fs::read(&f).unwrap();
+        b[30] ^= 1;
+        std::fs::write(&f, b).unwrap();
+    }
+    let o = e.run(&["risk", "drill", "--threat", "data-key-loss", "APP.**"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("DISAGREES") && String::from_utf8_lossy(&o.stderr).contains("analyzer is wrong"), "{out}");
+}
+
+fn walk_files(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

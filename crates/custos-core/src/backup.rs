@@ -804,8 +804,11 @@ impl Vault<Open> {
         let opts = match self.repo.dataset(&target)? {
             Some(d) => {
                 let k = self.key_record(&d.current.key_label)?;
-                let usable =
-                    k.state.permits(KeyUse::Encrypt).is_ok() && k.expires_at.is_none_or(|e| e > Timestamp::now());
+                // Usable: its state allows encryption, it has not expired,
+                // and the HSM can unwrap it (its record may be damaged).
+                let usable = k.state.permits(KeyUse::Encrypt).is_ok()
+                    && k.expires_at.is_none_or(|e| e > Timestamp::now())
+                    && self.unwrap_for(&k, KeyUse::Encrypt, &target).is_ok();
                 if usable {
                     PutOptions::default()
                 } else {

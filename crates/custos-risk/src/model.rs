@@ -236,12 +236,19 @@ impl Verdict {
     pub fn explain(&self) -> String {
         match self {
             Verdict::Unaffected => "the dataset itself is untouched".into(),
+            Verdict::Survives { kind: CopyKind::Mirror, volume, key, .. } => {
+                format!("survives on its mirror {volume} (reads fail over) under {key}")
+            }
             Verdict::Survives { kind, copy, volume, key } => {
                 format!("survives through the {} ({copy}) on {volume} under {key}", kind.as_str())
             }
             Verdict::SurvivesIf { kind, copy, volume, key, path } => format!(
-                "survives through the {} ({copy}) on {volume} if its key {key} is recovered from {}",
-                kind.as_str(),
+                "{} if its key {key} is recovered from {}",
+                match kind {
+                    CopyKind::Primary => format!("the dataset itself (on {volume}) survives"),
+                    CopyKind::Mirror => format!("survives on its mirror {volume}"),
+                    k => format!("survives through the {} ({copy}) on {volume}", k.as_str()),
+                },
                 match path {
                     KeyPath::Live => "the keystore".to_string(),
                     KeyPath::KeystoreBackup { id } => format!("keystore backup {id}"),

@@ -36,8 +36,9 @@ pub struct AppRisk {
 /// Something the paper warns about, found in this vault.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
-    /// A stable code: shared-key, retired-master-key, same-site, same-volume,
-    /// rarely-used, inactive-key-needed, undecryptable, no-copy.
+    /// A stable code: shared-key, retired-master-key, key-needs-recovery,
+    /// same-site, same-volume, rarely-used, inactive-key-needed,
+    /// undecryptable, no-copy.
     pub code: &'static str,
     pub subject: String,
     pub detail: String,
@@ -115,17 +116,59 @@ pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
             AppRisk { app: app.to_string(), datasets: ds.len(), single, dual }
         })
         .collect();
-    let (copies, findings) = audit(g, now);
+    let (copies, findings) = audit(g);
     Report { generated_at: now, threats: Threat::ALL.to_vec(), datasets, apps, copies, findings, unencrypted_copies: 0 }
 }
 
 /// The recoverability audit: every backup and snapshot, and the findings.
-fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
+fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
     let mut copies = Vec::new();
     let mut findings = Vec::new();
     let none = crate::model::evaluate_key_today;
     let oldest_ksb = g.keystore_backups.iter().map(|b| b.created_at).min();
+    // The key survives only in keystore backups under master keys the HSM
+    // no longer holds (the paper's Example 1).
+    let retired = |label: &str| {
+        let Some(k) = g.keys.get(label) else { return false };
+        let holding: Vec<_> = g
+            .keystore_backups
+            .iter()
+            .filter(|b| b.created_at >= k.created_at && k.destroyed_at.is_none_or(|t| t > b.created_at))
+            .collect();
+        !holding.is_empty() && holding.iter().all(|b| !b.mkvps.iter().all(|m| g.held_mkvps.contains(m)))
+    };
     for d in &g.datasets {
+        let own = none(g, &d.key);
+        match &own {
+            Ok(KeyPath::Live) => {}
+            Ok(p) => findings.push(Finding {
+                code: "key-needs-recovery",
+                subject: d.name.clone(),
+                detail: format!(
+                    "its key {} is not usable in the keystore; it can be recovered only from {}",
+                    d.key,
+                    match p {
+                        KeyPath::KeystoreBackup { id } => format!("keystore backup {id}"),
+                        _ => "escrow (the custodians' shares)".to_string(),
+                    }
+                ),
+            }),
+            Err(w) => findings.push(Finding {
+                code: "undecryptable",
+                subject: d.name.clone(),
+                detail: format!("the dataset itself cannot be decrypted today: {w}"),
+            }),
+        }
+        if !matches!(own, Ok(KeyPath::Live) | Ok(KeyPath::KeystoreBackup { .. })) && retired(&d.key) {
+            findings.push(Finding {
+                code: "retired-master-key",
+                subject: d.name.clone(),
+                detail: format!(
+                    "its key {} survives in keystore backups only under master keys the HSM no longer holds (the paper's Example 1)",
+                    d.key
+                ),
+            });
+        }
         for c in &d.copies {
             let (path, why) = match none(g, &c.key) {
                 Ok(p) => (Some(p), None),
@@ -138,21 +181,15 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
                     detail: format!("the {} cannot be decrypted today: {w}", c.kind.as_str()),
                 });
             }
-            if matches!(path, Some(KeyPath::KeystoreBackup { .. }) | None) {
-                let retired = g.keystore_backups.iter().any(|b| {
-                    b.created_at >= g.keys.get(&c.key).map(|k| k.created_at).unwrap_or(now)
-                        && !b.mkvps.iter().all(|m| g.held_mkvps.contains(m))
+            if path.is_none() && retired(&c.key) {
+                findings.push(Finding {
+                    code: "retired-master-key",
+                    subject: format!("{} {}", d.name, c.id),
+                    detail: format!(
+                        "key {} survives only in keystore backups wrapped under master keys the HSM no longer holds (the paper's Example 1)",
+                        c.key
+                    ),
                 });
-                if path.is_none() && retired {
-                    findings.push(Finding {
-                        code: "retired-master-key",
-                        subject: format!("{} {}", d.name, c.id),
-                        detail: format!(
-                            "key {} survives only in keystore backups wrapped under master keys the HSM no longer holds (the paper's Example 1)",
-                            c.key
-                        ),
-                    });
-                }
             }
             copies.push(CopyAudit {
                 dataset: d.name.clone(),
@@ -242,21 +279,31 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
 
 // ---- rendering --------------------------------------------------------------
 
+/// The paper's Table 2 shape: one row per threat, one column per
+/// application (the worst of its datasets).
+pub fn render_threat_rows(r: &Report) -> String {
+    let mut rows = vec![std::iter::once("THREAT".to_string())
+        .chain(r.apps.iter().map(|a| format!("{} ({})", a.app, a.datasets)))
+        .collect::<Vec<_>>()];
+    for (i, t) in r.threats.iter().enumerate() {
+        rows.push(
+            std::iter::once(t.title().to_string())
+                .chain(r.apps.iter().map(|a| {
+                    let (_, ok, v) = &a.single[i];
+                    app_cell(*ok, a.datasets, v)
+                }))
+                .collect(),
+        );
+    }
+    grid(&rows)
+}
+
 /// A plain-text table for a terminal.
 pub fn render_table(r: &Report, dual: bool) -> String {
     let mut out = String::new();
     let cols: Vec<&str> = r.threats.iter().map(|t| t.name()).collect();
     let _ = writeln!(out, "Risk by application (worst dataset; yes = survives, NO = lost)\n");
-    let mut rows =
-        vec![std::iter::once("APPLICATION".to_string()).chain(cols.iter().map(|c| c.to_string())).collect::<Vec<_>>()];
-    for a in &r.apps {
-        rows.push(
-            std::iter::once(format!("{} ({})", a.app, a.datasets))
-                .chain(a.single.iter().map(|(_, ok, v)| app_cell(*ok, a.datasets, v)))
-                .collect(),
-        );
-    }
-    out += &grid(&rows);
+    out += &render_threat_rows(r);
     let _ = writeln!(out, "\nPer dataset\n");
     let mut rows =
         vec![std::iter::once("DATASET".to_string()).chain(cols.iter().map(|c| c.to_string())).collect::<Vec<_>>()];
