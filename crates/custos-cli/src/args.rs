@@ -30,6 +30,9 @@ pub struct Cli {
     /// Worker threads for sealing and opening chunks (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Who is acting, for the audit log (default: the login name).
+    #[arg(long, global = true, env = "CUSTOS_USER", value_name = "NAME")]
+    pub user: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,6 +81,9 @@ pub enum Command {
     /// this vault), and drills that prove it on a scratch clone.
     #[command(subcommand)]
     Risk(RiskCmd),
+    /// The audit log: every command, chained and signed.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Storage management (DFSMShsm): rules, and `hsm run` to apply them
     /// (backups when data changed, migration of unused datasets to tape).
     #[command(subcommand)]
@@ -101,6 +107,30 @@ pub enum Command {
         /// Restore under this name instead.
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// List entries (oldest first).
+    Ls {
+        /// Only entries at or after this time (2026-11-24 or 2026-11-24T12:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only entries whose object contains this text.
+        #[arg(long)]
+        object: Option<String>,
+    },
+    /// Check the hash chain and every signed checkpoint; name the first
+    /// entry that was modified, deleted or moved, or a truncated tail.
+    /// Exits 4 when the log was tampered with.
+    Verify,
+    /// Write every entry as one JSON object per line, for a SIEM.
+    Export {
+        #[arg(long)]
+        jsonl: bool,
     },
 }
 

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use clap::Parser;
 use custos_core::model::{
     CopyMethod, DatasetName, KeyAction, KeyLabel, Medium, Pattern, PolicyTarget, Purpose, VolumeName,
 };
@@ -23,20 +22,68 @@ use custos_core::{
 };
 
 use args::{
-    BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, HsmCmd, HsmRuleCmd, KeyCmd, KeystoreCmd, MediumArg,
+    AuditCmd, BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, HsmCmd, HsmRuleCmd, KeyCmd, KeystoreCmd, MediumArg,
     MethodArg, MirrorCmd, PolicyCmd, PurposeArg, ReportFormat, RiskCmd, SnapshotCmd, VolumeCmd,
 };
 use output::{bytes, json, when, Table};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let (action, object) = describe(&matches);
+    let principal = principal_name(&cli);
+    let (vault, audited) = (cli.vault.clone(), !matches!(cli.command, Command::Demo { .. }));
+    let result = run(cli);
+    // Every command on a vault is appended to its audit log, whatever its
+    // outcome. The text is the command's own error message, which never
+    // holds a secret.
+    let mut code = match &result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("custos: {e:#}");
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(exit_code(e))
+        }
+    };
+    if audited && vault.join("custos.db").exists() {
+        let outcome = match &result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("failed: {e:#}"),
+        };
+        if let Err(e) = Vault::open(&vault).and_then(|v| v.audit_append(&principal, &action, &object, &outcome)) {
+            eprintln!("custos: the command ran, but its audit entry could not be written: {e}");
+            code = ExitCode::from(1);
         }
     }
+    code
+}
+
+/// The acting principal's name, for the audit log.
+fn principal_name(cli: &Cli) -> String {
+    cli.user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// ("key destroy", "DSET.PRIM.PAY.key001"): the subcommand path and its
+/// first positional argument, for the audit log.
+fn describe(m: &clap::ArgMatches) -> (String, String) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut names = Vec::new();
+    let mut m = m;
+    while let Some((name, sub)) = m.subcommand() {
+        names.push(name.to_string());
+        cmd = cmd.find_subcommand(name).cloned().unwrap_or(cmd);
+        m = sub;
+    }
+    let object = cmd
+        .get_positionals()
+        .find_map(|a| {
+            m.get_raw(a.get_id().as_str()).and_then(|mut v| v.next()).map(|v| v.to_string_lossy().to_string())
+        })
+        .unwrap_or_default();
+    (names.join(" "), object)
 }
 
 /// Exit codes by error kind (documented in `custos --help`).
@@ -49,7 +96,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         | Error::VolumeNotFound { .. }
         | Error::PolicyNotFound { .. }
         | Error::NoPolicy { .. } => 3,
-        Error::Chunk { .. } | Error::Manifest { .. } | Error::KeyMismatch { .. } | Error::KeyNoMaterial { .. } => 4,
+        Error::Chunk { .. }
+        | Error::Manifest { .. }
+        | Error::KeyMismatch { .. }
+        | Error::KeyNoMaterial { .. }
+        | Error::AuditTampered { .. } => 4,
         Error::KeyDestroyed { .. }
         | Error::KeyUnusable { .. }
         | Error::KeyExpired { .. }
@@ -98,10 +149,17 @@ fn sealed(cli: &Cli) -> anyhow::Result<Vault<Sealed>> {
 
 pub(crate) fn open(cli: &Cli) -> anyhow::Result<Vault<Open>> {
     let v = sealed(cli)?;
-    match v.hsm_kind()? {
-        HsmKind::Soft => Ok(v.unseal(&passphrase(cli, false)?)?),
-        HsmKind::Pkcs11 { token, .. } => Ok(v.unseal_pkcs11(pin(cli, &token)?)?),
+    let v = match v.hsm_kind()? {
+        HsmKind::Soft => v.unseal(&passphrase(cli, false)?)?,
+        HsmKind::Pkcs11 { token, .. } => v.unseal_pkcs11(pin(cli, &token)?)?,
+    };
+    // Whoever opens the HSM signs the audit log's head first, so entries
+    // cut from its end since then show up in `audit verify`. A failure here
+    // must not lock the vault: it is reported, and `audit verify` names it.
+    if let Err(e) = v.audit_checkpoint() {
+        eprintln!("custos: warning: the audit log's checkpoint could not be signed: {e}");
     }
+    Ok(v)
 }
 
 fn pin(cli: &Cli, token: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
@@ -224,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mirror(c) => mirror_cmd(&cli, c),
         Command::Hsm(c) => hsm_cmd(&cli, c),
         Command::Risk(c) => risk_cmd(&cli, c),
+        Command::Audit(c) => audit_cmd(&cli, c),
         Command::Restore { dataset: d, backup, generation, at, as_name } => {
             let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
@@ -735,6 +794,52 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 println!("imported {} files, {}", reports.len(), bytes(total));
                 Ok(())
             }
+        }
+    }
+}
+
+fn audit_cmd(cli: &Cli, c: &AuditCmd) -> anyhow::Result<()> {
+    match c {
+        AuditCmd::Ls { since, principal, object } => {
+            let f = custos_core::AuditFilter {
+                since: since.as_deref().map(parse_time).transpose()?,
+                principal: principal.clone(),
+                object: object.clone(),
+            };
+            let rows = sealed(cli)?.audit_entries(&f)?;
+            if cli.json {
+                return json(&rows);
+            }
+            let mut t = Table::new(&["SEQ", "TIME", "PRINCIPAL", "ACTION", "OBJECT", "RESULT"]);
+            for r in rows {
+                t.row(vec![r.seq.to_string(), when(Some(r.at)), r.principal, r.action, r.object, r.result]);
+            }
+            t.print();
+            Ok(())
+        }
+        AuditCmd::Verify => {
+            let v = open(cli)?.audit_verify()?;
+            if cli.json {
+                json(&v)?;
+            }
+            match v.problem {
+                None => {
+                    if !cli.json {
+                        println!("audit log intact: {} entries, {} signed checkpoints", v.entries, v.checkpoints);
+                    }
+                    Ok(())
+                }
+                Some(p) => Err(custos_core::Error::AuditTampered { problem: p }.into()),
+            }
+        }
+        AuditCmd::Export { jsonl: _ } => {
+            let rows = sealed(cli)?.audit_entries(&Default::default())?;
+            let mut out = std::io::stdout().lock();
+            for r in rows {
+                serde_json::to_writer(&mut out, &r)?;
+                out.write_all(b"\n")?;
+            }
+            Ok(())
         }
     }
 }

@@ -596,6 +596,8 @@ fn keystore_backup_and_recover() {
     }
     let err = e.fails(&["key", "recover", "DSET.PRIM.KSB.key001", "--from", &id], 5);
     assert!(err.contains("which no register holds") && err.contains(b["mkvps"][0].as_str().unwrap()), "{err}");
+    // The audit key moved along with both master key changes: its checkpoints still verify.
+    assert!(e.ok(&["audit", "verify"]).contains("audit log intact"));
 }
 
 #[test]
@@ -1053,4 +1055,101 @@ fn walk_files(d: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The audit log records every command, and `audit verify` names the
+/// entry that was edited, deleted or moved in the database file, and a
+/// tail cut after a checkpoint.
+#[test]
+fn audit_log_is_tamper_evident() {
+    let fresh = || {
+        let e = Env::new();
+        e.ok(&["ds", "put", "AUD.ONE", Env::s(&e.file("a", b"alpha"))]);
+        e.ok(&["key", "ls"]);
+        e.cmd(&["ds", "get", "NO.SUCH"]).assert().failure();
+        e.ok(&["ds", "get", "AUD.ONE"]);
+        e
+    };
+    let e = fresh();
+    let rows = e.json(&["audit", "ls"]);
+    let rows = rows.as_array().unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(&actions[..6], ["init", "config set", "ds put", "key ls", "ds get", "ds get"], "{rows:?}");
+    assert_eq!(rows[2]["object"], "AUD.ONE");
+    assert!(rows[4]["result"].as_str().unwrap().starts_with("failed: "), "{:?}", rows[4]);
+    assert!(e.ok(&["audit", "verify"]).contains("audit log intact"));
+    let by_object = e.json(&["audit", "ls", "--object", "AUD.ONE"]);
+    assert_eq!(by_object.as_array().unwrap().len(), 2);
+    let jsonl = e.ok(&["audit", "export", "--jsonl"]);
+    assert!(jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    // No secret reaches the log: the passphrase is nowhere in it.
+    assert!(!jsonl.contains(PASS));
+
+    let db = |e: &Env| rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+    // Edited.
+    db(&e).execute("UPDATE audit_log SET principal = 'mallory' WHERE seq = 3", []).unwrap();
+    let err = e.fails(&["audit", "verify"], 4);
+    assert!(err.contains("entry 3 (ds put AUD.ONE by mallory) was modified"), "{err}");
+    // Deleted.
+    let e = fresh();
+    db(&e).execute("DELETE FROM audit_log WHERE seq = 4", []).unwrap();
+    let err = e.fails(&["audit", "verify"], 4);
+    assert!(err.contains("entry 4 was deleted"), "{err}");
+    // Reordered: two entries swap places.
+    let e = fresh();
+    let c = db(&e);
+    c.execute_batch(
+        "UPDATE audit_log SET seq = -1 WHERE seq = 3; UPDATE audit_log SET seq = 3 WHERE seq = 4; UPDATE audit_log SET seq = 4 WHERE seq = -1;",
+    )
+    .unwrap();
+    let err = e.fails(&["audit", "verify"], 4);
+    assert!(err.contains("entry 3 (key ls") && err.contains("modified or moved"), "{err}");
+    // Rewritten: an entry edited and the whole chain recomputed; the signed checkpoint catches it.
+    let e = fresh();
+    db(&e).execute("UPDATE audit_log SET result = 'ok' WHERE seq = 5", []).unwrap();
+    rechain(&db(&e));
+    let err = e.fails(&["audit", "verify"], 4);
+    assert!(err.contains("does not match the checkpoint"), "{err}");
+    // Truncated: the newest entries, which a checkpoint covers, are cut.
+    let e = fresh();
+    e.ok(&["ds", "verify", "AUD.ONE"]); // opens the HSM: signs the head
+    let n: i64 = db(&e).query_row("SELECT MAX(seq) FROM audit_log", [], |r| r.get(0)).unwrap();
+    db(&e).execute("DELETE FROM audit_log WHERE seq >= ?1", [n - 1]).unwrap();
+    // (Run directly: `fails` lists the vault first, and those commands would append.)
+    let o = e.run(&["audit", "verify"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("truncated") && err.contains(&format!("entries {} to {}", n - 1, n - 1)), "{err}");
+    // Entries appended after a cut reuse its numbers: the checkpoint still catches it.
+    e.ok(&["key", "ls"]);
+    let o = e.run(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not match the checkpoint"));
+}
+
+/// Recompute every hash as a forger with database access would (the
+/// link is public; only checkpoints need the audit key).
+fn rechain(c: &rusqlite::Connection) {
+    use aws_lc_rs::digest;
+    let rows: Vec<(i64, i64, String, String, String, String)> = c
+        .prepare("SELECT seq, at, principal, action, object, result FROM audit_log ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut prev = [0u8; 32];
+    for (seq, at, p, a, o, res) in rows {
+        let mut d = digest::Context::new(&digest::SHA256);
+        d.update(b"custos-audit-v1");
+        d.update(&prev);
+        d.update(&(seq as u64).to_be_bytes());
+        d.update(&at.to_be_bytes());
+        for f in [&p, &a, &o, &res] {
+            d.update(&(f.len() as u32).to_be_bytes());
+            d.update(f.as_bytes());
+        }
+        prev = d.finish().as_ref().try_into().unwrap();
+        c.execute("UPDATE audit_log SET hash = ?1 WHERE seq = ?2", rusqlite::params![&prev[..], seq]).unwrap();
+    }
 }

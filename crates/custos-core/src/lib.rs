@@ -10,6 +10,7 @@
 //! plaintext out; keys and ciphertext never reach them.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod backup;
 mod datasets;
 mod drill;
@@ -27,7 +28,9 @@ mod secretfile;
 mod state;
 mod vault;
 
+pub use audit::{AuditFilter, AuditVerdict, AUDIT_KEY};
 pub use backup::{PruneDecision, RestoreReport};
+pub use custos_repo::{AuditCheckpoint, AuditRow};
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::EscrowStatus;

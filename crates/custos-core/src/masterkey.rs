@@ -85,6 +85,8 @@ impl Vault<Open> {
             return Err(custos_hsm::HsmError::NoNewMasterKey.into());
         }
         if let Some(old) = self.register(Register::Old)? {
+            // The audit key is one key: move it along rather than lose it.
+            self.rewrap_audit_key(&old)?;
             let n = self.repo.key_counts_by_mkvp()?.into_iter().find(|(m, _)| *m == old).map(|(_, n)| n).unwrap_or(0);
             if n > 0 {
                 return Err(Error::WouldOrphanKeys { mkvp: old.to_hex(), count: n });
@@ -125,6 +127,7 @@ impl Vault<Open> {
         if !failed.is_empty() {
             return Err(Error::ReencipherFailed { moved, failed });
         }
+        self.rewrap_audit_key(&from)?;
         Ok(ReencipherReport { from: Some(from.to_hex()), to: to.to_hex(), moved, failed })
     }
 }

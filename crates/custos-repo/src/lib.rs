@@ -200,11 +200,50 @@ pub trait Repository: Send + Sync {
         migrated_from: Option<&VolumeName>,
     ) -> Result<Garbage>;
 
+    /// Append an entry to the audit log in one transaction: its seq is the
+    /// last one's plus one, its hash `link(previous hash, entry)`. The
+    /// caller's `seq` and `hash` are ignored.
+    fn append_audit(&self, entry: &AuditRow, link: &AuditLink<'_>) -> Result<AuditRow>;
+    /// Audit entries with seq > `after`, in seq order.
+    fn audit_rows(&self, after: u64) -> Result<Vec<AuditRow>>;
+    fn insert_audit_checkpoint(&self, c: &AuditCheckpoint) -> Result<()>;
+    /// Checkpoints in seq order.
+    fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;
+
     fn insert_hsm_rule(&self, rule: &HsmRule) -> Result<()>;
     /// All `hsm run` rules, by name.
     fn hsm_rules(&self) -> Result<Vec<HsmRule>>;
     /// Remove a rule; false when there was none by that name.
     fn remove_hsm_rule(&self, name: &str) -> Result<bool>;
 }
+
+/// One entry of the audit log. `hash` chains it to the entry before.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRow {
+    pub seq: u64,
+    pub at: jiff::Timestamp,
+    pub principal: String,
+    pub action: String,
+    pub object: String,
+    pub result: String,
+    #[serde(serialize_with = "hex32")]
+    pub hash: [u8; 32],
+}
+
+fn hex32<S: serde::Serializer>(v: &[u8; 32], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(v))
+}
+
+/// A signed checkpoint: the chain's head at `seq`, authenticated by `mac`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    pub seq: u64,
+    pub head: [u8; 32],
+    pub at: jiff::Timestamp,
+    pub mac: Vec<u8>,
+}
+
+/// Computes an entry's chain hash from the previous one's (zeros first).
+pub type AuditLink<'a> = dyn Fn(&[u8; 32], &AuditRow) -> [u8; 32] + 'a;
 
 pub mod conformance;

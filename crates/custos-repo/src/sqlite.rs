@@ -13,7 +13,10 @@ use custos_model::{
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use crate::{Garbage, GenerationCommit, RepoError, Repository, Result, Rewrap, VolumeObjects};
+use crate::{
+    AuditCheckpoint, AuditLink, AuditRow, Garbage, GenerationCommit, RepoError, Repository, Result, Rewrap,
+    VolumeObjects,
+};
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -187,6 +190,52 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE datasets ADD COLUMN last_access INTEGER;
     ALTER TABLE datasets ADD COLUMN migrated_from TEXT REFERENCES volumes(name);
+    "#,
+    // 10: governance: the audit log (a hash chain with authenticated
+    // checkpoints), principals and grants, dual-control requests, and
+    // scheduled key destruction.
+    r#"
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        principal TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        result TEXT NOT NULL,
+        hash BLOB NOT NULL
+    );
+    CREATE TABLE audit_checkpoints (
+        seq INTEGER PRIMARY KEY,
+        head BLOB NOT NULL,
+        at INTEGER NOT NULL,
+        mac BLOB NOT NULL
+    );
+    CREATE TABLE principals (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        credential TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE grants (
+        principal TEXT NOT NULL REFERENCES principals(name),
+        kind TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (principal, kind, pattern)
+    );
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        action TEXT NOT NULL,
+        args TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        decided_by TEXT,
+        decided_at INTEGER
+    );
+    ALTER TABLE keys ADD COLUMN destroy_after INTEGER;
     "#,
 ];
 
@@ -1099,6 +1148,77 @@ impl Repository for SqliteRepository {
         let garbage = garbage_after(&tx, candidates, from.as_str(), (*id, generation))?;
         tx.commit().map_err(db("commit a move"))?;
         Ok(garbage)
+    }
+
+    fn append_audit(&self, e: &AuditRow, link: &AuditLink<'_>) -> Result<AuditRow> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start an audit append"))?;
+        let last: Option<(i64, Vec<u8>)> = tx
+            .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db("read the audit log's head"))?;
+        let (seq, prev) = match last {
+            Some((s, h)) => (s as u64 + 1, h.try_into().map_err(|_| RepoError::Corrupt { what: "audit hash".into() })?),
+            None => (1, [0u8; 32]),
+        };
+        let mut row = AuditRow { seq, ..e.clone() };
+        row.hash = link(&prev, &row);
+        tx.execute(
+            "INSERT INTO audit_log (seq, at, principal, action, object, result, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![seq as i64, ts(row.at), row.principal, row.action, row.object, row.result, &row.hash[..]],
+        )
+        .map_err(db("append to the audit log"))?;
+        tx.commit().map_err(db("append to the audit log"))?;
+        Ok(row)
+    }
+
+    fn audit_rows(&self, after: u64) -> Result<Vec<AuditRow>> {
+        self.query_all(
+            "read the audit log",
+            "SELECT seq, at, principal, action, object, result, hash FROM audit_log WHERE seq > ?1 ORDER BY seq",
+            [after as i64],
+            |r| {
+                let hash: Vec<u8> = r.get(6)?;
+                Ok(AuditRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at: from_ts(r.get(1)?)?,
+                    principal: r.get(2)?,
+                    action: r.get(3)?,
+                    object: r.get(4)?,
+                    result: r.get(5)?,
+                    hash: hash.try_into().map_err(|_| corrupt("audit hash"))?,
+                })
+            },
+        )
+    }
+
+    fn insert_audit_checkpoint(&self, c: &AuditCheckpoint) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO audit_checkpoints (seq, head, at, mac) VALUES (?1, ?2, ?3, ?4)",
+                params![c.seq as i64, &c.head[..], ts(c.at), c.mac],
+            )
+            .map_err(db("record an audit checkpoint"))?;
+        Ok(())
+    }
+
+    fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>> {
+        self.query_all(
+            "read audit checkpoints",
+            "SELECT seq, head, at, mac FROM audit_checkpoints ORDER BY seq",
+            [],
+            |r| {
+                let head: Vec<u8> = r.get(1)?;
+                Ok(AuditCheckpoint {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    head: head.try_into().map_err(|_| corrupt("checkpoint head"))?,
+                    at: from_ts(r.get(2)?)?,
+                    mac: r.get(3)?,
+                })
+            },
+        )
     }
 
     fn insert_hsm_rule(&self, r: &HsmRule) -> Result<()> {

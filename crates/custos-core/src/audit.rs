@@ -1,0 +1,241 @@
+//! The audit log: every operation (principal, action, object, result,
+//! time; never key material) appended to a hash chain in the catalog, with
+//! checkpoints that authenticate the chain's head under an audit key kept
+//! in the keystore, wrapped by the HSM's master key.
+//!
+//! What it detects (`audit verify`): an entry edited, deleted or moved (the
+//! chain breaks at it); the chain rewritten from some entry on (the head no
+//! longer matches a checkpoint); a forged or altered checkpoint (its MAC);
+//! entries cut from the end (a checkpoint covers more than is left). What
+//! it cannot: entries cut after the last checkpoint. Every command that
+//! opens the HSM writes a checkpoint first, so that window is short.
+
+use aws_lc_rs::{digest, hmac};
+use custos_crypto::{Kcv, Mkvp};
+use custos_model::KeyLabel;
+use custos_repo::{AuditCheckpoint, AuditRow};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::vault::{Open, Vault, VaultState};
+use crate::{Error, Result};
+
+/// The name of the audit key in messages.
+pub const AUDIT_KEY: &str = "CUSTOS.AUDIT.HMAC";
+const SETTING_AUDIT_KEY: &str = "audit.key";
+
+fn format_wrapped(mkvp: &Mkvp, kcv: &Kcv, wrapped: &[u8]) -> String {
+    format!("{}:{}:{}", mkvp.to_hex(), kcv.to_hex(), hex::encode(wrapped))
+}
+
+fn parse_wrapped(s: &str) -> Result<(Mkvp, Kcv, Vec<u8>)> {
+    let bad = || Error::Invalid {
+        what: "audit.key setting",
+        why: "it is damaged: audit checkpoints cannot be made or checked".into(),
+    };
+    let mut it = s.split(':');
+    let (Some(m), Some(k), Some(w), None) = (it.next(), it.next(), it.next(), it.next()) else { return Err(bad()) };
+    Ok((
+        Mkvp::from_hex(m).map_err(|_| bad())?,
+        Kcv::from_hex(k).map_err(|_| bad())?,
+        hex::decode(w).map_err(|_| bad())?,
+    ))
+}
+
+/// The chain link: SHA-256 over the previous hash and every field,
+/// length-prefixed so no two entries encode alike.
+fn link(prev: &[u8; 32], e: &AuditRow) -> [u8; 32] {
+    let mut c = digest::Context::new(&digest::SHA256);
+    c.update(b"custos-audit-v1");
+    c.update(prev);
+    c.update(&e.seq.to_be_bytes());
+    c.update(&e.at.as_microsecond().to_be_bytes());
+    for f in [&e.principal, &e.action, &e.object, &e.result] {
+        c.update(&(f.len() as u32).to_be_bytes());
+        c.update(f.as_bytes());
+    }
+    c.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+fn checkpoint_message(seq: u64, head: &[u8; 32], at: Timestamp) -> Vec<u8> {
+    let mut m = b"custos-audit-checkpoint-v1".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(head);
+    m.extend_from_slice(&at.as_microsecond().to_be_bytes());
+    m
+}
+
+/// Which entries `audit ls` shows.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    pub since: Option<Timestamp>,
+    pub principal: Option<String>,
+    /// A substring of the object.
+    pub object: Option<String>,
+}
+
+/// The outcome of `audit verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditVerdict {
+    pub entries: u64,
+    pub checkpoints: u64,
+    /// The first problem found, naming the entry; `None` when intact.
+    pub problem: Option<String>,
+}
+
+impl<S: VaultState> Vault<S> {
+    /// Append one entry. Results and objects are plain text the caller
+    /// chooses; no secret ever reaches this function.
+    pub fn audit_append(&self, principal: &str, action: &str, object: &str, result: &str) -> Result<AuditRow> {
+        let row = AuditRow {
+            seq: 0,
+            at: Timestamp::now(),
+            principal: principal.into(),
+            action: action.into(),
+            object: object.into(),
+            result: result.into(),
+            hash: [0; 32],
+        };
+        Ok(self.repo.append_audit(&row, &link)?)
+    }
+
+    pub fn audit_entries(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+        Ok(self
+            .repo
+            .audit_rows(0)?
+            .into_iter()
+            .filter(|e| f.since.is_none_or(|t| e.at >= t))
+            .filter(|e| f.principal.as_ref().is_none_or(|p| e.principal == *p))
+            .filter(|e| f.object.as_ref().is_none_or(|o| e.object.contains(o.as_str())))
+            .collect())
+    }
+
+    /// Check the chain (no key needed). Returns the first problem, and the
+    /// rows so that checkpoints can be checked against them.
+    fn verify_chain(&self) -> Result<(Vec<AuditRow>, Option<String>)> {
+        let rows = self.repo.audit_rows(0)?;
+        let mut prev = [0u8; 32];
+        for (i, r) in rows.iter().enumerate() {
+            let want = i as u64 + 1;
+            if r.seq != want {
+                let problem = if r.seq > want {
+                    format!("entry {want} was deleted: the log jumps from entry {} to entry {}", want - 1, r.seq)
+                } else {
+                    format!("entry {} appears out of place", r.seq)
+                };
+                return Ok((rows, Some(problem)));
+            }
+            if link(&prev, r) != r.hash {
+                return Ok((
+                    rows.clone(),
+                    Some(format!(
+                        "entry {} ({} {} by {}) was modified or moved: it does not chain from entry {}",
+                        r.seq,
+                        r.action,
+                        r.object,
+                        r.principal,
+                        r.seq - 1
+                    )),
+                ));
+            }
+            prev = r.hash;
+        }
+        Ok((rows, None))
+    }
+}
+
+impl Vault<Open> {
+    /// The audit key, made on first use: 256 bits from the HSM, kept in the
+    /// catalog's settings wrapped under the master key (never in clear),
+    /// and re-wrapped by `mk reencipher` with the keystore. It is not a
+    /// data key, so it stays out of key listings, policies and reports.
+    fn audit_key(&self) -> Result<hmac::Key> {
+        let (mkvp, kcv, wrapped) = match self.repo.setting(SETTING_AUDIT_KEY)? {
+            Some(s) => parse_wrapped(&s)?,
+            None => {
+                let w = self.state.hsm.generate_key()?;
+                self.repo.set_setting(SETTING_AUDIT_KEY, &format_wrapped(&w.mkvp, &w.kcv, &w.bytes))?;
+                (w.mkvp, w.kcv, w.bytes)
+            }
+        };
+        let key = self.state.hsm.unwrap_key(&mkvp, &wrapped)?;
+        if Kcv::of(&key) != kcv {
+            return Err(Error::KeyMismatch {
+                label: KeyLabel::new(AUDIT_KEY)?,
+                got: Kcv::of(&key).to_hex(),
+                want: kcv.to_hex(),
+            });
+        }
+        Ok(hmac::Key::new(hmac::HMAC_SHA256, key.expose_secret()))
+    }
+
+    /// Move the audit key from master key `from` to CURRENT (part of a
+    /// master key change).
+    pub(crate) fn rewrap_audit_key(&self, from: &Mkvp) -> Result<()> {
+        let Some(s) = self.repo.setting(SETTING_AUDIT_KEY)? else { return Ok(()) };
+        let (mkvp, kcv, wrapped) = parse_wrapped(&s)?;
+        if mkvp != *from {
+            return Ok(());
+        }
+        let w = self.state.hsm.rewrap_key(from, &wrapped)?;
+        if w.kcv != kcv {
+            return Err(Error::KeyMismatch {
+                label: KeyLabel::new(AUDIT_KEY)?,
+                got: w.kcv.to_hex(),
+                want: kcv.to_hex(),
+            });
+        }
+        self.repo.set_setting(SETTING_AUDIT_KEY, &format_wrapped(&w.mkvp, &w.kcv, &w.bytes))?;
+        Ok(())
+    }
+
+    /// Sign the chain's current head. Does nothing on an empty log.
+    pub fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>> {
+        let Some(last) = self.repo.audit_rows(0)?.pop() else { return Ok(None) };
+        if self.repo.audit_checkpoints()?.last().is_some_and(|c| c.seq == last.seq && c.head == last.hash) {
+            return Ok(None);
+        }
+        let at = Timestamp::now();
+        let mac = hmac::sign(&self.audit_key()?, &checkpoint_message(last.seq, &last.hash, at));
+        let c = AuditCheckpoint { seq: last.seq, head: last.hash, at, mac: mac.as_ref().to_vec() };
+        self.repo.insert_audit_checkpoint(&c)?;
+        Ok(Some(c))
+    }
+
+    /// Verify the chain and every checkpoint; name the first problem.
+    pub fn audit_verify(&self) -> Result<AuditVerdict> {
+        let (rows, problem) = self.verify_chain()?;
+        let cps = self.repo.audit_checkpoints()?;
+        let verdict = |problem| AuditVerdict { entries: rows.len() as u64, checkpoints: cps.len() as u64, problem };
+        if problem.is_some() {
+            return Ok(verdict(problem));
+        }
+        let key = self.audit_key()?;
+        for c in &cps {
+            let when = c.at.strftime("%Y-%m-%d %H:%M:%S");
+            if hmac::verify(&key, &checkpoint_message(c.seq, &c.head, c.at), &c.mac).is_err() {
+                return Ok(verdict(Some(format!(
+                    "the checkpoint of entry {} (signed {when}) was forged or altered",
+                    c.seq
+                ))));
+            }
+            match rows.get(c.seq as usize - 1) {
+                None => {
+                    return Ok(verdict(Some(format!(
+                        "the log was truncated: entries {} to {} are missing, though the checkpoint signed {when} covers them",
+                        rows.len() + 1,
+                        c.seq
+                    ))))
+                }
+                Some(r) if r.hash != c.head => {
+                    return Ok(verdict(Some(format!(
+                        "the log up to entry {} does not match the checkpoint signed {when}: an entry at or before {} was altered and the chain recomputed",
+                        c.seq, c.seq
+                    ))))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(verdict(None))
+    }
+}
