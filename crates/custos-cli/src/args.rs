@@ -486,7 +486,14 @@ pub enum KeyCmd {
         label: String,
         #[arg(long)]
         crypto_erase: bool,
+        /// How long to wait before erasing (default: setting
+        /// key.destroy.wait, 7d), at least key.destroy.min-wait. Until then
+        /// the key cannot be used and `key cancel-destroy` brings it back.
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
     },
+    /// Take a key off the destruction schedule.
+    CancelDestroy { label: String },
 }
 
 #[derive(Subcommand, Debug)]

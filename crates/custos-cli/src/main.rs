@@ -110,7 +110,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Error::Hsm(custos_core::HsmError::WrongPassphrase { .. }) => 6,
         Error::Hsm(custos_core::HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => 6,
         Error::Store(_) => 7,
-        Error::WouldOrphanKeys { .. } | Error::MasterKeyUnavailable { .. } | Error::RawCopyKeyGone { .. } => 5,
+        Error::WouldOrphanKeys { .. }
+        | Error::MasterKeyUnavailable { .. }
+        | Error::RawCopyKeyGone { .. }
+        | Error::KeyPendingDestruction { .. } => 5,
         Error::ReencipherFailed { .. } => 4,
         _ => 1,
     }
@@ -141,6 +144,8 @@ fn passphrase(cli: &Cli, confirm: bool) -> anyhow::Result<Passphrase> {
 
 fn sealed(cli: &Cli) -> anyhow::Result<Vault<Sealed>> {
     let mut v = Vault::open(&cli.vault)?;
+    // Keys whose waiting period is over are erased by the first command after it.
+    v.destroy_due()?;
     if let Some(n) = cli.threads {
         v.set_threads(n);
     }
@@ -491,7 +496,43 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
         KeyCmd::Deactivate { label } => action(label, KeyAction::Deactivate, false),
         KeyCmd::Archive { label } => action(label, KeyAction::Archive, false),
         KeyCmd::Restore { label } => action(label, KeyAction::Restore, false),
-        KeyCmd::Destroy { label, crypto_erase } => action(label, KeyAction::Destroy, *crypto_erase),
+        KeyCmd::Destroy { label: l, crypto_erase, wait } => {
+            let v = sealed(cli)?;
+            let wait = match wait {
+                Some(w) => custos_core::parse_duration(w).map_err(|why| anyhow!("--wait: {why}"))?,
+                None => v.destroy_default_wait()?,
+            };
+            let lab = label(l)?;
+            let (at, users) = v.schedule_destroy(&lab, wait, *crypto_erase)?;
+            let rec = v.key(&lab)?;
+            if cli.json {
+                return json(
+                    &serde_json::json!({ "label": lab.to_string(), "destroy_at": at, "state": rec.state, "unreadable": users }),
+                );
+            }
+            if rec.state == custos_core::model::KeyState::Destroyed {
+                println!("key {lab} is now destroyed");
+            } else {
+                println!(
+                    "key {lab} will be destroyed at {at} (in {wait:#}); until then it cannot be used, and `custos key cancel-destroy {lab}` brings it back"
+                );
+            }
+            if !users.is_empty() {
+                println!("then unreadable: {}", users.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+            }
+            if rec.escrow.is_some() {
+                println!("an escrow copy remains; `custos escrow purge {lab}` erases it too");
+            }
+            Ok(())
+        }
+        KeyCmd::CancelDestroy { label: l } => {
+            let rec = sealed(cli)?.cancel_destroy(&label(l)?)?;
+            if cli.json {
+                return json(&rec);
+            }
+            println!("key {} will not be destroyed; it is {}", rec.label, rec.state);
+            Ok(())
+        }
     }
 }
 
@@ -1471,7 +1512,9 @@ fn config_cmd(cli: &Cli, c: &ConfigCmd) -> anyhow::Result<()> {
                     v.set_chunk_size(n)?;
                 }
                 "s3.endpoint" | "s3.region" => v.set_s3_setting(key, value)?,
-                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, s3.endpoint and s3.region"),
+                "key.destroy.wait" => v.set_destroy_default_wait(value)?,
+                "key.destroy.min-wait" => v.set_destroy_min_wait(value)?,
+                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, s3.endpoint, s3.region, key.destroy.wait and key.destroy.min-wait"),
             }
             show(v.settings()?.into_iter().filter(|(k, _)| k == key).collect())
         }

@@ -23,6 +23,9 @@ impl Env {
         let e = Self { dir, vault, env: Vec::new(), _tokens: None };
         e.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1", "--site", "A"]);
         e.ok(&["config", "set", "chunk.size", "65536"]);
+        // Most tests want `key destroy` at once; the waiting period has its own test.
+        e.ok(&["config", "set", "key.destroy.min-wait", "0s"]);
+        e.ok(&["config", "set", "key.destroy.wait", "0s"]);
         e
     }
 
@@ -1074,9 +1077,13 @@ fn audit_log_is_tamper_evident() {
     let rows = e.json(&["audit", "ls"]);
     let rows = rows.as_array().unwrap();
     let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
-    assert_eq!(&actions[..6], ["init", "config set", "ds put", "key ls", "ds get", "ds get"], "{rows:?}");
-    assert_eq!(rows[2]["object"], "AUD.ONE");
-    assert!(rows[4]["result"].as_str().unwrap().starts_with("failed: "), "{:?}", rows[4]);
+    assert_eq!(
+        &actions[..8],
+        ["init", "config set", "config set", "config set", "ds put", "key ls", "ds get", "ds get"],
+        "{rows:?}"
+    );
+    assert_eq!(rows[4]["object"], "AUD.ONE");
+    assert!(rows[6]["result"].as_str().unwrap().starts_with("failed: "), "{:?}", rows[6]);
     assert!(e.ok(&["audit", "verify"]).contains("audit log intact"));
     let by_object = e.json(&["audit", "ls", "--object", "AUD.ONE"]);
     assert_eq!(by_object.as_array().unwrap().len(), 2);
@@ -1087,9 +1094,9 @@ fn audit_log_is_tamper_evident() {
 
     let db = |e: &Env| rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
     // Edited.
-    db(&e).execute("UPDATE audit_log SET principal = 'mallory' WHERE seq = 3", []).unwrap();
+    db(&e).execute("UPDATE audit_log SET principal = 'mallory' WHERE seq = 5", []).unwrap();
     let err = e.fails(&["audit", "verify"], 4);
-    assert!(err.contains("entry 3 (ds put AUD.ONE by mallory) was modified"), "{err}");
+    assert!(err.contains("entry 5 (ds put AUD.ONE by mallory) was modified"), "{err}");
     // Deleted.
     let e = fresh();
     db(&e).execute("DELETE FROM audit_log WHERE seq = 4", []).unwrap();
@@ -1099,14 +1106,14 @@ fn audit_log_is_tamper_evident() {
     let e = fresh();
     let c = db(&e);
     c.execute_batch(
-        "UPDATE audit_log SET seq = -1 WHERE seq = 3; UPDATE audit_log SET seq = 3 WHERE seq = 4; UPDATE audit_log SET seq = 4 WHERE seq = -1;",
+        "UPDATE audit_log SET seq = -1 WHERE seq = 5; UPDATE audit_log SET seq = 5 WHERE seq = 6; UPDATE audit_log SET seq = 6 WHERE seq = -1;",
     )
     .unwrap();
     let err = e.fails(&["audit", "verify"], 4);
-    assert!(err.contains("entry 3 (key ls") && err.contains("modified or moved"), "{err}");
+    assert!(err.contains("entry 5 (key ls") && err.contains("modified or moved"), "{err}");
     // Rewritten: an entry edited and the whole chain recomputed; the signed checkpoint catches it.
     let e = fresh();
-    db(&e).execute("UPDATE audit_log SET result = 'ok' WHERE seq = 5", []).unwrap();
+    db(&e).execute("UPDATE audit_log SET result = 'ok' WHERE seq = 7", []).unwrap();
     rechain(&db(&e));
     let err = e.fails(&["audit", "verify"], 4);
     assert!(err.contains("does not match the checkpoint"), "{err}");
@@ -1152,4 +1159,40 @@ fn rechain(c: &rusqlite::Connection) {
         prev = d.finish().as_ref().try_into().unwrap();
         c.execute("UPDATE audit_log SET hash = ?1 WHERE seq = ?2", rusqlite::params![&prev[..], seq]).unwrap();
     }
+}
+
+/// `key destroy` waits: the key is unusable at once, `cancel-destroy`
+/// brings it back and it decrypts again; once the period is over, the first
+/// command erases it and the data is gone. The policy's minimum holds.
+#[test]
+fn key_destruction_waits_and_can_be_cancelled() {
+    let e = Env::new();
+    let bytes = data(120_000, 12);
+    e.ok(&["ds", "put", "DEL.DATA", Env::s(&e.file("d", &bytes))]);
+    let k = "DSET.PRIM.DEL.key001";
+    e.ok(&["key", "deactivate", k]);
+    e.ok(&["config", "set", "key.destroy.min-wait", "2s"]);
+    assert!(e
+        .fails(&["key", "destroy", k, "--crypto-erase", "--wait", "1s"], 1)
+        .contains("shorter than the policy's minimum"));
+    assert!(e.fails(&["key", "destroy", k, "--wait", "1h"], 5).contains("DEL.DATA"), "still needed: --crypto-erase");
+    let out = e.ok(&["key", "destroy", k, "--crypto-erase", "--wait", "1h"]);
+    assert!(
+        out.contains("will be destroyed at") && out.contains("cancel-destroy") && out.contains("DEL.DATA"),
+        "{out}"
+    );
+    let err = e.fails(&["ds", "get", "DEL.DATA"], 5);
+    assert!(err.contains("scheduled for destruction"), "{err}");
+    e.ok(&["key", "cancel-destroy", k]);
+    assert!(e.fails(&["key", "cancel-destroy", k], 1).contains("not scheduled"));
+    assert_eq!(e.run(&["ds", "get", "DEL.DATA"]).stdout, bytes, "a cancelled destruction leaves the key whole");
+    // Now for real, with the shortest wait the policy allows.
+    e.ok(&["key", "destroy", k, "--crypto-erase", "--wait", "2s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let err = e.fails(&["ds", "get", "DEL.DATA"], 5);
+    assert!(err.contains("destroyed"), "{err}");
+    assert_eq!(e.json(&["key", "show", k])["state"], "destroyed");
+    assert!(e.fails(&["key", "cancel-destroy", k], 1).contains("not scheduled"));
+    let log = e.json(&["audit", "ls", "--object", k]);
+    assert!(log.as_array().unwrap().iter().any(|r| r["action"] == "key destroy (waiting period over)"), "{log}");
 }

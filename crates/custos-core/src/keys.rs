@@ -58,6 +58,99 @@ impl<S: VaultState> Vault<S> {
         Ok(rec)
     }
 
+    /// Schedule a key's destruction after `wait` (AWS KMS's waiting
+    /// period): checked now as `key_action(Destroy)` would be (deactivated
+    /// first; `crypto_erase` when datasets still need it), unusable from
+    /// now on, erased by the first command run after the time. `min_wait`
+    /// is the policy's floor. Returns the time and the datasets that would
+    /// become unreadable.
+    pub fn schedule_destroy(
+        &self,
+        label: &KeyLabel,
+        wait: jiff::SignedDuration,
+        crypto_erase: bool,
+    ) -> Result<(Timestamp, Vec<DatasetName>)> {
+        let min = self.destroy_min_wait()?;
+        if wait < min {
+            return Err(Error::Invalid {
+                what: "waiting period",
+                why: format!("{wait:#} is shorter than the policy's minimum of {min:#} (setting key.destroy.min-wait)"),
+            });
+        }
+        let rec = self.key_record(label)?;
+        rec.state.apply(KeyAction::Destroy).map_err(|source| Error::Lifecycle { label: label.clone(), source })?;
+        let users = self.repo.datasets_using_key(label)?;
+        if !users.is_empty() && !crypto_erase {
+            return Err(Error::KeyInUse { label: label.clone(), datasets: users });
+        }
+        let at = Timestamp::now() + wait;
+        self.repo.set_destroy_after(label, Some(at))?;
+        self.destroy_due()?;
+        Ok((at, users))
+    }
+
+    /// Take a key off the destruction schedule; it is usable again as its
+    /// state allows.
+    pub fn cancel_destroy(&self, label: &KeyLabel) -> Result<KeyRecord> {
+        let rec = self.key_record(label)?;
+        if !self.repo.destroy_schedule()?.iter().any(|(l, _)| l == label) {
+            return Err(Error::Invalid {
+                what: "cancel-destroy",
+                why: format!("key {label} is not scheduled for destruction (state {})", rec.state),
+            });
+        }
+        self.repo.set_destroy_after(label, None)?;
+        Ok(rec)
+    }
+
+    /// When a key is scheduled to be destroyed, if it is.
+    pub fn destroy_scheduled_at(&self, label: &KeyLabel) -> Result<Option<Timestamp>> {
+        Ok(self.repo.destroy_schedule()?.into_iter().find(|(l, _)| l == label).map(|(_, t)| t))
+    }
+
+    /// Destroy every key whose waiting period is over; returns them. Run by
+    /// every command that opens the vault.
+    pub fn destroy_due(&self) -> Result<Vec<KeyLabel>> {
+        let now = Timestamp::now();
+        let mut done = Vec::new();
+        for (label, at) in self.repo.destroy_schedule()? {
+            if at > now {
+                break;
+            }
+            self.key_action(&label, KeyAction::Destroy, true)?;
+            self.repo.set_destroy_after(&label, None)?;
+            self.audit_append("custos", "key destroy (waiting period over)", label.as_str(), "ok")?;
+            done.push(label);
+        }
+        Ok(done)
+    }
+
+    /// The policy's shortest waiting period before destruction (default 7 days).
+    pub fn destroy_min_wait(&self) -> Result<jiff::SignedDuration> {
+        match self.repo.setting(SETTING_DESTROY_MIN_WAIT)? {
+            None => Ok(jiff::SignedDuration::from_hours(7 * 24)),
+            Some(s) => parse_duration(&s).map_err(|why| Error::Invalid { what: "key.destroy.min-wait setting", why }),
+        }
+    }
+
+    pub fn set_destroy_min_wait(&self, text: &str) -> Result<()> {
+        parse_duration(text).map_err(|why| Error::Invalid { what: "key.destroy.min-wait", why })?;
+        Ok(self.repo.set_setting(SETTING_DESTROY_MIN_WAIT, text)?)
+    }
+
+    /// The waiting period `key destroy` uses when none is given (default 7 days).
+    pub fn destroy_default_wait(&self) -> Result<jiff::SignedDuration> {
+        match self.repo.setting(SETTING_DESTROY_WAIT)? {
+            None => Ok(jiff::SignedDuration::from_hours(7 * 24)),
+            Some(s) => parse_duration(&s).map_err(|why| Error::Invalid { what: "key.destroy.wait setting", why }),
+        }
+    }
+
+    pub fn set_destroy_default_wait(&self, text: &str) -> Result<()> {
+        parse_duration(text).map_err(|why| Error::Invalid { what: "key.destroy.wait", why })?;
+        Ok(self.repo.set_setting(SETTING_DESTROY_WAIT, text)?)
+    }
+
     /// The next label for an application and purpose under the naming standard.
     pub fn next_label(&self, app: &str, purpose: Purpose) -> Result<KeyLabel> {
         let ns = self.naming()?;
@@ -169,6 +262,9 @@ impl Vault<Open> {
 
     /// Check that a key may be used as asked, and unwrap it in the HSM.
     pub(crate) fn unwrap_for(&self, rec: &KeyRecord, usage: KeyUse, dataset: &DatasetName) -> Result<DataKey> {
+        if let Some(at) = self.destroy_scheduled_at(&rec.label)? {
+            return Err(Error::KeyPendingDestruction { label: rec.label.clone(), at });
+        }
         if rec.state == KeyState::Destroyed {
             return Err(Error::KeyDestroyed {
                 dataset: dataset.clone(),
@@ -195,4 +291,23 @@ impl Vault<Open> {
         }
         Ok(key)
     }
+}
+
+const SETTING_DESTROY_MIN_WAIT: &str = "key.destroy.min-wait";
+const SETTING_DESTROY_WAIT: &str = "key.destroy.wait";
+
+/// "7d", "12h", "30m", "45s", or "0s".
+pub fn parse_duration(s: &str) -> std::result::Result<jiff::SignedDuration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 7d, 12h, 30m or 45s"))?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" => Some(n),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?} is not a duration like 7d, 12h, 30m or 45s"))?;
+    Ok(jiff::SignedDuration::from_secs(secs))
 }

@@ -35,7 +35,7 @@ pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::EscrowStatus;
 pub use hsm::{HsmAction, MoveReport, NewHsmRule};
-pub use keys::NewKey;
+pub use keys::{parse_duration, NewKey};
 pub use keystore::Recovered;
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use mirror::MirrorStatus;

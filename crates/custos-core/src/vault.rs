@@ -265,6 +265,8 @@ impl<S: VaultState> Vault<S> {
             (SETTING_CHUNK, self.chunk_size()?.to_string()),
             (SETTING_S3_ENDPOINT, self.repo.setting(SETTING_S3_ENDPOINT)?.unwrap_or_default()),
             (SETTING_S3_REGION, self.repo.setting(SETTING_S3_REGION)?.unwrap_or_default()),
+            ("key.destroy.wait", format!("{:#}", self.destroy_default_wait()?)),
+            ("key.destroy.min-wait", format!("{:#}", self.destroy_min_wait()?)),
         ])
     }
 

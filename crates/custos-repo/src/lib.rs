@@ -210,6 +210,11 @@ pub trait Repository: Send + Sync {
     /// Checkpoints in seq order.
     fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;
 
+    /// Schedule (`Some`) or cancel (`None`) a key's destruction.
+    fn set_destroy_after(&self, label: &KeyLabel, at: Option<jiff::Timestamp>) -> Result<()>;
+    /// Keys scheduled for destruction, soonest first.
+    fn destroy_schedule(&self) -> Result<Vec<(KeyLabel, jiff::Timestamp)>>;
+
     fn insert_hsm_rule(&self, rule: &HsmRule) -> Result<()>;
     /// All `hsm run` rules, by name.
     fn hsm_rules(&self) -> Result<Vec<HsmRule>>;

@@ -1150,6 +1150,26 @@ impl Repository for SqliteRepository {
         Ok(garbage)
     }
 
+    fn set_destroy_after(&self, label: &KeyLabel, at: Option<Timestamp>) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("UPDATE keys SET destroy_after = ?2 WHERE label = ?1", params![label.as_str(), at.map(ts)])
+            .map_err(db("schedule a key's destruction"))?;
+        if n == 0 {
+            return Err(RepoError::NotFound { kind: "key", name: label.to_string() });
+        }
+        Ok(())
+    }
+
+    fn destroy_schedule(&self) -> Result<Vec<(KeyLabel, Timestamp)>> {
+        self.query_all(
+            "list scheduled destructions",
+            "SELECT label, destroy_after FROM keys WHERE destroy_after IS NOT NULL ORDER BY destroy_after, label",
+            [],
+            |r| Ok((KeyLabel::new(r.get::<_, String>(0)?).map_err(|e| corrupt(e.to_string()))?, from_ts(r.get(1)?)?)),
+        )
+    }
+
     fn append_audit(&self, e: &AuditRow, link: &AuditLink<'_>) -> Result<AuditRow> {
         let mut conn = self.conn();
         let tx = conn
