@@ -30,9 +30,13 @@ pub struct Cli {
     /// Worker threads for sealing and opening chunks (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
-    /// Who is acting, for the audit log (default: the login name).
+    /// Who is acting (a principal of the vault; `init` names the first).
     #[arg(long, global = true, env = "CUSTOS_USER", value_name = "NAME")]
     pub user: Option<String>,
+    /// Read the user's credential (passphrase or token) from this file
+    /// (first line). Otherwise CUSTOS_CREDENTIAL, otherwise a prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credential_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -81,6 +85,9 @@ pub enum Command {
     /// this vault), and drills that prove it on a scratch clone.
     #[command(subcommand)]
     Risk(RiskCmd),
+    /// Principals: who may run commands, with which roles and grants.
+    #[command(subcommand)]
+    User(UserCmd),
     /// The audit log: every command, chained and signed.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -107,6 +114,49 @@ pub enum Command {
         /// Restore under this name instead.
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum RoleArg {
+    SecurityAdmin,
+    KeyCustodian,
+    StorageAdmin,
+    App,
+    Auditor,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a principal with one or more roles. Its passphrase comes from
+    /// CUSTOS_NEW_CREDENTIAL or a prompt; with --token a random token is
+    /// made and printed once, for scripts.
+    Add {
+        name: String,
+        #[arg(long = "role", value_enum, required = true)]
+        roles: Vec<RoleArg>,
+        #[arg(long)]
+        token: bool,
+    },
+    /// List principals, their roles and grants.
+    Ls,
+    /// Disable a principal (it can no longer run commands).
+    Disable { name: String },
+    /// Grant access to datasets (--data PATTERN) or keys (--key PATTERN).
+    Grant {
+        name: String,
+        #[arg(long, required_unless_present = "key", conflicts_with = "key")]
+        data: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Take a grant away.
+    Revoke {
+        name: String,
+        #[arg(long, required_unless_present = "key", conflicts_with = "key")]
+        data: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 

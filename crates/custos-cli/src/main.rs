@@ -7,6 +7,7 @@ mod demo;
 mod mk;
 mod output;
 mod progress;
+mod rights;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use custos_core::{
 
 use args::{
     AuditCmd, BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, HsmCmd, HsmRuleCmd, KeyCmd, KeystoreCmd, MediumArg,
-    MethodArg, MirrorCmd, PolicyCmd, PurposeArg, ReportFormat, RiskCmd, SnapshotCmd, VolumeCmd,
+    MethodArg, MirrorCmd, PolicyCmd, PurposeArg, ReportFormat, RiskCmd, RoleArg, SnapshotCmd, UserCmd, VolumeCmd,
 };
 use output::{bytes, json, when, Table};
 
@@ -107,7 +108,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         | Error::Lifecycle { .. }
         | Error::KeyInUse { .. }
         | Error::KeyPurpose { .. } => 5,
-        Error::Hsm(custos_core::HsmError::WrongPassphrase { .. }) => 6,
+        Error::Hsm(custos_core::HsmError::WrongPassphrase { .. }) | Error::AuthFailed { .. } => 6,
+        Error::Forbidden { .. } => 8,
         Error::Hsm(custos_core::HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => 6,
         Error::Store(_) => 7,
         Error::WouldOrphanKeys { .. }
@@ -239,7 +241,50 @@ fn parse_range(s: &str) -> anyhow::Result<(Option<u64>, Option<u64>)> {
     Ok((num(a)?, num(b)?))
 }
 
+/// The acting principal's credential: --credential-file, CUSTOS_CREDENTIAL,
+/// or a prompt.
+fn credential(cli: &Cli, name: &str, confirm: bool) -> anyhow::Result<Passphrase> {
+    if let Some(f) = &cli.credential_file {
+        let s = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("cannot read the credential file {}", f.display()))?,
+        );
+        return Ok(Passphrase::from(s.lines().next().unwrap_or("").to_string()));
+    }
+    if let Ok(c) = std::env::var("CUSTOS_CREDENTIAL") {
+        return Ok(Passphrase::from(c));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("the credential of user {name} is needed: set CUSTOS_CREDENTIAL, pass --credential-file, or run in a terminal to be asked");
+    }
+    let p = rpassword::prompt_password(format!("Credential for {name}: ")).context("cannot read the credential")?;
+    if confirm && rpassword::prompt_password("Again: ").context("cannot read the credential")? != p {
+        bail!("the two credentials differ; nothing was created");
+    }
+    Ok(Passphrase::from(p))
+}
+
+/// Who is acting, checked against the vault's principals, and whether the
+/// command is within their rights. Vaults made before principals existed
+/// have none and skip this until the first is added.
+fn gate(cli: &Cli) -> anyhow::Result<()> {
+    if matches!(cli.command, Command::Init(_) | Command::Demo { .. }) {
+        return Ok(());
+    }
+    let v = Vault::open(&cli.vault)?;
+    if !v.has_users()? {
+        return Ok(());
+    }
+    let name = cli.user.clone().ok_or_else(|| anyhow!("who is acting? give --user NAME (or set CUSTOS_USER)"))?;
+    let me = v.authenticate(&name, &credential(cli, &name, false)?)?;
+    for n in rights::needs(cli, &v)? {
+        let key = n.dataset.as_ref().and_then(|d| v.dataset(d).ok()).map(|d| d.current.key_label);
+        v.authorize(&me, n.op, n.dataset.as_ref(), key.as_ref())?;
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    gate(&cli)?;
     match &cli.command {
         Command::Init(a) => {
             let kdf = KdfParams {
@@ -256,7 +301,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     (Passphrase::new(Vec::new()), HsmChoice::Pkcs11(cfg))
                 }
             };
+            // The creator is the first security-admin.
+            let admin = cli.user.clone().unwrap_or_else(|| "admin".into());
+            let cred = credential(&cli, &admin, true)?;
+            if cred.expose_secret().len() < 8 {
+                bail!("the credential of {admin} is shorter than 8 characters; nothing was created");
+            }
             let v = Vault::init(&cli.vault, &p, &InitOptions { kdf, site: a.site.clone(), hsm })?;
+            v.user_add(&admin, &[custos_core::model::Role::SecurityAdmin], Some(&cred))?;
             let regs = v.hsm().registers()?;
             if cli.json {
                 json(&serde_json::json!({
@@ -270,6 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 println!("  volume default at {}", v.dir().join("volumes/default").display());
                 println!("  policy default: ** → volume default, one new key per dataset");
+                println!("  user {admin}: security-admin (add others with `custos user add`)");
             }
             Ok(())
         }
@@ -288,6 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hsm(c) => hsm_cmd(&cli, c),
         Command::Risk(c) => risk_cmd(&cli, c),
         Command::Audit(c) => audit_cmd(&cli, c),
+        Command::User(c) => user_cmd(&cli, c),
         Command::Restore { dataset: d, backup, generation, at, as_name } => {
             let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
@@ -835,6 +889,97 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 println!("imported {} files, {}", reports.len(), bytes(total));
                 Ok(())
             }
+        }
+    }
+}
+
+fn user_cmd(cli: &Cli, c: &UserCmd) -> anyhow::Result<()> {
+    use custos_core::model::Role;
+    use custos_core::GrantKind;
+    let v = sealed(cli)?;
+    let grant_of = |data: &Option<String>, key: &Option<String>| -> anyhow::Result<(GrantKind, Pattern)> {
+        Ok(match (data, key) {
+            (Some(d), None) => (GrantKind::Data, Pattern::new(d.as_str())?),
+            (None, Some(k)) => (GrantKind::Key, Pattern::new(k.as_str())?),
+            _ => bail!("give --data PATTERN or --key PATTERN"),
+        })
+    };
+    match c {
+        UserCmd::Add { name, roles, token } => {
+            let roles: Vec<Role> = roles
+                .iter()
+                .map(|r| match r {
+                    RoleArg::SecurityAdmin => Role::SecurityAdmin,
+                    RoleArg::KeyCustodian => Role::KeyCustodian,
+                    RoleArg::StorageAdmin => Role::StorageAdmin,
+                    RoleArg::App => Role::App,
+                    RoleArg::Auditor => Role::Auditor,
+                })
+                .collect();
+            let secret = if *token {
+                None
+            } else if let Ok(c) = std::env::var("CUSTOS_NEW_CREDENTIAL") {
+                Some(Passphrase::from(c))
+            } else if std::io::stdin().is_terminal() {
+                let p = rpassword::prompt_password(format!("New credential for {name}: "))?;
+                if rpassword::prompt_password("Again: ")? != p {
+                    bail!("the two credentials differ; nothing was created");
+                }
+                Some(Passphrase::from(p))
+            } else {
+                bail!(
+                    "the new user's passphrase is needed: set CUSTOS_NEW_CREDENTIAL, run in a terminal, or use --token"
+                );
+            };
+            let (rec, tok) = v.user_add(name, &roles, secret.as_ref())?;
+            if cli.json {
+                return json(&serde_json::json!({ "user": rec, "token": tok }));
+            }
+            println!(
+                "added user {} ({})",
+                rec.name,
+                rec.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            if let Some(t) = tok {
+                println!("token (shown once; store it where the script reads CUSTOS_CREDENTIAL): {t}");
+            }
+            Ok(())
+        }
+        UserCmd::Ls => {
+            let us = v.users()?;
+            if cli.json {
+                return json(&us);
+            }
+            let mut t = Table::new(&["USER", "ROLES", "DATA GRANTS", "KEY GRANTS", "STATE"]);
+            for u in us {
+                let list = |ps: &[Pattern]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ");
+                t.row(vec![
+                    u.name.clone(),
+                    u.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+                    list(&u.data_grants),
+                    list(&u.key_grants),
+                    if u.disabled { "disabled".into() } else { "enabled".into() },
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        UserCmd::Disable { name } => {
+            v.user_disable(name)?;
+            println!("user {name} is disabled");
+            Ok(())
+        }
+        UserCmd::Grant { name, data, key } => {
+            let (kind, p) = grant_of(data, key)?;
+            v.grant(name, kind, &p)?;
+            println!("granted {name} {} {p}", kind.as_str());
+            Ok(())
+        }
+        UserCmd::Revoke { name, data, key } => {
+            let (kind, p) = grant_of(data, key)?;
+            v.revoke(name, kind, &p)?;
+            println!("revoked {name}'s {} grant {p}", kind.as_str());
+            Ok(())
         }
     }
 }

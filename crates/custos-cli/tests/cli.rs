@@ -16,17 +16,63 @@ struct Env {
     _tokens: Option<custos_testing::SoftHsmTokens>,
 }
 
+const ADMIN_CRED: &str = "admin credential, long enough";
+const OPS_CRED: &str = "operator credential, long enough";
+
+fn admin_env() -> Vec<(String, String)> {
+    vec![("CUSTOS_USER".into(), "admin".into()), ("CUSTOS_CREDENTIAL".into(), ADMIN_CRED.into())]
+}
+
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
-        let e = Self { dir, vault, env: Vec::new(), _tokens: None };
+        let mut e = Self { dir, vault, env: admin_env(), _tokens: None };
         e.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1", "--site", "A"]);
         e.ok(&["config", "set", "chunk.size", "65536"]);
         // Most tests want `key destroy` at once; the waiting period has its own test.
         e.ok(&["config", "set", "key.destroy.min-wait", "0s"]);
         e.ok(&["config", "set", "key.destroy.wait", "0s"]);
+        e.as_operator();
         e
+    }
+
+    /// Add the principal `ops` with every role and grants on everything,
+    /// and act as it from now on: the tests of other features run as one
+    /// all-powerful operator; separation of duties has tests of its own.
+    fn as_operator(&mut self) {
+        self.cmd(&[
+            "user",
+            "add",
+            "ops",
+            "--role",
+            "security-admin",
+            "--role",
+            "key-custodian",
+            "--role",
+            "storage-admin",
+            "--role",
+            "app",
+            "--role",
+            "auditor",
+        ])
+        .env("CUSTOS_NEW_CREDENTIAL", OPS_CRED)
+        .assert()
+        .success();
+        self.ok(&["user", "grant", "ops", "--data", "**"]);
+        self.ok(&["user", "grant", "ops", "--key", "**"]);
+        self.env.retain(|(k, _)| k != "CUSTOS_USER" && k != "CUSTOS_CREDENTIAL");
+        self.env.push(("CUSTOS_USER".into(), "ops".into()));
+        self.env.push(("CUSTOS_CREDENTIAL".into(), OPS_CRED.into()));
+    }
+
+    /// Act as another principal.
+    fn as_user(&self, name: &str, cred: &str) -> Self {
+        let mut env: Vec<(String, String)> =
+            self.env.iter().filter(|(k, _)| k != "CUSTOS_USER" && k != "CUSTOS_CREDENTIAL").cloned().collect();
+        env.push(("CUSTOS_USER".into(), name.into()));
+        env.push(("CUSTOS_CREDENTIAL".into(), cred.into()));
+        Self { dir: tempfile::tempdir().unwrap(), vault: self.vault.clone(), env, _tokens: None }
     }
 
     /// A vault whose master keys live on a fresh SoftHSM2 token.
@@ -34,12 +80,14 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
         let tokens = custos_testing::SoftHsmTokens::new(&["custos-cli"], "2468", "1357");
-        let env = vec![
+        let mut env = vec![
             ("SOFTHSM2_CONF".to_string(), tokens.conf().display().to_string()),
             ("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string()),
         ];
-        let e = Self { dir, vault, env, _tokens: Some(tokens) };
+        env.extend(admin_env());
+        let mut e = Self { dir, vault, env, _tokens: Some(tokens) };
         e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--site", "A"]);
+        e.as_operator();
         e
     }
 
@@ -999,6 +1047,7 @@ fn progress_bars_only_on_a_terminal() {
         .args(["-qec", &cmd, "/dev/null"])
         .env("CUSTOS_VAULT", &e.vault)
         .env("CUSTOS_PASSPHRASE", PASS)
+        .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("TERM", "xterm")
         .output()
         .expect("script(1) from util-linux runs");
@@ -1077,43 +1126,49 @@ fn audit_log_is_tamper_evident() {
     let rows = e.json(&["audit", "ls"]);
     let rows = rows.as_array().unwrap();
     let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
-    assert_eq!(
-        &actions[..8],
-        ["init", "config set", "config set", "config set", "ds put", "key ls", "ds get", "ds get"],
-        "{rows:?}"
-    );
-    assert_eq!(rows[4]["object"], "AUD.ONE");
-    assert!(rows[6]["result"].as_str().unwrap().starts_with("failed: "), "{:?}", rows[6]);
+    assert_eq!(actions[0], "init");
+    let at = |a: &str| rows.iter().position(|r| r["action"] == a).unwrap();
+    let put = at("ds put");
+    assert_eq!(&actions[put..put + 4], ["ds put", "key ls", "ds get", "ds get"], "{rows:?}");
+    assert_eq!(rows[put]["object"], "AUD.ONE");
+    assert_eq!(rows[put]["principal"], "ops");
+    assert_eq!(rows[0]["principal"], "admin");
+    assert!(rows[put + 2]["result"].as_str().unwrap().starts_with("failed: "), "{:?}", rows[put + 2]);
+    let seq = |i: usize| rows[i]["seq"].as_u64().unwrap();
+    let (s_put, s_ls, s_fail) = (seq(put), seq(put + 1), seq(put + 2));
     assert!(e.ok(&["audit", "verify"]).contains("audit log intact"));
     let by_object = e.json(&["audit", "ls", "--object", "AUD.ONE"]);
     assert_eq!(by_object.as_array().unwrap().len(), 2);
+    // init, three settings, adding ops and its two grants: the admin's seven.
+    let admin = rows.iter().filter(|r| r["principal"] == "admin").count();
+    assert_eq!(admin, 7, "{rows:?}");
+    assert_eq!(e.json(&["audit", "ls", "--principal", "admin"]).as_array().unwrap().len(), admin);
     let jsonl = e.ok(&["audit", "export", "--jsonl"]);
     assert!(jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
-    // No secret reaches the log: the passphrase is nowhere in it.
-    assert!(!jsonl.contains(PASS));
+    // No secret reaches the log: neither the passphrase nor a credential.
+    assert!(!jsonl.contains(PASS) && !jsonl.contains(OPS_CRED) && !jsonl.contains(ADMIN_CRED));
 
     let db = |e: &Env| rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
     // Edited.
-    db(&e).execute("UPDATE audit_log SET principal = 'mallory' WHERE seq = 5", []).unwrap();
+    db(&e).execute("UPDATE audit_log SET principal = 'mallory' WHERE seq = ?1", [s_put]).unwrap();
     let err = e.fails(&["audit", "verify"], 4);
-    assert!(err.contains("entry 5 (ds put AUD.ONE by mallory) was modified"), "{err}");
+    assert!(err.contains(&format!("entry {s_put} (ds put AUD.ONE by mallory) was modified")), "{err}");
     // Deleted.
     let e = fresh();
-    db(&e).execute("DELETE FROM audit_log WHERE seq = 4", []).unwrap();
+    db(&e).execute("DELETE FROM audit_log WHERE seq = ?1", [s_ls]).unwrap();
     let err = e.fails(&["audit", "verify"], 4);
-    assert!(err.contains("entry 4 was deleted"), "{err}");
+    assert!(err.contains(&format!("entry {s_ls} was deleted")), "{err}");
     // Reordered: two entries swap places.
     let e = fresh();
     let c = db(&e);
-    c.execute_batch(
-        "UPDATE audit_log SET seq = -1 WHERE seq = 5; UPDATE audit_log SET seq = 5 WHERE seq = 6; UPDATE audit_log SET seq = 6 WHERE seq = -1;",
-    )
-    .unwrap();
+    c.execute("UPDATE audit_log SET seq = -1 WHERE seq = ?1", [s_put]).unwrap();
+    c.execute("UPDATE audit_log SET seq = ?1 WHERE seq = ?2", [s_put, s_ls]).unwrap();
+    c.execute("UPDATE audit_log SET seq = ?1 WHERE seq = -1", [s_ls]).unwrap();
     let err = e.fails(&["audit", "verify"], 4);
-    assert!(err.contains("entry 5 (key ls") && err.contains("modified or moved"), "{err}");
+    assert!(err.contains(&format!("entry {s_put} (key ls")) && err.contains("modified or moved"), "{err}");
     // Rewritten: an entry edited and the whole chain recomputed; the signed checkpoint catches it.
     let e = fresh();
-    db(&e).execute("UPDATE audit_log SET result = 'ok' WHERE seq = 7", []).unwrap();
+    db(&e).execute("UPDATE audit_log SET result = 'ok' WHERE seq = ?1", [s_fail]).unwrap();
     rechain(&db(&e));
     let err = e.fails(&["audit", "verify"], 4);
     assert!(err.contains("does not match the checkpoint"), "{err}");
@@ -1195,4 +1250,127 @@ fn key_destruction_waits_and_can_be_cancelled() {
     assert!(e.fails(&["key", "cancel-destroy", k], 1).contains("not scheduled"));
     let log = e.json(&["audit", "ls", "--object", k]);
     assert!(log.as_array().unwrap().iter().any(|r| r["action"] == "key destroy (waiting period over)"), "{log}");
+}
+
+/// Each role can do exactly what it should, end to end: every row runs a
+/// real command as each role and expects it refused (exit 8) or not.
+#[test]
+fn roles_by_operations() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "TBL.DATA", Env::s(&e.file("t", b"table data"))]);
+    let roles = ["security-admin", "key-custodian", "storage-admin", "app", "auditor"];
+    for r in roles {
+        e.cmd(&["user", "add", r, "--role", r]).env("CUSTOS_NEW_CREDENTIAL", "role credential 123").assert().success();
+    }
+    e.ok(&["user", "grant", "app", "--data", "TBL.**"]);
+    e.ok(&["user", "grant", "app", "--key", "DSET.PRIM.TBL.*"]);
+    let put = e.file("n", b"new");
+    //            command                                         sec    cust   stor   app    audit
+    let table: Vec<(Vec<&str>, [bool; 5])> = vec![
+        (vec!["key", "ls"], [true, true, true, true, true]),
+        (vec!["key", "create", "--app", "TBL"], [true, false, false, false, false]),
+        (vec!["key", "cancel-destroy", "NO.SUCH.KEY"], [true, false, false, false, false]),
+        (vec!["config", "set", "chunk.size", "65536"], [true, false, false, false, false]),
+        (vec!["user", "disable", "nobody"], [true, false, false, false, false]),
+        (vec!["mk", "status"], [false, true, false, false, false]),
+        (vec!["escrow", "purge", "NO.SUCH.KEY"], [false, true, false, false, false]),
+        (vec!["keystore", "backup", "--to", "default"], [true, true, false, false, false]),
+        (vec!["hsm", "rule", "rm", "nope"], [false, false, true, false, false]),
+        (vec!["snapshot", "create", "TBL.DATA"], [false, false, true, false, false]),
+        (vec!["backup", "verify"], [false, false, true, false, false]),
+        (vec!["ds", "get", "TBL.DATA"], [false, false, false, true, false]),
+        (vec!["ds", "put", "TBL.NEW", Env::s(&put)], [false, false, false, true, false]),
+        (vec!["audit", "ls"], [true, false, false, false, true]),
+        (vec!["risk", "report"], [true, false, true, false, true]),
+    ];
+    let mut wrong = Vec::new();
+    for (args, allowed) in &table {
+        for (i, r) in roles.iter().enumerate() {
+            let o = e.as_user(r, "role credential 123").run(args);
+            let refused = o.status.code() == Some(8);
+            if refused == allowed[i] {
+                wrong.push(format!("{r} {args:?}: refused={refused}: {}", String::from_utf8_lossy(&o.stderr)));
+            }
+            if refused {
+                assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("{r} may not do this")));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Grants, not just roles: the app may not read outside them.
+    e.ok(&["ds", "put", "OTHER.DATA", Env::s(&e.file("o", b"other"))]);
+    let err = e.as_user("app", "role credential 123").fails(&["ds", "get", "OTHER.DATA"], 8);
+    assert!(err.contains("no data grant that covers dataset OTHER.DATA"), "{err}");
+    e.ok(&["user", "grant", "app", "--data", "OTHER.**"]);
+    let err = e.as_user("app", "role credential 123").fails(&["ds", "get", "OTHER.DATA"], 8);
+    assert!(
+        err.contains("no key grant that covers key DSET.PRIM.OTHER.key001"),
+        "data and key grants are separate: {err}"
+    );
+    // Authentication: wrong credential, unknown and disabled users, all one message.
+    let denied = |who: &str, cred: &str| {
+        let o = e.as_user(who, cred).run(&["key", "ls"]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(6), "{err}");
+        assert!(err.contains(&format!("user {who} could not be authenticated")), "{err}");
+        assert!(!err.contains(cred), "the credential is never echoed");
+    };
+    denied("app", "wrong credential!");
+    denied("nobody", "role credential 123");
+    e.ok(&["user", "disable", "auditor"]);
+    denied("auditor", "role credential 123");
+    // Tokens for scripts: shown once, stored hashed.
+    let tok = e.json(&["user", "add", "backup-bot", "--role", "storage-admin", "--token"]);
+    let token = tok["token"].as_str().unwrap();
+    assert!(token.starts_with("cst_"));
+    e.as_user("backup-bot", token).ok(&["backup", "ls"]);
+    let db = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+    let stored: String =
+        db.query_row("SELECT credential FROM principals WHERE name = 'backup-bot'", [], |r| r.get(0)).unwrap();
+    assert!(stored.starts_with("token$") && !stored.contains(&token[4..]));
+    let stored: String =
+        db.query_row("SELECT credential FROM principals WHERE name = 'app'", [], |r| r.get(0)).unwrap();
+    assert!(stored.starts_with("argon2id$") && !stored.contains("role credential"));
+    // The last security-admin stays.
+    let sa = e.as_user("security-admin", "role credential 123");
+    sa.ok(&["user", "disable", "ops"]);
+    sa.ok(&["user", "disable", "admin"]);
+    let err = sa.fails(&["user", "disable", "security-admin"], 1);
+    assert!(err.contains("last enabled security-admin"), "{err}");
+}
+
+/// The paper's separation of duties: a storage administrator copies and
+/// snapshots a dataset whose key it may not use, and cannot read it.
+#[test]
+fn storage_admin_copies_what_it_cannot_read() {
+    let e = Env::new();
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let bytes = data(200_000, 21);
+    e.ok(&["ds", "put", "PAY.MASTER", Env::s(&e.file("p", &bytes))]);
+    e.cmd(&["user", "add", "stor", "--role", "storage-admin"])
+        .env("CUSTOS_NEW_CREDENTIAL", "storage credential")
+        .assert()
+        .success();
+    let st = e.as_user("stor", "storage credential");
+    // No passphrase either: the storage tier never touches a key.
+    let raw = st
+        .cmd(&["backup", "run", "PAY.**", "--method", "raw", "--to", "offsite", "--json"])
+        .env_remove("CUSTOS_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    let snap = st.cmd(&["snapshot", "create", "PAY.MASTER"]).env_remove("CUSTOS_PASSPHRASE").output().unwrap();
+    assert!(snap.status.success(), "{}", String::from_utf8_lossy(&snap.stderr));
+    let err = st.fails(&["ds", "get", "PAY.MASTER"], 8);
+    assert!(err.contains("stor may not do this") && err.contains("DataRead"), "{err}");
+    assert!(
+        st.fails(&["backup", "run", "PAY.**", "--to", "offsite"], 8).contains("DataRead"),
+        "a logical copy reads the data"
+    );
+    assert!(st.fails(&["restore", "PAY.MASTER"], 8).contains("DataWrite"));
+    // The copies it made are good: the data's owner restores from the raw copy.
+    e.ok(&["ds", "rm", "PAY.MASTER"]);
+    e.ok(&["restore", "PAY.MASTER"]);
+    assert_eq!(e.run(&["ds", "get", "PAY.MASTER"]).stdout, bytes);
 }

@@ -81,6 +81,10 @@ pub enum Error {
     Chunk { dataset: DatasetName, generation: u64, index: u64, id: ChunkId, volume: String, problem: ChunkProblem },
     #[error("the manifest of dataset {dataset} generation {generation} on {volume} {why}. Restore the dataset from a backup copy")]
     Manifest { dataset: DatasetName, generation: u64, volume: String, why: String },
+    #[error("user {name} could not be authenticated: wrong or missing credential, or the user is disabled; give --user and the credential (CUSTOS_CREDENTIAL, --credential-file, or the prompt)")]
+    AuthFailed { name: String },
+    #[error("{principal} may not do this: {why}; a security-admin can grant it (`custos user grant`)")]
+    Forbidden { principal: String, why: String },
     #[error("key {label} is scheduled for destruction at {at} and cannot be used; `custos key cancel-destroy {label}` brings it back before then")]
     KeyPendingDestruction { label: KeyLabel, at: jiff::Timestamp },
     #[error("the audit log was tampered with: {problem}; keep this vault's catalog as evidence and compare it with an earlier export")]

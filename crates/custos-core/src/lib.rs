@@ -22,6 +22,7 @@ mod keystore;
 mod masterkey;
 mod mirror;
 mod pipeline;
+mod principals;
 pub mod progress;
 mod retention;
 mod secretfile;
@@ -40,6 +41,7 @@ pub use keystore::Recovered;
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use mirror::MirrorStatus;
 pub use pipeline::default_threads;
+pub use principals::GrantKind;
 pub use retention::Retention;
 pub use secretfile::{KeyPartFile, ShareFile};
 pub use vault::{

@@ -4,16 +4,18 @@
 //! No I/O.
 #![forbid(unsafe_code)]
 
+mod governance;
 mod lifecycle;
 mod names;
 mod naming;
 mod records;
 
+pub use governance::{role_permits, Op, Role};
 pub use lifecycle::{KeyAction, KeyState, KeyUse, LifecycleError};
 pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
 pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
     BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule,
-    KbkRecord, KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, Purpose, SnapshotRecord,
-    VolumeRecord, WrappedMaterial,
+    KbkRecord, KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, PrincipalRecord, Purpose,
+    SnapshotRecord, VolumeRecord, WrappedMaterial,
 };

@@ -367,3 +367,19 @@ pub struct HsmRule {
     pub migrate_to: Option<VolumeName>,
     pub created_at: Timestamp,
 }
+
+/// A principal: who runs a command. The credential is stored only as a
+/// hash (Argon2id for a passphrase, SHA-256 for a random token).
+#[derive(Clone, Debug, Serialize)]
+pub struct PrincipalRecord {
+    pub name: String,
+    pub roles: Vec<crate::Role>,
+    #[serde(skip)]
+    pub credential: String,
+    pub disabled: bool,
+    pub created_at: Timestamp,
+    /// Dataset-name patterns it may read and write (role app).
+    pub data_grants: Vec<Pattern>,
+    /// Key-label patterns it may use (role app).
+    pub key_grants: Vec<Pattern>,
+}

@@ -10,7 +10,7 @@ mod sqlite;
 use custos_crypto::Mkvp;
 use custos_model::{
     BackupRecord, ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, HsmRule, KbkRecord, KeyLabel,
-    KeyRecord, KeystoreBackupRecord, PolicyRecord, SnapshotRecord, VolumeName, VolumeRecord,
+    KeyRecord, KeystoreBackupRecord, Pattern, PolicyRecord, PrincipalRecord, SnapshotRecord, VolumeName, VolumeRecord,
 };
 use thiserror::Error;
 
@@ -214,6 +214,16 @@ pub trait Repository: Send + Sync {
     fn set_destroy_after(&self, label: &KeyLabel, at: Option<jiff::Timestamp>) -> Result<()>;
     /// Keys scheduled for destruction, soonest first.
     fn destroy_schedule(&self) -> Result<Vec<(KeyLabel, jiff::Timestamp)>>;
+
+    fn insert_principal(&self, p: &PrincipalRecord) -> Result<()>;
+    /// A principal with its grants.
+    fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>>;
+    fn principals(&self) -> Result<Vec<PrincipalRecord>>;
+    fn set_principal_disabled(&self, name: &str, disabled: bool) -> Result<()>;
+    /// Add a grant (`kind` is "data" or "key"); adding an existing one is not an error.
+    fn add_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<()>;
+    /// Remove a grant; false when there was none.
+    fn remove_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<bool>;
 
     fn insert_hsm_rule(&self, rule: &HsmRule) -> Result<()>;
     /// All `hsm run` rules, by name.

@@ -8,7 +8,7 @@ use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
     BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule,
     KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget,
-    Purpose, SnapshotRecord, VolumeName, VolumeRecord, WrappedMaterial,
+    PrincipalRecord, Purpose, Role, SnapshotRecord, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -1148,6 +1148,97 @@ impl Repository for SqliteRepository {
         let garbage = garbage_after(&tx, candidates, from.as_str(), (*id, generation))?;
         tx.commit().map_err(db("commit a move"))?;
         Ok(garbage)
+    }
+
+    fn insert_principal(&self, p: &PrincipalRecord) -> Result<()> {
+        let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+        let r = self.conn().execute(
+            "INSERT INTO principals (name, role, credential, disabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![p.name, roles.join(","), p.credential, p.disabled, ts(p.created_at)],
+        );
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "user", name: p.name.clone() }),
+            r => r.map(|_| ()).map_err(db("store a user")),
+        }
+    }
+
+    fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>> {
+        Ok(self.principals()?.into_iter().find(|p| p.name == name))
+    }
+
+    fn principals(&self) -> Result<Vec<PrincipalRecord>> {
+        let mut ps: Vec<PrincipalRecord> = self.query_all(
+            "list users",
+            "SELECT name, role, credential, disabled, created_at FROM principals ORDER BY name",
+            [],
+            |r| {
+                let roles: String = r.get(1)?;
+                Ok(PrincipalRecord {
+                    name: r.get(0)?,
+                    roles: roles
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Role::parse(s).ok_or_else(|| corrupt(format!("role {s}"))))
+                        .collect::<rusqlite::Result<_>>()?,
+                    credential: r.get(2)?,
+                    disabled: r.get(3)?,
+                    created_at: from_ts(r.get(4)?)?,
+                    data_grants: Vec::new(),
+                    key_grants: Vec::new(),
+                })
+            },
+        )?;
+        let grants: Vec<(String, String, String)> = self.query_all(
+            "list grants",
+            "SELECT principal, kind, pattern FROM grants ORDER BY principal, kind, pattern",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        for (who, kind, pat) in grants {
+            let pat = Pattern::new(pat).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
+            if let Some(p) = ps.iter_mut().find(|p| p.name == who) {
+                match kind.as_str() {
+                    "data" => p.data_grants.push(pat),
+                    _ => p.key_grants.push(pat),
+                }
+            }
+        }
+        Ok(ps)
+    }
+
+    fn set_principal_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("UPDATE principals SET disabled = ?2 WHERE name = ?1", params![name, disabled])
+            .map_err(db("change a user"))?;
+        if n == 0 {
+            return Err(RepoError::NotFound { kind: "user", name: name.into() });
+        }
+        Ok(())
+    }
+
+    fn add_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<()> {
+        if self.principal(name)?.is_none() {
+            return Err(RepoError::NotFound { kind: "user", name: name.into() });
+        }
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO grants (principal, kind, pattern, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, kind, pattern.as_str(), ts(Timestamp::now())],
+            )
+            .map_err(db("grant"))?;
+        Ok(())
+    }
+
+    fn remove_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM grants WHERE principal = ?1 AND kind = ?2 AND pattern = ?3",
+                params![name, kind, pattern.as_str()],
+            )
+            .map_err(db("revoke"))?;
+        Ok(n > 0)
     }
 
     fn set_destroy_after(&self, label: &KeyLabel, at: Option<Timestamp>) -> Result<()> {

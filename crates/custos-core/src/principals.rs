@@ -1,0 +1,221 @@
+//! Principals, their credentials and grants, and the one place where a
+//! principal's right to an operation is decided ([`Vault::authorize`]).
+
+use aws_lc_rs::{constant_time, digest};
+use custos_crypto::{Kdf, KdfParams, Passphrase};
+use custos_model::{role_permits, DatasetName, KeyLabel, Op, Pattern, PrincipalRecord, Role};
+use jiff::Timestamp;
+
+use crate::vault::{Vault, VaultState};
+use crate::{Error, Result};
+
+/// Argon2id for passphrases: 19 MiB, 2 passes (OWASP's recommendation),
+/// fast enough to run on every command.
+const CREDENTIAL_KDF: KdfParams = KdfParams { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
+const TOKEN_PREFIX: &str = "cst_";
+
+fn hash_passphrase(secret: &Passphrase, params: KdfParams, salt: [u8; 16]) -> Result<[u8; 32]> {
+    let k =
+        Kdf { params, salt }.derive(secret).map_err(|e| Error::Invalid { what: "credential", why: e.to_string() })?;
+    Ok(*k.expose_secret())
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    digest::digest(&digest::SHA256, b).as_ref().try_into().expect("32 bytes")
+}
+
+/// Check `secret` against a stored credential, in constant time.
+fn credential_matches(stored: &str, secret: &Passphrase) -> bool {
+    let parts: Vec<&str> = stored.split('$').collect();
+    let want = match parts.as_slice() {
+        ["argon2id", m, t, salt, hash] => {
+            let (Ok(m), Ok(t), Ok(salt), Ok(hash)) = (m.parse(), t.parse(), hex::decode(salt), hex::decode(hash))
+            else {
+                return false;
+            };
+            let Ok(salt): std::result::Result<[u8; 16], _> = salt.try_into() else { return false };
+            let params = KdfParams { memory_kib: m, iterations: t, parallelism: 1 };
+            match hash_passphrase(secret, params, salt) {
+                Ok(got) => return constant_time::verify_slices_are_equal(&got, &hash).is_ok(),
+                Err(_) => return false,
+            }
+        }
+        ["token", hash] => hex::decode(hash).unwrap_or_default(),
+        _ => return false,
+    };
+    constant_time::verify_slices_are_equal(&sha256(secret.expose_secret()), &want).is_ok()
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+        return Err(Error::Invalid {
+            what: "user name",
+            why: format!("{name:?}: use 1 to 64 letters, digits and - _ . @"),
+        });
+    }
+    Ok(())
+}
+
+impl<S: VaultState> Vault<S> {
+    /// Add a principal. With a passphrase, it is stored as an Argon2id hash;
+    /// without, a random token is made, stored as a SHA-256 hash, and
+    /// returned once (for scripts).
+    pub fn user_add(
+        &self,
+        name: &str,
+        roles: &[Role],
+        passphrase: Option<&Passphrase>,
+    ) -> Result<(PrincipalRecord, Option<String>)> {
+        check_name(name)?;
+        if roles.is_empty() {
+            return Err(Error::Invalid { what: "roles", why: "give at least one --role".into() });
+        }
+        let mut roles = roles.to_vec();
+        roles.sort();
+        roles.dedup();
+        let (credential, token) = match passphrase {
+            Some(p) => {
+                if p.expose_secret().len() < 8 {
+                    return Err(Error::Invalid { what: "credential", why: "it is shorter than 8 characters".into() });
+                }
+                let salt: [u8; 16] =
+                    custos_crypto::random_array().map_err(|e| Error::Invalid { what: "random", why: e.to_string() })?;
+                let h = hash_passphrase(p, CREDENTIAL_KDF, salt)?;
+                (
+                    format!(
+                        "argon2id${}${}${}${}",
+                        CREDENTIAL_KDF.memory_kib,
+                        CREDENTIAL_KDF.iterations,
+                        hex::encode(salt),
+                        hex::encode(h)
+                    ),
+                    None,
+                )
+            }
+            None => {
+                let raw: [u8; 32] =
+                    custos_crypto::random_array().map_err(|e| Error::Invalid { what: "random", why: e.to_string() })?;
+                let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
+                (format!("token${}", hex::encode(sha256(token.as_bytes()))), Some(token))
+            }
+        };
+        let rec = PrincipalRecord {
+            name: name.into(),
+            roles,
+            credential,
+            disabled: false,
+            created_at: Timestamp::now(),
+            data_grants: Vec::new(),
+            key_grants: Vec::new(),
+        };
+        self.repo.insert_principal(&rec)?;
+        Ok((rec, token))
+    }
+
+    pub fn users(&self) -> Result<Vec<PrincipalRecord>> {
+        Ok(self.repo.principals()?)
+    }
+
+    pub fn user(&self, name: &str) -> Result<PrincipalRecord> {
+        self.repo
+            .principal(name)?
+            .ok_or_else(|| Error::Invalid { what: "user", why: format!("no user {name:?}: see `custos user ls`") })
+    }
+
+    /// Disable a principal; the last enabled security-admin cannot be.
+    pub fn user_disable(&self, name: &str) -> Result<()> {
+        let u = self.user(name)?;
+        let admins = self
+            .users()?
+            .into_iter()
+            .filter(|p| !p.disabled && p.roles.contains(&Role::SecurityAdmin) && p.name != u.name)
+            .count();
+        if u.roles.contains(&Role::SecurityAdmin) && admins == 0 {
+            return Err(Error::Invalid {
+                what: "user disable",
+                why: format!("{name} is the last enabled security-admin; add another first"),
+            });
+        }
+        Ok(self.repo.set_principal_disabled(name, true)?)
+    }
+
+    /// Grant access to datasets (`data`) or keys (`key`) matching `pattern`.
+    pub fn grant(&self, name: &str, kind: GrantKind, pattern: &Pattern) -> Result<()> {
+        self.user(name)?;
+        Ok(self.repo.add_grant(name, kind.as_str(), pattern)?)
+    }
+
+    pub fn revoke(&self, name: &str, kind: GrantKind, pattern: &Pattern) -> Result<()> {
+        if !self.repo.remove_grant(name, kind.as_str(), pattern)? {
+            return Err(Error::Invalid {
+                what: "revoke",
+                why: format!("{name} has no {} grant {pattern}", kind.as_str()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the vault has principals at all (vaults made before
+    /// governance have none, and run as before until the first is added).
+    pub fn has_users(&self) -> Result<bool> {
+        Ok(!self.repo.principals()?.is_empty())
+    }
+
+    /// Who is acting: the principal `name`, if `secret` is its credential
+    /// and it is enabled. One message for every failure, so it tells an
+    /// attacker nothing.
+    pub fn authenticate(&self, name: &str, secret: &Passphrase) -> Result<PrincipalRecord> {
+        match self.repo.principal(name)? {
+            Some(p) if !p.disabled && credential_matches(&p.credential, secret) => Ok(p),
+            _ => Err(Error::AuthFailed { name: name.into() }),
+        }
+    }
+
+    /// The one place where rights are decided: may `p` perform `op`, on
+    /// `dataset` sealed under `key` when it is a data operation?
+    pub fn authorize(
+        &self,
+        p: &PrincipalRecord,
+        op: Op,
+        dataset: Option<&DatasetName>,
+        key: Option<&KeyLabel>,
+    ) -> Result<()> {
+        let deny = |why: String| Err(Error::Forbidden { principal: p.name.clone(), why });
+        if p.disabled {
+            return deny("the user is disabled".into());
+        }
+        if !p.roles.iter().any(|r| role_permits(*r, op)) {
+            let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+            return deny(format!("its roles ({}) do not allow {op:?}", roles.join(", ")));
+        }
+        if op.is_data() {
+            if let Some(d) = dataset {
+                if !p.data_grants.iter().any(|g| g.matches(d.as_str())) {
+                    return deny(format!("it has no data grant that covers dataset {d}"));
+                }
+            }
+            if let Some(k) = key {
+                if !p.key_grants.iter().any(|g| g.matches(k.as_str())) {
+                    return deny(format!("it has no key grant that covers key {k}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a grant covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantKind {
+    Data,
+    Key,
+}
+
+impl GrantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Data => "data",
+            Self::Key => "key",
+        }
+    }
+}
