@@ -16,6 +16,7 @@
 # Usage: bench/compare.sh [WORKDIR]      (needs ~24 GiB free)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 root=$(pwd)
 work=${1:-/tmp/custos-compare}
 need=()
@@ -60,7 +61,7 @@ cp_s=$(t cp -r "$work/data" "$work/cp-copy")
 
 # Custos.
 export CUSTOS_VAULT="$work/vault" CUSTOS_PASSPHRASE="bench-not-secret"
-"$custos" init --kdf-memory-mib 8 --kdf-iterations 1 > /dev/null
+bench_vault
 "$custos" volume add offsite --path "$work/offsite" --site B > /dev/null
 "$custos" volume add rawcopy --path "$work/rawcopy" --site B > /dev/null
 c_import=$(t "$custos" ds import "$work/data" --prefix BENCH)

@@ -10,6 +10,7 @@
 # Usage: bench/put-get.sh [WORKDIR]      (default /tmp/custos-bench; needs ~12 GiB free)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 root=$(pwd)
 work=${1:-/tmp/custos-bench}
 command -v /usr/bin/time >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq time; }
@@ -28,7 +29,7 @@ cat "$src" > /dev/null   # warm the page cache
 export CUSTOS_VAULT="$work/vault" CUSTOS_PASSPHRASE="bench-passphrase-not-secret"
 # A cheap KDF so the fixed cost of unsealing does not blur the data path; it
 # is measured on its own below.
-"$custos" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
+bench_vault
 
 # time_cmd LABEL CMD... → prints "seconds maxrss_kib"
 time_cmd() {

@@ -8,6 +8,7 @@
 # Usage: bench/reencipher.sh [N] [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 root=$(pwd)
 n=${1:-100000}
 work=${2:-/tmp/custos-bench-mk}
@@ -20,7 +21,7 @@ results=()
 for i in 1 2 3; do
   rm -rf "$work" && mkdir -p "$work"
   export CUSTOS_VAULT="$work/vault"
-  "$custos" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
+  bench_vault
   t0=$(date +%s.%N)
   "$custos" key create --app BENCH --count "$n" --activate >/dev/null
   t1=$(date +%s.%N)

@@ -85,6 +85,9 @@ pub enum Command {
     /// this vault), and drills that prove it on a scratch clone.
     #[command(subcommand)]
     Risk(RiskCmd),
+    /// Dual-control requests: list, approve (which runs the command) or deny.
+    #[command(subcommand)]
+    Request(RequestCmd),
     /// Principals: who may run commands, with which roles and grants.
     #[command(subcommand)]
     User(UserCmd),
@@ -115,6 +118,18 @@ pub enum Command {
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RequestCmd {
+    /// List requests, newest first.
+    Ls,
+    /// Show one request and the command it holds.
+    Show { id: u64 },
+    /// Approve a request made by someone else, and run its command now.
+    Approve { id: u64 },
+    /// Deny a request.
+    Deny { id: u64 },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

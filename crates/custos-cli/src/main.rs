@@ -24,7 +24,8 @@ use custos_core::{
 
 use args::{
     AuditCmd, BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, HsmCmd, HsmRuleCmd, KeyCmd, KeystoreCmd, MediumArg,
-    MethodArg, MirrorCmd, PolicyCmd, PurposeArg, ReportFormat, RiskCmd, RoleArg, SnapshotCmd, UserCmd, VolumeCmd,
+    MethodArg, MirrorCmd, PolicyCmd, PurposeArg, ReportFormat, RequestCmd, RiskCmd, RoleArg, SnapshotCmd, UserCmd,
+    VolumeCmd,
 };
 use output::{bytes, json, when, Table};
 
@@ -266,25 +267,86 @@ fn credential(cli: &Cli, name: &str, confirm: bool) -> anyhow::Result<Passphrase
 /// Who is acting, checked against the vault's principals, and whether the
 /// command is within their rights. Vaults made before principals existed
 /// have none and skip this until the first is added.
-fn gate(cli: &Cli) -> anyhow::Result<()> {
+fn gate(cli: &Cli) -> anyhow::Result<Option<custos_core::model::PrincipalRecord>> {
     if matches!(cli.command, Command::Init(_) | Command::Demo { .. }) {
-        return Ok(());
+        return Ok(None);
     }
     let v = Vault::open(&cli.vault)?;
     if !v.has_users()? {
-        return Ok(());
+        return Ok(None);
     }
     let name = cli.user.clone().ok_or_else(|| anyhow!("who is acting? give --user NAME (or set CUSTOS_USER)"))?;
     let me = v.authenticate(&name, &credential(cli, &name, false)?)?;
-    for n in rights::needs(cli, &v)? {
+    permitted(cli, &v, &me)?;
+    Ok(Some(me))
+}
+
+/// Whether `p` has every right the command needs.
+fn permitted(cli: &Cli, v: &Vault<Sealed>, p: &custos_core::model::PrincipalRecord) -> anyhow::Result<()> {
+    for n in rights::needs(cli, v)? {
         let key = n.dataset.as_ref().and_then(|d| v.dataset(d).ok()).map(|d| d.current.key_label);
-        v.authorize(&me, n.op, n.dataset.as_ref(), key.as_ref())?;
+        v.authorize(p, n.op, n.dataset.as_ref(), key.as_ref())?;
     }
     Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    gate(&cli)?;
+    let me = gate(&cli)?;
+    if let (Some(me), Some(action)) = (&me, rights::controlled(&cli.command)) {
+        let v = Vault::open(&cli.vault)?;
+        // Dual control needs a second principal who could run it too; a
+        // vault with only one (a fresh one) runs it, and the audit log shows who.
+        let second =
+            v.users()?.into_iter().any(|p| !p.disabled && p.name != me.name && permitted(&cli, &v, &p).is_ok());
+        if v.dual_control()?.iter().any(|a| a == action) && second {
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            let r = v.request_create(action, &serde_json::to_string(&argv)?, &me.name)?;
+            if cli.json {
+                return json(&r);
+            }
+            println!(
+                "request {}: {action} is under dual control; it runs when another authorized principal approves it with `custos request approve {}` (before {})",
+                r.id,
+                r.id,
+                r.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+            );
+            return Ok(());
+        }
+    }
+    if let (Some(me), Command::Request(RequestCmd::Approve { id })) = (&me, &cli.command) {
+        return approve(&cli, me, *id);
+    }
+    dispatch(cli)
+}
+
+/// Approve request `id` as `me` and run its command now, as `me`.
+fn approve(cli: &Cli, me: &custos_core::model::PrincipalRecord, id: u64) -> anyhow::Result<()> {
+    let v = Vault::open(&cli.vault)?;
+    let r = v.request(id)?;
+    let argv: Vec<String> = serde_json::from_str(&r.args).context("the request's command is damaged")?;
+    let mut held =
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("custos".to_string()).chain(argv.iter().cloned()))
+            .map_err(|e| anyhow!("request {id} holds a command this Custos cannot read: {e}"))?;
+    held.vault = cli.vault.clone();
+    held.user = Some(me.name.clone());
+    held.json = cli.json;
+    // The approver must be allowed to run it too.
+    permitted(&held, &v, me)?;
+    v.request_decide(id, &me.name, true)?;
+    println!("request {id} approved by {}; running: custos {}", me.name, argv.join(" "));
+    let out = dispatch(held);
+    v.request_finish(
+        id,
+        &me.name,
+        &match &out {
+            Ok(()) => "executed".to_string(),
+            Err(e) => format!("failed: {e:#}"),
+        },
+    )?;
+    out
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Init(a) => {
             let kdf = KdfParams {
@@ -342,6 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Risk(c) => risk_cmd(&cli, c),
         Command::Audit(c) => audit_cmd(&cli, c),
         Command::User(c) => user_cmd(&cli, c),
+        Command::Request(c) => request_cmd(&cli, c),
         Command::Restore { dataset: d, backup, generation, at, as_name } => {
             let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
@@ -890,6 +953,50 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 Ok(())
             }
         }
+    }
+}
+
+fn request_cmd(cli: &Cli, c: &RequestCmd) -> anyhow::Result<()> {
+    let v = sealed(cli)?;
+    let show = |r: &custos_core::RequestRow| -> String {
+        let argv: Vec<String> = serde_json::from_str(&r.args).unwrap_or_default();
+        format!(
+            "request {} [{}] {} by {} at {}: custos {}{}",
+            r.id,
+            r.state,
+            r.action,
+            r.requested_by,
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            argv.join(" "),
+            r.decided_by.as_ref().map(|d| format!(" (decided by {d})")).unwrap_or_default()
+        )
+    };
+    match c {
+        RequestCmd::Ls => {
+            let rs = v.requests()?;
+            if cli.json {
+                return json(&rs);
+            }
+            for r in &rs {
+                println!("{}", show(r));
+            }
+            Ok(())
+        }
+        RequestCmd::Show { id } => {
+            let r = v.request(*id)?;
+            if cli.json {
+                return json(&r);
+            }
+            println!("{}", show(&r));
+            Ok(())
+        }
+        RequestCmd::Deny { id } => {
+            let me = cli.user.clone().unwrap_or_default();
+            let r = v.request_decide(*id, &me, false)?;
+            println!("{}", show(&r));
+            Ok(())
+        }
+        RequestCmd::Approve { .. } => bail!("approving needs an authenticated user: give --user"),
     }
 }
 
@@ -1659,7 +1766,9 @@ fn config_cmd(cli: &Cli, c: &ConfigCmd) -> anyhow::Result<()> {
                 "s3.endpoint" | "s3.region" => v.set_s3_setting(key, value)?,
                 "key.destroy.wait" => v.set_destroy_default_wait(value)?,
                 "key.destroy.min-wait" => v.set_destroy_min_wait(value)?,
-                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, s3.endpoint, s3.region, key.destroy.wait and key.destroy.min-wait"),
+                "dual-control" => v.set_dual_control(value)?,
+                "request.ttl" => v.set_request_ttl(value)?,
+                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, s3.endpoint, s3.region, key.destroy.wait, key.destroy.min-wait, dual-control and request.ttl"),
             }
             show(v.settings()?.into_iter().filter(|(k, _)| k == key).collect())
         }

@@ -7,7 +7,7 @@ use custos_core::{Sealed, Vault};
 
 use crate::args::{
     AuditCmd, BackupCmd, Cli, Command, ConfigCmd, DsCmd, EscrowCmd, HsmCmd, HsmRuleCmd, KeyCmd, KeystoreCmd, MethodArg,
-    MirrorCmd, PolicyCmd, RiskCmd, SnapshotCmd, UserCmd, VolumeCmd,
+    MirrorCmd, PolicyCmd, RequestCmd, RiskCmd, SnapshotCmd, UserCmd, VolumeCmd,
 };
 
 /// One right a command needs: an operation, on a dataset when it touches one.
@@ -141,5 +141,26 @@ pub fn needs(cli: &Cli, v: &Vault<Sealed>) -> anyhow::Result<Vec<Need>> {
             UserCmd::Ls => op(Inspect),
             _ => op(UserAdmin),
         },
+        Command::Request(c) => match c {
+            RequestCmd::Ls | RequestCmd::Show { .. } => op(Inspect),
+            RequestCmd::Approve { .. } | RequestCmd::Deny { .. } => op(Approve),
+        },
+    })
+}
+
+/// The dual-control action a command is, if any.
+pub fn controlled(cmd: &Command) -> Option<&'static str> {
+    Some(match cmd {
+        Command::Key(KeyCmd::Destroy { .. }) => "key-destroy",
+        Command::Key(KeyCmd::Recover { from: Some(_), .. }) => "key-recover",
+        Command::Key(KeyCmd::Recover { from: None, .. }) => "escrow-recover",
+        Command::Mk(crate::args::MkCmd::Activate) => "mk-activate",
+        Command::Policy(PolicyCmd::Add { .. } | PolicyCmd::Rm { .. }) | Command::Config(ConfigCmd::Set { .. }) => {
+            "policy-change"
+        }
+        Command::User(
+            UserCmd::Add { .. } | UserCmd::Grant { .. } | UserCmd::Revoke { .. } | UserCmd::Disable { .. },
+        ) => "role-change",
+        _ => return None,
     })
 }

@@ -33,6 +33,8 @@ impl Env {
         // Most tests want `key destroy` at once; the waiting period has its own test.
         e.ok(&["config", "set", "key.destroy.min-wait", "0s"]);
         e.ok(&["config", "set", "key.destroy.wait", "0s"]);
+        // And without dual control, which also has its own test.
+        e.ok(&["config", "set", "dual-control", "none"]);
         e.as_operator();
         e
     }
@@ -87,6 +89,7 @@ impl Env {
         env.extend(admin_env());
         let mut e = Self { dir, vault, env, _tokens: Some(tokens) };
         e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--site", "A"]);
+        e.ok(&["config", "set", "dual-control", "none"]);
         e.as_operator();
         e
     }
@@ -1139,9 +1142,9 @@ fn audit_log_is_tamper_evident() {
     assert!(e.ok(&["audit", "verify"]).contains("audit log intact"));
     let by_object = e.json(&["audit", "ls", "--object", "AUD.ONE"]);
     assert_eq!(by_object.as_array().unwrap().len(), 2);
-    // init, three settings, adding ops and its two grants: the admin's seven.
+    // init, four settings, adding ops and its two grants: the admin's eight.
     let admin = rows.iter().filter(|r| r["principal"] == "admin").count();
-    assert_eq!(admin, 7, "{rows:?}");
+    assert_eq!(admin, 8, "{rows:?}");
     assert_eq!(e.json(&["audit", "ls", "--principal", "admin"]).as_array().unwrap().len(), admin);
     let jsonl = e.ok(&["audit", "export", "--jsonl"]);
     assert!(jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
@@ -1373,4 +1376,60 @@ fn storage_admin_copies_what_it_cannot_read() {
     e.ok(&["ds", "rm", "PAY.MASTER"]);
     e.ok(&["restore", "PAY.MASTER"]);
     assert_eq!(e.run(&["ds", "get", "PAY.MASTER"]).stdout, bytes);
+}
+
+/// Dual control: a destroy becomes a request; its requester cannot approve
+/// it, a principal without the right cannot either; a second authorized one
+/// approves and it runs. Denied and expired requests do not run.
+#[test]
+fn dual_control_needs_a_second_principal() {
+    let e = Env::new();
+    let bytes = data(50_000, 33);
+    e.ok(&["ds", "put", "DUAL.DATA", Env::s(&e.file("d", &bytes))]);
+    e.ok(&["key", "deactivate", "DSET.PRIM.DUAL.key001"]);
+    e.ok(&["config", "set", "dual-control", "key-destroy,role-change"]);
+    e.cmd(&["user", "add", "stor", "--role", "storage-admin"])
+        .env("CUSTOS_NEW_CREDENTIAL", "storage credential")
+        .assert()
+        .success();
+    // Adding a user is a role change: it waits for a second security-admin (admin).
+    let stor_req = e.json(&["user", "ls"]).as_array().unwrap().iter().any(|u| u["name"] == "stor");
+    assert!(!stor_req, "the user is not added before approval");
+    let admin = e.as_user("admin", ADMIN_CRED);
+    let req = e.json(&["request", "ls"])[0].clone();
+    assert_eq!(
+        (req["action"].as_str(), req["state"].as_str(), req["requested_by"].as_str()),
+        (Some("role-change"), Some("pending"), Some("ops"))
+    );
+    let id = req["id"].as_u64().unwrap().to_string();
+    assert!(e.fails(&["request", "approve", &id], 8).contains("its own"), "nobody approves their own request");
+    admin.cmd(&["request", "approve", &id]).env("CUSTOS_NEW_CREDENTIAL", "storage credential").assert().success();
+    assert!(e.json(&["user", "ls"]).as_array().unwrap().iter().any(|u| u["name"] == "stor"));
+    assert_eq!(e.json(&["request", "show", &id])["state"], "executed");
+
+    // The destroy waits; the data is still there.
+    let out = e.ok(&["key", "destroy", "DSET.PRIM.DUAL.key001", "--crypto-erase"]);
+    assert!(out.contains("under dual control"), "{out}");
+    assert_eq!(e.run(&["ds", "get", "DUAL.DATA"]).stdout, bytes);
+    let id = e.json(&["request", "ls"])[0]["id"].as_u64().unwrap().to_string();
+    // A principal who may not destroy keys may not approve it either.
+    let err = e.as_user("stor", "storage credential").fails(&["request", "approve", &id], 8);
+    assert!(err.contains("stor may not do this"), "{err}");
+    admin.ok(&["request", "approve", &id]);
+    assert_eq!(e.json(&["key", "show", "DSET.PRIM.DUAL.key001"])["state"], "destroyed");
+    assert!(admin.fails(&["request", "approve", &id], 1).contains("not pending"));
+
+    // Denied, and expired, requests never run.
+    e.ok(&["ds", "put", "DUAL.TWO", Env::s(&e.file("t", b"two"))]);
+    e.ok(&["key", "deactivate", "DSET.PRIM.DUAL.key002"]);
+    e.ok(&["key", "destroy", "DSET.PRIM.DUAL.key002", "--crypto-erase"]);
+    let id = e.json(&["request", "ls"])[0]["id"].as_u64().unwrap().to_string();
+    admin.ok(&["request", "deny", &id]);
+    assert!(admin.fails(&["request", "approve", &id], 1).contains("denied"));
+    e.ok(&["config", "set", "request.ttl", "1s"]);
+    e.ok(&["key", "destroy", "DSET.PRIM.DUAL.key002", "--crypto-erase"]);
+    let id = e.json(&["request", "ls"])[0]["id"].as_u64().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(admin.fails(&["request", "approve", &id], 1).contains("expired"));
+    assert_eq!(e.json(&["key", "show", "DSET.PRIM.DUAL.key002"])["state"], "inactive");
 }

@@ -24,6 +24,7 @@ mod mirror;
 mod pipeline;
 mod principals;
 pub mod progress;
+mod requests;
 mod retention;
 mod secretfile;
 mod state;
@@ -31,7 +32,7 @@ mod vault;
 
 pub use audit::{AuditFilter, AuditVerdict, AUDIT_KEY};
 pub use backup::{PruneDecision, RestoreReport};
-pub use custos_repo::{AuditCheckpoint, AuditRow};
+pub use custos_repo::{AuditCheckpoint, AuditRow, RequestRow};
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::EscrowStatus;
@@ -42,6 +43,7 @@ pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use mirror::MirrorStatus;
 pub use pipeline::default_threads;
 pub use principals::GrantKind;
+pub use requests::CONTROLLABLE;
 pub use retention::Retention;
 pub use secretfile::{KeyPartFile, ShareFile};
 pub use vault::{

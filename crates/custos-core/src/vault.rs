@@ -267,6 +267,15 @@ impl<S: VaultState> Vault<S> {
             (SETTING_S3_REGION, self.repo.setting(SETTING_S3_REGION)?.unwrap_or_default()),
             ("key.destroy.wait", format!("{:#}", self.destroy_default_wait()?)),
             ("key.destroy.min-wait", format!("{:#}", self.destroy_min_wait()?)),
+            ("dual-control", {
+                let d = self.dual_control()?;
+                if d.is_empty() {
+                    "none".to_string()
+                } else {
+                    d.join(",")
+                }
+            }),
+            ("request.ttl", format!("{:#}", self.request_ttl()?)),
         ])
     }
 

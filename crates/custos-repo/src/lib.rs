@@ -225,6 +225,14 @@ pub trait Repository: Send + Sync {
     /// Remove a grant; false when there was none.
     fn remove_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<bool>;
 
+    /// Record a dual-control request; returns its id.
+    fn insert_request(&self, r: &RequestRow) -> Result<u64>;
+    /// All requests, newest first.
+    fn requests(&self) -> Result<Vec<RequestRow>>;
+    /// Decide a pending request: set its state, decider and time, only if
+    /// it is still pending; false when it was not.
+    fn decide_request(&self, id: u64, state: &str, by: &str) -> Result<bool>;
+
     fn insert_hsm_rule(&self, rule: &HsmRule) -> Result<()>;
     /// All `hsm run` rules, by name.
     fn hsm_rules(&self) -> Result<Vec<HsmRule>>;
@@ -256,6 +264,23 @@ pub struct AuditCheckpoint {
     pub head: [u8; 32],
     pub at: jiff::Timestamp,
     pub mac: Vec<u8>,
+}
+
+/// A dual-control request: a command waiting for a second principal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RequestRow {
+    pub id: u64,
+    /// The controlled action ("key-destroy", ...).
+    pub action: String,
+    /// The command line to run once approved, as JSON (never secrets).
+    pub args: String,
+    pub requested_by: String,
+    pub created_at: jiff::Timestamp,
+    pub expires_at: jiff::Timestamp,
+    /// pending, approved, denied, executed, failed: ...
+    pub state: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<jiff::Timestamp>,
 }
 
 /// Computes an entry's chain hash from the previous one's (zeros first).

@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use crate::{
-    AuditCheckpoint, AuditLink, AuditRow, Garbage, GenerationCommit, RepoError, Repository, Result, Rewrap,
+    AuditCheckpoint, AuditLink, AuditRow, Garbage, GenerationCommit, RepoError, Repository, RequestRow, Result, Rewrap,
     VolumeObjects,
 };
 
@@ -1148,6 +1148,48 @@ impl Repository for SqliteRepository {
         let garbage = garbage_after(&tx, candidates, from.as_str(), (*id, generation))?;
         tx.commit().map_err(db("commit a move"))?;
         Ok(garbage)
+    }
+
+    fn insert_request(&self, r: &RequestRow) -> Result<u64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO requests (action, args, requested_by, created_at, expires_at, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            params![r.action, r.args, r.requested_by, ts(r.created_at), ts(r.expires_at)],
+        )
+        .map_err(db("record a request"))?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    fn requests(&self) -> Result<Vec<RequestRow>> {
+        self.query_all(
+            "list requests",
+            "SELECT id, action, args, requested_by, created_at, expires_at, state, decided_by, decided_at FROM requests ORDER BY id DESC",
+            [],
+            |r| {
+                Ok(RequestRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    action: r.get(1)?,
+                    args: r.get(2)?,
+                    requested_by: r.get(3)?,
+                    created_at: from_ts(r.get(4)?)?,
+                    expires_at: from_ts(r.get(5)?)?,
+                    state: r.get(6)?,
+                    decided_by: r.get(7)?,
+                    decided_at: r.get::<_, Option<i64>>(8)?.map(from_ts).transpose()?,
+                })
+            },
+        )
+    }
+
+    fn decide_request(&self, id: u64, state: &str, by: &str) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE requests SET state = ?2, decided_by = ?3, decided_at = ?4 WHERE id = ?1 AND (state = 'pending' OR (state = 'approved' AND ?2 NOT IN ('approved', 'denied')))",
+                params![id as i64, state, by, ts(Timestamp::now())],
+            )
+            .map_err(db("decide a request"))?;
+        Ok(n > 0)
     }
 
     fn insert_principal(&self, p: &PrincipalRecord) -> Result<()> {
