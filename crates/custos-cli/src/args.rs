@@ -88,6 +88,20 @@ pub enum Command {
     /// Dual-control requests: list, approve (which runs the command) or deny.
     #[command(subcommand)]
     Request(RequestCmd),
+    /// Check for what needs attention: keys expiring or unused, keys with no
+    /// escrow or keystore backup, datasets on inactive keys. Exits 10 when
+    /// it raises an alert.
+    Monitor {
+        /// Warn of keys expiring within this many days.
+        #[arg(long, default_value_t = 30)]
+        expiring_days: i64,
+        /// Warn of active keys unused for this many days.
+        #[arg(long, default_value_t = 90)]
+        unused_days: i64,
+        /// Print metrics in the Prometheus text format instead.
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// Principals: who may run commands, with which roles and grants.
     #[command(subcommand)]
     User(UserCmd),
@@ -522,14 +536,34 @@ pub enum KeyCmd {
     Ls { pattern: Option<String> },
     /// Show one key (never its material).
     Show { label: String },
-    /// pre-active or inactive → active.
-    Activate { label: String },
-    /// active → inactive (decrypt only).
-    Deactivate { label: String },
-    /// inactive → archived (unusable until restored).
-    Archive { label: String },
-    /// archived → inactive.
-    Restore { label: String },
+    /// pre-active or inactive → active. LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
+    /// matching key, each audited; --dry-run shows what would change.
+    Activate {
+        label: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// active → inactive (decrypt only). LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
+    /// matching key, each audited; --dry-run shows what would change.
+    Deactivate {
+        label: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// inactive → archived (unusable until restored). LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
+    /// matching key, each audited; --dry-run shows what would change.
+    Archive {
+        label: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// archived → inactive. LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
+    /// matching key, each audited; --dry-run shows what would change.
+    Restore {
+        label: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Restore keys (a label or pattern) from a keystore backup into the
     /// live keystore, re-wrapped under the CURRENT master key.
     Recover {

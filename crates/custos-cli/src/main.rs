@@ -90,6 +90,9 @@ fn describe(m: &clap::ArgMatches) -> (String, String) {
 
 /// Exit codes by error kind (documented in `custos --help`).
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<MonitorAlerts>().is_some() {
+        return 10;
+    }
     let Some(e) = e.downcast_ref::<Error>() else { return 1 };
     match e {
         Error::NoVault { .. }
@@ -241,6 +244,18 @@ fn parse_range(s: &str) -> anyhow::Result<(Option<u64>, Option<u64>)> {
     };
     Ok((num(a)?, num(b)?))
 }
+
+/// `monitor` found something: exit 10, so cron and CI notice.
+#[derive(Debug)]
+struct MonitorAlerts(usize);
+
+impl std::fmt::Display for MonitorAlerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} alert(s) raised; see above", self.0)
+    }
+}
+
+impl std::error::Error for MonitorAlerts {}
 
 /// The acting principal's credential: --credential-file, CUSTOS_CREDENTIAL,
 /// or a prompt.
@@ -405,6 +420,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(c) => audit_cmd(&cli, c),
         Command::User(c) => user_cmd(&cli, c),
         Command::Request(c) => request_cmd(&cli, c),
+        Command::Monitor { expiring_days, unused_days, prometheus } => {
+            let r = sealed(&cli)?.monitor(*expiring_days, *unused_days)?;
+            if *prometheus {
+                print!("{}", custos_core::prometheus_text(&r.metrics));
+            } else if cli.json {
+                json(&r)?;
+            } else if r.alerts.is_empty() {
+                println!("no alerts");
+            } else {
+                for a in &r.alerts {
+                    println!("[{}] {}: {}", a.code, a.subject, a.detail);
+                }
+            }
+            if r.alerts.is_empty() {
+                Ok(())
+            } else {
+                Err(MonitorAlerts(r.alerts.len()).into())
+            }
+        }
         Command::Restore { dataset: d, backup, generation, at, as_name } => {
             let at = at.as_deref().map(parse_time).transpose()?;
             let v = open(&cli)?;
@@ -466,6 +500,55 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A lifecycle action on one key, or on every key matching a pattern: each
+/// is checked, applied and audited on its own; with `dry_run` nothing
+/// changes. Keys the action does not apply to are listed, not failed.
+fn bulk(
+    cli: &Cli,
+    target: &str,
+    a: KeyAction,
+    dry_run: bool,
+    one: &dyn Fn(&str, KeyAction, bool) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if !target.contains(['*', '%']) && !dry_run {
+        return one(target, a, false);
+    }
+    let v = sealed(cli)?;
+    let p = Pattern::new(target)?;
+    let keys: Vec<_> = v.keys()?.into_iter().filter(|k| p.matches(k.label.as_str())).collect();
+    if keys.is_empty() {
+        bail!("no key matches {target}: see `custos key ls`");
+    }
+    let who = principal_name(cli);
+    let verb = format!("{a:?}").to_lowercase();
+    let (mut done, mut skipped) = (0, 0);
+    for k in keys {
+        match k.state.apply(a) {
+            Err(e) => {
+                skipped += 1;
+                println!("{}: skipped ({e})", k.label);
+            }
+            Ok(next) if dry_run => println!("{}: {} → {next} (dry run)", k.label, k.state),
+            Ok(_) => {
+                let r = v.key_action(&k.label, a, false);
+                let outcome = match &r {
+                    Ok(rec) => format!("ok: now {}", rec.state),
+                    Err(e) => format!("failed: {e}"),
+                };
+                v.audit_append(&who, &format!("key {verb} (bulk {target})"), k.label.as_str(), &outcome)?;
+                println!("{}: {outcome}", k.label);
+                done += r.is_ok() as usize;
+            }
+        }
+    }
+    if dry_run {
+        println!("dry run: nothing changed ({skipped} would be skipped)");
+    } else {
+        println!("{done} keys changed, {skipped} skipped");
+    }
+    Ok(())
 }
 
 fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
@@ -609,10 +692,10 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        KeyCmd::Activate { label } => action(label, KeyAction::Activate, false),
-        KeyCmd::Deactivate { label } => action(label, KeyAction::Deactivate, false),
-        KeyCmd::Archive { label } => action(label, KeyAction::Archive, false),
-        KeyCmd::Restore { label } => action(label, KeyAction::Restore, false),
+        KeyCmd::Activate { label, dry_run } => bulk(cli, label, KeyAction::Activate, *dry_run, &action),
+        KeyCmd::Deactivate { label, dry_run } => bulk(cli, label, KeyAction::Deactivate, *dry_run, &action),
+        KeyCmd::Archive { label, dry_run } => bulk(cli, label, KeyAction::Archive, *dry_run, &action),
+        KeyCmd::Restore { label, dry_run } => bulk(cli, label, KeyAction::Restore, *dry_run, &action),
         KeyCmd::Destroy { label: l, crypto_erase, wait } => {
             let v = sealed(cli)?;
             let wait = match wait {

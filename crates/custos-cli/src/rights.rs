@@ -141,6 +141,7 @@ pub fn needs(cli: &Cli, v: &Vault<Sealed>) -> anyhow::Result<Vec<Need>> {
             UserCmd::Ls => op(Inspect),
             _ => op(UserAdmin),
         },
+        Command::Monitor { .. } => op(Inspect),
         Command::Request(c) => match c {
             RequestCmd::Ls | RequestCmd::Show { .. } => op(Inspect),
             RequestCmd::Approve { .. } | RequestCmd::Deny { .. } => op(Approve),

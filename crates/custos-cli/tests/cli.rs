@@ -1433,3 +1433,60 @@ fn dual_control_needs_a_second_principal() {
     assert!(admin.fails(&["request", "approve", &id], 1).contains("expired"));
     assert_eq!(e.json(&["key", "show", "DSET.PRIM.DUAL.key002"])["state"], "inactive");
 }
+
+/// `monitor` raises what needs attention and exits 10; `--prometheus`
+/// prints metrics in the text format.
+#[test]
+fn monitor_alerts_and_prometheus() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "MON.DATA", Env::s(&e.file("m", b"monitored"))]);
+    let o = e.run(&["monitor"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(10), "{out}");
+    assert!(out.contains("[key-unprotected] DSET.PRIM.MON.key001"), "{out}");
+    e.ok(&["keystore", "backup", "--to", "default"]);
+    let exp = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 10)).strftime("%Y-%m-%d").to_string();
+    e.ok(&["key", "create", "--app", "MON", "--expires", &exp, "--activate"]);
+    e.ok(&["keystore", "backup", "--to", "default"]);
+    e.ok(&["key", "deactivate", "DSET.PRIM.MON.key001"]);
+    let o = e.run(&["monitor", "--expiring-days", "30"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("[key-expiring] DSET.PRIM.MON.key002"), "{out}");
+    assert!(out.contains("[dataset-key-inactive] MON.DATA: its key DSET.PRIM.MON.key001 is inactive"), "{out}");
+    assert!(!out.contains("key-unprotected"), "keystore backups cover them now: {out}");
+    let o = e.run(&["monitor", "--expiring-days", "1", "--prometheus"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("# TYPE custos_keys gauge") && text.contains("custos_keys{state=\"inactive\"} 1"), "{text}");
+    assert!(text.contains("custos_datasets_on_inactive_keys 1") && text.contains("custos_alerts 1"), "{text}");
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = l.rsplit_once(' ').unwrap();
+        assert!(v.parse::<f64>().is_ok(), "{l}");
+    }
+    e.ok(&["key", "activate", "DSET.PRIM.MON.key001"]);
+    assert!(e.ok(&["monitor", "--expiring-days", "1"]).contains("no alerts"));
+}
+
+/// Lifecycle actions on a label pattern: --dry-run changes nothing, the real
+/// run changes each key that the action applies to and audits each.
+#[test]
+fn bulk_key_actions_on_a_pattern() {
+    let e = Env::new();
+    e.ok(&["key", "create", "--app", "BULK", "--count", "3", "--activate"]);
+    e.ok(&["key", "create", "--app", "KEEP", "--activate"]);
+    e.ok(&["key", "deactivate", "DSET.PRIM.BULK.key002"]);
+    let dry = e.ok(&["key", "deactivate", "DSET.PRIM.BULK.*", "--dry-run"]);
+    assert!(
+        dry.contains("DSET.PRIM.BULK.key001: active → inactive (dry run)") && dry.contains("key002: skipped"),
+        "{dry}"
+    );
+    assert_eq!(e.json(&["key", "show", "DSET.PRIM.BULK.key001"])["state"], "active");
+    let out = e.ok(&["key", "deactivate", "DSET.PRIM.BULK.*"]);
+    assert!(out.contains("2 keys changed, 1 skipped"), "{out}");
+    for k in ["key001", "key002", "key003"] {
+        assert_eq!(e.json(&["key", "show", &format!("DSET.PRIM.BULK.{k}")])["state"], "inactive");
+    }
+    assert_eq!(e.json(&["key", "show", "DSET.PRIM.KEEP.key001"])["state"], "active");
+    let log = e.json(&["audit", "ls", "--object", "DSET.PRIM.BULK.key003"]);
+    assert!(log.as_array().unwrap().iter().any(|r| r["action"] == "key deactivate (bulk DSET.PRIM.BULK.*)"), "{log}");
+    assert!(e.fails(&["key", "archive", "NOPE.*"], 1).contains("no key matches"));
+}
