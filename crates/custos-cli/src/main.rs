@@ -718,7 +718,7 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
                 );
             }
             if !users.is_empty() {
-                println!("then unreadable: {}", users.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+                println!("then unreadable: {}", users.join(", "));
             }
             if rec.escrow.is_some() {
                 println!("an escrow copy remains; `custos escrow purge {lab}` erases it too");

@@ -1285,6 +1285,7 @@ fn roles_by_operations() {
         (vec!["ds", "put", "TBL.NEW", Env::s(&put)], [false, false, false, true, false]),
         (vec!["audit", "ls"], [true, false, false, false, true]),
         (vec!["risk", "report"], [true, false, true, false, true]),
+        (vec!["request", "deny", "999"], [true, true, false, false, false]),
     ];
     let mut wrong = Vec::new();
     for (args, allowed) in &table {

@@ -54,8 +54,8 @@ pub enum Error {
     KeyExpired { label: KeyLabel, at: jiff::Timestamp },
     #[error("key {label}: {source}")]
     Lifecycle { label: KeyLabel, source: LifecycleError },
-    #[error("destroying key {label} would make {} unreadable: {}; re-run with --crypto-erase to erase them on purpose", if datasets.len() == 1 { "this dataset".to_string() } else { format!("these {} datasets", datasets.len()) }, datasets.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
-    KeyInUse { label: KeyLabel, datasets: Vec<DatasetName> },
+    #[error("destroying key {label} would make {} unreadable: {}; re-run with --crypto-erase to erase them on purpose", if datasets.len() == 1 { "this".to_string() } else { format!("these {}", datasets.len()) }, datasets.join(", "))]
+    KeyInUse { label: KeyLabel, datasets: Vec<String> },
     #[error("key {label} unwrapped to material whose check value {got} differs from the recorded {want}: the keystore record was altered or swapped; restore the keystore from a backup")]
     KeyMismatch { label: KeyLabel, got: String, want: String },
     #[error("key {label} is {state}: {why}")]

@@ -41,7 +41,7 @@ impl<S: VaultState> Vault<S> {
         let next = rec.state.apply(action).map_err(|source| Error::Lifecycle { label: label.clone(), source })?;
         let now = Timestamp::now();
         if action == KeyAction::Destroy {
-            let users = self.repo.datasets_using_key(label)?;
+            let users = self.needing_key(label)?;
             if !users.is_empty() && !crypto_erase {
                 return Err(Error::KeyInUse { label: label.clone(), datasets: users });
             }
@@ -69,7 +69,7 @@ impl<S: VaultState> Vault<S> {
         label: &KeyLabel,
         wait: jiff::SignedDuration,
         crypto_erase: bool,
-    ) -> Result<(Timestamp, Vec<DatasetName>)> {
+    ) -> Result<(Timestamp, Vec<String>)> {
         let min = self.destroy_min_wait()?;
         if wait < min {
             return Err(Error::Invalid {
@@ -79,7 +79,7 @@ impl<S: VaultState> Vault<S> {
         }
         let rec = self.key_record(label)?;
         rec.state.apply(KeyAction::Destroy).map_err(|source| Error::Lifecycle { label: label.clone(), source })?;
-        let users = self.repo.datasets_using_key(label)?;
+        let users = self.needing_key(label)?;
         if !users.is_empty() && !crypto_erase {
             return Err(Error::KeyInUse { label: label.clone(), datasets: users });
         }
@@ -87,6 +87,20 @@ impl<S: VaultState> Vault<S> {
         self.repo.set_destroy_after(label, Some(at))?;
         self.destroy_due()?;
         Ok((at, users))
+    }
+
+    /// Everything sealed under `label` that its destruction would erase:
+    /// datasets, backup copies and snapshots.
+    pub fn needing_key(&self, label: &KeyLabel) -> Result<Vec<String>> {
+        let mut out: Vec<String> =
+            self.repo.datasets_using_key(label)?.into_iter().map(|d| format!("dataset {d}")).collect();
+        for b in self.repo.backups()?.into_iter().filter(|b| b.key_label == *label) {
+            out.push(format!("backup {} ({} copy of {})", b.id, b.method.as_str(), b.dataset));
+        }
+        for sn in self.repo.snapshots()?.into_iter().filter(|x| x.key_label == *label) {
+            out.push(format!("snapshot {} of {}", sn.id, sn.dataset));
+        }
+        Ok(out)
     }
 
     /// Take a key off the destruction schedule; it is usable again as its
