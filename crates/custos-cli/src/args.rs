@@ -172,21 +172,18 @@ pub enum UserCmd {
     /// Disable a principal (it can no longer run commands).
     Disable { name: String },
     /// Grant access to datasets (--data PATTERN) or keys (--key PATTERN).
-    Grant {
-        name: String,
-        #[arg(long, required_unless_present = "key", conflicts_with = "key")]
-        data: Option<String>,
-        #[arg(long)]
-        key: Option<String>,
-    },
+    Grant(GrantArgs),
     /// Take a grant away.
-    Revoke {
-        name: String,
-        #[arg(long, required_unless_present = "key", conflicts_with = "key")]
-        data: Option<String>,
-        #[arg(long)]
-        key: Option<String>,
-    },
+    Revoke(GrantArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GrantArgs {
+    pub name: String,
+    #[arg(long, required_unless_present = "key", conflicts_with = "key")]
+    pub data: Option<String>,
+    #[arg(long)]
+    pub key: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1159,16 +1159,16 @@ fn user_cmd(cli: &Cli, c: &UserCmd) -> anyhow::Result<()> {
             println!("user {name} is disabled");
             Ok(())
         }
-        UserCmd::Grant { name, data, key } => {
-            let (kind, p) = grant_of(data, key)?;
-            v.grant(name, kind, &p)?;
-            println!("granted {name} {} {p}", kind.as_str());
+        UserCmd::Grant(g) => {
+            let (kind, p) = grant_of(&g.data, &g.key)?;
+            v.grant(&g.name, kind, &p)?;
+            println!("granted {} {} {p}", g.name, kind.as_str());
             Ok(())
         }
-        UserCmd::Revoke { name, data, key } => {
-            let (kind, p) = grant_of(data, key)?;
-            v.revoke(name, kind, &p)?;
-            println!("revoked {name}'s {} grant {p}", kind.as_str());
+        UserCmd::Revoke(g) => {
+            let (kind, p) = grant_of(&g.data, &g.key)?;
+            v.revoke(&g.name, kind, &p)?;
+            println!("revoked {}'s {} grant {p}", g.name, kind.as_str());
             Ok(())
         }
     }

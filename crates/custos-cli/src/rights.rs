@@ -159,9 +159,9 @@ pub fn controlled(cmd: &Command) -> Option<&'static str> {
         Command::Policy(PolicyCmd::Add { .. } | PolicyCmd::Rm { .. }) | Command::Config(ConfigCmd::Set { .. }) => {
             "policy-change"
         }
-        Command::User(
-            UserCmd::Add { .. } | UserCmd::Grant { .. } | UserCmd::Revoke { .. } | UserCmd::Disable { .. },
-        ) => "role-change",
+        Command::User(UserCmd::Add { .. } | UserCmd::Grant(_) | UserCmd::Revoke(_) | UserCmd::Disable { .. }) => {
+            "role-change"
+        }
         _ => return None,
     })
 }

@@ -141,28 +141,32 @@ impl<S: VaultState> Vault<S> {
 
     /// The policy's shortest waiting period before destruction (default 7 days).
     pub fn destroy_min_wait(&self) -> Result<jiff::SignedDuration> {
-        match self.repo.setting(SETTING_DESTROY_MIN_WAIT)? {
-            None => Ok(jiff::SignedDuration::from_hours(7 * 24)),
-            Some(s) => parse_duration(&s).map_err(|why| Error::Invalid { what: "key.destroy.min-wait setting", why }),
-        }
+        self.duration_setting(SETTING_DESTROY_MIN_WAIT)
     }
 
     pub fn set_destroy_min_wait(&self, text: &str) -> Result<()> {
-        parse_duration(text).map_err(|why| Error::Invalid { what: "key.destroy.min-wait", why })?;
-        Ok(self.repo.set_setting(SETTING_DESTROY_MIN_WAIT, text)?)
+        self.set_duration_setting(SETTING_DESTROY_MIN_WAIT, text)
     }
 
     /// The waiting period `key destroy` uses when none is given (default 7 days).
     pub fn destroy_default_wait(&self) -> Result<jiff::SignedDuration> {
-        match self.repo.setting(SETTING_DESTROY_WAIT)? {
-            None => Ok(jiff::SignedDuration::from_hours(7 * 24)),
-            Some(s) => parse_duration(&s).map_err(|why| Error::Invalid { what: "key.destroy.wait setting", why }),
-        }
+        self.duration_setting(SETTING_DESTROY_WAIT)
     }
 
     pub fn set_destroy_default_wait(&self, text: &str) -> Result<()> {
-        parse_duration(text).map_err(|why| Error::Invalid { what: "key.destroy.wait", why })?;
-        Ok(self.repo.set_setting(SETTING_DESTROY_WAIT, text)?)
+        self.set_duration_setting(SETTING_DESTROY_WAIT, text)
+    }
+
+    fn duration_setting(&self, key: &'static str) -> Result<jiff::SignedDuration> {
+        match self.repo.setting(key)? {
+            None => Ok(jiff::SignedDuration::from_hours(7 * 24)),
+            Some(s) => parse_duration(&s).map_err(|why| Error::Invalid { what: key, why }),
+        }
+    }
+
+    fn set_duration_setting(&self, key: &'static str, text: &str) -> Result<()> {
+        parse_duration(text).map_err(|why| Error::Invalid { what: key, why })?;
+        Ok(self.repo.set_setting(key, text)?)
     }
 
     /// The next label for an application and purpose under the naming standard.

@@ -244,44 +244,33 @@ fn recover(c: &Vault<Open>, name: &DatasetName, want: &[u8; 32], shares: &[Share
         tried.push("the dataset is gone".to_string());
     }
     let exact = Pattern::new(name.as_str()).ok();
-    let target = |k: usize| DatasetName::new(format!("DRILL.R{n}.C{k}")).expect("a valid name");
-    let mut k = 0;
+    // Every copy, as (what it is, its key, how to restore it as a new name).
+    type Restore<'a> = Box<dyn Fn(&DatasetName) -> custos_core::Result<()> + 'a>;
+    let mut copies: Vec<(String, KeyLabel, Restore<'_>)> = Vec::new();
     for s in c.snapshots(exact.as_ref()).unwrap_or_default().into_iter().rev() {
-        k += 1;
-        let t = target(k);
-        let mut r = c.snapshot_restore(&s, Some(&t)).map(|_| ());
-        let mut via = String::new();
-        if r.is_err() {
-            if let Some(p) = recover_key(c, &s.key_label, shares) {
-                via = format!(" after recovering key {} from {p}", s.key_label);
-                r = c.snapshot_restore(&s, Some(&t)).map(|_| ());
-            }
-        }
-        match r {
-            Ok(()) if ok(c, &t) => return (true, format!("snapshot {} restored{via}", s.id)),
-            Ok(()) => tried.push(format!("snapshot {} restored other bytes", s.id)),
-            Err(e) => tried.push(format!("snapshot {}: {e}", s.id)),
-        }
+        let (what, key) = (format!("snapshot {}", s.id), s.key_label.clone());
+        copies.push((what, key, Box::new(move |t| c.snapshot_restore(&s, Some(t)).map(|_| ()))));
     }
     let mut backups = c.backups(exact.as_ref()).unwrap_or_default();
     backups.sort_by_key(|b| (b.method != custos_core::model::CopyMethod::Logical, std::cmp::Reverse(b.id)));
     for b in backups {
-        k += 1;
-        let t = target(k);
-        let mut r = c.restore(&b, Some(&t)).map(|_| ());
+        let (what, key) = (format!("backup {} ({} copy on {})", b.id, b.method, b.volume), b.key_label.clone());
+        copies.push((what, key, Box::new(move |t| c.restore(&b, Some(t)).map(|_| ()))));
+    }
+    for (k, (what, key, restore)) in copies.iter().enumerate() {
+        let t = DatasetName::new(format!("DRILL.R{n}.C{k}")).expect("a valid name");
+        let mut r = restore(&t);
         let mut via = String::new();
         if r.is_err() {
-            if let Some(p) = recover_key(c, &b.key_label, shares) {
-                via = format!(" after recovering key {} from {p}", b.key_label);
-                r = c.restore(&b, Some(&t)).map(|_| ());
+            if let Some(p) = recover_key(c, key, shares) {
+                via = format!(" after recovering key {key} from {p}");
+                r = restore(&t);
             }
         }
         match r {
-            Ok(()) if ok(c, &t) => {
-                return (true, format!("backup {} ({} copy on {}) restored{via}", b.id, b.method, b.volume))
-            }
-            Ok(()) => tried.push(format!("backup {} restored other bytes", b.id)),
-            Err(e) => tried.push(format!("backup {}: {e}", b.id)),
+            Ok(()) if ok(c, &t) => return (true, format!("{what} restored{via}")),
+            Ok(()) => tried.push(format!("{what} restored other bytes")),
+            Err(e) => tried.push(format!("{what}: {e}")),
         }
     }
     (false, format!("nothing brought it back ({})", tried.join("; ")))

@@ -431,6 +431,17 @@ fn html(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// One table cell, coloured by verdict, with the reason on hover.
+fn td(v: &Verdict, text: &str) -> String {
+    let class = match v {
+        Verdict::Unaffected => "un",
+        Verdict::Survives { .. } => "yes",
+        Verdict::SurvivesIf { .. } => "if",
+        Verdict::Lost { .. } => "no",
+    };
+    format!("<td class=\"{class}\" title=\"{}\">{}</td>", html(&v.explain()), html(text))
+}
+
 /// A self-contained HTML page.
 pub fn render_html(r: &Report, dual: bool) -> String {
     let mut out = String::from(
@@ -441,12 +452,6 @@ th{background:#eee}.yes{background:#d8f0d8}.if{background:#fff3c4}.no{background
 .un{background:#eef6ee}code{font-size:95%}</style></head><body><h1>Custos risk report</h1>",
     );
     let _ = write!(out, "<p>Generated {}. Rows are threats, columns applications (the worst of their datasets), as in the paper's Table 2. Hover a cell for the reason.</p>", r.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"));
-    let class = |v: &Verdict| match v {
-        Verdict::Unaffected => "un",
-        Verdict::Survives { .. } => "yes",
-        Verdict::SurvivesIf { .. } => "if",
-        Verdict::Lost { .. } => "no",
-    };
     out += "<table><tr><th>Threat</th>";
     for a in &r.apps {
         let _ = write!(out, "<th>{} ({})</th>", html(&a.app), a.datasets);
@@ -456,13 +461,7 @@ th{background:#eee}.yes{background:#d8f0d8}.if{background:#fff3c4}.no{background
         let _ = write!(out, "<tr><th>{}</th>", html(t.title()));
         for a in &r.apps {
             let (_, ok, v) = &a.single[i];
-            let _ = write!(
-                out,
-                "<td class=\"{}\" title=\"{}\">{}</td>",
-                class(v),
-                html(&v.explain()),
-                html(&app_cell(*ok, a.datasets, v))
-            );
+            out += &td(v, &app_cell(*ok, a.datasets, v));
         }
         out += "</tr>";
     }
@@ -478,15 +477,7 @@ th{background:#eee}.yes{background:#d8f0d8}.if{background:#fff3c4}.no{background
                 let _ = write!(out, "<tr><th>{}</th>", html(x.name()));
                 for y in &r.threats {
                     match a.dual.iter().find(|((p, q), _, _)| (p == x && q == y) || (p == y && q == x)) {
-                        Some((_, ok, v)) => {
-                            let _ = write!(
-                                out,
-                                "<td class=\"{}\" title=\"{}\">{}</td>",
-                                class(v),
-                                html(&v.explain()),
-                                html(&app_cell(*ok, a.datasets, v))
-                            );
-                        }
+                        Some((_, ok, v)) => out += &td(v, &app_cell(*ok, a.datasets, v)),
                         None => out += "<td></td>",
                     }
                 }
@@ -503,7 +494,7 @@ th{background:#eee}.yes{background:#d8f0d8}.if{background:#fff3c4}.no{background
     for d in &r.datasets {
         let _ = write!(out, "<tr><th>{}</th>", html(&d.dataset));
         for (_, v) in &d.single {
-            let _ = write!(out, "<td class=\"{}\" title=\"{}\">{}</td>", class(v), html(&v.explain()), html(&v.cell()));
+            out += &td(v, &v.cell());
         }
         out += "</tr>";
     }
