@@ -177,6 +177,26 @@ pub enum UserCmd {
     Revoke(GrantArgs),
 }
 
+/// How many backups of a series to keep: the newest N, and the newest of
+/// each of the last N days, months and years.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct RetentionArgs {
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+}
+
+impl From<RetentionArgs> for custos_core::Retention {
+    fn from(a: RetentionArgs) -> Self {
+        Self { last: a.keep_last, daily: a.keep_daily, monthly: a.keep_monthly, yearly: a.keep_yearly }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct GrantArgs {
     pub name: String,
@@ -298,14 +318,8 @@ pub enum HsmRuleCmd {
         backup_to: Option<String>,
         #[arg(long, value_enum, default_value = "logical")]
         method: MethodArg,
-        #[arg(long, default_value_t = 0)]
-        keep_last: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_daily: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_monthly: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_yearly: u32,
+        #[command(flatten)]
+        keep: RetentionArgs,
         /// Migrate datasets unused for this many days (0: at every run)...
         #[arg(long)]
         migrate_after_days: Option<u32>,
@@ -376,14 +390,8 @@ pub enum BackupCmd {
     /// The newest backup of a series is always kept. Needs no passphrase.
     Prune {
         pattern: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        keep_last: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_daily: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_monthly: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_yearly: u32,
+        #[command(flatten)]
+        keep: RetentionArgs,
         /// Show what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,

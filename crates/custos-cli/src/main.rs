@@ -1369,18 +1369,7 @@ fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        HsmCmd::Rule(HsmRuleCmd::Add {
-            name,
-            pattern,
-            backup_to,
-            method,
-            keep_last,
-            keep_daily,
-            keep_monthly,
-            keep_yearly,
-            migrate_after_days,
-            migrate_to,
-        }) => {
+        HsmCmd::Rule(HsmRuleCmd::Add { name, pattern, backup_to, method, keep, migrate_after_days, migrate_to }) => {
             let rule = sealed(cli)?.hsm_rule_add(&custos_core::NewHsmRule {
                 name: name.clone(),
                 pattern: Pattern::new(pattern)?,
@@ -1389,12 +1378,7 @@ fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
                     MethodArg::Raw => CopyMethod::Raw,
                 },
                 backup_to: backup_to.as_deref().map(volume_name).transpose()?,
-                retention: custos_core::Retention {
-                    last: *keep_last,
-                    daily: *keep_daily,
-                    monthly: *keep_monthly,
-                    yearly: *keep_yearly,
-                },
+                retention: (*keep).into(),
                 migrate_after_days: *migrate_after_days,
                 migrate_to: migrate_to.as_deref().map(volume_name).transpose()?,
             })?;
@@ -1610,13 +1594,8 @@ fn backup_cmd(cli: &Cli, c: &BackupCmd) -> anyhow::Result<()> {
             t.print();
             Ok(())
         }
-        BackupCmd::Prune { pattern: p, keep_last, keep_daily, keep_monthly, keep_yearly, dry_run } => {
-            let r = custos_core::Retention {
-                last: *keep_last,
-                daily: *keep_daily,
-                monthly: *keep_monthly,
-                yearly: *keep_yearly,
-            };
+        BackupCmd::Prune { pattern: p, keep, dry_run } => {
+            let r: custos_core::Retention = (*keep).into();
             let decisions = sealed(cli)?.prune_backups(pattern(p.as_deref())?.as_ref(), &r, *dry_run)?;
             if cli.json {
                 return json(&decisions);
