@@ -161,6 +161,17 @@ impl<S: VaultState> Vault<S> {
     /// Raw copy of a dataset's current generation to `to`. Uses no key.
     /// Returns `None` when that generation already has a raw copy there.
     pub fn backup_raw(&self, name: &DatasetName, to: &VolumeName) -> Result<Option<BackupRecord>> {
+        self.backup_raw_given(name, to, &self.repo.backups()?)
+    }
+
+    /// [`Vault::backup_raw`] against a list of the catalog's backups read
+    /// beforehand (to tell whether the copy exists already).
+    fn backup_raw_given(
+        &self,
+        name: &DatasetName,
+        to: &VolumeName,
+        all: &[BackupRecord],
+    ) -> Result<Option<BackupRecord>> {
         let d = self.dataset(name)?;
         let g = &d.current;
         if *to == g.volume {
@@ -171,7 +182,7 @@ impl<S: VaultState> Vault<S> {
                 ),
             });
         }
-        let already = self.repo.backups()?.into_iter().any(|b| {
+        let already = all.iter().any(|b| {
             b.dataset_id == d.id
                 && b.source_generation == g.generation
                 && b.method == CopyMethod::Raw
@@ -212,8 +223,9 @@ impl<S: VaultState> Vault<S> {
         to: &VolumeName,
     ) -> Result<Vec<(DatasetName, Option<BackupRecord>)>> {
         self.volume_record(to)?;
+        let all = self.repo.backups()?;
         let jobs: Vec<(usize, &DatasetName)> = names.iter().enumerate().collect();
-        let results = self.in_parallel(jobs, |name| self.backup_raw(name, to));
+        let results = self.in_parallel(jobs, |name| self.backup_raw_given(name, to, &all));
         let mut out = Vec::with_capacity(names.len());
         let mut first_error = None;
         for (i, r) in results {

@@ -18,7 +18,7 @@ use crate::vault::{Open, Sealed, Vault, VaultState};
 use crate::{Error, Result, Retention};
 
 /// Makes one logical copy (dataset, target volume); only an open vault has one.
-type LogicalCopier<'a> = dyn Fn(&DatasetName, &VolumeName) -> Result<bool> + 'a;
+type LogicalCopier<'a> = dyn Fn(&DatasetName, &VolumeName) -> Result<Option<custos_model::BackupRecord>> + 'a;
 
 /// A rule to add.
 #[derive(Debug, Clone)]
@@ -180,28 +180,31 @@ impl<S: VaultState> Vault<S> {
     fn hsm_pass(&self, now: Timestamp, dry_run: bool, logical: Option<&LogicalCopier<'_>>) -> Result<Vec<HsmAction>> {
         let rules = self.hsm_rules()?;
         let mut out = Vec::new();
+        // The catalog's backups, read once: a pass touches every dataset.
+        let mut by_dataset: std::collections::HashMap<[u8; 16], Vec<custos_model::BackupRecord>> = Default::default();
+        for b in self.repo.backups()? {
+            by_dataset.entry(b.dataset_id.0).or_default().push(b);
+        }
         for d in self.datasets()? {
             let Some(rule) = self.hsm_rule_for(&rules, &d.name) else { continue };
             let act =
                 |action, detail: String| HsmAction { dataset: d.name.clone(), rule: rule.name.clone(), action, detail };
             if let Some(to) = &rule.backup_to {
-                let has = self.repo.backups()?.iter().any(|b| {
-                    b.dataset_id == d.id
-                        && b.source_generation == d.current.generation
-                        && b.method == rule.method
-                        && b.volume == *to
-                });
+                let mine = by_dataset.entry(d.id.0).or_default();
+                let has = mine
+                    .iter()
+                    .any(|b| b.source_generation == d.current.generation && b.method == rule.method && b.volume == *to);
                 if !has {
                     let what = format!("{} copy of generation {} to {to}", rule.method.as_str(), d.current.generation);
                     match (rule.method, dry_run) {
                         (_, true) => out.push(act("backup", format!("would make a {what}"))),
                         (CopyMethod::Raw, false) => {
-                            self.backup_raw(&d.name, to)?;
+                            mine.extend(self.backup_raw(&d.name, to)?);
                             out.push(act("backup", format!("made a {what}")));
                         }
                         (CopyMethod::Logical, false) => match logical {
                             Some(f) => {
-                                f(&d.name, to)?;
+                                mine.extend(f(&d.name, to)?);
                                 out.push(act("backup", format!("made a {what}")));
                             }
                             None => out.push(act(
@@ -218,11 +221,12 @@ impl<S: VaultState> Vault<S> {
                     yearly: rule.keep_yearly,
                 };
                 if !retention.is_empty() {
-                    let series: Vec<_> = self
-                        .repo
-                        .backups()?
+                    let series: Vec<_> = by_dataset
+                        .get(&d.id.0)
                         .into_iter()
-                        .filter(|b| b.dataset_id == d.id && b.method == rule.method && b.volume == *to)
+                        .flatten()
+                        .filter(|b| b.method == rule.method && b.volume == *to)
+                        .cloned()
                         .collect();
                     let dropped = self.prune_series(series, &retention, dry_run)?;
                     if dropped > 0 {
@@ -258,7 +262,7 @@ impl<S: VaultState> Vault<S> {
 impl Vault<Open> {
     /// Apply every rule once (see the module docs).
     pub fn hsm_run(&self, now: Timestamp, dry_run: bool) -> Result<Vec<HsmAction>> {
-        let logical = |name: &DatasetName, to: &VolumeName| self.backup_logical(name, to, None).map(|b| b.is_some());
+        let logical = |name: &DatasetName, to: &VolumeName| self.backup_logical(name, to, None);
         self.hsm_pass(now, dry_run, Some(&logical))
     }
 }

@@ -107,7 +107,7 @@ impl<S: VaultState> Vault<S> {
     /// state allows.
     pub fn cancel_destroy(&self, label: &KeyLabel) -> Result<KeyRecord> {
         let rec = self.key_record(label)?;
-        if !self.repo.destroy_schedule()?.iter().any(|(l, _)| l == label) {
+        if self.repo.destroy_after(label)?.is_none() {
             return Err(Error::Invalid {
                 what: "cancel-destroy",
                 why: format!("key {label} is not scheduled for destruction (state {})", rec.state),
@@ -119,7 +119,7 @@ impl<S: VaultState> Vault<S> {
 
     /// When a key is scheduled to be destroyed, if it is.
     pub fn destroy_scheduled_at(&self, label: &KeyLabel) -> Result<Option<Timestamp>> {
-        Ok(self.repo.destroy_schedule()?.into_iter().find(|(l, _)| l == label).map(|(_, t)| t))
+        Ok(self.repo.destroy_after(label)?)
     }
 
     /// Destroy every key whose waiting period is over; returns them. Run by

@@ -204,6 +204,8 @@ pub trait Repository: Send + Sync {
     /// last one's plus one, its hash `link(previous hash, entry)`. The
     /// caller's `seq` and `hash` are ignored.
     fn append_audit(&self, entry: &AuditRow, link: &AuditLink<'_>) -> Result<AuditRow>;
+    /// The newest audit entry, if any.
+    fn audit_head(&self) -> Result<Option<AuditRow>>;
     /// Audit entries with seq > `after`, in seq order.
     fn audit_rows(&self, after: u64) -> Result<Vec<AuditRow>>;
     fn insert_audit_checkpoint(&self, c: &AuditCheckpoint) -> Result<()>;
@@ -212,6 +214,8 @@ pub trait Repository: Send + Sync {
 
     /// Schedule (`Some`) or cancel (`None`) a key's destruction.
     fn set_destroy_after(&self, label: &KeyLabel, at: Option<jiff::Timestamp>) -> Result<()>;
+    /// When one key is scheduled to be destroyed, if it is.
+    fn destroy_after(&self, label: &KeyLabel) -> Result<Option<jiff::Timestamp>>;
     /// Keys scheduled for destruction, soonest first.
     fn destroy_schedule(&self) -> Result<Vec<(KeyLabel, jiff::Timestamp)>>;
 

@@ -1294,6 +1294,15 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    fn destroy_after(&self, label: &KeyLabel) -> Result<Option<Timestamp>> {
+        let at: Option<Option<i64>> = self
+            .conn()
+            .query_row("SELECT destroy_after FROM keys WHERE label = ?1", [label.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(db("read a key's destruction schedule"))?;
+        at.flatten().map(from_ts).transpose().map_err(db("read a key's destruction schedule"))
+    }
+
     fn destroy_schedule(&self) -> Result<Vec<(KeyLabel, Timestamp)>> {
         self.query_all(
             "list scheduled destructions",
@@ -1325,6 +1334,17 @@ impl Repository for SqliteRepository {
         .map_err(db("append to the audit log"))?;
         tx.commit().map_err(db("append to the audit log"))?;
         Ok(row)
+    }
+
+    fn audit_head(&self) -> Result<Option<AuditRow>> {
+        let seq: Option<i64> = self
+            .conn()
+            .query_row("SELECT MAX(seq) FROM audit_log", [], |r| r.get(0))
+            .map_err(db("read the audit log's head"))?;
+        Ok(match seq {
+            Some(s) => self.audit_rows(s as u64 - 1)?.pop(),
+            None => None,
+        })
     }
 
     fn audit_rows(&self, after: u64) -> Result<Vec<AuditRow>> {
