@@ -4,6 +4,8 @@
 bench_vault() {
   export CUSTOS_USER=admin CUSTOS_CREDENTIAL="bench-admin-not-secret"
   "$custos" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
+  # One operator, no second principal to approve: dual control off.
+  "$custos" config set dual-control none >/dev/null
   CUSTOS_NEW_CREDENTIAL="bench-operator-not-secret" "$custos" user add bench \
     --role security-admin --role key-custodian --role storage-admin --role app --role auditor >/dev/null
   "$custos" user grant bench --data '**' >/dev/null
