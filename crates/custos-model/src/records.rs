@@ -369,8 +369,9 @@ pub struct HsmRule {
 }
 
 /// A principal: who runs a command. The credential is stored only as a
-/// hash (Argon2id for a passphrase, SHA-256 for a random token).
-#[derive(Clone, Debug, Serialize)]
+/// hash (Argon2id for a passphrase, SHA-256 for a random token), and is
+/// left out of `Debug` and serialization: a hash is still a verifier.
+#[derive(Clone, Serialize)]
 pub struct PrincipalRecord {
     pub name: String,
     pub roles: Vec<crate::Role>,
@@ -382,4 +383,37 @@ pub struct PrincipalRecord {
     pub data_grants: Vec<Pattern>,
     /// Key-label patterns it may use (role app).
     pub key_grants: Vec<Pattern>,
+}
+
+impl fmt::Debug for PrincipalRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrincipalRecord")
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .field("credential", &"[redacted]")
+            .field("disabled", &self.disabled)
+            .field("data_grants", &self.data_grants)
+            .field("key_grants", &self.key_grants)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod principal_tests {
+    use super::*;
+
+    #[test]
+    fn principal_debug_and_json_never_show_the_credential() {
+        let p = PrincipalRecord {
+            name: "alice".into(),
+            roles: vec![crate::Role::App],
+            credential: "argon2id$19456$2$00$deadbeef".into(),
+            disabled: false,
+            created_at: Timestamp::now(),
+            data_grants: Vec::new(),
+            key_grants: Vec::new(),
+        };
+        assert!(!format!("{p:?}").contains("deadbeef"));
+        assert!(!serde_json::to_string(&p).unwrap().contains("deadbeef"));
+    }
 }
