@@ -132,12 +132,5 @@ verifies it; restic and borg write plain files.
 <!-- compare:end -->
 MD
 cat "$work/section.md"
-python3 - "$root/docs/PERFORMANCE.md" "$work/section.md" <<'PY'
-import re, sys
-doc, sec = sys.argv[1], open(sys.argv[2]).read().strip()
-text = open(doc).read()
-if "<!-- compare:begin -->" not in text:
-    text += "\n## Custos against cp, restic and borg — `bench/compare.sh`\n\n<!-- compare:begin -->\n<!-- compare:end -->\n"
-open(doc, "w").write(re.sub(r"<!-- compare:begin -->.*?<!-- compare:end -->", lambda m: sec, text, flags=re.S))
-PY
+replace_section compare 'Custos against cp, restic and borg — `bench/compare.sh`' "$work/section.md"
 rm -rf "$work"

@@ -12,3 +12,18 @@ bench_vault() {
   "$custos" user grant bench --key '**' >/dev/null
   export CUSTOS_USER=bench CUSTOS_CREDENTIAL="bench-operator-not-secret"
 }
+
+# replace_section NAME TITLE FILE: put FILE's text between the markers
+# <!-- NAME:begin --> and <!-- NAME:end --> of docs/PERFORMANCE.md (adding
+# a section titled TITLE at the end the first time).
+replace_section() {
+  python3 - "$(dirname "${BASH_SOURCE[0]}")/../docs/PERFORMANCE.md" "$1" "$2" "$3" <<'PY'
+import re, sys
+doc, name, title, sec = sys.argv[1], sys.argv[2], sys.argv[3], open(sys.argv[4]).read().strip()
+begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+text = open(doc).read()
+if begin not in text:
+    text += f"\n## {title}\n\n{begin}\n{end}\n"
+open(doc, "w").write(re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda m: sec, text, flags=re.S))
+PY
+}

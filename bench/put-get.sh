@@ -104,11 +104,5 @@ the catalog commit; \`cp\` and \`get -o\` leave their output to the kernel's wri
 <!-- put-get:end -->
 MD
 cat "$work/section.md"
-python3 - "$root/docs/PERFORMANCE.md" "$work/section.md" <<'PY'
-import re, sys
-doc, sec = sys.argv[1], open(sys.argv[2]).read().strip()
-text = open(doc).read()
-new = re.sub(r"<!-- put-get:begin -->.*?<!-- put-get:end -->", lambda m: sec, text, flags=re.S)
-open(doc, "w").write(new)
-PY
+replace_section put-get '`ds put` / `ds get` — `bench/put-get.sh`' "$work/section.md"
 rm -rf "$work"

@@ -52,11 +52,4 @@ updated only if it is still under OLD.
 <!-- reencipher:end -->
 MD
 cat /tmp/reencipher-section.md
-python3 - "$root/docs/PERFORMANCE.md" /tmp/reencipher-section.md <<'PY'
-import re, sys
-doc, sec = sys.argv[1], open(sys.argv[2]).read().strip()
-text = open(doc).read()
-if "<!-- reencipher:begin -->" not in text:
-    text += "\n## Master key re-encipherment — `bench/reencipher.sh`\n\n<!-- reencipher:begin -->\n<!-- reencipher:end -->\n"
-open(doc, "w").write(re.sub(r"<!-- reencipher:begin -->.*?<!-- reencipher:end -->", lambda m: sec, text, flags=re.S))
-PY
+replace_section reencipher 'Master key re-encipherment — `bench/reencipher.sh`' /tmp/reencipher-section.md

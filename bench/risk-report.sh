@@ -8,6 +8,7 @@
 # Usage: bench/risk-report.sh [DATASETS] [GENERATIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 root=$(pwd)
 n=${1:-10000}
 g=${2:-30}
@@ -43,11 +44,4 @@ Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/risk-
 <!-- risk:end -->
 MD
 cat "$work/section.md"
-python3 - "$root/docs/PERFORMANCE.md" "$work/section.md" <<'PY'
-import re, sys
-doc, sec = sys.argv[1], open(sys.argv[2]).read().strip()
-text = open(doc).read()
-if "<!-- risk:begin -->" not in text:
-    text += "\n## The risk report at scale — `bench/risk-report.sh`\n\n<!-- risk:begin -->\n<!-- risk:end -->\n"
-open(doc, "w").write(re.sub(r"<!-- risk:begin -->.*?<!-- risk:end -->", lambda m: sec, text, flags=re.S))
-PY
+replace_section risk 'The risk report at scale — `bench/risk-report.sh`' "$work/section.md"
