@@ -1809,10 +1809,10 @@ fn config_cmd(cli: &Cli, c: &ConfigCmd) -> anyhow::Result<()> {
         ConfigCmd::Ls => show(v.settings()?),
         ConfigCmd::Get { key } => {
             let all = v.settings()?;
-            let (k, val) = all
-                .into_iter()
-                .find(|(k, _)| k == key)
-                .ok_or_else(|| anyhow!("no setting {key:?}: the settings are key.naming and chunk.size"))?;
+            let (k, val) = all.into_iter().find(|(k, _)| k == key).ok_or_else(|| {
+                let names: Vec<&str> = v.settings().map(|s| s.iter().map(|(k, _)| *k).collect()).unwrap_or_default();
+                anyhow!("no setting {key:?}: the settings are {}", names.join(", "))
+            })?;
             show(vec![(k, val)])
         }
         ConfigCmd::Set { key, value } => {
@@ -1825,12 +1825,13 @@ fn config_cmd(cli: &Cli, c: &ConfigCmd) -> anyhow::Result<()> {
                         value.parse().map_err(|_| anyhow!("chunk.size takes a number of bytes, not {value:?}"))?;
                     v.set_chunk_size(n)?;
                 }
+                "compression" => v.set_compression(value)?,
                 "s3.endpoint" | "s3.region" => v.set_s3_setting(key, value)?,
                 "key.destroy.wait" => v.set_destroy_default_wait(value)?,
                 "key.destroy.min-wait" => v.set_destroy_min_wait(value)?,
                 "dual-control" => v.set_dual_control(value)?,
                 "request.ttl" => v.set_request_ttl(value)?,
-                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, s3.endpoint, s3.region, key.destroy.wait, key.destroy.min-wait, dual-control and request.ttl"),
+                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, compression, s3.endpoint, s3.region, key.destroy.wait, key.destroy.min-wait, dual-control and request.ttl"),
             }
             show(v.settings()?.into_iter().filter(|(k, _)| k == key).collect())
         }

@@ -190,6 +190,19 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed as u64).to_le_bytes()[2] ^ seed).collect()
 }
 
+/// Bytes that do not compress (xorshift64*), for tests about stored sizes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
 #[test]
 fn full_tour_with_json() {
     let e = Env::new();
@@ -303,6 +316,11 @@ fn fail_unknown_objects() {
     assert!(e.fails(&["ds", "put", "bad..name", Env::s(&f)], 1).contains("invalid dataset name"));
     assert!(e.fails(&["ds", "get", "A.B", "--range", "x..y"], 1).contains("invalid range"));
     assert!(e.fails(&["config", "set", "chunk.size", "12"], 1).contains("64 KiB"));
+    assert_eq!(e.json(&["config", "get", "compression"])["compression"], "lz4");
+    assert!(e.fails(&["config", "set", "compression", "gzip"], 1).contains("lz4"));
+    assert_eq!(e.json(&["config", "get", "compression"])["compression"], "lz4", "unchanged by the refusal");
+    let err = e.fails(&["config", "get", "chunk.sise"], 1);
+    assert!(err.contains("chunk.size") && err.contains("compression") && err.contains("request.ttl"), "{err}");
 }
 
 #[test]
@@ -426,10 +444,10 @@ fn fail_full_disk_leaves_nothing_behind() {
     e.ok(&["ds", "put", "FULL.OLD", Env::s(&e.file("a", &data(100_000, 1))), "--volume", "small"]);
     let count = || walkdir_count(&vol.join("chunks"));
     let before = count();
-    let err = e.fails(&["ds", "put", "FULL.NEW", Env::s(&e.file("b", &data(3_000_000, 2))), "--volume", "small"], 7);
+    let err = e.fails(&["ds", "put", "FULL.NEW", Env::s(&e.file("b", &noise(3_000_000, 2))), "--volume", "small"], 7);
     assert!(err.contains("volume small is full") && err.contains("nothing was committed"), "{err}");
     assert_eq!(count(), before, "the chunks of the failed write were removed");
-    let err = e.fails(&["ds", "put", "FULL.OLD", Env::s(&e.file("c", &data(3_000_000, 3)))], 7);
+    let err = e.fails(&["ds", "put", "FULL.OLD", Env::s(&e.file("c", &noise(3_000_000, 3)))], 7);
     assert!(err.contains("is full"), "{err}");
     assert_eq!(e.run(&["ds", "get", "FULL.OLD"]).stdout, data(100_000, 1), "the old generation is intact");
 }

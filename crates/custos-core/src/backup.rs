@@ -289,7 +289,8 @@ impl<S: VaultState> Vault<S> {
         let g = &d.current;
         let chunks = self.repo.generation_chunks(&d.id, g.generation)?;
         let max = g.chunk_size as usize + CHUNK_OVERHEAD;
-        let (copied, written) = copy_raw(&chunks, src, dst, max, self.threads);
+        let layout = Some((g.chunk_size as u64, g.size));
+        let (copied, written) = copy_raw(&chunks, layout, src, dst, max, self.threads);
         let result = (|| -> Result<T> {
             copied?;
             dst.sync()?;

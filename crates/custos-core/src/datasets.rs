@@ -208,6 +208,7 @@ impl Vault<Open> {
             chunk_size: chunk_size as usize,
             previous: &reusable,
             threads: self.threads,
+            compress: self.compression()?,
         };
         let outcome = seal_stream(&job, input);
         let cleanup = |extra_manifest: Option<u64>| {

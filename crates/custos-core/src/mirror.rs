@@ -57,6 +57,7 @@ impl<S: VaultState> Vault<S> {
             let objs = self.repo.volume_objects(primary)?;
             let (copied, _) = copy_raw(
                 &objs.chunks,
+                None,
                 src.as_ref(),
                 dst.as_ref(),
                 MAX_CHUNK_SIZE as usize + CHUNK_OVERHEAD,

@@ -2,8 +2,9 @@
 //! memory does not grow with data size:
 //!
 //! * [`seal_stream`]: one reader fills buffers in order; worker threads
-//!   fingerprint, seal in place and store each chunk (or reuse the previous
-//!   generation's chunk at the same position when its fingerprint matches).
+//!   fingerprint, compress (when it pays), seal and store each chunk (or
+//!   reuse the previous generation's chunk at the same position when its
+//!   fingerprint matches).
 //! * [`open_stream`]: a dispatcher hands chunk positions to workers, which
 //!   read and open them in place; the caller's thread writes them out in
 //!   order from a small reorder window.
@@ -16,7 +17,9 @@ use std::sync::Mutex;
 use crossbeam_channel::{bounded, unbounded};
 use custos_crypto::{DataKey, Fingerprinter};
 use custos_model::{ChunkId, ChunkRef, DatasetId};
-use custos_store::format::{open_chunk, seal_chunk, FormatError, CHUNK_OVERHEAD, HEADER_LEN};
+use custos_store::format::{
+    compress, compress_bound, open_chunk, seal_chunk, Codec, FormatError, Opened, CHUNK_OVERHEAD, HEADER_LEN,
+};
 use custos_store::{ChunkBuf, StoreError, Volume};
 
 use crate::ChunkProblem;
@@ -41,6 +44,8 @@ pub(crate) struct SealJob<'a> {
     /// The previous generation's chunks, if they are on the same volume under the same key.
     pub previous: &'a [ChunkRef],
     pub threads: usize,
+    /// Compress chunks with LZ4 where that saves space.
+    pub compress: bool,
 }
 
 pub(crate) enum SealError {
@@ -90,6 +95,12 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
             let (work_rx, free_tx, done_tx) = (work_rx.clone(), free_tx.clone(), done_tx.clone());
             let (fp, fail, abort) = (&fp, &fail, &abort);
             s.spawn(move || {
+                // Where a chunk is compressed before it is sealed.
+                let mut packed = if job.compress {
+                    Some(ChunkBuf::new(compress_bound(job.chunk_size) + CHUNK_OVERHEAD))
+                } else {
+                    None
+                };
                 for (index, mut buf, n) in work_rx {
                     if !abort.load(Ordering::Relaxed) {
                         let plain = &buf.slice(HEADER_LEN + n)[HEADER_LEN..];
@@ -102,8 +113,16 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
                             Some(p) => Ok((*p, false)),
                             None => {
                                 let id = ChunkId::random();
-                                let sealed = buf.slice_mut(n + CHUNK_OVERHEAD);
-                                seal_chunk(job.key, &job.dataset, &id, index, sealed)
+                                let plain = &buf.slice(HEADER_LEN + n)[HEADER_LEN..];
+                                let compressed = packed.as_mut().and_then(|p| {
+                                    let cap = p.capacity();
+                                    compress(plain, &mut p.slice_mut(cap)[HEADER_LEN..]).map(|len| (p, len))
+                                });
+                                let (codec, sealed) = match compressed {
+                                    Some((p, len)) => (Codec::Lz4, p.slice_mut(len + CHUNK_OVERHEAD)),
+                                    None => (Codec::Stored, buf.slice_mut(n + CHUNK_OVERHEAD)),
+                                };
+                                seal_chunk(job.key, &job.dataset, &id, index, codec, sealed)
                                     .map_err(SealError::Format)
                                     .and_then(|_| job.volume.put_chunk(&id, sealed).map_err(SealError::Store))
                                     .map(|_| (ChunkRef { id, len: n as u32, fingerprint }, true))
@@ -207,9 +226,19 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
         for _ in 0..job.threads {
             let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
             s.spawn(move || {
+                let mut spare = ChunkBuf::new(cs as usize + CHUNK_OVERHEAD);
                 for (index, mut buf) in job_rx {
                     let c = &job.chunks[index as usize];
-                    let r = if abort.load(Ordering::Relaxed) { Ok(()) } else { read_and_open(job, index, c, &mut buf) };
+                    let r = if abort.load(Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        // A compressed chunk's plaintext lands in `spare`: trade the buffers.
+                        read_and_open(job, index, c, &mut buf, &mut spare).map(|o| {
+                            if o.in_spare() {
+                                std::mem::swap(&mut buf, &mut spare)
+                            }
+                        })
+                    };
                     let _ = res_tx.send((index, r.map(|_| buf)));
                 }
             });
@@ -269,7 +298,16 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
     })
 }
 
-fn read_and_open(job: &OpenJob<'_>, index: u64, c: &ChunkRef, buf: &mut ChunkBuf) -> Result<(), OpenError> {
+/// Read chunk `index` into `buf` and open it there. Its plaintext is at
+/// `buf[HEADER_LEN..]`, or at `spare[HEADER_LEN..]` when it was compressed
+/// (see [`custos_store::format::Opened`]); `spare` is as long as `buf`.
+fn read_and_open(
+    job: &OpenJob<'_>,
+    index: u64,
+    c: &ChunkRef,
+    buf: &mut ChunkBuf,
+    spare: &mut ChunkBuf,
+) -> Result<Opened, OpenError> {
     let chunk_problem = |problem| OpenError::Chunk { index, id: c.id, problem };
     let max = job.chunk_size as usize + CHUNK_OVERHEAD;
     let n = job.volume.read_chunk(&c.id, buf, max).map_err(|e| match e {
@@ -277,15 +315,18 @@ fn read_and_open(job: &OpenJob<'_>, index: u64, c: &ChunkRef, buf: &mut ChunkBuf
         StoreError::TooLarge { size, .. } => chunk_problem(ChunkProblem::Oversized { size }),
         e => OpenError::Store(e),
     })?;
-    open_chunk(job.key, &job.dataset, &c.id, index, c.len, buf.slice_mut(n))
-        .map(|_| ())
+    spare.ensure(HEADER_LEN + c.len as usize);
+    let out = &mut spare.slice_mut(HEADER_LEN + c.len as usize)[HEADER_LEN..];
+    open_chunk(job.key, &job.dataset, &c.id, index, c.len, buf.slice_mut(n), out)
         .map_err(|e| chunk_problem(ChunkProblem::Format(e)))
 }
 
 /// Re-seal a generation chunk by chunk from one key and binding to another
 /// (a logical copy): each worker reads a source chunk, opens it in place,
-/// and seals the same buffer again (the plaintext sits at the same offset in
-/// both). Positions with a `reuse` entry are taken as they are, unread.
+/// and seals the same buffer again (the body sits at the same offset in
+/// both). A compressed chunk stays compressed: its body is sealed again as
+/// it is, and only decompressed on the side to fingerprint the plaintext.
+/// Positions with a `reuse` entry are taken as they are, unread.
 pub(crate) struct TranscodeJob<'a> {
     pub from: OpenJob<'a>,
     pub to_key: &'a DataKey,
@@ -327,6 +368,7 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
             let (fp, fail, abort) = (&fp, &fail, &abort);
             s.spawn(move || {
                 let mut buf = ChunkBuf::new(job.from.chunk_size as usize + CHUNK_OVERHEAD);
+                let mut spare = ChunkBuf::new(job.from.chunk_size as usize + CHUNK_OVERHEAD);
                 for i in idx_rx {
                     if abort.load(Ordering::Relaxed) {
                         continue;
@@ -337,15 +379,19 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
                         continue;
                     }
                     let c = &job.from.chunks[i];
-                    if let Err(e) = read_and_open(&job.from, i as u64, c, &mut buf) {
-                        fail(i, TranscodeError::Source(e));
-                        continue;
-                    }
+                    let opened = match read_and_open(&job.from, i as u64, c, &mut buf, &mut spare) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            fail(i, TranscodeError::Source(e));
+                            continue;
+                        }
+                    };
                     let len = c.len as usize;
-                    let fingerprint = fp.fingerprint(&buf.slice(HEADER_LEN + len)[HEADER_LEN..]);
+                    let plain = if opened.in_spare() { &spare } else { &buf };
+                    let fingerprint = fp.fingerprint(&plain.slice(HEADER_LEN + len)[HEADER_LEN..]);
                     let id = ChunkId::random();
-                    let sealed = buf.slice_mut(len + CHUNK_OVERHEAD);
-                    let res = seal_chunk(job.to_key, &job.to_id, &id, i as u64, sealed)
+                    let sealed = buf.slice_mut(opened.body_len + CHUNK_OVERHEAD);
+                    let res = seal_chunk(job.to_key, &job.to_id, &id, i as u64, opened.codec, sealed)
                         .map_err(SealError::Format)
                         .and_then(|_| job.to_volume.put_chunk(&id, sealed).map_err(SealError::Store));
                     match res {
@@ -383,9 +429,13 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
 
 /// Copy sealed chunk objects as they are from one volume to another, on
 /// worker threads, skipping those the target already holds (a raw copy).
+/// `layout` is the generation's (chunk size, dataset size) when `ids` are
+/// its chunks in order, so progress counts plaintext bytes even for
+/// compressed chunks; without it progress counts sealed bodies.
 /// Returns the chunks this run stored; on error, those stored so far.
 pub(crate) fn copy_raw(
     ids: &[ChunkId],
+    layout: Option<(u64, u64)>,
     from: &dyn Volume,
     to: &dyn Volume,
     max_len: usize,
@@ -412,7 +462,10 @@ pub(crate) fn copy_raw(
                         }
                         let n = from.read_chunk(id, &mut buf, max_len)?;
                         to.put_chunk(id, buf.slice(n))?;
-                        crate::progress::add(n.saturating_sub(CHUNK_OVERHEAD) as u64);
+                        crate::progress::add(match layout {
+                            Some((cs, size)) => cs.min(size.saturating_sub(i as u64 * cs)),
+                            None => n.saturating_sub(CHUNK_OVERHEAD) as u64,
+                        });
                         Ok(true)
                     });
                     match r {

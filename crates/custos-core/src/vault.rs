@@ -26,6 +26,7 @@ const SETTING_HSM: &str = "hsm.kind";
 const SETTING_P11_MODULE: &str = "hsm.pkcs11.module";
 const SETTING_P11_TOKEN: &str = "hsm.pkcs11.token";
 const SETTING_CHUNK: &str = "chunk.size";
+const SETTING_COMPRESSION: &str = "compression";
 const SETTING_S3_ENDPOINT: &str = "s3.endpoint";
 const SETTING_S3_REGION: &str = "s3.region";
 
@@ -258,11 +259,33 @@ impl<S: VaultState> Vault<S> {
         Ok(())
     }
 
+    /// Whether new chunks are compressed (setting `compression`: `lz4`,
+    /// the default, or `none`).
+    pub fn compression(&self) -> Result<bool> {
+        match self.repo.setting(SETTING_COMPRESSION)?.as_deref() {
+            None | Some("lz4") => Ok(true),
+            Some("none") => Ok(false),
+            Some(s) => Err(Error::Invalid { what: "compression setting", why: s.to_string() }),
+        }
+    }
+
+    pub fn set_compression(&self, value: &str) -> Result<()> {
+        if !matches!(value, "lz4" | "none") {
+            return Err(Error::Invalid {
+                what: "compression",
+                why: format!("{value:?}: it takes lz4 (compress chunks where that saves space) or none"),
+            });
+        }
+        self.repo.set_setting(SETTING_COMPRESSION, value)?;
+        Ok(())
+    }
+
     /// All settings with their current values.
     pub fn settings(&self) -> Result<Vec<(&'static str, String)>> {
         Ok(vec![
             (SETTING_NAMING, self.naming()?.template().to_string()),
             (SETTING_CHUNK, self.chunk_size()?.to_string()),
+            (SETTING_COMPRESSION, if self.compression()? { "lz4" } else { "none" }.to_string()),
             (SETTING_S3_ENDPOINT, self.repo.setting(SETTING_S3_ENDPOINT)?.unwrap_or_default()),
             (SETTING_S3_REGION, self.repo.setting(SETTING_S3_REGION)?.unwrap_or_default()),
             ("key.destroy.wait", format!("{:#}", self.destroy_default_wait()?)),

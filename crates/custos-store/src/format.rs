@@ -1,19 +1,20 @@
-//! On-volume byte layouts, version 1 (docs/format.md is the reference).
+//! On-volume byte layouts (docs/format.md is the reference).
 //!
-//! Chunk object:
+//! Chunk object (version 2; version 1, the same without a codec, is still read):
 //!
 //! ```text
 //! 0..8    magic "CUSTOSCK"
-//! 8       format version (1)
-//! 9..12   reserved, zero
+//! 8       format version (2)
+//! 9       codec of the sealed body: 0 stored, 1 LZ4 block
+//! 10..12  reserved, zero
 //! 12..24  AES-GCM nonce (random)
-//! 24..    ciphertext of the chunk plaintext, then the 16-byte GCM tag
+//! 24..    ciphertext of the encoded chunk, then the 16-byte GCM tag
 //! AAD   = bytes 0..24 ‖ dataset id (16) ‖ chunk id (16) ‖ chunk index (u64 BE)
 //! ```
 //!
-//! Manifest object: the same 24-byte header with magic "CUSTOSMF", then the
-//! sealed manifest body; AAD = header ‖ dataset id ‖ generation (u64 BE).
-//! The body is described at [`Manifest`].
+//! Manifest object (version 1): the same 24-byte header with magic
+//! "CUSTOSMF" and no codec, then the sealed manifest body; AAD = header ‖
+//! dataset id ‖ generation (u64 BE). The body is described at [`Manifest`].
 
 use aws_lc_rs::digest;
 use custos_crypto::{open_in_place, seal_in_place, CryptoError, DataKey, Kcv, Nonce, TAG_LEN};
@@ -23,7 +24,10 @@ use thiserror::Error;
 
 pub const CHUNK_MAGIC: &[u8; 8] = b"CUSTOSCK";
 pub const MANIFEST_MAGIC: &[u8; 8] = b"CUSTOSMF";
+/// Manifest format version.
 pub const VERSION: u8 = 1;
+/// Chunk format version written (1 is still read).
+pub const CHUNK_VERSION: u8 = 2;
 /// Bytes before the ciphertext in every sealed object.
 pub const HEADER_LEN: usize = 24;
 /// Bytes a sealed chunk adds to its plaintext.
@@ -46,16 +50,58 @@ pub enum FormatError {
     Authentication,
     #[error("its plaintext length {got} differs from the {want} bytes the manifest records")]
     Length { got: usize, want: u32 },
+    #[error("its compressed body does not decompress to the {want} bytes the manifest records")]
+    Decompress { want: u32 },
     #[error("its contents are inconsistent: {0}")]
     Inconsistent(&'static str),
     #[error("sealing failed: {0}")]
     Crypto(CryptoError),
 }
 
-fn header(magic: &[u8; 8], nonce: &Nonce) -> [u8; HEADER_LEN] {
+/// How a chunk's plaintext is encoded inside its seal (header byte 9).
+/// The codec is part of the authenticated header, so it cannot be changed
+/// without the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// The plaintext as it is.
+    Stored,
+    /// One LZ4 block; the manifest's chunk length is its decompressed size.
+    Lz4,
+}
+
+impl Codec {
+    fn byte(self) -> u8 {
+        match self {
+            Codec::Stored => 0,
+            Codec::Lz4 => 1,
+        }
+    }
+}
+
+/// How long the output buffer given to [`compress`] must be for `len`
+/// bytes of plaintext (LZ4's worst case).
+pub const fn compress_bound(len: usize) -> usize {
+    lz4_flex::block::get_maximum_output_size(len)
+}
+
+/// Compress `plain` into `out` (at least [`compress_bound`] long) as one
+/// LZ4 block, and return the compressed length when that saves at least
+/// 1/16 of the size; `None` means store it as it is. LZ4 skips through
+/// incompressible data quickly (about 25 GB/s per core here), so trying
+/// costs little.
+pub fn compress(plain: &[u8], out: &mut [u8]) -> Option<usize> {
+    if plain.len() < 64 || out.len() < compress_bound(plain.len()) {
+        return None;
+    }
+    let limit = plain.len() - plain.len() / 16;
+    lz4_flex::block::compress_into(plain, out).ok().filter(|&n| n < limit)
+}
+
+fn header(magic: &[u8; 8], version: u8, codec: u8, nonce: &Nonce) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(magic);
-    h[8] = VERSION;
+    h[8] = version;
+    h[9] = codec;
     h[12..].copy_from_slice(&nonce.0);
     h
 }
@@ -67,13 +113,30 @@ fn check_header(bytes: &[u8], magic: &[u8; 8], what: &'static str) -> Result<Non
     if &bytes[..8] != magic {
         return Err(FormatError::Magic(what));
     }
-    if bytes[8] != VERSION {
-        return Err(FormatError::Version(bytes[8]));
-    }
-    if bytes[9..12] != [0, 0, 0] {
+    Ok(Nonce(bytes[12..24].try_into().expect("12 bytes")))
+}
+
+fn check_reserved(bytes: &[u8]) -> Result<(), FormatError> {
+    if bytes.iter().any(|&b| b != 0) {
         return Err(FormatError::Inconsistent("reserved header bytes are not zero"));
     }
-    Ok(Nonce(bytes[12..24].try_into().expect("12 bytes")))
+    Ok(())
+}
+
+/// The codec a chunk header declares (version 1 chunks are all stored).
+fn chunk_codec(h: &[u8]) -> Result<Codec, FormatError> {
+    match h[8] {
+        1 => check_reserved(&h[9..12]).map(|_| Codec::Stored),
+        2 => {
+            check_reserved(&h[10..12])?;
+            match h[9] {
+                0 => Ok(Codec::Stored),
+                1 => Ok(Codec::Lz4),
+                _ => Err(FormatError::Inconsistent("unknown chunk codec")),
+            }
+        }
+        v => Err(FormatError::Version(v)),
+    }
 }
 
 fn chunk_aad(header: &[u8], ds: &DatasetId, id: &ChunkId, index: u64) -> [u8; HEADER_LEN + 40] {
@@ -85,38 +148,75 @@ fn chunk_aad(header: &[u8], ds: &DatasetId, id: &ChunkId, index: u64) -> [u8; HE
     aad
 }
 
-/// Seal a chunk in place. `buf` must be `HEADER_LEN + plaintext + TAG_LEN`
-/// long with the plaintext already at `buf[HEADER_LEN..len - TAG_LEN]`, so
-/// the caller reads data straight into its final place and nothing is copied.
-pub fn seal_chunk(key: &DataKey, ds: &DatasetId, id: &ChunkId, index: u64, buf: &mut [u8]) -> Result<(), FormatError> {
+/// Seal a chunk in place. `buf` must be `HEADER_LEN + body + TAG_LEN` long
+/// with the body (the plaintext, encoded as `codec` says) already at
+/// `buf[HEADER_LEN..len - TAG_LEN]`, so the caller reads data straight into
+/// its final place and nothing is copied.
+pub fn seal_chunk(
+    key: &DataKey,
+    ds: &DatasetId,
+    id: &ChunkId,
+    index: u64,
+    codec: Codec,
+    buf: &mut [u8],
+) -> Result<(), FormatError> {
     if buf.len() < CHUNK_OVERHEAD {
         return Err(FormatError::Short);
     }
     let nonce = Nonce::random().map_err(FormatError::Crypto)?;
-    let h = header(CHUNK_MAGIC, &nonce);
+    let h = header(CHUNK_MAGIC, CHUNK_VERSION, codec.byte(), &nonce);
     buf[..HEADER_LEN].copy_from_slice(&h);
     let aad = chunk_aad(&h, ds, id, index);
     seal_in_place(key, nonce, &aad, &mut buf[HEADER_LEN..]).map_err(FormatError::Crypto)
 }
 
-/// Open a sealed chunk in place and return its plaintext, which must be
-/// `expected_len` bytes long.
-pub fn open_chunk<'a>(
+/// An opened chunk: its codec and the length of its body, which sits at
+/// `buf[HEADER_LEN..HEADER_LEN + body_len]` of the buffer it was opened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub codec: Codec,
+    pub body_len: usize,
+}
+
+impl Opened {
+    /// Where the plaintext is: in place for a stored chunk, in `spare`
+    /// (the one given to [`open_chunk`]) for a compressed one.
+    pub fn in_spare(&self) -> bool {
+        self.codec != Codec::Stored
+    }
+}
+
+/// Open a sealed chunk in place; its plaintext must be `expected_len` bytes.
+/// A stored chunk's plaintext is left at `buf[HEADER_LEN..]`; a compressed
+/// chunk's body stays there (still encoded, ready to be sealed again as it
+/// is) and its plaintext is written to `spare[..expected_len]`.
+pub fn open_chunk(
     key: &DataKey,
     ds: &DatasetId,
     id: &ChunkId,
     index: u64,
     expected_len: u32,
-    buf: &'a mut [u8],
-) -> Result<&'a mut [u8], FormatError> {
+    buf: &mut [u8],
+    spare: &mut [u8],
+) -> Result<Opened, FormatError> {
     let nonce = check_header(buf, CHUNK_MAGIC, "chunk")?;
+    let codec = chunk_codec(buf)?;
     let (h, body) = buf.split_at_mut(HEADER_LEN);
     let aad = chunk_aad(h, ds, id, index);
-    let plain = open_in_place(key, nonce, &aad, body).map_err(|_| FormatError::Authentication)?;
-    if plain.len() != expected_len as usize {
-        return Err(FormatError::Length { got: plain.len(), want: expected_len });
+    let body = open_in_place(key, nonce, &aad, body).map_err(|_| FormatError::Authentication)?;
+    let want = expected_len as usize;
+    match codec {
+        Codec::Stored if body.len() != want => Err(FormatError::Length { got: body.len(), want: expected_len }),
+        Codec::Stored => Ok(Opened { codec, body_len: body.len() }),
+        Codec::Lz4 => {
+            let room = spare.len();
+            let out = spare.get_mut(..want).ok_or(FormatError::Length { got: room, want: expected_len })?;
+            match lz4_flex::block::decompress_into(body, out) {
+                Ok(n) if n == want => Ok(Opened { codec, body_len: body.len() }),
+                _ => Err(FormatError::Decompress { want: expected_len }),
+            }
+        }
     }
-    Ok(plain)
 }
 
 /// The body of a manifest: one generation of a dataset. Big-endian:
@@ -212,7 +312,7 @@ impl Manifest {
     /// Seal the manifest under the dataset key. Returns the object bytes.
     pub fn seal(&self, key: &DataKey) -> Result<Vec<u8>, FormatError> {
         let nonce = Nonce::random().map_err(FormatError::Crypto)?;
-        let h = header(MANIFEST_MAGIC, &nonce);
+        let h = header(MANIFEST_MAGIC, VERSION, 0, &nonce);
         let mut out = Vec::new();
         out.extend_from_slice(&h);
         out.extend_from_slice(&self.encode());
@@ -226,6 +326,10 @@ impl Manifest {
     /// dataset `ds`: one taken from another generation or dataset fails.
     pub fn open(key: &DataKey, ds: &DatasetId, generation: u64, sealed: &[u8]) -> Result<Self, FormatError> {
         let nonce = check_header(sealed, MANIFEST_MAGIC, "manifest")?;
+        if sealed[8] != VERSION {
+            return Err(FormatError::Version(sealed[8]));
+        }
+        check_reserved(&sealed[9..12])?;
         let mut buf = sealed.to_vec();
         let (h, body) = buf.split_at_mut(HEADER_LEN);
         let aad = manifest_aad(h, ds, generation);
@@ -277,52 +381,103 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn sealed_chunk(key: &DataKey, ds: &DatasetId, id: &ChunkId, index: u64, data: &[u8]) -> Vec<u8> {
+    fn sealed_chunk(key: &DataKey, ds: &DatasetId, id: &ChunkId, index: u64, codec: Codec, body: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; HEADER_LEN];
-        buf.extend_from_slice(data);
+        buf.extend_from_slice(body);
         buf.extend_from_slice(&[0; TAG_LEN]);
-        seal_chunk(key, ds, id, index, &mut buf).unwrap();
+        seal_chunk(key, ds, id, index, codec, &mut buf).unwrap();
         buf
+    }
+
+    /// Open `s` and return its plaintext, wherever it was left.
+    fn open(
+        key: &DataKey,
+        ds: &DatasetId,
+        id: &ChunkId,
+        index: u64,
+        len: u32,
+        s: &[u8],
+    ) -> Result<Vec<u8>, FormatError> {
+        let (mut buf, mut spare) = (s.to_vec(), vec![0u8; len as usize]);
+        let o = open_chunk(key, ds, id, index, len, &mut buf, &mut spare)?;
+        Ok(if o.in_spare() { spare } else { buf[HEADER_LEN..HEADER_LEN + o.body_len].to_vec() })
     }
 
     #[test]
     fn chunk_round_trip_and_binding() {
         let key = DataKey::generate().unwrap();
         let (ds, id) = (DatasetId([1; 16]), ChunkId([2; 16]));
-        let s = sealed_chunk(&key, &ds, &id, 5, b"hello");
+        let s = sealed_chunk(&key, &ds, &id, 5, Codec::Stored, b"hello");
         assert_eq!(s.len(), 5 + CHUNK_OVERHEAD);
-        assert_eq!(open_chunk(&key, &ds, &id, 5, 5, &mut s.clone()).unwrap(), b"hello");
+        assert_eq!(s[8..10], [CHUNK_VERSION, 0]);
+        assert_eq!(open(&key, &ds, &id, 5, 5, &s).unwrap(), b"hello");
         let auth = Err(FormatError::Authentication);
-        assert_eq!(open_chunk(&key, &ds, &id, 6, 5, &mut s.clone()).map(|p| p.to_vec()), auth, "other position");
-        assert_eq!(
-            open_chunk(&key, &DatasetId([9; 16]), &id, 5, 5, &mut s.clone()).map(|p| p.to_vec()),
-            auth,
-            "other dataset"
-        );
-        assert_eq!(
-            open_chunk(&key, &ds, &ChunkId([3; 16]), 5, 5, &mut s.clone()).map(|p| p.to_vec()),
-            auth,
-            "other id"
-        );
-        assert_eq!(
-            open_chunk(&DataKey::generate().unwrap(), &ds, &id, 5, 5, &mut s.clone()).map(|p| p.to_vec()),
-            auth,
-            "other key"
-        );
-        assert_eq!(
-            open_chunk(&key, &ds, &id, 5, 4, &mut s.clone()).map(|p| p.to_vec()),
-            Err(FormatError::Length { got: 5, want: 4 })
-        );
+        assert_eq!(open(&key, &ds, &id, 6, 5, &s), auth, "other position");
+        assert_eq!(open(&key, &DatasetId([9; 16]), &id, 5, 5, &s), auth, "other dataset");
+        assert_eq!(open(&key, &ds, &ChunkId([3; 16]), 5, 5, &s), auth, "other id");
+        assert_eq!(open(&DataKey::generate().unwrap(), &ds, &id, 5, 5, &s), auth, "other key");
+        assert_eq!(open(&key, &ds, &id, 5, 4, &s), Err(FormatError::Length { got: 5, want: 4 }));
         let mut v = s.clone();
-        v[8] = 2;
-        assert_eq!(open_chunk(&key, &ds, &id, 5, 5, &mut v).map(|p| p.to_vec()), Err(FormatError::Version(2)));
+        v[8] = 3;
+        assert_eq!(open(&key, &ds, &id, 5, 5, &v), Err(FormatError::Version(3)));
+        let mut c = s.clone();
+        c[9] = 1;
+        assert_eq!(open(&key, &ds, &id, 5, 5, &c), auth, "the codec byte is authenticated");
+        c[9] = 7;
+        assert!(matches!(open(&key, &ds, &id, 5, 5, &c), Err(FormatError::Inconsistent(_))), "unknown codec");
         let mut m = s.clone();
         m[0] = b'X';
-        assert_eq!(open_chunk(&key, &ds, &id, 5, 5, &mut m).map(|p| p.to_vec()), Err(FormatError::Magic("chunk")));
-        assert_eq!(
-            open_chunk(&key, &ds, &id, 5, 5, &mut s[..20].to_vec()).map(|p| p.to_vec()),
-            Err(FormatError::Short)
-        );
+        assert_eq!(open(&key, &ds, &id, 5, 5, &m), Err(FormatError::Magic("chunk")));
+        assert_eq!(open(&key, &ds, &id, 5, 5, &s[..20]), Err(FormatError::Short));
+    }
+
+    #[test]
+    fn compressed_chunk_round_trip() {
+        let key = DataKey::generate().unwrap();
+        let (ds, id) = (DatasetId([1; 16]), ChunkId([2; 16]));
+        let plain: Vec<u8> = b"name,department,salary\n".iter().cycle().take(100_000).copied().collect();
+        let mut out = vec![0u8; compress_bound(plain.len())];
+        let n = compress(&plain, &mut out).expect("repetitive text compresses");
+        assert!(n < plain.len() / 10, "{n}");
+        let s = sealed_chunk(&key, &ds, &id, 0, Codec::Lz4, &out[..n]);
+        assert_eq!(s[8..10], [CHUNK_VERSION, 1]);
+        assert_eq!(s.len(), n + CHUNK_OVERHEAD);
+        assert_eq!(open(&key, &ds, &id, 0, plain.len() as u32, &s).unwrap(), plain);
+        // The body is left in place, still compressed, for a copy to re-seal.
+        let (mut buf, mut spare) = (s.clone(), vec![0u8; plain.len()]);
+        let o = open_chunk(&key, &ds, &id, 0, plain.len() as u32, &mut buf, &mut spare).unwrap();
+        assert_eq!((o.codec, o.body_len), (Codec::Lz4, n));
+        assert_eq!(&buf[HEADER_LEN..HEADER_LEN + n], &out[..n]);
+        // A manifest length that disagrees with the decompressed size is refused.
+        let want = plain.len() as u32 - 1;
+        assert_eq!(open(&key, &ds, &id, 0, want, &s), Err(FormatError::Decompress { want }));
+        assert_eq!(open(&key, &ds, &id, 0, want + 2, &s), Err(FormatError::Decompress { want: want + 2 }));
+        // A body that is not LZ4 at all, sealed by a key holder, is refused, not trusted.
+        let junk = sealed_chunk(&key, &ds, &id, 0, Codec::Lz4, &[0xff; 40]);
+        assert_eq!(open(&key, &ds, &id, 0, 1000, &junk), Err(FormatError::Decompress { want: 1000 }));
+    }
+
+    #[test]
+    fn compress_gives_up_on_random_and_tiny_data() {
+        let mut random = vec![0u8; 1 << 16];
+        aws_lc_rs::rand::fill(&mut random).unwrap();
+        assert_eq!(compress(&random, &mut vec![0u8; compress_bound(random.len())]), None);
+        assert_eq!(compress(&[0u8; 63], &mut [0u8; 200]), None);
+        assert_eq!(compress(&[0u8; 4096], &mut [0u8; 4096]), None, "output shorter than the bound");
+        assert!(compress(&[0u8; 4096], &mut [0u8; 5000]).is_some());
+    }
+
+    #[test]
+    fn version_1_chunks_still_open() {
+        let key = DataKey::generate().unwrap();
+        let (ds, id) = (DatasetId([1; 16]), ChunkId([2; 16]));
+        let nonce = Nonce::random().unwrap();
+        let h = header(CHUNK_MAGIC, 1, 0, &nonce);
+        let mut buf = h.to_vec();
+        buf.extend_from_slice(b"old chunk");
+        buf.extend_from_slice(&[0; TAG_LEN]);
+        seal_in_place(&key, nonce, &chunk_aad(&h, &ds, &id, 0), &mut buf[HEADER_LEN..]).unwrap();
+        assert_eq!(open(&key, &ds, &id, 0, 9, &buf).unwrap(), b"old chunk");
     }
 
     fn manifest(n: usize, chunk: u32, last: u32) -> Manifest {
@@ -385,7 +540,7 @@ mod tests {
         #[test]
         fn open_chunk_never_panics(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), index in 0u64..4) {
             let key = DataKey::from_bytes([3; 32]);
-            let r = open_chunk(&key, &DatasetId([1; 16]), &ChunkId([2; 16]), index, 10, &mut bytes);
+            let r = open_chunk(&key, &DatasetId([1; 16]), &ChunkId([2; 16]), index, 10, &mut bytes, &mut [0u8; 10]);
             proptest::prop_assert!(r.is_err());
         }
 
