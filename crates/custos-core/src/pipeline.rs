@@ -18,7 +18,8 @@ use crossbeam_channel::{bounded, unbounded};
 use custos_crypto::{DataKey, Fingerprinter};
 use custos_model::{ChunkId, ChunkRef, DatasetId};
 use custos_store::format::{
-    compress, compress_bound, open_chunk, seal_chunk, Codec, FormatError, Opened, CHUNK_OVERHEAD, HEADER_LEN,
+    compress, compress_bound, open_chunk, open_chunk_body, seal_chunk, Codec, FormatError, Opened, CHUNK_OVERHEAD,
+    HEADER_LEN,
 };
 use custos_store::{ChunkBuf, StoreError, Volume};
 
@@ -308,24 +309,41 @@ fn read_and_open(
     buf: &mut ChunkBuf,
     spare: &mut ChunkBuf,
 ) -> Result<Opened, OpenError> {
-    let chunk_problem = |problem| OpenError::Chunk { index, id: c.id, problem };
-    let max = job.chunk_size as usize + CHUNK_OVERHEAD;
-    let n = job.volume.read_chunk(&c.id, buf, max).map_err(|e| match e {
-        StoreError::Missing { .. } => chunk_problem(ChunkProblem::Missing),
-        StoreError::TooLarge { size, .. } => chunk_problem(ChunkProblem::Oversized { size }),
-        e => OpenError::Store(e),
-    })?;
+    let n = read_chunk(job, index, c, buf)?;
     spare.ensure(HEADER_LEN + c.len as usize);
     let out = &mut spare.slice_mut(HEADER_LEN + c.len as usize)[HEADER_LEN..];
     open_chunk(job.key, &job.dataset, &c.id, index, c.len, buf.slice_mut(n), out)
-        .map_err(|e| chunk_problem(ChunkProblem::Format(e)))
+        .map_err(|e| chunk_problem(index, c, ChunkProblem::Format(e)))
+}
+
+/// Read chunk `index` into `buf` and authenticate and decrypt it there,
+/// leaving its body encoded (see [`custos_store::format::open_chunk_body`]).
+fn read_and_unseal(job: &OpenJob<'_>, index: u64, c: &ChunkRef, buf: &mut ChunkBuf) -> Result<Opened, OpenError> {
+    let n = read_chunk(job, index, c, buf)?;
+    open_chunk_body(job.key, &job.dataset, &c.id, index, c.len, buf.slice_mut(n))
+        .map_err(|e| chunk_problem(index, c, ChunkProblem::Format(e)))
+}
+
+fn chunk_problem(index: u64, c: &ChunkRef, problem: ChunkProblem) -> OpenError {
+    OpenError::Chunk { index, id: c.id, problem }
+}
+
+fn read_chunk(job: &OpenJob<'_>, index: u64, c: &ChunkRef, buf: &mut ChunkBuf) -> Result<usize, OpenError> {
+    let max = job.chunk_size as usize + CHUNK_OVERHEAD;
+    job.volume.read_chunk(&c.id, buf, max).map_err(|e| match e {
+        StoreError::Missing { .. } => chunk_problem(index, c, ChunkProblem::Missing),
+        StoreError::TooLarge { size, .. } => chunk_problem(index, c, ChunkProblem::Oversized { size }),
+        e => OpenError::Store(e),
+    })
 }
 
 /// Re-seal a generation chunk by chunk from one key and binding to another
 /// (a logical copy): each worker reads a source chunk, opens it in place,
 /// and seals the same buffer again (the body sits at the same offset in
-/// both). A compressed chunk stays compressed: its body is sealed again as
-/// it is, and only decompressed on the side to fingerprint the plaintext.
+/// both). A compressed body is sealed again as it is, never decompressed,
+/// and the copy's fingerprints are derived from the source's
+/// ([`Fingerprinter::for_copy`]), so the plaintext is neither decompressed
+/// nor hashed: the source's authentication tag vouches for the body.
 /// Positions with a `reuse` entry are taken as they are, unread.
 pub(crate) struct TranscodeJob<'a> {
     pub from: OpenJob<'a>,
@@ -347,7 +365,7 @@ pub(crate) struct TranscodeOutcome {
 }
 
 pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
-    let fp = Fingerprinter::new(job.to_key);
+    let fp = Fingerprinter::for_copy(job.to_key);
     let n = job.from.chunks.len();
     let threads = job.from.threads;
     let (idx_tx, idx_rx) = bounded::<usize>(threads * 2);
@@ -368,7 +386,6 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
             let (fp, fail, abort) = (&fp, &fail, &abort);
             s.spawn(move || {
                 let mut buf = ChunkBuf::new(job.from.chunk_size as usize + CHUNK_OVERHEAD);
-                let mut spare = ChunkBuf::new(job.from.chunk_size as usize + CHUNK_OVERHEAD);
                 for i in idx_rx {
                     if abort.load(Ordering::Relaxed) {
                         continue;
@@ -379,16 +396,14 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
                         continue;
                     }
                     let c = &job.from.chunks[i];
-                    let opened = match read_and_open(&job.from, i as u64, c, &mut buf, &mut spare) {
+                    let opened = match read_and_unseal(&job.from, i as u64, c, &mut buf) {
                         Ok(o) => o,
                         Err(e) => {
                             fail(i, TranscodeError::Source(e));
                             continue;
                         }
                     };
-                    let len = c.len as usize;
-                    let plain = if opened.in_spare() { &spare } else { &buf };
-                    let fingerprint = fp.fingerprint(&plain.slice(HEADER_LEN + len)[HEADER_LEN..]);
+                    let fingerprint = fp.fingerprint(&c.fingerprint);
                     let id = ChunkId::random();
                     let sealed = buf.slice_mut(opened.body_len + CHUNK_OVERHEAD);
                     let res = seal_chunk(job.to_key, &job.to_id, &id, i as u64, opened.codec, sealed)

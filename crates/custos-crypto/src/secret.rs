@@ -112,17 +112,31 @@ impl fmt::Debug for Passphrase {
 pub struct Fingerprinter(blake3::Hasher);
 
 impl Fingerprinter {
+    /// Fingerprints of plaintext under `key`.
     pub fn new(key: &DataKey) -> Self {
+        Self::derive(key, b"custos/v1/chunk-fingerprint")
+    }
+
+    /// Fingerprints for a logical copy sealed under `key`, computed from the
+    /// source chunk's fingerprint instead of its plaintext (HKDF info
+    /// `custos/v1/copy-fingerprint`, a separate domain): a copy need not
+    /// decompress or hash the data it re-seals.
+    pub fn for_copy(key: &DataKey) -> Self {
+        Self::derive(key, b"custos/v1/copy-fingerprint")
+    }
+
+    fn derive(key: &DataKey, info: &[u8]) -> Self {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"custos");
         let prk = salt.extract(key.expose_secret());
         let mut sub = Zeroizing::new([0u8; 32]);
-        prk.expand(&[b"custos/v1/chunk-fingerprint"], hkdf::HKDF_SHA256)
+        prk.expand(&[info], hkdf::HKDF_SHA256)
             .and_then(|okm| okm.fill(&mut sub[..]))
             .expect("HKDF-SHA256 can always produce 32 bytes");
         Self(blake3::Hasher::new_keyed(&sub))
     }
 
-    /// The 32-byte fingerprint of one chunk's plaintext.
+    /// The 32-byte fingerprint of `data` (a chunk's plaintext, or for
+    /// [`Fingerprinter::for_copy`] the source chunk's fingerprint).
     pub fn fingerprint(&self, data: &[u8]) -> [u8; 32] {
         let mut h = self.0.clone();
         h.update(data);
@@ -172,6 +186,9 @@ mod tests {
         assert_ne!(a.fingerprint(b"x"), a.fingerprint(b"y"));
         assert_ne!(a.fingerprint(b"x"), b.fingerprint(b"x"));
         assert_ne!(a.fingerprint(b"x"), *blake3::hash(b"x").as_bytes());
+        let c = Fingerprinter::for_copy(&DataKey::from_bytes([1; 32]));
+        assert_ne!(a.fingerprint(b"x"), c.fingerprint(b"x"), "copy fingerprints are another domain");
+        assert_eq!(c.fingerprint(b"x"), c.fingerprint(b"x"));
     }
 
     #[test]

@@ -188,8 +188,8 @@ impl Opened {
 
 /// Open a sealed chunk in place; its plaintext must be `expected_len` bytes.
 /// A stored chunk's plaintext is left at `buf[HEADER_LEN..]`; a compressed
-/// chunk's body stays there (still encoded, ready to be sealed again as it
-/// is) and its plaintext is written to `spare[..expected_len]`.
+/// chunk's body stays there (still encoded) and its plaintext is written to
+/// `spare[..expected_len]`.
 pub fn open_chunk(
     key: &DataKey,
     ds: &DatasetId,
@@ -199,23 +199,45 @@ pub fn open_chunk(
     buf: &mut [u8],
     spare: &mut [u8],
 ) -> Result<Opened, FormatError> {
+    let opened = open_chunk_body(key, ds, id, index, expected_len, buf)?;
+    if opened.codec == Codec::Lz4 {
+        let want = expected_len as usize;
+        let room = spare.len();
+        let out = spare.get_mut(..want).ok_or(FormatError::Length { got: room, want: expected_len })?;
+        let body = &buf[HEADER_LEN..HEADER_LEN + opened.body_len];
+        match lz4_flex::block::decompress_into(body, out) {
+            Ok(n) if n == want => {}
+            _ => return Err(FormatError::Decompress { want: expected_len }),
+        }
+    }
+    Ok(opened)
+}
+
+/// Authenticate and decrypt a sealed chunk in place, leaving its body as it
+/// was encoded, for a copy that seals the body again as it is. A stored
+/// body must be `expected_len` bytes; a compressed one is not decompressed
+/// (only [`open_chunk`] checks its decompressed length).
+pub fn open_chunk_body(
+    key: &DataKey,
+    ds: &DatasetId,
+    id: &ChunkId,
+    index: u64,
+    expected_len: u32,
+    buf: &mut [u8],
+) -> Result<Opened, FormatError> {
     let nonce = check_header(buf, CHUNK_MAGIC, "chunk")?;
     let codec = chunk_codec(buf)?;
     let (h, body) = buf.split_at_mut(HEADER_LEN);
     let aad = chunk_aad(h, ds, id, index);
     let body = open_in_place(key, nonce, &aad, body).map_err(|_| FormatError::Authentication)?;
-    let want = expected_len as usize;
     match codec {
-        Codec::Stored if body.len() != want => Err(FormatError::Length { got: body.len(), want: expected_len }),
-        Codec::Stored => Ok(Opened { codec, body_len: body.len() }),
-        Codec::Lz4 => {
-            let room = spare.len();
-            let out = spare.get_mut(..want).ok_or(FormatError::Length { got: room, want: expected_len })?;
-            match lz4_flex::block::decompress_into(body, out) {
-                Ok(n) if n == want => Ok(Opened { codec, body_len: body.len() }),
-                _ => Err(FormatError::Decompress { want: expected_len }),
-            }
+        Codec::Stored if body.len() != expected_len as usize => {
+            Err(FormatError::Length { got: body.len(), want: expected_len })
         }
+        Codec::Lz4 if body.len() >= expected_len as usize => {
+            Err(FormatError::Inconsistent("a compressed chunk is not smaller than its plaintext"))
+        }
+        _ => Ok(Opened { codec, body_len: body.len() }),
     }
 }
 
@@ -455,6 +477,11 @@ mod tests {
         // A body that is not LZ4 at all, sealed by a key holder, is refused, not trusted.
         let junk = sealed_chunk(&key, &ds, &id, 0, Codec::Lz4, &[0xff; 40]);
         assert_eq!(open(&key, &ds, &id, 0, 1000, &junk), Err(FormatError::Decompress { want: 1000 }));
+        // Opening only the body (for a copy) still checks what it can without decompressing.
+        let mut body = s.clone();
+        assert_eq!(open_chunk_body(&key, &ds, &id, 0, plain.len() as u32, &mut body).unwrap().body_len, n);
+        assert!(matches!(open_chunk_body(&key, &ds, &id, 0, 40, &mut junk.clone()), Err(FormatError::Inconsistent(_))));
+        assert!(open_chunk_body(&key, &ds, &id, 0, 1, &mut junk.clone()).is_err());
     }
 
     #[test]
