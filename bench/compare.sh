@@ -12,6 +12,9 @@
 # Nothing is deleted between timed runs: on ext4, creating files right after
 # many deletions makes the inode allocator skip the recently deleted ones,
 # which slowed whichever tool ran next by up to 30%. Everything goes at the end.
+# Before each timed step the disk is settled (sync, untimed): otherwise the
+# previous step's dirty pages (cp's copy above all, which cp leaves to the
+# kernel) are written back during, and charged to, whatever runs next.
 #
 # Usage: bench/compare.sh [WORKDIR]      (needs ~24 GiB free)
 set -euo pipefail
@@ -48,6 +51,8 @@ total=$(du -sb "$work/data" | cut -f1)
 sync; cat "$work"/data/*/* > /dev/null
 
 t() { local t0 t1; t0=$(date +%s.%N); "$@" > /dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+settle() { sync; sleep 2; }
+cp_sync() { cp -r "$1" "$2" && sync; }
 change5pct() {  # rewrite 1 MiB inside 10 of the 200 files
   for i in 3 23 43 63 83 103 123 143 163 183; do
     f="$work/data/dir$((i % 10))/file$(printf %03d $i).dat"
@@ -56,8 +61,12 @@ change5pct() {  # rewrite 1 MiB inside 10 of the 200 files
   cat "$work"/data/*/* > /dev/null
 }
 
-# cp -r, the floor.
+# cp -r, the floor; and cp -r followed by sync, a durable copy like Custos's.
+settle
 cp_s=$(t cp -r "$work/data" "$work/cp-copy")
+settle
+cps_s=$(t cp_sync "$work/data" "$work/cp-copy2")
+settle
 
 # Custos.
 export CUSTOS_VAULT="$work/vault" CUSTOS_PASSPHRASE="bench-not-secret"
@@ -66,31 +75,41 @@ bench_vault
 "$custos" volume add rawcopy --path "$work/rawcopy" --site B > /dev/null
 c_import=$(t "$custos" ds import "$work/data" --prefix BENCH)
 cat "$work"/vault/volumes/default/chunks/*/* > /dev/null
+settle
 c_logical=$(t "$custos" backup run --to offsite)
+settle
 c_raw=$(t "$custos" backup run --method raw --to rawcopy)
 change5pct
 "$custos" ds import "$work/data" --prefix BENCH --replace > /dev/null
+settle
 c_incr=$(t "$custos" backup run --to offsite)
+settle
 c_restore=$(t "$custos" restore 'BENCH.**')
 
 # restic (no compression in 0.14).
 export RESTIC_PASSWORD="bench-not-secret" RESTIC_REPOSITORY="$work/restic"
 restic init > /dev/null
 cp -r "$work/data" "$work/data-r"   # each peer gets its own copy of the ~2 GiB tree, then its own 10-file change
+settle
 r_full=$(t restic backup "$work/data-r")
 change_r() { for i in 3 23 43 63 83 103 123 143 163 183; do dd if=/dev/urandom of="$work/data-r/dir$((i % 10))/file$(printf %03d $i).dat" bs=1M count=1 conv=notrunc status=none; done; }
 change_r
+settle
 r_incr=$(t restic backup "$work/data-r")
+settle
 r_restore=$(t restic restore latest --target "$work/restic-out")
 
 # borg (default lz4 compression).
 export BORG_PASSPHRASE="bench-not-secret" BORG_REPO="$work/borg"
 borg init -e repokey > /dev/null 2>&1
 cp -r "$work/data" "$work/data-b"
+settle
 b_full=$(t borg create "::a" "$work/data-b")
 for i in 3 23 43 63 83 103 123 143 163 183; do dd if=/dev/urandom of="$work/data-b/dir$((i % 10))/file$(printf %03d $i).dat" bs=1M count=1 conv=notrunc status=none; done
+settle
 b_incr=$(t borg create "::b" "$work/data-b")
 mkdir -p "$work/borg-out"
+settle
 b_restore=$(cd "$work/borg-out" && t borg extract "::b")
 
 # rustic, when installed (cargo install rustic-rs).
@@ -99,9 +118,12 @@ if command -v rustic >/dev/null 2>&1; then
   export RUSTIC_PASSWORD="bench-not-secret" RUSTIC_REPOSITORY="$work/rustic"
   rustic init > /dev/null 2>&1
   cp -r "$work/data" "$work/data-u"
+  settle
   u_full=$(t rustic backup "$work/data-u")
   for i in 3 23 43 63 83 103 123 143 163 183; do dd if=/dev/urandom of="$work/data-u/dir$((i % 10))/file$(printf %03d $i).dat" bs=1M count=1 conv=notrunc status=none; done
+  settle
   u_incr=$(t rustic backup "$work/data-u")
+  settle
   u_restore=$(t rustic restore latest "$work/rustic-out")
   ru_row="| rustic $(rustic --version 2>/dev/null | awk '{print $2}') | $(printf '%.2f' "$u_full") s | $(printf '%.2f' "$u_incr") s | $(printf '%.2f' "$u_restore") s |"
 fi
@@ -112,18 +134,19 @@ s() { printf '%.2f' "$1"; }
 c_full=$(echo "$c_import + $c_logical" | bc -l)
 cat > "$work/section.md" <<MD
 <!-- compare:begin -->
-Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/compare.sh\`: $(printf '%.2f' "$(echo "$total / 1073741824" | bc -l)") GiB in 200 files (half random, half compressible text), page cache warm, one run. Versions: $(restic version | cut -d' ' -f1-2), $(borg --version), Custos $(git -C "$root" rev-parse --short HEAD).
+Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/compare.sh\`: $(printf '%.2f' "$(echo "$total / 1073741824" | bc -l)") GiB in 200 files (half random, half compressible text), page cache warm, disk settled (\`sync\`) before each timed step, one run. Versions: $(restic version | cut -d' ' -f1-2), $(borg --version), Custos $(git -C "$root" rev-parse --short HEAD).
 
 | | full backup | incremental (10 of 200 files changed) | restore everything |
 |---|---|---|---|
 | \`cp -r\` | $(s "$cp_s") s ($(gbps "$cp_s") GB/s) | | |
+| \`cp -r\` then \`sync\` (durable) | $(s "$cps_s") s ($(gbps "$cps_s") GB/s) | | |
 | Custos: import + logical copy (separate BACK key) | $(s "$c_full") s ($(gbps "$c_full") GB/s; import $(s "$c_import") s + copy $(s "$c_logical") s) | $(s "$c_incr") s | $(s "$c_restore") s ($(gbps "$c_restore") GB/s) |
 | Custos: raw copy (no key, shares the primary's) | $(s "$c_raw") s ($(gbps "$c_raw") GB/s) | | |
 | restic | $(s "$r_full") s ($(gbps "$r_full") GB/s) | $(s "$r_incr") s | $(s "$r_restore") s ($(gbps "$r_restore") GB/s) |
 | borg (lz4) | $(s "$b_full") s ($(gbps "$b_full") GB/s) | $(s "$b_incr") s | $(s "$b_restore") s ($(gbps "$b_restore") GB/s) |
 ${ru_row}
 
-Against the issue's targets, in this run: the logical copy ran at $(gbps "$c_logical") GB/s, $(x "$r_full" "$c_logical") restic's and $(x "$b_full" "$c_logical") borg's first backup; the raw copy ran at $(x "$cp_s" "$c_raw") the speed of \`cp -r\`, $(x "$r_full" "$c_raw") restic and $(x "$b_full" "$c_raw") borg; the incremental took $(printf '%.1f' "$(echo "100 * $c_incr / $c_logical" | bc -l)")% of the full logical copy's time. Import plus logical copy together: $(x "$r_full" "$c_full") restic, $(x "$b_full" "$c_full") borg.
+Against the issue's targets, in this run: the logical copy ran at $(gbps "$c_logical") GB/s, $(x "$r_full" "$c_logical") restic's and $(x "$b_full" "$c_logical") borg's first backup; the raw copy ran at $(x "$cp_s" "$c_raw") the speed of \`cp -r\` ($(x "$cps_s" "$c_raw") a durable \`cp -r\` + \`sync\`), $(x "$r_full" "$c_raw") restic and $(x "$b_full" "$c_raw") borg; the incremental took $(printf '%.1f' "$(echo "100 * $c_incr / $c_logical" | bc -l)")% of the full logical copy's time. Import plus logical copy together: $(x "$r_full" "$c_full") restic, $(x "$b_full" "$c_full") borg.
 
 Custos's incremental copies only the chunks whose source changed (the 10
 changed files had already been written back with \`ds import --replace\`, not

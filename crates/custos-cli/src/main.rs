@@ -30,6 +30,7 @@ use args::{
 use output::{bytes, json, when, Table};
 
 fn main() -> ExitCode {
+    custos_crypto::prime_random();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (action, object) = describe(&matches);

@@ -14,6 +14,7 @@
 //! A backup is recorded only after its chunks and manifest are durable, so
 //! an interrupted backup is never listed.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -161,19 +162,21 @@ impl<S: VaultState> Vault<S> {
     /// Raw copy of a dataset's current generation to `to`. Uses no key.
     /// Returns `None` when that generation already has a raw copy there.
     pub fn backup_raw(&self, name: &DatasetName, to: &VolumeName) -> Result<Option<BackupRecord>> {
-        self.backup_raw_given(name, to, &self.repo.backups()?)
+        let d = self.dataset(name)?;
+        let all = self.repo.backups()?;
+        let mine: Vec<&BackupRecord> = all.iter().filter(|b| b.dataset_id == d.id).collect();
+        self.backup_raw_given(d, to, &mine)
     }
 
-    /// [`Vault::backup_raw`] against a list of the catalog's backups read
+    /// [`Vault::backup_raw`] of `d` given its backups in the catalog, read
     /// beforehand (to tell whether the copy exists already).
     fn backup_raw_given(
         &self,
-        name: &DatasetName,
+        d: DatasetRecord,
         to: &VolumeName,
-        all: &[BackupRecord],
+        all: &[&BackupRecord],
     ) -> Result<Option<BackupRecord>> {
-        let d = self.dataset(name)?;
-        let g = &d.current;
+        let (name, g) = (&d.name, &d.current);
         if *to == g.volume {
             return Err(Error::Invalid {
                 what: "raw backup",
@@ -182,12 +185,8 @@ impl<S: VaultState> Vault<S> {
                 ),
             });
         }
-        let already = all.iter().any(|b| {
-            b.dataset_id == d.id
-                && b.source_generation == g.generation
-                && b.method == CopyMethod::Raw
-                && b.volume == *to
-        });
+        let already =
+            all.iter().any(|b| b.source_generation == g.generation && b.method == CopyMethod::Raw && b.volume == *to);
         if already {
             return Ok(None);
         }
@@ -223,9 +222,14 @@ impl<S: VaultState> Vault<S> {
         to: &VolumeName,
     ) -> Result<Vec<(DatasetName, Option<BackupRecord>)>> {
         self.volume_record(to)?;
-        let all = self.repo.backups()?;
+        let datasets = DatasetCache::load(self)?;
+        let backups = backups_by_dataset(self.repo.backups()?);
         let jobs: Vec<(usize, &DatasetName)> = names.iter().enumerate().collect();
-        let results = self.in_parallel(jobs, |name| self.backup_raw_given(name, to, &all));
+        let results = self.in_parallel(jobs, |name| {
+            let d = datasets.get(self, name)?;
+            let mine: Vec<&BackupRecord> = backups.get(&d.id).into_iter().flatten().collect();
+            self.backup_raw_given(d, to, &mine)
+        });
         let mut out = Vec::with_capacity(names.len());
         let mut first_error = None;
         for (i, r) in results {
@@ -341,11 +345,52 @@ struct LogicalPlan {
     new_key: Option<KeyRecord>,
 }
 
+/// Key records read once for a run over many datasets.
+struct KeyCache(HashMap<KeyLabel, KeyRecord>);
+
+impl KeyCache {
+    fn load<S: VaultState>(v: &Vault<S>) -> Result<Self> {
+        Ok(Self(v.repo.keys()?.into_iter().map(|k| (k.label.clone(), k)).collect()))
+    }
+
+    fn get<S: VaultState>(&self, v: &Vault<S>, label: &KeyLabel) -> Result<KeyRecord> {
+        match self.0.get(label) {
+            Some(k) => Ok(k.clone()),
+            None => v.key_record(label),
+        }
+    }
+}
+
+/// Dataset records read once for a run over many datasets.
+struct DatasetCache(HashMap<DatasetName, DatasetRecord>);
+
+impl DatasetCache {
+    fn load<S: VaultState>(v: &Vault<S>) -> Result<Self> {
+        Ok(Self(v.repo.datasets()?.into_iter().map(|d| (d.name.clone(), d)).collect()))
+    }
+
+    fn get<S: VaultState>(&self, v: &Vault<S>, name: &DatasetName) -> Result<DatasetRecord> {
+        match self.0.get(name) {
+            Some(d) => Ok(d.clone()),
+            None => v.dataset(name),
+        }
+    }
+}
+
+/// The catalog's backups grouped by dataset, in catalog order.
+fn backups_by_dataset(all: Vec<BackupRecord>) -> HashMap<DatasetId, Vec<BackupRecord>> {
+    let mut m: HashMap<DatasetId, Vec<BackupRecord>> = HashMap::new();
+    for b in all {
+        m.entry(b.dataset_id).or_default().push(b);
+    }
+    m
+}
+
 /// Names new keys by the naming standard for a run that creates many before
 /// any is stored: the keystore is read once, then numbers count on.
 #[derive(Default)]
 struct LabelAllocator {
-    next: std::collections::HashMap<(String, Purpose), u32>,
+    next: HashMap<(String, Purpose), u32>,
 }
 
 impl LabelAllocator {
@@ -480,8 +525,9 @@ impl Vault<Open> {
         named: Option<&KeyLabel>,
         previous: Option<&BackupRecord>,
         labels: &mut LabelAllocator,
+        keys: &KeyCache,
     ) -> Result<(KeyRecord, Option<KeyRecord>)> {
-        let primary = self.key_record(&d.current.key_label)?;
+        let primary = keys.get(self, &d.current.key_label)?;
         if let Some(label) = named {
             if *label == primary.label {
                 return Err(Error::Invalid {
@@ -491,7 +537,7 @@ impl Vault<Open> {
                     ),
                 });
             }
-            let k = self.key_record(label)?;
+            let k = keys.get(self, label)?;
             if k.purpose != Purpose::Back {
                 return Err(Error::KeyPurpose {
                     label: label.clone(),
@@ -502,7 +548,7 @@ impl Vault<Open> {
             return Ok((k, None));
         }
         if let Some(p) = previous {
-            let k = self.key_record(&p.key_label)?;
+            let k = keys.get(self, &p.key_label)?;
             if k.state.permits(KeyUse::Encrypt).is_ok() && k.expires_at.is_none_or(|e| e > Timestamp::now()) {
                 return Ok((k, None));
             }
@@ -543,19 +589,23 @@ impl Vault<Open> {
         key: Option<&KeyLabel>,
     ) -> Result<Vec<(DatasetName, Option<BackupRecord>)>> {
         self.volume_record(to)?;
-        let all = self.repo.backups()?;
+        // The catalog is read once for the whole run: datasets, keys, backups.
+        let (datasets, keys) = (DatasetCache::load(self)?, KeyCache::load(self)?);
+        let backups = backups_by_dataset(self.repo.backups()?);
         let mut labels = LabelAllocator::default();
         let mut out: Vec<(DatasetName, Option<BackupRecord>)> = Vec::with_capacity(names.len());
         let mut plans = Vec::new();
         for name in names {
-            let d = self.dataset(name)?;
-            let series: Vec<&BackupRecord> = all
-                .iter()
-                .filter(|b| b.dataset_id == d.id && b.method == CopyMethod::Logical && b.volume == *to)
+            let d = datasets.get(self, name)?;
+            let series: Vec<&BackupRecord> = backups
+                .get(&d.id)
+                .into_iter()
+                .flatten()
+                .filter(|b| b.method == CopyMethod::Logical && b.volume == *to)
                 .collect();
             let previous = series.last().map(|b| (*b).clone());
             // Arguments are checked before anything is skipped as done already.
-            let (back, new_key) = self.backup_key(&d, key, previous.as_ref(), &mut labels)?;
+            let (back, new_key) = self.backup_key(&d, key, previous.as_ref(), &mut labels, &keys)?;
             if series.iter().any(|b| b.source_generation == d.current.generation) {
                 out.push((name.clone(), None));
                 continue;

@@ -367,7 +367,10 @@ pub(crate) struct TranscodeOutcome {
 pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
     let fp = Fingerprinter::for_copy(job.to_key);
     let n = job.from.chunks.len();
-    let threads = job.from.threads;
+    // No more workers (each with a chunk buffer) than chunks to re-seal:
+    // an incremental copy often has one or two.
+    let todo = job.reuse.iter().take(n).filter(|r| r.is_none()).count() + n.saturating_sub(job.reuse.len());
+    let threads = job.from.threads.min(todo).max(1);
     let (idx_tx, idx_rx) = bounded::<usize>(threads * 2);
     let (done_tx, done_rx) = unbounded::<(usize, ChunkRef, bool)>();
     let abort = AtomicBool::new(false);
@@ -385,7 +388,7 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
             let (idx_rx, done_tx) = (idx_rx.clone(), done_tx.clone());
             let (fp, fail, abort) = (&fp, &fail, &abort);
             s.spawn(move || {
-                let mut buf = ChunkBuf::new(job.from.chunk_size as usize + CHUNK_OVERHEAD);
+                let mut buf = None;
                 for i in idx_rx {
                     if abort.load(Ordering::Relaxed) {
                         continue;
@@ -396,7 +399,8 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
                         continue;
                     }
                     let c = &job.from.chunks[i];
-                    let opened = match read_and_unseal(&job.from, i as u64, c, &mut buf) {
+                    let buf = buf.get_or_insert_with(|| ChunkBuf::new(job.from.chunk_size as usize + CHUNK_OVERHEAD));
+                    let opened = match read_and_unseal(&job.from, i as u64, c, buf) {
                         Ok(o) => o,
                         Err(e) => {
                             fail(i, TranscodeError::Source(e));
@@ -456,6 +460,7 @@ pub(crate) fn copy_raw(
     max_len: usize,
     threads: usize,
 ) -> (Result<(), StoreError>, Vec<ChunkId>) {
+    let threads = threads.min(ids.len()).max(1);
     let (idx_tx, idx_rx) = bounded::<usize>(threads * 2);
     let (done_tx, done_rx) = unbounded::<ChunkId>();
     let abort = AtomicBool::new(false);

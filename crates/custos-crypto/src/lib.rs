@@ -27,5 +27,5 @@ pub use check::{Kcv, Mkvp, KCV_LEN, MKVP_LEN};
 pub use error::CryptoError;
 pub use escrow::{escrow_open, escrow_seal, kbk_generate, kbk_public, ESCROW_BLOB_LEN};
 pub use kdf::{Kdf, KdfParams};
-pub use secret::{random_array, DataKey, Fingerprinter, MasterKey, Passphrase, PassphraseKey, KEY_LEN};
+pub use secret::{prime_random, random_array, DataKey, Fingerprinter, MasterKey, Passphrase, PassphraseKey, KEY_LEN};
 pub use wrap::{unwrap_key, wrap_key, WRAPPED_KEY_LEN};

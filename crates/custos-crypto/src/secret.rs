@@ -15,6 +15,19 @@ pub fn random_array<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(out)
 }
 
+/// Start the random generator on a background thread and return at once.
+/// aws-lc seeds its generator on first use from a CPU-jitter entropy source
+/// as well as the OS, which costs about 30 ms of CPU per process here
+/// (`perf`: `tree_jitter_initialize_once`); started early, that work
+/// overlaps with a command's start-up (authentication, opening the vault)
+/// instead of delaying its first write. Any failure surfaces later, at the
+/// first real use.
+pub fn prime_random() {
+    std::thread::spawn(|| {
+        let _ = random_array::<1>();
+    });
+}
+
 macro_rules! secret_key {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
