@@ -21,7 +21,7 @@ use custos_store::format::{
     compress, compress_bound, open_chunk, open_chunk_body, seal_chunk, Codec, FormatError, Opened, CHUNK_OVERHEAD,
     HEADER_LEN,
 };
-use custos_store::{ChunkBuf, StoreError, Volume};
+use custos_store::{ChunkBuf, PooledBuf, StoreError, Volume};
 
 use crate::ChunkProblem;
 
@@ -78,11 +78,11 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcome {
     let fp = Fingerprinter::new(job.key);
     let nbuf = buffers_for(job.threads);
-    let (free_tx, free_rx) = bounded::<ChunkBuf>(nbuf);
+    let (free_tx, free_rx) = bounded::<PooledBuf>(nbuf);
     for _ in 0..nbuf {
-        free_tx.send(ChunkBuf::new(job.chunk_size + CHUNK_OVERHEAD)).expect("pool has room");
+        free_tx.send(PooledBuf::take(job.chunk_size + CHUNK_OVERHEAD)).expect("pool has room");
     }
-    let (work_tx, work_rx) = bounded::<(u64, ChunkBuf, usize)>(job.threads);
+    let (work_tx, work_rx) = bounded::<(u64, PooledBuf, usize)>(job.threads);
     let (done_tx, done_rx) = unbounded::<(u64, ChunkRef, bool)>();
     let abort = AtomicBool::new(false);
     let first_error: Mutex<Option<SealError>> = Mutex::new(None);
@@ -98,7 +98,7 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
             s.spawn(move || {
                 // Where a chunk is compressed before it is sealed.
                 let mut packed = if job.compress {
-                    Some(ChunkBuf::new(compress_bound(job.chunk_size) + CHUNK_OVERHEAD))
+                    Some(PooledBuf::take(compress_bound(job.chunk_size) + CHUNK_OVERHEAD))
                 } else {
                     None
                 };
@@ -203,12 +203,12 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
     let cs = job.chunk_size;
     let (first, last) = (start / cs, (end - 1) / cs);
     let nbuf = buffers_for(job.threads);
-    let (free_tx, free_rx) = bounded::<ChunkBuf>(nbuf);
+    let (free_tx, free_rx) = bounded::<PooledBuf>(nbuf);
     for _ in 0..nbuf {
-        free_tx.send(ChunkBuf::new(cs as usize + CHUNK_OVERHEAD)).expect("pool has room");
+        free_tx.send(PooledBuf::take(cs as usize + CHUNK_OVERHEAD)).expect("pool has room");
     }
-    let (job_tx, job_rx) = bounded::<(u64, ChunkBuf)>(nbuf);
-    let (res_tx, res_rx) = unbounded::<(u64, Result<ChunkBuf, OpenError>)>();
+    let (job_tx, job_rx) = bounded::<(u64, PooledBuf)>(nbuf);
+    let (res_tx, res_rx) = unbounded::<(u64, Result<PooledBuf, OpenError>)>();
     let abort = AtomicBool::new(false);
 
     std::thread::scope(|s| {
@@ -227,7 +227,7 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
         for _ in 0..job.threads {
             let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
             s.spawn(move || {
-                let mut spare = ChunkBuf::new(cs as usize + CHUNK_OVERHEAD);
+                let mut spare = PooledBuf::take(cs as usize + CHUNK_OVERHEAD);
                 for (index, mut buf) in job_rx {
                     let c = &job.chunks[index as usize];
                     let r = if abort.load(Ordering::Relaxed) {
@@ -248,7 +248,7 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
         drop(job_rx);
 
         let mut next = first;
-        let mut pending: BTreeMap<u64, ChunkBuf> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, PooledBuf> = BTreeMap::new();
         let mut error = None;
         for (index, r) in &res_rx {
             match r {
@@ -399,7 +399,7 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
                         continue;
                     }
                     let c = &job.from.chunks[i];
-                    let buf = buf.get_or_insert_with(|| ChunkBuf::new(job.from.chunk_size as usize + CHUNK_OVERHEAD));
+                    let buf = buf.get_or_insert_with(|| PooledBuf::take(job.from.chunk_size as usize + CHUNK_OVERHEAD));
                     let opened = match read_and_unseal(&job.from, i as u64, c, buf) {
                         Ok(o) => o,
                         Err(e) => {
@@ -470,7 +470,7 @@ pub(crate) fn copy_raw(
             let (idx_rx, done_tx) = (idx_rx.clone(), done_tx.clone());
             let (abort, first_error) = (&abort, &first_error);
             s.spawn(move || {
-                let mut buf = ChunkBuf::new(max_len);
+                let mut buf = PooledBuf::take(max_len);
                 for i in idx_rx {
                     if abort.load(Ordering::Relaxed) {
                         continue;

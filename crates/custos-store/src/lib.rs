@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use custos_model::{ChunkId, DatasetId};
 use thiserror::Error;
 
-pub use buf::{ChunkBuf, ALIGN};
+pub use buf::{ChunkBuf, PooledBuf, ALIGN};
 pub use direct::DirectWriter;
 pub use local::LocalVolume;
 pub use mirror::MirroredVolume;
