@@ -76,6 +76,11 @@ bench_vault
 c_import=$(t "$custos" ds import "$work/data" --prefix BENCH)
 cat "$work"/vault/volumes/default/chunks/*/* > /dev/null
 settle
+# The other reading of "cp on the same bytes": cp of the sealed chunk files
+# themselves, the very bytes the raw copy moves.
+stored=$(du -sb "$work/vault/volumes/default" | cut -f1)
+cpv_s=$(t cp -r "$work/vault/volumes/default" "$work/cp-volume")
+settle
 c_logical=$(t "$custos" backup run --to offsite)
 settle
 c_raw=$(t "$custos" backup run --method raw --to rawcopy)
@@ -140,14 +145,17 @@ Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/compa
 |---|---|---|---|
 | \`cp -r\` | $(s "$cp_s") s ($(gbps "$cp_s") GB/s) | | |
 | \`cp -r\` then \`sync\` (durable) | $(s "$cps_s") s ($(gbps "$cps_s") GB/s) | | |
+| \`cp -r\` of the primary volume (the $(printf '%.2f' "$(echo "$stored / 1000000000" | bc -l)") GB of sealed chunks a raw copy moves) | $(s "$cpv_s") s | | |
 | Custos: import + logical copy (separate BACK key) | $(s "$c_full") s ($(gbps "$c_full") GB/s; import $(s "$c_import") s + copy $(s "$c_logical") s) | $(s "$c_incr") s | $(s "$c_restore") s ($(gbps "$c_restore") GB/s) |
 | Custos: raw copy (no key, shares the primary's) | $(s "$c_raw") s ($(gbps "$c_raw") GB/s) | | |
 | restic | $(s "$r_full") s ($(gbps "$r_full") GB/s) | $(s "$r_incr") s | $(s "$r_restore") s ($(gbps "$r_restore") GB/s) |
 | borg (lz4) | $(s "$b_full") s ($(gbps "$b_full") GB/s) | $(s "$b_incr") s | $(s "$b_restore") s ($(gbps "$b_restore") GB/s) |
 ${ru_row}
 
-Against the issue's targets, in this run: the logical copy ran at $(gbps "$c_logical") GB/s, $(x "$r_full" "$c_logical") restic's and $(x "$b_full" "$c_logical") borg's first backup; the raw copy ran at $(x "$cp_s" "$c_raw") the speed of \`cp -r\` ($(x "$cps_s" "$c_raw") a durable \`cp -r\` + \`sync\`), $(x "$r_full" "$c_raw") restic and $(x "$b_full" "$c_raw") borg; the incremental took $(printf '%.1f' "$(echo "100 * $c_incr / $c_logical" | bc -l)")% of the full logical copy's time. Import plus logical copy together: $(x "$r_full" "$c_full") restic, $(x "$b_full" "$c_full") borg.
+Against the issue's targets, in this run: the logical copy ran at $(gbps "$c_logical") GB/s, $(x "$r_full" "$c_logical") restic's and $(x "$b_full" "$c_logical") borg's first backup; the raw copy ran at $(x "$cp_s" "$c_raw") the speed of \`cp -r\` ($(x "$cps_s" "$c_raw") a durable \`cp -r\` + \`sync\`; $(x "$cpv_s" "$c_raw") a \`cp -r\` of the sealed chunks themselves), $(x "$r_full" "$c_raw") restic and $(x "$b_full" "$c_raw") borg; the incremental took $(printf '%.1f' "$(echo "100 * $c_incr / $c_logical" | bc -l)")% of the full logical copy's time. Import plus logical copy together: $(x "$r_full" "$c_full") restic, $(x "$b_full" "$c_full") borg.
 
+Throughput is the user's data (the GiB above) per second for every tool;
+Custos stores it compressed, so its copies move fewer bytes, as borg's do.
 Custos's incremental copies only the chunks whose source changed (the 10
 changed files had already been written back with \`ds import --replace\`, not
 timed). Its restore writes every dataset back as a new generation and
