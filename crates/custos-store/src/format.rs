@@ -86,15 +86,23 @@ pub const fn compress_bound(len: usize) -> usize {
 
 /// Compress `plain` into `out` (at least [`compress_bound`] long) as one
 /// LZ4 block, and return the compressed length when that saves at least
-/// 1/16 of the size; `None` means store it as it is. LZ4 skips through
-/// incompressible data quickly (about 25 GB/s per core here), so trying
-/// costs little.
+/// 1/16 of the size; `None` means store it as it is. A chunk whose first
+/// 64 KiB do not shrink by that much is taken as incompressible without
+/// compressing the rest: trying a whole random 1 MiB chunk cost 0.1–0.17 s
+/// per GiB on `ds put`, the probe a sixteenth of that.
 pub fn compress(plain: &[u8], out: &mut [u8]) -> Option<usize> {
+    const PROBE: usize = 64 << 10;
     if plain.len() < 64 || out.len() < compress_bound(plain.len()) {
         return None;
     }
-    let limit = plain.len() - plain.len() / 16;
-    lz4_flex::block::compress_into(plain, out).ok().filter(|&n| n < limit)
+    let saves = |n: usize, of: usize| n < of - of / 16;
+    if plain.len() >= 4 * PROBE {
+        let n = lz4_flex::block::compress_into(&plain[..PROBE], out).ok()?;
+        if !saves(n, PROBE) {
+            return None;
+        }
+    }
+    lz4_flex::block::compress_into(plain, out).ok().filter(|&n| saves(n, plain.len()))
 }
 
 fn header(magic: &[u8; 8], version: u8, codec: u8, nonce: &Nonce) -> [u8; HEADER_LEN] {
@@ -492,6 +500,14 @@ mod tests {
         assert_eq!(compress(&[0u8; 63], &mut [0u8; 200]), None);
         assert_eq!(compress(&[0u8; 4096], &mut [0u8; 4096]), None, "output shorter than the bound");
         assert!(compress(&[0u8; 4096], &mut [0u8; 5000]).is_some());
+        // A chunk that starts random is taken as incompressible whatever follows;
+        // one that starts compressible is compressed whole.
+        let mut mixed = random[..1 << 16].to_vec();
+        mixed.extend_from_slice(&[0u8; 3 << 16]);
+        let mut out = vec![0u8; compress_bound(mixed.len())];
+        assert_eq!(compress(&mixed, &mut out), None);
+        mixed.reverse();
+        assert!(compress(&mixed, &mut out).is_some());
     }
 
     #[test]
