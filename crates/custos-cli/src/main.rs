@@ -887,12 +887,13 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 Ok(())
             } else {
                 println!(
-                    "stored {} generation {}: {} in {} chunks ({} new) under key {}{} on volume {}",
+                    "stored {} generation {}: {} in {} chunks ({} new, {} on the volume) under key {}{} on volume {}",
                     r.dataset,
                     r.generation,
                     bytes(r.size),
                     r.chunks,
                     r.new_chunks,
+                    bytes(r.stored),
                     r.key_label,
                     if r.created_key { " (created)" } else { "" },
                     r.volume
@@ -1033,7 +1034,8 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
                 json(&reports)
             } else {
                 let total: u64 = reports.iter().map(|r| r.size).sum();
-                println!("imported {} files, {}", reports.len(), bytes(total));
+                let stored: u64 = reports.iter().map(|r| r.stored).sum();
+                println!("imported {} files, {} ({} new on the volume)", reports.len(), bytes(total), bytes(stored));
                 Ok(())
             }
         }

@@ -41,6 +41,8 @@ pub struct PutReport {
     pub chunks: u64,
     /// Chunks sealed and stored by this write (the rest were unchanged and shared).
     pub new_chunks: u64,
+    /// Bytes those new chunks take on the volume, sealed and compressed.
+    pub stored: u64,
     pub key_label: KeyLabel,
     pub volume: VolumeName,
     /// The key was created for this dataset by its policy's template.
@@ -239,6 +241,7 @@ impl Vault<Open> {
                 size,
                 chunks: chunks.len() as u64,
                 new_chunks: 0,
+                stored: 0,
                 key_label: target.key.label,
                 volume: target.volume,
                 created_key: false,
@@ -297,6 +300,7 @@ impl Vault<Open> {
             size,
             chunks: chunks.len() as u64,
             new_chunks: outcome.written.len() as u64,
+            stored: outcome.stored,
             key_label: target.key.label,
             volume: target.volume,
             created_key: target.new_key.is_some(),

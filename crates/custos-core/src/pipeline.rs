@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crossbeam_channel::{bounded, unbounded};
@@ -59,6 +59,8 @@ pub(crate) struct SealOutcome {
     pub result: Result<Vec<ChunkRef>, SealError>,
     /// Chunks this run stored (to delete again if the run fails).
     pub written: Vec<ChunkId>,
+    /// Bytes of the sealed objects this run stored (after compression).
+    pub stored: u64,
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -85,6 +87,7 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
     let (work_tx, work_rx) = bounded::<(u64, PooledBuf, usize)>(job.threads);
     let (done_tx, done_rx) = unbounded::<(u64, ChunkRef, bool)>();
     let abort = AtomicBool::new(false);
+    let stored = AtomicU64::new(0);
     let first_error: Mutex<Option<SealError>> = Mutex::new(None);
     let fail = |e: SealError| {
         abort.store(true, Ordering::SeqCst);
@@ -94,7 +97,7 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
     std::thread::scope(|s| {
         for _ in 0..job.threads {
             let (work_rx, free_tx, done_tx) = (work_rx.clone(), free_tx.clone(), done_tx.clone());
-            let (fp, fail, abort) = (&fp, &fail, &abort);
+            let (fp, fail, abort, stored) = (&fp, &fail, &abort, &stored);
             s.spawn(move || {
                 // Where a chunk is compressed before it is sealed.
                 let mut packed = if job.compress {
@@ -126,7 +129,10 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
                                 seal_chunk(job.key, &job.dataset, &id, index, codec, sealed)
                                     .map_err(SealError::Format)
                                     .and_then(|_| job.volume.put_chunk(&id, sealed).map_err(SealError::Store))
-                                    .map(|_| (ChunkRef { id, len: n as u32, fingerprint }, true))
+                                    .map(|_| {
+                                        stored.fetch_add(sealed.len() as u64, Ordering::Relaxed);
+                                        (ChunkRef { id, len: n as u32, fingerprint }, true)
+                                    })
                             }
                         };
                         match res {
@@ -176,7 +182,7 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
         Some(e) => Err(e),
         None => Ok(chunks.into_iter().map(|c| c.expect("every dispatched chunk reported")).collect()),
     };
-    SealOutcome { result, written }
+    SealOutcome { result, written, stored: stored.into_inner() }
 }
 
 pub(crate) struct OpenJob<'a> {

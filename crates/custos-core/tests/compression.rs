@@ -56,9 +56,10 @@ fn compressible_chunks_are_stored_smaller_and_read_back() {
     let mut bytes = text(2 * CS, 1);
     bytes.extend_from_slice(&data(CS, 2));
     bytes.extend_from_slice(&text(CS / 2 + 17, 3));
-    t.put("ZIP.MIXED", &bytes);
+    let r = t.put("ZIP.MIXED", &bytes);
     let paths = t.chunk_paths("ZIP.MIXED");
     let s = sizes(&paths);
+    assert_eq!(r.stored, s.iter().sum::<usize>() as u64, "the report counts the bytes on the volume");
     let tail = CS / 2 + 17;
     assert!(s[0] < CS * 3 / 5 && s[1] < CS * 3 / 5 && s[3] < tail * 3 / 5, "text chunks shrank: {s:?}");
     assert_eq!(s[2], CS + CHUNK_OVERHEAD, "the random chunk is stored as it is");
@@ -80,8 +81,9 @@ fn compression_none_stores_every_chunk_whole() {
     let t = vault();
     t.vault.set_compression("none").unwrap();
     let bytes = text(3 * CS, 4);
-    t.put("ZIP.OFF", &bytes);
+    let r = t.put("ZIP.OFF", &bytes);
     assert_eq!(sizes(&t.chunk_paths("ZIP.OFF")), vec![CS + CHUNK_OVERHEAD; 3]);
+    assert_eq!(r.stored, 3 * (CS + CHUNK_OVERHEAD) as u64);
     assert_eq!(t.get("ZIP.OFF").unwrap(), bytes);
     let e = t.vault.set_compression("zstd").unwrap_err();
     assert!(e.to_string().contains("lz4") && e.to_string().contains("none"), "{e}");
@@ -96,6 +98,7 @@ fn unchanged_compressed_chunks_are_shared_by_the_next_generation() {
     bytes[CS + 1] = b'#';
     let r = t.put("ZIP.GEN", &bytes);
     assert_eq!((r.generation, r.new_chunks), (2, 1));
+    assert_eq!(r.stored, sizes(&t.chunk_paths("ZIP.GEN"))[1] as u64, "only the new chunk counts");
     assert_eq!(t.get("ZIP.GEN").unwrap(), bytes);
 }
 
