@@ -1,21 +1,8 @@
 mod common;
 
 use common::*;
-use custos_core::model::{CopyMethod, KeyAction, Medium, VolumeName};
-use custos_core::{Error, NewVolume, Vault};
-
-fn offsite(t: &T) -> VolumeName {
-    let name = VolumeName::new("offsite").unwrap();
-    t.vault
-        .add_volume(&NewVolume {
-            name: name.clone(),
-            location: t.path.join("offsite").display().to_string(),
-            site: "B".into(),
-            medium: Medium::Tape,
-        })
-        .unwrap();
-    name
-}
+use custos_core::model::{CopyMethod, KeyAction, VolumeName};
+use custos_core::{Error, Vault};
 
 fn files(t: &T, vol: &str) -> usize {
     let root = t.path.join(vol).join("chunks");

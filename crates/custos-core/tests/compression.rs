@@ -5,8 +5,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use custos_core::model::{KeyAction, Medium, VolumeName};
-use custos_core::{Error, NewVolume, Vault};
+use custos_core::model::KeyAction;
+use custos_core::{Error, Vault};
 use custos_store::format::{CHUNK_OVERHEAD, CHUNK_VERSION};
 
 /// CSV-like text that LZ4 shrinks to well under half.
@@ -23,19 +23,6 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
 
 fn sizes(paths: &[PathBuf]) -> Vec<usize> {
     paths.iter().map(|p| std::fs::metadata(p).unwrap().len() as usize).collect()
-}
-
-fn offsite(t: &T) -> VolumeName {
-    let name = VolumeName::new("offsite").unwrap();
-    t.vault
-        .add_volume(&NewVolume {
-            name: name.clone(),
-            location: t.path.join("offsite").display().to_string(),
-            site: "B".into(),
-            medium: Medium::Tape,
-        })
-        .unwrap();
-    name
 }
 
 fn backup_chunk_paths(t: &T, backup: u64) -> Vec<PathBuf> {

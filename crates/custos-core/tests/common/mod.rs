@@ -1,7 +1,8 @@
 #![allow(dead_code)]
 use std::path::PathBuf;
 
-use custos_core::{model::DatasetName, InitOptions, KdfParams, Open, Passphrase, PutOptions, Vault};
+use custos_core::model::{DatasetName, Medium, VolumeName};
+use custos_core::{InitOptions, KdfParams, NewVolume, Open, Passphrase, PutOptions, Vault};
 
 pub const CS: usize = 64 * 1024;
 
@@ -24,6 +25,20 @@ pub fn vault() -> T {
             .unwrap();
     vault.set_chunk_size(CS as u32).unwrap();
     T { _dir: dir, path, vault }
+}
+
+/// Add the volume `offsite` (site B, tape) under the vault directory.
+pub fn offsite(t: &T) -> VolumeName {
+    let name = VolumeName::new("offsite").unwrap();
+    t.vault
+        .add_volume(&NewVolume {
+            name: name.clone(),
+            location: t.path.join("offsite").display().to_string(),
+            site: "B".into(),
+            medium: Medium::Tape,
+        })
+        .unwrap();
+    name
 }
 
 pub fn ds(s: &str) -> DatasetName {
