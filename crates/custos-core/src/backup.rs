@@ -222,11 +222,11 @@ impl<S: VaultState> Vault<S> {
         to: &VolumeName,
     ) -> Result<Vec<(DatasetName, Option<BackupRecord>)>> {
         self.volume_record(to)?;
-        let datasets = DatasetCache::load(self)?;
+        let datasets = Preloaded::new(self.repo.datasets()?, |d: &DatasetRecord| &d.name);
         let backups = backups_by_dataset(self.repo.backups()?);
         let jobs: Vec<(usize, &DatasetName)> = names.iter().enumerate().collect();
         let results = self.in_parallel(jobs, |name| {
-            let d = datasets.get(self, name)?;
+            let d = datasets.get(name, |n| self.dataset(n))?;
             let mine: Vec<&BackupRecord> = backups.get(&d.id).into_iter().flatten().collect();
             self.backup_raw_given(d, to, &mine)
         });
@@ -345,37 +345,24 @@ struct LogicalPlan {
     new_key: Option<KeyRecord>,
 }
 
-/// Key records read once for a run over many datasets.
-struct KeyCache(HashMap<KeyLabel, KeyRecord>);
+/// Catalog records read once for a run over many datasets, by name; a
+/// name missing from the snapshot is looked up again.
+struct Preloaded<K, V>(HashMap<K, V>);
 
-impl KeyCache {
-    fn load<S: VaultState>(v: &Vault<S>) -> Result<Self> {
-        Ok(Self(v.repo.keys()?.into_iter().map(|k| (k.label.clone(), k)).collect()))
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Preloaded<K, V> {
+    fn new(all: Vec<V>, key: impl Fn(&V) -> &K) -> Self {
+        Self(all.into_iter().map(|v| (key(&v).clone(), v)).collect())
     }
 
-    fn get<S: VaultState>(&self, v: &Vault<S>, label: &KeyLabel) -> Result<KeyRecord> {
-        match self.0.get(label) {
-            Some(k) => Ok(k.clone()),
-            None => v.key_record(label),
+    fn get(&self, k: &K, look_up: impl FnOnce(&K) -> Result<V>) -> Result<V> {
+        match self.0.get(k) {
+            Some(v) => Ok(v.clone()),
+            None => look_up(k),
         }
     }
 }
 
-/// Dataset records read once for a run over many datasets.
-struct DatasetCache(HashMap<DatasetName, DatasetRecord>);
-
-impl DatasetCache {
-    fn load<S: VaultState>(v: &Vault<S>) -> Result<Self> {
-        Ok(Self(v.repo.datasets()?.into_iter().map(|d| (d.name.clone(), d)).collect()))
-    }
-
-    fn get<S: VaultState>(&self, v: &Vault<S>, name: &DatasetName) -> Result<DatasetRecord> {
-        match self.0.get(name) {
-            Some(d) => Ok(d.clone()),
-            None => v.dataset(name),
-        }
-    }
-}
+type KeyCache = Preloaded<KeyLabel, KeyRecord>;
 
 /// The catalog's backups grouped by dataset, in catalog order.
 fn backups_by_dataset(all: Vec<BackupRecord>) -> HashMap<DatasetId, Vec<BackupRecord>> {
@@ -527,7 +514,7 @@ impl Vault<Open> {
         labels: &mut LabelAllocator,
         keys: &KeyCache,
     ) -> Result<(KeyRecord, Option<KeyRecord>)> {
-        let primary = keys.get(self, &d.current.key_label)?;
+        let primary = keys.get(&d.current.key_label, |l| self.key_record(l))?;
         if let Some(label) = named {
             if *label == primary.label {
                 return Err(Error::Invalid {
@@ -537,7 +524,7 @@ impl Vault<Open> {
                     ),
                 });
             }
-            let k = keys.get(self, label)?;
+            let k = keys.get(label, |l| self.key_record(l))?;
             if k.purpose != Purpose::Back {
                 return Err(Error::KeyPurpose {
                     label: label.clone(),
@@ -548,7 +535,7 @@ impl Vault<Open> {
             return Ok((k, None));
         }
         if let Some(p) = previous {
-            let k = keys.get(self, &p.key_label)?;
+            let k = keys.get(&p.key_label, |l| self.key_record(l))?;
             if k.state.permits(KeyUse::Encrypt).is_ok() && k.expires_at.is_none_or(|e| e > Timestamp::now()) {
                 return Ok((k, None));
             }
@@ -590,13 +577,14 @@ impl Vault<Open> {
     ) -> Result<Vec<(DatasetName, Option<BackupRecord>)>> {
         self.volume_record(to)?;
         // The catalog is read once for the whole run: datasets, keys, backups.
-        let (datasets, keys) = (DatasetCache::load(self)?, KeyCache::load(self)?);
+        let datasets = Preloaded::new(self.repo.datasets()?, |d: &DatasetRecord| &d.name);
+        let keys = Preloaded::new(self.repo.keys()?, |k: &KeyRecord| &k.label);
         let backups = backups_by_dataset(self.repo.backups()?);
         let mut labels = LabelAllocator::default();
         let mut out: Vec<(DatasetName, Option<BackupRecord>)> = Vec::with_capacity(names.len());
         let mut plans = Vec::new();
         for name in names {
-            let d = datasets.get(self, name)?;
+            let d = datasets.get(name, |n| self.dataset(n))?;
             let series: Vec<&BackupRecord> = backups
                 .get(&d.id)
                 .into_iter()
