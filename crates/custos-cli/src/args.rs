@@ -27,8 +27,9 @@ pub struct Cli {
     /// Otherwise CUSTOS_PKCS11_PIN, otherwise a prompt.
     #[arg(long, global = true, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
-    /// Worker threads for sealing and opening chunks (default: all cores).
-    #[arg(long, global = true, value_name = "N")]
+    /// Worker threads for sealing and opening chunks (default: all cores,
+    /// at least 4; at most 4 per core and 256 in all).
+    #[arg(long, global = true, value_name = "N", value_parser = threads)]
     pub threads: Option<usize>,
     /// Who is acting (a principal of the vault; `init` names the first).
     #[arg(long, global = true, env = "CUSTOS_USER", value_name = "NAME")]
@@ -700,4 +701,15 @@ pub enum ConfigCmd {
     Get { key: String },
     /// Change a setting: key.naming TEMPLATE, chunk.size BYTES, s3.endpoint URL or s3.region NAME.
     Set { key: String, value: String },
+}
+
+/// `--threads`: 1 to 4 per core (at least 16, at most 256): each worker
+/// holds chunk buffers, so an absurd count would exhaust memory.
+fn threads(s: &str) -> Result<usize, String> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let max = (4 * cores).clamp(16, 256);
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("give a whole number from 1 to {max} (4 per core, at most 256)")),
+    }
 }

@@ -47,7 +47,12 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(e))
         }
     };
-    if audited && vault.join("custos.db").exists() {
+    // A catalog that is not one gets no audit entry: nothing is written to it.
+    let not_a_catalog = matches!(
+        result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()),
+        Some(Error::Repo(custos_core::RepoError::NotACatalog { .. }))
+    );
+    if audited && !not_a_catalog && vault.join("custos.db").exists() {
         let outcome = match &result {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("failed: {e:#}"),
@@ -89,10 +94,26 @@ fn describe(m: &clap::ArgMatches) -> (String, String) {
     (names.join(" "), object)
 }
 
+/// A command line that asks for what cannot be done (a value out of
+/// range): exit 2, like the argument parser's own errors.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// Exit codes by error kind (documented in `custos --help`).
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<MonitorAlerts>().is_some() {
         return 10;
+    }
+    if e.downcast_ref::<Usage>().is_some() {
+        return 2;
     }
     let Some(e) = e.downcast_ref::<Error>() else { return 1 };
     match e {
@@ -117,6 +138,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Error::Forbidden { .. } => 8,
         Error::Hsm(custos_core::HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => 6,
         Error::Store(_) => 7,
+        Error::Repo(custos_core::RepoError::NotACatalog { .. }) => 4,
         Error::WouldOrphanKeys { .. }
         | Error::MasterKeyUnavailable { .. }
         | Error::RawCopyKeyGone { .. }
@@ -151,8 +173,12 @@ fn passphrase(cli: &Cli, confirm: bool) -> anyhow::Result<Passphrase> {
 
 fn sealed(cli: &Cli) -> anyhow::Result<Vault<Sealed>> {
     let mut v = Vault::open(&cli.vault)?;
-    // Keys whose waiting period is over are erased by the first command after it.
-    v.destroy_due()?;
+    // Keys whose waiting period is over are erased by the first command
+    // after it. One that cannot be erased now is reported (and audited) and
+    // tried again next time; it never stops the command.
+    for (label, e) in v.destroy_due()?.failed {
+        eprintln!("custos: warning: key {label} is due for destruction but could not be destroyed now ({e}); the next command tries again");
+    }
     if let Some(n) = cli.threads {
         v.set_threads(n);
     }
@@ -222,7 +248,10 @@ fn parse_time(s: &str) -> anyhow::Result<jiff::Timestamp> {
 
 fn parse_expiry(s: &str) -> anyhow::Result<jiff::Timestamp> {
     if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
-        return Ok(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * days));
+        return days
+            .checked_mul(86_400)
+            .and_then(|secs| jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(secs)).ok())
+            .ok_or_else(|| Usage(format!("--expires {s}: too far in the future (at most the year 9999)")).into());
     }
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
@@ -458,7 +487,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let mut reports = Vec::new();
             for name in &names {
                 let b = match backup {
-                    Some(id) => v.backup_record(*id)?,
+                    Some(id) => {
+                        let b = v.backup_record(*id)?;
+                        // Restoring another dataset's copy over this one would
+                        // roll that other dataset back instead: only with --as.
+                        if b.dataset != *name && as_name.is_none() {
+                            return Err(Error::Invalid {
+                                what: "restore",
+                                why: format!(
+                                    "backup {id} is a copy of {}, not of {name}: run `custos restore {} --backup {id}`, or add `--as {name}` to write its content into {name}",
+                                    b.dataset, b.dataset
+                                ),
+                            }
+                            .into());
+                        }
+                        b
+                    }
                     None => {
                         let fits = |b: &&custos_core::model::BackupRecord| {
                             b.dataset == *name
@@ -480,9 +524,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 drop(bar);
                 if !cli.json {
                     println!(
-                        "restored backup {} ({} copy) as {} generation {}: {} under key {}{}; verified",
+                        "restored backup {} ({} copy of {}) as {} generation {}: {} under key {}{}; verified",
                         r.backup,
                         r.method,
+                        b.dataset,
                         r.dataset,
                         r.generation,
                         bytes(r.size),
@@ -700,7 +745,7 @@ fn key_cmd(cli: &Cli, k: &KeyCmd) -> anyhow::Result<()> {
         KeyCmd::Destroy { label: l, crypto_erase, wait } => {
             let v = sealed(cli)?;
             let wait = match wait {
-                Some(w) => custos_core::parse_duration(w).map_err(|why| anyhow!("--wait: {why}"))?,
+                Some(w) => custos_core::parse_duration(w).map_err(|why| Usage(format!("--wait: {why}")))?,
                 None => v.destroy_default_wait()?,
             };
             let lab = label(l)?;
@@ -839,7 +884,24 @@ fn target_text(t: &PolicyTarget) -> String {
 /// Write to `path` through a temporary file in the same directory, renamed
 /// into place only when everything was written. Like `cp`, it does not
 /// fsync the output; ext4 and XFS order the data before a replacing rename.
+/// Write `path` through `f`. A regular file (or a new one) is replaced
+/// atomically: a temp file beside it, fsynced, renamed over it, and the
+/// directory fsynced, so a failure or a kill leaves the old file whole. A
+/// path that is something else (a device such as /dev/null, a FIFO) is
+/// written to directly, never replaced.
 fn write_atomically(path: &Path, f: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Ok(m) = std::fs::metadata(path) {
+        if !m.is_file() && !m.is_dir() {
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("cannot open {} for writing", path.display()))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+            f(&mut w)?;
+            w.flush().with_context(|| format!("cannot write {}", path.display()))?;
+            return Ok(());
+        }
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -851,8 +913,12 @@ fn write_atomically(path: &Path, f: impl FnOnce(&mut dyn Write) -> anyhow::Resul
     let (file, tmp_path) = tmp.into_parts();
     let mut w = DirectWriter::new(file);
     f(&mut w)?;
-    w.finish().with_context(|| format!("cannot write {}", path.display()))?;
+    let file = w.finish().with_context(|| format!("cannot write {}", path.display()))?;
+    file.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
     tmp_path.persist(path).with_context(|| format!("cannot move the output into place at {}", path.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot make {} durable", path.display()))?;
     Ok(())
 }
 
@@ -863,6 +929,7 @@ fn ds_cmd(cli: &Cli, c: &DsCmd) -> anyhow::Result<()> {
             let opts = PutOptions {
                 key: key.as_deref().map(label).transpose()?,
                 volume: volume.as_deref().map(volume_name).transpose()?,
+                fresh: false,
             };
             let name = dataset(name)?;
             let r = if file.as_os_str() == "-" {
@@ -1361,14 +1428,21 @@ fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
                 v.hsm_run(now, *dry_run)?
             };
             drop(bar);
+            let failed = actions.iter().filter(|a| a.action == "failed").count();
             if cli.json {
-                return json(&actions);
+                json(&actions)?;
+            } else {
+                if actions.is_empty() {
+                    println!(
+                        "nothing to do: every dataset is backed up as its rule says, and none is due for migration"
+                    );
+                }
+                for a in &actions {
+                    println!("{} [{}] {}: {}", a.dataset, a.rule, a.action, a.detail);
+                }
             }
-            if actions.is_empty() {
-                println!("nothing to do: every dataset is backed up as its rule says, and none is due for migration");
-            }
-            for a in &actions {
-                println!("{} [{}] {}: {}", a.dataset, a.rule, a.action, a.detail);
+            if failed > 0 {
+                bail!("{failed} dataset(s) failed (listed above); the others were processed: mend what the messages say and run `custos hsm run` again");
             }
             Ok(())
         }

@@ -26,7 +26,7 @@ use custos_store::format::{object_hash, Manifest, CHUNK_OVERHEAD};
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::datasets::open_manifest;
+use crate::datasets::{open_manifest, place_manifest};
 use crate::keys::NewKey;
 use crate::pipeline::{copy_raw, open_stream, transcode, OpenError, OpenJob, SealError, TranscodeError, TranscodeJob};
 use crate::{Error, Open, PutOptions, Result, Vault, VaultState};
@@ -108,7 +108,7 @@ impl<S: VaultState> Vault<S> {
         }
         let mut out = Vec::new();
         for members in series.values() {
-            let items: Vec<(u64, Timestamp)> = members.iter().map(|b| (b.id, b.created_at)).collect();
+            let items: Vec<_> = members.iter().map(|b| (b.id, b.source_generation, b.created_at)).collect();
             let keep = retention.keep(&items);
             for b in members {
                 out.push(PruneDecision { backup: (*b).clone(), keep: keep.contains(&b.id) });
@@ -129,7 +129,7 @@ impl<S: VaultState> Vault<S> {
         retention: &crate::Retention,
         dry_run: bool,
     ) -> Result<usize> {
-        let items: Vec<(u64, Timestamp)> = series.iter().map(|b| (b.id, b.created_at)).collect();
+        let items: Vec<_> = series.iter().map(|b| (b.id, b.source_generation, b.created_at)).collect();
         let keep = retention.keep(&items);
         let drop: Vec<u64> = series.iter().map(|b| b.id).filter(|id| !keep.contains(id)).collect();
         if !dry_run {
@@ -191,7 +191,7 @@ impl<S: VaultState> Vault<S> {
             return Ok(None);
         }
         let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
-        self.copy_generation_raw(&d, src.as_ref(), dst.as_ref(), |chunks| {
+        self.copy_generation_raw(&d, src.as_ref(), dst.as_ref(), to, false, |chunks, reused| {
             let mut rec = BackupRecord {
                 id: 0,
                 dataset: name.clone(),
@@ -208,10 +208,15 @@ impl<S: VaultState> Vault<S> {
                 manifest_hash: g.manifest_hash,
                 created_at: Timestamp::now(),
             };
-            rec.id = self.repo.insert_backup(&rec, chunks, &[], None)?;
-            Ok(rec)
+            match self.repo.insert_backup(&rec, chunks, &[], None, reused) {
+                // A concurrent run recorded this very copy first.
+                Err(custos_repo::RepoError::Exists { kind: "backup", .. }) => Ok(None),
+                r => {
+                    rec.id = r?;
+                    Ok(Some(rec))
+                }
+            }
         })
-        .map(Some)
     }
 
     /// Raw copies of many datasets to `to`, a few at a time (see
@@ -280,42 +285,70 @@ impl<S: VaultState> Vault<S> {
     }
 
     /// Copy the sealed objects of a dataset's current generation from `src`
-    /// to `dst` byte for byte (no key), make them durable, then run
-    /// `record` with the chunk list to commit the copy in the catalog. When
-    /// anything fails, the chunks written are deleted again.
+    /// to volume `dst_name` (opened as `dst`) byte for byte (no key), make
+    /// them durable, then run `record` with the chunk list and the chunks
+    /// it found recorded on the target already, to commit the copy in the
+    /// catalog. Objects already on the target are trusted only as
+    /// [`copy_raw`] says. When anything fails, nothing is deleted: these
+    /// objects carry the source's names, so a concurrent copy may rely on
+    /// them; what no commit records is left for `custos gc`.
     pub(crate) fn copy_generation_raw<T>(
         &self,
         d: &DatasetRecord,
         src: &dyn custos_store::Volume,
         dst: &dyn custos_store::Volume,
-        record: impl FnOnce(&[custos_model::ChunkId]) -> Result<T>,
+        dst_name: &VolumeName,
+        read_back: bool,
+        record: impl FnOnce(&[custos_model::ChunkId], &[custos_model::ChunkId]) -> Result<T>,
     ) -> Result<T> {
         let g = &d.current;
         let chunks = self.repo.generation_chunks(&d.id, g.generation)?;
         let max = g.chunk_size as usize + CHUNK_OVERHEAD;
         let layout = Some((g.chunk_size as u64, g.size));
-        let (copied, written) = copy_raw(&chunks, layout, src, dst, max, self.threads);
-        let result = (|| -> Result<T> {
-            copied?;
-            dst.sync()?;
-            let manifest = src.read_manifest(&d.id, g.generation)?;
-            if object_hash(&manifest) != g.manifest_hash {
-                return Err(Error::Manifest {
-                    dataset: d.name.clone(),
-                    generation: g.generation,
-                    volume: src.describe(),
-                    why: "does not match the one the catalog committed, so it was not copied".into(),
+        let committed = |id: &custos_model::ChunkId| self.repo.chunk_referenced(dst_name, id).unwrap_or(false);
+        let copied = copy_raw(&chunks, layout, src, dst, max, self.threads, &committed);
+        copied.result?;
+        dst.sync()?;
+        if read_back {
+            // Every object read back from the target and compared with the
+            // source; one that had to be written again did not read back.
+            let check = copy_raw(&chunks, None, src, dst, max, self.threads, &|_| false);
+            check.result?;
+            if let Some(id) = check.written.first() {
+                return Err(Error::Invalid {
+                    what: "copy",
+                    why: format!(
+                        "chunk {id} of {} did not read back from {} as written; nothing was moved: check the volume and run the command again",
+                        d.name,
+                        dst.describe()
+                    ),
                 });
             }
-            dst.put_manifest(&d.id, g.generation, &manifest)?;
-            record(&chunks)
-        })();
-        if result.is_err() {
-            for id in &written {
-                let _ = dst.delete_chunk(id);
-            }
         }
-        result
+        let manifest = src.read_manifest(&d.id, g.generation)?;
+        if object_hash(&manifest) != g.manifest_hash {
+            return Err(Error::Manifest {
+                dataset: d.name.clone(),
+                generation: g.generation,
+                volume: src.describe(),
+                why: "does not match the one the catalog committed, so it was not copied".into(),
+            });
+        }
+        match dst.put_manifest(&d.id, g.generation, &manifest) {
+            Err(custos_store::StoreError::Exists { .. }) => {
+                // Left by an interrupted or concurrent copy: the same object is reused.
+                if dst.read_manifest(&d.id, g.generation)? != manifest {
+                    return Err(Error::Manifest {
+                        dataset: d.name.clone(),
+                        generation: g.generation,
+                        volume: dst.describe(),
+                        why: "already exists there with other content, left by an interrupted write; nothing was recorded: run `custos gc` (it removes objects nothing records once the grace period is over), then run the command again".into(),
+                    });
+                }
+            }
+            r => r?,
+        }
+        record(&chunks, &copied.reused)
     }
 }
 
@@ -667,6 +700,7 @@ impl Vault<Open> {
             reuse: &reuse,
         };
         let outcome = transcode(&job);
+        let mut placed = None;
         let result = (|| -> Result<BackupRecord> {
             let chunks = outcome.result.map_err(|e| match e {
                 TranscodeError::Source(OpenError::Chunk { index, id, problem }) => Error::Chunk {
@@ -686,46 +720,76 @@ impl Vault<Open> {
             if !outcome.written.is_empty() {
                 dst.sync()?;
             }
-            let manifest = Manifest {
-                dataset_id: copy_id,
-                generation,
-                created_at: Timestamp::now(),
-                chunk_size: source.chunk_size,
-                size: source.size,
-                name: name.to_string(),
-                key_label: back.label.to_string(),
-                key_kcv: back.kcv,
-                chunks: chunks.clone(),
-            };
-            let sealed =
-                manifest.seal(&back_key).map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })?;
-            dst.put_manifest(&copy_id, generation, &sealed)?;
-            let mut rec = BackupRecord {
-                id: 0,
-                dataset: name.clone(),
-                dataset_id: d.id,
-                source_generation: g.generation,
-                method: CopyMethod::Logical,
-                volume: to.clone(),
-                key_label: back.label.clone(),
-                copy_id,
-                generation,
-                size: source.size,
-                chunk_size: source.chunk_size,
-                chunk_count: chunks.len() as u64,
-                manifest_hash: object_hash(&sealed),
-                created_at: manifest.created_at,
-            };
+            let created_at = Timestamp::now();
             let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
             let sources: Vec<_> = source.chunks.iter().map(|c| c.id).collect();
-            rec.id = self.repo.insert_backup(&rec, &ids, &sources, new_key.as_ref())?;
-            Ok(rec)
+            let reused: Vec<_> = reuse.iter().flatten().map(|c| c.id).collect();
+            let mut new_key = new_key.clone();
+            for _ in 0..64 {
+                let back = new_key.as_ref().unwrap_or(back);
+                // The series' next free generation: one that an interrupted
+                // or concurrent copy took is skipped, never touched.
+                let (generation, sealed) = place_manifest(dst.as_ref(), name, &copy_id, generation, |generation| {
+                    Manifest {
+                        dataset_id: copy_id,
+                        generation,
+                        created_at,
+                        chunk_size: source.chunk_size,
+                        size: source.size,
+                        name: name.to_string(),
+                        key_label: back.label.to_string(),
+                        key_kcv: back.kcv,
+                        chunks: chunks.clone(),
+                    }
+                    .seal(&back_key)
+                    .map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })
+                })?;
+                placed = Some(generation);
+                let mut rec = BackupRecord {
+                    id: 0,
+                    dataset: name.clone(),
+                    dataset_id: d.id,
+                    source_generation: g.generation,
+                    method: CopyMethod::Logical,
+                    volume: to.clone(),
+                    key_label: back.label.clone(),
+                    copy_id,
+                    generation,
+                    size: source.size,
+                    chunk_size: source.chunk_size,
+                    chunk_count: chunks.len() as u64,
+                    manifest_hash: object_hash(&sealed),
+                    created_at,
+                };
+                match self.repo.insert_backup(&rec, &ids, &sources, new_key.as_ref(), &reused) {
+                    Err(custos_repo::RepoError::Exists { kind: "key", .. }) if new_key.is_some() => {
+                        // A concurrent run took this label for a BACK key of its own.
+                        let _ = dst.delete_manifest(&copy_id, generation);
+                        placed = None;
+                        self.relabel_new_key(new_key.as_mut().expect("checked"))?;
+                    }
+                    r => {
+                        rec.id = r?;
+                        return Ok(rec);
+                    }
+                }
+            }
+            Err(Error::Invalid {
+                what: "logical backup",
+                why: format!(
+                    "{name}: every label tried for its new BACK key was taken by concurrent runs; run it again"
+                ),
+            })
         })();
         if result.is_err() {
+            // Only what this attempt created: its chunks have fresh random
+            // ids, and its manifest was created under a name it alone took.
             for id in &outcome.written {
                 let _ = dst.delete_chunk(id);
             }
-            let _ = dst.delete_manifest(&copy_id, generation);
+            if let Some(generation) = placed {
+                let _ = dst.delete_manifest(&copy_id, generation);
+            }
         }
         result
     }
@@ -861,7 +925,7 @@ impl Vault<Open> {
                     && k.expires_at.is_none_or(|e| e > Timestamp::now())
                     && self.unwrap_for(&k, KeyUse::Encrypt, &target).is_ok();
                 if usable {
-                    PutOptions::default()
+                    PutOptions { fresh: true, ..PutOptions::default() }
                 } else {
                     let app = if k.state == KeyState::Destroyed { k.app.clone() } else { target.hlq().to_string() };
                     let rec = self.create_key(&NewKey {
@@ -872,10 +936,10 @@ impl Vault<Open> {
                         activate: true,
                     })?;
                     new_key = true;
-                    PutOptions { key: Some(rec.label), volume: None }
+                    PutOptions { key: Some(rec.label), volume: None, fresh: true }
                 }
             }
-            None => PutOptions::default(),
+            None => PutOptions { fresh: true, ..PutOptions::default() },
         };
         let open = OpenJob {
             key,

@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 
 use custos_crypto::DataKey;
 use custos_model::{
-    ChunkRef, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
+    ChunkId, ChunkRef, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
     PolicyTarget, Purpose, VolumeName, VolumeRecord,
 };
-use custos_repo::{Garbage, GenerationCommit};
+use custos_repo::{Garbage, GenerationCommit, RepoError};
 use custos_store::format::{object_hash, Manifest};
-use custos_store::Volume;
+use custos_store::{StoreError, Volume};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -30,6 +30,9 @@ use crate::{Error, Open, Result, Vault, VaultState};
 pub struct PutOptions {
     pub key: Option<KeyLabel>,
     pub volume: Option<VolumeName>,
+    /// Seal every chunk afresh, sharing none with the previous generation:
+    /// a restore must not trust a stored chunk it has not verified.
+    pub fresh: bool,
 }
 
 /// What a write did.
@@ -195,7 +198,8 @@ impl Vault<Open> {
         // it is on the same volume, under the same key, with the same chunking.
         let reusable: Vec<ChunkRef> = match &existing {
             Some(d)
-                if d.current.volume == target.volume
+                if !opts.fresh
+                    && d.current.volume == target.volume
                     && d.current.key_label == target.key.label
                     && d.current.chunk_size == chunk_size =>
             {
@@ -248,51 +252,78 @@ impl Vault<Open> {
                 unchanged: true,
             });
         }
-        let generation = previous + 1;
-        let committed = (|| -> Result<Garbage> {
+        // Chunks listed but not written by this attempt: the commit checks
+        // the catalog still holds them.
+        let written: std::collections::HashSet<ChunkId> = outcome.written.iter().copied().collect();
+        let reused: Vec<ChunkId> = chunks.iter().map(|c| c.id).filter(|id| !written.contains(id)).collect();
+        let mut new_key = target.new_key.clone();
+        let mut placed = None;
+        let committed = (|| -> Result<(Garbage, u64, KeyLabel)> {
             if !outcome.written.is_empty() {
                 volume.sync()?;
             }
-            let manifest = Manifest {
-                dataset_id,
-                generation,
-                created_at: Timestamp::now(),
-                chunk_size,
-                size,
-                name: name.to_string(),
-                key_label: target.key.label.to_string(),
-                key_kcv: target.key.kcv,
-                chunks: chunks.clone(),
-            };
-            let sealed = manifest.seal(&key).map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })?;
-            volume.put_manifest(&dataset_id, generation, &sealed)?;
-            let commit = GenerationCommit {
-                dataset_id,
-                name: name.clone(),
-                previous,
-                generation: GenerationRecord {
-                    generation,
-                    volume: target.volume.clone(),
-                    key_label: target.key.label.clone(),
-                    size,
-                    chunk_size,
-                    chunk_count: chunks.len() as u64,
-                    manifest_hash: object_hash(&sealed),
-                    created_at: manifest.created_at,
-                },
-                chunks: chunks.iter().map(|c| c.id).collect(),
-                new_key: target.new_key.clone(),
-            };
-            Ok(self.repo.commit_generation(&commit)?)
+            let created_at = Timestamp::now();
+            for _ in 0..PLACE_ATTEMPTS {
+                let label = new_key.as_ref().map_or(&target.key.label, |k| &k.label).clone();
+                let (generation, sealed) =
+                    place_manifest(volume.as_ref(), name, &dataset_id, previous + 1, |generation| {
+                        Manifest {
+                            dataset_id,
+                            generation,
+                            created_at,
+                            chunk_size,
+                            size,
+                            name: name.to_string(),
+                            key_label: label.to_string(),
+                            key_kcv: target.key.kcv,
+                            chunks: chunks.clone(),
+                        }
+                        .seal(&key)
+                        .map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })
+                    })?;
+                placed = Some(generation);
+                let commit = GenerationCommit {
+                    dataset_id,
+                    name: name.clone(),
+                    previous,
+                    generation: GenerationRecord {
+                        generation,
+                        volume: target.volume.clone(),
+                        key_label: label.clone(),
+                        size,
+                        chunk_size,
+                        chunk_count: chunks.len() as u64,
+                        manifest_hash: object_hash(&sealed),
+                        created_at,
+                    },
+                    chunks: chunks.iter().map(|c| c.id).collect(),
+                    new_key: new_key.clone(),
+                    reused: reused.clone(),
+                };
+                match self.repo.commit_generation(&commit) {
+                    Err(RepoError::Exists { kind: "key", .. }) if new_key.is_some() => {
+                        // A concurrent write took this label for a key of its
+                        // own: name ours anew (its manifest names the label).
+                        let _ = volume.delete_manifest(&dataset_id, generation);
+                        placed = None;
+                        self.relabel_new_key(new_key.as_mut().expect("checked"))?;
+                    }
+                    r => return Ok((r?, generation, label)),
+                }
+            }
+            Err(Error::Invalid {
+                what: "write",
+                why: format!("{name}: every label tried for its new key was taken by concurrent writes; run it again"),
+            })
         })();
-        let garbage = match committed {
-            Ok(g) => g,
+        let (garbage, generation, key_label) = match committed {
+            Ok(c) => c,
             Err(e) => {
-                cleanup(Some(generation));
+                cleanup(placed);
                 return Err(e);
             }
         };
-        self.repo.record_key_use(&target.key.label)?;
+        self.repo.record_key_use(&key_label)?;
         self.collect_garbage(&garbage);
         Ok(PutReport {
             dataset: name.clone(),
@@ -301,7 +332,7 @@ impl Vault<Open> {
             chunks: chunks.len() as u64,
             new_chunks: outcome.written.len() as u64,
             stored: outcome.stored,
-            key_label: target.key.label,
+            key_label,
             volume: target.volume,
             created_key: target.new_key.is_some(),
             unchanged: false,
@@ -425,6 +456,41 @@ impl Vault<Open> {
         }
         Ok(reports)
     }
+}
+
+/// How many generation numbers (and key labels) a write tries past those
+/// that interrupted or concurrent writes have taken.
+const PLACE_ATTEMPTS: u64 = 64;
+
+/// Seal a manifest (by `seal`) for the first generation from `first` whose
+/// object name is free on `volume`, and store it there. Manifests are
+/// created once, so the one stored is this attempt's own: it alone may
+/// delete it again. Objects that interrupted or concurrent writes left
+/// under taken names are skipped, never touched. Returns the generation and
+/// the sealed bytes.
+pub(crate) fn place_manifest(
+    volume: &dyn Volume,
+    name: &DatasetName,
+    id: &DatasetId,
+    first: u64,
+    seal: impl Fn(u64) -> Result<Vec<u8>>,
+) -> Result<(u64, Vec<u8>)> {
+    for generation in first..first.saturating_add(PLACE_ATTEMPTS) {
+        let sealed = seal(generation)?;
+        match volume.put_manifest(id, generation, &sealed) {
+            Ok(()) => return Ok((generation, sealed)),
+            Err(StoreError::Exists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Manifest {
+        dataset: name.clone(),
+        generation: first,
+        volume: volume.describe(),
+        why: format!(
+            "and the {PLACE_ATTEMPTS} after it are all taken by objects that interrupted writes left; nothing was stored: run `custos gc`, then run the command again"
+        ),
+    })
 }
 
 /// Read manifest `generation` of `id` from a volume, check it is the object

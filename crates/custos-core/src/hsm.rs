@@ -37,7 +37,7 @@ pub struct NewHsmRule {
 pub struct HsmAction {
     pub dataset: DatasetName,
     pub rule: String,
-    /// "backup", "prune", "migrate" or "skip".
+    /// "backup", "prune", "migrate", "skip" or "failed".
     pub action: &'static str,
     pub detail: String,
 }
@@ -148,8 +148,9 @@ impl<S: VaultState> Vault<S> {
     fn move_current(&self, d: &DatasetRecord, to: &VolumeName, mark: Option<&VolumeName>) -> Result<MoveReport> {
         let from = d.current.volume.clone();
         let (src, dst) = (self.open_volume(&from)?, self.open_volume(to)?);
-        let garbage = self.copy_generation_raw(d, src.as_ref(), dst.as_ref(), |_| {
-            Ok(self.repo.move_generation(&d.id, d.current.generation, &from, to, mark)?)
+        // The source goes only after every object read back from the target.
+        let garbage = self.copy_generation_raw(d, src.as_ref(), dst.as_ref(), to, true, |_, reused| {
+            Ok(self.repo.move_generation(&d.id, d.current.generation, &from, to, mark, reused)?)
         })?;
         self.collect_garbage(&garbage);
         Ok(MoveReport {
@@ -189,70 +190,81 @@ impl<S: VaultState> Vault<S> {
             let Some(rule) = self.hsm_rule_for(&rules, &d.name) else { continue };
             let act =
                 |action, detail: String| HsmAction { dataset: d.name.clone(), rule: rule.name.clone(), action, detail };
-            if let Some(to) = &rule.backup_to {
-                let mine = by_dataset.entry(d.id.0).or_default();
-                let has = mine
-                    .iter()
-                    .any(|b| b.source_generation == d.current.generation && b.method == rule.method && b.volume == *to);
-                if !has {
-                    let what = format!("{} copy of generation {} to {to}", rule.method.as_str(), d.current.generation);
-                    match (rule.method, dry_run) {
-                        (_, true) => out.push(act("backup", format!("would make a {what}"))),
-                        (CopyMethod::Raw, false) => {
-                            mine.extend(self.backup_raw(&d.name, to)?);
-                            out.push(act("backup", format!("made a {what}")));
-                        }
-                        (CopyMethod::Logical, false) => match logical {
-                            Some(f) => {
-                                mine.extend(f(&d.name, to)?);
-                                out.push(act("backup", format!("made a {what}")));
+            // One dataset's failure is reported and the pass goes on with the others.
+            let mut done = Vec::new();
+            let r = (|| -> Result<()> {
+                if let Some(to) = &rule.backup_to {
+                    let mine = by_dataset.entry(d.id.0).or_default();
+                    let has = mine.iter().any(|b| {
+                        b.source_generation == d.current.generation && b.method == rule.method && b.volume == *to
+                    });
+                    if !has {
+                        let what =
+                            format!("{} copy of generation {} to {to}", rule.method.as_str(), d.current.generation);
+                        match (rule.method, dry_run) {
+                            (_, true) => done.push(act("backup", format!("would make a {what}"))),
+                            (CopyMethod::Raw, false) => {
+                                mine.extend(self.backup_raw(&d.name, to)?);
+                                done.push(act("backup", format!("made a {what}")));
                             }
-                            None => out.push(act(
-                                "skip",
-                                format!("a {what} needs the passphrase (CUSTOS_PASSPHRASE or --passphrase-file)"),
-                            )),
-                        },
+                            (CopyMethod::Logical, false) => match logical {
+                                Some(f) => {
+                                    mine.extend(f(&d.name, to)?);
+                                    done.push(act("backup", format!("made a {what}")));
+                                }
+                                None => done.push(act(
+                                    "skip",
+                                    format!("a {what} needs the passphrase (CUSTOS_PASSPHRASE or --passphrase-file)"),
+                                )),
+                            },
+                        }
+                    }
+                    let retention = Retention {
+                        last: rule.keep_last,
+                        daily: rule.keep_daily,
+                        monthly: rule.keep_monthly,
+                        yearly: rule.keep_yearly,
+                    };
+                    if !retention.is_empty() {
+                        let series: Vec<_> = by_dataset
+                            .get(&d.id.0)
+                            .into_iter()
+                            .flatten()
+                            .filter(|b| b.method == rule.method && b.volume == *to)
+                            .cloned()
+                            .collect();
+                        let dropped = self.prune_series(series, &retention, dry_run)?;
+                        if dropped > 0 {
+                            let verb = if dry_run { "would delete" } else { "deleted" };
+                            done.push(act(
+                                "prune",
+                                format!("{verb} {dropped} backup(s) on {to} that the retention does not keep"),
+                            ));
+                        }
                     }
                 }
-                let retention = Retention {
-                    last: rule.keep_last,
-                    daily: rule.keep_daily,
-                    monthly: rule.keep_monthly,
-                    yearly: rule.keep_yearly,
-                };
-                if !retention.is_empty() {
-                    let series: Vec<_> = by_dataset
-                        .get(&d.id.0)
-                        .into_iter()
-                        .flatten()
-                        .filter(|b| b.method == rule.method && b.volume == *to)
-                        .cloned()
-                        .collect();
-                    let dropped = self.prune_series(series, &retention, dry_run)?;
-                    if dropped > 0 {
-                        let verb = if dry_run { "would delete" } else { "deleted" };
-                        out.push(act(
-                            "prune",
-                            format!("{verb} {dropped} backup(s) on {to} that the retention does not keep"),
-                        ));
+                if let (Some(tape), Some(days)) = (&rule.migrate_to, rule.migrate_after_days) {
+                    let idle_since = now - (days as i64).hours() * 24;
+                    if d.current.volume != *tape && d.last_access <= idle_since {
+                        let detail = format!(
+                            "unused since {} ({} days or more): generation {} from {} to {tape}",
+                            d.last_access.strftime("%Y-%m-%d"),
+                            days,
+                            d.current.generation,
+                            d.current.volume
+                        );
+                        if !dry_run {
+                            self.migrate(&d.name, tape)?;
+                        }
+                        done.push(act("migrate", if dry_run { format!("would migrate: {detail}") } else { detail }));
                     }
                 }
-            }
-            if let (Some(tape), Some(days)) = (&rule.migrate_to, rule.migrate_after_days) {
-                let idle_since = now - (days as i64).hours() * 24;
-                if d.current.volume != *tape && d.last_access <= idle_since {
-                    let detail = format!(
-                        "unused since {} ({} days or more): generation {} from {} to {tape}",
-                        d.last_access.strftime("%Y-%m-%d"),
-                        days,
-                        d.current.generation,
-                        d.current.volume
-                    );
-                    if !dry_run {
-                        self.migrate(&d.name, tape)?;
-                    }
-                    out.push(act("migrate", if dry_run { format!("would migrate: {detail}") } else { detail }));
-                }
+
+                Ok(())
+            })();
+            out.extend(done);
+            if let Err(e) = r {
+                out.push(act("failed", e.to_string()));
             }
         }
         Ok(out)

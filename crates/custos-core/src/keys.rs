@@ -19,6 +19,15 @@ pub struct NewKey {
     pub activate: bool,
 }
 
+/// What [`Vault::destroy_due`] did.
+#[derive(Debug, Default)]
+pub struct DueDestructions {
+    /// Keys erased now.
+    pub done: Vec<KeyLabel>,
+    /// Keys whose erasure failed this time (it is tried again by the next command).
+    pub failed: Vec<(KeyLabel, Error)>,
+}
+
 impl<S: VaultState> Vault<S> {
     pub fn keys(&self) -> Result<Vec<KeyRecord>> {
         Ok(self.repo.keys()?)
@@ -122,21 +131,38 @@ impl<S: VaultState> Vault<S> {
         Ok(self.repo.destroy_after(label)?)
     }
 
-    /// Destroy every key whose waiting period is over; returns them. Run by
-    /// every command that opens the vault.
-    pub fn destroy_due(&self) -> Result<Vec<KeyLabel>> {
+    /// Destroy every key whose waiting period is over. Run by every command
+    /// that opens the vault, so it must never stop one: each key is done on
+    /// its own and idempotently (a key a killed run already erased only has
+    /// its schedule cleared), and a key that fails is reported in the
+    /// outcome and audited, while the rest go on.
+    pub fn destroy_due(&self) -> Result<DueDestructions> {
         let now = Timestamp::now();
-        let mut done = Vec::new();
+        let mut out = DueDestructions::default();
         for (label, at) in self.repo.destroy_schedule()? {
             if at > now {
                 break;
             }
-            self.key_action(&label, KeyAction::Destroy, true)?;
-            self.repo.set_destroy_after(&label, None)?;
-            self.audit_append("custos", "key destroy (waiting period over)", label.as_str(), "ok")?;
-            done.push(label);
+            let what = "key destroy (waiting period over)";
+            let done = (|| -> Result<()> {
+                if self.key_record(&label)?.state != KeyState::Destroyed {
+                    self.key_action(&label, KeyAction::Destroy, true)?;
+                }
+                self.repo.set_destroy_after(&label, None)?;
+                Ok(())
+            })();
+            match done {
+                Ok(()) => {
+                    self.audit_append("custos", what, label.as_str(), "ok")?;
+                    out.done.push(label);
+                }
+                Err(e) => {
+                    let _ = self.audit_append("custos", what, label.as_str(), &format!("failed: {e}"));
+                    out.failed.push((label, e));
+                }
+            }
         }
-        Ok(done)
+        Ok(out)
     }
 
     /// The policy's shortest waiting period before destruction (default 7 days).
@@ -278,6 +304,17 @@ impl Vault<Open> {
         Ok(rec)
     }
 
+    /// Give a new key record, not stored yet, the next free label of its
+    /// application (another command took the one it had) and escrow it
+    /// again under that label.
+    pub(crate) fn relabel_new_key(&self, rec: &mut KeyRecord) -> Result<()> {
+        rec.label = self.next_label(&rec.app, rec.purpose)?;
+        if let Some(kbk) = self.current_kbk()? {
+            rec.escrow = Some(self.escrow_copy(&kbk, rec)?);
+        }
+        Ok(())
+    }
+
     /// Check that a key may be used as asked, and unwrap it in the HSM.
     pub(crate) fn unwrap_for(&self, rec: &KeyRecord, usage: KeyUse, dataset: &DatasetName) -> Result<DataKey> {
         if let Some(at) = self.destroy_scheduled_at(&rec.label)? {
@@ -314,7 +351,11 @@ impl Vault<Open> {
 const SETTING_DESTROY_MIN_WAIT: &str = "key.destroy.min-wait";
 const SETTING_DESTROY_WAIT: &str = "key.destroy.wait";
 
-/// "7d", "12h", "30m", "45s", or "0s".
+/// The longest duration a setting or option takes: 100 years.
+const MAX_DURATION_SECS: i64 = 100 * 366 * 86_400;
+
+/// "7d", "12h", "30m", "45s", or "0s"; at most 100 years, so that a time
+/// this far from now is always one the time library can hold.
 pub fn parse_duration(s: &str) -> std::result::Result<jiff::SignedDuration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -327,5 +368,8 @@ pub fn parse_duration(s: &str) -> std::result::Result<jiff::SignedDuration, Stri
         _ => None,
     }
     .ok_or_else(|| format!("{s:?} is not a duration like 7d, 12h, 30m or 45s"))?;
+    if secs > MAX_DURATION_SECS {
+        return Err(format!("{s:?} is longer than 100 years (36600d); give a shorter duration"));
+    }
     Ok(jiff::SignedDuration::from_secs(secs))
 }

@@ -33,12 +33,12 @@ mod vault;
 
 pub use audit::{AuditFilter, AuditVerdict, AUDIT_KEY};
 pub use backup::{PruneDecision, RestoreReport};
-pub use custos_repo::{AuditCheckpoint, AuditRow, RequestRow};
+pub use custos_repo::{AuditCheckpoint, AuditRow, RepoError, RequestRow};
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::EscrowStatus;
 pub use hsm::{HsmAction, MoveReport, NewHsmRule};
-pub use keys::{parse_duration, NewKey};
+pub use keys::{parse_duration, DueDestructions, NewKey};
 pub use keystore::Recovered;
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use mirror::MirrorStatus;

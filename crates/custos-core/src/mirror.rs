@@ -55,17 +55,24 @@ impl<S: VaultState> Vault<S> {
         self.repo.insert_mirror(primary, secondary)?;
         let synced = (|| -> Result<u64> {
             let objs = self.repo.volume_objects(primary)?;
-            let (copied, _) = copy_raw(
+            // Nothing on the secondary is recorded yet: whatever an earlier,
+            // interrupted run left there is compared with the primary.
+            let copied = copy_raw(
                 &objs.chunks,
                 None,
                 src.as_ref(),
                 dst.as_ref(),
                 MAX_CHUNK_SIZE as usize + CHUNK_OVERHEAD,
                 self.threads,
+                &|_| false,
             );
-            copied?;
+            copied.result?;
             for (id, g) in &objs.manifests {
-                dst.put_manifest(id, *g, &src.read_manifest(id, *g)?)?;
+                let m = src.read_manifest(id, *g)?;
+                match dst.put_manifest(id, *g, &m) {
+                    Err(custos_store::StoreError::Exists { .. }) if dst.read_manifest(id, *g)? == m => {}
+                    r => r?,
+                }
             }
             for k in &objs.keystore_backups {
                 dst.put_keystore_backup(k, &src.read_keystore_backup(k)?)?;
@@ -97,8 +104,11 @@ impl<S: VaultState> Vault<S> {
             let missing = if check {
                 let dst = self.open_plain_volume(&secondary)?;
                 let mut n = 0u64;
+                // An object counts as there only with the primary's size.
+                let src = self.open_plain_volume(&primary)?;
                 for c in &objs.chunks {
-                    n += !dst.has_chunk(c)? as u64;
+                    let there = dst.chunk_len(c)?;
+                    n += (there.is_none() || there != src.chunk_len(c)?) as u64;
                 }
                 for (id, g) in &objs.manifests {
                     n += dst.read_manifest(id, *g).is_err() as u64;

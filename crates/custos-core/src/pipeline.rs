@@ -453,11 +453,15 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
 }
 
 /// Copy sealed chunk objects as they are from one volume to another, on
-/// worker threads, skipping those the target already holds (a raw copy).
-/// `layout` is the generation's (chunk size, dataset size) when `ids` are
-/// its chunks in order, so progress counts plaintext bytes even for
-/// compressed chunks; without it progress counts sealed bodies.
-/// Returns the chunks this run stored; on error, those stored so far.
+/// worker threads (a raw copy). An object the target holds already is
+/// trusted only when it has the source's size and either `committed` says
+/// the catalog records it on the target (it was made durable before that
+/// commit) or its bytes equal the source's; otherwise it is replaced. Such
+/// a leftover is what a killed or racing copy leaves: it is never trusted
+/// on its name alone. `layout` is the generation's (chunk size, dataset
+/// size) when `ids` are its chunks in order, so progress counts plaintext
+/// bytes even for compressed chunks; without it progress counts sealed
+/// bodies.
 pub(crate) fn copy_raw(
     ids: &[ChunkId],
     layout: Option<(u64, u64)>,
@@ -465,10 +469,11 @@ pub(crate) fn copy_raw(
     to: &dyn Volume,
     max_len: usize,
     threads: usize,
-) -> (Result<(), StoreError>, Vec<ChunkId>) {
+    committed: &(dyn Fn(&ChunkId) -> bool + Sync),
+) -> RawOutcome {
     let threads = threads.min(ids.len()).max(1);
     let (idx_tx, idx_rx) = bounded::<usize>(threads * 2);
-    let (done_tx, done_rx) = unbounded::<ChunkId>();
+    let (done_tx, done_rx) = unbounded::<(ChunkId, RawStep)>();
     let abort = AtomicBool::new(false);
     let first_error: Mutex<Option<StoreError>> = Mutex::new(None);
     std::thread::scope(|s| {
@@ -477,26 +482,23 @@ pub(crate) fn copy_raw(
             let (abort, first_error) = (&abort, &first_error);
             s.spawn(move || {
                 let mut buf = PooledBuf::take(max_len);
+                let mut theirs: Option<PooledBuf> = None;
                 for i in idx_rx {
                     if abort.load(Ordering::Relaxed) {
                         continue;
                     }
                     let id = &ids[i];
-                    let r = to.has_chunk(id).and_then(|have| {
-                        if have {
-                            return Ok(false);
-                        }
-                        let n = from.read_chunk(id, &mut buf, max_len)?;
-                        to.put_chunk(id, buf.slice(n))?;
+                    let r = copy_one(id, from, to, max_len, committed, &mut buf, &mut theirs);
+                    if let Ok(RawStep::Written) = r {
                         crate::progress::add(match layout {
                             Some((cs, size)) => cs.min(size.saturating_sub(i as u64 * cs)),
-                            None => n.saturating_sub(CHUNK_OVERHEAD) as u64,
+                            None => {
+                                from.chunk_len(id).ok().flatten().unwrap_or(0).saturating_sub(CHUNK_OVERHEAD as u64)
+                            }
                         });
-                        Ok(true)
-                    });
+                    }
                     match r {
-                        Ok(true) => done_tx.send(*id).expect("collector alive"),
-                        Ok(false) => {}
+                        Ok(step) => done_tx.send((*id, step)).expect("collector alive"),
                         Err(e) => {
                             abort.store(true, Ordering::SeqCst);
                             first_error.lock().expect("error slot").get_or_insert(e);
@@ -513,9 +515,75 @@ pub(crate) fn copy_raw(
         }
         drop(idx_tx);
     });
-    let written = done_rx.into_iter().collect();
-    match first_error.into_inner().expect("error slot") {
-        Some(e) => (Err(e), written),
-        None => (Ok(()), written),
+    let mut out = RawOutcome { result: Ok(()), written: Vec::new(), reused: Vec::new() };
+    for (id, step) in done_rx {
+        match step {
+            RawStep::Written => out.written.push(id),
+            RawStep::Committed => out.reused.push(id),
+            RawStep::Verified => {}
+        }
+    }
+    if let Some(e) = first_error.into_inner().expect("error slot") {
+        out.result = Err(e);
+    }
+    out
+}
+
+/// What a raw copy did, object by object.
+pub(crate) struct RawOutcome {
+    pub result: Result<(), StoreError>,
+    /// Objects this run stored.
+    pub written: Vec<ChunkId>,
+    /// Objects it left in place because the catalog records them on the
+    /// target already: the commit must check they are still recorded.
+    pub reused: Vec<ChunkId>,
+}
+
+enum RawStep {
+    Written,
+    /// On the target already and recorded there by the catalog.
+    Committed,
+    /// On the target already, not recorded, and byte for byte the source's.
+    Verified,
+}
+
+fn copy_one(
+    id: &ChunkId,
+    from: &dyn Volume,
+    to: &dyn Volume,
+    max_len: usize,
+    committed: &(dyn Fn(&ChunkId) -> bool + Sync),
+    buf: &mut PooledBuf,
+    theirs: &mut Option<PooledBuf>,
+) -> Result<RawStep, StoreError> {
+    let existing = to.chunk_len(id)?;
+    if existing.is_some() && existing == from.chunk_len(id)? && committed(id) {
+        return Ok(RawStep::Committed);
+    }
+    let n = from.read_chunk(id, buf, max_len)?;
+    let same_bytes = |theirs: &mut Option<PooledBuf>| -> Result<bool, StoreError> {
+        let t = theirs.get_or_insert_with(|| PooledBuf::take(max_len));
+        match to.read_chunk(id, t, max_len) {
+            Ok(m) => Ok(m == n && t.slice(m) == buf.slice(n)),
+            Err(StoreError::Missing { .. } | StoreError::TooLarge { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    if existing.is_some() {
+        if same_bytes(theirs)? {
+            return Ok(RawStep::Verified);
+        }
+        // A short or foreign object from an interrupted or racing attempt:
+        // nothing the catalog records, so it is replaced.
+        to.delete_chunk(id)?;
+    }
+    match to.put_chunk(id, buf.slice(n)) {
+        Ok(()) => Ok(RawStep::Written),
+        // A concurrent copy of the same chunk got there first.
+        Err(e @ StoreError::Exists { .. }) => match same_bytes(theirs)? {
+            true => Ok(RawStep::Verified),
+            false => Err(e),
+        },
+        Err(e) => Err(e),
     }
 }

@@ -159,7 +159,7 @@ impl Vault<Sealed> {
             return Err(Error::NoVault { path: dir.into() });
         }
         let dir = dir.canonicalize().map_err(|source| Error::VaultIo { path: dir.into(), source })?;
-        let repo = SqliteRepository::open(&dir.join(DB_FILE))?;
+        let repo = SqliteRepository::open_existing(&dir.join(DB_FILE))?;
         Ok(Vault { dir, repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() })
     }
 

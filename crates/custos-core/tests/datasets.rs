@@ -131,7 +131,7 @@ fn fail_chunk_spliced_from_another_dataset() {
     let (t, p) = setup_tamper();
     // Same key, same position: only the dataset binding can tell them apart.
     let label = t.vault.dataset(&ds("TAMPER.VICTIM")).unwrap().current.key_label;
-    let opts = PutOptions { key: Some(label), volume: None };
+    let opts = PutOptions { key: Some(label), volume: None, fresh: false };
     t.vault.put(&ds("TAMPER.OTHER"), &mut &data(5 * CS + 77, 4)[..], &opts).unwrap();
     let other = t.chunk_paths("TAMPER.OTHER");
     std::fs::copy(&other[2], &p[2]).unwrap();
@@ -219,10 +219,10 @@ fn unknown_objects_are_named() {
     let t = vault();
     let e = t.get("NO.SUCH").unwrap_err();
     assert!(matches!(e, Error::DatasetNotFound { .. }) && e.to_string().contains("NO.SUCH"));
-    let opts = PutOptions { key: Some("DSET.PRIM.X.key001".parse().unwrap()), volume: None };
+    let opts = PutOptions { key: Some("DSET.PRIM.X.key001".parse().unwrap()), volume: None, fresh: false };
     let e = t.vault.put(&ds("X.Y"), &mut &b"x"[..], &opts).unwrap_err();
     assert!(matches!(e, Error::KeyNotFound { .. }) && e.to_string().contains("DSET.PRIM.X.key001"), "{e}");
-    let opts = PutOptions { key: None, volume: Some("nowhere".parse().unwrap()) };
+    let opts = PutOptions { key: None, volume: Some("nowhere".parse().unwrap()), fresh: false };
     let e = t.vault.put(&ds("X.Y"), &mut &b"x"[..], &opts).unwrap_err();
     assert!(matches!(e, Error::VolumeNotFound { .. }) && e.to_string().contains("nowhere"), "{e}");
     let e = t.vault.remove_policy("nopolicy").unwrap_err();
@@ -325,8 +325,10 @@ fn writing_the_same_content_again_commits_nothing() {
             activate: true,
         })
         .unwrap();
-    let r4 =
-        t.vault.put(&ds("SAME.DATA"), &mut &changed[..], &PutOptions { key: Some(k.label), volume: None }).unwrap();
+    let r4 = t
+        .vault
+        .put(&ds("SAME.DATA"), &mut &changed[..], &PutOptions { key: Some(k.label), volume: None, fresh: false })
+        .unwrap();
     assert_eq!((r4.generation, r4.unchanged), (3, false));
     assert_eq!(t.get("SAME.DATA").unwrap(), changed);
 }

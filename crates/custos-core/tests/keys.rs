@@ -22,7 +22,7 @@ fn new_key(t: &T, app: &str) -> KeyLabel {
 }
 
 fn put_with(t: &T, name: &str, key: &KeyLabel, bytes: &[u8]) -> custos_core::Result<custos_core::PutReport> {
-    t.vault.put(&ds(name), &mut &bytes[..], &PutOptions { key: Some(key.clone()), volume: None })
+    t.vault.put(&ds(name), &mut &bytes[..], &PutOptions { key: Some(key.clone()), volume: None, fresh: false })
 }
 
 #[test]

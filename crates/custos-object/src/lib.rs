@@ -230,13 +230,10 @@ impl ObjectVolume {
         match self.rt.block_on(self.store.put_opts(&key, PutPayload::from(bytes), opts)) {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Err(StoreError::Io {
+                Err(StoreError::Exists {
                     volume: self.name.clone(),
+                    what: format!("{rel} (a tape volume is written once)"),
                     path: self.path_of(rel),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "the object already exists and a tape volume is written once; nothing was overwritten",
-                    ),
                 })
             }
             Err(e) => Err(self.err(rel, e)),
@@ -299,6 +296,15 @@ impl Volume for ObjectVolume {
         match self.rt.block_on(self.store.head(&self.key(&rel))) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err(&rel, e)),
+        }
+    }
+
+    fn chunk_len(&self, id: &ChunkId) -> Result<Option<u64>> {
+        let rel = Self::chunk_rel(id);
+        match self.rt.block_on(self.store.head(&self.key(&rel))) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(&rel, e)),
         }
     }

@@ -188,6 +188,7 @@ pub fn run(repo: &dyn Repository) {
         generation: generation(1, label, "v1"),
         chunks: vec![a, b],
         new_key: Some(key("DSET.PRIM.APP.key003")),
+        reused: vec![],
     };
     assert_eq!(repo.commit_generation(&g1).unwrap(), Default::default());
     let d = repo.dataset(&name).unwrap().expect("committed dataset");
@@ -211,6 +212,12 @@ pub fn run(repo: &dyn Repository) {
         new_key: None,
         ..g1.clone()
     };
+    // A commit that reuses a chunk the catalog no longer references on the
+    // volume (a concurrent removal released it) is refused, whole.
+    let stale = GenerationCommit { reused: vec![ChunkId([0x77; 16])], ..g2.clone() };
+    assert!(matches!(repo.commit_generation(&stale), Err(RepoError::Raced { .. })));
+    assert_eq!(repo.dataset(&name).unwrap().unwrap().current.generation, 1);
+    let g2 = GenerationCommit { reused: vec![a], ..g2 };
     let garbage = repo.commit_generation(&g2).unwrap();
     assert_eq!(garbage.chunks, vec![(v1.clone(), b)], "only the chunk no generation keeps is garbage");
     assert_eq!(garbage.manifests, vec![(v1.clone(), id, 1)]);
@@ -246,10 +253,27 @@ pub fn run(repo: &dyn Repository) {
         created_at: Timestamp::from_microsecond(1_700_000_000_000_007).unwrap(),
     };
     let b1 = repo
-        .insert_backup(&b, &[c, a], &[ChunkId([0x51; 16]), ChunkId([0x52; 16])], Some(&key("DSET.BACK.APP.key001")))
+        .insert_backup(
+            &b,
+            &[c, a],
+            &[ChunkId([0x51; 16]), ChunkId([0x52; 16])],
+            Some(&key("DSET.BACK.APP.key001")),
+            &[],
+        )
         .unwrap();
     assert!(repo.key(&KeyLabel::new("DSET.BACK.APP.key001").unwrap()).unwrap().is_some(), "stored with the backup");
-    let b2 = repo.insert_backup(&BackupRecord { method: CopyMethod::Raw, ..b.clone() }, &[a], &[], None).unwrap();
+    // The same copy object cannot be recorded twice (two racing runs).
+    assert!(matches!(
+        repo.insert_backup(&b, &[c, a], &[], Some(&key("DSET.BACK.APP.key009")), &[]),
+        Err(RepoError::Exists { .. })
+    ));
+    assert!(repo.key(&KeyLabel::new("DSET.BACK.APP.key009").unwrap()).unwrap().is_none(), "nothing of it stored");
+    // Reusing a chunk nothing on the volume references is refused.
+    let raw = BackupRecord { method: CopyMethod::Raw, copy_id: DatasetId([5; 16]), ..b.clone() };
+    assert!(matches!(repo.insert_backup(&raw, &[a], &[], None, &[ChunkId([0x78; 16])]), Err(RepoError::Raced { .. })));
+    assert!(repo.chunk_referenced(&VolumeName::new("v2").unwrap(), &a).unwrap());
+    assert!(!repo.chunk_referenced(&VolumeName::new("v2").unwrap(), &ChunkId([0x78; 16])).unwrap());
+    let b2 = repo.insert_backup(&raw, &[a], &[], None, &[a]).unwrap();
     assert!(b2 > b1);
     let all = repo.backups().unwrap();
     assert_eq!(
@@ -263,7 +287,7 @@ pub fn run(repo: &dyn Repository) {
     // Removing b1 frees c (only b1 lists it) but not a (b2 does).
     let g = repo.remove_backup(b1).unwrap();
     assert_eq!(g.chunks, vec![(VolumeName::new("v2").unwrap(), c)]);
-    assert!(g.manifests.is_empty(), "b2 records the same manifest object, so it stays");
+    assert_eq!(g.manifests, vec![(VolumeName::new("v2").unwrap(), b.copy_id, 1)]);
     assert!(matches!(repo.remove_backup(b1), Err(RepoError::NotFound { .. })));
     assert!(repo.backup_chunks(b1).unwrap().is_empty());
 
@@ -279,6 +303,7 @@ pub fn run(repo: &dyn Repository) {
         generation: generation(1, label, "v2"),
         chunks: vec![shared],
         new_key: None,
+        reused: vec![],
     };
     repo.commit_generation(&first).unwrap();
     repo.insert_backup(
@@ -286,6 +311,7 @@ pub fn run(repo: &dyn Repository) {
         &[shared],
         &[],
         None,
+        &[],
     )
     .unwrap();
     let garbage = repo.remove_dataset(&ds2).unwrap();
@@ -303,6 +329,7 @@ pub fn run(repo: &dyn Repository) {
         generation: generation(1, label, "v1"),
         chunks: vec![p, q],
         new_key: None,
+        reused: vec![],
     };
     repo.commit_generation(&g1).unwrap();
     let snap = repo.create_snapshot(&sname).unwrap();
@@ -339,7 +366,7 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!((d.migrated_from.as_ref(), d.last_access), (None, d.current.created_at), "never read: last written");
     repo.touch_dataset(&sid).unwrap();
     assert!(repo.dataset(&sname).unwrap().unwrap().last_access > d.current.created_at);
-    let garbage = repo.move_generation(&sid, 2, &v1, &v2, Some(&v1)).unwrap();
+    let garbage = repo.move_generation(&sid, 2, &v1, &v2, Some(&v1), &[]).unwrap();
     let mut moved: Vec<ChunkId> = garbage
         .chunks
         .iter()
@@ -353,8 +380,8 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(garbage.manifests, vec![(v1.clone(), sid, 2)]);
     let d = repo.dataset(&sname).unwrap().unwrap();
     assert_eq!((d.current.volume.clone(), d.migrated_from.clone()), (v2.clone(), Some(v1.clone())));
-    assert!(repo.move_generation(&sid, 2, &v1, &v2, None).is_err(), "it is no longer on v1");
-    repo.move_generation(&sid, 2, &v2, &v1, None).unwrap();
+    assert!(repo.move_generation(&sid, 2, &v1, &v2, None, &[]).is_err(), "it is no longer on v1");
+    repo.move_generation(&sid, 2, &v2, &v1, None, &[]).unwrap();
     assert_eq!(repo.dataset(&sname).unwrap().unwrap().migrated_from, None);
 
     // Storage-management rules.

@@ -23,14 +23,23 @@ pub type Result<T> = std::result::Result<T, RepoError>;
 pub enum RepoError {
     #[error("the repository database failed while trying to {action}: {source}; check that the vault directory is writable and its disk not full, then run the command again")]
     Database { action: &'static str, source: rusqlite::Error },
+    /// Another process held the catalog for longer than the busy timeout.
+    #[error("the catalog is busy: another Custos command held it for {waited_secs} s while this one tried to {action}; nothing was changed: run the command again")]
+    Busy { action: &'static str, waited_secs: u64 },
+    /// The catalog file is not a Custos catalog, or is damaged.
+    #[error("the catalog {path} is not a Custos catalog or is damaged ({why}); nothing was changed: restore custos.db from a backup (see docs/format.md), or point --vault at the right directory")]
+    NotACatalog { path: String, why: String },
     #[error("the repository at {path} uses schema version {found}, newer than this Custos supports ({supported}): upgrade Custos")]
     SchemaTooNew { path: String, found: i64, supported: i64 },
     #[error("a {kind} named {name} already exists: choose another name")]
     Exists { kind: &'static str, name: String },
     #[error("no {kind} named {name}")]
     NotFound { kind: &'static str, name: String },
-    #[error("dataset {name} was changed by another command while this one ran (expected generation {expected}, found {found}): run the command again")]
+    #[error("{name} changed while this write ran (it started from generation {expected}, the catalog now has {found}): nothing was stored; run it again")]
     Conflict { name: String, expected: u64, found: u64 },
+    /// Objects a write reused were released by a concurrent command.
+    #[error("{what} changed while this write ran ({why}): nothing was stored; run it again")]
+    Raced { what: String, why: String },
     #[error("the repository holds a value it cannot read ({what}): the database was altered or damaged")]
     Corrupt { what: String },
 }
@@ -48,6 +57,12 @@ pub struct GenerationCommit {
     /// A key created for this dataset (by a policy template), stored in the
     /// same transaction so a failed write leaves no stray key behind.
     pub new_key: Option<KeyRecord>,
+    /// Chunks the commit lists that this attempt did not write itself (it
+    /// found them stored already). The commit fails with
+    /// [`RepoError::Conflict`] unless the catalog still references each on
+    /// the generation's volume, so a concurrent removal cannot have freed
+    /// one in the meantime.
+    pub reused: Vec<ChunkId>,
 }
 
 /// Objects a commit or removal left unreferenced, for the engine to delete
@@ -114,12 +129,18 @@ pub trait Repository: Send + Sync {
     /// in increasing order).
     /// For a logical copy, `sources` lists the source chunk each copy chunk
     /// was made from (empty for raw copies, whose chunks are the sources).
+    /// `reused` lists the chunks this attempt found stored already rather
+    /// than wrote: each must still be referenced on the backup's volume, or
+    /// the insert fails with [`RepoError::Raced`]. A second record of the
+    /// same copy object (volume, copy id, generation) fails with
+    /// [`RepoError::Exists`].
     fn insert_backup(
         &self,
         rec: &BackupRecord,
         chunks: &[ChunkId],
         sources: &[ChunkId],
         new_key: Option<&KeyRecord>,
+        reused: &[ChunkId],
     ) -> Result<u64>;
     /// All backups, oldest first.
     fn backups(&self) -> Result<Vec<BackupRecord>>;
@@ -190,7 +211,8 @@ pub trait Repository: Send + Sync {
     /// Move generation `generation` of a dataset from volume `from` (where it
     /// must be) to `to`, whose objects the caller has already written, and
     /// set the dataset's `migrated_from` mark; one transaction. Returns what
-    /// the move left unreferenced on `from`.
+    /// the move left unreferenced on `from`. `reused` as for
+    /// [`Repository::insert_backup`], on `to`.
     fn move_generation(
         &self,
         id: &DatasetId,
@@ -198,7 +220,11 @@ pub trait Repository: Send + Sync {
         from: &VolumeName,
         to: &VolumeName,
         migrated_from: Option<&VolumeName>,
+        reused: &[ChunkId],
     ) -> Result<Garbage>;
+    /// Whether some generation, backup or snapshot on `vol` lists chunk `id`
+    /// (so it was made durable before a commit recorded it).
+    fn chunk_referenced(&self, vol: &VolumeName, id: &ChunkId) -> Result<bool>;
 
     /// Append an entry to the audit log in one transaction: its seq is the
     /// last one's plus one, its hash `link(previous hash, entry)`. The

@@ -244,8 +244,18 @@ pub struct SqliteRepository {
     conn: Mutex<Connection>,
 }
 
+/// How long a command waits for another to release the catalog.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn db(action: &'static str) -> impl Fn(rusqlite::Error) -> RepoError {
-    move |source| RepoError::Database { action, source }
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseCorrupt, DatabaseLocked, NotADatabase};
+    move |source| match source.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked) => RepoError::Busy { action, waited_secs: BUSY_TIMEOUT.as_secs() },
+        Some(NotADatabase | DatabaseCorrupt) => {
+            RepoError::NotACatalog { path: "custos.db".into(), why: format!("{source}, while trying to {action}") }
+        }
+        _ => RepoError::Database { action, source },
+    }
 }
 
 fn ts(t: Timestamp) -> i64 {
@@ -281,6 +291,45 @@ impl SqliteRepository {
         Self::setup(conn, &path.display().to_string())
     }
 
+    /// Open the catalog of an existing vault. A file that is empty,
+    /// truncated, damaged or not a Custos catalog is refused, never taken
+    /// for a new one: nothing is written to it.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        let not = |why: String| RepoError::NotACatalog { path: path.display().to_string(), why };
+        let meta = std::fs::metadata(path).map_err(|e| not(e.to_string()))?;
+        if meta.len() == 0 {
+            return Err(not("the file is empty".into()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| not(e.to_string()))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db("set the busy timeout"))?;
+        let check = || -> rusqlite::Result<(i64, bool)> {
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let ours: bool = conn.query_row(
+                "SELECT COUNT(*) = 3 FROM sqlite_master WHERE type = 'table' AND name IN ('settings', 'keys', 'datasets')",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok((version, ours))
+        };
+        match check() {
+            Ok((v, true)) if v >= 1 => Self::setup(conn, &path.display().to_string()),
+            Ok(_) => Err(not("it holds no Custos schema".into())),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) =>
+            {
+                Err(db("read the catalog")(e))
+            }
+            Err(e) => Err(not(e.to_string())),
+        }
+    }
+
     /// A private in-memory repository, for tests.
     pub fn in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory().map_err(db("open the database"))?;
@@ -288,7 +337,7 @@ impl SqliteRepository {
     }
 
     fn setup(mut conn: Connection, path: &str) -> Result<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db("set the busy timeout"))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db("set the busy timeout"))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;",
         )
@@ -300,7 +349,9 @@ impl SqliteRepository {
             return Err(RepoError::SchemaTooNew { path: path.into(), found: version, supported });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction().map_err(db("start a migration"))?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db("start a migration"))?;
             tx.execute_batch(sql).map_err(db("migrate the schema"))?;
             tx.pragma_update(None, "user_version", i as i64 + 1).map_err(db("record the schema version"))?;
             tx.commit().map_err(db("commit a migration"))?;
@@ -433,33 +484,47 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
+/// Whether any generation, backup or snapshot on volume ?2 lists chunk ?1:
+/// the one definition of "still referenced on a volume".
+const CHUNK_USED: &str = "SELECT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
+        ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
+        WHERE g.chunk_id = ?1 AND gg.volume = ?2)
+     OR EXISTS (SELECT 1 FROM backup_chunks b JOIN backups bb ON bb.id = b.backup_id
+        WHERE b.chunk_id = ?1 AND bb.volume = ?2)
+     OR EXISTS (SELECT 1 FROM snapshot_chunks s JOIN snapshots ss ON ss.id = s.snapshot_id
+        WHERE s.chunk_id = ?1 AND ss.volume = ?2)";
+
+/// Of `candidates`, whether each is still referenced on `vol`, in order.
+fn referenced(conn: &Connection, candidates: &[ChunkId], vol: &str) -> Result<Vec<bool>> {
+    let mut used = conn.prepare_cached(CHUNK_USED).map_err(db("look for references to chunks"))?;
+    candidates
+        .iter()
+        .map(|c| used.query_row(params![&c.0[..], vol], |r| r.get(0)).map_err(db("look for references to chunks")))
+        .collect()
+}
+
 /// Of `candidates` (chunks an owner that was just deleted listed), those no
-/// generation, backup or snapshot on `vol` lists any more. This is the one
-/// definition of "still referenced on a volume"; every removal uses it after
-/// deleting its own rows.
+/// generation, backup or snapshot on `vol` lists any more. Every removal
+/// uses it after deleting its own rows.
 fn unreferenced(tx: &Transaction, mut candidates: Vec<ChunkId>, vol: &str) -> Result<Vec<ChunkId>> {
     candidates.sort();
     candidates.dedup();
-    let mut used = tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
-                    ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
-                    WHERE g.chunk_id = ?1 AND gg.volume = ?2)
-                 OR EXISTS (SELECT 1 FROM backup_chunks b JOIN backups bb ON bb.id = b.backup_id
-                    WHERE b.chunk_id = ?1 AND bb.volume = ?2)
-                 OR EXISTS (SELECT 1 FROM snapshot_chunks s JOIN snapshots ss ON ss.id = s.snapshot_id
-                    WHERE s.chunk_id = ?1 AND ss.volume = ?2)",
-        )
-        .map_err(db("find unreferenced chunks"))?;
-    let mut out = Vec::new();
-    for c in candidates {
-        let still: bool =
-            used.query_row(params![&c.0[..], vol], |r| r.get(0)).map_err(db("find unreferenced chunks"))?;
-        if !still {
-            out.push(c);
-        }
+    let used = referenced(tx, &candidates, vol)?;
+    Ok(candidates.into_iter().zip(used).filter(|(_, u)| !u).map(|(c, _)| c).collect())
+}
+
+/// A commit that lists chunks it found stored rather than wrote may only go
+/// ahead while the catalog still references each on `vol`: otherwise a
+/// concurrent removal released (and may have deleted) one since.
+fn check_reused(tx: &Transaction, reused: &[ChunkId], vol: &str, what: impl FnOnce() -> String) -> Result<()> {
+    let used = referenced(tx, reused, vol)?;
+    if let Some(i) = used.iter().position(|u| !u) {
+        return Err(RepoError::Raced {
+            what: what(),
+            why: format!("chunk {} it shares on volume {vol} was released by another command", reused[i].to_hex()),
+        });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Whether a generation, backup or snapshot on `vol` still names the
@@ -624,7 +689,9 @@ impl Repository for SqliteRepository {
             return Ok(());
         }
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start counting key uses"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start counting key uses"))?;
         {
             let mut up = tx
                 .prepare_cached("UPDATE keys SET use_count = use_count + 1, last_used_at = ?2 WHERE label = ?1")
@@ -639,7 +706,9 @@ impl Repository for SqliteRepository {
 
     fn insert_keys(&self, recs: &[KeyRecord]) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start a bulk key insert"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start a bulk key insert"))?;
         for k in recs {
             insert_key(&tx, k)?;
         }
@@ -671,7 +740,9 @@ impl Repository for SqliteRepository {
 
     fn rewrap_keys(&self, batch: &[Rewrap]) -> Result<usize> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start a re-encipherment batch"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start a re-encipherment batch"))?;
         let mut n = 0;
         {
             let mut upd = tx
@@ -726,9 +797,32 @@ impl Repository for SqliteRepository {
         chunks: &[ChunkId],
         sources: &[ChunkId],
         new_key: Option<&KeyRecord>,
+        reused: &[ChunkId],
     ) -> Result<u64> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start recording a backup"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start recording a backup"))?;
+        let twin: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM backups WHERE volume = ?1 AND copy_id = ?2 AND generation = ?3)",
+                params![b.volume.as_str(), &b.copy_id.0[..], b.generation as i64],
+                |r| r.get(0),
+            )
+            .map_err(db("look for the same backup"))?;
+        if twin {
+            return Err(RepoError::Exists {
+                kind: "backup",
+                name: format!(
+                    "of {} (copy {} generation {} on {})",
+                    b.dataset,
+                    b.copy_id.to_hex(),
+                    b.generation,
+                    b.volume
+                ),
+            });
+        }
+        check_reused(&tx, reused, b.volume.as_str(), || format!("the {} copy of {}", b.method.as_str(), b.dataset))?;
         if let Some(k) = new_key {
             insert_key(&tx, k)?;
         }
@@ -812,7 +906,9 @@ impl Repository for SqliteRepository {
 
     fn remove_backup(&self, id: u64) -> Result<Garbage> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start removing a backup"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start removing a backup"))?;
         let found: Option<(String, Vec<u8>, i64)> = tx
             .query_row("SELECT volume, copy_id, generation FROM backups WHERE id = ?1", [id as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -840,7 +936,8 @@ impl Repository for SqliteRepository {
 
     fn create_snapshot(&self, name: &DatasetName) -> Result<SnapshotRecord> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start a snapshot"))?;
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("start a snapshot"))?;
         let d = tx
             .query_row(&format!("{DATASET_SELECT} WHERE d.name = ?1"), [name.as_str()], dataset_from_row)
             .optional()
@@ -924,7 +1021,9 @@ impl Repository for SqliteRepository {
 
     fn remove_snapshot(&self, id: u64) -> Result<Garbage> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start removing a snapshot"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start removing a snapshot"))?;
         let found: Option<(String, Vec<u8>, i64)> = tx
             .query_row("SELECT volume, dataset_id, generation FROM snapshots WHERE id = ?1", [id as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -1106,6 +1205,10 @@ impl Repository for SqliteRepository {
         rows.collect::<rusqlite::Result<_>>().map_err(db("list policies"))
     }
 
+    fn chunk_referenced(&self, vol: &VolumeName, id: &ChunkId) -> Result<bool> {
+        Ok(referenced(&self.conn(), std::slice::from_ref(id), vol.as_str())?[0])
+    }
+
     fn touch_dataset(&self, id: &DatasetId) -> Result<()> {
         self.conn()
             .execute("UPDATE datasets SET last_access = ?2 WHERE id = ?1", params![&id.0[..], ts(Timestamp::now())])
@@ -1120,9 +1223,11 @@ impl Repository for SqliteRepository {
         from: &VolumeName,
         to: &VolumeName,
         migrated_from: Option<&VolumeName>,
+        reused: &[ChunkId],
     ) -> Result<Garbage> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start a move"))?;
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("start a move"))?;
         let n = tx
             .execute(
                 "UPDATE generations SET volume = ?4 WHERE dataset_id = ?1 AND generation = ?2 AND volume = ?3",
@@ -1135,6 +1240,7 @@ impl Repository for SqliteRepository {
                 name: format!("{generation} of dataset id {} on volume {from}", id.to_hex()),
             });
         }
+        check_reused(&tx, reused, to.as_str(), || format!("the move of dataset id {} to {to}", id.to_hex()))?;
         tx.execute(
             "UPDATE datasets SET migrated_from = ?2 WHERE id = ?1",
             params![&id.0[..], migrated_from.map(|v| v.as_str())],
@@ -1489,7 +1595,8 @@ impl Repository for SqliteRepository {
 
     fn commit_generation(&self, c: &GenerationCommit) -> Result<Garbage> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start a commit"))?;
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("start a commit"))?;
         let id = &c.dataset_id.0[..];
         let found: Option<(Vec<u8>, i64)> = tx
             .query_row("SELECT id, current_generation FROM datasets WHERE name = ?1", [c.name.as_str()], |r| {
@@ -1515,6 +1622,7 @@ impl Repository for SqliteRepository {
                 })
             }
         }
+        check_reused(&tx, &c.reused, g.volume.as_str(), || c.name.to_string())?;
         if let Some(k) = &c.new_key {
             insert_key(&tx, k)?;
         }
@@ -1567,7 +1675,8 @@ impl Repository for SqliteRepository {
 
     fn remove_dataset(&self, name: &DatasetName) -> Result<Garbage> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("start a removal"))?;
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("start a removal"))?;
         let id: Option<Vec<u8>> = tx
             .query_row("SELECT id FROM datasets WHERE name = ?1", [name.as_str()], |r| r.get(0))
             .optional()

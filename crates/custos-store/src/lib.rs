@@ -42,6 +42,9 @@ pub enum StoreError {
     TooLarge { volume: String, what: String, path: PathBuf, size: u64, max: usize },
     #[error("I/O error on {volume} at {path}: {source}; check the volume's disk and permissions, then run the command again")]
     Io { volume: String, path: PathBuf, source: std::io::Error },
+    /// An object that is created once already exists; nothing was overwritten.
+    #[error("{what} already exists on {volume} ({path}); it was not overwritten")]
+    Exists { volume: String, what: String, path: PathBuf },
 }
 
 /// The storage seam. Writes of chunks are made durable by [`Volume::sync`];
@@ -50,20 +53,27 @@ pub trait Volume: Send + Sync {
     /// "volume NAME" plus where it is, for messages.
     fn describe(&self) -> String;
     /// Store a new sealed chunk. IDs are never reused: storing an existing ID
-    /// fails. A page-aligned `sealed` (from a [`ChunkBuf`]) may be written
-    /// with direct I/O.
+    /// fails with [`StoreError::Exists`] and leaves the existing object as it
+    /// was. The object appears whole or not at all, whatever happens to the
+    /// writing process (a kill never leaves a short object under the name).
+    /// A page-aligned `sealed` (from a [`ChunkBuf`]) may be written with
+    /// direct I/O.
     fn put_chunk(&self, id: &ChunkId, sealed: &[u8]) -> Result<()>;
     /// Read a sealed chunk into the start of `buf`, growing it as needed up
     /// to `max_len` bytes; returns its length. A chunk object longer than
     /// `max_len` is refused with [`StoreError::TooLarge`] before it is read.
     fn read_chunk(&self, id: &ChunkId, buf: &mut ChunkBuf, max_len: usize) -> Result<usize>;
     fn has_chunk(&self, id: &ChunkId) -> Result<bool>;
+    /// The size of a stored chunk object, or `None` when there is none.
+    fn chunk_len(&self, id: &ChunkId) -> Result<Option<u64>>;
     /// Delete a chunk; deleting a missing chunk is not an error.
     fn delete_chunk(&self, id: &ChunkId) -> Result<()>;
     /// Make every chunk stored so far durable.
     fn sync(&self) -> Result<()>;
-    /// Store a manifest durably and atomically (replacing none: generations
-    /// are never rewritten).
+    /// Store a manifest durably and atomically. An existing manifest of the
+    /// same dataset and generation is never replaced: that fails with
+    /// [`StoreError::Exists`], so two writers can never overwrite (or, on
+    /// failure, delete) each other's manifest.
     fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()>;
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>>;
     /// Delete a manifest; deleting a missing one is not an error.
@@ -82,7 +92,9 @@ pub mod conformance {
         assert!(!v.has_chunk(&id).unwrap());
         v.put_chunk(&id, b"sealed bytes").unwrap();
         assert!(v.has_chunk(&id).unwrap());
-        assert!(v.put_chunk(&id, b"other").is_err(), "chunk IDs are write-once");
+        assert!(matches!(v.put_chunk(&id, b"other"), Err(StoreError::Exists { .. })), "chunk IDs are write-once");
+        assert_eq!(v.chunk_len(&id).unwrap(), Some(12), "the first object stays");
+        assert_eq!(v.chunk_len(&ChunkId([0xAB; 16])).unwrap(), None);
         v.sync().unwrap();
         let mut buf = ChunkBuf::new(4);
         let n = v.read_chunk(&id, &mut buf, 1 << 20).unwrap();
@@ -115,6 +127,10 @@ pub mod conformance {
         let ds = DatasetId([0xBB; 16]);
         v.put_manifest(&ds, 1, b"m1").unwrap();
         v.put_manifest(&ds, 2, b"m2").unwrap();
+        assert!(
+            matches!(v.put_manifest(&ds, 2, b"other"), Err(StoreError::Exists { .. })),
+            "manifests are created once"
+        );
         assert_eq!(v.read_manifest(&ds, 1).unwrap(), b"m1");
         assert_eq!(v.read_manifest(&ds, 2).unwrap(), b"m2");
         v.delete_manifest(&ds, 1).unwrap();

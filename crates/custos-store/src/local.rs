@@ -125,21 +125,42 @@ impl LocalVolume {
         self.root.join("manifests").join(ds.to_hex()).join(format!("{generation:016x}"))
     }
 
-    /// Write a whole file atomically and durably: temp file, fsync, rename, fsync dir.
+    /// Write a whole file atomically and durably: a temp file of this
+    /// attempt's own, fsync, rename (replacing), fsync dir.
     fn write_durable(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let dir = path.parent().expect("volume paths have a parent");
-        let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("object")));
+        let tmp = tmp_path(path);
         let res = (|| {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
+            write_synced(&tmp, bytes)?;
             fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
+            sync_parent(path)
         })();
         res.map_err(|e| {
             let _ = fs::remove_file(&tmp);
             self.err(path, e)
         })
+    }
+
+    /// Write a whole file that must not exist yet, atomically and durably:
+    /// a temp file of this attempt's own, fsync, then a rename that refuses
+    /// to replace, fsync dir. An existing file is left as it is.
+    fn create_durable(&self, path: &Path, bytes: &[u8], what: impl FnOnce() -> String) -> Result<()> {
+        let tmp = tmp_path(path);
+        let res = (|| {
+            write_synced(&tmp, bytes)?;
+            let placed = publish(&tmp, path)?;
+            if placed {
+                sync_parent(path)?;
+            }
+            Ok(placed)
+        })();
+        match res {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Exists { volume: self.name.clone(), what: what(), path: path.into() }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(self.err(path, e))
+            }
+        }
     }
 
     fn read_file(&self, path: &Path, what: impl FnOnce() -> String, buf: &mut Vec<u8>) -> Result<()> {
@@ -164,10 +185,14 @@ impl Volume for LocalVolume {
     }
 
     fn put_chunk(&self, id: &ChunkId, sealed: &[u8]) -> Result<()> {
+        // Written under a name of this attempt's own, then moved into place
+        // without replacing: a killed writer leaves at most a temp file
+        // (which `gc` removes), never a short chunk under the chunk's name.
         let path = self.chunk_path(id);
+        let tmp = tmp_path(&path);
         let body = sealed.len() / ALIGN * ALIGN;
         let aligned = (sealed.as_ptr() as usize).is_multiple_of(ALIGN) && body > 0;
-        let (mut f, direct) = self.open_chunk(&path, true, aligned).map_err(|e| self.err(&path, e))?;
+        let (mut f, direct) = self.open_chunk(&tmp, true, aligned).map_err(|e| self.err(&path, e))?;
         let written = (|| {
             let mut rest = sealed;
             if direct {
@@ -175,14 +200,18 @@ impl Volume for LocalVolume {
                 rustix::fs::fcntl_setfl(&f, rustix::fs::fcntl_getfl(&f)? - OFlags::DIRECT)?;
                 rest = &sealed[body..];
             }
-            f.write_all(rest)
-        })();
-        if let Err(e) = written {
+            f.write_all(rest)?;
             drop(f);
-            let _ = fs::remove_file(&path);
-            return Err(self.err(&path, e));
+            publish(&tmp, &path)
+        })();
+        match written {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Exists { volume: self.name.clone(), what: format!("chunk {id}"), path }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(self.err(&path, e))
+            }
         }
-        Ok(())
     }
 
     fn read_chunk(&self, id: &ChunkId, buf: &mut ChunkBuf, max_len: usize) -> Result<usize> {
@@ -239,6 +268,15 @@ impl Volume for LocalVolume {
         }
     }
 
+    fn chunk_len(&self, id: &ChunkId) -> Result<Option<u64>> {
+        let p = self.chunk_path(id);
+        match fs::symlink_metadata(&p) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound && self.root.exists() => Ok(None),
+            Err(e) => Err(self.err(&p, e)),
+        }
+    }
+
     fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
         let p = self.chunk_path(id);
         match fs::remove_file(&p) {
@@ -261,7 +299,7 @@ impl Volume for LocalVolume {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| self.err(dir, e))?;
         }
-        self.write_durable(&path, sealed)
+        self.create_durable(&path, sealed, || format!("the manifest of generation {generation} of dataset id {ds}"))
     }
 
     fn read_manifest(&self, ds: &DatasetId, generation: u64) -> Result<Vec<u8>> {
@@ -296,6 +334,46 @@ impl Volume for LocalVolume {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(&p, e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A temp name beside `path` that no other attempt uses.
+fn tmp_path(path: &Path) -> PathBuf {
+    let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    path.with_file_name(format!(".{stem}.{}.tmp", ChunkId::random().to_hex()))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    File::open(path.parent().expect("volume paths have a parent"))?.sync_all()
+}
+
+/// Move `tmp` to `path` unless `path` exists. Returns false (and removes
+/// `tmp`) when it exists: the object already there is left untouched.
+fn publish(tmp: &Path, path: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let exists = |e: &std::io::Error| e.kind() == ErrorKind::AlreadyExists;
+    match renameat_with(CWD, tmp, CWD, path, RenameFlags::NOREPLACE) {
+        Ok(()) => return Ok(true),
+        Err(rustix::io::Errno::EXIST) => {
+            let _ = fs::remove_file(tmp);
+            return Ok(false);
+        }
+        // A filesystem without RENAME_NOREPLACE: a hard link is as exclusive.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let linked = fs::hard_link(tmp, path);
+    let _ = fs::remove_file(tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if exists(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -48,6 +48,13 @@ impl Volume for MirroredVolume {
         Ok(self.primary.has_chunk(id)? && self.secondary.has_chunk(id)?)
     }
 
+    /// The primary's size when the secondary holds the same size, else `None`
+    /// (an object on one side only is not yet mirrored).
+    fn chunk_len(&self, id: &ChunkId) -> Result<Option<u64>> {
+        let p = self.primary.chunk_len(id)?;
+        Ok(p.filter(|_| self.secondary.chunk_len(id).ok().flatten() == p))
+    }
+
     fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
         self.primary.delete_chunk(id)?;
         self.secondary.delete_chunk(id)
