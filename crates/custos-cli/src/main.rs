@@ -251,7 +251,10 @@ fn parse_expiry(s: &str) -> anyhow::Result<jiff::Timestamp> {
         return days
             .checked_mul(86_400)
             .and_then(|secs| jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(secs)).ok())
-            .ok_or_else(|| Usage(format!("--expires {s}: too far in the future (at most the year 9999)")).into());
+            .ok_or_else(|| {
+                Usage(format!("--expires {s}: too far in the future; give fewer days, or a date before the year 9999"))
+                    .into()
+            });
     }
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
@@ -1413,7 +1416,14 @@ fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
         if cli.json {
             return json(&m);
         }
-        println!("{}: generation {} ({} chunks) moved from {} to {}", m.dataset, m.generation, m.chunks, m.from, m.to);
+        if m.from == m.to {
+            println!("{}: generation {} is on {} already; nothing moved", m.dataset, m.generation, m.to);
+        } else {
+            println!(
+                "{}: generation {} ({} chunks) moved from {} to {}",
+                m.dataset, m.generation, m.chunks, m.from, m.to
+            );
+        }
         Ok(())
     };
     match c {

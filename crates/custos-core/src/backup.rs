@@ -573,14 +573,27 @@ impl Vault<Open> {
                 return Ok((k, None));
             }
         }
-        let rec = self.new_key_record(&NewKey {
-            label: Some(labels.next(self, &primary.app, Purpose::Back)?),
-            app: Some(primary.app.clone()),
-            purpose: Purpose::Back,
-            expires_at: None,
-            activate: true,
-        })?;
-        Ok((rec.clone(), Some(rec)))
+        // A label another run took since the keystore was read is passed over.
+        for _ in 0..64 {
+            let made = self.new_key_record(&NewKey {
+                label: Some(labels.next(self, &primary.app, Purpose::Back)?),
+                app: Some(primary.app.clone()),
+                purpose: Purpose::Back,
+                expires_at: None,
+                activate: true,
+            });
+            match made {
+                Err(Error::Repo(custos_repo::RepoError::Exists { kind: "key", .. })) => continue,
+                made => {
+                    let rec = made?;
+                    return Ok((rec.clone(), Some(rec)));
+                }
+            }
+        }
+        Err(Error::Invalid {
+            what: "logical backup",
+            why: format!("{}: every label tried for a new BACK key was taken by concurrent runs; run it again", d.name),
+        })
     }
 
     /// Logical copy of a dataset's current generation to `to`, re-sealed

@@ -125,11 +125,19 @@ impl<S: VaultState> Vault<S> {
     /// for byte, and mark it migrated. Uses no key.
     pub fn migrate(&self, name: &DatasetName, to: &VolumeName) -> Result<MoveReport> {
         let d = self.dataset(name)?;
-        if d.current.volume == *to {
-            return Err(Error::Invalid { what: "migration", why: format!("{name} is on volume {to} already") });
-        }
         if self.volume_record(to)?.medium != Medium::Tape {
             return Err(Error::Invalid { what: "migration", why: format!("{to} is not a tape volume") });
+        }
+        if d.current.volume == *to {
+            // Done already (an earlier run may have been interrupted after
+            // its commit): nothing moves, and that is success.
+            return Ok(MoveReport {
+                dataset: d.name.clone(),
+                generation: d.current.generation,
+                from: to.clone(),
+                to: to.clone(),
+                chunks: 0,
+            });
         }
         // Recalled to where it was; a second migration keeps the first home.
         let home = d.migrated_from.clone().unwrap_or_else(|| d.current.volume.clone());

@@ -34,7 +34,10 @@ impl<S: VaultState> Vault<S> {
         }
         self.volume_record(primary)?;
         self.volume_record(secondary)?;
-        for (p, s, _) in self.repo.mirrors()? {
+        // The same mirror again: an earlier run was interrupted, or the
+        // secondary was emptied; copy what it lacks (idempotent).
+        let resume = self.repo.mirrors()?.iter().any(|(p, s, _)| p == primary && s == secondary);
+        for (p, s, _) in self.repo.mirrors()?.into_iter().filter(|_| !resume) {
             for v in [primary, secondary] {
                 if *v == p || *v == s {
                     return Err(Error::Invalid {
@@ -45,14 +48,16 @@ impl<S: VaultState> Vault<S> {
             }
         }
         let on_secondary = self.repo.volume_objects(secondary)?;
-        if !on_secondary.chunks.is_empty() || !on_secondary.manifests.is_empty() {
+        if !resume && (!on_secondary.chunks.is_empty() || !on_secondary.manifests.is_empty()) {
             return Err(Error::Invalid {
                 what: "mirror",
                 why: format!("volume {secondary} already holds data of its own; a mirror's secondary must be empty"),
             });
         }
         let (src, dst) = (self.open_plain_volume(primary)?, self.open_plain_volume(secondary)?);
-        self.repo.insert_mirror(primary, secondary)?;
+        if !resume {
+            self.repo.insert_mirror(primary, secondary)?;
+        }
         let synced = (|| -> Result<u64> {
             let objs = self.repo.volume_objects(primary)?;
             // Nothing on the secondary is recorded yet: whatever an earlier,
@@ -88,10 +93,11 @@ impl<S: VaultState> Vault<S> {
                 objects,
                 missing: Some(0),
             }),
-            Err(e) => {
+            Err(e) if !resume => {
                 let _ = self.repo.remove_mirror(primary);
                 Err(e)
             }
+            Err(e) => Err(e),
         }
     }
 

@@ -1,0 +1,481 @@
+//! Nothing is lost: concurrent writers, interrupted copies and housekeeping,
+//! tried with real `custos` processes on real files — races between
+//! processes started together, and kills injected at the syscalls where a
+//! write becomes durable (strace's fault injection).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Output, Stdio};
+
+use common::*;
+
+/// The words every message of a write that lost a race ends with.
+const RETRY: &str = "run it again";
+
+impl Env {
+    fn spawn(&self, args: &[&str]) -> Child {
+        Process::new(assert_cmd::cargo::cargo_bin("custos"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUSTOS_VAULT", &self.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Run `custos ARGS` under strace, SIGKILLing it at the `n`th of the
+    /// syscalls that make writes durable or visible; true when it was killed
+    /// (false once `n` is past the last such call and it ran to its end).
+    fn killed_at(&self, args: &[&str], n: usize) -> bool {
+        const CALLS: &str = "fsync,fdatasync,syncfs,rename,renameat2,link,unlink,pwrite64";
+        let o = Process::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={CALLS}")])
+            .arg("-e")
+            .arg(format!("inject={CALLS}:signal=KILL:when={n}"))
+            .arg(assert_cmd::cargo::cargo_bin("custos"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUSTOS_VAULT", &self.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(["--threads", "1"])
+            .args(args)
+            .output()
+            .expect("strace runs (apt-get install strace)");
+        // strace exits with the tracee's status; a killed tracee shows as
+        // the signal's number + 128, or as a signal.
+        use std::os::unix::process::ExitStatusExt;
+        o.status.signal() == Some(9) || o.status.code() == Some(128 + 9)
+    }
+}
+
+fn wait(children: Vec<Child>) -> Vec<Output> {
+    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+}
+
+/// Every process either succeeded or lost a race with the retryable message.
+fn only_retryable_failures(outs: &[Output], what: &str) -> usize {
+    let mut ok = 0;
+    for o in outs {
+        let err = String::from_utf8_lossy(&o.stderr);
+        if o.status.success() {
+            ok += 1;
+        } else {
+            assert!(err.contains(RETRY) && err.trim_end().lines().count() == 1, "{what}: {err}");
+        }
+    }
+    ok
+}
+
+#[test]
+fn concurrent_puts_of_one_dataset_keep_exactly_one_content() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "CONC.ONE", Env::s(&e.file("first", &data(100_000, 0)))]);
+    let rounds: usize = std::env::var("CUSTOS_RACE_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    for n in [2usize, 4, 8] {
+        for round in 0..rounds {
+            // Contents of three chunks, sharing their first chunk, so writers
+            // also race on reusing the previous generation's chunks.
+            let contents: Vec<Vec<u8>> = (0..n)
+                .map(|i| {
+                    let mut c = data(65_536, 1);
+                    c.extend(data(150_000, (n * 31 + round * 7 + i) as u8));
+                    c
+                })
+                .collect();
+            let files: Vec<PathBuf> = contents.iter().enumerate().map(|(i, c)| e.file(&format!("in{i}"), c)).collect();
+            let mut children: Vec<Child> =
+                files.iter().map(|f| e.spawn(&["ds", "put", "CONC.ONE", Env::s(f)])).collect();
+            // New datasets of one application at the same time: each needs a
+            // template key, and they race for its label.
+            let fresh: Vec<String> = (0..n).map(|i| format!("CONC.N{n}R{round}I{i}")).collect();
+            children.extend(fresh.iter().map(|d| e.spawn(&["ds", "put", d, Env::s(&files[0])])));
+            let outs = wait(children);
+            let (puts, news) = outs.split_at(n);
+            let won = only_retryable_failures(puts, "a racing put");
+            assert!(won >= 1, "some writer of round {round} must win");
+            for (o, d) in news.iter().zip(&fresh) {
+                assert!(o.status.success(), "new dataset {d}: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            let got = e.run(&["ds", "get", "CONC.ONE"]).stdout;
+            let winners: Vec<&Vec<u8>> =
+                contents.iter().zip(puts).filter(|(_, o)| o.status.success()).map(|(c, _)| c).collect();
+            assert!(winners.contains(&&got), "n={n} round {round}: the dataset is none of the contents written");
+            e.ok(&["ds", "verify", "CONC.ONE"]);
+        }
+    }
+    for d in e.json(&["ds", "ls"]).as_array().unwrap() {
+        e.ok(&["ds", "verify", d["name"].as_str().unwrap()]);
+    }
+}
+
+#[test]
+fn concurrent_backups_to_one_volume_all_verify() {
+    let e = Env::new();
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let rounds: usize = std::env::var("CUSTOS_RACE_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    for round in 0..rounds {
+        for (i, d) in ["BK.ONE", "BK.TWO"].iter().enumerate() {
+            let mut c = data(65_536, 9);
+            c.extend(data(100_000, (round * 2 + i) as u8));
+            e.ok(&["ds", "put", d, Env::s(&e.file("in", &c))]);
+        }
+        let run = |m: &str| e.spawn(&["backup", "run", "BK.**", "--method", m, "--to", "offsite"]);
+        let outs = wait(vec![run("logical"), run("logical"), run("raw"), run("raw")]);
+        only_retryable_failures(&outs, "a racing backup");
+        // Every listed backup reads back whole.
+        all_backups_verify(&e, &format!("round {round}"));
+    }
+    // Every round's generation of each dataset has a raw and a logical copy.
+    let backups = e.json(&["backup", "ls"]);
+    for method in ["raw", "logical"] {
+        let n = backups.as_array().unwrap().iter().filter(|b| b["method"] == method).count();
+        assert!(n >= 2 * rounds, "{n} {method} backups for {rounds} rounds");
+    }
+    // The newest restores to the dataset's content.
+    let last = e.run(&["ds", "get", "BK.ONE"]).stdout;
+    e.ok(&["restore", "BK.ONE"]);
+    assert_eq!(e.run(&["ds", "get", "BK.ONE"]).stdout, last);
+}
+
+/// Kill `args` at each durable step of a small run in turn, run it again
+/// plainly, and check with `check` after every round; `prepare` makes
+/// fresh work before each kill. Returns how many kills hit.
+fn kill_at_every_step(e: &Env, args: &[&str], mut prepare: impl FnMut(usize), check: impl Fn(usize)) -> usize {
+    let mut hits = 0;
+    for n in 1..400 {
+        prepare(n);
+        let killed = e.killed_at(args, n);
+        let again = e.run(args);
+        assert!(
+            again.status.success(),
+            "{args:?} after a kill at step {n}: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        check(n);
+        if !killed {
+            return hits;
+        }
+        hits += 1;
+    }
+    panic!("{args:?} never ran to its end under strace");
+}
+
+fn all_backups_verify(e: &Env, when: &str) {
+    let o = e.run(&["backup", "verify", "--read-data"]);
+    assert!(o.status.success(), "{when}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn killed_raw_backup_rerun_always_verifies() {
+    let e = Env::new();
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let content = std::cell::RefCell::new(Vec::new());
+    let hits = kill_at_every_step(
+        &e,
+        &["backup", "run", "KR.**", "--method", "raw", "--to", "offsite"],
+        |n| {
+            let c = data(140_000, n as u8);
+            e.ok(&["ds", "put", "KR.DATA", Env::s(&e.file("in", &c))]);
+            *content.borrow_mut() = c;
+        },
+        |n| {
+            all_backups_verify(&e, &format!("step {n}"));
+            assert_eq!(e.run(&["ds", "get", "KR.DATA"]).stdout, *content.borrow(), "step {n}");
+        },
+    );
+    assert!(hits >= 3, "the kills hit only {hits} steps");
+    // Every backup listed restores its generation.
+    let b = e.json(&["backup", "ls"]);
+    assert!(b.as_array().unwrap().len() as usize > hits / 2);
+}
+
+#[test]
+fn killed_mirror_add_rerun_is_in_sync() {
+    let e = Env::new();
+    for i in 0..3 {
+        e.ok(&["ds", "put", &format!("MI.D{i}"), Env::s(&e.file("in", &data(140_000, i)))]);
+    }
+    let sec = e.dir.path().join("sec");
+    e.ok(&["volume", "add", "sec", "--path", Env::s(&sec), "--site", "B"]);
+    kill_at_every_step(
+        &e,
+        &["mirror", "add", "default", "sec"],
+        |_| {
+            // An empty secondary again for every round.
+            let _ = e.run(&["mirror", "rm", "default"]);
+            for sub in ["chunks", "manifests"] {
+                for f in walk_files(&sec.join(sub)) {
+                    std::fs::remove_file(f).unwrap();
+                }
+            }
+        },
+        |n| {
+            // Whatever the kill left, the rerun made every object whole there.
+            let st = e.json(&["mirror", "status"]);
+            assert_eq!(st[0]["missing"], 0, "step {n}: {st}");
+            for f in walk_files(&sec.join("chunks")) {
+                let name = f.file_name().unwrap().to_string_lossy().to_string();
+                if name.ends_with(".tmp") {
+                    continue; // a killed run's temp file: never read, removed by `custos gc`
+                }
+                let primary = e.vault.join("volumes/default/chunks").join(&name[..2]).join(&name);
+                assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(primary).unwrap(), "step {n}: {name}");
+            }
+        },
+    );
+    for i in 0..3 {
+        e.ok(&["ds", "verify", &format!("MI.D{i}")]);
+    }
+}
+
+fn walk_files(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for entry in rd.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn killed_migration_and_recall_rerun_always_read_back() {
+    let e = Env::new();
+    let tape = e.dir.path().join("tape");
+    e.ok(&["volume", "add", "tape", "--path", Env::s(&tape), "--site", "B", "--medium", "tape"]);
+    let content = data(200_000, 3);
+    e.ok(&["ds", "put", "MG.DATA", Env::s(&e.file("in", &content))]);
+    for args in [&["hsm", "migrate", "MG.DATA", "--to", "tape"][..], &["hsm", "recall", "MG.DATA"][..]] {
+        let migrate = args[1] == "migrate";
+        let hits = kill_at_every_step(
+            &e,
+            args,
+            |_| {
+                // Start each round from the other side.
+                let on_tape = e.json(&["ds", "info", "MG.DATA"])["current"]["volume"] == "tape";
+                if migrate && on_tape {
+                    e.ok(&["hsm", "recall", "MG.DATA"]);
+                } else if !migrate && !on_tape {
+                    e.ok(&["hsm", "migrate", "MG.DATA", "--to", "tape"]);
+                }
+            },
+            |n| {
+                let info = e.json(&["ds", "info", "MG.DATA"]);
+                let want = if migrate { "tape" } else { "default" };
+                assert_eq!(info["current"]["volume"], want, "{args:?} step {n}");
+                e.ok(&["ds", "verify", "MG.DATA"]);
+            },
+        );
+        assert!(hits >= 3, "{args:?}: the kills hit only {hits} steps");
+    }
+    assert_eq!(e.run(&["ds", "get", "MG.DATA"]).stdout, content);
+}
+
+#[test]
+fn killed_due_destruction_never_bricks_the_vault() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "OTHER.DATA", Env::s(&e.file("o", b"still readable"))]);
+    let label = std::cell::RefCell::new(String::new());
+    let hits = kill_at_every_step(
+        &e,
+        &["ds", "ls"],
+        |_| {
+            // A key due for destruction before every round.
+            let k = e.json(&["key", "create", "--app", "DOOM", "--activate"]);
+            let l = k["label"].as_str().unwrap().to_string();
+            e.ok(&["key", "deactivate", &l]);
+            e.ok(&["key", "destroy", &l, "--wait", "1d"]);
+            // The waiting period is over (as if a day had passed).
+            let c = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+            c.execute("UPDATE keys SET destroy_after = 0 WHERE label = ?1", [&l]).unwrap();
+            *label.borrow_mut() = l;
+        },
+        |n| {
+            // Every other command works, and the key ends destroyed.
+            assert_eq!(e.run(&["ds", "get", "OTHER.DATA"]).stdout, b"still readable", "step {n}");
+            e.ok(&["audit", "verify"]);
+            let k = e.json(&["key", "show", &label.borrow()]);
+            assert_eq!(k["state"], "destroyed", "step {n}: {k}");
+        },
+    );
+    assert!(hits >= 2, "the kills hit only {hits} steps");
+}
+
+#[test]
+fn restore_of_another_datasets_backup_is_refused() {
+    let e = Env::new();
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    e.ok(&["ds", "put", "A.ONE", Env::s(&e.file("a", b"a one, old"))]);
+    e.ok(&["ds", "put", "B.ONE", Env::s(&e.file("b", b"b one"))]);
+    let b = e.json(&["backup", "run", "A.ONE", "--to", "offsite"]);
+    let id = b[0]["id"].as_u64().unwrap().to_string();
+    e.ok(&["ds", "put", "A.ONE", Env::s(&e.file("a2", b"a one, newest"))]);
+    let err = e.fails(&["restore", "B.ONE", "--backup", &id], 1);
+    assert!(err.contains("is a copy of A.ONE, not of B.ONE"), "{err}");
+    assert_eq!(e.run(&["ds", "get", "A.ONE"]).stdout, b"a one, newest", "A.ONE keeps its newest generation");
+    // With --as the content goes where it is told, and the message says whose it is.
+    let out = e.ok(&["restore", "B.ONE", "--backup", &id, "--as", "B.ONE"]);
+    assert!(out.contains("copy of A.ONE) as B.ONE"), "{out}");
+    assert_eq!(e.run(&["ds", "get", "B.ONE"]).stdout, b"a one, old");
+    assert_eq!(e.run(&["ds", "get", "A.ONE"]).stdout, b"a one, newest");
+}
+
+#[test]
+fn restore_repairs_a_damaged_chunk_of_the_same_content() {
+    let e = Env::new();
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let content = data(200_000, 5);
+    e.ok(&["ds", "put", "REP.DATA", Env::s(&e.file("in", &content))]);
+    e.ok(&["backup", "run", "REP.DATA", "--to", "offsite"]);
+    // Silent damage to a chunk of the current generation.
+    let chunk = &e.chunk_paths("REP.DATA")[1];
+    let mut bytes = std::fs::read(chunk).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(chunk, bytes).unwrap();
+    e.fails(&["ds", "verify", "REP.DATA"], 4);
+    // The backup holds the current content: restore writes fresh chunks, not
+    // a new manifest over the damaged one.
+    e.ok(&["restore", "REP.DATA"]);
+    e.ok(&["ds", "verify", "REP.DATA"]);
+    assert_eq!(e.run(&["ds", "get", "REP.DATA"]).stdout, content);
+}
+
+#[test]
+fn a_catalog_that_is_not_one_is_refused_not_renewed() {
+    let e = Env::new();
+    let db = e.vault.join("custos.db");
+    for (what, bytes) in [
+        ("empty", Vec::new()),
+        ("truncated", std::fs::read(&db).unwrap()[..1000].to_vec()),
+        ("foreign", b"SQLite format 3\0 but then nonsense, not a Custos catalog at all".to_vec()),
+    ] {
+        let keep = std::fs::read(&db).unwrap();
+        for side in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(e.vault.join(format!("custos.db{side}")));
+        }
+        std::fs::write(&db, &bytes).unwrap();
+        for args in [&["ds", "ls"][..], &["user", "ls"][..]] {
+            let o = e.run(args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(4), "{what} {args:?}: {err}");
+            assert!(err.contains("not a Custos catalog") && err.contains("restore custos.db"), "{what}: {err}");
+            assert!(!err.contains("writable"), "{what}: no advice about a full disk: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{what}: said once: {err}");
+        }
+        assert_eq!(std::fs::read(&db).unwrap(), bytes, "{what}: nothing was written to it");
+        std::fs::write(&db, keep).unwrap();
+    }
+    e.ok(&["ds", "ls"]);
+}
+
+#[test]
+fn out_of_range_arguments_are_usage_errors_not_crashes() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "TINY.DATA", Env::s(&e.file("t", b"sixsix"))]);
+    let k = e.json(&["key", "create", "--app", "BND", "--activate"]);
+    let label = k["label"].as_str().unwrap();
+    e.ok(&["key", "deactivate", label]);
+    let before = e.state();
+    for args in [
+        &["key", "destroy", label, "--wait", "99999999999d"][..],
+        &["key", "create", "--app", "BND", "--expires", "9999999999d"][..],
+        &["--threads", "100000", "ds", "get", "TINY.DATA"][..],
+        &["--threads", "0", "ds", "get", "TINY.DATA"][..],
+    ] {
+        let o = e.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && err.contains("give"), "{args:?}: says what to give: {err}");
+    }
+    assert_eq!(e.state(), before, "nothing changed");
+    assert!(e.ok(&["config", "get", "key.destroy.wait"]).contains('0'));
+}
+
+#[test]
+fn get_onto_a_device_writes_to_it_and_onto_a_file_replaces_it() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "DEV.DATA", Env::s(&e.file("d", &data(100_000, 2)))]);
+    // A FIFO stands for any non-regular target (a device, a pipe): it is
+    // written to, not replaced by a regular file.
+    let fifo = e.dir.path().join("fifo");
+    assert!(Process::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    e.ok(&["ds", "get", "DEV.DATA", "-o", Env::s(&fifo)]);
+    assert_eq!(reader.join().unwrap(), data(100_000, 2));
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "still a FIFO");
+    let null = Path::new("/dev/null");
+    e.ok(&["ds", "get", "DEV.DATA", "-o", "/dev/null"]);
+    assert!(std::fs::metadata(null).unwrap().file_type().is_char_device(), "/dev/null is still a device");
+    let out = e.dir.path().join("out");
+    std::fs::write(&out, b"old").unwrap();
+    e.ok(&["ds", "get", "DEV.DATA", "-o", Env::s(&out)]);
+    assert_eq!(std::fs::read(&out).unwrap(), data(100_000, 2));
+}
+
+#[test]
+fn prune_keeps_the_newest_generation_when_the_clock_went_back() {
+    // The catalog's backup times are what the clock said; a clock set back
+    // makes the newer backup look older. Edit the times as a lying clock would.
+    let e = Env::new();
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    e.ok(&["ds", "put", "CLK.DATA", Env::s(&e.file("1", b"generation one"))]);
+    e.ok(&["backup", "run", "CLK.DATA", "--to", "offsite"]);
+    e.ok(&["ds", "put", "CLK.DATA", Env::s(&e.file("2", b"generation two"))]);
+    e.ok(&["backup", "run", "CLK.DATA", "--to", "offsite"]);
+    {
+        let c = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+        c.execute("UPDATE backups SET created_at = created_at - 86400000000 * 365 WHERE source_generation = 2", [])
+            .unwrap();
+    }
+    e.ok(&["backup", "prune", "--keep-last", "1"]);
+    let left = e.json(&["backup", "ls"]);
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_eq!(left[0]["source_generation"], 2, "{left}");
+}
+
+#[test]
+fn hsm_run_goes_past_a_leftover_on_tape_and_a_failing_dataset() {
+    let e = Env::new();
+    let tape = e.dir.path().join("tape");
+    e.ok(&["volume", "add", "tape", "--path", Env::s(&tape), "--site", "B", "--medium", "tape"]);
+    e.ok(&["hsm", "rule", "add", "all", "--pattern", "HR.**", "--backup-to", "tape", "--method", "raw"]);
+    for d in ["HR.A", "HR.B", "HR.C"] {
+        e.ok(&["ds", "put", d, Env::s(&e.file("x", d.as_bytes()))]);
+    }
+    // An interrupted earlier copy left HR.B's manifest on the write-once tape.
+    let info = e.json(&["ds", "info", "HR.B"]);
+    let id = info["id"].as_str().unwrap();
+    let manifest_dir = tape.join("manifests").join(id);
+    std::fs::create_dir_all(&manifest_dir).unwrap();
+    let src = e.vault.join("volumes/default/manifests").join(id).join(format!("{:016x}", 1));
+    std::fs::copy(&src, manifest_dir.join(format!("{:016x}", 1))).unwrap();
+    // And HR.A's chunk on the default volume is gone.
+    std::fs::remove_file(&e.chunk_paths("HR.A")[0]).unwrap();
+    let o = e.run(&["hsm", "run", "--without-keys"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(out.contains("HR.A [all] failed"), "{out}");
+    assert!(out.contains("HR.B [all] backup: made"), "the same leftover is reused: {out}");
+    assert!(out.contains("HR.C [all] backup: made"), "later datasets are processed: {out}");
+    all_backups_verify(&e, "after hsm run");
+}
