@@ -27,7 +27,7 @@ impl Retention {
     /// The ids to keep among `items` (id, source generation, time), in any order.
     pub fn keep(&self, items: &[(u64, u64, Timestamp)]) -> HashSet<u64> {
         let mut sorted = items.to_vec();
-        sorted.sort_by(|a, b| (b.1, b.0).cmp(&(a.1, a.0)));
+        sorted.sort_by_key(|&(id, generation, _)| std::cmp::Reverse((generation, id)));
         let mut keep = HashSet::new();
         if let Some(first) = sorted.first() {
             keep.insert(first.0);
