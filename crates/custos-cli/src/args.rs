@@ -103,6 +103,28 @@ pub enum Command {
         #[arg(long)]
         prometheus: bool,
     },
+    /// Check every volume against the catalog, changing nothing: objects
+    /// the catalog needs that are missing or truncated (with --read-data,
+    /// damaged), objects nothing needs (for `gc`), catalog records that
+    /// disagree. Exits 4 when something needed is missing or damaged.
+    Fsck {
+        /// Also read and authenticate every chunk of every generation,
+        /// backup and snapshot (needs the passphrase).
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Delete what nothing needs: objects released by replaced generations,
+    /// pruned backups and removed snapshots, and what interrupted commands
+    /// left, once older than the grace period.
+    Gc {
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long released or stray objects are kept first, so commands
+        /// still running can finish (default: the setting gc.grace, 24h).
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+    },
     /// Principals: who may run commands, with which roles and grants.
     #[command(subcommand)]
     User(UserCmd),

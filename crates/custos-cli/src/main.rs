@@ -4,6 +4,7 @@
 
 mod args;
 mod demo;
+mod housekeeping;
 mod mk;
 mod output;
 mod progress;
@@ -97,7 +98,7 @@ fn describe(m: &clap::ArgMatches) -> (String, String) {
 /// A command line that asks for what cannot be done (a value out of
 /// range): exit 2, like the argument parser's own errors.
 #[derive(Debug)]
-struct Usage(String);
+pub(crate) struct Usage(pub String);
 
 impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +115,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
     if e.downcast_ref::<Usage>().is_some() {
         return 2;
+    }
+    if e.downcast_ref::<housekeeping::Damaged>().is_some() {
+        return 4;
     }
     let Some(e) = e.downcast_ref::<Error>() else { return 1 };
     match e {
@@ -139,6 +143,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Error::Hsm(custos_core::HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => 6,
         Error::Store(_) => 7,
         Error::Repo(custos_core::RepoError::NotACatalog { .. }) => 4,
+        Error::LeftInTrash { .. } => 7,
         Error::WouldOrphanKeys { .. }
         | Error::MasterKeyUnavailable { .. }
         | Error::RawCopyKeyGone { .. }
@@ -171,7 +176,7 @@ fn passphrase(cli: &Cli, confirm: bool) -> anyhow::Result<Passphrase> {
     Ok(Passphrase::from(p))
 }
 
-fn sealed(cli: &Cli) -> anyhow::Result<Vault<Sealed>> {
+pub(crate) fn sealed(cli: &Cli) -> anyhow::Result<Vault<Sealed>> {
     let mut v = Vault::open(&cli.vault)?;
     // Keys whose waiting period is over are erased by the first command
     // after it. One that cannot be erased now is reported (and audited) and
@@ -453,6 +458,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(c) => audit_cmd(&cli, c),
         Command::User(c) => user_cmd(&cli, c),
         Command::Request(c) => request_cmd(&cli, c),
+        Command::Fsck { read_data } => housekeeping::fsck(&cli, *read_data),
+        Command::Gc { dry_run, grace } => housekeeping::gc(&cli, *dry_run, grace.as_deref()),
         Command::Monitor { expiring_days, unused_days, prometheus } => {
             let r = sealed(&cli)?.monitor(*expiring_days, *unused_days)?;
             if *prometheus {
@@ -1438,7 +1445,24 @@ fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
                 v.hsm_run(now, *dry_run)?
             };
             drop(bar);
-            let failed = actions.iter().filter(|a| a.action == "failed").count();
+            let mut failed = actions.iter().filter(|a| a.action == "failed").count();
+            // The housekeeping run also empties the trash of what is past its grace period.
+            if !dry_run {
+                let g = v.gc(v.gc_grace()?, false)?;
+                failed += g.failed.len();
+                if !cli.json && g.released + g.orphans + g.temp_files > 0 {
+                    println!(
+                        "gc: deleted {} released and {} unreferenced objects and {} temp files ({})",
+                        g.released,
+                        g.orphans,
+                        g.temp_files,
+                        bytes(g.bytes)
+                    );
+                }
+                for f in g.failed.iter().filter(|_| !cli.json) {
+                    println!("gc: NOT DELETED {f}");
+                }
+            }
             if cli.json {
                 json(&actions)?;
             } else {
@@ -1452,7 +1476,7 @@ fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
                 }
             }
             if failed > 0 {
-                bail!("{failed} dataset(s) failed (listed above); the others were processed: mend what the messages say and run `custos hsm run` again");
+                bail!("{failed} dataset(s) or object(s) failed (listed above); the others were processed: mend what the messages say and run `custos hsm run` again");
             }
             Ok(())
         }
@@ -1918,7 +1942,8 @@ fn config_cmd(cli: &Cli, c: &ConfigCmd) -> anyhow::Result<()> {
                 "key.destroy.min-wait" => v.set_destroy_min_wait(value)?,
                 "dual-control" => v.set_dual_control(value)?,
                 "request.ttl" => v.set_request_ttl(value)?,
-                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, compression, s3.endpoint, s3.region, key.destroy.wait, key.destroy.min-wait, dual-control and request.ttl"),
+                "gc.grace" => v.set_gc_grace(value)?,
+                _ => bail!("no setting {key:?}: the settings are key.naming, chunk.size, compression, s3.endpoint, s3.region, key.destroy.wait, key.destroy.min-wait, dual-control, request.ttl and gc.grace"),
             }
             show(v.settings()?.into_iter().filter(|(k, _)| k == key).collect())
         }

@@ -142,6 +142,12 @@ pub fn needs(cli: &Cli, v: &Vault<Sealed>) -> anyhow::Result<Vec<Need>> {
             _ => op(UserAdmin),
         },
         Command::Monitor { .. } => op(Inspect),
+        Command::Fsck { read_data: false } | Command::Gc { .. } => op(BackupAdmin),
+        Command::Fsck { read_data: true } => {
+            let mut n = op(BackupAdmin);
+            n.extend(matching(v, DataRead, None)?);
+            n
+        }
         Command::Request(c) => match c {
             RequestCmd::Ls | RequestCmd::Show { .. } => op(Inspect),
             RequestCmd::Approve { .. } | RequestCmd::Deny { .. } => op(Approve),

@@ -95,7 +95,12 @@ fn concurrent_puts_of_one_dataset_keep_exactly_one_content() {
             // template key, and they race for its label.
             let fresh: Vec<String> = (0..n).map(|i| format!("CONC.N{n}R{round}I{i}")).collect();
             children.extend(fresh.iter().map(|d| e.spawn(&["ds", "put", d, Env::s(&files[0])])));
-            let outs = wait(children);
+            // And a reader: the generation it opened stays readable while
+            // writers replace it (what they release waits for gc).
+            children.push(e.spawn(&["ds", "get", "CONC.ONE", "-o", "/dev/null"]));
+            let mut outs = wait(children);
+            let read = outs.pop().unwrap();
+            assert!(read.status.success(), "a reader among writers: {}", String::from_utf8_lossy(&read.stderr));
             let (puts, news) = outs.split_at(n);
             let won = only_retryable_failures(puts, "a racing put");
             assert!(won >= 1, "some writer of round {round} must win");
@@ -262,6 +267,10 @@ fn killed_migration_and_recall_rerun_always_read_back() {
             &e,
             args,
             |_| {
+                // What a killed move had claimed for deletion but never
+                // deleted blocks moving back until gc takes it over: the
+                // operator's step after a crash.
+                e.ok(&["gc", "--grace", "0s"]);
                 // Start each round from the other side.
                 let on_tape = e.json(&["ds", "info", "MG.DATA"])["current"]["volume"] == "tape";
                 if migrate && on_tape {
@@ -476,4 +485,81 @@ fn hsm_run_goes_past_a_leftover_on_tape_and_a_failing_dataset() {
     assert!(out.contains("HR.B [all] backup: made"), "the same leftover is reused: {out}");
     assert!(out.contains("HR.C [all] backup: made"), "later datasets are processed: {out}");
     all_backups_verify(&e, "after hsm run");
+}
+
+#[test]
+fn fsck_names_what_is_missing_and_gc_removes_what_interrupted_writes_left() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "GC.KEEP", Env::s(&e.file("k", &data(200_000, 1)))]);
+    assert!(e.ok(&["fsck"]).contains("everything the catalog needs is there"));
+    // A put killed half-way leaves chunks and temp files nothing records.
+    let big = e.file("big", &noise(3_000_000, 7));
+    let mut n = 40;
+    while !e.killed_at(&["ds", "put", "GC.BIG", Env::s(&big)], n) {
+        n /= 2;
+        assert!(n > 0, "the put was never interrupted");
+    }
+    let before = e.json(&["fsck"]);
+    let stray =
+        before["volumes"][0]["unreferenced"].as_u64().unwrap() + before["volumes"][0]["temp_files"].as_u64().unwrap();
+    assert!(stray > 0, "the killed put left objects: {before}");
+    // Within the grace period nothing goes.
+    let dry = e.json(&["gc", "--dry-run", "--grace", "0s"]);
+    assert!(dry["orphans"].as_u64().unwrap() + dry["temp_files"].as_u64().unwrap() >= stray, "{dry}");
+    let kept = e.json(&["gc"]);
+    assert_eq!(kept["orphans"], 0, "younger than the default grace of 24h: {kept}");
+    let done = e.json(&["gc", "--grace", "0s"]);
+    assert!(done["orphans"].as_u64().unwrap() + done["temp_files"].as_u64().unwrap() >= stray, "{done}");
+    let after = e.json(&["fsck"]);
+    assert_eq!(after["volumes"][0]["unreferenced"], 0, "{after}");
+    assert_eq!(after["volumes"][0]["temp_files"], 0, "{after}");
+    assert_eq!(e.run(&["ds", "get", "GC.KEEP"]).stdout, data(200_000, 1), "gc took nothing needed");
+
+    // A replaced generation waits in the trash, then goes.
+    e.ok(&["ds", "put", "GC.KEEP", Env::s(&e.file("k2", &data(200_000, 2)))]);
+    let f = e.json(&["fsck"]);
+    assert!(f["volumes"][0]["in_trash"].as_u64().unwrap() >= 1, "{f}");
+    let g = e.json(&["gc", "--grace", "0s"]);
+    assert!(g["released"].as_u64().unwrap() >= 1, "{g}");
+
+    // Missing, truncated and damaged chunks are named, and fsck exits 4.
+    let chunks = e.chunk_paths("GC.KEEP");
+    std::fs::remove_file(&chunks[0]).unwrap();
+    std::fs::write(&chunks[1], b"short").unwrap();
+    let mut b = std::fs::read(&chunks[2]).unwrap();
+    b[60] ^= 1;
+    std::fs::write(&chunks[2], b).unwrap();
+    let o = e.run(&["fsck"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains("MISSING chunk") && out.contains("truncated to 5 bytes"), "{out}");
+    let o = e.run(&["fsck", "--read-data"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(out.contains("DAMAGED dataset GC.KEEP"), "{out}");
+}
+
+#[test]
+fn ds_rm_on_an_unreachable_volume_says_so_and_gc_finishes_it() {
+    let e = Env::new();
+    let side = e.dir.path().join("side");
+    e.ok(&["volume", "add", "side", "--path", Env::s(&side), "--site", "A"]);
+    e.ok(&["ds", "put", "RM.ME", Env::s(&e.file("r", &data(150_000, 4))), "--volume", "side"]);
+    let away = e.dir.path().join("away");
+    std::fs::rename(&side, &away).unwrap();
+    let o = e.run(&["ds", "rm", "RM.ME"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(err.contains("could not be deleted") && err.contains("custos gc"), "{err}");
+    assert_eq!(e.json(&["ds", "ls"]).as_array().unwrap().len(), 0, "the dataset is gone from the catalog");
+    let f = e.run(&["fsck"]);
+    assert_eq!(f.status.code(), Some(4), "an unreachable volume is reported");
+    std::fs::rename(&away, &side).unwrap();
+    let f = e.json(&["fsck"]);
+    let side_check = f["volumes"].as_array().unwrap().iter().find(|v| v["volume"] == "side").unwrap().clone();
+    assert!(side_check["in_trash"].as_u64().unwrap() >= 3, "{side_check}");
+    // The failed deletion is taken up by the next gc at once.
+    let g = e.json(&["gc"]);
+    assert!(g["released"].as_u64().unwrap() >= 3, "{g}");
+    assert_eq!(walk_files(&side.join("chunks")).len(), 0);
 }

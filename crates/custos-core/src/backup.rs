@@ -81,8 +81,8 @@ impl<S: VaultState> Vault<S> {
     /// Remove a snapshot and whatever only it kept.
     pub fn snapshot_rm(&self, id: u64) -> Result<()> {
         self.snapshot_record(id)?;
-        let garbage = self.repo.remove_snapshot(id)?;
-        self.collect_garbage(&garbage);
+        // What only the snapshot kept waits in the trash for `gc`.
+        self.repo.remove_snapshot(id)?;
         Ok(())
     }
 
@@ -139,9 +139,9 @@ impl<S: VaultState> Vault<S> {
     }
 
     fn remove_backups(&self, ids: impl Iterator<Item = u64>) -> Result<()> {
+        // What only these backups kept waits in the trash for `gc`.
         for id in ids {
-            let garbage = self.repo.remove_backup(id)?;
-            self.collect_garbage(&garbage);
+            self.repo.remove_backup(id)?;
         }
         Ok(())
     }
@@ -828,28 +828,51 @@ impl Vault<Open> {
             });
         }
         if read_data {
-            let job = OpenJob {
-                key: &key,
-                dataset: b.copy_id,
-                volume: vol.as_ref(),
-                chunks: &m.chunks,
-                chunk_size: m.chunk_size as u64,
-                threads: self.threads,
-            };
-            open_stream(&job, 0, m.size, &mut std::io::sink()).map_err(|e| match e {
-                OpenError::Chunk { index, id, problem } => Error::Chunk {
-                    dataset: b.dataset.clone(),
-                    generation: b.source_generation,
-                    index,
-                    id,
-                    volume: format!("{} (backup {})", vol.describe(), b.id),
-                    problem,
-                },
-                OpenError::Store(e) => e.into(),
-                OpenError::Output(e) => Error::Invalid { what: "verify", why: e.to_string() },
-            })?;
+            let place = format!("{} (backup {})", vol.describe(), b.id);
+            self.read_every_chunk(&key, &b.dataset, b.source_generation, b.copy_id, vol.as_ref(), &m, place)?;
         }
         Ok(())
+    }
+
+    /// Check a snapshot: its manifest is the one pinned, and every chunk
+    /// opens and matches it.
+    pub fn verify_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        let k = self.key_record(&s.key_label)?;
+        let key = self.unwrap_for(&k, KeyUse::Decrypt, &s.dataset)?;
+        let vol = self.open_volume(&s.volume)?;
+        let m = open_manifest(vol.as_ref(), &s.dataset, &s.dataset_id, s.generation, &s.manifest_hash, &key)?;
+        let place = format!("{} (snapshot {})", vol.describe(), s.id);
+        self.read_every_chunk(&key, &s.dataset, s.generation, s.dataset_id, vol.as_ref(), &m, place)
+    }
+
+    /// Read and authenticate every chunk of an opened manifest, writing
+    /// nothing; a failure names the chunk and `place`.
+    #[allow(clippy::too_many_arguments)]
+    fn read_every_chunk(
+        &self,
+        key: &custos_crypto::DataKey,
+        name: &DatasetName,
+        generation: u64,
+        bound_id: DatasetId,
+        vol: &dyn custos_store::Volume,
+        m: &Manifest,
+        place: String,
+    ) -> Result<()> {
+        let job = OpenJob {
+            key,
+            dataset: bound_id,
+            volume: vol,
+            chunks: &m.chunks,
+            chunk_size: m.chunk_size as u64,
+            threads: self.threads,
+        };
+        open_stream(&job, 0, m.size, &mut std::io::sink()).map_err(|e| match e {
+            OpenError::Chunk { index, id, problem } => {
+                Error::Chunk { dataset: name.clone(), generation, index, id, volume: place, problem }
+            }
+            OpenError::Store(e) => e.into(),
+            OpenError::Output(e) => Error::Invalid { what: "verify", why: e.to_string() },
+        })
     }
 
     /// Write the contents of a backup back as a new generation of its

@@ -88,33 +88,23 @@ impl<S: VaultState> Vault<S> {
         Ok(DatasetInfo { record, key_state, volume })
     }
 
-    /// Remove a dataset and everything only it referenced. Needs no key.
-    pub fn remove_dataset(&self, name: &DatasetName) -> Result<usize> {
+    /// Remove a dataset and everything only it referenced, at once. Needs
+    /// no key. Returns how many objects were deleted; when some could not
+    /// be (the volume is unreachable or read-only), the dataset is gone from
+    /// the catalog all the same, and the error names what is left in the
+    /// trash for `custos gc`.
+    pub fn remove_dataset(&self, name: &DatasetName) -> Result<u64> {
         self.dataset(name)?;
         let garbage = self.repo.remove_dataset(name)?;
-        Ok(self.collect_garbage(&garbage))
-    }
-
-    /// Delete objects the repository no longer references. Best effort:
-    /// what cannot be deleted now is only wasted space. Returns how many
-    /// objects were deleted.
-    pub(crate) fn collect_garbage(&self, g: &Garbage) -> usize {
-        // Each volume is opened once, not once per object.
-        let mut opened: std::collections::HashMap<VolumeName, Option<std::sync::Arc<dyn Volume>>> = Default::default();
-        let mut volume =
-            |name: &VolumeName| opened.entry(name.clone()).or_insert_with(|| self.open_volume(name).ok()).clone();
-        let mut deleted = 0;
-        for (vol, id) in &g.chunks {
-            if let Some(v) = volume(vol) {
-                deleted += v.delete_chunk(id).is_ok() as usize;
-            }
+        let (deleted, _, failed) = self.delete_claimed(&garbage);
+        if let Some(first) = failed.first() {
+            return Err(Error::LeftInTrash {
+                what: format!("dataset {name} was removed from the catalog"),
+                count: failed.len() as u64,
+                first: first.clone(),
+            });
         }
-        for (vol, ds, generation) in &g.manifests {
-            if let Some(v) = volume(vol) {
-                deleted += v.delete_manifest(ds, *generation).is_ok() as usize;
-            }
-        }
-        deleted
+        Ok(deleted)
     }
 }
 
@@ -171,14 +161,25 @@ impl Vault<Open> {
                     Some(PolicyTarget::Template { app: Some(a) }) => a.clone(),
                     _ => name.hlq().to_string(),
                 };
-                let rec = self.new_key_record(&NewKey {
-                    label: None,
-                    app: Some(app),
-                    purpose: Purpose::Prim,
-                    expires_at: None,
-                    activate: true,
-                })?;
-                Ok(Target { volume, key: rec.clone(), new_key: Some(rec) })
+                let new =
+                    NewKey { label: None, app: Some(app), purpose: Purpose::Prim, expires_at: None, activate: true };
+                // The next label may be taken by a concurrent write between
+                // reading the keystore and checking it: take the one after.
+                for _ in 0..PLACE_ATTEMPTS {
+                    match self.new_key_record(&new) {
+                        Err(Error::Repo(RepoError::Exists { kind: "key", .. })) => continue,
+                        made => {
+                            let rec = made?;
+                            return Ok(Target { volume, key: rec.clone(), new_key: Some(rec) });
+                        }
+                    }
+                }
+                Err(Error::Invalid {
+                    what: "write",
+                    why: format!(
+                        "{name}: every label tried for its new key was taken by concurrent writes; run it again"
+                    ),
+                })
             }
         }
     }
@@ -324,7 +325,9 @@ impl Vault<Open> {
             }
         };
         self.repo.record_key_use(&key_label)?;
-        self.collect_garbage(&garbage);
+        // The generation it replaced waits in the trash for `gc`, so readers
+        // that opened it can finish.
+        let _ = garbage;
         Ok(PutReport {
             dataset: name.clone(),
             generation,

@@ -76,6 +76,9 @@ pub enum Error {
     Name(#[from] custos_model::NameError),
     #[error("invalid {what}: {why}")]
     Invalid { what: &'static str, why: String },
+    /// The catalog change is done, but some objects could not be deleted.
+    #[error("{what}, but {count} of its objects could not be deleted now (first: {first}); they wait in the trash: `custos fsck` lists them and `custos gc` deletes them once the volume is back")]
+    LeftInTrash { what: String, count: u64, first: String },
 
     #[error("chunk {index} (id {id}) of dataset {dataset} generation {generation} on {volume}: {problem}. Restore the dataset from a backup copy, or remove it with `custos ds rm` if it is no longer needed")]
     Chunk { dataset: DatasetName, generation: u64, index: u64, id: ChunkId, volume: String, problem: ChunkProblem },

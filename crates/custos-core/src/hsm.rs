@@ -160,7 +160,15 @@ impl<S: VaultState> Vault<S> {
         let garbage = self.copy_generation_raw(d, src.as_ref(), dst.as_ref(), to, true, |_, reused| {
             Ok(self.repo.move_generation(&d.id, d.current.generation, &from, to, mark, reused)?)
         })?;
-        self.collect_garbage(&garbage);
+        // The source's objects go at once: moving them is the point.
+        let (_, _, failed) = self.delete_claimed(&garbage);
+        if let Some(first) = failed.first() {
+            return Err(Error::LeftInTrash {
+                what: format!("{} was moved to {to}", d.name),
+                count: failed.len() as u64,
+                first: first.clone(),
+            });
+        }
         Ok(MoveReport {
             dataset: d.name.clone(),
             generation: d.current.generation,

@@ -299,6 +299,7 @@ impl<S: VaultState> Vault<S> {
                 }
             }),
             ("request.ttl", format!("{:#}", self.request_ttl()?)),
+            (crate::gc::SETTING_GC_GRACE, format!("{:#}", self.gc_grace()?)),
         ])
     }
 

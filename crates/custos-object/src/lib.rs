@@ -340,6 +340,39 @@ impl Volume for ObjectVolume {
         self.delete(&Self::manifest_rel(ds, generation))
     }
 
+    fn list(&self) -> Result<Vec<custos_store::Listed>> {
+        use custos_store::{Listed, ObjectName};
+        use futures_util::TryStreamExt;
+        let prefix = if self.prefix.is_empty() { None } else { Some(ObjPath::from(self.prefix.as_str())) };
+        let metas: Vec<object_store::ObjectMeta> =
+            self.rt.block_on(self.store.list(prefix.as_ref()).try_collect()).map_err(|e| self.err("", e))?;
+        let skip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        let mut out = Vec::new();
+        for m in metas {
+            let full = m.location.to_string();
+            let rel = full.get(skip..).unwrap_or_default();
+            let parts: Vec<&str> = rel.split('/').collect();
+            let name = match parts.as_slice() {
+                ["chunks", _, n] if n.ends_with(".tmp") => ObjectName::Temp(rel.to_string()),
+                ["chunks", _, n] => match ChunkId::from_hex(n) {
+                    Some(id) => ObjectName::Chunk(id),
+                    None => continue,
+                },
+                ["manifests", d, g] if g.len() == 16 => match (DatasetId::from_hex(d), u64::from_str_radix(g, 16)) {
+                    (Some(d), Ok(g)) => ObjectName::Manifest(d, g),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            out.push(Listed { name, len: m.size, modified: std::time::SystemTime::from(m.last_modified) });
+        }
+        Ok(out)
+    }
+
+    fn delete_temp(&self, name: &str) -> Result<()> {
+        self.delete(name)
+    }
+
     fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
         self.put_once(&format!("keystore/{id}.ksb"), bytes.to_vec())?;
         self.sync()

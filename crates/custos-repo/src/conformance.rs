@@ -9,7 +9,7 @@ use custos_model::{
 };
 use jiff::Timestamp;
 
-use crate::{GenerationCommit, RepoError, Repository, Rewrap};
+use crate::{Garbage, GenerationCommit, RepoError, Repository, Rewrap};
 
 fn key(label: &str) -> KeyRecord {
     KeyRecord {
@@ -286,6 +286,31 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.backup_sources(b2).unwrap(), vec![None]);
     // Removing b1 frees c (only b1 lists it) but not a (b2 does).
     let g = repo.remove_backup(b1).unwrap();
+    // What a removal releases goes to the trash in the same transaction.
+    let on_v2 = |t: &crate::TrashEntry, c: ChunkId| t.volume.as_str() == "v2" && t.chunk == Some(c);
+    let trash = repo.trash().unwrap();
+    assert!(trash.iter().any(|t| on_v2(t, c) && !t.claimed), "{trash:?}");
+    assert!(trash.iter().any(|t| t.manifest == Some((b.copy_id, 1))), "{trash:?}");
+    // A commit that lists an unclaimed trashed object takes it back out.
+    let again = BackupRecord { copy_id: DatasetId([0x33; 16]), ..b.clone() };
+    let b3 = repo.insert_backup(&again, &[c], &[], None, &[]).unwrap();
+    assert!(!repo.trash().unwrap().iter().any(|t| on_v2(t, c)), "c is in use again");
+    // Claiming takes what is due and still unreferenced; claimed objects
+    // may not be committed again until forgotten.
+    repo.remove_backup(b3).unwrap();
+    let claimed = repo.claim_trash(Timestamp::now() + jiff::SignedDuration::from_secs(1)).unwrap();
+    assert!(claimed.chunks.contains(&(VolumeName::new("v2").unwrap(), c)), "{claimed:?}");
+    assert!(matches!(repo.insert_backup(&again, &[c], &[], None, &[]), Err(RepoError::Raced { .. })));
+    repo.forget_trash(&claimed).unwrap();
+    assert!(!repo.trash().unwrap().iter().any(|t| t.volume.as_str() == "v2"), "what was deleted is forgotten");
+    // Orphans are claimed only while nothing references them.
+    let orphans = Garbage {
+        chunks: vec![(VolumeName::new("v2").unwrap(), a), (VolumeName::new("v2").unwrap(), ChunkId([0x99; 16]))],
+        manifests: vec![],
+    };
+    let claimed = repo.claim_orphans(&orphans).unwrap();
+    assert_eq!(claimed.chunks, vec![(VolumeName::new("v2").unwrap(), ChunkId([0x99; 16]))], "a is b2's");
+    repo.forget_trash(&claimed).unwrap();
     assert_eq!(g.chunks, vec![(VolumeName::new("v2").unwrap(), c)]);
     assert_eq!(g.manifests, vec![(VolumeName::new("v2").unwrap(), b.copy_id, 1)]);
     assert!(matches!(repo.remove_backup(b1), Err(RepoError::NotFound { .. })));
@@ -381,6 +406,10 @@ pub fn run(repo: &dyn Repository) {
     let d = repo.dataset(&sname).unwrap().unwrap();
     assert_eq!((d.current.volume.clone(), d.migrated_from.clone()), (v2.clone(), Some(v1.clone())));
     assert!(repo.move_generation(&sid, 2, &v1, &v2, None, &[]).is_err(), "it is no longer on v1");
+    // A move's source objects are claimed at once: until the mover has
+    // deleted (and forgotten) them, nothing may move them back there.
+    assert!(matches!(repo.move_generation(&sid, 2, &v2, &v1, None, &[]), Err(RepoError::Raced { .. })));
+    repo.forget_trash(&garbage).unwrap();
     repo.move_generation(&sid, 2, &v2, &v1, None, &[]).unwrap();
     assert_eq!(repo.dataset(&sname).unwrap().unwrap().migrated_from, None);
 

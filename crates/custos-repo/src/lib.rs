@@ -226,6 +226,26 @@ pub trait Repository: Send + Sync {
     /// (so it was made durable before a commit recorded it).
     fn chunk_referenced(&self, vol: &VolumeName, id: &ChunkId) -> Result<bool>;
 
+    /// Objects the catalog released (see [`TrashEntry`]), oldest first.
+    fn trash(&self) -> Result<Vec<TrashEntry>>;
+    /// In one transaction: claim, for deletion, every trash entry released
+    /// before `released_before` that nothing references again (an entry
+    /// something references again is dropped), and return them, with the
+    /// entries another deleter claimed before `released_before` and never
+    /// deleted (it died, or its deletion failed). From then on no commit may
+    /// list a claimed object. A claim records its own time, so a deleter
+    /// that is still at work is not overtaken within the grace period.
+    fn claim_trash(&self, released_before: jiff::Timestamp) -> Result<Garbage>;
+    /// In one transaction: claim for deletion those of `found` (objects
+    /// found on a volume that the catalog did not record) that nothing
+    /// references now; returns them.
+    fn claim_orphans(&self, found: &Garbage) -> Result<Garbage>;
+    /// Objects a deleter claimed but could not delete: they stay claimed (no
+    /// commit may use them), and the next `gc` takes them at once.
+    fn abandon_claims(&self, left: &Garbage) -> Result<()>;
+    /// Drop the trash entries of objects that are gone from their volumes.
+    fn forget_trash(&self, gone: &Garbage) -> Result<()>;
+
     /// Append an entry to the audit log in one transaction: its seq is the
     /// last one's plus one, its hash `link(previous hash, entry)`. The
     /// caller's `seq` and `hash` are ignored.
@@ -268,6 +288,20 @@ pub trait Repository: Send + Sync {
     fn hsm_rules(&self) -> Result<Vec<HsmRule>>;
     /// Remove a rule; false when there was none by that name.
     fn remove_hsm_rule(&self, name: &str) -> Result<bool>;
+}
+
+/// An object the catalog no longer references, awaiting deletion: removals
+/// put what they leave unreferenced here in their own transaction, so no
+/// object is forgotten if the deletion fails or the process dies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrashEntry {
+    pub volume: VolumeName,
+    /// A chunk (`generation` 0), or a manifest of (`object`, `generation`).
+    pub chunk: Option<ChunkId>,
+    pub manifest: Option<(DatasetId, u64)>,
+    pub released_at: jiff::Timestamp,
+    /// Taken by a deleter: no commit may use it any more.
+    pub claimed: bool,
 }
 
 /// One entry of the audit log. `hash` chains it to the entry before.

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use crate::{
     AuditCheckpoint, AuditLink, AuditRow, Garbage, GenerationCommit, RepoError, Repository, RequestRow, Result, Rewrap,
-    VolumeObjects,
+    TrashEntry, VolumeObjects,
 };
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
@@ -236,6 +236,21 @@ const MIGRATIONS: &[&str] = &[
         decided_at INTEGER
     );
     ALTER TABLE keys ADD COLUMN destroy_after INTEGER;
+    "#,
+    // 11: objects released by the catalog, awaiting deletion from their
+    // volumes (kind 'chunk' with generation 0, or 'manifest'); `claimed`
+    // once a deleter has taken them, after which no commit may use them.
+    r#"
+    CREATE TABLE trash (
+        volume TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object BLOB NOT NULL,
+        generation INTEGER NOT NULL,
+        released_at INTEGER NOT NULL,
+        claimed INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (volume, kind, object, generation)
+    ) WITHOUT ROWID;
+    CREATE INDEX trash_released ON trash(claimed, released_at);
     "#,
 ];
 
@@ -546,8 +561,18 @@ fn chunk_list(tx: &Transaction, sql: &str, p: impl rusqlite::Params) -> Result<V
     rows.collect::<rusqlite::Result<_>>().map_err(db("list chunks"))
 }
 
-/// What removing an owner (already deleted in `tx`) leaves unreferenced on `vol`.
-fn garbage_after(tx: &Transaction, candidates: Vec<ChunkId>, vol: &str, manifest: (DatasetId, u64)) -> Result<Garbage> {
+/// What removing an owner (already deleted in `tx`) leaves unreferenced on
+/// `vol`. Each such object goes to the trash in the same transaction:
+/// `claimed` for an immediate deletion by the caller, unclaimed for `gc` to
+/// delete after its grace period (so that readers still holding the old
+/// generation can finish).
+fn garbage_after(
+    tx: &Transaction,
+    candidates: Vec<ChunkId>,
+    vol: &str,
+    manifest: (DatasetId, u64),
+    claimed: bool,
+) -> Result<Garbage> {
     let vname = VolumeName::new(vol.to_string()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
     let chunks = unreferenced(tx, candidates, vol)?;
     let manifests = if manifest_referenced(tx, &manifest.0, manifest.1, vol)? {
@@ -555,11 +580,102 @@ fn garbage_after(tx: &Transaction, candidates: Vec<ChunkId>, vol: &str, manifest
     } else {
         vec![(vname.clone(), manifest.0, manifest.1)]
     };
-    Ok(Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests })
+    let g = Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests };
+    to_trash(tx, &g, claimed)?;
+    Ok(g)
+}
+
+/// The trash row of each object of `g`: (volume, kind, object, generation).
+fn trash_keys(g: &Garbage) -> impl Iterator<Item = (&str, &'static str, &[u8], i64)> {
+    let chunks = g.chunks.iter().map(|(v, c)| (v.as_str(), "chunk", &c.0[..], 0i64));
+    let manifests = g.manifests.iter().map(|(v, d, gen)| (v.as_str(), "manifest", &d.0[..], *gen as i64));
+    chunks.chain(manifests)
+}
+
+fn to_trash(tx: &Transaction, g: &Garbage, claimed: bool) -> Result<()> {
+    let mut ins = tx
+        .prepare_cached(
+            "INSERT INTO trash (volume, kind, object, generation, released_at, claimed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT DO UPDATE SET
+                 released_at = CASE WHEN claimed = 0 AND excluded.claimed = 1 THEN excluded.released_at ELSE released_at END,
+                 claimed = MAX(claimed, excluded.claimed)",
+        )
+        .map_err(db("put objects in the trash"))?;
+    let now = ts(Timestamp::now());
+    for (vol, kind, object, generation) in trash_keys(g) {
+        ins.execute(params![vol, kind, object, generation, now, claimed]).map_err(db("put objects in the trash"))?;
+    }
+    Ok(())
+}
+
+fn forget(tx: &Transaction, g: &Garbage) -> Result<()> {
+    let mut del = tx
+        .prepare_cached("DELETE FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4")
+        .map_err(db("empty the trash"))?;
+    for (vol, kind, object, generation) in trash_keys(g) {
+        del.execute(params![vol, kind, object, generation]).map_err(db("empty the trash"))?;
+    }
+    Ok(())
+}
+
+fn trash_from_row(r: &Row) -> rusqlite::Result<TrashEntry> {
+    let volume: String = r.get(0)?;
+    let kind: String = r.get(1)?;
+    let object = id16(r.get(2)?)?;
+    let generation = r.get::<_, i64>(3)? as u64;
+    Ok(TrashEntry {
+        volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+        chunk: (kind == "chunk").then_some(ChunkId(object)),
+        manifest: (kind == "manifest").then_some((DatasetId(object), generation)),
+        released_at: from_ts(r.get(4)?)?,
+        claimed: r.get::<_, i64>(5)? != 0,
+    })
+}
+
+/// A commit may not list an object a deleter has claimed (it is being, or
+/// has been, deleted); an unclaimed trash row of an object it lists is
+/// dropped, since the object is in use again.
+fn check_not_claimed(tx: &Transaction, vol: &str, objects: &Garbage, what: impl Fn() -> String) -> Result<()> {
+    let mut claimed = tx
+        .prepare_cached("SELECT claimed FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4")
+        .map_err(db("look in the trash"))?;
+    let mut rescue = tx
+        .prepare_cached("DELETE FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4")
+        .map_err(db("look in the trash"))?;
+    for (_, kind, object, generation) in trash_keys(objects) {
+        let row: Option<bool> = claimed
+            .query_row(params![vol, kind, object, generation], |r| r.get(0))
+            .optional()
+            .map_err(db("look in the trash"))?;
+        match row {
+            Some(true) => {
+                return Err(RepoError::Raced {
+                    what: what(),
+                    why: format!("a {kind} it needs on volume {vol} is being deleted by another command"),
+                })
+            }
+            Some(false) => {
+                rescue
+                    .execute(params![vol, kind, object, generation])
+                    .map_err(db("take an object out of the trash"))?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// The objects a commit lists on `vol`, for [`check_not_claimed`].
+fn listed(vol: &str, chunks: &[ChunkId], manifest: (DatasetId, u64)) -> Result<Garbage> {
+    let v = VolumeName::new(vol.to_string()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
+    Ok(Garbage {
+        chunks: chunks.iter().map(|c| (v.clone(), *c)).collect(),
+        manifests: vec![(v, manifest.0, manifest.1)],
+    })
 }
 
 /// Drop the given generations and return what they leave unreferenced.
-fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) -> Result<Garbage> {
+fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)], claimed: bool) -> Result<Garbage> {
     let mut garbage = Garbage::default();
     for (g, vol) in gens {
         let candidates = chunk_list(
@@ -569,7 +685,7 @@ fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)]) ->
         )?;
         tx.execute("DELETE FROM generations WHERE dataset_id = ?1 AND generation = ?2", params![&id.0[..], *g as i64])
             .map_err(db("drop a generation"))?;
-        let more = garbage_after(tx, candidates, vol, (*id, *g))?;
+        let more = garbage_after(tx, candidates, vol, (*id, *g), claimed)?;
         garbage.chunks.extend(more.chunks);
         garbage.manifests.extend(more.manifests);
     }
@@ -822,7 +938,14 @@ impl Repository for SqliteRepository {
                 ),
             });
         }
-        check_reused(&tx, reused, b.volume.as_str(), || format!("the {} copy of {}", b.method.as_str(), b.dataset))?;
+        let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
+        check_reused(&tx, reused, b.volume.as_str(), what)?;
+        check_not_claimed(
+            &tx,
+            b.volume.as_str(),
+            &listed(b.volume.as_str(), chunks, (b.copy_id, b.generation))?,
+            what,
+        )?;
         if let Some(k) = new_key {
             insert_key(&tx, k)?;
         }
@@ -920,7 +1043,7 @@ impl Repository for SqliteRepository {
         let copy_id = DatasetId(id16(copy_id).map_err(db("read a backup"))?);
         let candidates = chunk_list(&tx, "SELECT chunk_id FROM backup_chunks WHERE backup_id = ?1", [id as i64])?;
         tx.execute("DELETE FROM backups WHERE id = ?1", [id as i64]).map_err(db("remove a backup"))?;
-        let garbage = garbage_after(&tx, candidates, &vol, (copy_id, generation as u64))?;
+        let garbage = garbage_after(&tx, candidates, &vol, (copy_id, generation as u64), false)?;
         tx.commit().map_err(db("commit a backup removal"))?;
         Ok(garbage)
     }
@@ -1035,7 +1158,7 @@ impl Repository for SqliteRepository {
         let ds = DatasetId(id16(ds).map_err(db("read a snapshot"))?);
         let candidates = chunk_list(&tx, "SELECT chunk_id FROM snapshot_chunks WHERE snapshot_id = ?1", [id as i64])?;
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [id as i64]).map_err(db("remove a snapshot"))?;
-        let garbage = garbage_after(&tx, candidates, &vol, (ds, generation as u64))?;
+        let garbage = garbage_after(&tx, candidates, &vol, (ds, generation as u64), false)?;
         tx.commit().map_err(db("commit a snapshot removal"))?;
         Ok(garbage)
     }
@@ -1209,6 +1332,98 @@ impl Repository for SqliteRepository {
         Ok(referenced(&self.conn(), std::slice::from_ref(id), vol.as_str())?[0])
     }
 
+    fn trash(&self) -> Result<Vec<TrashEntry>> {
+        self.query_all(
+            "list the trash",
+            "SELECT volume, kind, object, generation, released_at, claimed FROM trash ORDER BY released_at, volume, object",
+            [],
+            trash_from_row,
+        )
+    }
+
+    fn claim_trash(&self, released_before: Timestamp) -> Result<Garbage> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start claiming the trash"))?;
+        let due: Vec<TrashEntry> = {
+            let mut stmt = tx
+                .prepare("SELECT volume, kind, object, generation, released_at, claimed FROM trash WHERE released_at < ?1 OR claimed = 2")
+                .map_err(db("read the trash"))?;
+            let rows = stmt.query_map([ts(released_before)], trash_from_row).map_err(db("read the trash"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db("read the trash"))?
+        };
+        let mut claim = Garbage::default();
+        let mut rescued = Garbage::default();
+        for e in due {
+            let still_used = match (&e.chunk, &e.manifest) {
+                (Some(c), _) => referenced(&tx, std::slice::from_ref(c), e.volume.as_str())?[0],
+                (None, Some((d, g))) => manifest_referenced(&tx, d, *g, e.volume.as_str())?,
+                (None, None) => false,
+            };
+            // Never delete what something references (a claimed entry cannot
+            // be referenced again, since commits refuse claimed objects).
+            let to = if still_used { &mut rescued } else { &mut claim };
+            match (e.chunk, e.manifest) {
+                (Some(c), _) => to.chunks.push((e.volume, c)),
+                (None, Some((d, g))) => to.manifests.push((e.volume, d, g)),
+                (None, None) => {}
+            }
+        }
+        forget(&tx, &rescued)?;
+        to_trash(&tx, &claim, true)?;
+        tx.commit().map_err(db("commit claiming the trash"))?;
+        Ok(claim)
+    }
+
+    fn claim_orphans(&self, found: &Garbage) -> Result<Garbage> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start claiming orphans"))?;
+        let mut claim = Garbage::default();
+        for (v, c) in &found.chunks {
+            if !referenced(&tx, std::slice::from_ref(c), v.as_str())?[0] {
+                claim.chunks.push((v.clone(), *c));
+            }
+        }
+        for (v, d, g) in &found.manifests {
+            if !manifest_referenced(&tx, d, *g, v.as_str())? {
+                claim.manifests.push((v.clone(), *d, *g));
+            }
+        }
+        to_trash(&tx, &claim, true)?;
+        tx.commit().map_err(db("commit claiming orphans"))?;
+        Ok(claim)
+    }
+
+    fn abandon_claims(&self, left: &Garbage) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start giving up claims"))?;
+        {
+            let mut up = tx
+                .prepare_cached(
+                    "UPDATE trash SET claimed = 2 WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4",
+                )
+                .map_err(db("give up claims"))?;
+            for (vol, kind, object, generation) in trash_keys(left) {
+                up.execute(params![vol, kind, object, generation]).map_err(db("give up claims"))?;
+            }
+        }
+        tx.commit().map_err(db("commit giving up claims"))
+    }
+
+    fn forget_trash(&self, gone: &Garbage) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start emptying the trash"))?;
+        forget(&tx, gone)?;
+        tx.commit().map_err(db("commit emptying the trash"))
+    }
+
     fn touch_dataset(&self, id: &DatasetId) -> Result<()> {
         self.conn()
             .execute("UPDATE datasets SET last_access = ?2 WHERE id = ?1", params![&id.0[..], ts(Timestamp::now())])
@@ -1240,7 +1455,14 @@ impl Repository for SqliteRepository {
                 name: format!("{generation} of dataset id {} on volume {from}", id.to_hex()),
             });
         }
-        check_reused(&tx, reused, to.as_str(), || format!("the move of dataset id {} to {to}", id.to_hex()))?;
+        let what = || format!("the move of dataset id {} to {to}", id.to_hex());
+        check_reused(&tx, reused, to.as_str(), what)?;
+        let moved = chunk_list(
+            &tx,
+            "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2",
+            params![&id.0[..], generation as i64],
+        )?;
+        check_not_claimed(&tx, to.as_str(), &listed(to.as_str(), &moved, (*id, generation))?, what)?;
         tx.execute(
             "UPDATE datasets SET migrated_from = ?2 WHERE id = ?1",
             params![&id.0[..], migrated_from.map(|v| v.as_str())],
@@ -1251,7 +1473,7 @@ impl Repository for SqliteRepository {
             "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2",
             params![&id.0[..], generation as i64],
         )?;
-        let garbage = garbage_after(&tx, candidates, from.as_str(), (*id, generation))?;
+        let garbage = garbage_after(&tx, candidates, from.as_str(), (*id, generation), true)?;
         tx.commit().map_err(db("commit a move"))?;
         Ok(garbage)
     }
@@ -1623,6 +1845,12 @@ impl Repository for SqliteRepository {
             }
         }
         check_reused(&tx, &c.reused, g.volume.as_str(), || c.name.to_string())?;
+        check_not_claimed(
+            &tx,
+            g.volume.as_str(),
+            &listed(g.volume.as_str(), &c.chunks, (c.dataset_id, g.generation))?,
+            || c.name.to_string(),
+        )?;
         if let Some(k) = &c.new_key {
             insert_key(&tx, k)?;
         }
@@ -1668,7 +1896,7 @@ impl Repository for SqliteRepository {
                 .map_err(db("list generations"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(db("list generations"))?
         };
-        let garbage = drop_generations(&tx, &c.dataset_id, &older)?;
+        let garbage = drop_generations(&tx, &c.dataset_id, &older, false)?;
         tx.commit().map_err(db("commit a generation"))?;
         Ok(garbage)
     }
@@ -1694,7 +1922,7 @@ impl Repository for SqliteRepository {
                 .map_err(db("list generations"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(db("list generations"))?
         };
-        let garbage = drop_generations(&tx, &id, &gens)?;
+        let garbage = drop_generations(&tx, &id, &gens, true)?;
         tx.execute("DELETE FROM datasets WHERE id = ?1", [&id.0[..]]).map_err(db("remove a dataset"))?;
         tx.commit().map_err(db("commit a removal"))?;
         Ok(garbage)

@@ -26,6 +26,23 @@ pub use mirror::MirroredVolume;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What an object on a volume is, by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectName {
+    Chunk(ChunkId),
+    Manifest(DatasetId, u64),
+    /// A temp file of a write that never finished (its path on the volume).
+    Temp(String),
+}
+
+/// An object found by [`Volume::list`].
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: ObjectName,
+    pub len: u64,
+    pub modified: std::time::SystemTime,
+}
+
 /// Why a volume operation failed; each message names the volume and path.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -78,6 +95,12 @@ pub trait Volume: Send + Sync {
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>>;
     /// Delete a manifest; deleting a missing one is not an error.
     fn delete_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<()>;
+    /// Every chunk, manifest and leftover temp file on the volume (keystore
+    /// backups and the label are not listed). Names that are none of these
+    /// are passed over.
+    fn list(&self) -> Result<Vec<Listed>>;
+    /// Delete a leftover temp file named by [`Volume::list`].
+    fn delete_temp(&self, name: &str) -> Result<()>;
     /// Store a keystore backup durably and atomically under its id.
     fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()>;
     fn read_keystore_backup(&self, id: &str) -> Result<Vec<u8>>;
@@ -140,5 +163,16 @@ pub mod conformance {
         assert_eq!(v.read_keystore_backup("20261124T120000Z-ab12").unwrap(), b"backup");
         assert!(matches!(v.read_keystore_backup("nope"), Err(StoreError::Missing { .. })));
         assert!(v.describe().contains("volume"));
+        // A listing names what is there (and nothing deleted).
+        v.put_chunk(&id, b"listed").unwrap();
+        let listed = v.list().unwrap();
+        let names: Vec<&ObjectName> = listed.iter().map(|l| &l.name).collect();
+        assert!(names.contains(&&ObjectName::Chunk(id)), "{names:?}");
+        assert!(names.contains(&&ObjectName::Manifest(ds, 2)), "{names:?}");
+        assert!(!names.contains(&&ObjectName::Manifest(ds, 1)), "{names:?}");
+        assert_eq!(listed.iter().find(|l| l.name == ObjectName::Chunk(id)).unwrap().len, 6);
+        v.delete_chunk(&id).unwrap();
+        v.delete_manifest(&ds, 2).unwrap();
+        assert!(v.list().unwrap().iter().all(|l| !matches!(l.name, ObjectName::Chunk(_) | ObjectName::Manifest(..))));
     }
 }

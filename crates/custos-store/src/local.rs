@@ -312,6 +312,67 @@ impl Volume for LocalVolume {
         Ok(buf)
     }
 
+    fn list(&self) -> Result<Vec<crate::Listed>> {
+        use crate::{Listed, ObjectName};
+        let mut out = Vec::new();
+        let entries = |dir: &Path| -> Result<Vec<(String, fs::Metadata)>> {
+            let rd = match fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound && self.root.exists() => return Ok(Vec::new()),
+                Err(e) => return Err(self.err(dir, e)),
+            };
+            let mut v = Vec::new();
+            for entry in rd {
+                let entry = entry.map_err(|e| self.err(dir, e))?;
+                let meta = entry.metadata().map_err(|e| self.err(&entry.path(), e))?;
+                v.push((entry.file_name().to_string_lossy().to_string(), meta));
+            }
+            Ok(v)
+        };
+        let listed = |name, m: &fs::Metadata| Listed {
+            name,
+            len: m.len(),
+            modified: m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+        };
+        for (fan, m) in entries(&self.root.join("chunks"))? {
+            if !m.is_dir() {
+                continue;
+            }
+            for (name, m) in entries(&self.root.join("chunks").join(&fan))? {
+                if name.ends_with(".tmp") {
+                    out.push(listed(ObjectName::Temp(format!("chunks/{fan}/{name}")), &m));
+                } else if let Some(id) = ChunkId::from_hex(&name).filter(|_| m.is_file()) {
+                    out.push(listed(ObjectName::Chunk(id), &m));
+                }
+            }
+        }
+        for (ds, m) in entries(&self.root.join("manifests"))? {
+            let Some(id) = DatasetId::from_hex(&ds).filter(|_| m.is_dir()) else { continue };
+            for (name, m) in entries(&self.root.join("manifests").join(&ds))? {
+                if name.ends_with(".tmp") {
+                    out.push(listed(ObjectName::Temp(format!("manifests/{ds}/{name}")), &m));
+                } else if let Ok(g) = u64::from_str_radix(&name, 16) {
+                    if name.len() == 16 && m.is_file() {
+                        out.push(listed(ObjectName::Manifest(id, g), &m));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_temp(&self, name: &str) -> Result<()> {
+        let p = self.root.join(name);
+        let inside = Path::new(name).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside || !name.ends_with(".tmp") {
+            return Err(StoreError::Missing { volume: self.name.clone(), what: format!("temp file {name}"), path: p });
+        }
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(&p, e)),
+            _ => Ok(()),
+        }
+    }
+
     fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
         let dir = self.root.join("keystore");
         fs::create_dir_all(&dir).map_err(|e| self.err(&dir, e))?;

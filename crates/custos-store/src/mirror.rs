@@ -79,6 +79,16 @@ impl Volume for MirroredVolume {
         self.secondary.delete_manifest(dataset, generation)
     }
 
+    /// The primary's objects: each side is listed on its own by whoever
+    /// checks the volumes (they are two volumes in the catalog).
+    fn list(&self) -> Result<Vec<crate::Listed>> {
+        self.read(|v| v.list())
+    }
+
+    fn delete_temp(&self, name: &str) -> Result<()> {
+        self.primary.delete_temp(name)
+    }
+
     fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
         self.primary.put_keystore_backup(id, bytes)?;
         self.secondary.put_keystore_backup(id, bytes)
