@@ -563,3 +563,53 @@ fn ds_rm_on_an_unreachable_volume_says_so_and_gc_finishes_it() {
     assert!(g["released"].as_u64().unwrap() >= 3, "{g}");
     assert_eq!(walk_files(&side.join("chunks")).len(), 0);
 }
+
+#[test]
+fn a_copied_vault_directory_never_touches_the_originals_objects() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "CP.ONE", Env::s(&e.file("1", &data(150_000, 1)))]);
+    e.ok(&["ds", "put", "CP.TWO", Env::s(&e.file("2", &data(150_000, 2)))]);
+    let copy = e.dir.path().join("vault-copy");
+    assert!(Process::new("cp").arg("-a").arg(&e.vault).arg(&copy).status().unwrap().success());
+    let c = e.at(copy.clone());
+    let vols = c.json(&["volume", "ls"]);
+    assert!(vols[0]["location"].as_str().unwrap().starts_with(Env::s(&copy)), "the copy uses its own volume: {vols}");
+    c.ok(&["ds", "rm", "CP.ONE"]);
+    c.ok(&["ds", "put", "CP.TWO", Env::s(&c.file("3", &data(150_000, 3)))]);
+    c.ok(&["gc", "--grace", "0s"]);
+    assert_eq!(c.run(&["ds", "get", "CP.TWO"]).stdout, data(150_000, 3));
+    // The original has all it had.
+    assert_eq!(e.run(&["ds", "get", "CP.ONE"]).stdout, data(150_000, 1));
+    assert_eq!(e.run(&["ds", "get", "CP.TWO"]).stdout, data(150_000, 2));
+    assert!(e.ok(&["fsck"]).contains("everything the catalog needs is there"));
+}
+
+#[test]
+fn volumes_may_not_share_directories_or_belong_to_another_vault() {
+    let e = Env::new();
+    let default = e.vault.join("volumes").join("default");
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let inside_off = off.join("deeper");
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (default.clone(), "is volume default"),
+        (e.vault.join("volumes"), "holds volume default"),
+        (e.vault.clone(), "holds volume default"),
+        (e.dir.path().to_path_buf(), "holds volume"),
+        (e.vault.join("elsewhere"), "lies inside the vault directory"),
+        (inside_off.clone(), "lies inside volume offsite"),
+    ];
+    for (path, says) in &cases {
+        for medium in ["disk", "tape"] {
+            let err = e.fails(&["volume", "add", "twin", "--path", Env::s(path), "--site", "C", "--medium", medium], 1);
+            assert!(err.contains(says), "{} as {medium}: {err}", path.display());
+        }
+    }
+    assert!(!inside_off.exists() && !e.vault.join("elsewhere").exists(), "a refused add leaves no directory");
+    // A volume of another vault is refused by name.
+    let other = Env::new();
+    let theirs = other.dir.path().join("theirs");
+    other.ok(&["volume", "add", "theirs", "--path", Env::s(&theirs), "--site", "B"]);
+    let err = e.fails(&["volume", "add", "stolen", "--path", Env::s(&theirs), "--site", "B"], 7);
+    assert!(err.contains("another vault"), "{err}");
+}

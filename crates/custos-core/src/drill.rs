@@ -55,12 +55,13 @@ impl<S: VaultState> Vault<S> {
         std::fs::copy(self.dir.join(HSM_FILE), dest.join(HSM_FILE)).map_err(io(&self.dir))?;
         let clone = Vault::open(dest)?;
         for v in &vols {
-            let to = dest.join("volumes").join(v.name.as_str());
+            let to = clone.dir.join("volumes").join(v.name.as_str());
             let from = Path::new(&v.location);
             if from.exists() {
                 copy_tree(from, &to)?;
             }
-            clone.repo.relocate_volume(&v.name, &to.display().to_string())?;
+            // Inside the clone's directory, so stored relative to it.
+            clone.repo.relocate_volume(&v.name, &format!("volumes/{}", v.name))?;
         }
         Ok(clone)
     }

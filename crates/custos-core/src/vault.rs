@@ -29,6 +29,8 @@ const SETTING_CHUNK: &str = "chunk.size";
 const SETTING_COMPRESSION: &str = "compression";
 const SETTING_S3_ENDPOINT: &str = "s3.endpoint";
 const SETTING_S3_REGION: &str = "s3.region";
+/// A random id of this vault, written into the labels of its volumes.
+const SETTING_VAULT_ID: &str = "vault.id";
 
 /// A vault whose HSM is closed: no key can be used.
 pub struct Sealed;
@@ -136,6 +138,7 @@ impl Vault<Sealed> {
         }
         repo.set_setting(SETTING_NAMING, NamingStandard::DEFAULT)?;
         repo.set_setting(SETTING_CHUNK, &DEFAULT_CHUNK_SIZE.to_string())?;
+        repo.set_setting(SETTING_VAULT_ID, &custos_model::DatasetId::random().to_hex())?;
         let vault = Vault { dir: dir.clone(), repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() };
         let default = VolumeName::new("default")?;
         vault.add_volume(&NewVolume {
@@ -160,7 +163,9 @@ impl Vault<Sealed> {
         }
         let dir = dir.canonicalize().map_err(|source| Error::VaultIo { path: dir.into(), source })?;
         let repo = SqliteRepository::open_existing(&dir.join(DB_FILE))?;
-        Ok(Vault { dir, repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() })
+        let v = Vault { dir, repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() };
+        v.adopt_older_layout()?;
+        Ok(v)
     }
 
     /// Open the software HSM with its passphrase.
@@ -187,6 +192,25 @@ impl Vault<Sealed> {
     /// Open with any HSM implementation (PKCS#11, or a test double).
     pub fn with_hsm(self, hsm: Box<dyn Hsm>) -> Vault<Open> {
         Vault { dir: self.dir, repo: self.repo, state: Open { hsm }, threads: self.threads }
+    }
+}
+
+impl Vault<Sealed> {
+    /// Vaults made before volumes had identity: give the vault its id, and
+    /// store the locations of volumes inside the vault directory relative
+    /// to it, so that a copy of the directory uses its own copies of them.
+    fn adopt_older_layout(&self) -> Result<()> {
+        if self.repo.setting(SETTING_VAULT_ID)?.is_none() {
+            self.repo.set_setting(SETTING_VAULT_ID, &custos_model::DatasetId::random().to_hex())?;
+        }
+        for v in self.repo.volumes()? {
+            if let Some(rel) =
+                Path::new(&v.location).strip_prefix(&self.dir).ok().filter(|_| !v.location.contains("://"))
+            {
+                self.repo.relocate_volume(&v.name, &rel.display().to_string())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -218,6 +242,76 @@ impl<S: VaultState> Vault<S> {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// This vault's random id, which its volumes' labels name.
+    pub fn vault_id(&self) -> Result<String> {
+        self.repo.setting(SETTING_VAULT_ID)?.ok_or_else(|| Error::Invalid {
+            what: "catalog",
+            why: "it holds no vault.id setting: restore custos.db from a backup".into(),
+        })
+    }
+
+    /// A volume record with its location as the catalog stores it made
+    /// absolute: a volume inside the vault directory is stored relative to
+    /// it, so a copy of the directory finds its own copy of the volume.
+    fn resolved(&self, mut rec: VolumeRecord) -> VolumeRecord {
+        if !rec.location.contains("://") && Path::new(&rec.location).is_relative() {
+            rec.location = self.dir.join(&rec.location).display().to_string();
+        }
+        rec
+    }
+
+    /// How a location is stored: relative when it lies inside the vault directory.
+    fn stored_location(&self, absolute: &Path) -> String {
+        match absolute.strip_prefix(&self.dir) {
+            Ok(rel) => rel.display().to_string(),
+            Err(_) => absolute.display().to_string(),
+        }
+    }
+
+    /// Refuse a directory for volume `name` that is, contains or lies inside
+    /// another volume, contains the vault directory, or lies in the vault
+    /// directory anywhere but `volumes/<name>`. `path` is canonical.
+    fn check_volume_path(&self, name: &VolumeName, path: &Path) -> Result<()> {
+        let clash = |why: String| Error::Invalid { what: "volume location", why };
+        for other in self.volumes()? {
+            if other.location.contains("://") {
+                continue;
+            }
+            let theirs = Path::new(&other.location);
+            let theirs = theirs.canonicalize().unwrap_or_else(|_| theirs.to_path_buf());
+            let how = if theirs == path {
+                "is"
+            } else if path.starts_with(&theirs) {
+                "lies inside"
+            } else if theirs.starts_with(path) {
+                "holds"
+            } else {
+                continue;
+            };
+            return Err(clash(format!(
+                "{} {how} volume {} ({}): volumes may not share directories, or one's cleanup would delete the other's data; choose another directory",
+                path.display(),
+                other.name,
+                theirs.display()
+            )));
+        }
+        if self.dir.starts_with(path) {
+            return Err(clash(format!(
+                "{} holds the vault directory {}: choose a directory outside it",
+                path.display(),
+                self.dir.display()
+            )));
+        }
+        if path.starts_with(&self.dir) && path != self.dir.join("volumes").join(name.as_str()) {
+            return Err(clash(format!(
+                "{} lies inside the vault directory {}: volumes there live in volumes/{name}; choose that, or a directory outside the vault",
+                path.display(),
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Worker threads for sealing and opening chunks (default: all cores).
@@ -321,24 +415,22 @@ impl<S: VaultState> Vault<S> {
                     });
                 }
                 let path = Path::new(&v.location);
-                LocalVolume::create(v.name.as_str(), path)?;
-                path.canonicalize()
-                    .map_err(|source| Error::VaultIo { path: path.into(), source })?
-                    .display()
-                    .to_string()
+                let absolute = self.checked_new_dir(&v.name, path)?;
+                LocalVolume::create_owned(v.name.as_str(), &absolute, &self.vault_id()?)?;
+                self.stored_location(&absolute)
             }
             Medium::Tape => {
                 let loc =
                     Location::parse(&v.location).map_err(|why| Error::Invalid { what: "volume location", why })?;
                 let loc = match loc {
-                    Location::Dir(p) => {
-                        std::fs::create_dir_all(&p).map_err(|source| Error::VaultIo { path: p.clone(), source })?;
-                        Location::Dir(p.canonicalize().map_err(|source| Error::VaultIo { path: p.clone(), source })?)
-                    }
+                    Location::Dir(p) => Location::Dir(self.checked_new_dir(&v.name, &p)?),
                     s3 => s3,
                 };
                 ObjectVolume::create(v.name.as_str(), &loc, &self.s3_options()?)?;
-                loc.to_string()
+                match &loc {
+                    Location::Dir(p) => self.stored_location(p),
+                    s3 => s3.to_string(),
+                }
             }
         };
         let rec = VolumeRecord {
@@ -352,12 +444,29 @@ impl<S: VaultState> Vault<S> {
         Ok(rec)
     }
 
+    /// Make (if needed) the directory of a new volume, check it against the
+    /// vault and the other volumes, and return it canonical. A directory
+    /// this made is removed again when the check fails.
+    fn checked_new_dir(&self, name: &VolumeName, path: &Path) -> Result<PathBuf> {
+        let existed = path.exists();
+        std::fs::create_dir_all(path).map_err(|source| Error::VaultIo { path: path.into(), source })?;
+        let checked = path
+            .canonicalize()
+            .map_err(|source| Error::VaultIo { path: path.into(), source })
+            .and_then(|p| self.check_volume_path(name, &p).map(|_| p));
+        if checked.is_err() && !existed {
+            let _ = std::fs::remove_dir(path);
+        }
+        checked
+    }
+
     pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
-        Ok(self.repo.volumes()?)
+        Ok(self.repo.volumes()?.into_iter().map(|v| self.resolved(v)).collect())
     }
 
     pub fn volume_record(&self, name: &VolumeName) -> Result<VolumeRecord> {
-        self.repo.volume(name)?.ok_or_else(|| Error::VolumeNotFound { name: name.to_string() })
+        let rec = self.repo.volume(name)?.ok_or_else(|| Error::VolumeNotFound { name: name.to_string() })?;
+        Ok(self.resolved(rec))
     }
 
     /// Open a volume; a mirrored one comes wrapped, so that writes go to
@@ -384,7 +493,22 @@ impl<S: VaultState> Vault<S> {
 
     fn open_record(&self, rec: &VolumeRecord) -> Result<Box<dyn Volume>> {
         Ok(match rec.medium {
-            Medium::Disk => Box::new(LocalVolume::open(rec.name.as_str(), Path::new(&rec.location))?),
+            Medium::Disk => {
+                let v = LocalVolume::open(rec.name.as_str(), Path::new(&rec.location))?;
+                // A volume labelled for another vault is never written or
+                // cleaned by this one.
+                match v.owner() {
+                    Some(o) if o != self.vault_id()? => {
+                        return Err(custos_store::StoreError::OtherVault {
+                            path: rec.location.clone().into(),
+                            vault: o.to_string(),
+                            name: rec.name.to_string(),
+                        }
+                        .into())
+                    }
+                    _ => Box::new(v),
+                }
+            }
             Medium::Tape => Box::new(self.open_tape(rec)?),
         })
     }

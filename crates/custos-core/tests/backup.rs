@@ -5,7 +5,7 @@ use custos_core::model::{CopyMethod, KeyAction, VolumeName};
 use custos_core::{Error, Vault};
 
 fn files(t: &T, vol: &str) -> usize {
-    let root = t.path.join(vol).join("chunks");
+    let root = t.path.join("volumes").join(vol).join("chunks");
     std::fs::read_dir(root).unwrap().map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count()).sum()
 }
 
@@ -130,7 +130,7 @@ fn verify_names_damage_in_a_copy() {
     t.vault.verify_backup(&b, true).unwrap();
     let ids = t.vault.repository().backup_chunks(b.id).unwrap();
     let h = ids[3].to_hex();
-    let p = t.path.join("offsite/chunks").join(&h[..2]).join(&h);
+    let p = t.path.join("volumes/offsite/chunks").join(&h[..2]).join(&h);
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[50] ^= 1;
     std::fs::write(&p, bytes).unwrap();

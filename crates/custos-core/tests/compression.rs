@@ -30,7 +30,7 @@ fn backup_chunk_paths(t: &T, backup: u64) -> Vec<PathBuf> {
     ids.iter()
         .map(|id| {
             let h = id.to_hex();
-            t.path.join("offsite/chunks").join(&h[..2]).join(h)
+            t.path.join("volumes/offsite/chunks").join(&h[..2]).join(h)
         })
         .collect()
 }

@@ -13,7 +13,7 @@ fn a_mirror_holds_every_acknowledged_write_after_the_primary_is_gone() {
     let t = vault();
     let default = VolumeName::new("default").unwrap();
     let sec = VolumeName::new("pprc").unwrap();
-    let sec_dir = t.path.join("pprc");
+    let sec_dir = t.path.join("volumes/pprc");
     t.vault
         .add_volume(&NewVolume {
             name: sec.clone(),

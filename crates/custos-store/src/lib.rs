@@ -53,6 +53,11 @@ pub enum StoreError {
     Unreachable { volume: String, path: PathBuf, source: std::io::Error },
     #[error("{path} is not a Custos volume (no CUSTOS-VOLUME label): check the path, or create the volume with `custos volume add`")]
     NotAVolume { path: PathBuf },
+    /// The directory is labelled as a volume of another vault.
+    #[error(
+        "{path} is volume {name} of another vault ({vault}): a volume belongs to one vault; choose an empty directory"
+    )]
+    OtherVault { path: PathBuf, vault: String, name: String },
     #[error("{volume} is full while writing {path}: free space on it or direct the data to another volume; nothing was committed")]
     Full { volume: String, path: PathBuf },
     #[error("{what} on {volume} ({path}) is {size} bytes, larger than any chunk ({max} at most)")]

@@ -18,7 +18,9 @@ use rustix::fs::OFlags;
 use crate::{ChunkBuf, Result, StoreError, Volume, ALIGN};
 
 const LABEL: &str = "CUSTOS-VOLUME";
+/// The first label, which named no owner; still read.
 const LABEL_V1: &str = "custos-volume 1\n";
+const LABEL_V2: &str = "custos-volume 2\n";
 
 /// Chunk writes use direct I/O where the filesystem allows it: the
 /// page-aligned body of each object goes straight from the caller's buffer
@@ -30,15 +32,40 @@ pub struct LocalVolume {
     root: PathBuf,
     /// Cleared the first time the filesystem refuses O_DIRECT (tmpfs does).
     direct: AtomicBool,
+    /// The vault the label names (none on a first-format label).
+    owner: Option<String>,
 }
 
 impl LocalVolume {
-    /// Create (or adopt, if it is already one) a volume directory.
+    /// Create (or adopt, if it is already one) a volume directory, with no
+    /// owner in its label (for tests and tools; vaults use
+    /// [`LocalVolume::create_owned`]).
     pub fn create(name: &str, root: &Path) -> Result<Self> {
+        Self::make(name, root, None)
+    }
+
+    /// Create a volume directory whose label names the vault `owner` and
+    /// the volume's name, or adopt one labelled for the same vault (or
+    /// unlabelled by owner). One labelled for another vault is refused.
+    pub fn create_owned(name: &str, root: &Path, owner: &str) -> Result<Self> {
+        Self::make(name, root, Some(owner))
+    }
+
+    fn make(name: &str, root: &Path, owner: Option<&str>) -> Result<Self> {
         let v = Self::new(name, root);
         let label = root.join(LABEL);
         if label.exists() {
-            return Self::open(name, root);
+            let found = Self::open(name, root)?;
+            if let (Some(theirs), Some(ours)) = (found.owner.as_deref(), owner) {
+                if theirs != ours {
+                    return Err(StoreError::OtherVault {
+                        path: root.into(),
+                        vault: theirs.to_string(),
+                        name: label_field(&fs::read_to_string(&label).unwrap_or_default(), "name").unwrap_or_default(),
+                    });
+                }
+            }
+            return Ok(found);
         }
         fs::create_dir_all(root).map_err(|e| v.err(root, e))?;
         for i in 0..=255u8 {
@@ -46,8 +73,17 @@ impl LocalVolume {
             fs::create_dir_all(&d).map_err(|e| v.err(&d, e))?;
         }
         fs::create_dir_all(root.join("manifests")).map_err(|e| v.err(root, e))?;
-        v.write_durable(&label, LABEL_V1.as_bytes())?;
-        Ok(v)
+        let text = match owner {
+            Some(o) => format!("{LABEL_V2}vault {o}\nname {name}\n"),
+            None => LABEL_V1.to_string(),
+        };
+        v.write_durable(&label, text.as_bytes())?;
+        Ok(Self { owner: owner.map(String::from), ..v })
+    }
+
+    /// The vault this volume's label names, if it names one.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     /// Attach to a volume directory without checking it is there: every
@@ -70,12 +106,16 @@ impl LocalVolume {
         }
         match fs::read_to_string(root.join(LABEL)) {
             Ok(s) if s == LABEL_V1 => Ok(v),
+            Ok(s) if s.starts_with(LABEL_V2) => match label_field(&s, "vault") {
+                Some(owner) => Ok(Self { owner: Some(owner), ..v }),
+                None => Err(StoreError::NotAVolume { path: root.into() }),
+            },
             Ok(_) | Err(_) => Err(StoreError::NotAVolume { path: root.into() }),
         }
     }
 
     fn new(name: &str, root: &Path) -> Self {
-        Self { name: format!("volume {name}"), root: root.into(), direct: AtomicBool::new(true) }
+        Self { name: format!("volume {name}"), root: root.into(), direct: AtomicBool::new(true), owner: None }
     }
 
     /// Open a chunk file, with O_DIRECT when `direct` and the filesystem allows.
@@ -398,6 +438,11 @@ impl Volume for LocalVolume {
     }
 }
 
+/// The value of a `key value` line of a label.
+fn label_field(label: &str, key: &str) -> Option<String> {
+    label.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ').map(str::to_string))
+}
+
 /// A temp name beside `path` that no other attempt uses.
 fn tmp_path(path: &Path) -> PathBuf {
     let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
@@ -458,6 +503,14 @@ mod tests {
         LocalVolume::open("t", &dir.path().join("v")).unwrap();
         // Adopting an existing volume keeps it.
         LocalVolume::create("t", &dir.path().join("v")).unwrap();
+        // A label names its vault; another vault cannot adopt the volume.
+        let owned = dir.path().join("owned");
+        LocalVolume::create_owned("o", &owned, "vault-a").unwrap();
+        assert_eq!(LocalVolume::open("o", &owned).unwrap().owner(), Some("vault-a"));
+        LocalVolume::create_owned("o", &owned, "vault-a").unwrap();
+        let e = LocalVolume::create_owned("o", &owned, "vault-b").err().unwrap();
+        assert!(matches!(e, StoreError::OtherVault { .. }), "{e}");
+        assert!(e.to_string().contains("another vault (vault-a)") && e.to_string().contains("volume o "), "{e}");
     }
 
     #[test]

@@ -78,6 +78,11 @@ impl Env {
         Self { dir: tempfile::tempdir().unwrap(), vault: self.vault.clone(), env, _tokens: None }
     }
 
+    /// The same principal on the vault in another directory (a copy).
+    pub fn at(&self, vault: PathBuf) -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), vault, env: self.env.clone(), _tokens: None }
+    }
+
     /// A vault whose master keys live on a fresh SoftHSM2 token.
     pub fn new_pkcs11() -> Self {
         let dir = tempfile::tempdir().unwrap();

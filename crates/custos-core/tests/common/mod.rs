@@ -33,7 +33,7 @@ pub fn offsite(t: &T) -> VolumeName {
     t.vault
         .add_volume(&NewVolume {
             name: name.clone(),
-            location: t.path.join("offsite").display().to_string(),
+            location: t.path.join("volumes/offsite").display().to_string(),
             site: "B".into(),
             medium: Medium::Tape,
         })
