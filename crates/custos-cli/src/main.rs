@@ -1812,19 +1812,27 @@ fn escrow_cmd(cli: &Cli, c: &EscrowCmd) -> anyhow::Result<()> {
                 }
             }
             let v = open(cli)?;
-            let (kbk, files) = v.escrow_init(custodians, *threshold)?;
-            for f in &files {
-                use std::os::unix::fs::OpenOptionsExt;
-                let p = out_dir.join(format!("{}.share", f.custodian));
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&p)
-                    .with_context(|| format!("cannot create share file {}", p.display()))?;
-                out.write_all(f.encode().as_bytes())?;
-                out.sync_all()?;
-            }
+            // Every share is written and made durable before the catalog
+            // switches to the new key-backup key.
+            let (kbk, _) = v.escrow_init(custodians, *threshold, |files| {
+                let io = |p: &Path| {
+                    let path = p.to_path_buf();
+                    move |source| custos_core::Error::VaultIo { path, source }
+                };
+                for f in files {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let p = out_dir.join(format!("{}.share", f.custodian));
+                    let mut out = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&p)
+                        .map_err(io(&p))?;
+                    out.write_all(f.encode().as_bytes()).map_err(io(&p))?;
+                    out.sync_all().map_err(io(&p))?;
+                }
+                std::fs::File::open(out_dir).and_then(|d| d.sync_all()).map_err(io(out_dir))
+            })?;
             if cli.json {
                 return json(&kbk);
             }

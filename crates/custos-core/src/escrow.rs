@@ -51,9 +51,18 @@ impl<S: VaultState> Vault<S> {
 
 impl Vault<Open> {
     /// Create a key-backup key split `threshold`-of-n among `custodians`,
-    /// escrow every existing key under it, and return the shares to hand out.
-    /// The KBK's private half is never stored.
-    pub fn escrow_init(&self, custodians: &[String], threshold: u8) -> Result<(KbkRecord, Vec<ShareFile>)> {
+    /// escrow every existing key under it, and return the shares to hand
+    /// out. The KBK's private half is never stored. `deliver` must make the
+    /// shares durable (write and fsync the files) before the catalog
+    /// switches to the new KBK: if it fails, or the process dies before the
+    /// switch, every key keeps its previous escrow copy; the switch itself is
+    /// one transaction.
+    pub fn escrow_init(
+        &self,
+        custodians: &[String],
+        threshold: u8,
+        deliver: impl FnOnce(&[ShareFile]) -> Result<()>,
+    ) -> Result<(KbkRecord, Vec<ShareFile>)> {
         let mut names = custodians.to_vec();
         names.sort();
         names.dedup();
@@ -78,19 +87,28 @@ impl Vault<Open> {
         let shares = shamir::split(&secret, threshold, n).map_err(crypto)?;
         drop(secret);
         let now = Timestamp::now();
-        let id = format!("KBK.{}", now.strftime("%Y%m%dT%H%M%SZ"));
+        // Named for its time, and unique even for two made in one second.
+        let id = format!("KBK.{}.{}", now.strftime("%Y%m%dT%H%M%SZ"), &custos_model::ChunkId::random().to_hex()[..8]);
         let rec = KbkRecord { id: id.clone(), public, threshold, custodians: custodians.to_vec(), created_at: now };
-        self.repo.insert_kbk(&rec)?;
-        // Escrow the keys that exist already.
-        for mut k in self.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
-            k.escrow = Some(self.escrow_copy(&rec, &k)?);
-            self.repo.update_key(&k)?;
+        // Escrow copies of the keys that exist, made before anything is stored.
+        let mut copies = Vec::new();
+        for k in self.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
+            copies.push((k.label.clone(), self.escrow_copy(&rec, &k)?));
         }
-        let files = custodians
+        let files: Vec<ShareFile> = custodians
             .iter()
             .zip(shares)
             .map(|(c, share)| ShareFile { kbk: id.clone(), custodian: c.clone(), threshold, share })
             .collect();
+        deliver(&files)?;
+        self.repo.insert_kbk(&rec, &copies)?;
+        // Keys created meanwhile were escrowed to the previous KBK: move them too.
+        for mut k in self.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
+            if k.escrow.as_ref().is_none_or(|e| e.kbk != id) {
+                k.escrow = Some(self.escrow_copy(&rec, &k)?);
+                self.repo.update_key(&k)?;
+            }
+        }
         Ok((rec, files))
     }
 

@@ -53,13 +53,16 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.setting("key.naming").unwrap().as_deref(), Some("B.{purpose}.{app}.{NNN}"));
 
     // Key-backup keys, and escrow copies that travel with key records.
-    repo.insert_kbk(&KbkRecord {
-        id: "kbk1".into(),
-        public: [5; 32],
-        threshold: 2,
-        custodians: vec!["alice".into(), "bob".into(), "carol".into()],
-        created_at: Timestamp::from_second(1_700_000_000).unwrap(),
-    })
+    repo.insert_kbk(
+        &KbkRecord {
+            id: "kbk1".into(),
+            public: [5; 32],
+            threshold: 2,
+            custodians: vec!["alice".into(), "bob".into(), "carol".into()],
+            created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+        },
+        &[],
+    )
     .unwrap();
     let kb = repo.kbks().unwrap();
     assert_eq!((kb.len(), kb[0].public, kb[0].threshold, kb[0].custodians.len()), (1, [5; 32], 2, 3));

@@ -9,8 +9,9 @@ mod sqlite;
 
 use custos_crypto::Mkvp;
 use custos_model::{
-    BackupRecord, ChunkId, DatasetId, DatasetName, DatasetRecord, GenerationRecord, HsmRule, KbkRecord, KeyLabel,
-    KeyRecord, KeystoreBackupRecord, Pattern, PolicyRecord, PrincipalRecord, SnapshotRecord, VolumeName, VolumeRecord,
+    BackupRecord, ChunkId, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule, KbkRecord,
+    KeyLabel, KeyRecord, KeystoreBackupRecord, Pattern, PolicyRecord, PrincipalRecord, SnapshotRecord, VolumeName,
+    VolumeRecord,
 };
 use thiserror::Error;
 
@@ -172,7 +173,10 @@ pub trait Repository: Send + Sync {
     /// (generations, backups, snapshots), and its keystore backups.
     fn volume_objects(&self, vol: &VolumeName) -> Result<VolumeObjects>;
 
-    fn insert_kbk(&self, rec: &KbkRecord) -> Result<()>;
+    /// Record a key-backup key and, in the same transaction, switch the
+    /// escrow copies of the keys in `escrows` to it: a failure or a kill
+    /// leaves every key with its previous escrow copy.
+    fn insert_kbk(&self, rec: &KbkRecord, escrows: &[(KeyLabel, EscrowCopy)]) -> Result<()>;
     /// All key-backup keys, oldest first (the last is the one in use).
     fn kbks(&self) -> Result<Vec<KbkRecord>>;
 

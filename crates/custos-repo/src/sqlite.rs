@@ -1244,14 +1244,25 @@ impl Repository for SqliteRepository {
         Ok(VolumeObjects { chunks, manifests, keystore_backups })
     }
 
-    fn insert_kbk(&self, k: &KbkRecord) -> Result<()> {
-        self.conn()
-            .execute(
-                "INSERT INTO kbks (id, public, threshold, custodians, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![k.id, &k.public[..], k.threshold as i64, k.custodians.join(","), ts(k.created_at)],
-            )
-            .map_err(db("record a key-backup key"))?;
-        Ok(())
+    fn insert_kbk(&self, k: &KbkRecord, escrows: &[(KeyLabel, EscrowCopy)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start recording a key-backup key"))?;
+        tx.execute(
+            "INSERT INTO kbks (id, public, threshold, custodians, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![k.id, &k.public[..], k.threshold as i64, k.custodians.join(","), ts(k.created_at)],
+        )
+        .map_err(db("record a key-backup key"))?;
+        {
+            let mut up = tx
+                .prepare_cached("UPDATE keys SET escrow_kbk = ?2, escrow = ?3 WHERE label = ?1")
+                .map_err(db("escrow keys"))?;
+            for (label, e) in escrows {
+                up.execute(params![label.as_str(), e.kbk, e.blob]).map_err(db("escrow keys"))?;
+            }
+        }
+        tx.commit().map_err(db("commit a key-backup key"))
     }
 
     fn kbks(&self) -> Result<Vec<KbkRecord>> {
