@@ -669,3 +669,81 @@ fn killed_escrow_rotation_leaves_every_key_a_working_escrow_copy() {
     }
     assert!(hits >= 3, "the kills hit only {hits} steps");
 }
+
+/// Eight workers on one vault for two minutes (CUSTOS_SOAK_SECS), each
+/// looping over puts, gets, backups, prunes, snapshots and key lifecycle:
+/// nothing fails but retryable refusals, and afterwards every object
+/// verifies and the audit log is intact.
+#[test]
+fn eight_mixed_workers_lose_nothing() {
+    let e = Env::new();
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let secs: u64 = std::env::var("CUSTOS_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let outcome = std::sync::Mutex::new((0usize, 0usize, Vec::<String>::new()));
+    std::thread::scope(|s| {
+        for w in 0..8usize {
+            let (e, outcome) = (&e, &outcome);
+            s.spawn(move || {
+                let mine = format!("SOAK.W{w}");
+                let mut last: Option<Vec<u8>> = None;
+                let mut i = 0usize;
+                while std::time::Instant::now() < deadline {
+                    i += 1;
+                    let content = data(70_000 + (i * 977 + w * 131) % 90_000, (w * 17 + i) as u8);
+                    let file = e.dir.path().join(format!("w{w}"));
+                    std::fs::write(&file, &content).unwrap();
+                    let f = Env::s(&file);
+                    // A label all workers race for, beside the sequence.
+                    let label = "DSET.PRIM.SOAKK.key900";
+                    let (args, wrote): (Vec<&str>, bool) = match (i + w) % 9 {
+                        0 | 1 => (vec!["ds", "put", &mine, f], true),
+                        2 => (vec!["ds", "put", "SOAK.SHARED", f], false),
+                        3 => (vec!["ds", "get", "SOAK.SHARED", "-o", "/dev/null"], false),
+                        4 => (vec!["backup", "run", "SOAK.**", "--to", "offsite"], false),
+                        5 => (vec!["backup", "run", "SOAK.**", "--method", "raw", "--to", "offsite"], false),
+                        6 => (vec!["backup", "prune", "--keep-last", "2"], false),
+                        7 => match i % 2 {
+                            0 => (vec!["snapshot", "create", "SOAK.SHARED"], false),
+                            _ => (vec!["gc", "--grace", "1s"], false),
+                        },
+                        _ => match i % 3 {
+                            0 => (vec!["key", "create", "--app", "SOAKK", "--activate"], false),
+                            1 => (vec!["key", "create", label], false),
+                            _ => (vec!["key", "ls"], false),
+                        },
+                    };
+                    let o = e.run(&args);
+                    let err = String::from_utf8_lossy(&o.stderr).to_string();
+                    let mut out = outcome.lock().unwrap();
+                    out.0 += 1;
+                    if o.status.success() {
+                        if wrote {
+                            last = Some(content);
+                        }
+                    } else if err.contains(RETRY) {
+                        out.1 += 1;
+                    } else if args.contains(&"SOAK.SHARED") && err.contains("no dataset named") {
+                        // SOAK.SHARED before its first put.
+                    } else if args[0] == "key" && err.contains("already exists") {
+                        // The fixed label, once another worker made it.
+                    } else {
+                        out.2.push(format!("worker {w}: {args:?}: {err}"));
+                    }
+                }
+                if let Some(c) = last {
+                    assert_eq!(e.run(&["ds", "get", &mine]).stdout, c, "worker {w}'s dataset holds its last write");
+                }
+            });
+        }
+    });
+    let (runs, retried, failures) = outcome.into_inner().unwrap();
+    assert!(failures.is_empty(), "{} of {runs} commands failed for good:\n{}", failures.len(), failures.join("\n"));
+    assert!(runs > 100, "only {runs} commands ran in {secs} s");
+    eprintln!("{runs} commands, {retried} refused with the retryable message");
+    all_backups_verify(&e, "after the soak");
+    let f = e.run(&["fsck", "--read-data"]);
+    assert!(f.status.success(), "{}{}", String::from_utf8_lossy(&f.stdout), String::from_utf8_lossy(&f.stderr));
+    e.ok(&["audit", "verify"]);
+}

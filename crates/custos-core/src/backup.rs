@@ -141,7 +141,13 @@ impl<S: VaultState> Vault<S> {
     fn remove_backups(&self, ids: impl Iterator<Item = u64>) -> Result<()> {
         // What only these backups kept waits in the trash for `gc`.
         for id in ids {
-            self.repo.remove_backup(id)?;
+            match self.repo.remove_backup(id) {
+                // A concurrent prune removed it first: the same outcome.
+                Err(custos_repo::RepoError::NotFound { kind: "backup", .. }) => {}
+                r => {
+                    r?;
+                }
+            }
         }
         Ok(())
     }

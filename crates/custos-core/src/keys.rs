@@ -216,9 +216,21 @@ impl<S: VaultState> Vault<S> {
 impl Vault<Open> {
     /// Generate a key in the HSM and record it, wrapped, in the keystore.
     pub fn create_key(&self, k: &NewKey) -> Result<KeyRecord> {
-        let rec = self.new_key_record(k)?;
-        self.repo.insert_key(&rec)?;
-        Ok(rec)
+        // A label taken from the application's sequence may be taken by a
+        // concurrent command before this one stores it: take the next one.
+        // A label the caller named is its own to clash.
+        for _ in 0..64 {
+            let made = self.new_key_record(k).and_then(|rec| Ok(self.repo.insert_key(&rec).map(|_| rec)?));
+            match made {
+                Err(Error::Repo(custos_repo::RepoError::Exists { kind: "key", .. })) if k.label.is_none() => continue,
+                made => return made,
+            }
+        }
+        Err(Error::Invalid {
+            what: "key",
+            why: "every label tried in the application's sequence was taken by concurrent commands; run it again"
+                .into(),
+        })
     }
 
     /// Create `count` keys for an application in one transaction: all or

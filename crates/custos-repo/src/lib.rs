@@ -25,7 +25,7 @@ pub enum RepoError {
     #[error("the repository database failed while trying to {action}: {source}; check that the vault directory is writable and its disk not full, then run the command again")]
     Database { action: &'static str, source: rusqlite::Error },
     /// Another process held the catalog for longer than the busy timeout.
-    #[error("the catalog is busy: another Custos command held it for {waited_secs} s while this one tried to {action}; nothing was changed: run the command again")]
+    #[error("the catalog is busy: another Custos command held it for {waited_secs} s while this one tried to {action}; nothing was changed: run it again")]
     Busy { action: &'static str, waited_secs: u64 },
     /// The catalog file is not a Custos catalog, or is damaged.
     #[error("the catalog {path} is not a Custos catalog or is damaged ({why}); nothing was changed: restore custos.db from a backup (see docs/format.md), or point --vault at the right directory")]
