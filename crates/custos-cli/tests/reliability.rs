@@ -117,6 +117,10 @@ fn concurrent_puts_of_one_dataset_keep_exactly_one_content() {
     for d in e.json(&["ds", "ls"]).as_array().unwrap() {
         e.ok(&["ds", "verify", d["name"].as_str().unwrap()]);
     }
+    // Nothing the catalog needs is missing or damaged, and what the losers
+    // left is only ever unreferenced (for gc).
+    let f = e.run(&["fsck", "--read-data"]);
+    assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stdout));
 }
 
 #[test]
