@@ -77,7 +77,7 @@ pub fn gc(cli: &Cli, dry_run: bool, grace: Option<&str>) -> anyhow::Result<()> {
         Some(g) => custos_core::parse_duration(g).map_err(|why| Usage(format!("--grace: {why}")))?,
         None => v.gc_grace()?,
     };
-    let r = v.gc(grace, dry_run)?;
+    let r = v.gc(grace, dry_run, true)?;
     if cli.json {
         json(&r)?;
     } else {

@@ -1446,9 +1446,10 @@ fn hsm_cmd(cli: &Cli, c: &HsmCmd) -> anyhow::Result<()> {
             };
             drop(bar);
             let mut failed = actions.iter().filter(|a| a.action == "failed").count();
-            // The housekeeping run also empties the trash of what is past its grace period.
+            // The housekeeping run also empties the trash of what is past
+            // its grace period (scanning volumes for strays is `custos gc`'s).
             if !dry_run {
-                let g = v.gc(v.gc_grace()?, false)?;
+                let g = v.gc(v.gc_grace()?, false, false)?;
                 failed += g.failed.len();
                 if !cli.json && g.released + g.orphans + g.temp_files > 0 {
                     println!(

@@ -922,19 +922,6 @@ fn risk_report_and_drill_through_the_cli() {
     assert!(out.contains("DISAGREES") && String::from_utf8_lossy(&o.stderr).contains("analyzer is wrong"), "{out}");
 }
 
-fn walk_files(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// The audit log records every command, and `audit verify` names the
 /// entry that was edited, deleted or moved in the database file, and a
 /// tail cut after a checkpoint.

@@ -243,21 +243,6 @@ fn killed_mirror_add_rerun_is_in_sync() {
     }
 }
 
-fn walk_files(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for entry in rd.flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn killed_migration_and_recall_rerun_always_read_back() {
     let e = Env::new();

@@ -317,17 +317,16 @@ impl Vault<Open> {
                 why: format!("{name}: every label tried for its new key was taken by concurrent writes; run it again"),
             })
         })();
-        let (garbage, generation, key_label) = match committed {
+        let (_released, generation, key_label) = match committed {
             Ok(c) => c,
             Err(e) => {
                 cleanup(placed);
                 return Err(e);
             }
         };
-        self.repo.record_key_use(&key_label)?;
         // The generation it replaced waits in the trash for `gc`, so readers
         // that opened it can finish.
-        let _ = garbage;
+        self.repo.record_key_use(&key_label)?;
         Ok(PutReport {
             dataset: name.clone(),
             generation,

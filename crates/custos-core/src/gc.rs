@@ -165,10 +165,12 @@ impl<S: VaultState> Vault<S> {
         (deleted, bytes, failed)
     }
 
-    /// Delete what the catalog released more than `grace` ago, and objects
-    /// and temp files that nothing records, last changed more than `grace`
-    /// ago (see the module docs). With `dry_run`, only count them.
-    pub fn gc(&self, grace: SignedDuration, dry_run: bool) -> Result<GcReport> {
+    /// Delete what the catalog released more than `grace` ago and, with
+    /// `scan`, objects and temp files that nothing records, last changed
+    /// more than `grace` ago (which lists every volume: `hsm run` leaves that
+    /// to an explicit `custos gc`). See the module docs. With `dry_run`,
+    /// only count them.
+    pub fn gc(&self, grace: SignedDuration, dry_run: bool, scan: bool) -> Result<GcReport> {
         let now = Timestamp::now();
         let cutoff = now.checked_sub(grace).map_err(|e| Error::Invalid { what: "grace", why: e.to_string() })?;
         let mut r = GcReport { dry_run, ..Default::default() };
@@ -185,7 +187,7 @@ impl<S: VaultState> Vault<S> {
         }
         // Orphans and temp files, volume by volume.
         let old = |m: SystemTime| Timestamp::try_from(m).is_ok_and(|t| t < cutoff);
-        for rec in self.volumes()? {
+        for rec in self.volumes()?.into_iter().filter(|_| scan) {
             let owner = self.owner_of(&rec.name)?;
             let plain = match self.open_plain_volume(&rec.name) {
                 Ok(v) => v,

@@ -167,7 +167,7 @@ fn prune_keeps_what_it_says_and_every_kept_backup_restores() {
     assert_eq!(kept.len(), 4);
     assert!(kept.iter().all(|b| b.source_generation >= 3), "the two newest generations of each series");
     assert_eq!(files(&t, "offsite"), files_before, "what pruned backups used waits in the trash");
-    t.vault.gc(jiff::SignedDuration::ZERO, false).unwrap();
+    t.vault.gc(jiff::SignedDuration::ZERO, false, true).unwrap();
     assert!(files(&t, "offsite") < files_before, "chunks only pruned backups used are gone");
     for b in &kept {
         let as_name = ds(&format!("PRUNE.R{}", b.id));

@@ -49,14 +49,14 @@ fn new_generation_shares_unchanged_chunks_and_drops_the_rest() {
     assert_eq!((r2.generation, r2.new_chunks, r2.chunks), (2, 1, 6));
     assert_eq!(t.get("GEN.DATA").unwrap(), bytes);
     assert_eq!(t.chunk_file_count(), 7, "the replaced chunk waits in the trash for readers that opened it");
-    t.vault.gc(jiff::SignedDuration::from_secs(3600), false).unwrap();
+    t.vault.gc(jiff::SignedDuration::from_secs(3600), false, true).unwrap();
     assert_eq!(t.chunk_file_count(), 7, "within the grace period it stays");
-    t.vault.gc(jiff::SignedDuration::ZERO, false).unwrap();
+    t.vault.gc(jiff::SignedDuration::ZERO, false, true).unwrap();
     assert_eq!(t.chunk_file_count(), 6, "the replaced chunk was deleted, the shared ones kept");
     let r3 = t.put("GEN.DATA", &bytes[..CS + 1]);
     assert_eq!((r3.generation, r3.new_chunks), (3, 1), "the first chunk is shared, the short tail is new");
     assert_eq!(t.get("GEN.DATA").unwrap(), &bytes[..CS + 1]);
-    t.vault.gc(jiff::SignedDuration::ZERO, false).unwrap();
+    t.vault.gc(jiff::SignedDuration::ZERO, false, true).unwrap();
     assert_eq!(t.chunk_file_count(), 2);
 }
 
