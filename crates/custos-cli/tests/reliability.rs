@@ -13,6 +13,9 @@ use common::*;
 /// The words every message of a write that lost a race ends with.
 const RETRY: &str = "run it again";
 
+/// The syscalls where a write becomes durable or visible, and the catalog's writes.
+const DURABLE: &str = "fsync,fdatasync,syncfs,rename,renameat2,link,unlink,pwrite64";
+
 impl Env {
     fn spawn(&self, args: &[&str]) -> Child {
         Process::new(assert_cmd::cargo::cargo_bin("custos"))
@@ -32,11 +35,17 @@ impl Env {
     /// syscalls that make writes durable or visible; true when it was killed
     /// (false once `n` is past the last such call and it ran to its end).
     fn killed_at(&self, args: &[&str], n: usize) -> bool {
-        const CALLS: &str = "fsync,fdatasync,syncfs,rename,renameat2,link,unlink,pwrite64";
+        self.killed_at_call(args, DURABLE, n)
+    }
+
+    /// [`Env::killed_at`] counting only `calls`. strace counts each thread's
+    /// calls on its own, so a kill in a worker's writes needs a list the
+    /// main thread (the catalog's writes) does not exhaust first.
+    fn killed_at_call(&self, args: &[&str], calls: &str, n: usize) -> bool {
         let o = Process::new("strace")
-            .args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={CALLS}")])
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={calls}")])
             .arg("-e")
-            .arg(format!("inject={CALLS}:signal=KILL:when={n}"))
+            .arg(format!("inject={calls}:signal=KILL:when={n}"))
             .arg(assert_cmd::cargo::cargo_bin("custos"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -156,22 +165,31 @@ fn concurrent_backups_to_one_volume_all_verify() {
 /// Kill `args` at each durable step of a small run in turn, run it again
 /// plainly, and check with `check` after every round; `prepare` makes
 /// fresh work before each kill. Returns how many kills hit.
+/// Two passes: kills at each durable step, then at each `write` (where a
+/// chunk's body and tail are written apart).
 fn kill_at_every_step(e: &Env, args: &[&str], mut prepare: impl FnMut(usize), check: impl Fn(usize)) -> usize {
-    for n in 1..400 {
-        prepare(n);
-        let killed = e.killed_at(args, n);
-        let again = e.run(args);
-        assert!(
-            again.status.success(),
-            "{args:?} after a kill at step {n}: {}",
-            String::from_utf8_lossy(&again.stderr)
-        );
-        check(n);
-        if !killed {
-            return n - 1;
+    let mut hits = 0;
+    for calls in [DURABLE, "write"] {
+        let mut finished = false;
+        for n in 1..400 {
+            prepare(n);
+            let killed = e.killed_at_call(args, calls, n);
+            let again = e.run(args);
+            assert!(
+                again.status.success(),
+                "{args:?} after a kill at {calls} {n}: {}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+            check(n);
+            if !killed {
+                finished = true;
+                break;
+            }
+            hits += 1;
         }
+        assert!(finished, "{args:?} never ran to its end under strace");
     }
-    panic!("{args:?} never ran to its end under strace");
+    hits
 }
 
 fn all_backups_verify(e: &Env, when: &str) {
@@ -189,7 +207,10 @@ fn killed_raw_backup_rerun_always_verifies() {
         &e,
         &["backup", "run", "KR.**", "--method", "raw", "--to", "offsite"],
         |n| {
-            let c = data(140_000, n as u8);
+            // Incompressible, so each chunk is written in two parts (the
+            // page-aligned body with direct I/O, then the tail): a kill
+            // between them is what left short chunks behind.
+            let c = noise(140_000, n as u64);
             e.ok(&["ds", "put", "KR.DATA", Env::s(&e.file("in", &c))]);
             *content.borrow_mut() = c;
         },
@@ -208,7 +229,7 @@ fn killed_raw_backup_rerun_always_verifies() {
 fn killed_mirror_add_rerun_is_in_sync() {
     let e = Env::new();
     for i in 0..3 {
-        e.ok(&["ds", "put", &format!("MI.D{i}"), Env::s(&e.file("in", &data(140_000, i)))]);
+        e.ok(&["ds", "put", &format!("MI.D{i}"), Env::s(&e.file("in", &noise(140_000, i as u64)))]);
     }
     let sec = e.dir.path().join("sec");
     e.ok(&["volume", "add", "sec", "--path", Env::s(&sec), "--site", "B"]);
@@ -248,7 +269,7 @@ fn killed_migration_and_recall_rerun_always_read_back() {
     let e = Env::new();
     let tape = e.dir.path().join("tape");
     e.ok(&["volume", "add", "tape", "--path", Env::s(&tape), "--site", "B", "--medium", "tape"]);
-    let content = data(200_000, 3);
+    let content = noise(200_000, 3);
     e.ok(&["ds", "put", "MG.DATA", Env::s(&e.file("in", &content))]);
     for args in [&["hsm", "migrate", "MG.DATA", "--to", "tape"][..], &["hsm", "recall", "MG.DATA"][..]] {
         let migrate = args[1] == "migrate";
@@ -415,9 +436,11 @@ fn get_onto_a_device_writes_to_it_and_onto_a_file_replaces_it() {
         std::thread::spawn(move || std::fs::read(fifo).unwrap())
     };
     e.ok(&["ds", "get", "DEV.DATA", "-o", Env::s(&fifo)]);
-    assert_eq!(reader.join().unwrap(), data(100_000, 2));
     use std::os::unix::fs::FileTypeExt;
+    // Checked before joining the reader, which would wait for ever on a
+    // FIFO that was renamed over.
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "still a FIFO");
+    assert_eq!(reader.join().unwrap(), data(100_000, 2));
     let null = Path::new("/dev/null");
     e.ok(&["ds", "get", "DEV.DATA", "-o", "/dev/null"]);
     assert!(std::fs::metadata(null).unwrap().file_type().is_char_device(), "/dev/null is still a device");
