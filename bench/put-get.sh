@@ -16,7 +16,9 @@ work=${1:-/tmp/custos-bench}
 command -v /usr/bin/time >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq time; }
 
 command -v bc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bc; }
-cargo build --release --locked -p custos-cli -p custos-crypto --examples
+# The binary and the crypto example: `--examples` alone would build no binary.
+cargo build --release --locked -p custos-cli
+cargo build --release --locked -p custos-crypto --examples
 custos="$root/target/release/custos"
 gcm="$root/target/release/examples/gcm-rate"
 
