@@ -153,9 +153,12 @@ impl Vault<Open> {
         let (mkvp, kcv, wrapped) = match self.repo.setting(SETTING_AUDIT_KEY)? {
             Some(s) => parse_wrapped(&s)?,
             None => {
+                // Two commands may open a new vault's HSM at once: the first
+                // key stored wins, and both sign with it.
                 let w = self.state.hsm.generate_key()?;
-                self.repo.set_setting(SETTING_AUDIT_KEY, &format_wrapped(&w.mkvp, &w.kcv, &w.bytes))?;
-                (w.mkvp, w.kcv, w.bytes)
+                parse_wrapped(
+                    &self.repo.set_setting_once(SETTING_AUDIT_KEY, &format_wrapped(&w.mkvp, &w.kcv, &w.bytes))?,
+                )?
             }
         };
         let key = self.state.hsm.unwrap_key(&mkvp, &wrapped)?;

@@ -201,7 +201,7 @@ impl Vault<Sealed> {
     /// to it, so that a copy of the directory uses its own copies of them.
     fn adopt_older_layout(&self) -> Result<()> {
         if self.repo.setting(SETTING_VAULT_ID)?.is_none() {
-            self.repo.set_setting(SETTING_VAULT_ID, &custos_model::DatasetId::random().to_hex())?;
+            self.repo.set_setting_once(SETTING_VAULT_ID, &custos_model::DatasetId::random().to_hex())?;
         }
         for v in self.repo.volumes()? {
             if let Some(rel) =

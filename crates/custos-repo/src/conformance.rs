@@ -51,6 +51,9 @@ pub fn run(repo: &dyn Repository) {
     repo.set_setting("key.naming", "A.{purpose}.{app}.{NNN}").unwrap();
     repo.set_setting("key.naming", "B.{purpose}.{app}.{NNN}").unwrap();
     assert_eq!(repo.setting("key.naming").unwrap().as_deref(), Some("B.{purpose}.{app}.{NNN}"));
+    // A value set once keeps the first writer's.
+    assert_eq!(repo.set_setting_once("once", "first").unwrap(), "first");
+    assert_eq!(repo.set_setting_once("once", "second").unwrap(), "first");
 
     // Key-backup keys, and escrow copies that travel with key records.
     repo.insert_kbk(

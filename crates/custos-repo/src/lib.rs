@@ -102,6 +102,9 @@ pub trait Repository: Send + Sync {
     /// A setting (`key.naming`, `chunk.size`, …), if set.
     fn setting(&self, key: &str) -> Result<Option<String>>;
     fn set_setting(&self, key: &str, value: &str) -> Result<()>;
+    /// Set a setting only if it has none, atomically; returns the value it
+    /// holds afterwards (`value`, or the one a concurrent command set first).
+    fn set_setting_once(&self, key: &str, value: &str) -> Result<String>;
 
     fn insert_key(&self, rec: &KeyRecord) -> Result<()>;
     fn key(&self, label: &KeyLabel) -> Result<Option<KeyRecord>>;

@@ -740,6 +740,23 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    fn set_setting_once(&self, key: &str, value: &str) -> Result<String> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start setting a value once"))?;
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+            params![key, value],
+        )
+        .map_err(db("set a value once"))?;
+        let v: String = tx
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+            .map_err(db("read a setting"))?;
+        tx.commit().map_err(db("commit a setting"))?;
+        Ok(v)
+    }
+
     fn insert_key(&self, k: &KeyRecord) -> Result<()> {
         insert_key(&self.conn(), k)
     }
