@@ -177,7 +177,9 @@ impl<S: VaultState> Vault<S> {
         let trash = self.repo.trash()?;
         r.waiting = trash.iter().filter(|t| !t.claimed && t.released_at >= cutoff).count() as u64;
         if dry_run {
-            r.released = trash.len() as u64 - r.waiting;
+            // What `claim_trash` would take: entries released (or claimed by
+            // a deleter) before the cutoff; a deleter still at work is left alone.
+            r.released = trash.iter().filter(|t| t.released_at < cutoff).count() as u64;
         } else {
             let claimed = self.repo.claim_trash(cutoff)?;
             let (n, bytes, failed) = self.delete_claimed(&claimed);

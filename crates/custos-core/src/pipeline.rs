@@ -573,8 +573,9 @@ fn copy_one(
         if same_bytes(theirs)? {
             return Ok(RawStep::Verified);
         }
-        // A short or foreign object from an interrupted or racing attempt:
-        // nothing the catalog records, so it is replaced.
+        // A short or foreign object (an interrupted attempt's, or a damaged
+        // copy): an id names one content only, the source's, so it is
+        // replaced by it.
         to.delete_chunk(id)?;
     }
     match to.put_chunk(id, buf.slice(n)) {
