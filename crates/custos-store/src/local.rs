@@ -364,7 +364,14 @@ impl Volume for LocalVolume {
             let mut v = Vec::new();
             for entry in rd {
                 let entry = entry.map_err(|e| self.err(dir, e))?;
-                let meta = entry.metadata().map_err(|e| self.err(&entry.path(), e))?;
+                // A concurrent writer may move its temp file into place, or
+                // a deleter remove an object, between the listing and this
+                // look: what is gone is simply not listed.
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.err(&entry.path(), e)),
+                };
                 v.push((entry.file_name().to_string_lossy().to_string(), meta));
             }
             Ok(v)
@@ -523,5 +530,37 @@ mod tests {
         assert!(matches!(e, StoreError::Unreachable { .. }), "{e}");
         assert!(e.to_string().contains("not reachable"));
         assert!(matches!(v.put_chunk(&ChunkId([1; 16]), b"x"), Err(StoreError::Unreachable { .. })));
+    }
+
+    #[test]
+    fn list_while_objects_come_and_go() {
+        // A listing races writers moving temp files into place and deleters
+        // removing objects: what vanishes mid-listing is left out, never an
+        // error (gc beside a busy writer once failed on exactly this).
+        let dir = tempfile::tempdir().unwrap();
+        let v = std::sync::Arc::new(LocalVolume::create("t", &dir.path().join("v")).unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (v, stop) = (v.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u8;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ids: Vec<ChunkId> =
+                        (0..64u8).map(|i| ChunkId([i, n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])).collect();
+                    for id in &ids {
+                        v.put_chunk(id, b"sealed bytes").unwrap();
+                    }
+                    for id in &ids {
+                        v.delete_chunk(id).unwrap();
+                    }
+                    n = n.wrapping_add(1);
+                }
+            })
+        };
+        for _ in 0..400 {
+            v.list().expect("a listing beside writers and deleters succeeds");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
     }
 }
