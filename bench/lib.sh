@@ -3,7 +3,7 @@
 # path, not separation of duties). Needs $custos and CUSTOS_VAULT set.
 bench_vault() {
   export CUSTOS_USER=admin CUSTOS_CREDENTIAL="bench-admin-not-secret"
-  "$custos" init --kdf-memory-mib 8 --kdf-iterations 1 >/dev/null
+  "$custos" init --kdf-memory-mib 19 --kdf-iterations 2 >/dev/null
   # One operator, no second principal to approve: dual control off.
   "$custos" config set dual-control none >/dev/null
   # A script token, as a cron job would use (README: "for scripts"); a

@@ -161,12 +161,20 @@ pub enum Command {
 pub enum RequestCmd {
     /// List requests, newest first.
     Ls,
-    /// Show one request and the command it holds.
+    /// Show one request and the operation it holds, field by field.
     Show { id: u64 },
-    /// Approve a request made by someone else, and run its command now.
-    Approve { id: u64 },
+    /// Approve a request made by someone else, and run its operation now.
+    Approve {
+        id: u64,
+        /// For an escrow recovery: a custodian's share file (repeat up to
+        /// the threshold). Shares come with the approval, never with the request.
+        #[arg(long, value_name = "FILE")]
+        share: Vec<PathBuf>,
+    },
     /// Deny a request.
     Deny { id: u64 },
+    /// Take back a pending request of your own.
+    Withdraw { id: u64 },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use custos_core::{
 };
 use custos_risk::{build, drill, report, Threat};
 
-use crate::output::bytes;
+use custos_ops::render::bytes;
 
 fn sample(name: &str, rows: usize) -> Vec<u8> {
     let mut out = String::from("employee_id,name,department,salary\n");

@@ -53,14 +53,6 @@ pub fn start(cli: &Cli, label: &str, total: Option<u64>) -> Option<Bar> {
     Some(Bar { pb, stop, ticker: Some(ticker) })
 }
 
-/// Print a line on standard output without tearing the bar.
-pub fn say(bar: &Option<Bar>, line: String) {
-    match bar {
-        Some(b) => b.pb.suspend(|| println!("{line}")),
-        None => println!("{line}"),
-    }
-}
-
 impl Drop for Bar {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

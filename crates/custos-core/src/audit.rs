@@ -194,7 +194,8 @@ impl Vault<Open> {
 
     /// Sign the chain's current head. Does nothing on an empty log.
     pub fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>> {
-        // Re-signing a head that is already signed replaces that checkpoint.
+        // Re-signing a head that is already signed renews that checkpoint;
+        // one over a different head at the same entry is kept (evidence).
         let Some(last) = self.repo.audit_head()? else { return Ok(None) };
         let at = Timestamp::now();
         let mac = hmac::sign(&self.audit_key()?, &checkpoint_message(last.seq, &last.hash, at));
@@ -230,7 +231,7 @@ impl Vault<Open> {
                 }
                 Some(r) if r.hash != c.head => {
                     return Ok(verdict(Some(format!(
-                        "the log up to entry {} does not match the checkpoint signed {when}: an entry at or before {} was altered and the chain recomputed",
+                        "the log up to entry {} does not match the checkpoint signed {when}: an entry at or before {} was altered and the chain recomputed, or entries were cut and others written in their place",
                         c.seq, c.seq
                     ))))
                 }

@@ -46,15 +46,15 @@ pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use mirror::MirrorStatus;
 pub use monitor::{prometheus_text, Alert, Metric, MonitorReport};
 pub use pipeline::default_threads;
-pub use principals::GrantKind;
-pub use requests::CONTROLLABLE;
+pub use principals::{new_credential, GrantKind, StoredCredential};
+pub use requests::{CONTROLLABLE, DEFAULT_DUAL_CONTROL};
 pub use retention::Retention;
 pub use secretfile::{KeyPartFile, ShareFile};
 pub use vault::{
     HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,
 };
 
-pub use custos_crypto::{KdfParams, Passphrase};
+pub use custos_crypto::{KdfParams, Mkvp, Passphrase};
 pub use custos_hsm::{HsmError, KeyPart, NewMasterKey, Pkcs11Config};
 pub use custos_model as model;
 pub use custos_store::DirectWriter;

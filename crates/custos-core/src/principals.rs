@@ -56,6 +56,76 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A credential as the catalog stores it: an Argon2id hash of a
+/// passphrase, or a SHA-256 hash of a token. Holds no secret, so a pending
+/// request may keep it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StoredCredential(String);
+
+impl TryFrom<String> for StoredCredential {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        let parts: Vec<&str> = s.split('$').collect();
+        let ok = match parts.as_slice() {
+            ["argon2id", m, t, salt, hash] => {
+                m.parse::<u32>().is_ok_and(|m| m >= CREDENTIAL_KDF.memory_kib)
+                    && t.parse::<u32>().is_ok_and(|t| t >= CREDENTIAL_KDF.iterations)
+                    && salt.len() == 32
+                    && hash.len() == 64
+                    && hex::decode(salt).is_ok()
+                    && hex::decode(hash).is_ok()
+            }
+            ["token", hash] => hash.len() == 64 && hex::decode(hash).is_ok(),
+            _ => false,
+        };
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(Error::Invalid { what: "credential", why: "not a stored credential this Custos writes".into() })
+        }
+    }
+}
+
+impl From<StoredCredential> for String {
+    fn from(c: StoredCredential) -> String {
+        c.0
+    }
+}
+
+/// The stored form of a new principal's credential: the passphrase's
+/// Argon2id hash; without one, a new random token (returned once, for the
+/// principal's scripts) and its SHA-256 hash.
+pub fn new_credential(passphrase: Option<&Passphrase>) -> Result<(StoredCredential, Option<String>)> {
+    let random = |what| -> Result<[u8; 32]> {
+        custos_crypto::random_array().map_err(|e| Error::Invalid { what, why: e.to_string() })
+    };
+    match passphrase {
+        Some(p) => {
+            if p.expose_secret().len() < 8 {
+                return Err(Error::Invalid { what: "credential", why: "it is shorter than 8 characters".into() });
+            }
+            let salt: [u8; 16] =
+                custos_crypto::random_array().map_err(|e| Error::Invalid { what: "random", why: e.to_string() })?;
+            let h = hash_passphrase(p, CREDENTIAL_KDF, salt)?;
+            Ok((
+                StoredCredential(format!(
+                    "argon2id${}${}${}${}",
+                    CREDENTIAL_KDF.memory_kib,
+                    CREDENTIAL_KDF.iterations,
+                    hex::encode(salt),
+                    hex::encode(h)
+                )),
+                None,
+            ))
+        }
+        None => {
+            let token = format!("{TOKEN_PREFIX}{}", hex::encode(random("random")?));
+            Ok((StoredCredential(format!("token${}", hex::encode(sha256(token.as_bytes())))), Some(token)))
+        }
+    }
+}
+
 impl<S: VaultState> Vault<S> {
     /// Add a principal. With a passphrase, it is stored as an Argon2id hash;
     /// without, a random token is made, stored as a SHA-256 hash, and
@@ -67,49 +137,31 @@ impl<S: VaultState> Vault<S> {
         passphrase: Option<&Passphrase>,
     ) -> Result<(PrincipalRecord, Option<String>)> {
         check_name(name)?;
+        let (stored, token) = new_credential(passphrase)?;
+        Ok((self.user_add_stored(name, roles, stored)?, token))
+    }
+
+    /// Add a principal whose credential was prepared by [`new_credential`]
+    /// (a dual-controlled `user add` stores only that, never the secret).
+    pub fn user_add_stored(&self, name: &str, roles: &[Role], credential: StoredCredential) -> Result<PrincipalRecord> {
+        check_name(name)?;
         if roles.is_empty() {
             return Err(Error::Invalid { what: "roles", why: "give at least one --role".into() });
         }
         let mut roles = roles.to_vec();
         roles.sort();
         roles.dedup();
-        let (credential, token) = match passphrase {
-            Some(p) => {
-                if p.expose_secret().len() < 8 {
-                    return Err(Error::Invalid { what: "credential", why: "it is shorter than 8 characters".into() });
-                }
-                let salt: [u8; 16] =
-                    custos_crypto::random_array().map_err(|e| Error::Invalid { what: "random", why: e.to_string() })?;
-                let h = hash_passphrase(p, CREDENTIAL_KDF, salt)?;
-                (
-                    format!(
-                        "argon2id${}${}${}${}",
-                        CREDENTIAL_KDF.memory_kib,
-                        CREDENTIAL_KDF.iterations,
-                        hex::encode(salt),
-                        hex::encode(h)
-                    ),
-                    None,
-                )
-            }
-            None => {
-                let raw: [u8; 32] =
-                    custos_crypto::random_array().map_err(|e| Error::Invalid { what: "random", why: e.to_string() })?;
-                let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
-                (format!("token${}", hex::encode(sha256(token.as_bytes()))), Some(token))
-            }
-        };
         let rec = PrincipalRecord {
             name: name.into(),
             roles,
-            credential,
+            credential: credential.0,
             disabled: false,
             created_at: Timestamp::now(),
             data_grants: Vec::new(),
             key_grants: Vec::new(),
         };
         self.repo.insert_principal(&rec)?;
-        Ok((rec, token))
+        Ok(rec)
     }
 
     pub fn users(&self) -> Result<Vec<PrincipalRecord>> {

@@ -13,14 +13,29 @@ const SETTING_DUAL: &str = "dual-control";
 const SETTING_TTL: &str = "request.ttl";
 
 /// The actions that can be put under dual control.
-pub const CONTROLLABLE: [&str; 6] =
-    ["key-destroy", "key-recover", "mk-activate", "policy-change", "escrow-recover", "role-change"];
+pub const CONTROLLABLE: [&str; 10] = [
+    "key-destroy",
+    "key-recover",
+    "mk-activate",
+    "policy-change",
+    "escrow-recover",
+    "role-change",
+    "escrow-change",
+    "data-removal",
+    "key-archive",
+    "volume-change",
+];
+
+/// The actions under dual control until the `dual-control` setting says
+/// otherwise: everything that hands out or takes away keys and rights.
+pub const DEFAULT_DUAL_CONTROL: [&str; 7] =
+    ["key-destroy", "key-recover", "mk-activate", "policy-change", "escrow-recover", "role-change", "escrow-change"];
 
 impl<S: VaultState> Vault<S> {
-    /// The actions under dual control (all six by default; "none" for none).
+    /// The actions under dual control ([`DEFAULT_DUAL_CONTROL`] until set; "none" for none).
     pub fn dual_control(&self) -> Result<Vec<String>> {
         Ok(match self.repo.setting(SETTING_DUAL)?.as_deref() {
-            None => CONTROLLABLE.iter().map(|s| s.to_string()).collect(),
+            None => DEFAULT_DUAL_CONTROL.iter().map(|s| s.to_string()).collect(),
             Some("none") | Some("") => Vec::new(),
             Some(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
         })
@@ -119,5 +134,23 @@ impl<S: VaultState> Vault<S> {
     pub fn request_finish(&self, id: u64, by: &str, outcome: &str) -> Result<()> {
         self.repo.decide_request(id, outcome, by)?;
         Ok(())
+    }
+
+    /// The requester takes back a pending request of their own.
+    pub fn request_withdraw(&self, id: u64, by: &str) -> Result<RequestRow> {
+        let r = self.request(id)?;
+        if r.requested_by != by {
+            return Err(Error::Forbidden {
+                principal: by.into(),
+                why: format!("request {id} is {}'s; only its requester withdraws it (others deny it)", r.requested_by),
+            });
+        }
+        if r.state != "pending" {
+            return Err(Error::Invalid { what: "request", why: format!("request {id} is {}, not pending", r.state) });
+        }
+        if !self.repo.decide_request(id, "withdrawn", by)? {
+            return Err(Error::Invalid { what: "request", why: format!("request {id} was decided meanwhile") });
+        }
+        self.request(id)
     }
 }

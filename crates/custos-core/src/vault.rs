@@ -226,6 +226,12 @@ impl Vault<Open> {
 }
 
 impl<S: VaultState> Vault<S> {
+    /// A sealed handle on the same vault (catalog and volumes, no HSM):
+    /// for work that needs no key while this handle stays open.
+    pub fn sealed_view(&self) -> Vault<Sealed> {
+        Vault { dir: self.dir.clone(), repo: self.repo.clone(), state: Sealed, threads: self.threads }
+    }
+
     /// The HSM this vault was created with.
     pub fn hsm_kind(&self) -> Result<HsmKind> {
         match self.repo.setting(SETTING_HSM)?.as_deref() {

@@ -20,15 +20,35 @@ impl KdfParams {
     /// The default: 64 MiB, 3 passes, 1 lane (OWASP's first Argon2id choice
     /// is 46 MiB, 1 pass; this is stronger and still ~0.2 s here).
     pub const DEFAULT: KdfParams = KdfParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 };
-    /// The floor accepted anywhere: 8 MiB, 1 pass. For test suites only.
-    pub const MINIMUM: KdfParams = KdfParams { memory_kib: 8 * 1024, iterations: 1, parallelism: 1 };
+    /// The floor for anything new: 19 MiB, 2 passes (OWASP's minimum for
+    /// Argon2id). Test suites use it too.
+    pub const MINIMUM: KdfParams = KdfParams { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
+    /// What older files may still carry and be read with: 8 MiB, 1 pass.
+    const READABLE: KdfParams = KdfParams { memory_kib: 8 * 1024, iterations: 1, parallelism: 1 };
 
+    /// Whether a file sealed with these parameters may be opened.
     pub fn validate(&self) -> Result<(), CryptoError> {
-        if self.memory_kib < Self::MINIMUM.memory_kib || self.memory_kib > 4 * 1024 * 1024 {
+        if self.memory_kib < Self::READABLE.memory_kib || self.memory_kib > 4 * 1024 * 1024 {
             return Err(CryptoError::KdfParams(format!("memory {} KiB is outside 8 MiB..4 GiB", self.memory_kib)));
         }
         if self.iterations == 0 || self.iterations > 64 || self.parallelism == 0 || self.parallelism > 16 {
             return Err(CryptoError::KdfParams("iterations must be 1..64 and parallelism 1..16".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether something new may be sealed with these parameters: at least
+    /// [`KdfParams::MINIMUM`].
+    pub fn validate_new(&self) -> Result<(), CryptoError> {
+        self.validate()?;
+        if self.memory_kib < Self::MINIMUM.memory_kib || self.iterations < Self::MINIMUM.iterations {
+            return Err(CryptoError::KdfParams(format!(
+                "{} MiB and {} pass(es) is below the floor of {} MiB and {} passes (OWASP's minimum for Argon2id): raise --kdf-memory-mib or --kdf-iterations",
+                self.memory_kib / 1024,
+                self.iterations,
+                Self::MINIMUM.memory_kib / 1024,
+                Self::MINIMUM.iterations
+            )));
         }
         Ok(())
     }

@@ -101,6 +101,8 @@ pub enum HsmError {
     Pkcs11 { op: &'static str, detail: String },
     #[error("cryptographic failure in the HSM: {0}")]
     Crypto(#[from] custos_crypto::CryptoError),
+    #[error("the passphrase is shorter than {min} characters: choose a longer one; nothing was created")]
+    WeakPassphrase { min: usize },
 }
 
 /// One custodian's part of a master key. Parts are combined by XOR inside

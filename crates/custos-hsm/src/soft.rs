@@ -44,6 +44,9 @@ pub struct SoftHsm {
     regs: RwLock<Registers>,
 }
 
+/// The shortest passphrase a new software HSM accepts.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
 impl SoftHsm {
     /// Create the HSM file with a freshly generated CURRENT master key.
     pub fn create(path: &Path, passphrase: &Passphrase, params: KdfParams) -> Result<Self, HsmError> {
@@ -51,7 +54,11 @@ impl SoftHsm {
             return Err(HsmError::AlreadyExists { path: path.into() });
         }
         let kdf = Kdf { params, salt: random_array()? };
-        params.validate()?;
+        params.validate_new()?;
+        let chars = String::from_utf8_lossy(passphrase.expose_secret()).chars().count();
+        if chars < MIN_PASSPHRASE_CHARS {
+            return Err(HsmError::WeakPassphrase { min: MIN_PASSPHRASE_CHARS });
+        }
         let key = MasterKey::generate()?;
         let regs = Registers {
             current: Some(Slot { mkvp: Mkvp::of(&key), key, since: Timestamp::now() }),
@@ -270,7 +277,8 @@ mod tests {
     #[test]
     fn conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let hsm = SoftHsm::create(&dir.path().join("hsm"), &pass("pw"), KdfParams::MINIMUM).unwrap();
+        let hsm =
+            SoftHsm::create(&dir.path().join("hsm"), &pass("a long test passphrase"), KdfParams::MINIMUM).unwrap();
         crate::conformance::run(&hsm);
     }
 
@@ -278,16 +286,16 @@ mod tests {
     fn reopen_keeps_registers_and_wrong_passphrase_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hsm");
-        let hsm = SoftHsm::create(&p, &pass("right"), KdfParams::MINIMUM).unwrap();
+        let hsm = SoftHsm::create(&p, &pass("the right passphrase"), KdfParams::MINIMUM).unwrap();
         let w = hsm.generate_key().unwrap();
         drop(hsm);
-        let again = SoftHsm::open(&p, &pass("right")).unwrap();
+        let again = SoftHsm::open(&p, &pass("the right passphrase")).unwrap();
         assert_eq!(Kcv::of(&again.unwrap_key(&w.mkvp, &w.bytes).unwrap()), w.kcv);
         // Register changes persist.
         let new = again.load_new(NewMasterKey::Generate, None).unwrap();
         again.activate().unwrap();
         drop(again);
-        let again = SoftHsm::open(&p, &pass("right")).unwrap();
+        let again = SoftHsm::open(&p, &pass("the right passphrase")).unwrap();
         let regs = again.registers().unwrap();
         assert_eq!(regs.iter().find(|r| r.register == Register::Current).unwrap().mkvp, new);
         assert_eq!(regs.iter().find(|r| r.register == Register::Old).unwrap().mkvp, w.mkvp);
@@ -296,23 +304,43 @@ mod tests {
         assert!(matches!(e, HsmError::WrongPassphrase { .. }), "{e}");
         assert!(e.to_string().contains("wrong passphrase"));
         assert_eq!(fs::read(&p).unwrap(), before, "a failed open changes nothing");
-        assert!(matches!(SoftHsm::create(&p, &pass("x"), KdfParams::MINIMUM), Err(HsmError::AlreadyExists { .. })));
+        assert!(matches!(
+            SoftHsm::create(&p, &pass("another passphrase"), KdfParams::MINIMUM),
+            Err(HsmError::AlreadyExists { .. })
+        ));
     }
 
     #[test]
     fn fail_altered_or_truncated_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hsm");
-        SoftHsm::create(&p, &pass("pw"), KdfParams::MINIMUM).unwrap();
+        SoftHsm::create(&p, &pass("a long test passphrase"), KdfParams::MINIMUM).unwrap();
         let good = fs::read(&p).unwrap();
         for i in [0, 9, 25, 40, HEADER_LEN + 5, good.len() - 1] {
             let mut b = good.clone();
             b[i] ^= 0x01;
             fs::write(&p, &b).unwrap();
-            assert!(SoftHsm::open(&p, &pass("pw")).is_err(), "byte {i}");
+            assert!(SoftHsm::open(&p, &pass("a long test passphrase")).is_err(), "byte {i}");
         }
         fs::write(&p, &good[..good.len() - 1]).unwrap();
-        assert!(matches!(SoftHsm::open(&p, &pass("pw")), Err(HsmError::Corrupt { .. })));
-        assert!(matches!(SoftHsm::open(&dir.path().join("nope"), &pass("pw")), Err(HsmError::Io { .. })));
+        assert!(matches!(SoftHsm::open(&p, &pass("a long test passphrase")), Err(HsmError::Corrupt { .. })));
+        assert!(matches!(
+            SoftHsm::open(&dir.path().join("nope"), &pass("a long test passphrase")),
+            Err(HsmError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn fail_new_hsm_below_the_kdf_floor_or_with_a_short_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let weak = KdfParams { memory_kib: 8 * 1024, iterations: 1, parallelism: 1 };
+        let e = SoftHsm::create(&dir.path().join("a"), &pass("a long test passphrase"), weak).unwrap_err();
+        assert!(e.to_string().contains("below the floor of 19 MiB and 2 passes"), "{e}");
+        let one_pass = KdfParams { memory_kib: 64 * 1024, iterations: 1, parallelism: 1 };
+        assert!(SoftHsm::create(&dir.path().join("b"), &pass("a long test passphrase"), one_pass).is_err());
+        let e = SoftHsm::create(&dir.path().join("c"), &pass("elevenchars"), KdfParams::MINIMUM).unwrap_err();
+        assert!(matches!(e, HsmError::WeakPassphrase { min: 12 }), "{e}");
+        assert!(!dir.path().join("a").exists() && !dir.path().join("c").exists(), "nothing was created");
+        SoftHsm::create(&dir.path().join("d"), &pass("twelve chars"), KdfParams::MINIMUM).unwrap();
     }
 }

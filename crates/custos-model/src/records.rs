@@ -278,7 +278,7 @@ pub struct KeystoreBackupRecord {
 }
 
 /// How a backup copy was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyMethod {
     /// Sealed bytes copied as they are: needs no key, shares the primary's key.

@@ -1726,7 +1726,11 @@ impl Repository for SqliteRepository {
     fn insert_audit_checkpoint(&self, c: &AuditCheckpoint) -> Result<()> {
         self.conn()
             .execute(
-                "INSERT OR REPLACE INTO audit_checkpoints (seq, head, at, mac) VALUES (?1, ?2, ?3, ?4)",
+                // A checkpoint of the same entry is renewed only while the
+                // entry is unchanged: one signed over a different head is
+                // evidence of a cut or a rewrite, and stays.
+                "INSERT INTO audit_checkpoints (seq, head, at, mac) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(seq) DO UPDATE SET at = excluded.at, mac = excluded.mac WHERE head = excluded.head",
                 params![c.seq as i64, &c.head[..], ts(c.at), c.mac],
             )
             .map_err(db("record an audit checkpoint"))?;

@@ -11,7 +11,7 @@ use custos_risk::model::Threat;
 use custos_risk::{build, report};
 
 fn pass() -> Passphrase {
-    Passphrase::from("table two".to_string())
+    Passphrase::from("table two passphrase".to_string())
 }
 
 fn vol(v: &Vault<Open>, root: &Path, name: &str, site: &str, medium: Medium) -> VolumeName {

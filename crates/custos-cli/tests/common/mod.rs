@@ -29,7 +29,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
         let mut e = Self { dir, vault, env: admin_env(), _tokens: None };
-        e.ok(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1", "--site", "A"]);
+        e.ok(&["init", "--kdf-memory-mib", "19", "--kdf-iterations", "2", "--site", "A"]);
         e.ok(&["config", "set", "chunk.size", "65536"]);
         // Most tests want `key destroy` at once; the waiting period has its own test.
         e.ok(&["config", "set", "key.destroy.min-wait", "0s"]);

@@ -1,0 +1,53 @@
+//! `custos ds`.
+
+use anyhow::anyhow;
+use custos_ops::{Operation, Range};
+
+use super::{dataset, label, pattern, volume_name, Input, Output, Plan};
+use crate::args::DsCmd;
+
+fn parse_range(s: &str) -> anyhow::Result<Range> {
+    let (a, b) =
+        s.split_once("..").ok_or_else(|| anyhow!("invalid range {s:?}: write START..END, START.. or ..END"))?;
+    let num = |x: &str| -> anyhow::Result<Option<u64>> {
+        if x.is_empty() {
+            Ok(None)
+        } else {
+            x.parse().map(Some).map_err(|_| anyhow!("invalid range {s:?}: {x:?} is not a byte offset"))
+        }
+    };
+    Ok(Range { start: num(a)?, end: num(b)? })
+}
+
+pub fn plan(c: &DsCmd) -> anyhow::Result<Plan> {
+    Ok(match c {
+        DsCmd::Put { name, file, key, volume } => {
+            let op = Operation::DsPut {
+                name: dataset(name)?,
+                key: key.as_deref().map(label).transpose()?,
+                volume: volume.as_deref().map(volume_name).transpose()?,
+            };
+            let (input, size) = if file.as_os_str() == "-" {
+                (Input::Stdin, None)
+            } else {
+                (Input::File(file.clone()), std::fs::metadata(file).ok().map(|m| m.len()))
+            };
+            Plan { input, ..Plan::new(op).progress("put", size) }
+        }
+        DsCmd::Get { name, output, range } => {
+            let op = Operation::DsGet { name: dataset(name)?, range: range.as_deref().map(parse_range).transpose()? };
+            match output {
+                Some(path) => Plan { output: Output::File(path.clone()), ..Plan::new(op).progress("get", None) },
+                None => Plan { output: Output::Stdout, ..Plan::new(op) },
+            }
+        }
+        DsCmd::Ls { pattern: p } => Plan::new(Operation::DsList { pattern: pattern(p.as_deref())? }),
+        DsCmd::Info { name } => Plan::new(Operation::DsInfo { name: dataset(name)? }),
+        DsCmd::Rm { name } => Plan::new(Operation::DsRm { name: dataset(name)? }),
+        DsCmd::Verify { name } => Plan::new(Operation::DsVerify { name: dataset(name)? }).progress("verify", None),
+        DsCmd::Import { dir, prefix, replace } => {
+            Plan::new(Operation::DsImport { dir: dir.clone(), prefix: dataset(prefix)?, replace: *replace })
+                .progress("import", None)
+        }
+    })
+}

@@ -1,0 +1,67 @@
+//! `custos key`.
+
+use custos_core::model::{KeyAction, Pattern, Purpose};
+use custos_ops::Operation;
+
+use super::{label, pattern, secret_files, Plan};
+use crate::args::{KeyCmd, PurposeArg};
+use crate::Usage;
+
+fn parse_expiry(s: &str) -> anyhow::Result<jiff::Timestamp> {
+    if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
+        return days
+            .checked_mul(86_400)
+            .and_then(|secs| jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(secs)).ok())
+            .ok_or_else(|| {
+                Usage(format!("--expires {s}: too far in the future; give fewer days, or a date before the year 9999"))
+                    .into()
+            });
+    }
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        return Ok(d.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp());
+    }
+    anyhow::bail!(
+        "invalid expiry {s:?}: give a date (2027-01-31), a timestamp (2027-01-31T12:00:00Z) or days from now (90d)"
+    )
+}
+
+pub fn plan(c: &KeyCmd) -> anyhow::Result<Plan> {
+    let lifecycle = |target: &str, action, dry_run| {
+        Ok(Plan::new(Operation::KeyLifecycle { target: target.to_string(), action, dry_run }))
+    };
+    Ok(match c {
+        KeyCmd::Create { label: l, app, purpose, expires, activate, count } => Plan::new(Operation::KeyCreate {
+            label: l.as_deref().map(label).transpose()?,
+            app: app.clone(),
+            purpose: match purpose {
+                PurposeArg::Prim => Purpose::Prim,
+                PurposeArg::Back => Purpose::Back,
+            },
+            expires_at: expires.as_deref().map(parse_expiry).transpose()?,
+            activate: *activate,
+            count: *count,
+        }),
+        KeyCmd::Ls { pattern: p } => Plan::new(Operation::KeyList { pattern: pattern(p.as_deref())? }),
+        KeyCmd::Show { label: l } => Plan::new(Operation::KeyShow { label: label(l)? }),
+        KeyCmd::Activate { label, dry_run } => return lifecycle(label, KeyAction::Activate, *dry_run),
+        KeyCmd::Deactivate { label, dry_run } => return lifecycle(label, KeyAction::Deactivate, *dry_run),
+        KeyCmd::Archive { label, dry_run } => return lifecycle(label, KeyAction::Archive, *dry_run),
+        KeyCmd::Restore { label, dry_run } => return lifecycle(label, KeyAction::Restore, *dry_run),
+        KeyCmd::Recover { pattern: p, from: Some(from), .. } => {
+            Plan::new(Operation::KeyRecover { pattern: Pattern::new(p.as_str())?, from: from.clone() })
+        }
+        KeyCmd::Recover { pattern: p, from: None, share, .. } => {
+            Plan::new(Operation::EscrowRecover { label: label(p)?, shares: secret_files(share, "share")? })
+        }
+        KeyCmd::Destroy { label: l, crypto_erase, wait } => {
+            if let Some(w) = wait {
+                custos_core::parse_duration(w).map_err(|why| Usage(format!("--wait: {why}")))?;
+            }
+            Plan::new(Operation::KeyDestroy { label: label(l)?, crypto_erase: *crypto_erase, wait: wait.clone() })
+        }
+        KeyCmd::CancelDestroy { label: l } => Plan::new(Operation::KeyCancelDestroy { label: label(l)? }),
+    })
+}

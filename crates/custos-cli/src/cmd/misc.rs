@@ -1,0 +1,75 @@
+//! `custos volume`, `policy`, `config`, `keystore` and `mirror`.
+
+use anyhow::{anyhow, bail};
+use custos_core::model::{Medium, Pattern};
+use custos_ops::{Operation, PolicyKey};
+
+use super::{label, volume_name, Plan};
+use crate::args::{ConfigCmd, KeystoreCmd, MediumArg, MirrorCmd, PolicyCmd, VolumeCmd};
+
+pub fn volume(c: &VolumeCmd) -> anyhow::Result<Plan> {
+    Ok(Plan::new(match c {
+        VolumeCmd::Add { name, path, url, site, medium } => {
+            let medium = match (medium, url) {
+                (Some(MediumArg::Disk), Some(_)) => {
+                    bail!("--url places a volume on object storage, which is the tape tier: drop --medium disk or use --path")
+                }
+                (Some(MediumArg::Tape), _) | (None, Some(_)) => Medium::Tape,
+                (Some(MediumArg::Disk) | None, None) => Medium::Disk,
+            };
+            let location = match (path, url) {
+                (Some(p), None) => {
+                    std::path::absolute(p).map_err(|e| anyhow!("{}: {e}", p.display()))?.display().to_string()
+                }
+                (None, Some(u)) => u.clone(),
+                _ => bail!("give either --path DIR or --url s3://bucket/prefix"),
+            };
+            Operation::VolumeAdd { name: volume_name(name)?, location, site: site.clone(), medium }
+        }
+        VolumeCmd::Ls => Operation::VolumeList,
+    }))
+}
+
+pub fn policy(c: &PolicyCmd) -> anyhow::Result<Plan> {
+    Ok(Plan::new(match c {
+        PolicyCmd::Add { name, pattern, volume, key, template, app } => Operation::PolicyAdd {
+            name: name.clone(),
+            pattern: Pattern::new(pattern.as_str())?,
+            volume: volume_name(volume)?,
+            key: match (key, template) {
+                (Some(k), false) => PolicyKey::Key(label(k)?),
+                (None, true) => PolicyKey::Template { app: app.clone() },
+                _ => bail!("give either --key LABEL or --template"),
+            },
+        },
+        PolicyCmd::Ls => Operation::PolicyList,
+        PolicyCmd::Rm { name } => Operation::PolicyRm { name: name.clone() },
+    }))
+}
+
+pub fn config(c: &ConfigCmd) -> anyhow::Result<Plan> {
+    Ok(Plan::new(match c {
+        ConfigCmd::Ls => Operation::ConfigList,
+        ConfigCmd::Get { key } => Operation::ConfigGet { key: key.clone() },
+        ConfigCmd::Set { key, value } => Operation::ConfigSet { key: key.clone(), value: value.clone() },
+    }))
+}
+
+pub fn keystore(c: &KeystoreCmd) -> anyhow::Result<Plan> {
+    Ok(Plan::new(match c {
+        KeystoreCmd::Backup { to } => Operation::KeystoreBackup { to: volume_name(to)? },
+        KeystoreCmd::Backups => Operation::KeystoreBackups,
+    }))
+}
+
+pub fn mirror(c: &MirrorCmd) -> anyhow::Result<Plan> {
+    Ok(match c {
+        MirrorCmd::Add { primary, secondary } => {
+            Plan::new(Operation::MirrorAdd { primary: volume_name(primary)?, secondary: volume_name(secondary)? })
+                .progress("mirror sync", None)
+        }
+        MirrorCmd::Ls => Plan::new(Operation::MirrorList),
+        MirrorCmd::Status => Plan::new(Operation::MirrorStatus),
+        MirrorCmd::Rm { primary } => Plan::new(Operation::MirrorRm { primary: volume_name(primary)? }),
+    })
+}

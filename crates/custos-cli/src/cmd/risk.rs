@@ -1,0 +1,31 @@
+//! `custos risk`.
+
+use anyhow::bail;
+use custos_ops::Operation;
+
+use super::{pattern, secret_files, Plan, Show};
+use crate::args::RiskCmd;
+
+pub fn plan(c: &RiskCmd) -> anyhow::Result<Plan> {
+    Ok(match c {
+        RiskCmd::Report { pattern: p, dual, format, output } => Plan {
+            show: Show::Report { format: *format, output: output.clone() },
+            ..Plan::new(Operation::RiskReport { pattern: pattern(p.as_deref())?, dual: *dual })
+        },
+        RiskCmd::Drill { pattern: p, threat, all, dual, share, scratch } => {
+            let threats = match (threat, all) {
+                (Some(t), _) => vec![t.clone()],
+                (None, true) => Vec::new(),
+                (None, false) => bail!("say which threat to drill: --threat NAME, or --all"),
+            };
+            Plan::new(Operation::RiskDrill {
+                pattern: pattern(p.as_deref())?,
+                threats,
+                dual: *dual,
+                shares: secret_files(share, "share")?,
+                scratch: scratch.clone(),
+            })
+            .progress("drill", None)
+        }
+    })
+}

@@ -1,0 +1,321 @@
+//! The boundary every front end goes through: [`Engine::execute`]
+//! authenticates nothing itself (a [`Caller`] comes from [`Engine::login`]),
+//! then, in this order and in this one place: refuses what the deployment
+//! may not take (a path, in server mode), checks the rights table, turns a
+//! controlled operation into a dual-control request, appends the audit
+//! intent, runs the operation, and appends its outcome.
+
+use std::io::{Read, Write};
+use std::sync::{Mutex, OnceLock};
+
+use custos_core::model::{Op, PrincipalRecord};
+use custos_core::{Open, Passphrase, Sealed, Vault};
+
+use crate::error::{Error, Result};
+use crate::operation::{NewCredential, Operation};
+use crate::reply::Reply;
+use crate::requests::{self, RequestView};
+use crate::rights;
+use crate::SecretText;
+
+/// How the engine is deployed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// In the caller's own process (`--vault DIR`): whoever holds the
+    /// passphrase is every role.
+    Embedded,
+    /// In `custos serve`: principals reach it over a socket and never hold
+    /// the passphrase; paths from clients are refused.
+    Server,
+}
+
+/// Who is acting.
+#[derive(Clone)]
+pub enum Caller {
+    /// An authenticated principal.
+    Principal(PrincipalRecord),
+    /// A vault made before principals existed: the name is a claim, and
+    /// the audit log says so.
+    Unverified(String),
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Caller({})", self.name())
+    }
+}
+
+impl Caller {
+    /// The name the audit log records.
+    pub fn name(&self) -> String {
+        match self {
+            Caller::Principal(p) => p.name.clone(),
+            Caller::Unverified(n) => format!("{n} (unverified)"),
+        }
+    }
+
+    fn principal(&self) -> Option<&PrincipalRecord> {
+        match self {
+            Caller::Principal(p) => Some(p),
+            Caller::Unverified(_) => None,
+        }
+    }
+}
+
+/// An opened HSM, and the passphrase that opened it when a drill will need
+/// it again (a drill opens a clone of the software HSM file).
+pub struct Unlocked {
+    pub vault: Vault<Open>,
+    pub passphrase: Option<Passphrase>,
+}
+
+type Unlocker = Box<dyn Fn(&Vault<Sealed>) -> custos_core::Result<Unlocked> + Send + Sync>;
+
+/// Hands escrow shares to their custodians; must make them durable before
+/// it returns (the catalog switches to the new key-backup key only after).
+pub type Deliver<'a> = &'a mut dyn FnMut(&[crate::ShareOut]) -> std::io::Result<()>;
+
+/// The data an operation streams, and where escrow shares go.
+#[derive(Default)]
+pub struct Io<'a> {
+    pub input: Option<&'a mut dyn Read>,
+    pub output: Option<&'a mut dyn Write>,
+    pub deliver: Option<Deliver<'a>>,
+}
+
+/// What `execute` returns: the result, and warnings for standard error.
+#[derive(Debug)]
+pub struct Outcome {
+    pub reply: Reply,
+    pub warnings: Vec<String>,
+}
+
+pub struct Engine {
+    pub(crate) vault: Vault<Sealed>,
+    open: OnceLock<Vault<Open>>,
+    passphrase: Mutex<Option<Passphrase>>,
+    unlock: Option<Unlocker>,
+    pub(crate) mode: Mode,
+}
+
+impl Engine {
+    /// An engine in the caller's process. `unlock` opens the HSM the first
+    /// time an operation needs a key (it may ask for the passphrase).
+    pub fn embedded(
+        vault: Vault<Sealed>,
+        unlock: impl Fn(&Vault<Sealed>) -> custos_core::Result<Unlocked> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            vault,
+            open: OnceLock::new(),
+            passphrase: Mutex::new(None),
+            unlock: Some(Box::new(unlock)),
+            mode: Mode::Embedded,
+        }
+    }
+
+    /// An engine that owns an opened vault (the server).
+    pub fn server(open: Vault<Open>, passphrase: Option<Passphrase>) -> Self {
+        let vault = open.sealed_view();
+        let cell = OnceLock::new();
+        let _ = cell.set(open);
+        Self { vault, open: cell, passphrase: Mutex::new(passphrase), unlock: None, mode: Mode::Server }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The vault, sealed view (catalog and volumes).
+    pub fn vault(&self) -> &Vault<Sealed> {
+        &self.vault
+    }
+
+    /// The vault with its HSM open, opening it first if need be.
+    pub(crate) fn open(&self) -> Result<&Vault<Open>> {
+        if let Some(v) = self.open.get() {
+            return Ok(v);
+        }
+        let unlock = self.unlock.as_ref().ok_or_else(|| {
+            Error::Usage("the HSM of this vault is not open here, and this operation needs it".into())
+        })?;
+        let u = unlock(&self.vault)?;
+        // Whoever opens the HSM signs the audit log's head first, so entries
+        // cut from its end since then show up in `audit verify`.
+        let _ = u.vault.audit_checkpoint();
+        if u.passphrase.is_some() {
+            *self.passphrase.lock().unwrap_or_else(|e| e.into_inner()) = u.passphrase;
+        }
+        Ok(self.open.get_or_init(|| u.vault))
+    }
+
+    /// The passphrase the software HSM was opened with (for drills).
+    pub(crate) fn passphrase(&self) -> Option<Passphrase> {
+        self.passphrase
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| Passphrase::new(p.expose_secret().to_vec()))
+    }
+
+    /// Authenticate `name`. A failure is audited (the name marked
+    /// unverified) and says nothing about why.
+    pub fn login(&self, name: &str, secret: &Passphrase) -> Result<Caller> {
+        match self.vault.authenticate(name, secret) {
+            Ok(p) => Ok(Caller::Principal(p)),
+            Err(e) => {
+                let _ = self.vault.audit_append(&format!("{name} (unverified)"), "login", "", &format!("failed: {e}"));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether the vault has principals (a vault made before governance
+    /// has none, and runs without logins until the first is added).
+    pub fn needs_login(&self) -> Result<bool> {
+        Ok(self.vault.has_users()?)
+    }
+
+    /// Run `op` for `who`: see the module docs for the order of checks.
+    pub fn execute(&self, who: &Caller, op: Operation, mut io: Io<'_>) -> Result<Outcome> {
+        let mut warnings = Vec::new();
+        // Keys whose waiting period is over are erased first, on this
+        // process's clock (the server's, in server mode).
+        for (label, e) in self.vault.destroy_due()?.failed {
+            warnings.push(format!(
+                "key {label} is due for destruction but could not be destroyed now ({e}); the next command tries again"
+            ));
+        }
+        let (action, object) = op.audit_name();
+        let who_name = who.name();
+        let audit = |result: &str| -> Result<()> {
+            self.vault.audit_append(&who_name, action, &object, result).map(|_| ()).map_err(|e| {
+                Error::Engine(custos_core::Error::Invalid {
+                    what: "audit log",
+                    why: format!("the entry for {action} could not be written ({e}); nothing was done"),
+                })
+            })
+        };
+        let refuse = |e: Error| -> Result<Outcome> {
+            let _ = audit(&format!("refused: {e}"));
+            Err(e)
+        };
+        if self.mode == Mode::Server && op.names_a_local_path() {
+            return refuse(Error::Usage(format!(
+                "{action} names a path on the server's machine, which a server never takes from a client: run it in embedded mode (--vault DIR) on that machine"
+            )));
+        }
+        if let Some(p) = who.principal() {
+            if let Err(e) = rights::check(self, p, &op) {
+                return refuse(e);
+            }
+            if let Some(controlled) = op.controlled() {
+                if !matches!(op, Operation::RequestApprove { .. }) && self.dual_controlled(controlled, p, &op)? {
+                    let (stored, token) = self.prepare_for_storage(op)?;
+                    audit("intent: request")?;
+                    let r = self.vault.request_create(controlled, &requests::encode(&stored), &p.name);
+                    let r = match r {
+                        Ok(r) => r,
+                        Err(e) => {
+                            audit(&format!("failed: {e}"))?;
+                            return Err(e.into());
+                        }
+                    };
+                    audit(&format!("ok: request {} made", r.id))?;
+                    return Ok(Outcome {
+                        reply: Reply::RequestCreated { request: RequestView::new(&r), token },
+                        warnings,
+                    });
+                }
+            }
+        }
+        // The intent is durable before anything is done, so a process that
+        // dies or a pipe that closes never loses the record of an attempt.
+        audit("intent")?;
+        let result = match op {
+            Operation::RequestApprove { id, shares } => self.approve(who, id, shares, &mut io),
+            op => crate::run::run(self, who, op, &mut io),
+        };
+        match &result {
+            Ok(reply) => match reply.failure() {
+                Some(f) => audit(&format!("failed: {}", f.message))?,
+                None => audit("ok")?,
+            },
+            Err(e) => audit(&format!("failed: {e}"))?,
+        }
+        result.map(|reply| Outcome { reply, warnings })
+    }
+
+    /// Whether `op` (the action `controlled`) waits for a second principal:
+    /// the action is under dual control and another enabled principal could
+    /// approve it (a fresh vault with one principal runs it, and the audit
+    /// log shows who).
+    fn dual_controlled(&self, controlled: &str, me: &PrincipalRecord, op: &Operation) -> Result<bool> {
+        if !self.vault.dual_control()?.iter().any(|a| a == controlled) {
+            return Ok(false);
+        }
+        Ok(self.vault.users()?.into_iter().any(|p| {
+            !p.disabled
+                && p.name != me.name
+                && p.roles.iter().any(|r| custos_core::model::role_permits(*r, Op::Approve))
+                && rights::check(self, &p, op).is_ok()
+        }))
+    }
+
+    /// The operation as a request keeps it: a new principal's passphrase
+    /// hashed (and a token made now, for the requester), shares left out.
+    fn prepare_for_storage(&self, op: Operation) -> Result<(Operation, Option<SecretText>)> {
+        let (op, token) = match op {
+            Operation::UserAdd { name, roles, credential } => {
+                let (stored, token) = match credential {
+                    NewCredential::Passphrase(p) => {
+                        custos_core::new_credential(Some(&Passphrase::from(p.expose().to_string())))?
+                    }
+                    NewCredential::Token => custos_core::new_credential(None)?,
+                    NewCredential::Stored(s) => (s, None),
+                };
+                (
+                    Operation::UserAdd { name, roles, credential: NewCredential::Stored(stored) },
+                    token.map(SecretText::new),
+                )
+            }
+            op => (op, None),
+        };
+        let stored = op.without_secrets().ok_or_else(|| {
+            Error::Usage(
+                "this operation carries a secret and cannot wait for approval; run it without dual control".into(),
+            )
+        })?;
+        Ok((stored, token))
+    }
+
+    /// Approve request `id` as `who` and run exactly its stored operation.
+    fn approve(&self, who: &Caller, id: u64, shares: Vec<SecretText>, io: &mut Io<'_>) -> Result<Reply> {
+        let me =
+            who.principal().ok_or_else(|| Error::Usage("approving needs an authenticated user: give --user".into()))?;
+        let row = self.vault.request(id)?;
+        let mut op = requests::decode(&row).map_err(|why| custos_core::Error::Invalid { what: "request", why })?;
+        // The approver must be allowed to run it too.
+        rights::check(self, me, &op)?;
+        if let Operation::EscrowRecover { shares: s, .. } = &mut op {
+            *s = shares;
+        }
+        let decided = self.vault.request_decide(id, &me.name, true)?;
+        let out = crate::run::run(self, who, op, io);
+        self.vault.request_finish(
+            id,
+            &me.name,
+            &match &out {
+                Ok(r) => match r.failure() {
+                    Some(f) => format!("failed: {}", f.message),
+                    None => "executed".to_string(),
+                },
+                Err(e) => format!("failed: {e}"),
+            },
+        )?;
+        let result = out?;
+        let mut request = RequestView::new(&decided);
+        request.decided_by = Some(me.name.clone());
+        Ok(Reply::Approved { request, result: Box::new(result) })
+    }
+}

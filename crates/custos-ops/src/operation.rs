@@ -1,0 +1,587 @@
+//! Every command as a typed, serializable value. A front end builds one
+//! from what its user typed (or sent); the [`Engine`](crate::Engine) checks,
+//! audits and runs it. A dual-control request stores one (versioned, see
+//! [`Stored`]), never a command line.
+
+use std::path::PathBuf;
+
+use custos_core::model::{CopyMethod, DatasetName, KeyAction, KeyLabel, Medium, Pattern, Purpose, Role, VolumeName};
+use custos_core::{Retention, StoredCredential};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A secret carried by an operation (a share, a key part, a new
+/// passphrase): zeroized on drop, `[redacted]` in `Debug`. It crosses the
+/// wire inside TLS or a Unix socket, and is never stored in a request.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretText(String);
+
+impl SecretText {
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A new principal's credential as an operation carries it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NewCredential {
+    /// A passphrase, hashed by the engine before anything is stored.
+    Passphrase(SecretText),
+    /// A new random token, made by the engine and given to the requester once.
+    Token,
+    /// The stored form: what a pending request keeps.
+    Stored(StoredCredential),
+}
+
+/// Which grant.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantOn {
+    Data,
+    Key,
+}
+
+/// Where a policy sends a dataset's key from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKey {
+    /// One existing key for every matching dataset.
+    Key(KeyLabel),
+    /// A new key per dataset, for this application (default: the dataset's first qualifier).
+    Template { app: Option<String> },
+}
+
+/// A byte range of a dataset: START..END, either end open.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Range {
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+}
+
+/// One command. The variants are grouped as the CLI's command groups are.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Operation {
+    // Keys.
+    KeyCreate {
+        label: Option<KeyLabel>,
+        app: Option<String>,
+        purpose: Purpose,
+        expires_at: Option<Timestamp>,
+        activate: bool,
+        count: Option<u32>,
+    },
+    KeyList {
+        pattern: Option<Pattern>,
+    },
+    KeyShow {
+        label: KeyLabel,
+    },
+    /// Activate, deactivate, archive or restore one key, or every key a
+    /// pattern matches (each checked and audited on its own).
+    KeyLifecycle {
+        target: String,
+        action: KeyAction,
+        dry_run: bool,
+    },
+    KeyDestroy {
+        label: KeyLabel,
+        crypto_erase: bool,
+        /// How long to wait (`7d`); the vault's default when absent.
+        wait: Option<String>,
+    },
+    KeyCancelDestroy {
+        label: KeyLabel,
+    },
+    /// Recover keys from a keystore backup.
+    KeyRecover {
+        pattern: Pattern,
+        from: String,
+    },
+    /// Recover one key from escrow with custodians' shares.
+    EscrowRecover {
+        label: KeyLabel,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shares: Vec<SecretText>,
+    },
+
+    // Volumes and policies.
+    VolumeAdd {
+        name: VolumeName,
+        location: String,
+        site: String,
+        medium: Medium,
+    },
+    VolumeList,
+    PolicyAdd {
+        name: String,
+        pattern: Pattern,
+        volume: VolumeName,
+        key: PolicyKey,
+    },
+    PolicyList,
+    PolicyRm {
+        name: String,
+    },
+
+    // Datasets.
+    /// Write a new generation; the data is the operation's input stream.
+    DsPut {
+        name: DatasetName,
+        key: Option<KeyLabel>,
+        volume: Option<VolumeName>,
+    },
+    /// Read a dataset; the data goes to the operation's output stream.
+    DsGet {
+        name: DatasetName,
+        range: Option<Range>,
+    },
+    DsList {
+        pattern: Option<Pattern>,
+    },
+    DsInfo {
+        name: DatasetName,
+    },
+    DsRm {
+        name: DatasetName,
+    },
+    DsVerify {
+        name: DatasetName,
+    },
+    /// Import a directory tree of the engine's own machine (embedded mode).
+    DsImport {
+        dir: PathBuf,
+        prefix: DatasetName,
+        replace: bool,
+    },
+
+    // Settings.
+    ConfigList,
+    ConfigGet {
+        key: String,
+    },
+    ConfigSet {
+        key: String,
+        value: String,
+    },
+
+    // Master keys.
+    MkStatus,
+    MkLoadNew {
+        generate: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parts: Vec<SecretText>,
+        expect_mkvp: Option<String>,
+    },
+    MkClearNew,
+    MkActivate,
+    MkReencipher {
+        batch: usize,
+    },
+
+    // Keystore backups and escrow.
+    KeystoreBackup {
+        to: VolumeName,
+    },
+    KeystoreBackups,
+    EscrowInit {
+        custodians: Vec<String>,
+        threshold: u8,
+    },
+    EscrowStatus,
+    EscrowPurge {
+        label: KeyLabel,
+    },
+
+    // Mirrors and snapshots.
+    MirrorAdd {
+        primary: VolumeName,
+        secondary: VolumeName,
+    },
+    MirrorList,
+    MirrorStatus,
+    MirrorRm {
+        primary: VolumeName,
+    },
+    SnapshotCreate {
+        dataset: DatasetName,
+    },
+    SnapshotList {
+        pattern: Option<Pattern>,
+    },
+    SnapshotRm {
+        id: u64,
+    },
+    SnapshotRestore {
+        id: u64,
+        as_name: Option<DatasetName>,
+    },
+
+    // Backups.
+    BackupRun {
+        pattern: Option<Pattern>,
+        method: CopyMethod,
+        to: VolumeName,
+        key: Option<KeyLabel>,
+    },
+    BackupList {
+        pattern: Option<Pattern>,
+    },
+    BackupShow {
+        id: u64,
+    },
+    BackupPrune {
+        pattern: Option<Pattern>,
+        keep: Retention,
+        dry_run: bool,
+    },
+    BackupVerify {
+        pattern: Option<Pattern>,
+        read_data: bool,
+    },
+    /// Write backups back: one dataset (or every one a pattern matches).
+    Restore {
+        dataset: String,
+        backup: Option<u64>,
+        generation: Option<u64>,
+        at: Option<Timestamp>,
+        as_name: Option<DatasetName>,
+    },
+
+    // Storage management (DFSMShsm).
+    HsmRun {
+        dry_run: bool,
+        without_keys: bool,
+    },
+    HsmRuleAdd {
+        name: String,
+        pattern: Pattern,
+        method: CopyMethod,
+        backup_to: Option<VolumeName>,
+        keep: Retention,
+        migrate_after_days: Option<u32>,
+        migrate_to: Option<VolumeName>,
+    },
+    HsmRuleList,
+    HsmRuleRm {
+        name: String,
+    },
+    HsmMigrate {
+        dataset: DatasetName,
+        to: VolumeName,
+    },
+    HsmRecall {
+        dataset: DatasetName,
+    },
+
+    // Risk.
+    RiskReport {
+        pattern: Option<Pattern>,
+        dual: bool,
+    },
+    RiskDrill {
+        pattern: Option<Pattern>,
+        /// Threat names (`custos risk drill --help` lists them); empty: all.
+        threats: Vec<String>,
+        dual: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shares: Vec<SecretText>,
+        /// Where the clones go (embedded mode only; a temporary directory otherwise).
+        scratch: Option<PathBuf>,
+    },
+
+    // Audit.
+    AuditList {
+        since: Option<Timestamp>,
+        principal: Option<String>,
+        object: Option<String>,
+    },
+    AuditVerify,
+    AuditExport,
+
+    // Principals.
+    UserAdd {
+        name: String,
+        roles: Vec<Role>,
+        credential: NewCredential,
+    },
+    UserList,
+    UserDisable {
+        name: String,
+    },
+    UserGrant {
+        name: String,
+        on: GrantOn,
+        pattern: Pattern,
+    },
+    UserRevoke {
+        name: String,
+        on: GrantOn,
+        pattern: Pattern,
+    },
+
+    // Dual control.
+    RequestList,
+    RequestShow {
+        id: u64,
+    },
+    /// Approve a request, which runs its stored operation now. Shares for an
+    /// escrow recovery come with the approval, never with the request.
+    RequestApprove {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shares: Vec<SecretText>,
+    },
+    RequestDeny {
+        id: u64,
+    },
+    /// The requester takes back a pending request of their own.
+    RequestWithdraw {
+        id: u64,
+    },
+
+    // Housekeeping.
+    Monitor {
+        expiring_days: i64,
+        unused_days: i64,
+    },
+    Fsck {
+        read_data: bool,
+    },
+    Gc {
+        dry_run: bool,
+        /// How old released objects must be (`24h`); the vault's setting when absent.
+        grace: Option<String>,
+    },
+}
+
+/// The version of the stored form of operations (in dual-control requests).
+pub const STORED_VERSION: u32 = 1;
+
+/// An operation as a request stores it: versioned, so a later Custos reads
+/// it or refuses it by name.
+#[derive(Serialize, Deserialize)]
+pub struct Stored {
+    pub v: u32,
+    pub operation: Operation,
+}
+
+impl Operation {
+    /// The audit log's name for it ("key destroy") and its object (the
+    /// first thing it names), as the CLI spells them.
+    pub fn audit_name(&self) -> (&'static str, String) {
+        use Operation::*;
+        let s = |x: &dyn std::fmt::Display| x.to_string();
+        let opt = |x: Option<&dyn std::fmt::Display>| x.map(|x| x.to_string()).unwrap_or_default();
+        match self {
+            KeyCreate { label, .. } => ("key create", opt(label.as_ref().map(|l| l as _))),
+            KeyList { pattern } => ("key ls", opt(pattern.as_ref().map(|l| l as _))),
+            KeyShow { label } => ("key show", s(label)),
+            KeyLifecycle { target, action, .. } => (
+                match action {
+                    KeyAction::Activate => "key activate",
+                    KeyAction::Deactivate => "key deactivate",
+                    KeyAction::Archive => "key archive",
+                    KeyAction::Restore => "key restore",
+                    _ => "key lifecycle",
+                },
+                target.clone(),
+            ),
+            KeyDestroy { label, .. } => ("key destroy", s(label)),
+            KeyCancelDestroy { label } => ("key cancel-destroy", s(label)),
+            KeyRecover { pattern, .. } => ("key recover", s(pattern)),
+            EscrowRecover { label, .. } => ("key recover", s(label)),
+            VolumeAdd { name, .. } => ("volume add", s(name)),
+            VolumeList => ("volume ls", String::new()),
+            PolicyAdd { name, .. } => ("policy add", name.clone()),
+            PolicyList => ("policy ls", String::new()),
+            PolicyRm { name } => ("policy rm", name.clone()),
+            DsPut { name, .. } => ("ds put", s(name)),
+            DsGet { name, .. } => ("ds get", s(name)),
+            DsList { pattern } => ("ds ls", opt(pattern.as_ref().map(|l| l as _))),
+            DsInfo { name } => ("ds info", s(name)),
+            DsRm { name } => ("ds rm", s(name)),
+            DsVerify { name } => ("ds verify", s(name)),
+            DsImport { dir, .. } => ("ds import", dir.display().to_string()),
+            ConfigList => ("config ls", String::new()),
+            ConfigGet { key } => ("config get", key.clone()),
+            ConfigSet { key, .. } => ("config set", key.clone()),
+            MkStatus => ("mk status", String::new()),
+            MkLoadNew { .. } => ("mk load-new", String::new()),
+            MkClearNew => ("mk clear-new", String::new()),
+            MkActivate => ("mk activate", String::new()),
+            MkReencipher { .. } => ("mk reencipher", String::new()),
+            KeystoreBackup { to } => ("keystore backup", s(to)),
+            KeystoreBackups => ("keystore backups", String::new()),
+            EscrowInit { .. } => ("escrow init", String::new()),
+            EscrowStatus => ("escrow status", String::new()),
+            EscrowPurge { label } => ("escrow purge", s(label)),
+            MirrorAdd { primary, .. } => ("mirror add", s(primary)),
+            MirrorList => ("mirror ls", String::new()),
+            MirrorStatus => ("mirror status", String::new()),
+            MirrorRm { primary } => ("mirror rm", s(primary)),
+            SnapshotCreate { dataset } => ("snapshot create", s(dataset)),
+            SnapshotList { pattern } => ("snapshot ls", opt(pattern.as_ref().map(|l| l as _))),
+            SnapshotRm { id } => ("snapshot rm", id.to_string()),
+            SnapshotRestore { id, .. } => ("snapshot restore", id.to_string()),
+            BackupRun { pattern, .. } => ("backup run", opt(pattern.as_ref().map(|l| l as _))),
+            BackupList { pattern } => ("backup ls", opt(pattern.as_ref().map(|l| l as _))),
+            BackupShow { id } => ("backup show", id.to_string()),
+            BackupPrune { pattern, .. } => ("backup prune", opt(pattern.as_ref().map(|l| l as _))),
+            BackupVerify { pattern, .. } => ("backup verify", opt(pattern.as_ref().map(|l| l as _))),
+            Restore { dataset, .. } => ("restore", dataset.clone()),
+            HsmRun { .. } => ("hsm run", String::new()),
+            HsmRuleAdd { name, .. } => ("hsm rule add", name.clone()),
+            HsmRuleList => ("hsm rule ls", String::new()),
+            HsmRuleRm { name } => ("hsm rule rm", name.clone()),
+            HsmMigrate { dataset, .. } => ("hsm migrate", s(dataset)),
+            HsmRecall { dataset } => ("hsm recall", s(dataset)),
+            RiskReport { pattern, .. } => ("risk report", opt(pattern.as_ref().map(|l| l as _))),
+            RiskDrill { pattern, .. } => ("risk drill", opt(pattern.as_ref().map(|l| l as _))),
+            AuditList { .. } => ("audit ls", String::new()),
+            AuditVerify => ("audit verify", String::new()),
+            AuditExport => ("audit export", String::new()),
+            UserAdd { name, .. } => ("user add", name.clone()),
+            UserList => ("user ls", String::new()),
+            UserDisable { name } => ("user disable", name.clone()),
+            UserGrant { name, .. } => ("user grant", name.clone()),
+            UserRevoke { name, .. } => ("user revoke", name.clone()),
+            RequestList => ("request ls", String::new()),
+            RequestShow { id } => ("request show", id.to_string()),
+            RequestApprove { id, .. } => ("request approve", id.to_string()),
+            RequestDeny { id } => ("request deny", id.to_string()),
+            RequestWithdraw { id } => ("request withdraw", id.to_string()),
+            Monitor { .. } => ("monitor", String::new()),
+            Fsck { .. } => ("fsck", String::new()),
+            Gc { .. } => ("gc", String::new()),
+        }
+    }
+
+    /// The dual-control action this operation is, if it can be controlled.
+    pub fn controlled(&self) -> Option<&'static str> {
+        use Operation::*;
+        Some(match self {
+            KeyDestroy { .. } => "key-destroy",
+            KeyRecover { .. } => "key-recover",
+            EscrowRecover { .. } => "escrow-recover",
+            MkActivate => "mk-activate",
+            PolicyAdd { .. } | PolicyRm { .. } | ConfigSet { .. } => "policy-change",
+            UserAdd { .. } | UserGrant { .. } | UserRevoke { .. } | UserDisable { .. } => "role-change",
+            EscrowInit { .. } | EscrowPurge { .. } => "escrow-change",
+            BackupPrune { dry_run: false, .. } | SnapshotRm { .. } | DsRm { .. } => "data-removal",
+            KeyLifecycle { action: KeyAction::Archive, dry_run: false, .. } => "key-archive",
+            VolumeAdd { .. } | MirrorAdd { .. } | MirrorRm { .. } => "volume-change",
+            _ => return None,
+        })
+    }
+
+    /// The operation with every secret taken out, as a request stores it.
+    /// `None` when it cannot be stored without one (a key part).
+    pub fn without_secrets(&self) -> Option<Operation> {
+        let mut op = self.clone();
+        match &mut op {
+            Operation::EscrowRecover { shares, .. } | Operation::RiskDrill { shares, .. } => shares.clear(),
+            Operation::UserAdd { credential: NewCredential::Passphrase(_), .. } => return None,
+            Operation::MkLoadNew { parts, .. } if !parts.is_empty() => return None,
+            _ => {}
+        }
+        Some(op)
+    }
+
+    /// Whether it reads or writes a stream of dataset bytes.
+    pub fn streams(&self) -> Stream {
+        match self {
+            Operation::DsPut { .. } => Stream::In,
+            Operation::DsGet { .. } | Operation::AuditExport => Stream::Out,
+            _ => Stream::None,
+        }
+    }
+
+    /// Whether it names a path on the engine's machine (honoured in
+    /// embedded mode only: a server never takes a path from a client).
+    pub fn names_a_local_path(&self) -> bool {
+        matches!(self, Operation::DsImport { .. } | Operation::RiskDrill { scratch: Some(_), .. })
+    }
+}
+
+/// Which way an operation's data flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    None,
+    In,
+    Out,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_round_trip_in_their_stored_form() {
+        let ops = [
+            Operation::KeyDestroy {
+                label: KeyLabel::new("DSET.PRIM.PAY.key001").unwrap(),
+                crypto_erase: true,
+                wait: None,
+            },
+            Operation::UserGrant { name: "alice".into(), on: GrantOn::Data, pattern: Pattern::new("PAY.**").unwrap() },
+            Operation::BackupPrune { pattern: None, keep: Retention { last: 3, ..Default::default() }, dry_run: false },
+        ];
+        for op in ops {
+            let text = crate::requests::encode(&op);
+            let back: Stored = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.v, STORED_VERSION);
+            assert_eq!(back.operation, op);
+        }
+        // Unknown operations and fields are refused, not guessed at.
+        assert!(serde_json::from_str::<Operation>(r#"{"op":"key-eat","label":"x"}"#).is_err());
+        assert!(serde_json::from_str::<Operation>(r#"{"op":"ds-rm","name":"A.B","force":true}"#).is_err());
+        // Names are validated on the way in.
+        assert!(serde_json::from_str::<Operation>(r#"{"op":"ds-rm","name":"../etc"}"#).is_err());
+    }
+
+    #[test]
+    fn secrets_never_reach_a_request_or_debug() {
+        let share = SecretText::new("custos-share-v1 very secret".into());
+        let op =
+            Operation::EscrowRecover { label: KeyLabel::new("DSET.PRIM.PAY.key001").unwrap(), shares: vec![share] };
+        assert!(!format!("{op:?}").contains("very secret"));
+        let stored = op.without_secrets().unwrap();
+        assert!(!crate::requests::encode(&stored).contains("very secret"));
+        let add = Operation::UserAdd {
+            name: "bob".into(),
+            roles: vec![Role::App],
+            credential: NewCredential::Passphrase(SecretText::new("bob's passphrase".into())),
+        };
+        assert!(add.without_secrets().is_none(), "a passphrase is hashed first, never stored");
+        assert!(!format!("{add:?}").contains("bob's passphrase"));
+    }
+
+    #[test]
+    fn controlled_actions_are_known_to_the_engine() {
+        let all = [
+            Operation::MkActivate,
+            Operation::DsRm { name: DatasetName::new("A.B").unwrap() },
+            Operation::EscrowInit { custodians: vec![], threshold: 2 },
+            Operation::MirrorRm { primary: VolumeName::new("v").unwrap() },
+        ];
+        for op in all {
+            let a = op.controlled().unwrap();
+            assert!(custos_core::CONTROLLABLE.contains(&a), "{a}");
+        }
+    }
+}

@@ -1,0 +1,951 @@
+//! What an operation returns: typed results, their JSON (what `--json` and
+//! the HTTP API give) and their text for people (what the CLI prints, in
+//! embedded and client mode alike). A result can carry a failure (an
+//! out-of-sync mirror, a damaged backup) that is shown and then exits
+//! non-zero.
+
+use std::fmt::Write as _;
+
+use custos_core::model::{
+    BackupRecord, CopyMethod, DatasetName, DatasetRecord, HsmRule, KbkRecord, KeyRecord, KeyState,
+    KeystoreBackupRecord, PolicyRecord, PolicyTarget, PrincipalRecord, SnapshotRecord, VolumeRecord,
+};
+use custos_core::{
+    AuditRow, AuditVerdict, DatasetInfo, EscrowStatus, FsckReport, GcReport, GetReport, HsmAction, MirrorStatus,
+    MkStatus, MonitorReport, MoveReport, PruneDecision, PutReport, Recovered, ReencipherReport, RestoreReport,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::Code;
+use crate::render::{bytes, when, Table};
+use crate::requests::RequestView;
+
+/// One key's line in a bulk lifecycle action.
+#[derive(Clone, Debug, Serialize)]
+pub struct BulkLine {
+    pub label: String,
+    /// "changed", "skipped", "failed" or "would change".
+    pub result: &'static str,
+    pub detail: String,
+}
+
+/// A key scheduled for destruction.
+#[derive(Clone, Debug, Serialize)]
+pub struct Destruction {
+    pub label: String,
+    pub destroy_at: jiff::Timestamp,
+    pub state: KeyState,
+    pub unreadable: Vec<String>,
+    #[serde(skip)]
+    pub wait: String,
+    #[serde(skip)]
+    pub escrowed: bool,
+}
+
+/// One backup's verification.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verified {
+    pub id: u64,
+    pub ok: bool,
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub method: CopyMethod,
+    #[serde(skip)]
+    pub dataset: String,
+}
+
+/// A share file for one custodian, as `escrow init` hands it out.
+#[derive(Clone, Serialize)]
+pub struct ShareOut {
+    pub custodian: String,
+    /// The share file's text: a secret, for that custodian alone.
+    pub text: crate::SecretText,
+}
+
+impl std::fmt::Debug for ShareOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShareOut({}, [redacted])", self.custodian)
+    }
+}
+
+/// The result of an operation.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Reply {
+    /// A sentence, and nothing for `--json` beyond it.
+    Note(String),
+    Key(KeyRecord, &'static str),
+    Keys(Vec<KeyRecord>),
+    KeysCreated(Vec<KeyRecord>),
+    KeyDetail {
+        key: KeyRecord,
+        datasets: Vec<DatasetName>,
+    },
+    KeyBulk {
+        lines: Vec<BulkLine>,
+        dry_run: bool,
+    },
+    Destroy(Destruction),
+    Recovered(Vec<Recovered>),
+    Volume(VolumeRecord),
+    Volumes(Vec<VolumeRecord>),
+    Policy(PolicyRecord),
+    Policies(Vec<PolicyRecord>),
+    Put(PutReport),
+    Got(GetReport),
+    Datasets(Vec<DatasetRecord>),
+    DatasetInfo(Box<DatasetInfo>),
+    DatasetRemoved {
+        name: DatasetName,
+        objects: u64,
+    },
+    DatasetVerified(GetReport),
+    Imported(Vec<PutReport>),
+    Settings(Vec<(String, String)>),
+    MkStatus(MkStatus),
+    MkLoaded(String),
+    MkActivated(MkStatus),
+    Reenciphered(ReencipherReport),
+    KeystoreBackup(KeystoreBackupRecord),
+    KeystoreBackups(Vec<KeystoreBackupRecord>),
+    EscrowCreated {
+        kbk: KbkRecord,
+        shares: Vec<ShareOut>,
+    },
+    EscrowStatus(EscrowStatus),
+    Mirrors {
+        list: Vec<MirrorStatus>,
+        check: bool,
+    },
+    Snapshot(SnapshotRecord),
+    Snapshots(Vec<SnapshotRecord>),
+    SnapshotRestored {
+        id: u64,
+        report: PutReport,
+    },
+    BackupsMade {
+        made: Vec<(DatasetName, Option<BackupRecord>)>,
+        method: CopyMethod,
+        to: String,
+    },
+    Backups(Vec<BackupRecord>),
+    Backup {
+        backup: BackupRecord,
+        volume: VolumeRecord,
+    },
+    Pruned {
+        decisions: Vec<PruneDecision>,
+        dry_run: bool,
+    },
+    BackupsVerified {
+        list: Vec<Verified>,
+        read_data: bool,
+    },
+    Restored(Vec<(DatasetName, RestoreReport)>),
+    HsmRun {
+        actions: Vec<HsmAction>,
+        gc: Option<GcReport>,
+    },
+    HsmRule(HsmRule),
+    HsmRules(Vec<HsmRule>),
+    Moved(MoveReport),
+    NotMigrated(DatasetName),
+    RiskReport(Box<custos_risk::report::Report>, bool),
+    Drill(Vec<custos_risk::drill::DrillCell>),
+    Audit(Vec<AuditRow>),
+    AuditExport(usize),
+    AuditVerdict(AuditVerdict),
+    UserAdded {
+        user: PrincipalRecord,
+        token: Option<crate::SecretText>,
+    },
+    Users(Vec<PrincipalRecord>),
+    Requests(Vec<RequestView>),
+    Request(RequestView),
+    /// A controlled operation became a request.
+    RequestCreated {
+        request: RequestView,
+        token: Option<crate::SecretText>,
+    },
+    /// A request was approved and its operation ran.
+    Approved {
+        request: RequestView,
+        result: Box<Reply>,
+    },
+    Monitor(MonitorReport),
+    Fsck(FsckReport),
+    Gc {
+        report: GcReport,
+        grace: String,
+    },
+}
+
+/// What a result says went wrong, after it is shown.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub code: Code,
+    pub message: String,
+}
+
+fn to(v: impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn methods(m: CopyMethod) -> &'static str {
+    match m {
+        CopyMethod::Raw => "raw",
+        CopyMethod::Logical => "logical",
+    }
+}
+
+fn target_text(t: &PolicyTarget) -> String {
+    match t {
+        PolicyTarget::Key(k) => format!("key {k}"),
+        PolicyTarget::Template { app: Some(a) } => format!("new key per dataset for application {a}"),
+        PolicyTarget::Template { app: None } => "new key per dataset, application = first qualifier".into(),
+    }
+}
+
+fn mirror_table(ms: &[MirrorStatus]) -> String {
+    let mut t = Table::new(&["PRIMARY", "SECONDARY", "SINCE", "OBJECTS", "STATE"]);
+    for m in ms {
+        let state = match m.missing {
+            None => "-".to_string(),
+            Some(0) => "in sync".to_string(),
+            Some(n) => format!("{n} missing on the secondary"),
+        };
+        t.row(vec![m.primary.to_string(), m.secondary.to_string(), when(Some(m.since)), m.objects.to_string(), state]);
+    }
+    t.render()
+}
+
+impl Reply {
+    /// The JSON a script gets (`--json`, or the HTTP API's `result`).
+    pub fn json(&self) -> Value {
+        use Reply::*;
+        match self {
+            Note(s) => json!({ "message": s }),
+            Key(k, _) => to(k),
+            Keys(ks) | KeysCreated(ks) => to(ks),
+            KeyDetail { key, datasets } => {
+                let mut j = to(key);
+                j["datasets"] = to(datasets);
+                j
+            }
+            KeyBulk { lines, .. } => to(lines),
+            Destroy(d) => to(d),
+            Recovered(r) => to(r),
+            Volume(v) => to(v),
+            Volumes(v) => to(v),
+            Policy(p) => to(p),
+            Policies(p) => to(p),
+            Put(r) | SnapshotRestored { report: r, .. } => to(r),
+            Got(r) | DatasetVerified(r) => to(r),
+            Datasets(d) => to(d),
+            DatasetInfo(i) => to(i),
+            DatasetRemoved { name, objects } => json!({ "dataset": name, "objects_deleted": objects }),
+            Imported(r) => to(r),
+            Settings(pairs) => {
+                Value::Object(pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+            }
+            MkStatus(s) | MkActivated(s) => to(s),
+            MkLoaded(m) => json!({ "new_mkvp": m }),
+            Reenciphered(r) => to(r),
+            KeystoreBackup(b) => to(b),
+            KeystoreBackups(b) => to(b),
+            EscrowCreated { kbk, .. } => to(kbk),
+            EscrowStatus(s) => to(s),
+            Mirrors { list, .. } => to(list),
+            Snapshot(s) => to(s),
+            Snapshots(s) => to(s),
+            BackupsMade { made, .. } => to(made.iter().filter_map(|(_, b)| b.clone()).collect::<Vec<_>>()),
+            Backups(b) => to(b),
+            Backup { backup, .. } => to(backup),
+            Pruned { decisions, .. } => to(decisions),
+            BackupsVerified { list, .. } => to(list),
+            Restored(r) => to(r.iter().map(|(_, r)| r).collect::<Vec<_>>()),
+            HsmRun { actions, .. } => to(actions),
+            HsmRule(r) => to(r),
+            HsmRules(r) => to(r),
+            Moved(m) => to(m),
+            NotMigrated(d) => json!({ "dataset": d, "migrated": false }),
+            RiskReport(r, _) => to(r),
+            Drill(c) => to(c),
+            Audit(rows) => to(rows),
+            AuditExport(n) => json!({ "entries": n }),
+            AuditVerdict(v) => to(v),
+            UserAdded { user, token } => json!({ "user": user, "token": token }),
+            Users(u) => to(u),
+            Requests(r) => to(r),
+            Request(r) => to(r),
+            RequestCreated { request, token } => {
+                let mut j = to(request);
+                if let Some(t) = token {
+                    j["token"] = to(t);
+                }
+                j
+            }
+            Approved { result, .. } => result.json(),
+            Monitor(r) => to(r),
+            Fsck(r) => to(r),
+            Gc { report, .. } => to(report),
+        }
+    }
+
+    /// What went wrong, when the result itself says so.
+    pub fn failure(&self) -> Option<Failure> {
+        use Reply::*;
+        let fail = |code, message: String| Some(Failure { code, message });
+        match self {
+            Mirrors { list, check: true } => {
+                let out = list.iter().filter(|m| m.missing.unwrap_or(0) > 0).count();
+                (out > 0).then(|| Failure {
+                    code: Code::Other,
+                    message: format!("{out} mirrors are out of sync: remove and add them again to resynchronise"),
+                })
+            }
+            BackupsVerified { list, .. } => {
+                let bad = list.iter().filter(|v| !v.ok).count();
+                (bad > 0).then(|| Failure {
+                    code: Code::Other,
+                    message: format!(
+                        "{bad} of {} backups failed verification; restore from another copy, then make a new backup",
+                        list.len()
+                    ),
+                })
+            }
+            HsmRun { actions, gc } => {
+                let failed = actions.iter().filter(|a| a.action == "failed").count()
+                    + gc.as_ref().map_or(0, |g| g.failed.len());
+                (failed > 0).then(|| Failure { code: Code::Other, message: format!("{failed} dataset(s) or object(s) failed (listed above); the others were processed: mend what the messages say and run `custos hsm run` again") })
+            }
+            Drill(cells) => {
+                let bad = cells.iter().filter(|c| !c.agrees).count();
+                (bad > 0).then(|| Failure { code: Code::Other, message: format!("{bad} drilled cells disagree with the model: the analyzer is wrong about them (see the rows marked DISAGREES)") })
+            }
+            AuditVerdict(v) => v.problem.as_ref().map(|p| Failure {
+                code: Code::Integrity,
+                message: custos_core::Error::AuditTampered { problem: p.clone() }.to_string(),
+            }),
+            Monitor(r) if !r.alerts.is_empty() => {
+                fail(Code::Alerts, format!("{} alert(s) raised; see above", r.alerts.len()))
+            }
+            Fsck(r) if !r.clean() => {
+                let bad: usize = r.volumes.iter().map(|v| v.missing.len() + v.damaged.len()).sum::<usize>()
+                    + r.catalog.len()
+                    + r.volumes.iter().filter(|v| v.unreachable.is_some()).count();
+                fail(Code::Integrity, format!("{bad} problem(s) found (listed above): restore the datasets and backups they name from another copy, or reach the unreachable volumes, then run `custos fsck` again"))
+            }
+            Gc { report, .. } if !report.failed.is_empty() => fail(
+                Code::Other,
+                format!("{} object(s) could not be deleted (listed above); they stay in the trash: reach or repair the volume, then run `custos gc` again", report.failed.len()),
+            ),
+            Approved { result, .. } => result.failure(),
+            _ => None,
+        }
+    }
+
+    /// The text for people, as the CLI prints it on standard output.
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        macro_rules! out { ($($t:tt)*) => {{ let _ = writeln!(o, $($t)*); }} }
+        use Reply::*;
+        match self {
+            Note(s) => out!("{s}"),
+            Key(k, verb) => match *verb {
+                "created" => {
+                    out!("created key {} ({}, KCV {}, wrapped under MKVP {})", k.label, k.state, k.kcv, k.mkvp)
+                }
+                "cancelled" => out!("key {} will not be destroyed; it is {}", k.label, k.state),
+                _ => out!("key {} is now {}", k.label, k.state),
+            },
+            KeysCreated(ks) => match (ks.first(), ks.last()) {
+                (Some(a), Some(b)) => out!("created {} keys, {} … {}", ks.len(), a.label, b.label),
+                _ => out!("created no keys"),
+            },
+            Keys(keys) => {
+                let mut t =
+                    Table::new(&["LABEL", "STATE", "PURPOSE", "APP", "KCV", "MKVP", "CREATED", "EXPIRES", "USES"]);
+                for k in keys {
+                    t.row(vec![
+                        k.label.to_string(),
+                        k.state.to_string(),
+                        k.purpose.to_string(),
+                        k.app.clone(),
+                        k.kcv.to_string(),
+                        k.mkvp.to_string(),
+                        when(Some(k.created_at)),
+                        when(k.expires_at),
+                        k.use_count.to_string(),
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
+            KeyDetail { key: k, datasets } => {
+                out!("label        {}", k.label);
+                out!("state        {}", k.state);
+                out!("purpose      {}", k.purpose);
+                out!("application  {}", k.app);
+                out!("KCV          {}", k.kcv);
+                out!("wrapped by   master key MKVP {}", k.mkvp);
+                out!("material     {}", if k.wrapped.is_some() { "present (wrapped)" } else { "erased" });
+                out!("created      {}", when(Some(k.created_at)));
+                out!("activated    {}", when(k.activated_at));
+                out!("deactivated  {}", when(k.deactivated_at));
+                out!("destroyed    {}", when(k.destroyed_at));
+                out!("expires      {}", when(k.expires_at));
+                out!("last used    {}", when(k.last_used_at));
+                out!("use count    {}", k.use_count);
+                out!(
+                    "datasets     {}",
+                    if datasets.is_empty() {
+                        "-".into()
+                    } else {
+                        datasets.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    }
+                );
+            }
+            KeyBulk { lines, dry_run } => {
+                for l in lines {
+                    out!("{}: {}", l.label, l.detail);
+                }
+                let done = lines.iter().filter(|l| l.result == "changed").count();
+                let skipped = lines.iter().filter(|l| l.result == "skipped").count();
+                if *dry_run {
+                    out!("dry run: nothing changed ({skipped} would be skipped)");
+                } else {
+                    out!("{done} keys changed, {skipped} skipped");
+                }
+            }
+            Destroy(d) => {
+                if d.state == KeyState::Destroyed {
+                    out!("key {} is now destroyed", d.label);
+                } else {
+                    out!("key {} will be destroyed at {} (in {}); until then it cannot be used, and `custos key cancel-destroy {}` brings it back", d.label, d.destroy_at, d.wait, d.label);
+                }
+                if !d.unreadable.is_empty() {
+                    out!("then unreadable: {}", d.unreadable.join(", "));
+                }
+                if d.escrowed {
+                    out!("an escrow copy remains; `custos escrow purge {}` erases it too", d.label);
+                }
+            }
+            Recovered(rs) => {
+                for r in rs {
+                    match r {
+                        custos_core::Recovered::Restored { label, state } => {
+                            out!("recovered key {label} ({state}) under the CURRENT master key")
+                        }
+                        custos_core::Recovered::AlreadyPresent { label } => {
+                            out!("key {label} is already in the keystore; left alone")
+                        }
+                    }
+                }
+            }
+            Volume(r) => out!("added volume {} at {} (site {}, {})", r.name, r.location, r.site, r.medium),
+            Volumes(vols) => {
+                let mut t = Table::new(&["NAME", "SITE", "MEDIUM", "LOCATION"]);
+                for r in vols {
+                    t.row(vec![r.name.to_string(), r.site.clone(), r.medium.to_string(), r.location.clone()]);
+                }
+                o.push_str(&t.render());
+            }
+            Policy(p) => {
+                out!("added policy {}: {} → volume {}, {}", p.name, p.pattern, p.volume, target_text(&p.target))
+            }
+            Policies(ps) => {
+                let mut t = Table::new(&["NAME", "PATTERN", "VOLUME", "KEY"]);
+                for p in ps {
+                    t.row(vec![p.name.clone(), p.pattern.to_string(), p.volume.to_string(), target_text(&p.target)]);
+                }
+                o.push_str(&t.render());
+            }
+            Put(r) => {
+                if r.unchanged {
+                    out!(
+                        "{} is unchanged: generation {} already holds these {}",
+                        r.dataset,
+                        r.generation,
+                        bytes(r.size)
+                    );
+                } else {
+                    out!(
+                        "stored {} generation {}: {} in {} chunks ({} new, {} on the volume) under key {}{} on volume {}",
+                        r.dataset,
+                        r.generation,
+                        bytes(r.size),
+                        r.chunks,
+                        r.new_chunks,
+                        bytes(r.stored),
+                        r.key_label,
+                        if r.created_key { " (created)" } else { "" },
+                        r.volume
+                    );
+                }
+            }
+            // The data went to the output stream.
+            Got(_) | AuditExport(_) => {}
+            Datasets(ds) => {
+                let mut t = Table::new(&["NAME", "SIZE", "GEN", "KEY", "VOLUME", "UPDATED"]);
+                for d in ds {
+                    t.row(vec![
+                        d.name.to_string(),
+                        bytes(d.current.size),
+                        d.current.generation.to_string(),
+                        d.current.key_label.to_string(),
+                        match &d.migrated_from {
+                            Some(_) => format!("{} (migrated)", d.current.volume),
+                            None => d.current.volume.to_string(),
+                        },
+                        when(Some(d.current.created_at)),
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
+            DatasetInfo(i) => {
+                let (d, g) = (&i.record, &i.record.current);
+                out!("name         {}", d.name);
+                out!("id           {}", d.id);
+                out!("size         {} ({} bytes)", bytes(g.size), g.size);
+                out!("generation   {} (written {})", g.generation, when(Some(g.created_at)));
+                out!("chunks       {} of {}", g.chunk_count, bytes(g.chunk_size as u64));
+                out!("key          {} ({})", g.key_label, i.key_state);
+                out!(
+                    "volume       {} (site {}, {}, {})",
+                    i.volume.name,
+                    i.volume.site,
+                    i.volume.medium,
+                    i.volume.location
+                );
+                if let Some(home) = &d.migrated_from {
+                    out!("migrated     from volume {home}; the next read recalls it there");
+                }
+                out!("last used    {}", when(Some(d.last_access)));
+                out!("manifest     sha256 {}", hex::encode(g.manifest_hash));
+                out!("created      {}", when(Some(d.created_at)));
+            }
+            DatasetRemoved { name, objects } => out!("removed dataset {name} ({objects} objects deleted)"),
+            DatasetVerified(r) => out!(
+                "dataset {} generation {}: every chunk opened and checked ({})",
+                r.dataset,
+                r.generation,
+                bytes(r.bytes)
+            ),
+            Imported(reports) => {
+                for r in reports {
+                    out!("stored {} ({}) under key {}", r.dataset, bytes(r.size), r.key_label);
+                }
+                let total: u64 = reports.iter().map(|r| r.size).sum();
+                let stored: u64 = reports.iter().map(|r| r.stored).sum();
+                out!("imported {} files, {} ({} new on the volume)", reports.len(), bytes(total), bytes(stored));
+            }
+            Settings(pairs) => {
+                for (k, v) in pairs {
+                    out!("{k} = {v}");
+                }
+            }
+            MkStatus(st) => {
+                let mut t = Table::new(&["REGISTER", "MKVP", "SINCE", "KEYS"]);
+                for r in &st.registers {
+                    t.row(vec![r.register.clone(), r.mkvp.clone(), when(Some(r.since)), r.keys.to_string()]);
+                }
+                o.push_str(&t.render());
+                for (m, n) in &st.orphaned {
+                    out!("warning: {n} keys are wrapped under master key {m}, which no register holds: recover them from a keystore backup or escrow");
+                }
+            }
+            MkLoaded(m) => {
+                out!("loaded the NEW master key register: MKVP {m}");
+                out!("next: `custos mk activate`, then `custos mk reencipher`");
+            }
+            MkActivated(st) => {
+                out!("activated: NEW is now CURRENT, the previous CURRENT is OLD");
+                for r in &st.registers {
+                    out!("  {:<8} {}  {} keys", r.register, r.mkvp, r.keys);
+                }
+                if st.registers.iter().any(|r| r.register == "OLD" && r.keys > 0) {
+                    out!("next: `custos mk reencipher` moves the keys still under OLD to CURRENT");
+                }
+            }
+            Reenciphered(r) => match &r.from {
+                Some(f) => out!("re-enciphered {} keys from master key {f} to {}", r.moved, r.to),
+                None => out!("no OLD master key: nothing to re-encipher"),
+            },
+            KeystoreBackup(b) => out!(
+                "keystore backup {} on volume {}: {} keys, under master keys {}",
+                b.id,
+                b.volume,
+                b.key_count,
+                b.mkvps.join(", ")
+            ),
+            KeystoreBackups(bs) => {
+                let mut t = Table::new(&["ID", "VOLUME", "CREATED", "KEYS", "MASTER KEYS (MKVP)"]);
+                for b in bs {
+                    t.row(vec![
+                        b.id.clone(),
+                        b.volume.to_string(),
+                        when(Some(b.created_at)),
+                        b.key_count.to_string(),
+                        b.mkvps.join(", "),
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
+            EscrowCreated { kbk, .. } => out!(
+                "created key-backup key {}: any {} of {} custodians can recover escrowed keys",
+                kbk.id,
+                kbk.threshold,
+                kbk.custodians.len()
+            ),
+            EscrowStatus(st) => {
+                for k in &st.kbks {
+                    out!(
+                        "{}  {} of {}  created {}",
+                        k.id,
+                        k.threshold,
+                        k.custodians.join(", "),
+                        when(Some(k.created_at))
+                    );
+                }
+                out!("{} keys escrowed, {} keys without an escrow copy", st.keys_escrowed, st.keys_not_escrowed.len());
+                for l in &st.keys_not_escrowed {
+                    out!("  not escrowed: {l}");
+                }
+            }
+            Mirrors { list, .. } => o.push_str(&mirror_table(list)),
+            Snapshot(sn) => {
+                out!("snapshot {}: {} generation {} ({})", sn.id, sn.dataset, sn.generation, bytes(sn.size))
+            }
+            Snapshots(sns) => {
+                let mut t = Table::new(&["ID", "DATASET", "GEN", "VOLUME", "KEY", "SIZE", "CREATED"]);
+                for s in sns {
+                    t.row(vec![
+                        s.id.to_string(),
+                        s.dataset.to_string(),
+                        s.generation.to_string(),
+                        s.volume.to_string(),
+                        s.key_label.to_string(),
+                        bytes(s.size),
+                        when(Some(s.created_at)),
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
+            SnapshotRestored { id, report: r } => out!(
+                "restored snapshot {} as {} generation {} ({}); verified",
+                id,
+                r.dataset,
+                r.generation,
+                bytes(r.size)
+            ),
+            BackupsMade { made, method, to } => {
+                for (n, b) in made {
+                    match b {
+                        Some(b) => out!(
+                            "backup {}: {} copy of {} generation {} ({}) on volume {} under key {}",
+                            b.id,
+                            b.method,
+                            n,
+                            b.source_generation,
+                            bytes(b.size),
+                            b.volume,
+                            b.key_label
+                        ),
+                        None => {
+                            out!("{n}: its current generation already has a {} copy on {to}", methods(*method))
+                        }
+                    }
+                }
+            }
+            Backups(bs) => {
+                let mut t = Table::new(&["ID", "DATASET", "GEN", "METHOD", "VOLUME", "KEY", "SIZE", "CREATED"]);
+                for b in bs {
+                    t.row(vec![
+                        b.id.to_string(),
+                        b.dataset.to_string(),
+                        b.source_generation.to_string(),
+                        b.method.to_string(),
+                        b.volume.to_string(),
+                        b.key_label.to_string(),
+                        bytes(b.size),
+                        when(Some(b.created_at)),
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
+            Backup { backup: b, volume: vol } => {
+                out!("backup       {}", b.id);
+                out!("dataset      {} generation {}", b.dataset, b.source_generation);
+                out!(
+                    "method       {}",
+                    match b.method {
+                        CopyMethod::Raw => "raw (sealed bytes copied as they are; shares the primary's key)",
+                        CopyMethod::Logical => "logical (re-sealed under a separate backup key)",
+                    }
+                );
+                out!("volume       {} (site {}, {})", vol.name, vol.site, vol.medium);
+                out!("key          {}", b.key_label);
+                out!("size         {} in {} chunks", bytes(b.size), b.chunk_count);
+                out!("created      {}", when(Some(b.created_at)));
+            }
+            Pruned { decisions, dry_run } => {
+                let gone = decisions.iter().filter(|d| !d.keep).count();
+                for d in decisions.iter().filter(|d| !d.keep) {
+                    let b = &d.backup;
+                    out!(
+                        "{} backup {} ({} of {} generation {}, {})",
+                        if *dry_run { "would delete" } else { "deleted" },
+                        b.id,
+                        b.method,
+                        b.dataset,
+                        b.source_generation,
+                        when(Some(b.created_at))
+                    );
+                }
+                out!(
+                    "{} of {} backups kept{}",
+                    decisions.len() - gone,
+                    decisions.len(),
+                    if *dry_run { " (dry run)" } else { "" }
+                );
+            }
+            BackupsVerified { list, read_data } => {
+                for v in list {
+                    match &v.error {
+                        None => out!("backup {} ({} of {}): ok", v.id, v.method, v.dataset),
+                        Some(e) => out!("backup {} ({} of {}): DAMAGED: {e}", v.id, v.method, v.dataset),
+                    }
+                }
+                if list.iter().all(|v| v.ok) {
+                    out!("{} backups verified{}", list.len(), if *read_data { ", every chunk read" } else { "" });
+                }
+            }
+            Restored(rs) => {
+                for (source, r) in rs {
+                    out!(
+                        "restored backup {} ({} copy of {}) as {} generation {}: {} under key {}{}; verified",
+                        r.backup,
+                        r.method,
+                        source,
+                        r.dataset,
+                        r.generation,
+                        bytes(r.size),
+                        r.key_label,
+                        if r.new_key { " (new: the dataset's own key can no longer encrypt)" } else { "" }
+                    );
+                }
+            }
+            HsmRun { actions, gc } => {
+                if let Some(g) = gc {
+                    if g.released + g.orphans + g.temp_files > 0 {
+                        out!(
+                            "gc: deleted {} released and {} unreferenced objects and {} temp files ({})",
+                            g.released,
+                            g.orphans,
+                            g.temp_files,
+                            bytes(g.bytes)
+                        );
+                    }
+                    for f in &g.failed {
+                        out!("gc: NOT DELETED {f}");
+                    }
+                }
+                if actions.is_empty() {
+                    out!("nothing to do: every dataset is backed up as its rule says, and none is due for migration");
+                }
+                for a in actions {
+                    out!("{} [{}] {}: {}", a.dataset, a.rule, a.action, a.detail);
+                }
+            }
+            HsmRule(r) => out!("added hsm rule {} for {}", r.name, r.pattern),
+            HsmRules(rules) => {
+                let mut t = Table::new(&["NAME", "PATTERN", "BACKUP", "KEEP (last/daily/monthly/yearly)", "MIGRATE"]);
+                for r in rules {
+                    t.row(vec![
+                        r.name.clone(),
+                        r.pattern.to_string(),
+                        r.backup_to
+                            .as_ref()
+                            .map(|v| format!("{} to {v}", r.method.as_str()))
+                            .unwrap_or_else(|| "-".into()),
+                        format!("{}/{}/{}/{}", r.keep_last, r.keep_daily, r.keep_monthly, r.keep_yearly),
+                        match (r.migrate_after_days, &r.migrate_to) {
+                            (Some(d), Some(v)) => format!("to {v} after {d} days unused"),
+                            _ => "-".into(),
+                        },
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
+            Moved(m) => {
+                if m.from == m.to {
+                    out!("{}: generation {} is on {} already; nothing moved", m.dataset, m.generation, m.to);
+                } else {
+                    out!(
+                        "{}: generation {} ({} chunks) moved from {} to {}",
+                        m.dataset,
+                        m.generation,
+                        m.chunks,
+                        m.from,
+                        m.to
+                    );
+                }
+            }
+            NotMigrated(d) => out!("{d} is not migrated"),
+            RiskReport(r, dual) => o.push_str(&custos_risk::report::render_table(r, *dual)),
+            Drill(cells) => {
+                let bad = cells.iter().filter(|c| !c.agrees).count();
+                let mut t = Table::new(&["DATASET", "THREATS", "MODELED", "PROVEN", "HOW"]);
+                for c in cells {
+                    t.row(vec![
+                        c.dataset.clone(),
+                        c.threats.iter().map(|t| t.name()).collect::<Vec<_>>().join(" + "),
+                        c.modeled.cell(),
+                        format!(
+                            "{}{}",
+                            if c.proven { "survives" } else { "lost" },
+                            if c.agrees { "" } else { "  <- DISAGREES" }
+                        ),
+                        c.how.clone(),
+                    ]);
+                }
+                o.push_str(&t.render());
+                out!("\n{} cells drilled: {} agree with the model, {} disagree", cells.len(), cells.len() - bad, bad);
+            }
+            Audit(rows) => {
+                let mut t = Table::new(&["SEQ", "TIME", "PRINCIPAL", "ACTION", "OBJECT", "RESULT"]);
+                for r in rows {
+                    t.row(vec![
+                        r.seq.to_string(),
+                        when(Some(r.at)),
+                        crate::render::escape(&r.principal),
+                        crate::render::escape(&r.action),
+                        crate::render::escape(&r.object),
+                        crate::render::escape(&r.result),
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
+            AuditVerdict(v) => {
+                if v.problem.is_none() {
+                    out!("audit log intact: {} entries, {} signed checkpoints", v.entries, v.checkpoints);
+                }
+            }
+            UserAdded { user, token } => {
+                out!(
+                    "added user {} ({})",
+                    user.name,
+                    user.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                if let Some(t) = token {
+                    out!("token (shown once; store it where the script reads CUSTOS_CREDENTIAL): {}", t.expose());
+                }
+            }
+            Users(us) => {
+                let mut t = Table::new(&["USER", "ROLES", "DATA GRANTS", "KEY GRANTS", "STATE"]);
+                for u in us {
+                    let list = |ps: &[custos_core::model::Pattern]| {
+                        ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+                    };
+                    t.row(vec![
+                        u.name.clone(),
+                        u.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+                        list(&u.data_grants),
+                        list(&u.key_grants),
+                        if u.disabled { "disabled".into() } else { "enabled".into() },
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
+            Requests(rs) => {
+                for r in rs {
+                    out!("{}", r.line());
+                }
+            }
+            Request(r) => o.push_str(&r.detail()),
+            RequestCreated { request: r, token } => {
+                out!(
+                    "request {}: {} is under dual control; it runs when another authorized principal approves it with `custos request approve {}` (before {})",
+                    r.id,
+                    r.action,
+                    r.id,
+                    r.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+                );
+                if let Some(t) = token {
+                    out!("token of the new user, valid once the request is approved (shown once; store it where the script reads CUSTOS_CREDENTIAL): {}", t.expose());
+                }
+            }
+            Approved { request, result } => {
+                out!(
+                    "request {} approved by {}; running: {}",
+                    request.id,
+                    request.decided_by.as_deref().unwrap_or("?"),
+                    request.summary
+                );
+                o.push_str(&result.text());
+            }
+            Monitor(r) => {
+                if r.alerts.is_empty() {
+                    out!("no alerts");
+                }
+                for a in &r.alerts {
+                    out!("[{}] {}: {}", a.code, a.subject, a.detail);
+                }
+            }
+            Fsck(r) => {
+                for v in &r.volumes {
+                    match &v.unreachable {
+                        Some(why) => out!("volume {}: UNREACHABLE: {why}", v.volume),
+                        None => out!(
+                            "volume {}: {} objects referenced, {} missing, {} damaged; {} unreferenced ({}, {} in the trash), {} temp files",
+                            v.volume,
+                            v.referenced,
+                            v.missing.len(),
+                            v.damaged.len(),
+                            v.unreferenced,
+                            bytes(v.unreferenced_bytes),
+                            v.in_trash,
+                            v.temp_files
+                        ),
+                    }
+                    for m in &v.missing {
+                        out!("  MISSING {m}");
+                    }
+                    for d in &v.damaged {
+                        out!("  DAMAGED {d}");
+                    }
+                }
+                for c in &r.catalog {
+                    out!("catalog: {c}");
+                }
+                if r.clean() {
+                    let reclaim: u64 = r.volumes.iter().map(|v| v.unreferenced + v.temp_files).sum();
+                    if reclaim > 0 {
+                        out!("everything the catalog needs is there; {reclaim} objects are not needed: `custos gc` deletes them after the grace period");
+                    } else {
+                        out!(
+                            "everything the catalog needs is there{}",
+                            if r.read_data { ", and every chunk opened" } else { "" }
+                        );
+                    }
+                }
+            }
+            Gc { report: r, grace } => {
+                let verb = if r.dry_run { "would delete" } else { "deleted" };
+                out!(
+                    "{verb} {} released objects, {} unreferenced objects and {} temp files ({}); {} released objects are within the grace period of {grace}",
+                    r.released,
+                    r.orphans,
+                    r.temp_files,
+                    bytes(r.bytes),
+                    r.waiting
+                );
+                for f in &r.failed {
+                    out!("  NOT DELETED {f}");
+                }
+            }
+        }
+        o
+    }
+}

@@ -1,0 +1,558 @@
+//! Running an operation that passed the boundary's checks: one arm per
+//! operation, each a call into the engine and a typed result.
+
+use custos_core::model::{CopyMethod, DatasetName, KeyAction, KeyState, PolicyTarget};
+use custos_core::{NewKey, NewMasterKey, NewPolicy, NewVolume, PutOptions, ShareFile};
+use jiff::Timestamp;
+
+use crate::engine::{Caller, Engine, Io};
+use crate::error::{Error, Result};
+use crate::operation::{GrantOn, NewCredential, Operation, PolicyKey, SecretText};
+use crate::reply::{BulkLine, Destruction, Reply, ShareOut, Verified};
+use crate::requests::RequestView;
+
+fn shares(texts: &[SecretText]) -> Result<Vec<ShareFile>> {
+    texts.iter().enumerate().map(|(i, t)| Ok(ShareFile::decode(t.expose(), &format!("share {}", i + 1))?)).collect()
+}
+
+fn duration(flag: &str, text: &str) -> Result<jiff::SignedDuration> {
+    custos_core::parse_duration(text).map_err(|why| Error::Usage(format!("{flag}: {why}")))
+}
+
+pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> Result<Reply> {
+    let v = &e.vault;
+    use Operation as O;
+    Ok(match op {
+        O::KeyCreate { label, app, purpose, expires_at, activate, count } => {
+            let new = NewKey { label, app, purpose, expires_at, activate };
+            match count {
+                Some(n) => Reply::KeysCreated(e.open()?.create_keys(&new, n)?),
+                None => Reply::Key(e.open()?.create_key(&new)?, "created"),
+            }
+        }
+        O::KeyList { pattern } => Reply::Keys(
+            v.keys()?.into_iter().filter(|k| pattern.as_ref().is_none_or(|p| p.matches(k.label.as_str()))).collect(),
+        ),
+        O::KeyShow { label } => {
+            let key = v.key(&label)?;
+            let datasets = v.datasets_using_key(&key.label)?;
+            Reply::KeyDetail { key, datasets }
+        }
+        O::KeyLifecycle { target, action, dry_run } => key_lifecycle(e, who, &target, action, dry_run)?,
+        O::KeyDestroy { label, crypto_erase, wait } => {
+            let wait = match wait {
+                Some(w) => duration("--wait", &w)?,
+                None => v.destroy_default_wait()?,
+            };
+            let (at, unreadable) = v.schedule_destroy(&label, wait, crypto_erase)?;
+            let rec = v.key(&label)?;
+            Reply::Destroy(Destruction {
+                label: label.to_string(),
+                destroy_at: at,
+                state: rec.state,
+                unreadable,
+                wait: format!("{wait:#}"),
+                escrowed: rec.escrow.is_some(),
+            })
+        }
+        O::KeyCancelDestroy { label } => Reply::Key(v.cancel_destroy(&label)?, "cancelled"),
+        O::KeyRecover { pattern, from } => Reply::Recovered(e.open()?.recover_keys(&pattern, &from)?),
+        O::EscrowRecover { label, shares: s } => {
+            Reply::Recovered(vec![e.open()?.recover_from_escrow(&label, &shares(&s)?)?])
+        }
+        O::VolumeAdd { name, location, site, medium } => {
+            Reply::Volume(v.add_volume(&NewVolume { name, location, site, medium })?)
+        }
+        O::VolumeList => Reply::Volumes(v.volumes()?),
+        O::PolicyAdd { name, pattern, volume, key } => {
+            let target = match key {
+                PolicyKey::Key(k) => PolicyTarget::Key(k),
+                PolicyKey::Template { app } => PolicyTarget::Template { app },
+            };
+            Reply::Policy(v.add_policy(&NewPolicy { name, pattern, volume, target })?)
+        }
+        O::PolicyList => Reply::Policies(v.policies()?),
+        O::PolicyRm { name } => {
+            v.remove_policy(&name)?;
+            Reply::Note(format!("removed policy {name}"))
+        }
+        O::DsPut { name, key, volume } => {
+            let input = io.input.as_deref_mut().ok_or_else(|| Error::Usage("ds put needs the data to store".into()))?;
+            Reply::Put(e.open()?.put(&name, input, &PutOptions { key, volume, fresh: false })?)
+        }
+        O::DsGet { name, range } => {
+            let range = match range {
+                None => None,
+                Some(r) => {
+                    let size = v.dataset(&name)?.current.size;
+                    Some((r.start.unwrap_or(0), r.end.unwrap_or(size)))
+                }
+            };
+            let out = io.output.as_deref_mut().ok_or_else(|| Error::Usage("ds get needs somewhere to write".into()))?;
+            Reply::Got(e.open()?.get(&name, out, range)?)
+        }
+        O::DsList { pattern } => Reply::Datasets(
+            v.datasets()?.into_iter().filter(|d| pattern.as_ref().is_none_or(|p| p.matches(d.name.as_str()))).collect(),
+        ),
+        O::DsInfo { name } => Reply::DatasetInfo(Box::new(v.dataset_info(&name)?)),
+        O::DsRm { name } => {
+            let objects = v.remove_dataset(&name)?;
+            Reply::DatasetRemoved { name, objects }
+        }
+        O::DsVerify { name } => Reply::DatasetVerified(e.open()?.verify(&name)?),
+        O::DsImport { dir, prefix, replace } => Reply::Imported(e.open()?.import(&dir, &prefix, replace, |_| {})?),
+        O::ConfigList => Reply::Settings(settings(e)?),
+        O::ConfigGet { key } => {
+            let all = settings(e)?;
+            let names: Vec<String> = all.iter().map(|(k, _)| k.clone()).collect();
+            let found = all.into_iter().find(|(k, _)| *k == key).ok_or_else(|| custos_core::Error::Invalid {
+                what: "setting",
+                why: format!("no setting {key:?}: the settings are {}", names.join(", ")),
+            })?;
+            Reply::Settings(vec![found])
+        }
+        O::ConfigSet { key, value } => {
+            match key.as_str() {
+                "key.naming" => {
+                    v.set_naming(&value)?;
+                }
+                "chunk.size" => {
+                    let n: u32 = value
+                        .parse()
+                        .map_err(|_| Error::Usage(format!("chunk.size takes a number of bytes, not {value:?}")))?;
+                    v.set_chunk_size(n)?;
+                }
+                "compression" => v.set_compression(&value)?,
+                "s3.endpoint" | "s3.region" => v.set_s3_setting(&key, &value)?,
+                "key.destroy.wait" => v.set_destroy_default_wait(&value)?,
+                "key.destroy.min-wait" => v.set_destroy_min_wait(&value)?,
+                "dual-control" => v.set_dual_control(&value)?,
+                "request.ttl" => v.set_request_ttl(&value)?,
+                "gc.grace" => v.set_gc_grace(&value)?,
+                _ => return Err(Error::Usage(format!("no setting {key:?}: the settings are key.naming, chunk.size, compression, s3.endpoint, s3.region, key.destroy.wait, key.destroy.min-wait, dual-control, request.ttl and gc.grace"))),
+            }
+            Reply::Settings(settings(e)?.into_iter().filter(|(k, _)| *k == key).collect())
+        }
+        O::MkStatus => Reply::MkStatus(e.open()?.mk_status()?),
+        O::MkLoadNew { generate, parts, expect_mkvp } => {
+            let expect = expect_mkvp
+                .as_deref()
+                .map(|m| {
+                    custos_core::Mkvp::from_hex(m).map_err(|_| Error::Usage("--expect-mkvp takes 16 hex digits".into()))
+                })
+                .transpose()?;
+            let new = match (generate, parts.is_empty()) {
+                (true, true) => NewMasterKey::Generate,
+                (false, false) => NewMasterKey::Parts(
+                    parts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            Ok(custos_core::KeyPartFile::decode(p.expose(), &format!("key part {}", i + 1))?.0)
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                _ => return Err(Error::Usage("give either --generate or --part FILE for each custodian".into())),
+            };
+            Reply::MkLoaded(e.open()?.mk_load_new(new, expect)?.to_hex())
+        }
+        O::MkClearNew => {
+            e.open()?.mk_clear_new()?;
+            Reply::Note("cleared the NEW master key register".into())
+        }
+        O::MkActivate => Reply::MkActivated(e.open()?.mk_activate()?),
+        O::MkReencipher { batch } => Reply::Reenciphered(e.open()?.mk_reencipher(batch, |_| {})?),
+        O::KeystoreBackup { to } => Reply::KeystoreBackup(v.keystore_backup(&to)?),
+        O::KeystoreBackups => Reply::KeystoreBackups(v.keystore_backups()?),
+        O::EscrowInit { custodians, threshold } => {
+            // Every share is delivered and durable before the catalog
+            // switches to the new key-backup key.
+            let deliver = io.deliver.as_mut().ok_or_else(|| {
+                Error::Usage("escrow init needs a way to hand each custodian their share: run it in embedded mode (--vault DIR) with --out-dir".into())
+            })?;
+            let (kbk, files) = e.open()?.escrow_init(&custodians, threshold, |files| {
+                let out = share_outs(files);
+                deliver(&out).map_err(|source| custos_core::Error::VaultIo { path: "escrow shares".into(), source })
+            })?;
+            Reply::EscrowCreated {
+                kbk,
+                shares: share_outs(&files)
+                    .into_iter()
+                    .map(|s| ShareOut { text: SecretText::new(String::new()), ..s })
+                    .collect(),
+            }
+        }
+        O::EscrowStatus => Reply::EscrowStatus(v.escrow_status()?),
+        O::EscrowPurge { label } => {
+            v.escrow_purge(&label)?;
+            Reply::Note(format!("erased the escrow copy of {label}"))
+        }
+        O::MirrorAdd { primary, secondary } => {
+            Reply::Mirrors { list: vec![v.mirror_add(&primary, &secondary)?], check: false }
+        }
+        O::MirrorList => Reply::Mirrors { list: v.mirrors(false)?, check: false },
+        O::MirrorStatus => Reply::Mirrors { list: v.mirrors(true)?, check: true },
+        O::MirrorRm { primary } => {
+            v.mirror_rm(&primary)?;
+            Reply::Note(format!("volume {primary} is no longer mirrored"))
+        }
+        O::SnapshotCreate { dataset } => Reply::Snapshot(v.snapshot_create(&dataset)?),
+        O::SnapshotList { pattern } => Reply::Snapshots(v.snapshots(pattern.as_ref())?),
+        O::SnapshotRm { id } => {
+            v.snapshot_rm(id)?;
+            Reply::Note(format!("removed snapshot {id}"))
+        }
+        O::SnapshotRestore { id, as_name } => {
+            let ov = e.open()?;
+            let sn = ov.snapshot_record(id)?;
+            Reply::SnapshotRestored { id, report: ov.snapshot_restore(&sn, as_name.as_ref())? }
+        }
+        O::BackupRun { pattern, method, to, key } => {
+            let names: Vec<DatasetName> = v
+                .datasets()?
+                .into_iter()
+                .filter(|d| pattern.as_ref().is_none_or(|p| p.matches(d.name.as_str())))
+                .map(|d| d.name)
+                .collect();
+            // A raw copy needs no key: it runs on the sealed vault.
+            let made = match method {
+                CopyMethod::Raw => v.backup_raw_many(&names, &to)?,
+                CopyMethod::Logical => e.open()?.backup_logical_many(&names, &to, key.as_ref())?,
+            };
+            Reply::BackupsMade { made, method, to: to.to_string() }
+        }
+        O::BackupList { pattern } => Reply::Backups(v.backups(pattern.as_ref())?),
+        O::BackupShow { id } => {
+            let backup = v.backup_record(id)?;
+            let volume = v.volume_record(&backup.volume)?;
+            Reply::Backup { backup, volume }
+        }
+        O::BackupPrune { pattern, keep, dry_run } => {
+            Reply::Pruned { decisions: v.prune_backups(pattern.as_ref(), &keep, dry_run)?, dry_run }
+        }
+        O::BackupVerify { pattern, read_data } => {
+            let ov = e.open()?;
+            let list = ov
+                .backups(pattern.as_ref())?
+                .iter()
+                .map(|b| {
+                    let r = ov.verify_backup(b, read_data);
+                    Verified {
+                        id: b.id,
+                        ok: r.is_ok(),
+                        error: r.err().map(|e| e.to_string()),
+                        method: b.method,
+                        dataset: b.dataset.to_string(),
+                    }
+                })
+                .collect();
+            Reply::BackupsVerified { list, read_data }
+        }
+        O::Restore { dataset, backup, generation, at, as_name } => {
+            restore(e, &dataset, backup, generation, at, as_name.as_ref())?
+        }
+        O::HsmRun { dry_run, without_keys } => {
+            let needs_key = v.hsm_rules()?.iter().any(|r| r.backup_to.is_some() && r.method == CopyMethod::Logical);
+            let now = Timestamp::now();
+            let actions = if needs_key && !without_keys && !dry_run {
+                e.open()?.hsm_run(now, false)?
+            } else {
+                v.hsm_run(now, dry_run)?
+            };
+            // The housekeeping run also empties the trash of what is past
+            // its grace period (scanning volumes for strays is `custos gc`'s).
+            let gc = if dry_run { None } else { Some(v.gc(v.gc_grace()?, false, false)?) };
+            Reply::HsmRun { actions, gc }
+        }
+        O::HsmRuleAdd { name, pattern, method, backup_to, keep, migrate_after_days, migrate_to } => {
+            Reply::HsmRule(v.hsm_rule_add(&custos_core::NewHsmRule {
+                name,
+                pattern,
+                method,
+                backup_to,
+                retention: keep,
+                migrate_after_days,
+                migrate_to,
+            })?)
+        }
+        O::HsmRuleList => Reply::HsmRules(v.hsm_rules()?),
+        O::HsmRuleRm { name } => {
+            v.hsm_rule_rm(&name)?;
+            Reply::Note(format!("removed hsm rule {name}"))
+        }
+        O::HsmMigrate { dataset, to } => Reply::Moved(v.migrate(&dataset, &to)?),
+        O::HsmRecall { dataset } => match v.recall(&dataset)? {
+            Some(m) => Reply::Moved(m),
+            None => Reply::NotMigrated(dataset),
+        },
+        O::RiskReport { pattern, dual } => {
+            // A sealed vault knows the master keys the HSM held when last
+            // opened; the first report on a vault opens it once.
+            let held = match v.held_mkvps_seen()? {
+                Some(h) => h,
+                None => e.open()?.held_mkvps()?,
+            };
+            let g = custos_risk::build::graph(v, pattern.as_ref(), held)?;
+            Reply::RiskReport(Box::new(custos_risk::report::report(&g, dual, Timestamp::now())), dual)
+        }
+        O::RiskDrill { pattern, threats, dual, shares: s, scratch } => drill(e, pattern, &threats, dual, &s, scratch)?,
+        O::AuditList { since, principal, object } => {
+            Reply::Audit(v.audit_entries(&custos_core::AuditFilter { since, principal, object })?)
+        }
+        O::AuditVerify => Reply::AuditVerdict(e.open()?.audit_verify()?),
+        O::AuditExport => {
+            let rows = v.audit_entries(&Default::default())?;
+            let out =
+                io.output.as_deref_mut().ok_or_else(|| Error::Usage("audit export needs somewhere to write".into()))?;
+            let io_err = |source| custos_core::Error::VaultIo { path: "audit export".into(), source };
+            for r in &rows {
+                serde_json::to_writer(&mut *out, r).map_err(|e| io_err(e.into()))?;
+                out.write_all(b"\n").map_err(io_err)?;
+            }
+            out.flush().map_err(io_err)?;
+            Reply::AuditExport(rows.len())
+        }
+        O::UserAdd { name, roles, credential } => {
+            let (stored, token) = match credential {
+                NewCredential::Passphrase(p) => {
+                    custos_core::new_credential(Some(&custos_core::Passphrase::from(p.expose().to_string())))?
+                }
+                NewCredential::Token => custos_core::new_credential(None)?,
+                NewCredential::Stored(s) => (s, None),
+            };
+            let user = v.user_add_stored(&name, &roles, stored)?;
+            Reply::UserAdded { user, token: token.map(SecretText::new) }
+        }
+        O::UserList => Reply::Users(v.users()?),
+        O::UserDisable { name } => {
+            v.user_disable(&name)?;
+            Reply::Note(format!("user {name} is disabled"))
+        }
+        O::UserGrant { name, on, pattern } => {
+            let kind = grant_kind(on);
+            v.grant(&name, kind, &pattern)?;
+            Reply::Note(format!("granted {name} {} {pattern}", kind.as_str()))
+        }
+        O::UserRevoke { name, on, pattern } => {
+            let kind = grant_kind(on);
+            v.revoke(&name, kind, &pattern)?;
+            Reply::Note(format!("revoked {name}'s {} grant {pattern}", kind.as_str()))
+        }
+        O::RequestList => Reply::Requests(v.requests()?.iter().map(RequestView::new).collect()),
+        O::RequestShow { id } => Reply::Request(RequestView::new(&v.request(id)?)),
+        O::RequestDeny { id } => {
+            let me = match who {
+                Caller::Principal(p) => p.name.clone(),
+                Caller::Unverified(_) => {
+                    return Err(Error::Usage("deciding a request needs an authenticated user: give --user".into()))
+                }
+            };
+            Reply::Requests(vec![RequestView::new(&v.request_decide(id, &me, false)?)])
+        }
+        O::RequestWithdraw { id } => {
+            let me = match who {
+                Caller::Principal(p) => p.name.clone(),
+                Caller::Unverified(_) => {
+                    return Err(Error::Usage("withdrawing a request needs an authenticated user: give --user".into()))
+                }
+            };
+            Reply::Requests(vec![RequestView::new(&v.request_withdraw(id, &me)?)])
+        }
+        O::RequestApprove { .. } => unreachable!("the engine approves before running"),
+        O::Monitor { expiring_days, unused_days } => Reply::Monitor(v.monitor(expiring_days, unused_days)?),
+        O::Fsck { read_data } => Reply::Fsck(if read_data { e.open()?.fsck_read_data()? } else { v.fsck()? }),
+        O::Gc { dry_run, grace } => {
+            let grace = match grace {
+                Some(g) => duration("--grace", &g)?,
+                None => v.gc_grace()?,
+            };
+            Reply::Gc { report: v.gc(grace, dry_run, true)?, grace: format!("{grace:#}") }
+        }
+    })
+}
+
+fn share_outs(files: &[ShareFile]) -> Vec<ShareOut> {
+    files
+        .iter()
+        .map(|f| ShareOut { custodian: f.custodian.clone(), text: SecretText::new(f.encode().to_string()) })
+        .collect()
+}
+
+fn grant_kind(on: GrantOn) -> custos_core::GrantKind {
+    match on {
+        GrantOn::Data => custos_core::GrantKind::Data,
+        GrantOn::Key => custos_core::GrantKind::Key,
+    }
+}
+
+fn settings(e: &Engine) -> Result<Vec<(String, String)>> {
+    Ok(e.vault.settings()?.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// A lifecycle action on one key, or on every key matching a pattern: each
+/// is checked, applied and audited on its own; with `dry_run` nothing
+/// changes. Keys the action does not apply to are listed, not failed.
+fn key_lifecycle(e: &Engine, who: &Caller, target: &str, a: KeyAction, dry_run: bool) -> Result<Reply> {
+    let v = &e.vault;
+    if !target.contains(['*', '%']) && !dry_run {
+        let label = custos_core::model::KeyLabel::new(target)?;
+        return Ok(Reply::Key(v.key_action(&label, a, false)?, "now"));
+    }
+    let p = custos_core::model::Pattern::new(target)?;
+    let keys: Vec<_> = v.keys()?.into_iter().filter(|k| p.matches(k.label.as_str())).collect();
+    if keys.is_empty() {
+        return Err(custos_core::Error::Invalid {
+            what: "key",
+            why: format!("no key matches {target}: see `custos key ls`"),
+        }
+        .into());
+    }
+    let verb = format!("{a:?}").to_lowercase();
+    let mut lines = Vec::new();
+    for k in keys {
+        let label = k.label.to_string();
+        match k.state.apply(a) {
+            Err(err) => lines.push(BulkLine { label, result: "skipped", detail: format!("skipped ({err})") }),
+            Ok(next) if dry_run => lines.push(BulkLine {
+                label,
+                result: "would change",
+                detail: format!("{} → {next} (dry run)", k.state),
+            }),
+            Ok(_) => {
+                let r = v.key_action(&k.label, a, false);
+                let outcome = match &r {
+                    Ok(rec) => format!("ok: now {}", rec.state),
+                    Err(err) => format!("failed: {err}"),
+                };
+                v.audit_append(&who.name(), &format!("key {verb} (bulk {target})"), k.label.as_str(), &outcome)?;
+                lines.push(BulkLine { label, result: if r.is_ok() { "changed" } else { "failed" }, detail: outcome });
+            }
+        }
+    }
+    Ok(Reply::KeyBulk { lines, dry_run })
+}
+
+fn restore(
+    e: &Engine,
+    d: &str,
+    backup: Option<u64>,
+    generation: Option<u64>,
+    at: Option<Timestamp>,
+    as_name: Option<&DatasetName>,
+) -> Result<Reply> {
+    let v = e.open()?;
+    let pat = custos_core::model::Pattern::new(d)?;
+    let wildcard = d.contains(['*', '%']);
+    if wildcard && (backup.is_some() || as_name.is_some()) {
+        return Err(Error::Usage("--backup and --as restore one dataset: give a dataset name, not a pattern".into()));
+    }
+    let all = v.backups(Some(&pat))?;
+    let mut names: Vec<DatasetName> = all.iter().map(|b| b.dataset.clone()).collect();
+    names.sort();
+    names.dedup();
+    if !wildcard {
+        names = vec![DatasetName::new(d)?];
+    }
+    if names.is_empty() {
+        return Err(custos_core::Error::Invalid {
+            what: "restore",
+            why: format!("no backup of any dataset matching {d}: see `custos backup ls`"),
+        }
+        .into());
+    }
+    let mut out = Vec::new();
+    for name in &names {
+        let b = match backup {
+            Some(id) => {
+                let b = v.backup_record(id)?;
+                // Restoring another dataset's copy over this one would roll
+                // that other dataset back instead: only with --as.
+                if b.dataset != *name && as_name.is_none() {
+                    return Err(custos_core::Error::Invalid {
+                        what: "restore",
+                        why: format!(
+                            "backup {id} is a copy of {}, not of {name}: run `custos restore {} --backup {id}`, or add `--as {name}` to write its content into {name}",
+                            b.dataset, b.dataset
+                        ),
+                    }
+                    .into());
+                }
+                b
+            }
+            None => {
+                let fits = |b: &&custos_core::model::BackupRecord| {
+                    b.dataset == *name
+                        && generation.is_none_or(|g| b.source_generation == g)
+                        && at.is_none_or(|t| b.created_at <= t)
+                };
+                let newest = |m: CopyMethod| all.iter().rev().filter(fits).find(|b| b.method == m).cloned();
+                newest(CopyMethod::Logical).or_else(|| newest(CopyMethod::Raw)).ok_or_else(|| {
+                    custos_core::Error::Invalid {
+                        what: "restore",
+                        why: format!(
+                            "no backup of {name}{}{}: see `custos backup ls`",
+                            generation.map(|g| format!(" generation {g}")).unwrap_or_default(),
+                            at.map(|t| format!(" made at or before {t}")).unwrap_or_default()
+                        ),
+                    }
+                })?
+            }
+        };
+        let r = v.restore(&b, as_name)?;
+        out.push((b.dataset.clone(), r));
+    }
+    Ok(Reply::Restored(out))
+}
+
+fn drill(
+    e: &Engine,
+    pattern: Option<custos_core::model::Pattern>,
+    threats: &[String],
+    dual: bool,
+    s: &[SecretText],
+    scratch: Option<std::path::PathBuf>,
+) -> Result<Reply> {
+    use custos_risk::Threat;
+    let singles: Vec<Threat> = if threats.is_empty() {
+        Threat::ALL.to_vec()
+    } else {
+        threats
+            .iter()
+            .map(|t| {
+                Threat::parse(t).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no threat {t:?}: choose one of {}",
+                        Threat::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut sets: Vec<Vec<Threat>> = singles.iter().map(|t| vec![*t]).collect();
+    if dual {
+        sets.extend(
+            Threat::pairs()
+                .into_iter()
+                .filter(|(a, b)| singles.contains(a) || singles.contains(b))
+                .map(|(a, b)| vec![a, b]),
+        );
+    }
+    let v = e.open()?;
+    let passphrase = e.passphrase().unwrap_or_else(|| custos_core::Passphrase::new(Vec::new()));
+    let tmp;
+    let scratch = match scratch {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("custos-drill")
+                .tempdir()
+                .map_err(|source| custos_core::Error::VaultIo { path: std::env::temp_dir(), source })?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let opts = custos_risk::drill::DrillOptions { pattern, sets, scratch, passphrase, shares: shares(s)? };
+    Ok(Reply::Drill(custos_risk::drill::drill(v, &opts)?))
+}
+
+#[allow(dead_code)]
+fn _state_is_used(_: KeyState) {}
