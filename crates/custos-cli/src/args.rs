@@ -38,6 +38,21 @@ pub struct Cli {
     /// (first line). Otherwise CUSTOS_CREDENTIAL, otherwise a prompt.
     #[arg(long, global = true, value_name = "FILE")]
     pub credential_file: Option<PathBuf>,
+    /// Run the command on a Custos server instead of opening a vault here:
+    /// unix:/run/custos/custos.sock or https://host:port. The client needs
+    /// no access to the vault and never the HSM passphrase. Without it the
+    /// vault is opened in this process (embedded mode), where whoever holds
+    /// the passphrase is every role.
+    #[arg(long, global = true, env = "CUSTOS_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// The CA certificate (PEM) that signed an https server's certificate.
+    #[arg(long, global = true, env = "CUSTOS_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present to an https server, and its key.
+    #[arg(long, global = true, env = "CUSTOS_CLIENT_CERT", value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "CUSTOS_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -46,6 +61,13 @@ pub struct Cli {
 pub enum Command {
     /// Create a vault: repository, software HSM with a new master key, default volume and policy.
     Init(InitArgs),
+    /// Serve the vault: this process alone opens catalog, HSM and volumes;
+    /// principals connect with `--server`. See docs/server.md.
+    Serve {
+        /// The server configuration (TOML; docs/custos-server.sample.toml).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Run the guided demonstration in a throwaway vault.
     Demo {
         /// Keep the demo vault in this directory instead of a temporary one.

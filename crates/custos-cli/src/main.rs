@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod client;
 mod cmd;
 mod demo;
 mod progress;
@@ -57,6 +58,9 @@ impl std::error::Error for Usage {}
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Usage>().is_some() {
         return 2;
+    }
+    if let Some(e) = e.downcast_ref::<client::Remote>() {
+        return e.exit;
     }
     if let Some(e) = e.downcast_ref::<custos_ops::Error>() {
         return e.code().exit();
@@ -160,7 +164,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    if let Command::Serve { config } = &cli.command {
+        return serve(config).map(|_| ExitCode::SUCCESS);
+    }
     let plan = cmd::plan(&cli)?;
+    if let Some(url) = &cli.server {
+        let authorization = match &cli.user {
+            Some(name) => {
+                let secret = credential(&cli, name, false)?;
+                Some(custos_server::basic(name, secret.expose_secret()))
+            }
+            None => None,
+        };
+        return client::Client::new(&cli, url, authorization)?.run(&cli, plan);
+    }
     let mut vault = Vault::open(&cli.vault)?;
     if let Some(n) = cli.threads {
         vault.set_threads(n);
@@ -308,6 +325,19 @@ fn show_reply(cli: &Cli, reply: &Reply, show: &Show) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `custos serve`: open the configured vault and its HSM once, then serve.
+fn serve(config: &Path) -> anyhow::Result<()> {
+    let config = custos_server::Config::load(config)?;
+    let engine = custos_server::open_engine(&config)?;
+    let (unix, tcp) = (config.listen.unix.clone(), config.listen.tcp.clone());
+    custos_server::run(config, engine, move || {
+        let mut at: Vec<String> = unix.iter().map(|p| format!("unix:{}", p.display())).collect();
+        at.extend(tcp.iter().map(|a| format!("https://{a}")));
+        note!("custos serve: listening on {}", at.join(" and "));
+    })?;
+    Ok(())
+}
+
 fn init(cli: &Cli) -> anyhow::Result<()> {
     let Command::Init(a) = &cli.command else { unreachable!("init") };
     let kdf =
@@ -327,6 +357,9 @@ fn init(cli: &Cli) -> anyhow::Result<()> {
     if cred.expose_secret().len() < 8 {
         bail!("the credential of {admin} is shorter than 8 characters; nothing was created");
     }
+    // A vault is private to the account that made it: 0700 directories,
+    // 0600 files (a server refuses any other).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let v = Vault::init(&cli.vault, &p, &InitOptions { kdf, site: a.site.clone(), hsm })?;
     v.user_add(&admin, &[custos_core::model::Role::SecurityAdmin], Some(&cred))?;
     v.audit_append(&admin, "init", &cli.vault.display().to_string(), "ok")?;
@@ -358,7 +391,10 @@ fn init(cli: &Cli) -> anyhow::Result<()> {
 /// directory fsynced, so a failure or a kill leaves the old file whole. A
 /// path that is something else (a device such as /dev/null, a FIFO) is
 /// written to directly, never replaced.
-fn write_atomically(path: &Path, f: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(
+    path: &Path,
+    f: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     if let Ok(m) = std::fs::metadata(path) {
         if !m.is_file() && !m.is_dir() {
             let out = std::fs::OpenOptions::new()

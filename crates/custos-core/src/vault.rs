@@ -189,6 +189,20 @@ impl Vault<Sealed> {
         Ok(self.with_hsm(Box::new(hsm)))
     }
 
+    /// Open the vault's PKCS#11 token through a module and token the
+    /// caller names (a server's configuration), never the catalog's: a
+    /// catalog row must not choose a library to load.
+    pub fn unseal_pkcs11_with(self, config: Pkcs11Config) -> Result<Vault<Open>> {
+        if !matches!(self.hsm_kind()?, HsmKind::Pkcs11 { .. }) {
+            return Err(Error::Invalid {
+                what: "unseal",
+                why: "this vault uses the software HSM: configure hsm.kind = \"soft\" and its passphrase".into(),
+            });
+        }
+        let hsm = Pkcs11Hsm::open(&config)?;
+        Ok(self.with_hsm(Box::new(hsm)))
+    }
+
     /// Open with any HSM implementation (PKCS#11, or a test double).
     pub fn with_hsm(self, hsm: Box<dyn Hsm>) -> Vault<Open> {
         Vault { dir: self.dir, repo: self.repo, state: Open { hsm }, threads: self.threads }

@@ -96,6 +96,8 @@ pub struct Engine {
     passphrase: Mutex<Option<Passphrase>>,
     unlock: Option<Unlocker>,
     pub(crate) mode: Mode,
+    /// Where volumes may live (server mode): directories and URL prefixes.
+    volume_roots: Option<Vec<String>>,
 }
 
 impl Engine {
@@ -111,6 +113,7 @@ impl Engine {
             passphrase: Mutex::new(None),
             unlock: Some(Box::new(unlock)),
             mode: Mode::Embedded,
+            volume_roots: None,
         }
     }
 
@@ -119,7 +122,35 @@ impl Engine {
         let vault = open.sealed_view();
         let cell = OnceLock::new();
         let _ = cell.set(open);
-        Self { vault, open: cell, passphrase: Mutex::new(passphrase), unlock: None, mode: Mode::Server }
+        Self {
+            vault,
+            open: cell,
+            passphrase: Mutex::new(passphrase),
+            unlock: None,
+            mode: Mode::Server,
+            volume_roots: Some(Vec::new()),
+        }
+    }
+
+    /// Let volumes live under these directories and URL prefixes too (the
+    /// vault directory is always allowed). A server refuses every other
+    /// location: a client never chooses where the server writes.
+    pub fn allow_volume_roots(&mut self, roots: Vec<String>) {
+        self.volume_roots = Some(roots);
+    }
+
+    fn volume_allowed(&self, location: &str) -> bool {
+        let Some(roots) = &self.volume_roots else { return true };
+        let path = std::path::Path::new(location);
+        let under = |root: &str| {
+            if root.contains("://") {
+                location.starts_with(root)
+            } else {
+                path.starts_with(root)
+            }
+        };
+        !path.components().any(|c| c == std::path::Component::ParentDir)
+            && (path.starts_with(self.vault.dir()) || roots.iter().any(|r| under(r)))
     }
 
     pub fn mode(&self) -> Mode {
@@ -176,6 +207,24 @@ impl Engine {
         Ok(self.vault.has_users()?)
     }
 
+    /// Whether `execute` would refuse `op` for `who` before doing anything
+    /// (rights, a path or volume location the deployment does not take, a
+    /// dataset that does not exist to be read). Changes and audits nothing:
+    /// a server calls it before it commits to streaming a response, and on
+    /// a refusal runs `execute`, which audits it.
+    pub fn preflight(&self, who: &Caller, op: &Operation) -> Result<()> {
+        if self.mode == Mode::Server && op.names_a_local_path() {
+            return Err(Error::Usage("a path on the server's machine".into()));
+        }
+        if let Some(p) = who.principal() {
+            rights::check(self, p, op)?;
+        }
+        if let Operation::DsGet { name, .. } = op {
+            self.vault.dataset(name)?;
+        }
+        Ok(())
+    }
+
     /// Run `op` for `who`: see the module docs for the order of checks.
     pub fn execute(&self, who: &Caller, op: Operation, mut io: Io<'_>) -> Result<Outcome> {
         let mut warnings = Vec::new();
@@ -190,9 +239,13 @@ impl Engine {
         let who_name = who.name();
         let audit = |result: &str| -> Result<()> {
             self.vault.audit_append(&who_name, action, &object, result).map(|_| ()).map_err(|e| {
-                Error::Engine(custos_core::Error::Invalid {
+                Error::from(custos_core::Error::Invalid {
                     what: "audit log",
-                    why: format!("the entry for {action} could not be written ({e}); nothing was done"),
+                    why: format!(
+                        "its entry for {action} ({}) could not be written: {e}{}",
+                        result.split(':').next().unwrap_or(result),
+                        if result.starts_with("intent") { "; nothing was done" } else { "" }
+                    ),
                 })
             })
         };
@@ -204,6 +257,13 @@ impl Engine {
             return refuse(Error::Usage(format!(
                 "{action} names a path on the server's machine, which a server never takes from a client: run it in embedded mode (--vault DIR) on that machine"
             )));
+        }
+        if let Operation::VolumeAdd { location, .. } = &op {
+            if !self.volume_allowed(location) {
+                return refuse(Error::Usage(format!(
+                    "volumes may not live at {location}: this server allows them inside its vault and under the directories its configuration lists (volumes = [...])"
+                )));
+            }
         }
         if let Some(p) = who.principal() {
             if let Err(e) = rights::check(self, p, &op) {

@@ -9,9 +9,9 @@ use custos_core::{Error as CoreError, HsmError, RepoError};
 #[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
-    Engine(#[from] CoreError),
+    Engine(Box<CoreError>),
     #[error(transparent)]
-    Risk(#[from] custos_risk::RiskError),
+    Risk(Box<custos_risk::RiskError>),
     /// The operation asks for what cannot be done as given (exit 2).
     #[error("{0}")]
     Usage(String),
@@ -25,7 +25,19 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<custos_core::model::NameError> for Error {
     fn from(e: custos_core::model::NameError) -> Self {
-        Error::Engine(e.into())
+        Error::Engine(Box::new(e.into()))
+    }
+}
+
+impl From<CoreError> for Error {
+    fn from(e: CoreError) -> Self {
+        Error::Engine(Box::new(e))
+    }
+}
+
+impl From<custos_risk::RiskError> for Error {
+    fn from(e: custos_risk::RiskError) -> Self {
+        Error::Risk(Box::new(e))
     }
 }
 
@@ -99,8 +111,10 @@ impl Error {
         match self {
             Error::Usage(_) => Code::Usage,
             Error::Failed { code, .. } => *code,
-            Error::Risk(custos_risk::RiskError::Core(e)) => core_code(e),
-            Error::Risk(_) => Code::Other,
+            Error::Risk(r) => match r.as_ref() {
+                custos_risk::RiskError::Core(e) => core_code(e),
+                _ => Code::Other,
+            },
             Error::Engine(e) => core_code(e),
         }
     }

@@ -346,6 +346,19 @@ impl Reply {
         }
     }
 
+    /// Other renderings a front end may ask for by name: a risk report as
+    /// "markdown" or "html", monitor metrics as "prometheus".
+    pub fn renderings(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Reply::RiskReport(r, dual) => vec![
+                ("markdown", custos_risk::report::render_markdown(r, *dual)),
+                ("html", custos_risk::report::render_html(r, *dual)),
+            ],
+            Reply::Monitor(r) => vec![("prometheus", custos_core::prometheus_text(&r.metrics))],
+            _ => Vec::new(),
+        }
+    }
+
     /// The text for people, as the CLI prints it on standard output.
     pub fn text(&self) -> String {
         let mut o = String::new();

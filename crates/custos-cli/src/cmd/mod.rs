@@ -124,7 +124,9 @@ pub fn parse_time(s: &str) -> anyhow::Result<jiff::Timestamp> {
 /// make-part` need no vault and are handled before this.
 pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
     match &cli.command {
-        Command::Init(_) | Command::Demo { .. } => Err(anyhow!("init and demo run without an operation")),
+        Command::Init(_) | Command::Demo { .. } | Command::Serve { .. } => {
+            Err(anyhow!("init, demo and serve run without an operation"))
+        }
         Command::Key(c) => key::plan(c),
         Command::Volume(c) => misc::volume(c),
         Command::Policy(c) => misc::policy(c),

@@ -1,0 +1,328 @@
+//! The HTTP API: thin handlers that authenticate, hand an operation to the
+//! engine on a blocking thread, and turn its outcome into JSON or a
+//! stream. Statuses come from the error's kind ([`custos_ops::Code`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use custos_core::model::{DatasetName, KeyLabel, VolumeName};
+use custos_ops::{Caller, Code, Engine, Io, Operation, Outcome};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{AuthError, Authenticator};
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+pub struct Shared {
+    pub engine: Arc<Engine>,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    pub draining: AtomicBool,
+}
+
+/// What the connection says about the caller: the principal its client
+/// certificate maps to, if any.
+#[derive(Clone, Default)]
+pub struct Peer {
+    pub cert_principal: Option<String>,
+}
+
+type St = State<Arc<Shared>>;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/ops", post(ops))
+        .route("/v1/datasets/{name}", get(get_dataset).put(put_dataset))
+        .route("/v1/audit/export", get(audit_export))
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint: see /v1/openapi.json") })
+        .with_state(shared)
+}
+
+/// A problem document (RFC 9457) carrying the CLI's exit code.
+fn problem(status: StatusCode, code: Code, detail: &str) -> Response {
+    let body = json!({
+        "type": format!("https://custos.invalid/problems/{}", serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+        "exit": code.exit(),
+    });
+    (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+}
+
+fn error(e: &custos_ops::Error) -> Response {
+    let code = e.code();
+    problem(
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        code,
+        &format!("{e}"),
+    )
+}
+
+/// The exit code a problem document carries (for clients).
+pub fn problem_exit(body: &serde_json::Value) -> u8 {
+    body["exit"].as_u64().and_then(|c| u8::try_from(c).ok()).unwrap_or(1)
+}
+
+async fn health(State(s): St) -> Response {
+    let status = if s.draining.load(Ordering::Relaxed) { "draining" } else { "ok" };
+    axum::Json(json!({ "status": status, "version": env!("CARGO_PKG_VERSION") })).into_response()
+}
+
+async fn metrics(State(s): St) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.text()).into_response()
+}
+
+/// Authenticate on a blocking thread (Argon2id is slow on purpose).
+async fn caller(s: &Arc<Shared>, headers: &HeaderMap, peer: &Peer) -> Result<Caller, Response> {
+    if s.draining.load(Ordering::Relaxed) {
+        return Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "the server is shutting down: retry against a running one",
+        ));
+    }
+    let authz = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (s2, cert) = (s.clone(), peer.cert_principal.clone());
+    let r = tokio::task::spawn_blocking(move || s2.auth.caller(&s2.engine, authz.as_deref(), cert.as_deref()))
+        .await
+        .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, Code::Other, &e.to_string()))?;
+    r.map_err(|e| {
+        let unauthorized = |detail: &str| {
+            let mut r = problem(StatusCode::UNAUTHORIZED, Code::Authentication, detail);
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"custos\""));
+            r
+        };
+        match e {
+            AuthError::Missing => unauthorized("who is calling? send Authorization: Basic with a principal's name and credential, or a client certificate"),
+            AuthError::Malformed => unauthorized("the Authorization header is not Basic base64(name:credential)"),
+            AuthError::Refused(e) => {
+                s.metrics.login_failed();
+                let mut r = error(&e);
+                if e.code() == Code::Authentication {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"custos\""));
+                }
+                r
+            }
+        }
+    })
+}
+
+fn envelope(o: &Outcome) -> serde_json::Value {
+    json!({
+        "result": o.reply.json(),
+        "text": o.reply.text(),
+        "warnings": o.warnings,
+        "failure": o.reply.failure(),
+        "renderings": o.reply.renderings().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+    })
+}
+
+async fn ops(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+    let op: Operation = match serde_json::from_slice(&body) {
+        Ok(op) => op,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, Code::Usage, &format!("the body is not an operation: {e}")),
+    };
+    match op {
+        Operation::DsPut { .. } | Operation::DsGet { .. } | Operation::AuditExport => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                Code::Usage,
+                "dataset data and the audit export stream: use PUT or GET /v1/datasets/{name}, or GET /v1/audit/export",
+            )
+        }
+        _ => {}
+    }
+    let who = match caller(&s, &headers, &peer).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let (action, _) = op.audit_name();
+    let started = Instant::now();
+    let s2 = s.clone();
+    let r = tokio::task::spawn_blocking(move || s2.engine.execute(&who, op, Io::default())).await;
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            return problem(StatusCode::INTERNAL_SERVER_ERROR, Code::Other, &format!("the operation stopped: {e}"))
+        }
+    };
+    s.metrics.record(action, started.elapsed(), r.as_ref().is_ok_and(|o| o.reply.failure().is_none()));
+    match r {
+        Ok(o) => axum::Json(envelope(&o)).into_response(),
+        Err(e) => error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    key: Option<KeyLabel>,
+    volume: Option<VolumeName>,
+}
+
+async fn put_dataset(
+    State(s): St,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+    query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return problem(StatusCode::BAD_REQUEST, Code::Usage, "the query takes key=LABEL and volume=NAME only");
+    };
+    let name = match DatasetName::new(name) {
+        Ok(n) => n,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, Code::Usage, &e.to_string()),
+    };
+    let who = match caller(&s, &headers, &peer).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let op = Operation::DsPut { name, key: q.key, volume: q.volume };
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c2 = counted.clone();
+    let stream = body.into_data_stream().map_ok(move |b: Bytes| {
+        c2.fetch_add(b.len() as u64, Ordering::Relaxed);
+        b
+    });
+    let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
+    let mut reader = tokio_util::io::SyncIoBridge::new(Box::pin(reader));
+    let started = Instant::now();
+    let s2 = s.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        s2.engine.execute(&who, op, Io { input: Some(&mut reader), output: None, deliver: None })
+    })
+    .await;
+    s.metrics.bytes(counted.load(Ordering::Relaxed), 0);
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            return problem(StatusCode::INTERNAL_SERVER_ERROR, Code::Other, &format!("the operation stopped: {e}"))
+        }
+    };
+    s.metrics.record("ds put", started.elapsed(), r.is_ok());
+    match r {
+        Ok(o) => axum::Json(envelope(&o)).into_response(),
+        Err(e) => error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetQuery {
+    start: Option<u64>,
+    end: Option<u64>,
+}
+
+/// Run a streaming operation: checked before the first byte (so a refusal
+/// is a status, not a cut stream), then its output streamed as the engine
+/// writes it. A failure after the first byte ends the stream abnormally.
+async fn stream_out(s: Arc<Shared>, who: Caller, op: Operation, headers_out: Vec<(&'static str, String)>) -> Response {
+    let (action, _) = op.audit_name();
+    let (s2, who2, op2) = (s.clone(), who.clone(), op.clone());
+    let pre = tokio::task::spawn_blocking(move || s2.engine.preflight(&who2, &op2)).await;
+    if !matches!(pre, Ok(Ok(()))) {
+        // Run it anyway, with nowhere to write: the engine refuses it again
+        // and audits the refusal.
+        let s2 = s.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            s2.engine.execute(&who, op, Io { input: None, output: Some(&mut std::io::sink()), deliver: None })
+        })
+        .await;
+        return match r {
+            Ok(Err(e)) => error(&e),
+            Ok(Ok(_)) | Err(_) => {
+                problem(StatusCode::CONFLICT, Code::Other, "the operation changed its mind: retry it")
+            }
+        };
+    }
+    let (w, r) = tokio::io::duplex(1 << 20);
+    let started = Instant::now();
+    let s2 = s.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    tokio::task::spawn_blocking(move || {
+        let mut writer = tokio_util::io::SyncIoBridge::new(w);
+        let r = s2.engine.execute(&who, op, Io { input: None, output: Some(&mut writer), deliver: None });
+        let ok = r.is_ok();
+        s2.metrics.record(action, started.elapsed(), ok);
+        let _ = std::io::Write::flush(&mut writer);
+        drop(writer);
+        let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let m = s.clone();
+    let bytes = tokio_util::io::ReaderStream::with_capacity(r, 1 << 20).map_ok(move |b| {
+        m.metrics.bytes(0, b.len() as u64);
+        b
+    });
+    // After the last byte, the engine's verdict: an error ends the body
+    // abnormally, so a client never mistakes a cut stream for the whole.
+    let verdict = futures_util::stream::once(async move {
+        match rx.await {
+            Ok(Ok(())) => Ok(Bytes::new()),
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => Err(std::io::Error::other("the operation stopped")),
+        }
+    });
+    let body = Body::from_stream(futures_util::StreamExt::chain(bytes, verdict));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+    for (k, v) in headers_out {
+        if let Ok(v) = header::HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
+
+async fn get_dataset(
+    State(s): St,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return problem(StatusCode::BAD_REQUEST, Code::Usage, "the query takes start=OFFSET and end=OFFSET only");
+    };
+    let name = match DatasetName::new(name) {
+        Ok(n) => n,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, Code::Usage, &e.to_string()),
+    };
+    let who = match caller(&s, &headers, &peer).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let range = (q.start.is_some() || q.end.is_some()).then_some(custos_ops::Range { start: q.start, end: q.end });
+    let mut out = Vec::new();
+    if let Ok(d) = s.engine.vault().dataset(&name) {
+        let size = d.current.size;
+        let (a, b) = range.map_or((0, size), |r| (r.start.unwrap_or(0), r.end.unwrap_or(size)));
+        out.push(("x-custos-size", b.saturating_sub(a).to_string()));
+        out.push(("x-custos-generation", d.current.generation.to_string()));
+    }
+    stream_out(s, who, Operation::DsGet { name, range }, out).await
+}
+
+async fn audit_export(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    let who = match caller(&s, &headers, &peer).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    stream_out(s, who, Operation::AuditExport, Vec::new()).await
+}
