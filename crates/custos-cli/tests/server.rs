@@ -1,0 +1,382 @@
+//! `custos serve` with real processes: the server under one OS account,
+//! clients under others that cannot read the vault and hold no passphrase.
+//! (Distinct accounts need root to switch to; as another user the tests run
+//! everything under that one account and say so.)
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{data, Env, ADMIN_CRED, OPS_CRED, PASS};
+
+/// Numeric accounts without /etc/passwd entries: the server's, the
+/// clients', and the group that may reach the socket.
+const SERVER_UID: u32 = 61_001;
+const CLIENT_UID: u32 = 61_002;
+const OTHER_UID: u32 = 61_003;
+const SOCKET_GID: u32 = 61_000;
+
+fn root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn chown_tree(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
+    if p.is_dir() && !p.is_symlink() {
+        for e in std::fs::read_dir(p).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// A running `custos serve` on a vault prepared in embedded mode.
+struct Served {
+    vault: PathBuf,
+    sock: PathBuf,
+    config: PathBuf,
+    child: std::sync::Mutex<Option<Child>>,
+    log: PathBuf,
+}
+
+impl Served {
+    /// Hand `e`'s vault to a server: owned by the server's account, its
+    /// passphrase in a file only that account reads.
+    fn start(e: &Env) -> Served {
+        let base = e.dir.path();
+        std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let run = base.join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let secret = base.join("passphrase");
+        std::fs::write(&secret, PASS).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let sock = run.join("custos.sock");
+        let config = base.join("server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "vault = {:?}\ndrain_secs = 10\n[hsm]\nkind = \"soft\"\nsecret_file = {:?}\n[listen]\nunix = {:?}\n",
+                e.vault, secret, sock
+            ),
+        )
+        .unwrap();
+        if root() {
+            chown_tree(&e.vault, SERVER_UID, SOCKET_GID);
+            chown_tree(&run, SERVER_UID, SOCKET_GID);
+            chown_tree(&secret, SERVER_UID, SOCKET_GID);
+        }
+        let s =
+            Served { vault: e.vault.clone(), sock, config, child: Default::default(), log: base.join("server.log") };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+        c.env_clear().args(["serve", "--config"]).arg(&self.config).stdout(Stdio::null()).stderr(log);
+        if root() {
+            c.uid(SERVER_UID).gid(SOCKET_GID);
+        }
+        let mut child = c.spawn().unwrap();
+        let t = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.sock).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "the server did not start: {}", self.log());
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("the server exited ({st}): {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *self.child.lock().unwrap() = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A client command as `user`, under the client account, with nothing
+    /// of the vault's: no passphrase, no vault directory.
+    fn client(&self, user: &str, cred: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUSTOS_SERVER", format!("unix:{}", self.sock.display()))
+            .env("CUSTOS_USER", user)
+            .env("CUSTOS_CREDENTIAL", cred)
+            .env("CUSTOS_VAULT", "/nonexistent")
+            .current_dir("/")
+            .args(args);
+        if root() {
+            c.uid(CLIENT_UID).gid(SOCKET_GID);
+        }
+        c
+    }
+
+    fn run(&self, user: &str, cred: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut c = self.client(user, cred, args);
+        c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(b) = stdin {
+            let mut w = child.stdin.take().unwrap();
+            let b = b.to_vec();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&b);
+            });
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, user: &str, cred: &str, args: &[&str]) -> String {
+        let o = self.run(user, cred, args, None);
+        assert!(o.status.success(), "{user} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn fails(&self, user: &str, cred: &str, args: &[&str], code: i32) -> String {
+        let o = self.run(user, cred, args, None);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(code), "{user} {args:?}: {err}");
+        assert!(!err.contains(PASS));
+        err
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+                rustix::process::Signal::TERM,
+            );
+            let t = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(15) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Give the tree back to this account so the temp dir can go.
+        if root() {
+            chown_tree(self.vault.parent().unwrap(), 0, 0);
+        }
+    }
+}
+
+const APP: &str = "application credential";
+const STOR: &str = "storage admin credential";
+const AUD: &str = "auditor credential long";
+const ALICE: &str = "second admin credential";
+
+fn add(e: &Env, name: &str, role: &str, cred: &str) {
+    e.cmd(&["user", "add", name, "--role", role]).env("CUSTOS_NEW_CREDENTIAL", cred).assert().success();
+}
+
+#[test]
+fn principals_on_other_accounts_do_exactly_what_their_grants_allow() {
+    if !root() {
+        eprintln!("not root: the server and its clients share this account");
+    }
+    let e = Env::new();
+    let pay = data(300_000, 5);
+    e.ok(&["ds", "put", "PAY.MASTER", Env::s(&e.file("pay", &pay))]);
+    let offsite = e.vault.join("volumes").join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&offsite), "--site", "B"]);
+    add(&e, "app1", "app", APP);
+    e.ok(&["user", "grant", "app1", "--data", "MINE.**"]);
+    e.ok(&["user", "grant", "app1", "--key", "DSET.PRIM.MINE.*"]);
+    add(&e, "stor", "storage-admin", STOR);
+    add(&e, "aud", "auditor", AUD);
+    add(&e, "alice", "security-admin", ALICE);
+    e.ok(&["config", "set", "dual-control", "key-destroy"]);
+    let snap = e.json(&["snapshot", "create", "PAY.MASTER"])["id"].as_u64().unwrap().to_string();
+    let s = Served::start(&e);
+
+    // The client account can read nothing of the vault.
+    if root() {
+        let mut cat = Command::new("cat");
+        cat.arg(s.vault.join("custos.db")).uid(CLIENT_UID).gid(SOCKET_GID).stdout(Stdio::null()).stderr(Stdio::null());
+        assert!(!cat.status().unwrap().success(), "the client account reads the catalog");
+        let mut embedded = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+        embedded.env_clear().env("CUSTOS_VAULT", &s.vault).args(["ds", "ls"]).uid(OTHER_UID).gid(OTHER_UID);
+        assert!(!embedded.output().unwrap().status.success(), "another account opened the vault in embedded mode");
+    }
+
+    // The app: its own datasets, nothing else, by no route.
+    let mine = data(200_000, 9);
+    let o = s.run("app1", APP, &["ds", "put", "MINE.A"], Some(&mine));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(s.run("app1", APP, &["ds", "get", "MINE.A"], None).stdout, mine);
+    assert!(s
+        .fails("app1", APP, &["ds", "get", "PAY.MASTER"], 8)
+        .contains("no data grant that covers dataset PAY.MASTER"));
+    s.fails("app1", APP, &["restore", "PAY.MASTER", "--as", "MINE.STOLEN"], 8);
+    s.fails("app1", APP, &["snapshot", "restore", &snap, "--as", "MINE.STOLEN"], 8);
+    s.fails("app1", APP, &["risk", "drill", "--threat", "disk-failure"], 8);
+    s.fails("app1", APP, &["ds", "get", "MINE.STOLEN"], 3);
+
+    // The storage-admin copies and snapshots what it cannot read.
+    s.ok("stor", STOR, &["backup", "run", "PAY.**", "--method", "raw", "--to", "offsite"]);
+    s.ok("stor", STOR, &["snapshot", "create", "PAY.MASTER"]);
+    s.fails("stor", STOR, &["ds", "get", "PAY.MASTER"], 8);
+    assert!(s.ok("ops", OPS_CRED, &["backup", "verify", "--read-data"]).contains("every chunk read"));
+
+    // The auditor verifies the log; every request above is in it, by its principal.
+    assert!(s.ok("aud", AUD, &["audit", "verify"]).contains("audit log intact"));
+    let log = s.ok("aud", AUD, &["--json", "audit", "ls", "--principal", "app1"]);
+    assert!(log.contains("\"restore\"") && log.contains("refused"), "{log}");
+    s.fails("aud", AUD, &["ds", "get", "MINE.A"], 8);
+
+    // A second principal approves a request.
+    s.ok("ops", OPS_CRED, &["key", "create", "DSET.PRIM.GONE.key001"]);
+    let out = s.ok("ops", OPS_CRED, &["key", "destroy", "DSET.PRIM.GONE.key001", "--crypto-erase"]);
+    assert!(out.contains("under dual control"), "{out}");
+    let id = out.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
+    assert!(s.fails("ops", OPS_CRED, &["request", "approve", &id], 8).contains("its own"));
+    assert!(s.ok("alice", ALICE, &["request", "approve", &id]).contains("approved by alice"));
+    assert!(s.ok("aud", AUD, &["key", "show", "DSET.PRIM.GONE.key001"]).contains("destroyed"));
+
+    // A wrong credential is refused (exit 6) and recorded.
+    s.fails("app1", "not the credential", &["ds", "ls"], 6);
+    assert!(s.ok("aud", AUD, &["audit", "ls"]).contains("app1 (unverified)"));
+    let _ = ADMIN_CRED;
+}
+
+/// What one soak worker saw acknowledged.
+#[derive(Default)]
+struct Seen {
+    /// Datasets written once: name → content.
+    acked: Vec<(String, Vec<u8>)>,
+    /// The dataset written over and over: the last content acknowledged,
+    /// and every attempt after it (a write cut by the kill may or may not
+    /// have landed).
+    hot: Option<Vec<u8>>,
+    hot_after: Vec<Vec<u8>>,
+    backups: u64,
+    /// Commands the kill cut off, with a message saying so.
+    cut: u64,
+    refused: Vec<String>,
+}
+
+/// 16 clients put, get, back up and create keys against one server;
+/// halfway, the server is SIGKILLed and restarted. Every acknowledged write
+/// reads back, the audit log verifies, every backup verifies.
+#[test]
+fn sixteen_clients_and_a_server_killed_mid_run_lose_nothing_acknowledged() {
+    let secs: u64 = std::env::var("CUSTOS_SERVER_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let e = Env::new();
+    let offsite = e.vault.join("volumes").join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&offsite), "--site", "B"]);
+    let s = Served::start(&e);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let results: Vec<Seen> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..16u8)
+            .map(|w| {
+                let s = &s;
+                scope.spawn(move || {
+                    let mut seen = Seen::default();
+                    let mut n = 0u32;
+                    // Retry what the kill cut (exit 7: unreachable or the
+                    // request ended); anything else is a finding.
+                    let attempt = |args: &[&str], stdin: Option<&[u8]>, seen: &mut Seen| -> Option<Output> {
+                        let o = s.run("ops", OPS_CRED, args, stdin);
+                        match o.status.code() {
+                            Some(0) => Some(o),
+                            Some(7) | Some(1) if String::from_utf8_lossy(&o.stderr).contains("server") => {
+                                seen.cut += 1;
+                                None
+                            }
+                            _ => {
+                                seen.refused.push(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)));
+                                None
+                            }
+                        }
+                    };
+                    while Instant::now() < deadline {
+                        n += 1;
+                        match n % 5 {
+                            0 | 1 => {
+                                let name = format!("SOAK.W{w}.N{n}");
+                                let body = data(1_000 + (n as usize * 97) % 30_000, w ^ n as u8);
+                                if attempt(&["ds", "put", &name], Some(&body), &mut seen).is_some() {
+                                    seen.acked.push((name, body));
+                                }
+                            }
+                            2 => {
+                                let body = data(5_000 + n as usize % 7_000, n as u8);
+                                let name = format!("SOAK.W{w}.HOT");
+                                seen.hot_after.push(body.clone());
+                                if attempt(&["ds", "put", &name], Some(&body), &mut seen).is_some() {
+                                    seen.hot = Some(body);
+                                    seen.hot_after.clear();
+                                }
+                            }
+                            3 => {
+                                if let Some((name, want)) = seen.acked.last().cloned() {
+                                    if let Some(o) = attempt(&["ds", "get", &name], None, &mut seen) {
+                                        if o.stdout != want {
+                                            seen.refused.push(format!("{name} read back wrong"));
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {
+                                if let Some((name, _)) = seen.acked.last().cloned() {
+                                    let args = ["backup", "run", name.as_str(), "--method", "raw", "--to", "offsite"];
+                                    if attempt(&args, None, &mut seen).is_some() {
+                                        seen.backups += 1;
+                                    }
+                                }
+                                attempt(&["key", "create", "--app", &format!("SOAKW{w}")], None, &mut seen);
+                            }
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        // Halfway: kill the server without warning, and start it again.
+        std::thread::sleep(Duration::from_secs(secs / 2));
+        s.kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        s.spawn();
+        workers.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    });
+    let refused: Vec<&String> = results.iter().flat_map(|r| &r.refused).collect();
+    assert!(refused.is_empty(), "{} commands failed for good: {refused:#?}", refused.len());
+    let acked: usize = results.iter().map(|r| r.acked.len()).sum();
+    let backups: u64 = results.iter().map(|r| r.backups).sum();
+    assert!(acked > 50 && backups > 10, "too little work to prove anything: {acked} writes, {backups} backups");
+    let cut: u64 = results.iter().map(|r| r.cut).sum();
+    assert!(cut > 0, "the kill cut no command off: it proved nothing");
+    for r in &results {
+        for (name, want) in &r.acked {
+            let got = s.run("ops", OPS_CRED, &["ds", "get", name], None);
+            assert!(got.status.success() && got.stdout == *want, "{name}: acknowledged, then lost");
+        }
+        if let Some(hot) = &r.hot {
+            let name = r.acked.first().map(|(n, _)| n.rsplit_once('.').unwrap().0.to_string() + ".HOT").unwrap();
+            let got = s.run("ops", OPS_CRED, &["ds", "get", &name], None).stdout;
+            assert!(
+                got == *hot || r.hot_after.contains(&got),
+                "{name} holds neither its last acknowledged content nor a later attempt"
+            );
+        }
+    }
+    assert!(s.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
+    assert!(s.ok("ops", OPS_CRED, &["backup", "verify", "--read-data"]).contains("every chunk read"));
+    eprintln!("{acked} acknowledged writes, {backups} backups over {secs}s; the kill cut {cut} commands, all retried");
+}
