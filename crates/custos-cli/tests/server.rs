@@ -47,6 +47,11 @@ impl Served {
     /// Hand `e`'s vault to a server: owned by the server's account, its
     /// passphrase in a file only that account reads.
     fn start(e: &Env) -> Served {
+        Self::start_with(e, "")
+    }
+
+    /// The same, with more configuration (a `[tls]` table, `tcp`).
+    fn start_with(e: &Env, extra: &str) -> Served {
         let base = e.dir.path();
         std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
         let run = base.join("run");
@@ -60,7 +65,7 @@ impl Served {
         std::fs::write(
             &config,
             format!(
-                "vault = {:?}\ndrain_secs = 10\n[hsm]\nkind = \"soft\"\nsecret_file = {:?}\n[listen]\nunix = {:?}\n",
+                "vault = {:?}\ndrain_secs = 10\n[hsm]\nkind = \"soft\"\nsecret_file = {:?}\n[listen]\nunix = {:?}\n{extra}",
                 e.vault, secret, sock
             ),
         )
@@ -379,4 +384,109 @@ fn sixteen_clients_and_a_server_killed_mid_run_lose_nothing_acknowledged() {
     assert!(s.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
     assert!(s.ok("ops", OPS_CRED, &["backup", "verify", "--read-data"]).contains("every chunk read"));
     eprintln!("{acked} acknowledged writes, {backups} backups over {secs}s; the kill cut {cut} commands, all retried");
+}
+
+/// A CA, a certificate it signed for `names`, and the PEM of both.
+struct Pki {
+    ca_pem: String,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(cn: &str) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let ca = p.self_signed(&ca_key).unwrap();
+        Pki { ca_pem: ca.pem(), ca, ca_key }
+    }
+
+    /// (certificate PEM, key PEM, SHA-256 of the certificate's DER).
+    fn issue(&self, cn: &str, names: &[&str]) -> (String, String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let c = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let fp = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.der()).as_ref());
+        (c.pem(), key.serialize_pem(), fp)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// TLS 1.3 on TCP: a principal by credential, or by a pinned client
+/// certificate; a client that does not trust the server's CA gets nowhere.
+#[test]
+fn tls_clients_by_credential_or_by_pinned_certificate() {
+    let e = Env::new();
+    add(&e, "app1", "app", APP);
+    e.ok(&["user", "grant", "app1", "--data", "MINE.**"]);
+    e.ok(&["user", "grant", "app1", "--key", "DSET.PRIM.MINE.*"]);
+    let server_pki = Pki::new("custos test server CA");
+    let client_pki = Pki::new("custos test client CA");
+    let (cert, key, _) = server_pki.issue("custos", &["localhost"]);
+    let (ccert, ckey, cfp) = client_pki.issue("app1", &[]);
+    let (stranger_cert, stranger_key, _) = Pki::new("someone else").issue("app1", &[]);
+    let d = e.dir.path();
+    let w = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    };
+    let (cert_p, key_p, cca_p) =
+        (w("server.pem", &cert), w("server.key", &key), w("client-ca.pem", &client_pki.ca_pem));
+    let ca_p = w("ca.pem", &server_pki.ca_pem);
+    let (ccert_p, ckey_p) = (w("app1.pem", &ccert), w("app1.key", &ckey));
+    let (scert_p, skey_p) = (w("stranger.pem", &stranger_cert), w("stranger.key", &stranger_key));
+    let port = free_port();
+    let extra = format!(
+        "tcp = \"127.0.0.1:{port}\"\n[tls]\ncert = {cert_p:?}\nkey = {key_p:?}\nclient_ca = {cca_p:?}\n[[tls.clients]]\nsha256 = \"{cfp}\"\nprincipal = \"app1\"\n"
+    );
+    let s = Served::start_with(&e, &extra);
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no TLS listener: {}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://localhost:{port}");
+    let https = |args: &[&str], user: Option<(&str, &str)>, cert: Option<(&Path, &Path)>, ca: &Path| {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+        c.env_clear().env("CUSTOS_SERVER", &url).env("CUSTOS_CA", ca).args(args);
+        if let Some((u, cred)) = user {
+            c.env("CUSTOS_USER", u).env("CUSTOS_CREDENTIAL", cred);
+        }
+        if let Some((cp, kp)) = cert {
+            c.env("CUSTOS_CLIENT_CERT", cp).env("CUSTOS_CLIENT_KEY", kp);
+        }
+        c.output().unwrap()
+    };
+    // By credential.
+    let o = https(&["ds", "ls"], Some(("app1", APP)), None, &ca_p);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // By the pinned certificate alone: it is app1, with app1's rights.
+    let o = https(&["--json", "key", "create", "DSET.PRIM.MINE.key001"], None, Some((&ccert_p, &ckey_p)), &ca_p);
+    assert_eq!(o.status.code(), Some(8), "app1 may not create keys: {}", String::from_utf8_lossy(&o.stderr));
+    let o = https(&["ds", "ls"], None, Some((&ccert_p, &ckey_p)), &ca_p);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = e.json(&["audit", "ls", "--principal", "app1"]);
+    assert!(log
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["action"] == "key create" && r["result"].as_str().unwrap().starts_with("refused")));
+    // A certificate from another CA (same name) is nobody: TLS refuses it.
+    let o = https(&["ds", "ls"], None, Some((&scert_p, &skey_p)), &ca_p);
+    assert!(!o.status.success());
+    // No credential and no certificate: who is calling?
+    let o = https(&["ds", "ls"], None, None, &ca_p);
+    assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
+    // A client that trusts another CA does not talk to this server.
+    let o = https(&["ds", "ls"], Some(("app1", APP)), None, &cca_p);
+    assert_eq!(o.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&o.stderr));
 }
