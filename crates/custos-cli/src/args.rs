@@ -651,6 +651,28 @@ pub enum KeyCmd {
     },
     /// Take a key off the destruction schedule.
     CancelDestroy { label: String },
+    /// Key service: seal standard input (at most 64 KiB) under a key; prints
+    /// the ciphertext in base64. The context pairs must be given again to decrypt.
+    Encrypt {
+        label: String,
+        /// An encryption context pair, bound to the ciphertext (repeat).
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+    },
+    /// Key service: open a ciphertext (base64, on standard input); prints
+    /// the plaintext in base64.
+    Decrypt {
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+    },
+    /// Key service: a new data key, in the clear and sealed under LABEL.
+    Datakey {
+        label: String,
+        #[arg(long, default_value_t = 32)]
+        bytes: u8,
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -490,3 +490,86 @@ fn tls_clients_by_credential_or_by_pinned_certificate() {
     assert_eq!(o.status.code(), Some(7));
     assert!(String::from_utf8_lossy(&o.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// One HTTP/1.1 request over the server's socket, by hand: (status, body).
+fn http(sock: &Path, method: &str, path: &str, auth: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let json = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Bodies may be chunked: take the JSON object between the first { and the last }.
+    let json = match (json.find('{'), json.rfind('}')) {
+        (Some(a), Some(b)) => &json[a..=b],
+        _ => "null",
+    };
+    (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}
+
+/// The key service: an application seals and opens its own data under a
+/// Custos key it is granted, bound to a context; each use is counted and
+/// audited; another application's key, a wrong context or a tampered
+/// ciphertext are refused.
+#[test]
+fn key_service_encrypts_for_granted_applications_only() {
+    let e = Env::new();
+    add(&e, "app1", "app", APP);
+    e.ok(&["user", "grant", "app1", "--key", "DSET.PRIM.MINE.*"]);
+    e.ok(&["key", "create", "DSET.PRIM.MINE.key001", "--activate"]);
+    e.ok(&["key", "create", "DSET.PRIM.THEIRS.key001", "--activate"]);
+    let s = Served::start(&e);
+    let auth = custos_server::basic("app1", APP.as_bytes());
+    let b64 = |b: &[u8]| custos_ops::base64_encode(b);
+    let (st, enc) = http(
+        &s.sock,
+        "POST",
+        "/v1/keys/DSET.PRIM.MINE.key001/encrypt",
+        &auth,
+        &format!("{{\"plaintext\":\"{}\",\"context\":{{\"tenant\":\"7\"}}}}", b64(b"card 4111")),
+    );
+    assert_eq!(st, 200, "{enc}");
+    let ct = enc["ciphertext"].as_str().unwrap().to_string();
+    let dec = |ctx: &str, ct: &str| {
+        http(
+            &s.sock,
+            "POST",
+            "/v1/keys/DSET.PRIM.MINE.key001/decrypt",
+            &auth,
+            &format!("{{\"ciphertext\":\"{ct}\",\"context\":{ctx}}}"),
+        )
+    };
+    let (st, plain) = dec("{\"tenant\":\"7\"}", &ct);
+    assert_eq!((st, plain["plaintext"].as_str()), (200, Some(b64(b"card 4111").as_str())), "{plain}");
+    // Another context, or one bit changed: integrity failure (422, exit 4).
+    let (st, p) = dec("{\"tenant\":\"8\"}", &ct);
+    assert_eq!((st, p["exit"].as_u64()), (422, Some(4)), "{p}");
+    let mut raw = custos_ops::base64_decode(&ct).unwrap();
+    *raw.last_mut().unwrap() ^= 1;
+    assert_eq!(dec("{\"tenant\":\"7\"}", &b64(&raw)).0, 422);
+    // A data key: 32 bytes in the clear, and sealed.
+    let (st, dk) = http(&s.sock, "POST", "/v1/keys/DSET.PRIM.MINE.key001/datakey", &auth, "{}");
+    assert_eq!(st, 200, "{dk}");
+    assert_eq!(custos_ops::base64_decode(dk["plaintext"].as_str().unwrap()).unwrap().len(), 32);
+    // Without the key grant: forbidden, and nothing is sealed.
+    let (st, p) = http(&s.sock, "POST", "/v1/keys/DSET.PRIM.THEIRS.key001/encrypt", &auth, "{\"plaintext\":\"eA==\"}");
+    assert_eq!((st, p["exit"].as_u64()), (403, Some(8)), "{p}");
+    // Bad input: a clear problem, never a 5xx.
+    for body in ["", "{", "{\"plaintext\":\"not base64!\"}", "{\"plaintext\":\"eA==\",\"extra\":1}"] {
+        let (st, p) = http(&s.sock, "POST", "/v1/keys/DSET.PRIM.MINE.key001/encrypt", &auth, body);
+        assert_eq!(st, 400, "{body:?}: {p}");
+    }
+    // Counted and audited (as key use, under the caller's name).
+    let k = e.json(&["key", "show", "DSET.PRIM.MINE.key001"]);
+    assert_eq!(k["use_count"], 3, "one encrypt, one decrypt that opened, one data key: {k}");
+    let log = e.json(&["audit", "ls", "--principal", "app1"]);
+    let actions: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"key encrypt") && actions.contains(&"key decrypt") && actions.contains(&"key datakey"));
+    assert!(!serde_json::to_string(&log).unwrap().contains(&b64(b"card 4111")), "no plaintext in the audit log");
+}

@@ -92,6 +92,8 @@ pub enum Error {
     KeyPendingDestruction { label: KeyLabel, at: jiff::Timestamp },
     #[error("the audit log was tampered with: {problem}; keep this vault's catalog as evidence and compare it with an earlier export")]
     AuditTampered { problem: String },
+    #[error("the ciphertext does not open under {label} with this encryption context: it was altered, or sealed with another context; give the context it was sealed with")]
+    Ciphertext { label: KeyLabel },
     #[error(
         "range {start}..{end} is outside dataset {dataset} ({size} bytes): give START..END with START <= END <= {size}"
     )]

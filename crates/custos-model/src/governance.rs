@@ -84,10 +84,13 @@ pub enum Op {
     RiskDrill,
     /// Decide on dual-control requests.
     Approve,
+    /// Encrypt, decrypt and make data keys with a key, through the key
+    /// service (key grants apply).
+    KeyUse,
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::Inspect,
         Op::KeyAdmin,
         Op::KeyDestroy,
@@ -105,11 +108,12 @@ impl Op {
         Op::RiskReport,
         Op::RiskDrill,
         Op::Approve,
+        Op::KeyUse,
     ];
 
     /// Whether the operation touches data, so grants apply.
     pub fn is_data(self) -> bool {
-        matches!(self, Op::DataRead | Op::DataWrite)
+        matches!(self, Op::DataRead | Op::DataWrite | Op::KeyUse)
     }
 }
 
@@ -132,7 +136,7 @@ pub fn role_permits(role: Role, op: Op) -> bool {
         ),
         Role::KeyCustodian => matches!(op, Inspect | MasterKey | Escrow | KeystoreBackup | Approve),
         Role::StorageAdmin => matches!(op, Inspect | StorageAdmin | StorageCopy | BackupAdmin | RiskReport),
-        Role::App => matches!(op, Inspect | DataRead | DataWrite),
+        Role::App => matches!(op, Inspect | DataRead | DataWrite | KeyUse),
         Role::Auditor => matches!(op, Inspect | AuditRead | RiskReport),
     }
 }

@@ -134,6 +134,7 @@ pub fn core_code(e: &CoreError) -> Code {
         | CoreError::KeyMismatch { .. }
         | CoreError::KeyNoMaterial { .. }
         | CoreError::AuditTampered { .. }
+        | CoreError::Ciphertext { .. }
         | CoreError::ReencipherFailed { .. }
         | CoreError::Repo(RepoError::NotACatalog { .. }) => Code::Integrity,
         CoreError::KeyDestroyed { .. }

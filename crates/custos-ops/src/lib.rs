@@ -23,6 +23,9 @@ mod run;
 
 pub use engine::{Caller, Deliver, Engine, Io, Mode, Outcome, Unlocked};
 pub use error::{core_code, Code, Error, Result};
-pub use operation::{GrantOn, NewCredential, Operation, PolicyKey, Range, SecretText, Stored, Stream, STORED_VERSION};
+pub use operation::{
+    base64_decode, base64_encode, GrantOn, NewCredential, Operation, PolicyKey, Range, SecretText, Stored, Stream,
+    STORED_VERSION,
+};
 pub use reply::{BulkLine, Destruction, Failure, Reply, ShareOut, Verified};
 pub use requests::RequestView;

@@ -71,6 +71,10 @@ pub struct Range {
     pub end: Option<u64>,
 }
 
+fn default_datakey_bytes() -> u8 {
+    32
+}
+
 /// One command. The variants are grouped as the CLI's command groups are.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
@@ -117,6 +121,29 @@ pub enum Operation {
         label: KeyLabel,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         shares: Vec<SecretText>,
+    },
+
+    // The key service (applications' own data, under Custos keys).
+    /// Seal `plaintext` (base64) under a key, bound to `context`.
+    KeyEncrypt {
+        label: KeyLabel,
+        plaintext: SecretText,
+        #[serde(default)]
+        context: std::collections::BTreeMap<String, String>,
+    },
+    /// Open a key-service ciphertext (base64; it names its key).
+    KeyDecrypt {
+        ciphertext: String,
+        #[serde(default)]
+        context: std::collections::BTreeMap<String, String>,
+    },
+    /// A new data key: in the clear and sealed under `label`.
+    KeyDataKey {
+        label: KeyLabel,
+        #[serde(default = "default_datakey_bytes")]
+        bytes: u8,
+        #[serde(default)]
+        context: std::collections::BTreeMap<String, String>,
     },
 
     // Volumes and policies.
@@ -405,6 +432,16 @@ impl Operation {
             KeyCancelDestroy { label } => ("key cancel-destroy", s(label)),
             KeyRecover { pattern, .. } => ("key recover", s(pattern)),
             EscrowRecover { label, .. } => ("key recover", s(label)),
+            KeyEncrypt { label, .. } => ("key encrypt", s(label)),
+            KeyDecrypt { ciphertext, .. } => (
+                "key decrypt",
+                base64_decode(ciphertext)
+                    .ok()
+                    .and_then(|b| custos_core::ciphertext_key(&b).ok())
+                    .map(|l| l.to_string())
+                    .unwrap_or_default(),
+            ),
+            KeyDataKey { label, .. } => ("key datakey", s(label)),
             VolumeAdd { name, .. } => ("volume add", s(name)),
             VolumeList => ("volume ls", String::new()),
             PolicyAdd { name, .. } => ("policy add", name.clone()),
@@ -497,6 +534,7 @@ impl Operation {
             Operation::EscrowRecover { shares, .. } | Operation::RiskDrill { shares, .. } => shares.clear(),
             Operation::UserAdd { credential: NewCredential::Passphrase(_), .. } => return None,
             Operation::MkLoadNew { parts, .. } if !parts.is_empty() => return None,
+            Operation::KeyEncrypt { .. } => return None,
             _ => {}
         }
         Some(op)
@@ -584,4 +622,15 @@ mod tests {
             assert!(custos_core::CONTROLLABLE.contains(&a), "{a}");
         }
     }
+}
+
+/// Standard base64, as the key service's JSON carries bytes.
+pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| format!("not base64: {e}"))
+}
+
+pub fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }

@@ -88,6 +88,12 @@ pub enum Reply {
     },
     Destroy(Destruction),
     Recovered(Vec<Recovered>),
+    /// A key-service answer: data (base64) sealed or opened under `key`.
+    KeyService {
+        key: String,
+        plaintext: Option<crate::SecretText>,
+        ciphertext: Option<String>,
+    },
     Volume(VolumeRecord),
     Volumes(Vec<VolumeRecord>),
     Policy(PolicyRecord),
@@ -236,6 +242,16 @@ impl Reply {
             KeyBulk { lines, .. } => to(lines),
             Destroy(d) => to(d),
             Recovered(r) => to(r),
+            KeyService { key, plaintext, ciphertext } => {
+                let mut j = json!({ "key": key });
+                if let Some(p) = plaintext {
+                    j["plaintext"] = Value::String(p.expose().to_string());
+                }
+                if let Some(c) = ciphertext {
+                    j["ciphertext"] = Value::String(c.clone());
+                }
+                j
+            }
             Volume(v) => to(v),
             Volumes(v) => to(v),
             Policy(p) => to(p),
@@ -455,6 +471,13 @@ impl Reply {
                         }
                     }
                 }
+            }
+            KeyService { ciphertext: Some(c), plaintext: None, .. } => out!("{c}"),
+            KeyService { plaintext: Some(p), ciphertext: None, .. } => out!("{}", p.expose()),
+            KeyService { key, plaintext, ciphertext } => {
+                out!("key        {key}");
+                out!("plaintext  {}", plaintext.as_ref().map(|p| p.expose()).unwrap_or("-"));
+                out!("ciphertext {}", ciphertext.as_deref().unwrap_or("-"));
             }
             Volume(r) => out!("added volume {} at {} (site {}, {})", r.name, r.location, r.site, r.medium),
             Volumes(vols) => {

@@ -76,6 +76,13 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::KeyDestroy { .. } | O::KeyCancelDestroy { .. } => op(KeyDestroy),
         O::EscrowRecover { .. } => op(Escrow),
         O::KeyCreate { .. } | O::KeyLifecycle { .. } | O::KeyRecover { .. } => op(KeyAdmin),
+        O::KeyEncrypt { label, .. } | O::KeyDataKey { label, .. } => {
+            vec![Need { op: KeyUse, dataset: None, key: Some(label.clone()) }]
+        }
+        O::KeyDecrypt { ciphertext, .. } => {
+            let blob = crate::operation::base64_decode(ciphertext).map_err(crate::Error::Usage)?;
+            vec![Need { op: KeyUse, dataset: None, key: Some(custos_core::ciphertext_key(&blob)?) }]
+        }
         O::VolumeAdd { .. } => op(StorageAdmin),
         O::VolumeList => op(Inspect),
         O::PolicyList => op(Inspect),

@@ -60,6 +60,36 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::EscrowRecover { label, shares: s } => {
             Reply::Recovered(vec![e.open()?.recover_from_escrow(&label, &shares(&s)?)?])
         }
+        O::KeyEncrypt { label, plaintext, context } => {
+            let plain = zeroize::Zeroizing::new(
+                crate::operation::base64_decode(plaintext.expose())
+                    .map_err(|why| Error::Usage(format!("plaintext: {why}")))?,
+            );
+            let blob = e.open()?.ks_encrypt(&label, &plain, &context)?;
+            Reply::KeyService {
+                key: label.to_string(),
+                plaintext: None,
+                ciphertext: Some(crate::operation::base64_encode(&blob)),
+            }
+        }
+        O::KeyDecrypt { ciphertext, context } => {
+            let blob = crate::operation::base64_decode(&ciphertext)
+                .map_err(|why| Error::Usage(format!("ciphertext: {why}")))?;
+            let (label, plain) = e.open()?.ks_decrypt(&blob, &context)?;
+            Reply::KeyService {
+                key: label.to_string(),
+                plaintext: Some(SecretText::new(crate::operation::base64_encode(&plain))),
+                ciphertext: None,
+            }
+        }
+        O::KeyDataKey { label, bytes, context } => {
+            let (plain, blob) = e.open()?.ks_datakey(&label, bytes as usize, &context)?;
+            Reply::KeyService {
+                key: label.to_string(),
+                plaintext: Some(SecretText::new(crate::operation::base64_encode(&plain))),
+                ciphertext: Some(crate::operation::base64_encode(&blob)),
+            }
+        }
         O::VolumeAdd { name, location, site, medium } => {
             Reply::Volume(v.add_volume(&NewVolume { name, location, site, medium })?)
         }

@@ -47,6 +47,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/ops", post(ops))
         .route("/v1/datasets/{name}", get(get_dataset).put(put_dataset))
         .route("/v1/audit/export", get(audit_export))
+        .route("/v1/keys/{label}/{action}", post(key_service))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint: see /v1/openapi.json") })
         .with_state(shared)
 }
@@ -325,4 +326,75 @@ async fn audit_export(State(s): St, Extension(peer): Extension<Peer>, headers: H
         Err(r) => return r,
     };
     stream_out(s, who, Operation::AuditExport, Vec::new()).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyServiceBody {
+    plaintext: Option<String>,
+    ciphertext: Option<String>,
+    bytes: Option<u8>,
+    #[serde(default)]
+    context: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/keys/{label}/encrypt|decrypt|datakey`: the key service. The
+/// answer is the result itself (`{"key", "ciphertext"}`, `{"key",
+/// "plaintext"}`, or both), bytes in standard base64.
+async fn key_service(
+    State(s): St,
+    Extension(peer): Extension<Peer>,
+    Path((label, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let usage = |m: String| problem(StatusCode::BAD_REQUEST, Code::Usage, &m);
+    let label = match KeyLabel::new(label) {
+        Ok(l) => l,
+        Err(e) => return usage(e.to_string()),
+    };
+    let b: KeyServiceBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return usage(format!("the body is not a key-service request: {e}")),
+    };
+    let op = match (action.as_str(), b) {
+        ("encrypt", KeyServiceBody { plaintext: Some(p), ciphertext: None, bytes: None, context }) => {
+            Operation::KeyEncrypt { label, plaintext: custos_ops::SecretText::new(p), context }
+        }
+        ("decrypt", KeyServiceBody { ciphertext: Some(c), plaintext: None, bytes: None, context }) => {
+            let names = custos_ops::base64_decode(&c).ok().and_then(|b| custos_core::ciphertext_key(&b).ok());
+            if names.as_ref() != Some(&label) {
+                return usage(format!("the ciphertext is not one sealed under {label}"));
+            }
+            Operation::KeyDecrypt { ciphertext: c, context }
+        }
+        ("datakey", KeyServiceBody { bytes, plaintext: None, ciphertext: None, context }) => {
+            Operation::KeyDataKey { label, bytes: bytes.unwrap_or(32), context }
+        }
+        ("encrypt" | "decrypt" | "datakey", _) => {
+            return usage(
+                "encrypt takes plaintext, decrypt takes ciphertext, datakey takes bytes; each may take context".into(),
+            )
+        }
+        _ => return problem(StatusCode::NOT_FOUND, Code::NotFound, "the key service has encrypt, decrypt and datakey"),
+    };
+    let who = match caller(&s, &headers, &peer).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let (name, _) = op.audit_name();
+    let started = Instant::now();
+    let s2 = s.clone();
+    let r = tokio::task::spawn_blocking(move || s2.engine.execute(&who, op, Io::default())).await;
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            return problem(StatusCode::INTERNAL_SERVER_ERROR, Code::Other, &format!("the operation stopped: {e}"))
+        }
+    };
+    s.metrics.record(name, started.elapsed(), r.is_ok());
+    match r {
+        Ok(o) => axum::Json(o.reply.json()).into_response(),
+        Err(e) => error(&e),
+    }
 }

@@ -1,7 +1,9 @@
 //! `custos key`.
 
 use custos_core::model::{KeyAction, Pattern, Purpose};
-use custos_ops::Operation;
+use std::io::Read;
+
+use custos_ops::{Operation, SecretText};
 
 use super::{label, pattern, secret_files, Plan};
 use crate::args::{KeyCmd, PurposeArg};
@@ -26,6 +28,17 @@ fn parse_expiry(s: &str) -> anyhow::Result<jiff::Timestamp> {
     anyhow::bail!(
         "invalid expiry {s:?}: give a date (2027-01-31), a timestamp (2027-01-31T12:00:00Z) or days from now (90d)"
     )
+}
+
+/// `KEY=VALUE` pairs of an encryption context.
+fn pairs(list: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    list.iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Usage(format!("--context {p:?}: write KEY=VALUE")).into())
+        })
+        .collect()
 }
 
 pub fn plan(c: &KeyCmd) -> anyhow::Result<Plan> {
@@ -63,5 +76,23 @@ pub fn plan(c: &KeyCmd) -> anyhow::Result<Plan> {
             Plan::new(Operation::KeyDestroy { label: label(l)?, crypto_erase: *crypto_erase, wait: wait.clone() })
         }
         KeyCmd::CancelDestroy { label: l } => Plan::new(Operation::KeyCancelDestroy { label: label(l)? }),
+        KeyCmd::Encrypt { label: l, context } => {
+            let mut plain = zeroize::Zeroizing::new(Vec::new());
+            std::io::Read::take(std::io::stdin().lock(), custos_core::MAX_PLAINTEXT as u64 + 1)
+                .read_to_end(&mut plain)?;
+            Plan::new(Operation::KeyEncrypt {
+                label: label(l)?,
+                plaintext: SecretText::new(custos_ops::base64_encode(&plain)),
+                context: pairs(context)?,
+            })
+        }
+        KeyCmd::Decrypt { context } => {
+            let mut text = String::new();
+            std::io::Read::take(std::io::stdin().lock(), 1 << 20).read_to_string(&mut text)?;
+            Plan::new(Operation::KeyDecrypt { ciphertext: text.trim().to_string(), context: pairs(context)? })
+        }
+        KeyCmd::Datakey { label: l, bytes, context } => {
+            Plan::new(Operation::KeyDataKey { label: label(l)?, bytes: *bytes, context: pairs(context)? })
+        }
     })
 }
