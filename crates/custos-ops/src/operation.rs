@@ -564,6 +564,17 @@ pub enum Stream {
     Out,
 }
 
+/// Standard base64, as the key service's JSON carries bytes.
+pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| format!("not base64: {e}"))
+}
+
+pub fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,15 +633,4 @@ mod tests {
             assert!(custos_core::CONTROLLABLE.contains(&a), "{a}");
         }
     }
-}
-
-/// Standard base64, as the key service's JSON carries bytes.
-pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| format!("not base64: {e}"))
-}
-
-pub fn base64_encode(b: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
