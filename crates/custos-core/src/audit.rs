@@ -85,7 +85,9 @@ pub struct AuditVerdict {
 
 impl<S: VaultState> Vault<S> {
     /// Append one entry. Results and objects are plain text the caller
-    /// chooses; no secret ever reaches this function.
+    /// chooses; no secret ever reaches this function. Durable when it
+    /// returns; appends from other threads at the same moment share its
+    /// transaction (group commit).
     pub fn audit_append(&self, principal: &str, action: &str, object: &str, result: &str) -> Result<AuditRow> {
         let row = AuditRow {
             seq: 0,
@@ -96,7 +98,55 @@ impl<S: VaultState> Vault<S> {
             result: result.into(),
             hash: [0; 32],
         };
-        Ok(self.repo.append_audit(&row, &link)?)
+        self.journal_write(Some(row), None).map(|r| r.expect("an entry was appended"))
+    }
+
+    /// Count one use of a key, in the next group commit.
+    pub(crate) fn note_key_use(&self, label: &KeyLabel) -> Result<()> {
+        self.journal_write(None, Some(label.clone())).map(|_| ())
+    }
+
+    /// Queue an entry or a key use and wait until it is durable. The first
+    /// waiter with nobody writing becomes the writer: it takes everything
+    /// queued so far, writes it in one transaction, and wakes the others.
+    fn journal_write(&self, row: Option<AuditRow>, key_use: Option<KeyLabel>) -> Result<Option<AuditRow>> {
+        let j = &self.journal;
+        let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = st.next;
+        st.next += 1;
+        st.pending.push(Pending { ticket, row, key_use });
+        loop {
+            if let Some(r) = st.done.remove(&ticket) {
+                return r.map_err(|why| Error::Invalid { what: "audit log", why });
+            }
+            if st.writing {
+                st = j.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.writing = true;
+            let batch = std::mem::take(&mut st.pending);
+            drop(st);
+            let rows: Vec<AuditRow> = batch.iter().filter_map(|p| p.row.clone()).collect();
+            let uses: Vec<KeyLabel> = batch.iter().filter_map(|p| p.key_use.clone()).collect();
+            let written = self.repo.append_audit_batch(&rows, &link, &uses);
+            st = j.state.lock().unwrap_or_else(|e| e.into_inner());
+            match written {
+                Ok(out) => {
+                    let mut out = out.into_iter();
+                    for p in &batch {
+                        let r = if p.row.is_some() { out.next() } else { None };
+                        st.done.insert(p.ticket, Ok(r));
+                    }
+                }
+                Err(e) => {
+                    for p in &batch {
+                        st.done.insert(p.ticket, Err(e.to_string()));
+                    }
+                }
+            }
+            st.writing = false;
+            j.wake.notify_all();
+        }
     }
 
     pub fn audit_entries(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
@@ -240,4 +290,25 @@ impl Vault<Open> {
         }
         Ok(verdict(None))
     }
+}
+
+/// Audit entries and key uses waiting for their group commit.
+#[derive(Default)]
+pub(crate) struct Journal {
+    state: std::sync::Mutex<JournalState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct JournalState {
+    next: u64,
+    writing: bool,
+    pending: Vec<Pending>,
+    done: std::collections::HashMap<u64, std::result::Result<Option<AuditRow>, String>>,
+}
+
+struct Pending {
+    ticket: u64,
+    row: Option<AuditRow>,
+    key_use: Option<KeyLabel>,
 }

@@ -123,7 +123,7 @@ impl Vault<Open> {
         blob.extend_from_slice(plaintext);
         blob.resize(blob.len() + TAG_LEN, 0);
         seal_in_place(&key, nonce, &aad(label, context), &mut blob[start..]).map_err(|e| invalid(e.to_string()))?;
-        self.repo.record_key_use(label)?;
+        self.note_key_use(label)?;
         Ok(blob)
     }
 
@@ -138,7 +138,7 @@ impl Vault<Open> {
         let plain = open_in_place(&key, nonce, &aad(&label, context), &mut buf[..])
             .map_err(|_| Error::Ciphertext { label: label.clone() })?;
         let out = Zeroizing::new(plain.to_vec());
-        self.repo.record_key_use(&label)?;
+        self.note_key_use(&label)?;
         Ok((label, out))
     }
 

@@ -51,6 +51,9 @@ pub struct Vault<S: VaultState> {
     pub(crate) repo: Arc<dyn Repository>,
     pub(crate) state: S,
     pub(crate) threads: usize,
+    /// Audit entries and key uses from every thread sharing this vault,
+    /// written in group commits.
+    pub(crate) journal: Arc<crate::audit::Journal>,
 }
 
 /// Which HSM a vault uses.
@@ -139,7 +142,13 @@ impl Vault<Sealed> {
         repo.set_setting(SETTING_NAMING, NamingStandard::DEFAULT)?;
         repo.set_setting(SETTING_CHUNK, &DEFAULT_CHUNK_SIZE.to_string())?;
         repo.set_setting(SETTING_VAULT_ID, &custos_model::DatasetId::random().to_hex())?;
-        let vault = Vault { dir: dir.clone(), repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() };
+        let vault = Vault {
+            dir: dir.clone(),
+            repo: Arc::new(repo),
+            state: Sealed,
+            threads: crate::default_threads(),
+            journal: Default::default(),
+        };
         let default = VolumeName::new("default")?;
         vault.add_volume(&NewVolume {
             name: default.clone(),
@@ -163,7 +172,13 @@ impl Vault<Sealed> {
         }
         let dir = dir.canonicalize().map_err(|source| Error::VaultIo { path: dir.into(), source })?;
         let repo = SqliteRepository::open_existing(&dir.join(DB_FILE))?;
-        let v = Vault { dir, repo: Arc::new(repo), state: Sealed, threads: crate::default_threads() };
+        let v = Vault {
+            dir,
+            repo: Arc::new(repo),
+            state: Sealed,
+            threads: crate::default_threads(),
+            journal: Default::default(),
+        };
         v.adopt_older_layout()?;
         Ok(v)
     }
@@ -205,7 +220,7 @@ impl Vault<Sealed> {
 
     /// Open with any HSM implementation (PKCS#11, or a test double).
     pub fn with_hsm(self, hsm: Box<dyn Hsm>) -> Vault<Open> {
-        Vault { dir: self.dir, repo: self.repo, state: Open { hsm }, threads: self.threads }
+        Vault { dir: self.dir, repo: self.repo, state: Open { hsm }, threads: self.threads, journal: self.journal }
     }
 }
 
@@ -231,7 +246,7 @@ impl Vault<Sealed> {
 impl Vault<Open> {
     /// Close the HSM again.
     pub fn seal(self) -> Vault<Sealed> {
-        Vault { dir: self.dir, repo: self.repo, state: Sealed, threads: self.threads }
+        Vault { dir: self.dir, repo: self.repo, state: Sealed, threads: self.threads, journal: self.journal }
     }
 
     pub fn hsm(&self) -> &dyn Hsm {
@@ -243,7 +258,13 @@ impl<S: VaultState> Vault<S> {
     /// A sealed handle on the same vault (catalog and volumes, no HSM):
     /// for work that needs no key while this handle stays open.
     pub fn sealed_view(&self) -> Vault<Sealed> {
-        Vault { dir: self.dir.clone(), repo: self.repo.clone(), state: Sealed, threads: self.threads }
+        Vault {
+            dir: self.dir.clone(),
+            repo: self.repo.clone(),
+            state: Sealed,
+            threads: self.threads,
+            journal: self.journal.clone(),
+        }
     }
 
     /// The HSM this vault was created with.

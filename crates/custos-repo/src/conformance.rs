@@ -441,4 +441,33 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!((rules[0].method, rules[0].backup_to.clone()), (CopyMethod::Raw, Some(v2.clone())));
     assert!(repo.remove_hsm_rule("cold").unwrap());
     assert!(!repo.remove_hsm_rule("cold").unwrap());
+
+    // The audit log: entries chained in order, several in one transaction
+    // with key uses counted alongside.
+    let link = |prev: &[u8; 32], r: &crate::AuditRow| {
+        let mut h = *prev;
+        h[0] ^= r.seq as u8;
+        h[1] = h[1].wrapping_add(1);
+        h
+    };
+    let entry = |o: &str| crate::AuditRow {
+        seq: 99,
+        at: Timestamp::now(),
+        principal: "p".into(),
+        action: "a".into(),
+        object: o.into(),
+        result: "ok".into(),
+        hash: [0; 32],
+    };
+    let first = repo.append_audit(&entry("one"), &link).unwrap();
+    assert_eq!(first.seq, 1);
+    let uses_before = repo.key(&k.label).unwrap().unwrap().use_count;
+    let batch =
+        repo.append_audit_batch(&[entry("two"), entry("three")], &link, &[k.label.clone(), k.label.clone()]).unwrap();
+    assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(batch[0].hash, link(&first.hash, &batch[0]));
+    assert_eq!(batch[1].hash, link(&batch[0].hash, &batch[1]));
+    assert_eq!(repo.key(&k.label).unwrap().unwrap().use_count, uses_before + 2);
+    let rows = repo.audit_rows(0).unwrap();
+    assert_eq!(rows.iter().map(|r| r.object.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
 }

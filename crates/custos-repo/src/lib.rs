@@ -256,7 +256,17 @@ pub trait Repository: Send + Sync {
     /// Append an entry to the audit log in one transaction: its seq is the
     /// last one's plus one, its hash `link(previous hash, entry)`. The
     /// caller's `seq` and `hash` are ignored.
-    fn append_audit(&self, entry: &AuditRow, link: &AuditLink<'_>) -> Result<AuditRow>;
+    fn append_audit(&self, entry: &AuditRow, link: &AuditLink<'_>) -> Result<AuditRow> {
+        Ok(self.append_audit_batch(std::slice::from_ref(entry), link, &[])?.remove(0))
+    }
+    /// Append several entries in order and count `key_uses`, in one
+    /// transaction (a group commit: one durable write for many requests).
+    fn append_audit_batch(
+        &self,
+        entries: &[AuditRow],
+        link: &AuditLink<'_>,
+        key_uses: &[KeyLabel],
+    ) -> Result<Vec<AuditRow>>;
     /// The newest audit entry, if any.
     fn audit_head(&self) -> Result<Option<AuditRow>>;
     /// Audit entries with seq > `after`, in seq order.

@@ -1668,7 +1668,12 @@ impl Repository for SqliteRepository {
         )
     }
 
-    fn append_audit(&self, e: &AuditRow, link: &AuditLink<'_>) -> Result<AuditRow> {
+    fn append_audit_batch(
+        &self,
+        entries: &[AuditRow],
+        link: &AuditLink<'_>,
+        key_uses: &[KeyLabel],
+    ) -> Result<Vec<AuditRow>> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -1677,19 +1682,44 @@ impl Repository for SqliteRepository {
             .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(db("read the audit log's head"))?;
-        let (seq, prev) = match last {
+        let (mut seq, mut prev) = match last {
             Some((s, h)) => (s as u64 + 1, h.try_into().map_err(|_| RepoError::Corrupt { what: "audit hash".into() })?),
             None => (1, [0u8; 32]),
         };
-        let mut row = AuditRow { seq, ..e.clone() };
-        row.hash = link(&prev, &row);
-        tx.execute(
-            "INSERT INTO audit_log (seq, at, principal, action, object, result, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![seq as i64, ts(row.at), row.principal, row.action, row.object, row.result, &row.hash[..]],
-        )
-        .map_err(db("append to the audit log"))?;
+        let mut out = Vec::with_capacity(entries.len());
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO audit_log (seq, at, principal, action, object, result, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(db("append to the audit log"))?;
+            for e in entries {
+                let mut row = AuditRow { seq, ..e.clone() };
+                row.hash = link(&prev, &row);
+                ins.execute(params![
+                    seq as i64,
+                    ts(row.at),
+                    row.principal,
+                    row.action,
+                    row.object,
+                    row.result,
+                    &row.hash[..]
+                ])
+                .map_err(db("append to the audit log"))?;
+                prev = row.hash;
+                seq += 1;
+                out.push(row);
+            }
+            let mut up = tx
+                .prepare_cached("UPDATE keys SET use_count = use_count + 1, last_used_at = ?2 WHERE label = ?1")
+                .map_err(db("count a key use"))?;
+            let now = ts(Timestamp::now());
+            for l in key_uses {
+                up.execute(params![l.as_str(), now]).map_err(db("count a key use"))?;
+            }
+        }
         tx.commit().map_err(db("append to the audit log"))?;
-        Ok(row)
+        Ok(out)
     }
 
     fn audit_head(&self) -> Result<Option<AuditRow>> {
