@@ -54,6 +54,12 @@ pub struct MoveReport {
 
 impl<S: VaultState> Vault<S> {
     pub fn hsm_rule_add(&self, r: &NewHsmRule) -> Result<HsmRule> {
+        if r.migrate_after_days.is_some_and(|d| d > 36_600) {
+            return Err(Error::Invalid {
+                what: "hsm rule",
+                why: "--migrate-after-days is at most 36600 (100 years)".into(),
+            });
+        }
         if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(Error::Invalid {
                 what: "rule name",

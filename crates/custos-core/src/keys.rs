@@ -236,6 +236,12 @@ impl Vault<Open> {
     /// Create `count` keys for an application in one transaction: all or
     /// none. Labels continue the application's sequence.
     pub fn create_keys(&self, template: &NewKey, count: u32) -> Result<Vec<KeyRecord>> {
+        if !(1..=MAX_BULK_KEYS).contains(&count) {
+            return Err(Error::Invalid {
+                what: "bulk key creation",
+                why: format!("--count {count}: give 1 to {MAX_BULK_KEYS} (run it again for more)"),
+            });
+        }
         let app = template.app.clone().ok_or_else(|| Error::Invalid {
             what: "bulk key creation",
             why: "give --app; labels are taken from the naming standard".into(),
@@ -359,6 +365,9 @@ impl Vault<Open> {
         Ok(key)
     }
 }
+
+/// The most keys one bulk creation makes.
+pub const MAX_BULK_KEYS: u32 = 100_000;
 
 const SETTING_DESTROY_MIN_WAIT: &str = "key.destroy.min-wait";
 const SETTING_DESTROY_WAIT: &str = "key.destroy.wait";

@@ -6,7 +6,7 @@ use serde::Serialize;
 use custos_model::KeyState;
 
 use crate::vault::{Vault, VaultState};
-use crate::Result;
+use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
@@ -31,11 +31,19 @@ pub struct MonitorReport {
     pub metrics: Vec<Metric>,
 }
 
+/// The longest window monitor looks ahead or back: 100 years.
+pub const MAX_DAYS: i64 = 36_600;
+
 impl<S: VaultState> Vault<S> {
     /// Keys expiring within `expiring_days`, active keys unused for
     /// `unused_days`, keys with neither an escrow copy nor a keystore backup
     /// taken since they were made, and datasets whose key is not active.
     pub fn monitor(&self, expiring_days: i64, unused_days: i64) -> Result<MonitorReport> {
+        for (what, d) in [("--expiring-days", expiring_days), ("--unused-days", unused_days)] {
+            if !(0..=MAX_DAYS).contains(&d) {
+                return Err(Error::Invalid { what: "monitor", why: format!("{what} {d}: give 0 to {MAX_DAYS} days") });
+            }
+        }
         let now = Timestamp::now();
         let keys = self.repo.keys()?;
         let ksbs = self.repo.keystore_backups()?;

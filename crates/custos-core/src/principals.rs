@@ -63,6 +63,19 @@ fn check_name(name: &str) -> Result<()> {
 #[serde(try_from = "String", into = "String")]
 pub struct StoredCredential(String);
 
+impl schemars::JsonSchema for StoredCredential {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StoredCredential".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(argon2id\\$[0-9]+\\$[0-9]+\\$[0-9a-f]{32}\\$[0-9a-f]{64}|token\\$[0-9a-f]{64})$",
+            "description": "a credential as the catalog stores it: argon2id$m$t$salt$hash or token$sha256"
+        })
+    }
+}
+
 impl TryFrom<String> for StoredCredential {
     type Error = Error;
     fn try_from(s: String) -> Result<Self> {

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 /// Keep rules; every count 0 means "not this rule".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Retention {
     pub last: u32,
     pub daily: u32,

@@ -24,7 +24,7 @@ pub enum KeyState {
 }
 
 /// Lifecycle commands an administrator gives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAction {
     Activate,

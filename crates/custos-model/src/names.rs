@@ -38,8 +38,22 @@ fn check_dotted(kind: &'static str, s: &str, max_total: usize, max_q: usize) -> 
     Ok(())
 }
 
+/// One qualifier of a dotted name, as a regular expression.
+const QUALIFIER: &str = "[A-Za-z0-9_$#@-]{1,64}";
+
+/// A string schema for a validated name.
+fn name_schema(pattern: String, max: usize, description: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": pattern,
+        "minLength": 1,
+        "maxLength": max,
+        "description": description,
+    })
+}
+
 macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $check:expr) => {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $check:expr, $pattern:expr, $max:expr) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -54,6 +68,14 @@ macro_rules! name_type {
             }
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                name_schema($pattern, $max, $kind)
             }
         }
         impl fmt::Display for $name {
@@ -85,14 +107,18 @@ name_type!(
     /// A dataset name: dotted qualifiers such as `PAYROLL.MASTER.Y2024`.
     DatasetName,
     "dataset name",
-    |s| check_dotted("dataset name", s, 255, 64)
+    |s| check_dotted("dataset name", s, 255, 64),
+    format!("^{QUALIFIER}(\\.{QUALIFIER})*$"),
+    255
 );
 
 name_type!(
     /// A key label such as `DSET.PRIM.PAYROLL.key001`.
     KeyLabel,
     "key label",
-    |s| check_dotted("key label", s, 128, 64)
+    |s| check_dotted("key label", s, 128, 64),
+    format!("^{QUALIFIER}(\\.{QUALIFIER})*$"),
+    128
 );
 
 name_type!(
@@ -105,7 +131,9 @@ name_type!(
             return Err(NameError::Invalid { kind: "volume name", name: s.into(), why: "a volume name has no dots" });
         }
         Ok(())
-    }
+    },
+    format!("^{QUALIFIER}$"),
+    64
 );
 
 impl DatasetName {
@@ -123,6 +151,20 @@ impl DatasetName {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Pattern(String);
+
+impl schemars::JsonSchema for Pattern {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Pattern".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let q = "([A-Za-z0-9_$#@%*-]{1,64})";
+        name_schema(
+            format!("^{q}(\\.{q})*$"),
+            255,
+            "a pattern over dotted names: ** any qualifiers, * any run within one, % one character",
+        )
+    }
+}
 
 impl Pattern {
     pub fn new(s: impl Into<String>) -> Result<Self, NameError> {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::{DatasetName, KeyLabel, KeyState, Pattern, VolumeName};
 
 /// What a key is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Purpose {
     /// Seals primary datasets.
     #[serde(rename = "PRIM")]
@@ -43,7 +43,7 @@ impl fmt::Display for Purpose {
 }
 
 /// The medium a volume stands for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Medium {
     Disk,
@@ -278,7 +278,7 @@ pub struct KeystoreBackupRecord {
 }
 
 /// How a backup copy was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyMethod {
     /// Sealed bytes copied as they are: needs no key, shares the primary's key.

@@ -219,8 +219,14 @@ impl Engine {
         if let Some(p) = who.principal() {
             rights::check(self, p, op)?;
         }
-        if let Operation::DsGet { name, .. } = op {
-            self.vault.dataset(name)?;
+        if let Operation::DsGet { name, range } = op {
+            let size = self.vault.dataset(name)?.current.size;
+            if let Some(r) = range {
+                let (start, end) = (r.start.unwrap_or(0), r.end.unwrap_or(size));
+                if start > end || end > size {
+                    return Err(custos_core::Error::Range { dataset: name.clone(), start, end, size }.into());
+                }
+            }
         }
         Ok(())
     }

@@ -47,6 +47,10 @@ impl From<custos_risk::RiskError> for Error {
 #[serde(rename_all = "kebab-case")]
 pub enum Code {
     Other,
+    /// Cannot be done in the vault's current state (exit 1, HTTP 409).
+    Conflict,
+    /// A value in the request is not valid (exit 1, HTTP 400).
+    Invalid,
     Usage,
     NotFound,
     Integrity,
@@ -62,7 +66,7 @@ impl Code {
     /// The CLI's exit code (documented in `custos --help`).
     pub fn exit(self) -> u8 {
         match self {
-            Code::Other => 1,
+            Code::Other | Code::Conflict | Code::Invalid => 1,
             Code::Usage => 2,
             Code::NotFound => 3,
             Code::Integrity => 4,
@@ -79,7 +83,8 @@ impl Code {
     pub fn http_status(self) -> u16 {
         match self {
             Code::Other => 500,
-            Code::Usage => 400,
+            Code::Conflict => 409,
+            Code::Invalid | Code::Usage => 400,
             Code::NotFound => 404,
             Code::Integrity => 422,
             Code::KeyState => 409,
@@ -152,6 +157,20 @@ pub fn core_code(e: &CoreError) -> Code {
         CoreError::Forbidden { .. } => Code::Forbidden,
         CoreError::Store(_) | CoreError::LeftInTrash { .. } => Code::Unavailable,
         CoreError::Repo(RepoError::Busy { .. }) => Code::Busy,
+        CoreError::Invalid { .. }
+        | CoreError::VaultExists { .. }
+        | CoreError::Hsm(
+            HsmError::NoCurrentMasterKey
+            | HsmError::NewLoaded { .. }
+            | HsmError::NoNewMasterKey
+            | HsmError::TooFewCustodians(_)
+            | HsmError::AlreadyExists { .. },
+        )
+        | CoreError::Repo(RepoError::Exists { .. } | RepoError::Raced { .. }) => Code::Conflict,
+        CoreError::Name(_) | CoreError::Naming(_) | CoreError::Range { .. } => Code::Invalid,
+        CoreError::Hsm(
+            HsmError::PartMismatch { .. } | HsmError::MkvpMismatch { .. } | HsmError::WeakPassphrase { .. },
+        ) => Code::Invalid,
         _ => Code::Other,
     }
 }

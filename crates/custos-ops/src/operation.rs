@@ -18,6 +18,15 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 #[serde(transparent)]
 pub struct SecretText(String);
 
+impl schemars::JsonSchema for SecretText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretText".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "writeOnly": true, "description": "a secret: never stored, never logged" })
+    }
+}
+
 impl SecretText {
     pub fn new(s: String) -> Self {
         Self(s)
@@ -35,7 +44,7 @@ impl std::fmt::Debug for SecretText {
 }
 
 /// A new principal's credential as an operation carries it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NewCredential {
     /// A passphrase, hashed by the engine before anything is stored.
@@ -47,7 +56,7 @@ pub enum NewCredential {
 }
 
 /// Which grant.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum GrantOn {
     Data,
@@ -55,7 +64,7 @@ pub enum GrantOn {
 }
 
 /// Where a policy sends a dataset's key from.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKey {
     /// One existing key for every matching dataset.
@@ -65,7 +74,7 @@ pub enum PolicyKey {
 }
 
 /// A byte range of a dataset: START..END, either end open.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Range {
     pub start: Option<u64>,
     pub end: Option<u64>,
@@ -76,7 +85,7 @@ fn default_datakey_bytes() -> u8 {
 }
 
 /// One command. The variants are grouped as the CLI's command groups are.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum Operation {
@@ -408,6 +417,23 @@ pub struct Stored {
 }
 
 impl Operation {
+    /// Parse an operation from JSON, refusing fields it does not have
+    /// (serde ignores extra fields beside the tag of a variant without
+    /// fields; this does not).
+    pub fn from_json(bytes: &[u8]) -> Result<Operation, String> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let op: Operation = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        let back = serde_json::to_value(&op).map_err(|e| e.to_string())?;
+        if let (Some(given), Some(known)) = (v.as_object(), back.as_object()) {
+            if known.len() == 1 {
+                if let Some(extra) = given.keys().find(|k| *k != "op") {
+                    return Err(format!("unknown field `{extra}`: {} takes no fields", op.audit_name().0));
+                }
+            }
+        }
+        Ok(op)
+    }
+
     /// The audit log's name for it ("key destroy") and its object (the
     /// first thing it names), as the CLI spells them.
     pub fn audit_name(&self) -> (&'static str, String) {
@@ -599,6 +625,9 @@ mod tests {
         // Unknown operations and fields are refused, not guessed at.
         assert!(serde_json::from_str::<Operation>(r#"{"op":"key-eat","label":"x"}"#).is_err());
         assert!(serde_json::from_str::<Operation>(r#"{"op":"ds-rm","name":"A.B","force":true}"#).is_err());
+        // Nor beside a variant without fields.
+        assert!(Operation::from_json(br#"{"op":"mk-activate","x":42}"#).unwrap_err().contains("unknown field `x`"));
+        assert_eq!(Operation::from_json(br#"{"op":"mk-activate"}"#).unwrap(), Operation::MkActivate);
         // Names are validated on the way in.
         assert!(serde_json::from_str::<Operation>(r#"{"op":"ds-rm","name":"../etc"}"#).is_err());
     }

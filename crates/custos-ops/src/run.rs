@@ -23,6 +23,12 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
     let v = &e.vault;
     use Operation as O;
     Ok(match op {
+        O::KeyCreate { count: Some(n), .. } if !(1..=custos_core::MAX_BULK_KEYS).contains(&n) => {
+            return Err(Error::Usage(format!(
+                "--count {n}: give 1 to {} (run it again for more)",
+                custos_core::MAX_BULK_KEYS
+            )));
+        }
         O::KeyCreate { label, app, purpose, expires_at, activate, count } => {
             let new = NewKey { label, app, purpose, expires_at, activate };
             match count {
@@ -81,6 +87,9 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                 plaintext: Some(SecretText::new(crate::operation::base64_encode(&plain))),
                 ciphertext: None,
             }
+        }
+        O::KeyDataKey { bytes, .. } if !(16..=64).contains(&bytes) => {
+            return Err(Error::Usage(format!("a data key of {bytes} bytes: ask for 16 to 64")));
         }
         O::KeyDataKey { label, bytes, context } => {
             let (plain, blob) = e.open()?.ks_datakey(&label, bytes as usize, &context)?;
@@ -294,6 +303,9 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             let gc = if dry_run { None } else { Some(v.gc(v.gc_grace()?, false, false)?) };
             Reply::HsmRun { actions, gc }
         }
+        O::HsmRuleAdd { migrate_after_days: Some(d), .. } if d > 36_600 => {
+            return Err(Error::Usage("--migrate-after-days is at most 36600 (100 years)".into()));
+        }
         O::HsmRuleAdd { name, pattern, method, backup_to, keep, migrate_after_days, migrate_to } => {
             Reply::HsmRule(v.hsm_rule_add(&custos_core::NewHsmRule {
                 name,
@@ -389,6 +401,15 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::Requests(vec![RequestView::new(&v.request_withdraw(id, &me)?)])
         }
         O::RequestApprove { .. } => unreachable!("the engine approves before running"),
+        O::Monitor { expiring_days, unused_days }
+            if !(0..=custos_core::MAX_MONITOR_DAYS).contains(&expiring_days)
+                || !(0..=custos_core::MAX_MONITOR_DAYS).contains(&unused_days) =>
+        {
+            return Err(Error::Usage(format!(
+                "monitor looks 0 to {} days ahead and back",
+                custos_core::MAX_MONITOR_DAYS
+            )));
+        }
         O::Monitor { expiring_days, unused_days } => Reply::Monitor(v.monitor(expiring_days, unused_days)?),
         O::Fsck { read_data } => Reply::Fsck(if read_data { e.open()?.fsck_read_data()? } else { v.fsck()? }),
         O::Gc { dry_run, grace } => {

@@ -42,6 +42,7 @@ type St = State<Arc<Shared>>;
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(|| async { axum::Json(crate::openapi::document()) }))
         .route("/metrics", get(metrics))
         .route("/v1/metrics", get(metrics))
         .route("/v1/ops", post(ops))
@@ -134,7 +135,7 @@ fn envelope(o: &Outcome) -> serde_json::Value {
 }
 
 async fn ops(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    let op: Operation = match serde_json::from_slice(&body) {
+    let op = match Operation::from_json(&body) {
         Ok(op) => op,
         Err(e) => return problem(StatusCode::BAD_REQUEST, Code::Usage, &format!("the body is not an operation: {e}")),
     };
@@ -234,7 +235,13 @@ struct GetQuery {
 /// Run a streaming operation: checked before the first byte (so a refusal
 /// is a status, not a cut stream), then its output streamed as the engine
 /// writes it. A failure after the first byte ends the stream abnormally.
-async fn stream_out(s: Arc<Shared>, who: Caller, op: Operation, headers_out: Vec<(&'static str, String)>) -> Response {
+async fn stream_out(
+    s: Arc<Shared>,
+    who: Caller,
+    op: Operation,
+    content_type: &'static str,
+    headers_out: Vec<(&'static str, String)>,
+) -> Response {
     let (action, _) = op.audit_name();
     let (s2, who2, op2) = (s.clone(), who.clone(), op.clone());
     let pre = tokio::task::spawn_blocking(move || s2.engine.preflight(&who2, &op2)).await;
@@ -282,7 +289,7 @@ async fn stream_out(s: Arc<Shared>, who: Caller, op: Operation, headers_out: Vec
     });
     let body = Body::from_stream(futures_util::StreamExt::chain(bytes, verdict));
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     for (k, v) in headers_out {
         if let Ok(v) = header::HeaderValue::from_str(&v) {
             resp.headers_mut().insert(k, v);
@@ -317,7 +324,7 @@ async fn get_dataset(
         out.push(("x-custos-size", b.saturating_sub(a).to_string()));
         out.push(("x-custos-generation", d.current.generation.to_string()));
     }
-    stream_out(s, who, Operation::DsGet { name, range }, out).await
+    stream_out(s, who, Operation::DsGet { name, range }, "application/octet-stream", out).await
 }
 
 async fn audit_export(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
@@ -325,7 +332,7 @@ async fn audit_export(State(s): St, Extension(peer): Extension<Peer>, headers: H
         Ok(w) => w,
         Err(r) => return r,
     };
-    stream_out(s, who, Operation::AuditExport, Vec::new()).await
+    stream_out(s, who, Operation::AuditExport, "application/x-ndjson", Vec::new()).await
 }
 
 #[derive(Deserialize)]

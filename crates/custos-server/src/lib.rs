@@ -19,6 +19,7 @@ pub mod config;
 mod http;
 mod metrics;
 mod net;
+pub mod openapi;
 
 use std::path::Path;
 use std::sync::Arc;
