@@ -98,6 +98,8 @@ pub struct Engine {
     pub(crate) mode: Mode,
     /// Where volumes may live (server mode): directories and URL prefixes.
     volume_roots: Option<Vec<String>>,
+    /// When due destructions were last carried out.
+    due_checked: Mutex<Option<std::time::Instant>>,
 }
 
 impl Engine {
@@ -114,6 +116,7 @@ impl Engine {
             unlock: Some(Box::new(unlock)),
             mode: Mode::Embedded,
             volume_roots: None,
+            due_checked: Mutex::new(None),
         }
     }
 
@@ -129,6 +132,7 @@ impl Engine {
             unlock: None,
             mode: Mode::Server,
             volume_roots: Some(Vec::new()),
+            due_checked: Mutex::new(None),
         }
     }
 
@@ -235,11 +239,23 @@ impl Engine {
     pub fn execute(&self, who: &Caller, op: Operation, mut io: Io<'_>) -> Result<Outcome> {
         let mut warnings = Vec::new();
         // Keys whose waiting period is over are erased first, on this
-        // process's clock (the server's, in server mode).
-        for (label, e) in self.vault.destroy_due()?.failed {
-            warnings.push(format!(
-                "key {label} is due for destruction but could not be destroyed now ({e}); the next command tries again"
-            ));
+        // process's clock (the server's, in server mode): at most once a
+        // second, since a key pending destruction is refused on every use
+        // anyway.
+        let due = {
+            let mut last = self.due_checked.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            for (label, e) in self.vault.destroy_due()?.failed {
+                warnings.push(format!(
+                    "key {label} is due for destruction but could not be destroyed now ({e}); the next command tries again"
+                ));
+            }
         }
         let (action, object) = op.audit_name();
         let who_name = who.name();
@@ -296,8 +312,12 @@ impl Engine {
             }
         }
         // The intent is durable before anything is done, so a process that
-        // dies or a pipe that closes never loses the record of an attempt.
-        audit("intent")?;
+        // dies or a pipe that closes never loses the record of an attempt
+        // (unless the outcome alone records it completely: see
+        // `Operation::audited_once`).
+        if !op.audited_once() {
+            audit("intent")?;
+        }
         let result = match op {
             Operation::RequestApprove { id, shares } => self.approve(who, id, shares, &mut io),
             op => crate::run::run(self, who, op, &mut io),

@@ -566,6 +566,15 @@ impl Operation {
         Some(op)
     }
 
+    /// Whether one audit entry, written durably after it runs and before
+    /// its answer leaves, records it completely: it changes nothing that
+    /// matters if it is cut off (a use count), and nothing of its result
+    /// reaches the caller before that entry exists. The key service's
+    /// requests are such; everything else records its intent first.
+    pub fn audited_once(&self) -> bool {
+        matches!(self, Operation::KeyEncrypt { .. } | Operation::KeyDecrypt { .. } | Operation::KeyDataKey { .. })
+    }
+
     /// Whether it reads or writes a stream of dataset bytes.
     pub fn streams(&self) -> Stream {
         match self {
