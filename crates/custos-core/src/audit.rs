@@ -101,9 +101,15 @@ impl<S: VaultState> Vault<S> {
         self.journal_write(Some(row), None).map(|r| r.expect("an entry was appended"))
     }
 
-    /// Count one use of a key, in the next group commit.
+    /// Count one use of a key in the next group commit, without waiting
+    /// for it: the audit entry that follows the use carries it to disk (a
+    /// count cut off by a crash is a statistic lost, never a key).
     pub(crate) fn note_key_use(&self, label: &KeyLabel) -> Result<()> {
-        self.journal_write(None, Some(label.clone())).map(|_| ())
+        let mut st = self.journal.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = st.next;
+        st.next += 1;
+        st.pending.push(Pending { ticket, row: None, key_use: Some(label.clone()), waits: false });
+        Ok(())
     }
 
     /// Queue an entry or a key use and wait until it is durable. The first
@@ -114,7 +120,7 @@ impl<S: VaultState> Vault<S> {
         let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = st.next;
         st.next += 1;
-        st.pending.push(Pending { ticket, row, key_use });
+        st.pending.push(Pending { ticket, row, key_use, waits: true });
         loop {
             if let Some(r) = st.done.remove(&ticket) {
                 return r.map_err(|why| Error::Invalid { what: "audit log", why });
@@ -135,11 +141,13 @@ impl<S: VaultState> Vault<S> {
                     let mut out = out.into_iter();
                     for p in &batch {
                         let r = if p.row.is_some() { out.next() } else { None };
-                        st.done.insert(p.ticket, Ok(r));
+                        if p.waits {
+                            st.done.insert(p.ticket, Ok(r));
+                        }
                     }
                 }
                 Err(e) => {
-                    for p in &batch {
+                    for p in batch.iter().filter(|p| p.waits) {
                         st.done.insert(p.ticket, Err(e.to_string()));
                     }
                 }
@@ -311,4 +319,6 @@ struct Pending {
     ticket: u64,
     row: Option<AuditRow>,
     key_use: Option<KeyLabel>,
+    /// Whether someone waits for this one's result.
+    waits: bool,
 }

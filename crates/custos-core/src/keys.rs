@@ -356,6 +356,12 @@ impl Vault<Open> {
                 return Err(Error::KeyExpired { label: rec.label.clone(), at });
             }
         }
+        self.unwrap_checked(rec)
+    }
+
+    /// Unwrap a key record's material in the HSM and check it against the
+    /// recorded check value.
+    pub(crate) fn unwrap_checked(&self, rec: &KeyRecord) -> Result<DataKey> {
         let wrapped = rec.wrapped.as_ref().ok_or_else(|| Error::KeyNoMaterial { label: rec.label.clone() })?;
         let key = self.state.hsm.unwrap_key(&rec.mkvp, &wrapped.0)?;
         let got = Kcv::of(&key);

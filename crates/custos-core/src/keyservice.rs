@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use custos_crypto::{open_in_place, seal_in_place, Kcv, Nonce, NONCE_LEN, TAG_LEN};
+use custos_crypto::{open_in_place, seal_in_place, Nonce, NONCE_LEN, TAG_LEN};
 use custos_model::{KeyLabel, KeyRecord, KeyState, KeyUse, Purpose};
 use jiff::Timestamp;
 use zeroize::Zeroizing;
@@ -93,13 +93,7 @@ impl Vault<Open> {
                 return Err(Error::KeyExpired { label: rec.label.clone(), at });
             }
         }
-        let wrapped = rec.wrapped.as_ref().ok_or_else(|| Error::KeyNoMaterial { label: rec.label.clone() })?;
-        let key = self.state.hsm.unwrap_key(&rec.mkvp, &wrapped.0)?;
-        let got = Kcv::of(&key);
-        if got != rec.kcv {
-            return Err(Error::KeyMismatch { label: rec.label.clone(), got: got.to_hex(), want: rec.kcv.to_hex() });
-        }
-        Ok(key)
+        self.unwrap_checked(rec)
     }
 
     /// Seal `plaintext` under key `label`, bound to `context`.

@@ -153,6 +153,12 @@ async fn ops(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap,
         Ok(w) => w,
         Err(r) => return r,
     };
+    run_blocking(&s, who, op, |o| axum::Json(envelope(o)).into_response()).await
+}
+
+/// Run an operation without streams on the blocking pool, count it, and
+/// answer with `respond` (or its error as a problem).
+async fn run_blocking(s: &Arc<Shared>, who: Caller, op: Operation, respond: fn(&Outcome) -> Response) -> Response {
     let (action, _) = op.audit_name();
     let started = Instant::now();
     let s2 = s.clone();
@@ -165,7 +171,7 @@ async fn ops(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap,
     };
     s.metrics.record(action, started.elapsed(), r.as_ref().is_ok_and(|o| o.reply.failure().is_none()));
     match r {
-        Ok(o) => axum::Json(envelope(&o)).into_response(),
+        Ok(o) => respond(&o),
         Err(e) => error(&e),
     }
 }
@@ -389,19 +395,5 @@ async fn key_service(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let (name, _) = op.audit_name();
-    let started = Instant::now();
-    let s2 = s.clone();
-    let r = tokio::task::spawn_blocking(move || s2.engine.execute(&who, op, Io::default())).await;
-    let r = match r {
-        Ok(r) => r,
-        Err(e) => {
-            return problem(StatusCode::INTERNAL_SERVER_ERROR, Code::Other, &format!("the operation stopped: {e}"))
-        }
-    };
-    s.metrics.record(name, started.elapsed(), r.is_ok());
-    match r {
-        Ok(o) => axum::Json(o.reply.json()).into_response(),
-        Err(e) => error(&e),
-    }
+    run_blocking(&s, who, op, |o| axum::Json(o.reply.json()).into_response()).await
 }
