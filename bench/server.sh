@@ -117,7 +117,7 @@ sec="$work/section.md"
   echo
   echo "Key service, \`encrypt\` of 1 KiB, 32 keep-alive connections for 20 s (wrk):"
   echo "**$ks_rps requests/s**, p50 $ks_p50, p99 $ks_p99, $ks_err non-2xx; $audited encrypts audited"
-  echo "(intent and outcome each)."
+  echo "(each one durable entry, in group commits, before its answer left)."
   echo "<!-- server:end -->"
 } > "$sec"
 replace_section server "The server" "$sec"
