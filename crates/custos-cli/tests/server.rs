@@ -573,3 +573,42 @@ fn key_service_encrypts_for_granted_applications_only() {
     assert!(actions.contains(&"key encrypt") && actions.contains(&"key decrypt") && actions.contains(&"key datakey"));
     assert!(!serde_json::to_string(&log).unwrap().contains(&b64(b"card 4111")), "no plaintext in the audit log");
 }
+
+/// The server does not start on a vault other accounts can read, nor on
+/// one nobody could authenticate to; it says what to do.
+#[test]
+fn the_server_refuses_an_exposed_vault_and_one_without_principals() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault");
+    let pass = custos_core::Passphrase::from(PASS.to_string());
+    let opts = custos_core::InitOptions { kdf: custos_core::KdfParams::MINIMUM, ..Default::default() };
+    drop(custos_core::Vault::init(&vault, &pass, &opts).unwrap());
+    std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("vault = {vault:?}\n[hsm]\nkind = \"soft\"\n[listen]\nunix = {:?}\n", dir.path().join("s.sock")),
+    )
+    .unwrap();
+    let serve = || {
+        Command::new(assert_cmd::cargo::cargo_bin("custos"))
+            .env_clear()
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let o = serve();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("readable by other accounts") && err.contains("chmod -R go-rwx"),
+        "{err}"
+    );
+    let mut chmod = Command::new("chmod");
+    assert!(chmod.args(["-R", "go-rwx"]).arg(&vault).status().unwrap().success());
+    let o = serve();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("has no principals"), "{err}");
+    assert!(!dir.path().join("s.sock").exists(), "nothing listened");
+}

@@ -68,9 +68,6 @@ impl Authenticator {
                 _ => Err(AuthError::Refused(custos_core::Error::AuthFailed { name: name.into() }.into())),
             };
         }
-        if !engine.needs_login().map_err(AuthError::Refused)? {
-            return Ok(Caller::Unverified("anonymous".into()));
-        }
         Err(AuthError::Missing)
     }
 

@@ -94,6 +94,14 @@ pub fn open_engine(config: &Config) -> Result<Engine, ServeError> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     check_private(&config.vault)?;
     let sealed = Vault::open(&config.vault)?;
+    // A vault made before principals existed would let anyone who reaches
+    // the socket act unauthenticated.
+    if !sealed.has_users()? {
+        return Err(setup(
+            format!("the vault {}", config.vault.display()),
+            "has no principals, so nobody could be authenticated: add one in embedded mode (`custos user add`) first",
+        ));
+    }
     let (open, passphrase) = match &config.hsm {
         HsmConfig::Soft { secret_file } => {
             let p = secret(secret_file.as_deref(), "CUSTOS_PASSPHRASE", "the HSM passphrase")?;
