@@ -41,6 +41,8 @@ struct Served {
     config: PathBuf,
     child: std::sync::Mutex<Option<Child>>,
     log: PathBuf,
+    /// The server's environment (a SoftHSM2 configuration).
+    env: Vec<(String, String)>,
 }
 
 impl Served {
@@ -52,20 +54,26 @@ impl Served {
 
     /// The same, with more configuration (a `[tls]` table, `tcp`).
     fn start_with(e: &Env, extra: &str) -> Served {
+        Self::start_hsm(e, "kind = \"soft\"", PASS, extra)
+    }
+
+    /// With an `[hsm]` table of its own (`hsm` holds its lines but the
+    /// secret file, which holds `secret`).
+    fn start_hsm(e: &Env, hsm: &str, secret_text: &str, extra: &str) -> Served {
         let base = e.dir.path();
         std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
         let run = base.join("run");
         std::fs::create_dir_all(&run).unwrap();
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
         let secret = base.join("passphrase");
-        std::fs::write(&secret, PASS).unwrap();
+        std::fs::write(&secret, secret_text).unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
         let sock = run.join("custos.sock");
         let config = base.join("server.toml");
         std::fs::write(
             &config,
             format!(
-                "vault = {:?}\ndrain_secs = 10\n[hsm]\nkind = \"soft\"\nsecret_file = {:?}\n[listen]\nunix = {:?}\n{extra}",
+                "vault = {:?}\ndrain_secs = 10\n[hsm]\n{hsm}\nsecret_file = {:?}\n[listen]\nunix = {:?}\n{extra}",
                 e.vault, secret, sock
             ),
         )
@@ -75,8 +83,15 @@ impl Served {
             chown_tree(&run, SERVER_UID, SOCKET_GID);
             chown_tree(&secret, SERVER_UID, SOCKET_GID);
         }
-        let s =
-            Served { vault: e.vault.clone(), sock, config, child: Default::default(), log: base.join("server.log") };
+        let env = e.env.iter().filter(|(k, _)| k == "SOFTHSM2_CONF").cloned().collect();
+        let s = Served {
+            vault: e.vault.clone(),
+            sock,
+            config,
+            child: Default::default(),
+            log: base.join("server.log"),
+            env,
+        };
         s.spawn();
         s
     }
@@ -84,7 +99,8 @@ impl Served {
     fn spawn(&self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
-        c.env_clear().args(["serve", "--config"]).arg(&self.config).stdout(Stdio::null()).stderr(log);
+        c.env_clear().envs(self.env.iter().cloned()).args(["serve", "--config"]).arg(&self.config);
+        c.stdout(Stdio::null()).stderr(log);
         if root() {
             c.uid(SERVER_UID).gid(SOCKET_GID);
         }
@@ -611,4 +627,32 @@ fn the_server_refuses_an_exposed_vault_and_one_without_principals() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("has no principals"), "{err}");
     assert!(!dir.path().join("s.sock").exists(), "nothing listened");
+}
+
+/// A catalog row naming a PKCS#11 library is never what a server loads:
+/// the module and token come from its configuration. (Embedded mode, where
+/// whoever runs the command is every role anyway, still reads the row.)
+#[test]
+fn a_catalog_row_cannot_make_the_server_load_a_library() {
+    let e = Env::new_pkcs11();
+    e.ok(&["ds", "put", "P11.DATA", Env::s(&e.file("d", b"sealed by the token's master key"))]);
+    let evil = e.dir.path().join("evil-module.so");
+    let db = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+    db.execute("UPDATE settings SET value = ?1 WHERE key = 'hsm.pkcs11.module'", [evil.to_str().unwrap()]).unwrap();
+    drop(db);
+    let err = String::from_utf8_lossy(&e.run(&["ds", "get", "P11.DATA"]).stderr).to_string();
+    assert!(err.contains("evil-module.so"), "embedded mode reads the row: {err}");
+    // The server's configuration names the real module and the token.
+    let conf = e.env.iter().find(|(k, _)| k == "SOFTHSM2_CONF").map(|(_, v)| PathBuf::from(v)).unwrap();
+    if root() {
+        chown_tree(conf.parent().unwrap(), SERVER_UID, SOCKET_GID);
+    }
+    let hsm = format!("kind = \"pkcs11\"\nmodule = {:?}\ntoken = \"custos-cli\"", custos_testing::pkcs11_module());
+    let s = Served::start_hsm(&e, &hsm, "2468", "");
+    let got = s.run("ops", OPS_CRED, &["ds", "get", "P11.DATA"], None);
+    assert_eq!(got.stdout, b"sealed by the token's master key", "{}", String::from_utf8_lossy(&got.stderr));
+    assert!(!s.log().contains("evil-module"), "{}", s.log());
+    if root() {
+        chown_tree(conf.parent().unwrap(), 0, 0);
+    }
 }
