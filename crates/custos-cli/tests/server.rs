@@ -656,3 +656,52 @@ fn a_catalog_row_cannot_make_the_server_load_a_library() {
         chown_tree(conf.parent().unwrap(), 0, 0);
     }
 }
+
+/// Waiting periods run on the server's clock: a client whose clock is eight
+/// days ahead does not carry out a destruction scheduled for seven days
+/// from now. (In embedded mode the caller's clock decides, and it does.)
+#[test]
+fn a_clients_clock_decides_nothing() {
+    assert!(
+        Command::new("faketime").arg("--version").output().is_ok(),
+        "faketime is needed (Debian package faketime; .ci/run installs it)"
+    );
+    let e = Env::new();
+    e.ok(&["config", "set", "key.destroy.wait", "7d"]);
+    e.ok(&["key", "create", "DSET.PRIM.CLOCK.key001"]);
+    let s = Served::start(&e);
+    let out = s.ok("ops", OPS_CRED, &["key", "destroy", "DSET.PRIM.CLOCK.key001"]);
+    assert!(out.contains("will be destroyed at"), "{out}");
+    // A client eight days ahead asks about the key: nothing falls due.
+    let mut c = Command::new("faketime");
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUSTOS_SERVER", format!("unix:{}", s.sock.display()))
+        .env("CUSTOS_USER", "ops")
+        .env("CUSTOS_CREDENTIAL", OPS_CRED)
+        .current_dir("/")
+        .arg("+8 days")
+        .arg(assert_cmd::cargo::cargo_bin("custos"))
+        .args(["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
+    if root() {
+        c.uid(CLIENT_UID).gid(SOCKET_GID);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let k: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_ne!(k["state"], "destroyed", "a client's clock carried out the destruction: {k}");
+    let k = s.ok("ops", OPS_CRED, &["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
+    assert!(!k.contains("\"destroyed\""), "{k}");
+    // The same question in embedded mode, eight days ahead: that process's
+    // clock decides (embedded mode trusts its caller; the threat model says so).
+    let mut c = Command::new("faketime");
+    c.env_clear()
+        .env("CUSTOS_VAULT", &e.vault)
+        .env("CUSTOS_PASSPHRASE", PASS)
+        .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .arg("+8 days")
+        .arg(assert_cmd::cargo::cargo_bin("custos"))
+        .args(["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
+    let k: serde_json::Value = serde_json::from_slice(&c.output().unwrap().stdout).unwrap();
+    assert_eq!(k["state"], "destroyed", "{k}");
+}
