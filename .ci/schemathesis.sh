@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# schemathesis against a running `custos serve`, from the OpenAPI document
+# Every documented status reached on purpose (.ci/statuses.py), then
+# schemathesis against the running `custos serve`, from the OpenAPI document
 # the server itself serves: no 5xx for any generated request, every answer
-# documented, and then every documented status reached on purpose
-# (.ci/statuses.py). Called by .ci/run with the debug binary built.
+# documented. Called by .ci/run with the debug binary built.
 # Usage: .ci/schemathesis.sh CUSTOS_BINARY VENV_BIN
 set -euo pipefail
 custos=$1
@@ -48,11 +48,14 @@ server=$!
 base="https://127.0.0.1:$port"
 for _ in $(seq 100); do curl -skf "$base/v1/health" >/dev/null 2>&1 && break; sleep 0.1; done
 
-"$st/schemathesis" run "$base/v1/openapi.json" --tls-verify false --auth "ops:$ops" \
+# Every documented status, reached on purpose while the vault is as set up
+# (before the fuzzer changes it).
+python3 "$(dirname "$0")/statuses.py" "$base" "$ops" "$aud" "$app"
+# From the scratch directory: schemathesis keeps a cache in its working directory.
+(cd "$work" && "$st/schemathesis" run "$base/v1/openapi.json" --tls-verify false --auth "ops:$ops" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --max-examples "${CUSTOS_SCHEMATHESIS_EXAMPLES:-40}" --seed 4711 --workers 1 --request-timeout 30 \
-  --suppress-health-check all --report junit --report-dir "$work/report"
-python3 "$(dirname "$0")/statuses.py" "$base" "$ops" "$aud" "$app"
+  --suppress-health-check all --report junit --report-dir "$work/report")
 if grep -q panicked "$work/server.log"; then
   echo "the server panicked:" >&2
   cat "$work/server.log" >&2

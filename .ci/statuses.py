@@ -50,7 +50,7 @@ cases = {
     ("post", "/v1/ops", "401"): lambda: call("POST", "/v1/ops", WRONG, {"op": "ds-list"}),
     ("post", "/v1/ops", "403"): lambda: call("POST", "/v1/ops", AUD, {"op": "key-create", "purpose": "PRIM", "activate": False}),
     ("post", "/v1/ops", "404"): lambda: call("POST", "/v1/ops", OPS, {"op": "ds-info", "name": "NO.SUCH"}),
-    ("post", "/v1/ops", "409"): lambda: call("POST", "/v1/ops", OPS, {"op": "mk-activate"}),
+    ("post", "/v1/ops", "409"): lambda: call("POST", "/v1/ops", OPS, {"op": "user-add", "name": "ops", "roles": ["app"], "credential": "token"}),
     ("put", "/v1/datasets/{name}", "200"): lambda: call("PUT", "/v1/datasets/CI.PUT", OPS, b"data", "application/octet-stream"),
     ("put", "/v1/datasets/{name}", "400"): lambda: call("PUT", "/v1/datasets/CI.PUT?colour=red", OPS, b"d", "application/octet-stream"),
     ("put", "/v1/datasets/{name}", "401"): lambda: call("PUT", "/v1/datasets/CI.PUT", NOBODY, b"d", "application/octet-stream"),
