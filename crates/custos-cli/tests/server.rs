@@ -669,29 +669,50 @@ fn a_clients_clock_decides_nothing() {
     let e = Env::new();
     e.ok(&["config", "set", "key.destroy.wait", "7d"]);
     e.ok(&["key", "create", "DSET.PRIM.CLOCK.key001"]);
+    e.ok(&["key", "create", "DSET.PRIM.CLOCK.key002"]);
+    add(&e, "alice", "security-admin", ALICE);
     let s = Served::start(&e);
+    // A client whose clock says `offset`.
+    let faked = |offset: &str, user: &str, cred: &str, args: &[&str]| {
+        let mut c = Command::new("faketime");
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUSTOS_SERVER", format!("unix:{}", s.sock.display()))
+            .env("CUSTOS_USER", user)
+            .env("CUSTOS_CREDENTIAL", cred)
+            .current_dir("/")
+            .arg(offset)
+            .arg(assert_cmd::cargo::cargo_bin("custos"))
+            .args(args);
+        if root() {
+            c.uid(CLIENT_UID).gid(SOCKET_GID);
+        }
+        c.output().unwrap()
+    };
     let out = s.ok("ops", OPS_CRED, &["key", "destroy", "DSET.PRIM.CLOCK.key001"]);
     assert!(out.contains("will be destroyed at"), "{out}");
     // A client eight days ahead asks about the key: nothing falls due.
-    let mut c = Command::new("faketime");
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CUSTOS_SERVER", format!("unix:{}", s.sock.display()))
-        .env("CUSTOS_USER", "ops")
-        .env("CUSTOS_CREDENTIAL", OPS_CRED)
-        .current_dir("/")
-        .arg("+8 days")
-        .arg(assert_cmd::cargo::cargo_bin("custos"))
-        .args(["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
-    if root() {
-        c.uid(CLIENT_UID).gid(SOCKET_GID);
-    }
-    let o = c.output().unwrap();
+    let o = faked("+8 days", "ops", OPS_CRED, &["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let k: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_ne!(k["state"], "destroyed", "a client's clock carried out the destruction: {k}");
     let k = s.ok("ops", OPS_CRED, &["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
     assert!(!k.contains("\"destroyed\""), "{k}");
+    // A request that expired on the server's clock stays expired for an
+    // approver whose clock is a day behind.
+    s.ok("ops", OPS_CRED, &["config", "set", "dual-control", "key-destroy"]);
+    s.ok("ops", OPS_CRED, &["config", "set", "request.ttl", "1s"]);
+    let out = s.ok("ops", OPS_CRED, &["key", "destroy", "DSET.PRIM.CLOCK.key002"]);
+    let id = out.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = faked("-1 day", "alice", ALICE, &["request", "approve", &id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("expired"), "{err}");
+    let k: serde_json::Value =
+        serde_json::from_str(&s.ok("ops", OPS_CRED, &["--json", "key", "show", "DSET.PRIM.CLOCK.key002"])).unwrap();
+    assert_eq!(k["state"], "pre-active", "the expired request did not run: {k}");
+    let r = s.ok("ops", OPS_CRED, &["--json", "request", "show", &id]);
+    assert!(r.contains("\"expired\""), "{r}");
     // The same question in embedded mode, eight days ahead: that process's
     // clock decides (embedded mode trusts its caller; the threat model says so).
     let mut c = Command::new("faketime");

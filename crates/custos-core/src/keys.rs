@@ -335,20 +335,31 @@ impl Vault<Open> {
 
     /// Check that a key may be used as asked, and unwrap it in the HSM.
     pub(crate) fn unwrap_for(&self, rec: &KeyRecord, usage: KeyUse, dataset: &DatasetName) -> Result<DataKey> {
+        self.check_use(rec, usage, Some(dataset))?;
+        self.unwrap_checked(rec)
+    }
+
+    /// Whether a key may be used as asked now: not pending destruction nor
+    /// destroyed, its state allows the use, and it has not expired for new
+    /// encryption. `dataset` names what it was needed for, when anything.
+    pub(crate) fn check_use(&self, rec: &KeyRecord, usage: KeyUse, dataset: Option<&DatasetName>) -> Result<()> {
         if let Some(at) = self.destroy_scheduled_at(&rec.label)? {
             return Err(Error::KeyPendingDestruction { label: rec.label.clone(), at });
         }
         if rec.state == KeyState::Destroyed {
-            return Err(Error::KeyDestroyed {
-                dataset: dataset.clone(),
-                label: rec.label.clone(),
-                at: rec.destroyed_at,
-                escrowed: rec.escrow.is_some(),
+            return Err(match dataset {
+                Some(d) => Error::KeyDestroyed {
+                    dataset: d.clone(),
+                    label: rec.label.clone(),
+                    at: rec.destroyed_at,
+                    escrowed: rec.escrow.is_some(),
+                },
+                None => Error::KeyNoMaterial { label: rec.label.clone() },
             });
         }
         rec.state.permits(usage).map_err(|source| Error::KeyUnusable {
             label: rec.label.clone(),
-            dataset: Some(dataset.clone()),
+            dataset: dataset.cloned(),
             source,
         })?;
         if usage == KeyUse::Encrypt {
@@ -356,7 +367,7 @@ impl Vault<Open> {
                 return Err(Error::KeyExpired { label: rec.label.clone(), at });
             }
         }
-        self.unwrap_checked(rec)
+        Ok(())
     }
 
     /// Unwrap a key record's material in the HSM and check it against the

@@ -17,8 +17,7 @@
 use std::collections::BTreeMap;
 
 use custos_crypto::{open_in_place, seal_in_place, Nonce, NONCE_LEN, TAG_LEN};
-use custos_model::{KeyLabel, KeyRecord, KeyState, KeyUse, Purpose};
-use jiff::Timestamp;
+use custos_model::{KeyLabel, KeyRecord, KeyUse, Purpose};
 use zeroize::Zeroizing;
 
 use crate::vault::{Open, Vault};
@@ -70,9 +69,6 @@ pub fn ciphertext_key(blob: &[u8]) -> Result<KeyLabel> {
 impl Vault<Open> {
     /// Check that `rec` may serve `usage` now, and unwrap it.
     fn service_key(&self, rec: &KeyRecord, usage: KeyUse) -> Result<custos_crypto::DataKey> {
-        if let Some(at) = self.destroy_scheduled_at(&rec.label)? {
-            return Err(Error::KeyPendingDestruction { label: rec.label.clone(), at });
-        }
         if rec.purpose != Purpose::Prim {
             return Err(Error::KeyPurpose {
                 label: rec.label.clone(),
@@ -80,19 +76,7 @@ impl Vault<Open> {
                 why: "the key service uses PRIM keys; BACK keys seal backups only",
             });
         }
-        if rec.state == KeyState::Destroyed {
-            return Err(Error::KeyNoMaterial { label: rec.label.clone() });
-        }
-        rec.state.permits(usage).map_err(|source| Error::KeyUnusable {
-            label: rec.label.clone(),
-            dataset: None,
-            source,
-        })?;
-        if usage == KeyUse::Encrypt {
-            if let Some(at) = rec.expires_at.filter(|e| *e <= Timestamp::now()) {
-                return Err(Error::KeyExpired { label: rec.label.clone(), at });
-            }
-        }
+        self.check_use(rec, usage, None)?;
         self.unwrap_checked(rec)
     }
 

@@ -59,9 +59,18 @@ fn check_name(name: &str) -> Result<()> {
 /// A credential as the catalog stores it: an Argon2id hash of a
 /// passphrase, or a SHA-256 hash of a token. Holds no secret, so a pending
 /// request may keep it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct StoredCredential(String);
+
+/// A hash is not a secret, but an offline guess needs nothing else: it
+/// stays out of logs and panics.
+impl std::fmt::Debug for StoredCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = self.0.split('$').next().unwrap_or("?");
+        write!(f, "StoredCredential({kind}, [redacted])")
+    }
+}
 
 impl schemars::JsonSchema for StoredCredential {
     fn schema_name() -> std::borrow::Cow<'static, str> {
