@@ -188,10 +188,14 @@ pub enum RequestCmd {
     /// Approve a request made by someone else, and run its operation now.
     Approve {
         id: u64,
-        /// For an escrow recovery: a custodian's share file (repeat up to
-        /// the threshold). Shares come with the approval, never with the request.
-        #[arg(long, value_name = "FILE")]
+        /// For an escrow recovery: your sealed share file. Shares come with
+        /// the approval, never with the request; on a server each custodian
+        /// approves with their own.
+        #[arg(long, value_name = "FILE", requires = "key")]
         share: Vec<PathBuf>,
+        /// Your custodian key file, to open --share here.
+        #[arg(long, value_name = "FILE")]
+        key: Vec<PathBuf>,
     },
     /// Deny a request.
     Deny { id: u64 },
@@ -323,9 +327,13 @@ pub enum RiskCmd {
         /// Every pair of threats as well.
         #[arg(long)]
         dual: bool,
-        /// Custodians' share files, for cells that rely on escrow.
-        #[arg(long)]
+        /// Custodians' sealed share files, for cells that rely on escrow
+        /// (embedded mode).
+        #[arg(long, requires = "key")]
         share: Vec<PathBuf>,
+        /// Custodian key files that open --share.
+        #[arg(long)]
+        key: Vec<PathBuf>,
         /// Where the clones go (default: a temporary directory).
         #[arg(long)]
         scratch: Option<PathBuf>,
@@ -460,17 +468,58 @@ pub enum BackupCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum EscrowCmd {
-    /// Create a key-backup key split THRESHOLD-of-n among the custodians,
-    /// write one share file per custodian into --out-dir, and escrow every
-    /// existing key. The key-backup key itself is never stored.
+    /// Make your own custodian key pair, on your own machine: the private
+    /// half goes to --out sealed under a passphrase (CUSTOS_CUSTODIAN_PASSPHRASE,
+    /// or asked for); the recipient printed is what you register. Needs no vault.
+    Keygen {
+        /// The key file to create (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Your user name (default: --user).
+        #[arg(long)]
+        custodian: Option<String>,
+        /// Argon2id memory for the passphrase, in MiB (at least 19).
+        #[arg(long, default_value_t = 64)]
+        kdf_memory_mib: u32,
+        /// Argon2id passes (at least 2).
+        #[arg(long, default_value_t = 3)]
+        kdf_iterations: u32,
+    },
+    /// Register your recipient (from `escrow keygen`): shares are sealed to it.
+    Register {
+        /// The recipient text, or the key file that names it.
+        recipient: String,
+    },
+    /// Create a key-backup key split THRESHOLD-of-n among the custodians
+    /// (users who registered a recipient), seal each share to its
+    /// custodian, and escrow every existing key. The key-backup key itself
+    /// is never stored and no share is ever in the clear outside its
+    /// custodian's machine.
     Init {
-        /// A custodian's name; give one per custodian (at least two).
+        /// A custodian's user name; give one per custodian (at least two).
         #[arg(long = "custodian", required = true)]
         custodians: Vec<String>,
         #[arg(long)]
         threshold: u8,
+    },
+    /// Fetch your share, sealed to your recipient (safe to store anywhere).
+    Share {
+        /// Which key-backup key (default: the one in use).
         #[arg(long)]
-        out_dir: PathBuf,
+        kbk: Option<String>,
+        /// Write it to this new file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Open your sealed share with your key, here, and show the server it
+    /// opens (nothing secret is sent).
+    Confirm {
+        /// Your sealed share file (from `escrow share`).
+        #[arg(long)]
+        share: PathBuf,
+        /// Your key file (from `escrow keygen`).
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Key-backup keys, and which keys have no escrow copy.
     Status,
@@ -631,11 +680,16 @@ pub enum KeyCmd {
         #[arg(long, required_unless_present = "escrow", conflicts_with = "escrow")]
         from: Option<String>,
         /// Recover from the key's escrow copy with custodians' shares.
-        #[arg(long, requires = "share")]
+        #[arg(long)]
         escrow: bool,
-        /// A custodian's share file; give as many as the threshold needs.
-        #[arg(long, value_name = "FILE")]
+        /// A sealed share file. In embedded mode give as many as the
+        /// threshold needs; on a server give your own, and the other
+        /// custodians approve the request with theirs.
+        #[arg(long, value_name = "FILE", requires = "key")]
         share: Vec<PathBuf>,
+        /// Custodian key files that open --share.
+        #[arg(long, value_name = "FILE")]
+        key: Vec<PathBuf>,
     },
     /// Erase the key's material for good. Refused while datasets need it,
     /// unless --crypto-erase says to make them unreadable on purpose.

@@ -330,6 +330,10 @@ impl Client {
                 std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
                 let _ = writeln!(std::io::stderr(), "wrote the risk report to {}", path.display());
             }
+            Show::Save(path) if !cli.json => {
+                crate::cmd::escrow::write_new(path, text.as_bytes())?;
+                let _ = writeln!(std::io::stderr(), "wrote {}", path.display());
+            }
             _ => out.write_all(text.as_bytes())?,
         }
         if let Some(f) = v["failure"].as_object() {

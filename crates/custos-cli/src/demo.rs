@@ -161,10 +161,24 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     step(5, "Custos keeps keys recoverable too: a keystore backup at site B, and escrow to 2 of 3 custodians.");
     let ksb = vault.keystore_backup(&disk_b)?;
     let custodians: Vec<String> = ["alice", "bob", "carol"].iter().map(|s| s.to_string()).collect();
-    // The demo keeps the shares in memory; `custos escrow init` writes them to files first.
-    let (kbk, shares) = vault.escrow_init(&custodians, 2, |_| Ok(()))?;
+    // Each custodian is a user with a key pair of their own (`custos escrow
+    // keygen` makes one on their machine); only the recipient is registered,
+    // and each share is sealed to it. The demo holds the key pairs in memory.
+    let mut ids = Vec::new();
+    for c in &custodians {
+        vault.user_add(c, &[custos_core::model::Role::KeyCustodian], None)?;
+        let id = custos_core::CustodianIdentity::generate(c)?;
+        vault.custodian_register(c, &id.recipient())?;
+        ids.push(id);
+    }
+    let kbk = vault.escrow_init(&custodians, 2)?;
+    let mut shares = Vec::new();
+    for id in &ids {
+        let sealed = custos_core::SealedShareFile(vault.escrow_share(&id.custodian, None)?);
+        shares.push(id.open_share(&sealed, &format!("{}'s share", id.custodian))?);
+    }
     println!(
-        "   keystore backup {} ({} keys); key-backup key {} split among alice, bob, carol",
+        "   keystore backup {} ({} keys); key-backup key {} split among alice, bob, carol, each share sealed to its custodian's own key",
         ksb.id, ksb.key_count, kbk.id
     );
     let r = table(&vault)?;

@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use custos_core::{DirectWriter, HsmChoice, HsmKind, InitOptions, KdfParams, Passphrase, Sealed, Vault};
 use custos_ops::{Caller, Engine, Io, Reply, Unlocked};
 
-use args::{Cli, Command, MkCmd, ReportFormat};
+use args::{Cli, Command, EscrowCmd, MkCmd, ReportFormat};
 use cmd::{Input, Output, Plan, Show};
 
 /// A line on standard error. A closed or full stderr loses the line, never
@@ -162,6 +162,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mk(MkCmd::MakePart { custodian, output }) => {
             return cmd::mk::make_part(custodian, output).map(|_| ExitCode::SUCCESS)
         }
+        Command::Escrow(EscrowCmd::Keygen { out, custodian, kdf_memory_mib, kdf_iterations }) => {
+            let name = custodian.clone().or_else(|| cli.user.clone()).ok_or_else(|| {
+                anyhow::anyhow!("whose key is it? give --custodian NAME (or --user NAME): your user name")
+            })?;
+            return cmd::escrow::keygen(&name, out, *kdf_memory_mib, *kdf_iterations).map(|_| ExitCode::SUCCESS);
+        }
         _ => {}
     }
     if let Command::Serve { config } = &cli.command {
@@ -217,47 +223,20 @@ fn execute(cli: &Cli, engine: &Engine, who: &Caller, plan: Plan) -> anyhow::Resu
             Some(&mut file)
         }
     };
-    let mut deliver_to = match &show {
-        Show::Shares(dir) => Some(|s: &[custos_ops::ShareOut]| cmd::escrow::write_shares(dir, s)),
-        _ => None,
-    };
     let outcome = match output {
-        Output::None => engine.execute(
-            who,
-            op,
-            Io {
-                input: input.as_deref_mut().map(|r| r as _),
-                output: None,
-                deliver: deliver_to.as_mut().map(|f| f as custos_ops::Deliver),
-            },
-        )?,
+        Output::None => engine.execute(who, op, Io { input: input.as_deref_mut().map(|r| r as _), output: None })?,
         Output::Stdout => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            let o = engine.execute(
-                who,
-                op,
-                Io {
-                    input: input.as_deref_mut().map(|r| r as _),
-                    output: Some(&mut w),
-                    deliver: deliver_to.as_mut().map(|f| f as custos_ops::Deliver),
-                },
-            )?;
+            let o =
+                engine.execute(who, op, Io { input: input.as_deref_mut().map(|r| r as _), output: Some(&mut w) })?;
             w.flush()?;
             o
         }
         Output::File(path) => {
             let mut outcome = None;
             write_atomically(&path, |w| {
-                outcome = Some(engine.execute(
-                    who,
-                    op,
-                    Io {
-                        input: input.map(|r| r as _),
-                        output: Some(w),
-                        deliver: deliver_to.as_mut().map(|f| f as custos_ops::Deliver),
-                    },
-                )?);
+                outcome = Some(engine.execute(who, op, Io { input: input.map(|r| r as _), output: Some(w) })?);
                 Ok(())
             })?;
             let o = outcome.expect("written");
@@ -317,9 +296,12 @@ fn show_reply(cli: &Cli, reply: &Reply, show: &Show) -> anyhow::Result<()> {
         serde_json::to_writer_pretty(&mut out, &reply.json())?;
         writeln!(out)?;
     } else {
-        write!(out, "{}", reply.text())?;
-        if let (Reply::EscrowCreated { .. }, Show::Shares(dir)) = (reply, show) {
-            writeln!(out, "share files written to {}; give each custodian theirs and delete it here", dir.display())?;
+        match show {
+            Show::Save(path) => {
+                cmd::escrow::write_new(path, reply.text().as_bytes())?;
+                note!("wrote {}", path.display());
+            }
+            _ => write!(out, "{}", reply.text())?,
         }
     }
     Ok(())

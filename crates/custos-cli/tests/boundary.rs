@@ -140,21 +140,11 @@ fn escrow_init_and_purge_are_dual_controllable() {
         .assert()
         .success();
     e.ok(&["ds", "put", "ESC.A", Env::s(&e.file("a", b"escrowed"))]);
-    let out_dir = e.dir.path().join("shares");
-    let out = e.ok(&[
-        "escrow",
-        "init",
-        "--custodian",
-        "a",
-        "--custodian",
-        "b",
-        "--threshold",
-        "2",
-        "--out-dir",
-        Env::s(&out_dir),
-    ]);
+    e.custodian("a");
+    e.custodian("b");
+    let out = e.ok(&["escrow", "init", "--custodian", "a", "--custodian", "b", "--threshold", "2"]);
     assert!(out.contains("under dual control"), "{out}");
-    assert!(!out_dir.exists(), "no share is made before approval");
+    assert!(e.json(&["escrow", "status"])["kbks"].as_array().unwrap().is_empty(), "no KBK before approval");
     let out = e.ok(&["escrow", "purge", "DSET.PRIM.ESC.key001"]);
     assert!(out.contains("under dual control"), "{out}");
 }

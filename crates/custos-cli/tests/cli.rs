@@ -480,7 +480,10 @@ fn keystore_backup_and_recover() {
 #[test]
 fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
     let e = Env::new();
-    let shares = e.dir.path().join("shares");
+    let custodians: Vec<(Env, PathBuf)> = ["alice", "bob", "carol"].iter().map(|n| e.custodian(n)).collect();
+    // Nobody who has not registered a recipient can be named.
+    let err = e.fails(&["escrow", "init", "--custodian", "alice", "--custodian", "dave", "--threshold", "2"], 1);
+    assert!(err.contains("dave is not a user"), "{err}");
     let kbk = e.json(&[
         "escrow",
         "init",
@@ -492,15 +495,30 @@ fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
         "carol",
         "--threshold",
         "2",
-        "--out-dir",
-        Env::s(&shares),
     ]);
     assert_eq!(kbk["threshold"], 2);
-    use std::os::unix::fs::PermissionsExt;
-    for c in ["alice", "bob", "carol"] {
-        let p = shares.join(format!("{c}.share"));
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    // Each custodian fetches their own share, sealed to their own key, and
+    // shows it opens; the status says who has.
+    let mut sealed = Vec::new();
+    for (c, key) in &custodians {
+        let p = c.dir.path().join("mine.sealed");
+        c.ok(&["escrow", "share", "--out", Env::s(&p)]);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("custos sealed escrow share v1\n") && !text.contains("\nshare: "), "{text}");
+        sealed.push(p);
+        if sealed.len() < 3 {
+            assert!(c
+                .ok(&["escrow", "confirm", "--share", Env::s(&sealed[sealed.len() - 1]), "--key", Env::s(key)])
+                .contains("confirmed holding a share"));
+        }
     }
+    let st = e.ok(&["escrow", "status"]);
+    assert!(st.contains("share of alice: confirmed") && st.contains("share of carol: NOT confirmed"), "{st}");
+    // One custodian cannot fetch or confirm another's share.
+    let (alice, alice_key) = (&custodians[0].0, &custodians[0].1);
+    let err = alice.fails(&["escrow", "confirm", "--share", Env::s(&sealed[1]), "--key", Env::s(alice_key)], 1);
+    assert!(err.contains("use the key of custodian bob"), "{err}");
+
     let bytes = data(120_000, 11);
     e.ok(&["ds", "put", "ESC.DATA", Env::s(&e.file("d", &bytes))]);
     let st = e.json(&["escrow", "status"]);
@@ -510,25 +528,28 @@ fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
     assert!(out.contains("an escrow copy remains"), "{out}");
     let err = e.fails(&["ds", "get", "ESC.DATA"], 5);
     assert!(err.contains("--escrow"), "{err}");
-    let s = |c: &str| shares.join(format!("{c}.share")).to_str().unwrap().to_string();
-    let (alice, carol) = (s("alice"), s("carol"));
-    let err = e.fails(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice], 1);
+    let (a, c) = (Env::s(&sealed[0]), Env::s(&sealed[2]));
+    let (ak, bk, ck) = (Env::s(&custodians[0].1), Env::s(&custodians[1].1), Env::s(&custodians[2].1));
+    let recover = ["key", "recover", "DSET.PRIM.ESC.key001", "--escrow"];
+    let err = e.fails(&[&recover[..], &["--share", a, "--key", ak]].concat(), 1);
     assert!(err.contains("needs 2 distinct shares"), "{err}");
-    // A mistyped share is caught by its check value.
-    let mut text = std::fs::read_to_string(&carol).unwrap();
-    let i = text.find("share: ").unwrap() + 7;
+    // A share no key given opens, and an altered sealed share, are refused.
+    let err = e.fails(&[&recover[..], &["--share", a, "--share", c, "--key", ak, "--key", bk]].concat(), 1);
+    assert!(err.contains("no --key given opens") && err.contains("carol"), "{err}");
+    let mut text = std::fs::read_to_string(&sealed[2]).unwrap();
+    let i = text.find("sealed: ").unwrap() + 20;
     let d = if &text[i..i + 1] == "a" { "b" } else { "a" };
     text.replace_range(i..i + 1, d);
-    let typo = e.file("typo.share", text.as_bytes());
-    let err = e
-        .fails(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice, "--share", Env::s(&typo)], 1);
-    assert!(err.contains("mistyped or altered"), "{err}");
-    let out = e.ok(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice, "--share", &carol]);
+    let altered = e.file("altered.sealed", text.as_bytes());
+    let err =
+        e.fails(&[&recover[..], &["--share", a, "--share", Env::s(&altered), "--key", ak, "--key", ck]].concat(), 1);
+    assert!(err.contains("does not open: it was altered"), "{err}");
+    let out = e.ok(&[&recover[..], &["--share", a, "--share", c, "--key", ak, "--key", ck]].concat());
     assert!(out.contains("recovered key DSET.PRIM.ESC.key001 (inactive)"), "{out}");
     assert_eq!(e.run(&["ds", "get", "ESC.DATA"]).stdout, bytes);
     // Purged, the escrow copy can no longer help.
     e.ok(&["escrow", "purge", "DSET.PRIM.ESC.key001"]);
-    let err = e.fails(&["key", "recover", "DSET.PRIM.ESC.key001", "--escrow", "--share", &alice, "--share", &carol], 1);
+    let err = e.fails(&[&recover[..], &["--share", a, "--share", c, "--key", ak, "--key", ck]].concat(), 1);
     assert!(err.contains("no escrow copy"), "{err}");
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{data, Env, ADMIN_CRED, OPS_CRED, PASS};
+use common::{data, Env, ADMIN_CRED, CUSTODIAN_PASS, OPS_CRED, PASS};
 
 /// Numeric accounts without /etc/passwd entries: the server's, the
 /// clients', and the group that may reach the socket.
@@ -137,6 +137,7 @@ impl Served {
             .env("CUSTOS_USER", user)
             .env("CUSTOS_CREDENTIAL", cred)
             .env("CUSTOS_VAULT", "/nonexistent")
+            .env("CUSTOS_CUSTODIAN_PASSPHRASE", CUSTODIAN_PASS)
             .current_dir("/")
             .args(args);
         if root() {
@@ -725,4 +726,95 @@ fn a_clients_clock_decides_nothing() {
         .args(["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
     let k: serde_json::Value = serde_json::from_slice(&c.output().unwrap().stdout).unwrap();
     assert_eq!(k["state"], "destroyed", "{k}");
+}
+
+/// Escrow through the server: one custodian cannot set it up alone, each
+/// share reaches only its own custodian (sealed to the key pair they made),
+/// a recovery needs a threshold of custodians each giving their own share,
+/// and purging an in-use key's escrow copy waits for a second person, all
+/// under the default dual-control settings.
+#[test]
+fn escrow_shares_reach_only_their_custodians() {
+    let e = Env::new();
+    add(&e, "alice", "security-admin", ALICE);
+    let bytes = data(50_000, 3);
+    e.ok(&["ds", "put", "ESC.A", Env::s(&e.file("a", &bytes))]);
+    // Each custodian's own directory (their machine), which only the
+    // client account reads.
+    let home = e.dir.path().join("custodians");
+    std::fs::create_dir(&home).unwrap();
+    let mut keys = Vec::new();
+    let mut custodians = Vec::new();
+    for n in ["cara", "dan", "erin"] {
+        let (c, key) = e.custodian(n);
+        let mine = home.join(format!("{n}.key"));
+        std::fs::copy(&key, &mine).unwrap();
+        keys.push(mine);
+        custodians.push(c);
+    }
+    if root() {
+        chown_tree(&home, CLIENT_UID, SOCKET_GID);
+    }
+    e.ok(&["config", "set", "dual-control", &custos_core::DEFAULT_DUAL_CONTROL.join(",")]);
+    let cred = |n: &str| format!("{n}'s credential, long");
+    let (cara, dan) = (cred("cara"), cred("dan"));
+    let s = Served::start(&e);
+    let id_of = |out: &str| out.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
+
+    // One custodian's `escrow init` is a request; a second person's
+    // approval runs it, and no share is handed to either.
+    let init =
+        ["escrow", "init", "--custodian", "cara", "--custodian", "dan", "--custodian", "erin", "--threshold", "2"];
+    let out = s.ok("cara", &cara, &init);
+    assert!(out.contains("under dual control"), "{out}");
+    let out = s.ok("dan", &dan, &["request", "approve", &id_of(&out)]);
+    assert!(out.contains("sealed to its custodian's registered recipient"), "{out}");
+    let sealed = |n: &str| home.join(format!("{n}.sealed"));
+    let (cara_sealed, dan_sealed) = (sealed("cara"), sealed("dan"));
+    for n in ["cara", "dan"] {
+        s.ok(n, &cred(n), &["escrow", "share", "--out", Env::s(&sealed(n))]);
+        let text = std::fs::read_to_string(sealed(n)).unwrap();
+        assert!(text.contains(&format!("custodian: {n}\n")) && !text.contains("\nshare: "), "{text}");
+    }
+    // Cara's key does not open Dan's share.
+    let err =
+        s.fails("cara", &cara, &["escrow", "confirm", "--share", Env::s(&sealed("dan")), "--key", Env::s(&keys[0])], 1);
+    assert!(err.contains("use the key of custodian dan"), "{err}");
+    s.ok("cara", &cara, &["escrow", "confirm", "--share", Env::s(&sealed("cara")), "--key", Env::s(&keys[0])]);
+
+    // The key is crypto-erased (a second person approves that too).
+    s.ok("ops", OPS_CRED, &["key", "deactivate", "DSET.PRIM.ESC.key001"]);
+    let out = s.ok("ops", OPS_CRED, &["key", "destroy", "DSET.PRIM.ESC.key001", "--crypto-erase"]);
+    s.ok("alice", ALICE, &["request", "approve", &id_of(&out)]);
+    s.fails("ops", OPS_CRED, &["ds", "get", "ESC.A"], 5);
+
+    // A recovery: Cara gives her share; she cannot give Dan's, even holding it.
+    let recover = ["key", "recover", "DSET.PRIM.ESC.key001", "--escrow"];
+    let both = [&recover[..], &["--share", Env::s(&cara_sealed), "--share", Env::s(&dan_sealed)]].concat();
+    let err = s.fails("cara", &cara, &[&both[..], &["--key", Env::s(&keys[0]), "--key", Env::s(&keys[1])]].concat(), 1);
+    assert!(err.contains("is dan's: on a server each custodian gives only their own share"), "{err}");
+    let out =
+        s.ok("cara", &cara, &[&recover[..], &["--share", Env::s(&sealed("cara")), "--key", Env::s(&keys[0])]].concat());
+    assert!(out.contains("shares given by cara (1 of 2 needed)"), "{out}");
+    let id = id_of(&out);
+    s.fails("ops", OPS_CRED, &["ds", "get", "ESC.A"], 5);
+    // An approval without a share adds nothing; Dan's share completes it.
+    let err = s.fails("alice", ALICE, &["request", "approve", &id], 8);
+    assert!(err.contains("do not allow Escrow"), "{err}");
+    let err = s.fails("erin", &cred("erin"), &["request", "approve", &id], 1);
+    assert!(err.contains("approve it with your own share"), "{err}");
+    let out =
+        s.ok("dan", &dan, &["request", "approve", &id, "--share", Env::s(&sealed("dan")), "--key", Env::s(&keys[1])]);
+    assert!(out.contains("recovered key DSET.PRIM.ESC.key001"), "{out}");
+    let o = s.run("ops", OPS_CRED, &["ds", "get", "ESC.A"], None);
+    assert!(o.status.success() && o.stdout == bytes, "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Purging an escrow copy (of a key in use again) waits for a second person.
+    s.ok("ops", OPS_CRED, &["key", "activate", "DSET.PRIM.ESC.key001"]);
+    let out = s.ok("cara", &cara, &["escrow", "purge", "DSET.PRIM.ESC.key001"]);
+    assert!(out.contains("under dual control"), "{out}");
+    let st: serde_json::Value = serde_json::from_str(&s.ok("cara", &cara, &["--json", "escrow", "status"])).unwrap();
+    assert_eq!(st["keys_escrowed"], 1, "{st}");
+    assert!(s.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
+    drop(custodians);
 }

@@ -5,10 +5,11 @@
 
 use custos_crypto::shamir::{self, Share};
 use custos_crypto::{escrow_open, escrow_seal, kbk_generate, kbk_public, Kcv};
-use custos_model::{EscrowCopy, KbkRecord, KeyLabel, KeyRecord, KeyState, WrappedMaterial};
+use custos_model::{CustodianKey, EscrowCopy, KbkRecord, KeyLabel, KeyRecord, KeyState, SealedShare, WrappedMaterial};
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::secretfile::seal_share;
 use crate::{Error, Open, Recovered, Result, ShareFile, Vault, VaultState};
 
 /// Escrow coverage, for `escrow status`.
@@ -18,13 +19,38 @@ pub struct EscrowStatus {
     pub keys_escrowed: u64,
     /// Keys with material and no escrow copy.
     pub keys_not_escrowed: Vec<String>,
+    /// The current KBK's shares: a share nobody confirmed may be sealed to
+    /// a key its custodian no longer has.
+    pub shares: Vec<ShareStatus>,
+    /// Registered custodian recipients.
+    pub recipients: Vec<CustodianKey>,
+}
+
+/// Whether a custodian has shown they can open their share.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareStatus {
+    pub kbk: String,
+    pub custodian: String,
+    pub confirmed_at: Option<Timestamp>,
 }
 
 impl<S: VaultState> Vault<S> {
     pub fn escrow_status(&self) -> Result<EscrowStatus> {
         let keys = self.repo.keys()?;
+        let kbks = self.repo.kbks()?;
+        let shares = match kbks.last() {
+            Some(k) => self
+                .repo
+                .escrow_shares(&k.id)?
+                .into_iter()
+                .map(|s| ShareStatus { kbk: s.kbk, custodian: s.custodian, confirmed_at: s.confirmed_at })
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(EscrowStatus {
-            kbks: self.repo.kbks()?,
+            shares,
+            recipients: self.repo.custodian_keys()?,
+            kbks,
             keys_escrowed: keys.iter().filter(|k| k.escrow.is_some()).count() as u64,
             keys_not_escrowed: keys
                 .iter()
@@ -32,6 +58,63 @@ impl<S: VaultState> Vault<S> {
                 .map(|k| k.label.to_string())
                 .collect(),
         })
+    }
+
+    /// Register `principal`'s custodian recipient (the public half of a key
+    /// pair it made with `escrow keygen`). A recipient another user has
+    /// registered is refused: two custodians never share a key pair, so no
+    /// one can collect a second share by naming someone else's recipient.
+    /// Shares already sealed stay sealed to the recipient of their day.
+    pub fn custodian_register(&self, principal: &str, recipient: &str) -> Result<CustodianKey> {
+        let public = custos_crypto::recipient_from_text(recipient)
+            .map_err(|e| Error::Invalid { what: "recipient", why: e.to_string() })?;
+        let user = self.user(principal)?;
+        if user.disabled {
+            return Err(Error::Invalid { what: "recipient", why: format!("user {principal} is disabled") });
+        }
+        let key = CustodianKey { principal: principal.into(), public, registered_at: Timestamp::now() };
+        match self.repo.set_custodian_key(&key) {
+            Err(custos_repo::RepoError::Exists { .. }) => Err(Error::Invalid {
+                what: "recipient",
+                why: "another user registered this recipient: each custodian registers the recipient of their own key (`custos escrow keygen`)".into(),
+            }),
+            r => r.map(|_| key).map_err(Error::from),
+        }
+    }
+
+    /// `custodian`'s sealed share of `kbk` (the one in use when `None`).
+    pub fn escrow_share(&self, custodian: &str, kbk: Option<&str>) -> Result<SealedShare> {
+        let kbk = match kbk {
+            Some(k) => k.to_string(),
+            None => {
+                self.current_kbk()?
+                    .ok_or_else(|| Error::Invalid {
+                        what: "escrow share",
+                        why: "escrow is not set up: run `custos escrow init` first".into(),
+                    })?
+                    .id
+            }
+        };
+        self.repo.escrow_shares(&kbk)?.into_iter().find(|s| s.custodian == custodian).ok_or_else(|| Error::Invalid {
+            what: "escrow share",
+            why: format!("{custodian} holds no share of {kbk} (a share made before shares were sealed is not kept)"),
+        })
+    }
+
+    /// Record that `custodian` opened their share of `kbk`: `confirm` is
+    /// [`crate::share_confirmation`] of the opened share.
+    pub fn escrow_confirm(&self, custodian: &str, kbk: &str, confirm: &[u8; 32]) -> Result<SealedShare> {
+        let mut share = self.escrow_share(custodian, Some(kbk))?;
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&share.confirm, confirm).is_err() {
+            return Err(Error::Invalid {
+                what: "escrow confirm",
+                why: format!("that is not {custodian}'s share of {kbk}: fetch it again with `custos escrow share`"),
+            });
+        }
+        let now = Timestamp::now();
+        self.repo.confirm_escrow_share(kbk, custodian, now)?;
+        share.confirmed_at = Some(now);
+        Ok(share)
     }
 
     /// Erase a key's escrow copy (for a deliberate crypto-erase).
@@ -44,6 +127,21 @@ impl<S: VaultState> Vault<S> {
         Ok(())
     }
 
+    /// The key-backup key `label` is escrowed to.
+    pub fn escrow_kbk_of(&self, label: &KeyLabel) -> Result<KbkRecord> {
+        let rec = self.key_record(label)?;
+        let copy = rec.escrow.ok_or_else(|| Error::Invalid {
+            what: "escrow recovery",
+            why: format!(
+                "key {label} has no escrow copy; it was created before escrow was set up, or its copy was purged"
+            ),
+        })?;
+        self.repo.kbks()?.into_iter().find(|k| k.id == copy.kbk).ok_or_else(|| Error::Invalid {
+            what: "escrow recovery",
+            why: format!("key-backup key {} is not in this keystore", copy.kbk),
+        })
+    }
+
     pub(crate) fn current_kbk(&self) -> Result<Option<KbkRecord>> {
         Ok(self.repo.kbks()?.pop())
     }
@@ -51,18 +149,13 @@ impl<S: VaultState> Vault<S> {
 
 impl Vault<Open> {
     /// Create a key-backup key split `threshold`-of-n among `custodians`,
-    /// escrow every existing key under it, and return the shares to hand
-    /// out. The KBK's private half is never stored. `deliver` must make the
-    /// shares durable (write and fsync the files) before the catalog
-    /// switches to the new KBK: if it fails, or the process dies before the
-    /// switch, every key keeps its previous escrow copy; the switch itself is
-    /// one transaction.
-    pub fn escrow_init(
-        &self,
-        custodians: &[String],
-        threshold: u8,
-        deliver: impl FnOnce(&[ShareFile]) -> Result<()>,
-    ) -> Result<(KbkRecord, Vec<ShareFile>)> {
+    /// escrow every existing key under it, and seal each custodian's share
+    /// to the recipient they registered. The KBK's private half is never
+    /// stored and no share is ever handed out in the clear: the catalog
+    /// keeps the sealed shares, in the same transaction as the KBK, for each
+    /// custodian to fetch (`escrow share`). A failure or a kill leaves every
+    /// key with its previous escrow copy.
+    pub fn escrow_init(&self, custodians: &[String], threshold: u8) -> Result<KbkRecord> {
         let mut names = custodians.to_vec();
         names.sort();
         names.dedup();
@@ -82,26 +175,53 @@ impl Vault<Open> {
                 ),
             });
         }
+        // Every custodian is an enabled user with a registered recipient.
+        let registered = self.repo.custodian_keys()?;
+        let users = self.repo.principals()?;
+        let mut recipients = Vec::with_capacity(custodians.len());
+        for c in custodians {
+            match users.iter().find(|u| &u.name == c) {
+                Some(u) if !u.disabled => {}
+                Some(_) => {
+                    return Err(Error::Invalid {
+                        what: "custodians",
+                        why: format!("user {c} is disabled and cannot hold a share"),
+                    })
+                }
+                None => {
+                    return Err(Error::Invalid {
+                        what: "custodians",
+                        why: format!("{c} is not a user: each custodian is a user who registered a recipient"),
+                    })
+                }
+            }
+            let k = registered.iter().find(|k| &k.principal == c).ok_or_else(|| Error::Invalid {
+                what: "custodians",
+                why: format!(
+                    "{c} has registered no recipient: {c} runs `custos escrow keygen` and then `custos escrow register`"
+                ),
+            })?;
+            recipients.push(k.public);
+        }
         let crypto = |e: custos_crypto::CryptoError| Error::Invalid { what: "escrow", why: e.to_string() };
         let (public, secret) = kbk_generate().map_err(crypto)?;
-        let shares = shamir::split(&secret, threshold, n).map_err(crypto)?;
+        let pieces = shamir::split(&secret, threshold, n).map_err(crypto)?;
         drop(secret);
         let now = Timestamp::now();
         // Named for its time, and unique even for two made in one second.
         let id = format!("KBK.{}.{}", now.strftime("%Y%m%dT%H%M%SZ"), &custos_model::ChunkId::random().to_hex()[..8]);
         let rec = KbkRecord { id: id.clone(), public, threshold, custodians: custodians.to_vec(), created_at: now };
+        let mut sealed = Vec::with_capacity(custodians.len());
+        for ((c, share), recipient) in custodians.iter().zip(pieces).zip(&recipients) {
+            let file = ShareFile { kbk: id.clone(), custodian: c.clone(), threshold, share };
+            sealed.push(seal_share(&file, recipient)?);
+        }
         // Escrow copies of the keys that exist, made before anything is stored.
         let mut copies = Vec::new();
         for k in self.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
             copies.push((k.label.clone(), self.escrow_copy(&rec, &k)?));
         }
-        let files: Vec<ShareFile> = custodians
-            .iter()
-            .zip(shares)
-            .map(|(c, share)| ShareFile { kbk: id.clone(), custodian: c.clone(), threshold, share })
-            .collect();
-        deliver(&files)?;
-        self.repo.insert_kbk(&rec, &copies)?;
+        self.repo.insert_kbk(&rec, &copies, &sealed)?;
         // Keys created meanwhile were escrowed to the previous KBK: move them too.
         for mut k in self.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
             if k.escrow.as_ref().is_none_or(|e| e.kbk != id) {
@@ -109,7 +229,7 @@ impl Vault<Open> {
                 self.repo.update_key(&k)?;
             }
         }
-        Ok((rec, files))
+        Ok(rec)
     }
 
     /// Seal a key record's material to a KBK.

@@ -339,6 +339,20 @@ impl Vault<Open> {
         self.unwrap_checked(rec)
     }
 
+    /// Unwrap a key record's material in the HSM and check it against the
+    /// recorded check value.
+    pub(crate) fn unwrap_checked(&self, rec: &KeyRecord) -> Result<DataKey> {
+        let wrapped = rec.wrapped.as_ref().ok_or_else(|| Error::KeyNoMaterial { label: rec.label.clone() })?;
+        let key = self.state.hsm.unwrap_key(&rec.mkvp, &wrapped.0)?;
+        let got = Kcv::of(&key);
+        if got != rec.kcv {
+            return Err(Error::KeyMismatch { label: rec.label.clone(), got: got.to_hex(), want: rec.kcv.to_hex() });
+        }
+        Ok(key)
+    }
+}
+
+impl<S: VaultState> Vault<S> {
     /// Whether a key may be used as asked now: not pending destruction nor
     /// destroyed, its state allows the use, and it has not expired for new
     /// encryption. `dataset` names what it was needed for, when anything.
@@ -370,16 +384,14 @@ impl Vault<Open> {
         Ok(())
     }
 
-    /// Unwrap a key record's material in the HSM and check it against the
-    /// recorded check value.
-    pub(crate) fn unwrap_checked(&self, rec: &KeyRecord) -> Result<DataKey> {
-        let wrapped = rec.wrapped.as_ref().ok_or_else(|| Error::KeyNoMaterial { label: rec.label.clone() })?;
-        let key = self.state.hsm.unwrap_key(&rec.mkvp, &wrapped.0)?;
-        let got = Kcv::of(&key);
-        if got != rec.kcv {
-            return Err(Error::KeyMismatch { label: rec.label.clone(), got: got.to_hex(), want: rec.kcv.to_hex() });
-        }
-        Ok(key)
+    /// Whether `name`'s current generation can be read now: its key may be
+    /// used to decrypt. Checked from the catalog alone (nothing is
+    /// unwrapped), so that a server can refuse a read with the right error
+    /// before it commits to streaming an answer.
+    pub fn check_readable(&self, name: &DatasetName) -> Result<()> {
+        let d = self.dataset(name)?;
+        let rec = self.key_record(&d.current.key_label)?;
+        self.check_use(&rec, KeyUse::Decrypt, Some(name))
     }
 }
 

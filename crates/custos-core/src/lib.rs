@@ -38,7 +38,7 @@ pub use backup::{PruneDecision, RestoreReport};
 pub use custos_repo::{AuditCheckpoint, AuditRow, RepoError, RequestRow};
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
-pub use escrow::EscrowStatus;
+pub use escrow::{EscrowStatus, ShareStatus};
 pub use gc::{FsckReport, GcReport, VolumeCheck};
 pub use hsm::{HsmAction, MoveReport, NewHsmRule};
 pub use keys::{parse_duration, DueDestructions, NewKey, MAX_BULK_KEYS};
@@ -51,12 +51,15 @@ pub use pipeline::default_threads;
 pub use principals::{new_credential, GrantKind, StoredCredential};
 pub use requests::{CONTROLLABLE, DEFAULT_DUAL_CONTROL};
 pub use retention::Retention;
-pub use secretfile::{KeyPartFile, ShareFile};
+pub use secretfile::{
+    seal_share, share_confirmation, CustodianIdentity, KeyPartFile, SealedShareFile, ShareFile,
+    MIN_CUSTODIAN_PASSPHRASE_CHARS,
+};
 pub use vault::{
     HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,
 };
 
-pub use custos_crypto::{KdfParams, Mkvp, Passphrase};
+pub use custos_crypto::{recipient_from_text, recipient_to_text, KdfParams, Mkvp, Passphrase};
 pub use custos_hsm::{HsmError, KeyPart, NewMasterKey, Pkcs11Config};
 pub use custos_model as model;
 pub use custos_store::DirectWriter;

@@ -3,8 +3,11 @@
 //! a header line then `name: value` lines in a fixed order.
 
 use custos_crypto::shamir::Share;
-use custos_crypto::{Kcv, MasterKey};
+use custos_crypto::{
+    open_with_passphrase_key, seal_with_passphrase_key, Kcv, Kdf, KdfParams, MasterKey, Nonce, Passphrase, TAG_LEN,
+};
 use custos_hsm::KeyPart;
+use custos_model::SealedShare;
 use zeroize::Zeroizing;
 
 use crate::{Error, Result};
@@ -108,6 +111,12 @@ fn share_check(kbk: &str, share: &Share) -> String {
     hex::encode(&d.finish().as_ref()[..8])
 }
 
+impl std::fmt::Debug for ShareFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShareFile({} of {}, [redacted])", self.custodian, self.kbk)
+    }
+}
+
 impl ShareFile {
     /// A copy (shares are secret and not `Clone` by accident).
     pub fn clone_share(&self) -> Self {
@@ -146,9 +155,249 @@ impl ShareFile {
     }
 }
 
+/// The digest a custodian presents to prove they opened their share
+/// (`escrow confirm`); the catalog keeps it beside the sealed share. The
+/// share is 33 random bytes, so the digest gives nothing away.
+pub fn share_confirmation(share: &ShareFile) -> [u8; 32] {
+    use aws_lc_rs::digest;
+    let mut d = digest::Context::new(&digest::SHA256);
+    d.update(b"custos-share-confirm-v1");
+    d.update(share.kbk.as_bytes());
+    d.update(&[0]);
+    d.update(share.custodian.as_bytes());
+    d.update(&[0, share.share.x]);
+    d.update(&share.share.y);
+    d.finish().as_ref().try_into().expect("32 bytes")
+}
+
+fn sealed_share_aad(kbk: &str, custodian: &str) -> Vec<u8> {
+    [b"custos-sealed-share-v1\0".as_slice(), kbk.as_bytes(), b"\0", custodian.as_bytes()].concat()
+}
+
+/// Seal a share to its custodian's recipient, for the catalog to keep.
+pub fn seal_share(share: &ShareFile, recipient: &[u8; 32]) -> Result<SealedShare> {
+    let text = share.encode();
+    let sealed = custos_crypto::seal_to(recipient, &sealed_share_aad(&share.kbk, &share.custodian), text.as_bytes())
+        .map_err(|e| Error::Invalid { what: "escrow share", why: e.to_string() })?;
+    Ok(SealedShare {
+        kbk: share.kbk.clone(),
+        custodian: share.custodian.clone(),
+        recipient: *recipient,
+        sealed,
+        confirm: share_confirmation(share),
+        confirmed_at: None,
+    })
+}
+
+const SEALED_SHARE_HEADER: &str = "custos sealed escrow share v1";
+
+/// A share as its custodian fetches it: sealed to their recipient, safe
+/// to store and move like any file (only their private key opens it).
+pub struct SealedShareFile(pub SealedShare);
+
+impl SealedShareFile {
+    pub fn encode(&self) -> String {
+        let s = &self.0;
+        format!(
+            "{SEALED_SHARE_HEADER}\nkbk: {}\ncustodian: {}\nrecipient: {}\nsealed: {}\n",
+            s.kbk,
+            s.custodian,
+            custos_crypto::recipient_to_text(&s.recipient),
+            hex::encode(&s.sealed)
+        )
+    }
+
+    /// Parse a sealed share file; `what` names it in errors.
+    pub fn decode(text: &str, what: &str) -> Result<Self> {
+        let mut f = Fields::new(text, SEALED_SHARE_HEADER, what, "sealed escrow share")?;
+        let kbk = f.next("kbk")?;
+        let custodian = f.next("custodian")?;
+        let recipient = custos_crypto::recipient_from_text(&f.next("recipient")?).map_err(|e| f.bad(&e.to_string()))?;
+        let sealed = hex::decode(f.next("sealed")?).map_err(|_| f.bad("the sealed share must be hex"))?;
+        Ok(Self(SealedShare { kbk, custodian, recipient, sealed, confirm: [0; 32], confirmed_at: None }))
+    }
+}
+
+const IDENTITY_HEADER: &str = "custos custodian key v1";
+/// The shortest passphrase a custodian key may be protected with.
+pub const MIN_CUSTODIAN_PASSPHRASE_CHARS: usize = 12;
+
+/// A custodian's key pair, made and kept on the custodian's own machine.
+/// Its file holds the private half sealed under a passphrase (Argon2id,
+/// AES-256-GCM); only the recipient (public half) is ever registered.
+pub struct CustodianIdentity {
+    pub custodian: String,
+    pub public: [u8; 32],
+    secret: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for CustodianIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CustodianIdentity({}, {}, [redacted])", self.custodian, self.recipient())
+    }
+}
+
+fn identity_aad(custodian: &str, public: &[u8; 32]) -> Vec<u8> {
+    [IDENTITY_HEADER.as_bytes(), b"\0", custodian.as_bytes(), b"\0", public].concat()
+}
+
+impl CustodianIdentity {
+    pub fn generate(custodian: &str) -> Result<Self> {
+        if custodian.trim().is_empty() || custodian.chars().any(|c| c.is_control()) {
+            return Err(Error::Invalid { what: "custodian", why: "give the custodian's user name".into() });
+        }
+        let (public, secret) = custos_crypto::custodian_keypair()
+            .map_err(|e| Error::Invalid { what: "custodian key", why: e.to_string() })?;
+        Ok(Self { custodian: custodian.into(), public, secret })
+    }
+
+    /// The recipient to register (`escrow register`).
+    pub fn recipient(&self) -> String {
+        custos_crypto::recipient_to_text(&self.public)
+    }
+
+    /// The key file's text, the private half sealed under `passphrase`.
+    pub fn encode(&self, passphrase: &Passphrase, params: KdfParams) -> Result<String> {
+        let chars = String::from_utf8_lossy(passphrase.expose_secret()).chars().count();
+        if chars < MIN_CUSTODIAN_PASSPHRASE_CHARS {
+            return Err(Error::Invalid {
+                what: "custodian key passphrase",
+                why: format!("it is shorter than {MIN_CUSTODIAN_PASSPHRASE_CHARS} characters: choose a longer one"),
+            });
+        }
+        params.validate_new().map_err(|e| Error::Invalid { what: "custodian key", why: e.to_string() })?;
+        let crypto = |e: custos_crypto::CryptoError| Error::Invalid { what: "custodian key", why: e.to_string() };
+        let kdf = Kdf { params, salt: custos_crypto::random_array().map_err(crypto)? };
+        let key = kdf.derive(passphrase).map_err(crypto)?;
+        let nonce = Nonce::random().map_err(crypto)?;
+        let mut buf = Zeroizing::new([&self.secret[..], &[0u8; TAG_LEN]].concat());
+        seal_with_passphrase_key(&key, nonce, &identity_aad(&self.custodian, &self.public), &mut buf)
+            .map_err(crypto)?;
+        Ok(format!(
+            "{IDENTITY_HEADER}\ncustodian: {}\nrecipient: {}\nkdf: argon2id m={} t={} p={}\nsalt: {}\nsecret: {}{}\n",
+            self.custodian,
+            self.recipient(),
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            hex::encode(kdf.salt),
+            hex::encode(nonce.0),
+            hex::encode(&buf[..])
+        ))
+    }
+
+    /// The recipient a key file names, read without its passphrase.
+    pub fn recipient_of(text: &str, what: &str) -> Result<(String, [u8; 32])> {
+        let mut f = Fields::new(text, IDENTITY_HEADER, what, "custodian key")?;
+        let custodian = f.next("custodian")?;
+        let public = custos_crypto::recipient_from_text(&f.next("recipient")?).map_err(|e| f.bad(&e.to_string()))?;
+        Ok((custodian, public))
+    }
+
+    /// Open a key file with its passphrase; `what` names it in errors.
+    pub fn decode(text: &str, what: &str, passphrase: &Passphrase) -> Result<Self> {
+        let mut f = Fields::new(text, IDENTITY_HEADER, what, "custodian key")?;
+        let custodian = f.next("custodian")?;
+        let public = custos_crypto::recipient_from_text(&f.next("recipient")?).map_err(|e| f.bad(&e.to_string()))?;
+        let kdf_line = f.next("kdf")?;
+        let num = |k: &str| -> Option<u32> {
+            kdf_line.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok())
+        };
+        let params = match (kdf_line.starts_with("argon2id "), num("m="), num("t="), num("p=")) {
+            (true, Some(memory_kib), Some(iterations), Some(parallelism)) => {
+                KdfParams { memory_kib, iterations, parallelism }
+            }
+            _ => return Err(f.bad("the kdf line must be `argon2id m=… t=… p=…`")),
+        };
+        params.validate().map_err(|e| f.bad(&e.to_string()))?;
+        let mut salt = [0u8; 16];
+        hex::decode_to_slice(f.next("salt")?, &mut salt).map_err(|_| f.bad("the salt must be 32 hex digits"))?;
+        let sealed = hex::decode(f.next("secret")?).map_err(|_| f.bad("the secret must be hex"))?;
+        if sealed.len() != 12 + 32 + TAG_LEN {
+            return Err(f.bad("the secret has the wrong length"));
+        }
+        let key = Kdf { params, salt }
+            .derive(passphrase)
+            .map_err(|e| Error::Invalid { what: "custodian key", why: e.to_string() })?;
+        let nonce = Nonce(sealed[..12].try_into().expect("12 bytes"));
+        let mut body = Zeroizing::new(sealed[12..].to_vec());
+        let plain =
+            open_with_passphrase_key(&key, nonce, &identity_aad(&custodian, &public), &mut body).map_err(|_| {
+                Error::Invalid {
+                    what: "custodian key",
+                    why: format!("{what} does not open with this passphrase (or the file was altered)"),
+                }
+            })?;
+        let secret = Zeroizing::new(<[u8; 32]>::try_from(&plain[..]).expect("32 bytes"));
+        if custos_crypto::kbk_public(&secret).ok() != Some(public) {
+            return Err(f.bad("its private key does not match its recipient"));
+        }
+        Ok(Self { custodian, public, secret })
+    }
+
+    /// Open a sealed share addressed to this key.
+    pub fn open_share(&self, sealed: &SealedShareFile, what: &str) -> Result<ShareFile> {
+        let s = &sealed.0;
+        let refuse = |why: String| Error::Invalid { what: "escrow share", why };
+        if s.recipient != self.public {
+            return Err(refuse(format!(
+                "{what} is sealed to {}, not to this key ({}): use the key of custodian {}",
+                custos_crypto::recipient_to_text(&s.recipient),
+                self.recipient(),
+                s.custodian
+            )));
+        }
+        let text = custos_crypto::open_sealed(&self.secret, &sealed_share_aad(&s.kbk, &s.custodian), &s.sealed)
+            .map_err(|_| refuse(format!("{what} does not open: it was altered or truncated; fetch it again")))?;
+        let text = std::str::from_utf8(&text).map_err(|_| refuse(format!("{what} holds no share")))?;
+        let share = ShareFile::decode(text, what)?;
+        if share.kbk != s.kbk || share.custodian != s.custodian {
+            return Err(refuse(format!("{what} does not hold the share its header names")));
+        }
+        Ok(share)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_sealed_to_a_custodian_open_only_with_their_key_and_passphrase() {
+        let id = CustodianIdentity::generate("alice").unwrap();
+        let pass = Passphrase::from("alice's long passphrase".to_string());
+        let file = id.encode(&pass, KdfParams::MINIMUM).unwrap();
+        assert!(!file.contains(&hex::encode(&id.secret[..])), "the private key is not in the file in the clear");
+        assert_eq!(CustodianIdentity::recipient_of(&file, "alice.key").unwrap(), ("alice".into(), id.public));
+        let back = CustodianIdentity::decode(&file, "alice.key", &pass).unwrap();
+        let e = CustodianIdentity::decode(&file, "alice.key", &Passphrase::from("not her passphrase".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("does not open with this passphrase"), "{e}");
+        assert!(id.encode(&Passphrase::from("short".to_string()), KdfParams::MINIMUM).is_err());
+
+        let share = ShareFile {
+            kbk: "KBK.1".into(),
+            custodian: "alice".into(),
+            threshold: 2,
+            share: custos_crypto::shamir::Share { x: 1, y: [7; 32] },
+        };
+        let sealed = seal_share(&share, &id.public).unwrap();
+        assert_eq!(sealed.confirm, share_confirmation(&share));
+        let text = SealedShareFile(sealed).encode();
+        assert!(!text.contains(&hex::encode([7u8; 32])), "the share is not in the clear");
+        let parsed = SealedShareFile::decode(&text, "alice.sealed").unwrap();
+        let opened = back.open_share(&parsed, "alice.sealed").unwrap();
+        assert_eq!((opened.share.y, opened.custodian.as_str()), ([7; 32], "alice"));
+        // Bob's key does not open it; a share moved to another name does not open.
+        let bob = CustodianIdentity::generate("bob").unwrap();
+        assert!(bob
+            .open_share(&parsed, "alice.sealed")
+            .unwrap_err()
+            .to_string()
+            .contains("use the key of custodian alice"));
+        let moved = SealedShareFile::decode(&text.replace("custodian: alice", "custodian: bob"), "x").unwrap();
+        assert!(back.open_share(&moved, "x").is_err());
+    }
 
     #[test]
     fn part_files_round_trip_and_reject_damage() {

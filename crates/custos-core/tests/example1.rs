@@ -23,8 +23,7 @@ fn retained(day: u32, today: u32) -> bool {
 #[test]
 fn example_1_key_lost_years_ago_comes_back_through_escrow_only() {
     let t = vault();
-    let custodians = ["alice".to_string(), "bob".to_string(), "carol".to_string()];
-    let (_kbk, shares) = t.vault.escrow_init(&custodians, 2, |_| Ok(())).unwrap();
+    let shares = t.escrow(&["alice", "bob", "carol"], 2);
 
     let archive = data(3 * CS + 17, 2019);
     let rare = t.put("ARCHIVE.Y2019", &archive).key_label;

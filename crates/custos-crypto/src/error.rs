@@ -21,4 +21,7 @@ pub enum CryptoError {
     /// The system random number generator failed.
     #[error("the system random number generator failed")]
     Random,
+    /// A custodian recipient was mistyped, truncated or is not one.
+    #[error("not a valid custodian recipient: expected `custos-recipient-v1:` then 64 hex digits, `:` and an 8-digit check, as `custos escrow keygen` prints it")]
+    Recipient,
 }

@@ -13,6 +13,7 @@
 
 mod aead;
 pub mod check;
+mod custodian;
 mod error;
 mod escrow;
 mod kdf;
@@ -24,6 +25,7 @@ pub use aead::{
     open_in_place, open_with_passphrase_key, seal_in_place, seal_with_passphrase_key, Nonce, NONCE_LEN, TAG_LEN,
 };
 pub use check::{Kcv, Mkvp, KCV_LEN, MKVP_LEN};
+pub use custodian::{custodian_keypair, open_sealed, recipient_from_text, recipient_to_text, seal_to, SEALED_OVERHEAD};
 pub use error::CryptoError;
 pub use escrow::{escrow_open, escrow_seal, kbk_generate, kbk_public, ESCROW_BLOB_LEN};
 pub use kdf::{Kdf, KdfParams};

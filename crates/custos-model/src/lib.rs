@@ -15,7 +15,7 @@ pub use lifecycle::{KeyAction, KeyState, KeyUse, LifecycleError};
 pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
 pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
-    BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule,
-    KbkRecord, KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, PrincipalRecord, Purpose,
-    SnapshotRecord, VolumeRecord, WrappedMaterial,
+    BackupRecord, ChunkId, ChunkRef, CopyMethod, CustodianKey, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord,
+    HsmRule, KbkRecord, KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, PrincipalRecord, Purpose,
+    SealedShare, SnapshotRecord, VolumeRecord, WrappedMaterial,
 };

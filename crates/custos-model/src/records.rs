@@ -131,6 +131,38 @@ pub struct KbkRecord {
     pub created_at: Timestamp,
 }
 
+/// A custodian's registered recipient: the public half of a key pair the
+/// custodian made and keeps. Escrow shares are sealed to it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CustodianKey {
+    pub principal: String,
+    #[serde(serialize_with = "ser_hex")]
+    pub public: [u8; 32],
+    pub registered_at: Timestamp,
+}
+
+/// One custodian's share of a key-backup key, sealed to their recipient.
+/// Only that custodian's private key opens it; the catalog keeps it so the
+/// custodian can fetch it (again) at any time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedShare {
+    pub kbk: String,
+    pub custodian: String,
+    /// The recipient it was sealed to.
+    pub recipient: [u8; 32],
+    pub sealed: Vec<u8>,
+    /// SHA-256 over the share in the clear (domain-separated): a custodian
+    /// proves they opened it by presenting this.
+    pub confirm: [u8; 32],
+    pub confirmed_at: Option<Timestamp>,
+}
+
+impl fmt::Debug for SealedShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedShare({} for {}, confirmed {:?})", self.kbk, self.custodian, self.confirmed_at)
+    }
+}
+
 /// Wrapped key bytes. Opaque without the master key, yet kept out of every
 /// `Debug`, log line and JSON all the same.
 #[derive(Clone, PartialEq, Eq)]

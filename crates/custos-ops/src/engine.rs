@@ -5,11 +5,12 @@
 //! controlled operation into a dual-control request, appends the audit
 //! intent, runs the operation, and appends its outcome.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Mutex, OnceLock};
 
-use custos_core::model::{Op, PrincipalRecord};
-use custos_core::{Open, Passphrase, Sealed, Vault};
+use custos_core::model::{KeyLabel, Op, PrincipalRecord};
+use custos_core::{Open, Passphrase, Sealed, ShareFile, Vault};
 
 use crate::error::{Error, Result};
 use crate::operation::{NewCredential, Operation};
@@ -54,7 +55,7 @@ impl Caller {
         }
     }
 
-    fn principal(&self) -> Option<&PrincipalRecord> {
+    pub(crate) fn principal(&self) -> Option<&PrincipalRecord> {
         match self {
             Caller::Principal(p) => Some(p),
             Caller::Unverified(_) => None,
@@ -71,16 +72,11 @@ pub struct Unlocked {
 
 type Unlocker = Box<dyn Fn(&Vault<Sealed>) -> custos_core::Result<Unlocked> + Send + Sync>;
 
-/// Hands escrow shares to their custodians; must make them durable before
-/// it returns (the catalog switches to the new key-backup key only after).
-pub type Deliver<'a> = &'a mut dyn FnMut(&[crate::ShareOut]) -> std::io::Result<()>;
-
-/// The data an operation streams, and where escrow shares go.
+/// The data an operation streams.
 #[derive(Default)]
 pub struct Io<'a> {
     pub input: Option<&'a mut dyn Read>,
     pub output: Option<&'a mut dyn Write>,
-    pub deliver: Option<Deliver<'a>>,
 }
 
 /// What `execute` returns: the result, and warnings for standard error.
@@ -100,6 +96,10 @@ pub struct Engine {
     volume_roots: Option<Vec<String>>,
     /// When due destructions were last carried out.
     due_checked: Mutex<Option<std::time::Instant>>,
+    /// Shares custodians have given towards pending escrow recoveries (server
+    /// mode), by request: kept in memory only, never stored, so a restart
+    /// asks the custodians again.
+    contributions: Mutex<HashMap<u64, Vec<ShareFile>>>,
 }
 
 impl Engine {
@@ -117,6 +117,7 @@ impl Engine {
             mode: Mode::Embedded,
             volume_roots: None,
             due_checked: Mutex::new(None),
+            contributions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -133,6 +134,7 @@ impl Engine {
             mode: Mode::Server,
             volume_roots: Some(Vec::new()),
             due_checked: Mutex::new(None),
+            contributions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -224,6 +226,7 @@ impl Engine {
             rights::check(self, p, op)?;
         }
         if let Operation::DsGet { name, range } = op {
+            self.vault.check_readable(name)?;
             let size = self.vault.dataset(name)?.current.size;
             if let Some(r) = range {
                 let (start, end) = (r.start.unwrap_or(0), r.end.unwrap_or(size));
@@ -280,6 +283,13 @@ impl Engine {
                 "{action} names a path on the server's machine, which a server never takes from a client: run it in embedded mode (--vault DIR) on that machine"
             )));
         }
+        if let (Mode::Server, Operation::RiskDrill { shares, .. }) = (self.mode, &op) {
+            if !shares.is_empty() {
+                return refuse(Error::Usage(
+                    "a drill on a server takes no escrow shares (one principal would hold a threshold of them): drill escrow in embedded mode on a copy of the vault".into(),
+                ));
+            }
+        }
         if let Operation::VolumeAdd { location, .. } = &op {
             if !self.volume_allowed(location) {
                 return refuse(Error::Usage(format!(
@@ -290,6 +300,31 @@ impl Engine {
         if let Some(p) = who.principal() {
             if let Err(e) = rights::check(self, p, &op) {
                 return refuse(e);
+            }
+            // On a server an escrow recovery gathers one share per custodian,
+            // each given by that custodian: it is always a request.
+            if let (Mode::Server, Operation::EscrowRecover { label, shares }) = (self.mode, &op) {
+                let given = match self.own_shares(p, label, shares) {
+                    Ok(g) => g,
+                    Err(e) => return refuse(e),
+                };
+                let (stored, _) = self.prepare_for_storage(op.clone())?;
+                audit("intent: request")?;
+                let r = match self.vault.request_create("escrow-recover", &requests::encode(&stored), &p.name) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        audit(&format!("failed: {e}"))?;
+                        return Err(e.into());
+                    }
+                };
+                let names: Vec<String> = given.iter().map(|s| s.custodian.clone()).collect();
+                let need = self.vault.escrow_kbk_of(label)?.threshold;
+                self.contributions.lock().unwrap_or_else(|e| e.into_inner()).insert(r.id, given);
+                audit(&format!("ok: request {} made; shares given by {}", r.id, names.join(", ")))?;
+                return Ok(Outcome {
+                    reply: Reply::Contributed { request: RequestView::new(&r), given: names, need },
+                    warnings,
+                });
             }
             if let Some(controlled) = op.controlled() {
                 if !matches!(op, Operation::RequestApprove { .. }) && self.dual_controlled(controlled, p, &op)? {
@@ -375,6 +410,39 @@ impl Engine {
         Ok((stored, token))
     }
 
+    /// The shares `me` gives towards recovering `label`, which must all be
+    /// `me`'s own and belong to the key-backup key that key is escrowed to.
+    fn own_shares(&self, me: &PrincipalRecord, label: &KeyLabel, texts: &[SecretText]) -> Result<Vec<ShareFile>> {
+        let kbk = self.vault.escrow_kbk_of(label)?;
+        let mut out: Vec<ShareFile> = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            let f = ShareFile::decode(t.expose(), &format!("share {}", i + 1))?;
+            if f.custodian != me.name {
+                return Err(custos_core::Error::Invalid {
+                    what: "escrow recovery",
+                    why: format!(
+                        "share {} is {}'s: on a server each custodian gives only their own share, by approving the request themselves",
+                        i + 1,
+                        f.custodian
+                    ),
+                }
+                .into());
+            }
+            if f.kbk != kbk.id {
+                return Err(custos_core::Error::Invalid {
+                    what: "escrow recovery",
+                    why: format!("share {} belongs to {}, but {label} is escrowed under {}", i + 1, f.kbk, kbk.id),
+                }
+                .into());
+            }
+            if out.iter().any(|o| o.custodian == f.custodian) {
+                return Err(Error::Usage(format!("share {} is given twice", i + 1)));
+            }
+            out.push(f);
+        }
+        Ok(out)
+    }
+
     /// Approve request `id` as `who` and run exactly its stored operation.
     fn approve(&self, who: &Caller, id: u64, shares: Vec<SecretText>, io: &mut Io<'_>) -> Result<Reply> {
         let me =
@@ -383,8 +451,43 @@ impl Engine {
         let mut op = requests::decode(&row).map_err(|why| custos_core::Error::Invalid { what: "request", why })?;
         // The approver must be allowed to run it too.
         rights::check(self, me, &op)?;
-        if let Operation::EscrowRecover { shares: s, .. } = &mut op {
-            *s = shares;
+        if let Operation::EscrowRecover { label, shares: s } = &mut op {
+            if self.mode == Mode::Server {
+                // Each custodian gives their own share; the recovery runs
+                // once a threshold of custodians has.
+                let mine = self.own_shares(me, label, &shares)?;
+                let need = self.vault.escrow_kbk_of(label)?.threshold;
+                let refuse = |why: String| Error::from(custos_core::Error::Invalid { what: "escrow recovery", why });
+                if row.state != "pending" {
+                    return Err(refuse(format!("request {id} is {}, not pending", row.state)));
+                }
+                if mine.is_empty() {
+                    return Err(refuse(format!(
+                        "request {id} recovers a key from escrow: approve it with your own share (--share FILE --key FILE)"
+                    )));
+                }
+                let mut all = self.contributions.lock().unwrap_or_else(|e| e.into_inner());
+                let given = all.entry(id).or_default();
+                for sh in mine {
+                    if given.iter().any(|g| g.custodian == sh.custodian) {
+                        return Err(custos_core::Error::Invalid {
+                            what: "escrow recovery",
+                            why: format!("{} has already given a share towards request {id}", sh.custodian),
+                        }
+                        .into());
+                    }
+                    given.push(sh);
+                }
+                if given.len() < need as usize {
+                    let names: Vec<String> = given.iter().map(|s| s.custodian.clone()).collect();
+                    return Ok(Reply::Contributed { request: RequestView::new(&row), given: names, need });
+                }
+                let texts = given.iter().map(|f| SecretText::new(f.encode().to_string())).collect();
+                all.remove(&id);
+                *s = texts;
+            } else {
+                *s = shares;
+            }
         }
         let decided = self.vault.request_decide(id, &me.name, true)?;
         let out = crate::run::run(self, who, op, io);

@@ -21,11 +21,11 @@ mod requests;
 mod rights;
 mod run;
 
-pub use engine::{Caller, Deliver, Engine, Io, Mode, Outcome, Unlocked};
+pub use engine::{Caller, Engine, Io, Mode, Outcome, Unlocked};
 pub use error::{core_code, Code, Error, Result};
 pub use operation::{
     base64_decode, base64_encode, GrantOn, NewCredential, Operation, PolicyKey, Range, SecretText, Stored, Stream,
     STORED_VERSION,
 };
-pub use reply::{BulkLine, Destruction, Failure, Reply, ShareOut, Verified};
+pub use reply::{BulkLine, Destruction, Failure, Reply, Verified};
 pub use requests::RequestView;

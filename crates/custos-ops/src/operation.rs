@@ -234,9 +234,25 @@ pub enum Operation {
         to: VolumeName,
     },
     KeystoreBackups,
+    /// Make a key-backup key split among `custodians` (users with a
+    /// registered recipient); each share is sealed to its custodian.
     EscrowInit {
         custodians: Vec<String>,
         threshold: u8,
+    },
+    /// Register the caller's own custodian recipient.
+    EscrowRegister {
+        recipient: String,
+    },
+    /// The caller's own share, sealed to their recipient.
+    EscrowShare {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kbk: Option<String>,
+    },
+    /// Prove the caller opened their share: `confirm` is its digest (hex).
+    EscrowConfirm {
+        kbk: String,
+        confirm: String,
     },
     EscrowStatus,
     EscrowPurge {
@@ -376,7 +392,9 @@ pub enum Operation {
         id: u64,
     },
     /// Approve a request, which runs its stored operation now. Shares for an
-    /// escrow recovery come with the approval, never with the request.
+    /// escrow recovery come with the approvals, never with the stored
+    /// request: on a server each custodian gives their own, and the
+    /// recovery runs once a threshold of custodians has.
     RequestApprove {
         id: u64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -491,6 +509,9 @@ impl Operation {
             KeystoreBackup { to } => ("keystore backup", s(to)),
             KeystoreBackups => ("keystore backups", String::new()),
             EscrowInit { .. } => ("escrow init", String::new()),
+            EscrowRegister { .. } => ("escrow register", String::new()),
+            EscrowShare { kbk } => ("escrow share", kbk.clone().unwrap_or_default()),
+            EscrowConfirm { kbk, .. } => ("escrow confirm", kbk.clone()),
             EscrowStatus => ("escrow status", String::new()),
             EscrowPurge { label } => ("escrow purge", s(label)),
             MirrorAdd { primary, .. } => ("mirror add", s(primary)),

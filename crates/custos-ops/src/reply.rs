@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use custos_core::model::{
-    BackupRecord, CopyMethod, DatasetName, DatasetRecord, HsmRule, KbkRecord, KeyRecord, KeyState,
+    BackupRecord, CopyMethod, CustodianKey, DatasetName, DatasetRecord, HsmRule, KbkRecord, KeyRecord, KeyState,
     KeystoreBackupRecord, PolicyRecord, PolicyTarget, PrincipalRecord, SnapshotRecord, VolumeRecord,
 };
 use custos_core::{
@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::Code;
-use crate::render::{bytes, when, Table};
+use crate::render::{bytes, escape, when, Table};
 use crate::requests::RequestView;
 
 /// One key's line in a bulk lifecycle action.
@@ -53,20 +53,6 @@ pub struct Verified {
     pub method: CopyMethod,
     #[serde(skip)]
     pub dataset: String,
-}
-
-/// A share file for one custodian, as `escrow init` hands it out.
-#[derive(Clone, Serialize)]
-pub struct ShareOut {
-    pub custodian: String,
-    /// The share file's text: a secret, for that custodian alone.
-    pub text: crate::SecretText,
-}
-
-impl std::fmt::Debug for ShareOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ShareOut({}, [redacted])", self.custodian)
-    }
 }
 
 /// The result of an operation.
@@ -115,11 +101,22 @@ pub enum Reply {
     Reenciphered(ReencipherReport),
     KeystoreBackup(KeystoreBackupRecord),
     KeystoreBackups(Vec<KeystoreBackupRecord>),
-    EscrowCreated {
-        kbk: KbkRecord,
-        shares: Vec<ShareOut>,
-    },
+    EscrowCreated(KbkRecord),
     EscrowStatus(EscrowStatus),
+    CustodianRegistered(CustodianKey),
+    /// The caller's share, sealed to their recipient (a sealed share file).
+    SealedShare {
+        kbk: String,
+        custodian: String,
+        text: String,
+    },
+    ShareConfirmed(custos_core::ShareStatus),
+    /// A share given towards an escrow recovery that needs more.
+    Contributed {
+        request: RequestView,
+        given: Vec<String>,
+        need: u8,
+    },
     Mirrors {
         list: Vec<MirrorStatus>,
         check: bool,
@@ -270,8 +267,18 @@ impl Reply {
             Reenciphered(r) => to(r),
             KeystoreBackup(b) => to(b),
             KeystoreBackups(b) => to(b),
-            EscrowCreated { kbk, .. } => to(kbk),
+            EscrowCreated(kbk) => to(kbk),
             EscrowStatus(s) => to(s),
+            CustodianRegistered(k) => json!({
+                "custodian": k.principal,
+                "recipient": custos_core::recipient_to_text(&k.public),
+                "registered_at": k.registered_at,
+            }),
+            SealedShare { kbk, custodian, text } => json!({ "kbk": kbk, "custodian": custodian, "sealed_share": text }),
+            ShareConfirmed(s) => to(s),
+            Contributed { request, given, need } => {
+                json!({ "request": request, "shares_given_by": given, "shares_needed": need })
+            }
             Mirrors { list, .. } => to(list),
             Snapshot(s) => to(s),
             Snapshots(s) => to(s),
@@ -628,11 +635,35 @@ impl Reply {
                 }
                 o.push_str(&t.render());
             }
-            EscrowCreated { kbk, .. } => out!(
-                "created key-backup key {}: any {} of {} custodians can recover escrowed keys",
-                kbk.id,
-                kbk.threshold,
-                kbk.custodians.len()
+            EscrowCreated(kbk) => {
+                out!(
+                    "created key-backup key {}: any {} of {} custodians can recover escrowed keys",
+                    kbk.id,
+                    kbk.threshold,
+                    kbk.custodians.len()
+                );
+                out!(
+                    "each share is sealed to its custodian's registered recipient; each of {} now runs `custos escrow share --out FILE` and `custos escrow confirm`",
+                    escape(&kbk.custodians.join(", "))
+                );
+            }
+            CustodianRegistered(k) => out!(
+                "registered {} as the custodian recipient of {}; shares sealed from now on go to it",
+                custos_core::recipient_to_text(&k.public),
+                escape(&k.principal)
+            ),
+            SealedShare { text, .. } => o.push_str(text),
+            ShareConfirmed(s) => out!(
+                "{} confirmed holding a share of {} that opens",
+                escape(&s.custodian),
+                escape(&s.kbk)
+            ),
+            Contributed { request, given, need } => out!(
+                "request {}: shares given by {} ({} of {} needed); the recovery runs when the next custodian approves with theirs",
+                request.id,
+                escape(&given.join(", ")),
+                given.len(),
+                need
             ),
             EscrowStatus(st) => {
                 for k in &st.kbks {
@@ -643,6 +674,16 @@ impl Reply {
                         k.custodians.join(", "),
                         when(Some(k.created_at))
                     );
+                }
+                for sh in &st.shares {
+                    match sh.confirmed_at {
+                        Some(t) => out!("  share of {}: confirmed {}", escape(&sh.custodian), when(Some(t))),
+                        None => out!(
+                            "  share of {}: NOT confirmed ({} has not shown it opens: `custos escrow confirm`)",
+                            escape(&sh.custodian),
+                            escape(&sh.custodian)
+                        ),
+                    }
                 }
                 out!("{} keys escrowed, {} keys without an escrow copy", st.keys_escrowed, st.keys_not_escrowed.len());
                 for l in &st.keys_not_escrowed {

@@ -106,6 +106,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::KeystoreBackups => op(Inspect),
         O::EscrowStatus => op(Inspect),
         O::EscrowInit { .. } | O::EscrowPurge { .. } => op(Escrow),
+        O::EscrowRegister { .. } | O::EscrowShare { .. } | O::EscrowConfirm { .. } => op(Escrow),
         O::MirrorList | O::MirrorStatus => op(Inspect),
         O::MirrorAdd { .. } | O::MirrorRm { .. } => op(StorageAdmin),
         O::SnapshotCreate { .. } | O::SnapshotRm { .. } => op(StorageCopy),

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use crate::engine::{Caller, Engine, Io};
 use crate::error::{Error, Result};
 use crate::operation::{GrantOn, NewCredential, Operation, PolicyKey, SecretText};
-use crate::reply::{BulkLine, Destruction, Reply, ShareOut, Verified};
+use crate::reply::{BulkLine, Destruction, Reply, Verified};
 use crate::requests::RequestView;
 
 fn shares(texts: &[SecretText]) -> Result<Vec<ShareFile>> {
@@ -203,23 +203,26 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::MkReencipher { batch } => Reply::Reenciphered(e.open()?.mk_reencipher(batch, |_| {})?),
         O::KeystoreBackup { to } => Reply::KeystoreBackup(v.keystore_backup(&to)?),
         O::KeystoreBackups => Reply::KeystoreBackups(v.keystore_backups()?),
-        O::EscrowInit { custodians, threshold } => {
-            // Every share is delivered and durable before the catalog
-            // switches to the new key-backup key.
-            let deliver = io.deliver.as_mut().ok_or_else(|| {
-                Error::Usage("escrow init needs a way to hand each custodian their share: run it in embedded mode (--vault DIR) with --out-dir".into())
-            })?;
-            let (kbk, files) = e.open()?.escrow_init(&custodians, threshold, |files| {
-                let out = share_outs(files);
-                deliver(&out).map_err(|source| custos_core::Error::VaultIo { path: "escrow shares".into(), source })
-            })?;
-            Reply::EscrowCreated {
-                kbk,
-                shares: share_outs(&files)
-                    .into_iter()
-                    .map(|s| ShareOut { text: SecretText::new(String::new()), ..s })
-                    .collect(),
+        O::EscrowInit { custodians, threshold } => Reply::EscrowCreated(e.open()?.escrow_init(&custodians, threshold)?),
+        O::EscrowRegister { recipient } => Reply::CustodianRegistered(v.custodian_register(me(who)?, &recipient)?),
+        O::EscrowShare { kbk } => {
+            let share = v.escrow_share(me(who)?, kbk.as_deref())?;
+            Reply::SealedShare {
+                kbk: share.kbk.clone(),
+                custodian: share.custodian.clone(),
+                text: custos_core::SealedShareFile(share).encode(),
             }
+        }
+        O::EscrowConfirm { kbk, confirm } => {
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(confirm.trim(), &mut digest)
+                .map_err(|_| Error::Usage("confirm: give the share's digest as 64 hex digits".into()))?;
+            let s = v.escrow_confirm(me(who)?, &kbk, &digest)?;
+            Reply::ShareConfirmed(custos_core::ShareStatus {
+                kbk: s.kbk,
+                custodian: s.custodian,
+                confirmed_at: s.confirmed_at,
+            })
         }
         O::EscrowStatus => Reply::EscrowStatus(v.escrow_status()?),
         O::EscrowPurge { label } => {
@@ -422,11 +425,12 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
     })
 }
 
-fn share_outs(files: &[ShareFile]) -> Vec<ShareOut> {
-    files
-        .iter()
-        .map(|f| ShareOut { custodian: f.custodian.clone(), text: SecretText::new(f.encode().to_string()) })
-        .collect()
+/// The authenticated user an operation acts for (a custodian's own
+/// recipient and share are theirs alone).
+fn me(who: &Caller) -> Result<&str> {
+    who.principal().map(|p| p.name.as_str()).ok_or_else(|| {
+        Error::Usage("this acts for a custodian, who is a user: add users (`custos user add`) and give --user".into())
+    })
 }
 
 fn grant_kind(on: GrantOn) -> custos_core::GrantKind {

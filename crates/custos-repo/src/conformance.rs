@@ -3,9 +3,9 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, EscrowCopy, GenerationRecord, HsmRule, KbkRecord,
-    KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget, Purpose,
-    VolumeName, VolumeRecord, WrappedMaterial,
+    BackupRecord, ChunkId, CopyMethod, CustodianKey, DatasetId, DatasetName, EscrowCopy, GenerationRecord, HsmRule,
+    KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget,
+    PrincipalRecord, Purpose, Role, SealedShare, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 
@@ -28,6 +28,17 @@ fn key(label: &str) -> KeyRecord {
         last_used_at: None,
         use_count: 0,
         escrow: None,
+    }
+}
+
+fn share(kbk: &str, custodian: &str, n: u8) -> SealedShare {
+    SealedShare {
+        kbk: kbk.into(),
+        custodian: custodian.into(),
+        recipient: [n; 32],
+        sealed: vec![n; 109],
+        confirm: [n + 100; 32],
+        confirmed_at: None,
     }
 }
 
@@ -65,10 +76,20 @@ pub fn run(repo: &dyn Repository) {
             created_at: Timestamp::from_second(1_700_000_000).unwrap(),
         },
         &[],
+        &[share("kbk1", "alice", 1), share("kbk1", "bob", 2), share("kbk1", "carol", 3)],
     )
     .unwrap();
     let kb = repo.kbks().unwrap();
     assert_eq!((kb.len(), kb[0].public, kb[0].threshold, kb[0].custodians.len()), (1, [5; 32], 2, 3));
+    // Sealed shares, stored with their KBK, confirmed one by one.
+    let got = repo.escrow_shares("kbk1").unwrap();
+    assert_eq!(got, vec![share("kbk1", "alice", 1), share("kbk1", "bob", 2), share("kbk1", "carol", 3)]);
+    assert!(repo.escrow_shares("no-such-kbk").unwrap().is_empty());
+    let at = Timestamp::from_second(1_700_000_100).unwrap();
+    assert!(repo.confirm_escrow_share("kbk1", "bob", at).unwrap());
+    assert!(!repo.confirm_escrow_share("kbk1", "dave", at).unwrap());
+    let got = repo.escrow_shares("kbk1").unwrap();
+    assert_eq!(got.iter().map(|s| s.confirmed_at).collect::<Vec<_>>(), vec![None, Some(at), None]);
 
     // Keys: insert, read back every field, duplicates refused, update.
     let mut k = key("DSET.PRIM.APP.key001");
@@ -470,4 +491,36 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.key(&k.label).unwrap().unwrap().use_count, uses_before + 2);
     let rows = repo.audit_rows(0).unwrap();
     assert_eq!(rows.iter().map(|r| r.object.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
+
+    // Custodian recipients: one per principal, never shared by two.
+    for name in ["alice", "bob"] {
+        repo.insert_principal(&PrincipalRecord {
+            name: name.into(),
+            roles: vec![Role::KeyCustodian],
+            credential: "x".into(),
+            disabled: false,
+            created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            data_grants: vec![],
+            key_grants: vec![],
+        })
+        .unwrap();
+    }
+    let ck = |p: &str, b: u8| CustodianKey {
+        principal: p.into(),
+        public: [b; 32],
+        registered_at: Timestamp::from_second(1_700_000_000 + b as i64).unwrap(),
+    };
+    repo.set_custodian_key(&ck("alice", 1)).unwrap();
+    repo.set_custodian_key(&ck("bob", 2)).unwrap();
+    assert!(
+        matches!(repo.set_custodian_key(&ck("bob", 1)), Err(RepoError::Exists { kind: "custodian recipient", .. })),
+        "bob may not register alice's recipient"
+    );
+    repo.set_custodian_key(&ck("alice", 3)).unwrap();
+    let keys = repo.custodian_keys().unwrap();
+    assert_eq!(
+        keys.iter().map(|k| (k.principal.as_str(), k.public[0])).collect::<Vec<_>>(),
+        [("alice", 3), ("bob", 2)],
+        "alice replaced hers; bob's refused change left his"
+    );
 }

@@ -9,9 +9,9 @@ mod sqlite;
 
 use custos_crypto::Mkvp;
 use custos_model::{
-    BackupRecord, ChunkId, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule, KbkRecord,
-    KeyLabel, KeyRecord, KeystoreBackupRecord, Pattern, PolicyRecord, PrincipalRecord, SnapshotRecord, VolumeName,
-    VolumeRecord,
+    BackupRecord, ChunkId, CustodianKey, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule,
+    KbkRecord, KeyLabel, KeyRecord, KeystoreBackupRecord, Pattern, PolicyRecord, PrincipalRecord, SealedShare,
+    SnapshotRecord, VolumeName, VolumeRecord,
 };
 use thiserror::Error;
 
@@ -179,9 +179,20 @@ pub trait Repository: Send + Sync {
     /// Record a key-backup key and, in the same transaction, switch the
     /// escrow copies of the keys in `escrows` to it: a failure or a kill
     /// leaves every key with its previous escrow copy.
-    fn insert_kbk(&self, rec: &KbkRecord, escrows: &[(KeyLabel, EscrowCopy)]) -> Result<()>;
+    /// Its custodians' sealed shares are stored in the same transaction.
+    fn insert_kbk(&self, rec: &KbkRecord, escrows: &[(KeyLabel, EscrowCopy)], shares: &[SealedShare]) -> Result<()>;
     /// All key-backup keys, oldest first (the last is the one in use).
     fn kbks(&self) -> Result<Vec<KbkRecord>>;
+    /// A key-backup key's sealed shares, by custodian.
+    fn escrow_shares(&self, kbk: &str) -> Result<Vec<SealedShare>>;
+    /// Record that `custodian` proved they opened their share; false when
+    /// there is no such share.
+    fn confirm_escrow_share(&self, kbk: &str, custodian: &str, at: jiff::Timestamp) -> Result<bool>;
+    /// Register (or replace) a principal's custodian recipient. A recipient
+    /// another principal has registered is refused with
+    /// [`RepoError::Exists`]: two custodians never share a key pair.
+    fn set_custodian_key(&self, key: &CustodianKey) -> Result<()>;
+    fn custodian_keys(&self) -> Result<Vec<CustodianKey>>;
 
     fn insert_keystore_backup(&self, rec: &KeystoreBackupRecord) -> Result<()>;
     /// All keystore backups, oldest first.

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    BackupRecord, ChunkId, CopyMethod, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule,
-    KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget,
-    PrincipalRecord, Purpose, Role, SnapshotRecord, VolumeName, VolumeRecord, WrappedMaterial,
+    BackupRecord, ChunkId, CopyMethod, CustodianKey, DatasetId, DatasetName, DatasetRecord, EscrowCopy,
+    GenerationRecord, HsmRule, KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern,
+    PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Role, SealedShare, SnapshotRecord, VolumeName, VolumeRecord,
+    WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -251,6 +252,24 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (volume, kind, object, generation)
     ) WITHOUT ROWID;
     CREATE INDEX trash_released ON trash(claimed, released_at);
+    "#,
+    // 12: custodians' registered recipients, and each key-backup key's
+    // shares sealed to them.
+    r#"
+    CREATE TABLE custodian_keys (
+        principal TEXT PRIMARY KEY REFERENCES principals(name),
+        public BLOB NOT NULL UNIQUE,
+        registered_at INTEGER NOT NULL
+    );
+    CREATE TABLE escrow_shares (
+        kbk TEXT NOT NULL REFERENCES kbks(id),
+        custodian TEXT NOT NULL,
+        recipient BLOB NOT NULL,
+        sealed BLOB NOT NULL,
+        confirm BLOB NOT NULL,
+        confirmed_at INTEGER,
+        PRIMARY KEY (kbk, custodian)
+    ) WITHOUT ROWID;
     "#,
 ];
 
@@ -1261,7 +1280,7 @@ impl Repository for SqliteRepository {
         Ok(VolumeObjects { chunks, manifests, keystore_backups })
     }
 
-    fn insert_kbk(&self, k: &KbkRecord, escrows: &[(KeyLabel, EscrowCopy)]) -> Result<()> {
+    fn insert_kbk(&self, k: &KbkRecord, escrows: &[(KeyLabel, EscrowCopy)], shares: &[SealedShare]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -1278,8 +1297,85 @@ impl Repository for SqliteRepository {
             for (label, e) in escrows {
                 up.execute(params![label.as_str(), e.kbk, e.blob]).map_err(db("escrow keys"))?;
             }
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO escrow_shares (kbk, custodian, recipient, sealed, confirm, confirmed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db("store sealed shares"))?;
+            for sh in shares {
+                ins.execute(params![
+                    sh.kbk,
+                    sh.custodian,
+                    &sh.recipient[..],
+                    sh.sealed,
+                    &sh.confirm[..],
+                    sh.confirmed_at.map(ts)
+                ])
+                .map_err(db("store sealed shares"))?;
+            }
         }
         tx.commit().map_err(db("commit a key-backup key"))
+    }
+
+    fn escrow_shares(&self, kbk: &str) -> Result<Vec<SealedShare>> {
+        self.query_all(
+            "list sealed shares",
+            "SELECT kbk, custodian, recipient, sealed, confirm, confirmed_at FROM escrow_shares WHERE kbk = ?1 ORDER BY custodian",
+            [kbk],
+            |r| {
+                let recipient: Vec<u8> = r.get(2)?;
+                let confirm: Vec<u8> = r.get(4)?;
+                Ok(SealedShare {
+                    kbk: r.get(0)?,
+                    custodian: r.get(1)?,
+                    recipient: recipient.try_into().map_err(|_| corrupt("share recipient"))?,
+                    sealed: r.get(3)?,
+                    confirm: confirm.try_into().map_err(|_| corrupt("share confirmation"))?,
+                    confirmed_at: opt_ts(r.get(5)?)?,
+                })
+            },
+        )
+    }
+
+    fn confirm_escrow_share(&self, kbk: &str, custodian: &str, at: Timestamp) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE escrow_shares SET confirmed_at = ?3 WHERE kbk = ?1 AND custodian = ?2",
+                params![kbk, custodian, ts(at)],
+            )
+            .map_err(db("confirm a share"))?;
+        Ok(n > 0)
+    }
+
+    fn set_custodian_key(&self, k: &CustodianKey) -> Result<()> {
+        let r = self.conn().execute(
+            "INSERT INTO custodian_keys (principal, public, registered_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (principal) DO UPDATE SET public = excluded.public, registered_at = excluded.registered_at",
+            params![k.principal, &k.public[..], ts(k.registered_at)],
+        );
+        match r {
+            Err(e) if is_unique_violation(&e) => {
+                Err(RepoError::Exists { kind: "custodian recipient", name: hex::encode(k.public) })
+            }
+            r => r.map(|_| ()).map_err(db("register a custodian recipient")),
+        }
+    }
+
+    fn custodian_keys(&self) -> Result<Vec<CustodianKey>> {
+        self.query_all(
+            "list custodian recipients",
+            "SELECT principal, public, registered_at FROM custodian_keys ORDER BY principal",
+            [],
+            |r| {
+                let public: Vec<u8> = r.get(1)?;
+                Ok(CustodianKey {
+                    principal: r.get(0)?,
+                    public: public.try_into().map_err(|_| corrupt("custodian recipient"))?,
+                    registered_at: from_ts(r.get(2)?)?,
+                })
+            },
+        )
     }
 
     fn kbks(&self) -> Result<Vec<KbkRecord>> {

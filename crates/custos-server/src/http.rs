@@ -213,10 +213,9 @@ async fn put_dataset(
     let mut reader = tokio_util::io::SyncIoBridge::new(Box::pin(reader));
     let started = Instant::now();
     let s2 = s.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        s2.engine.execute(&who, op, Io { input: Some(&mut reader), output: None, deliver: None })
-    })
-    .await;
+    let r =
+        tokio::task::spawn_blocking(move || s2.engine.execute(&who, op, Io { input: Some(&mut reader), output: None }))
+            .await;
     s.metrics.bytes(counted.load(Ordering::Relaxed), 0);
     let r = match r {
         Ok(r) => r,
@@ -256,7 +255,7 @@ async fn stream_out(
         // and audits the refusal.
         let s2 = s.clone();
         let r = tokio::task::spawn_blocking(move || {
-            s2.engine.execute(&who, op, Io { input: None, output: Some(&mut std::io::sink()), deliver: None })
+            s2.engine.execute(&who, op, Io { input: None, output: Some(&mut std::io::sink()) })
         })
         .await;
         return match r {
@@ -272,7 +271,7 @@ async fn stream_out(
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     tokio::task::spawn_blocking(move || {
         let mut writer = tokio_util::io::SyncIoBridge::new(w);
-        let r = s2.engine.execute(&who, op, Io { input: None, output: Some(&mut writer), deliver: None });
+        let r = s2.engine.execute(&who, op, Io { input: None, output: Some(&mut writer) });
         let ok = r.is_ok();
         s2.metrics.record(action, started.elapsed(), ok);
         let _ = std::io::Write::flush(&mut writer);

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use custos_ops::{Operation, SecretText};
 
-use super::{label, pattern, secret_files, Plan};
+use super::{label, pattern, Plan};
 use crate::args::{KeyCmd, PurposeArg};
 use crate::Usage;
 
@@ -66,8 +66,8 @@ pub fn plan(c: &KeyCmd) -> anyhow::Result<Plan> {
         KeyCmd::Recover { pattern: p, from: Some(from), .. } => {
             Plan::new(Operation::KeyRecover { pattern: Pattern::new(p.as_str())?, from: from.clone() })
         }
-        KeyCmd::Recover { pattern: p, from: None, share, .. } => {
-            Plan::new(Operation::EscrowRecover { label: label(p)?, shares: secret_files(share, "share")? })
+        KeyCmd::Recover { pattern: p, from: None, share, key, .. } => {
+            Plan::new(Operation::EscrowRecover { label: label(p)?, shares: super::escrow::open_shares(share, key)? })
         }
         KeyCmd::Destroy { label: l, crypto_erase, wait } => {
             if let Some(w) = wait {

@@ -40,8 +40,8 @@ pub enum Output {
 /// How the result is shown beyond its text or JSON.
 pub enum Show {
     Plain,
-    /// Write each custodian's share into this directory.
-    Shares(PathBuf),
+    /// Write the result's text to this new file (a sealed share).
+    Save(PathBuf),
     /// A risk report in a format, to a file or standard output.
     Report {
         format: ReportFormat,

@@ -3,7 +3,7 @@
 use anyhow::bail;
 use custos_ops::Operation;
 
-use super::{pattern, secret_files, Plan, Show};
+use super::{pattern, Plan, Show};
 use crate::args::RiskCmd;
 
 pub fn plan(c: &RiskCmd) -> anyhow::Result<Plan> {
@@ -12,7 +12,7 @@ pub fn plan(c: &RiskCmd) -> anyhow::Result<Plan> {
             show: Show::Report { format: *format, output: output.clone() },
             ..Plan::new(Operation::RiskReport { pattern: pattern(p.as_deref())?, dual: *dual })
         },
-        RiskCmd::Drill { pattern: p, threat, all, dual, share, scratch } => {
+        RiskCmd::Drill { pattern: p, threat, all, dual, share, key, scratch } => {
             let threats = match (threat, all) {
                 (Some(t), _) => vec![t.clone()],
                 (None, true) => Vec::new(),
@@ -22,7 +22,7 @@ pub fn plan(c: &RiskCmd) -> anyhow::Result<Plan> {
                 pattern: pattern(p.as_deref())?,
                 threats,
                 dual: *dual,
-                shares: secret_files(share, "share")?,
+                shares: super::escrow::open_shares(share, key)?,
                 scratch: scratch.clone(),
             })
             .progress("drill", None)

@@ -18,6 +18,8 @@ pub struct Env {
 }
 
 pub const ADMIN_CRED: &str = "admin credential, long enough";
+/// The passphrase of every custodian key file the tests make.
+pub const CUSTODIAN_PASS: &str = "a custodian's own passphrase";
 pub const OPS_CRED: &str = "operator credential, long enough";
 
 pub fn admin_env() -> Vec<(String, String)> {
@@ -78,6 +80,23 @@ impl Env {
         Self { dir: tempfile::tempdir().unwrap(), vault: self.vault.clone(), env, _tokens: None }
     }
 
+    /// Add the key-custodian `name` (credential "NAME's credential, long"),
+    /// make their key pair in their own directory and register it: returns
+    /// the custodian acting, and their key file.
+    pub fn custodian(&self, name: &str) -> (Self, PathBuf) {
+        let cred = format!("{name}'s credential, long");
+        self.cmd(&["user", "add", name, "--role", "key-custodian"])
+            .env("CUSTOS_NEW_CREDENTIAL", &cred)
+            .assert()
+            .success();
+        let c = self.as_user(name, &cred);
+        let key = c.dir.path().join(format!("{name}.key"));
+        let out = c.ok(&["escrow", "keygen", "--out", Env::s(&key), "--kdf-memory-mib", "19", "--kdf-iterations", "2"]);
+        assert!(out.contains("recipient: custos-recipient-v1:"), "{out}");
+        c.ok(&["escrow", "register", Env::s(&key)]);
+        (c, key)
+    }
+
     /// The same principal on the vault in another directory (a copy).
     pub fn at(&self, vault: PathBuf) -> Self {
         Self { dir: tempfile::tempdir().unwrap(), vault, env: self.env.clone(), _tokens: None }
@@ -106,6 +125,7 @@ impl Env {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CUSTOS_VAULT", &self.vault)
             .env("CUSTOS_PASSPHRASE", PASS)
+            .env("CUSTOS_CUSTODIAN_PASSPHRASE", CUSTODIAN_PASS)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(args);
         c
@@ -118,6 +138,7 @@ impl Env {
             .env_clear()
             .env("CUSTOS_VAULT", &self.vault)
             .env("CUSTOS_PASSPHRASE", PASS)
+            .env("CUSTOS_CUSTODIAN_PASSPHRASE", CUSTODIAN_PASS)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(args)
             .stdout(std::process::Stdio::null())

@@ -99,3 +99,34 @@ impl T {
         std::fs::read_dir(root).unwrap().map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count()).sum()
     }
 }
+
+impl T {
+    /// Set up escrow among `names` (made users, each with a key pair of
+    /// their own registered), and return each one's share as they would
+    /// open it: fetched sealed, opened with their own key, confirmed.
+    pub fn escrow(&self, names: &[&str], threshold: u8) -> Vec<custos_core::ShareFile> {
+        use custos_core::model::Role;
+        use custos_core::{CustodianIdentity, SealedShareFile};
+        let ids: Vec<CustodianIdentity> = names
+            .iter()
+            .map(|n| {
+                if self.vault.user(n).is_err() {
+                    self.vault.user_add(n, &[Role::KeyCustodian], None).unwrap();
+                }
+                let id = CustodianIdentity::generate(n).unwrap();
+                self.vault.custodian_register(n, &id.recipient()).unwrap();
+                id
+            })
+            .collect();
+        let custodians: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let kbk = self.vault.escrow_init(&custodians, threshold).unwrap();
+        ids.iter()
+            .map(|id| {
+                let sealed = SealedShareFile(self.vault.escrow_share(&id.custodian, None).unwrap());
+                let share = id.open_share(&sealed, "share").unwrap();
+                self.vault.escrow_confirm(&id.custodian, &kbk.id, &custos_core::share_confirmation(&share)).unwrap();
+                share
+            })
+            .collect()
+    }
+}
