@@ -108,7 +108,7 @@ impl<S: VaultState> Vault<S> {
         let mut st = self.journal.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = st.next;
         st.next += 1;
-        st.pending.push(Pending { ticket, row: None, key_use: Some(label.clone()), waits: false });
+        st.pending.push(Pending { ticket, row: None, key_use: Some(label.clone()), waits: false, then: None });
         Ok(())
     }
 
@@ -120,7 +120,7 @@ impl<S: VaultState> Vault<S> {
         let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = st.next;
         st.next += 1;
-        st.pending.push(Pending { ticket, row, key_use, waits: true });
+        st.pending.push(Pending { ticket, row, key_use, waits: true, then: None });
         loop {
             if let Some(r) = st.done.remove(&ticket) {
                 return r.map_err(|why| Error::Invalid { what: "audit log", why });
@@ -129,32 +129,40 @@ impl<S: VaultState> Vault<S> {
                 st = j.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
-            st.writing = true;
-            let batch = std::mem::take(&mut st.pending);
-            drop(st);
-            let rows: Vec<AuditRow> = batch.iter().filter_map(|p| p.row.clone()).collect();
-            let uses: Vec<KeyLabel> = batch.iter().filter_map(|p| p.key_use.clone()).collect();
-            let written = self.repo.append_audit_batch(&rows, &link, &uses);
-            st = j.state.lock().unwrap_or_else(|e| e.into_inner());
-            match written {
-                Ok(out) => {
-                    let mut out = out.into_iter();
-                    for p in &batch {
-                        let r = if p.row.is_some() { out.next() } else { None };
-                        if p.waits {
-                            st.done.insert(p.ticket, Ok(r));
-                        }
-                    }
-                }
-                Err(e) => {
-                    for p in batch.iter().filter(|p| p.waits) {
-                        st.done.insert(p.ticket, Err(e.to_string()));
-                    }
-                }
-            }
-            st.writing = false;
-            j.wake.notify_all();
+            st = j.flush(&*self.repo, st);
         }
+    }
+
+    /// Queue an audit entry and return at once; `then` is called with the
+    /// entry once it is durable (or with why it could not be written), on
+    /// the journal's writer thread, in a group commit with whatever else is
+    /// queued. For a front end that answers asynchronously (the server's
+    /// key service): no thread waits per request.
+    pub fn audit_append_then(
+        &self,
+        principal: &str,
+        action: &str,
+        object: &str,
+        result: &str,
+        then: Box<dyn FnOnce(std::result::Result<AuditRow, String>) + Send>,
+    ) {
+        let row = AuditRow {
+            seq: 0,
+            at: Timestamp::now(),
+            principal: principal.into(),
+            action: action.into(),
+            object: object.into(),
+            result: result.into(),
+            hash: [0; 32],
+        };
+        Journal::start_writer(&self.journal, &self.repo);
+        let j = &self.journal;
+        let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = st.next;
+        st.next += 1;
+        st.pending.push(Pending { ticket, row: Some(row), key_use: None, waits: false, then: Some(then) });
+        drop(st);
+        j.writer_wake.notify_one();
     }
 
     pub fn audit_entries(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
@@ -304,7 +312,12 @@ impl Vault<Open> {
 #[derive(Default)]
 pub(crate) struct Journal {
     state: std::sync::Mutex<JournalState>,
+    /// Wakes synchronous waiters when a batch is written.
     wake: std::sync::Condvar,
+    /// Wakes the writer thread when an entry with a callback is queued.
+    writer_wake: std::sync::Condvar,
+    /// Whether the writer thread was started.
+    writer: std::sync::OnceLock<()>,
 }
 
 #[derive(Default)]
@@ -315,10 +328,84 @@ struct JournalState {
     done: std::collections::HashMap<u64, std::result::Result<Option<AuditRow>, String>>,
 }
 
+type Then = Box<dyn FnOnce(std::result::Result<AuditRow, String>) + Send>;
+
 struct Pending {
     ticket: u64,
     row: Option<AuditRow>,
     key_use: Option<KeyLabel>,
     /// Whether someone waits for this one's result.
     waits: bool,
+    /// Called with the result once written (outside the lock).
+    then: Option<Then>,
+}
+
+impl Journal {
+    /// Write everything queued as one transaction and hand out the results;
+    /// the caller holds the lock and nobody is writing. Callbacks run after
+    /// the lock is released; the lock is taken again to return.
+    fn flush<'a>(
+        &'a self,
+        repo: &dyn custos_repo::Repository,
+        mut st: std::sync::MutexGuard<'a, JournalState>,
+    ) -> std::sync::MutexGuard<'a, JournalState> {
+        st.writing = true;
+        let batch = std::mem::take(&mut st.pending);
+        drop(st);
+        let rows: Vec<AuditRow> = batch.iter().filter_map(|p| p.row.clone()).collect();
+        let uses: Vec<KeyLabel> = batch.iter().filter_map(|p| p.key_use.clone()).collect();
+        let written = repo.append_audit_batch(&rows, &link, &uses);
+        let mut thens = Vec::new();
+        st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match written {
+            Ok(out) => {
+                let mut out = out.into_iter();
+                for p in batch {
+                    let r = if p.row.is_some() { out.next() } else { None };
+                    if let Some(t) = p.then {
+                        thens.push((t, r.clone().ok_or_else(|| "no entry was written".to_string())));
+                    }
+                    if p.waits {
+                        st.done.insert(p.ticket, Ok(r));
+                    }
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    if let Some(t) = p.then {
+                        thens.push((t, Err(e.to_string())));
+                    }
+                    if p.waits {
+                        st.done.insert(p.ticket, Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        st.writing = false;
+        self.wake.notify_all();
+        self.writer_wake.notify_one();
+        drop(st);
+        for (t, r) in thens {
+            t(r);
+        }
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start the thread that writes entries queued with a callback (once
+    /// per journal). It holds only weak references, and ends within a
+    /// second of the vault's last handle going away.
+    fn start_writer(j: &std::sync::Arc<Journal>, repo: &std::sync::Arc<dyn custos_repo::Repository>) {
+        j.writer.get_or_init(|| {
+            let (jw, rw) = (std::sync::Arc::downgrade(j), std::sync::Arc::downgrade(repo));
+            let _ = std::thread::Builder::new().name("custos-audit".into()).spawn(move || loop {
+                let (Some(j), Some(repo)) = (jw.upgrade(), rw.upgrade()) else { return };
+                let st = j.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.writing || !st.pending.iter().any(|p| p.then.is_some()) {
+                    let _ = j.writer_wake.wait_timeout(st, std::time::Duration::from_secs(1));
+                    continue;
+                }
+                drop(j.flush(&*repo, st));
+            });
+        });
+    }
 }

@@ -238,13 +238,65 @@ impl Engine {
         Ok(())
     }
 
-    /// Run `op` for `who`: see the module docs for the order of checks.
-    pub fn execute(&self, who: &Caller, op: Operation, mut io: Io<'_>) -> Result<Outcome> {
+    /// Run an operation that one audit entry records completely
+    /// ([`Operation::audited_once`]: the key service) without a thread
+    /// waiting for that entry: the checks and the work happen now, the
+    /// entry joins the next group commit, and `done` gets the outcome once
+    /// the entry is durable (an outcome whose entry could not be written
+    /// is an error: nothing of the result may leave). Any other operation
+    /// runs as [`Engine::execute`] does before `done` is called.
+    pub fn execute_then(&self, who: &Caller, op: Operation, done: impl FnOnce(Result<Outcome>) + Send + 'static) {
+        if !op.audited_once() {
+            done(self.execute(who, op, Io::default()));
+            return;
+        }
+        let warnings = match self.carry_out_due() {
+            Ok(w) => w,
+            Err(e) => return done(Err(e)),
+        };
+        let (action, object) = op.audit_name();
+        let (result, entry) = match who.principal().map(|p| rights::check(self, p, &op)).unwrap_or(Ok(())) {
+            Err(e) => {
+                let entry = format!("refused: {e}");
+                (Err(e), entry)
+            }
+            Ok(()) => {
+                let r = crate::run::run(self, who, op, &mut Io::default());
+                let entry = match &r {
+                    Ok(reply) => match reply.failure() {
+                        Some(f) => format!("failed: {}", f.message),
+                        None => "ok".to_string(),
+                    },
+                    Err(e) => format!("failed: {e}"),
+                };
+                (r, entry)
+            }
+        };
+        let name = who.name();
+        self.vault.audit_append_then(
+            &name,
+            action,
+            &object,
+            &entry,
+            Box::new(move |written| {
+                done(match written {
+                    Ok(_) => result.map(|reply| Outcome { reply, warnings }),
+                    Err(e) => Err(custos_core::Error::Invalid {
+                        what: "audit log",
+                        why: format!("its entry for {action} could not be written: {e}; the result was withheld"),
+                    }
+                    .into()),
+                })
+            }),
+        );
+    }
+
+    /// Carry out destructions whose waiting period is over, on this
+    /// process's clock (the server's, in server mode): at most once a
+    /// second, since a key pending destruction is refused on every use
+    /// anyway. Returns warnings for those that could not be done.
+    fn carry_out_due(&self) -> Result<Vec<String>> {
         let mut warnings = Vec::new();
-        // Keys whose waiting period is over are erased first, on this
-        // process's clock (the server's, in server mode): at most once a
-        // second, since a key pending destruction is refused on every use
-        // anyway.
         let due = {
             let mut last = self.due_checked.lock().unwrap_or_else(|e| e.into_inner());
             let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
@@ -260,6 +312,12 @@ impl Engine {
                 ));
             }
         }
+        Ok(warnings)
+    }
+
+    /// Run `op` for `who`: see the module docs for the order of checks.
+    pub fn execute(&self, who: &Caller, op: Operation, mut io: Io<'_>) -> Result<Outcome> {
+        let warnings = self.carry_out_due()?;
         let (action, object) = op.audit_name();
         let who_name = who.name();
         let audit = |result: &str| -> Result<()> {

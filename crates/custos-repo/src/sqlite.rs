@@ -273,10 +273,50 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// The embedded repository.
+/// The embedded repository: one connection that writes, and read-only
+/// connections beside it (WAL lets them read while a write commits), so a
+/// lookup never waits behind another caller's fsync.
 pub struct SqliteRepository {
     conn: Mutex<Connection>,
+    /// The database file, for opening readers (`None` in memory: reads go
+    /// through the writer).
+    path: Option<std::path::PathBuf>,
+    /// Idle read-only connections.
+    readers: Mutex<Vec<Connection>>,
 }
+
+/// A read-only connection from the pool (or the writer, in memory), put
+/// back when dropped.
+enum Reader<'a> {
+    Pooled(&'a SqliteRepository, Option<Connection>),
+    Writer(std::sync::MutexGuard<'a, Connection>),
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            Reader::Pooled(_, c) => c.as_ref().expect("held until dropped"),
+            Reader::Writer(g) => g,
+        }
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Reader::Pooled(repo, c) = self {
+            if let Some(c) = c.take() {
+                let mut idle = repo.readers.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE_READERS {
+                    idle.push(c);
+                }
+            }
+        }
+    }
+}
+
+/// Read connections kept open for reuse.
+const MAX_IDLE_READERS: usize = 8;
 
 /// How long a command waits for another to release the catalog.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -322,7 +362,12 @@ impl SqliteRepository {
     /// up to date.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path).map_err(db("open the database"))?;
-        Self::setup(conn, &path.display().to_string())
+        Self::setup(conn, &path.display().to_string()).map(|r| r.with_path(path))
+    }
+
+    fn with_path(mut self, path: &Path) -> Self {
+        self.path = Some(path.to_path_buf());
+        self
     }
 
     /// Open the catalog of an existing vault. A file that is empty,
@@ -350,7 +395,7 @@ impl SqliteRepository {
             Ok((version, ours))
         };
         match check() {
-            Ok((v, true)) if v >= 1 => Self::setup(conn, &path.display().to_string()),
+            Ok((v, true)) if v >= 1 => Self::setup(conn, &path.display().to_string()).map(|r| r.with_path(path)),
             Ok(_) => Err(not("it holds no Custos schema".into())),
             Err(e)
                 if matches!(
@@ -390,11 +435,27 @@ impl SqliteRepository {
             tx.pragma_update(None, "user_version", i as i64 + 1).map_err(db("record the schema version"))?;
             tx.commit().map_err(db("commit a migration"))?;
         }
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), path: None, readers: Mutex::new(Vec::new()) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection for one read outside any transaction of the writer's.
+    /// Each statement reads the last committed state.
+    fn reader(&self) -> Result<Reader<'_>> {
+        let Some(path) = &self.path else { return Ok(Reader::Writer(self.conn())) };
+        if let Some(c) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(Reader::Pooled(self, Some(c)));
+        }
+        let c = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db("open a read connection"))?;
+        c.busy_timeout(BUSY_TIMEOUT).map_err(db("set the busy timeout"))?;
+        Ok(Reader::Pooled(self, Some(c)))
     }
 
     /// Run a query and collect every row.
@@ -405,7 +466,7 @@ impl SqliteRepository {
         params: P,
         row: impl FnMut(&Row) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(sql).map_err(db(action))?;
         let rows = stmt.query_map(params, row).map_err(db(action))?;
         rows.collect::<rusqlite::Result<_>>().map_err(db(action))
@@ -415,6 +476,23 @@ impl SqliteRepository {
     pub fn schema_version() -> i64 {
         MIGRATIONS.len() as i64
     }
+}
+
+fn principal_from_row(r: &Row) -> rusqlite::Result<PrincipalRecord> {
+    let roles: String = r.get(1)?;
+    Ok(PrincipalRecord {
+        name: r.get(0)?,
+        roles: roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| Role::parse(s).ok_or_else(|| corrupt(format!("role {s}"))))
+            .collect::<rusqlite::Result<_>>()?,
+        credential: r.get(2)?,
+        disabled: r.get(3)?,
+        created_at: from_ts(r.get(4)?)?,
+        data_grants: Vec::new(),
+        key_grants: Vec::new(),
+    })
 }
 
 const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow";
@@ -743,9 +821,9 @@ fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
 
 impl Repository for SqliteRepository {
     fn setting(&self, key: &str) -> Result<Option<String>> {
-        self.conn()
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
+        self.reader()?
+            .prepare_cached("SELECT value FROM settings WHERE key = ?1")
+            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
             .map_err(db("read a setting"))
     }
 
@@ -781,9 +859,9 @@ impl Repository for SqliteRepository {
     }
 
     fn key(&self, label: &KeyLabel) -> Result<Option<KeyRecord>> {
-        self.conn()
-            .query_row(&format!("SELECT {KEY_COLS} FROM keys WHERE label = ?1"), [label.as_str()], key_from_row)
-            .optional()
+        self.reader()?
+            .prepare_cached(&format!("SELECT {KEY_COLS} FROM keys WHERE label = ?1"))
+            .and_then(|mut st| st.query_row([label.as_str()], key_from_row).optional())
             .map_err(db("read a key"))
     }
 
@@ -1657,7 +1735,27 @@ impl Repository for SqliteRepository {
     }
 
     fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>> {
-        Ok(self.principals()?.into_iter().find(|p| p.name == name))
+        let found = self.query_all(
+            "read a user",
+            "SELECT name, role, credential, disabled, created_at FROM principals WHERE name = ?1",
+            [name],
+            principal_from_row,
+        )?;
+        let Some(mut p) = found.into_iter().next() else { return Ok(None) };
+        let grants: Vec<(String, String)> = self.query_all(
+            "read a user's grants",
+            "SELECT kind, pattern FROM grants WHERE principal = ?1 ORDER BY kind, pattern",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        for (kind, pat) in grants {
+            let pat = Pattern::new(pat).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
+            match kind.as_str() {
+                "data" => p.data_grants.push(pat),
+                _ => p.key_grants.push(pat),
+            }
+        }
+        Ok(Some(p))
     }
 
     fn principals(&self) -> Result<Vec<PrincipalRecord>> {
@@ -1665,22 +1763,7 @@ impl Repository for SqliteRepository {
             "list users",
             "SELECT name, role, credential, disabled, created_at FROM principals ORDER BY name",
             [],
-            |r| {
-                let roles: String = r.get(1)?;
-                Ok(PrincipalRecord {
-                    name: r.get(0)?,
-                    roles: roles
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(|s| Role::parse(s).ok_or_else(|| corrupt(format!("role {s}"))))
-                        .collect::<rusqlite::Result<_>>()?,
-                    credential: r.get(2)?,
-                    disabled: r.get(3)?,
-                    created_at: from_ts(r.get(4)?)?,
-                    data_grants: Vec::new(),
-                    key_grants: Vec::new(),
-                })
-            },
+            principal_from_row,
         )?;
         let grants: Vec<(String, String, String)> = self.query_all(
             "list grants",
@@ -1748,9 +1831,9 @@ impl Repository for SqliteRepository {
 
     fn destroy_after(&self, label: &KeyLabel) -> Result<Option<Timestamp>> {
         let at: Option<Option<i64>> = self
-            .conn()
-            .query_row("SELECT destroy_after FROM keys WHERE label = ?1", [label.as_str()], |r| r.get(0))
-            .optional()
+            .reader()?
+            .prepare_cached("SELECT destroy_after FROM keys WHERE label = ?1")
+            .and_then(|mut st| st.query_row([label.as_str()], |r| r.get(0)).optional())
             .map_err(db("read a key's destruction schedule"))?;
         at.flatten().map(from_ts).transpose().map_err(db("read a key's destruction schedule"))
     }

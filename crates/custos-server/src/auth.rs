@@ -71,6 +71,33 @@ impl Authenticator {
         Err(AuthError::Missing)
     }
 
+    /// The caller, when that needs no credential check now: a credential
+    /// verified within the last minutes, or a pinned client certificate.
+    /// `None` means [`Auth::caller`] must decide (it may be slow).
+    pub fn remembered(
+        &self,
+        engine: &Engine,
+        authorization: Option<&str>,
+        cert_principal: Option<&str>,
+    ) -> Option<Caller> {
+        match (authorization, cert_principal) {
+            (Some(header), _) => {
+                let (user, secret) = parse_basic(header)?;
+                let tag = self.tag(&user, &secret);
+                let fresh = {
+                    let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                    seen.get(&tag).is_some_and(|(u, at)| *u == user && at.elapsed() < REMEMBER)
+                };
+                if !fresh {
+                    return None;
+                }
+                engine.vault().user(&user).ok().filter(|p| !p.disabled).map(Caller::Principal)
+            }
+            (None, Some(_)) => self.caller(engine, None, cert_principal).ok(),
+            (None, None) => None,
+        }
+    }
+
     fn login(&self, engine: &Engine, user: &str, secret: zeroize::Zeroizing<Vec<u8>>) -> Result<Caller, AuthError> {
         let tag = self.tag(user, &secret);
         let remembered = {
