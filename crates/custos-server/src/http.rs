@@ -15,7 +15,7 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use custos_core::model::{DatasetName, KeyLabel, VolumeName};
 use custos_ops::{Caller, Code, Engine, Io, Operation, Outcome};
-use futures_util::TryStreamExt;
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -211,12 +211,24 @@ async fn put_dataset(
     let op = Operation::DsPut { name, key: q.key, volume: q.volume };
     let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let c2 = counted.clone();
-    let stream = body.into_data_stream().map_ok(move |b: Bytes| {
-        c2.fetch_add(b.len() as u64, Ordering::Relaxed);
-        b
+    // The body is drained by a task of its own into a bounded queue, so the
+    // connection keeps reading and decrypting while the engine seals what
+    // came before (hyper reads a request body only while it is polled).
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(QUEUED_FRAMES);
+    tokio::spawn(async move {
+        let mut frames = body.into_data_stream();
+        while let Some(f) = futures_util::StreamExt::next(&mut frames).await {
+            let f = f.map(|b| {
+                c2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                b
+            });
+            let stop = f.is_err();
+            if tx.send(f.map_err(std::io::Error::other)).await.is_err() || stop {
+                break;
+            }
+        }
     });
-    let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
-    let mut reader = tokio_util::io::SyncIoBridge::new(Box::pin(reader));
+    let mut reader = QueueReader { rx, current: Bytes::new() };
     let started = Instant::now();
     let s2 = s.clone();
     let r =
@@ -271,23 +283,24 @@ async fn stream_out(
             }
         };
     }
-    let (w, r) = tokio::io::duplex(1 << 20);
+    let (w, mut r) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_FRAMES);
     let started = Instant::now();
     let s2 = s.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     tokio::task::spawn_blocking(move || {
-        let mut writer = tokio_util::io::SyncIoBridge::new(w);
+        let mut writer = QueueWriter { tx: w, buf: bytes::BytesMut::new() };
         let r = s2.engine.execute(&who, op, Io { input: None, output: Some(&mut writer) });
         let ok = r.is_ok();
         s2.metrics.record(action, started.elapsed(), ok);
-        let _ = std::io::Write::flush(&mut writer);
+        let flushed = std::io::Write::flush(&mut writer);
         drop(writer);
-        let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+        let r = r.map(|_| ()).map_err(|e| e.to_string());
+        let _ = tx.send(r.and_then(|()| flushed.map_err(|e| e.to_string())));
     });
     let m = s.clone();
-    let bytes = tokio_util::io::ReaderStream::with_capacity(r, 1 << 20).map_ok(move |b| {
+    let bytes = futures_util::stream::poll_fn(move |cx| r.poll_recv(cx)).map(move |b| {
         m.metrics.bytes(0, b.len() as u64);
-        b
+        Ok::<Bytes, std::io::Error>(b)
     });
     // After the last byte, the engine's verdict: an error ends the body
     // abnormally, so a client never mistakes a cut stream for the whole.
@@ -421,5 +434,69 @@ async fn key_service(
     match r {
         Ok(o) => axum::Json(o.reply.json()).into_response(),
         Err(e) => error(&e),
+    }
+}
+
+/// Frames queued between a connection and the engine, each direction.
+const QUEUED_FRAMES: usize = 16;
+/// The most bytes an engine write gathers before it is queued.
+const FRAME_BYTES: usize = 1 << 20;
+
+/// The engine's input: request body frames from the queue.
+struct QueueReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl std::io::Read for QueueReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(frame) => self.current = frame?,
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// The engine's output: gathered into frames of up to [`FRAME_BYTES`] and
+/// queued for the response body; a client that went away is a broken pipe.
+struct QueueWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: bytes::BytesMut,
+}
+
+impl QueueWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let frame = self.buf.split().freeze();
+        self.tx
+            .blocking_send(frame)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client stopped reading"))
+    }
+}
+
+impl std::io::Write for QueueWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < data.len() && !self.buf.is_empty() {
+            self.send()?;
+        }
+        if self.buf.is_empty() {
+            self.buf.reserve(FRAME_BYTES.max(data.len()));
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= FRAME_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
     }
 }
