@@ -218,9 +218,8 @@ async fn put_dataset(
     tokio::spawn(async move {
         let mut frames = body.into_data_stream();
         while let Some(f) = futures_util::StreamExt::next(&mut frames).await {
-            let f = f.map(|b| {
+            let f = f.inspect(|b| {
                 c2.fetch_add(b.len() as u64, Ordering::Relaxed);
-                b
             });
             let stop = f.is_err();
             if tx.send(f.map_err(std::io::Error::other)).await.is_err() || stop {
