@@ -32,17 +32,11 @@ export CUSTOS_VAULT="$work/vault" CUSTOS_PASSPHRASE="bench-passphrase-not-secret
 bench_vault
 "$custos" key create DSET.PRIM.KS.key001 --activate >/dev/null
 
-now() { date +%s.%N; }
 elapsed() { echo "$2 - $1" | bc -l; }
 gbps() { printf '%.2f' "$(echo "1073741824 / $1 / 1000000000" | bc -l)"; }
 
-# Embedded.
-t0=$(now); "$custos" ds put EMB.BIG "$src" >/dev/null; t1=$(now); emb_put=$(elapsed "$t0" "$t1")
-t0=$(now); "$custos" ds get EMB.BIG -o "$work/out.bin" 2>/dev/null; t1=$(now); emb_get=$(elapsed "$t0" "$t1")
-rm -f "$work/out.bin"
-t0=$(now); for i in $(seq 20); do "$custos" ds info EMB.BIG >/dev/null; done; t1=$(now)
-emb_meta=$(echo "($t1 - $t0) / 20 * 1000" | bc -l)
-
+now() { date +%s.%N; }
+median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
 # The server: TLS material for localhost, a configuration, and the server.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
   -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
@@ -70,10 +64,29 @@ trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -S "$work/custos.sock" ] && break; sleep 0.1; done
 client=(env -u CUSTOS_PASSPHRASE -u CUSTOS_VAULT "$custos" --server "https://localhost:$port" --ca "$work/ca.pem")
 
-t0=$(now); "${client[@]}" ds put SRV.BIG "$src" >/dev/null; t1=$(now); srv_put=$(elapsed "$t0" "$t1")
-t0=$(now); "${client[@]}" ds get SRV.BIG -o "$work/out.bin" 2>/dev/null; t1=$(now); srv_get=$(elapsed "$t0" "$t1")
-cmp -s "$src" "$work/out.bin" || { echo "the server's read differs from what was written" >&2; exit 1; }
-rm -f "$work/out.bin"
+# Three rounds, embedded and server alternating, the disk settled (sync,
+# untimed) before each step; the medians are reported. CPU seconds of the
+# server and of each client process are counted for the puts.
+cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+ticks() { /usr/bin/time -f '%U %S' "$@" 2>&1 >/dev/null | tail -1 | awk '{print $1 + $2}'; }
+declare -a ep sp eg sg epc spc sps
+for round in 1 2 3; do
+  sync; t0=$(now); c=$(ticks "$custos" ds put "EMB.R$round" "$src"); t1=$(now)
+  ep+=("$(elapsed "$t0" "$t1")"); epc+=("$c")
+  sync; a=$(cpu $server); t0=$(now); c=$(ticks "${client[@]}" ds put "SRV.R$round" "$src"); t1=$(now); b=$(cpu $server)
+  sp+=("$(elapsed "$t0" "$t1")"); spc+=("$c"); sps+=("$(echo "$b - $a" | bc -l)")
+  sync; t0=$(now); "$custos" ds get "EMB.R$round" -o "$work/out.bin" 2>/dev/null; t1=$(now); eg+=("$(elapsed "$t0" "$t1")")
+  rm -f "$work/out.bin"
+  sync; t0=$(now); "${client[@]}" ds get "SRV.R$round" -o "$work/out.bin" 2>/dev/null; t1=$(now); sg+=("$(elapsed "$t0" "$t1")")
+  cmp -s "$src" "$work/out.bin" || { echo "the server's read differs from what was written" >&2; exit 1; }
+  rm -f "$work/out.bin"
+  "$custos" ds rm "EMB.R$round" >/dev/null; "${client[@]}" ds rm "SRV.R$round" >/dev/null
+done
+emb_put=$(median "${ep[@]}"); srv_put=$(median "${sp[@]}"); emb_get=$(median "${eg[@]}"); srv_get=$(median "${sg[@]}")
+emb_put_cpu=$(median "${epc[@]}"); srv_put_client=$(median "${spc[@]}"); srv_put_server=$(median "${sps[@]}")
+"${client[@]}" ds put SRV.BIG "$src" >/dev/null
+t0=$(now); for i in $(seq 20); do "$custos" ds info SRV.BIG >/dev/null; done; t1=$(now)
+emb_meta=$(echo "($t1 - $t0) / 20 * 1000" | bc -l)
 
 auth="Basic $(printf '%s:%s' "$CUSTOS_USER" "$CUSTOS_CREDENTIAL" | base64 -w0)"
 plain=$(head -c 1024 /dev/urandom | base64 -w0)
@@ -107,12 +120,14 @@ sec="$work/section.md"
 {
   echo "<!-- server:begin -->"
   echo "Measured $(date -u +%Y-%m-%d) on this machine ($cpus cores) by \`bench/server.sh\`; 1 GiB of"
-  echo "random data, page cache warm, release build, server and client on one machine over loopback TLS 1.3."
+  echo "random data, page cache warm, release build, server and client on one machine over loopback TLS 1.3;"
+  echo "medians of three rounds (embedded and server alternating, \`sync\` before each step)."
   echo
   echo "| what | embedded | through the server | ratio |"
   echo "|---|---|---|---|"
   echo "| ds put 1 GiB | $(printf '%.2f' "$emb_put") s ($(gbps "$emb_put") GB/s) | $(printf '%.2f' "$srv_put") s ($(gbps "$srv_put") GB/s) | $(printf '%.2f' "$(echo "$emb_put / $srv_put" | bc -l)") |"
   echo "| ds get 1 GiB | $(printf '%.2f' "$emb_get") s ($(gbps "$emb_get") GB/s) | $(printf '%.2f' "$srv_get") s ($(gbps "$srv_get") GB/s) | $(printf '%.2f' "$(echo "$emb_get / $srv_get" | bc -l)") |"
+  echo "| CPU for one put | $(printf '%.2f' "$emb_put_cpu") core-s | $(printf '%.2f' "$srv_put_client") (client) + $(printf '%.2f' "$srv_put_server") (server) core-s | |"
   echo "| a metadata command (ds info) | $(printf '%.1f' "$emb_meta") ms per command (process, token check, catalog) | $info_avg mean per request, one connection ($info_rps req/s) | |"
   echo
   echo "Key service, \`encrypt\` of 1 KiB, 32 keep-alive connections for 20 s (wrk):"
