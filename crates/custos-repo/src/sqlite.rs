@@ -285,6 +285,16 @@ pub struct SqliteRepository {
     readers: Mutex<Vec<Connection>>,
 }
 
+impl Drop for SqliteRepository {
+    /// Readers close first, so that the writer is the last connection to
+    /// close: SQLite then checkpoints the WAL into `custos.db` and removes
+    /// it (a read-only connection closing last could not), and a clean exit
+    /// leaves the catalog in one file, as before readers existed.
+    fn drop(&mut self) {
+        self.readers.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
 /// A read-only connection from the pool (or the writer, in memory), put
 /// back when dropped.
 enum Reader<'a> {
@@ -2186,6 +2196,26 @@ mod tests {
         crate::conformance::run(&SqliteRepository::open(&p).unwrap());
         let again = SqliteRepository::open(&p).unwrap();
         assert!(!again.keys().unwrap().is_empty(), "data survives reopening");
+    }
+
+    #[test]
+    fn a_closed_repository_leaves_its_catalog_in_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("custos.db");
+        let repo = SqliteRepository::open(&p).unwrap();
+        repo.set_setting("written", "yes").unwrap();
+        // Reads went through read-only connections, still open in the pool.
+        assert_eq!(repo.setting("written").unwrap().as_deref(), Some("yes"));
+        assert!(repo.keys().unwrap().is_empty());
+        drop(repo);
+        assert!(!dir.path().join("custos.db-wal").exists(), "the WAL was checkpointed and removed on close");
+        let alone = dir.path().join("copy.db");
+        std::fs::copy(&p, &alone).unwrap();
+        let v: String = Connection::open(&alone)
+            .unwrap()
+            .query_row("SELECT value FROM settings WHERE key = 'written'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, "yes", "custos.db alone holds what was written");
     }
 
     #[test]
