@@ -198,16 +198,41 @@ impl<S: VaultState> Vault<S> {
     /// The next label for an application and purpose under the naming standard.
     pub fn next_label(&self, app: &str, purpose: Purpose) -> Result<KeyLabel> {
         let ns = self.naming()?;
+        let at = (ns.template().to_string(), app.to_string(), purpose);
+        let known = self.labels.lock().unwrap_or_else(|e| e.into_inner()).get(&at).copied();
+        // The sequence this process saw last: the labels after it are
+        // probed one by one (keys are made in sequence, so the next free one
+        // is usually the first or second probed). Only when several in a row
+        // are taken (another process made many) is every label read.
+        if let Some(mut seq) = known {
+            for _ in 0..8 {
+                let Some(next) = seq.checked_add(1) else { break };
+                let label = KeyLabel::new(ns.label(purpose, app, next))?;
+                if self.repo.key(&label)?.is_none() {
+                    self.labels.lock().unwrap_or_else(|e| e.into_inner()).insert(at, seq);
+                    return Ok(label);
+                }
+                seq = next;
+            }
+        }
         let max = self
             .repo
-            .keys()?
+            .key_labels()?
             .iter()
-            .filter_map(|k| ns.parse(k.label.as_str()).ok())
+            .filter_map(|l| ns.parse(l.as_str()).ok())
             .filter(|p| p.app == app && p.purpose == purpose)
             .map(|p| p.seq)
             .max()
             .unwrap_or(0);
-        let label = ns.label(purpose, app, max + 1);
+        self.labels.lock().unwrap_or_else(|e| e.into_inner()).insert(at, max);
+        let label = ns.label(
+            purpose,
+            app,
+            max.checked_add(1).ok_or_else(|| Error::Invalid {
+                what: "key label",
+                why: format!("application {app}'s sequence is exhausted: name the key explicitly"),
+            })?,
+        );
         ns.parse(&label)?;
         Ok(KeyLabel::new(label)?)
     }

@@ -54,7 +54,14 @@ pub struct Vault<S: VaultState> {
     /// Audit entries and key uses from every thread sharing this vault,
     /// written in group commits.
     pub(crate) journal: Arc<crate::audit::Journal>,
+    /// The highest sequence number known taken per naming template,
+    /// application and purpose, so that naming a new key costs a lookup or
+    /// two, not a scan of every key (see `Vault::next_label`).
+    pub(crate) labels: Arc<std::sync::Mutex<LabelSeqs>>,
 }
+
+/// (naming template, application, purpose) → highest sequence seen taken.
+pub(crate) type LabelSeqs = std::collections::HashMap<(String, String, custos_model::Purpose), u32>;
 
 /// Which HSM a vault uses.
 #[derive(Debug)]
@@ -148,6 +155,7 @@ impl Vault<Sealed> {
             state: Sealed,
             threads: crate::default_threads(),
             journal: Default::default(),
+            labels: Default::default(),
         };
         let default = VolumeName::new("default")?;
         vault.add_volume(&NewVolume {
@@ -178,6 +186,7 @@ impl Vault<Sealed> {
             state: Sealed,
             threads: crate::default_threads(),
             journal: Default::default(),
+            labels: Default::default(),
         };
         v.adopt_older_layout()?;
         Ok(v)
@@ -220,7 +229,14 @@ impl Vault<Sealed> {
 
     /// Open with any HSM implementation (PKCS#11, or a test double).
     pub fn with_hsm(self, hsm: Box<dyn Hsm>) -> Vault<Open> {
-        Vault { dir: self.dir, repo: self.repo, state: Open { hsm }, threads: self.threads, journal: self.journal }
+        Vault {
+            dir: self.dir,
+            repo: self.repo,
+            state: Open { hsm },
+            threads: self.threads,
+            journal: self.journal,
+            labels: self.labels,
+        }
     }
 }
 
@@ -246,7 +262,14 @@ impl Vault<Sealed> {
 impl Vault<Open> {
     /// Close the HSM again.
     pub fn seal(self) -> Vault<Sealed> {
-        Vault { dir: self.dir, repo: self.repo, state: Sealed, threads: self.threads, journal: self.journal }
+        Vault {
+            dir: self.dir,
+            repo: self.repo,
+            state: Sealed,
+            threads: self.threads,
+            journal: self.journal,
+            labels: self.labels,
+        }
     }
 
     pub fn hsm(&self) -> &dyn Hsm {
@@ -264,6 +287,7 @@ impl<S: VaultState> Vault<S> {
             state: Sealed,
             threads: self.threads,
             journal: self.journal.clone(),
+            labels: self.labels.clone(),
         }
     }
 

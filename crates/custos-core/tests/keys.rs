@@ -178,3 +178,44 @@ fn tampered_keystore_record_is_caught_by_its_check_value() {
     let e = t.get("KCV.A").unwrap_err();
     assert!(matches!(e, Error::KeyMismatch { .. }) && e.to_string().contains(a.as_str()), "{e}");
 }
+
+/// Naming a key remembers the application's sequence (so it costs a lookup
+/// or two, not a scan of every key), and still never hands out a label
+/// another process took meanwhile: a few are probed past, many send it back
+/// to reading every label.
+#[test]
+fn next_label_skips_what_another_process_took() {
+    let t = vault();
+    assert_eq!(new_key(&t, "SEQ").as_str(), "DSET.PRIM.SEQ.key001");
+    let other = Vault::open(&t.path).unwrap().unseal(&pass()).unwrap();
+    let other_key = || {
+        other
+            .create_key(&NewKey {
+                label: None,
+                app: Some("SEQ".into()),
+                purpose: Purpose::Prim,
+                expires_at: None,
+                activate: false,
+            })
+            .unwrap()
+            .label
+    };
+    assert_eq!(other_key().as_str(), "DSET.PRIM.SEQ.key002");
+    assert_eq!(new_key(&t, "SEQ").as_str(), "DSET.PRIM.SEQ.key003", "probed past one taken");
+    for _ in 0..20 {
+        other_key();
+    }
+    assert_eq!(new_key(&t, "SEQ").as_str(), "DSET.PRIM.SEQ.key024", "twenty taken: every label read again");
+    // A label named by hand past the sequence is seen by a fresh process.
+    t.vault
+        .create_key(&NewKey {
+            label: Some(label("DSET.PRIM.SEQ.key100")),
+            app: None,
+            purpose: Purpose::Prim,
+            expires_at: None,
+            activate: false,
+        })
+        .unwrap();
+    let fresh = Vault::open(&t.path).unwrap().unseal(&pass()).unwrap();
+    assert_eq!(fresh.next_label("SEQ", Purpose::Prim).unwrap().as_str(), "DSET.PRIM.SEQ.key101");
+}

@@ -111,6 +111,10 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(got.escrow, k.escrow, "destroying the keystore copy keeps the escrow copy");
     assert!(matches!(repo.update_key(&key("NO.SUCH.KEY")), Err(RepoError::NotFound { .. })));
     repo.insert_key(&key("DSET.PRIM.APP.key002")).unwrap();
+    assert_eq!(
+        repo.key_labels().unwrap().iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+        ["DSET.PRIM.APP.key001", "DSET.PRIM.APP.key002"]
+    );
     repo.record_key_use(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap();
     repo.record_key_use(&KeyLabel::new("DSET.PRIM.APP.key002").unwrap()).unwrap();
     let k2 = KeyLabel::new("DSET.PRIM.APP.key002").unwrap();

@@ -181,6 +181,8 @@ pub trait Repository: Send + Sync {
     /// leaves every key with its previous escrow copy.
     /// Its custodians' sealed shares are stored in the same transaction.
     fn insert_kbk(&self, rec: &KbkRecord, escrows: &[(KeyLabel, EscrowCopy)], shares: &[SealedShare]) -> Result<()>;
+    /// Every key label, in order (the labels alone: cheap to list).
+    fn key_labels(&self) -> Result<Vec<KeyLabel>>;
     /// All key-backup keys, oldest first (the last is the one in use).
     fn kbks(&self) -> Result<Vec<KbkRecord>>;
     /// A key-backup key's sealed shares, by custodian.

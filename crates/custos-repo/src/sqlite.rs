@@ -875,6 +875,12 @@ impl Repository for SqliteRepository {
             .map_err(db("read a key"))
     }
 
+    fn key_labels(&self) -> Result<Vec<KeyLabel>> {
+        self.query_all("list key labels", "SELECT label FROM keys ORDER BY label", [], |r| {
+            KeyLabel::new(r.get::<_, String>(0)?).map_err(|e| corrupt(e.to_string()))
+        })
+    }
+
     fn keys(&self) -> Result<Vec<KeyRecord>> {
         self.query_all("list keys", &format!("SELECT {KEY_COLS} FROM keys ORDER BY label"), [], key_from_row)
     }
