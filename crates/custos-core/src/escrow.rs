@@ -101,6 +101,34 @@ impl<S: VaultState> Vault<S> {
         })
     }
 
+    /// Check a share against the digest kept beside the share sealed to its
+    /// custodian: only the very share that was sealed to them passes. (A
+    /// key-backup key made before shares were sealed has no digests; its
+    /// shares are checked when they are combined.)
+    pub fn escrow_share_check(&self, share: &ShareFile) -> Result<()> {
+        let Some(sealed) = self.repo.escrow_shares(&share.kbk)?.into_iter().find(|s| s.custodian == share.custodian)
+        else {
+            if self.repo.escrow_shares(&share.kbk)?.is_empty() {
+                return Ok(());
+            }
+            return Err(Error::Invalid {
+                what: "escrow share",
+                why: format!("{} holds no share of {}", share.custodian, share.kbk),
+            });
+        };
+        let digest = crate::share_confirmation(share);
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&sealed.confirm, &digest).is_err() {
+            return Err(Error::Invalid {
+                what: "escrow share",
+                why: format!(
+                    "the share given as {}'s is not the one sealed to {} for {}",
+                    share.custodian, share.custodian, share.kbk
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Record that `custodian` opened their share of `kbk`: `confirm` is
     /// [`crate::share_confirmation`] of the opened share.
     pub fn escrow_confirm(&self, custodian: &str, kbk: &str, confirm: &[u8; 32]) -> Result<SealedShare> {
@@ -264,6 +292,9 @@ impl Vault<Open> {
                     s.custodian, s.kbk, kbk.id
                 ),
             });
+        }
+        for s in shares {
+            self.escrow_share_check(s)?;
         }
         let pieces: Vec<Share> = shares.iter().map(|s| s.share.clone()).collect();
         let need = || Error::Invalid {

@@ -87,6 +87,11 @@ fn example_1_key_lost_years_ago_comes_back_through_escrow_only() {
     // One share is not enough; two custodians are.
     let e = t.vault.recover_from_escrow(&rare, &shares[1..2]).unwrap_err();
     assert!(e.to_string().contains("needs 2 distinct shares"), "{e}");
+    // A share altered (or made up) under a custodian's name is not theirs.
+    let mut forged = shares[2].clone_share();
+    forged.share.y[0] ^= 1;
+    let e = t.vault.recover_from_escrow(&rare, &[forged, shares[0].clone_share()]).unwrap_err();
+    assert!(e.to_string().contains("is not the one sealed to carol"), "{e}");
     let r = t.vault.recover_from_escrow(&rare, &[shares[2].clone_share(), shares[0].clone_share()]).unwrap();
     assert!(matches!(r, Recovered::Restored { .. }));
     assert_eq!(t.get("ARCHIVE.Y2019").unwrap(), archive, "the data reads back byte for byte");

@@ -362,6 +362,7 @@ impl Engine {
             // On a server an escrow recovery gathers one share per custodian,
             // each given by that custodian: it is always a request.
             if let (Mode::Server, Operation::EscrowRecover { label, shares }) = (self.mode, &op) {
+                self.forget_stale_contributions();
                 let given = match self.own_shares(p, label, shares) {
                     Ok(g) => g,
                     Err(e) => return refuse(e),
@@ -411,10 +412,17 @@ impl Engine {
         if !op.audited_once() {
             audit("intent")?;
         }
+        let decides = matches!(
+            op,
+            Operation::RequestApprove { .. } | Operation::RequestDeny { .. } | Operation::RequestWithdraw { .. }
+        );
         let result = match op {
             Operation::RequestApprove { id, shares } => self.approve(who, id, shares, &mut io),
             op => crate::run::run(self, who, op, &mut io),
         };
+        if decides {
+            self.forget_stale_contributions();
+        }
         match &result {
             Ok(reply) => match reply.failure() {
                 Some(f) => audit(&format!("failed: {}", f.message))?,
@@ -468,6 +476,17 @@ impl Engine {
         Ok((stored, token))
     }
 
+    /// Forget shares given towards requests that are no longer pending
+    /// (denied, withdrawn, expired), so no clear share outlives its request
+    /// by more than the next escrow recovery or decision.
+    fn forget_stale_contributions(&self) {
+        let mut all = self.contributions.lock().unwrap_or_else(|e| e.into_inner());
+        if all.is_empty() {
+            return;
+        }
+        all.retain(|id, _| self.vault.request(*id).is_ok_and(|r| r.state == "pending"));
+    }
+
     /// The shares `me` gives towards recovering `label`, which must all be
     /// `me`'s own and belong to the key-backup key that key is escrowed to.
     fn own_shares(&self, me: &PrincipalRecord, label: &KeyLabel, texts: &[SecretText]) -> Result<Vec<ShareFile>> {
@@ -496,6 +515,7 @@ impl Engine {
             if out.iter().any(|o| o.custodian == f.custodian) {
                 return Err(Error::Usage(format!("share {} is given twice", i + 1)));
             }
+            self.vault.escrow_share_check(&f)?;
             out.push(f);
         }
         Ok(out)
@@ -540,14 +560,16 @@ impl Engine {
                     let names: Vec<String> = given.iter().map(|s| s.custodian.clone()).collect();
                     return Ok(Reply::Contributed { request: RequestView::new(&row), given: names, need });
                 }
-                let texts = given.iter().map(|f| SecretText::new(f.encode().to_string())).collect();
-                all.remove(&id);
-                *s = texts;
+                *s = given.iter().map(|f| SecretText::new(f.encode().to_string())).collect();
             } else {
                 *s = shares;
             }
         }
         let decided = self.vault.request_decide(id, &me.name, true)?;
+        // Decided: the shares given towards it leave the server's memory
+        // once this run ends (a refused decision keeps them for the next
+        // approver).
+        self.contributions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let out = crate::run::run(self, who, op, io);
         self.vault.request_finish(
             id,
