@@ -197,6 +197,7 @@ impl<S: VaultState> Vault<S> {
             return Ok(None);
         }
         let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
+        let since = Timestamp::now();
         self.copy_generation_raw(&d, src.as_ref(), dst.as_ref(), to, false, |chunks, reused| {
             let mut rec = BackupRecord {
                 id: 0,
@@ -214,7 +215,7 @@ impl<S: VaultState> Vault<S> {
                 manifest_hash: g.manifest_hash,
                 created_at: Timestamp::now(),
             };
-            match self.repo.insert_backup(&rec, chunks, &[], None, reused) {
+            match self.repo.insert_backup(&rec, chunks, &[], None, reused, since) {
                 // A concurrent run recorded this very copy first.
                 Err(custos_repo::RepoError::Exists { kind: "backup", .. }) => Ok(None),
                 r => {
@@ -678,6 +679,8 @@ impl Vault<Open> {
     /// Make one planned logical copy and commit it.
     fn copy_logical(&self, plan: &LogicalPlan, to: &VolumeName) -> Result<BackupRecord> {
         let LogicalPlan { d, previous, back, new_key } = plan;
+        // Before any object of the target is looked at (see `GenerationCommit::since`).
+        let since = Timestamp::now();
         let (name, g, previous) = (&d.name, &d.current, previous.as_ref());
         let back_key = self.unwrap_for(back, KeyUse::Encrypt, name)?;
         let primary = self.key_record(&g.key_label)?;
@@ -780,7 +783,7 @@ impl Vault<Open> {
                     manifest_hash: object_hash(&sealed),
                     created_at,
                 };
-                match self.repo.insert_backup(&rec, &ids, &sources, new_key.as_ref(), &reused) {
+                match self.repo.insert_backup(&rec, &ids, &sources, new_key.as_ref(), &reused, since) {
                     Err(custos_repo::RepoError::Exists { kind: "key", .. }) if new_key.is_some() => {
                         // A concurrent run took this label for a BACK key of its own.
                         let _ = dst.delete_manifest(&copy_id, generation);

@@ -186,6 +186,8 @@ impl Vault<Open> {
 
     /// Write a new generation of a dataset from `input`.
     pub fn put(&self, name: &DatasetName, input: &mut dyn Read, opts: &PutOptions) -> Result<PutReport> {
+        // Before any object of the volume is looked at (see `GenerationCommit::since`).
+        let since = Timestamp::now();
         let existing = self.repo.dataset(name)?;
         let target = self.resolve_target(name, existing.as_ref(), opts)?;
         let key = self.unwrap_for(&target.key, KeyUse::Encrypt, name)?;
@@ -300,6 +302,7 @@ impl Vault<Open> {
                     chunks: chunks.iter().map(|c| c.id).collect(),
                     new_key: new_key.clone(),
                     reused: reused.clone(),
+                    since,
                 };
                 match self.repo.commit_generation(&commit) {
                     Err(RepoError::Exists { kind: "key", .. }) if new_key.is_some() => {

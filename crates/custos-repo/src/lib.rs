@@ -64,6 +64,11 @@ pub struct GenerationCommit {
     /// the generation's volume, so a concurrent removal cannot have freed
     /// one in the meantime.
     pub reused: Vec<ChunkId>,
+    /// When this writer began to look at or write the objects it lists. An
+    /// object deleted after that moment (by `gc`, which keeps a tombstone)
+    /// may be one it found stored and did not write again: the commit fails
+    /// with [`RepoError::Raced`] and the writer starts over.
+    pub since: jiff::Timestamp,
 }
 
 /// Objects a commit or removal left unreferenced, for the engine to delete
@@ -137,7 +142,7 @@ pub trait Repository: Send + Sync {
     /// than wrote: each must still be referenced on the backup's volume, or
     /// the insert fails with [`RepoError::Raced`]. A second record of the
     /// same copy object (volume, copy id, generation) fails with
-    /// [`RepoError::Exists`].
+    /// [`RepoError::Exists`]. `since` as for [`GenerationCommit::since`].
     fn insert_backup(
         &self,
         rec: &BackupRecord,
@@ -145,6 +150,7 @@ pub trait Repository: Send + Sync {
         sources: &[ChunkId],
         new_key: Option<&KeyRecord>,
         reused: &[ChunkId],
+        since: jiff::Timestamp,
     ) -> Result<u64>;
     /// All backups, oldest first.
     fn backups(&self) -> Result<Vec<BackupRecord>>;
@@ -231,8 +237,9 @@ pub trait Repository: Send + Sync {
     /// Move generation `generation` of a dataset from volume `from` (where it
     /// must be) to `to`, whose objects the caller has already written, and
     /// set the dataset's `migrated_from` mark; one transaction. Returns what
-    /// the move left unreferenced on `from`. `reused` as for
+    /// the move left unreferenced on `from`. `reused` and `since` as for
     /// [`Repository::insert_backup`], on `to`.
+    #[allow(clippy::too_many_arguments)] // one transaction's inputs, each checked in it
     fn move_generation(
         &self,
         id: &DatasetId,
@@ -241,6 +248,7 @@ pub trait Repository: Send + Sync {
         to: &VolumeName,
         migrated_from: Option<&VolumeName>,
         reused: &[ChunkId],
+        since: jiff::Timestamp,
     ) -> Result<Garbage>;
     /// Whether some generation, backup or snapshot on `vol` lists chunk `id`
     /// (so it was made durable before a commit recorded it).

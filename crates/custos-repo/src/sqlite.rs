@@ -704,8 +704,8 @@ fn to_trash(tx: &Transaction, g: &Garbage, claimed: bool) -> Result<()> {
         .prepare_cached(
             "INSERT INTO trash (volume, kind, object, generation, released_at, claimed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT DO UPDATE SET
-                 released_at = CASE WHEN claimed = 0 AND excluded.claimed = 1 THEN excluded.released_at ELSE released_at END,
-                 claimed = MAX(claimed, excluded.claimed)",
+                 released_at = CASE WHEN claimed = 3 OR (claimed = 0 AND excluded.claimed = 1) THEN excluded.released_at ELSE released_at END,
+                 claimed = CASE WHEN claimed = 3 THEN excluded.claimed ELSE MAX(claimed, excluded.claimed) END",
         )
         .map_err(db("put objects in the trash"))?;
     let now = ts(Timestamp::now());
@@ -725,6 +725,34 @@ fn forget(tx: &Transaction, g: &Garbage) -> Result<()> {
     Ok(())
 }
 
+/// After the objects of `g` were deleted from their volumes: their rows
+/// become tombstones (`claimed` 3) stamped with the time of deletion, so
+/// that a commit which found one of them stored before that moment (and
+/// lists it without having written it since) is refused rather than
+/// recording an object that is gone. See [`check_not_claimed`].
+fn bury(tx: &Transaction, g: &Garbage) -> Result<()> {
+    let mut up = tx
+        .prepare_cached(
+            "UPDATE trash SET claimed = 3, released_at = ?5 WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4",
+        )
+        .map_err(db("empty the trash"))?;
+    let now = ts(Timestamp::now());
+    for (vol, kind, object, generation) in trash_keys(g) {
+        up.execute(params![vol, kind, object, generation, now]).map_err(db("empty the trash"))?;
+    }
+    // Tombstones older than any copy runs are of no more use.
+    tx.execute(
+        "DELETE FROM trash WHERE claimed = 3 AND released_at < ?1",
+        [ts(Timestamp::now()) - TOMBSTONE_DAYS * 86_400_000_000],
+    )
+    .map_err(db("empty the trash"))?;
+    Ok(())
+}
+
+/// How long a deleted object's tombstone is kept: longer than any copy or
+/// write runs between looking at its objects and committing them.
+const TOMBSTONE_DAYS: i64 = 7;
+
 fn trash_from_row(r: &Row) -> rusqlite::Result<TrashEntry> {
     let volume: String = r.get(0)?;
     let kind: String = r.get(1)?;
@@ -742,29 +770,50 @@ fn trash_from_row(r: &Row) -> rusqlite::Result<TrashEntry> {
 /// A commit may not list an object a deleter has claimed (it is being, or
 /// has been, deleted); an unclaimed trash row of an object it lists is
 /// dropped, since the object is in use again.
-fn check_not_claimed(tx: &Transaction, vol: &str, objects: &Garbage, what: impl Fn() -> String) -> Result<()> {
+fn check_not_claimed(
+    tx: &Transaction,
+    vol: &str,
+    objects: &Garbage,
+    since: Timestamp,
+    what: impl Fn() -> String,
+) -> Result<()> {
     let mut claimed = tx
-        .prepare_cached("SELECT claimed FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4")
+        .prepare_cached(
+            "SELECT claimed, released_at FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4",
+        )
         .map_err(db("look in the trash"))?;
     let mut rescue = tx
         .prepare_cached("DELETE FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4")
         .map_err(db("look in the trash"))?;
     for (_, kind, object, generation) in trash_keys(objects) {
-        let row: Option<bool> = claimed
-            .query_row(params![vol, kind, object, generation], |r| r.get(0))
+        let row: Option<(i64, i64)> = claimed
+            .query_row(params![vol, kind, object, generation], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(db("look in the trash"))?;
         match row {
-            Some(true) => {
+            // Deleted before this writer looked: what it found or wrote
+            // came after, and stands.
+            Some((3, deleted_at)) if deleted_at < ts(since) => {
+                rescue
+                    .execute(params![vol, kind, object, generation])
+                    .map_err(db("take an object out of the trash"))?;
+            }
+            Some((3, _)) => {
+                return Err(RepoError::Raced {
+                    what: what(),
+                    why: format!("a {kind} it needs on volume {vol} was deleted by another command while it worked"),
+                })
+            }
+            Some((0, _)) => {
+                rescue
+                    .execute(params![vol, kind, object, generation])
+                    .map_err(db("take an object out of the trash"))?;
+            }
+            Some(_) => {
                 return Err(RepoError::Raced {
                     what: what(),
                     why: format!("a {kind} it needs on volume {vol} is being deleted by another command"),
                 })
-            }
-            Some(false) => {
-                rescue
-                    .execute(params![vol, kind, object, generation])
-                    .map_err(db("take an object out of the trash"))?;
             }
             None => {}
         }
@@ -1044,6 +1093,7 @@ impl Repository for SqliteRepository {
         sources: &[ChunkId],
         new_key: Option<&KeyRecord>,
         reused: &[ChunkId],
+        since: Timestamp,
     ) -> Result<u64> {
         let mut conn = self.conn();
         let tx = conn
@@ -1074,6 +1124,7 @@ impl Repository for SqliteRepository {
             &tx,
             b.volume.as_str(),
             &listed(b.volume.as_str(), chunks, (b.copy_id, b.generation))?,
+            since,
             what,
         )?;
         if let Some(k) = new_key {
@@ -1553,7 +1604,7 @@ impl Repository for SqliteRepository {
     fn trash(&self) -> Result<Vec<TrashEntry>> {
         self.query_all(
             "list the trash",
-            "SELECT volume, kind, object, generation, released_at, claimed FROM trash ORDER BY released_at, volume, object",
+            "SELECT volume, kind, object, generation, released_at, claimed FROM trash WHERE claimed != 3 ORDER BY released_at, volume, object",
             [],
             trash_from_row,
         )
@@ -1566,7 +1617,7 @@ impl Repository for SqliteRepository {
             .map_err(db("start claiming the trash"))?;
         let due: Vec<TrashEntry> = {
             let mut stmt = tx
-                .prepare("SELECT volume, kind, object, generation, released_at, claimed FROM trash WHERE released_at < ?1 OR claimed = 2")
+                .prepare("SELECT volume, kind, object, generation, released_at, claimed FROM trash WHERE (released_at < ?1 AND claimed IN (0, 1)) OR claimed = 2")
                 .map_err(db("read the trash"))?;
             let rows = stmt.query_map([ts(released_before)], trash_from_row).map_err(db("read the trash"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(db("read the trash"))?
@@ -1638,7 +1689,7 @@ impl Repository for SqliteRepository {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db("start emptying the trash"))?;
-        forget(&tx, gone)?;
+        bury(&tx, gone)?;
         tx.commit().map_err(db("commit emptying the trash"))
     }
 
@@ -1649,6 +1700,7 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)] // one transaction's inputs, each checked in it
     fn move_generation(
         &self,
         id: &DatasetId,
@@ -1657,6 +1709,7 @@ impl Repository for SqliteRepository {
         to: &VolumeName,
         migrated_from: Option<&VolumeName>,
         reused: &[ChunkId],
+        since: Timestamp,
     ) -> Result<Garbage> {
         let mut conn = self.conn();
         let tx =
@@ -1680,7 +1733,7 @@ impl Repository for SqliteRepository {
             "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2",
             params![&id.0[..], generation as i64],
         )?;
-        check_not_claimed(&tx, to.as_str(), &listed(to.as_str(), &moved, (*id, generation))?, what)?;
+        check_not_claimed(&tx, to.as_str(), &listed(to.as_str(), &moved, (*id, generation))?, since, what)?;
         tx.execute(
             "UPDATE datasets SET migrated_from = ?2 WHERE id = ?1",
             params![&id.0[..], migrated_from.map(|v| v.as_str())],
@@ -2106,6 +2159,7 @@ impl Repository for SqliteRepository {
             &tx,
             g.volume.as_str(),
             &listed(g.volume.as_str(), &c.chunks, (c.dataset_id, g.generation))?,
+            c.since,
             || c.name.to_string(),
         )?;
         if let Some(k) = &c.new_key {
