@@ -79,20 +79,37 @@ fn passphrase(file: Option<&Path>, confirm: bool) -> anyhow::Result<Passphrase> 
         let line = s.lines().next().unwrap_or("").to_string();
         return Ok(Passphrase::from(line));
     }
-    if let Ok(p) = std::env::var("CUSTOS_PASSPHRASE") {
+    secret_from_env_or_prompt(
+        "CUSTOS_PASSPHRASE",
+        "HSM passphrase: ",
+        "the HSM passphrase is needed: set CUSTOS_PASSPHRASE, pass --passphrase-file, or run in a terminal to be asked",
+        confirm,
+    )
+}
+
+/// A secret from the environment variable `var`, or asked for in a
+/// terminal (twice with `confirm`); `missing` says what to do otherwise.
+pub(crate) fn secret_from_env_or_prompt(
+    var: &str,
+    prompt: &str,
+    missing: &str,
+    confirm: bool,
+) -> anyhow::Result<Passphrase> {
+    if let Ok(p) = std::env::var(var) {
         return Ok(Passphrase::from(p));
     }
     if !std::io::stdin().is_terminal() {
-        bail!("the HSM passphrase is needed: set CUSTOS_PASSPHRASE, pass --passphrase-file, or run in a terminal to be asked");
+        bail!("{missing}");
     }
-    let p = rpassword::prompt_password("HSM passphrase: ").context("cannot read the passphrase")?;
+    let p = zeroize::Zeroizing::new(rpassword::prompt_password(prompt).context("cannot read the passphrase")?);
     if confirm {
-        let again = rpassword::prompt_password("Again: ").context("cannot read the passphrase")?;
+        let again =
+            zeroize::Zeroizing::new(rpassword::prompt_password("Again: ").context("cannot read the passphrase")?);
         if again != p {
             bail!("the two passphrases differ; nothing was created");
         }
     }
-    Ok(Passphrase::from(p))
+    Ok(Passphrase::from(p.to_string()))
 }
 
 fn pin(file: Option<&Path>, token: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {

@@ -89,15 +89,7 @@ impl<S: VaultState> Vault<S> {
     /// returns; appends from other threads at the same moment share its
     /// transaction (group commit).
     pub fn audit_append(&self, principal: &str, action: &str, object: &str, result: &str) -> Result<AuditRow> {
-        let row = AuditRow {
-            seq: 0,
-            at: Timestamp::now(),
-            principal: principal.into(),
-            action: action.into(),
-            object: object.into(),
-            result: result.into(),
-            hash: [0; 32],
-        };
+        let row = new_row(principal, action, object, result);
         self.journal_write(Some(row), None).map(|r| r.expect("an entry was appended"))
     }
 
@@ -146,15 +138,7 @@ impl<S: VaultState> Vault<S> {
         result: &str,
         then: Box<dyn FnOnce(std::result::Result<AuditRow, String>) + Send>,
     ) {
-        let row = AuditRow {
-            seq: 0,
-            at: Timestamp::now(),
-            principal: principal.into(),
-            action: action.into(),
-            object: object.into(),
-            result: result.into(),
-            hash: [0; 32],
-        };
+        let row = new_row(principal, action, object, result);
         Journal::start_writer(&self.journal, &self.repo);
         let j = &self.journal;
         let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,6 +289,19 @@ impl Vault<Open> {
             }
         }
         Ok(verdict(None))
+    }
+}
+
+/// An entry as it is queued: the journal gives it its place and hash.
+fn new_row(principal: &str, action: &str, object: &str, result: &str) -> AuditRow {
+    AuditRow {
+        seq: 0,
+        at: Timestamp::now(),
+        principal: principal.into(),
+        action: action.into(),
+        object: object.into(),
+        result: result.into(),
+        hash: [0; 32],
     }
 }
 

@@ -449,6 +449,9 @@ struct QueueReader {
 
 impl std::io::Read for QueueReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 None => return Ok(0),

@@ -3,7 +3,7 @@
 //! recovery); the vault or server only ever sees recipients, sealed shares
 //! and, for a recovery, one custodian's own share.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -80,17 +80,12 @@ pub fn keygen(custodian: &str, out: &Path, memory_mib: u32, iterations: u32) -> 
 
 /// The passphrase of a custodian key file: CUSTOS_CUSTODIAN_PASSPHRASE, or asked for.
 fn custodian_passphrase(file: &str, confirm: bool) -> anyhow::Result<Passphrase> {
-    if let Ok(p) = std::env::var("CUSTOS_CUSTODIAN_PASSPHRASE") {
-        return Ok(Passphrase::from(p));
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("the passphrase of the custodian key {file} is needed: set CUSTOS_CUSTODIAN_PASSPHRASE or run in a terminal to be asked");
-    }
-    let p = rpassword::prompt_password(format!("Passphrase for {file}: ")).context("cannot read the passphrase")?;
-    if confirm && rpassword::prompt_password("Again: ").context("cannot read the passphrase")? != p {
-        bail!("the two passphrases differ; nothing was created");
-    }
-    Ok(Passphrase::from(p))
+    crate::secret_from_env_or_prompt(
+        "CUSTOS_CUSTODIAN_PASSPHRASE",
+        &format!("Passphrase for {file}: "),
+        &format!("the passphrase of the custodian key {file} is needed: set CUSTOS_CUSTODIAN_PASSPHRASE or run in a terminal to be asked"),
+        confirm,
+    )
 }
 
 fn open_key(path: &Path) -> anyhow::Result<CustodianIdentity> {
