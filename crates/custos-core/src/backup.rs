@@ -197,7 +197,7 @@ impl<S: VaultState> Vault<S> {
             return Ok(None);
         }
         let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
-        let since = Timestamp::now();
+        let since = self.repo.deletion_seq()?;
         self.copy_generation_raw(&d, src.as_ref(), dst.as_ref(), to, false, |chunks, reused| {
             let mut rec = BackupRecord {
                 id: 0,
@@ -680,7 +680,7 @@ impl Vault<Open> {
     fn copy_logical(&self, plan: &LogicalPlan, to: &VolumeName) -> Result<BackupRecord> {
         let LogicalPlan { d, previous, back, new_key } = plan;
         // Before any object of the target is looked at (see `GenerationCommit::since`).
-        let since = Timestamp::now();
+        let since = self.repo.deletion_seq()?;
         let (name, g, previous) = (&d.name, &d.current, previous.as_ref());
         let back_key = self.unwrap_for(back, KeyUse::Encrypt, name)?;
         let primary = self.key_record(&g.key_label)?;

@@ -187,7 +187,7 @@ impl Vault<Open> {
     /// Write a new generation of a dataset from `input`.
     pub fn put(&self, name: &DatasetName, input: &mut dyn Read, opts: &PutOptions) -> Result<PutReport> {
         // Before any object of the volume is looked at (see `GenerationCommit::since`).
-        let since = Timestamp::now();
+        let since = self.repo.deletion_seq()?;
         let existing = self.repo.dataset(name)?;
         let target = self.resolve_target(name, existing.as_ref(), opts)?;
         let key = self.unwrap_for(&target.key, KeyUse::Encrypt, name)?;

@@ -121,8 +121,8 @@ impl<S: VaultState> Vault<S> {
             return Err(Error::Invalid {
                 what: "escrow share",
                 why: format!(
-                    "the share given as {}'s is not the one sealed to {} for {}",
-                    share.custodian, share.custodian, share.kbk
+                    "the share given as {}'s is not the one sealed to {} for {}: {} fetches it again (`custos escrow share`) and opens it with their own key",
+                    share.custodian, share.custodian, share.kbk, share.custodian
                 ),
             });
         }

@@ -12,11 +12,12 @@
 //!    that checks nothing references them now. From then on no commit may
 //!    list a claimed object (it fails with a retryable message).
 //! 3. The deleter deletes the objects, then turns their trash entries into
-//!    tombstones stamped with the time of deletion (kept 7 days). A
-//!    deletion that fails leaves the entry claimed, for the next `gc`.
-//! 4. A commit lists objects it wrote and objects it found stored. It is
-//!    refused if one of them was deleted after the writer began (a
-//!    tombstone newer than its start): what it found may be gone.
+//!    tombstones numbered by a deletion count in the catalog (kept 7 days).
+//!    A deletion that fails leaves the entry claimed, for the next `gc`.
+//! 4. A writer reads the deletion count before it looks at any object; its
+//!    commit is refused if an object it lists has a tombstone numbered
+//!    higher (deleted while it worked: what it found may be gone). A
+//!    count, not a clock, decides.
 //!
 //! Replaced generations, pruned backups and removed snapshots wait in the
 //! trash for the grace period (setting `gc.grace`, default 24 h), so a

@@ -162,7 +162,7 @@ impl<S: VaultState> Vault<S> {
     fn move_current(&self, d: &DatasetRecord, to: &VolumeName, mark: Option<&VolumeName>) -> Result<MoveReport> {
         let from = d.current.volume.clone();
         let (src, dst) = (self.open_volume(&from)?, self.open_volume(to)?);
-        let since = Timestamp::now();
+        let since = self.repo.deletion_seq()?;
         // The source goes only after every object read back from the target.
         let garbage = self.copy_generation_raw(d, src.as_ref(), dst.as_ref(), to, true, |_, reused| {
             Ok(self.repo.move_generation(&d.id, d.current.generation, &from, to, mark, reused, since)?)

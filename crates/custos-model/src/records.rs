@@ -132,7 +132,8 @@ pub struct KbkRecord {
 }
 
 /// A custodian's registered recipient: the public half of a key pair the
-/// custodian made and keeps. Escrow shares are sealed to it.
+/// custodian made and keeps (the private half never reaches Custos, so
+/// nothing here is secret). Escrow shares are sealed to it.
 #[derive(Clone, Debug, Serialize)]
 pub struct CustodianKey {
     pub principal: String,

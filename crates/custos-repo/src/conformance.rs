@@ -220,7 +220,7 @@ pub fn run(repo: &dyn Repository) {
         chunks: vec![a, b],
         new_key: Some(key("DSET.PRIM.APP.key003")),
         reused: vec![],
-        since: Timestamp::now(),
+        since: repo.deletion_seq().unwrap(),
     };
     assert_eq!(repo.commit_generation(&g1).unwrap(), Default::default());
     let d = repo.dataset(&name).unwrap().expect("committed dataset");
@@ -291,25 +291,25 @@ pub fn run(repo: &dyn Repository) {
             &[ChunkId([0x51; 16]), ChunkId([0x52; 16])],
             Some(&key("DSET.BACK.APP.key001")),
             &[],
-            Timestamp::now(),
+            repo.deletion_seq().unwrap(),
         )
         .unwrap();
     assert!(repo.key(&KeyLabel::new("DSET.BACK.APP.key001").unwrap()).unwrap().is_some(), "stored with the backup");
     // The same copy object cannot be recorded twice (two racing runs).
     assert!(matches!(
-        repo.insert_backup(&b, &[c, a], &[], Some(&key("DSET.BACK.APP.key009")), &[], Timestamp::now()),
+        repo.insert_backup(&b, &[c, a], &[], Some(&key("DSET.BACK.APP.key009")), &[], repo.deletion_seq().unwrap()),
         Err(RepoError::Exists { .. })
     ));
     assert!(repo.key(&KeyLabel::new("DSET.BACK.APP.key009").unwrap()).unwrap().is_none(), "nothing of it stored");
     // Reusing a chunk nothing on the volume references is refused.
     let raw = BackupRecord { method: CopyMethod::Raw, copy_id: DatasetId([5; 16]), ..b.clone() };
     assert!(matches!(
-        repo.insert_backup(&raw, &[a], &[], None, &[ChunkId([0x78; 16])], Timestamp::now()),
+        repo.insert_backup(&raw, &[a], &[], None, &[ChunkId([0x78; 16])], repo.deletion_seq().unwrap()),
         Err(RepoError::Raced { .. })
     ));
     assert!(repo.chunk_referenced(&VolumeName::new("v2").unwrap(), &a).unwrap());
     assert!(!repo.chunk_referenced(&VolumeName::new("v2").unwrap(), &ChunkId([0x78; 16])).unwrap());
-    let b2 = repo.insert_backup(&raw, &[a], &[], None, &[a], Timestamp::now()).unwrap();
+    let b2 = repo.insert_backup(&raw, &[a], &[], None, &[a], repo.deletion_seq().unwrap()).unwrap();
     assert!(b2 > b1);
     let all = repo.backups().unwrap();
     assert_eq!(
@@ -329,25 +329,30 @@ pub fn run(repo: &dyn Repository) {
     assert!(trash.iter().any(|t| t.manifest == Some((b.copy_id, 1))), "{trash:?}");
     // A commit that lists an unclaimed trashed object takes it back out.
     let again = BackupRecord { copy_id: DatasetId([0x33; 16]), ..b.clone() };
-    let b3 = repo.insert_backup(&again, &[c], &[], None, &[], Timestamp::now()).unwrap();
+    let b3 = repo.insert_backup(&again, &[c], &[], None, &[], repo.deletion_seq().unwrap()).unwrap();
     assert!(!repo.trash().unwrap().iter().any(|t| on_v2(t, c)), "c is in use again");
     // Claiming takes what is due and still unreferenced; claimed objects
     // may not be committed again until forgotten.
     repo.remove_backup(b3).unwrap();
     let claimed = repo.claim_trash(Timestamp::now() + jiff::SignedDuration::from_secs(1)).unwrap();
     assert!(claimed.chunks.contains(&(VolumeName::new("v2").unwrap(), c)), "{claimed:?}");
-    assert!(matches!(repo.insert_backup(&again, &[c], &[], None, &[], Timestamp::now()), Err(RepoError::Raced { .. })));
+    assert!(matches!(
+        repo.insert_backup(&again, &[c], &[], None, &[], repo.deletion_seq().unwrap()),
+        Err(RepoError::Raced { .. })
+    ));
+    let seen_before_deletion = repo.deletion_seq().unwrap();
     repo.forget_trash(&claimed).unwrap();
     assert!(!repo.trash().unwrap().iter().any(|t| t.volume.as_str() == "v2"), "what was deleted is forgotten");
     // ... but leaves a tombstone: a writer that began before the deletion
     // may have found c stored and not written it again, so its commit is
     // refused; one that began after it found (or wrote) c since, and is not.
-    let before = Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    let before = seen_before_deletion;
     assert!(
         matches!(repo.insert_backup(&again, &[c], &[], None, &[], before), Err(RepoError::Raced { .. })),
         "c was deleted while this copy ran"
     );
-    let after = Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let after = repo.deletion_seq().unwrap();
+    assert!(after > before, "the deletion was counted");
     let b4 = repo.insert_backup(&again, &[c], &[], None, &[], after).unwrap();
     assert!(repo.chunk_referenced(&VolumeName::new("v2").unwrap(), &c).unwrap());
     repo.remove_backup(b4).unwrap();
@@ -383,7 +388,7 @@ pub fn run(repo: &dyn Repository) {
         chunks: vec![shared],
         new_key: None,
         reused: vec![],
-        since: Timestamp::now(),
+        since: repo.deletion_seq().unwrap(),
     };
     repo.commit_generation(&first).unwrap();
     repo.insert_backup(
@@ -392,7 +397,7 @@ pub fn run(repo: &dyn Repository) {
         &[],
         None,
         &[],
-        Timestamp::now(),
+        repo.deletion_seq().unwrap(),
     )
     .unwrap();
     let garbage = repo.remove_dataset(&ds2).unwrap();
@@ -411,7 +416,7 @@ pub fn run(repo: &dyn Repository) {
         chunks: vec![p, q],
         new_key: None,
         reused: vec![],
-        since: Timestamp::now(),
+        since: repo.deletion_seq().unwrap(),
     };
     repo.commit_generation(&g1).unwrap();
     let snap = repo.create_snapshot(&sname).unwrap();
@@ -448,7 +453,7 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!((d.migrated_from.as_ref(), d.last_access), (None, d.current.created_at), "never read: last written");
     repo.touch_dataset(&sid).unwrap();
     assert!(repo.dataset(&sname).unwrap().unwrap().last_access > d.current.created_at);
-    let garbage = repo.move_generation(&sid, 2, &v1, &v2, Some(&v1), &[], Timestamp::now()).unwrap();
+    let garbage = repo.move_generation(&sid, 2, &v1, &v2, Some(&v1), &[], repo.deletion_seq().unwrap()).unwrap();
     let mut moved: Vec<ChunkId> = garbage
         .chunks
         .iter()
@@ -462,15 +467,18 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(garbage.manifests, vec![(v1.clone(), sid, 2)]);
     let d = repo.dataset(&sname).unwrap().unwrap();
     assert_eq!((d.current.volume.clone(), d.migrated_from.clone()), (v2.clone(), Some(v1.clone())));
-    assert!(repo.move_generation(&sid, 2, &v1, &v2, None, &[], Timestamp::now()).is_err(), "it is no longer on v1");
+    assert!(
+        repo.move_generation(&sid, 2, &v1, &v2, None, &[], repo.deletion_seq().unwrap()).is_err(),
+        "it is no longer on v1"
+    );
     // A move's source objects are claimed at once: until the mover has
     // deleted (and forgotten) them, nothing may move them back there.
     assert!(matches!(
-        repo.move_generation(&sid, 2, &v2, &v1, None, &[], Timestamp::now()),
+        repo.move_generation(&sid, 2, &v2, &v1, None, &[], repo.deletion_seq().unwrap()),
         Err(RepoError::Raced { .. })
     ));
     repo.forget_trash(&garbage).unwrap();
-    repo.move_generation(&sid, 2, &v2, &v1, None, &[], Timestamp::now()).unwrap();
+    repo.move_generation(&sid, 2, &v2, &v1, None, &[], repo.deletion_seq().unwrap()).unwrap();
     assert_eq!(repo.dataset(&sname).unwrap().unwrap().migrated_from, None);
 
     // Storage-management rules.

@@ -64,11 +64,12 @@ pub struct GenerationCommit {
     /// the generation's volume, so a concurrent removal cannot have freed
     /// one in the meantime.
     pub reused: Vec<ChunkId>,
-    /// When this writer began to look at or write the objects it lists. An
-    /// object deleted after that moment (by `gc`, which keeps a tombstone)
-    /// may be one it found stored and did not write again: the commit fails
-    /// with [`RepoError::Raced`] and the writer starts over.
-    pub since: jiff::Timestamp,
+    /// [`Repository::deletion_seq`] as the writer read it before it looked
+    /// at or wrote any object it lists. An object deleted after that (by
+    /// `gc`, which keeps a numbered tombstone) may be one it found stored
+    /// and did not write again: the commit fails with [`RepoError::Raced`]
+    /// and the writer starts over. A count, not a time: no clock decides.
+    pub since: u64,
 }
 
 /// Objects a commit or removal left unreferenced, for the engine to delete
@@ -150,8 +151,12 @@ pub trait Repository: Send + Sync {
         sources: &[ChunkId],
         new_key: Option<&KeyRecord>,
         reused: &[ChunkId],
-        since: jiff::Timestamp,
+        since: u64,
     ) -> Result<u64>;
+    /// How many deletions of objects from volumes were recorded so far
+    /// (rises with each `forget_trash`); a writer reads it before it looks
+    /// at any object, for [`GenerationCommit::since`].
+    fn deletion_seq(&self) -> Result<u64>;
     /// All backups, oldest first.
     fn backups(&self) -> Result<Vec<BackupRecord>>;
     /// The chunk IDs of one backup, in order.
@@ -248,7 +253,7 @@ pub trait Repository: Send + Sync {
         to: &VolumeName,
         migrated_from: Option<&VolumeName>,
         reused: &[ChunkId],
-        since: jiff::Timestamp,
+        since: u64,
     ) -> Result<Garbage>;
     /// Whether some generation, backup or snapshot on `vol` lists chunk `id`
     /// (so it was made durable before a commit recorded it).

@@ -254,8 +254,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX trash_released ON trash(claimed, released_at);
     "#,
     // 12: custodians' registered recipients, and each key-backup key's
-    // shares sealed to them.
+    // shares sealed to them; deleted objects' tombstones carry the number of
+    // their deletion (the setting `trash.deletions` counts them).
     r#"
+    ALTER TABLE trash ADD COLUMN deleted_seq INTEGER;
     CREATE TABLE custodian_keys (
         principal TEXT PRIMARY KEY REFERENCES principals(name),
         public BLOB NOT NULL UNIQUE,
@@ -726,19 +728,27 @@ fn forget(tx: &Transaction, g: &Garbage) -> Result<()> {
 }
 
 /// After the objects of `g` were deleted from their volumes: their rows
-/// become tombstones (`claimed` 3) stamped with the time of deletion, so
-/// that a commit which found one of them stored before that moment (and
-/// lists it without having written it since) is refused rather than
-/// recording an object that is gone. See [`check_not_claimed`].
+/// become tombstones (`claimed` 3) numbered by the raised deletion count,
+/// so that a commit whose writer read a lower count (it may have found one
+/// of them stored, and lists it without having written it since) is
+/// refused rather than recording an object that is gone. See
+/// [`check_not_claimed`].
 fn bury(tx: &Transaction, g: &Garbage) -> Result<()> {
+    let seq = deletion_seq(tx)? + 1;
+    tx.execute(
+        "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![DELETIONS, seq.to_string()],
+    )
+    .map_err(db("count a deletion"))?;
     let mut up = tx
         .prepare_cached(
-            "UPDATE trash SET claimed = 3, released_at = ?5 WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4",
+            "UPDATE trash SET claimed = 3, released_at = ?5, deleted_seq = ?6
+             WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4",
         )
         .map_err(db("empty the trash"))?;
     let now = ts(Timestamp::now());
     for (vol, kind, object, generation) in trash_keys(g) {
-        up.execute(params![vol, kind, object, generation, now]).map_err(db("empty the trash"))?;
+        up.execute(params![vol, kind, object, generation, now, seq as i64]).map_err(db("empty the trash"))?;
     }
     // Tombstones older than any copy runs are of no more use.
     tx.execute(
@@ -747,6 +757,17 @@ fn bury(tx: &Transaction, g: &Garbage) -> Result<()> {
     )
     .map_err(db("empty the trash"))?;
     Ok(())
+}
+
+/// The setting that counts deletions (see [`Repository::deletion_seq`]).
+const DELETIONS: &str = "trash.deletions";
+
+fn deletion_seq(conn: &Connection) -> Result<u64> {
+    let v: Option<String> = conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [DELETIONS], |r| r.get(0))
+        .optional()
+        .map_err(db("read the deletion count"))?;
+    v.map_or(Ok(0), |v| v.parse().map_err(|_| RepoError::Corrupt { what: format!("setting {DELETIONS} = {v:?}") }))
 }
 
 /// How long a deleted object's tombstone is kept: longer than any copy or
@@ -774,26 +795,26 @@ fn check_not_claimed(
     tx: &Transaction,
     vol: &str,
     objects: &Garbage,
-    since: Timestamp,
+    since: u64,
     what: impl Fn() -> String,
 ) -> Result<()> {
     let mut claimed = tx
         .prepare_cached(
-            "SELECT claimed, released_at FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4",
+            "SELECT claimed, deleted_seq FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4",
         )
         .map_err(db("look in the trash"))?;
     let mut rescue = tx
         .prepare_cached("DELETE FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4")
         .map_err(db("look in the trash"))?;
     for (_, kind, object, generation) in trash_keys(objects) {
-        let row: Option<(i64, i64)> = claimed
+        let row: Option<(i64, Option<i64>)> = claimed
             .query_row(params![vol, kind, object, generation], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(db("look in the trash"))?;
         match row {
-            // Deleted before this writer looked: what it found or wrote
-            // came after, and stands.
-            Some((3, deleted_at)) if deleted_at < ts(since) => {
+            // Deleted before this writer looked (the writer had seen that
+            // deletion counted): what it found or wrote came after, and stands.
+            Some((3, Some(deleted))) if deleted as u64 <= since => {
                 rescue
                     .execute(params![vol, kind, object, generation])
                     .map_err(db("take an object out of the trash"))?;
@@ -1093,7 +1114,7 @@ impl Repository for SqliteRepository {
         sources: &[ChunkId],
         new_key: Option<&KeyRecord>,
         reused: &[ChunkId],
-        since: Timestamp,
+        since: u64,
     ) -> Result<u64> {
         let mut conn = self.conn();
         let tx = conn
@@ -1601,6 +1622,10 @@ impl Repository for SqliteRepository {
         Ok(referenced(&self.conn(), std::slice::from_ref(id), vol.as_str())?[0])
     }
 
+    fn deletion_seq(&self) -> Result<u64> {
+        deletion_seq(&*self.reader()?)
+    }
+
     fn trash(&self) -> Result<Vec<TrashEntry>> {
         self.query_all(
             "list the trash",
@@ -1709,7 +1734,7 @@ impl Repository for SqliteRepository {
         to: &VolumeName,
         migrated_from: Option<&VolumeName>,
         reused: &[ChunkId],
-        since: Timestamp,
+        since: u64,
     ) -> Result<Garbage> {
         let mut conn = self.conn();
         let tx =
