@@ -11,6 +11,12 @@ use jiff::Timestamp;
 
 use crate::{Garbage, GenerationCommit, RepoError, Repository, Rewrap};
 
+/// What a `gc` now would claim from the trash, taking over no live claim.
+fn due(repo: &dyn Repository) -> Garbage {
+    let now = Timestamp::now();
+    repo.claim_trash(now + jiff::SignedDuration::from_secs(1), now - jiff::SignedDuration::from_hours(1)).unwrap()
+}
+
 fn key(label: &str) -> KeyRecord {
     KeyRecord {
         label: KeyLabel::new(label).unwrap(),
@@ -334,8 +340,18 @@ pub fn run(repo: &dyn Repository) {
     // Claiming takes what is due and still unreferenced; claimed objects
     // may not be committed again until forgotten.
     repo.remove_backup(b3).unwrap();
-    let claimed = repo.claim_trash(Timestamp::now() + jiff::SignedDuration::from_secs(1)).unwrap();
+    let claimed = due(repo);
     assert!(claimed.chunks.contains(&(VolumeName::new("v2").unwrap(), c)), "{claimed:?}");
+    // A claim is exclusive: a second deleter gets none of it, as trash or
+    // as an orphan, until the claim is stale (its deleter died).
+    let again_due = due(repo);
+    assert!(!again_due.chunks.contains(&(VolumeName::new("v2").unwrap(), c)), "{again_due:?}");
+    let as_orphan = Garbage { chunks: vec![(VolumeName::new("v2").unwrap(), c)], manifests: vec![] };
+    assert!(repo.claim_orphans(&as_orphan).unwrap().chunks.is_empty(), "claimed by another deleter");
+    let now = Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let taken_over = repo.claim_trash(now, now).unwrap();
+    assert!(taken_over.chunks.contains(&(VolumeName::new("v2").unwrap(), c)), "a stale claim is taken over");
+    assert!(!due(repo).chunks.contains(&(VolumeName::new("v2").unwrap(), c)), "and is exclusive again");
     assert!(matches!(
         repo.insert_backup(&again, &[c], &[], None, &[], repo.deletion_seq().unwrap()),
         Err(RepoError::Raced { .. })
@@ -356,11 +372,11 @@ pub fn run(repo: &dyn Repository) {
     let b4 = repo.insert_backup(&again, &[c], &[], None, &[], after).unwrap();
     assert!(repo.chunk_referenced(&VolumeName::new("v2").unwrap(), &c).unwrap());
     repo.remove_backup(b4).unwrap();
-    let claimed = repo.claim_trash(Timestamp::now() + jiff::SignedDuration::from_secs(1)).unwrap();
+    let claimed = due(repo);
     assert!(claimed.chunks.contains(&(VolumeName::new("v2").unwrap(), c)), "released again, claimed again");
     repo.forget_trash(&claimed).unwrap();
     assert!(!repo.trash().unwrap().iter().any(|t| t.volume.as_str() == "v2"), "tombstones are not trash");
-    let none = repo.claim_trash(Timestamp::now() + jiff::SignedDuration::from_secs(1)).unwrap();
+    let none = due(repo);
     assert!(none.chunks.is_empty() && none.manifests.is_empty(), "a tombstone is never claimed again");
     // Orphans are claimed only while nothing references them.
     let orphans = Garbage {
@@ -369,6 +385,11 @@ pub fn run(repo: &dyn Repository) {
     };
     let claimed = repo.claim_orphans(&orphans).unwrap();
     assert_eq!(claimed.chunks, vec![(VolumeName::new("v2").unwrap(), ChunkId([0x99; 16]))], "a is b2's");
+    assert!(repo.claim_orphans(&orphans).unwrap().chunks.is_empty(), "one deleter per orphan");
+    repo.forget_trash(&claimed).unwrap();
+    // Once deleted, its tombstone does not stop a later scan from claiming
+    // the object found there again.
+    assert_eq!(repo.claim_orphans(&orphans).unwrap().chunks.len(), 1, "found again after its deletion");
     repo.forget_trash(&claimed).unwrap();
     assert_eq!(g.chunks, vec![(VolumeName::new("v2").unwrap(), c)]);
     assert_eq!(g.manifests, vec![(VolumeName::new("v2").unwrap(), b.copy_id, 1)]);

@@ -264,14 +264,21 @@ pub trait Repository: Send + Sync {
     /// In one transaction: claim, for deletion, every trash entry released
     /// before `released_before` that nothing references again (an entry
     /// something references again is dropped), and return them, with the
-    /// entries another deleter claimed before `released_before` and never
-    /// deleted (it died, or its deletion failed). From then on no commit may
-    /// list a claimed object. A claim records its own time, so a deleter
-    /// that is still at work is not overtaken within the grace period.
-    fn claim_trash(&self, released_before: jiff::Timestamp) -> Result<Garbage>;
+    /// entries a deleter gave up (see [`Repository::abandon_claims`]) and
+    /// those claimed before `stale_before` (their deleter died). From then
+    /// on no commit may list a claimed object.
+    ///
+    /// A claim is exclusive: an entry another deleter holds is not taken
+    /// until its claim is older than `stale_before`, so two deleters never
+    /// hold one object at once (the second could otherwise delete a copy a
+    /// writer stored and recorded after the first one's deletion). Callers
+    /// keep `stale_before` far behind any deleter's working time.
+    fn claim_trash(&self, released_before: jiff::Timestamp, stale_before: jiff::Timestamp) -> Result<Garbage>;
     /// In one transaction: claim for deletion those of `found` (objects
     /// found on a volume that the catalog did not record) that nothing
-    /// references now; returns them.
+    /// references now and that are not in the trash (released, or claimed by
+    /// another deleter: the tombstone of one deleted is no obstacle);
+    /// returns them.
     fn claim_orphans(&self, found: &Garbage) -> Result<Garbage>;
     /// Objects a deleter claimed but could not delete: they stay claimed (no
     /// commit may use them), and the next `gc` takes them at once.

@@ -1635,16 +1635,21 @@ impl Repository for SqliteRepository {
         )
     }
 
-    fn claim_trash(&self, released_before: Timestamp) -> Result<Garbage> {
+    fn claim_trash(&self, released_before: Timestamp, stale_before: Timestamp) -> Result<Garbage> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db("start claiming the trash"))?;
         let due: Vec<TrashEntry> = {
             let mut stmt = tx
-                .prepare("SELECT volume, kind, object, generation, released_at, claimed FROM trash WHERE (released_at < ?1 AND claimed IN (0, 1)) OR claimed = 2")
+                .prepare(
+                    "SELECT volume, kind, object, generation, released_at, claimed FROM trash
+                     WHERE (claimed = 0 AND released_at < ?1) OR claimed = 2 OR (claimed = 1 AND released_at < ?2)",
+                )
                 .map_err(db("read the trash"))?;
-            let rows = stmt.query_map([ts(released_before)], trash_from_row).map_err(db("read the trash"))?;
+            let rows = stmt
+                .query_map([ts(released_before), ts(stale_before)], trash_from_row)
+                .map_err(db("read the trash"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(db("read the trash"))?
         };
         let mut claim = Garbage::default();
@@ -1665,6 +1670,8 @@ impl Repository for SqliteRepository {
             }
         }
         forget(&tx, &rescued)?;
+        // Claimed anew (2 and stale 1 alike), stamped with this claim's time.
+        forget(&tx, &claim)?;
         to_trash(&tx, &claim, true)?;
         tx.commit().map_err(db("commit claiming the trash"))?;
         Ok(claim)
@@ -1676,16 +1683,29 @@ impl Repository for SqliteRepository {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db("start claiming orphans"))?;
         let mut claim = Garbage::default();
+        let mut in_trash = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM trash WHERE volume = ?1 AND kind = ?2 AND object = ?3 AND generation = ?4
+                     AND claimed != 3)",
+            )
+            .map_err(db("look in the trash"))?;
+        let mut free = |vol: &str, kind: &str, object: &[u8], generation: i64| -> Result<bool> {
+            let held: bool = in_trash
+                .query_row(params![vol, kind, object, generation], |r| r.get(0))
+                .map_err(db("look in the trash"))?;
+            Ok(!held)
+        };
         for (v, c) in &found.chunks {
-            if !referenced(&tx, std::slice::from_ref(c), v.as_str())?[0] {
+            if !referenced(&tx, std::slice::from_ref(c), v.as_str())?[0] && free(v.as_str(), "chunk", &c.0, 0)? {
                 claim.chunks.push((v.clone(), *c));
             }
         }
         for (v, d, g) in &found.manifests {
-            if !manifest_referenced(&tx, d, *g, v.as_str())? {
+            if !manifest_referenced(&tx, d, *g, v.as_str())? && free(v.as_str(), "manifest", &d.0, *g as i64)? {
                 claim.manifests.push((v.clone(), *d, *g));
             }
         }
+        drop(in_trash);
         to_trash(&tx, &claim, true)?;
         tx.commit().map_err(db("commit claiming orphans"))?;
         Ok(claim)
