@@ -195,7 +195,39 @@ fn kill_at_every_step(e: &Env, args: &[&str], mut prepare: impl FnMut(usize), ch
 
 fn all_backups_verify(e: &Env, when: &str) {
     let o = e.run(&["backup", "verify", "--read-data"]);
-    assert!(o.status.success(), "{when}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{when}: {out}\n{}", what_the_catalog_says(e, &out));
+}
+
+/// For a failure that names objects "(id HEX)": what the catalog records
+/// about each (who lists it, its trash row or tombstone, the deletion
+/// count), so that a race that lost one can be traced from the CI log.
+fn what_the_catalog_says(e: &Env, out: &str) -> String {
+    let c = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+    let mut said = String::new();
+    let deletions: Option<String> =
+        c.query_row("SELECT value FROM settings WHERE key = 'trash.deletions'", [], |r| r.get(0)).ok();
+    said += &format!("deletion count: {deletions:?}\n");
+    for id in out.split("(id ").skip(1).filter_map(|s| s.split(')').next()) {
+        let Ok(bytes) = hex::decode(id) else { continue };
+        let rows = |sql: &str| -> Vec<String> {
+            let mut st = c.prepare(sql).unwrap();
+            let n = st.column_count();
+            st.query_map([&bytes], |r| {
+                Ok((0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join(" "))
+            })
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+        };
+        said += &format!(
+            "object {id}: trash {:?}; backups {:?}; generations {:?}\n",
+            rows("SELECT * FROM trash WHERE object = ?1"),
+            rows("SELECT b.id, b.method, b.volume, b.generation, b.created_at FROM backup_chunks c JOIN backups b ON b.id = c.backup_id WHERE c.chunk_id = ?1"),
+            rows("SELECT g.generation, g.volume FROM generation_chunks c JOIN generations g ON g.dataset_id = c.dataset_id AND g.generation = c.generation WHERE c.chunk_id = ?1"),
+        );
+    }
+    said
 }
 
 #[test]

@@ -95,9 +95,8 @@ impl<S: VaultState> Vault<S> {
     /// trash for `custos gc`.
     pub fn remove_dataset(&self, name: &DatasetName) -> Result<u64> {
         self.dataset(name)?;
-        let lease = crate::gc::Lease::start();
         let garbage = self.repo.remove_dataset(name)?;
-        let (deleted, _, failed) = self.delete_claimed(&garbage, &lease);
+        let (deleted, _, failed) = self.delete_claimed(&garbage);
         if let Some(first) = failed.first() {
             return Err(Error::LeftInTrash {
                 what: format!("dataset {name} was removed from the catalog"),

@@ -11,8 +11,8 @@
 //! 2. A deleter *claims* the objects it will delete, in one transaction
 //!    that checks nothing references them now. From then on no commit may
 //!    list a claimed object (it fails with a retryable message). A claim is
-//!    exclusive: another deleter takes it over only after [`CLAIM_LEASE`]
-//!    (the first one died), and a deleter stops within half of it.
+//!    exclusive: it names the deleter's session, and another deleter takes
+//!    it over only once that session is gone (its process died).
 //! 3. The deleter deletes the objects, then turns their trash entries into
 //!    tombstones numbered by a deletion count in the catalog (kept 7 days).
 //!    A deletion that fails leaves the entry claimed, for the next `gc`.
@@ -37,27 +37,6 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::{Error, Open, Result, Vault, VaultState};
-
-/// How long a deleter's claim is its own: another deleter takes it over
-/// only after this (the first one died), and a deleter gives up what it
-/// has not deleted within half of it (see [`Lease`]).
-pub(crate) const CLAIM_LEASE: SignedDuration = SignedDuration::from_hours(1);
-
-/// A deleter's hold on what it claimed, timed by the monotonic clock:
-/// past half the lease it deletes nothing more (what is left is abandoned
-/// for the next `gc`), so a claim is never used after another deleter may
-/// have taken it over.
-pub(crate) struct Lease(std::time::Instant);
-
-impl Lease {
-    pub(crate) fn start() -> Self {
-        Lease(std::time::Instant::now())
-    }
-
-    fn held(&self) -> bool {
-        self.0.elapsed() < CLAIM_LEASE.unsigned_abs() / 2
-    }
-}
 
 /// The setting that holds the grace period.
 pub(crate) const SETTING_GC_GRACE: &str = "gc.grace";
@@ -145,20 +124,14 @@ impl<S: VaultState> Vault<S> {
         Ok(self.repo.mirrors()?.into_iter().find(|(_, s, _)| s == v).map(|(p, _, _)| p).unwrap_or_else(|| v.clone()))
     }
 
-    /// Delete claimed objects from their volumes and forget those deleted
-    /// (claimed when `lease` started; what is left when it runs out is
-    /// abandoned, for the next `gc`). Returns how many were deleted and what
-    /// failed.
-    pub(crate) fn delete_claimed(&self, g: &Garbage, lease: &Lease) -> (u64, u64, Vec<String>) {
+    /// Delete claimed objects from their volumes and forget those deleted.
+    /// Returns how many were deleted and what failed.
+    pub(crate) fn delete_claimed(&self, g: &Garbage) -> (u64, u64, Vec<String>) {
         let mut opened: std::collections::HashMap<VolumeName, Result<std::sync::Arc<dyn Volume>>> = Default::default();
         let mut gone = Garbage::default();
         let mut left = Garbage::default();
         let (mut bytes, mut failed) = (0u64, Vec::new());
         for (vol, id) in &g.chunks {
-            if !lease.held() {
-                left.chunks.push((vol.clone(), *id));
-                continue;
-            }
             let v = opened.entry(vol.clone()).or_insert_with(|| self.open_volume(vol));
             let r = v.as_ref().map_err(|e| e.to_string()).and_then(|v| {
                 let len = v.chunk_len(id).ok().flatten().unwrap_or(0);
@@ -176,10 +149,6 @@ impl<S: VaultState> Vault<S> {
             }
         }
         for (vol, ds, generation) in &g.manifests {
-            if !lease.held() {
-                left.manifests.push((vol.clone(), *ds, *generation));
-                continue;
-            }
             let v = opened.entry(vol.clone()).or_insert_with(|| self.open_volume(vol));
             match v
                 .as_ref()
@@ -219,11 +188,8 @@ impl<S: VaultState> Vault<S> {
             // a deleter) before the cutoff; a deleter still at work is left alone.
             r.released = trash.iter().filter(|t| t.released_at < cutoff).count() as u64;
         } else {
-            let stale =
-                now.checked_sub(CLAIM_LEASE).map_err(|e| Error::Invalid { what: "grace", why: e.to_string() })?;
-            let lease = Lease::start();
-            let claimed = self.repo.claim_trash(cutoff, stale)?;
-            let (n, bytes, failed) = self.delete_claimed(&claimed, &lease);
+            let claimed = self.repo.claim_trash(cutoff)?;
+            let (n, bytes, failed) = self.delete_claimed(&claimed);
             r.released = n;
             r.bytes += bytes;
             r.failed.extend(failed);
@@ -276,17 +242,12 @@ impl<S: VaultState> Vault<S> {
                 r.bytes += sizes.values().sum::<u64>();
                 continue;
             }
-            let lease = Lease::start();
             let claimed = self.repo.claim_orphans(&found)?;
             // Deleted from this volume's own storage (a mirror's sides are
             // listed, and cleaned, one by one).
             let mut gone = Garbage::default();
             let mut left = Garbage::default();
             for (v, id) in &claimed.chunks {
-                if !lease.held() {
-                    left.chunks.push((v.clone(), *id));
-                    continue;
-                }
                 match plain.delete_chunk(id) {
                     Ok(()) => {
                         r.orphans += 1;
@@ -300,10 +261,6 @@ impl<S: VaultState> Vault<S> {
                 }
             }
             for (v, d, g) in &claimed.manifests {
-                if !lease.held() {
-                    left.manifests.push((v.clone(), *d, *g));
-                    continue;
-                }
                 match plain.delete_manifest(d, *g) {
                     Ok(()) => {
                         r.orphans += 1;

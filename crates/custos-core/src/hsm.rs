@@ -164,12 +164,11 @@ impl<S: VaultState> Vault<S> {
         let (src, dst) = (self.open_volume(&from)?, self.open_volume(to)?);
         let since = self.repo.deletion_seq()?;
         // The source goes only after every object read back from the target.
-        let (garbage, lease) = self.copy_generation_raw(d, src.as_ref(), dst.as_ref(), to, true, |_, reused| {
-            let lease = crate::gc::Lease::start();
-            Ok((self.repo.move_generation(&d.id, d.current.generation, &from, to, mark, reused, since)?, lease))
+        let garbage = self.copy_generation_raw(d, src.as_ref(), dst.as_ref(), to, true, |_, reused| {
+            Ok(self.repo.move_generation(&d.id, d.current.generation, &from, to, mark, reused, since)?)
         })?;
         // The source's objects go at once: moving them is the point.
-        let (_, _, failed) = self.delete_claimed(&garbage, &lease);
+        let (_, _, failed) = self.delete_claimed(&garbage);
         if let Some(first) = failed.first() {
             return Err(Error::LeftInTrash {
                 what: format!("{} was moved to {to}", d.name),

@@ -43,6 +43,9 @@ pub enum RepoError {
     Raced { what: String, why: String },
     #[error("the repository holds a value it cannot read ({what}): the database was altered or damaged")]
     Corrupt { what: String },
+    /// A deleter's session lock (beside the catalog) could not be made.
+    #[error("cannot make {what}: {source}; check that the vault directory is writable, then run the command again")]
+    Io { what: String, source: std::io::Error },
 }
 
 /// A new generation to commit. `previous` is the generation the writer
@@ -265,15 +268,15 @@ pub trait Repository: Send + Sync {
     /// before `released_before` that nothing references again (an entry
     /// something references again is dropped), and return them, with the
     /// entries a deleter gave up (see [`Repository::abandon_claims`]) and
-    /// those claimed before `stale_before` (their deleter died). From then
-    /// on no commit may list a claimed object.
+    /// those whose deleter is gone (killed). From then on no commit may list
+    /// a claimed object.
     ///
-    /// A claim is exclusive: an entry another deleter holds is not taken
-    /// until its claim is older than `stale_before`, so two deleters never
-    /// hold one object at once (the second could otherwise delete a copy a
-    /// writer stored and recorded after the first one's deletion). Callers
-    /// keep `stale_before` far behind any deleter's working time.
-    fn claim_trash(&self, released_before: jiff::Timestamp, stale_before: jiff::Timestamp) -> Result<Garbage>;
+    /// A claim is exclusive: it names the claiming repository's session,
+    /// and an entry another live session holds is never taken, so two
+    /// deleters never hold one object at once (the second could otherwise
+    /// delete a copy a writer stored and recorded after the first one's
+    /// deletion).
+    fn claim_trash(&self, released_before: jiff::Timestamp) -> Result<Garbage>;
     /// In one transaction: claim for deletion those of `found` (objects
     /// found on a volume that the catalog did not record) that nothing
     /// references now and that are not in the trash (released, or claimed by

@@ -273,6 +273,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kbk, custodian)
     ) WITHOUT ROWID;
     "#,
+    // 13: a claim in the trash names its deleter's session, so that only a
+    // deleter that is gone has its claims taken over.
+    r#"
+    ALTER TABLE trash ADD COLUMN claimed_by TEXT;
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
@@ -285,6 +290,31 @@ pub struct SqliteRepository {
     path: Option<std::path::PathBuf>,
     /// Idle read-only connections.
     readers: Mutex<Vec<Connection>>,
+    /// Who this repository is when it claims objects for deletion (made on
+    /// the first claim).
+    session: Mutex<Option<Session>>,
+}
+
+/// A deleter's identity while its repository is open. Claims in the trash
+/// name it, so that another deleter takes them over only once it is gone:
+/// beside a catalog file, it holds an exclusive lock on a file of its own
+/// (the kernel drops the lock when the process dies, however it dies).
+struct Session {
+    token: String,
+    lock: Option<(std::fs::File, std::path::PathBuf)>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some((_, path)) = self.lock.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Where the session lock files of the catalog at `path` live.
+fn sessions_dir(path: &Path) -> std::path::PathBuf {
+    path.with_extension("sessions")
 }
 
 impl Drop for SqliteRepository {
@@ -294,6 +324,7 @@ impl Drop for SqliteRepository {
     /// leaves the catalog in one file, as before readers existed.
     fn drop(&mut self) {
         self.readers.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+        self.session.get_mut().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -447,7 +478,7 @@ impl SqliteRepository {
             tx.pragma_update(None, "user_version", i as i64 + 1).map_err(db("record the schema version"))?;
             tx.commit().map_err(db("commit a migration"))?;
         }
-        Ok(Self { conn: Mutex::new(conn), path: None, readers: Mutex::new(Vec::new()) })
+        Ok(Self { conn: Mutex::new(conn), path: None, readers: Mutex::new(Vec::new()), session: Mutex::new(None) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -482,6 +513,63 @@ impl SqliteRepository {
         let mut stmt = conn.prepare_cached(sql).map_err(db(action))?;
         let rows = stmt.query_map(params, row).map_err(db(action))?;
         rows.collect::<rusqlite::Result<_>>().map_err(db(action))
+    }
+
+    /// This repository's session token, made (with its lock) on first use.
+    fn session(&self) -> Result<String> {
+        let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = s.as_ref() {
+            return Ok(s.token.clone());
+        }
+        let token =
+            hex::encode(custos_crypto::random_array::<16>().map_err(|e| RepoError::Corrupt { what: e.to_string() })?);
+        let lock = match &self.path {
+            None => None,
+            Some(db_path) => {
+                let dir = sessions_dir(db_path);
+                let io = |e: std::io::Error| RepoError::Io {
+                    what: format!("the session lock in {}", dir.display()),
+                    source: e,
+                };
+                use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io)?;
+                let file = dir.join(format!("{token}.lock"));
+                let f = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&file).map_err(io)?;
+                f.lock().map_err(io)?;
+                Some((f, file))
+            }
+        };
+        *s = Some(Session { token: token.clone(), lock });
+        Ok(token)
+    }
+
+    /// Whether the deleter with session `token` is still at work: it is
+    /// this repository, or its lock is held. A claim without a session (from
+    /// before sessions) counts as alive until `released_before`.
+    fn claimer_alive(&self, token: Option<&str>, claimed_at: Timestamp, released_before: Timestamp) -> Result<bool> {
+        let Some(token) = token else { return Ok(claimed_at >= released_before) };
+        if self.session()? == token {
+            return Ok(true);
+        }
+        let Some(db_path) = &self.path else { return Ok(false) };
+        if !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let file = sessions_dir(db_path).join(format!("{token}.lock"));
+        let f = match std::fs::OpenOptions::new().write(true).open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            // Unknown: never take over a claim that may be alive.
+            Err(_) => return Ok(true),
+        };
+        match f.try_lock() {
+            Ok(()) => {
+                // Its process is gone; so is its lock file, now.
+                let _ = std::fs::remove_file(&file);
+                Ok(false)
+            }
+            Err(_) => Ok(true),
+        }
     }
 
     /// The schema version this build writes.
@@ -680,7 +768,7 @@ fn garbage_after(
     candidates: Vec<ChunkId>,
     vol: &str,
     manifest: (DatasetId, u64),
-    claimed: bool,
+    claimed_by: Option<&str>,
 ) -> Result<Garbage> {
     let vname = VolumeName::new(vol.to_string()).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
     let chunks = unreferenced(tx, candidates, vol)?;
@@ -690,7 +778,7 @@ fn garbage_after(
         vec![(vname.clone(), manifest.0, manifest.1)]
     };
     let g = Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests };
-    to_trash(tx, &g, claimed)?;
+    to_trash(tx, &g, claimed_by)?;
     Ok(g)
 }
 
@@ -701,18 +789,23 @@ fn trash_keys(g: &Garbage) -> impl Iterator<Item = (&str, &'static str, &[u8], i
     chunks.chain(manifests)
 }
 
-fn to_trash(tx: &Transaction, g: &Garbage, claimed: bool) -> Result<()> {
+/// Put `g` in the trash: released (for `gc` after the grace period), or
+/// claimed for deletion by the session `claimed_by`.
+fn to_trash(tx: &Transaction, g: &Garbage, claimed_by: Option<&str>) -> Result<()> {
     let mut ins = tx
         .prepare_cached(
-            "INSERT INTO trash (volume, kind, object, generation, released_at, claimed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO trash (volume, kind, object, generation, released_at, claimed, claimed_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT DO UPDATE SET
                  released_at = CASE WHEN claimed = 3 OR (claimed = 0 AND excluded.claimed = 1) THEN excluded.released_at ELSE released_at END,
+                 claimed_by = CASE WHEN excluded.claimed = 1 THEN excluded.claimed_by ELSE claimed_by END,
                  claimed = CASE WHEN claimed = 3 THEN excluded.claimed ELSE MAX(claimed, excluded.claimed) END",
         )
         .map_err(db("put objects in the trash"))?;
     let now = ts(Timestamp::now());
     for (vol, kind, object, generation) in trash_keys(g) {
-        ins.execute(params![vol, kind, object, generation, now, claimed]).map_err(db("put objects in the trash"))?;
+        ins.execute(params![vol, kind, object, generation, now, claimed_by.is_some(), claimed_by])
+            .map_err(db("put objects in the trash"))?;
     }
     Ok(())
 }
@@ -852,7 +945,12 @@ fn listed(vol: &str, chunks: &[ChunkId], manifest: (DatasetId, u64)) -> Result<G
 }
 
 /// Drop the given generations and return what they leave unreferenced.
-fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)], claimed: bool) -> Result<Garbage> {
+fn drop_generations(
+    tx: &Transaction,
+    id: &DatasetId,
+    gens: &[(u64, String)],
+    claimed_by: Option<&str>,
+) -> Result<Garbage> {
     let mut garbage = Garbage::default();
     for (g, vol) in gens {
         let candidates = chunk_list(
@@ -862,7 +960,7 @@ fn drop_generations(tx: &Transaction, id: &DatasetId, gens: &[(u64, String)], cl
         )?;
         tx.execute("DELETE FROM generations WHERE dataset_id = ?1 AND generation = ?2", params![&id.0[..], *g as i64])
             .map_err(db("drop a generation"))?;
-        let more = garbage_after(tx, candidates, vol, (*id, *g), claimed)?;
+        let more = garbage_after(tx, candidates, vol, (*id, *g), claimed_by)?;
         garbage.chunks.extend(more.chunks);
         garbage.manifests.extend(more.manifests);
     }
@@ -1245,7 +1343,7 @@ impl Repository for SqliteRepository {
         let copy_id = DatasetId(id16(copy_id).map_err(db("read a backup"))?);
         let candidates = chunk_list(&tx, "SELECT chunk_id FROM backup_chunks WHERE backup_id = ?1", [id as i64])?;
         tx.execute("DELETE FROM backups WHERE id = ?1", [id as i64]).map_err(db("remove a backup"))?;
-        let garbage = garbage_after(&tx, candidates, &vol, (copy_id, generation as u64), false)?;
+        let garbage = garbage_after(&tx, candidates, &vol, (copy_id, generation as u64), None)?;
         tx.commit().map_err(db("commit a backup removal"))?;
         Ok(garbage)
     }
@@ -1360,7 +1458,7 @@ impl Repository for SqliteRepository {
         let ds = DatasetId(id16(ds).map_err(db("read a snapshot"))?);
         let candidates = chunk_list(&tx, "SELECT chunk_id FROM snapshot_chunks WHERE snapshot_id = ?1", [id as i64])?;
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [id as i64]).map_err(db("remove a snapshot"))?;
-        let garbage = garbage_after(&tx, candidates, &vol, (ds, generation as u64), false)?;
+        let garbage = garbage_after(&tx, candidates, &vol, (ds, generation as u64), None)?;
         tx.commit().map_err(db("commit a snapshot removal"))?;
         Ok(garbage)
     }
@@ -1635,26 +1733,43 @@ impl Repository for SqliteRepository {
         )
     }
 
-    fn claim_trash(&self, released_before: Timestamp, stale_before: Timestamp) -> Result<Garbage> {
+    fn claim_trash(&self, released_before: Timestamp) -> Result<Garbage> {
+        let me = self.session()?;
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db("start claiming the trash"))?;
-        let due: Vec<TrashEntry> = {
+        let due: Vec<(TrashEntry, i64, Option<String>)> = {
             let mut stmt = tx
                 .prepare(
-                    "SELECT volume, kind, object, generation, released_at, claimed FROM trash
-                     WHERE (claimed = 0 AND released_at < ?1) OR claimed = 2 OR (claimed = 1 AND released_at < ?2)",
+                    "SELECT volume, kind, object, generation, released_at, claimed, claimed, claimed_by FROM trash
+                     WHERE (claimed = 0 AND released_at < ?1) OR claimed IN (1, 2)",
                 )
                 .map_err(db("read the trash"))?;
             let rows = stmt
-                .query_map([ts(released_before), ts(stale_before)], trash_from_row)
+                .query_map([ts(released_before)], |r| Ok((trash_from_row(r)?, r.get(6)?, r.get(7)?)))
                 .map_err(db("read the trash"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(db("read the trash"))?
         };
         let mut claim = Garbage::default();
         let mut rescued = Garbage::default();
-        for e in due {
+        let mut alive: std::collections::HashMap<Option<String>, bool> = Default::default();
+        for (e, state, by) in due {
+            // Another deleter's claim is its own while it lives.
+            if state == 1 {
+                let live = match alive.get(&by) {
+                    Some(l) => *l,
+                    None => {
+                        let l = by.as_deref() == Some(me.as_str())
+                            || self.claimer_alive(by.as_deref(), e.released_at, released_before)?;
+                        alive.insert(by.clone(), l);
+                        l
+                    }
+                };
+                if live {
+                    continue;
+                }
+            }
             let still_used = match (&e.chunk, &e.manifest) {
                 (Some(c), _) => referenced(&tx, std::slice::from_ref(c), e.volume.as_str())?[0],
                 (None, Some((d, g))) => manifest_referenced(&tx, d, *g, e.volume.as_str())?,
@@ -1670,14 +1785,15 @@ impl Repository for SqliteRepository {
             }
         }
         forget(&tx, &rescued)?;
-        // Claimed anew (2 and stale 1 alike), stamped with this claim's time.
+        // Claimed anew (given-up and orphaned claims alike), by this session.
         forget(&tx, &claim)?;
-        to_trash(&tx, &claim, true)?;
+        to_trash(&tx, &claim, Some(&me))?;
         tx.commit().map_err(db("commit claiming the trash"))?;
         Ok(claim)
     }
 
     fn claim_orphans(&self, found: &Garbage) -> Result<Garbage> {
+        let me = self.session()?;
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -1706,7 +1822,7 @@ impl Repository for SqliteRepository {
             }
         }
         drop(in_trash);
-        to_trash(&tx, &claim, true)?;
+        to_trash(&tx, &claim, Some(&me))?;
         tx.commit().map_err(db("commit claiming orphans"))?;
         Ok(claim)
     }
@@ -1756,6 +1872,7 @@ impl Repository for SqliteRepository {
         reused: &[ChunkId],
         since: u64,
     ) -> Result<Garbage> {
+        let me = self.session()?;
         let mut conn = self.conn();
         let tx =
             conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("start a move"))?;
@@ -1789,7 +1906,7 @@ impl Repository for SqliteRepository {
             "SELECT chunk_id FROM generation_chunks WHERE dataset_id = ?1 AND generation = ?2",
             params![&id.0[..], generation as i64],
         )?;
-        let garbage = garbage_after(&tx, candidates, from.as_str(), (*id, generation), true)?;
+        let garbage = garbage_after(&tx, candidates, from.as_str(), (*id, generation), Some(&me))?;
         tx.commit().map_err(db("commit a move"))?;
         Ok(garbage)
     }
@@ -2252,12 +2369,13 @@ impl Repository for SqliteRepository {
                 .map_err(db("list generations"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(db("list generations"))?
         };
-        let garbage = drop_generations(&tx, &c.dataset_id, &older, false)?;
+        let garbage = drop_generations(&tx, &c.dataset_id, &older, None)?;
         tx.commit().map_err(db("commit a generation"))?;
         Ok(garbage)
     }
 
     fn remove_dataset(&self, name: &DatasetName) -> Result<Garbage> {
+        let me = self.session()?;
         let mut conn = self.conn();
         let tx =
             conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("start a removal"))?;
@@ -2278,7 +2396,7 @@ impl Repository for SqliteRepository {
                 .map_err(db("list generations"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(db("list generations"))?
         };
-        let garbage = drop_generations(&tx, &id, &gens, true)?;
+        let garbage = drop_generations(&tx, &id, &gens, Some(&me))?;
         tx.execute("DELETE FROM datasets WHERE id = ?1", [&id.0[..]]).map_err(db("remove a dataset"))?;
         tx.commit().map_err(db("commit a removal"))?;
         Ok(garbage)
@@ -2301,6 +2419,30 @@ mod tests {
         crate::conformance::run(&SqliteRepository::open(&p).unwrap());
         let again = SqliteRepository::open(&p).unwrap();
         assert!(!again.keys().unwrap().is_empty(), "data survives reopening");
+    }
+
+    /// A claim stays with its deleter while that one's session lives (two
+    /// processes on one catalog), and passes to another once it is gone.
+    #[test]
+    fn a_claim_is_taken_over_only_from_a_deleter_that_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("custos.db");
+        let first = SqliteRepository::open(&p).unwrap();
+        let second = SqliteRepository::open(&p).unwrap();
+        let v = VolumeName::new("v").unwrap();
+        let orphan = Garbage { chunks: vec![(v.clone(), ChunkId([7; 16]))], manifests: vec![] };
+        assert_eq!(first.claim_orphans(&orphan).unwrap().chunks.len(), 1);
+        let later = Timestamp::now() + jiff::SignedDuration::from_hours(2);
+        assert!(second.claim_trash(later).unwrap().chunks.is_empty(), "its deleter is at work");
+        assert!(second.claim_orphans(&orphan).unwrap().chunks.is_empty(), "nor as an orphan");
+        assert!(first.claim_trash(later).unwrap().chunks.is_empty(), "a session does not take its own claims");
+        let lock_files = || std::fs::read_dir(sessions_dir(&p)).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(lock_files(), 2, "one lock per session that claimed");
+        drop(first);
+        assert_eq!(lock_files(), 1, "a closed session removes its lock");
+        assert_eq!(second.claim_trash(later).unwrap().chunks, orphan.chunks, "its deleter is gone");
+        let third = SqliteRepository::open(&p).unwrap();
+        assert!(third.claim_trash(later).unwrap().chunks.is_empty(), "and now it is the second's");
     }
 
     #[test]
