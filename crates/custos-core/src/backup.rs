@@ -310,6 +310,17 @@ impl<S: VaultState> Vault<S> {
     ) -> Result<T> {
         let g = &d.current;
         let chunks = self.repo.generation_chunks(&d.id, g.generation)?;
+        if chunks.len() as u64 != g.chunk_count {
+            // `d` was read earlier, and the generation it names has been
+            // replaced and dropped since: its chunk list is gone (copying
+            // its manifest alone recorded a copy whose chunks were never
+            // copied, as the eight-worker soak found).
+            return Err(custos_repo::RepoError::Raced {
+                what: format!("the copy of {}", d.name),
+                why: format!("its generation {} was replaced while the copy started", g.generation),
+            }
+            .into());
+        }
         let max = g.chunk_size as usize + CHUNK_OVERHEAD;
         let layout = Some((g.chunk_size as u64, g.size));
         let committed = |id: &custos_model::ChunkId| self.repo.chunk_referenced(dst_name, id).unwrap_or(false);

@@ -306,8 +306,15 @@ pub fn run(repo: &dyn Repository) {
         Err(RepoError::Exists { .. })
     ));
     assert!(repo.key(&KeyLabel::new("DSET.BACK.APP.key009").unwrap()).unwrap().is_none(), "nothing of it stored");
+    // A chunk list that does not match the record's count is refused (a
+    // copy that read a generation's list after the generation was dropped).
+    let short = BackupRecord { copy_id: DatasetId([0x44; 16]), ..b.clone() };
+    assert!(matches!(
+        repo.insert_backup(&short, &[c], &[], None, &[], repo.deletion_seq().unwrap()),
+        Err(RepoError::Raced { .. })
+    ));
     // Reusing a chunk nothing on the volume references is refused.
-    let raw = BackupRecord { method: CopyMethod::Raw, copy_id: DatasetId([5; 16]), ..b.clone() };
+    let raw = BackupRecord { method: CopyMethod::Raw, copy_id: DatasetId([5; 16]), chunk_count: 1, ..b.clone() };
     assert!(matches!(
         repo.insert_backup(&raw, &[a], &[], None, &[ChunkId([0x78; 16])], repo.deletion_seq().unwrap()),
         Err(RepoError::Raced { .. })
@@ -333,7 +340,7 @@ pub fn run(repo: &dyn Repository) {
     assert!(trash.iter().any(|t| on_v2(t, c) && !t.claimed), "{trash:?}");
     assert!(trash.iter().any(|t| t.manifest == Some((b.copy_id, 1))), "{trash:?}");
     // A commit that lists an unclaimed trashed object takes it back out.
-    let again = BackupRecord { copy_id: DatasetId([0x33; 16]), ..b.clone() };
+    let again = BackupRecord { copy_id: DatasetId([0x33; 16]), chunk_count: 1, ..b.clone() };
     let b3 = repo.insert_backup(&again, &[c], &[], None, &[], repo.deletion_seq().unwrap()).unwrap();
     assert!(!repo.trash().unwrap().iter().any(|t| on_v2(t, c)), "c is in use again");
     // Claiming takes what is due and still unreferenced; claimed objects
@@ -409,7 +416,7 @@ pub fn run(repo: &dyn Repository) {
     };
     repo.commit_generation(&first).unwrap();
     repo.insert_backup(
-        &BackupRecord { method: CopyMethod::Raw, volume: v2.clone(), ..b.clone() },
+        &BackupRecord { method: CopyMethod::Raw, volume: v2.clone(), chunk_count: 1, ..b.clone() },
         &[shared],
         &[],
         None,

@@ -1238,6 +1238,16 @@ impl Repository for SqliteRepository {
             });
         }
         let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
+        if chunks.len() as u64 != b.chunk_count {
+            return Err(RepoError::Raced {
+                what: what(),
+                why: format!(
+                    "it lists {} chunks for a generation of {}: the generation changed while it was read",
+                    chunks.len(),
+                    b.chunk_count
+                ),
+            });
+        }
         check_reused(&tx, reused, b.volume.as_str(), what)?;
         check_not_claimed(
             &tx,
