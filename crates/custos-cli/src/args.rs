@@ -280,6 +280,11 @@ pub enum AuditCmd {
     /// entry that was modified, deleted or moved, or a truncated tail.
     /// Exits 4 when the log was tampered with.
     Verify,
+    /// Carry on with a catalog older than what the HSM recorded (one
+    /// restored from a backup on purpose): opening the HSM refuses such a
+    /// catalog until a security-admin accepts it. The commands it lacks are
+    /// lost to the vault; the acceptance is audited.
+    AcceptRollback,
     /// Write every entry as one JSON object per line, for a SIEM.
     Export {
         #[arg(long)]

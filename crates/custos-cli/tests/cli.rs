@@ -1008,35 +1008,93 @@ fn audit_log_is_tamper_evident() {
     c.execute("UPDATE audit_log SET seq = ?1 WHERE seq = -1", [s_ls]).unwrap();
     let err = e.fails(&["audit", "verify"], 4);
     assert!(err.contains(&format!("entry {s_put} (key ls")) && err.contains("modified or moved"), "{err}");
-    // Rewritten: an entry edited and the whole chain recomputed; the signed checkpoint catches it.
+    // Rewritten: an entry edited and the whole chain recomputed as plain
+    // SHA-256 links (keyed ones cannot be recomputed without the key); the
+    // entry the HSM anchored no longer matches, so the HSM will not open.
     let e = fresh();
     db(&e).execute("UPDATE audit_log SET result = 'ok' WHERE seq = ?1", [s_fail]).unwrap();
+    db(&e).execute("DELETE FROM audit_checkpoints", []).unwrap();
     rechain(&db(&e));
     let err = e.fails(&["audit", "verify"], 4);
-    assert!(err.contains("does not match the checkpoint"), "{err}");
-    // Truncated: the newest entries, which a checkpoint covers, are cut.
+    assert!(err.contains("is not the one its HSM recorded"), "{err}");
+    // Edited without touching the chain: the keyed link names the entry.
     let e = fresh();
-    e.ok(&["ds", "verify", "AUD.ONE"]); // opens the HSM: signs the head
+    db(&e).execute("UPDATE audit_log SET result = 'ok' WHERE seq = ?1", [s_fail]).unwrap();
+    let err = e.fails(&["audit", "verify"], 4);
+    assert!(err.contains(&format!("entry {s_fail} (ds get NO.SUCH by ops) was modified")), "{err}");
+    // Truncated: the newest entries, and their checkpoints, are cut. The
+    // HSM anchored the last entry the last command wrote.
+    let e = fresh();
+    e.ok(&["ds", "verify", "AUD.ONE"]);
     let n: i64 = db(&e).query_row("SELECT MAX(seq) FROM audit_log", [], |r| r.get(0)).unwrap();
     db(&e).execute("DELETE FROM audit_log WHERE seq >= ?1", [n - 1]).unwrap();
+    db(&e).execute("DELETE FROM audit_checkpoints WHERE seq >= ?1", [n - 1]).unwrap();
     // (Run directly: `fails` lists the vault first, and those commands would
     // append.) `audit verify` records its own intent first, which takes the
-    // first number cut; the checkpoint over the cut entry is kept, not
-    // re-signed over the new one.
+    // first number cut.
     let o = e.run(&["audit", "verify"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{err}");
-    assert!(err.contains(&format!("up to entry {} does not match the checkpoint", n - 1)), "{err}");
-    assert!(err.contains("entries were cut"), "{err}");
-    // More entries appended after the cut: the checkpoint still catches it.
+    assert!(err.contains(&format!("ends at entry {}, but the HSM recorded entry {n}", n - 1)), "{err}");
+    // More entries appended after the cut, up past the anchor: the entry
+    // there is not the one the HSM recorded.
     e.ok(&["key", "ls"]);
     let o = e.run(&["audit", "verify"]);
     assert_eq!(o.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("does not match the checkpoint"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not the one its HSM recorded"));
 }
 
-/// Recompute every hash as a forger with database access would (the
-/// link is public; only checkpoints need the audit key).
+/// A catalog put back from a copy taken one or ten commands earlier is
+/// refused when the HSM opens, naming the entry the catalog ends at and
+/// the one the HSM recorded; a security-admin's `audit accept-rollback`
+/// carries on with it, and the log then verifies. Commands that need no key
+/// never open the HSM in embedded mode (a server opens it at start).
+#[test]
+fn a_rolled_back_catalog_is_refused_until_accepted() {
+    for n in [1usize, 10] {
+        let e = Env::new();
+        let first = data(5_000, 1);
+        e.ok(&["ds", "put", "RB.ONE", Env::s(&e.file("a", &first))]);
+        let db = e.vault.join("custos.db");
+        assert!(!e.vault.join("custos.db-wal").exists(), "a finished command leaves the catalog in one file");
+        let copy = std::fs::read(&db).unwrap();
+        let head = |e: &Env| {
+            let c = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+            c.query_row("SELECT MAX(seq) FROM audit_log", [], |r| r.get::<_, i64>(0)).unwrap()
+        };
+        let old_head = head(&e);
+        for i in 0..n {
+            e.ok(&["ds", "put", "RB.ONE", Env::s(&e.file("b", &data(5_000, 2 + i as u8)))]);
+        }
+        let new_head = head(&e);
+        assert!(!e.vault.join("custos.db-wal").exists());
+        std::fs::write(&db, &copy).unwrap();
+        let o = e.run(&["ds", "get", "RB.ONE"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(4), "{n}: {err}");
+        // Its own intent entry came first, unkeyed, at the next number.
+        assert!(err.contains(&format!("ends at entry {}", old_head + 1)), "{n}: {err}");
+        assert!(err.contains(&format!("the HSM recorded entry {new_head}")), "{n}: {err}");
+        assert!(err.contains("audit accept-rollback"), "{err}");
+        assert!(o.stdout.is_empty(), "nothing was read");
+        // Not for an application to decide.
+        e.cmd(&["user", "add", "clerk", "--role", "app"])
+            .env("CUSTOS_NEW_CREDENTIAL", "a clerk's own credential")
+            .assert()
+            .success();
+        e.as_user("clerk", "a clerk's own credential").fails(&["audit", "accept-rollback"], 8);
+        let admin = e.as_user("admin", ADMIN_CRED);
+        admin.ok(&["audit", "accept-rollback"]);
+        assert_eq!(e.run(&["ds", "get", "RB.ONE"]).stdout, first, "the older catalog's content");
+        let verdict = admin.ok(&["audit", "verify"]);
+        assert!(verdict.contains("audit log intact"), "{verdict}");
+        let rows = admin.json(&["audit", "ls"]);
+        assert!(rows.as_array().unwrap().iter().any(|r| r["action"] == "audit accept-rollback" && r["result"] == "ok"));
+    }
+}
+
+/// Recompute every hash as a forger with database access would: as plain
+/// SHA-256 links, marked unkeyed (a keyed link needs the audit key).
 fn rechain(c: &rusqlite::Connection) {
     use aws_lc_rs::digest;
     let rows: Vec<(i64, i64, String, String, String, String)> = c
@@ -1058,7 +1116,8 @@ fn rechain(c: &rusqlite::Connection) {
             d.update(f.as_bytes());
         }
         prev = d.finish().as_ref().try_into().unwrap();
-        c.execute("UPDATE audit_log SET hash = ?1 WHERE seq = ?2", rusqlite::params![&prev[..], seq]).unwrap();
+        c.execute("UPDATE audit_log SET hash = ?1, keyed = 0 WHERE seq = ?2", rusqlite::params![&prev[..], seq])
+            .unwrap();
     }
 }
 

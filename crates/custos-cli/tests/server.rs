@@ -630,6 +630,48 @@ fn the_server_refuses_an_exposed_vault_and_one_without_principals() {
     assert!(!dir.path().join("s.sock").exists(), "nothing listened");
 }
 
+/// A server will not start on a catalog older than its HSM's anchor: the
+/// copy of `custos.db` taken before a client's write is refused, naming the
+/// entry it ends at and the one the HSM recorded, and nothing listens.
+#[test]
+fn a_server_refuses_a_rolled_back_catalog() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "RB.SRV", Env::s(&e.file("a", b"before"))]);
+    let db = e.vault.join("custos.db");
+    let copy = std::fs::read(&db).unwrap();
+    let head = || {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("SELECT MAX(seq) FROM audit_log", [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+    let before = head();
+    let s = Served::start(&e);
+    let o = s.run("ops", OPS_CRED, &["ds", "put", "RB.SRV"], Some(b"after"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A drained server anchors the log's end.
+    let pid = s.child.lock().unwrap().as_ref().unwrap().id();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::TERM)
+        .unwrap();
+    let st = s.child.lock().unwrap().take().unwrap().wait().unwrap();
+    assert!(st.success(), "{}", s.log());
+    let after = head();
+    assert!(after > before);
+    for leftover in ["custos.db-wal", "custos.db-shm"] {
+        let _ = std::fs::remove_file(e.vault.join(leftover));
+    }
+    std::fs::write(&db, &copy).unwrap();
+    let _ = std::fs::remove_file(&s.sock);
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+    c.env_clear().args(["serve", "--config"]).arg(&s.config);
+    if root() {
+        c.uid(SERVER_UID).gid(SOCKET_GID);
+    }
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains(&format!("ends at entry {before}, but the HSM recorded entry {after}")), "{err}");
+    assert!(!s.sock.exists(), "nothing listened");
+}
+
 /// A catalog row naming a PKCS#11 library is never what a server loads:
 /// the module and token come from its configuration. (Embedded mode, where
 /// whoever runs the command is every role anyway, still reads the row.)

@@ -12,6 +12,7 @@
 
 use aws_lc_rs::{digest, hmac};
 use custos_crypto::{Kcv, Mkvp};
+use custos_hsm::AuditAnchor;
 use custos_model::KeyLabel;
 use custos_repo::{AuditCheckpoint, AuditRow};
 use jiff::Timestamp;
@@ -42,19 +43,37 @@ fn parse_wrapped(s: &str) -> Result<(Mkvp, Kcv, Vec<u8>)> {
     ))
 }
 
-/// The chain link: SHA-256 over the previous hash and every field,
-/// length-prefixed so no two entries encode alike.
-fn link(prev: &[u8; 32], e: &AuditRow) -> [u8; 32] {
-    let mut c = digest::Context::new(&digest::SHA256);
-    c.update(b"custos-audit-v1");
-    c.update(prev);
-    c.update(&e.seq.to_be_bytes());
-    c.update(&e.at.as_microsecond().to_be_bytes());
-    for f in [&e.principal, &e.action, &e.object, &e.result] {
-        c.update(&(f.len() as u32).to_be_bytes());
-        c.update(f.as_bytes());
+/// The chain link over the previous hash and every field, length-prefixed
+/// so no two entries encode alike: an HMAC-SHA-256 under the audit key for
+/// an entry written while the HSM was open (`keyed`), else SHA-256 (an
+/// entry a command without the HSM wrote, in embedded mode). Without the
+/// key a keyed link cannot be recomputed.
+fn link(key: Option<&hmac::Key>, prev: &[u8; 32], e: &AuditRow) -> [u8; 32] {
+    let fields = |update: &mut dyn FnMut(&[u8])| {
+        update(prev);
+        update(&e.seq.to_be_bytes());
+        update(&e.at.as_microsecond().to_be_bytes());
+        for f in [&e.principal, &e.action, &e.object, &e.result] {
+            update(&(f.len() as u32).to_be_bytes());
+            update(f.as_bytes());
+        }
+    };
+    match (e.keyed, key) {
+        (true, Some(k)) => {
+            let mut c = hmac::Context::with_key(k);
+            c.update(b"custos-audit-v2");
+            fields(&mut |b| c.update(b));
+            c.sign().as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")
+        }
+        // A keyed entry checked without the key cannot match.
+        (true, None) => [0; 32],
+        (false, _) => {
+            let mut c = digest::Context::new(&digest::SHA256);
+            c.update(b"custos-audit-v1");
+            fields(&mut |b| c.update(b));
+            c.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+        }
     }
-    c.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 fn checkpoint_message(seq: u64, head: &[u8; 32], at: Timestamp) -> Vec<u8> {
@@ -78,6 +97,11 @@ pub struct AuditFilter {
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditVerdict {
     pub entries: u64,
+    /// Of those, entries chained under the audit key (the others were
+    /// written by commands that ran without the HSM, in embedded mode).
+    pub keyed: u64,
+    /// The last entry the HSM recorded as written (see [`AuditAnchor`]).
+    pub anchored: Option<u64>,
     pub checkpoints: u64,
     /// The first problem found, naming the entry; `None` when intact.
     pub problem: Option<String>,
@@ -160,9 +184,9 @@ impl<S: VaultState> Vault<S> {
             .collect())
     }
 
-    /// Check the chain (no key needed). Returns the first problem, and the
-    /// rows so that checkpoints can be checked against them.
-    fn verify_chain(&self) -> Result<(Vec<AuditRow>, Option<String>)> {
+    /// Check the chain under the audit key. Returns the first problem, and
+    /// the rows so that checkpoints can be checked against them.
+    fn verify_chain(&self, key: &hmac::Key) -> Result<(Vec<AuditRow>, Option<String>)> {
         let rows = self.repo.audit_rows(0)?;
         let mut prev = [0u8; 32];
         for (i, r) in rows.iter().enumerate() {
@@ -175,7 +199,7 @@ impl<S: VaultState> Vault<S> {
                 };
                 return Ok((rows, Some(problem)));
             }
-            if link(&prev, r) != r.hash {
+            if link(Some(key), &prev, r) != r.hash {
                 return Ok((
                     rows.clone(),
                     Some(format!(
@@ -222,6 +246,57 @@ impl Vault<Open> {
         Ok(hmac::Key::new(hmac::HMAC_SHA256, key.expose_secret()))
     }
 
+    /// Check the catalog against the HSM's anchor, then key every entry
+    /// this vault's journal writes from now on and let the anchor follow
+    /// them; sign the head (a checkpoint). A catalog older than the anchor
+    /// (a rollback, or lost transactions) or one whose entry there differs
+    /// (a rewritten log) is refused, and nothing is written. The first time
+    /// (a new or upgraded vault) the current head becomes the anchor.
+    ///
+    /// With `accept`, a security administrator's decision to carry on with
+    /// this catalog anyway: the anchor is moved to its head, whatever the
+    /// HSM held. Returns the anchor the HSM held before.
+    pub fn audit_arm(&self, accept: bool) -> Result<Option<AuditAnchor>> {
+        let key = self.audit_key()?;
+        // The anchor first: it is written only after its entries commit, so
+        // a head read after it is never behind it, whoever appends meanwhile.
+        let anchored = self.state.hsm.anchor()?;
+        let head = self.repo.audit_head()?;
+        match (anchored, &head) {
+            _ if accept => {
+                if let Some(h) = &head {
+                    self.state.hsm.set_anchor(&AuditAnchor { seq: h.seq, head: h.hash }, true)?;
+                }
+            }
+            (Some(a), _) => {
+                let catalog = head.as_ref().map_or(0, |h| h.seq);
+                if catalog < a.seq {
+                    return Err(Error::CatalogRollback { catalog, anchored: a.seq });
+                }
+                let at = self.repo.audit_rows(a.seq.saturating_sub(1))?.into_iter().next();
+                if !at.is_some_and(|r| r.seq == a.seq && r.hash == a.head) {
+                    return Err(Error::CatalogForked { seq: a.seq });
+                }
+            }
+            (None, Some(h)) => self.state.hsm.set_anchor(&AuditAnchor { seq: h.seq, head: h.hash }, false)?,
+            (None, None) => {}
+        }
+        let signer = Signer { key, hsm: self.state.hsm.clone(), anchor: Default::default() };
+        *self.journal.signer.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(signer));
+        let _ = self.audit_checkpoint();
+        Ok(anchored)
+    }
+
+    /// Write the anchor now if entries wait for it (it is otherwise written
+    /// at most once a second, and when the vault closes). Returns why the
+    /// last attempt failed, if it did.
+    pub fn audit_anchor_now(&self) -> Option<String> {
+        let signer = self.journal.signer.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        signer.advanced(None, true);
+        let st = signer.anchor.lock().unwrap_or_else(|e| e.into_inner());
+        st.failed.clone()
+    }
+
     /// Move the audit key from master key `from` to CURRENT (part of a
     /// master key change).
     pub(crate) fn rewrap_audit_key(&self, from: &Mkvp) -> Result<()> {
@@ -254,15 +329,51 @@ impl Vault<Open> {
         Ok(Some(c))
     }
 
-    /// Verify the chain and every checkpoint; name the first problem.
+    /// Verify the chain, the HSM's anchor and every checkpoint; name the
+    /// first problem.
     pub fn audit_verify(&self) -> Result<AuditVerdict> {
-        let (rows, problem) = self.verify_chain()?;
+        let key = self.audit_key()?;
+        // What this process wrote is anchored first; then the anchor is read
+        // before the rows: entries appended meanwhile only put the log
+        // further ahead of it.
+        let anchor_failed = self.audit_anchor_now();
+        let anchor = self.state.hsm.anchor()?;
+        let (rows, problem) = self.verify_chain(&key)?;
         let cps = self.repo.audit_checkpoints()?;
-        let verdict = |problem| AuditVerdict { entries: rows.len() as u64, checkpoints: cps.len() as u64, problem };
+        let keyed = rows.iter().filter(|r| r.keyed).count() as u64;
+        let verdict = |problem| AuditVerdict {
+            entries: rows.len() as u64,
+            keyed,
+            anchored: anchor.map(|a| a.seq),
+            checkpoints: cps.len() as u64,
+            problem,
+        };
         if problem.is_some() {
             return Ok(verdict(problem));
         }
-        let key = self.audit_key()?;
+        if let Some(why) = anchor_failed {
+            return Ok(verdict(Some(format!(
+                "the HSM's record of the log's end could not be updated ({why}), so a rollback of the catalog past it would go unnoticed"
+            ))));
+        }
+        if let Some(a) = anchor {
+            match rows.get(a.seq.saturating_sub(1) as usize) {
+                None => {
+                    return Ok(verdict(Some(format!(
+                        "the log ends at entry {}, but the HSM recorded entry {} as written: entries were cut from its end, or custos.db was replaced by an older copy",
+                        rows.len(),
+                        a.seq
+                    ))))
+                }
+                Some(r) if r.hash != a.head => {
+                    return Ok(verdict(Some(format!(
+                        "entry {} is not the one the HSM recorded: the log was rewritten up to there",
+                        a.seq
+                    ))))
+                }
+                Some(_) => {}
+            }
+        }
         for c in &cps {
             let when = c.at.strftime("%Y-%m-%d %H:%M:%S");
             if hmac::verify(&key, &checkpoint_message(c.seq, &c.head, c.at), &c.mac).is_err() {
@@ -302,6 +413,7 @@ fn new_row(principal: &str, action: &str, object: &str, result: &str) -> AuditRo
         object: object.into(),
         result: result.into(),
         hash: [0; 32],
+        keyed: false,
     }
 }
 
@@ -315,6 +427,64 @@ pub(crate) struct Journal {
     writer_wake: std::sync::Condvar,
     /// Whether the writer thread was started.
     writer: std::sync::OnceLock<()>,
+    /// The audit key and the HSM that anchors the log, once the vault that
+    /// shares this journal was armed (`Vault::audit_arm`): from then on
+    /// entries are keyed and the anchor follows them.
+    signer: std::sync::RwLock<Option<std::sync::Arc<Signer>>>,
+}
+
+/// What keys the chain and keeps its anchor.
+pub(crate) struct Signer {
+    key: hmac::Key,
+    hsm: std::sync::Arc<dyn custos_hsm::Hsm>,
+    anchor: std::sync::Mutex<AnchorState>,
+}
+
+#[derive(Default)]
+struct AnchorState {
+    /// The newest entry written and not yet anchored.
+    due: Option<AuditAnchor>,
+    /// When the anchor was last written.
+    written_at: Option<std::time::Instant>,
+    /// Why the last attempt failed (reported by `audit verify`).
+    failed: Option<String>,
+}
+
+/// While entries flow, the anchor is written at most this often; the last
+/// one when the journal closes. A crash may leave the anchor this far
+/// behind the log: entries cut from that tail go unnoticed on the next open.
+const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Signer {
+    /// Note the newest entry written; anchor it when the last anchor is
+    /// older than [`ANCHOR_EVERY`] (or `now`).
+    fn advanced(&self, last: Option<&AuditRow>, now: bool) {
+        let mut st = self.anchor.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = last {
+            st.due = Some(AuditAnchor { seq: r.seq, head: r.hash });
+        }
+        let Some(due) = st.due else { return };
+        if !now && st.written_at.is_some_and(|t| t.elapsed() < ANCHOR_EVERY) {
+            return;
+        }
+        match self.hsm.set_anchor(&due, false) {
+            Ok(()) => {
+                st.due = None;
+                st.failed = None;
+                st.written_at = Some(std::time::Instant::now());
+            }
+            Err(e) => st.failed = Some(e.to_string()),
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let signer = self.signer.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = signer {
+            s.advanced(None, true);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -349,9 +519,15 @@ impl Journal {
         st.writing = true;
         let batch = std::mem::take(&mut st.pending);
         drop(st);
-        let rows: Vec<AuditRow> = batch.iter().filter_map(|p| p.row.clone()).collect();
+        let signer = self.signer.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let keyed = signer.is_some();
+        let rows: Vec<AuditRow> = batch.iter().filter_map(|p| p.row.clone()).map(|r| AuditRow { keyed, ..r }).collect();
         let uses: Vec<KeyLabel> = batch.iter().filter_map(|p| p.key_use.clone()).collect();
-        let written = repo.append_audit_batch(&rows, &link, &uses);
+        let key = signer.as_ref().map(|s| &s.key);
+        let written = repo.append_audit_batch(&rows, &|prev, r| link(key, prev, r), &uses);
+        if let (Some(s), Ok(out)) = (&signer, &written) {
+            s.advanced(out.last(), false);
+        }
         let mut thens = Vec::new();
         st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match written {

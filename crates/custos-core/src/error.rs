@@ -92,6 +92,10 @@ pub enum Error {
     KeyPendingDestruction { label: KeyLabel, at: jiff::Timestamp },
     #[error("the audit log was tampered with: {problem}; keep this vault's catalog as evidence and compare it with an earlier export")]
     AuditTampered { problem: String },
+    #[error("the catalog is older than its HSM's record: its audit log ends at entry {catalog}, but the HSM recorded entry {anchored} as written. custos.db was replaced by an older copy, or lost its newest transactions. Put the newest custos.db back; to carry on with this one instead, a security-admin runs `custos audit accept-rollback`")]
+    CatalogRollback { catalog: u64, anchored: u64 },
+    #[error("the catalog's audit entry {seq} is not the one its HSM recorded: the log was rewritten up to there, or custos.db is another vault's or an older fork. Keep it as evidence and put the right custos.db back; to carry on with this one instead, a security-admin runs `custos audit accept-rollback`")]
+    CatalogForked { seq: u64 },
     #[error("the ciphertext does not open under {label} with this encryption context: it was altered, or sealed with another context; give the context it was sealed with")]
     Ciphertext { label: KeyLabel },
     #[error(

@@ -37,7 +37,7 @@ pub struct Sealed;
 
 /// A vault whose HSM is open.
 pub struct Open {
-    pub(crate) hsm: Box<dyn Hsm>,
+    pub(crate) hsm: Arc<dyn Hsm>,
 }
 
 /// The two vault states.
@@ -232,7 +232,7 @@ impl Vault<Sealed> {
         Vault {
             dir: self.dir,
             repo: self.repo,
-            state: Open { hsm },
+            state: Open { hsm: Arc::from(hsm) },
             threads: self.threads,
             journal: self.journal,
             labels: self.labels,

@@ -128,6 +128,34 @@ pub enum NewMasterKey {
     Parts(Vec<KeyPart>),
 }
 
+/// The newest audit entry an HSM has seen committed: its sequence number
+/// and chain hash. Kept where a rollback of the catalog cannot reach it
+/// (inside the sealed file, or as a private token object), so that a
+/// catalog older than it is noticed when the HSM is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditAnchor {
+    pub seq: u64,
+    pub head: [u8; 32],
+}
+
+impl AuditAnchor {
+    const LEN: usize = 8 + 32;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..8].copy_from_slice(&self.seq.to_be_bytes());
+        out[8..].copy_from_slice(&self.head);
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        (b.len() == Self::LEN).then(|| AuditAnchor {
+            seq: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            head: b[8..].try_into().expect("32 bytes"),
+        })
+    }
+}
+
 /// The HSM seam. Implementations keep master keys inside; callers see MKVPs.
 pub trait Hsm: Send + Sync {
     /// A short description for messages, such as "software HSM at /v/hsm.sealed".
@@ -163,6 +191,16 @@ pub trait Hsm: Send + Sync {
     /// NEW → CURRENT → OLD; the previous OLD is discarded. The caller checks
     /// first that nothing is still wrapped under the OLD key.
     fn activate(&self) -> Result<(), HsmError>;
+
+    /// The audit anchor as stored now (another process may have moved it
+    /// since this one opened the HSM); `None` before the first.
+    fn anchor(&self) -> Result<Option<AuditAnchor>, HsmError>;
+
+    /// Store `anchor` if it is further along than the one stored (processes
+    /// sharing the HSM each move it forward; none moves it back), or
+    /// whatever is stored when `force` (an administrator accepted an older
+    /// catalog). Atomic: a crash leaves the old anchor or the new one.
+    fn set_anchor(&self, anchor: &AuditAnchor, force: bool) -> Result<(), HsmError>;
 }
 
 /// Combine key parts: verify each against its KCV, require two distinct
@@ -280,6 +318,23 @@ pub mod conformance {
         hsm.load_new(NewMasterKey::Generate, None).unwrap();
         hsm.clear_new().unwrap();
         assert!(matches!(hsm.activate(), Err(HsmError::NoNewMasterKey)));
+
+        // The audit anchor moves forward only, unless forced, and survives
+        // register changes.
+        let a = |seq: u64, b: u8| AuditAnchor { seq, head: [b; 32] };
+        let start = hsm.anchor().expect("anchor");
+        let base = start.map_or(0, |x| x.seq);
+        hsm.set_anchor(&a(base + 10, 1), false).unwrap();
+        assert_eq!(hsm.anchor().unwrap(), Some(a(base + 10, 1)));
+        hsm.set_anchor(&a(base + 9, 2), false).unwrap();
+        assert_eq!(hsm.anchor().unwrap(), Some(a(base + 10, 1)), "an older anchor does not replace a newer one");
+        hsm.load_new(NewMasterKey::Generate, None).unwrap();
+        hsm.activate().unwrap();
+        assert_eq!(hsm.anchor().unwrap(), Some(a(base + 10, 1)), "kept across a master key change");
+        hsm.set_anchor(&a(base + 3, 3), true).unwrap();
+        assert_eq!(hsm.anchor().unwrap(), Some(a(base + 3, 3)), "forced back");
+        hsm.set_anchor(&a(base + 4, 4), false).unwrap();
+        assert_eq!(hsm.anchor().unwrap(), Some(a(base + 4, 4)));
 
         // Nothing the HSM prints shows key material.
         let shown = format!("{w:?} {regs:?} {}", hsm.describe());

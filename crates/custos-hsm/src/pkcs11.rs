@@ -22,10 +22,12 @@ use custos_crypto::check::MKVP_BLOCK;
 use custos_crypto::{DataKey, Kcv, Mkvp, KCV_LEN};
 use jiff::Timestamp;
 
-use crate::{combine_parts, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey};
+use crate::{combine_parts, AuditAnchor, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey};
 
 const MK_LABEL: &[u8] = b"custos-mk";
 const REGS_LABEL: &[u8] = b"custos-registers";
+/// The label of the data object that holds the audit anchor.
+const ANCHOR_LABEL: &[u8] = b"custos-audit-anchor";
 
 /// Where the token is and how to log in.
 pub struct Pkcs11Config {
@@ -261,6 +263,28 @@ impl Pkcs11Hsm {
         Ok(())
     }
 
+    /// Every anchor object on the token with what it says (one, or more
+    /// when processes wrote at once or a write was interrupted).
+    fn anchor_objects(&self, s: &Session) -> Result<Vec<(ObjectHandle, AuditAnchor)>, HsmError> {
+        let found = s
+            .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(ANCHOR_LABEL.to_vec())])
+            .map_err(p11("find the audit anchor"))?;
+        let mut out = Vec::with_capacity(found.len());
+        for h in found {
+            let attrs = s.get_attributes(h, &[AttributeType::Value]).map_err(p11("read the audit anchor"))?;
+            let value = attrs.into_iter().find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            });
+            let a = value.as_deref().and_then(AuditAnchor::decode).ok_or_else(|| HsmError::Pkcs11 {
+                op: "read the audit anchor",
+                detail: format!("an anchor object on token {:?} is damaged", self.token),
+            })?;
+            out.push((h, a));
+        }
+        Ok(out)
+    }
+
     fn master_key(&self, s: &Session, mkvp: &Mkvp) -> Result<ObjectHandle, HsmError> {
         let found = s
             .find_objects(&[
@@ -437,6 +461,34 @@ impl Hsm for Pkcs11Hsm {
         // The register object no longer names it: now the key can go.
         if let Some(discarded) = regs.old {
             self.destroy_master_key(&s, &discarded.mkvp);
+        }
+        Ok(())
+    }
+
+    fn anchor(&self) -> Result<Option<AuditAnchor>, HsmError> {
+        let s = self.session();
+        Ok(self.anchor_objects(&s)?.into_iter().map(|(_, a)| a).max_by_key(|a| a.seq))
+    }
+
+    /// Like the registers: a new private token object, then the older ones
+    /// go; interrupted in between, the furthest one wins on read.
+    fn set_anchor(&self, anchor: &AuditAnchor, force: bool) -> Result<(), HsmError> {
+        let s = self.session();
+        let old = self.anchor_objects(&s)?;
+        if !force && old.iter().any(|(_, a)| a.seq >= anchor.seq) {
+            return Ok(());
+        }
+        s.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(ANCHOR_LABEL.to_vec()),
+            Attribute::Application(b"custos".to_vec()),
+            Attribute::Value(anchor.encode().to_vec()),
+        ])
+        .map_err(p11("write the audit anchor"))?;
+        for (h, _) in old {
+            let _ = s.destroy_object(h);
         }
         Ok(())
     }

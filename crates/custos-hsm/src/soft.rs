@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -14,13 +15,18 @@ use custos_crypto::{
 use jiff::Timestamp;
 use zeroize::Zeroizing;
 
-use crate::{combine_parts, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey};
+use crate::{combine_parts, AuditAnchor, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey};
 
 const MAGIC: &[u8; 8] = b"CUSTOSHS";
-const VERSION: u8 = 1;
+/// Version 1 held the registers; version 2 adds the audit anchor.
+const VERSION: u8 = 2;
 const HEADER_LEN: usize = 8 + 1 + 12 + 16 + 12;
 const REG_LEN: usize = 1 + 32 + 8;
-const BODY_LEN: usize = 3 * REG_LEN;
+const ANCHOR_LEN: usize = 1 + AuditAnchor::LEN;
+
+fn body_len(version: u8) -> usize {
+    3 * REG_LEN + if version >= 2 { ANCHOR_LEN } else { 0 }
+}
 
 struct Slot {
     key: MasterKey,
@@ -66,50 +72,58 @@ impl SoftHsm {
         };
         let seal_key = kdf.derive(passphrase)?;
         let hsm = Self { path: path.into(), kdf, seal_key, regs: RwLock::new(regs) };
-        hsm.save(&hsm.regs.read().expect("registers lock"))?;
+        hsm.write(&hsm.regs.read().expect("registers lock"), None)?;
         Ok(hsm)
     }
 
     /// Open an existing HSM file.
     pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, HsmError> {
         let io = |source| HsmError::Io { path: path.into(), source };
-        let corrupt = |why| HsmError::Corrupt { path: path.into(), why };
-        let mut bytes = Zeroizing::new(fs::read(path).map_err(io)?);
-        if bytes.len() != HEADER_LEN + BODY_LEN + TAG_LEN || &bytes[..8] != MAGIC {
-            return Err(corrupt("not a Custos software HSM file"));
-        }
-        if bytes[8] != VERSION {
-            return Err(corrupt("unsupported version; upgrade Custos"));
-        }
-        let u32_at = |o: usize| u32::from_be_bytes(bytes[o..o + 4].try_into().unwrap());
-        let params = KdfParams { memory_kib: u32_at(9), iterations: u32_at(13), parallelism: u32_at(17) };
-        params.validate().map_err(|_| corrupt("key derivation parameters out of range"))?;
-        let salt: [u8; 16] = bytes[21..37].try_into().unwrap();
-        let nonce = Nonce(bytes[37..49].try_into().unwrap());
-        let kdf = Kdf { params, salt };
+        let bytes = Zeroizing::new(fs::read(path).map_err(io)?);
+        let (kdf, _) = header(path, &bytes)?;
         let pk = kdf.derive(passphrase)?;
-        let (header, body) = bytes.split_at_mut(HEADER_LEN);
-        let plain = open_with_passphrase_key(&pk, nonce, header, body)
-            .map_err(|_| HsmError::WrongPassphrase { path: path.into() })?;
-        let mut regs = Registers::default();
-        for (i, slot) in [&mut regs.new, &mut regs.current, &mut regs.old].into_iter().enumerate() {
-            let r = &plain[i * REG_LEN..(i + 1) * REG_LEN];
-            if r[0] == 1 {
-                let key = MasterKey::from_slice(&r[1..33])?;
-                let secs = i64::from_be_bytes(r[33..41].try_into().unwrap());
-                let since = Timestamp::from_second(secs).map_err(|_| corrupt("bad timestamp"))?;
-                *slot = Some(Slot { mkvp: Mkvp::of(&key), key, since });
-            }
-        }
+        let (regs, _) = decode(path, &pk, bytes)?;
         Ok(Self { path: path.into(), kdf, seal_key: pk, regs: RwLock::new(regs) })
     }
 
-    /// Write the registers back, atomically (temp file, fsync, rename, fsync dir).
+    /// The registers and the anchor as the file holds them now. The file
+    /// must still be sealed under the key this handle derived.
+    fn read_back(&self) -> Result<(Registers, Option<AuditAnchor>), HsmError> {
+        let bytes =
+            Zeroizing::new(fs::read(&self.path).map_err(|source| HsmError::Io { path: self.path.clone(), source })?);
+        let (kdf, _) = header(&self.path, &bytes)?;
+        if kdf.salt != self.kdf.salt || kdf.params != self.kdf.params {
+            return Err(HsmError::Corrupt {
+                path: self.path.clone(),
+                why: "it was sealed anew by another process since this one opened it; run the command again",
+            });
+        }
+        decode(&self.path, &self.seal_key, bytes)
+    }
+
+    /// Hold the HSM file's lock (a file beside it) while reading it back
+    /// and writing it, so that processes sharing the HSM take turns.
+    fn lock(&self) -> Result<File, HsmError> {
+        let lock = self.path.with_extension("lock");
+        let io = |source| HsmError::Io { path: lock.clone(), source };
+        let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock).map_err(io)?;
+        f.lock().map_err(io)?;
+        Ok(f)
+    }
+
+    /// Write the registers back, keeping the anchor the file holds.
     fn save(&self, regs: &Registers) -> Result<(), HsmError> {
+        let _lock = self.lock()?;
+        let (_, anchor) = self.read_back()?;
+        self.write(regs, anchor.as_ref())
+    }
+
+    /// Write the file atomically (temp file, fsync, rename, fsync dir).
+    fn write(&self, regs: &Registers, anchor: Option<&AuditAnchor>) -> Result<(), HsmError> {
         let io = |source| HsmError::Io { path: self.path.clone(), source };
         let pk = &self.seal_key;
         let nonce = Nonce::random()?;
-        let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + BODY_LEN + TAG_LEN));
+        let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + body_len(VERSION) + TAG_LEN));
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         for v in [self.kdf.params.memory_kib, self.kdf.params.iterations, self.kdf.params.parallelism] {
@@ -127,13 +141,20 @@ impl SoftHsm {
                 None => out.extend_from_slice(&[0u8; REG_LEN]),
             }
         }
+        match anchor {
+            Some(a) => {
+                out.push(1);
+                out.extend_from_slice(&a.encode());
+            }
+            None => out.extend_from_slice(&[0u8; ANCHOR_LEN]),
+        }
         out.extend_from_slice(&[0u8; TAG_LEN]);
         let (header, body) = out.split_at_mut(HEADER_LEN);
         seal_with_passphrase_key(pk, nonce, header, body)?;
         let tmp = self.path.with_extension("tmp");
         // A temp file left by a crash is stale: the real file was not replaced.
         let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
         let written = f.write_all(&out).and_then(|_| f.sync_all());
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
@@ -173,6 +194,62 @@ fn held(regs: &Registers) -> String {
     } else {
         list.join(", ")
     }
+}
+
+/// The key derivation a file names in its header, and its version,
+/// checked before any key is derived.
+fn header(path: &Path, bytes: &[u8]) -> Result<(Kdf, u8), HsmError> {
+    let corrupt = |why| HsmError::Corrupt { path: path.into(), why };
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err(corrupt("not a Custos software HSM file"));
+    }
+    let version = bytes[8];
+    if !(1..=VERSION).contains(&version) {
+        return Err(corrupt("unsupported version; upgrade Custos"));
+    }
+    if bytes.len() != HEADER_LEN + body_len(version) + TAG_LEN {
+        return Err(corrupt("not a Custos software HSM file"));
+    }
+    let u32_at = |o: usize| u32::from_be_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let params = KdfParams { memory_kib: u32_at(9), iterations: u32_at(13), parallelism: u32_at(17) };
+    params.validate().map_err(|_| corrupt("key derivation parameters out of range"))?;
+    let salt: [u8; 16] = bytes[21..37].try_into().expect("16 bytes");
+    Ok((Kdf { params, salt }, version))
+}
+
+/// Open a file's body under the key derived from its passphrase.
+fn decode(
+    path: &Path,
+    pk: &PassphraseKey,
+    mut bytes: Zeroizing<Vec<u8>>,
+) -> Result<(Registers, Option<AuditAnchor>), HsmError> {
+    let corrupt = |why| HsmError::Corrupt { path: path.into(), why };
+    let version = bytes[8];
+    let nonce = Nonce(bytes[37..49].try_into().expect("12 bytes"));
+    let (header, body) = bytes.split_at_mut(HEADER_LEN);
+    let plain = open_with_passphrase_key(pk, nonce, header, body)
+        .map_err(|_| HsmError::WrongPassphrase { path: path.into() })?;
+    let mut regs = Registers::default();
+    for (i, slot) in [&mut regs.new, &mut regs.current, &mut regs.old].into_iter().enumerate() {
+        let r = &plain[i * REG_LEN..(i + 1) * REG_LEN];
+        if r[0] == 1 {
+            let key = MasterKey::from_slice(&r[1..33])?;
+            let secs = i64::from_be_bytes(r[33..41].try_into().expect("8 bytes"));
+            let since = Timestamp::from_second(secs).map_err(|_| corrupt("bad timestamp"))?;
+            *slot = Some(Slot { mkvp: Mkvp::of(&key), key, since });
+        }
+    }
+    let anchor = match version {
+        1 => None,
+        _ => {
+            let a = &plain[3 * REG_LEN..3 * REG_LEN + ANCHOR_LEN];
+            match a[0] {
+                0 => None,
+                _ => Some(AuditAnchor::decode(&a[1..]).ok_or_else(|| corrupt("bad audit anchor"))?),
+            }
+        }
+    };
+    Ok((regs, anchor))
 }
 
 impl Hsm for SoftHsm {
@@ -257,6 +334,19 @@ impl Hsm for SoftHsm {
             return Err(e);
         }
         Ok(())
+    }
+
+    fn anchor(&self) -> Result<Option<AuditAnchor>, HsmError> {
+        Ok(self.read_back()?.1)
+    }
+
+    fn set_anchor(&self, anchor: &AuditAnchor, force: bool) -> Result<(), HsmError> {
+        let _lock = self.lock()?;
+        let (regs, stored) = self.read_back()?;
+        if !force && stored.is_some_and(|s| s.seq >= anchor.seq) {
+            return Ok(());
+        }
+        self.write(&regs, Some(anchor))
     }
 }
 

@@ -170,16 +170,26 @@ impl Engine {
 
     /// The vault with its HSM open, opening it first if need be.
     pub(crate) fn open(&self) -> Result<&Vault<Open>> {
+        self.open_accepting(false)
+    }
+
+    /// [`Engine::open`]; with `accept`, a catalog older than the HSM's
+    /// anchor is accepted (`audit accept-rollback`) rather than refused.
+    pub(crate) fn open_accepting(&self, accept: bool) -> Result<&Vault<Open>> {
         if let Some(v) = self.open.get() {
+            if accept {
+                v.audit_arm(true)?;
+            }
             return Ok(v);
         }
         let unlock = self.unlock.as_ref().ok_or_else(|| {
             Error::Usage("the HSM of this vault is not open here, and this operation needs it".into())
         })?;
         let u = unlock(&self.vault)?;
-        // Whoever opens the HSM signs the audit log's head first, so entries
-        // cut from its end since then show up in `audit verify`.
-        let _ = u.vault.audit_checkpoint();
+        // Whoever opens the HSM checks the catalog against the HSM's anchor
+        // (a rolled-back catalog is refused), keys the audit log from then
+        // on, and signs its head.
+        u.vault.audit_arm(accept)?;
         if u.passphrase.is_some() {
             *self.passphrase.lock().unwrap_or_else(|e| e.into_inner()) = u.passphrase;
         }

@@ -139,6 +139,8 @@ pub fn core_code(e: &CoreError) -> Code {
         | CoreError::KeyMismatch { .. }
         | CoreError::KeyNoMaterial { .. }
         | CoreError::AuditTampered { .. }
+        | CoreError::CatalogRollback { .. }
+        | CoreError::CatalogForked { .. }
         | CoreError::Ciphertext { .. }
         | CoreError::ReencipherFailed { .. }
         | CoreError::Repo(RepoError::NotACatalog { .. }) => Code::Integrity,

@@ -364,6 +364,9 @@ pub enum Operation {
     },
     AuditVerify,
     AuditExport,
+    /// Carry on with a catalog older than the HSM's anchor (restored from
+    /// a backup on purpose): the anchor moves to this catalog's head.
+    AuditAcceptRollback,
 
     // Principals.
     UserAdd {
@@ -539,6 +542,7 @@ impl Operation {
             AuditList { .. } => ("audit ls", String::new()),
             AuditVerify => ("audit verify", String::new()),
             AuditExport => ("audit export", String::new()),
+            AuditAcceptRollback => ("audit accept-rollback", String::new()),
             UserAdd { name, .. } => ("user add", name.clone()),
             UserList => ("user ls", String::new()),
             UserDisable { name } => ("user disable", name.clone()),
@@ -563,7 +567,7 @@ impl Operation {
             KeyRecover { .. } => "key-recover",
             EscrowRecover { .. } => "escrow-recover",
             MkActivate => "mk-activate",
-            PolicyAdd { .. } | PolicyRm { .. } | ConfigSet { .. } => "policy-change",
+            PolicyAdd { .. } | PolicyRm { .. } | ConfigSet { .. } | AuditAcceptRollback => "policy-change",
             UserAdd { .. } | UserGrant { .. } | UserRevoke { .. } | UserDisable { .. } => "role-change",
             EscrowInit { .. } | EscrowPurge { .. } => "escrow-change",
             BackupPrune { dry_run: false, .. } | SnapshotRm { .. } | DsRm { .. } => "data-removal",

@@ -906,7 +906,13 @@ impl Reply {
             }
             AuditVerdict(v) => {
                 if v.problem.is_none() {
-                    out!("audit log intact: {} entries, {} signed checkpoints", v.entries, v.checkpoints);
+                    out!(
+                        "audit log intact: {} entries ({} keyed), anchored in the HSM up to entry {}, {} signed checkpoints",
+                        v.entries,
+                        v.keyed,
+                        v.anchored.unwrap_or(0),
+                        v.checkpoints
+                    );
                 }
             }
             UserAdded { user, token } => {

@@ -345,6 +345,13 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::Audit(v.audit_entries(&custos_core::AuditFilter { since, principal, object })?)
         }
         O::AuditVerify => Reply::AuditVerdict(e.open()?.audit_verify()?),
+        O::AuditAcceptRollback => {
+            let v = e.open_accepting(true)?;
+            let head = v.audit_verify()?.entries;
+            Reply::Note(format!(
+                "the HSM's anchor now follows this catalog, whose audit log ends at entry {head}; what it lacks (the newer commands) is lost to this vault"
+            ))
+        }
         O::AuditExport => {
             let rows = v.audit_entries(&Default::default())?;
             let out =

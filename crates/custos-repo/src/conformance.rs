@@ -544,6 +544,7 @@ pub fn run(repo: &dyn Repository) {
         object: o.into(),
         result: "ok".into(),
         hash: [0; 32],
+        keyed: o == "two",
     };
     let first = repo.append_audit(&entry("one"), &link).unwrap();
     assert_eq!(first.seq, 1);
@@ -556,6 +557,7 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.key(&k.label).unwrap().unwrap().use_count, uses_before + 2);
     let rows = repo.audit_rows(0).unwrap();
     assert_eq!(rows.iter().map(|r| r.object.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
+    assert_eq!(rows.iter().map(|r| r.keyed).collect::<Vec<_>>(), [false, true, false], "keyed is kept");
 
     // Custodian recipients: one per principal, never shared by two.
     for name in ["alice", "bob"] {

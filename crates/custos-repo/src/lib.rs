@@ -368,6 +368,9 @@ pub struct AuditRow {
     pub result: String,
     #[serde(serialize_with = "hex32")]
     pub hash: [u8; 32],
+    /// Whether `hash` is an HMAC under the audit key (written while the HSM
+    /// was open) rather than a plain SHA-256 link.
+    pub keyed: bool,
 }
 
 fn hex32<S: serde::Serializer>(v: &[u8; 32], s: S) -> std::result::Result<S::Ok, S::Error> {

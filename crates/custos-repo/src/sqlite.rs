@@ -278,6 +278,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE trash ADD COLUMN claimed_by TEXT;
     "#,
+    // 14: audit entries chained under the audit key (an HMAC) rather than
+    // by SHA-256 alone, when the HSM was open as they were written.
+    r#"
+    ALTER TABLE audit_log ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
@@ -2110,7 +2115,8 @@ impl Repository for SqliteRepository {
         {
             let mut ins = tx
                 .prepare_cached(
-                    "INSERT INTO audit_log (seq, at, principal, action, object, result, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO audit_log (seq, at, principal, action, object, result, hash, keyed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(db("append to the audit log"))?;
             for e in entries {
@@ -2123,7 +2129,8 @@ impl Repository for SqliteRepository {
                     row.action,
                     row.object,
                     row.result,
-                    &row.hash[..]
+                    &row.hash[..],
+                    row.keyed
                 ])
                 .map_err(db("append to the audit log"))?;
                 prev = row.hash;
@@ -2156,7 +2163,7 @@ impl Repository for SqliteRepository {
     fn audit_rows(&self, after: u64) -> Result<Vec<AuditRow>> {
         self.query_all(
             "read the audit log",
-            "SELECT seq, at, principal, action, object, result, hash FROM audit_log WHERE seq > ?1 ORDER BY seq",
+            "SELECT seq, at, principal, action, object, result, hash, keyed FROM audit_log WHERE seq > ?1 ORDER BY seq",
             [after as i64],
             |r| {
                 let hash: Vec<u8> = r.get(6)?;
@@ -2168,6 +2175,7 @@ impl Repository for SqliteRepository {
                     object: r.get(4)?,
                     result: r.get(5)?,
                     hash: hash.try_into().map_err(|_| corrupt("audit hash"))?,
+                    keyed: r.get(7)?,
                 })
             },
         )

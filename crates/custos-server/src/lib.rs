@@ -115,8 +115,9 @@ pub fn open_engine(config: &Config) -> Result<Engine, ServeError> {
             (sealed.unseal_pkcs11_with(cfg)?, None)
         }
     };
-    // Opening the HSM signs the audit log's head, as every opening does.
-    let _ = open.audit_checkpoint();
+    // As every opening: the catalog is checked against the HSM's anchor (a
+    // rolled-back catalog is refused), and the audit log is keyed from now.
+    open.audit_arm(false)?;
     let mut engine = Engine::server(open, passphrase);
     engine.allow_volume_roots(config.volumes.clone());
     Ok(engine)

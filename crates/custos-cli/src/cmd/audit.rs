@@ -13,6 +13,7 @@ pub fn plan(c: &AuditCmd) -> anyhow::Result<Plan> {
             object: object.clone(),
         }),
         AuditCmd::Verify => Plan::new(Operation::AuditVerify),
+        AuditCmd::AcceptRollback => Plan::new(Operation::AuditAcceptRollback),
         AuditCmd::Export { jsonl: _ } => Plan { output: Output::Stdout, ..Plan::new(Operation::AuditExport) },
     })
 }
