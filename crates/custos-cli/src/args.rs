@@ -95,6 +95,10 @@ pub enum Command {
     /// Keystore backups.
     #[command(subcommand)]
     Keystore(KeystoreCmd),
+    /// The vault itself: a sealed backup of its catalog and HSM state, and
+    /// recovery from one on a fresh machine.
+    #[command(subcommand)]
+    Vault(VaultCmd),
     /// Escrow: a key-backup key split among custodians; every key is sealed to it.
     #[command(subcommand)]
     Escrow(EscrowCmd),
@@ -541,6 +545,25 @@ pub enum KeystoreCmd {
     },
     /// List keystore backups and the master keys each depends on.
     Backups,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VaultCmd {
+    /// Write the catalog (a consistent copy) and the HSM's state, sealed,
+    /// to a volume at another site: what brings the vault back after the
+    /// loss of its directory.
+    Backup {
+        #[arg(long)]
+        to: String,
+    },
+    /// Bring the vault back into the new directory --vault from the newest
+    /// vault backup at LOCATION (a volume's directory, or s3://bucket/prefix),
+    /// with the HSM's passphrase. Volumes that lived inside the lost vault
+    /// directory come back empty: restore what they held from backups.
+    Recover {
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

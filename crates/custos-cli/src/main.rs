@@ -175,6 +175,9 @@ fn unlocker(cli: &Cli) -> impl Fn(&Vault<Sealed>) -> custos_core::Result<Unlocke
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init(_) => return init(&cli).map(|_| ExitCode::SUCCESS),
+        Command::Vault(args::VaultCmd::Recover { from }) if cli.server.is_none() => {
+            return recover(&cli, from).map(|_| ExitCode::SUCCESS)
+        }
         Command::Demo { keep } => return demo::run(keep.as_deref()).map(|_| ExitCode::SUCCESS),
         Command::Mk(MkCmd::MakePart { custodian, output }) => {
             return cmd::mk::make_part(custodian, output).map(|_| ExitCode::SUCCESS)
@@ -334,6 +337,30 @@ fn serve(config: &Path) -> anyhow::Result<()> {
         at.extend(tcp.iter().map(|a| format!("https://{a}")));
         note!("custos serve: listening on {}", at.join(" and "));
     })?;
+    Ok(())
+}
+
+/// `custos vault recover`: a new vault directory from a vault backup.
+fn recover(cli: &Cli, from: &str) -> anyhow::Result<()> {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let p = passphrase(cli.passphrase_file.as_deref(), false)?;
+    let who = cli.user.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let r = custos_core::recover(&cli.vault, from, &p, &who)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "recovered vault {} from backup {} (taken {}, up to audit entry {}): {} datasets",
+            cli.vault.display(),
+            r.id,
+            r.created_at,
+            r.audit_seq,
+            r.datasets
+        );
+        for v in &r.emptied {
+            println!("volume {v} lived inside the lost vault directory and is empty again: restore its datasets from backups (`custos restore`)");
+        }
+    }
     Ok(())
 }
 

@@ -32,6 +32,7 @@ mod retention;
 mod secretfile;
 mod state;
 mod vault;
+mod vaultbackup;
 
 pub use audit::{AuditFilter, AuditVerdict, AUDIT_KEY};
 pub use backup::{PruneDecision, RestoreReport};
@@ -58,6 +59,7 @@ pub use secretfile::{
 pub use vault::{
     HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,
 };
+pub use vaultbackup::{recover, RecoverReport, VaultBackupReport};
 
 pub use custos_crypto::{recipient_from_text, recipient_to_text, KdfParams, Mkvp, Passphrase};
 pub use custos_hsm::{HsmError, KeyPart, NewMasterKey, Pkcs11Config};

@@ -551,6 +551,22 @@ impl<S: VaultState> Vault<S> {
         }
     }
 
+    /// After a recovery into a new directory: the disk volumes that lived
+    /// inside the old vault directory (stored relative to it) and are not
+    /// here, made again, empty and labelled for this vault. Returns them.
+    pub(crate) fn recreate_lost_inner_volumes(&self) -> Result<Vec<VolumeName>> {
+        let mut made = Vec::new();
+        for rec in self.repo.volumes()? {
+            let inside = rec.medium == Medium::Disk && Path::new(&rec.location).is_relative();
+            let path = self.dir.join(&rec.location);
+            if inside && !path.exists() {
+                LocalVolume::create_owned(rec.name.as_str(), &path, &self.vault_id()?)?;
+                made.push(rec.name);
+            }
+        }
+        Ok(made)
+    }
+
     /// Open a volume's own storage, ignoring any mirror.
     pub(crate) fn open_plain_volume(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
         Ok(self.open_record(&self.volume_record(name)?)?.into())

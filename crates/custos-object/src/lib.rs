@@ -381,6 +381,28 @@ impl Volume for ObjectVolume {
     fn read_keystore_backup(&self, id: &str) -> Result<Vec<u8>> {
         self.get(&format!("keystore/{id}.ksb"), &format!("keystore backup {id}"))
     }
+
+    fn put_vault_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        self.put_once(&format!("vault/{id}.cvb"), bytes.to_vec())
+    }
+
+    fn read_vault_backup(&self, id: &str) -> Result<Vec<u8>> {
+        self.get(&format!("vault/{id}.cvb"), &format!("vault backup {id}"))
+    }
+
+    fn list_vault_backups(&self) -> Result<Vec<String>> {
+        use futures_util::TryStreamExt;
+        let prefix = self.key("vault");
+        let metas: Vec<object_store::ObjectMeta> =
+            self.rt.block_on(self.store.list(Some(&prefix)).try_collect()).map_err(|e| self.err("vault", e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.to_string();
+                full.rsplit('/').next().and_then(|n| n.strip_suffix(".cvb")).map(str::to_string)
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -234,6 +234,11 @@ pub enum Operation {
         to: VolumeName,
     },
     KeystoreBackups,
+    /// A sealed copy of the catalog and the HSM's state on a volume, from
+    /// which `custos vault recover` brings the vault back elsewhere.
+    VaultBackup {
+        to: VolumeName,
+    },
     /// Make a key-backup key split among `custodians` (users with a
     /// registered recipient); each share is sealed to its custodian.
     EscrowInit {
@@ -511,6 +516,7 @@ impl Operation {
             MkReencipher { .. } => ("mk reencipher", String::new()),
             KeystoreBackup { to } => ("keystore backup", s(to)),
             KeystoreBackups => ("keystore backups", String::new()),
+            VaultBackup { to } => ("vault backup", s(to)),
             EscrowInit { .. } => ("escrow init", String::new()),
             EscrowRegister { .. } => ("escrow register", String::new()),
             EscrowShare { kbk } => ("escrow share", kbk.clone().unwrap_or_default()),

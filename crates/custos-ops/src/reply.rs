@@ -101,6 +101,7 @@ pub enum Reply {
     Reenciphered(ReencipherReport),
     KeystoreBackup(KeystoreBackupRecord),
     KeystoreBackups(Vec<KeystoreBackupRecord>),
+    VaultBackup(custos_core::VaultBackupReport),
     EscrowCreated(KbkRecord),
     EscrowStatus(EscrowStatus),
     CustodianRegistered(CustodianKey),
@@ -267,6 +268,7 @@ impl Reply {
             Reenciphered(r) => to(r),
             KeystoreBackup(b) => to(b),
             KeystoreBackups(b) => to(b),
+            VaultBackup(b) => to(b),
             EscrowCreated(kbk) => to(kbk),
             EscrowStatus(s) => to(s),
             CustodianRegistered(k) => json!({
@@ -621,6 +623,15 @@ impl Reply {
                 b.volume,
                 b.key_count,
                 b.mkvps.join(", ")
+            ),
+            VaultBackup(b) => out!(
+                "vault backup {} on volume {}: the catalog up to audit entry {} ({} datasets, {} keys) and the HSM's state, {} bytes, read back and opened",
+                b.id,
+                b.volume,
+                b.audit_seq,
+                b.datasets,
+                b.keys,
+                b.bytes
             ),
             KeystoreBackups(bs) => {
                 let mut t = Table::new(&["ID", "VOLUME", "CREATED", "KEYS", "MASTER KEYS (MKVP)"]);

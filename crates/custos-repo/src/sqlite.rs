@@ -2464,6 +2464,19 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_of_the_catalog_opens_as_the_same_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = SqliteRepository::open(&dir.path().join("custos.db")).unwrap();
+        repo.set_setting("written", "yes").unwrap();
+        let copy = dir.path().join("copy.db");
+        repo.copy_to(&copy).unwrap();
+        repo.set_setting("written", "later").unwrap();
+        let again = SqliteRepository::open_existing(&copy).unwrap();
+        assert_eq!(again.setting("written").unwrap().as_deref(), Some("yes"), "as of the copy");
+        assert!(repo.copy_to(&copy).is_err(), "an existing file is never overwritten");
+    }
+
+    #[test]
     fn a_closed_repository_leaves_its_catalog_in_one_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("custos.db");

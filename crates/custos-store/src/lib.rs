@@ -109,6 +109,14 @@ pub trait Volume: Send + Sync {
     /// Store a keystore backup durably and atomically under its id.
     fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()>;
     fn read_keystore_backup(&self, id: &str) -> Result<Vec<u8>>;
+    /// Store a vault backup (a sealed copy of the catalog and the HSM's
+    /// state) durably and atomically under its id, once: an existing one is
+    /// never replaced ([`StoreError::Exists`]).
+    fn put_vault_backup(&self, id: &str, bytes: &[u8]) -> Result<()>;
+    fn read_vault_backup(&self, id: &str) -> Result<Vec<u8>>;
+    /// The ids of the vault backups stored here, in any order: a recovery
+    /// on a fresh machine has no catalog to name them.
+    fn list_vault_backups(&self) -> Result<Vec<String>>;
 }
 
 /// Conformance checks every [`Volume`] implementation must pass.
@@ -179,5 +187,15 @@ pub mod conformance {
         v.delete_chunk(&id).unwrap();
         v.delete_manifest(&ds, 2).unwrap();
         assert!(v.list().unwrap().iter().all(|l| !matches!(l.name, ObjectName::Chunk(_) | ObjectName::Manifest(..))));
+        // Vault backups: written once, read back, listed.
+        assert!(v.list_vault_backups().unwrap().is_empty());
+        v.put_vault_backup("20261202T000000Z-aa", b"sealed vault").unwrap();
+        assert!(matches!(v.put_vault_backup("20261202T000000Z-aa", b"other"), Err(StoreError::Exists { .. })));
+        v.put_vault_backup("20261202T000001Z-bb", b"second").unwrap();
+        assert_eq!(v.read_vault_backup("20261202T000000Z-aa").unwrap(), b"sealed vault");
+        let mut ids = v.list_vault_backups().unwrap();
+        ids.sort();
+        assert_eq!(ids, ["20261202T000000Z-aa", "20261202T000001Z-bb"]);
+        assert!(v.read_vault_backup("nope").is_err());
     }
 }

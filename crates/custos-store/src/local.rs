@@ -443,6 +443,37 @@ impl Volume for LocalVolume {
             _ => Ok(()),
         }
     }
+
+    fn put_vault_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        let dir = self.root.join("vault");
+        fs::create_dir_all(&dir).map_err(|e| self.err(&dir, e))?;
+        self.create_durable(&dir.join(format!("{id}.cvb")), bytes, || format!("vault backup {id}"))
+    }
+
+    fn read_vault_backup(&self, id: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_file(&self.root.join("vault").join(format!("{id}.cvb")), || format!("vault backup {id}"), &mut buf)?;
+        Ok(buf)
+    }
+
+    fn list_vault_backups(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("vault");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| self.err(&dir, e))?;
+            if let Some(id) = e.file_name().to_str().and_then(|n| n.strip_suffix(".cvb")) {
+                if !id.starts_with('.') {
+                    out.push(id.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The value of a `key value` line of a label.

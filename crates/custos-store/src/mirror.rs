@@ -97,6 +97,19 @@ impl Volume for MirroredVolume {
     fn read_keystore_backup(&self, id: &str) -> Result<Vec<u8>> {
         self.read(|v| v.read_keystore_backup(id))
     }
+
+    fn put_vault_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        self.primary.put_vault_backup(id, bytes)?;
+        self.secondary.put_vault_backup(id, bytes)
+    }
+
+    fn read_vault_backup(&self, id: &str) -> Result<Vec<u8>> {
+        self.read(|v| v.read_vault_backup(id))
+    }
+
+    fn list_vault_backups(&self) -> Result<Vec<String>> {
+        self.read(|v| v.list_vault_backups())
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,15 @@ pub fn config(c: &ConfigCmd) -> anyhow::Result<Plan> {
     }))
 }
 
+pub fn vault(c: &crate::args::VaultCmd) -> anyhow::Result<Plan> {
+    match c {
+        crate::args::VaultCmd::Backup { to } => Ok(Plan::new(Operation::VaultBackup { to: volume_name(to)? })),
+        crate::args::VaultCmd::Recover { .. } => {
+            anyhow::bail!("`custos vault recover` runs on this machine only, never through --server")
+        }
+    }
+}
+
 pub fn keystore(c: &KeystoreCmd) -> anyhow::Result<Plan> {
     Ok(Plan::new(match c {
         KeystoreCmd::Backup { to } => Operation::KeystoreBackup { to: volume_name(to)? },

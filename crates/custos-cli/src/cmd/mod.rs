@@ -134,6 +134,7 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         Command::Config(c) => misc::config(c),
         Command::Mk(c) => mk::plan(c),
         Command::Keystore(c) => misc::keystore(c),
+        Command::Vault(c) => misc::vault(c),
         Command::Escrow(c) => escrow::plan(c),
         Command::Mirror(c) => misc::mirror(c),
         Command::Snapshot(c) => backup::snapshot(c),

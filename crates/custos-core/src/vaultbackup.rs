@@ -1,0 +1,351 @@
+//! Vault backups (ADR 0018): the catalog and the HSM's state in one sealed
+//! object on a volume, so that a vault survives the loss of its own
+//! directory (catalog, HSM file and the default volume with it).
+//!
+//! Layout (docs/format.md, "Vault backup"): magic, version, a JSON header
+//! (what the copy holds, and a fresh key wrapped under the master key), the
+//! software HSM's file as it is (sealed under its passphrase), then the
+//! catalog sealed under the fresh key in 1 MiB AES-256-GCM segments. The HSM
+//! file is read before the catalog is copied, so its audit anchor is never
+//! ahead of the copied log: a recovered vault passes the anchor check.
+
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::digest;
+use custos_crypto::{DataKey, Kcv, Mkvp, Nonce, Passphrase, TAG_LEN};
+use custos_hsm::{Hsm, SoftHsm};
+use custos_model::VolumeName;
+use custos_repo::{Repository, SqliteRepository};
+use custos_store::{LocalVolume, Volume};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::vault::{DB_FILE, HSM_FILE};
+use crate::{Error, HsmKind, Open, Result, Vault};
+
+const MAGIC: &[u8; 8] = b"CUSTOSVB";
+const VERSION: u8 = 1;
+const SEGMENT: usize = 1 << 20;
+
+/// What a vault backup's header says (in clear: nothing secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Header {
+    id: String,
+    vault_id: String,
+    created_at: Timestamp,
+    /// The last audit entry the copied catalog holds.
+    audit_seq: u64,
+    /// "soft" (the HSM file follows) or "pkcs11" (the token holds the keys).
+    hsm: String,
+    hsm_len: u64,
+    /// SHA-256 of the HSM file's bytes, hex.
+    hsm_sha256: String,
+    /// The catalog's key, wrapped under this master key.
+    mkvp: String,
+    kcv: String,
+    wrapped: String,
+    catalog_len: u64,
+}
+
+/// A vault backup written (`custos vault backup`).
+#[derive(Debug, Clone, Serialize)]
+pub struct VaultBackupReport {
+    pub id: String,
+    pub volume: VolumeName,
+    pub created_at: Timestamp,
+    /// The last audit entry the copy holds.
+    pub audit_seq: u64,
+    pub bytes: u64,
+    pub datasets: u64,
+    pub keys: u64,
+}
+
+/// A vault brought back (`custos vault recover`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoverReport {
+    pub id: String,
+    pub created_at: Timestamp,
+    pub audit_seq: u64,
+    pub datasets: u64,
+    /// Volumes inside the vault directory that were lost with it, made
+    /// again empty: what lived only there must be restored from copies.
+    pub emptied: Vec<VolumeName>,
+}
+
+fn bad(why: impl Into<String>) -> Error {
+    Error::Invalid { what: "vault backup", why: why.into() }
+}
+
+fn nonce(i: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&i.to_be_bytes());
+    Nonce(n)
+}
+
+fn aad(header_digest: &[u8], i: u64, last: bool) -> Vec<u8> {
+    let mut a = b"custos-vault-backup-v1".to_vec();
+    a.extend_from_slice(header_digest);
+    a.extend_from_slice(&i.to_be_bytes());
+    a.push(last as u8);
+    a
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, b).as_ref().to_vec()
+}
+
+/// Seal `catalog` after `prefix` (magic, version, header) under `key`.
+fn seal_catalog(prefix: &[u8], key: &DataKey, catalog: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let hd = sha256(prefix);
+    let n = catalog.len().div_ceil(SEGMENT).max(1);
+    for i in 0..n {
+        let part = &catalog[(i * SEGMENT).min(catalog.len())..((i + 1) * SEGMENT).min(catalog.len())];
+        let start = out.len();
+        out.extend_from_slice(part);
+        out.extend_from_slice(&[0u8; TAG_LEN]);
+        custos_crypto::seal_in_place(key, nonce(i as u64), &aad(&hd, i as u64, i + 1 == n), &mut out[start..])
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A backup's parts, parsed and checked for shape (not yet opened).
+struct Parsed<'a> {
+    header: Header,
+    prefix: &'a [u8],
+    hsm: &'a [u8],
+    sealed: &'a [u8],
+}
+
+fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
+    let not = || bad("it is not a Custos vault backup, or it is damaged: use another one");
+    if bytes.len() < 13 || &bytes[..8] != MAGIC {
+        return Err(not());
+    }
+    if bytes[8] != VERSION {
+        return Err(bad(format!(
+            "it has format version {}, which this Custos does not read: upgrade Custos",
+            bytes[8]
+        )));
+    }
+    let hlen = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
+    let hend = 13usize.checked_add(hlen).filter(|e| *e <= bytes.len()).ok_or_else(not)?;
+    let header: Header = serde_json::from_slice(&bytes[13..hend]).map_err(|_| not())?;
+    let hsm_end = hend.checked_add(header.hsm_len as usize).filter(|e| *e <= bytes.len()).ok_or_else(not)?;
+    let hsm = &bytes[hend..hsm_end];
+    if hex::encode(sha256(hsm)) != header.hsm_sha256 {
+        return Err(bad("its HSM file does not match its header: the backup was altered or damaged; use another one"));
+    }
+    let segments = (header.catalog_len as usize).div_ceil(SEGMENT).max(1);
+    if bytes.len() - hsm_end != header.catalog_len as usize + segments * TAG_LEN {
+        return Err(not());
+    }
+    Ok(Parsed { header, prefix: &bytes[..hend], hsm, sealed: &bytes[hsm_end..] })
+}
+
+/// Open the sealed catalog of a parsed backup under `key`.
+fn open_catalog(p: &Parsed<'_>, key: &DataKey) -> Result<Vec<u8>> {
+    let hd = sha256(p.prefix);
+    let mut out = Vec::with_capacity(p.header.catalog_len as usize);
+    let mut rest = p.sealed.to_vec();
+    let n = (p.header.catalog_len as usize).div_ceil(SEGMENT).max(1);
+    let mut at = 0;
+    for i in 0..n {
+        let len = (p.header.catalog_len as usize - i * SEGMENT).min(SEGMENT) + TAG_LEN;
+        let seg = &mut rest[at..at + len];
+        let plain =
+            custos_crypto::open_in_place(key, nonce(i as u64), &aad(&hd, i as u64, i + 1 == n), seg).map_err(|_| {
+                bad("its catalog does not open under its key: the backup was altered or damaged; use another one")
+            })?;
+        out.extend_from_slice(plain);
+        at += len;
+    }
+    Ok(out)
+}
+
+/// Unwrap a backup's catalog key with `hsm`, checking its KCV.
+fn catalog_key(h: &Header, hsm: &dyn Hsm) -> Result<DataKey> {
+    let mkvp = Mkvp::from_hex(&h.mkvp).map_err(|_| bad("its header names no valid MKVP"))?;
+    let wrapped = hex::decode(&h.wrapped).map_err(|_| bad("its header holds no valid wrapped key"))?;
+    let key = hsm.unwrap_key(&mkvp, &wrapped)?;
+    if Kcv::of(&key).to_hex() != h.kcv {
+        return Err(bad("its catalog key does not match its check value: the backup was altered; use another one"));
+    }
+    Ok(key)
+}
+
+/// A temp path beside `dir`'s catalog, for the copy.
+fn scratch(dir: &Path) -> Result<PathBuf> {
+    let r: [u8; 8] = custos_crypto::random_array().map_err(|e| bad(e.to_string()))?;
+    Ok(dir.join(format!(".custos-vault-backup-{}.db", hex::encode(r))))
+}
+
+impl Vault<Open> {
+    /// Write a vault backup to `to`: the HSM's state (the software HSM's
+    /// file as it is), then a consistent copy of the catalog sealed under a
+    /// fresh key that the master key wraps; read back and opened before it
+    /// counts.
+    pub fn vault_backup(&self, to: &VolumeName) -> Result<VaultBackupReport> {
+        let vol = self.open_volume(to)?;
+        let kind = self.hsm_kind()?;
+        let hsm_bytes = match kind {
+            HsmKind::Soft => std::fs::read(self.dir.join(HSM_FILE))
+                .map_err(|source| Error::VaultIo { path: self.dir.join(HSM_FILE), source })?,
+            HsmKind::Pkcs11 { .. } => Vec::new(),
+        };
+        let copy = scratch(&self.dir)?;
+        let taken = self.repo.copy_to(&copy).map_err(Error::from).and_then(|_| {
+            let bytes = std::fs::read(&copy).map_err(|source| Error::VaultIo { path: copy.clone(), source })?;
+            let r = SqliteRepository::open_existing(&copy)?;
+            let seq = r.audit_head()?.map_or(0, |h| h.seq);
+            Ok((bytes, seq, r.datasets()?.len() as u64, r.keys()?.len() as u64))
+        });
+        for f in [copy.clone(), copy.with_extension("db-wal"), copy.with_extension("db-shm")] {
+            let _ = std::fs::remove_file(f);
+        }
+        let (catalog, audit_seq, datasets, keys) = taken?;
+        let key = DataKey::generate().map_err(|e| bad(e.to_string()))?;
+        let w = self.state.hsm.wrap_key(&key)?;
+        let now = Timestamp::now();
+        let suffix: [u8; 4] = custos_crypto::random_array().map_err(|e| bad(e.to_string()))?;
+        let id = format!("{}-{}", now.strftime("%Y%m%dT%H%M%S%.6fZ"), hex::encode(suffix));
+        let header = Header {
+            id: id.clone(),
+            vault_id: self.vault_id()?,
+            created_at: now,
+            audit_seq,
+            hsm: match kind {
+                HsmKind::Soft => "soft".into(),
+                HsmKind::Pkcs11 { .. } => "pkcs11".into(),
+            },
+            hsm_len: hsm_bytes.len() as u64,
+            hsm_sha256: hex::encode(sha256(&hsm_bytes)),
+            mkvp: w.mkvp.to_hex(),
+            kcv: w.kcv.to_hex(),
+            wrapped: hex::encode(&w.bytes),
+            catalog_len: catalog.len() as u64,
+        };
+        let hjson = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+        let mut out = Vec::with_capacity(13 + hjson.len() + hsm_bytes.len() + catalog.len() + TAG_LEN * 2);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&(hjson.len() as u32).to_be_bytes());
+        out.extend_from_slice(&hjson);
+        let prefix_len = out.len();
+        out.extend_from_slice(&hsm_bytes);
+        let prefix = out[..prefix_len].to_vec();
+        seal_catalog(&prefix, &key, &catalog, &mut out)?;
+        vol.put_vault_backup(&id, &out)?;
+        // Counted only once it reads back and opens.
+        let back = vol.read_vault_backup(&id)?;
+        let parsed = parse(&back)?;
+        if open_catalog(&parsed, &catalog_key(&parsed.header, self.state.hsm.as_ref())?)? != catalog {
+            return Err(bad(format!(
+                "backup {id} did not read back from {to} as written: check the volume, then run it again"
+            )));
+        }
+        Ok(VaultBackupReport {
+            id,
+            volume: to.clone(),
+            created_at: now,
+            audit_seq,
+            bytes: out.len() as u64,
+            datasets,
+            keys,
+        })
+    }
+}
+
+/// Where a recovery reads: a directory volume, or an `s3://` one (its
+/// endpoint and credentials from the environment).
+fn open_location(location: &str) -> Result<Box<dyn Volume>> {
+    if location.contains("://") {
+        let loc = custos_object::Location::parse(location)
+            .map_err(|why| Error::Invalid { what: "recovery location", why })?;
+        let opts = custos_object::S3Options {
+            endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
+            region: std::env::var("AWS_REGION").ok(),
+        };
+        Ok(Box::new(custos_object::ObjectVolume::open("recovery", &loc, &opts)?))
+    } else {
+        Ok(Box::new(LocalVolume::open("recovery", Path::new(location))?))
+    }
+}
+
+/// Bring a vault back into the new directory `dir` from the newest vault
+/// backup at `from` (a volume's location), with the software HSM's
+/// passphrase. The recovered catalog must pass the HSM's anchor check; the
+/// volumes that lived inside the lost vault directory come back empty.
+pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Result<RecoverReport> {
+    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(Error::VaultExists { path: dir.into() });
+    }
+    let vol = open_location(from)?;
+    let newest = vol.list_vault_backups()?.into_iter().max().ok_or_else(|| Error::Invalid {
+        what: "recovery",
+        why: format!("{} holds no vault backup: give the volume `custos vault backup --to` wrote to", vol.describe()),
+    })?;
+    let bytes = vol.read_vault_backup(&newest)?;
+    let parsed = parse(&bytes)?;
+    let h = &parsed.header;
+    if h.hsm != "soft" {
+        return Err(Error::Invalid {
+            what: "recovery",
+            why: "this vault's master keys live on a PKCS#11 token; recovering it is not supported yet: restore custos.db from the backup by hand with the token's keys".into(),
+        });
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| Error::VaultIo { path: dir.into(), source })?;
+    }
+    let written = (|| -> Result<Vault<Open>> {
+        let write = |name: &str, b: &[u8]| -> Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let p = dir.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|source| Error::VaultIo { path: p.clone(), source })?;
+            f.write_all(b).and_then(|_| f.sync_all()).map_err(|source| Error::VaultIo { path: p, source })
+        };
+        write(HSM_FILE, parsed.hsm)?;
+        let hsm = SoftHsm::open(&dir.join(HSM_FILE), passphrase)?;
+        let key = catalog_key(h, &hsm)?;
+        let catalog = open_catalog(&parsed, &key)?;
+        write(DB_FILE, &catalog)?;
+        drop(hsm);
+        let v = Vault::open(dir)?;
+        if v.vault_id()? != h.vault_id {
+            return Err(bad(
+                "its catalog names another vault than its header: the backup was altered; use another one",
+            ));
+        }
+        let v = v.unseal(passphrase)?;
+        // The HSM file was copied before the catalog: its anchor is never
+        // ahead of this log, so the usual check holds.
+        v.audit_arm(false)?;
+        Ok(v)
+    })();
+    let v = match written {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing half-recovered is left to be taken for a vault.
+            for name in [DB_FILE, "custos.db-wal", "custos.db-shm", HSM_FILE, "hsm.lock"] {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir(dir);
+            return Err(e);
+        }
+    };
+    let emptied = v.recreate_lost_inner_volumes()?;
+    let datasets = v.repo.datasets()?.len() as u64;
+    v.audit_append(who, "vault recover", &h.id, &format!("ok: from {from}, up to audit entry {}", h.audit_seq))?;
+    Ok(RecoverReport { id: h.id.clone(), created_at: h.created_at, audit_seq: h.audit_seq, datasets, emptied })
+}
