@@ -564,6 +564,22 @@ pub enum VaultCmd {
         #[arg(long)]
         from: String,
     },
+    /// The HSM file is lost and no vault backup holds it: make a new HSM
+    /// (a new master key, under the passphrase given) and recover every
+    /// escrowed key into it with a threshold of custodians' shares. Says
+    /// which keys had no escrow copy and which datasets that costs.
+    Rebuild {
+        /// A sealed share file (as many as the threshold).
+        #[arg(long, required = true)]
+        share: Vec<PathBuf>,
+        /// Custodian key files that open --share.
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        kdf_memory_mib: u32,
+        #[arg(long, default_value_t = 3)]
+        kdf_iterations: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -178,6 +178,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vault(args::VaultCmd::Recover { from }) if cli.server.is_none() => {
             return recover(&cli, from).map(|_| ExitCode::SUCCESS)
         }
+        Command::Vault(args::VaultCmd::Rebuild { share, key, kdf_memory_mib, kdf_iterations })
+            if cli.server.is_none() =>
+        {
+            let kdf = KdfParams {
+                memory_kib: kdf_memory_mib.saturating_mul(1024),
+                iterations: *kdf_iterations,
+                parallelism: 1,
+            };
+            return rebuild(&cli, share, key, kdf).map(|_| ExitCode::SUCCESS);
+        }
         Command::Demo { keep } => return demo::run(keep.as_deref()).map(|_| ExitCode::SUCCESS),
         Command::Mk(MkCmd::MakePart { custodian, output }) => {
             return cmd::mk::make_part(custodian, output).map(|_| ExitCode::SUCCESS)
@@ -359,6 +369,43 @@ fn recover(cli: &Cli, from: &str) -> anyhow::Result<()> {
         );
         for v in &r.emptied {
             println!("volume {v} lived inside the lost vault directory and is empty again: restore its datasets from backups (`custos restore`)");
+        }
+    }
+    Ok(())
+}
+
+/// `custos vault rebuild`: a new HSM for a vault whose HSM file is lost.
+fn rebuild(cli: &Cli, share: &[PathBuf], key: &[PathBuf], kdf: KdfParams) -> anyhow::Result<()> {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let opened = cmd::escrow::open_shares(share, key)?;
+    let shares = opened
+        .iter()
+        .enumerate()
+        .map(|(i, t)| custos_core::ShareFile::decode(t.expose(), &format!("share {}", i + 1)))
+        .collect::<custos_core::Result<Vec<_>>>()?;
+    let p = passphrase(cli.passphrase_file.as_deref(), true)?;
+    let who = cli.user.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let r = custos_core::rebuild(&cli.vault, &p, kdf, &shares, &who)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "new HSM for {} under master key {}: {} keys recovered from escrow",
+            cli.vault.display(),
+            r.mkvp,
+            r.recovered.len()
+        );
+        if !r.lost_keys.is_empty() {
+            println!("lost with the old HSM (no escrow copy): {}", r.lost_keys.join(", "));
+        }
+        if !r.lost_datasets.is_empty() {
+            println!("datasets whose current key is lost: {}", r.lost_datasets.join(", "));
+        }
+        if r.unverifiable_audit_entries > 0 {
+            println!(
+                "{} audit entries were keyed under the lost audit key: `audit verify` takes their links as they are",
+                r.unverifiable_audit_entries
+            );
         }
     }
     Ok(())

@@ -1148,6 +1148,72 @@ fn the_vault_survives_the_loss_of_its_site() {
     assert!(!e.dir.path().join("wrong").exists(), "nothing half-recovered is left");
 }
 
+/// HSM loss without a vault backup: `hsm.sealed` alone is deleted; `vault
+/// rebuild` with two of three custodians' shares makes a new HSM and every
+/// escrowed dataset reads back; a key made before escrow existed is named
+/// lost with its dataset; the audit log still verifies, saying how many
+/// entries were keyed under the lost audit key.
+#[test]
+fn a_lost_hsm_is_rebuilt_from_escrow_shares() {
+    let e = Env::new();
+    let before = data(60_000, 3);
+    e.ok(&["ds", "put", "OLD.DATA", Env::s(&e.file("o", &before))]);
+    let custodians: Vec<(Env, PathBuf)> = ["alice", "bob", "carol"].iter().map(|n| e.custodian(n)).collect();
+    let mut init = vec!["escrow", "init", "--threshold", "2"];
+    for n in ["alice", "bob", "carol"] {
+        init.extend(["--custodian", n]);
+    }
+    e.ok(&init);
+    // A key whose escrow copy was purged is lost with the HSM.
+    e.ok(&["escrow", "purge", "DSET.PRIM.OLD.key001"]);
+    let mut sealed = Vec::new();
+    for (c, _) in &custodians {
+        let p = c.dir.path().join("mine.sealed");
+        c.ok(&["escrow", "share", "--out", Env::s(&p)]);
+        sealed.push(p);
+    }
+    let (a, b) = (data(120_000, 11), data(70_000, 12));
+    e.ok(&["ds", "put", "ESC.A", Env::s(&e.file("a", &a))]);
+    e.ok(&["ds", "put", "ESC.B", Env::s(&e.file("b", &b))]);
+    std::fs::remove_file(e.vault.join("hsm.sealed")).unwrap();
+    let err = e.run(&["ds", "get", "ESC.A"]);
+    assert!(!err.status.success());
+    // Shares that do not open the escrow make nothing.
+    let one = e.run(&["vault", "rebuild", "--share", Env::s(&sealed[0]), "--key", Env::s(&custodians[0].1)]);
+    assert!(!one.status.success(), "one share is below the threshold");
+    assert!(
+        String::from_utf8_lossy(&one.stderr).contains("distinct shares"),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert!(!e.vault.join("hsm.sealed").exists(), "no HSM was left behind");
+    let out = e.ok(&[
+        "vault",
+        "rebuild",
+        "--share",
+        Env::s(&sealed[0]),
+        "--key",
+        Env::s(&custodians[0].1),
+        "--share",
+        Env::s(&sealed[2]),
+        "--key",
+        Env::s(&custodians[2].1),
+        "--kdf-memory-mib",
+        "19",
+        "--kdf-iterations",
+        "2",
+    ]);
+    assert!(out.contains("keys recovered from escrow"), "{out}");
+    assert!(out.contains("DSET.PRIM.OLD.key001") && out.contains("OLD.DATA"), "made before escrow: {out}");
+    assert_eq!(e.run(&["ds", "get", "ESC.A"]).stdout, a);
+    assert_eq!(e.run(&["ds", "get", "ESC.B"]).stdout, b);
+    let verdict = e.ok(&["audit", "verify"]);
+    assert!(verdict.contains("audit log intact") && verdict.contains("lost with its HSM"), "{verdict}");
+    // A second rebuild is refused while the HSM file exists.
+    let again = e.run(&["vault", "rebuild", "--share", Env::s(&sealed[0]), "--key", Env::s(&custodians[0].1)]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("rebuild is for a vault whose HSM file is lost"));
+}
+
 /// Recompute every hash as a forger with database access would: as plain
 /// SHA-256 links, marked unkeyed (a keyed link needs the audit key).
 fn rechain(c: &rusqlite::Connection) {

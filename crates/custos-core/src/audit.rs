@@ -24,6 +24,8 @@ use crate::{Error, Result};
 /// The name of the audit key in messages.
 pub const AUDIT_KEY: &str = "CUSTOS.AUDIT.HMAC";
 const SETTING_AUDIT_KEY: &str = "audit.key";
+/// The last entry keyed under an audit key lost with its HSM.
+const SETTING_AUDIT_LOST: &str = "audit.key.lost-through";
 
 fn format_wrapped(mkvp: &Mkvp, kcv: &Kcv, wrapped: &[u8]) -> String {
     format!("{}:{}:{}", mkvp.to_hex(), kcv.to_hex(), hex::encode(wrapped))
@@ -100,6 +102,9 @@ pub struct AuditVerdict {
     /// Of those, entries chained under the audit key (the others were
     /// written by commands that ran without the HSM, in embedded mode).
     pub keyed: u64,
+    /// Keyed entries written under an audit key lost with its HSM (`vault
+    /// rebuild`): their links can no longer be checked.
+    pub unverifiable: u64,
     /// The last entry the HSM recorded as written (see [`AuditAnchor`]).
     pub anchored: Option<u64>,
     pub checkpoints: u64,
@@ -184,10 +189,16 @@ impl<S: VaultState> Vault<S> {
             .collect())
     }
 
+    /// The last entry keyed under a lost audit key (0: none was lost).
+    fn audit_lost_through(&self) -> Result<u64> {
+        Ok(self.repo.setting(SETTING_AUDIT_LOST)?.and_then(|s| s.parse().ok()).unwrap_or(0))
+    }
+
     /// Check the chain under the audit key. Returns the first problem, and
     /// the rows so that checkpoints can be checked against them.
     fn verify_chain(&self, key: &hmac::Key) -> Result<(Vec<AuditRow>, Option<String>)> {
         let rows = self.repo.audit_rows(0)?;
+        let lost = self.audit_lost_through()?;
         let mut prev = [0u8; 32];
         for (i, r) in rows.iter().enumerate() {
             let want = i as u64 + 1;
@@ -199,7 +210,10 @@ impl<S: VaultState> Vault<S> {
                 };
                 return Ok((rows, Some(problem)));
             }
-            if link(Some(key), &prev, r) != r.hash {
+            // A link keyed under the audit key lost with its HSM cannot be
+            // recomputed: it is taken as it is (and counted by the verdict).
+            let unverifiable = r.keyed && r.seq <= lost;
+            if !unverifiable && link(Some(key), &prev, r) != r.hash {
                 return Ok((
                     rows.clone(),
                     Some(format!(
@@ -297,6 +311,21 @@ impl Vault<Open> {
         st.failed.clone()
     }
 
+    /// After the HSM (and with it the audit key) was lost: a new audit key,
+    /// and the number of the last entry keyed under the lost one (setting
+    /// `audit.key.lost-through`), whose links `audit verify` can no longer
+    /// check and counts instead. Returns how many keyed entries that leaves
+    /// unverifiable.
+    pub(crate) fn audit_rekey_after_hsm_loss(&self) -> Result<u64> {
+        let rows = self.repo.audit_rows(0)?;
+        let through = rows.last().map_or(0, |r| r.seq);
+        let keyed = rows.iter().filter(|r| r.keyed).count() as u64;
+        let w = self.state.hsm.generate_key()?;
+        self.repo.set_setting(SETTING_AUDIT_LOST, &through.to_string())?;
+        self.repo.set_setting(SETTING_AUDIT_KEY, &format_wrapped(&w.mkvp, &w.kcv, &w.bytes))?;
+        Ok(keyed)
+    }
+
     /// Move the audit key from master key `from` to CURRENT (part of a
     /// master key change).
     pub(crate) fn rewrap_audit_key(&self, from: &Mkvp) -> Result<()> {
@@ -340,10 +369,13 @@ impl Vault<Open> {
         let anchor = self.state.hsm.anchor()?;
         let (rows, problem) = self.verify_chain(&key)?;
         let cps = self.repo.audit_checkpoints()?;
+        let lost = self.audit_lost_through()?;
         let keyed = rows.iter().filter(|r| r.keyed).count() as u64;
+        let unverifiable = rows.iter().filter(|r| r.keyed && r.seq <= lost).count() as u64;
         let verdict = |problem| AuditVerdict {
             entries: rows.len() as u64,
             keyed,
+            unverifiable,
             anchored: anchor.map(|a| a.seq),
             checkpoints: cps.len() as u64,
             problem,
@@ -374,7 +406,7 @@ impl Vault<Open> {
                 Some(_) => {}
             }
         }
-        for c in &cps {
+        for c in cps.iter().filter(|c| c.seq > lost) {
             let when = c.at.strftime("%Y-%m-%d %H:%M:%S");
             if hmac::verify(&key, &checkpoint_message(c.seq, &c.head, c.at), &c.mac).is_err() {
                 return Ok(verdict(Some(format!(

@@ -129,6 +129,43 @@ impl<S: VaultState> Vault<S> {
         Ok(())
     }
 
+    /// Check, before anything depends on it, that `shares` reassemble a
+    /// key-backup key this keystore holds (each share the one sealed to its
+    /// custodian, at least the threshold, all of one key).
+    pub fn escrow_shares_open(&self, shares: &[ShareFile]) -> Result<()> {
+        let bad = |why: String| Error::Invalid { what: "escrow shares", why };
+        let first = shares.first().ok_or_else(|| bad("none were given".into()))?;
+        let kbk = self
+            .repo
+            .kbks()?
+            .into_iter()
+            .find(|k| k.id == first.kbk)
+            .ok_or_else(|| bad(format!("key-backup key {} is not in this keystore", first.kbk)))?;
+        if let Some(s) = shares.iter().find(|s| s.kbk != kbk.id) {
+            return Err(bad(format!("the share of {} belongs to {}, not {}", s.custodian, s.kbk, kbk.id)));
+        }
+        for s in shares {
+            self.escrow_share_check(s)?;
+        }
+        let need = || {
+            bad(format!(
+                "the shares given do not reassemble {}: it needs {} distinct shares of {}",
+                kbk.id,
+                kbk.threshold,
+                kbk.custodians.join(", ")
+            ))
+        };
+        if shares.len() < kbk.threshold as usize {
+            return Err(need());
+        }
+        let pieces: Vec<Share> = shares.iter().map(|s| s.share.clone()).collect();
+        let secret = shamir::combine(&pieces).map_err(|_| need())?;
+        if kbk_public(&secret).ok() != Some(kbk.public) {
+            return Err(need());
+        }
+        Ok(())
+    }
+
     /// Record that `custodian` opened their share of `kbk`: `confirm` is
     /// [`crate::share_confirmation`] of the opened share.
     pub fn escrow_confirm(&self, custodian: &str, kbk: &str, confirm: &[u8; 32]) -> Result<SealedShare> {

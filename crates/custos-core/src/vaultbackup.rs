@@ -349,3 +349,87 @@ pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Re
     v.audit_append(who, "vault recover", &h.id, &format!("ok: from {from}, up to audit entry {}", h.audit_seq))?;
     Ok(RecoverReport { id: h.id.clone(), created_at: h.created_at, audit_seq: h.audit_seq, datasets, emptied })
 }
+
+/// A vault given a new HSM after its own was lost (`custos vault rebuild`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildReport {
+    /// The new master key.
+    pub mkvp: String,
+    /// Keys brought back from their escrow copies.
+    pub recovered: Vec<String>,
+    /// Keys with material that had no escrow copy (or whose copy did not
+    /// open): lost with the HSM, and the datasets whose current generation
+    /// needs one of them.
+    pub lost_keys: Vec<String>,
+    pub lost_datasets: Vec<String>,
+    /// Audit entries keyed under the lost audit key: their links can no
+    /// longer be checked.
+    pub unverifiable_audit_entries: u64,
+}
+
+/// HSM loss without a vault backup: the vault at `dir` lost its software
+/// HSM file. A new one is made with a new master key and `passphrase`;
+/// every key with an escrow copy is recovered into it with the custodians'
+/// `shares`; the audit log goes on under a new audit key (entries keyed
+/// under the lost one can no longer be checked, and `audit verify` says how
+/// many). Keys without an escrow copy are reported lost, with the datasets
+/// that needed them.
+pub fn rebuild(
+    dir: &Path,
+    passphrase: &Passphrase,
+    kdf: custos_crypto::KdfParams,
+    shares: &[crate::secretfile::ShareFile],
+    who: &str,
+) -> Result<RebuildReport> {
+    let sealed = Vault::open(dir)?;
+    if sealed.hsm_kind()? != HsmKind::Soft {
+        return Err(Error::Invalid {
+            what: "rebuild",
+            why: "this vault's master keys live on a PKCS#11 token: recover the token with its vendor's tools".into(),
+        });
+    }
+    let hsm_path = sealed.dir.join(HSM_FILE);
+    if hsm_path.exists() {
+        return Err(Error::Invalid {
+            what: "rebuild",
+            why: format!(
+                "{} exists: rebuild is for a vault whose HSM file is lost; if it is damaged, move it aside first",
+                hsm_path.display()
+            ),
+        });
+    }
+    // Checked before anything is made: the shares must open the escrow.
+    sealed.escrow_shares_open(shares)?;
+    let hsm = SoftHsm::create(&hsm_path, passphrase, kdf)?;
+    let v = sealed.with_hsm(Box::new(hsm));
+    let unverifiable = v.audit_rekey_after_hsm_loss()?;
+    v.audit_arm(false)?;
+    let mut recovered = Vec::new();
+    let mut lost_keys = Vec::new();
+    for k in v.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
+        match k.escrow.as_ref() {
+            // A copy under another (older) key-backup key than the shares'
+            // does not open: that key is reported lost too.
+            Some(_) => match v.recover_from_escrow(&k.label, shares) {
+                Ok(_) => recovered.push(k.label.to_string()),
+                Err(_) => lost_keys.push(k.label.to_string()),
+            },
+            None => lost_keys.push(k.label.to_string()),
+        }
+    }
+    let lost_datasets = v
+        .repo
+        .datasets()?
+        .into_iter()
+        .filter(|d| lost_keys.iter().any(|l| l == d.current.key_label.as_str()))
+        .map(|d| d.name.to_string())
+        .collect();
+    let mkvp = v.state.hsm.registers()?.into_iter().map(|r| r.mkvp.to_hex()).next().unwrap_or_default();
+    v.audit_append(
+        who,
+        "vault rebuild",
+        &mkvp,
+        &format!("ok: {} keys recovered from escrow, {} lost", recovered.len(), lost_keys.len()),
+    )?;
+    Ok(RebuildReport { mkvp, recovered, lost_keys, lost_datasets, unverifiable_audit_entries: unverifiable })
+}

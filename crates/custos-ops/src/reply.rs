@@ -924,6 +924,12 @@ impl Reply {
                         v.anchored.unwrap_or(0),
                         v.checkpoints
                     );
+                    if v.unverifiable > 0 {
+                        out!(
+                            "{} entries were keyed under an audit key lost with its HSM (vault rebuild): their links were taken as they are",
+                            v.unverifiable
+                        );
+                    }
                 }
             }
             UserAdded { user, token } => {

@@ -58,8 +58,8 @@ pub fn config(c: &ConfigCmd) -> anyhow::Result<Plan> {
 pub fn vault(c: &crate::args::VaultCmd) -> anyhow::Result<Plan> {
     match c {
         crate::args::VaultCmd::Backup { to } => Ok(Plan::new(Operation::VaultBackup { to: volume_name(to)? })),
-        crate::args::VaultCmd::Recover { .. } => {
-            anyhow::bail!("`custos vault recover` runs on this machine only, never through --server")
+        crate::args::VaultCmd::Recover { .. } | crate::args::VaultCmd::Rebuild { .. } => {
+            anyhow::bail!("`custos vault recover` and `rebuild` run on this machine only, never through --server")
         }
     }
 }
