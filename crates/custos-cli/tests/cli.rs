@@ -1146,6 +1146,24 @@ fn the_vault_survives_the_loss_of_its_site() {
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("wrong passphrase"), "{o:?}");
     assert!(!e.dir.path().join("wrong").exists(), "nothing half-recovered is left");
+    // A changed byte anywhere in the backup is named, and nothing is made.
+    let cvb = walk_files(&off.join("vault")).into_iter().find(|f| f.extension().is_some_and(|x| x == "cvb")).unwrap();
+    let good = std::fs::read(&cvb).unwrap();
+    for at in [20, good.len() / 2, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        std::fs::write(&cvb, &bad).unwrap();
+        let o = e.at(e.dir.path().join("damaged")).run(&["vault", "recover", "--from", Env::s(&off)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "byte {at}");
+        assert!(
+            err.contains("altered") || err.contains("damaged") || err.contains("wrong passphrase"),
+            "byte {at}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!e.dir.path().join("damaged").exists(), "byte {at}: nothing half-recovered is left");
+    }
+    std::fs::write(&cvb, &good).unwrap();
 }
 
 /// HSM loss without a vault backup: `hsm.sealed` alone is deleted; `vault

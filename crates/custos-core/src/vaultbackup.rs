@@ -131,13 +131,24 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
     let hlen = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
     let hend = 13usize.checked_add(hlen).filter(|e| *e <= bytes.len()).ok_or_else(not)?;
     let header: Header = serde_json::from_slice(&bytes[13..hend]).map_err(|_| not())?;
-    let hsm_end = hend.checked_add(header.hsm_len as usize).filter(|e| *e <= bytes.len()).ok_or_else(not)?;
+    let hsm_end = usize::try_from(header.hsm_len)
+        .ok()
+        .and_then(|l| hend.checked_add(l))
+        .filter(|e| *e <= bytes.len())
+        .ok_or_else(not)?;
     let hsm = &bytes[hend..hsm_end];
     if hex::encode(sha256(hsm)) != header.hsm_sha256 {
         return Err(bad("its HSM file does not match its header: the backup was altered or damaged; use another one"));
     }
-    let segments = (header.catalog_len as usize).div_ceil(SEGMENT).max(1);
-    if bytes.len() - hsm_end != header.catalog_len as usize + segments * TAG_LEN {
+    // Checked arithmetic: the header is input like any other.
+    let catalog_len = usize::try_from(header.catalog_len).map_err(|_| not())?;
+    let sealed_len = catalog_len
+        .div_ceil(SEGMENT)
+        .max(1)
+        .checked_mul(TAG_LEN)
+        .and_then(|t| t.checked_add(catalog_len))
+        .ok_or_else(not)?;
+    if bytes.len() - hsm_end != sealed_len {
         return Err(not());
     }
     Ok(Parsed { header, prefix: &bytes[..hend], hsm, sealed: &bytes[hsm_end..] })
@@ -402,8 +413,16 @@ pub fn rebuild(
     sealed.escrow_shares_open(shares)?;
     let hsm = SoftHsm::create(&hsm_path, passphrase, kdf)?;
     let v = sealed.with_hsm(Box::new(hsm));
-    let unverifiable = v.audit_rekey_after_hsm_loss()?;
-    v.audit_arm(false)?;
+    // Should what follows fail, the new HSM goes again: the keys already
+    // moved under it come back from escrow on the next run, as the rest.
+    let unverifiable = match v.audit_rekey_after_hsm_loss().and_then(|n| v.audit_arm(false).map(|_| n)) {
+        Ok(n) => n,
+        Err(e) => {
+            drop(v);
+            let _ = std::fs::remove_file(&hsm_path);
+            return Err(e);
+        }
+    };
     let mut recovered = Vec::new();
     let mut lost_keys = Vec::new();
     for k in v.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {

@@ -538,9 +538,28 @@ impl SqliteRepository {
                 };
                 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
                 std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io)?;
+                // Locked under a name of its own first, then moved into place:
+                // nobody ever finds it unlocked and takes it for a dead one.
                 let file = dir.join(format!("{token}.lock"));
-                let f = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&file).map_err(io)?;
+                let making = dir.join(format!(".{token}.tmp"));
+                let f =
+                    std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&making).map_err(io)?;
                 f.lock().map_err(io)?;
+                std::fs::rename(&making, &file).map_err(io)?;
+                // Sessions of processes that died (killed, or power lost) leave
+                // their lock files; whichever session starts next removes them.
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    for e in entries.flatten() {
+                        let p = e.path();
+                        if p == file || p.extension().is_none_or(|x| x != "lock") {
+                            continue;
+                        }
+                        let dead = std::fs::OpenOptions::new().write(true).open(&p).is_ok_and(|g| g.try_lock().is_ok());
+                        if dead {
+                            let _ = std::fs::remove_file(&p);
+                        }
+                    }
+                }
                 Some((f, file))
             }
         };
@@ -2461,6 +2480,13 @@ mod tests {
         assert_eq!(second.claim_trash(later).unwrap().chunks, orphan.chunks, "its deleter is gone");
         let third = SqliteRepository::open(&p).unwrap();
         assert!(third.claim_trash(later).unwrap().chunks.is_empty(), "and now it is the second's");
+        // A dead session's lock file (its process killed) goes when the next
+        // session starts.
+        std::fs::write(sessions_dir(&p).join("00ff.lock"), b"").unwrap();
+        let fourth = SqliteRepository::open(&p).unwrap();
+        fourth.claim_trash(later).unwrap();
+        assert!(!sessions_dir(&p).join("00ff.lock").exists(), "swept");
+        assert_eq!(lock_files(), 3, "the live ones stay");
     }
 
     #[test]
