@@ -556,6 +556,8 @@ pub enum VaultCmd {
         #[arg(long)]
         to: String,
     },
+    /// List the vault backups this catalog records.
+    Backups,
     /// Bring the vault back into the new directory --vault from the newest
     /// vault backup at LOCATION (a volume's directory, or s3://bucket/prefix),
     /// with the HSM's passphrase. Volumes that lived inside the lost vault

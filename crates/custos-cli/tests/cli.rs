@@ -1109,8 +1109,15 @@ fn the_vault_survives_the_loss_of_its_site() {
     e.ok(&["ds", "put", "DR.B", Env::s(&e.file("b", &b))]);
     e.ok(&["backup", "run", "DR.**", "--to", "offsite"]);
     e.ok(&["keystore", "backup", "--to", "offsite"]);
+    let codes = |e: &Env| -> Vec<String> {
+        let r = e.json(&["risk", "report"]);
+        r["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(codes(&e).contains(&"no-vault-backup".to_string()), "the report says the vault itself is at risk");
     let out = e.ok(&["vault", "backup", "--to", "offsite"]);
     assert!(out.contains("read back and opened"), "{out}");
+    assert!(!codes(&e).contains(&"no-vault-backup".to_string()), "and no longer once one is off site");
+    assert_eq!(e.json(&["vault", "backups"]).as_array().unwrap().len(), 1);
     let backups = e.json(&["backup", "ls"]).as_array().unwrap().len();
     let keys = e.json(&["key", "ls"]).as_array().unwrap().len();
     // Nothing in it can be read without the passphrase.

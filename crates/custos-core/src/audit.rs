@@ -295,7 +295,10 @@ impl Vault<Open> {
             (None, Some(h)) => self.state.hsm.set_anchor(&AuditAnchor { seq: h.seq, head: h.hash }, false)?,
             (None, None) => {}
         }
-        let signer = Signer { key, hsm: self.state.hsm.clone(), anchor: Default::default() };
+        // Counted from now: a short command anchors once, when it closes,
+        // rather than also at its first group commit.
+        let anchor = AnchorState { written_at: Some(std::time::Instant::now()), ..Default::default() };
+        let signer = Signer { key, hsm: self.state.hsm.clone(), anchor: std::sync::Mutex::new(anchor) };
         *self.journal.signer.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(signer));
         let _ = self.audit_checkpoint();
         Ok(anchored)

@@ -191,6 +191,28 @@ fn scratch(dir: &Path) -> Result<PathBuf> {
     Ok(dir.join(format!(".custos-vault-backup-{}.db", hex::encode(r))))
 }
 
+impl<S: crate::VaultState> Vault<S> {
+    /// Vault backups, oldest first.
+    pub fn vault_backups(&self) -> Result<Vec<custos_model::VaultBackupRecord>> {
+        Ok(self.repo.vault_backups()?)
+    }
+
+    /// The sites the vault's own directory is at: those of the volumes kept
+    /// inside it (the default volume's, unless it was moved out).
+    pub fn vault_sites(&self) -> Result<Vec<String>> {
+        let mut sites: Vec<String> = self
+            .repo
+            .volumes()?
+            .into_iter()
+            .filter(|v| !v.location.contains("://") && Path::new(&v.location).is_relative())
+            .map(|v| v.site)
+            .collect();
+        sites.sort();
+        sites.dedup();
+        Ok(sites)
+    }
+}
+
 impl Vault<Open> {
     /// Write a vault backup to `to`: the HSM's state (the software HSM's
     /// file as it is), then a consistent copy of the catalog sealed under a
@@ -255,6 +277,13 @@ impl Vault<Open> {
                 "backup {id} did not read back from {to} as written: check the volume, then run it again"
             )));
         }
+        self.repo.insert_vault_backup(&custos_model::VaultBackupRecord {
+            id: id.clone(),
+            volume: to.clone(),
+            created_at: now,
+            audit_seq,
+            bytes: out.len() as u64,
+        })?;
         Ok(VaultBackupReport {
             id,
             volume: to.clone(),

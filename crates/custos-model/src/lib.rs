@@ -17,5 +17,5 @@ pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
     BackupRecord, ChunkId, ChunkRef, CopyMethod, CustodianKey, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord,
     HsmRule, KbkRecord, KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, PrincipalRecord, Purpose,
-    SealedShare, SnapshotRecord, VolumeRecord, WrappedMaterial,
+    SealedShare, SnapshotRecord, VaultBackupRecord, VolumeRecord, WrappedMaterial,
 };

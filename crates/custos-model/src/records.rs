@@ -310,6 +310,18 @@ pub struct KeystoreBackupRecord {
     pub sha256: [u8; 32],
 }
 
+/// A vault backup as the catalog records it (the backup itself holds the
+/// catalog as it was just before its own record).
+#[derive(Clone, Debug, Serialize)]
+pub struct VaultBackupRecord {
+    pub id: String,
+    pub volume: VolumeName,
+    pub created_at: Timestamp,
+    /// The last audit entry the copy holds.
+    pub audit_seq: u64,
+    pub bytes: u64,
+}
+
 /// How a backup copy was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]

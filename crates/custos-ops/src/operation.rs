@@ -239,6 +239,7 @@ pub enum Operation {
     VaultBackup {
         to: VolumeName,
     },
+    VaultBackups,
     /// Make a key-backup key split among `custodians` (users with a
     /// registered recipient); each share is sealed to its custodian.
     EscrowInit {
@@ -517,6 +518,7 @@ impl Operation {
             KeystoreBackup { to } => ("keystore backup", s(to)),
             KeystoreBackups => ("keystore backups", String::new()),
             VaultBackup { to } => ("vault backup", s(to)),
+            VaultBackups => ("vault backups", String::new()),
             EscrowInit { .. } => ("escrow init", String::new()),
             EscrowRegister { .. } => ("escrow register", String::new()),
             EscrowShare { kbk } => ("escrow share", kbk.clone().unwrap_or_default()),

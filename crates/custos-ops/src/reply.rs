@@ -102,6 +102,7 @@ pub enum Reply {
     KeystoreBackup(KeystoreBackupRecord),
     KeystoreBackups(Vec<KeystoreBackupRecord>),
     VaultBackup(custos_core::VaultBackupReport),
+    VaultBackups(Vec<custos_core::model::VaultBackupRecord>),
     EscrowCreated(KbkRecord),
     EscrowStatus(EscrowStatus),
     CustodianRegistered(CustodianKey),
@@ -269,6 +270,7 @@ impl Reply {
             KeystoreBackup(b) => to(b),
             KeystoreBackups(b) => to(b),
             VaultBackup(b) => to(b),
+            VaultBackups(b) => to(b),
             EscrowCreated(kbk) => to(kbk),
             EscrowStatus(s) => to(s),
             CustodianRegistered(k) => json!({
@@ -633,6 +635,19 @@ impl Reply {
                 b.keys,
                 b.bytes
             ),
+            VaultBackups(bs) => {
+                let mut t = Table::new(&["ID", "VOLUME", "CREATED", "AUDIT ENTRIES", "BYTES"]);
+                for b in bs {
+                    t.row(vec![
+                        b.id.clone(),
+                        b.volume.to_string(),
+                        b.created_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+                        b.audit_seq.to_string(),
+                        b.bytes.to_string(),
+                    ]);
+                }
+                o.push_str(&t.render());
+            }
             KeystoreBackups(bs) => {
                 let mut t = Table::new(&["ID", "VOLUME", "CREATED", "KEYS", "MASTER KEYS (MKVP)"]);
                 for b in bs {

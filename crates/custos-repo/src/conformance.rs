@@ -186,6 +186,20 @@ pub fn run(repo: &dyn Repository) {
         (kb[0].mkvps.clone(), kb[0].sha256, kb[0].key_count),
         (vec!["AA".to_string(), "BB".to_string()], [7; 32], 3)
     );
+    // Vault backups: listed oldest first; one id is recorded once.
+    for (id, at) in [("vb2", 20), ("vb1", 10)] {
+        repo.insert_vault_backup(&custos_model::VaultBackupRecord {
+            id: id.into(),
+            volume: v1.clone(),
+            created_at: Timestamp::from_second(1_700_000_000 + at).unwrap(),
+            audit_seq: at as u64,
+            bytes: 1000,
+        })
+        .unwrap();
+    }
+    let vb = repo.vault_backups().unwrap();
+    assert_eq!(vb.iter().map(|b| (b.id.as_str(), b.audit_seq)).collect::<Vec<_>>(), [("vb1", 10), ("vb2", 20)]);
+    assert!(repo.insert_vault_backup(&custos_model::VaultBackupRecord { id: "vb1".into(), ..vb[0].clone() }).is_err());
     assert_eq!(repo.volumes().unwrap().len(), 2);
     assert!(matches!(
         repo.insert_volume(&repo.volume(&v1).unwrap().unwrap()),

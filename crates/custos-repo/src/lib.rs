@@ -213,6 +213,10 @@ pub trait Repository: Send + Sync {
     fn insert_keystore_backup(&self, rec: &KeystoreBackupRecord) -> Result<()>;
     /// All keystore backups, oldest first.
     fn keystore_backups(&self) -> Result<Vec<KeystoreBackupRecord>>;
+    /// Record a vault backup that was written, read back and opened.
+    fn insert_vault_backup(&self, rec: &custos_model::VaultBackupRecord) -> Result<()>;
+    /// Vault backups, oldest first.
+    fn vault_backups(&self) -> Result<Vec<custos_model::VaultBackupRecord>>;
 
     fn insert_volume(&self, rec: &VolumeRecord) -> Result<()>;
     /// Point a volume at another location (a clone's copy of it).

@@ -8,8 +8,8 @@ use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
     BackupRecord, ChunkId, CopyMethod, CustodianKey, DatasetId, DatasetName, DatasetRecord, EscrowCopy,
     GenerationRecord, HsmRule, KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern,
-    PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Role, SealedShare, SnapshotRecord, VolumeName, VolumeRecord,
-    WrappedMaterial,
+    PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Role, SealedShare, SnapshotRecord, VaultBackupRecord,
+    VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -282,6 +282,16 @@ const MIGRATIONS: &[&str] = &[
     // by SHA-256 alone, when the HSM was open as they were written.
     r#"
     ALTER TABLE audit_log ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 15: vault backups (the catalog and the HSM's state, sealed, on a volume).
+    r#"
+    CREATE TABLE vault_backups (
+        id TEXT PRIMARY KEY,
+        volume TEXT NOT NULL REFERENCES volumes(name),
+        created_at INTEGER NOT NULL,
+        audit_seq INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    );
     "#,
 ];
 
@@ -1206,6 +1216,34 @@ impl Repository for SqliteRepository {
             )
             .map_err(db("record a keystore backup"))?;
         Ok(())
+    }
+
+    fn insert_vault_backup(&self, b: &VaultBackupRecord) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO vault_backups (id, volume, created_at, audit_seq, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![b.id, b.volume.as_str(), ts(b.created_at), b.audit_seq as i64, b.bytes as i64],
+            )
+            .map_err(db("record a vault backup"))?;
+        Ok(())
+    }
+
+    fn vault_backups(&self) -> Result<Vec<VaultBackupRecord>> {
+        self.query_all(
+            "list vault backups",
+            "SELECT id, volume, created_at, audit_seq, bytes FROM vault_backups ORDER BY created_at, id",
+            [],
+            |r| {
+                let volume: String = r.get(1)?;
+                Ok(VaultBackupRecord {
+                    id: r.get(0)?,
+                    volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+                    created_at: from_ts(r.get(2)?)?,
+                    audit_seq: r.get::<_, i64>(3)? as u64,
+                    bytes: r.get::<_, i64>(4)? as u64,
+                })
+            },
+        )
     }
 
     fn keystore_backups(&self) -> Result<Vec<KeystoreBackupRecord>> {

@@ -40,6 +40,8 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
         );
     }
     g.escrow_ready = !v.escrow_status()?.kbks.is_empty();
+    g.vault_sites = v.vault_sites()?;
+    g.vault_backup_volumes = v.vault_backups()?.into_iter().map(|b| b.volume.to_string()).collect();
     g.keystore_backups = v
         .keystore_backups()?
         .into_iter()

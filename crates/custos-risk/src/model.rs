@@ -181,6 +181,10 @@ pub struct Graph {
     pub escrow_ready: bool,
     pub keystore_backups: Vec<KeystoreBackupNode>,
     pub datasets: Vec<DatasetNode>,
+    /// The sites of the vault's own directory (catalog and HSM file).
+    pub vault_sites: Vec<String>,
+    /// The volumes that hold a vault backup.
+    pub vault_backup_volumes: Vec<String>,
 }
 
 /// How a key is reached after the threats.

@@ -38,7 +38,7 @@ pub struct AppRisk {
 pub struct Finding {
     /// A stable code: shared-key, retired-master-key, key-needs-recovery,
     /// same-site, same-volume, rarely-used, inactive-key-needed,
-    /// undecryptable, no-copy.
+    /// undecryptable, no-copy, no-vault-backup.
     pub code: &'static str,
     pub subject: String,
     pub detail: String,
@@ -126,6 +126,19 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
     let mut findings = Vec::new();
     let none = crate::model::evaluate_key_today;
     let oldest_ksb = g.keystore_backups.iter().map(|b| b.created_at).min();
+    // The catalog and the HSM file are at the vault's own site: without a
+    // vault backup elsewhere, losing that site loses every key and record.
+    let away = |vol: &String| g.volumes.get(vol).is_some_and(|v| !g.vault_sites.contains(&v.site));
+    if !g.datasets.is_empty() && !g.vault_backup_volumes.iter().any(away) {
+        findings.push(Finding {
+            code: "no-vault-backup",
+            subject: "vault".into(),
+            detail: format!(
+                "no vault backup at a site other than the vault's own ({}): losing that site loses the catalog and the HSM, and with them every key and every record of the copies; run `custos vault backup --to` a volume at another site",
+                if g.vault_sites.is_empty() { "unknown".to_string() } else { g.vault_sites.join(", ") }
+            ),
+        });
+    }
     // The key survives only in keystore backups under master keys the HSM
     // no longer holds (the paper's Example 1).
     let retired = |label: &str| {

@@ -58,6 +58,7 @@ pub fn config(c: &ConfigCmd) -> anyhow::Result<Plan> {
 pub fn vault(c: &crate::args::VaultCmd) -> anyhow::Result<Plan> {
     match c {
         crate::args::VaultCmd::Backup { to } => Ok(Plan::new(Operation::VaultBackup { to: volume_name(to)? })),
+        crate::args::VaultCmd::Backups => Ok(Plan::new(Operation::VaultBackups)),
         crate::args::VaultCmd::Recover { .. } | crate::args::VaultCmd::Rebuild { .. } => {
             anyhow::bail!("`custos vault recover` and `rebuild` run on this machine only, never through --server")
         }
