@@ -224,13 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli.user.clone().ok_or_else(|| anyhow::anyhow!("who is acting? give --user NAME (or set CUSTOS_USER)"))?;
         engine.login(&name, &credential(&cli, &name, false)?)?
     } else {
-        Caller::Unverified(
-            cli.user
-                .clone()
-                .or_else(|| std::env::var("USER").ok())
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| "unknown".into()),
-        )
+        Caller::Unverified(local_user(&cli))
     };
     execute(&cli, &engine, &who, plan)
 }
@@ -350,11 +344,22 @@ fn serve(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who runs a command that authenticates nobody (embedded mode without
+/// principals, a recovery): --user, else the OS account, as the audit log
+/// records it (unverified).
+fn local_user(cli: &Cli) -> String {
+    cli.user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// `custos vault recover`: a new vault directory from a vault backup.
 fn recover(cli: &Cli, from: &str) -> anyhow::Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let p = passphrase(cli.passphrase_file.as_deref(), false)?;
-    let who = cli.user.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let who = local_user(cli);
     let r = custos_core::recover(&cli.vault, from, &p, &who)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -384,7 +389,7 @@ fn rebuild(cli: &Cli, share: &[PathBuf], key: &[PathBuf], kdf: KdfParams) -> any
         .map(|(i, t)| custos_core::ShareFile::decode(t.expose(), &format!("share {}", i + 1)))
         .collect::<custos_core::Result<Vec<_>>>()?;
     let p = passphrase(cli.passphrase_file.as_deref(), true)?;
-    let who = cli.user.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let who = local_user(cli);
     let r = custos_core::rebuild(&cli.vault, &p, kdf, &shares, &who)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -129,31 +129,51 @@ impl<S: VaultState> Vault<S> {
         Ok(())
     }
 
-    /// Check, before anything depends on it, that `shares` reassemble a
-    /// key-backup key this keystore holds (each share the one sealed to its
-    /// custodian, at least the threshold, all of one key).
-    pub fn escrow_shares_open(&self, shares: &[ShareFile]) -> Result<()> {
-        let bad = |why: String| Error::Invalid { what: "escrow shares", why };
-        let first = shares.first().ok_or_else(|| bad("none were given".into()))?;
-        let kbk = self
-            .repo
-            .kbks()?
-            .into_iter()
-            .find(|k| k.id == first.kbk)
-            .ok_or_else(|| bad(format!("key-backup key {} is not in this keystore", first.kbk)))?;
+    /// The key-backup key `shares` are of, and its secret reassembled from
+    /// them (each the share sealed to its custodian, at least the threshold,
+    /// all of one key): checked before anything depends on them.
+    pub(crate) fn escrow_secret(&self, shares: &[ShareFile]) -> Result<(KbkRecord, zeroize::Zeroizing<[u8; 32]>)> {
+        let first = shares.first().ok_or_else(|| Error::Invalid {
+            what: "escrow shares",
+            why: "none were given: give a threshold of custodians' --share and --key".into(),
+        })?;
+        let kbk = self.repo.kbks()?.into_iter().find(|k| k.id == first.kbk).ok_or_else(|| Error::Invalid {
+            what: "escrow shares",
+            why: format!("key-backup key {} is not in this keystore", first.kbk),
+        })?;
+        let secret =
+            self.kbk_secret(&kbk, shares, "escrow shares", &format!("the first share given is of {}", kbk.id))?;
+        Ok((kbk, secret))
+    }
+
+    /// Reassemble the secret of `kbk` from `shares`: each must be of `kbk`
+    /// and the very share sealed to its custodian, at least the threshold of
+    /// them, and together they must give the key's public half. `whose`
+    /// ends the message for a share of another key ("…, but `whose`").
+    fn kbk_secret(
+        &self,
+        kbk: &KbkRecord,
+        shares: &[ShareFile],
+        what: &'static str,
+        whose: &str,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>> {
         if let Some(s) = shares.iter().find(|s| s.kbk != kbk.id) {
-            return Err(bad(format!("the share of {} belongs to {}, not {}", s.custodian, s.kbk, kbk.id)));
+            return Err(Error::Invalid {
+                what,
+                why: format!("the share of {} belongs to {}, but {whose}", s.custodian, s.kbk),
+            });
         }
         for s in shares {
             self.escrow_share_check(s)?;
         }
-        let need = || {
-            bad(format!(
+        let need = || Error::Invalid {
+            what,
+            why: format!(
                 "the shares given do not reassemble {}: it needs {} distinct shares of {}",
                 kbk.id,
                 kbk.threshold,
                 kbk.custodians.join(", ")
-            ))
+            ),
         };
         if shares.len() < kbk.threshold as usize {
             return Err(need());
@@ -163,7 +183,7 @@ impl<S: VaultState> Vault<S> {
         if kbk_public(&secret).ok() != Some(kbk.public) {
             return Err(need());
         }
-        Ok(())
+        Ok(secret)
     }
 
     /// Record that `custodian` opened their share of `kbk`: `confirm` is
@@ -310,7 +330,7 @@ impl Vault<Open> {
     /// back into the keystore under the CURRENT master key. A destroyed key
     /// comes back inactive (decrypt only).
     pub fn recover_from_escrow(&self, label: &KeyLabel, shares: &[ShareFile]) -> Result<Recovered> {
-        let mut rec = self.key_record(label)?;
+        let rec = self.key_record(label)?;
         let copy = rec.escrow.clone().ok_or_else(|| Error::Invalid {
             what: "escrow recovery",
             why: format!(
@@ -321,36 +341,20 @@ impl Vault<Open> {
             what: "escrow recovery",
             why: format!("key-backup key {} is not in this keystore", copy.kbk),
         })?;
-        if let Some(s) = shares.iter().find(|s| s.kbk != kbk.id) {
-            return Err(Error::Invalid {
-                what: "escrow recovery",
-                why: format!(
-                    "the share of {} belongs to {}, but key {label} is escrowed under {}",
-                    s.custodian, s.kbk, kbk.id
-                ),
-            });
-        }
-        for s in shares {
-            self.escrow_share_check(s)?;
-        }
-        let pieces: Vec<Share> = shares.iter().map(|s| s.share.clone()).collect();
-        let need = || Error::Invalid {
+        let secret =
+            self.kbk_secret(&kbk, shares, "escrow recovery", &format!("key {label} is escrowed under {}", kbk.id))?;
+        self.restore_escrowed(rec, &secret)
+    }
+
+    /// Put a key back from its escrow copy, opened with its key-backup
+    /// key's reassembled `secret`, under the CURRENT master key.
+    pub(crate) fn restore_escrowed(&self, mut rec: KeyRecord, secret: &[u8; 32]) -> Result<Recovered> {
+        let label = rec.label.clone();
+        let copy = rec.escrow.clone().ok_or_else(|| Error::Invalid {
             what: "escrow recovery",
-            why: format!(
-                "the shares given do not reassemble {}: it needs {} distinct shares of {}",
-                kbk.id,
-                kbk.threshold,
-                kbk.custodians.join(", ")
-            ),
-        };
-        if pieces.len() < kbk.threshold as usize {
-            return Err(need());
-        }
-        let secret = shamir::combine(&pieces).map_err(|_| need())?;
-        if kbk_public(&secret).ok() != Some(kbk.public) {
-            return Err(need());
-        }
-        let key = escrow_open(&secret, label.as_str(), &copy.blob).map_err(|_| Error::Invalid {
+            why: format!("key {label} has no escrow copy"),
+        })?;
+        let key = escrow_open(secret, label.as_str(), &copy.blob).map_err(|_| Error::Invalid {
             what: "escrow recovery",
             why: format!("the escrow copy of {label} does not open: it was altered; try a keystore backup"),
         })?;

@@ -439,7 +439,7 @@ pub fn rebuild(
         });
     }
     // Checked before anything is made: the shares must open the escrow.
-    sealed.escrow_shares_open(shares)?;
+    let (kbk, secret) = sealed.escrow_secret(shares)?;
     let hsm = SoftHsm::create(&hsm_path, passphrase, kdf)?;
     let v = sealed.with_hsm(Box::new(hsm));
     // Should what follows fail, the new HSM goes again: the keys already
@@ -455,14 +455,16 @@ pub fn rebuild(
     let mut recovered = Vec::new();
     let mut lost_keys = Vec::new();
     for k in v.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
-        match k.escrow.as_ref() {
+        let label = k.label.to_string();
+        match k.escrow.clone() {
             // A copy under another (older) key-backup key than the shares'
-            // does not open: that key is reported lost too.
-            Some(_) => match v.recover_from_escrow(&k.label, shares) {
-                Ok(_) => recovered.push(k.label.to_string()),
-                Err(_) => lost_keys.push(k.label.to_string()),
+            // does not open: that key is reported lost too. The shares were
+            // reassembled once, above.
+            Some(copy) if copy.kbk == kbk.id => match v.restore_escrowed(k, &secret) {
+                Ok(_) => recovered.push(label),
+                Err(_) => lost_keys.push(label),
             },
-            None => lost_keys.push(k.label.to_string()),
+            Some(_) | None => lost_keys.push(label),
         }
     }
     let lost_datasets = v

@@ -215,23 +215,50 @@ impl Pkcs11Hsm {
     /// Every register object on the token with what it says (normally one;
     /// two if an update was interrupted between create and destroy).
     fn regs_objects(&self, s: &Session) -> Result<Vec<(ObjectHandle, Regs)>, HsmError> {
+        self.data_objects(s, REGS_LABEL, "read the registers", "register", Regs::decode)
+    }
+
+    /// Every private data object labelled `label`, decoded; one that does
+    /// not decode is reported damaged (`op` names the step, `what` the object).
+    fn data_objects<T>(
+        &self,
+        s: &Session,
+        label: &[u8],
+        op: &'static str,
+        what: &str,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<Vec<(ObjectHandle, T)>, HsmError> {
         let found = s
-            .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(REGS_LABEL.to_vec())])
-            .map_err(p11("find the register object"))?;
+            .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(label.to_vec())])
+            .map_err(p11(op))?;
         let mut out = Vec::with_capacity(found.len());
         for h in found {
-            let attrs = s.get_attributes(h, &[AttributeType::Value]).map_err(p11("read the registers"))?;
+            let attrs = s.get_attributes(h, &[AttributeType::Value]).map_err(p11(op))?;
             let value = attrs.into_iter().find_map(|a| match a {
                 Attribute::Value(v) => Some(v),
                 _ => None,
             });
-            let regs = value.as_deref().and_then(Regs::decode).ok_or_else(|| HsmError::Pkcs11 {
-                op: "read the registers",
-                detail: format!("a register object on token {:?} is damaged", self.token),
+            let t = value.as_deref().and_then(&decode).ok_or_else(|| HsmError::Pkcs11 {
+                op,
+                detail: format!("a {what} object on token {:?} is damaged", self.token),
             })?;
-            out.push((h, regs));
+            out.push((h, t));
         }
         Ok(out)
+    }
+
+    /// Store a new private data object labelled `label` on the token.
+    fn create_data_object(&self, s: &Session, label: &[u8], value: Vec<u8>, op: &'static str) -> Result<(), HsmError> {
+        s.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(label.to_vec()),
+            Attribute::Application(b"custos".to_vec()),
+            Attribute::Value(value),
+        ])
+        .map_err(p11(op))?;
+        Ok(())
     }
 
     fn read_regs(&self, s: &Session) -> Result<Option<Regs>, HsmError> {
@@ -248,15 +275,7 @@ impl Pkcs11Hsm {
     fn write_regs(&self, s: &Session, regs: &Regs) -> Result<(), HsmError> {
         let old = self.regs_objects(s)?;
         let next = Regs { seq: old.iter().map(|(_, r)| r.seq).max().unwrap_or(0) + 1, ..*regs };
-        s.create_object(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Label(REGS_LABEL.to_vec()),
-            Attribute::Application(b"custos".to_vec()),
-            Attribute::Value(next.encode()),
-        ])
-        .map_err(p11("write the registers"))?;
+        self.create_data_object(s, REGS_LABEL, next.encode(), "write the registers")?;
         for (h, _) in old {
             let _ = s.destroy_object(h);
         }
@@ -266,23 +285,7 @@ impl Pkcs11Hsm {
     /// Every anchor object on the token with what it says (one, or more
     /// when processes wrote at once or a write was interrupted).
     fn anchor_objects(&self, s: &Session) -> Result<Vec<(ObjectHandle, AuditAnchor)>, HsmError> {
-        let found = s
-            .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(ANCHOR_LABEL.to_vec())])
-            .map_err(p11("find the audit anchor"))?;
-        let mut out = Vec::with_capacity(found.len());
-        for h in found {
-            let attrs = s.get_attributes(h, &[AttributeType::Value]).map_err(p11("read the audit anchor"))?;
-            let value = attrs.into_iter().find_map(|a| match a {
-                Attribute::Value(v) => Some(v),
-                _ => None,
-            });
-            let a = value.as_deref().and_then(AuditAnchor::decode).ok_or_else(|| HsmError::Pkcs11 {
-                op: "read the audit anchor",
-                detail: format!("an anchor object on token {:?} is damaged", self.token),
-            })?;
-            out.push((h, a));
-        }
-        Ok(out)
+        self.data_objects(s, ANCHOR_LABEL, "read the audit anchor", "audit anchor", AuditAnchor::decode)
     }
 
     fn master_key(&self, s: &Session, mkvp: &Mkvp) -> Result<ObjectHandle, HsmError> {
@@ -478,15 +481,7 @@ impl Hsm for Pkcs11Hsm {
         if !force && old.iter().any(|(_, a)| a.seq >= anchor.seq) {
             return Ok(());
         }
-        s.create_object(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Label(ANCHOR_LABEL.to_vec()),
-            Attribute::Application(b"custos".to_vec()),
-            Attribute::Value(anchor.encode().to_vec()),
-        ])
-        .map_err(p11("write the audit anchor"))?;
+        self.create_data_object(&s, ANCHOR_LABEL, anchor.encode().to_vec(), "write the audit anchor")?;
         for (h, _) in old {
             let _ = s.destroy_object(h);
         }
