@@ -32,9 +32,12 @@ for i in 1 2 3; do
   t3=$(date +%s.%N)
   moved=$("$custos" mk status --json | python3 -c 'import json,sys; print([r["keys"] for r in json.load(sys.stdin)["registers"] if r["register"]=="CURRENT"][0])')
   [ "$moved" = "$n" ] || { echo "only $moved of $n keys are under CURRENT" >&2; exit 1; }
-  results+=("$(echo "$t3 - $t2" | bc -l) $(echo "$t1 - $t0" | bc -l) $(cat "$work/rss")")
+  t4=$(date +%s.%N)
+  "$custos" catalog verify >/dev/null
+  t5=$(date +%s.%N)
+  results+=("$(echo "$t3 - $t2" | bc -l) $(echo "$t1 - $t0" | bc -l) $(cat "$work/rss") $(echo "$t5 - $t4" | bc -l)")
 done
-read -r re create rss < <(printf '%s\n' "${results[@]}" | sort -n | sed -n 2p)
+read -r re create rss verify < <(printf '%s\n' "${results[@]}" | sort -n | sed -n 2p)
 rm -rf "$work"
 
 cat > /tmp/reencipher-section.md <<MD
@@ -45,10 +48,13 @@ Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/reenc
 |---|---|---|---|
 | \`mk reencipher\`: $n keys OLD → CURRENT (1000 per transaction) | $(printf '%.2f' "$re") s | $(printf '%.0f' "$(echo "$n / $re" | bc -l)") keys/s | $(printf '%.1f' "$(echo "$rss / 1024" | bc -l)") MiB |
 | \`key create --count $n\` (one transaction) | $(printf '%.2f' "$create") s | $(printf '%.0f' "$(echo "$n / $create" | bc -l)") keys/s | |
+| \`catalog verify\`: every row's MAC, $n keys and the rest | $(printf '%.2f' "$verify") s | $(printf '%.0f' "$(echo "$n / $verify" | bc -l)") rows/s | |
 
 The issue's budget for re-enciphering 100,000 keys is 10 s. Every key is
 unwrapped and re-wrapped inside the HSM, its KCV compared, and its record
-updated only if it is still under OLD.
+updated only if it is still under OLD. Since issue 13 each record written
+is also checked against its MAC and sealed anew under the HSM's catalog key
+(two HMACs per key, ADR 0019).
 <!-- reencipher:end -->
 MD
 cat /tmp/reencipher-section.md

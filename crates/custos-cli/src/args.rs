@@ -157,6 +157,11 @@ pub enum Command {
     /// The audit log: every command, chained and signed.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The catalog's authenticated rows (principals, grants, keys, requests,
+    /// settings, volumes, policies, backups…), each MACed under the HSM's
+    /// catalog key.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
     /// Storage management (DFSMShsm): rules, and `hsm run` to apply them
     /// (backups when data changed, migration of unused datasets to tape).
     #[command(subcommand)]
@@ -265,6 +270,13 @@ pub struct GrantArgs {
     pub data: Option<String>,
     #[arg(long)]
     pub key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCmd {
+    /// Check every authenticated row against its MAC and list each one
+    /// that was written or changed outside Custos. Exits 4 when any was.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]

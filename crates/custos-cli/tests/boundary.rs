@@ -113,6 +113,13 @@ fn requests_store_operations_and_show_them_escaped() {
     let show = e.ok(&["request", "show", &id]);
     assert!(!show.contains('\u{1b}') && !show.contains('\r'), "{show:?}");
     assert!(show.contains("\\u{1b}[2K\\r--data MINE.REPORTS") && show.contains("pattern      **"), "{show}");
+    // Edited outside Custos, it is refused by whatever would act on it,
+    // and named; taken out again, the rest goes on.
+    let o = e.run(&["catalog", "verify"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("requests id={id}")));
+    assert!(admin.fails(&["request", "approve", &id], 4).contains(&format!("catalog row requests id={id}")));
+    db.execute("DELETE FROM requests WHERE id = ?1", [&id]).unwrap();
     // The requester withdraws; nobody else can.
     let id2 = e.json(&["user", "add", "robot2", "--role", "app", "--token"])["id"].as_u64().unwrap().to_string();
     assert!(admin.fails(&["request", "withdraw", &id2], 8).contains("only its requester"));

@@ -523,6 +523,10 @@ fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
     e.ok(&["ds", "put", "ESC.DATA", Env::s(&e.file("d", &bytes))]);
     let st = e.json(&["escrow", "status"]);
     assert_eq!((st["keys_escrowed"].as_u64(), st["keys_not_escrowed"].as_array().unwrap().len()), (Some(1), 0));
+    // Keystore backups carry the escrow copies out of the catalog.
+    let ksb = e.json(&["keystore", "backup", "--to", "default"])["id"].as_str().unwrap().to_string();
+    let object = std::fs::read_to_string(e.vault.join(format!("volumes/default/keystore/{ksb}.ksb"))).unwrap();
+    assert!(object.contains(&format!("\"escrow_kbk\":\"{}\"", kbk["id"].as_str().unwrap())), "{object}");
     e.ok(&["key", "deactivate", "DSET.PRIM.ESC.key001"]);
     let out = e.ok(&["key", "destroy", "DSET.PRIM.ESC.key001", "--crypto-erase"]);
     assert!(out.contains("an escrow copy remains"), "{out}");
@@ -551,6 +555,12 @@ fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
     e.ok(&["escrow", "purge", "DSET.PRIM.ESC.key001"]);
     let err = e.fails(&[&recover[..], &["--share", a, "--share", c, "--key", ak, "--key", ck]].concat(), 1);
     assert!(err.contains("no escrow copy"), "{err}");
+    // The keystore backup still holds it: a key recovered from that backup
+    // comes back with its escrow copy.
+    e.ok(&["key", "destroy", "DSET.PRIM.ESC.key001", "--crypto-erase"]);
+    e.ok(&["key", "recover", "DSET.PRIM.ESC.key001", "--from", &ksb]);
+    assert_eq!(e.json(&["escrow", "status"])["keys_escrowed"].as_u64(), Some(1));
+    assert_eq!(e.run(&["ds", "get", "ESC.DATA"]).stdout, bytes);
 }
 
 #[test]
@@ -1030,12 +1040,11 @@ fn audit_log_is_tamper_evident() {
     db(&e).execute("DELETE FROM audit_log WHERE seq >= ?1", [n - 1]).unwrap();
     db(&e).execute("DELETE FROM audit_checkpoints WHERE seq >= ?1", [n - 1]).unwrap();
     // (Run directly: `fails` lists the vault first, and those commands would
-    // append.) `audit verify` records its own intent first, which takes the
-    // first number cut.
+    // append.) `audit verify` opens the HSM before it records anything.
     let o = e.run(&["audit", "verify"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{err}");
-    assert!(err.contains(&format!("ends at entry {}, but the HSM recorded entry {n}", n - 1)), "{err}");
+    assert!(err.contains(&format!("ends at entry {}, but the HSM recorded entry {n}", n - 2)), "{err}");
     // More entries appended after the cut, up past the anchor: the entry
     // there is not the one the HSM recorded.
     e.ok(&["key", "ls"]);
@@ -1055,6 +1064,10 @@ fn a_rolled_back_catalog_is_refused_until_accepted() {
         let e = Env::new();
         let first = data(5_000, 1);
         e.ok(&["ds", "put", "RB.ONE", Env::s(&e.file("a", &first))]);
+        e.cmd(&["user", "add", "clerk", "--role", "app"])
+            .env("CUSTOS_NEW_CREDENTIAL", "a clerk's own credential")
+            .assert()
+            .success();
         let db = e.vault.join("custos.db");
         assert!(!e.vault.join("custos.db-wal").exists(), "a finished command leaves the catalog in one file");
         let copy = std::fs::read(&db).unwrap();
@@ -1072,16 +1085,12 @@ fn a_rolled_back_catalog_is_refused_until_accepted() {
         let o = e.run(&["ds", "get", "RB.ONE"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(4), "{n}: {err}");
-        // Its own intent entry came first, unkeyed, at the next number.
-        assert!(err.contains(&format!("ends at entry {}", old_head + 1)), "{n}: {err}");
+        // It opened the HSM before it recorded anything.
+        assert!(err.contains(&format!("ends at entry {old_head},")), "{n}: {err}");
         assert!(err.contains(&format!("the HSM recorded entry {new_head}")), "{n}: {err}");
         assert!(err.contains("audit accept-rollback"), "{err}");
         assert!(o.stdout.is_empty(), "nothing was read");
         // Not for an application to decide.
-        e.cmd(&["user", "add", "clerk", "--role", "app"])
-            .env("CUSTOS_NEW_CREDENTIAL", "a clerk's own credential")
-            .assert()
-            .success();
         e.as_user("clerk", "a clerk's own credential").fails(&["audit", "accept-rollback"], 8);
         let admin = e.as_user("admin", ADMIN_CRED);
         admin.ok(&["audit", "accept-rollback"]);
@@ -1295,7 +1304,11 @@ fn key_destruction_waits_and_can_be_cancelled() {
     // Now for real, with the shortest wait the policy allows.
     e.ok(&["key", "destroy", k, "--crypto-erase", "--wait", "2s"]);
     std::thread::sleep(std::time::Duration::from_millis(2200));
-    let err = e.fails(&["ds", "get", "DEL.DATA"], 5);
+    // The next command that opens the HSM carries it out, then finds the
+    // key destroyed.
+    let o = e.run(&["ds", "get", "DEL.DATA"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(5), "{err}");
     assert!(err.contains("destroyed"), "{err}");
     assert_eq!(e.json(&["key", "show", k])["state"], "destroyed");
     assert!(e.fails(&["key", "cancel-destroy", k], 1).contains("not scheduled"));
@@ -1539,4 +1552,141 @@ fn bulk_key_actions_on_a_pattern() {
     let log = e.json(&["audit", "ls", "--object", "DSET.PRIM.BULK.key003"]);
     assert!(log.as_array().unwrap().iter().any(|r| r["action"] == "key deactivate (bulk DSET.PRIM.BULK.*)"), "{log}");
     assert!(e.fails(&["key", "archive", "NOPE.*"], 1).contains("no key matches"));
+}
+
+/// Rows that decide security, edited in `custos.db` directly (as a tool
+/// with write access to the file and no passphrase would): each edit is
+/// named by `catalog verify` (table and row, exit 4), and the command that
+/// depends on the row is refused with the same name rather than acting on
+/// it. What the catalog held before is put back between the cases.
+#[test]
+fn catalog_rows_edited_outside_custos_are_named_and_refused() {
+    let e = Env::new();
+    let k1 = e.json(&["ds", "put", "PAY.A", Env::s(&e.file("a", b"alpha"))])["key_label"].as_str().unwrap().to_string();
+    let k2 = e.json(&["ds", "put", "PAY.B", Env::s(&e.file("b", b"bravo"))])["key_label"].as_str().unwrap().to_string();
+    e.cmd(&["user", "add", "clerk", "--role", "app"])
+        .env("CUSTOS_NEW_CREDENTIAL", "a clerk's credential")
+        .assert()
+        .success();
+    e.ok(&["user", "grant", "clerk", "--data", "PAY.A"]);
+    e.ok(&["user", "grant", "clerk", "--key", "DSET.PRIM.PAY.*"]);
+    let clerk = e.as_user("clerk", "a clerk's credential");
+    assert_eq!(clerk.run(&["ds", "get", "PAY.A"]).stdout, b"alpha");
+    // A request, approved by a second admin and executed.
+    let admin = e.as_user("admin", ADMIN_CRED);
+    admin.ok(&["config", "set", "dual-control", "role-change"]);
+    e.ok(&["user", "grant", "clerk", "--data", "PAY.C"]);
+    let id = e.json(&["request", "ls"])[0]["id"].as_u64().unwrap().to_string();
+    admin.ok(&["request", "approve", &id]);
+    assert_eq!(e.json(&["request", "show", &id])["state"], "executed");
+    let out = e.ok(&["catalog", "verify"]);
+    assert!(out.contains("catalog intact"), "{out}");
+
+    let db = e.vault.join("custos.db");
+    assert!(!e.vault.join("custos.db-wal").exists());
+    let hsm = e.vault.join("hsm.sealed");
+    // Both files: the commands of one case move the HSM's audit anchor on,
+    // and the catalog alone put back would be refused as rolled back.
+    let clean = (std::fs::read(&db).unwrap(), std::fs::read(&hsm).unwrap());
+    let put_back = || {
+        std::fs::write(&db, &clean.0).unwrap();
+        std::fs::write(&hsm, &clean.1).unwrap();
+    };
+    // A hash of a credential the editor knows, made for a clerk elsewhere.
+    let other = Env::new();
+    other
+        .cmd(&["user", "add", "clerk", "--role", "app"])
+        .env("CUSTOS_NEW_CREDENTIAL", "the editor's own")
+        .assert()
+        .success();
+    let forged: String = rusqlite::Connection::open(other.vault.join("custos.db"))
+        .unwrap()
+        .query_row("SELECT credential FROM principals WHERE name = 'clerk'", [], |r| r.get(0))
+        .unwrap();
+    let cases: Vec<(&str, String, &str, String, Vec<&str>)> = vec![
+        (
+            "a grant inserted",
+            "INSERT INTO grants (principal, kind, pattern, created_at) VALUES ('clerk', 'data', 'PAY.**', 0)".into(),
+            "grants",
+            "pattern='PAY.**'".into(),
+            vec!["clerk", "ds", "get", "PAY.B"],
+        ),
+        (
+            "a principal added",
+            "INSERT INTO principals (name, role, credential, disabled, created_at) SELECT 'mallory', role, credential, 0, created_at FROM principals WHERE name = 'ops'".into(),
+            "principals",
+            "name='mallory'".into(),
+            vec!["mallory", "ds", "get", "PAY.A"],
+        ),
+        (
+            "a credential hash changed",
+            format!("UPDATE principals SET credential = '{forged}' WHERE name = 'clerk'"),
+            "principals",
+            "name='clerk'".into(),
+            vec!["clerk", "ds", "get", "PAY.A"],
+        ),
+        (
+            "requested_by changed",
+            "UPDATE requests SET requested_by = 'admin'".into(),
+            "requests",
+            format!("id={id}"),
+            vec!["ops", "request", "approve", &id],
+        ),
+        (
+            "an executed request reset to pending",
+            "UPDATE requests SET state = 'pending', decided_by = NULL, decided_at = NULL".into(),
+            "requests",
+            format!("id={id}"),
+            vec!["admin", "request", "approve", &id],
+        ),
+        (
+            "a setting changed",
+            "UPDATE settings SET value = 'none' WHERE key = 'dual-control'".into(),
+            "settings",
+            "key='dual-control'".into(),
+            vec!["ops", "user", "grant", "clerk", "--data", "PAY.D"],
+        ),
+        (
+            "a key's state changed",
+            format!("UPDATE keys SET state = 'destroyed' WHERE label = '{k1}'"),
+            "keys",
+            format!("label='{k1}'"),
+            vec!["ops", "ds", "get", "PAY.A"],
+        ),
+        (
+            "two keys' wrapped material swapped",
+            format!(
+                "UPDATE keys SET wrapped = CASE label WHEN '{k1}' THEN (SELECT wrapped FROM keys WHERE label = '{k2}') ELSE (SELECT wrapped FROM keys WHERE label = '{k1}') END,
+                 kcv = CASE label WHEN '{k1}' THEN (SELECT kcv FROM keys WHERE label = '{k2}') ELSE (SELECT kcv FROM keys WHERE label = '{k1}') END
+                 WHERE label IN ('{k1}', '{k2}')"
+            ),
+            "keys",
+            format!("label='{k1}'"),
+            vec!["ops", "ds", "get", "PAY.A"],
+        ),
+    ];
+    let creds = |who: &str| match who {
+        "clerk" => "a clerk's credential",
+        "admin" => ADMIN_CRED,
+        _ => OPS_CRED,
+    };
+    for (i, (what, sql, table, row, cmd)) in cases.iter().enumerate() {
+        put_back();
+        rusqlite::Connection::open(&db).unwrap().execute_batch(sql).unwrap();
+        let o = e.run(&["catalog", "verify"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(4), "{what}: {out} {}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains(&format!("{table} ")) && out.contains(row.as_str()), "{what}: {out}");
+        let cred = if i == 2 { "the editor's own" } else { creds(cmd[0]) };
+        let actor = e.as_user(cmd[0], cred);
+        let o = actor.run(&cmd[1..]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(4), "{what}: `{}` must be refused: {err}", cmd.join(" "));
+        assert!(err.contains(&format!("catalog row {table} ")) && err.contains("catalog verify"), "{what}: {err}");
+        assert!(o.stdout.is_empty(), "{what}: nothing was read");
+    }
+    // Put back, the catalog verifies again and serves as before.
+    put_back();
+    assert!(e.ok(&["catalog", "verify"]).contains("catalog intact"));
+    assert_eq!(clerk.run(&["ds", "get", "PAY.A"]).stdout, b"alpha");
 }

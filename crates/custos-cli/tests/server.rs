@@ -756,8 +756,9 @@ fn a_clients_clock_decides_nothing() {
     assert_eq!(k["state"], "pre-active", "the expired request did not run: {k}");
     let r = s.ok("ops", OPS_CRED, &["--json", "request", "show", &id]);
     assert!(r.contains("\"expired\""), "{r}");
-    // The same question in embedded mode, eight days ahead: that process's
-    // clock decides (embedded mode trusts its caller; the threat model says so).
+    // A command in embedded mode that opens the HSM, eight days ahead: that
+    // process's clock decides (embedded mode trusts its caller; the threat
+    // model says so).
     let mut c = Command::new("faketime");
     c.env_clear()
         .env("CUSTOS_VAULT", &e.vault)
@@ -765,9 +766,11 @@ fn a_clients_clock_decides_nothing() {
         .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .arg("+8 days")
         .arg(assert_cmd::cargo::cargo_bin("custos"))
-        .args(["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
-    let k: serde_json::Value = serde_json::from_slice(&c.output().unwrap().stdout).unwrap();
-    assert_eq!(k["state"], "destroyed", "{k}");
+        .args(["audit", "verify"]);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let k = s.ok("ops", OPS_CRED, &["--json", "key", "show", "DSET.PRIM.CLOCK.key001"]);
+    assert!(k.contains("\"destroyed\""), "{k}");
 }
 
 /// Escrow through the server: one custodian cannot set it up alone, each
@@ -859,4 +862,56 @@ fn escrow_shares_reach_only_their_custodians() {
     assert_eq!(st["keys_escrowed"], 1, "{st}");
     assert!(s.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
     drop(custodians);
+}
+
+/// Rows edited in the catalog while a server runs (by whoever can write
+/// the file, without the HSM): the server acts on none of them, and names
+/// the table and row, to the client and in `catalog verify`.
+#[test]
+fn a_server_refuses_rows_edited_outside_it() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "PAY.A", Env::s(&e.file("a", b"alpha"))]);
+    e.ok(&["ds", "put", "PAY.B", Env::s(&e.file("b", b"bravo"))]);
+    let clerk = "a clerk's credential";
+    e.cmd(&["user", "add", "clerk", "--role", "app"]).env("CUSTOS_NEW_CREDENTIAL", clerk).assert().success();
+    e.ok(&["user", "grant", "clerk", "--data", "PAY.A"]);
+    e.ok(&["user", "grant", "clerk", "--key", "DSET.PRIM.PAY.*"]);
+    let s = Served::start(&e);
+    let got = s.run("clerk", clerk, &["ds", "get", "PAY.A"], None);
+    assert_eq!(got.stdout, b"alpha", "{}", String::from_utf8_lossy(&got.stderr));
+    let verdict = s.run("ops", OPS_CRED, &["catalog", "verify"], None);
+    assert!(String::from_utf8_lossy(&verdict.stdout).contains("catalog intact"), "{}", s.log());
+    let db = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let refused = |o: &Output, table: &str, row: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(4), "{err}");
+        assert!(err.contains(&format!("catalog row {table} ")) && err.contains(row), "{err}");
+        assert!(o.stdout.is_empty(), "nothing was read");
+    };
+    // A grant inserted.
+    db.execute("INSERT INTO grants (principal, kind, pattern, created_at) VALUES ('clerk', 'data', 'PAY.**', 0)", [])
+        .unwrap();
+    refused(&s.run("clerk", clerk, &["ds", "get", "PAY.B"], None), "grants", "pattern='PAY.**'");
+    let o = s.run("ops", OPS_CRED, &["catalog", "verify"], None);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("grants principal='clerk' kind='data' pattern='PAY.**'"));
+    db.execute("DELETE FROM grants WHERE pattern = 'PAY.**'", []).unwrap();
+    // A credential hash replaced (by another principal's).
+    db.execute(
+        "UPDATE principals SET credential = (SELECT credential FROM principals WHERE name = 'ops') WHERE name = 'clerk'",
+        [],
+    )
+    .unwrap();
+    refused(&s.run("clerk", OPS_CRED, &["ds", "get", "PAY.A"], None), "principals", "name='clerk'");
+    // A key's state.
+    db.execute("UPDATE keys SET state = 'active', kcv = kcv WHERE label = (SELECT MIN(label) FROM keys)", []).unwrap();
+    db.execute("UPDATE keys SET use_count = use_count + 1000 WHERE label = (SELECT MIN(label) FROM keys)", []).unwrap();
+    let o = s.run("ops", OPS_CRED, &["catalog", "verify"], None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("principals name='clerk'") && out.contains("keys label="), "{out}");
+    refused(&s.run("ops", OPS_CRED, &["key", "ls"], None), "keys", "label=");
+    // The server stays up and serves what was not touched.
+    let got = s.run("ops", OPS_CRED, &["ds", "ls"], None);
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
 }

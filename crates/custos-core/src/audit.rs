@@ -271,7 +271,6 @@ impl Vault<Open> {
     /// this catalog anyway: the anchor is moved to its head, whatever the
     /// HSM held. Returns the anchor the HSM held before.
     pub fn audit_arm(&self, accept: bool) -> Result<Option<AuditAnchor>> {
-        let key = self.audit_key()?;
         // The anchor first: it is written only after its entries commit, so
         // a head read after it is never behind it, whoever appends meanwhile.
         let anchored = self.state.hsm.anchor()?;
@@ -295,6 +294,10 @@ impl Vault<Open> {
             (None, Some(h)) => self.state.hsm.set_anchor(&AuditAnchor { seq: h.seq, head: h.hash }, false)?,
             (None, None) => {}
         }
+        // A catalog that is not older than the HSM's record: authenticate
+        // its rows from here on (sealing them all the first time).
+        self.arm_catalog()?;
+        let key = self.audit_key()?;
         // Counted from now: a short command anchors once, when it closes,
         // rather than also at its first group commit.
         let anchor = AnchorState { written_at: Some(std::time::Instant::now()), ..Default::default() };

@@ -54,6 +54,9 @@ impl<S: VaultState> Vault<S> {
         self.repo.copy_to(&dest.join(DB_FILE))?;
         std::fs::copy(self.dir.join(HSM_FILE), dest.join(HSM_FILE)).map_err(io(&self.dir))?;
         let clone = Vault::open(dest)?;
+        // The clone's HSM file is this one's, catalog key included: rows
+        // this vault's HSM seals are the clone's too.
+        clone.repo.set_row_auth(self.repo.row_auth());
         for v in &vols {
             let to = clone.dir.join("volumes").join(v.name.as_str());
             let from = Path::new(&v.location);

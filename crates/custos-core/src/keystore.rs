@@ -8,7 +8,7 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Pattern, Purpose, VolumeName, WrappedMaterial,
+    EscrowCopy, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Pattern, Purpose, VolumeName, WrappedMaterial,
 };
 use custos_store::format::object_hash;
 use jiff::Timestamp;
@@ -41,6 +41,13 @@ struct BackedUpKey {
     created_at: Timestamp,
     activated_at: Option<Timestamp>,
     expires_at: Option<Timestamp>,
+    /// The key's escrow copy, so that losing the keystore does not lose it
+    /// too: the key-backup key's id, and the sealed copy (hex). Absent in
+    /// backups written before, and for keys without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    escrow_kbk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    escrow: Option<String>,
 }
 
 /// What recovery did with one key.
@@ -85,6 +92,8 @@ impl<S: VaultState> Vault<S> {
                 created_at: k.created_at,
                 activated_at: k.activated_at,
                 expires_at: k.expires_at,
+                escrow_kbk: k.escrow.as_ref().map(|e| e.kbk.clone()),
+                escrow: k.escrow.as_ref().map(|e| hex::encode(&e.blob)),
             };
             json_line(&mut out, &b);
         }
@@ -179,6 +188,13 @@ impl Vault<Open> {
                 continue;
             }
             let wrapped = hex::decode(&b.wrapped).map_err(|_| damaged("has bad wrapped material".into()))?;
+            let backed_escrow = match (&b.escrow_kbk, &b.escrow) {
+                (Some(kbk), Some(blob)) => Some(EscrowCopy {
+                    kbk: kbk.clone(),
+                    blob: hex::decode(blob).map_err(|_| damaged("has a bad escrow copy".into()))?,
+                }),
+                _ => None,
+            };
             let w = self.state.hsm.rewrap_key(&mkvp, &wrapped)?;
             let want = Kcv::from_hex(&b.kcv).map_err(|_| damaged("has a bad KCV".into()))?;
             if w.kcv != want {
@@ -199,7 +215,8 @@ impl Vault<Open> {
                 expires_at: b.expires_at,
                 last_used_at: live.as_ref().and_then(|k| k.last_used_at),
                 use_count: live.as_ref().map(|k| k.use_count).unwrap_or(0),
-                escrow: live.as_ref().and_then(|k| k.escrow.clone()),
+                // The catalog's copy if it kept one, else the backup's.
+                escrow: live.as_ref().and_then(|k| k.escrow.clone()).or(backed_escrow),
             };
             if live.is_some() {
                 self.repo.update_key(&rec)?;

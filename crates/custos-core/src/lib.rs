@@ -12,6 +12,7 @@
 
 mod audit;
 mod backup;
+mod catalog;
 mod datasets;
 mod drill;
 mod error;
@@ -36,7 +37,7 @@ mod vaultbackup;
 
 pub use audit::{AuditFilter, AuditVerdict, AUDIT_KEY};
 pub use backup::{PruneDecision, RestoreReport};
-pub use custos_repo::{AuditCheckpoint, AuditRow, RepoError, RequestRow};
+pub use custos_repo::{AuditCheckpoint, AuditRow, CatalogCheck, RepoError, RequestRow, RowFault};
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::{EscrowStatus, ShareStatus};

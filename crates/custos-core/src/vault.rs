@@ -170,7 +170,7 @@ impl Vault<Sealed> {
             volume: default,
             target: PolicyTarget::Template { app: None },
         })?;
-        Ok(vault.with_hsm(hsm))
+        vault.armed(hsm)
     }
 
     /// Open an existing vault, sealed.
@@ -198,7 +198,7 @@ impl Vault<Sealed> {
             return Err(Error::Invalid { what: "unseal", why: "this vault uses a PKCS#11 token: give its PIN".into() });
         }
         let hsm = SoftHsm::open(&self.dir.join(HSM_FILE), passphrase)?;
-        Ok(self.with_hsm(Box::new(hsm)))
+        self.armed(Box::new(hsm))
     }
 
     /// Open the vault's PKCS#11 token with its user PIN.
@@ -210,7 +210,7 @@ impl Vault<Sealed> {
             });
         };
         let hsm = Pkcs11Hsm::open(&Pkcs11Config { module, token, pin })?;
-        Ok(self.with_hsm(Box::new(hsm)))
+        self.armed(Box::new(hsm))
     }
 
     /// Open the vault's PKCS#11 token through a module and token the
@@ -224,7 +224,15 @@ impl Vault<Sealed> {
             });
         }
         let hsm = Pkcs11Hsm::open(&config)?;
-        Ok(self.with_hsm(Box::new(hsm)))
+        self.armed(Box::new(hsm))
+    }
+
+    /// Open with `hsm` and authenticate the catalog's rows under its
+    /// catalog key from now on (sealing them all the first time).
+    fn armed(self, hsm: Box<dyn Hsm>) -> Result<Vault<Open>> {
+        let v = self.with_hsm(hsm);
+        v.arm_catalog()?;
+        Ok(v)
     }
 
     /// Open with any HSM implementation (PKCS#11, or a test double).
@@ -260,8 +268,9 @@ impl Vault<Sealed> {
 }
 
 impl Vault<Open> {
-    /// Close the HSM again.
+    /// Close the HSM again (rows are no longer sealed or checked).
     pub fn seal(self) -> Vault<Sealed> {
+        self.repo.set_row_auth(None);
         Vault {
             dir: self.dir,
             repo: self.repo,

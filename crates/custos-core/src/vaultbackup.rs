@@ -444,7 +444,11 @@ pub fn rebuild(
     let v = sealed.with_hsm(Box::new(hsm));
     // Should what follows fail, the new HSM goes again: the keys already
     // moved under it come back from escrow on the next run, as the rest.
-    let unverifiable = match v.audit_rekey_after_hsm_loss().and_then(|n| v.audit_arm(false).map(|_| n)) {
+    // The catalog is taken as it stands (the HSM that authenticated it is
+    // gone): its rows are sealed under the new HSM's catalog key first, so
+    // that what follows may change them.
+    let armed = v.arm_catalog().and_then(|_| v.audit_rekey_after_hsm_loss());
+    let unverifiable = match armed.and_then(|n| v.audit_arm(false).map(|_| n)) {
         Ok(n) => n,
         Err(e) => {
             drop(v);

@@ -103,6 +103,8 @@ pub enum HsmError {
     Crypto(#[from] custos_crypto::CryptoError),
     #[error("the passphrase is shorter than {min} characters: choose a longer one; nothing was created")]
     WeakPassphrase { min: usize },
+    #[error("the HSM holds no catalog key: open the vault with its passphrase (or PIN) once, which makes it")]
+    NoCatalogKey,
 }
 
 /// One custodian's part of a master key. Parts are combined by XOR inside
@@ -156,6 +158,18 @@ impl AuditAnchor {
     }
 }
 
+/// Where an HSM's catalog key stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatalogKeyState {
+    /// None made yet (a new HSM, or one from before catalog keys).
+    None,
+    /// Made, but the catalog's rows may not all be sealed under it yet (a
+    /// process died while sealing them): whoever opens the HSM seals them.
+    Made,
+    /// Every row was sealed under it.
+    Sealed,
+}
+
 /// The HSM seam. Implementations keep master keys inside; callers see MKVPs.
 pub trait Hsm: Send + Sync {
     /// A short description for messages, such as "software HSM at /v/hsm.sealed".
@@ -201,6 +215,26 @@ pub trait Hsm: Send + Sync {
     /// whatever is stored when `force` (an administrator accepted an older
     /// catalog). Atomic: a crash leaves the old anchor or the new one.
     fn set_anchor(&self, anchor: &AuditAnchor, force: bool) -> Result<(), HsmError>;
+
+    /// Where the catalog key stands (as stored now: another process may
+    /// have moved it since this one opened the HSM).
+    fn catalog_key_state(&self) -> Result<CatalogKeyState, HsmError>;
+
+    /// Make the catalog key if the HSM holds none: an HMAC-SHA-256 key that
+    /// authenticates the catalog's rows and never leaves the HSM (a
+    /// non-extractable token key; in the software HSM, sealed in its file
+    /// beside the master keys). It starts [`CatalogKeyState::Made`]; two
+    /// processes asking at once get one key.
+    fn make_catalog_key(&self) -> Result<(), HsmError>;
+
+    /// Record that every catalog row carries a MAC under the catalog key
+    /// ([`CatalogKeyState::Sealed`]): from then on a row without one is a
+    /// forgery, never a row still to be sealed.
+    fn catalog_key_sealed(&self) -> Result<(), HsmError>;
+
+    /// HMAC-SHA-256 of `msg` under the catalog key ([`HsmError::NoCatalogKey`]
+    /// before one is made).
+    fn catalog_mac(&self, msg: &[u8]) -> Result<[u8; 32], HsmError>;
 }
 
 /// Combine key parts: verify each against its KCV, require two distinct
@@ -335,6 +369,28 @@ pub mod conformance {
         assert_eq!(hsm.anchor().unwrap(), Some(a(base + 3, 3)), "forced back");
         hsm.set_anchor(&a(base + 4, 4), false).unwrap();
         assert_eq!(hsm.anchor().unwrap(), Some(a(base + 4, 4)));
+
+        // The catalog key: made once, kept across master key changes, and
+        // a MAC that depends on every byte of the message.
+        let had = hsm.catalog_key_state().expect("catalog_key_state");
+        if had == CatalogKeyState::None {
+            assert!(matches!(hsm.catalog_mac(b"row"), Err(HsmError::NoCatalogKey)));
+        }
+        hsm.make_catalog_key().expect("make");
+        assert_ne!(hsm.catalog_key_state().unwrap(), CatalogKeyState::None);
+        let m0 = hsm.catalog_mac(b"keys\0label=A").unwrap();
+        hsm.make_catalog_key().expect("a second call keeps the first key");
+        assert_eq!(hsm.catalog_mac(b"keys\0label=A").unwrap(), m0, "one key");
+        hsm.catalog_key_sealed().unwrap();
+        assert_eq!(hsm.catalog_key_state().unwrap(), CatalogKeyState::Sealed);
+        hsm.make_catalog_key().unwrap();
+        assert_eq!(hsm.catalog_key_state().unwrap(), CatalogKeyState::Sealed, "making again unseals nothing");
+        let m1 = hsm.catalog_mac(b"keys\0label=A").unwrap();
+        assert_eq!(hsm.catalog_mac(b"keys\0label=A").unwrap(), m1, "deterministic");
+        assert_ne!(hsm.catalog_mac(b"keys\0label=B").unwrap(), m1);
+        hsm.load_new(NewMasterKey::Generate, None).unwrap();
+        hsm.activate().unwrap();
+        assert_eq!(hsm.catalog_mac(b"keys\0label=A").unwrap(), m1, "kept across a master key change");
 
         // Nothing the HSM prints shows key material.
         let shown = format!("{w:?} {regs:?} {}", hsm.describe());

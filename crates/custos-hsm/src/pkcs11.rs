@@ -9,6 +9,9 @@
 //!   HSM); MKVPs and KCVs are `CKM_AES_CMAC` on the token.
 //! * The only data key leaving the token in clear is the one `unwrap_key`
 //!   returns for use (ADR 0004).
+//! * The catalog key is a token generic secret key (label
+//!   `custos-catalog-key`, sensitive, not extractable): catalog rows are
+//!   MACed with `CKM_SHA256_HMAC` inside the token (ADR 0019).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -22,12 +25,18 @@ use custos_crypto::check::MKVP_BLOCK;
 use custos_crypto::{DataKey, Kcv, Mkvp, KCV_LEN};
 use jiff::Timestamp;
 
-use crate::{combine_parts, AuditAnchor, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey};
+use crate::{
+    combine_parts, AuditAnchor, CatalogKeyState, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey,
+};
 
 const MK_LABEL: &[u8] = b"custos-mk";
 const REGS_LABEL: &[u8] = b"custos-registers";
 /// The label of the data object that holds the audit anchor.
 const ANCHOR_LABEL: &[u8] = b"custos-audit-anchor";
+/// The label of the catalog key: a generic secret (HMAC) key on the token.
+const CATALOG_LABEL: &[u8] = b"custos-catalog-key";
+/// A data object present once every catalog row was sealed under that key.
+const SEALED_LABEL: &[u8] = b"custos-catalog-sealed";
 
 /// Where the token is and how to log in.
 pub struct Pkcs11Config {
@@ -49,6 +58,8 @@ pub struct Pkcs11Hsm {
     token: String,
     // Dropped before the context: declared first.
     session: Mutex<Session>,
+    /// The catalog key's handle, once found (rows are MACed often).
+    catalog: Mutex<Option<ObjectHandle>>,
     _ctx: Pkcs11,
 }
 
@@ -181,7 +192,7 @@ impl Pkcs11Hsm {
             }
             e => HsmError::Pkcs11 { op: "log in", detail: e.to_string() },
         })?;
-        let hsm = Self { token: cfg.token.clone(), session: Mutex::new(session), _ctx: ctx };
+        let hsm = Self { token: cfg.token.clone(), session: Mutex::new(session), catalog: Mutex::new(None), _ctx: ctx };
         {
             let s = hsm.session();
             if hsm.read_regs(&s)?.is_none() {
@@ -286,6 +297,31 @@ impl Pkcs11Hsm {
     /// when processes wrote at once or a write was interrupted).
     fn anchor_objects(&self, s: &Session) -> Result<Vec<(ObjectHandle, AuditAnchor)>, HsmError> {
         self.data_objects(s, ANCHOR_LABEL, "read the audit anchor", "audit anchor", AuditAnchor::decode)
+    }
+
+    /// The catalog key: of several (two processes made one at once), the one
+    /// with the lowest `CKA_ID`, so that every process signs with the same.
+    fn catalog_key(&self, s: &Session) -> Result<Option<ObjectHandle>, HsmError> {
+        let op = "find the catalog key";
+        let found = s
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(CATALOG_LABEL.to_vec())])
+            .map_err(p11(op))?;
+        let mut best: Option<(Vec<u8>, ObjectHandle)> = None;
+        for h in found {
+            let id = s
+                .get_attributes(h, &[AttributeType::Id])
+                .map_err(p11(op))?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Id(v) => Some(v),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if best.as_ref().is_none_or(|(b, _)| id < *b) {
+                best = Some((id, h));
+            }
+        }
+        Ok(best.map(|(_, h)| h))
     }
 
     fn master_key(&self, s: &Session, mkvp: &Mkvp) -> Result<ObjectHandle, HsmError> {
@@ -486,5 +522,81 @@ impl Hsm for Pkcs11Hsm {
             let _ = s.destroy_object(h);
         }
         Ok(())
+    }
+
+    fn catalog_key_state(&self) -> Result<CatalogKeyState, HsmError> {
+        let s = self.session();
+        if self.catalog_key(&s)?.is_none() {
+            return Ok(CatalogKeyState::None);
+        }
+        let sealed = s
+            .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(SEALED_LABEL.to_vec())])
+            .map_err(p11("read the catalog key's state"))?;
+        Ok(if sealed.is_empty() { CatalogKeyState::Made } else { CatalogKeyState::Sealed })
+    }
+
+    fn catalog_key_sealed(&self) -> Result<(), HsmError> {
+        if self.catalog_key_state()? == CatalogKeyState::Sealed {
+            return Ok(());
+        }
+        let s = self.session();
+        self.catalog_key(&s)?.ok_or(HsmError::NoCatalogKey)?;
+        self.create_data_object(&s, SEALED_LABEL, b"sealed".to_vec(), "record the catalog sealed")
+    }
+
+    fn make_catalog_key(&self) -> Result<(), HsmError> {
+        let s = self.session();
+        if self.catalog_key(&s)?.is_some() {
+            return Ok(());
+        }
+        let id = custos_crypto::random_array::<16>()?;
+        let made = s
+            .generate_key(
+                &Mechanism::GenericSecretKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Sign(true),
+                    Attribute::Verify(true),
+                    Attribute::Encrypt(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Derive(false),
+                    Attribute::Label(CATALOG_LABEL.to_vec()),
+                    Attribute::Id(id.to_vec()),
+                ],
+            )
+            .map_err(p11("make the catalog key"))?;
+        // Another process may have made one at the same moment: the lowest
+        // id wins, and a losing key of this process's goes.
+        let chosen = self.catalog_key(&s)?;
+        if chosen != Some(made) {
+            let _ = s.destroy_object(made);
+        }
+        Ok(())
+    }
+
+    fn catalog_mac(&self, msg: &[u8]) -> Result<[u8; 32], HsmError> {
+        let s = self.session();
+        let mut cached = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let key = match *cached {
+            Some(h) => h,
+            None => {
+                let h = self.catalog_key(&s)?.ok_or(HsmError::NoCatalogKey)?;
+                *cached = Some(h);
+                h
+            }
+        };
+        let tag = s.sign(&Mechanism::Sha256Hmac, key, msg).map_err(|e| {
+            *cached = None;
+            p11("MAC a catalog row")(e)
+        })?;
+        tag.try_into().map_err(|_| HsmError::Pkcs11 { op: "MAC a catalog row", detail: "not 32 bytes".into() })
     }
 }

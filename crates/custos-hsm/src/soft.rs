@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use aws_lc_rs::hmac;
 use custos_crypto::{
     open_with_passphrase_key, random_array, seal_with_passphrase_key, unwrap_key, wrap_key, DataKey, Kcv, Kdf,
     KdfParams, MasterKey, Mkvp, Nonce, Passphrase, PassphraseKey, TAG_LEN,
@@ -15,17 +16,30 @@ use custos_crypto::{
 use jiff::Timestamp;
 use zeroize::Zeroizing;
 
-use crate::{combine_parts, AuditAnchor, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey};
+use crate::{
+    combine_parts, AuditAnchor, CatalogKeyState, Hsm, HsmError, NewMasterKey, Register, RegisterInfo, WrappedKey,
+};
 
 const MAGIC: &[u8; 8] = b"CUSTOSHS";
-/// Version 1 held the registers; version 2 adds the audit anchor.
-const VERSION: u8 = 2;
+/// Version 1 held the registers; version 2 adds the audit anchor, version 3
+/// the catalog key.
+const VERSION: u8 = 3;
 const HEADER_LEN: usize = 8 + 1 + 12 + 16 + 12;
 const REG_LEN: usize = 1 + 32 + 8;
 const ANCHOR_LEN: usize = 1 + AuditAnchor::LEN;
+const CATALOG_LEN: usize = 1 + 32;
 
 fn body_len(version: u8) -> usize {
-    3 * REG_LEN + if version >= 2 { ANCHOR_LEN } else { 0 }
+    3 * REG_LEN + if version >= 2 { ANCHOR_LEN } else { 0 } + if version >= 3 { CATALOG_LEN } else { 0 }
+}
+
+/// What the file holds besides the registers.
+#[derive(Default)]
+struct Stored {
+    anchor: Option<AuditAnchor>,
+    catalog: Option<Zeroizing<[u8; 32]>>,
+    /// Whether every catalog row was sealed under it.
+    sealed: bool,
 }
 
 struct Slot {
@@ -48,6 +62,8 @@ pub struct SoftHsm {
     /// Derived once when opened, to re-seal the file after register changes.
     seal_key: PassphraseKey,
     regs: RwLock<Registers>,
+    /// The catalog key, once the file holds one.
+    catalog: RwLock<Option<hmac::Key>>,
 }
 
 /// The shortest passphrase a new software HSM accepts.
@@ -71,8 +87,8 @@ impl SoftHsm {
             ..Default::default()
         };
         let seal_key = kdf.derive(passphrase)?;
-        let hsm = Self { path: path.into(), kdf, seal_key, regs: RwLock::new(regs) };
-        hsm.write(&hsm.regs.read().expect("registers lock"), None)?;
+        let hsm = Self { path: path.into(), kdf, seal_key, regs: RwLock::new(regs), catalog: RwLock::new(None) };
+        hsm.write(&hsm.regs.read().expect("registers lock"), &Stored::default())?;
         Ok(hsm)
     }
 
@@ -82,13 +98,14 @@ impl SoftHsm {
         let bytes = Zeroizing::new(fs::read(path).map_err(io)?);
         let (kdf, _) = header(path, &bytes)?;
         let pk = kdf.derive(passphrase)?;
-        let (regs, _) = decode(path, &pk, bytes)?;
-        Ok(Self { path: path.into(), kdf, seal_key: pk, regs: RwLock::new(regs) })
+        let (regs, stored) = decode(path, &pk, bytes)?;
+        let catalog = stored.catalog.map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k[..]));
+        Ok(Self { path: path.into(), kdf, seal_key: pk, regs: RwLock::new(regs), catalog: RwLock::new(catalog) })
     }
 
     /// The registers and the anchor as the file holds them now. The file
     /// must still be sealed under the key this handle derived.
-    fn read_back(&self) -> Result<(Registers, Option<AuditAnchor>), HsmError> {
+    fn read_back(&self) -> Result<(Registers, Stored), HsmError> {
         let bytes =
             Zeroizing::new(fs::read(&self.path).map_err(|source| HsmError::Io { path: self.path.clone(), source })?);
         let (kdf, _) = header(&self.path, &bytes)?;
@@ -111,15 +128,16 @@ impl SoftHsm {
         Ok(f)
     }
 
-    /// Write the registers back, keeping the anchor the file holds.
+    /// Write the registers back, keeping the anchor and catalog key the
+    /// file holds.
     fn save(&self, regs: &Registers) -> Result<(), HsmError> {
         let _lock = self.lock()?;
-        let (_, anchor) = self.read_back()?;
-        self.write(regs, anchor.as_ref())
+        let (_, stored) = self.read_back()?;
+        self.write(regs, &stored)
     }
 
     /// Write the file atomically (temp file, fsync, rename, fsync dir).
-    fn write(&self, regs: &Registers, anchor: Option<&AuditAnchor>) -> Result<(), HsmError> {
+    fn write(&self, regs: &Registers, stored: &Stored) -> Result<(), HsmError> {
         let io = |source| HsmError::Io { path: self.path.clone(), source };
         let pk = &self.seal_key;
         let nonce = Nonce::random()?;
@@ -141,12 +159,19 @@ impl SoftHsm {
                 None => out.extend_from_slice(&[0u8; REG_LEN]),
             }
         }
-        match anchor {
+        match &stored.anchor {
             Some(a) => {
                 out.push(1);
                 out.extend_from_slice(&a.encode());
             }
             None => out.extend_from_slice(&[0u8; ANCHOR_LEN]),
+        }
+        match &stored.catalog {
+            Some(k) => {
+                out.push(if stored.sealed { 2 } else { 1 });
+                out.extend_from_slice(&k[..]);
+            }
+            None => out.extend_from_slice(&[0u8; CATALOG_LEN]),
         }
         out.extend_from_slice(&[0u8; TAG_LEN]);
         let (header, body) = out.split_at_mut(HEADER_LEN);
@@ -218,11 +243,7 @@ fn header(path: &Path, bytes: &[u8]) -> Result<(Kdf, u8), HsmError> {
 }
 
 /// Open a file's body under the key derived from its passphrase.
-fn decode(
-    path: &Path,
-    pk: &PassphraseKey,
-    mut bytes: Zeroizing<Vec<u8>>,
-) -> Result<(Registers, Option<AuditAnchor>), HsmError> {
+fn decode(path: &Path, pk: &PassphraseKey, mut bytes: Zeroizing<Vec<u8>>) -> Result<(Registers, Stored), HsmError> {
     let corrupt = |why| HsmError::Corrupt { path: path.into(), why };
     let version = bytes[8];
     let nonce = Nonce(bytes[37..49].try_into().expect("12 bytes"));
@@ -239,17 +260,26 @@ fn decode(
             *slot = Some(Slot { mkvp: Mkvp::of(&key), key, since });
         }
     }
-    let anchor = match version {
-        1 => None,
-        _ => {
-            let a = &plain[3 * REG_LEN..3 * REG_LEN + ANCHOR_LEN];
-            match a[0] {
-                0 => None,
-                _ => Some(AuditAnchor::decode(&a[1..]).ok_or_else(|| corrupt("bad audit anchor"))?),
-            }
+    let mut stored = Stored::default();
+    if version >= 2 {
+        let a = &plain[3 * REG_LEN..3 * REG_LEN + ANCHOR_LEN];
+        if a[0] != 0 {
+            stored.anchor = Some(AuditAnchor::decode(&a[1..]).ok_or_else(|| corrupt("bad audit anchor"))?);
         }
-    };
-    Ok((regs, anchor))
+    }
+    if version >= 3 {
+        let at = 3 * REG_LEN + ANCHOR_LEN;
+        let c = &plain[at..at + CATALOG_LEN];
+        match c[0] {
+            0 => {}
+            1 | 2 => {
+                stored.catalog = Some(Zeroizing::new(c[1..].try_into().expect("32 bytes")));
+                stored.sealed = c[0] == 2;
+            }
+            _ => return Err(corrupt("bad catalog key")),
+        }
+    }
+    Ok((regs, stored))
 }
 
 impl Hsm for SoftHsm {
@@ -337,16 +367,65 @@ impl Hsm for SoftHsm {
     }
 
     fn anchor(&self) -> Result<Option<AuditAnchor>, HsmError> {
-        Ok(self.read_back()?.1)
+        Ok(self.read_back()?.1.anchor)
     }
 
     fn set_anchor(&self, anchor: &AuditAnchor, force: bool) -> Result<(), HsmError> {
         let _lock = self.lock()?;
-        let (regs, stored) = self.read_back()?;
-        if !force && stored.is_some_and(|s| s.seq >= anchor.seq) {
+        let (regs, mut stored) = self.read_back()?;
+        if !force && stored.anchor.is_some_and(|s| s.seq >= anchor.seq) {
             return Ok(());
         }
-        self.write(&regs, Some(anchor))
+        stored.anchor = Some(*anchor);
+        self.write(&regs, &stored)
+    }
+
+    fn catalog_key_state(&self) -> Result<CatalogKeyState, HsmError> {
+        let stored = self.read_back()?.1;
+        Ok(match (&stored.catalog, stored.sealed) {
+            (None, _) => CatalogKeyState::None,
+            (Some(_), false) => CatalogKeyState::Made,
+            (Some(_), true) => CatalogKeyState::Sealed,
+        })
+    }
+
+    fn make_catalog_key(&self) -> Result<(), HsmError> {
+        let _lock = self.lock()?;
+        let (regs, mut stored) = self.read_back()?;
+        if stored.catalog.is_none() {
+            stored.catalog = Some(Zeroizing::new(random_array()?));
+            self.write(&regs, &stored)?;
+        }
+        let k = stored.catalog.as_ref().expect("held or made");
+        *self.catalog.write().expect("catalog key lock") = Some(hmac::Key::new(hmac::HMAC_SHA256, &k[..]));
+        Ok(())
+    }
+
+    fn catalog_key_sealed(&self) -> Result<(), HsmError> {
+        let _lock = self.lock()?;
+        let (regs, mut stored) = self.read_back()?;
+        if stored.catalog.is_none() {
+            return Err(HsmError::NoCatalogKey);
+        }
+        if !stored.sealed {
+            stored.sealed = true;
+            self.write(&regs, &stored)?;
+        }
+        Ok(())
+    }
+
+    fn catalog_mac(&self, msg: &[u8]) -> Result<[u8; 32], HsmError> {
+        let mut held = self.catalog.read().expect("catalog key lock");
+        if held.is_none() {
+            // Another process may have made it since this one opened.
+            drop(held);
+            if let Some(k) = self.read_back()?.1.catalog {
+                *self.catalog.write().expect("catalog key lock") = Some(hmac::Key::new(hmac::HMAC_SHA256, &k[..]));
+            }
+            held = self.catalog.read().expect("catalog key lock");
+        }
+        let key = held.as_ref().ok_or(HsmError::NoCatalogKey)?;
+        Ok(hmac::sign(key, msg).as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes"))
     }
 }
 

@@ -327,7 +327,6 @@ impl Engine {
 
     /// Run `op` for `who`: see the module docs for the order of checks.
     pub fn execute(&self, who: &Caller, op: Operation, mut io: Io<'_>) -> Result<Outcome> {
-        let warnings = self.carry_out_due()?;
         let (action, object) = op.audit_name();
         let who_name = who.name();
         let audit = |result: &str| -> Result<()> {
@@ -358,6 +357,23 @@ impl Engine {
                 ));
             }
         }
+        // In embedded mode, an operation that may change a row the catalog
+        // key seals opens the HSM first: its rights are then checked
+        // against authenticated rows, and what it writes is sealed.
+        // (`audit accept-rollback` opens it itself, accepting the catalog.)
+        if self.mode == Mode::Embedded && !op.needs_no_key() && !matches!(op, Operation::AuditAcceptRollback) {
+            if let Err(e) = self.open() {
+                return refuse(e);
+            }
+            // The caller logged in before the HSM was open, on a row
+            // nothing checked then: it is read again, checked.
+            if let Some(p) = who.principal() {
+                if let Err(e) = self.vault.user(&p.name) {
+                    return refuse(e.into());
+                }
+            }
+        }
+        let warnings = self.carry_out_due()?;
         if let Operation::VolumeAdd { location, .. } = &op {
             if !self.volume_allowed(location) {
                 return refuse(Error::Usage(format!(

@@ -143,7 +143,7 @@ pub fn core_code(e: &CoreError) -> Code {
         | CoreError::CatalogForked { .. }
         | CoreError::Ciphertext { .. }
         | CoreError::ReencipherFailed { .. }
-        | CoreError::Repo(RepoError::NotACatalog { .. }) => Code::Integrity,
+        | CoreError::Repo(RepoError::NotACatalog { .. } | RepoError::Tampered { .. }) => Code::Integrity,
         CoreError::KeyDestroyed { .. }
         | CoreError::KeyUnusable { .. }
         | CoreError::KeyExpired { .. }
@@ -157,6 +157,7 @@ pub fn core_code(e: &CoreError) -> Code {
         CoreError::Hsm(HsmError::WrongPassphrase { .. }) | CoreError::AuthFailed { .. } => Code::Authentication,
         CoreError::Hsm(HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => Code::Authentication,
         CoreError::Forbidden { .. } => Code::Forbidden,
+        CoreError::Repo(RepoError::NeedsKey { .. }) => Code::Authentication,
         CoreError::Store(_) | CoreError::LeftInTrash { .. } => Code::Unavailable,
         CoreError::Repo(RepoError::Busy { .. }) => Code::Busy,
         CoreError::Invalid { .. }

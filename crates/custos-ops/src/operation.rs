@@ -369,6 +369,7 @@ pub enum Operation {
         object: Option<String>,
     },
     AuditVerify,
+    CatalogVerify,
     AuditExport,
     /// Carry on with a catalog older than the HSM's anchor (restored from
     /// a backup on purpose): the anchor moves to this catalog's head.
@@ -549,6 +550,7 @@ impl Operation {
             RiskDrill { pattern, .. } => ("risk drill", opt(pattern.as_ref().map(|l| l as _))),
             AuditList { .. } => ("audit ls", String::new()),
             AuditVerify => ("audit verify", String::new()),
+            CatalogVerify => ("catalog verify", String::new()),
             AuditExport => ("audit export", String::new()),
             AuditAcceptRollback => ("audit accept-rollback", String::new()),
             UserAdd { name, .. } => ("user add", name.clone()),
@@ -606,6 +608,54 @@ impl Operation {
     /// requests are such; everything else records its intent first.
     pub fn audited_once(&self) -> bool {
         matches!(self, Operation::KeyEncrypt { .. } | Operation::KeyDecrypt { .. } | Operation::KeyDataKey { .. })
+    }
+
+    /// Whether it can run without the HSM in embedded mode: it reads, or
+    /// it writes only what a storage administrator without the passphrase
+    /// may (raw copies, snapshots, mirrors, migration, the trash), none of
+    /// which the catalog key must seal (ADR 0019). Every other operation
+    /// opens the HSM first, so that the rows it reads are checked and the
+    /// rows it writes sealed.
+    pub fn needs_no_key(&self) -> bool {
+        use Operation::*;
+        match self {
+            BackupRun { method, .. } => *method == custos_core::model::CopyMethod::Raw,
+            BackupVerify { read_data, .. } | Fsck { read_data } => !read_data,
+            HsmRun { without_keys, dry_run } => *without_keys || *dry_run,
+            DsList { .. }
+            | DsInfo { .. }
+            | KeyList { .. }
+            | KeyShow { .. }
+            | VolumeList
+            | PolicyList
+            | ConfigList
+            | ConfigGet { .. }
+            | KeystoreBackups
+            | VaultBackups
+            | EscrowStatus
+            | MirrorList
+            | MirrorStatus
+            | MirrorAdd { .. }
+            | MirrorRm { .. }
+            | SnapshotCreate { .. }
+            | SnapshotRm { .. }
+            | SnapshotList { .. }
+            | BackupList { .. }
+            | BackupShow { .. }
+            | BackupPrune { .. }
+            | HsmRuleList
+            | HsmMigrate { .. }
+            | HsmRecall { .. }
+            | RiskReport { .. }
+            | AuditList { .. }
+            | AuditExport
+            | UserList
+            | Monitor { .. }
+            | Gc { .. }
+            | RequestList
+            | RequestShow { .. } => true,
+            _ => false,
+        }
     }
 
     /// Whether it reads or writes a stream of dataset bytes.

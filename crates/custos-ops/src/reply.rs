@@ -161,6 +161,7 @@ pub enum Reply {
     Audit(Vec<AuditRow>),
     AuditExport(usize),
     AuditVerdict(AuditVerdict),
+    CatalogCheck(custos_core::CatalogCheck),
     UserAdded {
         user: PrincipalRecord,
         token: Option<crate::SecretText>,
@@ -302,6 +303,7 @@ impl Reply {
             Audit(rows) => to(rows),
             AuditExport(n) => json!({ "entries": n }),
             AuditVerdict(v) => to(v),
+            CatalogCheck(c) => to(c),
             UserAdded { user, token } => json!({ "user": user, "token": token }),
             Users(u) => to(u),
             Requests(r) => to(r),
@@ -351,6 +353,10 @@ impl Reply {
                 let bad = cells.iter().filter(|c| !c.agrees).count();
                 (bad > 0).then(|| Failure { code: Code::Other, message: format!("{bad} drilled cells disagree with the model: the analyzer is wrong about them (see the rows marked DISAGREES)") })
             }
+            CatalogCheck(c) if !c.faults.is_empty() => fail(
+                Code::Integrity,
+                format!("{} catalog row(s) were written or changed outside Custos (listed above): nothing that depends on them will be done until they are restored (custos.db from a vault backup) or undone", c.faults.len()),
+            ),
             AuditVerdict(v) => v.problem.as_ref().map(|p| Failure {
                 code: Code::Integrity,
                 message: custos_core::Error::AuditTampered { problem: p.clone() }.to_string(),
@@ -929,6 +935,20 @@ impl Reply {
                     ]);
                 }
                 o.push_str(&t.render());
+            }
+            CatalogCheck(c) => {
+                for f in &c.faults {
+                    out!("{} {}: {}", f.table, crate::render::escape(&f.row), f.why);
+                }
+                if c.faults.is_empty() {
+                    out!("catalog intact: {} rows checked against the HSM's catalog key", c.rows);
+                }
+                if c.unsealed > 0 {
+                    out!(
+                        "{} rows (raw copies, snapshots or mirrors made without the passphrase) carry no MAC: they are not authenticated",
+                        c.unsealed
+                    );
+                }
             }
             AuditVerdict(v) => {
                 if v.problem.is_none() {

@@ -170,7 +170,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         }
         O::RiskReport { .. } => op(RiskReport),
         O::RiskDrill { .. } => op(RiskDrill),
-        O::AuditList { .. } | O::AuditVerify | O::AuditExport => op(AuditRead),
+        O::AuditList { .. } | O::AuditVerify | O::AuditExport | O::CatalogVerify => op(AuditRead),
         O::AuditAcceptRollback => op(PolicyAdmin),
         O::UserList => op(Inspect),
         O::UserAdd { .. } | O::UserDisable { .. } | O::UserGrant { .. } | O::UserRevoke { .. } => op(UserAdmin),

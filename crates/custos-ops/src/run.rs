@@ -347,6 +347,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::Audit(v.audit_entries(&custos_core::AuditFilter { since, principal, object })?)
         }
         O::AuditVerify => Reply::AuditVerdict(e.open()?.audit_verify()?),
+        O::CatalogVerify => Reply::CatalogCheck(e.open()?.catalog_verify()?),
         O::AuditAcceptRollback => {
             let v = e.open_accepting(true)?;
             let head = v.audit_verify()?.entries;

@@ -605,3 +605,137 @@ pub fn run(repo: &dyn Repository) {
         "alice replaced hers; bob's refused change left his"
     );
 }
+
+/// A MAC for tests: keyed, 32 bytes, different for every input that
+/// matters here. Not a real MAC (the engine's is HMAC-SHA-256 in the HSM).
+pub struct TestRowAuth(pub u64);
+
+impl crate::RowAuth for TestRowAuth {
+    fn mac(&self, msg: &[u8]) -> std::result::Result<[u8; 32], String> {
+        let mut out = [0u8; 32];
+        for (i, o) in out.chunks_mut(8).enumerate() {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.0 ^ (i as u64) << 56;
+            for b in msg {
+                h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+            o.copy_from_slice(&h.to_be_bytes());
+        }
+        Ok(out)
+    }
+}
+
+/// The row authentication contract (ADR 0019), on a fresh repository.
+/// `raw` runs SQL on the catalog the way a tool outside Custos would
+/// (another connection, none of Custos's functions or triggers); `reopen`
+/// opens the same catalog anew.
+pub fn row_auth(
+    repo: &dyn Repository,
+    raw: &dyn Fn(&str),
+    reopen: &dyn Fn() -> Result<Box<dyn Repository>, RepoError>,
+) {
+    use std::sync::Arc;
+    let at = Timestamp::from_second(1_700_000_000).unwrap();
+    let person = |name: &str| PrincipalRecord {
+        name: name.into(),
+        roles: vec![Role::App],
+        credential: format!("hash-of-{name}"),
+        disabled: false,
+        created_at: at,
+        data_grants: vec![],
+        key_grants: vec![],
+    };
+    // Rows from before the catalog was sealed.
+    repo.set_setting("chunk.size", "1048576").unwrap();
+    repo.insert_principal(&person("clerk")).unwrap();
+    repo.add_grant("clerk", "data", &Pattern::new("PAY.**").unwrap()).unwrap();
+    repo.insert_keys(&[key("K.ONE"), key("K.TWO")]).unwrap();
+    let auth: Arc<dyn crate::RowAuth> = Arc::new(TestRowAuth(42));
+    repo.set_row_auth(Some(auth.clone()));
+    assert!(repo.seal_rows().unwrap() >= 5, "every row is sealed");
+    let clean = repo.verify_rows().unwrap();
+    assert!(clean.faults.is_empty(), "{:?}", clean.faults);
+    // Rows written through the repository are sealed as they are written,
+    // whatever statement wrote them.
+    repo.set_setting("chunk.size", "2097152").unwrap();
+    repo.insert_principal(&person("auditor")).unwrap();
+    repo.set_principal_disabled("auditor", true).unwrap();
+    repo.record_key_use(&KeyLabel::new("K.ONE").unwrap()).unwrap();
+    let id = repo
+        .insert_request(&crate::RequestRow {
+            id: 0,
+            action: "key-destroy".into(),
+            args: "[]".into(),
+            requested_by: "clerk".into(),
+            created_at: at,
+            expires_at: at,
+            state: "pending".into(),
+            decided_by: None,
+            decided_at: None,
+        })
+        .unwrap();
+    assert!(repo.decide_request(id, "executed", "auditor").unwrap());
+    assert!(repo.verify_rows().unwrap().faults.is_empty());
+    assert_eq!(repo.principal("clerk").unwrap().unwrap().data_grants.len(), 1);
+
+    let named = |e: RepoError, table: &str, row: &str| match &e {
+        RepoError::Tampered { table: t, row: r, .. } => {
+            assert_eq!(t, table, "{e}");
+            assert!(r.contains(row), "{e}");
+            assert!(e.to_string().contains("catalog verify"), "{e}");
+        }
+        other => panic!("expected a tampered {table} row, got {other:?}"),
+    };
+    let faults = |expect: &[(&str, &str)]| {
+        let got = repo.verify_rows().unwrap().faults;
+        assert_eq!(got.len(), expect.len(), "{got:?}");
+        for (t, r) in expect {
+            assert!(got.iter().any(|f| f.table == *t && f.row.contains(r)), "{t} {r} not in {got:?}");
+        }
+    };
+    // Each edit from outside is refused by name on read, and listed.
+    raw("INSERT INTO grants (principal, kind, pattern, created_at) VALUES ('clerk', 'data', '**', 0)");
+    named(repo.principal("clerk").unwrap_err(), "grants", "'**'");
+    faults(&[("grants", "'**'")]);
+    raw("DELETE FROM grants WHERE pattern = '**'");
+    raw("UPDATE principals SET credential = 'attacker''s hash' WHERE name = 'auditor'");
+    named(repo.principal("auditor").unwrap_err(), "principals", "'auditor'");
+    // An update through the repository never re-seals a forged row.
+    named(repo.set_principal_disabled("auditor", false).unwrap_err(), "principals", "'auditor'");
+    faults(&[("principals", "'auditor'")]);
+    raw("UPDATE requests SET state = 'pending'");
+    raw("UPDATE settings SET value = '1' WHERE key = 'chunk.size'");
+    named(repo.setting("chunk.size").unwrap_err(), "settings", "'chunk.size'");
+    named(repo.requests().unwrap_err(), "requests", "id=1");
+    raw("UPDATE keys SET wrapped = (SELECT wrapped FROM keys WHERE label = 'K.TWO'), kcv = 'FFFFFFFFFF' WHERE label = 'K.ONE'");
+    named(repo.key(&KeyLabel::new("K.ONE").unwrap()).unwrap_err(), "keys", "'K.ONE'");
+    faults(&[("principals", "'auditor'"), ("requests", "id=1"), ("settings", "'chunk.size'"), ("keys", "'K.ONE'")]);
+    // A MAC copied from another row does not fit.
+    raw("UPDATE keys SET mac = (SELECT mac FROM keys WHERE label = 'K.TWO') WHERE label = 'K.ONE'");
+    named(repo.key(&KeyLabel::new("K.ONE").unwrap()).unwrap_err(), "keys", "'K.ONE'");
+
+    // Without the key: nothing is checked, and the tables only a key holder
+    // may change are refused; the deletion counter is not one of them.
+    repo.set_row_auth(None);
+    assert!(repo.key(&KeyLabel::new("K.TWO").unwrap()).unwrap().is_some());
+    match repo.set_setting("dual.control", "all") {
+        Err(e @ RepoError::NeedsKey { .. }) => {
+            assert!(e.to_string().contains("settings") && e.to_string().contains("passphrase"), "{e}")
+        }
+        other => panic!("a keyless write of a setting must be refused: {other:?}"),
+    }
+    repo.set_setting("trash.deletions", "5").unwrap();
+    repo.set_row_auth(Some(auth));
+    assert_eq!(repo.setting("trash.deletions").unwrap().as_deref(), Some("5"));
+    assert_eq!(repo.setting("dual.control").unwrap(), None, "the refused write changed nothing");
+
+    // A trigger or view put into the catalog is refused when it is opened:
+    // it would run inside Custos's connection.
+    raw("CREATE TRIGGER evil AFTER INSERT ON settings BEGIN UPDATE principals SET role = 'security-admin'; END");
+    match reopen() {
+        Err(e @ RepoError::Tampered { .. }) => assert!(e.to_string().contains("trigger evil"), "{e}"),
+        Err(other) => panic!("a foreign trigger must be refused as tampering, got {other}"),
+        Ok(_) => panic!("a foreign trigger must be refused as tampering"),
+    }
+    raw("DROP TRIGGER evil");
+    assert!(reopen().is_ok());
+}

@@ -5,6 +5,7 @@
 //! same trait without the engine changing.
 #![forbid(unsafe_code)]
 
+mod rowauth;
 mod sqlite;
 
 use custos_crypto::Mkvp;
@@ -43,6 +44,14 @@ pub enum RepoError {
     Raced { what: String, why: String },
     #[error("the repository holds a value it cannot read ({what}): the database was altered or damaged")]
     Corrupt { what: String },
+    /// A row of an authenticated table does not carry the MAC its content
+    /// should: it was written or changed outside Custos (ADR 0019).
+    #[error("the catalog row {table} {row} {why}: it was written or changed outside Custos, so nothing that depends on it was done. Run `custos catalog verify` to list every such row; then restore custos.db from a vault backup, or undo the change")]
+    Tampered { table: String, row: String, why: String },
+    /// A process without the catalog key tried to change a table only the
+    /// HSM's holder may change.
+    #[error("changing {table} ({row}) needs the catalog key, which this command does not hold: run it with the passphrase (CUSTOS_PASSPHRASE or --passphrase-file), or through the server; nothing was changed")]
+    NeedsKey { table: String, row: String },
     /// A deleter's session lock (beside the catalog) could not be made.
     #[error("cannot make {what}: {source}; check that the vault directory is writable, then run the command again")]
     Io { what: String, source: std::io::Error },
@@ -106,8 +115,54 @@ pub struct VolumeObjects {
     pub keystore_backups: Vec<String>,
 }
 
+/// Computes the MACs that authenticate catalog rows: the engine's, backed by
+/// the HSM's catalog key (the repository never holds that key).
+pub trait RowAuth: Send + Sync {
+    /// HMAC-SHA-256 of `msg` under the catalog key, or why it failed.
+    fn mac(&self, msg: &[u8]) -> std::result::Result<[u8; 32], String>;
+}
+
+/// A row whose MAC does not match its content.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RowFault {
+    pub table: String,
+    /// The row's key, as `column=value` pairs.
+    pub row: String,
+    /// "has no MAC" or "does not match its MAC".
+    pub why: String,
+}
+
+/// What [`Repository::verify_rows`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CatalogCheck {
+    /// Rows checked, in every authenticated table.
+    pub rows: u64,
+    /// Of those, rows a command without the key wrote where that is
+    /// allowed (raw copies, snapshots, mirrors made without the passphrase):
+    /// not authenticated.
+    pub unsealed: u64,
+    pub faults: Vec<RowFault>,
+}
+
 /// The repository seam. See [`conformance::run`] for the contract.
 pub trait Repository: Send + Sync {
+    /// Authenticate rows from now on with `auth` (ADR 0019): every row
+    /// written is sealed, every authenticated row read is checked, and a
+    /// row that fails is refused ([`RepoError::Tampered`]). Without it,
+    /// rows are neither sealed nor checked, and once the catalog was sealed
+    /// writes to the tables only a key holder may change are refused
+    /// ([`RepoError::NeedsKey`]).
+    fn set_row_auth(&self, auth: Option<std::sync::Arc<dyn RowAuth>>);
+    /// The row authentication installed, if any.
+    fn row_auth(&self) -> Option<std::sync::Arc<dyn RowAuth>>;
+    /// Seal every row of every authenticated table under the installed
+    /// auth, in one transaction, and mark the catalog sealed (a new catalog
+    /// key). Returns how many rows.
+    fn seal_rows(&self) -> Result<u64>;
+    /// Check every authenticated row under the installed auth and list
+    /// every one that fails.
+    fn verify_rows(&self) -> Result<CatalogCheck>;
+
     /// A setting (`key.naming`, `chunk.size`, …), if set.
     fn setting(&self, key: &str) -> Result<Option<String>>;
     fn set_setting(&self, key: &str, value: &str) -> Result<()>;

@@ -293,6 +293,26 @@ const MIGRATIONS: &[&str] = &[
         bytes INTEGER NOT NULL
     );
     "#,
+    // 16: a MAC on every row of the tables that decide security, under the
+    // HSM's catalog key (ADR 0019); NULL until the catalog is sealed.
+    r#"
+    ALTER TABLE settings ADD COLUMN mac BLOB;
+    ALTER TABLE keys ADD COLUMN mac BLOB;
+    ALTER TABLE volumes ADD COLUMN mac BLOB;
+    ALTER TABLE policies ADD COLUMN mac BLOB;
+    ALTER TABLE hsm_rules ADD COLUMN mac BLOB;
+    ALTER TABLE principals ADD COLUMN mac BLOB;
+    ALTER TABLE grants ADD COLUMN mac BLOB;
+    ALTER TABLE requests ADD COLUMN mac BLOB;
+    ALTER TABLE kbks ADD COLUMN mac BLOB;
+    ALTER TABLE keystore_backups ADD COLUMN mac BLOB;
+    ALTER TABLE vault_backups ADD COLUMN mac BLOB;
+    ALTER TABLE custodian_keys ADD COLUMN mac BLOB;
+    ALTER TABLE escrow_shares ADD COLUMN mac BLOB;
+    ALTER TABLE backups ADD COLUMN mac BLOB;
+    ALTER TABLE snapshots ADD COLUMN mac BLOB;
+    ALTER TABLE mirrors ADD COLUMN mac BLOB;
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
@@ -308,6 +328,8 @@ pub struct SqliteRepository {
     /// Who this repository is when it claims objects for deletion (made on
     /// the first claim).
     session: Mutex<Option<Session>>,
+    /// Row authentication, shared by every connection's SQL functions.
+    rows: std::sync::Arc<crate::rowauth::Shared>,
 }
 
 /// A deleter's identity while its repository is open. Claims in the trash
@@ -382,6 +404,14 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 fn db(action: &'static str) -> impl Fn(rusqlite::Error) -> RepoError {
     use rusqlite::ErrorCode::{DatabaseBusy, DatabaseCorrupt, DatabaseLocked, NotADatabase};
     move |source| match source.sqlite_error_code() {
+        _ if crate::rowauth::parse(&source).is_some() => {
+            let (kind, table, row, why) = crate::rowauth::parse(&source).expect("checked");
+            if kind == crate::rowauth::FAULT {
+                RepoError::Tampered { table, row, why }
+            } else {
+                RepoError::NeedsKey { table, row }
+            }
+        }
         Some(DatabaseBusy | DatabaseLocked) => RepoError::Busy { action, waited_secs: BUSY_TIMEOUT.as_secs() },
         Some(NotADatabase | DatabaseCorrupt) => {
             RepoError::NotACatalog { path: "custos.db".into(), why: format!("{source}, while trying to {action}") }
@@ -493,7 +523,46 @@ impl SqliteRepository {
             tx.pragma_update(None, "user_version", i as i64 + 1).map_err(db("record the schema version"))?;
             tx.commit().map_err(db("commit a migration"))?;
         }
-        Ok(Self { conn: Mutex::new(conn), path: None, readers: Mutex::new(Vec::new()), session: Mutex::new(None) })
+        // Custos makes no triggers or views in the catalog: one there was
+        // put there to run inside Custos's own connection (where it could
+        // change rows that would then be sealed), so the catalog is refused.
+        let foreign: Vec<String> = conn
+            .prepare("SELECT type || ' ' || name FROM sqlite_master WHERE type IN ('trigger', 'view') ORDER BY name")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .map_err(db("read the schema"))?;
+        if !foreign.is_empty() {
+            return Err(RepoError::Tampered {
+                table: "sqlite_master".into(),
+                row: foreign.join(", "),
+                why: "is not Custos's (Custos makes no triggers or views)".into(),
+            });
+        }
+        let rows = std::sync::Arc::new(crate::rowauth::Shared::load(&conn).map_err(db("read the schema"))?);
+        crate::rowauth::register(&conn, &rows).map_err(db("register the row functions"))?;
+        conn.execute_batch(&rows.triggers()).map_err(db("make the row triggers"))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: None,
+            readers: Mutex::new(Vec::new()),
+            session: Mutex::new(None),
+            rows,
+        })
+    }
+
+    /// `sql` with each `@ok(table)` replaced by the expression that checks
+    /// that table's row (ADR 0019).
+    fn sql(&self, sql: &str) -> String {
+        let mut out = String::with_capacity(sql.len() + 256);
+        let mut rest = sql;
+        while let Some(at) = rest.find("@ok(") {
+            out.push_str(&rest[..at]);
+            let end = rest[at..].find(')').map_or(rest.len(), |e| at + e);
+            let table = &rest[at + 4..end];
+            out.push_str(&self.rows.check_expr(table, table));
+            rest = &rest[(end + 1).min(rest.len())..];
+        }
+        out.push_str(rest);
+        out
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -513,6 +582,7 @@ impl SqliteRepository {
         )
         .map_err(db("open a read connection"))?;
         c.busy_timeout(BUSY_TIMEOUT).map_err(db("set the busy timeout"))?;
+        crate::rowauth::register(&c, &self.rows).map_err(db("register the row functions"))?;
         Ok(Reader::Pooled(self, Some(c)))
     }
 
@@ -525,7 +595,7 @@ impl SqliteRepository {
         row: impl FnMut(&Row) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(sql).map_err(db(action))?;
+        let mut stmt = conn.prepare_cached(&self.sql(sql)).map_err(db(action))?;
         let rows = stmt.query_map(params, row).map_err(db(action))?;
         rows.collect::<rusqlite::Result<_>>().map_err(db(action))
     }
@@ -1032,9 +1102,73 @@ fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
 }
 
 impl Repository for SqliteRepository {
+    fn set_row_auth(&self, auth: Option<std::sync::Arc<dyn crate::RowAuth>>) {
+        *self.rows.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
+    }
+
+    fn row_auth(&self) -> Option<std::sync::Arc<dyn crate::RowAuth>> {
+        self.rows.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn seal_rows(&self) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start sealing the catalog"))?;
+        let mut n = 0u64;
+        for &(table, _) in crate::rowauth::TABLES {
+            n += tx
+                .execute(&format!("UPDATE main.{table} SET mac = {}", self.rows.mac_expr(table, "")), [])
+                .map_err(db("seal the catalog's rows"))? as u64;
+        }
+        tx.execute(
+            "INSERT INTO settings(key, value) VALUES (?1, '1') ON CONFLICT(key) DO UPDATE SET value = '1'",
+            [crate::rowauth::SEALED_SETTING],
+        )
+        .map_err(db("mark the catalog sealed"))?;
+        tx.commit().map_err(db("commit the sealed catalog"))?;
+        self.rows.sealed.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn verify_rows(&self) -> Result<crate::CatalogCheck> {
+        let conn = self.reader()?;
+        // One read transaction: every table as of one moment.
+        conn.execute_batch("BEGIN").map_err(db("start checking the catalog"))?;
+        let result = (|| {
+            let mut check = crate::CatalogCheck::default();
+            for &(table, _) in crate::rowauth::TABLES {
+                let t = &self.rows.tables[table];
+                let key = t.pk.iter().map(|c| format!("'{c}=' || quote({c})")).collect::<Vec<_>>().join(" || ' ' || ");
+                let mut stmt = conn
+                    .prepare(&format!("SELECT {key}, {} FROM main.{table}", self.rows.state_expr(table)))
+                    .map_err(db("check the catalog's rows"))?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(db("check the catalog's rows"))?;
+                for row in rows {
+                    let (row, state) = row.map_err(db("check the catalog's rows"))?;
+                    check.rows += 1;
+                    match state {
+                        0 => {}
+                        1 => check.unsealed += 1,
+                        s => check.faults.push(crate::RowFault {
+                            table: table.to_string(),
+                            row,
+                            why: if s == 2 { "has no MAC" } else { "does not match its MAC" }.into(),
+                        }),
+                    }
+                }
+            }
+            Ok(check)
+        })();
+        let _ = conn.execute_batch("COMMIT");
+        result
+    }
+
     fn setting(&self, key: &str) -> Result<Option<String>> {
         self.reader()?
-            .prepare_cached("SELECT value FROM settings WHERE key = ?1")
+            .prepare_cached(&self.sql("SELECT value, @ok(settings) FROM settings WHERE key = ?1"))
             .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
             .map_err(db("read a setting"))
     }
@@ -1072,7 +1206,7 @@ impl Repository for SqliteRepository {
 
     fn key(&self, label: &KeyLabel) -> Result<Option<KeyRecord>> {
         self.reader()?
-            .prepare_cached(&format!("SELECT {KEY_COLS} FROM keys WHERE label = ?1"))
+            .prepare_cached(&self.sql(&format!("SELECT {KEY_COLS}, @ok(keys) FROM keys WHERE label = ?1")))
             .and_then(|mut st| st.query_row([label.as_str()], key_from_row).optional())
             .map_err(db("read a key"))
     }
@@ -1084,7 +1218,7 @@ impl Repository for SqliteRepository {
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>> {
-        self.query_all("list keys", &format!("SELECT {KEY_COLS} FROM keys ORDER BY label"), [], key_from_row)
+        self.query_all("list keys", &format!("SELECT {KEY_COLS}, @ok(keys) FROM keys ORDER BY label"), [], key_from_row)
     }
 
     fn update_key(&self, k: &KeyRecord) -> Result<()> {
@@ -1179,7 +1313,7 @@ impl Repository for SqliteRepository {
         self.query_all(
             "list keys under a master key",
             &format!(
-                "SELECT {KEY_COLS} FROM keys WHERE mkvp = ?1 AND wrapped IS NOT NULL AND label > ?2 ORDER BY label LIMIT ?3"
+                "SELECT {KEY_COLS}, @ok(keys) FROM keys WHERE mkvp = ?1 AND wrapped IS NOT NULL AND label > ?2 ORDER BY label LIMIT ?3"
             ),
             params![mkvp.to_hex(), after.map(|l| l.as_str()).unwrap_or(""), limit as i64],
             key_from_row,
@@ -1231,7 +1365,7 @@ impl Repository for SqliteRepository {
     fn vault_backups(&self) -> Result<Vec<VaultBackupRecord>> {
         self.query_all(
             "list vault backups",
-            "SELECT id, volume, created_at, audit_seq, bytes FROM vault_backups ORDER BY created_at, id",
+            "SELECT id, volume, created_at, audit_seq, bytes, @ok(vault_backups) FROM vault_backups ORDER BY created_at, id",
             [],
             |r| {
                 let volume: String = r.get(1)?;
@@ -1249,7 +1383,7 @@ impl Repository for SqliteRepository {
     fn keystore_backups(&self) -> Result<Vec<KeystoreBackupRecord>> {
         self.query_all(
             "list keystore backups",
-            "SELECT id, volume, created_at, key_count, mkvps, sha256 FROM keystore_backups ORDER BY created_at, id",
+            "SELECT id, volume, created_at, key_count, mkvps, sha256, @ok(keystore_backups) FROM keystore_backups ORDER BY created_at, id",
             [],
             |r| {
                 let volume: String = r.get(1)?;
@@ -1362,7 +1496,7 @@ impl Repository for SqliteRepository {
         self.query_all(
             "list backups",
             "SELECT id, dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation, size,
-                 chunk_size, chunk_count, manifest_hash, created_at FROM backups ORDER BY id",
+                 chunk_size, chunk_count, manifest_hash, created_at, @ok(backups) FROM backups ORDER BY id",
             [],
             |r| {
                 let name: String = r.get(1)?;
@@ -1481,7 +1615,7 @@ impl Repository for SqliteRepository {
     fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         self.query_all(
             "list snapshots",
-            "SELECT id, dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash, created_at
+            "SELECT id, dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash, created_at, @ok(snapshots)
              FROM snapshots ORDER BY id",
             [],
             |r| {
@@ -1566,7 +1700,7 @@ impl Repository for SqliteRepository {
     fn mirrors(&self) -> Result<Vec<(VolumeName, VolumeName, Timestamp)>> {
         self.query_all(
             "list mirrors",
-            "SELECT primary_volume, secondary_volume, created_at FROM mirrors ORDER BY primary_volume",
+            "SELECT primary_volume, secondary_volume, created_at, @ok(mirrors) FROM mirrors ORDER BY primary_volume",
             [],
             |r| {
                 let (p, s): (String, String) = (r.get(0)?, r.get(1)?);
@@ -1656,7 +1790,7 @@ impl Repository for SqliteRepository {
     fn escrow_shares(&self, kbk: &str) -> Result<Vec<SealedShare>> {
         self.query_all(
             "list sealed shares",
-            "SELECT kbk, custodian, recipient, sealed, confirm, confirmed_at FROM escrow_shares WHERE kbk = ?1 ORDER BY custodian",
+            "SELECT kbk, custodian, recipient, sealed, confirm, confirmed_at, @ok(escrow_shares) FROM escrow_shares WHERE kbk = ?1 ORDER BY custodian",
             [kbk],
             |r| {
                 let recipient: Vec<u8> = r.get(2)?;
@@ -1701,7 +1835,7 @@ impl Repository for SqliteRepository {
     fn custodian_keys(&self) -> Result<Vec<CustodianKey>> {
         self.query_all(
             "list custodian recipients",
-            "SELECT principal, public, registered_at FROM custodian_keys ORDER BY principal",
+            "SELECT principal, public, registered_at, @ok(custodian_keys) FROM custodian_keys ORDER BY principal",
             [],
             |r| {
                 let public: Vec<u8> = r.get(1)?;
@@ -1717,7 +1851,7 @@ impl Repository for SqliteRepository {
     fn kbks(&self) -> Result<Vec<KbkRecord>> {
         self.query_all(
             "list key-backup keys",
-            "SELECT id, public, threshold, custodians, created_at FROM kbks ORDER BY created_at, id",
+            "SELECT id, public, threshold, custodians, created_at, @ok(kbks) FROM kbks ORDER BY created_at, id",
             [],
             |r| {
                 let public: Vec<u8> = r.get(1)?;
@@ -1747,7 +1881,7 @@ impl Repository for SqliteRepository {
     fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>> {
         self.conn()
             .query_row(
-                "SELECT name, location, site, medium, created_at FROM volumes WHERE name = ?1",
+                &self.sql("SELECT name, location, site, medium, created_at, @ok(volumes) FROM volumes WHERE name = ?1"),
                 [name.as_str()],
                 volume_from_row,
             )
@@ -1758,7 +1892,7 @@ impl Repository for SqliteRepository {
     fn volumes(&self) -> Result<Vec<VolumeRecord>> {
         self.query_all(
             "list volumes",
-            "SELECT name, location, site, medium, created_at FROM volumes ORDER BY name",
+            "SELECT name, location, site, medium, created_at, @ok(volumes) FROM volumes ORDER BY name",
             [],
             volume_from_row,
         )
@@ -1782,7 +1916,7 @@ impl Repository for SqliteRepository {
     fn policies(&self) -> Result<Vec<PolicyRecord>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT name, pattern, volume, key_label, template, template_app, created_at FROM policies ORDER BY name")
+            .prepare(&self.sql("SELECT name, pattern, volume, key_label, template, template_app, created_at, @ok(policies) FROM policies ORDER BY name"))
             .map_err(db("list policies"))?;
         let rows = stmt.query_map([], policy_from_row).map_err(db("list policies"))?;
         rows.collect::<rusqlite::Result<_>>().map_err(db("list policies"))
@@ -1996,7 +2130,7 @@ impl Repository for SqliteRepository {
     fn requests(&self) -> Result<Vec<RequestRow>> {
         self.query_all(
             "list requests",
-            "SELECT id, action, args, requested_by, created_at, expires_at, state, decided_by, decided_at FROM requests ORDER BY id DESC",
+            "SELECT id, action, args, requested_by, created_at, expires_at, state, decided_by, decided_at, @ok(requests) FROM requests ORDER BY id DESC",
             [],
             |r| {
                 Ok(RequestRow {
@@ -2040,14 +2174,14 @@ impl Repository for SqliteRepository {
     fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>> {
         let found = self.query_all(
             "read a user",
-            "SELECT name, role, credential, disabled, created_at FROM principals WHERE name = ?1",
+            "SELECT name, role, credential, disabled, created_at, @ok(principals) FROM principals WHERE name = ?1",
             [name],
             principal_from_row,
         )?;
         let Some(mut p) = found.into_iter().next() else { return Ok(None) };
         let grants: Vec<(String, String)> = self.query_all(
             "read a user's grants",
-            "SELECT kind, pattern FROM grants WHERE principal = ?1 ORDER BY kind, pattern",
+            "SELECT kind, pattern, @ok(grants) FROM grants WHERE principal = ?1 ORDER BY kind, pattern",
             [name],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -2064,13 +2198,13 @@ impl Repository for SqliteRepository {
     fn principals(&self) -> Result<Vec<PrincipalRecord>> {
         let mut ps: Vec<PrincipalRecord> = self.query_all(
             "list users",
-            "SELECT name, role, credential, disabled, created_at FROM principals ORDER BY name",
+            "SELECT name, role, credential, disabled, created_at, @ok(principals) FROM principals ORDER BY name",
             [],
             principal_from_row,
         )?;
         let grants: Vec<(String, String, String)> = self.query_all(
             "list grants",
-            "SELECT principal, kind, pattern FROM grants ORDER BY principal, kind, pattern",
+            "SELECT principal, kind, pattern, @ok(grants) FROM grants ORDER BY principal, kind, pattern",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
@@ -2135,7 +2269,7 @@ impl Repository for SqliteRepository {
     fn destroy_after(&self, label: &KeyLabel) -> Result<Option<Timestamp>> {
         let at: Option<Option<i64>> = self
             .reader()?
-            .prepare_cached("SELECT destroy_after FROM keys WHERE label = ?1")
+            .prepare_cached(&self.sql("SELECT destroy_after, @ok(keys) FROM keys WHERE label = ?1"))
             .and_then(|mut st| st.query_row([label.as_str()], |r| r.get(0)).optional())
             .map_err(db("read a key's destruction schedule"))?;
         at.flatten().map(from_ts).transpose().map_err(db("read a key's destruction schedule"))
@@ -2144,7 +2278,7 @@ impl Repository for SqliteRepository {
     fn destroy_schedule(&self) -> Result<Vec<(KeyLabel, Timestamp)>> {
         self.query_all(
             "list scheduled destructions",
-            "SELECT label, destroy_after FROM keys WHERE destroy_after IS NOT NULL ORDER BY destroy_after, label",
+            "SELECT label, destroy_after, @ok(keys) FROM keys WHERE destroy_after IS NOT NULL ORDER BY destroy_after, label",
             [],
             |r| Ok((KeyLabel::new(r.get::<_, String>(0)?).map_err(|e| corrupt(e.to_string()))?, from_ts(r.get(1)?)?)),
         )
@@ -2299,7 +2433,7 @@ impl Repository for SqliteRepository {
         };
         self.query_all(
             "list hsm rules",
-            "SELECT name, pattern, method, backup_to, keep_last, keep_daily, keep_monthly, keep_yearly, migrate_after_days, migrate_to, created_at
+            "SELECT name, pattern, method, backup_to, keep_last, keep_daily, keep_monthly, keep_yearly, migrate_after_days, migrate_to, created_at, @ok(hsm_rules)
              FROM hsm_rules ORDER BY name",
             [],
             |r| {
@@ -2485,6 +2619,16 @@ mod tests {
     #[test]
     fn conformance_in_memory() {
         crate::conformance::run(&SqliteRepository::in_memory().unwrap());
+    }
+
+    #[test]
+    fn rows_are_authenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("custos.db");
+        let repo = SqliteRepository::open(&p).unwrap();
+        let raw = |sql: &str| Connection::open(&p).unwrap().execute_batch(sql).unwrap();
+        let reopen = || SqliteRepository::open_existing(&p).map(|r| Box::new(r) as Box<dyn Repository>);
+        crate::conformance::row_auth(&repo, &raw, &reopen);
     }
 
     #[test]

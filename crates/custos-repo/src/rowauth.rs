@@ -1,0 +1,297 @@
+//! Authenticated catalog rows (ADR 0019). Every row of a table that decides
+//! security carries a MAC under the HSM's catalog key over a canonical
+//! encoding of its table and its non-NULL columns, by name. The SQLite
+//! connections Custos opens compute and check them through SQL functions
+//! it registers:
+//!
+//! * `custos_mac(table, name, value, …)`: the MAC a row should carry. The
+//!   writer's temporary triggers set it after every insert and update, so
+//!   no statement can forget it; a tool that writes the file directly has
+//!   neither the triggers nor the key.
+//! * `custos_row_ok(table, mac, name, value, …)`: 1, or an error that names
+//!   the table and the row. Every read of an authenticated row selects it,
+//!   and the update triggers check the row being replaced first (an update
+//!   never re-seals a forged row).
+//! * `custos_row_state(table, mac, name, value, …)`: 0 sealed, 1 written
+//!   without the key where that is allowed, 2 no MAC, 3 wrong MAC (for
+//!   `catalog verify`, which lists every fault rather than stopping).
+//!
+//! A column that is NULL is left out of the encoding, so adding a column
+//! (NULL in existing rows) keeps every MAC valid.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+
+use crate::RowAuth;
+
+/// Tables whose rows carry a MAC, and whether a process without the key
+/// (an embedded command run without the passphrase: raw copies, snapshots,
+/// mirrors) may write rows into them unsealed.
+pub(crate) const TABLES: &[(&str, bool)] = &[
+    ("settings", false),
+    ("keys", false),
+    ("volumes", false),
+    ("policies", false),
+    ("hsm_rules", false),
+    ("principals", false),
+    ("grants", false),
+    ("requests", false),
+    ("kbks", false),
+    ("keystore_backups", false),
+    ("vault_backups", false),
+    ("custodian_keys", false),
+    ("escrow_shares", false),
+    ("backups", true),
+    ("snapshots", true),
+    ("mirrors", true),
+];
+
+/// Settings a command without the key writes (the deletion counter of
+/// `gc`): they may be unsealed.
+const KEYLESS_SETTINGS: &[&str] = &["trash.deletions"];
+
+/// The setting that says the catalog's rows were sealed: from then on a
+/// process without the key may not write a strict table.
+pub(crate) const SEALED_SETTING: &str = "catalog.sealed";
+
+/// What an error from the SQL functions starts with, to be told apart.
+pub(crate) const FAULT: &str = "custos-row-fault";
+pub(crate) const KEYLESS: &str = "custos-keyless-write";
+
+/// One authenticated table: its columns (without `mac`), and its key.
+#[derive(Clone, Debug)]
+pub(crate) struct Table {
+    pub cols: Vec<String>,
+    pub pk: Vec<String>,
+    pub keyless: bool,
+}
+
+/// What every connection of one repository shares.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub auth: RwLock<Option<Arc<dyn RowAuth>>>,
+    /// The catalog was sealed (its rows carry MACs).
+    pub sealed: AtomicBool,
+    pub tables: HashMap<&'static str, Table>,
+}
+
+impl Shared {
+    /// Read the tables' columns from the schema.
+    pub fn load(conn: &Connection) -> rusqlite::Result<Self> {
+        let mut tables = HashMap::new();
+        for &(name, keyless) in TABLES {
+            let mut stmt = conn.prepare(&format!("PRAGMA table_info({name})"))?;
+            let mut cols: Vec<(String, i64)> =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)?)))?.collect::<Result<_, _>>()?;
+            cols.retain(|(c, _)| c != "mac");
+            let mut pk: Vec<(i64, String)> =
+                cols.iter().filter(|(_, k)| *k > 0).map(|(c, k)| (*k, c.clone())).collect();
+            pk.sort();
+            tables.insert(
+                name,
+                Table {
+                    cols: cols.into_iter().map(|(c, _)| c).collect(),
+                    pk: pk.into_iter().map(|(_, c)| c).collect(),
+                    keyless,
+                },
+            );
+        }
+        let sealed: Option<String> = conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [SEALED_SETTING], |r| r.get(0))
+            .or_else(|e| if matches!(e, rusqlite::Error::QueryReturnedNoRows) { Ok(None) } else { Err(e) })?;
+        Ok(Self { auth: RwLock::new(None), sealed: AtomicBool::new(sealed.is_some()), tables })
+    }
+
+    fn auth(&self) -> Option<Arc<dyn RowAuth>> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `'name', prefix.name, …` for every column of `table`.
+    fn args(&self, table: &str, prefix: &str) -> String {
+        self.tables[table].cols.iter().map(|c| format!("'{c}', {prefix}{c}")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The expression a read selects to check a row of `table` (named
+    /// `alias` in the query).
+    pub fn check_expr(&self, table: &str, alias: &str) -> String {
+        format!("custos_row_ok('{table}', {alias}.mac, {})", self.args(table, &format!("{alias}.")))
+    }
+
+    /// The expression `catalog verify` selects.
+    pub fn state_expr(&self, table: &str) -> String {
+        format!("custos_row_state('{table}', mac, {})", self.args(table, ""))
+    }
+
+    /// The expression that computes a row's MAC from its columns.
+    pub fn mac_expr(&self, table: &str, prefix: &str) -> String {
+        format!("custos_mac('{table}', {})", self.args(table, prefix))
+    }
+
+    /// The writer's triggers: seal each inserted or updated row, and check
+    /// a row before an update replaces it.
+    pub fn triggers(&self) -> String {
+        let mut sql = String::new();
+        for &(name, _) in TABLES {
+            let t = &self.tables[name];
+            let key = t.pk.iter().map(|c| format!("{c} IS NEW.{c}")).collect::<Vec<_>>().join(" AND ");
+            let seal = format!("UPDATE {name} SET mac = {} WHERE {key};", self.mac_expr(name, "NEW."));
+            sql.push_str(&format!(
+                "CREATE TEMP TRIGGER IF NOT EXISTS custos_seal_{name}_insert AFTER INSERT ON main.{name} BEGIN {seal} END;\n"
+            ));
+            sql.push_str(&format!(
+                "CREATE TEMP TRIGGER IF NOT EXISTS custos_seal_{name}_update AFTER UPDATE OF {} ON main.{name} BEGIN SELECT {}; {seal} END;\n",
+                t.cols.join(", "),
+                self.check_expr(name, "OLD"),
+            ));
+        }
+        sql
+    }
+}
+
+/// The canonical encoding a MAC covers, from `table` and the (name, value)
+/// pairs of `args` starting at `from`; and the row's key, for messages.
+fn encode(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize) -> rusqlite::Result<(Vec<u8>, String)> {
+    let t = shared.tables.get(table).ok_or_else(|| user(format!("{table} is not an authenticated table")))?;
+    let mut msg = Vec::with_capacity(256);
+    msg.extend_from_slice(b"custos-catalog-row-v1\0");
+    msg.extend_from_slice(table.as_bytes());
+    msg.push(0);
+    let mut key = Vec::new();
+    let mut i = from;
+    while i + 1 < ctx.len() {
+        let name = match ctx.get_raw(i) {
+            ValueRef::Text(n) => n,
+            _ => return Err(user("a column name must be text".into())),
+        };
+        let v = ctx.get_raw(i + 1);
+        i += 2;
+        let name_s = String::from_utf8_lossy(name);
+        if t.pk.iter().any(|p| *p == name_s) {
+            key.push(format!("{name_s}={}", shown(v)));
+        }
+        let (tag, bytes): (u8, std::borrow::Cow<'_, [u8]>) = match v {
+            ValueRef::Null => continue,
+            ValueRef::Integer(n) => (b'i', n.to_be_bytes().to_vec().into()),
+            ValueRef::Real(f) => (b'r', f.to_bits().to_be_bytes().to_vec().into()),
+            ValueRef::Text(s) => (b't', s.into()),
+            ValueRef::Blob(b) => (b'b', b.into()),
+        };
+        msg.extend_from_slice(name);
+        msg.push(0);
+        msg.push(tag);
+        msg.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        msg.extend_from_slice(&bytes);
+    }
+    Ok((msg, key.join(" ")))
+}
+
+/// A value as a message shows it (short; never a blob's bytes).
+fn shown(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "NULL".into(),
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(s) => format!("'{}'", String::from_utf8_lossy(s).chars().take(80).collect::<String>()),
+        ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
+    }
+}
+
+fn user(msg: String) -> rusqlite::Error {
+    rusqlite::Error::UserFunctionError(msg.into())
+}
+
+fn text_arg(ctx: &Context<'_>, i: usize) -> rusqlite::Result<String> {
+    match ctx.get_raw(i) {
+        ValueRef::Text(s) => Ok(String::from_utf8_lossy(s).into_owned()),
+        _ => Err(user("the table name must be text".into())),
+    }
+}
+
+/// Whether a row of `table` may lack a MAC because a process without the
+/// key wrote it.
+fn keyless_allowed(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize) -> bool {
+    if shared.tables.get(table).is_some_and(|t| t.keyless) {
+        return true;
+    }
+    if table != "settings" {
+        return false;
+    }
+    // settings: key, value: the key is the first pair.
+    matches!((ctx.get_raw(from), ctx.get_raw(from + 1)), (ValueRef::Text(n), ValueRef::Text(k)) if n == b"key" && KEYLESS_SETTINGS.iter().any(|s| s.as_bytes() == k))
+}
+
+/// The state of one row: 0 sealed, 1 unsealed where allowed, 2 no MAC, 3 wrong MAC.
+fn state(shared: &Shared, auth: &dyn RowAuth, ctx: &Context<'_>) -> rusqlite::Result<(u8, String, String)> {
+    let table = text_arg(ctx, 0)?;
+    let (msg, key) = encode(shared, &table, ctx, 2)?;
+    let state = match ctx.get_raw(1) {
+        ValueRef::Null if keyless_allowed(shared, &table, ctx, 2) => 1,
+        ValueRef::Null => 2,
+        ValueRef::Blob(mac) => {
+            let want = auth.mac(&msg).map_err(user)?;
+            if constant_time_eq(mac, &want) {
+                0
+            } else {
+                3
+            }
+        }
+        _ => 3,
+    };
+    Ok((state, table, key))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Register the functions on a connection.
+pub(crate) fn register(conn: &Connection, shared: &Arc<Shared>) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_DIRECTONLY;
+    let s = shared.clone();
+    conn.create_scalar_function("custos_mac", -1, flags, move |ctx| {
+        let table = text_arg(ctx, 0)?;
+        let (msg, key) = encode(&s, &table, ctx, 1)?;
+        match s.auth() {
+            Some(a) => Ok(Some(a.mac(&msg).map_err(user)?.to_vec())),
+            None if !s.sealed.load(Ordering::Relaxed) || keyless_allowed(&s, &table, ctx, 1) => Ok(None),
+            None => Err(user(format!("{KEYLESS}\t{table}\t{key}"))),
+        }
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("custos_row_ok", -1, flags, move |ctx| {
+        let Some(auth) = s.auth() else { return Ok(1) };
+        let (state, table, key) = state(&s, auth.as_ref(), ctx)?;
+        match state {
+            0 | 1 => Ok(1),
+            2 => Err(user(format!("{FAULT}\t{table}\t{key}\thas no MAC"))),
+            _ => Err(user(format!("{FAULT}\t{table}\t{key}\tdoes not match its MAC"))),
+        }
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("custos_row_state", -1, flags, move |ctx| {
+        let auth = s.auth().ok_or_else(|| user("checking the catalog needs its key: the HSM is not open".into()))?;
+        Ok(state(&s, auth.as_ref(), ctx)?.0 as i64)
+    })?;
+    Ok(())
+}
+
+/// A fault or keyless refusal from the functions, if `e` is one: (kind,
+/// table, row, why).
+pub(crate) fn parse(e: &rusqlite::Error) -> Option<(&'static str, String, String, String)> {
+    let text = e.to_string();
+    for kind in [FAULT, KEYLESS] {
+        if let Some(at) = text.find(kind) {
+            let mut f = text[at..].split('\t').skip(1);
+            let table = f.next().unwrap_or_default().to_string();
+            let row = f.next().unwrap_or_default().to_string();
+            let why = f.next().unwrap_or_default().to_string();
+            return Some((kind, table, row, why));
+        }
+    }
+    None
+}
