@@ -294,17 +294,26 @@ pub enum AuditCmd {
     },
     /// Check the hash chain and every signed checkpoint; name the first
     /// entry that was modified, deleted or moved, or a truncated tail.
-    /// Exits 4 when the log was tampered with.
-    Verify,
+    /// Exits 4 when the log was tampered with. With --against, also
+    /// compare it with the segments `audit export --to` wrote to a volume:
+    /// an entry deleted, cut or changed since is named.
+    Verify {
+        #[arg(long, value_name = "VOLUME")]
+        against: Option<String>,
+    },
     /// Carry on with a catalog older than what the HSM recorded (one
     /// restored from a backup on purpose): opening the HSM refuses such a
     /// catalog until a security-admin accepts it. The commands it lacks are
     /// lost to the vault; the acceptance is audited.
     AcceptRollback,
-    /// Write every entry as one JSON object per line, for a SIEM.
+    /// Write every entry as one JSON object per line, for a SIEM; with
+    /// --to, write the entries not yet on that volume there as one segment,
+    /// written once (on a tape volume nobody can rewrite it).
     Export {
         #[arg(long)]
         jsonl: bool,
+        #[arg(long, value_name = "VOLUME")]
+        to: Option<String>,
     },
 }
 
@@ -638,6 +647,11 @@ pub struct InitArgs {
     /// Site of the default volume.
     #[arg(long, default_value = "primary")]
     pub site: String,
+    /// Put the default volume here (an absolute path) rather than inside
+    /// the vault directory: on another disk, or with --site at another
+    /// site, the data outlives the loss of the vault directory.
+    #[arg(long, value_name = "PATH")]
+    pub volume: Option<PathBuf>,
     /// Argon2id memory for the HSM passphrase, in MiB (8..4096).
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub kdf_memory_mib: u32,

@@ -438,7 +438,7 @@ fn init(cli: &Cli) -> anyhow::Result<()> {
     // A vault is private to the account that made it: 0700 directories,
     // 0600 files (a server refuses any other).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let v = Vault::init(&cli.vault, &p, &InitOptions { kdf, site: a.site.clone(), hsm })?;
+    let v = Vault::init(&cli.vault, &p, &InitOptions { kdf, site: a.site.clone(), hsm, volume: a.volume.clone() })?;
     v.user_add(&admin, &[custos_core::model::Role::SecurityAdmin], Some(&cred))?;
     v.audit_append(&admin, "init", &cli.vault.display().to_string(), "ok")?;
     let regs = v.hsm().registers()?;
@@ -455,7 +455,11 @@ fn init(cli: &Cli) -> anyhow::Result<()> {
         for r in regs {
             let _ = writeln!(text, "  master key {} MKVP {}", r.register, r.mkvp);
         }
-        let _ = writeln!(text, "  volume default at {}", v.dir().join("volumes/default").display());
+        let _ = writeln!(
+            text,
+            "  volume default at {}",
+            v.volume_record(&custos_core::model::VolumeName::new("default")?)?.location
+        );
         let _ = writeln!(text, "  policy default: ** → volume default, one new key per dataset");
         let _ = writeln!(text, "  user {admin}: security-admin (add others with `custos user add`)");
     }

@@ -1690,3 +1690,64 @@ fn catalog_rows_edited_outside_custos_are_named_and_refused() {
     assert!(e.ok(&["catalog", "verify"]).contains("catalog intact"));
     assert_eq!(clerk.run(&["ds", "get", "PAY.A"]).stdout, b"alpha");
 }
+
+/// Asked to, `init` puts the default volume outside the vault directory
+/// (another disk, another site): the data there outlives the directory.
+#[test]
+fn init_puts_the_default_volume_elsewhere_when_asked() {
+    let e = Env::new();
+    let elsewhere = e.dir.path().join("elsewhere");
+    let r = e.at(e.dir.path().join("second"));
+    let kdf = ["--kdf-memory-mib", "19", "--kdf-iterations", "2"];
+    let o = r.run(&[&["init", "--volume", "relative/path"][..], &kdf].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("relative path"), "{err}");
+    assert!(!r.vault.exists(), "nothing was made");
+    let out = r.ok(&[&["init", "--volume", Env::s(&elsewhere), "--site", "B"][..], &kdf].concat());
+    assert!(out.contains(&format!("volume default at {}", elsewhere.display())), "{out}");
+    let vols = r.json(&["volume", "ls"]);
+    assert_eq!((vols[0]["location"].as_str(), vols[0]["site"].as_str()), (elsewhere.to_str(), Some("B")));
+    assert!(!r.vault.join("volumes/default").exists());
+}
+
+/// The audit log exported to a write-once volume stays a witness where the
+/// HSM's anchor cannot: the catalog and the HSM file rolled back together
+/// (or an entry edited) disagree with the segments already exported.
+#[test]
+fn the_audit_log_exported_to_tape_witnesses_a_rollback_of_both_files() {
+    let e = Env::new();
+    let tape = e.dir.path().join("tape");
+    e.ok(&["volume", "add", "witness", "--path", Env::s(&tape), "--site", "B", "--medium", "tape"]);
+    e.ok(&["ds", "put", "EXP.A", Env::s(&e.file("a", b"alpha"))]);
+    let out = e.ok(&["audit", "export", "--to", "witness"]);
+    assert!(out.contains("exported audit entries 1 to") && out.contains("read back"), "{out}");
+    let second = e.json(&["audit", "export", "--to", "witness"]);
+    let first_of_second = second["first"].as_u64().unwrap();
+    assert!(first_of_second > 1, "only what was not exported yet: {second}");
+    let segments = walk_files(&tape.join("audit"));
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    let out = e.ok(&["audit", "verify", "--against", "witness"]);
+    assert!(out.contains("matches volume witness") && out.contains("in 2 segments"), "{out}");
+    // Both files put back as they were: the anchor goes back with them.
+    let (db, hsm) = (e.vault.join("custos.db"), e.vault.join("hsm.sealed"));
+    let before = (std::fs::read(&db).unwrap(), std::fs::read(&hsm).unwrap());
+    e.ok(&["ds", "put", "EXP.B", Env::s(&e.file("b", b"bravo"))]);
+    let third = e.json(&["audit", "export", "--to", "witness"]);
+    std::fs::write(&db, &before.0).unwrap();
+    std::fs::write(&hsm, &before.1).unwrap();
+    assert!(e.ok(&["audit", "verify"]).contains("audit log intact"), "the anchor alone cannot tell");
+    let o = e.run(&["audit", "verify", "--against", "witness"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    // The numbers the lost entries had were taken again by newer ones.
+    assert!(out.contains("differs from its exported copy (exported: ds put EXP.B by ops, intent)"), "{out}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("disagrees with what was exported to volume witness"));
+    assert!(third["last"].as_u64().unwrap() > third["first"].as_u64().unwrap());
+    // An exported entry edited in the catalog is named too.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute("UPDATE audit_log SET principal = 'mallory' WHERE seq = 3", []).unwrap();
+    let o = e.run(&["audit", "verify", "--against", "witness"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("entry 3 differs from its exported copy"));
+}

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod auditexport;
 mod backup;
 mod catalog;
 mod datasets;
@@ -36,6 +37,7 @@ mod vault;
 mod vaultbackup;
 
 pub use audit::{AuditFilter, AuditVerdict, AUDIT_KEY};
+pub use auditexport::{AuditComparison, AuditExported};
 pub use backup::{PruneDecision, RestoreReport};
 pub use custos_repo::{AuditCheckpoint, AuditRow, CatalogCheck, RepoError, RequestRow, RowFault};
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};

@@ -86,11 +86,15 @@ pub struct InitOptions {
     /// Site name of the default volume.
     pub site: String,
     pub hsm: HsmChoice,
+    /// Where the default volume lives, when not inside the vault directory
+    /// (another disk, or another site: then the data outlives the loss of
+    /// the vault directory).
+    pub volume: Option<PathBuf>,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        Self { kdf: KdfParams::DEFAULT, site: "primary".into(), hsm: HsmChoice::Soft }
+        Self { kdf: KdfParams::DEFAULT, site: "primary".into(), hsm: HsmChoice::Soft, volume: None }
     }
 }
 
@@ -121,6 +125,12 @@ impl Vault<Sealed> {
         let io = |source| Error::VaultIo { path: dir.into(), source };
         if dir.exists() && std::fs::read_dir(dir).map_err(io)?.next().is_some() {
             return Err(Error::VaultExists { path: dir.into() });
+        }
+        if let Some(p) = opts.volume.as_ref().filter(|p| p.is_relative()) {
+            return Err(Error::Invalid {
+                what: "volume",
+                why: format!("{} is a relative path: give the default volume's absolute path", p.display()),
+            });
         }
         if matches!(opts.hsm, HsmChoice::Soft) && passphrase.is_empty() {
             return Err(Error::Invalid { what: "passphrase", why: "it is empty; choose a long one".into() });
@@ -158,9 +168,10 @@ impl Vault<Sealed> {
             labels: Default::default(),
         };
         let default = VolumeName::new("default")?;
+        let location = opts.volume.clone().unwrap_or_else(|| dir.join("volumes").join("default"));
         vault.add_volume(&NewVolume {
             name: default.clone(),
-            location: dir.join("volumes").join("default").display().to_string(),
+            location: location.display().to_string(),
             site: opts.site.clone(),
             medium: Medium::Disk,
         })?;

@@ -16,7 +16,7 @@ use custos_crypto::{DataKey, Kcv, Mkvp, Nonce, Passphrase, TAG_LEN};
 use custos_hsm::{Hsm, SoftHsm};
 use custos_model::VolumeName;
 use custos_repo::{Repository, SqliteRepository};
-use custos_store::{LocalVolume, Volume};
+use custos_store::{Kept, LocalVolume, Volume};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -268,9 +268,9 @@ impl Vault<Open> {
         out.extend_from_slice(&hsm_bytes);
         let prefix = out[..prefix_len].to_vec();
         seal_catalog(&prefix, &key, &catalog, &mut out)?;
-        vol.put_vault_backup(&id, &out)?;
+        vol.put_kept(Kept::VaultBackup, &id, &out)?;
         // Counted only once it reads back and opens.
-        let back = vol.read_vault_backup(&id)?;
+        let back = vol.read_kept(Kept::VaultBackup, &id)?;
         let parsed = parse(&back)?;
         if open_catalog(&parsed, &catalog_key(&parsed.header, self.state.hsm.as_ref())?)? != catalog {
             return Err(bad(format!(
@@ -321,11 +321,11 @@ pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Re
         return Err(Error::VaultExists { path: dir.into() });
     }
     let vol = open_location(from)?;
-    let newest = vol.list_vault_backups()?.into_iter().max().ok_or_else(|| Error::Invalid {
+    let newest = vol.list_kept(Kept::VaultBackup)?.into_iter().max().ok_or_else(|| Error::Invalid {
         what: "recovery",
         why: format!("{} holds no vault backup: give the volume `custos vault backup --to` wrote to", vol.describe()),
     })?;
-    let bytes = vol.read_vault_backup(&newest)?;
+    let bytes = vol.read_kept(Kept::VaultBackup, &newest)?;
     let parsed = parse(&bytes)?;
     let h = &parsed.header;
     if h.hsm != "soft" {

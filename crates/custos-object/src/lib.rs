@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use custos_model::{ChunkId, DatasetId};
-use custos_store::{ChunkBuf, Result, StoreError, Volume};
+use custos_store::{ChunkBuf, Kept, Result, StoreError, Volume};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
@@ -382,24 +382,27 @@ impl Volume for ObjectVolume {
         self.get(&format!("keystore/{id}.ksb"), &format!("keystore backup {id}"))
     }
 
-    fn put_vault_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
-        self.put_once(&format!("vault/{id}.cvb"), bytes.to_vec())
+    fn put_kept(&self, kind: Kept, id: &str, bytes: &[u8]) -> Result<()> {
+        let (sub, ext) = kind.place();
+        self.put_once(&format!("{sub}/{id}.{ext}"), bytes.to_vec())
     }
 
-    fn read_vault_backup(&self, id: &str) -> Result<Vec<u8>> {
-        self.get(&format!("vault/{id}.cvb"), &format!("vault backup {id}"))
+    fn read_kept(&self, kind: Kept, id: &str) -> Result<Vec<u8>> {
+        let (sub, ext) = kind.place();
+        self.get(&format!("{sub}/{id}.{ext}"), &format!("{} {id}", kind.what()))
     }
 
-    fn list_vault_backups(&self) -> Result<Vec<String>> {
+    fn list_kept(&self, kind: Kept) -> Result<Vec<String>> {
         use futures_util::TryStreamExt;
-        let prefix = self.key("vault");
+        let (sub, ext) = kind.place();
+        let prefix = self.key(sub);
         let metas: Vec<object_store::ObjectMeta> =
-            self.rt.block_on(self.store.list(Some(&prefix)).try_collect()).map_err(|e| self.err("vault", e))?;
+            self.rt.block_on(self.store.list(Some(&prefix)).try_collect()).map_err(|e| self.err(sub, e))?;
         Ok(metas
             .into_iter()
             .filter_map(|m| {
                 let full = m.location.to_string();
-                full.rsplit('/').next().and_then(|n| n.strip_suffix(".cvb")).map(str::to_string)
+                full.rsplit('/').next().and_then(|n| n.strip_suffix(ext)?.strip_suffix('.')).map(str::to_string)
             })
             .collect())
     }

@@ -368,9 +368,18 @@ pub enum Operation {
         principal: Option<String>,
         object: Option<String>,
     },
-    AuditVerify,
+    AuditVerify {
+        /// Also compare with the segments exported to this volume.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        against: Option<VolumeName>,
+    },
     CatalogVerify,
     AuditExport,
+    /// Write the entries not yet on a volume there, as one segment written
+    /// once (a tape volume for a copy nobody can rewrite).
+    AuditExportTo {
+        volume: VolumeName,
+    },
     /// Carry on with a catalog older than the HSM's anchor (restored from
     /// a backup on purpose): the anchor moves to this catalog's head.
     AuditAcceptRollback,
@@ -549,7 +558,8 @@ impl Operation {
             RiskReport { pattern, .. } => ("risk report", opt(pattern.as_ref().map(|l| l as _))),
             RiskDrill { pattern, .. } => ("risk drill", opt(pattern.as_ref().map(|l| l as _))),
             AuditList { .. } => ("audit ls", String::new()),
-            AuditVerify => ("audit verify", String::new()),
+            AuditVerify { against } => ("audit verify", against.as_ref().map(|v| v.to_string()).unwrap_or_default()),
+            AuditExportTo { volume } => ("audit export", volume.to_string()),
             CatalogVerify => ("catalog verify", String::new()),
             AuditExport => ("audit export", String::new()),
             AuditAcceptRollback => ("audit accept-rollback", String::new()),
@@ -649,6 +659,7 @@ impl Operation {
             | RiskReport { .. }
             | AuditList { .. }
             | AuditExport
+            | AuditExportTo { .. }
             | UserList
             | Monitor { .. }
             | Gc { .. }

@@ -160,7 +160,9 @@ pub enum Reply {
     Drill(Vec<custos_risk::drill::DrillCell>),
     Audit(Vec<AuditRow>),
     AuditExport(usize),
-    AuditVerdict(AuditVerdict),
+    /// The verdict, and the comparison with a volume's exported segments.
+    AuditVerdict(AuditVerdict, Option<custos_core::AuditComparison>),
+    AuditExported(custos_core::AuditExported),
     CatalogCheck(custos_core::CatalogCheck),
     UserAdded {
         user: PrincipalRecord,
@@ -302,7 +304,15 @@ impl Reply {
             Drill(c) => to(c),
             Audit(rows) => to(rows),
             AuditExport(n) => json!({ "entries": n }),
-            AuditVerdict(v) => to(v),
+            AuditVerdict(v, None) => to(v),
+            AuditVerdict(v, Some(c)) => {
+                let mut j = to(v);
+                if let Value::Object(m) = &mut j {
+                    m.insert("against".into(), to(c));
+                }
+                j
+            }
+            AuditExported(x) => to(x),
             CatalogCheck(c) => to(c),
             UserAdded { user, token } => json!({ "user": user, "token": token }),
             Users(u) => to(u),
@@ -357,10 +367,24 @@ impl Reply {
                 Code::Integrity,
                 format!("{} catalog row(s) were written or changed outside Custos (listed above): nothing that depends on them will be done until they are restored (custos.db from a vault backup) or undone", c.faults.len()),
             ),
-            AuditVerdict(v) => v.problem.as_ref().map(|p| Failure {
-                code: Code::Integrity,
-                message: custos_core::Error::AuditTampered { problem: p.clone() }.to_string(),
-            }),
+            AuditVerdict(v, c) => v
+                .problem
+                .as_ref()
+                .map(|p| Failure {
+                    code: Code::Integrity,
+                    message: custos_core::Error::AuditTampered { problem: p.clone() }.to_string(),
+                })
+                .or_else(|| {
+                    let c = c.as_ref().filter(|c| !c.problems.is_empty())?;
+                    Some(Failure {
+                        code: Code::Integrity,
+                        message: format!(
+                            "the audit log disagrees with what was exported to volume {} ({} problem(s), listed above): the catalog's log was changed after the export; keep both as evidence",
+                            c.volume,
+                            c.problems.len()
+                        ),
+                    })
+                }),
             Monitor(r) if !r.alerts.is_empty() => {
                 fail(Code::Alerts, format!("{} alert(s) raised; see above", r.alerts.len()))
             }
@@ -950,7 +974,22 @@ impl Reply {
                     );
                 }
             }
-            AuditVerdict(v) => {
+            AuditVerdict(v, c) => {
+                if let Some(c) = c {
+                    for p in &c.problems {
+                        out!("{}", crate::render::escape(p));
+                    }
+                    if c.problems.is_empty() {
+                        out!(
+                            "matches volume {}: {} entries in {} segments, through entry {}; {} newer entries not exported yet",
+                            c.volume,
+                            c.exported,
+                            c.segments,
+                            c.through,
+                            c.not_exported
+                        );
+                    }
+                }
                 if v.problem.is_none() {
                     out!(
                         "audit log intact: {} entries ({} keyed), anchored in the HSM up to entry {}, {} signed checkpoints",
@@ -967,6 +1006,16 @@ impl Reply {
                     }
                 }
             }
+            AuditExported(x) => match &x.segment {
+                Some(id) => out!(
+                    "exported audit entries {} to {} ({} entries) to volume {} as segment {id}, read back",
+                    x.first,
+                    x.last,
+                    x.entries,
+                    x.volume
+                ),
+                None => out!("nothing to export: volume {} holds every entry through {}", x.volume, x.last),
+            },
             UserAdded { user, token } => {
                 out!(
                     "added user {} ({})",

@@ -170,7 +170,11 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         }
         O::RiskReport { .. } => op(RiskReport),
         O::RiskDrill { .. } => op(RiskDrill),
-        O::AuditList { .. } | O::AuditVerify | O::AuditExport | O::CatalogVerify => op(AuditRead),
+        O::AuditList { .. } | O::AuditVerify { .. } | O::AuditExport | O::CatalogVerify => op(AuditRead),
+        // Writing to a volume: an auditor alone does not choose where things go.
+        O::AuditExportTo { .. } => {
+            vec![Need { op: AuditRead, dataset: None, key: None }, Need { op: StorageCopy, dataset: None, key: None }]
+        }
         O::AuditAcceptRollback => op(PolicyAdmin),
         O::UserList => op(Inspect),
         O::UserAdd { .. } | O::UserDisable { .. } | O::UserGrant { .. } | O::UserRevoke { .. } => op(UserAdmin),

@@ -346,7 +346,13 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::AuditList { since, principal, object } => {
             Reply::Audit(v.audit_entries(&custos_core::AuditFilter { since, principal, object })?)
         }
-        O::AuditVerify => Reply::AuditVerdict(e.open()?.audit_verify()?),
+        O::AuditVerify { against } => {
+            let v = e.open()?;
+            let verdict = v.audit_verify()?;
+            let compared = against.as_ref().map(|vol| v.audit_compare(vol)).transpose()?;
+            Reply::AuditVerdict(verdict, compared)
+        }
+        O::AuditExportTo { volume } => Reply::AuditExported(v.audit_export_to(&volume)?),
         O::CatalogVerify => Reply::CatalogCheck(e.open()?.catalog_verify()?),
         O::AuditAcceptRollback => {
             let v = e.open_accepting(true)?;

@@ -109,14 +109,42 @@ pub trait Volume: Send + Sync {
     /// Store a keystore backup durably and atomically under its id.
     fn put_keystore_backup(&self, id: &str, bytes: &[u8]) -> Result<()>;
     fn read_keystore_backup(&self, id: &str) -> Result<Vec<u8>>;
-    /// Store a vault backup (a sealed copy of the catalog and the HSM's
-    /// state) durably and atomically under its id, once: an existing one is
-    /// never replaced ([`StoreError::Exists`]).
-    fn put_vault_backup(&self, id: &str, bytes: &[u8]) -> Result<()>;
-    fn read_vault_backup(&self, id: &str) -> Result<Vec<u8>>;
-    /// The ids of the vault backups stored here, in any order: a recovery
-    /// on a fresh machine has no catalog to name them.
-    fn list_vault_backups(&self) -> Result<Vec<String>>;
+    /// Store a kept object (a vault backup, an audit segment) durably and
+    /// atomically under its id, once: an existing one is never replaced
+    /// ([`StoreError::Exists`]; on a tape volume, a conditional write).
+    fn put_kept(&self, kind: Kept, id: &str, bytes: &[u8]) -> Result<()>;
+    fn read_kept(&self, kind: Kept, id: &str) -> Result<Vec<u8>>;
+    /// The ids of the objects of `kind` stored here, in any order: a reader
+    /// without a catalog (a recovery on a fresh machine, an audit) has no
+    /// other way to name them.
+    fn list_kept(&self, kind: Kept) -> Result<Vec<String>>;
+}
+
+/// Objects a volume keeps once under an id, to be found without a catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// `vault/<id>.cvb`: a sealed copy of the catalog and the HSM's state.
+    VaultBackup,
+    /// `audit/<id>.jsonl`: audit entries exported from the catalog.
+    AuditSegment,
+}
+
+impl Kept {
+    /// The directory (or key prefix) they live under, and their extension.
+    pub fn place(self) -> (&'static str, &'static str) {
+        match self {
+            Kept::VaultBackup => ("vault", "cvb"),
+            Kept::AuditSegment => ("audit", "jsonl"),
+        }
+    }
+
+    /// What one is called in messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Kept::VaultBackup => "vault backup",
+            Kept::AuditSegment => "audit segment",
+        }
+    }
 }
 
 /// Conformance checks every [`Volume`] implementation must pass.
@@ -187,15 +215,19 @@ pub mod conformance {
         v.delete_chunk(&id).unwrap();
         v.delete_manifest(&ds, 2).unwrap();
         assert!(v.list().unwrap().iter().all(|l| !matches!(l.name, ObjectName::Chunk(_) | ObjectName::Manifest(..))));
-        // Vault backups: written once, read back, listed.
-        assert!(v.list_vault_backups().unwrap().is_empty());
-        v.put_vault_backup("20261202T000000Z-aa", b"sealed vault").unwrap();
-        assert!(matches!(v.put_vault_backup("20261202T000000Z-aa", b"other"), Err(StoreError::Exists { .. })));
-        v.put_vault_backup("20261202T000001Z-bb", b"second").unwrap();
-        assert_eq!(v.read_vault_backup("20261202T000000Z-aa").unwrap(), b"sealed vault");
-        let mut ids = v.list_vault_backups().unwrap();
+        // Kept objects: written once, read back, listed by kind.
+        let vb = Kept::VaultBackup;
+        assert!(v.list_kept(vb).unwrap().is_empty());
+        v.put_kept(vb, "20261202T000000Z-aa", b"sealed vault").unwrap();
+        assert!(matches!(v.put_kept(vb, "20261202T000000Z-aa", b"other"), Err(StoreError::Exists { .. })));
+        v.put_kept(vb, "20261202T000001Z-bb", b"second").unwrap();
+        assert_eq!(v.read_kept(vb, "20261202T000000Z-aa").unwrap(), b"sealed vault");
+        let mut ids = v.list_kept(vb).unwrap();
         ids.sort();
         assert_eq!(ids, ["20261202T000000Z-aa", "20261202T000001Z-bb"]);
-        assert!(v.read_vault_backup("nope").is_err());
+        assert!(v.read_kept(vb, "nope").is_err());
+        v.put_kept(Kept::AuditSegment, "1-9", b"{}").unwrap();
+        assert_eq!(v.list_kept(Kept::AuditSegment).unwrap(), ["1-9"], "each kind apart");
+        assert_eq!(v.list_kept(vb).unwrap().len(), 2);
     }
 }

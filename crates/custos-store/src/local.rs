@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use custos_model::{ChunkId, DatasetId};
 use rustix::fs::OFlags;
 
-use crate::{ChunkBuf, Result, StoreError, Volume, ALIGN};
+use crate::{ChunkBuf, Kept, Result, StoreError, Volume, ALIGN};
 
 const LABEL: &str = "CUSTOS-VOLUME";
 /// The first label, which named no owner; still read.
@@ -444,20 +444,23 @@ impl Volume for LocalVolume {
         }
     }
 
-    fn put_vault_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
-        let dir = self.root.join("vault");
+    fn put_kept(&self, kind: Kept, id: &str, bytes: &[u8]) -> Result<()> {
+        let (sub, ext) = kind.place();
+        let dir = self.root.join(sub);
         fs::create_dir_all(&dir).map_err(|e| self.err(&dir, e))?;
-        self.create_durable(&dir.join(format!("{id}.cvb")), bytes, || format!("vault backup {id}"))
+        self.create_durable(&dir.join(format!("{id}.{ext}")), bytes, || format!("{} {id}", kind.what()))
     }
 
-    fn read_vault_backup(&self, id: &str) -> Result<Vec<u8>> {
+    fn read_kept(&self, kind: Kept, id: &str) -> Result<Vec<u8>> {
+        let (sub, ext) = kind.place();
         let mut buf = Vec::new();
-        self.read_file(&self.root.join("vault").join(format!("{id}.cvb")), || format!("vault backup {id}"), &mut buf)?;
+        self.read_file(&self.root.join(sub).join(format!("{id}.{ext}")), || format!("{} {id}", kind.what()), &mut buf)?;
         Ok(buf)
     }
 
-    fn list_vault_backups(&self) -> Result<Vec<String>> {
-        let dir = self.root.join("vault");
+    fn list_kept(&self, kind: Kept) -> Result<Vec<String>> {
+        let (sub, ext) = kind.place();
+        let dir = self.root.join(sub);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -466,7 +469,7 @@ impl Volume for LocalVolume {
         let mut out = Vec::new();
         for e in entries {
             let e = e.map_err(|e| self.err(&dir, e))?;
-            if let Some(id) = e.file_name().to_str().and_then(|n| n.strip_suffix(".cvb")) {
+            if let Some(id) = e.file_name().to_str().and_then(|n| n.strip_suffix(ext)?.strip_suffix('.')) {
                 if !id.starts_with('.') {
                     out.push(id.to_string());
                 }

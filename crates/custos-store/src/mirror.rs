@@ -5,7 +5,7 @@
 
 use custos_model::{ChunkId, DatasetId};
 
-use crate::{ChunkBuf, Result, StoreError, Volume};
+use crate::{ChunkBuf, Kept, Result, StoreError, Volume};
 
 pub struct MirroredVolume {
     primary: Box<dyn Volume>,
@@ -98,17 +98,17 @@ impl Volume for MirroredVolume {
         self.read(|v| v.read_keystore_backup(id))
     }
 
-    fn put_vault_backup(&self, id: &str, bytes: &[u8]) -> Result<()> {
-        self.primary.put_vault_backup(id, bytes)?;
-        self.secondary.put_vault_backup(id, bytes)
+    fn put_kept(&self, kind: Kept, id: &str, bytes: &[u8]) -> Result<()> {
+        self.primary.put_kept(kind, id, bytes)?;
+        self.secondary.put_kept(kind, id, bytes)
     }
 
-    fn read_vault_backup(&self, id: &str) -> Result<Vec<u8>> {
-        self.read(|v| v.read_vault_backup(id))
+    fn read_kept(&self, kind: Kept, id: &str) -> Result<Vec<u8>> {
+        self.read(|v| v.read_kept(kind, id))
     }
 
-    fn list_vault_backups(&self) -> Result<Vec<String>> {
-        self.read(|v| v.list_vault_backups())
+    fn list_kept(&self, kind: Kept) -> Result<Vec<String>> {
+        self.read(|v| v.list_kept(kind))
     }
 }
 

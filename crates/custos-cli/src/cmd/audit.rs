@@ -2,7 +2,7 @@
 
 use custos_ops::Operation;
 
-use super::{parse_time, Output, Plan};
+use super::{parse_time, volume_name, Output, Plan};
 use crate::args::AuditCmd;
 
 pub fn plan(c: &AuditCmd) -> anyhow::Result<Plan> {
@@ -12,8 +12,13 @@ pub fn plan(c: &AuditCmd) -> anyhow::Result<Plan> {
             principal: principal.clone(),
             object: object.clone(),
         }),
-        AuditCmd::Verify => Plan::new(Operation::AuditVerify),
+        AuditCmd::Verify { against } => {
+            Plan::new(Operation::AuditVerify { against: against.as_deref().map(volume_name).transpose()? })
+        }
         AuditCmd::AcceptRollback => Plan::new(Operation::AuditAcceptRollback),
-        AuditCmd::Export { jsonl: _ } => Plan { output: Output::Stdout, ..Plan::new(Operation::AuditExport) },
+        AuditCmd::Export { jsonl: _, to: Some(volume) } => {
+            Plan::new(Operation::AuditExportTo { volume: volume_name(volume)? })
+        }
+        AuditCmd::Export { jsonl: _, to: None } => Plan { output: Output::Stdout, ..Plan::new(Operation::AuditExport) },
     })
 }

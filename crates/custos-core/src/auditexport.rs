@@ -1,0 +1,161 @@
+//! The audit log exported to a volume (issue 13, item 2): segments of
+//! entries written once (a tape volume refuses to replace one), so that a
+//! catalog and HSM file rolled back together, or a log rewritten by whoever
+//! holds the HSM, still disagree with what left the vault earlier.
+//! Layout in docs/format.md, "Audit segment".
+
+use custos_model::VolumeName;
+use custos_repo::AuditRow;
+use custos_store::Kept;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, Vault, VaultState};
+
+/// What `audit export --to` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditExported {
+    pub volume: String,
+    /// The segment written (`None`: every entry was exported already).
+    pub segment: Option<String>,
+    pub first: u64,
+    pub last: u64,
+    pub entries: u64,
+}
+
+/// What `audit verify --against` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditComparison {
+    pub volume: String,
+    pub segments: u64,
+    /// Entries on the volume, and the last of them.
+    pub exported: u64,
+    pub through: u64,
+    /// Catalog entries after that: not exported yet.
+    pub not_exported: u64,
+    /// Each entry that differs or is missing, by number.
+    pub problems: Vec<String>,
+}
+
+/// One exported entry: every field the chain covers, and the link.
+#[derive(Serialize, Deserialize, PartialEq, Eq)]
+struct Line {
+    seq: u64,
+    at: jiff::Timestamp,
+    principal: String,
+    action: String,
+    object: String,
+    result: String,
+    hash: String,
+    keyed: bool,
+}
+
+impl From<&AuditRow> for Line {
+    fn from(r: &AuditRow) -> Self {
+        Line {
+            seq: r.seq,
+            at: r.at,
+            principal: r.principal.clone(),
+            action: r.action.clone(),
+            object: r.object.clone(),
+            result: r.result.clone(),
+            hash: hex::encode(r.hash),
+            keyed: r.keyed,
+        }
+    }
+}
+
+type VolumeHandle = std::sync::Arc<dyn custos_store::Volume>;
+/// A segment on a volume: its first and last entry, and its id.
+type Segment = (u64, u64, String);
+
+/// A segment's id: its first and last entry, zero-padded so ids sort.
+fn segment_id(first: u64, last: u64) -> String {
+    format!("{first:020}-{last:020}")
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (a, b) = id.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+impl<S: VaultState> Vault<S> {
+    /// The volume, and its segments (first entry, last entry, id) in order.
+    fn audit_segments(&self, volume: &VolumeName) -> Result<(VolumeHandle, Vec<Segment>)> {
+        let vol = self.open_volume(volume)?;
+        let mut segs: Vec<Segment> = vol
+            .list_kept(Kept::AuditSegment)?
+            .into_iter()
+            .filter_map(|id| parse_id(&id).map(|(a, b)| (a, b, id)))
+            .collect();
+        segs.sort();
+        Ok((vol, segs))
+    }
+
+    /// Write the entries not yet on `volume` as one new segment, read it
+    /// back, and compare. Which entries are new is read from the volume,
+    /// not from the catalog.
+    pub fn audit_export_to(&self, volume: &VolumeName) -> Result<AuditExported> {
+        let (vol, segs) = self.audit_segments(volume)?;
+        let done = segs.iter().map(|s| s.1).max().unwrap_or(0);
+        let rows = self.repo.audit_rows(done)?;
+        let (Some(first), Some(last)) = (rows.first().map(|r| r.seq), rows.last().map(|r| r.seq)) else {
+            return Ok(AuditExported { volume: volume.to_string(), segment: None, first: 0, last: done, entries: 0 });
+        };
+        let mut out = Vec::with_capacity(rows.len() * 200);
+        for r in &rows {
+            serde_json::to_writer(&mut out, &Line::from(r)).expect("entries serialize");
+            out.push(b'\n');
+        }
+        let id = segment_id(first, last);
+        vol.put_kept(Kept::AuditSegment, &id, &out)?;
+        if vol.read_kept(Kept::AuditSegment, &id)? != out {
+            return Err(Error::Invalid {
+                what: "audit export",
+                why: format!("segment {id} on volume {volume} does not read back as written: check the volume"),
+            });
+        }
+        Ok(AuditExported { volume: volume.to_string(), segment: Some(id), first, last, entries: rows.len() as u64 })
+    }
+
+    /// Compare the catalog's log with every segment on `volume`: each entry
+    /// exported must still be in the catalog as it was.
+    pub fn audit_compare(&self, volume: &VolumeName) -> Result<AuditComparison> {
+        let (vol, segs) = self.audit_segments(volume)?;
+        let catalog = self.repo.audit_rows(0)?;
+        let by_seq: std::collections::HashMap<u64, &AuditRow> = catalog.iter().map(|r| (r.seq, r)).collect();
+        let mut c = AuditComparison { volume: volume.to_string(), segments: segs.len() as u64, ..Default::default() };
+        let mut next = 1u64;
+        for (first, last, id) in &segs {
+            if *first > next {
+                c.problems.push(format!(
+                    "entries {next} to {} are in no segment on {volume}: a segment was removed",
+                    first - 1
+                ));
+            }
+            let bytes = vol.read_kept(Kept::AuditSegment, id)?;
+            for (i, l) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+                let Ok(line) = serde_json::from_slice::<Line>(l) else {
+                    c.problems
+                        .push(format!("segment {id} line {} is not an audit entry: the segment was altered", i + 1));
+                    continue;
+                };
+                c.exported += 1;
+                c.through = c.through.max(line.seq);
+                match by_seq.get(&line.seq) {
+                    None => c.problems.push(format!(
+                        "entry {} ({} {} by {}) was exported but is not in the catalog: it was deleted or cut",
+                        line.seq, line.action, line.object, line.principal
+                    )),
+                    Some(r) if Line::from(*r) != line => c.problems.push(format!(
+                        "entry {} differs from its exported copy (exported: {} {} by {}, {}): it was changed",
+                        line.seq, line.action, line.object, line.principal, line.result
+                    )),
+                    Some(_) => {}
+                }
+            }
+            next = next.max(last + 1);
+        }
+        c.not_exported = catalog.iter().filter(|r| r.seq > c.through).count() as u64;
+        Ok(c)
+    }
+}
