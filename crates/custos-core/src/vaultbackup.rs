@@ -174,13 +174,14 @@ fn open_catalog(p: &Parsed<'_>, key: &DataKey) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Unwrap a backup's catalog key with `hsm`, checking its KCV.
-fn catalog_key(h: &Header, hsm: &dyn Hsm) -> Result<DataKey> {
+/// Unwrap the key that seals a backup's catalog copy with `hsm`, checking
+/// its KCV. (Not the HSM's catalog key, which MACs rows and never leaves it.)
+fn backup_key(h: &Header, hsm: &dyn Hsm) -> Result<DataKey> {
     let mkvp = Mkvp::from_hex(&h.mkvp).map_err(|_| bad("its header names no valid MKVP"))?;
     let wrapped = hex::decode(&h.wrapped).map_err(|_| bad("its header holds no valid wrapped key"))?;
     let key = hsm.unwrap_key(&mkvp, &wrapped)?;
     if Kcv::of(&key).to_hex() != h.kcv {
-        return Err(bad("its catalog key does not match its check value: the backup was altered; use another one"));
+        return Err(bad("its backup key does not match its check value: the backup was altered; use another one"));
     }
     Ok(key)
 }
@@ -272,7 +273,7 @@ impl Vault<Open> {
         // Counted only once it reads back and opens.
         let back = vol.read_kept(Kept::VaultBackup, &id)?;
         let parsed = parse(&back)?;
-        if open_catalog(&parsed, &catalog_key(&parsed.header, self.state.hsm.as_ref())?)? != catalog {
+        if open_catalog(&parsed, &backup_key(&parsed.header, self.state.hsm.as_ref())?)? != catalog {
             return Err(bad(format!(
                 "backup {id} did not read back from {to} as written: check the volume, then run it again"
             )));
@@ -357,7 +358,7 @@ pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Re
         };
         write(HSM_FILE, parsed.hsm)?;
         let hsm = SoftHsm::open(&dir.join(HSM_FILE), passphrase)?;
-        let key = catalog_key(h, &hsm)?;
+        let key = backup_key(h, &hsm)?;
         let catalog = open_catalog(&parsed, &key)?;
         write(DB_FILE, &catalog)?;
         drop(hsm);

@@ -1,7 +1,9 @@
 //! The boundary every front end goes through: [`Engine::execute`]
 //! authenticates nothing itself (a [`Caller`] comes from [`Engine::login`]),
 //! then, in this order and in this one place: refuses what the deployment
-//! may not take (a path, in server mode), checks the rights table, turns a
+//! may not take (a path, in server mode), opens the HSM in embedded mode
+//! when the operation may change a row its catalog key seals (re-reading
+//! the caller's principal, checked), checks the rights table, turns a
 //! controlled operation into a dual-control request, appends the audit
 //! intent, runs the operation, and appends its outcome.
 
