@@ -866,12 +866,14 @@ fn escrow_shares_reach_only_their_custodians() {
 
 /// Rows edited in the catalog while a server runs (by whoever can write
 /// the file, without the HSM): the server acts on none of them, and names
-/// the table and row, to the client and in `catalog verify`.
+/// the table and row, to the client and in `catalog verify`. Every kind of
+/// edit issue 13 lists, one after another; each forged row is deleted again
+/// once shown (a deletion is not what a MAC catches), the last ones stay.
 #[test]
 fn a_server_refuses_rows_edited_outside_it() {
     let e = Env::new();
-    e.ok(&["ds", "put", "PAY.A", Env::s(&e.file("a", b"alpha"))]);
-    e.ok(&["ds", "put", "PAY.B", Env::s(&e.file("b", b"bravo"))]);
+    let ka = e.json(&["ds", "put", "PAY.A", Env::s(&e.file("a", b"alpha"))])["key_label"].as_str().unwrap().to_string();
+    let kb = e.json(&["ds", "put", "PAY.B", Env::s(&e.file("b", b"bravo"))])["key_label"].as_str().unwrap().to_string();
     let clerk = "a clerk's credential";
     e.cmd(&["user", "add", "clerk", "--role", "app"]).env("CUSTOS_NEW_CREDENTIAL", clerk).assert().success();
     e.ok(&["user", "grant", "clerk", "--data", "PAY.A"]);
@@ -879,38 +881,75 @@ fn a_server_refuses_rows_edited_outside_it() {
     let s = Served::start(&e);
     let got = s.run("clerk", clerk, &["ds", "get", "PAY.A"], None);
     assert_eq!(got.stdout, b"alpha", "{}", String::from_utf8_lossy(&got.stderr));
+    // A request, approved by a second admin and executed.
+    s.ok("admin", ADMIN_CRED, &["config", "set", "dual-control", "role-change"]);
+    s.ok("ops", OPS_CRED, &["user", "grant", "clerk", "--data", "PAY.C"]);
+    let id = s.ok("ops", OPS_CRED, &["--json", "request", "ls"]);
+    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()[0]["id"].as_u64().unwrap().to_string();
+    s.ok("admin", ADMIN_CRED, &["request", "approve", &id]);
     let verdict = s.run("ops", OPS_CRED, &["catalog", "verify"], None);
     assert!(String::from_utf8_lossy(&verdict.stdout).contains("catalog intact"), "{}", s.log());
+
     let db = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let edit = |sql: &str| db.execute_batch(sql).unwrap();
     let refused = |o: &Output, table: &str, row: &str| {
         let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(4), "{err}");
+        assert_eq!(o.status.code(), Some(4), "{table} {row}: {err}");
         assert!(err.contains(&format!("catalog row {table} ")) && err.contains(row), "{err}");
         assert!(o.stdout.is_empty(), "nothing was read");
     };
+    let listed = |expect: &[&str]| {
+        let o = s.run("ops", OPS_CRED, &["catalog", "verify"], None);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(4), "{out}");
+        for x in expect {
+            assert!(out.contains(x), "{x} not in {out}");
+        }
+    };
     // A grant inserted.
-    db.execute("INSERT INTO grants (principal, kind, pattern, created_at) VALUES ('clerk', 'data', 'PAY.**', 0)", [])
-        .unwrap();
+    edit("INSERT INTO grants (principal, kind, pattern, created_at) VALUES ('clerk', 'data', 'PAY.**', 0)");
     refused(&s.run("clerk", clerk, &["ds", "get", "PAY.B"], None), "grants", "pattern='PAY.**'");
-    let o = s.run("ops", OPS_CRED, &["catalog", "verify"], None);
-    assert_eq!(o.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("grants principal='clerk' kind='data' pattern='PAY.**'"));
-    db.execute("DELETE FROM grants WHERE pattern = 'PAY.**'", []).unwrap();
+    listed(&["grants principal='clerk' kind='data' pattern='PAY.**'"]);
+    edit("DELETE FROM grants WHERE pattern = 'PAY.**'");
+    // A principal added, with a copy of another's credential hash.
+    edit("INSERT INTO principals (name, role, credential, disabled, created_at) SELECT 'mallory', 'security-admin', credential, 0, created_at FROM principals WHERE name = 'ops'");
+    refused(&s.run("mallory", OPS_CRED, &["key", "ls"], None), "principals", "name='mallory'");
+    listed(&["principals name='mallory'"]);
+    edit("DELETE FROM principals WHERE name = 'mallory'");
+    // requested_by changed (so its requester could approve it), and the
+    // executed request reset to pending.
+    edit(&format!("UPDATE requests SET requested_by = 'admin' WHERE id = {id}"));
+    refused(&s.run("ops", OPS_CRED, &["request", "approve", &id], None), "requests", &format!("id={id}"));
+    edit(&format!("UPDATE requests SET state = 'pending', decided_by = NULL, decided_at = NULL WHERE id = {id}"));
+    refused(&s.run("admin", ADMIN_CRED, &["request", "approve", &id], None), "requests", &format!("id={id}"));
+    listed(&[&format!("requests id={id}")]);
+    edit(&format!("DELETE FROM requests WHERE id = {id}"));
+    // A setting changed: dual control off.
+    edit("UPDATE settings SET value = 'none' WHERE key = 'dual-control'");
+    refused(
+        &s.run("ops", OPS_CRED, &["user", "grant", "clerk", "--data", "PAY.D"], None),
+        "settings",
+        "key='dual-control'",
+    );
+    // A key's state, and two keys' wrapped material and check values swapped.
+    edit(&format!("UPDATE keys SET state = 'destroyed' WHERE label = '{kb}'"));
+    refused(&s.run("ops", OPS_CRED, &["ds", "get", "PAY.B"], None), "keys", &format!("label='{kb}'"));
+    edit(&format!(
+        "UPDATE keys SET wrapped = CASE label WHEN '{ka}' THEN (SELECT wrapped FROM keys WHERE label = '{kb}') ELSE (SELECT wrapped FROM keys WHERE label = '{ka}') END,
+         kcv = CASE label WHEN '{ka}' THEN (SELECT kcv FROM keys WHERE label = '{kb}') ELSE (SELECT kcv FROM keys WHERE label = '{ka}') END
+         WHERE label IN ('{ka}', '{kb}')"
+    ));
+    refused(&s.run("ops", OPS_CRED, &["ds", "get", "PAY.A"], None), "keys", &format!("label='{ka}'"));
     // A credential hash replaced (by another principal's).
-    db.execute(
-        "UPDATE principals SET credential = (SELECT credential FROM principals WHERE name = 'ops') WHERE name = 'clerk'",
-        [],
-    )
-    .unwrap();
+    edit("UPDATE principals SET credential = (SELECT credential FROM principals WHERE name = 'ops') WHERE name = 'clerk'");
     refused(&s.run("clerk", OPS_CRED, &["ds", "get", "PAY.A"], None), "principals", "name='clerk'");
-    // A key's state.
-    db.execute("UPDATE keys SET state = 'active', kcv = kcv WHERE label = (SELECT MIN(label) FROM keys)", []).unwrap();
-    db.execute("UPDATE keys SET use_count = use_count + 1000 WHERE label = (SELECT MIN(label) FROM keys)", []).unwrap();
-    let o = s.run("ops", OPS_CRED, &["catalog", "verify"], None);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("principals name='clerk'") && out.contains("keys label="), "{out}");
-    refused(&s.run("ops", OPS_CRED, &["key", "ls"], None), "keys", "label=");
+    listed(&[
+        "settings key='dual-control'",
+        &format!("keys label='{ka}'"),
+        &format!("keys label='{kb}'"),
+        "principals name='clerk'",
+    ]);
     // The server stays up and serves what was not touched.
     let got = s.run("ops", OPS_CRED, &["ds", "ls"], None);
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));

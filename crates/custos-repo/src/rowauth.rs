@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     /// The catalog was sealed (its rows carry MACs).
     pub sealed: AtomicBool,
     pub tables: HashMap<&'static str, Table>,
+    /// [`Shared::check_expr`] of each table under its own name, made once.
+    pub checks: HashMap<&'static str, String>,
 }
 
 impl Shared {
@@ -104,7 +106,10 @@ impl Shared {
         let sealed: Option<String> = conn
             .query_row("SELECT value FROM settings WHERE key = ?1", [SEALED_SETTING], |r| r.get(0))
             .or_else(|e| if matches!(e, rusqlite::Error::QueryReturnedNoRows) { Ok(None) } else { Err(e) })?;
-        Ok(Self { auth: RwLock::new(None), sealed: AtomicBool::new(sealed.is_some()), tables })
+        let mut s =
+            Self { auth: RwLock::new(None), sealed: AtomicBool::new(sealed.is_some()), tables, checks: HashMap::new() };
+        s.checks = TABLES.iter().map(|&(t, _)| (t, s.check_expr(t, t))).collect();
+        Ok(s)
     }
 
     fn auth(&self) -> Option<Arc<dyn RowAuth>> {
@@ -154,40 +159,56 @@ impl Shared {
 }
 
 /// The canonical encoding a MAC covers, from `table` and the (name, value)
-/// pairs of `args` starting at `from`; and the row's key, for messages.
-fn encode(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize) -> rusqlite::Result<(Vec<u8>, String)> {
-    let t = shared.tables.get(table).ok_or_else(|| user(format!("{table} is not an authenticated table")))?;
+/// pairs of the arguments starting at `from`.
+fn encode(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize) -> rusqlite::Result<Vec<u8>> {
+    if !shared.tables.contains_key(table) {
+        return Err(user(format!("{table} is not an authenticated table")));
+    }
     let mut msg = Vec::with_capacity(256);
     msg.extend_from_slice(b"custos-catalog-row-v1\0");
     msg.extend_from_slice(table.as_bytes());
     msg.push(0);
-    let mut key = Vec::new();
     let mut i = from;
     while i + 1 < ctx.len() {
         let name = match ctx.get_raw(i) {
             ValueRef::Text(n) => n,
             _ => return Err(user("a column name must be text".into())),
         };
-        let v = ctx.get_raw(i + 1);
-        i += 2;
-        let name_s = String::from_utf8_lossy(name);
-        if t.pk.iter().any(|p| *p == name_s) {
-            key.push(format!("{name_s}={}", shown(v)));
-        }
-        let (tag, bytes): (u8, std::borrow::Cow<'_, [u8]>) = match v {
-            ValueRef::Null => continue,
+        let (tag, bytes): (u8, std::borrow::Cow<'_, [u8]>) = match ctx.get_raw(i + 1) {
+            ValueRef::Null => {
+                i += 2;
+                continue;
+            }
             ValueRef::Integer(n) => (b'i', n.to_be_bytes().to_vec().into()),
             ValueRef::Real(f) => (b'r', f.to_bits().to_be_bytes().to_vec().into()),
             ValueRef::Text(s) => (b't', s.into()),
             ValueRef::Blob(b) => (b'b', b.into()),
         };
+        i += 2;
         msg.extend_from_slice(name);
         msg.push(0);
         msg.push(tag);
         msg.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
         msg.extend_from_slice(&bytes);
     }
-    Ok((msg, key.join(" ")))
+    Ok(msg)
+}
+
+/// A row's key as messages name it (`column=value` for each key column);
+/// made only when a message needs it.
+fn row_key(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize) -> String {
+    let Some(t) = shared.tables.get(table) else { return String::new() };
+    let mut key = Vec::new();
+    let mut i = from;
+    while i + 1 < ctx.len() {
+        if let ValueRef::Text(n) = ctx.get_raw(i) {
+            if t.pk.iter().any(|p| p.as_bytes() == n) {
+                key.push(format!("{}={}", String::from_utf8_lossy(n), shown(ctx.get_raw(i + 1))));
+            }
+        }
+        i += 2;
+    }
+    key.join(" ")
 }
 
 /// A value as a message shows it (short; never a blob's bytes).
@@ -226,9 +247,9 @@ fn keyless_allowed(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize)
 }
 
 /// The state of one row: 0 sealed, 1 unsealed where allowed, 2 no MAC, 3 wrong MAC.
-fn state(shared: &Shared, auth: &dyn RowAuth, ctx: &Context<'_>) -> rusqlite::Result<(u8, String, String)> {
+fn state(shared: &Shared, auth: &dyn RowAuth, ctx: &Context<'_>) -> rusqlite::Result<(u8, String)> {
     let table = text_arg(ctx, 0)?;
-    let (msg, key) = encode(shared, &table, ctx, 2)?;
+    let msg = encode(shared, &table, ctx, 2)?;
     let state = match ctx.get_raw(1) {
         ValueRef::Null if keyless_allowed(shared, &table, ctx, 2) => 1,
         ValueRef::Null => 2,
@@ -242,7 +263,7 @@ fn state(shared: &Shared, auth: &dyn RowAuth, ctx: &Context<'_>) -> rusqlite::Re
         }
         _ => 3,
     };
-    Ok((state, table, key))
+    Ok((state, table))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -255,22 +276,22 @@ pub(crate) fn register(conn: &Connection, shared: &Arc<Shared>) -> rusqlite::Res
     let s = shared.clone();
     conn.create_scalar_function("custos_mac", -1, flags, move |ctx| {
         let table = text_arg(ctx, 0)?;
-        let (msg, key) = encode(&s, &table, ctx, 1)?;
         match s.auth() {
-            Some(a) => Ok(Some(a.mac(&msg).map_err(user)?.to_vec())),
+            Some(a) => Ok(Some(a.mac(&encode(&s, &table, ctx, 1)?).map_err(user)?.to_vec())),
             None if !s.sealed.load(Ordering::Relaxed) || keyless_allowed(&s, &table, ctx, 1) => Ok(None),
-            None => Err(user(format!("{KEYLESS}\t{table}\t{key}"))),
+            None => Err(user(format!("{KEYLESS}\t{table}\t{}", row_key(&s, &table, ctx, 1)))),
         }
     })?;
     let s = shared.clone();
     conn.create_scalar_function("custos_row_ok", -1, flags, move |ctx| {
         let Some(auth) = s.auth() else { return Ok(1) };
-        let (state, table, key) = state(&s, auth.as_ref(), ctx)?;
-        match state {
-            0 | 1 => Ok(1),
-            2 => Err(user(format!("{FAULT}\t{table}\t{key}\thas no MAC"))),
-            _ => Err(user(format!("{FAULT}\t{table}\t{key}\tdoes not match its MAC"))),
-        }
+        let (state, table) = state(&s, auth.as_ref(), ctx)?;
+        let why = match state {
+            0 | 1 => return Ok(1),
+            2 => "has no MAC",
+            _ => "does not match its MAC",
+        };
+        Err(user(format!("{FAULT}\t{table}\t{}\t{why}", row_key(&s, &table, ctx, 2))))
     })?;
     let s = shared.clone();
     conn.create_scalar_function("custos_row_state", -1, flags, move |ctx| {

@@ -395,6 +395,9 @@ impl Drop for Reader<'_> {
     }
 }
 
+/// Compiled statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
+
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -538,6 +541,9 @@ impl SqliteRepository {
             });
         }
         let rows = std::sync::Arc::new(crate::rowauth::Shared::load(&conn).map_err(db("read the schema"))?);
+        // Statements that touch authenticated tables compile their triggers
+        // too: keep more of them compiled.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         crate::rowauth::register(&conn, &rows).map_err(db("register the row functions"))?;
         conn.execute_batch(&rows.triggers()).map_err(db("make the row triggers"))?;
         Ok(Self {
@@ -558,7 +564,10 @@ impl SqliteRepository {
             out.push_str(&rest[..at]);
             let end = rest[at..].find(')').map_or(rest.len(), |e| at + e);
             let table = &rest[at + 4..end];
-            out.push_str(&self.rows.check_expr(table, table));
+            match self.rows.checks.get(table) {
+                Some(c) => out.push_str(c),
+                None => out.push_str(&self.rows.check_expr(table, table)),
+            }
             rest = &rest[(end + 1).min(rest.len())..];
         }
         out.push_str(rest);
@@ -583,6 +592,7 @@ impl SqliteRepository {
         .map_err(db("open a read connection"))?;
         c.busy_timeout(BUSY_TIMEOUT).map_err(db("set the busy timeout"))?;
         crate::rowauth::register(&c, &self.rows).map_err(db("register the row functions"))?;
+        c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Reader::Pooled(self, Some(c)))
     }
 
@@ -1072,29 +1082,30 @@ fn drop_generations(
 }
 
 fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
-    let r = conn.execute(
-        &format!(
+    // Cached: compiling it compiles the row triggers too (ADR 0019).
+    let mut st = conn
+        .prepare_cached(&format!(
             "INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
-        ),
-        params![
-            k.label.as_str(),
-            k.state.as_str(),
-            k.purpose.as_str(),
-            k.app,
-            k.wrapped.as_ref().map(|w| &w.0),
-            k.mkvp.to_hex(),
-            k.kcv.to_hex(),
-            ts(k.created_at),
-            k.activated_at.map(ts),
-            k.deactivated_at.map(ts),
-            k.destroyed_at.map(ts),
-            k.expires_at.map(ts),
-            k.last_used_at.map(ts),
-            k.use_count as i64,
-            k.escrow.as_ref().map(|e| &e.kbk),
-            k.escrow.as_ref().map(|e| &e.blob)
-        ],
-    );
+        ))
+        .map_err(db("store a key"))?;
+    let r = st.execute(params![
+        k.label.as_str(),
+        k.state.as_str(),
+        k.purpose.as_str(),
+        k.app,
+        k.wrapped.as_ref().map(|w| &w.0),
+        k.mkvp.to_hex(),
+        k.kcv.to_hex(),
+        ts(k.created_at),
+        k.activated_at.map(ts),
+        k.deactivated_at.map(ts),
+        k.destroyed_at.map(ts),
+        k.expires_at.map(ts),
+        k.last_used_at.map(ts),
+        k.use_count as i64,
+        k.escrow.as_ref().map(|e| &e.kbk),
+        k.escrow.as_ref().map(|e| &e.blob)
+    ]);
     match r {
         Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "key", name: k.label.to_string() }),
         r => r.map(|_| ()).map_err(db("store a key")),
