@@ -593,11 +593,16 @@ pub enum VaultCmd {
     /// which keys had no escrow copy and which datasets that costs.
     Rebuild {
         /// A sealed share file (as many as the threshold).
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "part", conflicts_with = "part")]
         share: Vec<PathBuf>,
         /// Custodian key files that open --share.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "part", conflicts_with = "part")]
         key: Vec<PathBuf>,
+        /// Instead of escrow: a custodian's part of the lost master key
+        /// (from `mk make-part`), one per custodian; the same master key
+        /// comes back, and every key under it.
+        #[arg(long)]
+        part: Vec<PathBuf>,
         #[arg(long, default_value_t = 64)]
         kdf_memory_mib: u32,
         #[arg(long, default_value_t = 3)]

@@ -178,7 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vault(args::VaultCmd::Recover { from }) if cli.server.is_none() => {
             return recover(&cli, from).map(|_| ExitCode::SUCCESS)
         }
-        Command::Vault(args::VaultCmd::Rebuild { share, key, kdf_memory_mib, kdf_iterations })
+        Command::Vault(args::VaultCmd::Rebuild { share, key, part, kdf_memory_mib, kdf_iterations })
             if cli.server.is_none() =>
         {
             let kdf = KdfParams {
@@ -186,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 iterations: *kdf_iterations,
                 parallelism: 1,
             };
-            return rebuild(&cli, share, key, kdf).map(|_| ExitCode::SUCCESS);
+            return rebuild(&cli, share, key, part, kdf).map(|_| ExitCode::SUCCESS);
         }
         Command::Demo { keep } => return demo::run(keep.as_deref()).map(|_| ExitCode::SUCCESS),
         Command::Mk(MkCmd::MakePart { custodian, output }) => {
@@ -380,26 +380,31 @@ fn recover(cli: &Cli, from: &str) -> anyhow::Result<()> {
 }
 
 /// `custos vault rebuild`: a new HSM for a vault whose HSM file is lost.
-fn rebuild(cli: &Cli, share: &[PathBuf], key: &[PathBuf], kdf: KdfParams) -> anyhow::Result<()> {
+fn rebuild(cli: &Cli, share: &[PathBuf], key: &[PathBuf], part: &[PathBuf], kdf: KdfParams) -> anyhow::Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let opened = cmd::escrow::open_shares(share, key)?;
-    let shares = opened
-        .iter()
-        .enumerate()
-        .map(|(i, t)| custos_core::ShareFile::decode(t.expose(), &format!("share {}", i + 1)))
-        .collect::<custos_core::Result<Vec<_>>>()?;
-    let p = passphrase(cli.passphrase_file.as_deref(), true)?;
     let who = local_user(cli);
-    let r = custos_core::rebuild(&cli.vault, &p, kdf, &shares, &who)?;
+    let (r, how) = if part.is_empty() {
+        let opened = cmd::escrow::open_shares(share, key)?;
+        let shares = opened
+            .iter()
+            .enumerate()
+            .map(|(i, t)| custos_core::ShareFile::decode(t.expose(), &format!("share {}", i + 1)))
+            .collect::<custos_core::Result<Vec<_>>>()?;
+        let p = passphrase(cli.passphrase_file.as_deref(), true)?;
+        (custos_core::rebuild(&cli.vault, &p, kdf, &shares, &who)?, "recovered from escrow")
+    } else {
+        let parts = cmd::secret_files(part, "key part")?
+            .iter()
+            .enumerate()
+            .map(|(i, t)| custos_core::KeyPartFile::decode(t.expose(), &format!("part {}", i + 1)))
+            .collect::<custos_core::Result<Vec<_>>>()?;
+        let p = passphrase(cli.passphrase_file.as_deref(), true)?;
+        (custos_core::rebuild_from_parts(&cli.vault, &p, kdf, parts, &who)?, "under the re-entered master key")
+    };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!(
-            "new HSM for {} under master key {}: {} keys recovered from escrow",
-            cli.vault.display(),
-            r.mkvp,
-            r.recovered.len()
-        );
+        println!("new HSM for {} under master key {}: {} keys {how}", cli.vault.display(), r.mkvp, r.recovered.len());
         if !r.lost_keys.is_empty() {
             println!("lost with the old HSM (no escrow copy): {}", r.lost_keys.join(", "));
         }

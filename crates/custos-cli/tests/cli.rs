@@ -1751,3 +1751,65 @@ fn the_audit_log_exported_to_tape_witnesses_a_rollback_of_both_files() {
     assert_eq!(o.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&o.stdout).contains("entry 3 differs from its exported copy"));
 }
+
+/// The ICSF way back from a lost HSM file: the master key's custodians
+/// re-enter their parts into a new HSM, and the same master key (so every
+/// key, the audit key and its checkpoints) is back without escrow. Parts of
+/// another master key are refused and leave nothing behind.
+#[test]
+fn a_lost_hsm_comes_back_from_the_custodians_key_parts() {
+    let e = Env::new();
+    let part = |who: &str| {
+        let p = e.dir.path().join(format!("{who}.part"));
+        e.ok(&["mk", "make-part", "--custodian", who, "-o", Env::s(&p)]);
+        p
+    };
+    let (alice, bob, carol) = (part("alice"), part("bob"), part("carol"));
+    e.ok(&["mk", "load-new", "--part", Env::s(&alice), "--part", Env::s(&bob)]);
+    e.ok(&["mk", "activate"]);
+    e.ok(&["mk", "reencipher"]);
+    let bytes = data(80_000, 17);
+    e.ok(&["ds", "put", "PARTS.DATA", Env::s(&e.file("d", &bytes))]);
+    let hsm = e.vault.join("hsm.sealed");
+    std::fs::remove_file(&hsm).unwrap();
+    // Parts of another master key: refused, nothing made.
+    let o = e.run(&[
+        "vault",
+        "rebuild",
+        "--part",
+        Env::s(&alice),
+        "--part",
+        Env::s(&carol),
+        "--kdf-memory-mib",
+        "19",
+        "--kdf-iterations",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("not the expected"), "{err}");
+    assert!(!hsm.exists(), "nothing was left behind");
+    let out = e.ok(&[
+        "vault",
+        "rebuild",
+        "--part",
+        Env::s(&alice),
+        "--part",
+        Env::s(&bob),
+        "--kdf-memory-mib",
+        "19",
+        "--kdf-iterations",
+        "2",
+    ]);
+    assert!(out.contains("under the re-entered master key"), "{out}");
+    assert_eq!(e.run(&["ds", "get", "PARTS.DATA"]).stdout, bytes);
+    // The audit key came back with its master key: every link still checks.
+    let v = e.ok(&["audit", "verify"]);
+    assert!(v.contains("audit log intact") && !v.contains("audit key lost"), "{v}");
+    assert!(e.ok(&["catalog", "verify"]).contains("catalog intact"));
+    let log = e.json(&["audit", "ls", "--object", ""]);
+    assert!(log
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["action"] == "vault rebuild" && r["result"].as_str().unwrap().contains("alice, bob")));
+}

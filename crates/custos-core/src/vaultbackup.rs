@@ -408,20 +408,9 @@ pub struct RebuildReport {
     pub unverifiable_audit_entries: u64,
 }
 
-/// HSM loss without a vault backup: the vault at `dir` lost its software
-/// HSM file. A new one is made with a new master key and `passphrase`;
-/// every key with an escrow copy is recovered into it with the custodians'
-/// `shares`; the audit log goes on under a new audit key (entries keyed
-/// under the lost one can no longer be checked, and `audit verify` says how
-/// many). Keys without an escrow copy are reported lost, with the datasets
-/// that needed them.
-pub fn rebuild(
-    dir: &Path,
-    passphrase: &Passphrase,
-    kdf: custos_crypto::KdfParams,
-    shares: &[crate::secretfile::ShareFile],
-    who: &str,
-) -> Result<RebuildReport> {
+/// The vault at `dir`, whose software HSM file must be the one thing lost;
+/// and that file's path.
+fn lost_hsm(dir: &Path) -> Result<(Vault<crate::Sealed>, std::path::PathBuf)> {
     let sealed = Vault::open(dir)?;
     if sealed.hsm_kind()? != HsmKind::Soft {
         return Err(Error::Invalid {
@@ -439,6 +428,80 @@ pub fn rebuild(
             ),
         });
     }
+    Ok((sealed, hsm_path))
+}
+
+/// HSM loss, the ICSF way: the custodians re-enter their parts of the lost
+/// master key into a new software HSM (with `passphrase`). The parts must
+/// combine to the master key most keys are wrapped under; then every key
+/// under it, the audit key and the keystore backups made under it open
+/// again, no escrow needed. Keys under another master key are reported lost.
+pub fn rebuild_from_parts(
+    dir: &Path,
+    passphrase: &Passphrase,
+    kdf: custos_crypto::KdfParams,
+    parts: Vec<crate::secretfile::KeyPartFile>,
+    who: &str,
+) -> Result<RebuildReport> {
+    let (sealed, hsm_path) = lost_hsm(dir)?;
+    let expect =
+        sealed.repo.key_counts_by_mkvp()?.into_iter().max_by_key(|(_, n)| *n).map(|(m, _)| m).ok_or(
+            Error::Invalid { what: "rebuild", why: "no key in the catalog is wrapped under a master key".into() },
+        )?;
+    let custodians: Vec<String> = parts.iter().map(|p| p.0.custodian.clone()).collect();
+    let hsm = SoftHsm::create(&hsm_path, passphrase, kdf)?;
+    // The parts become CURRENT; the key the new HSM was made with goes to
+    // OLD, with nothing under it.
+    let loaded = hsm
+        .load_new(custos_hsm::NewMasterKey::Parts(parts.into_iter().map(|p| p.0).collect()), Some(expect))
+        .and_then(|_| hsm.activate());
+    if let Err(e) = loaded {
+        drop(hsm);
+        let _ = std::fs::remove_file(&hsm_path);
+        let _ = std::fs::remove_file(hsm_path.with_extension("lock"));
+        return Err(e.into());
+    }
+    let v = sealed.with_hsm(Box::new(hsm));
+    if let Err(e) = v.arm_catalog().and_then(|_| v.audit_arm(false)) {
+        drop(v);
+        let _ = std::fs::remove_file(&hsm_path);
+        return Err(e);
+    }
+    let (mut recovered, mut lost_keys) = (Vec::new(), Vec::new());
+    for k in v.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
+        if k.mkvp == expect { &mut recovered } else { &mut lost_keys }.push(k.label.to_string());
+    }
+    let lost_datasets = v
+        .repo
+        .datasets()?
+        .into_iter()
+        .filter(|d| lost_keys.iter().any(|l| l == d.current.key_label.as_str()))
+        .map(|d| d.name.to_string())
+        .collect();
+    v.audit_append(
+        who,
+        "vault rebuild",
+        &expect.to_hex(),
+        &format!("ok: master key re-entered from the parts of {}", custodians.join(", ")),
+    )?;
+    Ok(RebuildReport { mkvp: expect.to_hex(), recovered, lost_keys, lost_datasets, unverifiable_audit_entries: 0 })
+}
+
+/// HSM loss without a vault backup: the vault at `dir` lost its software
+/// HSM file. A new one is made with a new master key and `passphrase`;
+/// every key with an escrow copy is recovered into it with the custodians'
+/// `shares`; the audit log goes on under a new audit key (entries keyed
+/// under the lost one can no longer be checked, and `audit verify` says how
+/// many). Keys without an escrow copy are reported lost, with the datasets
+/// that needed them.
+pub fn rebuild(
+    dir: &Path,
+    passphrase: &Passphrase,
+    kdf: custos_crypto::KdfParams,
+    shares: &[crate::secretfile::ShareFile],
+    who: &str,
+) -> Result<RebuildReport> {
+    let (sealed, hsm_path) = lost_hsm(dir)?;
     // Checked before anything is made: the shares must open the escrow.
     let (kbk, secret) = sealed.escrow_secret(shares)?;
     let hsm = SoftHsm::create(&hsm_path, passphrase, kdf)?;
