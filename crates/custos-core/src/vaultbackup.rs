@@ -431,6 +431,16 @@ fn lost_hsm(dir: &Path) -> Result<(Vault<crate::Sealed>, std::path::PathBuf)> {
     Ok((sealed, hsm_path))
 }
 
+/// The datasets whose current generation needs one of `lost` keys.
+fn datasets_needing(v: &Vault<Open>, lost: &[String]) -> Result<Vec<String>> {
+    Ok(v.repo
+        .datasets()?
+        .into_iter()
+        .filter(|d| lost.iter().any(|l| l == d.current.key_label.as_str()))
+        .map(|d| d.name.to_string())
+        .collect())
+}
+
 /// HSM loss, the ICSF way: the custodians re-enter their parts of the lost
 /// master key into a new software HSM (with `passphrase`). The parts must
 /// combine to the master key most keys are wrapped under; then every key
@@ -471,13 +481,7 @@ pub fn rebuild_from_parts(
     for k in v.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
         if k.mkvp == expect { &mut recovered } else { &mut lost_keys }.push(k.label.to_string());
     }
-    let lost_datasets = v
-        .repo
-        .datasets()?
-        .into_iter()
-        .filter(|d| lost_keys.iter().any(|l| l == d.current.key_label.as_str()))
-        .map(|d| d.name.to_string())
-        .collect();
+    let lost_datasets = datasets_needing(&v, &lost_keys)?;
     v.audit_append(
         who,
         "vault rebuild",
@@ -535,13 +539,7 @@ pub fn rebuild(
             Some(_) | None => lost_keys.push(label),
         }
     }
-    let lost_datasets = v
-        .repo
-        .datasets()?
-        .into_iter()
-        .filter(|d| lost_keys.iter().any(|l| l == d.current.key_label.as_str()))
-        .map(|d| d.name.to_string())
-        .collect();
+    let lost_datasets = datasets_needing(&v, &lost_keys)?;
     let mkvp = v.state.hsm.registers()?.into_iter().map(|r| r.mkvp.to_hex()).next().unwrap_or_default();
     v.audit_append(
         who,
