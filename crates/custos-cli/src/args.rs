@@ -277,6 +277,11 @@ pub enum CatalogCmd {
     /// Check every authenticated row against its MAC and list each one
     /// that was written or changed outside Custos. Exits 4 when any was.
     Verify,
+    /// Rotate the HSM's catalog key: every row is checked under the old
+    /// key and sealed under a new one in one transaction, then the old key
+    /// is destroyed. A rotation cut short (a kill) is finished by the next
+    /// command that opens the HSM; the catalog verifies throughout.
+    RotateKey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -581,11 +586,21 @@ pub enum VaultCmd {
     Backups,
     /// Bring the vault back into the new directory --vault from the newest
     /// vault backup at LOCATION (a volume's directory, or s3://bucket/prefix),
-    /// with the HSM's passphrase. Volumes that lived inside the lost vault
-    /// directory come back empty: restore what they held from backups.
+    /// with the HSM's passphrase, or, for a vault whose keys are on a
+    /// PKCS#11 token, with --pkcs11 and the token's PIN. Volumes that lived
+    /// inside the lost vault directory come back empty: restore what they
+    /// held from backups.
     Recover {
         #[arg(long)]
         from: String,
+        /// The vault's keys are on a PKCS#11 token (named in the backup):
+        /// open it with its PIN (CUSTOS_PKCS11_PIN or --pin-file).
+        #[arg(long)]
+        pkcs11: bool,
+        /// The PKCS#11 module on this machine, if not where the lost vault
+        /// had it.
+        #[arg(long, value_name = "PATH", requires = "pkcs11")]
+        pkcs11_module: Option<PathBuf>,
     },
     /// The HSM file is lost and no vault backup holds it: make a new HSM
     /// (a new master key, under the passphrase given) and recover every

@@ -123,10 +123,10 @@ fn pin(file: Option<&Path>, token: &str) -> anyhow::Result<zeroize::Zeroizing<St
         return Ok(zeroize::Zeroizing::new(p));
     }
     if !std::io::stdin().is_terminal() {
-        bail!("the PIN of PKCS#11 token {token:?} is needed: set CUSTOS_PKCS11_PIN, pass --pin-file, or run in a terminal to be asked");
+        bail!("the PIN of the PKCS#11 token {token} is needed: set CUSTOS_PKCS11_PIN, pass --pin-file, or run in a terminal to be asked");
     }
     Ok(zeroize::Zeroizing::new(
-        rpassword::prompt_password(format!("PIN for token {token}: ")).context("cannot read the PIN")?,
+        rpassword::prompt_password(format!("PIN of the token {token}: ")).context("cannot read the PIN")?,
     ))
 }
 
@@ -165,7 +165,7 @@ fn unlocker(cli: &Cli) -> impl Fn(&Vault<Sealed>) -> custos_core::Result<Unlocke
                 Ok(Unlocked { vault: v.sealed_view().unseal(&p)?, passphrase: Some(keep) })
             }
             HsmKind::Pkcs11 { token, .. } => {
-                let pin = pin(pin_file.as_deref(), &token).map_err(|e| asked(format!("{e:#}")))?;
+                let pin = pin(pin_file.as_deref(), &format!("{token:?}")).map_err(|e| asked(format!("{e:#}")))?;
                 Ok(Unlocked { vault: v.sealed_view().unseal_pkcs11(pin)?, passphrase: None })
             }
         }
@@ -175,8 +175,8 @@ fn unlocker(cli: &Cli) -> impl Fn(&Vault<Sealed>) -> custos_core::Result<Unlocke
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init(_) => return init(&cli).map(|_| ExitCode::SUCCESS),
-        Command::Vault(args::VaultCmd::Recover { from }) if cli.server.is_none() => {
-            return recover(&cli, from).map(|_| ExitCode::SUCCESS)
+        Command::Vault(args::VaultCmd::Recover { from, pkcs11, pkcs11_module }) if cli.server.is_none() => {
+            return recover(&cli, from, *pkcs11, pkcs11_module.clone()).map(|_| ExitCode::SUCCESS)
         }
         Command::Vault(args::VaultCmd::Rebuild { share, key, part, kdf_memory_mib, kdf_iterations })
             if cli.server.is_none() =>
@@ -356,11 +356,16 @@ fn local_user(cli: &Cli) -> String {
 }
 
 /// `custos vault recover`: a new vault directory from a vault backup.
-fn recover(cli: &Cli, from: &str) -> anyhow::Result<()> {
+fn recover(cli: &Cli, from: &str, pkcs11: bool, module: Option<PathBuf>) -> anyhow::Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let p = passphrase(cli.passphrase_file.as_deref(), false)?;
     let who = local_user(cli);
-    let r = custos_core::recover(&cli.vault, from, &p, &who)?;
+    let r = if pkcs11 {
+        let pin = pin(cli.pin_file.as_deref(), "the vault backup names")?;
+        custos_core::recover(&cli.vault, from, custos_core::RecoverWith::Pkcs11 { pin, module }, &who)?
+    } else {
+        let p = passphrase(cli.passphrase_file.as_deref(), false)?;
+        custos_core::recover(&cli.vault, from, custos_core::RecoverWith::Passphrase(&p), &who)?
+    };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -374,6 +379,9 @@ fn recover(cli: &Cli, from: &str) -> anyhow::Result<()> {
         );
         for v in &r.emptied {
             println!("volume {v} lived inside the lost vault directory and is empty again: restore its datasets from backups (`custos restore`)");
+        }
+        if let Some(m) = r.anchor_was {
+            println!("the token had recorded audit entry {m}: what the vault did after this backup is not in it (recorded in the audit log)");
         }
     }
     Ok(())
@@ -429,7 +437,7 @@ fn init(cli: &Cli) -> anyhow::Result<()> {
         args::HsmArg::Soft => (passphrase(cli.passphrase_file.as_deref(), true)?, HsmChoice::Soft),
         args::HsmArg::Pkcs11 => {
             let token = a.pkcs11_token.clone().expect("clap requires --pkcs11-token with --hsm pkcs11");
-            let pin = pin(cli.pin_file.as_deref(), &token)?;
+            let pin = pin(cli.pin_file.as_deref(), &format!("{token:?}"))?;
             let cfg = custos_core::Pkcs11Config { module: a.pkcs11_module.clone(), token, pin };
             (Passphrase::new(Vec::new()), HsmChoice::Pkcs11(cfg))
         }

@@ -710,6 +710,75 @@ fn killed_escrow_rotation_leaves_every_key_a_working_escrow_copy() {
     assert!(hits >= 3, "the kills hit only {hits} steps");
 }
 
+/// `catalog rotate-key` killed at each durable step in turn: every time,
+/// the catalog still verifies, the next command that opens the HSM finishes
+/// a rotation that had begun (every row's MAC changes, under one new key),
+/// and the old MACs are never accepted again.
+#[test]
+fn killed_catalog_key_rotation_resumes_and_the_catalog_verifies_throughout() {
+    let e = Env::new();
+    e.ok(&["key", "create", "--app", "ROT", "--activate"]);
+    e.ok(&["ds", "put", "ROT.DATA", Env::s(&e.file("in", &data(70_000, 9)))]);
+    let macs = || -> Vec<(String, Vec<u8>)> {
+        let c = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+        let mut st = c.prepare("SELECT 'principals ' || name, mac FROM principals WHERE name = 'admin' UNION ALL SELECT 'grants ' || principal || kind || pattern, mac FROM grants UNION ALL SELECT 'volumes ' || name, mac FROM volumes ORDER BY 1").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let sound = |when: &str| {
+        let v = e.json(&["catalog", "verify"]);
+        assert!(v["faults"].as_array().unwrap().is_empty(), "{when}: {v}");
+        assert_eq!(e.run(&["ds", "get", "ROT.DATA"]).stdout, data(70_000, 9), "{when}");
+    };
+    let rotate = ["catalog", "rotate-key"];
+    let (mut hits, mut resumed) = (0, 0);
+    for n in 1..400 {
+        let before = macs();
+        let killed = e.killed_at(&rotate, n);
+        // The next command that opens the HSM finishes what was begun.
+        sound(&format!("after a kill at step {n}"));
+        let after = macs();
+        let changed = before.iter().zip(&after).filter(|(b, a)| b.1 != a.1).count();
+        assert!(
+            changed == 0 || changed == after.len(),
+            "step {n}: {changed} of {} rows moved to the new key",
+            after.len()
+        );
+        if !killed {
+            assert_eq!(changed, after.len(), "a rotation that ran to its end sealed every row anew");
+            break;
+        }
+        hits += 1;
+        resumed += usize::from(changed > 0);
+        // The MACs from before the rotation no longer pass.
+        if changed > 0 {
+            let c = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+            c.execute(
+                "UPDATE principals SET mac = ?1 WHERE name = 'admin'",
+                [&before.iter().find(|r| r.0 == "principals admin").unwrap().1],
+            )
+            .unwrap();
+            drop(c);
+            let o = e.run(&["catalog", "verify"]);
+            assert_eq!(
+                o.status.code(),
+                Some(4),
+                "an old MAC must not pass after the rotation: {}",
+                String::from_utf8_lossy(&o.stdout)
+            );
+            let c = rusqlite::Connection::open(e.vault.join("custos.db")).unwrap();
+            c.execute(
+                "UPDATE principals SET mac = ?1 WHERE name = 'admin'",
+                [&after.iter().find(|r| r.0 == "principals admin").unwrap().1],
+            )
+            .unwrap();
+        }
+    }
+    assert!(hits >= 3, "the kills hit only {hits} steps");
+    eprintln!("rotation: {hits} kills, {resumed} finished by the next command");
+    assert!(resumed >= 1, "no kill left a rotation for the next command to finish");
+    e.ok(&["audit", "verify"]);
+}
+
 /// Eight workers on one vault for two minutes (CUSTOS_SOAK_SECS), each
 /// looping over puts, gets, backups, prunes, snapshots and key lifecycle:
 /// nothing fails but retryable refusals, and afterwards every object

@@ -62,7 +62,9 @@ pub use secretfile::{
 pub use vault::{
     HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,
 };
-pub use vaultbackup::{rebuild, rebuild_from_parts, recover, RebuildReport, RecoverReport, VaultBackupReport};
+pub use vaultbackup::{
+    rebuild, rebuild_from_parts, recover, RebuildReport, RecoverReport, RecoverWith, VaultBackupReport,
+};
 
 pub use custos_crypto::{recipient_from_text, recipient_to_text, KdfParams, Mkvp, Passphrase};
 pub use custos_hsm::{HsmError, KeyPart, NewMasterKey, Pkcs11Config};

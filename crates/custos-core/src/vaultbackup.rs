@@ -45,6 +45,26 @@ struct Header {
     kcv: String,
     wrapped: String,
     catalog_len: u64,
+    /// On a PKCS#11 vault, the module and token its keys are on (the token
+    /// outlives the vault directory; recovery opens it with the PIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pkcs11_module: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pkcs11_token: Option<String>,
+    /// The token's master keys when the backup was taken ("CURRENT <MKVP>"…).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    registers: Vec<String>,
+}
+
+/// What opens a vault backup: the software HSM's passphrase (its file is in
+/// the backup), or the PIN of the PKCS#11 token the vault's keys are on.
+pub enum RecoverWith<'a> {
+    Passphrase(&'a Passphrase),
+    Pkcs11 {
+        pin: zeroize::Zeroizing<String>,
+        /// The module on this machine, when not where the lost one had it.
+        module: Option<PathBuf>,
+    },
 }
 
 /// A vault backup written (`custos vault backup`).
@@ -70,6 +90,11 @@ pub struct RecoverReport {
     /// Volumes inside the vault directory that were lost with it, made
     /// again empty: what lived only there must be restored from copies.
     pub emptied: Vec<VolumeName>,
+    /// On a token, the audit entry its anchor had recorded when it was
+    /// further along than the backup: the token outlived the lost catalog,
+    /// and recovering puts the vault back to the backup's state on purpose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor_was: Option<u64>,
 }
 
 fn bad(why: impl Into<String>) -> Error {
@@ -252,6 +277,24 @@ impl Vault<Open> {
                 HsmKind::Soft => "soft".into(),
                 HsmKind::Pkcs11 { .. } => "pkcs11".into(),
             },
+            pkcs11_module: match &kind {
+                HsmKind::Pkcs11 { module, .. } => Some(module.display().to_string()),
+                HsmKind::Soft => None,
+            },
+            pkcs11_token: match &kind {
+                HsmKind::Pkcs11 { token, .. } => Some(token.clone()),
+                HsmKind::Soft => None,
+            },
+            registers: match kind {
+                HsmKind::Pkcs11 { .. } => self
+                    .state
+                    .hsm
+                    .registers()?
+                    .into_iter()
+                    .map(|r| format!("{:?} {}", r.register, r.mkvp).to_uppercase())
+                    .collect(),
+                HsmKind::Soft => Vec::new(),
+            },
             hsm_len: hsm_bytes.len() as u64,
             hsm_sha256: hex::encode(sha256(&hsm_bytes)),
             mkvp: w.mkvp.to_hex(),
@@ -314,10 +357,15 @@ fn open_location(location: &str) -> Result<Box<dyn Volume>> {
 }
 
 /// Bring a vault back into the new directory `dir` from the newest vault
-/// backup at `from` (a volume's location), with the software HSM's
-/// passphrase. The recovered catalog must pass the HSM's anchor check; the
-/// volumes that lived inside the lost vault directory come back empty.
-pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Result<RecoverReport> {
+/// backup at `from` (a volume's location). With the software HSM's
+/// passphrase, the HSM file comes from the backup and the recovered catalog
+/// must pass its anchor check. With a PKCS#11 token's PIN, the token (which
+/// outlived the vault directory) opens the backup; its anchor and catalog
+/// key may have moved on since, so the catalog, authenticated by the
+/// backup's own seal, is sealed anew under the token's catalog key and the
+/// anchor set to it (reported). The volumes that lived inside the lost
+/// vault directory come back empty.
+pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Result<RecoverReport> {
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(Error::VaultExists { path: dir.into() });
     }
@@ -329,11 +377,24 @@ pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Re
     let bytes = vol.read_kept(Kept::VaultBackup, &newest)?;
     let parsed = parse(&bytes)?;
     let h = &parsed.header;
-    if h.hsm != "soft" {
-        return Err(Error::Invalid {
-            what: "recovery",
-            why: "this vault's master keys live on a PKCS#11 token; recovering it is not supported yet: restore custos.db from the backup by hand with the token's keys".into(),
-        });
+    match (h.hsm.as_str(), &with) {
+        ("soft", RecoverWith::Passphrase(_)) | ("pkcs11", RecoverWith::Pkcs11 { .. }) => {}
+        ("soft", _) => {
+            return Err(Error::Invalid {
+                what: "recovery",
+                why: "this backup holds a software HSM: give its passphrase, not a token's PIN".into(),
+            })
+        }
+        ("pkcs11", _) => {
+            return Err(Error::Invalid {
+                what: "recovery",
+                why: format!(
+                    "this vault's master keys are on the PKCS#11 token {:?}: run with --pkcs11 and the token's PIN (CUSTOS_PKCS11_PIN or --pin-file)",
+                    h.pkcs11_token.as_deref().unwrap_or("?")
+                ),
+            })
+        }
+        (other, _) => return Err(bad(format!("it names an HSM kind {other:?} this Custos does not know: upgrade Custos"))),
     }
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -343,6 +404,7 @@ pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Re
             .create(dir)
             .map_err(|source| Error::VaultIo { path: dir.into(), source })?;
     }
+    let mut anchor_was = None;
     let written = (|| -> Result<Vault<Open>> {
         let write = |name: &str, b: &[u8]| -> Result<()> {
             use std::io::Write;
@@ -356,23 +418,59 @@ pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Re
                 .map_err(|source| Error::VaultIo { path: p.clone(), source })?;
             f.write_all(b).and_then(|_| f.sync_all()).map_err(|source| Error::VaultIo { path: p, source })
         };
-        write(HSM_FILE, parsed.hsm)?;
-        let hsm = SoftHsm::open(&dir.join(HSM_FILE), passphrase)?;
-        let key = backup_key(h, &hsm)?;
-        let catalog = open_catalog(&parsed, &key)?;
-        write(DB_FILE, &catalog)?;
-        drop(hsm);
-        let v = Vault::open(dir)?;
-        if v.vault_id()? != h.vault_id {
-            return Err(bad(
-                "its catalog names another vault than its header: the backup was altered; use another one",
-            ));
+        let check_id = |v: &Vault<crate::Sealed>| -> Result<()> {
+            if v.vault_id()? != h.vault_id {
+                return Err(bad(
+                    "its catalog names another vault than its header: the backup was altered; use another one",
+                ));
+            }
+            Ok(())
+        };
+        match with {
+            RecoverWith::Passphrase(passphrase) => {
+                write(HSM_FILE, parsed.hsm)?;
+                let hsm = SoftHsm::open(&dir.join(HSM_FILE), passphrase)?;
+                let key = backup_key(h, &hsm)?;
+                let catalog = open_catalog(&parsed, &key)?;
+                write(DB_FILE, &catalog)?;
+                drop(hsm);
+                let v = Vault::open(dir)?;
+                check_id(&v)?;
+                let v = v.unseal(passphrase)?;
+                // The HSM file was copied before the catalog: its anchor is
+                // never ahead of this log, so the usual check holds.
+                v.audit_arm(false)?;
+                Ok(v)
+            }
+            RecoverWith::Pkcs11 { pin, module } => {
+                let token = h.pkcs11_token.clone().ok_or_else(|| bad("its header names no PKCS#11 token"))?;
+                let module = match module {
+                    Some(m) => m,
+                    None => {
+                        PathBuf::from(h.pkcs11_module.clone().ok_or_else(|| bad("its header names no PKCS#11 module"))?)
+                    }
+                };
+                let hsm =
+                    custos_hsm::Pkcs11Hsm::open(&custos_hsm::Pkcs11Config { module: module.clone(), token, pin })?;
+                let key = backup_key(h, &hsm)?;
+                let catalog = open_catalog(&parsed, &key)?;
+                write(DB_FILE, &catalog)?;
+                let v = Vault::open(dir)?;
+                check_id(&v)?;
+                let v = v.with_hsm(Box::new(hsm));
+                // The backup's seal (under a key only the token unwraps)
+                // vouches for every row: seal them under the token's
+                // catalog key as it is now.
+                v.seal_catalog_as_recovered()?;
+                let head = v.repo.audit_head()?.map_or(0, |a| a.seq);
+                anchor_was = v.state.hsm.anchor()?.map(|a| a.seq).filter(|s| *s != head);
+                v.audit_arm(true)?;
+                if h.pkcs11_module.as_deref() != Some(&*module.display().to_string()) {
+                    v.repo.set_setting("hsm.pkcs11.module", &module.display().to_string())?;
+                }
+                Ok(v)
+            }
         }
-        let v = v.unseal(passphrase)?;
-        // The HSM file was copied before the catalog: its anchor is never
-        // ahead of this log, so the usual check holds.
-        v.audit_arm(false)?;
-        Ok(v)
     })();
     let v = match written {
         Ok(v) => v,
@@ -387,8 +485,16 @@ pub fn recover(dir: &Path, from: &str, passphrase: &Passphrase, who: &str) -> Re
     };
     let emptied = v.recreate_lost_inner_volumes()?;
     let datasets = v.repo.datasets()?.len() as u64;
-    v.audit_append(who, "vault recover", &h.id, &format!("ok: from {from}, up to audit entry {}", h.audit_seq))?;
-    Ok(RecoverReport { id: h.id.clone(), created_at: h.created_at, audit_seq: h.audit_seq, datasets, emptied })
+    let moved = anchor_was.map(|m| format!("; the token had recorded entry {m}")).unwrap_or_default();
+    v.audit_append(who, "vault recover", &h.id, &format!("ok: from {from}, up to audit entry {}{moved}", h.audit_seq))?;
+    Ok(RecoverReport {
+        id: h.id.clone(),
+        created_at: h.created_at,
+        audit_seq: h.audit_seq,
+        datasets,
+        emptied,
+        anchor_was,
+    })
 }
 
 /// A vault given a new HSM after its own was lost (`custos vault rebuild`).

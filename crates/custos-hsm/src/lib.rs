@@ -235,6 +235,29 @@ pub trait Hsm: Send + Sync {
     /// HMAC-SHA-256 of `msg` under the catalog key ([`HsmError::NoCatalogKey`]
     /// before one is made).
     fn catalog_mac(&self, msg: &[u8]) -> Result<[u8; 32], HsmError>;
+
+    /// Start a catalog key rotation: make the NEXT catalog key beside the
+    /// current one, unless one is pending already (a rotation that was
+    /// interrupted goes on with the key it made). [`HsmError::NoCatalogKey`]
+    /// before a catalog key exists.
+    fn begin_catalog_rotation(&self) -> Result<(), HsmError>;
+
+    /// Whether a NEXT catalog key is pending (as stored now).
+    fn catalog_rotation_pending(&self) -> Result<bool, HsmError>;
+
+    /// HMAC-SHA-256 of `msg` under the pending NEXT catalog key, or `None`
+    /// while no rotation is pending.
+    fn catalog_mac_next(&self, msg: &[u8]) -> Result<Option<[u8; 32]>, HsmError>;
+
+    /// End a rotation: the NEXT key becomes the catalog key and the old one
+    /// is destroyed. Atomic, or (on a token) finished by whoever looks for
+    /// the key next; nothing to do when no rotation is pending. The caller
+    /// re-seals every row under the NEXT key first.
+    fn finish_catalog_rotation(&self) -> Result<(), HsmError>;
+
+    /// Forget what this process holds of the catalog keys and read them
+    /// again (another process may have rotated them since).
+    fn refresh_catalog_keys(&self) -> Result<(), HsmError>;
 }
 
 /// Combine key parts: verify each against its KCV, require two distinct
@@ -391,6 +414,29 @@ pub mod conformance {
         hsm.load_new(NewMasterKey::Generate, None).unwrap();
         hsm.activate().unwrap();
         assert_eq!(hsm.catalog_mac(b"keys\0label=A").unwrap(), m1, "kept across a master key change");
+
+        // Rotation: a NEXT key beside the current one until finished.
+        let msg = b"keys\0label=A";
+        assert!(!hsm.catalog_rotation_pending().unwrap());
+        assert_eq!(hsm.catalog_mac_next(msg).unwrap(), None, "nothing pending");
+        hsm.finish_catalog_rotation().expect("finishing with nothing pending does nothing");
+        assert_eq!(hsm.catalog_mac(msg).unwrap(), m1);
+        hsm.begin_catalog_rotation().expect("begin");
+        assert!(hsm.catalog_rotation_pending().unwrap());
+        let n1 = hsm.catalog_mac_next(msg).unwrap().expect("a NEXT key");
+        assert_ne!(n1, m1, "a new key");
+        assert_eq!(hsm.catalog_mac(msg).unwrap(), m1, "the catalog key stays until the rotation ends");
+        hsm.begin_catalog_rotation().expect("begin again");
+        assert_eq!(hsm.catalog_mac_next(msg).unwrap(), Some(n1), "an interrupted rotation goes on with its key");
+        hsm.refresh_catalog_keys().unwrap();
+        assert_eq!((hsm.catalog_mac(msg).unwrap(), hsm.catalog_mac_next(msg).unwrap()), (m1, Some(n1)));
+        hsm.finish_catalog_rotation().expect("finish");
+        assert!(!hsm.catalog_rotation_pending().unwrap());
+        assert_eq!(hsm.catalog_mac(msg).unwrap(), n1, "the NEXT key is the catalog key");
+        assert_eq!(hsm.catalog_mac_next(msg).unwrap(), None);
+        hsm.refresh_catalog_keys().unwrap();
+        assert_eq!(hsm.catalog_mac(msg).unwrap(), n1, "and stays so when read again");
+        assert_eq!(hsm.catalog_key_state().unwrap(), CatalogKeyState::Sealed, "a rotation keeps the catalog sealed");
 
         // Nothing the HSM prints shows key material.
         let shown = format!("{w:?} {regs:?} {}", hsm.describe());

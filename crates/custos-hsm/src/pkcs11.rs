@@ -11,7 +11,10 @@
 //!   returns for use (ADR 0004).
 //! * The catalog key is a token generic secret key (label
 //!   `custos-catalog-key`, sensitive, not extractable): catalog rows are
-//!   MACed with `CKM_SHA256_HMAC` inside the token (ADR 0019).
+//!   MACed with `CKM_SHA256_HMAC` inside the token (ADR 0019). A rotation
+//!   makes a second such key labelled `custos-catalog-key-next`; finishing
+//!   it destroys the old key and relabels the next one, and a finish cut
+//!   short between the two is completed by whoever looks for the key.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -35,6 +38,8 @@ const REGS_LABEL: &[u8] = b"custos-registers";
 const ANCHOR_LABEL: &[u8] = b"custos-audit-anchor";
 /// The label of the catalog key: a generic secret (HMAC) key on the token.
 const CATALOG_LABEL: &[u8] = b"custos-catalog-key";
+/// The label of the NEXT catalog key while a rotation is under way.
+const NEXT_LABEL: &[u8] = b"custos-catalog-key-next";
 /// A data object present once every catalog row was sealed under that key.
 const SEALED_LABEL: &[u8] = b"custos-catalog-sealed";
 
@@ -60,6 +65,8 @@ pub struct Pkcs11Hsm {
     session: Mutex<Session>,
     /// The catalog key's handle, once found (rows are MACed often).
     catalog: Mutex<Option<ObjectHandle>>,
+    /// The NEXT catalog key's handle while a rotation is pending.
+    next: Mutex<Option<ObjectHandle>>,
     _ctx: Pkcs11,
 }
 
@@ -192,7 +199,13 @@ impl Pkcs11Hsm {
             }
             e => HsmError::Pkcs11 { op: "log in", detail: e.to_string() },
         })?;
-        let hsm = Self { token: cfg.token.clone(), session: Mutex::new(session), catalog: Mutex::new(None), _ctx: ctx };
+        let hsm = Self {
+            token: cfg.token.clone(),
+            session: Mutex::new(session),
+            catalog: Mutex::new(None),
+            next: Mutex::new(None),
+            _ctx: ctx,
+        };
         {
             let s = hsm.session();
             if hsm.read_regs(&s)?.is_none() {
@@ -301,10 +314,23 @@ impl Pkcs11Hsm {
 
     /// The catalog key: of several (two processes made one at once), the one
     /// with the lowest `CKA_ID`, so that every process signs with the same.
+    /// With none but a NEXT key, a rotation's finish was cut short after
+    /// the old key went: the NEXT key is relabelled and is the key.
     fn catalog_key(&self, s: &Session) -> Result<Option<ObjectHandle>, HsmError> {
+        if let Some(h) = self.lowest(s, CATALOG_LABEL)? {
+            return Ok(Some(h));
+        }
+        let Some(next) = self.lowest(s, NEXT_LABEL)? else { return Ok(None) };
+        s.update_attributes(next, &[Attribute::Label(CATALOG_LABEL.to_vec())])
+            .map_err(p11("finish the catalog key's rotation"))?;
+        self.lowest(s, CATALOG_LABEL)
+    }
+
+    /// Of the secret keys labelled `label`, the one with the lowest `CKA_ID`.
+    fn lowest(&self, s: &Session, label: &[u8]) -> Result<Option<ObjectHandle>, HsmError> {
         let op = "find the catalog key";
         let found = s
-            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(CATALOG_LABEL.to_vec())])
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.to_vec())])
             .map_err(p11(op))?;
         let mut best: Option<(Vec<u8>, ObjectHandle)> = None;
         for h in found {
@@ -549,30 +575,7 @@ impl Hsm for Pkcs11Hsm {
         if self.catalog_key(&s)?.is_some() {
             return Ok(());
         }
-        let id = custos_crypto::random_array::<16>()?;
-        let made = s
-            .generate_key(
-                &Mechanism::GenericSecretKeyGen,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Sign(true),
-                    Attribute::Verify(true),
-                    Attribute::Encrypt(false),
-                    Attribute::Decrypt(false),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::Derive(false),
-                    Attribute::Label(CATALOG_LABEL.to_vec()),
-                    Attribute::Id(id.to_vec()),
-                ],
-            )
-            .map_err(p11("make the catalog key"))?;
+        let made = self.generate_hmac_key(&s, CATALOG_LABEL, "make the catalog key")?;
         // Another process may have made one at the same moment: the lowest
         // id wins, and a losing key of this process's goes.
         let chosen = self.catalog_key(&s)?;
@@ -593,10 +596,98 @@ impl Hsm for Pkcs11Hsm {
                 h
             }
         };
-        let tag = s.sign(&Mechanism::Sha256Hmac, key, msg).map_err(|e| {
-            *cached = None;
-            p11("MAC a catalog row")(e)
-        })?;
-        tag.try_into().map_err(|_| HsmError::Pkcs11 { op: "MAC a catalog row", detail: "not 32 bytes".into() })
+        hmac(&s, key, msg).inspect_err(|_| *cached = None)
+    }
+
+    fn begin_catalog_rotation(&self) -> Result<(), HsmError> {
+        let s = self.session();
+        self.catalog_key(&s)?.ok_or(HsmError::NoCatalogKey)?;
+        if self.lowest(&s, NEXT_LABEL)?.is_none() {
+            let made = self.generate_hmac_key(&s, NEXT_LABEL, "make the next catalog key")?;
+            if self.lowest(&s, NEXT_LABEL)? != Some(made) {
+                let _ = s.destroy_object(made);
+            }
+        }
+        *self.next.lock().unwrap_or_else(|p| p.into_inner()) = self.lowest(&s, NEXT_LABEL)?;
+        Ok(())
+    }
+
+    fn catalog_rotation_pending(&self) -> Result<bool, HsmError> {
+        let s = self.session();
+        // A cut-short finish is completed here, and then nothing is pending.
+        self.catalog_key(&s)?;
+        Ok(self.lowest(&s, NEXT_LABEL)?.is_some())
+    }
+
+    fn catalog_mac_next(&self, msg: &[u8]) -> Result<Option<[u8; 32]>, HsmError> {
+        let s = self.session();
+        let mut cached = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        match *cached {
+            Some(h) => hmac(&s, h, msg).inspect_err(|_| *cached = None).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn finish_catalog_rotation(&self) -> Result<(), HsmError> {
+        let s = self.session();
+        if self.lowest(&s, NEXT_LABEL)?.is_some() {
+            let op = "finish the catalog key's rotation";
+            let old = s
+                .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(CATALOG_LABEL.to_vec())])
+                .map_err(p11(op))?;
+            for h in old {
+                s.destroy_object(h).map_err(p11(op))?;
+            }
+            // Relabels the NEXT key (see `catalog_key`).
+            self.catalog_key(&s)?.ok_or(HsmError::NoCatalogKey)?;
+        }
+        *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.next.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
+    }
+
+    fn refresh_catalog_keys(&self) -> Result<(), HsmError> {
+        let s = self.session();
+        let current = self.catalog_key(&s)?;
+        let next = self.lowest(&s, NEXT_LABEL)?;
+        *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) = current;
+        *self.next.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+/// HMAC-SHA-256 of `msg` inside the token under `key`.
+fn hmac(s: &Session, key: ObjectHandle, msg: &[u8]) -> Result<[u8; 32], HsmError> {
+    let tag = s.sign(&Mechanism::Sha256Hmac, key, msg).map_err(p11("MAC a catalog row"))?;
+    tag.try_into().map_err(|_| HsmError::Pkcs11 { op: "MAC a catalog row", detail: "not 32 bytes".into() })
+}
+
+impl Pkcs11Hsm {
+    /// Generate a token HMAC key labelled `label`: sensitive, never
+    /// extractable, for signing and verifying only.
+    fn generate_hmac_key(&self, s: &Session, label: &[u8], op: &'static str) -> Result<ObjectHandle, HsmError> {
+        let id = custos_crypto::random_array::<16>()?;
+        s.generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::GENERIC_SECRET),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::Label(label.to_vec()),
+                Attribute::Id(id.to_vec()),
+            ],
+        )
+        .map_err(p11(op))
     }
 }

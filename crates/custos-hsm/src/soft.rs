@@ -22,15 +22,18 @@ use crate::{
 
 const MAGIC: &[u8; 8] = b"CUSTOSHS";
 /// Version 1 held the registers; version 2 adds the audit anchor, version 3
-/// the catalog key.
-const VERSION: u8 = 3;
+/// the catalog key, version 4 the NEXT catalog key of a rotation.
+const VERSION: u8 = 4;
 const HEADER_LEN: usize = 8 + 1 + 12 + 16 + 12;
 const REG_LEN: usize = 1 + 32 + 8;
 const ANCHOR_LEN: usize = 1 + AuditAnchor::LEN;
 const CATALOG_LEN: usize = 1 + 32;
 
 fn body_len(version: u8) -> usize {
-    3 * REG_LEN + if version >= 2 { ANCHOR_LEN } else { 0 } + if version >= 3 { CATALOG_LEN } else { 0 }
+    3 * REG_LEN
+        + if version >= 2 { ANCHOR_LEN } else { 0 }
+        + if version >= 3 { CATALOG_LEN } else { 0 }
+        + if version >= 4 { CATALOG_LEN } else { 0 }
 }
 
 /// What the file holds besides the registers.
@@ -40,6 +43,8 @@ struct Stored {
     catalog: Option<Zeroizing<[u8; 32]>>,
     /// Whether every catalog row was sealed under it.
     sealed: bool,
+    /// The NEXT catalog key while a rotation is under way.
+    next: Option<Zeroizing<[u8; 32]>>,
 }
 
 struct Slot {
@@ -64,6 +69,12 @@ pub struct SoftHsm {
     regs: RwLock<Registers>,
     /// The catalog key, once the file holds one.
     catalog: RwLock<Option<hmac::Key>>,
+    /// The NEXT catalog key, while a rotation is pending.
+    next: RwLock<Option<hmac::Key>>,
+}
+
+fn hmac_key(k: &[u8; 32]) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, &k[..])
 }
 
 /// The shortest passphrase a new software HSM accepts.
@@ -87,7 +98,14 @@ impl SoftHsm {
             ..Default::default()
         };
         let seal_key = kdf.derive(passphrase)?;
-        let hsm = Self { path: path.into(), kdf, seal_key, regs: RwLock::new(regs), catalog: RwLock::new(None) };
+        let hsm = Self {
+            path: path.into(),
+            kdf,
+            seal_key,
+            regs: RwLock::new(regs),
+            catalog: RwLock::new(None),
+            next: RwLock::new(None),
+        };
         hsm.write(&hsm.regs.read().expect("registers lock"), &Stored::default())?;
         Ok(hsm)
     }
@@ -99,8 +117,16 @@ impl SoftHsm {
         let (kdf, _) = header(path, &bytes)?;
         let pk = kdf.derive(passphrase)?;
         let (regs, stored) = decode(path, &pk, bytes)?;
-        let catalog = stored.catalog.map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k[..]));
-        Ok(Self { path: path.into(), kdf, seal_key: pk, regs: RwLock::new(regs), catalog: RwLock::new(catalog) })
+        let catalog = stored.catalog.as_ref().map(|k| hmac_key(k));
+        let next = stored.next.as_ref().map(|k| hmac_key(k));
+        Ok(Self {
+            path: path.into(),
+            kdf,
+            seal_key: pk,
+            regs: RwLock::new(regs),
+            catalog: RwLock::new(catalog),
+            next: RwLock::new(next),
+        })
     }
 
     /// The registers and the anchor as the file holds them now. The file
@@ -169,6 +195,13 @@ impl SoftHsm {
         match &stored.catalog {
             Some(k) => {
                 out.push(if stored.sealed { 2 } else { 1 });
+                out.extend_from_slice(&k[..]);
+            }
+            None => out.extend_from_slice(&[0u8; CATALOG_LEN]),
+        }
+        match &stored.next {
+            Some(k) => {
+                out.push(1);
                 out.extend_from_slice(&k[..]);
             }
             None => out.extend_from_slice(&[0u8; CATALOG_LEN]),
@@ -277,6 +310,15 @@ fn decode(path: &Path, pk: &PassphraseKey, mut bytes: Zeroizing<Vec<u8>>) -> Res
                 stored.sealed = c[0] == 2;
             }
             _ => return Err(corrupt("bad catalog key")),
+        }
+    }
+    if version >= 4 {
+        let at = 3 * REG_LEN + ANCHOR_LEN + CATALOG_LEN;
+        let c = &plain[at..at + CATALOG_LEN];
+        match c[0] {
+            0 => {}
+            1 if stored.catalog.is_some() => stored.next = Some(Zeroizing::new(c[1..].try_into().expect("32 bytes"))),
+            _ => return Err(corrupt("bad next catalog key")),
         }
     }
     Ok((regs, stored))
@@ -397,7 +439,7 @@ impl Hsm for SoftHsm {
             self.write(&regs, &stored)?;
         }
         let k = stored.catalog.as_ref().expect("held or made");
-        *self.catalog.write().expect("catalog key lock") = Some(hmac::Key::new(hmac::HMAC_SHA256, &k[..]));
+        *self.catalog.write().expect("catalog key lock") = Some(hmac_key(k));
         Ok(())
     }
 
@@ -420,12 +462,54 @@ impl Hsm for SoftHsm {
             // Another process may have made it since this one opened.
             drop(held);
             if let Some(k) = self.read_back()?.1.catalog {
-                *self.catalog.write().expect("catalog key lock") = Some(hmac::Key::new(hmac::HMAC_SHA256, &k[..]));
+                *self.catalog.write().expect("catalog key lock") = Some(hmac_key(&k));
             }
             held = self.catalog.read().expect("catalog key lock");
         }
         let key = held.as_ref().ok_or(HsmError::NoCatalogKey)?;
         Ok(hmac::sign(key, msg).as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes"))
+    }
+
+    fn begin_catalog_rotation(&self) -> Result<(), HsmError> {
+        let _lock = self.lock()?;
+        let (regs, mut stored) = self.read_back()?;
+        if stored.catalog.is_none() {
+            return Err(HsmError::NoCatalogKey);
+        }
+        if stored.next.is_none() {
+            stored.next = Some(Zeroizing::new(random_array()?));
+            self.write(&regs, &stored)?;
+        }
+        *self.next.write().expect("catalog key lock") = stored.next.as_ref().map(|k| hmac_key(k));
+        Ok(())
+    }
+
+    fn catalog_rotation_pending(&self) -> Result<bool, HsmError> {
+        Ok(self.read_back()?.1.next.is_some())
+    }
+
+    fn catalog_mac_next(&self, msg: &[u8]) -> Result<Option<[u8; 32]>, HsmError> {
+        let held = self.next.read().expect("catalog key lock");
+        Ok(held.as_ref().map(|k| hmac::sign(k, msg).as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")))
+    }
+
+    fn finish_catalog_rotation(&self) -> Result<(), HsmError> {
+        let _lock = self.lock()?;
+        let (regs, mut stored) = self.read_back()?;
+        if let Some(next) = stored.next.take() {
+            stored.catalog = Some(next);
+            self.write(&regs, &stored)?;
+        }
+        *self.catalog.write().expect("catalog key lock") = stored.catalog.as_ref().map(|k| hmac_key(k));
+        *self.next.write().expect("catalog key lock") = None;
+        Ok(())
+    }
+
+    fn refresh_catalog_keys(&self) -> Result<(), HsmError> {
+        let stored = self.read_back()?.1;
+        *self.catalog.write().expect("catalog key lock") = stored.catalog.as_ref().map(|k| hmac_key(k));
+        *self.next.write().expect("catalog key lock") = stored.next.as_ref().map(|k| hmac_key(k));
+        Ok(())
     }
 }
 

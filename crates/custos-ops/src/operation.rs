@@ -374,6 +374,9 @@ pub enum Operation {
         against: Option<VolumeName>,
     },
     CatalogVerify,
+    /// Rotate the HSM's catalog key: every row checked under the old key
+    /// and sealed under a new one; the old key is destroyed.
+    CatalogRotateKey,
     AuditExport,
     /// Write the entries not yet on a volume there, as one segment written
     /// once (a tape volume for a copy nobody can rewrite).
@@ -561,6 +564,7 @@ impl Operation {
             AuditVerify { against } => ("audit verify", against.as_ref().map(|v| v.to_string()).unwrap_or_default()),
             AuditExportTo { volume } => ("audit export", volume.to_string()),
             CatalogVerify => ("catalog verify", String::new()),
+            CatalogRotateKey => ("catalog rotate-key", String::new()),
             AuditExport => ("audit export", String::new()),
             AuditAcceptRollback => ("audit accept-rollback", String::new()),
             UserAdd { name, .. } => ("user add", name.clone()),

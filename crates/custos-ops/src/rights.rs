@@ -102,6 +102,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::ConfigSet { .. } => op(PolicyAdmin),
         O::ConfigList | O::ConfigGet { .. } => op(Inspect),
         O::MkStatus | O::MkLoadNew { .. } | O::MkClearNew | O::MkActivate | O::MkReencipher { .. } => op(MasterKey),
+        O::CatalogRotateKey => op(MasterKey),
         O::KeystoreBackup { .. } | O::VaultBackup { .. } => op(KeystoreBackup),
         O::KeystoreBackups | O::VaultBackups => op(Inspect),
         O::EscrowStatus => op(Inspect),

@@ -354,6 +354,12 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         }
         O::AuditExportTo { volume } => Reply::AuditExported(v.audit_export_to(&volume)?),
         O::CatalogVerify => Reply::CatalogCheck(e.open()?.catalog_verify()?),
+        O::CatalogRotateKey => {
+            let n = e.open()?.catalog_rotate_key()?;
+            Reply::Note(format!(
+                "catalog key rotated: {n} rows checked under the old key and sealed under the new one; the old key is destroyed"
+            ))
+        }
         O::AuditAcceptRollback => {
             let v = e.open_accepting(true)?;
             let head = v.audit_verify()?.entries;

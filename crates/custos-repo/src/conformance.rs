@@ -738,4 +738,25 @@ pub fn row_auth(
     }
     raw("DROP TRIGGER evil");
     assert!(reopen().is_ok());
+
+    // A rotation seals every row again under the next key, but never a
+    // forged one: the first bad row stops it and nothing changes.
+    let next: Arc<dyn crate::RowAuth> = Arc::new(TestRowAuth(43));
+    named(repo.reseal_rows(next.clone()).unwrap_err(), "settings", "'chunk.size'");
+    assert_eq!(repo.setting("trash.deletions").unwrap().as_deref(), Some("5"), "still under the old key");
+    raw("DELETE FROM keys WHERE label = 'K.ONE'");
+    raw("DELETE FROM principals WHERE name = 'auditor'");
+    raw("DELETE FROM requests");
+    raw("DELETE FROM settings WHERE key = 'chunk.size'");
+    assert!(repo.reseal_rows(next.clone()).unwrap() >= 4);
+    named(repo.principal("clerk").unwrap_err(), "principals", "'clerk'");
+    repo.set_row_auth(Some(next.clone()));
+    let after = repo.verify_rows().unwrap();
+    assert!(after.faults.is_empty() && after.rows >= 5, "{after:?}");
+    assert_eq!(repo.principal("clerk").unwrap().unwrap().data_grants.len(), 1);
+    assert_eq!(repo.setting("trash.deletions").unwrap().as_deref(), Some("5"), "unsealed rows stay unsealed");
+    repo.set_setting("chunk.size", "65536").unwrap();
+    assert!(repo.verify_rows().unwrap().faults.is_empty(), "new rows are sealed under the installed key");
+    repo.set_row_auth(None);
+    assert!(matches!(repo.reseal_rows(next).unwrap_err(), RepoError::NeedsKey { .. }), "a rotation needs the key");
 }

@@ -120,6 +120,27 @@ pub struct VolumeObjects {
 pub trait RowAuth: Send + Sync {
     /// HMAC-SHA-256 of `msg` under the catalog key, or why it failed.
     fn mac(&self, msg: &[u8]) -> std::result::Result<[u8; 32], String>;
+
+    /// The MAC a row being written gets: under the NEXT catalog key while
+    /// a rotation is under way (the rotation will not miss it), else
+    /// [`RowAuth::mac`].
+    fn seal(&self, msg: &[u8]) -> std::result::Result<[u8; 32], String> {
+        self.mac(msg)
+    }
+
+    /// Read the catalog keys again: another process rotated them (the
+    /// catalog's key generation changed since this process last wrote).
+    fn refresh(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    /// MACs of `msg` under any other key a sound row may carry right now:
+    /// the NEXT catalog key while a rotation is under way, or the key
+    /// another process rotated to since this one read it. Asked only for a
+    /// row that failed under [`RowAuth::mac`].
+    fn others(&self, _msg: &[u8]) -> std::result::Result<Vec<[u8; 32]>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// A row whose MAC does not match its content.
@@ -162,6 +183,12 @@ pub trait Repository: Send + Sync {
     /// Check every authenticated row under the installed auth and list
     /// every one that fails.
     fn verify_rows(&self) -> Result<CatalogCheck>;
+    /// Seal every authenticated row again under `next` (a catalog key
+    /// rotation), in one transaction: each row must verify under the
+    /// installed auth first (or be sealed under `next` already), so a
+    /// forged row is never laundered into the new key. The installed auth
+    /// is left as it is. Returns how many rows.
+    fn reseal_rows(&self, next: std::sync::Arc<dyn RowAuth>) -> Result<u64>;
 
     /// A setting (`key.naming`, `chunk.size`, …), if set.
     fn setting(&self, key: &str) -> Result<Option<String>>;

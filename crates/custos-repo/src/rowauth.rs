@@ -4,14 +4,20 @@
 //! connections Custos opens compute and check them through SQL functions
 //! it registers:
 //!
-//! * `custos_mac(table, name, value, …)`: the MAC a row should carry. The
-//!   writer's temporary triggers set it after every insert and update, so
-//!   no statement can forget it; a tool that writes the file directly has
-//!   neither the triggers nor the key.
+//! * `custos_mac(table, generation, name, value, …)`: the MAC a row should
+//!   carry. The writer's temporary triggers set it after every insert and
+//!   update, so no statement can forget it; a tool that writes the file
+//!   directly has neither the triggers nor the key. `generation` is the
+//!   catalog's key generation (a setting a rotation changes): when it is
+//!   not the one this process last saw, the keys are read again first, so
+//!   a process that opened the HSM before another rotated its catalog key
+//!   never seals a row under the retired key.
 //! * `custos_row_ok(table, mac, name, value, …)`: 1, or an error that names
 //!   the table and the row. Every read of an authenticated row selects it,
 //!   and the update triggers check the row being replaced first (an update
 //!   never re-seals a forged row).
+//! * `custos_mac_next(table, name, value, …)`: the MAC under the NEXT
+//!   catalog key, while a rotation seals every row again.
 //! * `custos_row_state(table, mac, name, value, …)`: 0 sealed, 1 written
 //!   without the key where that is allowed, 2 no MAC, 3 wrong MAC (for
 //!   `catalog verify`, which lists every fault rather than stopping).
@@ -55,6 +61,10 @@ pub(crate) const TABLES: &[(&str, bool)] = &[
 /// `gc`): they may be unsealed.
 const KEYLESS_SETTINGS: &[&str] = &["trash.deletions"];
 
+/// The setting a catalog key rotation changes, in the transaction that
+/// seals every row under the next key.
+pub(crate) const GENERATION_SETTING: &str = "catalog.key.generation";
+
 /// The setting that says the catalog's rows were sealed: from then on a
 /// process without the key may not write a strict table.
 pub(crate) const SEALED_SETTING: &str = "catalog.sealed";
@@ -75,6 +85,11 @@ pub(crate) struct Table {
 #[derive(Default)]
 pub(crate) struct Shared {
     pub auth: RwLock<Option<Arc<dyn RowAuth>>>,
+    /// The NEXT key's MACs while a rotation seals the rows again.
+    pub next: RwLock<Option<Arc<dyn RowAuth>>>,
+    /// The key generation this process last sealed a row under (`None`:
+    /// none yet).
+    pub seen: std::sync::Mutex<Option<Option<String>>>,
     /// The catalog was sealed (its rows carry MACs).
     pub sealed: AtomicBool,
     pub tables: HashMap<&'static str, Table>,
@@ -106,8 +121,14 @@ impl Shared {
         let sealed: Option<String> = conn
             .query_row("SELECT value FROM settings WHERE key = ?1", [SEALED_SETTING], |r| r.get(0))
             .or_else(|e| if matches!(e, rusqlite::Error::QueryReturnedNoRows) { Ok(None) } else { Err(e) })?;
-        let mut s =
-            Self { auth: RwLock::new(None), sealed: AtomicBool::new(sealed.is_some()), tables, checks: HashMap::new() };
+        let mut s = Self {
+            auth: RwLock::new(None),
+            next: RwLock::new(None),
+            seen: Default::default(),
+            sealed: AtomicBool::new(sealed.is_some()),
+            tables,
+            checks: HashMap::new(),
+        };
         s.checks = TABLES.iter().map(|&(t, _)| (t, s.check_expr(t, t))).collect();
         Ok(s)
     }
@@ -134,7 +155,15 @@ impl Shared {
 
     /// The expression that computes a row's MAC from its columns.
     pub fn mac_expr(&self, table: &str, prefix: &str) -> String {
-        format!("custos_mac('{table}', {})", self.args(table, prefix))
+        format!(
+            "custos_mac('{table}', (SELECT value FROM main.settings WHERE key = '{GENERATION_SETTING}'), {})",
+            self.args(table, prefix)
+        )
+    }
+
+    /// The expression that computes a row's MAC under the NEXT key.
+    pub fn next_mac_expr(&self, table: &str) -> String {
+        format!("custos_mac_next('{table}', {})", self.args(table, ""))
     }
 
     /// The writer's triggers: seal each inserted or updated row, and check
@@ -255,7 +284,9 @@ fn state(shared: &Shared, auth: &dyn RowAuth, ctx: &Context<'_>) -> rusqlite::Re
         ValueRef::Null => 2,
         ValueRef::Blob(mac) => {
             let want = auth.mac(&msg).map_err(user)?;
-            if constant_time_eq(mac, &want) {
+            if constant_time_eq(mac, &want)
+                || auth.others(&msg).map_err(user)?.iter().any(|other| constant_time_eq(mac, other))
+            {
                 0
             } else {
                 3
@@ -277,10 +308,29 @@ pub(crate) fn register(conn: &Connection, shared: &Arc<Shared>) -> rusqlite::Res
     conn.create_scalar_function("custos_mac", -1, flags, move |ctx| {
         let table = text_arg(ctx, 0)?;
         match s.auth() {
-            Some(a) => Ok(Some(a.mac(&encode(&s, &table, ctx, 1)?).map_err(user)?.to_vec())),
-            None if !s.sealed.load(Ordering::Relaxed) || keyless_allowed(&s, &table, ctx, 1) => Ok(None),
-            None => Err(user(format!("{KEYLESS}\t{table}\t{}", row_key(&s, &table, ctx, 1)))),
+            Some(a) => {
+                let generation = match ctx.get_raw(1) {
+                    ValueRef::Text(g) => Some(String::from_utf8_lossy(g).into_owned()),
+                    _ => None,
+                };
+                let mut seen = s.seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.as_ref() != Some(&generation) {
+                    a.refresh().map_err(user)?;
+                    *seen = Some(generation);
+                }
+                drop(seen);
+                Ok(Some(a.seal(&encode(&s, &table, ctx, 2)?).map_err(user)?.to_vec()))
+            }
+            None if !s.sealed.load(Ordering::Relaxed) || keyless_allowed(&s, &table, ctx, 2) => Ok(None),
+            None => Err(user(format!("{KEYLESS}\t{table}\t{}", row_key(&s, &table, ctx, 2)))),
         }
+    })?;
+    let s = shared.clone();
+    conn.create_scalar_function("custos_mac_next", -1, flags, move |ctx| {
+        let table = text_arg(ctx, 0)?;
+        let next = s.next.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let next = next.ok_or_else(|| user("no catalog key rotation is under way".into()))?;
+        Ok(next.mac(&encode(&s, &table, ctx, 1)?).map_err(user)?.to_vec())
     })?;
     let s = shared.clone();
     conn.create_scalar_function("custos_row_ok", -1, flags, move |ctx| {

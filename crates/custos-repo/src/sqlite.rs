@@ -1142,6 +1142,49 @@ impl Repository for SqliteRepository {
         Ok(n)
     }
 
+    fn reseal_rows(&self, next: std::sync::Arc<dyn crate::RowAuth>) -> Result<u64> {
+        if self.row_auth().is_none() {
+            return Err(RepoError::NeedsKey { table: "every authenticated table".into(), row: "all rows".into() });
+        }
+        *self.rows.next.write().unwrap_or_else(|p| p.into_inner()) = Some(next);
+        let result = (|| {
+            let mut conn = self.conn();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db("start sealing the catalog under its next key"))?;
+            // Every process that writes after this commits reads the keys
+            // again first (see rowauth.rs).
+            let generation = hex::encode(
+                custos_crypto::random_array::<8>().map_err(|e| RepoError::Corrupt { what: e.to_string() })?,
+            );
+            tx.execute(
+                "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+                [crate::rowauth::GENERATION_SETTING, &generation],
+            )
+            .map_err(db("record the catalog's new key generation"))?;
+            let mut n = 0u64;
+            for &(table, _) in crate::rowauth::TABLES {
+                // Every row is checked before any is sealed anew.
+                tx.query_row(&format!("SELECT count({}) FROM main.{table}", self.rows.checks[table]), [], |_| Ok(()))
+                    .map_err(db("check the catalog's rows"))?;
+                // Rows a command without the key wrote stay unsealed.
+                n += tx
+                    .execute(
+                        &format!(
+                            "UPDATE main.{table} SET mac = {} WHERE mac IS NOT NULL",
+                            self.rows.next_mac_expr(table)
+                        ),
+                        [],
+                    )
+                    .map_err(db("seal the catalog's rows under the next key"))? as u64;
+            }
+            tx.commit().map_err(db("commit the catalog sealed under its next key"))?;
+            Ok(n)
+        })();
+        *self.rows.next.write().unwrap_or_else(|p| p.into_inner()) = None;
+        result
+    }
+
     fn verify_rows(&self) -> Result<crate::CatalogCheck> {
         let conn = self.reader()?;
         // One read transaction: every table as of one moment.

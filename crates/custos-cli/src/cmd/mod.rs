@@ -151,6 +151,7 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         Command::Risk(c) => risk::plan(c),
         Command::Audit(c) => audit::plan(c),
         Command::Catalog(crate::args::CatalogCmd::Verify) => Ok(Plan::new(custos_ops::Operation::CatalogVerify)),
+        Command::Catalog(crate::args::CatalogCmd::RotateKey) => Ok(Plan::new(custos_ops::Operation::CatalogRotateKey)),
         Command::User(c) => user::plan(c),
         Command::Request(c) => request::plan(c),
         Command::Monitor { expiring_days, unused_days, prometheus } => {
