@@ -584,6 +584,16 @@ pub enum VaultCmd {
     },
     /// List the vault backups this catalog records.
     Backups,
+    /// Retention for vault backups: on each volume keep the newest N (and
+    /// the newest of each of the last N days, months, years) and delete the
+    /// rest. The newest on each volume is always kept.
+    Prune {
+        #[command(flatten)]
+        keep: RetentionArgs,
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Bring the vault back into the new directory --vault from the newest
     /// vault backup at LOCATION (a volume's directory, or s3://bucket/prefix),
     /// with the HSM's passphrase, or, for a vault whose keys are on a

@@ -1182,6 +1182,47 @@ fn the_vault_survives_the_loss_of_its_site() {
     std::fs::write(&cvb, &good).unwrap();
 }
 
+/// Retention for vault backups: per volume, the newest N stay (the newest
+/// always), the rest go from the volume and from the catalog; a dry run
+/// deletes nothing; and pruning never leaves the vault without its offsite
+/// copy.
+#[test]
+fn vault_backups_are_pruned_per_volume_keeping_the_newest() {
+    let e = Env::new();
+    let (off, other) = (e.dir.path().join("offsite"), e.dir.path().join("other"));
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    e.ok(&["volume", "add", "other", "--path", Env::s(&other), "--site", "C"]);
+    for to in ["offsite", "offsite", "offsite", "other"] {
+        e.ok(&["vault", "backup", "--to", to]);
+    }
+    let listed = |e: &Env| -> Vec<(String, String)> {
+        let v = e.json(&["vault", "backups"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b["id"].as_str().unwrap().into(), b["volume"].as_str().unwrap().into()))
+            .collect()
+    };
+    let on = |dir: &Path| walk_files(&dir.join("vault")).len();
+    let all = listed(&e);
+    assert_eq!((all.len(), on(&off), on(&other)), (4, 3, 1));
+    let o = e.run(&["vault", "prune"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--keep-last"), "{o:?}");
+    let dry = e.ok(&["vault", "prune", "--keep-last", "1", "--dry-run"]);
+    assert!(dry.contains("would delete vault backup") && dry.contains("2 of 4 vault backups kept (dry run"), "{dry}");
+    assert_eq!((listed(&e).len(), on(&off)), (4, 3), "a dry run deletes nothing");
+    let out = e.ok(&["vault", "prune", "--keep-last", "1"]);
+    assert!(out.contains("2 of 4 vault backups kept"), "{out}");
+    let left = listed(&e);
+    assert_eq!(left, vec![all[2].clone(), all[3].clone()], "the newest on each volume stays");
+    assert_eq!((on(&off), on(&other)), (1, 1), "the others are gone from the volume too");
+    let r = e.json(&["risk", "report"]);
+    assert!(!r["findings"].as_array().unwrap().iter().any(|f| f["code"] == "no-vault-backup"), "{r}");
+    // What is left still brings the vault back.
+    let rec = e.at(e.dir.path().join("recovered"));
+    rec.ok(&["vault", "recover", "--from", Env::s(&off)]);
+}
+
 /// Disaster recovery of a vault whose keys are on a PKCS#11 token: the site
 /// is lost but the token is not. The token's PIN opens the vault backup,
 /// though the token moved on after it (more entries anchored, the catalog

@@ -672,6 +672,46 @@ fn a_server_refuses_a_rolled_back_catalog() {
     assert!(!s.sock.exists(), "nothing listened");
 }
 
+/// The write-ahead log deleted under a running server (which once rolled
+/// the catalog back, unnoticed, to a generation whose chunks were gone):
+/// when the server then dies before it checkpoints, the commits only the
+/// WAL held are lost, and the next start refuses the catalog, naming the
+/// entry it ends at and the later one the HSM recorded.
+#[test]
+fn a_wal_deleted_under_the_server_is_a_rollback_it_refuses() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "WAL.ONE", Env::s(&e.file("a", b"first"))]);
+    let s = Served::start(&e);
+    s.ok("ops", OPS_CRED, &["ds", "ls"]);
+    // The anchor is written at a commit at most once a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    for content in [&b"second"[..], b"third"] {
+        let o = s.run("ops", OPS_CRED, &["ds", "put", "WAL.ONE"], Some(content));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let wal = e.vault.join("custos.db-wal");
+    assert!(wal.exists(), "the server's commits are in the WAL");
+    std::fs::remove_file(&wal).unwrap();
+    s.kill9();
+    let _ = std::fs::remove_file(&s.sock);
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+    c.env_clear().args(["serve", "--config"]).arg(&s.config);
+    if root() {
+        c.uid(SERVER_UID).gid(SOCKET_GID);
+    }
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a catalog that lost its WAL must not be served: {err}");
+    let number = |after: &str| -> u64 {
+        let at = err.find(after).unwrap_or_else(|| panic!("{after:?} not in: {err}")) + after.len();
+        err[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+    };
+    let (ends, recorded) = (number("ends at entry "), number("the HSM recorded entry "));
+    assert!(ends < recorded, "{err}");
+    assert!(err.contains("accept-rollback"), "it says what to do: {err}");
+    assert!(!s.sock.exists(), "nothing listened");
+}
+
 /// A catalog row naming a PKCS#11 library is never what a server loads:
 /// the module and token come from its configuration. (Embedded mode, where
 /// whoever runs the command is every role anyway, still reads the row.)

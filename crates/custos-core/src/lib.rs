@@ -64,6 +64,7 @@ pub use vault::{
 };
 pub use vaultbackup::{
     rebuild, rebuild_from_parts, recover, RebuildReport, RecoverReport, RecoverWith, VaultBackupReport,
+    VaultPruneDecision,
 };
 
 pub use custos_crypto::{recipient_from_text, recipient_to_text, KdfParams, Mkvp, Passphrase};

@@ -80,6 +80,13 @@ pub struct VaultBackupReport {
     pub keys: u64,
 }
 
+/// What `vault prune` decided about one vault backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct VaultPruneDecision {
+    pub backup: custos_model::VaultBackupRecord,
+    pub keep: bool,
+}
+
 /// A vault brought back (`custos vault recover`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoverReport {
@@ -240,6 +247,43 @@ impl<S: crate::VaultState> Vault<S> {
 }
 
 impl Vault<Open> {
+    /// Retention for vault backups (`vault prune`): on each volume, keep
+    /// what `keep` says (the newest always; "newest" by the audit entry
+    /// the copy reaches, never by the clock) and delete the rest, the
+    /// catalog's record first, so a crash in between leaves an object the
+    /// catalog no longer counts on rather than a record of one that is gone.
+    pub fn vault_prune(&self, keep: &crate::Retention, dry_run: bool) -> Result<Vec<VaultPruneDecision>> {
+        if keep.is_empty() {
+            return Err(Error::Invalid {
+                what: "retention",
+                why: "give at least one of --keep-last, --keep-daily, --keep-monthly, --keep-yearly".into(),
+            });
+        }
+        let all = self.repo.vault_backups()?;
+        let mut by_volume: std::collections::BTreeMap<&str, Vec<(u64, &custos_model::VaultBackupRecord)>> =
+            Default::default();
+        for (i, b) in all.iter().enumerate() {
+            by_volume.entry(b.volume.as_str()).or_default().push((i as u64, b));
+        }
+        let mut out = Vec::new();
+        for members in by_volume.values() {
+            let items: Vec<_> = members.iter().map(|(i, b)| (*i, b.audit_seq, b.created_at)).collect();
+            let kept = keep.keep(&items);
+            for (i, b) in members {
+                out.push(VaultPruneDecision { backup: (*b).clone(), keep: kept.contains(i) });
+            }
+        }
+        out.sort_by(|a, b| (a.backup.created_at, &a.backup.id).cmp(&(b.backup.created_at, &b.backup.id)));
+        if dry_run {
+            return Ok(out);
+        }
+        for d in out.iter().filter(|d| !d.keep) {
+            self.repo.delete_vault_backup(&d.backup.id)?;
+            self.open_volume(&d.backup.volume)?.delete_kept(Kept::VaultBackup, &d.backup.id)?;
+        }
+        Ok(out)
+    }
+
     /// Write a vault backup to `to`: the HSM's state (the software HSM's
     /// file as it is), then a consistent copy of the catalog sealed under a
     /// fresh key that the master key wraps; read back and opened before it

@@ -392,6 +392,11 @@ impl Volume for ObjectVolume {
         self.get(&format!("{sub}/{id}.{ext}"), &format!("{} {id}", kind.what()))
     }
 
+    fn delete_kept(&self, kind: Kept, id: &str) -> Result<()> {
+        let (sub, ext) = kind.place();
+        self.delete(&format!("{sub}/{id}.{ext}"))
+    }
+
     fn list_kept(&self, kind: Kept) -> Result<Vec<String>> {
         use futures_util::TryStreamExt;
         let (sub, ext) = kind.place();

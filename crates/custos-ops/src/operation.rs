@@ -240,6 +240,12 @@ pub enum Operation {
         to: VolumeName,
     },
     VaultBackups,
+    /// Retention for vault backups: per volume, keep what `keep` says and
+    /// delete the rest.
+    VaultPrune {
+        keep: Retention,
+        dry_run: bool,
+    },
     /// Make a key-backup key split among `custodians` (users with a
     /// registered recipient); each share is sealed to its custodian.
     EscrowInit {
@@ -532,6 +538,7 @@ impl Operation {
             KeystoreBackups => ("keystore backups", String::new()),
             VaultBackup { to } => ("vault backup", s(to)),
             VaultBackups => ("vault backups", String::new()),
+            VaultPrune { .. } => ("vault prune", String::new()),
             EscrowInit { .. } => ("escrow init", String::new()),
             EscrowRegister { .. } => ("escrow register", String::new()),
             EscrowShare { kbk } => ("escrow share", kbk.clone().unwrap_or_default()),
@@ -594,7 +601,10 @@ impl Operation {
             PolicyAdd { .. } | PolicyRm { .. } | ConfigSet { .. } | AuditAcceptRollback => "policy-change",
             UserAdd { .. } | UserGrant { .. } | UserRevoke { .. } | UserDisable { .. } => "role-change",
             EscrowInit { .. } | EscrowPurge { .. } => "escrow-change",
-            BackupPrune { dry_run: false, .. } | SnapshotRm { .. } | DsRm { .. } => "data-removal",
+            BackupPrune { dry_run: false, .. }
+            | VaultPrune { dry_run: false, .. }
+            | SnapshotRm { .. }
+            | DsRm { .. } => "data-removal",
             KeyLifecycle { action: KeyAction::Archive, dry_run: false, .. } => "key-archive",
             VolumeAdd { .. } | MirrorAdd { .. } | MirrorRm { .. } => "volume-change",
             _ => return None,

@@ -103,6 +103,10 @@ pub enum Reply {
     KeystoreBackups(Vec<KeystoreBackupRecord>),
     VaultBackup(custos_core::VaultBackupReport),
     VaultBackups(Vec<custos_core::model::VaultBackupRecord>),
+    VaultPruned {
+        decisions: Vec<custos_core::VaultPruneDecision>,
+        dry_run: bool,
+    },
     EscrowCreated(KbkRecord),
     EscrowStatus(EscrowStatus),
     CustodianRegistered(CustodianKey),
@@ -274,6 +278,7 @@ impl Reply {
             KeystoreBackups(b) => to(b),
             VaultBackup(b) => to(b),
             VaultBackups(b) => to(b),
+            VaultPruned { decisions, .. } => to(decisions),
             EscrowCreated(kbk) => to(kbk),
             EscrowStatus(s) => to(s),
             CustodianRegistered(k) => json!({
@@ -665,6 +670,26 @@ impl Reply {
                 b.keys,
                 b.bytes
             ),
+            VaultPruned { decisions, dry_run } => {
+                let gone = decisions.iter().filter(|d| !d.keep).count();
+                for d in decisions.iter().filter(|d| !d.keep) {
+                    let b = &d.backup;
+                    out!(
+                        "{} vault backup {} on volume {} ({}, up to audit entry {})",
+                        if *dry_run { "would delete" } else { "deleted" },
+                        b.id,
+                        b.volume,
+                        when(Some(b.created_at)),
+                        b.audit_seq
+                    );
+                }
+                out!(
+                    "{} of {} vault backups kept{}",
+                    decisions.len() - gone,
+                    decisions.len(),
+                    if *dry_run { " (dry run: nothing deleted)" } else { "" }
+                );
+            }
             VaultBackups(bs) => {
                 let mut t = Table::new(&["ID", "VOLUME", "CREATED", "AUDIT ENTRIES", "BYTES"]);
                 for b in bs {

@@ -103,7 +103,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::ConfigList | O::ConfigGet { .. } => op(Inspect),
         O::MkStatus | O::MkLoadNew { .. } | O::MkClearNew | O::MkActivate | O::MkReencipher { .. } => op(MasterKey),
         O::CatalogRotateKey => op(MasterKey),
-        O::KeystoreBackup { .. } | O::VaultBackup { .. } => op(KeystoreBackup),
+        O::KeystoreBackup { .. } | O::VaultBackup { .. } | O::VaultPrune { .. } => op(KeystoreBackup),
         O::KeystoreBackups | O::VaultBackups => op(Inspect),
         O::EscrowStatus => op(Inspect),
         O::EscrowInit { .. } | O::EscrowPurge { .. } => op(Escrow),

@@ -205,6 +205,9 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::KeystoreBackups => Reply::KeystoreBackups(v.keystore_backups()?),
         O::VaultBackup { to } => Reply::VaultBackup(e.open()?.vault_backup(&to)?),
         O::VaultBackups => Reply::VaultBackups(v.vault_backups()?),
+        O::VaultPrune { keep, dry_run } => {
+            Reply::VaultPruned { decisions: e.open()?.vault_prune(&keep, dry_run)?, dry_run }
+        }
         O::EscrowInit { custodians, threshold } => Reply::EscrowCreated(e.open()?.escrow_init(&custodians, threshold)?),
         O::EscrowRegister { recipient } => Reply::CustodianRegistered(v.custodian_register(me(who)?, &recipient)?),
         O::EscrowShare { kbk } => {

@@ -200,6 +200,10 @@ pub fn run(repo: &dyn Repository) {
     let vb = repo.vault_backups().unwrap();
     assert_eq!(vb.iter().map(|b| (b.id.as_str(), b.audit_seq)).collect::<Vec<_>>(), [("vb1", 10), ("vb2", 20)]);
     assert!(repo.insert_vault_backup(&custos_model::VaultBackupRecord { id: "vb1".into(), ..vb[0].clone() }).is_err());
+    repo.delete_vault_backup("vb1").unwrap();
+    repo.delete_vault_backup("vb1").expect("forgetting a missing one is not an error");
+    assert_eq!(repo.vault_backups().unwrap().iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["vb2"]);
+    repo.insert_vault_backup(&vb[0]).unwrap();
     assert_eq!(repo.volumes().unwrap().len(), 2);
     assert!(matches!(
         repo.insert_volume(&repo.volume(&v1).unwrap().unwrap()),

@@ -299,6 +299,8 @@ pub trait Repository: Send + Sync {
     fn insert_vault_backup(&self, rec: &custos_model::VaultBackupRecord) -> Result<()>;
     /// Vault backups, oldest first.
     fn vault_backups(&self) -> Result<Vec<custos_model::VaultBackupRecord>>;
+    /// Forget a vault backup (retention); a missing one is not an error.
+    fn delete_vault_backup(&self, id: &str) -> Result<()>;
 
     fn insert_volume(&self, rec: &VolumeRecord) -> Result<()>;
     /// Point a volume at another location (a clone's copy of it).

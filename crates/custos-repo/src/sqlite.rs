@@ -1416,6 +1416,11 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    fn delete_vault_backup(&self, id: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM vault_backups WHERE id = ?1", [id]).map_err(db("forget a vault backup"))?;
+        Ok(())
+    }
+
     fn vault_backups(&self) -> Result<Vec<VaultBackupRecord>> {
         self.query_all(
             "list vault backups",

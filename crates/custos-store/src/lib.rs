@@ -118,6 +118,9 @@ pub trait Volume: Send + Sync {
     /// without a catalog (a recovery on a fresh machine, an audit) has no
     /// other way to name them.
     fn list_kept(&self, kind: Kept) -> Result<Vec<String>>;
+    /// Delete a kept object (retention); deleting a missing one is not an
+    /// error.
+    fn delete_kept(&self, kind: Kept, id: &str) -> Result<()>;
 }
 
 /// Objects a volume keeps once under an id, to be found without a catalog.
@@ -229,5 +232,10 @@ pub mod conformance {
         v.put_kept(Kept::AuditSegment, "1-9", b"{}").unwrap();
         assert_eq!(v.list_kept(Kept::AuditSegment).unwrap(), ["1-9"], "each kind apart");
         assert_eq!(v.list_kept(vb).unwrap().len(), 2);
+        v.delete_kept(vb, "20261202T000000Z-aa").unwrap();
+        v.delete_kept(vb, "20261202T000000Z-aa").expect("deleting a missing one is not an error");
+        assert_eq!(v.list_kept(vb).unwrap(), ["20261202T000001Z-bb"]);
+        assert!(v.read_kept(vb, "20261202T000000Z-aa").is_err());
+        assert_eq!(v.list_kept(Kept::AuditSegment).unwrap(), ["1-9"], "the other kind is untouched");
     }
 }

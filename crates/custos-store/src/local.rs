@@ -458,6 +458,15 @@ impl Volume for LocalVolume {
         Ok(buf)
     }
 
+    fn delete_kept(&self, kind: Kept, id: &str) -> Result<()> {
+        let (sub, ext) = kind.place();
+        let p = self.root.join(sub).join(format!("{id}.{ext}"));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(&p, e)),
+            _ => Ok(()),
+        }
+    }
+
     fn list_kept(&self, kind: Kept) -> Result<Vec<String>> {
         let (sub, ext) = kind.place();
         let dir = self.root.join(sub);

@@ -110,6 +110,11 @@ impl Volume for MirroredVolume {
     fn list_kept(&self, kind: Kept) -> Result<Vec<String>> {
         self.read(|v| v.list_kept(kind))
     }
+
+    fn delete_kept(&self, kind: Kept, id: &str) -> Result<()> {
+        self.primary.delete_kept(kind, id)?;
+        self.secondary.delete_kept(kind, id)
+    }
 }
 
 #[cfg(test)]

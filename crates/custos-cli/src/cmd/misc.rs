@@ -59,6 +59,9 @@ pub fn vault(c: &crate::args::VaultCmd) -> anyhow::Result<Plan> {
     match c {
         crate::args::VaultCmd::Backup { to } => Ok(Plan::new(Operation::VaultBackup { to: volume_name(to)? })),
         crate::args::VaultCmd::Backups => Ok(Plan::new(Operation::VaultBackups)),
+        crate::args::VaultCmd::Prune { keep, dry_run } => {
+            Ok(Plan::new(Operation::VaultPrune { keep: (*keep).into(), dry_run: *dry_run }))
+        }
         crate::args::VaultCmd::Recover { .. } | crate::args::VaultCmd::Rebuild { .. } => {
             anyhow::bail!("`custos vault recover` and `rebuild` run on this machine only, never through --server")
         }
