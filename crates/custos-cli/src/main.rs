@@ -380,6 +380,9 @@ fn recover(cli: &Cli, from: &str, pkcs11: bool, module: Option<PathBuf>) -> anyh
         for v in &r.emptied {
             println!("volume {v} lived inside the lost vault directory and is empty again: restore its datasets from backups (`custos restore`)");
         }
+        if let Some(p) = &r.server_config {
+            println!("the server's configuration when the backup was taken is in {}: review its paths (vault, secret_file, TLS, volumes) before `custos serve --config`", p.display());
+        }
         if let Some(m) = r.anchor_was {
             println!("the token had recorded audit entry {m}: what the vault did after this backup is not in it (recorded in the audit log)");
         }

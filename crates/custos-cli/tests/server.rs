@@ -712,6 +712,34 @@ fn a_wal_deleted_under_the_server_is_a_rollback_it_refuses() {
     assert!(!s.sock.exists(), "nothing listened");
 }
 
+/// A vault backup taken through a server carries the server's
+/// configuration: recovery writes it out beside the recovered catalog for
+/// review, byte for byte.
+#[test]
+fn a_vault_backup_carries_the_servers_configuration() {
+    let e = Env::new();
+    let off = e.dir.path().join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let s = Served::start(&e);
+    if root() {
+        chown_tree(&off, SERVER_UID, SOCKET_GID);
+    }
+    let out = s.ok("ops", OPS_CRED, &["vault", "backup", "--to", "offsite"]);
+    assert!(out.contains("read back and opened"), "{out}");
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    drop(s);
+    if root() {
+        chown_tree(&off, 0, 0);
+    }
+    let r = e.at(e.dir.path().join("recovered"));
+    let said = r.ok(&["vault", "recover", "--from", Env::s(&off)]);
+    let kept = e.dir.path().join("recovered").join("server.toml.recovered");
+    assert!(said.contains("server.toml.recovered") && said.contains("review"), "{said}");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), config);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
 /// A catalog row naming a PKCS#11 library is never what a server loads:
 /// the module and token come from its configuration. (Embedded mode, where
 /// whoever runs the command is every role anyway, still reads the row.)

@@ -102,7 +102,17 @@ pub struct RecoverReport {
     /// and recovering puts the vault back to the backup's state on purpose.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor_was: Option<u64>,
+    /// The server's configuration as the backup recorded it, written out
+    /// beside the recovered catalog for review (its paths may differ on
+    /// this machine); `None` for a vault never served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_config: Option<PathBuf>,
 }
+
+/// The setting that holds the text of the server's configuration file.
+const SETTING_SERVER_CONFIG: &str = "server.config";
+/// Where recovery writes it out.
+const RECOVERED_SERVER_CONFIG: &str = "server.toml.recovered";
 
 fn bad(why: impl Into<String>) -> Error {
     Error::Invalid { what: "vault backup", why: why.into() }
@@ -222,6 +232,19 @@ fn backup_key(h: &Header, hsm: &dyn Hsm) -> Result<DataKey> {
 fn scratch(dir: &Path) -> Result<PathBuf> {
     let r: [u8; 8] = custos_crypto::random_array().map_err(|e| bad(e.to_string()))?;
     Ok(dir.join(format!(".custos-vault-backup-{}.db", hex::encode(r))))
+}
+
+impl Vault<Open> {
+    /// Keep the server's configuration file's text in the catalog (when it
+    /// changed), so that every vault backup carries it. Only recovery reads
+    /// it, to write it out for review: the server takes its configuration
+    /// from its file, never from a row.
+    pub fn record_server_config(&self, text: &str) -> Result<()> {
+        if self.repo.setting(SETTING_SERVER_CONFIG)?.as_deref() != Some(text) {
+            self.repo.set_setting(SETTING_SERVER_CONFIG, text)?;
+        }
+        Ok(())
+    }
 }
 
 impl<S: crate::VaultState> Vault<S> {
@@ -528,6 +551,24 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
         }
     };
     let emptied = v.recreate_lost_inner_volumes()?;
+    let server_config = match v.repo.setting(SETTING_SERVER_CONFIG)? {
+        Some(text) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let p = dir.join(RECOVERED_SERVER_CONFIG);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|source| Error::VaultIo { path: p.clone(), source })?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|source| Error::VaultIo { path: p.clone(), source })?;
+            Some(p)
+        }
+        None => None,
+    };
     let datasets = v.repo.datasets()?.len() as u64;
     let moved = anchor_was.map(|m| format!("; the token had recorded entry {m}")).unwrap_or_default();
     v.audit_append(who, "vault recover", &h.id, &format!("ok: from {from}, up to audit entry {}{moved}", h.audit_seq))?;
@@ -538,6 +579,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
         datasets,
         emptied,
         anchor_was,
+        server_config,
     })
 }
 

@@ -22,6 +22,10 @@ pub struct Config {
     /// Seconds SIGTERM waits for operations in flight (default 30).
     #[serde(default = "default_drain")]
     pub drain_secs: u64,
+    /// The file as read: kept in the catalog so that a vault backup
+    /// carries it (recovery writes it out for review; nothing reads it back).
+    #[serde(skip)]
+    pub text: String,
 }
 
 fn default_drain() -> u64 {
@@ -82,7 +86,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let err = |why: String| ConfigError { path: path.into(), why };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-        let c: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let mut c: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        c.text = text;
         if c.listen.unix.is_none() && c.listen.tcp.is_none() {
             return Err(err("[listen] names neither unix nor tcp: say where clients connect".into()));
         }
