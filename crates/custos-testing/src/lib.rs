@@ -1,5 +1,6 @@
 //! Fixtures for tests that need real parts: a SoftHSM2 token directory with
-//! initialised tokens, and an S3-protocol server on localhost.
+//! initialised tokens, an S3-protocol server on localhost, and a private
+//! PostgreSQL server.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -156,4 +157,131 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A private PostgreSQL server (Debian's `postgresql`: `initdb` and
+/// `pg_ctl`) in a temporary directory, listening only on a Unix socket
+/// there, with a superuser `custos` trusted on that socket; stopped and
+/// removed on drop. It runs as the `postgres` OS user when the tests run as
+/// root (PostgreSQL refuses root). Panics with what to install when
+/// PostgreSQL is missing.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// The account it runs as, when not this process's.
+    owner: Option<(u32, u32)>,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let bin = postgres_bin().unwrap_or_else(|| {
+            panic!("PostgreSQL's initdb and pg_ctl are needed: apt-get install postgresql, or run .ci/run")
+        });
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let owner = if rustix::process::geteuid().is_root() {
+            let (uid, gid) = account("postgres").expect("the postgres account (apt-get install postgresql)");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("give the directory to postgres");
+            Some((uid, gid))
+        } else {
+            None
+        };
+        // A port number names the socket file; nothing listens on TCP.
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let pg = Self { dir, bin, port, owner };
+        let data = pg.data();
+        pg.run("initdb", &["-D", &data, "-U", "custos", "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C"]);
+        let opts = format!("-c listen_addresses='' -k {} -p {}", pg.dir.path().display(), port);
+        let log = pg.dir.path().join("postgres.log").display().to_string();
+        pg.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"]);
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// Run one of PostgreSQL's programs as its account; panics with its
+    /// output when it fails.
+    fn run(&self, program: &str, args: &[&str]) {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(self.bin.join(program));
+        c.args(args).current_dir(self.dir.path()).env("LC_ALL", "C");
+        if let Some((uid, gid)) = self.owner {
+            c.uid(uid).gid(gid);
+        }
+        let o = c.output().unwrap_or_else(|e| panic!("{program} does not run: {e}"));
+        assert!(
+            o.status.success(),
+            "{program} failed: {}{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+        );
+    }
+
+    /// Connection parameters for database `db` (libpq's key=value form).
+    pub fn params(&self, db: &str) -> String {
+        format!("host={} port={} user=custos dbname={db}", self.dir.path().display(), self.port)
+    }
+
+    /// The same as a URL (`postgres://custos@/db?host=…&port=…`).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://custos@/{db}?host={}&port={}", self.dir.path().display(), self.port)
+    }
+
+    /// Make an empty database and return its connection parameters.
+    pub fn create_database(&self, db: &str) -> String {
+        let host = self.dir.path().display().to_string();
+        self.run("createdb", &["-h", &host, "-p", &self.port.to_string(), "-U", "custos", db]);
+        self.params(db)
+    }
+
+    /// Where the server's socket lives.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(self.bin.join("pg_ctl"));
+        c.args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            c.uid(uid).gid(gid);
+        }
+        let _ = c.status();
+    }
+}
+
+/// Where `initdb` and `pg_ctl` are: on PATH, else the newest of Debian's
+/// `/usr/lib/postgresql/<version>/bin`.
+fn postgres_bin() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file()));
+    // Through a symlink to the real directory, where createdb is too.
+    if let Some(real) = on_path.and_then(|d| d.join("initdb").canonicalize().ok()) {
+        return real.parent().map(Path::to_path_buf);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, b)| b)
+}
+
+/// The uid and gid of the account `name`, from /etc/passwd.
+fn account(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name) && f.len() > 3).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
 }
