@@ -16,6 +16,8 @@ use custos_model::{
 };
 use thiserror::Error;
 
+/// The canonical row encoding every backend MACs (ADR 0019, ADR 0020).
+pub use rowauth::{row_message, Col};
 pub use sqlite::SqliteRepository;
 
 pub type Result<T> = std::result::Result<T, RepoError>;

@@ -187,40 +187,66 @@ impl Shared {
     }
 }
 
-/// The canonical encoding a MAC covers, from `table` and the (name, value)
-/// pairs of the arguments starting at `from`.
-fn encode(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize) -> rusqlite::Result<Vec<u8>> {
-    if !shared.tables.contains_key(table) {
-        return Err(user(format!("{table} is not an authenticated table")));
-    }
+/// A column's value as a row's MAC covers it: the same for every backend,
+/// so a row keeps its MAC when the catalog moves between them (ADR 0020).
+#[derive(Clone, Copy, Debug)]
+pub enum Col<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(&'a [u8]),
+    Blob(&'a [u8]),
+}
+
+/// The canonical message a row's MAC covers (ADR 0019): the version tag, the
+/// table, then each non-NULL column in schema order as name, type tag,
+/// length and value.
+pub fn row_message<'a>(table: &str, cols: impl IntoIterator<Item = (&'a [u8], Col<'a>)>) -> Vec<u8> {
     let mut msg = Vec::with_capacity(256);
     msg.extend_from_slice(b"custos-catalog-row-v1\0");
     msg.extend_from_slice(table.as_bytes());
     msg.push(0);
-    let mut i = from;
-    while i + 1 < ctx.len() {
-        let name = match ctx.get_raw(i) {
-            ValueRef::Text(n) => n,
-            _ => return Err(user("a column name must be text".into())),
+    for (name, value) in cols {
+        let (tag, bytes): (u8, std::borrow::Cow<'_, [u8]>) = match value {
+            Col::Null => continue,
+            Col::Int(n) => (b'i', n.to_be_bytes().to_vec().into()),
+            Col::Real(f) => (b'r', f.to_bits().to_be_bytes().to_vec().into()),
+            Col::Text(s) => (b't', s.into()),
+            Col::Blob(b) => (b'b', b.into()),
         };
-        let (tag, bytes): (u8, std::borrow::Cow<'_, [u8]>) = match ctx.get_raw(i + 1) {
-            ValueRef::Null => {
-                i += 2;
-                continue;
-            }
-            ValueRef::Integer(n) => (b'i', n.to_be_bytes().to_vec().into()),
-            ValueRef::Real(f) => (b'r', f.to_bits().to_be_bytes().to_vec().into()),
-            ValueRef::Text(s) => (b't', s.into()),
-            ValueRef::Blob(b) => (b'b', b.into()),
-        };
-        i += 2;
         msg.extend_from_slice(name);
         msg.push(0);
         msg.push(tag);
         msg.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
         msg.extend_from_slice(&bytes);
     }
-    Ok(msg)
+    msg
+}
+
+/// The canonical encoding a MAC covers, from `table` and the (name, value)
+/// pairs of the SQL function's arguments starting at `from`.
+fn encode(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize) -> rusqlite::Result<Vec<u8>> {
+    if !shared.tables.contains_key(table) {
+        return Err(user(format!("{table} is not an authenticated table")));
+    }
+    let mut cols = Vec::with_capacity((ctx.len() - from) / 2);
+    let mut i = from;
+    while i + 1 < ctx.len() {
+        let name = match ctx.get_raw(i) {
+            ValueRef::Text(n) => n,
+            _ => return Err(user("a column name must be text".into())),
+        };
+        let value = match ctx.get_raw(i + 1) {
+            ValueRef::Null => Col::Null,
+            ValueRef::Integer(n) => Col::Int(n),
+            ValueRef::Real(f) => Col::Real(f),
+            ValueRef::Text(s) => Col::Text(s),
+            ValueRef::Blob(b) => Col::Blob(b),
+        };
+        cols.push((name, value));
+        i += 2;
+    }
+    Ok(row_message(table, cols))
 }
 
 /// A row's key as messages name it (`column=value` for each key column);
@@ -365,4 +391,31 @@ pub(crate) fn parse(e: &rusqlite::Error) -> Option<(&'static str, String, String
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encoding is a format (rows keep their MACs across backends and
+    /// releases): pinned byte for byte.
+    #[test]
+    fn the_row_message_is_pinned() {
+        let msg = row_message(
+            "grants",
+            [
+                (&b"principal"[..], Col::Text(b"clerk")),
+                (b"kind", Col::Null),
+                (b"created_at", Col::Int(-2)),
+                (b"weight", Col::Real(0.5)),
+                (b"blob", Col::Blob(&[0xff])),
+            ],
+        );
+        let mut want = b"custos-catalog-row-v1\0grants\0".to_vec();
+        want.extend(b"principal\0t\0\0\0\0\0\0\0\x05clerk");
+        want.extend(b"created_at\0i\0\0\0\0\0\0\0\x08\xff\xff\xff\xff\xff\xff\xff\xfe");
+        want.extend(b"weight\0r\0\0\0\0\0\0\0\x08\x3f\xe0\0\0\0\0\0\0");
+        want.extend(b"blob\0b\0\0\0\0\0\0\0\x01\xff");
+        assert_eq!(msg, want);
+    }
 }
