@@ -5,6 +5,7 @@
 //! same trait without the engine changing.
 #![forbid(unsafe_code)]
 
+pub mod pg;
 mod rowauth;
 mod sqlite;
 
