@@ -741,8 +741,17 @@ pub enum KeyCmd {
         #[arg(long, requires = "app", conflicts_with = "label")]
         count: Option<u32>,
     },
-    /// List keys, optionally those whose label matches a pattern.
-    Ls { pattern: Option<String> },
+    /// List keys, optionally those whose label matches a pattern, in label
+    /// order; --limit and --after page through a large keystore.
+    Ls {
+        pattern: Option<String>,
+        /// At most N keys (a page).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Only keys after this label (the last one of the previous page).
+        #[arg(long, value_name = "LABEL")]
+        after: Option<String>,
+    },
     /// Show one key (never its material).
     Show { label: String },
     /// pre-active or inactive → active. LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
@@ -904,8 +913,17 @@ pub enum DsCmd {
         #[arg(long, value_name = "START..END")]
         range: Option<String>,
     },
-    /// List datasets, optionally those matching a pattern.
-    Ls { pattern: Option<String> },
+    /// List datasets, optionally those matching a pattern, in name order;
+    /// --limit and --after page through many.
+    Ls {
+        pattern: Option<String>,
+        /// At most N datasets (a page).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Only datasets after this name (the last one of the previous page).
+        #[arg(long, value_name = "NAME")]
+        after: Option<String>,
+    },
     /// Show a dataset, its key and volume.
     Info { name: String },
     /// Remove a dataset and the chunks only it used.

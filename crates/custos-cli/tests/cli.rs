@@ -1182,6 +1182,47 @@ fn the_vault_survives_the_loss_of_its_site() {
     std::fs::write(&cvb, &good).unwrap();
 }
 
+/// `key ls` and `ds ls` page: in name order, at most --limit, after
+/// --after, with or without a pattern; together the pages are the whole
+/// listing, once each.
+#[test]
+fn key_ls_and_ds_ls_page_in_name_order() {
+    let e = Env::new();
+    e.ok(&["key", "create", "--app", "PAGE", "--count", "5", "--activate"]);
+    let names = |args: &[&str], field: &str| -> Vec<String> {
+        e.json(args).as_array().unwrap().iter().map(|k| k[field].as_str().unwrap().to_string()).collect()
+    };
+    let all = names(&["key", "ls", "*.*.PAGE.*"], "label");
+    assert_eq!(all.len(), 5);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec!["key", "ls", "*.*.PAGE.*", "--limit", "2"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let page = names(&args, "label");
+        assert!(page.len() <= 2);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        paged.extend(page);
+    }
+    assert_eq!(paged, all, "the pages are the listing, in order, once each");
+    let first = names(&["key", "ls", "--limit", "1"], "label");
+    assert_eq!(first.len(), 1);
+    for d in ["PG.A.ONE", "PG.A.TWO", "PG.B.ONE", "PH.A"] {
+        e.ok(&["ds", "put", d, Env::s(&e.file("x", d.as_bytes()))]);
+    }
+    assert_eq!(names(&["ds", "ls", "PG.A.**", "--limit", "1"], "name"), ["PG.A.ONE"]);
+    assert_eq!(names(&["ds", "ls", "PG.A.**", "--after", "PG.A.ONE"], "name"), ["PG.A.TWO"]);
+    assert!(names(&["ds", "ls", "PG.A.**", "--after", "PG.A.TWO", "--limit", "5"], "name").is_empty());
+    assert_eq!(names(&["ds", "ls", "PG.**", "--limit", "5"], "name"), ["PG.A.ONE", "PG.A.TWO", "PG.B.ONE"]);
+    let o = e.run(&["ds", "ls", "--limit", "0"]);
+    assert_eq!(o.status.code(), Some(2), "a page of nothing is a usage error");
+}
+
 /// Retention for vault backups: per volume, the newest N stay (the newest
 /// always), the rest go from the volume and from the catalog; a dry run
 /// deletes nothing; and pruning never leaves the vault without its offsite

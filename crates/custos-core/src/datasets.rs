@@ -77,6 +77,18 @@ impl<S: VaultState> Vault<S> {
         Ok(self.repo.datasets()?)
     }
 
+    /// A page of the datasets matching `pattern`, in name order after
+    /// `after` (`ds ls --limit N --after NAME`), read as [`Vault::keys_page`]
+    /// reads keys.
+    pub fn datasets_page(
+        &self,
+        pattern: Option<&custos_model::Pattern>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DatasetRecord>> {
+        page(pattern, after, limit, |from, after, n| self.repo.datasets_from(from, after, n), |d| d.name.to_string())
+    }
+
     pub fn dataset(&self, name: &DatasetName) -> Result<DatasetRecord> {
         self.repo.dataset(name)?.ok_or_else(|| Error::DatasetNotFound { name: name.clone() })
     }
@@ -547,4 +559,44 @@ fn import_name(prefix: &DatasetName, rel: &Path) -> Result<DatasetName> {
         name.push_str(&q);
     }
     DatasetName::new(name).map_err(|e| Error::Invalid { what: "import", why: format!("{}: {e}", rel.display()) })
+}
+
+/// Rows read a batch at a time while paging.
+const PAGE_BATCH: u32 = 512;
+
+/// Collect up to `limit` rows whose names match `pattern`, in name order
+/// after `after`, from `fetch(from, after, n)` (rows in name order, at
+/// least `from`, after `after`); stops at the first name past the
+/// pattern's literal prefix.
+pub(crate) fn page<T>(
+    pattern: Option<&custos_model::Pattern>,
+    after: Option<&str>,
+    limit: usize,
+    fetch: impl Fn(&str, &str, u32) -> std::result::Result<Vec<T>, custos_repo::RepoError>,
+    name: impl Fn(&T) -> String,
+) -> Result<Vec<T>> {
+    let prefix = pattern.map_or("", |p| p.literal_prefix());
+    let mut cursor = after.unwrap_or("").to_string();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let batch = fetch(prefix, &cursor, PAGE_BATCH)?;
+        let full = batch.len() == PAGE_BATCH as usize;
+        for row in batch {
+            let n = name(&row);
+            if !n.starts_with(prefix) {
+                return Ok(out);
+            }
+            cursor = n;
+            if pattern.is_none_or(|p| p.matches(&cursor)) {
+                out.push(row);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(out)
 }

@@ -33,6 +33,25 @@ impl<S: VaultState> Vault<S> {
         Ok(self.repo.keys()?)
     }
 
+    /// A page of the keys matching `pattern`, in label order after `after`
+    /// (`key ls --limit N --after LABEL`). The catalog is read in label
+    /// order from the pattern's literal prefix, a batch at a time, so time
+    /// and memory follow the page and the matching labels, not the keystore.
+    pub fn keys_page(
+        &self,
+        pattern: Option<&custos_model::Pattern>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>> {
+        crate::datasets::page(
+            pattern,
+            after,
+            limit,
+            |from, after, n| self.repo.keys_from(from, after, n),
+            |k| k.label.to_string(),
+        )
+    }
+
     pub fn key(&self, label: &KeyLabel) -> Result<KeyRecord> {
         self.key_record(label)
     }

@@ -198,6 +198,19 @@ impl Pattern {
         match_qualifiers(&pat, &name)
     }
 
+    /// What every matching name starts with: the characters before the
+    /// first wildcard (`PAY.**` gives `PAY`, which `PAY` itself matches),
+    /// so that a listing can start its ordered scan there.
+    pub fn literal_prefix(&self) -> &str {
+        let end = self.0.find(['*', '%']).unwrap_or(self.0.len());
+        let lit = &self.0[..end];
+        if self.0[end..].starts_with("**") {
+            lit.strip_suffix('.').unwrap_or(lit)
+        } else {
+            lit
+        }
+    }
+
     /// How specific the pattern is: literal characters count most, so that
     /// `PAYROLL.MASTER` beats `PAYROLL.*` beats `PAYROLL.**` beats `**`.
     pub fn specificity(&self) -> usize {
@@ -282,6 +295,21 @@ mod tests {
         assert!(m("A.**.Z", "A.Z"));
         assert!(m("A.**.Z", "A.B.C.Z"));
         assert!(!m("A.**.Z", "A.B.C"));
+        // Every name a pattern matches starts with its literal prefix.
+        for (p, prefix, names) in [
+            ("PAYROLL.**", "PAYROLL", &["PAYROLL", "PAYROLL.A"][..]),
+            ("A.**.Z", "A", &["A.Z", "A.B.Z"]),
+            ("PAY*.Y20%%", "PAY", &["PAYROLL.Y2024"]),
+            ("*.MASTER", "", &["A.MASTER"]),
+            ("A.B", "A.B", &["A.B"]),
+            ("A.B%", "A.B", &["A.BC"]),
+        ] {
+            let pat = Pattern::new(p).unwrap();
+            assert_eq!(pat.literal_prefix(), prefix, "{p}");
+            for n in names {
+                assert!(pat.matches(n) && n.starts_with(prefix), "{p} {n}");
+            }
+        }
         for bad in ["", "A..B", "A**.B", "A/B"] {
             assert!(Pattern::new(bad).is_err(), "{bad:?}");
         }

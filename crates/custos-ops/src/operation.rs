@@ -100,6 +100,12 @@ pub enum Operation {
     },
     KeyList {
         pattern: Option<Pattern>,
+        /// At most this many (a page); none: every matching key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// Only labels after this one (the last of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
     },
     KeyShow {
         label: KeyLabel,
@@ -188,6 +194,12 @@ pub enum Operation {
     },
     DsList {
         pattern: Option<Pattern>,
+        /// At most this many (a page); none: every matching dataset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// Only names after this one (the last of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
     },
     DsInfo {
         name: DatasetName,
@@ -488,7 +500,7 @@ impl Operation {
         let opt = |x: Option<&dyn std::fmt::Display>| x.map(|x| x.to_string()).unwrap_or_default();
         match self {
             KeyCreate { label, .. } => ("key create", opt(label.as_ref().map(|l| l as _))),
-            KeyList { pattern } => ("key ls", opt(pattern.as_ref().map(|l| l as _))),
+            KeyList { pattern, .. } => ("key ls", opt(pattern.as_ref().map(|l| l as _))),
             KeyShow { label } => ("key show", s(label)),
             KeyLifecycle { target, action, .. } => (
                 match action {
@@ -521,7 +533,7 @@ impl Operation {
             PolicyRm { name } => ("policy rm", name.clone()),
             DsPut { name, .. } => ("ds put", s(name)),
             DsGet { name, .. } => ("ds get", s(name)),
-            DsList { pattern } => ("ds ls", opt(pattern.as_ref().map(|l| l as _))),
+            DsList { pattern, .. } => ("ds ls", opt(pattern.as_ref().map(|l| l as _))),
             DsInfo { name } => ("ds info", s(name)),
             DsRm { name } => ("ds rm", s(name)),
             DsVerify { name } => ("ds verify", s(name)),

@@ -36,9 +36,12 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                 None => Reply::Key(e.open()?.create_key(&new)?, "created"),
             }
         }
-        O::KeyList { pattern } => Reply::Keys(
+        O::KeyList { pattern, limit: None, after: None } => Reply::Keys(
             v.keys()?.into_iter().filter(|k| pattern.as_ref().is_none_or(|p| p.matches(k.label.as_str()))).collect(),
         ),
+        O::KeyList { pattern, limit, after } => {
+            Reply::Keys(v.keys_page(pattern.as_ref(), after.as_deref(), limit.map_or(usize::MAX, |n| n as usize))?)
+        }
         O::KeyShow { label } => {
             let key = v.key(&label)?;
             let datasets = v.datasets_using_key(&key.label)?;
@@ -130,9 +133,14 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             let out = io.output.as_deref_mut().ok_or_else(|| Error::Usage("ds get needs somewhere to write".into()))?;
             Reply::Got(e.open()?.get(&name, out, range)?)
         }
-        O::DsList { pattern } => Reply::Datasets(
+        O::DsList { pattern, limit: None, after: None } => Reply::Datasets(
             v.datasets()?.into_iter().filter(|d| pattern.as_ref().is_none_or(|p| p.matches(d.name.as_str()))).collect(),
         ),
+        O::DsList { pattern, limit, after } => Reply::Datasets(v.datasets_page(
+            pattern.as_ref(),
+            after.as_deref(),
+            limit.map_or(usize::MAX, |n| n as usize),
+        )?),
         O::DsInfo { name } => Reply::DatasetInfo(Box::new(v.dataset_info(&name)?)),
         O::DsRm { name } => {
             let objects = v.remove_dataset(&name)?;

@@ -135,6 +135,15 @@ pub fn run(repo: &dyn Repository) {
     // Bulk insert is all or none; re-encipherment is compare-and-set.
     let bulk: Vec<KeyRecord> = (10..20).map(|i| key(&format!("DSET.PRIM.BULK.key{i:03}"))).collect();
     repo.insert_keys(&bulk).unwrap();
+    // Pages: in label order, from a prefix, after a cursor, at most a limit.
+    let page = |from: &str, after: &str, n: u32| -> Vec<String> {
+        repo.keys_from(from, after, n).unwrap().iter().map(|k| k.label.to_string()).collect()
+    };
+    assert_eq!(page("DSET.PRIM.BULK", "", 2), ["DSET.PRIM.BULK.key010", "DSET.PRIM.BULK.key011"]);
+    assert_eq!(page("DSET.PRIM.BULK", "DSET.PRIM.BULK.key018", 5), ["DSET.PRIM.BULK.key019"]);
+    assert_eq!(page("", "", 1), ["DSET.PRIM.APP.key001"]);
+    assert_eq!(page("DSET.PRIM.APP.key002", "", 1), ["DSET.PRIM.APP.key002"], "from is inclusive");
+    assert!(page("Z", "", 10).is_empty());
     let mut dup = vec![key("DSET.PRIM.BULK.key999"), key("DSET.PRIM.BULK.key010")];
     assert!(repo.insert_keys(&dup).is_err());
     assert!(repo.key(&KeyLabel::new("DSET.PRIM.BULK.key999").unwrap()).unwrap().is_none(), "all or none");
@@ -281,6 +290,10 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.datasets_using_key(&KeyLabel::new(label).unwrap()).unwrap(), vec![name.clone()]);
     assert!(repo.datasets_using_key(&KeyLabel::new("DSET.PRIM.APP.key001").unwrap()).unwrap().is_empty());
     assert_eq!(repo.datasets().unwrap().len(), 1);
+    let only = repo.datasets().unwrap()[0].name.to_string();
+    assert_eq!(repo.datasets_from("", "", 10).unwrap().len(), 1);
+    assert_eq!(repo.datasets_from(&only, "", 10).unwrap()[0].name.as_str(), only, "from is inclusive");
+    assert!(repo.datasets_from("", &only, 10).unwrap().is_empty(), "after is exclusive");
     let garbage = repo.remove_dataset(&name).unwrap();
     let mut chunks: Vec<ChunkId> = garbage.chunks.iter().map(|(_, c)| *c).collect();
     chunks.sort();

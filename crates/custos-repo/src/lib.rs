@@ -204,6 +204,9 @@ pub trait Repository: Send + Sync {
     fn key(&self, label: &KeyLabel) -> Result<Option<KeyRecord>>;
     /// All keys, by label.
     fn keys(&self) -> Result<Vec<KeyRecord>>;
+    /// Up to `limit` keys in label order whose labels are at least `from`
+    /// and greater than `after` (a page: the next starts after its last).
+    fn keys_from(&self, from: &str, after: &str, limit: u32) -> Result<Vec<KeyRecord>>;
     /// Replace a key record (state, timestamps, wrapped material) whole.
     fn update_key(&self, rec: &KeyRecord) -> Result<()>;
     /// Count one use of a key now.
@@ -322,6 +325,9 @@ pub trait Repository: Send + Sync {
     fn dataset(&self, name: &DatasetName) -> Result<Option<DatasetRecord>>;
     /// All datasets, by name.
     fn datasets(&self) -> Result<Vec<DatasetRecord>>;
+    /// Up to `limit` datasets in name order whose names are at least `from`
+    /// and greater than `after`.
+    fn datasets_from(&self, from: &str, after: &str, limit: u32) -> Result<Vec<DatasetRecord>>;
     /// Names of datasets with some generation sealed under `label`.
     fn datasets_using_key(&self, label: &KeyLabel) -> Result<Vec<DatasetName>>;
     /// The chunk IDs of one generation, in order.

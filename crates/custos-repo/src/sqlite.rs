@@ -1275,6 +1275,15 @@ impl Repository for SqliteRepository {
         self.query_all("list keys", &format!("SELECT {KEY_COLS}, @ok(keys) FROM keys ORDER BY label"), [], key_from_row)
     }
 
+    fn keys_from(&self, from: &str, after: &str, limit: u32) -> Result<Vec<KeyRecord>> {
+        self.query_all(
+            "list a page of keys",
+            &format!("SELECT {KEY_COLS}, @ok(keys) FROM keys WHERE label >= ?1 AND label > ?2 ORDER BY label LIMIT ?3"),
+            params![from, after, limit],
+            key_from_row,
+        )
+    }
+
     fn update_key(&self, k: &KeyRecord) -> Result<()> {
         let n = self
             .conn()
@@ -2535,6 +2544,15 @@ impl Repository for SqliteRepository {
 
     fn datasets(&self) -> Result<Vec<DatasetRecord>> {
         self.query_all("list datasets", &format!("{DATASET_SELECT} ORDER BY d.name"), [], dataset_from_row)
+    }
+
+    fn datasets_from(&self, from: &str, after: &str, limit: u32) -> Result<Vec<DatasetRecord>> {
+        self.query_all(
+            "list a page of datasets",
+            &format!("{DATASET_SELECT} WHERE d.name >= ?1 AND d.name > ?2 ORDER BY d.name LIMIT ?3"),
+            params![from, after, limit],
+            dataset_from_row,
+        )
     }
 
     fn datasets_using_key(&self, label: &KeyLabel) -> Result<Vec<DatasetName>> {

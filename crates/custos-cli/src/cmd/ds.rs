@@ -41,7 +41,9 @@ pub fn plan(c: &DsCmd) -> anyhow::Result<Plan> {
                 None => Plan { output: Output::Stdout, ..Plan::new(op) },
             }
         }
-        DsCmd::Ls { pattern: p } => Plan::new(Operation::DsList { pattern: pattern(p.as_deref())? }),
+        DsCmd::Ls { pattern: p, limit, after } => {
+            Plan::new(Operation::DsList { pattern: pattern(p.as_deref())?, limit: *limit, after: after.clone() })
+        }
         DsCmd::Info { name } => Plan::new(Operation::DsInfo { name: dataset(name)? }),
         DsCmd::Rm { name } => Plan::new(Operation::DsRm { name: dataset(name)? }),
         DsCmd::Verify { name } => Plan::new(Operation::DsVerify { name: dataset(name)? }).progress("verify", None),

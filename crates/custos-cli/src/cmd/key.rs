@@ -57,7 +57,9 @@ pub fn plan(c: &KeyCmd) -> anyhow::Result<Plan> {
             activate: *activate,
             count: *count,
         }),
-        KeyCmd::Ls { pattern: p } => Plan::new(Operation::KeyList { pattern: pattern(p.as_deref())? }),
+        KeyCmd::Ls { pattern: p, limit, after } => {
+            Plan::new(Operation::KeyList { pattern: pattern(p.as_deref())?, limit: *limit, after: after.clone() })
+        }
         KeyCmd::Show { label: l } => Plan::new(Operation::KeyShow { label: label(l)? }),
         KeyCmd::Activate { label, dry_run } => return lifecycle(label, KeyAction::Activate, *dry_run),
         KeyCmd::Deactivate { label, dry_run } => return lifecycle(label, KeyAction::Deactivate, *dry_run),
