@@ -530,7 +530,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                 // catalog key as it is now.
                 v.seal_catalog_as_recovered()?;
                 let head = v.repo.audit_head()?.map_or(0, |a| a.seq);
-                anchor_was = v.state.hsm.anchor()?.map(|a| a.seq).filter(|s| *s != head);
+                anchor_was = v.state.hsm.anchor()?.map(|a| a.seq).filter(|s| *s > head);
                 v.audit_arm(true)?;
                 if h.pkcs11_module.as_deref() != Some(&*module.display().to_string()) {
                     v.repo.set_setting("hsm.pkcs11.module", &module.display().to_string())?;

@@ -1279,7 +1279,8 @@ impl Repository for SqliteRepository {
         self.query_all(
             "list a page of keys",
             &format!("SELECT {KEY_COLS}, @ok(keys) FROM keys WHERE label >= ?1 AND label > ?2 ORDER BY label LIMIT ?3"),
-            params![from, after, limit],
+            // The greater bound first: SQLite seeks on ?1 and filters on ?2.
+            params![from.max(after), after, limit],
             key_from_row,
         )
     }
@@ -2550,7 +2551,7 @@ impl Repository for SqliteRepository {
         self.query_all(
             "list a page of datasets",
             &format!("{DATASET_SELECT} WHERE d.name >= ?1 AND d.name > ?2 ORDER BY d.name LIMIT ?3"),
-            params![from, after, limit],
+            params![from.max(after), after, limit],
             dataset_from_row,
         )
     }
