@@ -296,6 +296,12 @@ pub enum AuditCmd {
         /// Only entries whose object contains this text.
         #[arg(long)]
         object: Option<String>,
+        /// At most N entries (a page).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Only entries after this sequence number (the last of the previous page).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
     },
     /// Check the hash chain and every signed checkpoint; name the first
     /// entry that was modified, deleted or moved, or a truncated tail.

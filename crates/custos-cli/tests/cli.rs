@@ -1221,6 +1221,16 @@ fn key_ls_and_ds_ls_page_in_name_order() {
     assert_eq!(names(&["ds", "ls", "PG.**", "--limit", "5"], "name"), ["PG.A.ONE", "PG.A.TWO", "PG.B.ONE"]);
     let o = e.run(&["ds", "ls", "--limit", "0"]);
     assert_eq!(o.status.code(), Some(2), "a page of nothing is a usage error");
+    // The audit log pages by sequence number, filters included.
+    let seqs = |args: &[&str]| -> Vec<u64> {
+        e.json(args).as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect()
+    };
+    let all = seqs(&["audit", "ls", "--principal", "ops"]);
+    assert!(all.len() > 6, "{all:?}");
+    let first = seqs(&["audit", "ls", "--principal", "ops", "--limit", "3"]);
+    assert_eq!(first, all[..3]);
+    let next = seqs(&["audit", "ls", "--principal", "ops", "--limit", "3", "--after", &first[2].to_string()]);
+    assert_eq!(next, all[3..6]);
 }
 
 /// Retention for vault backups: per volume, the newest N stay (the newest

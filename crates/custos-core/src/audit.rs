@@ -93,6 +93,10 @@ pub struct AuditFilter {
     pub principal: Option<String>,
     /// A substring of the object.
     pub object: Option<String>,
+    /// Only entries after this one (the last of the previous page).
+    pub after: Option<u64>,
+    /// At most this many (a page).
+    pub limit: Option<u32>,
 }
 
 /// The outcome of `audit verify`.
@@ -179,14 +183,35 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub fn audit_entries(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        Ok(self
-            .repo
-            .audit_rows(0)?
-            .into_iter()
-            .filter(|e| f.since.is_none_or(|t| e.at >= t))
-            .filter(|e| f.principal.as_ref().is_none_or(|p| e.principal == *p))
-            .filter(|e| f.object.as_ref().is_none_or(|o| e.object.contains(o.as_str())))
-            .collect())
+        let keep = |e: &AuditRow| {
+            f.since.is_none_or(|t| e.at >= t)
+                && f.principal.as_ref().is_none_or(|p| e.principal == *p)
+                && f.object.as_ref().is_none_or(|o| e.object.contains(o.as_str()))
+        };
+        let Some(limit) = f.limit else {
+            return Ok(self.repo.audit_rows(f.after.unwrap_or(0))?.into_iter().filter(|e| keep(e)).collect());
+        };
+        // A page: read a batch at a time from the cursor, holding only the page.
+        const BATCH: u32 = 512;
+        let mut out = Vec::new();
+        let mut cursor = f.after.unwrap_or(0);
+        while out.len() < limit as usize {
+            let batch = self.repo.audit_rows_page(cursor, BATCH)?;
+            let full = batch.len() == BATCH as usize;
+            for e in batch {
+                cursor = e.seq;
+                if keep(&e) {
+                    out.push(e);
+                    if out.len() == limit as usize {
+                        break;
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The last entry keyed under a lost audit key (0: none was lost).

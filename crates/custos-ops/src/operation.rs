@@ -385,6 +385,12 @@ pub enum Operation {
         since: Option<Timestamp>,
         principal: Option<String>,
         object: Option<String>,
+        /// Only entries after this one (the last of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// At most this many (a page); none: every matching entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     AuditVerify {
         /// Also compare with the segments exported to this volume.

@@ -354,8 +354,8 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::RiskReport(Box::new(custos_risk::report::report(&g, dual, Timestamp::now())), dual)
         }
         O::RiskDrill { pattern, threats, dual, shares: s, scratch } => drill(e, pattern, &threats, dual, &s, scratch)?,
-        O::AuditList { since, principal, object } => {
-            Reply::Audit(v.audit_entries(&custos_core::AuditFilter { since, principal, object })?)
+        O::AuditList { since, principal, object, after, limit } => {
+            Reply::Audit(v.audit_entries(&custos_core::AuditFilter { since, principal, object, after, limit })?)
         }
         O::AuditVerify { against } => {
             let v = e.open()?;

@@ -589,6 +589,8 @@ pub fn run(repo: &dyn Repository) {
     let rows = repo.audit_rows(0).unwrap();
     assert_eq!(rows.iter().map(|r| r.object.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
     assert_eq!(rows.iter().map(|r| r.keyed).collect::<Vec<_>>(), [false, true, false], "keyed is kept");
+    let page = |after: u64, n: u32| repo.audit_rows_page(after, n).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!((page(0, 2), page(2, 2), page(3, 2)), (vec![1, 2], vec![3], vec![]), "pages, oldest first");
 
     // Custodian recipients: one per principal, never shared by two.
     for name in ["alice", "bob"] {

@@ -404,6 +404,8 @@ pub trait Repository: Send + Sync {
     fn audit_head(&self) -> Result<Option<AuditRow>>;
     /// Audit entries with seq > `after`, in seq order.
     fn audit_rows(&self, after: u64) -> Result<Vec<AuditRow>>;
+    /// Up to `limit` entries after entry `after`, oldest first (a page).
+    fn audit_rows_page(&self, after: u64, limit: u32) -> Result<Vec<AuditRow>>;
     fn insert_audit_checkpoint(&self, c: &AuditCheckpoint) -> Result<()>;
     /// Checkpoints in seq order.
     fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;

@@ -2441,6 +2441,27 @@ impl Repository for SqliteRepository {
         )
     }
 
+    fn audit_rows_page(&self, after: u64, limit: u32) -> Result<Vec<AuditRow>> {
+        self.query_all(
+            "read a page of the audit log",
+            "SELECT seq, at, principal, action, object, result, hash, keyed FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            params![after as i64, limit],
+            |r| {
+                let hash: Vec<u8> = r.get(6)?;
+                Ok(AuditRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at: from_ts(r.get(1)?)?,
+                    principal: r.get(2)?,
+                    action: r.get(3)?,
+                    object: r.get(4)?,
+                    result: r.get(5)?,
+                    hash: hash.try_into().map_err(|_| corrupt("audit hash"))?,
+                    keyed: r.get(7)?,
+                })
+            },
+        )
+    }
+
     fn insert_audit_checkpoint(&self, c: &AuditCheckpoint) -> Result<()> {
         self.conn()
             .execute(

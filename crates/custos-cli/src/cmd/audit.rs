@@ -7,10 +7,12 @@ use crate::args::AuditCmd;
 
 pub fn plan(c: &AuditCmd) -> anyhow::Result<Plan> {
     Ok(match c {
-        AuditCmd::Ls { since, principal, object } => Plan::new(Operation::AuditList {
+        AuditCmd::Ls { since, principal, object, limit, after } => Plan::new(Operation::AuditList {
             since: since.as_deref().map(parse_time).transpose()?,
             principal: principal.clone(),
             object: object.clone(),
+            after: *after,
+            limit: *limit,
         }),
         AuditCmd::Verify { against } => {
             Plan::new(Operation::AuditVerify { against: against.as_deref().map(volume_name).transpose()? })
