@@ -116,6 +116,21 @@ impl Served {
         *self.child.lock().unwrap() = Some(child);
     }
 
+    /// Start the server again on its configuration, which must fail (it
+    /// would otherwise keep running): its stderr.
+    fn start_refused(&self) -> String {
+        let _ = std::fs::remove_file(&self.sock);
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+        c.env_clear().envs(self.env.iter().cloned()).args(["serve", "--config"]).arg(&self.config);
+        if root() {
+            c.uid(SERVER_UID).gid(SOCKET_GID);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "the server must refuse to start: {err}");
+        err
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -659,15 +674,7 @@ fn a_server_refuses_a_rolled_back_catalog() {
         let _ = std::fs::remove_file(e.vault.join(leftover));
     }
     std::fs::write(&db, &copy).unwrap();
-    let _ = std::fs::remove_file(&s.sock);
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
-    c.env_clear().args(["serve", "--config"]).arg(&s.config);
-    if root() {
-        c.uid(SERVER_UID).gid(SOCKET_GID);
-    }
-    let o = c.output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    let err = s.start_refused();
     assert!(err.contains(&format!("ends at entry {before}, but the HSM recorded entry {after}")), "{err}");
     assert!(!s.sock.exists(), "nothing listened");
 }
@@ -693,15 +700,7 @@ fn a_wal_deleted_under_the_server_is_a_rollback_it_refuses() {
     assert!(wal.exists(), "the server's commits are in the WAL");
     std::fs::remove_file(&wal).unwrap();
     s.kill9();
-    let _ = std::fs::remove_file(&s.sock);
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
-    c.env_clear().args(["serve", "--config"]).arg(&s.config);
-    if root() {
-        c.uid(SERVER_UID).gid(SOCKET_GID);
-    }
-    let o = c.output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "a catalog that lost its WAL must not be served: {err}");
+    let err = s.start_refused();
     let number = |after: &str| -> u64 {
         let at = err.find(after).unwrap_or_else(|| panic!("{after:?} not in: {err}")) + after.len();
         err[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()

@@ -473,18 +473,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
     }
     let mut anchor_was = None;
     let written = (|| -> Result<Vault<Open>> {
-        let write = |name: &str, b: &[u8]| -> Result<()> {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let p = dir.join(name);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&p)
-                .map_err(|source| Error::VaultIo { path: p.clone(), source })?;
-            f.write_all(b).and_then(|_| f.sync_all()).map_err(|source| Error::VaultIo { path: p, source })
-        };
+        let write = |name: &str, b: &[u8]| write_new_private(&dir.join(name), b);
         let check_id = |v: &Vault<crate::Sealed>| -> Result<()> {
             if v.vault_id()? != h.vault_id {
                 return Err(bad(
@@ -553,18 +542,8 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
     let emptied = v.recreate_lost_inner_volumes()?;
     let server_config = match v.repo.setting(SETTING_SERVER_CONFIG)? {
         Some(text) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
             let p = dir.join(RECOVERED_SERVER_CONFIG);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&p)
-                .map_err(|source| Error::VaultIo { path: p.clone(), source })?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|source| Error::VaultIo { path: p.clone(), source })?;
+            write_new_private(&p, text.as_bytes())?;
             Some(p)
         }
         None => None,
@@ -581,6 +560,16 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
         anchor_was,
         server_config,
     })
+}
+
+/// Create `path` (it must not exist) readable by its owner only, write
+/// `bytes` and make them durable.
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| Error::VaultIo { path: path.into(), source };
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)
 }
 
 /// A vault given a new HSM after its own was lost (`custos vault rebuild`).

@@ -610,6 +610,28 @@ impl SqliteRepository {
         rows.collect::<rusqlite::Result<_>>().map_err(db(action))
     }
 
+    /// Audit entries after `after`, oldest first, at most `limit` (-1: all).
+    fn audit_rows_limited(&self, after: u64, limit: i64) -> Result<Vec<AuditRow>> {
+        self.query_all(
+            "read the audit log",
+            "SELECT seq, at, principal, action, object, result, hash, keyed FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            params![after as i64, limit],
+            |r| {
+                let hash: Vec<u8> = r.get(6)?;
+                Ok(AuditRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at: from_ts(r.get(1)?)?,
+                    principal: r.get(2)?,
+                    action: r.get(3)?,
+                    object: r.get(4)?,
+                    result: r.get(5)?,
+                    hash: hash.try_into().map_err(|_| corrupt("audit hash"))?,
+                    keyed: r.get(7)?,
+                })
+            },
+        )
+    }
+
     /// This repository's session token, made (with its lock) on first use.
     fn session(&self) -> Result<String> {
         let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
@@ -2421,45 +2443,12 @@ impl Repository for SqliteRepository {
     }
 
     fn audit_rows(&self, after: u64) -> Result<Vec<AuditRow>> {
-        self.query_all(
-            "read the audit log",
-            "SELECT seq, at, principal, action, object, result, hash, keyed FROM audit_log WHERE seq > ?1 ORDER BY seq",
-            [after as i64],
-            |r| {
-                let hash: Vec<u8> = r.get(6)?;
-                Ok(AuditRow {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    at: from_ts(r.get(1)?)?,
-                    principal: r.get(2)?,
-                    action: r.get(3)?,
-                    object: r.get(4)?,
-                    result: r.get(5)?,
-                    hash: hash.try_into().map_err(|_| corrupt("audit hash"))?,
-                    keyed: r.get(7)?,
-                })
-            },
-        )
+        // LIMIT -1: no limit.
+        self.audit_rows_limited(after, -1)
     }
 
     fn audit_rows_page(&self, after: u64, limit: u32) -> Result<Vec<AuditRow>> {
-        self.query_all(
-            "read a page of the audit log",
-            "SELECT seq, at, principal, action, object, result, hash, keyed FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            params![after as i64, limit],
-            |r| {
-                let hash: Vec<u8> = r.get(6)?;
-                Ok(AuditRow {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    at: from_ts(r.get(1)?)?,
-                    principal: r.get(2)?,
-                    action: r.get(3)?,
-                    object: r.get(4)?,
-                    result: r.get(5)?,
-                    hash: hash.try_into().map_err(|_| corrupt("audit hash"))?,
-                    keyed: r.get(7)?,
-                })
-            },
-        )
+        self.audit_rows_limited(after, i64::from(limit))
     }
 
     fn insert_audit_checkpoint(&self, c: &AuditCheckpoint) -> Result<()> {
