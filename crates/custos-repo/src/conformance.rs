@@ -646,11 +646,13 @@ impl crate::RowAuth for TestRowAuth {
 /// The row authentication contract (ADR 0019), on a fresh repository.
 /// `raw` runs SQL on the catalog the way a tool outside Custos would
 /// (another connection, none of Custos's functions or triggers); `reopen`
-/// opens the same catalog anew.
+/// opens the same catalog anew; `trigger` is the backend's SQL that plants
+/// a trigger named `evil` on `settings`, and the SQL that removes it.
 pub fn row_auth(
     repo: &dyn Repository,
     raw: &dyn Fn(&str),
     reopen: &dyn Fn() -> Result<Box<dyn Repository>, RepoError>,
+    trigger: (&str, &str),
 ) {
     use std::sync::Arc;
     let at = Timestamp::from_second(1_700_000_000).unwrap();
@@ -749,13 +751,13 @@ pub fn row_auth(
 
     // A trigger or view put into the catalog is refused when it is opened:
     // it would run inside Custos's connection.
-    raw("CREATE TRIGGER evil AFTER INSERT ON settings BEGIN UPDATE principals SET role = 'security-admin'; END");
+    raw(trigger.0);
     match reopen() {
         Err(e @ RepoError::Tampered { .. }) => assert!(e.to_string().contains("trigger evil"), "{e}"),
         Err(other) => panic!("a foreign trigger must be refused as tampering, got {other}"),
         Ok(_) => panic!("a foreign trigger must be refused as tampering"),
     }
-    raw("DROP TRIGGER evil");
+    raw(trigger.1);
     assert!(reopen().is_ok());
 
     // A rotation seals every row again under the next key, but never a

@@ -17,6 +17,7 @@ use custos_model::{
 };
 use thiserror::Error;
 
+pub use pg::PgRepository;
 /// The canonical row encoding every backend MACs (ADR 0019, ADR 0020).
 pub use rowauth::{row_message, Col};
 pub use sqlite::SqliteRepository;
@@ -55,6 +56,12 @@ pub enum RepoError {
     /// HSM's holder may change.
     #[error("changing {table} ({row}) needs the catalog key, which this command does not hold: run it with the passphrase (CUSTOS_PASSPHRASE or --passphrase-file), or through the server; nothing was changed")]
     NeedsKey { table: String, row: String },
+    /// The PostgreSQL catalog could not be reached or refused a statement.
+    #[error("the PostgreSQL catalog failed while trying to {action}: {why}; check that PostgreSQL is running and reachable and that Custos's account may use the catalog database, then run the command again")]
+    Postgres { action: &'static str, why: String },
+    /// The catalog key (in the HSM) could not compute a row's MAC.
+    #[error("the HSM could not authenticate a catalog row ({why}): nothing was changed; check the HSM (its token, or hsm.sealed), then run the command again")]
+    RowKey { why: String },
     /// A deleter's session lock (beside the catalog) could not be made.
     #[error("cannot make {what}: {source}; check that the vault directory is writable, then run the command again")]
     Io { what: String, source: std::io::Error },

@@ -59,7 +59,7 @@ pub(crate) const TABLES: &[(&str, bool)] = &[
 
 /// Settings a command without the key writes (the deletion counter of
 /// `gc`): they may be unsealed.
-const KEYLESS_SETTINGS: &[&str] = &["trash.deletions"];
+pub(crate) const KEYLESS_SETTINGS: &[&str] = &["trash.deletions"];
 
 /// The setting a catalog key rotation changes, in the transaction that
 /// seals every row under the next key.
@@ -323,7 +323,7 @@ fn state(shared: &Shared, auth: &dyn RowAuth, ctx: &Context<'_>) -> rusqlite::Re
     Ok((state, table))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

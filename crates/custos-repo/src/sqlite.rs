@@ -2716,7 +2716,9 @@ mod tests {
         let repo = SqliteRepository::open(&p).unwrap();
         let raw = |sql: &str| Connection::open(&p).unwrap().execute_batch(sql).unwrap();
         let reopen = || SqliteRepository::open_existing(&p).map(|r| Box::new(r) as Box<dyn Repository>);
-        crate::conformance::row_auth(&repo, &raw, &reopen);
+        let plant =
+            "CREATE TRIGGER evil AFTER INSERT ON settings BEGIN UPDATE principals SET role = 'security-admin'; END";
+        crate::conformance::row_auth(&repo, &raw, &reopen, (plant, "DROP TRIGGER evil"));
     }
 
     #[test]
