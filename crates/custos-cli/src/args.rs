@@ -703,6 +703,11 @@ pub struct InitArgs {
     /// Label of the PKCS#11 token (with --hsm pkcs11).
     #[arg(long, value_name = "LABEL", required_if_eq("hsm", "pkcs11"))]
     pub pkcs11_token: Option<String>,
+    /// Keep the catalog on PostgreSQL (an empty database at this address,
+    /// `postgres://user@host/db`) rather than in custos.db; the vault
+    /// directory records the address in its owner-only file `repository`.
+    #[arg(long, value_name = "URL")]
+    pub repository: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -454,7 +454,11 @@ fn init(cli: &Cli) -> anyhow::Result<()> {
     // A vault is private to the account that made it: 0700 directories,
     // 0600 files (a server refuses any other).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let v = Vault::init(&cli.vault, &p, &InitOptions { kdf, site: a.site.clone(), hsm, volume: a.volume.clone() })?;
+    let v = Vault::init(
+        &cli.vault,
+        &p,
+        &InitOptions { kdf, site: a.site.clone(), hsm, volume: a.volume.clone(), repository: a.repository.clone() },
+    )?;
     v.user_add(&admin, &[custos_core::model::Role::SecurityAdmin], Some(&cred))?;
     v.audit_append(&admin, "init", &cli.vault.display().to_string(), "ok")?;
     let regs = v.hsm().registers()?;

@@ -60,20 +60,27 @@ impl Served {
     /// With an `[hsm]` table of its own (`hsm` holds its lines but the
     /// secret file, which holds `secret`).
     fn start_hsm(e: &Env, hsm: &str, secret_text: &str, extra: &str) -> Served {
+        Self::start_named(e, "custos", "", hsm, secret_text, extra)
+    }
+
+    /// One of several servers on `e`'s vault (`name` tells apart their
+    /// sockets, configurations and logs), with top-level configuration
+    /// lines of its own (`repository = …`).
+    fn start_named(e: &Env, name: &str, top: &str, hsm: &str, secret_text: &str, extra: &str) -> Served {
         let base = e.dir.path();
         std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
         let run = base.join("run");
         std::fs::create_dir_all(&run).unwrap();
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
-        let secret = base.join("passphrase");
+        let secret = base.join(format!("{name}.passphrase"));
         std::fs::write(&secret, secret_text).unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
-        let sock = run.join("custos.sock");
-        let config = base.join("server.toml");
+        let sock = run.join(format!("{name}.sock"));
+        let config = base.join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
-                "vault = {:?}\ndrain_secs = 10\n[hsm]\n{hsm}\nsecret_file = {:?}\n[listen]\nunix = {:?}\n{extra}",
+                "vault = {:?}\ndrain_secs = 10\n{top}\n[hsm]\n{hsm}\nsecret_file = {:?}\n[listen]\nunix = {:?}\n{extra}",
                 e.vault, secret, sock
             ),
         )
@@ -89,7 +96,7 @@ impl Served {
             sock,
             config,
             child: Default::default(),
-            log: base.join("server.log"),
+            log: base.join(format!("{name}.log")),
             env,
         };
         s.spawn();
@@ -1020,4 +1027,52 @@ fn a_server_refuses_rows_edited_outside_it() {
     // The server stays up and serves what was not touched.
     let got = s.run("ops", OPS_CRED, &["ds", "ls"], None);
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+}
+
+/// A vault whose catalog is on PostgreSQL (ADR 0020): made by `init
+/// --repository`, used by embedded commands through the address the vault
+/// records, and served by a server whose configuration names it. Nothing
+/// is written to custos.db.
+#[test]
+fn a_vault_whose_catalog_is_on_postgres() {
+    let e = Env::new_postgres();
+    let url = e.pg.as_ref().unwrap().url("custos");
+    assert!(!e.vault.join("custos.db").exists(), "no embedded catalog");
+    let mode = std::fs::metadata(e.vault.join("repository")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the catalog's address is the owner's alone");
+    let body = data(300_000, 7);
+    e.cmd(&["ds", "put", "PAY.JAN"]).write_stdin(body.clone()).assert().success();
+    assert_eq!(e.cmd(&["ds", "get", "PAY.JAN"]).output().unwrap().stdout, body);
+    let offsite = e.vault.join("volumes").join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&offsite), "--site", "B"]);
+    e.ok(&["backup", "run", "PAY.JAN", "--method", "logical", "--to", "offsite"]);
+    e.ok(&["snapshot", "create", "PAY.JAN"]);
+    e.ok(&["catalog", "verify"]); // exit 0: every row checked and sound
+    assert!(e.ok(&["audit", "verify"]).contains("audit log intact"));
+    // A second `init` on the same database is refused: it holds a vault.
+    let other = e.dir.path().join("other");
+    let o = e
+        .cmd(&["init", "--kdf-memory-mib", "19", "--kdf-iterations", "2", "--repository", &url])
+        .env("CUSTOS_VAULT", &other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("already holds a Custos catalog") && err.matches("already holds").count() == 1, "{err}");
+    assert!(!other.join("repository").exists() && !other.join("hsm.sealed").exists(), "nothing made");
+
+    // The server, told where the catalog is by its configuration.
+    let s = Served::start_named(&e, "pg", &format!("repository = {url:?}"), "kind = \"soft\"", PASS, "");
+    assert_eq!(s.run("ops", OPS_CRED, &["ds", "get", "PAY.JAN"], None).stdout, body);
+    let next = data(120_000, 9);
+    let put = s.run("ops", OPS_CRED, &["ds", "put", "PAY.FEB"], Some(&next));
+    assert!(put.status.success(), "{}: {}", String::from_utf8_lossy(&put.stderr), s.log());
+    s.ok("ops", OPS_CRED, &["backup", "run", "PAY.FEB", "--method", "raw", "--to", "offsite"]);
+    assert!(s.ok("ops", OPS_CRED, &["backup", "verify", "--read-data"]).contains("every chunk read"));
+    assert!(s.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
+    s.ok("ops", OPS_CRED, &["catalog", "verify"]);
+    drop(s);
+    assert!(!e.vault.join("custos.db").exists(), "the server wrote no embedded catalog either");
+    // And the rows the server wrote read back embedded, checked.
+    assert_eq!(e.cmd(&["ds", "get", "PAY.FEB"]).output().unwrap().stdout, next);
 }

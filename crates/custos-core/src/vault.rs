@@ -10,7 +10,7 @@ use custos_model::{
     DatasetName, KeyLabel, Medium, NamingStandard, Pattern, PolicyRecord, PolicyTarget, VolumeName, VolumeRecord,
 };
 use custos_object::{Location, ObjectVolume, S3Options};
-use custos_repo::{Repository, SqliteRepository};
+use custos_repo::{PgRepository, Repository, SqliteRepository};
 use custos_store::{LocalVolume, Volume};
 use jiff::Timestamp;
 
@@ -21,6 +21,9 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 
 pub(crate) const DB_FILE: &str = "custos.db";
 pub(crate) const HSM_FILE: &str = "hsm.sealed";
+/// In a vault whose catalog is on PostgreSQL (instead of `custos.db`): the
+/// catalog's address, owner-only (ADR 0020).
+pub const REPOSITORY_FILE: &str = "repository";
 const SETTING_NAMING: &str = "key.naming";
 const SETTING_HSM: &str = "hsm.kind";
 const SETTING_P11_MODULE: &str = "hsm.pkcs11.module";
@@ -90,12 +93,30 @@ pub struct InitOptions {
     /// (another disk, or another site: then the data outlives the loss of
     /// the vault directory).
     pub volume: Option<PathBuf>,
+    /// Keep the catalog on PostgreSQL at this address (an empty database)
+    /// rather than in `custos.db`.
+    pub repository: Option<String>,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        Self { kdf: KdfParams::DEFAULT, site: "primary".into(), hsm: HsmChoice::Soft, volume: None }
+        Self { kdf: KdfParams::DEFAULT, site: "primary".into(), hsm: HsmChoice::Soft, volume: None, repository: None }
     }
+}
+
+/// Open the PostgreSQL catalog at `url` for a new vault: it must hold no
+/// vault yet.
+fn new_pg_catalog(url: &str) -> Result<PgRepository> {
+    let repo = PgRepository::open(url)?;
+    if let Some(id) = repo.setting(SETTING_VAULT_ID)? {
+        return Err(Error::Invalid {
+            what: "repository",
+            why: format!(
+                "the PostgreSQL database already holds a Custos catalog (vault {id}); nothing was changed: give an empty database, or open that vault with `repository = \"…\"` in the server configuration"
+            ),
+        });
+    }
+    Ok(repo)
 }
 
 /// A volume to add.
@@ -135,8 +156,9 @@ impl Vault<Sealed> {
         if matches!(opts.hsm, HsmChoice::Soft) && passphrase.is_empty() {
             return Err(Error::Invalid { what: "passphrase", why: "it is empty; choose a long one".into() });
         }
-        // Reach the HSM before anything is written, so a wrong module, token
-        // or PIN leaves no half-made vault behind.
+        // Reach the HSM and the catalog before anything is written, so a
+        // wrong module, token, PIN or database leaves no half-made vault.
+        let pg = opts.repository.as_deref().map(new_pg_catalog).transpose()?;
         let token = match &opts.hsm {
             HsmChoice::Pkcs11(cfg) => Some(Pkcs11Hsm::open(cfg)?),
             HsmChoice::Soft => None,
@@ -147,7 +169,13 @@ impl Vault<Sealed> {
             Some(t) => Box::new(t),
             None => Box::new(SoftHsm::create(&dir.join(HSM_FILE), passphrase, opts.kdf)?),
         };
-        let repo = SqliteRepository::open(&dir.join(DB_FILE))?;
+        let repo: Arc<dyn Repository> = match (pg, &opts.repository) {
+            (Some(pg), Some(url)) => {
+                crate::vaultbackup::write_new_private(&dir.join(REPOSITORY_FILE), format!("{url}\n").as_bytes())?;
+                Arc::new(pg)
+            }
+            _ => Arc::new(SqliteRepository::open(&dir.join(DB_FILE))?),
+        };
         match &opts.hsm {
             HsmChoice::Soft => repo.set_setting(SETTING_HSM, "soft")?,
             HsmChoice::Pkcs11(cfg) => {
@@ -161,7 +189,7 @@ impl Vault<Sealed> {
         repo.set_setting(SETTING_VAULT_ID, &custos_model::DatasetId::random().to_hex())?;
         let vault = Vault {
             dir: dir.clone(),
-            repo: Arc::new(repo),
+            repo,
             state: Sealed,
             threads: crate::default_threads(),
             journal: Default::default(),
@@ -184,16 +212,42 @@ impl Vault<Sealed> {
         vault.armed(hsm)
     }
 
-    /// Open an existing vault, sealed.
+    /// Open an existing vault, sealed: its catalog is `custos.db`, or on
+    /// PostgreSQL at the address in its `repository` file.
     pub fn open(dir: &Path) -> Result<Self> {
-        if !dir.join(DB_FILE).is_file() {
-            return Err(Error::NoVault { path: dir.into() });
-        }
-        let dir = dir.canonicalize().map_err(|source| Error::VaultIo { path: dir.into(), source })?;
-        let repo = SqliteRepository::open_existing(&dir.join(DB_FILE))?;
+        Self::open_at(dir, None)
+    }
+
+    /// Open an existing vault whose catalog is at `repository` when given
+    /// (a server's configuration names it), else as [`Vault::open`] finds.
+    pub fn open_at(dir: &Path, repository: Option<&str>) -> Result<Self> {
+        let io = |source| Error::VaultIo { path: dir.into(), source };
+        let embedded = dir.join(DB_FILE).is_file();
+        let url = match repository {
+            Some(_) if embedded => {
+                return Err(Error::Invalid {
+                    what: "repository",
+                    why: format!(
+                        "{} holds an embedded catalog (custos.db) and the configuration names a PostgreSQL one: move it there with `custos repo migrate --to postgres://…` first, or drop `repository` from the configuration",
+                        dir.display()
+                    ),
+                })
+            }
+            Some(url) => Some(url.to_string()),
+            None if embedded => None,
+            None if dir.join(REPOSITORY_FILE).is_file() => {
+                Some(std::fs::read_to_string(dir.join(REPOSITORY_FILE)).map_err(io)?.trim().to_string())
+            }
+            None => return Err(Error::NoVault { path: dir.into() }),
+        };
+        let dir = dir.canonicalize().map_err(io)?;
+        let repo: Arc<dyn Repository> = match url {
+            Some(url) => Arc::new(PgRepository::open(&url)?),
+            None => Arc::new(SqliteRepository::open_existing(&dir.join(DB_FILE))?),
+        };
         let v = Vault {
             dir,
-            repo: Arc::new(repo),
+            repo,
             state: Sealed,
             threads: crate::default_threads(),
             journal: Default::default(),
@@ -298,6 +352,12 @@ impl Vault<Open> {
 }
 
 impl<S: VaultState> Vault<S> {
+    /// Whether the catalog is on another server (PostgreSQL): reaching it
+    /// waits on the network.
+    pub fn catalog_is_remote(&self) -> bool {
+        self.repo.remote()
+    }
+
     /// A sealed handle on the same vault (catalog and volumes, no HSM):
     /// for work that needs no key while this handle stays open.
     pub fn sealed_view(&self) -> Vault<Sealed> {

@@ -564,7 +564,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
 
 /// Create `path` (it must not exist) readable by its owner only, write
 /// `bytes` and make them durable.
-fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| Error::VaultIo { path: path.into(), source };

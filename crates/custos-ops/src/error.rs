@@ -158,7 +158,9 @@ pub fn core_code(e: &CoreError) -> Code {
         CoreError::Hsm(HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => Code::Authentication,
         CoreError::Forbidden { .. } => Code::Forbidden,
         CoreError::Repo(RepoError::NeedsKey { .. }) => Code::Authentication,
-        CoreError::Store(_) | CoreError::LeftInTrash { .. } => Code::Unavailable,
+        CoreError::Store(_)
+        | CoreError::LeftInTrash { .. }
+        | CoreError::Repo(RepoError::Postgres { .. } | RepoError::RowKey { .. }) => Code::Unavailable,
         CoreError::Repo(RepoError::Busy { .. }) => Code::Busy,
         CoreError::Invalid { .. }
         | CoreError::VaultExists { .. }

@@ -177,6 +177,12 @@ pub struct CatalogCheck {
 
 /// The repository seam. See [`conformance::run`] for the contract.
 pub trait Repository: Send + Sync {
+    /// Whether reaching the catalog means waiting on another server (so a
+    /// caller on an async runtime's thread must step off it first).
+    fn remote(&self) -> bool {
+        false
+    }
+
     /// Authenticate rows from now on with `auth` (ADR 0019): every row
     /// written is sealed, every authenticated row read is checked, and a
     /// row that fails is refused ([`RepoError::Tampered`]). Without it,

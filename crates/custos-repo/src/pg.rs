@@ -1016,6 +1016,10 @@ fn exists_as(kind: &'static str, name: String) -> impl Fn(RepoError) -> RepoErro
 }
 
 impl Repository for PgRepository {
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn set_row_auth(&self, auth: Option<Arc<dyn RowAuth>>) {
         *self.rows.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
     }

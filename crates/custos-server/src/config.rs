@@ -12,6 +12,11 @@ use serde::Deserialize;
 pub struct Config {
     /// The vault directory the server alone opens.
     pub vault: PathBuf,
+    /// The catalog on PostgreSQL (`postgres://user@host/db`, or libpq's
+    /// `key=value` form), shared by every server configured with it
+    /// (ADR 0020). Absent: the vault's own (`custos.db`, or the address
+    /// `custos init --repository` recorded).
+    pub repository: Option<String>,
     pub hsm: HsmConfig,
     pub listen: Listen,
     pub tls: Option<Tls>,

@@ -102,7 +102,7 @@ async fn caller(s: &Arc<Shared>, headers: &HeaderMap, peer: &Peer) -> Result<Cal
     // A credential verified in the last minutes (or a pinned certificate)
     // needs one catalog read, done here; anything else pays Argon2id on a
     // blocking thread.
-    if let Some(who) = s.auth.remembered(&s.engine, authz.as_deref(), peer.cert_principal.as_deref()) {
+    if let Some(who) = inline(&s, || s.auth.remembered(&s.engine, authz.as_deref(), peer.cert_principal.as_deref())) {
         return Ok(who);
     }
     let (s2, cert) = (s.clone(), peer.cert_principal.clone());
@@ -422,8 +422,10 @@ async fn key_service(
     let (action, _) = op.audit_name();
     let started = Instant::now();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    s.engine.execute_then(&who, op, move |r| {
-        let _ = tx.send(r);
+    inline(&s, || {
+        s.engine.execute_then(&who, op, move |r| {
+            let _ = tx.send(r);
+        })
     });
     let r = match rx.await {
         Ok(r) => r,
@@ -433,6 +435,18 @@ async fn key_service(
     match r {
         Ok(o) => axum::Json(o.reply.json()).into_response(),
         Err(e) => error(&e),
+    }
+}
+
+/// Run short engine work on this async thread: directly when the catalog
+/// is local (an embedded read is cheaper than a hop to a blocking thread),
+/// and with the runtime told this thread blocks when the catalog is on
+/// PostgreSQL (its client waits on the network).
+fn inline<T>(s: &Shared, f: impl FnOnce() -> T) -> T {
+    if s.engine.vault().catalog_is_remote() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 

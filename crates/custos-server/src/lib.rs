@@ -93,7 +93,7 @@ pub fn open_engine(config: &Config) -> Result<Engine, ServeError> {
     // Everything the server creates is private to its account.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     check_private(&config.vault)?;
-    let sealed = Vault::open(&config.vault)?;
+    let sealed = Vault::open_at(&config.vault, config.repository.as_deref())?;
     // A vault made before principals existed would let anyone who reaches
     // the socket act unauthenticated.
     if !sealed.has_users()? {

@@ -179,6 +179,13 @@ impl Postgres {
             panic!("PostgreSQL's initdb and pg_ctl are needed: apt-get install postgresql, or run .ci/run")
         });
         let dir = tempfile::tempdir().expect("temporary directory");
+        // Other accounts (a server under test runs as one) reach the socket;
+        // the data directory inside stays the server's alone.
+        std::fs::set_permissions(
+            dir.path(),
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .expect("open the directory to the socket's users");
         let owner = if rustix::process::geteuid().is_root() {
             let (uid, gid) = account("postgres").expect("the postgres account (apt-get install postgresql)");
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("give the directory to postgres");

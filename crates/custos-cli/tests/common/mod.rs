@@ -15,6 +15,9 @@ pub struct Env {
     /// Extra environment for every command (the PKCS#11 token's settings).
     pub env: Vec<(String, String)>,
     _tokens: Option<custos_testing::SoftHsmTokens>,
+    /// The PostgreSQL server holding the catalog, for a vault made with
+    /// [`Env::new_postgres`].
+    pub pg: Option<std::sync::Arc<custos_testing::Postgres>>,
 }
 
 pub const ADMIN_CRED: &str = "admin credential, long enough";
@@ -28,10 +31,27 @@ pub fn admin_env() -> Vec<(String, String)> {
 
 impl Env {
     pub fn new() -> Self {
+        Self::made(None)
+    }
+
+    /// A vault whose catalog is on a PostgreSQL server of its own.
+    pub fn new_postgres() -> Self {
+        let pg = custos_testing::Postgres::start();
+        pg.create_database("custos");
+        Self::made(Some(pg))
+    }
+
+    fn made(pg: Option<custos_testing::Postgres>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
-        let mut e = Self { dir, vault, env: admin_env(), _tokens: None };
-        e.ok(&["init", "--kdf-memory-mib", "19", "--kdf-iterations", "2", "--site", "A"]);
+        let pg = pg.map(std::sync::Arc::new);
+        let mut e = Self { dir, vault, env: admin_env(), _tokens: None, pg: pg.clone() };
+        let mut init = vec!["init", "--kdf-memory-mib", "19", "--kdf-iterations", "2", "--site", "A"];
+        let url = pg.as_ref().map(|p| p.url("custos"));
+        if let Some(url) = &url {
+            init.extend(["--repository", url.as_str()]);
+        }
+        e.ok(&init);
         e.ok(&["config", "set", "chunk.size", "65536"]);
         // Most tests want `key destroy` at once; the waiting period has its own test.
         e.ok(&["config", "set", "key.destroy.min-wait", "0s"]);
@@ -77,7 +97,7 @@ impl Env {
             self.env.iter().filter(|(k, _)| k != "CUSTOS_USER" && k != "CUSTOS_CREDENTIAL").cloned().collect();
         env.push(("CUSTOS_USER".into(), name.into()));
         env.push(("CUSTOS_CREDENTIAL".into(), cred.into()));
-        Self { dir: tempfile::tempdir().unwrap(), vault: self.vault.clone(), env, _tokens: None }
+        Self { dir: tempfile::tempdir().unwrap(), vault: self.vault.clone(), env, _tokens: None, pg: self.pg.clone() }
     }
 
     /// Add the key-custodian `name` (credential "NAME's credential, long"),
@@ -99,7 +119,7 @@ impl Env {
 
     /// The same principal on the vault in another directory (a copy).
     pub fn at(&self, vault: PathBuf) -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), vault, env: self.env.clone(), _tokens: None }
+        Self { dir: tempfile::tempdir().unwrap(), vault, env: self.env.clone(), _tokens: None, pg: self.pg.clone() }
     }
 
     /// A vault whose master keys live on a fresh SoftHSM2 token.
@@ -112,7 +132,7 @@ impl Env {
             ("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string()),
         ];
         env.extend(admin_env());
-        let mut e = Self { dir, vault, env, _tokens: Some(tokens) };
+        let mut e = Self { dir, vault, env, _tokens: Some(tokens), pg: None };
         e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--site", "A"]);
         e.ok(&["config", "set", "dual-control", "none"]);
         e.as_operator();
