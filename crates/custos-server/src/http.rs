@@ -102,7 +102,7 @@ async fn caller(s: &Arc<Shared>, headers: &HeaderMap, peer: &Peer) -> Result<Cal
     // A credential verified in the last minutes (or a pinned certificate)
     // needs one catalog read, done here; anything else pays Argon2id on a
     // blocking thread.
-    if let Some(who) = inline(&s, || s.auth.remembered(&s.engine, authz.as_deref(), peer.cert_principal.as_deref())) {
+    if let Some(who) = inline(s, || s.auth.remembered(&s.engine, authz.as_deref(), peer.cert_principal.as_deref())) {
         return Ok(who);
     }
     let (s2, cert) = (s.clone(), peer.cert_principal.clone());
