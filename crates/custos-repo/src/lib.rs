@@ -5,6 +5,7 @@
 //! same trait without the engine changing.
 #![forbid(unsafe_code)]
 
+pub mod copy;
 pub mod pg;
 mod rowauth;
 mod sqlite;
@@ -325,8 +326,12 @@ pub trait Repository: Send + Sync {
     /// Point a volume at another location (a clone's copy of it).
     fn relocate_volume(&self, name: &VolumeName, location: &str) -> Result<()>;
     /// Write a consistent copy of the whole repository to `path` (which
-    /// must not exist), while it stays in use.
+    /// must not exist), while it stays in use: a SQLite catalog file, on
+    /// either backend, with every row's MAC unchanged.
     fn copy_to(&self, path: &std::path::Path) -> Result<()>;
+    /// How many rows each table holds, in [`copy::TABLES`] order (what a
+    /// copy between backends is checked against).
+    fn row_counts(&self) -> Result<copy::RowCounts>;
     fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>>;
     fn volumes(&self) -> Result<Vec<VolumeRecord>>;
 

@@ -680,6 +680,11 @@ impl PgRepository {
         BASELINE_VERSION
     }
 
+    /// A connection of the pool, for a copy between backends.
+    pub(crate) fn client_for_copy(&self) -> Result<r2d2::PooledConnection<Manager>> {
+        self.client()
+    }
+
     fn client(&self) -> Result<r2d2::PooledConnection<Manager>> {
         self.pool.get().map_err(|e| RepoError::Postgres { action: "connect to the catalog", why: e.to_string() })
     }
@@ -1737,13 +1742,11 @@ impl Repository for PgRepository {
     }
 
     fn copy_to(&self, path: &std::path::Path) -> Result<()> {
-        Err(RepoError::Postgres {
-            action: "copy the catalog to a file",
-            why: format!(
-                "a catalog on PostgreSQL is not copied to {} by Custos; back it up with PostgreSQL's own tools (pg_dump, or base backups with WAL archiving)",
-                path.display()
-            ),
-        })
+        crate::copy::postgres_to_sqlite(&mut *self.client()?, path).map(|_| ())
+    }
+
+    fn row_counts(&self) -> Result<crate::copy::RowCounts> {
+        crate::copy::pg_counts(&mut *self.client()?)
     }
 
     fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>> {

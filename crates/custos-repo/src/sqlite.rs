@@ -1777,6 +1777,10 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    fn row_counts(&self) -> Result<crate::copy::RowCounts> {
+        crate::copy::sqlite_counts(&*self.reader()?)
+    }
+
     fn insert_mirror(&self, primary: &VolumeName, secondary: &VolumeName) -> Result<()> {
         let r = self.conn().execute(
             "INSERT INTO mirrors (primary_volume, secondary_volume, created_at) VALUES (?1, ?2, ?3)",
