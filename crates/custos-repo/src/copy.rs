@@ -200,14 +200,14 @@ pub fn sqlite_to_postgres(
         let mut n = 0u64;
         while let Some(r) = rows.next().map_err(sqlite("read rows"))? {
             let mut vals = Vec::with_capacity(cols.len());
-            for i in 0..cols.len() {
+            for (i, col) in cols.iter().enumerate() {
                 vals.push(match r.get_ref(i).map_err(sqlite("read rows"))? {
                     ValueRef::Null => Val::Null,
                     ValueRef::Integer(v) => Val::Int(v),
                     ValueRef::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
                     ValueRef::Blob(b) => Val::Blob(b.to_vec()),
                     ValueRef::Real(_) => {
-                        return Err(RepoError::Corrupt { what: format!("a real number in {table}.{}", cols[i]) })
+                        return Err(RepoError::Corrupt { what: format!("a real number in {table}.{col}") })
                     }
                 });
             }
