@@ -99,6 +99,9 @@ pub enum Command {
     /// recovery from one on a fresh machine.
     #[command(subcommand)]
     Vault(VaultCmd),
+    /// The catalog's backend: move it between custos.db and PostgreSQL.
+    #[command(subcommand)]
+    Repo(RepoCmd),
     /// Escrow: a key-backup key split among custodians; every key is sealed to it.
     #[command(subcommand)]
     Escrow(EscrowCmd),
@@ -708,6 +711,21 @@ pub struct InitArgs {
     /// directory records the address in its owner-only file `repository`.
     #[arg(long, value_name = "URL")]
     pub repository: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCmd {
+    /// Move the catalog to an empty PostgreSQL database (--to
+    /// postgres://user@host/database) or back into custos.db (--to sqlite).
+    /// The catalog verifies first (every row's MAC, the audit chain); the
+    /// copy must verify the same way and hold the same rows before the vault
+    /// switches; the old catalog is kept beside it. Stop every server and
+    /// command on the vault first; run it on the vault's machine, as a
+    /// security-admin, with the HSM's passphrase or PIN.
+    Migrate {
+        #[arg(long, value_name = "URL|sqlite")]
+        to: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

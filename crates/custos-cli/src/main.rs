@@ -188,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return rebuild(&cli, share, key, part, kdf).map(|_| ExitCode::SUCCESS);
         }
+        Command::Repo(args::RepoCmd::Migrate { to }) => return repo_migrate(&cli, to).map(|_| ExitCode::SUCCESS),
         Command::Demo { keep } => return demo::run(keep.as_deref()).map(|_| ExitCode::SUCCESS),
         Command::Mk(MkCmd::MakePart { custodian, output }) => {
             return cmd::mk::make_part(custodian, output).map(|_| ExitCode::SUCCESS)
@@ -353,6 +354,49 @@ fn local_user(cli: &Cli) -> String {
         .or_else(|| std::env::var("USER").ok())
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// `custos repo migrate`: the catalog to PostgreSQL or back, on the vault's
+/// own machine (never through a server, which holds the catalog open), by
+/// a security-admin with the HSM open.
+fn repo_migrate(cli: &Cli, to: &str) -> anyhow::Result<()> {
+    if cli.server.is_some() {
+        bail!("repo migrate runs on the vault's machine with its servers stopped, not through a server: drop --server (CUSTOS_SERVER)");
+    }
+    let target = custos_core::MigrateTarget::parse(to)?;
+    let sealed = Vault::open(&cli.vault)?;
+    let who = if sealed.has_users()? {
+        let name =
+            cli.user.clone().ok_or_else(|| anyhow::anyhow!("who is acting? give --user NAME (or set CUSTOS_USER)"))?;
+        let p = sealed.authenticate(&name, &credential(cli, &name, false)?)?;
+        if !p.roles.contains(&custos_core::model::Role::SecurityAdmin) {
+            return Err(custos_core::Error::Forbidden {
+                principal: name,
+                why: "moving the catalog (repo migrate) needs the security-admin role".into(),
+            }
+            .into());
+        }
+        name
+    } else {
+        local_user(cli)
+    };
+    let open = unlocker(cli)(&sealed)?.vault;
+    let r = open.migrate_catalog(&target, &who)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "moved the catalog from {} to {}: {} rows in {} tables, every MAC ({}) and the audit chain ({} entries) verified in the copy; the old catalog is kept at {}",
+            r.from,
+            r.to,
+            r.rows,
+            r.tables.len(),
+            r.macs_checked,
+            r.audit_entries,
+            r.kept
+        );
+    }
+    Ok(())
 }
 
 /// `custos vault recover`: a new vault directory from a vault backup.

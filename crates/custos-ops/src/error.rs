@@ -171,7 +171,9 @@ pub fn core_code(e: &CoreError) -> Code {
             | HsmError::TooFewCustodians(_)
             | HsmError::AlreadyExists { .. },
         )
-        | CoreError::Repo(RepoError::Exists { .. } | RepoError::Raced { .. }) => Code::Conflict,
+        | CoreError::Repo(RepoError::Exists { .. } | RepoError::Raced { .. } | RepoError::NotEmpty { .. }) => {
+            Code::Conflict
+        }
         CoreError::Name(_) | CoreError::Naming(_) | CoreError::Range { .. } => Code::Invalid,
         CoreError::Hsm(
             HsmError::PartMismatch { .. } | HsmError::MkvpMismatch { .. } | HsmError::WeakPassphrase { .. },

@@ -178,12 +178,9 @@ pub fn sqlite_to_postgres(
     let mut c = to.client_for_copy()?;
     let filled: Vec<(String, u64)> = pg_counts(&mut *c)?.into_iter().filter(|(_, n)| *n > 0).collect();
     if !filled.is_empty() {
-        return Err(RepoError::Exists {
-            kind: "catalog in the target database",
-            name: format!(
-                "(it holds rows: {}); give an empty database",
-                filled.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ")
-            ),
+        return Err(RepoError::NotEmpty {
+            target: "PostgreSQL database".into(),
+            holds: filled.iter().map(|(t, n)| format!("{n} rows in {t}")).collect::<Vec<_>>().join(", "),
         });
     }
     let mut tx = c.transaction().map_err(pg("start the copy"))?;

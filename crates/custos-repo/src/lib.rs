@@ -60,6 +60,9 @@ pub enum RepoError {
     /// The PostgreSQL catalog could not be reached or refused a statement.
     #[error("the PostgreSQL catalog failed while trying to {action}: {why}; check that PostgreSQL is running and reachable and that Custos's account may use the catalog database, then run the command again")]
     Postgres { action: &'static str, why: String },
+    /// A copy between backends found its target holding rows.
+    #[error("the target {target} is not empty (it holds {holds}): nothing was copied into it; give an empty database")]
+    NotEmpty { target: String, holds: String },
     /// The catalog key (in the HSM) could not compute a row's MAC.
     #[error("the HSM could not authenticate a catalog row ({why}): nothing was changed; check the HSM (its token, or hsm.sealed), then run the command again")]
     RowKey { why: String },

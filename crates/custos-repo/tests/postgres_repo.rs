@@ -110,7 +110,7 @@ fn a_catalog_moves_between_backends_with_its_macs() {
 
     // Anything in the target: refused, and nothing is added to it.
     match copy::sqlite_to_postgres(&src, &target, |_| Ok(())) {
-        Err(e @ RepoError::Exists { .. }) => assert!(e.to_string().contains("empty database"), "{e}"),
+        Err(e @ RepoError::NotEmpty { .. }) => assert!(e.to_string().contains("give an empty database"), "{e}"),
         other => panic!("a target holding a catalog must be refused: {other:?}"),
     }
     assert_eq!(target.row_counts().unwrap(), before);

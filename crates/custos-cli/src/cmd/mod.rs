@@ -124,7 +124,7 @@ pub fn parse_time(s: &str) -> anyhow::Result<jiff::Timestamp> {
 /// make-part` need no vault and are handled before this.
 pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
     match &cli.command {
-        Command::Init(_) | Command::Demo { .. } | Command::Serve { .. } => {
+        Command::Init(_) | Command::Demo { .. } | Command::Serve { .. } | Command::Repo(_) => {
             Err(anyhow!("init, demo and serve run without an operation"))
         }
         Command::Key(c) => key::plan(c),
