@@ -1143,3 +1143,86 @@ fn a_catalog_moves_to_postgres_and_back() {
     e.ok(&["catalog", "verify"]);
     assert!(e.ok(&["audit", "verify"]).contains("audit log intact"));
 }
+
+/// Two servers on one PostgreSQL catalog and one vault (ADR 0020): while
+/// server B creates keys as fast as it can, server A loads and activates a
+/// new master key twice, re-enciphering in between. Afterwards every key B
+/// acknowledged is in the catalog wrapped under a master key some register
+/// still holds, both servers report the same registers, and data written
+/// through B after the changes reads back through A.
+#[test]
+fn master_key_changes_on_one_server_reach_the_other_before_it_wraps() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let e = Env::new_postgres();
+    let top = format!("repository = {:?}", e.pg.as_ref().unwrap().url("custos"));
+    let a = Served::start_named(&e, "a", &top, "kind = \"soft\"", PASS, "");
+    let b = Served::start_named(&e, "b", &top, "kind = \"soft\"", PASS, "");
+    let json = |s: &Served, args: &[&str]| -> serde_json::Value {
+        let mut v = args.to_vec();
+        v.push("--json");
+        serde_json::from_str(&s.ok("ops", OPS_CRED, &v)).unwrap()
+    };
+    let stop = AtomicBool::new(false);
+    let (made, failed) = std::thread::scope(|scope| {
+        let creator = scope.spawn(|| {
+            let (mut made, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let o = b.run("ops", OPS_CRED, &["key", "create", "--app", "RACE", "--activate"], None);
+                if o.status.success() {
+                    made += 1;
+                } else {
+                    failed.push(String::from_utf8_lossy(&o.stderr).to_string());
+                }
+            }
+            (made, failed)
+        });
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(700));
+            a.ok("ops", OPS_CRED, &["mk", "load-new", "--generate"]);
+            // Keys B wrapped under the register about to be dropped hold the
+            // activation back until they are re-enciphered.
+            let mut tries = 0;
+            while a.run("ops", OPS_CRED, &["mk", "activate"], None).status.code() != Some(0) {
+                tries += 1;
+                assert!(tries < 20, "mk activate never got through: {}", a.log());
+                a.ok("ops", OPS_CRED, &["mk", "reencipher"]);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            a.ok("ops", OPS_CRED, &["mk", "reencipher"]);
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        stop.store(true, Ordering::Relaxed);
+        creator.join().unwrap()
+    });
+    assert!(failed.is_empty(), "key creation failed on B: {failed:#?}");
+    assert!(made > 10, "too few keys made to prove anything: {made}");
+    let regs = |s: &Served| -> Vec<String> {
+        json(s, &["mk", "status"])["registers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}={}", r["register"].as_str().unwrap(), r["mkvp"].as_str().unwrap()))
+            .collect()
+    };
+    let held = regs(&a);
+    assert_eq!(regs(&b), held, "both servers hold the same registers");
+    assert_eq!(held.len(), 2, "CURRENT and OLD after two activations: {held:?}");
+    let keys = json(&a, &["key", "ls"]);
+    let keys = keys.as_array().unwrap();
+    let race: Vec<&serde_json::Value> =
+        keys.iter().filter(|k| k["label"].as_str().unwrap().contains(".RACE.")).collect();
+    assert_eq!(race.len() as u32, made, "every acknowledged key is in the catalog");
+    for k in keys {
+        let m = k["mkvp"].as_str().unwrap_or_else(|| panic!("a key without an MKVP: {k}"));
+        assert!(
+            held.iter().any(|r| r.ends_with(m)),
+            "{} is wrapped under {m}, which no register holds ({held:?})",
+            k["label"]
+        );
+    }
+    let body = data(40_000, 5);
+    assert!(b.run("ops", OPS_CRED, &["ds", "put", "RACE.AFTER"], Some(&body)).status.success());
+    assert_eq!(a.run("ops", OPS_CRED, &["ds", "get", "RACE.AFTER"], None).stdout, body);
+    assert!(a.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
+    eprintln!("B made {made} keys while A changed master keys twice");
+}

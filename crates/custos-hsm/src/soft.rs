@@ -71,6 +71,26 @@ pub struct SoftHsm {
     catalog: RwLock<Option<hmac::Key>>,
     /// The NEXT catalog key, while a rotation is pending.
     next: RwLock<Option<hmac::Key>>,
+    /// The file as this handle last read or wrote it: when it differs on
+    /// disk, another process (a second server on the vault) changed the
+    /// registers, and they are read again before a key is wrapped.
+    stamp: std::sync::Mutex<Option<Stamp>>,
+}
+
+/// What identifies one version of the file: a rename makes a new inode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).ok()?;
+    Some(Stamp { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
 }
 
 fn hmac_key(k: &[u8; 32]) -> hmac::Key {
@@ -105,6 +125,7 @@ impl SoftHsm {
             regs: RwLock::new(regs),
             catalog: RwLock::new(None),
             next: RwLock::new(None),
+            stamp: Default::default(),
         };
         hsm.write(&hsm.regs.read().expect("registers lock"), &Stored::default())?;
         Ok(hsm)
@@ -113,6 +134,7 @@ impl SoftHsm {
     /// Open an existing HSM file.
     pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, HsmError> {
         let io = |source| HsmError::Io { path: path.into(), source };
+        let stamp = stamp_of(path);
         let bytes = Zeroizing::new(fs::read(path).map_err(io)?);
         let (kdf, _) = header(path, &bytes)?;
         let pk = kdf.derive(passphrase)?;
@@ -126,7 +148,37 @@ impl SoftHsm {
             regs: RwLock::new(regs),
             catalog: RwLock::new(catalog),
             next: RwLock::new(next),
+            stamp: std::sync::Mutex::new(stamp),
         })
+    }
+
+    /// Read the registers and catalog keys again if another process
+    /// changed the file since this handle last saw it (one `stat` when it
+    /// did not): a key is never wrapped under a register another server
+    /// has moved on from.
+    fn refresh(&self) -> Result<(), HsmError> {
+        let now = stamp_of(&self.path);
+        if now.is_none() || *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) == now {
+            return Ok(());
+        }
+        let (regs, stored) = self.read_back()?;
+        *self.regs.write().expect("registers lock") = regs;
+        *self.catalog.write().expect("catalog key lock") = stored.catalog.as_ref().map(|k| hmac_key(k));
+        *self.next.write().expect("catalog key lock") = stored.next.as_ref().map(|k| hmac_key(k));
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        Ok(())
+    }
+
+    /// Change the registers as the file holds them now (never this
+    /// handle's possibly older copy), under the file's lock, and write them
+    /// back; this handle then holds what was written.
+    fn change<T>(&self, f: impl FnOnce(&mut Registers) -> Result<T, HsmError>) -> Result<T, HsmError> {
+        let _lock = self.lock()?;
+        let (mut regs, stored) = self.read_back()?;
+        let out = f(&mut regs)?;
+        self.write(&regs, &stored)?;
+        *self.regs.write().expect("registers lock") = regs;
+        Ok(out)
     }
 
     /// The registers and the anchor as the file holds them now. The file
@@ -152,14 +204,6 @@ impl SoftHsm {
         let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock).map_err(io)?;
         f.lock().map_err(io)?;
         Ok(f)
-    }
-
-    /// Write the registers back, keeping the anchor and catalog key the
-    /// file holds.
-    fn save(&self, regs: &Registers) -> Result<(), HsmError> {
-        let _lock = self.lock()?;
-        let (_, stored) = self.read_back()?;
-        self.write(regs, &stored)
     }
 
     /// Write the file atomically (temp file, fsync, rename, fsync dir).
@@ -222,6 +266,7 @@ impl SoftHsm {
         if let Some(dir) = self.path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp_of(&self.path);
         Ok(())
     }
 
@@ -330,6 +375,7 @@ impl Hsm for SoftHsm {
     }
 
     fn registers(&self) -> Result<Vec<RegisterInfo>, HsmError> {
+        self.refresh()?;
         let regs = self.regs.read().expect("registers lock");
         Ok([(Register::New, &regs.new), (Register::Current, &regs.current), (Register::Old, &regs.old)]
             .into_iter()
@@ -343,11 +389,20 @@ impl Hsm for SoftHsm {
     }
 
     fn wrap_key(&self, key: &DataKey) -> Result<WrappedKey, HsmError> {
+        self.refresh()?;
         self.with_current(|mk, mkvp| Ok(WrappedKey { mkvp, kcv: Kcv::of(key), bytes: wrap_key(mk, key)? }))
     }
 
     fn unwrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<DataKey, HsmError> {
-        self.with_key(mkvp, |mk| unwrap_key(mk, wrapped).map_err(|_| HsmError::Unwrap { mkvp: *mkvp }))
+        let unwrap = || self.with_key(mkvp, |mk| unwrap_key(mk, wrapped).map_err(|_| HsmError::Unwrap { mkvp: *mkvp }));
+        match unwrap() {
+            // Wrapped under a master key another process loaded since.
+            Err(HsmError::UnknownMkvp { .. }) => {
+                self.refresh()?;
+                unwrap()
+            }
+            r => r,
+        }
     }
 
     fn rewrap_key(&self, mkvp: &Mkvp, wrapped: &[u8]) -> Result<WrappedKey, HsmError> {
@@ -356,56 +411,45 @@ impl Hsm for SoftHsm {
     }
 
     fn load_new(&self, new: NewMasterKey, expect: Option<Mkvp>) -> Result<Mkvp, HsmError> {
-        let mut regs = self.regs.write().expect("registers lock");
-        if let Some(n) = &regs.new {
-            return Err(HsmError::NewLoaded { mkvp: n.mkvp });
-        }
-        let key = match new {
-            NewMasterKey::Generate => MasterKey::generate()?,
-            NewMasterKey::Parts(parts) => combine_parts(&parts)?,
-        };
-        let mkvp = Mkvp::of(&key);
-        if let Some(want) = expect.filter(|w| *w != mkvp) {
-            return Err(HsmError::MkvpMismatch { got: mkvp, want });
-        }
-        regs.new = Some(Slot { key, mkvp, since: Timestamp::now() });
-        if let Err(e) = self.save(&regs) {
-            regs.new = None;
-            return Err(e);
-        }
-        Ok(mkvp)
+        self.change(|regs| {
+            if let Some(n) = &regs.new {
+                return Err(HsmError::NewLoaded { mkvp: n.mkvp });
+            }
+            let key = match new {
+                NewMasterKey::Generate => MasterKey::generate()?,
+                NewMasterKey::Parts(parts) => combine_parts(&parts)?,
+            };
+            let mkvp = Mkvp::of(&key);
+            if let Some(want) = expect.filter(|w| *w != mkvp) {
+                return Err(HsmError::MkvpMismatch { got: mkvp, want });
+            }
+            regs.new = Some(Slot { key, mkvp, since: Timestamp::now() });
+            Ok(mkvp)
+        })
     }
 
     fn clear_new(&self) -> Result<(), HsmError> {
-        let mut regs = self.regs.write().expect("registers lock");
-        let old = regs.new.take();
-        if let Err(e) = self.save(&regs) {
-            regs.new = old;
-            return Err(e);
-        }
-        Ok(())
+        self.change(|regs| {
+            regs.new = None;
+            Ok(())
+        })
     }
 
     fn activate(&self) -> Result<(), HsmError> {
-        let mut regs = self.regs.write().expect("registers lock");
-        let Some(mut new) = regs.new.take() else {
-            return Err(HsmError::NoNewMasterKey);
-        };
-        let now = Timestamp::now();
-        new.since = now;
-        let mut current = regs.current.take();
-        if let Some(c) = current.as_mut() {
-            c.since = now;
-        }
-        let discarded = std::mem::replace(&mut regs.old, current);
-        regs.current = Some(new);
-        if let Err(e) = self.save(&regs) {
-            // Put everything back as it was.
-            regs.new = regs.current.take();
-            regs.current = std::mem::replace(&mut regs.old, discarded);
-            return Err(e);
-        }
-        Ok(())
+        self.change(|regs| {
+            let Some(mut new) = regs.new.take() else {
+                return Err(HsmError::NoNewMasterKey);
+            };
+            let now = Timestamp::now();
+            new.since = now;
+            let mut current = regs.current.take();
+            if let Some(c) = current.as_mut() {
+                c.since = now;
+            }
+            regs.old = current;
+            regs.current = Some(new);
+            Ok(())
+        })
     }
 
     fn anchor(&self) -> Result<Option<AuditAnchor>, HsmError> {
@@ -561,6 +605,33 @@ mod tests {
             SoftHsm::create(&p, &pass("another passphrase"), KdfParams::MINIMUM),
             Err(HsmError::AlreadyExists { .. })
         ));
+    }
+
+    /// Two processes on one HSM file (two servers on one vault): each sees
+    /// the other's register changes before it wraps a key, and a change is
+    /// made to the registers the file holds, never to a stale copy.
+    #[test]
+    fn two_handles_on_one_file_see_each_others_register_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hsm");
+        let a = SoftHsm::create(&p, &pass("a long test passphrase"), KdfParams::MINIMUM).unwrap();
+        let b = SoftHsm::open(&p, &pass("a long test passphrase")).unwrap();
+        let first = b.generate_key().unwrap();
+        let new = a.load_new(NewMasterKey::Generate, None).unwrap();
+        assert!(matches!(b.load_new(NewMasterKey::Generate, None), Err(HsmError::NewLoaded { mkvp }) if mkvp == new));
+        a.activate().unwrap();
+        let w = b.generate_key().unwrap();
+        assert_eq!(w.mkvp, new, "b wraps under the master key a activated");
+        assert_eq!(Kcv::of(&a.unwrap_key(&w.mkvp, &w.bytes).unwrap()), w.kcv);
+        assert!(b.unwrap_key(&first.mkvp, &first.bytes).is_ok(), "the old one is still held, as OLD");
+        // b's change starts from what a wrote: a's activation stays.
+        let third = b.load_new(NewMasterKey::Generate, None).unwrap();
+        let regs = a.registers().unwrap();
+        let of = |r: Register| regs.iter().find(|x| x.register == r).map(|x| x.mkvp);
+        assert_eq!(
+            (of(Register::New), of(Register::Current), of(Register::Old)),
+            (Some(third), Some(new), Some(first.mkvp))
+        );
     }
 
     #[test]
