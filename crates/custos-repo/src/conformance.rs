@@ -695,6 +695,16 @@ pub fn row_auth(
         })
         .unwrap();
     assert!(repo.decide_request(id, "executed", "auditor").unwrap());
+    // Bulk inserts and re-encipherment too (a backend may seal those rows
+    // before it writes them: the MAC must be the one a read expects).
+    let three = KeyLabel::new("K.THREE").unwrap();
+    repo.insert_keys(&[key("K.THREE")]).unwrap();
+    repo.set_destroy_after(&three, Some(at)).unwrap();
+    let k3 = repo.key(&three).unwrap().unwrap();
+    let rewrap = Rewrap { label: three.clone(), from: k3.mkvp, to: Mkvp([3; 8]), wrapped: vec![5; 40] };
+    assert_eq!(repo.rewrap_keys(&[rewrap]).unwrap(), 1);
+    assert_eq!(repo.key(&three).unwrap().unwrap().mkvp, Mkvp([3; 8]));
+    assert_eq!(repo.destroy_after(&three).unwrap(), Some(at));
     assert!(repo.verify_rows().unwrap().faults.is_empty());
     assert_eq!(repo.principal("clerk").unwrap().unwrap().data_grants.len(), 1);
 

@@ -114,7 +114,8 @@ fn pg(action: &'static str) -> impl Fn(postgres::Error) -> RepoError {
             }
             if *code == SqlState::UNIQUE_VIOLATION {
                 // The caller names what exists (see `exists_as`).
-                return RepoError::Exists { kind: "catalog row", name: db.constraint().unwrap_or("?").to_string() };
+                let name = db.detail().or(db.constraint()).unwrap_or("?").to_string();
+                return RepoError::Exists { kind: "catalog row", name };
             }
             return RepoError::Postgres { action, why: format!("{}: {}", db.severity(), db.message()) };
         }
@@ -205,6 +206,27 @@ fn shown(v: Col<'_>) -> String {
         Col::Blob(b) => format!("<{} bytes>", b.len()),
     }
 }
+
+/// The keys table's columns, in schema order.
+const KEY_COL_NAMES: &[&str] = &[
+    "label",
+    "state",
+    "purpose",
+    "app",
+    "wrapped",
+    "mkvp",
+    "kcv",
+    "created_at",
+    "activated_at",
+    "deactivated_at",
+    "destroyed_at",
+    "expires_at",
+    "last_used_at",
+    "use_count",
+    "escrow_kbk",
+    "escrow",
+    "destroy_after",
+];
 
 const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow";
 
@@ -665,6 +687,18 @@ impl PgRepository {
                     why: format!("its table {name} is missing"),
                 });
             }
+            // Keys are sealed before they are written (bulk inserts and
+            // re-encipherment), from columns this build knows by name.
+            if name == "keys" && cols != KEY_COL_NAMES {
+                return Err(RepoError::NotACatalog {
+                    path: "the PostgreSQL database".into(),
+                    why: format!(
+                        "its keys table has the columns {} where Custos made {}",
+                        cols.join(", "),
+                        KEY_COL_NAMES.join(", ")
+                    ),
+                });
+            }
             selects.insert(name, format!("{}, mac", cols.join(", ")));
             tables.insert(name, Table { cols, pk, keyless });
         }
@@ -836,9 +870,24 @@ impl PgRepository {
     /// columns).
     fn seal_row(&self, tx: &mut Transaction<'_>, table: &'static str, r: &Row) -> Result<()> {
         let cols = self.values(table, r, 2)?;
-        let mac = match self.rows.auth() {
+        let mac = self.mac_for(table, &cols, get(r, 1)?)?;
+        let tid: &str = get(r, 0)?;
+        tx.execute(&format!("UPDATE {table} SET mac = $1 WHERE ctid = $2::text::tid"), &[&mac, &tid])
+            .map_err(pg("seal a catalog row"))?;
+        Ok(())
+    }
+
+    /// The MAC a row of `table` with these columns (schema order) gets, the
+    /// catalog's key generation being `generation`: `None` where a command
+    /// without the key may write it; refused where it may not.
+    fn mac_for(
+        &self,
+        table: &'static str,
+        cols: &[(&[u8], Col<'_>)],
+        generation: Option<String>,
+    ) -> Result<Option<Vec<u8>>> {
+        match self.rows.auth() {
             Some(a) => {
-                let generation: Option<String> = get(r, 1)?;
                 {
                     let mut seen = self.rows.seen.lock().unwrap_or_else(|p| p.into_inner());
                     if seen.as_ref() != Some(&generation) {
@@ -847,19 +896,54 @@ impl PgRepository {
                     }
                 }
                 let msg = row_message(table, cols.iter().copied());
-                Some(a.seal(&msg).map_err(|why| RepoError::RowKey { why })?.to_vec())
+                Ok(Some(a.seal(&msg).map_err(|why| RepoError::RowKey { why })?.to_vec()))
             }
             None if !self.rows.sealed.load(Ordering::Relaxed)
                 || self.keyless_allowed(table, cols.first().map_or(Col::Null, |c| c.1)) =>
             {
-                None
+                Ok(None)
             }
-            None => return Err(RepoError::NeedsKey { table: table.into(), row: self.row_key(table, &cols) }),
+            None => Err(RepoError::NeedsKey { table: table.into(), row: self.row_key(table, cols) }),
+        }
+    }
+
+    /// The catalog's key generation, as this transaction sees it.
+    fn generation(&self, tx: &mut Transaction<'_>) -> Result<Option<String>> {
+        match tx
+            .query_opt("SELECT value FROM settings WHERE key = $1", &[&GENERATION_SETTING])
+            .map_err(pg("read the catalog's key generation"))?
+        {
+            Some(r) => get(&r, 0),
+            None => Ok(None),
+        }
+    }
+
+    /// A key's columns in the keys table's order, named (those the table
+    /// lacks are left out; one it has that is not here counts as NULL).
+    fn key_values<'k>(&self, k: &'k KeyRecord, mkvp: &'k str, kcv: &'k str) -> Vec<(&'k [u8], Col<'k>)> {
+        let opt = |t: Option<Timestamp>| t.map_or(Col::Null, |t| Col::Int(ts(t)));
+        let by_name = |name: &str| -> Col<'k> {
+            match name {
+                "label" => Col::Text(k.label.as_str().as_bytes()),
+                "state" => Col::Text(k.state.as_str().as_bytes()),
+                "purpose" => Col::Text(k.purpose.as_str().as_bytes()),
+                "app" => Col::Text(k.app.as_bytes()),
+                "wrapped" => k.wrapped.as_ref().map_or(Col::Null, |w| Col::Blob(&w.0)),
+                "mkvp" => Col::Text(mkvp.as_bytes()),
+                "kcv" => Col::Text(kcv.as_bytes()),
+                "created_at" => Col::Int(ts(k.created_at)),
+                "activated_at" => opt(k.activated_at),
+                "deactivated_at" => opt(k.deactivated_at),
+                "destroyed_at" => opt(k.destroyed_at),
+                "expires_at" => opt(k.expires_at),
+                "last_used_at" => opt(k.last_used_at),
+                "use_count" => Col::Int(k.use_count as i64),
+                "escrow_kbk" => k.escrow.as_ref().map_or(Col::Null, |e| Col::Text(e.kbk.as_bytes())),
+                "escrow" => k.escrow.as_ref().map_or(Col::Null, |e| Col::Blob(&e.blob)),
+                _ => Col::Null,
+            }
         };
-        let tid: &str = get(r, 0)?;
-        tx.execute(&format!("UPDATE {table} SET mac = $1 WHERE ctid = $2::text::tid"), &[&mac, &tid])
-            .map_err(pg("seal a catalog row"))?;
-        Ok(())
+        KEY_COL_NAMES.iter().map(|n| (n.as_bytes(), by_name(n))).collect()
     }
 
     fn upsert_setting(&self, tx: &mut Transaction<'_>, key: &str, value: &str) -> Result<()> {
@@ -1010,6 +1094,12 @@ fn garbage_after(
     let g = Garbage { chunks: chunks.into_iter().map(|c| (vname.clone(), c)).collect(), manifests };
     to_trash(tx, &g, claimed_by)?;
     Ok(g)
+}
+
+/// The value a unique violation names ("Key (label)=(X) already exists."),
+/// or the whole detail when it is not in that form.
+fn duplicate_value(detail: &str) -> String {
+    detail.split_once(")=(").and_then(|(_, rest)| rest.rsplit_once(')')).map_or(detail, |(v, _)| v).to_string()
 }
 
 /// A unique violation (see [`pg`]) as the thing that exists.
@@ -1219,9 +1309,49 @@ impl Repository for PgRepository {
     }
 
     fn insert_keys(&self, recs: &[KeyRecord]) -> Result<()> {
+        // Sealed in Rust before they are written, a thousand per statement.
         self.tx("store keys", None, |tx| {
-            for k in recs {
-                self.insert_key_in(tx, k)?;
+            let generation = self.generation(tx)?;
+            for batch in recs.chunks(1000) {
+                let hex: Vec<(String, String)> = batch.iter().map(|k| (k.mkvp.to_hex(), k.kcv.to_hex())).collect();
+                let mut macs = Vec::with_capacity(batch.len());
+                for (k, (m, c)) in batch.iter().zip(&hex) {
+                    macs.push(self.mac_for("keys", &self.key_values(k, m, c), generation.clone())?);
+                }
+                let text = |f: &dyn Fn(&KeyRecord) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
+                let time = |f: &dyn Fn(&KeyRecord) -> Option<Timestamp>| batch.iter().map(|k| f(k).map(ts)).collect::<Vec<_>>();
+                let r = tx.execute(
+                    "INSERT INTO keys (label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at,
+                         destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow, mac)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[],
+                         $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::text[],
+                         $16::bytea[], $17::bytea[])",
+                    &[
+                        &text(&|k| k.label.as_str()),
+                        &text(&|k| k.state.as_str()),
+                        &text(&|k| k.purpose.as_str()),
+                        &text(&|k| k.app.as_str()),
+                        &batch.iter().map(|k| k.wrapped.as_ref().map(|w| &w.0[..])).collect::<Vec<_>>(),
+                        &hex.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+                        &hex.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(),
+                        &batch.iter().map(|k| ts(k.created_at)).collect::<Vec<_>>(),
+                        &time(&|k| k.activated_at),
+                        &time(&|k| k.deactivated_at),
+                        &time(&|k| k.destroyed_at),
+                        &time(&|k| k.expires_at),
+                        &time(&|k| k.last_used_at),
+                        &batch.iter().map(|k| k.use_count as i64).collect::<Vec<_>>(),
+                        &batch.iter().map(|k| k.escrow.as_ref().map(|e| e.kbk.as_str())).collect::<Vec<_>>(),
+                        &batch.iter().map(|k| k.escrow.as_ref().map(|e| &e.blob[..])).collect::<Vec<_>>(),
+                        &macs,
+                    ],
+                );
+                r.map_err(pg("store keys")).map_err(|e| match e {
+                    RepoError::Exists { kind: "catalog row", name } => {
+                        RepoError::Exists { kind: "key", name: duplicate_value(&name) }
+                    }
+                    e => e,
+                })?;
             }
             Ok(())
         })
@@ -1250,24 +1380,59 @@ impl Repository for PgRepository {
     }
 
     fn rewrap_keys(&self, batch: &[Rewrap]) -> Result<usize> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
         self.tx("re-encipher keys", None, |tx| {
-            let mut n = 0;
-            let mut batch: Vec<&Rewrap> = batch.iter().collect();
-            batch.sort_by(|a, b| a.label.as_str().cmp(b.label.as_str()));
-            for r in batch {
-                let (label, from) = (r.label.as_str(), r.from.to_hex());
-                self.lock_check(tx, "keys", "label = $1 AND mkvp = $2 AND wrapped IS NOT NULL", &[&label, &from])?;
-                n += self
-                    .write(
-                        tx,
-                        "re-encipher a key",
-                        "keys",
-                        "UPDATE keys SET wrapped = $2, mkvp = $3 WHERE label = $1 AND mkvp = $4 AND wrapped IS NOT NULL",
-                        &[&label, &&r.wrapped[..], &r.to.to_hex(), &from],
-                    )?
-                    .len();
+            let generation = self.generation(tx)?;
+            let labels: Vec<&str> = batch.iter().map(|r| r.label.as_str()).collect();
+            // Locked in label order (one order for every writer), each
+            // checked before it is changed.
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT {} FROM keys WHERE label = ANY($1) ORDER BY label FOR UPDATE",
+                        self.rows.selects["keys"]
+                    ),
+                    &[&labels],
+                )
+                .map_err(pg("lock the keys to re-encipher"))?;
+            let mut held: HashMap<String, (KeyRecord, Option<i64>)> = HashMap::with_capacity(rows.len());
+            for r in &rows {
+                self.check("keys", r, 0)?;
+                let k = key_from(r)?;
+                held.insert(k.label.as_str().to_string(), (k, get(r, 16)?));
             }
-            Ok(n)
+            let (mut l, mut w, mut m, mut macs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for r in batch {
+                // Only a record still under `from` with material moves: a
+                // concurrent or repeated run cannot undo another.
+                let Some((k, after)) = held.get(r.label.as_str()) else { continue };
+                if k.mkvp != r.from || k.wrapped.is_none() {
+                    continue;
+                }
+                let mut moved = k.clone();
+                moved.wrapped = Some(WrappedMaterial(r.wrapped.clone()));
+                moved.mkvp = r.to;
+                let (mh, kh) = (moved.mkvp.to_hex(), moved.kcv.to_hex());
+                let mut cols = self.key_values(&moved, &mh, &kh);
+                if let Some((_, v)) = cols.iter_mut().find(|(n, _)| *n == b"destroy_after") {
+                    *v = after.map_or(Col::Null, Col::Int);
+                }
+                macs.push(self.mac_for("keys", &cols, generation.clone())?);
+                l.push(r.label.as_str());
+                w.push(&r.wrapped[..]);
+                m.push(mh);
+            }
+            let n = tx
+                .execute(
+                    "UPDATE keys SET wrapped = v.w, mkvp = v.m, mac = v.mac
+                     FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bytea[]) AS v(l, w, m, mac)
+                     WHERE keys.label = v.l",
+                    &[&l, &w, &m, &macs],
+                )
+                .map_err(pg("re-encipher keys"))?;
+            Ok(n as usize)
         })
     }
 
@@ -1916,7 +2081,7 @@ impl Repository for PgRepository {
         match r {
             // Two writers created the same dataset at once: the second lost.
             Err(RepoError::Exists { kind: "catalog row", name: c_name })
-                if c_name == "datasets_name_key" || c_name == "datasets_pkey" =>
+                if c_name.starts_with("Key (name)=") || c_name.starts_with("Key (id)=") =>
             {
                 Err(RepoError::Conflict { name: c.name.to_string(), expected: c.previous, found: 1 })
             }
