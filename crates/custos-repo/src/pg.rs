@@ -988,25 +988,52 @@ impl PgRepository {
         r.map(|_| ()).map_err(exists_as("key", k.label.to_string()))
     }
 
+    /// Count uses of keys (a label may repeat): the rows locked in label
+    /// order and checked, their new values sealed in Rust, one statement
+    /// for all of them.
     fn count_uses(&self, tx: &mut Transaction<'_>, labels: &[KeyLabel]) -> Result<()> {
-        let mut labels: Vec<&str> = labels.iter().map(|l| l.as_str()).collect();
-        // One order for every writer: two never wait for each other.
-        labels.sort_unstable();
-        let now = ts(Timestamp::now());
-        let mut i = 0;
-        while i < labels.len() {
-            let l = labels[i];
-            let n = labels[i..].iter().take_while(|x| **x == l).count() as i64;
-            self.lock_check(tx, "keys", "label = $1", &[&l])?;
-            self.write(
-                tx,
-                "count a key use",
-                "keys",
-                "UPDATE keys SET use_count = use_count + $2, last_used_at = $3 WHERE label = $1",
-                &[&l, &n, &now],
-            )?;
-            i += n as usize;
+        if labels.is_empty() {
+            return Ok(());
         }
+        let mut uses: std::collections::BTreeMap<&str, i64> = Default::default();
+        for l in labels {
+            *uses.entry(l.as_str()).or_default() += 1;
+        }
+        let wanted: Vec<&str> = uses.keys().copied().collect();
+        let generation = self.generation(tx)?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {} FROM keys WHERE label = ANY($1) ORDER BY label FOR UPDATE",
+                    self.rows.selects["keys"]
+                ),
+                &[&wanted],
+            )
+            .map_err(pg("lock the keys whose uses are counted"))?;
+        let now = Timestamp::now();
+        let (mut l, mut counts, mut macs) = (Vec::new(), Vec::new(), Vec::new());
+        for r in &rows {
+            self.check("keys", r, 0)?;
+            let mut k = key_from(r)?;
+            let after: Option<i64> = get(r, 16)?;
+            let n = uses.get(k.label.as_str()).copied().unwrap_or(0);
+            k.use_count += n as u64;
+            k.last_used_at = Some(now);
+            let (mh, kh) = (k.mkvp.to_hex(), k.kcv.to_hex());
+            let mut cols = self.key_values(&k, &mh, &kh);
+            if let Some((_, v)) = cols.iter_mut().find(|(c, _)| *c == b"destroy_after") {
+                *v = after.map_or(Col::Null, Col::Int);
+            }
+            macs.push(self.mac_for("keys", &cols, generation.clone())?);
+            l.push(k.label.as_str().to_string());
+            counts.push(k.use_count as i64);
+        }
+        tx.execute(
+            "UPDATE keys SET use_count = v.n, last_used_at = $4, mac = v.mac
+             FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS v(l, n, mac) WHERE keys.label = v.l",
+            &[&l, &counts, &macs, &ts(now)],
+        )
+        .map_err(pg("count key uses"))?;
         Ok(())
     }
 
@@ -2302,34 +2329,30 @@ impl Repository for PgRepository {
                 Some(r) => (u(&r, 0)? + 1, bytes32(&r, 1, "audit hash")?),
                 None => (1, [0u8; 32]),
             };
-            let st = tx
-                .prepare(
-                    "INSERT INTO audit_log (seq, at, principal, action, object, result, hash, keyed)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .map_err(pg("append to the audit log"))?;
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
                 let mut row = AuditRow { seq, ..e.clone() };
                 row.hash = link(&prev, &row);
-                tx.execute(
-                    &st,
-                    &[
-                        &(seq as i64),
-                        &ts(row.at),
-                        &row.principal,
-                        &row.action,
-                        &row.object,
-                        &row.result,
-                        &&row.hash[..],
-                        &i64::from(row.keyed),
-                    ],
-                )
-                .map_err(pg("append to the audit log"))?;
                 prev = row.hash;
                 seq += 1;
                 out.push(row);
             }
+            // One statement for the whole group.
+            tx.execute(
+                "INSERT INTO audit_log (seq, at, principal, action, object, result, hash, keyed)
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::int8[])",
+                &[
+                    &out.iter().map(|r| r.seq as i64).collect::<Vec<_>>(),
+                    &out.iter().map(|r| ts(r.at)).collect::<Vec<_>>(),
+                    &out.iter().map(|r| r.principal.as_str()).collect::<Vec<_>>(),
+                    &out.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+                    &out.iter().map(|r| r.object.as_str()).collect::<Vec<_>>(),
+                    &out.iter().map(|r| r.result.as_str()).collect::<Vec<_>>(),
+                    &out.iter().map(|r| &r.hash[..]).collect::<Vec<_>>(),
+                    &out.iter().map(|r| i64::from(r.keyed)).collect::<Vec<_>>(),
+                ],
+            )
+            .map_err(pg("append to the audit log"))?;
             self.count_uses(tx, key_uses)?;
             Ok(out)
         })
