@@ -352,6 +352,22 @@ impl Vault<Open> {
 }
 
 impl<S: VaultState> Vault<S> {
+    /// Take up a request's idempotency key (see
+    /// [`custos_repo::Repository::idempotency_begin`]).
+    pub fn idempotency_begin(
+        &self,
+        key: &str,
+        principal: &str,
+        request: &[u8; 32],
+    ) -> Result<custos_repo::Idempotency> {
+        Ok(self.repo.idempotency_begin(key, principal, request)?)
+    }
+
+    /// Record the answer of a request begun with [`Vault::idempotency_begin`].
+    pub fn idempotency_finish(&self, key: &str, status: u16, reply: Option<&[u8]>) -> Result<()> {
+        Ok(self.repo.idempotency_finish(key, status, reply)?)
+    }
+
     /// Whether the catalog is on another server (PostgreSQL): reaching it
     /// waits on the network.
     pub fn catalog_is_remote(&self) -> bool {

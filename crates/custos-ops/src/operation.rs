@@ -652,6 +652,39 @@ impl Operation {
         matches!(self, Operation::KeyEncrypt { .. } | Operation::KeyDecrypt { .. } | Operation::KeyDataKey { .. })
     }
 
+    /// Whether it only reads: running it twice changes nothing, so a
+    /// client may simply send it again (writes carry an idempotency key
+    /// instead, so that a retry on another server never runs one twice).
+    pub fn only_reads(&self) -> bool {
+        use Operation::*;
+        matches!(
+            self,
+            DsList { .. }
+                | DsInfo { .. }
+                | DsGet { .. }
+                | KeyList { .. }
+                | KeyShow { .. }
+                | VolumeList
+                | PolicyList
+                | ConfigList
+                | ConfigGet { .. }
+                | KeystoreBackups
+                | VaultBackups
+                | EscrowStatus
+                | MirrorList
+                | MirrorStatus
+                | SnapshotList { .. }
+                | BackupList { .. }
+                | BackupShow { .. }
+                | HsmRuleList
+                | AuditList { .. }
+                | AuditExport
+                | UserList
+                | RequestList
+                | RequestShow { .. }
+        )
+    }
+
     /// Whether it can run without the HSM in embedded mode: it reads, or
     /// it writes only what a storage administrator without the passphrase
     /// may (raw copies, snapshots, mirrors, migration, the trash), none of

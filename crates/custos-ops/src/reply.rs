@@ -233,6 +233,21 @@ fn mirror_table(ms: &[MirrorStatus]) -> String {
 }
 
 impl Reply {
+    /// Whether the answer carries a secret (a plaintext, a new token, a
+    /// share): never kept for an idempotent retry's replay.
+    pub fn holds_secret(&self) -> bool {
+        use Reply::*;
+        matches!(
+            self,
+            KeyService { .. }
+                | UserAdded { token: Some(_), .. }
+                | RequestCreated { token: Some(_), .. }
+                | SealedShare { .. }
+                | Approved { .. }
+                | Contributed { .. }
+        )
+    }
+
     /// The JSON a script gets (`--json`, or the HTTP API's `result`).
     pub fn json(&self) -> Value {
         use Reply::*;

@@ -71,6 +71,27 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.set_setting_once("once", "first").unwrap(), "first");
     assert_eq!(repo.set_setting_once("once", "second").unwrap(), "first");
 
+    // Idempotency keys: the first attempt carries a request out; a retry
+    // finds it running (this process is alive), then its answer; the key
+    // is the one request's, from the one principal.
+    use crate::Idempotency;
+    let asked = [7u8; 32];
+    assert_eq!(repo.idempotency_begin("req-1", "alice", &asked).unwrap(), Idempotency::New);
+    assert_eq!(repo.idempotency_begin("req-1", "alice", &asked).unwrap(), Idempotency::Running);
+    assert_eq!(repo.idempotency_begin("req-1", "bob", &asked).unwrap(), Idempotency::Mismatch);
+    assert_eq!(repo.idempotency_begin("req-1", "alice", &[8; 32]).unwrap(), Idempotency::Mismatch);
+    repo.idempotency_finish("req-1", 201, Some(b"{\"ok\":1}")).unwrap();
+    assert_eq!(
+        repo.idempotency_begin("req-1", "alice", &asked).unwrap(),
+        Idempotency::Done { status: 201, reply: Some(b"{\"ok\":1}".to_vec()) }
+    );
+    assert_eq!(repo.idempotency_begin("req-2", "alice", &asked).unwrap(), Idempotency::New, "keys are independent");
+    repo.idempotency_finish("req-2", 200, None).unwrap();
+    assert_eq!(
+        repo.idempotency_begin("req-2", "alice", &asked).unwrap(),
+        Idempotency::Done { status: 200, reply: None }
+    );
+
     // Key-backup keys, and escrow copies that travel with key records.
     repo.insert_kbk(
         &KbkRecord {

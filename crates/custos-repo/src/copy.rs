@@ -38,6 +38,7 @@ pub const TABLES: &[&str] = &[
     "trash",
     "audit_log",
     "audit_checkpoints",
+    "idempotency",
 ];
 
 /// Tables whose ids a sequence hands out on PostgreSQL.
@@ -181,6 +182,22 @@ pub fn sqlite_to_postgres(
         return Err(RepoError::NotEmpty {
             target: "PostgreSQL database".into(),
             holds: filled.iter().map(|(t, n)| format!("{n} rows in {t}")).collect::<Vec<_>>().join(", "),
+        });
+    }
+    // Every table the source has is one this copy knows: nothing is left behind.
+    let mut st = held
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .map_err(sqlite("read the schema"))?;
+    let names = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(sqlite("read the schema"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sqlite("read the schema"))?;
+    drop(st);
+    if let Some(unknown) = names.iter().find(|n| !TABLES.contains(&n.as_str())) {
+        return Err(RepoError::NotACatalog {
+            path: src.display().to_string(),
+            why: format!("it has a table {unknown} this Custos does not copy"),
         });
     }
     let mut tx = c.transaction().map_err(pg("start the copy"))?;

@@ -456,11 +456,40 @@ pub trait Repository: Send + Sync {
     /// it is still pending; false when it was not.
     fn decide_request(&self, id: u64, state: &str, by: &str) -> Result<bool>;
 
+    /// Take up a request's idempotency key (a client's retry, perhaps on
+    /// another server, carries the same one), in one transaction: record it
+    /// as carried out by this process, or say where an earlier attempt
+    /// stands. `request` identifies the request (a hash of what was asked).
+    /// Keys older than a day are forgotten.
+    fn idempotency_begin(&self, key: &str, principal: &str, request: &[u8; 32]) -> Result<Idempotency>;
+    /// Record the answer of a request begun with
+    /// [`Repository::idempotency_begin`] (`reply` only when it may be kept).
+    fn idempotency_finish(&self, key: &str, status: u16, reply: Option<&[u8]>) -> Result<()>;
+
     fn insert_hsm_rule(&self, rule: &HsmRule) -> Result<()>;
     /// All `hsm run` rules, by name.
     fn hsm_rules(&self) -> Result<Vec<HsmRule>>;
     /// Remove a rule; false when there was none by that name.
     fn remove_hsm_rule(&self, name: &str) -> Result<bool>;
+}
+
+/// Where a request's idempotency key stands (see
+/// [`Repository::idempotency_begin`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Not seen before: the caller carries the request out now, then calls
+    /// [`Repository::idempotency_finish`].
+    New,
+    /// Carried out already: its answer's status, and its body when it was
+    /// kept (never one holding a secret).
+    Done { status: u16, reply: Option<Vec<u8>> },
+    /// Being carried out by a process that is alive.
+    Running,
+    /// The process carrying it out died meanwhile: whether it took effect
+    /// is unknown.
+    Orphaned,
+    /// The key came with another request, or from another principal.
+    Mismatch,
 }
 
 /// An object the catalog no longer references, awaiting deletion: removals

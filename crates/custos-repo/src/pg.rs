@@ -52,6 +52,28 @@ pub const BASELINE_VERSION: i64 = 16;
 /// The whole schema at [`BASELINE_VERSION`], in PostgreSQL's dialect.
 pub const BASELINE: &str = include_str!("postgres/schema.sql");
 
+/// Migrations after the baseline, numbered as SQLite's (ADR 0020: one
+/// schema history, each later migration in both dialects).
+const MIGRATIONS: &[(i64, &str)] = &[(
+    17,
+    r#"
+    CREATE TABLE idempotency (
+        key TEXT COLLATE "C" PRIMARY KEY,
+        principal TEXT COLLATE "C" NOT NULL,
+        request BYTEA NOT NULL,
+        state TEXT COLLATE "C" NOT NULL,
+        owner TEXT COLLATE "C" NOT NULL,
+        status BIGINT,
+        reply BYTEA,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX idempotency_created ON idempotency(created_at);
+    "#,
+)];
+
+/// The schema version this build writes: the baseline and every migration.
+pub const SCHEMA_VERSION: i64 = 17;
+
 /// Advisory lock keys (transaction-scoped): making the schema, the objects
 /// (chunk references and the trash), the audit chain.
 const LOCK_SCHEMA: i64 = 0x6375_7374_6f73_0001;
@@ -618,12 +640,16 @@ impl PgRepository {
             path: "the PostgreSQL database".into(),
             why: "its schema_version table is empty".into(),
         })?;
-        if found > BASELINE_VERSION {
+        if found > SCHEMA_VERSION {
             return Err(RepoError::SchemaTooNew {
                 path: "the PostgreSQL database".into(),
                 found,
-                supported: BASELINE_VERSION,
+                supported: SCHEMA_VERSION,
             });
+        }
+        for (n, sql) in MIGRATIONS.iter().filter(|(n, _)| *n > found) {
+            tx.batch_execute(sql).map_err(pg("migrate the schema"))?;
+            tx.execute("UPDATE schema_version SET version = $1", &[n]).map_err(pg("record the schema version"))?;
         }
         // Custos makes no trigger, rule, view, function or row policy: one
         // there would run inside Custos's statements (or hide rows from it).
@@ -711,7 +737,7 @@ impl PgRepository {
 
     /// The schema version this build writes.
     pub fn schema_version() -> i64 {
-        BASELINE_VERSION
+        SCHEMA_VERSION
     }
 
     /// A connection of the pool, for a copy between backends.
@@ -2598,6 +2624,56 @@ impl Repository for PgRepository {
             )?;
             Ok(!rows.is_empty())
         })
+    }
+
+    fn idempotency_begin(&self, key: &str, principal: &str, request: &[u8; 32]) -> Result<crate::Idempotency> {
+        let me = self.session()?;
+        let now = Timestamp::now();
+        self.tx("take up an idempotency key", None, |tx| {
+            tx.execute(
+                "DELETE FROM idempotency WHERE created_at < $1",
+                &[&(ts(now) - crate::sqlite::IDEMPOTENCY_DAYS * 86_400_000_000)],
+            )
+            .map_err(pg("forget old idempotency keys"))?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO idempotency (key, principal, request, state, owner, created_at)
+                     VALUES ($1, $2, $3, 'running', $4, $5) ON CONFLICT (key) DO NOTHING",
+                    &[&key, &principal, &&request[..], &me, &ts(now)],
+                )
+                .map_err(pg("record an idempotency key"))?;
+            if inserted == 1 {
+                return Ok(crate::Idempotency::New);
+            }
+            let r = tx
+                .query_one(
+                    "SELECT principal, request, state, owner, status, reply FROM idempotency WHERE key = $1 FOR UPDATE",
+                    &[&key],
+                )
+                .map_err(pg("read an idempotency key"))?;
+            let (p, req, state, owner): (&str, &[u8], &str, &str) =
+                (get(&r, 0)?, get(&r, 1)?, get(&r, 2)?, get(&r, 3)?);
+            Ok(if p != principal || req != request {
+                crate::Idempotency::Mismatch
+            } else if state == "done" {
+                let status: Option<i64> = get(&r, 4)?;
+                crate::Idempotency::Done { status: status.unwrap_or(200) as u16, reply: get(&r, 5)? }
+            } else if self.claimer_alive(tx, &me, Some(owner), now, now)? {
+                crate::Idempotency::Running
+            } else {
+                crate::Idempotency::Orphaned
+            })
+        })
+    }
+
+    fn idempotency_finish(&self, key: &str, status: u16, reply: Option<&[u8]>) -> Result<()> {
+        self.client()?
+            .execute(
+                "UPDATE idempotency SET state = 'done', status = $2, reply = $3 WHERE key = $1",
+                &[&key, &i64::from(status), &reply],
+            )
+            .map_err(pg("record a request's answer"))?;
+        Ok(())
     }
 
     fn insert_hsm_rule(&self, r: &HsmRule) -> Result<()> {

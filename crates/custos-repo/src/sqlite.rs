@@ -313,6 +313,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE snapshots ADD COLUMN mac BLOB;
     ALTER TABLE mirrors ADD COLUMN mac BLOB;
     "#,
+    // 17: idempotency keys of requests servers carried out (or are carrying
+    // out), so a client's retry on another server never runs one twice.
+    r#"
+    CREATE TABLE idempotency (
+        key TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        request BLOB NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        status INTEGER,
+        reply BLOB,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX idempotency_created ON idempotency(created_at);
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
@@ -987,6 +1002,9 @@ fn bury(tx: &Transaction, g: &Garbage) -> Result<()> {
     .map_err(db("empty the trash"))?;
     Ok(())
 }
+
+/// How long a request's idempotency key is remembered.
+pub(crate) const IDEMPOTENCY_DAYS: i64 = 1;
 
 /// The setting that counts deletions (see [`Repository::deletion_seq`]).
 const DELETIONS: &str = "trash.deletions";
@@ -2484,6 +2502,61 @@ impl Repository for SqliteRepository {
                 })
             },
         )
+    }
+
+    fn idempotency_begin(&self, key: &str, principal: &str, request: &[u8; 32]) -> Result<crate::Idempotency> {
+        let me = self.session()?;
+        let now = Timestamp::now();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("start taking up an idempotency key"))?;
+        tx.execute("DELETE FROM idempotency WHERE created_at < ?1", [ts(now) - IDEMPOTENCY_DAYS * 86_400_000_000])
+            .map_err(db("forget old idempotency keys"))?;
+        type Seen = (String, Vec<u8>, String, String, Option<i64>, Option<Vec<u8>>);
+        let seen: Option<Seen> = tx
+            .query_row(
+                "SELECT principal, request, state, owner, status, reply FROM idempotency WHERE key = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+            .map_err(db("read an idempotency key"))?;
+        let out = match seen {
+            None => {
+                tx.execute(
+                    "INSERT INTO idempotency (key, principal, request, state, owner, created_at) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+                    params![key, principal, &request[..], me, ts(now)],
+                )
+                .map_err(db("record an idempotency key"))?;
+                crate::Idempotency::New
+            }
+            Some((p, r, ..)) if p != principal || r != request => crate::Idempotency::Mismatch,
+            Some((_, _, state, _, status, reply)) if state == "done" => {
+                crate::Idempotency::Done { status: status.unwrap_or(200) as u16, reply }
+            }
+            Some((_, _, _, owner, ..)) => {
+                drop(tx);
+                drop(conn);
+                return Ok(if self.claimer_alive(Some(&owner), now, now)? {
+                    crate::Idempotency::Running
+                } else {
+                    crate::Idempotency::Orphaned
+                });
+            }
+        };
+        tx.commit().map_err(db("commit an idempotency key"))?;
+        Ok(out)
+    }
+
+    fn idempotency_finish(&self, key: &str, status: u16, reply: Option<&[u8]>) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE idempotency SET state = 'done', status = ?2, reply = ?3 WHERE key = ?1",
+                params![key, i64::from(status), reply],
+            )
+            .map_err(db("record a request's answer"))?;
+        Ok(())
     }
 
     fn insert_hsm_rule(&self, r: &HsmRule) -> Result<()> {

@@ -142,3 +142,29 @@ fn a_catalog_moves_between_backends_with_its_macs() {
     assert_eq!(again.row_counts().unwrap(), target.row_counts().unwrap());
     assert_eq!(format!("{:?}", again.keys().unwrap()), format!("{:?}", sqlite.keys().unwrap()));
 }
+
+/// A request whose server died while carrying it out is neither run again
+/// nor reported done: its outcome is unknown (the server's session lock is
+/// gone with its connection).
+#[test]
+fn an_idempotency_key_whose_server_died_is_orphaned() {
+    use custos_repo::Idempotency;
+    let pg = Postgres::start();
+    pg.create_database("idem");
+    let url = pg.url("idem");
+    let first = PgRepository::open(&url).unwrap();
+    let second = PgRepository::open(&url).unwrap();
+    assert_eq!(second.idempotency_begin("k", "alice", &[1; 32]).unwrap(), Idempotency::New);
+    assert_eq!(first.idempotency_begin("k", "alice", &[1; 32]).unwrap(), Idempotency::Running, "its server lives");
+    drop(second);
+    let t = std::time::Instant::now();
+    loop {
+        match first.idempotency_begin("k", "alice", &[1; 32]).unwrap() {
+            Idempotency::Orphaned => break,
+            Idempotency::Running if t.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => panic!("expected the attempt to be orphaned, got {other:?}"),
+        }
+    }
+}

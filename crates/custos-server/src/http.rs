@@ -159,12 +159,144 @@ async fn ops(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap,
         Ok(w) => w,
         Err(r) => return r,
     };
-    run_blocking(&s, who, op, |o| axum::Json(envelope(o)).into_response()).await
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k.filter(|_| !op.only_reads()),
+        Err(r) => return r,
+    };
+    let Some(key) = key else {
+        return run_blocking(&s, who, op, |o| axum::Json(envelope(o)).into_response()).await;
+    };
+    if let Some(answer) = take_up(&s, &key, &who, &[b"POST /v1/ops\0", &body[..]]).await {
+        return answer;
+    }
+    let keep = Arc::new(AtomicBool::new(false));
+    let k2 = keep.clone();
+    let resp = run_blocking_with(&s, who, op, move |o| {
+        k2.store(!o.reply.holds_secret(), Ordering::Relaxed);
+        axum::Json(envelope(o)).into_response()
+    })
+    .await;
+    let keep = keep.load(Ordering::Relaxed) || !resp.status().is_success();
+    remember(&s, key, resp, keep).await
+}
+
+/// The request's `Idempotency-Key` header, if any: up to 64 letters,
+/// digits, `-` and `_`.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    match v.to_str() {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= 64
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(problem(
+            StatusCode::BAD_REQUEST,
+            Code::Usage,
+            "the Idempotency-Key header takes 1 to 64 letters, digits, '-' and '_'",
+        )),
+    }
+}
+
+/// Take up an idempotency key before a write (ADR 0020): `None` when this
+/// request is the first with it (carry it out, then [`remember`]), else the
+/// answer to give: the first attempt's answer replayed, or why there is none.
+async fn take_up(s: &Arc<Shared>, key: &str, who: &Caller, request: &[&[u8]]) -> Option<Response> {
+    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in request {
+        h.update(part);
+    }
+    let fingerprint: [u8; 32] = h.finish().as_ref().try_into().expect("SHA-256 is 32 bytes");
+    let (s2, key2, name) = (s.clone(), key.to_string(), who.name());
+    let r = tokio::task::spawn_blocking(move || s2.engine.vault().idempotency_begin(&key2, &name, &fingerprint)).await;
+    let state = match r {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => return Some(error(&custos_ops::Error::from(e))),
+        Err(e) => {
+            return Some(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::Other,
+                &format!("the operation stopped: {e}"),
+            ))
+        }
+    };
+    let marked = |mut r: Response, how: &'static str| {
+        r.headers_mut().insert("x-custos-idempotency", header::HeaderValue::from_static(how));
+        r
+    };
+    use custos_core::Idempotency::*;
+    Some(match state {
+        New => return None,
+        Done { status, reply: Some(body) } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let kind = if status.is_success() { "application/json" } else { "application/problem+json" };
+            marked((status, [(header::CONTENT_TYPE, kind)], body).into_response(), "replayed")
+        }
+        Done { reply: None, .. } => marked(
+            axum::Json(json!({
+                "result": null,
+                "text": "carried out already, by an earlier attempt of this request; its answer held a secret and was not kept\n",
+                "warnings": [],
+                "failure": null,
+                "renderings": {},
+            }))
+            .into_response(),
+            "replayed",
+        ),
+        Running => marked(
+            problem(
+                StatusCode::CONFLICT,
+                Code::Busy,
+                "an earlier attempt of this request is still being carried out (on this server or another): wait, then send it again with the same Idempotency-Key",
+            ),
+            "running",
+        ),
+        Orphaned => marked(
+            problem(
+                StatusCode::CONFLICT,
+                Code::Conflict,
+                "an earlier attempt of this request was cut off when the server carrying it out stopped, so whether it took effect is unknown: look (for example with `ds info` or `key show`) before running it again",
+            ),
+            "orphaned",
+        ),
+        Mismatch => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Code::Usage,
+            "this Idempotency-Key came with another request or from another principal: use a new key for each request",
+        ),
+    })
+}
+
+/// Record a write's answer under its idempotency key (its body only when
+/// `keep`: never one holding a secret), and send it.
+async fn remember(s: &Arc<Shared>, key: String, resp: Response, keep: bool) -> Response {
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, Code::Other, "the answer was too large to keep");
+    };
+    let (s2, status, kept) = (s.clone(), parts.status.as_u16(), keep.then(|| bytes.to_vec()));
+    let r =
+        tokio::task::spawn_blocking(move || s2.engine.vault().idempotency_finish(&key, status, kept.as_deref())).await;
+    if let Ok(Err(e)) = r {
+        eprintln!("custos serve: a request's answer was not recorded under its idempotency key: {e}");
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// Run an operation without streams on the blocking pool, count it, and
 /// answer with `respond` (or its error as a problem).
 async fn run_blocking(s: &Arc<Shared>, who: Caller, op: Operation, respond: fn(&Outcome) -> Response) -> Response {
+    run_blocking_with(s, who, op, respond).await
+}
+
+async fn run_blocking_with(
+    s: &Arc<Shared>,
+    who: Caller,
+    op: Operation,
+    respond: impl FnOnce(&Outcome) -> Response,
+) -> Response {
     let (action, _) = op.audit_name();
     let started = Instant::now();
     let s2 = s.clone();
@@ -208,6 +340,16 @@ async fn put_dataset(
         Ok(w) => w,
         Err(r) => return r,
     };
+    let idem = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if let Some(key) = &idem {
+        let what = format!("PUT {name} key={:?} volume={:?}", q.key, q.volume);
+        if let Some(answer) = take_up(&s, key, &who, &[what.as_bytes()]).await {
+            return answer;
+        }
+    }
     let op = Operation::DsPut { name, key: q.key, volume: q.volume };
     let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let c2 = counted.clone();
@@ -241,9 +383,13 @@ async fn put_dataset(
         }
     };
     s.metrics.record("ds put", started.elapsed(), r.is_ok());
-    match r {
+    let resp = match r {
         Ok(o) => axum::Json(envelope(&o)).into_response(),
         Err(e) => error(&e),
+    };
+    match idem {
+        Some(key) => remember(&s, key, resp, true).await,
+        None => resp,
     }
 }
 
