@@ -161,7 +161,7 @@ async fn ops(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap,
     };
     let key = match idempotency_key(&headers) {
         Ok(k) => k.filter(|_| !op.only_reads()),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(key) = key else {
         return run_blocking(&s, who, op, |o| axum::Json(envelope(o)).into_response()).await;
@@ -342,7 +342,7 @@ async fn put_dataset(
     };
     let idem = match idempotency_key(&headers) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Some(key) = &idem {
         let what = format!("PUT {name} key={:?} volume={:?}", q.key, q.volume);
