@@ -182,7 +182,7 @@ async fn ops(State(s): St, Extension(peer): Extension<Peer>, headers: HeaderMap,
 
 /// The request's `Idempotency-Key` header, if any: up to 64 letters,
 /// digits, `-` and `_`.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
     match v.to_str() {
         Ok(k)
@@ -192,11 +192,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
         {
             Ok(Some(k.to_string()))
         }
-        _ => Err(problem(
+        _ => Err(Box::new(problem(
             StatusCode::BAD_REQUEST,
             Code::Usage,
             "the Idempotency-Key header takes 1 to 64 letters, digits, '-' and '_'",
-        )),
+        ))),
     }
 }
 
