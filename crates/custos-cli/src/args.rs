@@ -42,7 +42,10 @@ pub struct Cli {
     /// unix:/run/custos/custos.sock or https://host:port. The client needs
     /// no access to the vault and never the HSM passphrase. Without it the
     /// vault is opened in this process (embedded mode), where whoever holds
-    /// the passphrase is every role.
+    /// the passphrase is every role. Several servers of one deployment,
+    /// comma-separated: a command one cannot carry out (down, or cut off)
+    /// goes to the next, a write with the same idempotency key, so it is
+    /// never carried out twice.
     #[arg(long, global = true, env = "CUSTOS_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// The CA certificate (PEM) that signed an https server's certificate.

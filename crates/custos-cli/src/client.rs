@@ -3,6 +3,11 @@
 //! `/v1/datasets/{name}`. The result is printed exactly as embedded mode
 //! prints it (the server renders the same text), and the exit code comes
 //! from the server's problem document or failure.
+//!
+//! Given several servers (`--server A,B`), a command goes to the first that
+//! answers. Every write carries an `Idempotency-Key` made for the command,
+//! so when a server is cut off mid-request the same request sent to the
+//! next one is carried out at most once (ADR 0020).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -46,10 +51,32 @@ type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>
 
 pub struct Client {
     rt: tokio::runtime::Runtime,
-    target: Target,
+    /// Each server, with the host name requests name, and its URL.
+    targets: Vec<(Target, String, String)>,
     authorization: Option<zeroize::Zeroizing<String>>,
-    host: String,
+    /// This command's idempotency key (writes carry it).
+    idempotency: String,
 }
+
+/// A request could not be carried out by one server: whether any of it
+/// was sent (a retry elsewhere then relies on the idempotency key).
+struct Failed {
+    sent: bool,
+    error: anyhow::Error,
+}
+
+/// What a request's body is made from on each attempt.
+enum Payload {
+    Empty,
+    Bytes(Bytes),
+    /// A file to read again for each attempt.
+    File(PathBuf),
+    /// A stream that can be sent once (stdin past what is kept for replay).
+    Once(std::sync::Mutex<Option<BoxBody>>),
+}
+
+/// Stdin up to this size is kept, so a put can be sent to another server.
+const REPLAYABLE_STDIN: usize = 64 << 20;
 
 fn pem_certs(path: &std::path::Path) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
     use rustls_pki_types::pem::PemObject;
@@ -117,28 +144,52 @@ fn segment(s: &str) -> String {
 impl Client {
     pub fn new(cli: &Cli, url: &str, authorization: Option<zeroize::Zeroizing<String>>) -> anyhow::Result<Client> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (target, host) = target(cli, url)?;
-        Ok(Client { rt, target, authorization, host })
+        let targets = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| target(cli, u).map(|(t, host)| (t, host, u.to_string())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if targets.is_empty() {
+            bail!("--server {url:?}: give at least one server, unix:/path/to/custos.sock or https://host:port");
+        }
+        let idempotency = hex::encode(custos_crypto::random_array::<16>()?);
+        Ok(Client { rt, targets, authorization, idempotency })
     }
 
-    async fn send(&self, req: Request<BoxBody>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let unreachable = |e: std::io::Error| Remote {
-            exit: 7,
-            message: format!("the server cannot be reached: {e}; is `custos serve` running?"),
+    /// Send one attempt to one server.
+    async fn send_to(
+        &self,
+        target: &Target,
+        req: Request<BoxBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failed> {
+        let unreachable = |e: std::io::Error| Failed {
+            sent: false,
+            error: Remote {
+                exit: 7,
+                message: format!("the server cannot be reached: {e}; is `custos serve` running?"),
+            }
+            .into(),
         };
         macro_rules! handshake {
             ($io:expr) => {{
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io)).await?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io))
+                    .await
+                    .map_err(|e| Failed { sent: false, error: e.into() })?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                sender.send_request(req).await.map_err(|e| Remote {
-                    exit: 7,
-                    message: format!("the server ended the request: {e}; run the command again"),
+                sender.send_request(req).await.map_err(|e| Failed {
+                    sent: true,
+                    error: Remote {
+                        exit: 7,
+                        message: format!("the server ended the request: {e}; run the command again"),
+                    }
+                    .into(),
                 })?
             }};
         }
-        Ok(match &self.target {
+        Ok(match target {
             Target::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path).await.map_err(unreachable)?;
                 handshake!(s)
@@ -146,19 +197,95 @@ impl Client {
             Target::Tls { addr, name, connector } => {
                 let tcp = tokio::net::TcpStream::connect(addr).await.map_err(unreachable)?;
                 let _ = tcp.set_nodelay(true);
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| Remote { exit: 7, message: format!("TLS with the server failed: {e}") })?;
+                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| Failed {
+                    sent: false,
+                    error: Remote { exit: 7, message: format!("TLS with the server failed: {e}") }.into(),
+                })?;
                 handshake!(tls)
             }
         })
     }
 
-    fn request(&self, method: &str, path: &str, body: BoxBody) -> anyhow::Result<Request<BoxBody>> {
-        let mut b = Request::builder().method(method).uri(path).header("host", &self.host);
+    /// Send a request to the first server that carries it out: one that
+    /// cannot be reached, or cuts the request off, hands it to the next
+    /// (twice round the list, a second apart); one still carrying out an
+    /// earlier attempt of the same write is asked again shortly.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        payload: Payload,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let n = self.targets.len();
+        let mut last = None;
+        let mut sent = false;
+        let mut attempt = 0;
+        let mut waited = 0;
+        while attempt < 2 * n {
+            if attempt == n {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            let (target, host, _) = &self.targets[attempt % n];
+            let body = match &payload {
+                Payload::Empty => Self::full(Vec::new()),
+                Payload::Bytes(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed_unsync(),
+                Payload::File(p) => {
+                    let f = tokio::fs::File::open(p)
+                        .await
+                        .with_context(|| format!("cannot open {} to store", p.display()))?;
+                    StreamBody::new(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map_ok(Frame::data))
+                        .boxed_unsync()
+                }
+                Payload::Once(b) => match b.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(b) => b,
+                    None => {
+                        let e: anyhow::Error = last.unwrap_or_else(|| anyhow!("the request was cut off"));
+                        return Err(e.context(format!(
+                            "its input (stdin, over {} MiB) cannot be sent a second time; run the command again",
+                            REPLAYABLE_STDIN >> 20
+                        )));
+                    }
+                },
+            };
+            let req = self.request(method, path, host, body)?;
+            match self.send_to(target, req).await {
+                Ok(resp) => {
+                    let running = resp.status() == StatusCode::CONFLICT
+                        && resp.headers().get("x-custos-idempotency").is_some_and(|v| v == "running");
+                    if running && waited < 60 {
+                        // The attempt another server (or this one) is still at.
+                        waited += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+                Err(Failed { sent: s, error }) => {
+                    sent |= s;
+                    attempt += 1;
+                    if n > 1 && attempt < 2 * n {
+                        let (_, _, next) = &self.targets[attempt % n];
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "custos: warning: {} did not carry it out ({error:#}); sending it to {next}",
+                            self.targets[(attempt - 1) % n].2
+                        );
+                    }
+                    last = Some(error);
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| anyhow!("no server could be reached"));
+        Err(if sent && n > 1 { e.context("no server carried it out") } else { e })
+    }
+
+    fn request(&self, method: &str, path: &str, host: &str, body: BoxBody) -> anyhow::Result<Request<BoxBody>> {
+        let mut b = Request::builder().method(method).uri(path).header("host", host);
         if let Some(a) = &self.authorization {
             b = b.header("authorization", a.as_str());
+        }
+        if method != "GET" {
+            b = b.header("idempotency-key", &self.idempotency);
         }
         Ok(b.body(body)?)
     }
@@ -205,7 +332,7 @@ impl Client {
     /// GET `path` and write its body where `output` says, checking it
     /// arrived whole.
     fn stream_to(&self, cli: &Cli, path: &str, output: Output, dataset: Option<String>) -> anyhow::Result<ExitCode> {
-        let resp = self.rt.block_on(async { self.send(self.request("GET", path, Self::full(Vec::new()))?).await })?;
+        let resp = self.rt.block_on(self.send("GET", path, Payload::Empty))?;
         if resp.status() != StatusCode::OK {
             return Err(self.rt.block_on(Self::problem(resp)));
         }
@@ -277,22 +404,38 @@ impl Client {
                     if q.is_empty() { "" } else { "?" },
                     q.join("&")
                 );
-                let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match input {
-                    Input::File(p) => Box::new(
-                        tokio::fs::File::open(&p)
+                let payload = match input {
+                    Input::File(p) => Payload::File(p),
+                    _ => {
+                        // Kept whole when small enough to send again.
+                        use tokio::io::AsyncReadExt;
+                        let mut stdin = tokio::io::stdin();
+                        let mut kept = Vec::new();
+                        (&mut stdin)
+                            .take(REPLAYABLE_STDIN as u64 + 1)
+                            .read_to_end(&mut kept)
                             .await
-                            .with_context(|| format!("cannot open {} to store", p.display()))?,
-                    ),
-                    _ => Box::new(tokio::io::stdin()),
+                            .context("cannot read the data to store from stdin")?;
+                        if kept.len() <= REPLAYABLE_STDIN {
+                            Payload::Bytes(Bytes::from(kept))
+                        } else {
+                            let rest = tokio_util::io::ReaderStream::with_capacity(stdin, 1 << 20);
+                            let all = futures_util::StreamExt::chain(
+                                futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(kept))]),
+                                rest,
+                            );
+                            Payload::Once(std::sync::Mutex::new(Some(
+                                StreamBody::new(all.map_ok(Frame::data)).boxed_unsync(),
+                            )))
+                        }
+                    }
                 };
-                let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).map_ok(Frame::data);
-                let body = StreamBody::new(stream).boxed_unsync();
-                let resp = self.send(self.request("PUT", &path, body)?).await?;
+                let resp = self.send("PUT", &path, payload).await?;
                 self.finish(cli, resp, &show).await
             }
             op => {
                 let body = serde_json::to_vec(&op)?;
-                let resp = self.send(self.request("POST", "/v1/ops", Self::full(body))?).await?;
+                let resp = self.send("POST", "/v1/ops", Payload::Bytes(Bytes::from(body))).await?;
                 let _ = (input, output);
                 self.finish(cli, resp, &show).await
             }

@@ -152,20 +152,7 @@ impl Served {
     /// A client command as `user`, under the client account, with nothing
     /// of the vault's: no passphrase, no vault directory.
     fn client(&self, user: &str, cred: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CUSTOS_SERVER", format!("unix:{}", self.sock.display()))
-            .env("CUSTOS_USER", user)
-            .env("CUSTOS_CREDENTIAL", cred)
-            .env("CUSTOS_VAULT", "/nonexistent")
-            .env("CUSTOS_CUSTODIAN_PASSPHRASE", CUSTODIAN_PASS)
-            .current_dir("/")
-            .args(args);
-        if root() {
-            c.uid(CLIENT_UID).gid(SOCKET_GID);
-        }
-        c
+        client_of(&format!("unix:{}", self.sock.display()), user, cred, args)
     }
 
     fn run(&self, user: &str, cred: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -197,6 +184,40 @@ impl Served {
         assert!(!err.contains(PASS));
         err
     }
+}
+
+/// A client command to `servers` (one URL, or several comma-separated) as
+/// `user`, under the client account, with nothing of the vault's.
+fn client_of(servers: &str, user: &str, cred: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUSTOS_SERVER", servers)
+        .env("CUSTOS_USER", user)
+        .env("CUSTOS_CREDENTIAL", cred)
+        .env("CUSTOS_VAULT", "/nonexistent")
+        .env("CUSTOS_CUSTODIAN_PASSPHRASE", CUSTODIAN_PASS)
+        .current_dir("/")
+        .args(args);
+    if root() {
+        c.uid(CLIENT_UID).gid(SOCKET_GID);
+    }
+    c
+}
+
+/// Run a client command to `servers`, feeding it `stdin`.
+fn run_of(servers: &str, user: &str, cred: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = client_of(servers, user, cred, args);
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(b) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let b = b.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&b);
+        });
+    }
+    child.wait_with_output().unwrap()
 }
 
 impl Drop for Served {
@@ -532,24 +553,39 @@ fn tls_clients_by_credential_or_by_pinned_certificate() {
 
 /// One HTTP/1.1 request over the server's socket, by hand: (status, body).
 fn http(sock: &Path, method: &str, path: &str, auth: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, json) = http_with(sock, method, path, auth, "", body);
+    (status, json)
+}
+
+/// The same with more header lines (each ending in CRLF): (status, the
+/// response's headers, body).
+fn http_with(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    auth: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, serde_json::Value) {
     use std::io::Read;
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out[9..12].parse().unwrap();
-    let json = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let (head, json) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let head = head.to_ascii_lowercase();
     // Bodies may be chunked: take the JSON object between the first { and the last }.
     let json = match (json.find('{'), json.rfind('}')) {
         (Some(a), Some(b)) => &json[a..=b],
         _ => "null",
     };
-    (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+    (status, head, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
 }
 
 /// The key service: an application seals and opens its own data under a
@@ -1225,4 +1261,252 @@ fn master_key_changes_on_one_server_reach_the_other_before_it_wraps() {
     assert_eq!(a.run("ops", OPS_CRED, &["ds", "get", "RACE.AFTER"], None).stdout, body);
     assert!(a.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
     eprintln!("B made {made} keys while A changed master keys twice");
+}
+
+/// What one client of the two-server soak saw.
+#[derive(Default)]
+struct Client2 {
+    /// Datasets written (each name once) and their content, acknowledged.
+    acked: Vec<(String, Vec<u8>)>,
+    backups: u64,
+    /// Keys destroyed through a request another principal approved.
+    approved: Vec<(String, u64)>,
+    /// Commands whose outcome the kill left unknown (said so, exit non-zero).
+    unknown: u64,
+    /// Commands a server failed that the next one carried out.
+    failed_over: u64,
+    refused: Vec<String>,
+}
+
+/// Two servers on one PostgreSQL catalog and one vault, eight clients each
+/// given both (four with A first, four with B first), for 60 s: puts, gets,
+/// backups, key lifecycle and dual-control approvals. Halfway, server A is
+/// killed with SIGKILL and stays down; its clients go on through B.
+/// Afterwards every acknowledged write reads back through B, no write was
+/// carried out twice (each dataset has one successful put in the audit log
+/// and is at generation 1; each approved destruction ran once), `audit
+/// verify` passes over the one chain, and every backup verifies.
+#[test]
+fn eight_clients_on_two_servers_one_killed_lose_and_repeat_nothing() {
+    let secs: u64 = std::env::var("CUSTOS_SERVER_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let e = Env::new_postgres();
+    let offsite = e.vault.join("volumes").join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&offsite), "--site", "B"]);
+    e.ok(&["config", "set", "dual-control", "key-destroy"]);
+    let top = format!("repository = {:?}", e.pg.as_ref().unwrap().url("custos"));
+    let a = Served::start_named(&e, "a", &top, "kind = \"soft\"", PASS, "");
+    let b = Served::start_named(&e, "b", &top, "kind = \"soft\"", PASS, "");
+    let (sa, sb) = (format!("unix:{}", a.sock.display()), format!("unix:{}", b.sock.display()));
+    let (ab, ba) = (format!("{sa},{sb}"), format!("{sb},{sa}"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let results: Vec<Client2> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8u8)
+            .map(|w| {
+                let servers = if w % 2 == 0 { ab.clone() } else { ba.clone() };
+                scope.spawn(move || {
+                    let mut seen = Client2::default();
+                    let attempt = |user: &str, cred: &str, args: &[&str], stdin: Option<&[u8]>, seen: &mut Client2| {
+                        let o = run_of(&servers, user, cred, args, stdin);
+                        let err = String::from_utf8_lossy(&o.stderr).to_string();
+                        if err.contains("did not carry it out") {
+                            seen.failed_over += 1;
+                        }
+                        match o.status.code() {
+                            Some(0) => Some(o),
+                            _ if err.contains("whether it took effect is unknown") => {
+                                seen.unknown += 1;
+                                None
+                            }
+                            _ => {
+                                seen.refused.push(format!("{args:?}: {err}"));
+                                None
+                            }
+                        }
+                    };
+                    let mut n = 0u32;
+                    while Instant::now() < deadline {
+                        n += 1;
+                        match n % 6 {
+                            0 | 1 => {
+                                let name = format!("SOAK.W{w}.N{n}");
+                                let body = data(1_000 + (n as usize * 131) % 20_000, w ^ n as u8);
+                                if attempt("ops", OPS_CRED, &["ds", "put", &name], Some(&body), &mut seen).is_some() {
+                                    seen.acked.push((name, body));
+                                }
+                            }
+                            2 => {
+                                if let Some((name, want)) = seen.acked.last().cloned() {
+                                    if let Some(o) = attempt("ops", OPS_CRED, &["ds", "get", &name], None, &mut seen) {
+                                        if o.stdout != want {
+                                            seen.refused.push(format!("{name} read back wrong"));
+                                        }
+                                    }
+                                }
+                            }
+                            3 => {
+                                if let Some((name, _)) = seen.acked.last().cloned() {
+                                    let args = ["backup", "run", name.as_str(), "--method", "raw", "--to", "offsite"];
+                                    if attempt("ops", OPS_CRED, &args, None, &mut seen).is_some() {
+                                        seen.backups += 1;
+                                    }
+                                }
+                            }
+                            4 => {
+                                // A key's whole life: made, used up, destroyed
+                                // under dual control (admin approves).
+                                let label = format!("DSET.PRIM.SOAKW{w}.key{n:03}");
+                                let made =
+                                    attempt("ops", OPS_CRED, &["key", "create", &label, "--activate"], None, &mut seen);
+                                if made.is_none()
+                                    || attempt("ops", OPS_CRED, &["key", "deactivate", &label], None, &mut seen)
+                                        .is_none()
+                                {
+                                    continue;
+                                }
+                                let Some(o) =
+                                    attempt("ops", OPS_CRED, &["key", "destroy", &label, "--json"], None, &mut seen)
+                                else {
+                                    continue;
+                                };
+                                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                                let Some(id) = v["id"].as_u64().or(v["request"]["id"].as_u64()) else {
+                                    seen.refused.push(format!("key destroy {label} made no request: {v}"));
+                                    continue;
+                                };
+                                let id_s = id.to_string();
+                                if attempt("admin", ADMIN_CRED, &["request", "approve", &id_s], None, &mut seen)
+                                    .is_some()
+                                {
+                                    seen.approved.push((label, id));
+                                }
+                            }
+                            _ => {
+                                attempt(
+                                    "ops",
+                                    OPS_CRED,
+                                    &["key", "create", "--app", &format!("SOAKW{w}")],
+                                    None,
+                                    &mut seen,
+                                );
+                            }
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        // Halfway: server A dies without warning and stays down.
+        std::thread::sleep(Duration::from_secs(secs / 2));
+        a.kill9();
+        workers.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    });
+    let refused: Vec<&String> = results.iter().flat_map(|r| &r.refused).collect();
+    assert!(refused.is_empty(), "{} commands failed for good: {refused:#?}", refused.len());
+    let acked: usize = results.iter().map(|r| r.acked.len()).sum();
+    let backups: u64 = results.iter().map(|r| r.backups).sum();
+    let approved: usize = results.iter().map(|r| r.approved.len()).sum();
+    let failed_over: u64 = results.iter().map(|r| r.failed_over).sum();
+    let unknown: u64 = results.iter().map(|r| r.unknown).sum();
+    assert!(
+        acked > 40 && backups > 5 && approved > 3,
+        "too little work: {acked} puts, {backups} backups, {approved} approvals"
+    );
+    assert!(failed_over > 0, "no command went from the killed server to the other: the kill proved nothing");
+    // Every acknowledged write reads back through the survivor, once written.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut v = args.to_vec();
+        v.push("--json");
+        serde_json::from_str(&b.ok("ops", OPS_CRED, &v)).unwrap()
+    };
+    for r in &results {
+        for (name, want) in &r.acked {
+            let got = b.run("ops", OPS_CRED, &["ds", "get", name], None);
+            assert!(got.status.success() && got.stdout == *want, "{name}: acknowledged, then lost");
+        }
+        for (label, id) in &r.approved {
+            assert_eq!(json(&["key", "show", label])["state"], "destroyed", "{label}");
+            assert_eq!(json(&["request", "show", &id.to_string()])["state"], "executed", "request {id}");
+        }
+    }
+    // Nothing carried out twice: one successful put per dataset, each at
+    // generation 1; one destruction per approved key.
+    let log = json(&["audit", "ls"]);
+    let mut puts: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut destroys: std::collections::BTreeMap<String, u32> = Default::default();
+    for entry in log.as_array().unwrap() {
+        let (action, object, result) =
+            (entry["action"].as_str().unwrap(), entry["object"].as_str().unwrap(), entry["result"].as_str().unwrap());
+        if result == "ok" && action == "ds put" {
+            *puts.entry(object.to_string()).or_default() += 1;
+        }
+        if result == "ok" && action == "key destroy" {
+            *destroys.entry(object.to_string()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = puts.iter().chain(&destroys).filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "carried out more than once: {twice:?}");
+    for ds in json(&["ds", "ls", "SOAK.**"]).as_array().unwrap() {
+        let generation = ds["generation"].as_u64().or(ds["current"]["generation"].as_u64());
+        assert_eq!(generation, Some(1), "{} was written twice: {ds}", ds["name"]);
+    }
+    assert!(b.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
+    assert!(b.ok("ops", OPS_CRED, &["backup", "verify", "--read-data"]).contains("every chunk read"));
+    eprintln!(
+        "{acked} puts, {backups} backups, {approved} approved destructions over {secs}s; {failed_over} commands failed over, {unknown} left unknown by the kill"
+    );
+}
+
+/// A write sent again with the same `Idempotency-Key` (a client's retry
+/// after a cut) is carried out once: the second gets the first answer,
+/// marked replayed. The key belongs to one request from one principal;
+/// reads ignore it.
+#[test]
+fn a_write_sent_twice_with_one_idempotency_key_is_carried_out_once() {
+    let e = Env::new();
+    add(&e, "app1", "app", APP);
+    e.ok(&["user", "grant", "app1", "--data", "IDEM.**"]);
+    e.ok(&["user", "grant", "app1", "--key", "DSET.PRIM.IDEM.*"]);
+    let s = Served::start(&e);
+    let ops = custos_server::basic("ops", OPS_CRED.as_bytes());
+    let key = "idempotency-key: 0123456789abcdef\r\n";
+    let (st, head, first) = http_with(&s.sock, "PUT", "/v1/datasets/IDEM.ONE", &ops, key, "first content");
+    assert_eq!(st, 200, "{first}");
+    assert!(!head.contains("x-custos-idempotency"), "{head}");
+    let (st, head, again) = http_with(&s.sock, "PUT", "/v1/datasets/IDEM.ONE", &ops, key, "first content");
+    assert_eq!((st, &again), (200, &first), "the first answer, replayed");
+    assert!(head.contains("x-custos-idempotency: replayed"), "{head}");
+    let info = s.ok("ops", OPS_CRED, &["ds", "info", "IDEM.ONE", "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let generation = info["generation"].as_u64().or(info["current"]["generation"].as_u64());
+    assert_eq!(generation, Some(1), "written once: {info}");
+    // One key, one request: another dataset, or another principal, is refused.
+    let (st, _, other) = http_with(&s.sock, "PUT", "/v1/datasets/IDEM.TWO", &ops, key, "x");
+    assert_eq!(st, 422, "{other}");
+    assert!(other["detail"].as_str().unwrap().contains("another request"), "{other}");
+    let app = custos_server::basic("app1", APP.as_bytes());
+    let (st, _, _) = http_with(&s.sock, "PUT", "/v1/datasets/IDEM.ONE", &app, key, "first content");
+    assert_eq!(st, 422);
+    // An operation: created once, the same answer again.
+    let op = "{\"op\":\"key-create\",\"label\":\"DSET.PRIM.IDEM.key007\",\"purpose\":\"PRIM\",\"activate\":true}";
+    let k2 = "idempotency-key: key-create-7\r\n";
+    let (st, _, made) = http_with(&s.sock, "POST", "/v1/ops", &ops, k2, op);
+    assert_eq!(st, 200, "{made}");
+    let (st, head, again) = http_with(&s.sock, "POST", "/v1/ops", &ops, k2, op);
+    assert_eq!((st, &again), (200, &made), "not 'already exists': the first answer");
+    assert!(head.contains("replayed"), "{head}");
+    // Without the key, the same request is a second request.
+    let (st, _, exists) = http_with(&s.sock, "POST", "/v1/ops", &ops, "", op);
+    assert_eq!(st, 409, "{exists}");
+    // A malformed key is refused before anything runs.
+    let (st, _, _) =
+        http_with(&s.sock, "PUT", "/v1/datasets/IDEM.BAD", &ops, "idempotency-key: no spaces allowed\r\n", "x");
+    assert_eq!(st, 400);
+    assert!(s.run("ops", OPS_CRED, &["ds", "info", "IDEM.BAD"], None).status.code() == Some(3), "nothing stored");
+    // Reads take no key's record: both answered afresh.
+    let (st, head, _) =
+        http_with(&s.sock, "POST", "/v1/ops", &ops, "idempotency-key: read-1\r\n", "{\"op\":\"ds-list\"}");
+    assert_eq!(st, 200);
+    let (_, head2, _) =
+        http_with(&s.sock, "POST", "/v1/ops", &ops, "idempotency-key: read-1\r\n", "{\"op\":\"ds-list\"}");
+    assert!(!head.contains("replayed") && !head2.contains("replayed"));
 }

@@ -26,7 +26,7 @@ fn responses(ok: Value, statuses: &[u16]) -> Value {
             403 => "the principal's roles or grants do not allow it (exit 8)",
             404 => "what it names does not exist (exit 3)",
             409 => "the vault's state forbids it now: a key's state (exit 5) or another conflict (exit 1)",
-            422 => "data or a ciphertext failed authentication (exit 4)",
+            422 => "data or a ciphertext failed authentication (exit 4), or the Idempotency-Key came with another request (exit 2)",
             _ => "the server cannot serve it now",
         };
         m.insert(s.to_string(), problem(why));
@@ -101,6 +101,15 @@ pub fn document() -> Value {
     );
     let context = json!({ "type": "object", "additionalProperties": { "type": "string" }, "description": "encryption context: pairs bound to the ciphertext" });
     let b64 = json!({ "type": "string", "format": "byte" });
+    // A write sent again with the same key (a retry, on this server or
+    // another of the deployment) is carried out once: the retry gets the
+    // first answer (header x-custos-idempotency: replayed), 409 while the
+    // first is still running or when its server died mid-way.
+    let idempotency = json!({
+        "name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "One key per request a client may send again: the request is carried out once",
+        "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$" }
+    });
     let answer = json!({ "description": "the operation ran", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Answer" } } } });
     json!({
         "openapi": "3.0.3",
@@ -134,8 +143,9 @@ pub fn document() -> Value {
             } },
             "/v1/ops": { "post": {
                 "operationId": "operation", "summary": "Run any operation (what a CLI command is)",
+                "parameters": [idempotency.clone()],
                 "requestBody": json_body(operation),
-                "responses": responses(answer.clone(), &[400, 401, 403, 404, 409]),
+                "responses": responses(answer.clone(), &[400, 401, 403, 404, 409, 422]),
             } },
             "/v1/datasets/{name}": {
                 "parameters": [{ "name": "name", "in": "path", "required": true, "schema": dataset }],
@@ -143,10 +153,11 @@ pub fn document() -> Value {
                     "operationId": "ds_put", "summary": "Write a new generation; the body is the data, streamed",
                     "parameters": [
                         { "name": "key", "in": "query", "required": false, "schema": label },
-                        { "name": "volume", "in": "query", "required": false, "schema": volume }
+                        { "name": "volume", "in": "query", "required": false, "schema": volume },
+                        idempotency
                     ],
                     "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
-                    "responses": responses(answer, &[400, 401, 403, 404, 409]),
+                    "responses": responses(answer, &[400, 401, 403, 404, 409, 422]),
                 },
                 "get": {
                     "operationId": "ds_get", "summary": "Read a dataset, streamed",
