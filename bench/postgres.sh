@@ -65,13 +65,7 @@ for i in range(n):
     with open(os.path.join(d, f"f{i:07d}"), "wb") as f:
         f.write(os.urandom(64))
 PY
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
-  -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-  -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$work/san.ext"
-openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
-  -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
+bench_tls "$work"
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l; }
@@ -103,22 +97,13 @@ run_backend() {
   local backend=$1
   rm -rf "$work/vault"
   export CUSTOS_VAULT="$work/vault" CUSTOS_PASSPHRASE="bench-passphrase-not-secret"
-  export CUSTOS_USER=admin CUSTOS_CREDENTIAL="bench-admin-not-secret"
   local repo_line=""
   if [ "$backend" = postgres ]; then
-    "$custos" init --kdf-memory-mib 19 --kdf-iterations 2 --repository "$url" >/dev/null
+    bench_vault --repository "$url"
     repo_line="repository = \"$url\""
   else
-    "$custos" init --kdf-memory-mib 19 --kdf-iterations 2 >/dev/null
+    bench_vault
   fi
-  "$custos" config set dual-control none >/dev/null
-  local token
-  token=$("$custos" user add bench --token --json \
-    --role security-admin --role key-custodian --role storage-admin --role app --role auditor |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-  "$custos" user grant bench --data '**' >/dev/null
-  "$custos" user grant bench --key '**' >/dev/null
-  export CUSTOS_USER=bench CUSTOS_CREDENTIAL="$token"
 
   local t0 t1 left=$keys batch
   t0=$(now)

@@ -1063,6 +1063,32 @@ impl PgRepository {
         Ok(())
     }
 
+    /// Remove a backup or snapshot (`table`, whose manifest is named by
+    /// `object` and `generation`, its chunks listed in `chunks` by `owner`)
+    /// and put what nothing else on its volume needs in the trash.
+    fn remove_pinned(
+        &self,
+        kind: &'static str,
+        table: &str,
+        object: &str,
+        chunks: &str,
+        owner: &str,
+        id: u64,
+    ) -> Result<Garbage> {
+        let id = id as i64;
+        self.tx("remove a copy", Some(LOCK_OBJECTS), |tx| {
+            let found = tx
+                .query_opt(&format!("SELECT volume, {object}, generation FROM {table} WHERE id = $1"), &[&id])
+                .map_err(pg("read what to remove"))?
+                .ok_or_else(|| RepoError::NotFound { kind, name: id.to_string() })?;
+            let (vol, manifest, generation): (String, DatasetId, u64) =
+                (get(&found, 0)?, DatasetId(id16(&found, 1)?), u(&found, 2)?);
+            let candidates = chunk_list(tx, &format!("SELECT chunk_id FROM {chunks} WHERE {owner} = $1"), &[&id])?;
+            tx.execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id]).map_err(pg("remove a copy"))?;
+            garbage_after(tx, candidates, &vol, (manifest, generation), None)
+        })
+    }
+
     /// Drop the given generations and return what they leave unreferenced.
     fn drop_generations(
         &self,
@@ -1591,18 +1617,7 @@ impl Repository for PgRepository {
     }
 
     fn remove_backup(&self, id: u64) -> Result<Garbage> {
-        self.tx("remove a backup", Some(LOCK_OBJECTS), |tx| {
-            let found = tx
-                .query_opt("SELECT volume, copy_id, generation FROM backups WHERE id = $1", &[&(id as i64)])
-                .map_err(pg("read a backup"))?
-                .ok_or_else(|| RepoError::NotFound { kind: "backup", name: id.to_string() })?;
-            let (vol, copy_id, generation): (String, DatasetId, u64) =
-                (get(&found, 0)?, DatasetId(id16(&found, 1)?), u(&found, 2)?);
-            let candidates =
-                chunk_list(tx, "SELECT chunk_id FROM backup_chunks WHERE backup_id = $1", &[&(id as i64)])?;
-            tx.execute("DELETE FROM backups WHERE id = $1", &[&(id as i64)]).map_err(pg("remove a backup"))?;
-            garbage_after(tx, candidates, &vol, (copy_id, generation), None)
-        })
+        self.remove_pinned("backup", "backups", "copy_id", "backup_chunks", "backup_id", id)
     }
 
     fn backup_sources(&self, id: u64) -> Result<Vec<Option<ChunkId>>> {
@@ -1679,18 +1694,7 @@ impl Repository for PgRepository {
     }
 
     fn remove_snapshot(&self, id: u64) -> Result<Garbage> {
-        self.tx("remove a snapshot", Some(LOCK_OBJECTS), |tx| {
-            let found = tx
-                .query_opt("SELECT volume, dataset_id, generation FROM snapshots WHERE id = $1", &[&(id as i64)])
-                .map_err(pg("read a snapshot"))?
-                .ok_or_else(|| RepoError::NotFound { kind: "snapshot", name: id.to_string() })?;
-            let (vol, ds, generation): (String, DatasetId, u64) =
-                (get(&found, 0)?, DatasetId(id16(&found, 1)?), u(&found, 2)?);
-            let candidates =
-                chunk_list(tx, "SELECT chunk_id FROM snapshot_chunks WHERE snapshot_id = $1", &[&(id as i64)])?;
-            tx.execute("DELETE FROM snapshots WHERE id = $1", &[&(id as i64)]).map_err(pg("remove a snapshot"))?;
-            garbage_after(tx, candidates, &vol, (ds, generation), None)
-        })
+        self.remove_pinned("snapshot", "snapshots", "dataset_id", "snapshot_chunks", "snapshot_id", id)
     }
 
     fn insert_mirror(&self, primary: &VolumeName, secondary: &VolumeName) -> Result<()> {
