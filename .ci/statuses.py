@@ -16,11 +16,13 @@ def auth(user, token):
 OPS, AUD, APP, NOBODY, WRONG = auth("ops", ops), auth("aud", aud), auth("app", app), None, auth("ops", "not-the-token")
 
 
-def call(method, path, who, body=None, ctype="application/json"):
+def call(method, path, who, body=None, ctype="application/json", idem=None):
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method)
     if who:
         req.add_header("Authorization", who)
+    if idem:
+        req.add_header("Idempotency-Key", idem)
     if data is not None:
         req.add_header("Content-Type", ctype)
     try:
@@ -57,6 +59,15 @@ cases = {
     ("put", "/v1/datasets/{name}", "403"): lambda: call("PUT", "/v1/datasets/CI.PUT", AUD, b"d", "application/octet-stream"),
     ("put", "/v1/datasets/{name}", "404"): lambda: call("PUT", "/v1/datasets/CI.PUT?volume=nowhere", OPS, b"d", "application/octet-stream"),
     ("put", "/v1/datasets/{name}", "409"): lambda: call("PUT", "/v1/datasets/CI.NEW?key=DSET.BACK.CI.key001", OPS, b"d", "application/octet-stream"),
+    # One Idempotency-Key, a second request: refused.
+    ("post", "/v1/ops", "422"): lambda: [
+        call("POST", "/v1/ops", OPS, {"op": "key-create", "purpose": "PRIM", "activate": False}, idem="ci-idem-ops"),
+        call("POST", "/v1/ops", OPS, {"op": "key-create", "purpose": "BACK", "activate": False}, idem="ci-idem-ops"),
+    ][1],
+    ("put", "/v1/datasets/{name}", "422"): lambda: [
+        call("PUT", "/v1/datasets/CI.IDEM1", OPS, b"d", "application/octet-stream", idem="ci-idem-put"),
+        call("PUT", "/v1/datasets/CI.IDEM2", OPS, b"d", "application/octet-stream", idem="ci-idem-put"),
+    ][1],
     ("get", "/v1/datasets/{name}", "200"): lambda: call("GET", "/v1/datasets/CI.DATA", OPS),
     ("get", "/v1/datasets/{name}", "400"): lambda: call("GET", "/v1/datasets/CI.DATA?start=x", OPS),
     ("get", "/v1/datasets/{name}", "401"): lambda: call("GET", "/v1/datasets/CI.DATA", NOBODY),
