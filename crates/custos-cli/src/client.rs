@@ -158,10 +158,13 @@ impl Client {
     }
 
     /// Send one attempt to one server.
+    /// Send one attempt to one server; the request is made (`make`) only
+    /// once the connection stands, so a body that can be sent once is not
+    /// spent on a server that cannot be reached.
     async fn send_to(
         &self,
         target: &Target,
-        req: Request<BoxBody>,
+        make: impl FnOnce() -> anyhow::Result<Request<BoxBody>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Failed> {
         let unreachable = |e: std::io::Error| Failed {
             sent: false,
@@ -179,6 +182,7 @@ impl Client {
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
+                let req = make().map_err(|e| Failed { sent: false, error: e })?;
                 sender.send_request(req).await.map_err(|e| Failed {
                     sent: true,
                     error: Remote {
@@ -226,29 +230,33 @@ impl Client {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             let (target, host, _) = &self.targets[attempt % n];
-            let body = match &payload {
-                Payload::Empty => Self::full(Vec::new()),
-                Payload::Bytes(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed_unsync(),
-                Payload::File(p) => {
-                    let f = tokio::fs::File::open(p)
-                        .await
-                        .with_context(|| format!("cannot open {} to store", p.display()))?;
-                    StreamBody::new(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map_ok(Frame::data))
-                        .boxed_unsync()
-                }
-                Payload::Once(b) => match b.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    Some(b) => b,
-                    None => {
-                        let e: anyhow::Error = last.unwrap_or_else(|| anyhow!("the request was cut off"));
-                        return Err(e.context(format!(
-                            "its input (stdin, over {} MiB) cannot be sent a second time; run the command again",
-                            REPLAYABLE_STDIN >> 20
-                        )));
+            let make = || -> anyhow::Result<Request<BoxBody>> {
+                let body = match &payload {
+                    Payload::Empty => Self::full(Vec::new()),
+                    Payload::Bytes(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed_unsync(),
+                    Payload::File(p) => {
+                        let f = std::fs::File::open(p).with_context(|| format!("cannot open {} to store", p.display()))?;
+                        let f = tokio::fs::File::from_std(f);
+                        StreamBody::new(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map_ok(Frame::data))
+                            .boxed_unsync()
                     }
-                },
+                    Payload::Once(b) => b.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or_else(|| {
+                        anyhow!(
+                            "the request was cut off, and its input (stdin, over {} MiB) cannot be sent a second time; run the command again",
+                            REPLAYABLE_STDIN >> 20
+                        )
+                    })?,
+                };
+                self.request(method, path, host, body)
             };
-            let req = self.request(method, path, host, body)?;
-            match self.send_to(target, req).await {
+            match self.send_to(target, make).await {
+                // A server shutting down refuses before it runs anything:
+                // the next one may take it.
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && n > 1 => {
+                    attempt += 1;
+                    last = Some(Self::problem(resp).await);
+                    continue;
+                }
                 Ok(resp) => {
                     let running = resp.status() == StatusCode::CONFLICT
                         && resp.headers().get("x-custos-idempotency").is_some_and(|v| v == "running");

@@ -15,12 +15,22 @@ use crate::vault::{Open, Vault, DB_FILE, REPOSITORY_FILE};
 use crate::{Error, Result};
 
 /// Where `repo migrate` moves the catalog.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum MigrateTarget {
     /// An empty PostgreSQL database at this address.
     Postgres(String),
     /// `custos.db` in the vault directory.
     Sqlite,
+}
+
+impl std::fmt::Debug for MigrateTarget {
+    /// Never the address: it may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Postgres(_) => "Postgres(<address>)",
+            Self::Sqlite => "Sqlite",
+        })
+    }
 }
 
 impl MigrateTarget {

@@ -83,7 +83,6 @@ pub enum HsmKind {
 }
 
 /// How `custos init` sets a vault up.
-#[derive(Debug)]
 pub struct InitOptions {
     pub kdf: KdfParams,
     /// Site name of the default volume.
@@ -96,6 +95,19 @@ pub struct InitOptions {
     /// Keep the catalog on PostgreSQL at this address (an empty database)
     /// rather than in `custos.db`.
     pub repository: Option<String>,
+}
+
+impl std::fmt::Debug for InitOptions {
+    /// The repository's address is left out: it may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitOptions")
+            .field("kdf", &self.kdf)
+            .field("site", &self.site)
+            .field("hsm", &self.hsm)
+            .field("volume", &self.volume)
+            .field("repository", &self.repository.as_ref().map(|_| "<address>"))
+            .finish()
+    }
 }
 
 impl Default for InitOptions {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// `custos serve --config FILE`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The vault directory the server alone opens.
@@ -31,6 +31,22 @@ pub struct Config {
     /// carries it (recovery writes it out for review; nothing reads it back).
     #[serde(skip)]
     pub text: String,
+}
+
+impl std::fmt::Debug for Config {
+    /// The repository's address and the file's text are left out: they
+    /// may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("vault", &self.vault)
+            .field("repository", &self.repository.as_ref().map(|_| "<address>"))
+            .field("hsm", &self.hsm)
+            .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("volumes", &self.volumes)
+            .field("drain_secs", &self.drain_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_drain() -> u64 {
@@ -103,9 +119,56 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The configuration's text as the catalog keeps it (and so every
+    /// vault backup): a password in an address replaced by `REDACTED`.
+    pub fn text_to_keep(&self) -> String {
+        redact_passwords(&self.text)
+    }
+}
+
+/// `text` with the password of every `scheme://user:password@host`
+/// address, and every libpq `password=…`, replaced by `REDACTED`.
+pub fn redact_passwords(text: &str) -> String {
+    let mut s = text.to_string();
+    let mut from = 0;
+    while let Some(i) = s[from..].find("://") {
+        let start = from + i + 3;
+        let end = s[start..].find(['/', '"', '\'', ' ', '?', '\n']).map_or(s.len(), |e| start + e);
+        if let Some(at) = s[start..end].rfind('@') {
+            if let Some(colon) = s[start..start + at].find(':') {
+                s.replace_range(start + colon + 1..start + at, "REDACTED");
+            }
+        }
+        from = start;
+    }
+    let mut from = 0;
+    while let Some(i) = s[from..].find("password=") {
+        let start = from + i + "password=".len();
+        let end = s[start..].find(['&', '"', '\'', ' ', '\n']).map_or(s.len(), |e| start + e);
+        s.replace_range(start..end, "REDACTED");
+        from = start;
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A password in the catalog's address never reaches the catalog (nor
+    /// its backups): the kept text says REDACTED where it stood.
+    #[test]
+    fn the_kept_configuration_holds_no_password() {
+        let text = "vault = \"/v\"\nrepository = \"postgres://custos:s3cr3t@db.example:5432/custos?sslmode=require\"\n\
+                    # repository = \"host=db user=custos password=hunter2 dbname=custos\"\n[hsm]\nkind = \"soft\"\n";
+        let kept = redact_passwords(text);
+        assert!(!kept.contains("s3cr3t") && !kept.contains("hunter2"), "{kept}");
+        assert!(kept.contains("postgres://custos:REDACTED@db.example:5432/custos?sslmode=require"), "{kept}");
+        assert!(kept.contains("password=REDACTED dbname=custos"), "{kept}");
+        let plain = "repository = \"postgres://custos@/custos?host=/run/postgresql\"\n";
+        assert_eq!(redact_passwords(plain), plain, "nothing else changes");
+    }
 
     #[test]
     fn fail_configs_that_cannot_serve() {

@@ -118,7 +118,7 @@ pub fn open_engine(config: &Config) -> Result<Engine, ServeError> {
     // As every opening: the catalog is checked against the HSM's anchor (a
     // rolled-back catalog is refused), and the audit log is keyed from now.
     open.audit_arm(false)?;
-    open.record_server_config(&config.text)?;
+    open.record_server_config(&config.text_to_keep())?;
     let mut engine = Engine::server(open, passphrase);
     engine.allow_volume_roots(config.volumes.clone());
     Ok(engine)
