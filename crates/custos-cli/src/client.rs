@@ -220,6 +220,11 @@ impl Client {
         path: &str,
         payload: Payload,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        if let Payload::File(p) = &payload {
+            // A file that cannot be read is the caller's to fix, not a
+            // reason to try another server.
+            std::fs::File::open(p).with_context(|| format!("cannot open {} to store", p.display()))?;
+        }
         let n = self.targets.len();
         let mut last = None;
         let mut sent = false;
