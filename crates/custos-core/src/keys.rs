@@ -293,14 +293,15 @@ impl Vault<Open> {
         let ns = self.naming()?;
         let first = self.next_label(&app, template.purpose)?;
         let start = ns.parse(first.as_str())?.seq;
+        // Read once, not per key (a catalog on PostgreSQL pays a round trip
+        // for each read); a label taken meanwhile fails the one insert, all
+        // or none.
+        let kbk = self.current_kbk()?;
         let mut recs = Vec::with_capacity(count as usize);
         for i in 0..count {
             let label = KeyLabel::new(ns.label(template.purpose, &app, start + i))?;
-            recs.push(self.new_key_record(&NewKey {
-                label: Some(label),
-                app: Some(app.clone()),
-                ..template.clone()
-            })?);
+            let k = NewKey { label: Some(label), app: Some(app.clone()), ..template.clone() };
+            recs.push(self.build_key_record(&k, &ns, kbk.as_ref(), false)?);
         }
         self.repo.insert_keys(&recs)?;
         Ok(recs)
@@ -309,7 +310,20 @@ impl Vault<Open> {
     /// Build (but do not store) a new key record: the HSM generates and
     /// wraps the material.
     pub(crate) fn new_key_record(&self, k: &NewKey) -> Result<KeyRecord> {
-        let ns = self.naming()?;
+        let (ns, kbk) = (self.naming()?, self.current_kbk()?);
+        self.build_key_record(k, &ns, kbk.as_ref(), true)
+    }
+
+    /// [`Vault::new_key_record`] with the naming standard and the current
+    /// key-backup key given; `check` says whether to refuse a label taken
+    /// already (a bulk insert is refused whole instead).
+    fn build_key_record(
+        &self,
+        k: &NewKey,
+        ns: &custos_model::NamingStandard,
+        kbk: Option<&custos_model::KbkRecord>,
+        check: bool,
+    ) -> Result<KeyRecord> {
         let (label, app) = match (&k.label, &k.app) {
             (Some(label), app) => {
                 let parts = ns.parse(label.as_str())?;
@@ -335,7 +349,7 @@ impl Vault<Open> {
                 })
             }
         };
-        if self.repo.key(&label)?.is_some() {
+        if check && self.repo.key(&label)?.is_some() {
             return Err(custos_repo::RepoError::Exists { kind: "key", name: label.to_string() }.into());
         }
         let now = Timestamp::now();
@@ -360,8 +374,8 @@ impl Vault<Open> {
             use_count: 0,
             escrow: None,
         };
-        if let Some(kbk) = self.current_kbk()? {
-            rec.escrow = Some(self.escrow_copy(&kbk, &rec)?);
+        if let Some(kbk) = kbk {
+            rec.escrow = Some(self.escrow_copy(kbk, &rec)?);
         }
         Ok(rec)
     }
