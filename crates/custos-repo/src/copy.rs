@@ -164,7 +164,9 @@ pub(crate) fn sqlite_counts(c: &rusqlite::Connection) -> Result<RowCounts> {
 /// `to`, in one transaction on each side: the source is held against
 /// writers (an immediate transaction) from before the first row is read
 /// until `then` has run on the committed copy, so no write lands in the
-/// source unseen. A target holding any row is refused.
+/// source unseen; once `then` succeeds the source is retired (its main
+/// tables renamed), so a writer that waited meanwhile fails rather than
+/// write into it. A target holding any row is refused.
 pub fn sqlite_to_postgres(
     src: &Path,
     to: &PgRepository,
@@ -243,6 +245,17 @@ pub fn sqlite_to_postgres(
     }
     tx.commit().map_err(pg("commit the copy"))?;
     then(&counts)?;
+    // A command that waited for the catalog while it moved must not write
+    // into the file left behind (its write would be lost): the tables every
+    // write touches are renamed away, so it fails and says so instead.
+    held.execute_batch(
+        "ALTER TABLE settings RENAME TO moved_settings;
+         ALTER TABLE keys RENAME TO moved_keys;
+         ALTER TABLE datasets RENAME TO moved_datasets;
+         ALTER TABLE audit_log RENAME TO moved_audit_log;
+         ALTER TABLE trash RENAME TO moved_trash;",
+    )
+    .map_err(sqlite("retire the catalog that moved"))?;
     held.commit().map_err(sqlite("release the catalog"))?;
     Ok(counts)
 }

@@ -87,6 +87,14 @@ fn a_catalog_moves_between_backends_with_its_macs() {
     sqlite.seal_rows().unwrap();
     let before = sqlite.row_counts().unwrap();
     assert!(before.iter().filter(|(_, n)| *n > 0).count() >= 15, "the contract left rows in most tables: {before:?}");
+    let (keys, datasets, backups) = (
+        format!("{:?}", sqlite.keys().unwrap()),
+        format!("{:?}", sqlite.datasets().unwrap()),
+        format!("{:?}", sqlite.backups().unwrap()),
+    );
+    let (audit, principals) = (sqlite.audit_rows(0).unwrap(), format!("{:?}", sqlite.principals().unwrap()));
+    let sealed_rows = sqlite.verify_rows().unwrap().rows;
+    let max = sqlite.requests().unwrap().iter().map(|r| r.id).max().unwrap_or(0);
 
     let target = PgRepository::open(&pg.url("moved")).unwrap();
     let mut seen = None;
@@ -101,12 +109,15 @@ fn a_catalog_moves_between_backends_with_its_macs() {
     target.set_row_auth(Some(auth.clone()));
     let check = target.verify_rows().unwrap();
     assert!(check.faults.is_empty(), "{:?}", check.faults);
-    assert_eq!(check.rows, sqlite.verify_rows().unwrap().rows);
-    assert_eq!(format!("{:?}", target.keys().unwrap()), format!("{:?}", sqlite.keys().unwrap()));
-    assert_eq!(format!("{:?}", target.datasets().unwrap()), format!("{:?}", sqlite.datasets().unwrap()));
-    assert_eq!(format!("{:?}", target.backups().unwrap()), format!("{:?}", sqlite.backups().unwrap()));
-    assert_eq!(target.audit_rows(0).unwrap(), sqlite.audit_rows(0).unwrap());
-    assert_eq!(format!("{:?}", target.principals().unwrap()), format!("{:?}", sqlite.principals().unwrap()));
+    assert_eq!(check.rows, sealed_rows);
+    assert_eq!(format!("{:?}", target.keys().unwrap()), keys);
+    assert_eq!(format!("{:?}", target.datasets().unwrap()), datasets);
+    assert_eq!(format!("{:?}", target.backups().unwrap()), backups);
+    assert_eq!(target.audit_rows(0).unwrap(), audit);
+    assert_eq!(format!("{:?}", target.principals().unwrap()), principals);
+    // The source is retired: a writer that waited for it while it moved
+    // fails rather than write where nobody will read.
+    assert!(sqlite.set_setting("late", "write").is_err(), "a write into the catalog left behind must fail");
 
     // Anything in the target: refused, and nothing is added to it.
     match copy::sqlite_to_postgres(&src, &target, |_| Ok(())) {
@@ -116,7 +127,6 @@ fn a_catalog_moves_between_backends_with_its_macs() {
     assert_eq!(target.row_counts().unwrap(), before);
 
     // New ids follow the copied ones.
-    let max = sqlite.requests().unwrap().iter().map(|r| r.id).max().unwrap_or(0);
     let id = target
         .insert_request(&custos_repo::RequestRow {
             id: 0,
@@ -140,7 +150,7 @@ fn a_catalog_moves_between_backends_with_its_macs() {
     again.set_row_auth(Some(auth));
     assert!(again.verify_rows().unwrap().faults.is_empty());
     assert_eq!(again.row_counts().unwrap(), target.row_counts().unwrap());
-    assert_eq!(format!("{:?}", again.keys().unwrap()), format!("{:?}", sqlite.keys().unwrap()));
+    assert_eq!(format!("{:?}", again.keys().unwrap()), keys);
 }
 
 /// A request whose server died while carrying it out is neither run again
