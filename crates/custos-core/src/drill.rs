@@ -99,18 +99,22 @@ impl<S: VaultState> Vault<S> {
     /// Lose one key's material from the keystore (a deleted or corrupted
     /// key record, as in the paper's Example 2). Its escrow copy stays.
     pub fn drill_lose_key(&self, label: &KeyLabel) -> Result<()> {
-        let mut k = self.key_record(label)?;
-        k.wrapped = None;
-        Ok(self.repo.update_key(&k)?)
+        self.change_key(label, |k| {
+            k.wrapped = None;
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Lose the whole keystore: every key's material and the escrow copies
     /// kept with it. Keystore backups on volumes are untouched.
     pub fn drill_lose_keystore(&self) -> Result<()> {
-        for mut k in self.repo.keys()? {
-            k.wrapped = None;
-            k.escrow = None;
-            self.repo.update_key(&k)?;
+        for k in self.repo.keys()? {
+            self.change_key(&k.label, |k| {
+                k.wrapped = None;
+                k.escrow = None;
+                Ok(())
+            })?;
         }
         Ok(())
     }

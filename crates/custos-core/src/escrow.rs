@@ -204,11 +204,10 @@ impl<S: VaultState> Vault<S> {
 
     /// Erase a key's escrow copy (for a deliberate crypto-erase).
     pub fn escrow_purge(&self, label: &KeyLabel) -> Result<()> {
-        let mut rec = self.key_record(label)?;
-        if rec.escrow.take().is_none() {
-            return Err(Error::Invalid { what: "escrow purge", why: format!("key {label} has no escrow copy") });
-        }
-        self.repo.update_key(&rec)?;
+        self.change_key(label, |rec| match rec.escrow.take() {
+            Some(_) => Ok(()),
+            None => Err(Error::Invalid { what: "escrow purge", why: format!("key {label} has no escrow copy") }),
+        })?;
         Ok(())
     }
 
@@ -308,10 +307,14 @@ impl Vault<Open> {
         }
         self.repo.insert_kbk(&rec, &copies, &sealed)?;
         // Keys created meanwhile were escrowed to the previous KBK: move them too.
-        for mut k in self.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
+        for k in self.repo.keys()?.into_iter().filter(|k| k.wrapped.is_some()) {
             if k.escrow.as_ref().is_none_or(|e| e.kbk != id) {
-                k.escrow = Some(self.escrow_copy(&rec, &k)?);
-                self.repo.update_key(&k)?;
+                self.change_key(&k.label, |k| {
+                    if k.wrapped.is_some() && k.escrow.as_ref().is_none_or(|e| e.kbk != id) {
+                        k.escrow = Some(self.escrow_copy(&rec, k)?);
+                    }
+                    Ok(())
+                })?;
             }
         }
         Ok(rec)
@@ -348,7 +351,8 @@ impl Vault<Open> {
 
     /// Put a key back from its escrow copy, opened with its key-backup
     /// key's reassembled `secret`, under the CURRENT master key.
-    pub(crate) fn restore_escrowed(&self, mut rec: KeyRecord, secret: &[u8; 32]) -> Result<Recovered> {
+    pub(crate) fn restore_escrowed(&self, was: KeyRecord, secret: &[u8; 32]) -> Result<Recovered> {
+        let mut rec = was.clone();
         let label = rec.label.clone();
         let copy = rec.escrow.clone().ok_or_else(|| Error::Invalid {
             what: "escrow recovery",
@@ -369,7 +373,7 @@ impl Vault<Open> {
             rec.state = KeyState::Inactive;
             rec.destroyed_at = None;
         }
-        self.repo.update_key(&rec)?;
+        self.repo.update_key(&rec, &was)?;
         Ok(Recovered::Restored { label: label.to_string(), state: rec.state })
     }
 }

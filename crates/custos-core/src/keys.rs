@@ -65,25 +65,47 @@ impl<S: VaultState> Vault<S> {
     /// is refused unless `crypto_erase` says so on purpose; destruction
     /// erases the wrapped material from the keystore.
     pub fn key_action(&self, label: &KeyLabel, action: KeyAction, crypto_erase: bool) -> Result<KeyRecord> {
-        let mut rec = self.key_record(label)?;
-        let next = rec.state.apply(action).map_err(|source| Error::Lifecycle { label: label.clone(), source })?;
-        let now = Timestamp::now();
-        if action == KeyAction::Destroy {
-            let users = self.needing_key(label)?;
-            if !users.is_empty() && !crypto_erase {
-                return Err(Error::KeyInUse { label: label.clone(), datasets: users });
+        self.change_key(label, |rec| {
+            let next = rec.state.apply(action).map_err(|source| Error::Lifecycle { label: label.clone(), source })?;
+            let now = Timestamp::now();
+            if action == KeyAction::Destroy {
+                let users = self.needing_key(label)?;
+                if !users.is_empty() && !crypto_erase {
+                    return Err(Error::KeyInUse { label: label.clone(), datasets: users });
+                }
+                rec.wrapped = None;
+                rec.destroyed_at = Some(now);
             }
-            rec.wrapped = None;
-            rec.destroyed_at = Some(now);
+            match next {
+                KeyState::Active => rec.activated_at = Some(now),
+                KeyState::Inactive if rec.state == KeyState::Active => rec.deactivated_at = Some(now),
+                _ => {}
+            }
+            rec.state = next;
+            Ok(())
+        })
+    }
+
+    /// Change a key's record by `f`, written only over the record `f` saw:
+    /// when another command (another server's, or a re-encipherment)
+    /// changed it meanwhile, it is read again and `f` decides afresh, so a
+    /// change is never laid over one it did not see. Returns the record
+    /// as written.
+    pub(crate) fn change_key(
+        &self,
+        label: &KeyLabel,
+        mut f: impl FnMut(&mut KeyRecord) -> Result<()>,
+    ) -> Result<KeyRecord> {
+        let mut tries = 0;
+        loop {
+            let was = self.key_record(label)?;
+            let mut rec = was.clone();
+            f(&mut rec)?;
+            match self.repo.update_key(&rec, &was) {
+                Err(custos_repo::RepoError::Raced { .. }) if tries < 8 => tries += 1,
+                r => return r.map(|()| rec).map_err(Into::into),
+            }
         }
-        match next {
-            KeyState::Active => rec.activated_at = Some(now),
-            KeyState::Inactive if rec.state == KeyState::Active => rec.deactivated_at = Some(now),
-            _ => {}
-        }
-        rec.state = next;
-        self.repo.update_key(&rec)?;
-        Ok(rec)
     }
 
     /// Schedule a key's destruction after `wait` (AWS KMS's waiting
@@ -163,15 +185,26 @@ impl<S: VaultState> Vault<S> {
                 break;
             }
             let what = "key destroy (waiting period over)";
-            let done = (|| -> Result<()> {
-                if self.key_record(&label)?.state != KeyState::Destroyed {
-                    self.key_action(&label, KeyAction::Destroy, true)?;
+            // Several servers (or commands) may find the same key due at
+            // once: the state change is written only over the record it
+            // was decided from, and only the one that takes the key off the
+            // schedule (still at `at`) reports and audits it, so a key is
+            // destroyed and audited once. A run killed between the two
+            // steps leaves a destroyed key on the schedule, which the next
+            // run only takes off.
+            let done = (|| -> Result<bool> {
+                match self.key_action(&label, KeyAction::Destroy, true) {
+                    Ok(_) => {}
+                    Err(e) if self.key_record(&label)?.state == KeyState::Destroyed => drop(e),
+                    Err(e) => return Err(e),
                 }
-                self.repo.set_destroy_after(&label, None)?;
-                Ok(())
+                Ok(self.repo.unschedule_destroy(&label, at)?)
             })();
             match done {
-                Ok(()) => {
+                // A command run without the HSM may not change keys: the
+                // next one that holds it (every server does) carries it out.
+                Ok(false) | Err(Error::Repo(custos_repo::RepoError::NeedsKey { .. })) => {}
+                Ok(true) => {
                     self.audit_append("custos", what, label.as_str(), "ok")?;
                     out.done.push(label);
                 }

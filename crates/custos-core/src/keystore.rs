@@ -218,8 +218,8 @@ impl Vault<Open> {
                 // The catalog's copy if it kept one, else the backup's.
                 escrow: live.as_ref().and_then(|k| k.escrow.clone()).or(backed_escrow),
             };
-            if live.is_some() {
-                self.repo.update_key(&rec)?;
+            if let Some(live) = &live {
+                self.repo.update_key(&rec, live)?;
             } else {
                 self.repo.insert_key(&rec)?;
             }

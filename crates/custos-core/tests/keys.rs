@@ -171,10 +171,11 @@ fn tampered_keystore_record_is_caught_by_its_check_value() {
     let a = t.put("KCV.A", b"aaa").key_label;
     let b = t.put("KCV.B", b"bbb").key_label;
     // Swap the wrapped material of two records (both under the same master key).
-    let mut ra = t.vault.key(&a).unwrap();
+    let was = t.vault.key(&a).unwrap();
+    let mut ra = was.clone();
     let rb = t.vault.key(&b).unwrap();
     ra.wrapped = rb.wrapped.clone();
-    t.vault.repository().update_key(&ra).unwrap();
+    t.vault.repository().update_key(&ra, &was).unwrap();
     let e = t.get("KCV.A").unwrap_err();
     assert!(matches!(e, Error::KeyMismatch { .. }) && e.to_string().contains(a.as_str()), "{e}");
 }

@@ -55,11 +55,12 @@ fn reencipher_skips_and_names_damaged_records() {
     t.put("DMG.A", b"a");
     let bad = t.put("DMG.B", b"b").key_label;
     t.put("DMG.C", b"c");
-    let mut rec = t.vault.key(&bad).unwrap();
+    let was = t.vault.key(&bad).unwrap();
+    let mut rec = was.clone();
     let mut w = rec.wrapped.clone().unwrap();
     w.0[5] ^= 1;
     rec.wrapped = Some(w);
-    t.vault.repository().update_key(&rec).unwrap();
+    t.vault.repository().update_key(&rec, &was).unwrap();
     t.vault.mk_load_new(NewMasterKey::Generate, None).unwrap();
     t.vault.mk_activate().unwrap();
     let e = t.vault.mk_reencipher(1, |_| {}).unwrap_err();

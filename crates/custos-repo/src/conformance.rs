@@ -131,11 +131,29 @@ pub fn run(repo: &dyn Repository) {
     upd.state = KeyState::Destroyed;
     upd.wrapped = None;
     upd.destroyed_at = Some(Timestamp::from_second(1_750_000_000).unwrap());
-    repo.update_key(&upd).unwrap();
+    // Written only over the record it was made from: a change made from
+    // an older read (another server's) is refused, not laid over this one.
+    let mut stale = got.clone();
+    stale.state = KeyState::Inactive;
+    let mut older = got.clone();
+    older.state = KeyState::Active;
+    assert!(matches!(repo.update_key(&stale, &older), Err(RepoError::Raced { .. })));
+    let mut moved = got.clone();
+    moved.mkvp = Mkvp([7; 8]);
+    assert!(matches!(repo.update_key(&stale, &moved), Err(RepoError::Raced { .. })));
+    let mut escrowless = got.clone();
+    escrowless.escrow = None;
+    assert!(matches!(repo.update_key(&stale, &escrowless), Err(RepoError::Raced { .. })));
+    assert_eq!(repo.key(&k.label).unwrap().unwrap().state, got.state, "a refused update changed nothing");
+    repo.record_key_use(&k.label).unwrap();
+    repo.update_key(&upd, &got).unwrap();
+    let before = got;
     let got = repo.key(&k.label).unwrap().unwrap();
     assert_eq!((got.state, got.wrapped.is_none(), got.destroyed_at), (KeyState::Destroyed, true, upd.destroyed_at));
     assert_eq!(got.escrow, k.escrow, "destroying the keystore copy keeps the escrow copy");
-    assert!(matches!(repo.update_key(&key("NO.SUCH.KEY")), Err(RepoError::NotFound { .. })));
+    assert_eq!(got.use_count, upd.use_count + 1, "a use counted meanwhile is kept");
+    assert!(matches!(repo.update_key(&upd, &before), Err(RepoError::Raced { .. })), "the same change twice");
+    assert!(matches!(repo.update_key(&key("NO.SUCH.KEY"), &key("NO.SUCH.KEY")), Err(RepoError::NotFound { .. })));
     repo.insert_key(&key("DSET.PRIM.APP.key002")).unwrap();
     assert_eq!(
         repo.key_labels().unwrap().iter().map(|l| l.as_str()).collect::<Vec<_>>(),
@@ -726,6 +744,13 @@ pub fn row_auth(
     assert_eq!(repo.rewrap_keys(&[rewrap]).unwrap(), 1);
     assert_eq!(repo.key(&three).unwrap().unwrap().mkvp, Mkvp([3; 8]));
     assert_eq!(repo.destroy_after(&three).unwrap(), Some(at));
+    assert!(repo.verify_rows().unwrap().faults.is_empty());
+    // Taken off the schedule once, only while still due at that time.
+    assert!(!repo.unschedule_destroy(&three, Timestamp::from_second(1_000).unwrap()).unwrap());
+    assert_eq!(repo.destroy_after(&three).unwrap(), Some(at));
+    assert!(repo.unschedule_destroy(&three, at).unwrap());
+    assert!(!repo.unschedule_destroy(&three, at).unwrap(), "a second taker finds it gone");
+    assert_eq!(repo.destroy_after(&three).unwrap(), None);
     assert!(repo.verify_rows().unwrap().faults.is_empty());
     assert_eq!(repo.principal("clerk").unwrap().unwrap().data_grants.len(), 1);
 

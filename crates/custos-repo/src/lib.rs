@@ -23,6 +23,14 @@ pub use pg::PgRepository;
 pub use rowauth::{row_message, Col};
 pub use sqlite::SqliteRepository;
 
+/// The race [`Repository::update_key`] reports.
+pub(crate) fn key_raced(label: &KeyLabel) -> RepoError {
+    RepoError::Raced {
+        what: format!("key {label}"),
+        why: "another command changed its state, material or escrow copy first".into(),
+    }
+}
+
 pub type Result<T> = std::result::Result<T, RepoError>;
 
 #[derive(Debug, Error)]
@@ -224,8 +232,13 @@ pub trait Repository: Send + Sync {
     /// Up to `limit` keys in label order whose labels are at least `from`
     /// and greater than `after` (a page: the next starts after its last).
     fn keys_from(&self, from: &str, after: &str, limit: u32) -> Result<Vec<KeyRecord>>;
-    /// Replace a key record (state, timestamps, wrapped material) whole.
-    fn update_key(&self, rec: &KeyRecord) -> Result<()>;
+    /// Write a key record's state, timestamps, material and escrow copy,
+    /// only if the stored record still has `was`'s state, material (wrapped
+    /// bytes and master key) and escrow copy; otherwise
+    /// [`RepoError::Raced`]: another command (another server's, say)
+    /// changed it first, and writing would undo that. Its use count and
+    /// last use belong to [`Repository::record_key_use`] and are left alone.
+    fn update_key(&self, rec: &KeyRecord, was: &KeyRecord) -> Result<()>;
     /// Count one use of a key now.
     fn record_key_use(&self, label: &KeyLabel) -> Result<()>;
     /// Count one use of each label (a label may repeat), in one transaction.
@@ -433,6 +446,9 @@ pub trait Repository: Send + Sync {
 
     /// Schedule (`Some`) or cancel (`None`) a key's destruction.
     fn set_destroy_after(&self, label: &KeyLabel, at: Option<jiff::Timestamp>) -> Result<()>;
+    /// Take a key off the destruction schedule if it is still due at `at`;
+    /// false when it was not (another command took it off first).
+    fn unschedule_destroy(&self, label: &KeyLabel, at: jiff::Timestamp) -> Result<bool>;
     /// When one key is scheduled to be destroyed, if it is.
     fn destroy_after(&self, label: &KeyLabel) -> Result<Option<jiff::Timestamp>>;
     /// Keys scheduled for destruction, soonest first.

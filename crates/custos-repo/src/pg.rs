@@ -861,13 +861,14 @@ impl PgRepository {
 
     /// Lock the rows of `table` that `cond` selects and check each: an
     /// update never re-seals a forged row.
-    fn lock_check(&self, tx: &mut Transaction<'_>, table: &'static str, cond: &str, p: &[P<'_>]) -> Result<()> {
+    /// Returns how many rows it locked.
+    fn lock_check(&self, tx: &mut Transaction<'_>, table: &'static str, cond: &str, p: &[P<'_>]) -> Result<usize> {
         let sql = format!("SELECT {} FROM {table} WHERE {cond} FOR UPDATE", self.rows.selects[table]);
         let rows = tx.query(&sql, p).map_err(pg("lock the rows to change"))?;
         for r in &rows {
             self.check(table, r, 0)?;
         }
-        Ok(())
+        Ok(rows.len())
     }
 
     /// Run `sql` (an INSERT, UPDATE or upsert of `table`, without its
@@ -1344,16 +1345,17 @@ impl Repository for PgRepository {
         )
     }
 
-    fn update_key(&self, k: &KeyRecord) -> Result<()> {
+    fn update_key(&self, k: &KeyRecord, was: &KeyRecord) -> Result<()> {
         self.tx("update a key", None, |tx| {
-            self.lock_check(tx, "keys", "label = $1", &[&k.label.as_str()])?;
+            let found = self.lock_check(tx, "keys", "label = $1", &[&k.label.as_str()])?;
             let rows = self.write(
                 tx,
                 "update a key",
                 "keys",
                 "UPDATE keys SET state = $2, wrapped = $3, mkvp = $4, activated_at = $5, deactivated_at = $6,
-                 destroyed_at = $7, expires_at = $8, last_used_at = $9, use_count = $10, escrow_kbk = $11, escrow = $12
-                 WHERE label = $1",
+                 destroyed_at = $7, expires_at = $8, escrow_kbk = $9, escrow = $10
+                 WHERE label = $1 AND state = $11 AND wrapped IS NOT DISTINCT FROM $12 AND mkvp = $13
+                 AND escrow_kbk IS NOT DISTINCT FROM $14 AND escrow IS NOT DISTINCT FROM $15",
                 &[
                     &k.label.as_str(),
                     &k.state.as_str(),
@@ -1363,14 +1365,21 @@ impl Repository for PgRepository {
                     &k.deactivated_at.map(ts),
                     &k.destroyed_at.map(ts),
                     &k.expires_at.map(ts),
-                    &k.last_used_at.map(ts),
-                    &(k.use_count as i64),
                     &k.escrow.as_ref().map(|e| e.kbk.as_str()),
                     &k.escrow.as_ref().map(|e| &e.blob[..]),
+                    &was.state.as_str(),
+                    &was.wrapped.as_ref().map(|w| &w.0[..]),
+                    &was.mkvp.to_hex(),
+                    &was.escrow.as_ref().map(|e| e.kbk.as_str()),
+                    &was.escrow.as_ref().map(|e| &e.blob[..]),
                 ],
             )?;
             if rows.is_empty() {
-                return Err(RepoError::NotFound { kind: "key", name: k.label.to_string() });
+                return Err(if found == 0 {
+                    RepoError::NotFound { kind: "key", name: k.label.to_string() }
+                } else {
+                    crate::key_raced(&k.label)
+                });
             }
             Ok(())
         })
@@ -2466,6 +2475,20 @@ impl Repository for PgRepository {
                 return Err(RepoError::NotFound { kind: "key", name: l.to_string() });
             }
             Ok(())
+        })
+    }
+
+    fn unschedule_destroy(&self, l: &KeyLabel, at: Timestamp) -> Result<bool> {
+        self.tx("take a key off the destruction schedule", None, |tx| {
+            self.lock_check(tx, "keys", "label = $1", &[&l.as_str()])?;
+            let rows = self.write(
+                tx,
+                "take a key off the destruction schedule",
+                "keys",
+                "UPDATE keys SET destroy_after = NULL WHERE label = $1 AND destroy_after = $2",
+                &[&l.as_str(), &ts(at)],
+            )?;
+            Ok(!rows.is_empty())
         })
     }
 

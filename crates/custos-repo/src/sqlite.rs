@@ -1325,13 +1325,13 @@ impl Repository for SqliteRepository {
         )
     }
 
-    fn update_key(&self, k: &KeyRecord) -> Result<()> {
+    fn update_key(&self, k: &KeyRecord, was: &KeyRecord) -> Result<()> {
         let n = self
             .conn()
             .execute(
                 "UPDATE keys SET state = ?2, wrapped = ?3, mkvp = ?4, activated_at = ?5, deactivated_at = ?6,
-                 destroyed_at = ?7, expires_at = ?8, last_used_at = ?9, use_count = ?10, escrow_kbk = ?11, escrow = ?12
-                 WHERE label = ?1",
+                 destroyed_at = ?7, expires_at = ?8, escrow_kbk = ?9, escrow = ?10
+                 WHERE label = ?1 AND state = ?11 AND wrapped IS ?12 AND mkvp = ?13 AND escrow_kbk IS ?14 AND escrow IS ?15",
                 params![
                     k.label.as_str(),
                     k.state.as_str(),
@@ -1341,15 +1341,21 @@ impl Repository for SqliteRepository {
                     k.deactivated_at.map(ts),
                     k.destroyed_at.map(ts),
                     k.expires_at.map(ts),
-                    k.last_used_at.map(ts),
-                    k.use_count as i64,
                     k.escrow.as_ref().map(|e| &e.kbk),
-                    k.escrow.as_ref().map(|e| &e.blob)
+                    k.escrow.as_ref().map(|e| &e.blob),
+                    was.state.as_str(),
+                    was.wrapped.as_ref().map(|w| &w.0),
+                    was.mkvp.to_hex(),
+                    was.escrow.as_ref().map(|e| &e.kbk),
+                    was.escrow.as_ref().map(|e| &e.blob),
                 ],
             )
             .map_err(db("update a key"))?;
         if n == 0 {
-            return Err(RepoError::NotFound { kind: "key", name: k.label.to_string() });
+            return Err(match self.key(&k.label)? {
+                None => RepoError::NotFound { kind: "key", name: k.label.to_string() },
+                Some(_) => crate::key_raced(&k.label),
+            });
         }
         if k.wrapped.is_none() || k.escrow.is_none() {
             // Erased material must not linger in the write-ahead log either.
@@ -2377,6 +2383,17 @@ impl Repository for SqliteRepository {
             return Err(RepoError::NotFound { kind: "key", name: label.to_string() });
         }
         Ok(())
+    }
+
+    fn unschedule_destroy(&self, label: &KeyLabel, at: Timestamp) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE keys SET destroy_after = NULL WHERE label = ?1 AND destroy_after = ?2",
+                params![label.as_str(), ts(at)],
+            )
+            .map_err(db("take a key off the destruction schedule"))?;
+        Ok(n == 1)
     }
 
     fn destroy_after(&self, label: &KeyLabel) -> Result<Option<Timestamp>> {
