@@ -12,7 +12,6 @@
 use custos_crypto::Mkvp;
 use custos_hsm::{NewMasterKey, Register};
 use custos_model::KeyLabel;
-use custos_repo::Rewrap;
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -107,22 +106,19 @@ impl Vault<Open> {
         let mut moved = 0u64;
         let mut failed = Vec::new();
         let mut after: Option<KeyLabel> = None;
+        let hsm = &self.state.hsm;
         loop {
-            let keys = self.repo.keys_wrapped_under(&from, after.as_ref(), batch)?;
-            let Some(last) = keys.last() else { break };
-            after = Some(last.label.clone());
-            let mut updates = Vec::with_capacity(keys.len());
-            for k in &keys {
-                let wrapped = k.wrapped.as_ref().expect("listed keys have material");
-                match self.state.hsm.rewrap_key(&from, &wrapped.0) {
-                    Ok(w) if w.kcv == k.kcv => {
-                        updates.push(Rewrap { label: k.label.clone(), from, to: w.mkvp, wrapped: w.bytes })
-                    }
-                    _ => failed.push(k.label.to_string()),
-                }
-            }
-            moved += self.repo.rewrap_keys(&updates)? as u64;
+            let page = self.repo.rewrap_page(&from, after.as_ref(), batch, &mut |k| {
+                let wrapped = k.wrapped.as_ref()?;
+                // A record whose material does not open, or opens to a
+                // key of another check value, is damaged: it stays.
+                hsm.rewrap_key(&from, &wrapped.0).ok().filter(|w| w.kcv == k.kcv).map(|w| (w.mkvp, w.bytes))
+            })?;
+            failed.extend(page.failed.iter().map(|l| l.to_string()));
+            moved += page.moved as u64;
             progress(moved);
+            let Some(last) = page.last else { break };
+            after = Some(last);
         }
         if !failed.is_empty() {
             return Err(Error::ReencipherFailed { moved, failed });

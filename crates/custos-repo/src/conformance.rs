@@ -203,6 +203,34 @@ pub fn run(repo: &dyn Repository) {
     let moved = repo.key(&first[0].label).unwrap().unwrap();
     assert_eq!((moved.mkvp, moved.wrapped.unwrap().0), (m2, vec![9; 40]));
     assert_eq!(repo.keys_wrapped_under(&m1, None, 100).unwrap().len(), 7);
+    // A page at a time: three keys after the one given, one refused by the
+    // caller (left under m1 and named); the next page starts after it.
+    let mut seen = Vec::new();
+    let page = repo
+        .rewrap_page(&m1, Some(&first[3].label), 3, &mut |k| {
+            seen.push(k.label.clone());
+            (seen.len() != 2).then(|| (m2, vec![6; 40]))
+        })
+        .unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[0] > first[3].label && seen.windows(2).all(|w| w[0] < w[1]), "in label order after the cursor");
+    assert_eq!((page.moved, page.failed.as_slice(), page.last.as_ref()), (2, &seen[1..2], Some(&seen[2])));
+    assert_eq!(repo.key(&seen[2]).unwrap().unwrap().wrapped.unwrap().0, vec![6; 40]);
+    assert_eq!(repo.key(&seen[1]).unwrap().unwrap().mkvp, m1, "a refused key stays");
+    assert_eq!(repo.key_counts_by_mkvp().unwrap(), vec![(m1, 5), (m2, 6)]);
+    let rest = repo.rewrap_page(&m1, page.last.as_ref(), 100, &mut |_| Some((m2, vec![6; 40]))).unwrap();
+    let end = repo.rewrap_page(&m1, rest.last.as_ref(), 100, &mut |_| panic!("no key is left")).unwrap();
+    assert_eq!((end.moved, end.last), (0, None));
+    // Put back as the rest of the suite expects: seven under m1.
+    let back: Vec<Rewrap> = repo
+        .keys_wrapped_under(&m2, None, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.wrapped.as_ref().unwrap().0 == vec![6; 40])
+        .map(|k| Rewrap { label: k.label, from: m2, to: m1, wrapped: vec![5; 40] })
+        .collect();
+    assert_eq!(repo.rewrap_keys(&back).unwrap(), back.len());
+    assert_eq!(repo.key_counts_by_mkvp().unwrap(), vec![(m1, 7), (m2, 4)]);
 
     // Volumes and policies.
     for name in ["v1", "v2"] {
@@ -745,6 +773,11 @@ pub fn row_auth(
     assert_eq!(repo.key(&three).unwrap().unwrap().mkvp, Mkvp([3; 8]));
     assert_eq!(repo.destroy_after(&three).unwrap(), Some(at));
     assert!(repo.verify_rows().unwrap().faults.is_empty());
+    let page = repo.rewrap_page(&Mkvp([3; 8]), None, 10, &mut |_| Some((Mkvp([4; 8]), vec![6; 40]))).unwrap();
+    assert_eq!((page.moved, page.last.as_ref()), (1, Some(&three)));
+    assert_eq!(repo.key(&three).unwrap().unwrap().mkvp, Mkvp([4; 8]));
+    assert_eq!(repo.destroy_after(&three).unwrap(), Some(at));
+    assert!(repo.verify_rows().unwrap().faults.is_empty(), "a re-enciphered page is sealed");
     // Taken off the schedule once, only while still due at that time.
     assert!(!repo.unschedule_destroy(&three, Timestamp::from_second(1_000).unwrap()).unwrap());
     assert_eq!(repo.destroy_after(&three).unwrap(), Some(at));

@@ -244,6 +244,9 @@ pub fn sqlite_to_postgres(
         .map_err(pg("carry the ids on"))?;
     }
     tx.commit().map_err(pg("commit the copy"))?;
+    // The planner's statistics for what was just loaded (best effort;
+    // autovacuum gets there later), so the first pages read by index.
+    let _ = c.batch_execute("ANALYZE");
     then(&counts)?;
     // A command that waited for the catalog while it moved must not write
     // into the file left behind (its write would be lost): the tables every

@@ -114,6 +114,22 @@ pub struct Garbage {
     pub manifests: Vec<(VolumeName, DatasetId, u64)>,
 }
 
+/// How [`Repository::rewrap_page`] re-wraps one key: its new master key
+/// and wrapped material, or `None` to leave it.
+pub type RewrapFn<'a> = &'a mut dyn FnMut(&KeyRecord) -> Option<(Mkvp, Vec<u8>)>;
+
+/// What [`Repository::rewrap_page`] did with one page.
+#[derive(Debug, Default)]
+pub struct RewrapPage {
+    /// Records moved to their new wrapping.
+    pub moved: usize,
+    /// Keys the caller could not re-wrap, left as they were.
+    pub failed: Vec<KeyLabel>,
+    /// The page's last label (the next page starts after it); `None` when
+    /// no key was left under the old master key.
+    pub last: Option<KeyLabel>,
+}
+
 /// One key record moved from one master key to another by re-encipherment.
 #[derive(Clone)]
 pub struct Rewrap {
@@ -254,6 +270,32 @@ pub trait Repository: Send + Sync {
     /// is still under `from` (so a concurrent or repeated run cannot undo
     /// another). Returns how many records changed.
     fn rewrap_keys(&self, batch: &[Rewrap]) -> Result<usize>;
+    /// Re-encipher the next page of keys: up to `limit` keys with material
+    /// under `from`, in label order after `after`. `rewrap` gives each
+    /// one's new master key and wrapping, or `None` for a key it cannot
+    /// re-wrap (left as it is, and named in the result). Only records still
+    /// under `from` change, as with [`Repository::rewrap_keys`]. A backend
+    /// may read, lock and write the page in one transaction (PostgreSQL
+    /// does: one read instead of two); the default lists, then rewraps.
+    fn rewrap_page(
+        &self,
+        from: &Mkvp,
+        after: Option<&KeyLabel>,
+        limit: usize,
+        rewrap: RewrapFn<'_>,
+    ) -> Result<RewrapPage> {
+        let keys = self.keys_wrapped_under(from, after, limit)?;
+        let mut batch = Vec::with_capacity(keys.len());
+        let mut failed = Vec::new();
+        for k in &keys {
+            match rewrap(k) {
+                Some((to, wrapped)) => batch.push(Rewrap { label: k.label.clone(), from: *from, to, wrapped }),
+                None => failed.push(k.label.clone()),
+            }
+        }
+        let moved = self.rewrap_keys(&batch)?;
+        Ok(RewrapPage { moved, failed, last: keys.last().map(|k| k.label.clone()) })
+    }
 
     /// Record a complete backup copy and its chunk list (and the backup key
     /// created for it, if any) in one transaction; returns its id (assigned

@@ -41,7 +41,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::rowauth::{constant_time_eq, Table, GENERATION_SETTING, KEYLESS_SETTINGS, SEALED_SETTING, TABLES};
 use crate::{
     row_message, AuditCheckpoint, AuditLink, AuditRow, CatalogCheck, Col, Garbage, GenerationCommit, RepoError,
-    Repository, RequestRow, Result, Rewrap, RowAuth, RowFault, TrashEntry, VolumeObjects,
+    Repository, RequestRow, Result, Rewrap, RewrapFn, RewrapPage, RowAuth, RowFault, TrashEntry, VolumeObjects,
 };
 
 /// The schema version [`BASELINE`] is at. A test holds it equal to
@@ -54,9 +54,10 @@ pub const BASELINE: &str = include_str!("postgres/schema.sql");
 
 /// Migrations after the baseline, numbered as SQLite's (ADR 0020: one
 /// schema history, each later migration in both dialects).
-const MIGRATIONS: &[(i64, &str)] = &[(
-    17,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        17,
+        r#"
     CREATE TABLE idempotency (
         key TEXT COLLATE "C" PRIMARY KEY,
         principal TEXT COLLATE "C" NOT NULL,
@@ -69,10 +70,22 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE INDEX idempotency_created ON idempotency(created_at);
     "#,
-)];
+    ),
+    (
+        18,
+        r#"
+    DROP INDEX keys_mkvp;
+    CREATE INDEX keys_mkvp_label ON keys(mkvp, label) WHERE wrapped IS NOT NULL;
+    "#,
+    ),
+];
 
 /// The schema version this build writes: the baseline and every migration.
-pub const SCHEMA_VERSION: i64 = 17;
+pub const SCHEMA_VERSION: i64 = 18;
+
+/// Rows written by one bulk insert after which the table's statistics are
+/// refreshed at once (see [`PgRepository::analyze`]).
+const ANALYZE_AFTER: usize = 10_000;
 
 /// Advisory lock keys (transaction-scoped): making the schema, the objects
 /// (chunk references and the trash), the audit chain.
@@ -767,6 +780,56 @@ impl PgRepository {
         Ok(v)
     }
 
+    /// Write re-encipherments of locked, checked key records (each with its
+    /// destruction deadline, which the MAC covers), sealed before they are
+    /// written, in one statement. Returns how many changed.
+    fn write_rewraps(
+        &self,
+        tx: &mut Transaction<'_>,
+        generation: Option<String>,
+        moves: &[(&KeyRecord, Option<i64>, &Rewrap)],
+    ) -> Result<usize> {
+        if moves.is_empty() {
+            return Ok(0);
+        }
+        let (mut l, mut w, mut m, mut macs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (k, after, r) in moves {
+            let mut moved = (*k).clone();
+            moved.wrapped = Some(WrappedMaterial(r.wrapped.clone()));
+            moved.mkvp = r.to;
+            let (mh, kh) = (moved.mkvp.to_hex(), moved.kcv.to_hex());
+            let mut cols = self.key_values(&moved, &mh, &kh);
+            if let Some((_, v)) = cols.iter_mut().find(|(n, _)| *n == b"destroy_after") {
+                *v = after.map_or(Col::Null, Col::Int);
+            }
+            macs.push(self.mac_for("keys", &cols, generation.clone())?);
+            l.push(r.label.as_str());
+            w.push(&r.wrapped[..]);
+            m.push(mh);
+        }
+        let n = tx
+            .execute(
+                "UPDATE keys SET wrapped = v.w, mkvp = v.m, mac = v.mac
+                 FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bytea[]) AS v(l, w, m, mac)
+                 WHERE keys.label = v.l",
+                &[&l, &w, &m, &macs],
+            )
+            .map_err(pg("re-encipher keys"))?;
+        Ok(n as usize)
+    }
+
+    /// Refresh the planner's statistics of `table` after a bulk write.
+    /// Until autovacuum gets to it, the planner believes the table as
+    /// small as it was, and pages through an index's range by reading and
+    /// sorting all of it (a million keys re-enciphered: every page read
+    /// every key still under the old master key). Best effort: a failure
+    /// leaves the statistics to autovacuum.
+    fn analyze(&self, table: &'static str) {
+        if let Ok(mut c) = self.client() {
+            let _ = c.batch_execute(&format!("ANALYZE {table}"));
+        }
+    }
+
     /// Whether a row of `table` with these columns may go without a MAC.
     fn keyless_allowed(&self, table: &str, first: Col<'_>) -> bool {
         self.rows.tables.get(table).is_some_and(|t| t.keyless)
@@ -1442,7 +1505,11 @@ impl Repository for PgRepository {
                 })?;
             }
             Ok(())
-        })
+        })?;
+        if recs.len() >= ANALYZE_AFTER {
+            self.analyze("keys");
+        }
+        Ok(())
     }
 
     fn key_counts_by_mkvp(&self) -> Result<Vec<(Mkvp, u64)>> {
@@ -1491,36 +1558,58 @@ impl Repository for PgRepository {
                 let k = key_from(r)?;
                 held.insert(k.label.as_str().to_string(), (k, get(r, 16)?));
             }
-            let (mut l, mut w, mut m, mut macs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for r in batch {
-                // Only a record still under `from` with material moves: a
-                // concurrent or repeated run cannot undo another.
-                let Some((k, after)) = held.get(r.label.as_str()) else { continue };
-                if k.mkvp != r.from || k.wrapped.is_none() {
-                    continue;
-                }
-                let mut moved = k.clone();
-                moved.wrapped = Some(WrappedMaterial(r.wrapped.clone()));
-                moved.mkvp = r.to;
-                let (mh, kh) = (moved.mkvp.to_hex(), moved.kcv.to_hex());
-                let mut cols = self.key_values(&moved, &mh, &kh);
-                if let Some((_, v)) = cols.iter_mut().find(|(n, _)| *n == b"destroy_after") {
-                    *v = after.map_or(Col::Null, Col::Int);
-                }
-                macs.push(self.mac_for("keys", &cols, generation.clone())?);
-                l.push(r.label.as_str());
-                w.push(&r.wrapped[..]);
-                m.push(mh);
-            }
-            let n = tx
-                .execute(
-                    "UPDATE keys SET wrapped = v.w, mkvp = v.m, mac = v.mac
-                     FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bytea[]) AS v(l, w, m, mac)
-                     WHERE keys.label = v.l",
-                    &[&l, &w, &m, &macs],
+            // Only a record still under `from` with material moves: a
+            // concurrent or repeated run cannot undo another.
+            let moves: Vec<(&KeyRecord, Option<i64>, &Rewrap)> = batch
+                .iter()
+                .filter_map(|r| held.get(r.label.as_str()).map(|(k, after)| (k, *after, r)))
+                .filter(|(k, _, r)| k.mkvp == r.from && k.wrapped.is_some())
+                .collect();
+            self.write_rewraps(tx, generation, &moves)
+        })
+    }
+
+    fn rewrap_page(
+        &self,
+        from: &Mkvp,
+        after: Option<&KeyLabel>,
+        limit: usize,
+        rewrap: RewrapFn<'_>,
+    ) -> Result<RewrapPage> {
+        // One transaction: the page is read in label order and locked as
+        // it is read (so no other writer changes it before it is written),
+        // checked, re-wrapped and written.
+        self.tx("re-encipher keys", None, |tx| {
+            let generation = self.generation(tx)?;
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT {} FROM keys WHERE mkvp = $1 AND wrapped IS NOT NULL AND label > $2
+                         ORDER BY label LIMIT $3 FOR UPDATE",
+                        self.rows.selects["keys"]
+                    ),
+                    &[&from.to_hex(), &after.map(|l| l.as_str()).unwrap_or(""), &(limit as i64)],
                 )
-                .map_err(pg("re-encipher keys"))?;
-            Ok(n as usize)
+                .map_err(pg("lock the keys to re-encipher"))?;
+            let mut held = Vec::with_capacity(rows.len());
+            for r in &rows {
+                self.check("keys", r, 0)?;
+                held.push((key_from(r)?, get::<Option<i64>>(r, 16)?));
+            }
+            let mut page = RewrapPage { last: held.last().map(|(k, _)| k.label.clone()), ..Default::default() };
+            let mut rewraps = Vec::with_capacity(held.len());
+            for (i, (k, _)) in held.iter().enumerate() {
+                match rewrap(k) {
+                    Some((to, wrapped)) => {
+                        rewraps.push((i, Rewrap { label: k.label.clone(), from: *from, to, wrapped }))
+                    }
+                    None => page.failed.push(k.label.clone()),
+                }
+            }
+            let moves: Vec<(&KeyRecord, Option<i64>, &Rewrap)> =
+                rewraps.iter().map(|(i, r)| (&held[*i].0, held[*i].1, r)).collect();
+            page.moved = self.write_rewraps(tx, generation, &moves)?;
+            Ok(page)
         })
     }
 

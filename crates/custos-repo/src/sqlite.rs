@@ -328,6 +328,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX idempotency_created ON idempotency(created_at);
     "#,
+    // 18: re-encipherment pages through the keys under one master key in
+    // label order: an index on the master key alone made each page read
+    // and sort every key still under it (a million keys: quadratic).
+    r#"
+    DROP INDEX keys_mkvp;
+    CREATE INDEX keys_mkvp_label ON keys(mkvp, label) WHERE wrapped IS NOT NULL;
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
