@@ -196,8 +196,15 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum RequestCmd {
-    /// List requests, newest first.
-    Ls,
+    /// List requests, newest first; --limit and --before page through many.
+    Ls {
+        /// At most N (a page).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Only ids before this one (the last of the previous page).
+        #[arg(long, value_name = "ID")]
+        before: Option<u64>,
+    },
     /// Show one request and the operation it holds, field by field.
     Show { id: u64 },
     /// Approve a request made by someone else, and run its operation now.
@@ -458,8 +465,17 @@ pub enum MirrorCmd {
 pub enum SnapshotCmd {
     /// Pin the current generation of a dataset. Needs no passphrase.
     Create { dataset: String },
-    /// List snapshots, optionally of datasets matching a pattern.
-    Ls { pattern: Option<String> },
+    /// List snapshots, optionally of datasets matching a pattern, by id;
+    /// --limit and --after page through many.
+    Ls {
+        pattern: Option<String>,
+        /// At most N (a page).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Only ids after this one (the last of the previous page).
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
+    },
     /// Remove a snapshot (and the chunks only it kept).
     Rm { id: u64 },
     /// Write a snapshot back as the dataset's newest generation (or as --as NAME).
@@ -489,8 +505,17 @@ pub enum BackupCmd {
         #[arg(long)]
         key: Option<String>,
     },
-    /// List backups, optionally of datasets matching a pattern.
-    Ls { pattern: Option<String> },
+    /// List backups, optionally of datasets matching a pattern, by id;
+    /// --limit and --after page through many.
+    Ls {
+        pattern: Option<String>,
+        /// At most N (a page).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Only ids after this one (the last of the previous page).
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
+    },
     /// Show one backup.
     Show { id: u64 },
     /// Apply a retention policy to each series (dataset, method, volume) and

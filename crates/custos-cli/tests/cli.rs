@@ -1184,7 +1184,8 @@ fn the_vault_survives_the_loss_of_its_site() {
 
 /// `key ls` and `ds ls` page: in name order, at most --limit, after
 /// --after, with or without a pattern; together the pages are the whole
-/// listing, once each.
+/// listing, once each. `audit ls`, `backup ls`, `snapshot ls` and
+/// `request ls` page by number.
 #[test]
 fn key_ls_and_ds_ls_page_in_name_order() {
     let e = Env::new();
@@ -1231,6 +1232,39 @@ fn key_ls_and_ds_ls_page_in_name_order() {
     assert_eq!(first, all[..3]);
     let next = seqs(&["audit", "ls", "--principal", "ops", "--limit", "3", "--after", &first[2].to_string()]);
     assert_eq!(next, all[3..6]);
+    // Backups and snapshots page by id, a pattern applied within the page;
+    // requests newest first, before an id.
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "off", "--path", Env::s(&off), "--site", "B"]);
+    e.ok(&["backup", "run", "PG.**", "--method", "raw", "--to", "off"]);
+    e.ok(&["backup", "run", "PH.**", "--method", "raw", "--to", "off"]);
+    e.ok(&["backup", "run", "PG.A.**", "--method", "logical", "--to", "off"]);
+    let ids = |args: &[&str]| -> Vec<u64> {
+        e.json(args).as_array().unwrap().iter().map(|r| r["id"].as_u64().unwrap()).collect()
+    };
+    let all = ids(&["backup", "ls", "PG.A.**"]);
+    assert_eq!(all.len(), 4, "two raw and two logical copies of PG.A");
+    let first = ids(&["backup", "ls", "PG.A.**", "--limit", "3"]);
+    assert_eq!(first, all[..3]);
+    assert_eq!(ids(&["backup", "ls", "PG.A.**", "--after", &first[2].to_string()]), all[3..]);
+    assert!(ids(&["backup", "ls", "--after", &all[3].to_string()]).is_empty(), "nothing after the newest");
+    for d in ["PG.A.ONE", "PH.A", "PG.B.ONE"] {
+        e.ok(&["snapshot", "create", d]);
+    }
+    let snaps = ids(&["snapshot", "ls", "PG.**"]);
+    assert_eq!(snaps.len(), 2);
+    assert_eq!(ids(&["snapshot", "ls", "PG.**", "--limit", "1"]), snaps[..1]);
+    assert_eq!(ids(&["snapshot", "ls", "PG.**", "--after", &snaps[0].to_string()]), snaps[1..]);
+    e.ok(&["config", "set", "dual-control", "key-destroy"]);
+    for k in &paged[..3] {
+        e.ok(&["key", "deactivate", k]);
+        e.ok(&["key", "destroy", k]);
+    }
+    let reqs = ids(&["request", "ls"]);
+    assert!(reqs.len() == 3 && reqs.windows(2).all(|w| w[0] > w[1]), "newest first: {reqs:?}");
+    assert_eq!(ids(&["request", "ls", "--limit", "2"]), reqs[..2]);
+    assert_eq!(ids(&["request", "ls", "--before", &reqs[1].to_string()]), reqs[2..]);
+    assert_eq!(e.json(&["request", "show", &reqs[2].to_string()])["id"], reqs[2]);
 }
 
 /// Retention for vault backups: per volume, the newest N stay (the newest

@@ -71,8 +71,26 @@ impl<S: VaultState> Vault<S> {
             .collect())
     }
 
+    /// Up to `limit` snapshots of datasets matching `pattern`, by id, after
+    /// `after` (the last id of the previous page).
+    pub fn snapshots_page(
+        &self,
+        pattern: Option<&Pattern>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRecord>> {
+        crate::datasets::page_by_id(
+            pattern,
+            after.unwrap_or(0),
+            limit,
+            |after, n| self.repo.snapshots_after(after, n),
+            |s| s.id,
+            |s| s.dataset.as_str(),
+        )
+    }
+
     pub fn snapshot_record(&self, id: u64) -> Result<SnapshotRecord> {
-        self.repo.snapshots()?.into_iter().find(|s| s.id == id).ok_or_else(|| Error::Invalid {
+        self.repo.snapshot(id)?.ok_or_else(|| Error::Invalid {
             what: "snapshot",
             why: format!("no snapshot {id}: see `custos snapshot ls`"),
         })
@@ -157,11 +175,27 @@ impl<S: VaultState> Vault<S> {
         Ok(self.repo.backups()?.into_iter().filter(|b| pattern.is_none_or(|p| p.matches(b.dataset.as_str()))).collect())
     }
 
+    /// Up to `limit` backups of datasets matching `pattern`, by id, after
+    /// `after` (the last id of the previous page).
+    pub fn backups_page(
+        &self,
+        pattern: Option<&Pattern>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<BackupRecord>> {
+        crate::datasets::page_by_id(
+            pattern,
+            after.unwrap_or(0),
+            limit,
+            |after, n| self.repo.backups_after(after, n),
+            |b| b.id,
+            |b| b.dataset.as_str(),
+        )
+    }
+
     pub fn backup_record(&self, id: u64) -> Result<BackupRecord> {
         self.repo
-            .backups()?
-            .into_iter()
-            .find(|b| b.id == id)
+            .backup(id)?
             .ok_or_else(|| Error::Invalid { what: "backup", why: format!("no backup {id}: see `custos backup ls`") })
     }
 

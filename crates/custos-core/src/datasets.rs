@@ -568,6 +568,39 @@ const PAGE_BATCH: u32 = 512;
 /// after `after`, from `fetch(from, after, n)` (rows in name order, at
 /// least `from`, after `after`); stops at the first name past the
 /// pattern's literal prefix.
+/// Up to `limit` rows matching `pattern` (on `name`), read from `fetch` in
+/// batches keyed by an id: `fetch(cursor, n)` gives up to `n` rows past
+/// `cursor` in the listing's order, and `id` each row's cursor. For
+/// listings ordered by id, where a pattern cannot narrow the range read.
+pub(crate) fn page_by_id<T>(
+    pattern: Option<&custos_model::Pattern>,
+    start: u64,
+    limit: usize,
+    fetch: impl Fn(u64, u32) -> std::result::Result<Vec<T>, custos_repo::RepoError>,
+    id: impl Fn(&T) -> u64,
+    name: impl Fn(&T) -> &str,
+) -> Result<Vec<T>> {
+    let mut cursor = start;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let batch = fetch(cursor, PAGE_BATCH)?;
+        let full = batch.len() == PAGE_BATCH as usize;
+        for row in batch {
+            cursor = id(&row);
+            if pattern.is_none_or(|p| p.matches(name(&row))) {
+                out.push(row);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn page<T>(
     pattern: Option<&custos_model::Pattern>,
     after: Option<&str>,

@@ -88,10 +88,16 @@ impl<S: VaultState> Vault<S> {
 
     /// All requests, newest first; pending ones past their time read "expired".
     pub fn requests(&self) -> Result<Vec<RequestRow>> {
+        self.requests_page(None, usize::MAX)
+    }
+
+    /// Up to `limit` requests, newest first, older than `before` (the last
+    /// id of the previous page) when given.
+    pub fn requests_page(&self, before: Option<u64>, limit: usize) -> Result<Vec<RequestRow>> {
         let now = Timestamp::now();
         Ok(self
             .repo
-            .requests()?
+            .requests_before(before.unwrap_or(u64::MAX), u32::try_from(limit).unwrap_or(u32::MAX))?
             .into_iter()
             .map(|mut r| {
                 if r.state == "pending" && r.expires_at <= now {
@@ -103,7 +109,7 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub fn request(&self, id: u64) -> Result<RequestRow> {
-        self.requests()?
+        self.requests_page(id.checked_add(1), 1)?
             .into_iter()
             .find(|r| r.id == id)
             .ok_or_else(|| Error::Invalid { what: "request", why: format!("no request {id}: see `custos request ls`") })

@@ -298,6 +298,12 @@ pub enum Operation {
     },
     SnapshotList {
         pattern: Option<Pattern>,
+        /// At most this many (a page); none: every match.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// Only ids after this one (the last of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
     },
     SnapshotRm {
         id: u64,
@@ -316,6 +322,12 @@ pub enum Operation {
     },
     BackupList {
         pattern: Option<Pattern>,
+        /// At most this many (a page); none: every match.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// Only ids after this one (the last of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
     },
     BackupShow {
         id: u64,
@@ -433,7 +445,15 @@ pub enum Operation {
     },
 
     // Dual control.
-    RequestList,
+    /// Newest first.
+    RequestList {
+        /// At most this many (a page); none: every request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// Only ids before this one (the last of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+    },
     RequestShow {
         id: u64,
     },
@@ -568,11 +588,11 @@ impl Operation {
             MirrorStatus => ("mirror status", String::new()),
             MirrorRm { primary } => ("mirror rm", s(primary)),
             SnapshotCreate { dataset } => ("snapshot create", s(dataset)),
-            SnapshotList { pattern } => ("snapshot ls", opt(pattern.as_ref().map(|l| l as _))),
+            SnapshotList { pattern, .. } => ("snapshot ls", opt(pattern.as_ref().map(|l| l as _))),
             SnapshotRm { id } => ("snapshot rm", id.to_string()),
             SnapshotRestore { id, .. } => ("snapshot restore", id.to_string()),
             BackupRun { pattern, .. } => ("backup run", opt(pattern.as_ref().map(|l| l as _))),
-            BackupList { pattern } => ("backup ls", opt(pattern.as_ref().map(|l| l as _))),
+            BackupList { pattern, .. } => ("backup ls", opt(pattern.as_ref().map(|l| l as _))),
             BackupShow { id } => ("backup show", id.to_string()),
             BackupPrune { pattern, .. } => ("backup prune", opt(pattern.as_ref().map(|l| l as _))),
             BackupVerify { pattern, .. } => ("backup verify", opt(pattern.as_ref().map(|l| l as _))),
@@ -597,7 +617,7 @@ impl Operation {
             UserDisable { name } => ("user disable", name.clone()),
             UserGrant { name, .. } => ("user grant", name.clone()),
             UserRevoke { name, .. } => ("user revoke", name.clone()),
-            RequestList => ("request ls", String::new()),
+            RequestList { .. } => ("request ls", String::new()),
             RequestShow { id } => ("request show", id.to_string()),
             RequestApprove { id, .. } => ("request approve", id.to_string()),
             RequestDeny { id } => ("request deny", id.to_string()),
@@ -680,7 +700,7 @@ impl Operation {
                 | AuditList { .. }
                 | AuditExport
                 | UserList
-                | RequestList
+                | RequestList { .. }
                 | RequestShow { .. }
         )
     }
@@ -728,7 +748,7 @@ impl Operation {
             | UserList
             | Monitor { .. }
             | Gc { .. }
-            | RequestList
+            | RequestList { .. }
             | RequestShow { .. } => true,
             _ => false,
         }

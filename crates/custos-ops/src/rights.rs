@@ -186,7 +186,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
             n.extend(matching(e, DataRead, None)?);
             n
         }
-        O::RequestList | O::RequestShow { .. } | O::RequestWithdraw { .. } => op(Inspect),
+        O::RequestList { .. } | O::RequestShow { .. } | O::RequestWithdraw { .. } => op(Inspect),
         O::RequestApprove { .. } | O::RequestDeny { .. } => op(Approve),
     })
 }

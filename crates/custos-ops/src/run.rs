@@ -252,7 +252,10 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::Note(format!("volume {primary} is no longer mirrored"))
         }
         O::SnapshotCreate { dataset } => Reply::Snapshot(v.snapshot_create(&dataset)?),
-        O::SnapshotList { pattern } => Reply::Snapshots(v.snapshots(pattern.as_ref())?),
+        O::SnapshotList { pattern, limit: None, after: None } => Reply::Snapshots(v.snapshots(pattern.as_ref())?),
+        O::SnapshotList { pattern, limit, after } => {
+            Reply::Snapshots(v.snapshots_page(pattern.as_ref(), after, limit.map_or(usize::MAX, |n| n as usize))?)
+        }
         O::SnapshotRm { id } => {
             v.snapshot_rm(id)?;
             Reply::Note(format!("removed snapshot {id}"))
@@ -276,7 +279,10 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             };
             Reply::BackupsMade { made, method, to: to.to_string() }
         }
-        O::BackupList { pattern } => Reply::Backups(v.backups(pattern.as_ref())?),
+        O::BackupList { pattern, limit: None, after: None } => Reply::Backups(v.backups(pattern.as_ref())?),
+        O::BackupList { pattern, limit, after } => {
+            Reply::Backups(v.backups_page(pattern.as_ref(), after, limit.map_or(usize::MAX, |n| n as usize))?)
+        }
         O::BackupShow { id } => {
             let backup = v.backup_record(id)?;
             let volume = v.volume_record(&backup.volume)?;
@@ -416,7 +422,9 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             v.revoke(&name, kind, &pattern)?;
             Reply::Note(format!("revoked {name}'s {} grant {pattern}", kind.as_str()))
         }
-        O::RequestList => Reply::Requests(v.requests()?.iter().map(RequestView::new).collect()),
+        O::RequestList { limit, before } => Reply::Requests(
+            v.requests_page(before, limit.map_or(usize::MAX, |n| n as usize))?.iter().map(RequestView::new).collect(),
+        ),
         O::RequestShow { id } => Reply::Request(RequestView::new(&v.request(id)?)),
         O::RequestDeny { id } => {
             let me = match who {

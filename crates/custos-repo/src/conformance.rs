@@ -427,6 +427,13 @@ pub fn run(repo: &dyn Repository) {
         [(b1, CopyMethod::Logical), (b2, CopyMethod::Raw)]
     );
     assert_eq!((all[0].copy_id, all[0].created_at, all[0].manifest_hash), (b.copy_id, b.created_at, b.manifest_hash));
+    // A page at a time, and one by id.
+    let ids = |v: Vec<BackupRecord>| v.iter().map(|x| x.id).collect::<Vec<_>>();
+    assert_eq!(ids(repo.backups_after(0, 1).unwrap()), [b1]);
+    assert_eq!(ids(repo.backups_after(b1, 5).unwrap()), [b2]);
+    assert!(repo.backups_after(b2, 5).unwrap().is_empty());
+    assert_eq!(repo.backup(b2).unwrap().map(|x| x.method), Some(CopyMethod::Raw));
+    assert!(repo.backup(b2 + 1).unwrap().is_none() && repo.backup(0).unwrap().is_none());
     assert_eq!(repo.backup_chunks(b1).unwrap(), vec![c, a]);
     assert_eq!(repo.backup_sources(b1).unwrap(), vec![Some(ChunkId([0x51; 16])), Some(ChunkId([0x52; 16]))]);
     assert_eq!(repo.backup_sources(b2).unwrap(), vec![None]);
@@ -549,6 +556,10 @@ pub fn run(repo: &dyn Repository) {
     let garbage = repo.commit_generation(&g2).unwrap();
     assert!(garbage.chunks.is_empty() && garbage.manifests.is_empty(), "the snapshot pins generation 1: {garbage:?}");
     assert_eq!(repo.snapshots().unwrap().len(), 1);
+    assert_eq!(repo.snapshots_after(0, 1).unwrap()[0].id, snap.id);
+    assert!(repo.snapshots_after(snap.id, 1).unwrap().is_empty());
+    assert_eq!(repo.snapshot(snap.id).unwrap().map(|x| x.generation), Some(1));
+    assert!(repo.snapshot(snap.id + 1).unwrap().is_none());
     let garbage = repo.remove_snapshot(snap.id).unwrap();
     assert_eq!(garbage.chunks, vec![(VolumeName::new("v1").unwrap(), q)], "p is still in generation 2");
     assert_eq!(garbage.manifests, vec![(VolumeName::new("v1").unwrap(), sid, 1)]);
@@ -762,6 +773,14 @@ pub fn row_auth(
         })
         .unwrap();
     assert!(repo.decide_request(id, "executed", "auditor").unwrap());
+    let newer =
+        repo.insert_request(&crate::RequestRow { state: "pending".into(), ..repo.requests().unwrap()[0].clone() });
+    let newer = newer.unwrap();
+    let rids = |v: Vec<crate::RequestRow>| v.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(rids(repo.requests().unwrap()), [newer, id], "newest first");
+    assert_eq!(rids(repo.requests_before(u64::MAX, 1).unwrap()), [newer]);
+    assert_eq!(rids(repo.requests_before(newer, 5).unwrap()), [id]);
+    assert!(repo.requests_before(id, 5).unwrap().is_empty());
     // Bulk inserts and re-encipherment too (a backend may seal those rows
     // before it writes them: the MAC must be the one a read expects).
     let three = KeyLabel::new("K.THREE").unwrap();

@@ -321,7 +321,17 @@ pub trait Repository: Send + Sync {
     /// at any object, for [`GenerationCommit::since`].
     fn deletion_seq(&self) -> Result<u64>;
     /// All backups, oldest first.
-    fn backups(&self) -> Result<Vec<BackupRecord>>;
+    fn backups(&self) -> Result<Vec<BackupRecord>> {
+        self.backups_after(0, u32::MAX)
+    }
+    /// Up to `limit` backups with ids greater than `after`, by id (a page:
+    /// the next starts after its last).
+    fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>>;
+    /// One backup by id.
+    fn backup(&self, id: u64) -> Result<Option<BackupRecord>> {
+        let Some(before) = id.checked_sub(1) else { return Ok(None) };
+        Ok(self.backups_after(before, 1)?.into_iter().find(|b| b.id == id))
+    }
     /// The chunk IDs of one backup, in order.
     fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>>;
     /// Remove a backup record in one transaction. Returns the chunks no other
@@ -334,7 +344,16 @@ pub trait Repository: Send + Sync {
     /// snapshot is exactly one committed generation, whatever writers do.
     fn create_snapshot(&self, name: &DatasetName) -> Result<SnapshotRecord>;
     /// All snapshots, oldest first.
-    fn snapshots(&self) -> Result<Vec<SnapshotRecord>>;
+    fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        self.snapshots_after(0, u32::MAX)
+    }
+    /// Up to `limit` snapshots with ids greater than `after`, by id.
+    fn snapshots_after(&self, after: u64, limit: u32) -> Result<Vec<SnapshotRecord>>;
+    /// One snapshot by id.
+    fn snapshot(&self, id: u64) -> Result<Option<SnapshotRecord>> {
+        let Some(before) = id.checked_sub(1) else { return Ok(None) };
+        Ok(self.snapshots_after(before, 1)?.into_iter().find(|s| s.id == id))
+    }
     /// The chunk IDs of one snapshot, in order.
     fn snapshot_chunks(&self, id: u64) -> Result<Vec<ChunkId>>;
     /// Remove a snapshot; returns what nothing else on its volume needs.
@@ -509,7 +528,12 @@ pub trait Repository: Send + Sync {
     /// Record a dual-control request; returns its id.
     fn insert_request(&self, r: &RequestRow) -> Result<u64>;
     /// All requests, newest first.
-    fn requests(&self) -> Result<Vec<RequestRow>>;
+    fn requests(&self) -> Result<Vec<RequestRow>> {
+        self.requests_before(u64::MAX, u32::MAX)
+    }
+    /// Up to `limit` requests with ids less than `before`, newest first (a
+    /// page: the next starts before its last).
+    fn requests_before(&self, before: u64, limit: u32) -> Result<Vec<RequestRow>>;
     /// Decide a pending request: set its state, decider and time, only if
     /// it is still pending; false when it was not.
     fn decide_request(&self, id: u64, state: &str, by: &str) -> Result<bool>;

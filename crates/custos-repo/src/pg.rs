@@ -1702,8 +1702,15 @@ impl Repository for PgRepository {
         deletion_seq(&mut *self.client()?)
     }
 
-    fn backups(&self) -> Result<Vec<BackupRecord>> {
-        self.read("list backups", "backups", "ORDER BY id", &[], backup_from)
+    fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>> {
+        let after = after.min(i64::MAX as u64) as i64;
+        self.read(
+            "list backups",
+            "backups",
+            "WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after, &i64::from(limit)],
+            backup_from,
+        )
     }
 
     fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
@@ -1779,8 +1786,15 @@ impl Repository for PgRepository {
         })
     }
 
-    fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
-        self.read("list snapshots", "snapshots", "ORDER BY id", &[], snapshot_from)
+    fn snapshots_after(&self, after: u64, limit: u32) -> Result<Vec<SnapshotRecord>> {
+        let after = after.min(i64::MAX as u64) as i64;
+        self.read(
+            "list snapshots",
+            "snapshots",
+            "WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after, &i64::from(limit)],
+            snapshot_from,
+        )
     }
 
     fn snapshot_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
@@ -2709,20 +2723,27 @@ impl Repository for PgRepository {
         })
     }
 
-    fn requests(&self) -> Result<Vec<RequestRow>> {
-        self.read("list requests", "requests", "ORDER BY id DESC", &[], |r| {
-            Ok(RequestRow {
-                id: u(r, 0)?,
-                action: get(r, 1)?,
-                args: get(r, 2)?,
-                requested_by: get(r, 3)?,
-                created_at: at(r, 4)?,
-                expires_at: at(r, 5)?,
-                state: get(r, 6)?,
-                decided_by: get(r, 7)?,
-                decided_at: opt_at(r, 8)?,
-            })
-        })
+    fn requests_before(&self, before: u64, limit: u32) -> Result<Vec<RequestRow>> {
+        let before = before.min(i64::MAX as u64) as i64;
+        self.read(
+            "list requests",
+            "requests",
+            "WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            &[&before, &i64::from(limit)],
+            |r| {
+                Ok(RequestRow {
+                    id: u(r, 0)?,
+                    action: get(r, 1)?,
+                    args: get(r, 2)?,
+                    requested_by: get(r, 3)?,
+                    created_at: at(r, 4)?,
+                    expires_at: at(r, 5)?,
+                    state: get(r, 6)?,
+                    decided_by: get(r, 7)?,
+                    decided_at: opt_at(r, 8)?,
+                })
+            },
+        )
     }
 
     fn decide_request(&self, id: u64, state: &str, by: &str) -> Result<bool> {

@@ -1614,12 +1614,13 @@ impl Repository for SqliteRepository {
         Ok(id as u64)
     }
 
-    fn backups(&self) -> Result<Vec<BackupRecord>> {
+    fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>> {
         self.query_all(
             "list backups",
             "SELECT id, dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation, size,
-                 chunk_size, chunk_count, manifest_hash, created_at, @ok(backups) FROM backups ORDER BY id",
-            [],
+                 chunk_size, chunk_count, manifest_hash, created_at, @ok(backups) FROM backups
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+            params![after.min(i64::MAX as u64) as i64, i64::from(limit)],
             |r| {
                 let name: String = r.get(1)?;
                 let method: String = r.get(4)?;
@@ -1734,12 +1735,12 @@ impl Repository for SqliteRepository {
         })
     }
 
-    fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+    fn snapshots_after(&self, after: u64, limit: u32) -> Result<Vec<SnapshotRecord>> {
         self.query_all(
             "list snapshots",
             "SELECT id, dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash, created_at, @ok(snapshots)
-             FROM snapshots ORDER BY id",
-            [],
+             FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2",
+            params![after.min(i64::MAX as u64) as i64, i64::from(limit)],
             |r| {
                 let name: String = r.get(1)?;
                 let volume: String = r.get(4)?;
@@ -2253,11 +2254,12 @@ impl Repository for SqliteRepository {
         Ok(conn.last_insert_rowid() as u64)
     }
 
-    fn requests(&self) -> Result<Vec<RequestRow>> {
+    fn requests_before(&self, before: u64, limit: u32) -> Result<Vec<RequestRow>> {
         self.query_all(
             "list requests",
-            "SELECT id, action, args, requested_by, created_at, expires_at, state, decided_by, decided_at, @ok(requests) FROM requests ORDER BY id DESC",
-            [],
+            "SELECT id, action, args, requested_by, created_at, expires_at, state, decided_by, decided_at, @ok(requests) FROM requests
+             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            params![before.min(i64::MAX as u64) as i64, i64::from(limit)],
             |r| {
                 Ok(RequestRow {
                     id: r.get::<_, i64>(0)? as u64,

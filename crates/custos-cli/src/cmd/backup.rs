@@ -14,7 +14,9 @@ pub fn plan(c: &BackupCmd) -> anyhow::Result<Plan> {
             key: key.as_deref().map(label).transpose()?,
         })
         .progress("backup", None),
-        BackupCmd::Ls { pattern: p } => Plan::new(Operation::BackupList { pattern: pattern(p.as_deref())? }),
+        BackupCmd::Ls { pattern: p, limit, after } => {
+            Plan::new(Operation::BackupList { pattern: pattern(p.as_deref())?, limit: *limit, after: *after })
+        }
         BackupCmd::Show { id } => Plan::new(Operation::BackupShow { id: *id }),
         BackupCmd::Prune { pattern: p, keep, dry_run } => Plan::new(Operation::BackupPrune {
             pattern: pattern(p.as_deref())?,
@@ -35,7 +37,9 @@ pub fn plan(c: &BackupCmd) -> anyhow::Result<Plan> {
 pub fn snapshot(c: &SnapshotCmd) -> anyhow::Result<Plan> {
     Ok(Plan::new(match c {
         SnapshotCmd::Create { dataset: d } => Operation::SnapshotCreate { dataset: dataset(d)? },
-        SnapshotCmd::Ls { pattern: p } => Operation::SnapshotList { pattern: pattern(p.as_deref())? },
+        SnapshotCmd::Ls { pattern: p, limit, after } => {
+            Operation::SnapshotList { pattern: pattern(p.as_deref())?, limit: *limit, after: *after }
+        }
         SnapshotCmd::Rm { id } => Operation::SnapshotRm { id: *id },
         SnapshotCmd::Restore { id, as_name } => {
             Operation::SnapshotRestore { id: *id, as_name: as_name.as_deref().map(dataset).transpose()? }
