@@ -35,8 +35,9 @@ use custos_model::{
 use jiff::Timestamp;
 use postgres::error::SqlState;
 use postgres::types::{FromSql, ToSql, Type};
-use postgres::{GenericClient, NoTls, Row, Transaction};
+use postgres::{GenericClient, Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::rowauth::{constant_time_eq, Table, GENERATION_SETTING, KEYLESS_SETTINGS, SEALED_SETTING, TABLES};
 use crate::{
@@ -87,6 +88,91 @@ pub const SCHEMA_VERSION: i64 = 18;
 /// refreshed at once (see [`PgRepository::analyze`]).
 const ANALYZE_AFTER: usize = 10_000;
 
+/// Split libpq's `name=value` parameter off a connection string (a URL's
+/// query, or the `key=value` form), for the parameters PostgreSQL's Rust
+/// client does not read: the string without it, and its value.
+fn take_param(url: &str, name: &str) -> (String, Option<String>) {
+    let prefix = format!("{name}=");
+    if let Some((base, query)) = url.split_once('?') {
+        let (mut keep, mut value) = (Vec::new(), None);
+        for part in query.split('&') {
+            match part.strip_prefix(&prefix) {
+                Some(v) => value = Some(v.to_string()),
+                None => keep.push(part),
+            }
+        }
+        let url = if keep.is_empty() { base.to_string() } else { format!("{base}?{}", keep.join("&")) };
+        return (url, value);
+    }
+    if url.contains("://") {
+        return (url.to_string(), None);
+    }
+    let (mut keep, mut value) = (Vec::new(), None);
+    for part in url.split_whitespace() {
+        match part.strip_prefix(&prefix) {
+            Some(v) => value = Some(v.trim_matches('\'').to_string()),
+            None => keep.push(part),
+        }
+    }
+    (keep.join(" "), value)
+}
+
+/// The TLS client for connections over TCP: rustls with aws-lc-rs,
+/// trusting the CA certificates in `rootcert` (a PEM file) when given, else
+/// the system's roots.
+fn tls_connector(rootcert: Option<&str>) -> Result<CatalogTls> {
+    let refuse = |why: String| RepoError::Postgres { action: "set up TLS to the catalog", why };
+    let mut roots = rustls::RootCertStore::empty();
+    match rootcert {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| refuse(format!("sslrootcert {path} cannot be read: {e}")))?;
+            use rustls_pki_types::pem::PemObject;
+            let mut n = 0;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| refuse(format!("sslrootcert {path} is not PEM certificates: {e}")))?;
+                roots.add(cert).map_err(|e| refuse(format!("sslrootcert {path}: {e}")))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(refuse(format!("sslrootcert {path} holds no certificate")));
+            }
+        }
+        None => {
+            // Certificates the system cannot parse are skipped, as libpq does.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| refuse(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(CatalogTls(MakeRustlsConnect::new(config)))
+}
+
+/// The TLS connector, given a server name even for a Unix socket (whose
+/// directory is none, and over which PostgreSQL never offers TLS): the
+/// client asks for a connector per host before it knows which it reaches.
+#[derive(Clone)]
+pub(crate) struct CatalogTls(MakeRustlsConnect);
+
+impl<S> postgres::tls::MakeTlsConnect<S> for CatalogTls
+where
+    MakeRustlsConnect: postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as postgres::tls::MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> std::result::Result<Self::TlsConnect, Self::Error> {
+        let name = if domain.is_empty() || domain.starts_with('/') { "localhost" } else { domain };
+        postgres::tls::MakeTlsConnect::<S>::make_tls_connect(&mut self.0, name)
+    }
+}
+
 /// Advisory lock keys (transaction-scoped): making the schema, the objects
 /// (chunk references and the trash), the audit chain.
 const LOCK_SCHEMA: i64 = 0x6375_7374_6f73_0001;
@@ -102,13 +188,14 @@ const DELETIONS: &str = "trash.deletions";
 /// How long a deleted object's tombstone is kept (as in SQLite).
 const TOMBSTONE_DAYS: i64 = 7;
 
-type Manager = PostgresConnectionManager<NoTls>;
+type Manager = PostgresConnectionManager<CatalogTls>;
 type P<'a> = &'a (dyn ToSql + Sync);
 
 /// The repository on PostgreSQL.
 pub struct PgRepository {
     pool: r2d2::Pool<Manager>,
     config: postgres::Config,
+    tls: CatalogTls,
     rows: Rows,
     session: Mutex<Option<PgSession>>,
 }
@@ -154,7 +241,17 @@ fn pg(action: &'static str) -> impl Fn(postgres::Error) -> RepoError {
             }
             return RepoError::Postgres { action, why: format!("{}: {}", db.severity(), db.message()) };
         }
-        RepoError::Postgres { action, why: e.to_string() }
+        // What lies under it (a TLS failure's reason, an I/O error), once.
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !why.contains(&text) {
+                why = format!("{why}: {text}");
+            }
+            cause = c.source();
+        }
+        RepoError::Postgres { action, why }
     }
 }
 
@@ -600,7 +697,15 @@ impl PgRepository {
     /// database that holds other tables of Custos's names but no Custos
     /// schema, a newer schema, or objects Custos did not make (triggers,
     /// rules, views, functions, row policies) is refused.
+    ///
+    /// Over TCP, TLS is used as `sslmode` says (`prefer`, the default: when
+    /// the server offers it; `require`; `disable`), and the server's
+    /// certificate is always verified, name included: against the CA
+    /// certificates in the file `sslrootcert` names, else against the
+    /// system's roots. A Unix socket is never encrypted.
     pub fn open(url: &str) -> Result<Self> {
+        let (url, rootcert) = take_param(url, "sslrootcert");
+        let tls = tls_connector(rootcert.as_deref())?;
         let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| RepoError::Postgres {
             action: "read the repository's address",
             why: e.to_string(),
@@ -614,7 +719,7 @@ impl PgRepository {
         config.application_name("custos");
         // One connection first: an unreachable server or a refused login is
         // reported at once, with PostgreSQL's own words.
-        let mut c = config.connect(NoTls).map_err(pg("connect to the catalog"))?;
+        let mut c = config.connect(tls.clone()).map_err(pg("connect to the catalog"))?;
         Self::migrate(&mut c)?;
         let rows = Self::load(&mut c)?;
         drop(c);
@@ -622,8 +727,8 @@ impl PgRepository {
             .max_size(16)
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(15))
-            .build_unchecked(PostgresConnectionManager::new(config.clone(), NoTls));
-        Ok(Self { pool, config, rows, session: Mutex::new(None) })
+            .build_unchecked(PostgresConnectionManager::new(config.clone(), tls.clone()));
+        Ok(Self { pool, config, tls, rows, session: Mutex::new(None) })
     }
 
     /// Make the schema in an empty database, or check the one there.
@@ -1186,7 +1291,7 @@ impl PgRepository {
         }
         let token = hex::encode(custos_crypto::random_array::<16>().map_err(|e| corrupt(e.to_string()))?);
         let key = session_key(&token).expect("a token of hex digits");
-        let mut holder = self.config.connect(NoTls).map_err(pg("open the deleter's session"))?;
+        let mut holder = self.config.connect(self.tls.clone()).map_err(pg("open the deleter's session"))?;
         holder.execute("SELECT pg_advisory_lock($1)", &[&key]).map_err(pg("take the deleter's session lock"))?;
         *s = Some(PgSession { token: token.clone(), _holder: holder });
         Ok(token)

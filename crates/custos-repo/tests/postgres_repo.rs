@@ -178,3 +178,34 @@ fn an_idempotency_key_whose_server_died_is_orphaned() {
         }
     }
 }
+
+/// Over TCP the catalog is reached with TLS, the server's certificate
+/// verified against `sslrootcert` (or the system's roots), name included;
+/// the server here lets TCP connections in only with TLS, so a catalog that
+/// opens over TCP was encrypted.
+#[test]
+fn tls_to_the_catalog_is_used_and_verified() {
+    let pg = Postgres::start_tls();
+    pg.create_database("tls");
+    let ca = pg.ca_file();
+    let at = |host: &str, extra: &str| format!("postgres://custos@{host}:{}/tls?{extra}", pg.port());
+    let repo = PgRepository::open(&at("127.0.0.1", &format!("sslmode=require&sslrootcert={}", ca.display()))).unwrap();
+    repo.set_setting("chunk.size", "65536").unwrap();
+    assert_eq!(repo.setting("chunk.size").unwrap().as_deref(), Some("65536"));
+    // The default (prefer) uses TLS when offered; the key=value form too.
+    let kv = format!("host=localhost port={} user=custos dbname=tls sslrootcert={}", pg.port(), ca.display());
+    assert_eq!(PgRepository::open(&kv).unwrap().setting("chunk.size").unwrap().as_deref(), Some("65536"));
+    let refused = |url: &str, words: &[&str]| {
+        let e = PgRepository::open(url).err().expect("refused").to_string();
+        assert!(words.iter().any(|w| e.contains(w)), "{e}");
+        assert!(e.contains("catalog"), "{e}");
+    };
+    // A CA the system does not know: the certificate is not trusted.
+    refused(&at("127.0.0.1", "sslmode=require"), &["certificate", "UnknownIssuer"]);
+    // Without TLS the server lets nobody in over TCP.
+    refused(&at("127.0.0.1", "sslmode=disable"), &["no encryption", "pg_hba.conf"]);
+    // A CA file that is not there, or holds no certificate, is named.
+    refused(&at("127.0.0.1", "sslrootcert=/nonexistent/ca.pem"), &["/nonexistent/ca.pem"]);
+    let empty = pg.socket_dir().join("data").join("PG_VERSION");
+    refused(&at("127.0.0.1", &format!("sslrootcert={}", empty.display())), &["no certificate"]);
+}

@@ -175,6 +175,30 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// The same, also listening on 127.0.0.1 (the port [`Postgres::port`])
+    /// with TLS on, its certificate (for `localhost` and `127.0.0.1`) signed
+    /// by a CA made for it, whose certificate is at [`Postgres::ca_file`].
+    /// Over TCP only `hostssl` connections are let in.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    /// The port it listens on (TCP with [`Postgres::start_tls`]; otherwise
+    /// only the socket file's name).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The CA certificate (PEM) a [`Postgres::start_tls`] server's
+    /// certificate is signed by.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = postgres_bin().unwrap_or_else(|| {
             panic!("PostgreSQL's initdb and pg_ctl are needed: apt-get install postgresql, or run .ci/run")
         });
@@ -198,10 +222,48 @@ impl Postgres {
         let pg = Self { dir, bin, port, owner };
         let data = pg.data();
         pg.run("initdb", &["-D", &data, "-U", "custos", "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C"]);
-        let opts = format!("-c listen_addresses='' -k {} -p {}", pg.dir.path().display(), port);
+        let mut opts = format!("-c listen_addresses='' -k {} -p {}", pg.dir.path().display(), port);
+        if tls {
+            pg.make_certificates();
+            let d = pg.dir.path().display();
+            opts = format!(
+                "-c listen_addresses=127.0.0.1 -k {d} -p {port} -c ssl=on -c ssl_cert_file={d}/server.pem -c ssl_key_file={d}/server.key"
+            );
+            // TCP connections must use TLS; the socket stays trusted.
+            std::fs::write(
+                pg.dir.path().join("data/pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("write pg_hba.conf");
+        }
         let log = pg.dir.path().join("postgres.log").display().to_string();
         pg.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"]);
         pg
+    }
+
+    /// A CA and a server certificate signed by it, in the directory, the
+    /// key readable by the server's account only.
+    fn make_certificates(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, "custos test PostgreSQL CA");
+        let ca = p.self_signed(&ca_key).expect("the CA certificate");
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server parameters");
+        p.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("the server certificate");
+        let dir = self.dir.path();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write the CA certificate");
+        std::fs::write(dir.join("server.pem"), cert.pem()).expect("write the server certificate");
+        let key_file = dir.join("server.key");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write the server key");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("key permissions");
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&key_file, Some(uid), Some(gid)).expect("give the key to postgres");
+        }
     }
 
     fn data(&self) -> String {
