@@ -461,6 +461,17 @@ pub enum MirrorCmd {
     Rm { primary: String },
 }
 
+/// A page of a listing by id: `--limit N --after ID`.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct IdPage {
+    /// At most N (a page).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// Only ids after this one (the last of the previous page).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<u64>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
     /// Pin the current generation of a dataset. Needs no passphrase.
@@ -469,12 +480,8 @@ pub enum SnapshotCmd {
     /// --limit and --after page through many.
     Ls {
         pattern: Option<String>,
-        /// At most N (a page).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        limit: Option<u32>,
-        /// Only ids after this one (the last of the previous page).
-        #[arg(long, value_name = "ID")]
-        after: Option<u64>,
+        #[command(flatten)]
+        page: IdPage,
     },
     /// Remove a snapshot (and the chunks only it kept).
     Rm { id: u64 },
@@ -509,12 +516,8 @@ pub enum BackupCmd {
     /// --limit and --after page through many.
     Ls {
         pattern: Option<String>,
-        /// At most N (a page).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        limit: Option<u32>,
-        /// Only ids after this one (the last of the previous page).
-        #[arg(long, value_name = "ID")]
-        after: Option<u64>,
+        #[command(flatten)]
+        page: IdPage,
     },
     /// Show one backup.
     Show { id: u64 },

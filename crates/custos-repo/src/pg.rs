@@ -923,6 +923,19 @@ impl PgRepository {
         Ok(n as usize)
     }
 
+    /// Up to `limit` rows of `table` with ids greater than `after`, by id.
+    fn read_after<T>(
+        &self,
+        action: &'static str,
+        table: &'static str,
+        after: u64,
+        limit: u32,
+        f: impl Fn(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let after = after.min(i64::MAX as u64) as i64;
+        self.read(action, table, "WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &i64::from(limit)], f)
+    }
+
     /// Refresh the planner's statistics of `table` after a bulk write.
     /// Until autovacuum gets to it, the planner believes the table as
     /// small as it was, and pages through an index's range by reading and
@@ -1808,14 +1821,7 @@ impl Repository for PgRepository {
     }
 
     fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>> {
-        let after = after.min(i64::MAX as u64) as i64;
-        self.read(
-            "list backups",
-            "backups",
-            "WHERE id > $1 ORDER BY id LIMIT $2",
-            &[&after, &i64::from(limit)],
-            backup_from,
-        )
+        self.read_after("list backups", "backups", after, limit, backup_from)
     }
 
     fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
@@ -1892,14 +1898,7 @@ impl Repository for PgRepository {
     }
 
     fn snapshots_after(&self, after: u64, limit: u32) -> Result<Vec<SnapshotRecord>> {
-        let after = after.min(i64::MAX as u64) as i64;
-        self.read(
-            "list snapshots",
-            "snapshots",
-            "WHERE id > $1 ORDER BY id LIMIT $2",
-            &[&after, &i64::from(limit)],
-            snapshot_from,
-        )
+        self.read_after("list snapshots", "snapshots", after, limit, snapshot_from)
     }
 
     fn snapshot_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {

@@ -14,8 +14,8 @@ pub fn plan(c: &BackupCmd) -> anyhow::Result<Plan> {
             key: key.as_deref().map(label).transpose()?,
         })
         .progress("backup", None),
-        BackupCmd::Ls { pattern: p, limit, after } => {
-            Plan::new(Operation::BackupList { pattern: pattern(p.as_deref())?, limit: *limit, after: *after })
+        BackupCmd::Ls { pattern: p, page } => {
+            Plan::new(Operation::BackupList { pattern: pattern(p.as_deref())?, limit: page.limit, after: page.after })
         }
         BackupCmd::Show { id } => Plan::new(Operation::BackupShow { id: *id }),
         BackupCmd::Prune { pattern: p, keep, dry_run } => Plan::new(Operation::BackupPrune {
@@ -37,8 +37,8 @@ pub fn plan(c: &BackupCmd) -> anyhow::Result<Plan> {
 pub fn snapshot(c: &SnapshotCmd) -> anyhow::Result<Plan> {
     Ok(Plan::new(match c {
         SnapshotCmd::Create { dataset: d } => Operation::SnapshotCreate { dataset: dataset(d)? },
-        SnapshotCmd::Ls { pattern: p, limit, after } => {
-            Operation::SnapshotList { pattern: pattern(p.as_deref())?, limit: *limit, after: *after }
+        SnapshotCmd::Ls { pattern: p, page } => {
+            Operation::SnapshotList { pattern: pattern(p.as_deref())?, limit: page.limit, after: page.after }
         }
         SnapshotCmd::Rm { id } => Operation::SnapshotRm { id: *id },
         SnapshotCmd::Restore { id, as_name } => {
