@@ -580,27 +580,18 @@ pub(crate) fn page_by_id<T>(
     id: impl Fn(&T) -> u64,
     name: impl Fn(&T) -> &str,
 ) -> Result<Vec<T>> {
-    let mut cursor = start;
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let batch = fetch(cursor, PAGE_BATCH)?;
-        let full = batch.len() == PAGE_BATCH as usize;
-        for row in batch {
-            cursor = id(&row);
-            if pattern.is_none_or(|p| p.matches(name(&row))) {
-                out.push(row);
-                if out.len() == limit {
-                    return Ok(out);
-                }
-            }
-        }
-        if !full {
-            break;
-        }
-    }
-    Ok(out)
+    page_through(
+        start,
+        limit,
+        |c, n| fetch(*c, n),
+        |row| Some(id(row)),
+        |row| pattern.is_none_or(|p| p.matches(name(row))),
+    )
 }
 
+/// Up to `limit` rows whose names match `pattern`, in name order after
+/// `after`: `fetch(prefix, cursor, n)` reads from the pattern's literal
+/// prefix, and the first name past the prefix ends the listing.
 pub(crate) fn page<T>(
     pattern: Option<&custos_model::Pattern>,
     after: Option<&str>,
@@ -609,18 +600,34 @@ pub(crate) fn page<T>(
     name: impl Fn(&T) -> String,
 ) -> Result<Vec<T>> {
     let prefix = pattern.map_or("", |p| p.literal_prefix());
-    let mut cursor = after.unwrap_or("").to_string();
+    page_through(
+        after.unwrap_or("").to_string(),
+        limit,
+        |c, n| fetch(prefix, c, n),
+        |row| Some(name(row)).filter(|n| n.starts_with(prefix)),
+        |row| pattern.is_none_or(|p| p.matches(&name(row))),
+    )
+}
+
+/// The paging loop: batches of [`PAGE_BATCH`] from `fetch(cursor, n)`, the
+/// cursor moved to each row's `step` (`None` ends the listing there), rows
+/// `keep` accepts gathered until there are `limit`.
+fn page_through<C, T>(
+    start: C,
+    limit: usize,
+    fetch: impl Fn(&C, u32) -> std::result::Result<Vec<T>, custos_repo::RepoError>,
+    step: impl Fn(&T) -> Option<C>,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>> {
+    let mut cursor = start;
     let mut out = Vec::new();
     while out.len() < limit {
-        let batch = fetch(prefix, &cursor, PAGE_BATCH)?;
+        let batch = fetch(&cursor, PAGE_BATCH)?;
         let full = batch.len() == PAGE_BATCH as usize;
         for row in batch {
-            let n = name(&row);
-            if !n.starts_with(prefix) {
-                return Ok(out);
-            }
-            cursor = n;
-            if pattern.is_none_or(|p| p.matches(&cursor)) {
+            let Some(next) = step(&row) else { return Ok(out) };
+            cursor = next;
+            if keep(&row) {
                 out.push(row);
                 if out.len() == limit {
                     return Ok(out);
