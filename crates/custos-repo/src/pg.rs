@@ -93,6 +93,10 @@ const ANALYZE_AFTER: usize = 10_000;
 /// client does not read: the string without it, and its value.
 fn take_param(url: &str, name: &str) -> (String, Option<String>) {
     let prefix = format!("{name}=");
+    if !url.contains(&prefix) {
+        // Untouched: nothing to take, and nothing of it re-spaced.
+        return (url.to_string(), None);
+    }
     if let Some((base, query)) = url.split_once('?') {
         let (mut keep, mut value) = (Vec::new(), None);
         for part in query.split('&') {
@@ -2974,5 +2978,24 @@ impl Repository for PgRepository {
             .execute("DELETE FROM hsm_rules WHERE name = $1", &[&name])
             .map_err(pg("remove an hsm rule"))?;
         Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_param;
+
+    #[test]
+    fn sslrootcert_is_taken_off_either_form_and_nothing_else_changes() {
+        let t = |u: &str| take_param(u, "sslrootcert");
+        assert_eq!(
+            t("postgres://c@h/db?sslmode=require&sslrootcert=/etc/ca.pem&port=5"),
+            ("postgres://c@h/db?sslmode=require&port=5".into(), Some("/etc/ca.pem".into()))
+        );
+        assert_eq!(t("postgres://c@h/db?sslrootcert=/ca.pem"), ("postgres://c@h/db".into(), Some("/ca.pem".into())));
+        assert_eq!(t("host=h sslrootcert='/ca.pem' user=c"), ("host=h user=c".into(), Some("/ca.pem".into())));
+        for same in ["postgres://c@h/db?host=/run/x", "host=h  password='a  b'", "postgres://c@h/db"] {
+            assert_eq!(t(same), (same.into(), None));
+        }
     }
 }
