@@ -157,13 +157,24 @@ impl<S: VaultState> Vault<S> {
     /// state allows.
     pub fn cancel_destroy(&self, label: &KeyLabel) -> Result<KeyRecord> {
         let rec = self.key_record(label)?;
-        if self.repo.destroy_after(label)?.is_none() {
+        let not_scheduled = || Error::Invalid {
+            what: "cancel-destroy",
+            why: format!("key {label} is not scheduled for destruction (state {})", rec.state),
+        };
+        let at = self.repo.destroy_after(label)?.ok_or_else(not_scheduled)?;
+        // Past its time the key is another command's (another server's) to
+        // destroy: a cancel then would race that destruction.
+        if at <= Timestamp::now() {
             return Err(Error::Invalid {
                 what: "cancel-destroy",
-                why: format!("key {label} is not scheduled for destruction (state {})", rec.state),
+                why: format!(
+                    "key {label}'s waiting period ended at {at}: it is being destroyed; recover it afterwards from escrow or a keystore backup if it is needed"
+                ),
             });
         }
-        self.repo.set_destroy_after(label, None)?;
+        if !self.repo.unschedule_destroy(label, at)? {
+            return Err(not_scheduled());
+        }
         Ok(rec)
     }
 

@@ -160,7 +160,9 @@ pub fn core_code(e: &CoreError) -> Code {
         CoreError::Repo(RepoError::NeedsKey { .. }) => Code::Authentication,
         CoreError::Store(_)
         | CoreError::LeftInTrash { .. }
-        | CoreError::Repo(RepoError::Postgres { .. } | RepoError::RowKey { .. }) => Code::Unavailable,
+        | CoreError::Repo(RepoError::Postgres { .. } | RepoError::PostgresTls { .. } | RepoError::RowKey { .. }) => {
+            Code::Unavailable
+        }
         CoreError::Repo(RepoError::Busy { .. }) => Code::Busy,
         CoreError::Invalid { .. }
         | CoreError::VaultExists { .. }

@@ -68,6 +68,10 @@ pub enum RepoError {
     /// The PostgreSQL catalog could not be reached or refused a statement.
     #[error("the PostgreSQL catalog failed while trying to {action}: {why}; check that PostgreSQL is running and reachable and that Custos's account may use the catalog database, then run the command again")]
     Postgres { action: &'static str, why: String },
+    /// TLS to the PostgreSQL catalog could not be set up, or the server's
+    /// certificate was not trusted.
+    #[error("TLS to the PostgreSQL catalog failed: {why}; name the PEM file of the CA that signed the database server's certificate with sslrootcert=FILE in the repository address (sslmode=disable only on a network you trust)")]
+    PostgresTls { why: String },
     /// A copy between backends found its target holding rows.
     #[error("the target {target} is not empty (it holds {holds}): nothing was copied into it; give an empty database")]
     NotEmpty { target: String, holds: String },

@@ -125,7 +125,7 @@ fn take_param(url: &str, name: &str) -> (String, Option<String>) {
 /// trusting the CA certificates in `rootcert` (a PEM file) when given, else
 /// the system's roots.
 fn tls_connector(rootcert: Option<&str>) -> Result<CatalogTls> {
-    let refuse = |why: String| RepoError::Postgres { action: "set up TLS to the catalog", why };
+    let refuse = |why: String| RepoError::PostgresTls { why };
     let mut roots = rustls::RootCertStore::empty();
     match rootcert {
         Some(path) => {
@@ -254,6 +254,11 @@ fn pg(action: &'static str) -> impl Fn(postgres::Error) -> RepoError {
                 why = format!("{why}: {text}");
             }
             cause = c.source();
+        }
+        // A server that offered TLS and failed the handshake: the remedy is
+        // the CA to trust, not the server's health.
+        if why.starts_with("error performing TLS handshake") {
+            return RepoError::PostgresTls { why };
         }
         RepoError::Postgres { action, why }
     }

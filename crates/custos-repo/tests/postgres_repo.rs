@@ -199,13 +199,16 @@ fn tls_to_the_catalog_is_used_and_verified() {
         let e = PgRepository::open(url).err().expect("refused").to_string();
         assert!(words.iter().any(|w| e.contains(w)), "{e}");
         assert!(e.contains("catalog"), "{e}");
+        e
     };
     // A CA the system does not know: the certificate is not trusted.
-    refused(&at("127.0.0.1", "sslmode=require"), &["certificate", "UnknownIssuer"]);
+    let untrusted = refused(&at("127.0.0.1", "sslmode=require"), &["certificate", "UnknownIssuer"]);
+    assert!(untrusted.contains("sslrootcert=FILE"), "the remedy is the CA to trust: {untrusted}");
     // Without TLS the server lets nobody in over TCP.
     refused(&at("127.0.0.1", "sslmode=disable"), &["no encryption", "pg_hba.conf"]);
     // A CA file that is not there, or holds no certificate, is named.
-    refused(&at("127.0.0.1", "sslrootcert=/nonexistent/ca.pem"), &["/nonexistent/ca.pem"]);
+    let missing = refused(&at("127.0.0.1", "sslrootcert=/nonexistent/ca.pem"), &["/nonexistent/ca.pem"]);
+    assert!(!missing.contains("PostgreSQL is running"), "{missing}");
     let empty = pg.socket_dir().join("data").join("PG_VERSION");
     refused(&at("127.0.0.1", &format!("sslrootcert={}", empty.display())), &["no certificate"]);
 }
