@@ -395,6 +395,9 @@ fn repo_migrate(cli: &Cli, to: &str) -> anyhow::Result<()> {
             r.audit_entries,
             r.kept
         );
+        if let Some(k) = &r.hsm_kept {
+            println!("the software HSM moved into the catalog, where every server reads it; its file is kept at {k}");
+        }
     }
     Ok(())
 }

@@ -1100,6 +1100,7 @@ fn a_vault_whose_catalog_is_on_postgres() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("already holds a Custos catalog") && err.matches("already holds").count() == 1, "{err}");
     assert!(!other.join("repository").exists() && !other.join("hsm.sealed").exists(), "nothing made");
+    assert!(!e.vault.join("hsm.sealed").exists(), "the catalog keeps the software HSM");
 
     // The server, told where the catalog is by its configuration.
     let s = Served::start_named(&e, "pg", &format!("repository = {url:?}"), "kind = \"soft\"", PASS, "");
@@ -1115,6 +1116,60 @@ fn a_vault_whose_catalog_is_on_postgres() {
     assert!(!e.vault.join("custos.db").exists(), "the server wrote no embedded catalog either");
     // And the rows the server wrote read back embedded, checked.
     assert_eq!(e.cmd(&["ds", "get", "PAY.FEB"]).output().unwrap().stdout, next);
+}
+
+/// A vault on PostgreSQL keeps its software HSM in the catalog, and every
+/// path that handles the HSM as a whole finds it there: a drill's clone, a
+/// vault backup and its recovery (as an embedded vault with `hsm.sealed`),
+/// and, once a database administrator deletes the row, the clear refusal
+/// and `vault rebuild` from the custodians' escrow shares into the catalog.
+#[test]
+fn a_software_hsm_kept_in_the_catalog_is_backed_up_drilled_lost_and_rebuilt() {
+    let e = Env::new_postgres();
+    assert!(!e.vault.join("hsm.sealed").exists());
+    let off = e.dir.path().join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let body = data(90_000, 5);
+    e.cmd(&["ds", "put", "PAY.JAN"]).write_stdin(body.clone()).assert().success();
+    e.ok(&["backup", "run", "PAY.**", "--to", "offsite"]);
+    let out = e.ok(&["risk", "drill", "--threat", "master-key-loss"]);
+    assert!(out.contains("agree") && !out.contains("DISAGREES"), "{out}");
+    assert!(!e.vault.join("hsm.sealed").exists(), "the drill's clone left nothing here");
+
+    // The vault backup carries the catalog's HSM; it comes back as a file.
+    e.ok(&["vault", "backup", "--to", "offsite"]);
+    let r = e.at(e.dir.path().join("recovered"));
+    r.ok(&["vault", "recover", "--from", Env::s(&off)]);
+    assert!(r.vault.join("hsm.sealed").exists() && r.vault.join("custos.db").exists());
+    assert_eq!(r.ok(&["mk", "status"]), e.ok(&["mk", "status"]), "the same master keys");
+    r.ok(&["restore", "PAY.JAN"]);
+    assert_eq!(r.cmd(&["ds", "get", "PAY.JAN"]).output().unwrap().stdout, body);
+
+    // Custodians hold the escrow; then the row is lost.
+    let custodians: Vec<(Env, PathBuf)> = ["alice", "bob"].iter().map(|n| e.custodian(n)).collect();
+    e.ok(&["escrow", "init", "--threshold", "2", "--custodian", "alice", "--custodian", "bob"]);
+    let mut shares = Vec::new();
+    for (c, _) in &custodians {
+        let p = c.dir.path().join("mine.sealed");
+        c.ok(&["escrow", "share", "--out", Env::s(&p)]);
+        shares.push(p);
+    }
+    let pg = e.pg.as_ref().unwrap();
+    pg.execute("custos", "DELETE FROM hsm_state");
+    let o = e.run(&["ds", "get", "PAY.JAN"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no software HSM (in the catalog, table hsm_state)"), "{err}");
+    assert!(err.contains("vault rebuild"), "says what to do: {err}");
+    let mut rebuild = vec!["vault", "rebuild"];
+    for ((_, key), share) in custodians.iter().zip(&shares) {
+        rebuild.extend(["--share", Env::s(share), "--key", Env::s(key)]);
+    }
+    let out = e.ok(&rebuild);
+    assert!(out.contains("recovered"), "{out}");
+    assert!(!e.vault.join("hsm.sealed").exists(), "the new HSM is in the catalog too");
+    assert_eq!(e.cmd(&["ds", "get", "PAY.JAN"]).output().unwrap().stdout, body);
+    let again = e.run(&rebuild);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"), "a second rebuild is refused");
 }
 
 /// `custos repo migrate` moves an embedded vault's catalog into an empty
@@ -1154,6 +1209,21 @@ fn a_catalog_moves_to_postgres_and_back() {
         !e.vault.join("custos.db").exists() && e.vault.join("custos.db.migrated").exists(),
         "old catalog kept aside"
     );
+    // The software HSM moved into the catalog, its file kept aside.
+    assert!(out.contains("software HSM moved into the catalog"), "{out}");
+    assert!(!e.vault.join("hsm.sealed").exists() && e.vault.join("hsm.sealed.migrated").exists());
+    // Once the two differ, a file put back beside the catalog's HSM is
+    // refused, never silently preferred, and nothing changes.
+    e.ok(&["mk", "load-new", "--generate"]);
+    let held = e.ok(&["mk", "status"]);
+    std::fs::copy(e.vault.join("hsm.sealed.migrated"), e.vault.join("hsm.sealed")).unwrap();
+    let o = e.run(&["mk", "status"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("both") && err.contains("hsm_state") && err.contains("differ"), "{err}");
+    std::fs::remove_file(e.vault.join("hsm.sealed")).unwrap();
+    assert_eq!(e.ok(&["mk", "status"]), held, "the catalog's HSM, NEW register loaded, is the one in use");
+    e.ok(&["mk", "clear-new"]);
     assert_eq!(e.cmd(&["ds", "get", "PAY.JAN"]).output().unwrap().stdout, body);
     assert_eq!(key_ls(&e), keys);
     e.ok(&["catalog", "verify"]);
@@ -1178,25 +1248,34 @@ fn a_catalog_moves_to_postgres_and_back() {
     assert!(out.contains("moved the catalog from PostgreSQL to custos.db"), "{out}");
     assert!(e.vault.join("custos.db").exists() && e.vault.join("repository.migrated").exists());
     assert!(!e.vault.join("repository").exists());
+    assert!(!e.vault.join("hsm.sealed").exists(), "the HSM came back inside the catalog's copy");
     assert_eq!(e.cmd(&["ds", "get", "PAY.JAN"]).output().unwrap().stdout, body);
     assert_eq!(e.cmd(&["ds", "get", "PAY.FEB"]).output().unwrap().stdout, next);
     e.ok(&["catalog", "verify"]);
     assert!(e.ok(&["audit", "verify"]).contains("audit log intact"));
 }
 
-/// Two servers on one PostgreSQL catalog and one vault (ADR 0020): while
-/// server B creates keys as fast as it can, server A loads and activates a
-/// new master key twice, re-enciphering in between. Afterwards every key B
-/// acknowledged is in the catalog wrapped under a master key some register
-/// still holds, both servers report the same registers, and data written
-/// through B after the changes reads back through A.
+/// Two servers on one PostgreSQL catalog, each with a vault directory of
+/// its own (they share the catalog, which keeps the software HSM, and the
+/// volumes' directory, as machines share a mount): while server B creates
+/// keys as fast as it can, server A loads and activates a new master key
+/// twice, re-enciphering in between. Afterwards every key B acknowledged
+/// is in the catalog wrapped under a master key some register still holds,
+/// both servers report the same registers, and data written through B
+/// after the changes reads back through A.
 #[test]
 fn master_key_changes_on_one_server_reach_the_other_before_it_wraps() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let e = Env::new_postgres();
+    assert!(!e.vault.join("hsm.sealed").exists(), "the catalog keeps the software HSM");
     let top = format!("repository = {:?}", e.pg.as_ref().unwrap().url("custos"));
     let a = Served::start_named(&e, "a", &top, "kind = \"soft\"", PASS, "");
-    let b = Served::start_named(&e, "b", &top, "kind = \"soft\"", PASS, "");
+    let other = tempfile::tempdir().unwrap();
+    let vault_b = other.path().join("vault-b");
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&vault_b).unwrap();
+    std::os::unix::fs::symlink(e.vault.join("volumes"), vault_b.join("volumes")).unwrap();
+    let eb = e.at(vault_b.clone());
+    let b = Served::start_named(&eb, "b", &top, "kind = \"soft\"", PASS, "");
     let json = |s: &Served, args: &[&str]| -> serde_json::Value {
         let mut v = args.to_vec();
         v.push("--json");
@@ -1264,6 +1343,8 @@ fn master_key_changes_on_one_server_reach_the_other_before_it_wraps() {
     assert!(b.run("ops", OPS_CRED, &["ds", "put", "RACE.AFTER"], Some(&body)).status.success());
     assert_eq!(a.run("ops", OPS_CRED, &["ds", "get", "RACE.AFTER"], None).stdout, body);
     assert!(a.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
+    let only_b: Vec<_> = std::fs::read_dir(&vault_b).unwrap().map(|f| f.unwrap().file_name()).collect();
+    assert!(!vault_b.join("hsm.sealed").exists(), "B kept no HSM of its own: {only_b:?}");
     eprintln!("B made {made} keys while A changed master keys twice");
 }
 

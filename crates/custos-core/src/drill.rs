@@ -9,6 +9,7 @@ use custos_crypto::{KdfParams, Passphrase};
 use custos_hsm::SoftHsm;
 use custos_model::{DatasetName, KeyLabel, Medium, VolumeName};
 
+use crate::softhome::SoftHome;
 use crate::vault::{HsmKind, Sealed, Vault, VaultState, DB_FILE, HSM_FILE};
 use crate::{Error, Result};
 
@@ -52,7 +53,10 @@ impl<S: VaultState> Vault<S> {
         }
         std::fs::create_dir_all(dest).map_err(io(dest))?;
         self.repo.copy_to(&dest.join(DB_FILE))?;
-        std::fs::copy(self.dir.join(HSM_FILE), dest.join(HSM_FILE)).map_err(io(&self.dir))?;
+        // A software HSM the catalog keeps came along in its copy.
+        if let SoftHome::File(p) = self.soft_home()? {
+            std::fs::copy(&p, dest.join(HSM_FILE)).map_err(io(&self.dir))?;
+        }
         let clone = Vault::open(dest)?;
         // The clone's HSM file is this one's, catalog key included: rows
         // this vault's HSM seals are the clone's too.
@@ -129,9 +133,9 @@ impl Vault<Sealed> {
     /// Lose the HSM's master keys: its file is replaced by a new software
     /// HSM (same passphrase) holding a fresh master key and nothing else.
     pub fn drill_lose_master_keys(&self, passphrase: &Passphrase) -> Result<()> {
-        let path = self.dir.join(HSM_FILE);
-        std::fs::remove_file(&path).map_err(io(&path))?;
-        SoftHsm::create(&path, passphrase, KdfParams::MINIMUM)?;
+        let home = self.soft_home()?;
+        home.remove()?;
+        SoftHsm::create_in(home.store(), passphrase, KdfParams::MINIMUM)?;
         Ok(())
     }
 }

@@ -33,6 +33,7 @@ pub mod progress;
 mod requests;
 mod retention;
 mod secretfile;
+mod softhome;
 mod state;
 mod vault;
 mod vaultbackup;

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use custos_repo::{copy, PgRepository, RepoError, Repository, SqliteRepository};
 use serde::Serialize;
 
-use crate::vault::{Open, Vault, DB_FILE, REPOSITORY_FILE};
+use crate::softhome::SoftHome;
+use crate::vault::{Open, Vault, DB_FILE, HSM_FILE, REPOSITORY_FILE};
 use crate::{Error, Result};
 
 /// Where `repo migrate` moves the catalog.
@@ -66,6 +67,9 @@ pub struct MigrateReport {
     pub audit_entries: u64,
     /// Where the previous catalog was kept.
     pub kept: String,
+    /// Where the software HSM's file was kept when its state moved into
+    /// the catalog on PostgreSQL (the servers sharing it read it there).
+    pub hsm_kept: Option<String>,
 }
 
 /// The first fault of a check, as the error that names it.
@@ -158,6 +162,20 @@ impl Vault<Open> {
             });
         }
         let target = Arc::new(PgRepository::open(url)?);
+        let hsm_at = self.dir.join(HSM_FILE);
+        let hsm_file = match self.soft_home()? {
+            SoftHome::File(p) if p.exists() => {
+                Some(std::fs::read(&p).map_err(|source| Error::VaultIo { path: p.clone(), source })?)
+            }
+            _ => None,
+        };
+        let hsm_kept = self.dir.join(format!("{HSM_FILE}.migrated"));
+        if hsm_file.is_some() && hsm_kept.exists() {
+            return Err(Error::Invalid {
+                what: "migration",
+                why: format!("{} from an earlier migration is in the way: move it elsewhere first", hsm_kept.display()),
+            });
+        }
         let want = self.repo.row_counts()?;
         let mut checked = (0, 0);
         let src = self.dir.join(DB_FILE);
@@ -174,9 +192,19 @@ impl Vault<Open> {
                 what: "the copy in PostgreSQL".into(),
                 why: format!("{e}; it is left in that database: drop its tables (or the database) before trying again"),
             })?;
+            let io = |source| RepoError::Io { what: format!("the vault directory {}", self.dir.display()), source };
+            // The software HSM moves into the catalog, where every server
+            // sharing it sees a master key change at once.
+            if let Some(sealed) = &hsm_file {
+                if target.put_hsm_state(sealed, None)?.is_none() {
+                    return Err(RepoError::Raced {
+                        what: "the copy in PostgreSQL".into(),
+                        why: "that database already keeps a software HSM; it is left there: drop its tables (or the database) before trying again".into(),
+                    });
+                }
+            }
             // Switch: the old catalog kept as one file, the address
             // recorded, and custos.db gone so the vault opens PostgreSQL.
-            let io = |source| RepoError::Io { what: format!("the vault directory {}", self.dir.display()), source };
             self.repo.copy_to(&kept)?;
             write_private(&self.dir.join(REPOSITORY_FILE), &format!("{url}\n")).map_err(io)?;
             for f in [DB_FILE.to_string(), format!("{DB_FILE}-wal"), format!("{DB_FILE}-shm")] {
@@ -187,7 +215,12 @@ impl Vault<Open> {
             }
             Ok(())
         })?;
-        Ok(self.report("custos.db", "PostgreSQL", tables, checked, &kept))
+        let mut report = self.report("custos.db", "PostgreSQL", tables, checked, &kept);
+        if hsm_file.is_some() {
+            std::fs::rename(&hsm_at, &hsm_kept).map_err(|source| Error::VaultIo { path: hsm_at.clone(), source })?;
+            report.hsm_kept = Some(hsm_kept.display().to_string());
+        }
+        Ok(report)
     }
 
     fn to_sqlite(&self) -> Result<MigrateReport> {
@@ -231,6 +264,7 @@ impl Vault<Open> {
             macs_checked: checked.0,
             audit_entries: checked.1,
             kept: kept.display().to_string(),
+            hsm_kept: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use custos_repo::{PgRepository, Repository, SqliteRepository};
 use custos_store::{LocalVolume, Volume};
 use jiff::Timestamp;
 
+use crate::softhome::SoftHome;
 use crate::{Error, Result};
 
 /// Default chunk size: 1 MiB.
@@ -128,6 +129,9 @@ fn new_pg_catalog(url: &str) -> Result<PgRepository> {
             ),
         });
     }
+    // An init that stopped after storing its HSM but before naming the
+    // vault wrapped no key under it: start again.
+    repo.remove_hsm_state()?;
     Ok(repo)
 }
 
@@ -177,14 +181,20 @@ impl Vault<Sealed> {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let dir = dir.canonicalize().map_err(io)?;
-        let hsm: Box<dyn Hsm> = match token {
-            Some(t) => Box::new(t),
-            None => Box::new(SoftHsm::create(&dir.join(HSM_FILE), passphrase, opts.kdf)?),
+        let pg: Option<Arc<dyn Repository>> = pg.map(|r| Arc::new(r) as _);
+        // The software HSM: in the catalog when servers share it on
+        // PostgreSQL, else in a file beside custos.db.
+        let hsm: Box<dyn Hsm> = match (token, &pg) {
+            (Some(t), _) => Box::new(t),
+            (None, Some(pg)) => {
+                Box::new(SoftHsm::create_in(SoftHome::Catalog(pg.clone()).store(), passphrase, opts.kdf)?)
+            }
+            (None, None) => Box::new(SoftHsm::create(&dir.join(HSM_FILE), passphrase, opts.kdf)?),
         };
         let repo: Arc<dyn Repository> = match (pg, &opts.repository) {
             (Some(pg), Some(url)) => {
                 crate::vaultbackup::write_new_private(&dir.join(REPOSITORY_FILE), format!("{url}\n").as_bytes())?;
-                Arc::new(pg)
+                pg
             }
             _ => Arc::new(SqliteRepository::open(&dir.join(DB_FILE))?),
         };
@@ -274,7 +284,7 @@ impl Vault<Sealed> {
         if self.hsm_kind()? != HsmKind::Soft {
             return Err(Error::Invalid { what: "unseal", why: "this vault uses a PKCS#11 token: give its PIN".into() });
         }
-        let hsm = SoftHsm::open(&self.dir.join(HSM_FILE), passphrase)?;
+        let hsm = SoftHsm::open_in(self.soft_home()?.store(), passphrase)?;
         self.armed(Box::new(hsm))
     }
 

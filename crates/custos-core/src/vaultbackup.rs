@@ -20,6 +20,7 @@ use custos_store::{Kept, LocalVolume, Volume};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::softhome::SoftHome;
 use crate::vault::{DB_FILE, HSM_FILE};
 use crate::{Error, HsmKind, Open, Result, Vault};
 
@@ -315,8 +316,10 @@ impl Vault<Open> {
         let vol = self.open_volume(to)?;
         let kind = self.hsm_kind()?;
         let hsm_bytes = match kind {
-            HsmKind::Soft => std::fs::read(self.dir.join(HSM_FILE))
-                .map_err(|source| Error::VaultIo { path: self.dir.join(HSM_FILE), source })?,
+            HsmKind::Soft => {
+                let home = self.soft_home()?;
+                home.read()?.ok_or_else(|| custos_hsm::HsmError::Missing { at: home.describe() })?.to_vec()
+            }
             HsmKind::Pkcs11 { .. } => Vec::new(),
         };
         let copy = scratch(&self.dir)?;
@@ -490,6 +493,9 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                 let catalog = open_catalog(&parsed, &key)?;
                 write(DB_FILE, &catalog)?;
                 drop(hsm);
+                // The HSM comes back as the file the backup began with: a
+                // copy of one the catalog kept (servers on PostgreSQL) goes.
+                SqliteRepository::open_existing(&dir.join(DB_FILE))?.remove_hsm_state()?;
                 let v = Vault::open(dir)?;
                 check_id(&v)?;
                 let v = v.unseal(passphrase)?;
@@ -589,9 +595,9 @@ pub struct RebuildReport {
     pub unverifiable_audit_entries: u64,
 }
 
-/// The vault at `dir`, whose software HSM file must be the one thing lost;
-/// and that file's path.
-fn lost_hsm(dir: &Path) -> Result<(Vault<crate::Sealed>, std::path::PathBuf)> {
+/// The vault at `dir`, whose software HSM must be the one thing lost; and
+/// where the new one goes.
+fn lost_hsm(dir: &Path) -> Result<(Vault<crate::Sealed>, SoftHome)> {
     let sealed = Vault::open(dir)?;
     if sealed.hsm_kind()? != HsmKind::Soft {
         return Err(Error::Invalid {
@@ -599,17 +605,21 @@ fn lost_hsm(dir: &Path) -> Result<(Vault<crate::Sealed>, std::path::PathBuf)> {
             why: "this vault's master keys live on a PKCS#11 token: recover the token with its vendor's tools".into(),
         });
     }
-    let hsm_path = sealed.dir.join(HSM_FILE);
-    if hsm_path.exists() {
+    let home = sealed.soft_home()?;
+    if home.read()?.is_some() {
+        let aside = match &home {
+            SoftHome::File(p) => format!("move {} aside first", p.display()),
+            SoftHome::Catalog(_) => "take a copy of its row first (pg_dump -t hsm_state), then delete it".into(),
+        };
         return Err(Error::Invalid {
             what: "rebuild",
             why: format!(
-                "{} exists: rebuild is for a vault whose HSM file is lost; if it is damaged, move it aside first",
-                hsm_path.display()
+                "the software HSM ({}) exists: rebuild is for a vault whose HSM is lost; if it is damaged, {aside}",
+                home.describe()
             ),
         });
     }
-    Ok((sealed, hsm_path))
+    Ok((sealed, home))
 }
 
 /// The datasets whose current generation needs one of `lost` keys.
@@ -634,13 +644,13 @@ pub fn rebuild_from_parts(
     parts: Vec<crate::secretfile::KeyPartFile>,
     who: &str,
 ) -> Result<RebuildReport> {
-    let (sealed, hsm_path) = lost_hsm(dir)?;
+    let (sealed, home) = lost_hsm(dir)?;
     let expect =
         sealed.repo.key_counts_by_mkvp()?.into_iter().max_by_key(|(_, n)| *n).map(|(m, _)| m).ok_or(
             Error::Invalid { what: "rebuild", why: "no key in the catalog is wrapped under a master key".into() },
         )?;
     let custodians: Vec<String> = parts.iter().map(|p| p.0.custodian.clone()).collect();
-    let hsm = SoftHsm::create(&hsm_path, passphrase, kdf)?;
+    let hsm = SoftHsm::create_in(home.store(), passphrase, kdf)?;
     // The parts become CURRENT; the key the new HSM was made with goes to
     // OLD, with nothing under it.
     let loaded = hsm
@@ -648,14 +658,13 @@ pub fn rebuild_from_parts(
         .and_then(|_| hsm.activate());
     if let Err(e) = loaded {
         drop(hsm);
-        let _ = std::fs::remove_file(&hsm_path);
-        let _ = std::fs::remove_file(hsm_path.with_extension("lock"));
+        let _ = home.remove();
         return Err(e.into());
     }
     let v = sealed.with_hsm(Box::new(hsm));
     if let Err(e) = v.arm_catalog().and_then(|_| v.audit_arm(false)) {
         drop(v);
-        let _ = std::fs::remove_file(&hsm_path);
+        let _ = home.remove();
         return Err(e);
     }
     let (mut recovered, mut lost_keys) = (Vec::new(), Vec::new());
@@ -686,10 +695,10 @@ pub fn rebuild(
     shares: &[crate::secretfile::ShareFile],
     who: &str,
 ) -> Result<RebuildReport> {
-    let (sealed, hsm_path) = lost_hsm(dir)?;
+    let (sealed, home) = lost_hsm(dir)?;
     // Checked before anything is made: the shares must open the escrow.
     let (kbk, secret) = sealed.escrow_secret(shares)?;
-    let hsm = SoftHsm::create(&hsm_path, passphrase, kdf)?;
+    let hsm = SoftHsm::create_in(home.store(), passphrase, kdf)?;
     let v = sealed.with_hsm(Box::new(hsm));
     // Should what follows fail, the new HSM goes again: the keys already
     // moved under it come back from escrow on the next run, as the rest.
@@ -701,7 +710,7 @@ pub fn rebuild(
         Ok(n) => n,
         Err(e) => {
             drop(v);
-            let _ = std::fs::remove_file(&hsm_path);
+            let _ = home.remove();
             return Err(e);
         }
     };

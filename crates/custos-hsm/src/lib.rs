@@ -12,14 +12,13 @@ mod pkcs11;
 mod soft;
 
 use std::fmt;
-use std::path::PathBuf;
 
 use custos_crypto::{DataKey, Kcv, MasterKey, Mkvp};
 use jiff::Timestamp;
 use thiserror::Error;
 
 pub use pkcs11::{Pkcs11Config, Pkcs11Hsm};
-pub use soft::SoftHsm;
+pub use soft::{version_of, FileStore, SealedState, SealedStore, SoftHsm};
 
 /// The three master key registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,14 +70,20 @@ impl fmt::Debug for WrappedKey {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum HsmError {
-    #[error("wrong passphrase for the software HSM at {path} (or its file was altered): try again, or restore the file from a backup")]
-    WrongPassphrase { path: PathBuf },
-    #[error("the software HSM file {path} is damaged ({why}): restore it from a backup")]
-    Corrupt { path: PathBuf, why: &'static str },
-    #[error("the software HSM file {path} already exists: choose another vault directory or remove the old vault")]
-    AlreadyExists { path: PathBuf },
-    #[error("cannot reach the software HSM file {path}: {source}; check that the vault directory is right (--vault or CUSTOS_VAULT)")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("wrong passphrase for the software HSM ({at}), or its state was altered: try again, or restore it from a backup")]
+    WrongPassphrase { at: String },
+    #[error("the software HSM ({at}) is damaged ({why}): restore it from a backup")]
+    Corrupt { at: String, why: &'static str },
+    #[error("a software HSM already exists ({at}): choose another vault directory or remove the old vault")]
+    AlreadyExists { at: String },
+    #[error("cannot reach the software HSM ({at}): {source}; check that the vault directory is right (--vault or CUSTOS_VAULT)")]
+    Io { at: String, source: std::io::Error },
+    #[error("there is no software HSM ({at}): check that the vault directory is right (--vault or CUSTOS_VAULT); a lost one comes back with `custos vault rebuild` or `custos vault recover`")]
+    Missing { at: String },
+    #[error("cannot reach the software HSM ({at}): {why}")]
+    Unreachable { at: String, why: String },
+    #[error("the software HSM ({at}) kept changing under this command (other servers are changing it): nothing was changed; run the command again")]
+    Busy { at: String },
     #[error("the HSM has no CURRENT master key: load and activate one first")]
     NoCurrentMasterKey,
     #[error("no master key register holds MKVP {mkvp} (registers hold: {held}): the key was wrapped under a master key this HSM no longer has; recover it from a keystore backup or escrow")]

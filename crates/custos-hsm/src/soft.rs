@@ -1,14 +1,15 @@
-//! The software HSM: master key registers sealed in one file under a
-//! passphrase (Argon2id → AES-256-GCM). Layout in docs/format.md, "Software
-//! HSM file".
+//! The software HSM: master key registers sealed under a passphrase
+//! (Argon2id → AES-256-GCM), kept in one file beside the catalog or, for
+//! servers sharing a catalog on PostgreSQL, in one row of the catalog.
+//! Layout in docs/format.md, "Software HSM file".
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
-use aws_lc_rs::hmac;
+use aws_lc_rs::{digest, hmac};
 use custos_crypto::{
     open_with_passphrase_key, random_array, seal_with_passphrase_key, unwrap_key, wrap_key, DataKey, Kcv, Kdf,
     KdfParams, MasterKey, Mkvp, Nonce, Passphrase, PassphraseKey, TAG_LEN,
@@ -28,6 +29,8 @@ const HEADER_LEN: usize = 8 + 1 + 12 + 16 + 12;
 const REG_LEN: usize = 1 + 32 + 8;
 const ANCHOR_LEN: usize = 1 + AuditAnchor::LEN;
 const CATALOG_LEN: usize = 1 + 32;
+/// How often a change races another process's before the change gives up.
+const RACE_TRIES: usize = 32;
 
 fn body_len(version: u8) -> usize {
     3 * REG_LEN
@@ -36,7 +39,127 @@ fn body_len(version: u8) -> usize {
         + if version >= 4 { CATALOG_LEN } else { 0 }
 }
 
-/// What the file holds besides the registers.
+/// A sealed state as a store keeps it, and its version.
+pub type SealedState = (Zeroizing<Vec<u8>>, u64);
+
+/// Where the sealed state is kept: the seam between the software HSM and
+/// its storage. The state is sealed before it gets here, so a store only
+/// ever holds ciphertext; what it owes the HSM is an atomic
+/// compare-and-set, so that processes sharing the state never overwrite a
+/// change they did not see.
+pub trait SealedStore: Send + Sync {
+    /// Where the state is, for messages: "file /v/hsm.sealed".
+    fn at(&self) -> String;
+    /// The sealed state and its version; `None` when there is none yet.
+    fn load(&self) -> Result<Option<SealedState>, HsmError>;
+    /// Whether the state may have changed since `version` was loaded or
+    /// stored: cheap, and allowed to say yes when unsure.
+    fn moved(&self, version: u64) -> Result<bool, HsmError>;
+    /// Replace the state if it is still at version `was` (`None`: only if
+    /// there is none yet). The new version, or `None` when another writer
+    /// changed it first (nothing was written then).
+    fn store(&self, sealed: &[u8], was: Option<u64>) -> Result<Option<u64>, HsmError>;
+}
+
+/// The version of a sealed state: a digest of its bytes. Every sealing uses
+/// a fresh nonce, so no two writes give the same bytes.
+pub fn version_of(sealed: &[u8]) -> u64 {
+    let d = digest::digest(&digest::SHA256, sealed);
+    u64::from_be_bytes(d.as_ref()[..8].try_into().expect("8 bytes"))
+}
+
+/// The state in a file, replaced atomically (temp file, fsync, rename,
+/// fsync of the directory) under a lock file beside it.
+pub struct FileStore {
+    path: PathBuf,
+    /// The file as last read or written here, and its version.
+    seen: Mutex<Option<(Stamp, u64)>>,
+}
+
+/// What identifies one version of the file: a rename makes a new inode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).ok()?;
+    Some(Stamp { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
+}
+
+impl FileStore {
+    pub fn new(path: &Path) -> Self {
+        Self { path: path.into(), seen: Mutex::new(None) }
+    }
+
+    fn io(&self) -> impl Fn(std::io::Error) -> HsmError + '_ {
+        |source| HsmError::Io { at: self.at(), source }
+    }
+
+    fn read(&self) -> Result<Option<SealedState>, HsmError> {
+        let stamp = stamp_of(&self.path);
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io()(e)),
+        };
+        let v = version_of(&bytes);
+        // Stamped before the read: if the file changed in between, the
+        // next `moved` says so and the state is read again.
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp.map(|s| (s, v));
+        Ok(Some((bytes, v)))
+    }
+}
+
+impl SealedStore for FileStore {
+    fn at(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    fn load(&self) -> Result<Option<SealedState>, HsmError> {
+        self.read()
+    }
+
+    fn moved(&self, version: u64) -> Result<bool, HsmError> {
+        // A file gone missing is not a change: what is held stays in use.
+        let Some(now) = stamp_of(&self.path) else { return Ok(false) };
+        Ok(*self.seen.lock().unwrap_or_else(|p| p.into_inner()) != Some((now, version)))
+    }
+
+    fn store(&self, sealed: &[u8], was: Option<u64>) -> Result<Option<u64>, HsmError> {
+        let io = self.io();
+        let lock = self.path.with_extension("lock");
+        let lock_io = |source| HsmError::Io { at: format!("file {}", lock.display()), source };
+        let l = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock).map_err(lock_io)?;
+        l.lock().map_err(lock_io)?;
+        if self.read()?.map(|(_, v)| v) != was {
+            return Ok(None);
+        }
+        let tmp = self.path.with_extension("tmp");
+        // A temp file left by a crash is stale: the real file was not replaced.
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(&io)?;
+        let written = f.write_all(sealed).and_then(|_| f.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        fs::rename(&tmp, &self.path).map_err(&io)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(&io)?;
+        }
+        let v = version_of(sealed);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp_of(&self.path).map(|s| (s, v));
+        Ok(Some(v))
+    }
+}
+
+/// What the state holds besides the registers.
 #[derive(Default)]
 struct Stored {
     anchor: Option<AuditAnchor>,
@@ -62,35 +185,19 @@ struct Registers {
 
 /// The embedded software HSM.
 pub struct SoftHsm {
-    path: PathBuf,
+    store: Box<dyn SealedStore>,
     kdf: Kdf,
-    /// Derived once when opened, to re-seal the file after register changes.
+    /// Derived once when opened, to re-seal the state after changes.
     seal_key: PassphraseKey,
     regs: RwLock<Registers>,
-    /// The catalog key, once the file holds one.
+    /// The catalog key, once the state holds one.
     catalog: RwLock<Option<hmac::Key>>,
     /// The NEXT catalog key, while a rotation is pending.
     next: RwLock<Option<hmac::Key>>,
-    /// The file as this handle last read or wrote it: when it differs on
-    /// disk, another process (a second server on the vault) changed the
+    /// The version of the state this handle last read or wrote: when the
+    /// store has moved on, another process (a second server) changed the
     /// registers, and they are read again before a key is wrapped.
-    stamp: std::sync::Mutex<Option<Stamp>>,
-}
-
-/// What identifies one version of the file: a rename makes a new inode.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-fn stamp_of(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(path).ok()?;
-    Some(Stamp { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
+    seen: Mutex<Option<u64>>,
 }
 
 fn hmac_key(k: &[u8; 32]) -> hmac::Key {
@@ -103,8 +210,22 @@ pub const MIN_PASSPHRASE_CHARS: usize = 12;
 impl SoftHsm {
     /// Create the HSM file with a freshly generated CURRENT master key.
     pub fn create(path: &Path, passphrase: &Passphrase, params: KdfParams) -> Result<Self, HsmError> {
-        if path.exists() {
-            return Err(HsmError::AlreadyExists { path: path.into() });
+        Self::create_in(Box::new(FileStore::new(path)), passphrase, params)
+    }
+
+    /// Open an existing HSM file.
+    pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, HsmError> {
+        Self::open_in(Box::new(FileStore::new(path)), passphrase)
+    }
+
+    /// Create the HSM in `store` with a freshly generated CURRENT master key.
+    pub fn create_in(
+        store: Box<dyn SealedStore>,
+        passphrase: &Passphrase,
+        params: KdfParams,
+    ) -> Result<Self, HsmError> {
+        if store.load()?.is_some() {
+            return Err(HsmError::AlreadyExists { at: store.at() });
         }
         let kdf = Kdf { params, salt: random_array()? };
         params.validate_new()?;
@@ -119,96 +240,112 @@ impl SoftHsm {
         };
         let seal_key = kdf.derive(passphrase)?;
         let hsm = Self {
-            path: path.into(),
+            store,
             kdf,
             seal_key,
-            regs: RwLock::new(regs),
+            regs: RwLock::new(Registers::default()),
             catalog: RwLock::new(None),
             next: RwLock::new(None),
-            stamp: Default::default(),
+            seen: Mutex::new(None),
         };
-        hsm.write(&hsm.regs.read().expect("registers lock"), &Stored::default())?;
+        let sealed = hsm.encode(&regs, &Stored::default())?;
+        let v = hsm.store.store(&sealed, None)?.ok_or_else(|| HsmError::AlreadyExists { at: hsm.store.at() })?;
+        *hsm.regs.write().expect("registers lock") = regs;
+        *hsm.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
         Ok(hsm)
     }
 
-    /// Open an existing HSM file.
-    pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, HsmError> {
-        let io = |source| HsmError::Io { path: path.into(), source };
-        let stamp = stamp_of(path);
-        let bytes = Zeroizing::new(fs::read(path).map_err(io)?);
-        let (kdf, _) = header(path, &bytes)?;
+    /// Open the HSM kept in `store`.
+    pub fn open_in(store: Box<dyn SealedStore>, passphrase: &Passphrase) -> Result<Self, HsmError> {
+        let (bytes, v) = store.load()?.ok_or_else(|| HsmError::Missing { at: store.at() })?;
+        let (kdf, _) = header(&store.at(), &bytes)?;
         let pk = kdf.derive(passphrase)?;
-        let (regs, stored) = decode(path, &pk, bytes)?;
+        let (regs, stored) = decode(&store.at(), &pk, bytes)?;
         let catalog = stored.catalog.as_ref().map(|k| hmac_key(k));
         let next = stored.next.as_ref().map(|k| hmac_key(k));
         Ok(Self {
-            path: path.into(),
+            store,
             kdf,
             seal_key: pk,
             regs: RwLock::new(regs),
             catalog: RwLock::new(catalog),
             next: RwLock::new(next),
-            stamp: std::sync::Mutex::new(stamp),
+            seen: Mutex::new(Some(v)),
         })
     }
 
-    /// Read the registers and catalog keys again if another process
-    /// changed the file since this handle last saw it (one `stat` when it
-    /// did not): a key is never wrapped under a register another server
-    /// has moved on from.
-    fn refresh(&self) -> Result<(), HsmError> {
-        let now = stamp_of(&self.path);
-        if now.is_none() || *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) == now {
-            return Ok(());
-        }
-        let (regs, stored) = self.read_back()?;
+    /// Hold what was read or written: registers, catalog keys, version.
+    fn install(&self, regs: Registers, stored: &Stored, version: u64) {
         *self.regs.write().expect("registers lock") = regs;
         *self.catalog.write().expect("catalog key lock") = stored.catalog.as_ref().map(|k| hmac_key(k));
         *self.next.write().expect("catalog key lock") = stored.next.as_ref().map(|k| hmac_key(k));
-        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+    }
+
+    /// Read the registers and catalog keys again if another process
+    /// changed the state since this handle last saw it (one `stat`, or one
+    /// small query, when it did not): a key is never wrapped under a
+    /// register another server has moved on from.
+    fn refresh(&self) -> Result<(), HsmError> {
+        let seen = *self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = seen {
+            if !self.store.moved(v)? {
+                return Ok(());
+            }
+        }
+        self.reload()
+    }
+
+    /// Read the registers and catalog keys again, whatever the store says.
+    fn reload(&self) -> Result<(), HsmError> {
+        let (regs, stored, v) = self.read_back()?;
+        self.install(regs, &stored, v);
         Ok(())
     }
 
-    /// Change the registers as the file holds them now (never this
-    /// handle's possibly older copy), under the file's lock, and write them
-    /// back; this handle then holds what was written.
-    fn change<T>(&self, f: impl FnOnce(&mut Registers) -> Result<T, HsmError>) -> Result<T, HsmError> {
-        let _lock = self.lock()?;
-        let (mut regs, stored) = self.read_back()?;
-        let out = f(&mut regs)?;
-        self.write(&regs, &stored)?;
-        *self.regs.write().expect("registers lock") = regs;
-        Ok(out)
+    /// Change the state as the store holds it now (never this handle's
+    /// possibly older copy) and store it back if it is still what was read,
+    /// else read it again and decide again. `f` says whether it changed
+    /// anything; this handle then holds what the store holds.
+    fn update<T>(
+        &self,
+        mut f: impl FnMut(&mut Registers, &mut Stored) -> Result<(T, bool), HsmError>,
+    ) -> Result<T, HsmError> {
+        for _ in 0..RACE_TRIES {
+            let (mut regs, mut stored, v) = self.read_back()?;
+            let (out, changed) = f(&mut regs, &mut stored)?;
+            if !changed {
+                self.install(regs, &stored, v);
+                return Ok(out);
+            }
+            let sealed = self.encode(&regs, &stored)?;
+            if let Some(nv) = self.store.store(&sealed, Some(v))? {
+                self.install(regs, &stored, nv);
+                return Ok(out);
+            }
+        }
+        Err(HsmError::Busy { at: self.store.at() })
     }
 
-    /// The registers and the anchor as the file holds them now. The file
-    /// must still be sealed under the key this handle derived.
-    fn read_back(&self) -> Result<(Registers, Stored), HsmError> {
-        let bytes =
-            Zeroizing::new(fs::read(&self.path).map_err(|source| HsmError::Io { path: self.path.clone(), source })?);
-        let (kdf, _) = header(&self.path, &bytes)?;
+    /// The registers and the rest of the state as the store holds them
+    /// now, with their version. The state must still be sealed under the
+    /// key this handle derived.
+    fn read_back(&self) -> Result<(Registers, Stored, u64), HsmError> {
+        let at = self.store.at();
+        let (bytes, v) = self.store.load()?.ok_or_else(|| HsmError::Missing { at: at.clone() })?;
+        let (kdf, _) = header(&at, &bytes)?;
         if kdf.salt != self.kdf.salt || kdf.params != self.kdf.params {
             return Err(HsmError::Corrupt {
-                path: self.path.clone(),
+                at,
                 why: "it was sealed anew by another process since this one opened it; run the command again",
             });
         }
-        decode(&self.path, &self.seal_key, bytes)
+        let (regs, stored) = decode(&at, &self.seal_key, bytes)?;
+        Ok((regs, stored, v))
     }
 
-    /// Hold the HSM file's lock (a file beside it) while reading it back
-    /// and writing it, so that processes sharing the HSM take turns.
-    fn lock(&self) -> Result<File, HsmError> {
-        let lock = self.path.with_extension("lock");
-        let io = |source| HsmError::Io { path: lock.clone(), source };
-        let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock).map_err(io)?;
-        f.lock().map_err(io)?;
-        Ok(f)
-    }
-
-    /// Write the file atomically (temp file, fsync, rename, fsync dir).
-    fn write(&self, regs: &Registers, stored: &Stored) -> Result<(), HsmError> {
-        let io = |source| HsmError::Io { path: self.path.clone(), source };
+    /// Seal the state: the bytes a store keeps.
+    fn encode(&self, regs: &Registers, stored: &Stored) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let pk = &self.seal_key;
         let nonce = Nonce::random()?;
         let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + body_len(VERSION) + TAG_LEN));
@@ -253,21 +390,7 @@ impl SoftHsm {
         out.extend_from_slice(&[0u8; TAG_LEN]);
         let (header, body) = out.split_at_mut(HEADER_LEN);
         seal_with_passphrase_key(pk, nonce, header, body)?;
-        let tmp = self.path.with_extension("tmp");
-        // A temp file left by a crash is stale: the real file was not replaced.
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
-        let written = f.write_all(&out).and_then(|_| f.sync_all());
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io(e));
-        }
-        fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp_of(&self.path);
-        Ok(())
+        Ok(out)
     }
 
     fn with_key<T>(&self, mkvp: &Mkvp, f: impl FnOnce(&MasterKey) -> Result<T, HsmError>) -> Result<T, HsmError> {
@@ -299,19 +422,19 @@ fn held(regs: &Registers) -> String {
     }
 }
 
-/// The key derivation a file names in its header, and its version,
-/// checked before any key is derived.
-fn header(path: &Path, bytes: &[u8]) -> Result<(Kdf, u8), HsmError> {
-    let corrupt = |why| HsmError::Corrupt { path: path.into(), why };
+/// The key derivation a sealed state names in its header, and its
+/// version, checked before any key is derived.
+fn header(at: &str, bytes: &[u8]) -> Result<(Kdf, u8), HsmError> {
+    let corrupt = |why| HsmError::Corrupt { at: at.into(), why };
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-        return Err(corrupt("not a Custos software HSM file"));
+        return Err(corrupt("not a Custos software HSM"));
     }
     let version = bytes[8];
     if !(1..=VERSION).contains(&version) {
         return Err(corrupt("unsupported version; upgrade Custos"));
     }
     if bytes.len() != HEADER_LEN + body_len(version) + TAG_LEN {
-        return Err(corrupt("not a Custos software HSM file"));
+        return Err(corrupt("not a Custos software HSM"));
     }
     let u32_at = |o: usize| u32::from_be_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
     let params = KdfParams { memory_kib: u32_at(9), iterations: u32_at(13), parallelism: u32_at(17) };
@@ -320,14 +443,14 @@ fn header(path: &Path, bytes: &[u8]) -> Result<(Kdf, u8), HsmError> {
     Ok((Kdf { params, salt }, version))
 }
 
-/// Open a file's body under the key derived from its passphrase.
-fn decode(path: &Path, pk: &PassphraseKey, mut bytes: Zeroizing<Vec<u8>>) -> Result<(Registers, Stored), HsmError> {
-    let corrupt = |why| HsmError::Corrupt { path: path.into(), why };
+/// Open a sealed state's body under the key derived from its passphrase.
+fn decode(at: &str, pk: &PassphraseKey, mut bytes: Zeroizing<Vec<u8>>) -> Result<(Registers, Stored), HsmError> {
+    let corrupt = |why| HsmError::Corrupt { at: at.into(), why };
     let version = bytes[8];
     let nonce = Nonce(bytes[37..49].try_into().expect("12 bytes"));
     let (header, body) = bytes.split_at_mut(HEADER_LEN);
-    let plain = open_with_passphrase_key(pk, nonce, header, body)
-        .map_err(|_| HsmError::WrongPassphrase { path: path.into() })?;
+    let plain =
+        open_with_passphrase_key(pk, nonce, header, body).map_err(|_| HsmError::WrongPassphrase { at: at.into() })?;
     let mut regs = Registers::default();
     for (i, slot) in [&mut regs.new, &mut regs.current, &mut regs.old].into_iter().enumerate() {
         let r = &plain[i * REG_LEN..(i + 1) * REG_LEN];
@@ -371,7 +494,7 @@ fn decode(path: &Path, pk: &PassphraseKey, mut bytes: Zeroizing<Vec<u8>>) -> Res
 
 impl Hsm for SoftHsm {
     fn describe(&self) -> String {
-        format!("software HSM at {}", self.path.display())
+        format!("software HSM ({})", self.store.at())
     }
 
     fn registers(&self) -> Result<Vec<RegisterInfo>, HsmError> {
@@ -398,7 +521,7 @@ impl Hsm for SoftHsm {
         match unwrap() {
             // Wrapped under a master key another process loaded since.
             Err(HsmError::UnknownMkvp { .. }) => {
-                self.refresh()?;
+                self.reload()?;
                 unwrap()
             }
             r => r,
@@ -411,32 +534,33 @@ impl Hsm for SoftHsm {
     }
 
     fn load_new(&self, new: NewMasterKey, expect: Option<Mkvp>) -> Result<Mkvp, HsmError> {
-        self.change(|regs| {
+        if let Some(n) = self.read_back()?.0.new {
+            return Err(HsmError::NewLoaded { mkvp: n.mkvp });
+        }
+        let key = match new {
+            NewMasterKey::Generate => MasterKey::generate()?,
+            NewMasterKey::Parts(parts) => combine_parts(&parts)?,
+        };
+        let mkvp = Mkvp::of(&key);
+        if let Some(want) = expect.filter(|w| *w != mkvp) {
+            return Err(HsmError::MkvpMismatch { got: mkvp, want });
+        }
+        self.update(|regs, _| {
             if let Some(n) = &regs.new {
                 return Err(HsmError::NewLoaded { mkvp: n.mkvp });
             }
-            let key = match new {
-                NewMasterKey::Generate => MasterKey::generate()?,
-                NewMasterKey::Parts(parts) => combine_parts(&parts)?,
-            };
-            let mkvp = Mkvp::of(&key);
-            if let Some(want) = expect.filter(|w| *w != mkvp) {
-                return Err(HsmError::MkvpMismatch { got: mkvp, want });
-            }
+            let key = MasterKey::from_slice(key.expose_secret())?;
             regs.new = Some(Slot { key, mkvp, since: Timestamp::now() });
-            Ok(mkvp)
+            Ok((mkvp, true))
         })
     }
 
     fn clear_new(&self) -> Result<(), HsmError> {
-        self.change(|regs| {
-            regs.new = None;
-            Ok(())
-        })
+        self.update(|regs, _| Ok(((), regs.new.take().is_some())))
     }
 
     fn activate(&self) -> Result<(), HsmError> {
-        self.change(|regs| {
+        self.update(|regs, _| {
             let Some(mut new) = regs.new.take() else {
                 return Err(HsmError::NoNewMasterKey);
             };
@@ -448,7 +572,7 @@ impl Hsm for SoftHsm {
             }
             regs.old = current;
             regs.current = Some(new);
-            Ok(())
+            Ok(((), true))
         })
     }
 
@@ -457,13 +581,13 @@ impl Hsm for SoftHsm {
     }
 
     fn set_anchor(&self, anchor: &AuditAnchor, force: bool) -> Result<(), HsmError> {
-        let _lock = self.lock()?;
-        let (regs, mut stored) = self.read_back()?;
-        if !force && stored.anchor.is_some_and(|s| s.seq >= anchor.seq) {
-            return Ok(());
-        }
-        stored.anchor = Some(*anchor);
-        self.write(&regs, &stored)
+        self.update(|_, stored| {
+            if !force && stored.anchor.is_some_and(|s| s.seq >= anchor.seq) {
+                return Ok(((), false));
+            }
+            stored.anchor = Some(*anchor);
+            Ok(((), true))
+        })
     }
 
     fn catalog_key_state(&self) -> Result<CatalogKeyState, HsmError> {
@@ -476,28 +600,22 @@ impl Hsm for SoftHsm {
     }
 
     fn make_catalog_key(&self) -> Result<(), HsmError> {
-        let _lock = self.lock()?;
-        let (regs, mut stored) = self.read_back()?;
-        if stored.catalog.is_none() {
+        self.update(|_, stored| {
+            if stored.catalog.is_some() {
+                return Ok(((), false));
+            }
             stored.catalog = Some(Zeroizing::new(random_array()?));
-            self.write(&regs, &stored)?;
-        }
-        let k = stored.catalog.as_ref().expect("held or made");
-        *self.catalog.write().expect("catalog key lock") = Some(hmac_key(k));
-        Ok(())
+            Ok(((), true))
+        })
     }
 
     fn catalog_key_sealed(&self) -> Result<(), HsmError> {
-        let _lock = self.lock()?;
-        let (regs, mut stored) = self.read_back()?;
-        if stored.catalog.is_none() {
-            return Err(HsmError::NoCatalogKey);
-        }
-        if !stored.sealed {
-            stored.sealed = true;
-            self.write(&regs, &stored)?;
-        }
-        Ok(())
+        self.update(|_, stored| {
+            if stored.catalog.is_none() {
+                return Err(HsmError::NoCatalogKey);
+            }
+            Ok(((), !std::mem::replace(&mut stored.sealed, true)))
+        })
     }
 
     fn catalog_mac(&self, msg: &[u8]) -> Result<[u8; 32], HsmError> {
@@ -515,17 +633,16 @@ impl Hsm for SoftHsm {
     }
 
     fn begin_catalog_rotation(&self) -> Result<(), HsmError> {
-        let _lock = self.lock()?;
-        let (regs, mut stored) = self.read_back()?;
-        if stored.catalog.is_none() {
-            return Err(HsmError::NoCatalogKey);
-        }
-        if stored.next.is_none() {
+        self.update(|_, stored| {
+            if stored.catalog.is_none() {
+                return Err(HsmError::NoCatalogKey);
+            }
+            if stored.next.is_some() {
+                return Ok(((), false));
+            }
             stored.next = Some(Zeroizing::new(random_array()?));
-            self.write(&regs, &stored)?;
-        }
-        *self.next.write().expect("catalog key lock") = stored.next.as_ref().map(|k| hmac_key(k));
-        Ok(())
+            Ok(((), true))
+        })
     }
 
     fn catalog_rotation_pending(&self) -> Result<bool, HsmError> {
@@ -538,31 +655,23 @@ impl Hsm for SoftHsm {
     }
 
     fn finish_catalog_rotation(&self) -> Result<(), HsmError> {
-        let _lock = self.lock()?;
-        let (regs, mut stored) = self.read_back()?;
-        if let Some(next) = stored.next.take() {
+        self.update(|_, stored| {
+            let Some(next) = stored.next.take() else { return Ok(((), false)) };
             stored.catalog = Some(next);
-            self.write(&regs, &stored)?;
-        }
-        *self.catalog.write().expect("catalog key lock") = stored.catalog.as_ref().map(|k| hmac_key(k));
-        *self.next.write().expect("catalog key lock") = None;
-        Ok(())
+            Ok(((), true))
+        })
     }
 
     fn refresh_catalog_keys(&self) -> Result<(), HsmError> {
-        let stored = self.read_back()?.1;
-        *self.catalog.write().expect("catalog key lock") = stored.catalog.as_ref().map(|k| hmac_key(k));
-        *self.next.write().expect("catalog key lock") = stored.next.as_ref().map(|k| hmac_key(k));
-        Ok(())
+        self.reload()
     }
 }
 
 impl std::fmt::Debug for SoftHsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SoftHsm").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SoftHsm").field("at", &self.store.at()).finish_non_exhaustive()
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,6 +743,91 @@ mod tests {
         );
     }
 
+    /// A store in memory, shared by the handles made on it; `before` runs
+    /// once, just before the next store (another process's change landing
+    /// between this one's read and its write).
+    type Hook = Box<dyn FnOnce() + Send>;
+    type Kept = (Vec<u8>, u64);
+
+    #[derive(Clone, Default)]
+    struct Mem {
+        state: std::sync::Arc<Mutex<Option<Kept>>>,
+        before: std::sync::Arc<Mutex<Option<Hook>>>,
+    }
+
+    impl SealedStore for Mem {
+        fn at(&self) -> String {
+            "in memory".into()
+        }
+        fn load(&self) -> Result<Option<SealedState>, HsmError> {
+            Ok(self.state.lock().unwrap().clone().map(|(b, v)| (Zeroizing::new(b), v)))
+        }
+        fn moved(&self, version: u64) -> Result<bool, HsmError> {
+            Ok(self.state.lock().unwrap().as_ref().map(|s| s.1) != Some(version))
+        }
+        fn store(&self, sealed: &[u8], was: Option<u64>) -> Result<Option<u64>, HsmError> {
+            let hook = self.before.lock().unwrap().take();
+            if let Some(f) = hook {
+                f();
+            }
+            let mut s = self.state.lock().unwrap();
+            if s.as_ref().map(|s| s.1) != was {
+                return Ok(None);
+            }
+            let v = was.unwrap_or(0) + 1;
+            *s = Some((sealed.to_vec(), v));
+            Ok(Some(v))
+        }
+    }
+
+    /// A change whose write loses a race is decided again from what the
+    /// winner stored: both changes are kept, neither is applied to a stale
+    /// copy.
+    #[test]
+    fn a_change_that_loses_a_race_is_made_again_on_the_winners_state() {
+        let mem = Mem::default();
+        let b = std::sync::Arc::new(
+            SoftHsm::create_in(Box::new(mem.clone()), &pass("a long test passphrase"), KdfParams::MINIMUM).unwrap(),
+        );
+        let a = SoftHsm::open_in(Box::new(mem.clone()), &pass("a long test passphrase")).unwrap();
+        let first = a.registers().unwrap();
+        let winner = b.clone();
+        let loaded = std::sync::Arc::new(Mutex::new(None));
+        let got = loaded.clone();
+        *mem.before.lock().unwrap() =
+            Some(Box::new(move || *got.lock().unwrap() = Some(winner.load_new(NewMasterKey::Generate, None).unwrap())));
+        let anchor = AuditAnchor { seq: 7, head: [7; 32] };
+        a.set_anchor(&anchor, false).unwrap();
+        let new = loaded.lock().unwrap().expect("the other change ran first");
+        let regs = b.registers().unwrap();
+        assert_eq!(
+            regs.iter().find(|r| r.register == Register::New).map(|r| r.mkvp),
+            Some(new),
+            "the winner's change stays"
+        );
+        assert_eq!(b.anchor().unwrap().map(|x| x.seq), Some(anchor.seq), "the loser's change was made on top");
+        assert_eq!(a.registers().unwrap().len(), first.len() + 1, "the loser now holds what the store holds");
+        assert_eq!(
+            mem.state.lock().unwrap().as_ref().unwrap().1,
+            3,
+            "three writes: create, the winner, the loser again"
+        );
+    }
+
+    /// The same file-backed suite on the in-memory store: the seam's
+    /// contract, not the file's, is what the HSM relies on.
+    #[test]
+    fn conformance_suite_on_another_store() {
+        let hsm =
+            SoftHsm::create_in(Box::new(Mem::default()), &pass("a long test passphrase"), KdfParams::MINIMUM).unwrap();
+        crate::conformance::run(&hsm);
+        let held = Mem::default();
+        *held.state.lock().unwrap() = Some((b"anything".to_vec(), 1));
+        let e = SoftHsm::create_in(Box::new(held.clone()), &pass("another long one"), KdfParams::MINIMUM);
+        assert!(matches!(e, Err(HsmError::AlreadyExists { .. })), "a store holding an HSM is never overwritten");
+        assert_eq!(held.state.lock().unwrap().as_ref().unwrap().0, b"anything");
+    }
+
     #[test]
     fn fail_altered_or_truncated_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -650,7 +844,7 @@ mod tests {
         assert!(matches!(SoftHsm::open(&p, &pass("a long test passphrase")), Err(HsmError::Corrupt { .. })));
         assert!(matches!(
             SoftHsm::open(&dir.path().join("nope"), &pass("a long test passphrase")),
-            Err(HsmError::Io { .. })
+            Err(HsmError::Missing { .. })
         ));
     }
 

@@ -163,7 +163,8 @@ pub fn core_code(e: &CoreError) -> Code {
         | CoreError::Repo(RepoError::Postgres { .. } | RepoError::PostgresTls { .. } | RepoError::RowKey { .. }) => {
             Code::Unavailable
         }
-        CoreError::Repo(RepoError::Busy { .. }) => Code::Busy,
+        CoreError::Hsm(HsmError::Unreachable { .. }) => Code::Unavailable,
+        CoreError::Repo(RepoError::Busy { .. }) | CoreError::Hsm(HsmError::Busy { .. }) => Code::Busy,
         CoreError::Invalid { .. }
         | CoreError::VaultExists { .. }
         | CoreError::Hsm(

@@ -92,6 +92,23 @@ pub fn run(repo: &dyn Repository) {
         Idempotency::Done { status: 200, reply: None }
     );
 
+    // The software HSM's sealed state: stored once, then changed only by
+    // whoever read the generation that is still current.
+    assert_eq!(repo.hsm_state().unwrap(), None);
+    assert_eq!(repo.hsm_state_generation().unwrap(), None);
+    assert_eq!(repo.put_hsm_state(b"sealed one", Some(1)).unwrap(), None, "nothing to change yet");
+    let g1 = repo.put_hsm_state(b"sealed one", None).unwrap().expect("the first state is stored");
+    assert_eq!(repo.put_hsm_state(b"a second first", None).unwrap(), None, "a second first state is refused");
+    assert_eq!(repo.hsm_state().unwrap(), Some((b"sealed one".to_vec(), g1)));
+    let g2 = repo.put_hsm_state(b"sealed two", Some(g1)).unwrap().expect("a change from the current generation");
+    assert_ne!(g1, g2);
+    assert_eq!(repo.put_hsm_state(b"from a stale read", Some(g1)).unwrap(), None, "a change from a stale read");
+    assert_eq!(repo.hsm_state().unwrap(), Some((b"sealed two".to_vec(), g2)), "the refused change changed nothing");
+    assert_eq!(repo.hsm_state_generation().unwrap(), Some(g2));
+    assert!(repo.remove_hsm_state().unwrap());
+    assert!(!repo.remove_hsm_state().unwrap());
+    assert_eq!(repo.hsm_state().unwrap(), None);
+
     // Key-backup keys, and escrow copies that travel with key records.
     repo.insert_kbk(
         &KbkRecord {

@@ -39,6 +39,7 @@ pub const TABLES: &[&str] = &[
     "audit_log",
     "audit_checkpoints",
     "idempotency",
+    "hsm_state",
 ];
 
 /// Tables whose ids a sequence hands out on PostgreSQL.

@@ -552,6 +552,22 @@ pub trait Repository: Send + Sync {
     /// [`Repository::idempotency_begin`] (`reply` only when it may be kept).
     fn idempotency_finish(&self, key: &str, status: u16, reply: Option<&[u8]>) -> Result<()>;
 
+    /// The software HSM's sealed state when the catalog keeps it (servers
+    /// sharing a catalog on PostgreSQL), with its generation; `None` when
+    /// the catalog keeps none. The state is sealed under the HSM's
+    /// passphrase and carries no row MAC: the catalog key is inside it.
+    fn hsm_state(&self) -> Result<Option<(Vec<u8>, u64)>>;
+    /// The generation of [`Repository::hsm_state`] alone: the cheap check
+    /// for a change another server made.
+    fn hsm_state_generation(&self) -> Result<Option<u64>>;
+    /// Store the sealed state if its generation is still `was` (`None`:
+    /// only if the catalog keeps none yet): the new generation, or `None`
+    /// when another process stored first (nothing was written then).
+    fn put_hsm_state(&self, sealed: &[u8], was: Option<u64>) -> Result<Option<u64>>;
+    /// Forget the sealed state (a vault recovered from a backup keeps the
+    /// backup's HSM beside its catalog); false when there was none.
+    fn remove_hsm_state(&self) -> Result<bool>;
+
     fn insert_hsm_rule(&self, rule: &HsmRule) -> Result<()>;
     /// All `hsm run` rules, by name.
     fn hsm_rules(&self) -> Result<Vec<HsmRule>>;

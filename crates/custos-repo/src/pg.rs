@@ -79,10 +79,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX keys_mkvp_label ON keys(mkvp, label) WHERE wrapped IS NOT NULL;
     "#,
     ),
+    (
+        19,
+        r#"
+    CREATE TABLE hsm_state (
+        id BIGINT PRIMARY KEY CHECK (id = 1),
+        generation BIGINT NOT NULL,
+        sealed BYTEA NOT NULL
+    );
+    "#,
+    ),
 ];
 
 /// The schema version this build writes: the baseline and every migration.
-pub const SCHEMA_VERSION: i64 = 18;
+pub const SCHEMA_VERSION: i64 = 19;
 
 /// Rows written by one bulk insert after which the table's statistics are
 /// refreshed at once (see [`PgRepository::analyze`]).
@@ -2924,6 +2934,42 @@ impl Repository for PgRepository {
             )
             .map_err(pg("record a request's answer"))?;
         Ok(())
+    }
+
+    fn hsm_state(&self) -> Result<Option<(Vec<u8>, u64)>> {
+        let r = self
+            .client()?
+            .query_opt("SELECT sealed, generation FROM hsm_state WHERE id = 1", &[])
+            .map_err(pg("read the software HSM's state"))?;
+        r.map(|r| Ok((get(&r, 0)?, u(&r, 1)?))).transpose()
+    }
+
+    fn hsm_state_generation(&self) -> Result<Option<u64>> {
+        let r = self
+            .client()?
+            .query_opt("SELECT generation FROM hsm_state WHERE id = 1", &[])
+            .map_err(pg("read the software HSM's state"))?;
+        r.map(|r| u(&r, 0)).transpose()
+    }
+
+    fn put_hsm_state(&self, sealed: &[u8], was: Option<u64>) -> Result<Option<u64>> {
+        let mut c = self.client()?;
+        let n = match was {
+            None => c.execute(
+                "INSERT INTO hsm_state (id, generation, sealed) VALUES (1, 1, $1) ON CONFLICT (id) DO NOTHING",
+                &[&sealed],
+            ),
+            Some(g) => c.execute(
+                "UPDATE hsm_state SET sealed = $1, generation = generation + 1 WHERE id = 1 AND generation = $2",
+                &[&sealed, &(g as i64)],
+            ),
+        }
+        .map_err(pg("store the software HSM's state"))?;
+        Ok((n == 1).then(|| was.map_or(1, |g| g + 1)))
+    }
+
+    fn remove_hsm_state(&self) -> Result<bool> {
+        Ok(self.client()?.execute("DELETE FROM hsm_state", &[]).map_err(pg("forget the software HSM's state"))? > 0)
     }
 
     fn insert_hsm_rule(&self, r: &HsmRule) -> Result<()> {

@@ -335,6 +335,15 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX keys_mkvp;
     CREATE INDEX keys_mkvp_label ON keys(mkvp, label) WHERE wrapped IS NOT NULL;
     "#,
+    // 19: the software HSM's sealed state, for vaults whose servers share
+    // the catalog (one row; its generation moves on every change).
+    r#"
+    CREATE TABLE hsm_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        generation INTEGER NOT NULL,
+        sealed BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
@@ -2583,6 +2592,40 @@ impl Repository for SqliteRepository {
             )
             .map_err(db("record a request's answer"))?;
         Ok(())
+    }
+
+    fn hsm_state(&self) -> Result<Option<(Vec<u8>, u64)>> {
+        self.reader()?
+            .prepare_cached("SELECT sealed, generation FROM hsm_state WHERE id = 1")
+            .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))).optional())
+            .map_err(db("read the software HSM's state"))
+    }
+
+    fn hsm_state_generation(&self) -> Result<Option<u64>> {
+        self.reader()?
+            .prepare_cached("SELECT generation FROM hsm_state WHERE id = 1")
+            .and_then(|mut st| st.query_row([], |r| Ok(r.get::<_, i64>(0)? as u64)).optional())
+            .map_err(db("read the software HSM's state"))
+    }
+
+    fn put_hsm_state(&self, sealed: &[u8], was: Option<u64>) -> Result<Option<u64>> {
+        let c = self.conn();
+        let n = match was {
+            None => c.execute(
+                "INSERT INTO hsm_state (id, generation, sealed) VALUES (1, 1, ?1) ON CONFLICT(id) DO NOTHING",
+                params![sealed],
+            ),
+            Some(g) => c.execute(
+                "UPDATE hsm_state SET sealed = ?1, generation = generation + 1 WHERE id = 1 AND generation = ?2",
+                params![sealed, g as i64],
+            ),
+        }
+        .map_err(db("store the software HSM's state"))?;
+        Ok((n == 1).then(|| was.map_or(1, |g| g + 1)))
+    }
+
+    fn remove_hsm_state(&self) -> Result<bool> {
+        Ok(self.conn().execute("DELETE FROM hsm_state", []).map_err(db("forget the software HSM's state"))? > 0)
     }
 
     fn insert_hsm_rule(&self, r: &HsmRule) -> Result<()> {

@@ -306,6 +306,16 @@ impl Postgres {
         self.params(db)
     }
 
+    /// Run SQL on database `db` as Custos's account (psql), as a database
+    /// administrator would; panics when it fails.
+    pub fn execute(&self, db: &str, sql: &str) {
+        let host = self.dir.path().display().to_string();
+        self.run(
+            "psql",
+            &["-h", &host, "-p", &self.port.to_string(), "-U", "custos", "-d", db, "-v", "ON_ERROR_STOP=1", "-qc", sql],
+        );
+    }
+
     /// Where the server's socket lives.
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()

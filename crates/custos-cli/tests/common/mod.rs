@@ -176,7 +176,13 @@ impl Env {
 
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{args:?} failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 
