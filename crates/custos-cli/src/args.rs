@@ -652,10 +652,11 @@ pub enum VaultCmd {
         #[arg(long, value_name = "PATH", requires = "pkcs11")]
         pkcs11_module: Option<PathBuf>,
     },
-    /// The HSM file is lost and no vault backup holds it: make a new HSM
-    /// (a new master key, under the passphrase given) and recover every
-    /// escrowed key into it with a threshold of custodians' shares. Says
-    /// which keys had no escrow copy and which datasets that costs.
+    /// The software HSM is lost (its file, or its row in the catalog) and
+    /// no vault backup holds it: make a new HSM (a new master key, under
+    /// the passphrase given) and recover every escrowed key into it with a
+    /// threshold of custodians' shares. Says which keys had no escrow copy
+    /// and which datasets that costs.
     Rebuild {
         /// A sealed share file (as many as the threshold).
         #[arg(long, required_unless_present = "part", conflicts_with = "part")]

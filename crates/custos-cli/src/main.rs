@@ -437,7 +437,7 @@ fn recover(cli: &Cli, from: &str, pkcs11: bool, module: Option<PathBuf>) -> anyh
     Ok(())
 }
 
-/// `custos vault rebuild`: a new HSM for a vault whose HSM file is lost.
+/// `custos vault rebuild`: a new HSM for a vault whose software HSM is lost.
 fn rebuild(cli: &Cli, share: &[PathBuf], key: &[PathBuf], part: &[PathBuf], kdf: KdfParams) -> anyhow::Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let who = local_user(cli);

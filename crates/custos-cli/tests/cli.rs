@@ -1416,7 +1416,7 @@ fn a_lost_hsm_is_rebuilt_from_escrow_shares() {
     assert!(verdict.contains("audit log intact") && verdict.contains("lost with its HSM"), "{verdict}");
     // A second rebuild is refused while the HSM file exists.
     let again = e.run(&["vault", "rebuild", "--share", Env::s(&sealed[0]), "--key", Env::s(&custodians[0].1)]);
-    assert!(String::from_utf8_lossy(&again.stderr).contains("rebuild is for a vault whose HSM file is lost"));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("rebuild is for a vault whose HSM is lost"));
 }
 
 /// Recompute every hash as a forger with database access would: as plain
