@@ -276,13 +276,22 @@ impl Client {
                 Err(Failed { sent: s, error }) => {
                     sent |= s;
                     attempt += 1;
-                    if n > 1 && attempt < 2 * n {
+                    if attempt < 2 * n {
                         let (_, _, next) = &self.targets[attempt % n];
-                        let _ = writeln!(
-                            std::io::stderr(),
-                            "custos: warning: {} did not carry it out ({error:#}); sending it to {next}",
-                            self.targets[(attempt - 1) % n].2
-                        );
+                        let this = &self.targets[(attempt - 1) % n].2;
+                        // With one server the cause is said once, if the
+                        // second try fails too.
+                        let _ = if n > 1 {
+                            writeln!(
+                                std::io::stderr(),
+                                "custos: warning: {this} did not carry it out ({error:#}); sending it to {next}"
+                            )
+                        } else {
+                            writeln!(
+                                std::io::stderr(),
+                                "custos: warning: {this} did not carry it out; sending it again in a second"
+                            )
+                        };
                     }
                     last = Some(error);
                 }
