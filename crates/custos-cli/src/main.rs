@@ -532,6 +532,11 @@ fn init(cli: &Cli) -> anyhow::Result<()> {
     }
     // The vault exists whatever happens to standard output now.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if a.repository.is_some() && a.volume.is_none() {
+        note!(
+            "custos: warning: the default volume is inside this vault directory, which servers on other machines do not reach: add a volume on storage they share and a policy that uses it (`custos volume add`, `custos policy add`), or make the vault with `--volume PATH`"
+        );
+    }
     Ok(())
 }
 

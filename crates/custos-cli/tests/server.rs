@@ -220,20 +220,27 @@ fn run_of(servers: &str, user: &str, cred: &str, args: &[&str], stdin: Option<&[
     child.wait_with_output().unwrap()
 }
 
+impl Served {
+    /// Stop the server as an operator does (SIGTERM), killing it after 15 s:
+    /// how it exited, if it was running.
+    fn stop(&self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.lock().unwrap().take()?;
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        );
+        let t = Instant::now();
+        while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.lock().unwrap().take() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
-                rustix::process::Signal::TERM,
-            );
-            let t = Instant::now();
-            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(15) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
         // Give the tree back to this account so the temp dir can go.
         if root() {
             chown_tree(self.vault.parent().unwrap(), 0, 0);
@@ -1081,6 +1088,16 @@ fn a_server_refuses_rows_edited_outside_it() {
 #[test]
 fn a_vault_whose_catalog_is_on_postgres() {
     let e = Env::new_postgres();
+    // A default volume only this machine reaches is pointed out.
+    let pg = e.pg.as_ref().unwrap();
+    pg.create_database("warned");
+    let o = e
+        .at(e.dir.path().join("warned"))
+        .cmd(&["init", "--kdf-memory-mib", "19", "--kdf-iterations", "2", "--repository", &pg.url("warned")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("default volume is inside this vault directory"), "{err}");
     let url = e.pg.as_ref().unwrap().url("custos");
     assert!(!e.vault.join("custos.db").exists(), "no embedded catalog");
     let mode = std::fs::metadata(e.vault.join("repository")).unwrap().permissions().mode() & 0o777;
@@ -1117,7 +1134,10 @@ fn a_vault_whose_catalog_is_on_postgres() {
     assert!(s.ok("ops", OPS_CRED, &["backup", "verify", "--read-data"]).contains("every chunk read"));
     assert!(s.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
     s.ok("ops", OPS_CRED, &["catalog", "verify"]);
-    drop(s);
+    // Stopped, the server closes the vault, anchoring the audit log in the
+    // catalog's HSM, and exits cleanly.
+    let st = s.stop().expect("it was running");
+    assert!(st.success(), "{st}: {}", s.log());
     assert!(!e.vault.join("custos.db").exists(), "the server wrote no embedded catalog either");
     // And the rows the server wrote read back embedded, checked.
     assert_eq!(e.cmd(&["ds", "get", "PAY.FEB"]).output().unwrap().stdout, next);

@@ -283,9 +283,10 @@ impl SoftHsm {
     }
 
     /// Read the registers and catalog keys again if another process
-    /// changed the state since this handle last saw it (one `stat`, or one
-    /// small query, when it did not): a key is never wrapped under a
-    /// register another server has moved on from.
+    /// changed the state since this handle last saw it (when it did not:
+    /// one `stat`, or one small query that the catalog's store trusts for
+    /// a moment), so that keys are wrapped under the registers another
+    /// server changed, not a stale copy of them.
     fn refresh(&self) -> Result<(), HsmError> {
         let seen = *self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = seen {

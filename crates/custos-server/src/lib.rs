@@ -132,7 +132,13 @@ pub fn run(config: Config, engine: Engine, ready: impl FnOnce() + Send + 'static
         .max_blocking_threads(64)
         .build()
         .map_err(|e| setup("the server runtime", e))?;
-    rt.block_on(async move {
+    // The engine is let go here, outside the runtime: closing the vault
+    // writes the audit anchor last, which on PostgreSQL (the catalog then
+    // keeps the software HSM) is a blocking client's query, and a blocking
+    // client cannot run on a thread that drives the runtime.
+    let engine = Arc::new(engine);
+    let serving = engine.clone();
+    let served = rt.block_on(async move {
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM can be handled");
@@ -141,6 +147,9 @@ pub fn run(config: Config, engine: Engine, ready: impl FnOnce() + Send + 'static
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        net::serve(config, Arc::new(engine), shutdown, ready).await
-    })
+        net::serve(config, serving, shutdown, ready).await
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    drop(engine);
+    served
 }
