@@ -89,10 +89,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     "#,
     ),
+    (
+        20,
+        r#"
+    CREATE INDEX keys_destroy_after ON keys(destroy_after, label) WHERE destroy_after IS NOT NULL;
+    "#,
+    ),
 ];
 
 /// The schema version this build writes: the baseline and every migration.
-pub const SCHEMA_VERSION: i64 = 19;
+pub const SCHEMA_VERSION: i64 = 20;
 
 /// Rows written by one bulk insert after which the table's statistics are
 /// refreshed at once (see [`PgRepository::analyze`]).

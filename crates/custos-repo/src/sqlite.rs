@@ -344,6 +344,11 @@ const MIGRATIONS: &[&str] = &[
         sealed BLOB NOT NULL
     );
     "#,
+    // 20: the keys pending destruction, which every server looks for once
+    // a second: without an index that was a scan of the whole keystore.
+    r#"
+    CREATE INDEX keys_destroy_after ON keys(destroy_after, label) WHERE destroy_after IS NOT NULL;
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
