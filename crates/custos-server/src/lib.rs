@@ -149,7 +149,9 @@ pub fn run(config: Config, engine: Engine, ready: impl FnOnce() + Send + 'static
         };
         net::serve(config, serving, shutdown, ready).await
     });
-    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    // As before: the runtime waits for work still running on its blocking
+    // threads; then the vault closes here.
+    drop(rt);
     drop(engine);
     served
 }
