@@ -29,15 +29,24 @@ macro_rules! note {
 }
 
 fn main() -> ExitCode {
-    custos_crypto::prime_random();
-    let cli = <Cli as clap::Parser>::parse();
-    match run(cli) {
+    let seeding = custos_crypto::prime_random();
+    let cli = match <Cli as clap::Parser>::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = seeding.join();
+            e.exit()
+        }
+    };
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             note!("custos: {e:#}");
             ExitCode::from(exit_code(&e))
         }
-    }
+    };
+    // Never exit while the seeding thread is inside aws-lc.
+    let _ = seeding.join();
+    code
 }
 
 /// A command line that asks for what cannot be done (a value out of

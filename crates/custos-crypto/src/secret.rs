@@ -22,10 +22,16 @@ pub fn random_array<const N: usize>() -> Result<[u8; N], CryptoError> {
 /// overlaps with a command's start-up (authentication, opening the vault)
 /// instead of delaying its first write. Any failure surfaces later, at the
 /// first real use.
-pub fn prime_random() {
+///
+/// The caller joins the thread before the process exits: a command done
+/// sooner than the seeding (`ds ls`) would otherwise exit while the thread
+/// is inside aws-lc, and aws-lc's exit-time clean-up under a running
+/// thread aborted the process now and then (SIGABRT after its output, with
+/// nothing on stderr).
+pub fn prime_random() -> std::thread::JoinHandle<()> {
     std::thread::spawn(|| {
         let _ = random_array::<1>();
-    });
+    })
 }
 
 macro_rules! secret_key {
