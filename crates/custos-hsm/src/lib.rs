@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use thiserror::Error;
 
 pub use pkcs11::{Pkcs11Config, Pkcs11Hsm};
-pub use soft::{version_of, FileStore, SealedState, SealedStore, SoftHsm};
+pub use soft::{FileStore, SealedState, SealedStore, SoftHsm};
 
 /// The three master key registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -63,7 +63,7 @@ pub trait SealedStore: Send + Sync {
 
 /// The version of a sealed state: a digest of its bytes. Every sealing uses
 /// a fresh nonce, so no two writes give the same bytes.
-pub fn version_of(sealed: &[u8]) -> u64 {
+fn version_of(sealed: &[u8]) -> u64 {
     let d = digest::digest(&digest::SHA256, sealed);
     u64::from_be_bytes(d.as_ref()[..8].try_into().expect("8 bytes"))
 }
