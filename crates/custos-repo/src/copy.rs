@@ -180,7 +180,7 @@ pub fn sqlite_to_postgres(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(sqlite("hold the catalog against writers"))?;
     let mut c = to.client_for_copy()?;
-    let filled: Vec<(String, u64)> = pg_counts(&mut *c)?.into_iter().filter(|(_, n)| *n > 0).collect();
+    let filled: Vec<(String, u64)> = pg_counts(&mut c.client)?.into_iter().filter(|(_, n)| *n > 0).collect();
     if !filled.is_empty() {
         return Err(RepoError::NotEmpty {
             target: "PostgreSQL database".into(),
@@ -203,7 +203,7 @@ pub fn sqlite_to_postgres(
             why: format!("it has a table {unknown} this Custos does not copy"),
         });
     }
-    let mut tx = c.transaction().map_err(pg("start the copy"))?;
+    let mut tx = c.client.transaction().map_err(pg("start the copy"))?;
     let mut counts = RowCounts::new();
     for table in TABLES {
         let cols = sqlite_columns(&held, table)?;

@@ -35,9 +35,12 @@ use custos_model::{
 use jiff::Timestamp;
 use postgres::error::SqlState;
 use postgres::types::{FromSql, ToSql, Type};
-use postgres::{GenericClient, Row, Transaction};
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+mod conn;
+use conn::Db;
+pub(crate) use conn::Manager;
 
 use crate::rowauth::{constant_time_eq, Table, GENERATION_SETTING, KEYLESS_SETTINGS, SEALED_SETTING, TABLES};
 use crate::{
@@ -208,7 +211,6 @@ const DELETIONS: &str = "trash.deletions";
 /// How long a deleted object's tombstone is kept (as in SQLite).
 const TOMBSTONE_DAYS: i64 = 7;
 
-type Manager = PostgresConnectionManager<CatalogTls>;
 type P<'a> = &'a (dyn ToSql + Sync);
 
 /// The repository on PostgreSQL.
@@ -548,37 +550,39 @@ fn audit_from(r: &Row) -> Result<AuditRow> {
     })
 }
 
-/// Whether any generation, backup or snapshot on volume $2 lists chunk $1.
-const CHUNK_USED: &str = "SELECT EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
-        ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
-        WHERE g.chunk_id = $1 AND gg.volume = $2)
+/// Which of the chunks $1 a generation, backup or snapshot on volume $2 lists.
+const CHUNKS_USED: &str = "SELECT u.c FROM unnest($1::bytea[]) AS u(c) WHERE
+        EXISTS (SELECT 1 FROM generation_chunks g JOIN generations gg
+            ON gg.dataset_id = g.dataset_id AND gg.generation = g.generation
+            WHERE g.chunk_id = u.c AND gg.volume = $2)
      OR EXISTS (SELECT 1 FROM backup_chunks b JOIN backups bb ON bb.id = b.backup_id
-        WHERE b.chunk_id = $1 AND bb.volume = $2)
+            WHERE b.chunk_id = u.c AND bb.volume = $2)
      OR EXISTS (SELECT 1 FROM snapshot_chunks s JOIN snapshots ss ON ss.id = s.snapshot_id
-        WHERE s.chunk_id = $1 AND ss.volume = $2)";
+            WHERE s.chunk_id = u.c AND ss.volume = $2)";
 
-fn referenced(c: &mut impl GenericClient, candidates: &[ChunkId], vol: &str) -> Result<Vec<bool>> {
+fn referenced(c: &mut Db<'_>, candidates: &[ChunkId], vol: &str) -> Result<Vec<bool>> {
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let st = c.prepare(CHUNK_USED).map_err(pg("look for references to chunks"))?;
-    candidates
+    // One statement for all the candidates: the ones still referenced.
+    let ids: Vec<&[u8]> = candidates.iter().map(|ch| &ch.0[..]).collect();
+    let used: std::collections::HashSet<[u8; 16]> = c
+        .query(CHUNKS_USED, &[&ids, &vol])
+        .map_err(pg("look for references to chunks"))?
         .iter()
-        .map(|ch| {
-            let r = c.query_one(&st, &[&&ch.0[..], &vol]).map_err(pg("look for references to chunks"))?;
-            get(&r, 0)
-        })
-        .collect()
+        .map(|r| id16(r, 0))
+        .collect::<Result<_>>()?;
+    Ok(candidates.iter().map(|ch| used.contains(&ch.0)).collect())
 }
 
-fn unreferenced(tx: &mut Transaction<'_>, mut candidates: Vec<ChunkId>, vol: &str) -> Result<Vec<ChunkId>> {
+fn unreferenced(tx: &mut Db<'_>, mut candidates: Vec<ChunkId>, vol: &str) -> Result<Vec<ChunkId>> {
     candidates.sort();
     candidates.dedup();
     let used = referenced(tx, &candidates, vol)?;
     Ok(candidates.into_iter().zip(used).filter(|(_, u)| !u).map(|(c, _)| c).collect())
 }
 
-fn check_reused(tx: &mut Transaction<'_>, reused: &[ChunkId], vol: &str, what: impl FnOnce() -> String) -> Result<()> {
+fn check_reused(tx: &mut Db<'_>, reused: &[ChunkId], vol: &str, what: impl FnOnce() -> String) -> Result<()> {
     let used = referenced(tx, reused, vol)?;
     if let Some(i) = used.iter().position(|u| !u) {
         return Err(RepoError::Raced {
@@ -589,7 +593,7 @@ fn check_reused(tx: &mut Transaction<'_>, reused: &[ChunkId], vol: &str, what: i
     Ok(())
 }
 
-fn manifest_referenced(tx: &mut impl GenericClient, id: &DatasetId, generation: u64, vol: &str) -> Result<bool> {
+fn manifest_referenced(tx: &mut Db<'_>, id: &DatasetId, generation: u64, vol: &str) -> Result<bool> {
     let r = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM generations WHERE dataset_id = $1 AND generation = $2 AND volume = $3)
@@ -601,7 +605,7 @@ fn manifest_referenced(tx: &mut impl GenericClient, id: &DatasetId, generation: 
     get(&r, 0)
 }
 
-fn chunk_list(tx: &mut impl GenericClient, sql: &str, p: &[P<'_>]) -> Result<Vec<ChunkId>> {
+fn chunk_list(tx: &mut Db<'_>, sql: &str, p: &[P<'_>]) -> Result<Vec<ChunkId>> {
     tx.query(sql, p).map_err(pg("list chunks"))?.iter().map(|r| Ok(ChunkId(id16(r, 0)?))).collect()
 }
 
@@ -611,30 +615,26 @@ fn trash_keys(g: &Garbage) -> impl Iterator<Item = (&str, &'static str, &[u8], i
     chunks.chain(manifests)
 }
 
-fn to_trash(tx: &mut Transaction<'_>, g: &Garbage, claimed_by: Option<&str>) -> Result<()> {
+fn to_trash(tx: &mut Db<'_>, g: &Garbage, claimed_by: Option<&str>) -> Result<()> {
     if g.chunks.is_empty() && g.manifests.is_empty() {
         return Ok(());
     }
-    let st = tx
-        .prepare(
-            "INSERT INTO trash AS t (volume, kind, object, generation, released_at, claimed, claimed_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (volume, kind, object, generation) DO UPDATE SET
-                 released_at = CASE WHEN t.claimed = 3 OR (t.claimed = 0 AND excluded.claimed = 1) THEN excluded.released_at ELSE t.released_at END,
-                 claimed_by = CASE WHEN excluded.claimed = 1 THEN excluded.claimed_by ELSE t.claimed_by END,
-                 claimed = CASE WHEN t.claimed = 3 THEN excluded.claimed ELSE GREATEST(t.claimed, excluded.claimed) END",
-        )
-        .map_err(pg("put objects in the trash"))?;
+    let st = "INSERT INTO trash AS t (volume, kind, object, generation, released_at, claimed, claimed_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (volume, kind, object, generation) DO UPDATE SET
+             released_at = CASE WHEN t.claimed = 3 OR (t.claimed = 0 AND excluded.claimed = 1) THEN excluded.released_at ELSE t.released_at END,
+             claimed_by = CASE WHEN excluded.claimed = 1 THEN excluded.claimed_by ELSE t.claimed_by END,
+             claimed = CASE WHEN t.claimed = 3 THEN excluded.claimed ELSE GREATEST(t.claimed, excluded.claimed) END";
     let now = ts(Timestamp::now());
     let claimed = i64::from(claimed_by.is_some());
     for (vol, kind, object, generation) in trash_keys(g) {
-        tx.execute(&st, &[&vol, &kind, &object, &generation, &now, &claimed, &claimed_by])
+        tx.execute(st, &[&vol, &kind, &object, &generation, &now, &claimed, &claimed_by])
             .map_err(pg("put objects in the trash"))?;
     }
     Ok(())
 }
 
-fn forget(tx: &mut Transaction<'_>, g: &Garbage) -> Result<()> {
+fn forget(tx: &mut Db<'_>, g: &Garbage) -> Result<()> {
     for (vol, kind, object, generation) in trash_keys(g) {
         tx.execute(
             "DELETE FROM trash WHERE volume = $1 AND kind = $2 AND object = $3 AND generation = $4",
@@ -645,7 +645,7 @@ fn forget(tx: &mut Transaction<'_>, g: &Garbage) -> Result<()> {
     Ok(())
 }
 
-fn deletion_seq(c: &mut impl GenericClient) -> Result<u64> {
+fn deletion_seq(c: &mut Db<'_>) -> Result<u64> {
     let v: Option<String> = match c
         .query_opt("SELECT value FROM settings WHERE key = $1", &[&DELETIONS])
         .map_err(pg("read the deletion count"))?
@@ -665,47 +665,62 @@ fn listed(vol: &str, chunks: &[ChunkId], manifest: (DatasetId, u64)) -> Result<G
 }
 
 fn check_not_claimed(
-    tx: &mut Transaction<'_>,
+    tx: &mut Db<'_>,
     vol: &str,
     objects: &Garbage,
     since: u64,
     what: impl Fn() -> String,
 ) -> Result<()> {
+    // One statement finds every listed object in the trash, one takes
+    // those to rescue out of it (a round trip per chunk made a big
+    // commit wait on thousands).
+    let (mut kinds, mut objs, mut gens) = (Vec::new(), Vec::new(), Vec::new());
     for (_, kind, object, generation) in trash_keys(objects) {
-        let row = tx
-            .query_opt(
-                "SELECT claimed, deleted_seq FROM trash WHERE volume = $1 AND kind = $2 AND object = $3 AND generation = $4",
-                &[&vol, &kind, &object, &generation],
-            )
-            .map_err(pg("look in the trash"))?;
-        let row: Option<(i64, Option<i64>)> = match row {
-            Some(r) => Some((get(&r, 0)?, get(&r, 1)?)),
-            None => None,
-        };
-        let rescue = match row {
-            Some((3, Some(deleted))) if deleted as u64 <= since => true,
-            Some((3, _)) => {
+        kinds.push(kind);
+        objs.push(object);
+        gens.push(generation);
+    }
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let found = tx
+        .query(
+            "SELECT t.kind, t.object, t.generation, t.claimed, t.deleted_seq
+             FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS k(kind, object, generation)
+             JOIN trash t ON t.volume = $1 AND t.kind = k.kind AND t.object = k.object AND t.generation = k.generation",
+            &[&vol, &kinds, &objs, &gens],
+        )
+        .map_err(pg("look in the trash"))?;
+    let (mut rk, mut ro, mut rg) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &found {
+        let (kind, claimed, deleted): (String, i64, Option<i64>) = (get(r, 0)?, get(r, 3)?, get(r, 4)?);
+        match (claimed, deleted) {
+            (3, Some(d)) if d as u64 <= since => {}
+            (3, _) => {
                 return Err(RepoError::Raced {
                     what: what(),
                     why: format!("a {kind} it needs on volume {vol} was deleted by another command while it worked"),
                 })
             }
-            Some((0, _)) => true,
-            Some(_) => {
+            (0, _) => {}
+            _ => {
                 return Err(RepoError::Raced {
                     what: what(),
                     why: format!("a {kind} it needs on volume {vol} is being deleted by another command"),
                 })
             }
-            None => false,
-        };
-        if rescue {
-            tx.execute(
-                "DELETE FROM trash WHERE volume = $1 AND kind = $2 AND object = $3 AND generation = $4",
-                &[&vol, &kind, &object, &generation],
-            )
-            .map_err(pg("take an object out of the trash"))?;
         }
+        rk.push(kind);
+        ro.push(get::<Vec<u8>>(r, 1)?);
+        rg.push(get::<i64>(r, 2)?);
+    }
+    if !rk.is_empty() {
+        tx.execute(
+            "DELETE FROM trash t USING unnest($2::text[], $3::bytea[], $4::bigint[]) AS k(kind, object, generation)
+             WHERE t.volume = $1 AND t.kind = k.kind AND t.object = k.object AND t.generation = k.generation",
+            &[&vol, &rk, &ro, &rg],
+        )
+        .map_err(pg("take an object out of the trash"))?;
     }
     Ok(())
 }
@@ -739,7 +754,14 @@ impl PgRepository {
             config.connect_timeout(Duration::from_secs(10));
         }
         // Waiting for another server's lock ends as "busy", never hangs.
-        let opts = format!("{} -c lock_timeout={}s", config.get_options().unwrap_or(""), LOCK_WAIT.as_secs());
+        // Statements are prepared once per connection (`conn`), but each
+        // run is planned for its values: a generic plan for a page or a
+        // range does not know how selective its values are.
+        let opts = format!(
+            "{} -c lock_timeout={}s -c plan_cache_mode=force_custom_plan",
+            config.get_options().unwrap_or(""),
+            LOCK_WAIT.as_secs()
+        );
         config.options(opts.trim());
         config.application_name("custos");
         // One connection first: an unreachable server or a refused login is
@@ -748,11 +770,14 @@ impl PgRepository {
         Self::migrate(&mut c)?;
         let rows = Self::load(&mut c)?;
         drop(c);
+        // Connections are checked before use only after an idle spell
+        // (`client`): a check on every checkout is a round trip each.
         let pool = r2d2::Pool::builder()
             .max_size(16)
             .min_idle(Some(0))
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(15))
-            .build_unchecked(PostgresConnectionManager::new(config.clone(), tls.clone()));
+            .build_unchecked(Manager { config: config.clone(), tls: tls.clone() });
         Ok(Self { pool, config, tls, rows, session: Mutex::new(None) })
     }
 
@@ -888,26 +913,62 @@ impl PgRepository {
         self.client()
     }
 
+    /// A connection of the pool. One idle for a while is checked first
+    /// (PostgreSQL may have restarted meanwhile); a broken one is dropped
+    /// and another taken.
     fn client(&self) -> Result<r2d2::PooledConnection<Manager>> {
-        self.pool.get().map_err(|e| RepoError::Postgres { action: "connect to the catalog", why: e.to_string() })
+        let get = || {
+            self.pool.get().map_err(|e| RepoError::Postgres { action: "connect to the catalog", why: e.to_string() })
+        };
+        let mut tries = 0;
+        loop {
+            let mut c = get()?;
+            tries += 1;
+            if c.stale() {
+                if let Err(e) = c.client.simple_query("") {
+                    if tries < 3 && conn::dropped(&e) {
+                        c.broken();
+                        continue;
+                    }
+                    return Err(pg("connect to the catalog")(e));
+                }
+            }
+            c.last_used = std::time::Instant::now();
+            return Ok(c);
+        }
     }
 
     /// Run `f` in one transaction, holding the advisory lock `lock` first
     /// when given; commit if it succeeds, roll back if not.
-    fn tx<T>(
-        &self,
-        action: &'static str,
-        lock: Option<i64>,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
+    fn tx<T>(&self, action: &'static str, lock: Option<i64>, f: impl FnOnce(&mut Db<'_>) -> Result<T>) -> Result<T> {
         let mut c = self.client()?;
-        let mut tx = c.transaction().map_err(pg(action))?;
-        if let Some(l) = lock {
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&l]).map_err(pg(action))?;
+        let mut tries = 0;
+        // A connection PostgreSQL dropped since its last use (a restart, a
+        // failover) fails at BEGIN, before anything ran: take another.
+        while let Err(e) = c.begin() {
+            tries += 1;
+            if !conn::dropped(&e) || tries > 2 {
+                return Err(pg(action)(e));
+            }
+            c = self.client()?;
         }
-        let v = f(&mut tx)?;
-        tx.commit().map_err(pg(action))?;
-        Ok(v)
+        let out = (|| {
+            let mut db = c.db();
+            if let Some(l) = lock {
+                db.execute("SELECT pg_advisory_xact_lock($1)", &[&l]).map_err(pg(action))?;
+            }
+            f(&mut db)
+        })();
+        match out {
+            Ok(v) => {
+                c.end(true).map_err(pg(action))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = c.end(false);
+                Err(e)
+            }
+        }
     }
 
     /// Write re-encipherments of locked, checked key records (each with its
@@ -915,7 +976,7 @@ impl PgRepository {
     /// written, in one statement. Returns how many changed.
     fn write_rewraps(
         &self,
-        tx: &mut Transaction<'_>,
+        tx: &mut Db<'_>,
         generation: Option<String>,
         moves: &[(&KeyRecord, Option<i64>, &Rewrap)],
     ) -> Result<usize> {
@@ -1068,7 +1129,7 @@ impl PgRepository {
     /// Lock the rows of `table` that `cond` selects and check each: an
     /// update never re-seals a forged row.
     /// Returns how many rows it locked.
-    fn lock_check(&self, tx: &mut Transaction<'_>, table: &'static str, cond: &str, p: &[P<'_>]) -> Result<usize> {
+    fn lock_check(&self, tx: &mut Db<'_>, table: &'static str, cond: &str, p: &[P<'_>]) -> Result<usize> {
         let sql = format!("SELECT {} FROM {table} WHERE {cond} FOR UPDATE", self.rows.selects[table]);
         let rows = tx.query(&sql, p).map_err(pg("lock the rows to change"))?;
         for r in &rows {
@@ -1082,7 +1143,7 @@ impl PgRepository {
     /// columns in schema order from index 2.
     fn write(
         &self,
-        tx: &mut Transaction<'_>,
+        tx: &mut Db<'_>,
         action: &'static str,
         table: &'static str,
         sql: &str,
@@ -1101,7 +1162,7 @@ impl PgRepository {
 
     /// Store the MAC of one row `write` returned (ctid, key generation,
     /// columns).
-    fn seal_row(&self, tx: &mut Transaction<'_>, table: &'static str, r: &Row) -> Result<()> {
+    fn seal_row(&self, tx: &mut Db<'_>, table: &'static str, r: &Row) -> Result<()> {
         let cols = self.values(table, r, 2)?;
         let mac = self.mac_for(table, &cols, get(r, 1)?)?;
         let tid: &str = get(r, 0)?;
@@ -1141,7 +1202,7 @@ impl PgRepository {
     }
 
     /// The catalog's key generation, as this transaction sees it.
-    fn generation(&self, tx: &mut Transaction<'_>) -> Result<Option<String>> {
+    fn generation(&self, tx: &mut Db<'_>) -> Result<Option<String>> {
         match tx
             .query_opt("SELECT value FROM settings WHERE key = $1", &[&GENERATION_SETTING])
             .map_err(pg("read the catalog's key generation"))?
@@ -1179,7 +1240,7 @@ impl PgRepository {
         KEY_COL_NAMES.iter().map(|n| (n.as_bytes(), by_name(n))).collect()
     }
 
-    fn upsert_setting(&self, tx: &mut Transaction<'_>, key: &str, value: &str) -> Result<()> {
+    fn upsert_setting(&self, tx: &mut Db<'_>, key: &str, value: &str) -> Result<()> {
         self.lock_check(tx, "settings", "key = $1", &[&key])?;
         self.write(
             tx,
@@ -1191,7 +1252,7 @@ impl PgRepository {
         Ok(())
     }
 
-    fn insert_key_in(&self, tx: &mut Transaction<'_>, k: &KeyRecord) -> Result<()> {
+    fn insert_key_in(&self, tx: &mut Db<'_>, k: &KeyRecord) -> Result<()> {
         let r = self.write(
             tx,
             "store a key",
@@ -1224,7 +1285,7 @@ impl PgRepository {
     /// Count uses of keys (a label may repeat): the rows locked in label
     /// order and checked, their new values sealed in Rust, one statement
     /// for all of them.
-    fn count_uses(&self, tx: &mut Transaction<'_>, labels: &[KeyLabel]) -> Result<()> {
+    fn count_uses(&self, tx: &mut Db<'_>, labels: &[KeyLabel]) -> Result<()> {
         if labels.is_empty() {
             return Ok(());
         }
@@ -1299,7 +1360,7 @@ impl PgRepository {
     /// Drop the given generations and return what they leave unreferenced.
     fn drop_generations(
         &self,
-        tx: &mut Transaction<'_>,
+        tx: &mut Db<'_>,
         id: &DatasetId,
         gens: &[(u64, String)],
         claimed_by: Option<&str>,
@@ -1339,7 +1400,7 @@ impl PgRepository {
     /// this repository, or its session lock is held.
     fn claimer_alive(
         &self,
-        c: &mut impl GenericClient,
+        c: &mut Db<'_>,
         me: &str,
         token: Option<&str>,
         claimed_at: Timestamp,
@@ -1364,7 +1425,7 @@ impl PgRepository {
 }
 
 fn garbage_after(
-    tx: &mut Transaction<'_>,
+    tx: &mut Db<'_>,
     candidates: Vec<ChunkId>,
     vol: &str,
     manifest: (DatasetId, u64),
@@ -1480,6 +1541,7 @@ impl Repository for PgRepository {
         let mut c = self.client()?;
         // One snapshot: every table as of one moment.
         let mut tx = c
+            .client
             .build_transaction()
             .isolation_level(postgres::IsolationLevel::RepeatableRead)
             .read_only(true)
@@ -1830,19 +1892,23 @@ impl Repository for PgRepository {
                 ],
             )?;
             let id: i64 = get(rows.first().ok_or_else(|| corrupt("a backup id"))?, 2)?;
-            let st = tx
-                .prepare("INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id) VALUES ($1, $2, $3, $4)")
-                .map_err(pg("record backup chunks"))?;
-            for (i, c) in chunks.iter().enumerate() {
-                let src = sources.get(i).map(|s| &s.0[..]);
-                tx.execute(&st, &[&id, &(i as i64), &&c.0[..], &src]).map_err(pg("record backup chunks"))?;
-            }
+            // One statement for all the chunks (a round trip each made a
+            // backup of a big dataset wait on thousands of them).
+            let idx: Vec<i64> = (0..chunks.len() as i64).collect();
+            let ids: Vec<&[u8]> = chunks.iter().map(|c| &c.0[..]).collect();
+            let srcs: Vec<Option<&[u8]>> = (0..chunks.len()).map(|i| sources.get(i).map(|s| &s.0[..])).collect();
+            tx.execute(
+                "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id)
+                 SELECT $1, i, c, s FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS t(i, c, s)",
+                &[&id, &idx, &ids, &srcs],
+            )
+            .map_err(pg("record backup chunks"))?;
             Ok(id as u64)
         })
     }
 
     fn deletion_seq(&self) -> Result<u64> {
-        deletion_seq(&mut *self.client()?)
+        deletion_seq(&mut self.client()?.db())
     }
 
     fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>> {
@@ -1851,7 +1917,7 @@ impl Repository for PgRepository {
 
     fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
         chunk_list(
-            &mut *self.client()?,
+            &mut self.client()?.db(),
             "SELECT chunk_id FROM backup_chunks WHERE backup_id = $1 ORDER BY idx",
             &[&(id as i64)],
         )
@@ -1928,7 +1994,7 @@ impl Repository for PgRepository {
 
     fn snapshot_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
         chunk_list(
-            &mut *self.client()?,
+            &mut self.client()?.db(),
             "SELECT chunk_id FROM snapshot_chunks WHERE snapshot_id = $1 ORDER BY idx",
             &[&(id as i64)],
         )
@@ -1970,7 +2036,7 @@ impl Repository for PgRepository {
         let mut c = self.client()?;
         let v = v.as_str();
         let mut chunks = chunk_list(
-            &mut *c,
+            &mut c.db(),
             "SELECT c.chunk_id FROM generation_chunks c JOIN generations g
                  ON g.dataset_id = c.dataset_id AND g.generation = c.generation WHERE g.volume = $1
              UNION SELECT bc.chunk_id FROM backup_chunks bc JOIN backups b ON b.id = bc.backup_id WHERE b.volume = $1
@@ -2205,11 +2271,11 @@ impl Repository for PgRepository {
     }
 
     fn copy_to(&self, path: &std::path::Path) -> Result<()> {
-        crate::copy::postgres_to_sqlite(&mut *self.client()?, path).map(|_| ())
+        crate::copy::postgres_to_sqlite(&mut self.client()?.client, path).map(|_| ())
     }
 
     fn row_counts(&self) -> Result<crate::copy::RowCounts> {
-        crate::copy::pg_counts(&mut *self.client()?)
+        crate::copy::pg_counts(&mut self.client()?.client)
     }
 
     fn volume(&self, name: &VolumeName) -> Result<Option<VolumeRecord>> {
@@ -2291,7 +2357,7 @@ impl Repository for PgRepository {
 
     fn generation_chunks(&self, id: &DatasetId, generation: u64) -> Result<Vec<ChunkId>> {
         chunk_list(
-            &mut *self.client()?,
+            &mut self.client()?.db(),
             "SELECT chunk_id FROM generation_chunks WHERE dataset_id = $1 AND generation = $2 ORDER BY idx",
             &[&&id.0[..], &(generation as i64)],
         )
@@ -2458,7 +2524,7 @@ impl Repository for PgRepository {
     }
 
     fn chunk_referenced(&self, v: &VolumeName, id: &ChunkId) -> Result<bool> {
-        Ok(referenced(&mut *self.client()?, std::slice::from_ref(id), v.as_str())?[0])
+        Ok(referenced(&mut self.client()?.db(), std::slice::from_ref(id), v.as_str())?[0])
     }
 
     fn trash(&self) -> Result<Vec<TrashEntry>> {
@@ -2526,7 +2592,7 @@ impl Repository for PgRepository {
         let me = self.session()?;
         self.tx("claim orphans", Some(LOCK_OBJECTS), |tx| {
             let mut claim = Garbage::default();
-            let free = |tx: &mut Transaction<'_>, vol: &str, kind: &str, object: &[u8], generation: i64| -> Result<bool> {
+            let free = |tx: &mut Db<'_>, vol: &str, kind: &str, object: &[u8], generation: i64| -> Result<bool> {
                 let r = tx
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM trash WHERE volume = $1 AND kind = $2 AND object = $3 AND generation = $4

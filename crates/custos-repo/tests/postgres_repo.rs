@@ -212,3 +212,33 @@ fn tls_to_the_catalog_is_used_and_verified() {
     let empty = pg.socket_dir().join("data").join("PG_VERSION");
     refused(&at("127.0.0.1", &format!("sslrootcert={}", empty.display())), &["no certificate"]);
 }
+
+/// Connections PostgreSQL dropped while they sat in the pool (a restart, a
+/// failover, an administrator's `pg_terminate_backend`) are not handed to
+/// a transaction: it starts on a fresh connection and nothing is lost; a
+/// read after an idle spell checks its connection first.
+#[test]
+fn connections_the_server_dropped_are_replaced() {
+    let pg = Postgres::start();
+    let params = pg.create_database("dropped");
+    let repo = PgRepository::open(&pg.url("dropped")).unwrap();
+    repo.set_setting("probe", "1").unwrap();
+    assert_eq!(repo.setting("probe").unwrap().as_deref(), Some("1"));
+    let mut admin = postgres::Client::connect(&params, postgres::NoTls).unwrap();
+    let kill = |admin: &mut postgres::Client| {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = 'custos' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(n > 0, "the repository's pooled connections were there to drop");
+    };
+    kill(&mut admin);
+    repo.set_setting("probe", "2").expect("a write right after its connections were dropped");
+    kill(&mut admin);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(repo.setting("probe").unwrap().as_deref(), Some("2"), "a read after an idle spell");
+}
