@@ -202,6 +202,9 @@ const LOCK_SCHEMA: i64 = 0x6375_7374_6f73_0001;
 const LOCK_OBJECTS: i64 = 0x6375_7374_6f73_0002;
 const LOCK_AUDIT: i64 = 0x6375_7374_6f73_0003;
 
+/// Connections in a server's pool.
+const POOL_SIZE: u32 = 16;
+
 /// How long a statement waits for a lock another server holds.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -773,7 +776,7 @@ impl PgRepository {
         // Connections are checked before use only after an idle spell
         // (`client`): a check on every checkout is a round trip each.
         let pool = r2d2::Pool::builder()
-            .max_size(16)
+            .max_size(POOL_SIZE)
             .min_idle(Some(0))
             .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(15))
@@ -926,7 +929,8 @@ impl PgRepository {
             tries += 1;
             if c.stale() {
                 if let Err(e) = c.client.simple_query("") {
-                    if tries < 3 && conn::dropped(&e) {
+                    // After a restart every idle connection is dead.
+                    if tries <= POOL_SIZE && conn::dropped(&e) {
                         c.broken();
                         continue;
                     }
@@ -947,7 +951,7 @@ impl PgRepository {
         // failover) fails at BEGIN, before anything ran: take another.
         while let Err(e) = c.begin() {
             tries += 1;
-            if !conn::dropped(&e) || tries > 2 {
+            if !conn::dropped(&e) || tries > POOL_SIZE {
                 return Err(pg(action)(e));
             }
             c = self.client()?;

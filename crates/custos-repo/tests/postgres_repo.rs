@@ -222,21 +222,34 @@ fn connections_the_server_dropped_are_replaced() {
     let pg = Postgres::start();
     let params = pg.create_database("dropped");
     let repo = PgRepository::open(&pg.url("dropped")).unwrap();
+    // Several connections in the pool, all of which will be dead.
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let repo = &repo;
+            s.spawn(move || {
+                for i in 0..20 {
+                    repo.set_setting(&format!("busy.{t}"), &i.to_string()).unwrap();
+                }
+            });
+        }
+    });
     repo.set_setting("probe", "1").unwrap();
     assert_eq!(repo.setting("probe").unwrap().as_deref(), Some("1"));
     let mut admin = postgres::Client::connect(&params, postgres::NoTls).unwrap();
     let kill = |admin: &mut postgres::Client| {
         let n: i64 = admin
             .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
                  WHERE application_name = 'custos' AND pid <> pg_backend_pid()",
                 &[],
             )
             .unwrap()
             .get(0);
         assert!(n > 0, "the repository's pooled connections were there to drop");
+        n
     };
-    kill(&mut admin);
+    let dropped = kill(&mut admin);
+    assert!(dropped > 1, "more than one connection was pooled ({dropped})");
     repo.set_setting("probe", "2").expect("a write right after its connections were dropped");
     kill(&mut admin);
     std::thread::sleep(std::time::Duration::from_millis(1200));
