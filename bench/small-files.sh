@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Many small files (issue 19): Custos against restic, borg and rustic on the
+# same trees, in one run.
+#
+# For each size N (default 10,000 and 100,000): N files of 1-64 KiB in
+# directories of 100, half random bytes and half compressible text. Each
+# tool, on its own copy of the tree:
+#   - first protection: Custos `ds import` (default policy: a key per
+#     dataset) + logical `backup run` to a second volume; the others' first
+#     backup;
+#   - incremental after 1% of the files change: Custos `ds import --replace`
+#     (which reads every file) + `backup run`; the others' second backup;
+#   - plaintext out: Custos `ds get -o` of every dataset, one command each
+#     (there is no bulk export yet; run only up to EXPORT_MAX files, default
+#     10,000); the others' restore of everything;
+#   - stored bytes: Custos's primary volume and its logical copy; the
+#     others' repositories.
+# Every time is wall-clock for the whole command (or loop), page cache warm,
+# disk settled (sync) before each timed step. rustic is used when on PATH or
+# in ~/.cache/custos-bench/rustic; otherwise it is built there with
+# `cargo install rustic-rs` unless SKIP_RUSTIC=1.
+# Results replace the section between the small-files markers in
+# docs/PERFORMANCE.md.
+#
+# Usage: bench/small-files.sh [N ...]      (WORKDIR: $SMALL_WORK, default
+#        /tmp/custos-small; needs ~6 GiB free at 100,000 files)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+root=$(pwd)
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(10000 100000)
+work=${SMALL_WORK:-/tmp/custos-small}
+export_max=${EXPORT_MAX:-10000}
+need=()
+command -v restic >/dev/null 2>&1 || need+=(restic)
+command -v borg >/dev/null 2>&1 || need+=(borgbackup)
+command -v bc >/dev/null 2>&1 || need+=(bc)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/custos-bench"
+if ! command -v rustic >/dev/null 2>&1; then
+  if [ ! -x "$cache/rustic/bin/rustic" ] && [ -z "${SKIP_RUSTIC:-}" ]; then
+    cargo install --quiet --locked rustic-rs --root "$cache/rustic"
+  fi
+  [ -x "$cache/rustic/bin/rustic" ] && export PATH="$cache/rustic/bin:$PATH"
+fi
+cargo build --release --locked -p custos-cli
+custos="$root/target/release/custos"
+
+# t CMD...: its wall time in seconds; a command that fails ends the run.
+t() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" > /dev/null 2> "$work/step.err" || { echo "failed: $*: $(tail -3 "$work/step.err")" >&2; return 1; }
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc -l
+}
+settle() { sync; sleep 2; }
+s() { printf '%.2f' "$1"; }
+mb() { printf '%.0f' "$(echo "$1 / 1000000" | bc -l)"; }
+bytes() { du -sb "$@" | awk '{n += $1} END {print n}'; }
+
+# make_tree DIR N: the files, the same for every run of the same N.
+make_tree() {
+  python3 - "$1" "$2" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(2026)
+line = b"2026-12-03T10:00:00Z host-17 service=billing level=info request handled in 12 ms\n"
+for i in range(n):
+    d = os.path.join(root, f"d{i // 100:04}")
+    if i % 100 == 0:
+        os.makedirs(d, exist_ok=True)
+    size = rng.randint(1024, 65536)
+    with open(os.path.join(d, f"f{i:06}.dat"), "wb") as f:
+        if i % 2 == 0:
+            f.write(rng.randbytes(size))
+        else:
+            f.write((line * (size // len(line) + 1))[:size])
+PY
+}
+
+# change DIR N: new random content in every 100th file (1%), same size.
+change() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(0, n, 100):
+    p = os.path.join(root, f"d{i // 100:04}", f"f{i:06}.dat")
+    size = os.path.getsize(p)
+    with open(p, "r+b") as f:
+        f.write(os.urandom(size))
+PY
+}
+
+# The section so far: written after each size, so that a run cut short
+# keeps the sizes it finished.
+write_section() {
+  cat > /tmp/small-files-section.md <<MD
+<!-- small-files:begin -->
+Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/small-files.sh ${sizes[*]}\`, Custos $(git -C "$root" rev-parse --short HEAD) (release build, default policy: a key per dataset); files of 1–64 KiB, half random and half text; page cache warm, disk settled before each timed step; one run.
+$rows
+"Plaintext out" is, for Custos, one \`ds get -o\` per dataset (no bulk
+export exists yet; not run above $export_max files), and for the others a
+restore of everything. Custos's incremental includes the \`ds import
+--replace\` that brings the changed files in (it reads every file).
+<!-- small-files:end -->
+MD
+  replace_section small-files 'Many small files against restic, borg and rustic — `bench/small-files.sh`' /tmp/small-files-section.md
+}
+
+rows=""
+for n in "${sizes[@]}"; do
+  rm -rf "$work" && mkdir -p "$work"
+  make_tree "$work/data" "$n"
+  total=$(bytes "$work/data")
+  for peer in r b u; do cp -r "$work/data" "$work/data-$peer"; done
+  settle
+  cat "$work"/data*/*/* > /dev/null
+
+  # Custos.
+  export CUSTOS_VAULT="$work/vault" CUSTOS_PASSPHRASE="bench-not-secret"
+  bench_vault
+  "$custos" volume add offsite --path "$work/offsite" --site B > /dev/null
+  settle
+  c_import=$(t "$custos" ds import "$work/data" --prefix SMALL)
+  settle
+  c_backup=$(t "$custos" backup run --to offsite)
+  c_stored=$(bytes "$work/vault/volumes/default")
+  c_copy=$(bytes "$work/offsite")
+  change "$work/data" "$n"
+  settle
+  c_reimport=$(t "$custos" ds import "$work/data" --prefix SMALL --replace)
+  settle
+  c_incr=$(t "$custos" backup run --to offsite)
+  c_export="—"
+  if [ "$n" -le "$export_max" ]; then
+    mkdir -p "$work/custos-out"
+    "$custos" ds ls 'SMALL.**' --json | python3 -c 'import json,sys; [print(d["name"]) for d in json.load(sys.stdin)]' > "$work/names"
+    [ "$(wc -l < "$work/names")" = "$n" ] || { echo "expected $n datasets, listed $(wc -l < "$work/names")" >&2; exit 1; }
+    export_all() { while read -r name; do "$custos" ds get "$name" -o "$work/custos-out/$name" || return 1; done < "$work/names"; }
+    settle
+    c_export=$(s "$(t export_all)")
+    [ "$(find "$work/custos-out" -type f | wc -l)" = "$n" ] || { echo "the export wrote too few files" >&2; exit 1; }
+  fi
+
+  # restic.
+  export RESTIC_PASSWORD="bench-not-secret" RESTIC_REPOSITORY="$work/restic"
+  restic init > /dev/null
+  settle
+  r_full=$(t restic backup "$work/data-r")
+  change "$work/data-r" "$n"
+  settle
+  r_incr=$(t restic backup "$work/data-r")
+  settle
+  r_restore=$(t restic restore latest --target "$work/restic-out")
+  r_stored=$(bytes "$work/restic")
+
+  # borg (lz4, its default).
+  export BORG_PASSPHRASE="bench-not-secret" BORG_REPO="$work/borg"
+  borg init -e repokey > /dev/null 2>&1
+  settle
+  b_full=$(t borg create "::a" "$work/data-b")
+  change "$work/data-b" "$n"
+  settle
+  b_incr=$(t borg create "::b" "$work/data-b")
+  mkdir -p "$work/borg-out"
+  settle
+  b_restore=$(cd "$work/borg-out" && t borg extract "::b")
+  b_stored=$(bytes "$work/borg")
+
+  u_row=""
+  if command -v rustic >/dev/null 2>&1; then
+    export RUSTIC_PASSWORD="bench-not-secret" RUSTIC_REPOSITORY="$work/rustic"
+    rustic init > /dev/null 2>&1
+    settle
+    u_full=$(t rustic backup "$work/data-u")
+    change "$work/data-u" "$n"
+    settle
+    u_incr=$(t rustic backup "$work/data-u")
+    settle
+    u_restore=$(t rustic restore latest "$work/rustic-out")
+    u_stored=$(bytes "$work/rustic")
+    u_row="| rustic $(rustic --version 2>/dev/null | awk '{print $2}') | $(s "$u_full") s | $(s "$u_incr") s | $(s "$u_restore") s | $(mb "$u_stored") MB |"
+  fi
+
+  c_full=$(echo "$c_import + $c_backup" | bc -l)
+  c_inc=$(echo "$c_reimport + $c_incr" | bc -l)
+  rows+="
+### $n files, $(mb "$total") MB
+
+| | first protection | incremental (1% changed) | plaintext out | stored |
+|---|---|---|---|---|
+| Custos: import + logical copy | $(s "$c_full") s (import $(s "$c_import") + copy $(s "$c_backup")) | $(s "$c_inc") s (import --replace $(s "$c_reimport") + copy $(s "$c_incr")) | $c_export s | $(mb "$c_stored") MB primary + $(mb "$c_copy") MB copy |
+| $(restic version | cut -d' ' -f1-2) | $(s "$r_full") s | $(s "$r_incr") s | $(s "$r_restore") s | $(mb "$r_stored") MB |
+| $(borg --version) (lz4) | $(s "$b_full") s | $(s "$b_incr") s | $(s "$b_restore") s | $(mb "$b_stored") MB |
+${u_row}
+
+Custos against restic: first protection $(printf '%.1f' "$(echo "$c_full / $r_full" | bc -l)")× the time, incremental $(printf '%.1f' "$(echo "$c_inc / $r_incr" | bc -l)")×.
+"
+  rm -rf "$work"
+  write_section
+done
+cat /tmp/small-files-section.md
+
