@@ -109,6 +109,22 @@ MD
   replace_section small-files 'Many small files against restic, borg and rustic — `bench/small-files.sh`' /tmp/small-files-section.md
 }
 
+# peer LABEL TREE REPO FIRST SECOND RESTORE: time a peer's first backup
+# of TREE, its backup after the 1% change and its restore (shell commands),
+# and add its row; sets last_full and last_incr.
+peer() {
+  local label=$1 tree=$2 repo=$3 back
+  settle
+  last_full=$(t bash -c "$4")
+  change "$tree" "$n"
+  settle
+  last_incr=$(t bash -c "$5")
+  settle
+  back=$(t bash -c "$6")
+  peer_rows+="| $label | $(s "$last_full") s | $(s "$last_incr") s | $(s "$back") s | $(mb "$(bytes "$repo")") MB |
+"
+}
+
 rows=""
 for n in "${sizes[@]}"; do
   rm -rf "$work" && mkdir -p "$work"
@@ -133,55 +149,34 @@ for n in "${sizes[@]}"; do
   c_reimport=$(t "$custos" ds import "$work/data" --prefix SMALL --replace)
   settle
   c_incr=$(t "$custos" backup run --to offsite)
-  c_export="—"
+  c_export="not run"
   if [ "$n" -le "$export_max" ]; then
     mkdir -p "$work/custos-out"
     "$custos" ds ls 'SMALL.**' --json | python3 -c 'import json,sys; [print(d["name"]) for d in json.load(sys.stdin)]' > "$work/names"
     [ "$(wc -l < "$work/names")" = "$n" ] || { echo "expected $n datasets, listed $(wc -l < "$work/names")" >&2; exit 1; }
     export_all() { while read -r name; do "$custos" ds get "$name" -o "$work/custos-out/$name" || return 1; done < "$work/names"; }
     settle
-    c_export=$(s "$(t export_all)")
+    c_export="$(s "$(t export_all)") s"
     [ "$(find "$work/custos-out" -type f | wc -l)" = "$n" ] || { echo "the export wrote too few files" >&2; exit 1; }
   fi
 
-  # restic.
+  # The others: each on its own copy of the tree.
+  peer_rows=""
   export RESTIC_PASSWORD="bench-not-secret" RESTIC_REPOSITORY="$work/restic"
   restic init > /dev/null
-  settle
-  r_full=$(t restic backup "$work/data-r")
-  change "$work/data-r" "$n"
-  settle
-  r_incr=$(t restic backup "$work/data-r")
-  settle
-  r_restore=$(t restic restore latest --target "$work/restic-out")
-  r_stored=$(bytes "$work/restic")
-
-  # borg (lz4, its default).
+  peer "$(restic version | cut -d' ' -f1-2)" "$work/data-r" "$work/restic" \
+    "restic backup '$work/data-r'" "restic backup '$work/data-r'" "restic restore latest --target '$work/restic-out'"
+  r_full=$last_full r_incr=$last_incr
   export BORG_PASSPHRASE="bench-not-secret" BORG_REPO="$work/borg"
   borg init -e repokey > /dev/null 2>&1
-  settle
-  b_full=$(t borg create "::a" "$work/data-b")
-  change "$work/data-b" "$n"
-  settle
-  b_incr=$(t borg create "::b" "$work/data-b")
   mkdir -p "$work/borg-out"
-  settle
-  b_restore=$(cd "$work/borg-out" && t borg extract "::b")
-  b_stored=$(bytes "$work/borg")
-
-  u_row=""
+  peer "$(borg --version) (lz4)" "$work/data-b" "$work/borg" \
+    "borg create ::a '$work/data-b'" "borg create ::b '$work/data-b'" "cd '$work/borg-out' && borg extract ::b"
   if command -v rustic >/dev/null 2>&1; then
     export RUSTIC_PASSWORD="bench-not-secret" RUSTIC_REPOSITORY="$work/rustic"
     rustic init > /dev/null 2>&1
-    settle
-    u_full=$(t rustic backup "$work/data-u")
-    change "$work/data-u" "$n"
-    settle
-    u_incr=$(t rustic backup "$work/data-u")
-    settle
-    u_restore=$(t rustic restore latest "$work/rustic-out")
-    u_stored=$(bytes "$work/rustic")
-    u_row="| rustic $(rustic --version 2>/dev/null | awk '{print $2}') | $(s "$u_full") s | $(s "$u_incr") s | $(s "$u_restore") s | $(mb "$u_stored") MB |"
+    peer "rustic $(rustic --version 2>/dev/null | awk '{print $2}')" "$work/data-u" "$work/rustic" \
+      "rustic backup '$work/data-u'" "rustic backup '$work/data-u'" "rustic restore latest '$work/rustic-out'"
   fi
 
   c_full=$(echo "$c_import + $c_backup" | bc -l)
@@ -191,10 +186,8 @@ for n in "${sizes[@]}"; do
 
 | | first protection | incremental (1% changed) | plaintext out | stored |
 |---|---|---|---|---|
-| Custos: import + logical copy | $(s "$c_full") s (import $(s "$c_import") + copy $(s "$c_backup")) | $(s "$c_inc") s (import --replace $(s "$c_reimport") + copy $(s "$c_incr")) | $c_export s | $(mb "$c_stored") MB primary + $(mb "$c_copy") MB copy |
-| $(restic version | cut -d' ' -f1-2) | $(s "$r_full") s | $(s "$r_incr") s | $(s "$r_restore") s | $(mb "$r_stored") MB |
-| $(borg --version) (lz4) | $(s "$b_full") s | $(s "$b_incr") s | $(s "$b_restore") s | $(mb "$b_stored") MB |
-${u_row}
+| Custos: import + logical copy | $(s "$c_full") s (import $(s "$c_import") + copy $(s "$c_backup")) | $(s "$c_inc") s (import --replace $(s "$c_reimport") + copy $(s "$c_incr")) | $c_export | $(mb "$c_stored") MB primary + $(mb "$c_copy") MB copy |
+${peer_rows}
 
 Custos against restic: first protection $(printf '%.1f' "$(echo "$c_full / $r_full" | bc -l)")× the time, incremental $(printf '%.1f' "$(echo "$c_inc / $r_incr" | bc -l)")×.
 "
