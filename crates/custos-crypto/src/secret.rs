@@ -18,10 +18,10 @@ pub fn random_array<const N: usize>() -> Result<[u8; N], CryptoError> {
 /// Start the random generator on a background thread and return at once.
 /// aws-lc seeds its generator on first use. Built as this repository builds
 /// it (ADR 0021: no CPU-jitter collector) that is one `getrandom`; with
-/// aws-lc's default build it is 30-50 ms of CPU, which this overlaps with a
-/// command's start-up (authentication, opening the vault) instead of
-/// delaying its first write. Any failure surfaces later, at the first real
-/// use.
+/// aws-lc's default build it is tens of milliseconds of CPU, which this
+/// overlaps with a command's start-up (authentication, opening the vault)
+/// instead of delaying its first write. Any failure surfaces later, at the
+/// first real use.
 ///
 /// The caller joins the thread before the process exits: a command done
 /// sooner than the seeding (`ds ls`) would otherwise exit while the thread
