@@ -937,7 +937,7 @@ impl PgRepository {
                     return Err(pg("connect to the catalog")(e));
                 }
             }
-            c.last_used = std::time::Instant::now();
+            c.checked_out();
             return Ok(c);
         }
     }

@@ -31,7 +31,7 @@ const TRUST_FOR: Duration = Duration::from_secs(1);
 pub(crate) struct Conn {
     pub(crate) client: postgres::Client,
     kept: HashMap<String, Statement>,
-    pub(super) last_used: Instant,
+    last_used: Instant,
     /// A transaction was begun and not ended (the work in it failed to
     /// end it, or panicked): the pool drops the connection.
     in_tx: bool,
@@ -68,6 +68,11 @@ impl Conn {
             self.in_tx = false;
         }
         r
+    }
+
+    /// Note that the connection is handed out now.
+    pub(super) fn checked_out(&mut self) {
+        self.last_used = Instant::now();
     }
 
     /// Whether this connection should be checked before it is used.
@@ -160,27 +165,30 @@ impl Db<'_> {
         r
     }
 
-    pub(crate) fn query(&mut self, sql: &str, p: &[P<'_>]) -> Result<Vec<Row>, postgres::Error> {
-        let st = self.statement(sql)?;
-        let r = self.0.client.query(&st, p);
+    /// Run `sql`'s statement with `f`. A failure to prepare it counts as
+    /// the run's failure: a dropped connection is noticed either way.
+    fn run<T>(
+        &mut self,
+        sql: &str,
+        f: impl FnOnce(&mut postgres::Client, &Statement) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        let r = self.statement(sql).and_then(|st| f(&mut self.0.client, &st));
         self.after(sql, r)
+    }
+
+    pub(crate) fn query(&mut self, sql: &str, p: &[P<'_>]) -> Result<Vec<Row>, postgres::Error> {
+        self.run(sql, |c, st| c.query(st, p))
     }
 
     pub(crate) fn query_one(&mut self, sql: &str, p: &[P<'_>]) -> Result<Row, postgres::Error> {
-        let st = self.statement(sql)?;
-        let r = self.0.client.query_one(&st, p);
-        self.after(sql, r)
+        self.run(sql, |c, st| c.query_one(st, p))
     }
 
     pub(crate) fn query_opt(&mut self, sql: &str, p: &[P<'_>]) -> Result<Option<Row>, postgres::Error> {
-        let st = self.statement(sql)?;
-        let r = self.0.client.query_opt(&st, p);
-        self.after(sql, r)
+        self.run(sql, |c, st| c.query_opt(st, p))
     }
 
     pub(crate) fn execute(&mut self, sql: &str, p: &[P<'_>]) -> Result<u64, postgres::Error> {
-        let st = self.statement(sql)?;
-        let r = self.0.client.execute(&st, p);
-        self.after(sql, r)
+        self.run(sql, |c, st| c.execute(st, p))
     }
 }
