@@ -34,6 +34,32 @@ pub struct Remote {
     pub message: String,
 }
 
+/// A writer that counts what it passed on.
+struct Counted<W>(W, u64);
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(b)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A body the server stopped sending part way.
+#[derive(Debug)]
+struct Cut(String);
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Cut {}
+
 impl std::fmt::Display for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
@@ -352,8 +378,88 @@ impl Client {
     }
 
     /// GET `path` and write its body where `output` says, checking it
-    /// arrived whole.
+    /// arrived whole. A server that stops sending before anything reached
+    /// the output (or while the output is still a temporary file that is
+    /// thrown away) hands the read to the next server, as `send` does for
+    /// a server that cannot be reached: a read changes nothing, so asking
+    /// again is always safe.
     fn stream_to(&self, cli: &Cli, path: &str, output: Output, dataset: Option<String>) -> anyhow::Result<ExitCode> {
+        // Whether a cut-off copy can be taken back: only a regular file
+        // written through a temporary one can.
+        let atomic = match &output {
+            Output::File(p) => std::fs::metadata(p).map_or(true, |m| m.is_file()),
+            _ => false,
+        };
+        let tries = 2 * self.targets.len();
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            let mut passed_on = 0u64;
+            let r = match &output {
+                Output::File(p) => {
+                    let mut got = (0, String::new());
+                    crate::write_atomically(p, |w| {
+                        got = self.fetch(path, w, &mut passed_on)?;
+                        Ok(())
+                    })
+                    .map(|()| got)
+                }
+                _ => {
+                    // Counted below the buffer: what left the process, not
+                    // what waits in the buffer (a cut-off read discards
+                    // that, so a small dataset can always be asked again).
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, Counted(stdout.lock(), 0));
+                    let mut buffered = 0;
+                    match self.fetch(path, &mut w, &mut buffered) {
+                        Ok(g) => w.flush().map(|()| g).map_err(Into::into),
+                        Err(e) => {
+                            passed_on = w.get_ref().1;
+                            drop(w.into_parts());
+                            Err(e)
+                        }
+                    }
+                }
+            };
+            let (n, generation) = match r {
+                Ok(g) => g,
+                Err(e) if tried < tries && (atomic || passed_on == 0) && e.downcast_ref::<Cut>().is_some() => {
+                    let _ = writeln!(std::io::stderr(), "custos: warning: {e:#}; asking the servers again");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(match e.downcast::<Cut>() {
+                        Ok(c) if atomic => {
+                            Remote { exit: 1, message: format!("{c}; nothing was written in place") }.into()
+                        }
+                        Ok(c) => Remote {
+                            exit: 1,
+                            message: format!(
+                                "{c}; only the first {passed_on} bytes were written, run the command again"
+                            ),
+                        }
+                        .into(),
+                        Err(e) => e,
+                    });
+                }
+            };
+            if let (Output::File(p), Some(d), false) = (&output, &dataset, cli.json) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "wrote {} of {d} generation {generation} to {}",
+                    custos_ops::render::bytes(n),
+                    p.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+
+    /// One GET of `path` into `w`: the bytes written (also counted in
+    /// `passed_on` as they go, for a caller deciding whether to ask again)
+    /// and the generation the server named. A body that ends abnormally
+    /// is a [`Cut`].
+    fn fetch(&self, path: &str, w: &mut dyn Write, passed_on: &mut u64) -> anyhow::Result<(u64, String)> {
         let resp = self.rt.block_on(self.send("GET", path, Payload::Empty))?;
         if resp.status() != StatusCode::OK {
             return Err(self.rt.block_on(Self::problem(resp)));
@@ -362,51 +468,23 @@ impl Client {
         let want: Option<u64> = header("x-custos-size").and_then(|v| v.parse().ok());
         let generation = header("x-custos-generation").unwrap_or_else(|| "?".into());
         let mut body = resp.into_body();
-        let mut copy = |w: &mut dyn Write| -> anyhow::Result<u64> {
-            let mut n = 0u64;
-            while let Some(frame) = self.rt.block_on(body.frame()) {
-                let frame = frame.map_err(|e| Remote {
-                    exit: 1,
-                    message: format!("the server stopped sending after {n} bytes: {e}; nothing was written in place"),
-                })?;
-                if let Ok(b) = frame.into_data() {
-                    n += b.len() as u64;
-                    w.write_all(&b)?;
-                }
-            }
-            if let Some(want) = want.filter(|w| *w != n) {
-                return Err(Remote {
-                    exit: 1,
-                    message: format!("the server sent {n} of {want} bytes; run the command again"),
-                }
-                .into());
-            }
-            Ok(n)
-        };
-        match output {
-            Output::File(path) => {
-                let mut n = 0;
-                crate::write_atomically(&path, |w| {
-                    n = copy(w)?;
-                    Ok(())
-                })?;
-                if let (Some(d), false) = (dataset, cli.json) {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "wrote {} of {d} generation {generation} to {}",
-                        custos_ops::render::bytes(n),
-                        path.display()
-                    );
-                }
-            }
-            _ => {
-                let stdout = std::io::stdout();
-                let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-                copy(&mut w)?;
-                w.flush()?;
+        let mut n = 0u64;
+        while let Some(frame) = self.rt.block_on(body.frame()) {
+            let frame = frame.map_err(|e| Cut(format!("the server stopped sending after {n} bytes: {e}")))?;
+            if let Ok(b) = frame.into_data() {
+                w.write_all(&b)?;
+                n += b.len() as u64;
+                *passed_on = n;
             }
         }
-        Ok(ExitCode::SUCCESS)
+        if let Some(want) = want.filter(|w| *w != n) {
+            return Err(Remote {
+                exit: 1,
+                message: format!("the server sent {n} of {want} bytes; run the command again"),
+            }
+            .into());
+        }
+        Ok((n, generation))
     }
 
     async fn run_async(&self, cli: &Cli, plan: Plan) -> anyhow::Result<ExitCode> {

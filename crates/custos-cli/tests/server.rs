@@ -1578,6 +1578,65 @@ fn eight_clients_on_two_servers_one_killed_lose_and_repeat_nothing() {
 /// after a cut) is carried out once: the second gets the first answer,
 /// marked replayed. The key belongs to one request from one principal;
 /// reads ignore it.
+/// A read cut off by its server's death is asked again of the next
+/// server when nothing of it reached the output yet, or when the output is
+/// a file still being written aside; once bytes went to stdout, it is not,
+/// and the error says how many did.
+#[test]
+fn a_read_cut_off_by_a_dying_server_is_asked_of_the_next() {
+    let e = Env::new_postgres();
+    let body = data(48 << 20, 3);
+    e.cmd(&["ds", "put", "CUT.BIG"]).write_stdin(body.clone()).assert().success();
+    let top = format!("repository = {:?}", e.pg.as_ref().unwrap().url("custos"));
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let file = out.path().join("big.out");
+    let both = |a: &Served, b: &Served| format!("unix:{},unix:{}", a.sock.display(), b.sock.display());
+    // Into a file: server A dies once the copy aside has begun.
+    let a = Served::start_named(&e, "a", &top, "kind = \"soft\"", PASS, "");
+    let b = Served::start_named(&e, "b", &top, "kind = \"soft\"", PASS, "");
+    let mut c = client_of(&both(&a, &b), "ops", OPS_CRED, &["ds", "get", "CUT.BIG", "-o", Env::s(&file)]);
+    let child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let begun = Instant::now();
+    let aside = || {
+        std::fs::read_dir(out.path()).unwrap().flatten().any(|d| {
+            d.file_name().to_string_lossy().starts_with(".custos-get-") && d.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    };
+    while !aside() {
+        assert!(begun.elapsed() < Duration::from_secs(60), "the copy aside never began");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    a.kill9();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("stopped sending") && err.contains("asking the servers again"), "{err}");
+    assert!(std::fs::read(&file).unwrap() == body, "the whole dataset, from server B");
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().flatten().map(|d| d.file_name()).collect();
+    assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+    b.stop();
+    // To stdout: once bytes went out, the read is not asked again (the
+    // output cannot be taken back), and the error counts what went.
+    let a = Served::start_named(&e, "a2", &top, "kind = \"soft\"", PASS, "");
+    let b = Served::start_named(&e, "b2", &top, "kind = \"soft\"", PASS, "");
+    let mut c = client_of(&both(&a, &b), "ops", OPS_CRED, &["ds", "get", "CUT.BIG"]);
+    let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    a.kill9();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("only the first") && err.contains("run the command again"), "{err}");
+    assert!(!err.contains("asking the servers again"), "{err}");
+    assert!(first.len() + rest.len() < body.len(), "cut short");
+    b.stop();
+}
+
 #[test]
 fn a_write_sent_twice_with_one_idempotency_key_is_carried_out_once() {
     let e = Env::new();
