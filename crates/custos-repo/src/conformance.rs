@@ -549,6 +549,47 @@ pub fn run(repo: &dyn Repository) {
     let garbage = repo.remove_dataset(&ds2).unwrap();
     assert!(garbage.chunks.is_empty(), "the raw copy on v2 still needs the chunk: {garbage:?}");
 
+    // Many generations in one transaction: all of them, or (when one
+    // cannot be committed) none, new keys included.
+    let batch: Vec<GenerationCommit> = (0..3u8)
+        .map(|i| GenerationCommit {
+            dataset_id: DatasetId([0xB0 + i; 16]),
+            name: DatasetName::new(format!("BATCH.N{i}")).unwrap(),
+            previous: 0,
+            generation: generation(1, label, "v2"),
+            chunks: vec![ChunkId([0xC0 + i; 16])],
+            new_key: Some(key(&format!("DSET.PRIM.BAT.key00{}", i + 1))),
+            reused: vec![],
+            since: repo.deletion_seq().unwrap(),
+        })
+        .collect();
+    let mut spoilt = batch.clone();
+    spoilt[2].previous = 7; // BATCH.N2 has no generation 7
+    assert!(matches!(
+        repo.commit_generations(&spoilt),
+        Err(RepoError::Conflict { ref name, .. }) if name == "BATCH.N2"
+    ));
+    let none = |b: &[GenerationCommit]| {
+        b.iter().all(|c| {
+            repo.dataset(&c.name).unwrap().is_none()
+                && repo.key(&c.new_key.as_ref().unwrap().label).unwrap().is_none()
+        })
+    };
+    assert!(none(&batch), "a batch with one bad commit commits none of it");
+    let mut twice = batch.clone();
+    twice[1].new_key = Some(key("DSET.PRIM.BAT.key001")); // the label N0's key takes
+    assert!(repo.commit_generations(&twice).is_err());
+    assert!(none(&batch), "a label taken twice in one batch commits none of it");
+    let garbage = repo.commit_generations(&batch).unwrap();
+    assert_eq!(garbage.len(), 3);
+    for c in &batch {
+        let d = repo.dataset(&c.name).unwrap().expect("committed");
+        assert_eq!((d.id, d.current.generation), (c.dataset_id, 1));
+        assert_eq!(repo.generation_chunks(&c.dataset_id, 1).unwrap(), c.chunks);
+    }
+    assert!(repo.commit_generations(&[]).unwrap().is_empty());
+    assert!(matches!(repo.commit_generations(&batch[1..2]), Err(RepoError::Conflict { .. })));
+
     // Snapshots pin a generation: its chunks and manifest outlive the
     // generation until the snapshot goes.
     let sname = DatasetName::new("SNAP.DATA").unwrap();

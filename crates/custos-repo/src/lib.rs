@@ -433,7 +433,14 @@ pub trait Repository: Send + Sync {
     fn generation_chunks(&self, id: &DatasetId, generation: u64) -> Result<Vec<ChunkId>>;
     /// Make a generation current, in one transaction, and drop the
     /// generations it replaces. Returns what those left unreferenced.
-    fn commit_generation(&self, commit: &GenerationCommit) -> Result<Garbage>;
+    fn commit_generation(&self, commit: &GenerationCommit) -> Result<Garbage> {
+        let mut g = self.commit_generations(std::slice::from_ref(commit))?;
+        Ok(g.pop().unwrap_or_default())
+    }
+    /// [`Repository::commit_generation`] for many datasets in one
+    /// transaction: all are committed, or (on the first that cannot be,
+    /// whose error is returned) none. What each left unreferenced, in order.
+    fn commit_generations(&self, commits: &[GenerationCommit]) -> Result<Vec<Garbage>>;
     /// Remove a dataset and all its generations, in one transaction.
     fn remove_dataset(&self, name: &DatasetName) -> Result<Garbage>;
     /// Record a read or write of a dataset now.

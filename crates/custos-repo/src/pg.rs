@@ -1256,6 +1256,87 @@ impl PgRepository {
         Ok(())
     }
 
+    /// One generation's commit inside the caller's transaction (see
+    /// [`Repository::commit_generations`]).
+    fn commit_in(&self, tx: &mut Db<'_>, c: &GenerationCommit) -> Result<Garbage> {
+        let id = &c.dataset_id.0[..];
+        let found = tx
+            .query_opt("SELECT id, current_generation FROM datasets WHERE name = $1 FOR UPDATE", &[&c.name.as_str()])
+            .map_err(pg("read a dataset"))?;
+        let found: Option<(Vec<u8>, u64)> = match found {
+            Some(r) => Some((get(&r, 0)?, u(&r, 1)?)),
+            None => None,
+        };
+        let g = &c.generation;
+        match found {
+            None if c.previous == 0 => {
+                tx.execute(
+                    "INSERT INTO datasets (id, name, created_at, current_generation) VALUES ($1, $2, $3, $4)",
+                    &[&id, &c.name.as_str(), &ts(g.created_at), &(g.generation as i64)],
+                )
+                .map_err(pg("create a dataset"))?;
+            }
+            Some((fid, cur)) if fid == id && cur == c.previous => {}
+            other => {
+                return Err(RepoError::Conflict {
+                    name: c.name.to_string(),
+                    expected: c.previous,
+                    found: other.map(|(_, g)| g).unwrap_or(0),
+                })
+            }
+        }
+        check_reused(tx, &c.reused, g.volume.as_str(), || c.name.to_string())?;
+        check_not_claimed(
+            tx,
+            g.volume.as_str(),
+            &listed(g.volume.as_str(), &c.chunks, (c.dataset_id, g.generation))?,
+            c.since,
+            || c.name.to_string(),
+        )?;
+        if let Some(k) = &c.new_key {
+            self.insert_key_in(tx, k)?;
+        }
+        let gi = g.generation as i64;
+        tx.execute(
+            "INSERT INTO generations (dataset_id, generation, volume, key_label, size, chunk_size, chunk_count, manifest_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &id,
+                &gi,
+                &g.volume.as_str(),
+                &g.key_label.as_str(),
+                &(g.size as i64),
+                &(g.chunk_size as i64),
+                &(g.chunk_count as i64),
+                &&g.manifest_hash[..],
+                &ts(g.created_at),
+            ],
+        )
+        .map_err(pg("record a generation"))?;
+        if !c.chunks.is_empty() {
+            let idx: Vec<i64> = (0..c.chunks.len() as i64).collect();
+            let ids: Vec<&[u8]> = c.chunks.iter().map(|ch| &ch.0[..]).collect();
+            tx.execute(
+                "INSERT INTO generation_chunks (dataset_id, generation, idx, chunk_id)
+                 SELECT $1, $2, i, c FROM unnest($3::bigint[], $4::bytea[]) AS t(i, c)",
+                &[&id, &gi, &idx, &ids],
+            )
+            .map_err(pg("record chunks"))?;
+        }
+        tx.execute(
+            "UPDATE datasets SET current_generation = $2, migrated_from = NULL, last_access = $3 WHERE id = $1",
+            &[&id, &gi, &ts(g.created_at)],
+        )
+        .map_err(pg("advance a dataset"))?;
+        let older: Vec<(u64, String)> = tx
+            .query("SELECT generation, volume FROM generations WHERE dataset_id = $1 AND generation <> $2", &[&id, &gi])
+            .map_err(pg("list generations"))?
+            .iter()
+            .map(|r| Ok((u(r, 0)?, get(r, 1)?)))
+            .collect::<Result<_>>()?;
+        self.drop_generations(tx, &c.dataset_id, &older, None)
+    }
+
     fn insert_key_in(&self, tx: &mut Db<'_>, k: &KeyRecord) -> Result<()> {
         let r = self.write(
             tx,
@@ -2367,90 +2448,22 @@ impl Repository for PgRepository {
         )
     }
 
-    fn commit_generation(&self, c: &GenerationCommit) -> Result<Garbage> {
+    fn commit_generations(&self, commits: &[GenerationCommit]) -> Result<Vec<Garbage>> {
+        let mut at = 0;
         let r = self.tx("commit a generation", Some(LOCK_OBJECTS), |tx| {
-            let id = &c.dataset_id.0[..];
-            let found = tx
-                .query_opt("SELECT id, current_generation FROM datasets WHERE name = $1 FOR UPDATE", &[&c.name.as_str()])
-                .map_err(pg("read a dataset"))?;
-            let found: Option<(Vec<u8>, u64)> = match found {
-                Some(r) => Some((get(&r, 0)?, u(&r, 1)?)),
-                None => None,
-            };
-            let g = &c.generation;
-            match found {
-                None if c.previous == 0 => {
-                    tx.execute(
-                        "INSERT INTO datasets (id, name, created_at, current_generation) VALUES ($1, $2, $3, $4)",
-                        &[&id, &c.name.as_str(), &ts(g.created_at), &(g.generation as i64)],
-                    )
-                    .map_err(pg("create a dataset"))?;
-                }
-                Some((fid, cur)) if fid == id && cur == c.previous => {}
-                other => {
-                    return Err(RepoError::Conflict {
-                        name: c.name.to_string(),
-                        expected: c.previous,
-                        found: other.map(|(_, g)| g).unwrap_or(0),
-                    })
-                }
+            let mut out = Vec::with_capacity(commits.len());
+            for (i, c) in commits.iter().enumerate() {
+                at = i;
+                out.push(self.commit_in(tx, c)?);
             }
-            check_reused(tx, &c.reused, g.volume.as_str(), || c.name.to_string())?;
-            check_not_claimed(
-                tx,
-                g.volume.as_str(),
-                &listed(g.volume.as_str(), &c.chunks, (c.dataset_id, g.generation))?,
-                c.since,
-                || c.name.to_string(),
-            )?;
-            if let Some(k) = &c.new_key {
-                self.insert_key_in(tx, k)?;
-            }
-            let gi = g.generation as i64;
-            tx.execute(
-                "INSERT INTO generations (dataset_id, generation, volume, key_label, size, chunk_size, chunk_count, manifest_hash, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &id,
-                    &gi,
-                    &g.volume.as_str(),
-                    &g.key_label.as_str(),
-                    &(g.size as i64),
-                    &(g.chunk_size as i64),
-                    &(g.chunk_count as i64),
-                    &&g.manifest_hash[..],
-                    &ts(g.created_at),
-                ],
-            )
-            .map_err(pg("record a generation"))?;
-            if !c.chunks.is_empty() {
-                let idx: Vec<i64> = (0..c.chunks.len() as i64).collect();
-                let ids: Vec<&[u8]> = c.chunks.iter().map(|ch| &ch.0[..]).collect();
-                tx.execute(
-                    "INSERT INTO generation_chunks (dataset_id, generation, idx, chunk_id)
-                     SELECT $1, $2, i, c FROM unnest($3::bigint[], $4::bytea[]) AS t(i, c)",
-                    &[&id, &gi, &idx, &ids],
-                )
-                .map_err(pg("record chunks"))?;
-            }
-            tx.execute(
-                "UPDATE datasets SET current_generation = $2, migrated_from = NULL, last_access = $3 WHERE id = $1",
-                &[&id, &gi, &ts(g.created_at)],
-            )
-            .map_err(pg("advance a dataset"))?;
-            let older: Vec<(u64, String)> = tx
-                .query("SELECT generation, volume FROM generations WHERE dataset_id = $1 AND generation <> $2", &[&id, &gi])
-                .map_err(pg("list generations"))?
-                .iter()
-                .map(|r| Ok((u(r, 0)?, get(r, 1)?)))
-                .collect::<Result<_>>()?;
-            self.drop_generations(tx, &c.dataset_id, &older, None)
+            Ok(out)
         });
         match r {
             // Two writers created the same dataset at once: the second lost.
             Err(RepoError::Exists { kind: "catalog row", name: c_name })
                 if c_name.starts_with("Key (name)=") || c_name.starts_with("Key (id)=") =>
             {
+                let c = &commits[at];
                 Err(RepoError::Conflict { name: c.name.to_string(), expected: c.previous, found: 1 })
             }
             r => r,

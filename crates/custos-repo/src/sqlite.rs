@@ -2735,89 +2735,11 @@ impl Repository for SqliteRepository {
         )
     }
 
-    fn commit_generation(&self, c: &GenerationCommit) -> Result<Garbage> {
+    fn commit_generations(&self, commits: &[GenerationCommit]) -> Result<Vec<Garbage>> {
         let mut conn = self.conn();
         let tx =
             conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("start a commit"))?;
-        let id = &c.dataset_id.0[..];
-        let found: Option<(Vec<u8>, i64)> = tx
-            .query_row("SELECT id, current_generation FROM datasets WHERE name = ?1", [c.name.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(db("read a dataset"))?;
-        let g = &c.generation;
-        match found {
-            None if c.previous == 0 => {
-                tx.execute(
-                    "INSERT INTO datasets (id, name, created_at, current_generation) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, c.name.as_str(), ts(g.created_at), g.generation as i64],
-                )
-                .map_err(db("create a dataset"))?;
-            }
-            Some((fid, cur)) if fid == id && cur as u64 == c.previous => {}
-            other => {
-                return Err(RepoError::Conflict {
-                    name: c.name.to_string(),
-                    expected: c.previous,
-                    found: other.map(|(_, g)| g as u64).unwrap_or(0),
-                })
-            }
-        }
-        check_reused(&tx, &c.reused, g.volume.as_str(), || c.name.to_string())?;
-        check_not_claimed(
-            &tx,
-            g.volume.as_str(),
-            &listed(g.volume.as_str(), &c.chunks, (c.dataset_id, g.generation))?,
-            c.since,
-            || c.name.to_string(),
-        )?;
-        if let Some(k) = &c.new_key {
-            insert_key(&tx, k)?;
-        }
-        tx.execute(
-            "INSERT INTO generations (dataset_id, generation, volume, key_label, size, chunk_size, chunk_count, manifest_hash, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                id,
-                g.generation as i64,
-                g.volume.as_str(),
-                g.key_label.as_str(),
-                g.size as i64,
-                g.chunk_size as i64,
-                g.chunk_count as i64,
-                &g.manifest_hash[..],
-                ts(g.created_at)
-            ],
-        )
-        .map_err(db("record a generation"))?;
-        {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT INTO generation_chunks (dataset_id, generation, idx, chunk_id) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db("record chunks"))?;
-            for (i, chunk) in c.chunks.iter().enumerate() {
-                ins.execute(params![id, g.generation as i64, i as i64, &chunk.0[..]]).map_err(db("record chunks"))?;
-            }
-        }
-        // A new generation is written where the policy says, so a migrated
-        // dataset is home again.
-        tx.execute(
-            "UPDATE datasets SET current_generation = ?2, migrated_from = NULL, last_access = ?3 WHERE id = ?1",
-            params![id, g.generation as i64, ts(g.created_at)],
-        )
-        .map_err(db("advance a dataset"))?;
-        let older: Vec<(u64, String)> = {
-            let mut stmt = tx
-                .prepare("SELECT generation, volume FROM generations WHERE dataset_id = ?1 AND generation <> ?2")
-                .map_err(db("list generations"))?;
-            let rows = stmt
-                .query_map(params![id, g.generation as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-                .map_err(db("list generations"))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(db("list generations"))?
-        };
-        let garbage = drop_generations(&tx, &c.dataset_id, &older, None)?;
+        let garbage = commits.iter().map(|c| commit_in(&tx, c)).collect::<Result<Vec<_>>>()?;
         tx.commit().map_err(db("commit a generation"))?;
         Ok(garbage)
     }
@@ -2849,6 +2771,90 @@ impl Repository for SqliteRepository {
         tx.commit().map_err(db("commit a removal"))?;
         Ok(garbage)
     }
+}
+
+/// One generation's commit inside the caller's transaction (see
+/// [`Repository::commit_generations`]).
+fn commit_in(tx: &Transaction, c: &GenerationCommit) -> Result<Garbage> {
+    let id = &c.dataset_id.0[..];
+    let found: Option<(Vec<u8>, i64)> = tx
+        .query_row("SELECT id, current_generation FROM datasets WHERE name = ?1", [c.name.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(db("read a dataset"))?;
+    let g = &c.generation;
+    match found {
+        None if c.previous == 0 => {
+            tx.execute(
+                "INSERT INTO datasets (id, name, created_at, current_generation) VALUES (?1, ?2, ?3, ?4)",
+                params![id, c.name.as_str(), ts(g.created_at), g.generation as i64],
+            )
+            .map_err(db("create a dataset"))?;
+        }
+        Some((fid, cur)) if fid == id && cur as u64 == c.previous => {}
+        other => {
+            return Err(RepoError::Conflict {
+                name: c.name.to_string(),
+                expected: c.previous,
+                found: other.map(|(_, g)| g as u64).unwrap_or(0),
+            })
+        }
+    }
+    check_reused(tx, &c.reused, g.volume.as_str(), || c.name.to_string())?;
+    check_not_claimed(
+        tx,
+        g.volume.as_str(),
+        &listed(g.volume.as_str(), &c.chunks, (c.dataset_id, g.generation))?,
+        c.since,
+        || c.name.to_string(),
+    )?;
+    if let Some(k) = &c.new_key {
+        insert_key(tx, k)?;
+    }
+    tx.execute(
+        "INSERT INTO generations (dataset_id, generation, volume, key_label, size, chunk_size, chunk_count, manifest_hash, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            id,
+            g.generation as i64,
+            g.volume.as_str(),
+            g.key_label.as_str(),
+            g.size as i64,
+            g.chunk_size as i64,
+            g.chunk_count as i64,
+            &g.manifest_hash[..],
+            ts(g.created_at)
+        ],
+    )
+    .map_err(db("record a generation"))?;
+    {
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO generation_chunks (dataset_id, generation, idx, chunk_id) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db("record chunks"))?;
+        for (i, chunk) in c.chunks.iter().enumerate() {
+            ins.execute(params![id, g.generation as i64, i as i64, &chunk.0[..]]).map_err(db("record chunks"))?;
+        }
+    }
+    // A new generation is written where the policy says, so a migrated
+    // dataset is home again.
+    tx.execute(
+        "UPDATE datasets SET current_generation = ?2, migrated_from = NULL, last_access = ?3 WHERE id = ?1",
+        params![id, g.generation as i64, ts(g.created_at)],
+    )
+    .map_err(db("advance a dataset"))?;
+    let older: Vec<(u64, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT generation, volume FROM generations WHERE dataset_id = ?1 AND generation <> ?2")
+            .map_err(db("list generations"))?;
+        let rows = stmt
+            .query_map(params![id, g.generation as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .map_err(db("list generations"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db("list generations"))?
+    };
+    drop_generations(tx, &c.dataset_id, &older, None)
 }
 
 #[cfg(test)]
@@ -2956,3 +2962,4 @@ mod tests {
         assert!(e.to_string().contains("upgrade Custos"));
     }
 }
+

@@ -97,6 +97,13 @@ pub trait Volume: Send + Sync {
     /// [`StoreError::Exists`], so two writers can never overwrite (or, on
     /// failure, delete) each other's manifest.
     fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()>;
+    /// [`Volume::put_manifest`] for a write that stores many: as atomic
+    /// and as exclusive, but durable only once [`Volume::sync`] returns, so
+    /// a batch of manifests costs one flush. A volume whose objects are
+    /// durable when stored keeps the default.
+    fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+        self.put_manifest(dataset, generation, sealed)
+    }
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>>;
     /// Delete a manifest; deleting a missing one is not an error.
     fn delete_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<()>;
@@ -194,6 +201,15 @@ pub mod conformance {
         let ds = DatasetId([0xBB; 16]);
         v.put_manifest(&ds, 1, b"m1").unwrap();
         v.put_manifest(&ds, 2, b"m2").unwrap();
+        // Deferred: the same rules, readable at once, durable after sync.
+        let other = DatasetId::random();
+        v.put_manifest_deferred(&other, 1, b"d1").unwrap();
+        assert!(matches!(v.put_manifest_deferred(&other, 1, b"x"), Err(StoreError::Exists { .. })));
+        assert!(matches!(v.put_manifest(&other, 1, b"x"), Err(StoreError::Exists { .. })));
+        assert!(matches!(v.put_manifest_deferred(&ds, 2, b"x"), Err(StoreError::Exists { .. })));
+        v.sync().unwrap();
+        assert_eq!(v.read_manifest(&other, 1).unwrap(), b"d1");
+        v.delete_manifest(&other, 1).unwrap();
         assert!(
             matches!(v.put_manifest(&ds, 2, b"other"), Err(StoreError::Exists { .. })),
             "manifests are created once"

@@ -342,6 +342,39 @@ impl Volume for LocalVolume {
         self.create_durable(&path, sealed, || format!("the manifest of generation {generation} of dataset id {ds}"))
     }
 
+    fn put_manifest_deferred(&self, ds: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+        // As `put_chunk` writes a chunk: a temp file, moved into place
+        // without replacing; `sync` makes the file, its name and its
+        // directory durable together.
+        let path = self.manifest_path(ds, generation);
+        let dir = path.parent().expect("manifest dir");
+        if !dir.exists() {
+            match fs::create_dir(dir) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(self.err(dir, e)),
+                _ => {}
+            }
+        }
+        let tmp = tmp_path(&path);
+        let written = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(sealed)?;
+            drop(f);
+            publish(&tmp, &path)
+        })();
+        match written {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Exists {
+                volume: self.name.clone(),
+                what: format!("the manifest of generation {generation} of dataset id {ds}"),
+                path,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(self.err(&path, e))
+            }
+        }
+    }
+
     fn read_manifest(&self, ds: &DatasetId, generation: u64) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         self.read_file(

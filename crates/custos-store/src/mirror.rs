@@ -70,6 +70,11 @@ impl Volume for MirroredVolume {
         self.secondary.put_manifest(dataset, generation, sealed)
     }
 
+    fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+        self.primary.put_manifest_deferred(dataset, generation, sealed)?;
+        self.secondary.put_manifest_deferred(dataset, generation, sealed)
+    }
+
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>> {
         self.read(|v| v.read_manifest(dataset, generation))
     }
