@@ -927,3 +927,70 @@ fn first_commands_at_once_agree_on_the_audit_key() {
         assert!(v.contains("intact"), "round {round}: {v}");
     }
 }
+
+/// An import of thousands of small files goes in batches (one flush and one
+/// commit each): killed anywhere — while chunks and manifests are stored,
+/// at the flush, inside the catalog's commit — it leaves every dataset
+/// absent or whole, and running it again (with `--replace`) finishes it.
+#[test]
+fn killed_import_of_thousands_of_files_leaves_each_dataset_absent_or_whole() {
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    let n = 1_100usize;
+    let mut want = std::collections::HashMap::new();
+    for i in 0..n {
+        let dir = tree.join(format!("d{}", i / 500));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = noise(20 + (i * 37) % 900, i as u64);
+        std::fs::write(dir.join(format!("f{i:04}")), &body).unwrap();
+        want.insert(format!("IMP.d{}.f{i:04}", i / 500), body);
+    }
+    let import = ["ds", "import", Env::s(&tree), "--prefix", "IMP", "--replace"];
+    // Two batches (1,024 files, then the rest). Each file stores a chunk
+    // and a manifest, each moved into place by a rename: kills at the
+    // first, in the middle of the first batch, in the second; at each
+    // batch's flush; in the catalog's writes and at its commit.
+    let kills = [
+        ("renameat2", 1),
+        ("renameat2", 1_500),
+        ("renameat2", 2_100),
+        ("syncfs", 1),
+        ("syncfs", 2),
+        ("pwrite64", 3),
+        ("fsync", 2),
+    ];
+    let mut hit = 0;
+    for (call, at) in kills {
+        let e = Env::new();
+        let killed = e.killed_at_call(&import, call, at);
+        hit += killed as usize;
+        // Every dataset the catalog lists is whole: its size is the file's,
+        // and every object it needs is there and authentic.
+        let listed = e.json(&["ds", "ls", "IMP.**"]);
+        let listed = listed.as_array().unwrap();
+        for d in listed {
+            let name = d["name"].as_str().unwrap();
+            assert_eq!(d["current"]["size"].as_u64(), Some(want[name].len() as u64), "{name} after {call} {at}");
+        }
+        let f = e.run(&["fsck", "--read-data"]);
+        assert!(f.status.success(), "after a kill at {call} {at}: {}", String::from_utf8_lossy(&f.stdout));
+        for name in listed.iter().step_by(97).map(|d| d["name"].as_str().unwrap()) {
+            assert_eq!(e.run(&["ds", "get", name]).stdout, want[name], "{name} after {call} {at}");
+        }
+        // Run again, it finishes the import, and what the kill left behind
+        // is only what `gc` removes.
+        e.ok(&import);
+        assert_eq!(e.json(&["ds", "ls", "IMP.**"]).as_array().unwrap().len(), n, "after {call} {at}");
+        for name in want.keys().step_by(211) {
+            assert_eq!(e.run(&["ds", "get", name]).stdout, want[name], "{name} after {call} {at}");
+        }
+        e.ok(&["gc", "--grace", "0s"]);
+        let f = e.json(&["fsck"]);
+        assert_eq!(f["volumes"][0]["unreferenced"], 0, "after {call} {at}: {f}");
+        assert_eq!(f["volumes"][0]["temp_files"], 0, "after {call} {at}: {f}");
+        if !killed {
+            eprintln!("the import ran to its end before {call} {at}");
+        }
+    }
+    assert_eq!(hit, kills.len(), "every kill hit");
+}

@@ -15,7 +15,7 @@ use custos_model::{
     ChunkId, ChunkRef, DatasetId, DatasetName, DatasetRecord, GenerationRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
     PolicyTarget, Purpose, VolumeName, VolumeRecord,
 };
-use custos_repo::{Garbage, GenerationCommit, RepoError};
+use custos_repo::{GenerationCommit, RepoError};
 use custos_store::format::{object_hash, Manifest};
 use custos_store::{StoreError, Volume};
 use jiff::Timestamp;
@@ -202,48 +202,78 @@ impl Vault<Open> {
         let since = self.repo.deletion_seq()?;
         let existing = self.repo.dataset(name)?;
         let target = self.resolve_target(name, existing.as_ref(), opts)?;
-        let key = self.unwrap_for(&target.key, KeyUse::Encrypt, name)?;
         let volume = self.open_volume(&target.volume)?;
+        let mut s = self.stage(name, existing.as_ref(), target, input, opts, volume.as_ref(), self.threads, since)?;
+        if s.unchanged {
+            return Ok(s.report());
+        }
+        let committed = (|| -> Result<()> {
+            if !s.written.is_empty() {
+                volume.sync()?;
+            }
+            self.place(&mut s, volume.as_ref(), false)?;
+            self.commit_staged(&mut s, volume.as_ref())
+        })();
+        if let Err(e) = committed {
+            s.abandon(volume.as_ref());
+            return Err(e);
+        }
+        // The generation it replaced waits in the trash for `gc`, so readers
+        // that opened it can finish.
+        self.repo.record_key_use(&s.key_label())?;
+        Ok(s.report())
+    }
+
+    /// Seal `input` into chunks on `volume` under the target's key (with
+    /// `threads` workers; one seals on this thread), ready for a manifest
+    /// and a commit. On failure, the chunks written are deleted again.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &self,
+        name: &DatasetName,
+        existing: Option<&DatasetRecord>,
+        target: Target,
+        input: &mut dyn Read,
+        opts: &PutOptions,
+        volume: &dyn Volume,
+        threads: usize,
+        since: u64,
+    ) -> Result<Staged> {
+        let key = self.unwrap_for(&target.key, KeyUse::Encrypt, name)?;
         let chunk_size = self.chunk_size()?;
-        let (dataset_id, previous) = match &existing {
+        let (dataset_id, previous) = match existing {
             Some(d) => (d.id, d.current.generation),
             None => (DatasetId::random(), 0),
         };
         // Unchanged chunks can be shared with the previous generation when
         // it is on the same volume, under the same key, with the same chunking.
-        let reusable: Vec<ChunkRef> = match &existing {
+        let reusable: Vec<ChunkRef> = match existing {
             Some(d)
                 if !opts.fresh
                     && d.current.volume == target.volume
                     && d.current.key_label == target.key.label
                     && d.current.chunk_size == chunk_size =>
             {
-                self.load_manifest(d, &key, volume.as_ref()).map(|m| m.chunks).unwrap_or_default()
+                self.load_manifest(d, &key, volume).map(|m| m.chunks).unwrap_or_default()
             }
             _ => Vec::new(),
         };
         let job = SealJob {
             key: &key,
             dataset: dataset_id,
-            volume: volume.as_ref(),
+            volume,
             chunk_size: chunk_size as usize,
             previous: &reusable,
-            threads: self.threads,
+            threads,
             compress: self.compression()?,
         };
         let outcome = seal_stream(&job, input);
-        let cleanup = |extra_manifest: Option<u64>| {
-            for id in &outcome.written {
-                let _ = volume.delete_chunk(id);
-            }
-            if let Some(g) = extra_manifest {
-                let _ = volume.delete_manifest(&dataset_id, g);
-            }
-        };
         let chunks = match outcome.result {
             Ok(c) => c,
             Err(e) => {
-                cleanup(None);
+                for id in &outcome.written {
+                    let _ = volume.delete_chunk(id);
+                }
                 return Err(match e {
                     SealError::Input(source) => Error::Input { dataset: name.clone(), source },
                     SealError::Store(e) => e.into(),
@@ -252,108 +282,214 @@ impl Vault<Open> {
             }
         };
         let size: u64 = chunks.iter().map(|c| c.len as u64).sum();
-        if outcome.written.is_empty() && !reusable.is_empty() && chunks == reusable {
-            // Same content, key and volume: a new generation would add nothing.
-            return Ok(PutReport {
-                dataset: name.clone(),
-                generation: previous,
-                size,
-                chunks: chunks.len() as u64,
-                new_chunks: 0,
-                stored: 0,
-                key_label: target.key.label,
-                volume: target.volume,
-                created_key: false,
-                unchanged: true,
-            });
-        }
+        // Same content, key and volume: a new generation would add nothing.
+        let unchanged = outcome.written.is_empty() && !reusable.is_empty() && chunks == reusable;
         // Chunks listed but not written by this attempt: the commit checks
         // the catalog still holds them.
         let written: std::collections::HashSet<ChunkId> = outcome.written.iter().copied().collect();
         let reused: Vec<ChunkId> = chunks.iter().map(|c| c.id).filter(|id| !written.contains(id)).collect();
-        let mut new_key = target.new_key.clone();
-        let mut placed = None;
-        let committed = (|| -> Result<(Garbage, u64, KeyLabel)> {
-            if !outcome.written.is_empty() {
-                volume.sync()?;
-            }
-            let created_at = Timestamp::now();
-            for _ in 0..PLACE_ATTEMPTS {
-                let label = new_key.as_ref().map_or(&target.key.label, |k| &k.label).clone();
-                let (generation, sealed) =
-                    place_manifest(volume.as_ref(), name, &dataset_id, previous + 1, |generation| {
-                        Manifest {
-                            dataset_id,
-                            generation,
-                            created_at,
-                            chunk_size,
-                            size,
-                            name: name.to_string(),
-                            key_label: label.to_string(),
-                            key_kcv: target.key.kcv,
-                            chunks: chunks.clone(),
-                        }
-                        .seal(&key)
-                        .map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })
-                    })?;
-                placed = Some(generation);
-                let commit = GenerationCommit {
-                    dataset_id,
-                    name: name.clone(),
-                    previous,
-                    generation: GenerationRecord {
-                        generation,
-                        volume: target.volume.clone(),
-                        key_label: label.clone(),
-                        size,
-                        chunk_size,
-                        chunk_count: chunks.len() as u64,
-                        manifest_hash: object_hash(&sealed),
-                        created_at,
-                    },
-                    chunks: chunks.iter().map(|c| c.id).collect(),
-                    new_key: new_key.clone(),
-                    reused: reused.clone(),
-                    since,
-                };
-                match self.repo.commit_generation(&commit) {
-                    Err(RepoError::Exists { kind: "key", .. }) if new_key.is_some() => {
-                        // A concurrent write took this label for a key of its
-                        // own: name ours anew (its manifest names the label).
-                        let _ = volume.delete_manifest(&dataset_id, generation);
-                        placed = None;
-                        self.relabel_new_key(new_key.as_mut().expect("checked"))?;
+        Ok(Staged {
+            name: name.clone(),
+            dataset_id,
+            previous,
+            new_key: target.new_key.clone(),
+            target,
+            key,
+            chunks,
+            written: outcome.written,
+            reused,
+            stored: outcome.stored,
+            size,
+            chunk_size,
+            created_at: Timestamp::now(),
+            placed: None,
+            unchanged,
+            since,
+        })
+    }
+
+    /// Seal and store the manifest of a staged write (durable now, or at
+    /// the volume's next sync when `deferred`).
+    fn place(&self, s: &mut Staged, volume: &dyn Volume, deferred: bool) -> Result<()> {
+        let label = s.key_label();
+        let manifest = |generation| Manifest {
+            dataset_id: s.dataset_id,
+            generation,
+            created_at: s.created_at,
+            chunk_size: s.chunk_size,
+            size: s.size,
+            name: s.name.to_string(),
+            key_label: label.to_string(),
+            key_kcv: s.target.key.kcv,
+            chunks: s.chunks.clone(),
+        };
+        let seal = |generation| {
+            manifest(generation).seal(&s.key).map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })
+        };
+        let (generation, sealed) = if deferred {
+            place_manifest_with(volume, &s.name, s.previous + 1, seal, |g, b| {
+                volume.put_manifest_deferred(&s.dataset_id, g, b)
+            })?
+        } else {
+            place_manifest(volume, &s.name, &s.dataset_id, s.previous + 1, seal)?
+        };
+        s.placed = Some((generation, object_hash(&sealed)));
+        Ok(())
+    }
+
+    /// Commit a staged write whose manifest is durable. When a concurrent
+    /// write took the label of the key made for it, the key is named anew
+    /// (and the manifest, which names it, stored again) until one is free.
+    fn commit_staged(&self, s: &mut Staged, volume: &dyn Volume) -> Result<()> {
+        for _ in 0..PLACE_ATTEMPTS {
+            match self.repo.commit_generation(&s.commit()) {
+                Err(RepoError::Exists { kind: "key", .. }) if s.new_key.is_some() => {
+                    // A concurrent write took this label for a key of its
+                    // own: name ours anew (its manifest names the label).
+                    if let Some((g, _)) = s.placed.take() {
+                        let _ = volume.delete_manifest(&s.dataset_id, g);
                     }
-                    r => return Ok((r?, generation, label)),
+                    self.relabel_new_key(s.new_key.as_mut().expect("checked"))?;
+                    self.place(s, volume, false)?;
                 }
+                r => return r.map(|_released| ()).map_err(Into::into),
             }
-            Err(Error::Invalid {
-                what: "write",
-                why: format!("{name}: every label tried for its new key was taken by concurrent writes; run it again"),
-            })
-        })();
-        let (_released, generation, key_label) = match committed {
-            Ok(c) => c,
-            Err(e) => {
-                cleanup(placed);
-                return Err(e);
+        }
+        Err(Error::Invalid {
+            what: "write",
+            why: format!("{}: every label tried for its new key was taken by concurrent writes; run it again", s.name),
+        })
+    }
+
+    /// Write many small datasets as one: the files are sealed side by side
+    /// by `self.threads` workers (each file on one thread), their chunks
+    /// and manifests made durable by one flush of each volume, and every
+    /// generation committed in one transaction. A kill leaves each dataset
+    /// as it was or whole; a failure, those before the failing one written
+    /// (as one `put` after another would), the rest untouched.
+    fn put_batch(&self, items: &[(DatasetName, PathBuf)]) -> Result<Vec<PutReport>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let since = self.repo.deletion_seq()?;
+        let opts = PutOptions::default();
+        // Targets one after another: keys made for the batch take labels in
+        // sequence, each after the last.
+        let mut planned = Vec::with_capacity(items.len());
+        let mut volumes: std::collections::BTreeMap<VolumeName, std::sync::Arc<dyn Volume>> = Default::default();
+        for (name, path) in items {
+            let existing = self.repo.dataset(name)?;
+            let target = self.resolve_target(name, existing.as_ref(), &opts)?;
+            if let Some(k) = &target.new_key {
+                self.label_taken(&k.label);
+            }
+            if !volumes.contains_key(&target.volume) {
+                volumes.insert(target.volume.clone(), self.open_volume(&target.volume)?);
+            }
+            planned.push((name, path, existing, target));
+        }
+        // Sealing side by side, each worker taking the next file.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let slots: Vec<std::sync::Mutex<Option<Result<Staged>>>> =
+            (0..planned.len()).map(|_| std::sync::Mutex::new(None)).collect();
+        let planned: Vec<std::sync::Mutex<Option<_>>> =
+            planned.into_iter().map(|p| std::sync::Mutex::new(Some(p))).collect();
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= slots.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let (name, path, existing, target) =
+                planned[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("taken once");
+            let volume = volumes[&target.volume].clone();
+            let r = std::fs::File::open(path)
+                .map_err(|source| Error::Input { dataset: name.clone(), source })
+                .and_then(|mut f| self.stage(name, existing.as_ref(), target, &mut f, &opts, volume.as_ref(), 1, since))
+                .and_then(|mut s| {
+                    if !s.unchanged {
+                        if let Err(e) = self.place(&mut s, volume.as_ref(), true) {
+                            s.abandon(volume.as_ref());
+                            return Err(e);
+                        }
+                    }
+                    Ok(s)
+                });
+            if r.is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        };
+        match self.threads.min(items.len()) {
+            // One worker: this thread.
+            1 => work(),
+            n => std::thread::scope(|scope| {
+                for _ in 0..n {
+                    scope.spawn(work);
+                }
+            }),
+        }
+        let mut staged = Vec::with_capacity(items.len());
+        let mut error = None;
+        for slot in slots {
+            match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(Ok(s)) if error.is_none() => staged.push(s),
+                Some(Ok(s)) => s.abandon(volumes[&s.target.volume].as_ref()),
+                Some(Err(e)) => {
+                    error.get_or_insert(e);
+                }
+                None => {}
+            }
+        }
+        // What came before the first failure is written; the rest is not.
+        let abandon = |rest: &[Staged]| {
+            for s in rest {
+                s.abandon(volumes[&s.target.volume].as_ref());
             }
         };
-        // The generation it replaced waits in the trash for `gc`, so readers
-        // that opened it can finish.
-        self.repo.record_key_use(&key_label)?;
-        Ok(PutReport {
-            dataset: name.clone(),
-            generation,
-            size,
-            chunks: chunks.len() as u64,
-            new_chunks: outcome.written.len() as u64,
-            stored: outcome.stored,
-            key_label,
-            volume: target.volume,
-            created_key: target.new_key.is_some(),
-            unchanged: false,
-        })
+        let synced = (|| -> Result<()> {
+            for (name, v) in &volumes {
+                if staged.iter().any(|s| &s.target.volume == name && !s.unchanged) {
+                    v.sync()?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = synced {
+            abandon(&staged);
+            return Err(e);
+        }
+        let commits: Vec<GenerationCommit> = staged.iter().filter(|s| !s.unchanged).map(Staged::commit).collect();
+        if let Err(first) = self.repo.commit_generations(&commits) {
+            // One of them cannot be committed as staged (a concurrent write
+            // took a key label or the dataset): each on its own, as `put`
+            // would, up to the first that fails.
+            self.forget_labels();
+            if !matches!(first, RepoError::Exists { .. } | RepoError::Conflict { .. } | RepoError::Raced { .. }) {
+                abandon(&staged);
+                return Err(first.into());
+            }
+            for i in 0..staged.len() {
+                if staged[i].unchanged {
+                    continue;
+                }
+                let v = volumes[&staged[i].target.volume].clone();
+                if let Err(e) = self.commit_staged(&mut staged[i], v.as_ref()) {
+                    abandon(&staged[i..]);
+                    let done: Vec<KeyLabel> =
+                        staged[..i].iter().filter(|s| !s.unchanged).map(Staged::key_label).collect();
+                    let _ = self.repo.record_key_uses(&done);
+                    return Err(e);
+                }
+            }
+        }
+        let used: Vec<KeyLabel> = staged.iter().filter(|s| !s.unchanged).map(Staged::key_label).collect();
+        self.repo.record_key_uses(&used)?;
+        let reports = staged.iter().map(Staged::report).collect();
+        match error {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
     }
 
     /// Read a dataset (or the byte range `start..end` of it) into `out`.
@@ -463,15 +599,126 @@ impl Vault<Open> {
             }
             planned.push((name, f));
         }
+        // Small files in batches (one flush and one commit each), a big
+        // one on its own with every worker on its chunks.
+        let alone = self.chunk_size()? as u64 * 4;
         let mut reports = Vec::with_capacity(planned.len());
+        let mut batch: Vec<(DatasetName, PathBuf)> = Vec::new();
+        let mut bytes = 0u64;
         for (name, path) in planned {
-            let mut file =
-                std::fs::File::open(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
-            let r = self.put(&name, &mut file, &PutOptions::default())?;
+            let len = std::fs::metadata(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?.len();
+            if len > alone {
+                for r in self.put_batch(&std::mem::take(&mut batch))? {
+                    progress(&r);
+                    reports.push(r);
+                }
+                bytes = 0;
+                let mut file =
+                    std::fs::File::open(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
+                let r = self.put(&name, &mut file, &PutOptions::default())?;
+                progress(&r);
+                reports.push(r);
+                continue;
+            }
+            bytes += len;
+            batch.push((name, path));
+            if batch.len() >= BATCH_FILES || bytes >= BATCH_BYTES {
+                for r in self.put_batch(&std::mem::take(&mut batch))? {
+                    progress(&r);
+                    reports.push(r);
+                }
+                bytes = 0;
+            }
+        }
+        for r in self.put_batch(&batch)? {
             progress(&r);
             reports.push(r);
         }
         Ok(reports)
+    }
+}
+
+/// An import's batch: at most this many files, or this many bytes of them.
+const BATCH_FILES: usize = 1024;
+const BATCH_BYTES: u64 = 256 << 20;
+
+/// A write sealed and stored, not yet committed (see [`Vault::put`]).
+struct Staged {
+    name: DatasetName,
+    dataset_id: DatasetId,
+    previous: u64,
+    target: Target,
+    /// The key made for this write, as it will be committed (its label may
+    /// change when a concurrent write takes the first one).
+    new_key: Option<KeyRecord>,
+    key: DataKey,
+    chunks: Vec<ChunkRef>,
+    /// Chunks this write stored.
+    written: Vec<ChunkId>,
+    /// Chunks it shares with the previous generation.
+    reused: Vec<ChunkId>,
+    stored: u64,
+    size: u64,
+    chunk_size: u32,
+    created_at: Timestamp,
+    /// The generation its manifest was stored as, and the manifest's hash.
+    placed: Option<(u64, [u8; 32])>,
+    /// The input equalled the current generation: nothing to commit.
+    unchanged: bool,
+    since: u64,
+}
+
+impl Staged {
+    fn key_label(&self) -> KeyLabel {
+        self.new_key.as_ref().map_or(&self.target.key.label, |k| &k.label).clone()
+    }
+
+    fn commit(&self) -> GenerationCommit {
+        let (generation, manifest_hash) = self.placed.expect("placed before it is committed");
+        GenerationCommit {
+            dataset_id: self.dataset_id,
+            name: self.name.clone(),
+            previous: self.previous,
+            generation: GenerationRecord {
+                generation,
+                volume: self.target.volume.clone(),
+                key_label: self.key_label(),
+                size: self.size,
+                chunk_size: self.chunk_size,
+                chunk_count: self.chunks.len() as u64,
+                manifest_hash,
+                created_at: self.created_at,
+            },
+            chunks: self.chunks.iter().map(|c| c.id).collect(),
+            new_key: self.new_key.clone(),
+            reused: self.reused.clone(),
+            since: self.since,
+        }
+    }
+
+    /// Delete what this write stored: it will not be committed.
+    fn abandon(&self, volume: &dyn Volume) {
+        for id in &self.written {
+            let _ = volume.delete_chunk(id);
+        }
+        if let Some((g, _)) = self.placed {
+            let _ = volume.delete_manifest(&self.dataset_id, g);
+        }
+    }
+
+    fn report(&self) -> PutReport {
+        PutReport {
+            dataset: self.name.clone(),
+            generation: self.placed.map_or(self.previous, |(g, _)| g),
+            size: self.size,
+            chunks: self.chunks.len() as u64,
+            new_chunks: self.written.len() as u64,
+            stored: self.stored,
+            key_label: self.key_label(),
+            volume: self.target.volume.clone(),
+            created_key: self.target.new_key.is_some() && !self.unchanged,
+            unchanged: self.unchanged,
+        }
     }
 }
 
@@ -492,9 +739,20 @@ pub(crate) fn place_manifest(
     first: u64,
     seal: impl Fn(u64) -> Result<Vec<u8>>,
 ) -> Result<(u64, Vec<u8>)> {
+    place_manifest_with(volume, name, first, seal, |g, b| volume.put_manifest(id, g, b))
+}
+
+/// [`place_manifest`], storing by `put`.
+fn place_manifest_with(
+    volume: &dyn Volume,
+    name: &DatasetName,
+    first: u64,
+    seal: impl Fn(u64) -> Result<Vec<u8>>,
+    put: impl Fn(u64, &[u8]) -> std::result::Result<(), StoreError>,
+) -> Result<(u64, Vec<u8>)> {
     for generation in first..first.saturating_add(PLACE_ATTEMPTS) {
         let sealed = seal(generation)?;
-        match volume.put_manifest(id, generation, &sealed) {
+        match put(generation, &sealed) {
             Ok(()) => return Ok((generation, sealed)),
             Err(StoreError::Exists { .. }) => continue,
             Err(e) => return Err(e.into()),

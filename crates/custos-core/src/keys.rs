@@ -301,6 +301,24 @@ impl<S: VaultState> Vault<S> {
     }
 }
 
+impl<S: VaultState> Vault<S> {
+    /// Note that `label` is taken (by a key not yet committed), so that
+    /// [`Vault::next_label`] offers the ones after it.
+    pub(crate) fn label_taken(&self, label: &KeyLabel) {
+        let Ok(ns) = self.naming() else { return };
+        let Ok(p) = ns.parse(label.as_str()) else { return };
+        let mut known = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = known.entry((ns.template().to_string(), p.app, p.purpose)).or_insert(0);
+        *seen = (*seen).max(p.seq);
+    }
+
+    /// Forget the labels noted taken: keys that were not committed leave
+    /// their labels free again.
+    pub(crate) fn forget_labels(&self) {
+        self.labels.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 impl Vault<Open> {
     /// Generate a key in the HSM and record it, wrapped, in the keystore.
     pub fn create_key(&self, k: &NewKey) -> Result<KeyRecord> {

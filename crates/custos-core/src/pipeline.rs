@@ -79,6 +79,9 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Read `input` to its end, sealing and storing it chunk by chunk.
 pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcome {
     let fp = Fingerprinter::new(job.key);
+    if job.threads <= 1 {
+        return seal_inline(job, &fp, input);
+    }
     let nbuf = buffers_for(job.threads);
     let (free_tx, free_rx) = bounded::<PooledBuf>(nbuf);
     for _ in 0..nbuf {
@@ -107,39 +110,8 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
                 };
                 for (index, mut buf, n) in work_rx {
                     if !abort.load(Ordering::Relaxed) {
-                        let plain = &buf.slice(HEADER_LEN + n)[HEADER_LEN..];
-                        let fingerprint = fp.fingerprint(plain);
-                        let reuse = job
-                            .previous
-                            .get(index as usize)
-                            .filter(|p| p.len as usize == n && p.fingerprint == fingerprint);
-                        let res = match reuse {
-                            Some(p) => Ok((*p, false)),
-                            None => {
-                                let id = ChunkId::random();
-                                let plain = &buf.slice(HEADER_LEN + n)[HEADER_LEN..];
-                                let compressed = packed.as_mut().and_then(|p| {
-                                    let cap = p.capacity();
-                                    compress(plain, &mut p.slice_mut(cap)[HEADER_LEN..]).map(|len| (p, len))
-                                });
-                                let (codec, sealed) = match compressed {
-                                    Some((p, len)) => (Codec::Lz4, p.slice_mut(len + CHUNK_OVERHEAD)),
-                                    None => (Codec::Stored, buf.slice_mut(n + CHUNK_OVERHEAD)),
-                                };
-                                seal_chunk(job.key, &job.dataset, &id, index, codec, sealed)
-                                    .map_err(SealError::Format)
-                                    .and_then(|_| job.volume.put_chunk(&id, sealed).map_err(SealError::Store))
-                                    .map(|_| {
-                                        stored.fetch_add(sealed.len() as u64, Ordering::Relaxed);
-                                        (ChunkRef { id, len: n as u32, fingerprint }, true)
-                                    })
-                            }
-                        };
-                        match res {
-                            Ok((c, new)) => {
-                                crate::progress::add(n as u64);
-                                done_tx.send((index, c, new)).expect("collector alive")
-                            }
+                        match seal_one(job, fp, index, &mut buf, n, packed.as_mut(), stored) {
+                            Ok((c, new)) => done_tx.send((index, c, new)).expect("collector alive"),
                             Err(e) => fail(e),
                         }
                     }
@@ -183,6 +155,83 @@ pub(crate) fn seal_stream(job: &SealJob<'_>, input: &mut dyn Read) -> SealOutcom
         None => Ok(chunks.into_iter().map(|c| c.expect("every dispatched chunk reported")).collect()),
     };
     SealOutcome { result, written, stored: stored.into_inner() }
+}
+
+/// [`seal_stream`] on the caller's thread alone: for a small input (or
+/// one of many written side by side by the caller's own workers), where
+/// starting threads would cost more than the sealing.
+fn seal_inline(job: &SealJob<'_>, fp: &Fingerprinter, input: &mut dyn Read) -> SealOutcome {
+    let stored = AtomicU64::new(0);
+    let mut buf = PooledBuf::take(job.chunk_size + CHUNK_OVERHEAD);
+    let mut packed =
+        if job.compress { Some(PooledBuf::take(compress_bound(job.chunk_size) + CHUNK_OVERHEAD)) } else { None };
+    let (mut chunks, mut written) = (Vec::new(), Vec::new());
+    let mut index = 0u64;
+    let result = loop {
+        let n = match read_full(input, &mut buf.slice_mut(HEADER_LEN + job.chunk_size)[HEADER_LEN..]) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(SealError::Input(e)),
+        };
+        match seal_one(job, fp, index, &mut buf, n, packed.as_mut(), &stored) {
+            Ok((c, new)) => {
+                if new {
+                    written.push(c.id);
+                }
+                chunks.push(c);
+            }
+            Err(e) => break Err(e),
+        }
+        index += 1;
+        if n < job.chunk_size {
+            break Ok(());
+        }
+    };
+    SealOutcome { result: result.map(|()| chunks), written, stored: stored.into_inner() }
+}
+
+/// Fingerprint chunk `index` (the `n` bytes after the header room in
+/// `buf`) and reuse the previous generation's chunk at that position when
+/// it matches; otherwise compress (into `packed`, when it pays), seal and
+/// store it. Returns the chunk and whether it was stored now.
+fn seal_one(
+    job: &SealJob<'_>,
+    fp: &Fingerprinter,
+    index: u64,
+    buf: &mut PooledBuf,
+    n: usize,
+    packed: Option<&mut PooledBuf>,
+    stored: &AtomicU64,
+) -> Result<(ChunkRef, bool), SealError> {
+    let plain = &buf.slice(HEADER_LEN + n)[HEADER_LEN..];
+    let fingerprint = fp.fingerprint(plain);
+    let reuse = job.previous.get(index as usize).filter(|p| p.len as usize == n && p.fingerprint == fingerprint);
+    let res = match reuse {
+        Some(p) => Ok((*p, false)),
+        None => {
+            let id = ChunkId::random();
+            let plain = &buf.slice(HEADER_LEN + n)[HEADER_LEN..];
+            let compressed = packed.and_then(|p| {
+                let cap = p.capacity();
+                compress(plain, &mut p.slice_mut(cap)[HEADER_LEN..]).map(|len| (p, len))
+            });
+            let (codec, sealed) = match compressed {
+                Some((p, len)) => (Codec::Lz4, p.slice_mut(len + CHUNK_OVERHEAD)),
+                None => (Codec::Stored, buf.slice_mut(n + CHUNK_OVERHEAD)),
+            };
+            seal_chunk(job.key, &job.dataset, &id, index, codec, sealed)
+                .map_err(SealError::Format)
+                .and_then(|_| job.volume.put_chunk(&id, sealed).map_err(SealError::Store))
+                .map(|_| {
+                    stored.fetch_add(sealed.len() as u64, Ordering::Relaxed);
+                    (ChunkRef { id, len: n as u32, fingerprint }, true)
+                })
+        }
+    };
+    if res.is_ok() {
+        crate::progress::add(n as u64);
+    }
+    res
 }
 
 pub(crate) struct OpenJob<'a> {

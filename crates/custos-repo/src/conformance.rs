@@ -571,8 +571,7 @@ pub fn run(repo: &dyn Repository) {
     ));
     let none = |b: &[GenerationCommit]| {
         b.iter().all(|c| {
-            repo.dataset(&c.name).unwrap().is_none()
-                && repo.key(&c.new_key.as_ref().unwrap().label).unwrap().is_none()
+            repo.dataset(&c.name).unwrap().is_none() && repo.key(&c.new_key.as_ref().unwrap().label).unwrap().is_none()
         })
     };
     assert!(none(&batch), "a batch with one bad commit commits none of it");

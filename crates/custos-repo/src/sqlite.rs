@@ -2962,4 +2962,3 @@ mod tests {
         assert!(e.to_string().contains("upgrade Custos"));
     }
 }
-
