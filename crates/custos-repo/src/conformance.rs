@@ -454,6 +454,37 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.backup_chunks(b1).unwrap(), vec![c, a]);
     assert_eq!(repo.backup_sources(b1).unwrap(), vec![Some(ChunkId([0x51; 16])), Some(ChunkId([0x52; 16]))]);
     assert_eq!(repo.backup_sources(b2).unwrap(), vec![None]);
+    // Many backups in one transaction: all, or (one cannot be) none.
+    let recs: Vec<BackupRecord> = (0..3u8)
+        .map(|i| BackupRecord { copy_id: DatasetId([0xD0 + i; 16]), chunk_count: 1, ..b.clone() })
+        .collect();
+    let lists: Vec<[ChunkId; 1]> = (0..3u8).map(|i| [ChunkId([0xE0 + i; 16])]).collect();
+    let bkey = key("DSET.BACK.BAT.key001");
+    let since = repo.deletion_seq().unwrap();
+    let batch: Vec<crate::BackupInsert<'_>> = (0..3)
+        .map(|i| crate::BackupInsert {
+            record: &recs[i],
+            chunks: &lists[i],
+            sources: &[],
+            new_key: (i == 1).then_some(&bkey),
+            reused: &[],
+            since,
+        })
+        .collect();
+    let before = repo.backups().unwrap().len();
+    let mut spoilt = batch.clone();
+    spoilt[2].chunks = &[]; // short of its record's count
+    assert!(matches!(repo.insert_backups(&spoilt), Err(RepoError::Raced { .. })));
+    assert_eq!(repo.backups().unwrap().len(), before, "none of the batch recorded");
+    assert!(repo.key(&bkey.label).unwrap().is_none(), "the batch's new key went with it");
+    let made = repo.insert_backups(&batch).unwrap();
+    assert!(made.len() == 3 && made[0] < made[1] && made[1] < made[2], "{made:?}");
+    assert!(repo.key(&bkey.label).unwrap().is_some());
+    assert_eq!(repo.backup_chunks(made[2]).unwrap(), lists[2]);
+    assert!(matches!(repo.insert_backups(&batch[..1]), Err(RepoError::Exists { kind: "backup", .. })));
+    for id in &made {
+        repo.remove_backup(*id).unwrap();
+    }
     // Removing b1 frees c (only b1 lists it) but not a (b2 does).
     let g = repo.remove_backup(b1).unwrap();
     // What a removal releases goes to the trash in the same transaction.

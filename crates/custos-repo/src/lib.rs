@@ -83,6 +83,17 @@ pub enum RepoError {
     Io { what: String, source: std::io::Error },
 }
 
+/// One backup to record (see [`Repository::insert_backup`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BackupInsert<'a> {
+    pub record: &'a BackupRecord,
+    pub chunks: &'a [ChunkId],
+    pub sources: &'a [ChunkId],
+    pub new_key: Option<&'a KeyRecord>,
+    pub reused: &'a [ChunkId],
+    pub since: u64,
+}
+
 /// A new generation to commit. `previous` is the generation the writer
 /// started from (0 for a new dataset): if another writer committed since,
 /// the commit fails with [`RepoError::Conflict`].
@@ -319,7 +330,15 @@ pub trait Repository: Send + Sync {
         new_key: Option<&KeyRecord>,
         reused: &[ChunkId],
         since: u64,
-    ) -> Result<u64>;
+    ) -> Result<u64> {
+        let one = BackupInsert { record: rec, chunks, sources, new_key, reused, since };
+        let mut ids = self.insert_backups(std::slice::from_ref(&one))?;
+        ids.pop().ok_or_else(|| RepoError::Corrupt { what: "no backup id came back".into() })
+    }
+    /// [`Repository::insert_backup`] for many backups in one transaction:
+    /// all are recorded, or (on the first that cannot be, whose error is
+    /// returned) none. Their ids, in order.
+    fn insert_backups(&self, items: &[BackupInsert<'_>]) -> Result<Vec<u64>>;
     /// How many deletions of objects from volumes were recorded so far
     /// (rises with each `forget_trash`); a writer reads it before it looks
     /// at any object, for [`GenerationCommit::since`].

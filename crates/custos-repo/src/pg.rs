@@ -44,7 +44,7 @@ pub(crate) use conn::Manager;
 
 use crate::rowauth::{constant_time_eq, Table, GENERATION_SETTING, KEYLESS_SETTINGS, SEALED_SETTING, TABLES};
 use crate::{
-    row_message, AuditCheckpoint, AuditLink, AuditRow, CatalogCheck, Col, Garbage, GenerationCommit, RepoError,
+    row_message, AuditCheckpoint, AuditLink, BackupInsert, AuditRow, CatalogCheck, Col, Garbage, GenerationCommit, RepoError,
     Repository, RequestRow, Result, Rewrap, RewrapFn, RewrapPage, RowAuth, RowFault, TrashEntry, VolumeObjects,
 };
 
@@ -1256,6 +1256,88 @@ impl PgRepository {
         Ok(())
     }
 
+    /// One backup's record inside the caller's transaction (see
+    /// [`Repository::insert_backups`]).
+    fn backup_in(&self, tx: &mut Db<'_>, x: &BackupInsert<'_>) -> Result<u64> {
+        let (b, chunks, sources, new_key, reused, since) = (x.record, x.chunks, x.sources, x.new_key, x.reused, x.since);
+    let r = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM backups WHERE volume = $1 AND copy_id = $2 AND generation = $3)",
+            &[&b.volume.as_str(), &&b.copy_id.0[..], &(b.generation as i64)],
+        )
+        .map_err(pg("look for the same backup"))?;
+    if get::<bool>(&r, 0)? {
+        return Err(RepoError::Exists {
+            kind: "backup",
+            name: format!(
+                "of {} (copy {} generation {} on {})",
+                b.dataset,
+                b.copy_id.to_hex(),
+                b.generation,
+                b.volume
+            ),
+        });
+    }
+    let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
+    if chunks.len() as u64 != b.chunk_count {
+        return Err(RepoError::Raced {
+            what: what(),
+            why: format!(
+                "it lists {} chunks for a generation of {}: the generation changed while it was read",
+                chunks.len(),
+                b.chunk_count
+            ),
+        });
+    }
+    check_reused(tx, reused, b.volume.as_str(), what)?;
+    check_not_claimed(
+        tx,
+        b.volume.as_str(),
+        &listed(b.volume.as_str(), chunks, (b.copy_id, b.generation))?,
+        since,
+        what,
+    )?;
+    if let Some(k) = new_key {
+        self.insert_key_in(tx, k)?;
+    }
+    let rows = self.write(
+        tx,
+        "record a backup",
+        "backups",
+        "INSERT INTO backups (dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation,
+             size, chunk_size, chunk_count, manifest_hash, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &b.dataset.as_str(),
+            &&b.dataset_id.0[..],
+            &(b.source_generation as i64),
+            &b.method.as_str(),
+            &b.volume.as_str(),
+            &b.key_label.as_str(),
+            &&b.copy_id.0[..],
+            &(b.generation as i64),
+            &(b.size as i64),
+            &(b.chunk_size as i64),
+            &(b.chunk_count as i64),
+            &&b.manifest_hash[..],
+            &ts(b.created_at),
+        ],
+    )?;
+    let id: i64 = get(rows.first().ok_or_else(|| corrupt("a backup id"))?, 2)?;
+    // One statement for all the chunks (a round trip each made a
+    // backup of a big dataset wait on thousands of them).
+    let idx: Vec<i64> = (0..chunks.len() as i64).collect();
+    let ids: Vec<&[u8]> = chunks.iter().map(|c| &c.0[..]).collect();
+    let srcs: Vec<Option<&[u8]>> = (0..chunks.len()).map(|i| sources.get(i).map(|s| &s.0[..])).collect();
+    tx.execute(
+        "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id)
+         SELECT $1, i, c, s FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS t(i, c, s)",
+        &[&id, &idx, &ids, &srcs],
+    )
+    .map_err(pg("record backup chunks"))?;
+    Ok(id as u64)
+    }
+
     /// One generation's commit inside the caller's transaction (see
     /// [`Repository::commit_generations`]).
     fn commit_in(&self, tx: &mut Db<'_>, c: &GenerationCommit) -> Result<Garbage> {
@@ -1903,92 +1985,9 @@ impl Repository for PgRepository {
         })
     }
 
-    fn insert_backup(
-        &self,
-        b: &BackupRecord,
-        chunks: &[ChunkId],
-        sources: &[ChunkId],
-        new_key: Option<&KeyRecord>,
-        reused: &[ChunkId],
-        since: u64,
-    ) -> Result<u64> {
+    fn insert_backups(&self, items: &[BackupInsert<'_>]) -> Result<Vec<u64>> {
         self.tx("record a backup", Some(LOCK_OBJECTS), |tx| {
-            let r = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM backups WHERE volume = $1 AND copy_id = $2 AND generation = $3)",
-                    &[&b.volume.as_str(), &&b.copy_id.0[..], &(b.generation as i64)],
-                )
-                .map_err(pg("look for the same backup"))?;
-            if get::<bool>(&r, 0)? {
-                return Err(RepoError::Exists {
-                    kind: "backup",
-                    name: format!(
-                        "of {} (copy {} generation {} on {})",
-                        b.dataset,
-                        b.copy_id.to_hex(),
-                        b.generation,
-                        b.volume
-                    ),
-                });
-            }
-            let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
-            if chunks.len() as u64 != b.chunk_count {
-                return Err(RepoError::Raced {
-                    what: what(),
-                    why: format!(
-                        "it lists {} chunks for a generation of {}: the generation changed while it was read",
-                        chunks.len(),
-                        b.chunk_count
-                    ),
-                });
-            }
-            check_reused(tx, reused, b.volume.as_str(), what)?;
-            check_not_claimed(
-                tx,
-                b.volume.as_str(),
-                &listed(b.volume.as_str(), chunks, (b.copy_id, b.generation))?,
-                since,
-                what,
-            )?;
-            if let Some(k) = new_key {
-                self.insert_key_in(tx, k)?;
-            }
-            let rows = self.write(
-                tx,
-                "record a backup",
-                "backups",
-                "INSERT INTO backups (dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation,
-                     size, chunk_size, chunk_count, manifest_hash, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                &[
-                    &b.dataset.as_str(),
-                    &&b.dataset_id.0[..],
-                    &(b.source_generation as i64),
-                    &b.method.as_str(),
-                    &b.volume.as_str(),
-                    &b.key_label.as_str(),
-                    &&b.copy_id.0[..],
-                    &(b.generation as i64),
-                    &(b.size as i64),
-                    &(b.chunk_size as i64),
-                    &(b.chunk_count as i64),
-                    &&b.manifest_hash[..],
-                    &ts(b.created_at),
-                ],
-            )?;
-            let id: i64 = get(rows.first().ok_or_else(|| corrupt("a backup id"))?, 2)?;
-            // One statement for all the chunks (a round trip each made a
-            // backup of a big dataset wait on thousands of them).
-            let idx: Vec<i64> = (0..chunks.len() as i64).collect();
-            let ids: Vec<&[u8]> = chunks.iter().map(|c| &c.0[..]).collect();
-            let srcs: Vec<Option<&[u8]>> = (0..chunks.len()).map(|i| sources.get(i).map(|s| &s.0[..])).collect();
-            tx.execute(
-                "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id)
-                 SELECT $1, i, c, s FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS t(i, c, s)",
-                &[&id, &idx, &ids, &srcs],
-            )
-            .map_err(pg("record backup chunks"))?;
-            Ok(id as u64)
+            items.iter().map(|x| self.backup_in(tx, x)).collect::<Result<Vec<_>>>()
         })
     }
 

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use crate::{
-    AuditCheckpoint, AuditLink, AuditRow, Garbage, GenerationCommit, RepoError, Repository, RequestRow, Result, Rewrap,
+    AuditCheckpoint, AuditLink, BackupInsert, AuditRow, Garbage, GenerationCommit, RepoError, Repository, RequestRow, Result, Rewrap,
     TrashEntry, VolumeObjects,
 };
 
@@ -1537,95 +1537,14 @@ impl Repository for SqliteRepository {
         )
     }
 
-    fn insert_backup(
-        &self,
-        b: &BackupRecord,
-        chunks: &[ChunkId],
-        sources: &[ChunkId],
-        new_key: Option<&KeyRecord>,
-        reused: &[ChunkId],
-        since: u64,
-    ) -> Result<u64> {
+    fn insert_backups(&self, items: &[BackupInsert<'_>]) -> Result<Vec<u64>> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db("start recording a backup"))?;
-        let twin: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM backups WHERE volume = ?1 AND copy_id = ?2 AND generation = ?3)",
-                params![b.volume.as_str(), &b.copy_id.0[..], b.generation as i64],
-                |r| r.get(0),
-            )
-            .map_err(db("look for the same backup"))?;
-        if twin {
-            return Err(RepoError::Exists {
-                kind: "backup",
-                name: format!(
-                    "of {} (copy {} generation {} on {})",
-                    b.dataset,
-                    b.copy_id.to_hex(),
-                    b.generation,
-                    b.volume
-                ),
-            });
-        }
-        let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
-        if chunks.len() as u64 != b.chunk_count {
-            return Err(RepoError::Raced {
-                what: what(),
-                why: format!(
-                    "it lists {} chunks for a generation of {}: the generation changed while it was read",
-                    chunks.len(),
-                    b.chunk_count
-                ),
-            });
-        }
-        check_reused(&tx, reused, b.volume.as_str(), what)?;
-        check_not_claimed(
-            &tx,
-            b.volume.as_str(),
-            &listed(b.volume.as_str(), chunks, (b.copy_id, b.generation))?,
-            since,
-            what,
-        )?;
-        if let Some(k) = new_key {
-            insert_key(&tx, k)?;
-        }
-        tx.execute(
-            "INSERT INTO backups (dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation,
-                 size, chunk_size, chunk_count, manifest_hash, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
-                b.dataset.as_str(),
-                &b.dataset_id.0[..],
-                b.source_generation as i64,
-                b.method.as_str(),
-                b.volume.as_str(),
-                b.key_label.as_str(),
-                &b.copy_id.0[..],
-                b.generation as i64,
-                b.size as i64,
-                b.chunk_size as i64,
-                b.chunk_count as i64,
-                &b.manifest_hash[..],
-                ts(b.created_at)
-            ],
-        )
-        .map_err(db("record a backup"))?;
-        let id = tx.last_insert_rowid();
-        {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db("record backup chunks"))?;
-            for (i, c) in chunks.iter().enumerate() {
-                let src = sources.get(i).map(|s| s.0.to_vec());
-                ins.execute(params![id, i as i64, &c.0[..], src]).map_err(db("record backup chunks"))?;
-            }
-        }
+        let ids = items.iter().map(|x| backup_in(&tx, x)).collect::<Result<Vec<_>>>()?;
         tx.commit().map_err(db("commit a backup"))?;
-        Ok(id as u64)
+        Ok(ids)
     }
 
     fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>> {
@@ -2771,6 +2690,87 @@ impl Repository for SqliteRepository {
         tx.commit().map_err(db("commit a removal"))?;
         Ok(garbage)
     }
+}
+
+/// One backup's record inside the caller's transaction (see
+/// [`Repository::insert_backups`]).
+fn backup_in(tx: &Transaction, x: &BackupInsert<'_>) -> Result<u64> {
+    let (b, chunks, sources, new_key, reused, since) = (x.record, x.chunks, x.sources, x.new_key, x.reused, x.since);
+    let twin: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM backups WHERE volume = ?1 AND copy_id = ?2 AND generation = ?3)",
+            params![b.volume.as_str(), &b.copy_id.0[..], b.generation as i64],
+            |r| r.get(0),
+        )
+        .map_err(db("look for the same backup"))?;
+    if twin {
+        return Err(RepoError::Exists {
+            kind: "backup",
+            name: format!(
+                "of {} (copy {} generation {} on {})",
+                b.dataset,
+                b.copy_id.to_hex(),
+                b.generation,
+                b.volume
+            ),
+        });
+    }
+    let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
+    if chunks.len() as u64 != b.chunk_count {
+        return Err(RepoError::Raced {
+            what: what(),
+            why: format!(
+                "it lists {} chunks for a generation of {}: the generation changed while it was read",
+                chunks.len(),
+                b.chunk_count
+            ),
+        });
+    }
+    check_reused(tx, reused, b.volume.as_str(), what)?;
+    check_not_claimed(
+        tx,
+        b.volume.as_str(),
+        &listed(b.volume.as_str(), chunks, (b.copy_id, b.generation))?,
+        since,
+        what,
+    )?;
+    if let Some(k) = new_key {
+        insert_key(tx, k)?;
+    }
+    tx.execute(
+        "INSERT INTO backups (dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation,
+             size, chunk_size, chunk_count, manifest_hash, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            b.dataset.as_str(),
+            &b.dataset_id.0[..],
+            b.source_generation as i64,
+            b.method.as_str(),
+            b.volume.as_str(),
+            b.key_label.as_str(),
+            &b.copy_id.0[..],
+            b.generation as i64,
+            b.size as i64,
+            b.chunk_size as i64,
+            b.chunk_count as i64,
+            &b.manifest_hash[..],
+            ts(b.created_at)
+        ],
+    )
+    .map_err(db("record a backup"))?;
+    let id = tx.last_insert_rowid();
+    {
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db("record backup chunks"))?;
+        for (i, c) in chunks.iter().enumerate() {
+            let src = sources.get(i).map(|s| s.0.to_vec());
+            ins.execute(params![id, i as i64, &c.0[..], src]).map_err(db("record backup chunks"))?;
+        }
+    }
+    Ok(id as u64)
 }
 
 /// One generation's commit inside the caller's transaction (see
