@@ -19,14 +19,15 @@ use std::io::{Read, Write};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use custos_model::{
-    BackupRecord, ChunkRef, CopyMethod, DatasetId, DatasetName, DatasetRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
+    BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetName, DatasetRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
     Pattern, Purpose, SnapshotRecord, VolumeName,
 };
+use custos_crypto::DataKey;
 use custos_store::format::{object_hash, Manifest, CHUNK_OVERHEAD};
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::datasets::{open_manifest, place_manifest};
+use crate::datasets::{open_manifest, place_manifest, place_manifest_with};
 use crate::keys::NewKey;
 use crate::pipeline::{copy_raw, open_stream, transcode, OpenError, OpenJob, SealError, TranscodeError, TranscodeJob};
 use crate::{Error, Open, PutOptions, Result, Vault, VaultState};
@@ -430,6 +431,72 @@ struct LogicalPlan {
     new_key: Option<KeyRecord>,
 }
 
+/// A logical copy whose chunks are stored, not yet recorded.
+struct StagedCopy {
+    /// The record to insert (its id once inserted).
+    rec: BackupRecord,
+    chunks: Vec<ChunkRef>,
+    ids: Vec<ChunkId>,
+    /// The source chunk each was made from.
+    sources: Vec<ChunkId>,
+    /// Chunks of the previous copy it shares.
+    reused: Vec<ChunkId>,
+    /// The BACK key made for it, as it will be recorded.
+    new_key: Option<KeyRecord>,
+    /// Chunks it stored.
+    written: Vec<ChunkId>,
+    /// The generation its manifest was stored as.
+    placed: Option<u64>,
+    back_key: DataKey,
+    since: u64,
+}
+
+impl StagedCopy {
+    /// Seal and store the manifest (durable now, or at the next sync when
+    /// `deferred`) as the series' next free generation: one that an
+    /// interrupted or concurrent copy took is skipped, never touched.
+    fn place(&mut self, plan: &LogicalPlan, dst: &dyn custos_store::Volume, deferred: bool) -> Result<()> {
+        let kcv = self.new_key.as_ref().unwrap_or(&plan.back).kcv;
+        let (name, copy_id) = (&self.rec.dataset, self.rec.copy_id);
+        let seal = |generation| {
+            Manifest {
+                dataset_id: copy_id,
+                generation,
+                created_at: self.rec.created_at,
+                chunk_size: self.rec.chunk_size,
+                size: self.rec.size,
+                name: name.to_string(),
+                key_label: self.rec.key_label.to_string(),
+                key_kcv: kcv,
+                chunks: self.chunks.clone(),
+            }
+            .seal(&self.back_key)
+            .map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })
+        };
+        let (generation, sealed) = if deferred {
+            place_manifest_with(dst, name, self.rec.generation, seal, |g, b| dst.put_manifest_deferred(&copy_id, g, b))?
+        } else {
+            place_manifest(dst, name, &copy_id, self.rec.generation, seal)?
+        };
+        self.placed = Some(generation);
+        self.rec.generation = generation;
+        self.rec.manifest_hash = object_hash(&sealed);
+        Ok(())
+    }
+
+    /// Delete what this copy stored: it will not be recorded. Only what it
+    /// created: its chunks have fresh random ids, and its manifest was
+    /// created under a name it alone took.
+    fn abandon(&self, dst: &dyn custos_store::Volume) {
+        for id in &self.written {
+            let _ = dst.delete_chunk(id);
+        }
+        if let Some(g) = self.placed {
+            let _ = dst.delete_manifest(&self.rec.copy_id, g);
+        }
+    }
+}
+
 /// Catalog records read once for a run over many datasets, by name; a
 /// name missing from the snapshot is looked up again.
 struct Preloaded<K, V>(HashMap<K, V>);
@@ -699,7 +766,23 @@ impl Vault<Open> {
             plans.push((out.len(), LogicalPlan { d, previous, back, new_key }));
             out.push((name.clone(), None));
         }
-        let results = self.in_parallel(plans, |plan| (plan.d.current.key_label.clone(), self.copy_logical(plan, to)));
+        // Big datasets one at a time, every worker on their chunks; small
+        // ones in batches, side by side, each batch made durable by one
+        // flush and recorded in one transaction.
+        let (small, big): (Vec<_>, Vec<_>) =
+            plans.into_iter().partition(|(_, p)| p.d.current.size <= 4 * u64::from(p.d.current.chunk_size));
+        let mut results = self.in_parallel(big, |plan| (plan.d.current.key_label.clone(), self.copy_logical(plan, to)));
+        let mut rest = small.as_slice();
+        while !rest.is_empty() && !results.iter().any(|(_, r)| r.failed()) {
+            let (mut n, mut bytes) = (0, 0u64);
+            while n < rest.len() && n < crate::datasets::BATCH_FILES && bytes < crate::datasets::BATCH_BYTES {
+                bytes += rest[n].1.d.current.size;
+                n += 1;
+            }
+            results.extend(self.copy_logical_batch(&rest[..n], to)?);
+            rest = &rest[n..];
+        }
+        results.sort_by_key(|(i, _)| *i);
         // Key uses are counted once for the whole run, in one transaction.
         let mut used = Vec::new();
         let mut first_error = None;
@@ -721,16 +804,117 @@ impl Vault<Open> {
         }
     }
 
+    /// Make a batch of planned logical copies of small datasets, side by
+    /// side (each on one worker), flush the target once and record them
+    /// in one transaction (one at a time when that fails, as
+    /// [`Vault::copy_logical`] would). Each result as `copy_logical`'s.
+    #[allow(clippy::type_complexity)]
+    fn copy_logical_batch(
+        &self,
+        batch: &[(usize, LogicalPlan)],
+        to: &VolumeName,
+    ) -> Result<Vec<(usize, (KeyLabel, Result<BackupRecord>))>> {
+        let since = self.repo.deletion_seq()?;
+        let dst = self.open_volume(to)?;
+        let jobs: Vec<(usize, &LogicalPlan)> = batch.iter().map(|(i, p)| (*i, p)).collect();
+        let staged = self.in_parallel(jobs, |plan| self.stage_logical(plan, to, dst.as_ref(), since, 1, true));
+        let plan_of = |i: usize| &batch.iter().find(|(j, _)| *j == i).expect("a job of this batch").1;
+        let mut out = Vec::with_capacity(staged.len());
+        let mut copies = Vec::with_capacity(staged.len());
+        for (i, r) in staged {
+            match r {
+                Ok(c) => copies.push((i, c)),
+                Err(e) => out.push((i, (plan_of(i).d.current.key_label.clone(), Err(e)))),
+            }
+        }
+        if let Err(e) = dst.sync() {
+            for (_, c) in &copies {
+                c.abandon(dst.as_ref());
+            }
+            // The first copy carries the error itself, the rest its words.
+            let why = e.to_string();
+            let mut first = Some(Error::from(e));
+            for (i, _) in copies {
+                let err = first.take().unwrap_or_else(|| Error::Invalid { what: "logical copy", why: why.clone() });
+                out.push((i, (plan_of(i).d.current.key_label.clone(), Err(err))));
+            }
+            return Ok(out);
+        }
+        let inserts: Vec<custos_repo::BackupInsert<'_>> = copies
+            .iter()
+            .map(|(_, c)| custos_repo::BackupInsert {
+                record: &c.rec,
+                chunks: &c.ids,
+                sources: &c.sources,
+                new_key: c.new_key.as_ref(),
+                reused: &c.reused,
+                since: c.since,
+            })
+            .collect();
+        let recorded = self.repo.insert_backups(&inserts);
+        drop(inserts);
+        match recorded {
+            Ok(ids) => {
+                for ((i, mut c), id) in copies.into_iter().zip(ids) {
+                    c.rec.id = id;
+                    out.push((i, (plan_of(i).d.current.key_label.clone(), Ok(c.rec))));
+                }
+            }
+            // One of them cannot be recorded as staged (a concurrent run
+            // took a BACK key's label, or an object it shares): each on
+            // its own.
+            Err(_) => {
+                for (i, mut c) in copies {
+                    let plan = plan_of(i);
+                    let r = match self.record_copy(&mut c, plan, dst.as_ref()) {
+                        Ok(()) => Ok(c.rec),
+                        Err(e) => {
+                            c.abandon(dst.as_ref());
+                            Err(e)
+                        }
+                    };
+                    out.push((i, (plan.d.current.key_label.clone(), r)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Make one planned logical copy and commit it.
     fn copy_logical(&self, plan: &LogicalPlan, to: &VolumeName) -> Result<BackupRecord> {
-        let LogicalPlan { d, previous, back, new_key } = plan;
         // Before any object of the target is looked at (see `GenerationCommit::since`).
         let since = self.repo.deletion_seq()?;
+        let dst = self.open_volume(to)?;
+        let mut c = self.stage_logical(plan, to, dst.as_ref(), since, self.threads, false)?;
+        match self.record_copy(&mut c, plan, dst.as_ref()) {
+            Ok(()) => Ok(c.rec),
+            Err(e) => {
+                c.abandon(dst.as_ref());
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-seal a planned logical copy's chunks onto `dst` under its BACK
+    /// key (with `threads` workers; one works on this thread) and store its
+    /// manifest: durable now (after a flush of the chunks), or, when
+    /// `deferred`, at `dst`'s next sync. On failure, what it stored is
+    /// deleted again.
+    fn stage_logical(
+        &self,
+        plan: &LogicalPlan,
+        to: &VolumeName,
+        dst: &dyn custos_store::Volume,
+        since: u64,
+        threads: usize,
+        deferred: bool,
+    ) -> Result<StagedCopy> {
+        let LogicalPlan { d, previous, back, new_key } = plan;
         let (name, g, previous) = (&d.name, &d.current, previous.as_ref());
         let back_key = self.unwrap_for(back, KeyUse::Encrypt, name)?;
         let primary = self.key_record(&g.key_label)?;
         let primary_key = self.unwrap_for(&primary, KeyUse::Decrypt, name)?;
-        let (src, dst) = (self.open_volume(&g.volume)?, self.open_volume(to)?);
+        let src = self.open_volume(&g.volume)?;
         let source = self.load_manifest(d, &primary_key, src.as_ref())?;
         // Continue the previous copy's series. Its chunks are reused, unread,
         // wherever the source chunk is the very object that copy was made from
@@ -741,7 +925,7 @@ impl Vault<Open> {
         };
         let mut reuse: Vec<Option<ChunkRef>> = vec![None; source.chunks.len()];
         if let Some(p) = previous.filter(|p| p.key_label == back.label && p.chunk_size == source.chunk_size) {
-            if let Ok(m) = open_manifest(dst.as_ref(), name, &p.copy_id, p.generation, &p.manifest_hash, &back_key) {
+            if let Ok(m) = open_manifest(dst, name, &p.copy_id, p.generation, &p.manifest_hash, &back_key) {
                 let made_from = self.repo.backup_sources(p.id)?;
                 for (i, c) in source.chunks.iter().enumerate() {
                     if let (Some(Some(was)), Some(copy)) = (made_from.get(i), m.chunks.get(i)) {
@@ -759,17 +943,43 @@ impl Vault<Open> {
                 volume: src.as_ref(),
                 chunks: &source.chunks,
                 chunk_size: source.chunk_size as u64,
-                threads: self.threads,
+                threads,
             },
             to_key: &back_key,
             to_id: copy_id,
-            to_volume: dst.as_ref(),
+            to_volume: dst,
             reuse: &reuse,
         };
         let outcome = transcode(&job);
-        let mut placed = None;
-        let result = (|| -> Result<BackupRecord> {
-            let chunks = outcome.result.map_err(|e| match e {
+        let mut c = StagedCopy {
+            rec: BackupRecord {
+                id: 0,
+                dataset: name.clone(),
+                dataset_id: d.id,
+                source_generation: g.generation,
+                method: CopyMethod::Logical,
+                volume: to.clone(),
+                key_label: new_key.as_ref().unwrap_or(back).label.clone(),
+                copy_id,
+                generation,
+                size: source.size,
+                chunk_size: source.chunk_size,
+                chunk_count: 0,
+                manifest_hash: [0; 32],
+                created_at: Timestamp::now(),
+            },
+            chunks: Vec::new(),
+            ids: Vec::new(),
+            sources: source.chunks.iter().map(|c| c.id).collect(),
+            reused: reuse.iter().flatten().map(|c| c.id).collect(),
+            new_key: new_key.clone(),
+            written: outcome.written,
+            placed: None,
+            back_key,
+            since,
+        };
+        let staged = (|| -> Result<()> {
+            c.chunks = outcome.result.map_err(|e| match e {
                 TranscodeError::Source(OpenError::Chunk { index, id, problem }) => Error::Chunk {
                     dataset: name.clone(),
                     generation: g.generation,
@@ -784,81 +994,50 @@ impl Vault<Open> {
                 }
                 TranscodeError::Target(SealError::Format(e)) => Error::Invalid { what: "chunk", why: e.to_string() },
             })?;
-            if !outcome.written.is_empty() {
+            c.ids = c.chunks.iter().map(|c| c.id).collect();
+            c.rec.chunk_count = c.chunks.len() as u64;
+            if !deferred && !c.written.is_empty() {
                 dst.sync()?;
             }
-            let created_at = Timestamp::now();
-            let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
-            let sources: Vec<_> = source.chunks.iter().map(|c| c.id).collect();
-            let reused: Vec<_> = reuse.iter().flatten().map(|c| c.id).collect();
-            let mut new_key = new_key.clone();
-            for _ in 0..64 {
-                let back = new_key.as_ref().unwrap_or(back);
-                // The series' next free generation: one that an interrupted
-                // or concurrent copy took is skipped, never touched.
-                let (generation, sealed) = place_manifest(dst.as_ref(), name, &copy_id, generation, |generation| {
-                    Manifest {
-                        dataset_id: copy_id,
-                        generation,
-                        created_at,
-                        chunk_size: source.chunk_size,
-                        size: source.size,
-                        name: name.to_string(),
-                        key_label: back.label.to_string(),
-                        key_kcv: back.kcv,
-                        chunks: chunks.clone(),
-                    }
-                    .seal(&back_key)
-                    .map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })
-                })?;
-                placed = Some(generation);
-                let mut rec = BackupRecord {
-                    id: 0,
-                    dataset: name.clone(),
-                    dataset_id: d.id,
-                    source_generation: g.generation,
-                    method: CopyMethod::Logical,
-                    volume: to.clone(),
-                    key_label: back.label.clone(),
-                    copy_id,
-                    generation,
-                    size: source.size,
-                    chunk_size: source.chunk_size,
-                    chunk_count: chunks.len() as u64,
-                    manifest_hash: object_hash(&sealed),
-                    created_at,
-                };
-                match self.repo.insert_backup(&rec, &ids, &sources, new_key.as_ref(), &reused, since) {
-                    Err(custos_repo::RepoError::Exists { kind: "key", .. }) if new_key.is_some() => {
-                        // A concurrent run took this label for a BACK key of its own.
-                        let _ = dst.delete_manifest(&copy_id, generation);
-                        placed = None;
-                        self.relabel_new_key(new_key.as_mut().expect("checked"))?;
-                    }
-                    r => {
-                        rec.id = r?;
-                        return Ok(rec);
-                    }
-                }
-            }
-            Err(Error::Invalid {
-                what: "logical backup",
-                why: format!(
-                    "{name}: every label tried for its new BACK key was taken by concurrent runs; run it again"
-                ),
-            })
+            c.place(plan, dst, deferred)
         })();
-        if result.is_err() {
-            // Only what this attempt created: its chunks have fresh random
-            // ids, and its manifest was created under a name it alone took.
-            for id in &outcome.written {
-                let _ = dst.delete_chunk(id);
-            }
-            if let Some(generation) = placed {
-                let _ = dst.delete_manifest(&copy_id, generation);
+        match staged {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                c.abandon(dst);
+                Err(e)
             }
         }
-        result
+    }
+
+    /// Record a staged copy whose objects are durable. When a concurrent
+    /// run took the label of the BACK key made for it, the key is named
+    /// anew (and the manifest, which names it, stored again).
+    fn record_copy(&self, c: &mut StagedCopy, plan: &LogicalPlan, dst: &dyn custos_store::Volume) -> Result<()> {
+        for _ in 0..64 {
+            match self.repo.insert_backup(&c.rec, &c.ids, &c.sources, c.new_key.as_ref(), &c.reused, c.since) {
+                Err(custos_repo::RepoError::Exists { kind: "key", .. }) if c.new_key.is_some() => {
+                    // A concurrent run took this label for a BACK key of its own.
+                    if let Some(g) = c.placed.take() {
+                        let _ = dst.delete_manifest(&c.rec.copy_id, g);
+                    }
+                    self.relabel_new_key(c.new_key.as_mut().expect("checked"))?;
+                    c.rec.key_label = c.new_key.as_ref().expect("checked").label.clone();
+                    c.place(plan, dst, false)?;
+                }
+                r => {
+                    c.rec.id = r?;
+                    return Ok(());
+                }
+            }
+        }
+        Err(Error::Invalid {
+            what: "logical backup",
+            why: format!(
+                "{}: every label tried for its new BACK key was taken by concurrent runs; run it again",
+                c.rec.dataset
+            ),
+        })
     }
 
     /// Check a backup: its manifest is the one recorded and opens under its

@@ -639,8 +639,8 @@ impl Vault<Open> {
 }
 
 /// An import's batch: at most this many files, or this many bytes of them.
-const BATCH_FILES: usize = 1024;
-const BATCH_BYTES: u64 = 256 << 20;
+pub(crate) const BATCH_FILES: usize = 1024;
+pub(crate) const BATCH_BYTES: u64 = 256 << 20;
 
 /// A write sealed and stored, not yet committed (see [`Vault::put`]).
 struct Staged {
@@ -743,7 +743,7 @@ pub(crate) fn place_manifest(
 }
 
 /// [`place_manifest`], storing by `put`.
-fn place_manifest_with(
+pub(crate) fn place_manifest_with(
     volume: &dyn Volume,
     name: &DatasetName,
     first: u64,

@@ -438,54 +438,64 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
             *slot = Some((i, e));
         }
     };
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let (idx_rx, done_tx) = (idx_rx.clone(), done_tx.clone());
-            let (fp, fail, abort) = (&fp, &fail, &abort);
-            s.spawn(move || {
-                let mut buf = None;
-                for i in idx_rx {
-                    if abort.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    if let Some(r) = job.reuse.get(i).copied().flatten() {
-                        crate::progress::add(r.len as u64);
-                        done_tx.send((i, r, false)).expect("collector alive");
-                        continue;
-                    }
-                    let c = &job.from.chunks[i];
-                    let buf = buf.get_or_insert_with(|| PooledBuf::take(job.from.chunk_size as usize + CHUNK_OVERHEAD));
-                    let opened = match read_and_unseal(&job.from, i as u64, c, buf) {
-                        Ok(o) => o,
-                        Err(e) => {
-                            fail(i, TranscodeError::Source(e));
-                            continue;
-                        }
-                    };
-                    let fingerprint = fp.fingerprint(&c.fingerprint);
-                    let id = ChunkId::random();
-                    let sealed = buf.slice_mut(opened.body_len + CHUNK_OVERHEAD);
-                    let res = seal_chunk(job.to_key, &job.to_id, &id, i as u64, opened.codec, sealed)
-                        .map_err(SealError::Format)
-                        .and_then(|_| job.to_volume.put_chunk(&id, sealed).map_err(SealError::Store));
-                    match res {
-                        Ok(()) => {
-                            crate::progress::add(c.len as u64);
-                            done_tx.send((i, ChunkRef { id, len: c.len, fingerprint }, true)).expect("collector alive")
-                        }
-                        Err(e) => fail(i, TranscodeError::Target(e)),
-                    }
+    // One worker's loop over the positions it is handed.
+    let work = |idx: &mut dyn Iterator<Item = usize>, done_tx: &crossbeam_channel::Sender<(usize, ChunkRef, bool)>| {
+        let mut buf = None;
+        for i in idx {
+            if abort.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Some(r) = job.reuse.get(i).copied().flatten() {
+                crate::progress::add(r.len as u64);
+                done_tx.send((i, r, false)).expect("collector alive");
+                continue;
+            }
+            let c = &job.from.chunks[i];
+            let buf = buf.get_or_insert_with(|| PooledBuf::take(job.from.chunk_size as usize + CHUNK_OVERHEAD));
+            let opened = match read_and_unseal(&job.from, i as u64, c, buf) {
+                Ok(o) => o,
+                Err(e) => {
+                    fail(i, TranscodeError::Source(e));
+                    continue;
                 }
-            });
-        }
-        drop(done_tx);
-        for i in 0..n {
-            if abort.load(Ordering::Relaxed) || idx_tx.send(i).is_err() {
-                break;
+            };
+            let fingerprint = fp.fingerprint(&c.fingerprint);
+            let id = ChunkId::random();
+            let sealed = buf.slice_mut(opened.body_len + CHUNK_OVERHEAD);
+            let res = seal_chunk(job.to_key, &job.to_id, &id, i as u64, opened.codec, sealed)
+                .map_err(SealError::Format)
+                .and_then(|_| job.to_volume.put_chunk(&id, sealed).map_err(SealError::Store));
+            match res {
+                Ok(()) => {
+                    crate::progress::add(c.len as u64);
+                    done_tx.send((i, ChunkRef { id, len: c.len, fingerprint }, true)).expect("collector alive")
+                }
+                Err(e) => fail(i, TranscodeError::Target(e)),
             }
         }
+    };
+    if threads == 1 {
+        // One worker: this thread (a small dataset, or one of many copied
+        // side by side by the caller's own workers).
         drop(idx_tx);
-    });
+        work(&mut (0..n), &done_tx);
+        drop(done_tx);
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let (idx_rx, done_tx) = (idx_rx.clone(), done_tx.clone());
+                let work = &work;
+                s.spawn(move || work(&mut idx_rx.into_iter(), &done_tx));
+            }
+            drop(done_tx);
+            for i in 0..n {
+                if abort.load(Ordering::Relaxed) || idx_tx.send(i).is_err() {
+                    break;
+                }
+            }
+            drop(idx_tx);
+        });
+    }
     let mut chunks: Vec<Option<ChunkRef>> = vec![None; n];
     let mut written = Vec::new();
     for (i, c, new) in done_rx {
