@@ -10,9 +10,8 @@
 #     backup;
 #   - incremental after 1% of the files change: Custos `ds import --replace`
 #     (which reads every file) + `backup run`; the others' second backup;
-#   - plaintext out: Custos `ds get -o` of every dataset, one command each
-#     (there is no bulk export yet; run only up to EXPORT_MAX files, default
-#     10,000); the others' restore of everything;
+#   - plaintext out: Custos `ds export` of every dataset; the others'
+#     restore of everything;
 #   - stored bytes: Custos's primary volume and its logical copy; the
 #     others' repositories.
 # Every time is wall-clock for the whole command (or loop), page cache warm,
@@ -31,7 +30,6 @@ root=$(pwd)
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(10000 100000)
 work=${SMALL_WORK:-/tmp/custos-small}
-export_max=${EXPORT_MAX:-10000}
 need=()
 command -v restic >/dev/null 2>&1 || need+=(restic)
 command -v borg >/dev/null 2>&1 || need+=(borgbackup)
@@ -100,9 +98,8 @@ write_section() {
 <!-- small-files:begin -->
 Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/small-files.sh ${sizes[*]}\`, Custos $(git -C "$root" rev-parse --short HEAD) (release build, default policy: a key per dataset); files of 1–64 KiB, half random and half text; page cache warm, disk settled before each timed step; one run.
 $rows
-"Plaintext out" is, for Custos, one \`ds get -o\` per dataset (no bulk
-export exists yet; not run above $export_max files), and for the others a
-restore of everything. Custos's incremental includes the \`ds import
+"Plaintext out" is, for Custos, \`ds export\` of every dataset, and for
+the others a restore of everything. Custos's incremental includes the \`ds import
 --replace\` that brings the changed files in (it reads every file).
 <!-- small-files:end -->
 MD
@@ -149,16 +146,9 @@ for n in "${sizes[@]}"; do
   c_reimport=$(t "$custos" ds import "$work/data" --prefix SMALL --replace)
   settle
   c_incr=$(t "$custos" backup run --to offsite)
-  c_export="not run"
-  if [ "$n" -le "$export_max" ]; then
-    mkdir -p "$work/custos-out"
-    "$custos" ds ls 'SMALL.**' --json | python3 -c 'import json,sys; [print(d["name"]) for d in json.load(sys.stdin)]' > "$work/names"
-    [ "$(wc -l < "$work/names")" = "$n" ] || { echo "expected $n datasets, listed $(wc -l < "$work/names")" >&2; exit 1; }
-    export_all() { while read -r name; do "$custos" ds get "$name" -o "$work/custos-out/$name" || return 1; done < "$work/names"; }
-    settle
-    c_export="$(s "$(t export_all)") s"
-    [ "$(find "$work/custos-out" -type f | wc -l)" = "$n" ] || { echo "the export wrote too few files" >&2; exit 1; }
-  fi
+  settle
+  c_export="$(s "$(t "$custos" ds export SMALL "$work/custos-out")") s"
+  [ "$(find "$work/custos-out" -type f | wc -l)" = "$n" ] || { echo "the export wrote too few files" >&2; exit 1; }
 
   # The others: each on its own copy of the tree.
   peer_rows=""

@@ -1000,6 +1000,16 @@ pub enum DsCmd {
         #[arg(long)]
         replace: bool,
     },
+    /// Write every dataset PREFIX or PREFIX.<qualifiers> below DIR as a
+    /// file DIR/<qualifiers as a path>, as `ds import` named them; many at
+    /// once, checked before anything is written.
+    Export {
+        prefix: String,
+        dir: PathBuf,
+        /// Overwrite files that exist already.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

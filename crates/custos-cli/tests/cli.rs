@@ -79,6 +79,71 @@ fn full_tour_with_json() {
     e.ok(&["policy", "rm", "pay"]);
 }
 
+/// `ds export` writes a tree of datasets back as files, as `ds import`
+/// named them, and refuses (writing nothing) what it cannot do whole.
+#[test]
+fn export_writes_back_what_import_took_in() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    let mut files = Vec::new();
+    for i in 0..40usize {
+        let rel = format!("d{}/f{i:02}", i % 3);
+        let body = noise(1 + i * 997 % 5_000, i as u64);
+        std::fs::create_dir_all(src.join(format!("d{}", i % 3))).unwrap();
+        std::fs::write(src.join(&rel), &body).unwrap();
+        files.push((rel, body));
+    }
+    // One bigger than four chunks, read by every worker.
+    e.ok(&["config", "set", "chunk.size", "65536"]);
+    let big = noise(300_000, 99);
+    std::fs::write(src.join("big"), &big).unwrap();
+    files.push(("big".into(), big));
+    e.ok(&["ds", "import", Env::s(&src), "--prefix", "TREE"]);
+    let out = e.dir.path().join("out");
+    let made = e.json(&["ds", "export", "TREE", Env::s(&out)]);
+    assert_eq!(made.as_array().unwrap().len(), files.len());
+    for (rel, body) in &files {
+        assert_eq!(std::fs::read(out.join(rel)).unwrap(), *body, "{rel}");
+    }
+    let left: Vec<_> = walk(&out).into_iter().filter(|p| p.to_string_lossy().contains("custos-export")).collect();
+    assert!(left.is_empty(), "no temp files left: {left:?}");
+    assert!(
+        e.json(&["ds", "info", "TREE.d1.f01"])["last_access"] != e.json(&["ds", "info", "TREE.d1.f01"])["created_at"]
+    );
+    // Existing files are refused, all before any is written.
+    std::fs::remove_file(out.join("d2/f02")).unwrap();
+    std::fs::write(out.join("d0/f00"), b"mine").unwrap();
+    let err = e.fails(&["ds", "export", "TREE", Env::s(&out)], 1);
+    assert!(err.contains(": exists (dataset TREE.") && err.matches("pass --replace").count() == 1, "{err}");
+    assert!(!out.join("d2/f02").exists(), "nothing was written");
+    assert_eq!(std::fs::read(out.join("d0/f00")).unwrap(), b"mine");
+    e.ok(&["ds", "export", "TREE", Env::s(&out), "--replace"]);
+    assert_eq!(std::fs::read(out.join("d0/f00")).unwrap(), files[0].1);
+    // One dataset's prefix alone, and a path needed as a file and a directory.
+    let one = e.dir.path().join("one");
+    e.ok(&["ds", "export", "TREE.d1.f04", Env::s(&one)]);
+    assert_eq!(std::fs::read(one.join("f04")).unwrap(), files[4].1);
+    e.ok(&["ds", "put", "TREE.d1", Env::s(&e.file("x", b"x"))]);
+    let err = e.fails(&["ds", "export", "TREE", Env::s(&e.dir.path().join("clash"))], 1);
+    assert!(err.contains("as a file and as a directory"), "{err}");
+    assert!(!e.dir.path().join("clash").exists(), "nothing was made");
+    let err = e.fails(&["ds", "export", "NOTHING", Env::s(&out)], 1);
+    assert!(err.contains("no dataset is named NOTHING"), "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[test]
 fn fail_wrong_or_missing_passphrase() {
     let e = Env::new();

@@ -1637,6 +1637,23 @@ fn a_read_cut_off_by_a_dying_server_is_asked_of_the_next() {
     b.stop();
 }
 
+/// A server never takes a path from a client: imports and exports name
+/// files on the engine's machine, so a server refuses them (the client's
+/// user may have no right to that machine's files at all).
+#[test]
+fn a_server_takes_no_paths_to_import_or_export() {
+    let e = Env::new();
+    e.ok(&["ds", "put", "PATHS.ONE", Env::s(&e.file("one", b"one"))]);
+    let s = Served::start(&e);
+    let import: &[&str] = &["ds", "import", "/etc", "--prefix", "PATHS"];
+    for args in [import, &["ds", "export", "PATHS", "/tmp/custos-export-test"]] {
+        let err = s.fails("admin", ADMIN_CRED, args, 2);
+        assert!(err.contains("a path on the server's machine"), "{args:?}: {err}");
+    }
+    assert!(!Path::new("/tmp/custos-export-test").exists(), "nothing written");
+    assert_eq!(e.json(&["ds", "ls", "PATHS.**"]).as_array().unwrap().len(), 1, "nothing imported");
+}
+
 #[test]
 fn a_write_sent_twice_with_one_idempotency_key_is_carried_out_once() {
     let e = Env::new();

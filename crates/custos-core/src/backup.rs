@@ -18,11 +18,11 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use custos_model::{
-    BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetName, DatasetRecord, KeyLabel, KeyRecord, KeyState, KeyUse,
-    Pattern, Purpose, SnapshotRecord, VolumeName,
-};
 use custos_crypto::DataKey;
+use custos_model::{
+    BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetName, DatasetRecord, KeyLabel, KeyRecord, KeyState,
+    KeyUse, Pattern, Purpose, SnapshotRecord, VolumeName,
+};
 use custos_store::format::{object_hash, Manifest, CHUNK_OVERHEAD};
 use jiff::Timestamp;
 use serde::Serialize;

@@ -504,10 +504,27 @@ impl Vault<Open> {
 
     fn read(&self, name: &DatasetName, out: &mut dyn Write, range: Option<(u64, u64)>) -> Result<GetReport> {
         let d = self.dataset(name)?;
+        let volume = self.open_volume(&d.current.volume)?;
+        let report = self.read_record(&d, volume.as_ref(), out, range, self.threads)?;
+        self.repo.record_key_use(&d.current.key_label)?;
+        Ok(report)
+    }
+
+    /// Read a dataset's current generation (or bytes `start..end` of it)
+    /// from `volume`, where it is, into `out` with `threads` workers (one
+    /// reads on this thread). Its key's use is the caller's to count.
+    pub(crate) fn read_record(
+        &self,
+        d: &DatasetRecord,
+        volume: &dyn Volume,
+        out: &mut dyn Write,
+        range: Option<(u64, u64)>,
+        threads: usize,
+    ) -> Result<GetReport> {
+        let name = &d.name;
         let rec = self.key_record(&d.current.key_label)?;
         let key = self.unwrap_for(&rec, KeyUse::Decrypt, name)?;
-        let volume = self.open_volume(&d.current.volume)?;
-        let manifest = self.load_manifest(&d, &key, volume.as_ref())?;
+        let manifest = self.load_manifest(d, &key, volume)?;
         let size = manifest.size;
         let (start, end) = range.unwrap_or((0, size));
         if start > end || end > size {
@@ -516,10 +533,10 @@ impl Vault<Open> {
         let job = OpenJob {
             key: &key,
             dataset: d.id,
-            volume: volume.as_ref(),
+            volume,
             chunks: &manifest.chunks,
             chunk_size: manifest.chunk_size as u64,
-            threads: self.threads,
+            threads,
         };
         open_stream(&job, start, end, out).map_err(|e| match e {
             OpenError::Chunk { index, id, problem } => Error::Chunk {
@@ -534,7 +551,6 @@ impl Vault<Open> {
             OpenError::Output(source) => Error::Output { dataset: name.clone(), source },
         })?;
         out.flush().map_err(|source| Error::Output { dataset: name.clone(), source })?;
-        self.repo.record_key_use(&rec.label)?;
         Ok(GetReport { dataset: name.clone(), generation: d.current.generation, bytes: end - start })
     }
 

@@ -18,6 +18,7 @@ mod datasets;
 mod drill;
 mod error;
 mod escrow;
+mod export;
 mod gc;
 mod hsm;
 mod keys;
@@ -45,6 +46,7 @@ pub use custos_repo::{AuditCheckpoint, AuditRow, CatalogCheck, Idempotency, Repo
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::{EscrowStatus, ShareStatus};
+pub use export::ExportReport;
 pub use gc::{FsckReport, GcReport, VolumeCheck};
 pub use hsm::{HsmAction, MoveReport, NewHsmRule};
 pub use keys::{parse_duration, DueDestructions, NewKey, MAX_BULK_KEYS};

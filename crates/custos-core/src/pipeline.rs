@@ -257,6 +257,9 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
     }
     let cs = job.chunk_size;
     let (first, last) = (start / cs, (end - 1) / cs);
+    if job.threads <= 1 {
+        return open_inline(job, start, end, out);
+    }
     let nbuf = buffers_for(job.threads);
     let (free_tx, free_rx) = bounded::<PooledBuf>(nbuf);
     for _ in 0..nbuf {
@@ -357,6 +360,27 @@ pub(crate) fn open_stream(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn
 /// Read chunk `index` into `buf` and open it there. Its plaintext is at
 /// `buf[HEADER_LEN..]`, or at `spare[HEADER_LEN..]` when it was compressed
 /// (see [`custos_store::format::Opened`]); `spare` is as long as `buf`.
+/// [`open_stream`] on the caller's thread alone (a small dataset, or one
+/// of many read side by side by the caller's own workers).
+fn open_inline(job: &OpenJob<'_>, start: u64, end: u64, out: &mut dyn Write) -> Result<(), OpenError> {
+    let cs = job.chunk_size;
+    let mut buf = PooledBuf::take(cs as usize + CHUNK_OVERHEAD);
+    let mut spare = PooledBuf::take(cs as usize + CHUNK_OVERHEAD);
+    for index in start / cs..=(end - 1) / cs {
+        let c = &job.chunks[index as usize];
+        if read_and_open(job, index, c, &mut buf, &mut spare)?.in_spare() {
+            std::mem::swap(&mut buf, &mut spare);
+        }
+        let lo = index * cs;
+        let a = start.max(lo) - lo;
+        let b = end.min(lo + c.len as u64) - lo;
+        let plain = &buf.slice(HEADER_LEN + b as usize)[HEADER_LEN + a as usize..];
+        out.write_all(plain).map_err(OpenError::Output)?;
+        crate::progress::add(plain.len() as u64);
+    }
+    Ok(())
+}
+
 fn read_and_open(
     job: &OpenJob<'_>,
     index: u64,

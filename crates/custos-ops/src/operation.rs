@@ -216,6 +216,12 @@ pub enum Operation {
         prefix: DatasetName,
         replace: bool,
     },
+    /// Write datasets out as files on the engine's own machine (embedded mode).
+    DsExport {
+        prefix: DatasetName,
+        dir: PathBuf,
+        replace: bool,
+    },
 
     // Settings.
     ConfigList,
@@ -564,6 +570,7 @@ impl Operation {
             DsRm { name } => ("ds rm", s(name)),
             DsVerify { name } => ("ds verify", s(name)),
             DsImport { dir, .. } => ("ds import", dir.display().to_string()),
+            DsExport { prefix, .. } => ("ds export", s(prefix)),
             ConfigList => ("config ls", String::new()),
             ConfigGet { key } => ("config get", key.clone()),
             ConfigSet { key, .. } => ("config set", key.clone()),
@@ -766,7 +773,10 @@ impl Operation {
     /// Whether it names a path on the engine's machine (honoured in
     /// embedded mode only: a server never takes a path from a client).
     pub fn names_a_local_path(&self) -> bool {
-        matches!(self, Operation::DsImport { .. } | Operation::RiskDrill { scratch: Some(_), .. })
+        matches!(
+            self,
+            Operation::DsImport { .. } | Operation::DsExport { .. } | Operation::RiskDrill { scratch: Some(_), .. }
+        )
     }
 }
 

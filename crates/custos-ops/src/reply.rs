@@ -94,6 +94,10 @@ pub enum Reply {
     },
     DatasetVerified(GetReport),
     Imported(Vec<PutReport>),
+    Exported {
+        dir: std::path::PathBuf,
+        reports: Vec<custos_core::ExportReport>,
+    },
     Settings(Vec<(String, String)>),
     MkStatus(MkStatus),
     MkLoaded(String),
@@ -283,6 +287,7 @@ impl Reply {
             DatasetInfo(i) => to(i),
             DatasetRemoved { name, objects } => json!({ "dataset": name, "objects_deleted": objects }),
             Imported(r) => to(r),
+            Exported { reports, .. } => to(reports),
             Settings(pairs) => {
                 Value::Object(pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
             }
@@ -636,6 +641,10 @@ impl Reply {
                 let total: u64 = reports.iter().map(|r| r.size).sum();
                 let stored: u64 = reports.iter().map(|r| r.stored).sum();
                 out!("imported {} files, {} ({} new on the volume)", reports.len(), bytes(total), bytes(stored));
+            }
+            Exported { dir, reports } => {
+                let total: u64 = reports.iter().map(|r| r.bytes).sum();
+                out!("exported {} datasets, {}, below {}", reports.len(), bytes(total), dir.display());
             }
             Settings(pairs) => {
                 for (k, v) in pairs {

@@ -93,6 +93,8 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::DsRm { name } => vec![on(DataWrite, name)],
         O::DsGet { name, .. } | O::DsVerify { name } => vec![on(DataRead, name)],
         O::DsList { .. } | O::DsInfo { .. } => op(Inspect),
+        // Every dataset it reads lies under the prefix.
+        O::DsExport { prefix, .. } => matching(e, DataRead, Some(&Pattern::new(format!("{prefix}.**"))?))?,
         O::DsImport { prefix, .. } => {
             // Every dataset it may create lies under the prefix.
             let mut n = matching(e, DataWrite, Some(&Pattern::new(format!("{prefix}.**"))?))?;

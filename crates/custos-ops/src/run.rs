@@ -148,6 +148,10 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         }
         O::DsVerify { name } => Reply::DatasetVerified(e.open()?.verify(&name)?),
         O::DsImport { dir, prefix, replace } => Reply::Imported(e.open()?.import(&dir, &prefix, replace, |_| {})?),
+        O::DsExport { prefix, dir, replace } => {
+            let reports = e.open()?.export(&prefix, &dir, replace, |_| {})?;
+            Reply::Exported { dir, reports }
+        }
         O::ConfigList => Reply::Settings(settings(e)?),
         O::ConfigGet { key } => {
             let all = settings(e)?;

@@ -455,9 +455,8 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.backup_sources(b1).unwrap(), vec![Some(ChunkId([0x51; 16])), Some(ChunkId([0x52; 16]))]);
     assert_eq!(repo.backup_sources(b2).unwrap(), vec![None]);
     // Many backups in one transaction: all, or (one cannot be) none.
-    let recs: Vec<BackupRecord> = (0..3u8)
-        .map(|i| BackupRecord { copy_id: DatasetId([0xD0 + i; 16]), chunk_count: 1, ..b.clone() })
-        .collect();
+    let recs: Vec<BackupRecord> =
+        (0..3u8).map(|i| BackupRecord { copy_id: DatasetId([0xD0 + i; 16]), chunk_count: 1, ..b.clone() }).collect();
     let lists: Vec<[ChunkId; 1]> = (0..3u8).map(|i| [ChunkId([0xE0 + i; 16])]).collect();
     let bkey = key("DSET.BACK.BAT.key001");
     let since = repo.deletion_seq().unwrap();
@@ -618,6 +617,13 @@ pub fn run(repo: &dyn Repository) {
         assert_eq!(repo.generation_chunks(&c.dataset_id, 1).unwrap(), c.chunks);
     }
     assert!(repo.commit_generations(&[]).unwrap().is_empty());
+    // Reads of many datasets recorded in one go (an id not there is passed over).
+    let ids: Vec<DatasetId> = batch.iter().map(|c| c.dataset_id).chain([DatasetId([0xEE; 16])]).collect();
+    repo.touch_datasets(&ids).unwrap();
+    repo.touch_datasets(&[]).unwrap();
+    for c in &batch {
+        assert!(repo.dataset(&c.name).unwrap().unwrap().last_access > c.generation.created_at, "{}", c.name);
+    }
     assert!(matches!(repo.commit_generations(&batch[1..2]), Err(RepoError::Conflict { .. })));
 
     // Snapshots pin a generation: its chunks and manifest outlive the

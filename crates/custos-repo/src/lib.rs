@@ -463,7 +463,11 @@ pub trait Repository: Send + Sync {
     /// Remove a dataset and all its generations, in one transaction.
     fn remove_dataset(&self, name: &DatasetName) -> Result<Garbage>;
     /// Record a read or write of a dataset now.
-    fn touch_dataset(&self, id: &DatasetId) -> Result<()>;
+    fn touch_dataset(&self, id: &DatasetId) -> Result<()> {
+        self.touch_datasets(std::slice::from_ref(id))
+    }
+    /// Record a read of each of these datasets now, in one transaction.
+    fn touch_datasets(&self, ids: &[DatasetId]) -> Result<()>;
     /// Move generation `generation` of a dataset from volume `from` (where it
     /// must be) to `to`, whose objects the caller has already written, and
     /// set the dataset's `migrated_from` mark; one transaction. Returns what

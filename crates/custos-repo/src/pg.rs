@@ -44,8 +44,9 @@ pub(crate) use conn::Manager;
 
 use crate::rowauth::{constant_time_eq, Table, GENERATION_SETTING, KEYLESS_SETTINGS, SEALED_SETTING, TABLES};
 use crate::{
-    row_message, AuditCheckpoint, AuditLink, BackupInsert, AuditRow, CatalogCheck, Col, Garbage, GenerationCommit, RepoError,
-    Repository, RequestRow, Result, Rewrap, RewrapFn, RewrapPage, RowAuth, RowFault, TrashEntry, VolumeObjects,
+    row_message, AuditCheckpoint, AuditLink, AuditRow, BackupInsert, CatalogCheck, Col, Garbage, GenerationCommit,
+    RepoError, Repository, RequestRow, Result, Rewrap, RewrapFn, RewrapPage, RowAuth, RowFault, TrashEntry,
+    VolumeObjects,
 };
 
 /// The schema version [`BASELINE`] is at. A test holds it equal to
@@ -1259,48 +1260,49 @@ impl PgRepository {
     /// One backup's record inside the caller's transaction (see
     /// [`Repository::insert_backups`]).
     fn backup_in(&self, tx: &mut Db<'_>, x: &BackupInsert<'_>) -> Result<u64> {
-        let (b, chunks, sources, new_key, reused, since) = (x.record, x.chunks, x.sources, x.new_key, x.reused, x.since);
-    let r = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM backups WHERE volume = $1 AND copy_id = $2 AND generation = $3)",
-            &[&b.volume.as_str(), &&b.copy_id.0[..], &(b.generation as i64)],
-        )
-        .map_err(pg("look for the same backup"))?;
-    if get::<bool>(&r, 0)? {
-        return Err(RepoError::Exists {
-            kind: "backup",
-            name: format!(
-                "of {} (copy {} generation {} on {})",
-                b.dataset,
-                b.copy_id.to_hex(),
-                b.generation,
-                b.volume
-            ),
-        });
-    }
-    let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
-    if chunks.len() as u64 != b.chunk_count {
-        return Err(RepoError::Raced {
-            what: what(),
-            why: format!(
-                "it lists {} chunks for a generation of {}: the generation changed while it was read",
-                chunks.len(),
-                b.chunk_count
-            ),
-        });
-    }
-    check_reused(tx, reused, b.volume.as_str(), what)?;
-    check_not_claimed(
-        tx,
-        b.volume.as_str(),
-        &listed(b.volume.as_str(), chunks, (b.copy_id, b.generation))?,
-        since,
-        what,
-    )?;
-    if let Some(k) = new_key {
-        self.insert_key_in(tx, k)?;
-    }
-    let rows = self.write(
+        let (b, chunks, sources, new_key, reused, since) =
+            (x.record, x.chunks, x.sources, x.new_key, x.reused, x.since);
+        let r = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM backups WHERE volume = $1 AND copy_id = $2 AND generation = $3)",
+                &[&b.volume.as_str(), &&b.copy_id.0[..], &(b.generation as i64)],
+            )
+            .map_err(pg("look for the same backup"))?;
+        if get::<bool>(&r, 0)? {
+            return Err(RepoError::Exists {
+                kind: "backup",
+                name: format!(
+                    "of {} (copy {} generation {} on {})",
+                    b.dataset,
+                    b.copy_id.to_hex(),
+                    b.generation,
+                    b.volume
+                ),
+            });
+        }
+        let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
+        if chunks.len() as u64 != b.chunk_count {
+            return Err(RepoError::Raced {
+                what: what(),
+                why: format!(
+                    "it lists {} chunks for a generation of {}: the generation changed while it was read",
+                    chunks.len(),
+                    b.chunk_count
+                ),
+            });
+        }
+        check_reused(tx, reused, b.volume.as_str(), what)?;
+        check_not_claimed(
+            tx,
+            b.volume.as_str(),
+            &listed(b.volume.as_str(), chunks, (b.copy_id, b.generation))?,
+            since,
+            what,
+        )?;
+        if let Some(k) = new_key {
+            self.insert_key_in(tx, k)?;
+        }
+        let rows = self.write(
         tx,
         "record a backup",
         "backups",
@@ -1323,19 +1325,19 @@ impl PgRepository {
             &ts(b.created_at),
         ],
     )?;
-    let id: i64 = get(rows.first().ok_or_else(|| corrupt("a backup id"))?, 2)?;
-    // One statement for all the chunks (a round trip each made a
-    // backup of a big dataset wait on thousands of them).
-    let idx: Vec<i64> = (0..chunks.len() as i64).collect();
-    let ids: Vec<&[u8]> = chunks.iter().map(|c| &c.0[..]).collect();
-    let srcs: Vec<Option<&[u8]>> = (0..chunks.len()).map(|i| sources.get(i).map(|s| &s.0[..])).collect();
-    tx.execute(
-        "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id)
+        let id: i64 = get(rows.first().ok_or_else(|| corrupt("a backup id"))?, 2)?;
+        // One statement for all the chunks (a round trip each made a
+        // backup of a big dataset wait on thousands of them).
+        let idx: Vec<i64> = (0..chunks.len() as i64).collect();
+        let ids: Vec<&[u8]> = chunks.iter().map(|c| &c.0[..]).collect();
+        let srcs: Vec<Option<&[u8]>> = (0..chunks.len()).map(|i| sources.get(i).map(|s| &s.0[..])).collect();
+        tx.execute(
+            "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id)
          SELECT $1, i, c, s FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS t(i, c, s)",
-        &[&id, &idx, &ids, &srcs],
-    )
-    .map_err(pg("record backup chunks"))?;
-    Ok(id as u64)
+            &[&id, &idx, &ids, &srcs],
+        )
+        .map_err(pg("record backup chunks"))?;
+        Ok(id as u64)
     }
 
     /// One generation's commit inside the caller's transaction (see
@@ -2489,9 +2491,10 @@ impl Repository for PgRepository {
         })
     }
 
-    fn touch_dataset(&self, id: &DatasetId) -> Result<()> {
+    fn touch_datasets(&self, ids: &[DatasetId]) -> Result<()> {
+        let ids: Vec<&[u8]> = ids.iter().map(|id| &id.0[..]).collect();
         self.client()?
-            .execute("UPDATE datasets SET last_access = $2 WHERE id = $1", &[&&id.0[..], &ts(Timestamp::now())])
+            .execute("UPDATE datasets SET last_access = $2 WHERE id = ANY($1)", &[&ids, &ts(Timestamp::now())])
             .map_err(pg("record a dataset's access"))?;
         Ok(())
     }

@@ -15,8 +15,8 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use crate::{
-    AuditCheckpoint, AuditLink, BackupInsert, AuditRow, Garbage, GenerationCommit, RepoError, Repository, RequestRow, Result, Rewrap,
-    TrashEntry, VolumeObjects,
+    AuditCheckpoint, AuditLink, AuditRow, BackupInsert, Garbage, GenerationCommit, RepoError, Repository, RequestRow,
+    Result, Rewrap, TrashEntry, VolumeObjects,
 };
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
@@ -2120,11 +2120,19 @@ impl Repository for SqliteRepository {
         tx.commit().map_err(db("commit emptying the trash"))
     }
 
-    fn touch_dataset(&self, id: &DatasetId) -> Result<()> {
-        self.conn()
-            .execute("UPDATE datasets SET last_access = ?2 WHERE id = ?1", params![&id.0[..], ts(Timestamp::now())])
-            .map_err(db("record a dataset's access"))?;
-        Ok(())
+    fn touch_datasets(&self, ids: &[DatasetId]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("record a dataset's access"))?;
+        {
+            let now = ts(Timestamp::now());
+            let mut up = tx
+                .prepare_cached("UPDATE datasets SET last_access = ?2 WHERE id = ?1")
+                .map_err(db("record a dataset's access"))?;
+            for id in ids {
+                up.execute(params![&id.0[..], now]).map_err(db("record a dataset's access"))?;
+            }
+        }
+        tx.commit().map_err(db("record a dataset's access"))
     }
 
     #[allow(clippy::too_many_arguments)] // one transaction's inputs, each checked in it
@@ -2706,13 +2714,7 @@ fn backup_in(tx: &Transaction, x: &BackupInsert<'_>) -> Result<u64> {
     if twin {
         return Err(RepoError::Exists {
             kind: "backup",
-            name: format!(
-                "of {} (copy {} generation {} on {})",
-                b.dataset,
-                b.copy_id.to_hex(),
-                b.generation,
-                b.volume
-            ),
+            name: format!("of {} (copy {} generation {} on {})", b.dataset, b.copy_id.to_hex(), b.generation, b.volume),
         });
     }
     let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
@@ -2761,9 +2763,7 @@ fn backup_in(tx: &Transaction, x: &BackupInsert<'_>) -> Result<u64> {
     let id = tx.last_insert_rowid();
     {
         let mut ins = tx
-            .prepare_cached(
-                "INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id) VALUES (?1, ?2, ?3, ?4)",
-            )
+            .prepare_cached("INSERT INTO backup_chunks (backup_id, idx, chunk_id, source_id) VALUES (?1, ?2, ?3, ?4)")
             .map_err(db("record backup chunks"))?;
         for (i, c) in chunks.iter().enumerate() {
             let src = sources.get(i).map(|s| s.0.to_vec());

@@ -21,7 +21,7 @@ use thiserror::Error;
 
 pub use buf::{ChunkBuf, PooledBuf, ALIGN};
 pub use direct::DirectWriter;
-pub use local::LocalVolume;
+pub use local::{sync_filesystem, LocalVolume};
 pub use mirror::MirroredVolume;
 
 pub type Result<T> = std::result::Result<T, StoreError>;

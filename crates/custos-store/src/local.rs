@@ -521,6 +521,13 @@ impl Volume for LocalVolume {
     }
 }
 
+/// Make everything written to the filesystem holding `dir` durable (one
+/// `syncfs`).
+pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    let d = File::open(dir)?;
+    rustix::fs::syncfs(&d).map_err(Into::into)
+}
+
 /// The value of a `key value` line of a label.
 fn label_field(label: &str, key: &str) -> Option<String> {
     label.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ').map(str::to_string))

@@ -51,5 +51,9 @@ pub fn plan(c: &DsCmd) -> anyhow::Result<Plan> {
             Plan::new(Operation::DsImport { dir: dir.clone(), prefix: dataset(prefix)?, replace: *replace })
                 .progress("import", None)
         }
+        DsCmd::Export { prefix, dir, replace } => {
+            Plan::new(Operation::DsExport { prefix: dataset(prefix)?, dir: dir.clone(), replace: *replace })
+                .progress("export", None)
+        }
     })
 }
