@@ -99,10 +99,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX keys_destroy_after ON keys(destroy_after, label) WHERE destroy_after IS NOT NULL;
     "#,
     ),
+    (
+        21,
+        r#"
+    CREATE INDEX backups_copy ON backups(volume, copy_id, generation);
+    "#,
+    ),
 ];
 
 /// The schema version this build writes: the baseline and every migration.
-pub const SCHEMA_VERSION: i64 = 20;
+pub const SCHEMA_VERSION: i64 = 21;
 
 /// Rows written by one bulk insert after which the table's statistics are
 /// refreshed at once (see [`PgRepository::analyze`]).

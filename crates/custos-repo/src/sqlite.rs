@@ -349,6 +349,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX keys_destroy_after ON keys(destroy_after, label) WHERE destroy_after IS NOT NULL;
     "#,
+    // 21: a backup's copy object, looked up before each backup is recorded
+    // (at most one record per object): without an index, a scan of every
+    // backup, so a run of many copies took time in their square.
+    r#"
+    CREATE INDEX backups_copy ON backups(volume, copy_id, generation);
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
