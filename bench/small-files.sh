@@ -22,7 +22,7 @@
 # docs/PERFORMANCE.md.
 #
 # Usage: bench/small-files.sh [N ...]      (WORKDIR: $SMALL_WORK, default
-#        /tmp/custos-small; needs ~6 GiB free at 100,000 files)
+#        /tmp/custos-small; needs ~40 GiB free at 100,000 files: four copies of the tree, three restores, every repository)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -56,7 +56,7 @@ t() {
 settle() { sync; sleep 2; }
 s() { printf '%.2f' "$1"; }
 mb() { printf '%.0f' "$(echo "$1 / 1000000" | bc -l)"; }
-bytes() { du -sb "$@" | awk '{n += $1} END {print n}'; }
+bytes() { du -sb "$@" | awk '{n += $1} END {printf "%.0f\n", n}'; }
 
 # make_tree DIR N: the files, the same for every run of the same N.
 make_tree() {

@@ -377,14 +377,32 @@ impl Vault<Open> {
         // sequence, each after the last.
         let mut planned = Vec::with_capacity(items.len());
         let mut volumes: std::collections::BTreeMap<VolumeName, std::sync::Arc<dyn Volume>> = Default::default();
+        // A dataset whose target cannot be resolved ends the batch there:
+        // those before it are written, as one `put` after another would.
+        let mut unresolved = None;
         for (name, path) in items {
-            let existing = self.repo.dataset(name)?;
-            let target = self.resolve_target(name, existing.as_ref(), &opts)?;
+            let resolved = self.repo.dataset(name).map_err(Error::from).and_then(|existing| {
+                let target = self.resolve_target(name, existing.as_ref(), &opts)?;
+                Ok((existing, target))
+            });
+            let (existing, target) = match resolved {
+                Ok(r) => r,
+                Err(e) => {
+                    unresolved = Some(e);
+                    break;
+                }
+            };
             if let Some(k) = &target.new_key {
                 self.label_taken(&k.label);
             }
             if !volumes.contains_key(&target.volume) {
-                volumes.insert(target.volume.clone(), self.open_volume(&target.volume)?);
+                match self.open_volume(&target.volume) {
+                    Ok(v) => volumes.insert(target.volume.clone(), v),
+                    Err(e) => {
+                        unresolved = Some(e);
+                        break;
+                    }
+                };
             }
             planned.push((name, path, existing, target));
         }
@@ -420,7 +438,7 @@ impl Vault<Open> {
             }
             *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
         };
-        match self.threads.min(items.len()) {
+        match self.threads.min(slots.len()) {
             // One worker: this thread.
             1 => work(),
             n => std::thread::scope(|scope| {
@@ -486,7 +504,7 @@ impl Vault<Open> {
         let used: Vec<KeyLabel> = staged.iter().filter(|s| !s.unchanged).map(Staged::key_label).collect();
         self.repo.record_key_uses(&used)?;
         let reports = staged.iter().map(Staged::report).collect();
-        match error {
+        match error.or(unresolved) {
             Some(e) => Err(e),
             None => Ok(reports),
         }
