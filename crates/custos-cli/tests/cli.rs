@@ -105,7 +105,7 @@ fn export_writes_back_what_import_took_in() {
     for (rel, body) in &files {
         assert_eq!(std::fs::read(out.join(rel)).unwrap(), *body, "{rel}");
     }
-    let left: Vec<_> = walk(&out).into_iter().filter(|p| p.to_string_lossy().contains("custos-export")).collect();
+    let left: Vec<_> = walk_files(&out).into_iter().filter(|p| p.to_string_lossy().contains("custos-export")).collect();
     assert!(left.is_empty(), "no temp files left: {left:?}");
     assert!(
         e.json(&["ds", "info", "TREE.d1.f01"])["last_access"] != e.json(&["ds", "info", "TREE.d1.f01"])["created_at"]
@@ -129,19 +129,6 @@ fn export_writes_back_what_import_took_in() {
     assert!(!e.dir.path().join("clash").exists(), "nothing was made");
     let err = e.fails(&["ds", "export", "NOTHING", Env::s(&out)], 1);
     assert!(err.contains("no dataset is named NOTHING"), "{err}");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

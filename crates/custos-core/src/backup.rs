@@ -306,21 +306,27 @@ impl<S: VaultState> Vault<S> {
         let queue = std::sync::Mutex::new(jobs.into_iter());
         let abort = std::sync::atomic::AtomicBool::new(false);
         let results: std::sync::Mutex<Vec<(usize, R)>> = Default::default();
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    if abort.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    let Some((i, job)) = queue.lock().expect("job queue").next() else { break };
-                    let r = work(&job);
-                    if r.failed() {
-                        abort.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    results.lock().expect("results").push((i, r));
-                });
+        let worker = || loop {
+            if abort.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
             }
-        });
+            let Some((i, job)) = queue.lock().expect("job queue").next() else { break };
+            let r = work(&job);
+            if r.failed() {
+                abort.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            results.lock().expect("results").push((i, r));
+        };
+        if workers == 1 {
+            // One worker: this thread.
+            worker();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..workers {
+                    s.spawn(worker);
+                }
+            });
+        }
         let mut results = results.into_inner().expect("results");
         results.sort_by_key(|(i, _)| *i);
         results

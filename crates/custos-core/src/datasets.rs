@@ -122,6 +122,7 @@ impl<S: VaultState> Vault<S> {
 
 /// Where a write goes and under which key; `new_key` is a template-made key
 /// to be stored in the same transaction as the generation.
+#[derive(Clone)]
 struct Target {
     volume: VolumeName,
     key: KeyRecord,
@@ -406,57 +407,31 @@ impl Vault<Open> {
             }
             planned.push((name, path, existing, target));
         }
-        // Sealing side by side, each worker taking the next file.
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let slots: Vec<std::sync::Mutex<Option<Result<Staged>>>> =
-            (0..planned.len()).map(|_| std::sync::Mutex::new(None)).collect();
-        let planned: Vec<std::sync::Mutex<Option<_>>> =
-            planned.into_iter().map(|p| std::sync::Mutex::new(Some(p))).collect();
-        let failed = std::sync::atomic::AtomicBool::new(false);
-        let work = || loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= slots.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            let (name, path, existing, target) =
-                planned[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("taken once");
-            let volume = volumes[&target.volume].clone();
-            let r = std::fs::File::open(path)
-                .map_err(|source| Error::Input { dataset: name.clone(), source })
-                .and_then(|mut f| self.stage(name, existing.as_ref(), target, &mut f, &opts, volume.as_ref(), 1, since))
-                .and_then(|mut s| {
-                    if !s.unchanged {
-                        if let Err(e) = self.place(&mut s, volume.as_ref(), true) {
-                            s.abandon(volume.as_ref());
-                            return Err(e);
-                        }
-                    }
-                    Ok(s)
-                });
-            if r.is_err() {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        };
-        match self.threads.min(slots.len()) {
-            // One worker: this thread.
-            1 => work(),
-            n => std::thread::scope(|scope| {
-                for _ in 0..n {
-                    scope.spawn(work);
+        // Sealing side by side, each worker taking the next file; no new
+        // one after a failure.
+        let jobs: Vec<(usize, _)> = planned.into_iter().enumerate().collect();
+        let sealed = self.in_parallel(jobs, |(name, path, existing, target)| {
+            let volume = volumes[&target.volume].as_ref();
+            let mut f =
+                std::fs::File::open(path).map_err(|source| Error::Input { dataset: (*name).clone(), source })?;
+            let mut s = self.stage(name, existing.as_ref(), target.clone(), &mut f, &opts, volume, 1, since)?;
+            if !s.unchanged {
+                if let Err(e) = self.place(&mut s, volume, true) {
+                    s.abandon(volume);
+                    return Err(e);
                 }
-            }),
-        }
-        let mut staged = Vec::with_capacity(items.len());
+            }
+            Ok(s)
+        });
+        let mut staged = Vec::with_capacity(sealed.len());
         let mut error = None;
-        for slot in slots {
-            match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
-                Some(Ok(s)) if error.is_none() => staged.push(s),
-                Some(Ok(s)) => s.abandon(volumes[&s.target.volume].as_ref()),
-                Some(Err(e)) => {
+        for (_, r) in sealed {
+            match r {
+                Ok(s) if error.is_none() => staged.push(s),
+                Ok(s) => s.abandon(volumes[&s.target.volume].as_ref()),
+                Err(e) => {
                     error.get_or_insert(e);
                 }
-                None => {}
             }
         }
         // What came before the first failure is written; the rest is not.

@@ -10,8 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use custos_model::{DatasetName, DatasetRecord, KeyLabel, Pattern, VolumeName};
 use custos_store::Volume;
@@ -120,37 +119,19 @@ impl Vault<Open> {
                 volumes.insert(d.current.volume.clone(), self.open_volume(&d.current.volume)?);
             }
         }
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let slots: Vec<Mutex<Option<Result<ExportReport>>>> = datasets.iter().map(|_| Mutex::new(None)).collect();
-        let work = || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= datasets.len() || failed.load(Ordering::Relaxed) {
-                break;
-            }
-            let r = self.export_one(&datasets[i], volumes[&datasets[i].current.volume].as_ref(), &targets[i], replace);
-            if r.is_err() {
-                failed.store(true, Ordering::Relaxed);
-            }
-            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        };
-        match self.threads.min(datasets.len()) {
-            1 => work(),
-            n => std::thread::scope(|s| {
-                for _ in 0..n {
-                    s.spawn(work);
-                }
-            }),
-        }
+        let jobs: Vec<(usize, usize)> = (0..datasets.len()).map(|i| (i, i)).collect();
+        let done = self.in_parallel(jobs, |&i| {
+            let d = &datasets[i];
+            self.export_one(d, volumes[&d.current.volume].as_ref(), &targets[i], replace)
+        });
         let mut reports = Vec::with_capacity(datasets.len());
         let mut first_error = None;
-        for slot in slots {
-            match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
-                Some(Ok(r)) => reports.push(r),
-                Some(Err(e)) => {
+        for (_, r) in done {
+            match r {
+                Ok(r) => reports.push(r),
+                Err(e) => {
                     first_error.get_or_insert(e);
                 }
-                None => {}
             }
         }
         // What was written is durable, and its reads are on record, even

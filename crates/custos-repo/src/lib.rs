@@ -94,6 +94,38 @@ pub struct BackupInsert<'a> {
     pub since: u64,
 }
 
+impl BackupInsert<'_> {
+    /// The refusal of a second record of the same copy object.
+    pub(crate) fn twin(&self) -> RepoError {
+        let b = self.record;
+        RepoError::Exists {
+            kind: "backup",
+            name: format!("of {} (copy {} generation {} on {})", b.dataset, b.copy_id.to_hex(), b.generation, b.volume),
+        }
+    }
+
+    /// What the record is called in a refusal.
+    pub(crate) fn what(&self) -> String {
+        format!("the {} copy of {}", self.record.method.as_str(), self.record.dataset)
+    }
+
+    /// A chunk list as long as the record says, or the refusal of a copy
+    /// read while its generation changed.
+    pub(crate) fn check_length(&self) -> Result<()> {
+        if self.chunks.len() as u64 == self.record.chunk_count {
+            return Ok(());
+        }
+        Err(RepoError::Raced {
+            what: self.what(),
+            why: format!(
+                "it lists {} chunks for a generation of {}: the generation changed while it was read",
+                self.chunks.len(),
+                self.record.chunk_count
+            ),
+        })
+    }
+}
+
 /// A new generation to commit. `previous` is the generation the writer
 /// started from (0 for a new dataset): if another writer committed since,
 /// the commit fails with [`RepoError::Conflict`].

@@ -1275,28 +1275,10 @@ impl PgRepository {
             )
             .map_err(pg("look for the same backup"))?;
         if get::<bool>(&r, 0)? {
-            return Err(RepoError::Exists {
-                kind: "backup",
-                name: format!(
-                    "of {} (copy {} generation {} on {})",
-                    b.dataset,
-                    b.copy_id.to_hex(),
-                    b.generation,
-                    b.volume
-                ),
-            });
+            return Err(x.twin());
         }
-        let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
-        if chunks.len() as u64 != b.chunk_count {
-            return Err(RepoError::Raced {
-                what: what(),
-                why: format!(
-                    "it lists {} chunks for a generation of {}: the generation changed while it was read",
-                    chunks.len(),
-                    b.chunk_count
-                ),
-            });
-        }
+        x.check_length()?;
+        let what = || x.what();
         check_reused(tx, reused, b.volume.as_str(), what)?;
         check_not_claimed(
             tx,

@@ -2718,22 +2718,10 @@ fn backup_in(tx: &Transaction, x: &BackupInsert<'_>) -> Result<u64> {
         )
         .map_err(db("look for the same backup"))?;
     if twin {
-        return Err(RepoError::Exists {
-            kind: "backup",
-            name: format!("of {} (copy {} generation {} on {})", b.dataset, b.copy_id.to_hex(), b.generation, b.volume),
-        });
+        return Err(x.twin());
     }
-    let what = || format!("the {} copy of {}", b.method.as_str(), b.dataset);
-    if chunks.len() as u64 != b.chunk_count {
-        return Err(RepoError::Raced {
-            what: what(),
-            why: format!(
-                "it lists {} chunks for a generation of {}: the generation changed while it was read",
-                chunks.len(),
-                b.chunk_count
-            ),
-        });
-    }
+    x.check_length()?;
+    let what = || x.what();
     check_reused(tx, reused, b.volume.as_str(), what)?;
     check_not_claimed(
         tx,
