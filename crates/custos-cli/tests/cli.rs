@@ -127,6 +127,11 @@ fn export_writes_back_what_import_took_in() {
     let err = e.fails(&["ds", "export", "TREE", Env::s(&e.dir.path().join("clash"))], 1);
     assert!(err.contains("as a file and as a directory"), "{err}");
     assert!(!e.dir.path().join("clash").exists(), "nothing was made");
+    // The dataset named by the prefix and one below it, both named f04.
+    e.ok(&["ds", "put", "TREE.d1.f04.f04", Env::s(&e.file("y", b"y"))]);
+    let err = e.fails(&["ds", "export", "TREE.d1.f04", Env::s(&e.dir.path().join("twice"))], 1);
+    assert!(err.contains("TREE.d1.f04 and TREE.d1.f04.f04 would both be written to this file"), "{err}");
+    assert!(!e.dir.path().join("twice").exists(), "nothing was made");
     let err = e.fails(&["ds", "export", "NOTHING", Env::s(&out)], 1);
     assert!(err.contains("no dataset is named NOTHING"), "{err}");
 }

@@ -453,7 +453,8 @@ impl Vault<Open> {
             return Err(e);
         }
         let commits: Vec<GenerationCommit> = staged.iter().filter(|s| !s.unchanged).map(Staged::commit).collect();
-        if let Err(first) = self.repo.commit_generations(&commits) {
+        let committed = if commits.is_empty() { Ok(Vec::new()) } else { self.repo.commit_generations(&commits) };
+        if let Err(first) = committed {
             // One of them cannot be committed as staged (a concurrent write
             // took a key label or the dataset): each on its own, as `put`
             // would, up to the first that fails.

@@ -83,7 +83,14 @@ impl Vault<Open> {
                 }
             }
         }
+        let mut seen = std::collections::HashMap::new();
         for (t, d) in targets.iter().zip(&datasets) {
+            if let Some(other) = seen.insert(t, &d.name) {
+                return Err(fail(
+                    t,
+                    format!("datasets {other} and {} would both be written to this file; export them apart", d.name),
+                ));
+            }
             if dirs.contains(t) {
                 return Err(fail(
                     t,
