@@ -822,15 +822,16 @@ impl Vault<Open> {
     ) -> Result<Vec<(usize, (KeyLabel, Result<BackupRecord>))>> {
         let since = self.repo.deletion_seq()?;
         let dst = self.open_volume(to)?;
-        let jobs: Vec<(usize, &LogicalPlan)> = batch.iter().map(|(i, p)| (*i, p)).collect();
+        // Jobs by their place in the batch; results go out under the run's index.
+        let jobs: Vec<(usize, &LogicalPlan)> = batch.iter().map(|(_, p)| p).enumerate().collect();
         let staged = self.in_parallel(jobs, |plan| self.stage_logical(plan, to, dst.as_ref(), since, 1, true));
-        let plan_of = |i: usize| &batch.iter().find(|(j, _)| *j == i).expect("a job of this batch").1;
+        let result = |k: usize, r: Result<BackupRecord>| (batch[k].0, (batch[k].1.d.current.key_label.clone(), r));
         let mut out = Vec::with_capacity(staged.len());
         let mut copies = Vec::with_capacity(staged.len());
-        for (i, r) in staged {
+        for (k, r) in staged {
             match r {
-                Ok(c) => copies.push((i, c)),
-                Err(e) => out.push((i, (plan_of(i).d.current.key_label.clone(), Err(e)))),
+                Ok(c) => copies.push((k, c)),
+                Err(e) => out.push(result(k, Err(e))),
             }
         }
         if let Err(e) = dst.sync() {
@@ -840,9 +841,9 @@ impl Vault<Open> {
             // The first copy carries the error itself, the rest its words.
             let why = e.to_string();
             let mut first = Some(Error::from(e));
-            for (i, _) in copies {
+            for (k, _) in copies {
                 let err = first.take().unwrap_or_else(|| Error::Invalid { what: "logical copy", why: why.clone() });
-                out.push((i, (plan_of(i).d.current.key_label.clone(), Err(err))));
+                out.push(result(k, Err(err)));
             }
             return Ok(out);
         }
@@ -861,25 +862,24 @@ impl Vault<Open> {
         drop(inserts);
         match recorded {
             Ok(ids) => {
-                for ((i, mut c), id) in copies.into_iter().zip(ids) {
+                for ((k, mut c), id) in copies.into_iter().zip(ids) {
                     c.rec.id = id;
-                    out.push((i, (plan_of(i).d.current.key_label.clone(), Ok(c.rec))));
+                    out.push(result(k, Ok(c.rec)));
                 }
             }
             // One of them cannot be recorded as staged (a concurrent run
             // took a BACK key's label, or an object it shares): each on
             // its own.
             Err(_) => {
-                for (i, mut c) in copies {
-                    let plan = plan_of(i);
-                    let r = match self.record_copy(&mut c, plan, dst.as_ref()) {
+                for (k, mut c) in copies {
+                    let r = match self.record_copy(&mut c, &batch[k].1, dst.as_ref()) {
                         Ok(()) => Ok(c.rec),
                         Err(e) => {
                             c.abandon(dst.as_ref());
                             Err(e)
                         }
                     };
-                    out.push((i, (plan.d.current.key_label.clone(), r)));
+                    out.push(result(k, r));
                 }
             }
         }
