@@ -133,6 +133,12 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     println!(
         "   Where the paper says \"yes, but not encrypted\" for tape, Custos's tape copy is sealed under its BACK key."
     );
+    println!(
+        "   Data centre loss is NO everywhere: the vault directory (catalog, HSM file) is at site A, and the paper"
+    );
+    println!(
+        "   takes for granted what nothing here provides yet, a keystore and catalog that outlive site A (step 5)."
+    );
 
     step(4, "Prove every cell: clone the vault, apply each threat for real, recover with the normal operations.");
     let scratch = root.join("drills");
@@ -148,6 +154,16 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     )?;
     let _ = std::fs::remove_dir_all(&scratch);
     let agree = cells.iter().filter(|c| c.agrees).count();
+    for c in cells.iter().filter(|c| !c.agrees) {
+        let threats: Vec<&str> = c.threats.iter().map(|t| t.name()).collect();
+        println!(
+            "   DISAGREES: {} / {}: modeled {}; drilled: {}",
+            c.dataset,
+            threats.join(" + "),
+            c.modeled.explain(),
+            c.not_drilled.as_deref().unwrap_or(&c.how)
+        );
+    }
     anyhow::ensure!(agree == cells.len(), "{} drilled cells disagree with the model", cells.len() - agree);
     println!(
         "   {} cells drilled ({} datasets x {} threats): all {agree} agree with the model ({} survived, {} were lost, as modeled).",
@@ -158,7 +174,8 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         cells.iter().filter(|c| !c.proven).count()
     );
 
-    step(5, "Custos keeps keys recoverable too: a keystore backup at site B, and escrow to 2 of 3 custodians.");
+    step(5, "Custos keeps keys recoverable too: a vault backup and a keystore backup at site B, and escrow to 2 of 3 custodians.");
+    let vb = vault.vault_backup(&disk_b)?;
     let ksb = vault.keystore_backup(&disk_b)?;
     let custodians: Vec<String> = ["alice", "bob", "carol"].iter().map(|s| s.to_string()).collect();
     // Each custodian is a user with a key pair of their own (`custos escrow
@@ -189,14 +206,19 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
             .and_then(|a| a.single.iter().find(|(x, _, _)| *x == t))
             .map(|(_, _, v)| v.explain())
     };
+    println!("   vault backup {}: the catalog and the HSM file, sealed, at site B.", vb.id);
+    println!("   HR's data centre loss is now: {}", cell("HR", Threat::SiteLoss).unwrap_or_default());
     println!("   HR's key loss is now: {}", cell("HR", Threat::DataKeyLoss).unwrap_or_default());
 
-    step(6, "Example 2: someone corrupts the keys of HR.STAFF (raw copies) and PAY.MASTER (logical copy).");
+    step(
+        6,
+        "Example 2: someone flips a bit in the key records of HR.STAFF (raw copies) and PAY.MASTER (logical copy).",
+    );
     let (pay, hr) = (&originals[0].0, &originals[2].0);
     let pay_key = vault.dataset(pay)?.current.key_label;
     let hr_key = vault.dataset(hr)?.current.key_label;
-    vault.drill_lose_key(&pay_key)?;
-    vault.drill_lose_key(&hr_key)?;
+    vault.drill_corrupt_key(&pay_key)?;
+    vault.drill_corrupt_key(&hr_key)?;
     match vault.get(hr, &mut std::io::sink(), None) {
         Err(e) => println!("   reading HR.STAFF: {e}"),
         Ok(_) => anyhow::bail!("data under a corrupted key was readable"),
@@ -217,9 +239,16 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     );
     check(&vault, pay, &originals[0].1)?;
     let got = vault.recover_keys(&Pattern::new(hr_key.as_str())?, &ksb.id)?;
-    anyhow::ensure!(got.iter().any(|x| matches!(x, Recovered::Restored { .. })), "HR's key did not come back");
+    let Some(Recovered::Repaired { damage, .. }) = got.into_iter().find(|x| matches!(x, Recovered::Repaired { .. }))
+    else {
+        anyhow::bail!("HR's damaged key was not repaired");
+    };
     check(&vault, hr, &originals[2].1)?;
-    println!("   HR.STAFF: key {hr_key} recovered from keystore backup {}; the dataset reads back identical.", ksb.id);
+    println!("   HR.STAFF: `key recover` found the record damaged ({damage}),");
+    println!("   took its material from keystore backup {}; the dataset reads back identical.", ksb.id);
+    let got = vault.recover_keys(&Pattern::new(pay_key.as_str())?, &ksb.id)?;
+    anyhow::ensure!(got.iter().any(|x| matches!(x, Recovered::Repaired { .. })), "PAY's damaged key was not repaired");
+    println!("   PAY.MASTER's old key {pay_key} is repaired the same way, so its older generations read again.");
 
     step(7, "Example 1: a dataset used once a year; its key is deleted by mistake, and nobody notices for years.");
     let arc = DatasetName::new("ARC.Y2019")?;
@@ -240,6 +269,19 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     for f in r.findings.iter().filter(|f| f.subject.starts_with("ARC.") || f.subject == arc_key.as_str()) {
         println!("   finding [{}] {}: {}", f.code, f.subject, f.detail);
     }
+    let opts = drill::DrillOptions {
+        pattern: Some(Pattern::new("ARC.Y2019")?),
+        sets: vec![vec![Threat::DataKeyLoss]],
+        scratch: root.join("drills"),
+        passphrase: Passphrase::from(hex::encode(secret)),
+        shares: shares.drain(..2).collect(),
+    };
+    let proof = drill::drill(&vault, &opts)?;
+    let _ = std::fs::remove_dir_all(root.join("drills"));
+    let shares = opts.shares;
+    let c = proof.first().context("a drill cell for ARC.Y2019")?;
+    anyhow::ensure!(c.agrees && c.proven, "the drill of Example 1 did not prove it: {}", c.how);
+    println!("   A drill on a clone proves it first, with alice's and bob's shares: {}.", c.how);
     match vault.recover_keys(&Pattern::new(arc_key.as_str())?, &old_ksb.id) {
         Err(e) => println!("   recovering from the old keystore backup: {e}"),
         Ok(_) => anyhow::bail!("a backup under a retired master key was usable"),

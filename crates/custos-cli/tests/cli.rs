@@ -340,11 +340,18 @@ fn demo_runs_end_to_end() {
     assert_eq!(key_row.matches("NO").count(), 3, "{key_row}");
     assert!(s.contains("0 contain the text"), "{s}");
     assert!(s.contains("all 40 agree with the model"), "{s}");
-    // Example 2: the raw copy is refused, the logical copy restores, the key comes back from a keystore backup.
-    assert!(s.contains("restoring HR's raw copy: key DSET.PRIM.HR.key001 has no material"), "{s}");
+    // Losing site A loses the vault directory: no until a vault backup is at B.
+    let site_row = s.lines().find(|l| l.trim_start().starts_with("Data centre loss")).expect("a site-loss row");
+    assert_eq!(site_row.matches("NO").count(), 5, "{site_row}");
+    assert!(s.contains("HR's data centre loss is now: once the vault is recovered from vault backup"), "{s}");
+    // Example 2 with a flipped bit: the raw copy is refused, the logical
+    // copy restores, `key recover` repairs the damaged record.
+    assert!(s.contains("restoring HR's raw copy: the wrapped key does not unwrap"), "{s}");
     assert!(s.contains("PAY.MASTER restored from its logical copy"), "{s}");
-    assert!(s.contains("recovered from keystore backup"), "{s}");
-    // Example 1: the old keystore backup is under a retired master key; escrow brings the key back.
+    assert!(s.contains("`key recover` found the record damaged"), "{s}");
+    // Example 1: proven by a drill, then done: the old keystore backup is
+    // under a retired master key; escrow brings the key back.
+    assert!(s.contains("A drill on a clone proves it first") && s.contains("from escrow"), "{s}");
     assert!(s.contains("[retired-master-key] ARC.Y2019"), "{s}");
     assert!(s.contains("which no register holds"), "{s}");
     assert!(s.contains("ARC.Y2019 reads back identical"), "{s}");
@@ -995,7 +1002,7 @@ fn risk_report_and_drill_through_the_cli() {
     assert!(std::fs::read_to_string(&html).unwrap().contains("<table>"));
     // Drill one threat: the model holds.
     let out = e.ok(&["risk", "drill", "--threat", "data-key-loss"]);
-    assert!(out.contains("2 cells drilled: 2 agree"), "{out}");
+    assert!(out.contains("2 cells: 2 agree with the model, 0 disagree, 0 could not be drilled"), "{out}");
     assert!(e.fails(&["risk", "drill", "--threat", "meteor"], 2).contains("no threat"));
     assert!(e.fails(&["risk", "drill"], 1).contains("--all"));
     // Rot the logical copy behind the catalog's back: the drill now fails.

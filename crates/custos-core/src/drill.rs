@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use custos_crypto::{KdfParams, Passphrase};
 use custos_hsm::SoftHsm;
-use custos_model::{DatasetName, KeyLabel, Medium, VolumeName};
+use custos_model::{KeyLabel, Medium, VolumeName};
 
 use crate::softhome::SoftHome;
 use crate::vault::{HsmKind, Sealed, Vault, VaultState, DB_FILE, HSM_FILE};
@@ -32,11 +32,14 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 impl<S: VaultState> Vault<S> {
-    /// Copy this vault into the empty directory `dest`: a consistent copy of
-    /// the catalog, the software HSM file, and every volume (each into
-    /// `dest/volumes/<name>`, the catalog pointed at the copies). Refused for
+    /// Copy this vault under the empty directory `dest`, laid out as it is
+    /// laid out here, so a drill can destroy each part on its own: the
+    /// vault directory in `dest/vault` (a consistent copy of the catalog,
+    /// the software HSM file, and the volumes kept inside the directory, at
+    /// the same relative place), and every other volume in
+    /// `dest/volumes/<name>`, the catalog pointed at the copies. Refused for
     /// a PKCS#11 vault (a clone would share the token, and a drill would
-    /// destroy its keys) and for volumes on S3.
+    /// destroy its keys) and for volumes on S3. Returns the clone, sealed.
     pub fn clone_to(&self, dest: &Path) -> Result<Vault<Sealed>> {
         if self.hsm_kind()? != HsmKind::Soft {
             return Err(Error::Invalid {
@@ -51,24 +54,27 @@ impl<S: VaultState> Vault<S> {
                 why: format!("volume {} is on object storage ({}), which a drill cannot copy", v.name, v.location),
             });
         }
-        std::fs::create_dir_all(dest).map_err(io(dest))?;
-        self.repo.copy_to(&dest.join(DB_FILE))?;
+        let vault_dir = dest.join("vault");
+        std::fs::create_dir_all(&vault_dir).map_err(io(&vault_dir))?;
+        self.repo.copy_to(&vault_dir.join(DB_FILE))?;
         // A software HSM the catalog keeps came along in its copy.
         if let SoftHome::File(p) = self.soft_home()? {
-            std::fs::copy(&p, dest.join(HSM_FILE)).map_err(io(&self.dir))?;
+            std::fs::copy(&p, vault_dir.join(HSM_FILE)).map_err(io(&self.dir))?;
         }
-        let clone = Vault::open(dest)?;
+        let clone = Vault::open(&vault_dir)?;
         // The clone's HSM file is this one's, catalog key included: rows
         // this vault's HSM seals are the clone's too.
         clone.repo.set_row_auth(self.repo.row_auth());
         for v in &vols {
-            let to = clone.dir.join("volumes").join(v.name.as_str());
-            let from = Path::new(&v.location);
+            let relative = Path::new(&v.location).is_relative();
+            let from = if relative { self.dir.join(&v.location) } else { PathBuf::from(&v.location) };
+            let to = if relative { vault_dir.join(&v.location) } else { dest.join("volumes").join(v.name.as_str()) };
             if from.exists() {
-                copy_tree(from, &to)?;
+                copy_tree(&from, &to)?;
             }
-            // Inside the clone's directory, so stored relative to it.
-            clone.repo.relocate_volume(&v.name, &format!("volumes/{}", v.name))?;
+            if !relative {
+                clone.repo.relocate_volume(&v.name, &to.display().to_string())?;
+            }
         }
         Ok(clone)
     }
@@ -76,50 +82,38 @@ impl<S: VaultState> Vault<S> {
     /// Where a volume's objects are, when they are in a local directory.
     pub fn volume_dir(&self, name: &VolumeName) -> Result<Option<PathBuf>> {
         let v = self.volume_record(name)?;
-        Ok((!v.location.contains("://")).then(|| PathBuf::from(&v.location)))
-    }
-
-    /// The files of a dataset's current chunks on its volume and on that
-    /// volume's mirror: what an attacker on the storage tier would corrupt.
-    pub fn drill_chunk_files(&self, name: &DatasetName) -> Result<Vec<PathBuf>> {
-        let d = self.dataset(name)?;
-        let mut vols = vec![d.current.volume.clone()];
-        if let Some((_, s)) = self.mirror_pairs()?.into_iter().find(|(p, _)| *p == d.current.volume) {
-            vols.push(s);
-        }
-        let chunks = self.repo.generation_chunks(&d.id, d.current.generation)?;
-        let mut out = Vec::new();
-        for v in vols {
-            if let Some(dir) = self.volume_dir(&v)? {
-                for c in &chunks {
-                    let hex = c.to_hex();
-                    out.push(dir.join("chunks").join(&hex[..2]).join(&hex));
-                }
+        Ok((!v.location.contains("://")).then(|| {
+            let p = PathBuf::from(&v.location);
+            if p.is_relative() {
+                self.dir.join(p)
+            } else {
+                p
             }
-        }
-        Ok(out)
+        }))
     }
 
-    /// Lose one key's material from the keystore (a deleted or corrupted
-    /// key record, as in the paper's Example 2). Its escrow copy stays.
-    pub fn drill_lose_key(&self, label: &KeyLabel) -> Result<()> {
-        self.change_key(label, |k| {
-            k.wrapped = None;
-            Ok(())
-        })?;
+    /// Point volume `name` at `location`, for a drill whose vault was
+    /// recovered from a vault backup that names the live vault's volumes:
+    /// the recovered clone must read (and write) its own copies.
+    pub fn drill_relocate_volume(&self, name: &VolumeName, location: &Path) -> Result<()> {
+        self.repo.relocate_volume(name, &location.display().to_string())?;
         Ok(())
     }
 
-    /// Lose the whole keystore: every key's material and the escrow copies
-    /// kept with it. Keystore backups on volumes are untouched.
-    pub fn drill_lose_keystore(&self) -> Result<()> {
-        for k in self.repo.keys()? {
-            self.change_key(&k.label, |k| {
-                k.wrapped = None;
-                k.escrow = None;
-                Ok(())
-            })?;
-        }
+    /// Damage one key's record in the keystore: one bit of its wrapped
+    /// material flipped, the rest of the record (check value, escrow copy)
+    /// as it was (the paper's Example 2). Unwrapping it then fails, or
+    /// gives a key whose check value differs.
+    pub fn drill_corrupt_key(&self, label: &KeyLabel) -> Result<()> {
+        self.change_key(label, |k| {
+            if let Some(w) = k.wrapped.as_mut() {
+                let mid = w.0.len() / 2;
+                if let Some(b) = w.0.get_mut(mid) {
+                    *b ^= 0x01;
+                }
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -130,6 +124,15 @@ impl<S: VaultState> Vault<S> {
 }
 
 impl Vault<Sealed> {
+    /// Lose the keystore as a whole: every key record deleted from the
+    /// catalog (material, states, the escrow copies kept with them).
+    /// Keystore backups on volumes, and their records, are untouched. Only
+    /// for a clone, whose catalog is the SQLite file in its directory.
+    pub fn drill_erase_keystore(&self) -> Result<u64> {
+        let path = self.dir.join(DB_FILE);
+        Ok(custos_repo::SqliteRepository::open_existing(&path)?.drill_erase_keystore()?)
+    }
+
     /// Lose the HSM's master keys: its file is replaced by a new software
     /// HSM (same passphrase) holding a fresh master key and nothing else.
     pub fn drill_lose_master_keys(&self, passphrase: &Passphrase) -> Result<()> {

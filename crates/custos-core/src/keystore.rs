@@ -56,8 +56,14 @@ struct BackedUpKey {
 pub enum Recovered {
     /// Restored into the live keystore under the CURRENT master key.
     Restored { label: String, state: KeyState },
-    /// The live keystore already holds this key's material; left alone.
+    /// The live keystore already holds this key's material, and it
+    /// unwraps to the key its check value names; left alone.
     AlreadyPresent { label: String },
+    /// The live record was damaged (its material did not unwrap, or
+    /// unwrapped to another key than its check value names): its material
+    /// was replaced with the backup's, re-wrapped under the CURRENT master
+    /// key, and the rest of the record (state, dates, use) kept.
+    Repaired { label: String, state: KeyState, damage: String },
 }
 
 impl<S: VaultState> Vault<S> {
@@ -182,8 +188,17 @@ impl Vault<Open> {
         for (b, mkvp) in plan {
             let label = KeyLabel::new(b.label.clone())?;
             let live = self.repo.key(&label)?;
-            // A live key counts as present only if the HSM can unwrap it.
-            if live.as_ref().is_some_and(|k| k.wrapped.is_some() && held.contains(&k.mkvp)) {
+            // A live key counts as present only if the HSM unwraps it to
+            // the key its check value (and the backup's) names.
+            let damage = match &live {
+                Some(k) if k.wrapped.is_some() && held.contains(&k.mkvp) => match self.unwrap_checked(k) {
+                    Ok(_) if k.kcv.to_hex() == b.kcv => None,
+                    Ok(_) => Some(format!("its check value {} is not the backup's {}", k.kcv.to_hex(), b.kcv)),
+                    Err(e) => Some(e.to_string()),
+                },
+                _ => None,
+            };
+            if live.as_ref().is_some_and(|k| k.wrapped.is_some() && held.contains(&k.mkvp)) && damage.is_none() {
                 out.push(Recovered::AlreadyPresent { label: b.label });
                 continue;
             }
@@ -218,12 +233,29 @@ impl Vault<Open> {
                 // The catalog's copy if it kept one, else the backup's.
                 escrow: live.as_ref().and_then(|k| k.escrow.clone()).or(backed_escrow),
             };
-            if let Some(live) = &live {
-                self.repo.update_key(&rec, live)?;
-            } else {
-                self.repo.insert_key(&rec)?;
+            match (&live, damage) {
+                (Some(live), Some(damage)) => {
+                    // The live record's state and history stand; only its
+                    // material (and what names it) comes from the backup.
+                    let fixed = KeyRecord {
+                        wrapped: rec.wrapped,
+                        mkvp: rec.mkvp,
+                        kcv: rec.kcv,
+                        escrow: rec.escrow,
+                        ..live.clone()
+                    };
+                    self.repo.update_key(&fixed, live)?;
+                    out.push(Recovered::Repaired { label: b.label, state: live.state, damage });
+                }
+                (Some(live), None) => {
+                    self.repo.update_key(&rec, live)?;
+                    out.push(Recovered::Restored { label: b.label, state: b.state });
+                }
+                (None, _) => {
+                    self.repo.insert_key(&rec)?;
+                    out.push(Recovered::Restored { label: b.label, state: b.state });
+                }
             }
-            out.push(Recovered::Restored { label: b.label, state: b.state });
         }
         Ok(out)
     }

@@ -68,8 +68,8 @@ pub use vault::{
     HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,
 };
 pub use vaultbackup::{
-    rebuild, rebuild_from_parts, recover, RebuildReport, RecoverReport, RecoverWith, VaultBackupReport,
-    VaultPruneDecision,
+    rebuild, rebuild_from_parts, recover, vault_backups_at, RebuildReport, RecoverReport, RecoverWith,
+    VaultBackupReport, VaultPruneDecision,
 };
 
 pub use custos_crypto::{recipient_from_text, recipient_to_text, KdfParams, Mkvp, Passphrase};

@@ -426,6 +426,14 @@ fn open_location(location: &str) -> Result<Box<dyn Volume>> {
     }
 }
 
+/// The ids of the vault backups at `location` (a volume's directory or
+/// `s3://` URL), newest last: what a recovery there could start from.
+pub fn vault_backups_at(location: &str) -> Result<Vec<String>> {
+    let mut ids = open_location(location)?.list_kept(Kept::VaultBackup)?;
+    ids.sort();
+    Ok(ids)
+}
+
 /// Bring a vault back into the new directory `dir` from the newest vault
 /// backup at `from` (a volume's location). With the software HSM's
 /// passphrase, the HSM file comes from the backup and the recovered catalog

@@ -385,8 +385,15 @@ impl Reply {
                 (failed > 0).then(|| Failure { code: Code::Other, message: format!("{failed} dataset(s) or object(s) failed (listed above); the others were processed: mend what the messages say and run `custos hsm run` again") })
             }
             Drill(cells) => {
-                let bad = cells.iter().filter(|c| !c.agrees).count();
-                (bad > 0).then(|| Failure { code: Code::Other, message: format!("{bad} drilled cells disagree with the model: the analyzer is wrong about them (see the rows marked DISAGREES)") })
+                let skipped = cells.iter().filter(|c| c.not_drilled.is_some()).count();
+                let bad = cells.iter().filter(|c| !c.agrees).count() - skipped;
+                let message = match (bad, skipped) {
+                    (0, 0) => return None,
+                    (0, s) => format!("{s} cells could not be drilled (see the rows marked NOT DRILLED and why); the others agree with the model"),
+                    (b, 0) => format!("{b} drilled cells disagree with the model: the analyzer is wrong about them (see the rows marked DISAGREES)"),
+                    (b, s) => format!("{b} drilled cells disagree with the model (rows marked DISAGREES: the analyzer is wrong about them) and {s} could not be drilled (rows marked NOT DRILLED)"),
+                };
+                Some(Failure { code: Code::Other, message })
             }
             CatalogCheck(c) if !c.faults.is_empty() => fail(
                 Code::Integrity,
@@ -533,7 +540,10 @@ impl Reply {
                             out!("recovered key {label} ({state}) under the CURRENT master key")
                         }
                         custos_core::Recovered::AlreadyPresent { label } => {
-                            out!("key {label} is already in the keystore; left alone")
+                            out!("key {label} is already in the keystore and unwraps to its check value; left alone")
+                        }
+                        custos_core::Recovered::Repaired { label, state, damage } => {
+                            out!("repaired key {label} ({state}): the keystore's record was damaged ({damage}); its material now comes from the backup, under the CURRENT master key")
                         }
                     }
                 }
@@ -977,23 +987,37 @@ impl Reply {
             NotMigrated(d) => out!("{d} is not migrated"),
             RiskReport(r, dual) => o.push_str(&custos_risk::report::render_table(r, *dual)),
             Drill(cells) => {
-                let bad = cells.iter().filter(|c| !c.agrees).count();
+                let skipped = cells.iter().filter(|c| c.not_drilled.is_some()).count();
+                let bad = cells.iter().filter(|c| !c.agrees).count() - skipped;
                 let mut t = Table::new(&["DATASET", "THREATS", "MODELED", "PROVEN", "HOW"]);
                 for c in cells {
+                    let (proven, how) = match &c.not_drilled {
+                        Some(why) => ("NOT DRILLED".to_string(), why.clone()),
+                        None => (
+                            format!(
+                                "{}{}",
+                                if c.proven { "survives" } else { "lost" },
+                                if c.agrees { "" } else { "  <- DISAGREES" }
+                            ),
+                            c.how.clone(),
+                        ),
+                    };
                     t.row(vec![
                         c.dataset.clone(),
                         c.threats.iter().map(|t| t.name()).collect::<Vec<_>>().join(" + "),
                         c.modeled.cell(),
-                        format!(
-                            "{}{}",
-                            if c.proven { "survives" } else { "lost" },
-                            if c.agrees { "" } else { "  <- DISAGREES" }
-                        ),
-                        c.how.clone(),
+                        proven,
+                        how,
                     ]);
                 }
                 o.push_str(&t.render());
-                out!("\n{} cells drilled: {} agree with the model, {} disagree", cells.len(), cells.len() - bad, bad);
+                out!(
+                    "\n{} cells: {} agree with the model, {} disagree, {} could not be drilled",
+                    cells.len(),
+                    cells.len() - bad - skipped,
+                    bad,
+                    skipped
+                );
             }
             Audit(rows) => {
                 let mut t = Table::new(&["SEQ", "TIME", "PRINCIPAL", "ACTION", "OBJECT", "RESULT"]);

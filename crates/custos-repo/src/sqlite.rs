@@ -491,6 +491,19 @@ fn id16(v: Vec<u8>) -> rusqlite::Result<[u8; 16]> {
 }
 
 impl SqliteRepository {
+    /// Delete every key record: the keystore lost as a whole, for a risk
+    /// drill on a scratch copy of a catalog (never a live one). Returns how
+    /// many records went.
+    pub fn drill_erase_keystore(&self) -> Result<u64> {
+        // What references the keys (generations, backups) stays, dangling,
+        // as it would after the keystore's loss.
+        let c = self.conn();
+        c.execute_batch("PRAGMA foreign_keys = OFF").map_err(db("erase the keystore"))?;
+        let n = c.execute("DELETE FROM keys", []).map_err(db("erase the keystore"));
+        c.execute_batch("PRAGMA foreign_keys = ON").map_err(db("erase the keystore"))?;
+        Ok(n? as u64)
+    }
+
     /// Open (creating if needed) the database at `path` and bring its schema
     /// up to date.
     pub fn open(path: &Path) -> Result<Self> {

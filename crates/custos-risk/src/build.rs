@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use custos_core::model::{CopyMethod, KeyState, Medium, Pattern};
 use custos_core::{Vault, VaultState};
 
-use crate::model::{CopyKind, CopyNode, DatasetNode, Graph, KeyNode, KeystoreBackupNode, VolumeNode};
+use crate::model::{CopyKind, CopyNode, DatasetNode, Graph, KeyNode, KeystoreBackupNode, VaultBackupNode, VolumeNode};
 use crate::Result;
 
 /// Build the graph of the datasets matching `pattern` (all when `None`).
@@ -41,7 +41,11 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
     }
     g.escrow_ready = !v.escrow_status()?.kbks.is_empty();
     g.vault_sites = v.vault_sites()?;
-    g.vault_backup_volumes = v.vault_backups()?.into_iter().map(|b| b.volume.to_string()).collect();
+    g.vault_backups = v
+        .vault_backups()?
+        .into_iter()
+        .map(|b| VaultBackupNode { id: b.id, volume: b.volume.to_string(), created_at: b.created_at })
+        .collect();
     g.keystore_backups = v
         .keystore_backups()?
         .into_iter()
@@ -92,6 +96,7 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
             volume: d.current.volume.to_string(),
             key: d.current.key_label.to_string(),
             generation: d.current.generation,
+            current_at: d.current.created_at,
             last_access: d.last_access,
             copies: c,
         });

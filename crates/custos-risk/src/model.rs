@@ -145,6 +145,13 @@ pub struct KeystoreBackupNode {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct VaultBackupNode {
+    pub id: String,
+    pub volume: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct CopyNode {
     pub kind: CopyKind,
     /// "backup 12", "snapshot 3", or the volume for the primary and mirror.
@@ -164,6 +171,8 @@ pub struct DatasetNode {
     pub volume: String,
     pub key: String,
     pub generation: u64,
+    /// When the current generation was written.
+    pub current_at: Timestamp,
     pub last_access: Timestamp,
     /// Snapshots and backups, newest first (the primary and mirror are
     /// derived from `volume`).
@@ -183,8 +192,8 @@ pub struct Graph {
     pub datasets: Vec<DatasetNode>,
     /// The sites of the vault's own directory (catalog and HSM file).
     pub vault_sites: Vec<String>,
-    /// The volumes that hold a vault backup.
-    pub vault_backup_volumes: Vec<String>,
+    /// The vault backups (catalog and HSM file) on volumes.
+    pub vault_backups: Vec<VaultBackupNode>,
 }
 
 /// How a key is reached after the threats.
@@ -205,10 +214,26 @@ pub enum KeyPath {
 pub enum Verdict {
     /// The dataset itself is untouched.
     Unaffected,
-    /// A copy saves it with no key recovery.
-    Survives { kind: CopyKind, copy: String, volume: String, key: String },
+    /// A copy saves it with no key recovery (after the vault itself is
+    /// recovered from `vault_backup`, when the threat took it).
+    Survives {
+        kind: CopyKind,
+        copy: String,
+        volume: String,
+        key: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vault_backup: Option<String>,
+    },
     /// A copy saves it once its key is recovered by `path`.
-    SurvivesIf { kind: CopyKind, copy: String, volume: String, key: String, path: KeyPath },
+    SurvivesIf {
+        kind: CopyKind,
+        copy: String,
+        volume: String,
+        key: String,
+        path: KeyPath,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vault_backup: Option<String>,
+    },
     /// Nothing saves it.
     Lost { why: String },
 }
@@ -222,14 +247,17 @@ impl Verdict {
     pub fn cell(&self) -> String {
         match self {
             Verdict::Unaffected => "unaffected".into(),
-            Verdict::Survives { kind, copy, .. } => format!("yes: {}", short(*kind, copy)),
-            Verdict::SurvivesIf { kind, copy, path, .. } => format!(
-                "if key from {}: {}",
+            Verdict::Survives { kind, copy, vault_backup, .. } => {
+                format!("yes: {}{}", if vault_backup.is_some() { "vault backup, " } else { "" }, short(*kind, copy))
+            }
+            Verdict::SurvivesIf { kind, copy, path, vault_backup, .. } => format!(
+                "if key from {}: {}{}",
                 match path {
                     KeyPath::Live => "keystore".to_string(),
                     KeyPath::KeystoreBackup { .. } => "ks backup".to_string(),
                     KeyPath::Escrow => "escrow".to_string(),
                 },
+                if vault_backup.is_some() { "vault backup, " } else { "" },
                 short(*kind, copy)
             ),
             Verdict::Lost { .. } => "NO".into(),
@@ -238,15 +266,25 @@ impl Verdict {
 
     /// One sentence.
     pub fn explain(&self) -> String {
+        let vb = match self {
+            Verdict::Survives { vault_backup: Some(id), .. } | Verdict::SurvivesIf { vault_backup: Some(id), .. } => {
+                format!("once the vault is recovered from vault backup {id}, ")
+            }
+            _ => String::new(),
+        };
+        vb + &self.explain_copy()
+    }
+
+    fn explain_copy(&self) -> String {
         match self {
             Verdict::Unaffected => "the dataset itself is untouched".into(),
             Verdict::Survives { kind: CopyKind::Mirror, volume, key, .. } => {
                 format!("survives on its mirror {volume} (reads fail over) under {key}")
             }
-            Verdict::Survives { kind, copy, volume, key } => {
+            Verdict::Survives { kind, copy, volume, key, .. } => {
                 format!("survives through the {} ({copy}) on {volume} under {key}", kind.as_str())
             }
-            Verdict::SurvivesIf { kind, copy, volume, key, path } => format!(
+            Verdict::SurvivesIf { kind, copy, volume, key, path, .. } => format!(
                 "{} if its key {key} is recovered from {}",
                 match kind {
                     CopyKind::Primary => format!("the dataset itself (on {volume}) survives"),
@@ -281,6 +319,8 @@ struct Damage<'a> {
     content_bad: bool,
     chunks_bad: bool,
     deleted: bool,
+    /// The vault directory (catalog and HSM file) went with a site.
+    vault_lost: Option<String>,
 }
 
 fn damage<'a>(g: &'a Graph, d: &'a DatasetNode, threats: &[Threat]) -> Damage<'a> {
@@ -288,7 +328,15 @@ fn damage<'a>(g: &'a Graph, d: &'a DatasetNode, threats: &[Threat]) -> Damage<'a
     for t in threats {
         match t {
             Threat::FileCorruption => dmg.content_bad = true,
-            Threat::MaliciousCorruption => dmg.chunks_bad = true,
+            Threat::MaliciousCorruption => {
+                // Everything on the dataset's volume, and on its mirror,
+                // which receives every write.
+                dmg.chunks_bad = true;
+                dmg.lost_volumes.insert(d.volume.as_str());
+                if let Some(m) = g.volumes.get(&d.volume).and_then(|v| v.mirror.as_deref()) {
+                    dmg.lost_volumes.insert(m);
+                }
+            }
             Threat::AccidentalDeletion => dmg.deleted = true,
             Threat::DiskFailure => {
                 dmg.lost_volumes.insert(d.volume.as_str());
@@ -296,6 +344,9 @@ fn damage<'a>(g: &'a Graph, d: &'a DatasetNode, threats: &[Threat]) -> Damage<'a
             Threat::SiteLoss => {
                 if let Some(site) = g.volumes.get(&d.volume).map(|v| &v.site) {
                     dmg.lost_volumes.extend(g.volumes.iter().filter(|(_, v)| v.site == *site).map(|(n, _)| n.as_str()));
+                    if g.vault_sites.contains(site) {
+                        dmg.vault_lost = Some(site.clone());
+                    }
                 }
             }
             Threat::DataKeyLoss => {
@@ -320,8 +371,13 @@ fn readable(g: &Graph, dmg: &Damage<'_>, v: &str) -> bool {
 }
 
 /// How key `label` can be had after the damage, if at all.
-fn key_path(g: &Graph, dmg: &Damage<'_>, label: &str) -> Result<KeyPath, String> {
+fn key_path(g: &Graph, dmg: &Damage<'_>, label: &str, as_of: Option<Timestamp>) -> Result<KeyPath, String> {
     let Some(k) = g.keys.get(label) else { return Err(format!("key {label} is not in the keystore")) };
+    if as_of.is_some_and(|t| k.created_at > t) {
+        return Err(format!(
+            "key {label} was made after the newest vault backup that survives, so the recovered keystore lacks it"
+        ));
+    }
     let held: &[String] = if dmg.master_lost { &[] } else { &g.held_mkvps };
     if k.present && !dmg.lost_keys.contains(label) && !dmg.keystore_lost && held.contains(&k.mkvp) {
         return Ok(KeyPath::Live);
@@ -332,6 +388,8 @@ fn key_path(g: &Graph, dmg: &Damage<'_>, label: &str) -> Result<KeyPath, String>
         .keystore_backups
         .iter()
         .filter(|b| b.created_at >= k.created_at && k.destroyed_at.is_none_or(|t| t > b.created_at))
+        // A recovered catalog knows only the backups made before its copy.
+        .filter(|b| as_of.is_none_or(|t| b.created_at <= t))
         .collect();
     ksbs.sort_by_key(|b| std::cmp::Reverse(b.created_at));
     let mut retired = false;
@@ -374,7 +432,65 @@ fn key_path(g: &Graph, dmg: &Damage<'_>, label: &str) -> Result<KeyPath, String>
 /// Evaluate one dataset under a set of threats striking together.
 pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
     let dmg = damage(g, d, threats);
-    let primary_data = !dmg.content_bad && !dmg.chunks_bad && !dmg.deleted;
+    let newest = g.vault_backups.iter().filter(|b| readable(g, &dmg, &b.volume)).max_by_key(|b| (b.created_at, &b.id));
+    // With the vault directory gone, everything rests on the newest vault
+    // backup that survives.
+    if let Some(site) = dmg.vault_lost.clone() {
+        return match newest {
+            Some(b) => evaluate_in(g, d, threats, rolled_back(dmg), Some(b)),
+            None => Verdict::Lost {
+                why: format!(
+                    "the vault directory (catalog and HSM) was at site {site}, and no vault backup survives elsewhere: nothing left records the copies or holds their keys"
+                ),
+            },
+        };
+    }
+    let v = evaluate_in(g, d, threats, dmg, None);
+    match newest {
+        // When nothing else saves it, an administrator can still bring the
+        // vault back as it was at its newest backup, in a directory of its
+        // own, and recover from there.
+        Some(b) if !v.survives() => {
+            let r = evaluate_in(g, d, threats, rolled_back(damage(g, d, threats)), Some(b));
+            if r.survives() {
+                r
+            } else {
+                v
+            }
+        }
+        _ => v,
+    }
+}
+
+/// The damage as a vault recovered from a vault backup sees it: the
+/// catalog and HSM as they were then, so what the threats did to them
+/// since (a junk generation, a damaged key record, lost master keys or
+/// keystore) is not in that copy; the generation a junk one replaced keeps
+/// its objects until it is pruned. What the threats did to volumes stays
+/// done, and so does a removal: `ds rm` deletes the dataset's objects at
+/// once.
+fn rolled_back(mut dmg: Damage<'_>) -> Damage<'_> {
+    dmg.content_bad = false;
+    dmg.lost_keys.clear();
+    dmg.master_lost = false;
+    dmg.keystore_lost = false;
+    dmg.vault_lost = None;
+    dmg
+}
+
+/// Evaluate under `dmg`, in the vault as it is, or (`vb`) as recovered
+/// from that vault backup: then only what it records counts.
+fn evaluate_in(
+    g: &Graph,
+    d: &DatasetNode,
+    threats: &[Threat],
+    dmg: Damage<'_>,
+    vb: Option<&VaultBackupNode>,
+) -> Verdict {
+    let vault_backup = vb.map(|b| b.id.clone());
+    let as_of = vb.map(|b| b.created_at);
+    let known = |t: Timestamp| as_of.is_none_or(|a| t <= a);
+    let primary_data = !dmg.content_bad && !dmg.chunks_bad && !dmg.deleted && known(d.current_at);
     // Candidates in order of preference.
     let mut candidates: Vec<(CopyKind, String, &str, &str, bool)> = Vec::new();
     candidates.push((
@@ -389,7 +505,7 @@ pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
     }
     let mut rest: Vec<&CopyNode> = d.copies.iter().collect();
     rest.sort_by_key(|c| (c.kind, std::cmp::Reverse(c.created_at)));
-    for c in rest {
+    for c in rest.into_iter().filter(|c| known(c.created_at)) {
         let data = readable(g, &dmg, &c.volume)
             && match c.kind {
                 CopyKind::Snapshot => !(dmg.chunks_bad && c.shares_current),
@@ -403,10 +519,16 @@ pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
         if !data {
             continue;
         }
-        match key_path(g, &dmg, key) {
-            Ok(KeyPath::Live) if kind == CopyKind::Primary => return Verdict::Unaffected,
+        match key_path(g, &dmg, key, as_of) {
+            Ok(KeyPath::Live) if kind == CopyKind::Primary && vault_backup.is_none() => return Verdict::Unaffected,
             Ok(KeyPath::Live) => {
-                return Verdict::Survives { kind, copy: id, volume: volume.to_string(), key: key.to_string() }
+                return Verdict::Survives {
+                    kind,
+                    copy: id,
+                    volume: volume.to_string(),
+                    key: key.to_string(),
+                    vault_backup,
+                }
             }
             Ok(path) => {
                 first_if.get_or_insert(Verdict::SurvivesIf {
@@ -415,6 +537,7 @@ pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
                     volume: volume.to_string(),
                     key: key.to_string(),
                     path,
+                    vault_backup: vault_backup.clone(),
                 });
             }
             Err(why) => {
@@ -445,5 +568,5 @@ pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
 
 /// How key `label` can be had today, with no threat applied.
 pub fn evaluate_key_today(g: &Graph, label: &str) -> Result<KeyPath, String> {
-    key_path(g, &Damage::default(), label)
+    key_path(g, &Damage::default(), label, None)
 }

@@ -129,7 +129,7 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
     // The catalog and the HSM file are at the vault's own site: without a
     // vault backup elsewhere, losing that site loses every key and record.
     let away = |vol: &String| g.volumes.get(vol).is_some_and(|v| !g.vault_sites.contains(&v.site));
-    if !g.datasets.is_empty() && !g.vault_backup_volumes.iter().any(away) {
+    if !g.datasets.is_empty() && !g.vault_backups.iter().any(|b| away(&b.volume)) {
         findings.push(Finding {
             code: "no-vault-backup",
             subject: "vault".into(),

@@ -26,17 +26,39 @@ fn vol(v: &Vault<Open>, root: &Path, name: &str, site: &str, medium: Medium) -> 
     n
 }
 
-/// Five applications, one way each: logical to disk, logical to tape, raw to
-/// disk, raw to tape (all copies offsite, at site B), and a synchronous
-/// mirror to site B. No keystore backup and no escrow, as in the paper.
+/// Five applications at site A, one way each: logical to disk, logical to
+/// tape, raw to disk, raw to tape (all copies offsite, at site B), and a
+/// synchronous mirror to site B. No keystore backup and no escrow, as in
+/// the paper. The paper takes for granted that the catalog and keystore
+/// outlive a data-centre loss, so the vault directory is at a site of its
+/// own (V), and there is no vault backup.
 fn paper_vault(root: &Path) -> Vault<Open> {
+    paper_vault_at(root, "V")
+}
+
+/// The same, with the vault directory (and the default volume inside it)
+/// at `vault_site`; at "A" the datasets live in the vault directory's
+/// default volume, as in a vault made with the defaults.
+fn paper_vault_at(root: &Path, vault_site: &str) -> Vault<Open> {
     let v = Vault::init(
         &root.join("vault"),
         &pass(),
-        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
+        &InitOptions { kdf: KdfParams::MINIMUM, site: vault_site.into(), ..Default::default() },
     )
     .unwrap();
     v.set_chunk_size(64 * 1024).unwrap();
+    if vault_site != "A" {
+        let disk_a = vol(&v, root, "disk-a", "A", Medium::Disk);
+        for app in ["AMDISK", "AMTAPE", "BLKDISK", "BLKTAPE"] {
+            v.add_policy(&NewPolicy {
+                name: app.to_lowercase(),
+                pattern: Pattern::new(format!("{app}.**")).unwrap(),
+                volume: disk_a.clone(),
+                target: PolicyTarget::Template { app: None },
+            })
+            .unwrap();
+        }
+    }
     let disk_b = vol(&v, root, "disk-b", "B", Medium::Disk);
     let tape_b = vol(&v, root, "tape-b", "B", Medium::Tape);
     let sync_a = vol(&v, root, "sync-a", "A", Medium::Disk);
@@ -191,4 +213,90 @@ fn a_drill_catches_the_model_when_reality_differs() {
     let c = &cells[0];
     assert!(c.modeled.survives() && !c.proven && !c.agrees, "{c:#?}");
     assert!(c.how.contains("backup"), "the drill says what it tried: {}", c.how);
+}
+
+/// The vault directory at site A with the data, as `custos init` makes it.
+/// Losing site A loses the catalog and the HSM with it: without a vault
+/// backup elsewhere nothing comes back, and both model and drill say so.
+/// With one at site B, the drill recovers the vault from it and then every
+/// copy at B; and when the key record is damaged, the vault as it was at
+/// that backup still holds the key, which the model counts too.
+#[test]
+fn losing_the_vault_site_is_survived_only_through_a_vault_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = paper_vault_at(dir.path(), "A");
+    let sets = vec![vec![Threat::SiteLoss]];
+    let opts = |sets: Vec<Vec<Threat>>, pattern: Option<&str>| DrillOptions {
+        pattern: pattern.map(|p| Pattern::new(p).unwrap()),
+        sets,
+        scratch: dir.path().join("scratch"),
+        passphrase: pass(),
+        shares: Vec::new(),
+    };
+    let cells = drill(&v, &opts(sets.clone(), None)).unwrap();
+    assert_eq!(cells.len(), 5);
+    for c in &cells {
+        assert!(c.agrees && !c.proven, "{c:#?}");
+        assert!(c.modeled.explain().contains("no vault backup survives"), "{}", c.modeled.explain());
+    }
+    let disk_b = VolumeName::new("disk-b").unwrap();
+    let vb = v.vault_backup(&disk_b).unwrap();
+    let cells = drill(&v, &opts(sets, None)).unwrap();
+    for c in &cells {
+        assert!(c.agrees && c.proven, "{c:#?}");
+        assert!(c.how.contains(&format!("recovered from vault backup {}", vb.id)), "{}", c.how);
+        assert!(c.modeled.explain().contains(&vb.id), "{}", c.modeled.explain());
+    }
+    // A raw copy shares its dataset's key: alone it does not survive key
+    // loss, but the vault backup holds the key record as it was.
+    let cells = drill(&v, &opts(vec![vec![Threat::DataKeyLoss]], Some("BLKDISK.**"))).unwrap();
+    assert_eq!(cells.len(), 1);
+    let c = &cells[0];
+    assert!(c.agrees && c.proven, "{c:#?}");
+    assert!(c.how.contains("vault backup") && c.modeled.explain().contains("vault backup"), "{c:#?}");
+    // A dataset written after the vault backup is not in it: site loss
+    // loses it, and both say so.
+    let late = DatasetName::new("LATE.DATA").unwrap();
+    v.put(&late, &mut &b"written after the vault backup"[..], &Default::default()).unwrap();
+    v.backup_logical(&late, &disk_b, None).unwrap();
+    let cells = drill(&v, &opts(vec![vec![Threat::SiteLoss]], Some("LATE.**"))).unwrap();
+    let c = &cells[0];
+    assert!(c.agrees && !c.proven, "{c:#?}");
+}
+
+/// An attacker with write access to a volume corrupts every object on it,
+/// not only the dataset's current chunks: a logical copy kept on the same
+/// volume, and a keystore backup there, go too. A copy on another volume
+/// of the same site survives it. Model and drill agree on both.
+#[test]
+fn malicious_corruption_takes_every_copy_on_the_attacked_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::init(
+        &dir.path().join("vault"),
+        &pass(),
+        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
+    )
+    .unwrap();
+    let default = VolumeName::new("default").unwrap();
+    let other = vol(&v, dir.path(), "other-a", "A", Medium::Disk);
+    let same = DatasetName::new("SAME.DATA").unwrap();
+    let apart = DatasetName::new("APART.DATA").unwrap();
+    v.put(&same, &mut &[7u8; 100_000][..], &Default::default()).unwrap();
+    v.put(&apart, &mut &[9u8; 100_000][..], &Default::default()).unwrap();
+    v.backup_logical(&same, &default, None).unwrap();
+    v.backup_logical(&apart, &other, None).unwrap();
+    v.keystore_backup(&default).unwrap();
+    let opts = DrillOptions {
+        pattern: None,
+        sets: vec![vec![Threat::MaliciousCorruption]],
+        scratch: dir.path().join("scratch"),
+        passphrase: pass(),
+        shares: Vec::new(),
+    };
+    let cells = drill(&v, &opts).unwrap();
+    assert_eq!(cells.len(), 2);
+    for c in &cells {
+        assert!(c.agrees, "{c:#?}");
+        assert_eq!(c.proven, c.dataset == "APART.DATA", "{c:#?}");
+    }
 }
