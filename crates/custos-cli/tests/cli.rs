@@ -993,6 +993,8 @@ fn risk_report_and_drill_through_the_cli() {
     let key_row = t.lines().find(|l| l.starts_with("Key loss")).expect("key-loss row");
     assert!(key_row.contains("yes: backup 1") && key_row.contains("NO"), "{t}");
     assert!(t.contains("[shared-key] RAW.ONE"), "{t}");
+    assert!(t.contains("Every key with material was checked in the HSM"), "{t}");
+    assert!(e.fails(&["risk", "report", "ZZZ.**"], 3).contains("no dataset matches ZZZ.**"));
     let j = e.json(&["risk", "report", "--format", "json", "--dual"]);
     assert_eq!(j["datasets"][0]["dual"].as_array().unwrap().len(), 28);
     let md = e.ok(&["risk", "report", "--format", "markdown"]);

@@ -117,6 +117,49 @@ impl<S: VaultState> Vault<S> {
     }
 }
 
+/// What a keystore backup object holds, as read back from its volume.
+#[derive(Debug, Clone)]
+pub enum KeystoreBackupContents {
+    /// It matches the hash recorded when it was written: each key's label
+    /// and the MKVP of the master key it is wrapped under there.
+    Intact(Vec<(String, String)>),
+    /// It cannot be used: why (unreadable, altered, unparsable).
+    Unusable(String),
+}
+
+impl<S: VaultState> Vault<S> {
+    /// Read keystore backup `b` from its volume and check it against the
+    /// hash the catalog recorded (no key is needed). The risk model uses
+    /// this instead of trusting the record.
+    pub fn keystore_backup_contents(&self, b: &KeystoreBackupRecord) -> KeystoreBackupContents {
+        let bytes = match self.open_volume(&b.volume).and_then(|v| Ok(v.read_keystore_backup(&b.id)?)) {
+            Ok(x) => x,
+            Err(e) => return KeystoreBackupContents::Unusable(format!("cannot be read: {e}")),
+        };
+        if object_hash(&bytes) != b.sha256 {
+            return KeystoreBackupContents::Unusable(
+                "does not match the hash recorded when it was written: it was altered".into(),
+            );
+        }
+        let mut keys = Vec::new();
+        for l in bytes.split(|c| *c == b'\n').filter(|l| !l.is_empty()).skip(1) {
+            match serde_json::from_slice::<BackedUpKey>(l) {
+                Ok(k) => keys.push((k.label, k.mkvp)),
+                Err(e) => return KeystoreBackupContents::Unusable(format!("has a bad key line ({e})")),
+            }
+        }
+        KeystoreBackupContents::Intact(keys)
+    }
+}
+
+impl Vault<Open> {
+    /// Whether key `rec`'s material unwraps in the HSM to the key its check
+    /// value names; the error says what is wrong.
+    pub fn check_key(&self, rec: &KeyRecord) -> Result<()> {
+        self.unwrap_checked(rec).map(|_| ())
+    }
+}
+
 fn json_line<T: Serialize>(out: &mut Vec<u8>, v: &T) {
     serde_json::to_writer(&mut *out, v).expect("backup records serialize");
     out.push(b'\n');

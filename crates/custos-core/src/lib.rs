@@ -51,7 +51,7 @@ pub use gc::{FsckReport, GcReport, VolumeCheck};
 pub use hsm::{HsmAction, MoveReport, NewHsmRule};
 pub use keys::{parse_duration, DueDestructions, NewKey, MAX_BULK_KEYS};
 pub use keyservice::{ciphertext_key, Context as KeyContext, MAX_PLAINTEXT};
-pub use keystore::Recovered;
+pub use keystore::{KeystoreBackupContents, Recovered};
 pub use masterkey::{MkStatus, ReencipherReport, RegisterStatus};
 pub use migrate::{MigrateReport, MigrateTarget};
 pub use mirror::MirrorStatus;

@@ -66,11 +66,15 @@ impl Vault<Open> {
     }
 
     pub fn mk_load_new(&self, new: NewMasterKey, expect: Option<Mkvp>) -> Result<Mkvp> {
-        Ok(self.state.hsm.load_new(new, expect)?)
+        let m = self.state.hsm.load_new(new, expect)?;
+        self.held_mkvps()?;
+        Ok(m)
     }
 
     pub fn mk_clear_new(&self) -> Result<()> {
-        Ok(self.state.hsm.clear_new()?)
+        self.state.hsm.clear_new()?;
+        self.held_mkvps()?;
+        Ok(())
     }
 
     fn register(&self, which: Register) -> Result<Option<Mkvp>> {
@@ -92,6 +96,9 @@ impl Vault<Open> {
             }
         }
         self.state.hsm.activate()?;
+        // Reports on a sealed vault read what the HSM holds from the
+        // catalog: keep it true after every change of registers.
+        self.held_mkvps()?;
         self.mk_status()
     }
 

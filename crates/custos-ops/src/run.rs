@@ -354,13 +354,24 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             None => Reply::NotMigrated(dataset),
         },
         O::RiskReport { pattern, dual } => {
-            // A sealed vault knows the master keys the HSM held when last
-            // opened; the first report on a vault opens it once.
-            let held = match v.held_mkvps_seen()? {
-                Some(h) => h,
-                None => e.open()?.held_mkvps()?,
+            // The HSM checks every key the verdicts rely on. When it cannot
+            // be opened here (no passphrase given), the report runs sealed on
+            // the master keys the HSM held when last opened, and says so.
+            let g = match e.open() {
+                Ok(open) => custos_risk::build::checked_graph(open, pattern.as_ref())?,
+                Err(why) => {
+                    let held = v.held_mkvps_seen()?.unwrap_or_default();
+                    let mut g = custos_risk::build::graph(v, pattern.as_ref(), held)?;
+                    g.sealed_because = Some(why.to_string());
+                    g
+                }
             };
-            let g = custos_risk::build::graph(v, pattern.as_ref(), held)?;
+            if let (Some(p), true) = (&pattern, g.datasets.is_empty()) {
+                return Err(Error::Failed {
+                    code: crate::Code::NotFound,
+                    message: format!("no dataset matches {p}: nothing to report on (`custos ds ls` lists them)"),
+                });
+            }
             Reply::RiskReport(Box::new(custos_risk::report::report(&g, dual, Timestamp::now())), dual)
         }
         O::RiskDrill { pattern, threats, dual, shares: s, scratch } => drill(e, pattern, &threats, dual, &s, scratch)?,

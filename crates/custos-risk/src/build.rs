@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use custos_core::model::{CopyMethod, KeyState, Medium, Pattern};
-use custos_core::{Vault, VaultState};
+use custos_core::{KeystoreBackupContents, Open, Vault, VaultState};
 
 use crate::model::{CopyKind, CopyNode, DatasetNode, Graph, KeyNode, KeystoreBackupNode, VaultBackupNode, VolumeNode};
 use crate::Result;
@@ -25,6 +25,8 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
         );
     }
     let keys = v.keys()?;
+    let schedule: HashMap<String, jiff::Timestamp> =
+        v.destroy_schedule()?.into_iter().map(|(l, t)| (l.to_string(), t)).collect();
     let apps: HashMap<String, String> = keys.iter().map(|k| (k.label.to_string(), k.app.clone())).collect();
     for k in keys {
         g.keys.insert(
@@ -36,6 +38,8 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
                 created_at: k.created_at,
                 destroyed_at: k.destroyed_at,
                 state: k.state.to_string(),
+                destroy_after: schedule.get(k.label.as_str()).copied(),
+                damaged: None,
             },
         );
     }
@@ -49,13 +53,23 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
     g.keystore_backups = v
         .keystore_backups()?
         .into_iter()
-        .map(|b| KeystoreBackupNode {
-            id: b.id,
-            volume: b.volume.to_string(),
-            created_at: b.created_at,
-            mkvps: b.mkvps,
+        .map(|b| {
+            // Read back and checked, not trusted from the record.
+            let (keys, unusable) = match v.keystore_backup_contents(&b) {
+                KeystoreBackupContents::Intact(k) => (Some(k.into_iter().collect()), None),
+                KeystoreBackupContents::Unusable(why) => (None, Some(why)),
+            };
+            KeystoreBackupNode {
+                id: b.id,
+                volume: b.volume.to_string(),
+                created_at: b.created_at,
+                mkvps: b.mkvps,
+                keys,
+                unusable,
+            }
         })
         .collect();
+    g.keystore_backups.sort_by_key(|b| std::cmp::Reverse(b.created_at));
     let mut copies: HashMap<[u8; 16], Vec<CopyNode>> = HashMap::new();
     for b in v.backups(pattern)? {
         copies.entry(b.dataset_id.0).or_default().push(CopyNode {
@@ -67,6 +81,7 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
             volume: b.volume.to_string(),
             key: b.key_label.to_string(),
             created_at: b.created_at,
+            generation: b.source_generation,
             shares_current: false,
         });
     }
@@ -78,6 +93,7 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
             volume: s.volume.to_string(),
             key: s.key_label.to_string(),
             created_at: s.created_at,
+            generation: s.generation,
             shares_current: shares,
         });
     }
@@ -86,7 +102,7 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
             continue;
         }
         let mut c = copies.remove(&d.id.0).unwrap_or_default();
-        c.sort_by_key(|x| std::cmp::Reverse(x.created_at));
+        c.sort_by_key(|x| (x.kind, std::cmp::Reverse(x.created_at)));
         g.datasets.push(DatasetNode {
             app: apps
                 .get(d.current.key_label.as_str())
@@ -101,5 +117,24 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
             copies: c,
         });
     }
+    Ok(g)
+}
+
+/// Build the graph of an open vault, with every key the HSM can check
+/// checked: its material must unwrap to the key its check value names. A
+/// key that does not is counted damaged, not present.
+pub fn checked_graph(v: &Vault<Open>, pattern: Option<&Pattern>) -> Result<Graph> {
+    let mut g = graph(v, pattern, v.held_mkvps()?)?;
+    for k in v.keys()? {
+        if k.wrapped.is_none() || !g.held_mkvps.contains(&k.mkvp.to_hex()) {
+            continue;
+        }
+        if let Err(e) = v.check_key(&k) {
+            if let Some(n) = g.keys.get_mut(k.label.as_str()) {
+                n.damaged = Some(e.to_string());
+            }
+        }
+    }
+    g.keys_checked = true;
     Ok(g)
 }

@@ -154,8 +154,7 @@ impl Layout {
 /// whole run; anything that goes wrong with one clone or one dataset is
 /// that cell's verdict.
 pub fn drill(v: &Vault<Open>, opts: &DrillOptions) -> Result<Vec<DrillCell>> {
-    let held = v.held_mkvps()?;
-    let g = build::graph(v, opts.pattern.as_ref(), held)?;
+    let g = build::checked_graph(v, opts.pattern.as_ref())?;
     let layout = Layout::read(v)?;
     std::fs::create_dir_all(&opts.scratch).map_err(|e| {
         RiskError::Drill(format!("cannot create the scratch directory {}: {e}", opts.scratch.display()))

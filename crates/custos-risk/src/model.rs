@@ -134,6 +134,12 @@ pub struct KeyNode {
     pub destroyed_at: Option<Timestamp>,
     /// Active, pre-active, deactivated, compromised, destroyed.
     pub state: String,
+    /// When its scheduled destruction falls due: until then it cannot be
+    /// used, and `key cancel-destroy` brings it back.
+    pub destroy_after: Option<Timestamp>,
+    /// Why its record does not unwrap to its check value, when the HSM
+    /// checked it and it did not.
+    pub damaged: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -142,6 +148,12 @@ pub struct KeystoreBackupNode {
     pub volume: String,
     pub created_at: Timestamp,
     pub mkvps: Vec<String>,
+    /// Each key it holds and the MKVP it is wrapped under there, when the
+    /// object was read back and matched its recorded hash.
+    #[serde(skip)]
+    pub keys: Option<HashMap<String, String>>,
+    /// Why it cannot be used, when it was read back and did not match.
+    pub unusable: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -159,6 +171,8 @@ pub struct CopyNode {
     pub volume: String,
     pub key: String,
     pub created_at: Timestamp,
+    /// The dataset's generation it holds (a backup's source generation).
+    pub generation: u64,
     /// For a snapshot: it shares chunk objects with the current generation,
     /// so corrupting those corrupts it too.
     pub shares_current: bool,
@@ -174,8 +188,9 @@ pub struct DatasetNode {
     /// When the current generation was written.
     pub current_at: Timestamp,
     pub last_access: Timestamp,
-    /// Snapshots and backups, newest first (the primary and mirror are
-    /// derived from `volume`).
+    /// Snapshots and backups in the order a recovery prefers them: by kind
+    /// (snapshots, logical, raw), newest first within each (the primary and
+    /// mirror are derived from `volume`).
     pub copies: Vec<CopyNode>,
 }
 
@@ -188,10 +203,16 @@ pub struct Graph {
     pub held_mkvps: Vec<String>,
     /// A key-backup key exists whose custodians hold shares.
     pub escrow_ready: bool,
+    /// Newest first.
     pub keystore_backups: Vec<KeystoreBackupNode>,
     pub datasets: Vec<DatasetNode>,
     /// The sites of the vault's own directory (catalog and HSM file).
     pub vault_sites: Vec<String>,
+    /// The HSM checked every key with material (unwrap, check value); a
+    /// report on a sealed vault trusts the records instead.
+    pub keys_checked: bool,
+    /// Why the HSM was not opened for this report, when it was not.
+    pub sealed_because: Option<String>,
     /// The vault backups (catalog and HSM file) on volumes.
     pub vault_backups: Vec<VaultBackupNode>,
 }
@@ -206,6 +227,11 @@ pub enum KeyPath {
     KeystoreBackup { id: String },
     /// Unsealed from its escrow copy by the custodians.
     Escrow,
+    /// In the keystore, archived: usable after `key restore`.
+    Archived,
+    /// In the keystore, scheduled for destruction: usable after `key
+    /// cancel-destroy` (and lost for good once the time passes).
+    PendingDestruction { due: Timestamp },
 }
 
 /// The answer for one dataset under one set of threats.
@@ -234,13 +260,27 @@ pub enum Verdict {
         #[serde(skip_serializing_if = "Option::is_none")]
         vault_backup: Option<String>,
     },
+    /// Only an older state survives: a copy of an earlier generation (a
+    /// recovery point), not today's data.
+    Stale {
+        kind: CopyKind,
+        copy: String,
+        volume: String,
+        key: String,
+        generation: u64,
+        created_at: Timestamp,
+        path: KeyPath,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vault_backup: Option<String>,
+    },
     /// Nothing saves it.
     Lost { why: String },
 }
 
 impl Verdict {
+    /// Today's data comes back (a stale copy's older state does not count).
     pub fn survives(&self) -> bool {
-        !matches!(self, Verdict::Lost { .. })
+        !matches!(self, Verdict::Lost { .. } | Verdict::Stale { .. })
     }
 
     /// A short cell for tables.
@@ -256,10 +296,15 @@ impl Verdict {
                     KeyPath::Live => "keystore".to_string(),
                     KeyPath::KeystoreBackup { .. } => "ks backup".to_string(),
                     KeyPath::Escrow => "escrow".to_string(),
+                    KeyPath::Archived => "key restore".to_string(),
+                    KeyPath::PendingDestruction { .. } => "cancel-destroy".to_string(),
                 },
                 if vault_backup.is_some() { "vault backup, " } else { "" },
                 short(*kind, copy)
             ),
+            Verdict::Stale { kind, copy, generation, .. } => {
+                format!("old: {} (gen {generation})", short(*kind, copy))
+            }
             Verdict::Lost { .. } => "NO".into(),
         }
     }
@@ -267,7 +312,9 @@ impl Verdict {
     /// One sentence.
     pub fn explain(&self) -> String {
         let vb = match self {
-            Verdict::Survives { vault_backup: Some(id), .. } | Verdict::SurvivesIf { vault_backup: Some(id), .. } => {
+            Verdict::Survives { vault_backup: Some(id), .. }
+            | Verdict::SurvivesIf { vault_backup: Some(id), .. }
+            | Verdict::Stale { vault_backup: Some(id), .. } => {
                 format!("once the vault is recovered from vault backup {id}, ")
             }
             _ => String::new(),
@@ -295,6 +342,21 @@ impl Verdict {
                     KeyPath::Live => "the keystore".to_string(),
                     KeyPath::KeystoreBackup { id } => format!("keystore backup {id}"),
                     KeyPath::Escrow => "escrow (the custodians' shares)".to_string(),
+                    KeyPath::Archived => "the archive (`custos key restore`)".to_string(),
+                    KeyPath::PendingDestruction { due } => {
+                        format!("the destruction schedule before {due} (`custos key cancel-destroy`)")
+                    }
+                }
+            ),
+            Verdict::Stale { kind, copy, volume, key, generation, created_at, path, .. } => format!(
+                "today's data is lost; only an older state survives: the {} ({copy}) on {volume} holds generation {generation}, as of {created_at}, under {key}{}",
+                kind.as_str(),
+                match path {
+                    KeyPath::Live => String::new(),
+                    KeyPath::KeystoreBackup { id } => format!(" (its key from keystore backup {id})"),
+                    KeyPath::Escrow => " (its key from escrow)".into(),
+                    KeyPath::Archived => " (after `custos key restore`)".into(),
+                    KeyPath::PendingDestruction { .. } => " (after `custos key cancel-destroy`)".into(),
                 }
             ),
             Verdict::Lost { why } => format!("lost: {why}"),
@@ -379,25 +441,44 @@ fn key_path(g: &Graph, dmg: &Damage<'_>, label: &str, as_of: Option<Timestamp>) 
         ));
     }
     let held: &[String] = if dmg.master_lost { &[] } else { &g.held_mkvps };
-    if k.present && !dmg.lost_keys.contains(label) && !dmg.keystore_lost && held.contains(&k.mkvp) {
-        return Ok(KeyPath::Live);
+    let whole = k.present && k.damaged.is_none() && !dmg.lost_keys.contains(label) && !dmg.keystore_lost;
+    if whole && held.contains(&k.mkvp) {
+        return Ok(match (k.destroy_after, k.state.as_str()) {
+            (Some(due), _) => KeyPath::PendingDestruction { due },
+            (None, "archived") => KeyPath::Archived,
+            _ => KeyPath::Live,
+        });
     }
     // Keystore backups taken while the key had material, readable, and
     // wrapped under master keys the HSM still holds. Newest first.
-    let mut ksbs: Vec<&KeystoreBackupNode> = g
+    // The graph keeps them newest first.
+    let ksbs = g
         .keystore_backups
         .iter()
         .filter(|b| b.created_at >= k.created_at && k.destroyed_at.is_none_or(|t| t > b.created_at))
         // A recovered catalog knows only the backups made before its copy.
-        .filter(|b| as_of.is_none_or(|t| b.created_at <= t))
-        .collect();
-    ksbs.sort_by_key(|b| std::cmp::Reverse(b.created_at));
+        .filter(|b| as_of.is_none_or(|t| b.created_at <= t));
     let mut retired = false;
-    for b in &ksbs {
+    let mut any = false;
+    for b in ksbs {
+        any = true;
         if !readable(g, dmg, &b.volume) {
             continue;
         }
-        let mkvp = if b.mkvps.contains(&k.mkvp) { &k.mkvp } else { b.mkvps.first().unwrap_or(&k.mkvp) };
+        if b.unusable.is_some() {
+            continue;
+        }
+        // The key's own wrapping in that backup, when the object was read;
+        // otherwise the record's list of master keys, and the key's own
+        // master key if the backup depends on it.
+        let mkvp = match &b.keys {
+            Some(keys) => match keys.get(label) {
+                Some(m) => m,
+                None => continue,
+            },
+            None if b.mkvps.contains(&k.mkvp) => &k.mkvp,
+            None => b.mkvps.first().unwrap_or(&k.mkvp),
+        };
         if held.contains(mkvp) {
             return Ok(KeyPath::KeystoreBackup { id: b.id.clone() });
         }
@@ -407,18 +488,20 @@ fn key_path(g: &Graph, dmg: &Damage<'_>, label: &str, as_of: Option<Timestamp>) 
         return Ok(KeyPath::Escrow);
     }
     let mut why = format!("key {label}");
-    why += if !k.present {
-        " was destroyed"
+    why += &if !k.present {
+        " was destroyed".to_string()
+    } else if let Some(d) = &k.damaged {
+        format!("'s record is damaged ({d})")
     } else if dmg.lost_keys.contains(label) {
-        " is lost"
+        " is lost".to_string()
     } else if dmg.keystore_lost {
-        " went with the keystore"
+        " went with the keystore".to_string()
     } else {
-        " is wrapped under a master key the HSM no longer holds"
+        " is wrapped under a master key the HSM no longer holds".to_string()
     };
     if retired {
         why += ", and its keystore backups are wrapped under master keys the HSM no longer holds";
-    } else if ksbs.is_empty() {
+    } else if !any {
         why += ", no keystore backup holds it";
     } else {
         why += ", and no keystore backup that holds it can be read";
@@ -492,34 +575,69 @@ fn evaluate_in(
     let known = |t: Timestamp| as_of.is_none_or(|a| t <= a);
     let primary_data = !dmg.content_bad && !dmg.chunks_bad && !dmg.deleted && known(d.current_at);
     // Candidates in order of preference.
-    let mut candidates: Vec<(CopyKind, String, &str, &str, bool)> = Vec::new();
+    // (kind, id, volume, key, its data is there, the generation it holds
+    // and when it was made, for a copy).
+    type Candidate<'a> = (CopyKind, &'a str, &'a str, &'a str, bool, Option<(u64, Timestamp)>);
+    let mut candidates: Vec<Candidate<'_>> = Vec::with_capacity(d.copies.len() + 2);
     candidates.push((
         CopyKind::Primary,
-        d.volume.clone(),
+        &d.volume,
         &d.volume,
         &d.key,
         primary_data && !dmg.volume_lost(&d.volume),
+        None,
     ));
     if let Some(m) = g.volumes.get(&d.volume).and_then(|v| v.mirror.as_deref()) {
-        candidates.push((CopyKind::Mirror, m.to_string(), m, &d.key, primary_data && !dmg.volume_lost(m)));
+        candidates.push((CopyKind::Mirror, m, m, &d.key, primary_data && !dmg.volume_lost(m), None));
     }
-    let mut rest: Vec<&CopyNode> = d.copies.iter().collect();
-    rest.sort_by_key(|c| (c.kind, std::cmp::Reverse(c.created_at)));
-    for c in rest.into_iter().filter(|c| known(c.created_at)) {
+    // The copies are in order of preference already (see DatasetNode).
+    for c in d.copies.iter().filter(|c| known(c.created_at)) {
         let data = readable(g, &dmg, &c.volume)
             && match c.kind {
                 CopyKind::Snapshot => !(dmg.chunks_bad && c.shares_current),
                 _ => true,
             };
-        candidates.push((c.kind, c.id.clone(), &c.volume, &c.key, data));
+        candidates.push((c.kind, &c.id, &c.volume, &c.key, data, Some((c.generation, c.created_at))));
     }
     let mut first_if: Option<Verdict> = None;
+    let mut stale: Option<Verdict> = None;
     let mut reasons: Vec<String> = Vec::new();
-    for (kind, id, volume, key, data) in candidates {
+    // Copies share keys (raw copies the primary's, logical ones a BACK
+    // key): each key's path is worked out once.
+    let mut paths: Vec<(&str, Result<KeyPath, String>)> = Vec::new();
+    for (kind, id, volume, key, data, held) in candidates {
         if !data {
             continue;
         }
-        match key_path(g, &dmg, key, as_of) {
+        let path = match paths.iter().find(|(k, _)| *k == key) {
+            Some((_, p)) => p.clone(),
+            None => {
+                let p = key_path(g, &dmg, key, as_of);
+                paths.push((key, p.clone()));
+                p
+            }
+        };
+        let id = id.to_string();
+        if let Some((generation, created_at)) = held.filter(|(g, _)| *g < d.generation) {
+            match path {
+                Ok(path) => {
+                    stale.get_or_insert(Verdict::Stale {
+                        kind,
+                        copy: id,
+                        volume: volume.to_string(),
+                        key: key.to_string(),
+                        generation,
+                        created_at,
+                        path,
+                        vault_backup: vault_backup.clone(),
+                    });
+                }
+                Err(why) if !reasons.contains(&why) => reasons.push(why),
+                Err(_) => {}
+            }
+            continue;
+        }
+        match path {
             Ok(KeyPath::Live) if kind == CopyKind::Primary && vault_backup.is_none() => return Verdict::Unaffected,
             Ok(KeyPath::Live) => {
                 return Verdict::Survives {
@@ -547,7 +665,7 @@ fn evaluate_in(
             }
         }
     }
-    if let Some(v) = first_if {
+    if let Some(v) = first_if.or(stale) {
         return v;
     }
     let mut why = Vec::new();

@@ -2,7 +2,7 @@
 //! application (the paper's Table 2 for this vault), every pair of threats
 //! with `dual`, and the recoverability audit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use jiff::Timestamp;
@@ -68,14 +68,22 @@ pub struct Report {
     /// Every copy Custos makes is sealed; this counts plaintext copies (none
     /// can exist), so the confidentiality row is stated, not assumed.
     pub unencrypted_copies: usize,
+    /// The HSM checked every key the verdicts rely on (unwrap, check
+    /// value). False for a report on a sealed vault, which trusts the key
+    /// records (a damaged one counts as usable).
+    pub keys_checked: bool,
+    /// Why the HSM was not opened, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_because: Option<String>,
 }
 
 fn rank(v: &Verdict) -> u8 {
     match v {
         Verdict::Lost { .. } => 0,
-        Verdict::SurvivesIf { .. } => 1,
-        Verdict::Survives { .. } => 2,
-        Verdict::Unaffected => 3,
+        Verdict::Stale { .. } => 1,
+        Verdict::SurvivesIf { .. } => 2,
+        Verdict::Survives { .. } => 3,
+        Verdict::Unaffected => 4,
     }
 }
 
@@ -117,7 +125,17 @@ pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
         })
         .collect();
     let (copies, findings) = audit(g);
-    Report { generated_at: now, threats: Threat::ALL.to_vec(), datasets, apps, copies, findings, unencrypted_copies: 0 }
+    Report {
+        generated_at: now,
+        threats: Threat::ALL.to_vec(),
+        datasets,
+        apps,
+        copies,
+        findings,
+        unencrypted_copies: 0,
+        keys_checked: g.keys_checked,
+        sealed_because: g.sealed_because.clone(),
+    }
 }
 
 /// The recoverability audit: every backup and snapshot, and the findings.
@@ -143,13 +161,113 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
     // no longer holds (the paper's Example 1).
     let retired = |label: &str| {
         let Some(k) = g.keys.get(label) else { return false };
-        let holding: Vec<_> = g
+        // Per backup, the master keys the key depends on there: its own
+        // wrapping when the object was read back, else every one it lists.
+        let holding: Vec<Vec<&String>> = g
             .keystore_backups
             .iter()
+            .filter(|b| b.unusable.is_none())
             .filter(|b| b.created_at >= k.created_at && k.destroyed_at.is_none_or(|t| t > b.created_at))
+            .filter_map(|b| match &b.keys {
+                Some(keys) => keys.get(label).map(|m| vec![m]),
+                None => Some(b.mkvps.iter().collect()),
+            })
             .collect();
-        !holding.is_empty() && holding.iter().all(|b| !b.mkvps.iter().all(|m| g.held_mkvps.contains(m)))
+        !holding.is_empty() && holding.iter().all(|ms| !ms.iter().all(|m| g.held_mkvps.contains(m)))
     };
+    let mut damaged: Vec<(&String, &String)> =
+        g.keys.iter().filter_map(|(l, k)| k.damaged.as_ref().map(|d| (l, d))).collect();
+    damaged.sort();
+    for (label, why) in damaged {
+        findings.push(Finding {
+            code: "damaged-key",
+            subject: label.clone(),
+            detail: format!(
+                "its keystore record does not unwrap to its check value ({why}): `custos key recover {label} --from BACKUP` repairs it from a keystore backup"
+            ),
+        });
+    }
+    for b in &g.keystore_backups {
+        if let Some(why) = &b.unusable {
+            findings.push(Finding {
+                code: "unusable-keystore-backup",
+                subject: format!("keystore backup {}", b.id),
+                detail: format!(
+                    "on {} it {why}: it restores no key; take a new one with `custos keystore backup`",
+                    b.volume
+                ),
+            });
+        }
+    }
+    // Keystore backups that cannot help when they are most needed.
+    let usable: Vec<&crate::model::KeystoreBackupNode> =
+        g.keystore_backups.iter().filter(|b| b.unusable.is_none()).collect();
+    if !usable.is_empty() && usable.iter().all(|b| !b.mkvps.iter().any(|m| g.held_mkvps.contains(m))) {
+        findings.push(Finding {
+            code: "retired-keystore-backups",
+            subject: "keystore".into(),
+            detail: format!(
+                "every keystore backup ({}) is wrapped under master keys the HSM no longer holds: none restores a key today (the paper's Example 1); take one now with `custos keystore backup`",
+                usable.len()
+            ),
+        });
+    }
+    if !usable.is_empty() && !usable.iter().any(|b| away(&b.volume)) {
+        findings.push(Finding {
+            code: "keystore-backups-at-vault-site",
+            subject: "keystore".into(),
+            detail: format!(
+                "every keystore backup is at the vault's own site ({}): a loss of that site takes them with the keystore; keep one at another site",
+                g.vault_sites.join(", ")
+            ),
+        });
+    }
+    let data_volumes: HashSet<&str> = g.datasets.iter().map(|d| d.volume.as_str()).collect();
+    for b in &usable {
+        if data_volumes.contains(b.volume.as_str()) {
+            findings.push(Finding {
+                code: "backup-with-data",
+                subject: format!("keystore backup {}", b.id),
+                detail: format!(
+                    "it is on volume {}, with data whose keys it holds: losing or corrupting that volume takes both",
+                    b.volume
+                ),
+            });
+        }
+    }
+    for b in &g.vault_backups {
+        if data_volumes.contains(b.volume.as_str()) {
+            findings.push(Finding {
+                code: "backup-with-data",
+                subject: format!("vault backup {}", b.id),
+                detail: format!(
+                    "it is on volume {}, with data it would help recover: losing or corrupting that volume takes both",
+                    b.volume
+                ),
+            });
+        }
+    }
+    // One BACK key for the copies of many datasets: one damaged record loses
+    // every one of those copies.
+    let mut back: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for d in &g.datasets {
+        for c in d.copies.iter().filter(|c| c.kind == CopyKind::Logical) {
+            back.entry(c.key.as_str()).or_default().insert(d.name.as_str());
+        }
+    }
+    let mut shared: Vec<_> = back.into_iter().filter(|(_, ds)| ds.len() > 1).collect();
+    shared.sort();
+    for (key, ds) in shared {
+        findings.push(Finding {
+            code: "shared-back-key",
+            subject: key.to_string(),
+            detail: format!(
+                "it seals the logical copies of {} datasets ({}): losing or damaging it loses every one of those copies at once; keep it in keystore backups and escrow",
+                ds.len(),
+                ds.iter().take(5).copied().collect::<Vec<_>>().join(", ") + if ds.len() > 5 { ", …" } else { "" }
+            ),
+        });
+    }
     for d in &g.datasets {
         let own = none(g, &d.key);
         match &own {
@@ -162,6 +280,10 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
                     d.key,
                     match p {
                         KeyPath::KeystoreBackup { id } => format!("keystore backup {id}"),
+                        KeyPath::Archived => "the archive: it is archived; `custos key restore` brings it back".to_string(),
+                        KeyPath::PendingDestruction { due } => format!(
+                            "the destruction schedule: it is destroyed at {due} unless `custos key cancel-destroy` runs before"
+                        ),
                         _ => "escrow (the custodians' shares)".to_string(),
                     }
                 ),
@@ -376,10 +498,23 @@ fn render_audit(r: &Report) -> String {
         r.copies.len(),
         r.unencrypted_copies
     );
+    if r.keys_checked {
+        let _ = writeln!(out, "Every key with material was checked in the HSM (it unwraps to its check value).");
+    } else {
+        let _ = writeln!(
+            out,
+            "The HSM was not opened{}: key records are trusted, not checked (a damaged one counts as usable), and the master keys are those it held when last opened. Give the passphrase (or run on a server) for a checked report.",
+            r.sealed_because.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+        );
+    }
     for c in r.copies.iter().filter(|c| !matches!(c.path, Some(KeyPath::Live))) {
         let how = match &c.path {
             Some(KeyPath::KeystoreBackup { id }) => format!("only through keystore backup {id}"),
             Some(KeyPath::Escrow) => "only through escrow".into(),
+            Some(KeyPath::Archived) => "after `custos key restore` (its key is archived)".into(),
+            Some(KeyPath::PendingDestruction { due }) => {
+                format!("only until {due}, when its key is destroyed, unless `custos key cancel-destroy`")
+            }
             Some(KeyPath::Live) => unreachable!(),
             None => format!("NOT decryptable: {}", c.why.clone().unwrap_or_default()),
         };
@@ -450,6 +585,7 @@ fn td(v: &Verdict, text: &str) -> String {
         Verdict::Unaffected => "un",
         Verdict::Survives { .. } => "yes",
         Verdict::SurvivesIf { .. } => "if",
+        Verdict::Stale { .. } => "old",
         Verdict::Lost { .. } => "no",
     };
     format!("<td class=\"{class}\" title=\"{}\">{}</td>", html(&v.explain()), html(text))

@@ -293,10 +293,178 @@ fn malicious_corruption_takes_every_copy_on_the_attacked_volume() {
         passphrase: pass(),
         shares: Vec::new(),
     };
+    let g = build::checked_graph(&v, None).unwrap();
+    let r = report::report(&g, false, jiff::Timestamp::now());
+    for code in ["backup-with-data", "keystore-backups-at-vault-site"] {
+        assert!(r.findings.iter().any(|f| f.code == code), "{code}: {:#?}", r.findings);
+    }
     let cells = drill(&v, &opts).unwrap();
     assert_eq!(cells.len(), 2);
     for c in &cells {
         assert!(c.agrees, "{c:#?}");
         assert_eq!(c.proven, c.dataset == "APART.DATA", "{c:#?}");
+    }
+}
+
+/// The model checks what it relies on instead of trusting the records: a
+/// BACK key shared by three datasets with a flipped bit in its record makes
+/// their copies useless (the report names it; key-loss cells are lost, and
+/// the drill agrees); an archived BACK key or one scheduled for destruction
+/// saves its copy only after `key restore` or `key cancel-destroy`, which
+/// the drill then runs; a master key change keeps the sealed report's idea
+/// of the HSM's master keys true.
+#[test]
+fn the_model_checks_keys_and_their_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::init(
+        &dir.path().join("vault"),
+        &pass(),
+        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
+    )
+    .unwrap();
+    let off = vol(&v, dir.path(), "off-b", "B", Medium::Disk);
+    let mut back = BTreeMap::new();
+    for app in ["SHARED", "ARCH", "SCHED"] {
+        let n = if app == "SHARED" { 3 } else { 1 };
+        for i in 0..n {
+            let name = DatasetName::new(format!("{app}.D{i}")).unwrap();
+            let body: Vec<u8> = (0..70_000u32).map(|j| (j ^ i).wrapping_mul(31) as u8).collect();
+            v.put(&name, &mut body.as_slice(), &Default::default()).unwrap();
+            let b = v.backup_logical(&name, &off, back.get(app)).unwrap().unwrap();
+            back.insert(app, b.key_label);
+        }
+    }
+    assert_eq!(v.backups(None).unwrap().iter().filter(|b| b.key_label == back["SHARED"]).count(), 3);
+    v.drill_corrupt_key(&back["SHARED"]).unwrap();
+    v.key_action(&back["ARCH"], custos_core::model::KeyAction::Deactivate, false).unwrap();
+    v.key_action(&back["ARCH"], custos_core::model::KeyAction::Archive, false).unwrap();
+    v.key_action(&back["SCHED"], custos_core::model::KeyAction::Deactivate, false).unwrap();
+    v.schedule_destroy(&back["SCHED"], jiff::SignedDuration::from_hours(24 * 8), true).unwrap();
+
+    let g = build::checked_graph(&v, None).unwrap();
+    let r = report::report(&g, false, jiff::Timestamp::now());
+    assert!(r.keys_checked);
+    assert!(
+        r.findings.iter().any(|f| f.code == "damaged-key" && f.subject == back["SHARED"].as_str()),
+        "{:#?}",
+        r.findings
+    );
+    let key_loss = |ds: &str| {
+        r.datasets
+            .iter()
+            .find(|d| d.dataset == ds)
+            .unwrap()
+            .single
+            .iter()
+            .find(|(t, _)| *t == Threat::DataKeyLoss)
+            .unwrap()
+            .1
+            .clone()
+    };
+    for i in 0..3 {
+        let v = key_loss(&format!("SHARED.D{i}"));
+        assert!(!v.survives() && v.explain().contains("damaged"), "{}", v.explain());
+    }
+    assert!(
+        r.findings.iter().any(|f| f.code == "shared-back-key"
+            && f.subject == back["SHARED"].as_str()
+            && f.detail.contains("3 datasets")),
+        "{:#?}",
+        r.findings
+    );
+    assert!(key_loss("ARCH.D0").explain().contains("key restore"), "{}", key_loss("ARCH.D0").explain());
+    assert!(key_loss("SCHED.D0").explain().contains("cancel-destroy"), "{}", key_loss("SCHED.D0").explain());
+    // The same vault, with nothing checked, is what the report trusted before.
+    let trusting = build::graph(&v, None, v.held_mkvps().unwrap()).unwrap();
+    let naive = report::report(&trusting, false, jiff::Timestamp::now());
+    assert!(!naive.keys_checked);
+    let naive_cell = naive.datasets.iter().find(|d| d.dataset == "SHARED.D0").unwrap();
+    assert!(naive_cell.single.iter().find(|(t, _)| *t == Threat::DataKeyLoss).unwrap().1.survives());
+
+    let cells = drill(
+        &v,
+        &DrillOptions {
+            pattern: None,
+            sets: vec![vec![Threat::DataKeyLoss]],
+            scratch: dir.path().join("scratch"),
+            passphrase: pass(),
+            shares: Vec::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(cells.len(), 5);
+    for c in &cells {
+        assert!(c.agrees, "{c:#?}");
+        assert_eq!(c.proven, !c.dataset.starts_with("SHARED"), "{c:#?}");
+    }
+    let arch = cells.iter().find(|c| c.dataset == "ARCH.D0").unwrap();
+    assert!(arch.how.contains("key restore"), "{}", arch.how);
+    let sched = cells.iter().find(|c| c.dataset == "SCHED.D0").unwrap();
+    assert!(sched.how.contains("cancel-destroy"), "{}", sched.how);
+
+    // A master key change: what a sealed reader believes the HSM holds
+    // follows at once, not at the next report or drill.
+    v.mk_load_new(custos_core::NewMasterKey::Generate, None).unwrap();
+    v.mk_activate().unwrap();
+    let seen = v.held_mkvps_seen().unwrap().unwrap();
+    let mut now = v.held_mkvps().unwrap();
+    let mut seen_sorted = seen.clone();
+    seen_sorted.sort();
+    now.sort();
+    assert_eq!(seen_sorted, now);
+}
+
+/// A copy of an older generation is a recovery point, not today's data:
+/// the model says which generation survives, and the drill, which restores
+/// other bytes than the dataset holds, agrees that today's data is lost.
+#[test]
+fn a_copy_of_an_older_generation_is_not_todays_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::init(
+        &dir.path().join("vault"),
+        &pass(),
+        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
+    )
+    .unwrap();
+    let off = vol(&v, dir.path(), "off-b", "B", Medium::Disk);
+    let (old, fresh) = (DatasetName::new("OLD.DATA").unwrap(), DatasetName::new("FRESH.DATA").unwrap());
+    for n in [&old, &fresh] {
+        v.put(n, &mut &b"generation one"[..], &Default::default()).unwrap();
+        v.backup_logical(n, &off, None).unwrap();
+        v.put(n, &mut &b"generation two, written after the copy"[..], &Default::default()).unwrap();
+    }
+    v.backup_logical(&fresh, &off, None).unwrap();
+    let g = build::checked_graph(&v, None).unwrap();
+    let r = report::report(&g, false, jiff::Timestamp::now());
+    let cell = |ds: &str| {
+        r.datasets
+            .iter()
+            .find(|d| d.dataset == ds)
+            .unwrap()
+            .single
+            .iter()
+            .find(|(t, _)| *t == Threat::DiskFailure)
+            .unwrap()
+            .1
+            .clone()
+    };
+    let o = cell("OLD.DATA");
+    assert!(matches!(o, custos_risk::Verdict::Stale { generation: 1, .. }) && !o.survives(), "{}", o.explain());
+    assert!(o.cell().starts_with("old:") && o.explain().contains("generation 1"), "{}", o.explain());
+    assert!(cell("FRESH.DATA").survives(), "{}", cell("FRESH.DATA").explain());
+    let cells = drill(
+        &v,
+        &DrillOptions {
+            pattern: None,
+            sets: vec![vec![Threat::DiskFailure]],
+            scratch: dir.path().join("scratch"),
+            passphrase: pass(),
+            shares: Vec::new(),
+        },
+    )
+    .unwrap();
+    for c in &cells {
+        assert!(c.agrees, "{c:#?}");
+        assert_eq!(c.proven, c.dataset == "FRESH.DATA", "{c:#?}");
     }
 }
