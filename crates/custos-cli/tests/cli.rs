@@ -339,7 +339,7 @@ fn demo_runs_end_to_end() {
     let key_row = s.lines().find(|l| l.trim_start().starts_with("Key loss")).expect("a key-loss row");
     assert_eq!(key_row.matches("NO").count(), 3, "{key_row}");
     assert!(s.contains("0 contain the text"), "{s}");
-    assert!(s.contains("all 40 agree with the model"), "{s}");
+    assert!(s.contains("all 50 agree with the model"), "{s}");
     // Losing site A loses the vault directory: no until a vault backup is at B.
     let site_row = s.lines().find(|l| l.trim_start().starts_with("Data centre loss")).expect("a site-loss row");
     assert_eq!(site_row.matches("NO").count(), 5, "{site_row}");
@@ -996,7 +996,7 @@ fn risk_report_and_drill_through_the_cli() {
     assert!(t.contains("Every key with material was checked in the HSM"), "{t}");
     assert!(e.fails(&["risk", "report", "ZZZ.**"], 3).contains("no dataset matches ZZZ.**"));
     let j = e.json(&["risk", "report", "--format", "json", "--dual"]);
-    assert_eq!(j["datasets"][0]["dual"].as_array().unwrap().len(), 28);
+    assert_eq!(j["datasets"][0]["dual"].as_array().unwrap().len(), 45);
     let md = e.ok(&["risk", "report", "--format", "markdown"]);
     assert!(md.starts_with("# Custos risk report") && md.contains("| Key loss |"), "{md}");
     let html = e.dir.path().join("r.html");

@@ -124,6 +124,27 @@ impl<S: VaultState> Vault<S> {
 }
 
 impl Vault<Sealed> {
+    /// Lose the software HSM whole (its file, or its row in the catalog):
+    /// master keys, catalog key, audit key. The vault no longer opens.
+    pub fn drill_lose_hsm(&self) -> Result<()> {
+        self.soft_home()?.remove()
+    }
+
+    /// Lose the catalog: its file and the SQLite journal beside it. Only
+    /// for a clone, whose catalog is the SQLite file in its directory.
+    pub fn drill_lose_catalog(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        for name in [DB_FILE, "custos.db-wal", "custos.db-shm"] {
+            let p = dir.join(name);
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Lose the keystore as a whole: every key record deleted from the
     /// catalog (material, states, the escrow copies kept with them).
     /// Keystore backups on volumes, and their records, are untouched. Only

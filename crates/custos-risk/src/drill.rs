@@ -21,9 +21,13 @@
 //! | data-key-loss | one bit of the key's wrapped material in its keystore record |
 //! | master-key-loss | the HSM's master keys (a new HSM file with a fresh one) |
 //! | keystore-loss | every key record in the catalog (escrow copies kept with them included) |
+//! | catalog-loss | the catalog (its file and journal) |
+//! | hsm-loss | the software HSM whole (its file, or its row in the catalog) |
 //!
 //! Recovery: open the vault, or when it will not open, recover it from the
-//! newest vault backup on a volume that survived (`vault recover`); then,
+//! newest vault backup on a volume that survived (`vault recover`), or,
+//! with no vault backup and the custodians' shares given, give it a new
+//! HSM with the escrowed keys (`vault rebuild`); then,
 //! per dataset, read it; fix its key (`key cancel-destroy`, `key restore`,
 //! `key recover` from each keystore backup newest first, escrow); restore
 //! each surviving snapshot and backup in turn. Each cell gets its own
@@ -294,7 +298,7 @@ fn run_one(
     let names: Vec<DatasetName> =
         names.iter().map(|n| DatasetName::new(*n)).collect::<std::result::Result<_, _>>().map_err(drill_err)?;
     strike(layout, root, &names, set, &opts.passphrase)?;
-    let (c, opened) = match reopen(layout, root, &opts.passphrase) {
+    let (c, opened) = match reopen(layout, root, &opts.passphrase, &opts.shares) {
         Ok(x) => x,
         Err(why) => return Ok(names.iter().map(|_| (false, why.clone())).collect()),
     };
@@ -375,6 +379,12 @@ fn strike(layout: &Layout, root: &Path, names: &[DatasetName], set: &[Threat], p
     if set.contains(&Threat::MasterKeyLoss) {
         Vault::open(&vault_dir)?.drill_lose_master_keys(pass)?;
     }
+    if set.contains(&Threat::HsmLoss) {
+        Vault::open(&vault_dir)?.drill_lose_hsm()?;
+    }
+    if set.contains(&Threat::CatalogLoss) {
+        Vault::open(&vault_dir)?.drill_lose_catalog()?;
+    }
     let mut gone: Vec<PathBuf> = Vec::new();
     if set.contains(&Threat::DiskFailure) {
         gone.extend(volumes.iter().map(|v| layout.volume_dir(root, v)));
@@ -428,12 +438,22 @@ fn reopen(
     layout: &Layout,
     root: &Path,
     pass: &Passphrase,
+    shares: &[ShareFile],
 ) -> std::result::Result<(Vault<Open>, Option<String>), String> {
     let vault_dir = root.join("vault");
     let first = match open(&vault_dir, pass) {
         Ok(v) => return Ok((v, None)),
         Err(e) => e.to_string(),
     };
+    if newest_vault_backup(layout, root).is_none() && !shares.is_empty() {
+        // The HSM alone lost: a new one, with every escrowed key.
+        return custos_core::rebuild(&vault_dir, pass, custos_core::KdfParams::MINIMUM, shares, "drill")
+            .map_err(|e| format!("the vault would not open ({first}), no vault backup survives, and `vault rebuild` with the shares failed: {e}"))
+            .and_then(|r| {
+                let v = open(&vault_dir, pass).map_err(|e| format!("the rebuilt vault would not open: {e}"))?;
+                Ok((v, Some(format!("the vault rebuilt with a new HSM ({} keys back from escrow)", r.recovered.len()))))
+            });
+    }
     if vault_dir.exists() {
         std::fs::rename(&vault_dir, root.join("vault.lost"))
             .map_err(|e| format!("cannot move the damaged vault aside: {e}"))?;
@@ -441,6 +461,25 @@ fn reopen(
     let (v, how) = recover_vault(layout, root, &vault_dir, &root.join("vault.lost"), pass)
         .map_err(|e| format!("the vault would not open ({first}), and {e}"))?;
     Ok((v, Some(how)))
+}
+
+/// The newest vault backup on a volume that survived: (id, volume, its
+/// directory).
+fn newest_vault_backup(layout: &Layout, root: &Path) -> Option<(String, String, PathBuf)> {
+    let mut best: Option<(String, String, PathBuf)> = None;
+    for name in layout.volumes.keys() {
+        let dir = layout.volume_dir(root, name);
+        if !dir.join("CUSTOS-VOLUME").exists() {
+            continue;
+        }
+        let newest = custos_core::vault_backups_at(&dir.display().to_string()).ok().and_then(|ids| ids.last().cloned());
+        if let Some(id) = newest {
+            if best.as_ref().is_none_or(|(b, _, _)| id > *b) {
+                best = Some((id, name.clone(), dir));
+            }
+        }
+    }
+    best
 }
 
 /// Recover the vault into `into` from the newest vault backup on a volume
@@ -455,20 +494,7 @@ fn recover_vault(
     inner_home: &Path,
     pass: &Passphrase,
 ) -> std::result::Result<(Vault<Open>, String), String> {
-    let mut best: Option<(String, String, PathBuf)> = None;
-    for name in layout.volumes.keys() {
-        let dir = layout.volume_dir(root, name);
-        if !dir.join("CUSTOS-VOLUME").exists() {
-            continue;
-        }
-        let newest = custos_core::vault_backups_at(&dir.display().to_string()).ok().and_then(|ids| ids.last().cloned());
-        if let Some(id) = newest {
-            if best.as_ref().is_none_or(|(b, _, _)| id > *b) {
-                best = Some((id, name.clone(), dir));
-            }
-        }
-    }
-    let Some((id, vol, dir)) = best else {
+    let Some((id, vol, dir)) = newest_vault_backup(layout, root) else {
         return Err("no vault backup survives on any volume".into());
     };
     let failed =

@@ -31,10 +31,15 @@ pub enum Threat {
     /// The keystore (every wrapped key, and the escrow copies kept with it)
     /// is lost.
     KeystoreLoss,
+    /// The catalog is lost (the record of datasets, copies and keys).
+    CatalogLoss,
+    /// The software HSM is lost whole: its master keys, and the catalog and
+    /// audit keys kept in it.
+    HsmLoss,
 }
 
 impl Threat {
-    pub const ALL: [Threat; 8] = [
+    pub const ALL: [Threat; 10] = [
         Threat::FileCorruption,
         Threat::MaliciousCorruption,
         Threat::AccidentalDeletion,
@@ -43,6 +48,8 @@ impl Threat {
         Threat::DataKeyLoss,
         Threat::MasterKeyLoss,
         Threat::KeystoreLoss,
+        Threat::CatalogLoss,
+        Threat::HsmLoss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +62,8 @@ impl Threat {
             Self::DataKeyLoss => "data-key-loss",
             Self::MasterKeyLoss => "master-key-loss",
             Self::KeystoreLoss => "keystore-loss",
+            Self::CatalogLoss => "catalog-loss",
+            Self::HsmLoss => "hsm-loss",
         }
     }
 
@@ -69,6 +78,8 @@ impl Threat {
             Self::DataKeyLoss => "Key loss",
             Self::MasterKeyLoss => "Master key loss",
             Self::KeystoreLoss => "Keystore loss",
+            Self::CatalogLoss => "Catalog loss",
+            Self::HsmLoss => "HSM loss",
         }
     }
 
@@ -381,7 +392,8 @@ struct Damage<'a> {
     content_bad: bool,
     chunks_bad: bool,
     deleted: bool,
-    /// The vault directory (catalog and HSM file) went with a site.
+    /// The catalog went (with the vault directory, at a site, or on its
+    /// own): what was lost, for messages.
     vault_lost: Option<String>,
 }
 
@@ -407,7 +419,7 @@ fn damage<'a>(g: &'a Graph, d: &'a DatasetNode, threats: &[Threat]) -> Damage<'a
                 if let Some(site) = g.volumes.get(&d.volume).map(|v| &v.site) {
                     dmg.lost_volumes.extend(g.volumes.iter().filter(|(_, v)| v.site == *site).map(|(n, _)| n.as_str()));
                     if g.vault_sites.contains(site) {
-                        dmg.vault_lost = Some(site.clone());
+                        dmg.vault_lost = Some(format!("the vault directory (catalog and HSM) was at site {site}"));
                     }
                 }
             }
@@ -416,6 +428,12 @@ fn damage<'a>(g: &'a Graph, d: &'a DatasetNode, threats: &[Threat]) -> Damage<'a
             }
             Threat::MasterKeyLoss => dmg.master_lost = true,
             Threat::KeystoreLoss => dmg.keystore_lost = true,
+            Threat::CatalogLoss => {
+                dmg.vault_lost.get_or_insert_with(|| "the catalog is lost".to_string());
+            }
+            // Without a vault backup, `vault rebuild` makes a new HSM and
+            // brings back what escrow holds: as for lost master keys.
+            Threat::HsmLoss => dmg.master_lost = true,
         }
     }
     dmg
@@ -518,12 +536,12 @@ pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
     let newest = g.vault_backups.iter().filter(|b| readable(g, &dmg, &b.volume)).max_by_key(|b| (b.created_at, &b.id));
     // With the vault directory gone, everything rests on the newest vault
     // backup that survives.
-    if let Some(site) = dmg.vault_lost.clone() {
+    if let Some(what) = dmg.vault_lost.clone() {
         return match newest {
             Some(b) => evaluate_in(g, d, threats, rolled_back(dmg), Some(b)),
             None => Verdict::Lost {
                 why: format!(
-                    "the vault directory (catalog and HSM) was at site {site}, and no vault backup survives elsewhere: nothing left records the copies or holds their keys"
+                    "{what}, and no vault backup survives elsewhere: nothing left records the copies or holds their keys"
                 ),
             },
         };

@@ -141,7 +141,7 @@ fn report_reproduces_table_2_and_drills_prove_it() {
     assert!(cells.iter().any(|c| c.proven) && cells.iter().any(|c| !c.proven));
 }
 
-/// Every pair of threats: the report covers all 28, and a drill of each
+/// Every pair of threats: the report covers all 45, and a drill of each
 /// agrees with it.
 #[test]
 fn dual_events_are_modeled_and_proven() {
@@ -149,7 +149,8 @@ fn dual_events_are_modeled_and_proven() {
     let v = paper_vault(dir.path());
     let g = build::graph(&v, None, v.held_mkvps().unwrap()).unwrap();
     let r = report::report(&g, true, jiff::Timestamp::now());
-    assert!(r.datasets.iter().all(|d| d.dual.len() == 28));
+    assert!(r.datasets.iter().all(|d| d.dual.len() == Threat::pairs().len()));
+    assert_eq!(Threat::pairs().len(), 45);
     // A pair is never survived when either of its threats alone is not.
     for d in &r.datasets {
         for ((a, b), v) in &d.dual {
@@ -177,7 +178,7 @@ fn dual_events_are_modeled_and_proven() {
         shares: Vec::new(),
     };
     let cells = drill(&v, &opts).unwrap();
-    assert_eq!(cells.len(), 5 * 28);
+    assert_eq!(cells.len(), 5 * Threat::pairs().len());
     let bad: Vec<_> = cells.iter().filter(|c| !c.agrees).collect();
     assert!(bad.is_empty(), "model and drill disagree: {bad:#?}");
 }
@@ -239,9 +240,18 @@ fn losing_the_vault_site_is_survived_only_through_a_vault_backup() {
         assert!(c.agrees && !c.proven, "{c:#?}");
         assert!(c.modeled.explain().contains("no vault backup survives"), "{}", c.modeled.explain());
     }
+    // Without a vault backup, losing the catalog or the HSM alone loses
+    // everything too (no escrow here).
+    let lone = vec![vec![Threat::CatalogLoss], vec![Threat::HsmLoss]];
+    for c in drill(&v, &opts(lone.clone(), None)).unwrap() {
+        assert!(c.agrees && !c.proven, "{c:#?}");
+    }
     let disk_b = VolumeName::new("disk-b").unwrap();
     let vb = v.vault_backup(&disk_b).unwrap();
+    let mut sets = sets;
+    sets.extend(lone);
     let cells = drill(&v, &opts(sets, None)).unwrap();
+    assert_eq!(cells.len(), 15);
     for c in &cells {
         assert!(c.agrees && c.proven, "{c:#?}");
         assert!(c.how.contains(&format!("recovered from vault backup {}", vb.id)), "{}", c.how);
@@ -467,4 +477,57 @@ fn a_copy_of_an_older_generation_is_not_todays_data() {
         assert!(c.agrees, "{c:#?}");
         assert_eq!(c.proven, c.dataset == "FRESH.DATA", "{c:#?}");
     }
+}
+
+/// The HSM lost whole, with no vault backup: with the custodians' shares,
+/// `vault rebuild` gives the vault a new HSM and every escrowed key back,
+/// which the model counts as survival through escrow; the drill does it.
+#[test]
+fn a_lost_hsm_comes_back_through_escrow_without_a_vault_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::init(
+        &dir.path().join("vault"),
+        &pass(),
+        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
+    )
+    .unwrap();
+    let custodians: Vec<String> = ["alice", "bob"].iter().map(|s| s.to_string()).collect();
+    let mut ids = Vec::new();
+    for c in &custodians {
+        v.user_add(c, &[custos_core::model::Role::KeyCustodian], None).unwrap();
+        let id = custos_core::CustodianIdentity::generate(c).unwrap();
+        v.custodian_register(c, &id.recipient()).unwrap();
+        ids.push(id);
+    }
+    v.escrow_init(&custodians, 2).unwrap();
+    let shares: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let sealed = custos_core::SealedShareFile(v.escrow_share(&id.custodian, None).unwrap());
+            id.open_share(&sealed, "share").unwrap()
+        })
+        .collect();
+    let name = DatasetName::new("ESC.DATA").unwrap();
+    v.put(&name, &mut &[5u8; 90_000][..], &Default::default()).unwrap();
+    let g = build::checked_graph(&v, None).unwrap();
+    let d = g.datasets.iter().find(|d| d.name == "ESC.DATA").unwrap();
+    let modeled = custos_risk::model::evaluate(&g, d, &[Threat::HsmLoss]);
+    assert!(
+        matches!(modeled, custos_risk::Verdict::SurvivesIf { path: custos_risk::model::KeyPath::Escrow, .. }),
+        "{}",
+        modeled.explain()
+    );
+    let cells = drill(
+        &v,
+        &DrillOptions {
+            pattern: None,
+            sets: vec![vec![Threat::HsmLoss]],
+            scratch: dir.path().join("scratch"),
+            passphrase: pass(),
+            shares,
+        },
+    )
+    .unwrap();
+    let c = &cells[0];
+    assert!(c.agrees && c.proven && c.how.contains("rebuilt"), "{c:#?}");
 }
