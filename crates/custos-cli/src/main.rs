@@ -306,8 +306,34 @@ fn show_reply(cli: &Cli, reply: &Reply, show: &Show) -> anyhow::Result<()> {
             return Ok(());
         }
         (Reply::RiskReport(r, dual), Show::Report { format, output }) => {
+            if matches!(format, ReportFormat::Json) || cli.json {
+                // Streamed: the JSON of a large vault is as big again as the
+                // report itself (100 MiB at 300,000 copies).
+                match output {
+                    Some(path) => {
+                        let f =
+                            std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+                        let mut w = std::io::BufWriter::new(f);
+                        serde_json::to_writer_pretty(&mut w, r)?;
+                        writeln!(w)?;
+                        w.into_inner()
+                            .map_err(|e| e.into_error())
+                            .and_then(|f| f.sync_all())
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        note!("wrote the risk report to {}", path.display());
+                    }
+                    None => {
+                        let mut w = std::io::BufWriter::new(&mut out);
+                        serde_json::to_writer_pretty(&mut w, r)?;
+                        writeln!(w)?;
+                        w.flush()?;
+                    }
+                }
+                return Ok(());
+            }
             let text = match (format, cli.json) {
-                (ReportFormat::Json, _) | (_, true) => serde_json::to_string_pretty(r)? + "\n",
+                // Streamed above.
+                (ReportFormat::Json, _) | (_, true) => return Ok(()),
                 (ReportFormat::Table, false) => custos_risk::report::render_table(r, *dual),
                 (ReportFormat::Markdown, false) => custos_risk::report::render_markdown(r, *dual),
                 (ReportFormat::Html, false) => custos_risk::report::render_html(r, *dual),

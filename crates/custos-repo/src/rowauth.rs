@@ -304,11 +304,16 @@ fn keyless_allowed(shared: &Shared, table: &str, ctx: &Context<'_>, from: usize)
 /// The state of one row: 0 sealed, 1 unsealed where allowed, 2 no MAC, 3 wrong MAC.
 fn state(shared: &Shared, auth: &dyn RowAuth, ctx: &Context<'_>) -> rusqlite::Result<(u8, String)> {
     let table = text_arg(ctx, 0)?;
-    let msg = encode(shared, &table, ctx, 2)?;
+    if !shared.tables.contains_key(table.as_str()) {
+        return Err(user(format!("{table} is not an authenticated table")));
+    }
     let state = match ctx.get_raw(1) {
         ValueRef::Null if keyless_allowed(shared, &table, ctx, 2) => 1,
         ValueRef::Null => 2,
         ValueRef::Blob(mac) => {
+            // Only a sealed row's columns are encoded: a keyless one (every
+            // backup record) costs no copy of its values.
+            let msg = encode(shared, &table, ctx, 2)?;
             let want = auth.mac(&msg).map_err(user)?;
             if constant_time_eq(mac, &want)
                 || auth.others(&msg).map_err(user)?.iter().any(|other| constant_time_eq(mac, other))

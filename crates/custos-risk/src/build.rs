@@ -11,6 +11,29 @@ use crate::Result;
 /// Build the graph of the datasets matching `pattern` (all when `None`).
 /// `held` are the MKVPs the HSM holds (from an open vault, or as last seen).
 pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<String>) -> Result<Graph> {
+    build(v, pattern, held, |_| None)
+}
+
+/// Build the graph of an open vault, with every key the HSM can check
+/// checked: its material must unwrap to the key its check value names. A
+/// key that does not is counted damaged, not present.
+pub fn checked_graph(v: &Vault<Open>, pattern: Option<&Pattern>) -> Result<Graph> {
+    let held = v.held_mkvps()?;
+    let hex = held.clone();
+    let mut g = build(v, pattern, held, |k| {
+        (k.wrapped.is_some() && hex.contains(&k.mkvp.to_hex())).then(|| v.check_key(k).err().map(|e| e.to_string()))?
+    })?;
+    g.keys_checked = true;
+    Ok(g)
+}
+
+/// The graph; `damage` says why a key's record is damaged, when it is.
+fn build<S: VaultState>(
+    v: &Vault<S>,
+    pattern: Option<&Pattern>,
+    held: Vec<String>,
+    damage: impl Fn(&custos_core::model::KeyRecord) -> Option<String>,
+) -> Result<Graph> {
     let mut g = Graph { held_mkvps: held, ..Default::default() };
     let mirrors: HashMap<String, String> =
         v.mirror_pairs()?.into_iter().map(|(p, s)| (p.to_string(), s.to_string())).collect();
@@ -39,7 +62,7 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
                 destroyed_at: k.destroyed_at,
                 state: k.state.to_string(),
                 destroy_after: schedule.get(k.label.as_str()).copied(),
-                damaged: None,
+                damaged: damage(&k),
             },
         );
     }
@@ -117,24 +140,5 @@ pub fn graph<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>, held: Vec<S
             copies: c,
         });
     }
-    Ok(g)
-}
-
-/// Build the graph of an open vault, with every key the HSM can check
-/// checked: its material must unwrap to the key its check value names. A
-/// key that does not is counted damaged, not present.
-pub fn checked_graph(v: &Vault<Open>, pattern: Option<&Pattern>) -> Result<Graph> {
-    let mut g = graph(v, pattern, v.held_mkvps()?)?;
-    for k in v.keys()? {
-        if k.wrapped.is_none() || !g.held_mkvps.contains(&k.mkvp.to_hex()) {
-            continue;
-        }
-        if let Err(e) = v.check_key(&k) {
-            if let Some(n) = g.keys.get_mut(k.label.as_str()) {
-                n.damaged = Some(e.to_string());
-            }
-        }
-    }
-    g.keys_checked = true;
     Ok(g)
 }
