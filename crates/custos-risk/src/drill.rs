@@ -572,11 +572,12 @@ fn recover(c: &Vault<Open>, name: &DatasetName, want: &[u8; 32], shares: &[Share
     (false, format!("nothing brought it back ({})", tried.join("; ")))
 }
 
-/// The things an administrator tries on a key that does not serve, one at
-/// a time, lazily: take it off the destruction schedule, bring it back
-/// from the archive, recover it from each keystore backup (newest first;
-/// a damaged record is repaired), recover it from escrow. Each item names
-/// a step that changed something.
+/// The things an administrator tries on a key that does not serve: take it
+/// off the destruction schedule and bring it back from the archive (both
+/// at once, when they apply: they lose nothing), then, one at a time as
+/// the caller asks, recover it from each keystore backup (newest first; a
+/// damaged record is repaired) and from escrow. Each item names a step
+/// that changed something.
 fn fix_key<'a>(c: &'a Vault<Open>, label: &'a KeyLabel, shares: &'a [ShareFile]) -> impl Iterator<Item = String> + 'a {
     let rec = c.key(label).ok();
     let cancel = rec

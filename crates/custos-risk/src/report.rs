@@ -223,26 +223,17 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
         });
     }
     let data_volumes: HashSet<&str> = g.datasets.iter().map(|d| d.volume.as_str()).collect();
-    for b in &usable {
-        if data_volumes.contains(b.volume.as_str()) {
+    let backups = usable
+        .iter()
+        .map(|b| ("keystore backup", &b.id, &b.volume, "whose keys it holds"))
+        .chain(g.vault_backups.iter().map(|b| ("vault backup", &b.id, &b.volume, "it would help recover")));
+    for (what, id, volume, why) in backups {
+        if data_volumes.contains(volume.as_str()) {
             findings.push(Finding {
                 code: "backup-with-data",
-                subject: format!("keystore backup {}", b.id),
+                subject: format!("{what} {id}"),
                 detail: format!(
-                    "it is on volume {}, with data whose keys it holds: losing or corrupting that volume takes both",
-                    b.volume
-                ),
-            });
-        }
-    }
-    for b in &g.vault_backups {
-        if data_volumes.contains(b.volume.as_str()) {
-            findings.push(Finding {
-                code: "backup-with-data",
-                subject: format!("vault backup {}", b.id),
-                detail: format!(
-                    "it is on volume {}, with data it would help recover: losing or corrupting that volume takes both",
-                    b.volume
+                    "it is on volume {volume}, with data {why}: losing or corrupting that volume takes both"
                 ),
             });
         }

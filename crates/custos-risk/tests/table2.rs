@@ -32,6 +32,46 @@ fn vol(v: &Vault<Open>, root: &Path, name: &str, site: &str, medium: Medium) -> 
 /// the paper. The paper takes for granted that the catalog and keystore
 /// outlive a data-centre loss, so the vault directory is at a site of its
 /// own (V), and there is no vault backup.
+/// An empty vault whose directory (and default volume) is at site A.
+fn vault_at_a(root: &Path) -> Vault<Open> {
+    Vault::init(
+        &root.join("vault"),
+        &pass(),
+        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
+    )
+    .unwrap()
+}
+
+/// Drill every dataset of `v` with each of `sets`, scratch under `root`.
+fn drill_all(
+    v: &Vault<Open>,
+    root: &Path,
+    sets: Vec<Vec<Threat>>,
+    shares: Vec<custos_core::ShareFile>,
+) -> Vec<custos_risk::drill::DrillCell> {
+    drill(v, &DrillOptions { pattern: None, sets, scratch: root.join("scratch"), passphrase: pass(), shares }).unwrap()
+}
+
+/// The report of `v` with every key checked.
+fn checked_report(v: &Vault<Open>) -> report::Report {
+    report::report(&build::checked_graph(v, None).unwrap(), false, jiff::Timestamp::now())
+}
+
+/// The report's verdict on dataset `ds` under `t` alone.
+fn single(r: &report::Report, ds: &str, t: Threat) -> custos_risk::Verdict {
+    let d = r.datasets.iter().find(|d| d.dataset == ds).unwrap();
+    d.single.iter().find(|(x, _)| *x == t).unwrap().1.clone()
+}
+
+/// Every cell agrees with the model, and the drill brought back exactly
+/// the datasets `proven` says.
+fn assert_agree(cells: &[custos_risk::drill::DrillCell], proven: impl Fn(&str) -> bool) {
+    for c in cells {
+        assert!(c.agrees, "{c:#?}");
+        assert_eq!(c.proven, proven(&c.dataset), "{c:#?}");
+    }
+}
+
 fn paper_vault(root: &Path) -> Vault<Open> {
     paper_vault_at(root, "V")
 }
@@ -125,15 +165,7 @@ fn report_reproduces_table_2_and_drills_prove_it() {
     }
 
     // Every single-threat cell, proven.
-    let scratch = dir.path().join("scratch");
-    let opts = DrillOptions {
-        pattern: None,
-        sets: Threat::ALL.iter().map(|t| vec![*t]).collect(),
-        scratch: scratch.clone(),
-        passphrase: pass(),
-        shares: Vec::new(),
-    };
-    let cells = drill(&v, &opts).unwrap();
+    let cells = drill_all(&v, dir.path(), Threat::ALL.iter().map(|t| vec![*t]).collect(), Vec::new());
     assert_eq!(cells.len(), 5 * Threat::ALL.len());
     let bad: Vec<_> = cells.iter().filter(|c| !c.agrees).collect();
     assert!(bad.is_empty(), "model and drill disagree: {bad:#?}");
@@ -170,14 +202,7 @@ fn dual_events_are_modeled_and_proven() {
     let (_, sy) = sync.dual.iter().find(|((a, b), _)| (*a, *b) == (Threat::SiteLoss, Threat::DataKeyLoss)).unwrap();
     assert!(!sy.survives(), "{}", sy.explain());
 
-    let opts = DrillOptions {
-        pattern: None,
-        sets: Threat::pairs().into_iter().map(|(a, b)| vec![a, b]).collect(),
-        scratch: dir.path().join("scratch"),
-        passphrase: pass(),
-        shares: Vec::new(),
-    };
-    let cells = drill(&v, &opts).unwrap();
+    let cells = drill_all(&v, dir.path(), Threat::pairs().into_iter().map(|(a, b)| vec![a, b]).collect(), Vec::new());
     assert_eq!(cells.len(), 5 * Threat::pairs().len());
     let bad: Vec<_> = cells.iter().filter(|c| !c.agrees).collect();
     assert!(bad.is_empty(), "model and drill disagree: {bad:#?}");
@@ -281,12 +306,7 @@ fn losing_the_vault_site_is_survived_only_through_a_vault_backup() {
 #[test]
 fn malicious_corruption_takes_every_copy_on_the_attacked_volume() {
     let dir = tempfile::tempdir().unwrap();
-    let v = Vault::init(
-        &dir.path().join("vault"),
-        &pass(),
-        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
-    )
-    .unwrap();
+    let v = vault_at_a(dir.path());
     let default = VolumeName::new("default").unwrap();
     let other = vol(&v, dir.path(), "other-a", "A", Medium::Disk);
     let same = DatasetName::new("SAME.DATA").unwrap();
@@ -296,24 +316,13 @@ fn malicious_corruption_takes_every_copy_on_the_attacked_volume() {
     v.backup_logical(&same, &default, None).unwrap();
     v.backup_logical(&apart, &other, None).unwrap();
     v.keystore_backup(&default).unwrap();
-    let opts = DrillOptions {
-        pattern: None,
-        sets: vec![vec![Threat::MaliciousCorruption]],
-        scratch: dir.path().join("scratch"),
-        passphrase: pass(),
-        shares: Vec::new(),
-    };
-    let g = build::checked_graph(&v, None).unwrap();
-    let r = report::report(&g, false, jiff::Timestamp::now());
+    let r = checked_report(&v);
     for code in ["backup-with-data", "keystore-backups-at-vault-site"] {
         assert!(r.findings.iter().any(|f| f.code == code), "{code}: {:#?}", r.findings);
     }
-    let cells = drill(&v, &opts).unwrap();
+    let cells = drill_all(&v, dir.path(), vec![vec![Threat::MaliciousCorruption]], Vec::new());
     assert_eq!(cells.len(), 2);
-    for c in &cells {
-        assert!(c.agrees, "{c:#?}");
-        assert_eq!(c.proven, c.dataset == "APART.DATA", "{c:#?}");
-    }
+    assert_agree(&cells, |d| d == "APART.DATA");
 }
 
 /// The model checks what it relies on instead of trusting the records: a
@@ -326,12 +335,7 @@ fn malicious_corruption_takes_every_copy_on_the_attacked_volume() {
 #[test]
 fn the_model_checks_keys_and_their_states() {
     let dir = tempfile::tempdir().unwrap();
-    let v = Vault::init(
-        &dir.path().join("vault"),
-        &pass(),
-        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
-    )
-    .unwrap();
+    let v = vault_at_a(dir.path());
     let off = vol(&v, dir.path(), "off-b", "B", Medium::Disk);
     let mut back = BTreeMap::new();
     for app in ["SHARED", "ARCH", "SCHED"] {
@@ -351,26 +355,14 @@ fn the_model_checks_keys_and_their_states() {
     v.key_action(&back["SCHED"], custos_core::model::KeyAction::Deactivate, false).unwrap();
     v.schedule_destroy(&back["SCHED"], jiff::SignedDuration::from_hours(24 * 8), true).unwrap();
 
-    let g = build::checked_graph(&v, None).unwrap();
-    let r = report::report(&g, false, jiff::Timestamp::now());
+    let r = checked_report(&v);
     assert!(r.keys_checked);
     assert!(
         r.findings.iter().any(|f| f.code == "damaged-key" && f.subject == back["SHARED"].as_str()),
         "{:#?}",
         r.findings
     );
-    let key_loss = |ds: &str| {
-        r.datasets
-            .iter()
-            .find(|d| d.dataset == ds)
-            .unwrap()
-            .single
-            .iter()
-            .find(|(t, _)| *t == Threat::DataKeyLoss)
-            .unwrap()
-            .1
-            .clone()
-    };
+    let key_loss = |ds: &str| single(&r, ds, Threat::DataKeyLoss);
     for i in 0..3 {
         let v = key_loss(&format!("SHARED.D{i}"));
         assert!(!v.survives() && v.explain().contains("damaged"), "{}", v.explain());
@@ -391,22 +383,9 @@ fn the_model_checks_keys_and_their_states() {
     let naive_cell = naive.datasets.iter().find(|d| d.dataset == "SHARED.D0").unwrap();
     assert!(naive_cell.single.iter().find(|(t, _)| *t == Threat::DataKeyLoss).unwrap().1.survives());
 
-    let cells = drill(
-        &v,
-        &DrillOptions {
-            pattern: None,
-            sets: vec![vec![Threat::DataKeyLoss]],
-            scratch: dir.path().join("scratch"),
-            passphrase: pass(),
-            shares: Vec::new(),
-        },
-    )
-    .unwrap();
+    let cells = drill_all(&v, dir.path(), vec![vec![Threat::DataKeyLoss]], Vec::new());
     assert_eq!(cells.len(), 5);
-    for c in &cells {
-        assert!(c.agrees, "{c:#?}");
-        assert_eq!(c.proven, !c.dataset.starts_with("SHARED"), "{c:#?}");
-    }
+    assert_agree(&cells, |d| !d.starts_with("SHARED"));
     let arch = cells.iter().find(|c| c.dataset == "ARCH.D0").unwrap();
     assert!(arch.how.contains("key restore"), "{}", arch.how);
     let sched = cells.iter().find(|c| c.dataset == "SCHED.D0").unwrap();
@@ -430,12 +409,7 @@ fn the_model_checks_keys_and_their_states() {
 #[test]
 fn a_copy_of_an_older_generation_is_not_todays_data() {
     let dir = tempfile::tempdir().unwrap();
-    let v = Vault::init(
-        &dir.path().join("vault"),
-        &pass(),
-        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
-    )
-    .unwrap();
+    let v = vault_at_a(dir.path());
     let off = vol(&v, dir.path(), "off-b", "B", Medium::Disk);
     let (old, fresh) = (DatasetName::new("OLD.DATA").unwrap(), DatasetName::new("FRESH.DATA").unwrap());
     for n in [&old, &fresh] {
@@ -444,39 +418,14 @@ fn a_copy_of_an_older_generation_is_not_todays_data() {
         v.put(n, &mut &b"generation two, written after the copy"[..], &Default::default()).unwrap();
     }
     v.backup_logical(&fresh, &off, None).unwrap();
-    let g = build::checked_graph(&v, None).unwrap();
-    let r = report::report(&g, false, jiff::Timestamp::now());
-    let cell = |ds: &str| {
-        r.datasets
-            .iter()
-            .find(|d| d.dataset == ds)
-            .unwrap()
-            .single
-            .iter()
-            .find(|(t, _)| *t == Threat::DiskFailure)
-            .unwrap()
-            .1
-            .clone()
-    };
+    let r = checked_report(&v);
+    let cell = |ds: &str| single(&r, ds, Threat::DiskFailure);
     let o = cell("OLD.DATA");
     assert!(matches!(o, custos_risk::Verdict::Stale { generation: 1, .. }) && !o.survives(), "{}", o.explain());
     assert!(o.cell().starts_with("old:") && o.explain().contains("generation 1"), "{}", o.explain());
     assert!(cell("FRESH.DATA").survives(), "{}", cell("FRESH.DATA").explain());
-    let cells = drill(
-        &v,
-        &DrillOptions {
-            pattern: None,
-            sets: vec![vec![Threat::DiskFailure]],
-            scratch: dir.path().join("scratch"),
-            passphrase: pass(),
-            shares: Vec::new(),
-        },
-    )
-    .unwrap();
-    for c in &cells {
-        assert!(c.agrees, "{c:#?}");
-        assert_eq!(c.proven, c.dataset == "FRESH.DATA", "{c:#?}");
-    }
+    let cells = drill_all(&v, dir.path(), vec![vec![Threat::DiskFailure]], Vec::new());
+    assert_agree(&cells, |d| d == "FRESH.DATA");
 }
 
 /// The HSM lost whole, with no vault backup: with the custodians' shares,
@@ -485,12 +434,7 @@ fn a_copy_of_an_older_generation_is_not_todays_data() {
 #[test]
 fn a_lost_hsm_comes_back_through_escrow_without_a_vault_backup() {
     let dir = tempfile::tempdir().unwrap();
-    let v = Vault::init(
-        &dir.path().join("vault"),
-        &pass(),
-        &InitOptions { kdf: KdfParams::MINIMUM, site: "A".into(), ..Default::default() },
-    )
-    .unwrap();
+    let v = vault_at_a(dir.path());
     let custodians: Vec<String> = ["alice", "bob"].iter().map(|s| s.to_string()).collect();
     let mut ids = Vec::new();
     for c in &custodians {
@@ -517,17 +461,7 @@ fn a_lost_hsm_comes_back_through_escrow_without_a_vault_backup() {
         "{}",
         modeled.explain()
     );
-    let cells = drill(
-        &v,
-        &DrillOptions {
-            pattern: None,
-            sets: vec![vec![Threat::HsmLoss]],
-            scratch: dir.path().join("scratch"),
-            passphrase: pass(),
-            shares,
-        },
-    )
-    .unwrap();
+    let cells = drill_all(&v, dir.path(), vec![vec![Threat::HsmLoss]], shares);
     let c = &cells[0];
     assert!(c.agrees && c.proven && c.how.contains("rebuilt"), "{c:#?}");
 }
