@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use custos_core::model::{CopyMethod, KeyState, Medium, Pattern};
 use custos_core::{KeystoreBackupContents, Open, Vault, VaultState};
 
-use crate::model::{CopyKind, CopyNode, DatasetNode, Graph, KeyNode, KeystoreBackupNode, VaultBackupNode, VolumeNode};
+use crate::model::{
+    CopyKind, CopyNode, DatasetNode, EscrowNode, Graph, KeyNode, KeystoreBackupNode, VaultBackupNode, VolumeNode,
+};
 use crate::Result;
 
 /// Build the graph of the datasets matching `pattern` (all when `None`).
@@ -66,7 +68,23 @@ fn build<S: VaultState>(
             },
         );
     }
-    g.escrow_ready = !v.escrow_status()?.kbks.is_empty();
+    let escrow = v.escrow_status()?;
+    g.escrow_ready = !escrow.kbks.is_empty();
+    if let Some(k) = escrow.kbks.last() {
+        let users: HashMap<String, bool> = v.users()?.into_iter().map(|u| (u.name, u.disabled)).collect();
+        g.escrow = Some(EscrowNode {
+            kbk: k.id.clone(),
+            threshold: k.threshold,
+            custodians: k.custodians.clone(),
+            confirmed: escrow
+                .shares
+                .iter()
+                .filter(|s| s.kbk == k.id && s.confirmed_at.is_some())
+                .map(|s| s.custodian.clone())
+                .collect(),
+            unavailable: k.custodians.iter().filter(|c| users.get(*c).is_none_or(|d| *d)).cloned().collect(),
+        });
+    }
     g.vault_sites = v.vault_sites()?;
     g.vault_backups = v
         .vault_backups()?

@@ -167,6 +167,18 @@ pub struct KeystoreBackupNode {
     pub unusable: Option<String>,
 }
 
+/// The custody of the current key-backup key.
+#[derive(Clone, Debug, Serialize)]
+pub struct EscrowNode {
+    pub kbk: String,
+    pub threshold: u8,
+    pub custodians: Vec<String>,
+    /// Custodians who showed they can open their share.
+    pub confirmed: Vec<String>,
+    /// Custodians whose accounts are disabled or gone.
+    pub unavailable: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct VaultBackupNode {
     pub id: String,
@@ -214,6 +226,8 @@ pub struct Graph {
     pub held_mkvps: Vec<String>,
     /// A key-backup key exists whose custodians hold shares.
     pub escrow_ready: bool,
+    /// Who holds the current key-backup key's shares, when there is one.
+    pub escrow: Option<EscrowNode>,
     /// Newest first.
     pub keystore_backups: Vec<KeystoreBackupNode>,
     pub datasets: Vec<DatasetNode>,

@@ -38,7 +38,10 @@ pub struct AppRisk {
 pub struct Finding {
     /// A stable code: shared-key, retired-master-key, key-needs-recovery,
     /// same-site, same-volume, rarely-used, inactive-key-needed,
-    /// undecryptable, no-copy, no-vault-backup.
+    /// undecryptable, no-copy, no-vault-backup, damaged-key,
+    /// unusable-keystore-backup, retired-keystore-backups,
+    /// keystore-backups-at-vault-site, backup-with-data, shared-back-key,
+    /// escrow-custody, escrow-unconfirmed, escrow-below-threshold.
     pub code: &'static str,
     pub subject: String,
     pub detail: String,
@@ -198,6 +201,36 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
                 ),
             });
         }
+    }
+    // Escrow holds only if a threshold of its custodians can still act.
+    if let Some(e) = &g.escrow {
+        let able = e.custodians.iter().filter(|c| !e.unavailable.contains(c)).count();
+        let detail = format!(
+            "key-backup key {}: {} of {} custodians ({}) must act together; {} confirmed they can open their share{}",
+            e.kbk,
+            e.threshold,
+            e.custodians.len(),
+            e.custodians.join(", "),
+            if e.confirmed.is_empty() { "none".to_string() } else { e.confirmed.join(", ") },
+            if e.unavailable.is_empty() {
+                String::new()
+            } else {
+                format!("; disabled or removed: {}", e.unavailable.join(", "))
+            }
+        );
+        let code = if able < e.threshold as usize {
+            "escrow-below-threshold"
+        } else if e.confirmed.len() < e.threshold as usize {
+            "escrow-unconfirmed"
+        } else {
+            "escrow-custody"
+        };
+        let detail = match code {
+            "escrow-below-threshold" => format!("{detail}: fewer custodians can act than the threshold, so no escrowed key can be recovered; run `custos escrow init` again with custodians who can (it escrows every key anew)"),
+            "escrow-unconfirmed" => format!("{detail}: until a threshold confirm (`custos escrow confirm`), escrow is unproven"),
+            _ => detail,
+        };
+        findings.push(Finding { code, subject: "escrow".into(), detail });
     }
     // Keystore backups that cannot help when they are most needed.
     let usable: Vec<&crate::model::KeystoreBackupNode> =

@@ -451,6 +451,15 @@ fn a_lost_hsm_comes_back_through_escrow_without_a_vault_backup() {
             id.open_share(&sealed, "share").unwrap()
         })
         .collect();
+    // Custody is reported: nobody confirmed, so escrow is unproven (and
+    // below, with bob disabled, fewer than the threshold can act).
+    let custody = |v: &Vault<Open>| {
+        let r = checked_report(v);
+        r.findings.into_iter().find(|f| f.subject == "escrow").map(|f| (f.code, f.detail)).unwrap()
+    };
+    let (code, detail) = custody(&v);
+    assert_eq!(code, "escrow-unconfirmed", "{detail}");
+    assert!(detail.contains("2 of 2 custodians (alice, bob)") && detail.contains("none"), "{detail}");
     let name = DatasetName::new("ESC.DATA").unwrap();
     v.put(&name, &mut &[5u8; 90_000][..], &Default::default()).unwrap();
     let g = build::checked_graph(&v, None).unwrap();
@@ -464,4 +473,8 @@ fn a_lost_hsm_comes_back_through_escrow_without_a_vault_backup() {
     let cells = drill_all(&v, dir.path(), vec![vec![Threat::HsmLoss]], shares);
     let c = &cells[0];
     assert!(c.agrees && c.proven && c.how.contains("rebuilt"), "{c:#?}");
+    v.user_disable("bob").unwrap();
+    let (code, detail) = custody(&v);
+    assert_eq!(code, "escrow-below-threshold", "{detail}");
+    assert!(detail.contains("disabled or removed: bob"), "{detail}");
 }
