@@ -43,6 +43,7 @@ fn build<S: VaultState>(
         g.volumes.insert(
             vol.name.to_string(),
             VolumeNode {
+                missing: v.volume_dir(&vol.name)?.is_some_and(|d| !d.join("CUSTOS-VOLUME").exists()),
                 site: vol.site.clone(),
                 tape: vol.medium == Medium::Tape,
                 mirror: mirrors.get(vol.name.as_str()).cloned(),
@@ -154,6 +155,7 @@ fn build<S: VaultState>(
             key: d.current.key_label.to_string(),
             generation: d.current.generation,
             current_at: d.current.created_at,
+            migrated_from: d.migrated_from.as_ref().map(|m| m.to_string()),
             last_access: d.last_access,
             copies: c,
         });

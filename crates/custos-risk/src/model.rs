@@ -130,6 +130,8 @@ impl CopyKind {
 #[derive(Clone, Debug, Serialize)]
 pub struct VolumeNode {
     pub site: String,
+    /// A local volume whose directory (or label) is not there now.
+    pub missing: bool,
     pub tape: bool,
     /// The secondary this volume is mirrored to.
     pub mirror: Option<String>,
@@ -210,6 +212,9 @@ pub struct DatasetNode {
     pub generation: u64,
     /// When the current generation was written.
     pub current_at: Timestamp,
+    /// For a dataset `hsm run` migrated to tape: the volume a recall brings
+    /// it back to.
+    pub migrated_from: Option<String>,
     pub last_access: Timestamp,
     /// Snapshots and backups in the order a recovery prefers them: by kind
     /// (snapshots, logical, raw), newest first within each (the primary and

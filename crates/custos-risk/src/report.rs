@@ -41,7 +41,8 @@ pub struct Finding {
     /// undecryptable, no-copy, no-vault-backup, damaged-key,
     /// unusable-keystore-backup, retired-keystore-backups,
     /// keystore-backups-at-vault-site, backup-with-data, shared-back-key,
-    /// escrow-custody, escrow-unconfirmed, escrow-below-threshold.
+    /// escrow-custody, escrow-unconfirmed, escrow-below-threshold,
+    /// home-volume-gone.
     pub code: &'static str,
     pub subject: String,
     pub detail: String,
@@ -293,6 +294,16 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
         });
     }
     for d in &g.datasets {
+        if let Some(home) = d.migrated_from.as_ref().filter(|h| g.volumes.get(*h).is_none_or(|v| v.missing)) {
+            findings.push(Finding {
+                code: "home-volume-gone",
+                subject: d.name.clone(),
+                detail: format!(
+                    "it is migrated to {} and its home volume {home} is not there: a recall (or a read that recalls it) fails until the volume is back or re-added with `custos volume add`",
+                    d.volume
+                ),
+            });
+        }
         let own = none(g, &d.key);
         match &own {
             Ok(KeyPath::Live) => {}

@@ -478,3 +478,21 @@ fn a_lost_hsm_comes_back_through_escrow_without_a_vault_backup() {
     assert_eq!(code, "escrow-below-threshold", "{detail}");
     assert!(detail.contains("disabled or removed: bob"), "{detail}");
 }
+
+/// A dataset migrated to tape whose home volume is gone: the report says a
+/// recall would fail.
+#[test]
+fn a_migrated_dataset_whose_home_volume_is_gone_is_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_at_a(dir.path());
+    let home = vol(&v, dir.path(), "home-a", "A", Medium::Disk);
+    let tape = vol(&v, dir.path(), "tape-a", "A", Medium::Tape);
+    let name = DatasetName::new("MIG.DATA").unwrap();
+    v.put(&name, &mut &[3u8; 50_000][..], &custos_core::PutOptions { volume: Some(home), ..Default::default() })
+        .unwrap();
+    v.migrate(&name, &tape).unwrap();
+    let flagged = |v: &Vault<Open>| checked_report(v).findings.iter().any(|f| f.code == "home-volume-gone");
+    assert!(!flagged(&v));
+    std::fs::remove_dir_all(dir.path().join("home-a")).unwrap();
+    assert!(flagged(&v));
+}
