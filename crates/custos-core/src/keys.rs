@@ -178,12 +178,12 @@ impl<S: VaultState> Vault<S> {
         Ok(rec)
     }
 
-    /// When a key is scheduled to be destroyed, if it is.
     /// Every key on the destruction schedule, and when it falls due.
     pub fn destroy_schedule(&self) -> Result<Vec<(KeyLabel, Timestamp)>> {
         Ok(self.repo.destroy_schedule()?)
     }
 
+    /// When a key is scheduled to be destroyed, if it is.
     pub fn destroy_scheduled_at(&self, label: &KeyLabel) -> Result<Option<Timestamp>> {
         Ok(self.repo.destroy_after(label)?)
     }
