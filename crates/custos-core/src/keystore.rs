@@ -123,7 +123,8 @@ pub enum KeystoreBackupContents {
     /// It matches the hash recorded when it was written: each key's label
     /// and the MKVP of the master key it is wrapped under there.
     Intact(Vec<(String, String)>),
-    /// It cannot be used: why (unreadable, altered, unparsable).
+    /// It cannot be used: why (unreadable, altered, unparsable, a format
+    /// this Custos does not read), naming it and its volume.
     Unusable(String),
 }
 
@@ -132,23 +133,36 @@ impl<S: VaultState> Vault<S> {
     /// hash the catalog recorded (no key is needed). The risk model uses
     /// this instead of trusting the record.
     pub fn keystore_backup_contents(&self, b: &KeystoreBackupRecord) -> KeystoreBackupContents {
-        let bytes = match self.open_volume(&b.volume).and_then(|v| Ok(v.read_keystore_backup(&b.id)?)) {
-            Ok(x) => x,
-            Err(e) => return KeystoreBackupContents::Unusable(format!("cannot be read: {e}")),
+        match self.read_keystore_backup_checked(b) {
+            Ok(keys) => KeystoreBackupContents::Intact(keys.into_iter().map(|k| (k.label, k.mkvp)).collect()),
+            Err(e) => KeystoreBackupContents::Unusable(e.to_string()),
+        }
+    }
+
+    /// Keystore backup `b`'s keys, read from its volume: refused unless it
+    /// matches the hash recorded when it was written and is a format this
+    /// Custos reads. What recovery and the risk model both rely on.
+    fn read_keystore_backup_checked(&self, b: &KeystoreBackupRecord) -> Result<Vec<BackedUpKey>> {
+        let damaged = |why: String| Error::Invalid {
+            what: "keystore backup",
+            why: format!("{} on volume {} {why}; use another backup", b.id, b.volume),
         };
+        let bytes = self.open_volume(&b.volume)?.read_keystore_backup(&b.id)?;
         if object_hash(&bytes) != b.sha256 {
-            return KeystoreBackupContents::Unusable(
-                "does not match the hash recorded when it was written: it was altered".into(),
-            );
+            return Err(damaged("does not match the hash recorded when it was written: it was altered".into()));
         }
-        let mut keys = Vec::new();
-        for l in bytes.split(|c| *c == b'\n').filter(|l| !l.is_empty()).skip(1) {
-            match serde_json::from_slice::<BackedUpKey>(l) {
-                Ok(k) => keys.push((k.label, k.mkvp)),
-                Err(e) => return KeystoreBackupContents::Unusable(format!("has a bad key line ({e})")),
-            }
+        let mut lines = bytes.split(|c| *c == b'\n').filter(|l| !l.is_empty());
+        let header: Header = lines
+            .next()
+            .and_then(|l| serde_json::from_slice(l).ok())
+            .ok_or_else(|| damaged("has no valid header".into()))?;
+        if header.format != FORMAT || header.version != 1 {
+            return Err(damaged(format!(
+                "is format {} version {}, which this Custos cannot read",
+                header.format, header.version
+            )));
         }
-        KeystoreBackupContents::Intact(keys)
+        lines.map(|l| serde_json::from_slice(l).map_err(|e| damaged(format!("has a bad key line ({e})")))).collect()
     }
 }
 
@@ -175,29 +189,13 @@ impl Vault<Open> {
             what: "keystore backup",
             why: format!("no backup {id}: see `custos keystore backups`"),
         })?;
-        let bytes = self.open_volume(&backup.volume)?.read_keystore_backup(id)?;
         let damaged = |why: String| Error::Invalid {
             what: "keystore backup",
             why: format!("{id} on volume {} {why}; use another backup", backup.volume),
         };
-        if object_hash(&bytes) != backup.sha256 {
-            return Err(damaged("does not match the hash recorded when it was written: it was altered".into()));
-        }
-        let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
-        let header: Header = lines
-            .next()
-            .and_then(|l| serde_json::from_slice(l).ok())
-            .ok_or_else(|| damaged("has no valid header".into()))?;
-        if header.format != FORMAT || header.version != 1 {
-            return Err(damaged(format!(
-                "is format {} version {}, which this Custos cannot read",
-                header.format, header.version
-            )));
-        }
         let held: Vec<Mkvp> = self.state.hsm.registers()?.iter().map(|r| r.mkvp).collect();
         let mut plan = Vec::new();
-        for l in lines {
-            let b: BackedUpKey = serde_json::from_slice(l).map_err(|e| damaged(format!("has a bad key line ({e})")))?;
+        for b in self.read_keystore_backup_checked(&backup)? {
             if !pattern.matches(&b.label) {
                 continue;
             }

@@ -196,10 +196,7 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
             findings.push(Finding {
                 code: "unusable-keystore-backup",
                 subject: format!("keystore backup {}", b.id),
-                detail: format!(
-                    "on {} it {why}: it restores no key; take a new one with `custos keystore backup`",
-                    b.volume
-                ),
+                detail: format!("it restores no key ({why}): take a new one with `custos keystore backup`"),
             });
         }
     }

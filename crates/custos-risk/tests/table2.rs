@@ -496,3 +496,45 @@ fn a_migrated_dataset_whose_home_volume_is_gone_is_flagged() {
     std::fs::remove_dir_all(dir.path().join("home-a")).unwrap();
     assert!(flagged(&v));
 }
+
+/// A keystore backup taken between master key changes holds keys under two
+/// master keys. The model takes each key's own wrapping from the backup
+/// (it used to take the first master key the record lists, or the key's
+/// re-enciphered one): once the master key a destroyed key was backed up
+/// under is retired, that backup cannot restore it, as `key recover`
+/// finds. A backup altered on its volume counts for nothing.
+#[test]
+fn a_keystore_backup_spanning_a_master_key_change_is_read_key_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_at_a(dir.path());
+    let default = VolumeName::new("default").unwrap();
+    let put = |n: &str| v.put(&DatasetName::new(n).unwrap(), &mut &b"some data"[..], &Default::default()).unwrap();
+    let a = put("OLDMK.DATA").key_label;
+    v.mk_load_new(custos_core::NewMasterKey::Generate, None).unwrap();
+    v.mk_activate().unwrap();
+    put("NEWMK.DATA");
+    // A under the first master key, B under the second.
+    let ksb = v.keystore_backup(&default).unwrap();
+    assert_eq!(ksb.mkvps.len(), 2);
+    v.mk_reencipher(100, |_| {}).unwrap();
+    v.mk_load_new(custos_core::NewMasterKey::Generate, None).unwrap();
+    v.mk_activate().unwrap();
+    v.key_action(&a, custos_core::model::KeyAction::Deactivate, false).unwrap();
+    v.key_action(&a, custos_core::model::KeyAction::Destroy, true).unwrap();
+
+    let g = build::checked_graph(&v, None).unwrap();
+    let today = custos_risk::model::evaluate_key_today(&g, a.as_str());
+    assert!(today.as_ref().is_err_and(|w| w.contains("master keys the HSM no longer holds")), "{today:?}");
+    // Reality agrees: the backup cannot restore it.
+    let e = v.recover_keys(&Pattern::new(a.as_str()).unwrap(), &ksb.id).unwrap_err();
+    assert!(matches!(e, custos_core::Error::MasterKeyUnavailable { .. }), "{e}");
+
+    // The backup altered on its volume: reported, and used for nothing.
+    let f = dir.path().join("vault/volumes/default/keystore").join(format!("{}.ksb", ksb.id));
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    let r = checked_report(&v);
+    let found = r.findings.iter().find(|f| f.code == "unusable-keystore-backup").expect("an unusable backup");
+    assert!(found.subject.contains(&ksb.id) && found.detail.contains("altered"), "{}", found.detail);
+}
