@@ -13,10 +13,12 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, UnixListener};
+use tower::ServiceExt as _;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, Tls};
 use crate::http::{router, Peer, Shared};
+use crate::linger::Lingering;
 use crate::metrics::Metrics;
 use crate::{setup, ServeError};
 
@@ -109,7 +111,7 @@ pub async fn serve(
         tokio::select! {
             _ = &mut shutdown => break,
             Ok((stream, _)) = async { match &unix { Some(l) => l.accept().await, None => std::future::pending().await } } => {
-                let svc = TowerToHyperService::new(app.clone().layer(axum::Extension(Peer::default())));
+                let svc = TowerToHyperService::new(app.clone().layer(axum::Extension(Peer::default())).map_request(Lingering::new));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move { let _ = conn.await; });
@@ -128,7 +130,7 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|leaf| clients.get(&sha256_hex(leaf)).cloned());
-                    let svc = TowerToHyperService::new(app.layer(axum::Extension(Peer { cert_principal })));
+                    let svc = TowerToHyperService::new(app.layer(axum::Extension(Peer { cert_principal })).map_request(Lingering::new));
                     let conn = builder.serve_connection(TokioIo::new(tls), svc);
                     let _ = watcher.watch(conn).await;
                 });
