@@ -20,8 +20,8 @@ use std::io::{Read, Write};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use custos_crypto::DataKey;
 use custos_model::{
-    BackupRecord, ChunkId, ChunkRef, CopyMethod, DatasetId, DatasetName, DatasetRecord, KeyLabel, KeyRecord, KeyState,
-    KeyUse, Pattern, Purpose, SnapshotRecord, VolumeName,
+    BackupRecord, CheckedCopy, ChunkId, ChunkRef, CopyCheck, CopyMethod, DatasetId, DatasetName, DatasetRecord,
+    KeyLabel, KeyRecord, KeyState, KeyUse, Pattern, Purpose, SnapshotRecord, VolumeName,
 };
 use custos_store::format::{object_hash, Manifest, CHUNK_OVERHEAD};
 use jiff::Timestamp;
@@ -249,6 +249,7 @@ impl<S: VaultState> Vault<S> {
                 chunk_count: g.chunk_count,
                 manifest_hash: g.manifest_hash,
                 created_at: Timestamp::now(),
+                checked: None,
             };
             match self.repo.insert_backup(&rec, chunks, &[], None, reused, since) {
                 // A concurrent run recorded this very copy first.
@@ -973,6 +974,7 @@ impl Vault<Open> {
                 chunk_count: 0,
                 manifest_hash: [0; 32],
                 created_at: Timestamp::now(),
+                checked: None,
             },
             chunks: Vec::new(),
             ids: Vec::new(),
@@ -1048,7 +1050,36 @@ impl Vault<Open> {
 
     /// Check a backup: its manifest is the one recorded and opens under its
     /// key; with `read_data`, every chunk opens and matches the manifest.
+    /// What it finds about the copy's bytes is recorded on the backup (the
+    /// risk model counts a damaged copy out).
     pub fn verify_backup(&self, b: &BackupRecord, read_data: bool) -> Result<()> {
+        let r = self.check_backup(b, read_data);
+        self.record_check(CheckedCopy::Backup, b.id, read_data, &r)?;
+        r
+    }
+
+    /// Record what a check found, when it reached the copy's bytes: a
+    /// failure of the key, the HSM or the volume's reachability says
+    /// nothing about them and is not recorded.
+    fn record_check(&self, what: CheckedCopy, id: u64, read_data: bool, r: &Result<()>) -> Result<()> {
+        let problem = match r {
+            Ok(()) => None,
+            Err(e @ (Error::Chunk { .. } | Error::Manifest { .. })) => Some(e.to_string()),
+            Err(
+                e @ Error::Store(custos_store::StoreError::Missing { .. } | custos_store::StoreError::TooLarge { .. }),
+            ) => Some(e.to_string()),
+            Err(_) => return Ok(()),
+        };
+        let check = CopyCheck { at: Timestamp::now(), read_data, problem };
+        match self.repo.record_check(what, id, &check) {
+            Ok(()) => Ok(()),
+            // The check's own failure is the answer that matters.
+            Err(_) if r.is_err() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check_backup(&self, b: &BackupRecord, read_data: bool) -> Result<()> {
         let k = self.key_record(&b.key_label)?;
         let key = match self.unwrap_for(&k, KeyUse::Decrypt, &b.dataset) {
             Err(Error::KeyDestroyed { .. }) if b.method == CopyMethod::Raw => {
@@ -1076,6 +1107,12 @@ impl Vault<Open> {
     /// Check a snapshot: its manifest is the one pinned, and every chunk
     /// opens and matches it.
     pub fn verify_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        let r = self.check_snapshot(s);
+        self.record_check(CheckedCopy::Snapshot, s.id, true, &r)?;
+        r
+    }
+
+    fn check_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         let k = self.key_record(&s.key_label)?;
         let key = self.unwrap_for(&k, KeyUse::Decrypt, &s.dataset)?;
         let vol = self.open_volume(&s.volume)?;

@@ -15,7 +15,8 @@ pub use lifecycle::{KeyAction, KeyState, KeyUse, LifecycleError};
 pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
 pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
-    BackupRecord, ChunkId, ChunkRef, CopyMethod, CustodianKey, DatasetId, DatasetRecord, EscrowCopy, GenerationRecord,
-    HsmRule, KbkRecord, KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord, PolicyTarget, PrincipalRecord, Purpose,
-    SealedShare, SnapshotRecord, VaultBackupRecord, VolumeRecord, WrappedMaterial,
+    BackupRecord, CheckedCopy, ChunkId, ChunkRef, CopyCheck, CopyMethod, CustodianKey, DatasetId, DatasetRecord,
+    EscrowCopy, GenerationRecord, HsmRule, KbkRecord, KeyRecord, KeystoreBackupRecord, Medium, PolicyRecord,
+    PolicyTarget, PrincipalRecord, Purpose, SealedShare, SnapshotRecord, VaultBackupRecord, VolumeRecord,
+    WrappedMaterial,
 };

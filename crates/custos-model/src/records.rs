@@ -354,6 +354,27 @@ impl fmt::Display for CopyMethod {
     }
 }
 
+/// The last check of a copy's bytes (`backup verify`, `snapshot verify`,
+/// `fsck --read-data`): when, how deep, and what it found wrong. Only a
+/// check that reached the copy is recorded: one stopped by a key or an
+/// unreachable volume says nothing about the copy's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CopyCheck {
+    pub at: Timestamp,
+    /// Every chunk was read and authenticated (otherwise the manifest only).
+    pub read_data: bool,
+    /// What was found damaged; `None` when the copy checked out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Which kind of copy a [`CopyCheck`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckedCopy {
+    Backup,
+    Snapshot,
+}
+
 /// One backup copy of one dataset generation, complete when recorded.
 #[derive(Clone, Debug, Serialize)]
 pub struct BackupRecord {
@@ -375,6 +396,8 @@ pub struct BackupRecord {
     #[serde(serialize_with = "ser_hex")]
     pub manifest_hash: [u8; 32],
     pub created_at: Timestamp,
+    /// The last check of its bytes, if any.
+    pub checked: Option<CopyCheck>,
 }
 
 /// A snapshot: one generation of a dataset pinned, at no data cost.
@@ -391,6 +414,8 @@ pub struct SnapshotRecord {
     #[serde(serialize_with = "ser_hex")]
     pub manifest_hash: [u8; 32],
     pub created_at: Timestamp,
+    /// The last check of its bytes, if any.
+    pub checked: Option<CopyCheck>,
 }
 
 /// A storage-management rule for `custos hsm run` (DFSMShsm's management

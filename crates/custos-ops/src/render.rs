@@ -55,6 +55,16 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A copy's last check, for a table cell: when and how deep, or what it
+/// found.
+pub fn checked(c: Option<&custos_core::model::CopyCheck>) -> String {
+    match c {
+        None => "never".into(),
+        Some(c) if c.problem.is_some() => format!("DAMAGED {}", when(Some(c.at))),
+        Some(c) => format!("{} ({})", when(Some(c.at)), if c.read_data { "data" } else { "manifest" }),
+    }
+}
+
 pub fn when(t: Option<jiff::Timestamp>) -> String {
     t.map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
 }

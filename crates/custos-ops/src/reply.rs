@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::Code;
-use crate::render::{bytes, escape, when, Table};
+use crate::render::{bytes, checked, escape, when, Table};
 use crate::requests::RequestView;
 
 /// One key's line in a bulk lifecycle action.
@@ -810,7 +810,7 @@ impl Reply {
                 out!("snapshot {}: {} generation {} ({})", sn.id, sn.dataset, sn.generation, bytes(sn.size))
             }
             Snapshots(sns) => {
-                let mut t = Table::new(&["ID", "DATASET", "GEN", "VOLUME", "KEY", "SIZE", "CREATED"]);
+                let mut t = Table::new(&["ID", "DATASET", "GEN", "VOLUME", "KEY", "SIZE", "CREATED", "CHECKED"]);
                 for s in sns {
                     t.row(vec![
                         s.id.to_string(),
@@ -820,6 +820,7 @@ impl Reply {
                         s.key_label.to_string(),
                         bytes(s.size),
                         when(Some(s.created_at)),
+                        checked(s.checked.as_ref()),
                     ]);
                 }
                 o.push_str(&t.render());
@@ -851,7 +852,8 @@ impl Reply {
                 }
             }
             Backups(bs) => {
-                let mut t = Table::new(&["ID", "DATASET", "GEN", "METHOD", "VOLUME", "KEY", "SIZE", "CREATED"]);
+                let mut t =
+                    Table::new(&["ID", "DATASET", "GEN", "METHOD", "VOLUME", "KEY", "SIZE", "CREATED", "CHECKED"]);
                 for b in bs {
                     t.row(vec![
                         b.id.to_string(),
@@ -862,6 +864,7 @@ impl Reply {
                         b.key_label.to_string(),
                         bytes(b.size),
                         when(Some(b.created_at)),
+                        checked(b.checked.as_ref()),
                     ]);
                 }
                 o.push_str(&t.render());
@@ -880,6 +883,13 @@ impl Reply {
                 out!("key          {}", b.key_label);
                 out!("size         {} in {} chunks", bytes(b.size), b.chunk_count);
                 out!("created      {}", when(Some(b.created_at)));
+                match &b.checked {
+                    Some(c) => match &c.problem {
+                        Some(p) => out!("checked      {}: DAMAGED: {p}", checked(Some(c))),
+                        None => out!("checked      {}: intact", checked(Some(c))),
+                    },
+                    None => out!("checked      never (`custos backup verify --read-data` reads it back)"),
+                }
             }
             Pruned { decisions, dry_run } => {
                 let gone = decisions.iter().filter(|d| !d.keep).count();

@@ -3,9 +3,9 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    BackupRecord, ChunkId, CopyMethod, CustodianKey, DatasetId, DatasetName, EscrowCopy, GenerationRecord, HsmRule,
-    KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern, PolicyRecord, PolicyTarget,
-    PrincipalRecord, Purpose, Role, SealedShare, VolumeName, VolumeRecord, WrappedMaterial,
+    BackupRecord, CheckedCopy, ChunkId, CopyCheck, CopyMethod, CustodianKey, DatasetId, DatasetName, EscrowCopy,
+    GenerationRecord, HsmRule, KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern,
+    PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Role, SealedShare, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 
@@ -403,6 +403,7 @@ pub fn run(repo: &dyn Repository) {
         chunk_count: 2,
         manifest_hash: [3; 32],
         created_at: Timestamp::from_microsecond(1_700_000_000_000_007).unwrap(),
+        checked: None,
     };
     let b1 = repo
         .insert_backup(
@@ -454,6 +455,17 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(repo.backup_chunks(b1).unwrap(), vec![c, a]);
     assert_eq!(repo.backup_sources(b1).unwrap(), vec![Some(ChunkId([0x51; 16])), Some(ChunkId([0x52; 16]))]);
     assert_eq!(repo.backup_sources(b2).unwrap(), vec![None]);
+    // A copy's last check: recorded, replaced by the next, kept apart per copy.
+    assert_eq!(repo.backup(b1).unwrap().unwrap().checked, None);
+    let at = |us: i64| Timestamp::from_microsecond(1_700_000_100_000_000 + us).unwrap();
+    let good = CopyCheck { at: at(0), read_data: true, problem: None };
+    repo.record_check(CheckedCopy::Backup, b1, &good).unwrap();
+    assert_eq!(repo.backup(b1).unwrap().unwrap().checked, Some(good.clone()));
+    let bad = CopyCheck { at: at(1), read_data: false, problem: Some("chunk 3 fails authentication".into()) };
+    repo.record_check(CheckedCopy::Backup, b1, &bad).unwrap();
+    assert_eq!(repo.backups_after(0, 1).unwrap()[0].checked.as_ref(), Some(&bad));
+    assert_eq!(repo.backup(b2).unwrap().unwrap().checked, None);
+    repo.record_check(CheckedCopy::Backup, b2 + 100, &good).unwrap();
     // Many backups in one transaction: all, or (one cannot be) none.
     let recs: Vec<BackupRecord> =
         (0..3u8).map(|i| BackupRecord { copy_id: DatasetId([0xD0 + i; 16]), chunk_count: 1, ..b.clone() }).collect();
@@ -654,6 +666,13 @@ pub fn run(repo: &dyn Repository) {
     assert!(repo.snapshots_after(snap.id, 1).unwrap().is_empty());
     assert_eq!(repo.snapshot(snap.id).unwrap().map(|x| x.generation), Some(1));
     assert!(repo.snapshot(snap.id + 1).unwrap().is_none());
+    let checked = CopyCheck {
+        at: Timestamp::from_microsecond(1_700_000_200_000_000).unwrap(),
+        read_data: true,
+        problem: Some("a chunk is missing".into()),
+    };
+    repo.record_check(CheckedCopy::Snapshot, snap.id, &checked).unwrap();
+    assert_eq!(repo.snapshot(snap.id).unwrap().unwrap().checked, Some(checked));
     let garbage = repo.remove_snapshot(snap.id).unwrap();
     assert_eq!(garbage.chunks, vec![(VolumeName::new("v1").unwrap(), q)], "p is still in generation 2");
     assert_eq!(garbage.manifests, vec![(VolumeName::new("v1").unwrap(), sid, 1)]);

@@ -571,6 +571,10 @@ pub trait Repository: Send + Sync {
     /// Checkpoints in seq order.
     fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;
 
+    /// Record the last check of a backup's or snapshot's bytes (nothing
+    /// when the copy is gone meanwhile).
+    fn record_check(&self, what: custos_model::CheckedCopy, id: u64, check: &custos_model::CopyCheck) -> Result<()>;
+
     /// Schedule (`Some`) or cancel (`None`) a key's destruction.
     fn set_destroy_after(&self, label: &KeyLabel, at: Option<jiff::Timestamp>) -> Result<()>;
     /// Take a key off the destruction schedule if it is still due at `at`;

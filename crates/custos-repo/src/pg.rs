@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    BackupRecord, ChunkId, CopyMethod, CustodianKey, DatasetId, DatasetName, DatasetRecord, EscrowCopy,
-    GenerationRecord, HsmRule, KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern,
-    PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Role, SealedShare, SnapshotRecord, VaultBackupRecord,
-    VolumeName, VolumeRecord, WrappedMaterial,
+    BackupRecord, CheckedCopy, ChunkId, CopyCheck, CopyMethod, CustodianKey, DatasetId, DatasetName, DatasetRecord,
+    EscrowCopy, GenerationRecord, HsmRule, KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium,
+    Pattern, PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Role, SealedShare, SnapshotRecord,
+    VaultBackupRecord, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 use postgres::error::SqlState;
@@ -105,10 +105,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX backups_copy ON backups(volume, copy_id, generation);
     "#,
     ),
+    (
+        22,
+        r#"
+    ALTER TABLE backups ADD COLUMN checked_at BIGINT;
+    ALTER TABLE backups ADD COLUMN checked_data BIGINT;
+    ALTER TABLE backups ADD COLUMN check_problem TEXT COLLATE "C";
+    ALTER TABLE snapshots ADD COLUMN checked_at BIGINT;
+    ALTER TABLE snapshots ADD COLUMN checked_data BIGINT;
+    ALTER TABLE snapshots ADD COLUMN check_problem TEXT COLLATE "C";
+    "#,
+    ),
 ];
 
 /// The schema version this build writes: the baseline and every migration.
-pub const SCHEMA_VERSION: i64 = 21;
+pub const SCHEMA_VERSION: i64 = 22;
 
 /// Rows written by one bulk insert after which the table's statistics are
 /// refreshed at once (see [`PgRepository::analyze`]).
@@ -489,6 +500,18 @@ fn backup_from(r: &Row) -> Result<BackupRecord> {
         chunk_count: u(r, 11)?,
         manifest_hash: bytes32(r, 12, "manifest hash")?,
         created_at: at(r, 13)?,
+        checked: check_from(r, 14)?,
+    })
+}
+
+/// A copy's last check, from its three columns starting at `i`.
+fn check_from(r: &Row, i: usize) -> Result<Option<CopyCheck>> {
+    Ok(match opt_at(r, i)? {
+        Some(at) => {
+            let data: Option<i64> = get(r, i + 1)?;
+            Some(CopyCheck { at, read_data: data.unwrap_or(0) != 0, problem: get(r, i + 2)? })
+        }
+        None => None,
     })
 }
 
@@ -504,6 +527,7 @@ fn snapshot_from(r: &Row) -> Result<SnapshotRecord> {
         chunk_count: u(r, 7)?,
         manifest_hash: bytes32(r, 8, "manifest hash")?,
         created_at: at(r, 9)?,
+        checked: check_from(r, 10)?,
     })
 }
 
@@ -2058,7 +2082,28 @@ impl Repository for PgRepository {
                 chunk_count: g.chunk_count,
                 manifest_hash: g.manifest_hash,
                 created_at: now,
+                checked: None,
             })
+        })
+    }
+
+    fn record_check(&self, what: CheckedCopy, id: u64, check: &CopyCheck) -> Result<()> {
+        let table = match what {
+            CheckedCopy::Backup => "backups",
+            CheckedCopy::Snapshot => "snapshots",
+        };
+        let action = "record a copy's check";
+        self.tx(action, None, |tx| {
+            self.lock_check(tx, table, "id = $1", &[&(id as i64)])?;
+            // A copy removed meanwhile has nothing left to record on.
+            self.write(
+                tx,
+                action,
+                table,
+                &format!("UPDATE {table} SET checked_at = $2, checked_data = $3, check_problem = $4 WHERE id = $1"),
+                &[&(id as i64), &ts(check.at), &i64::from(check.read_data), &check.problem.as_deref()],
+            )
+            .map(|_| ())
         })
     }
 

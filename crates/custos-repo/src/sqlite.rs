@@ -6,10 +6,10 @@ use std::sync::Mutex;
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    BackupRecord, ChunkId, CopyMethod, CustodianKey, DatasetId, DatasetName, DatasetRecord, EscrowCopy,
-    GenerationRecord, HsmRule, KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium, Pattern,
-    PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Role, SealedShare, SnapshotRecord, VaultBackupRecord,
-    VolumeName, VolumeRecord, WrappedMaterial,
+    BackupRecord, CheckedCopy, ChunkId, CopyCheck, CopyMethod, CustodianKey, DatasetId, DatasetName, DatasetRecord,
+    EscrowCopy, GenerationRecord, HsmRule, KbkRecord, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Medium,
+    Pattern, PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Role, SealedShare, SnapshotRecord,
+    VaultBackupRecord, VolumeName, VolumeRecord, WrappedMaterial,
 };
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -355,6 +355,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX backups_copy ON backups(volume, copy_id, generation);
     "#,
+    // 22: the last check of each copy's bytes (`backup verify`, `snapshot
+    // verify`, `fsck --read-data`), which the risk model reads: a copy
+    // found damaged saves nothing. NULL until checked.
+    r#"
+    ALTER TABLE backups ADD COLUMN checked_at INTEGER;
+    ALTER TABLE backups ADD COLUMN checked_data INTEGER;
+    ALTER TABLE backups ADD COLUMN check_problem TEXT;
+    ALTER TABLE snapshots ADD COLUMN checked_at INTEGER;
+    ALTER TABLE snapshots ADD COLUMN checked_data INTEGER;
+    ALTER TABLE snapshots ADD COLUMN check_problem TEXT;
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
@@ -476,6 +487,14 @@ fn from_ts(v: i64) -> rusqlite::Result<Timestamp> {
 
 fn opt_ts(v: Option<i64>) -> rusqlite::Result<Option<Timestamp>> {
     v.map(from_ts).transpose()
+}
+
+/// A copy's last check, from its three columns.
+fn check_from(at: Option<i64>, data: Option<i64>, problem: Option<String>) -> rusqlite::Result<Option<CopyCheck>> {
+    Ok(match at {
+        Some(at) => Some(CopyCheck { at: from_ts(at)?, read_data: data.unwrap_or(0) != 0, problem }),
+        None => None,
+    })
 }
 
 fn corrupt(what: impl Into<String>) -> rusqlite::Error {
@@ -1570,7 +1589,7 @@ impl Repository for SqliteRepository {
         self.query_all(
             "list backups",
             "SELECT id, dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation, size,
-                 chunk_size, chunk_count, manifest_hash, created_at, @ok(backups) FROM backups
+                 chunk_size, chunk_count, manifest_hash, created_at, checked_at, checked_data, check_problem, @ok(backups) FROM backups
              WHERE id > ?1 ORDER BY id LIMIT ?2",
             params![after.min(i64::MAX as u64) as i64, i64::from(limit)],
             |r| {
@@ -1594,6 +1613,7 @@ impl Repository for SqliteRepository {
                     chunk_count: r.get::<_, i64>(11)? as u64,
                     manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
                     created_at: from_ts(r.get(13)?)?,
+                    checked: check_from(r.get(14)?, r.get(15)?, r.get(16)?)?,
                 })
             },
         )
@@ -1684,13 +1704,30 @@ impl Repository for SqliteRepository {
             chunk_count: g.chunk_count,
             manifest_hash: g.manifest_hash,
             created_at: now,
+            checked: None,
         })
+    }
+
+    fn record_check(&self, what: CheckedCopy, id: u64, check: &CopyCheck) -> Result<()> {
+        let table = match what {
+            CheckedCopy::Backup => "backups",
+            CheckedCopy::Snapshot => "snapshots",
+        };
+        // A copy removed meanwhile has nothing left to record on.
+        self.conn()
+            .execute(
+                &format!("UPDATE {table} SET checked_at = ?2, checked_data = ?3, check_problem = ?4 WHERE id = ?1"),
+                params![id as i64, ts(check.at), i64::from(check.read_data), check.problem.as_deref()],
+            )
+            .map_err(db("record a copy's check"))?;
+        Ok(())
     }
 
     fn snapshots_after(&self, after: u64, limit: u32) -> Result<Vec<SnapshotRecord>> {
         self.query_all(
             "list snapshots",
-            "SELECT id, dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash, created_at, @ok(snapshots)
+            "SELECT id, dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash, created_at,
+                 checked_at, checked_data, check_problem, @ok(snapshots)
              FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2",
             params![after.min(i64::MAX as u64) as i64, i64::from(limit)],
             |r| {
@@ -1709,6 +1746,7 @@ impl Repository for SqliteRepository {
                     chunk_count: r.get::<_, i64>(7)? as u64,
                     manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
                     created_at: from_ts(r.get(9)?)?,
+                    checked: check_from(r.get(10)?, r.get(11)?, r.get(12)?)?,
                 })
             },
         )

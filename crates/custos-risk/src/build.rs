@@ -125,6 +125,7 @@ fn build<S: VaultState>(
             created_at: b.created_at,
             generation: b.source_generation,
             shares_current: false,
+            checked: b.checked,
         });
     }
     for s in v.snapshots(pattern)? {
@@ -137,6 +138,7 @@ fn build<S: VaultState>(
             created_at: s.created_at,
             generation: s.generation,
             shares_current: shares,
+            checked: s.checked,
         });
     }
     for d in v.datasets()? {

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use custos_core::model::CopyCheck;
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -201,6 +202,17 @@ pub struct CopyNode {
     /// For a snapshot: it shares chunk objects with the current generation,
     /// so corrupting those corrupts it too.
     pub shares_current: bool,
+    /// The last check of its bytes (`backup verify`, `snapshot verify`,
+    /// `fsck --read-data`): one that found damage counts the copy out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked: Option<CopyCheck>,
+}
+
+impl CopyNode {
+    /// What its last check found wrong, if anything.
+    pub fn damage(&self) -> Option<&str> {
+        self.checked.as_ref().and_then(|c| c.problem.as_deref())
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -628,7 +640,13 @@ fn evaluate_in(
         candidates.push((CopyKind::Mirror, m, m, &d.key, primary_data && !dmg.volume_lost(m), None));
     }
     // The copies are in order of preference already (see DatasetNode).
+    // Copies their last check found damaged save nothing, whatever the threat.
+    let mut damaged: Vec<&str> = Vec::new();
     for c in d.copies.iter().filter(|c| known(c.created_at)) {
+        if c.damage().is_some() {
+            damaged.push(&c.id);
+            continue;
+        }
         let data = readable(g, &dmg, &c.volume)
             && match c.kind {
                 CopyKind::Snapshot => !(dmg.chunks_bad && c.shares_current),
@@ -710,13 +728,24 @@ fn evaluate_in(
     if d.copies.is_empty() && g.volumes.get(&d.volume).is_none_or(|v| v.mirror.is_none()) {
         why.push("the dataset has no copy at all".to_string());
     } else if reasons.is_empty() {
-        why.push(format!("{} reaches every copy", names.join(" + ")));
+        let but = match damaged.as_slice() {
+            [] => String::new(),
+            [one] => format!(" but {one}, which its last check found damaged"),
+            many => format!(" but {}, which their last checks found damaged", many.join(", ")),
+        };
+        why.push(format!("{} reaches every copy{but}", names.join(" + ")));
+        damaged.clear();
     } else {
         why.push(format!(
             "every copy that {} leaves intact needs a key that is gone: {}",
             names.join(" + "),
             reasons.join("; ")
         ));
+    }
+    match damaged.as_slice() {
+        [] => {}
+        [one] => why.push(format!("{one}, which its last check found damaged, saves nothing")),
+        many => why.push(format!("{}, which their last checks found damaged, save nothing", many.join(", "))),
     }
     Verdict::Lost { why: why.join("; ") }
 }

@@ -42,7 +42,7 @@ pub struct Finding {
     /// unusable-keystore-backup, retired-keystore-backups,
     /// keystore-backups-at-vault-site, backup-with-data, shared-back-key,
     /// escrow-custody, escrow-unconfirmed, escrow-below-threshold,
-    /// home-volume-gone.
+    /// home-volume-gone, damaged-copy, unverified-copies.
     pub code: &'static str,
     pub subject: String,
     pub detail: String,
@@ -59,7 +59,17 @@ pub struct CopyAudit {
     /// `None` when it cannot be decrypted.
     pub path: Option<KeyPath>,
     pub why: Option<String>,
+    /// Its last check of its bytes, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked: Option<custos_core::model::CopyCheck>,
 }
+
+/// A copy not read back in full for this long is named in the
+/// `unverified-copies` finding (as is one never read back, once it is older
+/// than [`VERIFY_GRACE`]).
+pub const VERIFY_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_hours(90 * 24);
+/// A copy younger than this that was never read back is not yet named.
+pub const VERIFY_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -128,7 +138,7 @@ pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
             AppRisk { app: app.to_string(), datasets: ds.len(), single, dual }
         })
         .collect();
-    let (copies, findings) = audit(g);
+    let (copies, findings) = audit(g, now);
     Report {
         generated_at: now,
         threats: Threat::ALL.to_vec(),
@@ -143,11 +153,13 @@ pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
 }
 
 /// The recoverability audit: every backup and snapshot, and the findings.
-fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
+fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
     let mut copies = Vec::new();
     let mut findings = Vec::new();
     let none = crate::model::evaluate_key_today;
     let oldest_ksb = g.keystore_backups.iter().map(|b| b.created_at).min();
+    // Copies whose bytes were not read back lately: (copy, last full check).
+    let mut unverified: Vec<(String, Option<Timestamp>)> = Vec::new();
     // The catalog and the HSM file are at the vault's own site: without a
     // vault backup elsewhere, losing that site loses every key and record.
     let away = |vol: &String| g.volumes.get(vol).is_some_and(|v| !g.vault_sites.contains(&v.site));
@@ -358,6 +370,25 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
                     ),
                 });
             }
+            if let (Some(problem), Some(at)) = (c.damage(), c.checked.as_ref().map(|k| k.at)) {
+                findings.push(Finding {
+                    code: "damaged-copy",
+                    subject: format!("{} {}", d.name, c.id),
+                    detail: format!(
+                        "its last check ({}) found it damaged, so it saves nothing: {problem}; remove it (`custos backup prune` or `custos snapshot rm`) and make a new copy",
+                        at.strftime("%Y-%m-%d %H:%M UTC")
+                    ),
+                });
+            } else {
+                let full = c.checked.as_ref().filter(|k| k.read_data).map(|k| k.at);
+                let due = match full {
+                    Some(at) => now.duration_since(at) > VERIFY_EVERY,
+                    None => now.duration_since(c.created_at) > VERIFY_GRACE,
+                };
+                if due {
+                    unverified.push((format!("{} {}", d.name, c.id), full));
+                }
+            }
             copies.push(CopyAudit {
                 dataset: d.name.clone(),
                 copy: c.id.clone(),
@@ -366,6 +397,7 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
                 created_at: c.created_at,
                 path,
                 why,
+                checked: c.checked.clone(),
             });
         }
         let mirror = g.volumes.get(&d.volume).and_then(|v| v.mirror.clone());
@@ -416,6 +448,21 @@ fn audit(g: &Graph) -> (Vec<CopyAudit>, Vec<Finding>) {
                 });
             }
         }
+    }
+    if !unverified.is_empty() {
+        let never = unverified.iter().filter(|(_, at)| at.is_none()).count();
+        let some: Vec<&str> = unverified.iter().take(5).map(|(c, _)| c.as_str()).collect();
+        findings.push(Finding {
+            code: "unverified-copies",
+            subject: "copies".into(),
+            detail: format!(
+                "{} copies were not read back in full in the last {} days ({never} never): {}{}; a copy that rotted unseen saves nothing, so run `custos backup verify --read-data` and `custos snapshot verify` on a schedule (each records what it found)",
+                unverified.len(),
+                VERIFY_EVERY.as_hours() / 24,
+                some.join(", "),
+                if unverified.len() > some.len() { ", …" } else { "" }
+            ),
+        });
     }
     // Keys that are not active but still needed by a retained copy.
     let mut needed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -522,12 +569,15 @@ fn grid(rows: &[Vec<String>]) -> String {
 
 fn render_audit(r: &Report) -> String {
     let mut out = String::new();
-    let ok = r.copies.iter().filter(|c| c.path.is_some()).count();
+    let damaged = |c: &&CopyAudit| c.checked.as_ref().is_some_and(|k| k.problem.is_some());
+    let ok = r.copies.iter().filter(|c| c.path.is_some() && !damaged(c)).count();
+    let bad = r.copies.iter().filter(damaged).count();
     let _ = writeln!(
         out,
-        "\nRecoverability audit: {} of {} backups and snapshots can be decrypted today; {} unencrypted copies",
+        "\nRecoverability audit: {} of {} backups and snapshots can be decrypted today{}; {} unencrypted copies",
         ok,
         r.copies.len(),
+        if bad > 0 { format!(" ({bad} found damaged by their last check)") } else { String::new() },
         r.unencrypted_copies
     );
     if r.keys_checked {

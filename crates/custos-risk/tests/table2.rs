@@ -210,7 +210,9 @@ fn dual_events_are_modeled_and_proven() {
 
 /// A vault whose reality differs from what the catalog says (a backup's
 /// chunks rotted on its disk, unknown to the catalog): the model still
-/// counts on that copy, and the drill catches it.
+/// counts on that copy, and the drill catches it. Once `backup verify
+/// --read-data` has found the rot (and recorded it), the model counts the
+/// copy out and agrees; the report names the damaged copy.
 #[test]
 fn a_drill_catches_the_model_when_reality_differs() {
     let dir = tempfile::tempdir().unwrap();
@@ -239,6 +241,32 @@ fn a_drill_catches_the_model_when_reality_differs() {
     let c = &cells[0];
     assert!(c.modeled.survives() && !c.proven && !c.agrees, "{c:#?}");
     assert!(c.how.contains("backup"), "the drill says what it tried: {}", c.how);
+
+    // A check that reached the copy's bytes is recorded on it…
+    let b = v.backups(Some(&Pattern::new("AMDISK.**").unwrap())).unwrap().remove(0);
+    assert_eq!(b.checked, None);
+    assert!(v.verify_backup(&b, true).is_err());
+    let b = v.backup_record(b.id).unwrap();
+    let found = b.checked.as_ref().and_then(|c| c.problem.clone()).unwrap_or_default();
+    assert!(b.checked.as_ref().is_some_and(|c| c.read_data) && found.contains("chunk"), "{:?}", b.checked);
+    // … and the model no longer counts on it: it agrees with the drill.
+    let cells = drill(&v, &opts).unwrap();
+    let c = &cells[0];
+    assert!(!c.modeled.survives() && !c.proven && c.agrees, "{c:#?}");
+    assert!(
+        c.modeled.explain().contains("which its last check found damaged, saves nothing"),
+        "{}",
+        c.modeled.explain()
+    );
+    let r = checked_report(&v);
+    let f: Vec<_> = r.findings.iter().filter(|f| f.code == "damaged-copy").collect();
+    assert_eq!(f.len(), 1, "{:?}", r.findings);
+    assert!(f[0].subject == format!("AMDISK.DATA backup {}", b.id) && f[0].detail.contains(&found), "{f:?}");
+    // An intact copy checked in full is recorded as such.
+    let ok = v.backups(Some(&Pattern::new("AMTAPE.**").unwrap())).unwrap().remove(0);
+    v.verify_backup(&ok, true).unwrap();
+    let ok = v.backup_record(ok.id).unwrap().checked.unwrap();
+    assert!(ok.read_data && ok.problem.is_none());
 }
 
 /// The vault directory at site A with the data, as `custos init` makes it.
