@@ -70,7 +70,6 @@ fn build<S: VaultState>(
         );
     }
     let escrow = v.escrow_status()?;
-    g.escrow_ready = !escrow.kbks.is_empty();
     if let Some(k) = escrow.kbks.last() {
         let users: HashMap<String, bool> = v.users()?.into_iter().map(|u| (u.name, u.disabled)).collect();
         g.escrow = Some(EscrowNode {
@@ -86,6 +85,11 @@ fn build<S: VaultState>(
             unavailable: k.custodians.iter().filter(|c| users.get(*c).is_none_or(|d| *d)).cloned().collect(),
         });
     }
+    // Escrow saves a key only if a threshold of its custodians can still
+    // act (the report's escrow-below-threshold says the same).
+    g.escrow_ready = g.escrow.as_ref().is_some_and(|e| {
+        e.custodians.iter().filter(|c| !e.unavailable.contains(c)).count() >= usize::from(e.threshold)
+    });
     g.vault_sites = v.vault_sites()?;
     g.vault_backups = v
         .vault_backups()?

@@ -37,8 +37,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use custos_core::model::{DatasetName, KeyAction, KeyLabel, KeyState, Pattern, PolicyTarget};
-use custos_core::{NewPolicy, Open, Passphrase, RecoverWith, ShareFile, Vault};
+use custos_core::model::{DatasetName, KeyAction, KeyLabel, KeyState, Pattern, PolicyTarget, Purpose};
+use custos_core::{NewKey, NewPolicy, Open, Passphrase, RecoverWith, ShareFile, Vault};
 use serde::Serialize;
 
 use crate::build;
@@ -347,7 +347,22 @@ fn strike(layout: &Layout, root: &Path, names: &[DatasetName], set: &[Threat], p
         if set.contains(&Threat::FileCorruption) {
             for n in names {
                 let junk: Vec<u8> = format!("{n} overwritten by a faulty batch job\n").into_bytes().repeat(97);
-                c.put(n, &mut junk.as_slice(), &Default::default())?;
+                if let Err(e) = c.put(n, &mut junk.as_slice(), &Default::default()) {
+                    // The dataset's key no longer seals (expired, damaged):
+                    // the faulty job writes under a new key, as a job told
+                    // so by the error would.
+                    let app = n.as_str().split('.').next().unwrap_or("DRILL").to_string();
+                    let new = NewKey {
+                        label: None,
+                        app: Some(app),
+                        purpose: Purpose::Prim,
+                        expires_at: None,
+                        activate: true,
+                    };
+                    let k = c.create_key(&new).map_err(|_| e)?;
+                    let opts = custos_core::PutOptions { key: Some(k.label), ..Default::default() };
+                    c.put(n, &mut junk.as_slice(), &opts)?;
+                }
             }
         }
         if set.contains(&Threat::AccidentalDeletion) {

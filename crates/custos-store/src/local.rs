@@ -232,7 +232,17 @@ impl Volume for LocalVolume {
         let tmp = tmp_path(&path);
         let body = sealed.len() / ALIGN * ALIGN;
         let aligned = (sealed.as_ptr() as usize).is_multiple_of(ALIGN) && body > 0;
-        let (mut f, direct) = self.open_chunk(&tmp, true, aligned).map_err(|e| self.err(&path, e))?;
+        let opened = match self.open_chunk(&tmp, true, aligned) {
+            // A fan-out directory a copy of the volume left out (a drill's
+            // clone copies no empty ones): made here, once. Only the fan-out
+            // level: a volume whose `chunks` is gone stays an error.
+            Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(path.parent().expect("fan-out dir")) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(e),
+                _ => self.open_chunk(&tmp, true, aligned),
+            },
+            r => r,
+        };
+        let (mut f, direct) = opened.map_err(|e| self.err(&path, e))?;
         let written = (|| {
             let mut rest = sealed;
             if direct {
@@ -613,6 +623,25 @@ mod tests {
         assert!(matches!(e, StoreError::Unreachable { .. }), "{e}");
         assert!(e.to_string().contains("not reachable"));
         assert!(matches!(v.put_chunk(&ChunkId([1; 16]), b"x"), Err(StoreError::Unreachable { .. })));
+    }
+
+    /// A copy of a volume without its empty fan-out directories (a drill's
+    /// clone) takes chunks as the volume did; one without `chunks` at all
+    /// does not get a new one.
+    #[test]
+    fn a_missing_fan_out_directory_is_made_on_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("v");
+        let v = LocalVolume::create("t", &root).unwrap();
+        fs::remove_dir(root.join("chunks").join("01")).unwrap();
+        v.put_chunk(&ChunkId([1; 16]), b"sealed bytes").unwrap();
+        v.sync().unwrap();
+        let mut buf = ChunkBuf::new(64);
+        let n = v.read_chunk(&ChunkId([1; 16]), &mut buf, 1 << 20).unwrap();
+        assert_eq!(buf.slice(n), b"sealed bytes");
+        fs::remove_dir_all(root.join("chunks")).unwrap();
+        assert!(v.put_chunk(&ChunkId([2; 16]), b"x").is_err());
+        assert!(!root.join("chunks").exists());
     }
 
     #[test]
