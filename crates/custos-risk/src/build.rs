@@ -36,7 +36,24 @@ fn build<S: VaultState>(
     held: Vec<String>,
     damage: impl Fn(&custos_core::model::KeyRecord) -> Option<String>,
 ) -> Result<Graph> {
-    let mut g = Graph { held_mkvps: held, ..Default::default() };
+    // The copies (the most rows by far) are read on a thread of their own
+    // while the keys are read and checked in the HSM on this one.
+    std::thread::scope(|scope| {
+        let copies = scope.spawn(|| copies(v, pattern));
+        let g = Graph { held_mkvps: held, ..Default::default() };
+        let (g, apps) = build_rest(v, g, &damage)?;
+        let copies = copies.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        with_datasets(v, pattern, g, &apps, copies)
+    })
+}
+
+/// Volumes, keys (each judged by `damage`), escrow, vault and keystore
+/// backups; and each key's application, by label.
+fn build_rest<S: VaultState>(
+    v: &Vault<S>,
+    mut g: Graph,
+    damage: &dyn Fn(&custos_core::model::KeyRecord) -> Option<String>,
+) -> Result<(Graph, HashMap<String, String>)> {
     let mirrors: HashMap<String, String> =
         v.mirror_pairs()?.into_iter().map(|(p, s)| (p.to_string(), s.to_string())).collect();
     for vol in v.volumes()? {
@@ -116,6 +133,44 @@ fn build<S: VaultState>(
         })
         .collect();
     g.keystore_backups.sort_by_key(|b| std::cmp::Reverse(b.created_at));
+    Ok((g, apps))
+}
+
+/// The datasets matching `pattern`, each with its copies in the order a
+/// recovery prefers them.
+fn with_datasets<S: VaultState>(
+    v: &Vault<S>,
+    pattern: Option<&Pattern>,
+    mut g: Graph,
+    apps: &HashMap<String, String>,
+    mut copies: HashMap<[u8; 16], Vec<CopyNode>>,
+) -> Result<Graph> {
+    for d in v.datasets()? {
+        if pattern.is_some_and(|p| !p.matches(d.name.as_str())) {
+            continue;
+        }
+        let mut c = copies.remove(&d.id.0).unwrap_or_default();
+        c.sort_by_key(|x| (x.kind, std::cmp::Reverse(x.created_at)));
+        g.datasets.push(DatasetNode {
+            app: apps
+                .get(d.current.key_label.as_str())
+                .cloned()
+                .unwrap_or_else(|| d.name.as_str().split('.').next().unwrap_or_default().to_string()),
+            name: d.name.to_string(),
+            volume: d.current.volume.to_string(),
+            key: d.current.key_label.to_string(),
+            generation: d.current.generation,
+            current_at: d.current.created_at,
+            migrated_from: d.migrated_from.as_ref().map(|m| m.to_string()),
+            last_access: d.last_access,
+            copies: c,
+        });
+    }
+    Ok(g)
+}
+
+/// Every backup and snapshot of the datasets matching `pattern`, by dataset id.
+fn copies<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>) -> Result<HashMap<[u8; 16], Vec<CopyNode>>> {
     let mut copies: HashMap<[u8; 16], Vec<CopyNode>> = HashMap::new();
     for b in v.backups(pattern)? {
         copies.entry(b.dataset_id.0).or_default().push(CopyNode {
@@ -145,26 +200,5 @@ fn build<S: VaultState>(
             checked: s.checked,
         });
     }
-    for d in v.datasets()? {
-        if pattern.is_some_and(|p| !p.matches(d.name.as_str())) {
-            continue;
-        }
-        let mut c = copies.remove(&d.id.0).unwrap_or_default();
-        c.sort_by_key(|x| (x.kind, std::cmp::Reverse(x.created_at)));
-        g.datasets.push(DatasetNode {
-            app: apps
-                .get(d.current.key_label.as_str())
-                .cloned()
-                .unwrap_or_else(|| d.name.as_str().split('.').next().unwrap_or_default().to_string()),
-            name: d.name.to_string(),
-            volume: d.current.volume.to_string(),
-            key: d.current.key_label.to_string(),
-            generation: d.current.generation,
-            current_at: d.current.created_at,
-            migrated_from: d.migrated_from.as_ref().map(|m| m.to_string()),
-            last_access: d.last_access,
-            copies: c,
-        });
-    }
-    Ok(g)
+    Ok(copies)
 }

@@ -104,16 +104,26 @@ fn rank(v: &Verdict) -> u8 {
 /// Compute the report. `dual` adds every pair of threats.
 pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
     let pairs = if dual { Threat::pairs() } else { Vec::new() };
-    let datasets: Vec<DatasetRisk> = g
-        .datasets
-        .iter()
-        .map(|d| DatasetRisk {
-            dataset: d.name.clone(),
-            app: d.app.clone(),
-            single: Threat::ALL.iter().map(|t| (*t, evaluate(g, d, &[*t]))).collect(),
-            dual: pairs.iter().map(|(a, b)| ((*a, *b), evaluate(g, d, &[*a, *b]))).collect(),
-        })
-        .collect();
+    let judge = |ds: &[crate::model::DatasetNode]| -> Vec<DatasetRisk> {
+        ds.iter()
+            .map(|d| DatasetRisk {
+                dataset: d.name.clone(),
+                app: d.app.clone(),
+                single: Threat::ALL.iter().map(|t| (*t, evaluate(g, d, &[*t]))).collect(),
+                dual: pairs.iter().map(|(a, b)| ((*a, *b), evaluate(g, d, &[*a, *b]))).collect(),
+            })
+            .collect()
+    };
+    // The datasets are judged in halves on two threads, and the copies
+    // audited on a third: each reads the graph only.
+    let (datasets, (copies, findings)) = std::thread::scope(|s| {
+        let audited = s.spawn(|| audit(g, now));
+        let (first, second) = g.datasets.split_at(g.datasets.len() / 2);
+        let later = s.spawn(|| judge(second));
+        let mut datasets = judge(first);
+        datasets.extend(later.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (datasets, audited.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    });
     let mut by_app: BTreeMap<&str, Vec<&DatasetRisk>> = BTreeMap::new();
     for d in &datasets {
         by_app.entry(d.app.as_str()).or_default().push(d);
@@ -138,7 +148,6 @@ pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
             AppRisk { app: app.to_string(), datasets: ds.len(), single, dual }
         })
         .collect();
-    let (copies, findings) = audit(g, now);
     Report {
         generated_at: now,
         threats: Threat::ALL.to_vec(),
@@ -158,8 +167,10 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
     let mut findings = Vec::new();
     let none = crate::model::evaluate_key_today;
     let oldest_ksb = g.keystore_backups.iter().map(|b| b.created_at).min();
-    // Copies whose bytes were not read back lately: (copy, last full check).
-    let mut unverified: Vec<(String, Option<Timestamp>)> = Vec::new();
+    // Copies whose bytes were not read back lately: how many, how many of
+    // them never, and the first few.
+    let (mut unverified, mut never) = (0usize, 0usize);
+    let mut some_unverified: Vec<String> = Vec::new();
     // The catalog and the HSM file are at the vault's own site: without a
     // vault backup elsewhere, losing that site loses every key and record.
     let away = |vol: &String| g.volumes.get(vol).is_some_and(|v| !g.vault_sites.contains(&v.site));
@@ -386,7 +397,11 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
                     None => now.duration_since(c.created_at) > VERIFY_GRACE,
                 };
                 if due {
-                    unverified.push((format!("{} {}", d.name, c.id), full));
+                    unverified += 1;
+                    never += usize::from(full.is_none());
+                    if some_unverified.len() < 5 {
+                        some_unverified.push(format!("{} {}", d.name, c.id));
+                    }
                 }
             }
             copies.push(CopyAudit {
@@ -449,44 +464,41 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
             }
         }
     }
-    if !unverified.is_empty() {
-        let never = unverified.iter().filter(|(_, at)| at.is_none()).count();
-        let some: Vec<&str> = unverified.iter().take(5).map(|(c, _)| c.as_str()).collect();
+    if unverified > 0 {
         findings.push(Finding {
             code: "unverified-copies",
             subject: "copies".into(),
             detail: format!(
-                "{} copies were not read back in full in the last {} days ({never} never): {}{}; a copy that rotted unseen saves nothing, so run `custos backup verify --read-data` and `custos snapshot verify` on a schedule (each records what it found)",
-                unverified.len(),
+                "{unverified} copies were not read back in full in the last {} days ({never} never): {}{}; a copy that rotted unseen saves nothing, so run `custos backup verify --read-data` and `custos snapshot verify` on a schedule (each records what it found)",
                 VERIFY_EVERY.as_hours() / 24,
-                some.join(", "),
-                if unverified.len() > some.len() { ", …" } else { "" }
+                some_unverified.join(", "),
+                if unverified > some_unverified.len() { ", …" } else { "" }
             ),
         });
     }
     // Keys that are not active but still needed by a retained copy.
-    let mut needed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // Per key: how many need it, and the first (dataset, copy) that does.
+    let mut needed: BTreeMap<&str, (usize, (&str, Option<&str>))> = BTreeMap::new();
+    let inactive = |label: &str| g.keys.get(label).is_some_and(|k| k.present && k.state != "active");
     for d in &g.datasets {
-        needed.entry(d.key.as_str()).or_default().push(d.name.clone());
-        for c in &d.copies {
-            needed.entry(c.key.as_str()).or_default().push(format!("{} {}", d.name, c.id));
-        }
-    }
-    for (label, users) in needed {
-        if let Some(k) = g.keys.get(label) {
-            if k.present && k.state != "active" {
-                findings.push(Finding {
-                    code: "inactive-key-needed",
-                    subject: label.to_string(),
-                    detail: format!(
-                        "key is {} but still needed by {} (e.g. {}): destroying it would lose them",
-                        k.state,
-                        users.len(),
-                        users[0]
-                    ),
-                });
+        let users = std::iter::once((d.key.as_str(), None))
+            .chain(d.copies.iter().map(|c| (c.key.as_str(), Some(c.id.as_str()))));
+        for (key, copy) in users {
+            if inactive(key) {
+                needed.entry(key).or_insert((0, (d.name.as_str(), copy))).0 += 1;
             }
         }
+    }
+    for (label, (count, (ds, copy))) in needed {
+        let state = g.keys.get(label).map_or("", |k| k.state.as_str());
+        findings.push(Finding {
+            code: "inactive-key-needed",
+            subject: label.to_string(),
+            detail: format!(
+                "key is {state} but still needed by {count} (e.g. {ds}{}): destroying it would lose them",
+                copy.map(|c| format!(" {c}")).unwrap_or_default()
+            ),
+        });
     }
     (copies, findings)
 }
