@@ -57,7 +57,7 @@ pub use migrate::{MigrateReport, MigrateTarget};
 pub use mirror::MirrorStatus;
 pub use monitor::{prometheus_text, Alert, Metric, MonitorReport, MAX_DAYS as MAX_MONITOR_DAYS};
 pub use pipeline::default_threads;
-pub use principals::{new_credential, GrantKind, StoredCredential};
+pub use principals::{new_credential, permits, GrantKind, StoredCredential};
 pub use requests::{CONTROLLABLE, DEFAULT_DUAL_CONTROL};
 pub use retention::Retention;
 pub use secretfile::{

@@ -254,28 +254,41 @@ impl<S: VaultState> Vault<S> {
         dataset: Option<&DatasetName>,
         key: Option<&KeyLabel>,
     ) -> Result<()> {
-        let deny = |why: String| Err(Error::Forbidden { principal: p.name.clone(), why });
-        if p.disabled {
-            return deny("the user is disabled".into());
-        }
-        if !p.roles.iter().any(|r| role_permits(*r, op)) {
-            let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
-            return deny(format!("its roles ({}) do not allow {op:?}", roles.join(", ")));
-        }
-        if op.is_data() {
-            if let Some(d) = dataset {
-                if !p.data_grants.iter().any(|g| g.matches(d.as_str())) {
-                    return deny(format!("it has no data grant that covers dataset {d}"));
-                }
-            }
-            if let Some(k) = key {
-                if !p.key_grants.iter().any(|g| g.matches(k.as_str())) {
-                    return deny(format!("it has no key grant that covers key {k}"));
-                }
-            }
-        }
-        Ok(())
+        permits(p, op, dataset.map(DatasetName::as_str), key.map(KeyLabel::as_str))
+            .map_err(|why| Error::Forbidden { principal: p.name.clone(), why })
     }
+}
+
+/// Whether `p` may do `op` (on `dataset`, under `key`): its state, its
+/// roles, and for data operations its data and key grants. The reason when
+/// not. The one rule [`Vault::authorize`] enforces, also read by the risk
+/// report (who could destroy what alone).
+pub fn permits(
+    p: &PrincipalRecord,
+    op: Op,
+    dataset: Option<&str>,
+    key: Option<&str>,
+) -> std::result::Result<(), String> {
+    if p.disabled {
+        return Err("the user is disabled".into());
+    }
+    if !p.roles.iter().any(|r| role_permits(*r, op)) {
+        let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+        return Err(format!("its roles ({}) do not allow {op:?}", roles.join(", ")));
+    }
+    if op.is_data() {
+        if let Some(d) = dataset {
+            if !p.data_grants.iter().any(|g| g.matches(d)) {
+                return Err(format!("it has no data grant that covers dataset {d}"));
+            }
+        }
+        if let Some(k) = key {
+            if !p.key_grants.iter().any(|g| g.matches(k)) {
+                return Err(format!("it has no key grant that covers key {k}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a grant covers.

@@ -108,6 +108,9 @@ fn build_rest<S: VaultState>(
         e.custodians.iter().filter(|c| !e.unavailable.contains(c)).count() >= usize::from(e.threshold)
     });
     g.vault_sites = v.vault_sites()?;
+    g.principals = v.users()?;
+    g.dual_control = v.dual_control()?;
+    g.destroy_min_wait = Some(v.destroy_min_wait()?);
     g.vault_backups = v
         .vault_backups()?
         .into_iter()

@@ -257,6 +257,16 @@ pub struct Graph {
     pub sealed_because: Option<String>,
     /// The vault backups (catalog and HSM file) on volumes.
     pub vault_backups: Vec<VaultBackupNode>,
+    /// Who can do what: principals with their roles and grants (never
+    /// serialized: the report names them in findings only).
+    #[serde(skip)]
+    pub principals: Vec<custos_core::model::PrincipalRecord>,
+    /// The actions under dual control (`config set dual-control`).
+    #[serde(skip)]
+    pub dual_control: Vec<String>,
+    /// The shortest wait a key's destruction may be scheduled with.
+    #[serde(skip)]
+    pub destroy_min_wait: Option<jiff::SignedDuration>,
 }
 
 /// How a key is reached after the threats.

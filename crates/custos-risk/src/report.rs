@@ -42,7 +42,8 @@ pub struct Finding {
     /// unusable-keystore-backup, retired-keystore-backups,
     /// keystore-backups-at-vault-site, backup-with-data, shared-back-key,
     /// escrow-custody, escrow-unconfirmed, escrow-below-threshold,
-    /// home-volume-gone, damaged-copy, unverified-copies.
+    /// home-volume-gone, damaged-copy, unverified-copies,
+    /// one-person-destruction.
     pub code: &'static str,
     pub subject: String,
     pub detail: String,
@@ -477,6 +478,7 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
         });
     }
     // Keys that are not active but still needed by a retained copy.
+    findings.extend(lone_destroyers(g));
     // Per key: how many need it, and the first (dataset, copy) that does.
     let mut needed: BTreeMap<&str, (usize, (&str, Option<&str>))> = BTreeMap::new();
     let inactive = |label: &str| g.keys.get(label).is_some_and(|k| k.present && k.state != "active");
@@ -501,6 +503,60 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
         });
     }
     (copies, findings)
+}
+
+/// Principals who could destroy every copy of a dataset on their own: by
+/// removing it and everything pinned to it (`ds rm`, `snapshot rm`: only
+/// for datasets without backups, since `backup prune` keeps the newest of
+/// each series), or by destroying every key (crypto-erase, after the
+/// shortest waiting period). An action under dual control stops them only
+/// where another enabled principal could approve it: one who holds an
+/// approving role and may do the operation itself, as the engine decides.
+fn lone_destroyers(g: &Graph) -> Vec<Finding> {
+    use custos_core::model::{Op, PrincipalRecord};
+    let able =
+        |p: &PrincipalRecord, op: Op, ds: Option<&str>, key: Option<&str>| custos_core::permits(p, op, ds, key).is_ok();
+    let alone = |p: &PrincipalRecord, action: &str, op: Op, ds: Option<&str>, key: Option<&str>| {
+        able(p, op, ds, key)
+            && !(g.dual_control.iter().any(|a| a == action)
+                && g.principals
+                    .iter()
+                    .any(|q| q.name != p.name && able(q, Op::Approve, None, None) && able(q, op, ds, key)))
+    };
+    let mut out = Vec::new();
+    for p in g.principals.iter().filter(|p| !p.disabled) {
+        let mut why = Vec::new();
+        if alone(p, "key-destroy", Op::KeyDestroy, None, None) && !g.datasets.is_empty() {
+            let wait = g.destroy_min_wait.map(|w| format!("{w:#}")).unwrap_or_else(|| "its waiting period".into());
+            why.push(format!(
+                "it can destroy every key by itself (crypto-erase), which takes every dataset and copy after {wait} unless someone cancels: put key-destroy under dual control (`custos config set dual-control`) with a second security administrator"
+            ));
+        }
+        let removable: Vec<&str> = g
+            .datasets
+            .iter()
+            .filter(|d| {
+                !d.copies.iter().any(|c| c.kind != CopyKind::Snapshot)
+                    && alone(p, "data-removal", Op::DataWrite, Some(&d.name), Some(&d.key))
+                    && (d.copies.is_empty() || alone(p, "data-removal", Op::StorageCopy, None, None))
+            })
+            .map(|d| d.name.as_str())
+            .collect();
+        if !removable.is_empty() {
+            let some: Vec<&str> = removable.iter().take(3).copied().collect();
+            why.push(format!(
+                "it can remove {} dataset{} with every copy by itself (no backup; `ds rm`, `snapshot rm`): {}{}; back them up, or put data-removal under dual control",
+                removable.len(),
+                if removable.len() == 1 { "" } else { "s" },
+                some.join(", "),
+                if removable.len() > some.len() { ", …" } else { "" }
+            ));
+        }
+        if !why.is_empty() {
+            out.push(Finding { code: "one-person-destruction", subject: p.name.clone(), detail: why.join("; ") });
+        }
+    }
+    out
 }
 
 // ---- rendering --------------------------------------------------------------

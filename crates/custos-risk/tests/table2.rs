@@ -566,3 +566,60 @@ fn a_keystore_backup_spanning_a_master_key_change_is_read_key_by_key() {
     let found = r.findings.iter().find(|f| f.code == "unusable-keystore-backup").expect("an unusable backup");
     assert!(found.subject.contains(&ksb.id) && found.detail.contains("altered"), "{}", found.detail);
 }
+
+/// Who could destroy every copy of a dataset on their own: a principal
+/// with the app and storage-admin roles over a dataset that has only a
+/// snapshot (`ds rm`, `snapshot rm`), and a security administrator who can
+/// destroy every key, are named; dual control stops them only where
+/// another principal could approve (an approving role and the rights for
+/// the operation itself), as the engine decides; a backup, which `backup
+/// prune` never takes last, takes the dataset out of the first kind.
+#[test]
+fn a_principal_who_can_destroy_every_copy_alone_is_named() {
+    use custos_core::model::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_at_a(dir.path());
+    let off = vol(&v, dir.path(), "off-b", "B", Medium::Disk);
+    for (n, roles) in [
+        ("ops", vec![Role::App, Role::StorageAdmin]),
+        ("sec", vec![Role::SecurityAdmin]),
+        ("sec2", vec![Role::SecurityAdmin, Role::App]),
+        ("old", vec![Role::SecurityAdmin, Role::App, Role::StorageAdmin]),
+    ] {
+        v.user_add(n, &roles, Some(&Passphrase::from(format!("{n} passphrase long enough")))).unwrap();
+    }
+    for n in ["ops", "sec2", "old"] {
+        v.grant(n, custos_core::GrantKind::Data, &Pattern::new("PAY.**").unwrap()).unwrap();
+        v.grant(n, custos_core::GrantKind::Key, &Pattern::new("**").unwrap()).unwrap();
+    }
+    v.user_disable("old").unwrap();
+    for n in ["PAY.SNAP", "PAY.BACKED"] {
+        v.put(&DatasetName::new(n).unwrap(), &mut &[1u8; 10_000][..], &Default::default()).unwrap();
+    }
+    v.snapshot_create(&DatasetName::new("PAY.SNAP").unwrap()).unwrap();
+    v.backup_logical(&DatasetName::new("PAY.BACKED").unwrap(), &off, None).unwrap();
+    v.set_dual_control("none").unwrap();
+    let named = |v: &Vault<Open>| -> BTreeMap<String, String> {
+        checked_report(v)
+            .findings
+            .into_iter()
+            .filter(|f| f.code == "one-person-destruction")
+            .map(|f| (f.subject, f.detail))
+            .collect()
+    };
+    let f = named(&v);
+    assert!(f["ops"].contains("remove 1 dataset") && f["ops"].contains("PAY.SNAP"), "{f:?}");
+    assert!(!f["ops"].contains("PAY.BACKED") && !f["ops"].contains("every key"), "{f:?}");
+    assert!(f["sec"].contains("every key") && !f["sec"].contains("remove"), "{f:?}");
+    // sec2 may `ds rm` but not `snapshot rm` (no storage-admin role).
+    assert!(f["sec2"].contains("every key") && !f["sec2"].contains("PAY.SNAP"), "{f:?}");
+    assert!(!f.contains_key("old"), "disabled: {f:?}");
+    // Under dual control: a second security administrator with the data
+    // rights (sec2) approves what ops and sec would do, and sec what sec2
+    // would.
+    v.set_dual_control("data-removal,key-destroy").unwrap();
+    assert!(named(&v).is_empty(), "{:?}", named(&v));
+    // Only key destruction under dual control: ops removes alone again.
+    v.set_dual_control("key-destroy").unwrap();
+    assert_eq!(named(&v).keys().collect::<Vec<_>>(), ["ops"]);
+}
