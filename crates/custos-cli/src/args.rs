@@ -359,6 +359,11 @@ pub enum RiskCmd {
         /// Every pair of threats striking together, too.
         #[arg(long)]
         dual: bool,
+        /// Look this far ahead (e.g. 90d): name retention rules whose copies
+        /// would not reach back that far when a bad write is noticed late,
+        /// and keys due for destruction before then that copies still need.
+        #[arg(long, value_name = "DURATION")]
+        horizon: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
         /// Write the report to this file instead of standard output.

@@ -995,6 +995,15 @@ fn risk_report_and_drill_through_the_cli() {
     assert!(t.contains("[shared-key] RAW.ONE"), "{t}");
     assert!(t.contains("Every key with material was checked in the HSM"), "{t}");
     assert!(e.fails(&["risk", "report", "ZZZ.**"], 3).contains("no dataset matches ZZZ.**"));
+    // Looking ahead: a rule keeping one copy does not reach back 90 days.
+    e.ok(&["hsm", "rule", "add", "short", "--pattern", "APP.**", "--backup-to", "offsite", "--keep-last", "1"]);
+    let t = e.ok(&["risk", "report", "--horizon", "90d"]);
+    assert!(t.contains("[retention-shorter-than-horizon] hsm rule short") && t.contains("Looked 90 days ahead"), "{t}");
+    assert!(!e.ok(&["risk", "report"]).contains("retention-shorter"));
+    assert_eq!(e.json(&["risk", "report", "--format", "json", "--horizon", "90d"])["horizon_days"], 90);
+    for bad in ["-3d", "0s", "soon"] {
+        assert!(e.fails(&["risk", "report", &format!("--horizon={bad}")], 2).contains("--horizon"), "{bad}");
+    }
     let j = e.json(&["risk", "report", "--format", "json", "--dual"]);
     assert_eq!(j["datasets"][0]["dual"].as_array().unwrap().len(), 45);
     let md = e.ok(&["risk", "report", "--format", "markdown"]);

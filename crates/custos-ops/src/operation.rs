@@ -386,6 +386,10 @@ pub enum Operation {
     RiskReport {
         pattern: Option<Pattern>,
         dual: bool,
+        /// Look this far ahead ("90d"): retention rules whose copies would
+        /// not reach back that far, and keys due for destruction before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        horizon: Option<String>,
     },
     RiskDrill {
         pattern: Option<Pattern>,

@@ -353,7 +353,11 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Some(m) => Reply::Moved(m),
             None => Reply::NotMigrated(dataset),
         },
-        O::RiskReport { pattern, dual } => {
+        O::RiskReport { pattern, dual, horizon } => {
+            let horizon = horizon.as_deref().map(|h| duration("--horizon", h)).transpose()?;
+            if horizon.is_some_and(|h| h.is_negative() || h.is_zero()) {
+                return Err(Error::Usage("--horizon: give a time ahead, such as 90d".into()));
+            }
             // The HSM checks every key the verdicts rely on. When it cannot
             // be opened here (no passphrase given), the report runs sealed on
             // the master keys the HSM held when last opened, and says so.
@@ -372,7 +376,8 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                     message: format!("no dataset matches {p}: nothing to report on (`custos ds ls` lists them)"),
                 });
             }
-            Reply::RiskReport(Box::new(custos_risk::report::report(&g, dual, Timestamp::now())), dual)
+            let r = custos_risk::report::report_ahead(&g, dual, Timestamp::now(), horizon);
+            Reply::RiskReport(Box::new(r), dual)
         }
         O::RiskDrill { pattern, threats, dual, shares: s, scratch } => drill(e, pattern, &threats, dual, &s, scratch)?,
         O::AuditList { since, principal, object, after, limit } => {

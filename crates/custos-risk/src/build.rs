@@ -111,6 +111,7 @@ fn build_rest<S: VaultState>(
     g.principals = v.users()?;
     g.dual_control = v.dual_control()?;
     g.destroy_min_wait = Some(v.destroy_min_wait()?);
+    g.hsm_rules = v.hsm_rules()?;
     g.vault_backups = v
         .vault_backups()?
         .into_iter()

@@ -267,6 +267,9 @@ pub struct Graph {
     /// The shortest wait a key's destruction may be scheduled with.
     #[serde(skip)]
     pub destroy_min_wait: Option<jiff::SignedDuration>,
+    /// The storage-management rules `hsm run` applies (copies, retention).
+    #[serde(skip)]
+    pub hsm_rules: Vec<custos_core::model::HsmRule>,
 }
 
 /// How a key is reached after the threats.

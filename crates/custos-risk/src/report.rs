@@ -43,7 +43,8 @@ pub struct Finding {
     /// keystore-backups-at-vault-site, backup-with-data, shared-back-key,
     /// escrow-custody, escrow-unconfirmed, escrow-below-threshold,
     /// home-volume-gone, damaged-copy, unverified-copies,
-    /// one-person-destruction.
+    /// one-person-destruction; with a horizon also
+    /// retention-shorter-than-horizon, destruction-within-horizon.
     pub code: &'static str,
     pub subject: String,
     pub detail: String,
@@ -90,6 +91,9 @@ pub struct Report {
     /// Why the HSM was not opened, when it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sealed_because: Option<String>,
+    /// How far ahead the report looked (`--horizon`), in days.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon_days: Option<i64>,
 }
 
 fn rank(v: &Verdict) -> u8 {
@@ -104,6 +108,22 @@ fn rank(v: &Verdict) -> u8 {
 
 /// Compute the report. `dual` adds every pair of threats.
 pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
+    report_ahead(g, dual, now, None)
+}
+
+/// The report, looking `horizon` ahead as well: retention rules whose
+/// copies would not reach back that far when a bad write is noticed only
+/// then, and keys due for destruction before then that something needs.
+pub fn report_ahead(g: &Graph, dual: bool, now: Timestamp, horizon: Option<jiff::SignedDuration>) -> Report {
+    let mut r = report_now(g, dual, now);
+    if let Some(h) = horizon {
+        r.findings.extend(ahead(g, now, h));
+        r.horizon_days = Some((h.as_hours() + 23) / 24);
+    }
+    r
+}
+
+fn report_now(g: &Graph, dual: bool, now: Timestamp) -> Report {
     let pairs = if dual { Threat::pairs() } else { Vec::new() };
     let judge = |ds: &[crate::model::DatasetNode]| -> Vec<DatasetRisk> {
         ds.iter()
@@ -159,7 +179,87 @@ pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
         unencrypted_copies: 0,
         keys_checked: g.keys_checked,
         sealed_because: g.sealed_because.clone(),
+        horizon_days: None,
     }
+}
+
+/// How far back, in days, the copies a rule keeps reach, assuming one `hsm
+/// run` a day that finds a change each time (the worst case: a bad write
+/// is a change, and every run after it copies it again).
+pub fn retention_reach_days(r: &custos_core::model::HsmRule) -> i64 {
+    [i64::from(r.keep_last), i64::from(r.keep_daily), i64::from(r.keep_monthly) * 30, i64::from(r.keep_yearly) * 365]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+}
+
+/// The findings only a look ahead shows.
+fn ahead(g: &Graph, now: Timestamp, horizon: jiff::SignedDuration) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let days = (horizon.as_hours() + 23) / 24;
+    // A rule whose retention does not reach past the horizon: a bad write
+    // noticed only then finds every copy it kept made after it. Datasets
+    // with a snapshot or a copy elsewhere do not rest on the rule alone.
+    for r in g.hsm_rules.iter().filter(|r| r.backup_to.is_some()) {
+        let reach = retention_reach_days(r);
+        if reach >= days {
+            continue;
+        }
+        let to = r.backup_to.as_ref().map(|v| v.as_str()).unwrap_or_default();
+        let alone: Vec<&str> = g
+            .datasets
+            .iter()
+            .filter(|d| r.pattern.matches(&d.name))
+            .filter(|d| d.copies.iter().all(|c| c.kind != CopyKind::Snapshot && c.volume == to))
+            .map(|d| d.name.as_str())
+            .collect();
+        if alone.is_empty() {
+            continue;
+        }
+        let some: Vec<&str> = alone.iter().take(3).copied().collect();
+        out.push(Finding {
+            code: "retention-shorter-than-horizon",
+            subject: format!("hsm rule {}", r.name),
+            detail: format!(
+                "it keeps copies reaching back about {reach} day{} (keep last {}, daily {}, monthly {}, yearly {}; one `hsm run` a day assumed), less than the {days}-day horizon: a bad write noticed only then finds every kept copy made after it, for {} dataset{} that rest on this rule alone ({}{}); keep dailies or monthlies that reach past it, or pin a good state with a snapshot",
+                if reach == 1 { "" } else { "s" },
+                r.keep_last,
+                r.keep_daily,
+                r.keep_monthly,
+                r.keep_yearly,
+                alone.len(),
+                if alone.len() == 1 { "" } else { "s" },
+                some.join(", "),
+                if alone.len() > some.len() { ", …" } else { "" }
+            ),
+        });
+    }
+    // Keys falling due for destruction before the horizon that data or a
+    // copy still needs.
+    let end = now + horizon;
+    let mut due: BTreeMap<&str, (Timestamp, usize, String)> = BTreeMap::new();
+    for d in &g.datasets {
+        let users = std::iter::once((d.key.as_str(), d.name.clone()))
+            .chain(d.copies.iter().map(|c| (c.key.as_str(), format!("{} {}", d.name, c.id))));
+        for (key, who) in users {
+            if let Some(at) = g.keys.get(key).and_then(|k| k.destroy_after).filter(|t| *t <= end) {
+                due.entry(key).or_insert((at, 0, who)).1 += 1;
+            }
+        }
+    }
+    for (key, (at, n, first)) in due {
+        out.push(Finding {
+            code: "destruction-within-horizon",
+            subject: key.to_string(),
+            detail: format!(
+                "it is due for destruction on {}, within the {days}-day horizon, and {n} dataset{} or cop{} still need it (e.g. {first}): they are lost then unless `custos key cancel-destroy`",
+                at.strftime("%Y-%m-%d %H:%M UTC"),
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "y" } else { "ies" },
+            ),
+        });
+    }
+    out
 }
 
 /// The recoverability audit: every backup and snapshot, and the findings.
@@ -669,6 +769,9 @@ fn render_audit(r: &Report) -> String {
             None => format!("NOT decryptable: {}", c.why.clone().unwrap_or_default()),
         };
         let _ = writeln!(out, "  {} {} ({}, key {}): {how}", c.dataset, c.copy, c.kind.as_str(), c.key);
+    }
+    if let Some(d) = r.horizon_days {
+        let _ = writeln!(out, "Looked {d} days ahead: retention rules and keys falling due were weighed against it.");
     }
     if r.findings.is_empty() {
         let _ = writeln!(out, "\nFindings: none");

@@ -623,3 +623,62 @@ fn a_principal_who_can_destroy_every_copy_alone_is_named() {
     v.set_dual_control("key-destroy").unwrap();
     assert_eq!(named(&v).keys().collect::<Vec<_>>(), ["ops"]);
 }
+
+/// Looking ahead (`--horizon`): a rule keeping only the last copy leaves
+/// nothing good to restore when a bad write is noticed weeks later, and a
+/// key due for destruction before then loses the copy that needs it;
+/// dailies that reach past the horizon, or a snapshot, are not flagged.
+#[test]
+fn a_horizon_names_short_retention_and_keys_falling_due() {
+    use custos_core::model::CopyMethod;
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault_at_a(dir.path());
+    let off = vol(&v, dir.path(), "off-b", "B", Medium::Disk);
+    for n in ["SHORT.DATA", "SNAP.DATA", "LONG.DATA"] {
+        v.put(&DatasetName::new(n).unwrap(), &mut &[2u8; 10_000][..], &Default::default()).unwrap();
+    }
+    v.snapshot_create(&DatasetName::new("SNAP.DATA").unwrap()).unwrap();
+    let rule = |name: &str, pattern: &str, retention: custos_core::Retention| {
+        v.hsm_rule_add(&custos_core::NewHsmRule {
+            name: name.into(),
+            pattern: Pattern::new(pattern).unwrap(),
+            method: CopyMethod::Logical,
+            backup_to: Some(off.clone()),
+            retention,
+            migrate_after_days: None,
+            migrate_to: None,
+        })
+        .unwrap();
+    };
+    rule("short", "S*.**", custos_core::Retention { last: 1, ..Default::default() });
+    rule("long", "LONG.**", custos_core::Retention { last: 1, daily: 120, ..Default::default() });
+    v.hsm_run(jiff::Timestamp::now(), false).unwrap();
+    let back = v.backups(Some(&Pattern::new("LONG.**").unwrap())).unwrap().remove(0).key_label;
+    v.key_action(&back, custos_core::model::KeyAction::Deactivate, false).unwrap();
+    v.schedule_destroy(&back, jiff::SignedDuration::from_hours(24 * 8), true).unwrap();
+
+    let g = build::checked_graph(&v, None).unwrap();
+    let codes = |h: Option<i64>| -> Vec<(String, String, String)> {
+        report::report_ahead(&g, false, jiff::Timestamp::now(), h.map(|d| jiff::SignedDuration::from_hours(24 * d)))
+            .findings
+            .into_iter()
+            .filter(|f| f.code.contains("horizon"))
+            .map(|f| (f.code.to_string(), f.subject, f.detail))
+            .collect()
+    };
+    assert!(codes(None).is_empty());
+    let f = codes(Some(90));
+    assert_eq!(f.len(), 2, "{f:#?}");
+    assert_eq!((f[0].0.as_str(), f[0].1.as_str()), ("retention-shorter-than-horizon", "hsm rule short"));
+    assert!(
+        f[0].2.contains("about 1 day ") && f[0].2.contains("1 dataset") && f[0].2.contains("SHORT.DATA"),
+        "{}",
+        f[0].2
+    );
+    assert!(!f[0].2.contains("SNAP.DATA"), "a snapshot pins a good state: {}", f[0].2);
+    assert_eq!((f[1].0.as_str(), f[1].1.as_str()), ("destruction-within-horizon", back.as_str()));
+    assert!(f[1].2.contains("LONG.DATA backup") && f[1].2.contains("cancel-destroy"), "{}", f[1].2);
+    // A week ahead: the key is not due yet, and one kept copy reaches back a day.
+    let f = codes(Some(7));
+    assert_eq!(f.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["retention-shorter-than-horizon"]);
+}

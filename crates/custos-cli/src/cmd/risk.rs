@@ -8,9 +8,13 @@ use crate::args::RiskCmd;
 
 pub fn plan(c: &RiskCmd) -> anyhow::Result<Plan> {
     Ok(match c {
-        RiskCmd::Report { pattern: p, dual, format, output } => Plan {
+        RiskCmd::Report { pattern: p, dual, horizon, format, output } => Plan {
             show: Show::Report { format: *format, output: output.clone() },
-            ..Plan::new(Operation::RiskReport { pattern: pattern(p.as_deref())?, dual: *dual })
+            ..Plan::new(Operation::RiskReport {
+                pattern: pattern(p.as_deref())?,
+                dual: *dual,
+                horizon: horizon.clone(),
+            })
         },
         RiskCmd::Drill { pattern: p, threat, all, dual, share, key, scratch } => {
             let threats = match (threat, all) {
