@@ -648,6 +648,54 @@ fn vault_on_a_pkcs11_token() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("CUSTOS_PKCS11_PIN"));
 }
 
+/// Drills on a vault whose master keys are on a PKCS#11 token (SoftHSM2):
+/// the clones use the live token through a guard, so every cell is
+/// drilled and agrees with the model, losing the token (master key or HSM
+/// loss) is lost whatever the vault backups (they do not hold a token's
+/// keys), and afterwards the live vault, its token and its audit log are
+/// as they were.
+#[test]
+fn drills_on_a_pkcs11_vault_leave_the_token_alone() {
+    let e = Env::new_pkcs11();
+    let off = e.dir.path().join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B"]);
+    let (a, r) = (data(150_000, 41), data(90_000, 42));
+    e.ok(&["ds", "put", "TOK.LOGICAL", Env::s(&e.file("a", &a))]);
+    e.ok(&["ds", "put", "TOK.RAW", Env::s(&e.file("r", &r))]);
+    e.ok(&["backup", "run", "TOK.LOGICAL", "--to", "offsite"]);
+    e.ok(&["backup", "run", "TOK.RAW", "--method", "raw", "--to", "offsite"]);
+    e.ok(&["keystore", "backup", "--to", "offsite"]);
+    e.ok(&["vault", "backup", "--to", "offsite"]);
+    let mk_before = e.json(&["mk", "status"]);
+    let audit_before = e.json(&["audit", "ls"]).as_array().unwrap().len();
+    let o = e.cmd(&["risk", "drill", "--all", "--dual", "--json"]).output().unwrap();
+    let cells: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+    let cells = cells.as_array().unwrap();
+    assert_eq!(cells.len(), 2 * 55, "every threat and pair for both datasets");
+    let bad: Vec<_> = cells.iter().filter(|c| c["agrees"] != true).collect();
+    assert!(bad.is_empty(), "{} cells: {bad:#?}", bad.len());
+    assert_eq!(o.status.code(), Some(0));
+    let cell = |ds: &str, t: &[&str]| {
+        cells.iter().find(|c| c["dataset"] == ds && c["threats"] == serde_json::json!(t)).unwrap().clone()
+    };
+    for t in ["master-key-loss", "hsm-loss"] {
+        let c = cell("TOK.LOGICAL", &[t]);
+        assert!(c["proven"] == false && c["modeled"]["why"].as_str().unwrap().contains("PKCS#11 token"), "{c:#}");
+    }
+    assert_eq!(cell("TOK.LOGICAL", &["catalog-loss"])["proven"], true, "back from the vault backup, through the token");
+    assert_eq!(cell("TOK.LOGICAL", &["data-key-loss"])["proven"], true);
+    assert_eq!(cell("TOK.RAW", &["disk-failure", "data-key-loss"])["proven"], true, "the keystore backup");
+    // The live vault: same master keys, its audit log intact (the clones'
+    // entries never moved the token's anchor), its data readable.
+    assert_eq!(e.json(&["mk", "status"]), mk_before);
+    let verdict = e.ok(&["audit", "verify"]);
+    assert!(verdict.contains("audit log intact"), "{verdict}");
+    assert!(e.json(&["audit", "ls"]).as_array().unwrap().len() > audit_before);
+    assert_eq!(e.run(&["ds", "get", "TOK.LOGICAL"]).stdout, a);
+    assert_eq!(e.run(&["ds", "get", "TOK.RAW"]).stdout, r);
+}
+
 #[test]
 fn backups_raw_without_a_passphrase_and_logical_that_outlives_the_key() {
     let e = Env::new();

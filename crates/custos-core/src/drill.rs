@@ -10,7 +10,7 @@ use custos_hsm::SoftHsm;
 use custos_model::{KeyLabel, Medium, VolumeName};
 
 use crate::softhome::SoftHome;
-use crate::vault::{HsmKind, Sealed, Vault, VaultState, DB_FILE, HSM_FILE};
+use crate::vault::{HsmKind, Open, Sealed, Vault, VaultState, DB_FILE, HSM_FILE};
 use crate::{Error, Result};
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -44,16 +44,12 @@ impl<S: VaultState> Vault<S> {
     /// vault directory in `dest/vault` (a consistent copy of the catalog,
     /// the software HSM file, and the volumes kept inside the directory, at
     /// the same relative place), and every other volume in
-    /// `dest/volumes/<name>`, the catalog pointed at the copies. Refused for
-    /// a PKCS#11 vault (a clone would share the token, and a drill would
-    /// destroy its keys) and for volumes on S3. Returns the clone, sealed.
+    /// `dest/volumes/<name>`, the catalog pointed at the copies. A PKCS#11
+    /// vault's clone has no HSM of its own: it is opened through the live
+    /// vault's token, guarded ([`Vault::drill_token_guard`]), so nothing
+    /// done to it reaches the token. Refused for volumes on S3. Returns the
+    /// clone, sealed.
     pub fn clone_to(&self, dest: &Path) -> Result<Vault<Sealed>> {
-        if self.hsm_kind()? != HsmKind::Soft {
-            return Err(Error::Invalid {
-                what: "clone",
-                why: "this vault's master keys are on a PKCS#11 token, which a clone would share: drill a software-HSM copy".into(),
-            });
-        }
         let vols = self.volumes()?;
         if let Some(v) = vols.iter().find(|v| v.location.contains("://")) {
             return Err(Error::Invalid {
@@ -65,7 +61,8 @@ impl<S: VaultState> Vault<S> {
         std::fs::create_dir_all(&vault_dir).map_err(io(&vault_dir))?;
         self.repo.copy_to(&vault_dir.join(DB_FILE))?;
         // A software HSM the catalog keeps came along in its copy.
-        if let SoftHome::File(p) = self.soft_home()? {
+        let soft = self.hsm_kind()? == HsmKind::Soft;
+        if let (true, SoftHome::File(p)) = (soft, self.soft_home()?) {
             std::fs::copy(&p, vault_dir.join(HSM_FILE)).map_err(io(&self.dir))?;
         }
         let clone = Vault::open(&vault_dir)?;
@@ -168,5 +165,180 @@ impl Vault<Sealed> {
         home.remove()?;
         SoftHsm::create_in(home.store(), passphrase, KdfParams::MINIMUM)?;
         Ok(())
+    }
+}
+
+/// A PKCS#11 token as a drill's clones use it: every key operation goes to
+/// the token (whose master keys a clone cannot copy), and nothing a clone
+/// does changes the token. The audit anchor a clone moves is kept here, as
+/// it stood when the guard was made; loading or activating master keys and
+/// making or rotating catalog keys are refused (no drill does them on a
+/// token).
+#[derive(Clone)]
+pub struct TokenGuard {
+    token: std::sync::Arc<dyn custos_hsm::Hsm>,
+    /// Shared by every clone of the guard (one drill's clones).
+    anchor: std::sync::Arc<std::sync::Mutex<Option<custos_hsm::AuditAnchor>>>,
+}
+
+impl TokenGuard {
+    fn refuse(&self, what: &str) -> custos_hsm::HsmError {
+        custos_hsm::HsmError::Pkcs11Config(format!(
+            "a drill does not {what} on the token {}: its clones use the token as it is",
+            self.token.describe()
+        ))
+    }
+}
+
+impl custos_hsm::Hsm for TokenGuard {
+    fn describe(&self) -> String {
+        format!("{} (guarded for a drill)", self.token.describe())
+    }
+    fn registers(&self) -> std::result::Result<Vec<custos_hsm::RegisterInfo>, custos_hsm::HsmError> {
+        self.token.registers()
+    }
+    fn generate_key(&self) -> std::result::Result<custos_hsm::WrappedKey, custos_hsm::HsmError> {
+        self.token.generate_key()
+    }
+    fn wrap_key(
+        &self,
+        key: &custos_crypto::DataKey,
+    ) -> std::result::Result<custos_hsm::WrappedKey, custos_hsm::HsmError> {
+        self.token.wrap_key(key)
+    }
+    fn unwrap_key(
+        &self,
+        mkvp: &custos_crypto::Mkvp,
+        wrapped: &[u8],
+    ) -> std::result::Result<custos_crypto::DataKey, custos_hsm::HsmError> {
+        self.token.unwrap_key(mkvp, wrapped)
+    }
+    fn rewrap_key(
+        &self,
+        mkvp: &custos_crypto::Mkvp,
+        wrapped: &[u8],
+    ) -> std::result::Result<custos_hsm::WrappedKey, custos_hsm::HsmError> {
+        self.token.rewrap_key(mkvp, wrapped)
+    }
+    fn load_new(
+        &self,
+        _: custos_hsm::NewMasterKey,
+        _: Option<custos_crypto::Mkvp>,
+    ) -> std::result::Result<custos_crypto::Mkvp, custos_hsm::HsmError> {
+        Err(self.refuse("load a master key"))
+    }
+    fn clear_new(&self) -> std::result::Result<(), custos_hsm::HsmError> {
+        Err(self.refuse("clear a master key register"))
+    }
+    fn activate(&self) -> std::result::Result<(), custos_hsm::HsmError> {
+        Err(self.refuse("activate a master key"))
+    }
+    fn anchor(&self) -> std::result::Result<Option<custos_hsm::AuditAnchor>, custos_hsm::HsmError> {
+        Ok(*self.anchor.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    fn set_anchor(
+        &self,
+        anchor: &custos_hsm::AuditAnchor,
+        force: bool,
+    ) -> std::result::Result<(), custos_hsm::HsmError> {
+        let mut a = self.anchor.lock().unwrap_or_else(|p| p.into_inner());
+        if force || a.as_ref().is_none_or(|x| x.seq < anchor.seq) {
+            *a = Some(*anchor);
+        }
+        Ok(())
+    }
+    fn catalog_key_state(&self) -> std::result::Result<custos_hsm::CatalogKeyState, custos_hsm::HsmError> {
+        self.token.catalog_key_state()
+    }
+    fn make_catalog_key(&self) -> std::result::Result<(), custos_hsm::HsmError> {
+        match self.token.catalog_key_state()? {
+            custos_hsm::CatalogKeyState::None => Err(self.refuse("make a catalog key")),
+            _ => Ok(()),
+        }
+    }
+    fn catalog_key_sealed(&self) -> std::result::Result<(), custos_hsm::HsmError> {
+        match self.token.catalog_key_state()? {
+            custos_hsm::CatalogKeyState::Sealed => Ok(()),
+            _ => Err(self.refuse("mark the catalog sealed")),
+        }
+    }
+    fn catalog_mac(&self, msg: &[u8]) -> std::result::Result<[u8; 32], custos_hsm::HsmError> {
+        self.token.catalog_mac(msg)
+    }
+    fn begin_catalog_rotation(&self) -> std::result::Result<(), custos_hsm::HsmError> {
+        Err(self.refuse("rotate the catalog key"))
+    }
+    fn catalog_rotation_pending(&self) -> std::result::Result<bool, custos_hsm::HsmError> {
+        self.token.catalog_rotation_pending()
+    }
+    fn catalog_mac_next(&self, msg: &[u8]) -> std::result::Result<Option<[u8; 32]>, custos_hsm::HsmError> {
+        self.token.catalog_mac_next(msg)
+    }
+    fn finish_catalog_rotation(&self) -> std::result::Result<(), custos_hsm::HsmError> {
+        Err(self.refuse("finish a catalog key rotation"))
+    }
+    fn refresh_catalog_keys(&self) -> std::result::Result<(), custos_hsm::HsmError> {
+        self.token.refresh_catalog_keys()
+    }
+}
+
+impl Vault<Open> {
+    /// This vault's HSM guarded for a drill's clones, when it is a PKCS#11
+    /// token (`None` for the software HSM, whose file each clone copies).
+    pub fn drill_token_guard(&self) -> Result<Option<TokenGuard>> {
+        if self.hsm_kind()? == HsmKind::Soft {
+            return Ok(None);
+        }
+        let token = self.state.hsm.clone();
+        let anchor = std::sync::Arc::new(std::sync::Mutex::new(token.anchor()?));
+        Ok(Some(TokenGuard { token, anchor }))
+    }
+}
+
+impl Vault<Sealed> {
+    /// Open a drill's clone of a PKCS#11 vault through `guard`, its
+    /// catalog authenticated under the token's catalog key as the live
+    /// vault's is.
+    pub fn open_guarded(self, guard: &TokenGuard) -> Result<Vault<Open>> {
+        if self.hsm_kind()? == HsmKind::Soft {
+            return Err(Error::Invalid {
+                what: "drill",
+                why: "this clone uses the software HSM: open it with its passphrase".into(),
+            });
+        }
+        let v = self.with_hsm(Box::new(guard.clone()));
+        v.arm_catalog()?;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use custos_hsm::{AuditAnchor, Hsm, NewMasterKey};
+
+    use super::*;
+
+    /// What a drill's clone does through the guard never reaches the token:
+    /// the anchor it moves stays in the guard, master key and catalog key
+    /// changes are refused; key operations are the token's.
+    #[test]
+    fn a_token_guard_keeps_the_token_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = Passphrase::from("guarded token passphrase".to_string());
+        let token: Arc<dyn Hsm> =
+            Arc::new(SoftHsm::create(&dir.path().join("hsm"), &pass, KdfParams::MINIMUM).unwrap());
+        token.set_anchor(&AuditAnchor { seq: 4, head: [4; 32] }, false).unwrap();
+        let guard = TokenGuard { token: token.clone(), anchor: Arc::new(Mutex::new(token.anchor().unwrap())) };
+        guard.set_anchor(&AuditAnchor { seq: 9, head: [9; 32] }, false).unwrap();
+        assert_eq!(guard.anchor().unwrap().map(|a| a.seq), Some(9));
+        assert_eq!(token.anchor().unwrap().map(|a| a.seq), Some(4), "the token's anchor did not move");
+        let registers = token.registers().unwrap().len();
+        assert!(guard.load_new(NewMasterKey::Generate, None).is_err());
+        assert!(guard.activate().is_err() && guard.begin_catalog_rotation().is_err());
+        assert_eq!(token.registers().unwrap().len(), registers);
+        let w = guard.generate_key().unwrap();
+        assert!(token.unwrap_key(&w.mkvp, &w.bytes).is_ok(), "keys are the token's");
     }
 }

@@ -16,6 +16,7 @@ mod backup;
 mod catalog;
 mod datasets;
 mod drill;
+pub use drill::TokenGuard;
 mod error;
 mod escrow;
 mod export;

@@ -66,6 +66,9 @@ pub enum RecoverWith<'a> {
         /// The module on this machine, when not where the lost one had it.
         module: Option<PathBuf>,
     },
+    /// A drill's recovery of a PKCS#11 vault: the live vault's token,
+    /// through a guard that keeps it unchanged.
+    Guarded(&'a crate::drill::TokenGuard),
 }
 
 /// A vault backup written (`custos vault backup`).
@@ -456,7 +459,9 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
     let parsed = parse(&bytes)?;
     let h = &parsed.header;
     match (h.hsm.as_str(), &with) {
-        ("soft", RecoverWith::Passphrase(_)) | ("pkcs11", RecoverWith::Pkcs11 { .. }) => {}
+        ("soft", RecoverWith::Passphrase(_))
+        | ("pkcs11", RecoverWith::Pkcs11 { .. })
+        | ("pkcs11", RecoverWith::Guarded(_)) => {}
         ("soft", _) => {
             return Err(Error::Invalid {
                 what: "recovery",
@@ -512,22 +517,28 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                 v.audit_arm(false)?;
                 Ok(v)
             }
-            RecoverWith::Pkcs11 { pin, module } => {
-                let token = h.pkcs11_token.clone().ok_or_else(|| bad("its header names no PKCS#11 token"))?;
-                let module = match module {
-                    Some(m) => m,
-                    None => {
-                        PathBuf::from(h.pkcs11_module.clone().ok_or_else(|| bad("its header names no PKCS#11 module"))?)
+            RecoverWith::Pkcs11 { .. } | RecoverWith::Guarded(_) => {
+                let (hsm, module): (Box<dyn custos_hsm::Hsm>, Option<PathBuf>) = match with {
+                    RecoverWith::Pkcs11 { pin, module } => {
+                        let token = h.pkcs11_token.clone().ok_or_else(|| bad("its header names no PKCS#11 token"))?;
+                        let module = match module {
+                            Some(m) => m,
+                            None => PathBuf::from(
+                                h.pkcs11_module.clone().ok_or_else(|| bad("its header names no PKCS#11 module"))?,
+                            ),
+                        };
+                        let cfg = custos_hsm::Pkcs11Config { module: module.clone(), token, pin };
+                        (Box::new(custos_hsm::Pkcs11Hsm::open(&cfg)?), Some(module))
                     }
+                    RecoverWith::Guarded(g) => (Box::new(g.clone()), None),
+                    RecoverWith::Passphrase(_) => unreachable!("matched above"),
                 };
-                let hsm =
-                    custos_hsm::Pkcs11Hsm::open(&custos_hsm::Pkcs11Config { module: module.clone(), token, pin })?;
-                let key = backup_key(h, &hsm)?;
+                let key = backup_key(h, hsm.as_ref())?;
                 let catalog = open_catalog(&parsed, &key)?;
                 write(DB_FILE, &catalog)?;
                 let v = Vault::open(dir)?;
                 check_id(&v)?;
-                let v = v.with_hsm(Box::new(hsm));
+                let v = v.with_hsm(hsm);
                 // The backup's seal (under a key only the token unwraps)
                 // vouches for every row: seal them under the token's
                 // catalog key as it is now.
@@ -535,7 +546,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                 let head = v.repo.audit_head()?.map_or(0, |a| a.seq);
                 anchor_was = v.state.hsm.anchor()?.map(|a| a.seq).filter(|s| *s > head);
                 v.audit_arm(true)?;
-                if h.pkcs11_module.as_deref() != Some(&*module.display().to_string()) {
+                if let Some(module) = module.filter(|m| h.pkcs11_module.as_deref() != Some(&*m.display().to_string())) {
                     v.repo.set_setting("hsm.pkcs11.module", &module.display().to_string())?;
                 }
                 Ok(v)

@@ -112,6 +112,10 @@ fn build_rest<S: VaultState>(
     g.dual_control = v.dual_control()?;
     g.destroy_min_wait = Some(v.destroy_min_wait()?);
     g.hsm_rules = v.hsm_rules()?;
+    g.hsm_token = match v.hsm_kind()? {
+        custos_core::HsmKind::Pkcs11 { token, .. } => Some(token),
+        custos_core::HsmKind::Soft => None,
+    };
     g.vault_backups = v
         .vault_backups()?
         .into_iter()

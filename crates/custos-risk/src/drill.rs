@@ -38,7 +38,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use custos_core::model::{DatasetName, KeyAction, KeyLabel, KeyState, Pattern, PolicyTarget, Purpose};
-use custos_core::{NewKey, NewPolicy, Open, Passphrase, RecoverWith, ShareFile, Vault};
+use custos_core::{HsmKind, NewKey, NewPolicy, Open, Passphrase, RecoverWith, ShareFile, TokenGuard, Vault};
 use serde::Serialize;
 
 use crate::build;
@@ -92,8 +92,45 @@ fn content(v: &Vault<Open>, name: &DatasetName) -> std::result::Result<[u8; 32],
     v.get(name, &mut h, None).map(|_| *h.0.finalize().as_bytes()).map_err(|e| e.to_string())
 }
 
-fn open(dir: &Path, pass: &Passphrase) -> Result<Vault<Open>> {
-    Ok(Vault::open(dir)?.unseal(pass)?)
+/// How the drill opens its clones: a software HSM file in each, with the
+/// passphrase; or, for a vault on a PKCS#11 token, the live vault's token
+/// through a guard that keeps it unchanged. `token_lost`: the cell's
+/// threats took the token, so no clone of it opens, and nothing recovered
+/// from a vault backup does either (the token is not in one).
+#[derive(Clone)]
+struct Opener<'a> {
+    pass: &'a Passphrase,
+    guard: Option<TokenGuard>,
+    token_lost: bool,
+}
+
+impl Opener<'_> {
+    fn open(&self, dir: &Path) -> Result<Vault<Open>> {
+        let v = Vault::open(dir)?;
+        if v.hsm_kind()? == HsmKind::Soft {
+            return Ok(v.unseal(self.pass)?);
+        }
+        match &self.guard {
+            Some(_) if self.token_lost => {
+                Err(RiskError::Drill("the PKCS#11 token is lost, and its master keys with it".into()))
+            }
+            Some(g) => Ok(v.open_guarded(g)?),
+            None => {
+                Err(RiskError::Drill("this clone's master keys are on a PKCS#11 token the drill was not given".into()))
+            }
+        }
+    }
+
+    /// How `vault recover` opens a vault backup in this drill.
+    fn recover_with(&self) -> std::result::Result<RecoverWith<'_>, String> {
+        match &self.guard {
+            None => Ok(RecoverWith::Passphrase(self.pass)),
+            Some(_) if self.token_lost => {
+                Err("the PKCS#11 token is lost: a vault backup does not hold its master keys".into())
+            }
+            Some(g) => Ok(RecoverWith::Guarded(g)),
+        }
+    }
 }
 
 fn drill_err(e: impl std::fmt::Display) -> RiskError {
@@ -160,6 +197,7 @@ impl Layout {
 pub fn drill(v: &Vault<Open>, opts: &DrillOptions) -> Result<Vec<DrillCell>> {
     let g = build::checked_graph(v, opts.pattern.as_ref())?;
     let layout = Layout::read(v)?;
+    let opener = Opener { pass: &opts.passphrase, guard: v.drill_token_guard()?, token_lost: false };
     std::fs::create_dir_all(&opts.scratch).map_err(|e| {
         RiskError::Drill(format!("cannot create the scratch directory {}: {e}", opts.scratch.display()))
     })?;
@@ -170,7 +208,7 @@ pub fn drill(v: &Vault<Open>, opts: &DrillOptions) -> Result<Vec<DrillCell>> {
     // recovered in this clone first: what it holds once its key is back is
     // what the drill must get back (its chunks' tags vouch for the bytes).
     let expected: BTreeMap<String, std::result::Result<[u8; 32], String>> = {
-        let c = open(&base.join("vault"), &opts.passphrase)?;
+        let c = opener.open(&base.join("vault"))?;
         g.datasets
             .iter()
             .map(|d| {
@@ -228,7 +266,7 @@ pub fn drill(v: &Vault<Open>, opts: &DrillOptions) -> Result<Vec<DrillCell>> {
             let root = opts.scratch.join(format!("drill-{n}"));
             let res = v.clone_to(&root).map_err(RiskError::from).and_then(|_| {
                 let names: Vec<&str> = todo.iter().map(|(d, _)| d.name.as_str()).collect();
-                run_one(&layout, &root, &names, set, opts, &expected)
+                run_one(&layout, &root, &names, set, opts, &opener, &expected)
             });
             let _ = std::fs::remove_dir_all(&root);
             match res {
@@ -293,12 +331,13 @@ fn run_one(
     names: &[&str],
     set: &[Threat],
     opts: &DrillOptions,
+    opener: &Opener<'_>,
     expected: &BTreeMap<String, std::result::Result<[u8; 32], String>>,
 ) -> Result<Vec<(bool, String)>> {
     let names: Vec<DatasetName> =
         names.iter().map(|n| DatasetName::new(*n)).collect::<std::result::Result<_, _>>().map_err(drill_err)?;
-    strike(layout, root, &names, set, &opts.passphrase)?;
-    let (c, opened) = match reopen(layout, root, &opts.passphrase, &opts.shares) {
+    let opener = &strike(layout, root, &names, set, opener)?;
+    let (c, opened) = match reopen(layout, root, opener, &opts.shares) {
         Ok(x) => x,
         Err(why) => return Ok(names.iter().map(|_| (false, why.clone())).collect()),
     };
@@ -320,7 +359,7 @@ fn run_one(
             how = format!("{o}; {how}");
         } else if !proven {
             let s = side.get_or_insert_with(|| {
-                recover_vault(layout, root, &root.join("vault-from-backup"), &root.join("vault"), &opts.passphrase)
+                recover_vault(layout, root, &root.join("vault-from-backup"), &root.join("vault"), opener)
             });
             match s {
                 Ok((sv, via)) => {
@@ -336,13 +375,22 @@ fn run_one(
     Ok(out)
 }
 
-/// Destroy what `set` destroys for the datasets `names`.
-fn strike(layout: &Layout, root: &Path, names: &[DatasetName], set: &[Threat], pass: &Passphrase) -> Result<()> {
+/// Destroy what `set` destroys for the datasets `names`; how the clone
+/// opens afterwards (a lost token opens nothing).
+fn strike<'a>(
+    layout: &Layout,
+    root: &Path,
+    names: &[DatasetName],
+    set: &[Threat],
+    opener: &Opener<'a>,
+) -> Result<Opener<'a>> {
+    let pass = opener.pass;
+    let mut after = opener.clone();
     let vault_dir = root.join("vault");
     let volumes: BTreeSet<&str> =
         names.iter().filter_map(|n| layout.datasets.get(n.as_str()).map(|(v, _)| v.as_str())).collect();
     {
-        let c = open(&vault_dir, pass)?;
+        let c = opener.open(&vault_dir)?;
         // Through the access method first, while the vault is whole.
         if set.contains(&Threat::FileCorruption) {
             for n in names {
@@ -391,11 +439,16 @@ fn strike(layout: &Layout, root: &Path, names: &[DatasetName], set: &[Threat], p
     if set.contains(&Threat::KeystoreLoss) {
         Vault::open(&vault_dir)?.drill_erase_keystore()?;
     }
-    if set.contains(&Threat::MasterKeyLoss) {
-        Vault::open(&vault_dir)?.drill_lose_master_keys(pass)?;
-    }
-    if set.contains(&Threat::HsmLoss) {
-        Vault::open(&vault_dir)?.drill_lose_hsm()?;
+    // On a token, both take it (the live token is never touched: the
+    // clone just cannot have it).
+    if set.contains(&Threat::MasterKeyLoss) || set.contains(&Threat::HsmLoss) {
+        if opener.guard.is_some() {
+            after.token_lost = true;
+        } else if set.contains(&Threat::HsmLoss) {
+            Vault::open(&vault_dir)?.drill_lose_hsm()?;
+        } else {
+            Vault::open(&vault_dir)?.drill_lose_master_keys(pass)?;
+        }
     }
     if set.contains(&Threat::CatalogLoss) {
         Vault::open(&vault_dir)?.drill_lose_catalog()?;
@@ -423,7 +476,7 @@ fn strike(layout: &Layout, root: &Path, names: &[DatasetName], set: &[Threat], p
             _ => {}
         }
     }
-    Ok(())
+    Ok(after)
 }
 
 /// Flip bytes in every object file under a volume's directory (its label
@@ -452,11 +505,12 @@ fn corrupt_tree(dir: &Path) -> Result<()> {
 fn reopen(
     layout: &Layout,
     root: &Path,
-    pass: &Passphrase,
+    opener: &Opener<'_>,
     shares: &[ShareFile],
 ) -> std::result::Result<(Vault<Open>, Option<String>), String> {
+    let pass = opener.pass;
     let vault_dir = root.join("vault");
-    let first = match open(&vault_dir, pass) {
+    let first = match opener.open(&vault_dir) {
         Ok(v) => return Ok((v, None)),
         Err(e) => e.to_string(),
     };
@@ -465,7 +519,7 @@ fn reopen(
         return custos_core::rebuild(&vault_dir, pass, custos_core::KdfParams::MINIMUM, shares, "drill")
             .map_err(|e| format!("the vault would not open ({first}), no vault backup survives, and `vault rebuild` with the shares failed: {e}"))
             .and_then(|r| {
-                let v = open(&vault_dir, pass).map_err(|e| format!("the rebuilt vault would not open: {e}"))?;
+                let v = opener.open(&vault_dir).map_err(|e| format!("the rebuilt vault would not open: {e}"))?;
                 Ok((v, Some(format!("the vault rebuilt with a new HSM ({} keys back from escrow)", r.recovered.len()))))
             });
     }
@@ -473,7 +527,7 @@ fn reopen(
         std::fs::rename(&vault_dir, root.join("vault.lost"))
             .map_err(|e| format!("cannot move the damaged vault aside: {e}"))?;
     }
-    let (v, how) = recover_vault(layout, root, &vault_dir, &root.join("vault.lost"), pass)
+    let (v, how) = recover_vault(layout, root, &vault_dir, &root.join("vault.lost"), opener)
         .map_err(|e| format!("the vault would not open ({first}), and {e}"))?;
     Ok((v, Some(how)))
 }
@@ -507,16 +561,16 @@ fn recover_vault(
     root: &Path,
     into: &Path,
     inner_home: &Path,
-    pass: &Passphrase,
+    opener: &Opener<'_>,
 ) -> std::result::Result<(Vault<Open>, String), String> {
     let Some((id, vol, dir)) = newest_vault_backup(layout, root) else {
         return Err("no vault backup survives on any volume".into());
     };
     let failed =
         |e: &dyn std::fmt::Display| format!("recovering the vault from vault backup {id} on {vol} failed: {e}");
-    custos_core::recover(into, &dir.display().to_string(), RecoverWith::Passphrase(pass), "drill")
+    custos_core::recover(into, &dir.display().to_string(), opener.recover_with().map_err(|e| failed(&e))?, "drill")
         .map_err(|e| failed(&e))?;
-    let v = open(into, pass).map_err(|e| failed(&e))?;
+    let v = opener.open(into).map_err(|e| failed(&e))?;
     for r in v.volumes().map_err(|e| failed(&e))? {
         let inner = Path::new(&r.location).is_relative();
         let to = if inner { inner_home.join(&r.location) } else { root.join("volumes").join(r.name.as_str()) };

@@ -270,6 +270,9 @@ pub struct Graph {
     /// The storage-management rules `hsm run` applies (copies, retention).
     #[serde(skip)]
     pub hsm_rules: Vec<custos_core::model::HsmRule>,
+    /// The PKCS#11 token holding the master keys, for a vault on one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsm_token: Option<String>,
 }
 
 /// How a key is reached after the threats.
@@ -576,6 +579,18 @@ fn key_path(g: &Graph, dmg: &Damage<'_>, label: &str, as_of: Option<Timestamp>) 
 
 /// Evaluate one dataset under a set of threats striking together.
 pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
+    // A token's master keys are in no vault backup, and `vault rebuild`
+    // (a new HSM, keys back from escrow) is for the software HSM: losing
+    // the token is beyond what Custos can undo.
+    if let Some(token) = &g.hsm_token {
+        if threats.iter().any(|t| matches!(t, Threat::MasterKeyLoss | Threat::HsmLoss)) {
+            return Verdict::Lost {
+                why: format!(
+                    "the master keys are on the PKCS#11 token {token}: no vault backup holds them and `vault rebuild` is for the software HSM, so only the token's own backup (its vendor's tools) brings them back"
+                ),
+            };
+        }
+    }
     let dmg = damage(g, d, threats);
     let newest = g.vault_backups.iter().filter(|b| readable(g, &dmg, &b.volume)).max_by_key(|b| (b.created_at, &b.id));
     // With the vault directory gone, everything rests on the newest vault
