@@ -377,7 +377,7 @@ pub enum RiskCmd {
         pattern: Option<String>,
         /// One threat (file-corruption, malicious-corruption,
         /// accidental-deletion, disk-failure, site-loss, data-key-loss,
-        /// master-key-loss, keystore-loss).
+        /// master-key-loss, keystore-loss, catalog-loss, hsm-loss).
         #[arg(long, conflicts_with = "all")]
         threat: Option<String>,
         /// Every threat.
