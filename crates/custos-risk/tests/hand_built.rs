@@ -10,6 +10,8 @@
 //! keystore, the catalog or the HSM loses everything: the hand-written
 //! expectations say so case by case rather than assume it.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -371,18 +373,7 @@ fn rotted_logical_copy_found_by_verify() {
     put(&w, "APP.DATA", &w.disk_a);
     logical(&w, "APP.DATA", &w.disk_b, None);
     raw(&w, "APP.DATA", &w.tape_b);
-    let mut rotted = 0;
-    for sub in std::fs::read_dir(dir.path().join("disk-b").join("chunks")).unwrap() {
-        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            let mut b = std::fs::read(&p).unwrap();
-            let mid = b.len() / 2;
-            b[mid] ^= 0x10;
-            std::fs::write(&p, b).unwrap();
-            rotted += 1;
-        }
-    }
-    assert!(rotted > 0);
+    common::rot_chunks(&dir.path().join("disk-b"));
     for b in w.v.backups(None).unwrap() {
         let _ = w.v.verify_backup(&b, true);
     }

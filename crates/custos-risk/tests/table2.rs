@@ -1,6 +1,8 @@
 //! The paper's Table 2, computed from a real vault protected in its five
 //! ways, and proven cell by cell by drills.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -217,18 +219,7 @@ fn dual_events_are_modeled_and_proven() {
 fn a_drill_catches_the_model_when_reality_differs() {
     let dir = tempfile::tempdir().unwrap();
     let v = paper_vault(dir.path());
-    let mut rotted = 0;
-    for sub in std::fs::read_dir(dir.path().join("disk-b").join("chunks")).unwrap() {
-        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            let mut b = std::fs::read(&p).unwrap();
-            let mid = b.len() / 2;
-            b[mid] ^= 1;
-            std::fs::write(&p, b).unwrap();
-            rotted += 1;
-        }
-    }
-    assert!(rotted > 0);
+    common::rot_chunks(&dir.path().join("disk-b"));
     let opts = DrillOptions {
         pattern: Some(Pattern::new("AMDISK.**").unwrap()),
         sets: vec![vec![Threat::DataKeyLoss]],

@@ -1,0 +1,20 @@
+//! Helpers the risk tests share.
+
+use std::path::Path;
+
+/// Rot every chunk on the volume at `volume`, unknown to the catalog: one
+/// bit flipped in the middle of each chunk file. Panics if there is none.
+pub fn rot_chunks(volume: &Path) {
+    let mut rotted = 0;
+    for sub in std::fs::read_dir(volume.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 1;
+            std::fs::write(&p, b).unwrap();
+            rotted += 1;
+        }
+    }
+    assert!(rotted > 0, "no chunk on {}", volume.display());
+}
