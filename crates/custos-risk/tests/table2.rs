@@ -240,6 +240,10 @@ fn a_drill_catches_the_model_when_reality_differs() {
     let b = v.backup_record(b.id).unwrap();
     let found = b.checked.as_ref().and_then(|c| c.problem.clone()).unwrap_or_default();
     assert!(b.checked.as_ref().is_some_and(|c| c.read_data) && found.contains("chunk"), "{:?}", b.checked);
+    // A check of the manifest alone passes, and does not erase what the
+    // full read found.
+    v.verify_backup(&b, false).unwrap();
+    assert_eq!(v.backup_record(b.id).unwrap().checked, b.checked);
     // … and the model no longer counts on it: it agrees with the drill.
     let cells = drill(&v, &opts).unwrap();
     let c = &cells[0];
@@ -256,8 +260,12 @@ fn a_drill_catches_the_model_when_reality_differs() {
     // An intact copy checked in full is recorded as such.
     let ok = v.backups(Some(&Pattern::new("AMTAPE.**").unwrap())).unwrap().remove(0);
     v.verify_backup(&ok, true).unwrap();
-    let ok = v.backup_record(ok.id).unwrap().checked.unwrap();
-    assert!(ok.read_data && ok.problem.is_none());
+    let full = v.backup_record(ok.id).unwrap();
+    let checked = full.checked.clone().unwrap();
+    assert!(checked.read_data && checked.problem.is_none());
+    // Nor does a later check of the manifest alone replace that full read.
+    v.verify_backup(&full, false).unwrap();
+    assert_eq!(v.backup_record(ok.id).unwrap().checked, Some(checked));
 }
 
 /// The vault directory at site A with the data, as `custos init` makes it.
