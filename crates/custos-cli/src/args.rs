@@ -250,6 +250,8 @@ pub enum UserCmd {
     Ls,
     /// Disable a principal (it can no longer run commands).
     Disable { name: String },
+    /// Enable a disabled principal again, with its roles and grants.
+    Enable { name: String },
     /// Grant access to datasets (--data PATTERN) or keys (--key PATTERN).
     Grant(GrantArgs),
     /// Take a grant away.

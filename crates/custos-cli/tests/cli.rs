@@ -1630,6 +1630,7 @@ fn roles_by_operations() {
         (vec!["key", "cancel-destroy", "NO.SUCH.KEY"], [true, false, false, false, false]),
         (vec!["config", "set", "chunk.size", "65536"], [true, false, false, false, false]),
         (vec!["user", "disable", "nobody"], [true, false, false, false, false]),
+        (vec!["user", "enable", "nobody"], [true, false, false, false, false]),
         (vec!["mk", "status"], [false, true, false, false, false]),
         (vec!["escrow", "purge", "NO.SUCH.KEY"], [false, true, false, false, false]),
         (vec!["keystore", "backup", "--to", "default"], [true, true, false, false, false]),
@@ -1678,6 +1679,10 @@ fn roles_by_operations() {
     denied("nobody", "role credential 123");
     e.ok(&["user", "disable", "auditor"]);
     denied("auditor", "role credential 123");
+    // Enabled again: its roles and credential as they were.
+    assert!(e.ok(&["user", "enable", "auditor"]).contains("user auditor is enabled"));
+    e.as_user("auditor", "role credential 123").ok(&["audit", "ls"]);
+    e.fails(&["user", "enable", "nobody-at-all"], 3);
     // Tokens for scripts: shown once, stored hashed.
     let tok = e.json(&["user", "add", "backup-bot", "--role", "storage-admin", "--token"]);
     let token = tok["token"].as_str().unwrap();

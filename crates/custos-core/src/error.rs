@@ -43,6 +43,8 @@ pub enum Error {
     VolumeNotFound { name: String },
     #[error("no policy named {name}: see `custos policy ls`")]
     PolicyNotFound { name: String },
+    #[error("no user {name:?}: see `custos user ls`")]
+    UserNotFound { name: String },
     #[error("no policy matches dataset {dataset}: add one with `custos policy add`, or pass --key and --volume")]
     NoPolicy { dataset: DatasetName },
 

@@ -191,9 +191,7 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub fn user(&self, name: &str) -> Result<PrincipalRecord> {
-        self.repo
-            .principal(name)?
-            .ok_or_else(|| Error::Invalid { what: "user", why: format!("no user {name:?}: see `custos user ls`") })
+        self.repo.principal(name)?.ok_or_else(|| Error::UserNotFound { name: name.to_string() })
     }
 
     /// Disable a principal; the last enabled security-admin cannot be.
@@ -211,6 +209,13 @@ impl<S: VaultState> Vault<S> {
             });
         }
         Ok(self.repo.set_principal_disabled(name, true)?)
+    }
+
+    /// Enable a disabled principal again (its roles, grants and credential
+    /// as they were). Enabling one that is enabled is a no-op.
+    pub fn user_enable(&self, name: &str) -> Result<()> {
+        self.user(name)?;
+        Ok(self.repo.set_principal_disabled(name, false)?)
     }
 
     /// Grant access to datasets (`data`) or keys (`key`) matching `pattern`.

@@ -133,6 +133,7 @@ pub fn core_code(e: &CoreError) -> Code {
         | CoreError::KeyNotFound { .. }
         | CoreError::VolumeNotFound { .. }
         | CoreError::PolicyNotFound { .. }
+        | CoreError::UserNotFound { .. }
         | CoreError::NoPolicy { .. } => Code::NotFound,
         CoreError::Chunk { .. }
         | CoreError::Manifest { .. }

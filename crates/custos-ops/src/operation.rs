@@ -443,6 +443,9 @@ pub enum Operation {
     UserDisable {
         name: String,
     },
+    UserEnable {
+        name: String,
+    },
     UserGrant {
         name: String,
         on: GrantOn,
@@ -626,6 +629,7 @@ impl Operation {
             UserAdd { name, .. } => ("user add", name.clone()),
             UserList => ("user ls", String::new()),
             UserDisable { name } => ("user disable", name.clone()),
+            UserEnable { name } => ("user enable", name.clone()),
             UserGrant { name, .. } => ("user grant", name.clone()),
             UserRevoke { name, .. } => ("user revoke", name.clone()),
             RequestList { .. } => ("request ls", String::new()),
@@ -648,7 +652,9 @@ impl Operation {
             EscrowRecover { .. } => "escrow-recover",
             MkActivate => "mk-activate",
             PolicyAdd { .. } | PolicyRm { .. } | ConfigSet { .. } | AuditAcceptRollback => "policy-change",
-            UserAdd { .. } | UserGrant { .. } | UserRevoke { .. } | UserDisable { .. } => "role-change",
+            UserAdd { .. } | UserGrant { .. } | UserRevoke { .. } | UserDisable { .. } | UserEnable { .. } => {
+                "role-change"
+            }
             EscrowInit { .. } | EscrowPurge { .. } => "escrow-change",
             BackupPrune { dry_run: false, .. }
             | VaultPrune { dry_run: false, .. }

@@ -180,7 +180,11 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         }
         O::AuditAcceptRollback => op(PolicyAdmin),
         O::UserList => op(Inspect),
-        O::UserAdd { .. } | O::UserDisable { .. } | O::UserGrant { .. } | O::UserRevoke { .. } => op(UserAdmin),
+        O::UserAdd { .. }
+        | O::UserDisable { .. }
+        | O::UserEnable { .. }
+        | O::UserGrant { .. }
+        | O::UserRevoke { .. } => op(UserAdmin),
         O::Monitor { .. } => op(Inspect),
         O::Fsck { read_data: false } | O::Gc { .. } => op(BackupAdmin),
         O::Fsck { read_data: true } => {

@@ -432,6 +432,10 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             v.user_disable(&name)?;
             Reply::Note(format!("user {name} is disabled"))
         }
+        O::UserEnable { name } => {
+            v.user_enable(&name)?;
+            Reply::Note(format!("user {name} is enabled"))
+        }
         O::UserGrant { name, on, pattern } => {
             let kind = grant_kind(on);
             v.grant(&name, kind, &pattern)?;

@@ -49,6 +49,7 @@ pub fn plan(c: &UserCmd) -> anyhow::Result<Plan> {
         }
         UserCmd::Ls => Operation::UserList,
         UserCmd::Disable { name } => Operation::UserDisable { name: name.clone() },
+        UserCmd::Enable { name } => Operation::UserEnable { name: name.clone() },
         UserCmd::Grant(g) => {
             let (on, pattern) = grant(g)?;
             Operation::UserGrant { name: g.name.clone(), on, pattern }
