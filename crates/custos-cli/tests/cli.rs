@@ -1592,7 +1592,16 @@ fn key_destruction_waits_and_can_be_cancelled() {
     );
     let err = e.fails(&["ds", "get", "DEL.DATA"], 5);
     assert!(err.contains("scheduled for destruction"), "{err}");
+    // The schedule shows where keys are looked at, not only in the error.
+    let show = e.ok(&["key", "show", k]);
+    assert!(show.contains("destruction  scheduled") && show.contains("cancel-destroy"), "{show}");
+    assert!(e.json(&["key", "show", k])["destroy_after"].is_string());
+    let ls = e.json(&["key", "ls"]);
+    let row = ls.as_array().unwrap().iter().find(|r| r["label"] == k).unwrap().clone();
+    assert!(row["destroy_after"].is_string(), "{row}");
+    assert!(e.ok(&["key", "ls"]).contains("inactive (destruction due "), "the state column says when");
     e.ok(&["key", "cancel-destroy", k]);
+    assert!(e.json(&["key", "show", k]).get("destroy_after").is_none());
     assert!(e.fails(&["key", "cancel-destroy", k], 1).contains("not scheduled"));
     assert_eq!(e.run(&["ds", "get", "DEL.DATA"]).stdout, bytes, "a cancelled destruction leaves the key whole");
     // Now for real, with the shortest wait the policy allows.

@@ -62,11 +62,14 @@ pub enum Reply {
     /// A sentence, and nothing for `--json` beyond it.
     Note(String),
     Key(KeyRecord, &'static str),
-    Keys(Vec<KeyRecord>),
+    /// Keys, and when those scheduled for destruction fall due.
+    Keys(Vec<KeyRecord>, std::collections::BTreeMap<String, jiff::Timestamp>),
     KeysCreated(Vec<KeyRecord>),
     KeyDetail {
         key: KeyRecord,
         datasets: Vec<DatasetName>,
+        /// When its scheduled destruction falls due, if it is scheduled.
+        destroy_after: Option<jiff::Timestamp>,
     },
     KeyBulk {
         lines: Vec<BulkLine>,
@@ -258,10 +261,24 @@ impl Reply {
         match self {
             Note(s) => json!({ "message": s }),
             Key(k, _) => to(k),
-            Keys(ks) | KeysCreated(ks) => to(ks),
-            KeyDetail { key, datasets } => {
+            Keys(ks, due) => {
+                let mut j = to(ks);
+                if let Some(list) = j.as_array_mut() {
+                    for (k, row) in ks.iter().zip(list.iter_mut()) {
+                        if let Some(t) = due.get(k.label.as_str()) {
+                            row["destroy_after"] = to(t);
+                        }
+                    }
+                }
+                j
+            }
+            KeysCreated(ks) => to(ks),
+            KeyDetail { key, datasets, destroy_after } => {
                 let mut j = to(key);
                 j["datasets"] = to(datasets);
+                if let Some(t) = destroy_after {
+                    j["destroy_after"] = to(t);
+                }
                 j
             }
             KeyBulk { lines, .. } => to(lines),
@@ -466,13 +483,16 @@ impl Reply {
                 (Some(a), Some(b)) => out!("created {} keys, {} … {}", ks.len(), a.label, b.label),
                 _ => out!("created no keys"),
             },
-            Keys(keys) => {
+            Keys(keys, due) => {
                 let mut t =
                     Table::new(&["LABEL", "STATE", "PURPOSE", "APP", "KCV", "MKVP", "CREATED", "EXPIRES", "USES"]);
                 for k in keys {
                     t.row(vec![
                         k.label.to_string(),
-                        k.state.to_string(),
+                        match due.get(k.label.as_str()) {
+                            Some(at) => format!("{} (destruction due {})", k.state, when(Some(*at))),
+                            None => k.state.to_string(),
+                        },
                         k.purpose.to_string(),
                         k.app.clone(),
                         k.kcv.to_string(),
@@ -484,9 +504,15 @@ impl Reply {
                 }
                 o.push_str(&t.render());
             }
-            KeyDetail { key: k, datasets } => {
+            KeyDetail { key: k, datasets, destroy_after } => {
                 out!("label        {}", k.label);
                 out!("state        {}", k.state);
+                if let Some(at) = destroy_after {
+                    out!(
+                        "destruction  scheduled: its material is erased at {} (`custos key cancel-destroy` stops it)",
+                        when(Some(*at))
+                    );
+                }
                 out!("purpose      {}", k.purpose);
                 out!("application  {}", k.app);
                 out!("KCV          {}", k.kcv);

@@ -36,16 +36,25 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                 None => Reply::Key(e.open()?.create_key(&new)?, "created"),
             }
         }
-        O::KeyList { pattern, limit: None, after: None } => Reply::Keys(
-            v.keys()?.into_iter().filter(|k| pattern.as_ref().is_none_or(|p| p.matches(k.label.as_str()))).collect(),
-        ),
         O::KeyList { pattern, limit, after } => {
-            Reply::Keys(v.keys_page(pattern.as_ref(), after.as_deref(), limit.map_or(usize::MAX, |n| n as usize))?)
+            let keys = match (limit, after) {
+                (None, None) => v
+                    .keys()?
+                    .into_iter()
+                    .filter(|k| pattern.as_ref().is_none_or(|p| p.matches(k.label.as_str())))
+                    .collect(),
+                (limit, after) => {
+                    v.keys_page(pattern.as_ref(), after.as_deref(), limit.map_or(usize::MAX, |n| n as usize))?
+                }
+            };
+            let due = v.destroy_schedule()?.into_iter().map(|(l, t)| (l.to_string(), t)).collect();
+            Reply::Keys(keys, due)
         }
         O::KeyShow { label } => {
             let key = v.key(&label)?;
             let datasets = v.datasets_using_key(&key.label)?;
-            Reply::KeyDetail { key, datasets }
+            let destroy_after = v.destroy_scheduled_at(&key.label)?;
+            Reply::KeyDetail { key, datasets, destroy_after }
         }
         O::KeyLifecycle { target, action, dry_run } => key_lifecycle(e, who, &target, action, dry_run)?,
         O::KeyDestroy { label, crypto_erase, wait } => {
