@@ -1054,26 +1054,15 @@ impl Vault<Open> {
     /// risk model counts a damaged copy out).
     pub fn verify_backup(&self, b: &BackupRecord, read_data: bool) -> Result<()> {
         let r = self.check_backup(b, read_data);
-        self.record_check(CheckedCopy::Backup, b.id, read_data, b.checked.as_ref(), &r)?;
+        self.record_check(CheckedCopy::Backup, b.id, read_data, &r)?;
         r
     }
 
     /// Record what a check found, when it reached the copy's bytes: a
     /// failure of the key, the HSM or the volume's reachability says
-    /// nothing about them and is not recorded. A passing check of the
-    /// manifest alone never replaces a deeper finding (`before`): a full
-    /// read that passed, or damage found.
-    fn record_check(
-        &self,
-        what: CheckedCopy,
-        id: u64,
-        read_data: bool,
-        before: Option<&CopyCheck>,
-        r: &Result<()>,
-    ) -> Result<()> {
-        if r.is_ok() && !read_data && before.is_some_and(|b| b.read_data || b.problem.is_some()) {
-            return Ok(());
-        }
+    /// nothing about them and is not recorded. (The repository keeps a full
+    /// read or a finding of damage over a later pass of the manifest alone.)
+    fn record_check(&self, what: CheckedCopy, id: u64, read_data: bool, r: &Result<()>) -> Result<()> {
         let problem = match r {
             Ok(()) => None,
             Err(e @ (Error::Chunk { .. } | Error::Manifest { .. })) => Some(e.to_string()),
@@ -1120,7 +1109,7 @@ impl Vault<Open> {
     /// opens and matches it.
     pub fn verify_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         let r = self.check_snapshot(s);
-        self.record_check(CheckedCopy::Snapshot, s.id, true, s.checked.as_ref(), &r)?;
+        self.record_check(CheckedCopy::Snapshot, s.id, true, &r)?;
         r
     }
 

@@ -464,7 +464,21 @@ pub fn run(repo: &dyn Repository) {
     let bad = CopyCheck { at: at(1), read_data: false, problem: Some("chunk 3 fails authentication".into()) };
     repo.record_check(CheckedCopy::Backup, b1, &bad).unwrap();
     assert_eq!(repo.backups_after(0, 1).unwrap()[0].checked.as_ref(), Some(&bad));
-    assert_eq!(repo.backup(b2).unwrap().unwrap().checked, None);
+    // A later pass of the manifest alone does not erase what was found, nor
+    // a full read that passed; a full read replaces either.
+    let shallow = CopyCheck { at: at(2), read_data: false, problem: None };
+    repo.record_check(CheckedCopy::Backup, b1, &shallow).unwrap();
+    assert_eq!(repo.backup(b1).unwrap().unwrap().checked.as_ref(), Some(&bad));
+    let full = CopyCheck { at: at(3), read_data: true, problem: None };
+    repo.record_check(CheckedCopy::Backup, b1, &full).unwrap();
+    repo.record_check(CheckedCopy::Backup, b1, &shallow).unwrap();
+    assert_eq!(repo.backup(b1).unwrap().unwrap().checked.as_ref(), Some(&full));
+    assert_eq!(repo.backup(b2).unwrap().unwrap().checked, None, "kept apart per copy");
+    // Shallow over shallow (or nothing) is recorded.
+    repo.record_check(CheckedCopy::Backup, b2, &shallow).unwrap();
+    let later = CopyCheck { at: at(4), ..shallow.clone() };
+    repo.record_check(CheckedCopy::Backup, b2, &later).unwrap();
+    assert_eq!(repo.backup(b2).unwrap().unwrap().checked, Some(later));
     repo.record_check(CheckedCopy::Backup, b2 + 100, &good).unwrap();
     // Many backups in one transaction: all, or (one cannot be) none.
     let recs: Vec<BackupRecord> =

@@ -572,7 +572,9 @@ pub trait Repository: Send + Sync {
     fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;
 
     /// Record the last check of a backup's or snapshot's bytes (nothing
-    /// when the copy is gone meanwhile).
+    /// when the copy is gone meanwhile). A passing check of the manifest
+    /// alone never replaces a full read or a finding of damage, whoever
+    /// recorded that (decided in the one statement that writes).
     fn record_check(&self, what: custos_model::CheckedCopy, id: u64, check: &custos_model::CopyCheck) -> Result<()>;
 
     /// Schedule (`Some`) or cancel (`None`) a key's destruction.

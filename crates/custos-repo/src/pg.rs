@@ -2100,7 +2100,10 @@ impl Repository for PgRepository {
                 tx,
                 action,
                 table,
-                &format!("UPDATE {table} SET checked_at = $2, checked_data = $3, check_problem = $4 WHERE id = $1"),
+                &format!(
+                    "UPDATE {table} SET checked_at = $2, checked_data = $3, check_problem = $4
+                     WHERE id = $1 AND ($3::bigint = 1 OR $4::text IS NOT NULL OR (coalesce(checked_data, 0) = 0 AND check_problem IS NULL))"
+                ),
                 &[&(id as i64), &ts(check.at), &i64::from(check.read_data), &check.problem.as_deref()],
             )
             .map(|_| ())

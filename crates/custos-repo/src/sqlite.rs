@@ -1716,7 +1716,10 @@ impl Repository for SqliteRepository {
         // A copy removed meanwhile has nothing left to record on.
         self.conn()
             .execute(
-                &format!("UPDATE {table} SET checked_at = ?2, checked_data = ?3, check_problem = ?4 WHERE id = ?1"),
+                &format!(
+                    "UPDATE {table} SET checked_at = ?2, checked_data = ?3, check_problem = ?4
+                     WHERE id = ?1 AND (?3 = 1 OR ?4 IS NOT NULL OR (coalesce(checked_data, 0) = 0 AND check_problem IS NULL))"
+                ),
                 params![id as i64, ts(check.at), i64::from(check.read_data), check.problem.as_deref()],
             )
             .map_err(db("record a copy's check"))?;

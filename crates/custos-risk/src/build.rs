@@ -87,8 +87,9 @@ fn build_rest<S: VaultState>(
         );
     }
     let escrow = v.escrow_status()?;
+    g.principals = v.users()?;
     if let Some(k) = escrow.kbks.last() {
-        let users: HashMap<String, bool> = v.users()?.into_iter().map(|u| (u.name, u.disabled)).collect();
+        let users: HashMap<&str, bool> = g.principals.iter().map(|u| (u.name.as_str(), u.disabled)).collect();
         g.escrow = Some(EscrowNode {
             kbk: k.id.clone(),
             threshold: k.threshold,
@@ -99,16 +100,13 @@ fn build_rest<S: VaultState>(
                 .filter(|s| s.kbk == k.id && s.confirmed_at.is_some())
                 .map(|s| s.custodian.clone())
                 .collect(),
-            unavailable: k.custodians.iter().filter(|c| users.get(*c).is_none_or(|d| *d)).cloned().collect(),
+            unavailable: k.custodians.iter().filter(|c| users.get(c.as_str()).is_none_or(|d| *d)).cloned().collect(),
         });
     }
     // Escrow saves a key only if a threshold of its custodians can still
     // act (the report's escrow-below-threshold says the same).
-    g.escrow_ready = g.escrow.as_ref().is_some_and(|e| {
-        e.custodians.iter().filter(|c| !e.unavailable.contains(c)).count() >= usize::from(e.threshold)
-    });
+    g.escrow_ready = g.escrow.as_ref().is_some_and(|e| e.able() >= usize::from(e.threshold));
     g.vault_sites = v.vault_sites()?;
-    g.principals = v.users()?;
     g.dual_control = v.dual_control()?;
     g.destroy_min_wait = Some(v.destroy_min_wait()?);
     g.hsm_rules = v.hsm_rules()?;

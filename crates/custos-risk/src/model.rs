@@ -182,6 +182,13 @@ pub struct EscrowNode {
     pub unavailable: Vec<String>,
 }
 
+impl EscrowNode {
+    /// How many custodians can still act.
+    pub fn able(&self) -> usize {
+        self.custodians.iter().filter(|c| !self.unavailable.contains(c)).count()
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct VaultBackupNode {
     pub id: String,

@@ -237,17 +237,9 @@ fn ahead(g: &Graph, now: Timestamp, horizon: jiff::SignedDuration) -> Vec<Findin
     // Keys falling due for destruction before the horizon that data or a
     // copy still needs.
     let end = now + horizon;
-    let mut due: BTreeMap<&str, (Timestamp, usize, String)> = BTreeMap::new();
-    for d in &g.datasets {
-        let users = std::iter::once((d.key.as_str(), d.name.clone()))
-            .chain(d.copies.iter().map(|c| (c.key.as_str(), format!("{} {}", d.name, c.id))));
-        for (key, who) in users {
-            if let Some(at) = g.keys.get(key).and_then(|k| k.destroy_after).filter(|t| *t <= end) {
-                due.entry(key).or_insert((at, 0, who)).1 += 1;
-            }
-        }
-    }
-    for (key, (at, n, first)) in due {
+    let due_by = |label: &str| g.keys.get(label).and_then(|k| k.destroy_after).filter(|t| *t <= end);
+    for (key, (n, first)) in key_users(g, |label| due_by(label).is_some()) {
+        let at = due_by(key).unwrap_or(end);
         out.push(Finding {
             code: "destruction-within-horizon",
             subject: key.to_string(),
@@ -326,7 +318,7 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
     }
     // Escrow holds only if a threshold of its custodians can still act.
     if let Some(e) = &g.escrow {
-        let able = e.custodians.iter().filter(|c| !e.unavailable.contains(c)).count();
+        let able = e.able();
         let detail = format!(
             "key-backup key {}: {} of {} custodians ({}) must act together; {} confirmed they can open their share{}",
             e.kbk,
@@ -577,32 +569,35 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
             ),
         });
     }
-    // Keys that are not active but still needed by a retained copy.
     findings.extend(lone_destroyers(g));
-    // Per key: how many need it, and the first (dataset, copy) that does.
-    let mut needed: BTreeMap<&str, (usize, (&str, Option<&str>))> = BTreeMap::new();
+    // Keys that are not active but still needed by a retained copy.
     let inactive = |label: &str| g.keys.get(label).is_some_and(|k| k.present && k.state != "active");
-    for d in &g.datasets {
-        let users = std::iter::once((d.key.as_str(), None))
-            .chain(d.copies.iter().map(|c| (c.key.as_str(), Some(c.id.as_str()))));
-        for (key, copy) in users {
-            if inactive(key) {
-                needed.entry(key).or_insert((0, (d.name.as_str(), copy))).0 += 1;
-            }
-        }
-    }
-    for (label, (count, (ds, copy))) in needed {
+    for (label, (count, first)) in key_users(g, inactive) {
         let state = g.keys.get(label).map_or("", |k| k.state.as_str());
         findings.push(Finding {
             code: "inactive-key-needed",
             subject: label.to_string(),
-            detail: format!(
-                "key is {state} but still needed by {count} (e.g. {ds}{}): destroying it would lose them",
-                copy.map(|c| format!(" {c}")).unwrap_or_default()
-            ),
+            detail: format!("key is {state} but still needed by {count} (e.g. {first}): destroying it would lose them"),
         });
     }
     (copies, findings)
+}
+
+/// For each key `pick` selects: how many datasets and copies need it, and
+/// the first of them ("DATASET" or "DATASET backup N"). Only those are
+/// named, so the copy loop allocates nothing for the others.
+fn key_users(g: &Graph, pick: impl Fn(&str) -> bool) -> BTreeMap<&str, (usize, String)> {
+    let mut out: BTreeMap<&str, (usize, String)> = BTreeMap::new();
+    for d in &g.datasets {
+        let users =
+            std::iter::once((d.key.as_str(), None)).chain(d.copies.iter().map(|c| (c.key.as_str(), Some(&c.id))));
+        for (key, copy) in users.filter(|(k, _)| pick(k)) {
+            out.entry(key)
+                .or_insert_with(|| (0, copy.map_or_else(|| d.name.clone(), |c| format!("{} {c}", d.name))))
+                .0 += 1;
+        }
+    }
+    out
 }
 
 /// Principals who could destroy every copy of a dataset on their own: by
