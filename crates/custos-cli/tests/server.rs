@@ -1760,3 +1760,6 @@ fn a_write_sent_twice_with_one_idempotency_key_is_carried_out_once() {
         http_with(&s.sock, "POST", "/v1/ops", &ops, "idempotency-key: read-1\r\n", "{\"op\":\"ds-list\"}");
     assert!(!head.contains("replayed") && !head2.contains("replayed"));
 }
+
+#[path = "server/kmip.rs"]
+mod kmip;

@@ -2,7 +2,9 @@
 //! one table in `custos_model::KeyState::apply`), and unwrapping for use.
 
 use custos_crypto::{DataKey, Kcv};
-use custos_model::{DatasetName, KeyAction, KeyLabel, KeyRecord, KeyState, KeyUse, Purpose, WrappedMaterial};
+use custos_model::{
+    DatasetName, KeyAction, KeyAttributes, KeyLabel, KeyRecord, KeyState, KeyUse, Purpose, WrappedMaterial,
+};
 use jiff::Timestamp;
 
 use crate::{Error, Open, Result, Vault, VaultState};
@@ -108,6 +110,20 @@ impl<S: VaultState> Vault<S> {
         }
     }
 
+    /// Whether key `label` may be destroyed now (deactivated first; with
+    /// `crypto_erase` when datasets still need it): the datasets that would
+    /// become unreadable. A dual-control request is checked so before it
+    /// is made, so that none waits for an approval that cannot succeed.
+    pub fn check_destroy(&self, label: &KeyLabel, crypto_erase: bool) -> Result<Vec<String>> {
+        let rec = self.key_record(label)?;
+        rec.state.apply(KeyAction::Destroy).map_err(|source| Error::Lifecycle { label: label.clone(), source })?;
+        let users = self.needing_key(label)?;
+        if !users.is_empty() && !crypto_erase {
+            return Err(Error::KeyInUse { label: label.clone(), datasets: users });
+        }
+        Ok(users)
+    }
+
     /// Schedule a key's destruction after `wait` (AWS KMS's waiting
     /// period): checked now as `key_action(Destroy)` would be (deactivated
     /// first; `crypto_erase` when datasets still need it), unusable from
@@ -127,12 +143,7 @@ impl<S: VaultState> Vault<S> {
                 why: format!("{wait:#} is shorter than the policy's minimum of {min:#} (setting key.destroy.min-wait)"),
             });
         }
-        let rec = self.key_record(label)?;
-        rec.state.apply(KeyAction::Destroy).map_err(|source| Error::Lifecycle { label: label.clone(), source })?;
-        let users = self.needing_key(label)?;
-        if !users.is_empty() && !crypto_erase {
-            return Err(Error::KeyInUse { label: label.clone(), datasets: users });
-        }
+        let users = self.check_destroy(label, crypto_erase)?;
         let at = Timestamp::now() + wait;
         self.repo.set_destroy_after(label, Some(at))?;
         self.destroy_due()?;
@@ -327,11 +338,21 @@ impl<S: VaultState> Vault<S> {
 impl Vault<Open> {
     /// Generate a key in the HSM and record it, wrapped, in the keystore.
     pub fn create_key(&self, k: &NewKey) -> Result<KeyRecord> {
+        self.create_key_with(k, &KeyAttributes::default())
+    }
+
+    /// [`Vault::create_key`] with attributes a key-management client gave
+    /// (KMIP Create). A name another key has already is refused.
+    pub fn create_key_with(&self, k: &NewKey, attributes: &KeyAttributes) -> Result<KeyRecord> {
+        self.check_attributes(None, attributes)?;
         // A label taken from the application's sequence may be taken by a
         // concurrent command before this one stores it: take the next one.
         // A label the caller named is its own to clash.
         for _ in 0..64 {
-            let made = self.new_key_record(k).and_then(|rec| Ok(self.repo.insert_key(&rec).map(|_| rec)?));
+            let made = self.new_key_record(k).and_then(|mut rec| {
+                rec.attributes = attributes.clone();
+                Ok(self.repo.insert_key(&rec).map(|_| rec)?)
+            });
             match made {
                 Err(Error::Repo(custos_repo::RepoError::Exists { kind: "key", .. })) if k.label.is_none() => continue,
                 made => return made,
@@ -440,6 +461,7 @@ impl Vault<Open> {
             last_used_at: None,
             use_count: 0,
             escrow: None,
+            attributes: KeyAttributes::default(),
         };
         if let Some(kbk) = kbk {
             rec.escrow = Some(self.escrow_copy(kbk, &rec)?);

@@ -8,7 +8,8 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    EscrowCopy, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Pattern, Purpose, VolumeName, WrappedMaterial,
+    EscrowCopy, KeyAttributes, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Pattern, Purpose, VolumeName,
+    WrappedMaterial,
 };
 use custos_store::format::object_hash;
 use jiff::Timestamp;
@@ -48,6 +49,10 @@ struct BackedUpKey {
     escrow_kbk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     escrow: Option<String>,
+    /// What KMIP clients recorded (names, a shorter key's length): absent
+    /// when none, and in backups written before.
+    #[serde(default, skip_serializing_if = "KeyAttributes::is_empty")]
+    attributes: KeyAttributes,
 }
 
 /// What recovery did with one key.
@@ -100,6 +105,7 @@ impl<S: VaultState> Vault<S> {
                 expires_at: k.expires_at,
                 escrow_kbk: k.escrow.as_ref().map(|e| e.kbk.clone()),
                 escrow: k.escrow.as_ref().map(|e| hex::encode(&e.blob)),
+                attributes: k.attributes.clone(),
             };
             json_line(&mut out, &b);
         }
@@ -273,6 +279,9 @@ impl Vault<Open> {
                 use_count: live.as_ref().map(|k| k.use_count).unwrap_or(0),
                 // The catalog's copy if it kept one, else the backup's.
                 escrow: live.as_ref().and_then(|k| k.escrow.clone()).or(backed_escrow),
+                // The catalog's if it has the key (they may have changed
+                // since), else the backup's.
+                attributes: live.as_ref().map_or(b.attributes, |k| k.attributes.clone()),
             };
             match (&live, damage) {
                 (Some(live), Some(damage)) => {

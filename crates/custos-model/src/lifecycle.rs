@@ -19,6 +19,10 @@ pub enum KeyState {
     Inactive,
     /// Offline: unusable until restored.
     Archived,
+    /// Revoked because its material may be known to someone else (KMIP's
+    /// "compromised"): decrypts what exists, never seals anything new, and
+    /// can only be destroyed.
+    Compromised,
     /// Material erased: everything sealed only under it is cryptographically erased.
     Destroyed,
 }
@@ -32,6 +36,8 @@ pub enum KeyAction {
     Archive,
     Restore,
     Destroy,
+    /// Revoke it as compromised.
+    Compromise,
 }
 
 /// What a key is used for in one operation.
@@ -44,7 +50,8 @@ pub enum KeyUse {
 }
 
 impl KeyState {
-    pub const ALL: [KeyState; 5] = [Self::PreActive, Self::Active, Self::Inactive, Self::Archived, Self::Destroyed];
+    pub const ALL: [KeyState; 6] =
+        [Self::PreActive, Self::Active, Self::Inactive, Self::Archived, Self::Compromised, Self::Destroyed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -52,6 +59,7 @@ impl KeyState {
             Self::Active => "active",
             Self::Inactive => "inactive",
             Self::Archived => "archived",
+            Self::Compromised => "compromised",
             Self::Destroyed => "destroyed",
         }
     }
@@ -62,13 +70,14 @@ impl KeyState {
 
     /// The state after `action`, or why it is not allowed.
     ///
-    /// | from \ action | activate | deactivate | archive | restore | destroy |
-    /// |---|---|---|---|---|---|
-    /// | pre-active | active | – | – | – | destroyed |
-    /// | active | – | inactive | – | – | – (deactivate first) |
-    /// | inactive | active | – | archived | – | destroyed |
-    /// | archived | – | – | – | inactive | destroyed |
-    /// | destroyed | – | – | – | – | – |
+    /// | from \ action | activate | deactivate | archive | restore | destroy | compromise |
+    /// |---|---|---|---|---|---|---|
+    /// | pre-active | active | – | – | – | destroyed | compromised |
+    /// | active | – | inactive | – | – | – (deactivate first) | compromised |
+    /// | inactive | active | – | archived | – | destroyed | compromised |
+    /// | archived | – | – | – | inactive | destroyed | compromised |
+    /// | compromised | – | – | – | – | destroyed | – |
+    /// | destroyed | – | – | – | – | – | – |
     pub fn apply(self, action: KeyAction) -> Result<KeyState, LifecycleError> {
         use KeyAction as A;
         use KeyState as S;
@@ -81,6 +90,8 @@ impl KeyState {
             (S::Inactive, A::Destroy) => S::Destroyed,
             (S::Archived, A::Restore) => S::Inactive,
             (S::Archived, A::Destroy) => S::Destroyed,
+            (S::PreActive | S::Active | S::Inactive | S::Archived, A::Compromise) => S::Compromised,
+            (S::Compromised, A::Destroy) => S::Destroyed,
             (from, action) => return Err(LifecycleError::Transition { from, action }),
         };
         Ok(next)
@@ -88,7 +99,7 @@ impl KeyState {
 
     /// Whether a key in this state may be used for `usage`.
     pub fn permits(self, usage: KeyUse) -> Result<(), LifecycleError> {
-        let ok = matches!((self, usage), (Self::Active, _) | (Self::Inactive, KeyUse::Decrypt));
+        let ok = matches!((self, usage), (Self::Active, _) | (Self::Inactive | Self::Compromised, KeyUse::Decrypt));
         if ok {
             Ok(())
         } else {
@@ -104,7 +115,8 @@ impl fmt::Display for KeyState {
 }
 
 impl KeyAction {
-    pub const ALL: [KeyAction; 5] = [Self::Activate, Self::Deactivate, Self::Archive, Self::Restore, Self::Destroy];
+    pub const ALL: [KeyAction; 6] =
+        [Self::Activate, Self::Deactivate, Self::Archive, Self::Restore, Self::Destroy, Self::Compromise];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Activate => "activate",
@@ -112,6 +124,7 @@ impl KeyAction {
             Self::Archive => "archive",
             Self::Restore => "restore",
             Self::Destroy => "destroy",
+            Self::Compromise => "compromise",
         }
     }
 }
@@ -142,6 +155,7 @@ fn usage_verb(u: KeyUse) -> &'static str {
 fn transition_hint(from: KeyState, action: KeyAction) -> &'static str {
     match (from, action) {
         (KeyState::Active, KeyAction::Destroy) => "deactivate it first, and make sure no data still needs it",
+        (KeyState::Compromised, _) => "a compromised key can only be destroyed",
         (KeyState::Archived, _) => "restore it first",
         (KeyState::Destroyed, _) => "its material is erased and it can never be used again",
         (_, KeyAction::Activate) | (_, KeyAction::Deactivate) | (_, KeyAction::Archive) | (_, KeyAction::Restore)
@@ -157,6 +171,9 @@ fn use_hint(state: KeyState, usage: KeyUse) -> &'static str {
     match (state, usage) {
         (KeyState::PreActive, _) => "activate it first with `custos key activate`",
         (KeyState::Inactive, KeyUse::Encrypt) => "it only decrypts; activate it again or write under another key",
+        (KeyState::Compromised, KeyUse::Encrypt) => {
+            "it was revoked as compromised: it only decrypts; write under another key"
+        }
         (KeyState::Archived, _) => "restore it first with `custos key restore`",
         (KeyState::Destroyed, _) => "its material was erased, so data sealed only under it is cryptographically erased",
         _ => "not allowed",
@@ -198,6 +215,17 @@ mod tests {
             (S::Destroyed, A::Archive, None),
             (S::Destroyed, A::Restore, None),
             (S::Destroyed, A::Destroy, None),
+            (S::PreActive, A::Compromise, Some(S::Compromised)),
+            (S::Active, A::Compromise, Some(S::Compromised)),
+            (S::Inactive, A::Compromise, Some(S::Compromised)),
+            (S::Archived, A::Compromise, Some(S::Compromised)),
+            (S::Destroyed, A::Compromise, None),
+            (S::Compromised, A::Activate, None),
+            (S::Compromised, A::Deactivate, None),
+            (S::Compromised, A::Archive, None),
+            (S::Compromised, A::Restore, None),
+            (S::Compromised, A::Destroy, Some(S::Destroyed)),
+            (S::Compromised, A::Compromise, None),
         ];
         assert_eq!(expected.len(), S::ALL.len() * A::ALL.len());
         for &(from, action, to) in expected {
@@ -217,7 +245,7 @@ mod tests {
     fn every_state_use_pair() {
         for s in S::ALL {
             for u in [KeyUse::Encrypt, KeyUse::Decrypt] {
-                let want = matches!((s, u), (S::Active, _) | (S::Inactive, KeyUse::Decrypt));
+                let want = matches!((s, u), (S::Active, _) | (S::Inactive | S::Compromised, KeyUse::Decrypt));
                 let got = s.permits(u);
                 assert_eq!(got.is_ok(), want, "{s} {u:?}");
                 if let Err(e) = got {

@@ -103,6 +103,61 @@ pub struct KeyRecord {
     /// when the key was created. Independent of master keys.
     #[serde(skip)]
     pub escrow: Option<EscrowCopy>,
+    /// What key-management clients (KMIP) recorded about it; empty for
+    /// keys they never touched.
+    #[serde(default, skip_serializing_if = "KeyAttributes::is_empty")]
+    pub attributes: KeyAttributes,
+}
+
+/// A key's attributes beyond Custos's own fields, as KMIP clients set
+/// them. Stored with the key (one JSON column, inside the row's MAC).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAttributes {
+    /// Names clients gave it (KMIP Name); a name belongs to one key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Its length in bits when shorter than the 256-bit key slot: a
+    /// 128- or 192-bit key is the slot's leading bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits: Option<u16>,
+    /// KMIP Cryptographic Usage Mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_mask: Option<u32>,
+    /// KMIP Contact Information.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    /// Clients' own attributes (`x-…`), as text.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub custom: std::collections::BTreeMap<String, String>,
+    /// Why and when it was revoked, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Revocation>,
+}
+
+impl KeyAttributes {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The key's length in bits.
+    pub fn length_bits(&self) -> u16 {
+        self.bits.unwrap_or(256)
+    }
+}
+
+/// A key's revocation (KMIP Revoke).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// KMIP's reason code, as a word: `key-compromise`, `cessation-of-operation`, …
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub at: Timestamp,
+    /// When the compromise happened, as the client says (compromise only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compromised_at: Option<Timestamp>,
 }
 
 /// A data key sealed to a key-backup key (see `custos_crypto::escrow_seal`).

@@ -414,6 +414,12 @@ impl Engine {
                 });
             }
             if let Some(controlled) = op.controlled() {
+                // What would fail now is refused now, not made a request.
+                if let Operation::KeyDestroy { label, crypto_erase, .. } = &op {
+                    if let Err(e) = self.vault.check_destroy(label, *crypto_erase) {
+                        return refuse(e.into());
+                    }
+                }
                 if !matches!(op, Operation::RequestApprove { .. }) && self.dual_controlled(controlled, p, &op)? {
                     let (stored, token) = self.prepare_for_storage(op)?;
                     audit("intent: request")?;

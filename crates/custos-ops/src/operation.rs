@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use custos_core::model::{CopyMethod, DatasetName, KeyAction, KeyLabel, Medium, Pattern, Purpose, Role, VolumeName};
+use custos_core::model::{
+    CopyMethod, DatasetName, KeyAction, KeyAttributes, KeyLabel, Medium, Pattern, Purpose, Role, VolumeName,
+};
 use custos_core::{Retention, StoredCredential};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -97,6 +99,9 @@ pub enum Operation {
         expires_at: Option<Timestamp>,
         activate: bool,
         count: Option<u32>,
+        /// What a key-management client says about the key (KMIP Create).
+        #[serde(default, skip_serializing_if = "KeyAttributes::is_empty")]
+        attributes: KeyAttributes,
     },
     KeyList {
         pattern: Option<Pattern>,
@@ -124,6 +129,28 @@ pub enum Operation {
         wait: Option<String>,
     },
     KeyCancelDestroy {
+        label: KeyLabel,
+    },
+    /// Revoke a key (KMIP Revoke): a compromise makes it compromised, any
+    /// other reason deactivates it; the reason is kept with the key.
+    KeyRevoke {
+        label: KeyLabel,
+        /// KMIP's reason as a word: `key-compromise`, `cessation-of-operation`, …
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compromised_at: Option<Timestamp>,
+    },
+    /// Replace the attributes clients set on a key (names, usage mask,
+    /// contact, `x-` attributes); its length and revocation stay.
+    KeySetAttributes {
+        label: KeyLabel,
+        attributes: KeyAttributes,
+    },
+    /// A key's material in the clear, for a device that must hold it
+    /// (KMIP Get): the key grant applies, and each export is audited.
+    KeyExport {
         label: KeyLabel,
     },
     /// Recover keys from a keystore backup.
@@ -547,11 +574,15 @@ impl Operation {
                     KeyAction::Deactivate => "key deactivate",
                     KeyAction::Archive => "key archive",
                     KeyAction::Restore => "key restore",
+                    KeyAction::Compromise => "key compromise",
                     _ => "key lifecycle",
                 },
                 target.clone(),
             ),
             KeyDestroy { label, .. } => ("key destroy", s(label)),
+            KeyRevoke { label, .. } => ("key revoke", s(label)),
+            KeySetAttributes { label, .. } => ("key set-attributes", s(label)),
+            KeyExport { label } => ("key export", s(label)),
             KeyCancelDestroy { label } => ("key cancel-destroy", s(label)),
             KeyRecover { pattern, .. } => ("key recover", s(pattern)),
             EscrowRecover { label, .. } => ("key recover", s(label)),
@@ -686,7 +717,13 @@ impl Operation {
     /// reaches the caller before that entry exists. The key service's
     /// requests are such; everything else records its intent first.
     pub fn audited_once(&self) -> bool {
-        matches!(self, Operation::KeyEncrypt { .. } | Operation::KeyDecrypt { .. } | Operation::KeyDataKey { .. })
+        matches!(
+            self,
+            Operation::KeyEncrypt { .. }
+                | Operation::KeyDecrypt { .. }
+                | Operation::KeyDataKey { .. }
+                | Operation::KeyExport { .. }
+        )
     }
 
     /// Whether it only reads: running it twice changes nothing, so a

@@ -77,6 +77,11 @@ pub enum Reply {
     },
     Destroy(Destruction),
     Recovered(Vec<Recovered>),
+    /// A key's material (base64), exported to a client that must hold it.
+    KeyExported {
+        key: KeyRecord,
+        material: crate::SecretText,
+    },
     /// A key-service answer: data (base64) sealed or opened under `key`.
     KeyService {
         key: String,
@@ -247,6 +252,7 @@ impl Reply {
         matches!(
             self,
             KeyService { .. }
+                | KeyExported { .. }
                 | UserAdded { token: Some(_), .. }
                 | RequestCreated { token: Some(_), .. }
                 | SealedShare { .. }
@@ -284,6 +290,11 @@ impl Reply {
             KeyBulk { lines, .. } => to(lines),
             Destroy(d) => to(d),
             Recovered(r) => to(r),
+            KeyExported { key, material } => {
+                let mut j = to(key);
+                j["material"] = Value::String(material.expose().to_string());
+                j
+            }
             KeyService { key, plaintext, ciphertext } => {
                 let mut j = json!({ "key": key });
                 if let Some(p) = plaintext {
@@ -574,6 +585,7 @@ impl Reply {
                     }
                 }
             }
+            KeyExported { key, material } => out!("key {} ({} bits): {}", key.label, key.attributes.length_bits(), material.expose()),
             KeyService { ciphertext: Some(c), plaintext: None, .. } => out!("{c}"),
             KeyService { plaintext: Some(p), ciphertext: None, .. } => out!("{}", p.expose()),
             KeyService { key, plaintext, ciphertext } => {

@@ -76,7 +76,8 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::KeyDestroy { .. } | O::KeyCancelDestroy { .. } => op(KeyDestroy),
         O::EscrowRecover { .. } => op(Escrow),
         O::KeyCreate { .. } | O::KeyLifecycle { .. } | O::KeyRecover { .. } => op(KeyAdmin),
-        O::KeyEncrypt { label, .. } | O::KeyDataKey { label, .. } => {
+        O::KeyRevoke { .. } | O::KeySetAttributes { .. } => op(KeyAdmin),
+        O::KeyEncrypt { label, .. } | O::KeyDataKey { label, .. } | O::KeyExport { label } => {
             vec![Need { op: KeyUse, dataset: None, key: Some(label.clone()) }]
         }
         O::KeyDecrypt { ciphertext, .. } => {

@@ -29,12 +29,27 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                 custos_core::MAX_BULK_KEYS
             )));
         }
-        O::KeyCreate { label, app, purpose, expires_at, activate, count } => {
+        O::KeyCreate { count: Some(_), ref attributes, .. } if !attributes.is_empty() => {
+            return Err(Error::Usage("attributes name one key: create keys with attributes one at a time".into()));
+        }
+        O::KeyCreate { label, app, purpose, expires_at, activate, count, attributes } => {
             let new = NewKey { label, app, purpose, expires_at, activate };
             match count {
                 Some(n) => Reply::KeysCreated(e.open()?.create_keys(&new, n)?),
-                None => Reply::Key(e.open()?.create_key(&new)?, "created"),
+                None => Reply::Key(e.open()?.create_key_with(&new, &attributes)?, "created"),
             }
+        }
+        O::KeyRevoke { label, reason, message, compromised_at } => {
+            let rev = custos_core::model::Revocation { reason, message, at: jiff::Timestamp::now(), compromised_at };
+            let rec = e.open()?.revoke_key(&label, rev)?;
+            Reply::Key(rec, "revoked: now")
+        }
+        O::KeySetAttributes { label, attributes } => {
+            Reply::Key(e.open()?.set_key_attributes(&label, attributes)?, "attributes set:")
+        }
+        O::KeyExport { label } => {
+            let (key, material) = e.open()?.export_key(&label)?;
+            Reply::KeyExported { key, material: SecretText::new(crate::operation::base64_encode(&material)) }
         }
         O::KeyList { pattern, limit, after } => {
             let keys = match (limit, after) {

@@ -33,6 +33,7 @@ fn key(label: &str) -> KeyRecord {
         last_used_at: None,
         use_count: 0,
         escrow: None,
+        attributes: Default::default(),
     }
 }
 
@@ -171,7 +172,12 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(got.use_count, upd.use_count + 1, "a use counted meanwhile is kept");
     assert!(matches!(repo.update_key(&upd, &before), Err(RepoError::Raced { .. })), "the same change twice");
     assert!(matches!(repo.update_key(&key("NO.SUCH.KEY"), &key("NO.SUCH.KEY")), Err(RepoError::NotFound { .. })));
-    repo.insert_key(&key("DSET.PRIM.APP.key002")).unwrap();
+    let mut named = key("DSET.PRIM.APP.key002");
+    named.attributes.names = vec!["array1-volume".into()];
+    named.attributes.bits = Some(128);
+    named.attributes.custom.insert("x-site".into(), "Boston".into());
+    repo.insert_key(&named).unwrap();
+    assert_eq!(repo.key(&named.label).unwrap().unwrap().attributes, named.attributes);
     assert_eq!(
         repo.key_labels().unwrap().iter().map(|l| l.as_str()).collect::<Vec<_>>(),
         ["DSET.PRIM.APP.key001", "DSET.PRIM.APP.key002"]
@@ -188,9 +194,28 @@ pub fn run(repo: &dyn Repository) {
     assert_eq!(labels, ["DSET.PRIM.APP.key001", "DSET.PRIM.APP.key002"]);
     assert!(repo.key(&KeyLabel::new("NOPE").unwrap()).unwrap().is_none());
 
+    // Attributes clients set (KMIP) travel with the key, and an update
+    // made from a read with other attributes is refused.
+    let named = repo.key(&k2).unwrap().unwrap();
+    assert_eq!(named.attributes.names, ["array1-volume"]);
+    let got = named.clone();
+    let mut renamed = got.clone();
+    renamed.attributes.names = vec!["array1-volume-2".into()];
+    let mut seen_other = got.clone();
+    seen_other.attributes.names.clear();
+    assert!(matches!(repo.update_key(&renamed, &seen_other), Err(RepoError::Raced { .. })));
+    repo.update_key(&renamed, &got).unwrap();
+    assert_eq!(repo.key(&named.label).unwrap().unwrap().attributes.names, ["array1-volume-2"]);
+    let mut cleared = renamed.clone();
+    cleared.attributes = Default::default();
+    repo.update_key(&cleared, &renamed).unwrap();
+    assert!(repo.key(&named.label).unwrap().unwrap().attributes.is_empty());
+
     // Bulk insert is all or none; re-encipherment is compare-and-set.
-    let bulk: Vec<KeyRecord> = (10..20).map(|i| key(&format!("DSET.PRIM.BULK.key{i:03}"))).collect();
+    let mut bulk: Vec<KeyRecord> = (10..20).map(|i| key(&format!("DSET.PRIM.BULK.key{i:03}"))).collect();
+    bulk[3].attributes.names = vec!["bulk-named".into()];
     repo.insert_keys(&bulk).unwrap();
+    assert_eq!(repo.key(&bulk[3].label).unwrap().unwrap().attributes, bulk[3].attributes);
     // Pages: in label order, from a prefix, after a cursor, at most a limit.
     let page = |from: &str, after: &str, n: u32| -> Vec<String> {
         repo.keys_from(from, after, n).unwrap().iter().map(|k| k.label.to_string()).collect()

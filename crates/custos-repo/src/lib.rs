@@ -24,6 +24,21 @@ pub use rowauth::{row_message, Col};
 pub use sqlite::SqliteRepository;
 
 /// The race [`Repository::update_key`] reports.
+/// A key's attributes as the keys table stores them: JSON, or NULL when
+/// there are none. The same record always gives the same text (a row's
+/// MAC covers it).
+pub(crate) fn key_attributes_text(a: &custos_model::KeyAttributes) -> Option<String> {
+    (!a.is_empty()).then(|| serde_json::to_string(a).expect("attributes serialize"))
+}
+
+/// A key's attributes from the keys table.
+pub(crate) fn key_attributes_from(text: Option<&str>) -> std::result::Result<custos_model::KeyAttributes, String> {
+    match text {
+        None => Ok(Default::default()),
+        Some(t) => serde_json::from_str(t).map_err(|e| format!("key attributes: {e}")),
+    }
+}
+
 pub(crate) fn key_raced(label: &KeyLabel) -> RepoError {
     RepoError::Raced {
         what: format!("key {label}"),

@@ -116,10 +116,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE snapshots ADD COLUMN check_problem TEXT COLLATE "C";
     "#,
     ),
+    (
+        23,
+        r#"
+    ALTER TABLE keys ADD COLUMN attributes TEXT COLLATE "C";
+    "#,
+    ),
 ];
 
 /// The schema version this build writes: the baseline and every migration.
-pub const SCHEMA_VERSION: i64 = 22;
+pub const SCHEMA_VERSION: i64 = 23;
 
 /// Rows written by one bulk insert after which the table's statistics are
 /// refreshed at once (see [`PgRepository::analyze`]).
@@ -406,9 +412,10 @@ const KEY_COL_NAMES: &[&str] = &[
     "escrow_kbk",
     "escrow",
     "destroy_after",
+    "attributes",
 ];
 
-const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow";
+const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow, attributes";
 
 /// A key from a row holding the keys table's columns in schema order.
 fn key_from(r: &Row) -> Result<KeyRecord> {
@@ -435,6 +442,7 @@ fn key_from(r: &Row) -> Result<KeyRecord> {
             (Some(kbk), Some(blob)) => Some(EscrowCopy { kbk, blob }),
             _ => None,
         },
+        attributes: crate::key_attributes_from(get::<Option<String>>(r, 17)?.as_deref()).map_err(corrupt)?,
     })
 }
 
@@ -1024,7 +1032,8 @@ impl PgRepository {
             moved.wrapped = Some(WrappedMaterial(r.wrapped.clone()));
             moved.mkvp = r.to;
             let (mh, kh) = (moved.mkvp.to_hex(), moved.kcv.to_hex());
-            let mut cols = self.key_values(&moved, &mh, &kh);
+            let attrs = crate::key_attributes_text(&moved.attributes);
+            let mut cols = self.key_values(&moved, &mh, &kh, &attrs);
             if let Some((_, v)) = cols.iter_mut().find(|(n, _)| *n == b"destroy_after") {
                 *v = after.map_or(Col::Null, Col::Int);
             }
@@ -1249,7 +1258,13 @@ impl PgRepository {
 
     /// A key's columns in the keys table's order, named (those the table
     /// lacks are left out; one it has that is not here counts as NULL).
-    fn key_values<'k>(&self, k: &'k KeyRecord, mkvp: &'k str, kcv: &'k str) -> Vec<(&'k [u8], Col<'k>)> {
+    fn key_values<'k>(
+        &self,
+        k: &'k KeyRecord,
+        mkvp: &'k str,
+        kcv: &'k str,
+        attributes: &'k Option<String>,
+    ) -> Vec<(&'k [u8], Col<'k>)> {
         let opt = |t: Option<Timestamp>| t.map_or(Col::Null, |t| Col::Int(ts(t)));
         let by_name = |name: &str| -> Col<'k> {
             match name {
@@ -1269,6 +1284,7 @@ impl PgRepository {
                 "use_count" => Col::Int(k.use_count as i64),
                 "escrow_kbk" => k.escrow.as_ref().map_or(Col::Null, |e| Col::Text(e.kbk.as_bytes())),
                 "escrow" => k.escrow.as_ref().map_or(Col::Null, |e| Col::Blob(&e.blob)),
+                "attributes" => attributes.as_ref().map_or(Col::Null, |a| Col::Text(a.as_bytes())),
                 _ => Col::Null,
             }
         };
@@ -1439,7 +1455,7 @@ impl PgRepository {
             "store a key",
             "keys",
             &format!(
-                "INSERT INTO keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                "INSERT INTO keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
             ),
             &[
                 &k.label.as_str(),
@@ -1458,6 +1474,7 @@ impl PgRepository {
                 &(k.use_count as i64),
                 &k.escrow.as_ref().map(|e| e.kbk.as_str()),
                 &k.escrow.as_ref().map(|e| &e.blob[..]),
+                &crate::key_attributes_text(&k.attributes),
             ],
         );
         r.map(|_| ()).map_err(exists_as("key", k.label.to_string()))
@@ -1495,7 +1512,8 @@ impl PgRepository {
             k.use_count += n as u64;
             k.last_used_at = Some(now);
             let (mh, kh) = (k.mkvp.to_hex(), k.kcv.to_hex());
-            let mut cols = self.key_values(&k, &mh, &kh);
+            let attrs = crate::key_attributes_text(&k.attributes);
+            let mut cols = self.key_values(&k, &mh, &kh, &attrs);
             if let Some((_, v)) = cols.iter_mut().find(|(c, _)| *c == b"destroy_after") {
                 *v = after.map_or(Col::Null, Col::Int);
             }
@@ -1802,9 +1820,10 @@ impl Repository for PgRepository {
                 "update a key",
                 "keys",
                 "UPDATE keys SET state = $2, wrapped = $3, mkvp = $4, activated_at = $5, deactivated_at = $6,
-                 destroyed_at = $7, expires_at = $8, escrow_kbk = $9, escrow = $10
+                 destroyed_at = $7, expires_at = $8, escrow_kbk = $9, escrow = $10, attributes = $16
                  WHERE label = $1 AND state = $11 AND wrapped IS NOT DISTINCT FROM $12 AND mkvp = $13
-                 AND escrow_kbk IS NOT DISTINCT FROM $14 AND escrow IS NOT DISTINCT FROM $15",
+                 AND escrow_kbk IS NOT DISTINCT FROM $14 AND escrow IS NOT DISTINCT FROM $15
+                 AND attributes IS NOT DISTINCT FROM $17",
                 &[
                     &k.label.as_str(),
                     &k.state.as_str(),
@@ -1821,6 +1840,8 @@ impl Repository for PgRepository {
                     &was.mkvp.to_hex(),
                     &was.escrow.as_ref().map(|e| e.kbk.as_str()),
                     &was.escrow.as_ref().map(|e| &e.blob[..]),
+                    &crate::key_attributes_text(&k.attributes),
+                    &crate::key_attributes_text(&was.attributes),
                 ],
             )?;
             if rows.is_empty() {
@@ -1851,18 +1872,19 @@ impl Repository for PgRepository {
             let generation = self.generation(tx)?;
             for batch in recs.chunks(1000) {
                 let hex: Vec<(String, String)> = batch.iter().map(|k| (k.mkvp.to_hex(), k.kcv.to_hex())).collect();
+                let attrs: Vec<Option<String>> = batch.iter().map(|k| crate::key_attributes_text(&k.attributes)).collect();
                 let mut macs = Vec::with_capacity(batch.len());
-                for (k, (m, c)) in batch.iter().zip(&hex) {
-                    macs.push(self.mac_for("keys", &self.key_values(k, m, c), generation.clone())?);
+                for ((k, (m, c)), a) in batch.iter().zip(&hex).zip(&attrs) {
+                    macs.push(self.mac_for("keys", &self.key_values(k, m, c, a), generation.clone())?);
                 }
                 let text = |f: &dyn Fn(&KeyRecord) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
                 let time = |f: &dyn Fn(&KeyRecord) -> Option<Timestamp>| batch.iter().map(|k| f(k).map(ts)).collect::<Vec<_>>();
                 let r = tx.execute(
                     "INSERT INTO keys (label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at,
-                         destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow, mac)
+                         destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow, mac, attributes)
                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[],
                          $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::text[],
-                         $16::bytea[], $17::bytea[])",
+                         $16::bytea[], $17::bytea[], $18::text[])",
                     &[
                         &text(&|k| k.label.as_str()),
                         &text(&|k| k.state.as_str()),
@@ -1881,6 +1903,7 @@ impl Repository for PgRepository {
                         &batch.iter().map(|k| k.escrow.as_ref().map(|e| e.kbk.as_str())).collect::<Vec<_>>(),
                         &batch.iter().map(|k| k.escrow.as_ref().map(|e| &e.blob[..])).collect::<Vec<_>>(),
                         &macs,
+                        &attrs,
                     ],
                 );
                 r.map_err(pg("store keys")).map_err(|e| match e {

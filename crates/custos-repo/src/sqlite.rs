@@ -366,6 +366,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE snapshots ADD COLUMN checked_data INTEGER;
     ALTER TABLE snapshots ADD COLUMN check_problem TEXT;
     "#,
+    // 23: what KMIP clients record about a key (names, length, usage
+    // mask, revocation; JSON), inside the row's MAC. NULL when none.
+    r#"
+    ALTER TABLE keys ADD COLUMN attributes TEXT;
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
@@ -805,7 +810,7 @@ fn principal_from_row(r: &Row) -> rusqlite::Result<PrincipalRecord> {
     })
 }
 
-const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow";
+const KEY_COLS: &str = "label, state, purpose, app, wrapped, mkvp, kcv, created_at, activated_at, deactivated_at, destroyed_at, expires_at, last_used_at, use_count, escrow_kbk, escrow, attributes";
 
 fn key_from_row(r: &Row) -> rusqlite::Result<KeyRecord> {
     let label: String = r.get(0)?;
@@ -832,6 +837,7 @@ fn key_from_row(r: &Row) -> rusqlite::Result<KeyRecord> {
             (Some(kbk), Some(blob)) => Some(EscrowCopy { kbk, blob }),
             _ => None,
         },
+        attributes: crate::key_attributes_from(r.get::<_, Option<String>>(16)?.as_deref()).map_err(corrupt)?,
     })
 }
 
@@ -1184,7 +1190,7 @@ fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
     // Cached: compiling it compiles the row triggers too (ADR 0019).
     let mut st = conn
         .prepare_cached(&format!(
-            "INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            "INSERT INTO keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         ))
         .map_err(db("store a key"))?;
     let r = st.execute(params![
@@ -1203,7 +1209,8 @@ fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
         k.last_used_at.map(ts),
         k.use_count as i64,
         k.escrow.as_ref().map(|e| &e.kbk),
-        k.escrow.as_ref().map(|e| &e.blob)
+        k.escrow.as_ref().map(|e| &e.blob),
+        crate::key_attributes_text(&k.attributes)
     ]);
     match r {
         Err(e) if is_unique_violation(&e) => Err(RepoError::Exists { kind: "key", name: k.label.to_string() }),
@@ -1389,8 +1396,9 @@ impl Repository for SqliteRepository {
             .conn()
             .execute(
                 "UPDATE keys SET state = ?2, wrapped = ?3, mkvp = ?4, activated_at = ?5, deactivated_at = ?6,
-                 destroyed_at = ?7, expires_at = ?8, escrow_kbk = ?9, escrow = ?10
-                 WHERE label = ?1 AND state = ?11 AND wrapped IS ?12 AND mkvp = ?13 AND escrow_kbk IS ?14 AND escrow IS ?15",
+                 destroyed_at = ?7, expires_at = ?8, escrow_kbk = ?9, escrow = ?10, attributes = ?16
+                 WHERE label = ?1 AND state = ?11 AND wrapped IS ?12 AND mkvp = ?13 AND escrow_kbk IS ?14 AND escrow IS ?15
+                 AND attributes IS ?17",
                 params![
                     k.label.as_str(),
                     k.state.as_str(),
@@ -1407,6 +1415,8 @@ impl Repository for SqliteRepository {
                     was.mkvp.to_hex(),
                     was.escrow.as_ref().map(|e| &e.kbk),
                     was.escrow.as_ref().map(|e| &e.blob),
+                    crate::key_attributes_text(&k.attributes),
+                    crate::key_attributes_text(&was.attributes),
                 ],
             )
             .map_err(db("update a key"))?;

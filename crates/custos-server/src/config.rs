@@ -20,6 +20,9 @@ pub struct Config {
     pub hsm: HsmConfig,
     pub listen: Listen,
     pub tls: Option<Tls>,
+    /// The KMIP listener (issue 16, ADR 0024): devices ask for keys over
+    /// TTLV on mutually authenticated TLS.
+    pub kmip: Option<KmipConfig>,
     /// Directories and URL prefixes volumes may live under (`volume add`
     /// outside them is refused). Empty: only inside the vault directory.
     #[serde(default)]
@@ -43,6 +46,7 @@ impl std::fmt::Debug for Config {
             .field("hsm", &self.hsm)
             .field("listen", &self.listen)
             .field("tls", &self.tls)
+            .field("kmip", &self.kmip)
             .field("volumes", &self.volumes)
             .field("drain_secs", &self.drain_secs)
             .finish_non_exhaustive()
@@ -95,6 +99,49 @@ pub struct ClientCert {
     pub principal: String,
 }
 
+/// `[kmip]`: where devices reach the KMIP service, and who they are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmipConfig {
+    /// host:port (KMIP's port is 5696). The server's certificate and key
+    /// are `[tls]`'s.
+    pub listen: String,
+    /// PEM CA bundle that signs devices' certificates (default: `[tls]`'s
+    /// `client_ca`). A client without a certificate it signed is refused
+    /// in the handshake.
+    pub client_ca: Option<PathBuf>,
+    /// Which principal a certificate's subject common name is. A name not
+    /// listed is refused unless `cn_is_principal` is set.
+    #[serde(default)]
+    pub clients: Vec<KmipClient>,
+    /// A listed name's principal, else the common name itself.
+    #[serde(default)]
+    pub cn_is_principal: bool,
+    /// The application whose naming sequence labels keys made over KMIP
+    /// (default `KMIP`: `DSET.PRIM.KMIP.key001`, …).
+    #[serde(default = "default_kmip_app")]
+    pub app: String,
+    /// The largest request message taken, in bytes (default 1 MiB).
+    #[serde(default = "default_kmip_max")]
+    pub max_message: usize,
+}
+
+fn default_kmip_app() -> String {
+    "KMIP".into()
+}
+
+fn default_kmip_max() -> usize {
+    1 << 20
+}
+
+/// A device certificate's subject common name, and its principal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmipClient {
+    pub cn: String,
+    pub principal: String,
+}
+
 /// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("server configuration {path}: {why}")]
@@ -114,6 +161,25 @@ impl Config {
         }
         if c.listen.tcp.is_some() && c.tls.is_none() {
             return Err(err("[listen] tcp needs [tls] cert and key: the server speaks TLS 1.3 only".into()));
+        }
+        if let Some(k) = &c.kmip {
+            let Some(tls) = &c.tls else {
+                return Err(err("[kmip] needs [tls] cert and key: KMIP runs over TLS only".into()));
+            };
+            if k.client_ca.is_none() && tls.client_ca.is_none() {
+                return Err(err(
+                    "[kmip] needs client_ca (in [kmip] or [tls]): KMIP clients are authenticated by their certificates"
+                        .into(),
+                ));
+            }
+            if !(1024..=64 << 20).contains(&k.max_message) {
+                return Err(err("[kmip] max_message must be 1024 bytes to 64 MiB".into()));
+            }
+            if k.clients.is_empty() && !k.cn_is_principal {
+                return Err(err(
+                    "[kmip] maps no certificate to a principal: add [[kmip.clients]] cn and principal, or cn_is_principal = true".into(),
+                ));
+            }
         }
         Ok(c)
     }

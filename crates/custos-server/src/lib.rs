@@ -17,6 +17,7 @@
 mod auth;
 pub mod config;
 mod http;
+mod kmip;
 mod linger;
 mod metrics;
 mod net;

@@ -22,7 +22,7 @@ use crate::linger::Lingering;
 use crate::metrics::Metrics;
 use crate::{setup, ServeError};
 
-fn pem_certs(path: &std::path::Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ServeError> {
+pub(crate) fn pem_certs(path: &std::path::Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ServeError> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::pem_file_iter(path)
         .map_err(|e| setup(format!("TLS certificates {}", path.display()), e))?
@@ -104,6 +104,14 @@ pub async fn serve(
         }
         _ => None,
     };
+    let (stop_kmip, stopped) = tokio::sync::watch::channel(false);
+    let kmip = match (&config.kmip, &config.tls) {
+        (Some(k), Some(t)) => {
+            let l = crate::kmip::Listener::bind(k, t, shared.engine.clone()).await?;
+            Some(tokio::spawn(l.run(stopped)))
+        }
+        _ => None,
+    };
     ready();
     let builder = hyper::server::conn::http1::Builder::new();
     tokio::pin!(shutdown);
@@ -139,6 +147,10 @@ pub async fn serve(
     }
     // Drain: refuse new requests, let those in flight finish.
     shared.draining.store(true, Ordering::Relaxed);
+    let _ = stop_kmip.send(true);
+    if let Some(k) = kmip {
+        let _ = tokio::time::timeout(Duration::from_secs(config.drain_secs), k).await;
+    }
     drop(unix);
     drop(tcp);
     if tokio::time::timeout(Duration::from_secs(config.drain_secs), graceful.shutdown()).await.is_err() {

@@ -56,6 +56,7 @@ pub fn plan(c: &KeyCmd) -> anyhow::Result<Plan> {
             expires_at: expires.as_deref().map(parse_expiry).transpose()?,
             activate: *activate,
             count: *count,
+            attributes: Default::default(),
         }),
         KeyCmd::Ls { pattern: p, limit, after } => {
             Plan::new(Operation::KeyList { pattern: pattern(p.as_deref())?, limit: *limit, after: after.clone() })

@@ -1,0 +1,208 @@
+//! KMIP (issue 16): PyKMIP's own client against `custos serve` over
+//! mutually authenticated TLS, with principals mapped from certificates.
+
+use super::*;
+use crate::common::walk_files;
+
+/// The Python with PyKMIP that `.ci/run` installs (or CUSTOS_PYKMIP_PYTHON).
+fn pykmip_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CUSTOS_PYKMIP_PYTHON") {
+        return p.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
+    let p = cache.join("custos-ci/pykmip/bin/python");
+    assert!(
+        p.exists(),
+        "PyKMIP is not installed: run .ci/run (it makes {}) or set CUSTOS_PYKMIP_PYTHON to a Python that has it",
+        p.display()
+    );
+    p
+}
+
+fn phase(port: u16, ca: &Path, certs: &serde_json::Value, state: &serde_json::Value, name: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/kmip_client.py");
+    let o = Command::new(pykmip_python())
+        .arg(&script)
+        .arg(name)
+        .env("KMIP_PORT", port.to_string())
+        .env("KMIP_CA", ca)
+        .env("KMIP_CERTS", certs.to_string())
+        .env("KMIP_STATE", state.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "PyKMIP phase {name} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+const KADMIN: &str = "kadmin's credential, long enough";
+const APPROVER: &str = "approver's credential, long enough";
+
+#[test]
+fn pykmip_manages_custos_keys_over_mutual_tls() {
+    let e = Env::new();
+    add(&e, "kadmin", "security-admin", KADMIN);
+    add(&e, "approver", "security-admin", APPROVER);
+    add(&e, "array1", "app", "array1's credential, long enough");
+    add(&e, "array2", "app", "array2's credential, long enough");
+    e.ok(&["user", "grant", "array1", "--key", "DSET.PRIM.KMIP.**"]);
+    e.ok(&["config", "set", "dual-control", "key-destroy"]);
+    let server_pki = Pki::new("custos test server CA");
+    let client_pki = Pki::new("custos test device CA");
+    let d = e.dir.path();
+    let w = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    };
+    let (cert, key, _) = server_pki.issue("custos", &["localhost"]);
+    let (cert_p, key_p) = (w("server.pem", &cert), w("server.key", &key));
+    let ca_p = w("ca.pem", &server_pki.ca_pem);
+    let cca_p = w("device-ca.pem", &client_pki.ca_pem);
+    let mut certs = serde_json::Map::new();
+    for who in ["kadmin", "array1", "array2"] {
+        let (c, k, _) = client_pki.issue(&format!("{who}.devices.example"), &[]);
+        certs.insert(who.into(), serde_json::json!([w(&format!("{who}.pem"), &c), w(&format!("{who}.key"), &k)]));
+    }
+    // The same name, signed by a CA the server does not trust.
+    let (c, k, _) = Pki::new("someone else").issue("kadmin.devices.example", &[]);
+    certs.insert("stranger".into(), serde_json::json!([w("stranger.pem", &c), w("stranger.key", &k)]));
+    let certs = serde_json::Value::Object(certs);
+    let port = free_port();
+    let mut extra = format!(
+        "[tls]\ncert = {cert_p:?}\nkey = {key_p:?}\n[kmip]\nlisten = \"127.0.0.1:{port}\"\nclient_ca = {cca_p:?}\nmax_message = 1048576\n"
+    );
+    for who in ["kadmin", "array1", "array2"] {
+        extra.push_str(&format!("[[kmip.clients]]\ncn = \"{who}.devices.example\"\nprincipal = \"{who}\"\n"));
+    }
+    let s = Served::start_with(&e, &extra);
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no KMIP listener: {}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let one = phase(port, &ca_p, &certs, &serde_json::json!({}), "one");
+    let uid = |k: &str| one["uids"][k].as_str().unwrap().to_string();
+    let main = uid("main");
+    assert!(main.starts_with("DSET.PRIM.KMIP.key"), "labelled by the naming standard: {one}");
+    let versions: Vec<&str> = one["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(versions, ["2.0", "1.4", "1.3", "1.2", "1.1", "1.0"]);
+    for op in ["CREATE", "GET", "LOCATE", "ACTIVATE", "REVOKE", "DESTROY", "GET_ATTRIBUTES", "QUERY"] {
+        assert!(one["operations"].as_array().unwrap().iter().any(|o| o == op), "{op}: {}", one["operations"]);
+    }
+    let refused = |k: &str, reason: &str| {
+        assert_eq!(one[k]["status"], "OPERATION_FAILED", "{k}: {}", one[k]);
+        assert_eq!(one[k]["reason"], reason, "{k}: {}", one[k]);
+        assert!(!one[k]["message"].as_str().unwrap_or("").is_empty(), "{k} says why: {}", one[k]);
+    };
+    refused("duplicate_name", "NON_UNIQUE_NAME_ATTRIBUTE");
+    refused("bad_length", "INVALID_FIELD");
+    refused("destroy_active", "WRONG_KEY_LIFECYCLE_STATE");
+    refused("unknown", "ITEM_NOT_FOUND");
+    refused("not_an_identifier", "ITEM_NOT_FOUND");
+    refused("unknown_get", "ITEM_NOT_FOUND");
+    refused("ungranted_get", "PERMISSION_DENIED");
+    refused("app_creates", "PERMISSION_DENIED");
+    refused("truncated", "INVALID_MESSAGE");
+    refused("oversize", "INVALID_MESSAGE");
+    assert!(one["oversize"]["message"].as_str().unwrap().contains("limit of 1048576"), "{}", one["oversize"]);
+    assert!(
+        one["stranger"].get("error").is_some(),
+        "a certificate from another CA gets no session: {}",
+        one["stranger"]
+    );
+    assert_eq!(one["before_activate"], serde_json::json!(["PRE_ACTIVE"]));
+    let a = &one["attributes"];
+    assert_eq!(a["Name"], serde_json::json!(["array1-volume-key"]), "{a}");
+    assert_eq!(a["State"], serde_json::json!(["ACTIVE"]), "{a}");
+    assert_eq!(a["Cryptographic Algorithm"], serde_json::json!(["AES"]), "{a}");
+    assert_eq!(a["Cryptographic Length"], serde_json::json!([256]), "{a}");
+    assert_eq!(a["Cryptographic Usage Mask"], serde_json::json!([12]), "encrypt | decrypt: {a}");
+    assert_eq!(a["Object Type"], serde_json::json!(["SYMMETRIC_KEY"]), "{a}");
+    assert_eq!(a["Unique Identifier"], serde_json::json!([main]), "{a}");
+    let some: Vec<&String> = one["some_attributes"].as_object().unwrap().keys().collect();
+    assert_eq!(some, ["Cryptographic Length", "State"]);
+    for n in ["Name", "State", "Unique Identifier", "Activation Date", "Initial Date"] {
+        assert!(one["attribute_list"].as_array().unwrap().iter().any(|x| x == n), "{n}: {}", one["attribute_list"]);
+    }
+    assert_eq!(one["located_by_name"], serde_json::json!([main]));
+    assert_eq!(one["retired_state"], serde_json::json!(["DEACTIVATED"]));
+    assert_eq!(one["leaked_state"]["State"], serde_json::json!(["COMPROMISED"]));
+    assert_eq!(one["leaked_state"]["Compromise Date"].as_array().unwrap().len(), 1);
+    // (`doomed` is revoked only later.)
+    let mut active = vec![main.clone(), uid("short"), uid("doomed")];
+    active.sort();
+    assert_eq!(one["located_active"], serde_json::json!(active));
+    assert_eq!(one["located_compromised"], serde_json::json!([uid("leaked")]));
+    assert_eq!(one["located_page"].as_array().unwrap().len(), 2);
+    assert_eq!(one["destroy_doomed"]["status"], "OPERATION_PENDING", "{}", one["destroy_doomed"]);
+    assert_eq!(one["material"].as_str().unwrap().len(), 64, "256 bits");
+    assert_eq!(one["length"], 256);
+    assert_eq!(one["short_material"].as_str().unwrap().len(), 32, "128 bits");
+    assert_eq!(one["short_length"], 128);
+    assert_eq!(
+        one["compromised_get"]["status"], "SUCCESS",
+        "a compromised key still decrypts: {}",
+        one["compromised_get"]
+    );
+
+    // The keys are Custos keys: in `key ls`, with their state.
+    let keys = s.ok("ops", OPS_CRED, &["--json", "key", "ls"]);
+    let keys: serde_json::Value = serde_json::from_str(&keys).unwrap();
+    let row = |l: &str| keys.as_array().unwrap().iter().find(|k| k["label"] == l).cloned().unwrap();
+    assert_eq!(row(&main)["state"], "active");
+    assert_eq!(row(&main)["attributes"]["names"], serde_json::json!(["array1-volume-key"]));
+    assert_eq!(row(&uid("leaked"))["state"], "compromised");
+    assert_eq!(row(&uid("leaked"))["attributes"]["revocation"]["reason"], "key-compromise");
+    // Audited under the certificate's principal.
+    let log: serde_json::Value =
+        serde_json::from_str(&s.ok("ops", OPS_CRED, &["--json", "audit", "ls", "--principal", "kadmin"])).unwrap();
+    let log = log.as_array().unwrap();
+    assert!(log.iter().any(|r| r["action"] == "key create" && r["result"].as_str().unwrap().starts_with("ok")));
+    assert!(log.iter().any(|r| r["action"] == "key revoke" && r["object"] == uid("leaked").as_str()));
+    let log: serde_json::Value =
+        serde_json::from_str(&s.ok("ops", OPS_CRED, &["--json", "audit", "ls", "--principal", "array1"])).unwrap();
+    assert!(log.as_array().unwrap().iter().any(|r| r["action"] == "key export" && r["object"] == main.as_str()));
+    let log: serde_json::Value =
+        serde_json::from_str(&s.ok("ops", OPS_CRED, &["--json", "audit", "ls", "--principal", "array2"])).unwrap();
+    assert!(log
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["action"] == "key export" && r["result"].as_str().unwrap().starts_with("refused")));
+
+    // The destruction waits for a second principal.
+    let reqs: serde_json::Value = serde_json::from_str(&s.ok("ops", OPS_CRED, &["--json", "request", "ls"])).unwrap();
+    let req = reqs.as_array().unwrap().iter().find(|r| r["action"] == "key-destroy").cloned().unwrap();
+    assert_eq!(req["requested_by"], "kadmin");
+    s.ok("approver", APPROVER, &["request", "approve", &req["id"].to_string()]);
+
+    // In a keystore backup, and through a master key change.
+    s.ok("ops", OPS_CRED, &["keystore", "backup", "--to", "default"]);
+    let mut in_backup = false;
+    for f in walk_files(&e.vault) {
+        if f.to_string_lossy().contains("keystore") {
+            in_backup |=
+                std::fs::read_to_string(&f).is_ok_and(|t| t.contains(&main) && t.contains("array1-volume-key"));
+        }
+    }
+    assert!(in_backup, "the keystore backup holds the KMIP key and its name");
+    s.ok("ops", OPS_CRED, &["mk", "load-new", "--generate"]);
+    s.ok("ops", OPS_CRED, &["mk", "activate"]);
+    s.ok("ops", OPS_CRED, &["mk", "reencipher"]);
+
+    let state = serde_json::json!({ "main": main, "doomed": uid("doomed") });
+    let two = phase(port, &ca_p, &certs, &state, "two");
+    assert_eq!(two["material"], one["material"], "the same key after the master key changed");
+    assert_eq!(two["doomed_state"], serde_json::json!(["DESTROYED"]));
+    assert_eq!(two["destroyed_get"]["status"], "OPERATION_FAILED", "{}", two["destroyed_get"]);
+    assert!(s.stop().is_some_and(|st| st.success()), "{}", s.log());
+}

@@ -1,0 +1,941 @@
+//! KMIP requests carried out through the Operation boundary: each batch
+//! item becomes one [`Operation`] run by the engine for the principal the
+//! client certificate names, so rights, key grants, dual control and the
+//! audit log apply exactly as they do to the CLI and the HTTP API. A
+//! KMIP object is a Custos key; its Unique Identifier is the key's label.
+
+use std::sync::Arc;
+
+use custos_core::model::{KeyAction, KeyAttributes, KeyLabel, KeyRecord, KeyState, Purpose};
+use custos_ops::{Caller, Code, Engine, Io, Operation, Reply};
+use jiff::Timestamp;
+use zeroize::Zeroizing;
+
+use crate::tags::*;
+use crate::ttlv::{decode, encode, Item, Value};
+
+/// What the server's configuration decides about KMIP.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The application whose naming sequence labels keys made over KMIP.
+    pub app: String,
+    /// The largest request message taken, in bytes.
+    pub max_message: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { app: "KMIP".into(), max_message: 1 << 20 }
+    }
+}
+
+/// The KMIP service: decodes a request message, runs its batch items and
+/// encodes the response.
+pub struct Kmip {
+    engine: Arc<Engine>,
+    settings: Settings,
+}
+
+/// Why one batch item failed: KMIP's result reason and a message.
+#[derive(Debug)]
+struct Failure {
+    reason: u32,
+    message: String,
+}
+
+/// How one batch item ended.
+enum Done {
+    Ok(Vec<Item>),
+    /// Accepted, carried out later (dual control, a waiting period): the
+    /// correlation value names what to look for.
+    Pending(String, String),
+}
+
+type R<T> = Result<T, Failure>;
+
+fn fail(reason: u32, message: impl Into<String>) -> Failure {
+    Failure { reason, message: message.into() }
+}
+
+fn invalid(message: impl Into<String>) -> Failure {
+    fail(REASON_INVALID_FIELD, message)
+}
+
+fn text(tag: u32, s: impl Into<String>) -> Item {
+    Item::new(tag, Value::Text(s.into()))
+}
+
+fn enumeration(tag: u32, v: u32) -> Item {
+    Item::new(tag, Value::Enumeration(v))
+}
+
+fn integer(tag: u32, v: i32) -> Item {
+    Item::new(tag, Value::Integer(v))
+}
+
+fn date(tag: u32, t: Timestamp) -> Item {
+    Item::new(tag, Value::DateTime(t.as_second()))
+}
+
+fn version_item(v: (i32, i32)) -> Item {
+    Item::structure(PROTOCOL_VERSION, vec![integer(PROTOCOL_VERSION_MAJOR, v.0), integer(PROTOCOL_VERSION_MINOR, v.1)])
+}
+
+fn tag_name(tag: u32) -> String {
+    format!("{tag:06X}")
+}
+
+/// The one child of `s` with `tag`, if any; two are refused.
+fn one(s: &[Item], tag: u32) -> R<Option<&Item>> {
+    let mut found = s.iter().filter(|i| i.tag == tag);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(invalid(format!("field {} appears twice", tag_name(tag))));
+    }
+    Ok(first)
+}
+
+fn need<'a>(s: &'a [Item], tag: u32, what: &str) -> R<&'a Item> {
+    one(s, tag)?.ok_or_else(|| fail(REASON_MISSING_DATA, format!("the request has no {what}")))
+}
+
+fn as_text<'a>(i: &'a Item, what: &str) -> R<&'a str> {
+    match &i.value {
+        Value::Text(t) => Ok(t),
+        v => Err(invalid(format!("{what} is a {} where a text string belongs", v.type_name()))),
+    }
+}
+
+fn as_int(i: &Item, what: &str) -> R<i32> {
+    match i.value {
+        Value::Integer(v) => Ok(v),
+        ref v => Err(invalid(format!("{what} is a {} where an integer belongs", v.type_name()))),
+    }
+}
+
+fn as_enum(i: &Item, what: &str) -> R<u32> {
+    match i.value {
+        Value::Enumeration(v) => Ok(v),
+        ref v => Err(invalid(format!("{what} is a {} where an enumeration belongs", v.type_name()))),
+    }
+}
+
+fn as_date(i: &Item, what: &str) -> R<Timestamp> {
+    match i.value {
+        Value::DateTime(v) => {
+            Timestamp::from_second(v).map_err(|_| invalid(format!("{what} is outside the dates Custos keeps")))
+        }
+        ref v => Err(invalid(format!("{what} is a {} where a date-time belongs", v.type_name()))),
+    }
+}
+
+/// Refuse any field of `s` not in `known`.
+fn only(s: &[Item], known: &[u32], what: &str) -> R<()> {
+    match s.iter().find(|i| !known.contains(&i.tag)) {
+        Some(i) => Err(invalid(format!("{what} has a field this server does not know: {}", tag_name(i.tag)))),
+        None => Ok(()),
+    }
+}
+
+/// A parsed request message.
+struct Request<'a> {
+    version: (i32, i32),
+    items: Vec<BatchItem<'a>>,
+}
+
+struct BatchItem<'a> {
+    operation: u32,
+    id: Option<&'a Item>,
+    payload: &'a [Item],
+}
+
+fn parse_request(msg: &Item) -> R<Request<'_>> {
+    let bad = |m: &str| fail(REASON_INVALID_MESSAGE, m.to_string());
+    if msg.tag != REQUEST_MESSAGE || !matches!(msg.value, Value::Structure(_)) {
+        return Err(bad("the message is not a KMIP request message"));
+    }
+    let top = msg.items();
+    let header = need(top, REQUEST_HEADER, "request header")?;
+    only(
+        header.items(),
+        &[
+            PROTOCOL_VERSION,
+            MAXIMUM_RESPONSE_SIZE,
+            CLIENT_CORRELATION_VALUE,
+            SERVER_CORRELATION_VALUE,
+            ASYNCHRONOUS_INDICATOR,
+            AUTHENTICATION,
+            BATCH_ERROR_CONTINUATION_OPTION,
+            BATCH_ORDER_OPTION,
+            TIME_STAMP,
+            BATCH_COUNT,
+        ],
+        "the request header",
+    )
+    .map_err(|f| bad(&f.message))?;
+    let v = need(header.items(), PROTOCOL_VERSION, "protocol version")?;
+    let major = as_int(need(v.items(), PROTOCOL_VERSION_MAJOR, "protocol version major")?, "protocol version major")?;
+    let minor = as_int(need(v.items(), PROTOCOL_VERSION_MINOR, "protocol version minor")?, "protocol version minor")?;
+    let count = as_int(need(header.items(), BATCH_COUNT, "batch count")?, "batch count")?;
+    only(top, &[REQUEST_HEADER, BATCH_ITEM], "the request message").map_err(|f| bad(&f.message))?;
+    let mut items = Vec::new();
+    for b in top.iter().filter(|i| i.tag == BATCH_ITEM) {
+        only(b.items(), &[OPERATION, UNIQUE_BATCH_ITEM_ID, REQUEST_PAYLOAD], "a batch item")
+            .map_err(|f| bad(&f.message))?;
+        let operation = as_enum(need(b.items(), OPERATION, "operation")?, "operation")?;
+        let payload = need(b.items(), REQUEST_PAYLOAD, "request payload")?;
+        if !matches!(payload.value, Value::Structure(_)) {
+            return Err(bad("a request payload must be a structure"));
+        }
+        items.push(BatchItem { operation, id: one(b.items(), UNIQUE_BATCH_ITEM_ID)?, payload: payload.items() });
+    }
+    if items.is_empty() || count as usize != items.len() {
+        return Err(bad(&format!("the batch count says {count} but the message holds {} batch items", items.len())));
+    }
+    Ok(Request { version: (major, minor), items })
+}
+
+/// The version a response uses: the client's when this server speaks it,
+/// else the newest it speaks below the client's.
+fn answer_version(asked: (i32, i32)) -> Option<(i32, i32)> {
+    VERSIONS.iter().copied().find(|v| *v <= asked)
+}
+
+/// A response message.
+fn response(version: (i32, i32), items: Vec<Item>) -> Zeroizing<Vec<u8>> {
+    let header = Item::structure(
+        RESPONSE_HEADER,
+        vec![version_item(version), date(TIME_STAMP, Timestamp::now()), integer(BATCH_COUNT, items.len() as i32)],
+    );
+    let mut top = vec![header];
+    top.extend(items);
+    encode(&Item::structure(RESPONSE_MESSAGE, top))
+}
+
+fn failed_item(operation: Option<u32>, id: Option<&Item>, f: &Failure) -> Item {
+    let mut v = Vec::new();
+    if let Some(op) = operation {
+        v.push(enumeration(OPERATION, op));
+    }
+    if let Some(id) = id {
+        v.push(id.clone());
+    }
+    v.push(enumeration(RESULT_STATUS, STATUS_FAILED));
+    v.push(enumeration(RESULT_REASON, f.reason));
+    v.push(text(RESULT_MESSAGE, f.message.clone()));
+    Item::structure(BATCH_ITEM, v)
+}
+
+/// An error response to a message that could not be read as a request:
+/// one failed batch item, in the newest 1.x version (what every client
+/// reads).
+pub fn refusal(reason: u32, message: &str) -> Zeroizing<Vec<u8>> {
+    response((1, 4), vec![failed_item(None, None, &fail(reason, message))])
+}
+
+/// The reason KMIP gives for an engine's error.
+fn reason_for(e: &custos_ops::Error) -> u32 {
+    if let custos_ops::Error::Engine(core) = e {
+        if matches!(**core, custos_core::Error::Invalid { what: "key name", .. }) {
+            return 0x35; // Non Unique Name Attribute
+        }
+        if matches!(**core, custos_core::Error::KeyNoMaterial { .. }) {
+            return 0x36; // Object Destroyed
+        }
+    }
+    match e.code() {
+        Code::NotFound => REASON_ITEM_NOT_FOUND,
+        Code::Forbidden => REASON_PERMISSION_DENIED,
+        Code::Authentication => REASON_AUTHENTICATION_NOT_SUCCESSFUL,
+        Code::KeyState | Code::Conflict => 0x43, // Wrong Key Lifecycle State
+        Code::Invalid | Code::Usage => REASON_INVALID_FIELD,
+        Code::Integrity => REASON_CRYPTOGRAPHIC_FAILURE,
+        _ => REASON_GENERAL_FAILURE,
+    }
+}
+
+/// KMIP's state for a key.
+fn kmip_state(k: &KeyRecord) -> u32 {
+    let compromised = k.attributes.revocation.as_ref().is_some_and(|r| r.reason.ends_with("compromise"));
+    match k.state {
+        KeyState::PreActive => STATE_PRE_ACTIVE,
+        KeyState::Active => STATE_ACTIVE,
+        KeyState::Inactive | KeyState::Archived => STATE_DEACTIVATED,
+        KeyState::Compromised => STATE_COMPROMISED,
+        KeyState::Destroyed if compromised => STATE_DESTROYED_COMPROMISED,
+        KeyState::Destroyed => STATE_DESTROYED,
+    }
+}
+
+/// A key's attributes as KMIP names them, each value tagged with its own
+/// attribute's tag (2.0) — [`attribute_v1`] retags them for 1.x.
+fn attributes_of(k: &KeyRecord) -> Vec<(String, Item)> {
+    let mut out: Vec<(String, Item)> = Vec::new();
+    let mut add = |name: &str, item: Item| out.push((name.to_string(), item));
+    add("Unique Identifier", text(UNIQUE_IDENTIFIER, k.label.as_str()));
+    for n in &k.attributes.names {
+        add("Name", Item::structure(NAME, vec![text(NAME_VALUE, n.clone()), enumeration(NAME_TYPE, NAME_TEXT)]));
+    }
+    add("Object Type", enumeration(OBJECT_TYPE, OBJECT_SYMMETRIC_KEY));
+    add("Cryptographic Algorithm", enumeration(CRYPTOGRAPHIC_ALGORITHM, ALGORITHM_AES));
+    add("Cryptographic Length", integer(CRYPTOGRAPHIC_LENGTH, i32::from(k.attributes.length_bits())));
+    if let Some(m) = k.attributes.usage_mask {
+        add("Cryptographic Usage Mask", integer(CRYPTOGRAPHIC_USAGE_MASK, m as i32));
+    }
+    add("State", enumeration(STATE, kmip_state(k)));
+    add("Initial Date", date(INITIAL_DATE, k.created_at));
+    if let Some(t) = k.activated_at {
+        add("Activation Date", date(ACTIVATION_DATE, t));
+    }
+    if let Some(t) = k.deactivated_at {
+        add("Deactivation Date", date(DEACTIVATION_DATE, t));
+    }
+    if let Some(t) = k.destroyed_at {
+        add("Destroy Date", date(DESTROY_DATE, t));
+    }
+    if let Some(r) = &k.attributes.revocation {
+        let mut v = vec![enumeration(REVOCATION_REASON_CODE, revocation_code(&r.reason))];
+        if let Some(m) = &r.message {
+            v.push(text(REVOCATION_MESSAGE, m.clone()));
+        }
+        add("Revocation Reason", Item::structure(REVOCATION_REASON, v));
+        if r.reason.ends_with("compromise") {
+            add("Compromise Date", date(COMPROMISE_DATE, r.at));
+            if let Some(t) = r.compromised_at {
+                add("Compromise Occurrence Date", date(COMPROMISE_OCCURRENCE_DATE, t));
+            }
+        }
+    }
+    if let Some(c) = &k.attributes.contact {
+        add("Contact Information", text(CONTACT_INFORMATION, c.clone()));
+    }
+    for (name, value) in &k.attributes.custom {
+        add(name, text(ATTRIBUTE_VALUE, value.clone()));
+    }
+    out
+}
+
+/// A 1.x Attribute structure: name, index among its name's instances,
+/// value.
+fn attribute_v1(name: &str, index: usize, value: &Item) -> Item {
+    let mut v = vec![text(ATTRIBUTE_NAME, name)];
+    if index > 0 {
+        v.push(integer(ATTRIBUTE_INDEX, index as i32));
+    }
+    v.push(Item::new(ATTRIBUTE_VALUE, value.value.clone()));
+    Item::structure(ATTRIBUTE, v)
+}
+
+/// Attributes in the shape the version uses: 1.x Attribute structures, or
+/// one 2.0 Attributes structure (custom attributes left out: 2.0 carries
+/// them as vendor attributes, which this server does not write).
+fn attributes_out(version: (i32, i32), attrs: &[(String, Item)]) -> Vec<Item> {
+    if version.0 >= 2 {
+        let v = attrs.iter().filter(|(n, _)| attribute_tag(n).is_some()).map(|(_, i)| i.clone()).collect();
+        return vec![Item::structure(ATTRIBUTES, v)];
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    attrs
+        .iter()
+        .map(|(n, i)| {
+            let index = seen.iter().filter(|s| **s == n.as_str()).count();
+            seen.push(n);
+            attribute_v1(n, index, i)
+        })
+        .collect()
+}
+
+/// Attributes a request gives: from 1.x Attribute structures (`attrs`
+/// holds them) or a 2.0 Attributes structure; as (name, value).
+fn attributes_in(items: &[Item]) -> R<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    for i in items {
+        match i.tag {
+            ATTRIBUTE => {
+                only(i.items(), &[ATTRIBUTE_NAME, ATTRIBUTE_INDEX, ATTRIBUTE_VALUE], "an attribute")?;
+                let name = as_text(need(i.items(), ATTRIBUTE_NAME, "attribute name")?, "an attribute's name")?;
+                let value = need(i.items(), ATTRIBUTE_VALUE, "attribute value")?;
+                out.push((name.to_string(), value.value.clone()));
+            }
+            ATTRIBUTES => {
+                for a in i.items() {
+                    let name = attribute_name(a.tag).ok_or_else(|| {
+                        invalid(format!("attribute {} is not one this server keeps", tag_name(a.tag)))
+                    })?;
+                    out.push((name.to_string(), a.value.clone()));
+                }
+            }
+            TEMPLATE_ATTRIBUTE => {
+                if i.items().iter().any(|t| t.tag == NAME) {
+                    return Err(fail(
+                        REASON_FEATURE_NOT_SUPPORTED,
+                        "named templates are not supported: give the attributes",
+                    ));
+                }
+                out.extend(attributes_in(i.items())?);
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn name_of(v: &Value) -> R<String> {
+    let Value::Structure(s) = v else { return Err(invalid("a Name is a structure of Name Value and Name Type")) };
+    only(s, &[NAME_VALUE, NAME_TYPE], "a Name")?;
+    Ok(as_text(need(s, NAME_VALUE, "name value")?, "a name's value")?.to_string())
+}
+
+fn value_item(v: &Value) -> Item {
+    Item::new(ATTRIBUTE_VALUE, v.clone())
+}
+
+/// Apply a client's attribute to a key's attributes (Create, Add and
+/// Modify Attribute). `create` allows those only a new key takes.
+fn apply(a: &mut KeyAttributes, name: &str, v: &Value, create: bool) -> R<()> {
+    let item = value_item(v);
+    match name {
+        "Name" => {
+            let n = name_of(v)?;
+            if !a.names.contains(&n) {
+                a.names.push(n);
+            }
+        }
+        "Cryptographic Usage Mask" => a.usage_mask = Some(as_int(&item, "the usage mask")? as u32),
+        "Contact Information" => a.contact = Some(as_text(&item, "contact information")?.to_string()),
+        n if n.starts_with("x-") || n.starts_with("y-") => {
+            let t = match v {
+                Value::Text(t) => t.clone(),
+                Value::Integer(i) => i.to_string(),
+                Value::LongInteger(i) => i.to_string(),
+                Value::Boolean(b) => b.to_string(),
+                Value::Enumeration(e) => e.to_string(),
+                other => {
+                    return Err(invalid(format!(
+                        "custom attribute {n}: a {} is not kept; give text",
+                        other.type_name()
+                    )))
+                }
+            };
+            a.custom.insert(n.to_string(), t);
+        }
+        "Cryptographic Algorithm" if create => {
+            if as_enum(&item, "the algorithm")? != ALGORITHM_AES {
+                return Err(invalid("Custos keeps AES keys only: give Cryptographic Algorithm AES"));
+            }
+        }
+        "Cryptographic Length" if create => {
+            let bits = as_int(&item, "the length")?;
+            if ![128, 192, 256].contains(&bits) {
+                return Err(invalid(format!("an AES key of {bits} bits: give 128, 192 or 256")));
+            }
+            a.bits = (bits != 256).then_some(bits as u16);
+        }
+        // Custos's own policies decide; the name is accepted and not kept.
+        "Operation Policy Name" if create => {}
+        "Object Type"
+        | "Cryptographic Algorithm"
+        | "Cryptographic Length"
+        | "Unique Identifier"
+        | "State"
+        | "Initial Date"
+        | "Activation Date"
+        | "Deactivation Date"
+        | "Destroy Date"
+        | "Compromise Date"
+        | "Compromise Occurrence Date"
+        | "Revocation Reason"
+        | "Last Change Date" => {
+            return Err(fail(0x22, format!("attribute {name} is set by the server, not by a client")));
+            // Attribute Read Only
+        }
+        other => return Err(invalid(format!("attribute {other:?} is not one this server keeps"))),
+    }
+    Ok(())
+}
+
+impl Kmip {
+    pub fn new(engine: Arc<Engine>, settings: Settings) -> Self {
+        Self { engine, settings }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Answer one request message (its whole TTLV encoding) for `who`:
+    /// the response, and whether the connection must close after it (the
+    /// message could not be read as a request).
+    pub fn handle(&self, who: &Caller, bytes: &[u8]) -> (Zeroizing<Vec<u8>>, bool) {
+        let msg = match decode(bytes, self.settings.max_message) {
+            Ok(m) => m,
+            Err(e) => return (refusal(REASON_INVALID_MESSAGE, &format!("the request could not be read: {e}")), true),
+        };
+        let req = match parse_request(&msg) {
+            Ok(r) => r,
+            Err(f) => return (refusal(f.reason, &f.message), true),
+        };
+        let Some(version) = answer_version(req.version) else {
+            let why = format!(
+                "protocol version {}.{} is older than any this server speaks (1.0 to 2.0)",
+                req.version.0, req.version.1
+            );
+            return (refusal(REASON_INVALID_MESSAGE, &why), true);
+        };
+        let mut last: Option<String> = None;
+        let mut out = Vec::with_capacity(req.items.len());
+        for b in &req.items {
+            let r = self.run(who, version, b, &mut last);
+            out.push(match r {
+                Ok(Done::Ok(payload)) => {
+                    let mut v = vec![enumeration(OPERATION, b.operation)];
+                    v.extend(b.id.cloned());
+                    v.push(enumeration(RESULT_STATUS, STATUS_SUCCESS));
+                    v.push(Item::structure(RESPONSE_PAYLOAD, payload));
+                    Item::structure(BATCH_ITEM, v)
+                }
+                Ok(Done::Pending(correlation, message)) => {
+                    let mut v = vec![enumeration(OPERATION, b.operation)];
+                    v.extend(b.id.cloned());
+                    v.push(enumeration(RESULT_STATUS, STATUS_PENDING));
+                    v.push(text(RESULT_MESSAGE, message));
+                    v.push(Item::new(
+                        ASYNCHRONOUS_CORRELATION_VALUE,
+                        Value::Bytes(Zeroizing::new(correlation.into_bytes())),
+                    ));
+                    Item::structure(BATCH_ITEM, v)
+                }
+                Err(f) => failed_item(Some(b.operation), b.id, &f),
+            });
+        }
+        (response(version, out), false)
+    }
+
+    fn exec(&self, who: &Caller, op: Operation) -> R<Reply> {
+        self.engine
+            .execute(who, op, Io::default())
+            .map(|o| o.reply)
+            .map_err(|e| Failure { reason: reason_for(&e), message: e.to_string() })
+    }
+
+    /// The key a request's Unique Identifier names (or the one an earlier
+    /// item of the batch made).
+    fn uid(&self, payload: &[Item], last: &Option<String>) -> R<KeyLabel> {
+        let uid = match one(payload, UNIQUE_IDENTIFIER)? {
+            Some(i) => as_text(i, "the unique identifier")?.to_string(),
+            None => last.clone().ok_or_else(|| fail(REASON_MISSING_DATA, "the request names no Unique Identifier"))?,
+        };
+        KeyLabel::new(uid.as_str())
+            .map_err(|_| fail(REASON_ITEM_NOT_FOUND, format!("no object has the identifier {uid:?}")))
+    }
+
+    fn key(&self, who: &Caller, label: &KeyLabel) -> R<KeyRecord> {
+        match self.exec(who, Operation::KeyShow { label: label.clone() })? {
+            Reply::KeyDetail { key, .. } => Ok(key),
+            _ => Err(fail(REASON_GENERAL_FAILURE, "the engine answered a key show with something else")),
+        }
+    }
+
+    fn run(&self, who: &Caller, version: (i32, i32), b: &BatchItem<'_>, last: &mut Option<String>) -> R<Done> {
+        let p = b.payload;
+        match b.operation {
+            OP_DISCOVER_VERSIONS => {
+                let asked: Vec<(i32, i32)> = p
+                    .iter()
+                    .filter(|i| i.tag == PROTOCOL_VERSION)
+                    .map(|v| {
+                        Ok((
+                            as_int(need(v.items(), PROTOCOL_VERSION_MAJOR, "major")?, "major")?,
+                            as_int(need(v.items(), PROTOCOL_VERSION_MINOR, "minor")?, "minor")?,
+                        ))
+                    })
+                    .collect::<R<_>>()?;
+                let v = VERSIONS
+                    .iter()
+                    .filter(|v| asked.is_empty() || asked.contains(v))
+                    .map(|v| version_item(*v))
+                    .collect();
+                Ok(Done::Ok(v))
+            }
+            OP_QUERY => {
+                let mut out = Vec::new();
+                for f in p.iter().filter(|i| i.tag == QUERY_FUNCTION) {
+                    match as_enum(f, "query function")? {
+                        QUERY_OPERATIONS => out.extend(SUPPORTED_OPERATIONS.iter().map(|o| enumeration(OPERATION, *o))),
+                        QUERY_OBJECTS => out.push(enumeration(OBJECT_TYPE, OBJECT_SYMMETRIC_KEY)),
+                        QUERY_SERVER_INFORMATION => {
+                            out.push(text(VENDOR_IDENTIFICATION, "Custos"));
+                            out.push(Item::structure(SERVER_INFORMATION, vec![]));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Done::Ok(out))
+            }
+            OP_CREATE => {
+                let object = as_enum(need(p, OBJECT_TYPE, "object type")?, "the object type")?;
+                if object != OBJECT_SYMMETRIC_KEY {
+                    return Err(fail(0x30, "Custos creates symmetric keys only"));
+                    // Invalid Object Type
+                }
+                let mut a = KeyAttributes::default();
+                let mut activate = false;
+                let mut algorithm = false;
+                for (name, v) in attributes_in(p)? {
+                    match name.as_str() {
+                        "Activation Date" => {
+                            let t = as_date(&value_item(&v), "the activation date")?;
+                            if t > Timestamp::now() {
+                                return Err(fail(
+                                    REASON_FEATURE_NOT_SUPPORTED,
+                                    "an activation date in the future: create the key, then Activate it when it is due",
+                                ));
+                            }
+                            activate = true;
+                        }
+                        "Cryptographic Algorithm" => {
+                            algorithm = true;
+                            apply(&mut a, &name, &v, true)?
+                        }
+                        _ => apply(&mut a, &name, &v, true)?,
+                    }
+                }
+                if !algorithm {
+                    return Err(fail(REASON_MISSING_DATA, "Create needs a Cryptographic Algorithm (AES)"));
+                }
+                let op = Operation::KeyCreate {
+                    label: None,
+                    app: Some(self.settings.app.clone()),
+                    purpose: Purpose::Prim,
+                    expires_at: None,
+                    activate,
+                    count: None,
+                    attributes: a,
+                };
+                match self.exec(who, op)? {
+                    Reply::Key(k, _) => {
+                        *last = Some(k.label.to_string());
+                        Ok(Done::Ok(vec![
+                            enumeration(OBJECT_TYPE, OBJECT_SYMMETRIC_KEY),
+                            text(UNIQUE_IDENTIFIER, k.label.as_str()),
+                        ]))
+                    }
+                    Reply::RequestCreated { request, .. } => Ok(pending_request(request.id)),
+                    _ => Err(fail(REASON_GENERAL_FAILURE, "the engine answered a create with something else")),
+                }
+            }
+            OP_GET => {
+                only(
+                    p,
+                    &[UNIQUE_IDENTIFIER, KEY_FORMAT_TYPE, KEY_COMPRESSION_TYPE, KEY_WRAPPING_SPECIFICATION],
+                    "Get",
+                )?;
+                let label = self.uid(p, last)?;
+                let format = match one(p, KEY_FORMAT_TYPE)? {
+                    None => FORMAT_RAW,
+                    Some(f) => as_enum(f, "the key format type")?,
+                };
+                if format != FORMAT_RAW && format != FORMAT_TRANSPARENT_SYMMETRIC {
+                    return Err(fail(
+                        REASON_KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                        "symmetric keys come as Raw or Transparent Symmetric Key",
+                    ));
+                }
+                if one(p, KEY_WRAPPING_SPECIFICATION)?.is_some() || one(p, KEY_COMPRESSION_TYPE)?.is_some() {
+                    return Err(fail(
+                        REASON_FEATURE_NOT_SUPPORTED,
+                        "keys are returned unwrapped, inside the mutually authenticated TLS session",
+                    ));
+                }
+                let (key, material) = match self.exec(who, Operation::KeyExport { label: label.clone() })? {
+                    Reply::KeyExported { key, material } => (key, material),
+                    _ => return Err(fail(REASON_GENERAL_FAILURE, "the engine answered a get with something else")),
+                };
+                let bytes = Zeroizing::new(
+                    base64_decode(material.expose()).map_err(|_| fail(REASON_GENERAL_FAILURE, "bad key material"))?,
+                );
+                let material_item = if format == FORMAT_RAW {
+                    Item::new(KEY_MATERIAL, Value::Bytes(bytes))
+                } else {
+                    Item::structure(KEY_MATERIAL, vec![Item::new(KEY, Value::Bytes(bytes))])
+                };
+                let block = Item::structure(
+                    KEY_BLOCK,
+                    vec![
+                        enumeration(KEY_FORMAT_TYPE, format),
+                        Item::structure(KEY_VALUE, vec![material_item]),
+                        enumeration(CRYPTOGRAPHIC_ALGORITHM, ALGORITHM_AES),
+                        integer(CRYPTOGRAPHIC_LENGTH, i32::from(key.attributes.length_bits())),
+                    ],
+                );
+                Ok(Done::Ok(vec![
+                    enumeration(OBJECT_TYPE, OBJECT_SYMMETRIC_KEY),
+                    text(UNIQUE_IDENTIFIER, key.label.as_str()),
+                    Item::structure(SYMMETRIC_KEY, vec![block]),
+                ]))
+            }
+            OP_GET_ATTRIBUTES => {
+                only(p, &[UNIQUE_IDENTIFIER, ATTRIBUTE_NAME, ATTRIBUTE_REFERENCE], "Get Attributes")?;
+                let label = self.uid(p, last)?;
+                let key = self.key(who, &label)?;
+                let mut wanted: Vec<String> = Vec::new();
+                for i in p {
+                    match i.tag {
+                        ATTRIBUTE_NAME => wanted.push(as_text(i, "an attribute name")?.to_string()),
+                        ATTRIBUTE_REFERENCE => match &i.value {
+                            Value::Enumeration(t) => wanted.push(
+                                attribute_name(*t)
+                                    .ok_or_else(|| {
+                                        invalid(format!("attribute {} is not one this server keeps", tag_name(*t)))
+                                    })?
+                                    .to_string(),
+                            ),
+                            _ => {
+                                return Err(fail(
+                                    REASON_FEATURE_NOT_SUPPORTED,
+                                    "attribute references by name are not supported",
+                                ))
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+                let attrs: Vec<(String, Item)> =
+                    attributes_of(&key).into_iter().filter(|(n, _)| wanted.is_empty() || wanted.contains(n)).collect();
+                let mut out = vec![text(UNIQUE_IDENTIFIER, key.label.as_str())];
+                out.extend(attributes_out(version, &attrs));
+                Ok(Done::Ok(out))
+            }
+            OP_GET_ATTRIBUTE_LIST => {
+                only(p, &[UNIQUE_IDENTIFIER], "Get Attribute List")?;
+                let label = self.uid(p, last)?;
+                let key = self.key(who, &label)?;
+                let mut names: Vec<String> = attributes_of(&key).into_iter().map(|(n, _)| n).collect();
+                names.dedup();
+                let mut out = vec![text(UNIQUE_IDENTIFIER, key.label.as_str())];
+                if version.0 >= 2 {
+                    out.extend(
+                        names.iter().filter_map(|n| attribute_tag(n)).map(|t| enumeration(ATTRIBUTE_REFERENCE, t)),
+                    );
+                } else {
+                    out.extend(names.into_iter().map(|n| text(ATTRIBUTE_NAME, n)));
+                }
+                Ok(Done::Ok(out))
+            }
+            OP_ADD_ATTRIBUTE | OP_MODIFY_ATTRIBUTE | OP_DELETE_ATTRIBUTE => {
+                self.change_attribute(who, b.operation, p, last)
+            }
+            OP_ACTIVATE => {
+                only(p, &[UNIQUE_IDENTIFIER], "Activate")?;
+                let label = self.uid(p, last)?;
+                let op =
+                    Operation::KeyLifecycle { target: label.to_string(), action: KeyAction::Activate, dry_run: false };
+                self.simple(who, op, &label)
+            }
+            OP_REVOKE => {
+                only(p, &[UNIQUE_IDENTIFIER, REVOCATION_REASON, COMPROMISE_OCCURRENCE_DATE], "Revoke")?;
+                let label = self.uid(p, last)?;
+                let r = need(p, REVOCATION_REASON, "revocation reason")?;
+                only(r.items(), &[REVOCATION_REASON_CODE, REVOCATION_MESSAGE], "the revocation reason")?;
+                let code =
+                    as_enum(need(r.items(), REVOCATION_REASON_CODE, "revocation reason code")?, "the reason code")?;
+                let reason = revocation_reason(code)
+                    .ok_or_else(|| invalid(format!("revocation reason code {code} is not KMIP's")))?;
+                let message =
+                    one(r.items(), REVOCATION_MESSAGE)?.map(|m| as_text(m, "the revocation message")).transpose()?;
+                let compromised_at = one(p, COMPROMISE_OCCURRENCE_DATE)?
+                    .map(|d| as_date(d, "the compromise occurrence date"))
+                    .transpose()?;
+                let op = Operation::KeyRevoke {
+                    label: label.clone(),
+                    reason: reason.to_string(),
+                    message: message.map(str::to_string),
+                    compromised_at,
+                };
+                self.simple(who, op, &label)
+            }
+            OP_DESTROY => {
+                only(p, &[UNIQUE_IDENTIFIER], "Destroy")?;
+                let label = self.uid(p, last)?;
+                let op = Operation::KeyDestroy { label: label.clone(), crypto_erase: false, wait: None };
+                match self.exec(who, op)? {
+                    Reply::Destroy(d) if d.state == KeyState::Destroyed => {
+                        Ok(Done::Ok(vec![text(UNIQUE_IDENTIFIER, label.as_str())]))
+                    }
+                    Reply::Destroy(d) => Ok(Done::Pending(
+                        format!("destroy:{label}"),
+                        format!("key {label} is scheduled for destruction at {} (the vault's waiting period); `custos key cancel-destroy` stops it", d.destroy_at),
+                    )),
+                    Reply::RequestCreated { request, .. } => Ok(pending_request(request.id)),
+                    _ => Err(fail(REASON_GENERAL_FAILURE, "the engine answered a destroy with something else")),
+                }
+            }
+            OP_LOCATE => self.locate(who, version, p),
+            op => Err(fail(
+                REASON_OPERATION_NOT_SUPPORTED,
+                format!("operation {op:#x} is not supported; Query lists those that are"),
+            )),
+        }
+    }
+
+    /// An operation answered by the key's identifier, or pending.
+    fn simple(&self, who: &Caller, op: Operation, label: &KeyLabel) -> R<Done> {
+        match self.exec(who, op)? {
+            Reply::RequestCreated { request, .. } => Ok(pending_request(request.id)),
+            _ => Ok(Done::Ok(vec![text(UNIQUE_IDENTIFIER, label.as_str())])),
+        }
+    }
+
+    fn change_attribute(&self, who: &Caller, operation: u32, p: &[Item], last: &Option<String>) -> R<Done> {
+        let label = self.uid(p, last)?;
+        let key = self.key(who, &label)?;
+        let mut a = key.attributes.clone();
+        // 1.x: one Attribute; 2.0: New Attribute / Current Attribute /
+        // Attribute Reference (not supported here).
+        let given = attributes_in(p)?;
+        let [(name, value)] = given.as_slice() else {
+            return Err(fail(REASON_MISSING_DATA, "name exactly one attribute (KMIP 1.x Attribute)"));
+        };
+        let index = p
+            .iter()
+            .find(|i| i.tag == ATTRIBUTE)
+            .and_then(|i| i.items().iter().find(|f| f.tag == ATTRIBUTE_INDEX))
+            .map(|i| as_int(i, "the attribute index"))
+            .transpose()?
+            .unwrap_or(0);
+        if index < 0 {
+            return Err(invalid("an attribute index is 0 or more"));
+        }
+        let index = index as usize;
+        match operation {
+            OP_ADD_ATTRIBUTE => {
+                let single = name != "Name" && !name.starts_with("x-") && !name.starts_with("y-");
+                if single && attributes_of(&key).iter().any(|(n, _)| n == name) {
+                    return Err(fail(0x23, format!("{name} already has a value: use Modify Attribute")));
+                    // single-valued
+                }
+                if (name.starts_with("x-") || name.starts_with("y-")) && a.custom.contains_key(name) {
+                    return Err(fail(0x23, format!("{name} already has a value: use Modify Attribute")));
+                }
+                apply(&mut a, name, value, false)?;
+            }
+            OP_MODIFY_ATTRIBUTE => {
+                if name == "Name" {
+                    let n = name_of(value)?;
+                    let slot = a
+                        .names
+                        .get_mut(index)
+                        .ok_or_else(|| fail(0x20, format!("the key has no Name at index {index}")))?;
+                    *slot = n;
+                } else {
+                    let exists = match name.as_str() {
+                        "Cryptographic Usage Mask" => a.usage_mask.is_some(),
+                        "Contact Information" => a.contact.is_some(),
+                        n => a.custom.contains_key(n),
+                    };
+                    if !exists {
+                        return Err(fail(0x21, format!("the key has no {name} to modify: use Add Attribute")));
+                        // Attribute Not Found
+                    }
+                    apply(&mut a, name, value, false)?;
+                }
+            }
+            _ => match name.as_str() {
+                "Name" if index < a.names.len() => {
+                    a.names.remove(index);
+                }
+                "Cryptographic Usage Mask" if a.usage_mask.is_some() => a.usage_mask = None,
+                "Contact Information" if a.contact.is_some() => a.contact = None,
+                n if a.custom.remove(n).is_some() => {}
+                _ => return Err(fail(0x21, format!("the key has no {name} at index {index}"))),
+            },
+        }
+        let op = Operation::KeySetAttributes { label: label.clone(), attributes: a };
+        let rec = match self.exec(who, op)? {
+            Reply::Key(k, _) => k,
+            _ => return Err(fail(REASON_GENERAL_FAILURE, "the engine answered with something else")),
+        };
+        let mut out = vec![text(UNIQUE_IDENTIFIER, label.as_str())];
+        if operation != OP_DELETE_ATTRIBUTE {
+            // The attribute as it now stands: the instance modified, or
+            // the one added (the last of its name).
+            let same: Vec<Item> = attributes_of(&rec).into_iter().filter(|(n, _)| n == name).map(|(_, i)| i).collect();
+            let at =
+                if name == "Name" && operation == OP_MODIFY_ATTRIBUTE { index } else { same.len().saturating_sub(1) };
+            if let Some(i) = same.get(at) {
+                out.push(attribute_v1(name, at, i));
+            }
+        }
+        Ok(Done::Ok(out))
+    }
+
+    fn locate(&self, who: &Caller, version: (i32, i32), p: &[Item]) -> R<Done> {
+        only(
+            p,
+            &[MAXIMUM_ITEMS, OFFSET_ITEMS, STORAGE_STATUS_MASK, OBJECT_GROUP_MEMBER, ATTRIBUTE, ATTRIBUTES],
+            "Locate",
+        )?;
+        let max = one(p, MAXIMUM_ITEMS)?.map(|i| as_int(i, "maximum items")).transpose()?;
+        let offset = one(p, OFFSET_ITEMS)?.map(|i| as_int(i, "offset items")).transpose()?.unwrap_or(0);
+        if max.is_some_and(|m| m < 0) || offset < 0 {
+            return Err(invalid("maximum items and offset items are 0 or more"));
+        }
+        let filters = attributes_in(p)?;
+        let keys = match self.exec(who, Operation::KeyList { pattern: None, limit: None, after: None })? {
+            Reply::Keys(k, _) => k,
+            _ => return Err(fail(REASON_GENERAL_FAILURE, "the engine answered a key list with something else")),
+        };
+        let mut found = Vec::new();
+        for k in &keys {
+            let mut all = true;
+            for (name, v) in &filters {
+                let item = value_item(v);
+                let ok = match name.as_str() {
+                    "Name" => k.attributes.names.contains(&name_of(v)?),
+                    "Object Type" => as_enum(&item, "the object type")? == OBJECT_SYMMETRIC_KEY,
+                    "State" => as_enum(&item, "the state")? == kmip_state(k),
+                    "Cryptographic Algorithm" => as_enum(&item, "the algorithm")? == ALGORITHM_AES,
+                    "Cryptographic Length" => as_int(&item, "the length")? == i32::from(k.attributes.length_bits()),
+                    "Unique Identifier" => as_text(&item, "the identifier")? == k.label.as_str(),
+                    "Contact Information" => k.attributes.contact.as_deref() == Some(as_text(&item, "the contact")?),
+                    n if n.starts_with("x-") || n.starts_with("y-") => {
+                        k.attributes.custom.get(n).map(String::as_str) == Some(as_text(&item, "a custom value")?)
+                    }
+                    other => return Err(invalid(format!("Locate cannot search by {other}"))),
+                };
+                if !ok {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                found.push(k.label.to_string());
+            }
+        }
+        let total = found.len();
+        let page: Vec<Item> = found
+            .into_iter()
+            .skip(offset as usize)
+            .take(max.map_or(usize::MAX, |m| m as usize))
+            .map(|l| text(UNIQUE_IDENTIFIER, l))
+            .collect();
+        let mut out = Vec::new();
+        if version >= (1, 3) {
+            out.push(integer(LOCATED_ITEMS, total as i32));
+        }
+        out.extend(page);
+        Ok(Done::Ok(out))
+    }
+}
+
+fn pending_request(id: u64) -> Done {
+    Done::Pending(
+        format!("request:{id}"),
+        format!("dual control: request {id} waits for a second principal's approval (`custos request approve {id}`)"),
+    )
+}
+
+fn base64_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s)
+}
