@@ -2,7 +2,7 @@
 //! revocation, and the export of a key's material to a device that must
 //! hold it. Each is checked here, whichever front end asked.
 
-use custos_model::{KeyAction, KeyAttributes, KeyLabel, KeyRecord, KeyState, Purpose, Revocation};
+use custos_model::{KeyAction, KeyAttributes, KeyLabel, KeyRecord, KeyState, KeyUse, Purpose, Revocation};
 use zeroize::Zeroizing;
 
 use crate::{Error, Open, Result, Vault};
@@ -38,8 +38,14 @@ impl Vault<Open> {
                 )));
             }
         }
-        if let Some(b) = a.bits.filter(|b| ![128, 192, 256].contains(b)) {
-            return Err(invalid(format!("a key of {b} bits: AES keys are 128, 192 or 256 bits")));
+        match (a.secret, a.bits) {
+            (None, Some(b)) if ![128, 192, 256].contains(&b) => {
+                return Err(invalid(format!("a key of {b} bits: AES keys are 128, 192 or 256 bits")));
+            }
+            (Some(_), Some(b)) if b == 0 || b % 8 != 0 || b > 256 => {
+                return Err(invalid(format!("secret data of {b} bits: give 1 to 32 whole bytes")));
+            }
+            _ => {}
         }
         let mut names = a.names.clone();
         names.sort();
@@ -72,6 +78,7 @@ impl Vault<Open> {
             }
             attributes.revocation = rec.attributes.revocation.clone();
             attributes.bits = rec.attributes.bits;
+            attributes.secret = rec.attributes.secret;
             self.check_attributes(Some(label), &attributes)?;
             rec.attributes = attributes.clone();
             Ok(())
@@ -146,4 +153,79 @@ impl Vault<Open> {
         self.note_key_use(label)?;
         Ok((rec, out))
     }
+
+    /// The AES key `label` holds, checked for `usage` (a client's own
+    /// AES-GCM, KMIP Encrypt and Decrypt).
+    fn cipher_key(&self, label: &KeyLabel, usage: KeyUse) -> Result<Zeroizing<Vec<u8>>> {
+        let rec = self.key(label)?;
+        if rec.purpose != Purpose::Prim || rec.attributes.secret.is_some() {
+            return Err(Error::KeyPurpose {
+                label: rec.label.clone(),
+                state: rec.state,
+                why: "only PRIM keys encrypt for clients (BACK keys seal backups; secret data is not a key)",
+            });
+        }
+        self.check_use(&rec, usage, None)?;
+        let key = self.unwrap_checked(&rec)?;
+        let n = usize::from(rec.attributes.length_bits() / 8);
+        Ok(Zeroizing::new(key.expose_secret()[..n].to_vec()))
+    }
+
+    /// AES-GCM under key `label` (KMIP Encrypt): the ciphertext, its tag
+    /// and the IV (a fresh random one unless given).
+    pub fn gcm_encrypt(
+        &self,
+        label: &KeyLabel,
+        iv: Option<[u8; 12]>,
+        aad: &[u8],
+        data: &[u8],
+    ) -> Result<(Vec<u8>, [u8; 16], [u8; 12])> {
+        check_size(data)?;
+        let key = self.cipher_key(label, KeyUse::Encrypt)?;
+        let iv = match iv {
+            Some(iv) => iv,
+            None => custos_crypto::random_array().map_err(|e| gcm(e.to_string()))?,
+        };
+        let mut buf = data.to_vec();
+        let tag = custos_crypto::gcm_seal_any(&key, custos_crypto::Nonce(iv), aad, &mut buf)
+            .map_err(|e| gcm(e.to_string()))?;
+        self.note_key_use(label)?;
+        Ok((buf, tag, iv))
+    }
+
+    /// The reverse of [`Vault::gcm_encrypt`] (KMIP Decrypt).
+    pub fn gcm_decrypt(
+        &self,
+        label: &KeyLabel,
+        iv: [u8; 12],
+        aad: &[u8],
+        data: &[u8],
+        tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        check_size(data)?;
+        let key = self.cipher_key(label, KeyUse::Decrypt)?;
+        let mut buf = Zeroizing::new(data.to_vec());
+        custos_crypto::gcm_open_any(&key, custos_crypto::Nonce(iv), aad, &mut buf, tag).map_err(|e| {
+            Error::Invalid {
+                what: "ciphertext",
+                why: format!("{e} (the IV, tag, additional data and key must be those it was sealed with)"),
+            }
+        })?;
+        self.note_key_use(label)?;
+        Ok(buf)
+    }
+}
+
+/// The most one client Encrypt or Decrypt takes.
+pub const MAX_CIPHER_DATA: usize = 1 << 20;
+
+fn check_size(data: &[u8]) -> Result<()> {
+    if data.len() > MAX_CIPHER_DATA {
+        return Err(gcm(format!("{} bytes is more than the {MAX_CIPHER_DATA} one request takes", data.len())));
+    }
+    Ok(())
+}
+
+fn gcm(why: String) -> Error {
+    Error::Invalid { what: "AES-GCM", why }
 }

@@ -344,12 +344,42 @@ impl Vault<Open> {
     /// [`Vault::create_key`] with attributes a key-management client gave
     /// (KMIP Create). A name another key has already is refused.
     pub fn create_key_with(&self, k: &NewKey, attributes: &KeyAttributes) -> Result<KeyRecord> {
+        self.create_from(k, attributes, None)
+    }
+
+    /// Record a key a client brings (KMIP Register): its material, of
+    /// `attributes.bits` bits (256 when unset), fills the key slot's
+    /// leading bytes, and fresh random bytes the rest; the HSM wraps it.
+    pub fn import_key(&self, k: &NewKey, attributes: &KeyAttributes, material: &[u8]) -> Result<KeyRecord> {
+        let n = usize::from(attributes.length_bits() / 8);
+        if material.len() != n {
+            return Err(Error::Invalid {
+                what: "key material",
+                why: format!("{} bytes given for a key of {} bits: give {n} bytes", material.len(), n * 8),
+            });
+        }
+        let mut slot = zeroize::Zeroizing::new(
+            custos_crypto::random_array::<{ custos_crypto::KEY_LEN }>()
+                .map_err(|e| Error::Invalid { what: "key material", why: e.to_string() })?,
+        );
+        slot[..n].copy_from_slice(material);
+        let key = custos_crypto::DataKey::from_bytes(*slot);
+        self.create_from(k, attributes, Some(&key))
+    }
+
+    fn create_from(
+        &self,
+        k: &NewKey,
+        attributes: &KeyAttributes,
+        given: Option<&custos_crypto::DataKey>,
+    ) -> Result<KeyRecord> {
         self.check_attributes(None, attributes)?;
         // A label taken from the application's sequence may be taken by a
         // concurrent command before this one stores it: take the next one.
         // A label the caller named is its own to clash.
         for _ in 0..64 {
-            let made = self.new_key_record(k).and_then(|mut rec| {
+            let (ns, kbk) = (self.naming()?, self.current_kbk()?);
+            let made = self.build_key_record(k, &ns, kbk.as_ref(), true, given).and_then(|mut rec| {
                 rec.attributes = attributes.clone();
                 Ok(self.repo.insert_key(&rec).map(|_| rec)?)
             });
@@ -389,7 +419,7 @@ impl Vault<Open> {
         for i in 0..count {
             let label = KeyLabel::new(ns.label(template.purpose, &app, start + i))?;
             let k = NewKey { label: Some(label), app: Some(app.clone()), ..template.clone() };
-            recs.push(self.build_key_record(&k, &ns, kbk.as_ref(), false)?);
+            recs.push(self.build_key_record(&k, &ns, kbk.as_ref(), false, None)?);
         }
         self.repo.insert_keys(&recs)?;
         Ok(recs)
@@ -399,7 +429,7 @@ impl Vault<Open> {
     /// wraps the material.
     pub(crate) fn new_key_record(&self, k: &NewKey) -> Result<KeyRecord> {
         let (ns, kbk) = (self.naming()?, self.current_kbk()?);
-        self.build_key_record(k, &ns, kbk.as_ref(), true)
+        self.build_key_record(k, &ns, kbk.as_ref(), true, None)
     }
 
     /// [`Vault::new_key_record`] with the naming standard and the current
@@ -411,6 +441,7 @@ impl Vault<Open> {
         ns: &custos_model::NamingStandard,
         kbk: Option<&custos_model::KbkRecord>,
         check: bool,
+        given: Option<&custos_crypto::DataKey>,
     ) -> Result<KeyRecord> {
         let (label, app) = match (&k.label, &k.app) {
             (Some(label), app) => {
@@ -444,7 +475,10 @@ impl Vault<Open> {
         if let Some(exp) = k.expires_at.filter(|e| *e <= now) {
             return Err(Error::Invalid { what: "expiry", why: format!("{exp} is in the past") });
         }
-        let wrapped = self.state.hsm.generate_key()?;
+        let wrapped = match given {
+            Some(key) => self.state.hsm.wrap_key(key)?,
+            None => self.state.hsm.generate_key()?,
+        };
         let mut rec = KeyRecord {
             label,
             state: if k.activate { KeyState::Active } else { KeyState::PreActive },

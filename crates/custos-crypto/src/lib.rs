@@ -22,7 +22,8 @@ pub mod shamir;
 mod wrap;
 
 pub use aead::{
-    open_in_place, open_with_passphrase_key, seal_in_place, seal_with_passphrase_key, Nonce, NONCE_LEN, TAG_LEN,
+    gcm_open_any, gcm_seal_any, open_in_place, open_with_passphrase_key, seal_in_place, seal_with_passphrase_key,
+    Nonce, NONCE_LEN, TAG_LEN,
 };
 pub use check::{Kcv, Mkvp, KCV_LEN, MKVP_LEN};
 pub use custodian::{custodian_keypair, open_sealed, recipient_from_text, recipient_to_text, seal_to, SEALED_OVERHEAD};

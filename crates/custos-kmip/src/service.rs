@@ -14,6 +14,8 @@ use zeroize::Zeroizing;
 use crate::tags::*;
 use crate::ttlv::{decode, encode, Item, Value};
 
+const KEY_WRAPPING_DATA: u32 = 0x420046;
+
 /// What the server's configuration decides about KMIP.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -239,6 +241,9 @@ fn reason_for(e: &custos_ops::Error) -> u32 {
         if matches!(**core, custos_core::Error::Invalid { what: "key name", .. }) {
             return 0x35; // Non Unique Name Attribute
         }
+        if matches!(**core, custos_core::Error::Invalid { what: "ciphertext", .. }) {
+            return REASON_CRYPTOGRAPHIC_FAILURE;
+        }
         if matches!(**core, custos_core::Error::KeyNoMaterial { .. }) {
             return 0x36; // Object Destroyed
         }
@@ -251,6 +256,139 @@ fn reason_for(e: &custos_ops::Error) -> u32 {
         Code::Invalid | Code::Usage => REASON_INVALID_FIELD,
         Code::Integrity => REASON_CRYPTOGRAPHIC_FAILURE,
         _ => REASON_GENERAL_FAILURE,
+    }
+}
+
+/// A key's KMIP object type.
+fn object_type(k: &KeyRecord) -> u32 {
+    if k.attributes.secret.is_some() {
+        OBJECT_SECRET_DATA
+    } else {
+        OBJECT_SYMMETRIC_KEY
+    }
+}
+
+/// The key material a Register request carries: (secret data type when
+/// it is secret data, bytes).
+fn registered(p: &[Item]) -> R<(Option<u32>, Zeroizing<Vec<u8>>)> {
+    let object = as_enum(need(p, OBJECT_TYPE, "object type")?, "the object type")?;
+    let (holder, secret) = match object {
+        OBJECT_SYMMETRIC_KEY => (need(p, SYMMETRIC_KEY, "symmetric key")?, None),
+        OBJECT_SECRET_DATA => {
+            let s = need(p, SECRET_DATA, "secret data")?;
+            let t = as_enum(need(s.items(), SECRET_DATA_TYPE, "secret data type")?, "the secret data type")?;
+            (s, Some(t))
+        }
+        _ => return Err(fail(0x30, "Custos registers symmetric keys and secret data only")),
+    };
+    let block = need(holder.items(), KEY_BLOCK, "key block")?;
+    let b = block.items();
+    if one(b, KEY_WRAPPING_DATA)?.is_some() || one(b, KEY_COMPRESSION_TYPE)?.is_some() {
+        return Err(fail(
+            REASON_FEATURE_NOT_SUPPORTED,
+            "register the key unwrapped and uncompressed, inside the TLS session",
+        ));
+    }
+    let format = as_enum(need(b, KEY_FORMAT_TYPE, "key format type")?, "the key format type")?;
+    let value = need(b, KEY_VALUE, "key value")?;
+    let material = need(value.items(), KEY_MATERIAL, "key material")?;
+    let bytes = match (format, &material.value) {
+        (FORMAT_RAW | FORMAT_OPAQUE, Value::Bytes(v)) => v.clone(),
+        (FORMAT_TRANSPARENT_SYMMETRIC, Value::Structure(s)) => match &need(s, KEY, "key")?.value {
+            Value::Bytes(v) => v.clone(),
+            _ => return Err(invalid("a transparent symmetric key's Key is a byte string")),
+        },
+        _ => {
+            return Err(fail(
+                REASON_KEY_FORMAT_TYPE_NOT_SUPPORTED,
+                "key material comes as Raw, Opaque (secret data) or Transparent Symmetric Key",
+            ))
+        }
+    };
+    if secret.is_none() {
+        if let Some(alg) = one(b, CRYPTOGRAPHIC_ALGORITHM)? {
+            if as_enum(alg, "the algorithm")? != ALGORITHM_AES {
+                return Err(invalid("Custos keeps AES keys only"));
+            }
+        }
+        if let Some(len) = one(b, CRYPTOGRAPHIC_LENGTH)? {
+            if as_int(len, "the length")? as usize != bytes.len() * 8 {
+                return Err(invalid("the key block's Cryptographic Length is not the material's"));
+            }
+        }
+    }
+    Ok((secret, bytes))
+}
+
+/// The IV, additional data and mode a client's Encrypt or Decrypt asks for.
+fn cipher_request(p: &[Item]) -> R<(Option<[u8; 12]>, Vec<u8>)> {
+    if let Some(cp) = one(p, CRYPTOGRAPHIC_PARAMETERS)? {
+        let c = cp.items();
+        only(
+            c,
+            &[BLOCK_CIPHER_MODE, CRYPTOGRAPHIC_ALGORITHM, RANDOM_IV, IV_LENGTH, TAG_LENGTH, PADDING_METHOD],
+            "the cryptographic parameters",
+        )?;
+        let mode = one(c, BLOCK_CIPHER_MODE)?.map(|m| as_enum(m, "the block cipher mode")).transpose()?;
+        if mode.is_some_and(|m| m != MODE_GCM) {
+            return Err(fail(0x3E, "Custos encrypts for clients with AES-GCM only: give Block Cipher Mode GCM"));
+        }
+        if let Some(a) = one(c, CRYPTOGRAPHIC_ALGORITHM)? {
+            if as_enum(a, "the algorithm")? != ALGORITHM_AES {
+                return Err(fail(0x3E, "the keys are AES keys"));
+            }
+        }
+        if let Some(t) = one(c, TAG_LENGTH)? {
+            if as_int(t, "the tag length")? != 16 {
+                return Err(fail(0x3E, "AES-GCM tags are 16 bytes here"));
+            }
+        }
+        if let Some(l) = one(c, IV_LENGTH)? {
+            if as_int(l, "the IV length")? != 96 {
+                return Err(fail(0x3E, "AES-GCM IVs are 96 bits here"));
+            }
+        }
+    }
+    if one(p, CORRELATION_VALUE)?.is_some() || one(p, INIT_INDICATOR)?.is_some() || one(p, FINAL_INDICATOR)?.is_some() {
+        return Err(fail(REASON_FEATURE_NOT_SUPPORTED, "streaming encryption is not supported: send the data whole"));
+    }
+    let iv = match one(p, IV_COUNTER_NONCE)? {
+        None => None,
+        Some(i) => match &i.value {
+            Value::Bytes(b) => {
+                Some(b.as_slice().try_into().map_err(|_| fail(0x3E, "an AES-GCM IV is 12 bytes (96 bits) here"))?)
+            }
+            _ => return Err(invalid("the IV is a byte string")),
+        },
+    };
+    let aad = match one(p, AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA)? {
+        None => Vec::new(),
+        Some(a) => match &a.value {
+            Value::Bytes(b) => b.to_vec(),
+            _ => return Err(invalid("the additional data is a byte string")),
+        },
+    };
+    Ok((iv, aad))
+}
+
+/// AES-GCM's tag has a field of its own from KMIP 1.4 on.
+fn gcm_version(version: (i32, i32)) -> R<()> {
+    if version < (1, 4) {
+        return Err(fail(
+            REASON_FEATURE_NOT_SUPPORTED,
+            format!(
+                "Encrypt and Decrypt here are AES-GCM, whose tag KMIP {}.{} has no field for: use KMIP 1.4 or later",
+                version.0, version.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn bytes_of<'a>(p: &'a [Item], tag: u32, what: &str) -> R<&'a [u8]> {
+    match &need(p, tag, what)?.value {
+        Value::Bytes(b) => Ok(b),
+        v => Err(invalid(format!("the {what} is a {} where a byte string belongs", v.type_name()))),
     }
 }
 
@@ -276,9 +414,11 @@ fn attributes_of(k: &KeyRecord) -> Vec<(String, Item)> {
     for n in &k.attributes.names {
         add("Name", Item::structure(NAME, vec![text(NAME_VALUE, n.clone()), enumeration(NAME_TYPE, NAME_TEXT)]));
     }
-    add("Object Type", enumeration(OBJECT_TYPE, OBJECT_SYMMETRIC_KEY));
-    add("Cryptographic Algorithm", enumeration(CRYPTOGRAPHIC_ALGORITHM, ALGORITHM_AES));
-    add("Cryptographic Length", integer(CRYPTOGRAPHIC_LENGTH, i32::from(k.attributes.length_bits())));
+    add("Object Type", enumeration(OBJECT_TYPE, object_type(k)));
+    if k.attributes.secret.is_none() {
+        add("Cryptographic Algorithm", enumeration(CRYPTOGRAPHIC_ALGORITHM, ALGORITHM_AES));
+        add("Cryptographic Length", integer(CRYPTOGRAPHIC_LENGTH, i32::from(k.attributes.length_bits())));
+    }
     if let Some(m) = k.attributes.usage_mask {
         add("Cryptographic Usage Mask", integer(CRYPTOGRAPHIC_USAGE_MASK, m as i32));
     }
@@ -654,6 +794,20 @@ impl Kmip {
                 let bytes = Zeroizing::new(
                     base64_decode(material.expose()).map_err(|_| fail(REASON_GENERAL_FAILURE, "bad key material"))?,
                 );
+                if let Some(kind) = key.attributes.secret {
+                    let block = Item::structure(
+                        KEY_BLOCK,
+                        vec![
+                            enumeration(KEY_FORMAT_TYPE, FORMAT_OPAQUE),
+                            Item::structure(KEY_VALUE, vec![Item::new(KEY_MATERIAL, Value::Bytes(bytes))]),
+                        ],
+                    );
+                    return Ok(Done::Ok(vec![
+                        enumeration(OBJECT_TYPE, OBJECT_SECRET_DATA),
+                        text(UNIQUE_IDENTIFIER, key.label.as_str()),
+                        Item::structure(SECRET_DATA, vec![enumeration(SECRET_DATA_TYPE, kind), block]),
+                    ]));
+                }
                 let material_item = if format == FORMAT_RAW {
                     Item::new(KEY_MATERIAL, Value::Bytes(bytes))
                 } else {
@@ -771,6 +925,132 @@ impl Kmip {
                 }
             }
             OP_LOCATE => self.locate(who, version, p),
+            OP_REGISTER => {
+                only(p, &[OBJECT_TYPE, TEMPLATE_ATTRIBUTE, ATTRIBUTES, SYMMETRIC_KEY, SECRET_DATA], "Register")?;
+                let (secret, material) = registered(p)?;
+                let mut a = KeyAttributes { secret, ..Default::default() };
+                let mut activate = false;
+                for (name, v) in attributes_in(p)? {
+                    match name.as_str() {
+                        "Activation Date" => {
+                            if as_date(&value_item(&v), "the activation date")? > Timestamp::now() {
+                                return Err(fail(
+                                    REASON_FEATURE_NOT_SUPPORTED,
+                                    "an activation date in the future: register the key, then Activate it when it is due",
+                                ));
+                            }
+                            activate = true;
+                        }
+                        // The key block says these; attributes that
+                        // repeat them are checked against it.
+                        "Cryptographic Algorithm" if secret.is_none() => apply(&mut a, &name, &v, true)?,
+                        "Cryptographic Length" if secret.is_none() => {
+                            if as_int(&value_item(&v), "the length")? as usize != material.len() * 8 {
+                                return Err(invalid("Cryptographic Length is not the material's length"));
+                            }
+                        }
+                        _ => apply(&mut a, &name, &v, true)?,
+                    }
+                }
+                let bits = material.len() * 8;
+                if secret.is_none() && ![128, 192, 256].contains(&bits) {
+                    return Err(invalid(format!("an AES key of {bits} bits: give 128, 192 or 256")));
+                }
+                if secret.is_some() && !(1..=32).contains(&material.len()) {
+                    return Err(invalid(format!("secret data of {} bytes: Custos keeps 1 to 32", material.len())));
+                }
+                a.bits = (bits != 256).then_some(bits as u16);
+                let op = Operation::KeyImport {
+                    app: self.settings.app.clone(),
+                    material: custos_ops::SecretText::new(base64_encode(&material)),
+                    attributes: a,
+                    activate,
+                };
+                match self.exec(who, op)? {
+                    Reply::Key(k, _) => {
+                        *last = Some(k.label.to_string());
+                        Ok(Done::Ok(vec![text(UNIQUE_IDENTIFIER, k.label.as_str())]))
+                    }
+                    _ => Err(fail(REASON_GENERAL_FAILURE, "the engine answered a register with something else")),
+                }
+            }
+            OP_ENCRYPT => {
+                only(
+                    p,
+                    &[
+                        UNIQUE_IDENTIFIER,
+                        CRYPTOGRAPHIC_PARAMETERS,
+                        DATA,
+                        IV_COUNTER_NONCE,
+                        CORRELATION_VALUE,
+                        INIT_INDICATOR,
+                        FINAL_INDICATOR,
+                        AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
+                    ],
+                    "Encrypt",
+                )?;
+                gcm_version(version)?;
+                let label = self.uid(p, last)?;
+                let (iv, aad) = cipher_request(p)?;
+                let data = bytes_of(p, DATA, "data")?;
+                let op = Operation::KeyGcmEncrypt {
+                    label: label.clone(),
+                    plaintext: custos_ops::SecretText::new(base64_encode(data)),
+                    iv: iv.map(|v| base64_encode(&v)),
+                    aad: (!aad.is_empty()).then(|| base64_encode(&aad)),
+                };
+                let Reply::KeyGcm { data, iv: Some(iv_out), tag: Some(tag), .. } = self.exec(who, op)? else {
+                    return Err(fail(REASON_GENERAL_FAILURE, "the engine answered an encrypt with something else"));
+                };
+                let decoded = |s: &str| base64_decode(s).map_err(|_| fail(REASON_GENERAL_FAILURE, "bad engine answer"));
+                let mut out = vec![
+                    text(UNIQUE_IDENTIFIER, label.as_str()),
+                    Item::new(DATA, Value::Bytes(Zeroizing::new(decoded(data.expose())?))),
+                ];
+                if iv.is_none() {
+                    out.push(Item::new(IV_COUNTER_NONCE, Value::Bytes(Zeroizing::new(decoded(&iv_out)?))));
+                }
+                out.push(Item::new(AUTHENTICATED_ENCRYPTION_TAG, Value::Bytes(Zeroizing::new(decoded(&tag)?))));
+                Ok(Done::Ok(out))
+            }
+            OP_DECRYPT => {
+                only(
+                    p,
+                    &[
+                        UNIQUE_IDENTIFIER,
+                        CRYPTOGRAPHIC_PARAMETERS,
+                        DATA,
+                        IV_COUNTER_NONCE,
+                        CORRELATION_VALUE,
+                        INIT_INDICATOR,
+                        FINAL_INDICATOR,
+                        AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
+                        AUTHENTICATED_ENCRYPTION_TAG,
+                    ],
+                    "Decrypt",
+                )?;
+                gcm_version(version)?;
+                let label = self.uid(p, last)?;
+                let (iv, aad) = cipher_request(p)?;
+                let iv =
+                    iv.ok_or_else(|| fail(REASON_MISSING_DATA, "Decrypt needs the IV the data was sealed with"))?;
+                let data = bytes_of(p, DATA, "data")?;
+                let tag = bytes_of(p, AUTHENTICATED_ENCRYPTION_TAG, "authenticated encryption tag")?;
+                let op = Operation::KeyGcmDecrypt {
+                    label: label.clone(),
+                    ciphertext: base64_encode(data),
+                    iv: base64_encode(&iv),
+                    tag: base64_encode(tag),
+                    aad: (!aad.is_empty()).then(|| base64_encode(&aad)),
+                };
+                let Reply::KeyGcm { data, .. } = self.exec(who, op)? else {
+                    return Err(fail(REASON_GENERAL_FAILURE, "the engine answered a decrypt with something else"));
+                };
+                let plain = Zeroizing::new(
+                    base64_decode(data.expose()).map_err(|_| fail(REASON_GENERAL_FAILURE, "bad engine answer"))?,
+                );
+                Ok(Done::Ok(vec![text(UNIQUE_IDENTIFIER, label.as_str()), Item::new(DATA, Value::Bytes(plain))]))
+            }
             op => Err(fail(
                 REASON_OPERATION_NOT_SUPPORTED,
                 format!("operation {op:#x} is not supported; Query lists those that are"),
@@ -790,19 +1070,26 @@ impl Kmip {
         let label = self.uid(p, last)?;
         let key = self.key(who, &label)?;
         let mut a = key.attributes.clone();
-        // 1.x: one Attribute; 2.0: New Attribute / Current Attribute /
-        // Attribute Reference (not supported here).
-        let given = attributes_in(p)?;
-        let [(name, value)] = given.as_slice() else {
-            return Err(fail(REASON_MISSING_DATA, "name exactly one attribute (KMIP 1.x Attribute)"));
+        // 1.x: one Attribute (Add, Modify), or an Attribute Name and
+        // Index (Delete). 2.0's New/Current Attribute and Attribute
+        // Reference are not taken.
+        let index_of = |items: &[Item]| -> R<i32> {
+            Ok(one(items, ATTRIBUTE_INDEX)?.map(|i| as_int(i, "the attribute index")).transpose()?.unwrap_or(0))
         };
-        let index = p
-            .iter()
-            .find(|i| i.tag == ATTRIBUTE)
-            .and_then(|i| i.items().iter().find(|f| f.tag == ATTRIBUTE_INDEX))
-            .map(|i| as_int(i, "the attribute index"))
-            .transpose()?
-            .unwrap_or(0);
+        let (name, value, index) = match one(p, ATTRIBUTE)? {
+            Some(attr) => {
+                let given = attributes_in(std::slice::from_ref(attr))?;
+                let (name, value) = given.into_iter().next().expect("one attribute");
+                (name, Some(value), index_of(attr.items())?)
+            }
+            None if operation == OP_DELETE_ATTRIBUTE => {
+                let name = as_text(need(p, ATTRIBUTE_NAME, "attribute name")?, "the attribute name")?.to_string();
+                (name, None, index_of(p)?)
+            }
+            None => return Err(fail(REASON_MISSING_DATA, "name one attribute (a KMIP 1.x Attribute)")),
+        };
+        let (name, value) = (&name, value.as_ref());
+        let value = || value.ok_or_else(|| fail(REASON_MISSING_DATA, "the attribute has no value"));
         if index < 0 {
             return Err(invalid("an attribute index is 0 or more"));
         }
@@ -817,11 +1104,11 @@ impl Kmip {
                 if (name.starts_with("x-") || name.starts_with("y-")) && a.custom.contains_key(name) {
                     return Err(fail(0x23, format!("{name} already has a value: use Modify Attribute")));
                 }
-                apply(&mut a, name, value, false)?;
+                apply(&mut a, name, value()?, false)?;
             }
             OP_MODIFY_ATTRIBUTE => {
                 if name == "Name" {
-                    let n = name_of(value)?;
+                    let n = name_of(value()?)?;
                     let slot = a
                         .names
                         .get_mut(index)
@@ -837,7 +1124,7 @@ impl Kmip {
                         return Err(fail(0x21, format!("the key has no {name} to modify: use Add Attribute")));
                         // Attribute Not Found
                     }
-                    apply(&mut a, name, value, false)?;
+                    apply(&mut a, name, value()?, false)?;
                 }
             }
             _ => match name.as_str() {
@@ -855,16 +1142,19 @@ impl Kmip {
             Reply::Key(k, _) => k,
             _ => return Err(fail(REASON_GENERAL_FAILURE, "the engine answered with something else")),
         };
+        // The attribute as it now stands (the instance modified, or the
+        // one added: the last of its name), or as it was (Delete: 1.x
+        // answers with the attribute deleted).
+        let (shown, at) = if operation == OP_DELETE_ATTRIBUTE {
+            (&key, index)
+        } else {
+            let n = attributes_of(&rec).iter().filter(|(n, _)| n == name).count();
+            (&rec, if name == "Name" && operation == OP_MODIFY_ATTRIBUTE { index } else { n.saturating_sub(1) })
+        };
         let mut out = vec![text(UNIQUE_IDENTIFIER, label.as_str())];
-        if operation != OP_DELETE_ATTRIBUTE {
-            // The attribute as it now stands: the instance modified, or
-            // the one added (the last of its name).
-            let same: Vec<Item> = attributes_of(&rec).into_iter().filter(|(n, _)| n == name).map(|(_, i)| i).collect();
-            let at =
-                if name == "Name" && operation == OP_MODIFY_ATTRIBUTE { index } else { same.len().saturating_sub(1) };
-            if let Some(i) = same.get(at) {
-                out.push(attribute_v1(name, at, i));
-            }
+        let same: Vec<Item> = attributes_of(shown).into_iter().filter(|(n, _)| n == name).map(|(_, i)| i).collect();
+        if let Some(i) = same.get(at) {
+            out.push(attribute_v1(name, at, i));
         }
         Ok(Done::Ok(out))
     }
@@ -933,6 +1223,11 @@ fn pending_request(id: u64) -> Done {
         format!("request:{id}"),
         format!("dual control: request {id} waits for a second principal's approval (`custos request approve {id}`)"),
     )
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 fn base64_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {

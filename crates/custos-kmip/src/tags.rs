@@ -73,6 +73,19 @@ pub const SERVER_CORRELATION_VALUE: u32 = 0x420106;
 pub const ATTRIBUTES: u32 = 0x420125;
 pub const ATTRIBUTE_REFERENCE: u32 = 0x42013B;
 pub const LOCATED_ITEMS: u32 = 0x4200D5;
+pub const SECRET_DATA: u32 = 0x420085;
+pub const SECRET_DATA_TYPE: u32 = 0x420086;
+pub const IV_COUNTER_NONCE: u32 = 0x42003D;
+pub const PADDING_METHOD: u32 = 0x42005F;
+pub const DATA: u32 = 0x4200C2;
+pub const RANDOM_IV: u32 = 0x4200C5;
+pub const IV_LENGTH: u32 = 0x4200CD;
+pub const TAG_LENGTH: u32 = 0x4200CE;
+pub const AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA: u32 = 0x4200FE;
+pub const AUTHENTICATED_ENCRYPTION_TAG: u32 = 0x4200FF;
+pub const CORRELATION_VALUE: u32 = 0x4200D6;
+pub const INIT_INDICATOR: u32 = 0x4200D7;
+pub const FINAL_INDICATOR: u32 = 0x4200D8;
 
 // Operations.
 pub const OP_CREATE: u32 = 0x01;
@@ -117,10 +130,15 @@ pub const REASON_GENERAL_FAILURE: u32 = 0x100;
 
 // Object types.
 pub const OBJECT_SYMMETRIC_KEY: u32 = 0x02;
+pub const OBJECT_SECRET_DATA: u32 = 0x07;
 
 // Key format types.
 pub const FORMAT_RAW: u32 = 0x01;
+pub const FORMAT_OPAQUE: u32 = 0x02;
 pub const FORMAT_TRANSPARENT_SYMMETRIC: u32 = 0x07;
+
+// Block cipher modes.
+pub const MODE_GCM: u32 = 0x09;
 
 // Algorithms.
 pub const ALGORITHM_AES: u32 = 0x03;
@@ -193,6 +211,9 @@ pub fn attribute_name(tag: u32) -> Option<&'static str> {
 /// Operations this server carries out.
 pub const SUPPORTED_OPERATIONS: &[u32] = &[
     OP_CREATE,
+    OP_REGISTER,
+    OP_ENCRYPT,
+    OP_DECRYPT,
     OP_LOCATE,
     OP_GET,
     OP_GET_ATTRIBUTES,

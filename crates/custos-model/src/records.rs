@@ -121,6 +121,10 @@ pub struct KeyAttributes {
     /// 128- or 192-bit key is the slot's leading bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bits: Option<u16>,
+    /// Secret data (a password, a seed: KMIP Secret Data, its type), not
+    /// a key; its length is `bits`, any whole number of bytes up to 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<u32>,
     /// KMIP Cryptographic Usage Mask.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_mask: Option<u32>,

@@ -153,6 +153,34 @@ pub enum Operation {
     KeyExport {
         label: KeyLabel,
     },
+    /// Record a key (or secret data) a client brings (KMIP Register):
+    /// `material` (base64) is `attributes.bits` long (256 bits when unset).
+    KeyImport {
+        app: String,
+        material: SecretText,
+        #[serde(default, skip_serializing_if = "KeyAttributes::is_empty")]
+        attributes: KeyAttributes,
+        activate: bool,
+    },
+    /// AES-GCM under a key for a client that frames its own data (KMIP
+    /// Encrypt): base64 in and out; a random IV unless one is given.
+    KeyGcmEncrypt {
+        label: KeyLabel,
+        plaintext: SecretText,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iv: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aad: Option<String>,
+    },
+    /// The reverse of `key-gcm-encrypt` (KMIP Decrypt).
+    KeyGcmDecrypt {
+        label: KeyLabel,
+        ciphertext: String,
+        iv: String,
+        tag: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aad: Option<String>,
+    },
     /// Recover keys from a keystore backup.
     KeyRecover {
         pattern: Pattern,
@@ -583,6 +611,9 @@ impl Operation {
             KeyRevoke { label, .. } => ("key revoke", s(label)),
             KeySetAttributes { label, .. } => ("key set-attributes", s(label)),
             KeyExport { label } => ("key export", s(label)),
+            KeyImport { app, .. } => ("key import", app.clone()),
+            KeyGcmEncrypt { label, .. } => ("key gcm-encrypt", s(label)),
+            KeyGcmDecrypt { label, .. } => ("key gcm-decrypt", s(label)),
             KeyCancelDestroy { label } => ("key cancel-destroy", s(label)),
             KeyRecover { pattern, .. } => ("key recover", s(pattern)),
             EscrowRecover { label, .. } => ("key recover", s(label)),
@@ -705,7 +736,9 @@ impl Operation {
             Operation::EscrowRecover { shares, .. } | Operation::RiskDrill { shares, .. } => shares.clear(),
             Operation::UserAdd { credential: NewCredential::Passphrase(_), .. } => return None,
             Operation::MkLoadNew { parts, .. } if !parts.is_empty() => return None,
-            Operation::KeyEncrypt { .. } => return None,
+            Operation::KeyEncrypt { .. } | Operation::KeyImport { .. } | Operation::KeyGcmEncrypt { .. } => {
+                return None
+            }
             _ => {}
         }
         Some(op)
@@ -723,6 +756,8 @@ impl Operation {
                 | Operation::KeyDecrypt { .. }
                 | Operation::KeyDataKey { .. }
                 | Operation::KeyExport { .. }
+                | Operation::KeyGcmEncrypt { .. }
+                | Operation::KeyGcmDecrypt { .. }
         )
     }
 

@@ -82,6 +82,14 @@ pub enum Reply {
         key: KeyRecord,
         material: crate::SecretText,
     },
+    /// AES-GCM under a key (base64): a ciphertext with its IV and tag, or
+    /// a plaintext.
+    KeyGcm {
+        key: String,
+        data: crate::SecretText,
+        iv: Option<String>,
+        tag: Option<String>,
+    },
     /// A key-service answer: data (base64) sealed or opened under `key`.
     KeyService {
         key: String,
@@ -253,6 +261,7 @@ impl Reply {
             self,
             KeyService { .. }
                 | KeyExported { .. }
+                | KeyGcm { .. }
                 | UserAdded { token: Some(_), .. }
                 | RequestCreated { token: Some(_), .. }
                 | SealedShare { .. }
@@ -293,6 +302,16 @@ impl Reply {
             KeyExported { key, material } => {
                 let mut j = to(key);
                 j["material"] = Value::String(material.expose().to_string());
+                j
+            }
+            KeyGcm { key, data, iv, tag } => {
+                let mut j = json!({ "key": key, "data": data.expose() });
+                if let Some(iv) = iv {
+                    j["iv"] = Value::String(iv.clone());
+                }
+                if let Some(t) = tag {
+                    j["tag"] = Value::String(t.clone());
+                }
                 j
             }
             KeyService { key, plaintext, ciphertext } => {
@@ -586,6 +605,13 @@ impl Reply {
                 }
             }
             KeyExported { key, material } => out!("key {} ({} bits): {}", key.label, key.attributes.length_bits(), material.expose()),
+            KeyGcm { data, iv, tag, .. } => {
+                out!("data {}", data.expose());
+                if let (Some(iv), Some(tag)) = (iv, tag) {
+                    out!("iv   {iv}");
+                    out!("tag  {tag}");
+                }
+            }
             KeyService { ciphertext: Some(c), plaintext: None, .. } => out!("{c}"),
             KeyService { plaintext: Some(p), ciphertext: None, .. } => out!("{}", p.expose()),
             KeyService { key, plaintext, ciphertext } => {

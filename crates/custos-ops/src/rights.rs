@@ -76,8 +76,12 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::KeyDestroy { .. } | O::KeyCancelDestroy { .. } => op(KeyDestroy),
         O::EscrowRecover { .. } => op(Escrow),
         O::KeyCreate { .. } | O::KeyLifecycle { .. } | O::KeyRecover { .. } => op(KeyAdmin),
-        O::KeyRevoke { .. } | O::KeySetAttributes { .. } => op(KeyAdmin),
-        O::KeyEncrypt { label, .. } | O::KeyDataKey { label, .. } | O::KeyExport { label } => {
+        O::KeyRevoke { .. } | O::KeySetAttributes { .. } | O::KeyImport { .. } => op(KeyAdmin),
+        O::KeyEncrypt { label, .. }
+        | O::KeyDataKey { label, .. }
+        | O::KeyExport { label }
+        | O::KeyGcmEncrypt { label, .. }
+        | O::KeyGcmDecrypt { label, .. } => {
             vec![Need { op: KeyUse, dataset: None, key: Some(label.clone()) }]
         }
         O::KeyDecrypt { ciphertext, .. } => {

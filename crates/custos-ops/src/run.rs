@@ -47,6 +47,43 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::KeySetAttributes { label, attributes } => {
             Reply::Key(e.open()?.set_key_attributes(&label, attributes)?, "attributes set:")
         }
+        O::KeyImport { app, material, attributes, activate } => {
+            let bytes = zeroize::Zeroizing::new(
+                crate::operation::base64_decode(material.expose())
+                    .map_err(|why| Error::Usage(format!("material: {why}")))?,
+            );
+            let new = NewKey {
+                label: None,
+                app: Some(app),
+                purpose: custos_core::model::Purpose::Prim,
+                expires_at: None,
+                activate,
+            };
+            Reply::Key(e.open()?.import_key(&new, &attributes, &bytes)?, "imported")
+        }
+        O::KeyGcmEncrypt { label, plaintext, iv, aad } => {
+            let plain = zeroize::Zeroizing::new(b64("plaintext", plaintext.expose())?);
+            let iv = iv.map(|v| iv12(&v)).transpose()?;
+            let aad = aad.map(|a| b64("aad", &a)).transpose()?.unwrap_or_default();
+            let (data, tag, iv) = e.open()?.gcm_encrypt(&label, iv, &aad, &plain)?;
+            Reply::KeyGcm {
+                key: label.to_string(),
+                data: SecretText::new(crate::operation::base64_encode(&data)),
+                iv: Some(crate::operation::base64_encode(&iv)),
+                tag: Some(crate::operation::base64_encode(&tag)),
+            }
+        }
+        O::KeyGcmDecrypt { label, ciphertext, iv, tag, aad } => {
+            let data = b64("ciphertext", &ciphertext)?;
+            let aad = aad.map(|a| b64("aad", &a)).transpose()?.unwrap_or_default();
+            let plain = e.open()?.gcm_decrypt(&label, iv12(&iv)?, &aad, &data, &b64("tag", &tag)?)?;
+            Reply::KeyGcm {
+                key: label.to_string(),
+                data: SecretText::new(crate::operation::base64_encode(&plain)),
+                iv: None,
+                tag: None,
+            }
+        }
         O::KeyExport { label } => {
             let (key, material) = e.open()?.export_key(&label)?;
             Reply::KeyExported { key, material: SecretText::new(crate::operation::base64_encode(&material)) }
@@ -700,3 +737,13 @@ fn drill(
 
 #[allow(dead_code)]
 fn _state_is_used(_: KeyState) {}
+
+/// A base64 field of an operation.
+fn b64(what: &str, s: &str) -> Result<Vec<u8>> {
+    crate::operation::base64_decode(s).map_err(|why| Error::Usage(format!("{what}: {why}")))
+}
+
+/// A 96-bit AES-GCM IV, base64.
+fn iv12(s: &str) -> Result<[u8; 12]> {
+    b64("iv", s)?.try_into().map_err(|_| Error::Usage("iv: an AES-GCM IV is 12 bytes (96 bits)".into()))
+}

@@ -153,6 +153,44 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
         "a compromised key still decrypts: {}",
         one["compromised_get"]
     );
+    // Registered: a 128-bit key and a password, returned as they came.
+    assert_eq!(one["imported_material"], "000102030405060708090a0b0c0d0e0f");
+    assert_eq!(one["password"], "s3cret-passw0rd");
+    assert_eq!(one["password_type"], "PASSWORD");
+    refused("modify_missing", "ATTRIBUTE_NOT_FOUND");
+    assert_eq!(one["imported_names"], serde_json::json!(["imported-128-renamed"]));
+    let after = &one["imported_after_delete"];
+    assert!(after.get("Name").is_none(), "the name was deleted: {after}");
+    assert_eq!(after["Cryptographic Length"], serde_json::json!([128]));
+    // AES-GCM for the device: round trip, additional data bound, a fresh
+    // IV when none is given, other modes refused.
+    assert_eq!(one["gcm_opened"], "journal block 42");
+    refused("gcm_wrong_aad", "CRYPTOGRAPHIC_FAILURE");
+    assert_eq!(one["fresh_iv"].as_str().unwrap().len(), 24, "{}", one["fresh_iv"]);
+    refused("cbc", "UNSUPPORTED_CRYPTOGRAPHIC_PARAMETERS");
+    refused("gcm_in_1_2", "FEATURE_NOT_SUPPORTED");
+    // The same key through the HTTP API (the key service's AES-GCM): what
+    // KMIP sealed opens there, and what it seals opens over KMIP (phase two).
+    use base64::Engine as _;
+    let b64 = |h: &str| base64::engine::general_purpose::STANDARD.encode(hex::decode(h).unwrap());
+    let unb64 = |s: &serde_json::Value| base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap()).unwrap();
+    let array1 = custos_server::basic("array1", b"array1's credential, long enough");
+    let gcm = &one["gcm"];
+    let body = serde_json::json!({
+        "op": "key-gcm-decrypt", "label": main, "ciphertext": b64(gcm["data"].as_str().unwrap()),
+        "iv": b64(gcm["iv"].as_str().unwrap()), "tag": b64(gcm["tag"].as_str().unwrap()),
+        "aad": b64(&hex::encode("lun-7")),
+    });
+    let (st, opened) = http(&s.sock, "POST", "/v1/ops", &array1, &body.to_string());
+    assert_eq!(st, 200, "{opened}");
+    assert_eq!(unb64(&opened["result"]["data"]), b"journal block 42");
+    let body = serde_json::json!({ "op": "key-gcm-encrypt", "label": main, "plaintext": b64(&hex::encode("sealed over http")) });
+    let (st, sealed) = http(&s.sock, "POST", "/v1/ops", &array1, &body.to_string());
+    assert_eq!(st, 200, "{sealed}");
+    let r = &sealed["result"];
+    let http_sealed = serde_json::json!({
+        "data": hex::encode(unb64(&r["data"])), "iv": hex::encode(unb64(&r["iv"])), "tag": hex::encode(unb64(&r["tag"])),
+    });
 
     // The keys are Custos keys: in `key ls`, with their state.
     let keys = s.ok("ops", OPS_CRED, &["--json", "key", "ls"]);
@@ -199,10 +237,12 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     s.ok("ops", OPS_CRED, &["mk", "activate"]);
     s.ok("ops", OPS_CRED, &["mk", "reencipher"]);
 
-    let state = serde_json::json!({ "main": main, "doomed": uid("doomed") });
+    let state = serde_json::json!({ "main": main, "doomed": uid("doomed"), "http_sealed": http_sealed });
     let two = phase(port, &ca_p, &certs, &state, "two");
     assert_eq!(two["material"], one["material"], "the same key after the master key changed");
     assert_eq!(two["doomed_state"], serde_json::json!(["DESTROYED"]));
     assert_eq!(two["destroyed_get"]["status"], "OPERATION_FAILED", "{}", two["destroyed_get"]);
+    assert_eq!(two["destroyed_get"]["reason"], "OBJECT_DESTROYED", "{}", two["destroyed_get"]);
+    assert_eq!(two["http_opened"], "sealed over http");
     assert!(s.stop().is_some_and(|st| st.success()), "{}", s.log());
 }

@@ -15,7 +15,11 @@ import sys
 from kmip.core import enums
 from kmip.core.factories import attributes as attribute_factory
 from kmip.pie import client as pie_client
+from kmip.core import attributes as core_attributes
+from kmip.core import exceptions as core_exceptions
+from kmip.core.messages import payloads
 from kmip.pie import exceptions as pie_exceptions
+from kmip.pie import objects
 
 PORT = int(os.environ["KMIP_PORT"])
 CA = os.environ["KMIP_CA"]
@@ -25,11 +29,11 @@ factory = attribute_factory.AttributeFactory()
 out = {}
 
 
-def client(who):
+def client(who, version=None):
     cert, key = CERTS[who]
     return pie_client.ProxyKmipClient(
         hostname="127.0.0.1", port=PORT, cert=cert, key=key, ca=CA,
-        config_file=os.devnull,
+        config_file=os.devnull, kmip_version=version,
     )
 
 
@@ -39,6 +43,8 @@ def failure(f):
         f()
     except pie_exceptions.KmipOperationFailure as e:
         return {"status": e.status.name, "reason": e.reason.name if e.reason else None, "message": e.message}
+    except core_exceptions.OperationFailure as e:
+        return {"status": e.status.name, "reason": e.reason.name if e.reason else None, "message": str(e)}
     except Exception as e:  # a connection refused in the handshake, say
         return {"error": type(e).__name__, "message": str(e)}
     return {"status": "SUCCESS"}
@@ -147,6 +153,27 @@ if phase == "one":
             "message": r.result_message.value if r.result_message else None,
         }
         out["unknown"] = failure(lambda: a.get_attributes("DSET.PRIM.KMIP.key999"))
+        # Register: a key and a password the client brings.
+        imported = a.register(objects.SymmetricKey(
+            enums.CryptographicAlgorithm.AES, 128, bytes.fromhex("000102030405060708090a0b0c0d0e0f"),
+            name="imported-128"))
+        password = a.register(objects.SecretData(b"s3cret-passw0rd", enums.SecretDataType.PASSWORD, name="db-password"))
+        a.activate(imported)
+        a.activate(password)
+        out["uids"]["imported"] = imported
+        out["uids"]["password"] = password
+        # Modify and delete attributes (KMIP 1.x payloads).
+        a.proxy.send_request_payload(enums.Operation.MODIFY_ATTRIBUTE, payloads.ModifyAttributeRequestPayload(
+            unique_identifier=imported,
+            attribute=factory.create_attribute(enums.AttributeType.NAME, "imported-128-renamed")))
+        out["modify_missing"] = failure(lambda: a.proxy.send_request_payload(
+            enums.Operation.MODIFY_ATTRIBUTE, payloads.ModifyAttributeRequestPayload(
+                unique_identifier=imported,
+                attribute=factory.create_attribute(enums.AttributeType.CONTACT_INFORMATION, "nobody"))))
+        out["imported_names"] = attrs_of(a, imported, ["Name"])["Name"]
+        a.proxy.send_request_payload(enums.Operation.DELETE_ATTRIBUTE, payloads.DeleteAttributeRequestPayload(
+            unique_identifier=imported, attribute_name="Name", attribute_index=0))
+        out["imported_after_delete"] = attrs_of(a, imported)
         out["not_an_identifier"] = failure(lambda: a.get_attributes("no such key!"))
     with client("array1") as c:
         k = c.get(uid)
@@ -158,6 +185,41 @@ if phase == "one":
         out["compromised_get"] = failure(lambda: c.get(leaked))
         out["app_creates"] = failure(lambda: c.create(enums.CryptographicAlgorithm.AES, 256))
         out["unknown_get"] = failure(lambda: c.get("DSET.PRIM.KMIP.key999"))
+        out["imported_material"] = c.get(imported).value.hex()
+        secret = c.get(password)
+        out["password"] = secret.value.decode()
+        out["password_type"] = secret.data_type.name
+        out["gcm_in_1_2"] = failure(lambda: c.proxy.send_request_payload(
+            enums.Operation.ENCRYPT, payloads.EncryptRequestPayload(unique_identifier=uid, data=b"x")))
+    # AES-GCM's tag has its own field from KMIP 1.4 on.
+    with client("array1", enums.KMIPVersion.KMIP_1_4) as c:
+        # AES-GCM under the main key: an IV the client chose, additional
+        # data, the tag returned; then decrypted over KMIP.
+        params = core_attributes.CryptographicParameters(
+            block_cipher_mode=enums.BlockCipherMode.GCM,
+            cryptographic_algorithm=enums.CryptographicAlgorithm.AES,
+            tag_length=16)
+        iv = bytes(range(12))
+        sealed = c.proxy.send_request_payload(enums.Operation.ENCRYPT, payloads.EncryptRequestPayload(
+            unique_identifier=uid, data=b"journal block 42", cryptographic_parameters=params,
+            iv_counter_nonce=iv, auth_additional_data=b"lun-7"))
+        out["gcm"] = {"iv": iv.hex(), "data": sealed.data.hex(), "tag": sealed.auth_tag.hex()}
+        opened = c.proxy.send_request_payload(enums.Operation.DECRYPT, payloads.DecryptRequestPayload(
+            unique_identifier=uid, data=sealed.data, cryptographic_parameters=params,
+            iv_counter_nonce=iv, auth_additional_data=b"lun-7", auth_tag=sealed.auth_tag))
+        out["gcm_opened"] = opened.data.decode()
+        out["gcm_wrong_aad"] = failure(lambda: c.proxy.send_request_payload(
+            enums.Operation.DECRYPT, payloads.DecryptRequestPayload(
+                unique_identifier=uid, data=sealed.data, cryptographic_parameters=params,
+                iv_counter_nonce=iv, auth_additional_data=b"lun-8", auth_tag=sealed.auth_tag)))
+        fresh = c.proxy.send_request_payload(enums.Operation.ENCRYPT, payloads.EncryptRequestPayload(
+            unique_identifier=uid, data=b"with a fresh IV", cryptographic_parameters=params))
+        out["fresh_iv"] = fresh.iv_counter_nonce.hex() if fresh.iv_counter_nonce else None
+        out["cbc"] = failure(lambda: c.proxy.send_request_payload(
+            enums.Operation.ENCRYPT, payloads.EncryptRequestPayload(
+                unique_identifier=uid, data=b"x" * 16,
+                cryptographic_parameters=core_attributes.CryptographicParameters(
+                    block_cipher_mode=enums.BlockCipherMode.CBC))))
     with client("array2") as c:
         out["ungranted_get"] = failure(lambda: c.get(uid))
     def as_stranger():
@@ -173,9 +235,19 @@ if phase == "one":
     oversize = bytes.fromhex("42007801") + struct.pack(">I", 8 << 20) + b"\x00" * 64
     out["oversize"] = result_of(raw_exchange("kadmin", oversize))
 elif phase == "two":
-    with client("array1") as c:
-        out["material"] = c.get(STATE["main"]).value.hex()
+    with client("array1", enums.KMIPVersion.KMIP_1_4) as c:
+        uid = STATE["main"]
+        out["material"] = c.get(uid).value.hex()
         out["destroyed_get"] = failure(lambda: c.get(STATE["doomed"]))
+        # What the key service sealed over HTTP (the Rust test passes it
+        # in) opens here.
+        http = STATE["http_sealed"]
+        params = core_attributes.CryptographicParameters(
+            block_cipher_mode=enums.BlockCipherMode.GCM, cryptographic_algorithm=enums.CryptographicAlgorithm.AES)
+        got = c.proxy.send_request_payload(enums.Operation.DECRYPT, payloads.DecryptRequestPayload(
+            unique_identifier=uid, data=bytes.fromhex(http["data"]), cryptographic_parameters=params,
+            iv_counter_nonce=bytes.fromhex(http["iv"]), auth_tag=bytes.fromhex(http["tag"])))
+        out["http_opened"] = got.data.decode()
     with client("kadmin") as a:
         out["doomed_state"] = attrs_of(a, STATE["doomed"], ["State"])["State"]
 else:
