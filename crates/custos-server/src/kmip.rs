@@ -4,7 +4,10 @@
 //! message is read whole (its length is checked against the limit before
 //! anything is read), answered, and the connection kept for the next; a
 //! message that cannot be read as a request is answered with KMIP's
-//! Invalid Message and the connection closed.
+//! Invalid Message and the connection closed. Each connection has a thread
+//! of its own, with blocking reads: the engine is synchronous, and a hop
+//! between the async runtime and a blocking thread per message cost more
+//! than the message.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +16,10 @@ use std::time::Duration;
 use custos_kmip::tags::{REASON_AUTHENTICATION_NOT_SUCCESSFUL, REASON_INVALID_MESSAGE, REQUEST_MESSAGE};
 use custos_kmip::{refusal, ttlv, Kmip, Settings};
 use custos_ops::{Caller, Engine};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
 use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
@@ -24,10 +30,13 @@ use crate::{setup, ServeError};
 const IDLE: Duration = Duration::from_secs(300);
 /// How long one message may take to arrive once it has begun.
 const BODY: Duration = Duration::from_secs(30);
+/// How often a waiting connection looks up to see whether the server is
+/// stopping.
+const TICK: Duration = Duration::from_millis(500);
 
 pub(crate) struct Listener {
     tcp: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     who: Arc<Who>,
     service: Arc<Kmip>,
     engine: Arc<Engine>,
@@ -91,113 +100,174 @@ fn tls_config(k: &KmipConfig, t: &Tls) -> Result<rustls::ServerConfig, ServeErro
 
 impl Listener {
     pub(crate) async fn bind(k: &KmipConfig, t: &Tls, engine: Arc<Engine>) -> Result<Self, ServeError> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(k, t)?));
+        let tls = Arc::new(tls_config(k, t)?);
         let tcp = TcpListener::bind(&k.listen).await.map_err(|e| setup(format!("KMIP address {}", k.listen), e))?;
         let who = Who {
             by_cn: k.clients.iter().map(|c| (c.cn.clone(), c.principal.clone())).collect(),
             cn_is_principal: k.cn_is_principal,
         };
         let service = Kmip::new(engine.clone(), Settings { app: k.app.clone(), max_message: k.max_message });
-        Ok(Self { tcp, acceptor, who: Arc::new(who), service: Arc::new(service), engine })
+        Ok(Self { tcp, tls, who: Arc::new(who), service: Arc::new(service), engine })
     }
 
-    /// Accept connections until `stop` says so; connections then finish
-    /// the message they are on.
+    /// Accept connections until `stop` says so; each connection is served
+    /// on a thread of its own (KMIP clients hold few, long connections,
+    /// and the engine is synchronous: no hop between threads per message).
+    /// On stop, connections finish the message they are on.
     pub(crate) async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut conns = tokio::task::JoinSet::new();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(AtomicUsize::new(0));
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 Ok((stream, _)) = self.tcp.accept() => {
-                    let _ = stream.set_nodelay(true);
-                    let (acceptor, who, service, engine) =
-                        (self.acceptor.clone(), self.who.clone(), self.service.clone(), self.engine.clone());
-                    let stop = stop.clone();
-                    conns.spawn(async move {
-                        let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await else { return };
-                        let principal = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                            Some(leaf) => who.principal(leaf),
-                            None => Err("no client certificate".to_string()),
-                        };
-                        connection(tls, principal, service, engine, stop).await;
+                    let Ok(stream) = stream.into_std() else { continue };
+                    let conn = Connection {
+                        tls: self.tls.clone(),
+                        who: self.who.clone(),
+                        service: self.service.clone(),
+                        engine: self.engine.clone(),
+                        stopping: stopping.clone(),
+                    };
+                    live.fetch_add(1, Ordering::SeqCst);
+                    let ours = live.clone();
+                    let spawned = std::thread::Builder::new().name("custos-kmip".into()).spawn(move || {
+                        conn.serve(stream);
+                        ours.fetch_sub(1, Ordering::SeqCst);
                     });
+                    if spawned.is_err() {
+                        live.fetch_sub(1, Ordering::SeqCst);
+                        eprintln!("custos serve: could not start a thread for a KMIP connection; it was closed");
+                    }
                 }
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
         drop(self.tcp);
-        while conns.join_next().await.is_some() {}
+        stopping.store(true, Ordering::SeqCst);
+        while live.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
-async fn connection(
-    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    principal: Result<String, String>,
+/// One client's connection, served on its own thread.
+struct Connection {
+    tls: Arc<rustls::ServerConfig>,
+    who: Arc<Who>,
     service: Arc<Kmip>,
     engine: Arc<Engine>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let max = service.settings().max_message;
-    loop {
-        if *stop.borrow() {
-            break;
+    stopping: Arc<AtomicBool>,
+}
+
+/// How a read ended early.
+enum Cut {
+    /// The peer closed the connection, after this many bytes.
+    Closed(usize),
+    /// Too slow, stopping, or broken.
+    Gone,
+}
+
+impl Connection {
+    fn serve(self, sock: std::net::TcpStream) {
+        if sock.set_nonblocking(false).is_err() || sock.set_read_timeout(Some(TICK)).is_err() {
+            return;
         }
-        let mut head = [0u8; 8];
-        match tokio::time::timeout(IDLE, tls.read_exact(&mut head)).await {
-            Ok(Ok(_)) => {}
-            _ => break,
+        let _ = sock.set_nodelay(true);
+        let Ok(conn) = rustls::ServerConnection::new(self.tls.clone()) else { return };
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let shaken = Instant::now() + Duration::from_secs(10);
+        while tls.conn.is_handshaking() {
+            match tls.conn.complete_io(&mut tls.sock) {
+                Ok(_) => {}
+                Err(e) if timed_out(&e) && Instant::now() < shaken => {}
+                Err(_) => return,
+            }
         }
-        let refuse = |why: String| refusal(REASON_INVALID_MESSAGE, &why);
-        let len = match ttlv::header(&head) {
-            Ok((REQUEST_MESSAGE, 0x01, len)) => len as usize,
-            Ok((tag, code, _)) => {
-                let why = format!("the message begins with tag {tag:06X} type {code:#04x}, not a request message");
-                let _ = tls.write_all(&refuse(why)).await;
-                break;
-            }
-            Err(e) => {
-                let _ = tls.write_all(&refuse(format!("the request could not be read: {e}"))).await;
-                break;
-            }
+        let principal = match tls.conn.peer_certificates().and_then(|c| c.first()) {
+            Some(leaf) => self.who.principal(leaf),
+            None => Err("no client certificate".to_string()),
         };
-        if len + 8 > max {
-            let why = format!("the message is {} bytes, over this server's limit of {max} bytes", len + 8);
-            let _ = tls.write_all(&refuse(why)).await;
-            break;
-        }
-        let mut buf = Zeroizing::new(vec![0u8; 8 + len]);
-        buf[..8].copy_from_slice(&head);
-        match tokio::time::timeout(BODY, tls.read_exact(&mut buf[8..])).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                let why = format!("the message ends before its {} bytes arrived", len + 8);
-                let _ = tls.write_all(&refuse(why)).await;
-                break;
+        self.messages(&mut tls, principal);
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    }
+
+    /// Fill `buf`, waiting at most until `by` (and not past a stop).
+    fn fill(&self, tls: &mut impl Read, buf: &mut [u8], by: Instant) -> Result<(), Cut> {
+        let mut got = 0;
+        while got < buf.len() {
+            match tls.read(&mut buf[got..]) {
+                Ok(0) => return Err(Cut::Closed(got)),
+                Ok(n) => got += n,
+                Err(e) if timed_out(&e) => {
+                    if Instant::now() >= by || (got == 0 && self.stopping.load(Ordering::SeqCst)) {
+                        return Err(Cut::Gone);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Cut::Closed(got)),
+                Err(_) => return Err(Cut::Gone),
             }
-            _ => break,
         }
-        // The principal's record is read afresh for each message: a
-        // disabled principal or a revoked grant counts at once.
-        let (service2, engine2, principal2) = (service.clone(), engine.clone(), principal.clone());
-        let answer = tokio::task::spawn_blocking(move || {
-            let caller = principal2.and_then(|name| match engine2.vault().user(&name) {
+        Ok(())
+    }
+
+    fn messages(&self, tls: &mut (impl Read + Write), principal: Result<String, String>) {
+        let max = self.service.settings().max_message;
+        let refuse = |why: String| refusal(REASON_INVALID_MESSAGE, &why);
+        loop {
+            let mut head = [0u8; 8];
+            if self.fill(tls, &mut head, Instant::now() + IDLE).is_err() {
+                return;
+            }
+            let len = match ttlv::header(&head) {
+                Ok((REQUEST_MESSAGE, 0x01, len)) => len as usize,
+                Ok((tag, code, _)) => {
+                    let why = format!("the message begins with tag {tag:06X} type {code:#04x}, not a request message");
+                    let _ = tls.write_all(&refuse(why));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tls.write_all(&refuse(format!("the request could not be read: {e}")));
+                    return;
+                }
+            };
+            if len + 8 > max {
+                let why = format!("the message is {} bytes, over this server's limit of {max} bytes", len + 8);
+                let _ = tls.write_all(&refuse(why));
+                return;
+            }
+            let mut buf = Zeroizing::new(vec![0u8; 8 + len]);
+            buf[..8].copy_from_slice(&head);
+            match self.fill(tls, &mut buf[8..], Instant::now() + BODY) {
+                Ok(()) => {}
+                Err(Cut::Closed(got)) => {
+                    let why = format!("the message ends after {} of its {} bytes", got + 8, len + 8);
+                    let _ = tls.write_all(&refuse(why));
+                    return;
+                }
+                Err(Cut::Gone) => return,
+            }
+            // The principal's record is read afresh for each message: a
+            // disabled principal or a revoked grant counts at once.
+            let caller = principal.clone().and_then(|name| match self.engine.vault().user(&name) {
                 Ok(p) if !p.disabled => Ok(Caller::Principal(p)),
                 Ok(_) => Err(format!("principal {name} is disabled")),
                 Err(_) => Err(format!("principal {name} does not exist")),
             });
-            match caller {
-                Ok(c) => service2.handle(&c, &buf),
+            let (bytes, close) = match caller {
+                Ok(c) => self.service.handle(&c, &buf),
                 Err(why) => (refusal(REASON_AUTHENTICATION_NOT_SUCCESSFUL, &why), true),
+            };
+            if tls.write_all(&bytes).is_err() || tls.flush().is_err() || close {
+                return;
             }
-        })
-        .await;
-        let Ok((bytes, close)) = answer else { break };
-        if tls.write_all(&bytes).await.is_err() || tls.flush().await.is_err() {
-            break;
-        }
-        if close {
-            break;
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
         }
     }
-    let _ = tls.shutdown().await;
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
