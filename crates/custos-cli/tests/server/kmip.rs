@@ -120,6 +120,12 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
         one["stranger"]
     );
     assert_eq!(one["before_activate"], serde_json::json!(["PRE_ACTIVE"]));
+    // KMIP 2.0 (attributes in an Attributes structure), and a 192-bit key.
+    let v2 = &one["v2_attributes"];
+    assert_eq!(v2["State"], serde_json::json!(["ACTIVE"]), "{v2}");
+    assert_eq!(v2["Cryptographic Length"], serde_json::json!([192]), "{v2}");
+    assert_eq!(v2["Name"], serde_json::json!(["v2-key"]), "{v2}");
+    assert_eq!(one["v2_material_len"], 24);
     let a = &one["attributes"];
     assert_eq!(a["Name"], serde_json::json!(["array1-volume-key"]), "{a}");
     assert_eq!(a["State"], serde_json::json!(["ACTIVE"]), "{a}");

@@ -222,6 +222,14 @@ if phase == "one":
                     block_cipher_mode=enums.BlockCipherMode.CBC))))
     with client("array2") as c:
         out["ungranted_get"] = failure(lambda: c.get(uid))
+    # KMIP 2.0, as PyKMIP speaks it: attributes in an Attributes structure.
+    with client("kadmin", enums.KMIPVersion.KMIP_2_0) as a:
+        v2 = a.create(enums.CryptographicAlgorithm.AES, 192, name="v2-key")
+        a.activate(v2)
+        out["v2_attributes"] = attrs_of(a, v2, ["State", "Cryptographic Length", "Name"])
+    with client("array1", enums.KMIPVersion.KMIP_2_0) as c:
+        out["v2_material_len"] = len(c.get(v2).value)
+
     def as_stranger():
         # TLS 1.3 lets the client finish its side of the handshake before
         # the server has judged its certificate: the refusal comes with
