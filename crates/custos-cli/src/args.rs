@@ -850,6 +850,20 @@ pub enum KeyCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Revoke a key, with KMIP's reasons: `key-compromise` (or
+    /// `ca-compromise`) makes it compromised (it decrypts what exists,
+    /// never encrypts, and can only be destroyed); any other reason
+    /// deactivates it. The reason is kept with the key.
+    Revoke {
+        label: String,
+        /// Why: key-compromise, ca-compromise, affiliation-changed,
+        /// superseded, cessation-of-operation, privilege-withdrawn or unspecified.
+        #[arg(long, value_parser = ["key-compromise", "ca-compromise", "affiliation-changed", "superseded", "cessation-of-operation", "privilege-withdrawn", "unspecified"])]
+        reason: String,
+        /// A sentence kept with the reason.
+        #[arg(long)]
+        message: Option<String>,
+    },
     /// Restore keys (a label or pattern) from a keystore backup into the
     /// live keystore, re-wrapped under the CURRENT master key.
     Recover {

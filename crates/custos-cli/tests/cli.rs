@@ -1835,6 +1835,33 @@ fn monitor_alerts_and_prometheus() {
     }
     e.ok(&["key", "activate", "DSET.PRIM.MON.key001"]);
     assert!(e.ok(&["monitor", "--expiring-days", "1"]).contains("no alerts"));
+    // A key revoked as compromised is an alert, and a risk finding that
+    // names what is still sealed under it.
+    e.ok(&["key", "revoke", "DSET.PRIM.MON.key001", "--reason", "key-compromise", "--message", "laptop stolen"]);
+    let k = e.json(&["key", "show", "DSET.PRIM.MON.key001"]);
+    assert_eq!(k["state"], "compromised", "{k}");
+    assert_eq!(k["attributes"]["revocation"]["message"], "laptop stolen", "{k}");
+    let o = e.run(&["monitor", "--expiring-days", "1"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("[key-compromised] DSET.PRIM.MON.key001"), "{out}");
+    assert!(out.contains("its key DSET.PRIM.MON.key001 is compromised"), "{out}");
+    let r = e.json(&["risk", "report"]);
+    let f = r["findings"].as_array().unwrap().iter().find(|f| f["code"] == "compromised-key").cloned();
+    let f = f.unwrap_or_else(|| panic!("no compromised-key finding: {r}"));
+    assert_eq!(f["subject"], "DSET.PRIM.MON.key001");
+    assert!(f["detail"].as_str().unwrap().contains("MON.DATA"), "{f}");
+    assert!(
+        !r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "inactive-key-needed" && f["subject"] == "DSET.PRIM.MON.key001"),
+        "one finding for it, not two: {r}"
+    );
+    // Its data still reads (decrypt), nothing new is sealed under it.
+    assert_eq!(e.ok(&["ds", "get", "MON.DATA"]), "monitored");
+    e.fails(&["ds", "put", "MON.DATA", Env::s(&e.file("m2", b"more"))], 5);
+    e.fails(&["key", "activate", "DSET.PRIM.MON.key001"], 5);
 }
 
 /// Lifecycle actions on a label pattern: --dry-run changes nothing, the real

@@ -65,6 +65,13 @@ impl<S: VaultState> Vault<S> {
                     detail: format!("not used since {}", k.last_used_at.unwrap_or(k.created_at).strftime("%Y-%m-%d")),
                 });
             }
+            if k.state == KeyState::Compromised {
+                alerts.push(Alert {
+                    code: "key-compromised",
+                    subject: k.label.to_string(),
+                    detail: "revoked as compromised: write what it seals under a new key, then destroy it".into(),
+                });
+            }
             if k.escrow.is_none() && !ksbs.iter().any(|b| b.created_at >= k.created_at) {
                 alerts.push(Alert {
                     code: "key-unprotected",
@@ -89,7 +96,7 @@ impl<S: VaultState> Vault<S> {
         }
         let count = |code: &str| alerts.iter().filter(|a| a.code == code).count() as f64;
         let mut metrics = Vec::new();
-        for st in [KeyState::PreActive, KeyState::Active, KeyState::Inactive, KeyState::Archived, KeyState::Destroyed] {
+        for st in KeyState::ALL {
             metrics.push(Metric {
                 name: "custos_keys",
                 help: "Keys in the keystore, by state.",

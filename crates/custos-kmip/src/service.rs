@@ -566,6 +566,45 @@ impl Kmip {
                 }
             }
             OP_LOCATE => self.locate(who, version, p),
+            OP_CHECK => {
+                only(p, &[UNIQUE_IDENTIFIER, USAGE_LIMITS_COUNT, CRYPTOGRAPHIC_USAGE_MASK, LEASE_TIME], "Check")?;
+                let label = self.uid(p, last)?;
+                let (key, destroy_after) = match self.exec(who, Operation::KeyShow { label: label.clone() })? {
+                    Reply::KeyDetail { key, destroy_after, .. } => (key, destroy_after),
+                    _ => {
+                        return Err(fail(REASON_GENERAL_FAILURE, "the engine answered a key show with something else"))
+                    }
+                };
+                let mask = one(p, CRYPTOGRAPHIC_USAGE_MASK)?.map(|m| as_int(m, "the usage mask")).transpose()?;
+                // Custos sets no usage limits and grants no leases: those
+                // checks pass as asked.
+                let mut out = vec![text(UNIQUE_IDENTIFIER, label.as_str())];
+                if let Some(m) = mask {
+                    let m = m as u32;
+                    if let Some(own) = key.attributes.usage_mask.filter(|own| m & !own != 0) {
+                        return Err(fail(
+                            0x29, // Incompatible Cryptographic Usage Mask
+                            format!("the key's usage mask is {own:#x}; {m:#x} asks for more"),
+                        ));
+                    }
+                    let uses = [(0x4, custos_core::model::KeyUse::Encrypt), (0x8, custos_core::model::KeyUse::Decrypt)];
+                    for (bit, usage) in uses {
+                        if m & bit == 0 {
+                            continue;
+                        }
+                        if let Some(at) = destroy_after {
+                            return Err(fail(0x43, format!("key {label} is scheduled for destruction at {at}")));
+                        }
+                        if let Err(e) = key.state.permits(usage) {
+                            return Err(fail(0x43, format!("key {label}: {e}")));
+                        }
+                    }
+                    out.push(integer(CRYPTOGRAPHIC_USAGE_MASK, m as i32));
+                }
+                out.extend(one(p, USAGE_LIMITS_COUNT)?.cloned());
+                out.extend(one(p, LEASE_TIME)?.cloned());
+                Ok(Done::Ok(out))
+            }
             OP_REGISTER => {
                 only(p, &[OBJECT_TYPE, TEMPLATE_ATTRIBUTE, ATTRIBUTES, SYMMETRIC_KEY, SECRET_DATA], "Register")?;
                 let (secret, material) = registered(p)?;

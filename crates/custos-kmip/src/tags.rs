@@ -86,6 +86,8 @@ pub const AUTHENTICATED_ENCRYPTION_TAG: u32 = 0x4200FF;
 pub const CORRELATION_VALUE: u32 = 0x4200D6;
 pub const INIT_INDICATOR: u32 = 0x4200D7;
 pub const FINAL_INDICATOR: u32 = 0x4200D8;
+pub const LEASE_TIME: u32 = 0x420049;
+pub const USAGE_LIMITS_COUNT: u32 = 0x420096;
 
 // Operations.
 pub const OP_CREATE: u32 = 0x01;
@@ -211,6 +213,7 @@ pub fn attribute_name(tag: u32) -> Option<&'static str> {
 /// Operations this server carries out.
 pub const SUPPORTED_OPERATIONS: &[u32] = &[
     OP_CREATE,
+    OP_CHECK,
     OP_REGISTER,
     OP_ENCRYPT,
     OP_DECRYPT,

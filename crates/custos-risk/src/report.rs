@@ -570,8 +570,27 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
         });
     }
     findings.extend(lone_destroyers(g));
+    // Keys revoked as compromised (KMIP Revoke): whoever holds one reads
+    // everything still sealed under it.
+    let compromised = |label: &str| g.keys.get(label).is_some_and(|k| k.present && k.state == "compromised");
+    let exposed = key_users(g, compromised);
+    let mut revoked: Vec<&String> = g.keys.keys().filter(|l| compromised(l)).collect();
+    revoked.sort();
+    for label in revoked {
+        findings.push(Finding {
+            code: "compromised-key",
+            subject: label.clone(),
+            detail: match exposed.get(label.as_str()) {
+                Some((count, first)) => format!(
+                    "revoked as compromised, yet {count} (e.g. {first}) are still sealed under it: whoever holds the key reads them; write them again under a new key, then destroy it"
+                ),
+                None => "revoked as compromised; nothing Custos keeps is sealed under it: destroy it (`custos key destroy`)".into(),
+            },
+        });
+    }
     // Keys that are not active but still needed by a retained copy.
-    let inactive = |label: &str| g.keys.get(label).is_some_and(|k| k.present && k.state != "active");
+    let inactive =
+        |label: &str| g.keys.get(label).is_some_and(|k| k.present && k.state != "active" && k.state != "compromised");
     for (label, (count, first)) in key_users(g, inactive) {
         let state = g.keys.get(label).map_or("", |k| k.state.as_str());
         findings.push(Finding {

@@ -79,6 +79,12 @@ pub fn plan(c: &KeyCmd) -> anyhow::Result<Plan> {
             Plan::new(Operation::KeyDestroy { label: label(l)?, crypto_erase: *crypto_erase, wait: wait.clone() })
         }
         KeyCmd::CancelDestroy { label: l } => Plan::new(Operation::KeyCancelDestroy { label: label(l)? }),
+        KeyCmd::Revoke { label: l, reason, message } => Plan::new(Operation::KeyRevoke {
+            label: label(l)?,
+            reason: reason.clone(),
+            message: message.clone(),
+            compromised_at: None,
+        }),
         KeyCmd::Encrypt { label: l, context } => {
             let mut plain = zeroize::Zeroizing::new(Vec::new());
             std::io::Read::take(std::io::stdin().lock(), custos_core::MAX_PLAINTEXT as u64 + 1)

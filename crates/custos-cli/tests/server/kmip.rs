@@ -106,6 +106,9 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     refused("duplicate_name", "NON_UNIQUE_NAME_ATTRIBUTE");
     refused("bad_length", "INVALID_FIELD");
     refused("destroy_active", "WRONG_KEY_LIFECYCLE_STATE");
+    assert_eq!(one["check_active"], main.as_str(), "{}", one["check_active"]);
+    refused("check_retired", "WRONG_KEY_LIFECYCLE_STATE");
+    refused("check_beyond_mask", "INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK");
     refused("unknown", "ITEM_NOT_FOUND");
     refused("not_an_identifier", "ITEM_NOT_FOUND");
     refused("unknown_get", "ITEM_NOT_FOUND");

@@ -146,6 +146,15 @@ if phase == "one":
         out["located_compromised"] = a.locate(attributes=[compromised])
         out["located_page"] = a.locate(maximum_items=2, attributes=[active])
         out["destroy_active"] = failure(lambda: a.destroy(uid))
+        # Check: an active key may encrypt; a deactivated one may not.
+        out["check_active"] = a.check(uid, cryptographic_usage_mask=[enums.CryptographicUsageMask.ENCRYPT])
+        # (PyKMIP's check() cannot report a refusal: it reads the absent
+        # payload. The payload is sent as it is.)
+        def check(u, mask):
+            a.proxy.send_request_payload(enums.Operation.CHECK, payloads.CheckRequestPayload(
+                unique_identifier=u, cryptographic_usage_mask=mask))
+        out["check_retired"] = failure(lambda: check(retired, enums.CryptographicUsageMask.ENCRYPT.value))
+        out["check_beyond_mask"] = failure(lambda: check(uid, enums.CryptographicUsageMask.SIGN.value))
         a.revoke(enums.RevocationReasonCode.CESSATION_OF_OPERATION, doomed)
         r = a.proxy.destroy(doomed)
         out["destroy_doomed"] = {
