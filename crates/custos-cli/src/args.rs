@@ -855,10 +855,10 @@ pub enum KeyCmd {
     /// never encrypts, and can only be destroyed); any other reason
     /// deactivates it. The reason is kept with the key.
     Revoke {
+        /// The key's label.
         label: String,
-        /// Why: key-compromise, ca-compromise, affiliation-changed,
-        /// superseded, cessation-of-operation, privilege-withdrawn or unspecified.
-        #[arg(long, value_parser = ["key-compromise", "ca-compromise", "affiliation-changed", "superseded", "cessation-of-operation", "privilege-withdrawn", "unspecified"])]
+        /// Why (KMIP's revocation reasons).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(custos_core::REVOCATION_REASONS))]
         reason: String,
         /// A sentence kept with the reason.
         #[arg(long)]

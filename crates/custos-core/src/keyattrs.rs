@@ -12,6 +12,17 @@ pub const MAX_ATTRIBUTE_VALUES: usize = 64;
 /// The longest name, contact or custom attribute value.
 pub const MAX_ATTRIBUTE_LEN: usize = 1024;
 
+/// KMIP's revocation reasons, as the words Custos keeps.
+pub const REVOCATION_REASONS: [&str; 7] = [
+    "unspecified",
+    "key-compromise",
+    "ca-compromise",
+    "affiliation-changed",
+    "superseded",
+    "cessation-of-operation",
+    "privilege-withdrawn",
+];
+
 fn invalid(why: String) -> Error {
     Error::Invalid { what: "key attributes", why }
 }
@@ -90,6 +101,15 @@ impl Vault<Open> {
     /// destroyed); for any other reason it is deactivated. The reason is
     /// kept with the key.
     pub fn revoke_key(&self, label: &KeyLabel, revocation: Revocation) -> Result<KeyRecord> {
+        if !REVOCATION_REASONS.contains(&revocation.reason.as_str()) {
+            return Err(Error::Invalid {
+                what: "revocation reason",
+                why: format!("{:?}: give one of {}", revocation.reason, REVOCATION_REASONS.join(", ")),
+            });
+        }
+        if revocation.message.as_ref().is_some_and(|m| m.is_empty() || m.len() > MAX_ATTRIBUTE_LEN) {
+            return Err(invalid(format!("a revocation message is 1 to {MAX_ATTRIBUTE_LEN} bytes")));
+        }
         let compromise = revocation.reason == "key-compromise" || revocation.reason == "ca-compromise";
         self.change_key(label, |rec| {
             let now = jiff::Timestamp::now();

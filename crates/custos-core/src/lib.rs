@@ -51,7 +51,7 @@ pub use escrow::{EscrowStatus, ShareStatus};
 pub use export::ExportReport;
 pub use gc::{FsckReport, GcReport, VolumeCheck};
 pub use hsm::{HsmAction, MoveReport, NewHsmRule};
-pub use keyattrs::{MAX_ATTRIBUTE_LEN, MAX_ATTRIBUTE_VALUES, MAX_CIPHER_DATA};
+pub use keyattrs::{MAX_ATTRIBUTE_LEN, MAX_ATTRIBUTE_VALUES, MAX_CIPHER_DATA, REVOCATION_REASONS};
 pub use keys::{parse_duration, DueDestructions, NewKey, MAX_BULK_KEYS};
 pub use keyservice::{ciphertext_key, Context as KeyContext, MAX_PLAINTEXT};
 pub use keystore::{KeystoreBackupContents, Recovered};

@@ -78,6 +78,15 @@ fn object_type(k: &KeyRecord) -> u32 {
     }
 }
 
+#[test]
+fn the_revocation_words_are_the_engines() {
+    assert_eq!(REVOCATION_WORDS, custos_core::REVOCATION_REASONS);
+    assert_eq!(revocation_reason(2), Some("key-compromise"));
+    assert_eq!(revocation_reason(0), None);
+    assert_eq!(revocation_reason(8), None);
+    assert_eq!(revocation_code("cessation-of-operation"), 6);
+}
+
 /// KMIP's state for a key.
 fn kmip_state(k: &KeyRecord) -> u32 {
     let compromised = k.attributes.revocation.as_ref().is_some_and(|r| r.reason.ends_with("compromise"));

@@ -161,23 +161,25 @@ pub const QUERY_OPERATIONS: u32 = 1;
 pub const QUERY_OBJECTS: u32 = 2;
 pub const QUERY_SERVER_INFORMATION: u32 = 3;
 
-/// Revocation reason codes, as the words Custos keeps.
+/// Revocation reason codes (1 to 7), as the words Custos keeps (the
+/// engine's list, `custos_core::REVOCATION_REASONS`, is in the same order).
+pub const REVOCATION_WORDS: [&str; 7] = [
+    "unspecified",
+    "key-compromise",
+    "ca-compromise",
+    "affiliation-changed",
+    "superseded",
+    "cessation-of-operation",
+    "privilege-withdrawn",
+];
+
 pub fn revocation_reason(code: u32) -> Option<&'static str> {
-    Some(match code {
-        1 => "unspecified",
-        2 => "key-compromise",
-        3 => "ca-compromise",
-        4 => "affiliation-changed",
-        5 => "superseded",
-        6 => "cessation-of-operation",
-        7 => "privilege-withdrawn",
-        _ => return None,
-    })
+    REVOCATION_WORDS.get((code as usize).checked_sub(1)?).copied()
 }
 
 /// The code of a revocation reason word.
 pub fn revocation_code(word: &str) -> u32 {
-    (1..=7).find(|c| revocation_reason(*c) == Some(word)).unwrap_or(1)
+    REVOCATION_WORDS.iter().position(|w| *w == word).map_or(1, |i| i as u32 + 1)
 }
 
 /// A KMIP 2.0 attribute's tag, by its 1.x name (the attributes Custos
