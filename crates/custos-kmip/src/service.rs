@@ -871,10 +871,16 @@ impl Kmip {
                 let item = value_item(v);
                 let ok = match name.as_str() {
                     "Name" => k.attributes.names.contains(&name_of(v)?),
-                    "Object Type" => as_enum(&item, "the object type")? == OBJECT_SYMMETRIC_KEY,
+                    "Object Type" => as_enum(&item, "the object type")? == object_type(k),
                     "State" => as_enum(&item, "the state")? == kmip_state(k),
-                    "Cryptographic Algorithm" => as_enum(&item, "the algorithm")? == ALGORITHM_AES,
-                    "Cryptographic Length" => as_int(&item, "the length")? == i32::from(k.attributes.length_bits()),
+                    // Secret data has neither.
+                    "Cryptographic Algorithm" => {
+                        as_enum(&item, "the algorithm")? == ALGORITHM_AES && k.attributes.secret.is_none()
+                    }
+                    "Cryptographic Length" => {
+                        as_int(&item, "the length")? == i32::from(k.attributes.length_bits())
+                            && k.attributes.secret.is_none()
+                    }
                     "Unique Identifier" => as_text(&item, "the identifier")? == k.label.as_str(),
                     "Contact Information" => k.attributes.contact.as_deref() == Some(as_text(&item, "the contact")?),
                     n if n.starts_with("x-") || n.starts_with("y-") => {

@@ -166,6 +166,7 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     assert_eq!(one["imported_material"], "000102030405060708090a0b0c0d0e0f");
     assert_eq!(one["password"], "s3cret-passw0rd");
     assert_eq!(one["password_type"], "PASSWORD");
+    assert_eq!(one["located_secrets"], serde_json::json!([uid("password")]), "by object type");
     refused("modify_missing", "ATTRIBUTE_NOT_FOUND");
     assert_eq!(one["imported_names"], serde_json::json!(["imported-128-renamed"]));
     let after = &one["imported_after_delete"];

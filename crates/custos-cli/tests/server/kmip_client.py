@@ -171,6 +171,8 @@ if phase == "one":
         a.activate(password)
         out["uids"]["imported"] = imported
         out["uids"]["password"] = password
+        secrets = factory.create_attribute(enums.AttributeType.OBJECT_TYPE, enums.ObjectType.SECRET_DATA)
+        out["located_secrets"] = a.locate(attributes=[secrets])
         # Modify and delete attributes (KMIP 1.x payloads).
         a.proxy.send_request_payload(enums.Operation.MODIFY_ATTRIBUTE, payloads.ModifyAttributeRequestPayload(
             unique_identifier=imported,
