@@ -12,7 +12,8 @@ pub const MAX_ATTRIBUTE_VALUES: usize = 64;
 /// The longest name, contact or custom attribute value.
 pub const MAX_ATTRIBUTE_LEN: usize = 1024;
 
-/// KMIP's revocation reasons, as the words Custos keeps.
+/// KMIP's revocation reasons, as the words Custos keeps, in KMIP's order
+/// (reason code 1 first).
 pub const REVOCATION_REASONS: [&str; 7] = [
     "unspecified",
     "key-compromise",

@@ -69,6 +69,19 @@ fn reason_for(e: &custos_ops::Error) -> u32 {
     }
 }
 
+/// The fields of a Decrypt payload; Encrypt's are these but the last.
+const CIPHER_FIELDS: [u32; 9] = [
+    UNIQUE_IDENTIFIER,
+    CRYPTOGRAPHIC_PARAMETERS,
+    DATA,
+    IV_COUNTER_NONCE,
+    CORRELATION_VALUE,
+    INIT_INDICATOR,
+    FINAL_INDICATOR,
+    AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
+    AUTHENTICATED_ENCRYPTION_TAG,
+];
+
 /// A key's KMIP object type.
 fn object_type(k: &KeyRecord) -> u32 {
     if k.attributes.secret.is_some() {
@@ -78,13 +91,23 @@ fn object_type(k: &KeyRecord) -> u32 {
     }
 }
 
+/// A revocation reason code (1 to 7: the engine's list is in KMIP's
+/// order) as the word Custos keeps.
+fn revocation_reason(code: u32) -> Option<&'static str> {
+    custos_core::REVOCATION_REASONS.get((code as usize).checked_sub(1)?).copied()
+}
+
+/// The code of a revocation reason word.
+fn revocation_code(word: &str) -> u32 {
+    custos_core::REVOCATION_REASONS.iter().position(|w| *w == word).map_or(1, |i| i as u32 + 1)
+}
+
 #[test]
-fn the_revocation_words_are_the_engines() {
-    assert_eq!(REVOCATION_WORDS, custos_core::REVOCATION_REASONS);
+fn revocation_codes_are_kmips() {
     assert_eq!(revocation_reason(2), Some("key-compromise"));
-    assert_eq!(revocation_reason(0), None);
-    assert_eq!(revocation_reason(8), None);
-    assert_eq!(revocation_code("cessation-of-operation"), 6);
+    assert_eq!(revocation_reason(6), Some("cessation-of-operation"));
+    assert_eq!((revocation_reason(0), revocation_reason(8)), (None, None));
+    assert_eq!(revocation_code("privilege-withdrawn"), 7);
 }
 
 /// KMIP's state for a key.
@@ -664,20 +687,8 @@ impl Kmip {
                 }
             }
             OP_ENCRYPT => {
-                only(
-                    p,
-                    &[
-                        UNIQUE_IDENTIFIER,
-                        CRYPTOGRAPHIC_PARAMETERS,
-                        DATA,
-                        IV_COUNTER_NONCE,
-                        CORRELATION_VALUE,
-                        INIT_INDICATOR,
-                        FINAL_INDICATOR,
-                        AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
-                    ],
-                    "Encrypt",
-                )?;
+                // Encrypt's fields are Decrypt's but the tag.
+                only(p, &CIPHER_FIELDS[..CIPHER_FIELDS.len() - 1], "Encrypt")?;
                 gcm_version(version)?;
                 let label = self.uid(p, last)?;
                 let (iv, aad) = cipher_request(p)?;
@@ -703,21 +714,7 @@ impl Kmip {
                 Ok(Done::Ok(out))
             }
             OP_DECRYPT => {
-                only(
-                    p,
-                    &[
-                        UNIQUE_IDENTIFIER,
-                        CRYPTOGRAPHIC_PARAMETERS,
-                        DATA,
-                        IV_COUNTER_NONCE,
-                        CORRELATION_VALUE,
-                        INIT_INDICATOR,
-                        FINAL_INDICATOR,
-                        AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
-                        AUTHENTICATED_ENCRYPTION_TAG,
-                    ],
-                    "Decrypt",
-                )?;
+                only(p, &CIPHER_FIELDS, "Decrypt")?;
                 gcm_version(version)?;
                 let label = self.uid(p, last)?;
                 let (iv, aad) = cipher_request(p)?;

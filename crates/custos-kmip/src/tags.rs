@@ -161,27 +161,6 @@ pub const QUERY_OPERATIONS: u32 = 1;
 pub const QUERY_OBJECTS: u32 = 2;
 pub const QUERY_SERVER_INFORMATION: u32 = 3;
 
-/// Revocation reason codes (1 to 7), as the words Custos keeps (the
-/// engine's list, `custos_core::REVOCATION_REASONS`, is in the same order).
-pub const REVOCATION_WORDS: [&str; 7] = [
-    "unspecified",
-    "key-compromise",
-    "ca-compromise",
-    "affiliation-changed",
-    "superseded",
-    "cessation-of-operation",
-    "privilege-withdrawn",
-];
-
-pub fn revocation_reason(code: u32) -> Option<&'static str> {
-    REVOCATION_WORDS.get((code as usize).checked_sub(1)?).copied()
-}
-
-/// The code of a revocation reason word.
-pub fn revocation_code(word: &str) -> u32 {
-    REVOCATION_WORDS.iter().position(|w| *w == word).map_or(1, |i| i as u32 + 1)
-}
-
 /// A KMIP 2.0 attribute's tag, by its 1.x name (the attributes Custos
 /// keeps).
 pub const ATTRIBUTE_TAGS: &[(&str, u32)] = &[
