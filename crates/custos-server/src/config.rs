@@ -254,5 +254,21 @@ mod tests {
         let c = load("vault = \"/v\"\nvolumes = [\"/srv/custos\"]\n[hsm]\nkind = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken = \"t\"\n[listen]\nunix = \"/s\"\n").unwrap();
         assert_eq!(c.volumes, ["/srv/custos"]);
         assert!(matches!(c.hsm, HsmConfig::Pkcs11 { .. }));
+        // KMIP needs TLS, a CA for its clients' certificates, a way to name
+        // their principals, and a sane message limit.
+        let base = "vault = \"/v\"\n[hsm]\nkind = \"soft\"\n[listen]\nunix = \"/s\"\n";
+        let tls = "[tls]\ncert = \"/c\"\nkey = \"/k\"\n";
+        let e = load(&format!("{base}[kmip]\nlisten = \"127.0.0.1:5696\"\ncn_is_principal = true\n")).unwrap_err();
+        assert!(e.to_string().contains("[kmip] needs [tls]"), "{e}");
+        let e = load(&format!("{base}{tls}[kmip]\nlisten = \"127.0.0.1:5696\"\ncn_is_principal = true\n")).unwrap_err();
+        assert!(e.to_string().contains("needs client_ca"), "{e}");
+        let k = "[kmip]\nlisten = \"127.0.0.1:5696\"\nclient_ca = \"/ca\"\n";
+        let e = load(&format!("{base}{tls}{k}")).unwrap_err();
+        assert!(e.to_string().contains("maps no certificate to a principal"), "{e}");
+        let e = load(&format!("{base}{tls}{k}cn_is_principal = true\nmax_message = 10\n")).unwrap_err();
+        assert!(e.to_string().contains("max_message"), "{e}");
+        let c = load(&format!("{base}{tls}{k}[[kmip.clients]]\ncn = \"array1\"\nprincipal = \"a1\"\n")).unwrap();
+        let kmip = c.kmip.unwrap();
+        assert_eq!((kmip.app.as_str(), kmip.max_message, kmip.clients.len()), ("KMIP", 1 << 20, 1));
     }
 }

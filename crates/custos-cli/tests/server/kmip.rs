@@ -247,8 +247,25 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     s.ok("ops", OPS_CRED, &["mk", "activate"]);
     s.ok("ops", OPS_CRED, &["mk", "reencipher"]);
 
-    let state = serde_json::json!({ "main": main, "doomed": uid("doomed"), "http_sealed": http_sealed });
-    let two = phase(port, &ca_p, &certs, &state, "two");
+    let (ready, go) = (d.join("phase-two-ready"), d.join("phase-two-go"));
+    let state = serde_json::json!({
+        "main": main, "doomed": uid("doomed"), "http_sealed": http_sealed, "ready": ready, "go": go,
+    });
+    let two = {
+        let (port, ca_p, certs, state) = (port, ca_p.clone(), certs.clone(), state.clone());
+        let child = std::thread::spawn(move || phase(port, &ca_p, &certs, &state, "two"));
+        let t = Instant::now();
+        while !ready.exists() {
+            assert!(t.elapsed() < Duration::from_secs(30), "phase two never got going");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Disabled while its connection is open: the next message is refused.
+        s.ok("ops", OPS_CRED, &["user", "disable", "array2"]);
+        std::fs::write(&go, b"").unwrap();
+        child.join().unwrap()
+    };
+    assert_eq!(two["array2_before"], 1, "{two}");
+    assert_eq!(two["array2_after"]["reason"], "AUTHENTICATION_NOT_SUCCESSFUL", "{two}");
     assert_eq!(two["material"], one["material"], "the same key after the master key changed");
     assert_eq!(two["doomed_state"], serde_json::json!(["DESTROYED"]));
     assert_eq!(two["destroyed_get"]["status"], "OPERATION_FAILED", "{}", two["destroyed_get"]);

@@ -11,6 +11,7 @@ import socket
 import ssl
 import struct
 import sys
+import time
 
 from kmip.core import enums
 from kmip.core.factories import attributes as attribute_factory
@@ -254,6 +255,16 @@ if phase == "one":
     oversize = bytes.fromhex("42007801") + struct.pack(">I", 8 << 20) + b"\x00" * 64
     out["oversize"] = result_of(raw_exchange("kadmin", oversize))
 elif phase == "two":
+    # One connection across a change made on the server: array2 is
+    # disabled while its session is open, and its next request is refused.
+    with client("array2") as c:
+        out["array2_before"] = len(c.locate(maximum_items=1))
+        open(STATE["ready"], "w").close()
+        for _ in range(200):
+            if os.path.exists(STATE["go"]):
+                break
+            time.sleep(0.05)
+        out["array2_after"] = failure(lambda: c.locate(maximum_items=1))
     with client("array1", enums.KMIPVersion.KMIP_1_4) as c:
         uid = STATE["main"]
         out["material"] = c.get(uid).value.hex()
