@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "custos",
     version,
     about = "Keeps encrypted datasets and their backups recoverable.",
-    long_about = "Custos stores datasets sealed with AES-256-GCM, each under its own key; keeps the keys in a keystore wrapped under an HSM master key; and shows what every copy survives.\n\nExit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 integrity failure (tampered or damaged data), 5 key state forbids it, 6 wrong passphrase, 7 volume unreachable or full."
+    long_about = "Custos stores datasets sealed with AES-256-GCM, each under its own key; keeps the keys in a keystore wrapped under an HSM master key; and shows what every copy survives.\n\nExit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 integrity failure (tampered or damaged data), 5 key state forbids it, 6 wrong passphrase or credential, 7 volume unreachable or full, 8 not allowed (roles, grants), 10 `monitor` raised an alert."
 )]
 pub struct Cli {
     /// The vault directory.

@@ -523,7 +523,7 @@ fn keystore_backup_and_recover() {
     e.ok(&["key", "deactivate", "DSET.PRIM.KSB.key001"]);
     e.ok(&["key", "destroy", "DSET.PRIM.KSB.key001", "--crypto-erase"]);
     e.fails(&["ds", "get", "KSB.DATA"], 5);
-    let err = e.fails(&["key", "recover", "DSET.PRIM.KSB.key001", "--from", "nope"], 1);
+    let err = e.fails(&["key", "recover", "DSET.PRIM.KSB.key001", "--from", "nope"], 3);
     assert!(err.contains("keystore backups"), "{err}");
     let out = e.ok(&["key", "recover", "DSET.PRIM.KSB.key001", "--from", &id]);
     assert!(out.contains("recovered key DSET.PRIM.KSB.key001 (active)"), "the state the backup recorded: {out}");
@@ -803,7 +803,12 @@ fn snapshots_through_the_cli() {
     assert!(e.ok(&["snapshot", "restore", &id, "--as", "SN.OLD"]).contains("verified"));
     assert_eq!(e.run(&["ds", "get", "SN.OLD"]).stdout, v1);
     e.ok(&["snapshot", "rm", &id]);
-    assert!(e.fails(&["snapshot", "rm", &id], 1).contains("no snapshot"));
+    assert!(e.fails(&["snapshot", "rm", &id], 3).contains("no snapshot"));
+    // Any named thing that does not exist is "not found" (exit 3).
+    assert!(e.fails(&["backup", "show", "424242"], 3).contains("no backup 424242: see `custos backup ls`"));
+    assert!(e.fails(&["request", "show", "424242"], 3).contains("no request 424242"));
+    let help = e.ok(&["--help"]).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(help.contains("8 not allowed (roles, grants), 10 `monitor` raised an alert"), "{help}");
     assert!(e.fails(&["snapshot", "create", "NO.SUCH"], 3).contains("no dataset named NO.SUCH"));
 }
 
@@ -823,7 +828,7 @@ fn mirror_through_the_cli() {
     assert_eq!(e.run(&["ds", "get", "MC.DATA"]).stdout, bytes);
     assert!(e.fails(&["mirror", "add", "pprc", "pprc"], 1).contains("cannot mirror itself"));
     e.ok(&["mirror", "rm", "default"]);
-    assert!(e.fails(&["mirror", "rm", "default"], 1).contains("not mirrored"));
+    assert!(e.fails(&["mirror", "rm", "default"], 3).contains("no mirror of volume default"));
 }
 
 /// The tape tier on a real S3-protocol server: raw and logical copies go to
@@ -998,7 +1003,7 @@ fn hsm_run_backs_up_migrates_and_recalls() {
     assert_eq!(copies.as_array().unwrap().len(), 2, "{copies}");
     assert!(e.ok(&["backup", "verify", "COLD.**", "--read-data"]).contains("ok"));
     e.ok(&["hsm", "rule", "rm", "cold"]);
-    assert!(e.fails(&["hsm", "rule", "rm", "cold"], 1).contains("no rule"));
+    assert!(e.fails(&["hsm", "rule", "rm", "cold"], 3).contains("no hsm rule \"cold\""));
 }
 
 /// Progress goes to a terminal only: under a pseudo-terminal (`script`)

@@ -91,9 +91,10 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub fn snapshot_record(&self, id: u64) -> Result<SnapshotRecord> {
-        self.repo.snapshot(id)?.ok_or_else(|| Error::Invalid {
+        self.repo.snapshot(id)?.ok_or_else(|| Error::NotFound {
             what: "snapshot",
-            why: format!("no snapshot {id}: see `custos snapshot ls`"),
+            name: id.to_string(),
+            see: "custos snapshot ls",
         })
     }
 
@@ -195,9 +196,11 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub fn backup_record(&self, id: u64) -> Result<BackupRecord> {
-        self.repo
-            .backup(id)?
-            .ok_or_else(|| Error::Invalid { what: "backup", why: format!("no backup {id}: see `custos backup ls`") })
+        self.repo.backup(id)?.ok_or_else(|| Error::NotFound {
+            what: "backup",
+            name: id.to_string(),
+            see: "custos backup ls",
+        })
     }
 
     /// Raw copy of a dataset's current generation to `to`. Uses no key.

@@ -45,6 +45,10 @@ pub enum Error {
     PolicyNotFound { name: String },
     #[error("no user {name:?}: see `custos user ls`")]
     UserNotFound { name: String },
+    /// Another named thing that does not exist (a backup, a snapshot, a
+    /// request, an `hsm run` rule, a mirror, a keystore backup).
+    #[error("no {what} {name}: see `{see}`")]
+    NotFound { what: &'static str, name: String, see: &'static str },
     #[error("no policy matches dataset {dataset}: add one with `custos policy add`, or pass --key and --volume")]
     NoPolicy { dataset: DatasetName },
 

@@ -119,10 +119,7 @@ impl<S: VaultState> Vault<S> {
 
     pub fn hsm_rule_rm(&self, name: &str) -> Result<()> {
         if !self.repo.remove_hsm_rule(name)? {
-            return Err(Error::Invalid {
-                what: "hsm rule",
-                why: format!("no rule {name:?}: see `custos hsm rule ls`"),
-            });
+            return Err(Error::NotFound { what: "hsm rule", name: format!("{name:?}"), see: "custos hsm rule ls" });
         }
         Ok(())
     }

@@ -191,9 +191,10 @@ impl Vault<Open> {
     /// master key no register holds fails the whole call, naming the MKVP
     /// it needs; nothing is written in that case.
     pub fn recover_keys(&self, pattern: &Pattern, id: &str) -> Result<Vec<Recovered>> {
-        let backup = self.repo.keystore_backups()?.into_iter().find(|b| b.id == id).ok_or_else(|| Error::Invalid {
+        let backup = self.repo.keystore_backups()?.into_iter().find(|b| b.id == id).ok_or_else(|| Error::NotFound {
             what: "keystore backup",
-            why: format!("no backup {id}: see `custos keystore backups`"),
+            name: id.to_string(),
+            see: "custos keystore backups",
         })?;
         let damaged = |why: String| Error::Invalid {
             what: "keystore backup",

@@ -134,9 +134,10 @@ impl<S: VaultState> Vault<S> {
     /// Stop mirroring `primary` (the secondary keeps what it has).
     pub fn mirror_rm(&self, primary: &VolumeName) -> Result<()> {
         if !self.repo.remove_mirror(primary)? {
-            return Err(Error::Invalid {
-                what: "mirror",
-                why: format!("volume {primary} is not mirrored: see `custos mirror ls`"),
+            return Err(Error::NotFound {
+                what: "mirror of volume",
+                name: primary.to_string(),
+                see: "custos mirror ls",
             });
         }
         Ok(())

@@ -109,10 +109,11 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub fn request(&self, id: u64) -> Result<RequestRow> {
-        self.requests_page(id.checked_add(1), 1)?
-            .into_iter()
-            .find(|r| r.id == id)
-            .ok_or_else(|| Error::Invalid { what: "request", why: format!("no request {id}: see `custos request ls`") })
+        self.requests_page(id.checked_add(1), 1)?.into_iter().find(|r| r.id == id).ok_or_else(|| Error::NotFound {
+            what: "request",
+            name: id.to_string(),
+            see: "custos request ls",
+        })
     }
 
     /// Check that `by` may decide request `id`, and mark it decided

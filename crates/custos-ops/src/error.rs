@@ -134,6 +134,7 @@ pub fn core_code(e: &CoreError) -> Code {
         | CoreError::VolumeNotFound { .. }
         | CoreError::PolicyNotFound { .. }
         | CoreError::UserNotFound { .. }
+        | CoreError::NotFound { .. }
         | CoreError::NoPolicy { .. } => Code::NotFound,
         CoreError::Chunk { .. }
         | CoreError::Manifest { .. }
