@@ -169,7 +169,13 @@ enum Cut {
 
 impl Connection {
     fn serve(self, sock: std::net::TcpStream) {
-        if sock.set_nonblocking(false).is_err() || sock.set_read_timeout(Some(TICK)).is_err() {
+        // Reads wake every TICK to look at the clock and for a stop; a
+        // client that stops reading cannot hold a write (and this thread)
+        // for longer than BODY.
+        if sock.set_nonblocking(false).is_err()
+            || sock.set_read_timeout(Some(TICK)).is_err()
+            || sock.set_write_timeout(Some(BODY)).is_err()
+        {
             return;
         }
         let _ = sock.set_nodelay(true);
@@ -178,8 +184,10 @@ impl Connection {
         let shaken = Instant::now() + Duration::from_secs(10);
         while tls.conn.is_handshaking() {
             match tls.conn.complete_io(&mut tls.sock) {
+                Ok(_) | Err(_) if Instant::now() >= shaken => return,
+                Ok((0, 0)) => return,
                 Ok(_) => {}
-                Err(e) if timed_out(&e) && Instant::now() < shaken => {}
+                Err(e) if timed_out(&e) => {}
                 Err(_) => return,
             }
         }
