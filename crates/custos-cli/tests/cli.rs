@@ -356,7 +356,13 @@ fn demo_runs_end_to_end() {
     assert!(s.contains("which no register holds"), "{s}");
     assert!(s.contains("ARC.Y2019 reads back identical"), "{s}");
     let html = std::fs::read_to_string(keep.path().join("risk-report.html")).unwrap();
-    assert!(html.starts_with("<!doctype html>") && html.contains("Data centre loss") && html.ends_with("</html>\n"));
+    assert!(
+        html.starts_with("<!DOCTYPE html>")
+            && html.contains("Data centre loss")
+            && html.trim_end().ends_with("</html>")
+    );
+    // Every reason is printed, not only a tooltip; no "(1)" in the headers.
+    assert!(html.contains("class=\"notes\"") && !html.contains(" title=\"") && !html.contains("(1)"), "{html}");
 }
 
 #[test]
@@ -1063,7 +1069,7 @@ fn risk_report_and_drill_through_the_cli() {
     assert!(md.starts_with("# Custos risk report") && md.contains("| Key loss |"), "{md}");
     let html = e.dir.path().join("r.html");
     e.cmd(&["risk", "report", "--format", "html", "-o", Env::s(&html)]).assert().success();
-    assert!(std::fs::read_to_string(&html).unwrap().contains("<table>"));
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<table class=\"risk\""));
     // Drill one threat: the model holds.
     let out = e.ok(&["risk", "drill", "--threat", "data-key-loss"]);
     assert!(out.contains("2 cells: 2 agree with the model, 0 disagree, 0 could not be drilled"), "{out}");

@@ -1763,3 +1763,6 @@ fn a_write_sent_twice_with_one_idempotency_key_is_carried_out_once() {
 
 #[path = "server/kmip.rs"]
 mod kmip;
+
+#[path = "server/console.rs"]
+mod console;

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod drill;
+pub mod html;
 pub mod model;
 pub mod report;
 

@@ -98,6 +98,12 @@ impl Authenticator {
         }
     }
 
+    /// Check a principal's credential (the console's sign-in): the engine
+    /// decides and audits, as for any login.
+    pub fn password(&self, engine: &Engine, user: &str, secret: &Passphrase) -> Result<Caller, custos_ops::Error> {
+        engine.login(user, secret)
+    }
+
     fn login(&self, engine: &Engine, user: &str, secret: zeroize::Zeroizing<Vec<u8>>) -> Result<Caller, AuthError> {
         let tag = self.tag(user, &secret);
         let remembered = {

@@ -28,6 +28,7 @@ pub struct Shared {
     pub auth: Authenticator,
     pub metrics: Metrics,
     pub draining: AtomicBool,
+    pub console: crate::console::Sessions,
 }
 
 /// What the connection says about the caller: the principal its client
@@ -35,6 +36,8 @@ pub struct Shared {
 #[derive(Clone, Default)]
 pub struct Peer {
     pub cert_principal: Option<String>,
+    /// The connection is TLS (the console is served only then).
+    pub tls: bool,
 }
 
 type St = State<Arc<Shared>>;
@@ -49,6 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/datasets/{name}", get(get_dataset).put(put_dataset))
         .route("/v1/audit/export", get(audit_export))
         .route("/v1/keys/{label}/{action}", post(key_service))
+        .merge(crate::console::router())
         .fallback(|| async { problem(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint: see /v1/openapi.json") })
         .with_state(shared)
 }

@@ -16,6 +16,7 @@
 
 mod auth;
 pub mod config;
+mod console;
 mod http;
 mod kmip;
 mod linger;

@@ -75,6 +75,7 @@ pub async fn serve(
         auth: Authenticator::new(),
         metrics: Metrics::default(),
         draining: Default::default(),
+        console: Default::default(),
     });
     let app = router(shared.clone());
     let graceful = GracefulShutdown::new();
@@ -138,7 +139,7 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|leaf| clients.get(&sha256_hex(leaf)).cloned());
-                    let svc = TowerToHyperService::new(app.layer(axum::Extension(Peer { cert_principal })).map_request(Lingering::new));
+                    let svc = TowerToHyperService::new(app.layer(axum::Extension(Peer { cert_principal, tls: true })).map_request(Lingering::new));
                     let conn = builder.serve_connection(TokioIo::new(tls), svc);
                     let _ = watcher.watch(conn).await;
                 });

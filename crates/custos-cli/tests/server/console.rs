@@ -1,0 +1,160 @@
+//! The console (issue 17): Debian's Chromium, driven by playwright-core
+//! (tests/console/e2e.mjs), against a server this test starts; then the
+//! vault is asked, through the CLI, whether what the browser saw is true.
+
+use super::*;
+
+/// Where `.ci/run` installs playwright-core and axe-core (or
+/// CUSTOS_CONSOLE_NODE_MODULES).
+fn node_modules() -> PathBuf {
+    if let Some(p) = std::env::var_os("CUSTOS_CONSOLE_NODE_MODULES") {
+        return p.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
+    let p = cache.join("custos-ci/console-node/node_modules");
+    assert!(
+        p.join("playwright-core").exists() && p.join("axe-core").exists(),
+        "playwright-core and axe-core are not installed: run .ci/run (it makes {}) or set CUSTOS_CONSOLE_NODE_MODULES",
+        p.display()
+    );
+    p
+}
+
+fn chromium() -> PathBuf {
+    let p = std::env::var_os("CUSTOS_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(p.exists(), "Chromium is not installed at {}: run .ci/run (it installs Debian's chromium)", p.display());
+    p
+}
+
+const SADMIN: &str = "security admin's credential";
+const APPROVER: &str = "approving admin's credential";
+
+#[test]
+fn the_console_requests_approves_and_shows_what_the_cli_shows() {
+    let e = Env::new();
+    // A small estate: two applications, one with an offsite logical copy.
+    e.ok(&["ds", "put", "PAY.MASTER", Env::s(&e.file("pay", &data(200_000, 3)))]);
+    e.ok(&["ds", "put", "PAY.LEDGER", Env::s(&e.file("ledger", &data(90_000, 4)))]);
+    e.ok(&["ds", "put", "HR.PEOPLE", Env::s(&e.file("hr", &data(50_000, 5)))]);
+    let offsite = e.vault.join("volumes").join("offsite");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&offsite), "--site", "B"]);
+    e.ok(&["backup", "run", "PAY.MASTER", "--method", "logical", "--to", "offsite"]);
+    e.ok(&["key", "create", "DSET.PRIM.OLD.key001"]);
+    e.ok(&["key", "create", "DSET.PRIM.OLD.key002"]);
+    add(&e, "sadmin", "security-admin", SADMIN);
+    add(&e, "approver", "security-admin", APPROVER);
+    add(&e, "aud", "auditor", AUD);
+    e.ok(&["config", "set", "dual-control", "key-destroy"]);
+
+    let pki = Pki::new("custos console test CA");
+    let (cert, key, _) = pki.issue("custos", &["localhost"]);
+    let d = e.dir.path();
+    let w = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    };
+    let (cert_p, key_p) = (w("server.pem", &cert), w("server.key", &key));
+    let port = free_port();
+    let s = Served::start_with(&e, &format!("tcp = \"127.0.0.1:{port}\"\n[tls]\ncert = {cert_p:?}\nkey = {key_p:?}\n"));
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no TLS listener: {}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The suite's screenshots are its artifact: target/console-screenshots.
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/e2e.mjs");
+    let users = serde_json::json!({
+        "admin": ["sadmin", SADMIN],
+        "approver": ["approver", APPROVER],
+        "auditor": ["aud", AUD],
+    });
+    let o = Command::new("node")
+        .arg(&script)
+        .env("BASE", format!("https://localhost:{port}"))
+        .env("NODE_MODULES", node_modules())
+        .env("CHROMIUM", chromium())
+        .env("USERS", users.to_string())
+        .env("KEY", "DSET.PRIM.OLD.key001")
+        .env("KEY2", "DSET.PRIM.OLD.key002")
+        .env("SHOTS", &shots)
+        .output()
+        .expect("node runs");
+    assert!(
+        o.status.success(),
+        "the browser suite failed: {}\n{}\nserver log: {}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout),
+        s.log()
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&o.stdout)));
+
+    // The destruction the browser asked for and approved is scheduled, with
+    // the deadline the page showed; the request the auditor forged an
+    // approval of is still pending.
+    let show: serde_json::Value =
+        serde_json::from_str(&s.ok("aud", AUD, &["--json", "key", "show", "DSET.PRIM.OLD.key001"])).unwrap();
+    let due = show["destroy_after"].as_str().unwrap_or_else(|| panic!("not scheduled: {show}"));
+    assert_eq!(
+        due.parse::<jiff::Timestamp>().unwrap(),
+        seen["deadline"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap(),
+        "the page's deadline is the vault's"
+    );
+    let requests: serde_json::Value = serde_json::from_str(&s.ok("aud", AUD, &["--json", "request", "ls"])).unwrap();
+    let state_of = |id: &str| {
+        requests
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id))
+            .map(|r| r["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(state_of(seen["requestId"].as_str().unwrap()).as_deref(), Some("executed"), "{requests}");
+    assert_eq!(state_of(seen["pendingId"].as_str().unwrap()).as_deref(), Some("pending"), "{requests}");
+    let audit = s.ok("aud", AUD, &["audit", "ls", "--principal", "aud"]);
+    assert!(
+        audit.lines().any(|l| l.contains("request approve") && !l.contains(" ok")),
+        "the forged approval is audited as refused: {audit}"
+    );
+
+    // Table 2 on the page is `custos risk report --format json`, cell by cell.
+    let report: serde_json::Value =
+        serde_json::from_str(&s.ok("aud", AUD, &["risk", "report", "--format", "json"])).unwrap();
+    let page = seen["table2"].as_array().unwrap();
+    let mut compared = 0;
+    for a in report["apps"].as_array().unwrap() {
+        for cell in a["single"].as_array().unwrap() {
+            let (threat, verdict) = (cell[0].as_str().unwrap(), cell[2]["verdict"].as_str().unwrap());
+            let shown = page
+                .iter()
+                .find(|c| c["subject"] == a["app"] && c["threat"] == threat)
+                .unwrap_or_else(|| panic!("no cell for {} / {threat} on the page", a["app"]));
+            assert_eq!(shown["verdict"], verdict, "{} / {threat}: page {shown}, CLI {cell}", a["app"]);
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, page.len(), "the page has cells the report has not");
+    assert!(compared >= 20, "two applications, ten threats: {compared}");
+    let by_dataset = seen["byDataset"].as_array().unwrap();
+    for d in report["datasets"].as_array().unwrap() {
+        for cell in d["single"].as_array().unwrap() {
+            let shown = by_dataset.iter().find(|c| c["subject"] == d["dataset"] && c["threat"] == cell[0]).unwrap();
+            assert_eq!(shown["verdict"], cell[1]["verdict"], "{} / {}", d["dataset"], cell[0]);
+        }
+    }
+
+    // docs/ keeps the current Risk and Requests pages.
+    if std::env::var_os("CUSTOS_UPDATE_SCREENSHOTS").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
+        std::fs::create_dir_all(&docs).unwrap();
+        for page in ["risk", "requests"] {
+            std::fs::copy(shots.join(format!("{page}.png")), docs.join(format!("console-{page}.png"))).unwrap();
+        }
+    }
+}
