@@ -79,7 +79,10 @@ impl Sessions {
     /// The live session a cookie names: its principal, CSRF token and the
     /// notice waiting for it (taken).
     fn get(&self, token: &str) -> Option<(String, String, Option<Notice>)> {
-        let now = Instant::now();
+        self.get_at(token, Instant::now())
+    }
+
+    fn get_at(&self, token: &str, now: Instant) -> Option<(String, String, Option<Notice>)> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = digest(token);
         let live = map
@@ -792,4 +795,94 @@ async fn health(State(s): St, headers: HeaderMap) -> Response {
         Ok(ui::health(alerts.as_deref(), volumes.as_deref(), mk.as_ref(), &server))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_found_by_its_cookie_only_and_ends_when_idle_or_old() {
+        let s = Sessions::default();
+        let token = s.start("alice".into());
+        assert_eq!(token.len(), 43, "32 random bytes, base64url");
+        let (who, csrf, notice) = s.get(&token).unwrap();
+        assert_eq!(who, "alice");
+        assert!(csrf.len() == 43 && csrf != token && notice.is_none());
+        // The map keeps a digest, never the cookie.
+        assert!(!s.map.lock().unwrap().keys().any(|k| k[..] == token.as_bytes()[..32]));
+        assert!(s.get("not a session").is_none());
+        let mut other = token.clone();
+        other.replace_range(0..1, if token.starts_with('A') { "B" } else { "A" });
+        assert!(s.get(&other).is_none(), "a cookie one character off");
+        // Idle too long: gone, and stays gone.
+        let later = Instant::now() + IDLE + Duration::from_secs(1);
+        assert!(s.get_at(&token, later).is_none());
+        assert!(s.get(&token).is_none());
+        // Busy every 15 minutes, but 12 hours old: gone.
+        let t0 = Instant::now();
+        let t2 = s.start("bob".into());
+        let mut last = t0;
+        for k in 1..48u32 {
+            last = t0 + IDLE / 2 * k;
+            assert!(s.get_at(&t2, last).is_some(), "busy session ended after {k} steps");
+        }
+        let end = Instant::now() + LIFETIME + Duration::from_secs(1);
+        assert!(end.duration_since(last) < IDLE, "the test asks about age, not idleness");
+        assert!(s.get_at(&t2, end).is_none());
+    }
+
+    #[test]
+    fn a_notice_is_shown_once_and_logout_forgets_the_session() {
+        let s = Sessions::default();
+        let token = s.start("alice".into());
+        s.notice(&token, Notice { ok: true, text: "done".into() });
+        assert_eq!(s.get(&token).unwrap().2.unwrap().text, "done");
+        assert!(s.get(&token).unwrap().2.is_none());
+        s.end(&token);
+        assert!(s.get(&token).is_none());
+    }
+
+    #[test]
+    fn only_same_origin_posts_pass() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert!(same_origin(&h(&[("host", "c.example:8443"), ("origin", "https://c.example:8443")])));
+        assert!(same_origin(&h(&[
+            ("host", "c.example:8443"),
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://c.example:8443")
+        ])));
+        assert!(!same_origin(&h(&[("host", "c.example:8443"), ("origin", "https://evil.example")])));
+        assert!(!same_origin(&h(&[("host", "c.example:8443"), ("origin", "http://c.example:8443")])), "plain http");
+        assert!(!same_origin(&h(&[("host", "c.example:8443"), ("origin", "null")])));
+        assert!(!same_origin(&h(&[("host", "c.example:8443"), ("sec-fetch-site", "cross-site")])));
+        assert!(!same_origin(&h(&[("host", "c.example:8443"), ("sec-fetch-site", "same-site")])));
+        // Not a browser: the CSRF token alone decides.
+        assert!(same_origin(&h(&[("host", "c.example:8443")])));
+    }
+
+    #[test]
+    fn the_cookie_is_read_among_others_and_compared_in_full() {
+        let mut m = HeaderMap::new();
+        m.insert(header::COOKIE, HeaderValue::from_static("a=1; __Host-custos=abc; b=2"));
+        assert_eq!(cookie_value(&m).as_deref(), Some("abc"));
+        m.insert(header::COOKIE, HeaderValue::from_static("x__Host-custos=abc"));
+        assert_eq!(cookie_value(&m), None);
+        assert!(ct_eq("abc", "abc") && !ct_eq("abc", "abd") && !ct_eq("abc", "ab"));
+    }
+
+    #[test]
+    fn login_sends_back_only_to_console_pages() {
+        let at = |r: Response| r.headers()[header::LOCATION].to_str().unwrap().to_string();
+        assert_eq!(at(to_login("/ui/keys")), "/ui/login?next=/ui/keys");
+        assert_eq!(at(to_login("https://evil.example/")), "/ui/login?next=/ui/risk");
+        assert_eq!(at(to_login("/ui//evil.example")), "/ui/login?next=/ui/risk");
+        assert_eq!(at(to_login("/ui/risk?dual=1")), "/ui/login?next=/ui/risk%3Fdual%3D1");
+    }
 }

@@ -101,6 +101,25 @@ try {
     await ctx.close();
   }
 
+  // --- a storage administrator backs a dataset up from its page -------------
+  {
+    const stor = await (await context()).newPage();
+    watch(stor);
+    await login(stor, "storage", "/ui/datasets/PAY.LEDGER");
+    await visit(stor, "/ui/datasets/PAY.LEDGER", "dataset-before");
+    check((await stor.locator("#copies").count()) === 0, "PAY.LEDGER has copies before its first backup");
+    // A storage administrator has no data grant: raw copies only, no verify.
+    check((await stor.locator("#method option").allTextContents()).join() === "raw", "the storage admin is offered logical copies");
+    check((await stor.locator("form[action$='/verify']").count()) === 0, "the storage admin is offered a verify it may not run");
+    await stor.selectOption("#to", "offsite");
+    await Promise.all([stor.waitForNavigation(), stor.click("form[action$='/backup'] button")]);
+    const said = await stor.textContent(".notice");
+    check(!/refused|failed/i.test(said), `backing up said: ${said}`);
+    check((await stor.locator("#copies tbody tr").count()) === 1, "the new copy is not listed");
+    check((await stor.textContent("#copies tbody tr")).includes("raw"), "the copy is not raw");
+    await logout(stor);
+  }
+
   // --- the security administrator asks for a destruction --------------------
   const admin = await (await context()).newPage();
   watch(admin);
@@ -172,6 +191,14 @@ try {
   await login(auditor, "auditor", "/ui/audit");
   await visit(auditor, "/ui/audit", "audit");
   check((await auditor.locator("#audit tbody tr").count()) > 0, "the auditor sees no audit entries");
+  // Filters: one principal, refusals only.
+  await auditor.fill("input[name=principal]", "sadmin");
+  await auditor.selectOption("select[name=outcome]", "ok");
+  await Promise.all([auditor.waitForNavigation(), auditor.click("form.filters button")]);
+  const who = await auditor.$$eval("#audit tbody tr", (rows) => rows.map((r) => r.children[2].textContent));
+  const outcomes = await auditor.$$eval("#audit tbody tr", (rows) => rows.map((r) => r.children[5].textContent));
+  check(who.length > 0 && who.every((w) => w === "sadmin"), `filtering by principal showed ${who}`);
+  check(outcomes.every((o) => o === "ok"), `filtering by outcome showed ${outcomes}`);
   await Promise.all([auditor.waitForNavigation(), auditor.click("form[action='/ui/audit/verify'] button")]);
   const verified = await auditor.textContent(".notice");
   check(/entries|intact|verified|chain/i.test(verified), `verifying the audit log said: ${verified}`);
@@ -198,6 +225,20 @@ try {
   await auditor.goto(base + "/ui/requests");
   check((await auditor.locator("article.request", { hasText: key2 }).count()) === 1, "the forged approval decided the request");
   await logout(auditor);
+
+  // --- a principal disabled mid-session loses its session at once ----------
+  {
+    const page = await (await context()).newPage();
+    watch(page);
+    await login(page, "auditor", "/ui/audit");
+    const auth = "Basic " + Buffer.from(`${users.admin[0]}:${users.admin[1]}`).toString("base64");
+    const r = await page.request.post(base + "/v1/ops", { headers: { Authorization: auth }, data: { op: "user-disable", name: users.auditor[0] } });
+    check(r.ok(), `disabling the auditor answered ${r.status()}: ${await r.text()}`);
+    await page.goto(base + "/ui/audit");
+    check(page.url().includes("/ui/login"), `a disabled principal still sees ${page.url()}`);
+    const back = await page.request.post(base + "/v1/ops", { headers: { Authorization: auth }, data: { op: "user-enable", name: users.auditor[0] } });
+    check(back.ok(), `enabling the auditor again answered ${back.status()}`);
+  }
 
   check(seen.foreign.length === 0, `pages loaded from other origins: ${seen.foreign.join(", ")}`);
   console.log(JSON.stringify({ requestId, pendingId, deadline, state, table2, byDataset, axe: seen.axe, pages: seen.pages }));

@@ -46,6 +46,7 @@ fn the_console_requests_approves_and_shows_what_the_cli_shows() {
     add(&e, "sadmin", "security-admin", SADMIN);
     add(&e, "approver", "security-admin", APPROVER);
     add(&e, "aud", "auditor", AUD);
+    add(&e, "stor", "storage-admin", STOR);
     e.ok(&["config", "set", "dual-control", "key-destroy"]);
 
     let pki = Pki::new("custos console test CA");
@@ -73,6 +74,7 @@ fn the_console_requests_approves_and_shows_what_the_cli_shows() {
         "admin": ["sadmin", SADMIN],
         "approver": ["approver", APPROVER],
         "auditor": ["aud", AUD],
+        "storage": ["stor", STOR],
     });
     let o = Command::new("node")
         .arg(&script)
@@ -157,4 +159,55 @@ fn the_console_requests_approves_and_shows_what_the_cli_shows() {
             std::fs::copy(shots.join(format!("{page}.png")), docs.join(format!("console-{page}.png"))).unwrap();
         }
     }
+}
+
+/// Without a browser: every console answer carries its policy headers; a
+/// request without a session is sent to login; sign-in is refused where the
+/// cookie could not be Secure (the Unix socket); assets are the binary's.
+#[test]
+fn console_headers_redirects_and_refusals() {
+    let e = Env::new();
+    add(&e, "sadmin", "security-admin", SADMIN);
+    let s = Served::start(&e);
+    let raw = |method: &str, path: &str, headers: &str, body: &str| {
+        use std::io::Read;
+        let mut c = std::os::unix::net::UnixStream::connect(&s.sock).unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        let status: u16 = out[9..12].parse().unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (status, head.to_ascii_lowercase(), body.to_string())
+    };
+    for path in ["/ui/risk", "/ui/keys", "/ui/requests", "/ui/audit", "/ui/health", "/ui/datasets", "/ui/keys/X"] {
+        let (status, head, _) = raw("GET", path, "", "");
+        assert_eq!(status, 303, "{path}: {head}");
+        assert!(head.contains(&format!("location: /ui/login?next={}", path.to_ascii_lowercase())), "{path}: {head}");
+        assert!(head.contains("content-security-policy: default-src 'none'"), "{path}: {head}");
+        assert!(head.contains("x-frame-options: deny") && head.contains("x-content-type-options: nosniff"), "{head}");
+    }
+    let (status, head, body) = raw("GET", "/ui/login", "", "");
+    assert_eq!(status, 200, "{head}");
+    assert!(!body.contains("<script>") && !body.contains("style="), "no inline script or style: {body}");
+    // A POST with no session goes to login and changes nothing.
+    let (status, head, _) =
+        raw("POST", "/ui/requests/1/approve", "content-type: application/x-www-form-urlencoded\r\n", "csrf=x");
+    assert_eq!(status, 303, "{head}");
+    assert!(head.contains("location: /ui/login"), "{head}");
+    // Sign-in over the socket: refused, and says why.
+    let form = format!("name=sadmin&credential={}&next=%2Fui%2Frisk", SADMIN.replace(' ', "+").replace('\'', "%27"));
+    let (status, head, body) = raw("POST", "/ui/login", "content-type: application/x-www-form-urlencoded\r\n", &form);
+    assert_eq!(status, 403, "{head}");
+    assert!(body.contains("TLS only") && !head.contains("set-cookie"), "{head}{body}");
+    // The assets, and nothing else under their path.
+    let (status, head, body) = raw("GET", "/ui/assets/console.js", "", "");
+    assert!(status == 200 && head.contains("content-type: text/javascript") && body.contains("data-confirm"), "{head}");
+    let (status, _, _) = raw("GET", "/ui/assets/..%2Fcustos.db", "", "");
+    assert_eq!(status, 404);
+    let (status, _, _) = raw("GET", "/ui/assets/risk.css", "", "");
+    assert_eq!(status, 200);
 }
