@@ -239,18 +239,13 @@ pub fn value(v: &Value) -> Markup {
 // ---- Risk ---------------------------------------------------------------------
 
 /// The risk page: the shared template, and a print button.
-pub fn risk(
-    r: &custos_risk::report::Report,
-    dual: bool,
-    link: custos_risk::html::Linker<'_>,
-    proofs: &custos_risk::html::Proofs,
-) -> Markup {
+pub fn risk(r: &custos_risk::report::Report, dual: bool, link: custos_risk::html::Linker<'_>) -> Markup {
     html! {
         p.toolbar {
             @if dual { a href="/ui/risk" { "Single threats only" } } @else { a href="/ui/risk?dual=1" { "Show two threats at once" } }
             " " button type="button" data-print { "Print" }
         }
-        (custos_risk::html::risk_body(r, dual, link, proofs))
+        (custos_risk::html::risk_body(r, dual, link))
     }
 }
 

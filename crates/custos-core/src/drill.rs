@@ -312,6 +312,22 @@ impl Vault<Sealed> {
     }
 }
 
+impl<S: VaultState> Vault<S> {
+    /// Each dataset's last drill under each threat or pair (`risk drill`).
+    pub fn drill_results(&self) -> Result<Vec<custos_model::DrillRecord>> {
+        Ok(self.repo.drills()?)
+    }
+}
+
+impl Vault<Open> {
+    /// Keep drill results (each replaces the earlier of its dataset and
+    /// threats): authenticated rows, so the console's "proven on" cannot be
+    /// planted by someone who can write the catalog's file.
+    pub fn record_drill_results(&self, rows: &[custos_model::DrillRecord]) -> Result<()> {
+        Ok(self.repo.record_drills(rows)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

@@ -16,7 +16,7 @@ pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
 pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
     BackupRecord, CheckedCopy, ChunkId, ChunkRef, CopyCheck, CopyMethod, CustodianKey, DatasetId, DatasetRecord,
-    EscrowCopy, GenerationRecord, HsmRule, KbkRecord, KeyAttributes, KeyRecord, KeystoreBackupRecord, Medium,
-    PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Revocation, SealedShare, SnapshotRecord, VaultBackupRecord,
-    VolumeRecord, WrappedMaterial,
+    DrillRecord, EscrowCopy, GenerationRecord, HsmRule, KbkRecord, KeyAttributes, KeyRecord, KeystoreBackupRecord,
+    Medium, PolicyRecord, PolicyTarget, PrincipalRecord, Purpose, Revocation, SealedShare, SnapshotRecord,
+    VaultBackupRecord, VolumeRecord, WrappedMaterial,
 };

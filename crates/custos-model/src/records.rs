@@ -427,6 +427,25 @@ pub struct CopyCheck {
     pub problem: Option<String>,
 }
 
+/// The last drill of one dataset under one threat or pair of threats
+/// (`custos risk drill`): what the risk page shows beside the model's
+/// verdict ("proven on …"). A later drill of the same cell replaces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DrillRecord {
+    pub dataset: String,
+    /// The threats' names joined with `+`, in the drill's order.
+    pub threats: String,
+    pub at: Timestamp,
+    /// The drill got the dataset back, byte for byte.
+    pub survived: bool,
+    /// The drill's outcome is the model's verdict.
+    pub agrees: bool,
+    /// How it came back, or why nothing worked.
+    pub how: String,
+    /// Who ran the drill.
+    pub by: String,
+}
+
 /// Which kind of copy a [`CopyCheck`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckedCopy {

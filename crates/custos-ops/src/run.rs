@@ -437,10 +437,13 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                     message: format!("no dataset matches {p}: nothing to report on (`custos ds ls` lists them)"),
                 });
             }
-            let r = custos_risk::report::report_ahead(&g, dual, Timestamp::now(), horizon);
+            let mut r = custos_risk::report::report_ahead(&g, dual, Timestamp::now(), horizon);
+            r.attach_drills(v.drill_results()?);
             Reply::RiskReport(Box::new(r), dual)
         }
-        O::RiskDrill { pattern, threats, dual, shares: s, scratch } => drill(e, pattern, &threats, dual, &s, scratch)?,
+        O::RiskDrill { pattern, threats, dual, shares: s, scratch } => {
+            drill(e, &who.name(), pattern, &threats, dual, &s, scratch)?
+        }
         O::AuditList { since, principal, object, after, limit } => {
             Reply::Audit(v.audit_entries(&custos_core::AuditFilter { since, principal, object, after, limit })?)
         }
@@ -687,6 +690,7 @@ fn restore(
 
 fn drill(
     e: &Engine,
+    by: &str,
     pattern: Option<custos_core::model::Pattern>,
     threats: &[String],
     dual: bool,
@@ -732,7 +736,25 @@ fn drill(
         }
     };
     let opts = custos_risk::drill::DrillOptions { pattern, sets, scratch, passphrase, shares: shares(s)? };
-    Ok(Reply::Drill(custos_risk::drill::drill(v, &opts)?))
+    let cells = custos_risk::drill::drill(v, &opts)?;
+    // Every cell the drill carried out is kept, for the risk page's
+    // "proven on"; one it could not drill says nothing and keeps the last.
+    let at = Timestamp::now();
+    let rows: Vec<custos_core::model::DrillRecord> = cells
+        .iter()
+        .filter(|c| c.not_drilled.is_none())
+        .map(|c| custos_core::model::DrillRecord {
+            dataset: c.dataset.clone(),
+            threats: c.threats.iter().map(|t| t.name()).collect::<Vec<_>>().join("+"),
+            at,
+            survived: c.proven,
+            agrees: c.agrees,
+            how: c.how.clone(),
+            by: by.to_string(),
+        })
+        .collect();
+    v.record_drill_results(&rows)?;
+    Ok(Reply::Drill(cells))
 }
 
 #[allow(dead_code)]

@@ -732,6 +732,32 @@ pub fn run(repo: &dyn Repository) {
     assert!(repo.remove_mirror(&v1).unwrap());
     assert!(!repo.remove_mirror(&v1).unwrap());
 
+    // Drill results: one row per dataset and threats, a later drill
+    // replacing the earlier, all written or none.
+    let drill = |dataset: &str, threats: &str, at: i64, survived: bool| custos_model::DrillRecord {
+        dataset: dataset.into(),
+        threats: threats.into(),
+        at: Timestamp::from_microsecond(at).unwrap(),
+        survived,
+        agrees: survived,
+        how: format!("{dataset} under {threats} at {at}"),
+        by: "auditor1".into(),
+    };
+    assert!(repo.drills().unwrap().is_empty());
+    let first = [
+        drill("B.DATA", "site-loss", 1_700_000_000_000_000, true),
+        drill("A.DATA", "disk-failure+site-loss", 1_700_000_000_000_000, false),
+        drill("A.DATA", "disk-failure", 1_700_000_000_000_000, true),
+    ];
+    repo.record_drills(&first).unwrap();
+    let got = repo.drills().unwrap();
+    assert_eq!(got, vec![first[2].clone(), first[1].clone(), first[0].clone()], "ordered by dataset, then threats");
+    let again = drill("A.DATA", "disk-failure", 1_700_000_500_000_000, false);
+    repo.record_drills(std::slice::from_ref(&again)).unwrap();
+    let got = repo.drills().unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0], again, "the later drill replaced the earlier");
+
     // Migration moves a generation between volumes in one step: the old
     // volume's chunks are garbage, and the dataset carries its home.
     let d = repo.dataset(&sname).unwrap().unwrap();
@@ -993,6 +1019,20 @@ pub fn row_auth(
     // A MAC copied from another row does not fit.
     raw("UPDATE keys SET mac = (SELECT mac FROM keys WHERE label = 'K.TWO') WHERE label = 'K.ONE'");
     named(repo.key(&KeyLabel::new("K.ONE").unwrap()).unwrap_err(), "keys", "'K.ONE'");
+    // A drill that failed cannot be made to read as proven.
+    let failed = custos_model::DrillRecord {
+        dataset: "X.DATA".into(),
+        threats: "site-loss".into(),
+        at,
+        survived: false,
+        agrees: false,
+        how: "nothing survived".into(),
+        by: "clerk".into(),
+    };
+    repo.record_drills(std::slice::from_ref(&failed)).unwrap();
+    assert_eq!(repo.drills().unwrap(), vec![failed]);
+    raw("UPDATE drills SET survived = 1, agrees = 1");
+    named(repo.drills().unwrap_err(), "drills", "X.DATA");
 
     // Without the key: nothing is checked, and the tables only a key holder
     // may change are refused; the deletion counter is not one of them.
@@ -1029,6 +1069,7 @@ pub fn row_auth(
     raw("DELETE FROM principals WHERE name = 'auditor'");
     raw("DELETE FROM requests");
     raw("DELETE FROM settings WHERE key = 'chunk.size'");
+    raw("DELETE FROM drills");
     assert!(repo.reseal_rows(next.clone()).unwrap() >= 4);
     named(repo.principal("clerk").unwrap_err(), "principals", "'clerk'");
     repo.set_row_auth(Some(next.clone()));

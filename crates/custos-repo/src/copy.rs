@@ -35,6 +35,7 @@ pub const TABLES: &[&str] = &[
     "escrow_shares",
     "keystore_backups",
     "vault_backups",
+    "drills",
     "trash",
     "audit_log",
     "audit_checkpoints",

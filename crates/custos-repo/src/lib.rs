@@ -435,6 +435,11 @@ pub trait Repository: Send + Sync {
     fn mirrors(&self) -> Result<Vec<(VolumeName, VolumeName, jiff::Timestamp)>>;
     /// Remove the mirror of `primary`; false when there was none.
     fn remove_mirror(&self, primary: &VolumeName) -> Result<bool>;
+    /// Record drill results, each replacing the earlier one of its dataset
+    /// and threats, in one transaction.
+    fn record_drills(&self, rows: &[custos_model::DrillRecord]) -> Result<()>;
+    /// Every dataset's last drill results, by dataset then threats.
+    fn drills(&self) -> Result<Vec<custos_model::DrillRecord>>;
     /// Every chunk and manifest object the catalog records on a volume
     /// (generations, backups, snapshots), and its keystore backups.
     fn volume_objects(&self, vol: &VolumeName) -> Result<VolumeObjects>;

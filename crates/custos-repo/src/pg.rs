@@ -122,10 +122,26 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE keys ADD COLUMN attributes TEXT COLLATE "C";
     "#,
     ),
+    (
+        24,
+        r#"
+    CREATE TABLE drills (
+        dataset TEXT COLLATE "C" NOT NULL,
+        threats TEXT COLLATE "C" NOT NULL,
+        at BIGINT NOT NULL,
+        survived BIGINT NOT NULL,
+        agrees BIGINT NOT NULL,
+        how TEXT COLLATE "C" NOT NULL,
+        by_principal TEXT COLLATE "C" NOT NULL,
+        mac BYTEA,
+        PRIMARY KEY (dataset, threats)
+    );
+    "#,
+    ),
 ];
 
 /// The schema version this build writes: the baseline and every migration.
-pub const SCHEMA_VERSION: i64 = 23;
+pub const SCHEMA_VERSION: i64 = 24;
 
 /// Rows written by one bulk insert after which the table's statistics are
 /// refreshed at once (see [`PgRepository::analyze`]).
@@ -2175,6 +2191,37 @@ impl Repository for PgRepository {
             .execute("DELETE FROM mirrors WHERE primary_volume = $1", &[&primary.as_str()])
             .map_err(pg("remove a mirror"))?;
         Ok(n > 0)
+    }
+
+    fn record_drills(&self, rows: &[custos_model::DrillRecord]) -> Result<()> {
+        self.tx("record drill results", None, |tx| {
+            for d in rows {
+                tx.execute("DELETE FROM drills WHERE dataset = $1 AND threats = $2", &[&d.dataset, &d.threats])
+                    .map_err(pg("record drill results"))?;
+                self.write(
+                    tx,
+                    "record drill results",
+                    "drills",
+                    "INSERT INTO drills (dataset, threats, at, survived, agrees, how, by_principal) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[&d.dataset, &d.threats, &ts(d.at), &i64::from(d.survived), &i64::from(d.agrees), &d.how, &d.by],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn drills(&self) -> Result<Vec<custos_model::DrillRecord>> {
+        self.read("list drill results", "drills", "ORDER BY dataset, threats", &[], |r| {
+            Ok(custos_model::DrillRecord {
+                dataset: get(r, 0)?,
+                threats: get(r, 1)?,
+                at: at(r, 2)?,
+                survived: get::<i64>(r, 3)? != 0,
+                agrees: get::<i64>(r, 4)? != 0,
+                how: get(r, 5)?,
+                by: get(r, 6)?,
+            })
+        })
     }
 
     fn volume_objects(&self, v: &VolumeName) -> Result<VolumeObjects> {

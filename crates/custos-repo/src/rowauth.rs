@@ -52,6 +52,7 @@ pub(crate) const TABLES: &[(&str, bool)] = &[
     ("vault_backups", false),
     ("custodian_keys", false),
     ("escrow_shares", false),
+    ("drills", false),
     ("backups", true),
     ("snapshots", true),
     ("mirrors", true),

@@ -371,6 +371,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE keys ADD COLUMN attributes TEXT;
     "#,
+    // 24: each dataset's last drill under each threat or pair (`risk
+    // drill`), shown beside the model's verdict; authenticated rows.
+    r#"
+    CREATE TABLE drills (
+        dataset TEXT NOT NULL,
+        threats TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        survived INTEGER NOT NULL,
+        agrees INTEGER NOT NULL,
+        how TEXT NOT NULL,
+        by_principal TEXT NOT NULL,
+        mac BLOB,
+        PRIMARY KEY (dataset, threats)
+    );
+    "#,
 ];
 
 /// The embedded repository: one connection that writes, and read-only
@@ -1849,6 +1864,42 @@ impl Repository for SqliteRepository {
             .execute("DELETE FROM mirrors WHERE primary_volume = ?1", [primary.as_str()])
             .map_err(db("remove a mirror"))?;
         Ok(n > 0)
+    }
+
+    fn record_drills(&self, rows: &[custos_model::DrillRecord]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("record drill results"))?;
+        for d in rows {
+            tx.execute("DELETE FROM drills WHERE dataset = ?1 AND threats = ?2", [&d.dataset, &d.threats])
+                .map_err(db("record drill results"))?;
+            tx.execute(
+                "INSERT INTO drills (dataset, threats, at, survived, agrees, how, by_principal) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![d.dataset, d.threats, ts(d.at), d.survived, d.agrees, d.how, d.by],
+            )
+            .map_err(db("record drill results"))?;
+        }
+        tx.commit().map_err(db("record drill results"))
+    }
+
+    fn drills(&self) -> Result<Vec<custos_model::DrillRecord>> {
+        self.query_all(
+            "list drill results",
+            "SELECT dataset, threats, at, survived, agrees, how, by_principal, @ok(drills) FROM drills ORDER BY dataset, threats",
+            [],
+            |r| {
+                Ok(custos_model::DrillRecord {
+                    dataset: r.get(0)?,
+                    threats: r.get(1)?,
+                    at: from_ts(r.get(2)?)?,
+                    survived: r.get(3)?,
+                    agrees: r.get(4)?,
+                    how: r.get(5)?,
+                    by: r.get(6)?,
+                })
+            },
+        )
     }
 
     fn volume_objects(&self, vol: &VolumeName) -> Result<VolumeObjects> {

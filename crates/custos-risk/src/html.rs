@@ -19,18 +19,15 @@ pub const STYLESHEET: &str = include_str!("../assets/risk.css");
 pub type Linker<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// The last drill of one cell, shown beside the model's verdict.
-#[derive(Clone, Debug)]
-pub struct Proof {
-    pub at: jiff::Timestamp,
-    /// The drill recovered the dataset.
-    pub survived: bool,
-    /// The drill agreed with the model.
-    pub agrees: bool,
-}
+type Proof = custos_core::model::DrillRecord;
 
 /// Drill results by (dataset, threats in [`Threat::name`] form, joined with
 /// `+` for a pair).
-pub type Proofs = HashMap<(String, String), Proof>;
+type Proofs = HashMap<(String, String), Proof>;
+
+fn proofs(r: &Report) -> Proofs {
+    r.drills.iter().map(|d| ((d.dataset.clone(), d.threats.clone()), d.clone())).collect()
+}
 
 /// The verdict's class (for colour) and its word (which carries the
 /// meaning on its own).
@@ -76,9 +73,9 @@ impl Notes {
                 @if text != word && !matches!(v, Verdict::Lost { .. }) { span.sr-only { " (" (word) ")" } }
                 " " a.note href={ "#" (prefix) "-" (n) } aria-label={ "reason " (n) } { (n) }
                 @if let Some(p) = extra {
-                    span class={ "proof " @if p.agrees { "proof-ok" } @else { "proof-bad" } } {
-                        @if p.agrees { "drill agrees, " } @else { "drill DISAGREES, " }
-                        (p.at.strftime("%Y-%m-%d"))
+                    span class={ "proof " @if p.agrees { "proof-ok" } @else { "proof-bad" } } data-proof=(if p.agrees { "agrees" } else { "disagrees" }) {
+                        @if p.agrees { "proven " } @else { "drill disagrees (" @if p.survived { "survived" } @else { "lost" } ") " }
+                        "on " time datetime=(p.at.to_string()) { (p.at.strftime("%Y-%m-%d")) }
                     }
                 }
             }
@@ -139,8 +136,9 @@ fn legend() -> Markup {
 /// The risk page's content (everything inside `<main>`): the summary, the
 /// paper's Table 2 by application, pair matrices, the per-dataset table and
 /// pair matrices, the recoverability audit and the findings.
-pub fn risk_body(r: &Report, dual: bool, link: Linker<'_>, proofs: &Proofs) -> Markup {
+pub fn risk_body(r: &Report, dual: bool, link: Linker<'_>) -> Markup {
     let sealed = !r.keys_checked;
+    let proofs = &proofs(r);
     html! {
         section.summary {
             p {
@@ -159,6 +157,18 @@ pub fn risk_body(r: &Report, dual: bool, link: Linker<'_>, proofs: &Proofs) -> M
                 p { "Every key the verdicts rely on was checked in the HSM (it unwraps to its check value)." }
             }
             @if let Some(d) = r.horizon_days { p { "Looked " (d) " days ahead: retention rules and keys falling due were weighed against it." } }
+            @if r.drills.is_empty() {
+                p { "No drill has been run on these datasets: the verdicts are the model's. " code { "custos risk drill" } " proves them on scratch clones." }
+            } @else {
+                @let disagree = r.drills.iter().filter(|d| !d.agrees).count();
+                @let last = r.drills.iter().map(|d| d.at).max();
+                p {
+                    (r.drills.len()) @if r.drills.len() == 1 { " cell was drilled" } @else { " cells were drilled" }
+                    @if let Some(t) = last { " (last on " (t.strftime("%Y-%m-%d")) ")" }
+                    "; " @if disagree == 0 { "every drill agrees with the model." } @else { strong { (disagree) " drills disagree with the model" } ": see the cells marked so." }
+                    " A cell shows its last drill under its verdict."
+                }
+            }
         }
         (legend())
         (app_table(r))
@@ -455,7 +465,7 @@ pub fn render_document(r: &Report, dual: bool) -> String {
             body {
                 main.risk-page {
                     h1 { "Custos risk report" }
-                    (risk_body(r, dual, &|_| None, &Proofs::new()))
+                    (risk_body(r, dual, &|_| None))
                 }
             }
         }

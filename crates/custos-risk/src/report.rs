@@ -94,6 +94,18 @@ pub struct Report {
     /// How far ahead the report looked (`--horizon`), in days.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub horizon_days: Option<i64>,
+    /// The last drill of each dataset in the report under each threat or
+    /// pair (`risk drill`), shown beside the model's verdicts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<custos_core::model::DrillRecord>,
+}
+
+impl Report {
+    /// Keep the drill results of the datasets this report covers.
+    pub fn attach_drills(&mut self, all: Vec<custos_core::model::DrillRecord>) {
+        let names: HashSet<&str> = self.datasets.iter().map(|d| d.dataset.as_str()).collect();
+        self.drills = all.into_iter().filter(|d| names.contains(d.dataset.as_str())).collect();
+    }
 }
 
 fn rank(v: &Verdict) -> u8 {
@@ -180,6 +192,7 @@ fn report_now(g: &Graph, dual: bool, now: Timestamp) -> Report {
         keys_checked: g.keys_checked,
         sealed_because: g.sealed_because.clone(),
         horizon_days: None,
+        drills: Vec::new(),
     }
 }
 
@@ -783,6 +796,20 @@ fn render_audit(r: &Report) -> String {
             None => format!("NOT decryptable: {}", c.why.clone().unwrap_or_default()),
         };
         let _ = writeln!(out, "  {} {} ({}, key {}): {how}", c.dataset, c.copy, c.kind.as_str(), c.key);
+    }
+    if let Some(last) = r.drills.iter().map(|d| d.at).max() {
+        let disagree = r.drills.iter().filter(|d| !d.agrees).count();
+        let _ = writeln!(
+            out,
+            "Drilled: {} cells, the last on {}; {}",
+            r.drills.len(),
+            last.strftime("%Y-%m-%d"),
+            if disagree == 0 {
+                "every drill agrees with the model".to_string()
+            } else {
+                format!("{disagree} DISAGREE with the model (`custos risk report --format json` names them)")
+            }
+        );
     }
     if let Some(d) = r.horizon_days {
         let _ = writeln!(out, "Looked {d} days ahead: retention rules and keys falling due were weighed against it.");

@@ -484,7 +484,7 @@ async fn risk(State(s): St, headers: HeaderMap, Query(q): Query<RiskQuery>) -> R
                 None
             }
         };
-        Ok(ui::risk(&r, dual, &link, &Default::default()))
+        Ok(ui::risk(&r, dual, &link))
     })
     .await
 }

@@ -169,6 +169,7 @@ try {
         threat: td.dataset.threat,
         verdict: td.dataset.verdict,
         text: td.querySelector(".cell-text").textContent,
+        proof: td.querySelector("[data-proof]")?.dataset.proof ?? null,
       })),
     );
   const table2 = await readCells("#table-2");

@@ -41,6 +41,8 @@ fn the_console_requests_approves_and_shows_what_the_cli_shows() {
     let offsite = e.vault.join("volumes").join("offsite");
     e.ok(&["volume", "add", "offsite", "--path", Env::s(&offsite), "--site", "B"]);
     e.ok(&["backup", "run", "PAY.MASTER", "--method", "logical", "--to", "offsite"]);
+    // A drill the risk page shows beside the model ("proven on").
+    e.ok(&["risk", "drill", "PAY.MASTER", "--threat", "disk-failure"]);
     e.ok(&["key", "create", "DSET.PRIM.OLD.key001"]);
     e.ok(&["key", "create", "DSET.PRIM.OLD.key002"]);
     add(&e, "sadmin", "security-admin", SADMIN);
@@ -150,6 +152,19 @@ fn the_console_requests_approves_and_shows_what_the_cli_shows() {
             assert_eq!(shown["verdict"], cell[1]["verdict"], "{} / {}", d["dataset"], cell[0]);
         }
     }
+
+    // The drill run before the server started is beside its cell, and only there.
+    let proven: Vec<_> = by_dataset.iter().filter(|c| !c["proof"].is_null()).collect();
+    assert_eq!(proven.len(), 1, "{proven:?}");
+    assert_eq!(
+        (&proven[0]["subject"], &proven[0]["threat"], &proven[0]["proof"]),
+        (&"PAY.MASTER".into(), &"disk-failure".into(), &"agrees".into())
+    );
+    let drills = report["drills"].as_array().expect("the JSON report carries the drills");
+    assert!(
+        drills.iter().any(|d| d["dataset"] == "PAY.MASTER" && d["threats"] == "disk-failure" && d["agrees"] == true),
+        "{drills:?}"
+    );
 
     // docs/ keeps the current Risk and Requests pages.
     if std::env::var_os("CUSTOS_UPDATE_SCREENSHOTS").is_some() {
