@@ -156,6 +156,28 @@ pub fn login_page(error: Option<&str>, next: &str) -> String {
     .into_string()
 }
 
+/// A path the console does not have.
+pub fn not_found() -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "Not found · Custos" }
+                link rel="stylesheet" href="/ui/assets/risk.css";
+                link rel="stylesheet" href="/ui/assets/console.css";
+            }
+            body.login {
+                main id="main" {
+                    h1 { "No such page" }
+                    p { "The console has no page here. " a href="/ui/risk" { "Go to the Risk page" } "." }
+                }
+            }
+        }
+    }
+    .into_string()
+}
+
 /// An action button: a POST form carrying the CSRF token and `fields`;
 /// `confirm` asks first (with the script), `danger` marks it destructive.
 pub fn action(
@@ -238,12 +260,23 @@ pub fn value(v: &Value) -> Markup {
 
 // ---- Risk ---------------------------------------------------------------------
 
-/// The risk page: the shared template, and a print button.
-pub fn risk(r: &custos_risk::report::Report, dual: bool, link: custos_risk::html::Linker<'_>) -> Markup {
+/// The risk page: which datasets and whether pairs, a print button, and
+/// the shared template.
+pub fn risk(
+    r: &custos_risk::report::Report,
+    dual: bool,
+    pattern: Option<&str>,
+    link: custos_risk::html::Linker<'_>,
+) -> Markup {
     html! {
-        p.toolbar {
-            @if dual { a href="/ui/risk" { "Single threats only" } } @else { a href="/ui/risk?dual=1" { "Show two threats at once" } }
-            " " button type="button" data-print { "Print" }
+        form.filters.toolbar method="get" action="/ui/risk" role="search" {
+            label { "Datasets " input name="pattern" type="text" placeholder="all, or e.g. PAY.**" value=[pattern]; }
+            label.inline {
+                @if dual { input type="checkbox" name="dual" value="1" checked; } @else { input type="checkbox" name="dual" value="1"; }
+                " two threats at once"
+            }
+            button type="submit" { "Show" }
+            button type="button" data-print { "Print" }
         }
         (custos_risk::html::risk_body(r, dual, link))
     }
@@ -259,9 +292,24 @@ pub struct KeyRights {
     pub lifecycle: Vec<&'static str>,
 }
 
-pub fn keys(list: &[KeyRecord], due: &BTreeMap<String, Timestamp>) -> Markup {
+/// "Next page" and "first page" links for a listing paged by name.
+fn pager(base: &str, after: Option<&str>, next: Option<&str>) -> Markup {
     html! {
-        p { (list.len()) " keys. A key scheduled for destruction shows its deadline; it can be cancelled until then." }
+        @if after.is_some() || next.is_some() {
+            nav.pager aria-label="Pages of this list" {
+                @if after.is_some() { a href=(base) { "First page" } " " }
+                @if let Some(n) = next { a href={ (base) "?after=" (n) } rel="next" { "Next page" } }
+            }
+        }
+    }
+}
+
+pub fn keys(list: &[KeyRecord], due: &BTreeMap<String, Timestamp>, after: Option<&str>, next: Option<&str>) -> Markup {
+    html! {
+        p {
+            (list.len()) " keys" @if let Some(a) = after { " after " code { (a) } } @if next.is_some() { " (more on the next page)" }
+            ". A key scheduled for destruction shows its deadline; it can be cancelled until then."
+        }
         div.scroll { table.plain id="keys" {
             caption { "Keys in the keystore" }
             thead { tr {
@@ -288,6 +336,7 @@ pub fn keys(list: &[KeyRecord], due: &BTreeMap<String, Timestamp>) -> Markup {
                 }
             }
         } }
+        (pager("/ui/keys", after, next))
     }
 }
 
@@ -414,6 +463,25 @@ fn object(op: &Value) -> Option<String> {
 
 // ---- Audit --------------------------------------------------------------------
 
+/// What an audit entry's result says: done, an attempt recorded before
+/// acting (its outcome is a later entry), or refused or failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Intent,
+    Refused,
+}
+
+pub fn outcome(result: &str) -> Outcome {
+    if result == "ok" || result.starts_with("ok:") {
+        Outcome::Ok
+    } else if result == "intent" || result.starts_with("intent:") {
+        Outcome::Intent
+    } else {
+        Outcome::Refused
+    }
+}
+
 /// The audit page's filters, as given.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilters {
@@ -431,7 +499,7 @@ pub fn audit(rows: &[AuditRow], f: &AuditFilters, more: Option<u64>, can_verify:
             label { "Object " input name="object" type="text" value=(f.object); }
             label { "Outcome "
                 select name="outcome" {
-                    @for (v, t) in [("", "any"), ("ok", "succeeded"), ("refused", "refused or failed")] {
+                    @for (v, t) in [("", "any"), ("ok", "succeeded"), ("refused", "refused or failed"), ("intent", "attempts (intent)")] {
                         @if f.outcome == v { option value=(v) selected { (t) } } @else { option value=(v) { (t) } }
                     }
                 }
@@ -448,7 +516,12 @@ pub fn audit(rows: &[AuditRow], f: &AuditFilters, more: Option<u64>, can_verify:
             tbody { @for r in rows {
                 tr {
                     td { (r.seq) } td { (ts(&r.at)) } td { (r.principal) } td { (r.action) } td { code { (r.object) } }
-                    td class=(if r.result == "ok" { "v-yes" } else { "v-no" }) { (r.result) }
+                    @let (class, word) = match outcome(&r.result) {
+                        Outcome::Ok => ("v-yes", "succeeded"),
+                        Outcome::Intent => ("v-un", "attempt"),
+                        Outcome::Refused => ("v-no", "refused or failed"),
+                    };
+                    td class=(class) data-outcome=(word) { (r.result) }
                 }
             } }
         } }
@@ -460,9 +533,9 @@ pub fn audit(rows: &[AuditRow], f: &AuditFilters, more: Option<u64>, can_verify:
 
 // ---- Datasets -----------------------------------------------------------------
 
-pub fn datasets(list: &[DatasetRecord]) -> Markup {
+pub fn datasets(list: &[DatasetRecord], after: Option<&str>, next: Option<&str>) -> Markup {
     html! {
-        p { (list.len()) " datasets." }
+        p { (list.len()) " datasets" @if let Some(a) = after { " after " (a) } @if next.is_some() { " (more on the next page)" } "." }
         div.scroll { table.plain id="datasets" {
             caption { "Datasets" }
             thead { tr { th scope="col" { "Name" } th scope="col" { "Generation" } th scope="col" { "Size" } th scope="col" { "Volume" } th scope="col" { "Key" } th scope="col" { "Written" } th scope="col" { "Migrated from" } } }
@@ -475,6 +548,7 @@ pub fn datasets(list: &[DatasetRecord]) -> Markup {
                 }
             } }
         } }
+        (pager("/ui/datasets", after, next))
     }
 }
 

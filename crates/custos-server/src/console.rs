@@ -34,6 +34,8 @@ const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 10_000;
 /// The audit page shows at most this many entries at a time.
 const AUDIT_PAGE: u32 = 500;
+/// The keys and datasets pages show at most this many at a time.
+const PAGE: u32 = 500;
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -127,6 +129,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/ui/audit", get(audit))
         .route("/ui/audit/verify", post(audit_verify))
         .route("/ui/health", get(health))
+        .route("/ui/{*rest}", get(|| async { html(StatusCode::NOT_FOUND, ui::not_found()) }))
         .layer(axum::middleware::map_response(headers))
 }
 
@@ -457,34 +460,36 @@ fn see_other(to: &str) -> Response {
 #[derive(Deserialize)]
 struct RiskQuery {
     dual: Option<String>,
+    pattern: Option<String>,
 }
 
 async fn risk(State(s): St, headers: HeaderMap, Query(q): Query<RiskQuery>) -> Response {
     let dual = q.dual.as_deref().is_some_and(|d| d == "1" || d == "true");
+    let shown = q.pattern.clone().map(|p| p.trim().to_string()).filter(|p| !p.is_empty());
     let path = if dual { "/ui/risk?dual=1" } else { "/ui/risk" }.to_string();
     page(s, headers, path, Nav::Risk, "Risk", move |e, who, _| {
-        let Reply::RiskReport(r, dual) = run(e, who, Operation::RiskReport { pattern: None, dual, horizon: None })?
-        else {
+        let pattern = shown
+            .as_deref()
+            .map(Pattern::new)
+            .transpose()
+            .map_err(|e| custos_ops::Error::Usage(format!("the datasets to show: {e}")))?;
+        let Reply::RiskReport(r, dual) = run(e, who, Operation::RiskReport { pattern, dual, horizon: None })? else {
             return Err(unexpected());
         };
-        // Findings link to the datasets and keys they name (those this
-        // principal may list).
+        // Findings link to the datasets and keys they name: a dataset of
+        // the report, or a key label (`APP.PURPOSE…`, dotted).
         let names: std::collections::HashSet<String> = r.datasets.iter().map(|d| d.dataset.clone()).collect();
-        let keys: std::collections::HashSet<String> =
-            match run(e, who, Operation::KeyList { pattern: None, limit: None, after: None }) {
-                Ok(Reply::Keys(list, _)) => list.into_iter().map(|k| k.label.as_str().to_string()).collect(),
-                _ => Default::default(),
-            };
+        let is_key = |s: &str| s.contains('.') && KeyLabel::new(s).is_ok();
         let link = |subject: &str| {
             if names.contains(subject) {
                 Some(format!("/ui/datasets/{subject}"))
-            } else if keys.contains(subject) {
+            } else if is_key(subject) {
                 Some(format!("/ui/keys/{subject}"))
             } else {
                 None
             }
         };
-        Ok(ui::risk(&r, dual, &link))
+        Ok(ui::risk(&r, dual, shown.as_deref(), &link))
     })
     .await
 }
@@ -493,12 +498,20 @@ fn unexpected() -> custos_ops::Error {
     custos_ops::Error::Usage("the engine answered with something this page does not show".into())
 }
 
-async fn datasets(State(s): St, headers: HeaderMap) -> Response {
-    page(s, headers, "/ui/datasets".into(), Nav::Datasets, "Datasets", |e, who, _| {
-        let Reply::Datasets(list) = run(e, who, Operation::DsList { pattern: None, limit: None, after: None })? else {
+/// A listing page's position: the last name of the page before.
+#[derive(Deserialize, Default)]
+struct After {
+    after: Option<String>,
+}
+
+async fn datasets(State(s): St, headers: HeaderMap, Query(q): Query<After>) -> Response {
+    page(s, headers, "/ui/datasets".into(), Nav::Datasets, "Datasets", move |e, who, _| {
+        let op = Operation::DsList { pattern: None, limit: Some(PAGE), after: q.after.clone() };
+        let Reply::Datasets(list) = run(e, who, op)? else {
             return Err(unexpected());
         };
-        Ok(ui::datasets(&list))
+        let next = (list.len() == PAGE as usize).then(|| list.last().map(|d| d.name.as_str().to_string())).flatten();
+        Ok(ui::datasets(&list, q.after.as_deref(), next.as_deref()))
     })
     .await
 }
@@ -579,13 +592,14 @@ async fn dataset_action(
     .await
 }
 
-async fn keys(State(s): St, headers: HeaderMap) -> Response {
-    page(s, headers, "/ui/keys".into(), Nav::Keys, "Keys", |e, who, _| {
-        let Reply::Keys(list, due) = run(e, who, Operation::KeyList { pattern: None, limit: None, after: None })?
-        else {
+async fn keys(State(s): St, headers: HeaderMap, Query(q): Query<After>) -> Response {
+    page(s, headers, "/ui/keys".into(), Nav::Keys, "Keys", move |e, who, _| {
+        let op = Operation::KeyList { pattern: None, limit: Some(PAGE), after: q.after.clone() };
+        let Reply::Keys(list, due) = run(e, who, op)? else {
             return Err(unexpected());
         };
-        Ok(ui::keys(&list, &due))
+        let next = (list.len() == PAGE as usize).then(|| list.last().map(|k| k.label.as_str().to_string())).flatten();
+        Ok(ui::keys(&list, &due, q.after.as_deref(), next.as_deref()))
     })
     .await
 }
@@ -748,8 +762,9 @@ async fn audit(State(s): St, headers: HeaderMap, Query(q): Query<AuditQuery>) ->
         let mut rows: Vec<_> = rows
             .into_iter()
             .filter(|r| match filters.outcome.as_str() {
-                "ok" => r.result == "ok",
-                "refused" => r.result != "ok",
+                "ok" => ui::outcome(&r.result) == ui::Outcome::Ok,
+                "refused" => ui::outcome(&r.result) == ui::Outcome::Refused,
+                "intent" => ui::outcome(&r.result) == ui::Outcome::Intent,
                 _ => true,
             })
             .collect();

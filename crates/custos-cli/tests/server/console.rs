@@ -225,4 +225,6 @@ fn console_headers_redirects_and_refusals() {
     assert_eq!(status, 404);
     let (status, _, _) = raw("GET", "/ui/assets/risk.css", "", "");
     assert_eq!(status, 200);
+    let (status, head, body) = raw("GET", "/ui/no/such/page", "", "");
+    assert!(status == 404 && head.contains("content-security-policy") && body.contains("No such page"), "{head}{body}");
 }
