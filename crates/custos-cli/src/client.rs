@@ -310,7 +310,8 @@ impl Client {
                         let _ = if n > 1 {
                             writeln!(
                                 std::io::stderr(),
-                                "custos: warning: {this} did not carry it out ({error:#}); sending it to {next}"
+                                "custos: warning: {this} did not carry it out ({}); sending it to {next}",
+                                crate::said(&error)
                             )
                         } else {
                             writeln!(
@@ -424,7 +425,8 @@ impl Client {
             let (n, generation) = match r {
                 Ok(g) => g,
                 Err(e) if tried < tries && (atomic || passed_on == 0) && e.downcast_ref::<Cut>().is_some() => {
-                    let _ = writeln!(std::io::stderr(), "custos: warning: {e:#}; asking the servers again");
+                    let _ =
+                        writeln!(std::io::stderr(), "custos: warning: {}; asking the servers again", crate::said(&e));
                     continue;
                 }
                 Err(e) => {

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            note!("custos: {e:#}");
+            note!("custos: {}", said(&e));
             ExitCode::from(exit_code(&e))
         }
     };
@@ -64,6 +64,21 @@ impl std::error::Error for Usage {}
 
 /// Exit codes by error kind (documented in `custos --help`), decided by
 /// the operation boundary's [`Code`].
+/// An error and its causes as one line, each said once: a cause whose
+/// words the message already holds (a wrapper that prints its source, or
+/// an OS error quoted by two layers) adds nothing.
+pub(crate) fn said(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !c.is_empty() && !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Usage>().is_some() {
         return 2;
@@ -169,12 +184,12 @@ fn unlocker(cli: &Cli) -> impl Fn(&Vault<Sealed>) -> custos_core::Result<Unlocke
         let asked = |what: String| custos_core::Error::Invalid { what: "HSM", why: what };
         match v.hsm_kind()? {
             HsmKind::Soft => {
-                let p = passphrase(passphrase_file.as_deref(), false).map_err(|e| asked(format!("{e:#}")))?;
+                let p = passphrase(passphrase_file.as_deref(), false).map_err(|e| asked(said(&e)))?;
                 let keep = Passphrase::new(p.expose_secret().to_vec());
                 Ok(Unlocked { vault: v.sealed_view().unseal(&p)?, passphrase: Some(keep) })
             }
             HsmKind::Pkcs11 { token, .. } => {
-                let pin = pin(pin_file.as_deref(), &format!("{token:?}")).map_err(|e| asked(format!("{e:#}")))?;
+                let pin = pin(pin_file.as_deref(), &format!("{token:?}")).map_err(|e| asked(said(&e)))?;
                 Ok(Unlocked { vault: v.sealed_view().unseal_pkcs11(pin)?, passphrase: None })
             }
         }

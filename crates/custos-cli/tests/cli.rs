@@ -178,6 +178,22 @@ fn fail_unknown_objects() {
     assert!(e.fails(&["ds", "put", "bad..name", Env::s(&f)], 1).contains("invalid dataset name"));
     assert!(e.fails(&["ds", "get", "A.B", "--range", "x..y"], 1).contains("invalid range"));
     assert!(e.fails(&["config", "set", "chunk.size", "12"], 1).contains("64 KiB"));
+    // Too large is out of range too, not "not a number".
+    let err = e.fails(&["config", "set", "chunk.size", "10737418240"], 1);
+    assert!(err.contains("64 MiB") && !err.contains("not \""), "{err}");
+    assert!(e.fails(&["config", "set", "chunk.size", "lots"], 2).contains("65536 to 67108864"));
+    // Each names what is wrong with what was given, not the vault.
+    let err = e.fails(&["ds", "import", "/nonexistent/dir", "--prefix", "IMP"], 3);
+    assert!(err.contains("the directory to import /nonexistent/dir") && !err.contains("vault directory"), "{err}");
+    let file = e.file("not-a-dir", b"x");
+    let err = e.fails(&["volume", "add", "vf", "--path", Env::s(&file), "--site", "B"], 1);
+    assert!(err.contains("is a file, not a directory") && !err.contains("File exists"), "{err}");
+    let err = e.fails(&["volume", "add", "vs", "--path", "s3://bucket/prefix", "--site", "B"], 1);
+    assert!(err.contains("--url"), "{err}");
+    assert!(!e.dir.path().join("s3:").exists() && !std::path::Path::new("s3:").exists(), "no directory named s3:");
+    // A pattern that matches nothing is said, not silently done.
+    let err = e.fails(&["backup", "run", "ZZZ.**", "--to", "default"], 3);
+    assert!(err.contains("no dataset matches ZZZ.**") && err.contains("ds ls"), "{err}");
     assert_eq!(e.json(&["config", "get", "compression"])["compression"], "lz4");
     assert!(e.fails(&["config", "set", "compression", "gzip"], 1).contains("lz4"));
     assert_eq!(e.json(&["config", "get", "compression"])["compression"], "lz4", "unchanged by the refusal");
@@ -196,6 +212,7 @@ fn fail_key_state_and_destroyed_key() {
     e.ok(&["ds", "put", "APP.DATA", Env::s(&f), "--key", "DSET.PRIM.APP.key001"]);
     let err = e.fails(&["key", "destroy", "DSET.PRIM.APP.key001"], 5);
     assert!(err.contains("deactivate it first"), "{err}");
+    assert_eq!(err.matches("deactivate it first").count(), 1, "said once: {err}");
     e.ok(&["key", "deactivate", "DSET.PRIM.APP.key001"]);
     let err = e.fails(&["key", "destroy", "DSET.PRIM.APP.key001"], 5);
     assert!(err.contains("APP.DATA") && err.contains("--crypto-erase"), "{err}");
@@ -749,11 +766,13 @@ fn backups_raw_without_a_passphrase_and_logical_that_outlives_the_key() {
     let dry = e.ok(&["backup", "prune", "--keep-last", "1", "--dry-run"]);
     assert!(dry.contains("2 of 2 backups kept (dry run)"), "{dry}");
     // The raw copy went with the primary's key, and verify says so.
+    // Its key is gone, not its bytes: exit 5 (a key's state), not 4.
     let o = e.run(&["backup", "verify", "--read-data"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
-        out.contains(&format!("backup {raw_id} (raw of BK.DATA): DAMAGED")) && out.contains("cannot outlive its key"),
+        out.contains(&format!("backup {raw_id} (raw of BK.DATA): UNREADABLE (its key)"))
+            && out.contains("cannot outlive its key"),
         "{out}"
     );
     assert!(out.contains("(logical of BK.DATA): ok"), "{out}");
@@ -888,21 +907,28 @@ fn tape_volume_on_s3() {
     for key in &keys {
         s3.put_raw(key, b"not a sealed chunk");
     }
+    // Damage is exit 4 (integrity), as for a damaged dataset.
     let o = e.run(&["backup", "verify", "--read-data"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(o.status.code(), Some(4), "{out}");
     let line = out.lines().find(|l| l.starts_with(&format!("backup {logical_id} "))).unwrap_or_default();
     assert!(line.contains("DAMAGED") && keys.iter().any(|k| line.contains(k.rsplit('/').next().unwrap())), "{out}");
 
     // A server that is gone is reported with the volume's name.
     drop(s3);
+    // Not "damaged": its bytes were never read. The raw copy's key is gone
+    // for good, which the exit code says first (5).
     let o = e.run(&["backup", "verify"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(o.status.code(), Some(5), "{out}");
     assert!(
-        out.lines().filter(|l| l.contains("DAMAGED") && l.contains("volume vault-tape is not reachable")).count() == 2,
+        out.lines()
+            .filter(|l| l.contains("NOT CHECKED (unreachable)") && l.contains("volume vault-tape is not reachable"))
+            .count()
+            == 2,
         "{out}"
     );
+    assert!(out.contains("(raw of TAPE.DATA): UNREADABLE (its key)"), "{out}");
     // Adding a volume where no server answers fails and adds nothing.
     let err = e.fails(&["volume", "add", "t2", "--url", "s3://custos-tapes/other", "--site", "C"], 7);
     assert!(err.contains("t2"), "{err}");

@@ -181,6 +181,7 @@ impl Served {
         let o = self.run(user, cred, args, None);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert_eq!(o.status.code(), Some(code), "{user} {args:?}: {err}");
+        common::assert_said_once(&err);
         assert!(!err.contains(PASS));
         err
     }

@@ -581,7 +581,11 @@ impl Vault<Open> {
         mut progress: impl FnMut(&PutReport),
     ) -> Result<Vec<PutReport>> {
         let mut files = Vec::new();
-        walk(dir, &mut files).map_err(|source| Error::VaultIo { path: dir.into(), source })?;
+        walk(dir, &mut files).map_err(|source| Error::Io {
+            what: "the directory to import",
+            path: dir.into(),
+            source,
+        })?;
         files.sort();
         let mut planned: Vec<(DatasetName, PathBuf)> = Vec::with_capacity(files.len());
         let mut seen = std::collections::HashMap::new();

@@ -34,6 +34,10 @@ pub enum Error {
     VaultExists { path: PathBuf },
     #[error("cannot use the vault directory {path}: {source}")]
     VaultIo { path: PathBuf, source: std::io::Error },
+    /// A file or directory that is not the vault's own (a directory to
+    /// import, an export or scratch directory, a volume's directory).
+    #[error("cannot use {what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
 
     #[error("no dataset named {name}: see `custos ds ls`")]
     DatasetNotFound { name: DatasetName },

@@ -119,7 +119,11 @@ impl Vault<Open> {
             self.recall(&d.name)?;
             *d = self.dataset(&d.name)?;
         }
-        std::fs::create_dir_all(dir).map_err(|source| Error::VaultIo { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            what: "the export directory",
+            path: dir.into(),
+            source,
+        })?;
         let mut volumes: BTreeMap<VolumeName, Arc<dyn Volume>> = BTreeMap::new();
         for d in &datasets {
             if !volumes.contains_key(&d.current.volume) {
@@ -145,7 +149,11 @@ impl Vault<Open> {
         // when a later dataset failed.
         if !reports.is_empty() {
             // One flush of the filesystem for every file and directory made.
-            custos_store::sync_filesystem(dir).map_err(|source| Error::VaultIo { path: dir.into(), source })?;
+            custos_store::sync_filesystem(dir).map_err(|source| Error::Io {
+                what: "the export directory",
+                path: dir.into(),
+                source,
+            })?;
             let by_name: std::collections::HashMap<&DatasetName, &DatasetRecord> =
                 datasets.iter().map(|d| (&d.name, d)).collect();
             let read: Vec<&DatasetRecord> = reports.iter().map(|r| by_name[&r.dataset]).collect();

@@ -632,11 +632,18 @@ impl<S: VaultState> Vault<S> {
     /// this made is removed again when the check fails.
     fn checked_new_dir(&self, name: &VolumeName, path: &Path) -> Result<PathBuf> {
         let existed = path.exists();
-        std::fs::create_dir_all(path).map_err(|source| Error::VaultIo { path: path.into(), source })?;
-        let checked = path
-            .canonicalize()
-            .map_err(|source| Error::VaultIo { path: path.into(), source })
-            .and_then(|p| self.check_volume_path(name, &p).map(|_| p));
+        if existed && !path.is_dir() {
+            return Err(Error::Invalid {
+                what: "volume path",
+                why: format!(
+                    "{} is a file, not a directory: give a directory (it is created if missing)",
+                    path.display()
+                ),
+            });
+        }
+        let io = |source| Error::Io { what: "the volume directory", path: path.into(), source };
+        std::fs::create_dir_all(path).map_err(io)?;
+        let checked = path.canonicalize().map_err(io).and_then(|p| self.check_volume_path(name, &p).map(|_| p));
         if checked.is_err() && !existed {
             let _ = std::fs::remove_dir(path);
         }

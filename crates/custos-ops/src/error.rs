@@ -180,6 +180,8 @@ pub fn core_code(e: &CoreError) -> Code {
             Code::Conflict
         }
         CoreError::Name(_) | CoreError::Naming(_) | CoreError::Range { .. } => Code::Invalid,
+        CoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,
+        CoreError::Io { .. } => Code::Invalid,
         CoreError::Hsm(
             HsmError::PartMismatch { .. } | HsmError::MkvpMismatch { .. } | HsmError::WeakPassphrase { .. },
         ) => Code::Invalid,

@@ -53,6 +53,9 @@ pub struct Verified {
     pub method: CopyMethod,
     #[serde(skip)]
     pub dataset: String,
+    /// What kind of failure, when it failed (damage is `integrity`).
+    #[serde(skip)]
+    pub code: Option<Code>,
 }
 
 /// The result of an operation.
@@ -418,10 +421,20 @@ impl Reply {
             }
             BackupsVerified { list, .. } => {
                 let bad = list.iter().filter(|v| !v.ok).count();
+                // Damage found is what the exit code says (4), before a
+                // copy that could not be checked for another reason.
+                // Then a key that is gone (permanent), then an unreachable
+                // volume (try again later).
+                let codes: Vec<Code> = list.iter().filter(|v| !v.ok).map(|v| v.code.unwrap_or(Code::Other)).collect();
+                let code = [Code::Integrity, Code::KeyState, Code::Unavailable]
+                    .into_iter()
+                    .find(|c| codes.contains(c))
+                    .or_else(|| codes.first().copied())
+                    .unwrap_or(Code::Other);
                 (bad > 0).then(|| Failure {
-                    code: Code::Other,
+                    code,
                     message: format!(
-                        "{bad} of {} backups failed verification; restore from another copy, then make a new backup",
+                        "{bad} of {} backups failed verification (listed above): restore what is damaged from another copy, then make a new backup; bring back what is unreachable and verify again",
                         list.len()
                     ),
                 })
@@ -980,7 +993,18 @@ impl Reply {
                 for v in list {
                     match &v.error {
                         None => out!("backup {} ({} of {}): ok", v.id, v.method, v.dataset),
-                        Some(e) => out!("backup {} ({} of {}): DAMAGED: {e}", v.id, v.method, v.dataset),
+                        // Say what is wrong with the copy, not more: an
+                        // unreachable volume or a missing key says nothing
+                        // about its bytes.
+                        Some(e) => {
+                            let what = match v.code {
+                                Some(Code::Integrity) | None => "DAMAGED",
+                                Some(Code::KeyState) => "UNREADABLE (its key)",
+                                Some(Code::Unavailable) => "NOT CHECKED (unreachable)",
+                                Some(_) => "FAILED",
+                            };
+                            out!("backup {} ({} of {}): {what}: {e}", v.id, v.method, v.dataset)
+                        }
                     }
                 }
                 if list.iter().all(|v| v.ok) {

@@ -229,10 +229,12 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                     v.set_naming(&value)?;
                 }
                 "chunk.size" => {
-                    let n: u32 = value
-                        .parse()
-                        .map_err(|_| Error::Usage(format!("chunk.size takes a number of bytes, not {value:?}")))?;
-                    v.set_chunk_size(n)?;
+                    let n: u64 = value.trim().parse().map_err(|_| {
+                        Error::Usage(format!("chunk.size takes a number of bytes (65536 to 67108864), not {value:?}"))
+                    })?;
+                    // Too large for the setting is out of its range, which
+                    // the vault says in its own words.
+                    v.set_chunk_size(u32::try_from(n).unwrap_or(u32::MAX))?;
                 }
                 "compression" => v.set_compression(&value)?,
                 "s3.endpoint" | "s3.region" => v.set_s3_setting(&key, &value)?,
@@ -337,6 +339,15 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                 .filter(|d| pattern.as_ref().is_none_or(|p| p.matches(d.name.as_str())))
                 .map(|d| d.name)
                 .collect();
+            if names.is_empty() {
+                return Err(Error::Failed {
+                    code: crate::Code::NotFound,
+                    message: match &pattern {
+                        Some(p) => format!("no dataset matches {p}: nothing to back up (`custos ds ls` lists them)"),
+                        None => "the vault has no datasets: nothing to back up".into(),
+                    },
+                });
+            }
             // A raw copy needs no key: it runs on the sealed vault.
             let made = match method {
                 CopyMethod::Raw => v.backup_raw_many(&names, &to)?,
@@ -363,12 +374,14 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                 .iter()
                 .map(|b| {
                     let r = ov.verify_backup(b, read_data);
+                    let code = r.as_ref().err().map(crate::error::core_code);
                     Verified {
                         id: b.id,
                         ok: r.is_ok(),
                         error: r.err().map(|e| e.to_string()),
                         method: b.method,
                         dataset: b.dataset.to_string(),
+                        code,
                     }
                 })
                 .collect();

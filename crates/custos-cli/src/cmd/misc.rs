@@ -18,6 +18,14 @@ pub fn volume(c: &VolumeCmd) -> anyhow::Result<Plan> {
                 (Some(MediumArg::Disk) | None, None) => Medium::Disk,
             };
             let location = match (path, url) {
+                // A URL given as a path is said so, not made a local
+                // directory named `s3:`.
+                (Some(p), None) if p.to_string_lossy().contains("://") => {
+                    bail!(
+                        "--path takes a directory; {} is a URL: give it with --url (object storage is the tape tier)",
+                        p.display()
+                    )
+                }
                 (Some(p), None) => {
                     std::path::absolute(p).map_err(|e| anyhow!("{}: {e}", p.display()))?.display().to_string()
                 }

@@ -193,6 +193,7 @@ impl Env {
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
         assert!(err.starts_with("custos: "), "{err}");
+        assert_said_once(&err);
         assert_eq!(self.state(), before, "a failed {args:?} changed the vault");
         assert!(!err.contains(PASS) && !String::from_utf8_lossy(&o.stdout).contains(PASS));
         err
@@ -270,4 +271,16 @@ pub fn walk_files(d: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// An error says each thing once: no clause of it (the text between ": ")
+/// longer than a few words comes twice, as when a wrapper prints its cause
+/// and the printer appends the cause again.
+pub fn assert_said_once(err: &str) {
+    for line in err.lines() {
+        let parts: Vec<&str> = line.split(": ").map(str::trim).filter(|p| p.len() > 24).collect();
+        for (i, p) in parts.iter().enumerate() {
+            assert!(!parts[i + 1..].contains(p), "the error repeats {p:?}: {err}");
+        }
+    }
 }
