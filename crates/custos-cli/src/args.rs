@@ -252,6 +252,18 @@ pub enum UserCmd {
     Disable { name: String },
     /// Enable a disabled principal again, with its roles and grants.
     Enable { name: String },
+    /// Add or remove roles of a principal (`--add app --remove auditor`).
+    /// A role change is under dual control when `role-change` is.
+    Role {
+        /// The principal.
+        name: String,
+        /// A role to give it (repeat for more).
+        #[arg(long = "add", value_enum)]
+        add: Vec<RoleArg>,
+        /// A role to take away (repeat for more).
+        #[arg(long = "remove", value_enum)]
+        remove: Vec<RoleArg>,
+    },
     /// Grant access to datasets (--data PATTERN) or keys (--key PATTERN).
     Grant(GrantArgs),
     /// Take a grant away.

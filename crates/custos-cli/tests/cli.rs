@@ -2185,3 +2185,63 @@ fn a_lost_hsm_comes_back_from_the_custodians_key_parts() {
         .iter()
         .any(|r| r["action"] == "vault rebuild" && r["result"].as_str().unwrap().contains("alice, bob")));
 }
+
+/// Roles change on an existing principal; a refusal for want of a role or
+/// a grant says which command gives it; nobody is left roleless, and the
+/// last enabled security-admin keeps that role.
+#[test]
+fn user_roles_change_and_refusals_say_how() {
+    let e = Env::new();
+    let f = e.file("clerk-data", b"clerk's data");
+    e.cmd(&["user", "add", "clerk", "--role", "auditor"])
+        .env("CUSTOS_NEW_CREDENTIAL", "clerk's credential, long")
+        .assert()
+        .success();
+    let clerk = e.as_user("clerk", "clerk's credential, long");
+    let err = clerk.fails(&["ds", "put", "CLERK.A", Env::s(&f)], 8);
+    assert!(err.contains("which needs the role app") && err.contains("`custos user role clerk --add app`"), "{err}");
+    let out = e.ok(&["user", "role", "clerk", "--add", "app", "--remove", "auditor"]);
+    assert!(out.contains("user clerk has the roles app"), "{out}");
+    let users = e.json(&["user", "ls"]);
+    let clerk_row = users.as_array().unwrap().iter().find(|u| u["name"] == "clerk").unwrap().clone();
+    assert_eq!(clerk_row["roles"], serde_json::json!(["app"]), "{clerk_row}");
+    // Now the role is there and the grant is not: the advice follows.
+    let err = clerk.fails(&["ds", "put", "CLERK.A", Env::s(&f)], 8);
+    assert!(err.contains("`custos user grant clerk --data PATTERN`"), "{err}");
+    e.ok(&["user", "grant", "clerk", "--data", "CLERK.**"]);
+    e.ok(&["user", "grant", "clerk", "--key", "DSET.PRIM.CLERK.*"]);
+    clerk.ok(&["ds", "put", "CLERK.A", Env::s(&f)]);
+    // Refusals change nothing.
+    assert!(e.fails(&["user", "role", "clerk", "--remove", "app"], 1).contains("no role left"));
+    assert!(e.fails(&["user", "role", "clerk", "--remove", "auditor"], 1).contains("does not have the role auditor"));
+    assert!(e
+        .fails(&["user", "role", "clerk", "--add", "app", "--remove", "app"], 1)
+        .contains("both added and removed"));
+    assert!(e.fails(&["user", "role", "clerk"], 1).contains("--add ROLE"));
+    e.fails(&["user", "role", "nobody", "--add", "app"], 3);
+    // The clerk may not change roles, its own included.
+    assert!(clerk.fails(&["user", "role", "clerk", "--add", "security-admin"], 8).contains("security-admin"));
+    // The last enabled security-admin keeps the role.
+    let admin = e.as_user("admin", ADMIN_CRED);
+    admin.ok(&["user", "role", "ops", "--remove", "security-admin"]);
+    admin.ok(&["user", "role", "admin", "--add", "auditor"]);
+    let err = admin.fails(&["user", "role", "admin", "--remove", "security-admin"], 1);
+    assert!(err.contains("last enabled security-admin"), "{err}");
+    // Under dual control a role change waits for a second principal.
+    admin.ok(&["user", "role", "ops", "--add", "security-admin"]);
+    e.ok(&["config", "set", "dual-control", "role-change"]);
+    let out = e.ok(&["user", "role", "clerk", "--add", "auditor"]);
+    assert!(out.contains("under dual control"), "{out}");
+    let users = e.json(&["user", "ls"]);
+    assert_eq!(
+        users.as_array().unwrap().iter().find(|u| u["name"] == "clerk").unwrap()["roles"],
+        serde_json::json!(["app"])
+    );
+    let id = e.json(&["request", "ls"])[0]["id"].as_u64().unwrap().to_string();
+    admin.ok(&["request", "approve", &id]);
+    let users = e.json(&["user", "ls"]);
+    assert_eq!(
+        users.as_array().unwrap().iter().find(|u| u["name"] == "clerk").unwrap()["roles"],
+        serde_json::json!(["app", "auditor"])
+    );
+}

@@ -96,7 +96,7 @@ pub enum Error {
     Manifest { dataset: DatasetName, generation: u64, volume: String, why: String },
     #[error("user {name} could not be authenticated: wrong or missing credential, or the user is disabled; give --user and the credential (CUSTOS_CREDENTIAL, --credential-file, or the prompt)")]
     AuthFailed { name: String },
-    #[error("{principal} may not do this: {why}; a security-admin can grant it (`custos user grant`)")]
+    #[error("{principal} may not do this: {why}")]
     Forbidden { principal: String, why: String },
     #[error("key {label} is scheduled for destruction at {at} and cannot be used; `custos key cancel-destroy {label}` brings it back before then")]
     KeyPendingDestruction { label: KeyLabel, at: jiff::Timestamp },

@@ -194,6 +194,52 @@ impl<S: VaultState> Vault<S> {
         self.repo.principal(name)?.ok_or_else(|| Error::UserNotFound { name: name.to_string() })
     }
 
+    /// Add and remove roles of a principal. It keeps at least one, and the
+    /// last enabled security-admin keeps that role (else nobody could
+    /// manage principals again). The principal as it now is.
+    pub fn user_roles(&self, name: &str, add: &[Role], remove: &[Role]) -> Result<PrincipalRecord> {
+        let u = self.user(name)?;
+        if let Some(r) = add.iter().find(|r| remove.contains(r)) {
+            return Err(Error::Invalid { what: "user role", why: format!("{} is both added and removed", r.as_str()) });
+        }
+        if let Some(r) = remove.iter().find(|r| !u.roles.contains(r)) {
+            return Err(Error::Invalid {
+                what: "user role",
+                why: format!("{name} does not have the role {}", r.as_str()),
+            });
+        }
+        let mut roles: Vec<Role> = u.roles.iter().copied().filter(|r| !remove.contains(r)).collect();
+        for r in add {
+            if !roles.contains(r) {
+                roles.push(*r);
+            }
+        }
+        if roles.is_empty() {
+            return Err(Error::Invalid {
+                what: "user role",
+                why: format!("{name} would have no role left: add another, or `custos user disable {name}`"),
+            });
+        }
+        if u.roles.contains(&Role::SecurityAdmin) && !roles.contains(&Role::SecurityAdmin) && !u.disabled {
+            let others = self
+                .users()?
+                .into_iter()
+                .filter(|p| !p.disabled && p.roles.contains(&Role::SecurityAdmin) && p.name != u.name)
+                .count();
+            if others == 0 {
+                return Err(Error::Invalid {
+                    what: "user role",
+                    why: format!("{name} is the last enabled security-admin; give the role to another principal first"),
+                });
+            }
+        }
+        if roles == u.roles {
+            return Ok(u);
+        }
+        self.repo.set_principal_roles(name, &roles)?;
+        self.user(name)
+    }
+
     /// Disable a principal; the last enabled security-admin cannot be.
     pub fn user_disable(&self, name: &str) -> Result<()> {
         let u = self.user(name)?;
@@ -274,22 +320,36 @@ pub fn permits(
     dataset: Option<&str>,
     key: Option<&str>,
 ) -> std::result::Result<(), String> {
+    let name = &p.name;
     if p.disabled {
-        return Err("the user is disabled".into());
+        return Err(format!("the user is disabled; a security-admin can enable it (`custos user enable {name}`)"));
     }
     if !p.roles.iter().any(|r| role_permits(*r, op)) {
         let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
-        return Err(format!("its roles ({}) do not allow {op:?}", roles.join(", ")));
+        let allow: Vec<&str> = Role::ALL.iter().filter(|r| role_permits(**r, op)).map(|r| r.as_str()).collect();
+        let needs = match allow.as_slice() {
+            [one] => format!("the role {one}"),
+            many => format!("one of the roles {}", many.join(", ")),
+        };
+        return Err(format!(
+            "its roles ({}) do not allow {op:?}, which needs {needs}; a security-admin can add it (`custos user role {name} --add {}`)",
+            roles.join(", "),
+            allow.first().copied().unwrap_or("ROLE")
+        ));
     }
     if op.is_data() {
         if let Some(d) = dataset {
             if !p.data_grants.iter().any(|g| g.matches(d)) {
-                return Err(format!("it has no data grant that covers dataset {d}"));
+                return Err(format!(
+                    "it has no data grant that covers dataset {d}; a security-admin can grant one (`custos user grant {name} --data PATTERN`)"
+                ));
             }
         }
         if let Some(k) = key {
             if !p.key_grants.iter().any(|g| g.matches(k)) {
-                return Err(format!("it has no key grant that covers key {k}"));
+                return Err(format!(
+                    "it has no key grant that covers key {k}; a security-admin can grant one (`custos user grant {name} --key PATTERN`)"
+                ));
             }
         }
     }

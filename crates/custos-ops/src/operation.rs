@@ -501,6 +501,14 @@ pub enum Operation {
     UserEnable {
         name: String,
     },
+    /// Add and remove roles of a principal.
+    UserRole {
+        name: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add: Vec<Role>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<Role>,
+    },
     UserGrant {
         name: String,
         on: GrantOn,
@@ -693,6 +701,7 @@ impl Operation {
             UserDisable { name } => ("user disable", name.clone()),
             UserEnable { name } => ("user enable", name.clone()),
             UserGrant { name, .. } => ("user grant", name.clone()),
+            UserRole { name, .. } => ("user role", name.clone()),
             UserRevoke { name, .. } => ("user revoke", name.clone()),
             RequestList { .. } => ("request ls", String::new()),
             RequestShow { id } => ("request show", id.to_string()),
@@ -714,9 +723,12 @@ impl Operation {
             EscrowRecover { .. } => "escrow-recover",
             MkActivate => "mk-activate",
             PolicyAdd { .. } | PolicyRm { .. } | ConfigSet { .. } | AuditAcceptRollback => "policy-change",
-            UserAdd { .. } | UserGrant { .. } | UserRevoke { .. } | UserDisable { .. } | UserEnable { .. } => {
-                "role-change"
-            }
+            UserAdd { .. }
+            | UserGrant { .. }
+            | UserRevoke { .. }
+            | UserDisable { .. }
+            | UserEnable { .. }
+            | UserRole { .. } => "role-change",
             EscrowInit { .. } | EscrowPurge { .. } => "escrow-change",
             BackupPrune { dry_run: false, .. }
             | VaultPrune { dry_run: false, .. }

@@ -188,6 +188,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::UserAdd { .. }
         | O::UserDisable { .. }
         | O::UserEnable { .. }
+        | O::UserRole { .. }
         | O::UserGrant { .. }
         | O::UserRevoke { .. } => op(UserAdmin),
         O::Monitor { .. } => op(Inspect),

@@ -513,6 +513,16 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             v.user_enable(&name)?;
             Reply::Note(format!("user {name} is enabled"))
         }
+        O::UserRole { name, add, remove } => {
+            if add.is_empty() && remove.is_empty() {
+                return Err(Error::Usage("give --add ROLE or --remove ROLE (or both)".into()));
+            }
+            let p = v.user_roles(&name, &add, &remove)?;
+            Reply::Note(format!(
+                "user {name} has the roles {}",
+                p.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        }
         O::UserGrant { name, on, pattern } => {
             let kind = grant_kind(on);
             v.grant(&name, kind, &pattern)?;

@@ -936,6 +936,10 @@ pub fn row_auth(
     repo.set_setting("chunk.size", "2097152").unwrap();
     repo.insert_principal(&person("auditor")).unwrap();
     repo.set_principal_disabled("auditor", true).unwrap();
+    repo.set_principal_roles("auditor", &[Role::Auditor, Role::KeyCustodian]).unwrap();
+    assert_eq!(repo.principal("auditor").unwrap().unwrap().roles, vec![Role::Auditor, Role::KeyCustodian]);
+    repo.set_principal_roles("auditor", &[Role::App]).unwrap();
+    assert!(matches!(repo.set_principal_roles("nobody", &[Role::App]), Err(RepoError::NotFound { .. })));
     repo.record_key_use(&KeyLabel::new("K.ONE").unwrap()).unwrap();
     let id = repo
         .insert_request(&crate::RequestRow {

@@ -3002,6 +3002,23 @@ impl Repository for PgRepository {
             Ok(())
         })
     }
+    fn set_principal_roles(&self, name: &str, roles: &[custos_model::Role]) -> Result<()> {
+        let roles = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+        self.tx("change a user's roles", None, |tx| {
+            self.lock_check(tx, "principals", "name = $1", &[&name])?;
+            let rows = self.write(
+                tx,
+                "change a user's roles",
+                "principals",
+                "UPDATE principals SET role = $2 WHERE name = $1",
+                &[&name, &roles],
+            )?;
+            if rows.is_empty() {
+                return Err(RepoError::NotFound { kind: "user", name: name.into() });
+            }
+            Ok(())
+        })
+    }
 
     fn add_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<()> {
         if self.principal(name)?.is_none() {

@@ -2421,6 +2421,18 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    fn set_principal_roles(&self, name: &str, roles: &[custos_model::Role]) -> Result<()> {
+        let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        let n = self
+            .conn()
+            .execute("UPDATE principals SET role = ?2 WHERE name = ?1", params![name, roles.join(",")])
+            .map_err(db("change a user's roles"))?;
+        if n == 0 {
+            return Err(RepoError::NotFound { kind: "user", name: name.into() });
+        }
+        Ok(())
+    }
+
     fn add_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<()> {
         if self.principal(name)?.is_none() {
             return Err(RepoError::NotFound { kind: "user", name: name.into() });

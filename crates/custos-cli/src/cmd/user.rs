@@ -17,19 +17,23 @@ fn grant(g: &GrantArgs) -> anyhow::Result<(GrantOn, Pattern)> {
     })
 }
 
+fn role_list(roles: &[RoleArg]) -> Vec<Role> {
+    roles
+        .iter()
+        .map(|r| match r {
+            RoleArg::SecurityAdmin => Role::SecurityAdmin,
+            RoleArg::KeyCustodian => Role::KeyCustodian,
+            RoleArg::StorageAdmin => Role::StorageAdmin,
+            RoleArg::App => Role::App,
+            RoleArg::Auditor => Role::Auditor,
+        })
+        .collect()
+}
+
 pub fn plan(c: &UserCmd) -> anyhow::Result<Plan> {
     Ok(Plan::new(match c {
         UserCmd::Add { name, roles, token } => {
-            let roles: Vec<Role> = roles
-                .iter()
-                .map(|r| match r {
-                    RoleArg::SecurityAdmin => Role::SecurityAdmin,
-                    RoleArg::KeyCustodian => Role::KeyCustodian,
-                    RoleArg::StorageAdmin => Role::StorageAdmin,
-                    RoleArg::App => Role::App,
-                    RoleArg::Auditor => Role::Auditor,
-                })
-                .collect();
+            let roles = role_list(roles);
             let credential = if *token {
                 NewCredential::Token
             } else if let Ok(c) = std::env::var("CUSTOS_NEW_CREDENTIAL") {
@@ -50,6 +54,12 @@ pub fn plan(c: &UserCmd) -> anyhow::Result<Plan> {
         UserCmd::Ls => Operation::UserList,
         UserCmd::Disable { name } => Operation::UserDisable { name: name.clone() },
         UserCmd::Enable { name } => Operation::UserEnable { name: name.clone() },
+        UserCmd::Role { name, add, remove } => {
+            if add.is_empty() && remove.is_empty() {
+                bail!("give --add ROLE or --remove ROLE (or both): the roles are security-admin, key-custodian, storage-admin, app and auditor");
+            }
+            Operation::UserRole { name: name.clone(), add: role_list(add), remove: role_list(remove) }
+        }
         UserCmd::Grant(g) => {
             let (on, pattern) = grant(g)?;
             Operation::UserGrant { name: g.name.clone(), on, pattern }
