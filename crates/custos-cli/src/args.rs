@@ -252,6 +252,17 @@ pub enum UserCmd {
     Disable { name: String },
     /// Enable a disabled principal again, with its roles and grants.
     Enable { name: String },
+    /// Give a principal a new credential: a passphrase from
+    /// CUSTOS_NEW_CREDENTIAL or a prompt, or with --token a random token
+    /// printed once. Any principal may change its own; a security-admin
+    /// anyone's. The old one stops working at once, on every server.
+    Credential {
+        /// The principal.
+        name: String,
+        /// Make a random token for scripts instead of a passphrase.
+        #[arg(long)]
+        token: bool,
+    },
     /// Add or remove roles of a principal (`--add app --remove auditor`).
     /// A role change is under dual control when `role-change` is.
     Role {

@@ -2245,3 +2245,51 @@ fn user_roles_change_and_refusals_say_how() {
         serde_json::json!(["app", "auditor"])
     );
 }
+
+/// A credential is rotated by its principal or by a security-admin; the
+/// old one stops working at once; nobody else may change it; one's own
+/// change needs no second principal even under role-change control.
+#[test]
+fn credentials_rotate_and_the_old_one_stops_working() {
+    let e = Env::new();
+    e.cmd(&["user", "add", "clerk", "--role", "auditor"])
+        .env("CUSTOS_NEW_CREDENTIAL", "clerk's first credential")
+        .assert()
+        .success();
+    let old = e.as_user("clerk", "clerk's first credential");
+    old.ok(&["key", "ls"]);
+    let out = e
+        .cmd(&["user", "credential", "clerk"])
+        .env("CUSTOS_NEW_CREDENTIAL", "clerk's second credential")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no longer works"));
+    assert_eq!(old.run(&["key", "ls"]).status.code(), Some(6), "the old credential still works");
+    let new = e.as_user("clerk", "clerk's second credential");
+    new.ok(&["key", "ls"]);
+    // Its own, under dual control for role changes: at once, no request.
+    e.ok(&["config", "set", "dual-control", "role-change"]);
+    let out = new
+        .cmd(&["user", "credential", "clerk"])
+        .env("CUSTOS_NEW_CREDENTIAL", "clerk's third credential")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(new.run(&["key", "ls"]).status.code(), Some(6), "the second credential still works");
+    let third = e.as_user("clerk", "clerk's third credential");
+    assert!(e.json(&["request", "ls"]).as_array().unwrap().is_empty(), "no request for one's own credential");
+    // Another's: refused to the clerk, a request for the admin.
+    let err = third
+        .cmd(&["user", "credential", "ops"])
+        .env("CUSTOS_NEW_CREDENTIAL", "stolen credential, long")
+        .output()
+        .unwrap();
+    assert_eq!(err.status.code(), Some(8), "{}", String::from_utf8_lossy(&err.stderr));
+    // A token, shown once, and it works.
+    e.ok(&["config", "set", "dual-control", "none"]);
+    let t = e.json(&["user", "credential", "clerk", "--token"]);
+    let token = t["token"].as_str().unwrap_or_else(|| panic!("{t}"));
+    e.as_user("clerk", token).ok(&["key", "ls"]);
+    assert_eq!(third.run(&["key", "ls"]).status.code(), Some(6), "the third credential still works");
+}

@@ -1767,3 +1767,23 @@ mod kmip;
 
 #[path = "server/console.rs"]
 mod console;
+
+/// A server remembers a verified credential for a few minutes; a new
+/// credential ends that at once, so a leaked one stops working when it is
+/// rotated, not five minutes later.
+#[test]
+fn a_rotated_credential_stops_working_on_the_server_at_once() {
+    let e = Env::new();
+    add(&e, "aud", "auditor", AUD);
+    let s = Served::start(&e);
+    s.ok("aud", AUD, &["key", "ls"]);
+    s.ok("aud", AUD, &["key", "ls"]); // now remembered
+    let o = s
+        .client("ops", OPS_CRED, &["user", "credential", "aud"])
+        .env("CUSTOS_NEW_CREDENTIAL", "auditor's new credential")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    s.fails("aud", AUD, &["key", "ls"], 6);
+    s.ok("aud", "auditor's new credential", &["key", "ls"]);
+}

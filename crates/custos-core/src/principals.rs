@@ -194,6 +194,14 @@ impl<S: VaultState> Vault<S> {
         self.repo.principal(name)?.ok_or_else(|| Error::UserNotFound { name: name.to_string() })
     }
 
+    /// Replace a principal's credential with one prepared by
+    /// [`new_credential`]. Its sessions and remembered logins end with the
+    /// old credential (a server compares the stored hash it remembered).
+    pub fn user_set_credential(&self, name: &str, credential: StoredCredential) -> Result<()> {
+        self.user(name)?;
+        Ok(self.repo.set_principal_credential(name, &credential.0)?)
+    }
+
     /// Add and remove roles of a principal. It keeps at least one, and the
     /// last enabled security-admin keeps that role (else nobody could
     /// manage principals again). The principal as it now is.

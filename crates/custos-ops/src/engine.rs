@@ -57,7 +57,7 @@ impl Caller {
         }
     }
 
-    pub(crate) fn principal(&self) -> Option<&PrincipalRecord> {
+    pub fn principal(&self) -> Option<&PrincipalRecord> {
         match self {
             Caller::Principal(p) => Some(p),
             Caller::Unverified(_) => None,
@@ -413,7 +413,9 @@ impl Engine {
                     warnings,
                 });
             }
-            if let Some(controlled) = op.controlled() {
+            // Changing one's own credential is nobody else's to approve.
+            let own = matches!(&op, Operation::UserCredential { name, .. } if who.principal().is_some_and(|p| &p.name == name));
+            if let Some(controlled) = op.controlled().filter(|_| !own) {
                 // What would fail now is refused now, not made a request.
                 if let Operation::KeyDestroy { label, crypto_erase, .. } = &op {
                     if let Err(e) = self.vault.check_destroy(label, *crypto_erase) {
@@ -487,6 +489,19 @@ impl Engine {
     /// hashed (and a token made now, for the requester), shares left out.
     fn prepare_for_storage(&self, op: Operation) -> Result<(Operation, Option<SecretText>)> {
         let (op, token) = match op {
+            Operation::UserCredential { name, credential } => {
+                let (stored, token) = match credential {
+                    NewCredential::Passphrase(p) => {
+                        custos_core::new_credential(Some(&Passphrase::from(p.expose().to_string())))?
+                    }
+                    NewCredential::Token => custos_core::new_credential(None)?,
+                    NewCredential::Stored(s) => (s, None),
+                };
+                (
+                    Operation::UserCredential { name, credential: NewCredential::Stored(stored) },
+                    token.map(SecretText::new),
+                )
+            }
             Operation::UserAdd { name, roles, credential } => {
                 let (stored, token) = match credential {
                     NewCredential::Passphrase(p) => {

@@ -501,6 +501,14 @@ pub enum Operation {
     UserEnable {
         name: String,
     },
+    /// A new credential for a principal: a passphrase, or a random token
+    /// made now and shown once. A principal may change its own; a
+    /// security-admin anyone's (a role change, under dual control when
+    /// `role-change` is).
+    UserCredential {
+        name: String,
+        credential: NewCredential,
+    },
     /// Add and remove roles of a principal.
     UserRole {
         name: String,
@@ -702,6 +710,7 @@ impl Operation {
             UserEnable { name } => ("user enable", name.clone()),
             UserGrant { name, .. } => ("user grant", name.clone()),
             UserRole { name, .. } => ("user role", name.clone()),
+            UserCredential { name, .. } => ("user credential", name.clone()),
             UserRevoke { name, .. } => ("user revoke", name.clone()),
             RequestList { .. } => ("request ls", String::new()),
             RequestShow { id } => ("request show", id.to_string()),
@@ -728,7 +737,8 @@ impl Operation {
             | UserRevoke { .. }
             | UserDisable { .. }
             | UserEnable { .. }
-            | UserRole { .. } => "role-change",
+            | UserRole { .. }
+            | UserCredential { .. } => "role-change",
             EscrowInit { .. } | EscrowPurge { .. } => "escrow-change",
             BackupPrune { dry_run: false, .. }
             | VaultPrune { dry_run: false, .. }
@@ -746,7 +756,8 @@ impl Operation {
         let mut op = self.clone();
         match &mut op {
             Operation::EscrowRecover { shares, .. } | Operation::RiskDrill { shares, .. } => shares.clear(),
-            Operation::UserAdd { credential: NewCredential::Passphrase(_), .. } => return None,
+            Operation::UserAdd { credential: NewCredential::Passphrase(_), .. }
+            | Operation::UserCredential { credential: NewCredential::Passphrase(_), .. } => return None,
             Operation::MkLoadNew { parts, .. } if !parts.is_empty() => return None,
             Operation::KeyEncrypt { .. } | Operation::KeyImport { .. } | Operation::KeyGcmEncrypt { .. } => {
                 return None

@@ -191,6 +191,11 @@ pub enum Reply {
     AuditVerdict(AuditVerdict, Option<custos_core::AuditComparison>),
     AuditExported(custos_core::AuditExported),
     CatalogCheck(custos_core::CatalogCheck),
+    /// A principal's new credential (a token shown once).
+    CredentialChanged {
+        name: String,
+        token: Option<crate::SecretText>,
+    },
     UserAdded {
         user: PrincipalRecord,
         token: Option<crate::SecretText>,
@@ -266,6 +271,7 @@ impl Reply {
                 | KeyExported { .. }
                 | KeyGcm { .. }
                 | UserAdded { token: Some(_), .. }
+                | CredentialChanged { token: Some(_), .. }
                 | RequestCreated { token: Some(_), .. }
                 | SealedShare { .. }
                 | Approved { .. }
@@ -390,6 +396,7 @@ impl Reply {
             AuditExported(x) => to(x),
             CatalogCheck(c) => to(c),
             UserAdded { user, token } => json!({ "user": user, "token": token }),
+            CredentialChanged { name, token } => json!({ "user": name, "token": token }),
             Users(u) => to(u),
             Requests(r) => to(r),
             Request(r) => to(r),
@@ -1187,6 +1194,12 @@ impl Reply {
                 ),
                 None => out!("nothing to export: volume {} holds every entry through {}", x.volume, x.last),
             },
+            CredentialChanged { name, token } => {
+                out!("user {name} has a new credential; the old one no longer works");
+                if let Some(t) = token {
+                    out!("token (shown once; store it where the script reads CUSTOS_CREDENTIAL): {}", t.expose());
+                }
+            }
             UserAdded { user, token } => {
                 out!(
                     "added user {} ({})",

@@ -37,6 +37,10 @@ fn matching(e: &Engine, op: Op, pattern: Option<&Pattern>) -> Result<Vec<Need>> 
 
 /// Whether `p` may run `op`.
 pub(crate) fn check(e: &Engine, p: &PrincipalRecord, op: &Operation) -> Result<()> {
+    // Anyone enabled (as every caller is) may change its own credential.
+    if matches!(op, Operation::UserCredential { name, .. } if *name == p.name) {
+        return Ok(());
+    }
     for n in needs(e, op)? {
         let key = match n.key {
             Some(k) => Some(k),
@@ -186,6 +190,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::AuditAcceptRollback => op(PolicyAdmin),
         O::UserList => op(Inspect),
         O::UserAdd { .. }
+        | O::UserCredential { .. }
         | O::UserDisable { .. }
         | O::UserEnable { .. }
         | O::UserRole { .. }

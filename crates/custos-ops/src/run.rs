@@ -513,6 +513,17 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             v.user_enable(&name)?;
             Reply::Note(format!("user {name} is enabled"))
         }
+        O::UserCredential { name, credential } => {
+            let (stored, token) = match credential {
+                NewCredential::Passphrase(p) => {
+                    custos_core::new_credential(Some(&custos_core::Passphrase::from(p.expose().to_string())))?
+                }
+                NewCredential::Token => custos_core::new_credential(None)?,
+                NewCredential::Stored(s) => (s, None),
+            };
+            v.user_set_credential(&name, stored)?;
+            Reply::CredentialChanged { name, token: token.map(SecretText::new) }
+        }
         O::UserRole { name, add, remove } => {
             if add.is_empty() && remove.is_empty() {
                 return Err(Error::Usage("give --add ROLE or --remove ROLE (or both)".into()));

@@ -939,6 +939,9 @@ pub fn row_auth(
     repo.set_principal_roles("auditor", &[Role::Auditor, Role::KeyCustodian]).unwrap();
     assert_eq!(repo.principal("auditor").unwrap().unwrap().roles, vec![Role::Auditor, Role::KeyCustodian]);
     repo.set_principal_roles("auditor", &[Role::App]).unwrap();
+    repo.set_principal_credential("auditor", "hash-of-a-new-credential").unwrap();
+    assert_eq!(repo.principal("auditor").unwrap().unwrap().credential, "hash-of-a-new-credential");
+    assert!(matches!(repo.set_principal_credential("nobody", "x"), Err(RepoError::NotFound { .. })));
     assert!(matches!(repo.set_principal_roles("nobody", &[Role::App]), Err(RepoError::NotFound { .. })));
     repo.record_key_use(&KeyLabel::new("K.ONE").unwrap()).unwrap();
     let id = repo

@@ -612,6 +612,8 @@ pub trait Repository: Send + Sync {
     fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>>;
     fn principals(&self) -> Result<Vec<PrincipalRecord>>;
     fn set_principal_disabled(&self, name: &str, disabled: bool) -> Result<()>;
+    /// Replace a principal's stored credential (a hash).
+    fn set_principal_credential(&self, name: &str, credential: &str) -> Result<()>;
     /// Replace a principal's roles (at least one).
     fn set_principal_roles(&self, name: &str, roles: &[custos_model::Role]) -> Result<()>;
     /// Add a grant (`kind` is "data" or "key"); adding an existing one is not an error.

@@ -3002,6 +3002,23 @@ impl Repository for PgRepository {
             Ok(())
         })
     }
+    fn set_principal_credential(&self, name: &str, credential: &str) -> Result<()> {
+        self.tx("change a user's credential", None, |tx| {
+            self.lock_check(tx, "principals", "name = $1", &[&name])?;
+            let rows = self.write(
+                tx,
+                "change a user's credential",
+                "principals",
+                "UPDATE principals SET credential = $2 WHERE name = $1",
+                &[&name, &credential],
+            )?;
+            if rows.is_empty() {
+                return Err(RepoError::NotFound { kind: "user", name: name.into() });
+            }
+            Ok(())
+        })
+    }
+
     fn set_principal_roles(&self, name: &str, roles: &[custos_model::Role]) -> Result<()> {
         let roles = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
         self.tx("change a user's roles", None, |tx| {

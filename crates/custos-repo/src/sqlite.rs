@@ -2421,6 +2421,17 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    fn set_principal_credential(&self, name: &str, credential: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("UPDATE principals SET credential = ?2 WHERE name = ?1", params![name, credential])
+            .map_err(db("change a user's credential"))?;
+        if n == 0 {
+            return Err(RepoError::NotFound { kind: "user", name: name.into() });
+        }
+        Ok(())
+    }
+
     fn set_principal_roles(&self, name: &str, roles: &[custos_model::Role]) -> Result<()> {
         let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
         let n = self

@@ -3,7 +3,8 @@
 //! principal. A verified credential is remembered for a few minutes under
 //! an HMAC with a key this process made, so repeated requests do not each
 //! pay for Argon2id; the principal's record (roles, grants, disabled) is
-//! read afresh on every request.
+//! read afresh on every request, and a remembered login counts only while
+//! the stored credential is the one it was verified against.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,7 +22,10 @@ const MAX_REMEMBERED: usize = 10_000;
 
 pub struct Authenticator {
     key: hmac::Key,
-    seen: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// By tag: the principal, its stored credential (hash) when verified,
+    /// and when. A remembered login counts only while the principal's
+    /// stored credential is still that one: a rotation ends it at once.
+    seen: Mutex<HashMap<[u8; 32], (String, String, Instant)>>,
 }
 
 /// Why a request has no caller.
@@ -84,14 +88,16 @@ impl Authenticator {
             (Some(header), _) => {
                 let (user, secret) = parse_basic(header)?;
                 let tag = self.tag(&user, &secret);
-                let fresh = {
+                let stored = {
                     let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-                    seen.get(&tag).is_some_and(|(u, at)| *u == user && at.elapsed() < REMEMBER)
-                };
-                if !fresh {
-                    return None;
-                }
-                engine.vault().user(&user).ok().filter(|p| !p.disabled).map(Caller::Principal)
+                    seen.get(&tag).filter(|(u, _, at)| *u == user && at.elapsed() < REMEMBER).map(|(_, c, _)| c.clone())
+                }?;
+                engine
+                    .vault()
+                    .user(&user)
+                    .ok()
+                    .filter(|p| !p.disabled && constant_eq(&p.credential, &stored))
+                    .map(Caller::Principal)
             }
             (None, Some(_)) => self.caller(engine, None, cert_principal).ok(),
             (None, None) => None,
@@ -108,26 +114,31 @@ impl Authenticator {
         let tag = self.tag(user, &secret);
         let remembered = {
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.get(&tag).is_some_and(|(u, at)| u == user && at.elapsed() < REMEMBER)
+            seen.get(&tag).filter(|(u, _, at)| u == user && at.elapsed() < REMEMBER).map(|(_, c, _)| c.clone())
         };
-        if remembered {
+        if let Some(stored) = remembered {
             if let Ok(p) = engine.vault().user(user) {
-                if !p.disabled {
+                if !p.disabled && constant_eq(&p.credential, &stored) {
                     return Ok(Caller::Principal(p));
                 }
             }
         }
         let caller = engine.login(user, &Passphrase::new(secret.to_vec())).map_err(AuthError::Refused)?;
+        let stored = caller.principal().map(|p| p.credential.clone()).unwrap_or_default();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= MAX_REMEMBERED {
-            seen.retain(|_, (_, at)| at.elapsed() < REMEMBER);
+            seen.retain(|_, (_, _, at)| at.elapsed() < REMEMBER);
             if seen.len() >= MAX_REMEMBERED {
                 seen.clear();
             }
         }
-        seen.insert(tag, (user.to_string(), Instant::now()));
+        seen.insert(tag, (user.to_string(), stored, Instant::now()));
         Ok(caller)
     }
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
 /// `Basic base64(user:secret)`.

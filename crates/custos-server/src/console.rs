@@ -41,6 +41,9 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 struct Session {
     principal: String,
+    /// The principal's stored credential (hash) at sign-in: a new one
+    /// ends the session.
+    credential: String,
     csrf: String,
     created: Instant,
     last: Instant,
@@ -64,7 +67,7 @@ fn random_token() -> String {
 }
 
 impl Sessions {
-    fn start(&self, principal: String) -> String {
+    fn start(&self, principal: String, credential: String) -> String {
         let token = random_token();
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -74,17 +77,21 @@ impl Sessions {
                 map.remove(&oldest);
             }
         }
-        map.insert(digest(&token), Session { principal, csrf: random_token(), created: now, last: now, notice: None });
+        map.insert(
+            digest(&token),
+            Session { principal, credential, csrf: random_token(), created: now, last: now, notice: None },
+        );
         token
     }
 
     /// The live session a cookie names: its principal, CSRF token and the
     /// notice waiting for it (taken).
     fn get(&self, token: &str) -> Option<(String, String, Option<Notice>)> {
-        self.get_at(token, Instant::now())
+        self.get_at(token, Instant::now()).map(|(p, _, c, n)| (p, c, n))
     }
 
-    fn get_at(&self, token: &str, now: Instant) -> Option<(String, String, Option<Notice>)> {
+    /// (principal, its credential at sign-in, CSRF token, notice).
+    fn get_at(&self, token: &str, now: Instant) -> Option<(String, String, String, Option<Notice>)> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = digest(token);
         let live = map
@@ -96,7 +103,7 @@ impl Sessions {
         }
         let s = map.get_mut(&key)?;
         s.last = now;
-        Some((s.principal.clone(), s.csrf.clone(), s.notice.take()))
+        Some((s.principal.clone(), s.credential.clone(), s.csrf.clone(), s.notice.take()))
     }
 
     fn notice(&self, token: &str, n: Notice) {
@@ -222,8 +229,8 @@ fn urlencode(s: &str) -> String {
 
 fn session(s: &Shared, headers: &HeaderMap) -> Option<Who> {
     let token = cookie_value(headers)?;
-    let (name, csrf, notice) = s.console.get(&token)?;
-    let p = s.engine.vault().user(&name).ok().filter(|p| !p.disabled);
+    let (name, credential, csrf, notice) = s.console.get_at(&token, Instant::now())?;
+    let p = s.engine.vault().user(&name).ok().filter(|p| !p.disabled && ct_eq(&p.credential, &credential));
     let Some(p) = p else {
         s.console.end(&token);
         return None;
@@ -328,12 +335,14 @@ async fn login(
     let s2 = s.clone();
     let r = tokio::task::spawn_blocking(move || {
         let secret = Passphrase::new(f.credential.as_bytes().to_vec());
-        s2.auth.password(&s2.engine, &f.name, &secret).map(|_| f.name.clone())
+        s2.auth
+            .password(&s2.engine, &f.name, &secret)
+            .map(|c| (f.name.clone(), c.principal().map(|p| p.credential.clone()).unwrap_or_default()))
     })
     .await;
     match r {
-        Ok(Ok(name)) => {
-            let token = s.console.start(name);
+        Ok(Ok((name, credential))) => {
+            let token = s.console.start(name, credential);
             let mut r = Redirect::to(&next).into_response();
             *r.status_mut() = StatusCode::SEE_OTHER;
             let cookie = format!("{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict");
@@ -819,7 +828,7 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_cookie_only_and_ends_when_idle_or_old() {
         let s = Sessions::default();
-        let token = s.start("alice".into());
+        let token = s.start("alice".into(), "hash".into());
         assert_eq!(token.len(), 43, "32 random bytes, base64url");
         let (who, csrf, notice) = s.get(&token).unwrap();
         assert_eq!(who, "alice");
@@ -836,7 +845,7 @@ mod tests {
         assert!(s.get(&token).is_none());
         // Busy every 15 minutes, but 12 hours old: gone.
         let t0 = Instant::now();
-        let t2 = s.start("bob".into());
+        let t2 = s.start("bob".into(), "hash".into());
         let mut last = t0;
         for k in 1..48u32 {
             last = t0 + IDLE / 2 * k;
@@ -850,7 +859,7 @@ mod tests {
     #[test]
     fn a_notice_is_shown_once_and_logout_forgets_the_session() {
         let s = Sessions::default();
-        let token = s.start("alice".into());
+        let token = s.start("alice".into(), "hash".into());
         s.notice(&token, Notice { ok: true, text: "done".into() });
         assert_eq!(s.get(&token).unwrap().2.unwrap().text, "done");
         assert!(s.get(&token).unwrap().2.is_none());

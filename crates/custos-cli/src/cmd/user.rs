@@ -17,6 +17,22 @@ fn grant(g: &GrantArgs) -> anyhow::Result<(GrantOn, Pattern)> {
     })
 }
 
+fn new_credential(name: &str, token: bool) -> anyhow::Result<NewCredential> {
+    Ok(if token {
+        NewCredential::Token
+    } else if let Ok(c) = std::env::var("CUSTOS_NEW_CREDENTIAL") {
+        NewCredential::Passphrase(SecretText::new(c))
+    } else if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password(format!("New credential for {name}: "))?;
+        if rpassword::prompt_password("Again: ")? != p {
+            bail!("the two credentials differ; nothing was changed");
+        }
+        NewCredential::Passphrase(SecretText::new(p))
+    } else {
+        bail!("a new passphrase for {name} is needed: set CUSTOS_NEW_CREDENTIAL, run in a terminal, or use --token");
+    })
+}
+
 fn role_list(roles: &[RoleArg]) -> Vec<Role> {
     roles
         .iter()
@@ -34,26 +50,15 @@ pub fn plan(c: &UserCmd) -> anyhow::Result<Plan> {
     Ok(Plan::new(match c {
         UserCmd::Add { name, roles, token } => {
             let roles = role_list(roles);
-            let credential = if *token {
-                NewCredential::Token
-            } else if let Ok(c) = std::env::var("CUSTOS_NEW_CREDENTIAL") {
-                NewCredential::Passphrase(SecretText::new(c))
-            } else if std::io::stdin().is_terminal() {
-                let p = rpassword::prompt_password(format!("New credential for {name}: "))?;
-                if rpassword::prompt_password("Again: ")? != p {
-                    bail!("the two credentials differ; nothing was created");
-                }
-                NewCredential::Passphrase(SecretText::new(p))
-            } else {
-                bail!(
-                    "the new user's passphrase is needed: set CUSTOS_NEW_CREDENTIAL, run in a terminal, or use --token"
-                );
-            };
+            let credential = new_credential(name, *token)?;
             Operation::UserAdd { name: name.clone(), roles, credential }
         }
         UserCmd::Ls => Operation::UserList,
         UserCmd::Disable { name } => Operation::UserDisable { name: name.clone() },
         UserCmd::Enable { name } => Operation::UserEnable { name: name.clone() },
+        UserCmd::Credential { name, token } => {
+            Operation::UserCredential { name: name.clone(), credential: new_credential(name, *token)? }
+        }
         UserCmd::Role { name, add, remove } => {
             if add.is_empty() && remove.is_empty() {
                 bail!("give --add ROLE or --remove ROLE (or both): the roles are security-admin, key-custodian, storage-admin, app and auditor");
