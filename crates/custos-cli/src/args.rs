@@ -1043,6 +1043,11 @@ pub enum DsCmd {
         /// Write new generations of datasets that already exist.
         #[arg(long)]
         replace: bool,
+        /// Skip (and list) entries that are not regular files: symbolic
+        /// links (never followed), FIFOs, sockets, devices. Without it
+        /// such an entry refuses the import.
+        #[arg(long)]
+        skip_other: bool,
     },
     /// Write every dataset PREFIX or PREFIX.<qualifiers> below DIR as a
     /// file DIR/<qualifiers as a path>, as `ds import` named them; many at

@@ -70,8 +70,36 @@ fn full_tour_with_json() {
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("d/one.txt"), b"1").unwrap();
     std::fs::write(src.join("two"), b"22").unwrap();
-    let imp = e.json(&["ds", "import", Env::s(&src), "--prefix", "TREE"]);
+    // What is not a regular file refuses the import, named, and nothing is
+    // written; with --skip-other it is skipped and listed.
+    std::os::unix::fs::symlink("/etc/hostname", src.join("link")).unwrap();
+    let fifo = src.join("d/pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = e.fails(&["ds", "import", Env::s(&src), "--prefix", "TREE"], 1);
+    assert!(
+        err.contains("2 entries are not regular files")
+            && err.contains("link (a symbolic link)")
+            && err.contains("pipe (a FIFO)")
+            && err.contains("--skip-other"),
+        "{err}"
+    );
+    let out = e.ok(&["ds", "import", Env::s(&src), "--prefix", "TREE", "--skip-other"]);
+    assert!(out.contains("imported 2 files") && out.contains("skipped 2 entries that are not regular files"), "{out}");
+    assert!(out.contains("skipped ") && out.contains("link (a symbolic link)"), "{out}");
+    e.fails(&["ds", "info", "TREE.link"], 3);
+    let imp = e.json(&["ds", "import", Env::s(&src), "--prefix", "TREE", "--skip-other", "--replace"]);
     assert_eq!(imp.as_array().unwrap().len(), 2);
+    // Every problem at once: two collisions and the existing datasets.
+    std::fs::write(src.join("x.y"), b"a").unwrap();
+    std::fs::write(src.join("x_y"), b"b").unwrap();
+    std::fs::write(src.join("p.q"), b"c").unwrap();
+    std::fs::write(src.join("p_q"), b"d").unwrap();
+    let err = e.fails(&["ds", "import", Env::s(&src), "--prefix", "TREE", "--skip-other"], 1);
+    assert!(err.contains("2 names collide") && err.contains("2 datasets exist already"), "{err}");
+    for f in ["x.y", "x_y", "p.q", "p_q", "link"] {
+        std::fs::remove_file(src.join(f)).unwrap();
+    }
+    std::fs::remove_file(&fifo).unwrap();
     assert_eq!(e.run(&["ds", "get", "TREE.d.one_txt"]).stdout, b"1");
 
     e.ok(&["ds", "rm", "TREE.two"]);

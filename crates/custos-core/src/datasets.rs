@@ -570,48 +570,73 @@ impl Vault<Open> {
     }
 
     /// Import a directory tree: every regular file below `dir` becomes the
-    /// dataset `PREFIX.<path qualifiers>`. All names are checked (valid and
-    /// distinct, and not existing datasets unless `replace`) before anything
-    /// is written.
+    /// dataset `PREFIX.<path qualifiers>`. Everything is checked before
+    /// anything is written, and every problem is named at once: names that
+    /// are not valid, that collide, that exist (unless `replace`), and
+    /// entries that are not regular files (symbolic links are never
+    /// followed). With `skip_other` those entries are skipped instead and
+    /// returned, described, beside the reports.
     pub fn import(
         &self,
         dir: &Path,
         prefix: &DatasetName,
         replace: bool,
+        skip_other: bool,
         mut progress: impl FnMut(&PutReport),
-    ) -> Result<Vec<PutReport>> {
-        let mut files = Vec::new();
-        walk(dir, &mut files).map_err(|source| Error::Io {
+    ) -> Result<(Vec<PutReport>, Vec<String>)> {
+        let (mut files, mut others) = (Vec::new(), Vec::new());
+        walk(dir, &mut files, &mut others).map_err(|source| Error::Io {
             what: "the directory to import",
             path: dir.into(),
             source,
         })?;
         files.sort();
+        others.sort();
+        let mut problems: Vec<String> = Vec::new();
+        let skipped: Vec<String> = others.iter().map(|(p, kind)| format!("{} ({kind})", p.display())).collect();
+        if !skip_other && !skipped.is_empty() {
+            problems.push(format!(
+                "{} entries are not regular files and would be left out: {}; pass --skip-other to import the rest",
+                skipped.len(),
+                shortlist(&skipped)
+            ));
+        }
         let mut planned: Vec<(DatasetName, PathBuf)> = Vec::with_capacity(files.len());
         let mut seen = std::collections::HashMap::new();
+        let (mut bad, mut twice, mut exist) = (Vec::new(), Vec::new(), Vec::new());
         for f in files {
             let rel = f.strip_prefix(dir).expect("walked below dir");
-            let name = import_name(prefix, rel)?;
+            let name = match import_name(prefix, rel) {
+                Ok(n) => n,
+                Err(e) => {
+                    bad.push(e.to_string());
+                    continue;
+                }
+            };
             if let Some(other) = seen.insert(name.clone(), f.clone()) {
-                return Err(Error::Invalid {
-                    what: "import",
-                    why: format!(
-                        "{} and {} would both become dataset {name}; rename one",
-                        other.display(),
-                        f.display()
-                    ),
-                });
+                twice.push(format!("{} and {} would both become {name}", other.display(), f.display()));
+                continue;
             }
             if !replace && self.repo.dataset(&name)?.is_some() {
-                return Err(Error::Invalid {
-                    what: "import",
-                    why: format!(
-                        "dataset {name} (from {}) already exists; pass --replace to write new generations",
-                        f.display()
-                    ),
-                });
+                exist.push(format!("{name} (from {})", f.display()));
             }
             planned.push((name, f));
+        }
+        if !bad.is_empty() {
+            problems.push(format!("{} paths make no valid dataset name: {}; rename them", bad.len(), shortlist(&bad)));
+        }
+        if !twice.is_empty() {
+            problems.push(format!("{} names collide: {}; rename one of each", twice.len(), shortlist(&twice)));
+        }
+        if !exist.is_empty() {
+            problems.push(format!(
+                "{} datasets exist already: {}; pass --replace to write new generations",
+                exist.len(),
+                shortlist(&exist)
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(Error::Invalid { what: "import (nothing was written)", why: problems.join(". ") });
         }
         // Small files in batches (one flush and one commit each), a big
         // one on its own with every worker on its chunks.
@@ -648,8 +673,18 @@ impl Vault<Open> {
             progress(&r);
             reports.push(r);
         }
-        Ok(reports)
+        Ok((reports, skipped))
     }
+}
+
+/// The first few of a list, and how many more.
+fn shortlist(items: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
 }
 
 /// An import's batch: at most this many files, or this many bytes of them.
@@ -806,14 +841,30 @@ pub(crate) fn open_manifest(
     Manifest::open(key, id, generation, &sealed).map_err(|e| fail(e.to_string()))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Regular files below `dir` into `out`; anything else that is not a
+/// directory (never followed) into `others`, with what it is.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, others: &mut Vec<(PathBuf, &'static str)>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            walk(&entry.path(), out)?;
+            walk(&entry.path(), out, others)?;
         } else if ft.is_file() {
             out.push(entry.path());
+        } else {
+            let kind = if ft.is_symlink() {
+                "a symbolic link"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_block_device() || ft.is_char_device() {
+                "a device"
+            } else {
+                "not a regular file"
+            };
+            others.push((entry.path(), kind));
         }
     }
     Ok(())

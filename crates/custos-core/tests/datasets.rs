@@ -260,17 +260,18 @@ fn import_tree() {
     std::fs::write(src.path().join("a.txt"), b"alpha").unwrap();
     std::fs::write(src.path().join("sub/b.bin"), data(CS + 5, 1)).unwrap();
     std::fs::write(src.path().join("sub/deeper/c"), b"").unwrap();
-    let reports = t.vault.import(src.path(), &ds("IMP"), false, |_| {}).unwrap();
+    let (reports, skipped) = t.vault.import(src.path(), &ds("IMP"), false, false, |_| {}).unwrap();
+    assert!(skipped.is_empty());
     let names: Vec<String> = reports.iter().map(|r| r.dataset.to_string()).collect();
     assert_eq!(names, ["IMP.a_txt", "IMP.sub.b_bin", "IMP.sub.deeper.c"]);
     assert_eq!(t.get("IMP.sub.b_bin").unwrap(), data(CS + 5, 1));
     assert_eq!(t.get("IMP.a_txt").unwrap(), b"alpha");
     // Importing again without --replace refuses before writing anything.
-    let e = t.vault.import(src.path(), &ds("IMP"), false, |_| {}).unwrap_err();
-    assert!(e.to_string().contains("already exists"), "{e}");
+    let e = t.vault.import(src.path(), &ds("IMP"), false, false, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("3 datasets exist already") && e.to_string().contains("nothing was written"), "{e}");
     // Names that collide are refused up front.
     std::fs::write(src.path().join("a_txt"), b"x").unwrap();
-    let e = t.vault.import(src.path(), &ds("IMP2"), false, |_| {}).unwrap_err();
+    let e = t.vault.import(src.path(), &ds("IMP2"), false, false, |_| {}).unwrap_err();
     assert!(e.to_string().contains("would both become"), "{e}");
     assert!(t.vault.datasets().unwrap().iter().all(|d| !d.name.as_str().starts_with("IMP2")));
 }

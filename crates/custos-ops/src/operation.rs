@@ -270,6 +270,11 @@ pub enum Operation {
         dir: PathBuf,
         prefix: DatasetName,
         replace: bool,
+        /// Import the regular files and skip (and list) what is not one:
+        /// symbolic links, FIFOs, sockets, devices. Without it such an
+        /// entry refuses the import, which writes nothing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        skip_other: bool,
     },
     /// Write datasets out as files on the engine's own machine (embedded mode).
     DsExport {

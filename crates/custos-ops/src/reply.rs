@@ -112,7 +112,8 @@ pub enum Reply {
         objects: u64,
     },
     DatasetVerified(GetReport),
-    Imported(Vec<PutReport>),
+    /// The datasets written, and the entries skipped (not regular files).
+    Imported(Vec<PutReport>, Vec<String>),
     Exported {
         dir: std::path::PathBuf,
         reports: Vec<custos_core::ExportReport>,
@@ -342,7 +343,7 @@ impl Reply {
             Datasets(d) => to(d),
             DatasetInfo(i) => to(i),
             DatasetRemoved { name, objects } => json!({ "dataset": name, "objects_deleted": objects }),
-            Imported(r) => to(r),
+            Imported(r, _) => to(r),
             Exported { reports, .. } => to(reports),
             Settings(pairs) => {
                 Value::Object(pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
@@ -728,13 +729,22 @@ impl Reply {
                 r.generation,
                 bytes(r.bytes)
             ),
-            Imported(reports) => {
+            Imported(reports, skipped) => {
                 for r in reports {
                     out!("stored {} ({}) under key {}", r.dataset, bytes(r.size), r.key_label);
                 }
+                for s in skipped {
+                    out!("skipped {s}");
+                }
                 let total: u64 = reports.iter().map(|r| r.size).sum();
                 let stored: u64 = reports.iter().map(|r| r.stored).sum();
-                out!("imported {} files, {} ({} new on the volume)", reports.len(), bytes(total), bytes(stored));
+                out!(
+                    "imported {} files, {} ({} new on the volume){}",
+                    reports.len(),
+                    bytes(total),
+                    bytes(stored),
+                    if skipped.is_empty() { String::new() } else { format!("; skipped {} entries that are not regular files", skipped.len()) }
+                );
             }
             Exported { dir, reports } => {
                 let total: u64 = reports.iter().map(|r| r.bytes).sum();

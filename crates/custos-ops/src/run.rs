@@ -208,7 +208,10 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::DatasetRemoved { name, objects }
         }
         O::DsVerify { name } => Reply::DatasetVerified(e.open()?.verify(&name)?),
-        O::DsImport { dir, prefix, replace } => Reply::Imported(e.open()?.import(&dir, &prefix, replace, |_| {})?),
+        O::DsImport { dir, prefix, replace, skip_other } => {
+            let (reports, skipped) = e.open()?.import(&dir, &prefix, replace, skip_other, |_| {})?;
+            Reply::Imported(reports, skipped)
+        }
         O::DsExport { prefix, dir, replace } => {
             let reports = e.open()?.export(&prefix, &dir, replace, |_| {})?;
             Reply::Exported { dir, reports }

@@ -47,10 +47,13 @@ pub fn plan(c: &DsCmd) -> anyhow::Result<Plan> {
         DsCmd::Info { name } => Plan::new(Operation::DsInfo { name: dataset(name)? }),
         DsCmd::Rm { name } => Plan::new(Operation::DsRm { name: dataset(name)? }),
         DsCmd::Verify { name } => Plan::new(Operation::DsVerify { name: dataset(name)? }).progress("verify", None),
-        DsCmd::Import { dir, prefix, replace } => {
-            Plan::new(Operation::DsImport { dir: dir.clone(), prefix: dataset(prefix)?, replace: *replace })
-                .progress("import", None)
-        }
+        DsCmd::Import { dir, prefix, replace, skip_other } => Plan::new(Operation::DsImport {
+            dir: dir.clone(),
+            prefix: dataset(prefix)?,
+            replace: *replace,
+            skip_other: *skip_other,
+        })
+        .progress("import", None),
         DsCmd::Export { prefix, dir, replace } => {
             Plan::new(Operation::DsExport { prefix: dataset(prefix)?, dir: dir.clone(), replace: *replace })
                 .progress("export", None)
