@@ -14,29 +14,35 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 )]
 pub struct Cli {
     /// The vault directory.
-    #[arg(long, global = true, env = "CUSTOS_VAULT", default_value = "./custos-vault")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CUSTOS_VAULT",
+        default_value = "./custos-vault"
+    )]
     pub vault: PathBuf,
     /// Read the HSM passphrase from this file (first line). Otherwise
     /// CUSTOS_PASSPHRASE, otherwise a prompt.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// Print machine-readable JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     /// Read a PKCS#11 token's user PIN from this file (first line).
     /// Otherwise CUSTOS_PKCS11_PIN, otherwise a prompt.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
     /// Worker threads for sealing and opening chunks (default: all cores,
     /// at least 4; at most 4 per core and 256 in all).
-    #[arg(long, global = true, value_name = "N", value_parser = threads)]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "N", value_parser = threads)]
     pub threads: Option<usize>,
     /// Who is acting (a principal of the vault; `init` names the first).
-    #[arg(long, global = true, env = "CUSTOS_USER", value_name = "NAME")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CUSTOS_USER", value_name = "NAME")]
     pub user: Option<String>,
     /// Read the user's credential (passphrase or token) from this file
     /// (first line). Otherwise CUSTOS_CREDENTIAL, otherwise a prompt.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FILE")]
     pub credential_file: Option<PathBuf>,
     /// Run the command on a Custos server instead of opening a vault here:
     /// unix:/run/custos/custos.sock or https://host:port. The client needs
@@ -46,15 +52,23 @@ pub struct Cli {
     /// comma-separated: a command one cannot carry out (down, or cut off)
     /// goes to the next, a write with the same idempotency key, so it is
     /// never carried out twice.
-    #[arg(long, global = true, env = "CUSTOS_SERVER", value_name = "URL")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CUSTOS_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// The CA certificate (PEM) that signed an https server's certificate.
-    #[arg(long, global = true, env = "CUSTOS_CA", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = "Global options", env = "CUSTOS_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// A client certificate (PEM) to present to an https server, and its key.
-    #[arg(long, global = true, env = "CUSTOS_CLIENT_CERT", value_name = "FILE", requires = "client_key")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CUSTOS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
     pub client_cert: Option<PathBuf>,
-    #[arg(long, global = true, env = "CUSTOS_CLIENT_KEY", value_name = "FILE")]
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, global = true, help_heading = "Global options", env = "CUSTOS_CLIENT_KEY", value_name = "FILE")]
     pub client_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -178,6 +192,7 @@ pub enum Command {
     /// Write a backup back as a new generation of its dataset (or of --as
     /// NAME). A pattern restores every matching dataset that has a backup.
     Restore {
+        /// The dataset to restore, or a pattern of datasets.
         dataset: String,
         /// The backup to restore (default: the newest of the dataset, preferring logical copies).
         #[arg(long, conflicts_with_all = ["generation", "at"])]
@@ -206,9 +221,13 @@ pub enum RequestCmd {
         before: Option<u64>,
     },
     /// Show one request and the operation it holds, field by field.
-    Show { id: u64 },
+    Show {
+        /// The id (see the matching `ls`).
+        id: u64,
+    },
     /// Approve a request made by someone else, and run its operation now.
     Approve {
+        /// The request (see `request ls`).
         id: u64,
         /// For an escrow recovery: your sealed share file. Shares come with
         /// the approval, never with the request; on a server each custodian
@@ -220,9 +239,15 @@ pub enum RequestCmd {
         key: Vec<PathBuf>,
     },
     /// Deny a request.
-    Deny { id: u64 },
+    Deny {
+        /// The id (see the matching `ls`).
+        id: u64,
+    },
     /// Take back a pending request of your own.
-    Withdraw { id: u64 },
+    Withdraw {
+        /// The id (see the matching `ls`).
+        id: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -240,18 +265,27 @@ pub enum UserCmd {
     /// CUSTOS_NEW_CREDENTIAL or a prompt; with --token a random token is
     /// made and printed once, for scripts.
     Add {
+        /// The new principal's name.
         name: String,
+        /// A role to give it (repeat for more): security-admin, key-custodian, storage-admin, app, auditor.
         #[arg(long = "role", value_enum, required = true)]
         roles: Vec<RoleArg>,
+        /// Make a random token for scripts (printed once) instead of asking for a passphrase.
         #[arg(long)]
         token: bool,
     },
     /// List principals, their roles and grants.
     Ls,
     /// Disable a principal (it can no longer run commands).
-    Disable { name: String },
+    Disable {
+        /// The principal.
+        name: String,
+    },
     /// Enable a disabled principal again, with its roles and grants.
-    Enable { name: String },
+    Enable {
+        /// The principal.
+        name: String,
+    },
     /// Give a principal a new credential: a passphrase from
     /// CUSTOS_NEW_CREDENTIAL or a prompt, or with --token a random token
     /// printed once. Any principal may change its own; a security-admin
@@ -285,12 +319,16 @@ pub enum UserCmd {
 /// each of the last N days, months and years.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct RetentionArgs {
+    /// Keep the newest N of each series.
     #[arg(long, default_value_t = 0)]
     pub keep_last: u32,
+    /// Keep the newest of each of the last N days.
     #[arg(long, default_value_t = 0)]
     pub keep_daily: u32,
+    /// Keep the newest of each of the last N months.
     #[arg(long, default_value_t = 0)]
     pub keep_monthly: u32,
+    /// Keep the newest of each of the last N years.
     #[arg(long, default_value_t = 0)]
     pub keep_yearly: u32,
 }
@@ -303,9 +341,12 @@ impl From<RetentionArgs> for custos_core::Retention {
 
 #[derive(clap::Args, Debug)]
 pub struct GrantArgs {
+    /// The principal.
     pub name: String,
+    /// A pattern of dataset names it may read and write (its application's data).
     #[arg(long, required_unless_present = "key", conflicts_with = "key")]
     pub data: Option<String>,
+    /// A pattern of key labels it may use.
     #[arg(long)]
     pub key: Option<String>,
 }
@@ -329,6 +370,7 @@ pub enum AuditCmd {
         /// Only entries at or after this time (2026-11-24 or 2026-11-24T12:00:00Z).
         #[arg(long)]
         since: Option<String>,
+        /// Only entries of this principal.
         #[arg(long)]
         principal: Option<String>,
         /// Only entries whose object contains this text.
@@ -347,6 +389,7 @@ pub enum AuditCmd {
     /// compare it with the segments `audit export --to` wrote to a volume:
     /// an entry deleted, cut or changed since is named.
     Verify {
+        /// Also compare with the segments exported to this volume.
         #[arg(long, value_name = "VOLUME")]
         against: Option<String>,
     },
@@ -359,8 +402,10 @@ pub enum AuditCmd {
     /// --to, write the entries not yet on that volume there as one segment,
     /// written once (on a tape volume nobody can rewrite it).
     Export {
+        /// One JSON object per line on standard output (the default form; kept for scripts that name it).
         #[arg(long)]
         jsonl: bool,
+        /// Write the entries not yet on this volume there as one segment.
         #[arg(long, value_name = "VOLUME")]
         to: Option<String>,
     },
@@ -380,6 +425,7 @@ pub enum RiskCmd {
     /// lost, survives if a key is recovered), the copy that saves it or the
     /// reason nothing does; then the recoverability audit and findings.
     Report {
+        /// Only datasets whose names match this pattern (`*` within a qualifier, `%` one character, `**` any qualifiers); default: all
         pattern: Option<String>,
         /// Every pair of threats striking together, too.
         #[arg(long)]
@@ -389,6 +435,7 @@ pub enum RiskCmd {
         /// and keys due for destruction before then that copies still need.
         #[arg(long, value_name = "DURATION")]
         horizon: Option<String>,
+        /// table (terminal), json, markdown, or html (one page, as the console shows it).
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
         /// Write the report to this file instead of standard output.
@@ -399,6 +446,7 @@ pub enum RiskCmd {
     /// recover with the normal operations, and compare with the model.
     /// Exits 1 when the model and reality disagree (an analyzer defect).
     Drill {
+        /// Only datasets whose names match this pattern (`*` within a qualifier, `%` one character, `**` any qualifiers); default: all
         pattern: Option<String>,
         /// One threat (file-corruption, malicious-corruption,
         /// accidental-deletion, disk-failure, site-loss, data-key-loss,
@@ -443,24 +491,32 @@ pub enum HsmCmd {
     Rule(HsmRuleCmd),
     /// Migrate one dataset to a tape volume now (no key needed).
     Migrate {
+        /// The dataset to migrate.
         dataset: String,
+        /// The tape volume to migrate it to.
         #[arg(long)]
         to: String,
     },
     /// Recall a migrated dataset to its volume now (a read recalls it too).
-    Recall { dataset: String },
+    Recall {
+        /// The migrated dataset.
+        dataset: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum HsmRuleCmd {
     /// Add a rule for the datasets matching --pattern (the most specific rule wins).
     Add {
+        /// The rule's name.
         name: String,
+        /// The datasets it covers: a pattern of names (the most specific rule wins).
         #[arg(long)]
         pattern: String,
         /// Back up each change to this volume.
         #[arg(long)]
         backup_to: Option<String>,
+        /// How backups are made: logical (re-sealed under a BACK key) or raw (ciphertext, the primary's key).
         #[arg(long, value_enum, default_value = "logical")]
         method: MethodArg,
         #[command(flatten)]
@@ -475,20 +531,31 @@ pub enum HsmRuleCmd {
     /// List rules.
     Ls,
     /// Remove a rule.
-    Rm { name: String },
+    Rm {
+        /// The principal.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum MirrorCmd {
     /// Mirror PRIMARY to SECONDARY: copy what PRIMARY holds, then every
     /// write goes to both. Deletions replicate too. Needs no passphrase.
-    Add { primary: String, secondary: String },
+    Add {
+        /// The volume to mirror.
+        primary: String,
+        /// The volume that receives every write too.
+        secondary: String,
+    },
     /// List mirrors.
     Ls,
     /// Check each secondary against what the catalog records on its primary.
     Status,
     /// Stop mirroring a volume (the secondary keeps what it has).
-    Rm { primary: String },
+    Rm {
+        /// The mirrored volume.
+        primary: String,
+    },
 }
 
 /// A page of a listing by id: `--limit N --after ID`.
@@ -505,19 +572,28 @@ pub struct IdPage {
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
     /// Pin the current generation of a dataset. Needs no passphrase.
-    Create { dataset: String },
+    Create {
+        /// The dataset to pin.
+        dataset: String,
+    },
     /// List snapshots, optionally of datasets matching a pattern, by id;
     /// --limit and --after page through many.
     Ls {
+        /// Only datasets whose names match this pattern (`*` within a qualifier, `%` one character, `**` any qualifiers); default: all
         pattern: Option<String>,
         #[command(flatten)]
         page: IdPage,
     },
     /// Remove a snapshot (and the chunks only it kept).
-    Rm { id: u64 },
+    Rm {
+        /// The snapshot (see `snapshot ls`).
+        id: u64,
+    },
     /// Write a snapshot back as the dataset's newest generation (or as --as NAME).
     Restore {
+        /// The snapshot (see `snapshot ls`).
         id: u64,
+        /// Restore under this dataset name instead.
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
     },
@@ -533,9 +609,12 @@ pub enum MethodArg {
 pub enum BackupCmd {
     /// Copy the current generation of every dataset matching PATTERN (default: all).
     Run {
+        /// Only datasets whose names match this pattern (`*` within a qualifier, `%` one character, `**` any qualifiers); default: all
         pattern: Option<String>,
+        /// logical (re-sealed under a separate BACK key; survives loss of the data key) or raw (the sealed bytes as they are; needs no key, shares the primary's).
         #[arg(long, value_enum, default_value = "logical")]
         method: MethodArg,
+        /// The volume to copy to (another site's, for site loss).
         #[arg(long)]
         to: String,
         /// The BACK key for logical copies (default: by the naming standard).
@@ -545,16 +624,21 @@ pub enum BackupCmd {
     /// List backups, optionally of datasets matching a pattern, by id;
     /// --limit and --after page through many.
     Ls {
+        /// Only datasets whose names match this pattern (`*` within a qualifier, `%` one character, `**` any qualifiers); default: all
         pattern: Option<String>,
         #[command(flatten)]
         page: IdPage,
     },
     /// Show one backup.
-    Show { id: u64 },
+    Show {
+        /// The backup (see `backup ls`).
+        id: u64,
+    },
     /// Apply a retention policy to each series (dataset, method, volume) and
     /// delete the backups it does not keep, with the chunks only they used.
     /// The newest backup of a series is always kept. Needs no passphrase.
     Prune {
+        /// Only datasets whose names match this pattern (`*` within a qualifier, `%` one character, `**` any qualifiers); default: all
         pattern: Option<String>,
         #[command(flatten)]
         keep: RetentionArgs,
@@ -565,7 +649,9 @@ pub enum BackupCmd {
     /// Check backups: each manifest is the one recorded and opens; with
     /// --read-data every chunk opens too. Exits non-zero if any is damaged.
     Verify {
+        /// Only datasets whose names match this pattern (`*` within a qualifier, `%` one character, `**` any qualifiers); default: all
         pattern: Option<String>,
+        /// Open and check every chunk too, not only each manifest.
         #[arg(long)]
         read_data: bool,
     },
@@ -604,6 +690,7 @@ pub enum EscrowCmd {
         /// A custodian's user name; give one per custodian (at least two).
         #[arg(long = "custodian", required = true)]
         custodians: Vec<String>,
+        /// How many custodians' shares recover a key (at least 2, at most the custodians).
         #[arg(long)]
         threshold: u8,
     },
@@ -629,13 +716,17 @@ pub enum EscrowCmd {
     /// Key-backup keys, and which keys have no escrow copy.
     Status,
     /// Erase a key's escrow copy (after `key destroy --crypto-erase`, to erase it everywhere).
-    Purge { label: String },
+    Purge {
+        /// The key whose escrow copy to erase.
+        label: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum KeystoreCmd {
     /// Copy every key (wrapped, with the MKVP of its master key) to a volume.
     Backup {
+        /// The volume to write the keystore backup to.
         #[arg(long)]
         to: String,
     },
@@ -649,6 +740,7 @@ pub enum VaultCmd {
     /// to a volume at another site: what brings the vault back after the
     /// loss of its directory.
     Backup {
+        /// The volume to write the vault backup to (at another site than the vault).
         #[arg(long)]
         to: String,
     },
@@ -671,6 +763,7 @@ pub enum VaultCmd {
     /// inside the lost vault directory come back empty: restore what they
     /// held from backups.
     Recover {
+        /// Where the vault backups are: a volume's directory or s3://bucket/prefix.
         #[arg(long)]
         from: String,
         /// The vault's keys are on a PKCS#11 token (named in the backup):
@@ -699,8 +792,10 @@ pub enum VaultCmd {
         /// comes back, and every key under it.
         #[arg(long)]
         part: Vec<PathBuf>,
+        /// Argon2id memory for the new HSM's passphrase, in MiB (at least 19).
         #[arg(long, default_value_t = 64)]
         kdf_memory_mib: u32,
+        /// Argon2id passes for it (at least 2).
         #[arg(long, default_value_t = 3)]
         kdf_iterations: u32,
     },
@@ -712,8 +807,10 @@ pub enum MkCmd {
     Status,
     /// Write a random key part for one custodian, with its check value, to a new file.
     MakePart {
+        /// The custodian the part is for.
         #[arg(long)]
         custodian: String,
+        /// The file to write the part to (it must not exist).
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -785,6 +882,7 @@ pub enum RepoCmd {
     /// command on the vault first; run it on the vault's machine, as a
     /// security-admin, with the HSM's passphrase or PIN.
     Migrate {
+        /// postgres://user@host/database, or sqlite for custos.db.
         #[arg(long, value_name = "URL|sqlite")]
         to: String,
     },
@@ -817,9 +915,12 @@ pub enum KeyCmd {
     /// Generate a key in the HSM. Give a LABEL that follows the naming
     /// standard, or --app to take the application's next label.
     Create {
+        /// The new key's label (by the naming standard, e.g. DSET.PRIM.PAY.key001).
         label: Option<String>,
+        /// Take the application's next label by the naming standard instead of giving one.
         #[arg(long)]
         app: Option<String>,
+        /// PRIM (seals datasets) or BACK (seals logical backups).
         #[arg(long, value_enum, default_value = "PRIM")]
         purpose: PurposeArg,
         /// Expiry: a date (2027-01-31), a timestamp (2027-01-31T12:00:00Z) or days from now (90d).
@@ -835,6 +936,7 @@ pub enum KeyCmd {
     /// List keys, optionally those whose label matches a pattern, in label
     /// order; --limit and --after page through a large keystore.
     Ls {
+        /// Only keys whose labels match this pattern; default: all.
         pattern: Option<String>,
         /// At most N keys (a page).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -844,32 +946,43 @@ pub enum KeyCmd {
         after: Option<String>,
     },
     /// Show one key (never its material).
-    Show { label: String },
+    Show {
+        /// The key's label.
+        label: String,
+    },
     /// pre-active or inactive → active. LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
     /// matching key, each audited; --dry-run shows what would change.
     Activate {
+        /// A key's label, or a pattern of labels.
         label: String,
+        /// Show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// active → inactive (decrypt only). LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
     /// matching key, each audited; --dry-run shows what would change.
     Deactivate {
+        /// A key's label, or a pattern of labels.
         label: String,
+        /// Show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// inactive → archived (unusable until restored). LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
     /// matching key, each audited; --dry-run shows what would change.
     Archive {
+        /// A key's label, or a pattern of labels.
         label: String,
+        /// Show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// archived → inactive. LABEL may be a pattern (`'DSET.PRIM.app1.*'`): every
     /// matching key, each audited; --dry-run shows what would change.
     Restore {
+        /// A key's label, or a pattern of labels.
         label: String,
+        /// Show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -910,7 +1023,9 @@ pub enum KeyCmd {
     /// Erase the key's material for good. Refused while datasets need it,
     /// unless --crypto-erase says to make them unreadable on purpose.
     Destroy {
+        /// The key to destroy.
         label: String,
+        /// Destroy it although datasets still need it, making them unreadable on purpose (crypto-erase).
         #[arg(long)]
         crypto_erase: bool,
         /// How long to wait before erasing (default: setting
@@ -920,10 +1035,14 @@ pub enum KeyCmd {
         wait: Option<String>,
     },
     /// Take a key off the destruction schedule.
-    CancelDestroy { label: String },
+    CancelDestroy {
+        /// The key to take off the schedule.
+        label: String,
+    },
     /// Key service: seal standard input (at most 64 KiB) under a key; prints
     /// the ciphertext in base64. The context pairs must be given again to decrypt.
     Encrypt {
+        /// The key to seal under.
         label: String,
         /// An encryption context pair, bound to the ciphertext (repeat).
         #[arg(long = "context", value_name = "KEY=VALUE")]
@@ -932,14 +1051,18 @@ pub enum KeyCmd {
     /// Key service: open a ciphertext (base64, on standard input); prints
     /// the plaintext in base64.
     Decrypt {
+        /// The encryption context pairs given when it was sealed (repeat).
         #[arg(long = "context", value_name = "KEY=VALUE")]
         context: Vec<String>,
     },
     /// Key service: a new data key, in the clear and sealed under LABEL.
     Datakey {
+        /// The key that seals the data key.
         label: String,
+        /// The data key's length in bytes.
         #[arg(long, default_value_t = 32)]
         bytes: u8,
+        /// An encryption context pair, bound to the sealed data key (repeat).
         #[arg(long = "context", value_name = "KEY=VALUE")]
         context: Vec<String>,
     },
@@ -953,14 +1076,18 @@ pub enum VolumeCmd {
     /// credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Tape
     /// volumes live on object storage and are written once.
     Add {
+        /// The new volume's name.
         name: String,
+        /// Its directory (created if missing).
         #[arg(long, required_unless_present = "url", conflicts_with = "url")]
         path: Option<PathBuf>,
         /// `s3://bucket/prefix` (implies --medium tape).
         #[arg(long)]
         url: Option<String>,
+        /// The site it is at (a data centre or building): the risk model counts copies per site.
         #[arg(long)]
         site: String,
+        /// disk, or tape (written once; what object storage holds).
         #[arg(long, value_enum)]
         medium: Option<MediumArg>,
     },
@@ -972,10 +1099,12 @@ pub enum VolumeCmd {
 pub enum PolicyCmd {
     /// Map a dataset-name pattern to a volume and a key (or a key template).
     Add {
+        /// The new policy's name.
         name: String,
         /// Dataset-name pattern: `*` within a qualifier, `%` one character, `**` any qualifiers.
         #[arg(long)]
         pattern: String,
+        /// The volume matching datasets are stored on.
         #[arg(long)]
         volume: String,
         /// Seal matching datasets under this existing key.
@@ -991,14 +1120,19 @@ pub enum PolicyCmd {
     /// List policies.
     Ls,
     /// Remove a policy.
-    Rm { name: String },
+    Rm {
+        /// The policy to remove.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum DsCmd {
     /// Write a new generation of a dataset from FILE (or standard input).
     Put {
+        /// The dataset (qualifiers separated by dots, e.g. PAYROLL.MASTER).
         name: String,
+        /// The file to store; - (the default) for standard input.
         #[arg(default_value = "-")]
         file: PathBuf,
         /// Seal under this key instead of the policy's.
@@ -1010,6 +1144,7 @@ pub enum DsCmd {
     },
     /// Read a dataset to standard output or a file.
     Get {
+        /// The dataset.
         name: String,
         /// Write here (atomically: a temporary file renamed into place).
         #[arg(short, long)]
@@ -1021,6 +1156,7 @@ pub enum DsCmd {
     /// List datasets, optionally those matching a pattern, in name order;
     /// --limit and --after page through many.
     Ls {
+        /// Only datasets whose names match this pattern (`*` within a qualifier, `%` one character, `**` any qualifiers); default: all
         pattern: Option<String>,
         /// At most N datasets (a page).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -1030,14 +1166,25 @@ pub enum DsCmd {
         after: Option<String>,
     },
     /// Show a dataset, its key and volume.
-    Info { name: String },
+    Info {
+        /// The dataset.
+        name: String,
+    },
     /// Remove a dataset and the chunks only it used.
-    Rm { name: String },
+    Rm {
+        /// The dataset to remove.
+        name: String,
+    },
     /// Read every chunk of a dataset and check it, writing nothing.
-    Verify { name: String },
+    Verify {
+        /// The dataset to check.
+        name: String,
+    },
     /// Import a directory tree: each file becomes PREFIX.<path qualifiers>.
     Import {
+        /// The directory whose files to import.
         dir: PathBuf,
+        /// The qualifiers every imported name starts with (PREFIX.<path qualifiers>).
         #[arg(long)]
         prefix: String,
         /// Write new generations of datasets that already exist.
@@ -1053,7 +1200,9 @@ pub enum DsCmd {
     /// file DIR/<qualifiers as a path>, as `ds import` named them; many at
     /// once, checked before anything is written.
     Export {
+        /// The datasets to write: PREFIX and every PREFIX.<qualifiers>.
         prefix: String,
+        /// The directory to write them under.
         dir: PathBuf,
         /// Overwrite files that exist already.
         #[arg(long)]
@@ -1066,9 +1215,29 @@ pub enum ConfigCmd {
     /// List settings.
     Ls,
     /// Show one setting.
-    Get { key: String },
-    /// Change a setting: key.naming TEMPLATE, chunk.size BYTES, s3.endpoint URL or s3.region NAME.
-    Set { key: String, value: String },
+    Get {
+        /// The setting (`custos config set --help` lists them).
+        key: String,
+    },
+    /// Change a setting. The settings:
+    ///   key.naming TEMPLATE          labels of new keys (default DSET.{purpose}.{app}.key{NNN});
+    ///   chunk.size BYTES             65536 to 67108864 (default 1048576);
+    ///   compression lz4|none         compress chunks before sealing (default lz4);
+    ///   s3.endpoint URL, s3.region NAME   the tape tier's object store;
+    ///   key.destroy.wait DURATION    the default wait before a destruction (7d);
+    ///   key.destroy.min-wait DURATION  the shortest wait anyone may give;
+    ///   dual-control LIST|all|none   actions that need a second principal (key-destroy,
+    ///     key-recover, mk-activate, policy-change, escrow-recover, role-change,
+    ///     escrow-change, data-removal, key-archive, volume-change);
+    ///   request.ttl DURATION         how long a request waits for approval (24h);
+    ///   gc.grace DURATION            how long released objects are kept before gc (24h).
+    #[command(verbatim_doc_comment)]
+    Set {
+        /// The setting.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
 }
 
 /// `--threads`: 1 to 4 per core (at least 16, at most 256): each worker
@@ -1079,5 +1248,37 @@ fn threads(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(format!("give a whole number from 1 to {max} (4 per core, at most 256)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command says what it does, and every argument and flag of
+    /// every command says what it is: `--help` never shows a bare name.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{p} (the command)"));
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "custos", &mut missing);
+        assert!(missing.is_empty(), "no help for: {}", missing.join(", "));
     }
 }
