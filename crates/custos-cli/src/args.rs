@@ -286,6 +286,13 @@ pub enum UserCmd {
         /// The principal.
         name: String,
     },
+    /// Remove a principal and its grants (the audit log keeps its name).
+    /// The last enabled security-admin and escrow custodians cannot be
+    /// removed (disable a custodian instead).
+    Rm {
+        /// The principal.
+        name: String,
+    },
     /// Give a principal a new credential: a passphrase from
     /// CUSTOS_NEW_CREDENTIAL or a prompt, or with --token a random token
     /// printed once. Any principal may change its own; a security-admin

@@ -2321,3 +2321,40 @@ fn credentials_rotate_and_the_old_one_stops_working() {
     e.as_user("clerk", token).ok(&["key", "ls"]);
     assert_eq!(third.run(&["key", "ls"]).status.code(), Some(6), "the third credential still works");
 }
+
+/// A principal is removed with its grants; the audit log keeps its name;
+/// the last enabled security-admin and an escrow custodian stay.
+#[test]
+fn users_are_removed_with_their_grants() {
+    let e = Env::new();
+    e.cmd(&["user", "add", "leaver", "--role", "app"])
+        .env("CUSTOS_NEW_CREDENTIAL", "leaver's credential")
+        .assert()
+        .success();
+    e.ok(&["user", "grant", "leaver", "--data", "LEAVE.**"]);
+    let leaver = e.as_user("leaver", "leaver's credential");
+    leaver.ok(&["key", "ls"]);
+    let out = e.ok(&["user", "rm", "leaver"]);
+    assert!(out.contains("user leaver and its grants are removed"), "{out}");
+    assert!(!e.json(&["user", "ls"]).as_array().unwrap().iter().any(|u| u["name"] == "leaver"));
+    assert_eq!(leaver.run(&["key", "ls"]).status.code(), Some(6), "a removed principal cannot sign in");
+    assert!(e.ok(&["audit", "ls", "--principal", "leaver"]).contains("key ls"), "the audit log keeps its name");
+    e.fails(&["user", "rm", "leaver"], 3);
+    // A name used again starts with no grants.
+    e.cmd(&["user", "add", "leaver", "--role", "app"])
+        .env("CUSTOS_NEW_CREDENTIAL", "a new leaver's cred")
+        .assert()
+        .success();
+    let again = e.json(&["user", "ls"]);
+    let row = again.as_array().unwrap().iter().find(|u| u["name"] == "leaver").unwrap().clone();
+    assert_eq!(row["data_grants"], serde_json::json!([]), "{row}");
+    // The last enabled security-admin stays.
+    let admin = e.as_user("admin", ADMIN_CRED);
+    admin.ok(&["user", "role", "ops", "--remove", "security-admin"]);
+    assert!(admin.fails(&["user", "rm", "admin"], 1).contains("last enabled security-admin"));
+    // An escrow custodian stays: its share is part of escrow.
+    admin.ok(&["user", "role", "ops", "--add", "security-admin"]);
+    let (_c, _) = e.custodian("carol");
+    let err = e.fails(&["user", "rm", "carol"], 1);
+    assert!(err.contains("escrow custodian") && err.contains("user disable carol"), "{err}");
+}

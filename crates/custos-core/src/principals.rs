@@ -194,6 +194,38 @@ impl<S: VaultState> Vault<S> {
         self.repo.principal(name)?.ok_or_else(|| Error::UserNotFound { name: name.to_string() })
     }
 
+    /// Remove a principal and its grants. The audit log keeps its name.
+    /// Refused for the last enabled security-admin, and for an escrow
+    /// custodian (its share is part of escrow: disable it instead).
+    pub fn user_remove(&self, name: &str) -> Result<()> {
+        let u = self.user(name)?;
+        if u.roles.contains(&Role::SecurityAdmin) && !u.disabled {
+            let others = self
+                .users()?
+                .into_iter()
+                .filter(|p| !p.disabled && p.roles.contains(&Role::SecurityAdmin) && p.name != u.name)
+                .count();
+            if others == 0 {
+                return Err(Error::Invalid {
+                    what: "user rm",
+                    why: format!("{name} is the last enabled security-admin; add another first"),
+                });
+            }
+        }
+        if self.repo.custodian_keys()?.iter().any(|k| k.principal == name) {
+            return Err(Error::Invalid {
+                what: "user rm",
+                why: format!(
+                    "{name} is an escrow custodian: its share is part of escrow; disable it instead (`custos user disable {name}`), or re-initialise escrow without it first"
+                ),
+            });
+        }
+        if !self.repo.remove_principal(name)? {
+            return Err(Error::UserNotFound { name: name.into() });
+        }
+        Ok(())
+    }
+
     /// Replace a principal's credential with one prepared by
     /// [`new_credential`]. Its sessions and remembered logins end with the
     /// old credential (a server compares the stored hash it remembered).

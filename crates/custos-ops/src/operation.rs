@@ -506,6 +506,10 @@ pub enum Operation {
     UserEnable {
         name: String,
     },
+    /// Remove a principal and its grants (the audit log keeps its name).
+    UserRemove {
+        name: String,
+    },
     /// A new credential for a principal: a passphrase, or a random token
     /// made now and shown once. A principal may change its own; a
     /// security-admin anyone's (a role change, under dual control when
@@ -716,6 +720,7 @@ impl Operation {
             UserGrant { name, .. } => ("user grant", name.clone()),
             UserRole { name, .. } => ("user role", name.clone()),
             UserCredential { name, .. } => ("user credential", name.clone()),
+            UserRemove { name } => ("user rm", name.clone()),
             UserRevoke { name, .. } => ("user revoke", name.clone()),
             RequestList { .. } => ("request ls", String::new()),
             RequestShow { id } => ("request show", id.to_string()),
@@ -743,7 +748,8 @@ impl Operation {
             | UserDisable { .. }
             | UserEnable { .. }
             | UserRole { .. }
-            | UserCredential { .. } => "role-change",
+            | UserCredential { .. }
+            | UserRemove { .. } => "role-change",
             EscrowInit { .. } | EscrowPurge { .. } => "escrow-change",
             BackupPrune { dry_run: false, .. }
             | VaultPrune { dry_run: false, .. }

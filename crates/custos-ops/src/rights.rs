@@ -191,6 +191,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::UserList => op(Inspect),
         O::UserAdd { .. }
         | O::UserCredential { .. }
+        | O::UserRemove { .. }
         | O::UserDisable { .. }
         | O::UserEnable { .. }
         | O::UserRole { .. }

@@ -516,6 +516,10 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             v.user_enable(&name)?;
             Reply::Note(format!("user {name} is enabled"))
         }
+        O::UserRemove { name } => {
+            v.user_remove(&name)?;
+            Reply::Note(format!("user {name} and its grants are removed; the audit log keeps its name"))
+        }
         O::UserCredential { name, credential } => {
             let (stored, token) = match credential {
                 NewCredential::Passphrase(p) => {

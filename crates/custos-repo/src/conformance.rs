@@ -940,6 +940,14 @@ pub fn row_auth(
     assert_eq!(repo.principal("auditor").unwrap().unwrap().roles, vec![Role::Auditor, Role::KeyCustodian]);
     repo.set_principal_roles("auditor", &[Role::App]).unwrap();
     repo.set_principal_credential("auditor", "hash-of-a-new-credential").unwrap();
+    repo.insert_principal(&person("leaver")).unwrap();
+    repo.add_grant("leaver", "data", &Pattern::new("GONE.**").unwrap()).unwrap();
+    assert!(repo.remove_principal("leaver").unwrap());
+    assert!(!repo.remove_principal("leaver").unwrap(), "gone already");
+    assert!(repo.principal("leaver").unwrap().is_none());
+    repo.insert_principal(&person("leaver")).unwrap();
+    assert!(repo.principal("leaver").unwrap().unwrap().data_grants.is_empty(), "its grants went with it");
+    assert!(repo.remove_principal("leaver").unwrap());
     assert_eq!(repo.principal("auditor").unwrap().unwrap().credential, "hash-of-a-new-credential");
     assert!(matches!(repo.set_principal_credential("nobody", "x"), Err(RepoError::NotFound { .. })));
     assert!(matches!(repo.set_principal_roles("nobody", &[Role::App]), Err(RepoError::NotFound { .. })));

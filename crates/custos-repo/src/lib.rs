@@ -612,6 +612,9 @@ pub trait Repository: Send + Sync {
     fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>>;
     fn principals(&self) -> Result<Vec<PrincipalRecord>>;
     fn set_principal_disabled(&self, name: &str, disabled: bool) -> Result<()>;
+    /// Remove a principal and its grants, in one transaction; false when
+    /// there was none.
+    fn remove_principal(&self, name: &str) -> Result<bool>;
     /// Replace a principal's stored credential (a hash).
     fn set_principal_credential(&self, name: &str, credential: &str) -> Result<()>;
     /// Replace a principal's roles (at least one).

@@ -3002,6 +3002,14 @@ impl Repository for PgRepository {
             Ok(())
         })
     }
+    fn remove_principal(&self, name: &str) -> Result<bool> {
+        self.tx("remove a user", None, |tx| {
+            tx.execute("DELETE FROM grants WHERE principal = $1", &[&name]).map_err(pg("remove a user's grants"))?;
+            let n = tx.execute("DELETE FROM principals WHERE name = $1", &[&name]).map_err(pg("remove a user"))?;
+            Ok(n > 0)
+        })
+    }
+
     fn set_principal_credential(&self, name: &str, credential: &str) -> Result<()> {
         self.tx("change a user's credential", None, |tx| {
             self.lock_check(tx, "principals", "name = $1", &[&name])?;

@@ -2421,6 +2421,16 @@ impl Repository for SqliteRepository {
         Ok(())
     }
 
+    fn remove_principal(&self, name: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("remove a user"))?;
+        tx.execute("DELETE FROM grants WHERE principal = ?1", [name]).map_err(db("remove a user's grants"))?;
+        let n = tx.execute("DELETE FROM principals WHERE name = ?1", [name]).map_err(db("remove a user"))?;
+        tx.commit().map_err(db("remove a user"))?;
+        Ok(n > 0)
+    }
+
     fn set_principal_credential(&self, name: &str, credential: &str) -> Result<()> {
         let n = self
             .conn()

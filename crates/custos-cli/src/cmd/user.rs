@@ -56,6 +56,7 @@ pub fn plan(c: &UserCmd) -> anyhow::Result<Plan> {
         UserCmd::Ls => Operation::UserList,
         UserCmd::Disable { name } => Operation::UserDisable { name: name.clone() },
         UserCmd::Enable { name } => Operation::UserEnable { name: name.clone() },
+        UserCmd::Rm { name } => Operation::UserRemove { name: name.clone() },
         UserCmd::Credential { name, token } => {
             Operation::UserCredential { name: name.clone(), credential: new_credential(name, *token)? }
         }
