@@ -74,19 +74,27 @@ pub struct Frame<'a> {
     pub notice: Option<Notice>,
 }
 
+/// Every page's head: its title, the two stylesheets, and the script
+/// where a page has actions.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Custos" }
+            link rel="stylesheet" href="/ui/assets/risk.css";
+            link rel="stylesheet" href="/ui/assets/console.css";
+            @if script { script src="/ui/assets/console.js" defer {} }
+        }
+    }
+}
+
 /// A whole page: the frame around `body`.
 pub fn page(f: &Frame<'_>, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (f.title) " · Custos" }
-                link rel="stylesheet" href="/ui/assets/risk.css";
-                link rel="stylesheet" href="/ui/assets/console.css";
-                script src="/ui/assets/console.js" defer {}
-            }
+            (head(f.title, true))
             body {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
@@ -129,13 +137,7 @@ pub fn login_page(error: Option<&str>, next: &str) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · Custos" }
-                link rel="stylesheet" href="/ui/assets/risk.css";
-                link rel="stylesheet" href="/ui/assets/console.css";
-            }
+            (head("Sign in", false))
             body.login {
                 main id="main" {
                     h1 { "Custos" }
@@ -161,12 +163,7 @@ pub fn not_found() -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { "Not found · Custos" }
-                link rel="stylesheet" href="/ui/assets/risk.css";
-                link rel="stylesheet" href="/ui/assets/console.css";
-            }
+            (head("Not found", false))
             body.login {
                 main id="main" {
                     h1 { "No such page" }

@@ -194,23 +194,25 @@ impl<S: VaultState> Vault<S> {
         self.repo.principal(name)?.ok_or_else(|| Error::UserNotFound { name: name.to_string() })
     }
 
+    /// How many enabled security-admins there are besides `name`.
+    fn enabled_admins_besides(&self, name: &str) -> Result<usize> {
+        Ok(self
+            .users()?
+            .into_iter()
+            .filter(|p| !p.disabled && p.roles.contains(&Role::SecurityAdmin) && p.name != name)
+            .count())
+    }
+
     /// Remove a principal and its grants. The audit log keeps its name.
     /// Refused for the last enabled security-admin, and for an escrow
     /// custodian (its share is part of escrow: disable it instead).
     pub fn user_remove(&self, name: &str) -> Result<()> {
         let u = self.user(name)?;
-        if u.roles.contains(&Role::SecurityAdmin) && !u.disabled {
-            let others = self
-                .users()?
-                .into_iter()
-                .filter(|p| !p.disabled && p.roles.contains(&Role::SecurityAdmin) && p.name != u.name)
-                .count();
-            if others == 0 {
-                return Err(Error::Invalid {
-                    what: "user rm",
-                    why: format!("{name} is the last enabled security-admin; add another first"),
-                });
-            }
+        if u.roles.contains(&Role::SecurityAdmin) && !u.disabled && self.enabled_admins_besides(&u.name)? == 0 {
+            return Err(Error::Invalid {
+                what: "user rm",
+                why: format!("{name} is the last enabled security-admin; add another first"),
+            });
         }
         if self.repo.custodian_keys()?.iter().any(|k| k.principal == name) {
             return Err(Error::Invalid {
@@ -260,18 +262,15 @@ impl<S: VaultState> Vault<S> {
                 why: format!("{name} would have no role left: add another, or `custos user disable {name}`"),
             });
         }
-        if u.roles.contains(&Role::SecurityAdmin) && !roles.contains(&Role::SecurityAdmin) && !u.disabled {
-            let others = self
-                .users()?
-                .into_iter()
-                .filter(|p| !p.disabled && p.roles.contains(&Role::SecurityAdmin) && p.name != u.name)
-                .count();
-            if others == 0 {
-                return Err(Error::Invalid {
-                    what: "user role",
-                    why: format!("{name} is the last enabled security-admin; give the role to another principal first"),
-                });
-            }
+        if u.roles.contains(&Role::SecurityAdmin)
+            && !roles.contains(&Role::SecurityAdmin)
+            && !u.disabled
+            && self.enabled_admins_besides(&u.name)? == 0
+        {
+            return Err(Error::Invalid {
+                what: "user role",
+                why: format!("{name} is the last enabled security-admin; give the role to another principal first"),
+            });
         }
         if roles == u.roles {
             return Ok(u);
@@ -283,12 +282,7 @@ impl<S: VaultState> Vault<S> {
     /// Disable a principal; the last enabled security-admin cannot be.
     pub fn user_disable(&self, name: &str) -> Result<()> {
         let u = self.user(name)?;
-        let admins = self
-            .users()?
-            .into_iter()
-            .filter(|p| !p.disabled && p.roles.contains(&Role::SecurityAdmin) && p.name != u.name)
-            .count();
-        if u.roles.contains(&Role::SecurityAdmin) && admins == 0 {
+        if u.roles.contains(&Role::SecurityAdmin) && self.enabled_admins_besides(&u.name)? == 0 {
             return Err(Error::Invalid {
                 what: "user disable",
                 why: format!("{name} is the last enabled security-admin; add another first"),

@@ -490,30 +490,12 @@ impl Engine {
     fn prepare_for_storage(&self, op: Operation) -> Result<(Operation, Option<SecretText>)> {
         let (op, token) = match op {
             Operation::UserCredential { name, credential } => {
-                let (stored, token) = match credential {
-                    NewCredential::Passphrase(p) => {
-                        custos_core::new_credential(Some(&Passphrase::from(p.expose().to_string())))?
-                    }
-                    NewCredential::Token => custos_core::new_credential(None)?,
-                    NewCredential::Stored(s) => (s, None),
-                };
-                (
-                    Operation::UserCredential { name, credential: NewCredential::Stored(stored) },
-                    token.map(SecretText::new),
-                )
+                let (stored, token) = credential.prepare()?;
+                (Operation::UserCredential { name, credential: NewCredential::Stored(stored) }, token)
             }
             Operation::UserAdd { name, roles, credential } => {
-                let (stored, token) = match credential {
-                    NewCredential::Passphrase(p) => {
-                        custos_core::new_credential(Some(&Passphrase::from(p.expose().to_string())))?
-                    }
-                    NewCredential::Token => custos_core::new_credential(None)?,
-                    NewCredential::Stored(s) => (s, None),
-                };
-                (
-                    Operation::UserAdd { name, roles, credential: NewCredential::Stored(stored) },
-                    token.map(SecretText::new),
-                )
+                let (stored, token) = credential.prepare()?;
+                (Operation::UserAdd { name, roles, credential: NewCredential::Stored(stored) }, token)
             }
             op => (op, None),
         };

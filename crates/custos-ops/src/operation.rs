@@ -57,6 +57,21 @@ pub enum NewCredential {
     Stored(StoredCredential),
 }
 
+impl NewCredential {
+    /// The stored form (a passphrase hashed, a token made now), and the
+    /// token to show once when one was made.
+    pub fn prepare(self) -> custos_core::Result<(StoredCredential, Option<SecretText>)> {
+        let (stored, token) = match self {
+            NewCredential::Passphrase(p) => {
+                custos_core::new_credential(Some(&custos_core::Passphrase::from(p.expose().to_string())))?
+            }
+            NewCredential::Token => custos_core::new_credential(None)?,
+            NewCredential::Stored(s) => (s, None),
+        };
+        Ok((stored, token.map(SecretText::new)))
+    }
+}
+
 /// Which grant.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use crate::engine::{Caller, Engine, Io};
 use crate::error::{Error, Result};
-use crate::operation::{GrantOn, NewCredential, Operation, PolicyKey, SecretText};
+use crate::operation::{GrantOn, Operation, PolicyKey, SecretText};
 use crate::reply::{BulkLine, Destruction, Reply, Verified};
 use crate::requests::RequestView;
 
@@ -497,15 +497,9 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::AuditExport(rows.len())
         }
         O::UserAdd { name, roles, credential } => {
-            let (stored, token) = match credential {
-                NewCredential::Passphrase(p) => {
-                    custos_core::new_credential(Some(&custos_core::Passphrase::from(p.expose().to_string())))?
-                }
-                NewCredential::Token => custos_core::new_credential(None)?,
-                NewCredential::Stored(s) => (s, None),
-            };
+            let (stored, token) = credential.prepare()?;
             let user = v.user_add_stored(&name, &roles, stored)?;
-            Reply::UserAdded { user, token: token.map(SecretText::new) }
+            Reply::UserAdded { user, token }
         }
         O::UserList => Reply::Users(v.users()?),
         O::UserDisable { name } => {
@@ -521,15 +515,9 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::Note(format!("user {name} and its grants are removed; the audit log keeps its name"))
         }
         O::UserCredential { name, credential } => {
-            let (stored, token) = match credential {
-                NewCredential::Passphrase(p) => {
-                    custos_core::new_credential(Some(&custos_core::Passphrase::from(p.expose().to_string())))?
-                }
-                NewCredential::Token => custos_core::new_credential(None)?,
-                NewCredential::Stored(s) => (s, None),
-            };
+            let (stored, token) = credential.prepare()?;
             v.user_set_credential(&name, stored)?;
-            Reply::CredentialChanged { name, token: token.map(SecretText::new) }
+            Reply::CredentialChanged { name, token }
         }
         O::UserRole { name, add, remove } => {
             if add.is_empty() && remove.is_empty() {

@@ -273,6 +273,15 @@ pub fn walk_files(d: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A path under the cache `.ci/run` installs test tools into
+/// (`~/.cache/custos-ci`, or under XDG_CACHE_HOME).
+pub fn ci_cache(rel: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
+    cache.join("custos-ci").join(rel)
+}
+
 /// An error says each thing once: no clause of it (the text between ": ")
 /// longer than a few words comes twice, as when a wrapper prints its cause
 /// and the printer appends the cause again.

@@ -10,10 +10,7 @@ fn node_modules() -> PathBuf {
     if let Some(p) = std::env::var_os("CUSTOS_CONSOLE_NODE_MODULES") {
         return p.into();
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
-    let p = cache.join("custos-ci/console-node/node_modules");
+    let p = crate::common::ci_cache("console-node/node_modules");
     assert!(
         p.join("playwright-core").exists() && p.join("axe-core").exists(),
         "playwright-core and axe-core are not installed: run .ci/run (it makes {}) or set CUSTOS_CONSOLE_NODE_MODULES",

@@ -9,10 +9,7 @@ fn pykmip_python() -> PathBuf {
     if let Some(p) = std::env::var_os("CUSTOS_PYKMIP_PYTHON") {
         return p.into();
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
-    let p = cache.join("custos-ci/pykmip/bin/python");
+    let p = crate::common::ci_cache("pykmip/bin/python");
     assert!(
         p.exists(),
         "PyKMIP is not installed: run .ci/run (it makes {}) or set CUSTOS_PYKMIP_PYTHON to a Python that has it",
