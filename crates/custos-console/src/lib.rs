@@ -132,47 +132,47 @@ pub fn page(f: &Frame<'_>, body: Markup) -> String {
     .into_string()
 }
 
-/// The login page (no session yet).
-pub fn login_page(error: Option<&str>, next: &str) -> String {
+/// A page without the navigation (no session, or no such page).
+fn bare(title: &str, content: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
-            (head("Sign in", false))
-            body.login {
-                main id="main" {
-                    h1 { "Custos" }
-                    p { "Sign in with a principal's name and its passphrase or token. Everything you do here is checked and audited as from the command line." }
-                    @if let Some(e) = error { div.notice.bad role="alert" { (e) } }
-                    form.login method="post" action="/ui/login" {
-                        input type="hidden" name="next" value=(next);
-                        label for="name" { "Principal" }
-                        input id="name" name="name" type="text" autocomplete="username" required autofocus;
-                        label for="credential" { "Passphrase or token" }
-                        input id="credential" name="credential" type="password" autocomplete="current-password" required;
-                        button type="submit" { "Sign in" }
-                    }
-                }
-            }
+            (head(title, false))
+            body.login { main id="main" { (content) } }
         }
     }
     .into_string()
 }
 
+/// The login page (no session yet).
+pub fn login_page(error: Option<&str>, next: &str) -> String {
+    bare(
+        "Sign in",
+        html! {
+            h1 { "Custos" }
+            p { "Sign in with a principal's name and its passphrase or token. Everything you do here is checked and audited as from the command line." }
+            @if let Some(e) = error { div.notice.bad role="alert" { (e) } }
+            form.login method="post" action="/ui/login" {
+                input type="hidden" name="next" value=(next);
+                label for="name" { "Principal" }
+                input id="name" name="name" type="text" autocomplete="username" required autofocus;
+                label for="credential" { "Passphrase or token" }
+                input id="credential" name="credential" type="password" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
 /// A path the console does not have.
 pub fn not_found() -> String {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            (head("Not found", false))
-            body.login {
-                main id="main" {
-                    h1 { "No such page" }
-                    p { "The console has no page here. " a href="/ui/risk" { "Go to the Risk page" } "." }
-                }
-            }
-        }
-    }
-    .into_string()
+    bare(
+        "Not found",
+        html! {
+            h1 { "No such page" }
+            p { "The console has no page here. " a href="/ui/risk" { "Go to the Risk page" } "." }
+        },
+    )
 }
 
 /// An action button: a POST form carrying the CSRF token and `fields`;
