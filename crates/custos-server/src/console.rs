@@ -343,7 +343,7 @@ async fn login(
     match r {
         Ok(Ok((name, credential))) => {
             let token = s.console.start(name, credential);
-            let mut r = Redirect::to(&next).into_response();
+            let mut r = see_other(&next);
             *r.status_mut() = StatusCode::SEE_OTHER;
             let cookie = format!("{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict");
             if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -459,9 +459,27 @@ async fn act(
 }
 
 fn see_other(to: &str) -> Response {
-    let mut r = Redirect::to(to).into_response();
+    let mut r = Redirect::to(&location(to)).into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
+}
+
+/// A console path as a `Location`: each byte a header may not carry, or
+/// that is not plainly a path's, percent-encoded; anything not under
+/// `/ui/` (or starting `//`) is the Risk page. A name decoded from the URL
+/// (`/ui/datasets/A%0AB`) never reaches a header raw.
+fn location(to: &str) -> String {
+    if !to.starts_with("/ui/") || to.starts_with("//") || to.starts_with("/ui//") {
+        return "/ui/risk".into();
+    }
+    to.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b'?' | b'=' | b'&' | b'%' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 // ---- pages ----------------------------------------------------------------------
@@ -899,6 +917,21 @@ mod tests {
         m.insert(header::COOKIE, HeaderValue::from_static("x__Host-custos=abc"));
         assert_eq!(cookie_value(&m), None);
         assert!(ct_eq("abc", "abc") && !ct_eq("abc", "abd") && !ct_eq("abc", "ab"));
+    }
+
+    #[test]
+    fn a_location_never_carries_what_a_header_cannot() {
+        assert_eq!(location("/ui/datasets/PAY.MASTER"), "/ui/datasets/PAY.MASTER");
+        assert_eq!(location("/ui/datasets/A\nB"), "/ui/datasets/A%0AB");
+        assert_eq!(location("/ui/keys/x y\r"), "/ui/keys/x%20y%0D");
+        assert_eq!(location("/ui/\\evil.example"), "/ui/%5Cevil.example");
+        assert_eq!(location("https://evil.example/"), "/ui/risk");
+        assert_eq!(location("//evil.example/"), "/ui/risk");
+        assert_eq!(location("/ui/risk?dual=1"), "/ui/risk?dual=1");
+        // Every byte, and no panic making the answer.
+        let all: String = (1u8..=127).map(char::from).collect();
+        let r = see_other(&format!("/ui/{all}"));
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
     }
 
     #[test]
