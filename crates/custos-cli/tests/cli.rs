@@ -408,6 +408,12 @@ fn demo_runs_end_to_end() {
     );
     // Every reason is printed, not only a tooltip; no "(1)" in the headers.
     assert!(html.contains("class=\"notes\"") && !html.contains(" title=\"") && !html.contains("(1)"), "{html}");
+    // The colours are explained; each threat has one name in every table
+    // (its title, never its code as visible text); the audit is a table,
+    // not a text dump that runs off the page.
+    assert!(html.contains("How to read the tables"), "no legend");
+    assert!(html.matches(">Data centre loss<").count() >= 2 && !html.contains(">site-loss<"), "{html}");
+    assert!(!html.contains("<pre") && html.contains("id=\"recoverability\""), "{html}");
 }
 
 #[test]

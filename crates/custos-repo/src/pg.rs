@@ -1201,6 +1201,19 @@ impl PgRepository {
     /// Run `sql` (an INSERT, UPDATE or upsert of `table`, without its
     /// RETURNING) and seal every row it wrote. Returns those rows: their
     /// columns in schema order from index 2.
+    /// Set one column of a principal's row, checking the row it replaces
+    /// and sealing the new one.
+    fn update_principal(&self, name: &str, column: &str, value: P<'_>, action: &'static str) -> Result<()> {
+        self.tx(action, None, |tx| {
+            self.lock_check(tx, "principals", "name = $1", &[&name])?;
+            let sql = format!("UPDATE principals SET {column} = $2 WHERE name = $1");
+            if self.write(tx, action, "principals", &sql, &[&name, value])?.is_empty() {
+                return Err(RepoError::NotFound { kind: "user", name: name.into() });
+            }
+            Ok(())
+        })
+    }
+
     fn write(
         &self,
         tx: &mut Db<'_>,
@@ -2987,21 +3000,9 @@ impl Repository for PgRepository {
     }
 
     fn set_principal_disabled(&self, name: &str, disabled: bool) -> Result<()> {
-        self.tx("change a user", None, |tx| {
-            self.lock_check(tx, "principals", "name = $1", &[&name])?;
-            let rows = self.write(
-                tx,
-                "change a user",
-                "principals",
-                "UPDATE principals SET disabled = $2 WHERE name = $1",
-                &[&name, &i64::from(disabled)],
-            )?;
-            if rows.is_empty() {
-                return Err(RepoError::NotFound { kind: "user", name: name.into() });
-            }
-            Ok(())
-        })
+        self.update_principal(name, "disabled", &i64::from(disabled), "change a user")
     }
+
     fn remove_principal(&self, name: &str) -> Result<bool> {
         self.tx("remove a user", None, |tx| {
             tx.execute("DELETE FROM grants WHERE principal = $1", &[&name]).map_err(pg("remove a user's grants"))?;
@@ -3011,38 +3012,12 @@ impl Repository for PgRepository {
     }
 
     fn set_principal_credential(&self, name: &str, credential: &str) -> Result<()> {
-        self.tx("change a user's credential", None, |tx| {
-            self.lock_check(tx, "principals", "name = $1", &[&name])?;
-            let rows = self.write(
-                tx,
-                "change a user's credential",
-                "principals",
-                "UPDATE principals SET credential = $2 WHERE name = $1",
-                &[&name, &credential],
-            )?;
-            if rows.is_empty() {
-                return Err(RepoError::NotFound { kind: "user", name: name.into() });
-            }
-            Ok(())
-        })
+        self.update_principal(name, "credential", &credential, "change a user's credential")
     }
 
     fn set_principal_roles(&self, name: &str, roles: &[custos_model::Role]) -> Result<()> {
         let roles = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
-        self.tx("change a user's roles", None, |tx| {
-            self.lock_check(tx, "principals", "name = $1", &[&name])?;
-            let rows = self.write(
-                tx,
-                "change a user's roles",
-                "principals",
-                "UPDATE principals SET role = $2 WHERE name = $1",
-                &[&name, &roles],
-            )?;
-            if rows.is_empty() {
-                return Err(RepoError::NotFound { kind: "user", name: name.into() });
-            }
-            Ok(())
-        })
+        self.update_principal(name, "role", &roles, "change a user's roles")
     }
 
     fn add_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<()> {

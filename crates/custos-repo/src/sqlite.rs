@@ -530,6 +530,24 @@ fn id16(v: Vec<u8>) -> rusqlite::Result<[u8; 16]> {
 }
 
 impl SqliteRepository {
+    /// Set one column of a principal's row (its MAC follows by trigger).
+    fn update_principal(
+        &self,
+        name: &str,
+        column: &str,
+        value: &dyn rusqlite::ToSql,
+        action: &'static str,
+    ) -> Result<()> {
+        let n = self
+            .conn()
+            .execute(&format!("UPDATE principals SET {column} = ?2 WHERE name = ?1"), params![name, value])
+            .map_err(db(action))?;
+        if n == 0 {
+            return Err(RepoError::NotFound { kind: "user", name: name.into() });
+        }
+        Ok(())
+    }
+
     /// Delete every key record: the keystore lost as a whole, for a risk
     /// drill on a scratch copy of a catalog (never a live one). Returns how
     /// many records went.
@@ -2411,14 +2429,7 @@ impl Repository for SqliteRepository {
     }
 
     fn set_principal_disabled(&self, name: &str, disabled: bool) -> Result<()> {
-        let n = self
-            .conn()
-            .execute("UPDATE principals SET disabled = ?2 WHERE name = ?1", params![name, disabled])
-            .map_err(db("change a user"))?;
-        if n == 0 {
-            return Err(RepoError::NotFound { kind: "user", name: name.into() });
-        }
-        Ok(())
+        self.update_principal(name, "disabled", &disabled, "change a user")
     }
 
     fn remove_principal(&self, name: &str) -> Result<bool> {
@@ -2432,26 +2443,12 @@ impl Repository for SqliteRepository {
     }
 
     fn set_principal_credential(&self, name: &str, credential: &str) -> Result<()> {
-        let n = self
-            .conn()
-            .execute("UPDATE principals SET credential = ?2 WHERE name = ?1", params![name, credential])
-            .map_err(db("change a user's credential"))?;
-        if n == 0 {
-            return Err(RepoError::NotFound { kind: "user", name: name.into() });
-        }
-        Ok(())
+        self.update_principal(name, "credential", &credential, "change a user's credential")
     }
 
     fn set_principal_roles(&self, name: &str, roles: &[custos_model::Role]) -> Result<()> {
         let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        let n = self
-            .conn()
-            .execute("UPDATE principals SET role = ?2 WHERE name = ?1", params![name, roles.join(",")])
-            .map_err(db("change a user's roles"))?;
-        if n == 0 {
-            return Err(RepoError::NotFound { kind: "user", name: name.into() });
-        }
-        Ok(())
+        self.update_principal(name, "role", &roles.join(","), "change a user's roles")
     }
 
     fn add_grant(&self, name: &str, kind: &str, pattern: &Pattern) -> Result<()> {

@@ -137,7 +137,9 @@ impl Authenticator {
     }
 }
 
-fn constant_eq(a: &str, b: &str) -> bool {
+/// Whether two strings are equal, in time that does not depend on where
+/// they differ.
+pub(crate) fn constant_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 

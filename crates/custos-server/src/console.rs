@@ -20,6 +20,7 @@ use custos_ops::{Caller, Code, Engine, Io, Operation, Reply};
 use maud::Markup;
 use serde::Deserialize;
 
+use crate::auth::constant_eq;
 use crate::http::{Peer, Shared};
 
 type St = State<Arc<Shared>>;
@@ -213,16 +214,21 @@ struct Who {
 
 fn to_login(next: &str) -> Response {
     let next = if next.starts_with("/ui/") && !next.starts_with("/ui//") { next } else { "/ui/risk" };
-    let mut r = Redirect::to(&format!("/ui/login?next={}", urlencode(next))).into_response();
+    let mut r = Redirect::to(&format!("/ui/login?next={}", percent(next, b""))).into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
 }
 
-fn urlencode(s: &str) -> String {
+/// `s` with every byte outside the unreserved set, `/` and `keep`
+/// percent-encoded.
+fn percent(s: &str, keep: &[u8]) -> String {
     s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            b => format!("%{b:02X}"),
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) || keep.contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
         })
         .collect()
 }
@@ -230,7 +236,7 @@ fn urlencode(s: &str) -> String {
 fn session(s: &Shared, headers: &HeaderMap) -> Option<Who> {
     let token = cookie_value(headers)?;
     let (name, credential, csrf, notice) = s.console.get_at(&token, Instant::now())?;
-    let p = s.engine.vault().user(&name).ok().filter(|p| !p.disabled && ct_eq(&p.credential, &credential));
+    let p = s.engine.vault().user(&name).ok().filter(|p| !p.disabled && constant_eq(&p.credential, &credential));
     let Some(p) = p else {
         s.console.end(&token);
         return None;
@@ -371,7 +377,7 @@ fn cleared() -> HeaderValue {
 async fn logout(State(s): St, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     if let Some(token) = cookie_value(&headers) {
         if let Some((_, csrf, _)) = s.console.get(&token) {
-            if same_origin(&headers) && ct_eq(&csrf, &f.csrf) {
+            if same_origin(&headers) && constant_eq(&csrf, &f.csrf) {
                 s.console.end(&token);
             } else {
                 return html(
@@ -385,10 +391,6 @@ async fn logout(State(s): St, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Re
     *r.status_mut() = StatusCode::SEE_OTHER;
     r.headers_mut().insert(header::SET_COOKIE, cleared());
     r
-}
-
-fn ct_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
 /// Carry out a form's operation for the session's principal, after the
@@ -405,7 +407,7 @@ async fn act(
     }
     let r = tokio::task::spawn_blocking(move || {
         let Some(who) = session(&s, &headers) else { return to_login(&back) };
-        if !ct_eq(&who.csrf, &csrf) {
+        if !constant_eq(&who.csrf, &csrf) {
             return html(
                 StatusCode::FORBIDDEN,
                 "the form's token does not match this session: reload the page and try again".into(),
@@ -472,14 +474,7 @@ fn location(to: &str) -> String {
     if !to.starts_with("/ui/") || to.starts_with("//") || to.starts_with("/ui//") {
         return "/ui/risk".into();
     }
-    to.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b'?' | b'=' | b'&' | b'%' => {
-                (b as char).to_string()
-            }
-            b => format!("%{b:02X}"),
-        })
-        .collect()
+    percent(to, b"?=&%")
 }
 
 // ---- pages ----------------------------------------------------------------------
@@ -916,7 +911,7 @@ mod tests {
         assert_eq!(cookie_value(&m).as_deref(), Some("abc"));
         m.insert(header::COOKIE, HeaderValue::from_static("x__Host-custos=abc"));
         assert_eq!(cookie_value(&m), None);
-        assert!(ct_eq("abc", "abc") && !ct_eq("abc", "abd") && !ct_eq("abc", "ab"));
+        assert!(constant_eq("abc", "abc") && !constant_eq("abc", "abd") && !constant_eq("abc", "ab"));
     }
 
     #[test]
