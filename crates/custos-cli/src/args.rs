@@ -442,6 +442,10 @@ pub enum RiskCmd {
         /// and keys due for destruction before then that copies still need.
         #[arg(long, value_name = "DURATION")]
         horizon: Option<String>,
+        /// Judge the vault as if nothing were encrypted (the paper's Table 1):
+        /// no copy needs a key, and only the threats to data are judged.
+        #[arg(long)]
+        as_if_unencrypted: bool,
         /// table (terminal), json, markdown, or html (one page, as the console shows it).
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
@@ -625,8 +629,13 @@ pub enum BackupCmd {
         #[arg(long)]
         to: String,
         /// The BACK key for logical copies (default: by the naming standard).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "plaintext")]
         key: Option<String>,
+        /// Write the logical copy unencrypted, to a tape volume: it survives
+        /// the loss of every key, and whoever holds the tape reads it.
+        /// Refused unless `custos config set backup.plaintext allow`.
+        #[arg(long)]
+        plaintext: bool,
     },
     /// List backups, optionally of datasets matching a pattern, by id;
     /// --limit and --after page through many.

@@ -134,6 +134,13 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         "   Where the paper says \"yes, but not encrypted\" for tape, Custos's tape copy is sealed under its BACK key."
     );
     println!(
+        "   (The paper's unencrypted tape copy exists too, refused until `custos config set backup.plaintext allow`:"
+    );
+    println!(
+        "   `backup run --plaintext` makes it, and the report names it as an exposure. `risk report --as-if-unencrypted`"
+    );
+    println!("   gives the paper's Table 1.)");
+    println!(
         "   Data centre loss is NO everywhere: the vault directory (catalog, HSM file) is at site A, and the paper"
     );
     println!(

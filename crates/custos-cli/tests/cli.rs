@@ -2364,3 +2364,52 @@ fn users_are_removed_with_their_grants() {
     let err = e.fails(&["user", "rm", "carol"], 1);
     assert!(err.contains("escrow custodian") && err.contains("user disable carol"), "{err}");
 }
+
+/// `backup run --plaintext`: refused until the vault allows it, to tape
+/// only, never with a BACK key or as a raw copy; made, it is in the audit
+/// log as such, `backup show` and the risk report say it is not encrypted,
+/// and `risk report --as-if-unencrypted` gives the paper's Table 1.
+#[test]
+fn plaintext_copies_to_tape_are_refused_until_allowed_and_reported_as_exposed() {
+    let e = Env::new();
+    let tape = e.dir.path().join("tape");
+    e.ok(&["volume", "add", "vault-tape", "--path", Env::s(&tape), "--site", "B", "--medium", "tape"]);
+    let disk = e.dir.path().join("disk");
+    e.ok(&["volume", "add", "disk-b", "--path", Env::s(&disk), "--site", "B"]);
+    let f = e.file("in.bin", &data(150_000, 7));
+    e.ok(&["ds", "put", "PAY.MASTER", Env::s(&f)]);
+    assert_eq!(e.json(&["config", "get", "backup.plaintext"])["backup.plaintext"], "refuse");
+
+    let err = e.fails(&["backup", "run", "PAY.**", "--to", "vault-tape", "--plaintext"], 1);
+    assert!(err.contains("config set backup.plaintext allow"), "{err}");
+    assert!(e.fails(&["config", "set", "backup.plaintext", "sure"], 1).contains("allow"));
+    e.ok(&["config", "set", "backup.plaintext", "allow"]);
+    assert!(e.fails(&["backup", "run", "PAY.**", "--to", "disk-b", "--plaintext"], 1).contains("tape volumes only"));
+    let err = e.fails(&["backup", "run", "PAY.**", "--to", "vault-tape", "--plaintext", "--method", "raw"], 2);
+    assert!(err.contains("raw copy"), "{err}");
+    let o = e.run(&["backup", "run", "PAY.**", "--to", "vault-tape", "--plaintext", "--key", "DSET.BACK.PAY.key001"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"));
+
+    let made = e.json(&["backup", "run", "PAY.**", "--to", "vault-tape", "--plaintext"]);
+    let b = &made[0];
+    assert_eq!(b["method"], "plaintext", "{made}");
+    let id = b["id"].as_u64().unwrap().to_string();
+    let shown = e.ok(&["backup", "show", &id]);
+    assert!(shown.contains("NOT ENCRYPTED") && shown.contains("key          none"), "{shown}");
+    let rows = e.json(&["audit", "ls"]);
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r["action"] == "backup run --plaintext" && r["result"] == "ok"),
+        "{rows}"
+    );
+    e.ok(&["backup", "verify", "--read-data"]);
+
+    let r = e.json(&["risk", "report"]);
+    assert_eq!(r["unencrypted_copies"], 1);
+    assert!(r["findings"].as_array().unwrap().iter().any(|f| f["code"] == "plaintext-copy"), "{r}");
+    let t1 = e.json(&["risk", "report", "--as-if-unencrypted"]);
+    assert_eq!(t1["threats"].as_array().unwrap().len(), 5, "{t1}");
+    assert_eq!(t1["as_if_unencrypted"], true);
+    let text = e.ok(&["risk", "report", "--as-if-unencrypted"]);
+    assert!(text.contains("Table 1"), "{text}");
+}

@@ -571,7 +571,7 @@ enum Msg {
     Failed,
 }
 
-struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: Sender<Msg>,
     buf: Vec<u8>,
 }
@@ -595,7 +595,7 @@ impl Write for ChannelWriter {
     }
 }
 
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: Receiver<Msg>,
     cur: Vec<u8>,
     pos: usize,
@@ -621,7 +621,14 @@ impl Read for ChannelReader {
     }
 }
 
-fn channel() -> (ChannelWriter, ChannelReader) {
+impl ChannelWriter {
+    /// Tell the reader the stream ended (`ok`) or that its source failed.
+    pub(crate) fn finish(&self, ok: bool) {
+        let _ = self.tx.send(if ok { Msg::End } else { Msg::Failed });
+    }
+}
+
+pub(crate) fn channel() -> (ChannelWriter, ChannelReader) {
     let (tx, rx) = bounded(4);
     (
         ChannelWriter { tx, buf: Vec::with_capacity(PIPE_PIECE) },
@@ -1084,6 +1091,9 @@ impl Vault<Open> {
     }
 
     fn check_backup(&self, b: &BackupRecord, read_data: bool) -> Result<()> {
+        if b.method == CopyMethod::Plaintext {
+            return self.check_plaintext(b, read_data);
+        }
         let k = self.key_record(&b.key_label)?;
         let key = match self.unwrap_for(&k, KeyUse::Decrypt, &b.dataset) {
             Err(Error::KeyDestroyed { .. }) if b.method == CopyMethod::Raw => {
@@ -1159,6 +1169,19 @@ impl Vault<Open> {
     /// dataset (or of `as_name`), sealed under that dataset's key, or under
     /// a new key when that one can no longer encrypt; then verify it.
     pub fn restore(&self, backup: &BackupRecord, as_name: Option<&DatasetName>) -> Result<RestoreReport> {
+        if backup.method == CopyMethod::Plaintext {
+            // Needs no key to read: the dataset's own (or a new one) seals it again.
+            let (put, new_key) = self.restore_plaintext(backup, as_name)?;
+            return Ok(RestoreReport {
+                backup: backup.id,
+                method: backup.method,
+                dataset: put.dataset,
+                generation: put.generation,
+                size: put.size,
+                key_label: put.key_label,
+                new_key,
+            });
+        }
         let copy_key = self.key_record(&backup.key_label)?;
         let key = match self.unwrap_for(&copy_key, KeyUse::Decrypt, &backup.dataset) {
             Err(Error::KeyDestroyed { .. }) if backup.method == CopyMethod::Raw => {
@@ -1230,16 +1253,33 @@ impl Vault<Open> {
         let target = as_name.unwrap_or(dataset).clone();
         let vol = self.open_volume(volume)?;
         let m = open_manifest(vol.as_ref(), dataset, bound_id, generation, manifest_hash, key)?;
-        // Seal under the target's own key if it still encrypts, else a new one.
+        let (opts, new_key) = self.restore_options(&target)?;
+        let open = OpenJob {
+            key,
+            dataset: *bound_id,
+            volume: vol.as_ref(),
+            chunks: &m.chunks,
+            chunk_size: m.chunk_size as u64,
+            threads: self.threads,
+        };
+        let put =
+            self.stream_copy(dataset, source_generation, &open, m.size, |input| self.put(&target, input, &opts))?;
+        self.verify(&target)?;
+        Ok((put, new_key))
+    }
+
+    /// How a restore into `target` seals: under the target's own key if it
+    /// still encrypts, else under a new key (and then true).
+    pub(crate) fn restore_options(&self, target: &DatasetName) -> Result<(PutOptions, bool)> {
         let mut new_key = false;
-        let opts = match self.repo.dataset(&target)? {
+        let opts = match self.repo.dataset(target)? {
             Some(d) => {
                 let k = self.key_record(&d.current.key_label)?;
                 // Usable: its state allows encryption, it has not expired,
                 // and the HSM can unwrap it (its record may be damaged).
                 let usable = k.state.permits(KeyUse::Encrypt).is_ok()
                     && k.expires_at.is_none_or(|e| e > Timestamp::now())
-                    && self.unwrap_for(&k, KeyUse::Encrypt, &target).is_ok();
+                    && self.unwrap_for(&k, KeyUse::Encrypt, target).is_ok();
                 if usable {
                     PutOptions { fresh: true, ..PutOptions::default() }
                 } else {
@@ -1257,17 +1297,6 @@ impl Vault<Open> {
             }
             None => PutOptions { fresh: true, ..PutOptions::default() },
         };
-        let open = OpenJob {
-            key,
-            dataset: *bound_id,
-            volume: vol.as_ref(),
-            chunks: &m.chunks,
-            chunk_size: m.chunk_size as u64,
-            threads: self.threads,
-        };
-        let put =
-            self.stream_copy(dataset, source_generation, &open, m.size, |input| self.put(&target, input, &opts))?;
-        self.verify(&target)?;
-        Ok((put, new_key))
+        Ok((opts, new_key))
     }
 }

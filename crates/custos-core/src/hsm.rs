@@ -66,6 +66,12 @@ impl<S: VaultState> Vault<S> {
                 why: format!("{:?}: use letters, digits and - _ .", r.name),
             });
         }
+        if r.method == CopyMethod::Plaintext {
+            return Err(Error::Invalid {
+                what: "hsm rule",
+                why: "a plaintext copy is never made by a rule: make one by hand with `custos backup run --plaintext`, so each exposure is a decision someone took".into(),
+            });
+        }
         if r.backup_to.is_none() && r.migrate_to.is_none() {
             return Err(Error::Invalid {
                 what: "hsm rule",
@@ -237,6 +243,9 @@ impl<S: VaultState> Vault<S> {
                                     format!("a {what} needs the passphrase (CUSTOS_PASSPHRASE or --passphrase-file)"),
                                 )),
                             },
+                            // Refused when the rule was added.
+                            (CopyMethod::Plaintext, false) => done
+                                .push(act("skip", format!("a {what} is made by hand only (backup run --plaintext)"))),
                         }
                     }
                     let retention = Retention {

@@ -31,6 +31,8 @@ mod migrate;
 mod mirror;
 mod monitor;
 mod pipeline;
+mod plaincopy;
+pub use plaincopy::SETTING_PLAINTEXT;
 mod principals;
 pub mod progress;
 mod requests;

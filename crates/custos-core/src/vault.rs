@@ -577,6 +577,7 @@ impl<S: VaultState> Vault<S> {
             }),
             ("request.ttl", format!("{:#}", self.request_ttl()?)),
             (crate::gc::SETTING_GC_GRACE, format!("{:#}", self.gc_grace()?)),
+            (crate::SETTING_PLAINTEXT, if self.plaintext_allowed()? { "allow" } else { "refuse" }.to_string()),
         ])
     }
 

@@ -389,6 +389,11 @@ pub enum CopyMethod {
     Raw,
     /// Opened with the primary's key and re-sealed under a separate backup key.
     Logical,
+    /// Opened with the primary's key and written out unencrypted (to tape
+    /// only, when the vault's `backup.plaintext` setting allows it): the
+    /// paper's access-method copy without encryption. Needs no key to read,
+    /// and exposes the data to whoever holds the medium.
+    Plaintext,
 }
 
 impl CopyMethod {
@@ -396,12 +401,14 @@ impl CopyMethod {
         match self {
             Self::Raw => "raw",
             Self::Logical => "logical",
+            Self::Plaintext => "plaintext",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "raw" => Some(Self::Raw),
             "logical" => Some(Self::Logical),
+            "plaintext" => Some(Self::Plaintext),
             _ => None,
         }
     }

@@ -465,6 +465,9 @@ pub enum Operation {
         /// not reach back that far, and keys due for destruction before it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         horizon: Option<String>,
+        /// Judge the vault as if nothing were encrypted: the paper's Table 1.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        as_if_unencrypted: bool,
     },
     RiskDrill {
         pattern: Option<Pattern>,
@@ -707,6 +710,10 @@ impl Operation {
             SnapshotList { pattern, .. } => ("snapshot ls", opt(pattern.as_ref().map(|l| l as _))),
             SnapshotRm { id } => ("snapshot rm", id.to_string()),
             SnapshotRestore { id, .. } => ("snapshot restore", id.to_string()),
+            // A copy that exposes the data says so in the audit log's action.
+            BackupRun { pattern, method: custos_core::model::CopyMethod::Plaintext, .. } => {
+                ("backup run --plaintext", opt(pattern.as_ref().map(|l| l as _)))
+            }
             BackupRun { pattern, .. } => ("backup run", opt(pattern.as_ref().map(|l| l as _))),
             BackupList { pattern, .. } => ("backup ls", opt(pattern.as_ref().map(|l| l as _))),
             BackupShow { id } => ("backup show", id.to_string()),

@@ -237,6 +237,7 @@ fn methods(m: CopyMethod) -> &'static str {
     match m {
         CopyMethod::Raw => "raw",
         CopyMethod::Logical => "logical",
+        CopyMethod::Plaintext => "plaintext",
     }
 }
 
@@ -971,10 +972,16 @@ impl Reply {
                     match b.method {
                         CopyMethod::Raw => "raw (sealed bytes copied as they are; shares the primary's key)",
                         CopyMethod::Logical => "logical (re-sealed under a separate backup key)",
+                        CopyMethod::Plaintext =>
+                            "plaintext (NOT ENCRYPTED: needs no key, and whoever holds the medium reads it)",
                     }
                 );
                 out!("volume       {} (site {}, {})", vol.name, vol.site, vol.medium);
-                out!("key          {}", b.key_label);
+                if b.method == CopyMethod::Plaintext {
+                    out!("key          none (its source was sealed under {})", b.key_label);
+                } else {
+                    out!("key          {}", b.key_label);
+                }
                 out!("size         {} in {} chunks", bytes(b.size), b.chunk_count);
                 out!("created      {}", when(Some(b.created_at)));
                 match &b.checked {

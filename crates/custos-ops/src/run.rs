@@ -246,7 +246,8 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                 "dual-control" => v.set_dual_control(&value)?,
                 "request.ttl" => v.set_request_ttl(&value)?,
                 "gc.grace" => v.set_gc_grace(&value)?,
-                _ => return Err(Error::Usage(format!("no setting {key:?}: the settings are key.naming, chunk.size, compression, s3.endpoint, s3.region, key.destroy.wait, key.destroy.min-wait, dual-control, request.ttl and gc.grace"))),
+                custos_core::SETTING_PLAINTEXT => v.set_plaintext_allowed(&value)?,
+                _ => return Err(Error::Usage(format!("no setting {key:?}: the settings are key.naming, chunk.size, compression, s3.endpoint, s3.region, key.destroy.wait, key.destroy.min-wait, dual-control, request.ttl, gc.grace and backup.plaintext"))),
             }
             Reply::Settings(settings(e)?.into_iter().filter(|(k, _)| *k == key).collect())
         }
@@ -355,6 +356,12 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             let made = match method {
                 CopyMethod::Raw => v.backup_raw_many(&names, &to)?,
                 CopyMethod::Logical => e.open()?.backup_logical_many(&names, &to, key.as_ref())?,
+                CopyMethod::Plaintext if key.is_some() => {
+                    return Err(Error::Usage(
+                        "--key names a logical copy's BACK key; a plaintext copy is under no key".into(),
+                    ))
+                }
+                CopyMethod::Plaintext => e.open()?.backup_plaintext_many(&names, &to)?,
             };
             Reply::BackupsMade { made, method, to: to.to_string() }
         }
@@ -430,7 +437,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Some(m) => Reply::Moved(m),
             None => Reply::NotMigrated(dataset),
         },
-        O::RiskReport { pattern, dual, horizon } => {
+        O::RiskReport { pattern, dual, horizon, as_if_unencrypted } => {
             let horizon = horizon.as_deref().map(|h| duration("--horizon", h)).transpose()?;
             if horizon.is_some_and(|h| h.is_negative() || h.is_zero()) {
                 return Err(Error::Usage("--horizon: give a time ahead, such as 90d".into()));
@@ -453,6 +460,8 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                     message: format!("no dataset matches {p}: nothing to report on (`custos ds ls` lists them)"),
                 });
             }
+            let mut g = g;
+            g.as_if_unencrypted = as_if_unencrypted;
             let mut r = custos_risk::report::report_ahead(&g, dual, Timestamp::now(), horizon);
             r.attach_drills(v.drill_results()?);
             Reply::RiskReport(Box::new(r), dual)

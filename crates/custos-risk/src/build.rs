@@ -183,10 +183,12 @@ fn copies<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>) -> Result<Hash
             kind: match b.method {
                 CopyMethod::Raw => CopyKind::Raw,
                 CopyMethod::Logical => CopyKind::Logical,
+                CopyMethod::Plaintext => CopyKind::Plaintext,
             },
             id: format!("backup {}", b.id),
             volume: b.volume.to_string(),
-            key: b.key_label.to_string(),
+            // A plaintext copy is under no key (its record names its source's).
+            key: if b.method == CopyMethod::Plaintext { String::new() } else { b.key_label.to_string() },
             created_at: b.created_at,
             generation: b.source_generation,
             shares_current: false,

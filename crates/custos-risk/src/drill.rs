@@ -614,7 +614,18 @@ fn recover(c: &Vault<Open>, name: &DatasetName, want: &[u8; 32], shares: &[Share
         copies.push((what, key, Box::new(move |t| c.snapshot_restore(&s, Some(t)).map(|_| ()))));
     }
     let mut backups = c.backups(exact.as_ref()).unwrap_or_default();
-    backups.sort_by_key(|b| (b.method != custos_core::model::CopyMethod::Logical, std::cmp::Reverse(b.id)));
+    // As the model prefers them: logical copies, raw copies, then plaintext ones.
+    backups.sort_by_key(|b| {
+        use custos_core::model::CopyMethod as M;
+        (
+            match b.method {
+                M::Logical => 0,
+                M::Raw => 1,
+                M::Plaintext => 2,
+            },
+            std::cmp::Reverse(b.id),
+        )
+    });
     for b in backups {
         let (what, key) = (format!("backup {} ({} copy on {})", b.id, b.method, b.volume), b.key_label.clone());
         copies.push((what, key, Box::new(move |t| c.restore(&b, Some(t)).map(|_| ()))));

@@ -156,6 +156,18 @@ pub fn risk_body(r: &Report, dual: bool, link: Linker<'_>) -> Markup {
             } @else {
                 p { "Every key the verdicts rely on was checked in the HSM (it unwraps to its check value)." }
             }
+            @if r.as_if_unencrypted {
+                p.warning role="note" {
+                    strong { "As if unencrypted (the paper's Table 1). " }
+                    "No copy needs a key, so only the threats to data are judged; the report without this option adds the key threats (Table 2)."
+                }
+            }
+            @if r.unencrypted_copies > 0 && !r.as_if_unencrypted {
+                p.warning role="note" {
+                    strong { (r.unencrypted_copies) @if r.unencrypted_copies == 1 { " copy is" } @else { " copies are" } " not encrypted. " }
+                    "They survive the loss of every key, but whoever holds their medium reads the data: see the findings."
+                }
+            }
             @if let Some(d) = r.horizon_days { p { "Looked " (d) " days ahead: retention rules and keys falling due were weighed against it." } }
             @if r.drills.is_empty() {
                 p { "No drill has been run on these datasets: the verdicts are the model's. " code { "custos risk drill" } " proves them on scratch clones." }
@@ -183,7 +195,7 @@ pub fn risk_body(r: &Report, dual: bool, link: Linker<'_>) -> Markup {
 fn app_table(r: &Report) -> Markup {
     let mut notes = Notes::new("app");
     let body = html! {
-        table.risk id="table-2" {
+        table.risk id=(if r.as_if_unencrypted { "table-1" } else { "table-2" }) {
             caption { "By application: which threats each application's data survives (its worst dataset)" }
             thead { tr {
                 th scope="col" { "Threat" }
@@ -380,6 +392,7 @@ fn dataset_pairs(r: &Report, proofs: &Proofs) -> Markup {
 fn decryptable(c: &CopyAudit) -> (&'static str, String) {
     match &c.path {
         Some(KeyPath::Live) => ("v-yes", "yes".into()),
+        Some(KeyPath::NoKey) => ("v-if", "needs no key: NOT ENCRYPTED, whoever holds the medium reads it".into()),
         Some(KeyPath::KeystoreBackup { id }) => ("v-if", format!("only through keystore backup {id}")),
         Some(KeyPath::Escrow) => ("v-if", "only through escrow".into()),
         Some(KeyPath::Archived) => ("v-if", "after `custos key restore` (its key is archived)".into()),

@@ -84,15 +84,29 @@ impl Threat {
         }
     }
 
+    /// The paper's Table 1 (no encryption): the threats to data alone.
+    pub const UNENCRYPTED: [Threat; 5] = [
+        Threat::FileCorruption,
+        Threat::MaliciousCorruption,
+        Threat::AccidentalDeletion,
+        Threat::DiskFailure,
+        Threat::SiteLoss,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.name() == s)
     }
 
     /// Every unordered pair of distinct threats.
     pub fn pairs() -> Vec<(Threat, Threat)> {
+        Self::pairs_of(&Self::ALL)
+    }
+
+    /// Every unordered pair of distinct threats among `of`.
+    pub fn pairs_of(of: &[Threat]) -> Vec<(Threat, Threat)> {
         let mut out = Vec::new();
-        for (i, a) in Self::ALL.iter().enumerate() {
-            for b in &Self::ALL[i + 1..] {
+        for (i, a) in of.iter().enumerate() {
+            for b in &of[i + 1..] {
                 out.push((*a, *b));
             }
         }
@@ -114,6 +128,8 @@ pub enum CopyKind {
     Logical,
     /// A raw backup (the primary's key).
     Raw,
+    /// A plaintext copy on tape: needs no key, and is not encrypted.
+    Plaintext,
 }
 
 impl CopyKind {
@@ -124,6 +140,7 @@ impl CopyKind {
             Self::Snapshot => "snapshot",
             Self::Logical => "logical copy",
             Self::Raw => "raw copy",
+            Self::Plaintext => "plaintext copy",
         }
     }
 }
@@ -280,6 +297,10 @@ pub struct Graph {
     /// The PKCS#11 token holding the master keys, for a vault on one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hsm_token: Option<String>,
+    /// Judge the vault as if nothing were encrypted (the paper's Table 1):
+    /// no copy needs a key, and only the threats to data apply.
+    #[serde(skip)]
+    pub as_if_unencrypted: bool,
 }
 
 /// How a key is reached after the threats.
@@ -297,6 +318,8 @@ pub enum KeyPath {
     /// In the keystore, scheduled for destruction: usable after `key
     /// cancel-destroy` (and lost for good once the time passes).
     PendingDestruction { due: Timestamp },
+    /// No key is needed: the copy is not encrypted (a plaintext copy).
+    NoKey,
 }
 
 /// The answer for one dataset under one set of threats.
@@ -352,13 +375,16 @@ impl Verdict {
     pub fn cell(&self) -> String {
         match self {
             Verdict::Unaffected => "unaffected".into(),
+            Verdict::Survives { kind: CopyKind::Plaintext, copy, vault_backup, .. } => {
+                format!("yes, not encrypted: {}{copy}", if vault_backup.is_some() { "vault backup, " } else { "" })
+            }
             Verdict::Survives { kind, copy, vault_backup, .. } => {
                 format!("yes: {}{}", if vault_backup.is_some() { "vault backup, " } else { "" }, short(*kind, copy))
             }
             Verdict::SurvivesIf { kind, copy, path, vault_backup, .. } => format!(
                 "if key from {}: {}{}",
                 match path {
-                    KeyPath::Live => "keystore".to_string(),
+                    KeyPath::Live | KeyPath::NoKey => "keystore".to_string(),
                     KeyPath::KeystoreBackup { .. } => "ks backup".to_string(),
                     KeyPath::Escrow => "escrow".to_string(),
                     KeyPath::Archived => "key restore".to_string(),
@@ -393,6 +419,12 @@ impl Verdict {
             Verdict::Survives { kind: CopyKind::Mirror, volume, key, .. } => {
                 format!("survives on its mirror {volume} (reads fail over) under {key}")
             }
+            Verdict::Survives { kind: CopyKind::Plaintext, copy, volume, .. } => format!(
+                "survives through the plaintext copy ({copy}) on {volume}, which needs no key; but the backup is not secured: whoever holds that medium reads the data"
+            ),
+            Verdict::Survives { kind, copy, volume, key, .. } if key.is_empty() => {
+                format!("survives through the {} ({copy}) on {volume}", kind.as_str())
+            }
             Verdict::Survives { kind, copy, volume, key, .. } => {
                 format!("survives through the {} ({copy}) on {volume} under {key}", kind.as_str())
             }
@@ -404,7 +436,7 @@ impl Verdict {
                     k => format!("survives through the {} ({copy}) on {volume}", k.as_str()),
                 },
                 match path {
-                    KeyPath::Live => "the keystore".to_string(),
+                    KeyPath::Live | KeyPath::NoKey => "the keystore".to_string(),
                     KeyPath::KeystoreBackup { id } => format!("keystore backup {id}"),
                     KeyPath::Escrow => "escrow (the custodians' shares)".to_string(),
                     KeyPath::Archived => "the archive (`custos key restore`)".to_string(),
@@ -414,10 +446,15 @@ impl Verdict {
                 }
             ),
             Verdict::Stale { kind, copy, volume, key, generation, created_at, path, .. } => format!(
-                "today's data is lost; only an older state survives: the {} ({copy}) on {volume} holds generation {generation}, as of {created_at}, under {key}{}",
+                "today's data is lost; only an older state survives: the {} ({copy}) on {volume} holds generation {generation}, as of {created_at}{}{}",
                 kind.as_str(),
+                match (kind, key.as_str()) {
+                    (CopyKind::Plaintext, _) => ", not encrypted".to_string(),
+                    (_, "") => String::new(),
+                    (_, k) => format!(", under {k}"),
+                },
                 match path {
-                    KeyPath::Live => String::new(),
+                    KeyPath::Live | KeyPath::NoKey => String::new(),
                     KeyPath::KeystoreBackup { id } => format!(" (its key from keystore backup {id})"),
                     KeyPath::Escrow => " (its key from escrow)".into(),
                     KeyPath::Archived => " (after `custos key restore`)".into(),
@@ -589,7 +626,7 @@ pub fn evaluate(g: &Graph, d: &DatasetNode, threats: &[Threat]) -> Verdict {
     // A token's master keys are in no vault backup, and `vault rebuild`
     // (a new HSM, keys back from escrow) is for the software HSM: losing
     // the token is beyond what Custos can undo.
-    if let Some(token) = &g.hsm_token {
+    if let Some(token) = g.hsm_token.as_ref().filter(|_| !g.as_if_unencrypted) {
         if threats.iter().any(|t| matches!(t, Threat::MasterKeyLoss | Threat::HsmLoss)) {
             return Verdict::Lost {
                 why: format!(
@@ -699,8 +736,12 @@ fn evaluate_in(
         if !data {
             continue;
         }
+        // A plaintext copy (and, judged as if unencrypted, every copy) needs no key.
+        let keyless = kind == CopyKind::Plaintext || g.as_if_unencrypted;
+        let key = if keyless { "" } else { key };
         let path = match paths.iter().find(|(k, _)| *k == key) {
             Some((_, p)) => p.clone(),
+            None if keyless => Ok(KeyPath::Live),
             None => {
                 let p = key_path(g, &dmg, key, as_of);
                 paths.push((key, p.clone()));

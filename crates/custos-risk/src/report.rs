@@ -43,7 +43,7 @@ pub struct Finding {
     /// keystore-backups-at-vault-site, backup-with-data, shared-back-key,
     /// escrow-custody, escrow-unconfirmed, escrow-below-threshold,
     /// home-volume-gone, damaged-copy, unverified-copies,
-    /// one-person-destruction; with a horizon also
+    /// one-person-destruction, plaintext-copy; with a horizon also
     /// retention-shorter-than-horizon, destruction-within-horizon.
     pub code: &'static str,
     pub subject: String,
@@ -81,9 +81,13 @@ pub struct Report {
     pub apps: Vec<AppRisk>,
     pub copies: Vec<CopyAudit>,
     pub findings: Vec<Finding>,
-    /// Every copy Custos makes is sealed; this counts plaintext copies (none
-    /// can exist), so the confidentiality row is stated, not assumed.
+    /// Plaintext copies (`backup run --plaintext`, allowed by the
+    /// `backup.plaintext` setting): they need no key, and expose the data.
     pub unencrypted_copies: usize,
+    /// Judged as if nothing were encrypted (`--as-if-unencrypted`): the
+    /// paper's Table 1, with only the threats to data.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub as_if_unencrypted: bool,
     /// The HSM checked every key the verdicts rely on (unwrap, check
     /// value). False for a report on a sealed vault, which trusts the key
     /// records (a damaged one counts as usable).
@@ -136,20 +140,23 @@ pub fn report_ahead(g: &Graph, dual: bool, now: Timestamp, horizon: Option<jiff:
 }
 
 fn report_now(g: &Graph, dual: bool, now: Timestamp) -> Report {
-    let pairs = if dual { Threat::pairs() } else { Vec::new() };
+    // Judged as if unencrypted (the paper's Table 1), only the threats to
+    // data apply.
+    let threats: Vec<Threat> = if g.as_if_unencrypted { Threat::UNENCRYPTED.to_vec() } else { Threat::ALL.to_vec() };
+    let pairs = if dual { Threat::pairs_of(&threats) } else { Vec::new() };
     let judge = |ds: &[crate::model::DatasetNode]| -> Vec<DatasetRisk> {
         ds.iter()
             .map(|d| DatasetRisk {
                 dataset: d.name.clone(),
                 app: d.app.clone(),
-                single: Threat::ALL.iter().map(|t| (*t, evaluate(g, d, &[*t]))).collect(),
+                single: threats.iter().map(|t| (*t, evaluate(g, d, &[*t]))).collect(),
                 dual: pairs.iter().map(|(a, b)| ((*a, *b), evaluate(g, d, &[*a, *b]))).collect(),
             })
             .collect()
     };
     // The datasets are judged in halves on two threads, and the copies
     // audited on a third: each reads the graph only.
-    let (datasets, (copies, findings)) = std::thread::scope(|s| {
+    let (datasets, (mut copies, mut findings)) = std::thread::scope(|s| {
         let audited = s.spawn(|| audit(g, now));
         let (first, second) = g.datasets.split_at(g.datasets.len() / 2);
         let later = s.spawn(|| judge(second));
@@ -157,6 +164,12 @@ fn report_now(g: &Graph, dual: bool, now: Timestamp) -> Report {
         datasets.extend(later.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         (datasets, audited.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     });
+    let unencrypted_copies = copies.iter().filter(|c| c.kind == CopyKind::Plaintext).count();
+    if g.as_if_unencrypted {
+        // Whether copies decrypt, and what keys need, does not arise.
+        copies.clear();
+        findings.retain(|f| DATA_FINDINGS.contains(&f.code));
+    }
     let mut by_app: BTreeMap<&str, Vec<&DatasetRisk>> = BTreeMap::new();
     for d in &datasets {
         by_app.entry(d.app.as_str()).or_default().push(d);
@@ -164,11 +177,11 @@ fn report_now(g: &Graph, dual: bool, now: Timestamp) -> Report {
     let apps = by_app
         .into_iter()
         .map(|(app, ds)| {
-            let single = (0..Threat::ALL.len())
+            let single = (0..threats.len())
                 .map(|i| {
                     let ok = ds.iter().filter(|d| d.single[i].1.survives()).count();
                     let worst = ds.iter().map(|d| &d.single[i].1).min_by_key(|v| rank(v)).expect("an app has datasets");
-                    (Threat::ALL[i], ok, worst.clone())
+                    (threats[i], ok, worst.clone())
                 })
                 .collect();
             let dual = (0..pairs.len())
@@ -183,18 +196,33 @@ fn report_now(g: &Graph, dual: bool, now: Timestamp) -> Report {
         .collect();
     Report {
         generated_at: now,
-        threats: Threat::ALL.to_vec(),
+        threats,
         datasets,
         apps,
         copies,
         findings,
-        unencrypted_copies: 0,
+        unencrypted_copies,
+        as_if_unencrypted: g.as_if_unencrypted,
         keys_checked: g.keys_checked,
         sealed_because: g.sealed_because.clone(),
         horizon_days: None,
         drills: Vec::new(),
     }
 }
+
+/// The findings about data and copies alone, kept when the vault is judged
+/// as if unencrypted.
+const DATA_FINDINGS: [&str; 9] = [
+    "no-copy",
+    "same-site",
+    "same-volume",
+    "damaged-copy",
+    "unverified-copies",
+    "home-volume-gone",
+    "backup-with-data",
+    "no-vault-backup",
+    "plaintext-copy",
+];
 
 /// How far back, in days, the copies a rule keeps reach, assuming one `hsm
 /// run` a day that finds a change each time (the worst case: a bad write
@@ -467,9 +495,20 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
         }
         for c in &d.copies {
             let (path, why) = match none(g, &c.key) {
+                _ if c.kind == CopyKind::Plaintext => (Some(KeyPath::NoKey), None),
                 Ok(p) => (Some(p), None),
                 Err(w) => (None, Some(w)),
             };
+            if c.kind == CopyKind::Plaintext {
+                findings.push(Finding {
+                    code: "plaintext-copy",
+                    subject: format!("{} {}", d.name, c.id),
+                    detail: format!(
+                        "a plaintext copy on {}: it survives the loss of every key, but it is not encrypted, so whoever holds that medium reads the data (the paper's \"backups not secured\"); remove it with `custos backup prune` when a logical copy under a BACK key will do",
+                        c.volume
+                    ),
+                });
+            }
             if let Some(w) = &why {
                 findings.push(Finding {
                     code: "undecryptable",
@@ -711,6 +750,12 @@ pub fn render_threat_rows(r: &Report) -> String {
 pub fn render_table(r: &Report, dual: bool) -> String {
     let mut out = String::new();
     let cols: Vec<&str> = r.threats.iter().map(|t| t.name()).collect();
+    if r.as_if_unencrypted {
+        let _ = writeln!(
+            out,
+            "As if unencrypted (the paper's Table 1): no copy needs a key, so only the threats to data are judged. Without --as-if-unencrypted the report adds the key threats (Table 2).\n"
+        );
+    }
     let _ = writeln!(out, "Risk by application (worst dataset; yes = survives, NO = lost)\n");
     out += &render_threat_rows(r);
     let _ = writeln!(out, "\nPer dataset\n");
@@ -792,6 +837,7 @@ fn render_audit(r: &Report) -> String {
             Some(KeyPath::PendingDestruction { due }) => {
                 format!("only until {due}, when its key is destroyed, unless `custos key cancel-destroy`")
             }
+            Some(KeyPath::NoKey) => "needs no key: NOT ENCRYPTED, whoever holds the medium reads it".into(),
             Some(KeyPath::Live) => unreachable!(),
             None => format!("NOT decryptable: {}", c.why.clone().unwrap_or_default()),
         };

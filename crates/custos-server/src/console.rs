@@ -495,7 +495,9 @@ async fn risk(State(s): St, headers: HeaderMap, Query(q): Query<RiskQuery>) -> R
             .map(Pattern::new)
             .transpose()
             .map_err(|e| custos_ops::Error::Usage(format!("the datasets to show: {e}")))?;
-        let Reply::RiskReport(r, dual) = run(e, who, Operation::RiskReport { pattern, dual, horizon: None })? else {
+        let Reply::RiskReport(r, dual) =
+            run(e, who, Operation::RiskReport { pattern, dual, horizon: None, as_if_unencrypted: false })?
+        else {
             return Err(unexpected());
         };
         // Findings link to the datasets and keys they name: a dataset of

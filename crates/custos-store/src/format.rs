@@ -372,6 +372,54 @@ impl Manifest {
     }
 }
 
+/// The magic of a plaintext copy's manifest (see [`Manifest::plain`]).
+pub const PLAIN_MANIFEST_MAGIC: &[u8; 8] = b"CUSTOSPM";
+/// Its header: magic ‖ version ‖ 7 zero bytes.
+const PLAIN_HEADER_LEN: usize = 16;
+
+impl Manifest {
+    /// The manifest of a plaintext copy, unsealed: a 16-byte header (magic
+    /// `CUSTOSPM`, version, seven zero bytes) and the body as [`Manifest`]
+    /// lays it out. Its chunks are the plaintext itself and each entry's
+    /// fingerprint is the SHA-256 of its chunk ([`plain_fingerprint`]); the
+    /// catalog records the SHA-256 of these bytes, so nothing in the copy
+    /// needs a key and every byte of it is still checked.
+    pub fn plain(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PLAIN_HEADER_LEN + 80 + self.chunks.len() * ENTRY_LEN);
+        out.extend_from_slice(PLAIN_MANIFEST_MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&[0u8; PLAIN_HEADER_LEN - 9]);
+        out.extend_from_slice(&self.encode());
+        out
+    }
+
+    /// Read a plaintext copy's manifest, which must be generation
+    /// `generation` of copy `ds`.
+    pub fn open_plain(ds: &DatasetId, generation: u64, bytes: &[u8]) -> Result<Self, FormatError> {
+        if bytes.len() < PLAIN_HEADER_LEN {
+            return Err(FormatError::Short);
+        }
+        if &bytes[..8] != PLAIN_MANIFEST_MAGIC {
+            return Err(FormatError::Magic("plaintext manifest"));
+        }
+        if bytes[8] != VERSION {
+            return Err(FormatError::Version(bytes[8]));
+        }
+        check_reserved(&bytes[9..PLAIN_HEADER_LEN])?;
+        let m = Self::decode(&bytes[PLAIN_HEADER_LEN..])?;
+        if m.dataset_id != *ds || m.generation != generation {
+            return Err(FormatError::Inconsistent("it names another dataset or generation"));
+        }
+        Ok(m)
+    }
+}
+
+/// A plaintext chunk's fingerprint in a plaintext copy's manifest: its
+/// SHA-256 (no key: the copy is readable without Custos).
+pub fn plain_fingerprint(chunk: &[u8]) -> [u8; 32] {
+    object_hash(chunk)
+}
+
 fn manifest_aad(header: &[u8], ds: &DatasetId, generation: u64) -> [u8; HEADER_LEN + 24] {
     let mut aad = [0u8; HEADER_LEN + 24];
     aad[..HEADER_LEN].copy_from_slice(header);
@@ -490,6 +538,45 @@ mod tests {
         assert_eq!(open_chunk_body(&key, &ds, &id, 0, plain.len() as u32, &mut body).unwrap().body_len, n);
         assert!(matches!(open_chunk_body(&key, &ds, &id, 0, 40, &mut junk.clone()), Err(FormatError::Inconsistent(_))));
         assert!(open_chunk_body(&key, &ds, &id, 0, 1, &mut junk.clone()).is_err());
+    }
+
+    #[test]
+    fn plain_manifest_round_trip_and_refusals() {
+        let (ds, a, b) = (DatasetId([3; 16]), b"first chunk".to_vec(), b"last".to_vec());
+        let chunk = |id: u8, data: &[u8]| ChunkRef {
+            id: ChunkId([id; 16]),
+            len: data.len() as u32,
+            fingerprint: plain_fingerprint(data),
+        };
+        let m = Manifest {
+            dataset_id: ds,
+            generation: 2,
+            created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            chunk_size: a.len() as u32,
+            size: (a.len() + b.len()) as u64,
+            name: "PAY.DATA".into(),
+            key_label: String::new(),
+            key_kcv: Kcv([0; 5]),
+            chunks: vec![chunk(1, &a), chunk(2, &b)],
+        };
+        let bytes = m.plain();
+        assert_eq!(&bytes[..8], PLAIN_MANIFEST_MAGIC);
+        assert_eq!(Manifest::open_plain(&ds, 2, &bytes).unwrap(), m);
+        // The wrong copy or generation, another magic, a sealed manifest's
+        // magic, a set reserved byte, a short or a longer object: refused.
+        assert!(Manifest::open_plain(&DatasetId([4; 16]), 2, &bytes).is_err());
+        assert!(Manifest::open_plain(&ds, 3, &bytes).is_err());
+        let mut x = bytes.clone();
+        x[..8].copy_from_slice(MANIFEST_MAGIC);
+        assert_eq!(Manifest::open_plain(&ds, 2, &x), Err(FormatError::Magic("plaintext manifest")));
+        let mut x = bytes.clone();
+        x[12] = 1;
+        assert!(matches!(Manifest::open_plain(&ds, 2, &x), Err(FormatError::Inconsistent(_))));
+        assert_eq!(Manifest::open_plain(&ds, 2, &bytes[..10]), Err(FormatError::Short));
+        let mut x = bytes.clone();
+        x.push(0);
+        assert!(Manifest::open_plain(&ds, 2, &x).is_err(), "trailing bytes");
+        assert!(Manifest::open_plain(&ds, 2, &bytes[..bytes.len() - 1]).is_err(), "cut short");
     }
 
     #[test]

@@ -7,9 +7,16 @@ use crate::args::{BackupCmd, SnapshotCmd};
 
 pub fn plan(c: &BackupCmd) -> anyhow::Result<Plan> {
     Ok(match c {
-        BackupCmd::Run { pattern: p, method: m, to, key } => Plan::new(Operation::BackupRun {
+        BackupCmd::Run { pattern: p, method: m, to, key, plaintext } => Plan::new(Operation::BackupRun {
             pattern: pattern(p.as_deref())?,
-            method: method(*m),
+            method: match (m, plaintext) {
+                (_, false) => method(*m),
+                (crate::args::MethodArg::Logical, true) => custos_core::model::CopyMethod::Plaintext,
+                (crate::args::MethodArg::Raw, true) => return Err(crate::Usage(
+                    "--plaintext makes a logical copy without encryption; a raw copy is the sealed bytes, so it cannot be plaintext".into(),
+                )
+                .into()),
+            },
             to: volume_name(to)?,
             key: key.as_deref().map(label).transpose()?,
         })

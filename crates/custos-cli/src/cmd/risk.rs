@@ -8,12 +8,13 @@ use crate::args::RiskCmd;
 
 pub fn plan(c: &RiskCmd) -> anyhow::Result<Plan> {
     Ok(match c {
-        RiskCmd::Report { pattern: p, dual, horizon, format, output } => Plan {
+        RiskCmd::Report { pattern: p, dual, horizon, as_if_unencrypted, format, output } => Plan {
             show: Show::Report { format: *format, output: output.clone() },
             ..Plan::new(Operation::RiskReport {
                 pattern: pattern(p.as_deref())?,
                 dual: *dual,
                 horizon: horizon.clone(),
+                as_if_unencrypted: *as_if_unencrypted,
             })
         },
         RiskCmd::Drill { pattern: p, threat, all, dual, share, key, scratch } => {
