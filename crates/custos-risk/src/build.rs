@@ -83,6 +83,7 @@ fn build_rest<S: VaultState>(
                 state: k.state.to_string(),
                 destroy_after: schedule.get(k.label.as_str()).copied(),
                 damaged: damage(&k),
+                expires_at: k.expires_at,
             },
         );
     }

@@ -171,6 +171,9 @@ pub struct KeyNode {
     /// Why its record does not unwrap to its check value, when the HSM
     /// checked it and it did not.
     pub damaged: Option<String>,
+    /// When it stops encrypting new data (it still decrypts after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -44,7 +44,8 @@ pub struct Finding {
     /// escrow-custody, escrow-unconfirmed, escrow-below-threshold,
     /// home-volume-gone, damaged-copy, unverified-copies,
     /// one-person-destruction, plaintext-copy; with a horizon also
-    /// retention-shorter-than-horizon, destruction-within-horizon.
+    /// retention-shorter-than-horizon, destruction-within-horizon,
+    /// expiry-within-horizon.
     pub code: &'static str,
     pub subject: String,
     pub detail: String,
@@ -289,6 +290,29 @@ fn ahead(g: &Graph, now: Timestamp, horizon: jiff::SignedDuration) -> Vec<Findin
                 at.strftime("%Y-%m-%d %H:%M UTC"),
                 if n == 1 { "" } else { "s" },
                 if n == 1 { "y" } else { "ies" },
+            ),
+        });
+    }
+    // Primary keys that stop encrypting before the horizon: the datasets
+    // sealed under them read as before, but refuse new writes from then.
+    let expires_by = |label: &str| g.keys.get(label).and_then(|k| k.expires_at).filter(|t| *t <= end);
+    let mut writers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in g.datasets.iter().filter(|d| expires_by(&d.key).is_some()) {
+        writers.entry(d.key.as_str()).or_default().push(d.name.as_str());
+    }
+    for (key, ds) in writers {
+        let at = expires_by(key).unwrap_or(end);
+        out.push(Finding {
+            code: "expiry-within-horizon",
+            subject: key.to_string(),
+            detail: format!(
+                "it {} on {}, within the {days}-day horizon: the {} dataset{} sealed under it ({}{}) refuse new writes from then (reads and copies are not affected); write them under a new key before then (`custos ds put NAME --key NEW`)",
+                if at <= now { "expired" } else { "expires" },
+                at.strftime("%Y-%m-%d %H:%M UTC"),
+                ds.len(),
+                if ds.len() == 1 { "" } else { "s" },
+                ds.iter().take(3).copied().collect::<Vec<_>>().join(", "),
+                if ds.len() > 3 { ", …" } else { "" }
             ),
         });
     }

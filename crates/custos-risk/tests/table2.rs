@@ -655,6 +655,19 @@ fn a_horizon_names_short_retention_and_keys_falling_due() {
     let back = v.backups(Some(&Pattern::new("LONG.**").unwrap())).unwrap().remove(0).key_label;
     v.key_action(&back, custos_core::model::KeyAction::Deactivate, false).unwrap();
     v.schedule_destroy(&back, jiff::SignedDuration::from_hours(24 * 8), true).unwrap();
+    // A primary key that stops encrypting in 30 days.
+    let soon = v
+        .create_key(&custos_core::NewKey {
+            label: None,
+            app: Some("EXP".into()),
+            purpose: custos_core::model::Purpose::Prim,
+            expires_at: Some(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 30)),
+            activate: true,
+        })
+        .unwrap();
+    let exp = DatasetName::new("EXP.DATA").unwrap();
+    let opts = custos_core::PutOptions { key: Some(soon.label.clone()), ..Default::default() };
+    v.put(&exp, &mut &b"sealed under a key that expires"[..], &opts).unwrap();
 
     let g = build::checked_graph(&v, None).unwrap();
     let codes = |h: Option<i64>| -> Vec<(String, String, String)> {
@@ -667,7 +680,7 @@ fn a_horizon_names_short_retention_and_keys_falling_due() {
     };
     assert!(codes(None).is_empty());
     let f = codes(Some(90));
-    assert_eq!(f.len(), 2, "{f:#?}");
+    assert_eq!(f.len(), 3, "{f:#?}");
     assert_eq!((f[0].0.as_str(), f[0].1.as_str()), ("retention-shorter-than-horizon", "hsm rule short"));
     assert!(
         f[0].2.contains("about 1 day ") && f[0].2.contains("1 dataset") && f[0].2.contains("SHORT.DATA"),
@@ -677,6 +690,8 @@ fn a_horizon_names_short_retention_and_keys_falling_due() {
     assert!(!f[0].2.contains("SNAP.DATA"), "a snapshot pins a good state: {}", f[0].2);
     assert_eq!((f[1].0.as_str(), f[1].1.as_str()), ("destruction-within-horizon", back.as_str()));
     assert!(f[1].2.contains("LONG.DATA backup") && f[1].2.contains("cancel-destroy"), "{}", f[1].2);
+    assert_eq!((f[2].0.as_str(), f[2].1.as_str()), ("expiry-within-horizon", soon.label.as_str()));
+    assert!(f[2].2.contains("expires on") && f[2].2.contains("EXP.DATA) refuse new writes"), "{}", f[2].2);
     // A week ahead: the key is not due yet, and one kept copy reaches back a day.
     let f = codes(Some(7));
     assert_eq!(f.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["retention-shorter-than-horizon"]);
