@@ -1109,6 +1109,13 @@ pub enum VolumeCmd {
     },
     /// List volumes.
     Ls,
+    /// Forget a volume that nothing refers to (no dataset, copy, policy,
+    /// mirror, rule, keystore or vault backup, nor trash); refused with a
+    /// list of what does. Its directory or bucket is left as it is.
+    Rm {
+        /// The volume (see `volume ls`).
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -2413,3 +2413,37 @@ fn plaintext_copies_to_tape_are_refused_until_allowed_and_reported_as_exposed() 
     let text = e.ok(&["risk", "report", "--as-if-unencrypted"]);
     assert!(text.contains("Table 1"), "{text}");
 }
+
+/// `volume rm` forgets a volume nothing refers to, leaving its directory as
+/// it is, and refuses one still in use, saying by what; a missing volume is
+/// "not found" (exit 3).
+#[test]
+fn volume_rm_forgets_only_a_volume_nothing_uses() {
+    let e = Env::new();
+    let spare = e.dir.path().join("spare");
+    e.ok(&["volume", "add", "spare", "--path", Env::s(&spare), "--site", "B"]);
+    let out = e.ok(&["volume", "rm", "spare"]);
+    assert!(out.contains("removed volume spare") && out.contains("left as it is"), "{out}");
+    assert!(spare.join("CUSTOS-VOLUME").exists(), "the directory is left as it was");
+    let names: Vec<String> =
+        e.json(&["volume", "ls"]).as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().into()).collect();
+    assert_eq!(names, ["default"]);
+    assert!(e.fails(&["volume", "rm", "spare"], 3).contains("spare"));
+
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&off), "--site", "B", "--medium", "tape"]);
+    let f = e.file("in.bin", &data(70_000, 3));
+    e.ok(&["ds", "put", "PAY.MASTER", Env::s(&f)]);
+    e.ok(&["backup", "run", "PAY.**", "--to", "offsite"]);
+    let err = e.fails(&["volume", "rm", "offsite"], 1);
+    assert!(err.contains("still used by 1 backup") && err.contains("custos backup prune"), "{err}");
+    let err = e.fails(&["volume", "rm", "default"], 1);
+    assert!(err.contains("1 dataset's generations") && err.contains("policy default"), "{err}");
+
+    let other = e.dir.path().join("other");
+    e.ok(&["volume", "add", "other", "--path", Env::s(&other), "--site", "C"]);
+    let j = e.json(&["volume", "rm", "other"]);
+    assert_eq!(j["removed"]["name"], "other", "{j}");
+    let rows = e.json(&["audit", "ls"]);
+    assert!(rows.as_array().unwrap().iter().any(|r| r["action"] == "volume rm" && r["object"] == "other"));
+}

@@ -651,6 +651,15 @@ impl<S: VaultState> Vault<S> {
         checked
     }
 
+    /// Forget a volume that nothing in the catalog refers to (checked and
+    /// removed in one transaction). Its directory or bucket, and whatever
+    /// is in it, is left as it is.
+    pub fn remove_volume(&self, name: &VolumeName) -> Result<VolumeRecord> {
+        let rec = self.volume_record(name)?;
+        self.repo.remove_volume(name)?;
+        Ok(rec)
+    }
+
     pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
         Ok(self.repo.volumes()?.into_iter().map(|v| self.resolved(v)).collect())
     }

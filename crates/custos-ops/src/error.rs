@@ -176,9 +176,9 @@ pub fn core_code(e: &CoreError) -> Code {
             | HsmError::TooFewCustodians(_)
             | HsmError::AlreadyExists { .. },
         )
-        | CoreError::Repo(RepoError::Exists { .. } | RepoError::Raced { .. } | RepoError::NotEmpty { .. }) => {
-            Code::Conflict
-        }
+        | CoreError::Repo(
+            RepoError::Exists { .. } | RepoError::Raced { .. } | RepoError::NotEmpty { .. } | RepoError::InUse { .. },
+        ) => Code::Conflict,
         CoreError::Name(_) | CoreError::Naming(_) | CoreError::Range { .. } => Code::Invalid,
         CoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,
         CoreError::Io { .. } => Code::Invalid,

@@ -239,6 +239,11 @@ pub enum Operation {
         medium: Medium,
     },
     VolumeList,
+    /// Forget a volume nothing refers to; its directory or bucket is left
+    /// as it is.
+    VolumeRm {
+        name: VolumeName,
+    },
     PolicyAdd {
         name: String,
         pattern: Pattern,
@@ -672,6 +677,7 @@ impl Operation {
             KeyDataKey { label, .. } => ("key datakey", s(label)),
             VolumeAdd { name, .. } => ("volume add", s(name)),
             VolumeList => ("volume ls", String::new()),
+            VolumeRm { name } => ("volume rm", s(name)),
             PolicyAdd { name, .. } => ("policy add", name.clone()),
             PolicyList => ("policy ls", String::new()),
             PolicyRm { name } => ("policy rm", name.clone()),
@@ -778,7 +784,7 @@ impl Operation {
             | SnapshotRm { .. }
             | DsRm { .. } => "data-removal",
             KeyLifecycle { action: KeyAction::Archive, dry_run: false, .. } => "key-archive",
-            VolumeAdd { .. } | MirrorAdd { .. } | MirrorRm { .. } => "volume-change",
+            VolumeAdd { .. } | VolumeRm { .. } | MirrorAdd { .. } | MirrorRm { .. } => "volume-change",
             _ => return None,
         })
     }

@@ -101,6 +101,7 @@ pub enum Reply {
     },
     Volume(VolumeRecord),
     Volumes(Vec<VolumeRecord>),
+    VolumeRemoved(VolumeRecord),
     Policy(PolicyRecord),
     Policies(Vec<PolicyRecord>),
     Put(PutReport),
@@ -336,6 +337,7 @@ impl Reply {
                 j
             }
             Volume(v) => to(v),
+            VolumeRemoved(v) => json!({ "removed": v }),
             Volumes(v) => to(v),
             Policy(p) => to(p),
             Policies(p) => to(p),
@@ -642,6 +644,11 @@ impl Reply {
                 out!("ciphertext {}", ciphertext.as_deref().unwrap_or("-"));
             }
             Volume(r) => out!("added volume {} at {} (site {}, {})", r.name, r.location, r.site, r.medium),
+            VolumeRemoved(r) => out!(
+                "removed volume {}; what is at {} was left as it is (remove it by hand once nothing there is needed)",
+                r.name,
+                r.location
+            ),
             Volumes(vols) => {
                 let mut t = Table::new(&["NAME", "SITE", "MEDIUM", "LOCATION"]);
                 for r in vols {

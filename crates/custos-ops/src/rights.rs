@@ -92,7 +92,7 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
             let blob = crate::operation::base64_decode(ciphertext).map_err(crate::Error::Usage)?;
             vec![Need { op: KeyUse, dataset: None, key: Some(custos_core::ciphertext_key(&blob)?) }]
         }
-        O::VolumeAdd { .. } => op(StorageAdmin),
+        O::VolumeAdd { .. } | O::VolumeRm { .. } => op(StorageAdmin),
         O::VolumeList => op(Inspect),
         O::PolicyList => op(Inspect),
         O::PolicyAdd { .. } | O::PolicyRm { .. } => op(PolicyAdmin),

@@ -167,6 +167,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::Volume(v.add_volume(&NewVolume { name, location, site, medium })?)
         }
         O::VolumeList => Reply::Volumes(v.volumes()?),
+        O::VolumeRm { name } => Reply::VolumeRemoved(v.remove_volume(&name)?),
         O::PolicyAdd { name, pattern, volume, key } => {
             let target = match key {
                 PolicyKey::Key(k) => PolicyTarget::Key(k),

@@ -327,6 +327,20 @@ pub fn run(repo: &dyn Repository) {
         repo.insert_volume(&repo.volume(&v1).unwrap().unwrap()),
         Err(RepoError::Exists { kind: "volume", .. })
     ));
+    // A volume is forgotten only when nothing refers to it, and the refusal
+    // says what does.
+    match repo.remove_volume(&v1) {
+        Err(RepoError::InUse { kind: "volume", uses, .. }) => {
+            assert_eq!(uses, "2 keystore backups, 2 vault backups", "{uses}")
+        }
+        other => panic!("v1 is in use: {other:?}"),
+    }
+    assert!(repo.volume(&v1).unwrap().is_some());
+    let v3 = VolumeName::new("v3").unwrap();
+    repo.insert_volume(&VolumeRecord { name: v3.clone(), ..repo.volume(&v1).unwrap().unwrap() }).unwrap();
+    repo.remove_volume(&v3).unwrap();
+    assert!(repo.volume(&v3).unwrap().is_none());
+    assert!(matches!(repo.remove_volume(&v3), Err(RepoError::NotFound { kind: "volume", .. })));
     let pol = PolicyRecord {
         name: "payroll".into(),
         pattern: Pattern::new("PAYROLL.**").unwrap(),
@@ -721,6 +735,10 @@ pub fn run(repo: &dyn Repository) {
     let (v1, v2) = (VolumeName::new("v1").unwrap(), VolumeName::new("v2").unwrap());
     repo.insert_mirror(&v1, &v2).unwrap();
     assert!(matches!(repo.insert_mirror(&v1, &v2), Err(RepoError::Exists { .. })));
+    match repo.remove_volume(&v2) {
+        Err(RepoError::InUse { uses, .. }) => assert!(uses.contains("mirror v1 to v2"), "{uses}"),
+        other => panic!("v2 is a mirror's secondary: {other:?}"),
+    }
     assert_eq!(
         repo.mirrors().unwrap().iter().map(|(p, s, _)| (p.clone(), s.clone())).collect::<Vec<_>>(),
         [(v1.clone(), v2.clone())]

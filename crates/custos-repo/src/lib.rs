@@ -65,6 +65,8 @@ pub enum RepoError {
     Exists { kind: &'static str, name: String },
     #[error("no {kind} named {name}")]
     NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name} is still used by {uses}: nothing was removed; {remedy}")]
+    InUse { kind: &'static str, name: String, uses: String, remedy: &'static str },
     #[error("{name} changed while this write ran (it started from generation {expected}, the catalog now has {found}): nothing was stored; run it again")]
     Conflict { name: String, expected: u64, found: u64 },
     /// Objects a write reused were released by a concurrent command.
@@ -475,6 +477,12 @@ pub trait Repository: Send + Sync {
     fn delete_vault_backup(&self, id: &str) -> Result<()>;
 
     fn insert_volume(&self, rec: &VolumeRecord) -> Result<()>;
+    /// Forget a volume that nothing in the catalog refers to: no
+    /// generation, migrated dataset, policy, backup, snapshot, mirror, hsm
+    /// rule, keystore or vault backup, nor an object waiting in the trash.
+    /// Checked and removed in one transaction; otherwise
+    /// [`RepoError::InUse`] says what uses it.
+    fn remove_volume(&self, name: &VolumeName) -> Result<()>;
     /// Point a volume at another location (a clone's copy of it).
     fn relocate_volume(&self, name: &VolumeName, location: &str) -> Result<()>;
     /// Write a consistent copy of the whole repository to `path` (which
@@ -753,3 +761,71 @@ pub struct RequestRow {
 pub type AuditLink<'a> = dyn Fn(&[u8; 32], &AuditRow) -> [u8; 32] + 'a;
 
 pub mod conformance;
+
+/// What still uses a volume, counted by [`Repository::remove_volume`]:
+/// datasets with a generation there, datasets migrated from it, then the
+/// names of its policies, the counts of its backups and snapshots, its
+/// mirror pairs and hsm rules by name, the counts of keystore and vault
+/// backups and of objects in the trash.
+#[derive(Debug, Default)]
+pub(crate) struct VolumeUses {
+    pub datasets: i64,
+    pub migrated: i64,
+    pub policies: Option<String>,
+    pub backups: i64,
+    pub snapshots: i64,
+    pub mirrors: Option<String>,
+    pub rules: Option<String>,
+    pub keystore_backups: i64,
+    pub vault_backups: i64,
+    pub trash: i64,
+}
+
+/// The query both backends run for [`VolumeUses`] (`?1` / `$1` the volume;
+/// `AGG` the backend's string aggregate).
+pub(crate) fn volume_uses_sql(p: &str, agg: &str) -> String {
+    format!(
+        "SELECT
+            (SELECT COUNT(DISTINCT dataset_id) FROM generations WHERE volume = {p}),
+            (SELECT COUNT(*) FROM datasets WHERE migrated_from = {p}),
+            (SELECT {agg}(name, ', ') FROM policies WHERE volume = {p}),
+            (SELECT COUNT(*) FROM backups WHERE volume = {p}),
+            (SELECT COUNT(*) FROM snapshots WHERE volume = {p}),
+            (SELECT {agg}(primary_volume || ' to ' || secondary_volume, ', ') FROM mirrors WHERE primary_volume = {p} OR secondary_volume = {p}),
+            (SELECT {agg}(name, ', ') FROM hsm_rules WHERE backup_to = {p} OR migrate_to = {p}),
+            (SELECT COUNT(*) FROM keystore_backups WHERE volume = {p}),
+            (SELECT COUNT(*) FROM vault_backups WHERE volume = {p}),
+            (SELECT COUNT(*) FROM trash WHERE volume = {p})"
+    )
+}
+
+impl VolumeUses {
+    /// What uses the volume, in words; `None` when nothing does.
+    pub fn describe(&self) -> Option<String> {
+        let n = |k: i64, one: &str, many: &str| match k {
+            0 => None,
+            1 => Some(format!("1 {one}")),
+            k => Some(format!("{k} {many}")),
+        };
+        let named = |v: &Option<String>, what: &str| v.as_ref().map(|l| format!("{what} {l}"));
+        let parts: Vec<String> = [
+            n(self.datasets, "dataset's generations", "datasets' generations"),
+            n(self.migrated, "dataset migrated from it", "datasets migrated from it"),
+            named(&self.policies, "policy"),
+            n(self.backups, "backup", "backups"),
+            n(self.snapshots, "snapshot", "snapshots"),
+            named(&self.mirrors, "mirror"),
+            named(&self.rules, "hsm rule"),
+            n(self.keystore_backups, "keystore backup", "keystore backups"),
+            n(self.vault_backups, "vault backup", "vault backups"),
+            n(self.trash, "object waiting in the trash", "objects waiting in the trash"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// What to do about a volume still in use.
+pub(crate) const VOLUME_IN_USE: &str = "move or remove them first (`custos ds rm`, `custos backup prune`, `custos snapshot rm`, `custos mirror rm`, `custos policy rm`, `custos hsm rule rm`, `custos vault prune`), and let `custos gc` empty the trash";

@@ -2458,6 +2458,43 @@ impl Repository for PgRepository {
         .map_err(exists_as("volume", v.name.to_string()))
     }
 
+    fn remove_volume(&self, name: &VolumeName) -> Result<()> {
+        self.tx("remove a volume", None, |tx| {
+            // Locked against a concurrent writer that would start using it.
+            let found = tx
+                .query("SELECT 1 FROM volumes WHERE name = $1 FOR UPDATE", &[&name.as_str()])
+                .map_err(pg("remove a volume"))?;
+            if found.is_empty() {
+                return Err(RepoError::NotFound { kind: "volume", name: name.to_string() });
+            }
+            let r = tx
+                .query_one(&crate::volume_uses_sql("$1", "string_agg"), &[&name.as_str()])
+                .map_err(pg("read what uses a volume"))?;
+            let uses = crate::VolumeUses {
+                datasets: r.try_get(0).map_err(pg("read what uses a volume"))?,
+                migrated: r.try_get(1).map_err(pg("read what uses a volume"))?,
+                policies: r.try_get(2).map_err(pg("read what uses a volume"))?,
+                backups: r.try_get(3).map_err(pg("read what uses a volume"))?,
+                snapshots: r.try_get(4).map_err(pg("read what uses a volume"))?,
+                mirrors: r.try_get(5).map_err(pg("read what uses a volume"))?,
+                rules: r.try_get(6).map_err(pg("read what uses a volume"))?,
+                keystore_backups: r.try_get(7).map_err(pg("read what uses a volume"))?,
+                vault_backups: r.try_get(8).map_err(pg("read what uses a volume"))?,
+                trash: r.try_get(9).map_err(pg("read what uses a volume"))?,
+            };
+            if let Some(uses) = uses.describe() {
+                return Err(RepoError::InUse {
+                    kind: "volume",
+                    name: name.to_string(),
+                    uses,
+                    remedy: crate::VOLUME_IN_USE,
+                });
+            }
+            tx.execute("DELETE FROM volumes WHERE name = $1", &[&name.as_str()]).map_err(pg("remove a volume"))?;
+            Ok(())
+        })
+    }
+
     fn relocate_volume(&self, name: &VolumeName, location: &str) -> Result<()> {
         self.tx("relocate a volume", None, |tx| {
             self.lock_check(tx, "volumes", "name = $1", &[&name.as_str()])?;

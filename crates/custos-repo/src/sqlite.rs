@@ -2884,6 +2884,46 @@ impl Repository for SqliteRepository {
         )
     }
 
+    fn remove_volume(&self, name: &VolumeName) -> Result<()> {
+        let mut conn = self.conn();
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("remove a volume"))?;
+        let exists: Option<i64> = tx
+            .query_row("SELECT 1 FROM volumes WHERE name = ?1", [name.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(db("remove a volume"))?;
+        if exists.is_none() {
+            return Err(RepoError::NotFound { kind: "volume", name: name.to_string() });
+        }
+        let uses = tx
+            .query_row(&crate::volume_uses_sql("?1", "group_concat"), [name.as_str()], |r| {
+                Ok(crate::VolumeUses {
+                    datasets: r.get(0)?,
+                    migrated: r.get(1)?,
+                    policies: r.get(2)?,
+                    backups: r.get(3)?,
+                    snapshots: r.get(4)?,
+                    mirrors: r.get(5)?,
+                    rules: r.get(6)?,
+                    keystore_backups: r.get(7)?,
+                    vault_backups: r.get(8)?,
+                    trash: r.get(9)?,
+                })
+            })
+            .map_err(db("read what uses a volume"))?;
+        if let Some(uses) = uses.describe() {
+            return Err(RepoError::InUse {
+                kind: "volume",
+                name: name.to_string(),
+                uses,
+                remedy: crate::VOLUME_IN_USE,
+            });
+        }
+        // The foreign keys refuse it too, should anything new refer to volumes.
+        tx.execute("DELETE FROM volumes WHERE name = ?1", [name.as_str()]).map_err(db("remove a volume"))?;
+        tx.commit().map_err(db("remove a volume"))
+    }
+
     fn remove_hsm_rule(&self, name: &str) -> Result<bool> {
         let n =
             self.conn().execute("DELETE FROM hsm_rules WHERE name = ?1", [name]).map_err(db("remove an hsm rule"))?;

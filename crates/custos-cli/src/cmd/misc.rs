@@ -35,6 +35,7 @@ pub fn volume(c: &VolumeCmd) -> anyhow::Result<Plan> {
             Operation::VolumeAdd { name: volume_name(name)?, location, site: site.clone(), medium }
         }
         VolumeCmd::Ls => Operation::VolumeList,
+        VolumeCmd::Rm { name } => Operation::VolumeRm { name: volume_name(name)? },
     }))
 }
 
