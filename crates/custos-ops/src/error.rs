@@ -177,7 +177,11 @@ pub fn core_code(e: &CoreError) -> Code {
             | HsmError::AlreadyExists { .. },
         )
         | CoreError::Repo(
-            RepoError::Exists { .. } | RepoError::Raced { .. } | RepoError::NotEmpty { .. } | RepoError::InUse { .. },
+            RepoError::Exists { .. }
+            | RepoError::Raced { .. }
+            | RepoError::NotEmpty { .. }
+            | RepoError::InUse { .. }
+            | RepoError::LastAdmin { .. },
         ) => Code::Conflict,
         CoreError::Name(_) | CoreError::Naming(_) | CoreError::Range { .. } => Code::Invalid,
         CoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,

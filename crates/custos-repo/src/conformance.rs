@@ -967,6 +967,32 @@ pub fn row_auth(
     assert!(repo.principal("leaver").unwrap().unwrap().data_grants.is_empty(), "its grants went with it");
     assert!(repo.remove_principal("leaver").unwrap());
     assert_eq!(repo.principal("auditor").unwrap().unwrap().credential, "hash-of-a-new-credential");
+    // The last enabled security-admin stays one, whatever the change; two
+    // admins disabling each other at once: exactly one of them succeeds.
+    let admin = |name: &str| PrincipalRecord { roles: vec![Role::SecurityAdmin, Role::App], ..person(name) };
+    for name in ["sa1", "sa2"] {
+        repo.insert_principal(&admin(name)).unwrap();
+    }
+    let outcomes: Vec<Result<(), RepoError>> = std::thread::scope(|s| {
+        let a = s.spawn(|| repo.set_principal_disabled("sa1", true));
+        let b = s.spawn(|| repo.set_principal_disabled("sa2", true));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!(outcomes.iter().filter(|r| r.is_ok()).count(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().any(|r| matches!(r, Err(RepoError::LastAdmin { .. }))), "{outcomes:?}");
+    let last = if repo.principal("sa1").unwrap().unwrap().disabled { "sa2" } else { "sa1" };
+    assert!(matches!(repo.set_principal_roles(last, &[Role::App]), Err(RepoError::LastAdmin { .. })));
+    assert!(matches!(repo.remove_principal(last), Err(RepoError::LastAdmin { .. })));
+    assert!(matches!(repo.set_principal_disabled(last, true), Err(RepoError::LastAdmin { .. })));
+    assert!(!repo.principal(last).unwrap().unwrap().disabled, "nothing changed");
+    // With another enabled, each change goes through again.
+    repo.set_principal_disabled(if last == "sa1" { "sa2" } else { "sa1" }, false).unwrap();
+    repo.set_principal_roles(last, &[Role::App]).unwrap();
+    for name in ["sa1", "sa2"] {
+        if name != last {
+            repo.set_principal_roles(name, &[Role::App]).unwrap_err();
+        }
+    }
     assert!(matches!(repo.set_principal_credential("nobody", "x"), Err(RepoError::NotFound { .. })));
     assert!(matches!(repo.set_principal_roles("nobody", &[Role::App]), Err(RepoError::NotFound { .. })));
     repo.record_key_use(&KeyLabel::new("K.ONE").unwrap()).unwrap();

@@ -65,6 +65,8 @@ pub enum RepoError {
     Exists { kind: &'static str, name: String },
     #[error("no {kind} named {name}")]
     NotFound { kind: &'static str, name: String },
+    #[error("{name} is the last enabled security-admin (a change to another principal may just have taken the others): nothing was changed; enable or add another security-admin first")]
+    LastAdmin { name: String },
     #[error("{kind} {name} is still used by {uses}: nothing was removed; {remedy}")]
     InUse { kind: &'static str, name: String, uses: String, remedy: &'static str },
     #[error("{name} changed while this write ran (it started from generation {expected}, the catalog now has {found}): nothing was stored; run it again")]
@@ -829,3 +831,10 @@ impl VolumeUses {
 
 /// What to do about a volume still in use.
 pub(crate) const VOLUME_IN_USE: &str = "move or remove them first (`custos ds rm`, `custos backup prune`, `custos snapshot rm`, `custos mirror rm`, `custos policy rm`, `custos hsm rule rm`, `custos vault prune`), and let `custos gc` empty the trash";
+
+/// How many enabled principals hold the security-admin role. A change to a
+/// principal that leaves none, where there was one, is refused in the same
+/// transaction ([`RepoError::LastAdmin`]): the engine checks first, for a
+/// clear message, and this closes the race between two such changes.
+pub(crate) const ENABLED_ADMINS_SQL: &str =
+    "SELECT COUNT(*) FROM principals WHERE disabled = 0 AND (',' || role || ',') LIKE '%,security-admin,%'";

@@ -241,6 +241,8 @@ where
 const LOCK_SCHEMA: i64 = 0x6375_7374_6f73_0001;
 const LOCK_OBJECTS: i64 = 0x6375_7374_6f73_0002;
 const LOCK_AUDIT: i64 = 0x6375_7374_6f73_0003;
+/// Changes to principals (see `update_principal`).
+const LOCK_PRINCIPALS: i64 = 0x6375_7374_6f73_0004;
 
 /// Connections in a server's pool.
 const POOL_SIZE: u32 = 16;
@@ -1204,11 +1206,17 @@ impl PgRepository {
     /// Set one column of a principal's row, checking the row it replaces
     /// and sealing the new one.
     fn update_principal(&self, name: &str, column: &str, value: P<'_>, action: &'static str) -> Result<()> {
-        self.tx(action, None, |tx| {
+        // Changes to principals take one lock, so that two of them cannot
+        // each leave the other as the last security-admin and both commit.
+        self.tx(action, Some(LOCK_PRINCIPALS), |tx| {
             self.lock_check(tx, "principals", "name = $1", &[&name])?;
+            let before = enabled_admins(tx, action)?;
             let sql = format!("UPDATE principals SET {column} = $2 WHERE name = $1");
             if self.write(tx, action, "principals", &sql, &[&name, value])?.is_empty() {
                 return Err(RepoError::NotFound { kind: "user", name: name.into() });
+            }
+            if before > 0 && enabled_admins(tx, action)? == 0 {
+                return Err(RepoError::LastAdmin { name: name.into() });
             }
             Ok(())
         })
@@ -3041,9 +3049,13 @@ impl Repository for PgRepository {
     }
 
     fn remove_principal(&self, name: &str) -> Result<bool> {
-        self.tx("remove a user", None, |tx| {
+        self.tx("remove a user", Some(LOCK_PRINCIPALS), |tx| {
+            let before = enabled_admins(tx, "remove a user")?;
             tx.execute("DELETE FROM grants WHERE principal = $1", &[&name]).map_err(pg("remove a user's grants"))?;
             let n = tx.execute("DELETE FROM principals WHERE name = $1", &[&name]).map_err(pg("remove a user"))?;
+            if before > 0 && enabled_admins(tx, "remove a user")? == 0 {
+                return Err(RepoError::LastAdmin { name: name.into() });
+            }
             Ok(n > 0)
         })
     }
@@ -3281,6 +3293,11 @@ impl Repository for PgRepository {
             .map_err(pg("remove an hsm rule"))?;
         Ok(n > 0)
     }
+}
+
+/// How many enabled security-admins there are, in this transaction.
+fn enabled_admins(tx: &mut Db<'_>, action: &'static str) -> Result<i64> {
+    tx.query_one(crate::ENABLED_ADMINS_SQL, &[]).and_then(|r| r.try_get(0)).map_err(pg(action))
 }
 
 #[cfg(test)]

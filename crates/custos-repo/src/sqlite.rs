@@ -645,14 +645,22 @@ impl SqliteRepository {
         value: &dyn rusqlite::ToSql,
         action: &'static str,
     ) -> Result<()> {
-        let n = self
-            .conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db(action))?;
+        let admins = |tx: &Transaction| -> Result<i64> {
+            tx.query_row(crate::ENABLED_ADMINS_SQL, [], |r| r.get(0)).map_err(db(action))
+        };
+        let before = admins(&tx)?;
+        let n = tx
             .execute(&format!("UPDATE principals SET {column} = ?2 WHERE name = ?1"), params![name, value])
             .map_err(db(action))?;
         if n == 0 {
             return Err(RepoError::NotFound { kind: "user", name: name.into() });
         }
-        Ok(())
+        if before > 0 && admins(&tx)? == 0 {
+            return Err(RepoError::LastAdmin { name: name.into() });
+        }
+        tx.commit().map_err(db(action))
     }
 
     /// Delete every key record: the keystore lost as a whole, for a risk
@@ -2556,8 +2564,15 @@ impl Repository for SqliteRepository {
         let mut conn = self.conn();
         let tx =
             conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("remove a user"))?;
+        let admins = |tx: &Transaction| -> Result<i64> {
+            tx.query_row(crate::ENABLED_ADMINS_SQL, [], |r| r.get(0)).map_err(db("remove a user"))
+        };
+        let before = admins(&tx)?;
         tx.execute("DELETE FROM grants WHERE principal = ?1", [name]).map_err(db("remove a user's grants"))?;
         let n = tx.execute("DELETE FROM principals WHERE name = ?1", [name]).map_err(db("remove a user"))?;
+        if before > 0 && admins(&tx)? == 0 {
+            return Err(RepoError::LastAdmin { name: name.into() });
+        }
         tx.commit().map_err(db("remove a user"))?;
         Ok(n > 0)
     }
