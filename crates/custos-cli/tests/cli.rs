@@ -2447,3 +2447,26 @@ fn volume_rm_forgets_only_a_volume_nothing_uses() {
     let rows = e.json(&["audit", "ls"]);
     assert!(rows.as_array().unwrap().iter().any(|r| r["action"] == "volume rm" && r["object"] == "other"));
 }
+
+/// An S3 tape volume without credentials says which variables to set,
+/// once, not the instance metadata service's address or "mounted".
+#[test]
+fn an_s3_volume_without_credentials_names_the_variables() {
+    let e = Env::new();
+    let o = e
+        .cmd(&["volume", "add", "t", "--url", "s3://tapes/x", "--site", "C"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        // Where the client looks for an instance role: nothing answers here.
+        .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert_eq!(err.matches("AWS_ACCESS_KEY_ID").count(), 1, "{err}");
+    assert!(!err.contains("169.254") && !err.contains("mounted") && !err.contains("latest/api"), "{err}");
+    assert_said_once(&err);
+    assert_eq!(e.json(&["volume", "ls"]).as_array().unwrap().len(), 1, "nothing was added");
+}

@@ -93,6 +93,23 @@ pub struct ObjectVolume {
     dir: Option<PathBuf>,
 }
 
+/// An object store's error in words: a failure to find credentials (the
+/// client falls back to the instance metadata service, whose address means
+/// nothing to most readers) says which variables to set.
+fn s3_words(e: object_store::Error) -> String {
+    let text = e.to_string();
+    // The instance metadata service's paths, at its usual address or the
+    // one AWS_METADATA_ENDPOINT names.
+    if ["169.254.169.254", "/latest/api/token", "/latest/meta-data/"].iter().any(|m| text.contains(m)) {
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        if !set("AWS_ACCESS_KEY_ID") || !set("AWS_SECRET_ACCESS_KEY") {
+            return "no credentials for the object store: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not both set, and no instance role answered".into();
+        }
+        return "the object store's credentials could not be obtained from the instance role".into();
+    }
+    text
+}
+
 impl ObjectVolume {
     /// Create a tape volume (or adopt one that is already labelled).
     pub fn create(name: &str, location: &Location, s3: &S3Options) -> Result<Self> {
@@ -217,9 +234,7 @@ impl ObjectVolume {
             object_store::Error::NotFound { .. } => {
                 StoreError::Missing { volume: self.name.clone(), what: rel.to_string(), path }
             }
-            other => {
-                StoreError::Io { volume: self.name.clone(), path, source: std::io::Error::other(other.to_string()) }
-            }
+            other => StoreError::Io { volume: self.name.clone(), path, source: std::io::Error::other(s3_words(other)) },
         }
     }
 

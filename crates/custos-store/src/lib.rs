@@ -49,7 +49,7 @@ pub struct Listed {
 pub enum StoreError {
     #[error("{what} is missing from {volume} ({path})")]
     Missing { volume: String, what: String, path: PathBuf },
-    #[error("{volume} is not reachable at {path}: {source}; check that it is mounted (or its object store is up and the credentials are set), or re-add it with `custos volume add`")]
+    #[error("{volume} is not reachable at {path}: {source}; {}", unreachable_hint(path))]
     Unreachable { volume: String, path: PathBuf, source: std::io::Error },
     #[error("{path} is not a Custos volume (no CUSTOS-VOLUME label): check the path, or create the volume with `custos volume add`")]
     NotAVolume { path: PathBuf },
@@ -253,5 +253,15 @@ pub mod conformance {
         assert_eq!(v.list_kept(vb).unwrap(), ["20261202T000001Z-bb"]);
         assert!(v.read_kept(vb, "20261202T000000Z-aa").is_err());
         assert_eq!(v.list_kept(Kept::AuditSegment).unwrap(), ["1-9"], "the other kind is untouched");
+    }
+}
+
+/// What to check when a volume cannot be reached: a directory's mount, or
+/// an object store's endpoint and credentials.
+fn unreachable_hint(path: &std::path::Path) -> &'static str {
+    if path.to_string_lossy().contains("://") {
+        "check that the object store answers at its endpoint (`custos config set s3.endpoint`, or AWS_ENDPOINT_URL) and accepts the credentials in the environment"
+    } else {
+        "check that it is mounted, or re-add it with `custos volume add`"
     }
 }
