@@ -258,7 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// the result.
 fn execute(cli: &Cli, engine: &Engine, who: &Caller, plan: Plan) -> anyhow::Result<ExitCode> {
     let Plan { op, input, output, show, progress: bar } = plan;
-    let _bar = bar.and_then(|(label, total)| progress::start(cli, label, total));
+    let mut bar = bar.and_then(|(label, total)| progress::start(cli, &label, total));
     let mut stdin;
     let mut file;
     let mut input: Option<&mut (dyn std::io::Read + 'static)> = match input {
@@ -289,6 +289,8 @@ fn execute(cli: &Cli, engine: &Engine, who: &Caller, plan: Plan) -> anyhow::Resu
                 Ok(())
             })?;
             let o = outcome.expect("written");
+            // The bar's line is cleared before anything is said.
+            drop(bar.take());
             if let (Reply::Got(r), false) = (&o.reply, cli.json) {
                 note!(
                     "wrote {} of {} generation {} to {}",
@@ -301,7 +303,7 @@ fn execute(cli: &Cli, engine: &Engine, who: &Caller, plan: Plan) -> anyhow::Resu
             o
         }
     };
-    drop(_bar);
+    drop(bar);
     for w in &outcome.warnings {
         note!("custos: warning: {w}");
     }

@@ -19,25 +19,28 @@ pub struct Bar {
     ticker: Option<JoinHandle<()>>,
 }
 
-/// A bar for `label`, sized `total` bytes when known (a spinner otherwise);
-/// `None` when output is not a terminal or is JSON.
+/// The bar's look: what it works on, then, with a known total, a bar, bytes
+/// of the total, the rate and a labelled time left; a spinner otherwise.
+pub fn style(total_known: bool) -> ProgressStyle {
+    if total_known {
+        ProgressStyle::with_template(
+            "{msg} [{bar:32}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
+        )
+        .expect("valid template")
+        .progress_chars("=> ")
+    } else {
+        ProgressStyle::with_template("{msg} {spinner} {binary_bytes} {binary_bytes_per_sec}").expect("valid template")
+    }
+}
+
+/// A bar for `label` (the command and what it works on), sized `total`
+/// bytes when known (a spinner otherwise); `None` when output is not a
+/// terminal or is JSON. Dropped, it clears its line.
 pub fn start(cli: &Cli, label: &str, total: Option<u64>) -> Option<Bar> {
     if cli.json || !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
         return None;
     }
-    let pb = match total {
-        Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()).with_style(
-            ProgressStyle::with_template(
-                "{msg:>12} [{bar:32}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        ),
-        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
-            ProgressStyle::with_template("{msg:>12} {spinner} {binary_bytes} {binary_bytes_per_sec}")
-                .expect("valid template"),
-        ),
-    };
+    let pb = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr()).with_style(style(total.is_some()));
     pb.set_message(label.to_string());
     let stop = Arc::new(AtomicBool::new(false));
     let base = custos_core::progress::processed();

@@ -2470,3 +2470,37 @@ fn an_s3_volume_without_credentials_names_the_variables() {
     assert_said_once(&err);
     assert_eq!(e.json(&["volume", "ls"]).as_array().unwrap().len(), 1, "nothing was added");
 }
+
+/// At a terminal (script(1) gives the command one), the progress bar names
+/// what it works on and labels the time left, and its line is cleared
+/// before the command says what it did: no last frame stays on screen.
+#[test]
+fn progress_names_the_dataset_labels_time_left_and_clears_its_line() {
+    let e = Env::new();
+    let big = e.file("big.bin", &data(96 << 20, 5));
+    let out = e.dir.path().join("out.bin");
+    let bin = assert_cmd::cargo::cargo_bin("custos");
+    let at_a_terminal = |args: &str| -> String {
+        let o = std::process::Command::new("script")
+            .args(["-qec", &format!("{} {args}", bin.display()), "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TERM", "xterm")
+            .env("CUSTOS_VAULT", &e.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{args}: {text}");
+        text
+    };
+    let put = at_a_terminal(&format!("ds put PERF.BIG {}", big.display()));
+    assert!(put.contains("put PERF.BIG [") && put.contains(" left"), "{put:?}");
+    let get = at_a_terminal(&format!("ds get PERF.BIG -o {}", out.display()));
+    assert_eq!(std::fs::read(&out).unwrap().len(), 96 << 20);
+    let said = get.find("wrote ").unwrap_or_else(|| panic!("{get:?}"));
+    let last_frame = get.rfind("get PERF.BIG").unwrap_or_else(|| panic!("no frame was drawn: {get:?}"));
+    assert!(last_frame < said, "a frame after the message: {get:?}");
+    assert!(get[last_frame..said].contains("\u{1b}[2K"), "the bar's line is cleared first: {get:?}");
+}

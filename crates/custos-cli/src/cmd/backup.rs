@@ -20,7 +20,7 @@ pub fn plan(c: &BackupCmd) -> anyhow::Result<Plan> {
             to: volume_name(to)?,
             key: key.as_deref().map(label).transpose()?,
         })
-        .progress("backup", None),
+        .progress(format!("backup {} to {to}", p.as_deref().unwrap_or("all")), None),
         BackupCmd::Ls { pattern: p, page } => {
             Plan::new(Operation::BackupList { pattern: pattern(p.as_deref())?, limit: page.limit, after: page.after })
         }
@@ -33,7 +33,7 @@ pub fn plan(c: &BackupCmd) -> anyhow::Result<Plan> {
         BackupCmd::Verify { pattern: p, read_data } => {
             let plan = Plan::new(Operation::BackupVerify { pattern: pattern(p.as_deref())?, read_data: *read_data });
             if *read_data {
-                plan.progress("verify", None)
+                plan.progress(format!("verify {}", p.as_deref().unwrap_or("all")), None)
             } else {
                 plan
             }

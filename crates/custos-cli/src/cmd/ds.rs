@@ -32,12 +32,14 @@ pub fn plan(c: &DsCmd) -> anyhow::Result<Plan> {
             } else {
                 (Input::File(file.clone()), std::fs::metadata(file).ok().map(|m| m.len()))
             };
-            Plan { input, ..Plan::new(op).progress("put", size) }
+            Plan { input, ..Plan::new(op).progress(format!("put {name}"), size) }
         }
         DsCmd::Get { name, output, range } => {
             let op = Operation::DsGet { name: dataset(name)?, range: range.as_deref().map(parse_range).transpose()? };
             match output {
-                Some(path) => Plan { output: Output::File(path.clone()), ..Plan::new(op).progress("get", None) },
+                Some(path) => {
+                    Plan { output: Output::File(path.clone()), ..Plan::new(op).progress(format!("get {name}"), None) }
+                }
                 None => Plan { output: Output::Stdout, ..Plan::new(op) },
             }
         }
@@ -46,17 +48,19 @@ pub fn plan(c: &DsCmd) -> anyhow::Result<Plan> {
         }
         DsCmd::Info { name } => Plan::new(Operation::DsInfo { name: dataset(name)? }),
         DsCmd::Rm { name } => Plan::new(Operation::DsRm { name: dataset(name)? }),
-        DsCmd::Verify { name } => Plan::new(Operation::DsVerify { name: dataset(name)? }).progress("verify", None),
+        DsCmd::Verify { name } => {
+            Plan::new(Operation::DsVerify { name: dataset(name)? }).progress(format!("verify {name}"), None)
+        }
         DsCmd::Import { dir, prefix, replace, skip_other } => Plan::new(Operation::DsImport {
             dir: dir.clone(),
             prefix: dataset(prefix)?,
             replace: *replace,
             skip_other: *skip_other,
         })
-        .progress("import", None),
+        .progress(format!("import {}", dir.display()), None),
         DsCmd::Export { prefix, dir, replace } => {
             Plan::new(Operation::DsExport { prefix: dataset(prefix)?, dir: dir.clone(), replace: *replace })
-                .progress("export", None)
+                .progress(format!("export {prefix}"), None)
         }
     })
 }

@@ -57,8 +57,9 @@ pub struct Plan {
     pub input: Input,
     pub output: Output,
     pub show: Show,
-    /// A progress bar: its label, and the total bytes when known.
-    pub progress: Option<(&'static str, Option<u64>)>,
+    /// A progress bar: its label (what it works on), and the total bytes
+    /// when known.
+    pub progress: Option<(String, Option<u64>)>,
 }
 
 impl Plan {
@@ -66,8 +67,8 @@ impl Plan {
         Self { op, input: Input::None, output: Output::None, show: Show::Plain, progress: None }
     }
 
-    pub fn progress(mut self, label: &'static str, total: Option<u64>) -> Self {
-        self.progress = Some((label, total));
+    pub fn progress(mut self, label: impl Into<String>, total: Option<u64>) -> Self {
+        self.progress = Some((label.into(), total));
         self
     }
 }
