@@ -37,11 +37,13 @@ fn main() -> ExitCode {
             e.exit()
         }
     };
+    let json = cli.json;
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            note!("custos: {}", said(&e));
-            ExitCode::from(exit_code(&e))
+            let code = error_code(&e);
+            say_error(json, code, &said(&e));
+            ExitCode::from(code.exit())
         }
     };
     // Never exit while the seeding thread is inside aws-lc.
@@ -79,20 +81,47 @@ pub(crate) fn said(e: &anyhow::Error) -> String {
     out
 }
 
-fn exit_code(e: &anyhow::Error) -> u8 {
+/// The kind of a failed command's error, which decides its exit code.
+fn error_code(e: &anyhow::Error) -> custos_ops::Code {
+    use custos_ops::Code;
     if e.downcast_ref::<Usage>().is_some() {
-        return 2;
+        return Code::Usage;
     }
     if let Some(e) = e.downcast_ref::<client::Remote>() {
-        return e.exit;
+        return Code::from_exit(e.exit);
     }
     if let Some(e) = e.downcast_ref::<custos_ops::Error>() {
-        return e.code().exit();
+        return e.code();
     }
     if let Some(e) = e.downcast_ref::<custos_core::Error>() {
-        return custos_ops::core_code(e).exit();
+        return custos_ops::core_code(e);
     }
-    1
+    Code::Other
+}
+
+/// Say why a command failed, on standard error: one line of text, or with
+/// `--json` one JSON object, `{"error": {"code", "kind", "message",
+/// "hint"}}` (docs/json.md): the exit code, its kind, the whole message,
+/// and the part of it that names a command to run, when one does.
+pub(crate) fn say_error(json: bool, code: custos_ops::Code, message: &str) {
+    if !json {
+        note!("custos: {message}");
+        return;
+    }
+    let hint = message
+        .split("; ")
+        .flat_map(|part| part.split(": "))
+        .find(|part| part.contains("`custos "))
+        .map(str::to_string);
+    let body = serde_json::json!({
+        "error": {
+            "code": code.exit(),
+            "kind": serde_json::to_value(code).unwrap_or(serde_json::Value::Null),
+            "message": message,
+            "hint": hint,
+        }
+    });
+    note!("{body}");
 }
 
 fn passphrase(file: Option<&Path>, confirm: bool) -> anyhow::Result<Passphrase> {
@@ -309,7 +338,7 @@ fn execute(cli: &Cli, engine: &Engine, who: &Caller, plan: Plan) -> anyhow::Resu
     }
     show_reply(cli, &outcome.reply, &show)?;
     if let Some(f) = outcome.reply.failure() {
-        note!("custos: {}", f.message);
+        say_error(cli.json, f.code, &f.message);
         return Ok(ExitCode::from(f.code.exit()));
     }
     Ok(ExitCode::SUCCESS)

@@ -2504,3 +2504,34 @@ fn progress_names_the_dataset_labels_time_left_and_clears_its_line() {
     assert!(last_frame < said, "a frame after the message: {get:?}");
     assert!(get[last_frame..said].contains("\u{1b}[2K"), "the bar's line is cleared first: {get:?}");
 }
+
+/// With `--json`, a failure is one JSON object on standard error (and
+/// nothing on standard output): the exit code, its kind, the message, and
+/// the command it points to, when it does.
+#[test]
+fn errors_are_json_with_json() {
+    let e = Env::new();
+    let json_err = |args: &[&str], code: i32| -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = e.run(&a);
+        assert_eq!(o.status.code(), Some(code), "{a:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stdout.is_empty(), "{a:?} printed {}", String::from_utf8_lossy(&o.stdout));
+        let err: serde_json::Value = serde_json::from_slice(&o.stderr)
+            .unwrap_or_else(|x| panic!("{a:?}: not JSON ({x}): {}", String::from_utf8_lossy(&o.stderr)));
+        assert_eq!(err["error"]["code"], code, "{err}");
+        assert_said_once(err["error"]["message"].as_str().unwrap());
+        err
+    };
+    let nf = json_err(&["ds", "info", "NO.SUCH"], 3);
+    assert_eq!(nf["error"]["kind"], "not-found");
+    assert_eq!(nf["error"]["message"], "no dataset named NO.SUCH: see `custos ds ls`");
+    assert_eq!(nf["error"]["hint"], "see `custos ds ls`");
+    let usage = json_err(&["config", "set", "chunk.size", "lots"], 2);
+    assert_eq!(usage["error"]["kind"], "usage");
+    let conflict = json_err(&["volume", "rm", "default"], 1);
+    assert!(conflict["error"]["message"].as_str().unwrap().contains("still used by"), "{conflict}");
+    assert!(conflict["error"]["hint"].as_str().unwrap().contains("custos ds rm"), "{conflict}");
+    // Without --json, the same failure is one line of text.
+    assert!(e.fails(&["ds", "info", "NO.SUCH"], 3).starts_with("custos: no dataset named NO.SUCH"));
+}
