@@ -1169,41 +1169,34 @@ impl Vault<Open> {
     /// dataset (or of `as_name`), sealed under that dataset's key, or under
     /// a new key when that one can no longer encrypt; then verify it.
     pub fn restore(&self, backup: &BackupRecord, as_name: Option<&DatasetName>) -> Result<RestoreReport> {
-        if backup.method == CopyMethod::Plaintext {
+        let (put, new_key) = if backup.method == CopyMethod::Plaintext {
             // Needs no key to read: the dataset's own (or a new one) seals it again.
-            let (put, new_key) = self.restore_plaintext(backup, as_name)?;
-            return Ok(RestoreReport {
-                backup: backup.id,
-                method: backup.method,
-                dataset: put.dataset,
-                generation: put.generation,
-                size: put.size,
-                key_label: put.key_label,
-                new_key,
-            });
-        }
-        let copy_key = self.key_record(&backup.key_label)?;
-        let key = match self.unwrap_for(&copy_key, KeyUse::Decrypt, &backup.dataset) {
-            Err(Error::KeyDestroyed { .. }) if backup.method == CopyMethod::Raw => {
-                return Err(Error::RawCopyKeyGone {
-                    backup: backup.id,
-                    dataset: backup.dataset.clone(),
-                    label: copy_key.label,
-                })
-            }
-            other => other?,
+            self.restore_plaintext(backup, as_name)?
+        } else {
+            let copy_key = self.key_record(&backup.key_label)?;
+            let key = match self.unwrap_for(&copy_key, KeyUse::Decrypt, &backup.dataset) {
+                Err(Error::KeyDestroyed { .. }) if backup.method == CopyMethod::Raw => {
+                    return Err(Error::RawCopyKeyGone {
+                        backup: backup.id,
+                        dataset: backup.dataset.clone(),
+                        label: copy_key.label,
+                    })
+                }
+                other => other?,
+            };
+            let done = self.write_back(
+                &backup.dataset,
+                backup.source_generation,
+                &backup.volume,
+                &backup.copy_id,
+                backup.generation,
+                &backup.manifest_hash,
+                &key,
+                as_name,
+            )?;
+            self.repo.record_key_use(&copy_key.label)?;
+            done
         };
-        let (put, new_key) = self.write_back(
-            &backup.dataset,
-            backup.source_generation,
-            &backup.volume,
-            &backup.copy_id,
-            backup.generation,
-            &backup.manifest_hash,
-            &key,
-            as_name,
-        )?;
-        self.repo.record_key_use(&copy_key.label)?;
         Ok(RestoreReport {
             backup: backup.id,
             method: backup.method,

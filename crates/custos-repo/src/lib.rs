@@ -802,6 +802,14 @@ pub(crate) fn volume_uses_sql(p: &str, agg: &str) -> String {
 }
 
 impl VolumeUses {
+    /// Refuse removing volume `name` when anything uses it.
+    pub fn refuse(&self, name: &VolumeName) -> Result<()> {
+        match self.describe() {
+            Some(uses) => Err(RepoError::InUse { kind: "volume", name: name.to_string(), uses, remedy: VOLUME_IN_USE }),
+            None => Ok(()),
+        }
+    }
+
     /// What uses the volume, in words; `None` when nothing does.
     pub fn describe(&self) -> Option<String> {
         let n = |k: i64, one: &str, many: &str| match k {

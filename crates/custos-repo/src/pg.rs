@@ -2490,14 +2490,7 @@ impl Repository for PgRepository {
                 vault_backups: r.try_get(8).map_err(pg("read what uses a volume"))?,
                 trash: r.try_get(9).map_err(pg("read what uses a volume"))?,
             };
-            if let Some(uses) = uses.describe() {
-                return Err(RepoError::InUse {
-                    kind: "volume",
-                    name: name.to_string(),
-                    uses,
-                    remedy: crate::VOLUME_IN_USE,
-                });
-            }
+            uses.refuse(name)?;
             tx.execute("DELETE FROM volumes WHERE name = $1", &[&name.as_str()]).map_err(pg("remove a volume"))?;
             Ok(())
         })

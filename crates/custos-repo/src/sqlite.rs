@@ -2926,14 +2926,7 @@ impl Repository for SqliteRepository {
                 })
             })
             .map_err(db("read what uses a volume"))?;
-        if let Some(uses) = uses.describe() {
-            return Err(RepoError::InUse {
-                kind: "volume",
-                name: name.to_string(),
-                uses,
-                remedy: crate::VOLUME_IN_USE,
-            });
-        }
+        uses.refuse(name)?;
         // The foreign keys refuse it too, should anything new refer to volumes.
         tx.execute("DELETE FROM volumes WHERE name = ?1", [name.as_str()]).map_err(db("remove a volume"))?;
         tx.commit().map_err(db("remove a volume"))
