@@ -19,12 +19,13 @@ pub struct Bar {
     ticker: Option<JoinHandle<()>>,
 }
 
-/// The bar's look: what it works on, then, with a known total, a bar, bytes
-/// of the total, the rate and a labelled time left; a spinner otherwise.
+/// The bar's look: what it works on, then, with a known total, a bar as
+/// wide as the terminal leaves room for (so the line never wraps), bytes of
+/// the total, the rate and a labelled time left; a spinner otherwise.
 pub fn style(total_known: bool) -> ProgressStyle {
     if total_known {
         ProgressStyle::with_template(
-            "{msg} [{bar:32}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
+            "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
         )
         .expect("valid template")
         .progress_chars("=> ")

@@ -1073,7 +1073,10 @@ fn hsm_run_backs_up_migrates_and_recalls() {
 }
 
 /// Progress goes to a terminal only: under a pseudo-terminal (`script`)
-/// `ds put` draws a bar; with output piped, standard error stays empty.
+/// `ds put` draws a bar; with output piped, standard error stays empty. The
+/// bar names what it works on, labels the time left and fits the line (no
+/// wrapping), and its line is cleared before the command says what it did:
+/// no last frame stays on screen.
 #[test]
 fn progress_bars_only_on_a_terminal() {
     let e = Env::new();
@@ -1082,19 +1085,30 @@ fn progress_bars_only_on_a_terminal() {
     assert!(o.status.success());
     assert!(o.stderr.is_empty(), "piped: {}", String::from_utf8_lossy(&o.stderr));
     let bin = assert_cmd::cargo::cargo_bin("custos");
-    let cmd = format!("{} ds put BIG.COPY {}", bin.display(), Env::s(&big));
-    let o = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("CUSTOS_VAULT", &e.vault)
-        .env("CUSTOS_PASSPHRASE", PASS)
-        .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("TERM", "xterm")
-        .output()
-        .expect("script(1) from util-linux runs");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}");
-    assert!(out.contains("put [") && out.contains("MiB"), "no progress bar drawn: {out:?}");
+    let at_a_terminal = |args: &str| -> String {
+        let o = std::process::Command::new("script")
+            .args(["-qec", &format!("{} {args}", bin.display()), "/dev/null"])
+            .env("CUSTOS_VAULT", &e.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("TERM", "xterm")
+            .output()
+            .expect("script(1) from util-linux runs");
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{args}: {out}");
+        out
+    };
+    let out = at_a_terminal(&format!("ds put BIG.COPY {}", Env::s(&big)));
+    assert!(out.contains("put BIG.COPY [") && out.contains("MiB") && out.contains(" left"), "no bar drawn: {out:?}");
+    assert!(!out.contains("\u{1b}[1A"), "a frame wrapped onto a second line: {out:?}");
     assert!(out.contains("stored BIG.COPY generation 1"), "{out}");
+    let to = e.dir.path().join("out.bin");
+    let get = at_a_terminal(&format!("ds get BIG.COPY -o {}", to.display()));
+    assert_eq!(std::fs::read(&to).unwrap().len(), 48 << 20);
+    let said = get.find("wrote ").unwrap_or_else(|| panic!("{get:?}"));
+    let last_frame = get.rfind("get BIG.COPY").unwrap_or_else(|| panic!("no frame was drawn: {get:?}"));
+    assert!(last_frame < said, "a frame after the message: {get:?}");
+    assert!(get[last_frame..said].contains("\u{1b}[2K"), "the bar's line is cleared first: {get:?}");
 }
 
 /// `risk report` in each format, and `risk drill` failing when reality
@@ -2469,40 +2483,6 @@ fn an_s3_volume_without_credentials_names_the_variables() {
     assert!(!err.contains("169.254") && !err.contains("mounted") && !err.contains("latest/api"), "{err}");
     assert_said_once(&err);
     assert_eq!(e.json(&["volume", "ls"]).as_array().unwrap().len(), 1, "nothing was added");
-}
-
-/// At a terminal (script(1) gives the command one), the progress bar names
-/// what it works on and labels the time left, and its line is cleared
-/// before the command says what it did: no last frame stays on screen.
-#[test]
-fn progress_names_the_dataset_labels_time_left_and_clears_its_line() {
-    let e = Env::new();
-    let big = e.file("big.bin", &data(96 << 20, 5));
-    let out = e.dir.path().join("out.bin");
-    let bin = assert_cmd::cargo::cargo_bin("custos");
-    let at_a_terminal = |args: &str| -> String {
-        let o = std::process::Command::new("script")
-            .args(["-qec", &format!("{} {args}", bin.display()), "/dev/null"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("TERM", "xterm")
-            .env("CUSTOS_VAULT", &e.vault)
-            .env("CUSTOS_PASSPHRASE", PASS)
-            .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        assert!(o.status.success(), "{args}: {text}");
-        text
-    };
-    let put = at_a_terminal(&format!("ds put PERF.BIG {}", big.display()));
-    assert!(put.contains("put PERF.BIG [") && put.contains(" left"), "{put:?}");
-    let get = at_a_terminal(&format!("ds get PERF.BIG -o {}", out.display()));
-    assert_eq!(std::fs::read(&out).unwrap().len(), 96 << 20);
-    let said = get.find("wrote ").unwrap_or_else(|| panic!("{get:?}"));
-    let last_frame = get.rfind("get PERF.BIG").unwrap_or_else(|| panic!("no frame was drawn: {get:?}"));
-    assert!(last_frame < said, "a frame after the message: {get:?}");
-    assert!(get[last_frame..said].contains("\u{1b}[2K"), "the bar's line is cleared first: {get:?}");
 }
 
 /// With `--json`, a failure is one JSON object on standard error (and
