@@ -186,7 +186,9 @@ pub enum Command {
     /// (backups when data changed, migration of unused datasets to tape).
     #[command(subcommand)]
     Hsm(HsmCmd),
-    /// Backup copies: raw (no key, shares the primary's) or logical (under a separate BACK key).
+    /// Backup copies: raw (no key, shares the primary's), logical (under a
+    /// separate BACK key), or plaintext to tape (`--plaintext`, when the
+    /// vault allows it).
     #[command(subcommand)]
     Backup(BackupCmd),
     /// Write a backup back as a new generation of its dataset (or of --as

@@ -59,7 +59,7 @@ impl Vault<Open> {
             return Err(Error::Invalid {
                 what: "plaintext copy",
                 why: format!(
-                    "the vault's {SETTING_PLAINTEXT} setting is refuse: a plaintext copy exposes the data to whoever holds the tape. To allow it: custos config set {SETTING_PLAINTEXT} allow"
+                    "the vault's {SETTING_PLAINTEXT} setting is refuse: a plaintext copy exposes the data to whoever holds the tape; to allow it: `custos config set {SETTING_PLAINTEXT} allow`"
                 ),
             });
         }
