@@ -181,7 +181,8 @@ pub fn core_code(e: &CoreError) -> Code {
             | RepoError::Raced { .. }
             | RepoError::NotEmpty { .. }
             | RepoError::InUse { .. }
-            | RepoError::LastAdmin { .. },
+            | RepoError::LastAdmin { .. }
+            | RepoError::NameTaken { .. },
         ) => Code::Conflict,
         CoreError::Name(_) | CoreError::Naming(_) | CoreError::Range { .. } => Code::Invalid,
         CoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,

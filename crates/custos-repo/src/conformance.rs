@@ -897,6 +897,46 @@ pub fn run(repo: &dyn Repository) {
         [("alice", 3), ("bob", 2)],
         "alice replaced hers; bob's refused change left his"
     );
+    names_belong_to_one_key(repo);
+}
+
+/// A name belongs to one key, checked in the writing transaction: a second
+/// key (inserted, bulk-inserted or renamed) with a name another carries is
+/// refused, and of writers racing with one name exactly one wins.
+fn names_belong_to_one_key(repo: &dyn Repository) {
+    let mut holder = key("DSET.PRIM.NAMES.key001");
+    holder.attributes.names = vec!["lun-7".into()];
+    repo.insert_key(&holder).unwrap();
+    repo.update_key(&holder, &holder).expect("a key keeps its own name");
+    let mut twin = key("DSET.PRIM.NAMES.key002");
+    twin.attributes.names = vec!["other".into(), "lun-7".into()];
+    match repo.insert_key(&twin) {
+        Err(RepoError::NameTaken { name, label }) => {
+            assert_eq!((name.as_str(), label.as_str()), ("lun-7", "DSET.PRIM.NAMES.key001"))
+        }
+        other => panic!("a taken name: {other:?}"),
+    }
+    assert!(matches!(
+        repo.insert_keys(&[key("DSET.PRIM.NAMES.key003"), twin.clone()]),
+        Err(RepoError::NameTaken { .. })
+    ));
+    assert!(repo.key(&KeyLabel::new("DSET.PRIM.NAMES.key003").unwrap()).unwrap().is_none(), "all or none");
+    let plain = key("DSET.PRIM.NAMES.key004");
+    repo.insert_key(&plain).unwrap();
+    let mut taking = plain.clone();
+    taking.attributes.names = vec!["lun-7".into()];
+    assert!(matches!(repo.update_key(&taking, &plain), Err(RepoError::NameTaken { .. })));
+    let racers: Vec<Result<(), RepoError>> = std::thread::scope(|s| {
+        let run = |i: u32| {
+            let mut k = key(&format!("DSET.PRIM.RACE.key{i:03}"));
+            k.attributes.names = vec!["raced-name".into()];
+            s.spawn(move || repo.insert_key(&k))
+        };
+        let all: Vec<_> = (1..=4).map(run).collect();
+        all.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(racers.iter().filter(|r| r.is_ok()).count(), 1, "{racers:?}");
+    assert!(racers.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(RepoError::NameTaken { .. }))), "{racers:?}");
 }
 
 /// A MAC for tests: keyed, 32 bytes, different for every input that

@@ -65,6 +65,8 @@ pub enum RepoError {
     Exists { kind: &'static str, name: String },
     #[error("no {kind} named {name}")]
     NotFound { kind: &'static str, name: String },
+    #[error("{name:?} already names key {label}: a name belongs to one key; choose another name")]
+    NameTaken { name: String, label: String },
     #[error("{name} is the last enabled security-admin (a change to another principal may just have taken the others): nothing was changed; enable or add another security-admin first")]
     LastAdmin { name: String },
     #[error("{kind} {name} is still used by {uses}: nothing was removed; {remedy}")]

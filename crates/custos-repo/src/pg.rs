@@ -243,6 +243,8 @@ const LOCK_OBJECTS: i64 = 0x6375_7374_6f73_0002;
 const LOCK_AUDIT: i64 = 0x6375_7374_6f73_0003;
 /// Changes to principals (see `update_principal`).
 const LOCK_PRINCIPALS: i64 = 0x6375_7374_6f73_0004;
+/// Writes of keys that carry names (see `check_key_names`).
+const LOCK_KEY_NAMES: i64 = 0x6375_7374_6f73_0005;
 
 /// Connections in a server's pool.
 const POOL_SIZE: u32 = 16;
@@ -1487,6 +1489,7 @@ impl PgRepository {
     }
 
     fn insert_key_in(&self, tx: &mut Db<'_>, k: &KeyRecord) -> Result<()> {
+        check_key_names(tx, k)?;
         let r = self.write(
             tx,
             "store a key",
@@ -1851,6 +1854,7 @@ impl Repository for PgRepository {
 
     fn update_key(&self, k: &KeyRecord, was: &KeyRecord) -> Result<()> {
         self.tx("update a key", None, |tx| {
+            check_key_names(tx, k)?;
             let found = self.lock_check(tx, "keys", "label = $1", &[&k.label.as_str()])?;
             let rows = self.write(
                 tx,
@@ -1906,6 +1910,16 @@ impl Repository for PgRepository {
     fn insert_keys(&self, recs: &[KeyRecord]) -> Result<()> {
         // Sealed in Rust before they are written, a thousand per statement.
         self.tx("store keys", None, |tx| {
+            // Names: none taken by a key already stored, nor twice in this batch.
+            let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+            for k in recs.iter().filter(|k| !k.attributes.names.is_empty()) {
+                check_key_names(tx, k)?;
+                for n in &k.attributes.names {
+                    if let Some(first) = seen.insert(n.as_str(), k.label.as_str()) {
+                        return Err(RepoError::NameTaken { name: n.clone(), label: first.to_string() });
+                    }
+                }
+            }
             let generation = self.generation(tx)?;
             for batch in recs.chunks(1000) {
                 let hex: Vec<(String, String)> = batch.iter().map(|k| (k.mkvp.to_hex(), k.kcv.to_hex())).collect();
@@ -3286,6 +3300,30 @@ impl Repository for PgRepository {
             .map_err(pg("remove an hsm rule"))?;
         Ok(n > 0)
     }
+}
+
+/// Refuse `k`'s names when another key already carries one (KMIP Name: a
+/// name belongs to one key). Writers of named keys take one lock first, so
+/// two of them cannot both pass the check before either commits.
+fn check_key_names(tx: &mut Db<'_>, k: &KeyRecord) -> Result<()> {
+    if k.attributes.names.is_empty() {
+        return Ok(());
+    }
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY_NAMES]).map_err(pg("check a key's names"))?;
+    for name in &k.attributes.names {
+        let rows = tx
+            .query(
+                "SELECT label FROM keys WHERE label <> $2 AND attributes IS NOT NULL
+                 AND jsonb_exists(COALESCE(attributes::jsonb -> 'names', '[]'::jsonb), $1) LIMIT 1",
+                &[name, &k.label.as_str()],
+            )
+            .map_err(pg("check a key's names"))?;
+        if let Some(r) = rows.first() {
+            let label: String = r.try_get(0).map_err(pg("check a key's names"))?;
+            return Err(RepoError::NameTaken { name: name.clone(), label });
+        }
+    }
+    Ok(())
 }
 
 /// How many enabled security-admins there are, in this transaction.

@@ -1347,7 +1347,32 @@ fn drop_generations(
     Ok(garbage)
 }
 
+/// Refuse `k`'s names when another key already carries one (KMIP Name:
+/// a name belongs to one key). Run in the transaction that writes `k`, so
+/// two writers of one name cannot both pass.
+fn check_key_names(conn: &Connection, k: &KeyRecord) -> Result<()> {
+    if k.attributes.names.is_empty() {
+        return Ok(());
+    }
+    let mut st = conn
+        .prepare_cached(
+            "SELECT keys.label FROM keys, json_each(keys.attributes, '$.names') AS n WHERE n.value = ?1 AND keys.label <> ?2 LIMIT 1",
+        )
+        .map_err(db("check a key's names"))?;
+    for name in &k.attributes.names {
+        let other: Option<String> = st
+            .query_row(params![name, k.label.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(db("check a key's names"))?;
+        if let Some(label) = other {
+            return Err(RepoError::NameTaken { name: name.clone(), label });
+        }
+    }
+    Ok(())
+}
+
 fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
+    check_key_names(conn, k)?;
     // Cached: compiling it compiles the row triggers too (ADR 0019).
     let mut st = conn
         .prepare_cached(&format!(
@@ -1522,7 +1547,10 @@ impl Repository for SqliteRepository {
     }
 
     fn insert_key(&self, k: &KeyRecord) -> Result<()> {
-        insert_key(&self.conn(), k)
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("store a key"))?;
+        insert_key(&tx, k)?;
+        tx.commit().map_err(db("store a key"))
     }
 
     fn key(&self, label: &KeyLabel) -> Result<Option<KeyRecord>> {
@@ -1553,8 +1581,11 @@ impl Repository for SqliteRepository {
     }
 
     fn update_key(&self, k: &KeyRecord, was: &KeyRecord) -> Result<()> {
-        let n = self
-            .conn()
+        let mut conn = self.conn();
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db("update a key"))?;
+        check_key_names(&tx, k)?;
+        let n = tx
             .execute(
                 "UPDATE keys SET state = ?2, wrapped = ?3, mkvp = ?4, activated_at = ?5, deactivated_at = ?6,
                  destroyed_at = ?7, expires_at = ?8, escrow_kbk = ?9, escrow = ?10, attributes = ?16
@@ -1581,6 +1612,8 @@ impl Repository for SqliteRepository {
                 ],
             )
             .map_err(db("update a key"))?;
+        tx.commit().map_err(db("update a key"))?;
+        drop(conn);
         if n == 0 {
             return Err(match self.key(&k.label)? {
                 None => RepoError::NotFound { kind: "key", name: k.label.to_string() },
