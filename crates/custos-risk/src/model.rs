@@ -419,9 +419,10 @@ impl Verdict {
     fn explain_copy(&self) -> String {
         match self {
             Verdict::Unaffected => "the dataset itself is untouched".into(),
-            Verdict::Survives { kind: CopyKind::Mirror, volume, key, .. } => {
-                format!("survives on its mirror {volume} (reads fail over) under {key}")
-            }
+            Verdict::Survives { kind: CopyKind::Mirror, volume, key, .. } => format!(
+                "survives on its mirror {volume} (reads fail over){}",
+                if key.is_empty() { String::new() } else { format!(" under {key}") }
+            ),
             Verdict::Survives { kind: CopyKind::Plaintext, copy, volume, .. } => format!(
                 "survives through the plaintext copy ({copy}) on {volume}, which needs no key; but the backup is not secured: whoever holds that medium reads the data"
             ),

@@ -794,6 +794,10 @@ fn a_plaintext_tape_copy_is_table_2s_unsecured_yes_and_table_1_is_reproduced() {
             assert_eq!(verdict.survives(), want, "{app} / {}: {}", threat.name(), verdict.explain());
         }
     }
+    // No key is named where none is needed (SYNC's mirror, as if unencrypted).
+    let sync = t1.datasets.iter().find(|d| d.dataset == "SYNC.DATA").unwrap();
+    let (_, disk) = sync.single.iter().find(|(t, _)| *t == Threat::DiskFailure).unwrap();
+    assert!(disk.explain().ends_with("(reads fail over)"), "{}", disk.explain());
     // Pairs among the five only, and no key finding.
     assert!(t1.datasets.iter().all(|d| d.dual.len() == 10));
     assert!(!t1.findings.iter().any(|f| f.code.contains("key")), "{:#?}", t1.findings);
