@@ -1255,7 +1255,9 @@ pub enum ConfigCmd {
     ///     key-recover, mk-activate, policy-change, escrow-recover, role-change,
     ///     escrow-change, data-removal, key-archive, volume-change);
     ///   request.ttl DURATION         how long a request waits for approval (24h);
-    ///   gc.grace DURATION            how long released objects are kept before gc (24h).
+    ///   gc.grace DURATION            how long released objects are kept before gc (24h);
+    ///   backup.plaintext allow|refuse  whether unencrypted copies to tape may be made
+    ///     (`backup run --plaintext`; default refuse).
     #[command(verbatim_doc_comment)]
     Set {
         /// The setting.

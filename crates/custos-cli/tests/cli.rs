@@ -2515,3 +2515,21 @@ fn errors_are_json_with_json() {
     // Without --json, the same failure is one line of text.
     assert!(e.fails(&["ds", "info", "NO.SUCH"], 3).starts_with("custos: no dataset named NO.SUCH"));
 }
+
+/// `config set --help` names every setting `config ls` shows (a new
+/// setting without a line in the help fails this).
+#[test]
+fn config_set_help_names_every_setting() {
+    let e = Env::new();
+    let help = e.ok(&["config", "set", "--help"]);
+    let all = e.json(&["config", "ls"]);
+    let keys: Vec<String> = match &all {
+        serde_json::Value::Object(m) => m.keys().cloned().collect(),
+        serde_json::Value::Array(a) => a.iter().filter_map(|s| s["key"].as_str().map(str::to_string)).collect(),
+        other => panic!("{other}"),
+    };
+    assert!(keys.len() >= 11, "{all}");
+    for k in keys {
+        assert!(help.contains(&format!(" {k} ")), "{k} is not in: {help}");
+    }
+}
