@@ -415,6 +415,13 @@ impl<S: VaultState> Vault<S> {
     }
 }
 
+/// Why the producing side of [`Vault::pipe`] stopped: a failure of its
+/// own, or its output closed (the consumer stopped reading).
+pub(crate) enum Produced {
+    Failed(Error),
+    Output(std::io::Error),
+}
+
 /// A result that may be a failure, for [`Vault::in_parallel`].
 pub(crate) trait Failable {
     fn failed(&self) -> bool;
@@ -571,7 +578,7 @@ enum Msg {
     Failed,
 }
 
-pub(crate) struct ChannelWriter {
+struct ChannelWriter {
     tx: Sender<Msg>,
     buf: Vec<u8>,
 }
@@ -595,7 +602,7 @@ impl Write for ChannelWriter {
     }
 }
 
-pub(crate) struct ChannelReader {
+struct ChannelReader {
     rx: Receiver<Msg>,
     cur: Vec<u8>,
     pos: usize,
@@ -621,14 +628,7 @@ impl Read for ChannelReader {
     }
 }
 
-impl ChannelWriter {
-    /// Tell the reader the stream ended (`ok`) or that its source failed.
-    pub(crate) fn finish(&self, ok: bool) {
-        let _ = self.tx.send(if ok { Msg::End } else { Msg::Failed });
-    }
-}
-
-pub(crate) fn channel() -> (ChannelWriter, ChannelReader) {
+fn channel() -> (ChannelWriter, ChannelReader) {
     let (tx, rx) = bounded(4);
     (
         ChannelWriter { tx, buf: Vec::with_capacity(PIPE_PIECE) },
@@ -638,8 +638,7 @@ pub(crate) fn channel() -> (ChannelWriter, ChannelReader) {
 
 impl Vault<Open> {
     /// Stream the plaintext of a sealed object set into `consume`, on two
-    /// threads. The producer's error wins over the consumer's, since it is
-    /// the cause.
+    /// threads (see [`Vault::pipe`]).
     fn stream_copy<T>(
         &self,
         name: &DatasetName,
@@ -648,17 +647,9 @@ impl Vault<Open> {
         size: u64,
         consume: impl FnOnce(&mut dyn Read) -> Result<T>,
     ) -> Result<T> {
-        let (mut w, mut r) = channel();
-        std::thread::scope(|s| {
-            let producer = s.spawn(move || {
-                let res = open_stream(open, 0, size, &mut w).and_then(|_| w.flush().map_err(OpenError::Output));
-                let _ = w.tx.send(if res.is_ok() { Msg::End } else { Msg::Failed });
-                res
-            });
-            let consumed = consume(&mut r);
-            drop(r);
-            match producer.join().expect("copy producer does not panic") {
-                Err(OpenError::Chunk { index, id, problem }) => Err(Error::Chunk {
+        let produce = |w: &mut dyn Write| {
+            open_stream(open, 0, size, w).map_err(|e| match e {
+                OpenError::Chunk { index, id, problem } => Produced::Failed(Error::Chunk {
                     dataset: name.clone(),
                     generation,
                     index,
@@ -666,8 +657,34 @@ impl Vault<Open> {
                     volume: open.volume.describe(),
                     problem,
                 }),
-                Err(OpenError::Store(e)) => Err(e.into()),
-                Err(OpenError::Output(_)) | Ok(()) => consumed,
+                OpenError::Store(e) => Produced::Failed(e.into()),
+                OpenError::Output(e) => Produced::Output(e),
+            })
+        };
+        self.pipe(produce, consume)
+    }
+
+    /// Run `produce` on a thread of its own, writing into a pipe that
+    /// `consume` reads on this one. The producer's own failure wins over
+    /// the consumer's, since it is the cause; a producer that stopped only
+    /// because the consumer stopped reading gives the consumer's answer.
+    pub(crate) fn pipe<T>(
+        &self,
+        produce: impl FnOnce(&mut dyn Write) -> std::result::Result<(), Produced> + Send,
+        consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+    ) -> Result<T> {
+        let (mut w, mut r) = channel();
+        std::thread::scope(|s| {
+            let producer = s.spawn(move || {
+                let res = produce(&mut w).and_then(|_| w.flush().map_err(Produced::Output));
+                let _ = w.tx.send(if res.is_ok() { Msg::End } else { Msg::Failed });
+                res
+            });
+            let consumed = consume(&mut r);
+            drop(r);
+            match producer.join().expect("copy producer does not panic") {
+                Err(Produced::Failed(e)) => Err(e),
+                Err(Produced::Output(_)) | Ok(()) => consumed,
             }
         })
     }

@@ -10,7 +10,9 @@ use jiff::Timestamp;
 use crate::{Error, Open, Result, Vault, VaultState};
 
 /// A key to create. Either `label` (checked against the naming standard) or
-/// `app` (the next label in the application's sequence) must be given.
+/// `app` (the next label in the application's sequence) must be given. It
+/// holds no key material (the HSM generates that), so `Debug` shows nothing
+/// secret.
 #[derive(Debug, Clone)]
 pub struct NewKey {
     pub label: Option<KeyLabel>,

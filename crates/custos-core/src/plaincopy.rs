@@ -19,6 +19,7 @@ use custos_store::format::{object_hash, plain_fingerprint, FormatError, Manifest
 use custos_store::{ChunkBuf, Volume};
 use jiff::Timestamp;
 
+use crate::backup::Produced;
 use crate::datasets::place_manifest;
 use crate::error::ChunkProblem;
 use crate::pipeline::{open_stream, OpenError, OpenJob};
@@ -192,21 +193,7 @@ impl Vault<Open> {
         let m = open_plain_manifest(vol.as_ref(), b)?;
         let target = as_name.unwrap_or(&b.dataset).clone();
         let (opts, new_key) = self.restore_options(&target)?;
-        let (mut w, mut r) = crate::backup::channel();
-        let put = std::thread::scope(|s| {
-            let producer = s.spawn(move || {
-                let res = read_plain(vol.as_ref(), b, &m, &mut w)
-                    .and_then(|_| w.flush().map_err(|e| Error::Invalid { what: "plaintext copy", why: e.to_string() }));
-                w.finish(res.is_ok());
-                res
-            });
-            let consumed = self.put(&target, &mut r, &opts);
-            drop(r);
-            match producer.join().expect("the plaintext reader does not panic") {
-                Err(e) => Err(e),
-                Ok(()) => consumed,
-            }
-        })?;
+        let put = self.pipe(|w| read_plain(vol.as_ref(), b, &m, w), |r| self.put(&target, r, &opts))?;
         self.verify(&target)?;
         Ok((put, new_key))
     }
@@ -219,7 +206,10 @@ impl<S: VaultState> Vault<S> {
         let vol = self.open_volume(&b.volume)?;
         let m = open_plain_manifest(vol.as_ref(), b)?;
         if read_data {
-            read_plain(vol.as_ref(), b, &m, &mut std::io::sink())?;
+            read_plain(vol.as_ref(), b, &m, &mut std::io::sink()).map_err(|e| match e {
+                Produced::Failed(e) => e,
+                Produced::Output(e) => Error::Invalid { what: "verify", why: e.to_string() },
+            })?;
         }
         Ok(())
     }
@@ -249,22 +239,29 @@ fn open_plain_manifest(vol: &dyn Volume, b: &BackupRecord) -> Result<Manifest> {
 
 /// Stream a plaintext copy's data into `out`, each chunk checked against
 /// the length and SHA-256 its manifest records.
-fn read_plain(vol: &dyn Volume, b: &BackupRecord, m: &Manifest, out: &mut dyn Write) -> Result<()> {
+fn read_plain(
+    vol: &dyn Volume,
+    b: &BackupRecord,
+    m: &Manifest,
+    out: &mut dyn Write,
+) -> std::result::Result<(), Produced> {
     let mut buf = ChunkBuf::new(m.chunk_size as usize);
     for (index, c) in m.chunks.iter().enumerate() {
-        let bad = |problem| Error::Chunk {
-            dataset: b.dataset.clone(),
-            generation: b.source_generation,
-            index: index as u64,
-            id: c.id,
-            volume: format!("{} (backup {})", vol.describe(), b.id),
-            problem,
+        let bad = |problem| {
+            Produced::Failed(Error::Chunk {
+                dataset: b.dataset.clone(),
+                generation: b.source_generation,
+                index: index as u64,
+                id: c.id,
+                volume: format!("{} (backup {})", vol.describe(), b.id),
+                problem,
+            })
         };
         let n = match vol.read_chunk(&c.id, &mut buf, m.chunk_size as usize) {
             Ok(n) => n,
             Err(custos_store::StoreError::Missing { .. }) => return Err(bad(ChunkProblem::Missing)),
             Err(custos_store::StoreError::TooLarge { size, .. }) => return Err(bad(ChunkProblem::Oversized { size })),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Produced::Failed(e.into())),
         };
         let data = buf.slice(n);
         if n != c.len as usize {
@@ -275,7 +272,7 @@ fn read_plain(vol: &dyn Volume, b: &BackupRecord, m: &Manifest, out: &mut dyn Wr
                 "its bytes do not match the SHA-256 its manifest records",
             ))));
         }
-        out.write_all(data).map_err(|e| Error::Invalid { what: "plaintext copy", why: e.to_string() })?;
+        out.write_all(data).map_err(Produced::Output)?;
     }
     Ok(())
 }

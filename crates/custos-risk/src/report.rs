@@ -518,17 +518,20 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
             });
         }
         for c in &d.copies {
-            let (path, why) = match none(g, &c.key) {
-                _ if c.kind == CopyKind::Plaintext => (Some(KeyPath::NoKey), None),
-                Ok(p) => (Some(p), None),
-                Err(w) => (None, Some(w)),
+            let (path, why) = if c.kind == CopyKind::Plaintext {
+                (Some(KeyPath::NoKey), None)
+            } else {
+                match none(g, &c.key) {
+                    Ok(p) => (Some(p), None),
+                    Err(w) => (None, Some(w)),
+                }
             };
             if c.kind == CopyKind::Plaintext {
                 findings.push(Finding {
                     code: "plaintext-copy",
                     subject: format!("{} {}", d.name, c.id),
                     detail: format!(
-                        "a plaintext copy on {}: it survives the loss of every key, but it is not encrypted, so whoever holds that medium reads the data (the paper's \"backups not secured\"); remove it with `custos backup prune` when a logical copy under a BACK key will do",
+                        "a plaintext copy on {}: it survives the loss of every key, but it is not encrypted, so whoever holds that medium reads the data (the paper's \"backups not secured\"); keep the medium as you would the data in the clear: `custos backup prune` removes older plaintext copies but keeps the newest of each dataset, as it does for every series",
                         c.volume
                     ),
                 });

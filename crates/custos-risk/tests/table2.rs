@@ -863,4 +863,22 @@ fn a_plaintext_tape_copy_is_table_2s_unsecured_yes_and_table_1_is_reproduced() {
     let after = single(&r, "AMPLAIN.DATA", Threat::DataKeyLoss);
     assert!(after.explain().contains("vault backup") && !after.explain().contains("plaintext"), "{}", after.explain());
     assert!(r.findings.iter().any(|f| f.code == "damaged-copy" && f.subject.contains(&format!("backup {}", b.id))));
+    // Restoring a plaintext copy whose writing side fails (its volume is
+    // gone) answers with that failure, not with the reading side finding
+    // its pipe closed: the copy is larger than the pipe holds.
+    let big = DatasetName::new("PLAINBIG.DATA").unwrap();
+    let body: Vec<u8> = (0..12u32 << 20).map(|j| (j.wrapping_mul(2654435761) >> 9) as u8).collect();
+    v.put(&big, &mut body.as_slice(), &Default::default()).unwrap();
+    let copy = v.backup_plaintext_many(std::slice::from_ref(&big), &tape_b).unwrap()[0].1.clone().unwrap();
+    let gone = vol(&v, dir.path(), "gone-a", "A", Medium::Disk);
+    v.add_policy(&NewPolicy {
+        name: "gone".into(),
+        pattern: Pattern::new("GONE.**").unwrap(),
+        volume: gone,
+        target: PolicyTarget::Template { app: None },
+    })
+    .unwrap();
+    std::fs::remove_dir_all(dir.path().join("gone-a")).unwrap();
+    let err = v.restore(&copy, Some(&DatasetName::new("GONE.DATA").unwrap())).unwrap_err().to_string();
+    assert!(err.contains("gone-a") && !err.contains("stopped"), "{err}");
 }
