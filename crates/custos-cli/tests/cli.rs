@@ -969,6 +969,19 @@ fn tape_volume_on_s3() {
     assert_eq!(e.json(&["volume", "ls"]).as_array().unwrap().len(), 2);
 }
 
+/// A store that ignores conditional writes (s3rver) would make a tape
+/// volume that is not write-once: `volume add` refuses it, saying why, and
+/// adds nothing.
+#[test]
+fn a_tape_volume_is_refused_where_the_store_overwrites() {
+    let s3 = custos_testing::S3rver::start("custos-tapes");
+    let mut e = Env::new();
+    e.env.extend(s3.env().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let err = e.fails(&["volume", "add", "t", "--url", "s3://custos-tapes/site-c", "--site", "C"], 1);
+    assert!(err.contains("volume t") && err.contains("would not be write-once"), "{err}");
+    assert_eq!(e.json(&["volume", "ls"]).as_array().unwrap().len(), 1);
+}
+
 /// `hsm run`: backs up what changed, prunes, migrates unused datasets to
 /// tape; a second run does nothing; a read recalls a migrated dataset.
 #[test]

@@ -47,6 +47,7 @@ pub use audit::{AuditFilter, AuditVerdict, AUDIT_KEY};
 pub use auditexport::{AuditComparison, AuditExported};
 pub use backup::{PruneDecision, RestoreReport};
 pub use custos_repo::{AuditCheckpoint, AuditRow, CatalogCheck, Idempotency, RepoError, RequestRow, RowFault};
+pub use custos_store::StoreError;
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};
 pub use escrow::{EscrowStatus, ShareStatus};

@@ -29,6 +29,8 @@ use tokio::runtime::Runtime;
 
 const LABEL: &str = "CUSTOS-VOLUME";
 const LABEL_V1: &[u8] = b"custos-volume 1\n";
+/// Where the write-once probe is written, and deleted at once.
+const PROBE_DIR: &str = "write-once-probe";
 
 /// Where a tape volume lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +129,7 @@ impl ObjectVolume {
             Err(StoreError::Missing { .. }) => {}
             Err(e) => return Err(v.unreachable(e)),
         }
+        v.probe_write_once(true)?;
         v.put_once(LABEL, LABEL_V1.to_vec())?;
         v.sync()?;
         Ok(v)
@@ -137,9 +140,53 @@ impl ObjectVolume {
     pub fn open(name: &str, location: &Location, s3: &S3Options) -> Result<Self> {
         let v = Self::connect(name, location, s3)?;
         match v.get(LABEL, "the volume label") {
-            Ok(label) if label == LABEL_V1 => Ok(v),
-            Ok(_) | Err(StoreError::Missing { .. }) => Err(StoreError::NotAVolume { path: v.path_of(LABEL) }),
-            Err(e) => Err(v.unreachable(e)),
+            Ok(label) if label == LABEL_V1 => {}
+            Ok(_) | Err(StoreError::Missing { .. }) => return Err(StoreError::NotAVolume { path: v.path_of(LABEL) }),
+            Err(e) => return Err(v.unreachable(e)),
+        }
+        v.probe_write_once(false)?;
+        Ok(v)
+    }
+
+    /// Check that the store refuses to overwrite: write a probe object
+    /// twice, each time only if none exists (`If-None-Match: *` on S3). A
+    /// store that lets the second write through (some S3 look-alikes
+    /// ignore the condition and answer 200) is refused, since a tape
+    /// volume there would not be write-once and nothing else would tell.
+    /// The probe is deleted afterwards. A directory store creates files
+    /// exclusively and is not probed. On `open`, credentials that may not
+    /// write at all skip the probe: reading is all they can do, and any
+    /// write they try fails anyway.
+    fn probe_write_once(&self, adding: bool) -> Result<()> {
+        if !self.location.is_s3() {
+            return Ok(());
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let rel = format!("{PROBE_DIR}/{:x}-{nanos:x}", std::process::id());
+        let key = self.key(&rel);
+        let once = || {
+            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+            self.rt.block_on(self.store.put_opts(&key, PutPayload::from_static(b"custos write-once probe\n"), opts))
+        };
+        match once() {
+            Ok(_) => {}
+            Err(e)
+                if !adding
+                    && matches!(
+                        e,
+                        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+                    ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(self.err(&rel, e)),
+        }
+        let second = once();
+        let _ = self.delete(&rel);
+        match second {
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+            Ok(_) => Err(StoreError::NotWriteOnce { volume: self.name.clone(), location: self.location.to_string() }),
+            Err(e) => Err(self.err(&rel, e)),
         }
     }
 

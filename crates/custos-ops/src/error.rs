@@ -160,6 +160,7 @@ pub fn core_code(e: &CoreError) -> Code {
         CoreError::Hsm(HsmError::Pkcs11Config(m)) if m.contains("wrong PIN") => Code::Authentication,
         CoreError::Forbidden { .. } => Code::Forbidden,
         CoreError::Repo(RepoError::NeedsKey { .. }) => Code::Authentication,
+        CoreError::Store(custos_core::StoreError::NotWriteOnce { .. }) => Code::Invalid,
         CoreError::Store(_)
         | CoreError::LeftInTrash { .. }
         | CoreError::Repo(RepoError::Postgres { .. } | RepoError::PostgresTls { .. } | RepoError::RowKey { .. }) => {

@@ -67,6 +67,12 @@ pub enum StoreError {
     /// An object that is created once already exists; nothing was overwritten.
     #[error("{what} already exists on {volume} ({path}); it was not overwritten")]
     Exists { volume: String, what: String, path: PathBuf },
+    /// An object store that overwrites an object a conditional write should
+    /// have refused: a tape volume there would not be written once.
+    #[error(
+        "{volume}: the object store at {location} overwrote an object it was asked to create only if absent (If-None-Match: *), so a tape volume there would not be write-once; use a store that honours conditional writes (AWS S3, MinIO, Ceph RGW) or a disk volume"
+    )]
+    NotWriteOnce { volume: String, location: String },
 }
 
 /// The storage seam. Writes of chunks are made durable by [`Volume::sync`];

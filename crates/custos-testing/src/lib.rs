@@ -152,6 +152,71 @@ impl S3Server {
     }
 }
 
+/// An S3-protocol server that ignores conditional writes: s3rver (npm), on
+/// a free localhost port with one bucket, its data in a private directory;
+/// killed on drop. `CUSTOS_S3RVER` names its `s3rver.js` (`.ci/run` installs
+/// it); panics with what to do when it is missing. It answers 200 to a PUT
+/// with `If-None-Match: *` and replaces the object, which is what the
+/// write-once probe must catch.
+pub struct S3rver {
+    child: Child,
+    port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl S3rver {
+    pub fn start(bucket: &str) -> Self {
+        let script = std::env::var_os("CUSTOS_S3RVER").map(PathBuf::from).unwrap_or_else(|| {
+            panic!("CUSTOS_S3RVER is not set: install s3rver (npm install s3rver@3.7.1) and point it at node_modules/s3rver/bin/s3rver.js, or run .ci/run")
+        });
+        let data = tempfile::tempdir().expect("a data directory for s3rver");
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let child = Command::new("node")
+            .arg(&script)
+            .args([
+                "--silent",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--no-vhost-buckets",
+                "--configure-bucket",
+                bucket,
+                "-d",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("s3rver does not start with node ({e}): install nodejs, or run .ci/run"));
+        let s = Self { child, port, _data: data };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3rver did not listen on port {port} within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    /// The environment an S3 client needs to reach it (s3rver's fixed
+    /// credentials).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ACCESS_KEY_ID", "S3RVER".into()),
+            ("AWS_SECRET_ACCESS_KEY", "S3RVER".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3rver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
