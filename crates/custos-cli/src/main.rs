@@ -96,6 +96,11 @@ fn error_code(e: &anyhow::Error) -> custos_ops::Code {
     if let Some(e) = e.downcast_ref::<custos_core::Error>() {
         return custos_ops::core_code(e);
     }
+    // A custodian's file that does not parse is invalid input, as the
+    // engine reports it.
+    if let Some(e) = e.downcast_ref::<custos_core::FileError>() {
+        return custos_ops::core_code(&custos_core::Error::from(e.clone()));
+    }
     Code::Other
 }
 
@@ -528,7 +533,7 @@ fn rebuild(cli: &Cli, share: &[PathBuf], key: &[PathBuf], part: &[PathBuf], kdf:
             .iter()
             .enumerate()
             .map(|(i, t)| custos_core::ShareFile::decode(t.expose(), &format!("share {}", i + 1)))
-            .collect::<custos_core::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, custos_core::FileError>>()?;
         let p = passphrase(cli.passphrase_file.as_deref(), true)?;
         (custos_core::rebuild(&cli.vault, &p, kdf, &shares, &who)?, "recovered from escrow")
     } else {
@@ -536,7 +541,7 @@ fn rebuild(cli: &Cli, share: &[PathBuf], key: &[PathBuf], part: &[PathBuf], kdf:
             .iter()
             .enumerate()
             .map(|(i, t)| custos_core::KeyPartFile::decode(t.expose(), &format!("part {}", i + 1)))
-            .collect::<custos_core::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, custos_core::FileError>>()?;
         let p = passphrase(cli.passphrase_file.as_deref(), true)?;
         (custos_core::rebuild_from_parts(&cli.vault, &p, kdf, parts, &who)?, "under the re-entered master key")
     };

@@ -2162,6 +2162,23 @@ fn the_audit_log_exported_to_tape_witnesses_a_rollback_of_both_files() {
     assert_eq!(segments.len(), 2, "{segments:?}");
     let out = e.ok(&["audit", "verify", "--against", "witness"]);
     assert!(out.contains("matches volume witness") && out.contains("in 2 segments"), "{out}");
+    // Names on the volume are input too: one that claims every entry up to
+    // the last number there is (which overflowed once) is named, not a
+    // crash; one whose range runs backwards is not a segment at all.
+    let huge = tape.join("audit/00000000000000000001-18446744073709551615.jsonl");
+    let backwards = tape.join("audit/00000000000000000009-00000000000000000002.jsonl");
+    std::fs::write(&huge, b"").unwrap();
+    std::fs::write(&backwards, b"").unwrap();
+    let o = e.run(&["audit", "verify", "--against", "witness"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(
+        out.contains("segment 00000000000000000001-18446744073709551615 holds 0 entries where its name says 1 to 18446744073709551615"),
+        "{out}"
+    );
+    assert!(!out.contains("00000000000000000009-"), "{out}");
+    std::fs::remove_file(&huge).unwrap();
+    std::fs::remove_file(&backwards).unwrap();
     // Both files put back as they were: the anchor goes back with them.
     let (db, hsm) = (e.vault.join("custos.db"), e.vault.join("hsm.sealed"));
     let before = (std::fs::read(&db).unwrap(), std::fs::read(&hsm).unwrap());

@@ -6,8 +6,9 @@
 
 use custos_model::VolumeName;
 use custos_repo::AuditRow;
+use custos_store::audit_segment::{self, parse_id, segment_id, Line};
 use custos_store::Kept;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{Error, Result, Vault, VaultState};
 
@@ -36,47 +37,23 @@ pub struct AuditComparison {
     pub problems: Vec<String>,
 }
 
-/// One exported entry: every field the chain covers, and the link.
-#[derive(Serialize, Deserialize, PartialEq, Eq)]
-struct Line {
-    seq: u64,
-    at: jiff::Timestamp,
-    principal: String,
-    action: String,
-    object: String,
-    result: String,
-    hash: String,
-    keyed: bool,
-}
-
-impl From<&AuditRow> for Line {
-    fn from(r: &AuditRow) -> Self {
-        Line {
-            seq: r.seq,
-            at: r.at,
-            principal: r.principal.clone(),
-            action: r.action.clone(),
-            object: r.object.clone(),
-            result: r.result.clone(),
-            hash: hex::encode(r.hash),
-            keyed: r.keyed,
-        }
+/// An audit row as a segment line holds it.
+fn line_of(r: &AuditRow) -> Line {
+    Line {
+        seq: r.seq,
+        at: r.at,
+        principal: r.principal.clone(),
+        action: r.action.clone(),
+        object: r.object.clone(),
+        result: r.result.clone(),
+        hash: hex::encode(r.hash),
+        keyed: r.keyed,
     }
 }
 
 type VolumeHandle = std::sync::Arc<dyn custos_store::Volume>;
 /// A segment on a volume: its first and last entry, and its id.
-type Segment = (u64, u64, String);
-
-/// A segment's id: its first and last entry, zero-padded so ids sort.
-fn segment_id(first: u64, last: u64) -> String {
-    format!("{first:020}-{last:020}")
-}
-
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (a, b) = id.split_once('-')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
+pub(crate) type Segment = (u64, u64, String);
 
 impl<S: VaultState> Vault<S> {
     /// The volume, and its segments (first entry, last entry, id) in order.
@@ -103,7 +80,7 @@ impl<S: VaultState> Vault<S> {
         };
         let mut out = Vec::with_capacity(rows.len() * 200);
         for r in &rows {
-            serde_json::to_writer(&mut out, &Line::from(r)).expect("entries serialize");
+            serde_json::to_writer(&mut out, &line_of(r)).expect("entries serialize");
             out.push(b'\n');
         }
         let id = segment_id(first, last);
@@ -122,40 +99,64 @@ impl<S: VaultState> Vault<S> {
     pub fn audit_compare(&self, volume: &VolumeName) -> Result<AuditComparison> {
         let (vol, segs) = self.audit_segments(volume)?;
         let catalog = self.repo.audit_rows(0)?;
-        let by_seq: std::collections::HashMap<u64, &AuditRow> = catalog.iter().map(|r| (r.seq, r)).collect();
-        let mut c = AuditComparison { volume: volume.to_string(), segments: segs.len() as u64, ..Default::default() };
-        let mut next = 1u64;
-        for (first, last, id) in &segs {
-            if *first > next {
+        compare(volume.as_str(), &segs, &catalog, |id| Ok(vol.read_kept(Kept::AuditSegment, id)?))
+    }
+}
+
+/// Compare the catalog's log with `segs`, each read by `read`: every entry
+/// exported must still be in the catalog as it was. Segments come from a
+/// volume, so nothing in them is trusted: a line that is not an entry, or
+/// ids at the ends of the number range, are reported or borne, never a panic.
+pub(crate) fn compare(
+    volume: &str,
+    segs: &[Segment],
+    catalog: &[AuditRow],
+    mut read: impl FnMut(&str) -> Result<Vec<u8>>,
+) -> Result<AuditComparison> {
+    let by_seq: std::collections::HashMap<u64, &AuditRow> = catalog.iter().map(|r| (r.seq, r)).collect();
+    let mut c = AuditComparison { volume: volume.to_string(), segments: segs.len() as u64, ..Default::default() };
+    let mut next = 1u64;
+    for (first, last, id) in segs {
+        if *first > next {
+            c.problems
+                .push(format!("entries {next} to {} are in no segment on {volume}: a segment was removed", first - 1));
+        }
+        let bytes = read(id)?;
+        let mut held = 0u64;
+        for (i, l) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let Some(line) = audit_segment::line(l) else {
+                c.problems.push(format!("segment {id} line {} is not an audit entry: the segment was altered", i + 1));
+                continue;
+            };
+            if line.seq < *first || line.seq > *last {
                 c.problems.push(format!(
-                    "entries {next} to {} are in no segment on {volume}: a segment was removed",
-                    first - 1
+                    "segment {id} holds entry {}, outside the entries its name says: the segment was altered",
+                    line.seq
                 ));
             }
-            let bytes = vol.read_kept(Kept::AuditSegment, id)?;
-            for (i, l) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
-                let Ok(line) = serde_json::from_slice::<Line>(l) else {
-                    c.problems
-                        .push(format!("segment {id} line {} is not an audit entry: the segment was altered", i + 1));
-                    continue;
-                };
-                c.exported += 1;
-                c.through = c.through.max(line.seq);
-                match by_seq.get(&line.seq) {
-                    None => c.problems.push(format!(
-                        "entry {} ({} {} by {}) was exported but is not in the catalog: it was deleted or cut",
-                        line.seq, line.action, line.object, line.principal
-                    )),
-                    Some(r) if Line::from(*r) != line => c.problems.push(format!(
-                        "entry {} differs from its exported copy (exported: {} {} by {}, {}): it was changed",
-                        line.seq, line.action, line.object, line.principal, line.result
-                    )),
-                    Some(_) => {}
-                }
+            held += 1;
+            c.exported += 1;
+            c.through = c.through.max(line.seq);
+            match by_seq.get(&line.seq) {
+                None => c.problems.push(format!(
+                    "entry {} ({} {} by {}) was exported but is not in the catalog: it was deleted or cut",
+                    line.seq, line.action, line.object, line.principal
+                )),
+                Some(r) if line_of(r) != line => c.problems.push(format!(
+                    "entry {} differs from its exported copy (exported: {} {} by {}, {}): it was changed",
+                    line.seq, line.action, line.object, line.principal, line.result
+                )),
+                Some(_) => {}
             }
-            next = next.max(last + 1);
         }
-        c.not_exported = catalog.iter().filter(|r| r.seq > c.through).count() as u64;
-        Ok(c)
+        // A segment holds every entry its name covers, once each.
+        if Some(held) != (last - first).checked_add(1) {
+            c.problems.push(format!(
+                "segment {id} holds {held} entries where its name says {first} to {last}: the segment was altered or renamed"
+            ));
+        }
+        next = next.max(last.saturating_add(1));
     }
+    c.not_exported = catalog.iter().filter(|r| r.seq > c.through).count() as u64;
+    Ok(c)
 }

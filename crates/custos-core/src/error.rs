@@ -124,3 +124,9 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] custos_store::StoreError),
 }
+
+impl From<custos_hsm::files::FileError> for Error {
+    fn from(e: custos_hsm::files::FileError) -> Self {
+        Error::Invalid { what: e.what, why: e.why }
+    }
+}

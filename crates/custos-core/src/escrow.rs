@@ -9,8 +9,8 @@ use custos_model::{CustodianKey, EscrowCopy, KbkRecord, KeyLabel, KeyRecord, Key
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::secretfile::seal_share;
 use crate::{Error, Open, Recovered, Result, ShareFile, Vault, VaultState};
+use custos_hsm::files::seal_share;
 
 /// Escrow coverage, for `escrow status`.
 #[derive(Debug, Clone, Serialize)]

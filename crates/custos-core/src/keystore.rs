@@ -8,52 +8,14 @@
 
 use custos_crypto::{Kcv, Mkvp};
 use custos_model::{
-    EscrowCopy, KeyAttributes, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Pattern, Purpose, VolumeName,
-    WrappedMaterial,
+    EscrowCopy, KeyLabel, KeyRecord, KeyState, KeystoreBackupRecord, Pattern, VolumeName, WrappedMaterial,
 };
 use custos_store::format::object_hash;
+use custos_store::keystore_backup::{self, BackedUpKey};
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{Error, Open, Result, Vault, VaultState};
-
-const FORMAT: &str = "custos-keystore-backup";
-
-/// First line of a backup object.
-#[derive(Serialize, Deserialize)]
-struct Header {
-    format: String,
-    version: u32,
-    id: String,
-    created_at: Timestamp,
-    keys: u64,
-}
-
-/// One key in a backup object (JSON Lines after the header).
-#[derive(Serialize, Deserialize)]
-struct BackedUpKey {
-    label: String,
-    state: KeyState,
-    purpose: Purpose,
-    app: String,
-    mkvp: String,
-    kcv: String,
-    wrapped: String,
-    created_at: Timestamp,
-    activated_at: Option<Timestamp>,
-    expires_at: Option<Timestamp>,
-    /// The key's escrow copy, so that losing the keystore does not lose it
-    /// too: the key-backup key's id, and the sealed copy (hex). Absent in
-    /// backups written before, and for keys without one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    escrow_kbk: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    escrow: Option<String>,
-    /// What KMIP clients recorded (names, a shorter key's length): absent
-    /// when none, and in backups written before.
-    #[serde(default, skip_serializing_if = "KeyAttributes::is_empty")]
-    attributes: KeyAttributes,
-}
 
 /// What recovery did with one key.
 #[derive(Debug, Clone, Serialize)]
@@ -87,12 +49,9 @@ impl<S: VaultState> Vault<S> {
         let mut mkvps: Vec<String> = keys.iter().map(|k| k.mkvp.to_hex()).collect();
         mkvps.sort();
         mkvps.dedup();
-        let mut out = Vec::with_capacity(keys.len() * 300);
-        let header =
-            Header { format: FORMAT.into(), version: 1, id: id.clone(), created_at: now, keys: keys.len() as u64 };
-        json_line(&mut out, &header);
-        for k in &keys {
-            let b = BackedUpKey {
+        let backed: Vec<BackedUpKey> = keys
+            .iter()
+            .map(|k| BackedUpKey {
                 label: k.label.to_string(),
                 state: k.state,
                 purpose: k.purpose,
@@ -106,9 +65,9 @@ impl<S: VaultState> Vault<S> {
                 escrow_kbk: k.escrow.as_ref().map(|e| e.kbk.clone()),
                 escrow: k.escrow.as_ref().map(|e| hex::encode(&e.blob)),
                 attributes: k.attributes.clone(),
-            };
-            json_line(&mut out, &b);
-        }
+            })
+            .collect();
+        let out = keystore_backup::encode(&id, now, &backed);
         vol.put_keystore_backup(&id, &out)?;
         let rec = KeystoreBackupRecord {
             id,
@@ -157,18 +116,7 @@ impl<S: VaultState> Vault<S> {
         if object_hash(&bytes) != b.sha256 {
             return Err(damaged("does not match the hash recorded when it was written: it was altered".into()));
         }
-        let mut lines = bytes.split(|c| *c == b'\n').filter(|l| !l.is_empty());
-        let header: Header = lines
-            .next()
-            .and_then(|l| serde_json::from_slice(l).ok())
-            .ok_or_else(|| damaged("has no valid header".into()))?;
-        if header.format != FORMAT || header.version != 1 {
-            return Err(damaged(format!(
-                "is format {} version {}, which this Custos cannot read",
-                header.format, header.version
-            )));
-        }
-        lines.map(|l| serde_json::from_slice(l).map_err(|e| damaged(format!("has a bad key line ({e})")))).collect()
+        keystore_backup::parse(&bytes).map_err(damaged)
     }
 }
 
@@ -178,11 +126,6 @@ impl Vault<Open> {
     pub fn check_key(&self, rec: &KeyRecord) -> Result<()> {
         self.unwrap_checked(rec).map(|_| ())
     }
-}
-
-fn json_line<T: Serialize>(out: &mut Vec<u8>, v: &T) {
-    serde_json::to_writer(&mut *out, v).expect("backup records serialize");
-    out.push(b'\n');
 }
 
 impl Vault<Open> {

@@ -37,7 +37,6 @@ mod principals;
 pub mod progress;
 mod requests;
 mod retention;
-mod secretfile;
 mod softhome;
 mod state;
 mod vault;
@@ -46,6 +45,10 @@ mod vaultbackup;
 pub use audit::{AuditFilter, AuditVerdict, AUDIT_KEY};
 pub use auditexport::{AuditComparison, AuditExported};
 pub use backup::{PruneDecision, RestoreReport};
+pub use custos_hsm::files::{
+    seal_share, share_confirmation, CustodianIdentity, FileError, KeyPartFile, SealedShareFile, ShareFile,
+    MIN_CUSTODIAN_PASSPHRASE_CHARS,
+};
 pub use custos_repo::{AuditCheckpoint, AuditRow, CatalogCheck, Idempotency, RepoError, RequestRow, RowFault};
 pub use custos_store::StoreError;
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
@@ -66,10 +69,6 @@ pub use pipeline::default_threads;
 pub use principals::{new_credential, permits, GrantKind, StoredCredential};
 pub use requests::{CONTROLLABLE, DEFAULT_DUAL_CONTROL};
 pub use retention::Retention;
-pub use secretfile::{
-    seal_share, share_confirmation, CustodianIdentity, KeyPartFile, SealedShareFile, ShareFile,
-    MIN_CUSTODIAN_PASSPHRASE_CHARS,
-};
 pub use vault::{
     HsmChoice, HsmKind, InitOptions, NewPolicy, NewVolume, Open, Sealed, Vault, VaultState, DEFAULT_CHUNK_SIZE,
 };

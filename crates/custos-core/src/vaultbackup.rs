@@ -11,51 +11,19 @@
 
 use std::path::{Path, PathBuf};
 
-use aws_lc_rs::digest;
-use custos_crypto::{DataKey, Kcv, Mkvp, Nonce, Passphrase, TAG_LEN};
+use custos_crypto::{DataKey, Kcv, Mkvp, Passphrase};
 use custos_hsm::{Hsm, SoftHsm};
 use custos_model::VolumeName;
 use custos_repo::{Repository, SqliteRepository};
 use custos_store::{Kept, LocalVolume, Volume};
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::softhome::SoftHome;
 use crate::vault::{DB_FILE, HSM_FILE};
+use custos_store::vault_backup::{self, Header};
+
 use crate::{Error, HsmKind, Open, Result, Vault};
-
-const MAGIC: &[u8; 8] = b"CUSTOSVB";
-const VERSION: u8 = 1;
-const SEGMENT: usize = 1 << 20;
-
-/// What a vault backup's header says (in clear: nothing secret).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Header {
-    id: String,
-    vault_id: String,
-    created_at: Timestamp,
-    /// The last audit entry the copied catalog holds.
-    audit_seq: u64,
-    /// "soft" (the HSM file follows) or "pkcs11" (the token holds the keys).
-    hsm: String,
-    hsm_len: u64,
-    /// SHA-256 of the HSM file's bytes, hex.
-    hsm_sha256: String,
-    /// The catalog's key, wrapped under this master key.
-    mkvp: String,
-    kcv: String,
-    wrapped: String,
-    catalog_len: u64,
-    /// On a PKCS#11 vault, the module and token its keys are on (the token
-    /// outlives the vault directory; recovery opens it with the PIN).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pkcs11_module: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pkcs11_token: Option<String>,
-    /// The token's master keys when the backup was taken ("CURRENT <MKVP>"…).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    registers: Vec<String>,
-}
 
 /// What opens a vault backup: the software HSM's passphrase (its file is in
 /// the backup), or the PIN of the PKCS#11 token the vault's keys are on.
@@ -120,104 +88,6 @@ const RECOVERED_SERVER_CONFIG: &str = "server.toml.recovered";
 
 fn bad(why: impl Into<String>) -> Error {
     Error::Invalid { what: "vault backup", why: why.into() }
-}
-
-fn nonce(i: u64) -> Nonce {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&i.to_be_bytes());
-    Nonce(n)
-}
-
-fn aad(header_digest: &[u8], i: u64, last: bool) -> Vec<u8> {
-    let mut a = b"custos-vault-backup-v1".to_vec();
-    a.extend_from_slice(header_digest);
-    a.extend_from_slice(&i.to_be_bytes());
-    a.push(last as u8);
-    a
-}
-
-fn sha256(b: &[u8]) -> Vec<u8> {
-    digest::digest(&digest::SHA256, b).as_ref().to_vec()
-}
-
-/// Seal `catalog` after `prefix` (magic, version, header) under `key`.
-fn seal_catalog(prefix: &[u8], key: &DataKey, catalog: &[u8], out: &mut Vec<u8>) -> Result<()> {
-    let hd = sha256(prefix);
-    let n = catalog.len().div_ceil(SEGMENT).max(1);
-    for i in 0..n {
-        let part = &catalog[(i * SEGMENT).min(catalog.len())..((i + 1) * SEGMENT).min(catalog.len())];
-        let start = out.len();
-        out.extend_from_slice(part);
-        out.extend_from_slice(&[0u8; TAG_LEN]);
-        custos_crypto::seal_in_place(key, nonce(i as u64), &aad(&hd, i as u64, i + 1 == n), &mut out[start..])
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    Ok(())
-}
-
-/// A backup's parts, parsed and checked for shape (not yet opened).
-struct Parsed<'a> {
-    header: Header,
-    prefix: &'a [u8],
-    hsm: &'a [u8],
-    sealed: &'a [u8],
-}
-
-fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
-    let not = || bad("it is not a Custos vault backup, or it is damaged: use another one");
-    if bytes.len() < 13 || &bytes[..8] != MAGIC {
-        return Err(not());
-    }
-    if bytes[8] != VERSION {
-        return Err(bad(format!(
-            "it has format version {}, which this Custos does not read: upgrade Custos",
-            bytes[8]
-        )));
-    }
-    let hlen = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
-    let hend = 13usize.checked_add(hlen).filter(|e| *e <= bytes.len()).ok_or_else(not)?;
-    let header: Header = serde_json::from_slice(&bytes[13..hend]).map_err(|_| not())?;
-    let hsm_end = usize::try_from(header.hsm_len)
-        .ok()
-        .and_then(|l| hend.checked_add(l))
-        .filter(|e| *e <= bytes.len())
-        .ok_or_else(not)?;
-    let hsm = &bytes[hend..hsm_end];
-    if hex::encode(sha256(hsm)) != header.hsm_sha256 {
-        return Err(bad("its HSM file does not match its header: the backup was altered or damaged; use another one"));
-    }
-    // Checked arithmetic: the header is input like any other.
-    let catalog_len = usize::try_from(header.catalog_len).map_err(|_| not())?;
-    let sealed_len = catalog_len
-        .div_ceil(SEGMENT)
-        .max(1)
-        .checked_mul(TAG_LEN)
-        .and_then(|t| t.checked_add(catalog_len))
-        .ok_or_else(not)?;
-    if bytes.len() - hsm_end != sealed_len {
-        return Err(not());
-    }
-    Ok(Parsed { header, prefix: &bytes[..hend], hsm, sealed: &bytes[hsm_end..] })
-}
-
-/// Open the sealed catalog of a parsed backup under `key`.
-fn open_catalog(p: &Parsed<'_>, key: &DataKey) -> Result<Vec<u8>> {
-    let hd = sha256(p.prefix);
-    let mut out = Vec::with_capacity(p.header.catalog_len as usize);
-    let mut rest = p.sealed.to_vec();
-    let n = (p.header.catalog_len as usize).div_ceil(SEGMENT).max(1);
-    let mut at = 0;
-    for i in 0..n {
-        let len = (p.header.catalog_len as usize - i * SEGMENT).min(SEGMENT) + TAG_LEN;
-        let seg = &mut rest[at..at + len];
-        let plain =
-            custos_crypto::open_in_place(key, nonce(i as u64), &aad(&hd, i as u64, i + 1 == n), seg).map_err(|_| {
-                bad("its catalog does not open under its key: the backup was altered or damaged; use another one")
-            })?;
-        out.extend_from_slice(plain);
-        at += len;
-    }
-    Ok(out)
 }
 
 /// Unwrap the key that seals a backup's catalog copy with `hsm`, checking
@@ -369,27 +239,20 @@ impl Vault<Open> {
                 HsmKind::Soft => Vec::new(),
             },
             hsm_len: hsm_bytes.len() as u64,
-            hsm_sha256: hex::encode(sha256(&hsm_bytes)),
+            hsm_sha256: hex::encode(vault_backup::sha256(&hsm_bytes)),
             mkvp: w.mkvp.to_hex(),
             kcv: w.kcv.to_hex(),
             wrapped: hex::encode(&w.bytes),
             catalog_len: catalog.len() as u64,
         };
-        let hjson = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
-        let mut out = Vec::with_capacity(13 + hjson.len() + hsm_bytes.len() + catalog.len() + TAG_LEN * 2);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.extend_from_slice(&(hjson.len() as u32).to_be_bytes());
-        out.extend_from_slice(&hjson);
-        let prefix_len = out.len();
-        out.extend_from_slice(&hsm_bytes);
-        let prefix = out[..prefix_len].to_vec();
-        seal_catalog(&prefix, &key, &catalog, &mut out)?;
+        let out = vault_backup::encode(&header, &hsm_bytes, &key, &catalog).map_err(bad)?;
         vol.put_kept(Kept::VaultBackup, &id, &out)?;
         // Counted only once it reads back and opens.
         let back = vol.read_kept(Kept::VaultBackup, &id)?;
-        let parsed = parse(&back)?;
-        if open_catalog(&parsed, &backup_key(&parsed.header, self.state.hsm.as_ref())?)? != catalog {
+        let parsed = vault_backup::parse(&back).map_err(bad)?;
+        if vault_backup::open_catalog(&parsed, &backup_key(&parsed.header, self.state.hsm.as_ref())?).map_err(bad)?
+            != catalog
+        {
             return Err(bad(format!(
                 "backup {id} did not read back from {to} as written: check the volume, then run it again"
             )));
@@ -456,7 +319,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
         why: format!("{} holds no vault backup: give the volume `custos vault backup --to` wrote to", vol.describe()),
     })?;
     let bytes = vol.read_kept(Kept::VaultBackup, &newest)?;
-    let parsed = parse(&bytes)?;
+    let parsed = vault_backup::parse(&bytes).map_err(bad)?;
     let h = &parsed.header;
     match (h.hsm.as_str(), &with) {
         ("soft", RecoverWith::Passphrase(_))
@@ -503,7 +366,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                 write(HSM_FILE, parsed.hsm)?;
                 let hsm = SoftHsm::open(&dir.join(HSM_FILE), passphrase)?;
                 let key = backup_key(h, &hsm)?;
-                let catalog = open_catalog(&parsed, &key)?;
+                let catalog = vault_backup::open_catalog(&parsed, &key).map_err(bad)?;
                 write(DB_FILE, &catalog)?;
                 drop(hsm);
                 // The HSM comes back as the file the backup began with: a
@@ -534,7 +397,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                     RecoverWith::Passphrase(_) => unreachable!("matched above"),
                 };
                 let key = backup_key(h, hsm.as_ref())?;
-                let catalog = open_catalog(&parsed, &key)?;
+                let catalog = vault_backup::open_catalog(&parsed, &key).map_err(bad)?;
                 write(DB_FILE, &catalog)?;
                 let v = Vault::open(dir)?;
                 check_id(&v)?;
@@ -660,7 +523,7 @@ pub fn rebuild_from_parts(
     dir: &Path,
     passphrase: &Passphrase,
     kdf: custos_crypto::KdfParams,
-    parts: Vec<crate::secretfile::KeyPartFile>,
+    parts: Vec<custos_hsm::files::KeyPartFile>,
     who: &str,
 ) -> Result<RebuildReport> {
     let (sealed, home) = lost_hsm(dir)?;
@@ -711,7 +574,7 @@ pub fn rebuild(
     dir: &Path,
     passphrase: &Passphrase,
     kdf: custos_crypto::KdfParams,
-    shares: &[crate::secretfile::ShareFile],
+    shares: &[custos_hsm::files::ShareFile],
     who: &str,
 ) -> Result<RebuildReport> {
     let (sealed, home) = lost_hsm(dir)?;

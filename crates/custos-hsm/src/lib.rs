@@ -8,6 +8,7 @@
 //! a passphrase, the embedded default) and, later, PKCS#11.
 #![forbid(unsafe_code)] // cryptoki holds the FFI; this crate needs none of its own
 
+pub mod files;
 mod pkcs11;
 mod soft;
 
@@ -19,6 +20,62 @@ use thiserror::Error;
 
 pub use pkcs11::{Pkcs11Config, Pkcs11Hsm};
 pub use soft::{FileStore, SealedState, SealedStore, SoftHsm};
+
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::files::{fuzz_custodian_file as custodian_file, fuzz_custodian_seeds as custodian_seeds};
+    pub use crate::soft::{fuzz_sealed_state as sealed_state, fuzz_seeds as sealed_state_seeds};
+
+    /// Run `f` on the seeds and on every file kept for `target` under the
+    /// repository's `fuzz/corpus/`, writing the seeds there first when
+    /// `CUSTOS_WRITE_FUZZ_SEEDS` is set; how many inputs ran.
+    pub fn replay(target: &str, seeds: &[(String, Vec<u8>)], f: fn(&[u8])) -> usize {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+        if std::env::var_os("CUSTOS_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).expect("the corpus directory");
+            for (name, bytes) in seeds {
+                std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("a seed");
+            }
+        }
+        let mut n = 0;
+        for (_, bytes) in seeds {
+            f(bytes);
+            n += 1;
+        }
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if let Ok(bytes) = std::fs::read(e.path()) {
+                f(&bytes);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// The corpus kept in the repository, and the seeds, run through
+        /// both targets without a panic (the fuzzers' regression test, on
+        /// stable); the seeds are real files that parse.
+        #[test]
+        fn the_kept_corpus_runs_clean() {
+            let soft = super::sealed_state_seeds();
+            assert!(super::replay("soft_hsm", &soft, super::sealed_state) >= soft.len());
+            let files = super::custodian_seeds();
+            for (name, bytes) in &files {
+                let text = std::str::from_utf8(&bytes[1..]).unwrap();
+                let ok = match bytes[0] {
+                    0 => crate::files::KeyPartFile::decode(text, name).is_ok(),
+                    1 => crate::files::ShareFile::decode(text, name).is_ok(),
+                    2 => crate::files::SealedShareFile::decode(text, name).is_ok(),
+                    _ => crate::files::CustodianIdentity::recipient_of(text, name).is_ok(),
+                };
+                assert!(ok, "{name}");
+            }
+            assert!(super::replay("custodian_file", &files, super::custodian_file) >= files.len());
+        }
+    }
+}
 
 /// The three master key registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -29,6 +29,12 @@ impl From<custos_core::model::NameError> for Error {
     }
 }
 
+impl From<custos_core::FileError> for Error {
+    fn from(e: custos_core::FileError) -> Self {
+        Error::Engine(Box::new(e.into()))
+    }
+}
+
 impl From<CoreError> for Error {
     fn from(e: CoreError) -> Self {
         Error::Engine(Box::new(e))

@@ -8,11 +8,16 @@
 //!   see docs/format.md).
 #![forbid(unsafe_code)]
 
+pub mod audit_segment;
 mod buf;
 mod direct;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod keystore_backup;
 mod local;
 mod mirror;
+pub mod vault_backup;
 
 use std::path::PathBuf;
 

@@ -104,13 +104,9 @@ impl LocalVolume {
         if !meta.is_dir() {
             return Err(StoreError::NotAVolume { path: root.into() });
         }
-        match fs::read_to_string(root.join(LABEL)) {
-            Ok(s) if s == LABEL_V1 => Ok(v),
-            Ok(s) if s.starts_with(LABEL_V2) => match label_field(&s, "vault") {
-                Some(owner) => Ok(Self { owner: Some(owner), ..v }),
-                None => Err(StoreError::NotAVolume { path: root.into() }),
-            },
-            Ok(_) | Err(_) => Err(StoreError::NotAVolume { path: root.into() }),
+        match fs::read(root.join(LABEL)).ok().as_deref().and_then(parse_label) {
+            Some(owner) => Ok(Self { owner, ..v }),
+            None => Err(StoreError::NotAVolume { path: root.into() }),
         }
     }
 
@@ -539,6 +535,19 @@ pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
 }
 
 /// The value of a `key value` line of a label.
+/// Read a volume label: `None` when it is not one, else the vault that
+/// owns the volume (`Some(None)` for a version 1 label, which names none).
+pub(crate) fn parse_label(bytes: &[u8]) -> Option<Option<String>> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    if s == LABEL_V1 {
+        return Some(None);
+    }
+    if s.starts_with(LABEL_V2) {
+        return label_field(s, "vault").map(Some);
+    }
+    None
+}
+
 fn label_field(label: &str, key: &str) -> Option<String> {
     label.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ').map(str::to_string))
 }

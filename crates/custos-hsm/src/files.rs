@@ -1,16 +1,28 @@
-//! The small text files custodians hold: master key parts (`mk make-part`)
-//! and escrow shares (`escrow init`). Layouts in docs/format.md. Both are
-//! a header line then `name: value` lines in a fixed order.
+//! The small text files custodians hold: master key parts (`mk make-part`),
+//! escrow shares (`escrow init`), sealed shares and custodian keys. Layouts
+//! in docs/format.md. Each is a header line then `name: value` lines in a
+//! fixed order. They come from people and their machines, so nothing in
+//! them is trusted until it parses here.
 
 use custos_crypto::shamir::Share;
 use custos_crypto::{
     open_with_passphrase_key, seal_with_passphrase_key, Kcv, Kdf, KdfParams, MasterKey, Nonce, Passphrase, TAG_LEN,
 };
-use custos_hsm::KeyPart;
 use custos_model::SealedShare;
 use zeroize::Zeroizing;
 
-use crate::{Error, Result};
+use crate::KeyPart;
+
+/// A custodian's file that does not parse, or a value that cannot go in
+/// one: what kind of file, and why (the engine reports it as invalid input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what}: {why}")]
+pub struct FileError {
+    pub what: &'static str,
+    pub why: String,
+}
+
+type Result<T> = std::result::Result<T, FileError>;
 
 /// Reads a header line, then `name: value` lines in order.
 struct Fields<'a> {
@@ -29,8 +41,8 @@ impl<'a> Fields<'a> {
         Ok(Self { lines, ..f })
     }
 
-    fn bad(&self, why: &str) -> Error {
-        Error::Invalid { what: self.kind, why: format!("{} is not a valid {} file: {why}", self.what, self.kind) }
+    fn bad(&self, why: &str) -> FileError {
+        FileError { what: self.kind, why: format!("{} is not a valid {} file: {why}", self.what, self.kind) }
     }
 
     fn next(&mut self, name: &str) -> Result<String> {
@@ -60,9 +72,9 @@ impl KeyPartFile {
     /// A fresh random part for `custodian`.
     pub fn generate(custodian: &str) -> Result<Self> {
         if custodian.trim().is_empty() {
-            return Err(Error::Invalid { what: "custodian", why: "give the custodian's name".into() });
+            return Err(FileError { what: "custodian", why: "give the custodian's name".into() });
         }
-        let part = MasterKey::generate().map_err(|e| Error::Invalid { what: "key part", why: e.to_string() })?;
+        let part = MasterKey::generate().map_err(|e| FileError { what: "key part", why: e.to_string() })?;
         let kcv = Kcv::of_master(&part);
         Ok(Self(KeyPart { custodian: custodian.into(), part, kcv }))
     }
@@ -178,7 +190,7 @@ fn sealed_share_aad(kbk: &str, custodian: &str) -> Vec<u8> {
 pub fn seal_share(share: &ShareFile, recipient: &[u8; 32]) -> Result<SealedShare> {
     let text = share.encode();
     let sealed = custos_crypto::seal_to(recipient, &sealed_share_aad(&share.kbk, &share.custodian), text.as_bytes())
-        .map_err(|e| Error::Invalid { what: "escrow share", why: e.to_string() })?;
+        .map_err(|e| FileError { what: "escrow share", why: e.to_string() })?;
     Ok(SealedShare {
         kbk: share.kbk.clone(),
         custodian: share.custodian.clone(),
@@ -244,10 +256,10 @@ fn identity_aad(custodian: &str, public: &[u8; 32]) -> Vec<u8> {
 impl CustodianIdentity {
     pub fn generate(custodian: &str) -> Result<Self> {
         if custodian.trim().is_empty() || custodian.chars().any(|c| c.is_control()) {
-            return Err(Error::Invalid { what: "custodian", why: "give the custodian's user name".into() });
+            return Err(FileError { what: "custodian", why: "give the custodian's user name".into() });
         }
-        let (public, secret) = custos_crypto::custodian_keypair()
-            .map_err(|e| Error::Invalid { what: "custodian key", why: e.to_string() })?;
+        let (public, secret) =
+            custos_crypto::custodian_keypair().map_err(|e| FileError { what: "custodian key", why: e.to_string() })?;
         Ok(Self { custodian: custodian.into(), public, secret })
     }
 
@@ -260,13 +272,13 @@ impl CustodianIdentity {
     pub fn encode(&self, passphrase: &Passphrase, params: KdfParams) -> Result<String> {
         let chars = String::from_utf8_lossy(passphrase.expose_secret()).chars().count();
         if chars < MIN_CUSTODIAN_PASSPHRASE_CHARS {
-            return Err(Error::Invalid {
+            return Err(FileError {
                 what: "custodian key passphrase",
                 why: format!("it is shorter than {MIN_CUSTODIAN_PASSPHRASE_CHARS} characters: choose a longer one"),
             });
         }
-        params.validate_new().map_err(|e| Error::Invalid { what: "custodian key", why: e.to_string() })?;
-        let crypto = |e: custos_crypto::CryptoError| Error::Invalid { what: "custodian key", why: e.to_string() };
+        params.validate_new().map_err(|e| FileError { what: "custodian key", why: e.to_string() })?;
+        let crypto = |e: custos_crypto::CryptoError| FileError { what: "custodian key", why: e.to_string() };
         let kdf = Kdf { params, salt: custos_crypto::random_array().map_err(crypto)? };
         let key = kdf.derive(passphrase).map_err(crypto)?;
         let nonce = Nonce::random().map_err(crypto)?;
@@ -318,12 +330,12 @@ impl CustodianIdentity {
         }
         let key = Kdf { params, salt }
             .derive(passphrase)
-            .map_err(|e| Error::Invalid { what: "custodian key", why: e.to_string() })?;
+            .map_err(|e| FileError { what: "custodian key", why: e.to_string() })?;
         let nonce = Nonce(sealed[..12].try_into().expect("12 bytes"));
         let mut body = Zeroizing::new(sealed[12..].to_vec());
         let plain =
             open_with_passphrase_key(&key, nonce, &identity_aad(&custodian, &public), &mut body).map_err(|_| {
-                Error::Invalid {
+                FileError {
                     what: "custodian key",
                     why: format!("{what} does not open with this passphrase (or the file was altered)"),
                 }
@@ -338,7 +350,7 @@ impl CustodianIdentity {
     /// Open a sealed share addressed to this key.
     pub fn open_share(&self, sealed: &SealedShareFile, what: &str) -> Result<ShareFile> {
         let s = &sealed.0;
-        let refuse = |why: String| Error::Invalid { what: "escrow share", why };
+        let refuse = |why: String| FileError { what: "escrow share", why };
         if s.recipient != self.public {
             return Err(refuse(format!(
                 "{what} is sealed to {}, not to this key ({}): use the key of custodian {}",
@@ -356,6 +368,66 @@ impl CustodianIdentity {
         }
         Ok(share)
     }
+}
+
+/// The fuzz target's entry (`fuzz/`, and the corpus replay test): the
+/// first byte picks the kind of file (part, share, sealed share, custodian
+/// key), the rest is its text. What parses writes back to a file that
+/// parses to the same values. (A custodian key is read as far as its
+/// recipient: opening it costs an Argon2id derivation per input.)
+#[doc(hidden)]
+pub fn fuzz_custodian_file(data: &[u8]) {
+    let Some((&kind, rest)) = data.split_first() else { return };
+    let Ok(text) = std::str::from_utf8(rest) else { return };
+    match kind % 4 {
+        0 => {
+            if let Ok(p) = KeyPartFile::decode(text, "fuzz") {
+                let again = KeyPartFile::decode(&p.encode(), "again").expect("a part writes back readable");
+                assert!(again.0.custodian == p.0.custodian && again.0.part == p.0.part && again.0.kcv == p.0.kcv);
+            }
+        }
+        1 => {
+            if let Ok(f) = ShareFile::decode(text, "fuzz") {
+                let again = ShareFile::decode(&f.encode(), "again").expect("a share writes back readable");
+                assert!(again.kbk == f.kbk && again.custodian == f.custodian && again.threshold == f.threshold);
+                assert!(again.share.x == f.share.x && again.share.y == f.share.y);
+            }
+        }
+        2 => {
+            if let Ok(f) = SealedShareFile::decode(text, "fuzz") {
+                let again = SealedShareFile::decode(&f.encode(), "again").expect("a sealed share writes back readable");
+                assert!(again.0 == f.0);
+            }
+        }
+        _ => {
+            let _ = CustodianIdentity::recipient_of(text, "fuzz");
+        }
+    }
+}
+
+/// Seeds for the fuzz target: one file of each kind, as the commands
+/// write them.
+#[doc(hidden)]
+pub fn fuzz_custodian_seeds() -> Vec<(String, Vec<u8>)> {
+    let with = |kind: u8, text: &str| [&[kind][..], text.as_bytes()].concat();
+    let part = KeyPartFile::generate("alice").expect("a part");
+    let share = ShareFile {
+        kbk: "KBK.20261205.1".into(),
+        custodian: "alice".into(),
+        threshold: 2,
+        share: Share { x: 1, y: [7; 32] },
+    };
+    let id = CustodianIdentity::generate("alice").expect("a key pair");
+    let sealed = SealedShareFile(seal_share(&share, &id.public).expect("sealed"));
+    let key = id
+        .encode(&Passphrase::from("a custodian's long passphrase".to_string()), KdfParams::MINIMUM)
+        .expect("a key file");
+    vec![
+        ("part".into(), with(0, &part.encode())),
+        ("share".into(), with(1, &share.encode())),
+        ("sealed-share".into(), with(2, &sealed.encode())),
+        ("custodian-key".into(), with(3, &key)),
+    ]
 }
 
 #[cfg(test)]
