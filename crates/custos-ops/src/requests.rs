@@ -72,6 +72,28 @@ fn fields(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// What approvers are shown of a new credential in place of its hash: an
+/// Argon2id hash is not the credential, but anyone who may list requests
+/// could try guesses against it offline, so it is never shown.
+pub const CREDENTIAL_SHOWN: &str = "(a new credential; its hash is not shown)";
+
+/// Hide every stored credential in an operation's JSON.
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                if k == "credential" && v.get("stored").is_some() {
+                    *v = Value::String(CREDENTIAL_SHOWN.into());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
 fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => escape(s),
@@ -84,7 +106,8 @@ impl RequestView {
     pub fn new(row: &RequestRow) -> Self {
         let (operation, summary) = match decode(row) {
             Ok(op) => {
-                let v = serde_json::to_value(&op).unwrap_or(Value::Null);
+                let mut v = serde_json::to_value(&op).unwrap_or(Value::Null);
+                redact(&mut v);
                 let mut f = Vec::new();
                 fields("", &v, &mut f);
                 let summary = f.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");

@@ -117,6 +117,12 @@ impl Env {
         (c, key)
     }
 
+    /// The test admin on a vault that already exists at `vault` (made
+    /// elsewhere, such as by an older Custos).
+    pub fn existing(vault: PathBuf) -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), vault, env: admin_env(), _tokens: None, pg: None }
+    }
+
     /// The same principal on the vault in another directory (a copy).
     pub fn at(&self, vault: PathBuf) -> Self {
         Self { dir: tempfile::tempdir().unwrap(), vault, env: self.env.clone(), _tokens: None, pg: self.pg.clone() }
