@@ -89,18 +89,30 @@ fn full_tour_with_json() {
     e.fails(&["ds", "info", "TREE.link"], 3);
     let imp = e.json(&["ds", "import", Env::s(&src), "--prefix", "TREE", "--skip-other", "--replace"]);
     assert_eq!(imp.as_array().unwrap().len(), 2);
-    // Every problem at once: two collisions and the existing datasets.
+    // Every problem at once, nothing written: a name too long for a
+    // qualifier, and the existing datasets.
+    let long = "l".repeat(70);
+    std::fs::write(src.join(&long), b"a").unwrap();
+    let err = e.fails(&["ds", "import", Env::s(&src), "--prefix", "TREE", "--skip-other"], 1);
+    assert!(err.contains("1 paths make no valid dataset name") && err.contains("2 datasets exist already"), "{err}");
+    std::fs::remove_file(src.join(&long)).unwrap();
+    // Names map reversibly, so x.y and x_y are two datasets; but a dataset
+    // an earlier Custos imported from x.y as TREE.x_y is the one --replace
+    // goes on writing, and then x_y would need the same name.
     std::fs::write(src.join("x.y"), b"a").unwrap();
     std::fs::write(src.join("x_y"), b"b").unwrap();
-    std::fs::write(src.join("p.q"), b"c").unwrap();
-    std::fs::write(src.join("p_q"), b"d").unwrap();
-    let err = e.fails(&["ds", "import", Env::s(&src), "--prefix", "TREE", "--skip-other"], 1);
-    assert!(err.contains("2 names collide") && err.contains("2 datasets exist already"), "{err}");
-    for f in ["x.y", "x_y", "p.q", "p_q", "link"] {
+    e.ok(&["ds", "put", "TREE.x_y", Env::s(&e.file("old", b"imported before"))]);
+    let err = e.fails(&["ds", "import", Env::s(&src), "--prefix", "TREE", "--skip-other", "--replace"], 1);
+    assert!(err.contains("1 names collide") && err.contains("would both become TREE.x_y"), "{err}");
+    std::fs::remove_file(src.join("x_y")).unwrap();
+    e.ok(&["ds", "import", Env::s(&src), "--prefix", "TREE", "--skip-other", "--replace"]);
+    assert_eq!(e.run(&["ds", "get", "TREE.x_y"]).stdout, b"a");
+    e.fails(&["ds", "info", "TREE.x#2Ey"], 3);
+    for f in ["x.y", "link"] {
         std::fs::remove_file(src.join(f)).unwrap();
     }
     std::fs::remove_file(&fifo).unwrap();
-    assert_eq!(e.run(&["ds", "get", "TREE.d.one_txt"]).stdout, b"1");
+    assert_eq!(e.run(&["ds", "get", "TREE.d.one#2Etxt"]).stdout, b"1");
 
     e.ok(&["ds", "rm", "TREE.two"]);
     e.fails(&["ds", "info", "TREE.two"], 3);
@@ -120,6 +132,12 @@ fn export_writes_back_what_import_took_in() {
         std::fs::create_dir_all(src.join(format!("d{}", i % 3))).unwrap();
         std::fs::write(src.join(&rel), &body).unwrap();
         files.push((rel, body));
+    }
+    // Names no qualifier can hold come back as they were.
+    for name in ["ünïcode.txt", "a b", "x#y", "dot.file", "-dash", "%", "x#2Ey"] {
+        let body = name.as_bytes().repeat(3);
+        std::fs::write(src.join(name), &body).unwrap();
+        files.push((name.to_string(), body));
     }
     // One bigger than four chunks, read by every worker.
     e.ok(&["config", "set", "chunk.size", "65536"]);
@@ -162,6 +180,11 @@ fn export_writes_back_what_import_took_in() {
     assert!(!e.dir.path().join("twice").exists(), "nothing was made");
     let err = e.fails(&["ds", "export", "NOTHING", Env::s(&out)], 1);
     assert!(err.contains("no dataset is named NOTHING"), "{err}");
+    // A name that would leave the export directory is refused, naming it.
+    e.ok(&["ds", "put", "ESC.a.#2E#2E", Env::s(&e.file("up", b"up"))]);
+    let err = e.fails(&["ds", "export", "ESC", Env::s(&e.dir.path().join("esc"))], 1);
+    assert!(err.contains("dataset ESC.a.#2E#2E names no file"), "{err}");
+    assert!(!e.dir.path().join("esc").exists() && !e.dir.path().join("a").exists(), "nothing was made");
 }
 
 #[test]
@@ -2584,7 +2607,11 @@ fn vaults_of_every_past_schema_open_read_and_migrate() {
     let sha = |b: &[u8]| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref());
     for n in 1..current {
         let archive = fixtures.join(format!("v{n}.tar.gz"));
-        assert!(archive.exists(), "no fixture of schema version {n}: make one with {}", fixtures.join("make.sh").display());
+        assert!(
+            archive.exists(),
+            "no fixture of schema version {n}: make one with {}",
+            fixtures.join("make.sh").display()
+        );
         let root = base.join(format!("v{n}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(base).unwrap();
@@ -2592,9 +2619,8 @@ fn vaults_of_every_past_schema_open_read_and_migrate() {
         assert!(st.success(), "v{n}: tar");
         let notes = std::fs::read_to_string(root.join("fixture.txt")).unwrap();
         let did = |step: &str| notes.lines().any(|l| l == format!("{step} ok"));
-        let want = |f: &str| {
-            notes.lines().find_map(|l| l.strip_prefix(&format!("sha256 {f} "))).map(str::to_string).unwrap()
-        };
+        let want =
+            |f: &str| notes.lines().find_map(|l| l.strip_prefix(&format!("sha256 {f} "))).map(str::to_string).unwrap();
         for step in ["init", "put-small", "put-big", "put-small2"] {
             assert!(did(step), "v{n}: the fixture's {step} failed when it was made:\n{notes}");
         }

@@ -606,13 +606,22 @@ impl Vault<Open> {
         let (mut bad, mut twice, mut exist) = (Vec::new(), Vec::new(), Vec::new());
         for f in files {
             let rel = f.strip_prefix(dir).expect("walked below dir");
-            let name = match import_name(prefix, rel) {
+            let mut name = match import_name(prefix, rel) {
                 Ok(n) => n,
                 Err(e) => {
                     bad.push(e.to_string());
                     continue;
                 }
             };
+            // A dataset an earlier Custos imported from this file under
+            // its old, lossy name goes on under that name.
+            if replace && self.repo.dataset(&name)?.is_none() {
+                if let Some(old) = legacy_import_name(prefix, rel).filter(|o| *o != name) {
+                    if self.repo.dataset(&old)?.is_some() {
+                        name = old;
+                    }
+                }
+            }
             if let Some(other) = seen.insert(name.clone(), f.clone()) {
                 twice.push(format!("{} and {} would both become {name}", other.display(), f.display()));
                 continue;
@@ -870,9 +879,24 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, others: &mut Vec<(PathBuf, &'static 
     Ok(())
 }
 
-/// `a/b/c.txt` under prefix `P` → `P.a.b.c_txt`: characters a qualifier
-/// cannot hold become `_`.
+/// `a/b/c.txt` under prefix `P` → `P.a.b.c#2Etxt`: each path component
+/// as a qualifier, reversibly ([`custos_model::file_qualifier`]), so `ds
+/// export` gives the names back.
 fn import_name(prefix: &DatasetName, rel: &Path) -> Result<DatasetName> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut name = prefix.to_string();
+    for comp in rel.components() {
+        name.push('.');
+        name.push_str(&custos_model::file_qualifier(comp.as_os_str().as_bytes()));
+    }
+    DatasetName::new(name).map_err(|e| Error::Invalid { what: "import", why: format!("{}: {e}", rel.display()) })
+}
+
+/// The name an import made before names mapped reversibly (Custos before
+/// issue 18): each character a qualifier cannot hold became `_`. A
+/// `--replace` import keeps writing to a dataset named so, rather than
+/// making a second one beside it.
+fn legacy_import_name(prefix: &DatasetName, rel: &Path) -> Option<DatasetName> {
     let mut name = prefix.to_string();
     for comp in rel.components() {
         let s = comp.as_os_str().to_string_lossy();
@@ -881,7 +905,7 @@ fn import_name(prefix: &DatasetName, rel: &Path) -> Result<DatasetName> {
         name.push('.');
         name.push_str(&q);
     }
-    DatasetName::new(name).map_err(|e| Error::Invalid { what: "import", why: format!("{}: {e}", rel.display()) })
+    DatasetName::new(name).ok()
 }
 
 /// Rows read a batch at a time while paging.

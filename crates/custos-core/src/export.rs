@@ -28,14 +28,23 @@ pub struct ExportReport {
 }
 
 /// The path below the export directory for `name` under `prefix`: the
-/// qualifiers after the prefix, one path component each; the prefix's own
-/// last qualifier for the dataset named by the prefix itself.
-fn relative(prefix: &DatasetName, name: &DatasetName) -> PathBuf {
+/// qualifiers after the prefix, one path component each, with the file
+/// names `ds import` escaped given back (`#2E` is `.` again); the
+/// prefix's own last qualifier for the dataset named by the prefix itself.
+/// `None` when a qualifier stands for no file name (`#2E#2E`, `a#2Fb`):
+/// nothing is ever written outside the export directory.
+fn relative(prefix: &DatasetName, name: &DatasetName) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
     let rest = name.as_str().strip_prefix(prefix.as_str()).and_then(|r| r.strip_prefix('.'));
-    match rest {
+    let parts: Vec<&str> = match rest {
         Some(r) => r.split('.').collect(),
-        None => PathBuf::from(name.as_str().rsplit('.').next().unwrap_or(name.as_str())),
-    }
+        None => vec![name.as_str().rsplit('.').next().unwrap_or(name.as_str())],
+    };
+    parts
+        .into_iter()
+        .map(|q| custos_model::qualifier_file(q).map(std::ffi::OsString::from_vec))
+        .collect::<Option<Vec<_>>>()
+        .map(|c| c.into_iter().collect())
 }
 
 impl Vault<Open> {
@@ -74,7 +83,21 @@ impl Vault<Open> {
         }
         // Every target: none both a file and another's directory, none an
         // existing directory, none existing at all unless replacing.
-        let targets: Vec<PathBuf> = datasets.iter().map(|d| dir.join(relative(prefix, &d.name))).collect();
+        let mut targets: Vec<PathBuf> = Vec::with_capacity(datasets.len());
+        for d in &datasets {
+            match relative(prefix, &d.name) {
+                Some(r) => targets.push(dir.join(r)),
+                None => {
+                    return Err(Error::Invalid {
+                        what: "export",
+                        why: format!(
+                            "dataset {} names no file (a qualifier stands for '.', '..', '/' or NUL); export the others with a narrower prefix, or copy it out with `custos ds get`",
+                            d.name
+                        ),
+                    })
+                }
+            }
+        }
         let mut dirs = HashSet::new();
         for t in &targets {
             for a in t.ancestors().skip(1) {

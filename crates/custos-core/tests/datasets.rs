@@ -263,17 +263,26 @@ fn import_tree() {
     let (reports, skipped) = t.vault.import(src.path(), &ds("IMP"), false, false, |_| {}).unwrap();
     assert!(skipped.is_empty());
     let names: Vec<String> = reports.iter().map(|r| r.dataset.to_string()).collect();
-    assert_eq!(names, ["IMP.a_txt", "IMP.sub.b_bin", "IMP.sub.deeper.c"]);
-    assert_eq!(t.get("IMP.sub.b_bin").unwrap(), data(CS + 5, 1));
-    assert_eq!(t.get("IMP.a_txt").unwrap(), b"alpha");
+    assert_eq!(names, ["IMP.a#2Etxt", "IMP.sub.b#2Ebin", "IMP.sub.deeper.c"]);
+    assert_eq!(t.get("IMP.sub.b#2Ebin").unwrap(), data(CS + 5, 1));
+    assert_eq!(t.get("IMP.a#2Etxt").unwrap(), b"alpha");
     // Importing again without --replace refuses before writing anything.
     let e = t.vault.import(src.path(), &ds("IMP"), false, false, |_| {}).unwrap_err();
     assert!(e.to_string().contains("3 datasets exist already") && e.to_string().contains("nothing was written"), "{e}");
-    // Names that collide are refused up front.
+    // Names map reversibly: a.txt and a_txt are two datasets.
     std::fs::write(src.path().join("a_txt"), b"x").unwrap();
-    let e = t.vault.import(src.path(), &ds("IMP2"), false, false, |_| {}).unwrap_err();
-    assert!(e.to_string().contains("would both become"), "{e}");
-    assert!(t.vault.datasets().unwrap().iter().all(|d| !d.name.as_str().starts_with("IMP2")));
+    let (reports, _) = t.vault.import(src.path(), &ds("IMP2"), false, false, |_| {}).unwrap();
+    assert_eq!(reports.len(), 4);
+    assert_eq!(t.get("IMP2.a_txt").unwrap(), b"x");
+    // A dataset an earlier Custos imported from a.txt (as IMP3.a_txt) is the
+    // one a --replace import goes on writing.
+    std::fs::remove_file(src.path().join("a_txt")).unwrap();
+    t.put("IMP3.a_txt", b"imported by an earlier Custos");
+    let (reports, _) = t.vault.import(src.path(), &ds("IMP3"), true, false, |_| {}).unwrap();
+    let names: Vec<String> = reports.iter().map(|r| r.dataset.to_string()).collect();
+    assert_eq!(names, ["IMP3.a_txt", "IMP3.sub.b#2Ebin", "IMP3.sub.deeper.c"]);
+    assert_eq!(t.get("IMP3.a_txt").unwrap(), b"alpha");
+    assert!(t.vault.datasets().unwrap().iter().all(|d| d.name.as_str() != "IMP3.a#2Etxt"));
 }
 
 #[test]

@@ -12,7 +12,7 @@ mod records;
 
 pub use governance::{role_permits, Op, Role};
 pub use lifecycle::{KeyAction, KeyState, KeyUse, LifecycleError};
-pub use names::{DatasetName, KeyLabel, NameError, Pattern, VolumeName};
+pub use names::{file_qualifier, qualifier_file, DatasetName, KeyLabel, NameError, Pattern, VolumeName};
 pub use naming::{LabelParts, NamingError, NamingStandard};
 pub use records::{
     BackupRecord, CheckedCopy, ChunkId, ChunkRef, CopyCheck, CopyMethod, CustodianKey, DatasetId, DatasetRecord,

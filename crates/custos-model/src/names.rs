@@ -38,6 +38,52 @@ fn check_dotted(kind: &'static str, s: &str, max_total: usize, max_q: usize) -> 
     Ok(())
 }
 
+/// A file name as a qualifier, reversibly (`ds import`, docs/format.md
+/// "File names as qualifiers"): letters, digits and `_ - $ @` stay as they
+/// are; every other byte, `#` included, becomes `#` and two upper-case hex
+/// digits. `ünïcode.txt` → `#C3#BCn#C3#AFcode#2Etxt`.
+pub fn file_qualifier(name: &[u8]) -> String {
+    let mut q = String::with_capacity(name.len());
+    for &b in name {
+        let c = b as char;
+        if b.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '$' | '@') {
+            q.push(c);
+        } else {
+            q.push_str(&format!("#{b:02X}"));
+        }
+    }
+    q
+}
+
+/// The file name a qualifier stands for: [`file_qualifier`] undone. A `#`
+/// not followed by two upper-case hex digits is kept as it is (a name
+/// given by hand). `None` when the result could not be a single file name
+/// in a directory: empty, `.`, `..`, or holding `/` or NUL.
+pub fn qualifier_file(q: &str) -> Option<Vec<u8>> {
+    let b = q.as_bytes();
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'#', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    let bad = out.is_empty() || out == b"." || out == b".." || out.iter().any(|&c| c == b'/' || c == 0);
+    (!bad).then_some(out)
+}
+
 /// One qualifier of a dotted name, as a regular expression.
 const QUALIFIER: &str = "[A-Za-z0-9_$#@-]{1,64}";
 
@@ -266,6 +312,25 @@ impl std::str::FromStr for Pattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_map_to_qualifiers_and_back() {
+        for name in ["ünïcode.txt", "a b", "x#y", "under_score", "dot.file", "-dash", "#41", "%", "a\u{7f}b", "$@"] {
+            let q = file_qualifier(name.as_bytes());
+            assert!(q.chars().all(qualifier_char), "{q}");
+            assert_eq!(qualifier_file(&q).as_deref(), Some(name.as_bytes()), "{name} → {q}");
+        }
+        assert_eq!(file_qualifier("ünïcode.txt".as_bytes()), "#C3#BCn#C3#AFcode#2Etxt");
+        // Any byte, not only UTF-8.
+        assert_eq!(qualifier_file(&file_qualifier(&[0xff, b'a', 0x80])).unwrap(), [0xff, b'a', 0x80]);
+        // Names given by hand keep a # that escapes nothing.
+        assert_eq!(qualifier_file("a#b").unwrap(), b"a#b");
+        assert_eq!(qualifier_file("a#2e").unwrap(), b"a#2e");
+        // Nothing that leaves its directory, or is not a name.
+        for q in ["#2E", "#2E#2E", "a#2Fb", "#00", "#2F"] {
+            assert_eq!(qualifier_file(q), None, "{q}");
+        }
+    }
 
     #[test]
     fn dataset_names() {
