@@ -2659,10 +2659,24 @@ fn hex(b: &[u8]) -> String {
 /// command must exit 0, or the code its `# → exit N` comment names.
 #[test]
 fn the_readme_tour_runs_as_written() {
+    run_tour(false);
+}
+
+/// The same tour through a server: the vault is made embedded (its first
+/// command), then `custos serve` alone holds the passphrase, and every
+/// later command reaches it over its socket without one.
+#[test]
+fn the_readme_tour_runs_as_written_through_a_server() {
+    run_tour(true);
+}
+
+fn run_tour(served: bool) {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
     let start = readme.find("<!-- tour:begin -->").expect("the README marks its tour");
     let end = readme.find("<!-- tour:end -->").expect("the README marks its tour's end");
     let first_line = readme[..start].lines().count() + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
     let mut script = String::from("set -u\n");
     let mut commands = 0;
     let mut in_sh = false;
@@ -2692,9 +2706,28 @@ fn the_readme_tour_runs_as_written() {
             first_line + i,
             trimmed.replace(['"', '$', '`', '\\'], "'")
         ));
+        if served && commands == 1 {
+            // The vault exists: hand it to a server, and forget the passphrase.
+            std::fs::write(dir.path().join("hsm.passphrase"), "the tour HSM passphrase").unwrap();
+            std::fs::write(
+                dir.path().join("server.toml"),
+                format!(
+                    "vault = \"{d}/vault\"\nvolumes = [\"{d}\"]\ndrain_secs = 5\n[hsm]\nkind = \"soft\"\nsecret_file = \"{d}/hsm.passphrase\"\n[listen]\nunix = \"{d}/run/custos.sock\"\n"
+                ),
+            )
+            .unwrap();
+            script.push_str(&format!(
+                "mkdir -p {d}/run\n\
+                 custos serve --config {d}/server.toml 2>{d}/server.log & server=$!\n\
+                 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT\n\
+                 for _ in $(seq 200); do [ -S {d}/run/custos.sock ] && break; sleep 0.05; done\n\
+                 [ -S {d}/run/custos.sock ] || {{ echo 'the server did not start:' >&2; cat {d}/server.log >&2; exit 1; }}\n\
+                 unset CUSTOS_PASSPHRASE\n\
+                 export CUSTOS_SERVER=unix:{d}/run/custos.sock\n"
+            ));
+        }
     }
     assert!(commands > 40, "the tour has {commands} commands");
-    let dir = tempfile::tempdir().unwrap();
     let bin = assert_cmd::cargo::cargo_bin("custos");
     let path = format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     let o = std::process::Command::new("bash")
@@ -2706,9 +2739,10 @@ fn the_readme_tour_runs_as_written() {
         .env("HOME", dir.path())
         .output()
         .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
     assert!(
         o.status.success(),
-        "{}\n--- its output:\n{}",
+        "{}\n--- its output:\n{}\n--- the server's log:\n{log}",
         String::from_utf8_lossy(&o.stderr),
         String::from_utf8_lossy(&o.stdout)
     );
@@ -2717,4 +2751,5 @@ fn the_readme_tour_runs_as_written() {
     // Approvers see that a request adds a credential, never its hash
     // (which anyone who may list requests could attack offline).
     assert!(out.contains("(a new credential; its hash is not shown)") && !out.contains("argon2id$"), "{out}");
+    assert!(!log.contains("panicked"), "{log}");
 }
