@@ -279,8 +279,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let engine = Engine::embedded(vault, unlocker(&cli));
     let who = if engine.needs_login()? {
-        let name =
-            cli.user.clone().ok_or_else(|| anyhow::anyhow!("who is acting? give --user NAME (or set CUSTOS_USER)"))?;
+        let name = cli
+            .user
+            .clone()
+            .ok_or_else(|| anyhow::Error::from(Usage("who is acting? give --user NAME (or set CUSTOS_USER)".into())))?;
         engine.login(&name, &credential(&cli, &name, false)?)?
     } else {
         Caller::Unverified(local_user(&cli))
@@ -452,8 +454,10 @@ fn repo_migrate(cli: &Cli, to: &str) -> anyhow::Result<()> {
     let target = custos_core::MigrateTarget::parse(to)?;
     let sealed = Vault::open(&cli.vault)?;
     let who = if sealed.has_users()? {
-        let name =
-            cli.user.clone().ok_or_else(|| anyhow::anyhow!("who is acting? give --user NAME (or set CUSTOS_USER)"))?;
+        let name = cli
+            .user
+            .clone()
+            .ok_or_else(|| anyhow::Error::from(Usage("who is acting? give --user NAME (or set CUSTOS_USER)".into())))?;
         let p = sealed.authenticate(&name, &credential(cli, &name, false)?)?;
         if !p.roles.contains(&custos_core::model::Role::SecurityAdmin) {
             return Err(custos_core::Error::Forbidden {

@@ -1,19 +1,21 @@
 //! `custos ds`.
 
-use anyhow::anyhow;
 use custos_ops::{Operation, Range};
 
 use super::{dataset, label, pattern, volume_name, Input, Output, Plan};
 use crate::args::DsCmd;
 
 fn parse_range(s: &str) -> anyhow::Result<Range> {
-    let (a, b) =
-        s.split_once("..").ok_or_else(|| anyhow!("invalid range {s:?}: write START..END, START.. or ..END"))?;
+    let (a, b) = s.split_once("..").ok_or_else(|| {
+        anyhow::Error::from(crate::Usage(format!("invalid range {s:?}: write START..END, START.. or ..END")))
+    })?;
     let num = |x: &str| -> anyhow::Result<Option<u64>> {
         if x.is_empty() {
             Ok(None)
         } else {
-            x.parse().map(Some).map_err(|_| anyhow!("invalid range {s:?}: {x:?} is not a byte offset"))
+            x.parse().map(Some).map_err(|_| {
+                anyhow::Error::from(crate::Usage(format!("invalid range {s:?}: {x:?} is not a byte offset")))
+            })
         }
     };
     Ok(Range { start: num(a)?, end: num(b)? })

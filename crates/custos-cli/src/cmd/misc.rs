@@ -1,6 +1,6 @@
 //! `custos volume`, `policy`, `config`, `keystore` and `mirror`.
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use custos_core::model::{Medium, Pattern};
 use custos_ops::{Operation, PolicyKey};
 
@@ -11,9 +11,11 @@ pub fn volume(c: &VolumeCmd) -> anyhow::Result<Plan> {
     Ok(Plan::new(match c {
         VolumeCmd::Add { name, path, url, site, medium } => {
             let medium = match (medium, url) {
-                (Some(MediumArg::Disk), Some(_)) => {
-                    bail!("--url places a volume on object storage, which is the tape tier: drop --medium disk or use --path")
-                }
+                (Some(MediumArg::Disk), Some(_)) => return Err(crate::Usage(
+                    "--url places a volume on object storage, which is the tape tier: drop --medium disk or use --path"
+                        .into(),
+                )
+                .into()),
                 (Some(MediumArg::Tape), _) | (None, Some(_)) => Medium::Tape,
                 (Some(MediumArg::Disk) | None, None) => Medium::Disk,
             };
@@ -21,16 +23,17 @@ pub fn volume(c: &VolumeCmd) -> anyhow::Result<Plan> {
                 // A URL given as a path is said so, not made a local
                 // directory named `s3:`.
                 (Some(p), None) if p.to_string_lossy().contains("://") => {
-                    bail!(
+                    return Err(crate::Usage(format!(
                         "--path takes a directory; {} is a URL: give it with --url (object storage is the tape tier)",
                         p.display()
-                    )
+                    ))
+                    .into())
                 }
                 (Some(p), None) => {
                     std::path::absolute(p).map_err(|e| anyhow!("{}: {e}", p.display()))?.display().to_string()
                 }
                 (None, Some(u)) => u.clone(),
-                _ => bail!("give either --path DIR or --url s3://bucket/prefix"),
+                _ => return Err(crate::Usage("give either --path DIR or --url s3://bucket/prefix".into()).into()),
             };
             Operation::VolumeAdd { name: volume_name(name)?, location, site: site.clone(), medium }
         }
@@ -48,7 +51,7 @@ pub fn policy(c: &PolicyCmd) -> anyhow::Result<Plan> {
             key: match (key, template) {
                 (Some(k), false) => PolicyKey::Key(label(k)?),
                 (None, true) => PolicyKey::Template { app: app.clone() },
-                _ => bail!("give either --key LABEL or --template"),
+                _ => return Err(crate::Usage("give either --key LABEL or --template".into()).into()),
             },
         },
         PolicyCmd::Ls => Operation::PolicyList,

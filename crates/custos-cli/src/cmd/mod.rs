@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use custos_core::model::{DatasetName, KeyLabel, Pattern, VolumeName};
 use custos_ops::{Operation, SecretText};
 
@@ -118,7 +118,10 @@ pub fn parse_time(s: &str) -> anyhow::Result<jiff::Timestamp> {
         let next = d.tomorrow()?.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp();
         return Ok(next - jiff::SignedDuration::from_micros(1));
     }
-    bail!("invalid time {s:?}: give a timestamp (2026-11-24T12:00:00Z) or a date (2026-11-24)")
+    return Err(crate::Usage(format!(
+        "invalid time {s:?}: give a timestamp (2026-11-24T12:00:00Z) or a date (2026-11-24)"
+    ))
+    .into());
 }
 
 /// The operation a command line asks for. `Init`, `Demo` and `mk

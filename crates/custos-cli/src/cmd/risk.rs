@@ -1,6 +1,5 @@
 //! `custos risk`.
 
-use anyhow::bail;
 use custos_ops::Operation;
 
 use super::{pattern, Plan, Show};
@@ -21,7 +20,9 @@ pub fn plan(c: &RiskCmd) -> anyhow::Result<Plan> {
             let threats = match (threat, all) {
                 (Some(t), _) => vec![t.clone()],
                 (None, true) => Vec::new(),
-                (None, false) => bail!("say which threat to drill: --threat NAME, or --all"),
+                (None, false) => {
+                    return Err(crate::Usage("say which threat to drill: --threat NAME, or --all".into()).into())
+                }
             };
             Plan::new(Operation::RiskDrill {
                 pattern: pattern(p.as_deref())?,

@@ -13,7 +13,7 @@ fn grant(g: &GrantArgs) -> anyhow::Result<(GrantOn, Pattern)> {
     Ok(match (&g.data, &g.key) {
         (Some(d), None) => (GrantOn::Data, Pattern::new(d.as_str())?),
         (None, Some(k)) => (GrantOn::Key, Pattern::new(k.as_str())?),
-        _ => bail!("give --data PATTERN or --key PATTERN"),
+        _ => return Err(crate::Usage("give --data PATTERN or --key PATTERN".into()).into()),
     })
 }
 
@@ -62,7 +62,7 @@ pub fn plan(c: &UserCmd) -> anyhow::Result<Plan> {
         }
         UserCmd::Role { name, add, remove } => {
             if add.is_empty() && remove.is_empty() {
-                bail!("give --add ROLE or --remove ROLE (or both): the roles are security-admin, key-custodian, storage-admin, app and auditor");
+                return Err(crate::Usage("give --add ROLE or --remove ROLE (or both): the roles are security-admin, key-custodian, storage-admin, app and auditor".into()).into());
             }
             Operation::UserRole { name: name.clone(), add: role_list(add), remove: role_list(remove) }
         }
