@@ -118,10 +118,8 @@ pub fn parse_time(s: &str) -> anyhow::Result<jiff::Timestamp> {
         let next = d.tomorrow()?.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp();
         return Ok(next - jiff::SignedDuration::from_micros(1));
     }
-    return Err(crate::Usage(format!(
-        "invalid time {s:?}: give a timestamp (2026-11-24T12:00:00Z) or a date (2026-11-24)"
-    ))
-    .into());
+    Err(crate::Usage(format!("invalid time {s:?}: give a timestamp (2026-11-24T12:00:00Z) or a date (2026-11-24)"))
+        .into())
 }
 
 /// The operation a command line asks for. `Init`, `Demo` and `mk
