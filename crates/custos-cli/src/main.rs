@@ -40,6 +40,9 @@ fn main() -> ExitCode {
     let json = cli.json;
     let code = match run(cli) {
         Ok(code) => code,
+        // The reader of standard output went away (`custos ds ls | head`):
+        // nothing to say to anyone; exit as a process SIGPIPE ended would.
+        Err(e) if reader_gone(&e) => ExitCode::from(141),
         Err(e) => {
             let code = error_code(&e);
             say_error(json, code, &said(&e));
@@ -49,6 +52,15 @@ fn main() -> ExitCode {
     // Never exit while the seeding thread is inside aws-lc.
     let _ = seeding.join();
     code
+}
+
+/// Whether `e` is standard output's pipe closed by its reader.
+fn reader_gone(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind()) == Some(BrokenPipe)
+    })
 }
 
 /// A command line that asks for what cannot be done (a value out of

@@ -2573,6 +2573,81 @@ fn errors_are_json_with_json() {
     assert!(e.fails(&["ds", "info", "NO.SUCH"], 3).starts_with("custos: no dataset named NO.SUCH"));
 }
 
+/// With `--json`, a change prints what it did as an object: the
+/// operation's name (as a request stores it), what it changed, and the
+/// sentence the text form prints; never a bare message.
+#[test]
+fn changes_say_what_they_did_in_json() {
+    let e = Env::new();
+    let j = |args: &[&str]| e.json(args);
+    e.ok(&["user", "add", "clerk", "--role", "app", "--token"]);
+    let g = j(&["user", "grant", "clerk", "--data", "PAY.**"]);
+    assert_eq!(
+        (g["op"].as_str(), g["user"].as_str(), g["on"].as_str(), g["pattern"].as_str()),
+        (Some("user-grant"), Some("clerk"), Some("data"), Some("PAY.**")),
+        "{g}"
+    );
+    assert_eq!(g["message"], "granted clerk data PAY.**");
+    let r = j(&["user", "role", "clerk", "--add", "auditor"]);
+    assert_eq!(
+        (r["op"].as_str(), r["roles"].clone()),
+        (Some("user-role"), serde_json::json!(["app", "auditor"])),
+        "{r}"
+    );
+    assert_eq!(j(&["user", "revoke", "clerk", "--data", "PAY.**"])["op"], "user-revoke");
+    assert_eq!(j(&["user", "disable", "clerk"])["user"], "clerk");
+    assert_eq!(j(&["user", "enable", "clerk"])["op"], "user-enable");
+    assert_eq!(j(&["user", "rm", "clerk"])["op"], "user-remove");
+    e.ok(&["policy", "add", "p", "--pattern", "X.**", "--volume", "default", "--template"]);
+    let p = j(&["policy", "rm", "p"]);
+    assert_eq!(
+        (p["op"].as_str(), p["policy"].as_str(), p["message"].as_str()),
+        (Some("policy-rm"), Some("p"), Some("removed policy p")),
+        "{p}"
+    );
+    e.ok(&["ds", "put", "SN.A", Env::s(&e.file("a", b"a"))]);
+    let id = e.json(&["snapshot", "create", "SN.A"])["id"].as_u64().unwrap();
+    let sn = j(&["snapshot", "rm", &id.to_string()]);
+    assert_eq!((sn["op"].as_str(), sn["snapshot"].as_u64()), (Some("snapshot-rm"), Some(id)), "{sn}");
+    // Each op is the name of an operation, as the API's document lists them.
+    let api = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")).unwrap();
+    for op in [
+        "user-grant",
+        "user-role",
+        "user-revoke",
+        "user-disable",
+        "user-enable",
+        "user-remove",
+        "policy-rm",
+        "snapshot-rm",
+    ] {
+        assert!(api.contains(&format!("\"{op}\"")), "{op} is no operation");
+    }
+}
+
+/// A reader that stops early (`custos key ls --json | head`) ends the
+/// command quietly, as SIGPIPE would, instead of an error about a pipe.
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    let e = Env::new();
+    e.ok(&["key", "create", "--app", "PIPE", "--count", "2000"]);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("custos"))
+        .env_clear()
+        .env("CUSTOS_VAULT", &e.vault)
+        .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(["key", "ls", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(141), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// `config set --help` names every setting `config ls` shows (a new
 /// setting without a line in the help fails this).
 #[test]

@@ -62,8 +62,14 @@ pub struct Verified {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Reply {
-    /// A sentence, and nothing for `--json` beyond it.
-    Note(String),
+    /// A change carried out: the operation's name (as a request stores it),
+    /// what it changed (a JSON object: `{"policy": "p"}`), and the sentence
+    /// people read. Its JSON is those fields with `op` and `message`.
+    Done {
+        op: &'static str,
+        fields: Value,
+        message: String,
+    },
     Key(KeyRecord, &'static str),
     /// Keys, and when those scheduled for destruction fall due.
     Keys(Vec<KeyRecord>, std::collections::BTreeMap<String, jiff::Timestamp>),
@@ -286,7 +292,16 @@ impl Reply {
     pub fn json(&self) -> Value {
         use Reply::*;
         match self {
-            Note(s) => json!({ "message": s }),
+            Done { op, fields, message } => {
+                let mut j = json!({ "op": op });
+                if let Value::Object(m) = fields {
+                    for (k, v) in m {
+                        j[k.as_str()] = v.clone();
+                    }
+                }
+                j["message"] = json!(message);
+                j
+            }
             Key(k, _) => to(k),
             Keys(ks, due) => {
                 let mut j = to(ks);
@@ -525,7 +540,7 @@ impl Reply {
         macro_rules! out { ($($t:tt)*) => {{ let _ = writeln!(o, $($t)*); }} }
         use Reply::*;
         match self {
-            Note(s) => out!("{s}"),
+            Done { message, .. } => out!("{message}"),
             Key(k, verb) => match *verb {
                 "created" => {
                     out!("created key {} ({}, KCV {}, wrapped under MKVP {})", k.label, k.state, k.kcv, k.mkvp)

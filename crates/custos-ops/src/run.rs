@@ -4,6 +4,7 @@
 use custos_core::model::{CopyMethod, DatasetName, KeyAction, KeyState, PolicyTarget};
 use custos_core::{NewKey, NewMasterKey, NewPolicy, NewVolume, PutOptions, ShareFile};
 use jiff::Timestamp;
+use serde_json::json;
 
 use crate::engine::{Caller, Engine, Io};
 use crate::error::{Error, Result};
@@ -178,7 +179,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::PolicyList => Reply::Policies(v.policies()?),
         O::PolicyRm { name } => {
             v.remove_policy(&name)?;
-            Reply::Note(format!("removed policy {name}"))
+            done("policy-rm", json!({ "policy": name }), format!("removed policy {name}"))
         }
         O::DsPut { name, key, volume } => {
             let input = io.input.as_deref_mut().ok_or_else(|| Error::Usage("ds put needs the data to store".into()))?;
@@ -277,7 +278,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         }
         O::MkClearNew => {
             e.open()?.mk_clear_new()?;
-            Reply::Note("cleared the NEW master key register".into())
+            done("mk-clear-new", json!({}), "cleared the NEW master key register".into())
         }
         O::MkActivate => Reply::MkActivated(e.open()?.mk_activate()?),
         O::MkReencipher { batch } => Reply::Reenciphered(e.open()?.mk_reencipher(batch, |_| {})?),
@@ -312,7 +313,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::EscrowStatus => Reply::EscrowStatus(v.escrow_status()?),
         O::EscrowPurge { label } => {
             v.escrow_purge(&label)?;
-            Reply::Note(format!("erased the escrow copy of {label}"))
+            done("escrow-purge", json!({ "key_label": label }), format!("erased the escrow copy of {label}"))
         }
         O::MirrorAdd { primary, secondary } => {
             Reply::Mirrors { list: vec![v.mirror_add(&primary, &secondary)?], check: false }
@@ -321,7 +322,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::MirrorStatus => Reply::Mirrors { list: v.mirrors(true)?, check: true },
         O::MirrorRm { primary } => {
             v.mirror_rm(&primary)?;
-            Reply::Note(format!("volume {primary} is no longer mirrored"))
+            done("mirror-rm", json!({ "volume": primary }), format!("volume {primary} is no longer mirrored"))
         }
         O::SnapshotCreate { dataset } => Reply::Snapshot(v.snapshot_create(&dataset)?),
         O::SnapshotList { pattern, limit: None, after: None } => Reply::Snapshots(v.snapshots(pattern.as_ref())?),
@@ -330,7 +331,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         }
         O::SnapshotRm { id } => {
             v.snapshot_rm(id)?;
-            Reply::Note(format!("removed snapshot {id}"))
+            done("snapshot-rm", json!({ "snapshot": id }), format!("removed snapshot {id}"))
         }
         O::SnapshotRestore { id, as_name } => {
             let ov = e.open()?;
@@ -431,7 +432,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::HsmRuleList => Reply::HsmRules(v.hsm_rules()?),
         O::HsmRuleRm { name } => {
             v.hsm_rule_rm(&name)?;
-            Reply::Note(format!("removed hsm rule {name}"))
+            done("hsm-rule-rm", json!({ "rule": name }), format!("removed hsm rule {name}"))
         }
         O::HsmMigrate { dataset, to } => Reply::Moved(v.migrate(&dataset, &to)?),
         O::HsmRecall { dataset } => match v.recall(&dataset)? {
@@ -483,16 +484,20 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::CatalogVerify => Reply::CatalogCheck(e.open()?.catalog_verify()?),
         O::CatalogRotateKey => {
             let n = e.open()?.catalog_rotate_key()?;
-            Reply::Note(format!(
-                "catalog key rotated: {n} rows checked under the old key and sealed under the new one; the old key is destroyed"
-            ))
+            done(
+                "catalog-rotate-key",
+                json!({ "rows": n }),
+                format!("catalog key rotated: {n} rows checked under the old key and sealed under the new one; the old key is destroyed"),
+            )
         }
         O::AuditAcceptRollback => {
             let v = e.open_accepting(true)?;
             let head = v.audit_verify()?.entries;
-            Reply::Note(format!(
-                "the HSM's anchor now follows this catalog, whose audit log ends at entry {head}; what it lacks (the newer commands) is lost to this vault"
-            ))
+            done(
+                "audit-accept-rollback",
+                json!({ "audit_seq": head }),
+                format!("the HSM's anchor now follows this catalog, whose audit log ends at entry {head}; what it lacks (the newer commands) is lost to this vault"),
+            )
         }
         O::AuditExport => {
             let rows = v.audit_entries(&Default::default())?;
@@ -514,15 +519,19 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
         O::UserList => Reply::Users(v.users()?),
         O::UserDisable { name } => {
             v.user_disable(&name)?;
-            Reply::Note(format!("user {name} is disabled"))
+            done("user-disable", json!({ "user": name }), format!("user {name} is disabled"))
         }
         O::UserEnable { name } => {
             v.user_enable(&name)?;
-            Reply::Note(format!("user {name} is enabled"))
+            done("user-enable", json!({ "user": name }), format!("user {name} is enabled"))
         }
         O::UserRemove { name } => {
             v.user_remove(&name)?;
-            Reply::Note(format!("user {name} and its grants are removed; the audit log keeps its name"))
+            done(
+                "user-remove",
+                json!({ "user": name }),
+                format!("user {name} and its grants are removed; the audit log keeps its name"),
+            )
         }
         O::UserCredential { name, credential } => {
             let (stored, token) = credential.prepare()?;
@@ -534,20 +543,30 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
                 return Err(Error::Usage("give --add ROLE or --remove ROLE (or both)".into()));
             }
             let p = v.user_roles(&name, &add, &remove)?;
-            Reply::Note(format!(
-                "user {name} has the roles {}",
-                p.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
-            ))
+            let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+            done(
+                "user-role",
+                json!({ "user": name, "roles": roles }),
+                format!("user {name} has the roles {}", roles.join(", ")),
+            )
         }
         O::UserGrant { name, on, pattern } => {
             let kind = grant_kind(on);
             v.grant(&name, kind, &pattern)?;
-            Reply::Note(format!("granted {name} {} {pattern}", kind.as_str()))
+            done(
+                "user-grant",
+                json!({ "user": name, "on": kind.as_str(), "pattern": pattern }),
+                format!("granted {name} {} {pattern}", kind.as_str()),
+            )
         }
         O::UserRevoke { name, on, pattern } => {
             let kind = grant_kind(on);
             v.revoke(&name, kind, &pattern)?;
-            Reply::Note(format!("revoked {name}'s {} grant {pattern}", kind.as_str()))
+            done(
+                "user-revoke",
+                json!({ "user": name, "on": kind.as_str(), "pattern": pattern }),
+                format!("revoked {name}'s {} grant {pattern}", kind.as_str()),
+            )
         }
         O::RequestList { limit, before } => Reply::Requests(
             v.requests_page(before, limit.map_or(usize::MAX, |n| n as usize))?.iter().map(RequestView::new).collect(),
@@ -807,4 +826,9 @@ fn b64(what: &str, s: &str) -> Result<Vec<u8>> {
 /// A 96-bit AES-GCM IV, base64.
 fn iv12(s: &str) -> Result<[u8; 12]> {
     b64("iv", s)?.try_into().map_err(|_| Error::Usage("iv: an AES-GCM IV is 12 bytes (96 bits)".into()))
+}
+
+/// A change carried out, as [`Reply::Done`].
+fn done(op: &'static str, fields: serde_json::Value, message: String) -> Reply {
+    Reply::Done { op, fields, message }
 }
