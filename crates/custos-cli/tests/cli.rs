@@ -713,7 +713,18 @@ fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
 
 #[test]
 fn vault_on_a_pkcs11_token() {
-    let e = Env::new_pkcs11();
+    pkcs11_scenario(Env::new_pkcs11());
+}
+
+/// The same on Kryoptic, which has no CKM_AES_KEY_WRAP_PAD: Custos finds
+/// CKM_AES_KEY_WRAP_KWP by its known-answer test and wraps with it.
+#[test]
+fn vault_on_a_kryoptic_token() {
+    let e = Env::new_kryoptic();
+    pkcs11_scenario(e);
+}
+
+fn pkcs11_scenario(e: Env) {
     assert!(!e.vault.join("hsm.sealed").exists(), "no software HSM file for a token vault");
     let bytes = data(200_000, 21);
     e.ok(&["ds", "put", "TOKEN.DATA", Env::s(&e.file("d", &bytes))]);

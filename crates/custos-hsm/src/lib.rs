@@ -6,9 +6,12 @@
 //! (as the access method needs it to seal and open chunks), as a zeroizing
 //! [`DataKey`]. Implementations: [`SoftHsm`] (registers sealed in a file under
 //! a passphrase, the embedded default) and, later, PKCS#11.
-#![forbid(unsafe_code)] // cryptoki holds the FFI; this crate needs none of its own
+// cryptoki holds the FFI; the one exception is `kwp`, two calls cryptoki
+// has no mechanism for (CKM_AES_KEY_WRAP_KWP).
+#![deny(unsafe_code)]
 
 pub mod files;
+mod kwp;
 mod pkcs11;
 mod soft;
 

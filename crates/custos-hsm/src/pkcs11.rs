@@ -4,9 +4,14 @@
 //!   `custos-mk`, `CKA_ID` = their MKVP. They never leave the token.
 //! * Which master key sits in which register is one token data object
 //!   (label `custos-registers`), so activation is a single object update.
-//! * Data keys are generated, wrapped and unwrapped inside the token
-//!   (`CKM_AES_KEY_WRAP_PAD`, RFC 5649, byte-compatible with the software
-//!   HSM); MKVPs and KCVs are `CKM_AES_CMAC` on the token.
+//! * Data keys are generated, wrapped and unwrapped inside the token with
+//!   RFC 5649 key wrap, byte-compatible with the software HSM: through
+//!   `CKM_AES_KEY_WRAP_KWP` (0x210B) where the token offers it, else
+//!   `CKM_AES_KEY_WRAP_PAD` (0x210A) where its output is RFC 5649 (not so
+//!   on every token: NSS's is RFC 3394 with PKCS#7 padding). Which one is
+//!   decided when the token is opened, by a known-answer test with
+//!   throwaway session keys, before anything is made on it; a token with
+//!   neither is refused. MKVPs and KCVs are `CKM_AES_CMAC` on the token.
 //! * The only data key leaving the token in clear is the one `unwrap_key`
 //!   returns for use (ADR 0004).
 //! * The catalog key is a token generic secret key (label
@@ -61,6 +66,8 @@ impl std::fmt::Debug for Pkcs11Config {
 
 pub struct Pkcs11Hsm {
     token: String,
+    /// How data keys are wrapped (decided at open).
+    wrap: Wrap,
     // Dropped before the context: declared first.
     session: Mutex<Session>,
     /// The catalog key's handle, once found (rows are MACed often).
@@ -68,6 +75,82 @@ pub struct Pkcs11Hsm {
     /// The NEXT catalog key's handle while a rotation is pending.
     next: Mutex<Option<ObjectHandle>>,
     _ctx: Pkcs11,
+}
+
+/// The token's RFC 5649 key wrap.
+enum Wrap {
+    /// `CKM_AES_KEY_WRAP_PAD`, through cryptoki.
+    Pad,
+    /// `CKM_AES_KEY_WRAP_KWP`, through the module's own functions.
+    Kwp(Box<crate::kwp::Kwp>),
+}
+
+impl Wrap {
+    fn name(&self) -> &'static str {
+        match self {
+            Wrap::Pad => "CKM_AES_KEY_WRAP_PAD",
+            Wrap::Kwp(_) => "CKM_AES_KEY_WRAP_KWP",
+        }
+    }
+
+    /// Decide, by a known-answer test on throwaway session keys, which
+    /// mechanism gives RFC 5649 on this token: KWP where offered, else PAD.
+    fn choose(s: &Session, module: &std::path::Path, slot: u64, token: &str) -> Result<Wrap, HsmError> {
+        let (kek, key) = ([0x5c_u8; 32], [0xa3_u8; 32]);
+        let want = custos_crypto::wrap_key(
+            &custos_crypto::MasterKey::from_bytes(kek),
+            &custos_crypto::DataKey::from_bytes(key),
+        )
+        .map_err(HsmError::Crypto)?;
+        let secret = |value: &[u8], wrap: bool| {
+            let mut t = vec![
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(false),
+                Attribute::Value(value.to_vec()),
+            ];
+            t.extend(if wrap {
+                [Attribute::Wrap(true), Attribute::Unwrap(true)]
+            } else {
+                [Attribute::Extractable(true), Attribute::Sensitive(false)]
+            });
+            t
+        };
+        let k = s.create_object(&secret(&kek, true)).map_err(p11("make a known-answer wrapping key"))?;
+        let d = match s.create_object(&secret(&key, false)) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = s.destroy_object(k);
+                return Err(p11("make a known-answer key")(e));
+            }
+        };
+        let mut tried = Vec::new();
+        let mut chosen = None;
+        match crate::kwp::Kwp::load(module) {
+            Ok(kwp) if kwp.offered(slot) => match kwp.wrap(s, k, d) {
+                Ok(w) if w == want => chosen = Some(Wrap::Kwp(Box::new(kwp))),
+                Ok(_) => tried.push("CKM_AES_KEY_WRAP_KWP gives other bytes than RFC 5649".to_string()),
+                Err(e) => tried.push(format!("CKM_AES_KEY_WRAP_KWP failed: {e}")),
+            },
+            Ok(_) => tried.push("CKM_AES_KEY_WRAP_KWP is not offered".into()),
+            Err(e) => tried.push(format!("CKM_AES_KEY_WRAP_KWP cannot be called: {e}")),
+        }
+        if chosen.is_none() {
+            match s.wrap_key(&Mechanism::AesKeyWrapPad, k, d) {
+                Ok(w) if w == want => chosen = Some(Wrap::Pad),
+                Ok(_) => tried.push("CKM_AES_KEY_WRAP_PAD gives other bytes than RFC 5649".into()),
+                Err(e) => tried.push(format!("CKM_AES_KEY_WRAP_PAD failed: {e}")),
+            }
+        }
+        let _ = s.destroy_object(d);
+        let _ = s.destroy_object(k);
+        chosen.ok_or_else(|| {
+            HsmError::Pkcs11Config(format!(
+                "token {token:?} offers no RFC 5649 key wrap ({}); Custos needs CKM_AES_KEY_WRAP_KWP, or a CKM_AES_KEY_WRAP_PAD that gives RFC 5649, to keep keys readable by any HSM",
+                tried.join("; ")
+            ))
+        })
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -174,7 +257,12 @@ impl Pkcs11Hsm {
                 cfg.module.display()
             ))
         })?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).map_err(p11("initialize the module"))?;
+        // A module that stays loaded after its last context is dropped (a
+        // Rust library is not unloaded) is still initialised: use it as it is.
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(p11("initialize the module")(e)),
+        }
         let mut labels = Vec::new();
         let mut slot = None;
         for s in ctx.get_slots_with_token().map_err(p11("list slots"))? {
@@ -199,8 +287,10 @@ impl Pkcs11Hsm {
             }
             e => HsmError::Pkcs11 { op: "log in", detail: e.to_string() },
         })?;
+        let wrap = Wrap::choose(&session, &cfg.module, slot.id(), &cfg.token)?;
         let hsm = Self {
             token: cfg.token.clone(),
+            wrap,
             session: Mutex::new(session),
             catalog: Mutex::new(None),
             next: Mutex::new(None),
@@ -384,7 +474,10 @@ impl Pkcs11Hsm {
         let result = (|| {
             let cur = self.regs(s)?.current.ok_or(HsmError::NoCurrentMasterKey)?;
             let mk = self.master_key(s, &cur.mkvp)?;
-            let bytes = s.wrap_key(&Mechanism::AesKeyWrapPad, mk, h).map_err(p11("wrap a key"))?;
+            let bytes = match &self.wrap {
+                Wrap::Pad => s.wrap_key(&Mechanism::AesKeyWrapPad, mk, h).map_err(p11("wrap a key"))?,
+                Wrap::Kwp(k) => k.wrap(s, mk, h).map_err(|detail| HsmError::Pkcs11 { op: "wrap a key", detail })?,
+            };
             Ok(WrappedKey { mkvp: cur.mkvp, kcv: Self::kcv_of(s, h)?, bytes })
         })();
         let _ = s.destroy_object(h);
@@ -400,8 +493,34 @@ impl Pkcs11Hsm {
     ) -> Result<ObjectHandle, HsmError> {
         self.held(s, mkvp)?;
         let mk = self.master_key(s, mkvp)?;
-        s.unwrap_key(&Mechanism::AesKeyWrapPad, mk, wrapped, &data_key_template(&[Attribute::Sensitive(sensitive)]))
-            .map_err(|_| HsmError::Unwrap { mkvp: *mkvp })
+        match &self.wrap {
+            Wrap::Pad => s
+                .unwrap_key(
+                    &Mechanism::AesKeyWrapPad,
+                    mk,
+                    wrapped,
+                    &data_key_template(&[Attribute::Sensitive(sensitive)]),
+                )
+                .map_err(|_| HsmError::Unwrap { mkvp: *mkvp }),
+            Wrap::Kwp(k) => {
+                // Marked so that cryptoki can find the new object by it.
+                let tag: [u8; 16] = custos_crypto::random_array().map_err(HsmError::Crypto)?;
+                let template = data_key_template(&[Attribute::Sensitive(sensitive), Attribute::Id(tag.to_vec())]);
+                k.unwrap(s, mk, wrapped, &template).map_err(|_| HsmError::Unwrap { mkvp: *mkvp })?;
+                let found = s
+                    .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(tag.to_vec())])
+                    .map_err(p11("find an unwrapped key"))?;
+                match found.as_slice() {
+                    [h] => Ok(*h),
+                    _ => {
+                        for h in found {
+                            let _ = s.destroy_object(h);
+                        }
+                        Err(HsmError::Unwrap { mkvp: *mkvp })
+                    }
+                }
+            }
+        }
     }
 
     fn destroy_master_key(&self, s: &Session, mkvp: &Mkvp) {
@@ -413,7 +532,7 @@ impl Pkcs11Hsm {
 
 impl Hsm for Pkcs11Hsm {
     fn describe(&self) -> String {
-        format!("PKCS#11 token {:?}", self.token)
+        format!("PKCS#11 token {:?} (key wrap {})", self.token, self.wrap.name())
     }
 
     fn registers(&self) -> Result<Vec<RegisterInfo>, HsmError> {

@@ -57,6 +57,53 @@ impl SoftHsmTokens {
     }
 }
 
+/// The Kryoptic PKCS#11 module under test: `CUSTOS_KRYOPTIC_MODULE`
+/// (`.ci/run` builds it from crates.io). Panics with what to do when unset.
+pub fn kryoptic_module() -> PathBuf {
+    let m = std::env::var_os("CUSTOS_KRYOPTIC_MODULE").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("CUSTOS_KRYOPTIC_MODULE is not set: build kryoptic (see .ci/run) and point it at libkryoptic_pkcs11.so, or run .ci/run")
+    });
+    assert!(m.exists(), "CUSTOS_KRYOPTIC_MODULE names {}, which does not exist", m.display());
+    m
+}
+
+/// A Kryoptic token in a private SQLite file, initialised with a label,
+/// an SO PIN and a user PIN; removed on drop. Point a process at it with
+/// `KRYOPTIC_CONF` = [`KryopticToken::conf`]. Kryoptic reads its
+/// configuration when the module is initialised, so a test process uses
+/// one token file (set the variable before any context is made).
+pub struct KryopticToken {
+    _dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl KryopticToken {
+    pub fn new(label: &str, pin: &str, so_pin: &str) -> Self {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        use cryptoki::session::UserType;
+        use cryptoki::types::AuthPin;
+        let module = kryoptic_module();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let conf = dir.path().join("token.sql");
+        std::env::set_var("KRYOPTIC_CONF", &conf);
+        let ctx = Pkcs11::new(&module).expect("load Kryoptic");
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).expect("initialize Kryoptic");
+        let slot = *ctx.get_all_slots().expect("Kryoptic's slots").first().expect("a slot");
+        let so = AuthPin::new(so_pin.into());
+        ctx.init_token(slot, &so, label).expect("initialise the token");
+        let s = ctx.open_rw_session(slot).expect("a session");
+        s.login(UserType::So, Some(&so)).expect("log in as SO");
+        s.init_pin(&AuthPin::new(pin.into())).expect("set the user PIN");
+        drop(s);
+        let _ = ctx.finalize();
+        Self { _dir: dir, conf }
+    }
+
+    pub fn conf(&self) -> &Path {
+        &self.conf
+    }
+}
+
 /// A real S3-protocol server (moto's `moto_server`, from PyPI) on a free
 /// localhost port, with one empty bucket; killed on drop. Panics with what
 /// to install when it is missing. Point a client at it with [`S3Server::env`].

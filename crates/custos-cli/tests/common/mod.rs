@@ -15,6 +15,7 @@ pub struct Env {
     /// Extra environment for every command (the PKCS#11 token's settings).
     pub env: Vec<(String, String)>,
     _tokens: Option<custos_testing::SoftHsmTokens>,
+    _kryoptic: Option<custos_testing::KryopticToken>,
     /// The PostgreSQL server holding the catalog, for a vault made with
     /// [`Env::new_postgres`].
     pub pg: Option<std::sync::Arc<custos_testing::Postgres>>,
@@ -45,7 +46,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
         let pg = pg.map(std::sync::Arc::new);
-        let mut e = Self { dir, vault, env: admin_env(), _tokens: None, pg: pg.clone() };
+        let mut e = Self { dir, vault, env: admin_env(), _tokens: None, _kryoptic: None, pg: pg.clone() };
         let mut init = vec!["init", "--kdf-memory-mib", "19", "--kdf-iterations", "2", "--site", "A"];
         let url = pg.as_ref().map(|p| p.url("custos"));
         if let Some(url) = &url {
@@ -97,7 +98,14 @@ impl Env {
             self.env.iter().filter(|(k, _)| k != "CUSTOS_USER" && k != "CUSTOS_CREDENTIAL").cloned().collect();
         env.push(("CUSTOS_USER".into(), name.into()));
         env.push(("CUSTOS_CREDENTIAL".into(), cred.into()));
-        Self { dir: tempfile::tempdir().unwrap(), vault: self.vault.clone(), env, _tokens: None, pg: self.pg.clone() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            vault: self.vault.clone(),
+            env,
+            _tokens: None,
+            _kryoptic: None,
+            pg: self.pg.clone(),
+        }
     }
 
     /// Add the key-custodian `name` (credential "NAME's credential, long"),
@@ -120,12 +128,19 @@ impl Env {
     /// The test admin on a vault that already exists at `vault` (made
     /// elsewhere, such as by an older Custos).
     pub fn existing(vault: PathBuf) -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), vault, env: admin_env(), _tokens: None, pg: None }
+        Self { dir: tempfile::tempdir().unwrap(), vault, env: admin_env(), _tokens: None, _kryoptic: None, pg: None }
     }
 
     /// The same principal on the vault in another directory (a copy).
     pub fn at(&self, vault: PathBuf) -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), vault, env: self.env.clone(), _tokens: None, pg: self.pg.clone() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            vault,
+            env: self.env.clone(),
+            _tokens: None,
+            _kryoptic: None,
+            pg: self.pg.clone(),
+        }
     }
 
     /// A vault whose master keys live on a fresh SoftHSM2 token.
@@ -138,8 +153,27 @@ impl Env {
             ("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string()),
         ];
         env.extend(admin_env());
-        let mut e = Self { dir, vault, env, _tokens: Some(tokens), pg: None };
+        let mut e = Self { dir, vault, env, _tokens: Some(tokens), _kryoptic: None, pg: None };
         e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--site", "A"]);
+        e.ok(&["config", "set", "dual-control", "none"]);
+        e.as_operator();
+        e
+    }
+
+    /// A vault whose master keys live on a fresh Kryoptic token (a second
+    /// PKCS#11 implementation, which wraps with CKM_AES_KEY_WRAP_KWP).
+    pub fn new_kryoptic() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault");
+        let token = custos_testing::KryopticToken::new("custos-cli", "2468", "1357");
+        let mut env = vec![
+            ("KRYOPTIC_CONF".to_string(), token.conf().display().to_string()),
+            ("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string()),
+        ];
+        env.extend(admin_env());
+        let mut e = Self { dir, vault, env, _tokens: None, _kryoptic: Some(token), pg: None };
+        let module = custos_testing::kryoptic_module().display().to_string();
+        e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--pkcs11-module", &module, "--site", "A"]);
         e.ok(&["config", "set", "dual-control", "none"]);
         e.as_operator();
         e
