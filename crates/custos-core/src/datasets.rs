@@ -614,8 +614,10 @@ impl Vault<Open> {
                 }
             };
             // A dataset an earlier Custos imported from this file under
-            // its old, lossy name goes on under that name.
-            if replace && self.repo.dataset(&name)?.is_none() {
+            // its old, lossy name goes on under that name (so importing the
+            // tree again without --replace is refused as existing, and with
+            // it writes there, never a second copy beside it).
+            if self.repo.dataset(&name)?.is_none() {
                 if let Some(old) = legacy_import_name(prefix, rel).filter(|o| *o != name) {
                     if self.repo.dataset(&old)?.is_some() {
                         name = old;

@@ -278,6 +278,9 @@ fn import_tree() {
     // one a --replace import goes on writing.
     std::fs::remove_file(src.path().join("a_txt")).unwrap();
     t.put("IMP3.a_txt", b"imported by an earlier Custos");
+    // Without --replace that dataset exists already, as it did before.
+    let e = t.vault.import(src.path(), &ds("IMP3"), false, false, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("IMP3.a_txt (from"), "{e}");
     let (reports, _) = t.vault.import(src.path(), &ds("IMP3"), true, false, |_| {}).unwrap();
     let names: Vec<String> = reports.iter().map(|r| r.dataset.to_string()).collect();
     assert_eq!(names, ["IMP3.a_txt", "IMP3.sub.b#2Ebin", "IMP3.sub.deeper.c"]);

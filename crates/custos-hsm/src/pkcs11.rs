@@ -112,7 +112,7 @@ impl Wrap {
             t.extend(if wrap {
                 [Attribute::Wrap(true), Attribute::Unwrap(true)]
             } else {
-                [Attribute::Extractable(true), Attribute::Sensitive(false)]
+                [Attribute::Extractable(true), Attribute::Sensitive(true)]
             });
             t
         };
