@@ -2689,12 +2689,20 @@ fn vaults_of_every_past_schema_open_read_and_migrate() {
     // The vaults record their volumes' absolute paths, so each opens where
     // it was made; the directory is removed again at the end.
     let base = Path::new("/tmp/custos-old-vault-fixtures");
+    // Removed however the test ends, a failed assertion included.
+    struct Cleanup(&'static Path);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = Cleanup(base);
     let current = {
         let fresh = Env::new();
         let c = rusqlite::Connection::open(fresh.vault.join("custos.db")).unwrap();
         c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap()
     };
-    let sha = |b: &[u8]| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref());
+    let sha = |b: &[u8]| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b));
     for n in 1..current {
         let archive = fixtures.join(format!("v{n}.tar.gz"));
         assert!(
@@ -2741,11 +2749,6 @@ fn vaults_of_every_past_schema_open_read_and_migrate() {
         drop(c);
         std::fs::remove_dir_all(&root).unwrap();
     }
-    let _ = std::fs::remove_dir(base);
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The README's tour runs as written: its shell blocks, in order, in an
