@@ -30,7 +30,7 @@ for i in 1 2 3; do
   t2=$(date +%s.%N)
   /usr/bin/time -f "%M" -o "$work/rss" "$custos" mk reencipher >/dev/null 2>&1
   t3=$(date +%s.%N)
-  moved=$("$custos" mk status --json | python3 -c 'import json,sys; print([r["keys"] for r in json.load(sys.stdin)["registers"] if r["register"]=="CURRENT"][0])')
+  moved=$("$custos" mk status --json | python3 -c 'import json,sys; print([r["key_count"] for r in json.load(sys.stdin)["registers"] if r["register"]=="CURRENT"][0])')
   [ "$moved" = "$n" ] || { echo "only $moved of $n keys are under CURRENT" >&2; exit 1; }
   t4=$(date +%s.%N)
   "$custos" catalog verify >/dev/null

@@ -445,13 +445,25 @@ impl Client {
                     });
                 }
             };
-            if let (Output::File(p), Some(d), false) = (&output, &dataset, cli.json) {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "wrote {} of {d} generation {generation} to {}",
-                    custos_ops::render::bytes(n),
-                    p.display()
-                );
+            match (&output, &dataset, cli.json) {
+                (Output::File(p), Some(d), false) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "wrote {} of {d} generation {generation} to {}",
+                        custos_ops::render::bytes(n),
+                        p.display()
+                    );
+                }
+                // As the embedded command prints it (`ds get -o`, `ds verify`).
+                (Output::File(_), Some(d), true) => {
+                    let j = serde_json::json!({
+                        "dataset": d,
+                        "generation": generation.parse::<u64>().ok(),
+                        "size": n,
+                    });
+                    let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&j)?);
+                }
+                _ => {}
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -261,13 +261,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repo(args::RepoCmd::Migrate { to }) => return repo_migrate(&cli, to).map(|_| ExitCode::SUCCESS),
         Command::Demo { keep } => return demo::run(keep.as_deref()).map(|_| ExitCode::SUCCESS),
         Command::Mk(MkCmd::MakePart { custodian, output }) => {
-            return cmd::mk::make_part(custodian, output).map(|_| ExitCode::SUCCESS)
+            return cmd::mk::make_part(custodian, output, cli.json).map(|_| ExitCode::SUCCESS)
         }
         Command::Escrow(EscrowCmd::Keygen { out, custodian, kdf_memory_mib, kdf_iterations }) => {
             let name = custodian.clone().or_else(|| cli.user.clone()).ok_or_else(|| {
                 anyhow::anyhow!("whose key is it? give --custodian NAME (or --user NAME): your user name")
             })?;
-            return cmd::escrow::keygen(&name, out, *kdf_memory_mib, *kdf_iterations).map(|_| ExitCode::SUCCESS);
+            return cmd::escrow::keygen(&name, out, *kdf_memory_mib, *kdf_iterations, cli.json)
+                .map(|_| ExitCode::SUCCESS);
         }
         _ => {}
     }
@@ -320,6 +321,7 @@ fn execute(cli: &Cli, engine: &Engine, who: &Caller, plan: Plan) -> anyhow::Resu
             Some(&mut file)
         }
     };
+    let data_on_stdout = matches!(output, Output::Stdout);
     let outcome = match output {
         Output::None => engine.execute(who, op, Io { input: input.as_deref_mut().map(|r| r as _), output: None })?,
         Output::Stdout => {
@@ -355,7 +357,7 @@ fn execute(cli: &Cli, engine: &Engine, who: &Caller, plan: Plan) -> anyhow::Resu
     for w in &outcome.warnings {
         note!("custos: warning: {w}");
     }
-    show_reply(cli, &outcome.reply, &show)?;
+    show_reply(cli, &outcome.reply, &show, data_on_stdout)?;
     if let Some(f) = outcome.reply.failure() {
         say_error(cli.json, f.code, &f.message);
         return Ok(ExitCode::from(f.code.exit()));
@@ -363,7 +365,7 @@ fn execute(cli: &Cli, engine: &Engine, who: &Caller, plan: Plan) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-fn show_reply(cli: &Cli, reply: &Reply, show: &Show) -> anyhow::Result<()> {
+fn show_reply(cli: &Cli, reply: &Reply, show: &Show, data_on_stdout: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match (reply, show) {
         (Reply::Monitor(r), Show::Prometheus) => {
@@ -412,9 +414,11 @@ fn show_reply(cli: &Cli, reply: &Reply, show: &Show) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        // The data went to standard output already.
-        (Reply::Got(_) | Reply::AuditExport(_), _) if !cli.json => return Ok(()),
+        // The data went to standard output already, and is all it carries
+        // (with --json too: one document, the data).
+        (Reply::Got(_), _) if data_on_stdout => return Ok(()),
         (Reply::AuditExport(_), _) => return Ok(()),
+        (Reply::Got(_), _) if !cli.json => return Ok(()),
         _ => {}
     }
     if cli.json {

@@ -294,7 +294,7 @@ fn killed_mirror_add_rerun_is_in_sync() {
         |n| {
             // Whatever the kill left, the rerun made every object whole there.
             let st = e.json(&["mirror", "status"]);
-            assert_eq!(st[0]["missing"], 0, "step {n}: {st}");
+            assert_eq!(st[0]["missing_count"], 0, "step {n}: {st}");
             for f in walk_files(&sec.join("chunks")) {
                 let name = f.file_name().unwrap().to_string_lossy().to_string();
                 if name.ends_with(".tmp") {
@@ -602,27 +602,27 @@ fn fsck_names_what_is_missing_and_gc_removes_what_interrupted_writes_left() {
         assert!(n > 0, "the put was never interrupted");
     }
     let before = e.json(&["fsck"]);
-    let stray =
-        before["volumes"][0]["unreferenced"].as_u64().unwrap() + before["volumes"][0]["temp_files"].as_u64().unwrap();
+    let stray = before["volumes"][0]["unreferenced_count"].as_u64().unwrap()
+        + before["volumes"][0]["temp_file_count"].as_u64().unwrap();
     assert!(stray > 0, "the killed put left objects: {before}");
     // Within the grace period nothing goes.
     let dry = e.json(&["gc", "--dry-run", "--grace", "0s"]);
-    assert!(dry["orphans"].as_u64().unwrap() + dry["temp_files"].as_u64().unwrap() >= stray, "{dry}");
+    assert!(dry["orphan_count"].as_u64().unwrap() + dry["temp_file_count"].as_u64().unwrap() >= stray, "{dry}");
     let kept = e.json(&["gc"]);
-    assert_eq!(kept["orphans"], 0, "younger than the default grace of 24h: {kept}");
+    assert_eq!(kept["orphan_count"], 0, "younger than the default grace of 24h: {kept}");
     let done = e.json(&["gc", "--grace", "0s"]);
-    assert!(done["orphans"].as_u64().unwrap() + done["temp_files"].as_u64().unwrap() >= stray, "{done}");
+    assert!(done["orphan_count"].as_u64().unwrap() + done["temp_file_count"].as_u64().unwrap() >= stray, "{done}");
     let after = e.json(&["fsck"]);
-    assert_eq!(after["volumes"][0]["unreferenced"], 0, "{after}");
-    assert_eq!(after["volumes"][0]["temp_files"], 0, "{after}");
+    assert_eq!(after["volumes"][0]["unreferenced_count"], 0, "{after}");
+    assert_eq!(after["volumes"][0]["temp_file_count"], 0, "{after}");
     assert_eq!(e.run(&["ds", "get", "GC.KEEP"]).stdout, data(200_000, 1), "gc took nothing needed");
 
     // A replaced generation waits in the trash, then goes.
     e.ok(&["ds", "put", "GC.KEEP", Env::s(&e.file("k2", &data(200_000, 2)))]);
     let f = e.json(&["fsck"]);
-    assert!(f["volumes"][0]["in_trash"].as_u64().unwrap() >= 1, "{f}");
+    assert!(f["volumes"][0]["in_trash_count"].as_u64().unwrap() >= 1, "{f}");
     let g = e.json(&["gc", "--grace", "0s"]);
-    assert!(g["released"].as_u64().unwrap() >= 1, "{g}");
+    assert!(g["released_count"].as_u64().unwrap() >= 1, "{g}");
 
     // Missing, truncated and damaged chunks are named, and fsck exits 4.
     let chunks = e.chunk_paths("GC.KEEP");
@@ -659,10 +659,10 @@ fn ds_rm_on_an_unreachable_volume_says_so_and_gc_finishes_it() {
     std::fs::rename(&away, &side).unwrap();
     let f = e.json(&["fsck"]);
     let side_check = f["volumes"].as_array().unwrap().iter().find(|v| v["volume"] == "side").unwrap().clone();
-    assert!(side_check["in_trash"].as_u64().unwrap() >= 3, "{side_check}");
+    assert!(side_check["in_trash_count"].as_u64().unwrap() >= 3, "{side_check}");
     // The failed deletion is taken up by the next gc at once.
     let g = e.json(&["gc"]);
-    assert!(g["released"].as_u64().unwrap() >= 3, "{g}");
+    assert!(g["released_count"].as_u64().unwrap() >= 3, "{g}");
     assert_eq!(walk_files(&side.join("chunks")).len(), 0);
 }
 
@@ -978,8 +978,8 @@ fn killed_import_of_thousands_of_files_leaves_each_dataset_absent_or_whole() {
         assert_eq!(e.json(&["ds", "ls", "IMP.**"]).as_array().unwrap().len(), n, "after {call} {at}");
         e.ok(&["gc", "--grace", "0s"]);
         let f = e.json(&["fsck"]);
-        assert_eq!(f["volumes"][0]["unreferenced"], 0, "after {call} {at}: {f}");
-        assert_eq!(f["volumes"][0]["temp_files"], 0, "after {call} {at}: {f}");
+        assert_eq!(f["volumes"][0]["unreferenced_count"], 0, "after {call} {at}: {f}");
+        assert_eq!(f["volumes"][0]["temp_file_count"], 0, "after {call} {at}: {f}");
         if !killed {
             eprintln!("the import ran to its end before {call} {at}");
         }

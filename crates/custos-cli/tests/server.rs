@@ -1042,7 +1042,7 @@ fn escrow_shares_reach_only_their_custodians() {
     let out = s.ok("cara", &cara, &["escrow", "purge", "DSET.PRIM.ESC.key001"]);
     assert!(out.contains("under dual control"), "{out}");
     let st: serde_json::Value = serde_json::from_str(&s.ok("cara", &cara, &["--json", "escrow", "status"])).unwrap();
-    assert_eq!(st["keys_escrowed"], 1, "{st}");
+    assert_eq!(st["escrowed_count"], 1, "{st}");
     assert!(s.ok("ops", OPS_CRED, &["audit", "verify"]).contains("audit log intact"));
     drop(custodians);
 }

@@ -21,6 +21,15 @@ struct Story {
     json: bool,
     root: PathBuf,
     log: String,
+    /// Each command as run, with its standard output and error as printed.
+    outputs: Vec<Printed>,
+}
+
+struct Printed {
+    command: String,
+    stdout: String,
+    stderr: String,
+    exit: i32,
 }
 
 impl Story {
@@ -46,6 +55,12 @@ impl Story {
             .collect();
         self.log.push_str(&format!("$ [{user}] custos {}\n", shown.join(" ")));
         let out = String::from_utf8_lossy(&o.stdout).to_string();
+        self.outputs.push(Printed {
+            command: shown.join(" "),
+            stdout: out.clone(),
+            stderr: String::from_utf8_lossy(&o.stderr).to_string(),
+            exit: o.status.code().unwrap_or(-1),
+        });
         self.log.push_str(&out);
         if !out.is_empty() && !out.ends_with('\n') {
             self.log.push_str("[no newline at end]\n");
@@ -131,10 +146,10 @@ fn normalise(log: &str, root: &Path) -> String {
 
 /// The story: every command, in an order in which each has something to
 /// work on.
-fn story(json: bool) -> String {
+fn story(json: bool) -> (String, Vec<Printed>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let mut s = Story { json, root: root.clone(), log: String::new() };
+    let mut s = Story { json, root: root.clone(), log: String::new(), outputs: Vec::new() };
     let admin = Env::existing(root.join("vault"));
     let new_cred = |c: &'static str| [("CUSTOS_NEW_CREDENTIAL", c)];
 
@@ -367,15 +382,159 @@ fn story(json: bool) -> String {
     s.run(&fresh, &["vault", "recover", "--from", &s.path("offsite")]);
     s.run(&fresh, &["ds", "ls"]);
 
-    normalise(&s.log, &root)
+    (normalise(&s.log, &root), s.outputs)
 }
 
 #[test]
 fn every_command_prints_text_as_pinned() {
-    insta::assert_snapshot!("text", story(false));
+    insta::assert_snapshot!("text", story(false).0);
 }
 
+/// The JSON is pinned, and follows the vocabulary of docs/json.md: one
+/// document on standard output (or none), errors as one object on
+/// standard error, one name per concept with one shape everywhere.
 #[test]
 fn every_command_prints_json_as_pinned() {
-    insta::assert_snapshot!("json", story(true));
+    let (log, printed) = story(true);
+    let mut seen = Vocabulary::default();
+    for p in &printed {
+        seen.check(p);
+    }
+    seen.finish();
+    insta::assert_snapshot!("json", log);
 }
+
+/// The rules of docs/json.md, checked over everything the story prints.
+#[derive(Default)]
+struct Vocabulary {
+    /// Each name, the JSON type it holds, and the first command it was seen in.
+    types: std::collections::BTreeMap<String, (&'static str, String)>,
+    broken: Vec<String>,
+}
+
+/// Names retired for the one name of their concept (docs/json.md).
+const RETIRED: &[&str] = &[
+    "at",
+    "since",
+    "bytes",
+    "chunks",
+    "new_chunks",
+    "stored",
+    "last_access",
+    "destroy_after",
+    "objects_deleted",
+    "removed",
+    "key",
+    "keys",
+    "entries",
+    "checked",
+    "rows",
+    "objects",
+    "error_message",
+];
+
+/// Names whose type differs by the object they name (documented).
+const VARIES: &[&str] = &["id"];
+
+impl Vocabulary {
+    fn check(&mut self, p: &Printed) {
+        let data_out = p.command.starts_with("ds get") && !p.command.contains(" -o ");
+        if p.stdout.trim().is_empty() || data_out {
+            if data_out && p.stdout.contains('{') {
+                self.broken.push(format!("{}: JSON after the data on standard output", p.command));
+            }
+        } else {
+            match serde_json::from_str::<serde_json::Value>(&p.stdout) {
+                Ok(v) => {
+                    let settings = p.command.starts_with("config ");
+                    self.walk(&v, &p.command, "", settings)
+                }
+                Err(e) => self.broken.push(format!("{}: standard output is not one JSON document ({e})", p.command)),
+            }
+        }
+        if p.exit != 0 {
+            let err: Option<serde_json::Value> = serde_json::from_str(p.stderr.trim()).ok();
+            let ok = err.as_ref().is_some_and(|e| {
+                p.stderr.trim().lines().count() == 1
+                    && e["error"]["code"] == p.exit
+                    && e["error"]["kind"].is_string()
+                    && e["error"]["message"].is_string()
+            });
+            if !ok {
+                self.broken
+                    .push(format!("{}: a failure's standard error is not one error object: {}", p.command, p.stderr));
+            }
+        } else if !p.stderr.is_empty() && !data_out {
+            self.broken.push(format!("{}: standard error on success: {}", p.command, p.stderr));
+        }
+    }
+
+    fn walk(&mut self, v: &serde_json::Value, command: &str, path: &str, settings: bool) {
+        use serde_json::Value;
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| self.walk(x, command, path, settings)),
+            Value::Object(o) => {
+                for (k, x) in o {
+                    let here = format!("{path}.{k}");
+                    // Setting names and clients' own attributes are data.
+                    let names_are_data = settings || path.ends_with(".custom");
+                    if !names_are_data {
+                        self.name(k, x, command, &here);
+                    }
+                    self.walk(x, command, &here, false);
+                }
+            }
+            Value::String(t) => {
+                let time = jiff::Timestamp::from_str(t).is_ok();
+                if time && !path.ends_with("_at") {
+                    self.broken.push(format!("{command}: {path} holds a time and does not end in _at"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn name(&mut self, k: &str, x: &serde_json::Value, command: &str, path: &str) {
+        use serde_json::Value;
+        let snake = k.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !snake {
+            self.broken.push(format!("{command}: {path} is not snake_case"));
+        }
+        if RETIRED.contains(&k) {
+            self.broken.push(format!("{command}: {path} is a retired name (docs/json.md)"));
+        }
+        let ty = match x {
+            Value::Null => return,
+            Value::Bool(_) => "boolean",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        if k.ends_with("_at") && !(ty == "string" && jiff::Timestamp::from_str(x.as_str().unwrap_or("")).is_ok()) {
+            self.broken.push(format!("{command}: {path} ends in _at and is not an RFC 3339 time"));
+        }
+        if (k.ends_with("_count") || k == "size" || k.ends_with("_size")) && !x.is_u64() {
+            self.broken.push(format!("{command}: {path} is a count or size and not a whole number"));
+        }
+        if VARIES.contains(&k) {
+            return;
+        }
+        match self.types.get(k) {
+            Some((t, first)) if *t != ty => {
+                self.broken.push(format!("{command}: {path} is a {ty}, but a {t} in `{first}`"));
+            }
+            Some(_) => {}
+            None => {
+                self.types.insert(k.to_string(), (ty, command.to_string()));
+            }
+        }
+    }
+
+    fn finish(self) {
+        assert!(self.broken.is_empty(), "the JSON breaks docs/json.md's rules:\n{}", self.broken.join("\n"));
+    }
+}
+
+use std::str::FromStr as _;

@@ -102,15 +102,20 @@ pub struct AuditFilter {
 /// The outcome of `audit verify`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditVerdict {
+    #[serde(rename = "entry_count")]
     pub entries: u64,
     /// Of those, entries chained under the audit key (the others were
     /// written by commands that ran without the HSM, in embedded mode).
+    #[serde(rename = "keyed_count")]
     pub keyed: u64,
     /// Keyed entries written under an audit key lost with its HSM (`vault
     /// rebuild`): their links can no longer be checked.
+    #[serde(rename = "unverifiable_count")]
     pub unverifiable: u64,
     /// The last entry the HSM recorded as written (see [`AuditAnchor`]).
+    #[serde(rename = "anchored_seq")]
     pub anchored: Option<u64>,
+    #[serde(rename = "checkpoint_count")]
     pub checkpoints: u64,
     /// The first problem found, naming the entry; `None` when intact.
     pub problem: Option<String>,

@@ -18,8 +18,11 @@ pub struct AuditExported {
     pub volume: String,
     /// The segment written (`None`: every entry was exported already).
     pub segment: Option<String>,
+    #[serde(rename = "first_seq")]
     pub first: u64,
+    #[serde(rename = "last_seq")]
     pub last: u64,
+    #[serde(rename = "entry_count")]
     pub entries: u64,
 }
 
@@ -27,11 +30,15 @@ pub struct AuditExported {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditComparison {
     pub volume: String,
+    #[serde(rename = "segment_count")]
     pub segments: u64,
     /// Entries on the volume, and the last of them.
+    #[serde(rename = "exported_count")]
     pub exported: u64,
+    #[serde(rename = "through_seq")]
     pub through: u64,
     /// Catalog entries after that: not exported yet.
+    #[serde(rename = "not_exported_count")]
     pub not_exported: u64,
     /// Each entry that differs or is missing, by number.
     pub problems: Vec<String>,

@@ -41,10 +41,13 @@ pub struct PutReport {
     pub dataset: DatasetName,
     pub generation: u64,
     pub size: u64,
+    #[serde(rename = "chunk_count")]
     pub chunks: u64,
     /// Chunks sealed and stored by this write (the rest were unchanged and shared).
+    #[serde(rename = "new_chunk_count")]
     pub new_chunks: u64,
     /// Bytes those new chunks take on the volume, sealed and compressed.
+    #[serde(rename = "stored_size")]
     pub stored: u64,
     pub key_label: KeyLabel,
     pub volume: VolumeName,
@@ -60,6 +63,7 @@ pub struct PutReport {
 pub struct GetReport {
     pub dataset: DatasetName,
     pub generation: u64,
+    #[serde(rename = "size")]
     pub bytes: u64,
 }
 
@@ -69,6 +73,8 @@ pub struct DatasetInfo {
     #[serde(flatten)]
     pub record: DatasetRecord,
     pub key_state: KeyState,
+    /// The volume's record (`volume` is its name, as everywhere).
+    #[serde(rename = "volume_detail")]
     pub volume: VolumeRecord,
 }
 

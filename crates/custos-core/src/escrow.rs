@@ -16,8 +16,10 @@ use custos_hsm::files::seal_share;
 #[derive(Debug, Clone, Serialize)]
 pub struct EscrowStatus {
     pub kbks: Vec<KbkRecord>,
+    #[serde(rename = "escrowed_count")]
     pub keys_escrowed: u64,
     /// Keys with material and no escrow copy.
+    #[serde(rename = "not_escrowed")]
     pub keys_not_escrowed: Vec<String>,
     /// The current KBK's shares: a share nobody confirmed may be sealed to
     /// a key its custodian no longer has.

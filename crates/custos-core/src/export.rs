@@ -23,6 +23,7 @@ use crate::{Error, Open, Result, Vault};
 pub struct ExportReport {
     pub dataset: DatasetName,
     pub generation: u64,
+    #[serde(rename = "size")]
     pub bytes: u64,
     pub path: PathBuf,
 }

@@ -46,14 +46,19 @@ pub(crate) const SETTING_GC_GRACE: &str = "gc.grace";
 pub struct GcReport {
     pub dry_run: bool,
     /// Objects the catalog released that are past the grace period.
+    #[serde(rename = "released_count")]
     pub released: u64,
     /// Objects no catalog record names (left by interrupted commands).
+    #[serde(rename = "orphan_count")]
     pub orphans: u64,
     /// Temp files of writes that never finished.
+    #[serde(rename = "temp_file_count")]
     pub temp_files: u64,
     /// Bytes those objects took.
+    #[serde(rename = "size")]
     pub bytes: u64,
     /// Objects released but still within the grace period.
+    #[serde(rename = "waiting_count")]
     pub waiting: u64,
     /// What could not be deleted now (it stays in the trash for the next run).
     pub failed: Vec<String>,
@@ -64,6 +69,7 @@ pub struct GcReport {
 pub struct VolumeCheck {
     pub volume: VolumeName,
     /// Objects the catalog references there.
+    #[serde(rename = "referenced_count")]
     pub referenced: u64,
     /// Referenced objects that are not there, or too short to be what they
     /// should (names them).
@@ -71,10 +77,14 @@ pub struct VolumeCheck {
     /// Referenced objects that fail authentication (with `--read-data`).
     pub damaged: Vec<String>,
     /// Objects nothing references (`gc` deletes them after the grace period).
+    #[serde(rename = "unreferenced_count")]
     pub unreferenced: u64,
+    #[serde(rename = "unreferenced_size")]
     pub unreferenced_bytes: u64,
     /// Of those, released objects waiting in the trash.
+    #[serde(rename = "in_trash_count")]
     pub in_trash: u64,
+    #[serde(rename = "temp_file_count")]
     pub temp_files: u64,
     /// The volume could not be read (why).
     pub unreachable: Option<String>,

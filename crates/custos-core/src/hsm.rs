@@ -49,6 +49,7 @@ pub struct MoveReport {
     pub generation: u64,
     pub from: VolumeName,
     pub to: VolumeName,
+    #[serde(rename = "chunk_count")]
     pub chunks: u64,
 }
 

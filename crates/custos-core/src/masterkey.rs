@@ -22,8 +22,10 @@ use crate::{Error, Open, Result, Vault};
 pub struct RegisterStatus {
     pub register: String,
     pub mkvp: String,
+    #[serde(rename = "loaded_at")]
     pub since: Timestamp,
     /// Keys with material wrapped under this master key.
+    #[serde(rename = "key_count")]
     pub keys: u64,
 }
 
@@ -33,7 +35,13 @@ pub struct MkStatus {
     pub registers: Vec<RegisterStatus>,
     /// (MKVP, key count) for keys whose master key is in no register: they
     /// cannot be used until recovered from a keystore backup or escrow.
+    #[serde(serialize_with = "ser_orphaned")]
     pub orphaned: Vec<(String, u64)>,
+}
+
+/// `orphaned` in JSON: `{"mkvp": …, "key_count": …}` each.
+fn ser_orphaned<S: serde::Serializer>(v: &[(String, u64)], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(mkvp, n)| serde_json::json!({ "mkvp": mkvp, "key_count": n })))
 }
 
 /// What a re-encipherment run did.
@@ -41,6 +49,7 @@ pub struct MkStatus {
 pub struct ReencipherReport {
     pub from: Option<String>,
     pub to: String,
+    #[serde(rename = "moved_count")]
     pub moved: u64,
     /// Keys that could not be moved (damaged records), by label.
     pub failed: Vec<String>,

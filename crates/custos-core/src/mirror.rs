@@ -17,11 +17,15 @@ use crate::{Error, Result, Vault, VaultState};
 pub struct MirrorStatus {
     pub primary: VolumeName,
     pub secondary: VolumeName,
+    /// When mirroring began.
+    #[serde(rename = "created_at")]
     pub since: Timestamp,
     /// Objects the catalog records on the primary.
+    #[serde(rename = "object_count")]
     pub objects: u64,
     /// Of those, how many the secondary lacks (0 when in sync). `None` when
     /// not checked.
+    #[serde(rename = "missing_count")]
     pub missing: Option<u64>,
 }
 

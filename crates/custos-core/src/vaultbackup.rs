@@ -47,14 +47,18 @@ pub struct VaultBackupReport {
     pub created_at: Timestamp,
     /// The last audit entry the copy holds.
     pub audit_seq: u64,
+    #[serde(rename = "size")]
     pub bytes: u64,
+    #[serde(rename = "dataset_count")]
     pub datasets: u64,
+    #[serde(rename = "key_count")]
     pub keys: u64,
 }
 
 /// What `vault prune` decided about one vault backup.
 #[derive(Debug, Clone, Serialize)]
 pub struct VaultPruneDecision {
+    #[serde(flatten)]
     pub backup: custos_model::VaultBackupRecord,
     pub keep: bool,
 }
@@ -65,6 +69,7 @@ pub struct RecoverReport {
     pub id: String,
     pub created_at: Timestamp,
     pub audit_seq: u64,
+    #[serde(rename = "dataset_count")]
     pub datasets: u64,
     /// Volumes inside the vault directory that were lost with it, made
     /// again empty: what lived only there must be restored from copies.

@@ -158,6 +158,7 @@ pub struct Revocation {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    #[serde(rename = "revoked_at", alias = "at")]
     pub at: Timestamp,
     /// When the compromise happened, as the client says (compromise only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,6 +350,7 @@ pub struct DatasetRecord {
     pub created_at: Timestamp,
     pub current: GenerationRecord,
     /// The last read or write (the current generation's time if never read).
+    #[serde(rename = "last_used_at")]
     pub last_access: Timestamp,
     /// Set while `hsm run` has migrated the dataset to a tape volume: the
     /// volume it is recalled to on its next read.
@@ -378,6 +380,7 @@ pub struct VaultBackupRecord {
     pub created_at: Timestamp,
     /// The last audit entry the copy holds.
     pub audit_seq: u64,
+    #[serde(rename = "size")]
     pub bytes: u64,
 }
 
@@ -426,6 +429,7 @@ impl fmt::Display for CopyMethod {
 /// unreachable volume says nothing about the copy's bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CopyCheck {
+    #[serde(rename = "checked_at")]
     pub at: Timestamp,
     /// Every chunk was read and authenticated (otherwise the manifest only).
     pub read_data: bool,
@@ -442,6 +446,7 @@ pub struct DrillRecord {
     pub dataset: String,
     /// The threats' names joined with `+`, in the drill's order.
     pub threats: String,
+    #[serde(rename = "drilled_at")]
     pub at: Timestamp,
     /// The drill got the dataset back, byte for byte.
     pub survived: bool,
@@ -482,6 +487,7 @@ pub struct BackupRecord {
     pub manifest_hash: [u8; 32],
     pub created_at: Timestamp,
     /// The last check of its bytes, if any.
+    #[serde(rename = "last_check")]
     pub checked: Option<CopyCheck>,
 }
 
@@ -500,6 +506,7 @@ pub struct SnapshotRecord {
     pub manifest_hash: [u8; 32],
     pub created_at: Timestamp,
     /// The last check of its bytes, if any.
+    #[serde(rename = "last_check")]
     pub checked: Option<CopyCheck>,
 }
 

@@ -48,6 +48,8 @@ pub struct Destruction {
 pub struct Verified {
     pub id: u64,
     pub ok: bool,
+    /// What was wrong, when it failed.
+    #[serde(rename = "problem")]
     pub error: Option<String>,
     #[serde(skip)]
     pub method: CopyMethod,
@@ -308,7 +310,7 @@ impl Reply {
                 if let Some(list) = j.as_array_mut() {
                     for (k, row) in ks.iter().zip(list.iter_mut()) {
                         if let Some(t) = due.get(k.label.as_str()) {
-                            row["destroy_after"] = to(t);
+                            row["destroy_at"] = to(t);
                         }
                     }
                 }
@@ -319,7 +321,7 @@ impl Reply {
                 let mut j = to(key);
                 j["datasets"] = to(datasets);
                 if let Some(t) = destroy_after {
-                    j["destroy_after"] = to(t);
+                    j["destroy_at"] = to(t);
                 }
                 j
             }
@@ -332,7 +334,7 @@ impl Reply {
                 j
             }
             KeyGcm { key, data, iv, tag } => {
-                let mut j = json!({ "key": key, "data": data.expose() });
+                let mut j = json!({ "key_label": key, "data": data.expose() });
                 if let Some(iv) = iv {
                     j["iv"] = Value::String(iv.clone());
                 }
@@ -342,7 +344,7 @@ impl Reply {
                 j
             }
             KeyService { key, plaintext, ciphertext } => {
-                let mut j = json!({ "key": key });
+                let mut j = json!({ "key_label": key });
                 if let Some(p) = plaintext {
                     j["plaintext"] = Value::String(p.expose().to_string());
                 }
@@ -352,7 +354,7 @@ impl Reply {
                 j
             }
             Volume(v) => to(v),
-            VolumeRemoved(v) => json!({ "removed": v }),
+            VolumeRemoved(v) => json!({ "op": "volume-rm", "volume": v.name, "message": self.text().trim_end() }),
             Volumes(v) => to(v),
             Policy(p) => to(p),
             Policies(p) => to(p),
@@ -360,12 +362,29 @@ impl Reply {
             Got(r) | DatasetVerified(r) => to(r),
             Datasets(d) => to(d),
             DatasetInfo(i) => to(i),
-            DatasetRemoved { name, objects } => json!({ "dataset": name, "objects_deleted": objects }),
-            Imported(r, _) => to(r),
+            DatasetRemoved { name, objects } => json!({
+                "op": "ds-rm",
+                "dataset": name,
+                "deleted_count": objects,
+                "message": self.text().trim_end(),
+            }),
+            Imported(r, skipped) => json!({ "imported": r, "skipped": skipped }),
             Exported { reports, .. } => to(reports),
-            Settings(pairs) => {
-                Value::Object(pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
-            }
+            // A number is a number, an unset value null; the rest (names,
+            // durations such as `7d`, lists) are strings as `config set` takes them.
+            Settings(pairs) => Value::Object(
+                pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        let value = match v.parse::<u64>() {
+                            _ if v.is_empty() => Value::Null,
+                            Ok(n) => json!(n),
+                            Err(_) => Value::String(v.clone()),
+                        };
+                        (k.clone(), value)
+                    })
+                    .collect(),
+            ),
             MkStatus(s) | MkActivated(s) => to(s),
             MkLoaded(m) => json!({ "new_mkvp": m }),
             Reenciphered(r) => to(r),
@@ -384,7 +403,7 @@ impl Reply {
             SealedShare { kbk, custodian, text } => json!({ "kbk": kbk, "custodian": custodian, "sealed_share": text }),
             ShareConfirmed(s) => to(s),
             Contributed { request, given, need } => {
-                json!({ "request": request, "shares_given_by": given, "shares_needed": need })
+                json!({ "request": request, "shares_given_by": given, "threshold": need })
             }
             Mirrors { list, .. } => to(list),
             Snapshot(s) => to(s),
@@ -403,7 +422,7 @@ impl Reply {
             RiskReport(r, _) => to(r),
             Drill(c) => to(c),
             Audit(rows) => to(rows),
-            AuditExport(n) => json!({ "entries": n }),
+            AuditExport(n) => json!({ "entry_count": n }),
             AuditVerdict(v, None) => to(v),
             AuditVerdict(v, Some(c)) => {
                 let mut j = to(v);
@@ -414,8 +433,17 @@ impl Reply {
             }
             AuditExported(x) => to(x),
             CatalogCheck(c) => to(c),
-            UserAdded { user, token } => json!({ "user": user, "token": token }),
-            CredentialChanged { name, token } => json!({ "user": name, "token": token }),
+            UserAdded { user, token } => {
+                let mut j = to(user);
+                j["token"] = to(token);
+                j
+            }
+            CredentialChanged { name, token } => json!({
+                "op": "user-credential",
+                "user": name,
+                "token": token,
+                "message": self.text().trim_end(),
+            }),
             Users(u) => to(u),
             Requests(r) => to(r),
             Request(r) => to(r),

@@ -486,7 +486,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             let n = e.open()?.catalog_rotate_key()?;
             done(
                 "catalog-rotate-key",
-                json!({ "rows": n }),
+                json!({ "row_count": n }),
                 format!("catalog key rotated: {n} rows checked under the old key and sealed under the new one; the old key is destroyed"),
             )
         }

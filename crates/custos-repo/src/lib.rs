@@ -263,10 +263,12 @@ pub struct RowFault {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CatalogCheck {
     /// Rows checked, in every authenticated table.
+    #[serde(rename = "row_count")]
     pub rows: u64,
     /// Of those, rows a command without the key wrote where that is
     /// allowed (raw copies, snapshots, mirrors made without the passphrase):
     /// not authenticated.
+    #[serde(rename = "unsealed_count")]
     pub unsealed: u64,
     pub faults: Vec<RowFault>,
 }
@@ -719,6 +721,7 @@ pub struct TrashEntry {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AuditRow {
     pub seq: u64,
+    #[serde(rename = "created_at")]
     pub at: jiff::Timestamp,
     pub principal: String,
     pub action: String,

@@ -308,7 +308,7 @@ pub struct Graph {
 
 /// How a key is reached after the threats.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "path", rename_all = "kebab-case")]
+#[serde(tag = "via", rename_all = "kebab-case")]
 pub enum KeyPath {
     /// The keystore holds it, under a master key the HSM holds.
     Live,
@@ -320,7 +320,10 @@ pub enum KeyPath {
     Archived,
     /// In the keystore, scheduled for destruction: usable after `key
     /// cancel-destroy` (and lost for good once the time passes).
-    PendingDestruction { due: Timestamp },
+    PendingDestruction {
+        #[serde(rename = "destroy_at")]
+        due: Timestamp,
+    },
     /// No key is needed: the copy is not encrypted (a plaintext copy).
     NoKey,
 }
@@ -337,6 +340,7 @@ pub enum Verdict {
         kind: CopyKind,
         copy: String,
         volume: String,
+        #[serde(rename = "key_label")]
         key: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         vault_backup: Option<String>,
@@ -346,7 +350,9 @@ pub enum Verdict {
         kind: CopyKind,
         copy: String,
         volume: String,
+        #[serde(rename = "key_label")]
         key: String,
+        #[serde(rename = "key_path")]
         path: KeyPath,
         #[serde(skip_serializing_if = "Option::is_none")]
         vault_backup: Option<String>,
@@ -357,9 +363,11 @@ pub enum Verdict {
         kind: CopyKind,
         copy: String,
         volume: String,
+        #[serde(rename = "key_label")]
         key: String,
         generation: u64,
         created_at: Timestamp,
+        #[serde(rename = "key_path")]
         path: KeyPath,
         #[serde(skip_serializing_if = "Option::is_none")]
         vault_backup: Option<String>,

@@ -10,15 +10,56 @@ use serde::Serialize;
 
 use crate::model::{evaluate, CopyKind, Graph, KeyPath, Threat, Verdict};
 
+/// A verdict as one JSON object with what it is about in front:
+/// `{"threat": …, "verdict": …, …}` (or `"threats": [a, b]`, and an
+/// application's `surviving_count`).
+fn verdict_object(about: serde_json::Map<String, serde_json::Value>, v: &Verdict) -> serde_json::Value {
+    let mut o = about;
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(v) {
+        o.extend(fields);
+    }
+    serde_json::Value::Object(o)
+}
+
+fn about(pairs: &[(&str, serde_json::Value)]) -> serde_json::Map<String, serde_json::Value> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+fn json_of<T: Serialize>(t: &T) -> serde_json::Value {
+    serde_json::to_value(t).unwrap_or(serde_json::Value::Null)
+}
+
+fn ser_single<S: serde::Serializer>(v: &[(Threat, Verdict)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(t, v)| verdict_object(about(&[("threat", json_of(t))]), v)))
+}
+
+fn ser_dual<S: serde::Serializer>(v: &[((Threat, Threat), Verdict)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|((a, b), v)| verdict_object(about(&[("threats", json_of(&[a, b]))]), v)))
+}
+
+fn ser_app_single<S: serde::Serializer>(v: &[(Threat, usize, Verdict)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(
+        v.iter().map(|(t, n, v)| verdict_object(about(&[("threat", json_of(t)), ("surviving_count", json_of(n))]), v)),
+    )
+}
+
+fn ser_app_dual<S: serde::Serializer>(v: &[((Threat, Threat), usize, Verdict)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|((a, b), n, v)| {
+        verdict_object(about(&[("threats", json_of(&[a, b])), ("surviving_count", json_of(n))]), v)
+    }))
+}
+
 /// One dataset's row.
 #[derive(Clone, Debug, Serialize)]
 pub struct DatasetRisk {
     pub dataset: String,
     pub app: String,
-    /// One verdict per threat, in [`Threat::ALL`] order.
+    /// One verdict per threat, in [`Threat::ALL`] order. In JSON, one
+    /// object per threat: `threat` and the verdict's fields.
+    #[serde(serialize_with = "ser_single")]
     pub single: Vec<(Threat, Verdict)>,
-    /// With `dual`: one verdict per pair of threats.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// With `dual`: one verdict per pair of threats (`threats`, a pair).
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser_dual")]
     pub dual: Vec<((Threat, Threat), Verdict)>,
 }
 
@@ -26,10 +67,13 @@ pub struct DatasetRisk {
 #[derive(Clone, Debug, Serialize)]
 pub struct AppRisk {
     pub app: String,
+    #[serde(rename = "dataset_count")]
     pub datasets: usize,
-    /// Per threat: how many datasets survive, and the verdict of the worst one.
+    /// Per threat: how many datasets survive, and the verdict of the worst
+    /// one (in JSON: `threat`, `surviving_count`, then the verdict's fields).
+    #[serde(serialize_with = "ser_app_single")]
     pub single: Vec<(Threat, usize, Verdict)>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser_app_dual")]
     pub dual: Vec<((Threat, Threat), usize, Verdict)>,
 }
 
@@ -57,13 +101,15 @@ pub struct CopyAudit {
     pub dataset: String,
     pub copy: String,
     pub kind: CopyKind,
+    #[serde(rename = "key_label")]
     pub key: String,
     pub created_at: Timestamp,
     /// `None` when it cannot be decrypted.
+    #[serde(rename = "key_path")]
     pub path: Option<KeyPath>,
     pub why: Option<String>,
     /// Its last check of its bytes, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "last_check", skip_serializing_if = "Option::is_none")]
     pub checked: Option<custos_core::model::CopyCheck>,
 }
 
@@ -84,6 +130,7 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Plaintext copies (`backup run --plaintext`, allowed by the
     /// `backup.plaintext` setting): they need no key, and expose the data.
+    #[serde(rename = "unencrypted_copy_count")]
     pub unencrypted_copies: usize,
     /// Judged as if nothing were encrypted (`--as-if-unencrypted`): the
     /// paper's Table 1, with only the threats to data.

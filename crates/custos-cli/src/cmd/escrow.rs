@@ -58,7 +58,7 @@ pub fn plan(c: &EscrowCmd) -> anyhow::Result<Plan> {
 
 /// `custos escrow keygen`: a new key pair, the private half sealed under a
 /// passphrase in a new file.
-pub fn keygen(custodian: &str, out: &Path, memory_mib: u32, iterations: u32) -> anyhow::Result<()> {
+pub fn keygen(custodian: &str, out: &Path, memory_mib: u32, iterations: u32, json: bool) -> anyhow::Result<()> {
     let params = KdfParams { memory_kib: memory_mib.saturating_mul(1024), iterations, parallelism: 1 };
     params.validate_new()?;
     if out.exists() {
@@ -68,6 +68,17 @@ pub fn keygen(custodian: &str, out: &Path, memory_mib: u32, iterations: u32) -> 
     let pass = custodian_passphrase(&out.display().to_string(), true)?;
     let text = id.encode(&pass, params)?;
     write_new(out, text.as_bytes())?;
+    if json {
+        let j = serde_json::json!({
+            "op": "escrow-keygen",
+            "custodian": custodian,
+            "path": out,
+            "recipient": id.recipient().to_string(),
+            "message": format!("wrote {custodian}'s custodian key to {}", out.display()),
+        });
+        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
     let _ = writeln!(
         std::io::stdout(),
         "wrote {custodian}'s custodian key to {}; keep it (and its passphrase) where only you can reach it.\nrecipient: {}\nregister it: custos escrow register {}",

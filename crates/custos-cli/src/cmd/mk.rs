@@ -26,7 +26,7 @@ pub fn plan(c: &MkCmd) -> anyhow::Result<Plan> {
 }
 
 /// `custos mk make-part`: a custodian's key part, written to a new file.
-pub fn make_part(custodian: &str, output: &std::path::Path) -> anyhow::Result<()> {
+pub fn make_part(custodian: &str, output: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let part = KeyPartFile::generate(custodian)?;
     let kcv = part.0.kcv;
     let text = part.encode();
@@ -41,6 +41,17 @@ pub fn make_part(custodian: &str, output: &std::path::Path) -> anyhow::Result<()
     };
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
+    if json {
+        let j = serde_json::json!({
+            "op": "mk-make-part",
+            "custodian": custodian,
+            "path": output,
+            "kcv": kcv.to_string(),
+            "message": format!("wrote a key part for {custodian} to {} (KCV {kcv})", output.display()),
+        });
+        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
     let _ = writeln!(
         std::io::stdout(),
         "wrote a key part for {custodian} to {} (KCV {kcv}); keep it secret",

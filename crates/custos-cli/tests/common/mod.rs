@@ -264,7 +264,7 @@ impl Env {
     /// ids come from the repository, the test's only back door.
     pub fn chunk_paths(&self, ds: &str) -> Vec<PathBuf> {
         let info = self.json(&["ds", "info", ds]);
-        let loc = PathBuf::from(info["volume"]["location"].as_str().unwrap());
+        let loc = PathBuf::from(info["volume_detail"]["location"].as_str().unwrap());
         let id = custos_core::model::DatasetId::from_hex(info["id"].as_str().unwrap()).unwrap();
         let gen = info["current"]["generation"].as_u64().unwrap();
         let v = custos_core::Vault::open(&self.vault).unwrap();

@@ -101,7 +101,7 @@ fn the_console_requests_approves_and_shows_what_the_cli_shows() {
     // approval of is still pending.
     let show: serde_json::Value =
         serde_json::from_str(&s.ok("aud", AUD, &["--json", "key", "show", "DSET.PRIM.OLD.key001"])).unwrap();
-    let due = show["destroy_after"].as_str().unwrap_or_else(|| panic!("not scheduled: {show}"));
+    let due = show["destroy_at"].as_str().unwrap_or_else(|| panic!("not scheduled: {show}"));
     assert_eq!(
         due.parse::<jiff::Timestamp>().unwrap(),
         seen["deadline"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap(),
@@ -131,7 +131,7 @@ fn the_console_requests_approves_and_shows_what_the_cli_shows() {
     let mut compared = 0;
     for a in report["apps"].as_array().unwrap() {
         for cell in a["single"].as_array().unwrap() {
-            let (threat, verdict) = (cell[0].as_str().unwrap(), cell[2]["verdict"].as_str().unwrap());
+            let (threat, verdict) = (cell["threat"].as_str().unwrap(), cell["verdict"].as_str().unwrap());
             let shown = page
                 .iter()
                 .find(|c| c["subject"] == a["app"] && c["threat"] == threat)
@@ -145,8 +145,9 @@ fn the_console_requests_approves_and_shows_what_the_cli_shows() {
     let by_dataset = seen["byDataset"].as_array().unwrap();
     for d in report["datasets"].as_array().unwrap() {
         for cell in d["single"].as_array().unwrap() {
-            let shown = by_dataset.iter().find(|c| c["subject"] == d["dataset"] && c["threat"] == cell[0]).unwrap();
-            assert_eq!(shown["verdict"], cell[1]["verdict"], "{} / {}", d["dataset"], cell[0]);
+            let shown =
+                by_dataset.iter().find(|c| c["subject"] == d["dataset"] && c["threat"] == cell["threat"]).unwrap();
+            assert_eq!(shown["verdict"], cell["verdict"], "{} / {}", d["dataset"], cell["threat"]);
         }
     }
 
