@@ -792,6 +792,10 @@ pub enum VaultCmd {
         /// had it.
         #[arg(long, value_name = "PATH", requires = "pkcs11")]
         pkcs11_module: Option<PathBuf>,
+        /// The PKCS#11 module's initialisation string, if it needs one
+        /// (NSS's softoken: "configdir='sql:/path'").
+        #[arg(long, value_name = "TEXT", requires = "pkcs11")]
+        pkcs11_init_args: Option<String>,
     },
     /// The software HSM is lost (its file, or its row in the catalog) and
     /// no vault backup holds it: make a new HSM (a new master key, under
@@ -883,6 +887,17 @@ pub struct InitArgs {
     /// Label of the PKCS#11 token (with --hsm pkcs11).
     #[arg(long, value_name = "LABEL", required_if_eq("hsm", "pkcs11"))]
     pub pkcs11_token: Option<String>,
+    /// The PKCS#11 module's initialisation string, passed to C_Initialize
+    /// (NSS's softoken: "configdir='sql:/path'"); recorded with the vault
+    /// for every later opening.
+    #[arg(long, value_name = "TEXT")]
+    pub pkcs11_init_args: Option<String>,
+    /// The token holds another vault's master keys, and that vault is gone
+    /// for good: take its master keys over (keystore backups wrapped under
+    /// them can then be read with `key recover --from`), destroying its
+    /// audit anchor and catalog key. Without it such a token is refused.
+    #[arg(long)]
+    pub pkcs11_adopt: bool,
     /// Keep the catalog on PostgreSQL (an empty database at this address,
     /// `postgres://user@host/db`) rather than in custos.db; the vault
     /// directory records the address in its owner-only file `repository`.

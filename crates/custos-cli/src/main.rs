@@ -245,8 +245,11 @@ fn unlocker(cli: &Cli) -> impl Fn(&Vault<Sealed>) -> custos_core::Result<Unlocke
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init(_) => return init(&cli).map(|_| ExitCode::SUCCESS),
-        Command::Vault(args::VaultCmd::Recover { from, pkcs11, pkcs11_module }) if cli.server.is_none() => {
-            return recover(&cli, from, *pkcs11, pkcs11_module.clone()).map(|_| ExitCode::SUCCESS)
+        Command::Vault(args::VaultCmd::Recover { from, pkcs11, pkcs11_module, pkcs11_init_args })
+            if cli.server.is_none() =>
+        {
+            return recover(&cli, from, *pkcs11, pkcs11_module.clone(), pkcs11_init_args.clone())
+                .map(|_| ExitCode::SUCCESS)
         }
         Command::Vault(args::VaultCmd::Rebuild { share, key, part, kdf_memory_mib, kdf_iterations })
             if cli.server.is_none() =>
@@ -509,12 +512,18 @@ fn repo_migrate(cli: &Cli, to: &str) -> anyhow::Result<()> {
 }
 
 /// `custos vault recover`: a new vault directory from a vault backup.
-fn recover(cli: &Cli, from: &str, pkcs11: bool, module: Option<PathBuf>) -> anyhow::Result<()> {
+fn recover(
+    cli: &Cli,
+    from: &str,
+    pkcs11: bool,
+    module: Option<PathBuf>,
+    init_args: Option<String>,
+) -> anyhow::Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let who = local_user(cli);
     let r = if pkcs11 {
         let pin = pin(cli.pin_file.as_deref(), "the vault backup names")?;
-        custos_core::recover(&cli.vault, from, custos_core::RecoverWith::Pkcs11 { pin, module }, &who)?
+        custos_core::recover(&cli.vault, from, custos_core::RecoverWith::Pkcs11 { pin, module, init_args }, &who)?
     } else {
         let p = passphrase(cli.passphrase_file.as_deref(), false)?;
         custos_core::recover(&cli.vault, from, custos_core::RecoverWith::Passphrase(&p), &who)?
@@ -594,8 +603,13 @@ fn init(cli: &Cli) -> anyhow::Result<()> {
         args::HsmArg::Pkcs11 => {
             let token = a.pkcs11_token.clone().expect("clap requires --pkcs11-token with --hsm pkcs11");
             let pin = pin(cli.pin_file.as_deref(), &format!("{token:?}"))?;
-            let cfg = custos_core::Pkcs11Config { module: a.pkcs11_module.clone(), token, pin };
-            (Passphrase::new(Vec::new()), HsmChoice::Pkcs11(cfg))
+            let config = custos_core::Pkcs11Config {
+                module: a.pkcs11_module.clone(),
+                token,
+                pin,
+                init_args: a.pkcs11_init_args.clone(),
+            };
+            (Passphrase::new(Vec::new()), HsmChoice::Pkcs11 { config, adopt: a.pkcs11_adopt })
         }
     };
     // The creator is the first security-admin.

@@ -712,6 +712,51 @@ fn escrow_recovers_a_destroyed_key_with_two_of_three_shares() {
     assert_eq!(e.run(&["ds", "get", "ESC.DATA"]).stdout, bytes);
 }
 
+/// A token serves one vault: a failed `init` leaves nothing on it (nor a
+/// directory), a second vault is refused the token of the first, and
+/// `--pkcs11-adopt` takes its master keys over on purpose.
+#[test]
+fn a_token_holds_one_vault_and_a_failed_init_leaves_it_as_it_was() {
+    let tokens = custos_testing::SoftHsmTokens::new(&["shared"], "2468", "1357");
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| {
+        let mut e = Env::existing(dir.path().join(name));
+        e.env.push(("SOFTHSM2_CONF".into(), tokens.conf().display().to_string()));
+        e.env.push(("CUSTOS_PKCS11_PIN".into(), "2468".into()));
+        e
+    };
+    let init = ["init", "--hsm", "pkcs11", "--pkcs11-token", "shared", "--site", "A"];
+    // The default volume cannot be made (under a file): init fails after
+    // the token was set up, and takes it all back.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut a = at("a");
+    let bad_volume = file.join("vol").display().to_string();
+    let o = a.run(&[&init[..], &["--volume", &bad_volume]].concat());
+    assert!(!o.status.success(), "{o:?}");
+    assert!(!dir.path().join("a").exists(), "a failed init leaves no directory");
+    let made = a.json(&init);
+    let mk_a = made["master_key_mkvp"][0].as_str().unwrap().to_string();
+    a.ok(&["config", "set", "dual-control", "none"]);
+    a.as_operator();
+    // A second vault on the same token is refused, and changes nothing.
+    let b = at("b");
+    let o = b.run(&init);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("already holds Custos master keys") && err.contains(&mk_a) && err.contains("--pkcs11-adopt"),
+        "{err}"
+    );
+    assert_said_once(&err);
+    assert!(!dir.path().join("b").exists());
+    a.ok(&["ds", "put", "A.DATA", Env::s(&a.file("d", b"still a's"))]);
+    assert_eq!(a.run(&["ds", "get", "A.DATA"]).stdout, b"still a's");
+    // Adopting takes the first vault's master keys over.
+    let adopted = b.json(&[&init[..], &["--pkcs11-adopt"]].concat());
+    assert_eq!(adopted["master_key_mkvp"][0].as_str(), Some(mk_a.as_str()), "{adopted}");
+}
+
 #[test]
 fn vault_on_a_pkcs11_token() {
     pkcs11_scenario(Env::new_pkcs11());

@@ -115,7 +115,7 @@ fn normalise(log: &str, root: &Path) -> String {
         // A vault backup's size (its catalog holds times of varying length).
         (r"\b\d+ bytes, read back", "[N] bytes, read back"),
         (r"(\[BACKUP-ID\] +\S+ +\[TIME\] +\d+ +)\d+", "${1}[N]"),
-        (r#"("bytes": )\d+(,\n\s*"created_at": "\[TIME\]",\n\s*"first_seq")"#, "${1}[N]${2}"),
+        (r#"(?s)("audit_seq": \d+,[^{}]*?"size": )\d+"#, "${1}[N]"),
     ];
     let mut s = log;
     for (re, to) in subs {

@@ -29,6 +29,7 @@ const SETTING_NAMING: &str = "key.naming";
 const SETTING_HSM: &str = "hsm.kind";
 const SETTING_P11_MODULE: &str = "hsm.pkcs11.module";
 const SETTING_P11_TOKEN: &str = "hsm.pkcs11.token";
+const SETTING_P11_INIT_ARGS: &str = "hsm.pkcs11.init-args";
 const SETTING_CHUNK: &str = "chunk.size";
 const SETTING_COMPRESSION: &str = "compression";
 const SETTING_S3_ENDPOINT: &str = "s3.endpoint";
@@ -73,14 +74,16 @@ pub enum HsmChoice {
     /// The software HSM, sealed in `hsm.sealed` under the passphrase.
     Soft,
     /// A PKCS#11 token; the PIN is asked for on every use, never stored.
-    Pkcs11(Pkcs11Config),
+    /// A token that holds another vault's master keys is refused unless
+    /// `adopt` (see [`Pkcs11Hsm::create`]).
+    Pkcs11 { config: Pkcs11Config, adopt: bool },
 }
 
 /// The HSM a vault was created with, as recorded in its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HsmKind {
     Soft,
-    Pkcs11 { module: PathBuf, token: String },
+    Pkcs11 { module: PathBuf, token: String, init_args: Option<String> },
 }
 
 /// How `custos init` sets a vault up.
@@ -176,9 +179,40 @@ impl Vault<Sealed> {
         // wrong module, token, PIN or database leaves no half-made vault.
         let pg = opts.repository.as_deref().map(new_pg_catalog).transpose()?;
         let token = match &opts.hsm {
-            HsmChoice::Pkcs11(cfg) => Some(Pkcs11Hsm::open(cfg)?),
+            HsmChoice::Pkcs11 { config, adopt } => Some(Pkcs11Hsm::create(config, *adopt)?),
             HsmChoice::Soft => None,
         };
+        // From here a failure takes back what was made: the directory (it
+        // was absent or empty) and, on a token new to Custos, the master
+        // key and everything else made there, so that `init` can be run
+        // again as if the first had never been.
+        let fresh_token = token.as_ref().is_some_and(|(_, fresh)| *fresh);
+        let existed = dir.exists();
+        let made = Self::init_in(dir, passphrase, opts, pg, token.map(|(t, _)| t));
+        if made.is_err() {
+            if let (true, HsmChoice::Pkcs11 { config, .. }) = (fresh_token, &opts.hsm) {
+                Pkcs11Hsm::discard_on(config);
+            }
+            if !existed {
+                let _ = std::fs::remove_dir_all(dir);
+            } else if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                }
+            }
+        }
+        made
+    }
+
+    fn init_in(
+        dir: &Path,
+        passphrase: &Passphrase,
+        opts: &InitOptions,
+        pg: Option<PgRepository>,
+        token: Option<Pkcs11Hsm>,
+    ) -> Result<Vault<Open>> {
+        let io = |source| Error::VaultIo { path: dir.into(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let dir = dir.canonicalize().map_err(io)?;
         let pg: Option<Arc<dyn Repository>> = pg.map(|r| Arc::new(r) as _);
@@ -200,10 +234,13 @@ impl Vault<Sealed> {
         };
         match &opts.hsm {
             HsmChoice::Soft => repo.set_setting(SETTING_HSM, "soft")?,
-            HsmChoice::Pkcs11(cfg) => {
+            HsmChoice::Pkcs11 { config: cfg, .. } => {
                 repo.set_setting(SETTING_HSM, "pkcs11")?;
                 repo.set_setting(SETTING_P11_MODULE, &cfg.module.display().to_string())?;
                 repo.set_setting(SETTING_P11_TOKEN, &cfg.token)?;
+                if let Some(a) = &cfg.init_args {
+                    repo.set_setting(SETTING_P11_INIT_ARGS, a)?;
+                }
             }
         }
         repo.set_setting(SETTING_NAMING, NamingStandard::DEFAULT)?;
@@ -290,13 +327,13 @@ impl Vault<Sealed> {
 
     /// Open the vault's PKCS#11 token with its user PIN.
     pub fn unseal_pkcs11(self, pin: zeroize::Zeroizing<String>) -> Result<Vault<Open>> {
-        let HsmKind::Pkcs11 { module, token } = self.hsm_kind()? else {
+        let HsmKind::Pkcs11 { module, token, init_args } = self.hsm_kind()? else {
             return Err(Error::Invalid {
                 what: "unseal",
                 why: "this vault uses the software HSM: give its passphrase".into(),
             });
         };
-        let hsm = Pkcs11Hsm::open(&Pkcs11Config { module, token, pin })?;
+        let hsm = Pkcs11Hsm::open(&Pkcs11Config { module, token, pin, init_args })?;
         self.armed(Box::new(hsm))
     }
 
@@ -416,6 +453,7 @@ impl<S: VaultState> Vault<S> {
             Some("pkcs11") => Ok(HsmKind::Pkcs11 {
                 module: PathBuf::from(self.repo.setting(SETTING_P11_MODULE)?.unwrap_or_default()),
                 token: self.repo.setting(SETTING_P11_TOKEN)?.unwrap_or_default(),
+                init_args: self.repo.setting(SETTING_P11_INIT_ARGS)?,
             }),
             Some(other) => {
                 Err(Error::Invalid { what: "hsm.kind setting", why: format!("{other:?} is not soft or pkcs11") })

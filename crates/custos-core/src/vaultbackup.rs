@@ -33,6 +33,8 @@ pub enum RecoverWith<'a> {
         pin: zeroize::Zeroizing<String>,
         /// The module on this machine, when not where the lost one had it.
         module: Option<PathBuf>,
+        /// The module's initialisation string (`--pkcs11-init-args`).
+        init_args: Option<String>,
     },
     /// A drill's recovery of a PKCS#11 vault: the live vault's token,
     /// through a guard that keeps it unchanged.
@@ -387,7 +389,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
             }
             RecoverWith::Pkcs11 { .. } | RecoverWith::Guarded(_) => {
                 let (hsm, module): (Box<dyn custos_hsm::Hsm>, Option<PathBuf>) = match with {
-                    RecoverWith::Pkcs11 { pin, module } => {
+                    RecoverWith::Pkcs11 { pin, module, init_args } => {
                         let token = h.pkcs11_token.clone().ok_or_else(|| bad("its header names no PKCS#11 token"))?;
                         let module = match module {
                             Some(m) => m,
@@ -395,7 +397,7 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                                 h.pkcs11_module.clone().ok_or_else(|| bad("its header names no PKCS#11 module"))?,
                             ),
                         };
-                        let cfg = custos_hsm::Pkcs11Config { module: module.clone(), token, pin };
+                        let cfg = custos_hsm::Pkcs11Config { module: module.clone(), token, pin, init_args };
                         (Box::new(custos_hsm::Pkcs11Hsm::open(&cfg)?), Some(module))
                     }
                     RecoverWith::Guarded(g) => (Box::new(g.clone()), None),

@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod files;
+mod initargs;
 mod kwp;
 mod pkcs11;
 mod soft;

@@ -56,11 +56,19 @@ pub struct Pkcs11Config {
     pub token: String,
     /// The user PIN.
     pub pin: zeroize::Zeroizing<String>,
+    /// The module's own initialisation string, passed to `C_Initialize`
+    /// as `pReserved` (NSS's softoken: `configdir='sql:/path' …`); most
+    /// modules take none.
+    pub init_args: Option<String>,
 }
 
 impl std::fmt::Debug for Pkcs11Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pkcs11Config").field("module", &self.module).field("token", &self.token).finish_non_exhaustive()
+        f.debug_struct("Pkcs11Config")
+            .field("module", &self.module)
+            .field("token", &self.token)
+            .field("init_args", &self.init_args)
+            .finish_non_exhaustive()
     }
 }
 
@@ -248,9 +256,103 @@ fn data_key_template(extra: &[Attribute]) -> Vec<Attribute> {
 }
 
 impl Pkcs11Hsm {
-    /// Load the module, find the token by label, log in, and (on a token
-    /// Custos has not used yet) generate the first CURRENT master key.
+    /// Open the token a vault already uses. A token without Custos master
+    /// keys is refused: it is not the vault's (a wrong label, or a token
+    /// initialised again), and a new master key there would read nothing.
     pub fn open(cfg: &Pkcs11Config) -> Result<Self, HsmError> {
+        let hsm = Self::connect(cfg)?;
+        if hsm.read_regs(&hsm.session())?.is_none() {
+            return Err(HsmError::Pkcs11Config(format!(
+                "token {:?} holds no Custos master keys, so it is not this vault's token (a wrong label, or a token initialised again): give the vault's token, or recover the vault from a vault backup onto a new one",
+                cfg.token
+            )));
+        }
+        Ok(hsm)
+    }
+
+    /// Start using a token for a new vault: generate its first CURRENT
+    /// master key. A token that holds Custos master keys already (another
+    /// vault's) is refused, unless `adopt`: then this vault takes those
+    /// master keys over (so that keystore backups wrapped under them can be
+    /// read again) and the previous vault's audit anchor and catalog key,
+    /// which only its lost catalog could use, are destroyed. Returns
+    /// whether the token was new to Custos (see [`Self::discard`]).
+    pub fn create(cfg: &Pkcs11Config, adopt: bool) -> Result<(Self, bool), HsmError> {
+        let hsm = Self::connect(cfg)?;
+        let fresh = {
+            let s = hsm.session();
+            match (hsm.read_regs(&s)?, adopt) {
+                (None, _) => {
+                    let h = s
+                        .generate_key(&Mechanism::AesKeyGen, &master_key_template(&[Attribute::ValueLen(32.into())]))
+                        .map_err(p11("generate a master key"))?;
+                    let regs = hsm.name_master_key(&s, h).and_then(|mkvp| {
+                        hsm.write_regs(
+                            &s,
+                            &Regs { current: Some(Reg { mkvp, since: Timestamp::now() }), ..Default::default() },
+                        )
+                    });
+                    if let Err(e) = regs {
+                        // Nothing half-made stays on the token.
+                        let _ = s.destroy_object(h);
+                        return Err(match e {
+                            HsmError::Pkcs11 { op: "write the registers", detail } => HsmError::Pkcs11Config(format!(
+                                "token {:?} refuses the data objects (CKO_DATA) in which Custos keeps its master-key registers and audit anchor ({detail}); nothing was left on it. Such tokens are not supported yet: use one that stores data objects",
+                                cfg.token
+                            )),
+                            e => e,
+                        });
+                    }
+                    true
+                }
+                (Some(regs), false) => {
+                    return Err(HsmError::Pkcs11Config(format!(
+                        "token {:?} already holds Custos master keys ({}), another vault's: nothing was created. Give this vault a token of its own, or recover that vault onto it (`custos vault recover --pkcs11`); only if that vault is gone for good, pass --pkcs11-adopt to take its master keys over",
+                        cfg.token,
+                        regs.held()
+                    )))
+                }
+                (Some(_), true) => {
+                    hsm.destroy_labelled(&s, &[ANCHOR_LABEL, SEALED_LABEL], ObjectClass::DATA);
+                    hsm.destroy_labelled(&s, &[CATALOG_LABEL, NEXT_LABEL], ObjectClass::SECRET_KEY);
+                    false
+                }
+            }
+        };
+        Ok((hsm, fresh))
+    }
+
+    /// Destroy everything Custos keeps on the token: master keys,
+    /// registers, audit anchor, catalog keys. For a vault whose `init`
+    /// failed on a token that was new to it (`create` said so), so that
+    /// the next `init` finds the token as it was. Best effort.
+    pub fn discard(&self) {
+        let s = self.session();
+        self.destroy_labelled(&s, &[REGS_LABEL, ANCHOR_LABEL, SEALED_LABEL], ObjectClass::DATA);
+        self.destroy_labelled(&s, &[MK_LABEL, CATALOG_LABEL, NEXT_LABEL], ObjectClass::SECRET_KEY);
+    }
+
+    /// [`Self::discard`] on the token `cfg` names, for a caller whose handle
+    /// is gone (dropped with the vault that failed to be made).
+    pub fn discard_on(cfg: &Pkcs11Config) {
+        if let Ok(hsm) = Self::connect(cfg) {
+            hsm.discard();
+        }
+    }
+
+    fn destroy_labelled(&self, s: &Session, labels: &[&[u8]], class: ObjectClass) {
+        for label in labels {
+            let found =
+                s.find_objects(&[Attribute::Class(class), Attribute::Label(label.to_vec())]).unwrap_or_default();
+            for h in found {
+                let _ = s.destroy_object(h);
+            }
+        }
+    }
+
+    /// Load the module, find the token by label, log in, and choose how
+    /// data keys are wrapped.
+    fn connect(cfg: &Pkcs11Config) -> Result<Self, HsmError> {
         let ctx = Pkcs11::new(&cfg.module).map_err(|e| {
             HsmError::Pkcs11Config(format!(
                 "cannot load the PKCS#11 module {}: {e}; check the module path",
@@ -259,9 +361,25 @@ impl Pkcs11Hsm {
         })?;
         // A module that stays loaded after its last context is dropped (a
         // Rust library is not unloaded) is still initialised: use it as it is.
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(p11("initialize the module")(e)),
+        let init = match &cfg.init_args {
+            None => match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+                Ok(())
+                | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::CryptokiAlreadyInitialized, _)) => {
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Some(args) => crate::initargs::initialize_with(&ctx, args),
+        };
+        if let Err(e) = init {
+            return Err(HsmError::Pkcs11Config(format!(
+                "cannot initialise the PKCS#11 module {} ({e}): {}",
+                cfg.module.display(),
+                match cfg.init_args {
+                    None => "a module that needs initialisation arguments (NSS's softoken: configdir='sql:DIR') takes them from --pkcs11-init-args",
+                    Some(_) => "check --pkcs11-init-args against the module's documentation",
+                }
+            )));
         }
         let mut labels = Vec::new();
         let mut slot = None;
@@ -288,28 +406,14 @@ impl Pkcs11Hsm {
             e => HsmError::Pkcs11 { op: "log in", detail: e.to_string() },
         })?;
         let wrap = Wrap::choose(&session, &cfg.module, slot.id(), &cfg.token)?;
-        let hsm = Self {
+        Ok(Self {
             token: cfg.token.clone(),
             wrap,
             session: Mutex::new(session),
             catalog: Mutex::new(None),
             next: Mutex::new(None),
             _ctx: ctx,
-        };
-        {
-            let s = hsm.session();
-            if hsm.read_regs(&s)?.is_none() {
-                let h = s
-                    .generate_key(&Mechanism::AesKeyGen, &master_key_template(&[Attribute::ValueLen(32.into())]))
-                    .map_err(p11("generate a master key"))?;
-                let mkvp = hsm.name_master_key(&s, h)?;
-                hsm.write_regs(
-                    &s,
-                    &Regs { current: Some(Reg { mkvp, since: Timestamp::now() }), ..Default::default() },
-                )?;
-            }
-        }
-        Ok(hsm)
+        })
     }
 
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {

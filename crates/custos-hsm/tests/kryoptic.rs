@@ -11,6 +11,7 @@ fn config(pin: &str) -> Pkcs11Config {
         module: custos_testing::kryoptic_module(),
         token: "custos-k".into(),
         pin: zeroize::Zeroizing::new(pin.into()),
+        init_args: None,
     }
 }
 
@@ -18,7 +19,7 @@ fn config(pin: &str) -> Pkcs11Config {
 fn kryoptic_passes_the_hsm_conformance_suite() {
     let _token = custos_testing::KryopticToken::new("custos-k", "1234", "5678");
     let (current, wrapped) = {
-        let hsm = Pkcs11Hsm::open(&config("1234")).unwrap();
+        let hsm = Pkcs11Hsm::create(&config("1234"), false).unwrap().0;
         assert!(hsm.describe().contains("CKM_AES_KEY_WRAP_KWP"), "{}", hsm.describe());
         conformance::run(&hsm);
         let cur = hsm.registers().unwrap().into_iter().find(|r| r.register == Register::Current).unwrap();

@@ -13,6 +13,7 @@ fn config(token: &str, pin: &str) -> Pkcs11Config {
         module: custos_testing::pkcs11_module(),
         token: token.into(),
         pin: zeroize::Zeroizing::new(pin.into()),
+        init_args: None,
     }
 }
 
@@ -20,10 +21,16 @@ fn config(token: &str, pin: &str) -> Pkcs11Config {
 fn softhsm2_passes_the_hsm_conformance_suite() {
     let tokens = custos_testing::SoftHsmTokens::new(&["custos-a", "custos-b"], "1234", "5678");
     std::env::set_var("SOFTHSM2_CONF", tokens.conf());
+    let tokens_conf_a = tokens.conf().to_path_buf();
 
     // The same suite the software HSM passes.
     let (current, wrapped) = {
-        let hsm = Pkcs11Hsm::open(&config("custos-a", "1234")).unwrap();
+        match Pkcs11Hsm::open(&config("custos-a", "1234")) {
+            Err(e) => assert!(e.to_string().contains("holds no Custos master keys"), "{e}"),
+            Ok(_) => panic!("a token new to Custos is not a vault's token"),
+        }
+        let (hsm, fresh) = Pkcs11Hsm::create(&config("custos-a", "1234"), false).unwrap();
+        assert!(fresh);
         assert!(
             hsm.describe().contains("custos-a") && hsm.describe().contains("CKM_AES_KEY_WRAP_PAD"),
             "{}",
@@ -46,7 +53,7 @@ fn softhsm2_passes_the_hsm_conformance_suite() {
     // The token's KWP is RFC 5649, byte for byte: a master key loaded from
     // known parts wraps exactly as the software implementation does.
     {
-        let hsm = Pkcs11Hsm::open(&config("custos-b", "1234")).unwrap();
+        let hsm = Pkcs11Hsm::create(&config("custos-b", "1234"), false).unwrap().0;
         let (p1, p2) = (MasterKey::from_bytes([0x0F; 32]), MasterKey::from_bytes([0xF0; 32]));
         let part = |c: &str, k: &MasterKey| custos_hsm::KeyPart {
             custodian: c.into(),
@@ -59,6 +66,40 @@ fn softhsm2_passes_the_hsm_conformance_suite() {
         let w = hsm.wrap_key(&dk).unwrap();
         assert_eq!(w.kcv, Kcv::of(&dk), "the token's CMAC KCV equals the software one");
         assert_eq!(unwrap_key(&MasterKey::from_bytes([0xFF; 32]), &w.bytes).unwrap(), dk);
+    }
+
+    // A second vault is refused the token of the first, unless it adopts
+    // its master keys (and then gets the same ones, and a catalog key and
+    // audit anchor of its own).
+    match Pkcs11Hsm::create(&config("custos-a", "1234"), false) {
+        Err(e) => assert!(
+            e.to_string().contains("already holds Custos master keys")
+                && e.to_string().contains(&current.mkvp.to_string())
+                && e.to_string().contains("--pkcs11-adopt"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a token in use must be refused"),
+    }
+    {
+        let (hsm, fresh) = Pkcs11Hsm::create(&config("custos-a", "1234"), true).unwrap();
+        assert!(!fresh);
+        let cur = hsm.registers().unwrap().into_iter().find(|r| r.register == Register::Current).unwrap();
+        assert_eq!(cur.mkvp, current.mkvp);
+        assert_eq!(hsm.anchor().unwrap(), None, "the previous vault's anchor is gone");
+        assert_eq!(hsm.unwrap_key(&wrapped.mkvp, &wrapped.bytes).unwrap(), DataKey::from_bytes([0x42; 32]));
+    }
+    // What a failed init made is taken away again: the token is as new.
+    {
+        let tokens = custos_testing::SoftHsmTokens::new(&["custos-c"], "1234", "5678");
+        std::env::set_var("SOFTHSM2_CONF", tokens.conf());
+        let (hsm, fresh) = Pkcs11Hsm::create(&config("custos-c", "1234"), false).unwrap();
+        assert!(fresh);
+        hsm.make_catalog_key().unwrap();
+        hsm.discard();
+        drop(hsm);
+        assert!(Pkcs11Hsm::open(&config("custos-c", "1234")).is_err(), "nothing of Custos is left");
+        assert!(Pkcs11Hsm::create(&config("custos-c", "1234"), false).unwrap().1);
+        std::env::set_var("SOFTHSM2_CONF", tokens_conf_a.clone());
     }
 
     // Errors name what to fix.

@@ -63,8 +63,16 @@ fn default_drain() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum HsmConfig {
-    Soft { secret_file: Option<PathBuf> },
-    Pkcs11 { module: PathBuf, token: String, secret_file: Option<PathBuf> },
+    Soft {
+        secret_file: Option<PathBuf>,
+    },
+    Pkcs11 {
+        module: PathBuf,
+        token: String,
+        secret_file: Option<PathBuf>,
+        /// The module's initialisation string (NSS: `configdir='sql:/path'`).
+        init_args: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

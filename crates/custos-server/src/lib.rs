@@ -112,9 +112,14 @@ pub fn open_engine(config: &Config) -> Result<Engine, ServeError> {
             let keep = Passphrase::from(p.to_string());
             (sealed.unseal(&pass)?, Some(keep))
         }
-        HsmConfig::Pkcs11 { module, token, secret_file } => {
+        HsmConfig::Pkcs11 { module, token, secret_file, init_args } => {
             let pin = secret(secret_file.as_deref(), "CUSTOS_PKCS11_PIN", "the token's PIN")?;
-            let cfg = custos_core::Pkcs11Config { module: module.clone(), token: token.clone(), pin };
+            let cfg = custos_core::Pkcs11Config {
+                module: module.clone(),
+                token: token.clone(),
+                pin,
+                init_args: init_args.clone(),
+            };
             (sealed.unseal_pkcs11_with(cfg)?, None)
         }
     };
