@@ -439,6 +439,9 @@ const VARIES: &[&str] = &["id"];
 impl Vocabulary {
     fn check(&mut self, p: &Printed) {
         let data_out = p.command.starts_with("ds get") && !p.command.contains(" -o ");
+        if p.exit == 0 && !data_out && p.stdout.trim().is_empty() {
+            self.broken.push(format!("{}: succeeded and printed nothing", p.command));
+        }
         if p.stdout.trim().is_empty() || data_out {
             if data_out && p.stdout.contains('{') {
                 self.broken.push(format!("{}: JSON after the data on standard output", p.command));

@@ -56,8 +56,10 @@ pub enum Error {
     #[error("no policy matches dataset {dataset}: add one with `custos policy add`, or pass --key and --volume")]
     NoPolicy { dataset: DatasetName },
 
-    #[error("dataset {dataset} is sealed under key {label}, which was destroyed{}: {}", at.map(|t| format!(" at {t}")).unwrap_or_default(), if *escrowed { format!("the key has an escrow copy; k of its custodians can bring it back with `custos key recover {label} --escrow --share FILE …`") } else { "its data is cryptographically erased and cannot be read back from this copy; restore it from a copy sealed under another key, if one exists".to_string() })]
-    KeyDestroyed { dataset: DatasetName, label: KeyLabel, at: Option<jiff::Timestamp>, escrowed: bool },
+    #[error("dataset {dataset} is sealed under key {label}, which was destroyed{}: {}", at.map(|t| format!(" at {t}")).unwrap_or_default(), if let Some(who) = escrow { format!("the key has an escrow copy; {who} can bring it back with `custos key recover {label} --escrow --share FILE …`") } else { "its data is cryptographically erased and cannot be read back from this copy; restore it from a copy sealed under another key, if one exists".to_string() })]
+    /// `escrow`: who can recover it from its escrow copy ("2 of its
+    /// custodians alice, bob, carol"), when it has one.
+    KeyDestroyed { dataset: DatasetName, label: KeyLabel, at: Option<jiff::Timestamp>, escrow: Option<String> },
     #[error("key {label} cannot be used{}: {source}", dataset.as_ref().map(|d| format!(" for dataset {d}")).unwrap_or_default())]
     KeyUnusable { label: KeyLabel, dataset: Option<DatasetName>, source: LifecycleError },
     #[error("key {label} expired at {at}: it no longer encrypts new data; create a new key with `custos key create` and write under it")]

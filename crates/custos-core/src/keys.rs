@@ -555,7 +555,18 @@ impl<S: VaultState> Vault<S> {
                     dataset: d.clone(),
                     label: rec.label.clone(),
                     at: rec.destroyed_at,
-                    escrowed: rec.escrow.is_some(),
+                    escrow: match &rec.escrow {
+                        None => None,
+                        Some(copy) => Some(match self.repo.kbks()?.into_iter().find(|k| k.id == copy.kbk) {
+                            Some(k) => format!(
+                                "{} of its {} custodians ({}) together",
+                                k.threshold,
+                                k.custodians.len(),
+                                k.custodians.join(", ")
+                            ),
+                            None => format!("the custodians of key-backup key {}", copy.kbk),
+                        }),
+                    },
                 },
                 None => Error::KeyNoMaterial { label: rec.label.clone() },
             });

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use custos_crypto::{KdfParams, Passphrase};
-use custos_hsm::{Hsm, Pkcs11Config, Pkcs11Hsm, SoftHsm};
+use custos_hsm::{Hsm, Keep, MemoryStore, Pkcs11Config, Pkcs11Hsm, SoftHsm};
 use custos_model::{
     DatasetName, KeyLabel, Medium, NamingStandard, Pattern, PolicyRecord, PolicyTarget, VolumeName, VolumeRecord,
 };
@@ -30,6 +30,9 @@ const SETTING_HSM: &str = "hsm.kind";
 const SETTING_P11_MODULE: &str = "hsm.pkcs11.module";
 const SETTING_P11_TOKEN: &str = "hsm.pkcs11.token";
 const SETTING_P11_INIT_ARGS: &str = "hsm.pkcs11.init-args";
+/// `catalog` when the token's records (registers, anchor) are kept in the
+/// catalog because it stores no data objects; absent when on the token.
+const SETTING_P11_RECORDS: &str = "hsm.pkcs11.records";
 const SETTING_CHUNK: &str = "chunk.size";
 const SETTING_COMPRESSION: &str = "compression";
 const SETTING_S3_ENDPOINT: &str = "s3.endpoint";
@@ -179,7 +182,10 @@ impl Vault<Sealed> {
         // wrong module, token, PIN or database leaves no half-made vault.
         let pg = opts.repository.as_deref().map(new_pg_catalog).transpose()?;
         let token = match &opts.hsm {
-            HsmChoice::Pkcs11 { config, adopt } => Some(Pkcs11Hsm::create(config, *adopt)?),
+            // Records go to memory first, and into the catalog once it exists.
+            HsmChoice::Pkcs11 { config, adopt } => {
+                Some(Pkcs11Hsm::create(config, *adopt, Keep::OnTokenElseBeside(Box::new(MemoryStore::default())))?)
+            }
             HsmChoice::Soft => None,
         };
         // From here a failure takes back what was made: the directory (it
@@ -191,7 +197,7 @@ impl Vault<Sealed> {
         let made = Self::init_in(dir, passphrase, opts, pg, token.map(|(t, _)| t));
         if made.is_err() {
             if let (true, HsmChoice::Pkcs11 { config, .. }) = (fresh_token, &opts.hsm) {
-                Pkcs11Hsm::discard_on(config);
+                Pkcs11Hsm::discard_on(config, Keep::OnToken);
             }
             if !existed {
                 let _ = std::fs::remove_dir_all(dir);
@@ -216,21 +222,29 @@ impl Vault<Sealed> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let dir = dir.canonicalize().map_err(io)?;
         let pg: Option<Arc<dyn Repository>> = pg.map(|r| Arc::new(r) as _);
-        // The software HSM: in the catalog when servers share it on
-        // PostgreSQL, else in a file beside custos.db.
-        let hsm: Box<dyn Hsm> = match (token, &pg) {
-            (Some(t), _) => Box::new(t),
-            (None, Some(pg)) => {
-                Box::new(SoftHsm::create_in(SoftHome::Catalog(pg.clone()).store(), passphrase, opts.kdf)?)
-            }
-            (None, None) => Box::new(SoftHsm::create(&dir.join(HSM_FILE), passphrase, opts.kdf)?),
-        };
+        let on_pg = pg.is_some();
         let repo: Arc<dyn Repository> = match (pg, &opts.repository) {
             (Some(pg), Some(url)) => {
                 crate::vaultbackup::write_new_private(&dir.join(REPOSITORY_FILE), format!("{url}\n").as_bytes())?;
                 pg
             }
             _ => Arc::new(SqliteRepository::open(&dir.join(DB_FILE))?),
+        };
+        // The software HSM: in the catalog when servers share it on
+        // PostgreSQL, else in a file beside custos.db. A token's records,
+        // when it keeps no data objects, in the catalog.
+        let hsm: Box<dyn Hsm> = match (token, on_pg) {
+            (Some(mut t), _) => {
+                if t.records_beside() {
+                    t.move_records(Box::new(crate::softhome::CatalogStore::new(repo.clone())))?;
+                    repo.set_setting(SETTING_P11_RECORDS, "catalog")?;
+                }
+                Box::new(t)
+            }
+            (None, true) => {
+                Box::new(SoftHsm::create_in(SoftHome::Catalog(repo.clone()).store(), passphrase, opts.kdf)?)
+            }
+            (None, false) => Box::new(SoftHsm::create(&dir.join(HSM_FILE), passphrase, opts.kdf)?),
         };
         match &opts.hsm {
             HsmChoice::Soft => repo.set_setting(SETTING_HSM, "soft")?,
@@ -333,7 +347,7 @@ impl Vault<Sealed> {
                 why: "this vault uses the software HSM: give its passphrase".into(),
             });
         };
-        let hsm = Pkcs11Hsm::open(&Pkcs11Config { module, token, pin, init_args })?;
+        let hsm = Pkcs11Hsm::open(&Pkcs11Config { module, token, pin, init_args }, self.p11_keep()?)?;
         self.armed(Box::new(hsm))
     }
 
@@ -347,7 +361,7 @@ impl Vault<Sealed> {
                 why: "this vault uses the software HSM: configure hsm.kind = \"soft\" and its passphrase".into(),
             });
         }
-        let hsm = Pkcs11Hsm::open(&config)?;
+        let hsm = Pkcs11Hsm::open(&config, self.p11_keep()?)?;
         self.armed(Box::new(hsm))
     }
 
@@ -444,6 +458,14 @@ impl<S: VaultState> Vault<S> {
             journal: self.journal.clone(),
             labels: self.labels.clone(),
         }
+    }
+
+    /// Where this vault's token keeps its records.
+    pub(crate) fn p11_keep(&self) -> Result<Keep> {
+        Ok(match self.repo.setting(SETTING_P11_RECORDS)?.as_deref() {
+            Some("catalog") => Keep::Beside(Box::new(crate::softhome::CatalogStore::new(self.repo.clone()))),
+            _ => Keep::OnToken,
+        })
     }
 
     /// The HSM this vault was created with.

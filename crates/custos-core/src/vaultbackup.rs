@@ -388,6 +388,9 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                 Ok(v)
             }
             RecoverWith::Pkcs11 { .. } | RecoverWith::Guarded(_) => {
+                // A token whose records were in the lost catalog is opened
+                // again with the recovered one's (`cfg`), once it is written.
+                let mut reopen = None;
                 let (hsm, module): (Box<dyn custos_hsm::Hsm>, Option<PathBuf>) = match with {
                     RecoverWith::Pkcs11 { pin, module, init_args } => {
                         let token = h.pkcs11_token.clone().ok_or_else(|| bad("its header names no PKCS#11 token"))?;
@@ -398,7 +401,11 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                             ),
                         };
                         let cfg = custos_hsm::Pkcs11Config { module: module.clone(), token, pin, init_args };
-                        (Box::new(custos_hsm::Pkcs11Hsm::open(&cfg)?), Some(module))
+                        let (hsm, beside) = custos_hsm::Pkcs11Hsm::open_for_recovery(&cfg, &h.registers)?;
+                        if beside {
+                            reopen = Some(cfg);
+                        }
+                        (Box::new(hsm), Some(module))
                     }
                     RecoverWith::Guarded(g) => (Box::new(g.clone()), None),
                     RecoverWith::Passphrase(_) => unreachable!("matched above"),
@@ -408,6 +415,14 @@ pub fn recover(dir: &Path, from: &str, with: RecoverWith<'_>, who: &str) -> Resu
                 write(DB_FILE, &catalog)?;
                 let v = Vault::open(dir)?;
                 check_id(&v)?;
+                let hsm = match reopen {
+                    Some(cfg) => {
+                        // One context at a time: dropping one finalises the module.
+                        drop(hsm);
+                        Box::new(custos_hsm::Pkcs11Hsm::open(&cfg, v.p11_keep()?)?)
+                    }
+                    None => hsm,
+                };
                 let v = v.with_hsm(hsm);
                 // The backup's seal (under a key only the token unwraps)
                 // vouches for every row: seal them under the token's

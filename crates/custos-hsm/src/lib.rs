@@ -22,8 +22,8 @@ use custos_crypto::{DataKey, Kcv, MasterKey, Mkvp};
 use jiff::Timestamp;
 use thiserror::Error;
 
-pub use pkcs11::{Pkcs11Config, Pkcs11Hsm};
-pub use soft::{FileStore, SealedState, SealedStore, SoftHsm};
+pub use pkcs11::{Keep, Pkcs11Config, Pkcs11Hsm};
+pub use soft::{FileStore, MemoryStore, SealedState, SealedStore, SoftHsm};
 
 /// Entry points for the fuzz targets in `fuzz/`; not an API.
 #[doc(hidden)]

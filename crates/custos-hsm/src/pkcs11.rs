@@ -47,6 +47,49 @@ const CATALOG_LABEL: &[u8] = b"custos-catalog-key";
 const NEXT_LABEL: &[u8] = b"custos-catalog-key-next";
 /// A data object present once every catalog row was sealed under that key.
 const SEALED_LABEL: &[u8] = b"custos-catalog-sealed";
+/// The HMAC key that authenticates the records kept beside a token that
+/// stores no data objects (see [`Keep::Beside`]).
+const RECORDS_KEY_LABEL: &[u8] = b"custos-records-key";
+
+/// Where the token's records (registers, audit anchor, the catalog's
+/// sealed mark) are kept.
+pub enum Keep {
+    /// As private data objects on the token.
+    OnToken,
+    /// In `store` (the vault's catalog), as one text authenticated by an
+    /// HMAC computed inside the token under its own key: for tokens that
+    /// refuse data objects (NSS's softoken). The records are then only as
+    /// fresh as the store: a store rolled back with its MAC is not noticed
+    /// (the audit anchor there cannot catch a rollback of the catalog).
+    Beside(Box<dyn crate::SealedStore>),
+    /// On the token where it accepts a data object (tried with a throwaway
+    /// one), else beside in `store`: what `init` asks for.
+    OnTokenElseBeside(Box<dyn crate::SealedStore>),
+}
+
+/// Where the records are, once decided.
+enum Records {
+    Token,
+    Beside { store: Box<dyn crate::SealedStore>, key: ObjectHandle },
+}
+
+/// One record: a token data object, or an entry of the records beside.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Rec {
+    Object(ObjectHandle),
+    Entry(u64),
+}
+
+/// The records beside the token: `custos-pkcs11-records v1`, one line per
+/// record (`ID LABEL HEX-VALUE`), then `mac HEX`, the HMAC-SHA-256 inside
+/// the token of everything before that line.
+const RECORDS_HEADER: &str = "custos-pkcs11-records v1\n";
+
+struct Entry {
+    id: u64,
+    label: Vec<u8>,
+    value: Vec<u8>,
+}
 
 /// Where the token is and how to log in.
 pub struct Pkcs11Config {
@@ -82,6 +125,8 @@ pub struct Pkcs11Hsm {
     catalog: Mutex<Option<ObjectHandle>>,
     /// The NEXT catalog key's handle while a rotation is pending.
     next: Mutex<Option<ObjectHandle>>,
+    /// Where the registers, anchor and sealed mark are kept.
+    records: Records,
     _ctx: Pkcs11,
 }
 
@@ -259,8 +304,9 @@ impl Pkcs11Hsm {
     /// Open the token a vault already uses. A token without Custos master
     /// keys is refused: it is not the vault's (a wrong label, or a token
     /// initialised again), and a new master key there would read nothing.
-    pub fn open(cfg: &Pkcs11Config) -> Result<Self, HsmError> {
-        let hsm = Self::connect(cfg)?;
+    pub fn open(cfg: &Pkcs11Config, keep: Keep) -> Result<Self, HsmError> {
+        let mut hsm = Self::connect(cfg)?;
+        hsm.keep(keep, false)?;
         if hsm.read_regs(&hsm.session())?.is_none() {
             return Err(HsmError::Pkcs11Config(format!(
                 "token {:?} holds no Custos master keys, so it is not this vault's token (a wrong label, or a token initialised again): give the vault's token, or recover the vault from a vault backup onto a new one",
@@ -277,8 +323,9 @@ impl Pkcs11Hsm {
     /// read again) and the previous vault's audit anchor and catalog key,
     /// which only its lost catalog could use, are destroyed. Returns
     /// whether the token was new to Custos (see [`Self::discard`]).
-    pub fn create(cfg: &Pkcs11Config, adopt: bool) -> Result<(Self, bool), HsmError> {
-        let hsm = Self::connect(cfg)?;
+    pub fn create(cfg: &Pkcs11Config, adopt: bool, keep: Keep) -> Result<(Self, bool), HsmError> {
+        let mut hsm = Self::connect(cfg)?;
+        hsm.keep(keep, true)?;
         let fresh = {
             let s = hsm.session();
             match (hsm.read_regs(&s)?, adopt) {
@@ -295,9 +342,12 @@ impl Pkcs11Hsm {
                     if let Err(e) = regs {
                         // Nothing half-made stays on the token.
                         let _ = s.destroy_object(h);
+                        if let Records::Beside { key, .. } = &hsm.records {
+                            let _ = s.destroy_object(*key);
+                        }
                         return Err(match e {
                             HsmError::Pkcs11 { op: "write the registers", detail } => HsmError::Pkcs11Config(format!(
-                                "token {:?} refuses the data objects (CKO_DATA) in which Custos keeps its master-key registers and audit anchor ({detail}); nothing was left on it. Such tokens are not supported yet: use one that stores data objects",
+                                "token {:?} refuses the data objects (CKO_DATA) in which Custos keeps its master-key registers and audit anchor ({detail}); nothing was left on it. Keep them beside the token (`custos init` does, in the catalog)",
                                 cfg.token
                             )),
                             e => e,
@@ -313,7 +363,7 @@ impl Pkcs11Hsm {
                     )))
                 }
                 (Some(_), true) => {
-                    hsm.destroy_labelled(&s, &[ANCHOR_LABEL, SEALED_LABEL], ObjectClass::DATA);
+                    hsm.drop_labelled(&s, &[ANCHOR_LABEL, SEALED_LABEL]);
                     hsm.destroy_labelled(&s, &[CATALOG_LABEL, NEXT_LABEL], ObjectClass::SECRET_KEY);
                     false
                 }
@@ -328,15 +378,239 @@ impl Pkcs11Hsm {
     /// the next `init` finds the token as it was. Best effort.
     pub fn discard(&self) {
         let s = self.session();
-        self.destroy_labelled(&s, &[REGS_LABEL, ANCHOR_LABEL, SEALED_LABEL], ObjectClass::DATA);
-        self.destroy_labelled(&s, &[MK_LABEL, CATALOG_LABEL, NEXT_LABEL], ObjectClass::SECRET_KEY);
+        self.drop_labelled(&s, &[REGS_LABEL, ANCHOR_LABEL, SEALED_LABEL]);
+        self.destroy_labelled(&s, &[MK_LABEL, CATALOG_LABEL, NEXT_LABEL, RECORDS_KEY_LABEL], ObjectClass::SECRET_KEY);
+    }
+
+    /// Open a lost vault's token to read its vault backup. Where the token
+    /// keeps its records, as [`Self::open`]. Where they were kept in the
+    /// (lost) catalog, the backup's header says which master key was in
+    /// which register (`registers`: "CURRENT <MKVP>" …): held in memory,
+    /// enough to unwrap the backup's key; reopen the token with the
+    /// recovered catalog's records afterwards. Says which it was (`true`:
+    /// beside).
+    pub fn open_for_recovery(cfg: &Pkcs11Config, registers: &[String]) -> Result<(Self, bool), HsmError> {
+        let mut hsm = Self::connect(cfg)?;
+        if hsm.read_regs(&hsm.session())?.is_some() {
+            return Ok((hsm, false));
+        }
+        if hsm.lowest(&hsm.session(), RECORDS_KEY_LABEL)?.is_none() {
+            return Err(HsmError::Pkcs11Config(format!(
+                "token {:?} holds no Custos master keys, so it is not the lost vault's token: give that one",
+                cfg.token
+            )));
+        }
+        hsm.keep(Keep::Beside(Box::new(crate::MemoryStore::default())), false)?;
+        let mut regs = Regs::default();
+        let since = Timestamp::now();
+        for r in registers {
+            let bad = || HsmError::Pkcs11Config(format!("the backup's header names a register as {r:?}"));
+            let (name, mkvp) = r.split_once(' ').ok_or_else(bad)?;
+            let reg = Some(Reg { mkvp: Mkvp::from_hex(&mkvp.to_lowercase()).map_err(|_| bad())?, since });
+            match name {
+                "CURRENT" => regs.current = reg,
+                "OLD" => regs.old = reg,
+                "NEW" => regs.new = reg,
+                _ => return Err(bad()),
+            }
+        }
+        let s = hsm.session();
+        hsm.write_regs(&s, &regs)?;
+        drop(s);
+        Ok((hsm, true))
+    }
+
+    /// Whether the records are kept beside the token (in the store given).
+    pub fn records_beside(&self) -> bool {
+        matches!(self.records, Records::Beside { .. })
+    }
+
+    /// Move the records kept beside into `to` (which must hold none yet),
+    /// and keep them there from now on: for `init`, which sets the token
+    /// up before the catalog they belong in exists.
+    pub fn move_records(&mut self, to: Box<dyn crate::SealedStore>) -> Result<(), HsmError> {
+        let Records::Beside { store, key } = &self.records else { return Ok(()) };
+        if let Some((bytes, _)) = store.load()? {
+            if to.store(&bytes, None)?.is_none() {
+                return Err(HsmError::Pkcs11Config(format!(
+                    "the token's records cannot go {}: something is there already",
+                    to.at()
+                )));
+            }
+        }
+        let key = *key;
+        self.records = Records::Beside { store: to, key };
+        Ok(())
+    }
+
+    /// Decide where the records are (`new`: the token is being set up, so
+    /// the records key may be made).
+    fn keep(&mut self, keep: Keep, new: bool) -> Result<(), HsmError> {
+        let store = match keep {
+            Keep::OnToken => return Ok(()),
+            Keep::Beside(store) => store,
+            Keep::OnTokenElseBeside(store) => {
+                let s = self.session();
+                match self.create_data_object(&s, b"custos-probe", b"probe".to_vec(), "store a data object") {
+                    Ok(()) => {
+                        self.destroy_labelled(&s, &[b"custos-probe"], ObjectClass::DATA);
+                        return Ok(());
+                    }
+                    Err(_) => store,
+                }
+            }
+        };
+        let key = {
+            let s = self.session();
+            match self.lowest(&s, RECORDS_KEY_LABEL)? {
+                Some(k) => k,
+                None if new => self.generate_hmac_key(&s, RECORDS_KEY_LABEL, "make the records key")?,
+                None => {
+                    return Err(HsmError::Pkcs11Config(format!(
+                        "token {:?} has no key for the records kept {}: it is not this vault's token",
+                        self.token,
+                        store.at()
+                    )))
+                }
+            }
+        };
+        self.records = Records::Beside { store, key };
+        Ok(())
+    }
+
+    /// The records labelled `label`, with their values.
+    fn records(&self, s: &Session, label: &[u8], op: &'static str) -> Result<Vec<(Rec, Vec<u8>)>, HsmError> {
+        match &self.records {
+            Records::Token => {
+                let found = s
+                    .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(label.to_vec())])
+                    .map_err(p11(op))?;
+                let mut out = Vec::with_capacity(found.len());
+                for h in found {
+                    let attrs = s.get_attributes(h, &[AttributeType::Value]).map_err(p11(op))?;
+                    let value = attrs.into_iter().find_map(|a| match a {
+                        Attribute::Value(v) => Some(v),
+                        _ => None,
+                    });
+                    out.push((Rec::Object(h), value.unwrap_or_default()));
+                }
+                Ok(out)
+            }
+            Records::Beside { .. } => Ok(self
+                .beside_load(s, op)?
+                .0
+                .into_iter()
+                .filter(|e| e.label == label)
+                .map(|e| (Rec::Entry(e.id), e.value))
+                .collect()),
+        }
+    }
+
+    /// Add a record.
+    fn add_record(&self, s: &Session, label: &[u8], value: Vec<u8>, op: &'static str) -> Result<(), HsmError> {
+        match &self.records {
+            Records::Token => self.create_data_object(s, label, value, op),
+            Records::Beside { .. } => self.beside_update(s, op, |entries| {
+                let id = entries.iter().map(|e| e.id).max().unwrap_or(0) + 1;
+                entries.push(Entry { id, label: label.to_vec(), value: value.clone() });
+            }),
+        }
+    }
+
+    /// Remove records (best effort, as destroying token objects is).
+    fn drop_records(&self, s: &Session, recs: &[Rec]) {
+        match &self.records {
+            Records::Token => {
+                for r in recs {
+                    if let Rec::Object(h) = r {
+                        let _ = s.destroy_object(*h);
+                    }
+                }
+            }
+            Records::Beside { .. } => {
+                let _ = self.beside_update(s, "remove a record", |entries| {
+                    entries.retain(|e| !recs.contains(&Rec::Entry(e.id)));
+                });
+            }
+        }
+    }
+
+    /// Remove every record labelled with one of `labels`.
+    fn drop_labelled(&self, s: &Session, labels: &[&[u8]]) {
+        match &self.records {
+            Records::Token => self.destroy_labelled(s, labels, ObjectClass::DATA),
+            Records::Beside { .. } => {
+                let _ = self.beside_update(s, "remove records", |entries| {
+                    entries.retain(|e| !labels.contains(&e.label.as_slice()));
+                });
+            }
+        }
+    }
+
+    /// The records beside, checked against their MAC, and the store's version.
+    fn beside_load(&self, s: &Session, op: &'static str) -> Result<(Vec<Entry>, Option<u64>), HsmError> {
+        let Records::Beside { store, key } = &self.records else { return Ok((Vec::new(), None)) };
+        let Some((bytes, version)) = store.load()? else { return Ok((Vec::new(), None)) };
+        let damaged = |why: &str| {
+            HsmError::Pkcs11 {
+            op,
+            detail: format!("the records of token {:?} kept {} are damaged or were altered ({why}); restore the catalog from a vault backup", self.token, store.at()),
+        }
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not text"))?;
+        let cut = text.rfind("\nmac ").ok_or_else(|| damaged("no MAC"))? + 1;
+        let (body, mac) = (&text[..cut], text[cut + 4..].trim_end());
+        let want = hmac(s, *key, body.as_bytes())?;
+        let got = hex::decode(mac).map_err(|_| damaged("a MAC that is not hex"))?;
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&want, &got).is_err() {
+            return Err(damaged("its MAC does not match"));
+        }
+        let rest = body.strip_prefix(RECORDS_HEADER).ok_or_else(|| damaged("not records"))?;
+        let mut entries = Vec::new();
+        for line in rest.lines() {
+            let mut f = line.split(' ');
+            let (Some(id), Some(label), Some(value), None) = (f.next(), f.next(), f.next(), f.next()) else {
+                return Err(damaged("a line is not ID LABEL VALUE"));
+            };
+            entries.push(Entry {
+                id: id.parse().map_err(|_| damaged("an id is not a number"))?,
+                label: label.as_bytes().to_vec(),
+                value: hex::decode(value).map_err(|_| damaged("a value is not hex"))?,
+            });
+        }
+        Ok((entries, Some(version)))
+    }
+
+    /// Change the records beside: read, change, write back if nobody wrote
+    /// in between (else again).
+    fn beside_update(&self, s: &Session, op: &'static str, change: impl Fn(&mut Vec<Entry>)) -> Result<(), HsmError> {
+        let Records::Beside { store, key } = &self.records else { return Ok(()) };
+        for _ in 0..32 {
+            let (mut entries, version) = self.beside_load(s, op)?;
+            change(&mut entries);
+            let mut text = RECORDS_HEADER.to_string();
+            for e in &entries {
+                text.push_str(&format!("{} {} {}\n", e.id, String::from_utf8_lossy(&e.label), hex::encode(&e.value)));
+            }
+            let mac = hmac(s, *key, text.as_bytes())?;
+            text.push_str(&format!("mac {}\n", hex::encode(mac)));
+            if store.store(text.as_bytes(), version)?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(HsmError::Pkcs11 {
+            op,
+            detail: format!("the records kept {} kept changing under it; try again", store.at()),
+        })
     }
 
     /// [`Self::discard`] on the token `cfg` names, for a caller whose handle
     /// is gone (dropped with the vault that failed to be made).
-    pub fn discard_on(cfg: &Pkcs11Config) {
-        if let Ok(hsm) = Self::connect(cfg) {
-            hsm.discard();
+    pub fn discard_on(cfg: &Pkcs11Config, keep: Keep) {
+        if let Ok(mut hsm) = Self::connect(cfg) {
+            if hsm.keep(keep, false).is_ok() {
+                hsm.discard();
+            }
         }
     }
 
@@ -412,6 +686,7 @@ impl Pkcs11Hsm {
             session: Mutex::new(session),
             catalog: Mutex::new(None),
             next: Mutex::new(None),
+            records: Records::Token,
             _ctx: ctx,
         })
     }
@@ -432,7 +707,7 @@ impl Pkcs11Hsm {
 
     /// Every register object on the token with what it says (normally one;
     /// two if an update was interrupted between create and destroy).
-    fn regs_objects(&self, s: &Session) -> Result<Vec<(ObjectHandle, Regs)>, HsmError> {
+    fn regs_objects(&self, s: &Session) -> Result<Vec<(Rec, Regs)>, HsmError> {
         self.data_objects(s, REGS_LABEL, "read the registers", "register", Regs::decode)
     }
 
@@ -445,22 +720,14 @@ impl Pkcs11Hsm {
         op: &'static str,
         what: &str,
         decode: impl Fn(&[u8]) -> Option<T>,
-    ) -> Result<Vec<(ObjectHandle, T)>, HsmError> {
-        let found = s
-            .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(label.to_vec())])
-            .map_err(p11(op))?;
-        let mut out = Vec::with_capacity(found.len());
-        for h in found {
-            let attrs = s.get_attributes(h, &[AttributeType::Value]).map_err(p11(op))?;
-            let value = attrs.into_iter().find_map(|a| match a {
-                Attribute::Value(v) => Some(v),
-                _ => None,
-            });
-            let t = value.as_deref().and_then(&decode).ok_or_else(|| HsmError::Pkcs11 {
+    ) -> Result<Vec<(Rec, T)>, HsmError> {
+        let mut out = Vec::new();
+        for (r, value) in self.records(s, label, op)? {
+            let t = decode(&value).ok_or_else(|| HsmError::Pkcs11 {
                 op,
                 detail: format!("a {what} object on token {:?} is damaged", self.token),
             })?;
-            out.push((h, t));
+            out.push((r, t));
         }
         Ok(out)
     }
@@ -493,16 +760,14 @@ impl Pkcs11Hsm {
     fn write_regs(&self, s: &Session, regs: &Regs) -> Result<(), HsmError> {
         let old = self.regs_objects(s)?;
         let next = Regs { seq: old.iter().map(|(_, r)| r.seq).max().unwrap_or(0) + 1, ..*regs };
-        self.create_data_object(s, REGS_LABEL, next.encode(), "write the registers")?;
-        for (h, _) in old {
-            let _ = s.destroy_object(h);
-        }
+        self.add_record(s, REGS_LABEL, next.encode(), "write the registers")?;
+        self.drop_records(s, &old.iter().map(|(r, _)| *r).collect::<Vec<_>>());
         Ok(())
     }
 
     /// Every anchor object on the token with what it says (one, or more
     /// when processes wrote at once or a write was interrupted).
-    fn anchor_objects(&self, s: &Session) -> Result<Vec<(ObjectHandle, AuditAnchor)>, HsmError> {
+    fn anchor_objects(&self, s: &Session) -> Result<Vec<(Rec, AuditAnchor)>, HsmError> {
         self.data_objects(s, ANCHOR_LABEL, "read the audit anchor", "audit anchor", AuditAnchor::decode)
     }
 
@@ -766,10 +1031,8 @@ impl Hsm for Pkcs11Hsm {
         if !force && old.iter().any(|(_, a)| a.seq >= anchor.seq) {
             return Ok(());
         }
-        self.create_data_object(&s, ANCHOR_LABEL, anchor.encode().to_vec(), "write the audit anchor")?;
-        for (h, _) in old {
-            let _ = s.destroy_object(h);
-        }
+        self.add_record(&s, ANCHOR_LABEL, anchor.encode().to_vec(), "write the audit anchor")?;
+        self.drop_records(&s, &old.iter().map(|(r, _)| *r).collect::<Vec<_>>());
         Ok(())
     }
 
@@ -778,9 +1041,7 @@ impl Hsm for Pkcs11Hsm {
         if self.catalog_key(&s)?.is_none() {
             return Ok(CatalogKeyState::None);
         }
-        let sealed = s
-            .find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Label(SEALED_LABEL.to_vec())])
-            .map_err(p11("read the catalog key's state"))?;
+        let sealed = self.records(&s, SEALED_LABEL, "read the catalog key's state")?;
         Ok(if sealed.is_empty() { CatalogKeyState::Made } else { CatalogKeyState::Sealed })
     }
 
@@ -790,7 +1051,7 @@ impl Hsm for Pkcs11Hsm {
         }
         let s = self.session();
         self.catalog_key(&s)?.ok_or(HsmError::NoCatalogKey)?;
-        self.create_data_object(&s, SEALED_LABEL, b"sealed".to_vec(), "record the catalog sealed")
+        self.add_record(&s, SEALED_LABEL, b"sealed".to_vec(), "record the catalog sealed")
     }
 
     fn make_catalog_key(&self) -> Result<(), HsmError> {

@@ -68,6 +68,39 @@ fn version_of(sealed: &[u8]) -> u64 {
     u64::from_be_bytes(d.as_ref()[..8].try_into().expect("8 bytes"))
 }
 
+/// A state held in memory only: for a PKCS#11 token's records before the
+/// catalog they belong in exists (`Pkcs11Hsm::move_records`), and tests.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: std::sync::Mutex<Option<(Vec<u8>, u64)>>,
+}
+
+impl SealedStore for MemoryStore {
+    fn at(&self) -> String {
+        "in memory".into()
+    }
+
+    fn load(&self) -> Result<Option<SealedState>, HsmError> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(s.as_ref().map(|(b, v)| (Zeroizing::new(b.clone()), *v)))
+    }
+
+    fn moved(&self, version: u64) -> Result<bool, HsmError> {
+        Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, v)| *v) != Some(version))
+    }
+
+    fn store(&self, sealed: &[u8], was: Option<u64>) -> Result<Option<u64>, HsmError> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = s.as_ref().map(|(_, v)| *v);
+        if now != was {
+            return Ok(None);
+        }
+        let next = now.unwrap_or(0) + 1;
+        *s = Some((sealed.to_vec(), next));
+        Ok(Some(next))
+    }
+}
+
 /// The state in a file, replaced atomically (temp file, fsync, rename,
 /// fsync of the directory) under a lock file beside it.
 pub struct FileStore {

@@ -4,7 +4,7 @@
 //! its configuration once per process, so everything runs in this test.
 
 use custos_crypto::{unwrap_key, DataKey, Kcv, MasterKey};
-use custos_hsm::{conformance, Hsm, NewMasterKey, Pkcs11Config, Pkcs11Hsm, Register};
+use custos_hsm::{conformance, Hsm, Keep, NewMasterKey, Pkcs11Config, Pkcs11Hsm, Register};
 
 fn config(pin: &str) -> Pkcs11Config {
     Pkcs11Config {
@@ -19,14 +19,14 @@ fn config(pin: &str) -> Pkcs11Config {
 fn kryoptic_passes_the_hsm_conformance_suite() {
     let _token = custos_testing::KryopticToken::new("custos-k", "1234", "5678");
     let (current, wrapped) = {
-        let hsm = Pkcs11Hsm::create(&config("1234"), false).unwrap().0;
+        let hsm = Pkcs11Hsm::create(&config("1234"), false, Keep::OnToken).unwrap().0;
         assert!(hsm.describe().contains("CKM_AES_KEY_WRAP_KWP"), "{}", hsm.describe());
         conformance::run(&hsm);
         let cur = hsm.registers().unwrap().into_iter().find(|r| r.register == Register::Current).unwrap();
         (cur, hsm.wrap_key(&DataKey::from_bytes([0x42; 32])).unwrap())
     };
     // Registers and keys persist on the token.
-    let hsm = Pkcs11Hsm::open(&config("1234")).unwrap();
+    let hsm = Pkcs11Hsm::open(&config("1234"), Keep::OnToken).unwrap();
     let again = hsm.registers().unwrap().into_iter().find(|r| r.register == Register::Current).unwrap();
     assert_eq!(again.mkvp, current.mkvp);
     assert_eq!(hsm.unwrap_key(&wrapped.mkvp, &wrapped.bytes).unwrap(), DataKey::from_bytes([0x42; 32]));

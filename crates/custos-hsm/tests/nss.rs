@@ -3,9 +3,10 @@
 //! `C_Initialize` passes in `pReserved` (`--pkcs11-init-args`). Its
 //! `CKM_AES_KEY_WRAP_PAD` passes Custos's RFC 5649 known-answer test (the
 //! NSS in Debian 13; older ones gave RFC 3394 with PKCS#7 padding), but it
-//! refuses private data objects, where Custos keeps its registers: Custos
-//! reaches the token through the arguments, and then refuses it, saying
-//! why, leaving nothing on it.
+//! refuses private data objects: asked to keep its records on the token,
+//! Custos refuses it, saying why and leaving nothing on it; with the
+//! records kept beside (in the catalog, MAC'd inside the token), it passes
+//! the HSM conformance suite.
 //! NSS is process-wide state, so everything runs in this one test.
 
 use std::ffi::CString;
@@ -14,7 +15,7 @@ use std::ptr::NonNull;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use custos_hsm::{Pkcs11Config, Pkcs11Hsm};
+use custos_hsm::{conformance, Hsm, Keep, MemoryStore, Pkcs11Config, Pkcs11Hsm, Register};
 
 const SOFTOKEN: &str = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
 const TOKEN: &str = "NSS Certificate DB";
@@ -45,14 +46,6 @@ fn custos_objects(args: &str) -> usize {
         .count()
 }
 
-/// Give a new NSS database its user PIN, as `certutil -N` would.
-fn set_pin(args: &str) {
-    let (ctx, slot) = context(args);
-    let s = ctx.open_rw_session(slot).unwrap();
-    s.login(UserType::So, Some(&AuthPin::from(String::new()))).unwrap();
-    s.init_pin(&AuthPin::from("2468".to_string())).unwrap();
-}
-
 /// NSS initialised with `args`, and its database's slot.
 fn context(args: &str) -> (Pkcs11, cryptoki::slot::Slot) {
     let ctx = Pkcs11::new(SOFTOKEN).unwrap();
@@ -75,23 +68,22 @@ fn context(args: &str) -> (Pkcs11, cryptoki::slot::Slot) {
 }
 
 #[test]
-fn nss_softoken_is_reached_through_its_initialisation_arguments_and_refused_for_its_data_objects() {
-    assert!(std::path::Path::new(SOFTOKEN).exists(), "install libnss3 (Debian), or run .ci/run");
-    let db = tempfile::tempdir().unwrap();
-    let args = format!("configdir='sql:{}' certPrefix='' keyPrefix='' secmod='secmod.db' flags=", db.path().display());
+fn nss_softoken_is_reached_through_its_initialisation_arguments_and_keeps_its_records_beside() {
+    assert_eq!(custos_testing::nss_softoken().to_str(), Some(SOFTOKEN));
+    let db = custos_testing::NssDb::new("2468");
+    let args = db.init_args();
 
     // Without its arguments NSS does not start, and the message says
     // where they go.
-    match Pkcs11Hsm::create(&config(None), false) {
+    match Pkcs11Hsm::create(&config(None), false, Keep::OnToken) {
         Err(e) => assert!(e.to_string().contains("--pkcs11-init-args"), "{e}"),
         Ok(_) => panic!("NSS without its configdir must not open"),
     }
 
-    set_pin(&args);
     // With them: initialised, the token found, logged in, the master key
     // made, and then refused where the registers are written; the master
     // key made is destroyed again.
-    match Pkcs11Hsm::create(&config(Some(args.clone())), false) {
+    match Pkcs11Hsm::create(&config(Some(args.clone())), false, Keep::OnToken) {
         Err(e) => {
             let e = e.to_string();
             assert!(e.contains("refuses the data objects") && e.contains("nothing was left on it"), "{e}");
@@ -99,9 +91,17 @@ fn nss_softoken_is_reached_through_its_initialisation_arguments_and_refused_for_
         Ok(_) => panic!("NSS refuses data objects: it cannot hold the registers"),
     }
     assert_eq!(custos_objects(&args), 0, "a refused token keeps nothing of Custos");
+    // With the records beside: the whole suite, as on SoftHSM2 and Kryoptic.
+    {
+        let keep = Keep::OnTokenElseBeside(Box::new(MemoryStore::default()));
+        let (hsm, fresh) = Pkcs11Hsm::create(&config(Some(args.clone())), false, keep).unwrap();
+        assert!(fresh && hsm.records_beside());
+        conformance::run(&hsm);
+        assert!(hsm.registers().unwrap().iter().any(|r| r.register == Register::Current));
+    }
     // A wrong PIN through the same arguments is named as such.
     let wrong = Pkcs11Config { pin: zeroize::Zeroizing::new("1111".into()), ..config(Some(args)) };
-    match Pkcs11Hsm::create(&wrong, false) {
+    match Pkcs11Hsm::create(&wrong, false, Keep::OnToken) {
         Err(e) => assert!(e.to_string().contains("wrong PIN"), "{e}"),
         Ok(_) => panic!("a wrong PIN must be refused"),
     }

@@ -104,6 +104,45 @@ impl KryopticToken {
     }
 }
 
+/// NSS's softoken (Debian's libnss3), the third PKCS#11 module the tests
+/// use: its module path.
+pub fn nss_softoken() -> PathBuf {
+    let p = PathBuf::from("/usr/lib/x86_64-linux-gnu/libsoftokn3.so");
+    assert!(p.exists(), "{} is missing: apt-get install libnss3, or run .ci/run", p.display());
+    p
+}
+
+/// A new NSS database in a temporary directory, its user PIN set with
+/// NSS's own `certutil -N` (libnss3-tools). Its one token is labelled
+/// [`NssDb::TOKEN`]; the module finds it through [`NssDb::init_args`].
+pub struct NssDb {
+    dir: tempfile::TempDir,
+}
+
+impl NssDb {
+    pub const TOKEN: &'static str = "NSS Certificate DB";
+
+    pub fn new(pin: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let pw = dir.path().join("pin");
+        std::fs::write(&pw, format!("{pin}\n")).expect("write the PIN file");
+        let st = Command::new("certutil")
+            .args(["-N", "-d", &format!("sql:{}", dir.path().display()), "-f"])
+            .arg(&pw)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("certutil does not run ({e}): apt-get install libnss3-tools, or run .ci/run"));
+        assert!(st.success(), "certutil -N failed: {st}");
+        let _ = std::fs::remove_file(&pw);
+        Self { dir }
+    }
+
+    /// What NSS's `C_Initialize` needs to find this database.
+    pub fn init_args(&self) -> String {
+        format!("configdir='sql:{}' certPrefix='' keyPrefix='' secmod='secmod.db' flags=", self.dir.path().display())
+    }
+}
+
 /// A real S3-protocol server (moto's `moto_server`, from PyPI) on a free
 /// localhost port, with one empty bucket; killed on drop. Panics with what
 /// to install when it is missing. Point a client at it with [`S3Server::env`].

@@ -16,6 +16,7 @@ pub struct Env {
     pub env: Vec<(String, String)>,
     _tokens: Option<custos_testing::SoftHsmTokens>,
     _kryoptic: Option<custos_testing::KryopticToken>,
+    _nss: Option<custos_testing::NssDb>,
     /// The PostgreSQL server holding the catalog, for a vault made with
     /// [`Env::new_postgres`].
     pub pg: Option<std::sync::Arc<custos_testing::Postgres>>,
@@ -46,7 +47,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("vault");
         let pg = pg.map(std::sync::Arc::new);
-        let mut e = Self { dir, vault, env: admin_env(), _tokens: None, _kryoptic: None, pg: pg.clone() };
+        let mut e = Self { dir, vault, env: admin_env(), _tokens: None, _kryoptic: None, _nss: None, pg: pg.clone() };
         let mut init = vec!["init", "--kdf-memory-mib", "19", "--kdf-iterations", "2", "--site", "A"];
         let url = pg.as_ref().map(|p| p.url("custos"));
         if let Some(url) = &url {
@@ -104,6 +105,7 @@ impl Env {
             env,
             _tokens: None,
             _kryoptic: None,
+            _nss: None,
             pg: self.pg.clone(),
         }
     }
@@ -128,7 +130,15 @@ impl Env {
     /// The test admin on a vault that already exists at `vault` (made
     /// elsewhere, such as by an older Custos).
     pub fn existing(vault: PathBuf) -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), vault, env: admin_env(), _tokens: None, _kryoptic: None, pg: None }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            vault,
+            env: admin_env(),
+            _tokens: None,
+            _kryoptic: None,
+            _nss: None,
+            pg: None,
+        }
     }
 
     /// The same principal on the vault in another directory (a copy).
@@ -139,6 +149,7 @@ impl Env {
             env: self.env.clone(),
             _tokens: None,
             _kryoptic: None,
+            _nss: None,
             pg: self.pg.clone(),
         }
     }
@@ -153,7 +164,7 @@ impl Env {
             ("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string()),
         ];
         env.extend(admin_env());
-        let mut e = Self { dir, vault, env, _tokens: Some(tokens), _kryoptic: None, pg: None };
+        let mut e = Self { dir, vault, env, _tokens: Some(tokens), _kryoptic: None, _nss: None, pg: None };
         e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--site", "A"]);
         e.ok(&["config", "set", "dual-control", "none"]);
         e.as_operator();
@@ -171,12 +182,48 @@ impl Env {
             ("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string()),
         ];
         env.extend(admin_env());
-        let mut e = Self { dir, vault, env, _tokens: None, _kryoptic: Some(token), pg: None };
+        let mut e = Self { dir, vault, env, _tokens: None, _kryoptic: Some(token), _nss: None, pg: None };
         let module = custos_testing::kryoptic_module().display().to_string();
         e.ok(&["init", "--hsm", "pkcs11", "--pkcs11-token", "custos-cli", "--pkcs11-module", &module, "--site", "A"]);
         e.ok(&["config", "set", "dual-control", "none"]);
         e.as_operator();
         e
+    }
+
+    /// A vault on NSS's softoken (a third PKCS#11 module), reached through
+    /// its initialisation arguments; NSS keeps no data objects, so the
+    /// token's records are kept in the catalog.
+    pub fn new_nss() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault");
+        let db = custos_testing::NssDb::new("2468");
+        let mut env = vec![("CUSTOS_PKCS11_PIN".to_string(), "2468".to_string())];
+        env.extend(admin_env());
+        let args = db.init_args();
+        let module = custos_testing::nss_softoken().display().to_string();
+        let mut e = Self { dir, vault, env, _tokens: None, _kryoptic: None, _nss: Some(db), pg: None };
+        let token = custos_testing::NssDb::TOKEN;
+        e.ok(&[
+            "init",
+            "--hsm",
+            "pkcs11",
+            "--pkcs11-token",
+            token,
+            "--pkcs11-module",
+            &module,
+            "--pkcs11-init-args",
+            &args,
+            "--site",
+            "A",
+        ]);
+        e.ok(&["config", "set", "dual-control", "none"]);
+        e.as_operator();
+        e
+    }
+
+    /// The NSS database's initialisation arguments (a vault of [`Env::new_nss`]).
+    pub fn nss_init_args(&self) -> String {
+        self._nss.as_ref().expect("a vault on NSS").init_args()
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
