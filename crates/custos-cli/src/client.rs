@@ -591,6 +591,11 @@ impl Client {
                 crate::cmd::escrow::write_new(path, text.as_bytes())?;
                 let _ = writeln!(std::io::stderr(), "wrote {}", path.display());
             }
+            Show::Save(path) => {
+                crate::cmd::escrow::write_new(path, v["text"].as_str().unwrap_or_default().as_bytes())?;
+                let j = crate::cmd::saved_json(v["result"].clone(), path);
+                out.write_all((serde_json::to_string_pretty(&j)? + "\n").as_bytes())?;
+            }
             _ => out.write_all(text.as_bytes())?,
         }
         if let Some(f) = v["failure"].as_object() {

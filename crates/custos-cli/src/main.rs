@@ -424,17 +424,22 @@ fn show_reply(cli: &Cli, reply: &Reply, show: &Show, data_on_stdout: bool) -> an
         (Reply::Got(_), _) if !cli.json => return Ok(()),
         _ => {}
     }
-    if cli.json {
-        serde_json::to_writer_pretty(&mut out, &reply.json())?;
-        writeln!(out)?;
-    } else {
-        match show {
-            Show::Save(path) => {
-                cmd::escrow::write_new(path, reply.text().as_bytes())?;
+    match (show, cli.json) {
+        // The file is written with --json too; the JSON says where.
+        (Show::Save(path), json) => {
+            cmd::escrow::write_new(path, reply.text().as_bytes())?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &cmd::saved_json(reply.json(), path))?;
+                writeln!(out)?;
+            } else {
                 note!("wrote {}", path.display());
             }
-            _ => write!(out, "{}", reply.text())?,
         }
+        (_, true) => {
+            serde_json::to_writer_pretty(&mut out, &reply.json())?;
+            writeln!(out)?;
+        }
+        (_, false) => write!(out, "{}", reply.text())?,
     }
     Ok(())
 }

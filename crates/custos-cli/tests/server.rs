@@ -1000,7 +1000,12 @@ fn escrow_shares_reach_only_their_custodians() {
     let sealed = |n: &str| home.join(format!("{n}.sealed"));
     let (cara_sealed, dan_sealed) = (sealed("cara"), sealed("dan"));
     for n in ["cara", "dan"] {
-        s.ok(n, &cred(n), &["escrow", "share", "--out", Env::s(&sealed(n))]);
+        // With --json too the file is written; the JSON says where.
+        let j: serde_json::Value =
+            serde_json::from_str(&s.ok(n, &cred(n), &["escrow", "share", "--out", Env::s(&sealed(n)), "--json"]))
+                .unwrap();
+        assert_eq!((j["path"].as_str(), j["custodian"].as_str()), (Some(Env::s(&sealed(n))), Some(n)), "{j}");
+        assert!(j.get("sealed_share").is_none(), "{j}");
         let text = std::fs::read_to_string(sealed(n)).unwrap();
         assert!(text.contains(&format!("custodian: {n}\n")) && !text.contains("\nshare: "), "{text}");
     }

@@ -1,5 +1,8 @@
 //! Snapshot tests of what every command prints: one story that runs every
-//! command of the CLI (and some of its refusals) in order on a fresh vault,
+//! command of the CLI (and some of its refusals) in order on a fresh vault
+//! (all but `serve`, a daemon, and `demo`, a guided story with its own
+//! test; `repo migrate` only as far as its refusal, PostgreSQL being the
+//! PostgreSQL tests' part),
 //! once for people (text) and once with `--json`, each pinned as a whole
 //! under `tests/snapshots/`. What varies from run to run (times, random
 //! ids, key check values, ciphertexts, temporary paths, durations) is
@@ -376,6 +379,13 @@ fn story(json: bool) -> (String, Vec<Printed>) {
     s.run(&ops, &["ds", "rm", "PAY.RESTORED"]);
     s.run(&ops, &["policy", "rm", "pay"]);
     s.run(&ops, &["user", "rm", "app1"]);
+
+    s.part("a lost HSM rebuilt from escrow");
+    std::fs::remove_file(root.join("vault").join("hsm.sealed")).unwrap();
+    s.run(&ops, &["ds", "get", "PAY.MASTER"]);
+    let rebuild = ["vault", "rebuild", "--share", &share, "--share", &alice_share, "--key", &key, "--key", &alice_key];
+    s.run(&ops, &[&rebuild[..], &["--kdf-memory-mib", "19", "--kdf-iterations", "2"]].concat());
+    s.run(&ops, &["ds", "get", "PAY.BIG", "-o", &s.path("big.out")]);
 
     s.part("a vault recovered on a fresh machine");
     let fresh = Env::existing(root.join("fresh"));

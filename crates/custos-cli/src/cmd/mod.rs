@@ -51,6 +51,16 @@ pub enum Show {
     Prometheus,
 }
 
+/// The JSON of a result written to a file (`escrow share --out`): what
+/// it is, and where, without the file's content.
+pub fn saved_json(mut j: serde_json::Value, path: &std::path::Path) -> serde_json::Value {
+    if let serde_json::Value::Object(m) = &mut j {
+        m.remove("sealed_share");
+        m.insert("path".into(), serde_json::json!(path));
+    }
+    j
+}
+
 /// One command, ready to run.
 pub struct Plan {
     pub op: Operation,
