@@ -328,7 +328,21 @@ impl Pkcs11Hsm {
         hsm.keep(keep, true)?;
         let fresh = {
             let s = hsm.session();
+            // Master keys without registers the token shows: another vault's
+            // whose records were kept in its catalog, or what a crashed init
+            // made. Refused as a token in use; adopted, they are left alone
+            // (never discarded) and this vault makes its own.
+            let orphans = s
+                .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(MK_LABEL.to_vec())])
+                .map_err(p11("list master keys"))?
+                .len();
             match (hsm.read_regs(&s)?, adopt) {
+                (None, false) if orphans > 0 => {
+                    return Err(HsmError::Pkcs11Config(format!(
+                        "token {:?} already holds {orphans} Custos master key(s) whose registers it does not show (another vault's, whose records were in its catalog, or an interrupted init's): nothing was created. Give this vault a token of its own, or recover that vault onto it (`custos vault recover --pkcs11`); only if that vault is gone for good, pass --pkcs11-adopt",
+                        cfg.token
+                    )))
+                }
                 (None, _) => {
                     let h = s
                         .generate_key(&Mechanism::AesKeyGen, &master_key_template(&[Attribute::ValueLen(32.into())]))
@@ -342,8 +356,12 @@ impl Pkcs11Hsm {
                     if let Err(e) = regs {
                         // Nothing half-made stays on the token.
                         let _ = s.destroy_object(h);
-                        if let Records::Beside { key, .. } = &hsm.records {
-                            let _ = s.destroy_object(*key);
+                        match &hsm.records {
+                            // Made just now, for this vault.
+                            Records::Beside { key, .. } if orphans == 0 => {
+                                let _ = s.destroy_object(*key);
+                            }
+                            _ => {}
                         }
                         return Err(match e {
                             HsmError::Pkcs11 { op: "write the registers", detail } => HsmError::Pkcs11Config(format!(
@@ -353,7 +371,7 @@ impl Pkcs11Hsm {
                             e => e,
                         });
                     }
-                    true
+                    orphans == 0
                 }
                 (Some(regs), false) => {
                     return Err(HsmError::Pkcs11Config(format!(
@@ -450,13 +468,34 @@ impl Pkcs11Hsm {
             Keep::OnToken => return Ok(()),
             Keep::Beside(store) => store,
             Keep::OnTokenElseBeside(store) => {
+                use cryptoki::error::{Error as P11, RvError as Rv};
                 let s = self.session();
-                match self.create_data_object(&s, b"custos-probe", b"probe".to_vec(), "store a data object") {
-                    Ok(()) => {
-                        self.destroy_labelled(&s, &[b"custos-probe"], ObjectClass::DATA);
+                let probe = s.create_object(&[
+                    Attribute::Class(ObjectClass::DATA),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Label(b"custos-probe".to_vec()),
+                    Attribute::Application(b"custos".to_vec()),
+                    Attribute::Value(b"probe".to_vec()),
+                ]);
+                match probe {
+                    Ok(h) => {
+                        let _ = s.destroy_object(h);
                         return Ok(());
                     }
-                    Err(_) => store,
+                    // The token does not keep such objects (NSS: a private
+                    // data object's attributes are refused); anything else
+                    // is a failure to report, not a reason to keep them elsewhere.
+                    Err(P11::Pkcs11(
+                        Rv::AttributeValueInvalid
+                        | Rv::AttributeTypeInvalid
+                        | Rv::AttributeReadOnly
+                        | Rv::TemplateInconsistent
+                        | Rv::TemplateIncomplete
+                        | Rv::FunctionNotSupported,
+                        _,
+                    )) => store,
+                    Err(e) => return Err(p11("store a data object")(e)),
                 }
             }
         };

@@ -99,6 +99,22 @@ fn nss_softoken_is_reached_through_its_initialisation_arguments_and_keeps_its_re
         conformance::run(&hsm);
         assert!(hsm.registers().unwrap().iter().any(|r| r.register == Register::Current));
     }
+    // Its registers were beside, in a store a second vault does not have:
+    // the token's master keys still mark it as in use.
+    match Pkcs11Hsm::create(
+        &config(Some(args.clone())),
+        false,
+        Keep::OnTokenElseBeside(Box::new(MemoryStore::default())),
+    ) {
+        Err(e) => assert!(e.to_string().contains("already holds") && e.to_string().contains("--pkcs11-adopt"), "{e}"),
+        Ok(_) => panic!("a token in use must be refused, wherever its records are"),
+    }
+    {
+        let keep = Keep::OnTokenElseBeside(Box::new(MemoryStore::default()));
+        let (hsm, fresh) = Pkcs11Hsm::create(&config(Some(args.clone())), true, keep).unwrap();
+        assert!(!fresh, "adopted: the old master keys are not this vault's to discard");
+        conformance::run(&hsm);
+    }
     // A wrong PIN through the same arguments is named as such.
     let wrong = Pkcs11Config { pin: zeroize::Zeroizing::new("1111".into()), ..config(Some(args)) };
     match Pkcs11Hsm::create(&wrong, false, Keep::OnToken) {
