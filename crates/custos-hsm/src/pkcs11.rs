@@ -70,7 +70,14 @@ pub enum Keep {
 /// Where the records are, once decided.
 enum Records {
     Token,
-    Beside { store: Box<dyn crate::SealedStore>, key: ObjectHandle },
+    Beside {
+        store: Box<dyn crate::SealedStore>,
+        key: ObjectHandle,
+        /// The records as last read or written, checked, at the store's
+        /// version: reused while the store says it has not moved (every
+        /// unwrap reads the registers).
+        cache: Mutex<Option<(u64, Vec<Entry>)>>,
+    },
 }
 
 /// One record: a token data object, or an entry of the records beside.
@@ -85,6 +92,7 @@ enum Rec {
 /// the token of everything before that line.
 const RECORDS_HEADER: &str = "custos-pkcs11-records v1\n";
 
+#[derive(Clone)]
 struct Entry {
     id: u64,
     label: Vec<u8>,
@@ -268,6 +276,18 @@ impl Regs {
     }
 }
 
+/// A private token data object of Custos's, labelled `label`.
+fn data_object_template(label: &[u8], value: Vec<u8>) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Label(label.to_vec()),
+        Attribute::Application(b"custos".to_vec()),
+        Attribute::Value(value),
+    ]
+}
+
 fn master_key_template(extra: &[Attribute]) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
@@ -325,7 +345,14 @@ impl Pkcs11Hsm {
     /// whether the token was new to Custos (see [`Self::discard`]).
     pub fn create(cfg: &Pkcs11Config, adopt: bool, keep: Keep) -> Result<(Self, bool), HsmError> {
         let mut hsm = Self::connect(cfg)?;
-        hsm.keep(keep, true)?;
+        let made_key = hsm.keep(keep, true)?;
+        // A refusal leaves the token as it found it.
+        let refuse = |hsm: &Self, s: &Session, e: HsmError| {
+            if let (true, Records::Beside { key, .. }) = (made_key, &hsm.records) {
+                let _ = s.destroy_object(*key);
+            }
+            Err(e)
+        };
         let fresh = {
             let s = hsm.session();
             // Master keys without registers the token shows: another vault's
@@ -338,10 +365,10 @@ impl Pkcs11Hsm {
                 .len();
             match (hsm.read_regs(&s)?, adopt) {
                 (None, false) if orphans > 0 => {
-                    return Err(HsmError::Pkcs11Config(format!(
+                    return refuse(&hsm, &s, HsmError::Pkcs11Config(format!(
                         "token {:?} already holds {orphans} Custos master key(s) whose registers it does not show (another vault's, whose records were in its catalog, or an interrupted init's): nothing was created. Give this vault a token of its own, or recover that vault onto it (`custos vault recover --pkcs11`); only if that vault is gone for good, pass --pkcs11-adopt",
                         cfg.token
-                    )))
+                    )));
                 }
                 (None, _) => {
                     let h = s
@@ -353,17 +380,30 @@ impl Pkcs11Hsm {
                             &Regs { current: Some(Reg { mkvp, since: Timestamp::now() }), ..Default::default() },
                         )
                     });
+                    // Another init on this token at the same moment made one
+                    // too (neither saw the other's registers): both stop.
+                    let raced = || -> Result<(), HsmError> {
+                        let now = s
+                            .find_objects(&[
+                                Attribute::Class(ObjectClass::SECRET_KEY),
+                                Attribute::Label(MK_LABEL.to_vec()),
+                            ])
+                            .map_err(p11("list master keys"))?
+                            .len();
+                        if now > orphans + 1 {
+                            return Err(HsmError::Pkcs11Config(format!(
+                                "another init on token {:?} made a master key at the same moment: nothing was created here; run init for one vault only",
+                                cfg.token
+                            )));
+                        }
+                        Ok(())
+                    };
+                    let regs = regs.and_then(|_| raced());
                     if let Err(e) = regs {
                         // Nothing half-made stays on the token.
                         let _ = s.destroy_object(h);
-                        match &hsm.records {
-                            // Made just now, for this vault.
-                            Records::Beside { key, .. } if orphans == 0 => {
-                                let _ = s.destroy_object(*key);
-                            }
-                            _ => {}
-                        }
-                        return Err(match e {
+                        hsm.drop_labelled(&s, &[REGS_LABEL]);
+                        return refuse(&hsm, &s, match e {
                             HsmError::Pkcs11 { op: "write the registers", detail } => HsmError::Pkcs11Config(format!(
                                 "token {:?} refuses the data objects (CKO_DATA) in which Custos keeps its master-key registers and audit anchor ({detail}); nothing was left on it. Keep them beside the token (`custos init` does, in the catalog)",
                                 cfg.token
@@ -374,11 +414,11 @@ impl Pkcs11Hsm {
                     orphans == 0
                 }
                 (Some(regs), false) => {
-                    return Err(HsmError::Pkcs11Config(format!(
+                    return refuse(&hsm, &s, HsmError::Pkcs11Config(format!(
                         "token {:?} already holds Custos master keys ({}), another vault's: nothing was created. Give this vault a token of its own, or recover that vault onto it (`custos vault recover --pkcs11`); only if that vault is gone for good, pass --pkcs11-adopt to take its master keys over",
                         cfg.token,
                         regs.held()
-                    )))
+                    )));
                 }
                 (Some(_), true) => {
                     hsm.drop_labelled(&s, &[ANCHOR_LABEL, SEALED_LABEL]);
@@ -447,7 +487,7 @@ impl Pkcs11Hsm {
     /// and keep them there from now on: for `init`, which sets the token
     /// up before the catalog they belong in exists.
     pub fn move_records(&mut self, to: Box<dyn crate::SealedStore>) -> Result<(), HsmError> {
-        let Records::Beside { store, key } = &self.records else { return Ok(()) };
+        let Records::Beside { store, key, .. } = &self.records else { return Ok(()) };
         if let Some((bytes, _)) = store.load()? {
             if to.store(&bytes, None)?.is_none() {
                 return Err(HsmError::Pkcs11Config(format!(
@@ -457,31 +497,23 @@ impl Pkcs11Hsm {
             }
         }
         let key = *key;
-        self.records = Records::Beside { store: to, key };
+        self.records = Records::Beside { store: to, key, cache: Mutex::new(None) };
         Ok(())
     }
 
     /// Decide where the records are (`new`: the token is being set up, so
-    /// the records key may be made).
-    fn keep(&mut self, keep: Keep, new: bool) -> Result<(), HsmError> {
+    /// the records key may be made). Says whether it made that key.
+    fn keep(&mut self, keep: Keep, new: bool) -> Result<bool, HsmError> {
         let store = match keep {
-            Keep::OnToken => return Ok(()),
+            Keep::OnToken => return Ok(false),
             Keep::Beside(store) => store,
             Keep::OnTokenElseBeside(store) => {
                 use cryptoki::error::{Error as P11, RvError as Rv};
                 let s = self.session();
-                let probe = s.create_object(&[
-                    Attribute::Class(ObjectClass::DATA),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Label(b"custos-probe".to_vec()),
-                    Attribute::Application(b"custos".to_vec()),
-                    Attribute::Value(b"probe".to_vec()),
-                ]);
-                match probe {
+                match s.create_object(&data_object_template(b"custos-probe", b"probe".to_vec())) {
                     Ok(h) => {
                         let _ = s.destroy_object(h);
-                        return Ok(());
+                        return Ok(false);
                     }
                     // The token does not keep such objects (NSS: a private
                     // data object's attributes are refused); anything else
@@ -499,11 +531,11 @@ impl Pkcs11Hsm {
                 }
             }
         };
-        let key = {
+        let (key, made) = {
             let s = self.session();
             match self.lowest(&s, RECORDS_KEY_LABEL)? {
-                Some(k) => k,
-                None if new => self.generate_hmac_key(&s, RECORDS_KEY_LABEL, "make the records key")?,
+                Some(k) => (k, false),
+                None if new => (self.generate_hmac_key(&s, RECORDS_KEY_LABEL, "make the records key")?, true),
                 None => {
                     return Err(HsmError::Pkcs11Config(format!(
                         "token {:?} has no key for the records kept {}: it is not this vault's token",
@@ -513,8 +545,8 @@ impl Pkcs11Hsm {
                 }
             }
         };
-        self.records = Records::Beside { store, key };
-        Ok(())
+        self.records = Records::Beside { store, key, cache: Mutex::new(None) };
+        Ok(made)
     }
 
     /// The records labelled `label`, with their values.
@@ -536,7 +568,7 @@ impl Pkcs11Hsm {
                 Ok(out)
             }
             Records::Beside { .. } => Ok(self
-                .beside_load(s, op)?
+                .beside_load(s, op, false)?
                 .0
                 .into_iter()
                 .filter(|e| e.label == label)
@@ -587,8 +619,18 @@ impl Pkcs11Hsm {
     }
 
     /// The records beside, checked against their MAC, and the store's version.
-    fn beside_load(&self, s: &Session, op: &'static str) -> Result<(Vec<Entry>, Option<u64>), HsmError> {
-        let Records::Beside { store, key } = &self.records else { return Ok((Vec::new(), None)) };
+    /// `fresh`: read the store even when the cache looks current (an
+    /// update's compare-and-swap needs the store's own version).
+    fn beside_load(&self, s: &Session, op: &'static str, fresh: bool) -> Result<(Vec<Entry>, Option<u64>), HsmError> {
+        let Records::Beside { store, key, cache } = &self.records else { return Ok((Vec::new(), None)) };
+        if !fresh {
+            let held = cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some((v, entries)) = held {
+                if !store.moved(v)? {
+                    return Ok((entries, Some(v)));
+                }
+            }
+        }
         let Some((bytes, version)) = store.load()? else { return Ok((Vec::new(), None)) };
         let damaged = |why: &str| {
             HsmError::Pkcs11 {
@@ -617,15 +659,16 @@ impl Pkcs11Hsm {
                 value: hex::decode(value).map_err(|_| damaged("a value is not hex"))?,
             });
         }
+        *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, entries.clone()));
         Ok((entries, Some(version)))
     }
 
     /// Change the records beside: read, change, write back if nobody wrote
     /// in between (else again).
     fn beside_update(&self, s: &Session, op: &'static str, change: impl Fn(&mut Vec<Entry>)) -> Result<(), HsmError> {
-        let Records::Beside { store, key } = &self.records else { return Ok(()) };
+        let Records::Beside { store, key, cache } = &self.records else { return Ok(()) };
         for _ in 0..32 {
-            let (mut entries, version) = self.beside_load(s, op)?;
+            let (mut entries, version) = self.beside_load(s, op, true)?;
             change(&mut entries);
             let mut text = RECORDS_HEADER.to_string();
             for e in &entries {
@@ -633,7 +676,8 @@ impl Pkcs11Hsm {
             }
             let mac = hmac(s, *key, text.as_bytes())?;
             text.push_str(&format!("mac {}\n", hex::encode(mac)));
-            if store.store(text.as_bytes(), version)?.is_some() {
+            if let Some(v) = store.store(text.as_bytes(), version)? {
+                *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((v, entries));
                 return Ok(());
             }
         }
@@ -773,15 +817,7 @@ impl Pkcs11Hsm {
 
     /// Store a new private data object labelled `label` on the token.
     fn create_data_object(&self, s: &Session, label: &[u8], value: Vec<u8>, op: &'static str) -> Result<(), HsmError> {
-        s.create_object(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Label(label.to_vec()),
-            Attribute::Application(b"custos".to_vec()),
-            Attribute::Value(value),
-        ])
-        .map_err(p11(op))?;
+        s.create_object(&data_object_template(label, value)).map_err(p11(op))?;
         Ok(())
     }
 

@@ -100,7 +100,9 @@ fn nss_softoken_is_reached_through_its_initialisation_arguments_and_keeps_its_re
         assert!(hsm.registers().unwrap().iter().any(|r| r.register == Register::Current));
     }
     // Its registers were beside, in a store a second vault does not have:
-    // the token's master keys still mark it as in use.
+    // the token's master keys still mark it as in use, and the refusal
+    // leaves the token as it was.
+    let before = custos_objects(&args);
     match Pkcs11Hsm::create(
         &config(Some(args.clone())),
         false,
@@ -109,6 +111,7 @@ fn nss_softoken_is_reached_through_its_initialisation_arguments_and_keeps_its_re
         Err(e) => assert!(e.to_string().contains("already holds") && e.to_string().contains("--pkcs11-adopt"), "{e}"),
         Ok(_) => panic!("a token in use must be refused, wherever its records are"),
     }
+    assert_eq!(custos_objects(&args), before, "a refused init makes nothing on the token");
     {
         let keep = Keep::OnTokenElseBeside(Box::new(MemoryStore::default()));
         let (hsm, fresh) = Pkcs11Hsm::create(&config(Some(args.clone())), true, keep).unwrap();
