@@ -122,6 +122,63 @@ fn full_tour_with_json() {
 
 /// `ds export` writes a tree of datasets back as files, as `ds import`
 /// named them, and refuses (writing nothing) what it cannot do whole.
+/// Small datasets imported together share a pack (ADR 0030), and so do
+/// their logical copies: the data, a raw copy made from the packs, `fsck`
+/// and `gc` all behave as with a file per chunk; removing the datasets
+/// and collecting the garbage takes the packs away whole.
+#[test]
+fn small_datasets_share_packs_that_gc_takes_back() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let bodies: Vec<Vec<u8>> = (0..30u64).map(|i| noise(500 + i as usize * 301, i)).collect();
+    for (i, b) in bodies.iter().enumerate() {
+        std::fs::write(src.join(format!("f{i:02}")), b).unwrap();
+    }
+    e.ok(&["ds", "import", Env::s(&src), "--prefix", "PK"]);
+    let vol = e.vault.join("volumes/default");
+    let packs = || walk_files(&vol.join("packs"));
+    assert_eq!(packs().len(), 1, "one pack for the batch: {:?}", packs());
+    assert_eq!(walk_files(&vol.join("chunks")).len(), 0, "no chunk file of its own");
+    assert_eq!(walk_files(&vol.join("manifests")).len(), 30);
+    for (i, b) in bodies.iter().enumerate() {
+        assert_eq!(e.run(&["ds", "get", &format!("PK.f{i:02}")]).stdout, *b);
+    }
+    let off = e.dir.path().join("off");
+    let tape = e.dir.path().join("tape");
+    e.ok(&["volume", "add", "off", "--path", Env::s(&off), "--site", "B"]);
+    e.ok(&["volume", "add", "tape", "--path", Env::s(&tape), "--site", "C", "--medium", "tape"]);
+    e.ok(&["backup", "run", "PK.**", "--to", "off"]);
+    assert_eq!(walk_files(&off.join("packs")).len(), 1, "the logical copies share a pack of their own");
+    e.ok(&["backup", "run", "PK.**", "--to", "tape", "--method", "raw"]);
+    assert_eq!(walk_files(&tape.join("chunks")).len(), 30, "a raw copy takes the packed chunks one by one");
+    for b in e.json(&["backup", "ls"]).as_array().unwrap() {
+        e.ok(&["backup", "verify", &b["id"].to_string(), "--read-data"]);
+    }
+    e.ok(&["fsck", "--read-data"]);
+    // Replacing one dataset leaves the rest of the pack as it was; the
+    // replaced chunk is dead in it once collected.
+    std::fs::write(src.join("f00"), b"new content").unwrap();
+    e.ok(&["ds", "import", Env::s(&src), "--prefix", "PK", "--replace"]);
+    e.ok(&["gc", "--grace", "0s"]);
+    assert_eq!(e.run(&["ds", "get", "PK.f00"]).stdout, b"new content");
+    assert_eq!(e.run(&["ds", "get", "PK.f01"]).stdout, bodies[1]);
+    let dead: Vec<_> = packs().into_iter().filter(|p| p.extension().is_some_and(|x| x == "dead")).collect();
+    assert_eq!(dead.len(), 1, "{:?}", packs());
+    assert_eq!(std::fs::read(&dead[0]).unwrap().len(), 4, "one entry dead");
+    // Gone: every dataset and copy removed, the garbage collected.
+    for i in 0..30 {
+        e.ok(&["ds", "rm", &format!("PK.f{i:02}")]);
+    }
+    e.ok(&["gc", "--grace", "0s"]);
+    assert!(packs().is_empty(), "the packs went with their last chunks: {:?}", packs());
+    // The copies outlive their datasets, in their pack.
+    assert_eq!(walk_files(&off.join("packs")).len(), 1);
+    let copy = &e.json(&["backup", "ls"])[0];
+    assert_eq!(copy["method"], "logical");
+    e.ok(&["backup", "verify", &copy["id"].to_string(), "--read-data"]);
+}
+
 #[test]
 fn export_writes_back_what_import_took_in() {
     let e = Env::new();
@@ -1271,9 +1328,14 @@ fn risk_report_and_drill_through_the_cli() {
     assert!(e.fails(&["risk", "drill", "--threat", "meteor"], 2).contains("no threat"));
     assert!(e.fails(&["risk", "drill"], 2).contains("--all"));
     // Rot the logical copy behind the catalog's back: the drill now fails.
-    for f in walk_files(&off.join("chunks")) {
+    // Its chunks are loose or in packs (ADR 0030): a bit every 512 bytes.
+    let rotted: Vec<_> = walk_files(&off.join("chunks")).into_iter().chain(walk_files(&off.join("packs"))).collect();
+    assert!(!rotted.is_empty());
+    for f in rotted {
         let mut b = std::fs::read(&f).unwrap();
-        b[30] ^= 1;
+        for i in (30..b.len()).step_by(512) {
+            b[i] ^= 1;
+        }
         std::fs::write(&f, b).unwrap();
     }
     let o = e.run(&["risk", "drill", "--threat", "data-key-loss", "APP.**"]);

@@ -576,7 +576,9 @@ fn hsm_run_goes_past_a_leftover_on_tape_and_a_failing_dataset() {
     let id = info["id"].as_str().unwrap();
     let manifest_dir = tape.join("manifests").join(id);
     std::fs::create_dir_all(&manifest_dir).unwrap();
-    let src = e.vault.join("volumes/default/manifests").join(id).join(format!("{:016x}", 1));
+    let ds_id = custos_core::model::DatasetId::from_hex(id).unwrap();
+    let src =
+        custos_store::LocalVolume::open("default", &e.vault.join("volumes/default")).unwrap().manifest_path(&ds_id, 1);
     std::fs::copy(&src, manifest_dir.join(format!("{:016x}", 1))).unwrap();
     // And HR.A's chunk on the default volume is gone.
     std::fs::remove_file(&e.chunk_paths("HR.A")[0]).unwrap();
@@ -948,12 +950,20 @@ fn killed_import_of_thousands_of_files_leaves_each_dataset_absent_or_whole() {
         want.insert(format!("IMP.d{}.f{i:04}", i / 500), body);
     }
     let import = ["ds", "import", Env::s(&tree), "--prefix", "IMP", "--replace"];
-    // Two batches (1,024 files, then the rest). Each file stores a chunk
-    // and a manifest, each moved into place by a rename: kills at the
-    // first, in the middle of the first batch and in the second; at the
-    // second batch's flush (the first batch committed); inside a catalog
-    // commit (its WAL's fsync).
-    let kills = [("renameat2", 1), ("renameat2", 1_500), ("renameat2", 2_080), ("syncfs", 2), ("fsync", 2)];
+    // Two batches (1,024 files, then the rest). Each file's manifest is
+    // moved into place by a rename, then the batch's pack of chunks (ADR
+    // 0030; renames 1,025 and 1,102 with one worker): kills at the first
+    // rename, at the first batch's pack, in the second batch and at its
+    // pack; at the second batch's flush (the first batch committed);
+    // inside a catalog commit (its WAL's fsync).
+    let kills = [
+        ("renameat2", 1),
+        ("renameat2", 1_025),
+        ("renameat2", 1_060),
+        ("renameat2", 1_102),
+        ("syncfs", 2),
+        ("fsync", 2),
+    ];
     let mut hit = 0;
     for (call, at) in kills {
         let e = Env::new();

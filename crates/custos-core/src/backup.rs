@@ -848,11 +848,15 @@ impl Vault<Open> {
         batch: &[(usize, LogicalPlan)],
         to: &VolumeName,
     ) -> Result<Vec<(usize, (KeyLabel, Result<BackupRecord>))>> {
+        // Settings are read once for the batch.
+        let _memo = self.batch_memo();
         let since = self.repo.deletion_seq()?;
         let dst = self.open_volume(to)?;
         // Jobs by their place in the batch; results go out under the run's index.
         let jobs: Vec<(usize, &LogicalPlan)> = batch.iter().map(|(_, p)| p).enumerate().collect();
-        let staged = self.in_parallel(jobs, |plan| self.stage_logical(plan, to, dst.as_ref(), since, 1, true));
+        // The batch's chunks go into one pack where the target makes packs (ADR 0030).
+        let packing = custos_store::Packing::start(dst.as_ref())?;
+        let staged = self.in_parallel(jobs, |plan| self.stage_logical(plan, to, &packing, since, 1, true));
         let result = |k: usize, r: Result<BackupRecord>| (batch[k].0, (batch[k].1.d.current.key_label.clone(), r));
         let mut out = Vec::with_capacity(staged.len());
         let mut copies = Vec::with_capacity(staged.len());
@@ -862,7 +866,7 @@ impl Vault<Open> {
                 Err(e) => out.push(result(k, Err(e))),
             }
         }
-        if let Err(e) = dst.sync() {
+        if let Err(e) = packing.finish().and_then(|()| dst.sync()) {
             for (_, c) in &copies {
                 c.abandon(dst.as_ref());
             }

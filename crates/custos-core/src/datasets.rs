@@ -378,6 +378,8 @@ impl Vault<Open> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        // Settings and policies are read once for the batch.
+        let _memo = self.batch_memo();
         let since = self.repo.deletion_seq()?;
         let opts = PutOptions::default();
         // Targets one after another: keys made for the batch take labels in
@@ -413,11 +415,17 @@ impl Vault<Open> {
             }
             planned.push((name, path, existing, target));
         }
+        // Small chunks of the batch go into one pack per volume (ADR 0030),
+        // on volumes that make packs.
+        let mut packing = std::collections::BTreeMap::new();
+        for (name, v) in &volumes {
+            packing.insert(name.clone(), custos_store::Packing::start(v.as_ref())?);
+        }
         // Sealing side by side, each worker taking the next file; no new
         // one after a failure.
         let jobs: Vec<(usize, _)> = planned.into_iter().enumerate().collect();
         let sealed = self.in_parallel(jobs, |(name, path, existing, target)| {
-            let volume = volumes[&target.volume].as_ref();
+            let volume: &dyn Volume = &packing[&target.volume];
             let mut f =
                 std::fs::File::open(path).map_err(|source| Error::Input { dataset: (*name).clone(), source })?;
             let mut s = self.stage(name, existing.as_ref(), target.clone(), &mut f, &opts, volume, 1, since)?;
@@ -434,7 +442,7 @@ impl Vault<Open> {
         for (_, r) in sealed {
             match r {
                 Ok(s) if error.is_none() => staged.push(s),
-                Ok(s) => s.abandon(volumes[&s.target.volume].as_ref()),
+                Ok(s) => s.abandon(&packing[&s.target.volume]),
                 Err(e) => {
                     error.get_or_insert(e);
                 }
@@ -446,6 +454,11 @@ impl Vault<Open> {
                 s.abandon(volumes[&s.target.volume].as_ref());
             }
         };
+        let packed = packing.into_values().try_for_each(custos_store::Packing::finish);
+        if let Err(e) = packed {
+            abandon(&staged);
+            return Err(e.into());
+        }
         let synced = (|| -> Result<()> {
             for (name, v) in &volumes {
                 if staged.iter().any(|s| &s.target.volume == name && !s.unchanged) {

@@ -23,10 +23,10 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         let e = e.map_err(io(from))?;
         let (src, dst) = (e.path(), to.join(e.file_name()));
         if e.file_type().map_err(io(&src))?.is_dir() {
-            // A volume's empty chunk fan-out directories are left out (a
+            // A volume's empty chunk and manifest fan-out directories are left out (a
             // volume makes one when it first writes there): on a clone of
             // a few small datasets, they were most of its cost.
-            let fan_out = from.file_name().is_some_and(|n| n == "chunks");
+            let fan_out = from.file_name().is_some_and(|n| n == "chunks" || n == "manifests");
             if fan_out && std::fs::read_dir(&src).map_err(io(&src))?.next().is_none() {
                 continue;
             }

@@ -95,6 +95,7 @@ impl Vault<Open> {
             threads: self.threads,
             journal: Default::default(),
             labels: Default::default(),
+            memo: Default::default(),
         }
     }
 

@@ -209,7 +209,8 @@ fn seal_one(
     let res = match reuse {
         Some(p) => Ok((*p, false)),
         None => {
-            let id = ChunkId::random();
+            // Random, or one that names the pack the chunk goes into.
+            let id = job.volume.new_chunk_id();
             let plain = &buf.slice(HEADER_LEN + n)[HEADER_LEN..];
             let compressed = packed.and_then(|p| {
                 let cap = p.capacity();
@@ -484,7 +485,7 @@ pub(crate) fn transcode(job: &TranscodeJob<'_>) -> TranscodeOutcome {
                 }
             };
             let fingerprint = fp.fingerprint(&c.fingerprint);
-            let id = ChunkId::random();
+            let id = job.to_volume.new_chunk_id();
             let sealed = buf.slice_mut(opened.body_len + CHUNK_OVERHEAD);
             let res = seal_chunk(job.to_key, &job.to_id, &id, i as u64, opened.codec, sealed)
                 .map_err(SealError::Format)

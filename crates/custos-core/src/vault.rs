@@ -66,6 +66,33 @@ pub struct Vault<S: VaultState> {
     /// application and purpose, so that naming a new key costs a lookup or
     /// two, not a scan of every key (see `Vault::next_label`).
     pub(crate) labels: Arc<std::sync::Mutex<LabelSeqs>>,
+    /// Settings and policies a batch reads once instead of once per
+    /// dataset (see [`Vault::batch_memo`]).
+    pub(crate) memo: Arc<std::sync::Mutex<Memo>>,
+}
+
+/// Reads a batch of many small datasets would repeat for every one of them.
+/// Kept only while a batch runs; a change made through this vault clears
+/// them. A change another process makes while a batch runs is seen by the
+/// next batch, as if it had been made just after this one began.
+#[derive(Default)]
+pub(crate) struct Memo {
+    batches: usize,
+    settings: std::collections::HashMap<&'static str, Option<String>>,
+    policies: Option<Vec<PolicyRecord>>,
+}
+
+/// Holds the memo on while a batch runs.
+pub(crate) struct MemoGuard<'a>(&'a std::sync::Mutex<Memo>);
+
+impl Drop for MemoGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.batches -= 1;
+        if m.batches == 0 {
+            *m = Memo::default();
+        }
+    }
 }
 
 /// (naming template, application, purpose) → highest sequence seen taken.
@@ -267,6 +294,7 @@ impl Vault<Sealed> {
             threads: crate::default_threads(),
             journal: Default::default(),
             labels: Default::default(),
+            memo: Default::default(),
         };
         let default = VolumeName::new("default")?;
         let location = opts.volume.clone().unwrap_or_else(|| dir.join("volumes").join("default"));
@@ -325,6 +353,7 @@ impl Vault<Sealed> {
             threads: crate::default_threads(),
             journal: Default::default(),
             labels: Default::default(),
+            memo: Default::default(),
         };
         v.adopt_older_layout()?;
         Ok(v)
@@ -382,6 +411,7 @@ impl Vault<Sealed> {
             threads: self.threads,
             journal: self.journal,
             labels: self.labels,
+            memo: self.memo,
         }
     }
 }
@@ -416,6 +446,7 @@ impl Vault<Open> {
             threads: self.threads,
             journal: self.journal,
             labels: self.labels,
+            memo: self.memo,
         }
     }
 
@@ -457,6 +488,7 @@ impl<S: VaultState> Vault<S> {
             threads: self.threads,
             journal: self.journal.clone(),
             labels: self.labels.clone(),
+            memo: self.memo.clone(),
         }
     }
 
@@ -568,8 +600,42 @@ impl<S: VaultState> Vault<S> {
 
     // ---- settings -------------------------------------------------------
 
+    /// Keep settings and policies read once for the batch that holds the
+    /// guard (nested batches share it).
+    pub(crate) fn batch_memo(&self) -> MemoGuard<'_> {
+        self.memo.lock().unwrap_or_else(|p| p.into_inner()).batches += 1;
+        MemoGuard(&self.memo)
+    }
+
+    /// A setting, from the memo while a batch runs.
+    fn memo_setting(&self, key: &'static str) -> Result<Option<String>> {
+        {
+            let m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            if m.batches == 0 {
+                drop(m);
+                return Ok(self.repo.setting(key)?);
+            }
+            if let Some(v) = m.settings.get(key) {
+                return Ok(v.clone());
+            }
+        }
+        let v = self.repo.setting(key)?;
+        let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if m.batches > 0 {
+            m.settings.insert(key, v.clone());
+        }
+        Ok(v)
+    }
+
+    /// Forget what the memo holds (this vault changed a setting or policy).
+    fn memo_clear(&self) {
+        let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        m.settings.clear();
+        m.policies = None;
+    }
+
     pub fn naming(&self) -> Result<NamingStandard> {
-        match self.repo.setting(SETTING_NAMING)? {
+        match self.memo_setting(SETTING_NAMING)? {
             Some(t) => Ok(NamingStandard::new(&t)?),
             None => Ok(NamingStandard::default()),
         }
@@ -578,11 +644,12 @@ impl<S: VaultState> Vault<S> {
     pub fn set_naming(&self, template: &str) -> Result<NamingStandard> {
         let ns = NamingStandard::new(template)?;
         self.repo.set_setting(SETTING_NAMING, template)?;
+        self.memo_clear();
         Ok(ns)
     }
 
     pub fn chunk_size(&self) -> Result<u32> {
-        match self.repo.setting(SETTING_CHUNK)? {
+        match self.memo_setting(SETTING_CHUNK)? {
             Some(s) => s.parse().map_err(|_| Error::Invalid { what: "chunk.size setting", why: s }),
             None => Ok(DEFAULT_CHUNK_SIZE),
         }
@@ -593,13 +660,14 @@ impl<S: VaultState> Vault<S> {
             return Err(Error::Invalid { what: "chunk size", why: format!("{bytes} is outside 64 KiB..64 MiB") });
         }
         self.repo.set_setting(SETTING_CHUNK, &bytes.to_string())?;
+        self.memo_clear();
         Ok(())
     }
 
     /// Whether new chunks are compressed (setting `compression`: `lz4`,
     /// the default, or `none`).
     pub fn compression(&self) -> Result<bool> {
-        match self.repo.setting(SETTING_COMPRESSION)?.as_deref() {
+        match self.memo_setting(SETTING_COMPRESSION)?.as_deref() {
             None | Some("lz4") => Ok(true),
             Some("none") => Ok(false),
             Some(s) => Err(Error::Invalid { what: "compression setting", why: s.to_string() }),
@@ -614,6 +682,7 @@ impl<S: VaultState> Vault<S> {
             });
         }
         self.repo.set_setting(SETTING_COMPRESSION, value)?;
+        self.memo_clear();
         Ok(())
     }
 
@@ -851,6 +920,7 @@ impl<S: VaultState> Vault<S> {
             created_at: Timestamp::now(),
         };
         self.repo.insert_policy(&rec)?;
+        self.memo_clear();
         Ok(rec)
     }
 
@@ -859,6 +929,7 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub fn remove_policy(&self, name: &str) -> Result<()> {
+        self.memo_clear();
         if !self.repo.remove_policy(name)? {
             return Err(Error::PolicyNotFound { name: name.into() });
         }
@@ -868,8 +939,27 @@ impl<S: VaultState> Vault<S> {
     /// The policy that governs a dataset name: the most specific matching
     /// pattern; among equals, the first by name.
     pub fn policy_for(&self, dataset: &DatasetName) -> Result<Option<PolicyRecord>> {
+        let memo = {
+            let m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            if m.batches > 0 {
+                m.policies.clone()
+            } else {
+                None
+            }
+        };
+        let policies = match memo {
+            Some(p) => p,
+            None => {
+                let p = self.repo.policies()?;
+                let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+                if m.batches > 0 {
+                    m.policies = Some(p.clone());
+                }
+                p
+            }
+        };
         let mut best: Option<PolicyRecord> = None;
-        for p in self.repo.policies()? {
+        for p in policies {
             if p.pattern.matches(dataset.as_str())
                 && best.as_ref().is_none_or(|b| p.pattern.specificity() > b.pattern.specificity())
             {

@@ -76,9 +76,30 @@ pub fn manifest(data: &[u8]) {
 
 /// A volume label.
 pub fn volume_label(data: &[u8]) {
-    if let Some(Some(owner)) = crate::local::parse_label(data) {
-        assert!(!owner.contains('\n'));
+    if let Some(crate::local::Label { version, owner }) = crate::local::parse_label(data) {
+        assert!((1..=3).contains(&version));
+        assert!(!owner.unwrap_or_default().contains('\n'));
     }
+}
+
+/// A pack object: the first 12 bytes are the pack's id, the rest the
+/// pack. What parses encodes back to the same index, and every entry lies
+/// inside the pack.
+pub fn pack_index(data: &[u8]) {
+    if data.len() < 12 {
+        return;
+    }
+    let id: crate::pack::PackId = data[..12].try_into().expect("12 bytes");
+    let pack = &data[12..];
+    if let Ok(entries) = crate::pack::parse_pack(&id, pack) {
+        let tail = crate::pack::encode_index(&entries);
+        let bodies = pack.len() - tail.len();
+        let again =
+            crate::pack::parse_pack(&id, &[&pack[..bodies], &tail[..]].concat()).expect("what was read writes back");
+        assert_eq!(again, entries);
+        assert!(entries.iter().all(|e| e.offset + e.len as u64 <= bodies as u64));
+    }
+    let _ = crate::pack::parse_dead(data);
 }
 
 /// A keystore backup object. What parses encodes again to an object that
@@ -258,8 +279,18 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     out.push(("audit_segment", "two-entries".into(), segment));
 
+    let pid: crate::pack::PackId = [0x5a; 12];
+    let entries = [
+        crate::pack::Entry { id: crate::pack::chunk_in(&pid, 0), offset: 0, len: 40 },
+        crate::pack::Entry { id: crate::pack::chunk_in(&pid, 1), offset: 40, len: 24 },
+    ];
+    let mut pk = pid.to_vec();
+    pk.extend_from_slice(&[0x33; 64]);
+    pk.extend(crate::pack::encode_index(&entries));
+    out.push(("pack_index", "two-entries".into(), pk));
     out.push(("volume_label", "v1".into(), b"custos-volume 1\n".to_vec()));
     out.push(("volume_label", "v2".into(), b"custos-volume 2\nvault 0123456789abcdef\nname default\n".to_vec()));
+    out.push(("volume_label", "v3".into(), b"custos-volume 3\nvault 0123456789abcdef\nname default\n".to_vec()));
     out
 }
 
@@ -319,6 +350,10 @@ mod tests {
                 "manifest" if bytes[0] == 0 => drop(Manifest::open(&k, &DATASET, GENERATION, &bytes[1..]).expect(name)),
                 "manifest" => drop(Manifest::open_plain(&DATASET, GENERATION, &bytes[1..]).expect(name)),
                 "volume_label" => assert!(crate::local::parse_label(bytes).is_some(), "{name}"),
+                "pack_index" => {
+                    let id: crate::pack::PackId = bytes[..12].try_into().unwrap();
+                    assert_eq!(crate::pack::parse_pack(&id, &bytes[12..]).expect(name).len(), 2);
+                }
                 _ => {}
             }
         }
@@ -329,6 +364,7 @@ mod tests {
             ("chunk", chunk as fn(&[u8])),
             ("manifest", manifest),
             ("volume_label", volume_label),
+            ("pack_index", pack_index),
             ("keystore_backup", keystore_backup),
             ("vault_backup", vault_backup),
             ("audit_segment", audit_segment),

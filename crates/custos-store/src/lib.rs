@@ -17,6 +17,8 @@ pub mod fuzzing;
 pub mod keystore_backup;
 mod local;
 mod mirror;
+pub mod pack;
+mod packing;
 pub mod vault_backup;
 
 use std::path::PathBuf;
@@ -28,6 +30,7 @@ pub use buf::{ChunkBuf, PooledBuf, ALIGN};
 pub use direct::DirectWriter;
 pub use local::{sync_filesystem, LocalVolume};
 pub use mirror::MirroredVolume;
+pub use packing::{PackWriter, Packing};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -139,6 +142,19 @@ pub trait Volume: Send + Sync {
     /// Delete a kept object (retention); deleting a missing one is not an
     /// error.
     fn delete_kept(&self, kind: Kept, id: &str) -> Result<()>;
+    /// The id for a new chunk object this volume is about to store: a
+    /// random one, or (through [`Packing`]) one that names its pack.
+    fn new_chunk_id(&self) -> ChunkId {
+        ChunkId::random()
+    }
+    /// Start a pack (ADR 0030): chunk objects put through it share one
+    /// object on the volume, made durable by the volume's next
+    /// [`Volume::sync`] after [`PackWriter::finish`]. `None` where the
+    /// volume keeps every chunk as an object of its own; callers then write
+    /// chunks one by one.
+    fn start_pack(&self) -> Result<Option<Box<dyn PackWriter + '_>>> {
+        Ok(None)
+    }
 }
 
 /// Objects a volume keeps once under an id, to be found without a catalog.
@@ -264,6 +280,86 @@ pub mod conformance {
         assert_eq!(v.list_kept(vb).unwrap(), ["20261202T000001Z-bb"]);
         assert!(v.read_kept(vb, "20261202T000000Z-aa").is_err());
         assert_eq!(v.list_kept(Kept::AuditSegment).unwrap(), ["1-9"], "the other kind is untouched");
+        packs(v);
+    }
+
+    /// Packs, on a volume that makes them (ADR 0030): what goes in through
+    /// [`Packing`] reads back by id like any chunk, a forgotten or deleted
+    /// entry is gone, and an unfinished pack leaves nothing.
+    pub fn packs(v: &dyn Volume) {
+        let listed_chunks = || -> Vec<ChunkId> {
+            let mut ids: Vec<ChunkId> = v
+                .list()
+                .unwrap()
+                .into_iter()
+                .filter_map(|l| match l.name {
+                    ObjectName::Chunk(id) => Some(id),
+                    _ => None,
+                })
+                .collect();
+            ids.sort_by_key(|i| i.0);
+            ids
+        };
+        let before = listed_chunks();
+        let Some(pack) = v.start_pack().unwrap() else { return };
+        let ids: Vec<ChunkId> = (0..4).map(|_| pack.new_id()).collect();
+        assert!(ids.iter().all(|i| pack.owns(i)) && !pack.owns(&ChunkId::random()));
+        assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 4, "ids are distinct");
+        for (i, id) in ids.iter().enumerate() {
+            pack.put(id, &vec![i as u8 + 1; 100 * (i + 1)]).unwrap();
+        }
+        assert!(matches!(pack.put(&ids[0], b"again"), Err(StoreError::Exists { .. })), "write-once inside a pack too");
+        pack.forget(&ids[3]);
+        assert!(!v.has_chunk(&ids[0]).unwrap(), "nothing is there before the pack is finished");
+        pack.finish().unwrap();
+        v.sync().unwrap();
+        assert!(matches!(v.put_chunk(&ids[0], b"loose"), Err(StoreError::Exists { .. })), "a packed id is taken");
+        let mut buf = ChunkBuf::new(8);
+        for (i, id) in ids[..3].iter().enumerate() {
+            let n = v.read_chunk(id, &mut buf, 1 << 20).unwrap();
+            assert_eq!(buf.slice(n), &vec![i as u8 + 1; 100 * (i + 1)][..]);
+            assert_eq!(v.chunk_len(id).unwrap(), Some(100 * (i as u64 + 1)));
+        }
+        assert!(matches!(v.read_chunk(&ids[2], &mut buf, 299), Err(StoreError::TooLarge { .. })));
+        assert!(matches!(v.read_chunk(&ids[3], &mut buf, 1 << 20), Err(StoreError::Missing { .. })), "forgotten");
+        let mut with: Vec<ChunkId> = before.iter().chain(&ids[..3]).copied().collect();
+        with.sort_by_key(|i| i.0);
+        assert_eq!(listed_chunks(), with);
+        assert_eq!(v.list().unwrap().iter().find(|l| l.name == ObjectName::Chunk(ids[1])).unwrap().len, 200);
+        v.delete_chunk(&ids[1]).unwrap();
+        v.delete_chunk(&ids[1]).unwrap();
+        assert!(!v.has_chunk(&ids[1]).unwrap());
+        assert!(matches!(v.read_chunk(&ids[1], &mut buf, 1 << 20), Err(StoreError::Missing { .. })));
+        assert_eq!(v.read_chunk(&ids[0], &mut buf, 1 << 20).unwrap(), 100, "the rest of the pack stays");
+        v.delete_chunk(&ids[0]).unwrap();
+        v.delete_chunk(&ids[2]).unwrap();
+        assert_eq!(listed_chunks(), before);
+
+        // Through `Packing`: new ids come from the pack, a chunk deleted
+        // before the finish is left out of it, and one never finished
+        // leaves no object and no temp file.
+        let p = Packing::start(v).unwrap();
+        let (a, b) = (p.new_chunk_id(), p.new_chunk_id());
+        p.put_chunk(&a, b"packed a").unwrap();
+        p.put_chunk(&b, b"packed b").unwrap();
+        p.delete_chunk(&b).unwrap();
+        let loose = ChunkId::random();
+        p.put_chunk(&loose, b"loose").unwrap();
+        p.finish().unwrap();
+        v.sync().unwrap();
+        let n = v.read_chunk(&a, &mut buf, 1 << 20).unwrap();
+        assert_eq!(buf.slice(n), b"packed a");
+        assert!(!v.has_chunk(&b).unwrap());
+        assert_eq!(v.chunk_len(&loose).unwrap(), Some(5));
+        v.delete_chunk(&a).unwrap();
+        v.delete_chunk(&loose).unwrap();
+        let p = Packing::start(v).unwrap();
+        let c = p.new_chunk_id();
+        p.put_chunk(&c, b"never finished").unwrap();
+        drop(p);
+        assert!(!v.has_chunk(&c).unwrap());
+        assert_eq!(listed_chunks(), before);
+        assert!(v.list().unwrap().iter().all(|l| !matches!(l.name, ObjectName::Temp(_))), "no temp file left");
     }
 }
 

@@ -3,24 +3,45 @@
 //! ```text
 //! CUSTOS-VOLUME                       label: format version and volume id
 //! chunks/<2 hex>/<32 hex>             sealed chunk objects, fanned out by first byte
-//! manifests/<32 hex dataset id>/<16 hex generation>
+//! packs/<2 hex>/<24 hex>              pack objects: many small chunk objects (layout 3, ADR 0030)
+//! packs/<2 hex>/<24 hex>.dead         entries of a pack deleted since it was written
+//! manifests/<2 hex>/<32 hex dataset id>.<16 hex generation>   (layout 3)
+//! manifests/<32 hex dataset id>/<16 hex generation>           (layouts 1, 2)
 //! ```
+//!
+//! Layout 3 (new volumes) keeps every manifest in one of 256 fan-out
+//! directories, as chunks are kept; layouts 1 and 2 gave each dataset a
+//! directory of its own, which cost an inode and a 4 KiB block per dataset.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use custos_model::{ChunkId, DatasetId};
 use rustix::fs::OFlags;
 
-use crate::{ChunkBuf, Kept, Result, StoreError, Volume, ALIGN};
+use crate::pack::{self, Entry, PackId};
+use crate::{ChunkBuf, Kept, PackWriter, Result, StoreError, Volume, ALIGN};
 
 const LABEL: &str = "CUSTOS-VOLUME";
 /// The first label, which named no owner; still read.
 const LABEL_V1: &str = "custos-volume 1\n";
 const LABEL_V2: &str = "custos-volume 2\n";
+/// Manifests in fan-out directories (`manifests/<2 hex>/<id>.<generation>`).
+const LABEL_V3: &str = "custos-volume 3\n";
+
+/// What a volume label says: its layout version and the vault that owns
+/// the volume (none on a first-format label, or a test's unowned volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Label {
+    pub version: u8,
+    pub owner: Option<String>,
+}
 
 /// Chunk writes use direct I/O where the filesystem allows it: the
 /// page-aligned body of each object goes straight from the caller's buffer
@@ -34,12 +55,22 @@ pub struct LocalVolume {
     direct: AtomicBool,
     /// The vault the label names (none on a first-format label).
     owner: Option<String>,
+    /// Layout 3: manifests in fan-out directories, not one per dataset,
+    /// and small chunks in packs. Known once the label was read (an
+    /// attached volume reads it when first used).
+    layout3: std::sync::OnceLock<bool>,
+    /// Indexes of the packs read so far (immutable once a pack is in
+    /// place); cleared when it grows past [`PACK_CACHE`].
+    packs: Mutex<HashMap<PackId, Arc<Vec<Entry>>>>,
 }
+
+/// How many pack indexes a volume keeps in memory at most.
+const PACK_CACHE: usize = 256;
 
 impl LocalVolume {
     /// Create (or adopt, if it is already one) a volume directory, with no
     /// owner in its label (for tests and tools; vaults use
-    /// [`LocalVolume::create_owned`]).
+    /// [`LocalVolume::create_owned`]). New volumes have layout 3.
     pub fn create(name: &str, root: &Path) -> Result<Self> {
         Self::make(name, root, None)
     }
@@ -68,17 +99,18 @@ impl LocalVolume {
             return Ok(found);
         }
         fs::create_dir_all(root).map_err(|e| v.err(root, e))?;
-        for i in 0..=255u8 {
-            let d = root.join("chunks").join(format!("{i:02x}"));
-            fs::create_dir_all(&d).map_err(|e| v.err(&d, e))?;
+        for top in ["chunks", "manifests"] {
+            for i in 0..=255u8 {
+                let d = root.join(top).join(format!("{i:02x}"));
+                fs::create_dir_all(&d).map_err(|e| v.err(&d, e))?;
+            }
         }
-        fs::create_dir_all(root.join("manifests")).map_err(|e| v.err(root, e))?;
         let text = match owner {
-            Some(o) => format!("{LABEL_V2}vault {o}\nname {name}\n"),
-            None => LABEL_V1.to_string(),
+            Some(o) => format!("{LABEL_V3}vault {o}\nname {name}\n"),
+            None => LABEL_V3.to_string(),
         };
         v.write_durable(&label, text.as_bytes())?;
-        Ok(Self { owner: owner.map(String::from), ..v })
+        Ok(Self { owner: owner.map(String::from), layout3: true.into(), ..v })
     }
 
     /// The vault this volume's label names, if it names one.
@@ -105,13 +137,20 @@ impl LocalVolume {
             return Err(StoreError::NotAVolume { path: root.into() });
         }
         match fs::read(root.join(LABEL)).ok().as_deref().and_then(parse_label) {
-            Some(owner) => Ok(Self { owner, ..v }),
+            Some(Label { version, owner }) => Ok(Self { owner, layout3: (version >= 3).into(), ..v }),
             None => Err(StoreError::NotAVolume { path: root.into() }),
         }
     }
 
     fn new(name: &str, root: &Path) -> Self {
-        Self { name: format!("volume {name}"), root: root.into(), direct: AtomicBool::new(true), owner: None }
+        Self {
+            name: format!("volume {name}"),
+            root: root.into(),
+            direct: AtomicBool::new(true),
+            owner: None,
+            layout3: std::sync::OnceLock::new(),
+            packs: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Open a chunk file, with O_DIRECT when `direct` and the filesystem allows.
@@ -152,13 +191,103 @@ impl LocalVolume {
         }
     }
 
-    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+    /// Whether this volume has layout 3, from its label. An attached
+    /// volume whose label cannot be read yet (it is not there) is taken as
+    /// layout 1 for now and read again next time: nothing can be written
+    /// or read there until it is back anyway.
+    fn flat(&self) -> bool {
+        if let Some(f) = self.layout3.get() {
+            return *f;
+        }
+        match fs::read(self.root.join(LABEL)).ok().as_deref().and_then(parse_label) {
+            Some(l) => *self.layout3.get_or_init(|| l.version >= 3),
+            None => false,
+        }
+    }
+
+    /// Where this volume keeps the chunk object `id` (for tests and tools
+    /// that look at the files themselves).
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         let h = id.to_hex();
         self.root.join("chunks").join(&h[..2]).join(h)
     }
 
-    fn manifest_path(&self, ds: &DatasetId, generation: u64) -> PathBuf {
-        self.root.join("manifests").join(ds.to_hex()).join(format!("{generation:016x}"))
+    /// Where this volume keeps the manifest of `generation` of the dataset
+    /// (or copy) `ds`, by its layout.
+    pub fn manifest_path(&self, ds: &DatasetId, generation: u64) -> PathBuf {
+        let h = ds.to_hex();
+        if self.flat() {
+            self.root.join("manifests").join(&h[..2]).join(format!("{h}.{generation:016x}"))
+        } else {
+            self.root.join("manifests").join(h).join(format!("{generation:016x}"))
+        }
+    }
+
+    /// Where this volume keeps pack `p` (layout 3).
+    pub fn pack_path(&self, p: &PackId) -> PathBuf {
+        let h = hex(p);
+        self.root.join("packs").join(&h[..2]).join(h)
+    }
+
+    /// The index of pack `p` and the pack opened for reading; `None` when
+    /// there is no such pack.
+    fn pack_index(&self, p: &PackId) -> Result<Option<(File, Arc<Vec<Entry>>)>> {
+        let path = self.pack_path(p);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && self.root.exists() => return Ok(None),
+            Err(e) => return Err(self.err(&path, e)),
+        };
+        if let Some(ix) = self.packs.lock().expect("pack cache").get(p) {
+            return Ok(Some((f, ix.clone())));
+        }
+        let damaged = |why: String| StoreError::Missing {
+            volume: self.name.clone(),
+            what: format!("the index of pack {} ({why})", hex(p)),
+            path: path.clone(),
+        };
+        let len = f.metadata().map_err(|e| self.err(&path, e))?.len();
+        let mut trailer = [0u8; pack::TRAILER_LEN];
+        if len >= pack::TRAILER_LEN as u64 {
+            f.read_exact_at(&mut trailer, len - pack::TRAILER_LEN as u64).map_err(|e| self.err(&path, e))?;
+        }
+        let count = pack::parse_trailer(&trailer, len).map_err(|e| damaged(e.to_string()))?;
+        let index_len = count as u64 * pack::ENTRY_LEN as u64;
+        let bodies = len - pack::TRAILER_LEN as u64 - index_len;
+        let mut index = vec![0u8; index_len as usize];
+        f.read_exact_at(&mut index, bodies).map_err(|e| self.err(&path, e))?;
+        let entries = Arc::new(pack::parse_index(p, &index, bodies).map_err(|e| damaged(e.to_string()))?);
+        let mut cache = self.packs.lock().expect("pack cache");
+        if cache.len() >= PACK_CACHE {
+            cache.clear();
+        }
+        cache.insert(*p, entries.clone());
+        Ok(Some((f, entries)))
+    }
+
+    /// The entry numbers deleted from pack `p` since it was written.
+    fn pack_dead(&self, p: &PackId) -> Result<Vec<u32>> {
+        let path = dead_path(&self.pack_path(p));
+        match fs::read(&path) {
+            Ok(b) => Ok(pack::parse_dead(&b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(self.err(&path, e)),
+        }
+    }
+
+    /// A live packed chunk: its pack opened and its entry. `None` when `id`
+    /// is in no pack here (or was deleted from one).
+    fn packed(&self, id: &ChunkId) -> Result<Option<(File, Entry)>> {
+        if !self.flat() {
+            return Ok(None);
+        }
+        let p = pack::pack_of(id);
+        let Some((f, entries)) = self.pack_index(&p)? else { return Ok(None) };
+        let Ok(i) = entries.binary_search_by_key(&id.0, |e| e.id.0) else { return Ok(None) };
+        if self.pack_dead(&p)?.contains(&pack::entry_number(id)) {
+            return Ok(None);
+        }
+        Ok(Some((f, entries[i])))
     }
 
     /// Write a whole file atomically and durably: a temp file of this
@@ -215,6 +344,186 @@ impl LocalVolume {
     }
 }
 
+impl LocalVolume {
+    fn read_packed(&self, id: &ChunkId, f: &File, e: Entry, buf: &mut ChunkBuf, max_len: usize) -> Result<usize> {
+        let path = self.pack_path(&pack::pack_of(id));
+        let size = e.len as usize;
+        if size > max_len {
+            return Err(StoreError::TooLarge {
+                volume: self.name.clone(),
+                what: format!("chunk {id}"),
+                path,
+                size: size as u64,
+                max: max_len,
+            });
+        }
+        buf.ensure(size.div_ceil(ALIGN) * ALIGN);
+        f.read_exact_at(&mut buf.slice_mut(size)[..size], e.offset).map_err(|err| self.err(&path, err))?;
+        Ok(size)
+    }
+
+    /// Delete a packed chunk: its entry number goes on the pack's dead
+    /// list, and once every entry is dead the pack and the list go.
+    fn delete_packed(&self, id: &ChunkId) -> Result<()> {
+        let p = pack::pack_of(id);
+        let entries = match self.pack_index(&p) {
+            Ok(Some((_, ix))) if ix.binary_search_by_key(&id.0, |e| e.id.0).is_ok() => ix,
+            // Not in a pack (nothing to delete), or in one whose index
+            // cannot be read (left for `fsck` to report).
+            Ok(_) | Err(StoreError::Missing { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let path = self.pack_path(&p);
+        let dead_file = dead_path(&path);
+        let n = pack::entry_number(id);
+        let mut dead = self.pack_dead(&p)?;
+        if !dead.contains(&n) {
+            // One 4-byte append: whole or not at all, beside other deleters.
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&dead_file)
+                .and_then(|mut f| f.write_all(&n.to_be_bytes()))
+                .map_err(|e| self.err(&dead_file, e))?;
+            dead.push(n);
+        }
+        if entries.iter().all(|e| dead.contains(&pack::entry_number(&e.id))) {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(self.err(&path, e)),
+                _ => {}
+            }
+            self.packs.lock().expect("pack cache").remove(&p);
+            match fs::remove_file(&dead_file) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(self.err(&dead_file, e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+struct PackState {
+    /// The temp file, until the pack is finished.
+    file: Option<File>,
+    len: u64,
+    entries: Vec<Entry>,
+    forgotten: Vec<ChunkId>,
+    /// A write failed part way: the file's end is unknown.
+    failed: bool,
+}
+
+/// A pack being written on a local volume: a temp file of its own,
+/// appended to under a lock, then indexed and moved into place.
+struct LocalPack<'a> {
+    volume: &'a LocalVolume,
+    id: PackId,
+    path: PathBuf,
+    tmp: PathBuf,
+    next: AtomicU32,
+    state: Mutex<PackState>,
+    finished: AtomicBool,
+}
+
+impl PackWriter for LocalPack<'_> {
+    fn new_id(&self) -> ChunkId {
+        pack::chunk_in(&self.id, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn owns(&self, id: &ChunkId) -> bool {
+        pack::pack_of(id) == self.id
+    }
+
+    fn put(&self, id: &ChunkId, sealed: &[u8]) -> Result<()> {
+        let mut st = self.state.lock().expect("pack state");
+        let exists = st.entries.iter().any(|e| e.id == *id);
+        let len = u32::try_from(sealed.len()).ok().filter(|l| *l > 0 && !exists && !st.failed);
+        let (Some(len), Some(f)) = (len, st.file.as_mut()) else {
+            return Err(StoreError::Exists {
+                volume: self.volume.name.clone(),
+                what: format!("chunk {id} (in a pack being written, or a pack that failed)"),
+                path: self.tmp.clone(),
+            });
+        };
+        if let Err(e) = f.write_all(sealed) {
+            st.failed = true;
+            return Err(self.volume.err(&self.tmp, e));
+        }
+        let offset = st.len;
+        st.entries.push(Entry { id: *id, offset, len });
+        st.len += len as u64;
+        Ok(())
+    }
+
+    fn forget(&self, id: &ChunkId) {
+        self.state.lock().expect("pack state").forgotten.push(*id);
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        let mut st = self.state.lock().expect("pack state");
+        let Some(mut f) = st.file.take() else { return Ok(()) };
+        let live: Vec<Entry> = st.entries.iter().filter(|e| !st.forgotten.contains(&e.id)).copied().collect();
+        if live.is_empty() && !st.failed {
+            drop(f);
+            let _ = fs::remove_file(&self.tmp);
+            self.finished.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        if st.failed {
+            return Err(StoreError::Io {
+                volume: self.volume.name.clone(),
+                path: self.tmp.clone(),
+                source: std::io::Error::other("a write into this pack failed earlier"),
+            });
+        }
+        let placed = f.write_all(&pack::encode_index(&live)).and_then(|()| {
+            drop(f);
+            publish(&self.tmp, &self.path)
+        });
+        match placed {
+            Ok(true) => {
+                self.finished.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(false) => Err(StoreError::Exists {
+                volume: self.volume.name.clone(),
+                what: format!("pack {}", hex(&self.id)),
+                path: self.path.clone(),
+            }),
+            Err(e) => Err(self.volume.err(&self.path, e)),
+        }
+    }
+}
+
+impl Drop for LocalPack<'_> {
+    fn drop(&mut self) {
+        if !self.finished.load(Ordering::Relaxed) {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex12(s: &str) -> Option<PackId> {
+    if s.len() != 24 || !s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+        return None;
+    }
+    let mut out = [0u8; 12];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The dead list beside a pack.
+fn dead_path(pack: &Path) -> PathBuf {
+    let mut name = pack.file_name().expect("pack name").to_os_string();
+    name.push(".dead");
+    pack.with_file_name(name)
+}
+
 impl Volume for LocalVolume {
     fn describe(&self) -> String {
         format!("{} ({})", self.name, self.root.display())
@@ -225,6 +534,14 @@ impl Volume for LocalVolume {
         // without replacing: a killed writer leaves at most a temp file
         // (which `gc` removes), never a short chunk under the chunk's name.
         let path = self.chunk_path(id);
+        // Write-once holds across layouts: an id a pack holds is taken.
+        if self.flat() && matches!(self.packed(id), Ok(Some(_))) {
+            return Err(StoreError::Exists {
+                volume: self.name.clone(),
+                what: format!("chunk {id} (in a pack)"),
+                path,
+            });
+        }
         let tmp = tmp_path(&path);
         let body = sealed.len() / ALIGN * ALIGN;
         let aligned = (sealed.as_ptr() as usize).is_multiple_of(ALIGN) && body > 0;
@@ -270,7 +587,21 @@ impl Volume for LocalVolume {
         };
         // Reads go through the page cache: a warm cache then serves them at
         // memory speed (direct reads would always wait on the device).
-        let (mut f, mut direct) = self.open_chunk(&path, false, false).map_err(missing)?;
+        let (mut f, mut direct) = match self.open_chunk(&path, false, false) {
+            Err(e) if e.kind() == ErrorKind::NotFound && self.flat() => {
+                let found = self.packed(id).map_err(|e| match e {
+                    StoreError::Missing { what, .. } => StoreError::Missing {
+                        volume: self.name.clone(),
+                        what: format!("chunk {id}: {what}"),
+                        path: path.clone(),
+                    },
+                    e => e,
+                })?;
+                let Some((f, entry)) = found else { return Err(missing(e)) };
+                return self.read_packed(id, &f, entry, buf, max_len);
+            }
+            r => r.map_err(missing)?,
+        };
         let size = f.metadata().map_err(|e| self.err(&path, e))?.len();
         if size > max_len as u64 {
             return Err(StoreError::TooLarge {
@@ -306,19 +637,19 @@ impl Volume for LocalVolume {
     }
 
     fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        let p = self.chunk_path(id);
-        match fs::symlink_metadata(&p) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound && self.root.exists() => Ok(false),
-            Err(e) => Err(self.err(&p, e)),
-        }
+        Ok(self.chunk_len(id)?.is_some())
     }
 
     fn chunk_len(&self, id: &ChunkId) -> Result<Option<u64>> {
         let p = self.chunk_path(id);
         match fs::symlink_metadata(&p) {
             Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == ErrorKind::NotFound && self.root.exists() => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound && self.root.exists() => match self.packed(id) {
+                Ok(found) => Ok(found.map(|(_, e)| e.len as u64)),
+                // A pack whose index cannot be read holds nothing usable.
+                Err(StoreError::Missing { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(self.err(&p, e)),
         }
     }
@@ -326,6 +657,7 @@ impl Volume for LocalVolume {
     fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
         let p = self.chunk_path(id);
         match fs::remove_file(&p) {
+            Err(e) if e.kind() == ErrorKind::NotFound && self.flat() => self.delete_packed(id),
             Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(&p, e)),
             _ => Ok(()),
         }
@@ -340,6 +672,8 @@ impl Volume for LocalVolume {
         let path = self.manifest_path(ds, generation);
         let dir = path.parent().expect("manifest dir");
         if !dir.exists() {
+            // A dataset's directory (layouts 1, 2), or a fan-out directory
+            // a copy of the volume left out (layout 3).
             fs::create_dir_all(dir).map_err(|e| self.err(dir, e))?;
             File::open(dir.parent().expect("manifests dir"))
                 .and_then(|d| d.sync_all())
@@ -432,15 +766,59 @@ impl Volume for LocalVolume {
                 }
             }
         }
-        for (ds, m) in entries(&self.root.join("manifests"))? {
-            let Some(id) = DatasetId::from_hex(&ds).filter(|_| m.is_dir()) else { continue };
-            for (name, m) in entries(&self.root.join("manifests").join(&ds))? {
+        for (fan, m) in entries(&self.root.join("packs"))? {
+            if !m.is_dir() {
+                continue;
+            }
+            for (name, m) in entries(&self.root.join("packs").join(&fan))? {
                 if name.ends_with(".tmp") {
-                    out.push(listed(ObjectName::Temp(format!("manifests/{ds}/{name}")), &m));
-                } else if let Ok(g) = u64::from_str_radix(&name, 16) {
-                    if name.len() == 16 && m.is_file() {
-                        out.push(listed(ObjectName::Manifest(id, g), &m));
-                    }
+                    out.push(listed(ObjectName::Temp(format!("packs/{fan}/{name}")), &m));
+                    continue;
+                }
+                let Some(p) = unhex12(&name).filter(|_| m.is_file()) else { continue };
+                // A pack whose index cannot be read lists nothing: its
+                // chunks read as missing, which is what `fsck` reports.
+                let Ok(Some((_, ix))) = self.pack_index(&p) else { continue };
+                let dead = self.pack_dead(&p)?;
+                for e in ix.iter().filter(|e| !dead.contains(&pack::entry_number(&e.id))) {
+                    out.push(Listed {
+                        name: ObjectName::Chunk(e.id),
+                        len: e.len as u64,
+                        modified: m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                    });
+                }
+            }
+        }
+        for (dir, m) in entries(&self.root.join("manifests"))? {
+            if !m.is_dir() {
+                continue;
+            }
+            // Layout 3: `<2 hex>/<32 hex>.<16 hex>`; layouts 1, 2:
+            // `<32 hex>/<16 hex>`. Each volume is read by its own layout.
+            let owner = if self.flat() {
+                if dir.len() != 2 {
+                    continue;
+                }
+                None
+            } else {
+                let Some(id) = DatasetId::from_hex(&dir) else { continue };
+                Some(id)
+            };
+            for (name, m) in entries(&self.root.join("manifests").join(&dir))? {
+                if name.ends_with(".tmp") {
+                    out.push(listed(ObjectName::Temp(format!("manifests/{dir}/{name}")), &m));
+                    continue;
+                }
+                let named = match owner {
+                    Some(id) => Some(id).zip((name.len() == 16).then(|| u64::from_str_radix(&name, 16).ok()).flatten()),
+                    None => name.split_once('.').and_then(|(d, g)| {
+                        let id = DatasetId::from_hex(d).filter(|id| id.to_hex().starts_with(&dir))?;
+                        let g = (g.len() == 16).then(|| u64::from_str_radix(g, 16).ok()).flatten()?;
+                        Some((id, g))
+                    }),
+                };
+                if let Some((id, g)) = named.filter(|_| m.is_file()) {
+                    out.push(listed(ObjectName::Manifest(id, g), &m));
                 }
             }
         }
@@ -506,6 +884,39 @@ impl Volume for LocalVolume {
         }
     }
 
+    fn start_pack(&self) -> Result<Option<Box<dyn PackWriter + '_>>> {
+        if !self.flat() {
+            return Ok(None);
+        }
+        let id: PackId = ChunkId::random().0[..12].try_into().expect("12 bytes");
+        let path = self.pack_path(&id);
+        let fan = path.parent().expect("fan-out dir");
+        // Made here when missing, but never the volume itself.
+        for d in [fan.parent().expect("packs dir"), fan] {
+            match fs::create_dir(d) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(self.err(d, e)),
+                _ => {}
+            }
+        }
+        let tmp = tmp_path(&path);
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| self.err(&tmp, e))?;
+        Ok(Some(Box::new(LocalPack {
+            volume: self,
+            id,
+            path,
+            tmp,
+            next: AtomicU32::new(0),
+            state: Mutex::new(PackState {
+                file: Some(file),
+                len: 0,
+                entries: Vec::new(),
+                forgotten: Vec::new(),
+                failed: false,
+            }),
+            finished: AtomicBool::new(false),
+        })))
+    }
+
     fn list_kept(&self, kind: Kept) -> Result<Vec<String>> {
         let (sub, ext) = kind.place();
         let dir = self.root.join(sub);
@@ -535,15 +946,19 @@ pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
 }
 
 /// The value of a `key value` line of a label.
-/// Read a volume label: `None` when it is not one, else the vault that
-/// owns the volume (`Some(None)` for a version 1 label, which names none).
-pub(crate) fn parse_label(bytes: &[u8]) -> Option<Option<String>> {
+/// Read a volume label: `None` when it is not one, else its layout
+/// version and the vault that owns the volume (none for a version 1 label,
+/// and for a version 3 label without a `vault` line).
+pub(crate) fn parse_label(bytes: &[u8]) -> Option<Label> {
     let s = std::str::from_utf8(bytes).ok()?;
     if s == LABEL_V1 {
-        return Some(None);
+        return Some(Label { version: 1, owner: None });
     }
     if s.starts_with(LABEL_V2) {
-        return label_field(s, "vault").map(Some);
+        return label_field(s, "vault").map(|o| Label { version: 2, owner: Some(o) });
+    }
+    if s.starts_with(LABEL_V3) {
+        return Some(Label { version: 3, owner: label_field(s, "vault") });
     }
     None
 }
@@ -603,6 +1018,68 @@ mod tests {
         crate::conformance::run(&v);
     }
 
+    /// A volume an earlier Custos made (layout 2: a directory per dataset)
+    /// stays in its layout and passes the same suite.
+    #[test]
+    fn conformance_suite_on_layout_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vol");
+        for i in 0..=255u8 {
+            fs::create_dir_all(root.join("chunks").join(format!("{i:02x}"))).unwrap();
+        }
+        fs::create_dir_all(root.join("manifests")).unwrap();
+        fs::write(root.join(LABEL), "custos-volume 2\nvault 00ff\nname t\n").unwrap();
+        let v = LocalVolume::open("t", &root).unwrap();
+        assert_eq!(v.owner(), Some("00ff"));
+        crate::conformance::run(&v);
+        let ds = DatasetId([7; 16]);
+        v.put_manifest(&ds, 3, b"m").unwrap();
+        assert_eq!(v.manifest_path(&ds, 3), root.join("manifests").join(ds.to_hex()).join(format!("{:016x}", 3)));
+        assert!(v.manifest_path(&ds, 3).is_file());
+    }
+
+    /// Layout 3 keeps manifests in the 256 fan-out directories: no
+    /// directory per dataset, whatever the number of datasets; a listing
+    /// finds them, their temp files, and nothing misnamed.
+    #[test]
+    fn manifests_share_fan_out_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vol");
+        let v = LocalVolume::create_owned("t", &root, "vault-a").unwrap();
+        assert!(fs::read_to_string(root.join(LABEL)).unwrap().starts_with("custos-volume 3\n"));
+        let dirs_before = fs::read_dir(root.join("manifests")).unwrap().count();
+        assert_eq!(dirs_before, 256);
+        for i in 0..40u8 {
+            let ds = DatasetId([i.wrapping_mul(37); 16]);
+            v.put_manifest_deferred(&ds, 1, b"m").unwrap();
+            v.put_manifest(&ds, 2, b"n").unwrap();
+            assert_eq!(v.manifest_path(&ds, 2).parent().unwrap().parent().unwrap(), root.join("manifests"));
+        }
+        assert_eq!(fs::read_dir(root.join("manifests")).unwrap().count(), 256);
+        // A mirror's attached side reads its layout from its label.
+        let attached = LocalVolume::attach("t", &root);
+        assert_eq!(attached.read_manifest(&DatasetId([37; 16]), 2).unwrap(), b"n");
+        // Misnamed files are not manifests: a wrong fan-out, a short
+        // generation, a stray name.
+        let fan = root.join("manifests").join("00");
+        fs::write(fan.join(format!("{}.{:016x}", DatasetId([1; 16]).to_hex(), 1)), b"x").unwrap();
+        fs::write(fan.join(format!("{}.{:x}", DatasetId([0; 16]).to_hex(), 1)), b"x").unwrap();
+        fs::write(fan.join("notes.txt"), b"x").unwrap();
+        fs::write(fan.join(format!(".{}.{:016x}.abc.tmp", DatasetId([0; 16]).to_hex(), 1)), b"x").unwrap();
+        let listed = v.list().unwrap();
+        let manifests = listed.iter().filter(|l| matches!(l.name, crate::ObjectName::Manifest(..))).count();
+        let temps = listed.iter().filter(|l| matches!(l.name, crate::ObjectName::Temp(..))).count();
+        assert_eq!((manifests, temps), (80, 1));
+        // A copy without the empty fan-out directories (a drill's clone)
+        // makes them again on first write.
+        let ds = DatasetId([0xab; 16]);
+        fs::remove_dir_all(root.join("manifests").join("ab")).unwrap();
+        v.put_manifest_deferred(&ds, 1, b"m").unwrap();
+        fs::remove_dir_all(root.join("manifests").join("ab")).unwrap();
+        v.put_manifest(&ds, 1, b"m").unwrap();
+        assert_eq!(v.read_manifest(&ds, 1).unwrap(), b"m");
+    }
+
     #[test]
     fn fail_open_missing_or_unlabelled() {
         let dir = tempfile::tempdir().unwrap();
@@ -651,6 +1128,55 @@ mod tests {
         fs::remove_dir_all(root.join("chunks")).unwrap();
         assert!(v.put_chunk(&ChunkId([2; 16]), b"x").is_err());
         assert!(!root.join("chunks").exists());
+    }
+
+    /// A pack is one file with its index at the end; deleting its last
+    /// live entry removes it and its dead list; a damaged index makes its
+    /// chunks read as missing, naming the pack, and lists none of them.
+    #[test]
+    fn a_pack_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("v");
+        let v = LocalVolume::create("t", &root).unwrap();
+        let p = crate::Packing::start(&v).unwrap();
+        let ids: Vec<ChunkId> = (0..3).map(|_| p.new_chunk_id()).collect();
+        for id in &ids {
+            p.put_chunk(id, &[7u8; 1000]).unwrap();
+        }
+        p.finish().unwrap();
+        let path = v.pack_path(&pack::pack_of(&ids[0]));
+        assert_eq!(fs::metadata(&path).unwrap().len(), 3000 + 3 * 28 + 16);
+        assert_eq!(
+            fs::read_dir(root.join("chunks"))
+                .unwrap()
+                .flatten()
+                .map(|d| fs::read_dir(d.path()).unwrap().count())
+                .sum::<usize>(),
+            0
+        );
+        v.delete_chunk(&ids[0]).unwrap();
+        assert_eq!(fs::read(dead_path(&path)).unwrap(), pack::entry_number(&ids[0]).to_be_bytes());
+        // Damage the index: a fresh reader (no cache) finds nothing there.
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - 16 - 28 + 17;
+        bytes[at] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let fresh = LocalVolume::open("t", &root).unwrap();
+        let e = fresh.read_chunk(&ids[1], &mut ChunkBuf::new(8), 1 << 20).unwrap_err();
+        assert!(matches!(e, StoreError::Missing { .. }) && e.to_string().contains("index of pack"), "{e}");
+        assert!(fresh.list().unwrap().iter().all(|l| !matches!(l.name, crate::ObjectName::Chunk(_))));
+        assert!(!fresh.has_chunk(&ids[1]).unwrap());
+        bytes[at] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let fresh = LocalVolume::open("t", &root).unwrap();
+        fresh.delete_chunk(&ids[1]).unwrap();
+        fresh.delete_chunk(&ids[2]).unwrap();
+        assert!(!path.exists() && !dead_path(&path).exists(), "the last entry takes the pack with it");
+        // A layout 2 volume makes no packs.
+        let old = dir.path().join("old");
+        fs::create_dir_all(old.join("chunks")).unwrap();
+        fs::write(old.join(LABEL), "custos-volume 2\nvault 00ff\nname t\n").unwrap();
+        assert!(LocalVolume::open("t", &old).unwrap().start_pack().unwrap().is_none());
     }
 
     #[test]

@@ -87,10 +87,9 @@ impl T {
     pub fn manifest_path(&self, name: &str) -> PathBuf {
         let d = self.vault.dataset(&ds(name)).unwrap();
         let vol = self.vault.volume_record(&d.current.volume).unwrap();
-        PathBuf::from(&vol.location)
-            .join("manifests")
-            .join(d.id.to_hex())
-            .join(format!("{:016x}", d.current.generation))
+        custos_store::LocalVolume::open("t", std::path::Path::new(&vol.location))
+            .unwrap()
+            .manifest_path(&d.id, d.current.generation)
     }
 
     /// Every file under the default volume's chunk directory.
