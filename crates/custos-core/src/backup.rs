@@ -848,7 +848,8 @@ impl Vault<Open> {
         batch: &[(usize, LogicalPlan)],
         to: &VolumeName,
     ) -> Result<Vec<(usize, (KeyLabel, Result<BackupRecord>))>> {
-        // Settings are read once for the batch.
+        // Settings and opened volumes are read once for the batch (a
+        // source volume then parses each pack's index once).
         let _memo = self.batch_memo();
         let since = self.repo.deletion_seq()?;
         let dst = self.open_volume(to)?;

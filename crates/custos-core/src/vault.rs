@@ -72,14 +72,19 @@ pub struct Vault<S: VaultState> {
 }
 
 /// Reads a batch of many small datasets would repeat for every one of them.
-/// Kept only while a batch runs; a change made through this vault clears
-/// them. A change another process makes while a batch runs is seen by the
-/// next batch, as if it had been made just after this one began.
+/// Kept only while a batch runs (at most 1,024 datasets); a change made
+/// through this vault clears them. A change another process makes while a
+/// batch runs (a setting, a policy, a mirror added to a volume) is seen by
+/// the next batch, as if it had been made just after this one began.
 #[derive(Default)]
 pub(crate) struct Memo {
     batches: usize,
     settings: std::collections::HashMap<&'static str, Option<String>>,
     policies: Option<Vec<PolicyRecord>>,
+    /// Volumes opened during the batch (a local volume keeps the indexes
+    /// of the packs it read, so a batch reading many small datasets from
+    /// one pack parses its index once).
+    volumes: std::collections::HashMap<VolumeName, Arc<dyn Volume>>,
 }
 
 /// Holds the memo on while a batch runs.
@@ -632,6 +637,7 @@ impl<S: VaultState> Vault<S> {
         let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         m.settings.clear();
         m.policies = None;
+        m.volumes.clear();
     }
 
     pub fn naming(&self) -> Result<NamingStandard> {
@@ -801,6 +807,23 @@ impl<S: VaultState> Vault<S> {
     /// Open a volume; a mirrored one comes wrapped, so that writes go to
     /// both sides and reads fail over to the secondary.
     pub(crate) fn open_volume(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
+        {
+            let m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            if m.batches > 0 {
+                if let Some(v) = m.volumes.get(name) {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let v = self.open_volume_now(name)?;
+        let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if m.batches > 0 {
+            m.volumes.insert(name.clone(), v.clone());
+        }
+        Ok(v)
+    }
+
+    fn open_volume_now(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
         let rec = self.volume_record(name)?;
         match self.repo.mirrors()?.into_iter().find(|(p, _, _)| p == name) {
             None => Ok(self.open_record(&rec)?.into()),
