@@ -45,3 +45,24 @@ bench_tls() {
   openssl x509 -req -in "$1/server.csr" -CA "$1/ca.pem" -CAkey "$1/ca.key" -CAcreateserial -days 2 \
     -extfile "$1/san.ext" -out "$1/server.pem" 2>/dev/null
 }
+
+# make_small_tree DIR N: N files of 1-64 KiB in directories of 100, half
+# random bytes and half compressible text; the same files for the same N.
+make_small_tree() {
+  python3 - "$1" "$2" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(2026)
+line = b"2026-12-03T10:00:00Z host-17 service=billing level=info request handled in 12 ms\n"
+for i in range(n):
+    d = os.path.join(root, f"d{i // 100:04}")
+    if i % 100 == 0:
+        os.makedirs(d, exist_ok=True)
+    size = rng.randint(1024, 65536)
+    with open(os.path.join(d, f"f{i:06}.dat"), "wb") as f:
+        if i % 2 == 0:
+            f.write(rng.randbytes(size))
+        else:
+            f.write((line * (size // len(line) + 1))[:size])
+PY
+}

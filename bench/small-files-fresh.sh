@@ -8,7 +8,9 @@
 # Usage: bench/small-files-fresh.sh [N] [RUNS]     (needs root: mkfs, mount)
 #   CUSTOS_BIN=path   another Custos binary to compare (default: this tree's
 #                     release build)
-# Prints one line per run; writes nothing into docs.
+# Prints one line per run; writes nothing into docs. The generated files
+# stay in $FRESH_WORK (default /tmp/custos-fresh) for the next run; the
+# filesystem is unmounted and its file removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -28,21 +30,7 @@ mkdir -p "$scratch" "$mnt"
 cleanup() { umount "$mnt" 2>/dev/null || true; rm -f "$img"; }
 trap cleanup EXIT
 
-if [ ! -d "$data" ]; then
-  python3 - "$data" "$n" <<'PY'
-import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
-rng = random.Random(2026)
-line = b"2026-12-03T10:00:00Z host-17 service=billing level=info request handled in 12 ms\n"
-for i in range(n):
-    d = os.path.join(root, f"d{i // 100:04}")
-    if i % 100 == 0:
-        os.makedirs(d, exist_ok=True)
-    size = rng.randint(1024, 65536)
-    with open(os.path.join(d, f"f{i:06}.dat"), "wb") as f:
-        f.write(rng.randbytes(size) if i % 2 == 0 else (line * (size // len(line) + 1))[:size])
-PY
-fi
+[ -d "$data" ] || make_small_tree "$data" "$n"
 size_mb=$(( $(du -sm "$data" | cut -f1) * 3 + 1024 ))
 
 fresh() {

@@ -58,26 +58,6 @@ s() { printf '%.2f' "$1"; }
 mb() { printf '%.0f' "$(echo "$1 / 1000000" | bc -l)"; }
 bytes() { du -sb "$@" | awk '{n += $1} END {printf "%.0f\n", n}'; }
 
-# make_tree DIR N: the files, the same for every run of the same N.
-make_tree() {
-  python3 - "$1" "$2" <<'PY'
-import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
-rng = random.Random(2026)
-line = b"2026-12-03T10:00:00Z host-17 service=billing level=info request handled in 12 ms\n"
-for i in range(n):
-    d = os.path.join(root, f"d{i // 100:04}")
-    if i % 100 == 0:
-        os.makedirs(d, exist_ok=True)
-    size = rng.randint(1024, 65536)
-    with open(os.path.join(d, f"f{i:06}.dat"), "wb") as f:
-        if i % 2 == 0:
-            f.write(rng.randbytes(size))
-        else:
-            f.write((line * (size // len(line) + 1))[:size])
-PY
-}
-
 # change DIR N: new random content in every 100th file (1%), same size.
 change() {
   python3 - "$1" "$2" <<'PY'
@@ -125,7 +105,7 @@ peer() {
 rows=""
 for n in "${sizes[@]}"; do
   rm -rf "$work" && mkdir -p "$work"
-  make_tree "$work/data" "$n"
+  make_small_tree "$work/data" "$n"
   total=$(bytes "$work/data")
   for peer in r b u; do cp -r "$work/data" "$work/data-$peer"; done
   settle
