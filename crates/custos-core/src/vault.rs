@@ -614,20 +614,35 @@ impl<S: VaultState> Vault<S> {
 
     /// A setting, from the memo while a batch runs.
     fn memo_setting(&self, key: &'static str) -> Result<Option<String>> {
+        self.memoized(
+            |m| m.settings.get(key).cloned(),
+            |m, v| {
+                m.settings.insert(key, v);
+            },
+            || Ok(self.repo.setting(key)?),
+        )
+    }
+
+    /// What `get` finds in the memo while a batch runs; otherwise `load`,
+    /// kept by `put` while a batch runs.
+    fn memoized<T: Clone>(
+        &self,
+        get: impl FnOnce(&Memo) -> Option<T>,
+        put: impl FnOnce(&mut Memo, T),
+        load: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         {
             let m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-            if m.batches == 0 {
-                drop(m);
-                return Ok(self.repo.setting(key)?);
-            }
-            if let Some(v) = m.settings.get(key) {
-                return Ok(v.clone());
+            if m.batches > 0 {
+                if let Some(v) = get(&m) {
+                    return Ok(v);
+                }
             }
         }
-        let v = self.repo.setting(key)?;
+        let v = load()?;
         let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         if m.batches > 0 {
-            m.settings.insert(key, v.clone());
+            put(&mut m, v.clone());
         }
         Ok(v)
     }
@@ -807,20 +822,13 @@ impl<S: VaultState> Vault<S> {
     /// Open a volume; a mirrored one comes wrapped, so that writes go to
     /// both sides and reads fail over to the secondary.
     pub(crate) fn open_volume(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
-        {
-            let m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-            if m.batches > 0 {
-                if let Some(v) = m.volumes.get(name) {
-                    return Ok(v.clone());
-                }
-            }
-        }
-        let v = self.open_volume_now(name)?;
-        let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-        if m.batches > 0 {
-            m.volumes.insert(name.clone(), v.clone());
-        }
-        Ok(v)
+        self.memoized(
+            |m| m.volumes.get(name).cloned(),
+            |m, v| {
+                m.volumes.insert(name.clone(), v);
+            },
+            || self.open_volume_now(name),
+        )
     }
 
     fn open_volume_now(&self, name: &VolumeName) -> Result<Arc<dyn Volume>> {
@@ -962,25 +970,8 @@ impl<S: VaultState> Vault<S> {
     /// The policy that governs a dataset name: the most specific matching
     /// pattern; among equals, the first by name.
     pub fn policy_for(&self, dataset: &DatasetName) -> Result<Option<PolicyRecord>> {
-        let memo = {
-            let m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-            if m.batches > 0 {
-                m.policies.clone()
-            } else {
-                None
-            }
-        };
-        let policies = match memo {
-            Some(p) => p,
-            None => {
-                let p = self.repo.policies()?;
-                let mut m = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-                if m.batches > 0 {
-                    m.policies = Some(p.clone());
-                }
-                p
-            }
-        };
+        let policies =
+            self.memoized(|m| m.policies.clone(), |m, p| m.policies = Some(p), || Ok(self.repo.policies()?))?;
         let mut best: Option<PolicyRecord> = None;
         for p in policies {
             if p.pattern.matches(dataset.as_str())

@@ -13,7 +13,7 @@
 //! directories, as chunks are kept; layouts 1 and 2 gave each dataset a
 //! directory of its own, which cost an inode and a 4 KiB block per dataset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -225,7 +225,7 @@ impl LocalVolume {
 
     /// Where this volume keeps pack `p` (layout 3).
     pub fn pack_path(&self, p: &PackId) -> PathBuf {
-        let h = hex(p);
+        let h = hex::encode(p);
         self.root.join("packs").join(&h[..2]).join(h)
     }
 
@@ -243,7 +243,7 @@ impl LocalVolume {
         }
         let damaged = |why: String| StoreError::Missing {
             volume: self.name.clone(),
-            what: format!("the index of pack {} ({why})", hex(p)),
+            what: format!("the index of pack {} ({why})", hex::encode(p)),
             path: path.clone(),
         };
         let len = f.metadata().map_err(|e| self.err(&path, e))?.len();
@@ -266,11 +266,11 @@ impl LocalVolume {
     }
 
     /// The entry numbers deleted from pack `p` since it was written.
-    fn pack_dead(&self, p: &PackId) -> Result<Vec<u32>> {
+    fn pack_dead(&self, p: &PackId) -> Result<HashSet<u32>> {
         let path = dead_path(&self.pack_path(p));
         match fs::read(&path) {
-            Ok(b) => Ok(pack::parse_dead(&b)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Ok(b) => Ok(pack::parse_dead(&b).into_iter().collect()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(HashSet::new()),
             Err(e) => Err(self.err(&path, e)),
         }
     }
@@ -376,8 +376,7 @@ impl LocalVolume {
         let path = self.pack_path(&p);
         let dead_file = dead_path(&path);
         let n = pack::entry_number(id);
-        let mut dead = self.pack_dead(&p)?;
-        if !dead.contains(&n) {
+        if !self.pack_dead(&p)?.contains(&n) {
             // One 4-byte append: whole or not at all, beside other deleters.
             OpenOptions::new()
                 .append(true)
@@ -385,8 +384,11 @@ impl LocalVolume {
                 .open(&dead_file)
                 .and_then(|mut f| f.write_all(&n.to_be_bytes()))
                 .map_err(|e| self.err(&dead_file, e))?;
-            dead.push(n);
         }
+        // Read again after the append: of two deleters appending at once,
+        // the later to read sees both, so a pack whose last entries die
+        // together still goes.
+        let dead = self.pack_dead(&p)?;
         if entries.iter().all(|e| dead.contains(&pack::entry_number(&e.id))) {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != ErrorKind::NotFound => return Err(self.err(&path, e)),
@@ -407,7 +409,9 @@ struct PackState {
     file: Option<File>,
     len: u64,
     entries: Vec<Entry>,
-    forgotten: Vec<ChunkId>,
+    /// The ids of `entries`, to refuse one written twice.
+    ids: HashSet<ChunkId>,
+    forgotten: HashSet<ChunkId>,
     /// A write failed part way: the file's end is unknown.
     failed: bool,
 }
@@ -424,6 +428,18 @@ struct LocalPack<'a> {
     finished: AtomicBool,
 }
 
+impl LocalPack<'_> {
+    /// A write into the pack failed part way: where its file ends is
+    /// unknown, so nothing more goes in and it is never put in place.
+    fn failed_earlier(&self) -> StoreError {
+        StoreError::Io {
+            volume: self.volume.name.clone(),
+            path: self.tmp.clone(),
+            source: std::io::Error::other("a write into this pack failed earlier"),
+        }
+    }
+}
+
 impl PackWriter for LocalPack<'_> {
     fn new_id(&self) -> ChunkId {
         pack::chunk_in(&self.id, self.next.fetch_add(1, Ordering::Relaxed))
@@ -435,12 +451,14 @@ impl PackWriter for LocalPack<'_> {
 
     fn put(&self, id: &ChunkId, sealed: &[u8]) -> Result<()> {
         let mut st = self.state.lock().expect("pack state");
-        let exists = st.entries.iter().any(|e| e.id == *id);
-        let len = u32::try_from(sealed.len()).ok().filter(|l| *l > 0 && !exists && !st.failed);
+        if st.failed {
+            return Err(self.failed_earlier());
+        }
+        let len = u32::try_from(sealed.len()).ok().filter(|l| *l > 0 && !st.ids.contains(id));
         let (Some(len), Some(f)) = (len, st.file.as_mut()) else {
             return Err(StoreError::Exists {
                 volume: self.volume.name.clone(),
-                what: format!("chunk {id} (in a pack being written, or a pack that failed)"),
+                what: format!("chunk {id} (in the pack being written)"),
                 path: self.tmp.clone(),
             });
         };
@@ -450,30 +468,27 @@ impl PackWriter for LocalPack<'_> {
         }
         let offset = st.len;
         st.entries.push(Entry { id: *id, offset, len });
+        st.ids.insert(*id);
         st.len += len as u64;
         Ok(())
     }
 
     fn forget(&self, id: &ChunkId) {
-        self.state.lock().expect("pack state").forgotten.push(*id);
+        self.state.lock().expect("pack state").forgotten.insert(*id);
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
         let mut st = self.state.lock().expect("pack state");
+        if st.failed {
+            return Err(self.failed_earlier());
+        }
         let Some(mut f) = st.file.take() else { return Ok(()) };
         let live: Vec<Entry> = st.entries.iter().filter(|e| !st.forgotten.contains(&e.id)).copied().collect();
-        if live.is_empty() && !st.failed {
+        if live.is_empty() {
             drop(f);
             let _ = fs::remove_file(&self.tmp);
             self.finished.store(true, Ordering::Relaxed);
             return Ok(());
-        }
-        if st.failed {
-            return Err(StoreError::Io {
-                volume: self.volume.name.clone(),
-                path: self.tmp.clone(),
-                source: std::io::Error::other("a write into this pack failed earlier"),
-            });
         }
         let placed = f.write_all(&pack::encode_index(&live)).and_then(|()| {
             drop(f);
@@ -486,7 +501,7 @@ impl PackWriter for LocalPack<'_> {
             }
             Ok(false) => Err(StoreError::Exists {
                 volume: self.volume.name.clone(),
-                what: format!("pack {}", hex(&self.id)),
+                what: format!("pack {}", hex::encode(self.id)),
                 path: self.path.clone(),
             }),
             Err(e) => Err(self.volume.err(&self.path, e)),
@@ -502,19 +517,10 @@ impl Drop for LocalPack<'_> {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
+/// A pack's name read back: 24 lower-case hex digits, as written.
 fn unhex12(s: &str) -> Option<PackId> {
-    if s.len() != 24 || !s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
-        return None;
-    }
-    let mut out = [0u8; 12];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    let id: PackId = hex::decode(s).ok()?.try_into().ok()?;
+    (hex::encode(id) == s).then_some(id)
 }
 
 /// The dead list beside a pack.
@@ -910,7 +916,8 @@ impl Volume for LocalVolume {
                 file: Some(file),
                 len: 0,
                 entries: Vec::new(),
-                forgotten: Vec::new(),
+                ids: HashSet::new(),
+                forgotten: HashSet::new(),
                 failed: false,
             }),
             finished: AtomicBool::new(false),
@@ -1177,6 +1184,40 @@ mod tests {
         fs::create_dir_all(old.join("chunks")).unwrap();
         fs::write(old.join(LABEL), "custos-volume 2\nvault 00ff\nname t\n").unwrap();
         assert!(LocalVolume::open("t", &old).unwrap().start_pack().unwrap().is_none());
+    }
+
+    /// Two deleters taking a pack's last two entries at the same moment:
+    /// whichever reads the dead list last sees both, so the pack goes.
+    #[test]
+    fn the_last_entries_deleted_together_take_the_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = std::sync::Arc::new(LocalVolume::create("t", &dir.path().join("v")).unwrap());
+        for _ in 0..300 {
+            let p = crate::Packing::start(v.as_ref()).unwrap();
+            let ids = [p.new_chunk_id(), p.new_chunk_id()];
+            for id in &ids {
+                p.put_chunk(id, b"sealed").unwrap();
+            }
+            p.finish().unwrap();
+            let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let (v, go, id) = (v.clone(), go.clone(), *id);
+                    std::thread::spawn(move || {
+                        // A fresh handle each, as two processes would be.
+                        let mine = LocalVolume::open("t", &v.root).unwrap();
+                        go.wait();
+                        mine.delete_chunk(&id).unwrap();
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let path = v.pack_path(&pack::pack_of(&ids[0]));
+            assert!(!path.exists() && !dead_path(&path).exists(), "a pack whose entries all died stayed");
+        }
     }
 
     #[test]
