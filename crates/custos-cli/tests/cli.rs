@@ -1150,6 +1150,47 @@ fn a_tape_volume_is_refused_where_the_store_overwrites() {
 /// `hsm run`: backs up what changed, prunes, migrates unused datasets to
 /// tape; a second run does nothing; a read recalls a migrated dataset.
 #[test]
+fn hsm_run_prunes_the_series_that_changed_and_all_of_them_when_the_rules_change() {
+    let e = Env::new();
+    e.ok(&["volume", "add", "offsite", "--path", Env::s(&e.dir.path().join("off")), "--site", "B"]);
+    e.ok(&["hsm", "rule", "add", "all", "--pattern", "R.**", "--backup-to", "offsite", "--keep-last", "1"]);
+    let put = |name: &str, n: u8| e.ok(&["ds", "put", name, Env::s(&e.file("f", &data(1_000, n)))]);
+    let copies =
+        |name: &str| e.json(&["backup", "ls"]).as_array().unwrap().iter().filter(|b| b["dataset"] == name).count();
+    put("R.A", 1);
+    put("R.B", 2);
+    let out = e.ok(&["hsm", "run"]);
+    assert!(out.contains("R.A [all] backup: made") && out.contains("R.B [all] backup: made"), "{out}");
+    put("R.A", 3);
+    let out = e.ok(&["hsm", "run"]);
+    assert!(out.contains("R.A [all] backup: made") && out.contains("R.A [all] prune: deleted 1"), "{out}");
+    assert!(!out.contains("R.B"), "nothing changed for R.B: {out}");
+    // A copy made outside the run is pruned by the next run.
+    put("R.B", 4);
+    e.ok(&["backup", "run", "R.B", "--to", "offsite"]);
+    assert_eq!(copies("R.B"), 2);
+    let out = e.ok(&["hsm", "run"]);
+    assert!(out.contains("R.B [all] prune: deleted 1") && !out.contains("R.A"), "{out}");
+    assert!(e.ok(&["hsm", "run"]).contains("nothing to do"));
+    // Under a more specific rule R.A keeps more copies; when that rule
+    // goes, the next run prunes R.A's series though it gained no copy.
+    e.ok(&["hsm", "rule", "add", "keep", "--pattern", "R.A", "--backup-to", "offsite", "--keep-last", "5"]);
+    for n in [5, 6] {
+        put("R.A", n);
+        assert!(e.ok(&["hsm", "run"]).contains("R.A [keep] backup: made"));
+    }
+    assert_eq!(copies("R.A"), 3);
+    e.ok(&["hsm", "rule", "rm", "keep"]);
+    let dry = e.ok(&["hsm", "run", "--dry-run"]);
+    assert!(dry.contains("R.A [all] prune: would delete 2"), "{dry}");
+    assert_eq!(copies("R.A"), 3, "a dry run deletes nothing");
+    let out = e.ok(&["hsm", "run"]);
+    assert!(out.contains("R.A [all] prune: deleted 2") && !out.contains("R.B"), "{out}");
+    assert_eq!((copies("R.A"), copies("R.B")), (1, 1));
+    e.ok(&["backup", "verify", "--read-data"]);
+}
+
+#[test]
 fn hsm_run_backs_up_migrates_and_recalls() {
     let e = Env::new();
     let (off, tape) = (e.dir.path().join("off"), e.dir.path().join("tape"));

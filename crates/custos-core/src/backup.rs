@@ -207,7 +207,12 @@ impl<S: VaultState> Vault<S> {
     /// Returns `None` when that generation already has a raw copy there.
     pub fn backup_raw(&self, name: &DatasetName, to: &VolumeName) -> Result<Option<BackupRecord>> {
         let d = self.dataset(name)?;
-        let all = self.repo.backups()?;
+        self.backup_raw_of(d, to)
+    }
+
+    /// [`Vault::backup_raw`] of a dataset already read.
+    pub(crate) fn backup_raw_of(&self, d: DatasetRecord, to: &VolumeName) -> Result<Option<BackupRecord>> {
+        let all = self.repo.dataset_backups(&d.name)?;
         let mine: Vec<&BackupRecord> = all.iter().filter(|b| b.dataset_id == d.id).collect();
         self.backup_raw_given(d, to, &mine)
     }
@@ -516,6 +521,10 @@ impl StagedCopy {
 
 /// Catalog records read once for a run over many datasets, by name; a
 /// name missing from the snapshot is looked up again.
+/// Above this many datasets, a run of copies reads the catalog whole
+/// rather than one dataset at a time.
+const PRELOAD_ABOVE: usize = 64;
+
 struct Preloaded<K, V>(HashMap<K, V>);
 
 impl<K: std::hash::Hash + Eq + Clone, V: Clone> Preloaded<K, V> {
@@ -774,31 +783,120 @@ impl Vault<Open> {
         to: &VolumeName,
         key: Option<&KeyLabel>,
     ) -> Result<Vec<(DatasetName, Option<BackupRecord>)>> {
+        let results = self.logical_run(names, to, key, false)?;
+        let mut out = Vec::with_capacity(names.len());
+        let mut first_error = None;
+        for (name, r) in names.iter().zip(results) {
+            match r {
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                    out.push((name.clone(), None));
+                }
+                Some(Ok(b)) => out.push((name.clone(), b)),
+                None => out.push((name.clone(), None)),
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Logical copies of many datasets to `to`, as
+    /// [`Vault::backup_logical_many`] makes them, except that one dataset's
+    /// failure does not stop the others: each name gets its own outcome
+    /// (`hsm run`).
+    #[allow(clippy::type_complexity)]
+    pub fn backup_logical_each(
+        &self,
+        names: &[DatasetName],
+        to: &VolumeName,
+        key: Option<&KeyLabel>,
+    ) -> Result<Vec<(DatasetName, Result<Option<BackupRecord>>)>> {
+        let mut done: Vec<Option<Result<Option<BackupRecord>>>> = names.iter().map(|_| None).collect();
+        loop {
+            let left: Vec<usize> = (0..names.len()).filter(|&i| done[i].is_none()).collect();
+            if left.is_empty() {
+                break;
+            }
+            let batch: Vec<DatasetName> = left.iter().map(|&i| names[i].clone()).collect();
+            let results = self.logical_run(&batch, to, key, true)?;
+            let mut progress = false;
+            for (&i, r) in left.iter().zip(results) {
+                progress |= r.is_some();
+                done[i] = r;
+            }
+            // A run always settles at least its first dataset; should one
+            // not, say so rather than loop.
+            if !progress {
+                let why = "the copy run stopped before it reached it".to_string();
+                for d in done.iter_mut().filter(|d| d.is_none()) {
+                    *d = Some(Err(Error::Invalid { what: "logical backup", why: why.clone() }));
+                }
+            }
+        }
+        Ok(names.iter().cloned().zip(done.into_iter().map(|r| r.expect("settled above"))).collect())
+    }
+
+    /// The run behind [`Vault::backup_logical_many`] and
+    /// [`Vault::backup_logical_each`]: an outcome per name (`Ok(None)`: it
+    /// has that copy already), or `None` for a dataset not reached because
+    /// an earlier failure stopped the run. A failure to plan a copy (its
+    /// key, say) ends the whole call unless `keep_going`.
+    #[allow(clippy::type_complexity)]
+    fn logical_run(
+        &self,
+        names: &[DatasetName],
+        to: &VolumeName,
+        key: Option<&KeyLabel>,
+        keep_going: bool,
+    ) -> Result<Vec<Option<Result<Option<BackupRecord>>>>> {
         self.volume_record(to)?;
-        // The catalog is read once for the whole run: datasets, keys, backups.
-        let datasets = Preloaded::new(self.repo.datasets()?, |d: &DatasetRecord| &d.name);
-        let keys = Preloaded::new(self.repo.keys()?, |k: &KeyRecord| &k.label);
-        let backups = backups_by_dataset(self.repo.backups()?);
+        // For a large run the catalog is read once, whole: datasets, keys,
+        // backups. A few datasets (`hsm run` after a handful of changes) are
+        // looked up one by one instead, so the cost follows the change, not
+        // the size of the vault.
+        let whole = names.len() > PRELOAD_ABOVE;
+        let datasets = Preloaded::new(if whole { self.repo.datasets()? } else { vec![] }, |d: &DatasetRecord| &d.name);
+        let keys = Preloaded::new(if whole { self.repo.keys()? } else { vec![] }, |k: &KeyRecord| &k.label);
+        let backups = backups_by_dataset(if whole {
+            self.repo.backups()?
+        } else {
+            let mut mine = Vec::new();
+            for n in names {
+                mine.extend(self.repo.dataset_backups(n)?);
+            }
+            mine
+        });
         let mut labels = LabelAllocator::default();
-        let mut out: Vec<(DatasetName, Option<BackupRecord>)> = Vec::with_capacity(names.len());
+        let mut out: Vec<Option<Result<Option<BackupRecord>>>> = Vec::with_capacity(names.len());
         let mut plans = Vec::new();
         for name in names {
-            let d = datasets.get(name, |n| self.dataset(n))?;
-            let series: Vec<&BackupRecord> = backups
-                .get(&d.id)
-                .into_iter()
-                .flatten()
-                .filter(|b| b.method == CopyMethod::Logical && b.volume == *to)
-                .collect();
-            let previous = series.last().map(|b| (*b).clone());
-            // Arguments are checked before anything is skipped as done already.
-            let (back, new_key) = self.backup_key(&d, key, previous.as_ref(), &mut labels, &keys)?;
-            if series.iter().any(|b| b.source_generation == d.current.generation) {
-                out.push((name.clone(), None));
-                continue;
+            let planned = (|| {
+                let d = datasets.get(name, |n| self.dataset(n))?;
+                let series: Vec<&BackupRecord> = backups
+                    .get(&d.id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| b.method == CopyMethod::Logical && b.volume == *to)
+                    .collect();
+                let previous = series.last().map(|b| (*b).clone());
+                // Arguments are checked before anything is skipped as done already.
+                let (back, new_key) = self.backup_key(&d, key, previous.as_ref(), &mut labels, &keys)?;
+                if series.iter().any(|b| b.source_generation == d.current.generation) {
+                    return Ok(None);
+                }
+                Ok(Some(LogicalPlan { d, previous, back, new_key }))
+            })();
+            match planned {
+                Ok(Some(plan)) => {
+                    plans.push((out.len(), plan));
+                    out.push(None);
+                }
+                Ok(None) => out.push(Some(Ok(None))),
+                Err(e) if keep_going => out.push(Some(Err(e))),
+                Err(e) => return Err(e),
             }
-            plans.push((out.len(), LogicalPlan { d, previous, back, new_key }));
-            out.push((name.clone(), None));
         }
         // Big datasets one at a time, every worker on their chunks; small
         // ones in batches, side by side, each batch made durable by one
@@ -816,26 +914,16 @@ impl Vault<Open> {
             results.extend(self.copy_logical_batch(&rest[..n], to)?);
             rest = &rest[n..];
         }
-        results.sort_by_key(|(i, _)| *i);
         // Key uses are counted once for the whole run, in one transaction.
         let mut used = Vec::new();
-        let mut first_error = None;
         for (i, (primary, r)) in results {
-            match r {
-                Ok(b) => {
-                    used.extend([primary, b.key_label.clone()]);
-                    out[i].1 = Some(b);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+            if let Ok(b) = &r {
+                used.extend([primary, b.key_label.clone()]);
             }
+            out[i] = Some(r.map(Some));
         }
         self.repo.record_key_uses(&used)?;
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        Ok(out)
     }
 
     /// Make a batch of planned logical copies of small datasets, side by

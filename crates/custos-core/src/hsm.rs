@@ -17,8 +17,11 @@ use custos_model::{CopyMethod, DatasetName, DatasetRecord, HsmRule, Medium, Patt
 use crate::vault::{Open, Sealed, Vault, VaultState};
 use crate::{Error, Result, Retention};
 
-/// Makes one logical copy (dataset, target volume); only an open vault has one.
-type LogicalCopier<'a> = dyn Fn(&DatasetName, &VolumeName) -> Result<Option<custos_model::BackupRecord>> + 'a;
+/// Makes logical copies (datasets, target volume), an outcome per dataset;
+/// only an open vault has one.
+#[allow(clippy::type_complexity)]
+type LogicalCopier<'a> =
+    dyn Fn(&[DatasetName], &VolumeName) -> Result<Vec<(DatasetName, Result<Option<custos_model::BackupRecord>>)>> + 'a;
 
 /// A rule to add.
 #[derive(Debug, Clone)]
@@ -203,108 +206,217 @@ impl<S: VaultState> Vault<S> {
         best.cloned()
     }
 
-    /// One pass over every dataset. `logical` makes a logical copy (only an
-    /// open vault can); without it, logical rules are reported as skipped.
-    fn hsm_pass(&self, now: Timestamp, dry_run: bool, logical: Option<&LogicalCopier<'_>>) -> Result<Vec<HsmAction>> {
+    /// The datasets whose logical copies a run would make now: what its
+    /// caller must be allowed to read.
+    pub fn hsm_logical_todo(&self) -> Result<Vec<DatasetRecord>> {
         let rules = self.hsm_rules()?;
         let mut out = Vec::new();
-        // The catalog's backups, read once: a pass touches every dataset.
-        let mut by_dataset: std::collections::HashMap<[u8; 16], Vec<custos_model::BackupRecord>> = Default::default();
-        for b in self.repo.backups()? {
-            by_dataset.entry(b.dataset_id.0).or_default().push(b);
-        }
-        for d in self.datasets()? {
-            let Some(rule) = self.hsm_rule_for(&rules, &d.name) else { continue };
-            let act =
-                |action, detail: String| HsmAction { dataset: d.name.clone(), rule: rule.name.clone(), action, detail };
-            // One dataset's failure is reported and the pass goes on with the others.
-            let mut done = Vec::new();
-            let r = (|| -> Result<()> {
-                if let Some(to) = &rule.backup_to {
-                    let mine = by_dataset.entry(d.id.0).or_default();
-                    let has = mine.iter().any(|b| {
-                        b.source_generation == d.current.generation && b.method == rule.method && b.volume == *to
-                    });
-                    if !has {
-                        let what =
-                            format!("{} copy of generation {} to {to}", rule.method.as_str(), d.current.generation);
-                        match (rule.method, dry_run) {
-                            (_, true) => done.push(act("backup", format!("would make a {what}"))),
-                            (CopyMethod::Raw, false) => {
-                                mine.extend(self.backup_raw(&d.name, to)?);
-                                done.push(act("backup", format!("made a {what}")));
-                            }
-                            (CopyMethod::Logical, false) => match logical {
-                                Some(f) => {
-                                    mine.extend(f(&d.name, to)?);
-                                    done.push(act("backup", format!("made a {what}")));
-                                }
-                                None => done.push(act(
-                                    "skip",
-                                    format!("a {what} needs the passphrase (CUSTOS_PASSPHRASE or --passphrase-file)"),
-                                )),
-                            },
-                            // Refused when the rule was added.
-                            (CopyMethod::Plaintext, false) => done
-                                .push(act("skip", format!("a {what} is made by hand only (backup run --plaintext)"))),
-                        }
-                    }
-                    let retention = Retention {
-                        last: rule.keep_last,
-                        daily: rule.keep_daily,
-                        monthly: rule.keep_monthly,
-                        yearly: rule.keep_yearly,
-                    };
-                    if !retention.is_empty() {
-                        let series: Vec<_> = by_dataset
-                            .get(&d.id.0)
-                            .into_iter()
-                            .flatten()
-                            .filter(|b| b.method == rule.method && b.volume == *to)
-                            .cloned()
-                            .collect();
-                        let dropped = self.prune_series(series, &retention, dry_run)?;
-                        if dropped > 0 {
-                            let verb = if dry_run { "would delete" } else { "deleted" };
-                            done.push(act(
-                                "prune",
-                                format!("{verb} {dropped} backup(s) on {to} that the retention does not keep"),
-                            ));
-                        }
-                    }
-                }
-                if let (Some(tape), Some(days)) = (&rule.migrate_to, rule.migrate_after_days) {
-                    let idle_since = now - (days as i64).hours() * 24;
-                    if d.current.volume != *tape && d.last_access <= idle_since {
-                        let detail = format!(
-                            "unused since {} ({} days or more): generation {} from {} to {tape}",
-                            d.last_access.strftime("%Y-%m-%d"),
-                            days,
-                            d.current.generation,
-                            d.current.volume
-                        );
-                        if !dry_run {
-                            self.migrate(&d.name, tape)?;
-                        }
-                        done.push(act("migrate", if dry_run { format!("would migrate: {detail}") } else { detail }));
-                    }
-                }
-
-                Ok(())
-            })();
-            out.extend(done);
-            if let Err(e) = r {
-                out.push(act("failed", e.to_string()));
-            }
+        for rule in rules.iter().filter(|r| r.method == CopyMethod::Logical) {
+            let Some(to) = &rule.backup_to else { continue };
+            out.extend(self.rule_todo(&rules, rule, to)?);
         }
         Ok(out)
     }
+
+    /// The datasets `rule` governs whose current generation lacks its copy on `to`.
+    fn rule_todo(&self, rules: &[HsmRule], rule: &HsmRule, to: &VolumeName) -> Result<Vec<DatasetRecord>> {
+        Ok(self
+            .repo
+            .datasets_without_copy(rule.pattern.literal_prefix(), rule.method, to)?
+            .into_iter()
+            .filter(|d| self.hsm_rule_for(rules, &d.name).is_some_and(|r| r.name == rule.name))
+            .collect())
+    }
+
+    /// One pass of every rule. `logical` makes logical copies (only an
+    /// open vault can); without it, logical rules are reported as skipped.
+    ///
+    /// The work follows what changed, not the size of the vault: the
+    /// catalog names the datasets whose current generation lacks a rule's
+    /// copy and those idle past a rule's days; retention looks only at the
+    /// series that gained a copy since the last pass that pruned them all
+    /// (retention keeps by position in a series, not by the clock, so a
+    /// series changes only when it gains a copy; one that loses a copy
+    /// keeps what it kept). A change of the rules starts that over.
+    fn hsm_pass(&self, now: Timestamp, dry_run: bool, logical: Option<&LogicalCopier<'_>>) -> Result<Vec<HsmAction>> {
+        let rules = self.hsm_rules()?;
+        let mut out = Vec::new();
+        let governed = |name: &DatasetName| self.hsm_rule_for(&rules, name);
+        let act = |d: &DatasetName, rule: &HsmRule, action, detail: String| HsmAction {
+            dataset: d.clone(),
+            rule: rule.name.clone(),
+            action,
+            detail,
+        };
+
+        // Copies the current generations lack.
+        for rule in &rules {
+            let Some(to) = &rule.backup_to else { continue };
+            let todo = self.rule_todo(&rules, rule, to)?;
+            let what = |d: &DatasetRecord| {
+                format!("{} copy of generation {} to {to}", rule.method.as_str(), d.current.generation)
+            };
+            match (rule.method, dry_run, logical) {
+                (_, true, _) => {
+                    for d in &todo {
+                        out.push(act(&d.name, rule, "backup", format!("would make a {}", what(d))));
+                    }
+                }
+                (CopyMethod::Raw, false, _) => {
+                    for d in todo {
+                        let (name, detail) = (d.name.clone(), what(&d));
+                        out.push(match self.backup_raw_of(d, to) {
+                            Ok(_) => act(&name, rule, "backup", format!("made a {detail}")),
+                            Err(e) => act(&name, rule, "failed", e.to_string()),
+                        });
+                    }
+                }
+                (CopyMethod::Logical, false, Some(copy)) => {
+                    let names: Vec<DatasetName> = todo.iter().map(|d| d.name.clone()).collect();
+                    match copy(&names, to) {
+                        Ok(made) => {
+                            for (d, (name, r)) in todo.iter().zip(made) {
+                                out.push(match r {
+                                    Ok(_) => act(&name, rule, "backup", format!("made a {}", what(d))),
+                                    Err(e) => act(&name, rule, "failed", e.to_string()),
+                                });
+                            }
+                        }
+                        // The run could not start (its target, say): each of its datasets failed.
+                        Err(e) => {
+                            let why = e.to_string();
+                            out.extend(todo.iter().map(|d| act(&d.name, rule, "failed", why.clone())));
+                        }
+                    }
+                }
+                (CopyMethod::Logical, false, None) => {
+                    for d in &todo {
+                        let why =
+                            format!("a {} needs the passphrase (CUSTOS_PASSPHRASE or --passphrase-file)", what(d));
+                        out.push(act(&d.name, rule, "skip", why));
+                    }
+                }
+                // Refused when the rule was added.
+                (CopyMethod::Plaintext, false, _) => {
+                    for d in &todo {
+                        let why = format!("a {} is made by hand only (backup run --plaintext)", what(d));
+                        out.push(act(&d.name, rule, "skip", why));
+                    }
+                }
+            }
+        }
+
+        // Retention, for the series that gained a copy since the mark.
+        if rules.iter().any(|r| r.backup_to.is_some() && !retention_of(r).is_empty()) {
+            let fingerprint = rules_fingerprint(&rules);
+            let mark = self.repo.setting(SETTING_PRUNED)?.and_then(|v| {
+                let (fp, id) = v.split_once(' ')?;
+                (fp == fingerprint).then(|| id.parse::<u64>().ok()).flatten()
+            });
+            let (newest, changed) = self.repo.backups_since(mark.unwrap_or(u64::MAX))?;
+            // (name, its backups): every dataset's when the rules changed or
+            // no pass has pruned yet; otherwise those that gained a copy.
+            let mut series: Vec<(DatasetRecord, Vec<custos_model::BackupRecord>)> = Vec::new();
+            if mark.is_some() {
+                for name in changed {
+                    if let Some(d) = self.repo.dataset(&name)? {
+                        let mine = self.repo.dataset_backups(&name)?;
+                        series.push((d, mine));
+                    }
+                }
+            } else {
+                let mut by_dataset: std::collections::HashMap<[u8; 16], Vec<custos_model::BackupRecord>> =
+                    Default::default();
+                for b in self.repo.backups()? {
+                    by_dataset.entry(b.dataset_id.0).or_default().push(b);
+                }
+                for d in self.datasets()? {
+                    if let Some(mine) = by_dataset.remove(&d.id.0) {
+                        series.push((d, mine));
+                    }
+                }
+            }
+            let mut clean = true;
+            for (d, mine) in series {
+                let Some(rule) = governed(&d.name) else { continue };
+                let (Some(to), retention) = (&rule.backup_to, retention_of(&rule)) else { continue };
+                if retention.is_empty() {
+                    continue;
+                }
+                let series: Vec<_> = mine
+                    .into_iter()
+                    .filter(|b| b.dataset_id == d.id && b.method == rule.method && b.volume == *to)
+                    .collect();
+                match self.prune_series(series, &retention, dry_run) {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        let verb = if dry_run { "would delete" } else { "deleted" };
+                        let detail = format!("{verb} {dropped} backup(s) on {to} that the retention does not keep");
+                        out.push(act(&d.name, &rule, "prune", detail));
+                    }
+                    Err(e) => {
+                        clean = false;
+                        out.push(act(&d.name, &rule, "failed", e.to_string()));
+                    }
+                }
+            }
+            // The next pass starts after what this one saw, unless a series
+            // is left to do again. A run without the catalog key cannot
+            // record the mark (settings are authenticated rows): the next
+            // pass then looks at every series again, which costs time only.
+            if clean && !dry_run {
+                let _ = self.repo.set_setting(SETTING_PRUNED, &format!("{fingerprint} {newest}"));
+            }
+        }
+
+        // Migration of what has been idle past a rule's days.
+        for rule in &rules {
+            let (Some(tape), Some(days)) = (&rule.migrate_to, rule.migrate_after_days) else { continue };
+            let idle_since = now - (days as i64).hours() * 24;
+            let idle = self.repo.datasets_idle(rule.pattern.literal_prefix(), idle_since, tape)?;
+            for d in idle.into_iter().filter(|d| governed(&d.name).is_some_and(|r| r.name == rule.name)) {
+                let detail = format!(
+                    "unused since {} ({} days or more): generation {} from {} to {tape}",
+                    d.last_access.strftime("%Y-%m-%d"),
+                    days,
+                    d.current.generation,
+                    d.current.volume
+                );
+                out.push(if dry_run {
+                    act(&d.name, rule, "migrate", format!("would migrate: {detail}"))
+                } else {
+                    match self.migrate(&d.name, tape) {
+                        Ok(_) => act(&d.name, rule, "migrate", detail),
+                        Err(e) => act(&d.name, rule, "failed", e.to_string()),
+                    }
+                });
+            }
+        }
+        // Dataset by dataset, each one's actions in the order they ran.
+        out.sort_by(|a, b| a.dataset.cmp(&b.dataset));
+        Ok(out)
+    }
+}
+
+/// Where `hsm run` keeps its retention mark: the rules' fingerprint and the
+/// newest backup id the last clean pass saw.
+const SETTING_PRUNED: &str = "hsm.pruned";
+
+fn retention_of(r: &HsmRule) -> Retention {
+    Retention { last: r.keep_last, daily: r.keep_daily, monthly: r.keep_monthly, yearly: r.keep_yearly }
+}
+
+/// What the rules are, as a short hash: a pass under other rules than the
+/// mark's looks at every series again.
+fn rules_fingerprint(rules: &[HsmRule]) -> String {
+    let text = serde_json::to_vec(rules).unwrap_or_default();
+    hex::encode(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &text).as_ref()[..16])
 }
 
 impl Vault<Open> {
     /// Apply every rule once (see the module docs).
     pub fn hsm_run(&self, now: Timestamp, dry_run: bool) -> Result<Vec<HsmAction>> {
-        let logical = |name: &DatasetName, to: &VolumeName| self.backup_logical(name, to, None);
+        let logical = |names: &[DatasetName], to: &VolumeName| self.backup_logical_each(names, to, None);
         self.hsm_pass(now, dry_run, Some(&logical))
     }
 }

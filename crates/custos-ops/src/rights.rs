@@ -166,16 +166,10 @@ fn needs(e: &Engine, operation: &Operation) -> Result<Vec<Need>> {
         O::HsmRun { without_keys, dry_run } => {
             let mut n = op(StorageCopy);
             if !without_keys && !dry_run {
-                // Logical copies read data: the datasets their rules cover.
-                let rules = e.vault.hsm_rules()?;
-                for d in e.vault.datasets()? {
-                    let logical = e
-                        .vault
-                        .hsm_rule_for(&rules, &d.name)
-                        .is_some_and(|r| r.backup_to.is_some() && r.method == custos_core::model::CopyMethod::Logical);
-                    if logical {
-                        n.push(on(DataRead, &d.name));
-                    }
+                // Logical copies read data: the datasets this run will copy
+                // (found as the run finds them), each under its key's grant.
+                for d in e.vault.hsm_logical_todo()? {
+                    n.push(Need { op: DataRead, dataset: Some(d.name), key: Some(d.current.key_label) });
                 }
             }
             n

@@ -691,6 +691,63 @@ pub fn run(repo: &dyn Repository) {
     }
     assert!(matches!(repo.commit_generations(&batch[1..2]), Err(RepoError::Conflict { .. })));
 
+    // What a rule has left to do, found by the catalog (hsm run): copies
+    // that the current generations lack, copies made since a mark, and
+    // datasets idle since a time.
+    let v1 = VolumeName::new("v1").unwrap();
+    let names = |v: Vec<custos_model::DatasetRecord>| v.into_iter().map(|d| d.name.to_string()).collect::<Vec<_>>();
+    let lacking =
+        |prefix: &str, method, vol: &VolumeName| names(repo.datasets_without_copy(prefix, method, vol).unwrap());
+    assert_eq!(lacking("BATCH", CopyMethod::Logical, &v1), ["BATCH.N0", "BATCH.N1", "BATCH.N2"]);
+    assert_eq!(lacking("BATCH.N1", CopyMethod::Logical, &v1), ["BATCH.N1"], "a name is under its own prefix");
+    assert!(
+        lacking("BATCI", CopyMethod::Logical, &v1).is_empty() && lacking("BATCH.N3", CopyMethod::Raw, &v1).is_empty()
+    );
+    assert!(lacking("", CopyMethod::Logical, &v1).len() >= 3, "the empty prefix covers every name");
+    let (mark, _) = repo.backups_since(0).unwrap();
+    let n1 = &batch[1];
+    let copy = BackupRecord {
+        dataset: n1.name.clone(),
+        dataset_id: n1.dataset_id,
+        source_generation: 1,
+        method: CopyMethod::Logical,
+        volume: v1.clone(),
+        copy_id: DatasetId([0xF1; 16]),
+        chunk_count: 1,
+        ..b.clone()
+    };
+    let made = repo.insert_backup(&copy, &[ChunkId([0xF2; 16])], &[], None, &[], repo.deletion_seq().unwrap()).unwrap();
+    assert_eq!(lacking("BATCH", CopyMethod::Logical, &v1), ["BATCH.N0", "BATCH.N2"]);
+    assert_eq!(lacking("BATCH", CopyMethod::Raw, &v1).len(), 3, "another method is another copy");
+    assert_eq!(lacking("BATCH", CopyMethod::Logical, &v2).len(), 3, "another volume is another copy");
+    assert_eq!(repo.backups_since(mark).unwrap(), (made, vec![n1.name.clone()]));
+    assert_eq!(repo.backups_since(made).unwrap(), (made, vec![]));
+    assert_eq!(repo.dataset_backups(&n1.name).unwrap().iter().map(|x| x.id).collect::<Vec<_>>(), [made]);
+    assert!(repo.dataset_backups(&batch[0].name).unwrap().is_empty());
+    // A copy of an older generation is not a copy of the current one.
+    let next = GenerationCommit {
+        previous: 1,
+        generation: generation(2, label, "v2"),
+        chunks: vec![ChunkId([0xC1; 16])],
+        new_key: None,
+        reused: vec![ChunkId([0xC1; 16])],
+        ..n1.clone()
+    };
+    repo.commit_generation(&next).unwrap();
+    assert_eq!(lacking("BATCH", CopyMethod::Logical, &v1), ["BATCH.N0", "BATCH.N1", "BATCH.N2"]);
+    // Idle: the later of the last access (touched above, now) and the
+    // generation's time; a dataset on the rule's volume is not a candidate.
+    let idle = |before: Timestamp, vol: &VolumeName| names(repo.datasets_idle("BATCH", before, vol).unwrap());
+    let tomorrow = Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    assert_eq!(idle(tomorrow, &v1), ["BATCH.N0", "BATCH.N1", "BATCH.N2"]);
+    assert!(idle(tomorrow, &v2).is_empty(), "already on v2");
+    let after_generations = Timestamp::from_microsecond(1_700_000_100_000_000).unwrap();
+    // N0 and N2 were read since; N1's new generation (of 2023) is its last use.
+    assert_eq!(idle(after_generations, &v1), ["BATCH.N1"]);
+    assert!(names(repo.datasets_idle("NOPE", tomorrow, &v1).unwrap()).is_empty());
+    repo.remove_backup(made).unwrap();
+    repo.forget_trash(&due(repo)).unwrap();
+
     // Snapshots pin a generation: its chunks and manifest outlive the
     // generation until the snapshot goes.
     let sname = DatasetName::new("SNAP.DATA").unwrap();

@@ -12,9 +12,9 @@ mod sqlite;
 
 use custos_crypto::Mkvp;
 use custos_model::{
-    BackupRecord, ChunkId, CustodianKey, DatasetId, DatasetName, DatasetRecord, EscrowCopy, GenerationRecord, HsmRule,
-    KbkRecord, KeyLabel, KeyRecord, KeystoreBackupRecord, Pattern, PolicyRecord, PrincipalRecord, SealedShare,
-    SnapshotRecord, VolumeName, VolumeRecord,
+    BackupRecord, ChunkId, CopyMethod, CustodianKey, DatasetId, DatasetName, DatasetRecord, EscrowCopy,
+    GenerationRecord, HsmRule, KbkRecord, KeyLabel, KeyRecord, KeystoreBackupRecord, Pattern, PolicyRecord,
+    PrincipalRecord, SealedShare, SnapshotRecord, VolumeName, VolumeRecord,
 };
 use thiserror::Error;
 
@@ -405,6 +405,13 @@ pub trait Repository: Send + Sync {
     /// Up to `limit` backups with ids greater than `after`, by id (a page:
     /// the next starts after its last).
     fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>>;
+    /// The backups of the dataset named `name` (of every dataset that had
+    /// that name), oldest first.
+    fn dataset_backups(&self, name: &DatasetName) -> Result<Vec<BackupRecord>>;
+    /// The newest backup id (0 when there is none), and the names of the
+    /// datasets with a backup whose id is greater than `after` and at most
+    /// that: what was copied since a reader last looked.
+    fn backups_since(&self, after: u64) -> Result<(u64, Vec<DatasetName>)>;
     /// One backup by id.
     fn backup(&self, id: u64) -> Result<Option<BackupRecord>> {
         let Some(before) = id.checked_sub(1) else { return Ok(None) };
@@ -512,6 +519,21 @@ pub trait Repository: Send + Sync {
     /// Up to `limit` datasets in name order whose names are at least `from`
     /// and greater than `after`.
     fn datasets_from(&self, from: &str, after: &str, limit: u32) -> Result<Vec<DatasetRecord>>;
+    /// Datasets whose names start with `prefix` and whose current
+    /// generation has no copy by `method` on `volume`, by name: what a
+    /// backup rule has left to copy, found by the database (an index probe
+    /// per dataset) rather than by reading every dataset and backup.
+    fn datasets_without_copy(
+        &self,
+        prefix: &str,
+        method: CopyMethod,
+        volume: &VolumeName,
+    ) -> Result<Vec<DatasetRecord>>;
+    /// Datasets whose names start with `prefix`, whose current generation is
+    /// not on `not_on`, and that were last read or written at or before
+    /// `before` (the later of the recorded access and the generation's
+    /// time), by name: what a migration rule has left to move.
+    fn datasets_idle(&self, prefix: &str, before: jiff::Timestamp, not_on: &VolumeName) -> Result<Vec<DatasetRecord>>;
     /// Names of datasets with some generation sealed under `label`.
     fn datasets_using_key(&self, label: &KeyLabel) -> Result<Vec<DatasetName>>;
     /// The chunk IDs of one generation, in order.

@@ -2087,6 +2087,41 @@ impl Repository for PgRepository {
         self.read_after("list backups", "backups", after, limit, backup_from)
     }
 
+    fn dataset_backups(&self, name: &DatasetName) -> Result<Vec<BackupRecord>> {
+        self.read(
+            "list a dataset's backups",
+            "backups",
+            "WHERE dataset = $1 ORDER BY id",
+            &[&name.as_str()],
+            backup_from,
+        )
+    }
+
+    fn backups_since(&self, after: u64) -> Result<(u64, Vec<DatasetName>)> {
+        // Identities are handed out before commit, so a copy committed out
+        // of id order after this read can fall below the mark: it is seen
+        // with its dataset's next copy.
+        let mut c = self.client()?;
+        let rows = c
+            .query("SELECT coalesce(max(id), 0)::BIGINT FROM backups", &[])
+            .map_err(pg("read what was copied since"))?;
+        let newest: i64 = match rows.first() {
+            Some(r) => get(r, 0)?,
+            None => 0,
+        };
+        let after = after.min(i64::MAX as u64) as i64;
+        let names = c
+            .query(
+                "SELECT DISTINCT dataset FROM backups WHERE id > $1 AND id <= $2 ORDER BY dataset",
+                &[&after, &newest],
+            )
+            .map_err(pg("read what was copied since"))?
+            .iter()
+            .map(|r| ds_name(r, 0))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((newest.max(0) as u64, names))
+    }
+
     fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
         chunk_list(
             &mut self.client()?.db(),
@@ -2595,6 +2630,43 @@ impl Repository for PgRepository {
                 &[&from.max(after), &after, &i64::from(limit)],
             )
             .map_err(pg("list a page of datasets"))?
+            .iter()
+            .map(dataset_from)
+            .collect()
+    }
+
+    fn datasets_without_copy(
+        &self,
+        prefix: &str,
+        method: CopyMethod,
+        volume: &VolumeName,
+    ) -> Result<Vec<DatasetRecord>> {
+        // Every name under `prefix` sorts before prefix + DEL (names are ASCII; "C" collation).
+        self.client()?
+            .query(
+                &format!(
+                    "{DATASET_SELECT} WHERE d.name >= $1 AND d.name < $2 AND NOT EXISTS (SELECT 1 FROM backups b
+                     WHERE b.dataset = d.name AND b.dataset_id = d.id AND b.source_generation = d.current_generation
+                     AND b.method = $3 AND b.volume = $4) ORDER BY d.name"
+                ),
+                &[&prefix, &format!("{prefix}\x7f"), &method.as_str(), &volume.as_str()],
+            )
+            .map_err(pg("find datasets without a copy"))?
+            .iter()
+            .map(dataset_from)
+            .collect()
+    }
+
+    fn datasets_idle(&self, prefix: &str, before: Timestamp, not_on: &VolumeName) -> Result<Vec<DatasetRecord>> {
+        self.client()?
+            .query(
+                &format!(
+                    "{DATASET_SELECT} WHERE d.name >= $1 AND d.name < $2 AND g.volume <> $3
+                     AND (d.last_access IS NULL OR d.last_access <= $4) AND g.created_at <= $4 ORDER BY d.name"
+                ),
+                &[&prefix, &format!("{prefix}\x7f"), &not_on.as_str(), &ts(before)],
+            )
+            .map_err(pg("find idle datasets"))?
             .iter()
             .map(dataset_from)
             .collect()

@@ -1063,6 +1063,34 @@ fn policy_from_row(r: &Row) -> rusqlite::Result<PolicyRecord> {
 
 const DATASET_SELECT: &str = "SELECT d.id, d.name, d.created_at, g.generation, g.volume, g.key_label, g.size, g.chunk_size, g.chunk_count, g.manifest_hash, g.created_at, d.last_access, d.migrated_from FROM datasets d JOIN generations g ON g.dataset_id = d.id AND g.generation = d.current_generation";
 
+const BACKUP_SELECT: &str = "SELECT id, dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation, size,
+    chunk_size, chunk_count, manifest_hash, created_at, checked_at, checked_data, check_problem, @ok(backups) FROM backups";
+
+fn backup_from_row(r: &Row) -> rusqlite::Result<BackupRecord> {
+    let name: String = r.get(1)?;
+    let method: String = r.get(4)?;
+    let volume: String = r.get(5)?;
+    let key: String = r.get(6)?;
+    let hash: Vec<u8> = r.get(12)?;
+    Ok(BackupRecord {
+        id: r.get::<_, i64>(0)? as u64,
+        dataset: DatasetName::new(name).map_err(|e| corrupt(e.to_string()))?,
+        dataset_id: DatasetId(id16(r.get(2)?)?),
+        source_generation: r.get::<_, i64>(3)? as u64,
+        method: CopyMethod::parse(&method).ok_or_else(|| corrupt(format!("copy method {method}")))?,
+        volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+        key_label: KeyLabel::new(key).map_err(|e| corrupt(e.to_string()))?,
+        copy_id: DatasetId(id16(r.get(7)?)?),
+        generation: r.get::<_, i64>(8)? as u64,
+        size: r.get::<_, i64>(9)? as u64,
+        chunk_size: r.get::<_, i64>(10)? as u32,
+        chunk_count: r.get::<_, i64>(11)? as u64,
+        manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
+        created_at: from_ts(r.get(13)?)?,
+        checked: check_from(r.get(14)?, r.get(15)?, r.get(16)?)?,
+    })
+}
+
 fn dataset_from_row(r: &Row) -> rusqlite::Result<DatasetRecord> {
     let name: String = r.get(1)?;
     let volume: String = r.get(4)?;
@@ -1822,35 +1850,41 @@ impl Repository for SqliteRepository {
     fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>> {
         self.query_all(
             "list backups",
-            "SELECT id, dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation, size,
-                 chunk_size, chunk_count, manifest_hash, created_at, checked_at, checked_data, check_problem, @ok(backups) FROM backups
-             WHERE id > ?1 ORDER BY id LIMIT ?2",
+            &format!("{BACKUP_SELECT} WHERE id > ?1 ORDER BY id LIMIT ?2"),
             params![after.min(i64::MAX as u64) as i64, i64::from(limit)],
-            |r| {
-                let name: String = r.get(1)?;
-                let method: String = r.get(4)?;
-                let volume: String = r.get(5)?;
-                let key: String = r.get(6)?;
-                let hash: Vec<u8> = r.get(12)?;
-                Ok(BackupRecord {
-                    id: r.get::<_, i64>(0)? as u64,
-                    dataset: DatasetName::new(name).map_err(|e| corrupt(e.to_string()))?,
-                    dataset_id: DatasetId(id16(r.get(2)?)?),
-                    source_generation: r.get::<_, i64>(3)? as u64,
-                    method: CopyMethod::parse(&method).ok_or_else(|| corrupt(format!("copy method {method}")))?,
-                    volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
-                    key_label: KeyLabel::new(key).map_err(|e| corrupt(e.to_string()))?,
-                    copy_id: DatasetId(id16(r.get(7)?)?),
-                    generation: r.get::<_, i64>(8)? as u64,
-                    size: r.get::<_, i64>(9)? as u64,
-                    chunk_size: r.get::<_, i64>(10)? as u32,
-                    chunk_count: r.get::<_, i64>(11)? as u64,
-                    manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
-                    created_at: from_ts(r.get(13)?)?,
-                    checked: check_from(r.get(14)?, r.get(15)?, r.get(16)?)?,
-                })
-            },
+            backup_from_row,
         )
+    }
+
+    fn dataset_backups(&self, name: &DatasetName) -> Result<Vec<BackupRecord>> {
+        self.query_all(
+            "list a dataset's backups",
+            &format!("{BACKUP_SELECT} WHERE dataset = ?1 ORDER BY id"),
+            [name.as_str()],
+            backup_from_row,
+        )
+    }
+
+    fn backups_since(&self, after: u64) -> Result<(u64, Vec<DatasetName>)> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction().map_err(db("read what was copied since"))?;
+        let newest: i64 = tx
+            .query_row_c("SELECT coalesce(max(id), 0) FROM backups", [], |r| r.get(0))
+            .map_err(db("read what was copied since"))?;
+        let after = after.min(i64::MAX as u64) as i64;
+        let mut stmt = tx
+            .prepare_cached("SELECT DISTINCT dataset FROM backups WHERE id > ?1 AND id <= ?2 ORDER BY dataset")
+            .map_err(db("read what was copied since"))?;
+        let names = stmt
+            .query_map(params![after, newest], |r| {
+                DatasetName::new(r.get::<_, String>(0)?).map_err(|e| corrupt(e.to_string()))
+            })
+            .map_err(db("read what was copied since"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db("read what was copied since"))?;
+        drop(stmt);
+        tx.finish().map_err(db("read what was copied since"))?;
+        Ok((newest.max(0) as u64, names))
     }
 
     fn backup_chunks(&self, id: u64) -> Result<Vec<ChunkId>> {
@@ -3024,6 +3058,37 @@ impl Repository for SqliteRepository {
             "list a page of datasets",
             &format!("{DATASET_SELECT} WHERE d.name >= ?1 AND d.name > ?2 ORDER BY d.name LIMIT ?3"),
             params![from.max(after), after, limit],
+            dataset_from_row,
+        )
+    }
+
+    fn datasets_without_copy(
+        &self,
+        prefix: &str,
+        method: CopyMethod,
+        volume: &VolumeName,
+    ) -> Result<Vec<DatasetRecord>> {
+        // Every name under `prefix` sorts before prefix + DEL (names are ASCII).
+        self.query_all(
+            "find datasets without a copy",
+            &format!(
+                "{DATASET_SELECT} WHERE d.name >= ?1 AND d.name < ?2 AND NOT EXISTS (SELECT 1 FROM backups b
+                 WHERE b.dataset = d.name AND b.dataset_id = d.id AND b.source_generation = d.current_generation
+                 AND b.method = ?3 AND b.volume = ?4) ORDER BY d.name"
+            ),
+            params![prefix, format!("{prefix}\x7f"), method.as_str(), volume.as_str()],
+            dataset_from_row,
+        )
+    }
+
+    fn datasets_idle(&self, prefix: &str, before: Timestamp, not_on: &VolumeName) -> Result<Vec<DatasetRecord>> {
+        self.query_all(
+            "find idle datasets",
+            &format!(
+                "{DATASET_SELECT} WHERE d.name >= ?1 AND d.name < ?2 AND g.volume <> ?3
+                 AND (d.last_access IS NULL OR d.last_access <= ?4) AND g.created_at <= ?4 ORDER BY d.name"
+            ),
+            params![prefix, format!("{prefix}\x7f"), not_on.as_str(), ts(before)],
             dataset_from_row,
         )
     }
