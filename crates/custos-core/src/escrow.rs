@@ -38,7 +38,12 @@ pub struct ShareStatus {
 
 impl<S: VaultState> Vault<S> {
     pub fn escrow_status(&self) -> Result<EscrowStatus> {
-        let keys = self.repo.keys()?;
+        self.escrow_status_of(&self.repo.keys()?)
+    }
+
+    /// [`Vault::escrow_status`] given the keystore, read by the caller
+    /// (the risk report reads it once for everything).
+    pub fn escrow_status_of(&self, keys: &[KeyRecord]) -> Result<EscrowStatus> {
         let kbks = self.repo.kbks()?;
         let shares = match kbks.last() {
             Some(k) => self

@@ -68,6 +68,7 @@ fn build_rest<S: VaultState>(
         );
     }
     let keys = v.keys()?;
+    let escrow = v.escrow_status_of(&keys)?;
     let schedule: HashMap<String, jiff::Timestamp> =
         v.destroy_schedule()?.into_iter().map(|(l, t)| (l.to_string(), t)).collect();
     let apps: HashMap<String, String> = keys.iter().map(|k| (k.label.to_string(), k.app.clone())).collect();
@@ -87,7 +88,6 @@ fn build_rest<S: VaultState>(
             },
         );
     }
-    let escrow = v.escrow_status()?;
     g.principals = v.users()?;
     if let Some(k) = escrow.kbks.last() {
         let users: HashMap<&str, bool> = g.principals.iter().map(|u| (u.name.as_str(), u.disabled)).collect();
