@@ -95,6 +95,15 @@ impl<S: VaultState> Vault<S> {
         page(pattern, after, limit, |from, after, n| self.repo.datasets_from(from, after, n), |d| d.name.to_string())
     }
 
+    /// Every dataset matching `pattern` (all when `None`), by name, read
+    /// from the pattern's literal prefix to its end (not every dataset).
+    pub fn datasets_matching(&self, pattern: Option<&custos_model::Pattern>) -> Result<Vec<DatasetRecord>> {
+        match pattern {
+            None => self.datasets(),
+            Some(p) => self.datasets_page(Some(p), None, usize::MAX),
+        }
+    }
+
     pub fn dataset(&self, name: &DatasetName) -> Result<DatasetRecord> {
         self.repo.dataset(name)?.ok_or_else(|| Error::DatasetNotFound { name: name.clone() })
     }

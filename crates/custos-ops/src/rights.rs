@@ -27,12 +27,7 @@ fn on(op: Op, d: &DatasetName) -> Need {
 
 /// Every existing dataset matching `pattern` (all when `None`).
 fn matching(e: &Engine, op: Op, pattern: Option<&Pattern>) -> Result<Vec<Need>> {
-    Ok(e.vault
-        .datasets()?
-        .into_iter()
-        .filter(|d| pattern.is_none_or(|p| p.matches(d.name.as_str())))
-        .map(|d| Need { op, dataset: Some(d.name), key: None })
-        .collect())
+    Ok(e.vault.datasets_matching(pattern)?.into_iter().map(|d| Need { op, dataset: Some(d.name), key: None }).collect())
 }
 
 /// Whether `p` may run `op`.

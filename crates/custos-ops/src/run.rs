@@ -196,9 +196,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             let out = io.output.as_deref_mut().ok_or_else(|| Error::Usage("ds get needs somewhere to write".into()))?;
             Reply::Got(e.open()?.get(&name, out, range)?)
         }
-        O::DsList { pattern, limit: None, after: None } => Reply::Datasets(
-            v.datasets()?.into_iter().filter(|d| pattern.as_ref().is_none_or(|p| p.matches(d.name.as_str()))).collect(),
-        ),
+        O::DsList { pattern, limit: None, after: None } => Reply::Datasets(v.datasets_matching(pattern.as_ref())?),
         O::DsList { pattern, limit, after } => Reply::Datasets(v.datasets_page(
             pattern.as_ref(),
             after.as_deref(),
@@ -339,12 +337,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::SnapshotRestored { id, report: ov.snapshot_restore(&sn, as_name.as_ref())? }
         }
         O::BackupRun { pattern, method, to, key } => {
-            let names: Vec<DatasetName> = v
-                .datasets()?
-                .into_iter()
-                .filter(|d| pattern.as_ref().is_none_or(|p| p.matches(d.name.as_str())))
-                .map(|d| d.name)
-                .collect();
+            let names: Vec<DatasetName> = v.datasets_matching(pattern.as_ref())?.into_iter().map(|d| d.name).collect();
             if names.is_empty() {
                 return Err(Error::Failed {
                     code: crate::Code::NotFound,
