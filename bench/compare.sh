@@ -30,8 +30,14 @@ command -v restic >/dev/null 2>&1 || need+=(restic)
 command -v borg >/dev/null 2>&1 || need+=(borgbackup)
 command -v bc >/dev/null 2>&1 || need+=(bc)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
-cargo build --release --locked -p custos-cli
-custos="$root/target/release/custos"
+# CUSTOS_BIN: another build to measure (an older commit, say), same day,
+# same machine; its figures then name that binary instead of this checkout.
+if [ -z "${CUSTOS_BIN:-}" ]; then
+  cargo build --release --locked -p custos-cli
+  custos="$root/target/release/custos"
+else
+  custos=$CUSTOS_BIN
+fi
 
 rm -rf "$work" && mkdir -p "$work/data"
 # 200 files: sizes from 1 MiB to ~19 MiB (about 2 GiB); even files random, odd files text.
@@ -151,7 +157,7 @@ s() { printf '%.2f' "$1"; }
 c_full=$(echo "$c_import + $c_logical" | bc -l)
 cat > "$work/section.md" <<MD
 <!-- compare:begin -->
-Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/compare.sh\`: $(printf '%.2f' "$(echo "$total / 1073741824" | bc -l)") GiB in 200 files (half random, half compressible text), page cache warm, disk settled (\`sync\`) before each timed step, one run. Versions: $(restic version | cut -d' ' -f1-2), $(borg --version), Custos $(git -C "$root" rev-parse --short HEAD).
+Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/compare.sh\`: $(printf '%.2f' "$(echo "$total / 1073741824" | bc -l)") GiB in 200 files (half random, half compressible text), page cache warm, disk settled (\`sync\`) before each timed step, one run. Versions: $(restic version | cut -d' ' -f1-2), $(borg --version), Custos ${CUSTOS_BIN:+$CUSTOS_BIN (not this checkout) }$(git -C "$root" rev-parse --short HEAD).
 
 | | full backup | incremental (10 of 200 files changed) | restore everything | plaintext out to files |
 |---|---|---|---|---|

@@ -89,7 +89,7 @@ done
 
 cat > "$work/section.md" <<MD
 <!-- hsm-scale:begin -->
-Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/hsm-scale.sh ${sizes[*]}\`, Custos $(git -C "$root" rev-parse --short HEAD) (release build, software HSM, SQLite catalog): N datasets of 200 bytes (a key each), one hsm rule backing all of them up logically to a volume at site B, every dataset already copied; medians of 3.
+Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/hsm-scale.sh ${sizes[*]}\`, Custos $(git -C "$root" rev-parse --short HEAD)${CUSTOS_BIN:+ (measured: $CUSTOS_BIN)} (release build, software HSM, SQLite catalog): N datasets of 200 bytes (a key each), one hsm rule backing all of them up logically to a volume at site B, every dataset already copied; medians of 3.
 
 | datasets | \`ds import\` (untimed in the budget) | \`hsm run\`, nothing changed | \`hsm run\`, 20 changed | \`risk report --format json\` | \`ds ls --json\` |
 |---|---|---|---|---|---|

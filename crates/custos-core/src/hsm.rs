@@ -306,6 +306,10 @@ impl<S: VaultState> Vault<S> {
             }
         }
 
+        // A dataset whose copy failed is not migrated in this pass (its
+        // series is still pruned: retention always keeps the newest copy).
+        let copy_failed: std::collections::HashSet<DatasetName> =
+            out.iter().filter(|a| a.action == "failed").map(|a| a.dataset.clone()).collect();
         // Retention, for the series that gained a copy since the mark.
         if rules.iter().any(|r| r.backup_to.is_some() && !retention_of(r).is_empty()) {
             let fingerprint = rules_fingerprint(&rules);
@@ -374,7 +378,8 @@ impl<S: VaultState> Vault<S> {
             let (Some(tape), Some(days)) = (&rule.migrate_to, rule.migrate_after_days) else { continue };
             let idle_since = now - (days as i64).hours() * 24;
             let idle = self.repo.datasets_idle(rule.pattern.literal_prefix(), idle_since, tape)?;
-            for d in idle.into_iter().filter(|d| governed(&d.name).is_some_and(|r| r.name == rule.name)) {
+            let mine = |d: &DatasetRecord| governed(&d.name).is_some_and(|r| r.name == rule.name);
+            for d in idle.into_iter().filter(|d| mine(d) && !copy_failed.contains(&d.name)) {
                 let detail = format!(
                     "unused since {} ({} days or more): generation {} from {} to {tape}",
                     d.last_access.strftime("%Y-%m-%d"),
