@@ -436,8 +436,10 @@ fn show_reply(cli: &Cli, reply: &Reply, show: &Show, data_on_stdout: bool) -> an
             }
         }
         (_, true) => {
-            serde_json::to_writer_pretty(&mut out, &reply.json())?;
-            writeln!(out)?;
+            let mut w = std::io::BufWriter::new(&mut out);
+            reply.write_json(&mut w)?;
+            writeln!(w)?;
+            w.flush()?;
         }
         (_, false) => write!(out, "{}", reply.text())?,
     }

@@ -242,6 +242,15 @@ fn to(v: impl Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// A list serialized an element at a time through `f` (see [`Reply::write_json`]).
+struct Each<'a, T, F: Fn(&T) -> Value>(&'a [T], F);
+
+impl<T, F: Fn(&T) -> Value> Serialize for Each<'_, T, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(&self.1))
+    }
+}
+
 fn methods(m: CopyMethod) -> &'static str {
     match m {
         CopyMethod::Raw => "raw",
@@ -288,6 +297,31 @@ impl Reply {
                 | Approved { .. }
                 | Contributed { .. }
         )
+    }
+
+    /// Write [`Reply::json`], pretty-printed, to `w`. A long list is
+    /// written an element at a time (each element's JSON is made, written
+    /// and dropped), so that 100,000 datasets do not first become a tree of
+    /// JSON values in memory; the text is the same.
+    pub fn write_json(&self, w: &mut dyn std::io::Write) -> serde_json::Result<()> {
+        use Reply::*;
+        match self {
+            Datasets(d) => serde_json::to_writer_pretty(w, &Each(d, |x| to(x))),
+            Backups(b) => serde_json::to_writer_pretty(w, &Each(b, |x| to(x))),
+            Snapshots(s) => serde_json::to_writer_pretty(w, &Each(s, |x| to(x))),
+            Audit(rows) => serde_json::to_writer_pretty(w, &Each(rows, |x| to(x))),
+            Keys(ks, due) => serde_json::to_writer_pretty(
+                w,
+                &Each(ks, |k| {
+                    let mut row = to(k);
+                    if let Some(t) = due.get(k.label.as_str()) {
+                        row["destroy_at"] = to(t);
+                    }
+                    row
+                }),
+            ),
+            other => serde_json::to_writer_pretty(w, &other.json()),
+        }
     }
 
     /// The JSON a script gets (`--json`, or the HTTP API's `result`).
