@@ -13,12 +13,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 root=$(pwd)
 runs=${1:-50}
-if [ -n "${CUSTOS_BIN:-}" ]; then
-  custos=$CUSTOS_BIN
-else
-  cargo build --release --locked -p custos-cli
-  custos="$root/target/release/custos"
-fi
+custos_binary
 work=$(mktemp -d /tmp/custos-command-cost.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export CUSTOS_VAULT="$work/vault" CUSTOS_PASSPHRASE="bench-not-secret"

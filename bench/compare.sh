@@ -32,12 +32,7 @@ command -v bc >/dev/null 2>&1 || need+=(bc)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
 # CUSTOS_BIN: another build to measure (an older commit, say), same day,
 # same machine; its figures then name that binary instead of this checkout.
-if [ -z "${CUSTOS_BIN:-}" ]; then
-  cargo build --release --locked -p custos-cli
-  custos="$root/target/release/custos"
-else
-  custos=$CUSTOS_BIN
-fi
+custos_binary
 
 rm -rf "$work" && mkdir -p "$work/data"
 # 200 files: sizes from 1 MiB to ~19 MiB (about 2 GiB); even files random, odd files text.

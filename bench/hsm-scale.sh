@@ -26,21 +26,9 @@ sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1000 10000 100000)
 work=${SCALE_WORK:-/tmp/custos-scale}
 command -v bc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bc; }
-if [ -z "${CUSTOS_BIN:-}" ]; then
-  cargo build --release --locked -p custos-cli
-  custos="$root/target/release/custos"
-else
-  custos=$CUSTOS_BIN
-fi
+custos_binary
 export CUSTOS_PASSPHRASE="bench-not-secret"
 
-t() {
-  local t0 t1
-  t0=$(date +%s.%N)
-  "$@" > /dev/null 2> "$work/step.err" || { echo "failed: $*: $(tail -3 "$work/step.err")" >&2; return 1; }
-  t1=$(date +%s.%N)
-  echo "$t1 - $t0" | bc -l
-}
 med() { sort -n | sed -n 2p; }
 s() { printf '%.2f' "$1"; }
 rss() { /usr/bin/time -o "$work/rss" -f "%M" "$@" > /dev/null 2>&1; awk '{printf "%.0f", $1 / 1024}' "$work/rss"; }
@@ -61,10 +49,10 @@ PY
   export CUSTOS_VAULT="$work/vault"
   bench_vault
   "$custos" volume add offsite --path "$work/offsite" --site B > /dev/null
-  import=$(t "$custos" ds import --prefix S "$work/tree")
+  import=$(timed "$custos" ds import --prefix S "$work/tree")
   "$custos" hsm rule add all --pattern 'S.**' --backup-to offsite > /dev/null
   "$custos" backup run --to offsite 'S.**' > /dev/null
-  idle=$(for _ in 1 2 3; do t "$custos" hsm run; done | med)
+  idle=$(for _ in 1 2 3; do timed "$custos" hsm run; done | med)
   mapfile -t names < <("$custos" ds ls --json | python3 -c '
 import json, sys
 ds = json.load(sys.stdin)
@@ -76,12 +64,12 @@ for d in ds[::step][:20]:
       head -c 200 /dev/urandom > "$work/new"
       "$custos" ds put "$nm" "$work/new" > /dev/null
     done
-    t "$custos" hsm run
+    timed "$custos" hsm run
   done | med)
   made=$("$custos" backup ls --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
-  risk=$(for _ in 1 2 3; do t "$custos" risk report --format json -o "$work/r.json"; done | med)
+  risk=$(for _ in 1 2 3; do timed "$custos" risk report --format json -o "$work/r.json"; done | med)
   risk_rss=$(rss "$custos" risk report --format json -o "$work/r.json")
-  ls_t=$(for _ in 1 2 3; do t "$custos" ds ls --json; done | med)
+  ls_t=$(for _ in 1 2 3; do timed "$custos" ds ls --json; done | med)
   ls_rss=$(rss "$custos" ds ls --json)
   echo "N=$n import $(s "$import") s; hsm run idle $(s "$idle") s, 20 changed $(s "$changed") s ($made backups); risk report $(s "$risk") s ${risk_rss} MiB; ds ls --json $(s "$ls_t") s ${ls_rss} MiB" >&2
   rows+="| $n | $(s "$import") s | $(s "$idle") s | $(s "$changed") s | $(s "$risk") s, ${risk_rss} MiB | $(s "$ls_t") s, ${ls_rss} MiB |"$'\n'

@@ -66,3 +66,25 @@ for i in range(n):
             f.write((line * (size // len(line) + 1))[:size])
 PY
 }
+
+# custos_binary: set $custos to $CUSTOS_BIN when given (another build,
+# measured on the same machine the same day), else to this checkout's
+# release build, built first. Run from the checkout's root.
+custos_binary() {
+  if [ -n "${CUSTOS_BIN:-}" ]; then
+    custos=$CUSTOS_BIN
+  else
+    cargo build --release --locked -p custos-cli
+    custos="$(pwd)/target/release/custos"
+  fi
+}
+
+# timed CMD...: its wall time in seconds (output discarded, errors kept in
+# $work/step.err); a command that fails ends the run, naming it.
+timed() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" > /dev/null 2> "$work/step.err" || { echo "failed: $*: $(tail -3 "$work/step.err")" >&2; return 1; }
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc -l
+}

@@ -18,12 +18,7 @@ n=${1:-10000}
 runs=${2:-2}
 [ "$(id -u)" = 0 ] || { echo "this bench makes and mounts a filesystem: run it as root" >&2; exit 2; }
 command -v restic >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq restic; }
-if [ -z "${CUSTOS_BIN:-}" ]; then
-  cargo build --release --locked -p custos-cli
-  custos="$(pwd)/target/release/custos"
-else
-  custos=$CUSTOS_BIN
-fi
+custos_binary
 scratch=${FRESH_WORK:-/tmp/custos-fresh}
 img="$scratch/fs.img" mnt="$scratch/mnt" data="$scratch/data-$n"
 mkdir -p "$scratch" "$mnt"

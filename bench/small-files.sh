@@ -42,17 +42,8 @@ if ! command -v rustic >/dev/null 2>&1; then
   fi
   [ -x "$cache/rustic/bin/rustic" ] && export PATH="$cache/rustic/bin:$PATH"
 fi
-cargo build --release --locked -p custos-cli
-custos="$root/target/release/custos"
+custos_binary
 
-# t CMD...: its wall time in seconds; a command that fails ends the run.
-t() {
-  local t0 t1
-  t0=$(date +%s.%N)
-  "$@" > /dev/null 2> "$work/step.err" || { echo "failed: $*: $(tail -3 "$work/step.err")" >&2; return 1; }
-  t1=$(date +%s.%N)
-  echo "$t1 - $t0" | bc -l
-}
 settle() { sync; sleep 2; }
 s() { printf '%.2f' "$1"; }
 mb() { printf '%.0f' "$(echo "$1 / 1000000" | bc -l)"; }
@@ -92,12 +83,12 @@ MD
 peer() {
   local label=$1 tree=$2 repo=$3 back
   settle
-  last_full=$(t bash -c "$4")
+  last_full=$(timed bash -c "$4")
   change "$tree" "$n"
   settle
-  last_incr=$(t bash -c "$5")
+  last_incr=$(timed bash -c "$5")
   settle
-  back=$(t bash -c "$6")
+  back=$(timed bash -c "$6")
   peer_rows+="| $label | $(s "$last_full") s | $(s "$last_incr") s | $(s "$back") s | $(mb "$(bytes "$repo")") MB |
 "
 }
@@ -116,18 +107,18 @@ for n in "${sizes[@]}"; do
   bench_vault
   "$custos" volume add offsite --path "$work/offsite" --site B > /dev/null
   settle
-  c_import=$(t "$custos" ds import "$work/data" --prefix SMALL)
+  c_import=$(timed "$custos" ds import "$work/data" --prefix SMALL)
   settle
-  c_backup=$(t "$custos" backup run --to offsite)
+  c_backup=$(timed "$custos" backup run --to offsite)
   c_stored=$(bytes "$work/vault/volumes/default")
   c_copy=$(bytes "$work/offsite")
   change "$work/data" "$n"
   settle
-  c_reimport=$(t "$custos" ds import "$work/data" --prefix SMALL --replace)
+  c_reimport=$(timed "$custos" ds import "$work/data" --prefix SMALL --replace)
   settle
-  c_incr=$(t "$custos" backup run --to offsite)
+  c_incr=$(timed "$custos" backup run --to offsite)
   settle
-  c_export="$(s "$(t "$custos" ds export SMALL "$work/custos-out")") s"
+  c_export="$(s "$(timed "$custos" ds export SMALL "$work/custos-out")") s"
   [ "$(find "$work/custos-out" -type f | wc -l)" = "$n" ] || { echo "the export wrote too few files" >&2; exit 1; }
 
   # The others: each on its own copy of the tree.
