@@ -829,7 +829,7 @@ impl Vault<Open> {
             // A run always settles at least its first dataset; should one
             // not, say so rather than loop.
             if !progress {
-                let why = "the copy run stopped before it reached it".to_string();
+                let why = "the copy run stopped before it reached it; run the command again".to_string();
                 for d in done.iter_mut().filter(|d| d.is_none()) {
                     *d = Some(Err(Error::Invalid { what: "logical backup", why: why.clone() }));
                 }

@@ -242,6 +242,15 @@ fn to(v: impl Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// A key in a listing: its record, and when its destruction is due if it is.
+fn key_row(k: &KeyRecord, due: &std::collections::BTreeMap<String, jiff::Timestamp>) -> Value {
+    let mut row = to(k);
+    if let Some(t) = due.get(k.label.as_str()) {
+        row["destroy_at"] = to(t);
+    }
+    row
+}
+
 /// A list serialized an element at a time through `f` (see [`Reply::write_json`]).
 struct Each<'a, T, F: Fn(&T) -> Value>(&'a [T], F);
 
@@ -310,16 +319,7 @@ impl Reply {
             Backups(b) => serde_json::to_writer_pretty(w, &Each(b, |x| to(x))),
             Snapshots(s) => serde_json::to_writer_pretty(w, &Each(s, |x| to(x))),
             Audit(rows) => serde_json::to_writer_pretty(w, &Each(rows, |x| to(x))),
-            Keys(ks, due) => serde_json::to_writer_pretty(
-                w,
-                &Each(ks, |k| {
-                    let mut row = to(k);
-                    if let Some(t) = due.get(k.label.as_str()) {
-                        row["destroy_at"] = to(t);
-                    }
-                    row
-                }),
-            ),
+            Keys(ks, due) => serde_json::to_writer_pretty(w, &Each(ks, |k| key_row(k, due))),
             other => serde_json::to_writer_pretty(w, &other.json()),
         }
     }
@@ -339,17 +339,7 @@ impl Reply {
                 j
             }
             Key(k, _) => to(k),
-            Keys(ks, due) => {
-                let mut j = to(ks);
-                if let Some(list) = j.as_array_mut() {
-                    for (k, row) in ks.iter().zip(list.iter_mut()) {
-                        if let Some(t) = due.get(k.label.as_str()) {
-                            row["destroy_at"] = to(t);
-                        }
-                    }
-                }
-                j
-            }
+            Keys(ks, due) => Value::Array(ks.iter().map(|k| key_row(k, due)).collect()),
             KeysCreated(ks) => to(ks),
             KeyDetail { key, datasets, destroy_after } => {
                 let mut j = to(key);
@@ -1416,5 +1406,50 @@ impl Reply {
             }
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod write_json_tests {
+    use super::*;
+    use custos_core::model::{KeyLabel, Purpose};
+
+    fn key(label: &str) -> KeyRecord {
+        KeyRecord {
+            label: KeyLabel::new(label).unwrap(),
+            state: KeyState::Active,
+            purpose: Purpose::Prim,
+            app: "APP".into(),
+            wrapped: None,
+            mkvp: custos_crypto::Mkvp([1; 8]),
+            kcv: custos_crypto::Kcv([2; 5]),
+            created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+            activated_at: None,
+            deactivated_at: None,
+            destroyed_at: None,
+            expires_at: None,
+            last_used_at: None,
+            use_count: 3,
+            escrow: None,
+            attributes: Default::default(),
+        }
+    }
+
+    /// What a list writes an element at a time is the text of its tree.
+    #[test]
+    fn a_list_written_element_by_element_reads_as_its_json_tree() {
+        let due: std::collections::BTreeMap<String, jiff::Timestamp> =
+            [("A.PRIM.APP.key002".to_string(), jiff::Timestamp::from_second(1_800_000_000).unwrap())].into();
+        let keys = Reply::Keys(vec![key("A.PRIM.APP.key001"), key("A.PRIM.APP.key002")], due);
+        let mut streamed = Vec::new();
+        keys.write_json(&mut streamed).unwrap();
+        assert_eq!(String::from_utf8(streamed).unwrap(), serde_json::to_string_pretty(&keys.json()).unwrap());
+        let text = serde_json::to_string_pretty(&keys.json()).unwrap();
+        assert_eq!(text.matches("destroy_at").count(), 1, "only the key due for destruction: {text}");
+        for empty in [Reply::Datasets(vec![]), Reply::Backups(vec![])] {
+            let mut w = Vec::new();
+            empty.write_json(&mut w).unwrap();
+            assert_eq!(w, b"[]");
+        }
     }
 }

@@ -810,6 +810,42 @@ pub(crate) struct VolumeUses {
     pub trash: i64,
 }
 
+/// The conditions both backends add to their dataset query for
+/// [`Repository::datasets_without_copy`]; `p(n)` is the backend's n-th
+/// placeholder (1 the prefix, 2 [`prefix_end`], 3 the method, 4 the volume).
+pub(crate) fn without_copy_sql(p: fn(u8) -> String) -> String {
+    format!(
+        "WHERE d.name >= {} AND d.name < {} AND NOT EXISTS (SELECT 1 FROM backups b
+         WHERE b.dataset = d.name AND b.dataset_id = d.id AND b.source_generation = d.current_generation
+         AND b.method = {} AND b.volume = {}) ORDER BY d.name",
+        p(1),
+        p(2),
+        p(3),
+        p(4)
+    )
+}
+
+/// The conditions both backends add to their dataset query for
+/// [`Repository::datasets_idle`] (placeholders: 1 the prefix, 2
+/// [`prefix_end`], 3 the volume, 4 the time).
+pub(crate) fn idle_sql(p: fn(u8) -> String) -> String {
+    format!(
+        "WHERE d.name >= {} AND d.name < {} AND g.volume <> {}
+         AND (d.last_access IS NULL OR d.last_access <= {t}) AND g.created_at <= {t} ORDER BY d.name",
+        p(1),
+        p(2),
+        p(3),
+        t = p(4)
+    )
+}
+
+/// Where the names under `prefix` end: names are ASCII, so every one that
+/// starts with `prefix` sorts before `prefix` followed by DEL (in SQLite's
+/// binary order and PostgreSQL's "C" collation alike).
+pub(crate) fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}\x7f")
+}
+
 /// The query both backends run for [`VolumeUses`] (`?1` / `$1` the volume;
 /// `AGG` the backend's string aggregate).
 pub(crate) fn volume_uses_sql(p: &str, agg: &str) -> String {

@@ -2641,15 +2641,10 @@ impl Repository for PgRepository {
         method: CopyMethod,
         volume: &VolumeName,
     ) -> Result<Vec<DatasetRecord>> {
-        // Every name under `prefix` sorts before prefix + DEL (names are ASCII; "C" collation).
         self.client()?
             .query(
-                &format!(
-                    "{DATASET_SELECT} WHERE d.name >= $1 AND d.name < $2 AND NOT EXISTS (SELECT 1 FROM backups b
-                     WHERE b.dataset = d.name AND b.dataset_id = d.id AND b.source_generation = d.current_generation
-                     AND b.method = $3 AND b.volume = $4) ORDER BY d.name"
-                ),
-                &[&prefix, &format!("{prefix}\x7f"), &method.as_str(), &volume.as_str()],
+                &format!("{DATASET_SELECT} {}", crate::without_copy_sql(|n| format!("${n}"))),
+                &[&prefix, &crate::prefix_end(prefix), &method.as_str(), &volume.as_str()],
             )
             .map_err(pg("find datasets without a copy"))?
             .iter()
@@ -2660,11 +2655,8 @@ impl Repository for PgRepository {
     fn datasets_idle(&self, prefix: &str, before: Timestamp, not_on: &VolumeName) -> Result<Vec<DatasetRecord>> {
         self.client()?
             .query(
-                &format!(
-                    "{DATASET_SELECT} WHERE d.name >= $1 AND d.name < $2 AND g.volume <> $3
-                     AND (d.last_access IS NULL OR d.last_access <= $4) AND g.created_at <= $4 ORDER BY d.name"
-                ),
-                &[&prefix, &format!("{prefix}\x7f"), &not_on.as_str(), &ts(before)],
+                &format!("{DATASET_SELECT} {}", crate::idle_sql(|n| format!("${n}"))),
+                &[&prefix, &crate::prefix_end(prefix), &not_on.as_str(), &ts(before)],
             )
             .map_err(pg("find idle datasets"))?
             .iter()

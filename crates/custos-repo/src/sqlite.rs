@@ -3068,15 +3068,10 @@ impl Repository for SqliteRepository {
         method: CopyMethod,
         volume: &VolumeName,
     ) -> Result<Vec<DatasetRecord>> {
-        // Every name under `prefix` sorts before prefix + DEL (names are ASCII).
         self.query_all(
             "find datasets without a copy",
-            &format!(
-                "{DATASET_SELECT} WHERE d.name >= ?1 AND d.name < ?2 AND NOT EXISTS (SELECT 1 FROM backups b
-                 WHERE b.dataset = d.name AND b.dataset_id = d.id AND b.source_generation = d.current_generation
-                 AND b.method = ?3 AND b.volume = ?4) ORDER BY d.name"
-            ),
-            params![prefix, format!("{prefix}\x7f"), method.as_str(), volume.as_str()],
+            &format!("{DATASET_SELECT} {}", crate::without_copy_sql(|n| format!("?{n}"))),
+            params![prefix, crate::prefix_end(prefix), method.as_str(), volume.as_str()],
             dataset_from_row,
         )
     }
@@ -3084,11 +3079,8 @@ impl Repository for SqliteRepository {
     fn datasets_idle(&self, prefix: &str, before: Timestamp, not_on: &VolumeName) -> Result<Vec<DatasetRecord>> {
         self.query_all(
             "find idle datasets",
-            &format!(
-                "{DATASET_SELECT} WHERE d.name >= ?1 AND d.name < ?2 AND g.volume <> ?3
-                 AND (d.last_access IS NULL OR d.last_access <= ?4) AND g.created_at <= ?4 ORDER BY d.name"
-            ),
-            params![prefix, format!("{prefix}\x7f"), not_on.as_str(), ts(before)],
+            &format!("{DATASET_SELECT} {}", crate::idle_sql(|n| format!("?{n}"))),
+            params![prefix, crate::prefix_end(prefix), not_on.as_str(), ts(before)],
             dataset_from_row,
         )
     }
