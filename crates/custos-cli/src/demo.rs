@@ -123,7 +123,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     step(3, "The paper's Table 2, computed from this vault (rows: threats; columns: applications).");
     let table = |v: &Vault<Open>| -> anyhow::Result<report::Report> {
         let g = build::graph(v, None, v.held_mkvps()?)?;
-        Ok(report::report(&g, false, jiff::Timestamp::now()))
+        Ok(report::report(g.clone(), false, jiff::Timestamp::now()))
     };
     let r = table(&vault)?;
     print!("{}", indent(&report::render_threat_rows(&r)));
@@ -207,7 +207,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     );
     let r = table(&vault)?;
     let cell = |app: &str, t: Threat| {
-        r.apps
+        r.apps()
             .iter()
             .find(|a| a.app == app)
             .and_then(|a| a.single.iter().find(|(x, _, _)| *x == t))

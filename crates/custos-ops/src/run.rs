@@ -457,7 +457,7 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             }
             let mut g = g;
             g.as_if_unencrypted = as_if_unencrypted;
-            let mut r = custos_risk::report::report_ahead(&g, dual, Timestamp::now(), horizon);
+            let mut r = custos_risk::report::report_ahead(g, dual, Timestamp::now(), horizon);
             r.attach_drills(v.drill_results()?);
             Reply::RiskReport(Box::new(r), dual)
         }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::model::{KeyPath, Threat, Verdict};
-use crate::report::{CopyAudit, Report};
+use crate::report::{CopyAudit, DatasetRisk, Report};
 
 /// The page's stylesheet (the console serves it as a file; the standalone
 /// report inlines it).
@@ -139,11 +139,12 @@ fn legend() -> Markup {
 pub fn risk_body(r: &Report, dual: bool, link: Linker<'_>) -> Markup {
     let sealed = !r.keys_checked;
     let proofs = &proofs(r);
+    let rows = r.rows().all();
     html! {
         section.summary {
             p {
                 "Generated " time datetime=(r.generated_at.to_string()) { (r.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC")) }
-                ". " (r.datasets.len()) " datasets in " (r.apps.len()) " applications; "
+                ". " (r.rows().len()) " datasets in " (r.apps().len()) " applications; "
                 (r.copies.len()) " backups and snapshots; " (r.unencrypted_copies) " unencrypted copies."
             }
             @if sealed {
@@ -185,8 +186,8 @@ pub fn risk_body(r: &Report, dual: bool, link: Linker<'_>) -> Markup {
         (legend())
         (app_table(r))
         @if dual { (app_pairs(r)) }
-        (dataset_table(r, proofs))
-        @if dual { (dataset_pairs(r, proofs)) }
+        (dataset_table(r, &rows, proofs))
+        @if dual { (dataset_pairs(r, &rows, proofs)) }
         (copies(r))
         (findings(r, link))
     }
@@ -199,7 +200,7 @@ fn app_table(r: &Report) -> Markup {
             caption { "By application: which threats each application's data survives (its worst dataset)" }
             thead { tr {
                 th scope="col" { "Threat" }
-                @for a in &r.apps {
+                @for a in r.apps() {
                     th scope="col" data-app=(a.app) { (a.app) br; span.count { (a.datasets) " " (plural(a.datasets, "dataset")) } }
                 }
             } }
@@ -207,7 +208,7 @@ fn app_table(r: &Report) -> Markup {
                 @for (i, t) in r.threats.iter().enumerate() {
                     tr {
                         th scope="row" data-threat=(t.name()) { (t.title()) }
-                        @for a in &r.apps {
+                        @for a in r.apps() {
                             @let (_, ok, v) = &a.single[i];
                             (notes.cell(v, &app_text(*ok, a.datasets, v), t.name(), ("app", &a.app), None))
                         }
@@ -293,7 +294,7 @@ fn pair_matrix(
 fn app_pairs(r: &Report) -> Markup {
     let mut notes = Notes::new("apppair");
     let tables: Vec<Markup> = r
-        .apps
+        .apps()
         .iter()
         .map(|a| {
             let find = |x: Threat, y: Threat| {
@@ -321,7 +322,7 @@ fn app_pairs(r: &Report) -> Markup {
     }
 }
 
-fn dataset_table(r: &Report, proofs: &Proofs) -> Markup {
+fn dataset_table(r: &Report, rows: &[DatasetRisk], proofs: &Proofs) -> Markup {
     let mut notes = Notes::new("ds");
     let body = html! {
         table.risk id="by-dataset-table" {
@@ -331,7 +332,7 @@ fn dataset_table(r: &Report, proofs: &Proofs) -> Markup {
                 @for t in &r.threats { th scope="col" data-threat=(t.name()) { (t.title()) } }
             } }
             tbody {
-                @for d in &r.datasets {
+                @for d in rows {
                     tr {
                         th scope="row" { (d.dataset) br; span.count { (d.app) } }
                         @for (t, v) in &d.single {
@@ -352,10 +353,9 @@ fn dataset_table(r: &Report, proofs: &Proofs) -> Markup {
     }
 }
 
-fn dataset_pairs(r: &Report, proofs: &Proofs) -> Markup {
+fn dataset_pairs(r: &Report, rows: &[DatasetRisk], proofs: &Proofs) -> Markup {
     let mut notes = Notes::new("dspair");
-    let tables: Vec<Markup> = r
-        .datasets
+    let tables: Vec<Markup> = rows
         .iter()
         .map(|d| {
             let find = |x: Threat, y: Threat| {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -12,40 +13,47 @@ use crate::model::{evaluate, CopyKind, Graph, KeyPath, Threat, Verdict};
 
 /// A verdict as one JSON object with what it is about in front:
 /// `{"threat": …, "verdict": …, …}` (or `"threats": [a, b]`, and an
-/// application's `surviving_count`).
-fn verdict_object(about: serde_json::Map<String, serde_json::Value>, v: &Verdict) -> serde_json::Value {
-    let mut o = about;
-    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(v) {
-        o.extend(fields);
-    }
-    serde_json::Value::Object(o)
-}
-
-fn about(pairs: &[(&str, serde_json::Value)]) -> serde_json::Map<String, serde_json::Value> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-fn json_of<T: Serialize>(t: &T) -> serde_json::Value {
-    serde_json::to_value(t).unwrap_or(serde_json::Value::Null)
+/// application's `surviving_count`), written without an intermediate tree.
+#[derive(Serialize)]
+struct Cell<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threat: Option<Threat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threats: Option<[Threat; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    surviving_count: Option<usize>,
+    #[serde(flatten)]
+    verdict: &'a Verdict,
 }
 
 fn ser_single<S: serde::Serializer>(v: &[(Threat, Verdict)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|(t, v)| verdict_object(about(&[("threat", json_of(t))]), v)))
+    s.collect_seq(v.iter().map(|(t, v)| Cell { threat: Some(*t), threats: None, surviving_count: None, verdict: v }))
 }
 
 fn ser_dual<S: serde::Serializer>(v: &[((Threat, Threat), Verdict)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|((a, b), v)| verdict_object(about(&[("threats", json_of(&[a, b]))]), v)))
+    s.collect_seq(v.iter().map(|((a, b), v)| Cell {
+        threat: None,
+        threats: Some([*a, *b]),
+        surviving_count: None,
+        verdict: v,
+    }))
 }
 
 fn ser_app_single<S: serde::Serializer>(v: &[(Threat, usize, Verdict)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(
-        v.iter().map(|(t, n, v)| verdict_object(about(&[("threat", json_of(t)), ("surviving_count", json_of(n))]), v)),
-    )
+    s.collect_seq(v.iter().map(|(t, n, v)| Cell {
+        threat: Some(*t),
+        threats: None,
+        surviving_count: Some(*n),
+        verdict: v,
+    }))
 }
 
 fn ser_app_dual<S: serde::Serializer>(v: &[((Threat, Threat), usize, Verdict)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|((a, b), n, v)| {
-        verdict_object(about(&[("threats", json_of(&[a, b])), ("surviving_count", json_of(n))]), v)
+    s.collect_seq(v.iter().map(|((a, b), n, v)| Cell {
+        threat: None,
+        threats: Some([*a, *b]),
+        surviving_count: Some(*n),
+        verdict: v,
     }))
 }
 
@@ -120,43 +128,264 @@ pub const VERIFY_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_hours(
 /// A copy younger than this that was never read back is not yet named.
 pub const VERIFY_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
 
-#[derive(Clone, Debug, Serialize)]
+/// The report. Its per-dataset rows are not held: they are judged from
+/// the graph when they are read ([`Report::rows`]), so a vault of 100,000
+/// datasets does not hold a million verdicts (ADR 0032). Writing the report
+/// as JSON judges each dataset once, and sums up the applications (which
+/// follow the rows) on the way; a renderer that shows the applications first
+/// judges the datasets twice.
+#[derive(Clone, Debug)]
 pub struct Report {
     pub generated_at: Timestamp,
     pub threats: Vec<Threat>,
-    pub datasets: Vec<DatasetRisk>,
-    pub apps: Vec<AppRisk>,
+    rows: Rows,
     pub copies: Vec<CopyAudit>,
     pub findings: Vec<Finding>,
     /// Plaintext copies (`backup run --plaintext`, allowed by the
     /// `backup.plaintext` setting): they need no key, and expose the data.
-    #[serde(rename = "unencrypted_copy_count")]
     pub unencrypted_copies: usize,
     /// Judged as if nothing were encrypted (`--as-if-unencrypted`): the
     /// paper's Table 1, with only the threats to data.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub as_if_unencrypted: bool,
     /// The HSM checked every key the verdicts rely on (unwrap, check
     /// value). False for a report on a sealed vault, which trusts the key
     /// records (a damaged one counts as usable).
     pub keys_checked: bool,
     /// Why the HSM was not opened, when it was not.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub sealed_because: Option<String>,
     /// How far ahead the report looked (`--horizon`), in days.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub horizon_days: Option<i64>,
     /// The last drill of each dataset in the report under each threat or
     /// pair (`risk drill`), shown beside the model's verdicts.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub drills: Vec<custos_core::model::DrillRecord>,
+}
+
+impl Serialize for Report {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut o = s.serialize_struct("Report", 13)?;
+        o.serialize_field("generated_at", &self.generated_at)?;
+        o.serialize_field("threats", &self.threats)?;
+        // The rows first: writing them sums up the applications.
+        o.serialize_field("datasets", &self.rows)?;
+        o.serialize_field("apps", self.apps())?;
+        o.serialize_field("copies", &self.copies)?;
+        o.serialize_field("findings", &self.findings)?;
+        o.serialize_field("unencrypted_copy_count", &self.unencrypted_copies)?;
+        if self.as_if_unencrypted {
+            o.serialize_field("as_if_unencrypted", &true)?;
+        }
+        o.serialize_field("keys_checked", &self.keys_checked)?;
+        if let Some(w) = &self.sealed_because {
+            o.serialize_field("sealed_because", w)?;
+        }
+        if let Some(d) = &self.horizon_days {
+            o.serialize_field("horizon_days", d)?;
+        }
+        if !self.drills.is_empty() {
+            o.serialize_field("drills", &self.drills)?;
+        }
+        o.end()
+    }
 }
 
 impl Report {
     /// Keep the drill results of the datasets this report covers.
     pub fn attach_drills(&mut self, all: Vec<custos_core::model::DrillRecord>) {
-        let names: HashSet<&str> = self.datasets.iter().map(|d| d.dataset.as_str()).collect();
+        let names: HashSet<&str> = self.rows.graph.datasets.iter().map(|d| d.name.as_str()).collect();
         self.drills = all.into_iter().filter(|d| names.contains(d.dataset.as_str())).collect();
+    }
+
+    /// The per-dataset rows, judged as they are read.
+    pub fn rows(&self) -> &Rows {
+        &self.rows
+    }
+
+    /// One row per application: the worst of its datasets per threat
+    /// (judged in one pass over the datasets, the first time it is asked
+    /// for, unless writing the rows did it already).
+    pub fn apps(&self) -> &[AppRisk] {
+        self.rows.apps.get_or_init(|| {
+            let mut sum = AppSum::default();
+            self.rows
+                .each(&mut |d| {
+                    sum.add(&d);
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .unwrap_or_else(|never| match never {});
+            sum.finish(&self.threats, &self.rows.pairs)
+        })
+    }
+}
+
+/// The datasets' rows, judged from the graph when read. Cloning shares the
+/// graph.
+#[derive(Clone)]
+pub struct Rows {
+    graph: Arc<Graph>,
+    threats: Vec<Threat>,
+    pairs: Vec<(Threat, Threat)>,
+    apps: Arc<OnceLock<Vec<AppRisk>>>,
+}
+
+impl std::fmt::Debug for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rows").field("datasets", &self.len()).field("pairs", &!self.pairs.is_empty()).finish()
+    }
+}
+
+/// Datasets judged per piece on a worker thread ahead of the reader.
+const ROWS_PER_PIECE: usize = 256;
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.graph.datasets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graph.datasets.is_empty()
+    }
+
+    /// The datasets' names, in the rows' order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.graph.datasets.iter().map(|d| d.name.as_str())
+    }
+
+    /// One dataset's row.
+    fn judge(&self, d: &crate::model::DatasetNode) -> DatasetRisk {
+        let g = &self.graph;
+        DatasetRisk {
+            dataset: d.name.clone(),
+            app: d.app.clone(),
+            single: self.threats.iter().map(|t| (*t, evaluate(g, d, &[*t]))).collect(),
+            dual: self.pairs.iter().map(|(a, b)| ((*a, *b), evaluate(g, d, &[*a, *b]))).collect(),
+        }
+    }
+
+    /// Every row, in order, one at a time (on this thread).
+    pub fn iter(&self) -> impl Iterator<Item = DatasetRisk> + '_ {
+        self.graph.datasets.iter().map(|d| self.judge(d))
+    }
+
+    /// Every row, judged on two threads.
+    pub fn all(&self) -> Vec<DatasetRisk> {
+        let mut out = Vec::with_capacity(self.len());
+        self.each(&mut |d| {
+            out.push(d);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
+        out
+    }
+
+    /// The row of dataset `name`.
+    pub fn find(&self, name: &str) -> Option<DatasetRisk> {
+        self.graph.datasets.iter().find(|d| d.name == name).map(|d| self.judge(d))
+    }
+
+    /// Hand every row to `f`, in order, judged on two worker threads a
+    /// piece ahead of it; stops at `f`'s first error. At most four pieces
+    /// are held at once, whatever the number of datasets.
+    pub fn each<E>(&self, f: &mut dyn FnMut(DatasetRisk) -> Result<(), E>) -> Result<(), E> {
+        let ds = &self.graph.datasets;
+        if ds.len() <= ROWS_PER_PIECE {
+            return self.iter().try_for_each(f);
+        }
+        let pieces: Vec<&[crate::model::DatasetNode]> = ds.chunks(ROWS_PER_PIECE).collect();
+        std::thread::scope(|s| {
+            let workers: Vec<std::sync::mpsc::Receiver<Vec<DatasetRisk>>> = (0..2)
+                .map(|w| {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                    let mine: Vec<&[crate::model::DatasetNode]> = pieces.iter().skip(w).step_by(2).copied().collect();
+                    s.spawn(move || {
+                        for piece in mine {
+                            // The reader stopped: so do we.
+                            if tx.send(piece.iter().map(|d| self.judge(d)).collect()).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    rx
+                })
+                .collect();
+            for i in 0..pieces.len() {
+                // A worker that panicked closes its channel; the scope's join
+                // then carries the panic on.
+                let Ok(rows) = workers[i % 2].recv() else { break };
+                for r in rows {
+                    f(r)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Written as the JSON array of rows; the applications are summed up on
+/// the way unless they were already.
+impl Serialize for Rows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        let mut sum = (self.apps.get().is_none()).then(AppSum::default);
+        self.each(&mut |d| {
+            if let Some(sum) = sum.as_mut() {
+                sum.add(&d);
+            }
+            seq.serialize_element(&d)
+        })?;
+        if let Some(sum) = sum {
+            let _ = self.apps.set(sum.finish(&self.threats, &self.pairs));
+        }
+        seq.end()
+    }
+}
+
+/// The applications' rows, summed up one dataset at a time: per threat,
+/// how many survive and the first of the worst verdicts.
+#[derive(Default)]
+struct AppSum {
+    /// Per application: its datasets, and per threat (then per pair) how
+    /// many survive and the worst verdict.
+    apps: BTreeMap<String, (usize, Tally, Tally)>,
+}
+
+type Tally = Vec<(usize, Verdict)>;
+
+impl AppSum {
+    fn add(&mut self, d: &DatasetRisk) {
+        let fold = |acc: &mut Tally, verdicts: &mut dyn Iterator<Item = &Verdict>| {
+            for (i, v) in verdicts.enumerate() {
+                match acc.get_mut(i) {
+                    None => acc.push((usize::from(v.survives()), v.clone())),
+                    Some((ok, worst)) => {
+                        *ok += usize::from(v.survives());
+                        if rank(v) < rank(worst) {
+                            *worst = v.clone();
+                        }
+                    }
+                }
+            }
+        };
+        let (n, single, dual) = match self.apps.get_mut(d.app.as_str()) {
+            Some(a) => a,
+            None => self.apps.entry(d.app.clone()).or_default(),
+        };
+        *n += 1;
+        fold(single, &mut d.single.iter().map(|(_, v)| v));
+        fold(dual, &mut d.dual.iter().map(|(_, v)| v));
+    }
+
+    fn finish(self, threats: &[Threat], pairs: &[(Threat, Threat)]) -> Vec<AppRisk> {
+        self.apps
+            .into_iter()
+            .map(|(app, (datasets, single, dual))| AppRisk {
+                app,
+                datasets,
+                single: threats.iter().zip(single).map(|(t, (ok, v))| (*t, ok, v)).collect(),
+                dual: pairs.iter().zip(dual).map(|(p, (ok, v))| (*p, ok, v)).collect(),
+            })
+            .collect()
     }
 }
 
@@ -171,88 +400,50 @@ fn rank(v: &Verdict) -> u8 {
 }
 
 /// Compute the report. `dual` adds every pair of threats.
-pub fn report(g: &Graph, dual: bool, now: Timestamp) -> Report {
+pub fn report(g: impl Into<Arc<Graph>>, dual: bool, now: Timestamp) -> Report {
     report_ahead(g, dual, now, None)
 }
 
 /// The report, looking `horizon` ahead as well: retention rules whose
 /// copies would not reach back that far when a bad write is noticed only
 /// then, and keys due for destruction before then that something needs.
-pub fn report_ahead(g: &Graph, dual: bool, now: Timestamp, horizon: Option<jiff::SignedDuration>) -> Report {
-    let mut r = report_now(g, dual, now);
+pub fn report_ahead(
+    g: impl Into<Arc<Graph>>,
+    dual: bool,
+    now: Timestamp,
+    horizon: Option<jiff::SignedDuration>,
+) -> Report {
+    let g = g.into();
+    let mut r = report_now(g.clone(), dual, now);
     if let Some(h) = horizon {
-        r.findings.extend(ahead(g, now, h));
+        r.findings.extend(ahead(&g, now, h));
         r.horizon_days = Some((h.as_hours() + 23) / 24);
     }
     r
 }
 
-fn report_now(g: &Graph, dual: bool, now: Timestamp) -> Report {
+fn report_now(g: Arc<Graph>, dual: bool, now: Timestamp) -> Report {
     // Judged as if unencrypted (the paper's Table 1), only the threats to
     // data apply.
     let threats: Vec<Threat> = if g.as_if_unencrypted { Threat::UNENCRYPTED.to_vec() } else { Threat::ALL.to_vec() };
     let pairs = if dual { Threat::pairs_of(&threats) } else { Vec::new() };
-    let judge = |ds: &[crate::model::DatasetNode]| -> Vec<DatasetRisk> {
-        ds.iter()
-            .map(|d| DatasetRisk {
-                dataset: d.name.clone(),
-                app: d.app.clone(),
-                single: threats.iter().map(|t| (*t, evaluate(g, d, &[*t]))).collect(),
-                dual: pairs.iter().map(|(a, b)| ((*a, *b), evaluate(g, d, &[*a, *b]))).collect(),
-            })
-            .collect()
-    };
-    // The datasets are judged in halves on two threads, and the copies
-    // audited on a third: each reads the graph only.
-    let (datasets, (mut copies, mut findings)) = std::thread::scope(|s| {
-        let audited = s.spawn(|| audit(g, now));
-        let (first, second) = g.datasets.split_at(g.datasets.len() / 2);
-        let later = s.spawn(|| judge(second));
-        let mut datasets = judge(first);
-        datasets.extend(later.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        (datasets, audited.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    });
+    let (mut copies, mut findings) = audit(&g, now);
     let unencrypted_copies = copies.iter().filter(|c| c.kind == CopyKind::Plaintext).count();
     if g.as_if_unencrypted {
         // Whether copies decrypt, and what keys need, does not arise.
         copies.clear();
         findings.retain(|f| DATA_FINDINGS.contains(&f.code));
     }
-    let mut by_app: BTreeMap<&str, Vec<&DatasetRisk>> = BTreeMap::new();
-    for d in &datasets {
-        by_app.entry(d.app.as_str()).or_default().push(d);
-    }
-    let apps = by_app
-        .into_iter()
-        .map(|(app, ds)| {
-            let single = (0..threats.len())
-                .map(|i| {
-                    let ok = ds.iter().filter(|d| d.single[i].1.survives()).count();
-                    let worst = ds.iter().map(|d| &d.single[i].1).min_by_key(|v| rank(v)).expect("an app has datasets");
-                    (threats[i], ok, worst.clone())
-                })
-                .collect();
-            let dual = (0..pairs.len())
-                .map(|i| {
-                    let ok = ds.iter().filter(|d| d.dual[i].1.survives()).count();
-                    let worst = ds.iter().map(|d| &d.dual[i].1).min_by_key(|v| rank(v)).expect("an app has datasets");
-                    (pairs[i], ok, worst.clone())
-                })
-                .collect();
-            AppRisk { app: app.to_string(), datasets: ds.len(), single, dual }
-        })
-        .collect();
     Report {
         generated_at: now,
-        threats,
-        datasets,
-        apps,
-        copies,
-        findings,
-        unencrypted_copies,
+        threats: threats.clone(),
         as_if_unencrypted: g.as_if_unencrypted,
         keys_checked: g.keys_checked,
         sealed_because: g.sealed_because.clone(),
+        rows: Rows { graph: g, threats, pairs, apps: Arc::default() },
+        copies,
+        findings,
+        unencrypted_copies,
         horizon_days: None,
         drills: Vec::new(),
     }
@@ -805,12 +996,12 @@ fn lone_destroyers(g: &Graph) -> Vec<Finding> {
 /// application (the worst of its datasets).
 pub fn render_threat_rows(r: &Report) -> String {
     let mut rows = vec![std::iter::once("THREAT".to_string())
-        .chain(r.apps.iter().map(|a| format!("{} ({})", a.app, a.datasets)))
+        .chain(r.apps().iter().map(|a| format!("{} ({})", a.app, a.datasets)))
         .collect::<Vec<_>>()];
     for (i, t) in r.threats.iter().enumerate() {
         rows.push(
             std::iter::once(t.title().to_string())
-                .chain(r.apps.iter().map(|a| {
+                .chain(r.apps().iter().map(|a| {
                     let (_, ok, v) = &a.single[i];
                     app_cell(*ok, a.datasets, v)
                 }))
@@ -833,14 +1024,15 @@ pub fn render_table(r: &Report, dual: bool) -> String {
     let _ = writeln!(out, "Risk by application (worst dataset; yes = survives, NO = lost)\n");
     out += &render_threat_rows(r);
     let _ = writeln!(out, "\nPer dataset\n");
+    let all = r.rows().all();
     let mut rows =
         vec![std::iter::once("DATASET".to_string()).chain(cols.iter().map(|c| c.to_string())).collect::<Vec<_>>()];
-    for d in &r.datasets {
+    for d in &all {
         rows.push(std::iter::once(d.dataset.clone()).chain(d.single.iter().map(|(_, v)| v.cell())).collect());
     }
     out += &grid(&rows);
     let _ = writeln!(out, "\nWhy\n");
-    for d in &r.datasets {
+    for d in &all {
         for (t, v) in &d.single {
             if !matches!(v, Verdict::Unaffected) {
                 let _ = writeln!(out, "  {} / {}: {}", d.dataset, t.name(), v.explain());
@@ -849,7 +1041,7 @@ pub fn render_table(r: &Report, dual: bool) -> String {
     }
     if dual {
         let _ = writeln!(out, "\nDual events by application (datasets surviving / all)\n");
-        for a in &r.apps {
+        for a in r.apps() {
             let _ = writeln!(out, "{} ({} datasets)", a.app, a.datasets);
             for ((x, y), ok, v) in &a.dual {
                 let _ = writeln!(out, "  {:<22} + {:<22} {}", x.name(), y.name(), app_cell(*ok, a.datasets, v));
@@ -952,24 +1144,24 @@ pub fn render_markdown(r: &Report, dual: bool) -> String {
     let _ = writeln!(out, "Generated {}.\n", r.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"));
     let _ = writeln!(out, "## By application (worst dataset)\n");
     let _ = write!(out, "| Threat |");
-    for a in &r.apps {
+    for a in r.apps() {
         let _ = write!(out, " {} |", md(&a.app));
     }
     let _ = write!(out, "\n|---|");
-    for _ in &r.apps {
+    for _ in r.apps() {
         out += "---|";
     }
     out += "\n";
     for (i, t) in r.threats.iter().enumerate() {
         let _ = write!(out, "| {} |", t.title());
-        for a in &r.apps {
+        for a in r.apps() {
             let (_, ok, v) = &a.single[i];
             let _ = write!(out, " {} |", md(&app_cell(*ok, a.datasets, v)));
         }
         out += "\n";
     }
     let _ = writeln!(out, "\n## Per dataset\n");
-    for d in &r.datasets {
+    for d in r.rows().iter() {
         let _ = writeln!(out, "### {}\n", md(&d.dataset));
         for (t, v) in &d.single {
             let _ = writeln!(out, "- **{}**: {}", t.title(), md(&v.explain()));
@@ -992,4 +1184,111 @@ fn md(s: &str) -> String {
 /// A self-contained HTML page: the console's risk page ([`crate::html`]).
 pub fn render_html(r: &Report, dual: bool) -> String {
     crate::html::render_document(r, dual)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CopyNode, DatasetNode, KeyNode, VolumeNode};
+
+    /// A graph of `n` datasets in three applications, a third of them with
+    /// a logical copy at another site, some of those copies stale.
+    fn graph(n: usize) -> Graph {
+        let mut g = Graph::default();
+        for (name, site) in [("a", "A"), ("b", "B")] {
+            g.volumes.insert(name.into(), VolumeNode { site: site.into(), missing: false, tape: false, mirror: None });
+        }
+        g.vault_sites = vec!["A".into()];
+        g.held_mkvps = vec!["M".into()];
+        let at = Timestamp::UNIX_EPOCH;
+        // Every dataset's key but one in five, and every BACK key.
+        for i in 0..n {
+            for label in [format!("K{i}"), format!("B{i}")].into_iter().filter(|l| i % 5 != 0 || l.starts_with('B')) {
+                let key = KeyNode {
+                    present: true,
+                    escrowed: false,
+                    mkvp: "M".into(),
+                    created_at: at,
+                    destroyed_at: None,
+                    state: "active".into(),
+                    destroy_after: None,
+                    damaged: None,
+                    expires_at: None,
+                };
+                g.keys.insert(label, key);
+            }
+        }
+        g.datasets = (0..n)
+            .map(|i| DatasetNode {
+                name: format!("APP{}.D{i:05}", i % 3),
+                app: format!("APP{}", i % 3),
+                volume: "a".into(),
+                key: format!("K{i}"),
+                generation: 2,
+                current_at: at,
+                migrated_from: None,
+                last_access: at,
+                copies: (i % 3 == 1 || i % 7 == 0)
+                    .then(|| CopyNode {
+                        kind: CopyKind::Logical,
+                        id: format!("backup {i}"),
+                        volume: "b".into(),
+                        key: format!("B{i}"),
+                        created_at: at,
+                        generation: if i % 7 == 0 { 1 } else { 2 },
+                        shares_current: false,
+                        checked: None,
+                    })
+                    .into_iter()
+                    .collect(),
+            })
+            .collect();
+        g
+    }
+
+    #[test]
+    fn rows_come_in_order_from_the_workers_and_writing_them_sums_up_the_apps() {
+        let g = graph(3 * ROWS_PER_PIECE + 17);
+        let r = report(g.clone(), true, Timestamp::UNIX_EPOCH);
+        // The threaded pieces arrive in the graph's order, and equal the
+        // rows judged one by one.
+        let one_by_one: Vec<String> = r.rows().iter().map(|d| serde_json::to_string(&d).unwrap()).collect();
+        let threaded: Vec<String> = r.rows().all().iter().map(|d| serde_json::to_string(d).unwrap()).collect();
+        assert_eq!(one_by_one.len(), g.datasets.len());
+        assert_eq!(threaded, one_by_one);
+        assert!(
+            one_by_one.iter().any(|d| d.contains("\"stale\"")) && one_by_one.iter().any(|d| d.contains("\"lost\""))
+        );
+        // Written first, the report sums the applications up from the rows
+        // it writes; a report asked for them first makes a pass of its own.
+        // Both agree, and count as the rows do.
+        let written: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let fresh = report(g, true, Timestamp::UNIX_EPOCH);
+        assert_eq!(written["apps"], serde_json::to_value(fresh.apps()).unwrap());
+        let app1 = fresh.apps().iter().find(|a| a.app == "APP1").unwrap();
+        let rows1: Vec<DatasetRisk> = fresh.rows().iter().filter(|d| d.app == "APP1").collect();
+        assert_eq!(app1.datasets, rows1.len());
+        for (i, (_, ok, worst)) in app1.single.iter().enumerate() {
+            assert_eq!(*ok, rows1.iter().filter(|d| d.single[i].1.survives()).count());
+            let first_worst = rows1.iter().map(|d| &d.single[i].1).min_by_key(|v| rank(v)).unwrap();
+            assert_eq!(worst, first_worst);
+        }
+        assert_eq!(written["datasets"].as_array().unwrap().len(), 3 * ROWS_PER_PIECE + 17);
+    }
+
+    #[test]
+    fn a_reader_that_fails_stops_the_workers() {
+        let r = report(graph(8 * ROWS_PER_PIECE), false, Timestamp::UNIX_EPOCH);
+        let mut seen = 0;
+        let out = r.rows().each(&mut |_| {
+            seen += 1;
+            if seen == ROWS_PER_PIECE + 3 {
+                Err("disk full")
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(out, Err("disk full"));
+        assert_eq!(seen, ROWS_PER_PIECE + 3);
+    }
 }

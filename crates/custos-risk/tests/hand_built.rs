@@ -109,14 +109,14 @@ fn raw(w: &World, name: &str, to: &VolumeName) {
 /// threat and every pair; every disagreement is listed before failing.
 fn check(root: &Path, w: World, expect: &[Expect]) {
     let World { v, shares, .. } = w;
-    let r = report::report(&build::checked_graph(&v, None).unwrap(), true, jiff::Timestamp::now());
+    let r = report::report(build::checked_graph(&v, None).unwrap(), true, jiff::Timestamp::now());
     assert!(r.keys_checked);
     let mut wrong: Vec<String> = Vec::new();
     let mut sets: Vec<Vec<Threat>> = Threat::ALL.iter().map(|t| vec![*t]).collect();
     sets.extend(Threat::pairs().into_iter().map(|(a, b)| vec![a, b]));
     let names: BTreeSet<&str> = expect.iter().map(|e| e.dataset).collect();
     for e in expect {
-        let d = r.datasets.iter().find(|d| d.dataset == e.dataset).unwrap();
+        let d = r.rows().find(e.dataset).unwrap();
         let cells =
             d.single.iter().map(|(t, v)| (vec![*t], v)).chain(d.dual.iter().map(|((a, b), v)| (vec![*a, *b], v)));
         let mut n = 0;

@@ -56,12 +56,12 @@ fn drill_all(
 
 /// The report of `v` with every key checked.
 fn checked_report(v: &Vault<Open>) -> report::Report {
-    report::report(&build::checked_graph(v, None).unwrap(), false, jiff::Timestamp::now())
+    report::report(build::checked_graph(v, None).unwrap(), false, jiff::Timestamp::now())
 }
 
 /// The report's verdict on dataset `ds` under `t` alone.
 fn single(r: &report::Report, ds: &str, t: Threat) -> custos_risk::Verdict {
-    let d = r.datasets.iter().find(|d| d.dataset == ds).unwrap();
+    let d = r.rows().find(ds).unwrap();
     d.single.iter().find(|(x, _)| *x == t).unwrap().1.clone()
 }
 
@@ -134,7 +134,7 @@ fn report_reproduces_table_2_and_drills_prove_it() {
     let dir = tempfile::tempdir().unwrap();
     let v = paper_vault(dir.path());
     let g = build::graph(&v, None, v.held_mkvps().unwrap()).unwrap();
-    let r = report::report(&g, false, jiff::Timestamp::now());
+    let r = report::report(g.clone(), false, jiff::Timestamp::now());
     // The paper's Table 2 (rows) × our five applications (columns).
     let table2: [(Threat, [bool; 5]); 6] = [
         (Threat::FileCorruption, [true, true, true, true, false]),
@@ -145,7 +145,7 @@ fn report_reproduces_table_2_and_drills_prove_it() {
         (Threat::DataKeyLoss, [true, true, false, false, false]),
     ];
     let apps = ["AMDISK", "AMTAPE", "BLKDISK", "BLKTAPE", "SYNC"];
-    let by_app: BTreeMap<&str, &report::AppRisk> = r.apps.iter().map(|a| (a.app.as_str(), a)).collect();
+    let by_app: BTreeMap<&str, &report::AppRisk> = r.apps().iter().map(|a| (a.app.as_str(), a)).collect();
     for (threat, row) in table2 {
         for (app, want) in apps.iter().zip(row) {
             let a = by_app[app];
@@ -182,11 +182,11 @@ fn dual_events_are_modeled_and_proven() {
     let dir = tempfile::tempdir().unwrap();
     let v = paper_vault(dir.path());
     let g = build::graph(&v, None, v.held_mkvps().unwrap()).unwrap();
-    let r = report::report(&g, true, jiff::Timestamp::now());
-    assert!(r.datasets.iter().all(|d| d.dual.len() == Threat::pairs().len()));
+    let r = report::report(g.clone(), true, jiff::Timestamp::now());
+    assert!(r.rows().iter().all(|d| d.dual.len() == Threat::pairs().len()));
     assert_eq!(Threat::pairs().len(), 45);
     // A pair is never survived when either of its threats alone is not.
-    for d in &r.datasets {
+    for d in &r.rows().all() {
         for ((a, b), v) in &d.dual {
             let single = |t: &Threat| d.single.iter().find(|(x, _)| x == t).unwrap().1.survives();
             if v.survives() {
@@ -195,12 +195,12 @@ fn dual_events_are_modeled_and_proven() {
         }
     }
     // Disk failure plus key loss: the logical copy offsite still saves AMDISK.
-    let amdisk = r.datasets.iter().find(|d| d.dataset == "AMDISK.DATA").unwrap();
+    let amdisk = r.rows().find("AMDISK.DATA").unwrap();
     let (_, am) =
         amdisk.dual.iter().find(|((a, b), _)| (*a, *b) == (Threat::DiskFailure, Threat::DataKeyLoss)).unwrap();
     assert!(am.survives(), "{}", am.explain());
     // Site loss plus key loss: the mirror at B holds SYNC's data, but under the lost key.
-    let sync = r.datasets.iter().find(|d| d.dataset == "SYNC.DATA").unwrap();
+    let sync = r.rows().find("SYNC.DATA").unwrap();
     let (_, sy) = sync.dual.iter().find(|((a, b), _)| (*a, *b) == (Threat::SiteLoss, Threat::DataKeyLoss)).unwrap();
     assert!(!sy.survives(), "{}", sy.explain());
 
@@ -405,9 +405,9 @@ fn the_model_checks_keys_and_their_states() {
     assert!(key_loss("SCHED.D0").explain().contains("cancel-destroy"), "{}", key_loss("SCHED.D0").explain());
     // The same vault, with nothing checked, is what the report trusted before.
     let trusting = build::graph(&v, None, v.held_mkvps().unwrap()).unwrap();
-    let naive = report::report(&trusting, false, jiff::Timestamp::now());
+    let naive = report::report(trusting.clone(), false, jiff::Timestamp::now());
     assert!(!naive.keys_checked);
-    let naive_cell = naive.datasets.iter().find(|d| d.dataset == "SHARED.D0").unwrap();
+    let naive_cell = naive.rows().find("SHARED.D0").unwrap();
     assert!(naive_cell.single.iter().find(|(t, _)| *t == Threat::DataKeyLoss).unwrap().1.survives());
 
     let cells = drill_all(&v, dir.path(), vec![vec![Threat::DataKeyLoss]], Vec::new());
@@ -671,12 +671,17 @@ fn a_horizon_names_short_retention_and_keys_falling_due() {
 
     let g = build::checked_graph(&v, None).unwrap();
     let codes = |h: Option<i64>| -> Vec<(String, String, String)> {
-        report::report_ahead(&g, false, jiff::Timestamp::now(), h.map(|d| jiff::SignedDuration::from_hours(24 * d)))
-            .findings
-            .into_iter()
-            .filter(|f| f.code.contains("horizon"))
-            .map(|f| (f.code.to_string(), f.subject, f.detail))
-            .collect()
+        report::report_ahead(
+            g.clone(),
+            false,
+            jiff::Timestamp::now(),
+            h.map(|d| jiff::SignedDuration::from_hours(24 * d)),
+        )
+        .findings
+        .into_iter()
+        .filter(|f| f.code.contains("horizon"))
+        .map(|f| (f.code.to_string(), f.subject, f.detail))
+        .collect()
     };
     assert!(codes(None).is_empty());
     let f = codes(Some(90));
@@ -777,7 +782,7 @@ fn a_plaintext_tape_copy_is_table_2s_unsecured_yes_and_table_1_is_reproduced() {
     // vault backup yet, as in the paper).
     let mut g = build::checked_graph(&v, None).unwrap();
     g.as_if_unencrypted = true;
-    let t1 = report::report(&g, true, jiff::Timestamp::now());
+    let t1 = report::report(g.clone(), true, jiff::Timestamp::now());
     assert_eq!(t1.threats, Threat::UNENCRYPTED.to_vec());
     assert!(t1.as_if_unencrypted && t1.copies.is_empty());
     let table1: [(Threat, [bool; 5]); 5] = [
@@ -787,7 +792,7 @@ fn a_plaintext_tape_copy_is_table_2s_unsecured_yes_and_table_1_is_reproduced() {
         (Threat::DiskFailure, [true, true, true, true, true]),
         (Threat::SiteLoss, [true, true, true, true, true]),
     ];
-    let by_app: BTreeMap<&str, &report::AppRisk> = t1.apps.iter().map(|a| (a.app.as_str(), a)).collect();
+    let by_app: BTreeMap<&str, &report::AppRisk> = t1.apps().iter().map(|a| (a.app.as_str(), a)).collect();
     for (threat, row) in table1 {
         for (app, want) in ["AMDISK", "AMTAPE", "BLKDISK", "BLKTAPE", "SYNC"].iter().zip(row) {
             let (_, _, verdict) = by_app[app].single.iter().find(|(t, _, _)| *t == threat).unwrap();
@@ -795,11 +800,11 @@ fn a_plaintext_tape_copy_is_table_2s_unsecured_yes_and_table_1_is_reproduced() {
         }
     }
     // No key is named where none is needed (SYNC's mirror, as if unencrypted).
-    let sync = t1.datasets.iter().find(|d| d.dataset == "SYNC.DATA").unwrap();
+    let sync = t1.rows().find("SYNC.DATA").unwrap();
     let (_, disk) = sync.single.iter().find(|(t, _)| *t == Threat::DiskFailure).unwrap();
     assert!(disk.explain().ends_with("(reads fail over)"), "{}", disk.explain());
     // Pairs among the five only, and no key finding.
-    assert!(t1.datasets.iter().all(|d| d.dual.len() == 10));
+    assert!(t1.rows().iter().all(|d| d.dual.len() == 10));
     assert!(!t1.findings.iter().any(|f| f.code.contains("key")), "{:#?}", t1.findings);
     let text = report::render_table(&t1, false);
     assert!(text.contains("Table 1") && !text.contains("Key loss"), "{text}");

@@ -502,7 +502,7 @@ async fn risk(State(s): St, headers: HeaderMap, Query(q): Query<RiskQuery>) -> R
         };
         // Findings link to the datasets and keys they name: a dataset of
         // the report, or a key label (`APP.PURPOSE…`, dotted).
-        let names: std::collections::HashSet<String> = r.datasets.iter().map(|d| d.dataset.clone()).collect();
+        let names: std::collections::HashSet<String> = r.rows().names().map(str::to_string).collect();
         let is_key = |s: &str| s.contains('.') && KeyLabel::new(s).is_ok();
         let link = |subject: &str| {
             if names.contains(subject) {
