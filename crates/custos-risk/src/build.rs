@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use custos_core::model::{CopyMethod, KeyState, Medium, Pattern};
+use custos_core::model::{CopyMethod, DatasetRecord, KeyRecord, KeyState, Medium, Pattern};
 use custos_core::{KeystoreBackupContents, Open, Vault, VaultState};
 
 use crate::model::{
@@ -34,26 +34,67 @@ fn build<S: VaultState>(
     v: &Vault<S>,
     pattern: Option<&Pattern>,
     held: Vec<String>,
-    damage: impl Fn(&custos_core::model::KeyRecord) -> Option<String>,
+    damage: impl Fn(&custos_core::model::KeyRecord) -> Option<String> + Sync,
 ) -> Result<Graph> {
-    // The copies (the most rows by far) are read on a thread of their own
-    // while the keys are read and checked in the HSM on this one.
+    // The copies (the most rows by far) are read on a thread of their own;
+    // the keys are read here a page at a time and checked in the HSM on a
+    // third as they come, so neither the whole keystore's records nor its
+    // checks wait on each other.
+    let schedule: HashMap<String, jiff::Timestamp> =
+        v.destroy_schedule()?.into_iter().map(|(l, t)| (l.to_string(), t)).collect();
     std::thread::scope(|scope| {
         let copies = scope.spawn(|| copies(v, pattern));
-        let g = Graph { held_mkvps: held, ..Default::default() };
-        let (g, apps) = build_rest(v, g, &damage)?;
+        let (pages, inbox) = std::sync::mpsc::sync_channel::<Vec<KeyRecord>>(2);
+        let (schedule, damage) = (&schedule, &damage);
+        let checker = scope.spawn(move || {
+            let mut keys = HashMap::new();
+            let mut apps = HashMap::new();
+            for k in inbox.into_iter().flatten() {
+                let label = k.label.to_string();
+                let node = KeyNode {
+                    present: k.wrapped.is_some() && k.state != KeyState::Destroyed,
+                    escrowed: k.escrow.is_some(),
+                    mkvp: k.mkvp.to_hex(),
+                    created_at: k.created_at,
+                    destroyed_at: k.destroyed_at,
+                    state: k.state.to_string(),
+                    destroy_after: schedule.get(&label).copied(),
+                    damaged: damage(&k),
+                    expires_at: k.expires_at,
+                };
+                apps.insert(label.clone(), k.app);
+                keys.insert(label, node);
+            }
+            (keys, apps)
+        });
+        let read = (|| {
+            let mut after = String::new();
+            loop {
+                let page = v.keys_page(None, Some(&after), KEY_PAGE)?;
+                let Some(last) = page.last() else { break };
+                after = last.label.to_string();
+                let full = page.len() == KEY_PAGE;
+                // The checker stopped only by panicking: the join says so.
+                if pages.send(page).is_err() || !full {
+                    break;
+                }
+            }
+            Ok::<(), crate::RiskError>(())
+        })();
+        drop(pages);
+        let (keys, apps) = checker.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        read?;
+        let g = build_rest(v, Graph { held_mkvps: held, keys, ..Default::default() })?;
         let copies = copies.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         with_datasets(v, pattern, g, &apps, copies)
     })
 }
 
-/// Volumes, keys (each judged by `damage`), escrow, vault and keystore
-/// backups; and each key's application, by label.
-fn build_rest<S: VaultState>(
-    v: &Vault<S>,
-    mut g: Graph,
-    damage: &dyn Fn(&custos_core::model::KeyRecord) -> Option<String>,
-) -> Result<(Graph, HashMap<String, String>)> {
+/// Keys read from the catalog at a time.
+const KEY_PAGE: usize = 4096;
+
+/// Volumes, escrow, vault and keystore backups, principals and settings.
+fn build_rest<S: VaultState>(v: &Vault<S>, mut g: Graph) -> Result<Graph> {
     let mirrors: HashMap<String, String> =
         v.mirror_pairs()?.into_iter().map(|(p, s)| (p.to_string(), s.to_string())).collect();
     for vol in v.volumes()? {
@@ -67,27 +108,9 @@ fn build_rest<S: VaultState>(
             },
         );
     }
-    let keys = v.keys()?;
-    let escrow = v.escrow_status_of(&keys)?;
-    let schedule: HashMap<String, jiff::Timestamp> =
-        v.destroy_schedule()?.into_iter().map(|(l, t)| (l.to_string(), t)).collect();
-    let apps: HashMap<String, String> = keys.iter().map(|k| (k.label.to_string(), k.app.clone())).collect();
-    for k in keys {
-        g.keys.insert(
-            k.label.to_string(),
-            KeyNode {
-                present: k.wrapped.is_some() && k.state != KeyState::Destroyed,
-                escrowed: k.escrow.is_some(),
-                mkvp: k.mkvp.to_hex(),
-                created_at: k.created_at,
-                destroyed_at: k.destroyed_at,
-                state: k.state.to_string(),
-                destroy_after: schedule.get(k.label.as_str()).copied(),
-                damaged: damage(&k),
-                expires_at: k.expires_at,
-            },
-        );
-    }
+    // The key-backup keys and their shares (the keys' own escrow copies
+    // are in the key nodes).
+    let escrow = v.escrow_status_of(&[])?;
     g.principals = v.users()?;
     if let Some(k) = escrow.kbks.last() {
         let users: HashMap<&str, bool> = g.principals.iter().map(|u| (u.name.as_str(), u.disabled)).collect();
@@ -140,7 +163,7 @@ fn build_rest<S: VaultState>(
         })
         .collect();
     g.keystore_backups.sort_by_key(|b| std::cmp::Reverse(b.created_at));
-    Ok((g, apps))
+    Ok(g)
 }
 
 /// The datasets matching `pattern`, each with its copies in the order a
@@ -152,28 +175,42 @@ fn with_datasets<S: VaultState>(
     apps: &HashMap<String, String>,
     mut copies: HashMap<[u8; 16], Vec<CopyNode>>,
 ) -> Result<Graph> {
-    for d in v.datasets()? {
-        if pattern.is_some_and(|p| !p.matches(d.name.as_str())) {
-            continue;
+    // A page at a time, from the pattern's literal prefix.
+    let mut after = String::new();
+    loop {
+        let page = v.datasets_page(pattern, Some(&after), KEY_PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = last.name.to_string();
+        let full = page.len() == KEY_PAGE;
+        for d in page {
+            let mut c = copies.remove(&d.id.0).unwrap_or_default();
+            c.sort_by_key(|x| (x.kind, std::cmp::Reverse(x.created_at)));
+            c.shrink_to_fit();
+            g.datasets.push(dataset_node(d, apps, c));
         }
-        let mut c = copies.remove(&d.id.0).unwrap_or_default();
-        c.sort_by_key(|x| (x.kind, std::cmp::Reverse(x.created_at)));
-        g.datasets.push(DatasetNode {
-            app: apps
-                .get(d.current.key_label.as_str())
-                .cloned()
-                .unwrap_or_else(|| d.name.as_str().split('.').next().unwrap_or_default().to_string()),
-            name: d.name.to_string(),
-            volume: d.current.volume.to_string(),
-            key: d.current.key_label.to_string(),
-            generation: d.current.generation,
-            current_at: d.current.created_at,
-            migrated_from: d.migrated_from.as_ref().map(|m| m.to_string()),
-            last_access: d.last_access,
-            copies: c,
-        });
+        if !full {
+            break;
+        }
     }
+    g.datasets.shrink_to_fit();
     Ok(g)
+}
+
+fn dataset_node(d: DatasetRecord, apps: &HashMap<String, String>, copies: Vec<CopyNode>) -> DatasetNode {
+    DatasetNode {
+        app: apps
+            .get(d.current.key_label.as_str())
+            .cloned()
+            .unwrap_or_else(|| d.name.as_str().split('.').next().unwrap_or_default().to_string()),
+        name: d.name.to_string(),
+        volume: d.current.volume.to_string(),
+        key: d.current.key_label.to_string(),
+        generation: d.current.generation,
+        current_at: d.current.created_at,
+        migrated_from: d.migrated_from.as_ref().map(|m| m.to_string()),
+        last_access: d.last_access,
+        copies,
+    }
 }
 
 /// Every backup and snapshot of the datasets matching `pattern`, by dataset id.

@@ -196,6 +196,24 @@ impl Report {
         self.drills = all.into_iter().filter(|d| names.contains(d.dataset.as_str())).collect();
     }
 
+    /// Hand every row to `f` (judged on two threads), summing the
+    /// applications up on the way unless that was done already.
+    pub fn each_row(&self, f: &mut dyn FnMut(&DatasetRisk)) {
+        let mut sum = self.rows.apps.get().is_none().then(AppSum::default);
+        self.rows
+            .each(&mut |d| {
+                if let Some(sum) = sum.as_mut() {
+                    sum.add(&d);
+                }
+                f(&d);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .unwrap_or_else(|never| match never {});
+        if let Some(sum) = sum {
+            let _ = self.rows.apps.set(sum.finish(&self.threats, &self.rows.pairs));
+        }
+    }
+
     /// The per-dataset rows, judged as they are read.
     pub fn rows(&self) -> &Rows {
         &self.rows
@@ -561,7 +579,6 @@ fn ahead(g: &Graph, now: Timestamp, horizon: jiff::SignedDuration) -> Vec<Findin
 fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
     let mut copies = Vec::new();
     let mut findings = Vec::new();
-    let none = crate::model::evaluate_key_today;
     let oldest_ksb = g.keystore_backups.iter().map(|b| b.created_at).min();
     // Copies whose bytes were not read back lately: how many, how many of
     // them never, and the first few.
@@ -582,7 +599,7 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
     }
     // The key survives only in keystore backups under master keys the HSM
     // no longer holds (the paper's Example 1).
-    let retired = |label: &str| {
+    let retired = |label: &str| -> bool {
         let Some(k) = g.keys.get(label) else { return false };
         // Per backup, the master keys the key depends on there: its own
         // wrapping when the object was read back, else every one it lists.
@@ -709,171 +726,26 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
             ),
         });
     }
-    for d in &g.datasets {
-        if let Some(home) = d.migrated_from.as_ref().filter(|h| g.volumes.get(*h).is_none_or(|v| v.missing)) {
-            findings.push(Finding {
-                code: "home-volume-gone",
-                subject: d.name.clone(),
-                detail: format!(
-                    "it is migrated to {} and its home volume {home} is not there: a recall (or a read that recalls it) fails until the volume is back or re-added with `custos volume add`",
-                    d.volume
-                ),
-            });
-        }
-        let own = none(g, &d.key);
-        match &own {
-            Ok(KeyPath::Live) => {}
-            Ok(p) => findings.push(Finding {
-                code: "key-needs-recovery",
-                subject: d.name.clone(),
-                detail: format!(
-                    "its key {} is not usable in the keystore; it can be recovered only from {}",
-                    d.key,
-                    match p {
-                        KeyPath::KeystoreBackup { id } => format!("keystore backup {id}"),
-                        KeyPath::Archived => "the archive: it is archived; `custos key restore` brings it back".to_string(),
-                        KeyPath::PendingDestruction { due } => format!(
-                            "the destruction schedule: it is destroyed at {due} unless `custos key cancel-destroy` runs before"
-                        ),
-                        _ => "escrow (the custodians' shares)".to_string(),
-                    }
-                ),
-            }),
-            Err(w) => findings.push(Finding {
-                code: "undecryptable",
-                subject: d.name.clone(),
-                detail: format!("the dataset itself cannot be decrypted today: {w}"),
-            }),
-        }
-        if !matches!(own, Ok(KeyPath::Live) | Ok(KeyPath::KeystoreBackup { .. })) && retired(&d.key) {
-            findings.push(Finding {
-                code: "retired-master-key",
-                subject: d.name.clone(),
-                detail: format!(
-                    "its key {} survives in keystore backups only under master keys the HSM no longer holds (the paper's Example 1)",
-                    d.key
-                ),
-            });
-        }
-        for c in &d.copies {
-            let (path, why) = if c.kind == CopyKind::Plaintext {
-                (Some(KeyPath::NoKey), None)
-            } else {
-                match none(g, &c.key) {
-                    Ok(p) => (Some(p), None),
-                    Err(w) => (None, Some(w)),
-                }
-            };
-            if c.kind == CopyKind::Plaintext {
-                findings.push(Finding {
-                    code: "plaintext-copy",
-                    subject: format!("{} {}", d.name, c.id),
-                    detail: format!(
-                        "a plaintext copy on {}: it survives the loss of every key, but it is not encrypted, so whoever holds that medium reads the data (the paper's \"backups not secured\"); keep the medium as you would the data in the clear: `custos backup prune` removes older plaintext copies but keeps the newest of each dataset, as it does for every series",
-                        c.volume
-                    ),
-                });
-            }
-            if let Some(w) = &why {
-                findings.push(Finding {
-                    code: "undecryptable",
-                    subject: format!("{} {}", d.name, c.id),
-                    detail: format!("the {} cannot be decrypted today: {w}", c.kind.as_str()),
-                });
-            }
-            if path.is_none() && retired(&c.key) {
-                findings.push(Finding {
-                    code: "retired-master-key",
-                    subject: format!("{} {}", d.name, c.id),
-                    detail: format!(
-                        "key {} survives only in keystore backups wrapped under master keys the HSM no longer holds (the paper's Example 1)",
-                        c.key
-                    ),
-                });
-            }
-            if let (Some(problem), Some(at)) = (c.damage(), c.checked.as_ref().map(|k| k.at)) {
-                findings.push(Finding {
-                    code: "damaged-copy",
-                    subject: format!("{} {}", d.name, c.id),
-                    detail: format!(
-                        "its last check ({}) found it damaged, so it saves nothing: {problem}; remove it (`custos backup prune` or `custos snapshot rm`) and make a new copy",
-                        at.strftime("%Y-%m-%d %H:%M UTC")
-                    ),
-                });
-            } else {
-                let full = c.checked.as_ref().filter(|k| k.read_data).map(|k| k.at);
-                let due = match full {
-                    Some(at) => now.duration_since(at) > VERIFY_EVERY,
-                    None => now.duration_since(c.created_at) > VERIFY_GRACE,
-                };
-                if due {
-                    unverified += 1;
-                    never += usize::from(full.is_none());
-                    if some_unverified.len() < 5 {
-                        some_unverified.push(format!("{} {}", d.name, c.id));
-                    }
-                }
-            }
-            copies.push(CopyAudit {
-                dataset: d.name.clone(),
-                copy: c.id.clone(),
-                kind: c.kind,
-                key: c.key.clone(),
-                created_at: c.created_at,
-                path,
-                why,
-                checked: c.checked.clone(),
-            });
-        }
-        let mirror = g.volumes.get(&d.volume).and_then(|v| v.mirror.clone());
-        if d.copies.is_empty() && mirror.is_none() {
-            findings.push(Finding {
-                code: "no-copy",
-                subject: d.name.clone(),
-                detail: "no backup, snapshot or mirror: any threat to it is a loss".into(),
-            });
-            continue;
-        }
-        if !d.copies.is_empty() && d.copies.iter().all(|c| c.key == d.key) {
-            findings.push(Finding {
-                code: "shared-key",
-                subject: d.name.clone(),
-                detail: format!(
-                    "every copy is sealed under the primary's key {}: losing it loses them all (the paper's Example 2); add a logical copy",
-                    d.key
-                ),
-            });
-        }
-        let site = g.volumes.get(&d.volume).map(|v| v.site.clone()).unwrap_or_default();
-        let elsewhere = |vol: &str| g.volumes.get(vol).is_some_and(|v| v.site != site);
-        if !d.copies.iter().any(|c| elsewhere(&c.volume)) && !mirror.as_deref().is_some_and(elsewhere) {
-            findings.push(Finding {
-                code: "same-site",
-                subject: d.name.clone(),
-                detail: format!("every copy is at site {site}, as the dataset is: a site loss loses them all"),
-            });
-        }
-        if !d.copies.is_empty() && d.copies.iter().all(|c| c.volume == d.volume) && mirror.is_none() {
-            findings.push(Finding {
-                code: "same-volume",
-                subject: d.name.clone(),
-                detail: format!("every copy is on the dataset's own volume {}", d.volume),
-            });
-        }
-        if let Some(oldest) = oldest_ksb {
-            if d.last_access < oldest {
-                findings.push(Finding {
-                    code: "rarely-used",
-                    subject: d.name.clone(),
-                    detail: format!(
-                        "last used {}, before the oldest keystore backup ({}): a lost key would be noticed only after every backup that holds it is gone",
-                        d.last_access.strftime("%Y-%m-%d"),
-                        oldest.strftime("%Y-%m-%d")
-                    ),
-                });
-            }
-        }
+    // The datasets' own findings and copies, in halves on two threads for
+    // a large vault, joined in order.
+    let part = |ds: &[crate::model::DatasetNode]| audit_datasets(g, ds, now, oldest_ksb, &retired);
+    let parts = if g.datasets.len() < 2048 {
+        vec![part(&g.datasets)]
+    } else {
+        let (first, second) = g.datasets.split_at(g.datasets.len() / 2);
+        std::thread::scope(|s| {
+            let later = s.spawn(|| part(second));
+            vec![part(first), later.join().unwrap_or_else(|p| std::panic::resume_unwind(p))]
+        })
+    };
+    for p in parts {
+        copies.extend(p.copies);
+        findings.extend(p.findings);
+        unverified += p.unverified;
+        never += p.never;
+        some_unverified.extend(p.some_unverified);
     }
+    some_unverified.truncate(5);
     if unverified > 0 {
         findings.push(Finding {
             code: "unverified-copies",
@@ -917,6 +789,194 @@ fn audit(g: &Graph, now: Timestamp) -> (Vec<CopyAudit>, Vec<Finding>) {
         });
     }
     (copies, findings)
+}
+
+/// What the audit finds about a run of datasets and their copies.
+#[derive(Default)]
+struct DatasetsAudit {
+    copies: Vec<CopyAudit>,
+    findings: Vec<Finding>,
+    /// Copies not read back lately, how many of them never, the first few.
+    unverified: usize,
+    never: usize,
+    some_unverified: Vec<String>,
+}
+
+fn audit_datasets(
+    g: &Graph,
+    datasets: &[crate::model::DatasetNode],
+    now: Timestamp,
+    oldest_ksb: Option<Timestamp>,
+    retired: &(dyn Fn(&str) -> bool + Sync),
+) -> DatasetsAudit {
+    let none = crate::model::evaluate_key_today;
+    let mut out = DatasetsAudit::default();
+    for d in datasets {
+        if let Some(home) = d.migrated_from.as_ref().filter(|h| g.volumes.get(*h).is_none_or(|v| v.missing)) {
+            out.findings.push(Finding {
+                code: "home-volume-gone",
+                subject: d.name.clone(),
+                detail: format!(
+                    "it is migrated to {} and its home volume {home} is not there: a recall (or a read that recalls it) fails until the volume is back or re-added with `custos volume add`",
+                    d.volume
+                ),
+            });
+        }
+        let own = none(g, &d.key);
+        match &own {
+            Ok(KeyPath::Live) => {}
+            Ok(p) => out.findings.push(Finding {
+                code: "key-needs-recovery",
+                subject: d.name.clone(),
+                detail: format!(
+                    "its key {} is not usable in the keystore; it can be recovered only from {}",
+                    d.key,
+                    match p {
+                        KeyPath::KeystoreBackup { id } => format!("keystore backup {id}"),
+                        KeyPath::Archived => "the archive: it is archived; `custos key restore` brings it back".to_string(),
+                        KeyPath::PendingDestruction { due } => format!(
+                            "the destruction schedule: it is destroyed at {due} unless `custos key cancel-destroy` runs before"
+                        ),
+                        _ => "escrow (the custodians' shares)".to_string(),
+                    }
+                ),
+            }),
+            Err(w) => out.findings.push(Finding {
+                code: "undecryptable",
+                subject: d.name.clone(),
+                detail: format!("the dataset itself cannot be decrypted today: {w}"),
+            }),
+        }
+        if !matches!(own, Ok(KeyPath::Live) | Ok(KeyPath::KeystoreBackup { .. })) && retired(&d.key) {
+            out.findings.push(Finding {
+                code: "retired-master-key",
+                subject: d.name.clone(),
+                detail: format!(
+                    "its key {} survives in keystore backups only under master keys the HSM no longer holds (the paper's Example 1)",
+                    d.key
+                ),
+            });
+        }
+        for c in &d.copies {
+            let (path, why) = if c.kind == CopyKind::Plaintext {
+                (Some(KeyPath::NoKey), None)
+            } else {
+                match none(g, &c.key) {
+                    Ok(p) => (Some(p), None),
+                    Err(w) => (None, Some(w)),
+                }
+            };
+            if c.kind == CopyKind::Plaintext {
+                out.findings.push(Finding {
+                    code: "plaintext-copy",
+                    subject: format!("{} {}", d.name, c.id),
+                    detail: format!(
+                        "a plaintext copy on {}: it survives the loss of every key, but it is not encrypted, so whoever holds that medium reads the data (the paper's \"backups not secured\"); keep the medium as you would the data in the clear: `custos backup prune` removes older plaintext copies but keeps the newest of each dataset, as it does for every series",
+                        c.volume
+                    ),
+                });
+            }
+            if let Some(w) = &why {
+                out.findings.push(Finding {
+                    code: "undecryptable",
+                    subject: format!("{} {}", d.name, c.id),
+                    detail: format!("the {} cannot be decrypted today: {w}", c.kind.as_str()),
+                });
+            }
+            if path.is_none() && retired(&c.key) {
+                out.findings.push(Finding {
+                    code: "retired-master-key",
+                    subject: format!("{} {}", d.name, c.id),
+                    detail: format!(
+                        "key {} survives only in keystore backups wrapped under master keys the HSM no longer holds (the paper's Example 1)",
+                        c.key
+                    ),
+                });
+            }
+            if let (Some(problem), Some(at)) = (c.damage(), c.checked.as_ref().map(|k| k.at)) {
+                out.findings.push(Finding {
+                    code: "damaged-copy",
+                    subject: format!("{} {}", d.name, c.id),
+                    detail: format!(
+                        "its last check ({}) found it damaged, so it saves nothing: {problem}; remove it (`custos backup prune` or `custos snapshot rm`) and make a new copy",
+                        at.strftime("%Y-%m-%d %H:%M UTC")
+                    ),
+                });
+            } else {
+                let full = c.checked.as_ref().filter(|k| k.read_data).map(|k| k.at);
+                let due = match full {
+                    Some(at) => now.duration_since(at) > VERIFY_EVERY,
+                    None => now.duration_since(c.created_at) > VERIFY_GRACE,
+                };
+                if due {
+                    out.unverified += 1;
+                    out.never += usize::from(full.is_none());
+                    if out.some_unverified.len() < 5 {
+                        out.some_unverified.push(format!("{} {}", d.name, c.id));
+                    }
+                }
+            }
+            out.copies.push(CopyAudit {
+                dataset: d.name.clone(),
+                copy: c.id.clone(),
+                kind: c.kind,
+                key: c.key.clone(),
+                created_at: c.created_at,
+                path,
+                why,
+                checked: c.checked.clone(),
+            });
+        }
+        let mirror = g.volumes.get(&d.volume).and_then(|v| v.mirror.clone());
+        if d.copies.is_empty() && mirror.is_none() {
+            out.findings.push(Finding {
+                code: "no-copy",
+                subject: d.name.clone(),
+                detail: "no backup, snapshot or mirror: any threat to it is a loss".into(),
+            });
+            continue;
+        }
+        if !d.copies.is_empty() && d.copies.iter().all(|c| c.key == d.key) {
+            out.findings.push(Finding {
+                code: "shared-key",
+                subject: d.name.clone(),
+                detail: format!(
+                    "every copy is sealed under the primary's key {}: losing it loses them all (the paper's Example 2); add a logical copy",
+                    d.key
+                ),
+            });
+        }
+        let site = g.volumes.get(&d.volume).map(|v| v.site.clone()).unwrap_or_default();
+        let elsewhere = |vol: &str| g.volumes.get(vol).is_some_and(|v| v.site != site);
+        if !d.copies.iter().any(|c| elsewhere(&c.volume)) && !mirror.as_deref().is_some_and(elsewhere) {
+            out.findings.push(Finding {
+                code: "same-site",
+                subject: d.name.clone(),
+                detail: format!("every copy is at site {site}, as the dataset is: a site loss loses them all"),
+            });
+        }
+        if !d.copies.is_empty() && d.copies.iter().all(|c| c.volume == d.volume) && mirror.is_none() {
+            out.findings.push(Finding {
+                code: "same-volume",
+                subject: d.name.clone(),
+                detail: format!("every copy is on the dataset's own volume {}", d.volume),
+            });
+        }
+        if let Some(oldest) = oldest_ksb {
+            if d.last_access < oldest {
+                out.findings.push(Finding {
+                    code: "rarely-used",
+                    subject: d.name.clone(),
+                    detail: format!(
+                        "last used {}, before the oldest keystore backup ({}): a lost key would be noticed only after every backup that holds it is gone",
+                        d.last_access.strftime("%Y-%m-%d"),
+                        oldest.strftime("%Y-%m-%d")
+                    ),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// For each key `pick` selects: how many datasets and copies need it, and
@@ -1013,43 +1073,55 @@ pub fn render_threat_rows(r: &Report) -> String {
 
 /// A plain-text table for a terminal.
 pub fn render_table(r: &Report, dual: bool) -> String {
-    let mut out = String::new();
-    let cols: Vec<&str> = r.threats.iter().map(|t| t.name()).collect();
+    let mut out = Vec::new();
+    // Writing to memory fails only when memory does.
+    let _ = write_table(r, dual, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The table, written as it is made: the datasets are judged twice (once
+/// for the applications and the columns' widths, keeping only each row's
+/// short cells, once for the reasons), never held whole.
+pub fn write_table(r: &Report, dual: bool, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     if r.as_if_unencrypted {
-        let _ = writeln!(
+        writeln!(
             out,
             "As if unencrypted (the paper's Table 1): no copy needs a key, so only the threats to data are judged. Without --as-if-unencrypted the report adds the key threats (Table 2).\n"
-        );
+        )?;
     }
-    let _ = writeln!(out, "Risk by application (worst dataset; yes = survives, NO = lost)\n");
-    out += &render_threat_rows(r);
-    let _ = writeln!(out, "\nPer dataset\n");
-    let all = r.rows().all();
-    let mut rows =
-        vec![std::iter::once("DATASET".to_string()).chain(cols.iter().map(|c| c.to_string())).collect::<Vec<_>>()];
-    for d in &all {
-        rows.push(std::iter::once(d.dataset.clone()).chain(d.single.iter().map(|(_, v)| v.cell())).collect());
+    let header: Vec<String> =
+        std::iter::once("DATASET".to_string()).chain(r.threats.iter().map(|t| t.name().to_string())).collect();
+    let mut cells: Vec<Vec<String>> = Vec::with_capacity(r.rows().len());
+    r.each_row(&mut |d| {
+        cells.push(std::iter::once(d.dataset.clone()).chain(d.single.iter().map(|(_, v)| v.cell())).collect());
+    });
+    writeln!(out, "Risk by application (worst dataset; yes = survives, NO = lost)\n")?;
+    out.write_all(render_threat_rows(r).as_bytes())?;
+    writeln!(out, "\nPer dataset\n")?;
+    let widths = widths(std::iter::once(&header).chain(&cells));
+    for row in std::iter::once(&header).chain(&cells) {
+        grid_line(out, row, &widths)?;
     }
-    out += &grid(&rows);
-    let _ = writeln!(out, "\nWhy\n");
-    for d in &all {
+    drop(cells);
+    writeln!(out, "\nWhy\n")?;
+    r.rows().each::<std::io::Error>(&mut |d| {
         for (t, v) in &d.single {
             if !matches!(v, Verdict::Unaffected) {
-                let _ = writeln!(out, "  {} / {}: {}", d.dataset, t.name(), v.explain());
+                writeln!(out, "  {} / {}: {}", d.dataset, t.name(), v.explain())?;
             }
         }
-    }
+        Ok(())
+    })?;
     if dual {
-        let _ = writeln!(out, "\nDual events by application (datasets surviving / all)\n");
+        writeln!(out, "\nDual events by application (datasets surviving / all)\n")?;
         for a in r.apps() {
-            let _ = writeln!(out, "{} ({} datasets)", a.app, a.datasets);
+            writeln!(out, "{} ({} datasets)", a.app, a.datasets)?;
             for ((x, y), ok, v) in &a.dual {
-                let _ = writeln!(out, "  {:<22} + {:<22} {}", x.name(), y.name(), app_cell(*ok, a.datasets, v));
+                writeln!(out, "  {:<22} + {:<22} {}", x.name(), y.name(), app_cell(*ok, a.datasets, v))?;
             }
         }
     }
-    out += &render_audit(r);
-    out
+    out.write_all(render_audit(r).as_bytes())
 }
 
 fn app_cell(ok: usize, n: usize, worst: &Verdict) -> String {
@@ -1061,16 +1133,36 @@ fn app_cell(ok: usize, n: usize, worst: &Verdict) -> String {
 }
 
 fn grid(rows: &[Vec<String>]) -> String {
-    let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n)
-        .map(|i| rows.iter().map(|r| r.get(i).map(|c| c.chars().count()).unwrap_or(0)).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
+    let widths = widths(rows.iter());
+    let mut out = Vec::new();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        // Writing to memory fails only when memory does.
+        let _ = grid_line(&mut out, r, &widths);
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Each column's width: its widest cell, in characters.
+fn widths<'a>(rows: impl Iterator<Item = &'a Vec<String>>) -> Vec<usize> {
+    let mut w: Vec<usize> = Vec::new();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            let n = c.chars().count();
+            match w.get_mut(i) {
+                Some(m) => *m = (*m).max(n),
+                None => w.push(n),
+            }
+        }
+    }
+    w
+}
+
+/// One line of a grid: cells padded to their column's width, two spaces
+/// apart, no trailing blanks.
+fn grid_line(out: &mut dyn std::io::Write, row: &[String], widths: &[usize]) -> std::io::Result<()> {
+    let line: Vec<String> =
+        row.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0))).collect();
+    writeln!(out, "{}", line.join("  ").trim_end())
 }
 
 fn render_audit(r: &Report) -> String {
@@ -1140,41 +1232,49 @@ fn render_audit(r: &Report) -> String {
 /// Markdown: the application table (the paper's Table 2 shape: threats as
 /// rows, applications as columns), then the details.
 pub fn render_markdown(r: &Report, dual: bool) -> String {
-    let mut out = String::from("# Custos risk report\n\n");
-    let _ = writeln!(out, "Generated {}.\n", r.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"));
-    let _ = writeln!(out, "## By application (worst dataset)\n");
-    let _ = write!(out, "| Threat |");
+    let mut out = Vec::new();
+    // Writing to memory fails only when memory does.
+    let _ = write_markdown(r, dual, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The Markdown, written as it is made (the datasets judged twice: once
+/// for the applications, once for their own sections).
+pub fn write_markdown(r: &Report, dual: bool, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    writeln!(out, "# Custos risk report\n")?;
+    writeln!(out, "Generated {}.\n", r.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"))?;
+    writeln!(out, "## By application (worst dataset)\n")?;
+    write!(out, "| Threat |")?;
     for a in r.apps() {
-        let _ = write!(out, " {} |", md(&a.app));
+        write!(out, " {} |", md(&a.app))?;
     }
-    let _ = write!(out, "\n|---|");
+    write!(out, "\n|---|")?;
     for _ in r.apps() {
-        out += "---|";
+        write!(out, "---|")?;
     }
-    out += "\n";
+    writeln!(out)?;
     for (i, t) in r.threats.iter().enumerate() {
-        let _ = write!(out, "| {} |", t.title());
+        write!(out, "| {} |", t.title())?;
         for a in r.apps() {
             let (_, ok, v) = &a.single[i];
-            let _ = write!(out, " {} |", md(&app_cell(*ok, a.datasets, v)));
+            write!(out, " {} |", md(&app_cell(*ok, a.datasets, v)))?;
         }
-        out += "\n";
+        writeln!(out)?;
     }
-    let _ = writeln!(out, "\n## Per dataset\n");
-    for d in r.rows().iter() {
-        let _ = writeln!(out, "### {}\n", md(&d.dataset));
+    writeln!(out, "\n## Per dataset\n")?;
+    r.rows().each::<std::io::Error>(&mut |d| {
+        writeln!(out, "### {}\n", md(&d.dataset))?;
         for (t, v) in &d.single {
-            let _ = writeln!(out, "- **{}**: {}", t.title(), md(&v.explain()));
+            writeln!(out, "- **{}**: {}", t.title(), md(&v.explain()))?;
         }
         if dual {
             for ((a, b), v) in &d.dual {
-                let _ = writeln!(out, "- {} + {}: {}", a.title(), b.title(), md(&v.explain()));
+                writeln!(out, "- {} + {}: {}", a.title(), b.title(), md(&v.explain()))?;
             }
         }
-        out += "\n";
-    }
-    let _ = writeln!(out, "## Recoverability audit\n\n```text{}```", render_audit(r));
-    out
+        writeln!(out)
+    })?;
+    writeln!(out, "## Recoverability audit\n\n```text{}```", render_audit(r))
 }
 
 fn md(s: &str) -> String {
@@ -1290,5 +1390,43 @@ mod tests {
         });
         assert_eq!(out, Err("disk full"));
         assert_eq!(seen, ROWS_PER_PIECE + 3);
+    }
+
+    #[test]
+    fn the_table_and_markdown_written_as_made_hold_every_row_in_order_and_aligned() {
+        let g = graph(3 * ROWS_PER_PIECE + 17);
+        let names: Vec<String> = g.datasets.iter().map(|d| d.name.clone()).collect();
+        let r = report(g, false, Timestamp::UNIX_EPOCH);
+        let rows = r.rows().all();
+        let text = render_table(&r, false);
+        let grid: Vec<&str> =
+            text.split("\nPer dataset\n\n").nth(1).unwrap().split("\n\nWhy\n").next().unwrap().lines().collect();
+        assert!(grid[0].starts_with("DATASET "));
+        assert_eq!(grid.len(), names.len() + 1);
+        // Every line's second column starts where the header's does.
+        let col = grid[0].find("file-corruption").unwrap();
+        for (line, (name, row)) in grid[1..].iter().zip(names.iter().zip(&rows)) {
+            assert!(line.starts_with(name.as_str()), "{line}");
+            assert_eq!(&line[col..col + row.single[0].1.cell().len()], row.single[0].1.cell());
+            assert_eq!(&line[col - 2..col], "  ");
+        }
+        let why = text.split("\n\nWhy\n\n").nth(1).unwrap();
+        let reasons = rows.iter().flat_map(|d| &d.single).filter(|(_, v)| !matches!(v, Verdict::Unaffected)).count();
+        assert_eq!(why.lines().take_while(|l| l.starts_with("  ")).count(), reasons);
+        // The Markdown: a section per dataset, in order.
+        let md = render_markdown(&r, false);
+        let sections: Vec<&str> = md.lines().filter_map(|l| l.strip_prefix("### ")).collect();
+        assert_eq!(sections, names);
+        // A writer that fails stops the table with its error.
+        struct Full;
+        impl std::io::Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        assert_eq!(write_table(&r, false, &mut Full).unwrap_err().to_string(), "disk full");
     }
 }
