@@ -1,7 +1,7 @@
 //! The `custos` binary: parses arguments into an operation, hands it to
 //! the engine's operation boundary, prints the result. Rights, audit and
 //! dual control are the engine's (custos-ops), never this binary's.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod args;
 mod client;
@@ -13,6 +13,23 @@ mod progress;
 /// free what another thread allocated without a shared lock (ADR 0032).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay` (its `mimalloc.h`; the crate names
+/// no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Give freed memory back to the system at once rather than a second
+/// later (mimalloc's default): the risk report of 300,000 copies peaked at
+/// 282-367 MiB with the delay and 220 MiB without, no slower, and the
+/// copies of big datasets ran no slower either (ADR 0032).
+fn allocator_setup() {
+    // The only unsafe code of this binary: a call into the allocator with
+    // two integers, no pointers.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0)
+    }
+}
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -34,6 +51,7 @@ macro_rules! note {
 }
 
 fn main() -> ExitCode {
+    allocator_setup();
     let seeding = custos_crypto::prime_random();
     let cli = match <Cli as clap::Parser>::try_parse() {
         Ok(cli) => cli,
@@ -726,4 +744,21 @@ pub(crate) fn write_atomically(
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot make {} durable", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod allocator_tests {
+    /// The option number names the purge delay: its default (1,000 ms in
+    /// the mimalloc the lock file pins) tells it from the options beside it.
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_option_set_is_the_purge_delay() {
+        // SAFETY: reads and sets an integer option; no pointers.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(get(), 1000);
+        }
+        super::allocator_setup();
+        assert_eq!(get(), 0);
+    }
 }

@@ -216,22 +216,19 @@ fn dataset_node(d: DatasetRecord, apps: &HashMap<String, String>, copies: Vec<Co
 /// Every backup and snapshot of the datasets matching `pattern`, by dataset id.
 fn copies<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>) -> Result<HashMap<[u8; 16], Vec<CopyNode>>> {
     let mut copies: HashMap<[u8; 16], Vec<CopyNode>> = HashMap::new();
-    for b in v.backups(pattern)? {
-        copies.entry(b.dataset_id.0).or_default().push(CopyNode {
-            kind: match b.method {
-                CopyMethod::Raw => CopyKind::Raw,
-                CopyMethod::Logical => CopyKind::Logical,
-                CopyMethod::Plaintext => CopyKind::Plaintext,
-            },
-            id: format!("backup {}", b.id),
-            volume: b.volume.to_string(),
-            // A plaintext copy is under no key (its record names its source's).
-            key: if b.method == CopyMethod::Plaintext { String::new() } else { b.key_label.to_string() },
-            created_at: b.created_at,
-            generation: b.source_generation,
-            shares_current: false,
-            checked: b.checked,
-        });
+    // A page at a time: the records are larger than the nodes.
+    let mut after = 0;
+    loop {
+        let page = v.backups_page(pattern, Some(after), KEY_PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        let full = page.len() == KEY_PAGE;
+        for b in page {
+            copies.entry(b.dataset_id.0).or_default().push(copy_node(b));
+        }
+        if !full {
+            break;
+        }
     }
     for s in v.snapshots(pattern)? {
         let shares = v.snapshot_shares_current(&s)?;
@@ -247,4 +244,23 @@ fn copies<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>) -> Result<Hash
         });
     }
     Ok(copies)
+}
+
+/// A backup's node in the graph.
+fn copy_node(b: custos_core::model::BackupRecord) -> CopyNode {
+    CopyNode {
+        kind: match b.method {
+            CopyMethod::Raw => CopyKind::Raw,
+            CopyMethod::Logical => CopyKind::Logical,
+            CopyMethod::Plaintext => CopyKind::Plaintext,
+        },
+        id: format!("backup {}", b.id),
+        volume: b.volume.to_string(),
+        // A plaintext copy is under no key (its record names its source's).
+        key: if b.method == CopyMethod::Plaintext { String::new() } else { b.key_label.to_string() },
+        created_at: b.created_at,
+        generation: b.source_generation,
+        shares_current: false,
+        checked: b.checked,
+    }
 }
