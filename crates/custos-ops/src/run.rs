@@ -90,13 +90,11 @@ pub(crate) fn run(e: &Engine, who: &Caller, op: Operation, io: &mut Io<'_>) -> R
             Reply::KeyExported { key, material: SecretText::new(crate::operation::base64_encode(&material)) }
         }
         O::KeyList { pattern, limit, after } => {
-            let keys = match (limit, after) {
-                (None, None) => v
-                    .keys()?
-                    .into_iter()
-                    .filter(|k| pattern.as_ref().is_none_or(|p| p.matches(k.label.as_str())))
-                    .collect(),
-                (limit, after) => {
+            let keys = match (&pattern, limit, after) {
+                (None, None, None) => v.keys()?,
+                // A pattern reads from its literal prefix, in label order,
+                // as a page without a limit does.
+                (_, limit, after) => {
                     v.keys_page(pattern.as_ref(), after.as_deref(), limit.map_or(usize::MAX, |n| n as usize))?
                 }
             };
