@@ -67,20 +67,12 @@ fn build<S: VaultState>(
             }
             (keys, apps)
         });
-        let read = (|| {
-            let mut after = String::new();
-            loop {
-                let page = v.keys_page(None, Some(&after), KEY_PAGE)?;
-                let Some(last) = page.last() else { break };
-                after = last.label.to_string();
-                let full = page.len() == KEY_PAGE;
-                // The checker stopped only by panicking: the join says so.
-                if pages.send(page).is_err() || !full {
-                    break;
-                }
-            }
-            Ok::<(), crate::RiskError>(())
-        })();
+        // The checker stops only by panicking: its join says so.
+        let read = paged(
+            |after: &String| v.keys_page(None, Some(after), PAGE),
+            |k| k.label.to_string(),
+            |page| pages.send(page).is_ok(),
+        );
         drop(pages);
         let (keys, apps) = checker.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         read?;
@@ -90,8 +82,32 @@ fn build<S: VaultState>(
     })
 }
 
-/// Keys read from the catalog at a time.
-const KEY_PAGE: usize = 4096;
+/// Rows read from the catalog at a time.
+const PAGE: usize = 4096;
+
+/// Read a listing a page of [`PAGE`] rows at a time: `fetch(cursor)` gives
+/// the page after a cursor (the default cursor: from the start), `cursor`
+/// the cursor a row leaves, and `take` each page, saying whether to go on.
+/// A page shorter than [`PAGE`] is the last.
+fn paged<T, C: Default, E>(
+    fetch: impl Fn(&C) -> std::result::Result<Vec<T>, E>,
+    cursor: impl Fn(&T) -> C,
+    mut take: impl FnMut(Vec<T>) -> bool,
+) -> Result<()>
+where
+    crate::RiskError: From<E>,
+{
+    let mut after = C::default();
+    loop {
+        let page = fetch(&after)?;
+        let Some(last) = page.last() else { return Ok(()) };
+        after = cursor(last);
+        let full = page.len() == PAGE;
+        if !take(page) || !full {
+            return Ok(());
+        }
+    }
+}
 
 /// Volumes, escrow, vault and keystore backups, principals and settings.
 fn build_rest<S: VaultState>(v: &Vault<S>, mut g: Graph) -> Result<Graph> {
@@ -176,22 +192,19 @@ fn with_datasets<S: VaultState>(
     mut copies: HashMap<[u8; 16], Vec<CopyNode>>,
 ) -> Result<Graph> {
     // A page at a time, from the pattern's literal prefix.
-    let mut after = String::new();
-    loop {
-        let page = v.datasets_page(pattern, Some(&after), KEY_PAGE)?;
-        let Some(last) = page.last() else { break };
-        after = last.name.to_string();
-        let full = page.len() == KEY_PAGE;
-        for d in page {
-            let mut c = copies.remove(&d.id.0).unwrap_or_default();
-            c.sort_by_key(|x| (x.kind, std::cmp::Reverse(x.created_at)));
-            c.shrink_to_fit();
-            g.datasets.push(dataset_node(d, apps, c));
-        }
-        if !full {
-            break;
-        }
-    }
+    paged(
+        |after: &String| v.datasets_page(pattern, Some(after), PAGE),
+        |d| d.name.to_string(),
+        |page| {
+            for d in page {
+                let mut c = copies.remove(&d.id.0).unwrap_or_default();
+                c.sort_by_key(|x| (x.kind, std::cmp::Reverse(x.created_at)));
+                c.shrink_to_fit();
+                g.datasets.push(dataset_node(d, apps, c));
+            }
+            true
+        },
+    )?;
     g.datasets.shrink_to_fit();
     Ok(g)
 }
@@ -217,19 +230,16 @@ fn dataset_node(d: DatasetRecord, apps: &HashMap<String, String>, copies: Vec<Co
 fn copies<S: VaultState>(v: &Vault<S>, pattern: Option<&Pattern>) -> Result<HashMap<[u8; 16], Vec<CopyNode>>> {
     let mut copies: HashMap<[u8; 16], Vec<CopyNode>> = HashMap::new();
     // A page at a time: the records are larger than the nodes.
-    let mut after = 0;
-    loop {
-        let page = v.backups_page(pattern, Some(after), KEY_PAGE)?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        let full = page.len() == KEY_PAGE;
-        for b in page {
-            copies.entry(b.dataset_id.0).or_default().push(copy_node(b));
-        }
-        if !full {
-            break;
-        }
-    }
+    paged(
+        |after: &u64| v.backups_page(pattern, Some(*after), PAGE),
+        |b| b.id,
+        |page| {
+            for b in page {
+                copies.entry(b.dataset_id.0).or_default().push(copy_node(b));
+            }
+            true
+        },
+    )?;
     for s in v.snapshots(pattern)? {
         let shares = v.snapshot_shares_current(&s)?;
         copies.entry(s.dataset_id.0).or_default().push(CopyNode {
@@ -262,5 +272,45 @@ fn copy_node(b: custos_core::model::BackupRecord) -> CopyNode {
         generation: b.source_generation,
         shares_current: false,
         checked: b.checked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listing of `n` rows by id, read through `paged` as the catalog's
+    /// pages are: every row once, in order, across page boundaries; and a
+    /// reader that stops ends the listing.
+    #[test]
+    fn paged_reads_every_row_once_and_stops_when_told() {
+        for n in [0, 1, PAGE - 1, PAGE, PAGE + 1, 3 * PAGE + 17] {
+            let rows: Vec<u64> = (1..=n as u64).collect();
+            let fetch = |after: &u64| {
+                Ok::<_, crate::RiskError>(rows.iter().copied().filter(|r| r > after).take(PAGE).collect::<Vec<_>>())
+            };
+            let mut seen = Vec::new();
+            paged(
+                fetch,
+                |r| *r,
+                |page| {
+                    seen.extend(page);
+                    true
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, rows, "{n} rows");
+            let mut pages = 0;
+            paged(
+                fetch,
+                |r| *r,
+                |_| {
+                    pages += 1;
+                    false
+                },
+            )
+            .unwrap();
+            assert_eq!(pages, usize::from(n > 0), "{n} rows");
+        }
     }
 }
