@@ -23,20 +23,7 @@ trap 'rm -rf "$work"' EXIT
 cargo build --quiet --release --locked --manifest-path bench/codecs/Cargo.toml --target-dir "$work/target"
 tool="$work/target/release/custos-codecs-bench"
 make_small_tree "$work/small" 10000
-python3 - "$work/big" <<'PY'
-import os, random, sys
-root = sys.argv[1]
-line = b"employee_id,name,department,salary,notes about this row that compress well\n"
-for i in range(200):
-    size = (1 + (i * 37) % 19) << 20
-    d = os.path.join(root, f"dir{i % 10}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"file{i:03}.dat"), "wb") as f:
-        if i % 2 == 0:
-            f.write(os.urandom(size))
-        else:
-            f.write((line * (size // len(line) + 1))[:size])
-PY
+make_big_tree "$work/big"
 real=$(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | head -1)
 sets=(small big)
 [ -n "$real" ] && sets+=(python)

@@ -35,22 +35,7 @@ if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${n
 custos_binary
 
 rm -rf "$work" && mkdir -p "$work/data"
-# 200 files: sizes from 1 MiB to ~19 MiB (about 2 GiB); even files random, odd files text.
-python3 - "$work/data" <<'PY'
-import os, random, sys
-root = sys.argv[1]
-rng = random.Random(2026)
-line = b"employee_id,name,department,salary,notes about this row that compress well\n"
-for i in range(200):
-    size = (1 + (i * 37) % 19) << 20
-    d = os.path.join(root, f"dir{i % 10}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"file{i:03}.dat"), "wb") as f:
-        if i % 2 == 0:
-            f.write(os.urandom(size))
-        else:
-            f.write((line * (size // len(line) + 1))[:size])
-PY
+make_big_tree "$work/data"
 total=$(du -sb "$work/data" | cut -f1)
 sync; cat "$work"/data/*/* > /dev/null
 
