@@ -199,19 +199,12 @@ impl Report {
     /// Hand every row to `f` (judged on two threads), summing the
     /// applications up on the way unless that was done already.
     pub fn each_row(&self, f: &mut dyn FnMut(&DatasetRisk)) {
-        let mut sum = self.rows.apps.get().is_none().then(AppSum::default);
         self.rows
-            .each(&mut |d| {
-                if let Some(sum) = sum.as_mut() {
-                    sum.add(&d);
-                }
-                f(&d);
+            .each_summing(&mut |d| {
+                f(d);
                 Ok::<(), std::convert::Infallible>(())
             })
             .unwrap_or_else(|never| match never {});
-        if let Some(sum) = sum {
-            let _ = self.rows.apps.set(sum.finish(&self.threats, &self.rows.pairs));
-        }
     }
 
     /// The per-dataset rows, judged as they are read.
@@ -223,16 +216,11 @@ impl Report {
     /// (judged in one pass over the datasets, the first time it is asked
     /// for, unless writing the rows did it already).
     pub fn apps(&self) -> &[AppRisk] {
-        self.rows.apps.get_or_init(|| {
-            let mut sum = AppSum::default();
-            self.rows
-                .each(&mut |d| {
-                    sum.add(&d);
-                    Ok::<(), std::convert::Infallible>(())
-                })
-                .unwrap_or_else(|never| match never {});
-            sum.finish(&self.threats, &self.rows.pairs)
-        })
+        if self.rows.apps.get().is_none() {
+            self.each_row(&mut |_| {});
+        }
+        // Set by the pass above (or by a reader that raced it).
+        self.rows.apps.get().map_or(&[], Vec::as_slice)
     }
 }
 
@@ -339,22 +327,31 @@ impl Rows {
     }
 }
 
+impl Rows {
+    /// [`Rows::each`], summing the applications up on the way unless that
+    /// was done already; a pass that ends early sums nothing.
+    fn each_summing<E>(&self, f: &mut dyn FnMut(&DatasetRisk) -> Result<(), E>) -> Result<(), E> {
+        let mut sum = self.apps.get().is_none().then(AppSum::default);
+        self.each(&mut |d| {
+            if let Some(sum) = sum.as_mut() {
+                sum.add(&d);
+            }
+            f(&d)
+        })?;
+        if let Some(sum) = sum {
+            let _ = self.apps.set(sum.finish(&self.threats, &self.pairs));
+        }
+        Ok(())
+    }
+}
+
 /// Written as the JSON array of rows; the applications are summed up on
 /// the way unless they were already.
 impl Serialize for Rows {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(Some(self.len()))?;
-        let mut sum = (self.apps.get().is_none()).then(AppSum::default);
-        self.each(&mut |d| {
-            if let Some(sum) = sum.as_mut() {
-                sum.add(&d);
-            }
-            seq.serialize_element(&d)
-        })?;
-        if let Some(sum) = sum {
-            let _ = self.apps.set(sum.finish(&self.threats, &self.pairs));
-        }
+        self.each_summing(&mut |d| seq.serialize_element(d))?;
         seq.end()
     }
 }
