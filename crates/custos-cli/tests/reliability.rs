@@ -932,6 +932,127 @@ fn first_commands_at_once_agree_on_the_audit_key() {
     }
 }
 
+/// What a traced command moved into place and what it made durable, in
+/// the order strace saw them (`strace -y` names each descriptor's file).
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Placed { from: PathBuf, to: PathBuf },
+    Synced(PathBuf),
+    SyncedFilesystem,
+}
+
+/// The renames, links and syncs of one `strace -f -y` log.
+fn durability_calls(log: &str) -> Vec<Seen> {
+    let quoted = |rest: &str, n: usize| rest.split('"').nth(2 * n + 1).map(PathBuf::from);
+    let mut seen = Vec::new();
+    for line in log.lines() {
+        // "PID call(args..." (an unfinished call's line has its arguments).
+        let Some((_, call)) = line.split_once(' ') else { continue };
+        let call = call.trim_start();
+        if call.starts_with("syncfs(") {
+            seen.push(Seen::SyncedFilesystem);
+        } else if let Some(rest) = call.strip_prefix("fdatasync(").or_else(|| call.strip_prefix("fsync(")) {
+            if let Some(path) = rest.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(p, _)| p) {
+                // A file synced through its descriptor after its temp name
+                // was removed (placed by a hard link).
+                seen.push(Seen::Synced(path.trim_end_matches(" (deleted)").into()));
+            }
+        } else if ["renameat2(", "rename(", "linkat(", "link("].iter().any(|c| call.starts_with(c)) {
+            if let (Some(from), Some(to)) = (quoted(call, 0), quoted(call, 1)) {
+                seen.push(Seen::Placed { from, to });
+            }
+        }
+    }
+    seen
+}
+
+/// Commands that write objects make them durable before the catalog's
+/// commit names them (ADR 0034): every chunk, pack and manifest moved into
+/// a volume, and every exported file, is covered by a sync between its move
+/// and the catalog's next sync (the commit) — a sync of the file itself
+/// (under its temp name or its own) and of the directory it went into, or
+/// a `syncfs`. A command that placed a few objects never syncs the whole
+/// filesystem (another process's dirty pages are not waited for); one that
+/// placed many in a batch syncs it once per batch. An import of 1,100 small
+/// files (two batches), a put of one dataset of twenty chunks (the tests'
+/// chunks are 64 KiB), an export of
+/// three datasets and one of a thousand.
+#[test]
+fn writes_make_what_they_placed_durable_before_the_commit_and_few_never_sync_the_filesystem() {
+    let e = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    for i in 0..1_100usize {
+        let dir = tree.join(if i < 3 { "few".to_string() } else { format!("d{}", i % 3) });
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:04}")), noise(30 + (i * 53) % 3_000, i as u64)).unwrap();
+    }
+    let big = src.path().join("big");
+    std::fs::write(&big, noise(20 << 16, 7)).unwrap();
+    let (few, many) = (src.path().join("few"), src.path().join("many"));
+    let catalog = e.vault.join("custos.db");
+    // Each command, and how many `syncfs` it makes.
+    let commands: [(&[&str], usize); 4] = [
+        (&["ds", "import", Env::s(&tree), "--prefix", "IMP"], 2),
+        (&["ds", "put", "BIG.FILE", Env::s(&big)], 0),
+        (&["ds", "export", "IMP.few", Env::s(&few)], 0),
+        (&["ds", "export", "IMP", Env::s(&many)], 1),
+    ];
+    for (args, filesystem_syncs) in commands {
+        let log = src.path().join("strace.log");
+        let o = Process::new("strace")
+            .args(["-f", "-qq", "-y", "-o"])
+            .arg(&log)
+            .args(["-e", "trace=rename,renameat2,link,linkat,fsync,fdatasync,syncfs"])
+            .arg(assert_cmd::cargo::cargo_bin("custos"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUSTOS_VAULT", &e.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
+            .output()
+            .expect("strace runs (apt-get install strace)");
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let seen = durability_calls(&std::fs::read_to_string(&log).unwrap());
+        let syncfs = seen.iter().filter(|s| **s == Seen::SyncedFilesystem).count();
+        assert_eq!(syncfs, filesystem_syncs, "{args:?}: filesystem syncs");
+        // The catalog's file and its write-ahead log.
+        let catalog = catalog.to_string_lossy();
+        let catalog_sync = |s: &Seen| matches!(s, Seen::Synced(p) if p.to_string_lossy().starts_with(&*catalog));
+        let mut objects = 0;
+        for (i, s) in seen.iter().enumerate() {
+            let Seen::Placed { from, to: path } = s else { continue };
+            let inside = [e.vault.join("volumes"), few.clone(), many.clone()].iter().any(|d| path.starts_with(d));
+            let name = path.file_name().unwrap().to_string_lossy();
+            if !inside || name.starts_with('.') {
+                continue;
+            }
+            objects += 1;
+            let after = &seen[i + 1..];
+            let commit = after.iter().position(catalog_sync).unwrap_or(after.len());
+            let before_commit = &after[..commit];
+            if before_commit.contains(&Seen::SyncedFilesystem) {
+                continue;
+            }
+            let synced = before_commit.contains(&Seen::Synced(path.clone()))
+                || seen[..i + 1 + commit].contains(&Seen::Synced(from.clone()));
+            assert!(synced, "{args:?}: {} was not synced before the commit", path.display());
+            let dir = Seen::Synced(path.parent().unwrap().to_path_buf());
+            assert!(
+                before_commit.contains(&dir),
+                "{args:?}: the directory of {} was not synced before the commit",
+                path.display()
+            );
+        }
+        assert!(objects >= 3, "{args:?} placed only {objects} objects: {seen:?}");
+    }
+    // What was written reads back.
+    assert_eq!(std::fs::read(few.join("f0001")).unwrap(), noise(30 + 53, 1));
+    assert_eq!(std::fs::read(many.join("d1").join("f0004")).unwrap(), noise(30 + 4 * 53, 4));
+    assert_eq!(e.run(&["ds", "get", "BIG.FILE"]).stdout, noise(20 << 16, 7));
+}
+
 /// An import of thousands of small files goes in batches (one flush and one
 /// commit each): killed anywhere — while chunks and manifests are stored,
 /// at the flush, inside the catalog's commit — it leaves every dataset

@@ -11,6 +11,7 @@
 pub mod audit_segment;
 mod buf;
 mod direct;
+pub mod durable;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -28,7 +29,7 @@ use thiserror::Error;
 
 pub use buf::{ChunkBuf, PooledBuf, ALIGN};
 pub use direct::DirectWriter;
-pub use local::{sync_filesystem, LocalVolume};
+pub use local::LocalVolume;
 pub use mirror::MirroredVolume;
 pub use packing::{PackWriter, Packing};
 
@@ -104,7 +105,10 @@ pub trait Volume: Send + Sync {
     fn chunk_len(&self, id: &ChunkId) -> Result<Option<u64>>;
     /// Delete a chunk; deleting a missing chunk is not an error.
     fn delete_chunk(&self, id: &ChunkId) -> Result<()>;
-    /// Make every chunk stored so far durable.
+    /// Make every chunk, pack and deferred manifest this process stored so
+    /// far on the volume durable. A local volume syncs its own files when
+    /// they are few (what other processes wrote is not waited for) and the
+    /// filesystem when they are many (ADR 0034).
     fn sync(&self) -> Result<()>;
     /// Store a manifest durably and atomically. An existing manifest of the
     /// same dataset and generation is never replaced: that fails with

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use custos_model::{ChunkId, DatasetId};
 use rustix::fs::OFlags;
 
+use crate::durable::Pending;
 use crate::pack::{self, Entry, PackId};
 use crate::{ChunkBuf, Kept, PackWriter, Result, StoreError, Volume, ALIGN};
 
@@ -46,8 +47,13 @@ pub(crate) struct Label {
 /// Chunk writes use direct I/O where the filesystem allows it: the
 /// page-aligned body of each object goes straight from the caller's buffer
 /// to the device, the unaligned tail through the page cache. Large writes
-/// then neither fill nor wait on the page cache, and the final `syncfs` has
-/// only metadata and tails left to flush. Reads use the page cache.
+/// then neither fill nor wait on the page cache, and the final flush has
+/// only metadata and tails left to write. Reads use the page cache.
+///
+/// Chunks, packs and deferred manifests are made durable by [`Volume::sync`]:
+/// the files this process wrote on the volume, and their directories, are
+/// synced one by one when they are few, the filesystem when they are many
+/// (see [`crate::durable`]; ADR 0034).
 pub struct LocalVolume {
     name: String,
     root: PathBuf,
@@ -62,6 +68,9 @@ pub struct LocalVolume {
     /// Indexes of the packs read so far (immutable once a pack is in
     /// place); cleared when it grows past [`PACK_CACHE`].
     packs: Mutex<HashMap<PackId, Arc<Vec<Entry>>>>,
+    /// What this process wrote on the volume since the last `sync`, shared
+    /// by every `LocalVolume` on the same directory.
+    pending: Arc<Pending>,
 }
 
 /// How many pack indexes a volume keeps in memory at most.
@@ -104,6 +113,10 @@ impl LocalVolume {
                 let d = root.join(top).join(format!("{i:02x}"));
                 fs::create_dir_all(&d).map_err(|e| v.err(&d, e))?;
             }
+            // The fan-out directories are durable before anything is
+            // written into them (the label's write syncs the root).
+            let d = root.join(top);
+            File::open(&d).and_then(|d| d.sync_all()).map_err(|e| v.err(&d, e))?;
         }
         let text = match owner {
             Some(o) => format!("{LABEL_V3}vault {o}\nname {name}\n"),
@@ -150,6 +163,7 @@ impl LocalVolume {
             owner: None,
             layout3: std::sync::OnceLock::new(),
             packs: Mutex::new(HashMap::new()),
+            pending: crate::durable::pending_for(root),
         }
     }
 
@@ -288,6 +302,28 @@ impl LocalVolume {
             return Ok(None);
         }
         Ok(Some((f, entries[i])))
+    }
+
+    /// A file written and moved into place, made durable by the next `sync`.
+    fn written(&self, f: File, path: PathBuf) {
+        self.pending.file(f, path);
+    }
+
+    fn flush_err(&self, e: crate::durable::FlushError) -> StoreError {
+        self.err(&e.path, e.source)
+    }
+
+    /// Make a directory inside the volume that a copy of it left out (or a
+    /// first pack's): its entry in its parent is flushed by the next `sync`.
+    /// Made by another writer meanwhile is as good.
+    fn make_fan_out(&self, dir: &Path) -> std::io::Result<()> {
+        match fs::create_dir(dir) {
+            Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(e),
+            _ => {
+                self.pending.dir(dir.parent().expect("inside the volume"));
+                Ok(())
+            }
+        }
     }
 
     /// Write a whole file atomically and durably: a temp file of this
@@ -490,13 +526,11 @@ impl PackWriter for LocalPack<'_> {
             self.finished.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        let placed = f.write_all(&pack::encode_index(&live)).and_then(|()| {
-            drop(f);
-            publish(&self.tmp, &self.path)
-        });
+        let placed = f.write_all(&pack::encode_index(&live)).and_then(|()| publish(&self.tmp, &self.path));
         match placed {
             Ok(true) => {
                 self.finished.store(true, Ordering::Relaxed);
+                self.volume.written(f, self.path.clone());
                 Ok(())
             }
             Ok(false) => Err(StoreError::Exists {
@@ -555,9 +589,9 @@ impl Volume for LocalVolume {
             // A fan-out directory a copy of the volume left out (a drill's
             // clone copies no empty ones): made here, once. Only the fan-out
             // level: a volume whose `chunks` is gone stays an error.
-            Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(path.parent().expect("fan-out dir")) {
-                Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(e),
-                _ => self.open_chunk(&tmp, true, aligned),
+            Err(e) if e.kind() == ErrorKind::NotFound => match self.make_fan_out(path.parent().expect("fan-out dir")) {
+                Err(e) => Err(e),
+                Ok(()) => self.open_chunk(&tmp, true, aligned),
             },
             r => r,
         };
@@ -570,12 +604,14 @@ impl Volume for LocalVolume {
                 rest = &sealed[body..];
             }
             f.write_all(rest)?;
-            drop(f);
-            publish(&tmp, &path)
+            Ok(publish(&tmp, &path)?.then_some(f))
         })();
         match written {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(StoreError::Exists { volume: self.name.clone(), what: format!("chunk {id}"), path }),
+            Ok(Some(f)) => {
+                self.written(f, path);
+                Ok(())
+            }
+            Ok(None) => Err(StoreError::Exists { volume: self.name.clone(), what: format!("chunk {id}"), path }),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 Err(self.err(&path, e))
@@ -670,8 +706,7 @@ impl Volume for LocalVolume {
     }
 
     fn sync(&self) -> Result<()> {
-        let dir = File::open(&self.root).map_err(|e| self.err(&self.root, e))?;
-        rustix::fs::syncfs(&dir).map_err(|e| self.err(&self.root, e.into()))
+        self.pending.flush().map_err(|e| self.flush_err(e))
     }
 
     fn put_manifest(&self, ds: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
@@ -695,21 +730,20 @@ impl Volume for LocalVolume {
         let path = self.manifest_path(ds, generation);
         let dir = path.parent().expect("manifest dir");
         if !dir.exists() {
-            match fs::create_dir(dir) {
-                Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(self.err(dir, e)),
-                _ => {}
-            }
+            self.make_fan_out(dir).map_err(|e| self.err(dir, e))?;
         }
         let tmp = tmp_path(&path);
         let written = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(sealed)?;
-            drop(f);
-            publish(&tmp, &path)
+            Ok(publish(&tmp, &path)?.then_some(f))
         })();
         match written {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(StoreError::Exists {
+            Ok(Some(f)) => {
+                self.written(f, path);
+                Ok(())
+            }
+            Ok(None) => Err(StoreError::Exists {
                 volume: self.name.clone(),
                 what: format!("the manifest of generation {generation} of dataset id {ds}"),
                 path,
@@ -899,9 +933,8 @@ impl Volume for LocalVolume {
         let fan = path.parent().expect("fan-out dir");
         // Made here when missing, but never the volume itself.
         for d in [fan.parent().expect("packs dir"), fan] {
-            match fs::create_dir(d) {
-                Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(self.err(d, e)),
-                _ => {}
+            if !d.is_dir() {
+                self.make_fan_out(d).map_err(|e| self.err(d, e))?;
             }
         }
         let tmp = tmp_path(&path);
@@ -943,13 +976,6 @@ impl Volume for LocalVolume {
         }
         Ok(out)
     }
-}
-
-/// Make everything written to the filesystem holding `dir` durable (one
-/// `syncfs`).
-pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
-    let d = File::open(dir)?;
-    rustix::fs::syncfs(&d).map_err(Into::into)
 }
 
 /// The value of a `key value` line of a label.
