@@ -11,7 +11,9 @@
 //! machine 12,500 of them took longer than `syncfs`, quiet (1.4 s against
 //! 0.2 s for an import of 10,000 files) and beside the writer (11.1 s
 //! against 4.9 s). The descriptors of the few files stay open from the
-//! write to the flush, so a failed write-back is reported to them.
+//! write to the flush, so a failed write-back is reported to them; at most
+//! [`KEPT_MAX`] in the whole process (a server writes to many volumes at
+//! once), past which a flush syncs the filesystem too.
 //!
 //! One process can have several commands writing to a volume at once (the
 //! server), and a flush cannot tell whose file failed: a failed sync fails
@@ -24,11 +26,39 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 /// The most files a flush syncs one by one; with more, it syncs the
 /// filesystem.
 pub const PER_FILE_MAX: usize = 64;
+
+/// The most written files kept open for their flush in the process.
+pub const KEPT_MAX: usize = 512;
+
+/// Written files kept open now, in the whole process.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// A written file kept open for its flush, counted in [`KEPT`].
+struct Kept {
+    file: File,
+    path: PathBuf,
+}
+
+impl Kept {
+    /// `None` (and the file closed) when [`KEPT_MAX`] are kept already.
+    fn new(file: File, path: PathBuf) -> Option<Self> {
+        KEPT.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < KEPT_MAX).then_some(n + 1))
+            .ok()
+            .map(|_| Self { file, path })
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        KEPT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Files or directories per flushing thread, and the most threads.
 const PER_THREAD: usize = 4;
@@ -52,9 +82,10 @@ pub struct Pending {
 
 #[derive(Default)]
 struct State {
-    files: Vec<(File, PathBuf)>,
+    files: Vec<Kept>,
     dirs: BTreeSet<PathBuf>,
-    /// More than [`PER_FILE_MAX`] files came: the flush syncs the filesystem.
+    /// More than [`PER_FILE_MAX`] files came (or more than the process
+    /// keeps open): the flush syncs the filesystem.
     many: bool,
     /// The first sync that failed; never cleared.
     failed: Option<Failed>,
@@ -98,19 +129,20 @@ impl Pending {
         if st.many {
             return;
         }
-        if st.files.len() == PER_FILE_MAX {
+        let kept = if st.files.len() < PER_FILE_MAX { Kept::new(f, path) } else { None };
+        let Some(kept) = kept else {
             // The flush will sync the filesystem: nothing to keep open.
             st.many = true;
             st.files.clear();
             st.dirs.clear();
             return;
-        }
-        if let Some(dir) = path.parent() {
+        };
+        if let Some(dir) = kept.path.parent() {
             if !st.dirs.contains(dir) {
                 st.dirs.insert(dir.to_path_buf());
             }
         }
-        st.files.push((f, path));
+        st.files.push(kept);
     }
 
     /// A directory below the root whose entries changed (a name made or
@@ -140,7 +172,7 @@ impl Pending {
                 .and_then(|d| rustix::fs::syncfs(&d).map_err(Into::into))
                 .map_err(|source| FlushError { path: self.root.clone(), source })
         } else {
-            in_parallel(&w.files, |(f, path)| f.sync_data().map_err(|source| FlushError { path: path.clone(), source }))
+            in_parallel(&w.files, |k| k.file.sync_data().map_err(|source| FlushError { path: k.path.clone(), source }))
                 .and_then(|()| {
                     let dirs: Vec<PathBuf> = w.dirs.into_iter().collect();
                     in_parallel(&dirs, |dir| match File::open(dir).and_then(|d| d.sync_all()) {
@@ -210,6 +242,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Held by the tests that count on the process's bound on kept files.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn written(dir: &Path, name: &str) -> (File, PathBuf) {
         let path = dir.join(name);
         let mut f = File::create(&path).unwrap();
@@ -219,6 +258,7 @@ mod tests {
 
     #[test]
     fn a_few_files_are_kept_open_for_the_flush_and_many_sync_the_filesystem() {
+        let _serial = serial();
         let t = tempfile::tempdir().unwrap();
         let p = Pending::new(t.path());
         assert!(p.is_empty());
@@ -242,6 +282,30 @@ mod tests {
         assert_eq!(held(&p), (0, 0, true));
         p.flush().unwrap();
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn the_process_keeps_at_most_so_many_files_open_for_flushes() {
+        let _serial = serial();
+        let t = tempfile::tempdir().unwrap();
+        // Enough volumes of a few files each to pass the process's bound
+        // (other tests running beside this one only make it come sooner).
+        let volumes: Vec<Pending> = (0..KEPT_MAX / PER_FILE_MAX + 2).map(|_| Pending::new(t.path())).collect();
+        for (v, p) in volumes.iter().enumerate() {
+            for i in 0..PER_FILE_MAX {
+                let (f, path) = written(t.path(), &format!("v{v}-{i}"));
+                p.file(f, path);
+                assert!(KEPT.load(Ordering::Acquire) <= KEPT_MAX);
+            }
+        }
+        let to_the_filesystem = volumes.iter().filter(|p| p.lock().many).count();
+        assert!(to_the_filesystem >= 2, "past the bound a volume's flush syncs the filesystem");
+        for p in &volumes {
+            p.flush().unwrap();
+            assert!(p.is_empty());
+        }
+        drop(volumes);
+        assert!(KEPT.load(Ordering::Acquire) < KEPT_MAX, "flushed files are no longer counted");
     }
 
     #[test]
