@@ -202,6 +202,14 @@ fn export_writes_back_what_import_took_in() {
     let big = noise(300_000, 99);
     std::fs::write(src.join("big"), &big).unwrap();
     files.push(("big".into(), big));
+    // Two written with direct I/O (1 MiB and more) through one reused
+    // staging buffer: the first passes the buffer's 8 MiB, the second is
+    // shorter than what the buffer held, with an unaligned tail each.
+    for (name, len) in [("huge", (9 << 20) + 123), ("large", (1 << 20) + 1)] {
+        let body = noise(len, len as u64);
+        std::fs::write(src.join(name), &body).unwrap();
+        files.push((name.into(), body));
+    }
     e.ok(&["ds", "import", Env::s(&src), "--prefix", "TREE"]);
     let out = e.dir.path().join("out");
     let made = e.json(&["ds", "export", "TREE", Env::s(&out)]);

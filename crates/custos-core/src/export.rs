@@ -18,6 +18,9 @@ use serde::Serialize;
 
 use crate::{Error, Open, Result, Vault};
 
+/// Datasets of at least this size are written with direct I/O.
+const DIRECT_FROM: u64 = 1 << 20;
+
 /// One dataset written out.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportReport {
@@ -218,9 +221,18 @@ impl Vault<Open> {
         let tmp = parent.join(format!(".{file_name}.{}.custos-export", custos_model::ChunkId::random().to_hex()));
         let written = (|| {
             let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io(e, &tmp))?;
-            let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
-            let got = self.read_record(d, volume, &mut w, None, 1)?;
-            let f = w.into_inner().map_err(|e| io(e.into_error(), &tmp))?;
+            // A large dataset goes to the disk with direct I/O, as `ds get
+            // -o` writes: no page cache to fill (slow to fault in on some
+            // virtual machines) and nothing left for the flush but tails.
+            let (got, f) = if d.current.size >= DIRECT_FROM {
+                let mut w = custos_store::DirectWriter::new(f);
+                let got = self.read_record(d, volume, &mut w, None, 1)?;
+                (got, w.finish().map_err(|e| io(e, &tmp))?)
+            } else {
+                let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
+                let got = self.read_record(d, volume, &mut w, None, 1)?;
+                (got, w.into_inner().map_err(|e| io(e.into_error(), &tmp))?)
+            };
             if replace {
                 std::fs::rename(&tmp, target).map_err(|e| io(e, target))?;
             } else {

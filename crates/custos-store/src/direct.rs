@@ -8,13 +8,15 @@ use std::io::{self, Write};
 
 use rustix::fs::OFlags;
 
-use crate::{ChunkBuf, ALIGN};
+use crate::{PooledBuf, ALIGN};
 
 const STAGE: usize = 8 << 20;
 
 pub struct DirectWriter {
     file: File,
-    stage: ChunkBuf,
+    /// From the process's pool: an export writes many files one after
+    /// another, and a fresh 8 MiB buffer each time costs its page faults.
+    stage: PooledBuf,
     len: usize,
     direct: bool,
 }
@@ -25,7 +27,7 @@ impl DirectWriter {
     pub fn new(file: File) -> Self {
         let direct =
             rustix::fs::fcntl_getfl(&file).and_then(|fl| rustix::fs::fcntl_setfl(&file, fl | OFlags::DIRECT)).is_ok();
-        Self { file, stage: ChunkBuf::new(STAGE), len: 0, direct }
+        Self { file, stage: PooledBuf::take(STAGE), len: 0, direct }
     }
 
     fn flush_aligned(&mut self) -> io::Result<()> {
