@@ -17,6 +17,21 @@ const RETRY: &str = "run it again";
 const DURABLE: &str = "fsync,fdatasync,syncfs,rename,renameat2,link,unlink,pwrite64";
 
 impl Env {
+    /// `strace -f -qq STRACE_ARGS custos` on this vault, its arguments to
+    /// be added.
+    fn under_strace(&self, strace_args: &[&str]) -> Process {
+        let mut p = Process::new("strace");
+        p.args(["-f", "-qq"])
+            .args(strace_args)
+            .arg(assert_cmd::cargo::cargo_bin("custos"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUSTOS_VAULT", &self.vault)
+            .env("CUSTOS_PASSPHRASE", PASS)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        p
+    }
+
     fn spawn(&self, args: &[&str]) -> Child {
         Process::new(assert_cmd::cargo::cargo_bin("custos"))
             .env_clear()
@@ -42,16 +57,10 @@ impl Env {
     /// calls on its own, so a kill in a worker's writes needs a list the
     /// main thread (the catalog's writes) does not exhaust first.
     fn killed_at_call(&self, args: &[&str], calls: &str, n: usize) -> bool {
-        let o = Process::new("strace")
-            .args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={calls}")])
-            .arg("-e")
-            .arg(format!("inject={calls}:signal=KILL:when={n}"))
-            .arg(assert_cmd::cargo::cargo_bin("custos"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CUSTOS_VAULT", &self.vault)
-            .env("CUSTOS_PASSPHRASE", PASS)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let trace = format!("trace={calls}");
+        let inject = format!("inject={calls}:signal=KILL:when={n}");
+        let o = self
+            .under_strace(&["-o", "/dev/null", "-e", &trace, "-e", &inject])
             .args(["--threads", "1"])
             .args(args)
             .output()
@@ -1000,16 +1009,14 @@ fn writes_make_what_they_placed_durable_before_the_commit_and_few_never_sync_the
     ];
     for (args, filesystem_syncs) in commands {
         let log = src.path().join("strace.log");
-        let o = Process::new("strace")
-            .args(["-f", "-qq", "-y", "-o"])
-            .arg(&log)
-            .args(["-e", "trace=rename,renameat2,link,linkat,fsync,fdatasync,syncfs"])
-            .arg(assert_cmd::cargo::cargo_bin("custos"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CUSTOS_VAULT", &e.vault)
-            .env("CUSTOS_PASSPHRASE", PASS)
-            .envs(e.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let o = e
+            .under_strace(&[
+                "-y",
+                "-o",
+                Env::s(&log),
+                "-e",
+                "trace=rename,renameat2,link,linkat,fsync,fdatasync,syncfs",
+            ])
             .args(args)
             .output()
             .expect("strace runs (apt-get install strace)");
