@@ -105,7 +105,7 @@ impl Failed {
 
     fn error(&self) -> FlushError {
         let message = format!(
-            "{} (an earlier sync here failed, so nothing written since can be trusted to be on disk: check the device, then start again)",
+            "{} (an earlier sync of these files failed in this process, so nothing written since can be trusted to be on disk; a new process starts clean)",
             self.message
         );
         FlushError { path: self.path.clone(), source: io::Error::new(self.kind, message) }
@@ -325,7 +325,7 @@ mod tests {
         // Every later flush fails too, naming what failed first.
         let again = p.flush().unwrap_err();
         assert_eq!(again.path, bad);
-        assert!(again.source.to_string().contains("an earlier sync here failed"), "{}", again.source);
+        assert!(again.source.to_string().contains("an earlier sync of these files failed"), "{}", again.source);
     }
 
     #[test]
