@@ -122,10 +122,11 @@ fn full_tour_with_json() {
 
 /// `ds export` writes a tree of datasets back as files, as `ds import`
 /// named them, and refuses (writing nothing) what it cannot do whole.
-/// Small datasets imported together share a pack (ADR 0030), and so do
-/// their logical copies: the data, a raw copy made from the packs, `fsck`
-/// and `gc` all behave as with a file per chunk; removing the datasets
-/// and collecting the garbage takes the packs away whole.
+/// Small datasets imported together share a pack (ADR 0030), manifests
+/// and all (ADR 0035), and so do their logical copies: the data, a raw
+/// copy made from the packs, `fsck` and `gc` all behave as with a file per
+/// object; removing the datasets and collecting the garbage takes the
+/// packs away whole.
 #[test]
 fn small_datasets_share_packs_that_gc_takes_back() {
     let e = Env::new();
@@ -140,7 +141,7 @@ fn small_datasets_share_packs_that_gc_takes_back() {
     let packs = || walk_files(&vol.join("packs"));
     assert_eq!(packs().len(), 1, "one pack for the batch: {:?}", packs());
     assert_eq!(walk_files(&vol.join("chunks")).len(), 0, "no chunk file of its own");
-    assert_eq!(walk_files(&vol.join("manifests")).len(), 30);
+    assert_eq!(walk_files(&vol.join("manifests")).len(), 0, "no manifest file of its own");
     for (i, b) in bodies.iter().enumerate() {
         assert_eq!(e.run(&["ds", "get", &format!("PK.f{i:02}")]).stdout, *b);
     }
@@ -150,8 +151,10 @@ fn small_datasets_share_packs_that_gc_takes_back() {
     e.ok(&["volume", "add", "tape", "--path", Env::s(&tape), "--site", "C", "--medium", "tape"]);
     e.ok(&["backup", "run", "PK.**", "--to", "off"]);
     assert_eq!(walk_files(&off.join("packs")).len(), 1, "the logical copies share a pack of their own");
+    assert_eq!(walk_files(&off.join("manifests")).len(), 0, "their manifests are in it");
     e.ok(&["backup", "run", "PK.**", "--to", "tape", "--method", "raw"]);
     assert_eq!(walk_files(&tape.join("chunks")).len(), 30, "a raw copy takes the packed chunks one by one");
+    assert_eq!(walk_files(&tape.join("manifests")).len(), 30, "and the manifests");
     for b in e.json(&["backup", "ls"]).as_array().unwrap() {
         e.ok(&["backup", "verify", &b["id"].to_string(), "--read-data"]);
     }
@@ -165,7 +168,7 @@ fn small_datasets_share_packs_that_gc_takes_back() {
     assert_eq!(e.run(&["ds", "get", "PK.f01"]).stdout, bodies[1]);
     let dead: Vec<_> = packs().into_iter().filter(|p| p.extension().is_some_and(|x| x == "dead")).collect();
     assert_eq!(dead.len(), 1, "{:?}", packs());
-    assert_eq!(std::fs::read(&dead[0]).unwrap().len(), 4, "one entry dead");
+    assert_eq!(std::fs::read(&dead[0]).unwrap().len(), 8, "two entries dead: the chunk and its manifest");
     // Gone: every dataset and copy removed, the garbage collected.
     for i in 0..30 {
         e.ok(&["ds", "rm", &format!("PK.f{i:02}")]);

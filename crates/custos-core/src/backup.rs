@@ -393,7 +393,7 @@ impl<S: VaultState> Vault<S> {
                 });
             }
         }
-        let manifest = src.read_manifest(&d.id, g.generation)?;
+        let manifest = src.read_manifest_where(&d.id, g.generation, &|b| object_hash(b) == g.manifest_hash)?;
         if object_hash(&manifest) != g.manifest_hash {
             return Err(Error::Manifest {
                 dataset: d.name.clone(),
@@ -405,7 +405,7 @@ impl<S: VaultState> Vault<S> {
         match dst.put_manifest(&d.id, g.generation, &manifest) {
             Err(custos_store::StoreError::Exists { .. }) => {
                 // Left by an interrupted or concurrent copy: the same object is reused.
-                if dst.read_manifest(&d.id, g.generation)? != manifest {
+                if dst.read_manifest_where(&d.id, g.generation, &|b| b == manifest)? != manifest {
                     return Err(Error::Manifest {
                         dataset: d.name.clone(),
                         generation: g.generation,
@@ -451,6 +451,8 @@ struct LogicalPlan {
     previous: Option<BackupRecord>,
     back: KeyRecord,
     new_key: Option<KeyRecord>,
+    /// The key of the source's current generation, as read when planned.
+    primary: KeyRecord,
 }
 
 /// A logical copy whose chunks are stored, not yet recorded.
@@ -467,8 +469,8 @@ struct StagedCopy {
     new_key: Option<KeyRecord>,
     /// Chunks it stored.
     written: Vec<ChunkId>,
-    /// The generation its manifest was stored as.
-    placed: Option<u64>,
+    /// The generation its manifest was stored as, and where.
+    placed: Option<(u64, custos_store::Placed)>,
     back_key: DataKey,
     since: u64,
 }
@@ -495,12 +497,16 @@ impl StagedCopy {
             .seal(&self.back_key)
             .map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })
         };
-        let (generation, sealed) = if deferred {
-            place_manifest_with(dst, name, self.rec.generation, seal, |g, b| dst.put_manifest_deferred(&copy_id, g, b))?
+        let (generation, sealed, placed) = if deferred {
+            place_manifest_with(dst, name, self.rec.generation, seal, |g, b| match self.written.first() {
+                Some(anchor) => dst.put_manifest_beside(&copy_id, g, b, anchor),
+                None => dst.put_manifest_deferred(&copy_id, g, b),
+            })?
         } else {
-            place_manifest(dst, name, &copy_id, self.rec.generation, seal)?
+            let (g, sealed) = place_manifest(dst, name, &copy_id, self.rec.generation, seal)?;
+            (g, sealed, custos_store::Placed::Own)
         };
-        self.placed = Some(generation);
+        self.placed = Some((generation, placed));
         self.rec.generation = generation;
         self.rec.manifest_hash = object_hash(&sealed);
         Ok(())
@@ -508,13 +514,13 @@ impl StagedCopy {
 
     /// Delete what this copy stored: it will not be recorded. Only what it
     /// created: its chunks have fresh random ids, and its manifest was
-    /// created under a name it alone took.
+    /// created under a name it alone took or in a pack of its own.
     fn abandon(&self, dst: &dyn custos_store::Volume) {
         for id in &self.written {
             let _ = dst.delete_chunk(id);
         }
-        if let Some(g) = self.placed {
-            let _ = dst.delete_manifest(&self.rec.copy_id, g);
+        if let Some((g, at)) = self.placed {
+            let _ = dst.delete_placed_manifest(&self.rec.copy_id, g, at);
         }
     }
 }
@@ -851,6 +857,9 @@ impl Vault<Open> {
         key: Option<&KeyLabel>,
         keep_going: bool,
     ) -> Result<Vec<Option<Result<Option<BackupRecord>>>>> {
+        // Settings, the key-backup key and the destruction schedule are
+        // read once for the run, as for a batch.
+        let _memo = self.batch_memo();
         self.volume_record(to)?;
         // For a large run the catalog is read once, whole: datasets, keys,
         // backups. A few datasets (`hsm run` after a handful of changes) are
@@ -886,7 +895,8 @@ impl Vault<Open> {
                 if series.iter().any(|b| b.source_generation == d.current.generation) {
                     return Ok(None);
                 }
-                Ok(Some(LogicalPlan { d, previous, back, new_key }))
+                let primary = keys.get(&d.current.key_label, |l| self.key_record(l))?;
+                Ok(Some(LogicalPlan { d, previous, back, new_key, primary }))
             })();
             match planned {
                 Ok(Some(plan)) => {
@@ -1036,11 +1046,22 @@ impl Vault<Open> {
         threads: usize,
         deferred: bool,
     ) -> Result<StagedCopy> {
-        let LogicalPlan { d, previous, back, new_key } = plan;
+        let LogicalPlan { d, previous, back, new_key, primary } = plan;
         let (name, g, previous) = (&d.name, &d.current, previous.as_ref());
-        let back_key = self.unwrap_for(back, KeyUse::Encrypt, name)?;
-        let primary = self.key_record(&g.key_label)?;
-        let primary_key = self.unwrap_for(&primary, KeyUse::Decrypt, name)?;
+        let back_key = match new_key {
+            // Made for this copy and not in the catalog yet: no destruction
+            // can be scheduled for it.
+            Some(_) => {
+                back.state.permits(KeyUse::Encrypt).map_err(|source| Error::KeyUnusable {
+                    label: back.label.clone(),
+                    dataset: Some(name.clone()),
+                    source,
+                })?;
+                self.unwrap_checked(back)?
+            }
+            None => self.unwrap_for(back, KeyUse::Encrypt, name)?,
+        };
+        let primary_key = self.unwrap_for(primary, KeyUse::Decrypt, name)?;
         let src = self.open_volume(&g.volume)?;
         let source = self.load_manifest(d, &primary_key, src.as_ref())?;
         // Continue the previous copy's series. Its chunks are reused, unread,
@@ -1146,11 +1167,23 @@ impl Vault<Open> {
             match self.repo.insert_backup(&c.rec, &c.ids, &c.sources, c.new_key.as_ref(), &c.reused, c.since) {
                 Err(custos_repo::RepoError::Exists { kind: "key", .. }) if c.new_key.is_some() => {
                     // A concurrent run took this label for a BACK key of its own.
-                    if let Some(g) = c.placed.take() {
-                        let _ = dst.delete_manifest(&c.rec.copy_id, g);
+                    if let Some((g, at)) = c.placed.take() {
+                        let _ = dst.delete_placed_manifest(&c.rec.copy_id, g, at);
                     }
                     self.relabel_new_key(c.new_key.as_mut().expect("checked"))?;
                     c.rec.key_label = c.new_key.as_ref().expect("checked").label.clone();
+                    c.place(plan, dst, false)?;
+                }
+                Err(custos_repo::RepoError::Exists { kind: "backup", .. }) => {
+                    // A concurrent run of the same series recorded this
+                    // generation first: its manifest in a pack took no
+                    // name this one could have seen (ADR 0035). The copy
+                    // takes the next generation, as it would have had it
+                    // found the name taken.
+                    if let Some((g, at)) = c.placed.take() {
+                        let _ = dst.delete_placed_manifest(&c.rec.copy_id, g, at);
+                    }
+                    c.rec.generation += 1;
                     c.place(plan, dst, false)?;
                 }
                 r => {

@@ -17,7 +17,7 @@ use custos_model::{
 };
 use custos_repo::{GenerationCommit, RepoError};
 use custos_store::format::{object_hash, Manifest};
-use custos_store::{StoreError, Volume};
+use custos_store::{Placed, StoreError, Volume};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -255,7 +255,18 @@ impl Vault<Open> {
         threads: usize,
         since: u64,
     ) -> Result<Staged> {
-        let key = self.unwrap_for(&target.key, KeyUse::Encrypt, name)?;
+        let key = if target.new_key.is_some() {
+            // Made for this write and not in the catalog yet: no
+            // destruction can be scheduled for it.
+            target.key.state.permits(KeyUse::Encrypt).map_err(|source| Error::KeyUnusable {
+                label: target.key.label.clone(),
+                dataset: Some(name.clone()),
+                source,
+            })?;
+            self.unwrap_checked(&target.key)?
+        } else {
+            self.unwrap_for(&target.key, KeyUse::Encrypt, name)?
+        };
         let chunk_size = self.chunk_size()?;
         let (dataset_id, previous) = match existing {
             Some(d) => (d.id, d.current.generation),
@@ -342,14 +353,18 @@ impl Vault<Open> {
         let seal = |generation| {
             manifest(generation).seal(&s.key).map_err(|e| Error::Invalid { what: "manifest", why: e.to_string() })
         };
-        let (generation, sealed) = if deferred {
-            place_manifest_with(volume, &s.name, s.previous + 1, seal, |g, b| {
-                volume.put_manifest_deferred(&s.dataset_id, g, b)
+        let (generation, sealed, placed) = if deferred {
+            // Beside one of its new chunks, in the batch's pack where
+            // there is one (ADR 0035).
+            place_manifest_with(volume, &s.name, s.previous + 1, seal, |g, b| match s.written.first() {
+                Some(anchor) => volume.put_manifest_beside(&s.dataset_id, g, b, anchor),
+                None => volume.put_manifest_deferred(&s.dataset_id, g, b),
             })?
         } else {
-            place_manifest(volume, &s.name, &s.dataset_id, s.previous + 1, seal)?
+            let (g, sealed) = place_manifest(volume, &s.name, &s.dataset_id, s.previous + 1, seal)?;
+            (g, sealed, Placed::Own)
         };
-        s.placed = Some((generation, object_hash(&sealed)));
+        s.placed = Some((generation, object_hash(&sealed), placed));
         Ok(())
     }
 
@@ -362,8 +377,8 @@ impl Vault<Open> {
                 Err(RepoError::Exists { kind: "key", .. }) if s.new_key.is_some() => {
                     // A concurrent write took this label for a key of its
                     // own: name ours anew (its manifest names the label).
-                    if let Some((g, _)) = s.placed.take() {
-                        let _ = volume.delete_manifest(&s.dataset_id, g);
+                    if let Some((g, _, at)) = s.placed.take() {
+                        let _ = volume.delete_placed_manifest(&s.dataset_id, g, at);
                     }
                     self.relabel_new_key(s.new_key.as_mut().expect("checked"))?;
                     self.place(s, volume, false)?;
@@ -645,10 +660,12 @@ impl Vault<Open> {
             // its old, lossy name goes on under that name (so importing the
             // tree again without --replace is refused as existing, and with
             // it writes there, never a second copy beside it).
-            if self.repo.dataset(&name)?.is_none() {
+            let mut exists = self.repo.dataset(&name)?.is_some();
+            if !exists {
                 if let Some(old) = legacy_import_name(prefix, rel).filter(|o| *o != name) {
                     if self.repo.dataset(&old)?.is_some() {
                         name = old;
+                        exists = true;
                     }
                 }
             }
@@ -656,7 +673,7 @@ impl Vault<Open> {
                 twice.push(format!("{} and {} would both become {name}", other.display(), f.display()));
                 continue;
             }
-            if !replace && self.repo.dataset(&name)?.is_some() {
+            if !replace && exists {
                 exist.push(format!("{name} (from {})", f.display()));
             }
             planned.push((name, f));
@@ -750,7 +767,9 @@ struct Staged {
     chunk_size: u32,
     created_at: Timestamp,
     /// The generation its manifest was stored as, and the manifest's hash.
-    placed: Option<(u64, [u8; 32])>,
+    /// The generation its manifest was stored as, the manifest's hash, and
+    /// where it went.
+    placed: Option<(u64, [u8; 32], Placed)>,
     /// The input equalled the current generation: nothing to commit.
     unchanged: bool,
     since: u64,
@@ -762,7 +781,7 @@ impl Staged {
     }
 
     fn commit(&self) -> GenerationCommit {
-        let (generation, manifest_hash) = self.placed.expect("placed before it is committed");
+        let (generation, manifest_hash, _) = self.placed.expect("placed before it is committed");
         GenerationCommit {
             dataset_id: self.dataset_id,
             name: self.name.clone(),
@@ -789,15 +808,17 @@ impl Staged {
         for id in &self.written {
             let _ = volume.delete_chunk(id);
         }
-        if let Some((g, _)) = self.placed {
-            let _ = volume.delete_manifest(&self.dataset_id, g);
+        // Only the manifest this write stored: in a pack, another writer's
+        // manifest of the same generation may be the one committed.
+        if let Some((g, _, at)) = self.placed {
+            let _ = volume.delete_placed_manifest(&self.dataset_id, g, at);
         }
     }
 
     fn report(&self) -> PutReport {
         PutReport {
             dataset: self.name.clone(),
-            generation: self.placed.map_or(self.previous, |(g, _)| g),
+            generation: self.placed.map_or(self.previous, |(g, _, _)| g),
             size: self.size,
             chunks: self.chunks.len() as u64,
             new_chunks: self.written.len() as u64,
@@ -827,21 +848,24 @@ pub(crate) fn place_manifest(
     first: u64,
     seal: impl Fn(u64) -> Result<Vec<u8>>,
 ) -> Result<(u64, Vec<u8>)> {
-    place_manifest_with(volume, name, first, seal, |g, b| volume.put_manifest(id, g, b))
+    let (generation, sealed, _) =
+        place_manifest_with(volume, name, first, seal, |g, b| volume.put_manifest(id, g, b).map(|()| Placed::Own))?;
+    Ok((generation, sealed))
 }
 
-/// [`place_manifest`], storing by `put`.
+/// [`place_manifest`], storing by `put`, which says where the manifest
+/// went (its own object, or a batch's pack).
 pub(crate) fn place_manifest_with(
     volume: &dyn Volume,
     name: &DatasetName,
     first: u64,
     seal: impl Fn(u64) -> Result<Vec<u8>>,
-    put: impl Fn(u64, &[u8]) -> std::result::Result<(), StoreError>,
-) -> Result<(u64, Vec<u8>)> {
+    put: impl Fn(u64, &[u8]) -> std::result::Result<Placed, StoreError>,
+) -> Result<(u64, Vec<u8>, Placed)> {
     for generation in first..first.saturating_add(PLACE_ATTEMPTS) {
         let sealed = seal(generation)?;
         match put(generation, &sealed) {
-            Ok(()) => return Ok((generation, sealed)),
+            Ok(placed) => return Ok((generation, sealed, placed)),
             Err(StoreError::Exists { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -868,7 +892,9 @@ pub(crate) fn open_manifest(
     key: &DataKey,
 ) -> Result<Manifest> {
     let fail = |why: String| Error::Manifest { dataset: name.clone(), generation, volume: volume.describe(), why };
-    let sealed = volume.read_manifest(id, generation).map_err(|e| match e {
+    // The object the catalog committed, where a pack also holds another
+    // writer's manifest of the same generation (ADR 0035).
+    let sealed = volume.read_manifest_where(id, generation, &|b| object_hash(b) == *hash).map_err(|e| match e {
         custos_store::StoreError::Missing { .. } => fail("is missing".into()),
         e => e.into(),
     })?;

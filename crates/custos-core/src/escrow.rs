@@ -234,7 +234,7 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub(crate) fn current_kbk(&self) -> Result<Option<KbkRecord>> {
-        Ok(self.repo.kbks()?.pop())
+        self.memoized(|m| m.kbk.clone(), |m, v| m.kbk = Some(v), || Ok(self.repo.kbks()?.pop()))
     }
 }
 

@@ -204,7 +204,17 @@ impl<S: VaultState> Vault<S> {
 
     /// When a key is scheduled to be destroyed, if it is.
     pub fn destroy_scheduled_at(&self, label: &KeyLabel) -> Result<Option<Timestamp>> {
-        Ok(self.repo.destroy_after(label)?)
+        // While a batch runs, the whole schedule (a handful of keys) is read
+        // once rather than once for each dataset's key.
+        if self.memo.lock().unwrap_or_else(|e| e.into_inner()).batches == 0 {
+            return Ok(self.repo.destroy_after(label)?);
+        }
+        let schedule = self.memoized(
+            |m| m.destroy.clone(),
+            |m, v| m.destroy = Some(v),
+            || Ok(std::sync::Arc::new(self.repo.destroy_schedule()?.into_iter().collect())),
+        )?;
+        Ok(schedule.get(label).copied())
     }
 
     /// Destroy every key whose waiting period is over. Run by every command
@@ -292,11 +302,17 @@ impl<S: VaultState> Vault<S> {
         // is usually the first or second probed). Only when several in a row
         // are taken (another process made many) is every label read.
         if let Some(mut seq) = known {
+            if self.label_trusted(&at) {
+                if let Some(next) = seq.checked_add(1) {
+                    return Ok(KeyLabel::new(ns.label(purpose, app, next))?);
+                }
+            }
             for _ in 0..8 {
                 let Some(next) = seq.checked_add(1) else { break };
                 let label = KeyLabel::new(ns.label(purpose, app, next))?;
                 if self.repo.key(&label)?.is_none() {
-                    self.labels.lock().unwrap_or_else(|e| e.into_inner()).insert(at, seq);
+                    self.labels.lock().unwrap_or_else(|e| e.into_inner()).insert(at.clone(), seq);
+                    self.trust_label(at);
                     return Ok(label);
                 }
                 seq = next;
@@ -311,7 +327,8 @@ impl<S: VaultState> Vault<S> {
             .map(|p| p.seq)
             .max()
             .unwrap_or(0);
-        self.labels.lock().unwrap_or_else(|e| e.into_inner()).insert(at, max);
+        self.labels.lock().unwrap_or_else(|e| e.into_inner()).insert(at.clone(), max);
+        self.trust_label(at);
         let label = ns.label(
             purpose,
             app,
@@ -340,6 +357,21 @@ impl<S: VaultState> Vault<S> {
     /// their labels free again.
     pub(crate) fn forget_labels(&self) {
         self.labels.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.memo.lock().unwrap_or_else(|e| e.into_inner()).trusted.clear();
+    }
+
+    /// Whether a batch running now found this label sequence free already.
+    fn label_trusted(&self, at: &(String, String, Purpose)) -> bool {
+        let m = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        m.batches > 0 && m.trusted.contains(at)
+    }
+
+    /// Note, while a batch runs, that this label sequence was found free.
+    fn trust_label(&self, at: (String, String, Purpose)) {
+        let mut m = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if m.batches > 0 {
+            m.trusted.insert(at);
+        }
     }
 }
 
@@ -476,7 +508,12 @@ impl Vault<Open> {
                 })
             }
         };
-        if check && self.repo.key(&label)?.is_some() {
+        // A label from `next_label` was just looked up and found free; one
+        // given is looked up here, except in a batch, which takes its labels
+        // in sequence (the insert refuses a taken one anyway, and the batch
+        // then commits each dataset on its own, relabelled).
+        let in_batch = self.memo.lock().unwrap_or_else(|e| e.into_inner()).batches > 0;
+        if check && k.label.is_some() && !in_batch && self.repo.key(&label)?.is_some() {
             return Err(custos_repo::RepoError::Exists { kind: "key", name: label.to_string() }.into());
         }
         let now = Timestamp::now();

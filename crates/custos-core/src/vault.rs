@@ -78,13 +78,24 @@ pub struct Vault<S: VaultState> {
 /// the next batch, as if it had been made just after this one began.
 #[derive(Default)]
 pub(crate) struct Memo {
-    batches: usize,
+    pub(crate) batches: usize,
     settings: std::collections::HashMap<&'static str, Option<String>>,
     policies: Option<Vec<PolicyRecord>>,
     /// Volumes opened during the batch (a local volume keeps the indexes
     /// of the packs it read, so a batch reading many small datasets from
     /// one pack parses its index once).
     volumes: std::collections::HashMap<VolumeName, Arc<dyn Volume>>,
+    /// Volume records read during the batch.
+    volume_records: std::collections::HashMap<VolumeName, VolumeRecord>,
+    /// The current key-backup key, which escrows each key the batch makes.
+    pub(crate) kbk: Option<Option<custos_model::KbkRecord>>,
+    /// Key-label sequences (as in [`LabelSeqs`]) found free by a lookup in
+    /// this batch: the labels after it are taken without another lookup
+    /// (one that another process took meanwhile fails the batch's commit,
+    /// and each dataset is then committed on its own, relabelled).
+    pub(crate) trusted: std::collections::HashSet<(String, String, custos_model::Purpose)>,
+    /// Keys scheduled for destruction and when, read once for the batch.
+    pub(crate) destroy: Option<Arc<std::collections::HashMap<KeyLabel, jiff::Timestamp>>>,
 }
 
 /// Holds the memo on while a batch runs.
@@ -625,7 +636,7 @@ impl<S: VaultState> Vault<S> {
 
     /// What `get` finds in the memo while a batch runs; otherwise `load`,
     /// kept by `put` while a batch runs.
-    fn memoized<T: Clone>(
+    pub(crate) fn memoized<T: Clone>(
         &self,
         get: impl FnOnce(&Memo) -> Option<T>,
         put: impl FnOnce(&mut Memo, T),
@@ -653,6 +664,9 @@ impl<S: VaultState> Vault<S> {
         m.settings.clear();
         m.policies = None;
         m.volumes.clear();
+        m.volume_records.clear();
+        m.kbk = None;
+        m.destroy = None;
     }
 
     pub fn naming(&self) -> Result<NamingStandard> {
@@ -815,8 +829,16 @@ impl<S: VaultState> Vault<S> {
     }
 
     pub fn volume_record(&self, name: &VolumeName) -> Result<VolumeRecord> {
-        let rec = self.repo.volume(name)?.ok_or_else(|| Error::VolumeNotFound { name: name.to_string() })?;
-        Ok(self.resolved(rec))
+        self.memoized(
+            |m| m.volume_records.get(name).cloned(),
+            |m, v| {
+                m.volume_records.insert(name.clone(), v);
+            },
+            || {
+                let rec = self.repo.volume(name)?.ok_or_else(|| Error::VolumeNotFound { name: name.to_string() })?;
+                Ok(self.resolved(rec))
+            },
+        )
     }
 
     /// Open a volume; a mirrored one comes wrapped, so that writes go to

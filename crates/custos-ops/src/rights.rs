@@ -25,9 +25,14 @@ fn on(op: Op, d: &DatasetName) -> Need {
     Need { op, dataset: Some(d.clone()), key: None }
 }
 
-/// Every existing dataset matching `pattern` (all when `None`).
+/// Every existing dataset matching `pattern` (all when `None`), under the
+/// key of its current generation.
 fn matching(e: &Engine, op: Op, pattern: Option<&Pattern>) -> Result<Vec<Need>> {
-    Ok(e.vault.datasets_matching(pattern)?.into_iter().map(|d| Need { op, dataset: Some(d.name), key: None }).collect())
+    Ok(e.vault
+        .datasets_matching(pattern)?
+        .into_iter()
+        .map(|d| Need { op, dataset: Some(d.name), key: Some(d.current.key_label) })
+        .collect())
 }
 
 /// Whether `p` may run `op`.

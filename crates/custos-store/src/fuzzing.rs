@@ -77,7 +77,7 @@ pub fn manifest(data: &[u8]) {
 /// A volume label.
 pub fn volume_label(data: &[u8]) {
     if let Some(crate::local::Label { version, owner }) = crate::local::parse_label(data) {
-        assert!((1..=3).contains(&version));
+        assert!((1..=4).contains(&version));
         assert!(!owner.unwrap_or_default().contains('\n'));
     }
 }
@@ -97,7 +97,8 @@ pub fn pack_index(data: &[u8]) {
         let again =
             crate::pack::parse_pack(&id, &[&pack[..bodies], &tail[..]].concat()).expect("what was read writes back");
         assert_eq!(again, entries);
-        assert!(entries.iter().all(|e| e.offset + e.len as u64 <= bodies as u64));
+        assert!(entries.chunks.iter().all(|e| e.offset + e.len as u64 <= bodies as u64));
+        assert!(entries.manifests.iter().all(|e| e.offset + e.len as u64 <= bodies as u64));
     }
     let _ = crate::pack::parse_dead(data);
 }
@@ -286,11 +287,27 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ];
     let mut pk = pid.to_vec();
     pk.extend_from_slice(&[0x33; 64]);
-    pk.extend(crate::pack::encode_index(&entries));
+    let mut with_manifests = pk.clone();
+    pk.extend(crate::pack::encode_index(&crate::pack::Index { chunks: entries.to_vec(), manifests: Vec::new() }));
     out.push(("pack_index", "two-entries".into(), pk));
+    // Version 2: the same chunks and two manifests after them.
+    with_manifests.extend_from_slice(&[0x44; 30]);
+    let m = |generation, number, offset| crate::pack::ManifestEntry {
+        dataset: DATASET,
+        generation,
+        number,
+        offset,
+        len: 15,
+    };
+    with_manifests.extend(crate::pack::encode_index(&crate::pack::Index {
+        chunks: entries.to_vec(),
+        manifests: vec![m(GENERATION, 2, 64), m(GENERATION + 1, 3, 79)],
+    }));
+    out.push(("pack_index", "two-entries-two-manifests".into(), with_manifests));
     out.push(("volume_label", "v1".into(), b"custos-volume 1\n".to_vec()));
     out.push(("volume_label", "v2".into(), b"custos-volume 2\nvault 0123456789abcdef\nname default\n".to_vec()));
     out.push(("volume_label", "v3".into(), b"custos-volume 3\nvault 0123456789abcdef\nname default\n".to_vec()));
+    out.push(("volume_label", "v4".into(), b"custos-volume 4\nvault 0123456789abcdef\nname default\n".to_vec()));
     out
 }
 
@@ -352,7 +369,7 @@ mod tests {
                 "volume_label" => assert!(crate::local::parse_label(bytes).is_some(), "{name}"),
                 "pack_index" => {
                     let id: crate::pack::PackId = bytes[..12].try_into().unwrap();
-                    assert_eq!(crate::pack::parse_pack(&id, &bytes[12..]).expect(name).len(), 2);
+                    assert_eq!(crate::pack::parse_pack(&id, &bytes[12..]).expect(name).chunks.len(), 2);
                 }
                 _ => {}
             }

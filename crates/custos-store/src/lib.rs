@@ -117,14 +117,61 @@ pub trait Volume: Send + Sync {
     fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()>;
     /// [`Volume::put_manifest`] for a write that stores many: as atomic
     /// and as exclusive, but durable only once [`Volume::sync`] returns, so
-    /// a batch of manifests costs one flush. A volume whose objects are
+    /// a batch of manifests costs one flush. Returns where it went
+    /// ([`Placed::Own`] here), which is what
+    /// [`Volume::delete_placed_manifest`] takes. A volume whose objects are
     /// durable when stored keeps the default.
-    fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
-        self.put_manifest(dataset, generation, sealed)
+    fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<Placed> {
+        self.put_manifest(dataset, generation, sealed).map(|()| Placed::Own)
     }
+    /// [`Volume::put_manifest_deferred`] for a generation that has the
+    /// chunk `anchor` among those this write stored. Through [`Packing`]
+    /// on a layout 4 volume, when `anchor` is in the batch's pack, the
+    /// manifest goes into that pack (ADR 0035): it takes no name another
+    /// writer could see (the catalog's commit decides whose generation
+    /// counts), and it lives as long as the pack, which lives as long as
+    /// any of its chunks, `anchor` among them. Elsewhere, as
+    /// [`Volume::put_manifest_deferred`].
+    fn put_manifest_beside(
+        &self,
+        dataset: &DatasetId,
+        generation: u64,
+        sealed: &[u8],
+        anchor: &ChunkId,
+    ) -> Result<Placed> {
+        let _ = anchor;
+        self.put_manifest_deferred(dataset, generation, sealed)
+    }
+    /// The manifest of `generation` of `dataset`: its own object, or one in
+    /// a pack (ADR 0035).
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>>;
-    /// Delete a manifest; deleting a missing one is not an error.
+    /// [`Volume::read_manifest`], preferring what `accept` takes (the
+    /// object the catalog committed, by its hash) where a killed or beaten
+    /// writer left another manifest of the same generation in a pack. When
+    /// none is accepted, the first found is returned for the caller to
+    /// refuse.
+    fn read_manifest_where(
+        &self,
+        dataset: &DatasetId,
+        generation: u64,
+        accept: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>> {
+        let _ = accept;
+        self.read_manifest(dataset, generation)
+    }
+    /// Delete a manifest, wherever it is (its own object and any pack
+    /// holding one of that generation); deleting a missing one is not an
+    /// error. For a manifest no longer referenced (`gc`, pruning).
     fn delete_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<()>;
+    /// Delete the manifest this writer stored where
+    /// [`Volume::put_manifest_deferred`] said it went, and nothing another
+    /// writer stored: for a write that will not be committed.
+    fn delete_placed_manifest(&self, dataset: &DatasetId, generation: u64, placed: Placed) -> Result<()> {
+        match placed {
+            Placed::Own => self.delete_manifest(dataset, generation),
+            Placed::Pack(_) => Ok(()),
+        }
+    }
     /// Every chunk, manifest and leftover temp file on the volume (keystore
     /// backups and the label are not listed). Names that are none of these
     /// are passed over.
@@ -159,6 +206,15 @@ pub trait Volume: Send + Sync {
     fn start_pack(&self) -> Result<Option<Box<dyn PackWriter + '_>>> {
         Ok(None)
     }
+}
+
+/// Where a manifest of a batch went (ADR 0035).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// An object of its own, under its name.
+    Own,
+    /// Inside this pack, beside the batch's chunks.
+    Pack(pack::PackId),
 }
 
 /// Objects a volume keeps once under an id, to be found without a catalog.

@@ -5,13 +5,14 @@
 //! chunks/<2 hex>/<32 hex>             sealed chunk objects, fanned out by first byte
 //! packs/<2 hex>/<24 hex>              pack objects: many small chunk objects (layout 3, ADR 0030)
 //! packs/<2 hex>/<24 hex>.dead         entries of a pack deleted since it was written
-//! manifests/<2 hex>/<32 hex dataset id>.<16 hex generation>   (layout 3)
+//! manifests/<2 hex>/<32 hex dataset id>.<16 hex generation>   (layouts 3, 4)
 //! manifests/<32 hex dataset id>/<16 hex generation>           (layouts 1, 2)
 //! ```
 //!
-//! Layout 3 (new volumes) keeps every manifest in one of 256 fan-out
-//! directories, as chunks are kept; layouts 1 and 2 gave each dataset a
-//! directory of its own, which cost an inode and a 4 KiB block per dataset.
+//! Layout 3 keeps every manifest in one of 256 fan-out directories, as
+//! chunks are kept; layouts 1 and 2 gave each dataset a directory of its
+//! own, which cost an inode and a 4 KiB block per dataset. Layout 4 (new
+//! volumes) also keeps a batch's manifests in its pack (ADR 0035).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -27,7 +28,7 @@ use rustix::fs::OFlags;
 
 use crate::durable::Pending;
 use crate::pack::{self, Entry, PackId};
-use crate::{ChunkBuf, Kept, PackWriter, Result, StoreError, Volume, ALIGN};
+use crate::{ChunkBuf, Kept, PackWriter, Placed, Result, StoreError, Volume, ALIGN};
 
 const LABEL: &str = "CUSTOS-VOLUME";
 /// The first label, which named no owner; still read.
@@ -35,6 +36,8 @@ const LABEL_V1: &str = "custos-volume 1\n";
 const LABEL_V2: &str = "custos-volume 2\n";
 /// Manifests in fan-out directories (`manifests/<2 hex>/<id>.<generation>`).
 const LABEL_V3: &str = "custos-volume 3\n";
+/// Layout 3, and packs may hold manifests (ADR 0035).
+const LABEL_V4: &str = "custos-volume 4\n";
 
 /// What a volume label says: its layout version and the vault that owns
 /// the volume (none on a first-format label, or a test's unowned volume).
@@ -61,17 +64,24 @@ pub struct LocalVolume {
     direct: AtomicBool,
     /// The vault the label names (none on a first-format label).
     owner: Option<String>,
-    /// Layout 3: manifests in fan-out directories, not one per dataset,
-    /// and small chunks in packs. Known once the label was read (an
+    /// The label's layout version: from 3, manifests in fan-out
+    /// directories, not one per dataset, and small chunks in packs; from 4,
+    /// a batch's manifests in its pack. Known once the label was read (an
     /// attached volume reads it when first used).
-    layout3: std::sync::OnceLock<bool>,
+    layout: std::sync::OnceLock<u8>,
     /// Indexes of the packs read so far (immutable once a pack is in
     /// place); cleared when it grows past [`PACK_CACHE`].
-    packs: Mutex<HashMap<PackId, Arc<Vec<Entry>>>>,
+    packs: Mutex<HashMap<PackId, Arc<pack::Index>>>,
+    /// Which packs hold which manifests (layout 4), shared by every
+    /// `LocalVolume` on the same directory in the process.
+    manifests: Arc<Mutex<ManifestDir>>,
     /// What this process wrote on the volume since the last `sync`, shared
     /// by every `LocalVolume` on the same directory.
     pending: Arc<Pending>,
 }
+
+/// The buffer a pack is written through.
+const PACK_BUFFER: usize = 1 << 20;
 
 /// How many pack indexes a volume keeps in memory at most.
 const PACK_CACHE: usize = 256;
@@ -119,11 +129,11 @@ impl LocalVolume {
             File::open(&d).and_then(|d| d.sync_all()).map_err(|e| v.err(&d, e))?;
         }
         let text = match owner {
-            Some(o) => format!("{LABEL_V3}vault {o}\nname {name}\n"),
-            None => LABEL_V3.to_string(),
+            Some(o) => format!("{LABEL_V4}vault {o}\nname {name}\n"),
+            None => LABEL_V4.to_string(),
         };
         v.write_durable(&label, text.as_bytes())?;
-        Ok(Self { owner: owner.map(String::from), layout3: true.into(), ..v })
+        Ok(Self { owner: owner.map(String::from), layout: 4.into(), ..v })
     }
 
     /// The vault this volume's label names, if it names one.
@@ -150,7 +160,7 @@ impl LocalVolume {
             return Err(StoreError::NotAVolume { path: root.into() });
         }
         match fs::read(root.join(LABEL)).ok().as_deref().and_then(parse_label) {
-            Some(Label { version, owner }) => Ok(Self { owner, layout3: (version >= 3).into(), ..v }),
+            Some(Label { version, owner }) => Ok(Self { owner, layout: version.into(), ..v }),
             None => Err(StoreError::NotAVolume { path: root.into() }),
         }
     }
@@ -161,8 +171,9 @@ impl LocalVolume {
             root: root.into(),
             direct: AtomicBool::new(true),
             owner: None,
-            layout3: std::sync::OnceLock::new(),
+            layout: std::sync::OnceLock::new(),
             packs: Mutex::new(HashMap::new()),
+            manifests: manifest_dir_for(root),
             pending: crate::durable::pending_for(root),
         }
     }
@@ -210,12 +221,18 @@ impl LocalVolume {
     /// layout 1 for now and read again next time: nothing can be written
     /// or read there until it is back anyway.
     fn flat(&self) -> bool {
-        if let Some(f) = self.layout3.get() {
-            return *f;
+        self.layout() >= 3
+    }
+
+    /// The layout version from the label; 1 while the label cannot be read
+    /// (see [`LocalVolume::flat`]).
+    fn layout(&self) -> u8 {
+        if let Some(v) = self.layout.get() {
+            return *v;
         }
         match fs::read(self.root.join(LABEL)).ok().as_deref().and_then(parse_label) {
-            Some(l) => *self.layout3.get_or_init(|| l.version >= 3),
-            None => false,
+            Some(l) => *self.layout.get_or_init(|| l.version),
+            None => 1,
         }
     }
 
@@ -245,7 +262,7 @@ impl LocalVolume {
 
     /// The index of pack `p` and the pack opened for reading; `None` when
     /// there is no such pack.
-    fn pack_index(&self, p: &PackId) -> Result<Option<(File, Arc<Vec<Entry>>)>> {
+    fn pack_index(&self, p: &PackId) -> Result<Option<(File, Arc<pack::Index>)>> {
         let path = self.pack_path(p);
         let f = match File::open(&path) {
             Ok(f) => f,
@@ -261,16 +278,14 @@ impl LocalVolume {
             path: path.clone(),
         };
         let len = f.metadata().map_err(|e| self.err(&path, e))?.len();
-        let mut trailer = [0u8; pack::TRAILER_LEN];
-        if len >= pack::TRAILER_LEN as u64 {
-            f.read_exact_at(&mut trailer, len - pack::TRAILER_LEN as u64).map_err(|e| self.err(&path, e))?;
-        }
-        let count = pack::parse_trailer(&trailer, len).map_err(|e| damaged(e.to_string()))?;
-        let index_len = count as u64 * pack::ENTRY_LEN as u64;
-        let bodies = len - pack::TRAILER_LEN as u64 - index_len;
-        let mut index = vec![0u8; index_len as usize];
+        let mut tail = vec![0u8; len.min(pack::TRAILER_LEN_2 as u64) as usize];
+        let at = len - tail.len() as u64;
+        f.read_exact_at(&mut tail, at).map_err(|e| self.err(&path, e))?;
+        let trailer = pack::parse_trailer(&tail, len).map_err(|e| damaged(e.to_string()))?;
+        let bodies = len - trailer.len as u64 - trailer.index_len();
+        let mut index = vec![0u8; trailer.index_len() as usize];
         f.read_exact_at(&mut index, bodies).map_err(|e| self.err(&path, e))?;
-        let entries = Arc::new(pack::parse_index(p, &index, bodies).map_err(|e| damaged(e.to_string()))?);
+        let entries = Arc::new(pack::parse_index(p, &index, &trailer, bodies).map_err(|e| damaged(e.to_string()))?);
         let mut cache = self.packs.lock().expect("pack cache");
         if cache.len() >= PACK_CACHE {
             cache.clear();
@@ -296,12 +311,72 @@ impl LocalVolume {
             return Ok(None);
         }
         let p = pack::pack_of(id);
-        let Some((f, entries)) = self.pack_index(&p)? else { return Ok(None) };
-        let Ok(i) = entries.binary_search_by_key(&id.0, |e| e.id.0) else { return Ok(None) };
+        let Some((f, ix)) = self.pack_index(&p)? else { return Ok(None) };
+        let Ok(i) = ix.chunks.binary_search_by_key(&id.0, |e| e.id.0) else { return Ok(None) };
         if self.pack_dead(&p)?.contains(&pack::entry_number(id)) {
             return Ok(None);
         }
-        Ok(Some((f, entries[i])))
+        Ok(Some((f, ix.chunks[i])))
+    }
+
+    /// The packs that may hold a manifest of `generation` of `ds`, from the
+    /// directory of this volume's packs; packs written since it was last
+    /// read are looked at when it names none (ADR 0035).
+    fn packs_with_manifest(&self, ds: &DatasetId, generation: u64) -> Result<Vec<PackId>> {
+        if self.layout() < 4 {
+            return Ok(Vec::new());
+        }
+        let mut dir = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = dir.at.get(&(*ds, generation)) {
+            return Ok(found.clone());
+        }
+        let packs = self.root.join("packs");
+        let fans = match fs::read_dir(&packs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound && self.root.exists() => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(&packs, e)),
+        };
+        for fan in fans {
+            let fan = fan.map_err(|e| self.err(&packs, e))?.path();
+            let Ok(names) = fs::read_dir(&fan) else { continue };
+            for name in names {
+                let name = name.map_err(|e| self.err(&fan, e))?.file_name();
+                let Some(p) = name.to_str().and_then(unhex12) else { continue };
+                if dir.seen.contains(&p) {
+                    continue;
+                }
+                // A pack whose index cannot be read adds nothing (and is
+                // looked at again next time); `fsck` reports its objects.
+                if let Ok(Some((_, ix))) = self.pack_index(&p) {
+                    dir.add(p, &ix);
+                }
+            }
+        }
+        Ok(dir.at.get(&(*ds, generation)).cloned().unwrap_or_default())
+    }
+
+    /// The live manifests of `generation` of `ds` in pack `p`, with the
+    /// pack opened; `None` when it holds none.
+    fn manifests_in(
+        &self,
+        p: &PackId,
+        ds: &DatasetId,
+        generation: u64,
+    ) -> Result<Option<(File, Vec<pack::ManifestEntry>)>> {
+        let Some((f, ix)) = self.pack_index(p)? else { return Ok(None) };
+        let found = ix.manifests_of(ds, generation);
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let dead = self.pack_dead(p)?;
+        Ok(Some((f, found.iter().filter(|m| !dead.contains(&m.number)).copied().collect())))
+    }
+
+    /// The bytes of a packed manifest.
+    fn read_packed_manifest(&self, p: &PackId, f: &File, m: &pack::ManifestEntry) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; m.len as usize];
+        f.read_exact_at(&mut buf, m.offset).map_err(|e| self.err(&self.pack_path(p), e))?;
+        Ok(buf)
     }
 
     /// A file written and moved into place, made durable by the next `sync`.
@@ -402,17 +477,38 @@ impl LocalVolume {
     /// list, and once every entry is dead the pack and the list go.
     fn delete_packed(&self, id: &ChunkId) -> Result<()> {
         let p = pack::pack_of(id);
-        let entries = match self.pack_index(&p) {
-            Ok(Some((_, ix))) if ix.binary_search_by_key(&id.0, |e| e.id.0).is_ok() => ix,
+        let ix = match self.pack_index(&p) {
+            Ok(Some((_, ix))) if ix.chunks.binary_search_by_key(&id.0, |e| e.id.0).is_ok() => ix,
             // Not in a pack (nothing to delete), or in one whose index
             // cannot be read (left for `fsck` to report).
             Ok(_) | Err(StoreError::Missing { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let path = self.pack_path(&p);
+        self.kill_entry(&p, &ix, pack::entry_number(id))
+    }
+
+    /// Delete the manifests of `generation` of `ds` in pack `p` (those
+    /// the index lists; none is no error).
+    fn delete_packed_manifest(&self, p: &PackId, ds: &DatasetId, generation: u64) -> Result<()> {
+        let ix = match self.pack_index(p) {
+            Ok(Some((_, ix))) => ix,
+            Ok(None) | Err(StoreError::Missing { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for m in ix.manifests_of(ds, generation) {
+            self.kill_entry(p, &ix, m.number)?;
+        }
+        Ok(())
+    }
+
+    /// Put entry `n` of pack `p` (index `ix`) on its dead list; once every
+    /// chunk entry is dead, the pack and the list go, with whatever
+    /// manifests it holds: each is there only beside a chunk of its own
+    /// generation (ADR 0035), so none of them is still committed.
+    fn kill_entry(&self, p: &PackId, ix: &pack::Index, n: u32) -> Result<()> {
+        let path = self.pack_path(p);
         let dead_file = dead_path(&path);
-        let n = pack::entry_number(id);
-        if !self.pack_dead(&p)?.contains(&n) {
+        if !self.pack_dead(p)?.contains(&n) {
             // One 4-byte append: whole or not at all, beside other deleters.
             OpenOptions::new()
                 .append(true)
@@ -424,13 +520,14 @@ impl LocalVolume {
         // Read again after the append: of two deleters appending at once,
         // the later to read sees both, so a pack whose last entries die
         // together still goes.
-        let dead = self.pack_dead(&p)?;
-        if entries.iter().all(|e| dead.contains(&pack::entry_number(&e.id))) {
+        let dead = self.pack_dead(p)?;
+        if ix.chunks.iter().all(|e| dead.contains(&pack::entry_number(&e.id))) {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != ErrorKind::NotFound => return Err(self.err(&path, e)),
                 _ => {}
             }
-            self.packs.lock().expect("pack cache").remove(&p);
+            self.packs.lock().expect("pack cache").remove(p);
+            self.manifests.lock().unwrap_or_else(|p| p.into_inner()).remove(p, ix);
             match fs::remove_file(&dead_file) {
                 Err(e) if e.kind() != ErrorKind::NotFound => return Err(self.err(&dead_file, e)),
                 _ => {}
@@ -442,12 +539,15 @@ impl LocalVolume {
 
 struct PackState {
     /// The temp file, until the pack is finished.
-    file: Option<File>,
+    /// Buffered: a batch's many small objects go out in large writes.
+    file: Option<std::io::BufWriter<File>>,
     len: u64,
     entries: Vec<Entry>,
     /// The ids of `entries`, to refuse one written twice.
     ids: HashSet<ChunkId>,
     forgotten: HashSet<ChunkId>,
+    manifests: Vec<pack::ManifestEntry>,
+    forgotten_manifests: HashSet<(DatasetId, u64)>,
     /// A write failed part way: the file's end is unknown.
     failed: bool,
 }
@@ -462,6 +562,8 @@ struct LocalPack<'a> {
     next: AtomicU32,
     state: Mutex<PackState>,
     finished: AtomicBool,
+    /// Whether manifests go in (layout 4).
+    keeps_manifests: bool,
 }
 
 impl LocalPack<'_> {
@@ -513,27 +615,81 @@ impl PackWriter for LocalPack<'_> {
         self.state.lock().expect("pack state").forgotten.insert(*id);
     }
 
+    fn id(&self) -> PackId {
+        self.id
+    }
+
+    fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<bool> {
+        if !self.keeps_manifests {
+            return Ok(false);
+        }
+        let mut st = self.state.lock().expect("pack state");
+        if st.failed {
+            return Err(self.failed_earlier());
+        }
+        let taken = st.manifests.iter().any(|m| (m.dataset, m.generation) == (*dataset, generation));
+        let len = u32::try_from(sealed.len()).ok().filter(|l| *l > 0 && !taken);
+        let (Some(len), Some(f)) = (len, st.file.as_mut()) else {
+            return Err(StoreError::Exists {
+                volume: self.volume.name.clone(),
+                what: format!(
+                    "the manifest of generation {generation} of dataset id {dataset} (in the pack being written)"
+                ),
+                path: self.tmp.clone(),
+            });
+        };
+        if let Err(e) = f.write_all(sealed) {
+            st.failed = true;
+            return Err(self.volume.err(&self.tmp, e));
+        }
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let offset = st.len;
+        st.manifests.push(pack::ManifestEntry { dataset: *dataset, generation, number, offset, len });
+        st.len += len as u64;
+        Ok(true)
+    }
+
+    fn forget_manifest(&self, dataset: &DatasetId, generation: u64) {
+        self.state.lock().expect("pack state").forgotten_manifests.insert((*dataset, generation));
+    }
+
     fn finish(self: Box<Self>) -> Result<()> {
         let mut st = self.state.lock().expect("pack state");
         if st.failed {
             return Err(self.failed_earlier());
         }
         let Some(mut f) = st.file.take() else { return Ok(()) };
-        let live: Vec<Entry> = st.entries.iter().filter(|e| !st.forgotten.contains(&e.id)).copied().collect();
-        if live.is_empty() {
+        let live = pack::Index {
+            chunks: st.entries.iter().filter(|e| !st.forgotten.contains(&e.id)).copied().collect(),
+            manifests: st
+                .manifests
+                .iter()
+                .filter(|m| !st.forgotten_manifests.contains(&(m.dataset, m.generation)))
+                .copied()
+                .collect(),
+        };
+        if live.chunks.is_empty() && live.manifests.is_empty() {
             drop(f);
             let _ = fs::remove_file(&self.tmp);
             self.finished.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        let placed = f.write_all(&pack::encode_index(&live)).and_then(|()| publish(&self.tmp, &self.path));
+        let placed = f
+            .write_all(&pack::encode_index(&live))
+            .and_then(|()| f.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| Ok((publish(&self.tmp, &self.path)?, f)));
         match placed {
-            Ok(true) => {
+            Ok((true, f)) => {
                 self.finished.store(true, Ordering::Relaxed);
                 self.volume.written(f, self.path.clone());
+                // Readers in this process find its manifests without
+                // looking for new packs.
+                if !live.manifests.is_empty() {
+                    self.volume.manifests.lock().unwrap_or_else(|p| p.into_inner()).add(self.id, &live);
+                }
                 Ok(())
             }
-            Ok(false) => Err(StoreError::Exists {
+            Ok((false, _)) => Err(StoreError::Exists {
                 volume: self.volume.name.clone(),
                 what: format!("pack {}", hex::encode(self.id)),
                 path: self.path.clone(),
@@ -723,7 +879,7 @@ impl Volume for LocalVolume {
         self.create_durable(&path, sealed, || format!("the manifest of generation {generation} of dataset id {ds}"))
     }
 
-    fn put_manifest_deferred(&self, ds: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+    fn put_manifest_deferred(&self, ds: &DatasetId, generation: u64, sealed: &[u8]) -> Result<Placed> {
         // As `put_chunk` writes a chunk: a temp file, moved into place
         // without replacing; `sync` makes the file, its name and its
         // directory durable together.
@@ -741,7 +897,7 @@ impl Volume for LocalVolume {
         match written {
             Ok(Some(f)) => {
                 self.written(f, path);
-                Ok(())
+                Ok(Placed::Own)
             }
             Ok(None) => Err(StoreError::Exists {
                 volume: self.name.clone(),
@@ -756,13 +912,37 @@ impl Volume for LocalVolume {
     }
 
     fn read_manifest(&self, ds: &DatasetId, generation: u64) -> Result<Vec<u8>> {
+        self.read_manifest_where(ds, generation, &|_| true)
+    }
+
+    fn read_manifest_where(&self, ds: &DatasetId, generation: u64, accept: &dyn Fn(&[u8]) -> bool) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
-        self.read_file(
+        let (mut found, missing) = match self.read_file(
             &self.manifest_path(ds, generation),
             || format!("the manifest of generation {generation} of dataset id {ds}"),
             &mut buf,
-        )?;
-        Ok(buf)
+        ) {
+            Ok(()) if accept(&buf) => return Ok(buf),
+            Ok(()) => (Some(buf), None),
+            Err(e @ StoreError::Missing { .. }) if self.layout() >= 4 => (None, Some(e)),
+            Err(e) => return Err(e),
+        };
+        // Then in packs (layout 4): the first that `accept` takes.
+        for p in self.packs_with_manifest(ds, generation)? {
+            let Some((f, entries)) = self.manifests_in(&p, ds, generation)? else { continue };
+            for m in entries {
+                let bytes = self.read_packed_manifest(&p, &f, &m)?;
+                if accept(&bytes) {
+                    return Ok(bytes);
+                }
+                found.get_or_insert(bytes);
+            }
+        }
+        match (found, missing) {
+            (Some(b), _) => Ok(b),
+            (None, Some(e)) => Err(e),
+            (None, None) => unreachable!("either read or missing"),
+        }
     }
 
     fn list(&self) -> Result<Vec<crate::Listed>> {
@@ -820,11 +1000,15 @@ impl Volume for LocalVolume {
                 // chunks read as missing, which is what `fsck` reports.
                 let Ok(Some((_, ix))) = self.pack_index(&p) else { continue };
                 let dead = self.pack_dead(&p)?;
-                for e in ix.iter().filter(|e| !dead.contains(&pack::entry_number(&e.id))) {
+                let modified = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                for e in ix.chunks.iter().filter(|e| !dead.contains(&pack::entry_number(&e.id))) {
+                    out.push(Listed { name: ObjectName::Chunk(e.id), len: e.len as u64, modified });
+                }
+                for e in ix.manifests.iter().filter(|e| !dead.contains(&e.number)) {
                     out.push(Listed {
-                        name: ObjectName::Chunk(e.id),
+                        name: ObjectName::Manifest(e.dataset, e.generation),
                         len: e.len as u64,
-                        modified: m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                        modified,
                     });
                 }
             }
@@ -894,10 +1078,23 @@ impl Volume for LocalVolume {
     }
 
     fn delete_manifest(&self, ds: &DatasetId, generation: u64) -> Result<()> {
-        let p = self.manifest_path(ds, generation);
-        match fs::remove_file(&p) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(&p, e)),
-            _ => Ok(()),
+        self.delete_placed_manifest(ds, generation, Placed::Own)?;
+        for p in self.packs_with_manifest(ds, generation)? {
+            self.delete_packed_manifest(&p, ds, generation)?;
+        }
+        Ok(())
+    }
+
+    fn delete_placed_manifest(&self, ds: &DatasetId, generation: u64, placed: Placed) -> Result<()> {
+        match placed {
+            Placed::Own => {
+                let p = self.manifest_path(ds, generation);
+                match fs::remove_file(&p) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(&p, e)),
+                    _ => Ok(()),
+                }
+            }
+            Placed::Pack(p) => self.delete_packed_manifest(&p, ds, generation),
         }
     }
 
@@ -946,14 +1143,17 @@ impl Volume for LocalVolume {
             tmp,
             next: AtomicU32::new(0),
             state: Mutex::new(PackState {
-                file: Some(file),
+                file: Some(std::io::BufWriter::with_capacity(PACK_BUFFER, file)),
                 len: 0,
                 entries: Vec::new(),
                 ids: HashSet::new(),
                 forgotten: HashSet::new(),
+                manifests: Vec::new(),
+                forgotten_manifests: HashSet::new(),
                 failed: false,
             }),
             finished: AtomicBool::new(false),
+            keeps_manifests: self.layout() >= 4,
         })))
     }
 
@@ -993,7 +1193,60 @@ pub(crate) fn parse_label(bytes: &[u8]) -> Option<Label> {
     if s.starts_with(LABEL_V3) {
         return Some(Label { version: 3, owner: label_field(s, "vault") });
     }
+    if s.starts_with(LABEL_V4) {
+        return Some(Label { version: 4, owner: label_field(s, "vault") });
+    }
     None
+}
+
+/// Which packs of a layout 4 volume hold which manifests: filled from the
+/// packs' indexes as they are first needed, and by this process's own
+/// packs as they are put in place.
+#[derive(Default)]
+pub(crate) struct ManifestDir {
+    /// Packs whose manifests are recorded.
+    seen: HashSet<PackId>,
+    at: HashMap<(DatasetId, u64), Vec<PackId>>,
+}
+
+impl ManifestDir {
+    fn add(&mut self, p: PackId, ix: &pack::Index) {
+        if self.seen.insert(p) {
+            for m in &ix.manifests {
+                self.at.entry((m.dataset, m.generation)).or_default().push(p);
+            }
+        }
+    }
+
+    fn remove(&mut self, p: &PackId, ix: &pack::Index) {
+        if self.seen.remove(p) {
+            for m in &ix.manifests {
+                if let Some(v) = self.at.get_mut(&(m.dataset, m.generation)) {
+                    v.retain(|q| q != p);
+                    if v.is_empty() {
+                        self.at.remove(&(m.dataset, m.generation));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The one [`ManifestDir`] of the volume at `root` in this process, while
+/// any volume object on it lives.
+fn manifest_dir_for(root: &Path) -> Arc<Mutex<ManifestDir>> {
+    use std::sync::{OnceLock, Weak};
+    type Dirs = Mutex<HashMap<PathBuf, Weak<Mutex<ManifestDir>>>>;
+    static DIRS: OnceLock<Dirs> = OnceLock::new();
+    let key = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut dirs = DIRS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = dirs.get(&key).and_then(Weak::upgrade) {
+        return d;
+    }
+    dirs.retain(|_, d| d.strong_count() > 0);
+    let d = Arc::new(Mutex::new(ManifestDir::default()));
+    dirs.insert(key, Arc::downgrade(&d));
+    d
 }
 
 fn label_field(label: &str, key: &str) -> Option<String> {
@@ -1071,7 +1324,7 @@ mod tests {
         assert!(v.manifest_path(&ds, 3).is_file());
     }
 
-    /// Layout 3 keeps manifests in the 256 fan-out directories: no
+    /// Layouts 3 and 4 keep manifests in the 256 fan-out directories: no
     /// directory per dataset, whatever the number of datasets; a listing
     /// finds them, their temp files, and nothing misnamed.
     #[test]
@@ -1079,7 +1332,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("vol");
         let v = LocalVolume::create_owned("t", &root, "vault-a").unwrap();
-        assert!(fs::read_to_string(root.join(LABEL)).unwrap().starts_with("custos-volume 3\n"));
+        assert!(fs::read_to_string(root.join(LABEL)).unwrap().starts_with("custos-volume 4\n"));
         let dirs_before = fs::read_dir(root.join("manifests")).unwrap().count();
         assert_eq!(dirs_before, 256);
         for i in 0..40u8 {
@@ -1210,6 +1463,96 @@ mod tests {
         fs::create_dir_all(old.join("chunks")).unwrap();
         fs::write(old.join(LABEL), "custos-volume 2\nvault 00ff\nname t\n").unwrap();
         assert!(LocalVolume::open("t", &old).unwrap().start_pack().unwrap().is_none());
+    }
+
+    /// Layout 4 (ADR 0035): a batch's manifest goes into its pack when one
+    /// of its chunks is there; a reader that never saw the pack (another
+    /// process) finds it, a listing shows it, and it goes with the pack's
+    /// last chunk. One anchored elsewhere is a file of its own. Two
+    /// writers of one generation each leave one: a reader takes the one
+    /// its caller accepts, and the loser deletes only its own.
+    #[test]
+    fn manifests_go_beside_their_chunks_in_a_pack() {
+        use crate::{ObjectName, Placed};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("v");
+        let (a, b) = (DatasetId([1; 16]), DatasetId([2; 16]));
+        let chunk = {
+            let v = LocalVolume::create("t", &root).unwrap();
+            let p = crate::Packing::start(&v).unwrap();
+            let chunk = p.new_chunk_id();
+            p.put_chunk(&chunk, b"sealed chunk").unwrap();
+            assert_eq!(
+                p.put_manifest_beside(&a, 1, b"manifest a1", &chunk).unwrap(),
+                Placed::Pack(pack::pack_of(&chunk))
+            );
+            let elsewhere = ChunkId([9; 16]);
+            assert_eq!(p.put_manifest_beside(&b, 1, b"manifest b1", &elsewhere).unwrap(), Placed::Own);
+            p.finish().unwrap();
+            v.sync().unwrap();
+            assert_eq!(v.read_manifest(&a, 1).unwrap(), b"manifest a1");
+            assert!(!v.manifest_path(&a, 1).exists() && v.manifest_path(&b, 1).is_file());
+            chunk
+        };
+        let pack_path = LocalVolume::attach("t", &root).pack_path(&pack::pack_of(&chunk));
+        let tail = fs::read(&pack_path).unwrap();
+        assert_eq!(tail[tail.len() - 4], pack::VERSION_2);
+        // Another process: the directory is built from the packs' indexes.
+        let v = LocalVolume::open("t", &root).unwrap();
+        assert_eq!(v.read_manifest(&a, 1).unwrap(), b"manifest a1");
+        assert!(matches!(v.read_manifest(&a, 2), Err(StoreError::Missing { .. })));
+        let listed: Vec<_> = v
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter_map(|l| match l.name {
+                ObjectName::Manifest(d, g) => Some((d, g, l.len)),
+                _ => None,
+            })
+            .collect();
+        assert!(listed.contains(&(a, 1, 11)) && listed.contains(&(b, 1, 11)), "{listed:?}");
+        // A second writer of the same generation, in a pack of its own.
+        let p = crate::Packing::start(&v).unwrap();
+        let c2 = p.new_chunk_id();
+        p.put_chunk(&c2, b"other chunk").unwrap();
+        let theirs = p.put_manifest_beside(&a, 1, b"manifest A1", &c2).unwrap();
+        p.finish().unwrap();
+        assert_eq!(v.read_manifest_where(&a, 1, &|m| m == b"manifest A1").unwrap(), b"manifest A1");
+        assert_eq!(v.read_manifest_where(&a, 1, &|m| m == b"manifest a1").unwrap(), b"manifest a1");
+        v.delete_placed_manifest(&a, 1, theirs).unwrap();
+        assert_eq!(
+            v.read_manifest_where(&a, 1, &|m| m == b"manifest A1").unwrap(),
+            b"manifest a1",
+            "only its own went"
+        );
+        // The manifest goes with the last chunk of its pack.
+        v.delete_chunk(&chunk).unwrap();
+        assert!(!pack_path.exists());
+        assert!(matches!(v.read_manifest(&a, 1), Err(StoreError::Missing { .. })));
+        assert_eq!(v.read_manifest(&b, 1).unwrap(), b"manifest b1");
+        // A manifest its writer gave up before the pack was finished is
+        // left out of it.
+        let p = crate::Packing::start(&v).unwrap();
+        let c3 = p.new_chunk_id();
+        p.put_chunk(&c3, b"third").unwrap();
+        let given_up = p.put_manifest_beside(&a, 5, b"manifest a5", &c3).unwrap();
+        p.delete_placed_manifest(&a, 5, given_up).unwrap();
+        p.finish().unwrap();
+        assert!(matches!(v.read_manifest(&a, 5), Err(StoreError::Missing { .. })));
+        // Layout 3 keeps manifests out of its packs (builds that read it
+        // would not find them).
+        let old = dir.path().join("old");
+        drop(LocalVolume::create("t", &old).unwrap());
+        fs::write(old.join(LABEL), "custos-volume 3\n").unwrap();
+        let o = LocalVolume::open("t", &old).unwrap();
+        let p = crate::Packing::start(&o).unwrap();
+        let id = p.new_chunk_id();
+        p.put_chunk(&id, b"sealed").unwrap();
+        assert_eq!(p.put_manifest_beside(&a, 1, b"m", &id).unwrap(), Placed::Own);
+        p.finish().unwrap();
+        let bytes = fs::read(o.pack_path(&pack::pack_of(&id))).unwrap();
+        assert_eq!(bytes[bytes.len() - 4], pack::VERSION);
+        assert!(o.manifest_path(&a, 1).is_file());
     }
 
     /// Two deleters taking a pack's last two entries at the same moment:

@@ -5,7 +5,7 @@
 
 use custos_model::{ChunkId, DatasetId};
 
-use crate::{ChunkBuf, Kept, Result, StoreError, Volume};
+use crate::{ChunkBuf, Kept, Placed, Result, StoreError, Volume};
 
 pub struct MirroredVolume {
     primary: Box<dyn Volume>,
@@ -70,13 +70,24 @@ impl Volume for MirroredVolume {
         self.secondary.put_manifest(dataset, generation, sealed)
     }
 
-    fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+    /// Both sides keep it as an object of its own: a mirror makes no packs.
+    fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<Placed> {
         self.primary.put_manifest_deferred(dataset, generation, sealed)?;
-        self.secondary.put_manifest_deferred(dataset, generation, sealed)
+        self.secondary.put_manifest_deferred(dataset, generation, sealed)?;
+        Ok(Placed::Own)
     }
 
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>> {
         self.read(|v| v.read_manifest(dataset, generation))
+    }
+
+    fn read_manifest_where(
+        &self,
+        dataset: &DatasetId,
+        generation: u64,
+        accept: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>> {
+        self.read(|v| v.read_manifest_where(dataset, generation, accept))
     }
 
     fn delete_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<()> {

@@ -2,7 +2,8 @@
 
 use custos_model::{ChunkId, DatasetId};
 
-use crate::{ChunkBuf, Kept, Listed, Result, Volume};
+use crate::pack::PackId;
+use crate::{ChunkBuf, Kept, Listed, Placed, Result, Volume};
 
 /// A pack being written: chunk objects go in as they are sealed (from many
 /// threads), and [`PackWriter::finish`] puts the pack in place. Dropped
@@ -16,6 +17,13 @@ pub trait PackWriter: Send + Sync {
     fn put(&self, id: &ChunkId, sealed: &[u8]) -> Result<()>;
     /// Leave an object out of the pack's index (its writer gave it up).
     fn forget(&self, id: &ChunkId);
+    /// The pack's id.
+    fn id(&self) -> PackId;
+    /// Append a sealed manifest object (ADR 0035); `false`, with nothing
+    /// written, when this pack keeps no manifests (a volume of layout 3).
+    fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<bool>;
+    /// Leave a manifest out of the pack's index (its writer gave it up).
+    fn forget_manifest(&self, dataset: &DatasetId, generation: u64);
     /// Write the index and put the pack in place under its name; it is
     /// durable once the volume's next sync returns. A pack with nothing
     /// left in it is not put in place.
@@ -89,14 +97,45 @@ impl Volume for Packing<'_> {
     fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
         self.volume.put_manifest(dataset, generation, sealed)
     }
-    fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+    fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<Placed> {
+        self.volume.put_manifest_deferred(dataset, generation, sealed)
+    }
+    fn put_manifest_beside(
+        &self,
+        dataset: &DatasetId,
+        generation: u64,
+        sealed: &[u8],
+        anchor: &ChunkId,
+    ) -> Result<Placed> {
+        if let Some(p) = self.packed(anchor) {
+            if p.put_manifest(dataset, generation, sealed)? {
+                return Ok(Placed::Pack(p.id()));
+            }
+        }
         self.volume.put_manifest_deferred(dataset, generation, sealed)
     }
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>> {
         self.volume.read_manifest(dataset, generation)
     }
+    fn read_manifest_where(
+        &self,
+        dataset: &DatasetId,
+        generation: u64,
+        accept: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>> {
+        self.volume.read_manifest_where(dataset, generation, accept)
+    }
     fn delete_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<()> {
         self.volume.delete_manifest(dataset, generation)
+    }
+    fn delete_placed_manifest(&self, dataset: &DatasetId, generation: u64, placed: Placed) -> Result<()> {
+        match (&self.pack, placed) {
+            (Some(p), Placed::Pack(id)) if p.id() == id => {
+                p.forget_manifest(dataset, generation);
+                Ok(())
+            }
+            _ => self.volume.delete_placed_manifest(dataset, generation, placed),
+        }
     }
     fn list(&self) -> Result<Vec<Listed>> {
         self.volume.list()

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 /// Rot every chunk on the volume at `volume`, unknown to the catalog: one
-/// bit flipped in the middle of each chunk file, and bits through each
+/// bit flipped in the middle of each chunk file, and of each chunk in a
 /// pack. Panics if there is none.
 pub fn rot_chunks(volume: &Path) {
     let mut rotted = 0;
@@ -17,8 +17,9 @@ pub fn rot_chunks(volume: &Path) {
             rotted += 1;
         }
     }
-    // Small chunks written in a batch sit in packs (ADR 0030): a bit every
-    // 512 bytes there, so every chunk in them is hit.
+    // Small chunks written in a batch sit in packs (ADR 0030), beside
+    // their manifests (ADR 0035): a bit in the middle of each chunk there,
+    // the manifests and the index left as they are.
     if let Ok(fans) = std::fs::read_dir(volume.join("packs")) {
         for sub in fans {
             for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
@@ -27,8 +28,10 @@ pub fn rot_chunks(volume: &Path) {
                     continue;
                 }
                 let mut b = std::fs::read(&p).unwrap();
-                for i in (30..b.len()).step_by(512) {
-                    b[i] ^= 1;
+                let id: custos_store::pack::PackId =
+                    hex::decode(p.file_name().unwrap().to_str().unwrap()).unwrap().try_into().unwrap();
+                for e in custos_store::pack::parse_pack(&id, &b).unwrap().chunks {
+                    b[(e.offset + e.len as u64 / 2) as usize] ^= 1;
                 }
                 std::fs::write(&p, b).unwrap();
                 rotted += 1;
