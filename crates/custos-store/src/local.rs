@@ -320,9 +320,12 @@ impl LocalVolume {
     }
 
     /// The packs that may hold a manifest of `generation` of `ds`, from the
-    /// directory of this volume's packs; packs written since it was last
-    /// read are looked at when it names none (ADR 0035).
-    fn packs_with_manifest(&self, ds: &DatasetId, generation: u64) -> Result<Vec<PackId>> {
+    /// directory of this volume's packs (ADR 0035). When it names none,
+    /// packs written since it was last read are looked at: always for a
+    /// reader (`fresh`), only the first time in the process otherwise (a
+    /// deleter of many manifests that are files of their own would else
+    /// list the packs once for each).
+    fn packs_with_manifest(&self, ds: &DatasetId, generation: u64, fresh: bool) -> Result<Vec<PackId>> {
         if self.layout() < 4 {
             return Ok(Vec::new());
         }
@@ -330,6 +333,10 @@ impl LocalVolume {
         if let Some(found) = dir.at.get(&(*ds, generation)) {
             return Ok(found.clone());
         }
+        if !fresh && dir.listed {
+            return Ok(Vec::new());
+        }
+        dir.listed = true;
         let packs = self.root.join("packs");
         let fans = match fs::read_dir(&packs) {
             Ok(rd) => rd,
@@ -928,7 +935,7 @@ impl Volume for LocalVolume {
             Err(e) => return Err(e),
         };
         // Then in packs (layout 4): the first that `accept` takes.
-        for p in self.packs_with_manifest(ds, generation)? {
+        for p in self.packs_with_manifest(ds, generation, true)? {
             let Some((f, entries)) = self.manifests_in(&p, ds, generation)? else { continue };
             for m in entries {
                 let bytes = self.read_packed_manifest(&p, &f, &m)?;
@@ -999,6 +1006,9 @@ impl Volume for LocalVolume {
                 // A pack whose index cannot be read lists nothing: its
                 // chunks read as missing, which is what `fsck` reports.
                 let Ok(Some((_, ix))) = self.pack_index(&p) else { continue };
+                if !ix.manifests.is_empty() {
+                    self.manifests.lock().unwrap_or_else(|p| p.into_inner()).add(p, &ix);
+                }
                 let dead = self.pack_dead(&p)?;
                 let modified = m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
                 for e in ix.chunks.iter().filter(|e| !dead.contains(&pack::entry_number(&e.id))) {
@@ -1079,7 +1089,7 @@ impl Volume for LocalVolume {
 
     fn delete_manifest(&self, ds: &DatasetId, generation: u64) -> Result<()> {
         self.delete_placed_manifest(ds, generation, Placed::Own)?;
-        for p in self.packs_with_manifest(ds, generation)? {
+        for p in self.packs_with_manifest(ds, generation, false)? {
             self.delete_packed_manifest(&p, ds, generation)?;
         }
         Ok(())
@@ -1206,6 +1216,8 @@ pub(crate) fn parse_label(bytes: &[u8]) -> Option<Label> {
 pub(crate) struct ManifestDir {
     /// Packs whose manifests are recorded.
     seen: HashSet<PackId>,
+    /// Whether the volume's packs were listed at least once.
+    listed: bool,
     at: HashMap<(DatasetId, u64), Vec<PackId>>,
 }
 
