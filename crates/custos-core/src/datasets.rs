@@ -56,6 +56,10 @@ pub struct PutReport {
     /// The input equalled the current generation chunk for chunk, so nothing
     /// was committed and `generation` is the existing one.
     pub unchanged: bool,
+    /// The SHA-256 of the manifest of the generation the dataset is at
+    /// after the write (for the import cache, ADR 0036).
+    #[serde(skip)]
+    pub(crate) committed: Option<[u8; 32]>,
 }
 
 /// What a read did.
@@ -319,6 +323,7 @@ impl Vault<Open> {
             name: name.clone(),
             dataset_id,
             previous,
+            previous_hash: existing.map(|d| d.current.manifest_hash),
             new_key: target.new_key.clone(),
             target,
             key,
@@ -644,7 +649,8 @@ impl Vault<Open> {
                 shortlist(&skipped)
             ));
         }
-        let mut planned: Vec<(DatasetName, PathBuf)> = Vec::with_capacity(files.len());
+        let started = std::time::SystemTime::now();
+        let mut planned: Vec<(DatasetName, PathBuf, Option<DatasetRecord>)> = Vec::with_capacity(files.len());
         let mut seen = std::collections::HashMap::new();
         let (mut bad, mut twice, mut exist) = (Vec::new(), Vec::new(), Vec::new());
         for f in files {
@@ -660,12 +666,12 @@ impl Vault<Open> {
             // its old, lossy name goes on under that name (so importing the
             // tree again without --replace is refused as existing, and with
             // it writes there, never a second copy beside it).
-            let mut exists = self.repo.dataset(&name)?.is_some();
-            if !exists {
+            let mut existing = self.repo.dataset(&name)?;
+            if existing.is_none() {
                 if let Some(old) = legacy_import_name(prefix, rel).filter(|o| *o != name) {
-                    if self.repo.dataset(&old)?.is_some() {
+                    if let Some(d) = self.repo.dataset(&old)? {
                         name = old;
-                        exists = true;
+                        existing = Some(d);
                     }
                 }
             }
@@ -673,10 +679,10 @@ impl Vault<Open> {
                 twice.push(format!("{} and {} would both become {name}", other.display(), f.display()));
                 continue;
             }
-            if !replace && exists {
+            if !replace && existing.is_some() {
                 exist.push(format!("{name} (from {})", f.display()));
             }
-            planned.push((name, f));
+            planned.push((name, f, existing));
         }
         if !bad.is_empty() {
             problems.push(format!("{} paths make no valid dataset name: {}; rename them", bad.len(), shortlist(&bad)));
@@ -697,11 +703,38 @@ impl Vault<Open> {
         // Small files in batches (one flush and one commit each), a big
         // one on its own with every worker on its chunks.
         let alone = self.chunk_size()? as u64 * 4;
+        // A file whose size, times, inode and device are what the last
+        // import of this directory recorded, while its dataset is still at
+        // the generation that import left, is not read again (ADR 0036).
+        let cache = crate::importcache::ImportCache::load(&self.dir, dir, prefix);
+        let mut stamps = std::collections::HashMap::with_capacity(planned.len());
         let mut reports = Vec::with_capacity(planned.len());
         let mut batch: Vec<(DatasetName, PathBuf)> = Vec::new();
         let mut bytes = 0u64;
-        for (name, path) in planned {
-            let len = std::fs::metadata(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?.len();
+        for (name, path, existing) in planned {
+            let meta = std::fs::metadata(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
+            let len = meta.len();
+            let stamp = crate::importcache::Stamp::of(&meta);
+            if let Some(d) = existing.filter(|d| cache.unchanged(&name, &stamp, &d.current.manifest_hash)) {
+                let r = PutReport {
+                    dataset: name.clone(),
+                    generation: d.current.generation,
+                    size: d.current.size,
+                    chunks: d.current.chunk_count,
+                    new_chunks: 0,
+                    stored: 0,
+                    key_label: d.current.key_label.clone(),
+                    volume: d.current.volume.clone(),
+                    created_key: false,
+                    unchanged: true,
+                    committed: Some(d.current.manifest_hash),
+                };
+                progress(&r);
+                reports.push(r);
+                stamps.insert(name, stamp);
+                continue;
+            }
+            stamps.insert(name.clone(), stamp);
             if len > alone {
                 for r in self.put_batch(&std::mem::take(&mut batch))? {
                     progress(&r);
@@ -729,6 +762,10 @@ impl Vault<Open> {
             progress(&r);
             reports.push(r);
         }
+        cache.store(
+            reports.iter().filter_map(|r| Some((r.dataset.clone(), *stamps.get(&r.dataset)?, r.committed?))),
+            started,
+        );
         Ok((reports, skipped))
     }
 }
@@ -752,6 +789,8 @@ struct Staged {
     name: DatasetName,
     dataset_id: DatasetId,
     previous: u64,
+    /// The manifest hash of the generation it would follow.
+    previous_hash: Option<[u8; 32]>,
     target: Target,
     /// The key made for this write, as it will be committed (its label may
     /// change when a concurrent write takes the first one).
@@ -827,6 +866,10 @@ impl Staged {
             volume: self.target.volume.clone(),
             created_key: self.target.new_key.is_some() && !self.unchanged,
             unchanged: self.unchanged,
+            committed: match self.placed {
+                Some((_, hash, _)) => Some(hash),
+                None => self.previous_hash,
+            },
         }
     }
 }

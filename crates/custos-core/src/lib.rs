@@ -22,6 +22,7 @@ mod escrow;
 mod export;
 mod gc;
 mod hsm;
+mod importcache;
 mod keyattrs;
 mod keys;
 mod keyservice;
