@@ -71,7 +71,8 @@ Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/small
 $rows
 "Plaintext out" is, for Custos, \`ds export\` of every dataset, and for
 the others a restore of everything. Custos's incremental includes the \`ds import
---replace\` that brings the changed files in (it reads every file).
+--replace\` that brings the changed files in (it reads the files whose size,
+times or inode changed since the last import: ADR 0036).
 <!-- small-files:end -->
 MD
   replace_section small-files 'Many small files against restic, borg and rustic — `bench/small-files.sh`' /tmp/small-files-section.md

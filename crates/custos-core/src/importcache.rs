@@ -115,8 +115,13 @@ impl ImportCache {
         }
         let Some(dir) = self.path.parent() else { return };
         let tmp = self.path.with_extension(format!("{}.tmp", std::process::id()));
+        // Readable by the vault's owner alone, as the catalog is: it names
+        // datasets and the files they came from.
         let written = std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::File::create(&tmp))
+            .and_then(|()| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)
+            })
             .and_then(|mut f| f.write_all(out.as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &self.path));
         if written.is_err() {
@@ -156,6 +161,8 @@ mod tests {
         assert!(!c.unchanged(&name, &stamp, &[1; 32]));
         c.store([(name.clone(), stamp, [1; 32]), (other.clone(), stamp, [2; 32])], later);
         let c = ImportCache::load(dir.path(), dir.path(), &name);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&c.path).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(c.unchanged(&name, &stamp, &[1; 32]));
         assert!(!c.unchanged(&name, &stamp, &[2; 32]), "another generation");
         assert!(!c.unchanged(&name, &Stamp { ctime_ns: stamp.ctime_ns + 1, ..stamp }, &[1; 32]), "changed");
