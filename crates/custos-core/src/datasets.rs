@@ -805,7 +805,6 @@ struct Staged {
     size: u64,
     chunk_size: u32,
     created_at: Timestamp,
-    /// The generation its manifest was stored as, and the manifest's hash.
     /// The generation its manifest was stored as, the manifest's hash, and
     /// where it went.
     placed: Option<(u64, [u8; 32], Placed)>,
