@@ -224,15 +224,24 @@ fn in_parallel<T: Sync>(items: &[T], one: impl Fn(&T) -> Result<(), FlushError> 
 /// every volume object opened on the same directory records into it, so a
 /// flush through any of them covers what the others wrote.
 pub fn pending_for(root: &Path) -> Arc<Pending> {
-    static ROOTS: OnceLock<Mutex<HashMap<PathBuf, Weak<Pending>>>> = OnceLock::new();
+    static ROOTS: Roots<Pending> = OnceLock::new();
+    shared_for(&ROOTS, root, Pending::new)
+}
+
+/// A registry of one object per volume directory in the process.
+pub(crate) type Roots<T> = OnceLock<Mutex<HashMap<PathBuf, Weak<T>>>>;
+
+/// The object `roots` holds for the directory at `root` (by its absolute
+/// path), made by `make` when no volume object holds one any more.
+pub(crate) fn shared_for<T>(roots: &Roots<T>, root: &Path, make: impl FnOnce(&Path) -> T) -> Arc<T> {
     let key = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-    let mut roots = ROOTS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut roots = roots.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
     if let Some(p) = roots.get(&key).and_then(Weak::upgrade) {
         return p;
     }
     // Forget the roots no volume object holds any more.
     roots.retain(|_, p| p.strong_count() > 0);
-    let p = Arc::new(Pending::new(&key));
+    let p = Arc::new(make(&key));
     roots.insert(key, Arc::downgrade(&p));
     p
 }

@@ -554,6 +554,9 @@ struct PackState {
     ids: HashSet<ChunkId>,
     forgotten: HashSet<ChunkId>,
     manifests: Vec<pack::ManifestEntry>,
+    /// The dataset and generation of each of `manifests`, to refuse one
+    /// written twice.
+    manifest_names: HashSet<(DatasetId, u64)>,
     forgotten_manifests: HashSet<(DatasetId, u64)>,
     /// A write failed part way: the file's end is unknown.
     failed: bool,
@@ -634,7 +637,7 @@ impl PackWriter for LocalPack<'_> {
         if st.failed {
             return Err(self.failed_earlier());
         }
-        let taken = st.manifests.iter().any(|m| (m.dataset, m.generation) == (*dataset, generation));
+        let taken = st.manifest_names.contains(&(*dataset, generation));
         let len = u32::try_from(sealed.len()).ok().filter(|l| *l > 0 && !taken);
         let (Some(len), Some(f)) = (len, st.file.as_mut()) else {
             return Err(StoreError::Exists {
@@ -652,6 +655,7 @@ impl PackWriter for LocalPack<'_> {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let offset = st.len;
         st.manifests.push(pack::ManifestEntry { dataset: *dataset, generation, number, offset, len });
+        st.manifest_names.insert((*dataset, generation));
         st.len += len as u64;
         Ok(true)
     }
@@ -1159,6 +1163,7 @@ impl Volume for LocalVolume {
                 ids: HashSet::new(),
                 forgotten: HashSet::new(),
                 manifests: Vec::new(),
+                manifest_names: HashSet::new(),
                 forgotten_manifests: HashSet::new(),
                 failed: false,
             }),
@@ -1247,18 +1252,8 @@ impl ManifestDir {
 /// The one [`ManifestDir`] of the volume at `root` in this process, while
 /// any volume object on it lives.
 fn manifest_dir_for(root: &Path) -> Arc<Mutex<ManifestDir>> {
-    use std::sync::{OnceLock, Weak};
-    type Dirs = Mutex<HashMap<PathBuf, Weak<Mutex<ManifestDir>>>>;
-    static DIRS: OnceLock<Dirs> = OnceLock::new();
-    let key = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-    let mut dirs = DIRS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(d) = dirs.get(&key).and_then(Weak::upgrade) {
-        return d;
-    }
-    dirs.retain(|_, d| d.strong_count() > 0);
-    let d = Arc::new(Mutex::new(ManifestDir::default()));
-    dirs.insert(key, Arc::downgrade(&d));
-    d
+    static DIRS: crate::durable::Roots<Mutex<ManifestDir>> = std::sync::OnceLock::new();
+    crate::durable::shared_for(&DIRS, root, |_| Mutex::default())
 }
 
 fn label_field(label: &str, key: &str) -> Option<String> {
@@ -1548,6 +1543,8 @@ mod tests {
         let c3 = p.new_chunk_id();
         p.put_chunk(&c3, b"third").unwrap();
         let given_up = p.put_manifest_beside(&a, 5, b"manifest a5", &c3).unwrap();
+        let twice = p.put_manifest_beside(&a, 5, b"manifest a5 again", &c3).unwrap_err();
+        assert!(matches!(twice, StoreError::Exists { .. }), "one manifest of a generation per pack: {twice}");
         p.delete_placed_manifest(&a, 5, given_up).unwrap();
         p.finish().unwrap();
         assert!(matches!(v.read_manifest(&a, 5), Err(StoreError::Missing { .. })));
