@@ -455,6 +455,39 @@ struct LogicalPlan {
     primary: KeyRecord,
 }
 
+/// Results of a batch of logical copies under the run's index: the key
+/// labels whose use is still to count, and the copy's record.
+type CopyResults = Vec<(usize, (Vec<KeyLabel>, Result<BackupRecord>))>;
+
+/// A batch of logical copies stored on `dst`, not yet durable or recorded.
+struct StagedCopies {
+    dst: std::sync::Arc<dyn custos_store::Volume>,
+    /// By their place in the batch.
+    copies: Vec<(usize, StagedCopy)>,
+    failed: Vec<(usize, Error)>,
+}
+
+impl StagedCopies {
+    /// Delete what the batch stored: it will not be recorded.
+    fn abandon(&self) {
+        for (_, c) in &self.copies {
+            c.abandon(self.dst.as_ref());
+        }
+    }
+
+    /// Give up every copy for `e`: what they stored is deleted, the first
+    /// carries the error itself, the rest its words.
+    fn fail_all(&mut self, e: Error) {
+        self.abandon();
+        let why = e.to_string();
+        let mut first = Some(e);
+        for (k, _) in std::mem::take(&mut self.copies) {
+            let err = first.take().unwrap_or_else(|| Error::Invalid { what: "logical copy", why: why.clone() });
+            self.failed.push((k, err));
+        }
+    }
+}
+
 /// A logical copy whose chunks are stored, not yet recorded.
 struct StagedCopy {
     /// The record to insert (its id once inserted).
@@ -879,7 +912,8 @@ impl Vault<Open> {
         });
         let mut labels = LabelAllocator::default();
         let mut out: Vec<Option<Result<Option<BackupRecord>>>> = Vec::with_capacity(names.len());
-        let mut plans = Vec::new();
+        // Boxed: a plan holds four records, and a run may plan 100,000.
+        let mut plans: Vec<(usize, Box<LogicalPlan>)> = Vec::with_capacity(names.len());
         for name in names {
             let planned = (|| {
                 let d = datasets.get(name, |n| self.dataset(n))?;
@@ -896,7 +930,7 @@ impl Vault<Open> {
                     return Ok(None);
                 }
                 let primary = keys.get(&d.current.key_label, |l| self.key_record(l))?;
-                Ok(Some(LogicalPlan { d, previous, back, new_key, primary }))
+                Ok(Some(Box::new(LogicalPlan { d, previous, back, new_key, primary })))
             })();
             match planned {
                 Ok(Some(plan)) => {
@@ -913,72 +947,118 @@ impl Vault<Open> {
         // flush and recorded in one transaction.
         let (small, big): (Vec<_>, Vec<_>) =
             plans.into_iter().partition(|(_, p)| p.d.current.size <= 4 * u64::from(p.d.current.chunk_size));
-        let mut results = self.in_parallel(big, |plan| (plan.d.current.key_label.clone(), self.copy_logical(plan, to)));
-        let mut rest = small.as_slice();
-        while !rest.is_empty() && !results.iter().any(|(_, r)| r.failed()) {
-            let (mut n, mut bytes) = (0, 0u64);
-            while n < rest.len() && n < crate::datasets::BATCH_FILES && bytes < crate::datasets::BATCH_BYTES {
-                bytes += rest[n].1.d.current.size;
-                n += 1;
+        let mut results = self.in_parallel(big, |plan| {
+            let r = self.copy_logical(plan, to);
+            let uses = match &r {
+                Ok(b) => vec![plan.d.current.key_label.clone(), b.key_label.clone()],
+                Err(_) => vec![],
+            };
+            (uses, r)
+        });
+        // One batch is made durable and recorded on a thread of its own
+        // while the next is sealed; none is sealed after one failed.
+        // Objects go into the target only between a batch's flush and its
+        // last catalog write (ADR 0034).
+        let gate = std::sync::RwLock::new(());
+        let gate = &gate;
+        std::thread::scope(|scope| -> Result<()> {
+            let mut pending: Option<std::thread::ScopedJoinHandle<'_, CopyResults>> = None;
+            let mut rest = small.as_slice();
+            while !rest.is_empty() && !results.iter().any(|(_, r)| r.failed()) {
+                let (mut n, mut bytes) = (0, 0u64);
+                while n < rest.len() && n < crate::datasets::BATCH_FILES && bytes < crate::datasets::BATCH_BYTES {
+                    bytes += rest[n].1.d.current.size;
+                    n += 1;
+                }
+                let batch = &rest[..n];
+                rest = &rest[n..];
+                let staged = self.stage_copies(batch, to, gate);
+                if let Some(h) = pending.take() {
+                    results.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                }
+                let staged = staged?;
+                if results.iter().any(|(_, r)| r.failed()) {
+                    staged.abandon();
+                    break;
+                }
+                pending = Some(scope.spawn(move || self.record_copies(batch, staged, gate)));
             }
-            results.extend(self.copy_logical_batch(&rest[..n], to)?);
-            rest = &rest[n..];
-        }
-        // Key uses are counted once for the whole run, in one transaction.
+            if let Some(h) = pending.take() {
+                results.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            Ok(())
+        })?;
+        // Uses of keys the batches did not count are counted once for the
+        // whole run, in one transaction.
         let mut used = Vec::new();
-        for (i, (primary, r)) in results {
-            if let Ok(b) = &r {
-                used.extend([primary, b.key_label.clone()]);
-            }
+        for (i, (uses, r)) in results {
+            used.extend(uses);
             out[i] = Some(r.map(Some));
         }
         self.repo.record_key_uses(&used)?;
         Ok(out)
     }
 
-    /// Make a batch of planned logical copies of small datasets, side by
-    /// side (each on one worker), flush the target once and record them
-    /// in one transaction (one at a time when that fails, as
-    /// [`Vault::copy_logical`] would). Each result as `copy_logical`'s.
-    #[allow(clippy::type_complexity)]
-    fn copy_logical_batch(
+    /// Seal a batch of planned logical copies of small datasets side by side
+    /// (each on one worker) into one pack on the target, placed but not yet
+    /// durable or recorded ([`Vault::record_copies`] does both).
+    fn stage_copies(
         &self,
-        batch: &[(usize, LogicalPlan)],
+        batch: &[(usize, Box<LogicalPlan>)],
         to: &VolumeName,
-    ) -> Result<Vec<(usize, (KeyLabel, Result<BackupRecord>))>> {
+        gate: &std::sync::RwLock<()>,
+    ) -> Result<StagedCopies> {
         // Settings and opened volumes are read once for the batch (a
         // source volume then parses each pack's index once).
         let _memo = self.batch_memo();
         let since = self.repo.deletion_seq()?;
         let dst = self.open_volume(to)?;
         // Jobs by their place in the batch; results go out under the run's index.
-        let jobs: Vec<(usize, &LogicalPlan)> = batch.iter().map(|(_, p)| p).enumerate().collect();
+        let jobs: Vec<(usize, &LogicalPlan)> = batch.iter().map(|(_, p)| p.as_ref()).enumerate().collect();
         // The batch's chunks go into one pack where the target makes packs (ADR 0030).
-        let packing = custos_store::Packing::start(dst.as_ref())?;
+        let packing = custos_store::Packing::start(dst.as_ref())?.gated(gate);
         let staged = self.in_parallel(jobs, |plan| self.stage_logical(plan, to, &packing, since, 1, true));
-        let result = |k: usize, r: Result<BackupRecord>| (batch[k].0, (batch[k].1.d.current.key_label.clone(), r));
-        let mut out = Vec::with_capacity(staged.len());
-        let mut copies = Vec::with_capacity(staged.len());
+        let mut b = StagedCopies { dst: dst.clone(), copies: Vec::with_capacity(staged.len()), failed: Vec::new() };
         for (k, r) in staged {
             match r {
-                Ok(c) => copies.push((k, c)),
-                Err(e) => out.push(result(k, Err(e))),
+                Ok(c) => b.copies.push((k, c)),
+                Err(e) => b.failed.push((k, e)),
             }
         }
-        if let Err(e) = packing.finish().and_then(|()| dst.sync()) {
-            for (_, c) in &copies {
-                c.abandon(dst.as_ref());
-            }
-            // The first copy carries the error itself, the rest its words.
-            let why = e.to_string();
-            let mut first = Some(Error::from(e));
-            for (k, _) in copies {
-                let err = first.take().unwrap_or_else(|| Error::Invalid { what: "logical copy", why: why.clone() });
-                out.push(result(k, Err(err)));
-            }
-            return Ok(out);
+        if let Err(e) = packing.finish() {
+            b.fail_all(e.into());
         }
-        let inserts: Vec<custos_repo::BackupInsert<'_>> = copies
+        Ok(b)
+    }
+
+    /// Make a staged batch of logical copies durable (one flush of the
+    /// target) and record them in one transaction (one at a time when that
+    /// fails, as [`Vault::copy_logical`] would), counting their keys' uses.
+    /// Each result as `copy_logical`'s, under the run's index, with the key
+    /// labels whose use is still to count. Holds `gate` from the flush to
+    /// its last catalog write, as [`Vault::commit_batch`] does.
+    fn record_copies(
+        &self,
+        batch: &[(usize, Box<LogicalPlan>)],
+        mut b: StagedCopies,
+        gate: &std::sync::RwLock<()>,
+    ) -> CopyResults {
+        let _memo = self.batch_memo();
+        let _flushing = gate.write().unwrap_or_else(|p| p.into_inner());
+        let dst = b.dst.clone();
+        if let Err(e) = dst.sync() {
+            b.fail_all(e.into());
+        }
+        let primary = |k: usize| batch[k].1.d.current.key_label.clone();
+        let mut out: CopyResults = b.failed.into_iter().map(|(k, e)| (batch[k].0, (vec![], Err(e)))).collect();
+        // BACK keys made for the batch are recorded as used once.
+        let now = Timestamp::now();
+        for k in b.copies.iter_mut().filter_map(|(_, c)| c.new_key.as_mut()) {
+            k.use_count = 1;
+            k.last_used_at = Some(now);
+        }
+        let inserts: Vec<custos_repo::BackupInsert<'_>> = b
+            .copies
             .iter()
             .map(|(_, c)| custos_repo::BackupInsert {
                 record: &c.rec,
@@ -989,32 +1069,53 @@ impl Vault<Open> {
                 since: c.since,
             })
             .collect();
-        let recorded = self.repo.insert_backups(&inserts);
+        let recorded = if inserts.is_empty() { Ok(Vec::new()) } else { self.repo.insert_backups(&inserts) };
         drop(inserts);
+        let mut done = Vec::with_capacity(b.copies.len());
         match recorded {
             Ok(ids) => {
-                for ((k, mut c), id) in copies.into_iter().zip(ids) {
+                for ((k, mut c), id) in b.copies.into_iter().zip(ids) {
                     c.rec.id = id;
-                    out.push(result(k, Ok(c.rec)));
+                    done.push((k, c));
                 }
             }
             // One of them cannot be recorded as staged (a concurrent run
             // took a BACK key's label, or an object it shares): each on
             // its own.
             Err(_) => {
-                for (k, mut c) in copies {
-                    let r = match self.record_copy(&mut c, &batch[k].1, dst.as_ref()) {
-                        Ok(()) => Ok(c.rec),
+                for (k, mut c) in b.copies {
+                    match self.record_copy(&mut c, &batch[k].1, dst.as_ref()) {
+                        Ok(()) => done.push((k, c)),
                         Err(e) => {
                             c.abandon(dst.as_ref());
-                            Err(e)
+                            out.push((batch[k].0, (vec![], Err(e))));
                         }
-                    };
-                    out.push(result(k, r));
+                    }
                 }
             }
         }
-        Ok(out)
+        // The sources' keys, and BACK keys that were in the catalog before.
+        let mut uses = Vec::with_capacity(done.len() * 2);
+        for (k, c) in &done {
+            uses.push(primary(*k));
+            if c.new_key.is_none() {
+                uses.push(c.rec.key_label.clone());
+            }
+        }
+        let counted = self.repo.record_key_uses(&uses).is_ok();
+        for (k, c) in done {
+            // Uncounted here, they are counted again with the run's.
+            let again = if counted {
+                vec![]
+            } else {
+                let mut v = vec![primary(k)];
+                v.extend(c.new_key.is_none().then(|| c.rec.key_label.clone()));
+                v
+            };
+            out.push((batch[k].0, (again, Ok(c.rec))));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out
     }
 
     /// Make one planned logical copy and commit it.

@@ -397,15 +397,22 @@ impl Vault<Open> {
         })
     }
 
-    /// Write many small datasets as one: the files are sealed side by side
-    /// by `self.threads` workers (each file on one thread), their chunks
-    /// and manifests made durable by one flush of each volume, and every
-    /// generation committed in one transaction. A kill leaves each dataset
-    /// as it was or whole; a failure, those before the failing one written
-    /// (as one `put` after another would), the rest untouched.
-    fn put_batch(&self, items: &[(DatasetName, PathBuf)]) -> Result<Vec<PutReport>> {
+    /// Seal and store a batch of small datasets (each with the record the
+    /// caller read of it, `None` when new): the files are sealed side by
+    /// side by `self.threads` workers (each file on one thread) and the
+    /// batch's chunks and manifests go into one pack per volume, placed but
+    /// not yet made durable or committed ([`Vault::commit_batch`] does both).
+    /// A dataset that cannot be planned or sealed ends the batch there: those
+    /// before it are kept for the commit, the rest dropped, and the failure
+    /// comes back from the commit.
+    fn stage_batch(
+        &self,
+        items: Vec<(DatasetName, PathBuf, Option<DatasetRecord>)>,
+        gate: &std::sync::RwLock<()>,
+    ) -> Result<StagedBatch> {
+        let mut batch = StagedBatch { staged: Vec::new(), volumes: Default::default(), error: None };
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(batch);
         }
         // Settings and policies are read once for the batch.
         let _memo = self.batch_memo();
@@ -414,19 +421,12 @@ impl Vault<Open> {
         // Targets one after another: keys made for the batch take labels in
         // sequence, each after the last.
         let mut planned = Vec::with_capacity(items.len());
-        let mut volumes: std::collections::BTreeMap<VolumeName, std::sync::Arc<dyn Volume>> = Default::default();
-        // A dataset whose target cannot be resolved ends the batch there:
-        // those before it are written, as one `put` after another would.
-        let mut unresolved = None;
-        for (name, path) in items {
-            let resolved = self.repo.dataset(name).map_err(Error::from).and_then(|existing| {
-                let target = self.resolve_target(name, existing.as_ref(), &opts)?;
-                Ok((existing, target))
-            });
-            let (existing, target) = match resolved {
-                Ok(r) => r,
+        let volumes = &mut batch.volumes;
+        for (name, path, existing) in items {
+            let target = match self.resolve_target(&name, existing.as_ref(), &opts) {
+                Ok(t) => t,
                 Err(e) => {
-                    unresolved = Some(e);
+                    batch.error = Some(e);
                     break;
                 }
             };
@@ -437,7 +437,7 @@ impl Vault<Open> {
                 match self.open_volume(&target.volume) {
                     Ok(v) => volumes.insert(target.volume.clone(), v),
                     Err(e) => {
-                        unresolved = Some(e);
+                        batch.error = Some(e);
                         break;
                     }
                 };
@@ -447,16 +447,15 @@ impl Vault<Open> {
         // Small chunks of the batch go into one pack per volume (ADR 0030),
         // on volumes that make packs.
         let mut packing = std::collections::BTreeMap::new();
-        for (name, v) in &volumes {
-            packing.insert(name.clone(), custos_store::Packing::start(v.as_ref())?);
+        for (name, v) in volumes.iter() {
+            packing.insert(name.clone(), custos_store::Packing::start(v.as_ref())?.gated(gate));
         }
         // Sealing side by side, each worker taking the next file; no new
         // one after a failure.
         let jobs: Vec<(usize, _)> = planned.into_iter().enumerate().collect();
         let sealed = self.in_parallel(jobs, |(name, path, existing, target)| {
             let volume: &dyn Volume = &packing[&target.volume];
-            let mut f =
-                std::fs::File::open(path).map_err(|source| Error::Input { dataset: (*name).clone(), source })?;
+            let mut f = std::fs::File::open(path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
             let mut s = self.stage(name, existing.as_ref(), target.clone(), &mut f, &opts, volume, 1, since)?;
             if !s.unchanged {
                 if let Err(e) = self.place(&mut s, volume, true) {
@@ -466,30 +465,49 @@ impl Vault<Open> {
             }
             Ok(s)
         });
-        let mut staged = Vec::with_capacity(sealed.len());
+        // What came before the first failure is kept; the rest is not. A
+        // sealing failure comes before one in planning.
         let mut error = None;
         for (_, r) in sealed {
             match r {
-                Ok(s) if error.is_none() => staged.push(s),
+                Ok(s) if error.is_none() => batch.staged.push(s),
                 Ok(s) => s.abandon(&packing[&s.target.volume]),
                 Err(e) => {
                     error.get_or_insert(e);
                 }
             }
         }
-        // What came before the first failure is written; the rest is not.
+        if let Some(e) = error {
+            batch.error = Some(e);
+        }
+        let packed = packing.into_values().try_for_each(custos_store::Packing::finish);
+        if let Err(e) = packed {
+            batch.abandon();
+            return Err(e.into());
+        }
+        Ok(batch)
+    }
+
+    /// Make a staged batch durable (one flush of each volume it wrote) and
+    /// commit every generation in one transaction. A kill leaves each
+    /// dataset as it was or whole; a failure, those before the failing one
+    /// written (as one `put` after another would), the rest untouched. Keys
+    /// made for the batch are recorded as used once; the other keys' uses
+    /// are counted after the commit. Holds `gate` from the flush to its
+    /// last catalog write, so that every object a batch staged behind it
+    /// placed meanwhile is in the flush.
+    fn commit_batch(&self, mut batch: StagedBatch, gate: &std::sync::RwLock<()>) -> Result<Vec<PutReport>> {
+        let _memo = self.batch_memo();
+        let _flushing = gate.write().unwrap_or_else(|p| p.into_inner());
+        let staged = &mut batch.staged;
+        let volumes = &batch.volumes;
         let abandon = |rest: &[Staged]| {
             for s in rest {
                 s.abandon(volumes[&s.target.volume].as_ref());
             }
         };
-        let packed = packing.into_values().try_for_each(custos_store::Packing::finish);
-        if let Err(e) = packed {
-            abandon(&staged);
-            return Err(e.into());
-        }
         let synced = (|| -> Result<()> {
-            for (name, v) in &volumes {
+            for (name, v) in volumes {
                 if staged.iter().any(|s| &s.target.volume == name && !s.unchanged) {
                     v.sync()?;
                 }
@@ -497,18 +515,28 @@ impl Vault<Open> {
             Ok(())
         })();
         if let Err(e) = synced {
-            abandon(&staged);
+            abandon(staged);
             return Err(e);
         }
+        let now = Timestamp::now();
+        for k in staged.iter_mut().filter_map(|s| s.new_key.as_mut()) {
+            k.use_count = 1;
+            k.last_used_at = Some(now);
+        }
+        // Keys that were in the catalog before: their use is counted apart.
+        let uses = |done: &[Staged]| -> Vec<KeyLabel> {
+            done.iter().filter(|s| !s.unchanged && s.new_key.is_none()).map(Staged::key_label).collect()
+        };
         let commits: Vec<GenerationCommit> = staged.iter().filter(|s| !s.unchanged).map(Staged::commit).collect();
         let committed = if commits.is_empty() { Ok(Vec::new()) } else { self.repo.commit_generations(&commits) };
+        drop(commits);
         if let Err(first) = committed {
             // One of them cannot be committed as staged (a concurrent write
             // took a key label or the dataset): each on its own, as `put`
             // would, up to the first that fails.
             self.forget_labels();
             if !matches!(first, RepoError::Exists { .. } | RepoError::Conflict { .. } | RepoError::Raced { .. }) {
-                abandon(&staged);
+                abandon(staged);
                 return Err(first.into());
             }
             for i in 0..staged.len() {
@@ -518,17 +546,14 @@ impl Vault<Open> {
                 let v = volumes[&staged[i].target.volume].clone();
                 if let Err(e) = self.commit_staged(&mut staged[i], v.as_ref()) {
                     abandon(&staged[i..]);
-                    let done: Vec<KeyLabel> =
-                        staged[..i].iter().filter(|s| !s.unchanged).map(Staged::key_label).collect();
-                    let _ = self.repo.record_key_uses(&done);
+                    let _ = self.repo.record_key_uses(&uses(&staged[..i]));
                     return Err(e);
                 }
             }
         }
-        let used: Vec<KeyLabel> = staged.iter().filter(|s| !s.unchanged).map(Staged::key_label).collect();
-        self.repo.record_key_uses(&used)?;
+        self.repo.record_key_uses(&uses(staged))?;
         let reports = staged.iter().map(Staged::report).collect();
-        match error.or(unresolved) {
+        match batch.error {
             Some(e) => Err(e),
             None => Ok(reports),
         }
@@ -707,67 +732,143 @@ impl Vault<Open> {
         // import of this directory recorded, while its dataset is still at
         // the generation that import left, is not read again (ADR 0036).
         let cache = crate::importcache::ImportCache::load(&self.dir, dir, prefix);
-        let mut stamps = std::collections::HashMap::with_capacity(planned.len());
         let mut reports = Vec::with_capacity(planned.len());
-        let mut batch: Vec<(DatasetName, PathBuf)> = Vec::new();
-        let mut bytes = 0u64;
-        for (name, path, existing) in planned {
-            let meta = std::fs::metadata(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
-            let len = meta.len();
-            let stamp = crate::importcache::Stamp::of(&meta);
-            if let Some(d) = existing.filter(|d| cache.unchanged(&name, &stamp, &d.current.manifest_hash)) {
-                let r = PutReport {
-                    dataset: name.clone(),
-                    generation: d.current.generation,
-                    size: d.current.size,
-                    chunks: d.current.chunk_count,
-                    new_chunks: 0,
-                    stored: 0,
-                    key_label: d.current.key_label.clone(),
-                    volume: d.current.volume.clone(),
-                    created_key: false,
-                    unchanged: true,
-                    committed: Some(d.current.manifest_hash),
+        // Settings, policies and key labels are read once for the import.
+        let _memo = self.batch_memo();
+        // Objects go into a volume only while no flush and commit runs
+        // (ADR 0034: whatever a command placed is durable at its next commit).
+        let gate = std::sync::RwLock::new(());
+        let gate = &gate;
+        let files = planned.len();
+        // A thread of its own reads and seals the next batch while this one
+        // makes the last durable and commits it (and writes big files), in
+        // the order of the files. When a commit fails, the import ends
+        // there and the batch sealed behind it is deleted again.
+        let stamps = std::thread::scope(|scope| -> Result<_> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Step>(1);
+            let cache = &cache;
+            let stager = scope.spawn(move || {
+                let mut stamps = std::collections::HashMap::with_capacity(files);
+                let mut unchanged = Vec::new();
+                let mut batch: Vec<(DatasetName, PathBuf, Option<DatasetRecord>)> = Vec::new();
+                let mut bytes = 0u64;
+                // Each step handed on; false once the committing side stopped.
+                let send = |step: Step| match tx.send(step) {
+                    Ok(()) => true,
+                    Err(std::sync::mpsc::SendError(step)) => {
+                        if let Step::Batch(Ok(b)) = step {
+                            b.abandon();
+                        }
+                        false
+                    }
                 };
-                progress(&r);
-                reports.push(r);
-                stamps.insert(name, stamp);
-                continue;
-            }
-            stamps.insert(name.clone(), stamp);
-            if len > alone {
-                for r in self.put_batch(&std::mem::take(&mut batch))? {
-                    progress(&r);
-                    reports.push(r);
+                let flush = |unchanged: &mut Vec<PutReport>| {
+                    unchanged.is_empty() || send(Step::Unchanged(std::mem::take(unchanged)))
+                };
+                let stage = |batch: &mut Vec<_>| {
+                    batch.is_empty() || send(Step::Batch(self.stage_batch(std::mem::take(batch), gate)))
+                };
+                for (name, path, existing) in planned {
+                    let meta = match std::fs::metadata(&path) {
+                        Ok(m) => m,
+                        Err(source) => {
+                            let _ = flush(&mut unchanged) && stage(&mut batch);
+                            send(Step::Failed(Error::Input { dataset: name, source }));
+                            return stamps;
+                        }
+                    };
+                    let len = meta.len();
+                    let stamp = crate::importcache::Stamp::of(&meta);
+                    stamps.insert(name.clone(), stamp);
+                    if let Some(d) =
+                        existing.as_ref().filter(|d| cache.unchanged(&name, &stamp, &d.current.manifest_hash))
+                    {
+                        unchanged.push(PutReport {
+                            dataset: name,
+                            generation: d.current.generation,
+                            size: d.current.size,
+                            chunks: d.current.chunk_count,
+                            new_chunks: 0,
+                            stored: 0,
+                            key_label: d.current.key_label.clone(),
+                            volume: d.current.volume.clone(),
+                            created_key: false,
+                            unchanged: true,
+                            committed: Some(d.current.manifest_hash),
+                        });
+                        if unchanged.len() >= BATCH_FILES && !flush(&mut unchanged) {
+                            return stamps;
+                        }
+                        continue;
+                    }
+                    if len > alone {
+                        if !(flush(&mut unchanged) && stage(&mut batch) && send(Step::Big(name, path))) {
+                            return stamps;
+                        }
+                        bytes = 0;
+                        continue;
+                    }
+                    bytes += len;
+                    batch.push((name, path, existing));
+                    if batch.len() >= BATCH_FILES || bytes >= BATCH_BYTES {
+                        if !(flush(&mut unchanged) && stage(&mut batch)) {
+                            return stamps;
+                        }
+                        bytes = 0;
+                    }
                 }
-                bytes = 0;
-                let mut file =
-                    std::fs::File::open(&path).map_err(|source| Error::Input { dataset: name.clone(), source })?;
-                let r = self.put(&name, &mut file, &PutOptions::default())?;
-                progress(&r);
-                reports.push(r);
-                continue;
-            }
-            bytes += len;
-            batch.push((name, path));
-            if batch.len() >= BATCH_FILES || bytes >= BATCH_BYTES {
-                for r in self.put_batch(&std::mem::take(&mut batch))? {
-                    progress(&r);
-                    reports.push(r);
+                let _ = flush(&mut unchanged) && stage(&mut batch);
+                stamps
+            });
+            let mut outcome = Ok(());
+            for step in rx {
+                let done = match step {
+                    Step::Unchanged(rs) => Ok(rs),
+                    Step::Batch(Ok(b)) => self.commit_batch(b, gate),
+                    Step::Batch(Err(e)) | Step::Failed(e) => Err(e),
+                    Step::Big(name, path) => {
+                        let _flushing = gate.write().unwrap_or_else(|p| p.into_inner());
+                        std::fs::File::open(&path)
+                            .map_err(|source| Error::Input { dataset: name.clone(), source })
+                            .and_then(|mut file| self.put(&name, &mut file, &PutOptions::default()))
+                            .map(|r| vec![r])
+                    }
+                };
+                match done {
+                    Ok(rs) => {
+                        for r in rs {
+                            progress(&r);
+                            reports.push(r);
+                        }
+                    }
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
                 }
-                bytes = 0;
             }
-        }
-        for r in self.put_batch(&batch)? {
-            progress(&r);
-            reports.push(r);
-        }
+            // The receiver is gone: a stager still sealing stops at its next hand-on.
+            let stamps = stager.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            outcome.map(|()| stamps)
+        })?;
         cache.store(
             reports.iter().filter_map(|r| Some((r.dataset.clone(), *stamps.get(&r.dataset)?, r.committed?))),
             started,
         );
         Ok((reports, skipped))
     }
+}
+
+/// What an import's stager hands on to be committed, in the order of the files.
+enum Step {
+    /// Files passed over as unchanged since the last import (ADR 0036).
+    Unchanged(Vec<PutReport>),
+    /// A batch of small files, sealed and stored.
+    Batch(Result<StagedBatch>),
+    /// A big file, written on its own with every worker on its chunks.
+    Big(DatasetName, PathBuf),
+    /// A file that could not be looked at: the import ends there.
+    Failed(Error),
 }
 
 /// The first few of a list, and how many more.
@@ -869,6 +970,24 @@ impl Staged {
                 Some((_, hash, _)) => Some(hash),
                 None => self.previous_hash,
             },
+        }
+    }
+}
+
+/// A batch of small datasets sealed and stored, not yet durable or
+/// committed (see [`Vault::stage_batch`]).
+struct StagedBatch {
+    staged: Vec<Staged>,
+    volumes: std::collections::BTreeMap<VolumeName, std::sync::Arc<dyn Volume>>,
+    /// What ended the batch early: returned once those before it are committed.
+    error: Option<Error>,
+}
+
+impl StagedBatch {
+    /// Delete what the batch stored: it will not be committed.
+    fn abandon(&self) {
+        for s in &self.staged {
+            s.abandon(self.volumes[&s.target.volume].as_ref());
         }
     }
 }

@@ -304,7 +304,10 @@ impl<S: VaultState> Vault<S> {
         if let Some(mut seq) = known {
             if self.label_trusted(&at) {
                 if let Some(next) = seq.checked_add(1) {
-                    return Ok(KeyLabel::new(ns.label(purpose, app, next))?);
+                    // Taken by whoever asked: the next call offers the one after.
+                    let label = KeyLabel::new(ns.label(purpose, app, next))?;
+                    self.labels.lock().unwrap_or_else(|e| e.into_inner()).insert(at, next);
+                    return Ok(label);
                 }
             }
             for _ in 0..8 {
@@ -553,6 +556,7 @@ impl Vault<Open> {
     /// again under that label.
     pub(crate) fn relabel_new_key(&self, rec: &mut KeyRecord) -> Result<()> {
         rec.label = self.next_label(&rec.app, rec.purpose)?;
+        self.label_taken(&rec.label);
         if let Some(kbk) = self.current_kbk()? {
             rec.escrow = Some(self.escrow_copy(&kbk, rec)?);
         }

@@ -36,16 +36,34 @@ pub trait PackWriter: Send + Sync {
 pub struct Packing<'a> {
     volume: &'a dyn Volume,
     pack: Option<Box<dyn PackWriter + 'a>>,
+    /// Held shared while an object is moved into the volume (see
+    /// [`Packing::gated`]).
+    gate: Option<&'a std::sync::RwLock<()>>,
 }
 
 impl<'a> Packing<'a> {
     /// Packing on `volume` when it packs; otherwise a plain pass-through.
     pub fn start(volume: &'a dyn Volume) -> Result<Self> {
-        Ok(Self { volume, pack: volume.start_pack()? })
+        Ok(Self { volume, pack: volume.start_pack()?, gate: None })
+    }
+
+    /// Move objects into the volume (the pack at [`Packing::finish`],
+    /// objects of their own as they come) only while `gate` can be held
+    /// shared: a writer that holds it exclusively while it flushes the
+    /// volume and commits knows that nothing this packing placed is left
+    /// out of its flush.
+    pub fn gated(mut self, gate: &'a std::sync::RwLock<()>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn placing(&self) -> Option<std::sync::RwLockReadGuard<'a, ()>> {
+        self.gate.map(|g| g.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Put the pack in place (see [`PackWriter::finish`]).
     pub fn finish(self) -> Result<()> {
+        let _placing = self.placing();
         match self.pack {
             Some(p) => p.finish(),
             None => Ok(()),
@@ -70,7 +88,10 @@ impl Volume for Packing<'_> {
     fn put_chunk(&self, id: &ChunkId, sealed: &[u8]) -> Result<()> {
         match self.packed(id) {
             Some(p) => p.put(id, sealed),
-            None => self.volume.put_chunk(id, sealed),
+            None => {
+                let _placing = self.placing();
+                self.volume.put_chunk(id, sealed)
+            }
         }
     }
     fn read_chunk(&self, id: &ChunkId, buf: &mut ChunkBuf, max_len: usize) -> Result<usize> {
@@ -95,9 +116,11 @@ impl Volume for Packing<'_> {
         self.volume.sync()
     }
     fn put_manifest(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<()> {
+        let _placing = self.placing();
         self.volume.put_manifest(dataset, generation, sealed)
     }
     fn put_manifest_deferred(&self, dataset: &DatasetId, generation: u64, sealed: &[u8]) -> Result<Placed> {
+        let _placing = self.placing();
         self.volume.put_manifest_deferred(dataset, generation, sealed)
     }
     fn put_manifest_beside(
@@ -112,6 +135,7 @@ impl Volume for Packing<'_> {
                 return Ok(Placed::Pack(p.id()));
             }
         }
+        let _placing = self.placing();
         self.volume.put_manifest_deferred(dataset, generation, sealed)
     }
     fn read_manifest(&self, dataset: &DatasetId, generation: u64) -> Result<Vec<u8>> {
