@@ -3213,10 +3213,11 @@ fn commit_in(tx: &Transaction, c: &GenerationCommit) -> Result<Garbage> {
         .optional()
         .map_err(db("read a dataset"))?;
     let g = &c.generation;
+    let new = found.is_none();
     match found {
         None if c.previous == 0 => {
             tx.execute_c(
-                "INSERT INTO datasets (id, name, created_at, current_generation) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO datasets (id, name, created_at, current_generation, last_access) VALUES (?1, ?2, ?3, ?4, ?3)",
                 params![id, c.name.as_str(), ts(g.created_at), g.generation as i64],
             )
             .map_err(db("create a dataset"))?;
@@ -3267,6 +3268,11 @@ fn commit_in(tx: &Transaction, c: &GenerationCommit) -> Result<Garbage> {
             ins.execute(params![id, g.generation as i64, i as i64, &chunk.0[..]]).map_err(db("record chunks"))?;
         }
     }
+    // A new dataset has no other generation, nothing migrated, and its
+    // row says all the rest already.
+    if new {
+        return Ok(Garbage::default());
+    }
     // A new generation is written where the policy says, so a migrated
     // dataset is home again.
     tx.execute_c(
@@ -3276,7 +3282,7 @@ fn commit_in(tx: &Transaction, c: &GenerationCommit) -> Result<Garbage> {
     .map_err(db("advance a dataset"))?;
     let older: Vec<(u64, String)> = {
         let mut stmt = tx
-            .prepare("SELECT generation, volume FROM generations WHERE dataset_id = ?1 AND generation <> ?2")
+            .prepare_cached("SELECT generation, volume FROM generations WHERE dataset_id = ?1 AND generation <> ?2")
             .map_err(db("list generations"))?;
         let rows = stmt
             .query_map(params![id, g.generation as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
