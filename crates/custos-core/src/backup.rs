@@ -955,36 +955,45 @@ impl Vault<Open> {
             };
             (uses, r)
         });
-        // One batch is made durable and recorded on a thread of its own
-        // while the next is sealed; none is sealed after one failed.
-        // Objects go into the target only between a batch's flush and its
-        // last catalog write (ADR 0034).
+        // A thread of its own seals the next batch while this one makes the
+        // last durable and records it; none is recorded after one failed,
+        // and the batch sealed behind it is deleted again. Objects go into
+        // the target only while no flush and record runs (ADR 0034).
         let gate = std::sync::RwLock::new(());
         let gate = &gate;
         std::thread::scope(|scope| -> Result<()> {
-            let mut pending: Option<std::thread::ScopedJoinHandle<'_, CopyResults>> = None;
-            let mut rest = small.as_slice();
-            while !rest.is_empty() && !results.iter().any(|(_, r)| r.failed()) {
-                let (mut n, mut bytes) = (0, 0u64);
-                while n < rest.len() && n < crate::datasets::BATCH_FILES && bytes < crate::datasets::BATCH_BYTES {
-                    bytes += rest[n].1.d.current.size;
-                    n += 1;
+            if results.iter().any(|(_, r)| r.failed()) {
+                return Ok(());
+            }
+            type Handed<'p> = (&'p [(usize, Box<LogicalPlan>)], Result<StagedCopies>);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Handed<'_>>(1);
+            let small = small.as_slice();
+            scope.spawn(move || {
+                let mut rest = small;
+                while !rest.is_empty() {
+                    let (mut n, mut bytes) = (0, 0u64);
+                    while n < rest.len() && n < crate::datasets::BATCH_FILES && bytes < crate::datasets::BATCH_BYTES {
+                        bytes += rest[n].1.d.current.size;
+                        n += 1;
+                    }
+                    let batch = &rest[..n];
+                    rest = &rest[n..];
+                    let staged = self.stage_copies(batch, to, gate);
+                    let failed = staged.is_err();
+                    if let Err(std::sync::mpsc::SendError((_, Ok(b)))) = tx.send((batch, staged)) {
+                        b.abandon();
+                        return;
+                    }
+                    if failed {
+                        return;
+                    }
                 }
-                let batch = &rest[..n];
-                rest = &rest[n..];
-                let staged = self.stage_copies(batch, to, gate);
-                if let Some(h) = pending.take() {
-                    results.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-                }
-                let staged = staged?;
+            });
+            for (batch, staged) in rx {
+                results.extend(self.record_copies(batch, staged?, gate));
                 if results.iter().any(|(_, r)| r.failed()) {
-                    staged.abandon();
                     break;
                 }
-                pending = Some(scope.spawn(move || self.record_copies(batch, staged, gate)));
-            }
-            if let Some(h) = pending.take() {
-                results.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
             }
             Ok(())
         })?;
