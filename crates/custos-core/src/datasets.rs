@@ -675,6 +675,17 @@ impl Vault<Open> {
             ));
         }
         let started = std::time::SystemTime::now();
+        // What the catalog holds under the prefix, read in pages rather than
+        // one look-up per file when the import is big (and the prefix holds
+        // not many more datasets than it has files).
+        let under = format!("{prefix}.");
+        let known = if files.len() > IMPORT_LOOKUPS { self.datasets_under(&under, 4 * files.len())? } else { None };
+        let look_up = |n: &DatasetName| -> Result<Option<DatasetRecord>> {
+            match &known {
+                Some(m) if n.as_str().starts_with(&under) => Ok(m.get(n).cloned()),
+                _ => Ok(self.repo.dataset(n)?),
+            }
+        };
         let mut planned: Vec<(DatasetName, PathBuf, Option<DatasetRecord>)> = Vec::with_capacity(files.len());
         let mut seen = std::collections::HashMap::new();
         let (mut bad, mut twice, mut exist) = (Vec::new(), Vec::new(), Vec::new());
@@ -691,10 +702,10 @@ impl Vault<Open> {
             // its old, lossy name goes on under that name (so importing the
             // tree again without --replace is refused as existing, and with
             // it writes there, never a second copy beside it).
-            let mut existing = self.repo.dataset(&name)?;
+            let mut existing = look_up(&name)?;
             if existing.is_none() {
                 if let Some(old) = legacy_import_name(prefix, rel).filter(|o| *o != name) {
-                    if let Some(d) = self.repo.dataset(&old)? {
+                    if let Some(d) = look_up(&old)? {
                         name = old;
                         existing = Some(d);
                     }
@@ -869,6 +880,42 @@ enum Step {
     Big(DatasetName, PathBuf),
     /// A file that could not be looked at: the import ends there.
     Failed(Error),
+}
+
+/// An import of more files than this reads the datasets under its prefix
+/// in pages instead of looking each up.
+const IMPORT_LOOKUPS: usize = 64;
+
+impl Vault<Open> {
+    /// The datasets whose names start with `under`, by name; `None` when
+    /// there are more than `most` (reading them would cost more than the
+    /// look-ups it saves).
+    fn datasets_under(
+        &self,
+        under: &str,
+        most: usize,
+    ) -> Result<Option<std::collections::HashMap<DatasetName, DatasetRecord>>> {
+        const PAGE: u32 = 4096;
+        let mut found = std::collections::HashMap::new();
+        let mut after = String::new();
+        loop {
+            let page = self.repo.datasets_from(under, &after, PAGE)?;
+            let full = page.len() == PAGE as usize;
+            for d in page {
+                if !d.name.as_str().starts_with(under) {
+                    return Ok(Some(found));
+                }
+                after = d.name.to_string();
+                found.insert(d.name.clone(), d);
+            }
+            if found.len() > most {
+                return Ok(None);
+            }
+            if !full {
+                return Ok(Some(found));
+            }
+        }
+    }
 }
 
 /// The first few of a list, and how many more.
