@@ -127,6 +127,47 @@ fn full_tour_with_json() {
 /// copy made from the packs, `fsck` and `gc` all behave as with a file per
 /// object; removing the datasets and collecting the garbage takes the
 /// packs away whole.
+/// Batches count every key's uses as single writes do: a key made for a
+/// batch is recorded as used once in the batch's own commit (import and
+/// logical copy), and a key that existed before is counted on top.
+#[test]
+fn batched_writes_count_each_keys_uses() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..5u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(300 + i as usize * 97, i)).unwrap();
+    }
+    let uses = |label: &str| {
+        let k = e.json(&["key", "show", label]);
+        assert!(k["last_used_at"].is_string(), "{label} has no last use: {k}");
+        k["use_count"].as_u64().unwrap()
+    };
+    let primary =
+        |i: u64| e.json(&["ds", "ls", &format!("KU.f{i}")])[0]["current"]["key_label"].as_str().unwrap().to_string();
+    e.ok(&["ds", "import", Env::s(&src), "--prefix", "KU"]);
+    let labels: Vec<String> = (0..5).map(primary).collect();
+    for l in &labels {
+        assert_eq!(uses(l), 1, "{l}: made by the import, used once");
+    }
+    let off = e.dir.path().join("off");
+    e.ok(&["volume", "add", "off", "--path", Env::s(&off), "--site", "B"]);
+    e.ok(&["backup", "run", "KU.**", "--to", "off"]);
+    for l in &labels {
+        assert_eq!(uses(l), 2, "{l}: read once for the logical copy");
+    }
+    for b in e.json(&["backup", "ls"]).as_array().unwrap() {
+        let back = b["key_label"].as_str().unwrap();
+        assert_eq!(uses(back), 1, "{back}: made by the copy, used once");
+    }
+    // A changed file is written under the key its dataset has.
+    std::fs::write(src.join("f0"), b"changed").unwrap();
+    e.ok(&["ds", "import", Env::s(&src), "--prefix", "KU", "--replace"]);
+    assert_eq!(primary(0), labels[0]);
+    assert_eq!(uses(&labels[0]), 3, "written again");
+    assert_eq!(uses(&labels[1]), 2, "passed over unchanged");
+}
+
 #[test]
 fn small_datasets_share_packs_that_gc_takes_back() {
     let e = Env::new();

@@ -990,8 +990,10 @@ impl Vault<Open> {
                 }
             });
             for (batch, staged) in rx {
-                results.extend(self.record_copies(batch, staged?, gate));
-                if results.iter().any(|(_, r)| r.failed()) {
+                let recorded = self.record_copies(batch, staged?, gate);
+                let failed = recorded.iter().any(|(_, r)| r.failed());
+                results.extend(recorded);
+                if failed {
                     break;
                 }
             }
