@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Coupling to an unrelated writer (issue 19, item 4): how much a Custos
-# import of many small files slows while another process streams buffered
-# writes to the same filesystem, against restic's first backup of the same
-# files in the same run.
+# import of many small files slows while another process streams writes to
+# the same filesystem, against restic's first backup of the same files in
+# the same run.
 #
-# N files of 1-64 KiB (default 10,000; `make_small_tree`). Each tool, three
-# times quiet and three times beside the writer, alternating: Custos `ds
+# N files of 1-64 KiB (default 10,000; `make_small_tree`): Custos `ds
 # import` into a new vault (a key per dataset) and restic's first backup
-# into a new repository. The writer is `dd` of zeros through the page cache
-# into one file, rewritten in 4 GiB passes, started 2 s before the timed
-# command and stopped after it. The disk is settled (sync) before each
-# run. The slowdown is the median beside the writer over the median quiet.
-# Results replace the section between the coupling markers in
-# docs/PERFORMANCE.md.
+# into a new repository, each five times quiet and five times beside each
+# of two writers, the tools taking turns. The issue's writer, "buffered",
+# is `dd` of zeros through the page cache into one file, rewritten in 4 GiB
+# passes: it keeps the disk busy with write-back but also takes a whole
+# core (copying into the page cache), so on a small machine it measures
+# how much of a core each tool loses as much as its I/O coupling. The
+# second, "direct", is the same `dd` with O_DIRECT and 4 MiB writes: it
+# keeps the device's queue full with little CPU, so what a tool loses
+# beside it is waiting behind another process's I/O. Each writer starts
+# 2 s before the timed command and stops after it; the disk is settled
+# (sync) before each run. A slowdown is the median beside a writer over
+# the median quiet. Results replace the section between the coupling
+# markers in docs/PERFORMANCE.md.
 #
 # Usage: bench/coupling.sh [N]      (WORKDIR: $COUPLING_WORK, default
 #        /tmp/custos-coupling; needs about 10 GiB free)
@@ -35,8 +41,11 @@ make_small_tree "$work/tree" "$n"
 cat "$work"/tree/*/* > /dev/null
 
 writer=""
+# start_writer buffered|direct
 start_writer() {
-  ( while :; do dd if=/dev/zero of="$work/noise" bs=1M count=4096 status=none || exit; done ) &
+  local how=(bs=1M count=4096)
+  [ "$1" = direct ] && how=(bs=4M count=1024 oflag=direct)
+  ( while :; do dd if=/dev/zero of="$work/noise" "${how[@]}" status=none || exit; done ) &
   writer=$!
   sleep 2
 }
@@ -49,7 +58,8 @@ stop_writer() {
   fi
   rm -f "$work/noise"
 }
-med() { sort -g | sed -n 2p; }
+rounds=5
+med() { sort -g | sed -n "$(((rounds + 1) / 2))p"; }
 s() { printf '%.2f' "$1"; }
 
 custos_import() {
@@ -64,31 +74,42 @@ restic_backup() {
   timed restic --repo "$work/restic" backup --quiet "$work/tree"
 }
 
-declare -A quiet noisy
-for tool in custos_import restic_backup; do
-  q=() b=()
-  for _ in 1 2 3; do
-    sync
-    q+=("$("$tool")")
-    sync
-    start_writer
-    b+=("$("$tool")")
-    stop_writer
+# The tools take turns within each round (quiet, then beside each writer):
+# the disk's state drifts over a run (a later run beside a writer is often
+# slower), and taking turns gives both tools the same drift.
+declare -A t
+tools=(custos_import restic_backup)
+modes=(quiet buffered direct)
+for _ in $(seq "$rounds"); do
+  for mode in "${modes[@]}"; do
+    for tool in "${tools[@]}"; do
+      sync
+      [ "$mode" = quiet ] || start_writer "$mode"
+      t[$tool.$mode]+=" $(s "$("$tool")")"
+      stop_writer
+    done
   done
-  quiet[$tool]=$(printf '%s\n' "${q[@]}" | med)
-  noisy[$tool]=$(printf '%s\n' "${b[@]}" | med)
-  echo "$tool: quiet ${q[*]}; beside the writer ${b[*]}" >&2
 done
-ratio() { printf '%.1f' "$(echo "${noisy[$1]} / ${quiet[$1]}" | bc -l)"; }
+declare -A m
+for tool in "${tools[@]}"; do
+  for mode in "${modes[@]}"; do
+    m[$tool.$mode]=$(printf '%s\n' ${t[$tool.$mode]} | med)
+    echo "$tool $mode:${t[$tool.$mode]}" >&2
+  done
+done
+ratio() { printf '%.2f' "$(echo "${m[$1.$2]} / ${m[$1.quiet]}" | bc -l)"; }
+row() { echo "| $2 | $(s "${m[$1.quiet]}") s | $(s "${m[$1.buffered]}") s ($(ratio "$1" buffered)×) | $(s "${m[$1.direct]}") s ($(ratio "$1" direct)×) |"; }
 
 cat > "$work/section.md" <<MD
 <!-- coupling:begin -->
-Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/coupling.sh $n\`, Custos $(git -C "$root" rev-parse --short HEAD)${CUSTOS_BIN:+ (measured: $CUSTOS_BIN)}, restic $(restic version | awk '{print $2}'): $n files of 1–64 KiB; medians of 3, quiet and beside one \`dd\` streaming buffered writes to the same filesystem.
+Measured $(date -u +%Y-%m-%d) on this machine ($(nproc) cores), by \`bench/coupling.sh $n\`, Custos $(git -C "$root" rev-parse --short HEAD)${CUSTOS_BIN:+ (measured: $CUSTOS_BIN)}, restic $(restic version | awk '{print $2}'): $n files of 1–64 KiB; medians of $rounds (the tools taking turns), quiet and beside one \`dd\` streaming to the same filesystem through the page cache ("buffered") or with O_DIRECT ("direct"); slowdown against quiet in brackets.
 
-| | quiet | beside the writer | slowdown |
+| | quiet | beside buffered writes | beside direct writes |
 |---|---|---|---|
-| Custos \`ds import\` (a key per dataset) | $(s "${quiet[custos_import]}") s | $(s "${noisy[custos_import]}") s | $(ratio custos_import)× |
-| restic first backup | $(s "${quiet[restic_backup]}") s | $(s "${noisy[restic_backup]}") s | $(ratio restic_backup)× |
+$(row custos_import 'Custos `ds import` (a key per dataset)')
+$(row restic_backup 'restic first backup')
+
+Each run, in seconds — Custos quiet:${t[custos_import.quiet]}; buffered:${t[custos_import.buffered]}; direct:${t[custos_import.direct]}. restic quiet:${t[restic_backup.quiet]}; buffered:${t[restic_backup.buffered]}; direct:${t[restic_backup.direct]}.
 <!-- coupling:end -->
 MD
 replace_section coupling 'Coupling to an unrelated writer — `bench/coupling.sh`' "$work/section.md"
