@@ -374,7 +374,12 @@ impl Kmip {
                 let mut out = Vec::new();
                 for f in p.iter().filter(|i| i.tag == QUERY_FUNCTION) {
                     match as_enum(f, "query function")? {
-                        QUERY_OPERATIONS => out.extend(SUPPORTED_OPERATIONS.iter().map(|o| enumeration(OPERATION, *o))),
+                        QUERY_OPERATIONS => out.extend(
+                            SUPPORTED_OPERATIONS
+                                .iter()
+                                .filter(|o| operation_in(**o, version))
+                                .map(|o| enumeration(OPERATION, *o)),
+                        ),
                         QUERY_OBJECTS => out.push(enumeration(OBJECT_TYPE, OBJECT_SYMMETRIC_KEY)),
                         QUERY_SERVER_INFORMATION => {
                             out.push(text(VENDOR_IDENTIFICATION, "Custos"));
@@ -549,7 +554,9 @@ impl Kmip {
                 }
                 Ok(Done::Ok(out))
             }
-            OP_ADD_ATTRIBUTE | OP_MODIFY_ATTRIBUTE | OP_DELETE_ATTRIBUTE => {
+            OP_ADD_ATTRIBUTE | OP_MODIFY_ATTRIBUTE | OP_DELETE_ATTRIBUTE | OP_SET_ATTRIBUTE
+                if operation_in(b.operation, version) =>
+            {
                 self.change_attribute(who, b.operation, p, last)
             }
             OP_ACTIVATE => {
@@ -757,22 +764,72 @@ impl Kmip {
         let key = self.key(who, &label)?;
         let mut a = key.attributes.clone();
         // 1.x: one Attribute (Add, Modify), or an Attribute Name and
-        // Index (Delete). 2.0's New/Current Attribute and Attribute
-        // Reference are not taken.
+        // Index (Delete). 2.0: the attribute as its own item in a New
+        // Attribute (Add, Modify, Set), the instance meant in a Current
+        // Attribute (Modify, Delete), or an Attribute Reference (Delete).
         let index_of = |items: &[Item]| -> R<i32> {
             Ok(one(items, ATTRIBUTE_INDEX)?.map(|i| as_int(i, "the attribute index")).transpose()?.unwrap_or(0))
         };
-        let (name, value, index) = match one(p, ATTRIBUTE)? {
-            Some(attr) => {
-                let given = attributes_in(std::slice::from_ref(attr))?;
-                let (name, value) = given.into_iter().next().expect("one attribute");
-                (name, Some(value), index_of(attr.items())?)
+        let v2 = p.iter().any(|i| [NEW_ATTRIBUTE, CURRENT_ATTRIBUTE, ATTRIBUTE_REFERENCE].contains(&i.tag));
+        if operation == OP_SET_ATTRIBUTE && !v2 {
+            return Err(fail(REASON_MISSING_DATA, "Set Attribute takes the attribute in a New Attribute"));
+        }
+        let (name, value, index) = if v2 {
+            only(p, &[UNIQUE_IDENTIFIER, NEW_ATTRIBUTE, CURRENT_ATTRIBUTE, ATTRIBUTE_REFERENCE], "the request")?;
+            let new = one(p, NEW_ATTRIBUTE)?.map(|n| held_attribute(n, "a New Attribute")).transpose()?;
+            let current = one(p, CURRENT_ATTRIBUTE)?.map(|c| held_attribute(c, "a Current Attribute")).transpose()?;
+            let at = |(n, v): &(String, Value)| instance_of(&key, n, v);
+            match (operation, new, current) {
+                (OP_DELETE_ATTRIBUTE, Some(_), _) => {
+                    return Err(invalid(
+                        "Delete Attribute takes a Current Attribute or an Attribute Reference, not a New Attribute",
+                    ))
+                }
+                (OP_DELETE_ATTRIBUTE, None, Some(c)) => {
+                    let i = at(&c)?;
+                    (c.0, None, i)
+                }
+                (OP_DELETE_ATTRIBUTE, None, None) => {
+                    let r = need(p, ATTRIBUTE_REFERENCE, "attribute reference")?;
+                    (referenced(r)?.to_string(), None, 0)
+                }
+                (_, None, _) => return Err(fail(REASON_MISSING_DATA, "give the attribute in a New Attribute")),
+                (_, Some(_), Some(c)) if operation != OP_MODIFY_ATTRIBUTE => {
+                    return Err(invalid(format!("a Current Attribute is for Modify and Delete Attribute, not {}", c.0)))
+                }
+                (_, Some(n), Some(c)) => {
+                    if n.0 != c.0 {
+                        return Err(invalid(format!(
+                            "the Current Attribute is a {}, the New Attribute a {}",
+                            c.0, n.0
+                        )));
+                    }
+                    let i = at(&c)?;
+                    (n.0, Some(n.1), i)
+                }
+                (_, Some(n), None) => {
+                    if operation == OP_MODIFY_ATTRIBUTE && n.0 == "Name" {
+                        return Err(fail(
+                            REASON_MISSING_DATA,
+                            "a key has several Names: give the one to modify in a Current Attribute",
+                        ));
+                    }
+                    (n.0, Some(n.1), 0)
+                }
             }
-            None if operation == OP_DELETE_ATTRIBUTE => {
-                let name = as_text(need(p, ATTRIBUTE_NAME, "attribute name")?, "the attribute name")?.to_string();
-                (name, None, index_of(p)?)
+        } else {
+            match one(p, ATTRIBUTE)? {
+                Some(attr) => {
+                    let given = attributes_in(std::slice::from_ref(attr))?;
+                    let (name, value) = given.into_iter().next().expect("one attribute");
+                    (name, Some(value), index_of(attr.items())?)
+                }
+                None if operation == OP_DELETE_ATTRIBUTE => {
+                    let name = as_text(need(p, ATTRIBUTE_NAME, "attribute name")?, "the attribute name")?.to_string();
+                    (name, None, index_of(p)?)
+                }
+                None => return Err(fail(REASON_MISSING_DATA, "name one attribute (a KMIP 1.x Attribute)")),
             }
-            None => return Err(fail(REASON_MISSING_DATA, "name one attribute (a KMIP 1.x Attribute)")),
         };
         let (name, value) = (&name, value.as_ref());
         let value = || value.ok_or_else(|| fail(REASON_MISSING_DATA, "the attribute has no value"));
@@ -789,6 +846,15 @@ impl Kmip {
                 }
                 if (name.starts_with("x-") || name.starts_with("y-")) && a.custom.contains_key(name) {
                     return Err(fail(0x23, format!("{name} already has a value: use Modify Attribute")));
+                }
+                apply(&mut a, name, value()?, false)?;
+            }
+            OP_SET_ATTRIBUTE => {
+                if name == "Name" {
+                    return Err(fail(
+                        REASON_MULTI_VALUED_ATTRIBUTE,
+                        "a key may have several Names: use Add or Modify Attribute",
+                    ));
                 }
                 apply(&mut a, name, value()?, false)?;
             }
@@ -828,6 +894,10 @@ impl Kmip {
             Reply::Key(k, _) => k,
             _ => return Err(fail(REASON_GENERAL_FAILURE, "the engine answered with something else")),
         };
+        if v2 {
+            // 2.0 answers with the identifier alone.
+            return Ok(Done::Ok(vec![text(UNIQUE_IDENTIFIER, label.as_str())]));
+        }
         // The attribute as it now stands (the instance modified, or the
         // one added: the last of its name), or as it was (Delete: 1.x
         // answers with the attribute deleted).
@@ -908,6 +978,55 @@ impl Kmip {
         out.extend(page);
         Ok(Done::Ok(out))
     }
+}
+
+/// The one attribute a 2.0 New or Current Attribute holds, named by its
+/// tag.
+fn held_attribute(s: &Item, what: &str) -> R<(String, Value)> {
+    let [item] = s.items() else { return Err(invalid(format!("{what} holds exactly one attribute"))) };
+    let name = attribute_name(item.tag)
+        .ok_or_else(|| invalid(format!("attribute {} is not one this server keeps", tag_name(item.tag))))?;
+    Ok((name.to_string(), item.value.clone()))
+}
+
+/// The attribute a 2.0 Attribute Reference names: by its tag, or by its
+/// name with no vendor (this server keeps no vendor attributes).
+fn referenced(r: &Item) -> R<&'static str> {
+    let kept = |n: Option<&'static str>, shown: String| {
+        n.ok_or_else(|| invalid(format!("attribute {shown} is not one this server keeps")))
+    };
+    match &r.value {
+        Value::Enumeration(t) => kept(attribute_name(*t), tag_name(*t)),
+        Value::Structure(s) => {
+            only(s, &[VENDOR_IDENTIFICATION, ATTRIBUTE_NAME], "an attribute reference")?;
+            let vendor = one(s, VENDOR_IDENTIFICATION)?.map(|v| as_text(v, "a vendor identification")).transpose()?;
+            let name = as_text(need(s, ATTRIBUTE_NAME, "attribute name")?, "an attribute name")?;
+            match vendor {
+                Some(v) if !v.is_empty() => {
+                    Err(invalid(format!("attribute {name} of vendor {v:?} is not one this server keeps")))
+                }
+                _ => kept(ATTRIBUTE_TAGS.iter().find(|(n, _)| *n == name).map(|(n, _)| *n), format!("{name:?}")),
+            }
+        }
+        _ => Err(invalid("an Attribute Reference is an attribute's tag or a structure that names it")),
+    }
+}
+
+/// Which instance of the key's attribute `name` has `value` (a Name by its
+/// text), counting from 0.
+fn instance_of(key: &KeyRecord, name: &str, value: &Value) -> R<i32> {
+    let wanted = if name == "Name" { Some(name_of(value)?) } else { None };
+    let same = attributes_of(key).into_iter().filter(|(n, _)| n == name);
+    for (i, (_, item)) in same.enumerate() {
+        let hit = match &wanted {
+            Some(w) => name_of(&item.value).is_ok_and(|n| &n == w),
+            None => item.value == *value,
+        };
+        if hit {
+            return Ok(i as i32);
+        }
+    }
+    Err(fail(REASON_ATTRIBUTE_NOT_FOUND, format!("the key has no {name} with that value")))
 }
 
 fn pending_request(id: u64) -> Done {

@@ -72,6 +72,8 @@ pub const CLIENT_CORRELATION_VALUE: u32 = 0x420105;
 pub const SERVER_CORRELATION_VALUE: u32 = 0x420106;
 pub const ATTRIBUTES: u32 = 0x420125;
 pub const ATTRIBUTE_REFERENCE: u32 = 0x42013B;
+pub const CURRENT_ATTRIBUTE: u32 = 0x42013C;
+pub const NEW_ATTRIBUTE: u32 = 0x42013D;
 pub const LOCATED_ITEMS: u32 = 0x4200D5;
 pub const SECRET_DATA: u32 = 0x420085;
 pub const SECRET_DATA_TYPE: u32 = 0x420086;
@@ -107,6 +109,8 @@ pub const OP_QUERY: u32 = 0x18;
 pub const OP_DISCOVER_VERSIONS: u32 = 0x1E;
 pub const OP_ENCRYPT: u32 = 0x1F;
 pub const OP_DECRYPT: u32 = 0x20;
+/// KMIP 2.0 on.
+pub const OP_SET_ATTRIBUTE: u32 = 0x31;
 
 // Result status.
 pub const STATUS_SUCCESS: u32 = 0;
@@ -128,6 +132,9 @@ pub const REASON_PERMISSION_DENIED: u32 = 0x0C;
 pub const REASON_OBJECT_ARCHIVED: u32 = 0x0D;
 pub const REASON_KEY_FORMAT_TYPE_NOT_SUPPORTED: u32 = 0x10;
 pub const REASON_OBJECT_ALREADY_EXISTS: u32 = 0x18;
+pub const REASON_MULTI_VALUED_ATTRIBUTE: u32 = 0x1E;
+pub const REASON_ATTRIBUTE_NOT_FOUND: u32 = 0x21;
+pub const REASON_ATTRIBUTE_SINGLE_VALUED: u32 = 0x23;
 pub const REASON_GENERAL_FAILURE: u32 = 0x100;
 
 // Object types.
@@ -205,12 +212,19 @@ pub const SUPPORTED_OPERATIONS: &[u32] = &[
     OP_ADD_ATTRIBUTE,
     OP_MODIFY_ATTRIBUTE,
     OP_DELETE_ATTRIBUTE,
+    OP_SET_ATTRIBUTE,
     OP_ACTIVATE,
     OP_REVOKE,
     OP_DESTROY,
     OP_QUERY,
     OP_DISCOVER_VERSIONS,
 ];
+
+/// Whether `op` is one of KMIP `version`'s operations (Set Attribute came
+/// with 2.0).
+pub fn operation_in(op: u32, version: (i32, i32)) -> bool {
+    op != OP_SET_ATTRIBUTE || version.0 >= 2
+}
 
 /// Protocol versions this server speaks, newest first.
 pub const VERSIONS: &[(i32, i32)] = &[(2, 0), (1, 4), (1, 3), (1, 2), (1, 1), (1, 0)];

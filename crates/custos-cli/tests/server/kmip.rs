@@ -126,6 +126,24 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     assert_eq!(v2["Cryptographic Length"], serde_json::json!([192]), "{v2}");
     assert_eq!(v2["Name"], serde_json::json!(["v2-key"]), "{v2}");
     assert_eq!(one["v2_material_len"], 24);
+    // 2.0's Set Attribute: adds, then replaces; refused for a Name (there
+    // may be several) and for what the server sets.
+    let v2_uid = one["v2_set"].as_str().unwrap();
+    assert!(v2_uid.starts_with("DSET.PRIM.KMIP.key"), "{}", one["v2_set"]);
+    assert_eq!(one["v2_set_twice"]["Contact Information"], serde_json::json!(["ops team"]), "{}", one["v2_set_twice"]);
+    refused("v2_set_name", "MULTI_VALUED_ATTRIBUTE");
+    refused("v2_set_length", "ATTRIBUTE_READ_ONLY");
+    // Modify, Add and Delete in 2.0's form: a Name found by its Current
+    // Attribute, renamed; one added; one deleted by value, the contact by
+    // an Attribute Reference.
+    assert_eq!(one["v2_modify"], v2_uid, "{}", one["v2_modify"]);
+    refused("v2_modify_unknown", "ATTRIBUTE_NOT_FOUND");
+    refused("v2_modify_no_current", "MISSING_DATA");
+    assert_eq!(one["v2_add"], serde_json::json!({"status": 0}), "{}", one["v2_add"]);
+    assert_eq!(one["v2_names"], serde_json::json!(["v2-key-renamed", "v2-second"]), "{}", one["v2_names"]);
+    assert_eq!(one["v2_after_delete"], serde_json::json!({"Name": ["v2-second"]}), "{}", one["v2_after_delete"]);
+    // Operation Not Supported (5) in a 1.2 message.
+    assert_eq!(one["set_in_1_2"], serde_json::json!({"status": 1, "reason": 5}), "{}", one["set_in_1_2"]);
     let a = &one["attributes"];
     assert_eq!(a["Name"], serde_json::json!(["array1-volume-key"]), "{a}");
     assert_eq!(a["State"], serde_json::json!(["ACTIVE"]), "{a}");

@@ -18,6 +18,7 @@ from kmip.core.factories import attributes as attribute_factory
 from kmip.pie import client as pie_client
 from kmip.core import attributes as core_attributes
 from kmip.core import exceptions as core_exceptions
+from kmip.core import objects as cobjects
 from kmip.core.messages import payloads
 from kmip.pie import exceptions as pie_exceptions
 from kmip.pie import objects
@@ -95,6 +96,51 @@ def raw_exchange(who, payload, close_after_send=False):
             except (ssl.SSLError, OSError):
                 pass
             return got
+
+
+def ttlv(tag, kind, value):
+    """One TTLV item: a structure (1, a list of items), an enumeration (5)
+    or integer (2), or a text string (7)."""
+    if kind == 1:
+        body = b"".join(value)
+    elif kind in (2, 5):
+        body = struct.pack(">i", value)
+    else:
+        body = value.encode()
+    pad = b"\x00" * (-len(body) % 8)
+    return struct.pack(">I", tag)[1:] + bytes([kind]) + struct.pack(">I", len(body)) + body + pad
+
+
+def request(operation, payload, version=(2, 0)):
+    """A request message of one batch item (KMIP 2.0 unless told)."""
+    header = ttlv(0x420077, 1, [
+        ttlv(0x420069, 1, [ttlv(0x42006A, 2, version[0]), ttlv(0x42006B, 2, version[1])]),
+        ttlv(0x42000D, 2, 1),
+    ])
+    item = ttlv(0x42000F, 1, [ttlv(0x42005C, 5, operation), ttlv(0x420079, 1, payload)])
+    return ttlv(0x420078, 1, [header, item])
+
+
+def ttlv_result(response):
+    """The Result Status (and Result Reason, if any) of a raw response,
+    read by walking its items."""
+    found = {}
+
+    def walk(b):
+        i = 0
+        while i + 8 <= len(b):
+            tag = int.from_bytes(b[i:i + 3], "big")
+            kind, n = b[i + 3], int.from_bytes(b[i + 4:i + 8], "big")
+            body = b[i + 8:i + 8 + n]
+            if kind == 1:
+                walk(body)
+            elif tag == 0x42007F:
+                found["status"] = int.from_bytes(body[:4], "big")
+            elif tag == 0x42007E:
+                found["reason"] = int.from_bytes(body[:4], "big")
+            i += 8 + n + (-n % 8)
+    walk(response)
+    return found
 
 
 def result_of(response):
@@ -239,6 +285,45 @@ if phase == "one":
         v2 = a.create(enums.CryptographicAlgorithm.AES, 192, name="v2-key")
         a.activate(v2)
         out["v2_attributes"] = attrs_of(a, v2, ["State", "Cryptographic Length", "Name"])
+        # 2.0's Set Attribute, and Modify and Delete in 2.0's form (an
+        # attribute as its own item in a New or Current Attribute).
+        out["v2_set"] = a.set_attribute(
+            unique_identifier=v2, attribute_name="Contact Information", attribute_value="storage team")
+        a.set_attribute(unique_identifier=v2, attribute_name="Contact Information", attribute_value="ops team")
+        out["v2_set_twice"] = attrs_of(a, v2, ["Contact Information"])
+        out["v2_set_name"] = failure(lambda: a.set_attribute(
+            unique_identifier=v2, attribute_name="Name", attribute_value="v2-other"))
+        out["v2_set_length"] = failure(lambda: a.set_attribute(
+            unique_identifier=v2, attribute_name="Cryptographic Length", attribute_value=128))
+        name = lambda text: a.attribute_value_factory.create_attribute_value_by_enum(enums.Tags.NAME, text)
+        out["v2_modify"] = a.modify_attribute(
+            unique_identifier=v2,
+            current_attribute=cobjects.CurrentAttribute(attribute=name("v2-key")),
+            new_attribute=cobjects.NewAttribute(attribute=name("v2-key-renamed")))[0]
+        out["v2_modify_unknown"] = failure(lambda: a.modify_attribute(
+            unique_identifier=v2,
+            current_attribute=cobjects.CurrentAttribute(attribute=name("no-such-name")),
+            new_attribute=cobjects.NewAttribute(attribute=name("whatever"))))
+        out["v2_modify_no_current"] = failure(lambda: a.modify_attribute(
+            unique_identifier=v2, new_attribute=cobjects.NewAttribute(attribute=name("whatever"))))
+        # 2.0's Add Attribute, which PyKMIP's client does not send: raw TTLV.
+        added = raw_exchange("kadmin", request(0x0D, [
+            ttlv(0x420094, 7, v2),
+            ttlv(0x42013D, 1, [ttlv(0x420053, 1, [ttlv(0x420055, 7, "v2-second"), ttlv(0x420054, 5, 1)])]),
+        ]))
+        out["v2_add"] = ttlv_result(added)
+        out["v2_names"] = attrs_of(a, v2, ["Name"])["Name"]
+        a.delete_attribute(
+            unique_identifier=v2, current_attribute=cobjects.CurrentAttribute(attribute=name("v2-key-renamed")))
+        a.delete_attribute(
+            unique_identifier=v2,
+            attribute_reference=cobjects.AttributeReference(
+                vendor_identification="", attribute_name="Contact Information"))
+        out["v2_after_delete"] = attrs_of(a, v2, ["Name", "Contact Information"])
+        # Set Attribute is not a KMIP 1.x operation (PyKMIP will not send
+        # it in 1.2: raw TTLV).
+        contact = [ttlv(0x420094, 7, v2), ttlv(0x42013D, 1, [ttlv(0x420022, 7, "x")])]
+        out["set_in_1_2"] = ttlv_result(raw_exchange("kadmin", request(0x31, contact, (1, 2))))
     with client("array1", enums.KMIPVersion.KMIP_2_0) as c:
         out["v2_material_len"] = len(c.get(v2).value)
 
