@@ -605,6 +605,7 @@ impl Kmip {
                 }
             }
             OP_LOCATE => self.locate(who, version, p),
+            OP_POLL => self.poll(who, p),
             OP_CHECK => {
                 only(p, &[UNIQUE_IDENTIFIER, USAGE_LIMITS_COUNT, CRYPTOGRAPHIC_USAGE_MASK, LEASE_TIME], "Check")?;
                 let label = self.uid(p, last)?;
@@ -913,6 +914,75 @@ impl Kmip {
             out.push(attribute_v1(name, at, i));
         }
         Ok(Done::Ok(out))
+    }
+
+    /// Poll: how an operation answered Operation Pending stands, by the
+    /// correlation value it was given. A dual-control request (only its
+    /// requester may poll it) or a destruction's waiting period; once
+    /// carried out, the operation's own answer.
+    fn poll(&self, who: &Caller, p: &[Item]) -> R<Done> {
+        only(p, &[ASYNCHRONOUS_CORRELATION_VALUE], "Poll")?;
+        let v = need(p, ASYNCHRONOUS_CORRELATION_VALUE, "asynchronous correlation value")?;
+        let unknown = || fail(REASON_ITEM_NOT_FOUND, "no operation of this server waits under that correlation value");
+        let Value::Bytes(b) = &v.value else {
+            return Err(invalid("an asynchronous correlation value is a byte string"));
+        };
+        let said = std::str::from_utf8(b).map_err(|_| unknown())?;
+        if let Some(label) = said.strip_prefix("destroy:") {
+            let label = KeyLabel::new(label).map_err(|_| unknown())?;
+            return self.poll_destroy(who, &label);
+        }
+        let id: u64 = said.strip_prefix("request:").and_then(|n| n.parse().ok()).ok_or_else(unknown)?;
+        let req = match self.exec(who, Operation::RequestShow { id }) {
+            Ok(Reply::Request(r)) => r,
+            Ok(_) => {
+                return Err(fail(REASON_GENERAL_FAILURE, "the engine answered a request show with something else"))
+            }
+            Err(f) if f.reason == REASON_ITEM_NOT_FOUND => return Err(unknown()),
+            Err(f) => return Err(f),
+        };
+        if req.requested_by != who.name() {
+            return Err(unknown());
+        }
+        let label = req.operation.get("label").and_then(|l| l.as_str()).and_then(|l| KeyLabel::new(l).ok());
+        match req.state.as_str() {
+            "pending" | "approved" => Ok(pending_request(id)),
+            "executed" => match label {
+                // Carried out, it may wait for the vault's waiting period.
+                Some(l) if req.action == "key-destroy" => self.poll_destroy(who, &l),
+                Some(l) => Ok(Done::Ok(vec![text(UNIQUE_IDENTIFIER, l.as_str())])),
+                None => Ok(Done::Ok(Vec::new())),
+            },
+            "denied" => Err(fail(
+                REASON_PERMISSION_DENIED,
+                format!("request {id} was denied by {}", req.decided_by.as_deref().unwrap_or("a second principal")),
+            )),
+            failed if failed.starts_with("failed") => {
+                Err(fail(REASON_GENERAL_FAILURE, format!("request {id} was approved and then {failed}")))
+            }
+            other => {
+                Err(fail(REASON_ILLEGAL_OPERATION, format!("request {id} is {other}: it will not be carried out")))
+            }
+        }
+    }
+
+    /// How a key's destruction stands: done, waiting, or called off.
+    fn poll_destroy(&self, who: &Caller, label: &KeyLabel) -> R<Done> {
+        let (key, destroy_after) = match self.exec(who, Operation::KeyShow { label: label.clone() })? {
+            Reply::KeyDetail { key, destroy_after, .. } => (key, destroy_after),
+            _ => return Err(fail(REASON_GENERAL_FAILURE, "the engine answered a key show with something else")),
+        };
+        match (key.state, destroy_after) {
+            (KeyState::Destroyed, _) => Ok(Done::Ok(vec![text(UNIQUE_IDENTIFIER, label.as_str())])),
+            (_, Some(at)) => Ok(Done::Pending(
+                format!("destroy:{label}"),
+                format!("key {label} is scheduled for destruction at {at}"),
+            )),
+            _ => Err(fail(
+                REASON_ILLEGAL_OPERATION,
+                format!("the destruction of key {label} was called off (`custos key cancel-destroy`)"),
+            )),
+        }
     }
 
     fn locate(&self, who: &Caller, version: (i32, i32), p: &[Item]) -> R<Done> {

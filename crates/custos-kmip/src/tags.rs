@@ -105,6 +105,7 @@ pub const OP_DELETE_ATTRIBUTE: u32 = 0x0F;
 pub const OP_ACTIVATE: u32 = 0x12;
 pub const OP_REVOKE: u32 = 0x13;
 pub const OP_DESTROY: u32 = 0x14;
+pub const OP_POLL: u32 = 0x15;
 pub const OP_QUERY: u32 = 0x18;
 pub const OP_DISCOVER_VERSIONS: u32 = 0x1E;
 pub const OP_ENCRYPT: u32 = 0x1F;
@@ -216,6 +217,7 @@ pub const SUPPORTED_OPERATIONS: &[u32] = &[
     OP_ACTIVATE,
     OP_REVOKE,
     OP_DESTROY,
+    OP_POLL,
     OP_QUERY,
     OP_DISCOVER_VERSIONS,
 ];

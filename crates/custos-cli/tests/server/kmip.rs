@@ -139,7 +139,7 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     assert_eq!(one["v2_modify"], v2_uid, "{}", one["v2_modify"]);
     refused("v2_modify_unknown", "ATTRIBUTE_NOT_FOUND");
     refused("v2_modify_no_current", "MISSING_DATA");
-    assert_eq!(one["v2_add"], serde_json::json!({"status": 0}), "{}", one["v2_add"]);
+    assert_eq!(one["v2_add"], serde_json::json!({"status": 0, "uid": v2_uid}), "{}", one["v2_add"]);
     assert_eq!(one["v2_names"], serde_json::json!(["v2-key-renamed", "v2-second"]), "{}", one["v2_names"]);
     assert_eq!(one["v2_after_delete"], serde_json::json!({"Name": ["v2-second"]}), "{}", one["v2_after_delete"]);
     // Operation Not Supported (5) in a 1.2 message.
@@ -168,6 +168,17 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     assert_eq!(one["located_compromised"], serde_json::json!([uid("leaked")]));
     assert_eq!(one["located_page"].as_array().unwrap().len(), 2);
     assert_eq!(one["destroy_doomed"]["status"], "OPERATION_PENDING", "{}", one["destroy_doomed"]);
+    // Poll: pending (2) under the same correlation value for its
+    // requester; Item Not Found (1) for another principal and for a value
+    // this server never gave.
+    let pending = &one["destroy_doomed2"];
+    assert_eq!(pending["status"], 2, "{pending}");
+    let correlation = pending["correlation"].as_str().unwrap().to_string();
+    assert!(correlation.starts_with("request:"), "{pending}");
+    assert_eq!(one["poll_pending"]["status"], 2, "{}", one["poll_pending"]);
+    assert_eq!(one["poll_pending"]["correlation"], correlation.as_str(), "{}", one["poll_pending"]);
+    assert_eq!(one["poll_by_another"], serde_json::json!({"status": 1, "reason": 1}), "{}", one["poll_by_another"]);
+    assert_eq!(one["poll_unknown"], serde_json::json!({"status": 1, "reason": 1}), "{}", one["poll_unknown"]);
     assert_eq!(one["material"].as_str().unwrap().len(), 64, "256 bits");
     assert_eq!(one["length"], 256);
     assert_eq!(one["short_material"].as_str().unwrap().len(), 32, "128 bits");
@@ -244,9 +255,12 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
 
     // The destruction waits for a second principal.
     let reqs: serde_json::Value = serde_json::from_str(&s.ok("ops", OPS_CRED, &["--json", "request", "ls"])).unwrap();
-    let req = reqs.as_array().unwrap().iter().find(|r| r["action"] == "key-destroy").cloned().unwrap();
-    assert_eq!(req["requested_by"], "kadmin");
-    s.ok("approver", APPROVER, &["request", "approve", &req["id"].to_string()]);
+    let destroys: Vec<_> = reqs.as_array().unwrap().iter().filter(|r| r["action"] == "key-destroy").collect();
+    assert_eq!(destroys.len(), 2, "{reqs}");
+    for req in destroys {
+        assert_eq!(req["requested_by"], "kadmin");
+        s.ok("approver", APPROVER, &["request", "approve", &req["id"].to_string()]);
+    }
 
     // In a keystore backup, and through a master key change.
     s.ok("ops", OPS_CRED, &["keystore", "backup", "--to", "default"]);
@@ -265,6 +279,7 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     let (ready, go) = (d.join("phase-two-ready"), d.join("phase-two-go"));
     let state = serde_json::json!({
         "main": main, "doomed": uid("doomed"), "http_sealed": http_sealed, "ready": ready, "go": go,
+        "doomed2_correlation": correlation,
     });
     let two = {
         let (port, ca_p, certs, state) = (port, ca_p.clone(), certs.clone(), state.clone());
@@ -283,6 +298,7 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     assert_eq!(two["array2_after"]["reason"], "AUTHENTICATION_NOT_SUCCESSFUL", "{two}");
     assert_eq!(two["material"], one["material"], "the same key after the master key changed");
     assert_eq!(two["doomed_state"], serde_json::json!(["DESTROYED"]));
+    assert_eq!(two["poll_done"], serde_json::json!({"status": 0, "uid": uid("doomed2")}), "{}", two["poll_done"]);
     assert_eq!(two["destroyed_get"]["status"], "OPERATION_FAILED", "{}", two["destroyed_get"]);
     assert_eq!(two["destroyed_get"]["reason"], "OBJECT_DESTROYED", "{}", two["destroyed_get"]);
     assert_eq!(two["http_opened"], "sealed over http");

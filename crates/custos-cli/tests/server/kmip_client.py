@@ -88,7 +88,8 @@ def raw_exchange(who, payload, close_after_send=False):
                 dup.close()
             got = b""
             try:
-                while True:
+                # Until the server closes, or one whole message is in.
+                while len(got) < 8 or len(got) < 8 + int.from_bytes(got[4:8], "big"):
                     chunk = s.recv(65536)
                     if not chunk:
                         break
@@ -100,11 +101,13 @@ def raw_exchange(who, payload, close_after_send=False):
 
 def ttlv(tag, kind, value):
     """One TTLV item: a structure (1, a list of items), an enumeration (5)
-    or integer (2), or a text string (7)."""
+    or integer (2), a text string (7) or a byte string (8)."""
     if kind == 1:
         body = b"".join(value)
     elif kind in (2, 5):
         body = struct.pack(">i", value)
+    elif kind == 8:
+        body = value
     else:
         body = value.encode()
     pad = b"\x00" * (-len(body) % 8)
@@ -122,8 +125,9 @@ def request(operation, payload, version=(2, 0)):
 
 
 def ttlv_result(response):
-    """The Result Status (and Result Reason, if any) of a raw response,
-    read by walking its items."""
+    """The Result Status (and the Result Reason, Asynchronous Correlation
+    Value and Unique Identifier, where there are) of a raw response, read
+    by walking its items."""
     found = {}
 
     def walk(b):
@@ -138,6 +142,10 @@ def ttlv_result(response):
                 found["status"] = int.from_bytes(body[:4], "big")
             elif tag == 0x42007E:
                 found["reason"] = int.from_bytes(body[:4], "big")
+            elif tag == 0x420006:
+                found["correlation"] = body.decode(errors="replace")
+            elif tag == 0x420094:
+                found["uid"] = body.decode(errors="replace")
             i += 8 + n + (-n % 8)
     walk(response)
     return found
@@ -208,6 +216,18 @@ if phase == "one":
             "status": r.result_status.value.name,
             "message": r.result_message.value if r.result_message else None,
         }
+        # Poll: a second pending destruction, sent raw to see its
+        # correlation value (PyKMIP's client has no Poll).
+        doomed2 = a.create(enums.CryptographicAlgorithm.AES, 128, name="doomed-2")
+        a.activate(doomed2)
+        a.revoke(enums.RevocationReasonCode.CESSATION_OF_OPERATION, doomed2)
+        out["uids"]["doomed2"] = doomed2
+        pending = ttlv_result(raw_exchange("kadmin", request(0x14, [ttlv(0x420094, 7, doomed2)], (1, 2))))
+        out["destroy_doomed2"] = pending
+        poll = lambda who, acv: ttlv_result(raw_exchange(who, request(0x15, [ttlv(0x420006, 8, acv.encode())], (1, 2))))
+        out["poll_pending"] = poll("kadmin", pending.get("correlation", ""))
+        out["poll_by_another"] = poll("array1", pending.get("correlation", ""))
+        out["poll_unknown"] = poll("kadmin", "request:999999")
         out["unknown"] = failure(lambda: a.get_attributes("DSET.PRIM.KMIP.key999"))
         # Register: a key and a password the client brings.
         imported = a.register(objects.SymmetricKey(
@@ -365,6 +385,9 @@ elif phase == "two":
         out["http_opened"] = got.data.decode()
     with client("kadmin") as a:
         out["doomed_state"] = attrs_of(a, STATE["doomed"], ["State"])["State"]
+    # Approved meanwhile: Poll answers the destruction's own result.
+    out["poll_done"] = ttlv_result(raw_exchange("kadmin", request(
+        0x15, [ttlv(0x420006, 8, STATE["doomed2_correlation"].encode())], (1, 2))))
 else:
     sys.exit(f"unknown phase {phase}")
 print(json.dumps(out))
