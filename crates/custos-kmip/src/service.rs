@@ -20,13 +20,25 @@ use crate::ttlv::{decode, Item, Value};
 pub struct Settings {
     /// The application whose naming sequence labels keys made over KMIP.
     pub app: String,
+    /// Principals whose keys go to an application of their own instead.
+    pub apps: std::collections::HashMap<String, String>,
     /// The largest request message taken, in bytes.
     pub max_message: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { app: "KMIP".into(), max_message: 1 << 20 }
+        Self { app: "KMIP".into(), apps: Default::default(), max_message: 1 << 20 }
+    }
+}
+
+impl Settings {
+    /// The application whose naming sequence labels the keys `who` makes.
+    fn app_for(&self, who: &Caller) -> String {
+        match who {
+            Caller::Principal(p) => self.apps.get(&p.name).unwrap_or(&self.app).clone(),
+            Caller::Unverified(_) => self.app.clone(),
+        }
     }
 }
 
@@ -423,7 +435,7 @@ impl Kmip {
                 }
                 let op = Operation::KeyCreate {
                     label: None,
-                    app: Some(self.settings.app.clone()),
+                    app: Some(self.settings.app_for(who)),
                     purpose: Purpose::Prim,
                     expires_at: None,
                     activate,
@@ -681,7 +693,7 @@ impl Kmip {
                 }
                 a.bits = (bits != 256).then_some(bits as u16);
                 let op = Operation::KeyImport {
-                    app: self.settings.app.clone(),
+                    app: self.settings.app_for(who),
                     material: custos_ops::SecretText::new(base64_encode(&material)),
                     attributes: a,
                     activate,

@@ -142,12 +142,30 @@ fn default_kmip_max() -> usize {
     1 << 20
 }
 
-/// A device certificate's subject common name, and its principal.
+/// A device certificate's subject common name, its principal, and the
+/// application whose naming sequence labels the keys that principal makes
+/// over KMIP (default: `[kmip] app`): a storage array's keys
+/// `DSET.PRIM.ARRAYS.key001`, a database's `DSET.PRIM.DBKEYS.key001`, each
+/// granted by its own pattern.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KmipClient {
     pub cn: String,
     pub principal: String,
+    pub app: Option<String>,
+}
+
+impl KmipConfig {
+    /// The application each listed principal's keys are made under, where
+    /// it is not `app`.
+    pub fn apps(&self) -> std::collections::HashMap<String, String> {
+        self.clients.iter().filter_map(|c| Some((c.principal.clone(), c.app.clone()?))).collect()
+    }
+}
+
+/// Whether `app` can stand in a key label as one qualifier.
+fn is_app(app: &str) -> bool {
+    !app.is_empty() && !app.contains('.') && custos_core::model::KeyLabel::new(app).is_ok()
 }
 
 /// What is wrong with a configuration.
@@ -182,6 +200,24 @@ impl Config {
             }
             if !(1024..=64 << 20).contains(&k.max_message) {
                 return Err(err("[kmip] max_message must be 1024 bytes to 64 MiB".into()));
+            }
+            for app in std::iter::once(&k.app).chain(k.clients.iter().filter_map(|c| c.app.as_ref())) {
+                if !is_app(app) {
+                    return Err(err(format!(
+                        "[kmip] app {app:?} cannot be part of a key label: use letters, digits and _ - $ # @, no dots"
+                    )));
+                }
+            }
+            for c in &k.clients {
+                let other = k.clients.iter().find(|o| o.principal == c.principal && o.app != c.app);
+                if let Some(o) = other {
+                    return Err(err(format!(
+                        "[[kmip.clients]] gives principal {:?} two applications ({} and {}): one principal's keys go to one application",
+                        c.principal,
+                        c.app.as_deref().unwrap_or(&k.app),
+                        o.app.as_deref().unwrap_or(&k.app)
+                    )));
+                }
             }
             if k.clients.is_empty() && !k.cn_is_principal {
                 return Err(err(
@@ -278,5 +314,17 @@ mod tests {
         let c = load(&format!("{base}{tls}{k}[[kmip.clients]]\ncn = \"array1\"\nprincipal = \"a1\"\n")).unwrap();
         let kmip = c.kmip.unwrap();
         assert_eq!((kmip.app.as_str(), kmip.max_message, kmip.clients.len()), ("KMIP", 1 << 20, 1));
+        assert!(kmip.apps().is_empty());
+        // A client's own application; one principal, one application; an
+        // application that cannot be part of a label.
+        let two = "[[kmip.clients]]\ncn = \"db1\"\nprincipal = \"db\"\napp = \"DBKEYS\"\n";
+        let c = load(&format!("{base}{tls}{k}{two}")).unwrap();
+        assert_eq!(c.kmip.unwrap().apps().get("db").map(String::as_str), Some("DBKEYS"));
+        let clash = "[[kmip.clients]]\ncn = \"db2\"\nprincipal = \"db\"\n";
+        let e = load(&format!("{base}{tls}{k}{two}{clash}")).unwrap_err();
+        assert!(e.to_string().contains("two applications (DBKEYS and KMIP)"), "{e}");
+        let e = load(&format!("{base}{tls}{k}[[kmip.clients]]\ncn = \"x\"\nprincipal = \"x\"\napp = \"A.B\"\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot be part of a key label"), "{e}");
     }
 }

@@ -106,7 +106,8 @@ impl Listener {
             by_cn: k.clients.iter().map(|c| (c.cn.clone(), c.principal.clone())).collect(),
             cn_is_principal: k.cn_is_principal,
         };
-        let service = Kmip::new(engine.clone(), Settings { app: k.app.clone(), max_message: k.max_message });
+        let service =
+            Kmip::new(engine.clone(), Settings { app: k.app.clone(), apps: k.apps(), max_message: k.max_message });
         Ok(Self { tcp, tls, who: Arc::new(who), service: Arc::new(service), engine })
     }
 

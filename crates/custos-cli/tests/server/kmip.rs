@@ -48,6 +48,7 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     add(&e, "approver", "security-admin", APPROVER);
     add(&e, "array1", "app", "array1's credential, long enough");
     add(&e, "array2", "app", "array2's credential, long enough");
+    add(&e, "dbadmin", "security-admin", "dbadmin's credential, long enough");
     e.ok(&["user", "grant", "array1", "--key", "DSET.PRIM.KMIP.**"]);
     e.ok(&["config", "set", "dual-control", "key-destroy"]);
     let server_pki = Pki::new("custos test server CA");
@@ -64,7 +65,7 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     let ca_p = w("ca.pem", &server_pki.ca_pem);
     let cca_p = w("device-ca.pem", &client_pki.ca_pem);
     let mut certs = serde_json::Map::new();
-    for who in ["kadmin", "array1", "array2"] {
+    for who in ["kadmin", "array1", "array2", "dbadmin"] {
         let (c, k, _) = client_pki.issue(&format!("{who}.devices.example"), &[]);
         certs.insert(who.into(), serde_json::json!([w(&format!("{who}.pem"), &c), w(&format!("{who}.key"), &k)]));
     }
@@ -79,6 +80,8 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     for who in ["kadmin", "array1", "array2"] {
         extra.push_str(&format!("[[kmip.clients]]\ncn = \"{who}.devices.example\"\nprincipal = \"{who}\"\n"));
     }
+    // A database's administrator: its keys go to an application of its own.
+    extra.push_str("[[kmip.clients]]\ncn = \"dbadmin.devices.example\"\nprincipal = \"dbadmin\"\napp = \"DBKEYS\"\n");
     let s = Served::start_with(&e, &extra);
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -90,6 +93,8 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     let uid = |k: &str| one["uids"][k].as_str().unwrap().to_string();
     let main = uid("main");
     assert!(main.starts_with("DSET.PRIM.KMIP.key"), "labelled by the naming standard: {one}");
+    assert!(uid("db").starts_with("DSET.PRIM.DBKEYS.key"), "in its client's application: {one}");
+    assert_eq!(one["db_names"], serde_json::json!(["orders-db"]), "{one}");
     let versions: Vec<&str> = one["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(versions, ["2.0", "1.4", "1.3", "1.2", "1.1", "1.0"]);
     for op in ["CREATE", "GET", "LOCATE", "ACTIVATE", "REVOKE", "DESTROY", "GET_ATTRIBUTES", "QUERY"] {

@@ -300,6 +300,11 @@ if phase == "one":
                     block_cipher_mode=enums.BlockCipherMode.CBC))))
     with client("array2") as c:
         out["ungranted_get"] = failure(lambda: c.get(uid))
+    # A client whose keys the server puts in an application of their own.
+    with client("dbadmin") as d:
+        db = d.create(enums.CryptographicAlgorithm.AES, 256, name="orders-db")
+        out["uids"]["db"] = db
+        out["db_names"] = attrs_of(d, db, ["Name"])["Name"]
     # KMIP 2.0, as PyKMIP speaks it: attributes in an Attributes structure.
     with client("kadmin", enums.KMIPVersion.KMIP_2_0) as a:
         v2 = a.create(enums.CryptographicAlgorithm.AES, 192, name="v2-key")
