@@ -807,8 +807,10 @@ impl Kmip {
                     (referenced(r)?.to_string(), None, 0)
                 }
                 (_, None, _) => return Err(fail(REASON_MISSING_DATA, "give the attribute in a New Attribute")),
-                (_, Some(_), Some(c)) if operation != OP_MODIFY_ATTRIBUTE => {
-                    return Err(invalid(format!("a Current Attribute is for Modify and Delete Attribute, not {}", c.0)))
+                (_, Some(_), Some(_)) if operation != OP_MODIFY_ATTRIBUTE => {
+                    return Err(invalid(
+                        "a Current Attribute goes with Modify or Delete Attribute, not with Add or Set Attribute",
+                    ))
                 }
                 (_, Some(n), Some(c)) => {
                     if n.0 != c.0 {
