@@ -145,6 +145,13 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     refused("v2_modify_unknown", "ATTRIBUTE_NOT_FOUND");
     refused("v2_modify_no_current", "MISSING_DATA");
     assert_eq!(one["v2_add"], serde_json::json!({"status": 0, "uid": v2_uid}), "{}", one["v2_add"]);
+    // A Current Attribute has no place in an Add: Invalid Field (7).
+    assert_eq!(
+        one["v2_add_with_current"],
+        serde_json::json!({"status": 1, "reason": 7}),
+        "{}",
+        one["v2_add_with_current"]
+    );
     assert_eq!(one["v2_names"], serde_json::json!(["v2-key-renamed", "v2-second"]), "{}", one["v2_names"]);
     assert_eq!(one["v2_after_delete"], serde_json::json!({"Name": ["v2-second"]}), "{}", one["v2_after_delete"]);
     // Operation Not Supported (5) in a 1.2 message.

@@ -337,6 +337,10 @@ if phase == "one":
             ttlv(0x42013D, 1, [ttlv(0x420053, 1, [ttlv(0x420055, 7, "v2-second"), ttlv(0x420054, 5, 1)])]),
         ]))
         out["v2_add"] = ttlv_result(added)
+        contact = lambda text: ttlv(0x420022, 7, text)
+        out["v2_add_with_current"] = ttlv_result(raw_exchange("kadmin", request(0x0D, [
+            ttlv(0x420094, 7, v2), ttlv(0x42013D, 1, [contact("a")]), ttlv(0x42013C, 1, [contact("b")]),
+        ])))
         out["v2_names"] = attrs_of(a, v2, ["Name"])["Name"]
         a.delete_attribute(
             unique_identifier=v2, current_attribute=cobjects.CurrentAttribute(attribute=name("v2-key-renamed")))
