@@ -208,14 +208,15 @@ impl Config {
                     )));
                 }
             }
+            let app_of = |c: &KmipClient| c.app.clone().unwrap_or_else(|| k.app.clone());
             for c in &k.clients {
-                let other = k.clients.iter().find(|o| o.principal == c.principal && o.app != c.app);
+                let other = k.clients.iter().find(|o| o.principal == c.principal && app_of(o) != app_of(c));
                 if let Some(o) = other {
                     return Err(err(format!(
                         "[[kmip.clients]] gives principal {:?} two applications ({} and {}): one principal's keys go to one application",
                         c.principal,
-                        c.app.as_deref().unwrap_or(&k.app),
-                        o.app.as_deref().unwrap_or(&k.app)
+                        app_of(c),
+                        app_of(o)
                     )));
                 }
             }
@@ -323,6 +324,9 @@ mod tests {
         let clash = "[[kmip.clients]]\ncn = \"db2\"\nprincipal = \"db\"\n";
         let e = load(&format!("{base}{tls}{k}{two}{clash}")).unwrap_err();
         assert!(e.to_string().contains("two applications (DBKEYS and KMIP)"), "{e}");
+        // The default named, and left out: one application, not two.
+        let named = "[[kmip.clients]]\ncn = \"db3\"\nprincipal = \"db\"\napp = \"KMIP\"\n";
+        assert!(load(&format!("{base}{tls}{k}{named}{clash}")).is_ok());
         let e = load(&format!("{base}{tls}{k}[[kmip.clients]]\ncn = \"x\"\nprincipal = \"x\"\napp = \"A.B\"\n"))
             .unwrap_err();
         assert!(e.to_string().contains("cannot be part of a key label"), "{e}");
