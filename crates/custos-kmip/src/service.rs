@@ -526,21 +526,7 @@ impl Kmip {
                 for i in p {
                     match i.tag {
                         ATTRIBUTE_NAME => wanted.push(as_text(i, "an attribute name")?.to_string()),
-                        ATTRIBUTE_REFERENCE => match &i.value {
-                            Value::Enumeration(t) => wanted.push(
-                                attribute_name(*t)
-                                    .ok_or_else(|| {
-                                        invalid(format!("attribute {} is not one this server keeps", tag_name(*t)))
-                                    })?
-                                    .to_string(),
-                            ),
-                            _ => {
-                                return Err(fail(
-                                    REASON_FEATURE_NOT_SUPPORTED,
-                                    "attribute references by name are not supported",
-                                ))
-                            }
-                        },
+                        ATTRIBUTE_REFERENCE => wanted.push(referenced(i)?.to_string()),
                         _ => {}
                     }
                 }
@@ -856,11 +842,16 @@ impl Kmip {
             OP_ADD_ATTRIBUTE => {
                 let single = name != "Name" && !name.starts_with("x-") && !name.starts_with("y-");
                 if single && attributes_of(&key).iter().any(|(n, _)| n == name) {
-                    return Err(fail(0x23, format!("{name} already has a value: use Modify Attribute")));
-                    // single-valued
+                    return Err(fail(
+                        REASON_ATTRIBUTE_SINGLE_VALUED,
+                        format!("{name} already has a value: use Modify Attribute"),
+                    ));
                 }
                 if (name.starts_with("x-") || name.starts_with("y-")) && a.custom.contains_key(name) {
-                    return Err(fail(0x23, format!("{name} already has a value: use Modify Attribute")));
+                    return Err(fail(
+                        REASON_ATTRIBUTE_SINGLE_VALUED,
+                        format!("{name} already has a value: use Modify Attribute"),
+                    ));
                 }
                 apply(&mut a, name, value()?, false)?;
             }
@@ -888,8 +879,10 @@ impl Kmip {
                         n => a.custom.contains_key(n),
                     };
                     if !exists {
-                        return Err(fail(0x21, format!("the key has no {name} to modify: use Add Attribute")));
-                        // Attribute Not Found
+                        return Err(fail(
+                            REASON_ATTRIBUTE_NOT_FOUND,
+                            format!("the key has no {name} to modify: use Add Attribute"),
+                        ));
                     }
                     apply(&mut a, name, value()?, false)?;
                 }
@@ -901,7 +894,7 @@ impl Kmip {
                 "Cryptographic Usage Mask" if a.usage_mask.is_some() => a.usage_mask = None,
                 "Contact Information" if a.contact.is_some() => a.contact = None,
                 n if a.custom.remove(n).is_some() => {}
-                _ => return Err(fail(0x21, format!("the key has no {name} at index {index}"))),
+                _ => return Err(fail(REASON_ATTRIBUTE_NOT_FOUND, format!("the key has no {name} at index {index}"))),
             },
         }
         let op = Operation::KeySetAttributes { label: label.clone(), attributes: a };
@@ -1089,7 +1082,7 @@ fn referenced(r: &Item) -> R<&'static str> {
                 Some(v) if !v.is_empty() => {
                     Err(invalid(format!("attribute {name} of vendor {v:?} is not one this server keeps")))
                 }
-                _ => kept(ATTRIBUTE_TAGS.iter().find(|(n, _)| *n == name).map(|(n, _)| *n), format!("{name:?}")),
+                _ => kept(attribute_tag(name).and_then(attribute_name), format!("{name:?}")),
             }
         }
         _ => Err(invalid("an Attribute Reference is an attribute's tag or a structure that names it")),
