@@ -128,7 +128,20 @@ impl<S: VaultState> Vault<S> {
     /// transaction (group commit).
     pub fn audit_append(&self, principal: &str, action: &str, object: &str, result: &str) -> Result<AuditRow> {
         let row = new_row(principal, action, object, result);
-        self.journal_write(Some(row), None).map(|r| r.expect("an entry was appended"))
+        self.journal_write(Some(row), None, true).map(|r| r.expect("an entry was appended"))
+    }
+
+    /// Append one entry to the catalog's log, in order, without waiting
+    /// for the disk: the caller's next durable write (an [`audit_append`]
+    /// of the outcome) makes it durable, and a crash before that loses it
+    /// only with everything written after it. For an operation's intent
+    /// when everything the operation does is a catalog write
+    /// (`custos_repo::with_sync`).
+    ///
+    /// [`audit_append`]: Vault::audit_append
+    pub fn audit_append_written(&self, principal: &str, action: &str, object: &str, result: &str) -> Result<AuditRow> {
+        let row = new_row(principal, action, object, result);
+        self.journal_write(Some(row), None, false).map(|r| r.expect("an entry was appended"))
     }
 
     /// Count one use of a key in the next group commit, without waiting
@@ -138,19 +151,32 @@ impl<S: VaultState> Vault<S> {
         let mut st = self.journal.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = st.next;
         st.next += 1;
-        st.pending.push(Pending { ticket, row: None, key_use: Some(label.clone()), waits: false, then: None });
+        st.pending.push(Pending {
+            ticket,
+            row: None,
+            key_use: Some(label.clone()),
+            waits: false,
+            durable: false,
+            then: None,
+        });
         Ok(())
     }
 
-    /// Queue an entry or a key use and wait until it is durable. The first
-    /// waiter with nobody writing becomes the writer: it takes everything
-    /// queued so far, writes it in one transaction, and wakes the others.
-    fn journal_write(&self, row: Option<AuditRow>, key_use: Option<KeyLabel>) -> Result<Option<AuditRow>> {
+    /// Queue an entry or a key use and wait until it is written (and
+    /// durable, when `durable`). The first waiter with nobody writing
+    /// becomes the writer: it takes everything queued so far, writes it in
+    /// one transaction, and wakes the others.
+    fn journal_write(
+        &self,
+        row: Option<AuditRow>,
+        key_use: Option<KeyLabel>,
+        durable: bool,
+    ) -> Result<Option<AuditRow>> {
         let j = &self.journal;
         let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = st.next;
         st.next += 1;
-        st.pending.push(Pending { ticket, row, key_use, waits: true, then: None });
+        st.pending.push(Pending { ticket, row, key_use, waits: true, durable, then: None });
         loop {
             if let Some(r) = st.done.remove(&ticket) {
                 return r.map_err(|why| Error::Invalid { what: "audit log", why });
@@ -182,7 +208,14 @@ impl<S: VaultState> Vault<S> {
         let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = st.next;
         st.next += 1;
-        st.pending.push(Pending { ticket, row: Some(row), key_use: None, waits: false, then: Some(then) });
+        st.pending.push(Pending {
+            ticket,
+            row: Some(row),
+            key_use: None,
+            waits: false,
+            durable: true,
+            then: Some(then),
+        });
         drop(st);
         j.writer_wake.notify_one();
     }
@@ -571,6 +604,10 @@ struct Pending {
     key_use: Option<KeyLabel>,
     /// Whether someone waits for this one's result.
     waits: bool,
+    /// Whether its result may be handed out only once it is durable (an
+    /// intent written ahead of its operation's catalog writes need not
+    /// be: the durable outcome after them covers it).
+    durable: bool,
     /// Called with the result once written (outside the lock).
     then: Option<Then>,
 }
@@ -592,7 +629,11 @@ impl Journal {
         let rows: Vec<AuditRow> = batch.iter().filter_map(|p| p.row.clone()).map(|r| AuditRow { keyed, ..r }).collect();
         let uses: Vec<KeyLabel> = batch.iter().filter_map(|p| p.key_use.clone()).collect();
         let key = signer.as_ref().map(|s| &s.key);
-        let written = repo.append_audit_batch(&rows, &|prev, r| link(key, prev, r), &uses);
+        // The batch waits for the disk when anything in it must be durable,
+        // whatever the thread that happens to write it was doing.
+        let durable = batch.iter().any(|p| p.durable);
+        let written =
+            custos_repo::with_sync(durable, || repo.append_audit_batch(&rows, &|prev, r| link(key, prev, r), &uses));
         if let (Some(s), Ok(out)) = (&signer, &written) {
             s.advanced(out.last(), false);
         }

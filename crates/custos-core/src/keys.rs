@@ -145,6 +145,14 @@ impl<S: VaultState> Vault<S> {
                 why: format!("{wait:#} is shorter than the policy's minimum of {min:#} (setting key.destroy.min-wait)"),
             });
         }
+        if wait.is_zero() {
+            // No waiting period: destroyed now, in one write, by this
+            // command (whose own audit entry records it).
+            // (Without crypto-erase, a key anything still needs is refused.)
+            let users = if crypto_erase { self.needing_key(label)? } else { Vec::new() };
+            let rec = self.key_action(label, KeyAction::Destroy, crypto_erase)?;
+            return Ok((rec.destroyed_at.unwrap_or_else(Timestamp::now), users));
+        }
         let users = self.check_destroy(label, crypto_erase)?;
         let at = Timestamp::now() + wait;
         self.repo.set_destroy_after(label, Some(at))?;

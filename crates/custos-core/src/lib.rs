@@ -50,7 +50,9 @@ pub use custos_hsm::files::{
     seal_share, share_confirmation, CustodianIdentity, FileError, KeyPartFile, SealedShareFile, ShareFile,
     MIN_CUSTODIAN_PASSPHRASE_CHARS,
 };
-pub use custos_repo::{AuditCheckpoint, AuditRow, CatalogCheck, Idempotency, RepoError, RequestRow, RowFault};
+pub use custos_repo::{
+    with_sync, AuditCheckpoint, AuditRow, CatalogCheck, Idempotency, RepoError, RequestRow, RowFault,
+};
 pub use custos_store::StoreError;
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};
 pub use error::{ChunkProblem, Error, Result};

@@ -496,6 +496,14 @@ impl<S: VaultState> Vault<S> {
 
     /// A sealed handle on the same vault (catalog and volumes, no HSM):
     /// for work that needs no key while this handle stays open.
+    /// Let the catalog take a destroyed key's wrapped material out of its
+    /// write-ahead log up to `lag` after the destruction, one checkpoint
+    /// serving every destruction in between (a server, whose catalog stays
+    /// open; see `Repository::set_erase_lag`).
+    pub fn set_erase_lag(&self, lag: std::time::Duration) {
+        self.repo.set_erase_lag(lag);
+    }
+
     pub fn sealed_view(&self) -> Vault<Sealed> {
         Vault {
             dir: self.dir.clone(),

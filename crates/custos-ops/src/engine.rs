@@ -19,6 +19,12 @@ use crate::operation::{NewCredential, Operation};
 use crate::reply::Reply;
 use crate::requests::{self, RequestView};
 use crate::rights;
+
+/// How long after a key's destruction a server's catalog may still hold
+/// its wrapped material in the write-ahead log (the answer does not wait
+/// for the checkpoint; destructions within it share one). A command run
+/// on its own checkpoints before it answers.
+pub const ERASE_LAG: std::time::Duration = std::time::Duration::from_millis(100);
 use crate::SecretText;
 
 /// How the engine is deployed.
@@ -123,8 +129,11 @@ impl Engine {
         }
     }
 
-    /// An engine that owns an opened vault (the server).
+    /// An engine that owns an opened vault (the server). Its catalog takes
+    /// destroyed keys' wrapped material out of the write-ahead log within
+    /// [`ERASE_LAG`] of each destruction, one checkpoint for all of them.
     pub fn server(open: Vault<Open>, passphrase: Option<Passphrase>) -> Self {
+        open.set_erase_lag(ERASE_LAG);
         let vault = open.sealed_view();
         let cell = OnceLock::new();
         let _ = cell.set(open);
@@ -445,17 +454,28 @@ impl Engine {
         // dies or a pipe that closes never loses the record of an attempt
         // (unless the outcome alone records it completely: see
         // `Operation::audited_once`).
-        if !op.audited_once() {
+        // Where everything the operation does is a catalog write, the
+        // intent and those writes need not each wait for the disk: the
+        // durable outcome below covers them (`Operation::effects_in_catalog`).
+        let in_catalog = op.effects_in_catalog();
+        if in_catalog {
+            self.vault.audit_append_written(&who_name, action, &object, "intent").map_err(|e| {
+                Error::from(custos_core::Error::Invalid {
+                    what: "audit log",
+                    why: format!("its entry for {action} (intent) could not be written: {e}; nothing was done"),
+                })
+            })?;
+        } else if !op.audited_once() {
             audit("intent")?;
         }
         let decides = matches!(
             op,
             Operation::RequestApprove { .. } | Operation::RequestDeny { .. } | Operation::RequestWithdraw { .. }
         );
-        let result = match op {
+        let result = custos_core::with_sync(!in_catalog, || match op {
             Operation::RequestApprove { id, shares } => self.approve(who, id, shares, &mut io),
             op => crate::run::run(self, who, op, &mut io),
-        };
+        });
         if decides {
             self.forget_stale_contributions();
         }

@@ -806,6 +806,28 @@ impl Operation {
         Some(op)
     }
 
+    /// Whether everything it does is a write or a read of the catalog,
+    /// and nothing of it leaves before its outcome is audited: key
+    /// creation, import, lifecycle, attributes, destruction, and reading
+    /// keys. Its intent and its writes then go to the catalog's log in
+    /// order without each waiting for the disk, and the durable outcome
+    /// after them makes them all durable at once: a crash before it loses
+    /// the intent only with everything the operation did.
+    pub fn effects_in_catalog(&self) -> bool {
+        matches!(
+            self,
+            Operation::KeyCreate { .. }
+                | Operation::KeyImport { .. }
+                | Operation::KeyLifecycle { .. }
+                | Operation::KeyRevoke { .. }
+                | Operation::KeySetAttributes { .. }
+                | Operation::KeyDestroy { .. }
+                | Operation::KeyCancelDestroy { .. }
+                | Operation::KeyShow { .. }
+                | Operation::KeyList { .. }
+        )
+    }
+
     /// Whether one audit entry, written durably after it runs and before
     /// its answer leaves, records it completely: it changes nothing that
     /// matters if it is cut off (a use count), and nothing of its result

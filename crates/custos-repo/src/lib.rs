@@ -23,7 +23,6 @@ pub use pg::PgRepository;
 pub use rowauth::{row_message, Col};
 pub use sqlite::SqliteRepository;
 
-/// The race [`Repository::update_key`] reports.
 /// A key's attributes as the keys table stores them: JSON, or NULL when
 /// there are none. The same record always gives the same text (a row's
 /// MAC covers it).
@@ -39,6 +38,7 @@ pub(crate) fn key_attributes_from(text: Option<&str>) -> std::result::Result<cus
     }
 }
 
+/// The race [`Repository::update_key`] reports.
 pub(crate) fn key_raced(label: &KeyLabel) -> RepoError {
     RepoError::Raced {
         what: format!("key {label}"),
@@ -47,6 +47,37 @@ pub(crate) fn key_raced(label: &KeyLabel) -> RepoError {
 }
 
 pub type Result<T> = std::result::Result<T, RepoError>;
+
+thread_local! {
+    /// Whether commits made on this thread return before they are durable
+    /// (see [`with_sync`]).
+    static UNSYNCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with this thread's commits waiting for the disk (`wait`, the
+/// default) or not. A commit that does not wait is written to the
+/// catalog's log in order but may be lost to a crash until a later commit
+/// that waits is durable, which makes it durable too (both backends' logs
+/// are sequential: SQLite's write-ahead log, PostgreSQL's WAL). The
+/// caller of `with_sync(false, ..)` must make such a commit durable
+/// before it acknowledges anything that depends on what `f` wrote (the
+/// engine's audited outcome of an operation does). Restored when `f`
+/// returns or unwinds; nested calls set it for their own extent.
+pub fn with_sync<T>(wait: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            UNSYNCED.with(|u| u.set(self.0));
+        }
+    }
+    let _restore = Restore(UNSYNCED.with(|u| u.replace(!wait)));
+    f()
+}
+
+/// Whether commits on this thread may return before they are durable.
+pub(crate) fn unsynced() -> bool {
+    UNSYNCED.with(|u| u.get())
+}
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -325,6 +356,14 @@ pub trait Repository: Send + Sync {
     /// changed it first, and writing would undo that. Its use count and
     /// last use belong to [`Repository::record_key_use`] and are left alone.
     fn update_key(&self, rec: &KeyRecord, was: &KeyRecord) -> Result<()>;
+    /// Let the erasure that follows an [`update_key`](Repository::update_key)
+    /// which drops key material (taking it out of the backend's own log)
+    /// happen up to `lag` later, one pass serving every erasure in between:
+    /// for a long-running server, whose repository stays open. Zero (the
+    /// default) erases before `update_key` returns; a repository closed
+    /// meanwhile erases as it closes. A backend whose log it cannot erase
+    /// ignores it.
+    fn set_erase_lag(&self, _lag: std::time::Duration) {}
     /// Count one use of a key now.
     fn record_key_use(&self, label: &KeyLabel) -> Result<()>;
     /// Count one use of each label (a label may repeat), in one transaction.

@@ -1017,6 +1017,11 @@ impl PgRepository {
         }
         let out = (|| {
             let mut db = c.db();
+            if crate::unsynced() {
+                // Written to the WAL in order; the caller's next durable
+                // commit flushes it (crate::with_sync).
+                db.execute("SET LOCAL synchronous_commit TO OFF", &[]).map_err(pg(action))?;
+            }
             if let Some(l) = lock {
                 db.execute("SELECT pg_advisory_xact_lock($1)", &[&l]).map_err(pg(action))?;
             }

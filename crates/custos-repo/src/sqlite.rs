@@ -396,7 +396,9 @@ const MIGRATIONS: &[&str] = &[
 /// connections beside it (WAL lets them read while a write commits), so a
 /// lookup never waits behind another caller's fsync.
 pub struct SqliteRepository {
-    conn: Mutex<Connection>,
+    conn: std::sync::Arc<Mutex<Connection>>,
+    /// Takes erased key material out of the write-ahead log.
+    eraser: std::sync::Arc<Eraser>,
     /// Makes commits durable, for a database in a file.
     durable: Option<GroupSync>,
     /// The database file, for opening readers (`None` in memory: reads go
@@ -439,6 +441,16 @@ impl Drop for SqliteRepository {
     /// it (a read-only connection closing last could not), and a clean exit
     /// leaves the catalog in one file, as before readers existed.
     fn drop(&mut self) {
+        // An erasure still waiting for its lag is done now: a command that
+        // destroyed a key does not leave its material behind as it exits.
+        {
+            let mut st = self.eraser.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.closed = true;
+            if st.due {
+                let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = truncate_log(&conn);
+            }
+        }
         self.readers.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
         self.session.get_mut().unwrap_or_else(|p| p.into_inner()).take();
     }
@@ -502,6 +514,42 @@ impl GroupSync {
     }
 }
 
+/// Erasures of key material waiting for the write-ahead log to be
+/// truncated (see [`SqliteRepository::erase_log`]).
+#[derive(Default)]
+struct Eraser {
+    /// How long an erasure may wait for its checkpoint, in microseconds
+    /// (0: the erasing command checkpoints before it returns).
+    lag_us: std::sync::atomic::AtomicU64,
+    state: Mutex<EraseState>,
+    wake: std::sync::Condvar,
+    thread: std::sync::OnceLock<()>,
+}
+
+#[derive(Default)]
+struct EraseState {
+    /// The writer's change count up to which the log was truncated.
+    erased: u64,
+    /// Whether an erasure waits for the eraser thread's checkpoint.
+    due: bool,
+    /// Whether the repository closed (the thread ends).
+    closed: bool,
+}
+
+impl Eraser {
+    fn lag(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.lag_us.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Checkpoint the whole write-ahead log into the database file and
+/// truncate it; false when readers kept it from finishing.
+fn truncate_log(conn: &Connection) -> Result<bool> {
+    conn.query_row_c("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
+        .map(|busy| busy == 0)
+        .map_err(db("checkpoint after erasing key material"))
+}
+
 /// The writer connection, held. Dropped, it lets go of the connection and
 /// then, if the holder changed anything, waits until the log is durable up
 /// to its changes. A log that cannot be made durable stops the process:
@@ -535,6 +583,10 @@ impl Drop for Writer<'_> {
         let Some(sync) = self.sync.filter(|_| now != self.changes) else { return };
         sync.written.fetch_max(now, std::sync::atomic::Ordering::Release);
         drop(guard);
+        if crate::unsynced() {
+            // In the log, in order: the caller's next durable commit covers it.
+            return;
+        }
         if let Err(e) = sync.reach(now) {
             eprintln!(
                 "custos: the catalog's write-ahead log {} could not be made durable ({e}); stopping before anything else is acknowledged. Check the disk, then run the command again: the catalog recovers to its last durable state",
@@ -809,7 +861,8 @@ impl SqliteRepository {
         crate::rowauth::register(&conn, &rows).map_err(db("register the row functions"))?;
         conn.execute_batch(&rows.triggers()).map_err(db("make the row triggers"))?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: std::sync::Arc::new(Mutex::new(conn)),
+            eraser: Default::default(),
             durable: None,
             path: None,
             readers: Mutex::new(Vec::new()),
@@ -843,6 +896,76 @@ impl SqliteRepository {
         let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let changes = guard.total_changes();
         Writer { guard: Some(guard), sync: self.durable.as_ref(), changes }
+    }
+
+    /// Copy the write-ahead log into the database file and truncate it,
+    /// once everything this process committed before the call is in the
+    /// file: material a commit erased then lingers in neither (the file's
+    /// freed cells are zeroed, `secure_delete`). Callers that commit while
+    /// another waits for its checkpoint share the next one, as commits
+    /// share an `fsync`. With a lag set ([`Repository::set_erase_lag`]),
+    /// the checkpoint is left to the repository's eraser thread, which
+    /// runs it that long after the first erasure it has not covered (one
+    /// checkpoint for every erasure in between), and this returns at once;
+    /// a repository closed meanwhile runs it as it closes. A checkpoint
+    /// that readers keep from finishing (the busy timeout passed) is left
+    /// to the next erasure (with a lag: tried again after it).
+    fn erase_log(&self) -> Result<()> {
+        let Some(sync) = &self.durable else {
+            truncate_log(&self.conn())?;
+            return Ok(());
+        };
+        let lag = self.eraser.lag();
+        let mut st = self.eraser.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !lag.is_zero() {
+            st.due = true;
+            drop(st);
+            self.start_eraser();
+            self.eraser.wake.notify_one();
+            return Ok(());
+        }
+        let upto = sync.written.load(std::sync::atomic::Ordering::Acquire);
+        if st.erased >= upto {
+            // A checkpoint begun after this caller's commit covered it.
+            return Ok(());
+        }
+        let conn = self.conn();
+        let covers = conn.total_changes();
+        if truncate_log(&conn)? {
+            st.erased = covers;
+        }
+        Ok(())
+    }
+
+    /// Start the eraser thread (once per repository). It holds the writer
+    /// connection only while it checkpoints, and ends when the repository
+    /// closes.
+    fn start_eraser(&self) {
+        self.eraser.thread.get_or_init(|| {
+            let (eraser, conn) = (self.eraser.clone(), std::sync::Arc::downgrade(&self.conn));
+            let _ = std::thread::Builder::new().name("custos-eraser".into()).spawn(move || loop {
+                let st = eraser.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.closed {
+                    return;
+                }
+                if !st.due {
+                    let _ = eraser.wake.wait_timeout(st, std::time::Duration::from_secs(1));
+                    continue;
+                }
+                drop(st);
+                // Erasures within the lag share this checkpoint.
+                std::thread::sleep(eraser.lag());
+                let mut st = eraser.state.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(conn) = conn.upgrade().filter(|_| !st.closed) else { return };
+                let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                let covers = c.total_changes();
+                st.due = false;
+                match truncate_log(&c) {
+                    Ok(true) => st.erased = covers,
+                    _ => st.due = true,
+                }
+            });
+        });
     }
 
     /// A connection for one read outside any transaction of the writer's.
@@ -1638,6 +1761,11 @@ impl Repository for SqliteRepository {
         )
     }
 
+    fn set_erase_lag(&self, lag: std::time::Duration) {
+        let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        self.eraser.lag_us.store(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn update_key(&self, k: &KeyRecord, was: &KeyRecord) -> Result<()> {
         let mut conn = self.conn();
         let tx =
@@ -1680,9 +1808,7 @@ impl Repository for SqliteRepository {
         }
         if k.wrapped.is_none() || k.escrow.is_none() {
             // Erased material must not linger in the write-ahead log either.
-            self.conn()
-                .query_row_c("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(db("checkpoint after erasing key material"))?;
+            self.erase_log()?;
         }
         Ok(())
     }
@@ -3355,6 +3481,101 @@ mod tests {
             assert_eq!(repo.setting(&format!("t{t}.39")).unwrap().as_deref(), Some("x"));
         }
         eprintln!("320 writes from 8 threads took {n} syncs of the log");
+    }
+
+    /// Commits made under `with_sync(false, ..)` return without a sync;
+    /// the next durable commit covers them (one sync for both).
+    #[test]
+    fn unsynced_writes_are_covered_by_the_next_durable_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = SqliteRepository::open(&dir.path().join("custos.db")).unwrap();
+        let g = repo.durable.as_ref().unwrap();
+        let covered = || g.synced.lock().unwrap().0;
+        let written = || g.written.load(std::sync::atomic::Ordering::Acquire);
+        let syncs = || g.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+        repo.set_setting("zero", "0").unwrap();
+        let before = syncs();
+        crate::with_sync(false, || {
+            repo.set_setting("one", "1").unwrap();
+            // A nested scope that asks for the disk gets it.
+            crate::with_sync(true, || repo.set_setting("two", "2").unwrap());
+            assert!(covered() >= written() && syncs() == before + 1, "the nested durable write synced");
+            repo.set_setting("three", "3").unwrap();
+        });
+        assert!(covered() < written(), "an unsynced write waited for the disk");
+        assert_eq!(syncs(), before + 1);
+        assert!(!crate::unsynced(), "the scope ended");
+        repo.set_setting("four", "4").unwrap();
+        assert!(covered() >= written(), "the durable write covers the unsynced one before it");
+        assert_eq!(syncs(), before + 2);
+    }
+
+    /// With a lag, a destroyed key's material leaves the database file and
+    /// its log within the lag (the eraser thread's checkpoint), not before
+    /// the call returns; and a repository closed before then erases it as
+    /// it closes, even with another connection keeping the log open.
+    #[test]
+    fn erased_material_leaves_the_log_after_the_lag_or_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("custos.db");
+        let holds = |bytes: &[u8]| {
+            ["custos.db", "custos.db-wal"]
+                .iter()
+                .any(|f| std::fs::read(dir.path().join(f)).is_ok_and(|b| b.windows(bytes.len()).any(|w| w == bytes)))
+        };
+        let other = SqliteRepository::open(&p).unwrap();
+        for (n, lag) in [(1u8, std::time::Duration::from_millis(300)), (2, std::time::Duration::from_secs(3600))] {
+            let repo = SqliteRepository::open(&p).unwrap();
+            repo.set_erase_lag(lag);
+            let material = vec![0xA0 + n; 48];
+            let k = KeyRecord {
+                label: KeyLabel::new(format!("ERASE.KEY{n}")).unwrap(),
+                state: custos_model::KeyState::Inactive,
+                purpose: custos_model::Purpose::Prim,
+                app: "ERASE".into(),
+                wrapped: Some(custos_model::WrappedMaterial(material.clone())),
+                mkvp: custos_crypto::Mkvp([1; 8]),
+                kcv: custos_crypto::Kcv([2; 5]),
+                created_at: Timestamp::now(),
+                activated_at: None,
+                deactivated_at: None,
+                destroyed_at: None,
+                expires_at: None,
+                last_used_at: None,
+                use_count: 0,
+                escrow: None,
+                attributes: Default::default(),
+            };
+            repo.insert_key(&k).unwrap();
+            assert!(holds(&material), "the material was written");
+            let gone = KeyRecord {
+                state: custos_model::KeyState::Destroyed,
+                wrapped: None,
+                destroyed_at: Some(Timestamp::now()),
+                ..k.clone()
+            };
+            repo.update_key(&gone, &k).unwrap();
+            assert!(holds(&material), "erased before the lag passed");
+            if n == 1 {
+                let t = std::time::Instant::now();
+                while holds(&material) {
+                    assert!(
+                        t.elapsed() < std::time::Duration::from_secs(10),
+                        "still in the catalog's files after 10 s"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                assert!(
+                    t.elapsed() >= std::time::Duration::from_millis(250),
+                    "erased before the lag: {:?}",
+                    t.elapsed()
+                );
+            } else {
+                drop(repo);
+                assert!(!holds(&material), "a repository closed within the lag left the material behind");
+            }
+            assert!(other.key(&k.label).unwrap().unwrap().wrapped.is_none());
+        }
     }
 
     #[test]

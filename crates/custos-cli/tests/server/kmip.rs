@@ -269,9 +269,37 @@ fn pykmip_manages_custos_keys_over_mutual_tls() {
     let reqs: serde_json::Value = serde_json::from_str(&s.ok("ops", OPS_CRED, &["--json", "request", "ls"])).unwrap();
     let destroys: Vec<_> = reqs.as_array().unwrap().iter().filter(|r| r["action"] == "key-destroy").collect();
     assert_eq!(destroys.len(), 2, "{reqs}");
+    // The doomed keys' wrapped material, to look for in the catalog's files
+    // once they are destroyed.
+    let material: Vec<Vec<u8>> = ["doomed", "doomed2"]
+        .iter()
+        .map(|n| {
+            let db = rusqlite::Connection::open_with_flags(
+                e.vault.join("custos.db"),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            db.query_row("SELECT wrapped FROM keys WHERE label = ?1", [uid(n)], |r| r.get(0)).unwrap()
+        })
+        .collect();
     for req in destroys {
         assert_eq!(req["requested_by"], "kadmin");
         s.ok("approver", APPROVER, &["request", "approve", &req["id"].to_string()]);
+    }
+    // The answers did not wait for it, but the server's catalog takes the
+    // material out of its write-ahead log within the erase lag (0.1 s).
+    let t = Instant::now();
+    let held = |m: &[u8]| {
+        ["custos.db", "custos.db-wal"]
+            .iter()
+            .any(|f| std::fs::read(e.vault.join(f)).is_ok_and(|b| b.windows(m.len()).any(|w| w == m)))
+    };
+    for m in &material {
+        assert!(m.len() >= 32, "wrapped material of {} bytes", m.len());
+        while held(m) {
+            assert!(t.elapsed() < Duration::from_secs(5), "a destroyed key's material is still in the catalog's files");
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     // In a keystore backup, and through a master key change.
