@@ -166,15 +166,10 @@ impl<S: VaultState> Vault<S> {
         let mut out: Vec<String> =
             self.repo.datasets_using_key(label)?.into_iter().map(|d| format!("dataset {d}")).collect();
         // A plaintext copy records its source's key but needs none.
-        for b in self
-            .repo
-            .backups()?
-            .into_iter()
-            .filter(|b| b.key_label == *label && b.method != custos_model::CopyMethod::Plaintext)
-        {
+        for b in self.repo.key_backups(label)?.into_iter().filter(|b| b.method != custos_model::CopyMethod::Plaintext) {
             out.push(format!("backup {} ({} copy of {})", b.id, b.method.as_str(), b.dataset));
         }
-        for sn in self.repo.snapshots()?.into_iter().filter(|x| x.key_label == *label) {
+        for sn in self.repo.key_snapshots(label)? {
             out.push(format!("snapshot {} of {}", sn.id, sn.dataset));
         }
         Ok(out)

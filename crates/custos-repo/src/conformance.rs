@@ -484,6 +484,10 @@ pub fn run(repo: &dyn Repository) {
         [(b1, CopyMethod::Logical), (b2, CopyMethod::Raw)]
     );
     assert_eq!((all[0].copy_id, all[0].created_at, all[0].manifest_hash), (b.copy_id, b.created_at, b.manifest_hash));
+    // By the key they are sealed under.
+    let of_key = |l: &KeyLabel| repo.key_backups(l).unwrap().iter().map(|x| x.id).collect::<Vec<_>>();
+    assert_eq!(of_key(&b.key_label), [b1, b2]);
+    assert!(of_key(&KeyLabel::new("NO.SUCH.KEY").unwrap()).is_empty());
     // A page at a time, and one by id.
     let ids = |v: Vec<BackupRecord>| v.iter().map(|x| x.id).collect::<Vec<_>>();
     assert_eq!(ids(repo.backups_after(0, 1).unwrap()), [b1]);
@@ -772,6 +776,8 @@ pub fn run(repo: &dyn Repository) {
     let garbage = repo.commit_generation(&g2).unwrap();
     assert!(garbage.chunks.is_empty() && garbage.manifests.is_empty(), "the snapshot pins generation 1: {garbage:?}");
     assert_eq!(repo.snapshots().unwrap().len(), 1);
+    assert_eq!(repo.key_snapshots(&snap.key_label).unwrap().iter().map(|x| x.id).collect::<Vec<_>>(), [snap.id]);
+    assert!(repo.key_snapshots(&KeyLabel::new("NO.SUCH.KEY").unwrap()).unwrap().is_empty());
     assert_eq!(repo.snapshots_after(0, 1).unwrap()[0].id, snap.id);
     assert!(repo.snapshots_after(snap.id, 1).unwrap().is_empty());
     assert_eq!(repo.snapshot(snap.id).unwrap().map(|x| x.generation), Some(1));

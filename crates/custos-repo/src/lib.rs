@@ -444,6 +444,11 @@ pub trait Repository: Send + Sync {
     /// Up to `limit` backups with ids greater than `after`, by id (a page:
     /// the next starts after its last).
     fn backups_after(&self, after: u64, limit: u32) -> Result<Vec<BackupRecord>>;
+    /// The backups sealed under key `label` (the key they record), oldest
+    /// first: what a destruction of that key would make unreadable.
+    fn key_backups(&self, label: &KeyLabel) -> Result<Vec<BackupRecord>> {
+        Ok(self.backups()?.into_iter().filter(|b| b.key_label == *label).collect())
+    }
     /// The backups of the dataset named `name` (of every dataset that had
     /// that name), oldest first.
     fn dataset_backups(&self, name: &DatasetName) -> Result<Vec<BackupRecord>>;
@@ -473,6 +478,10 @@ pub trait Repository: Send + Sync {
     }
     /// Up to `limit` snapshots with ids greater than `after`, by id.
     fn snapshots_after(&self, after: u64, limit: u32) -> Result<Vec<SnapshotRecord>>;
+    /// The snapshots sealed under key `label`, oldest first.
+    fn key_snapshots(&self, label: &KeyLabel) -> Result<Vec<SnapshotRecord>> {
+        Ok(self.snapshots()?.into_iter().filter(|s| s.key_label == *label).collect())
+    }
     /// One snapshot by id.
     fn snapshot(&self, id: u64) -> Result<Option<SnapshotRecord>> {
         let Some(before) = id.checked_sub(1) else { return Ok(None) };

@@ -1195,6 +1195,30 @@ const DATASET_SELECT: &str = "SELECT d.id, d.name, d.created_at, g.generation, g
 const BACKUP_SELECT: &str = "SELECT id, dataset, dataset_id, source_generation, method, volume, key_label, copy_id, generation, size,
     chunk_size, chunk_count, manifest_hash, created_at, checked_at, checked_data, check_problem, @ok(backups) FROM backups";
 
+const SNAPSHOT_SELECT: &str =
+    "SELECT id, dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash,
+    created_at, checked_at, checked_data, check_problem, @ok(snapshots) FROM snapshots";
+
+fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRecord> {
+    let name: String = r.get(1)?;
+    let volume: String = r.get(4)?;
+    let key: String = r.get(5)?;
+    let hash: Vec<u8> = r.get(8)?;
+    Ok(SnapshotRecord {
+        id: r.get::<_, i64>(0)? as u64,
+        dataset: DatasetName::new(name).map_err(|e| corrupt(e.to_string()))?,
+        dataset_id: DatasetId(id16(r.get(2)?)?),
+        generation: r.get::<_, i64>(3)? as u64,
+        volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
+        key_label: KeyLabel::new(key).map_err(|e| corrupt(e.to_string()))?,
+        size: r.get::<_, i64>(6)? as u64,
+        chunk_count: r.get::<_, i64>(7)? as u64,
+        manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
+        created_at: from_ts(r.get(9)?)?,
+        checked: check_from(r.get(10)?, r.get(11)?, r.get(12)?)?,
+    })
+}
+
 fn backup_from_row(r: &Row) -> rusqlite::Result<BackupRecord> {
     let name: String = r.get(1)?;
     let method: String = r.get(4)?;
@@ -1988,6 +2012,15 @@ impl Repository for SqliteRepository {
         )
     }
 
+    fn key_backups(&self, label: &KeyLabel) -> Result<Vec<BackupRecord>> {
+        self.query_all(
+            "list a key's backups",
+            &format!("{BACKUP_SELECT} WHERE key_label = ?1 ORDER BY id"),
+            [label.as_str()],
+            backup_from_row,
+        )
+    }
+
     fn dataset_backups(&self, name: &DatasetName) -> Result<Vec<BackupRecord>> {
         self.query_all(
             "list a dataset's backups",
@@ -2129,29 +2162,18 @@ impl Repository for SqliteRepository {
     fn snapshots_after(&self, after: u64, limit: u32) -> Result<Vec<SnapshotRecord>> {
         self.query_all(
             "list snapshots",
-            "SELECT id, dataset, dataset_id, generation, volume, key_label, size, chunk_count, manifest_hash, created_at,
-                 checked_at, checked_data, check_problem, @ok(snapshots)
-             FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2",
+            &format!("{SNAPSHOT_SELECT} WHERE id > ?1 ORDER BY id LIMIT ?2"),
             params![after.min(i64::MAX as u64) as i64, i64::from(limit)],
-            |r| {
-                let name: String = r.get(1)?;
-                let volume: String = r.get(4)?;
-                let key: String = r.get(5)?;
-                let hash: Vec<u8> = r.get(8)?;
-                Ok(SnapshotRecord {
-                    id: r.get::<_, i64>(0)? as u64,
-                    dataset: DatasetName::new(name).map_err(|e| corrupt(e.to_string()))?,
-                    dataset_id: DatasetId(id16(r.get(2)?)?),
-                    generation: r.get::<_, i64>(3)? as u64,
-                    volume: VolumeName::new(volume).map_err(|e| corrupt(e.to_string()))?,
-                    key_label: KeyLabel::new(key).map_err(|e| corrupt(e.to_string()))?,
-                    size: r.get::<_, i64>(6)? as u64,
-                    chunk_count: r.get::<_, i64>(7)? as u64,
-                    manifest_hash: hash.try_into().map_err(|_| corrupt("manifest hash"))?,
-                    created_at: from_ts(r.get(9)?)?,
-                    checked: check_from(r.get(10)?, r.get(11)?, r.get(12)?)?,
-                })
-            },
+            snapshot_from_row,
+        )
+    }
+
+    fn key_snapshots(&self, label: &KeyLabel) -> Result<Vec<SnapshotRecord>> {
+        self.query_all(
+            "list a key's snapshots",
+            &format!("{SNAPSHOT_SELECT} WHERE key_label = ?1 ORDER BY id"),
+            [label.as_str()],
+            snapshot_from_row,
         )
     }
 
