@@ -494,8 +494,6 @@ impl<S: VaultState> Vault<S> {
         self.repo.remote()
     }
 
-    /// A sealed handle on the same vault (catalog and volumes, no HSM):
-    /// for work that needs no key while this handle stays open.
     /// Let the catalog take a destroyed key's wrapped material out of its
     /// write-ahead log up to `lag` after the destruction, one checkpoint
     /// serving every destruction in between (a server, whose catalog stays
@@ -504,6 +502,8 @@ impl<S: VaultState> Vault<S> {
         self.repo.set_erase_lag(lag);
     }
 
+    /// A sealed handle on the same vault (catalog and volumes, no HSM):
+    /// for work that needs no key while this handle stays open.
     pub fn sealed_view(&self) -> Vault<Sealed> {
         Vault {
             dir: self.dir.clone(),

@@ -19,13 +19,13 @@ use crate::operation::{NewCredential, Operation};
 use crate::reply::Reply;
 use crate::requests::{self, RequestView};
 use crate::rights;
+use crate::SecretText;
 
 /// How long after a key's destruction a server's catalog may still hold
 /// its wrapped material in the write-ahead log (the answer does not wait
 /// for the checkpoint; destructions within it share one). A command run
 /// on its own checkpoints before it answers.
 pub const ERASE_LAG: std::time::Duration = std::time::Duration::from_millis(100);
-use crate::SecretText;
 
 /// How the engine is deployed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -523,7 +523,8 @@ struct Eraser {
     lag_us: std::sync::atomic::AtomicU64,
     state: Mutex<EraseState>,
     wake: std::sync::Condvar,
-    thread: std::sync::OnceLock<()>,
+    /// Whether the eraser thread was started (once asked for).
+    thread: std::sync::OnceLock<bool>,
 }
 
 #[derive(Default)]
@@ -921,15 +922,14 @@ impl SqliteRepository {
             truncate_log(&self.conn())?;
             return Ok(());
         };
-        let lag = self.eraser.lag();
-        let mut st = self.eraser.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !lag.is_zero() {
-            st.due = true;
-            drop(st);
-            self.start_eraser();
+        if !self.eraser.lag().is_zero() && self.start_eraser() {
+            self.eraser.state.lock().unwrap_or_else(|p| p.into_inner()).due = true;
             self.eraser.wake.notify_one();
             return Ok(());
         }
+        // No lag (or no thread to wait for it): now, grouped with erasures
+        // committed while this one waits.
+        let mut st = self.eraser.state.lock().unwrap_or_else(|p| p.into_inner());
         let upto = sync.written.load(std::sync::atomic::Ordering::Acquire);
         if st.erased >= upto {
             // A checkpoint begun after this caller's commit covered it.
@@ -943,13 +943,13 @@ impl SqliteRepository {
         Ok(())
     }
 
-    /// Start the eraser thread (once per repository). It holds the writer
-    /// connection only while it checkpoints, and ends when the repository
-    /// closes.
-    fn start_eraser(&self) {
-        self.eraser.thread.get_or_init(|| {
+    /// Start the eraser thread (once per repository); whether it runs. It
+    /// holds the writer connection only while it checkpoints, and ends when
+    /// the repository closes.
+    fn start_eraser(&self) -> bool {
+        *self.eraser.thread.get_or_init(|| {
             let (eraser, conn) = (self.eraser.clone(), std::sync::Arc::downgrade(&self.conn));
-            let _ = std::thread::Builder::new().name("custos-eraser".into()).spawn(move || loop {
+            let spawned = std::thread::Builder::new().name("custos-eraser".into()).spawn(move || loop {
                 let st = eraser.state.lock().unwrap_or_else(|p| p.into_inner());
                 if st.closed {
                     return;
@@ -971,7 +971,8 @@ impl SqliteRepository {
                     _ => st.due = true,
                 }
             });
-        });
+            spawned.is_ok()
+        })
     }
 
     /// A connection for one read outside any transaction of the writer's.
