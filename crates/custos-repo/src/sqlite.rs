@@ -551,6 +551,78 @@ fn truncate_log(conn: &Connection) -> Result<bool> {
         .map_err(db("checkpoint after erasing key material"))
 }
 
+/// The largest write-ahead log the eraser overwrites in place; a larger
+/// one (left by a large transaction) is truncated instead.
+const ZERO_LOG_MAX: u64 = 16 << 20;
+
+/// Checkpoint the whole write-ahead log into the database file, then
+/// overwrite the log with zeros where it lies, keeping its size, and sync
+/// them; false when readers kept the checkpoint from finishing or another
+/// process wrote to the log in between.
+///
+/// Why not truncate: a log truncated to nothing grows again with every
+/// commit, and on ext4 each `fdatasync` of a file that grew also writes
+/// its inode, in a second wait for the disk (an append and `fdatasync`
+/// of 12 KiB took 302 µs here, an overwrite 133 µs). Overwritten in place,
+/// the log keeps its blocks and commits overwrite them.
+///
+/// Why it is safe: after a `RESTART` checkpoint every frame is in the
+/// database file and no reader reads the log (SQLite waits for those that
+/// did, and a reader that starts later ignores a log whose every frame was
+/// copied back); the next writer starts the log again from its first byte,
+/// with a new header. The zeros are written under the write lock
+/// (`BEGIN IMMEDIATE`), and only if the log's header is still the one seen
+/// after the checkpoint: a writer of another process that started the log
+/// again in between changed its salt, and nothing is overwritten then. A
+/// crash after the zeros leaves a log without a valid header, which SQLite
+/// reads as empty.
+fn zero_log(conn: &Connection) -> Result<bool> {
+    use std::io::{Read, Seek, Write};
+    let Some(wal) = conn.path().filter(|p| !p.is_empty()).map(|p| format!("{p}-wal")) else {
+        return truncate_log(conn);
+    };
+    let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    if len < WAL_HEADER as u64 || len > ZERO_LOG_MAX {
+        return truncate_log(conn);
+    }
+    let busy: i64 = conn
+        .query_row_c("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))
+        .map_err(db("checkpoint after erasing key material"))?;
+    if busy != 0 {
+        return Ok(false);
+    }
+    let io = |source: std::io::Error| RepoError::Io { what: format!("erase the write-ahead log {wal}"), source };
+    let header = |f: &mut std::fs::File| -> std::io::Result<[u8; WAL_HEADER]> {
+        let mut h = [0u8; WAL_HEADER];
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.read_exact(&mut h)?;
+        Ok(h)
+    };
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&wal).map_err(io)?;
+    let seen = header(&mut f).map_err(io)?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(db("erase the write-ahead log"))?;
+    let zeroed = (|| -> std::io::Result<bool> {
+        if header(&mut f)? != seen {
+            return Ok(false);
+        }
+        let mut left = f.metadata()?.len();
+        f.seek(std::io::SeekFrom::Start(0))?;
+        let zeros = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        f.sync_data()?;
+        Ok(true)
+    })();
+    let _ = conn.execute_batch("ROLLBACK");
+    zeroed.map_err(io)
+}
+
+/// The length of a write-ahead log's header.
+const WAL_HEADER: usize = 32;
+
 /// The writer connection, held. Dropped, it lets go of the connection and
 /// then, if the holder changed anything, waits until the log is durable up
 /// to its changes. A log that cannot be made durable stops the process:
@@ -913,8 +985,9 @@ impl SqliteRepository {
     /// share an `fsync`. With a lag set ([`Repository::set_erase_lag`]),
     /// the checkpoint is left to the repository's eraser thread, which
     /// runs it that long after the first erasure it has not covered (one
-    /// checkpoint for every erasure in between), and this returns at once;
-    /// a repository closed meanwhile runs it as it closes. A checkpoint
+    /// checkpoint for every erasure in between) and overwrites the log
+    /// in place instead of truncating it ([`zero_log`]), and this returns
+    /// at once; a repository closed meanwhile runs it as it closes. A checkpoint
     /// that readers keep from finishing (the busy timeout passed) is left
     /// to the next erasure (with a lag: tried again after it).
     fn erase_log(&self) -> Result<()> {
@@ -963,12 +1036,23 @@ impl SqliteRepository {
                 std::thread::sleep(eraser.lag());
                 let mut st = eraser.state.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(conn) = conn.upgrade().filter(|_| !st.closed) else { return };
+                st.due = false;
+                // Erasures committed meanwhile set `due` again, without
+                // waiting for this one.
+                drop(st);
                 let c = conn.lock().unwrap_or_else(|p| p.into_inner());
                 let covers = c.total_changes();
-                st.due = false;
-                match truncate_log(&c) {
-                    Ok(true) => st.erased = covers,
-                    _ => st.due = true,
+                let done = matches!(zero_log(&c), Ok(true));
+                drop(c);
+                let mut st = eraser.state.lock().unwrap_or_else(|p| p.into_inner());
+                if done {
+                    st.erased = st.erased.max(covers);
+                } else if st.closed {
+                    // The repository closed meanwhile, seeing nothing due:
+                    // erase as it would have.
+                    let _ = truncate_log(&conn.lock().unwrap_or_else(|p| p.into_inner()));
+                } else {
+                    st.due = true;
                 }
             });
             spawned.is_ok()
@@ -3621,12 +3705,108 @@ mod tests {
                     "erased before the lag: {:?}",
                     t.elapsed()
                 );
+                // Overwritten where it lies, not truncated: commits go on
+                // overwriting the log's blocks instead of growing it.
+                let wal = std::fs::metadata(dir.path().join("custos.db-wal")).map(|m| m.len()).unwrap_or(0);
+                assert!(wal > 0, "the log was truncated, not overwritten in place");
             } else {
                 drop(repo);
                 assert!(!holds(&material), "a repository closed within the lag left the material behind");
             }
             assert!(other.key(&k.label).unwrap().unwrap().wrapped.is_none());
         }
+    }
+
+    /// The eraser overwrites the log in place while another connection
+    /// (as another process would) writes and reads: nothing that one
+    /// committed is lost or read damaged, the catalog checks whole after
+    /// reopening, and every destroyed material left the files.
+    #[test]
+    fn zeroing_the_log_loses_nothing_another_writer_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("custos.db");
+        let key = |label: String, material: Option<Vec<u8>>| KeyRecord {
+            label: KeyLabel::new(label).unwrap(),
+            state: custos_model::KeyState::Inactive,
+            purpose: custos_model::Purpose::Prim,
+            app: "RACE".into(),
+            wrapped: material.map(custos_model::WrappedMaterial),
+            mkvp: custos_crypto::Mkvp([1; 8]),
+            kcv: custos_crypto::Kcv([2; 5]),
+            created_at: Timestamp::now(),
+            activated_at: None,
+            deactivated_at: None,
+            destroyed_at: None,
+            expires_at: None,
+            last_used_at: None,
+            use_count: 0,
+            escrow: None,
+            attributes: Default::default(),
+        };
+        let eraser = SqliteRepository::open(&p).unwrap();
+        eraser.set_erase_lag(std::time::Duration::from_millis(1));
+        let writer = SqliteRepository::open(&p).unwrap();
+        const WRITES: usize = 600;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let materials: Vec<Vec<u8>> = (0..60u8).map(|i| vec![0xC0 ^ i; 40]).collect();
+        std::thread::scope(|s| {
+            let w = s.spawn(|| {
+                for i in 0..WRITES {
+                    writer.insert_key(&key(format!("RACE.W{i}"), Some(vec![7; 40]))).unwrap();
+                }
+            });
+            let r = s.spawn(|| {
+                let reader = SqliteRepository::open(&p).unwrap();
+                let mut seen = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = reader.keys().unwrap().iter().filter(|k| k.label.as_str().starts_with("RACE.W")).count();
+                    assert!(n >= seen, "a reader saw {n} keys after {seen}");
+                    seen = n;
+                }
+            });
+            for (i, m) in materials.iter().enumerate() {
+                let k = key(format!("RACE.E{i}"), Some(m.clone()));
+                eraser.insert_key(&k).unwrap();
+                let gone = KeyRecord {
+                    state: custos_model::KeyState::Destroyed,
+                    wrapped: None,
+                    destroyed_at: Some(Timestamp::now()),
+                    ..k.clone()
+                };
+                eraser.update_key(&gone, &k).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+            w.join().unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            r.join().unwrap();
+        });
+        let count = |repo: &SqliteRepository| {
+            repo.keys()
+                .unwrap()
+                .iter()
+                .filter(|k| k.label.as_str().starts_with("RACE.W") && k.wrapped.is_some())
+                .count()
+        };
+        assert_eq!(count(&eraser), WRITES);
+        assert_eq!(count(&writer), WRITES);
+        let holds = |bytes: &[u8]| {
+            ["custos.db", "custos.db-wal"]
+                .iter()
+                .any(|f| std::fs::read(dir.path().join(f)).is_ok_and(|b| b.windows(bytes.len()).any(|w| w == bytes)))
+        };
+        let t = std::time::Instant::now();
+        while materials.iter().any(|m| holds(m)) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "destroyed material still in the files after 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop((eraser, writer));
+        let again = SqliteRepository::open(&p).unwrap();
+        assert_eq!(count(&again), WRITES, "after reopening");
+        let check: String = again.conn().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
     }
 
     #[test]
