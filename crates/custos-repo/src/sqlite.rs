@@ -620,6 +620,18 @@ fn zero_log(conn: &Connection) -> Result<bool> {
     zeroed.map_err(io)
 }
 
+/// Pages after which a commit checkpoints the log, where the eraser
+/// overwrites it ([`zero_log`]): a log of about 1 MiB instead of SQLite's
+/// 4 MiB, a quarter of the zeros. In five runs taking turns with SQLite's
+/// 1,000 pages, KMIP Create+Get+Destroy cycles' p99 fell from 10-13 ms to
+/// 8-10 ms at 8 clients and from 60-113 ms to 28-99 ms at 32; the rate at
+/// 32 clients averaged 1,790 a second against 1,650, and at 8, 1,640
+/// against 1,710 (within this machine's spread). 128 pages was no better.
+const ERASED_LOG_PAGES: i64 = 256;
+
+/// SQLite's own default for the same.
+const SQLITE_LOG_PAGES: i64 = 1000;
+
 /// The length of a write-ahead log's header.
 const WAL_HEADER: usize = 32;
 
@@ -1879,6 +1891,11 @@ impl Repository for SqliteRepository {
     fn set_erase_lag(&self, lag: std::time::Duration) {
         let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
         self.eraser.lag_us.store(us, std::sync::atomic::Ordering::Relaxed);
+        // The eraser overwrites the whole log: keep it short. (Only a
+        // figure of speed: a connection that keeps SQLite's default is as
+        // safe.)
+        let pages = if lag.is_zero() { SQLITE_LOG_PAGES } else { ERASED_LOG_PAGES };
+        let _ = self.conn().pragma_update(None, "wal_autocheckpoint", pages);
     }
 
     fn update_key(&self, k: &KeyRecord, was: &KeyRecord) -> Result<()> {
@@ -3662,6 +3679,8 @@ mod tests {
         for (n, lag) in [(1u8, std::time::Duration::from_millis(300)), (2, std::time::Duration::from_secs(3600))] {
             let repo = SqliteRepository::open(&p).unwrap();
             repo.set_erase_lag(lag);
+            let pages: i64 = repo.conn().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+            assert_eq!(pages, ERASED_LOG_PAGES, "a short log for the eraser to overwrite");
             let material = vec![0xA0 + n; 48];
             let k = KeyRecord {
                 label: KeyLabel::new(format!("ERASE.KEY{n}")).unwrap(),
