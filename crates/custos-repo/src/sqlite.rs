@@ -2861,20 +2861,27 @@ impl Repository for SqliteRepository {
     }
 
     fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>> {
-        let found = self.query_all(
+        // One statement, so one read of one state of the catalog: the
+        // principal is read on every request.
+        let rows: Vec<(PrincipalRecord, Option<(String, String)>)> = self.query_all(
             "read a user",
-            "SELECT name, role, credential, disabled, created_at, @ok(principals) FROM principals WHERE name = ?1",
+            "SELECT principals.name, principals.role, principals.credential, principals.disabled, \
+             principals.created_at, @ok(principals), grants.kind, grants.pattern, \
+             CASE WHEN grants.principal IS NULL THEN 1 ELSE @ok(grants) END \
+             FROM principals LEFT JOIN grants ON grants.principal = principals.name \
+             WHERE principals.name = ?1 ORDER BY grants.kind, grants.pattern",
             [name],
-            principal_from_row,
+            |r| {
+                let grant = match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?) {
+                    (Some(kind), Some(pat)) => Some((kind, pat)),
+                    _ => None,
+                };
+                Ok((principal_from_row(r)?, grant))
+            },
         )?;
-        let Some(mut p) = found.into_iter().next() else { return Ok(None) };
-        let grants: Vec<(String, String)> = self.query_all(
-            "read a user's grants",
-            "SELECT kind, pattern, @ok(grants) FROM grants WHERE principal = ?1 ORDER BY kind, pattern",
-            [name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        for (kind, pat) in grants {
+        let mut rows = rows.into_iter();
+        let Some((mut p, first)) = rows.next() else { return Ok(None) };
+        for (kind, pat) in first.into_iter().chain(rows.filter_map(|(_, g)| g)) {
             let pat = Pattern::new(pat).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
             match kind.as_str() {
                 "data" => p.data_grants.push(pat),
