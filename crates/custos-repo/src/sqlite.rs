@@ -3657,15 +3657,50 @@ mod tests {
     /// its log within the lag (the eraser thread's checkpoint), not before
     /// the call returns; and a repository closed before then erases it as
     /// it closes, even with another connection keeping the log open.
+    /// An inactive key holding `material`, for the erasure tests.
+    fn key_holding(label: &str, material: &[u8]) -> KeyRecord {
+        KeyRecord {
+            label: KeyLabel::new(label).unwrap(),
+            state: custos_model::KeyState::Inactive,
+            purpose: custos_model::Purpose::Prim,
+            app: label.split('.').next().unwrap_or_default().into(),
+            wrapped: Some(custos_model::WrappedMaterial(material.to_vec())),
+            mkvp: custos_crypto::Mkvp([1; 8]),
+            kcv: custos_crypto::Kcv([2; 5]),
+            created_at: Timestamp::now(),
+            activated_at: None,
+            deactivated_at: None,
+            destroyed_at: None,
+            expires_at: None,
+            last_used_at: None,
+            use_count: 0,
+            escrow: None,
+            attributes: Default::default(),
+        }
+    }
+
+    /// `k` destroyed: its material dropped.
+    fn destroyed(k: &KeyRecord) -> KeyRecord {
+        KeyRecord {
+            state: custos_model::KeyState::Destroyed,
+            wrapped: None,
+            destroyed_at: Some(Timestamp::now()),
+            ..k.clone()
+        }
+    }
+
+    /// Whether `bytes` are anywhere in the catalog's files in `dir`.
+    fn files_hold(dir: &Path, bytes: &[u8]) -> bool {
+        ["custos.db", "custos.db-wal"]
+            .iter()
+            .any(|f| std::fs::read(dir.join(f)).is_ok_and(|b| b.windows(bytes.len()).any(|w| w == bytes)))
+    }
+
     #[test]
     fn erased_material_leaves_the_log_after_the_lag_or_on_close() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("custos.db");
-        let holds = |bytes: &[u8]| {
-            ["custos.db", "custos.db-wal"]
-                .iter()
-                .any(|f| std::fs::read(dir.path().join(f)).is_ok_and(|b| b.windows(bytes.len()).any(|w| w == bytes)))
-        };
+        let holds = |bytes: &[u8]| files_hold(dir.path(), bytes);
         let other = SqliteRepository::open(&p).unwrap();
         for (n, lag) in [(1u8, std::time::Duration::from_millis(300)), (2, std::time::Duration::from_secs(3600))] {
             let repo = SqliteRepository::open(&p).unwrap();
@@ -3673,33 +3708,10 @@ mod tests {
             let pages: i64 = repo.conn().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
             assert_eq!(pages, ERASED_LOG_PAGES, "a short log for the eraser to write back");
             let material = vec![0xA0 + n; 48];
-            let k = KeyRecord {
-                label: KeyLabel::new(format!("ERASE.KEY{n}")).unwrap(),
-                state: custos_model::KeyState::Inactive,
-                purpose: custos_model::Purpose::Prim,
-                app: "ERASE".into(),
-                wrapped: Some(custos_model::WrappedMaterial(material.clone())),
-                mkvp: custos_crypto::Mkvp([1; 8]),
-                kcv: custos_crypto::Kcv([2; 5]),
-                created_at: Timestamp::now(),
-                activated_at: None,
-                deactivated_at: None,
-                destroyed_at: None,
-                expires_at: None,
-                last_used_at: None,
-                use_count: 0,
-                escrow: None,
-                attributes: Default::default(),
-            };
+            let k = key_holding(&format!("ERASE.KEY{n}"), &material);
             repo.insert_key(&k).unwrap();
             assert!(holds(&material), "the material was written");
-            let gone = KeyRecord {
-                state: custos_model::KeyState::Destroyed,
-                wrapped: None,
-                destroyed_at: Some(Timestamp::now()),
-                ..k.clone()
-            };
-            repo.update_key(&gone, &k).unwrap();
+            repo.update_key(&destroyed(&k), &k).unwrap();
             assert!(holds(&material), "erased before the lag passed");
             if n == 1 {
                 let t = std::time::Instant::now();
@@ -3744,24 +3756,6 @@ mod tests {
     fn zeroing_the_log_loses_nothing_another_writer_committed() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("custos.db");
-        let key = |label: String, material: Option<Vec<u8>>| KeyRecord {
-            label: KeyLabel::new(label).unwrap(),
-            state: custos_model::KeyState::Inactive,
-            purpose: custos_model::Purpose::Prim,
-            app: "RACE".into(),
-            wrapped: material.map(custos_model::WrappedMaterial),
-            mkvp: custos_crypto::Mkvp([1; 8]),
-            kcv: custos_crypto::Kcv([2; 5]),
-            created_at: Timestamp::now(),
-            activated_at: None,
-            deactivated_at: None,
-            destroyed_at: None,
-            expires_at: None,
-            last_used_at: None,
-            use_count: 0,
-            escrow: None,
-            attributes: Default::default(),
-        };
         let eraser = SqliteRepository::open(&p).unwrap();
         eraser.set_erase_lag(std::time::Duration::from_millis(1));
         let writer = SqliteRepository::open(&p).unwrap();
@@ -3771,7 +3765,7 @@ mod tests {
         std::thread::scope(|s| {
             let w = s.spawn(|| {
                 for i in 0..WRITES {
-                    writer.insert_key(&key(format!("RACE.W{i}"), Some(vec![7; 40]))).unwrap();
+                    writer.insert_key(&key_holding(&format!("RACE.W{i}"), &[7; 40])).unwrap();
                 }
             });
             let r = s.spawn(|| {
@@ -3784,15 +3778,9 @@ mod tests {
                 }
             });
             for (i, m) in materials.iter().enumerate() {
-                let k = key(format!("RACE.E{i}"), Some(m.clone()));
+                let k = key_holding(&format!("RACE.E{i}"), m);
                 eraser.insert_key(&k).unwrap();
-                let gone = KeyRecord {
-                    state: custos_model::KeyState::Destroyed,
-                    wrapped: None,
-                    destroyed_at: Some(Timestamp::now()),
-                    ..k.clone()
-                };
-                eraser.update_key(&gone, &k).unwrap();
+                eraser.update_key(&destroyed(&k), &k).unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(3));
             }
             w.join().unwrap();
@@ -3808,13 +3796,8 @@ mod tests {
         };
         assert_eq!(count(&eraser), WRITES);
         assert_eq!(count(&writer), WRITES);
-        let holds = |bytes: &[u8]| {
-            ["custos.db", "custos.db-wal"]
-                .iter()
-                .any(|f| std::fs::read(dir.path().join(f)).is_ok_and(|b| b.windows(bytes.len()).any(|w| w == bytes)))
-        };
         let t = std::time::Instant::now();
-        while materials.iter().any(|m| holds(m)) {
+        while materials.iter().any(|m| files_hold(dir.path(), m)) {
             assert!(
                 t.elapsed() < std::time::Duration::from_secs(10),
                 "destroyed material still in the files after 10 s"
