@@ -155,7 +155,7 @@ impl<S: VaultState> Vault<S> {
             ticket,
             row: None,
             key_use: Some(label.clone()),
-            waits: false,
+            waiter: None,
             durable: false,
             then: None,
         });
@@ -176,13 +176,20 @@ impl<S: VaultState> Vault<S> {
         let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = st.next;
         st.next += 1;
-        st.pending.push(Pending { ticket, row, key_use, waits: true, durable, then: None });
+        let waiter = Some(std::thread::current());
+        st.pending.push(Pending { ticket, row, key_use, waiter, durable, then: None });
         loop {
             if let Some(r) = st.done.remove(&ticket) {
                 return r.map_err(|why| Error::Invalid { what: "audit log", why });
             }
             if st.writing {
-                st = j.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                // Woken (unparked) by the writer when this entry is written,
+                // or when it is this thread's turn to write: never for
+                // another thread's batch. Unparking before the park is
+                // kept, and a spurious wake only looks again.
+                drop(st);
+                std::thread::park();
+                st = j.state.lock().unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             st = j.flush(&*self.repo, st);
@@ -212,7 +219,7 @@ impl<S: VaultState> Vault<S> {
             ticket,
             row: Some(row),
             key_use: None,
-            waits: false,
+            waiter: None,
             durable: true,
             then: Some(then),
         });
@@ -522,8 +529,6 @@ fn new_row(principal: &str, action: &str, object: &str, result: &str) -> AuditRo
 #[derive(Default)]
 pub(crate) struct Journal {
     state: std::sync::Mutex<JournalState>,
-    /// Wakes synchronous waiters when a batch is written.
-    wake: std::sync::Condvar,
     /// Wakes the writer thread when an entry with a callback is queued.
     writer_wake: std::sync::Condvar,
     /// Whether the writer thread was started.
@@ -602,8 +607,9 @@ struct Pending {
     ticket: u64,
     row: Option<AuditRow>,
     key_use: Option<KeyLabel>,
-    /// Whether someone waits for this one's result.
-    waits: bool,
+    /// The thread waiting for this one's result, if any: unparked when it
+    /// is written, or to write the next batch.
+    waiter: Option<std::thread::Thread>,
     /// Whether its result may be handed out only once it is durable (an
     /// intent written ahead of its operation's catalog writes need not
     /// be: the durable outcome after them covers it).
@@ -630,43 +636,81 @@ impl Journal {
         let uses: Vec<KeyLabel> = batch.iter().filter_map(|p| p.key_use.clone()).collect();
         let key = signer.as_ref().map(|s| &s.key);
         // The batch waits for the disk when anything in it must be durable,
-        // whatever the thread that happens to write it was doing.
+        // whatever the thread that happens to write it was doing. Where the
+        // catalog can sync apart from a commit, entries that need only be
+        // written (intents ahead of their operations' catalog writes) are
+        // handed out between the commit and the sync: their threads go on
+        // with their operations while the disk works.
         let durable = batch.iter().any(|p| p.durable);
-        let written =
-            custos_repo::with_sync(durable, || repo.append_audit_batch(&rows, &|prev, r| link(key, prev, r), &uses));
-        if let (Some(s), Ok(out)) = (&signer, &written) {
-            s.advanced(out.last(), false);
-        }
-        let mut thens = Vec::new();
-        st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match written {
-            Ok(out) => {
-                let mut out = out.into_iter();
-                for p in batch {
-                    let r = if p.row.is_some() { out.next() } else { None };
-                    if let Some(t) = p.then {
-                        thens.push((t, r.clone().ok_or_else(|| "no entry was written".to_string())));
-                    }
-                    if p.waits {
-                        st.done.insert(p.ticket, Ok(r));
-                    }
+        let split = durable && repo.syncs_apart() && batch.iter().any(|p| !p.durable && p.waiter.is_some());
+        let written = custos_repo::with_sync(durable && !split, || {
+            repo.append_audit_batch(&rows, &|prev, r| link(key, prev, r), &uses)
+        });
+        let (results, failed) = match written {
+            Ok(out) => (out, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let mut out = results.into_iter();
+        let mut results: Vec<_> = batch
+            .into_iter()
+            .map(|p| {
+                let r = match &failed {
+                    None => Ok(if p.row.is_some() { out.next() } else { None }),
+                    Some(e) => Err(e.clone()),
+                };
+                (p, r)
+            })
+            .collect();
+        if split && failed.is_none() {
+            let mut woken = Vec::new();
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            for (p, r) in results.iter_mut().filter(|(p, _)| !p.durable) {
+                if let Some(w) = p.waiter.take() {
+                    st.done.insert(p.ticket, r.clone());
+                    woken.push(w);
                 }
             }
-            Err(e) => {
-                for p in batch {
-                    if let Some(t) = p.then {
-                        thens.push((t, Err(e.to_string())));
-                    }
-                    if p.waits {
-                        st.done.insert(p.ticket, Err(e.to_string()));
-                    }
+            drop(st);
+            for w in woken {
+                w.unpark();
+            }
+            // Stops the process if the log cannot be made durable, so
+            // nothing durable is handed out unsynced.
+            if let Err(e) = repo.sync_written() {
+                for (_, r) in results.iter_mut() {
+                    *r = Err(e.to_string());
                 }
+            }
+        }
+        // The anchor follows durable entries only: one a crash could still
+        // take from the log would make the next open see a rollback.
+        let last = results.iter().rev().find(|(p, _)| p.row.is_some());
+        if let (Some(s), true, Some((_, Ok(Some(last))))) = (&signer, durable, last) {
+            s.advanced(Some(last), false);
+        }
+        let mut thens = Vec::new();
+        let mut woken = Vec::new();
+        st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, r) in results {
+            if let Some(t) = p.then {
+                thens.push((t, r.clone().and_then(|r| r.ok_or_else(|| "no entry was written".to_string()))));
+            }
+            if let Some(w) = p.waiter {
+                st.done.insert(p.ticket, r);
+                woken.push(w);
             }
         }
         st.writing = false;
-        self.wake.notify_all();
+        // The next batch's writer: the first thread waiting in it (entries
+        // queued with only a callback are the writer thread's to write).
+        if let Some(next) = st.pending.iter().find_map(|p| p.waiter.clone()) {
+            woken.push(next);
+        }
         self.writer_wake.notify_one();
         drop(st);
+        for w in woken {
+            w.unpark();
+        }
         for (t, r) in thens {
             t(r);
         }

@@ -75,3 +75,50 @@ fn callbacks_fire_after_their_entries_are_durable() {
     assert_eq!(rows.len(), 8 * 100);
     assert_eq!(v.audit_verify().unwrap().problem, None);
 }
+
+/// Intents (written ahead of an operation's catalog writes, not waited on
+/// for the disk) and durable outcomes from many threads share batches: a
+/// batch hands its intents out between its commit and its sync, and wakes
+/// only the threads whose entries it wrote, plus the next batch's writer.
+/// No thread is left waiting (a lost wake-up would hang: the test gives up
+/// after a minute), and every thread's entries are in the chain in its own
+/// order.
+#[test]
+fn intents_and_outcomes_from_many_threads_all_return_in_order() {
+    let common::T { _dir, vault, .. } = common::vault();
+    // Shared with threads that may outlive a failed test (a hang).
+    let v: &'static _ = Box::leak(Box::new(vault));
+    let threads = 12;
+    let each = 150;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..threads {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            for n in 0..each {
+                let intent = v.audit_append_written(&format!("p{i}"), "test", &format!("{n}"), "intent").unwrap();
+                let outcome = v.audit_append(&format!("p{i}"), "test", &format!("{n}"), "ok").unwrap();
+                assert!(last < intent.seq && intent.seq < outcome.seq, "{last} < {} < {}", intent.seq, outcome.seq);
+                last = outcome.seq;
+            }
+            tx.send(i).unwrap();
+        });
+    }
+    drop(tx);
+    for _ in 0..threads {
+        rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a thread was left waiting for its entry");
+    }
+    let rows = v.audit_entries(&Default::default()).unwrap();
+    assert_eq!(rows.len(), threads * each * 2, "every append is there exactly once");
+    for i in 0..threads {
+        let mine: Vec<(String, String)> = rows
+            .iter()
+            .filter(|r| r.principal == format!("p{i}"))
+            .map(|r| (r.object.clone(), r.result.clone()))
+            .collect();
+        let want: Vec<(String, String)> =
+            (0..each).flat_map(|n| [(n.to_string(), "intent".into()), (n.to_string(), "ok".into())]).collect();
+        assert_eq!(mine, want, "thread {i}'s entries in its order");
+    }
+    assert_eq!(v.audit_verify().unwrap().problem, None);
+}

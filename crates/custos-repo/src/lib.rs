@@ -665,6 +665,20 @@ pub trait Repository: Send + Sync {
         link: &AuditLink<'_>,
         key_uses: &[KeyLabel],
     ) -> Result<Vec<AuditRow>>;
+    /// Whether this backend can make its unsynced commits durable apart
+    /// from a new commit ([`sync_written`](Repository::sync_written)).
+    fn syncs_apart(&self) -> bool {
+        false
+    }
+    /// Make durable every commit this repository wrote so far, those made
+    /// under [`with_sync`]`(false, ..)` included: the second half of a
+    /// commit split in two, so that what needed only to be written can be
+    /// handed out between the halves. Only where
+    /// [`syncs_apart`](Repository::syncs_apart) says so; a log that cannot be
+    /// made durable stops the process, as a durable commit's would.
+    fn sync_written(&self) -> Result<()> {
+        Err(RepoError::Corrupt { what: "a sync apart from a commit, which this catalog cannot do".into() })
+    }
     /// The newest audit entry, if any.
     fn audit_head(&self) -> Result<Option<AuditRow>>;
     /// Audit entries with seq > `after`, in seq order.

@@ -488,6 +488,18 @@ impl GroupSync {
         }
     }
 
+    /// [`reach`](GroupSync::reach), or stop the process: nothing may be
+    /// acknowledged after a log that could not be made durable.
+    fn reach_or_stop(&self, upto: u64) {
+        if let Err(e) = self.reach(upto) {
+            eprintln!(
+                "custos: the catalog's write-ahead log {} could not be made durable ({e}); stopping before anything else is acknowledged. Check the disk, then run the command again: the catalog recovers to its last durable state",
+                self.wal.display()
+            );
+            std::process::abort();
+        }
+    }
+
     /// Make the log durable up to change count `upto` (written already).
     fn reach(&self, upto: u64) -> std::io::Result<()> {
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
@@ -656,13 +668,7 @@ impl Drop for Writer<'_> {
             // In the log, in order: the caller's next durable commit covers it.
             return;
         }
-        if let Err(e) = sync.reach(now) {
-            eprintln!(
-                "custos: the catalog's write-ahead log {} could not be made durable ({e}); stopping before anything else is acknowledged. Check the disk, then run the command again: the catalog recovers to its last durable state",
-                sync.wal.display()
-            );
-            std::process::abort();
-        }
+        sync.reach_or_stop(now);
     }
 }
 
@@ -2994,6 +3000,19 @@ impl Repository for SqliteRepository {
         )
     }
 
+    fn syncs_apart(&self) -> bool {
+        true
+    }
+
+    fn sync_written(&self) -> Result<()> {
+        // In memory (or where NORMAL could not be set) every commit is
+        // already as durable as it gets.
+        if let Some(sync) = &self.durable {
+            sync.reach_or_stop(sync.written.load(std::sync::atomic::Ordering::Acquire));
+        }
+        Ok(())
+    }
+
     fn append_audit_batch(
         &self,
         entries: &[AuditRow],
@@ -3651,6 +3670,15 @@ mod tests {
         repo.set_setting("four", "4").unwrap();
         assert!(covered() >= written(), "the durable write covers the unsynced one before it");
         assert_eq!(syncs(), before + 2);
+        // A sync apart from a commit covers what was only written, once.
+        assert!(repo.syncs_apart());
+        crate::with_sync(false, || repo.set_setting("five", "5").unwrap());
+        assert!(covered() < written());
+        repo.sync_written().unwrap();
+        assert!(covered() >= written(), "sync_written covers the unsynced write");
+        assert_eq!(syncs(), before + 3);
+        repo.sync_written().unwrap();
+        assert_eq!(syncs(), before + 3, "nothing new to sync: no fsync");
     }
 
     /// With a lag, a destroyed key's material leaves the database file and
