@@ -71,6 +71,13 @@ pub fn run(repo: &dyn Repository) {
     // A value set once keeps the first writer's.
     assert_eq!(repo.set_setting_once("once", "first").unwrap(), "first");
     assert_eq!(repo.set_setting_once("once", "second").unwrap(), "first");
+    // A write that did not wait for the disk is there, and a backend that
+    // syncs apart from commits does so without complaint.
+    crate::with_sync(false, || repo.set_setting("unsynced", "1")).unwrap();
+    if repo.syncs_apart() {
+        repo.sync_written().unwrap();
+    }
+    assert_eq!(repo.setting("unsynced").unwrap().as_deref(), Some("1"));
 
     // Idempotency keys: the first attempt carries a request out; a retry
     // finds it running (this process is alive), then its answer; the key
