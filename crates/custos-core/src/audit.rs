@@ -172,6 +172,10 @@ impl<S: VaultState> Vault<S> {
         key_use: Option<KeyLabel>,
         durable: bool,
     ) -> Result<Option<AuditRow>> {
+        // Whoever writes this entry, this thread waits: its snapshot of the
+        // catalog (if it holds one) must not keep the log from checkpoints
+        // meanwhile, and its next read sees what was written.
+        custos_repo::end_snapshot();
         let j = &self.journal;
         let mut st = j.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = st.next;

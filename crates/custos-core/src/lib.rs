@@ -51,7 +51,8 @@ pub use custos_hsm::files::{
     MIN_CUSTODIAN_PASSPHRASE_CHARS,
 };
 pub use custos_repo::{
-    with_sync, AuditCheckpoint, AuditRow, CatalogCheck, Idempotency, RepoError, RequestRow, RowFault,
+    end_snapshot, with_snapshot, with_sync, AuditCheckpoint, AuditRow, CatalogCheck, Idempotency, RepoError,
+    RequestRow, RowFault,
 };
 pub use custos_store::StoreError;
 pub use datasets::{DatasetInfo, GetReport, PutOptions, PutReport};

@@ -74,6 +74,50 @@ pub fn with_sync<T>(wait: bool, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+thread_local! {
+    /// How deep this thread is in [`with_snapshot`] scopes.
+    static SNAPSHOT_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Run `f` with this thread's reads sharing one read transaction (one
+/// snapshot of the catalog) where the backend can: SQLite, whose every
+/// read otherwise starts a transaction of its own, each paying for the
+/// shared log's locks and a page cache another commit made stale. For a
+/// short operation's checks (a key service request): the snapshot ends
+/// when this thread takes the writer, so it always reads its own writes,
+/// when it waits for something else to write (call [`end_snapshot`]), and
+/// when `f` returns or unwinds. A later read in `f` starts a new one.
+/// Not for long work: a snapshot held open keeps checkpoints from
+/// finishing.
+pub fn with_snapshot<T>(f: impl FnOnce() -> T) -> T {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            let depth = SNAPSHOT_DEPTH.with(|d| {
+                d.set(d.get().saturating_sub(1));
+                d.get()
+            });
+            if depth == 0 {
+                end_snapshot();
+            }
+        }
+    }
+    SNAPSHOT_DEPTH.with(|d| d.set(d.get() + 1));
+    let _leave = Leave;
+    f()
+}
+
+/// End this thread's snapshot, if it holds one (see [`with_snapshot`]):
+/// before it waits for another thread's write.
+pub fn end_snapshot() {
+    sqlite::end_pinned();
+}
+
+/// Whether this thread's reads share a snapshot.
+pub(crate) fn snapshot_wanted() -> bool {
+    SNAPSHOT_DEPTH.with(|d| d.get() > 0)
+}
+
 /// Whether commits on this thread may return before they are durable.
 pub(crate) fn unsynced() -> bool {
     UNSYNCED.with(|u| u.get())

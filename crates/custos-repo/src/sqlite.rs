@@ -404,8 +404,11 @@ pub struct SqliteRepository {
     /// The database file, for opening readers (`None` in memory: reads go
     /// through the writer).
     path: Option<std::path::PathBuf>,
-    /// Idle read-only connections.
-    readers: Mutex<Vec<Connection>>,
+    /// Idle read-only connections (shared with threads' snapshots, which
+    /// give theirs back here).
+    readers: std::sync::Arc<Mutex<Vec<Connection>>>,
+    /// Which repository this is, for threads' snapshots.
+    id: u64,
     /// Who this repository is when it claims objects for deletion (made on
     /// the first claim).
     session: Mutex<Option<Session>>,
@@ -451,7 +454,7 @@ impl Drop for SqliteRepository {
                 let _ = truncate_log(&conn);
             }
         }
-        self.readers.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.session.get_mut().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
@@ -676,14 +679,74 @@ impl Drop for Writer<'_> {
 /// back when dropped.
 enum Reader<'a> {
     Pooled(&'a SqliteRepository, Option<Connection>),
+    /// This thread's snapshot (`crate::with_snapshot`), lent out.
+    Pinned(&'a SqliteRepository, Option<Connection>),
     Writer(Writer<'a>),
+}
+
+static NEXT_REPO_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A thread's snapshot (`crate::with_snapshot`): a read connection of one
+/// repository, in a read transaction.
+enum Pin {
+    None,
+    /// Idle, kept for this thread's next read of `repo`.
+    Held {
+        repo: u64,
+        conn: Connection,
+        pool: std::sync::Weak<Mutex<Vec<Connection>>>,
+    },
+    /// In use by a [`Reader`]; `end`: the snapshot was ended meanwhile, so
+    /// its transaction ends when the reader is dropped.
+    Lent {
+        repo: u64,
+        end: bool,
+    },
+}
+
+thread_local! {
+    static PINNED: std::cell::RefCell<Pin> = const { std::cell::RefCell::new(Pin::None) };
+}
+
+/// End this thread's snapshot: its transaction now, or, while lent out,
+/// when its reader is dropped.
+pub(crate) fn end_pinned() {
+    let held = PINNED.with(|p| {
+        let mut p = p.borrow_mut();
+        match &mut *p {
+            Pin::None => Pin::None,
+            Pin::Lent { end, .. } => {
+                *end = true;
+                Pin::None
+            }
+            Pin::Held { .. } => std::mem::replace(&mut *p, Pin::None),
+        }
+    });
+    if let Pin::Held { conn, pool, .. } = held {
+        unpin(conn, &pool);
+    }
+}
+
+/// End a snapshot's read transaction and give its connection back to the
+/// pool (a connection that will not leave its transaction is closed).
+fn unpin(conn: Connection, pool: &std::sync::Weak<Mutex<Vec<Connection>>>) {
+    let _ = conn.execute_batch("COMMIT");
+    if !conn.is_autocommit() {
+        return;
+    }
+    if let Some(pool) = pool.upgrade() {
+        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
 }
 
 impl std::ops::Deref for Reader<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
         match self {
-            Reader::Pooled(_, c) => c.as_ref().expect("held until dropped"),
+            Reader::Pooled(_, c) | Reader::Pinned(_, c) => c.as_ref().expect("held until dropped"),
             Reader::Writer(g) => g,
         }
     }
@@ -691,13 +754,39 @@ impl std::ops::Deref for Reader<'_> {
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        if let Reader::Pooled(repo, c) = self {
-            if let Some(c) = c.take() {
-                let mut idle = repo.readers.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE_READERS {
-                    idle.push(c);
+        match self {
+            Reader::Pooled(repo, c) => {
+                if let Some(c) = c.take() {
+                    let mut idle = repo.readers.lock().unwrap_or_else(|p| p.into_inner());
+                    if idle.len() < MAX_IDLE_READERS {
+                        idle.push(c);
+                    }
                 }
             }
+            Reader::Pinned(repo, c) => {
+                let Some(c) = c.take() else { return };
+                let pool = std::sync::Arc::downgrade(&repo.readers);
+                let id = repo.id;
+                // Back to this thread's snapshot, unless it was ended while lent.
+                let done = PINNED.with(move |p| {
+                    let mut p = p.borrow_mut();
+                    match &*p {
+                        Pin::Lent { repo, end: false } if *repo == id && crate::snapshot_wanted() => {
+                            *p = Pin::Held { repo: id, conn: c, pool };
+                            None
+                        }
+                        Pin::Lent { repo, .. } if *repo == id => {
+                            *p = Pin::None;
+                            Some((c, pool))
+                        }
+                        _ => Some((c, pool)),
+                    }
+                });
+                if let Some((c, pool)) = done {
+                    unpin(c, &pool);
+                }
+            }
+            Reader::Writer(_) => {}
         }
     }
 }
@@ -946,7 +1035,8 @@ impl SqliteRepository {
             eraser: Default::default(),
             durable: None,
             path: None,
-            readers: Mutex::new(Vec::new()),
+            readers: Default::default(),
+            id: NEXT_REPO_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             session: Mutex::new(None),
             rows,
         })
@@ -974,6 +1064,8 @@ impl SqliteRepository {
     /// The writer connection. When the caller lets go of it, what it
     /// committed is made durable before it goes on (see [`Writer`]).
     fn conn(&self) -> Writer<'_> {
+        // This thread reads its own writes: its snapshot ends first.
+        end_pinned();
         let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let changes = guard.total_changes();
         Writer { guard: Some(guard), sync: self.durable.as_ref(), changes }
@@ -1064,9 +1156,55 @@ impl SqliteRepository {
     /// A connection for one read outside any transaction of the writer's.
     /// Each statement reads the last committed state.
     fn reader(&self) -> Result<Reader<'_>> {
+        let Some(path) = self.path.as_deref().filter(|_| crate::snapshot_wanted()) else {
+            return self.fresh_reader();
+        };
+        enum Take {
+            Held(Connection),
+            New,
+            No,
+        }
+        let id = self.id;
+        let take = PINNED.with(|p| {
+            let mut p = p.borrow_mut();
+            match &*p {
+                Pin::Held { repo, .. } if *repo == id => {
+                    match std::mem::replace(&mut *p, Pin::Lent { repo: id, end: false }) {
+                        Pin::Held { conn, .. } => Take::Held(conn),
+                        _ => Take::No,
+                    }
+                }
+                Pin::None => Take::New,
+                // Lent out (a read inside a read), or another catalog's.
+                _ => Take::No,
+            }
+        });
+        match take {
+            Take::Held(c) => Ok(Reader::Pinned(self, Some(c))),
+            Take::New => {
+                let c = self.read_connection(path)?;
+                // Deferred: the snapshot is taken by the first read.
+                if c.execute_batch("BEGIN").is_err() {
+                    return Ok(Reader::Pooled(self, Some(c)));
+                }
+                PINNED.with(|p| *p.borrow_mut() = Pin::Lent { repo: id, end: false });
+                Ok(Reader::Pinned(self, Some(c)))
+            }
+            Take::No => self.fresh_reader(),
+        }
+    }
+
+    /// A read connection outside any snapshot: each statement reads the
+    /// catalog as it is then, or as of a transaction the caller begins.
+    fn fresh_reader(&self) -> Result<Reader<'_>> {
         let Some(path) = &self.path else { return Ok(Reader::Writer(self.conn())) };
+        Ok(Reader::Pooled(self, Some(self.read_connection(path)?)))
+    }
+
+    /// An idle read connection, or a new one.
+    fn read_connection(&self, path: &Path) -> Result<Connection> {
         if let Some(c) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(Reader::Pooled(self, Some(c)));
+            return Ok(c);
         }
         let c = Connection::open_with_flags(
             path,
@@ -1076,7 +1214,7 @@ impl SqliteRepository {
         c.busy_timeout(BUSY_TIMEOUT).map_err(db("set the busy timeout"))?;
         crate::rowauth::register(&c, &self.rows).map_err(db("register the row functions"))?;
         c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(Reader::Pooled(self, Some(c)))
+        Ok(c)
     }
 
     /// Run a query and collect every row.
@@ -1776,7 +1914,7 @@ impl Repository for SqliteRepository {
     }
 
     fn verify_rows(&self) -> Result<crate::CatalogCheck> {
-        let conn = self.reader()?;
+        let conn = self.fresh_reader()?;
         // One read transaction: every table as of one moment.
         conn.execute_batch("BEGIN").map_err(db("start checking the catalog"))?;
         let result = (|| {
@@ -2123,7 +2261,7 @@ impl Repository for SqliteRepository {
     }
 
     fn backups_since(&self, after: u64) -> Result<(u64, Vec<DatasetName>)> {
-        let conn = self.reader()?;
+        let conn = self.fresh_reader()?;
         let tx = conn.unchecked_transaction().map_err(db("read what was copied since"))?;
         let newest: i64 = tx
             .query_row_c("SELECT coalesce(max(id), 0) FROM backups", [], |r| r.get(0))
@@ -3643,6 +3781,66 @@ mod tests {
             }
         });
         assert_eq!(repo.readers.lock().unwrap().len(), 32);
+    }
+
+    /// Inside `with_snapshot`, reads share one read transaction: another
+    /// repository's commit is not seen until this thread writes (then it
+    /// reads its own write and everything before it), and the transaction
+    /// ends with the scope or `end_snapshot`, so it never keeps a
+    /// checkpoint from truncating the log afterwards. A read inside a read
+    /// takes a connection of its own; a write while the snapshot is lent
+    /// out ends it when it comes back.
+    #[test]
+    fn a_snapshot_reads_one_state_sees_its_own_writes_and_ends_with_its_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custos.db");
+        let repo = SqliteRepository::open(&path).unwrap();
+        let other = SqliteRepository::open(&path).unwrap();
+        repo.set_setting("k", "1").unwrap();
+        let probe = Connection::open(&path).unwrap();
+        probe.busy_timeout(std::time::Duration::ZERO).unwrap();
+        // Whether a truncating checkpoint could finish now (no reader holds
+        // a snapshot of the log).
+        let truncates = || probe.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)).unwrap() == 0;
+        let setting = |k| repo.setting(k).unwrap();
+        // Another thread's write (this thread's writes, to any repository,
+        // end its snapshot).
+        let elsewhere =
+            |v: &str| std::thread::scope(|s| s.spawn(|| other.set_setting("k", v).unwrap()).join().unwrap());
+        crate::with_snapshot(|| {
+            assert_eq!(setting("k").as_deref(), Some("1"));
+            elsewhere("2");
+            assert_eq!(setting("k").as_deref(), Some("1"), "the snapshot holds");
+            assert!(!truncates(), "the snapshot is a read transaction");
+            repo.set_setting("mine", "x").unwrap();
+            assert_eq!(setting("mine").as_deref(), Some("x"), "own write seen");
+            assert_eq!(setting("k").as_deref(), Some("2"), "a write starts a new snapshot");
+            elsewhere("3");
+            assert_eq!(setting("k").as_deref(), Some("2"));
+            crate::end_snapshot();
+            assert!(truncates(), "end_snapshot ended the read transaction");
+            assert_eq!(setting("k").as_deref(), Some("3"));
+
+            let r = repo.reader().unwrap();
+            assert!(matches!(r, Reader::Pinned(..)));
+            let v: String = r.query_row("SELECT value FROM settings WHERE key = 'k'", [], |r| r.get(0)).unwrap();
+            assert_eq!(v, "3");
+            assert!(matches!(repo.reader().unwrap(), Reader::Pooled(..)), "a read inside a read");
+            repo.set_setting("mine", "y").unwrap();
+            drop(r);
+            assert!(matches!(PINNED.with(|p| matches!(&*p.borrow(), Pin::None)), true), "ended when it came back");
+            assert!(truncates());
+            assert_eq!(setting("mine").as_deref(), Some("y"));
+        });
+        assert!(truncates(), "the scope's end ended the snapshot");
+        assert!(PINNED.with(|p| matches!(&*p.borrow(), Pin::None)));
+        for c in repo.readers.lock().unwrap().iter() {
+            assert!(c.is_autocommit(), "a pooled connection was left in a transaction");
+        }
+        // Outside a scope nothing is pinned.
+        assert!(matches!(repo.reader().unwrap(), Reader::Pooled(..)));
+        elsewhere("4");
+        assert_eq!(setting("k").as_deref(), Some("4"));
     }
 
     /// Commits made under `with_sync(false, ..)` return without a sync;

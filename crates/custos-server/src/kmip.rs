@@ -257,16 +257,21 @@ impl Connection {
                 Err(Cut::Gone) => return,
             }
             // The principal's record is read afresh for each message: a
-            // disabled principal or a revoked grant counts at once.
-            let caller = principal.clone().and_then(|name| match self.engine.vault().user(&name) {
-                Ok(p) if !p.disabled => Ok(Caller::Principal(p)),
-                Ok(_) => Err(format!("principal {name} is disabled")),
-                Err(_) => Err(format!("principal {name} does not exist")),
+            // disabled principal or a revoked grant counts at once. A
+            // message's reads share one snapshot of the catalog until its
+            // first write or audit entry (`with_snapshot`): KMIP's
+            // operations are short.
+            let (bytes, close) = custos_core::with_snapshot(|| {
+                let caller = principal.clone().and_then(|name| match self.engine.vault().user(&name) {
+                    Ok(p) if !p.disabled => Ok(Caller::Principal(p)),
+                    Ok(_) => Err(format!("principal {name} is disabled")),
+                    Err(_) => Err(format!("principal {name} does not exist")),
+                });
+                match caller {
+                    Ok(c) => self.service.handle(&c, &buf),
+                    Err(why) => (refusal(REASON_AUTHENTICATION_NOT_SUCCESSFUL, &why), true),
+                }
             });
-            let (bytes, close) = match caller {
-                Ok(c) => self.service.handle(&c, &buf),
-                Err(why) => (refusal(REASON_AUTHENTICATION_NOT_SUCCESSFUL, &why), true),
-            };
             if tls.write_all(&bytes).is_err() || tls.flush().is_err() || close {
                 return;
             }
