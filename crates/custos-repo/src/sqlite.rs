@@ -3828,7 +3828,7 @@ mod tests {
             assert!(matches!(repo.reader().unwrap(), Reader::Pooled(..)), "a read inside a read");
             repo.set_setting("mine", "y").unwrap();
             drop(r);
-            assert!(matches!(PINNED.with(|p| matches!(&*p.borrow(), Pin::None)), true), "ended when it came back");
+            assert!(PINNED.with(|p| matches!(&*p.borrow(), Pin::None)), "ended when it came back");
             assert!(truncates());
             assert_eq!(setting("mine").as_deref(), Some("y"));
         });
