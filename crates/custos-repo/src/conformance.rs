@@ -76,6 +76,9 @@ pub fn run(repo: &dyn Repository) {
     crate::with_sync(false, || repo.set_setting("unsynced", "1")).unwrap();
     if repo.syncs_apart() {
         repo.sync_written().unwrap();
+    } else {
+        // One that cannot says so, rather than pretending it synced.
+        assert!(matches!(repo.sync_written(), Err(crate::RepoError::Unsupported { .. })));
     }
     assert_eq!(repo.setting("unsynced").unwrap().as_deref(), Some("1"));
 

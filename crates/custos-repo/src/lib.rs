@@ -153,6 +153,9 @@ pub enum RepoError {
     Raced { what: String, why: String },
     #[error("the repository holds a value it cannot read ({what}): the database was altered or damaged")]
     Corrupt { what: String },
+    /// A caller asked a backend for something it said it cannot do.
+    #[error("this catalog cannot {what}: nothing was changed; this is a bug in Custos, please report it")]
+    Unsupported { what: &'static str },
     /// A row of an authenticated table does not carry the MAC its content
     /// should: it was written or changed outside Custos (ADR 0019).
     #[error("the catalog row {table} {row} {why}: it was written or changed outside Custos, so nothing that depends on it was done. Run `custos catalog verify` to list every such row; then restore custos.db from a vault backup, or undo the change")]
@@ -721,7 +724,7 @@ pub trait Repository: Send + Sync {
     /// [`syncs_apart`](Repository::syncs_apart) says so; a log that cannot be
     /// made durable stops the process, as a durable commit's would.
     fn sync_written(&self) -> Result<()> {
-        Err(RepoError::Corrupt { what: "a sync apart from a commit, which this catalog cannot do".into() })
+        Err(RepoError::Unsupported { what: "make its commits durable apart from a new commit" })
     }
     /// The newest audit entry, if any.
     fn audit_head(&self) -> Result<Option<AuditRow>>;

@@ -1154,7 +1154,9 @@ impl SqliteRepository {
     }
 
     /// A connection for one read outside any transaction of the writer's.
-    /// Each statement reads the last committed state.
+    /// Each statement reads the last committed state, except inside
+    /// [`crate::with_snapshot`], where this thread's reads share one read
+    /// transaction until it writes, waits or leaves the scope.
     fn reader(&self) -> Result<Reader<'_>> {
         let Some(path) = self.path.as_deref().filter(|_| crate::snapshot_wanted()) else {
             return self.fresh_reader();
