@@ -735,10 +735,15 @@ fn unpin(conn: Connection, pool: &std::sync::Weak<Mutex<Vec<Connection>>>) {
         return;
     }
     if let Some(pool) = pool.upgrade() {
-        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
+        give_back(&pool, conn);
+    }
+}
+
+/// Keep an idle read connection for reuse, up to [`MAX_IDLE_READERS`].
+fn give_back(pool: &Mutex<Vec<Connection>>, conn: Connection) {
+    let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < MAX_IDLE_READERS {
+        idle.push(conn);
     }
 }
 
@@ -757,10 +762,7 @@ impl Drop for Reader<'_> {
         match self {
             Reader::Pooled(repo, c) => {
                 if let Some(c) = c.take() {
-                    let mut idle = repo.readers.lock().unwrap_or_else(|p| p.into_inner());
-                    if idle.len() < MAX_IDLE_READERS {
-                        idle.push(c);
-                    }
+                    give_back(&repo.readers, c);
                 }
             }
             Reader::Pinned(repo, c) => {
