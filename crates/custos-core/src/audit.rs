@@ -186,12 +186,15 @@ impl<S: VaultState> Vault<S> {
             if let Some(r) = st.done.remove(&ticket) {
                 return r.map_err(|why| Error::Invalid { what: "audit log", why });
             }
-            if st.writing {
+            if st.writing || st.handed {
                 // Woken (unparked) by the writer when this entry is written,
                 // or when it is this thread's turn to write: never for
                 // another thread's batch. Unparking before the park is
                 // kept, and a spurious wake only looks again.
                 drop(st);
+                // Threads contend: from now on the journal's own thread
+                // writes the batches that queue up behind a write.
+                Journal::start_writer(&self.journal, &self.repo);
                 std::thread::park();
                 st = j.state.lock().unwrap_or_else(|e| e.into_inner());
                 continue;
@@ -201,9 +204,11 @@ impl<S: VaultState> Vault<S> {
     }
 
     /// Queue an audit entry and return at once; `then` is called with the
-    /// entry once it is durable (or with why it could not be written), on
-    /// the journal's writer thread, in a group commit with whatever else is
-    /// queued. For a front end that answers asynchronously (the server's
+    /// entry once it is durable (or with why it could not be written), in
+    /// a group commit with whatever else is queued, by the thread that
+    /// writes that batch: the journal's writer thread, or one waiting for
+    /// its own entry (so `then` must be short, and a panic in it is caught
+    /// there). For a front end that answers asynchronously (the server's
     /// key service): no thread waits per request.
     pub fn audit_append_then(
         &self,
@@ -227,8 +232,7 @@ impl<S: VaultState> Vault<S> {
             durable: true,
             then: Some(then),
         });
-        drop(st);
-        j.writer_wake.notify_one();
+        j.bell.ring();
     }
 
     pub fn audit_entries(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
@@ -533,10 +537,12 @@ fn new_row(principal: &str, action: &str, object: &str, result: &str) -> AuditRo
 #[derive(Default)]
 pub(crate) struct Journal {
     state: std::sync::Mutex<JournalState>,
-    /// Wakes the writer thread when an entry with a callback is queued.
-    writer_wake: std::sync::Condvar,
-    /// Whether the writer thread was started.
-    writer: std::sync::OnceLock<()>,
+    /// Wakes the writer thread when an entry with a callback is queued,
+    /// and when a batch ends with entries queued behind it. Shared with
+    /// the thread, which holds nothing else of the vault while it waits.
+    bell: std::sync::Arc<Bell>,
+    /// Whether the writer thread was started (and whether it runs).
+    writer: std::sync::OnceLock<bool>,
     /// The audit key and the HSM that anchors the log, once the vault that
     /// shares this journal was armed (`Vault::audit_arm`): from then on
     /// entries are keyed and the anchor follows them.
@@ -597,15 +603,68 @@ impl Drop for Journal {
     }
 }
 
+/// What the journal's writer thread waits on: rung while there is
+/// something for it to write. It is rung and unrung only under the
+/// journal's lock (taken first), as the work it stands for is queued and
+/// taken, so the thread never looks at the journal for nothing: it holds
+/// the vault only when there is a batch to write, that is while some
+/// thread waits for it (or, in a server, a callback is queued).
+#[derive(Default)]
+struct Bell {
+    rung: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl Bell {
+    fn ring(&self) {
+        *self.rung.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_one();
+    }
+
+    fn unring(&self) {
+        *self.rung.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+
+    /// Wait until rung, or for `most`; whether it was rung.
+    fn wait(&self, most: std::time::Duration) -> bool {
+        let rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
+        let (rung, _) = self.wake.wait_timeout_while(rung, most, |r| !*r).unwrap_or_else(|e| e.into_inner());
+        *rung
+    }
+}
+
 #[derive(Default)]
 struct JournalState {
     next: u64,
     writing: bool,
+    /// The next batch is the writer thread's to write (it was woken for
+    /// it): a thread that queues an entry meanwhile waits for it.
+    handed: bool,
     pending: Vec<Pending>,
     done: std::collections::HashMap<u64, std::result::Result<Option<AuditRow>, String>>,
 }
 
 type Then = Box<dyn FnOnce(std::result::Result<AuditRow, String>) + Send>;
+
+/// What a written batch leaves to do: wake the threads it wrote for (and
+/// the next batch's writer), then call the callbacks.
+struct Handout {
+    woken: Vec<std::thread::Thread>,
+    thens: Vec<(Then, std::result::Result<AuditRow, String>)>,
+}
+
+impl Handout {
+    fn deliver(self) {
+        for w in self.woken {
+            w.unpark();
+        }
+        for (t, r) in self.thens {
+            // A callback's panic (a front end's bug) stays with it: the
+            // thread that wrote the batch goes on, and so do the others.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t(r)));
+        }
+    }
+}
 
 struct Pending {
     ticket: u64,
@@ -629,9 +688,24 @@ impl Journal {
     fn flush<'a>(
         &'a self,
         repo: &dyn custos_repo::Repository,
-        mut st: std::sync::MutexGuard<'a, JournalState>,
+        st: std::sync::MutexGuard<'a, JournalState>,
     ) -> std::sync::MutexGuard<'a, JournalState> {
+        self.write_batch(repo, st).deliver();
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`flush`](Journal::flush) up to waking the threads it wrote for:
+    /// the results are in `done` and the writer's place is given up. What
+    /// is left to do needs neither the journal nor the catalog, so the
+    /// writer thread lets go of them first.
+    fn write_batch<'a>(
+        &'a self,
+        repo: &dyn custos_repo::Repository,
+        mut st: std::sync::MutexGuard<'a, JournalState>,
+    ) -> Handout {
         st.writing = true;
+        st.handed = false;
+        self.bell.unring();
         let batch = std::mem::take(&mut st.pending);
         drop(st);
         let signer = self.signer.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -705,37 +779,60 @@ impl Journal {
             }
         }
         st.writing = false;
-        // The next batch's writer: the first thread waiting in it (entries
-        // queued with only a callback are the writer thread's to write).
-        if let Some(next) = st.pending.iter().find_map(|p| p.waiter.clone()) {
-            woken.push(next);
+        // The next batch's writer: the journal's own thread where it runs
+        // (it goes on from batch to batch while entries keep coming, with
+        // no thread to wake in between), else the first thread waiting in
+        // the batch.
+        if st.pending.iter().any(|p| p.waiter.is_some() || p.then.is_some()) {
+            if self.writer.get().is_some_and(|running| *running) {
+                st.handed = true;
+                self.bell.ring();
+            } else if let Some(next) = st.pending.iter().find_map(|p| p.waiter.clone()) {
+                woken.push(next);
+            }
         }
-        self.writer_wake.notify_one();
         drop(st);
-        for w in woken {
-            w.unpark();
-        }
-        for (t, r) in thens {
-            t(r);
-        }
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        Handout { woken, thens }
     }
 
-    /// Start the thread that writes entries queued with a callback (once
-    /// per journal). It holds only weak references, and ends within a
-    /// second of the vault's last handle going away.
+    /// Start the journal's own writer thread (once per journal). It writes
+    /// entries queued with a callback, and every batch that queued up
+    /// while another was written: under load it goes on from batch to
+    /// batch, where handing the writer's place to a waiting thread would
+    /// leave the disk idle while that thread is woken. A thread that
+    /// finds nobody writing still writes its own entry (no thread to wake
+    /// when there is no contention). It holds the vault's journal and
+    /// catalog only while it writes, so that they close (the log's anchor
+    /// written, the catalog's log checkpointed and erased) when the
+    /// vault's last handle goes away, and it ends within a second of that.
     fn start_writer(j: &std::sync::Arc<Journal>, repo: &std::sync::Arc<dyn custos_repo::Repository>) {
         j.writer.get_or_init(|| {
-            let (jw, rw) = (std::sync::Arc::downgrade(j), std::sync::Arc::downgrade(repo));
-            let _ = std::thread::Builder::new().name("custos-audit".into()).spawn(move || loop {
-                let (Some(j), Some(repo)) = (jw.upgrade(), rw.upgrade()) else { return };
-                let st = j.state.lock().unwrap_or_else(|e| e.into_inner());
-                if st.writing || !st.pending.iter().any(|p| p.then.is_some()) {
-                    let _ = j.writer_wake.wait_timeout(st, std::time::Duration::from_secs(1));
-                    continue;
-                }
-                drop(j.flush(&*repo, st));
-            });
+            let (jw, rw, bell) = (std::sync::Arc::downgrade(j), std::sync::Arc::downgrade(repo), j.bell.clone());
+            std::thread::Builder::new()
+                .name("custos-audit".into())
+                .spawn(move || loop {
+                    if !bell.wait(std::time::Duration::from_secs(1)) {
+                        if jw.strong_count() == 0 || rw.strong_count() == 0 {
+                            return;
+                        }
+                        continue;
+                    }
+                    let handout = {
+                        let (Some(j), Some(repo)) = (jw.upgrade(), rw.upgrade()) else { return };
+                        let st = j.state.lock().unwrap_or_else(|e| e.into_inner());
+                        if st.writing || !(st.handed || st.pending.iter().any(|p| p.then.is_some())) {
+                            // Taken by a thread writing now, which rings
+                            // again if it leaves work behind.
+                            j.bell.unring();
+                            continue;
+                        }
+                        j.write_batch(&*repo, st)
+                    };
+                    // Woken threads may drop the vault's last handle: this
+                    // thread holds none of it by now.
+                    handout.deliver();
+                })
+                .is_ok()
         });
     }
 }

@@ -122,3 +122,58 @@ fn intents_and_outcomes_from_many_threads_all_return_in_order() {
     }
     assert_eq!(v.audit_verify().unwrap().problem, None);
 }
+
+/// Once threads contend, the journal's own thread writes the batches that
+/// queue up behind a write. It holds the vault only while it writes: when
+/// the last handle goes, the catalog closes at once (its log checkpointed
+/// into custos.db and removed, as a command leaves it when it exits), not
+/// whenever the thread next looks.
+#[test]
+fn the_journal_thread_lets_the_vault_close_when_its_last_handle_goes() {
+    let t = common::vault();
+    let wal = t.path.join("custos.db-wal");
+    let v = &t.vault;
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            s.spawn(move || {
+                for n in 0..100 {
+                    v.audit_append(&format!("p{i}"), "test", &n.to_string(), "ok").unwrap();
+                }
+            });
+        }
+    });
+    assert!(wal.exists(), "the catalog's log is in use while the vault is open");
+    let common::T { _dir, path, vault } = t;
+    drop(vault);
+    assert!(!wal.exists(), "the catalog closed with the vault's last handle");
+    let again = custos_core::Vault::open(&path).unwrap();
+    assert_eq!(again.audit_entries(&Default::default()).unwrap().len(), 800);
+}
+
+/// A callback that panics (a bug in a front end) does not stop the
+/// journal's writer thread: threads that queue entries behind it, and
+/// later callbacks, still get theirs.
+#[test]
+fn a_panicking_callback_does_not_stop_the_journal() {
+    let common::T { _dir, vault, .. } = common::vault();
+    let v: &'static _ = Box::leak(Box::new(vault));
+    v.audit_append_then("cb", "test", "boom", "ok", Box::new(|_| panic!("a callback's bug (expected in this test)")));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..8 {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for n in 0..100 {
+                v.audit_append(&format!("p{i}"), "test", &n.to_string(), "ok").unwrap();
+            }
+            tx.send(()).unwrap();
+        });
+    }
+    for _ in 0..8 {
+        rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a thread was left waiting for its entry");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    v.audit_append_then("cb", "test", "after", "ok", Box::new(move |r| tx.send(r).unwrap()));
+    let r = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a later callback fired");
+    assert_eq!(r.unwrap().object, "after");
+    assert_eq!(v.audit_entries(&Default::default()).unwrap().len(), 802);
+}
