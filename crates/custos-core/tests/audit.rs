@@ -150,9 +150,10 @@ fn the_journal_thread_lets_the_vault_close_when_its_last_handle_goes() {
     assert_eq!(again.audit_entries(&Default::default()).unwrap().len(), 800);
 }
 
-/// A callback that panics (a bug in a front end) does not stop the
-/// journal's writer thread: threads that queue entries behind it, and
-/// later callbacks, still get theirs.
+/// A callback that panics (a bug in a front end) is caught where it runs,
+/// on the journal's writer thread or on a thread that wrote the batch for
+/// an entry of its own: neither stops, and threads that queue entries
+/// behind it, and later callbacks, still get theirs.
 #[test]
 fn a_panicking_callback_does_not_stop_the_journal() {
     let common::T { _dir, vault, .. } = common::vault();
