@@ -163,9 +163,12 @@ impl<S: VaultState> Vault<S> {
     }
 
     /// Queue an entry or a key use and wait until it is written (and
-    /// durable, when `durable`). The first waiter with nobody writing
-    /// becomes the writer: it takes everything queued so far, writes it in
-    /// one transaction, and wakes the others.
+    /// durable, when `durable`). A thread that finds nobody writing and
+    /// nothing handed to the writer thread becomes the writer: it takes
+    /// everything queued so far, writes it in one transaction, and wakes
+    /// the others. A thread that has to wait starts the writer thread,
+    /// which from then on writes the batches that queue up behind a write
+    /// ([`Journal::start_writer`]).
     fn journal_write(
         &self,
         row: Option<AuditRow>,
@@ -606,9 +609,9 @@ impl Drop for Journal {
 /// What the journal's writer thread waits on: rung while there is
 /// something for it to write. It is rung and unrung only under the
 /// journal's lock (taken first), as the work it stands for is queued and
-/// taken, so the thread never looks at the journal for nothing: it holds
-/// the vault only when there is a batch to write, that is while some
-/// thread waits for it (or, in a server, a callback is queued).
+/// taken, so the thread looks at the journal only when work is queued: it
+/// holds the vault only then, that is while some thread waits for an
+/// entry (or, in a server, a callback is queued).
 #[derive(Default)]
 struct Bell {
     rung: std::sync::Mutex<bool>,
