@@ -502,6 +502,13 @@ impl<S: VaultState> Vault<S> {
         self.repo.set_erase_lag(lag);
     }
 
+    /// Let the catalog remember principals and settings between reads for
+    /// up to `max_age` (a server, which reads them on every request; see
+    /// `Repository::set_read_cache`).
+    pub fn set_read_cache(&self, max_age: std::time::Duration) {
+        self.repo.set_read_cache(max_age);
+    }
+
     /// A sealed handle on the same vault (catalog and volumes, no HSM):
     /// for work that needs no key while this handle stays open.
     pub fn sealed_view(&self) -> Vault<Sealed> {

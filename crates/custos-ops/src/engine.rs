@@ -27,6 +27,13 @@ use crate::SecretText;
 /// on its own checkpoints before it answers.
 pub const ERASE_LAG: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long a server may go on using a principal (its roles, grants,
+/// credential, disabled or not) or a setting it read, when the change was
+/// made by another process on the same catalog (a command run with the
+/// vault open, not through this server). A change made through the server
+/// applies to the next request whatever this is (ADR 0038).
+pub const READ_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How the engine is deployed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -134,6 +141,7 @@ impl Engine {
     /// [`ERASE_LAG`] of each destruction, one checkpoint for all of them.
     pub fn server(open: Vault<Open>, passphrase: Option<Passphrase>) -> Self {
         open.set_erase_lag(ERASE_LAG);
+        open.set_read_cache(READ_CACHE_AGE);
         let vault = open.sealed_view();
         let cell = OnceLock::new();
         let _ = cell.set(open);

@@ -411,6 +411,14 @@ pub trait Repository: Send + Sync {
     /// meanwhile erases as it closes. A backend whose log it cannot erase
     /// ignores it.
     fn set_erase_lag(&self, _lag: std::time::Duration) {}
+    /// Remember principals (with their grants) and settings between reads
+    /// for up to `max_age`: for a long-running server, which reads the
+    /// caller's principal and a few settings on every request. A change
+    /// this repository commits to either is seen by the next read; one
+    /// another process commits, within `max_age`. Zero (the default) reads
+    /// them every time. A backend that cannot tell its own changes apart
+    /// ignores it.
+    fn set_read_cache(&self, _max_age: std::time::Duration) {}
     /// Count one use of a key now.
     fn record_key_use(&self, label: &KeyLabel) -> Result<()>;
     /// Count one use of each label (a label may repeat), in one transaction.

@@ -414,6 +414,94 @@ pub struct SqliteRepository {
     session: Mutex<Option<Session>>,
     /// Row authentication, shared by every connection's SQL functions.
     rows: std::sync::Arc<crate::rowauth::Shared>,
+    /// Principals and settings remembered between reads
+    /// ([`Repository::set_read_cache`]).
+    cache: std::sync::Arc<ReadCache>,
+}
+
+/// The tables whose rows [`ReadCache`] remembers.
+const CACHED_TABLES: [&str; 3] = ["principals", "grants", "settings"];
+
+/// At most this many principals, and as many settings, are remembered
+/// (names a caller sends that are no principal's are remembered too, as
+/// unknown): past it, everything is forgotten and read again.
+const CACHED_MOST: usize = 4096;
+
+/// Principals (with their grants) and settings remembered between reads,
+/// for a server ([`Repository::set_read_cache`]). What is remembered is
+/// used while it is younger than the maximum age and no commit of this
+/// repository's writer changed a row of [`CACHED_TABLES`] since it was
+/// read: the writer's update hook marks such a change, and the writer
+/// raises `epoch` after the transaction, before the next writer may begin.
+/// A value is read in a read transaction of its own that begins after
+/// `epoch` was read, never in a thread's older snapshot, so it is never
+/// older than the epoch it is remembered under.
+#[derive(Default)]
+struct ReadCache {
+    /// The maximum age, in microseconds; 0: nothing is remembered.
+    max_age_us: std::sync::atomic::AtomicU64,
+    /// Raised after each commit that changed a cached table.
+    epoch: std::sync::atomic::AtomicU64,
+    /// Set by the writer's update hook when a row of a cached table changes.
+    touched: std::sync::atomic::AtomicBool,
+    principals: Mutex<std::collections::HashMap<String, Remembered<Option<PrincipalRecord>>>>,
+    settings: Mutex<std::collections::HashMap<String, Remembered<Option<String>>>>,
+}
+
+struct Remembered<T> {
+    epoch: u64,
+    /// When the read that found it began.
+    read_at: std::time::Instant,
+    value: T,
+}
+
+impl ReadCache {
+    fn on(&self) -> bool {
+        self.max_age_us.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// The value remembered for `key` in `map`, or `read()`'s, remembered.
+    fn get<T: Clone>(
+        &self,
+        map: &Mutex<std::collections::HashMap<String, Remembered<T>>>,
+        key: &str,
+        read: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let max_age = std::time::Duration::from_micros(self.max_age_us.load(std::sync::atomic::Ordering::Relaxed));
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(r) = map.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+            if r.epoch == epoch && r.read_at.elapsed() < max_age {
+                return Ok(r.value.clone());
+            }
+        }
+        let read_at = std::time::Instant::now();
+        let value = read()?;
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= CACHED_MOST {
+            m.clear();
+        }
+        m.insert(key.to_string(), Remembered { epoch, read_at, value: value.clone() });
+        Ok(value)
+    }
+
+    /// Forget everything remembered (a commit changed a cached table, or
+    /// the rows' authentication changed).
+    fn forget(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Run a query (its `@ok` already expanded) on `conn` and collect every row.
+fn query_all_on<T, P: rusqlite::Params>(
+    conn: &Connection,
+    action: &'static str,
+    sql: &str,
+    params: P,
+    row: impl FnMut(&Row) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db(action))?;
+    let rows = stmt.query_map(params, row).map_err(db(action))?;
+    rows.collect::<rusqlite::Result<_>>().map_err(db(action))
 }
 
 /// A deleter's identity while its repository is open. Claims in the trash
@@ -643,6 +731,7 @@ const SQLITE_LOG_PAGES: i64 = 1000;
 struct Writer<'a> {
     guard: Option<std::sync::MutexGuard<'a, Connection>>,
     sync: Option<&'a GroupSync>,
+    cache: &'a ReadCache,
     /// The change count when it was taken.
     changes: u64,
 }
@@ -663,6 +752,11 @@ impl std::ops::DerefMut for Writer<'_> {
 impl Drop for Writer<'_> {
     fn drop(&mut self) {
         let Some(guard) = self.guard.take() else { return };
+        // The transaction is over (committed or not) and no other writer
+        // has begun: what was read of a table it changed is forgotten.
+        if self.cache.touched.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.cache.forget();
+        }
         let now = guard.total_changes();
         let Some(sync) = self.sync.filter(|_| now != self.changes) else { return };
         sync.written.fetch_max(now, std::sync::atomic::Ordering::Release);
@@ -1032,6 +1126,13 @@ impl SqliteRepository {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         crate::rowauth::register(&conn, &rows).map_err(db("register the row functions"))?;
         conn.execute_batch(&rows.triggers()).map_err(db("make the row triggers"))?;
+        let cache = std::sync::Arc::new(ReadCache::default());
+        let seen = cache.clone();
+        conn.update_hook(Some(move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+            if CACHED_TABLES.contains(&table) {
+                seen.touched.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }));
         Ok(Self {
             conn: std::sync::Arc::new(Mutex::new(conn)),
             eraser: Default::default(),
@@ -1041,6 +1142,7 @@ impl SqliteRepository {
             id: NEXT_REPO_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             session: Mutex::new(None),
             rows,
+            cache,
         })
     }
 
@@ -1070,7 +1172,7 @@ impl SqliteRepository {
         end_pinned();
         let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let changes = guard.total_changes();
-        Writer { guard: Some(guard), sync: self.durable.as_ref(), changes }
+        Writer { guard: Some(guard), sync: self.durable.as_ref(), cache: &self.cache, changes }
     }
 
     /// Copy the write-ahead log into the database file and truncate it,
@@ -1221,6 +1323,41 @@ impl SqliteRepository {
         Ok(c)
     }
 
+    /// A principal and its grants, read on `conn`: in one statement, so
+    /// from one state of the catalog (the principal is read on every
+    /// request).
+    fn read_principal(&self, conn: &Connection, name: &str) -> Result<Option<PrincipalRecord>> {
+        let rows: Vec<(PrincipalRecord, Option<(String, String)>)> = query_all_on(
+            conn,
+            "read a user",
+            &self.sql(
+                "SELECT principals.name, principals.role, principals.credential, principals.disabled, \
+                 principals.created_at, @ok(principals), grants.kind, grants.pattern, \
+                 CASE WHEN grants.principal IS NULL THEN 1 ELSE @ok(grants) END \
+                 FROM principals LEFT JOIN grants ON grants.principal = principals.name \
+                 WHERE principals.name = ?1 ORDER BY grants.kind, grants.pattern",
+            ),
+            [name],
+            |r| {
+                let grant = match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?) {
+                    (Some(kind), Some(pat)) => Some((kind, pat)),
+                    _ => None,
+                };
+                Ok((principal_from_row(r)?, grant))
+            },
+        )?;
+        let mut rows = rows.into_iter();
+        let Some((mut p, first)) = rows.next() else { return Ok(None) };
+        for (kind, pat) in first.into_iter().chain(rows.filter_map(|(_, g)| g)) {
+            let pat = Pattern::new(pat).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
+            match kind.as_str() {
+                "data" => p.data_grants.push(pat),
+                _ => p.key_grants.push(pat),
+            }
+        }
+        Ok(Some(p))
+    }
+
     /// Run a query and collect every row.
     fn query_all<T, P: rusqlite::Params>(
         &self,
@@ -1229,10 +1366,7 @@ impl SqliteRepository {
         params: P,
         row: impl FnMut(&Row) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>> {
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(&self.sql(sql)).map_err(db(action))?;
-        let rows = stmt.query_map(params, row).map_err(db(action))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db(action))
+        query_all_on(&*self.reader()?, action, &self.sql(sql), params, row)
     }
 
     /// Audit entries after `after`, oldest first, at most `limit` (-1: all).
@@ -1847,6 +1981,8 @@ fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<()> {
 impl Repository for SqliteRepository {
     fn set_row_auth(&self, auth: Option<std::sync::Arc<dyn crate::RowAuth>>) {
         *self.rows.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
+        // What was read was checked (or not) under the old key.
+        self.cache.forget();
     }
 
     fn row_auth(&self) -> Option<std::sync::Arc<dyn crate::RowAuth>> {
@@ -1953,10 +2089,15 @@ impl Repository for SqliteRepository {
     }
 
     fn setting(&self, key: &str) -> Result<Option<String>> {
-        self.reader()?
-            .prepare_cached(&self.sql("SELECT value, @ok(settings) FROM settings WHERE key = ?1"))
-            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
-            .map_err(db("read a setting"))
+        let read = |conn: &Connection| {
+            conn.prepare_cached(&self.sql("SELECT value, @ok(settings) FROM settings WHERE key = ?1"))
+                .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+                .map_err(db("read a setting"))
+        };
+        if self.cache.on() {
+            return self.cache.get(&self.cache.settings, key, || read(&*self.fresh_reader()?));
+        }
+        read(&*self.reader()?)
     }
 
     fn set_setting(&self, key: &str, value: &str) -> Result<()> {
@@ -2028,6 +2169,17 @@ impl Repository for SqliteRepository {
         // safe.)
         let pages = if lag.is_zero() { SQLITE_LOG_PAGES } else { ERASED_LOG_PAGES };
         let _ = self.conn().pragma_update(None, "wal_autocheckpoint", pages);
+    }
+
+    fn set_read_cache(&self, max_age: std::time::Duration) {
+        // In memory there is no other process, and reads go through the
+        // writer: nothing to gain.
+        if self.path.is_none() {
+            return;
+        }
+        let us = u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX);
+        self.cache.max_age_us.store(us, std::sync::atomic::Ordering::Relaxed);
+        self.cache.forget();
     }
 
     fn update_key(&self, k: &KeyRecord, was: &KeyRecord) -> Result<()> {
@@ -2993,34 +3145,10 @@ impl Repository for SqliteRepository {
     }
 
     fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>> {
-        // One statement, so one read of one state of the catalog: the
-        // principal is read on every request.
-        let rows: Vec<(PrincipalRecord, Option<(String, String)>)> = self.query_all(
-            "read a user",
-            "SELECT principals.name, principals.role, principals.credential, principals.disabled, \
-             principals.created_at, @ok(principals), grants.kind, grants.pattern, \
-             CASE WHEN grants.principal IS NULL THEN 1 ELSE @ok(grants) END \
-             FROM principals LEFT JOIN grants ON grants.principal = principals.name \
-             WHERE principals.name = ?1 ORDER BY grants.kind, grants.pattern",
-            [name],
-            |r| {
-                let grant = match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?) {
-                    (Some(kind), Some(pat)) => Some((kind, pat)),
-                    _ => None,
-                };
-                Ok((principal_from_row(r)?, grant))
-            },
-        )?;
-        let mut rows = rows.into_iter();
-        let Some((mut p, first)) = rows.next() else { return Ok(None) };
-        for (kind, pat) in first.into_iter().chain(rows.filter_map(|(_, g)| g)) {
-            let pat = Pattern::new(pat).map_err(|e| RepoError::Corrupt { what: e.to_string() })?;
-            match kind.as_str() {
-                "data" => p.data_grants.push(pat),
-                _ => p.key_grants.push(pat),
-            }
+        if self.cache.on() {
+            return self.cache.get(&self.cache.principals, name, || self.read_principal(&*self.fresh_reader()?, name));
         }
-        Ok(Some(p))
+        self.read_principal(&*self.reader()?, name)
     }
 
     fn principals(&self) -> Result<Vec<PrincipalRecord>> {
@@ -3719,6 +3847,86 @@ mod tests {
         let plant =
             "CREATE TRIGGER evil AFTER INSERT ON settings BEGIN UPDATE principals SET role = 'security-admin'; END";
         crate::conformance::row_auth(&repo, &raw, &reopen, (plant, "DROP TRIGGER evil"));
+    }
+
+    fn clerk() -> PrincipalRecord {
+        PrincipalRecord {
+            name: "clerk".into(),
+            roles: vec![custos_model::Role::App],
+            credential: "hash-of-clerk".into(),
+            disabled: false,
+            created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            data_grants: vec![],
+            key_grants: vec![],
+        }
+    }
+
+    /// A server's read cache: what this repository commits (roles, grants,
+    /// a user disabled, settings) is read back at once; what another
+    /// connection commits is read once the maximum age has passed, and
+    /// until then the remembered value is what is read (so the cache is
+    /// really used).
+    #[test]
+    fn the_read_cache_sees_its_own_changes_at_once_and_others_within_its_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("custos.db");
+        let repo = SqliteRepository::open(&p).unwrap();
+        repo.insert_principal(&clerk()).unwrap();
+        repo.set_setting("dual-control", "none").unwrap();
+        let age = std::time::Duration::from_millis(300);
+        repo.set_read_cache(age);
+        let roles = || repo.principal("clerk").unwrap().unwrap().roles;
+        assert_eq!(roles(), vec![custos_model::Role::App]);
+        assert_eq!(repo.setting("dual-control").unwrap().as_deref(), Some("none"));
+
+        repo.set_principal_roles("clerk", &[custos_model::Role::Auditor]).unwrap();
+        assert_eq!(roles(), vec![custos_model::Role::Auditor]);
+        repo.add_grant("clerk", "key", &Pattern::new("K.**").unwrap()).unwrap();
+        assert_eq!(repo.principal("clerk").unwrap().unwrap().key_grants.len(), 1);
+        repo.set_principal_disabled("clerk", true).unwrap();
+        assert!(repo.principal("clerk").unwrap().unwrap().disabled);
+        repo.set_setting("dual-control", "key.destroy").unwrap();
+        assert_eq!(repo.setting("dual-control").unwrap().as_deref(), Some("key.destroy"));
+        assert!(repo.remove_principal("clerk").unwrap());
+        assert!(repo.principal("clerk").unwrap().is_none());
+
+        // Another process's change.
+        repo.insert_principal(&clerk()).unwrap();
+        assert!(!repo.principal("clerk").unwrap().unwrap().disabled);
+        assert_eq!(repo.setting("dual-control").unwrap().as_deref(), Some("key.destroy"));
+        let other = Connection::open(&p).unwrap();
+        other.execute_batch("UPDATE principals SET disabled = 1 WHERE name = 'clerk'").unwrap();
+        other.execute_batch("UPDATE settings SET value = 'all' WHERE key = 'dual-control'").unwrap();
+        assert!(!repo.principal("clerk").unwrap().unwrap().disabled, "remembered within its age");
+        assert_eq!(repo.setting("dual-control").unwrap().as_deref(), Some("key.destroy"));
+        std::thread::sleep(age + std::time::Duration::from_millis(50));
+        assert!(repo.principal("clerk").unwrap().unwrap().disabled);
+        assert_eq!(repo.setting("dual-control").unwrap().as_deref(), Some("all"));
+
+        // Off again: every read reads.
+        repo.set_read_cache(std::time::Duration::ZERO);
+        other.execute_batch("UPDATE principals SET disabled = 0 WHERE name = 'clerk'").unwrap();
+        assert!(!repo.principal("clerk").unwrap().unwrap().disabled);
+    }
+
+    /// A value the cache is missing is read in a transaction of its own,
+    /// never in the thread's older snapshot: read there after a change
+    /// committed, it would be remembered as current and stay stale.
+    #[test]
+    fn the_read_cache_never_remembers_a_snapshot_older_than_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = SqliteRepository::open(&dir.path().join("custos.db")).unwrap();
+        repo.set_setting("b", "old").unwrap();
+        repo.set_read_cache(std::time::Duration::from_secs(60));
+        crate::with_snapshot(|| {
+            // The snapshot begins here, before the change.
+            repo.key_labels().unwrap();
+            std::thread::scope(|s| {
+                s.spawn(|| repo.set_setting("b", "new").unwrap());
+            });
+            assert_eq!(repo.setting("b").unwrap().as_deref(), Some("new"));
+        });
+        assert_eq!(repo.setting("b").unwrap().as_deref(), Some("new"));
     }
 
     /// Group commit: every write by many threads is durable when it
