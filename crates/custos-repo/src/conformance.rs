@@ -971,6 +971,42 @@ pub fn run(repo: &dyn Repository) {
         "alice replaced hers; bob's refused change left his"
     );
     names_belong_to_one_key(repo);
+    read_cache(repo);
+}
+
+/// With the read cache a server turns on (`set_read_cache`), what the
+/// repository itself commits to principals, grants and settings is read
+/// back at once, by every backend (one that caches nothing included).
+fn read_cache(repo: &dyn Repository) {
+    repo.set_read_cache(std::time::Duration::from_secs(60));
+    let clerk = PrincipalRecord {
+        name: "cached-clerk".into(),
+        roles: vec![Role::App],
+        credential: "hash-of-cached-clerk".into(),
+        disabled: false,
+        created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+        data_grants: vec![],
+        key_grants: vec![],
+    };
+    assert!(repo.principal("cached-clerk").unwrap().is_none());
+    repo.insert_principal(&clerk).unwrap();
+    assert_eq!(repo.principal("cached-clerk").unwrap().unwrap().roles, vec![Role::App]);
+    repo.set_principal_roles("cached-clerk", &[Role::Auditor]).unwrap();
+    assert_eq!(repo.principal("cached-clerk").unwrap().unwrap().roles, vec![Role::Auditor]);
+    repo.add_grant("cached-clerk", "key", &Pattern::new("CACHED.**").unwrap()).unwrap();
+    assert_eq!(repo.principal("cached-clerk").unwrap().unwrap().key_grants.len(), 1);
+    repo.set_principal_credential("cached-clerk", "hash-of-a-new-one").unwrap();
+    assert_eq!(repo.principal("cached-clerk").unwrap().unwrap().credential, "hash-of-a-new-one");
+    repo.set_principal_disabled("cached-clerk", true).unwrap();
+    assert!(repo.principal("cached-clerk").unwrap().unwrap().disabled);
+    assert!(repo.remove_principal("cached-clerk").unwrap());
+    assert!(repo.principal("cached-clerk").unwrap().is_none());
+    assert_eq!(repo.setting("cached.setting").unwrap(), None);
+    repo.set_setting("cached.setting", "1").unwrap();
+    assert_eq!(repo.setting("cached.setting").unwrap().as_deref(), Some("1"));
+    repo.set_setting("cached.setting", "2").unwrap();
+    assert_eq!(repo.setting("cached.setting").unwrap().as_deref(), Some("2"));
+    repo.set_read_cache(std::time::Duration::ZERO);
 }
 
 /// A name belongs to one key, checked in the writing transaction: a second
