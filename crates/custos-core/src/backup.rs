@@ -312,19 +312,24 @@ impl<S: VaultState> Vault<S> {
         work: impl Fn(&J) -> R + Sync,
     ) -> Vec<(usize, R)> {
         let workers = self.threads.clamp(1, 4).min(jobs.len().max(1));
-        let queue = std::sync::Mutex::new(jobs.into_iter());
+        // Each result goes into the slot of its place in the queue: no
+        // growing and no sorting of what may be large values (a batch's
+        // staged datasets), and no fresh memory for either.
+        let mut slots = Vec::with_capacity(jobs.len());
+        slots.resize_with(jobs.len(), || None);
+        let results: std::sync::Mutex<Vec<Option<(usize, R)>>> = std::sync::Mutex::new(slots);
+        let queue = std::sync::Mutex::new(jobs.into_iter().enumerate());
         let abort = std::sync::atomic::AtomicBool::new(false);
-        let results: std::sync::Mutex<Vec<(usize, R)>> = Default::default();
         let worker = || loop {
             if abort.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
-            let Some((i, job)) = queue.lock().expect("job queue").next() else { break };
+            let Some((at, (i, job))) = queue.lock().expect("job queue").next() else { break };
             let r = work(&job);
             if r.failed() {
                 abort.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            results.lock().expect("results").push((i, r));
+            results.lock().expect("results")[at] = Some((i, r));
         };
         if workers == 1 {
             // One worker: this thread.
@@ -336,8 +341,12 @@ impl<S: VaultState> Vault<S> {
                 }
             });
         }
-        let mut results = results.into_inner().expect("results");
-        results.sort_by_key(|(i, _)| *i);
+        let slots = results.into_inner().expect("results");
+        let mut results: Vec<(usize, R)> = Vec::with_capacity(slots.len());
+        results.extend(slots.into_iter().flatten());
+        if !results.is_sorted_by_key(|(i, _)| *i) {
+            results.sort_by_key(|(i, _)| *i);
+        }
         results
     }
 

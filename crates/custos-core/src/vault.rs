@@ -96,6 +96,8 @@ pub(crate) struct Memo {
     pub(crate) trusted: std::collections::HashSet<(String, String, custos_model::Purpose)>,
     /// Keys scheduled for destruction and when, read once for the batch.
     pub(crate) destroy: Option<Arc<std::collections::HashMap<KeyLabel, jiff::Timestamp>>>,
+    /// The naming standard, parsed once for the batch.
+    naming: Option<NamingStandard>,
 }
 
 /// Holds the memo on while a batch runs.
@@ -682,13 +684,18 @@ impl<S: VaultState> Vault<S> {
         m.volume_records.clear();
         m.kbk = None;
         m.destroy = None;
+        m.naming = None;
     }
 
     pub fn naming(&self) -> Result<NamingStandard> {
-        match self.memo_setting(SETTING_NAMING)? {
-            Some(t) => Ok(NamingStandard::new(&t)?),
-            None => Ok(NamingStandard::default()),
-        }
+        self.memoized(
+            |m| m.naming.clone(),
+            |m, ns| m.naming = Some(ns),
+            || match self.memo_setting(SETTING_NAMING)? {
+                Some(t) => Ok(NamingStandard::new(&t)?),
+                None => Ok(NamingStandard::default()),
+            },
+        )
     }
 
     pub fn set_naming(&self, template: &str) -> Result<NamingStandard> {
