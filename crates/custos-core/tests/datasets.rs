@@ -288,6 +288,29 @@ fn import_tree() {
     assert!(t.vault.datasets().unwrap().iter().all(|d| d.name.as_str() != "IMP3.a#2Etxt"));
 }
 
+/// A batch of small files is sealed by several workers at once: the
+/// reports still come back in the files' order, and each dataset holds its
+/// own file's bytes.
+#[test]
+fn an_import_of_many_small_files_reports_in_order_and_keeps_each_content() {
+    let t = vault();
+    let src = tempfile::tempdir().unwrap();
+    let n = 300usize;
+    for i in 0..n {
+        // Sizes that differ a lot, so workers finish out of order.
+        let len = if i % 7 == 0 { CS - 1 } else { 1 + i * 13 % 900 };
+        std::fs::write(src.path().join(format!("f{i:04}")), data(len, i as u64)).unwrap();
+    }
+    let (reports, _) = t.vault.import(src.path(), &ds("MANY"), false, false, |_| {}).unwrap();
+    let names: Vec<String> = reports.iter().map(|r| r.dataset.to_string()).collect();
+    let want: Vec<String> = (0..n).map(|i| format!("MANY.f{i:04}")).collect();
+    assert_eq!(names, want);
+    for i in (0..n).step_by(7).chain([1, 2, 150, n - 1]) {
+        let len = if i % 7 == 0 { CS - 1 } else { 1 + i * 13 % 900 };
+        assert_eq!(t.get(&format!("MANY.f{i:04}")).unwrap(), data(len, i as u64), "MANY.f{i:04}");
+    }
+}
+
 #[test]
 fn template_policy_gives_each_dataset_its_own_key() {
     let t = vault();
